@@ -1,0 +1,8 @@
+"""moe-scope engine: a vectorised, observable Mixture-of-Experts layer (pure PyTorch + pandas)."""
+from .config import MoEConfig, available_devices
+from .layer import MoELayer
+from .stats import PER_EXPERT_COLUMNS, SUMMARY_KEYS, ForwardSums, StatsAccumulator
+from .trace import Trace
+
+__all__ = ["MoEConfig", "MoELayer", "Trace", "StatsAccumulator", "ForwardSums",
+           "PER_EXPERT_COLUMNS", "SUMMARY_KEYS", "available_devices"]

@@ -1,0 +1,166 @@
+"""MoEConfig: the one frozen, validated description of an MoE layer and its routing.
+
+Shape letters used across the engine:
+    B batch, S sequence, T = B·S tokens, D d_model, H d_expert, E n_experts, K top_k,
+    C expert capacity, N served (token, expert) assignments.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+import torch
+
+ROUTERS = ("topk", "expert_choice", "hash", "random")
+SCORES = ("softmax", "sigmoid")
+DROP_POLICIES = ("position", "probs")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ROUTER_DTYPES = ("float32", "model")
+
+
+def _choices(values) -> str:
+    return ", ".join(repr(v) for v in values)
+
+
+def check_device(device: str) -> None:
+    """Raise ValueError unless `device` names a device this machine has."""
+    if device == "cpu":
+        return
+    if device == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise ValueError("device 'mps' is not available on this machine; use device='cpu'")
+        return
+    if device == "cuda" or device.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device!r} requested but no CUDA GPU is present; use device='cpu'")
+        index = device.partition(":")[2]
+        if index:
+            if not index.isdigit():
+                raise ValueError(f"device {device!r} is malformed; write it as 'cuda:0'")
+            if int(index) >= torch.cuda.device_count():
+                raise ValueError(f"device {device!r} does not exist: this machine has "
+                                 f"{torch.cuda.device_count()} CUDA device(s), cuda:0..cuda:{torch.cuda.device_count() - 1}")
+        return
+    raise ValueError(f"unknown device {device!r}; use 'cpu', 'cuda', 'cuda:<i>' or 'mps'")
+
+
+def available_devices() -> list[str]:
+    """The device strings this machine can run: 'cpu', each 'cuda:i', and 'mps'."""
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        devices.append("mps")
+    return devices
+
+
+@dataclass(frozen=True)
+class MoEConfig:
+    # --- dimensions
+    d_model: int = 64            # D: token width
+    d_expert: int = 256          # H: expert hidden width
+    n_experts: int = 8           # E
+    top_k: int = 2               # K: experts per token (the average, for expert_choice)
+
+    # --- routing
+    router: str = "topk"         # "topk" | "expert_choice" | "hash" | "random"
+    score: str = "softmax"       # "softmax" | "sigmoid"
+    temperature: float = 1.0     # logits are divided by it
+    normalize_topk: bool = True  # divide the chosen scores by their sum (Mixtral)
+    routed_scaling_factor: float = 1.0
+    logit_bias: tuple[float, ...] | None = None   # (E,) added to logits: changes probabilities
+    expert_bias: tuple[float, ...] | None = None  # (E,) initial router.expert_bias: steers selection only
+    router_dtype: str = "float32"                 # "float32" | "model"
+
+    # --- capacity
+    capacity_factor: float | None = None  # None = dropless
+    drop_policy: str = "position"         # "position" | "probs"
+
+    # --- training-style noise (seeded by `seed`)
+    jitter_eps: float = 0.0
+    noise_std: float = 0.0
+
+    # --- statistics
+    sparsity_eps: float = 0.01
+
+    # --- execution
+    device: str = "cpu"
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "d_expert", "n_experts", "top_k"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.top_k > self.n_experts:
+            raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}; "
+                             f"lower top_k to at most {self.n_experts} or add experts")
+        if self.router not in ROUTERS:
+            raise ValueError(f"unknown router {self.router!r}; choose one of {_choices(ROUTERS)}")
+        if self.score not in SCORES:
+            raise ValueError(f"unknown score {self.score!r}; choose one of {_choices(SCORES)}")
+        if self.drop_policy not in DROP_POLICIES:
+            raise ValueError(f"unknown drop_policy {self.drop_policy!r}; choose one of {_choices(DROP_POLICIES)}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}; choose one of {_choices(DTYPES)}")
+        if self.router_dtype not in ROUTER_DTYPES:
+            raise ValueError(f"unknown router_dtype {self.router_dtype!r}; choose one of {_choices(ROUTER_DTYPES)}")
+        if not _finite(self.temperature) or self.temperature <= 0:
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
+        if not _finite(self.routed_scaling_factor):
+            raise ValueError(f"routed_scaling_factor must be finite, got {self.routed_scaling_factor!r}")
+        if self.capacity_factor is not None and (not _finite(self.capacity_factor) or self.capacity_factor <= 0):
+            raise ValueError(f"capacity_factor must be > 0 (or None for dropless), got {self.capacity_factor!r}")
+        if not _finite(self.jitter_eps) or not 0 <= self.jitter_eps < 1:
+            raise ValueError(f"jitter_eps must be in [0, 1), got {self.jitter_eps!r}")
+        if not _finite(self.noise_std) or self.noise_std < 0:
+            raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
+        if not _finite(self.sparsity_eps) or self.sparsity_eps < 0:
+            raise ValueError(f"sparsity_eps must be >= 0, got {self.sparsity_eps!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("logit_bias", "expert_bias"):
+            bias = getattr(self, name)
+            if bias is None:
+                continue
+            bias = tuple(float(b) for b in bias)
+            if len(bias) != self.n_experts:
+                raise ValueError(f"{name} has {len(bias)} values but n_experts={self.n_experts}; "
+                                 f"give one value per expert")
+            if not all(_finite(b) for b in bias):
+                raise ValueError(f"{name} values must be finite, got {bias!r}")
+            object.__setattr__(self, name, bias)  # normalise lists to tuples: the config stays hashable
+        check_device(self.device)
+
+    # --- derived values
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    @property
+    def router_torch_dtype(self) -> torch.dtype:
+        return torch.float32 if self.router_dtype == "float32" else self.torch_dtype
+
+    def capacity(self, tokens: int) -> int | None:
+        """Per-expert capacity C = ceil(capacity_factor·T·K/E), at most T; None when dropless."""
+        factor = self.capacity_factor
+        if factor is None:
+            if self.router != "expert_choice":
+                return None
+            factor = 1.0  # expert choice always has a capacity
+        return min(tokens, math.ceil(factor * tokens * self.top_k / self.n_experts))
+
+    def replace(self, **changes) -> "MoEConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _finite(value) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False

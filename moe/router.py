@@ -1,0 +1,140 @@
+"""Routing: the router module (parameters only) and the pure functions that decide who serves whom.
+
+Every function here is vectorised over tokens: selection uses stable sorts so that ties break
+deterministically (lower expert index first, earlier token first) on every device.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .config import MoEConfig
+
+_HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash
+
+
+@dataclass
+class Routing:
+    """The router's decision for T tokens over E experts (all on the layer's device)."""
+    router_logits: Tensor          # (T, E) float32
+    probs: Tensor                  # (T, E) float32, rows sum to 1
+    routed: Tensor                 # (T, E) bool, before capacity
+    served: Tensor                 # (T, E) bool, after capacity
+    gates: Tensor                  # (T, E) float32, 0 where not served
+    top_k_index: Tensor | None     # (T, K) int64; None for expert_choice
+    top_k_weights: Tensor | None   # (T, K) float32; None for expert_choice
+    capacity: int | None
+
+
+class TopKRouter(nn.Module):
+    """Owns the router weight (E, D) and the selection-only bias buffer (E,)."""
+
+    def __init__(self, cfg: MoEConfig):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(cfg.n_experts, cfg.d_model))  # (E, D)
+        bias = torch.tensor(cfg.expert_bias or [0.0] * cfg.n_experts, dtype=torch.float32)
+        self.register_buffer("expert_bias", bias)  # (E,)
+
+    def forward(self, x: Tensor, cfg: MoEConfig, generator: torch.Generator) -> Routing:
+        logits = router_logits(x, self.weight, cfg, generator)  # (T, E)
+        return route(logits, self.expert_bias, cfg)
+
+
+def router_logits(x: Tensor, weight: Tensor, cfg: MoEConfig, generator: torch.Generator) -> Tensor:
+    """(x @ W.T + logit_bias) / temperature, plus the configured noise; returned in float32."""
+    T = x.shape[0]
+    rdtype = cfg.router_torch_dtype
+    if cfg.router == "random":
+        logits = torch.rand(T, cfg.n_experts, generator=generator, device=x.device)  # (T, E)
+    else:
+        xr = x.to(rdtype)  # (T, D)
+        if cfg.jitter_eps > 0:
+            u = torch.rand(xr.shape, generator=generator, device=x.device, dtype=torch.float32)
+            xr = xr * (1 - cfg.jitter_eps + 2 * cfg.jitter_eps * u).to(rdtype)
+        logits = (xr @ weight.to(rdtype).t()).float()  # (T, E)
+    if cfg.logit_bias is not None:
+        logits = logits + torch.tensor(cfg.logit_bias, device=x.device)
+    logits = logits / cfg.temperature
+    if cfg.noise_std > 0:
+        logits = logits + cfg.noise_std * torch.randn(logits.shape, generator=generator, device=x.device)
+    return logits
+
+
+def scores_and_probs(logits: Tensor, cfg: MoEConfig) -> tuple[Tensor, Tensor]:
+    """The selection score (softmax p or sigmoid s) and the trace's probs (rows summing to 1)."""
+    if cfg.score == "softmax":
+        p = logits.softmax(dim=-1)  # (T, E)
+        return p, p
+    s = logits.sigmoid()  # (T, E)
+    return s, s / s.sum(dim=-1, keepdim=True)
+
+
+def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig) -> Routing:
+    """Select experts for every token, apply capacity, and build the (T, E) gate matrix."""
+    T, E = logits.shape
+    score, probs = scores_and_probs(logits, cfg)
+    C = cfg.capacity(T)
+    if cfg.router == "expert_choice":
+        keep = _top_rows(probs, C)  # (T, E) bool: each expert's C best tokens
+        gates = torch.where(keep, probs * cfg.routed_scaling_factor, 0.0)
+        return Routing(logits, probs, keep, keep, gates, None, None, C)
+
+    if cfg.router == "hash":
+        idx = _hash_experts(T, cfg.n_experts, cfg.top_k, logits.device)  # (T, K)
+        w = torch.full(idx.shape, 1.0 / cfg.top_k if cfg.normalize_topk else 1.0, device=logits.device)
+    else:
+        order = torch.sort(score + expert_bias, dim=-1, descending=True, stable=True).indices  # (T, E)
+        idx = order[:, : cfg.top_k]  # (T, K)
+        w = score.gather(1, idx)  # (T, K) unbiased scores of the chosen experts
+        if cfg.normalize_topk:
+            w = w / w.sum(dim=-1, keepdim=True)
+    if cfg.routed_scaling_factor != 1.0:
+        w = w * cfg.routed_scaling_factor
+
+    routed = torch.zeros(T, E, dtype=torch.bool, device=logits.device).scatter_(1, idx, True)  # (T, E)
+    gates = torch.zeros(T, E, device=logits.device).scatter_(1, idx, w)  # (T, E)
+    if C is None:
+        return Routing(logits, probs, routed, routed, gates, idx, w, C)
+    served = _apply_capacity(routed, probs, C, cfg.drop_policy)
+    return Routing(logits, probs, routed, served, torch.where(served, gates, 0.0), idx, w, C)
+
+
+def _hash_experts(T: int, E: int, K: int, device) -> Tensor:
+    """K distinct experts per token from a multiplicative hash of the token index."""
+    t = torch.arange(T, device=device, dtype=torch.int64)
+    h = (t * _HASH_MULTIPLIER) % (2 ** 32)  # (T,)
+    return (h[:, None] + torch.arange(K, device=device)) % E  # (T, K)
+
+
+def _top_rows(values: Tensor, C: int, mask: Tensor | None = None) -> Tensor:
+    """Per column, mark the C largest rows (earlier row wins ties); masked-out rows never count."""
+    if mask is not None:
+        values = values.masked_fill(~mask, float("-inf"))
+    order = torch.sort(values, dim=0, descending=True, stable=True).indices  # (T, E)
+    rank = torch.empty_like(order).scatter_(0, order, torch.arange(values.shape[0], device=values.device)
+                                            .unsqueeze(1).expand_as(order))  # (T, E) rank of each row
+    keep = rank < C
+    return keep if mask is None else keep & mask
+
+
+def _apply_capacity(routed: Tensor, probs: Tensor, C: int, policy: str) -> Tensor:
+    """Keep at most C routed tokens per expert: the first C in token order, or the C most probable."""
+    if policy == "position":
+        position = routed.long().cumsum(dim=0)  # (T, E): 1-based arrival order per expert
+        return routed & (position <= C)
+    return _top_rows(probs, C, mask=routed)
+
+
+def load_balancing_terms(probs: Tensor, routed: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
+    """f_e = demand_e / (T·K) and P_e = mean_t probs[t, e]: aux_loss = E·Σ f_e·P_e (differentiable in P)."""
+    T = probs.shape[0]
+    f = routed.float().sum(dim=0) / (T * top_k)  # (E,)
+    P = probs.mean(dim=0)  # (E,)
+    return f, P
+
+
+def z_loss(logits: Tensor) -> Tensor:
+    """mean_t (logsumexp_e logits[t, e])²."""
+    return torch.logsumexp(logits, dim=-1).square().mean()

@@ -1,0 +1,169 @@
+"""Statistics: additive sums gathered on the device, one host transfer, and the tables built from them.
+
+Every reported number is derived from `ForwardSums`, which are plain sums over tokens. Sums add
+across forwards, so one trace and an accumulation of many use the very same formulas.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+CONFIDENCE_CAP = 100.0
+PER_EXPERT_COLUMNS = ["expert", "demand", "served", "dropped", "load_share", "utilization",
+                      "activation_sparsity", "output_rms", "mean_gate", "contribution", "specialization"]
+SUMMARY_KEYS = ["aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "dead_fraction",
+                "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite",
+                "demand", "served", "dropped", "active_experts", "capacity"]
+
+
+@dataclass
+class ForwardSums:
+    """Host-side float64 sums over one or more forwards (shapes: E experts, D model width)."""
+    n_experts: int
+    top_k: int
+    d_model: int
+    d_expert: int
+    forwards: int
+    tokens: float
+    capacity: float          # Σ over forwards of C (NaN when dropless)
+    forward_ms: float        # Σ over forwards
+    demand: np.ndarray       # (E,) routed assignments
+    served: np.ndarray       # (E,) served assignments
+    near_zero: np.ndarray    # (E,) hidden entries with |h| < eps
+    sum_sq: np.ndarray       # (E,) Σ y² over served tokens and D
+    gate_sum: np.ndarray     # (E,) Σ gates over served assignments
+    contribution: np.ndarray # (E,) Σ ‖gate·y‖
+    prob_sum: np.ndarray     # (E,) Σ_t probs[t, e]
+    sum_y: np.ndarray        # (E, D) Σ y over served tokens
+    coactivation: np.ndarray # (E, E) tokens served by both experts
+    lse_sq: float            # Σ_t logsumexp(logits_t)²
+    confidence: float        # Σ_t min(p1/p2, cap)
+    nonfinite: float         # non-finite router logits
+
+    def __add__(self, other: "ForwardSums") -> "ForwardSums":
+        if (self.n_experts, self.d_model) != (other.n_experts, other.d_model):
+            raise ValueError(f"cannot merge statistics of E={other.n_experts}, D={other.d_model} into "
+                             f"E={self.n_experts}, D={self.d_model}; reset the accumulator first")
+        merged = {}
+        for f in dataclasses.fields(self):
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            merged[f.name] = a if f.name in ("n_experts", "top_k", "d_model", "d_expert") else a + b
+        return ForwardSums(**merged)
+
+
+def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, gates: Tensor,
+                contributions: Tensor, coactivation: Tensor, near_zero: Tensor, sum_sq: Tensor,
+                sum_y: Tensor, *, top_k: int, d_expert: int, capacity: int | None) -> ForwardSums:
+    """Reduce the trace on its device and move every statistic to the host in one transfer."""
+    T, E = probs.shape
+    D = sum_y.shape[1]
+    acc = torch.float32 if probs.device.type == "mps" else torch.float64  # mps has no float64
+    # One column reduction for the five (T, E) matrices: demand, served, gate, contribution, probs sums.
+    columns = torch.cat([routed, served, gates, contributions, probs], dim=1).to(acc).sum(dim=0)  # (5E,)
+    per_expert = torch.cat([columns, near_zero.to(acc), sum_sq.to(acc)])  # (7E,)
+    if E > 1:
+        top2 = probs.topk(2, dim=-1).values  # (T, 2)
+        confidence = (top2[:, 0] / top2[:, 1]).clamp(max=CONFIDENCE_CAP).sum()
+    else:
+        confidence = torch.tensor(float("nan"), device=probs.device)
+    scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.to(acc),
+                           (~torch.isfinite(logits)).sum().to(acc)])  # (3,)
+    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars])
+    host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
+    pe, rest = host[: 7 * E].reshape(7, E), host[7 * E:]
+    return ForwardSums(
+        n_experts=E, top_k=top_k, d_model=D, d_expert=d_expert, forwards=1, tokens=float(T),
+        capacity=float("nan") if capacity is None else float(capacity), forward_ms=0.0,
+        demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
+        near_zero=pe[5], sum_sq=pe[6], sum_y=rest[: E * D].reshape(E, D),
+        coactivation=rest[E * D: E * D + E * E].reshape(E, E),
+        lse_sq=float(rest[-3]), confidence=float(rest[-2]), nonfinite=float(rest[-1]))
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den == 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
+
+
+def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
+    """One row per expert; definitions in docs/METRICS.md."""
+    served_total = s.served.sum()
+    mu = s.sum_y.sum(axis=0)  # (D,) direction of the mean over all served assignments
+    norms = np.linalg.norm(s.sum_y, axis=1) * np.linalg.norm(mu)  # (E,)
+    cosine = _ratio(s.sum_y @ mu, norms)
+    return pd.DataFrame({
+        "expert": np.arange(s.n_experts),
+        "demand": s.demand.astype(np.int64),
+        "served": s.served.astype(np.int64),
+        "dropped": (s.demand - s.served).astype(np.int64),
+        "load_share": s.served / served_total if served_total > 0 else np.full(s.n_experts, np.nan),
+        "utilization": s.served / (s.tokens * s.top_k / s.n_experts),
+        "activation_sparsity": _ratio(s.near_zero, s.served * s.d_expert),
+        "output_rms": np.sqrt(_ratio(s.sum_sq, s.served * s.d_model)),
+        "mean_gate": _ratio(s.gate_sum, s.served),
+        "contribution": s.contribution,
+        "specialization": np.where(s.served > 0, 1.0 - cosine, np.nan),
+    })
+
+
+def summary_dict(s: ForwardSums) -> dict[str, float]:
+    """Scalar health numbers of the routing; definitions in docs/METRICS.md."""
+    E, T = s.n_experts, s.tokens
+    demand = s.demand
+    mean = demand.mean()
+    share = demand / demand.sum() if demand.sum() > 0 else np.zeros(E)
+    nz = share[share > 0]
+    f = demand / (T * s.top_k)
+    P = s.prob_sum / T
+    return {
+        "aux_loss": float(E * np.sum(f * P)),
+        "z_loss": s.lse_sq / T,
+        "cv": float(demand.std() / mean) if mean > 0 else float("nan"),
+        "max_over_mean": float(demand.max() / mean) if mean > 0 else float("nan"),
+        "load_entropy": float(np.exp(-np.sum(nz * np.log(nz))) / E) if nz.size else float("nan"),
+        "dead_fraction": float(np.mean(s.served == 0)),
+        "dropped_fraction": float((demand.sum() - s.served.sum()) / demand.sum()) if demand.sum() > 0 else 0.0,
+        "mean_confidence": s.confidence / T,
+        "tokens": float(T),
+        "forward_ms": s.forward_ms,
+        "nonfinite": s.nonfinite,
+        "demand": float(demand.sum()),
+        "served": float(s.served.sum()),
+        "dropped": float(demand.sum() - s.served.sum()),
+        "active_experts": float(np.sum(s.served > 0)),
+        "capacity": s.capacity / s.forwards,
+    }
+
+
+class StatsAccumulator:
+    """Merges the statistics of many forwards; owned by the caller, never hidden in the layer."""
+
+    def __init__(self) -> None:
+        self.sums: ForwardSums | None = None
+
+    def update(self, trace) -> "StatsAccumulator":
+        self.sums = trace.sums if self.sums is None else self.sums + trace.sums
+        return self
+
+    def reset(self) -> None:
+        self.sums = None
+
+    @property
+    def forwards(self) -> int:
+        return 0 if self.sums is None else self.sums.forwards
+
+    def per_expert(self) -> pd.DataFrame:
+        if self.sums is None:
+            raise ValueError("no forward recorded yet: call update(trace) first")
+        return per_expert_frame(self.sums)
+
+    def summary(self) -> dict[str, float]:
+        if self.sums is None:
+            raise ValueError("no forward recorded yet: call update(trace) first")
+        return summary_dict(self.sums)

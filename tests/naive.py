@@ -1,0 +1,286 @@
+"""A naive, per-token float64 oracle for the MoE layer, written straight from the definitions.
+
+It shares no code with `moe/` (only reads the config's fields): routing, capacity and every
+statistic are plain Python loops over tokens and experts; the only tensor maths is the float64
+mat-vec of one expert on one token. Slow on purpose — use tiny sizes.
+
+Random draws ("random" router, `jitter_eps`, `noise_std`) cannot be reproduced here, so for those
+configs pass the engine's `router_logits` and the oracle checks everything downstream of them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+HASH_MULT = 2654435761
+PER_EXPERT_COLUMNS = ("expert", "demand", "served", "dropped", "load_share", "utilization",
+                      "activation_sparsity", "output_rms", "mean_gate", "contribution",
+                      "specialization")
+NAN = float("nan")
+
+
+@dataclass
+class NaiveTrace:
+    """Everything the oracle computes; lists of Python floats/bools, (T, E) as rows of E."""
+    y: torch.Tensor                      # (T, D) float64, flattened tokens
+    router_logits: list[list[float]]     # (T, E)
+    probs: list[list[float]]             # (T, E)
+    routed: list[list[bool]]             # (T, E)
+    served: list[list[bool]]             # (T, E)
+    gates: list[list[float]]             # (T, E)
+    contributions: list[list[float]]     # (T, E)
+    coactivation: list[list[int]]        # (E, E)
+    top_k_index: list[list[int]] | None  # (T, K), None for expert_choice
+    top_k_weights: list[list[float]] | None
+    capacity: int | None
+    per_expert: dict[str, list] = field(default_factory=dict)
+    summary: dict[str, float] = field(default_factory=dict)
+
+
+# ---------------------------------------------------------------- scalar maths
+
+def _softmax(row: list[float]) -> list[float]:
+    m = max(row)
+    exps = [math.exp(v - m) for v in row]
+    total = sum(exps)
+    return [v / total for v in exps]
+
+
+def _sigmoid(v: float) -> float:
+    if v >= 0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+def _logsumexp(row: list[float]) -> float:
+    m = max(row)
+    return m + math.log(sum(math.exp(v - m) for v in row))
+
+
+def _expert_forward(state: dict, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y_e(x) = w_down[e] @ (silu(w_gate[e] @ x) * (w_up[e] @ x)); returns (y (D,), h (H,))."""
+    g = state["experts.w_gate"][e] @ x          # (H,)
+    u = state["experts.w_up"][e] @ x            # (H,)
+    h = g / (1.0 + torch.exp(-g)) * u           # silu(g) * u, (H,)
+    return state["experts.w_down"][e] @ h, h    # (D,), (H,)
+
+
+def _capacity(cfg, T: int) -> int | None:
+    factor = cfg.capacity_factor
+    if factor is None:
+        if cfg.router != "expert_choice":
+            return None
+        factor = 1.0
+    return min(T, math.ceil(factor * T * cfg.top_k / cfg.n_experts))
+
+
+# ---------------------------------------------------------------- routing
+
+def _logits(state: dict, cfg, xs: torch.Tensor) -> list[list[float]]:
+    T, D = xs.shape
+    W = state["router.weight"].tolist()         # (E, D)
+    rows = xs.tolist()
+    bias = cfg.logit_bias or (0.0,) * cfg.n_experts
+    out = []
+    for t in range(T):
+        row = []
+        for e in range(cfg.n_experts):
+            dot = sum(rows[t][d] * W[e][d] for d in range(D))
+            row.append((dot + bias[e]) / cfg.temperature)
+        out.append(row)
+    return out
+
+
+def _choose_topk(scores: list[float], bias: list[float], K: int) -> list[int]:
+    """The K experts with the highest score + bias; on equal values the lower index wins."""
+    order = sorted(range(len(scores)), key=lambda e: (-(scores[e] + bias[e]), e))
+    return order[:K]
+
+
+def _route_topk_family(cfg, T, scores, probs, expert_bias):
+    """topk / random / hash: returns routed (T,E), weight (T,E), top_k_index, top_k_weights."""
+    E, K = cfg.n_experts, cfg.top_k
+    routed = [[False] * E for _ in range(T)]
+    weight = [[0.0] * E for _ in range(T)]
+    index, weights = [], []
+    for t in range(T):
+        if cfg.router == "hash":
+            chosen = [((t * HASH_MULT) % 2**32 + j) % E for j in range(K)]
+            w = [(1.0 / K if cfg.normalize_topk else 1.0) for _ in chosen]
+        else:
+            chosen = _choose_topk(scores[t], expert_bias, K)
+            w = [scores[t][e] for e in chosen]          # the unbiased scores
+            if cfg.normalize_topk:
+                total = sum(w)
+                w = [v / total for v in w]
+        w = [v * cfg.routed_scaling_factor for v in w]
+        for e, v in zip(chosen, w):
+            routed[t][e] = True
+            weight[t][e] = v
+        index.append(chosen)
+        weights.append(w)
+    return routed, weight, index, weights
+
+
+def _keep_tokens(candidates: list[int], probs_col: list[float], C: int, by_probs: bool) -> set[int]:
+    """The C tokens an expert keeps: in token order, or by highest probs (earlier token on ties)."""
+    if by_probs:
+        candidates = sorted(candidates, key=lambda t: (-probs_col[t], t))
+    return set(candidates[:C])
+
+
+def _apply_capacity(cfg, T, routed, probs, C):
+    E = cfg.n_experts
+    served = [[routed[t][e] for e in range(E)] for t in range(T)]
+    if C is None:
+        return served
+    for e in range(E):
+        candidates = [t for t in range(T) if routed[t][e]]      # token order
+        keep = _keep_tokens(candidates, [probs[t][e] for t in range(T)], C,
+                            cfg.drop_policy == "probs")
+        for t in candidates:
+            served[t][e] = t in keep
+    return served
+
+
+def _route_expert_choice(cfg, T, probs, C):
+    E = cfg.n_experts
+    routed = [[False] * E for _ in range(T)]
+    weight = [[0.0] * E for _ in range(T)]
+    for e in range(E):
+        for t in _keep_tokens(list(range(T)), [probs[t][e] for t in range(T)], C, True):
+            routed[t][e] = True
+            weight[t][e] = probs[t][e] * cfg.routed_scaling_factor
+    return routed, weight
+
+
+# ---------------------------------------------------------------- the oracle
+
+def naive_forward(state: dict, cfg, x: torch.Tensor,
+                  router_logits: torch.Tensor | None = None) -> NaiveTrace:
+    """Run the layer described by `state` (a state dict) and `cfg` on x, token by token in float64.
+
+    router_logits: pass the engine's (T, E) logits for configs with random draws (router
+    "random", jitter_eps, noise_std); otherwise leave None and the oracle computes them.
+    """
+    state = {k: v.detach().to("cpu", torch.float64) for k, v in state.items()}
+    xs = x.detach().to("cpu", torch.float64).reshape(-1, x.shape[-1])   # (T, D)
+    T, D = xs.shape
+    E, K = cfg.n_experts, cfg.top_k
+    if router_logits is None:
+        logits = _logits(state, cfg, xs)
+    else:
+        logits = router_logits.detach().to("cpu", torch.float64).reshape(T, E).tolist()
+
+    if cfg.score == "softmax":
+        probs = [_softmax(row) for row in logits]
+        scores = probs
+    else:
+        scores = [[_sigmoid(v) for v in row] for row in logits]
+        probs = [[v / sum(row) for v in row] for row in scores]
+
+    C = _capacity(cfg, T)
+    index = weights = None
+    if cfg.router == "expert_choice":
+        routed, weight = _route_expert_choice(cfg, T, probs, C)
+        served = routed
+    else:
+        expert_bias = state["router.expert_bias"].tolist()
+        routed, weight, index, weights = _route_topk_family(cfg, T, scores, probs, expert_bias)
+        served = _apply_capacity(cfg, T, routed, probs, C)
+    gates = [[weight[t][e] if served[t][e] else 0.0 for e in range(E)] for t in range(T)]
+
+    # expert outputs, token by token, only where served
+    y = torch.zeros(T, D, dtype=torch.float64)
+    outputs, hiddens = {}, {}
+    contributions = [[0.0] * E for _ in range(T)]
+    for t in range(T):
+        for e in range(E):
+            if not served[t][e]:
+                continue
+            ye, h = _expert_forward(state, e, xs[t])
+            outputs[t, e], hiddens[t, e] = ye, h
+            y[t] += gates[t][e] * ye
+            contributions[t][e] = math.sqrt(sum((gates[t][e] * v) ** 2 for v in ye.tolist()))
+
+    coactivation = [[sum(1 for t in range(T) if served[t][i] and served[t][j]) for j in range(E)]
+                    for i in range(E)]
+    trace = NaiveTrace(y=y.reshape(x.shape), router_logits=logits, probs=probs, routed=routed,
+                       served=served, gates=gates, contributions=contributions,
+                       coactivation=coactivation, top_k_index=index, top_k_weights=weights,
+                       capacity=C)
+    trace.per_expert = _per_expert(cfg, T, trace, outputs, hiddens)
+    trace.summary = _summary(cfg, T, trace)
+    return trace
+
+
+def _per_expert(cfg, T, tr: NaiveTrace, outputs, hiddens) -> dict[str, list]:
+    E, K = cfg.n_experts, cfg.top_k
+    demand = [sum(1 for t in range(T) if tr.routed[t][e]) for e in range(E)]
+    served = [sum(1 for t in range(T) if tr.served[t][e]) for e in range(E)]
+    total_served = sum(served)
+    # mu: mean of y_e'(x_t) over all served assignments (t, e')
+    all_outputs = list(outputs.values())
+    mu = sum(all_outputs) / len(all_outputs) if all_outputs else None
+    cols = {name: [] for name in PER_EXPERT_COLUMNS}
+    for e in range(E):
+        toks = [t for t in range(T) if tr.served[t][e]]
+        cols["expert"].append(e)
+        cols["demand"].append(demand[e])
+        cols["served"].append(served[e])
+        cols["dropped"].append(demand[e] - served[e])
+        cols["load_share"].append(served[e] / total_served)
+        cols["utilization"].append(served[e] / (T * K / E))
+        cols["contribution"].append(sum(tr.contributions[t][e] for t in range(T)))
+        if not toks:
+            for name in ("activation_sparsity", "output_rms", "mean_gate", "specialization"):
+                cols[name].append(NAN)
+            continue
+        small = sum(1 for t in toks for v in hiddens[t, e].tolist() if abs(v) < cfg.sparsity_eps)
+        cols["activation_sparsity"].append(small / (len(toks) * cfg.d_expert))
+        squares = [v * v for t in toks for v in outputs[t, e].tolist()]
+        cols["output_rms"].append(math.sqrt(sum(squares) / len(squares)))
+        cols["mean_gate"].append(sum(tr.gates[t][e] for t in toks) / len(toks))
+        mu_e = sum(outputs[t, e] for t in toks) / len(toks)
+        cos = float(mu_e @ mu) / (math.sqrt(float(mu_e @ mu_e)) * math.sqrt(float(mu @ mu)))
+        cols["specialization"].append(1.0 - cos)
+    return cols
+
+
+def _summary(cfg, T, tr: NaiveTrace) -> dict[str, float]:
+    E, K = cfg.n_experts, cfg.top_k
+    pe = tr.per_expert
+    demand, served, dropped = pe["demand"], pe["served"], pe["dropped"]
+    total_demand = sum(demand)
+    P = [sum(tr.probs[t][e] for t in range(T)) / T for e in range(E)]
+    f = [demand[e] / (T * K) for e in range(E)]
+    mean_demand = total_demand / E
+    std_demand = math.sqrt(sum((d - mean_demand) ** 2 for d in demand) / E)   # population
+    shares = [d / total_demand for d in demand]
+    entropy = -sum(s * math.log(s) for s in shares if s > 0)
+    confidences = []
+    for row in tr.probs:
+        if E == 1:
+            break
+        p1, p2 = sorted(row, reverse=True)[:2]
+        confidences.append(100.0 if p2 == 0 else min(p1 / p2, 100.0))
+    return {
+        "aux_loss": E * sum(f[e] * P[e] for e in range(E)),
+        "z_loss": sum(_logsumexp(row) ** 2 for row in tr.router_logits) / T,
+        "cv": std_demand / mean_demand,
+        "max_over_mean": max(demand) / mean_demand,
+        "load_entropy": math.exp(entropy) / E,
+        "dead_fraction": sum(1 for s in served if s == 0) / E,
+        "dropped_fraction": sum(dropped) / total_demand,
+        "mean_confidence": sum(confidences) / len(confidences) if confidences else NAN,
+        "tokens": float(T),
+        "nonfinite": float(sum(1 for row in tr.router_logits for v in row if not math.isfinite(v))),
+        "demand": float(total_demand),
+        "served": float(sum(served)),
+        "dropped": float(sum(dropped)),
+        "active_experts": float(sum(1 for s in served if s > 0)),
+        "capacity": NAN if tr.capacity is None else float(tr.capacity),
+    }

@@ -1,0 +1,74 @@
+"""`python -m moe report`: the printed numbers are the engine's, and bad arguments exit 2 in one line."""
+import io
+import json
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from moe import MoEConfig, MoELayer
+from moe.cli import main
+from moe.scenarios import make_batch
+
+
+def _run(capsys, *argv):
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_report_matches_the_engine(capsys):
+    code, out, err = _run(capsys, "report", "--n-experts", "6", "--top-k", "2", "--tokens", "96",
+                          "--scenario", "clusters", "--seed", "3", "--capacity-factor", "0.75", "--format", "json")
+    assert code == 0 and err == ""
+    report = json.loads(out)
+    cfg = MoEConfig(n_experts=6, top_k=2, capacity_factor=0.75, seed=3)
+    _, trace = MoELayer(cfg)(make_batch("clusters", cfg.d_model, 96, seed=3, n_clusters=4, skew=0.0).x)
+    assert report["config"]["n_experts"] == 6 and report["config"]["scenario"] == "clusters"
+    table = pd.DataFrame(report["per_expert"])
+    expected = trace.per_expert()
+    assert table["served"].tolist() == expected["served"].tolist()
+    assert table["dropped"].sum() > 0  # capacity 0.75 drops
+    pd.testing.assert_series_equal(table["output_rms"], expected["output_rms"], rtol=1e-5)
+    for key in ("aux_loss", "z_loss", "cv", "dropped_fraction", "mean_confidence"):
+        assert report["summary"][key] == pytest.approx(trace.summary()[key], rel=1e-6)
+
+
+def test_csv_report_has_config_summary_and_table(capsys):
+    code, out, _ = _run(capsys, "report", "--tokens", "32", "--format", "csv")
+    assert code == 0
+    sections = out.split("# per_expert\n")
+    table = pd.read_csv(io.StringIO(sections[1]))
+    assert list(table["expert"]) == list(range(8))
+    assert table["served"].sum() == 32 * 2
+    assert "# config" in sections[0] and "aux_loss," in sections[0]
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["report", "--top-k", "9"], "top_k=9"),
+    (["report", "--tokens", "-3"], "'-3'"),
+    (["report", "--router", "foo"], "'foo'"),
+    (["report", "--capacity-factor", "0"], "capacity_factor"),
+    (["report", "--capacity-factor", "abc"], "'abc'"),
+    (["report", "--hot-expert", "12"], "12"),
+    (["report", "--scenario", "clusters", "--skew", "-1"], "skew"),
+    (["report", "--device", "tpu"], "'tpu'"),
+])
+def test_bad_arguments_exit_2_with_one_line(capsys, argv, named):
+    code, out, err = _run(capsys, *argv)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and named in err
+
+
+def test_module_entry_point_runs_as_a_process():
+    proc = subprocess.run([sys.executable, "-m", "moe", "report", "--top-k", "0"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "top-k" in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")
+def test_cuda_request_without_gpu_is_a_clean_error(capsys):
+    code, _, err = _run(capsys, "report", "--device", "cuda")
+    assert code == 2 and "no CUDA GPU" in err
