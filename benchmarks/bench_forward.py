@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import inspect
 import math
+import os
 import statistics
 import sys
 import time
@@ -331,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, fp32, "
           f"repeats {args.repeats}, warm-up {args.warmup}, reference loop on {args.ref_tokens} tokens")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    if load > 0.5:
+        # Another busy process makes every multi-threaded op wait for a core (ms per op):
+        # the many small ops of a routed forward suffer far more than the dense roofline.
+        print(f"WARNING: 1-minute load average {load:.2f}; other work on these cores skews the timings")
     if ENGINE_ERROR:
         print(f"engine not importable ({ENGINE_ERROR}): timing the baselines only")
     rows, notes = [], []

@@ -36,6 +36,26 @@ class MoELayer(nn.Module):
             draw = torch.randn(param.shape, generator=g) * scale
             param.copy_(draw.to(device=param.device, dtype=param.dtype))
 
+    def reconfigured(self, cfg: MoEConfig) -> "MoELayer":
+        """A layer with new routing settings that shares this layer's weights (no copy).
+
+        Only the routing may change: d_model, d_expert, n_experts, seed, device and dtype fix the
+        weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
+        """
+        fixed = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype")
+        changed = [f"{name}: {getattr(self.cfg, name)!r} -> {getattr(cfg, name)!r}"
+                   for name in fixed if getattr(self.cfg, name) != getattr(cfg, name)]
+        if changed:
+            raise ValueError("reconfigured() keeps the weights, so these must not change: " + "; ".join(changed)
+                             + ". Build a new MoELayer instead")
+        layer = MoELayer.__new__(MoELayer)
+        nn.Module.__init__(layer)
+        layer.cfg = cfg
+        layer.router = TopKRouter(cfg).to(cfg.device)
+        layer.router.weight = self.router.weight  # shared Parameter
+        layer.experts = self.experts              # shared module
+        return layer
+
     @property
     def device(self) -> torch.device:
         return self.router.weight.device
@@ -67,7 +87,7 @@ class MoELayer(nn.Module):
         coactivation = served.t() @ served  # (E, E)
         sums = gather_sums(routing.probs, routing.router_logits, routing.routed, routing.served,
                            routing.gates, result.contributions, coactivation, result.near_zero,
-                           result.sum_sq, result.sum_y, top_k=cfg.top_k, d_expert=cfg.d_expert,
+                           result.sum_sq, result.sum_y, result.out, top_k=cfg.top_k, d_expert=cfg.d_expert,
                            capacity=routing.capacity)
         sums.forward_ms = (time.perf_counter() - start) * 1e3  # gather_sums synchronised the device
         trace = Trace(

@@ -17,7 +17,7 @@ CONFIDENCE_CAP = 100.0
 PER_EXPERT_COLUMNS = ["expert", "demand", "served", "dropped", "load_share", "utilization",
                       "activation_sparsity", "output_rms", "mean_gate", "contribution", "specialization"]
 SUMMARY_KEYS = ["aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "dead_fraction",
-                "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite",
+                "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite", "nonfinite_output",
                 "demand", "served", "dropped", "active_experts", "capacity"]
 
 
@@ -44,6 +44,7 @@ class ForwardSums:
     lse_sq: float            # Σ_t logsumexp(logits_t)²
     confidence: float        # Σ_t min(p1/p2, cap)
     nonfinite: float         # non-finite router logits
+    nonfinite_output: float  # non-finite entries of the layer output y
 
     def __add__(self, other: "ForwardSums") -> "ForwardSums":
         if (self.n_experts, self.d_model) != (other.n_experts, other.d_model):
@@ -58,7 +59,7 @@ class ForwardSums:
 
 def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, gates: Tensor,
                 contributions: Tensor, coactivation: Tensor, near_zero: Tensor, sum_sq: Tensor,
-                sum_y: Tensor, *, top_k: int, d_expert: int, capacity: int | None) -> ForwardSums:
+                sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None) -> ForwardSums:
     """Reduce the trace on its device and move every statistic to the host in one transfer."""
     T, E = probs.shape
     D = sum_y.shape[1]
@@ -72,7 +73,7 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
     else:
         confidence = torch.tensor(float("nan"), device=probs.device)
     scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.to(acc),
-                           (~torch.isfinite(logits)).sum().to(acc)])  # (3,)
+                           (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc)])  # (4,)
     packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars])
     host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
     pe, rest = host[: 7 * E].reshape(7, E), host[7 * E:]
@@ -82,7 +83,8 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
         demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
         near_zero=pe[5], sum_sq=pe[6], sum_y=rest[: E * D].reshape(E, D),
         coactivation=rest[E * D: E * D + E * E].reshape(E, E),
-        lse_sq=float(rest[-3]), confidence=float(rest[-2]), nonfinite=float(rest[-1]))
+        lse_sq=float(rest[-4]), confidence=float(rest[-3]), nonfinite=float(rest[-2]),
+        nonfinite_output=float(rest[-1]))
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -133,6 +135,7 @@ def summary_dict(s: ForwardSums) -> dict[str, float]:
         "tokens": float(T),
         "forward_ms": s.forward_ms,
         "nonfinite": s.nonfinite,
+        "nonfinite_output": s.nonfinite_output,
         "demand": float(demand.sum()),
         "served": float(s.served.sum()),
         "dropped": float(demand.sum() - s.served.sum()),

@@ -55,7 +55,7 @@ def test_served_equals_assignments_minus_drops(router, capacity, policy):
                                trace.served.sum(dim=0).float().cpu())
 
 
-@pytest.mark.parametrize("capacity", (None, 0.5, 2.0))
+@pytest.mark.parametrize("capacity", (None, 0.5, 2.0, 5.0))  # 5.0: C = T
 def test_expert_choice_serves_capacity(capacity):
     cfg = MoEConfig(**SMALL, router="expert_choice", capacity_factor=capacity)
     T = 30
@@ -163,8 +163,19 @@ def test_nan_input_is_reported():
     y, trace = MoELayer(cfg)(x)
     summary = trace.summary()
     assert summary["nonfinite"] == cfg.n_experts   # the whole row of token 3
+    assert summary["nonfinite_output"] == int((~torch.isfinite(y)).sum()) > 0
     assert summary["tokens"] == 20
     trace.per_expert()   # must not raise either
+
+
+def test_nan_input_is_reported_when_the_router_never_sees_it():
+    """The random router's logits ignore x: the output count still shows the NaN."""
+    cfg = MoEConfig(**SMALL, router="random")
+    x = tokens(10, cfg.d_model)
+    x[2, 1] = float("nan")
+    y, trace = MoELayer(cfg)(x)
+    assert trace.summary()["nonfinite"] == 0
+    assert trace.summary()["nonfinite_output"] == int(torch.isnan(y).sum()) == cfg.d_model
 
 
 def test_state_dict_layout():

@@ -15,7 +15,7 @@ ROUTERS = ("topk", "expert_choice", "hash", "random")
 SCORES = ("softmax", "sigmoid")
 SUMMARY_KEYS = {"aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "dead_fraction",
                 "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite",
-                "demand", "served", "dropped", "active_experts", "capacity"}
+                "nonfinite_output", "demand", "served", "dropped", "active_experts", "capacity"}
 BASE = dict(d_model=12, d_expert=24, n_experts=5, top_k=2)
 T_BASE = 30
 RTOL, ATOL = 1e-4, 1e-5   # the engine runs in float32
@@ -135,7 +135,8 @@ def test_routing_knobs(knob, router, score):
         assert u.min() >= -1e-5 and u.max() <= 1 + 1e-5
 
 
-SHAPES = [(8, 16, 4, 1, 12), (16, 32, 6, 3, 40), (12, 16, 6, 2, 25), (8, 16, 4, 4, 13)]
+SHAPES = [(8, 16, 4, 1, 12), (16, 32, 6, 3, 40), (12, 16, 6, 2, 25), (8, 16, 4, 4, 13),
+          (8, 16, 1, 1, 12), (8, 16, 4, 2, 1)]   # K = E; a single expert; a single token
 
 
 @pytest.mark.parametrize("score", SCORES)
@@ -146,6 +147,30 @@ def test_routing_shapes(D, H, E, K, T, router, score):
                     capacity_factor=1.25, seed=3)
     x = tokens(T, D, seed=T)
     assert_matches(cfg, x, *run_both(cfg, x))
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_idle_expert(router):
+    """A hopeless expert 4 stays idle under topk/random: its NaN columns and dead_fraction."""
+    cfg = MoEConfig(**BASE, router=router, logit_bias=(0.0, 0.0, 0.0, 0.0, -30.0))
+    x = tokens(T_BASE, cfg.d_model)
+    y, trace, ref = run_both(cfg, x)
+    assert_matches(cfg, x, y, trace, ref)
+    if router in ("topk", "random"):
+        assert trace.summary()["dead_fraction"] == pytest.approx(0.2)
+        assert math.isnan(trace.per_expert()["specialization"].iloc[4])
+
+
+@pytest.mark.parametrize("router", ROUTERS)
+def test_sharp_router(router):
+    """Low temperature: p1/p2 exceeds the confidence cap of 100 for most tokens."""
+    cfg = MoEConfig(**BASE, router=router, temperature=0.1, capacity_factor=1.25,
+                    drop_policy="probs")
+    x = tokens(T_BASE, cfg.d_model)
+    y, trace, ref = run_both(cfg, x)
+    assert_matches(cfg, x, y, trace, ref)
+    if router != "random":
+        assert 50 < ref.summary["mean_confidence"] <= 100
 
 
 @pytest.mark.parametrize("router", ROUTERS)
@@ -260,3 +285,62 @@ def test_oracle_hand_worked_capacity():
     assert [row[0] for row in ec.served] == [True, False, False, True]
     assert [row[1] for row in ec.served] == [False, True, True, False]
     assert ec.top_k_index is None and ec.per_expert["demand"] == [2, 2]
+
+
+# ---------------------------------------------------------------- trace fields and devices
+
+def test_trace_fields():
+    cfg = MoEConfig(**BASE, capacity_factor=1.25)
+    x = tokens(T_BASE, cfg.d_model)
+    _, trace = MoELayer(cfg)(x)
+    T, E, K = T_BASE, cfg.n_experts, cfg.top_k
+    for name in ("router_logits", "probs", "gates", "contributions"):
+        tensor = getattr(trace, name)
+        assert tensor.shape == (T, E) and tensor.dtype == torch.float32, name
+    for name in ("routed", "served"):
+        assert getattr(trace, name).shape == (T, E) and getattr(trace, name).dtype == torch.bool
+    assert trace.coactivation.shape == (E, E)
+    assert trace.top_k_index.shape == (T, K) and not trace.top_k_index.is_floating_point()
+    assert trace.top_k_weights.shape == (T, K)
+    assert trace.device == "cpu" and trace.forward_ms > 0
+    host = trace.cpu()
+    assert host.router_logits.device.type == "cpu"
+    assert torch.equal(host.served, trace.served)
+
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+@GPU
+@pytest.mark.parametrize("router", ROUTERS)
+def test_gpu_matches_oracle(router):
+    cfg = MoEConfig(**BASE, router=router, capacity_factor=1.25, drop_policy="probs", device="cuda")
+    layer = MoELayer(cfg)
+    cpu_state = MoELayer(cfg.replace(device="cpu")).state_dict()
+    assert all(torch.equal(v.cpu(), cpu_state[k]) for k, v in layer.state_dict().items())
+    x = tokens(T_BASE, cfg.d_model).to("cuda")
+    y, trace = layer(x)
+    assert trace.device.startswith("cuda") and y.device.type == "cuda"
+    ref = naive_forward(layer.state_dict(), cfg, x.cpu(),
+                        router_logits=trace.router_logits if needs_engine_logits(cfg) else None)
+    assert_matches(cfg, x.cpu(), y.cpu(), trace.cpu(), ref)
+
+
+@pytest.mark.parametrize("dtype", ("bfloat16", "float16"))
+@pytest.mark.parametrize("router", ("topk", "expert_choice"))
+def test_half_precision_experts_fp32_router(dtype, router):
+    """router_dtype="float32": routing equals the oracle's exactly; y only to half precision."""
+    cfg = MoEConfig(**BASE, router=router, dtype=dtype, capacity_factor=1.25, drop_policy="probs")
+    layer = MoELayer(cfg)
+    x = tokens(T_BASE, cfg.d_model).to(cfg.torch_dtype)   # (T, D) in the model dtype
+    y, trace = layer(x)
+    assert y.dtype == x.dtype and y.shape == x.shape
+    assert trace.router_logits.dtype == torch.float32
+    ref = naive_forward(layer.state_dict(), cfg, x)
+    close(trace.router_logits, ref.router_logits, "router_logits")
+    assert trace.served.cpu().tolist() == ref.served
+    close(trace.gates, ref.gates, "gates")
+    close(y, ref.y, "y", rtol=3e-2, atol=3e-2)
+    # router_dtype="model" runs the router in the half dtype: it still runs and reports
+    _, model_trace = MoELayer(cfg.replace(router_dtype="model"))(x)
+    assert model_trace.summary()["tokens"] == T_BASE

@@ -1,0 +1,1 @@
+"""moe-scope dashboard: Streamlit controls, pure Plotly figure builders and page sections."""

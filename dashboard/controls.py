@@ -1,0 +1,177 @@
+"""The sidebar: session-state initialisation, presets and every control, each with a help tooltip."""
+from __future__ import annotations
+
+import streamlit as st
+import torch
+
+from moe import available_devices
+from moe.config import DROP_POLICIES, DTYPES, ROUTER_DTYPES, ROUTERS, SCORES
+from moe.scenarios import SCENARIO_HELP, SCENARIOS
+
+from .presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
+from .state import LABELLED_SCENARIOS, from_query
+
+D_MODEL_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 768, 1024, 2048, 4096]
+D_EXPERT_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 8192]
+SEQ_OPTIONS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
+OPTIONS: dict[str, list] = {
+    "d_model": D_MODEL_OPTIONS, "d_expert": D_EXPERT_OPTIONS, "seq_len": SEQ_OPTIONS,
+    "router": list(ROUTERS), "score": list(SCORES), "drop_policy": list(DROP_POLICIES),
+    "scenario": list(SCENARIOS), "dtype": list(DTYPES), "router_dtype": list(ROUTER_DTYPES),
+}
+RANGES: dict[str, tuple[float, float]] = {
+    "n_experts": (1, 256), "batch": (1, 64), "temperature": (0.05, 10.0), "capacity_factor": (0.1, 4.0),
+    "noise_std": (0.0, 3.0), "jitter_eps": (0.0, 0.5), "hot_bias": (-10.0, 10.0), "bias_spread": (0.0, 5.0),
+    "expert_bias_hot": (-2.0, 2.0), "expert_bias_spread": (0.0, 1.0), "n_clusters": (1, 32), "skew": (0.0, 3.0),
+    "spread": (0.0, 2.0), "drift_step": (0, 1000), "seed": (0, 2 ** 31 - 1), "routed_scaling_factor": (0.1, 10.0),
+}
+
+
+def sanitize(values: dict, devices: list[str]) -> tuple[dict, list[str]]:
+    """Bring values into what the widgets accept (options, ranges, top_k ≤ n_experts); say what changed."""
+    fixed, notes = dict(values), []
+    for key, options in {**OPTIONS, "device": devices}.items():
+        if fixed[key] not in options:
+            notes.append(f"{key}={fixed[key]!r} is not available here; using {CONTROL_DEFAULTS[key]!r}")
+            fixed[key] = CONTROL_DEFAULTS[key]
+    for key, (lo, hi) in RANGES.items():
+        if not lo <= fixed[key] <= hi:
+            clamped = type(CONTROL_DEFAULTS[key])(min(max(fixed[key], lo), hi))
+            notes.append(f"{key}={fixed[key]!r} is outside {lo}..{hi}; using {clamped!r}")
+            fixed[key] = clamped
+    fixed["top_k"] = max(1, min(int(fixed["top_k"]), int(fixed["n_experts"])))
+    if fixed["hot_expert"] >= fixed["n_experts"] or fixed["hot_expert"] < -1:
+        fixed["hot_expert"] = -1
+    return fixed, notes
+
+
+def init_session() -> None:
+    """Once per browser session: defaults, overridden by the link's query parameters."""
+    ss = st.session_state
+    if ss.get("_initialised"):
+        for key in CONTROL_DEFAULTS:  # keep values of widgets that a rerun did not draw
+            if key in ss:
+                ss[key] = ss[key]
+        return
+    preset, values, problems = from_query(st.query_params.to_dict())
+    values, notes = sanitize(values, available_devices())
+    for key, value in values.items():
+        ss[key] = value
+    ss["preset"] = preset
+    ss["link_notes"] = problems + notes
+    ss["_initialised"] = True
+
+
+def _apply_preset() -> None:
+    name = st.session_state["preset"]
+    if name == "Custom":
+        return
+    values, _ = sanitize(preset_values(name), available_devices())
+    for key, value in values.items():
+        st.session_state[key] = value
+
+
+def _clamp_after_experts() -> None:
+    """n_experts changed: clamp top_k and the hot expert before their widgets render."""
+    ss = st.session_state
+    ss["top_k"] = max(1, min(ss["top_k"], ss["n_experts"]))
+    if ss["hot_expert"] >= ss["n_experts"]:
+        ss["hot_expert"] = -1
+
+
+def _device_label(device: str) -> str:
+    if device.startswith("cuda:"):
+        return f"{device} ({torch.cuda.get_device_name(int(device[5:]))})"
+    return {"cpu": "cpu", "mps": "mps (Apple GPU)"}.get(device, device)
+
+
+def render_sidebar() -> dict:
+    """Draw every control; return the current control values."""
+    ss = st.session_state
+    sb = st.sidebar
+    sb.selectbox("Preset", list(PRESETS), key="preset", on_change=_apply_preset,
+                 help="Load a teaching scenario. Every control stays editable afterwards.")
+    preset = PRESETS[ss["preset"]]
+    sb.caption(f"**Look for:** {preset.look_for}  \n**Why:** {preset.why}")
+
+    sb.subheader("Dimensions")
+    sb.select_slider("d_model", D_MODEL_OPTIONS, key="d_model", help="D: width of each token vector.")
+    sb.select_slider("d_expert", D_EXPERT_OPTIONS, key="d_expert",
+                     help="H: hidden width of each SwiGLU expert (the FFN's intermediate size).")
+    sb.slider("n_experts", 1, 256, key="n_experts", on_change=_clamp_after_experts,
+              help="E: number of experts in the pool.")
+    if ss["n_experts"] > 1:
+        sb.slider("top_k", 1, ss["n_experts"], key="top_k",
+                  help="K: experts per token (for expert_choice, the average number of experts per token).")
+    else:
+        ss["top_k"] = 1
+        sb.caption("top_k = 1 (a single expert serves every token)")
+    c1, c2 = sb.columns(2)
+    c1.number_input("batch", 1, 64, key="batch", help="B: sequences per forward. Tokens T = B × S.")
+    c2.select_slider("seq_len", SEQ_OPTIONS, key="seq_len", help="S: tokens per sequence.")
+    sb.caption(f"T = {ss['batch'] * ss['seq_len']:,} tokens")
+
+    _routing_controls(sb, ss)
+    _input_controls(sb, ss)
+
+    sb.subheader("Device")
+    sb.selectbox("device", available_devices(), key="device", format_func=_device_label,
+                 help="Where the forward runs. Only devices present on this machine are listed.")
+    sb.selectbox("dtype", list(DTYPES), key="dtype", help="Expert weights and activations dtype.")
+    sb.selectbox("router_dtype", list(ROUTER_DTYPES), key="router_dtype",
+                 help="'float32' runs the router in fp32 whatever the experts use; 'model' uses the expert "
+                      "dtype, which can flip close top-k decisions.")
+    return {key: ss[key] for key in CONTROL_DEFAULTS}
+
+
+def _routing_controls(sb, ss) -> None:
+    sb.subheader("Routing")
+    sb.selectbox("router", list(ROUTERS), key="router",
+                 help="topk: tokens pick their K best experts. expert_choice: each expert picks its C best "
+                      "tokens. hash: expert from the token index (no learning). random: uniform random logits.")
+    sb.radio("score", list(SCORES), key="score", horizontal=True,
+             help="softmax over experts (Mixtral), or independent sigmoids (DeepSeek-V3).")
+    sb.slider("temperature", 0.05, 10.0, key="temperature", step=0.05,
+              help="Logits are divided by it: high flattens the probabilities, low sharpens them.")
+    sb.checkbox("normalize_topk", key="normalize_topk",
+                help="Divide the chosen experts' scores by their sum (Mixtral). Off: raw scores (Switch, Qwen).")
+    sb.number_input("routed_scaling_factor", 0.1, 10.0, key="routed_scaling_factor", step=0.1,
+                    help="Multiplies every combine weight (DeepSeek-V3 uses 2.5).")
+    sb.checkbox("dropless", key="dropless", help="No capacity limit: every routed token is served.")
+    sb.slider("capacity_factor", 0.1, 4.0, key="capacity_factor", step=0.05, disabled=ss["dropless"],
+              help="Capacity C = ceil(capacity_factor · T · K / E) tokens per expert; the rest are dropped.")
+    sb.radio("drop_policy", list(DROP_POLICIES), key="drop_policy", horizontal=True, disabled=ss["dropless"],
+             help="position: an expert keeps its first C tokens in token order. probs: it keeps the C "
+                  "tokens with the highest router probability.")
+    sb.slider("noise_std", 0.0, 3.0, key="noise_std", step=0.05,
+              help="Adds N(0, σ²) to the logits (training-style noisy gating), seeded.")
+    sb.slider("jitter_eps", 0.0, 0.5, key="jitter_eps", step=0.01,
+              help="Multiplies the router input by U(1−ε, 1+ε) (Switch jitter), seeded.")
+    sb.selectbox("hot expert", [-1, *range(ss["n_experts"])], key="hot_expert",
+                 format_func=lambda e: "none" if e == -1 else f"expert {e}",
+                 help="Make one expert hot: its logit gets the bias below (changes probabilities).")
+    sb.slider("logit_bias (hot expert)", -10.0, 10.0, key="hot_bias", step=0.1, disabled=ss["hot_expert"] < 0,
+              help="Added to the hot expert's logit before the softmax/sigmoid.")
+    sb.slider("logit_bias spread", 0.0, 5.0, key="bias_spread", step=0.1,
+              help="Adds a random N(0, σ²) logit bias to every expert (seeded): graded imbalance.")
+    sb.slider("expert_bias (hot expert)", -2.0, 2.0, key="expert_bias_hot", step=0.05,
+              disabled=ss["hot_expert"] < 0,
+              help="DeepSeek-V3's aux-loss-free bias on the hot expert: steers selection only, never the weights.")
+    sb.slider("expert_bias spread", 0.0, 1.0, key="expert_bias_spread", step=0.01,
+              help="A random N(0, σ²) selection-only bias on every expert (seeded).")
+
+
+def _input_controls(sb, ss) -> None:
+    sb.subheader("Input")
+    sb.selectbox("scenario", list(SCENARIOS), key="scenario", help=SCENARIO_HELP.get(ss["scenario"]))
+    sb.caption(SCENARIO_HELP.get(ss["scenario"], ""))
+    labelled = ss["scenario"] in LABELLED_SCENARIOS
+    sb.slider("topics", 1, 32, key="n_clusters", disabled=not labelled,
+              help="Number of cluster centres (topics) the tokens are drawn around.")
+    sb.slider("skew", 0.0, 3.0, key="skew", step=0.1, disabled=ss["scenario"] != "clusters",
+              help="Topic sizes ∝ exp(−skew · i): 0 gives equal topics, larger makes topic 0 dominate.")
+    sb.slider("spread", 0.0, 2.0, key="spread", step=0.05, disabled=not labelled,
+              help="Noise around each topic centre.")
+    sb.slider("drift step", 0, 1000, key="drift_step", disabled=ss["scenario"] != "drifting",
+              help="Time in the drifting mixture: topic proportions rotate as it grows.")
+    sb.number_input("seed", 0, 2 ** 31 - 1, key="seed", help="Seeds the weights, the input and the noise.")

@@ -1,0 +1,79 @@
+"""Presets: named sets of control values, each with what to look for and why."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Every sidebar control and its default; keys double as widget keys and query parameters.
+CONTROL_DEFAULTS: dict[str, object] = {
+    "d_model": 64, "d_expert": 256, "n_experts": 8, "top_k": 2, "batch": 4, "seq_len": 128,
+    "router": "topk", "score": "softmax", "temperature": 1.0, "normalize_topk": True,
+    "routed_scaling_factor": 1.0, "dropless": True, "capacity_factor": 1.25, "drop_policy": "position",
+    "noise_std": 0.0, "jitter_eps": 0.0,
+    "hot_expert": -1, "hot_bias": 3.0, "bias_spread": 0.0, "expert_bias_hot": 0.0, "expert_bias_spread": 0.0,
+    "scenario": "gaussian", "n_clusters": 4, "skew": 0.0, "spread": 0.3, "drift_step": 0,
+    "seed": 0, "device": "cpu", "dtype": "float32", "router_dtype": "float32",
+}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    look_for: str   # what to look for
+    why: str        # why it happens
+    values: dict = field(default_factory=dict)  # overrides of CONTROL_DEFAULTS
+
+
+PRESETS: dict[str, Preset] = {p.name: p for p in [
+    Preset("Balanced top-2 (Mixtral-like)",
+           "Demand bars sit close to the ideal line T·K/E; aux loss ≈ 1, CV small, no dead experts.",
+           "A softmax router with random weights spreads tokens evenly; top-2 weights are renormalised.",
+           {}),
+    Preset("Switch top-1 with capacity",
+           "Served bars are cut at the capacity line: the dropped % KPI and the red overflow show lost tokens.",
+           "Switch routes each token to one expert with capacity C = ceil(cf·T/E); skewed topics overflow it.",
+           {"top_k": 1, "normalize_topk": False, "dropless": False, "capacity_factor": 1.0,
+            "scenario": "clusters", "skew": 1.0}),
+    Preset("DeepSeek-like sigmoid with aux-free bias",
+           "Expert 0 is made hot by a logit bias; a negative expert_bias on it steers selection back "
+           "while its gate values (mean_gate) stay those of the unbiased scores.",
+           "DeepSeek-V3 selects on sigmoid score + bias and weights by the unbiased, normalised scores × 2.5.",
+           {"score": "sigmoid", "n_experts": 16, "top_k": 4, "routed_scaling_factor": 2.5,
+            "hot_expert": 0, "hot_bias": 2.0, "expert_bias_hot": -0.4}),
+    Preset("Expert choice",
+           "Every expert serves exactly C tokens (flat load, aux loss ≈ 1 by construction); some tokens "
+           "get several experts and some none (see the token inspector).",
+           "In expert choice (Zhou et al. 2022) experts pick their top-C tokens instead of tokens picking experts.",
+           {"router": "expert_choice", "dropless": False, "capacity_factor": 1.0}),
+    Preset("Router collapse: identical tokens",
+           "All demand lands on top_k experts; the rest are dead; aux loss ≈ E/K, CV and max/mean are high.",
+           "Identical tokens get identical logits, so every token picks the same experts.",
+           {"scenario": "identical"}),
+    Preset("Router collapse: hot expert",
+           "Expert 0 takes nearly every token; its bar towers over the ideal line, aux loss rises above 2.",
+           "A large logit bias on one expert shifts every token's probabilities towards it.",
+           {"hot_expert": 0, "hot_bias": 4.0}),
+    Preset("High temperature",
+           "Router probabilities flatten: confidence p1/p2 near 1, token entropy near log E.",
+           "Dividing logits by a large temperature pushes softmax towards uniform.",
+           {"temperature": 5.0}),
+    Preset("Noisy gating",
+           "Routing changes between seeds; the probability heatmap looks speckled; loads stay balanced.",
+           "Training-style noise (N(0, σ²) on logits, multiplicative jitter on inputs) explores experts.",
+           {"noise_std": 1.0, "jitter_eps": 0.05}),
+    Preset("Fine-grained (64 experts, top-6)",
+           "Many small experts: co-activation patterns and top-k combinations become rich; watch dead experts.",
+           "DeepSeek/Qwen-style fine-grained MoE splits the FFN into many narrow experts, K of them per token.",
+           {"n_experts": 64, "top_k": 6, "d_expert": 64, "seq_len": 256, "scenario": "clusters", "n_clusters": 8}),
+    Preset("Custom",
+           "Your own settings: every control is yours.",
+           "Selecting Custom keeps the current values.",
+           {}),
+]}
+DEFAULT_PRESET = "Balanced top-2 (Mixtral-like)"
+
+
+def preset_values(name: str) -> dict:
+    """The full set of control values of a preset (defaults overridden by the preset)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return {**CONTROL_DEFAULTS, **PRESETS[name].values}

@@ -1,0 +1,27 @@
+"""RunResult: everything one forward produced, on the host, ready for tables and figures."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import pandas as pd
+from torch import Tensor
+
+from moe import MoEConfig, Trace
+
+
+@dataclass(frozen=True)
+class RunResult:
+    config: MoEConfig
+    scenario: str                     # name in moe.scenarios.SCENARIOS
+    scenario_params: dict             # the parameters the batch was drawn with
+    trace: Trace                      # tensors on the CPU
+    per_expert: pd.DataFrame          # trace.per_expert()
+    summary: dict[str, float]         # trace.summary()
+    labels: Tensor | None = None      # (T,) int64 topic of each token, when the scenario has labels
+    label_names: list[str] | None = None
+    device: str = "cpu"               # the device that actually ran
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def n_experts(self) -> int:
+        return self.config.n_experts

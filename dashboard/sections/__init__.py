@@ -1,0 +1,1 @@
+"""Page sections: each renders one part of the page from a RunResult."""

@@ -1,0 +1,19 @@
+"""Download buttons; the files are built only when clicked."""
+from __future__ import annotations
+
+import streamlit as st
+
+from .. import exports
+from ..result import RunResult
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Downloads")
+    c1, c2, c3 = st.columns(3)
+    c1.download_button("Per-expert table (CSV)", lambda: exports.per_expert_csv(result),
+                       file_name="moe_per_expert.csv", mime="text/csv", on_click="ignore")
+    c2.download_button("Summary + config (JSON)", lambda: exports.summary_json(result),
+                       file_name="moe_summary.json", mime="application/json", on_click="ignore")
+    c3.download_button("Trace (Parquet)", lambda: exports.trace_parquet(result),
+                       file_name="moe_trace.parquet", mime="application/octet-stream", on_click="ignore",
+                       help="One row per (token, expert): logit, prob, routed, served, gate, contribution.")

@@ -1,0 +1,22 @@
+"""Experts: what each expert does with the tokens it serves, and who contributes most."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ..colors import expert_colors
+from ..definitions import caption
+from ..figures import EXPERT_METRICS, expert_bar_figure, expert_metrics_figure
+from ..result import RunResult
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Experts")
+    colors = expert_colors(result.config.n_experts)
+    left, right = st.columns([3, 2])
+    with left:
+        st.plotly_chart(expert_metrics_figure(result.per_expert, colors), width="stretch", key="experts_metrics")
+        st.caption(caption(*EXPERT_METRICS))
+    with right:
+        fig = expert_bar_figure(result.per_expert, "contribution", colors, ranked=True)
+        st.plotly_chart(fig, width="stretch", key="experts_contribution")
+        st.caption(caption("contribution", "contributions"))

@@ -1,0 +1,22 @@
+"""Pathways: which experts fire together, and the most frequent expert combinations."""
+from __future__ import annotations
+
+import streamlit as st
+
+from ..definitions import caption
+from ..figures_router import coactivation_figure, combinations_figure
+from ..result import RunResult
+from ..tables import conditional_coactivation, topk_combinations
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Pathways")
+    left, right = st.columns(2)
+    with left:
+        fig = coactivation_figure(conditional_coactivation(result.trace))
+        st.plotly_chart(fig, width="stretch", key="pathways_coactivation")
+        st.caption(caption("conditional_coactivation"))
+    with right:
+        fig = combinations_figure(topk_combinations(result.trace, n=15))
+        st.plotly_chart(fig, width="stretch", key="pathways_combinations")
+        st.caption(caption("topk_combinations"))

@@ -1,0 +1,42 @@
+"""Router: probabilities per token, how confident and how spread they are, and the logits' scale."""
+from __future__ import annotations
+
+import math
+
+import streamlit as st
+
+from ..colors import expert_colors
+from ..definitions import caption
+from ..figures import histogram_figure, token_heatmap_figure
+from ..figures_router import logits_figure
+from ..result import RunResult
+from ..tables import confidence_histogram, entropy_histogram, heatmap_rows, logit_quantiles, probability_matrix
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Router")
+    trace, E = result.trace, result.config.n_experts
+    matrix, labels, note = probability_matrix(trace, heatmap_rows(E))
+    fig = token_heatmap_figure(matrix, labels, title="Router probability per token and expert"
+                               + (" (binned means)" if note else ""), value_name="prob", zmin=0.0,
+                               uirevision="probs")
+    st.plotly_chart(fig, width="stretch", key="router_probs")
+    text = caption("probs", "token_heatmap_aggregation")
+    st.caption(f"**{note}**  \n{text}" if note else text)
+
+    left, right = st.columns(2)
+    with left:
+        fig = histogram_figure(confidence_histogram(trace), title="Confidence per token",
+                               xaxis_title="min(p₁/p₂, 100) (log scale)", log_x=True)
+        st.plotly_chart(fig, width="stretch", key="router_confidence")
+        st.caption(caption("token_confidence", "mean_confidence"))
+    with right:
+        fig = histogram_figure(entropy_histogram(trace), title="Router entropy per token",
+                               xaxis_title="entropy (nats)", reference=math.log(E),
+                               reference_name=f"uniform: ln E = {math.log(E):.4g}")
+        st.plotly_chart(fig, width="stretch", key="router_entropy")
+        st.caption(caption("token_entropy"))
+
+    fig = logits_figure(logit_quantiles(trace), expert_colors(E), result.summary["z_loss"])
+    st.plotly_chart(fig, width="stretch", key="router_logits")
+    st.caption(caption("router_logits", "z_loss", "nonfinite"))

@@ -1,0 +1,216 @@
+"""Tables the charts show, derived from a host-side Trace: pure functions, no forward, no mutation.
+
+Shape letters: T tokens, E experts, K top_k, R heatmap rows (≤ max_rows), C clusters.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from moe import Trace
+from moe.stats import CONFIDENCE_CAP
+
+HEATMAP_MAX_ROWS = 2000
+HEATMAP_MAX_CELLS = 262_144  # 2000 rows at E ≤ 131, fewer rows for more experts: the browser stays fast
+
+
+def heatmap_rows(n_experts: int, max_rows: int = HEATMAP_MAX_ROWS, max_cells: int = HEATMAP_MAX_CELLS) -> int:
+    """The row limit of a tokens × experts heatmap: at most max_rows rows and max_cells cells."""
+    return max(1, min(max_rows, max_cells // max(n_experts, 1)))
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    """A float64 (or bool) NumPy copy of a host tensor; the trace itself is never touched."""
+    t = t.detach().cpu()
+    return t.numpy().copy() if t.dtype == torch.bool else t.double().numpy()
+
+
+# --- per token ---------------------------------------------------------------------------------
+
+def token_entropy(probs: np.ndarray) -> np.ndarray:
+    """(T,) router entropy in nats, −Σ_e p log p with 0·log 0 = 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(probs > 0, -probs * np.log(np.where(probs > 0, probs, 1.0)), 0.0)  # (T, E)
+    terms = np.where(np.isnan(probs), np.nan, terms)  # NaN input stays visible
+    return terms.sum(axis=1)
+
+
+def token_confidence(probs: np.ndarray) -> np.ndarray:
+    """(T,) min(p1/p2, 100) with p1 ≥ p2 the two largest probs; NaN when E = 1."""
+    T, E = probs.shape
+    if E < 2:
+        return np.full(T, np.nan)
+    top2 = -np.sort(-probs, axis=1)[:, :2]  # (T, 2) descending
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = top2[:, 0] / top2[:, 1]
+    return np.minimum(ratio, CONFIDENCE_CAP)  # p2 = 0 gives inf, capped like the engine
+
+
+def _chosen(trace: Trace, probs: np.ndarray, routed: np.ndarray) -> tuple[list, list]:
+    """Per token: the router's choice in selection order and its weights (before capacity)."""
+    if trace.top_k_index is not None:
+        idx = trace.top_k_index.cpu().numpy()  # (T, K)
+        w = _np(trace.top_k_weights)           # (T, K)
+        return [tuple(int(e) for e in row) for row in idx], [tuple(float(v) for v in row) for row in w]
+    gates = _np(trace.gates)
+    experts, weights = [], []
+    for t in range(probs.shape[0]):  # expert_choice: a token gets 0..E experts, ordered by prob
+        chosen = np.flatnonzero(routed[t])
+        chosen = chosen[np.argsort(-probs[t, chosen], kind="stable")]
+        experts.append(tuple(int(e) for e in chosen))
+        weights.append(tuple(float(gates[t, e]) for e in chosen))
+    return experts, weights
+
+
+def token_table(trace: Trace) -> pd.DataFrame:
+    """One row per token: chosen experts and weights, served/dropped experts, max prob, entropy, confidence."""
+    probs, routed, served = _np(trace.probs), _np(trace.routed), _np(trace.served)
+    experts, weights = _chosen(trace, probs, routed)
+    return pd.DataFrame({
+        "token": np.arange(probs.shape[0]),
+        "experts": experts,
+        "weights": weights,
+        "served": [tuple(int(e) for e in np.flatnonzero(row)) for row in served],
+        "dropped": [tuple(int(e) for e in np.flatnonzero(row)) for row in routed & ~served],
+        "n_served": served.sum(axis=1).astype(np.int64),
+        "max_prob": probs.max(axis=1),
+        "entropy": token_entropy(probs),
+        "confidence": token_confidence(probs),
+    })
+
+
+def token_detail(trace: Trace, t: int) -> pd.DataFrame:
+    """One row per expert for token t: prob, logit, routed, served, dropped, gate, contribution."""
+    T = trace.tokens
+    if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < T:
+        raise ValueError(f"token index must be an integer in 0..{T - 1}, got {t!r}")
+    routed, served = trace.routed[t].cpu().numpy(), trace.served[t].cpu().numpy()
+    return pd.DataFrame({
+        "expert": np.arange(routed.shape[0]),
+        "prob": _np(trace.probs[t]),
+        "logit": _np(trace.router_logits[t]),
+        "routed": routed,
+        "served": served,
+        "dropped": routed & ~served,
+        "gate": _np(trace.gates[t]),
+        "contribution": _np(trace.contributions[t]),
+    })
+
+
+# --- histograms and logit spread ---------------------------------------------------------------
+
+def histogram(values: np.ndarray, edges: np.ndarray) -> pd.DataFrame:
+    """Counts of the finite values in each bin [left, right) (the last bin is closed)."""
+    finite = values[np.isfinite(values)]
+    counts, edges = np.histogram(finite, bins=edges)
+    return pd.DataFrame({"left": edges[:-1], "right": edges[1:], "count": counts.astype(np.int64)})
+
+
+def entropy_histogram(trace: Trace, bins: int = 40) -> pd.DataFrame:
+    """Token entropy binned on [0, ln E] (ln E is the uniform router's entropy)."""
+    top = max(math.log(trace.probs.shape[1]), 1e-6)
+    values = np.clip(token_entropy(_np(trace.probs)), 0.0, top)  # rounding may pass ln E by an ulp
+    return histogram(values, np.linspace(0.0, top, bins + 1))
+
+
+def confidence_histogram(trace: Trace, bins: int = 40) -> pd.DataFrame:
+    """Token confidence min(p1/p2, 100) binned on log-spaced edges from 1 to 100."""
+    return histogram(token_confidence(_np(trace.probs)), np.geomspace(1.0, CONFIDENCE_CAP, bins + 1))
+
+
+def logit_quantiles(trace: Trace) -> pd.DataFrame:
+    """Per expert: min, q1, median, q3, max, mean, std of its finite router logits over tokens."""
+    logits = _np(trace.router_logits)  # (T, E)
+    logits = np.where(np.isfinite(logits), logits, np.nan)
+    rows = []
+    for e in range(logits.shape[1]):
+        col = logits[:, e][~np.isnan(logits[:, e])]
+        if col.size == 0:
+            rows.append([e] + [np.nan] * 7 + [0])
+            continue
+        q1, med, q3 = np.quantile(col, [0.25, 0.5, 0.75])
+        rows.append([e, col.min(), q1, med, q3, col.max(), col.mean(), col.std(), col.size])
+    return pd.DataFrame(rows, columns=["expert", "min", "q1", "median", "q3", "max", "mean", "std", "n"])
+
+
+# --- tokens × experts heatmaps -----------------------------------------------------------------
+
+def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
+    """(T, E) → (R, E) with R ≤ max_rows: above the limit, means of consecutive equal-size token bins."""
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    T = matrix.shape[0]
+    if T <= max_rows:
+        return matrix.copy(), [str(t) for t in range(T)], ""
+    edges = np.linspace(0, T, max_rows + 1).round().astype(np.int64)  # (R+1,) sizes differ by ≤ 1
+    sums = np.add.reduceat(matrix, edges[:-1], axis=0)                # (R, E)
+    sizes = np.diff(edges)                                            # (R,)
+    labels = [f"{a}–{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
+    note = (f"Aggregated: {T} tokens shown as {max_rows} rows, each the mean of "
+            f"{sizes.min()}–{sizes.max()} consecutive tokens.")
+    return sums / sizes[:, None], labels, note
+
+
+def contribution_matrix(trace: Trace, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
+    """Contributions (T, E), aggregated above max_rows tokens; returns (matrix, row labels, note)."""
+    return aggregate_rows(_np(trace.contributions), max_rows)
+
+
+def probability_matrix(trace: Trace, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
+    """Router probabilities (T, E), aggregated above max_rows tokens; returns (matrix, row labels, note)."""
+    return aggregate_rows(_np(trace.probs), max_rows)
+
+
+# --- pathways ----------------------------------------------------------------------------------
+
+def conditional_coactivation(trace: Trace) -> pd.DataFrame:
+    """(E, E) P(j | i) = coactivation[i, j] / coactivation[i, i]; a NaN row for an idle expert i."""
+    co = _np(trace.coactivation)  # (E, E)
+    diag = np.diag(co)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cond = np.where(diag[:, None] > 0, co / np.where(diag > 0, diag, 1.0)[:, None], np.nan)
+    E = co.shape[0]
+    return pd.DataFrame(cond, index=pd.RangeIndex(E, name="i"), columns=pd.RangeIndex(E, name="j"))
+
+
+def topk_combinations(trace: Trace, n: int = 15) -> pd.DataFrame:
+    """The n most frequent served expert sets: combo (sorted tuple), label, count, share = count / T."""
+    served = trace.served.cpu().numpy()  # (T, E) bool
+    T = served.shape[0]
+    packed = np.packbits(served, axis=1)  # (T, ceil(E/8)) one key per set
+    _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
+    combos = [tuple(int(e) for e in np.flatnonzero(served[i])) for i in first]
+    # Most frequent first; equal counts in combination order, so the table is deterministic.
+    order = sorted(range(len(combos)), key=lambda i: (-counts[i], combos[i]))[:n]
+    combos = [combos[i] for i in order]
+    count = counts[order].astype(np.int64)
+    return pd.DataFrame({
+        "combo": combos,
+        "label": [" + ".join(str(e) for e in c) if c else "none" for c in combos],
+        "count": count,
+        "share": count / T,
+    })
+
+
+# --- scenario ----------------------------------------------------------------------------------
+
+def cluster_share(trace: Trace, labels: torch.Tensor, names: list[str] | None = None) -> pd.DataFrame:
+    """(C, E) share of each cluster's served assignments going to each expert; rows sum to 1 (NaN if none)."""
+    served = _np(trace.served).astype(np.float64)  # (T, E)
+    lab = labels.detach().cpu().numpy().astype(np.int64)  # (T,)
+    if lab.shape[0] != served.shape[0]:
+        raise ValueError(f"labels have {lab.shape[0]} entries but the trace has {served.shape[0]} tokens")
+    C = int(lab.max()) + 1 if lab.size else 0
+    if names is not None:
+        C = max(C, len(names))
+    counts = np.zeros((C, served.shape[1]))
+    np.add.at(counts, lab, served)  # (C, E) served assignments per cluster and expert
+    total = counts.sum(axis=1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(total > 0, counts / np.where(total > 0, total, 1.0), np.nan)
+    index = [names[c] if names is not None and c < len(names) else f"cluster {c}" for c in range(C)]
+    return pd.DataFrame(share, index=pd.Index(index, name="cluster"),
+                        columns=pd.RangeIndex(served.shape[1], name="expert"))

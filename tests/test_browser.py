@@ -1,0 +1,75 @@
+"""The real page in headless Chromium: it renders charts, shows no error, and redraws on a slider move."""
+import os
+import pathlib
+
+import pytest
+
+from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:  # pragma: no cover - playwright is in requirements.txt
+        pytest.fail(f"playwright is not installed: {err}")
+    with sync_playwright() as pw:
+        try:
+            chromium = launch_chromium(pw)
+        except Exception as err:  # no browser on this machine
+            if os.environ.get("MOE_REQUIRE_BROWSER"):
+                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
+            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as url:
+        yield url
+
+
+def _kpi(page, label: str) -> str:
+    metric = page.locator('[data-testid="stMetric"]', has_text=label).first
+    return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def test_page_renders_charts_and_redraws_when_top_k_moves(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+    wait_for_run(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2
+    assert _kpi(page, "tokens") == "512"
+    aux_before = _kpi(page, "aux loss")
+
+    # Move the top_k slider one step right with the keyboard, as a person would.
+    top_k = page.locator('[data-testid="stSidebar"] input[type="range"][aria-label="top_k"]')
+    assert top_k.input_value() == "2"
+    top_k.focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function(
+        """([label, before]) => {
+            const m = [...document.querySelectorAll('[data-testid="stMetric"]')]
+                .find(el => el.querySelector('[data-testid="stMetricLabel"]')?.innerText.trim() === label);
+            return m && m.querySelector('[data-testid="stMetricValue"]').innerText.trim() !== before;
+        }""", arg=["aux loss", aux_before], timeout=30_000)
+    wait_for_run(page)
+    assert top_k.input_value() == "3"
+    assert "top_k=3" in page.url or "top_k%3D3" in page.url
+    assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 2
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert errors == []
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
+    assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    page.close()

@@ -1,0 +1,270 @@
+"""Figure builders tested as objects: trace types, axis titles, expert colours, reference lines."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+import torch
+
+from dashboard import figures as fg
+from dashboard import figures_router as fr
+from dashboard import tables as tb
+from dashboard.colors import expert_colors
+from moe import MoEConfig, MoELayer
+from moe.scenarios import make_batch
+
+T = 48
+
+
+def run(**kw):
+    cfg = MoEConfig(d_model=12, d_expert=24, **kw)
+    batch = make_batch("clusters", cfg.d_model, T, seed=0)
+    _, trace = MoELayer(cfg)(batch.x)
+    return cfg, trace.cpu(), batch
+
+
+@pytest.fixture(scope="module")
+def capped():
+    return run(n_experts=6, top_k=2, capacity_factor=0.8)
+
+
+def frozen(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.copy(deep=True)
+
+
+# --- colours -----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("E", (1, 8, 10, 11, 24, 25, 64, 256))
+def test_one_distinct_colour_per_expert(E):
+    colors = expert_colors(E)
+    assert len(colors) == E and len(set(colors)) == E
+    assert expert_colors(E) == colors  # stable
+    colors.append("x")
+    assert len(expert_colors(E)) == E  # callers get a fresh list
+
+
+def test_expert_colors_rejects_bad_counts():
+    for bad in (0, -1, 2.0, True):
+        with pytest.raises(ValueError):
+            expert_colors(bad)
+
+
+def _colors_of(fig: go.Figure, name: str) -> list[str]:
+    trace = next(t for t in fig.data if t.name == name)
+    return list(trace.marker.color)
+
+
+def test_same_colour_for_an_expert_in_every_chart(capped):
+    cfg, trace, _ = capped
+    E, colors = cfg.n_experts, expert_colors(cfg.n_experts)
+    pe = trace.per_expert()
+    load = fg.load_figure(pe, colors, T * 2 / E, trace.capacity)
+    metrics = fg.expert_metrics_figure(pe, colors)
+    ranked = fg.expert_bar_figure(pe, "contribution", colors, ranked=True)
+    logits = fr.logits_figure(tb.logit_quantiles(trace), colors, 1.0)
+    inspector = fr.token_inspector_figure(tb.token_detail(trace, 0), colors, 0)
+    assert _colors_of(load, "served") == colors
+    assert list(load.data[0].marker.color) == colors  # demand: same colours, faded
+    for bar in metrics.data:
+        assert list(bar.marker.color) == colors
+    assert _colors_of(logits, "q1–q3") == colors
+    assert _colors_of(inspector, "router probability") == colors
+    assert _colors_of(inspector, "contribution") == colors
+    # ranked: each bar keeps its expert's colour
+    for label, color in zip(ranked.data[0].x, ranked.data[0].marker.color):
+        assert color == colors[int(label)]
+
+
+# --- load --------------------------------------------------------------------------------------
+
+def test_load_figure_lines_and_bars(capped):
+    cfg, trace, _ = capped
+    pe, colors = trace.per_expert(), expert_colors(cfg.n_experts)
+    before = frozen(pe)
+    ideal = T * cfg.top_k / cfg.n_experts
+    fig = fg.load_figure(pe, colors, ideal, trace.capacity)
+    pd.testing.assert_frame_equal(pe, before)
+    bars = [t for t in fig.data if isinstance(t, go.Bar)]
+    assert [b.name for b in bars] == ["demand (routed)", "served"]
+    assert list(bars[0].y) == pe["demand"].tolist() and list(bars[1].y) == pe["served"].tolist()
+    lines = {t.name.split(" ")[0]: t for t in fig.data if isinstance(t, go.Scatter)}
+    assert set(lines) == {"ideal", "capacity"}
+    assert list(lines["ideal"].y) == [ideal, ideal]
+    assert list(lines["capacity"].y) == [trace.capacity, trace.capacity]
+    assert fig.layout.xaxis.title.text == "expert" and fig.layout.yaxis.title.text == "assignments"
+    assert fig.layout.uirevision
+    assert "%{customdata[2]}" in bars[1].hovertemplate  # dropped shown on hover
+
+
+def test_load_figure_dropless_has_no_capacity_line():
+    cfg, trace, _ = run(n_experts=4, top_k=2)
+    fig = fg.load_figure(trace.per_expert(), expert_colors(4), T * 2 / 4, trace.capacity)
+    names = [t.name for t in fig.data if isinstance(t, go.Scatter)]
+    assert len(names) == 1 and names[0].startswith("ideal")
+
+
+def test_one_expert_figures_do_not_crash():
+    cfg, trace, _ = run(n_experts=1, top_k=1)
+    colors = expert_colors(1)
+    fg.load_figure(trace.per_expert(), colors, float(T), None)
+    fg.expert_metrics_figure(trace.per_expert(), colors)
+    fg.histogram_figure(tb.confidence_histogram(trace), title="c", xaxis_title="x", log_x=True)
+    fr.coactivation_figure(tb.conditional_coactivation(trace))
+    fr.token_inspector_figure(tb.token_detail(trace, 0), colors, 0)
+
+
+# --- expert metrics ----------------------------------------------------------------------------
+
+def test_expert_bar_ranked_orders_by_value(capped):
+    cfg, trace, _ = capped
+    pe = trace.per_expert()
+    before = frozen(pe)
+    fig = fg.expert_bar_figure(pe, "contribution", expert_colors(cfg.n_experts), ranked=True)
+    pd.testing.assert_frame_equal(pe, before)
+    values = list(fig.data[0].y)
+    assert values == sorted(values, reverse=True)
+    order = pe.sort_values("contribution", ascending=False, kind="stable")["expert"].astype(str).tolist()
+    assert list(fig.data[0].x) == order and list(fig.layout.xaxis.categoryarray) == order
+    assert fig.layout.xaxis.title.text == "expert (ranked)" and fig.layout.yaxis.title.text
+
+
+def test_expert_bar_unranked_keeps_expert_order(capped):
+    cfg, trace, _ = capped
+    pe = trace.per_expert()
+    fig = fg.expert_bar_figure(pe, "activation_sparsity", expert_colors(cfg.n_experts))
+    assert list(fig.data[0].x) == list(range(cfg.n_experts))
+    np.testing.assert_allclose(np.asarray(fig.data[0].y, dtype=float), pe["activation_sparsity"])
+    assert fig.layout.xaxis.title.text == "expert"
+
+
+def test_expert_metrics_figure_axes(capped):
+    cfg, trace, _ = capped
+    fig = fg.expert_metrics_figure(trace.per_expert(), expert_colors(cfg.n_experts))
+    assert [t.name for t in fig.data] == list(fg.EXPERT_METRICS)
+    assert all(isinstance(t, go.Bar) for t in fig.data)
+    for i, metric in enumerate(fg.EXPERT_METRICS, start=1):
+        suffix = "" if i == 1 else str(i)
+        assert fig.layout[f"xaxis{suffix}"].title.text == "expert"
+        assert fig.layout[f"yaxis{suffix}"].title.text == metric
+
+
+# --- heatmaps ----------------------------------------------------------------------------------
+
+def test_contribution_heatmap_aggregated_rows_within_limit(capped):
+    cfg, trace, _ = capped
+    matrix, labels, note = tb.contribution_matrix(trace, max_rows=10)
+    fig = fg.token_heatmap_figure(matrix, labels, title="c", value_name="contribution")
+    heat = fig.data[0]
+    assert isinstance(heat, go.Heatmap)
+    assert np.asarray(heat.z).shape == (10, cfg.n_experts) and len(heat.y) <= 10
+    assert note and fig.layout.xaxis.title.text == "expert" and fig.layout.yaxis.title.text == "token"
+    assert "%{z" in heat.hovertemplate
+
+
+def test_heatmap_does_not_mutate_matrix(capped):
+    _, trace, _ = capped
+    matrix, labels, _ = tb.probability_matrix(trace)
+    before = matrix.copy()
+    fg.token_heatmap_figure(matrix, labels, title="p", value_name="prob")
+    np.testing.assert_array_equal(matrix, before)
+
+
+def test_coactivation_figure(capped):
+    cfg, trace, _ = capped
+    cond = tb.conditional_coactivation(trace)
+    before = frozen(cond)
+    fig = fr.coactivation_figure(cond)
+    pd.testing.assert_frame_equal(cond, before)
+    heat = fig.data[0]
+    assert isinstance(heat, go.Heatmap) and (heat.zmin, heat.zmax) == (0.0, 1.0)
+    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), cond.to_numpy())
+    assert fig.layout.xaxis.title.text.startswith("expert j") and fig.layout.yaxis.title.text.startswith("expert i")
+
+
+def test_cluster_share_figure(capped):
+    _, trace, batch = capped
+    share = tb.cluster_share(trace, batch.labels, batch.label_names)
+    fig = fr.cluster_share_figure(share)
+    assert list(fig.data[0].y) == [str(n) for n in batch.label_names]
+    assert fig.layout.xaxis.title.text == "expert" and fig.layout.yaxis.title.text == "cluster"
+
+
+# --- router, pathways, inspector ---------------------------------------------------------------
+
+def test_histograms(capped):
+    cfg, trace, _ = capped
+    hist = tb.entropy_histogram(trace, bins=12)
+    before = frozen(hist)
+    fig = fg.histogram_figure(hist, title="entropy", xaxis_title="entropy (nats)",
+                              reference=math.log(cfg.n_experts), reference_name="uniform")
+    pd.testing.assert_frame_equal(hist, before)
+    bar, ref = fig.data
+    assert isinstance(bar, go.Bar) and list(bar.y) == hist["count"].tolist()
+    assert list(ref.x) == [math.log(cfg.n_experts)] * 2
+    assert fig.layout.xaxis.title.text == "entropy (nats)" and fig.layout.yaxis.title.text == "tokens"
+    conf = fg.histogram_figure(tb.confidence_histogram(trace), title="c", xaxis_title="ratio", log_x=True)
+    assert list(conf.layout.xaxis.ticktext)[0] == "1" and list(conf.layout.xaxis.ticktext)[-1] == "100"
+    np.testing.assert_allclose(conf.layout.xaxis.tickvals[-1], 2.0)
+
+
+def test_logits_figure(capped):
+    cfg, trace, _ = capped
+    q = tb.logit_quantiles(trace)
+    before = frozen(q)
+    fig = fr.logits_figure(q, expert_colors(cfg.n_experts), 0.123)
+    pd.testing.assert_frame_equal(q, before)
+    box, median = fig.data
+    np.testing.assert_allclose(np.asarray(box.base, dtype=float), q["q1"])
+    np.testing.assert_allclose(box.y, q["q3"] - q["q1"])
+    np.testing.assert_allclose(median.y, q["median"])
+    np.testing.assert_allclose(np.asarray(median.y) + np.asarray(median.error_y.array), q["max"])
+    assert "0.123" in fig.layout.title.text and fig.layout.yaxis.title.text == "router logit"
+
+
+def test_combinations_figure(capped):
+    _, trace, _ = capped
+    combos = tb.topk_combinations(trace, n=5)
+    before = combos.copy()
+    fig = fr.combinations_figure(combos)
+    pd.testing.assert_frame_equal(combos, before)
+    assert list(fig.data[0].y) == combos["label"].tolist() and list(fig.data[0].x) == combos["count"].tolist()
+    assert fig.data[0].orientation == "h"
+    assert fig.layout.xaxis.title.text == "tokens" and fig.layout.yaxis.title.text == "served experts"
+
+
+def test_token_inspector_marks_served_and_dropped(capped):
+    cfg, trace, _ = capped
+    table = tb.token_table(trace)
+    t = int(table.index[table["dropped"].map(len) > 0][0])  # a token with a dropped choice
+    detail = tb.token_detail(trace, t)
+    before = frozen(detail)
+    fig = fr.token_inspector_figure(detail, expert_colors(cfg.n_experts), t)
+    pd.testing.assert_frame_equal(detail, before)
+    probs, gates, contrib = fig.data
+    shapes = list(probs.marker.pattern.shape)
+    assert [s == "x" for s in shapes] == detail["dropped"].tolist()
+    assert list(gates.x) == detail.loc[detail["served"], "expert"].tolist()
+    np.testing.assert_allclose(contrib.y, detail["contribution"])
+    assert fig.layout.xaxis2.title.text == "expert" and fig.layout.yaxis.title.text and fig.layout.yaxis2.title.text
+    assert str(t) in fig.layout.title.text
+
+
+def test_builders_return_figures_with_uirevision(capped):
+    cfg, trace, batch = capped
+    colors = expert_colors(cfg.n_experts)
+    pe = trace.per_expert()
+    matrix, labels, _ = tb.contribution_matrix(trace)
+    figs = [fg.load_figure(pe, colors, 1.0), fg.expert_bar_figure(pe, "output_rms", colors),
+            fg.expert_metrics_figure(pe, colors), fg.token_heatmap_figure(matrix, labels, title="t", value_name="v"),
+            fg.histogram_figure(tb.entropy_histogram(trace), title="h", xaxis_title="x"),
+            fr.logits_figure(tb.logit_quantiles(trace), colors, 0.0),
+            fr.coactivation_figure(tb.conditional_coactivation(trace)),
+            fr.combinations_figure(tb.topk_combinations(trace)),
+            fr.cluster_share_figure(tb.cluster_share(trace, batch.labels, batch.label_names)),
+            fr.token_inspector_figure(tb.token_detail(trace, 1), colors, 1)]
+    for fig in figs:
+        assert isinstance(fig, go.Figure) and fig.layout.uirevision
+    assert torch.is_tensor(trace.probs)
