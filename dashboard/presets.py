@@ -29,7 +29,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "A softmax router with random weights spreads tokens evenly; top-2 weights are renormalised.",
            {}),
     Preset("Switch top-1 with capacity",
-           "Served bars are cut at the capacity line: the dropped % KPI and the red overflow show lost tokens.",
+           "Served bars are cut at the capacity line; the lighter demand bar above it and the dropped % KPI show the lost tokens.",
            "Switch routes each token to one expert with capacity C = ceil(cf·T/E); skewed topics overflow it.",
            {"top_k": 1, "normalize_topk": False, "dropless": False, "capacity_factor": 1.0,
             "scenario": "clusters", "skew": 1.0}),

@@ -5,6 +5,7 @@ Shape letters: T tokens, E experts, K top_k, R heatmap rows (≤ max_rows), C cl
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -43,7 +44,7 @@ def token_confidence(probs: np.ndarray) -> np.ndarray:
     T, E = probs.shape
     if E < 2:
         return np.full(T, np.nan)
-    top2 = -np.sort(-probs, axis=1)[:, :2]  # (T, 2) descending
+    top2 = -np.sort(np.partition(-probs, 1, axis=1)[:, :2], axis=1)  # (T, 2) descending, O(T·E)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = top2[:, 0] / top2[:, 1]
     return np.minimum(ratio, CONFIDENCE_CAP)  # p2 = 0 gives inf, capped like the engine
@@ -123,17 +124,18 @@ def confidence_histogram(trace: Trace, bins: int = 40) -> pd.DataFrame:
 
 def logit_quantiles(trace: Trace) -> pd.DataFrame:
     """Per expert: min, q1, median, q3, max, mean, std of its finite router logits over tokens."""
-    logits = _np(trace.router_logits)  # (T, E)
-    logits = np.where(np.isfinite(logits), logits, np.nan)
-    rows = []
-    for e in range(logits.shape[1]):
-        col = logits[:, e][~np.isnan(logits[:, e])]
-        if col.size == 0:
-            rows.append([e] + [np.nan] * 7 + [0])
-            continue
-        q1, med, q3 = np.quantile(col, [0.25, 0.5, 0.75])
-        rows.append([e, col.min(), q1, med, q3, col.max(), col.mean(), col.std(), col.size])
-    return pd.DataFrame(rows, columns=["expert", "min", "q1", "median", "q3", "max", "mean", "std", "n"])
+    logits = np.ascontiguousarray(_np(trace.router_logits).T)  # (E, T): each expert's logits contiguous
+    logits = np.where(np.isfinite(logits), logits, np.nan)  # non-finite logits are counted by `nonfinite`
+    nan = np.isnan(logits).any()
+    with np.errstate(invalid="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN expert gives NaN, as intended
+        quantile, lo, hi, mean, std = ((np.nanquantile, np.nanmin, np.nanmax, np.nanmean, np.nanstd) if nan
+                                       else (np.quantile, np.min, np.max, np.mean, np.std))  # nan* are slow
+        q1, median, q3 = quantile(logits, [0.25, 0.5, 0.75], axis=1)  # (E,) each
+        return pd.DataFrame({
+            "expert": np.arange(logits.shape[0]), "min": lo(logits, axis=1), "q1": q1, "median": median,
+            "q3": q3, "max": hi(logits, axis=1), "mean": mean(logits, axis=1), "std": std(logits, axis=1),
+            "n": (~np.isnan(logits)).sum(axis=1).astype(np.int64)})
 
 
 # --- tokens × experts heatmaps -----------------------------------------------------------------
@@ -180,8 +182,9 @@ def topk_combinations(trace: Trace, n: int = 15) -> pd.DataFrame:
     """The n most frequent served expert sets: combo (sorted tuple), label, count, share = count / T."""
     served = trace.served.cpu().numpy()  # (T, E) bool
     T = served.shape[0]
-    packed = np.packbits(served, axis=1)  # (T, ceil(E/8)) one key per set
-    _, first, counts = np.unique(packed, axis=0, return_index=True, return_counts=True)
+    packed = np.ascontiguousarray(np.packbits(served, axis=1))  # (T, ceil(E/8))
+    keys = packed.view(np.dtype((np.void, packed.shape[1]))).ravel()  # (T,) one opaque key per set
+    _, first, counts = np.unique(keys, return_index=True, return_counts=True)
     combos = [tuple(int(e) for e in np.flatnonzero(served[i])) for i in first]
     # Most frequent first; equal counts in combination order, so the table is deterministic.
     order = sorted(range(len(combos)), key=lambda i: (-counts[i], combos[i]))[:n]

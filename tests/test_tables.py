@@ -226,3 +226,19 @@ def test_entropy_and_confidence_edge_cases():
     np.testing.assert_allclose(tb.token_confidence(probs), [100.0, 1.0, 0.7 / 0.3])
     assert np.isnan(tb.token_confidence(np.ones((3, 1)))).all()
     assert isinstance(tb.token_table(make_trace("one_expert")), pd.DataFrame)
+
+
+def test_nonfinite_input_is_reported_not_hidden():
+    cfg = MoEConfig(d_model=12, d_expert=24, n_experts=4, top_k=2)
+    x = torch.randn(20, cfg.d_model, generator=torch.Generator().manual_seed(3))  # (T, D)
+    x[5, 0] = float("nan")
+    _, trace = MoELayer(cfg)(x)
+    trace = trace.cpu()
+    table = tb.token_table(trace)
+    assert math.isnan(table.loc[5, "entropy"]) and math.isnan(table.loc[5, "confidence"])
+    assert tb.entropy_histogram(trace)["count"].sum() == 19  # the NaN token is left out of the bins
+    q = tb.logit_quantiles(trace)
+    assert (q["n"] == 19).all()
+    finite = [row for t, row in enumerate(rows(trace.router_logits)) if t != 5]
+    for e in range(4):
+        assert q.loc[e, "max"] == pytest.approx(max(r[e] for r in finite))

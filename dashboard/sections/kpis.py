@@ -27,7 +27,7 @@ def kpi_values(result: RunResult) -> list[tuple[str, str, str]]:
         ("max/mean load", _fmt(s["max_over_mean"]), "max_over_mean"),
         ("dropped", f"{100 * s['dropped_fraction']:.1f} %", "dropped_fraction"),
         ("dead experts", f"{dead}", "dead_fraction"),
-        ("forward", f"{ms:.1f} ms", "forward_ms"),
+        ("forward", f"{ms:,.0f} ms" if ms >= 100 else f"{ms:.1f} ms", "forward_ms"),
         ("tokens/s", f"{s['tokens'] / (ms / 1e3):,.0f}" if ms > 0 else "n/a", "tokens_per_s"),
         ("device", result.device, "device"),
     ]
