@@ -301,6 +301,22 @@ def verdicts(rows: list[Row]) -> list[str]:
     return lines
 
 
+def _busy_seconds() -> float | None:
+    """CPU seconds all processes have spent busy since boot (Linux /proc/stat), else None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as f:
+            fields = [int(v) for v in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
 def _ok(passed: bool) -> str:
     return "PASS" if passed else "MISS"
 
@@ -339,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"WARNING: 1-minute load average {load:.2f}; other work on these cores skews the timings")
     if ENGINE_ERROR:
         print(f"engine not importable ({ENGINE_ERROR}): timing the baselines only")
+    busy0, own0, wall0 = _busy_seconds(), _own_seconds(), time.perf_counter()
     rows, notes = [], []
     for name in args.configs:
         r, n = run_case(CASES[name], args)
@@ -349,6 +366,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     for line in verdicts(rows) + notes:
         print(line)
+    busy1, wall = _busy_seconds(), time.perf_counter() - wall0
+    if busy0 is not None and busy1 is not None:
+        foreign = max(0.0, (busy1 - busy0) - (_own_seconds() - own0))  # CPU time of other processes
+        share = foreign / (wall * (os.cpu_count() or 1))
+        verdict = "timings trustworthy" if share < 0.05 else "WARNING: timings skewed, rerun on an idle machine"
+        print(f"other processes used {share:.0%} of the CPU during the {wall:.0f} s run: {verdict}")
     return 0
 
 

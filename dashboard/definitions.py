@@ -82,6 +82,18 @@ DEFINITIONS: dict[str, str] = {
     "token_detail": "for the chosen token and every expert: its probability, logit, whether the router chose "
                     "it (routed), whether capacity kept it (served; routed but not served = dropped), its gate "
                     "and its contribution `‖gate·y_e(x_t)‖₂`.",
+    "nonfinite_output": "count of non-finite (NaN or ±inf) entries of the layer output y: catches bad input "
+                        "even when the router never sees it (router = random) and float16 overflow.",
+    # --- live mode (one row per training step)
+    "task_loss": "`mean_{t,d} (y_t − target_t)²` on the step's batch: the synthetic task's MSE, where the target "
+                 "of a token of topic c is `A_c·x` (a map partly private to the topic, so specialists help).",
+    "live_load_share": "per step, `served_e / Σ_e' served_e'` on that step's batch, stacked to 1; equal bands "
+                       "(1/E each) = perfect balance, one band filling the chart = collapse.",
+    "expert_bias": "the router's selection-only bias b_e (DeepSeek-V3 aux-loss-free balancing): after each step "
+                   "with balance = bias, `b_e += bias_rate·sign(mean_e' load_e' − load_e)` with load = demand "
+                   "(routed tokens). It changes which experts are chosen, never the gate weights.",
+    "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
+                         "previous step: 1 = the routing has settled, low = it is still moving.",
 }
 
 

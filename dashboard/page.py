@@ -8,7 +8,8 @@ import streamlit as st
 from . import runner
 from .presets import CONTROL_DEFAULTS
 from .result import RunResult
-from .sections import about, contributors, downloads, experts, inspector, kpis, load, pathways, router, scenario
+from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
+                       scenario)
 from .state import spec_from_controls, to_query
 
 VIEWS = {
@@ -18,6 +19,7 @@ VIEWS = {
     "Pathways": (pathways.render,),
     "Scenario": (scenario.render,),
     "Token inspector": (inspector.render,),
+    "Live": (live.render,),
     "About": (about.render,),
 }
 

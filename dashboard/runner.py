@@ -24,7 +24,7 @@ def base_layer(d_model: int, d_expert: int, n_experts: int, seed: int, device: s
                     device=device, dtype=dtype)
     layer = MoELayer(cfg).requires_grad_(False).eval()
     with torch.inference_mode():  # warm-up: the first forward in a process pays one-off set-up costs
-        layer(torch.zeros(8, d_model), stats=False)
+        layer(torch.randn(8, d_model))
     return layer
 
 

@@ -1,0 +1,77 @@
+"""Pure figure builders for live mode: a training history (one row per step) in, `go.Figure` out."""
+from __future__ import annotations
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from .figures import axis, layout
+
+# (column, label, scale): the health series, grouped into stacked panels that share the step axis.
+PANELS: list[list[tuple[str, str, float]]] = [
+    [("task_loss", "task loss", 1.0)],
+    [("aux_loss", "aux loss", 1.0), ("z_loss", "z-loss", 1.0)],
+    [("cv", "CV", 1.0), ("max_over_mean", "max/mean", 1.0)],
+    [("dropped_fraction", "dropped %", 100.0), ("dead_fraction", "dead experts %", 100.0)],
+]
+PANEL_TITLES = ["task loss", "aux / z-loss", "CV, max/mean", "%"]
+SERIES_COLORS = ["#4c78a8", "#f58518", "#b279a2", "#54a24b", "#e45756", "#9d755d", "#72b7b2"]
+
+
+def _expert_columns(frame: pd.DataFrame, prefix: str) -> list[str]:
+    return [c for c in frame.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
+
+
+def health_figure(history: pd.DataFrame) -> go.Figure:
+    """Task loss and the routing health numbers over steps, in stacked panels sharing the x axis."""
+    n = len(PANELS)
+    gap = 0.04
+    height = (1 - gap * (n - 1)) / n
+    traces, axes, color = [], {}, iter(SERIES_COLORS)
+    for i, panel in enumerate(PANELS):
+        top = 1 - i * (height + gap)
+        suffix = "" if i == 0 else str(i + 1)
+        domain = [round(max(0.0, top - height), 6), round(min(1.0, top), 6)]
+        axes[f"yaxis{suffix}"] = dict(domain=domain, title=dict(text=PANEL_TITLES[i]))
+        axes[f"xaxis{suffix}"] = dict(anchor=f"y{suffix}", matches="x" if i else None,
+                                      showticklabels=i == n - 1, title=dict(text="step" if i == n - 1 else ""))
+        for column, label, scale in panel:
+            traces.append(go.Scatter(
+                x=history["step"], y=history[column] * scale, name=label, mode="lines",
+                xaxis=f"x{suffix}", yaxis=f"y{suffix}", line=dict(color=next(color), width=2),
+                hovertemplate=f"step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>"))
+    base = layout(title="Training and routing health", xaxis=axes.pop("xaxis"), yaxis=axes.pop("yaxis"),
+                  uirevision="live_health", height=620)
+    return go.Figure(traces, {**base, **axes})
+
+
+def load_share_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
+    """Each expert's share of the served load over steps, stacked to 1."""
+    columns = _expert_columns(history, "load_share_")
+    traces = [go.Scatter(x=history["step"], y=history[c], name=f"expert {c[11:]}", stackgroup="load",
+                         mode="lines", line=dict(width=0.5, color=colors[int(c[11:])]),
+                         fillcolor=colors[int(c[11:])],
+                         hovertemplate=f"expert {c[11:]}<br>step %{{x}}<br>share %{{y:.3f}}<extra></extra>")
+              for c in columns]
+    return go.Figure(traces, layout(title="Load share per expert", xaxis=axis("step"),
+                                    yaxis=axis("share of served load", range=[0, 1]), uirevision="live_share"))
+
+
+def expert_bias_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
+    """The aux-loss-free expert bias b_e over steps (flat unless balance = bias)."""
+    columns = _expert_columns(history, "expert_bias_")
+    traces = [go.Scatter(x=history["step"], y=history[c], name=f"expert {c[12:]}", mode="lines",
+                         line=dict(color=colors[int(c[12:])], width=2),
+                         hovertemplate=f"expert {c[12:]}<br>step %{{x}}<br>b %{{y:.4f}}<extra></extra>")
+              for c in columns]
+    return go.Figure(traces, layout(title="Expert bias trajectories", xaxis=axis("step"),
+                                    yaxis=axis("expert_bias b_e"), uirevision="live_bias"))
+
+
+def saturation_figure(history: pd.DataFrame) -> go.Figure:
+    """Router saturation: share of probe tokens whose top-k set did not change since the previous step."""
+    trace = go.Scatter(x=history["step"], y=history["router_saturation"], mode="lines", name="saturation",
+                       line=dict(color=SERIES_COLORS[0], width=2),
+                       hovertemplate="step %{x}<br>saturation %{y:.3f}<extra></extra>")
+    return go.Figure([trace], layout(title="Router saturation", xaxis=axis("step"),
+                                     yaxis=axis("unchanged top-k share", range=[0, 1.02]),
+                                     uirevision="live_saturation"))
