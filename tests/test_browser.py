@@ -73,3 +73,38 @@ def test_page_renders_charts_and_redraws_when_top_k_moves(browser, server):
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     page.close()
+
+
+def _step_count(page) -> int:
+    text = page.locator('[data-testid="stMarkdownContainer"] p', has_text="playing").first.inner_text()
+    return int(text.split("·")[0].strip().removeprefix("step "))
+
+
+def _points(page) -> int:
+    """Points drawn in the live load-share chart (one path per expert, grows with the history)."""
+    return page.evaluate("""() => {
+        const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
+        const chart = charts.find(c => (c.querySelector('.gtitle')?.textContent || '').startsWith('Load share'));
+        return chart && chart.calcdata ? chart.calcdata[0].length : -1;
+    }""")
+
+
+def test_live_view_plays_and_the_charts_advance(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1400})
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+    wait_for_run(page)
+    page.get_by_text("Live", exact=True).click()
+    page.get_by_role("button", name="Play").click()
+    page.wait_for_selector("text=playing", timeout=30_000)
+    page.wait_for_function("() => document.body.innerText.includes('Load share per expert')", timeout=30_000)
+    first_step, first_points = _step_count(page), _points(page)
+    page.wait_for_timeout(3000)
+    later_step, later_points = _step_count(page), _points(page)
+    assert later_step > first_step >= 1
+    assert later_points > first_points > 0
+    assert page.locator('[data-testid="stException"]').count() == 0
+    page.get_by_role("button", name="Pause").click()
+    page.wait_for_selector("text=paused", timeout=30_000)
+    page.screenshot(path=str(ARTIFACTS / "live.png"))
+    page.close()

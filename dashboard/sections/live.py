@@ -124,9 +124,9 @@ def _panel() -> None:
         return
     m = st.columns(5)
     m[0].metric("task loss", f"{row['task_loss']:.4g}")
-    m[1].metric("max/mean load", f"{row['max_over_mean']:.3g}")
-    m[2].metric("aux loss", f"{row['aux_loss']:.3g}")
-    m[3].metric("dead experts", f"{round(row['dead_fraction'] * trainer.config.model.n_experts)}")
+    m[1].metric("max/mean (this step)", f"{row['max_over_mean']:.3g}")
+    m[2].metric("aux loss (this step)", f"{row['aux_loss']:.3g}")
+    m[3].metric("dead experts (this step)", f"{round(row['dead_fraction'] * trainer.config.model.n_experts)}")
     m[4].metric("router saturation", f"{row['router_saturation']:.2f}")
     colors = expert_colors(trainer.config.model.n_experts)
     st.plotly_chart(health_figure(history), width="stretch", key="live_health")
