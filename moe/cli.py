@@ -1,10 +1,13 @@
-"""Headless use: `python -m moe report ...` prints the config, summary and per-expert table."""
+"""Headless use: `python -m moe report ...` prints the config, summary and per-expert table;
+`python -m moe train ...` runs the live-training loop and prints one row per step."""
 from __future__ import annotations
 
 import argparse
+import csv
 import io
 import json
 import math
+import os
 import sys
 
 import pandas as pd
@@ -13,6 +16,7 @@ import torch
 from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
 from .layer import MoELayer
 from .scenarios import SCENARIOS, make_batch
+from .train import BALANCES, PRESETS, TrainConfig, Trainer
 
 
 class UsageError(Exception):
@@ -112,6 +116,83 @@ def render(config: dict, summary: dict, table: pd.DataFrame, fmt: str, extra: di
     return out.getvalue()
 
 
+_COEF_FIELD = {"aux": "aux_coef", "zloss": "z_coef", "bias": "bias_rate", "capacity": "capacity_factor"}
+_TRAIN_MODEL_OPTIONS = ("d_model", "d_expert", "n_experts", "top_k", "temperature", "noise_std", "device")
+_TRAIN_OPTIONS = ("tokens", "steps", "balance", "aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr",
+                  "task_shared", "input_offset", "seed")
+_SCENARIO_OPTIONS = {"clusters": "n_clusters", "skew": "skew", "spread": "spread", "period": "period"}
+
+
+def add_train_command(commands) -> None:
+    """`train`: every option defaults to the preset's (or TrainConfig's) value, so only what is given changes."""
+    p = commands.add_parser("train", help="the live-training loop, headless: one row per step")
+    p.add_argument("--preset", choices=list(PRESETS), default=None, help="start from a named setup")
+    p.add_argument("--scenario", choices=list(SCENARIOS), default=None)
+    p.add_argument("--clusters", type=_positive_int, default=None, help="scenario n_clusters")
+    p.add_argument("--skew", type=_float, default=None)
+    p.add_argument("--spread", type=_float, default=None)
+    p.add_argument("--period", type=_positive_int, default=None, help="drifting: steps per rotation")
+    p.add_argument("--tokens", type=_positive_int, default=None, help="tokens per step")
+    p.add_argument("--steps", type=_positive_int, default=None)
+    p.add_argument("--balance", choices=BALANCES, default=None)
+    p.add_argument("--coef", type=_float, default=None,
+                   help="the chosen balance's coefficient: aux_coef, z_coef, bias_rate or capacity_factor")
+    for name in ("aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr", "task_shared", "input_offset",
+                 "temperature", "noise_std"):
+        p.add_argument("--" + name.replace("_", "-"), type=_float, default=None)
+    for name in ("d_model", "d_expert", "n_experts", "top_k"):
+        p.add_argument("--" + name.replace("_", "-"), type=_positive_int, default=None)
+    p.add_argument("--device", default=None)
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.set_defaults(run=_train)
+
+
+def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
+    base = PRESETS[args.preset] if args.preset else TrainConfig()
+    changes = {f: getattr(args, f) for f in _TRAIN_OPTIONS if getattr(args, f) is not None}
+    if args.coef is not None:
+        balance = changes.get("balance", base.balance)
+        if balance not in _COEF_FIELD:
+            raise UsageError(f"--coef sets the balancing method's coefficient, but --balance {balance} has "
+                             f"none; choose --balance {'|'.join(_COEF_FIELD)}")
+        changes[_COEF_FIELD[balance]] = args.coef
+    scenario = args.scenario or base.scenario
+    params = base.params if scenario == base.scenario else {}  # a new scenario starts from its defaults
+    params.update({key: getattr(args, opt) for opt, key in _SCENARIO_OPTIONS.items()
+                   if getattr(args, opt) is not None})
+    model = {f: getattr(args, f) for f in _TRAIN_MODEL_OPTIONS if getattr(args, f) is not None}
+    return base.replace(model=base.model.replace(**model), scenario=scenario, scenario_params=params, **changes)
+
+
+def _json_row(row: dict) -> str:
+    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
+    return json.dumps(clean, allow_nan=False)  # NaN becomes null: every line is valid JSON
+
+
+def _train(args: argparse.Namespace) -> str:
+    cfg = train_config_from_args(args)
+    trainer = Trainer(cfg)  # bad scenario parameters fail here, before any row is printed
+    columns = trainer.columns()
+    out = sys.stdout
+    writer = csv.writer(out, lineterminator="\n")
+    if args.format == "csv":
+        writer.writerow(columns)
+
+    def emit(row: dict) -> None:
+        if args.format == "json":
+            out.write(_json_row(row) + "\n")
+        else:
+            writer.writerow([row[c] for c in columns])
+
+    try:
+        trainer.run(args.steps or cfg.steps, callback=emit)
+        out.flush()
+    except BrokenPipeError:  # `| head`: the reader left; stop quietly
+        sys.stdout = open(os.devnull, "w")
+    return ""
+
+
 def build_parser() -> _Parser:
     parser = _Parser(prog="python -m moe", description="Headless moe-scope.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -122,6 +203,7 @@ def build_parser() -> _Parser:
     report.add_argument("--clusters", type=_positive_int, default=4)
     report.add_argument("--skew", type=_float, default=0.0)
     report.set_defaults(run=_report)
+    add_train_command(commands)
     return parser
 
 
@@ -135,5 +217,6 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
-    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    if text:  # `train` streams its rows itself and returns ""
+        sys.stdout.write(text if text.endswith("\n") else text + "\n")
     return 0

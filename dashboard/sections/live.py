@@ -9,7 +9,7 @@ import time
 
 import streamlit as st
 
-from moe.train import BALANCE_HELP, BALANCES, PRESET_HELP, TrainConfig, Trainer, preset
+from moe.train import BALANCE_HELP, BALANCES, PRESET_HELP, PRESETS, TrainConfig, Trainer, preset
 
 from ..colors import expert_colors
 from ..definitions import caption
@@ -40,8 +40,10 @@ def _knobs() -> dict:
 
 def _init() -> None:
     ss = st.session_state
-    for key, value in {"live_setup": SETUPS[0], "live_balance": "none", "live_aux_coef": 0.1,
-                       "live_z_coef": 1e-3, "live_bias_rate": 3e-3, "live_speed": 5, "live_playing": False}.items():
+    base = PRESETS["collapse"]
+    for key, value in {"live_setup": SETUPS[0], "live_balance": "none", "live_aux_coef": base.aux_coef,
+                       "live_z_coef": base.z_coef, "live_bias_rate": base.bias_rate, "live_speed": 5,
+                       "live_playing": False}.items():
         ss.setdefault(key, value)
 
 
@@ -146,8 +148,9 @@ def render(result: RunResult) -> None:
     ss = st.session_state
     st.subheader("Live")
     _init()
-    st.caption(PRESET_HELP["collapse"] + " Try: Play with balancing *none* until max/mean climbs, then switch "
-               "to *aux* or *bias* and watch the load even out again. Playing continues while this view is open.")
+    st.caption(PRESET_HELP["collapse"] + " Try: Play with balancing *none* and watch max/mean climb; switch to "
+               "*aux* to cure it while running, or pick *bias* and press Reset to see it never collapse. "
+               "Playing continues while this view is open.")
     signature = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
     if "trainer" not in ss or ss.get("live_signature") != signature:
         _reset(result)
