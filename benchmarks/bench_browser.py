@@ -45,7 +45,7 @@ def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = 
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     start = time.perf_counter()
     page.goto(url)
-    page.wait_for_selector(ready_selector, timeout=120_000)
+    page.wait_for_selector(ready_selector, timeout=120_000, state='attached')
     first = time.perf_counter() - start
     wait_for_run(page, 120_000)
     page.evaluate(OBSERVE)

@@ -13,7 +13,8 @@ from .sections import (about, contributors, downloads, experts, inspector, kpis,
 from .state import spec_from_controls, to_query
 
 VIEWS = {
-    "Overview": (load.render, experts.render),
+    "Overview": (load.render, experts.render_one),
+    "Experts": (experts.render,),
     "Contributors": (contributors.render,),
     "Router": (router.render,),
     "Pathways": (pathways.render,),
