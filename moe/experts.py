@@ -26,9 +26,16 @@ class Experts(nn.Module):
         self.w_down = nn.Parameter(torch.empty(E, D, H))
 
 
-def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor) -> tuple[Tensor, Tensor]:
-    """One expert on a (n, D) slice: returns the hidden h = silu(x Wg^T)·(x Wu^T) (n, H) and y (n, D)."""
-    h = F.silu(x @ w_gate.t()) * (x @ w_up.t())  # (n, H)
+def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
+           inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """One expert on a (n, D) slice: returns the hidden h = silu(x Wg^T)·(x Wu^T) (n, H) and y (n, D).
+
+    inplace=True reuses the gate buffer for h (only when no gradient is needed).
+    """
+    if inplace:
+        h = F.silu(x @ w_gate.t(), inplace=True).mul_(x @ w_up.t())  # (n, H)
+    else:
+        h = F.silu(x @ w_gate.t()) * (x @ w_up.t())  # (n, H)
     return h, h @ w_down.t()  # (n, D)
 
 
@@ -43,37 +50,50 @@ class DispatchResult:
 
 def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
              sparsity_eps: float, stats: bool = True) -> DispatchResult:
-    """Run every served assignment through its expert; x (T, D), served/gates (T, E)."""
+    """Run every served assignment through its expert; x (T, D), served/gates (T, E).
+
+    Statistics are taken from each expert's slice while it is fresh in cache, before it is scaled
+    by its gates and added into the output: no second pass over the (N, D) outputs.
+    """
     T, E = served.shape
+    D = x.shape[1]
     e_idx, t_idx = served.t().nonzero(as_tuple=True)  # (N,), (N,) sorted by expert, then token
     # The one host sync of the dispatch: slice sizes must be Python ints to cut contiguous slices.
     counts = served.sum(dim=0).tolist()  # E ints
     xs = x.index_select(0, t_idx)  # (N, D)
     g = gates[t_idx, e_idx].to(x.dtype)  # (N,)
-
-    ys, near = [], []
-    idle = x.new_zeros((), dtype=torch.int64)
+    # Without autograd, buffers are reused in place (h over the gate projection, y scaled by g).
+    inplace = not (torch.is_grad_enabled() and (x.requires_grad or experts.w_gate.requires_grad
+                                                 or gates.requires_grad))
+    out = torch.zeros_like(x)  # (T, D)
+    near, norms, sums = [], [], []
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
-            near.append(idle)
             continue
-        h, y = swiglu(xs[start:start + n], experts.w_gate[e], experts.w_up[e], experts.w_down[e])
-        ys.append(y)  # (n, D)
+        rows = slice(start, start + n)
+        h, y = swiglu(xs[rows], experts.w_gate[e], experts.w_up[e], experts.w_down[e], inplace)  # (n, H), (n, D)
         if stats:
-            near.append((h.abs() < sparsity_eps).sum())  # 0-d, stays on the device
+            with torch.no_grad():
+                near.append(torch.count_nonzero((h.abs_() if inplace else h.abs()) < sparsity_eps))  # 0-d
+                yf = y.float()  # statistics in fp32 whatever the expert dtype
+                norms.append(torch.linalg.vector_norm(yf, dim=1))  # (n,) ‖y_e(x_t)‖
+                sums.append(yf.sum(dim=0))  # (D,)
+        y = y.mul_(g[rows, None]) if inplace else y * g[rows, None]  # (n, D) weighted
+        out.index_add_(0, t_idx[rows], y)
         start += n
-    D = x.shape[1]
-    y_all = torch.cat(ys) if ys else x.new_zeros(0, D)  # (N, D)
-    out = torch.zeros_like(x).index_add_(0, t_idx, y_all * g[:, None])  # (T, D)
     if not stats:
         return DispatchResult(out, None, None, None, None)
 
-    near_zero = torch.stack(near)  # (E,)
-    y32 = y_all.float()  # statistics in fp32 whatever the expert dtype
-    row_sq = y32.square().sum(dim=1)  # (N,)
-    sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, row_sq)  # (E,)
-    sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, y32)  # (E, D)
+    near_zero = torch.zeros(E, device=x.device, dtype=torch.int64)
+    sum_y = torch.zeros(E, D, device=x.device)
+    norm = x.new_zeros(0, dtype=torch.float32)  # (N,)
+    if near:
+        active = torch.tensor([e for e, n in enumerate(counts) if n > 0], device=x.device)
+        near_zero.index_copy_(0, active, torch.stack(near))  # (E,)
+        sum_y.index_copy_(0, active, torch.stack(sums))  # (E, D)
+        norm = torch.cat(norms)
+    sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)
     contributions = torch.zeros(T, E, device=x.device)
-    contributions[t_idx, e_idx] = g.float().abs() * row_sq.sqrt()
+    contributions[t_idx, e_idx] = g.detach().float().abs() * norm
     return DispatchResult(out, contributions, near_zero, sum_sq, sum_y)
