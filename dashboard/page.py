@@ -1,12 +1,9 @@
 """The page: run (or reuse) the forward for the current controls, then draw the chosen view."""
 from __future__ import annotations
 
-import time
-
 import streamlit as st
 
 from . import runner
-from .presets import CONTROL_DEFAULTS
 from .result import RunResult
 from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
                        scenario)
@@ -34,7 +31,6 @@ def current_result(values: dict) -> RunResult | None:
         return _keep_last(f"This configuration is not valid: {err}")
     if ss.get("result_spec") == spec and ss.get("result") is not None:
         return ss["result"]
-    started = time.perf_counter()
     try:
         with st.spinner(f"Running {spec.tokens:,} tokens through {spec.config.n_experts} experts "
                         f"on {spec.config.device}…"):
@@ -42,7 +38,6 @@ def current_result(values: dict) -> RunResult | None:
     except (ValueError, RuntimeError, MemoryError) as err:  # bad input or the device refused: never a traceback
         return _keep_last(f"Could not run this configuration: {err}")
     ss["result"], ss["result_spec"] = result, spec
-    ss["run_seconds"] = time.perf_counter() - started
     return result
 
 
@@ -83,5 +78,3 @@ def render(values: dict) -> None:
         draw(result)
     downloads.render(result)
 
-
-__all__ = ["render", "current_result", "CONTROL_DEFAULTS"]
