@@ -48,13 +48,15 @@ class DispatchResult:
     sum_y: Tensor | None          # (E, D) Σ_t y_e(x_t) over served tokens
 
 
+# Up to this many hidden values (N·H), outputs and hidden units are kept and finished in a few batched
+# ops after the loop (per-op cost dominates small layers); above it each slice is finished in the loop
+# while it is hot in cache, and nothing is kept.
+SMALL_NUMEL = 1 << 18
+
+
 def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
              sparsity_eps: float, stats: bool = True) -> DispatchResult:
-    """Run every served assignment through its expert; x (T, D), served/gates (T, E).
-
-    Statistics are taken from each expert's slice while it is fresh in cache, before it is scaled
-    by its gates and added into the output: no second pass over the (N, D) outputs.
-    """
+    """Run every served assignment through its expert; x (T, D), served/gates (T, E)."""
     T, E = served.shape
     D = x.shape[1]
     e_idx, t_idx = served.t().nonzero(as_tuple=True)  # (N,), (N,) sorted by expert, then token
@@ -65,14 +67,20 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
     # Without autograd, buffers are reused in place (h over the gate projection, y scaled by g).
     inplace = not (torch.is_grad_enabled() and (x.requires_grad or experts.w_gate.requires_grad
                                                  or gates.requires_grad))
+    small = xs.shape[0] * max(D, experts.w_gate.shape[1]) <= SMALL_NUMEL
     out = torch.zeros_like(x)  # (T, D)
-    near, norms, sums = [], [], []
+    near, norms, sums, hs, ys = [], [], [], [], []
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
             continue
         rows = slice(start, start + n)
         h, y = swiglu(xs[rows], experts.w_gate[e], experts.w_up[e], experts.w_down[e], inplace)  # (n, H), (n, D)
+        start += n
+        if small:
+            hs.append(h)
+            ys.append(y)
+            continue
         if stats:
             with torch.no_grad():
                 near.append(torch.count_nonzero((h.abs_() if inplace else h.abs()) < sparsity_eps))  # 0-d
@@ -81,19 +89,25 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
                 sums.append(yf.sum(dim=0))  # (D,)
         y = y.mul_(g[rows, None]) if inplace else y * g[rows, None]  # (n, D) weighted
         out.index_add_(0, t_idx[rows], y)
-        start += n
+    if small:
+        y = torch.cat(ys)  # (N, D)
+        out.index_add_(0, t_idx, y * g[:, None])
     if not stats:
         return DispatchResult(out, None, None, None, None)
 
-    near_zero = torch.zeros(E, device=x.device, dtype=torch.int64)
-    sum_y = torch.zeros(E, D, device=x.device)
-    norm = x.new_zeros(0, dtype=torch.float32)  # (N,)
-    if near:
-        active = torch.tensor([e for e, n in enumerate(counts) if n > 0], device=x.device)
-        near_zero.index_copy_(0, active, torch.stack(near))  # (E,)
-        sum_y.index_copy_(0, active, torch.stack(sums))  # (E, D)
-        norm = torch.cat(norms)
-    sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)
-    contributions = torch.zeros(T, E, device=x.device)
-    contributions[t_idx, e_idx] = g.detach().float().abs() * norm
+    with torch.no_grad():
+        if small:
+            near_rows = (torch.cat(hs).abs() < sparsity_eps).sum(dim=1)  # (N,) near-zero units per row
+            near_zero = torch.zeros(E, device=x.device, dtype=torch.int64).index_add_(0, e_idx, near_rows)
+            yf = y.float()  # statistics in fp32 whatever the expert dtype
+            norm = torch.linalg.vector_norm(yf, dim=1)  # (N,)
+            sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, yf)  # (E, D)
+        else:
+            active = torch.tensor([e for e, n in enumerate(counts) if n > 0], device=x.device)
+            near_zero = torch.zeros(E, device=x.device, dtype=torch.int64).index_copy_(0, active, torch.stack(near))
+            sum_y = torch.zeros(E, D, device=x.device).index_copy_(0, active, torch.stack(sums))  # (E, D)
+            norm = torch.cat(norms)  # (N,)
+        sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)
+        contributions = torch.zeros(T, E, device=x.device)
+        contributions[t_idx, e_idx] = g.float().abs() * norm
     return DispatchResult(out, contributions, near_zero, sum_sq, sum_y)

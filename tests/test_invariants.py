@@ -5,6 +5,8 @@ import math
 
 import pytest
 import torch
+import numpy as np
+import pandas as pd
 import torch.nn.functional as F
 
 from moe import MoEConfig, MoELayer
@@ -224,3 +226,26 @@ def test_expert_bias_steers_selection_not_probs(score):
     torch.testing.assert_close(after.top_k_weights, chosen / chosen.sum(dim=1, keepdim=True))
     assert (after.top_k_index[:, 0] == 3).all()
     assert after.summary()["aux_loss"] != before.summary()["aux_loss"]
+
+
+@pytest.mark.parametrize("kwargs", [
+    dict(router="topk"), dict(router="topk", capacity_factor=0.5, drop_policy="probs"),
+    dict(router="expert_choice"), dict(router="topk", logit_bias=(6.0, 0, 0, 0, 0)),
+])
+def test_batched_and_per_slice_statistics_agree(monkeypatch, kwargs):
+    """Small layers finish statistics in batched ops, large ones per expert slice: same numbers."""
+    import moe.experts
+    cfg = MoEConfig(d_model=12, d_expert=24, n_experts=5, top_k=2, **kwargs)
+    layer, x = MoELayer(cfg), tokens(40, 12)
+    y_small, small = layer(x)
+    monkeypatch.setattr(moe.experts, "SMALL_NUMEL", 0)  # force the per-slice path
+    y_large, large = layer(x)
+    torch.testing.assert_close(y_small, y_large)
+    torch.testing.assert_close(small.contributions, large.contributions)
+    pd.testing.assert_frame_equal(small.per_expert(), large.per_expert(), rtol=1e-5)
+    for name in ("near_zero", "sum_sq", "sum_y", "gate_sum", "contribution"):
+        np.testing.assert_allclose(getattr(small.sums, name), getattr(large.sums, name), rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # and the in-place variant of the per-slice path
+        y_nograd, nograd = layer(x)
+    torch.testing.assert_close(y_nograd, y_large)
+    pd.testing.assert_frame_equal(nograd.per_expert(), large.per_expert(), rtol=1e-5)
