@@ -1,8 +1,9 @@
 """Experts: stacked SwiGLU weights and the vectorised dispatch that runs them.
 
 Dispatch sorts the served (token, expert) assignments by expert, gathers the tokens once, runs
-each expert on its contiguous slice, and scatters the weighted outputs back with one index_add_.
-The per-expert statistics come out of the same pass, still on the device.
+each expert on its contiguous slice, and adds the gate-weighted outputs back with index_add_.
+The per-expert statistics come out of the same pass, still on the device: per slice while it is hot
+in cache for large layers, in a few batched ops after the loop for small ones.
 """
 from __future__ import annotations
 
