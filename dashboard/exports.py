@@ -8,10 +8,16 @@ import numpy as np
 import pandas as pd
 
 from .result import RunResult
+from .tables import token_table
 
 
 def per_expert_csv(result: RunResult) -> bytes:
     return result.per_expert.to_csv(index=False).encode()
+
+
+def token_csv(result: RunResult) -> bytes:
+    """One row per token: chosen, served and dropped experts, weights, max prob, entropy, confidence."""
+    return token_table(result.trace).to_csv(index=False).encode()
 
 
 def summary_json(result: RunResult) -> bytes:
