@@ -1,7 +1,6 @@
 """Runs the engine for the page: a cached, read-only base layer per weight shape, one forward per spec."""
 from __future__ import annotations
 
-import contextlib
 import os
 
 import streamlit as st
@@ -16,21 +15,6 @@ from .state import RunSpec
 
 # Forwards above this estimate are refused with advice (override with MOE_SCOPE_MEMORY_GB).
 MEMORY_BUDGET = int(float(os.environ.get("MOE_SCOPE_MEMORY_GB", "4")) * GiB)
-# Below this many expert FLOPs a CPU forward runs on one thread: waking a thread pool costs more than
-# it saves on small matrices, and the server and the browser need the other cores.
-SMALL_FORWARD_FLOPS = 2e9
-DEFAULT_THREADS = torch.get_num_threads()
-
-
-@contextlib.contextmanager
-def _cpu_threads(cfg: MoEConfig, tokens: int):
-    flops = 6 * tokens * cfg.top_k * cfg.d_model * cfg.d_expert  # gate, up and down matmuls
-    small = cfg.device == "cpu" and flops < SMALL_FORWARD_FLOPS
-    torch.set_num_threads(1 if small else DEFAULT_THREADS)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(DEFAULT_THREADS)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -51,7 +35,7 @@ def run(spec: RunSpec) -> RunResult:
     base = base_layer(cfg.d_model, cfg.d_expert, cfg.n_experts, cfg.seed, cfg.device, cfg.dtype)
     layer = base.reconfigured(cfg)  # per-run routing settings; weights shared read-only
     batch = make_batch(spec.scenario, cfg.d_model, spec.tokens, seed=cfg.seed, **spec.params)
-    with torch.inference_mode(), _cpu_threads(cfg, spec.tokens):
+    with torch.inference_mode():
         _, trace = layer(batch.x)
     trace = trace.cpu()
     summary = trace.summary()
