@@ -45,6 +45,25 @@ def sanitize(values: dict, devices: list[str]) -> tuple[dict, list[str]]:
     return fixed, notes
 
 
+# The page's results live in a fragment with this key. Knobs that only change values (no other widget
+# depends on them) rerun just that fragment: the sidebar is not redrawn. Knobs that change other widgets
+# (preset, n_experts, dropless, hot expert, scenario, tokens) and structural knobs rerun the whole app.
+RESULTS_FRAGMENT = "results"
+
+
+def redraw_results() -> None:
+    """on_change of a value-only knob: rerun only the results fragment (st.rerun with a fragment key)."""
+    st.rerun(RESULTS_FRAGMENT)
+
+
+REDRAW = {"on_change": redraw_results}
+
+
+def current_values() -> dict:
+    """Every control's value, from session state (the widgets' keys)."""
+    return {key: st.session_state[key] for key in CONTROL_DEFAULTS}
+
+
 def init_session() -> None:
     """Once per browser session: defaults, overridden by the link's query parameters."""
     ss = st.session_state
@@ -85,8 +104,8 @@ def _device_label(device: str) -> str:
     return {"cpu": "cpu", "mps": "mps (Apple GPU)"}.get(device, device)
 
 
-def render_sidebar() -> dict:
-    """Draw every control; return the current control values."""
+def render_sidebar() -> None:
+    """Draw every control (each writes its value to st.session_state under the engine's name)."""
     ss = st.session_state
     sb = st.sidebar
     sb.selectbox("Preset", list(PRESETS), key="preset", on_change=_apply_preset,
@@ -101,7 +120,7 @@ def render_sidebar() -> dict:
     sb.slider("n_experts", 1, 256, key="n_experts", on_change=_clamp_after_experts,
               help="E: number of experts in the pool.")
     if ss["n_experts"] > 1:
-        sb.slider("top_k", 1, ss["n_experts"], key="top_k",
+        sb.slider("top_k", 1, ss["n_experts"], key="top_k", on_change=redraw_results,
                   help="K: experts per token (for expert_choice, the average number of experts per token).")
     else:
         ss["top_k"] = 1
@@ -121,43 +140,42 @@ def render_sidebar() -> dict:
     sb.selectbox("router_dtype", list(ROUTER_DTYPES), key="router_dtype",
                  help="'float32' runs the router in fp32 whatever the experts use; 'model' uses the expert "
                       "dtype, which can flip close top-k decisions.")
-    return {key: ss[key] for key in CONTROL_DEFAULTS}
 
 
 def _routing_controls(sb, ss) -> None:
     sb.subheader("Routing")
-    sb.selectbox("router", list(ROUTERS), key="router",
+    sb.selectbox("router", list(ROUTERS), key="router", on_change=redraw_results,
                  help="topk: tokens pick their K best experts. expert_choice: each expert picks its C best "
                       "tokens. hash: expert from the token index (no learning). random: uniform random logits.")
-    sb.radio("score", list(SCORES), key="score", horizontal=True,
+    sb.radio("score", list(SCORES), key="score", **REDRAW, horizontal=True,
              help="softmax over experts (Mixtral), or independent sigmoids (DeepSeek-V3).")
-    sb.slider("temperature", 0.05, 10.0, key="temperature", step=0.05,
+    sb.slider("temperature", 0.05, 10.0, key="temperature", **REDRAW, step=0.05,
               help="Logits are divided by it: high flattens the probabilities, low sharpens them.")
-    sb.checkbox("normalize_topk", key="normalize_topk",
+    sb.checkbox("normalize_topk", key="normalize_topk", on_change=redraw_results,
                 help="Divide the chosen experts' scores by their sum (Mixtral). Off: raw scores (Switch, Qwen).")
-    sb.number_input("routed_scaling_factor", 0.1, 10.0, key="routed_scaling_factor", step=0.1,
+    sb.number_input("routed_scaling_factor", 0.1, 10.0, key="routed_scaling_factor", **REDRAW, step=0.1,
                     help="Multiplies every combine weight (DeepSeek-V3 uses 2.5).")
     sb.checkbox("dropless", key="dropless", help="No capacity limit: every routed token is served.")
-    sb.slider("capacity_factor", 0.1, 4.0, key="capacity_factor", step=0.05, disabled=ss["dropless"],
+    sb.slider("capacity_factor", 0.1, 4.0, key="capacity_factor", **REDRAW, step=0.05, disabled=ss["dropless"],
               help="Capacity C = ceil(capacity_factor · T · K / E) tokens per expert; the rest are dropped.")
-    sb.radio("drop_policy", list(DROP_POLICIES), key="drop_policy", horizontal=True, disabled=ss["dropless"],
+    sb.radio("drop_policy", list(DROP_POLICIES), key="drop_policy", **REDRAW, horizontal=True, disabled=ss["dropless"],
              help="position: an expert keeps its first C tokens in token order. probs: it keeps the C "
                   "tokens with the highest router probability.")
-    sb.slider("noise_std", 0.0, 3.0, key="noise_std", step=0.05,
+    sb.slider("noise_std", 0.0, 3.0, key="noise_std", **REDRAW, step=0.05,
               help="Adds N(0, σ²) to the logits (training-style noisy gating), seeded.")
-    sb.slider("jitter_eps", 0.0, 0.5, key="jitter_eps", step=0.01,
+    sb.slider("jitter_eps", 0.0, 0.5, key="jitter_eps", **REDRAW, step=0.01,
               help="Multiplies the router input by U(1−ε, 1+ε) (Switch jitter), seeded.")
     sb.selectbox("hot expert", [-1, *range(ss["n_experts"])], key="hot_expert",
                  format_func=lambda e: "none" if e == -1 else f"expert {e}",
                  help="Make one expert hot: its logit gets the bias below (changes probabilities).")
-    sb.slider("logit_bias (hot expert)", -10.0, 10.0, key="hot_bias", step=0.1, disabled=ss["hot_expert"] < 0,
+    sb.slider("logit_bias (hot expert)", -10.0, 10.0, key="hot_bias", **REDRAW, step=0.1, disabled=ss["hot_expert"] < 0,
               help="Added to the hot expert's logit before the softmax/sigmoid.")
-    sb.slider("logit_bias spread", 0.0, 5.0, key="bias_spread", step=0.1,
+    sb.slider("logit_bias spread", 0.0, 5.0, key="bias_spread", **REDRAW, step=0.1,
               help="Adds a random N(0, σ²) logit bias to every expert (seeded): graded imbalance.")
-    sb.slider("expert_bias (hot expert)", -2.0, 2.0, key="expert_bias_hot", step=0.05,
+    sb.slider("expert_bias (hot expert)", -2.0, 2.0, key="expert_bias_hot", **REDRAW, step=0.05,
               disabled=ss["hot_expert"] < 0,
               help="DeepSeek-V3's aux-loss-free bias on the hot expert: steers selection only, never the weights.")
-    sb.slider("expert_bias spread", 0.0, 1.0, key="expert_bias_spread", step=0.01,
+    sb.slider("expert_bias spread", 0.0, 1.0, key="expert_bias_spread", **REDRAW, step=0.01,
               help="A random N(0, σ²) selection-only bias on every expert (seeded).")
 
 
@@ -166,12 +184,12 @@ def _input_controls(sb, ss) -> None:
     sb.selectbox("scenario", list(SCENARIOS), key="scenario", help=SCENARIO_HELP.get(ss["scenario"]))
     sb.caption(SCENARIO_HELP.get(ss["scenario"], ""))
     labelled = ss["scenario"] in LABELLED_SCENARIOS
-    sb.slider("topics", 1, 32, key="n_clusters", disabled=not labelled,
+    sb.slider("topics", 1, 32, key="n_clusters", **REDRAW, disabled=not labelled,
               help="Number of cluster centres (topics) the tokens are drawn around.")
-    sb.slider("skew", 0.0, 3.0, key="skew", step=0.1, disabled=ss["scenario"] != "clusters",
+    sb.slider("skew", 0.0, 3.0, key="skew", **REDRAW, step=0.1, disabled=ss["scenario"] != "clusters",
               help="Topic sizes ∝ exp(−skew · i): 0 gives equal topics, larger makes topic 0 dominate.")
-    sb.slider("spread", 0.0, 2.0, key="spread", step=0.05, disabled=not labelled,
+    sb.slider("spread", 0.0, 2.0, key="spread", **REDRAW, step=0.05, disabled=not labelled,
               help="Noise around each topic centre.")
-    sb.slider("drift step", 0, 1000, key="drift_step", disabled=ss["scenario"] != "drifting",
+    sb.slider("drift step", 0, 1000, key="drift_step", **REDRAW, disabled=ss["scenario"] != "drifting",
               help="Time in the drifting mixture: topic proportions rotate as it grows.")
-    sb.number_input("seed", 0, 2 ** 31 - 1, key="seed", help="Seeds the weights, the input and the noise.")
+    sb.number_input("seed", 0, 2 ** 31 - 1, key="seed", **REDRAW, help="Seeds the weights, the input and the noise.")

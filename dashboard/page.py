@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from . import runner
+from . import controls, runner
 from .result import RunResult
 from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
                        scenario)
@@ -56,12 +56,24 @@ def sync_link(values: dict) -> None:
         st.query_params.from_dict(query)
 
 
-def render(values: dict) -> None:
+def render() -> None:
+    """The page's header, then the results fragment."""
     st.title("moe-scope")
     st.caption("What every expert of a Mixture-of-Experts layer does, live. Move a control in the sidebar; "
                "every number has its definition next to it and in *About these numbers*.")
     for note in st.session_state.get("link_notes", []):
         st.warning(note)
+    results()
+
+
+@st.fragment(key=controls.RESULTS_FRAGMENT)
+def results() -> None:
+    """Run (or reuse) the forward for the controls and draw the chosen view.
+
+    A fragment: it reruns alone when a value-only knob changes (controls.redraw_results) or a widget inside
+    it changes (the view, the metric), so the sidebar is not redrawn; a full app run redraws it too.
+    """
+    values = controls.current_values()
     result = current_result(values)
     sync_link(values)
     if result is None:
@@ -77,4 +89,3 @@ def render(values: dict) -> None:
     for draw in VIEWS[view]:
         draw(result)
     downloads.render(result)
-

@@ -56,9 +56,25 @@ def test_every_preset_runs_without_exception(preset):
     assert _metric(at, "dropped") == f"{100 * trace.summary()['dropped_fraction']:.1f} %"
 
 
+def test_a_routing_knob_reruns_only_the_results_and_shows_the_new_numbers():
+    at = _app()
+    at.slider(key="temperature").set_value(3.0).run()
+    assert not at.exception and not at.error
+    assert len(at.sidebar) == 0  # only the results fragment ran: the sidebar was not sent again
+    values = {**preset_values("Balanced top-2 (Mixtral-like)"), "temperature": 3.0}
+    s = _engine(values).summary()
+    assert _metric(at, "aux loss") == f"{s['aux_loss']:.3g}" and _metric(at, "CV") == f"{s['cv']:.3g}"
+    assert at.query_params["temperature"] == "3.0"  # the link follows fragment reruns too
+    at.run()  # AppTest keeps only the last run's elements: a full run brings the sidebar back into its tree
+    at.slider(key="n_experts").set_value(4).run()
+    assert len(at.sidebar) > 0  # n_experts bounds top_k: a full rerun redraws the sidebar
+    assert _metric(at, "active experts").endswith("/ 4")
+
+
 def test_fewer_experts_clamps_top_k_and_one_expert_works():
     at = _app()
     at.slider(key="top_k").set_value(6).run()
+    at.run()  # top_k reran only the results; AppTest keeps the last run's elements, so bring the sidebar back
     at.slider(key="n_experts").set_value(4).run()
     assert at.session_state["top_k"] == 4 and at.slider(key="top_k").value == 4
     at.slider(key="n_experts").set_value(1).run()
