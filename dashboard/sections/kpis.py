@@ -8,6 +8,8 @@ import streamlit as st
 from ..definitions import DEFINITIONS
 from ..result import RunResult
 
+KPI_WIDTH = 128  # pixels: the eleven KPIs fill two rows of the wide layout at 1400 px
+
 
 def _fmt(value: float, digits: int = 3) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.{digits}g}"
@@ -34,7 +36,7 @@ def kpi_values(result: RunResult) -> list[tuple[str, str, str]]:
 
 
 def render(result: RunResult) -> None:
-    values = kpi_values(result)
-    for row in (values[:6], values[6:]):
-        for col, (label, shown, key) in zip(st.columns(6), row):
-            col.metric(label, shown, help=DEFINITIONS.get(key))
+    """One wrapping row of metrics (a single flex container: half the page updates of a columns grid)."""
+    row = st.container(horizontal=True, gap="small")
+    for label, shown, key in kpi_values(result):
+        row.metric(label, shown, help=DEFINITIONS.get(key), width=KPI_WIDTH)
