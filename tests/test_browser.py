@@ -2,9 +2,16 @@
 import os
 import pathlib
 
+import pandas as pd
 import pytest
+import torch
 
 from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+
+from dashboard.presets import CONTROL_DEFAULTS
+from dashboard.state import spec_from_controls
+from moe import MoELayer
+from moe.scenarios import make_batch
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"
@@ -31,6 +38,14 @@ def browser():
 def server():
     with streamlit_server() as url:
         yield url
+
+
+def _engine_per_expert(values: dict) -> pd.DataFrame:
+    """The engine's per-expert table for these control values, computed in this process."""
+    spec = spec_from_controls(values)
+    x = make_batch(spec.scenario, spec.config.d_model, spec.tokens, seed=spec.config.seed, **spec.params).x
+    with torch.inference_mode():
+        return MoELayer(spec.config)(x)[1].per_expert()
 
 
 def _kpi(page, label: str) -> str:
@@ -68,6 +83,15 @@ def test_page_renders_charts_and_redraws_when_top_k_moves(browser, server):
     assert page.locator('[data-testid="stPlotlyChart"] .main-svg').count() >= 2
     assert page.locator('[data-testid="stException"]').count() == 0
     assert errors == []
+
+    # top_k reran only the results fragment; the download buttons outside it export the result shown now.
+    with page.expect_download(timeout=30_000) as download:
+        page.get_by_role("button", name="Per-expert table (CSV)").click()
+    shown = pd.read_csv(download.value.path())
+    expected = _engine_per_expert({**CONTROL_DEFAULTS, "top_k": 3})
+    assert shown["served"].tolist() == expected["served"].tolist()
+    assert shown["served"].sum() == 512 * 3
+    assert (shown["contribution"] - expected["contribution"]).abs().max() < 1e-3
 
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
