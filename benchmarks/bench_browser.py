@@ -40,7 +40,8 @@ def _marker(page, floor: bool) -> str:
     return page.locator("text=value =").inner_text() if floor else page.url
 
 
-def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = False) -> dict:
+def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = False,
+            slider_label: str = "temperature") -> dict:
     """Open the page (time to ready_selector), then time slider key presses until the page has settled."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     start = time.perf_counter()
@@ -49,7 +50,7 @@ def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = 
     first = time.perf_counter() - start
     wait_for_run(page, 120_000)
     page.evaluate(OBSERVE)
-    slider = page.locator('input[type="range"][aria-label="temperature"]')
+    slider = page.locator(f'input[type="range"][aria-label="{slider_label}"]')
     times = []
     for i in range(repeats + 1):  # the first press moves off the default (1.0 is not written to the URL)
         before = _marker(page, floor)
@@ -74,15 +75,19 @@ def main() -> None:
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
     chart = '[data-testid="stPlotlyChart"] .main-svg'
-    cases = [("floor: one-slider page", HERE / "floor_app.py", "", "text=value ="),
-             ("dashboard, default config", "app.py", "", chart),
-             ("dashboard, D768 H3072 E8 K2 T512", "app.py", "?d_model=768&d_expert=3072", chart)]
+    # (name, script, query, ready selector, slider moved)
+    cases = [("floor: one-slider page", HERE / "floor_app.py", "", "text=value =", "temperature"),
+             ("dashboard, default config", "app.py", "", chart, "temperature"),
+             ("dashboard, D768 H3072 E8 K2 T512", "app.py", "?d_model=768&d_expert=3072", chart, "temperature"),
+             ("reference: floor + one Plotly chart", HERE / "floor_chart_app.py", "", chart, "temperature"),
+             ("dashboard, n_experts (full rerun)", "app.py", "", chart, "n_experts")]
     rows = []
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
-        for name, script, query, selector in cases:
+        for name, script, query, selector, slider in cases:
             with streamlit_server(script) as url:
-                r = measure(browser, url + "/" + query, selector, args.repeats, floor=script != "app.py")
+                r = measure(browser, url + "/" + query, selector, args.repeats, floor=script != "app.py",
+                            slider_label=slider)
             rows.append((name, r))
             print(f"  measured {name}: " + ", ".join(f"{t:.3f}" for t in r["redraw_all"]), flush=True)
         browser.close()
@@ -93,6 +98,8 @@ def main() -> None:
               f"{r['redraw_median_s'] / floor:>15.2f}")
     print(f"\ndefault redraw / floor = {rows[1][1]['redraw_median_s'] / floor:.2f} (target <= 1.6)")
     print(f"D768 H3072 E8 K2 T512 redraw = {rows[2][1]['redraw_median_s']:.3f} s (target <= 0.8 s)")
+    print(f"one changed Plotly chart on the floor page = {rows[3][1]['redraw_median_s'] / floor:.2f} x floor "
+          "(what a single chart redraw costs before any dashboard work)")
 
 
 if __name__ == "__main__":
