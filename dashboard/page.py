@@ -21,6 +21,8 @@ VIEWS = {
     "About": (about.render,),
 }
 
+NO_DOWNLOADS = {"Live", "About"}  # views that do not show the sidebar's forward: its files would confuse
+
 
 def current_result(values: dict) -> RunResult | None:
     """The result for these controls: reused when unchanged, else recomputed; errors keep the last good one."""
@@ -88,4 +90,5 @@ def results() -> None:
     view = st.radio("View", list(VIEWS), key="view", horizontal=True, label_visibility="collapsed")
     for draw in VIEWS[view]:
         draw(result)
-    downloads.render(result)
+    if view not in NO_DOWNLOADS:
+        downloads.render(result)

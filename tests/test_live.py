@@ -108,3 +108,10 @@ def test_play_sets_the_fragment_running_and_pause_stops_it():
     assert at.session_state["trainer"].step_count >= 1
     at.button(key="live_play").click().run()
     assert at.session_state["live_playing"] is False
+
+
+def test_the_live_view_offers_no_downloads_of_the_sidebar_forward():
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert len(at.get("download_button")) == 4  # Overview: the forward's files
+    at.radio(key="view").set_value("Live").run()
+    assert not at.exception and len(at.get("download_button")) == 0
