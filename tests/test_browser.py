@@ -40,12 +40,20 @@ def server():
         yield url
 
 
-def _engine_per_expert(values: dict) -> pd.DataFrame:
-    """The engine's per-expert table for these control values, computed in this process."""
+def _engine_trace(values: dict):
+    """The engine's trace for these control values, computed in this process."""
     spec = spec_from_controls(values)
     x = make_batch(spec.scenario, spec.config.d_model, spec.tokens, seed=spec.config.seed, **spec.params).x
     with torch.inference_mode():
-        return MoELayer(spec.config)(x)[1].per_expert()
+        return MoELayer(spec.config)(x)[1]
+
+
+def _engine_per_expert(values: dict) -> pd.DataFrame:
+    return _engine_trace(values).per_expert()
+
+
+def _engine_summary(values: dict) -> dict:
+    return _engine_trace(values).summary()
 
 
 def _kpi(page, label: str) -> str:
@@ -84,7 +92,7 @@ def test_page_renders_charts_and_redraws_when_top_k_moves(browser, server):
     assert page.locator('[data-testid="stException"]').count() == 0
     assert errors == []
 
-    # top_k reran only the results fragment; the download buttons outside it export the result shown now.
+    # top_k reran only the results fragment (downloads included): the CSV is the result shown now.
     with page.expect_download(timeout=30_000) as download:
         page.get_by_role("button", name="Per-expert table (CSV)").click()
     shown = pd.read_csv(download.value.path())
@@ -96,6 +104,36 @@ def test_page_renders_charts_and_redraws_when_top_k_moves(browser, server):
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=False)
     assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
+    page.close()
+
+
+def _press(page, label: str, key: str) -> None:
+    """Focus a sidebar slider and press a key, then wait for the URL to change and the run to end."""
+    before = page.url
+    page.locator(f'[data-testid="stSidebar"] input[type="range"][aria-label="{label}"]').focus()
+    page.keyboard.press(key)
+    page.wait_for_function("before => location.href !== before", arg=before, timeout=30_000)
+    wait_for_run(page)
+
+
+def test_results_only_and_full_reruns_mix_without_losing_values(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(server)
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+    wait_for_run(page)
+    _press(page, "temperature", "ArrowRight")  # results only: 1.0 -> 1.05
+    _press(page, "n_experts", "ArrowRight")    # full rerun: 8 -> 9
+    _press(page, "top_k", "ArrowRight")        # results only: 2 -> 3
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMetricValue\"]')]"
+                           ".some(el => el.innerText.trim().endsWith('/ 9'))", timeout=30_000)
+    slider = lambda label: page.locator(f'[data-testid="stSidebar"] input[type="range"][aria-label="{label}"]')
+    assert (slider("temperature").input_value(), slider("n_experts").input_value(),
+            slider("top_k").input_value()) == ("1.05", "9", "3")
+    for part in ("temperature=1.05", "n_experts=9", "top_k=3"):
+        assert part in page.url
+    s = _engine_summary({**CONTROL_DEFAULTS, "temperature": 1.05, "n_experts": 9, "top_k": 3})
+    assert _kpi(page, "aux loss") == f"{s['aux_loss']:.3g}" and _kpi(page, "CV") == f"{s['cv']:.3g}"
+    assert page.locator('[data-testid="stException"]').count() == 0
     page.close()
 
 
