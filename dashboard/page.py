@@ -35,7 +35,7 @@ def current_result(values: dict) -> RunResult | None:
         return ss["result"]
     try:
         with st.spinner(f"Running {spec.tokens:,} tokens through {spec.config.n_experts} experts "
-                        f"on {spec.config.device}…"):
+                        f"on {spec.config.device}…", show_time=True):  # shown after 0.5 s, with the elapsed time
             result = runner.run(spec)
     except (ValueError, RuntimeError, MemoryError) as err:  # bad input or the device refused: never a traceback
         return _keep_last(f"Could not run this configuration: {err}")
