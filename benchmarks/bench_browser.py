@@ -1,9 +1,10 @@
 """Browser timings of the dashboard against a trivial one-slider page, measured in one run.
 
 Prints time from page open to the first chart, and the median time from a slider change (a key
-press on the temperature slider) until the page has finished changing: the script re-ran with the
-new value (the floor page's text, the dashboard's URL) and the last DOM change before a quiet
-period of QUIET_MS is taken as the end of the redraw.
+press on the temperature slider; on n_experts for the full-rerun row) until the page has finished
+changing: the script re-ran with the new value (the floor pages' text, the dashboard's URL) and the
+last DOM change before a quiet period of QUIET_MS is taken as the end of the redraw. The floor page
+with one Plotly chart shows what a single chart redraw costs in Streamlit before any dashboard work.
 Usage: .venv/bin/python benchmarks/bench_browser.py [--repeats 15]
 """
 from __future__ import annotations

@@ -56,9 +56,6 @@ def redraw_results() -> None:
     st.rerun(RESULTS_FRAGMENT)
 
 
-REDRAW = {"on_change": redraw_results}
-
-
 def current_values() -> dict:
     """Every control's value, from session state (the widgets' keys)."""
     return {key: st.session_state[key] for key in CONTROL_DEFAULTS}
@@ -147,35 +144,38 @@ def _routing_controls(sb, ss) -> None:
     sb.selectbox("router", list(ROUTERS), key="router", on_change=redraw_results,
                  help="topk: tokens pick their K best experts. expert_choice: each expert picks its C best "
                       "tokens. hash: expert from the token index (no learning). random: uniform random logits.")
-    sb.radio("score", list(SCORES), key="score", **REDRAW, horizontal=True,
+    sb.radio("score", list(SCORES), key="score", on_change=redraw_results, horizontal=True,
              help="softmax over experts (Mixtral), or independent sigmoids (DeepSeek-V3).")
-    sb.slider("temperature", 0.05, 10.0, key="temperature", **REDRAW, step=0.05,
+    sb.slider("temperature", 0.05, 10.0, key="temperature", on_change=redraw_results, step=0.05,
               help="Logits are divided by it: high flattens the probabilities, low sharpens them.")
     sb.checkbox("normalize_topk", key="normalize_topk", on_change=redraw_results,
                 help="Divide the chosen experts' scores by their sum (Mixtral). Off: raw scores (Switch, Qwen).")
-    sb.number_input("routed_scaling_factor", 0.1, 10.0, key="routed_scaling_factor", **REDRAW, step=0.1,
+    sb.number_input("routed_scaling_factor", 0.1, 10.0, key="routed_scaling_factor", on_change=redraw_results, step=0.1,
                     help="Multiplies every combine weight (DeepSeek-V3 uses 2.5).")
     sb.checkbox("dropless", key="dropless", help="No capacity limit: every routed token is served.")
-    sb.slider("capacity_factor", 0.1, 4.0, key="capacity_factor", **REDRAW, step=0.05, disabled=ss["dropless"],
+    sb.slider("capacity_factor", 0.1, 4.0, key="capacity_factor", on_change=redraw_results, step=0.05,
+              disabled=ss["dropless"],
               help="Capacity C = ceil(capacity_factor · T · K / E) tokens per expert; the rest are dropped.")
-    sb.radio("drop_policy", list(DROP_POLICIES), key="drop_policy", **REDRAW, horizontal=True, disabled=ss["dropless"],
+    sb.radio("drop_policy", list(DROP_POLICIES), key="drop_policy", on_change=redraw_results, horizontal=True,
+             disabled=ss["dropless"],
              help="position: an expert keeps its first C tokens in token order. probs: it keeps the C "
                   "tokens with the highest router probability.")
-    sb.slider("noise_std", 0.0, 3.0, key="noise_std", **REDRAW, step=0.05,
+    sb.slider("noise_std", 0.0, 3.0, key="noise_std", on_change=redraw_results, step=0.05,
               help="Adds N(0, σ²) to the logits (training-style noisy gating), seeded.")
-    sb.slider("jitter_eps", 0.0, 0.5, key="jitter_eps", **REDRAW, step=0.01,
+    sb.slider("jitter_eps", 0.0, 0.5, key="jitter_eps", on_change=redraw_results, step=0.01,
               help="Multiplies the router input by U(1−ε, 1+ε) (Switch jitter), seeded.")
     sb.selectbox("hot expert", [-1, *range(ss["n_experts"])], key="hot_expert",
                  format_func=lambda e: "none" if e == -1 else f"expert {e}",
                  help="Make one expert hot: its logit gets the bias below (changes probabilities).")
-    sb.slider("logit_bias (hot expert)", -10.0, 10.0, key="hot_bias", **REDRAW, step=0.1, disabled=ss["hot_expert"] < 0,
+    sb.slider("logit_bias (hot expert)", -10.0, 10.0, key="hot_bias", on_change=redraw_results, step=0.1,
+              disabled=ss["hot_expert"] < 0,
               help="Added to the hot expert's logit before the softmax/sigmoid.")
-    sb.slider("logit_bias spread", 0.0, 5.0, key="bias_spread", **REDRAW, step=0.1,
+    sb.slider("logit_bias spread", 0.0, 5.0, key="bias_spread", on_change=redraw_results, step=0.1,
               help="Adds a random N(0, σ²) logit bias to every expert (seeded): graded imbalance.")
-    sb.slider("expert_bias (hot expert)", -2.0, 2.0, key="expert_bias_hot", **REDRAW, step=0.05,
+    sb.slider("expert_bias (hot expert)", -2.0, 2.0, key="expert_bias_hot", on_change=redraw_results, step=0.05,
               disabled=ss["hot_expert"] < 0,
               help="DeepSeek-V3's aux-loss-free bias on the hot expert: steers selection only, never the weights.")
-    sb.slider("expert_bias spread", 0.0, 1.0, key="expert_bias_spread", **REDRAW, step=0.01,
+    sb.slider("expert_bias spread", 0.0, 1.0, key="expert_bias_spread", on_change=redraw_results, step=0.01,
               help="A random N(0, σ²) selection-only bias on every expert (seeded).")
 
 
@@ -184,12 +184,13 @@ def _input_controls(sb, ss) -> None:
     sb.selectbox("scenario", list(SCENARIOS), key="scenario", help=SCENARIO_HELP.get(ss["scenario"]))
     sb.caption(SCENARIO_HELP.get(ss["scenario"], ""))
     labelled = ss["scenario"] in LABELLED_SCENARIOS
-    sb.slider("topics", 1, 32, key="n_clusters", **REDRAW, disabled=not labelled,
+    sb.slider("topics", 1, 32, key="n_clusters", on_change=redraw_results, disabled=not labelled,
               help="Number of cluster centres (topics) the tokens are drawn around.")
-    sb.slider("skew", 0.0, 3.0, key="skew", **REDRAW, step=0.1, disabled=ss["scenario"] != "clusters",
+    sb.slider("skew", 0.0, 3.0, key="skew", on_change=redraw_results, step=0.1, disabled=ss["scenario"] != "clusters",
               help="Topic sizes ∝ exp(−skew · i): 0 gives equal topics, larger makes topic 0 dominate.")
-    sb.slider("spread", 0.0, 2.0, key="spread", **REDRAW, step=0.05, disabled=not labelled,
+    sb.slider("spread", 0.0, 2.0, key="spread", on_change=redraw_results, step=0.05, disabled=not labelled,
               help="Noise around each topic centre.")
-    sb.slider("drift step", 0, 1000, key="drift_step", **REDRAW, disabled=ss["scenario"] != "drifting",
+    sb.slider("drift step", 0, 1000, key="drift_step", on_change=redraw_results, disabled=ss["scenario"] != "drifting",
               help="Time in the drifting mixture: topic proportions rotate as it grows.")
-    sb.number_input("seed", 0, 2 ** 31 - 1, key="seed", **REDRAW, help="Seeds the weights, the input and the noise.")
+    sb.number_input("seed", 0, 2 ** 31 - 1, key="seed", on_change=redraw_results,
+                    help="Seeds the weights, the input and the noise.")

@@ -18,7 +18,8 @@ from .state import RunSpec
 MEMORY_BUDGET = int(float(os.environ.get("MOE_SCOPE_MEMORY_GB", "4")) * GiB)
 # Expert multiply-adds (T·K·3·D·H) below which a CPU forward runs on one thread: a few milliseconds of
 # work gains nothing from a second thread, and on a small machine the browser drawing the page needs that
-# core (two threads made the default forward ~10× slower while the page redrew). Larger forwards use all.
+# core (profiled during a redraw, the default forward took ~105 ms on two threads; run() alone takes ~4 ms).
+# Larger forwards use every thread.
 SMALL_FORWARD_MACS = 10 ** 9
 
 

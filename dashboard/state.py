@@ -1,4 +1,4 @@
-"""Control values → engine config, the URL round-trip, and session-state initialisation."""
+"""Control values → engine config, and the URL round-trip (query parameters ↔ control values)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
