@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .validate import check_fields
+
 ROUTERS = ("topk", "expert_choice", "hash", "random")
 SCORES = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probs")
@@ -90,6 +92,7 @@ class MoEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)  # types first (coerces numpy numbers), so the checks below compare numbers
         for name in ("d_model", "d_expert", "n_experts", "top_k"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -109,8 +112,9 @@ class MoEConfig:
             raise ValueError(f"unknown router_dtype {self.router_dtype!r}; choose one of {_choices(ROUTER_DTYPES)}")
         if not _finite(self.temperature) or self.temperature <= 0:
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}")
-        if not _finite(self.routed_scaling_factor):
-            raise ValueError(f"routed_scaling_factor must be finite, got {self.routed_scaling_factor!r}")
+        if not _finite(self.routed_scaling_factor) or self.routed_scaling_factor <= 0:
+            raise ValueError(f"routed_scaling_factor must be finite and > 0 (it multiplies every gate), "
+                             f"got {self.routed_scaling_factor!r}")
         if self.capacity_factor is not None and (not _finite(self.capacity_factor) or self.capacity_factor <= 0):
             raise ValueError(f"capacity_factor must be > 0 (or None for dropless), got {self.capacity_factor!r}")
         if not _finite(self.jitter_eps) or not 0 <= self.jitter_eps < 1:

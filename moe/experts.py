@@ -22,9 +22,11 @@ class Experts(nn.Module):
     def __init__(self, cfg: MoEConfig):
         super().__init__()
         E, H, D = cfg.n_experts, cfg.d_expert, cfg.d_model
-        self.w_gate = nn.Parameter(torch.empty(E, H, D))
-        self.w_up = nn.Parameter(torch.empty(E, H, D))
-        self.w_down = nn.Parameter(torch.empty(E, D, H))
+        # Allocated in the target dtype and device: no float32 copy of the weights ever exists.
+        kw = dict(dtype=cfg.torch_dtype, device=cfg.device)
+        self.w_gate = nn.Parameter(torch.empty(E, H, D, **kw))
+        self.w_up = nn.Parameter(torch.empty(E, H, D, **kw))
+        self.w_down = nn.Parameter(torch.empty(E, D, H, **kw))
 
 
 def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,

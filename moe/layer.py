@@ -13,6 +13,23 @@ from .stats import gather_sums
 from .trace import Trace
 
 
+# Elements per weight draw: a multiple of 16, so drawing chunk by chunk gives exactly the numbers of one
+# whole-tensor torch.randn (CPU normal fill works in blocks of 16), and set-up peaks at the weights plus
+# one 4 MiB float32 chunk instead of a float32 copy of every weight.
+DRAW_CHUNK = 1 << 20
+
+
+@torch.no_grad()
+def _draw_(param: Tensor, scale: float, g: torch.Generator) -> None:
+    """Fill `param` in place with N(0, scale²) drawn on the CPU from `g`, chunk by chunk."""
+    flat = param.view(-1)  # (numel,) the parameter's own storage
+    n, start = flat.numel(), 0
+    while start < n:
+        size = n - start if n - start < 2 * DRAW_CHUNK else DRAW_CHUNK  # the last chunk takes the remainder
+        flat[start:start + size].copy_(torch.randn(size, generator=g).mul_(scale))
+        start += size
+
+
 class MoELayer(nn.Module):
     """A sparse SwiGLU Mixture-of-Experts layer that reports what every expert did."""
 
@@ -33,8 +50,7 @@ class MoELayer(nn.Module):
         scale_in, scale_h = cfg.d_model ** -0.5, cfg.d_expert ** -0.5
         for param, scale in ((self.router.weight, scale_in), (self.experts.w_gate, scale_in),
                              (self.experts.w_up, scale_in), (self.experts.w_down, scale_h)):
-            draw = torch.randn(param.shape, generator=g) * scale
-            param.copy_(draw.to(device=param.device, dtype=param.dtype))
+            _draw_(param, scale, g)
 
     def reconfigured(self, cfg: MoEConfig) -> "MoELayer":
         """A layer with new routing settings that shares this layer's weights (no copy).
@@ -73,6 +89,9 @@ class MoELayer(nn.Module):
         if x.shape[-1] != cfg.d_model:
             raise ValueError(f"input width {x.shape[-1]} does not match d_model={cfg.d_model}; "
                              f"give tokens of width {cfg.d_model} or set d_model={x.shape[-1]}")
+        if not x.is_floating_point():
+            raise ValueError(f"input must be a floating-point tensor, got dtype {x.dtype}; convert it with "
+                             f"x.float() (integer tokens would be silently truncated)")
         if x.numel() == 0:
             raise ValueError(f"input has no tokens (shape {tuple(x.shape)}); give at least one token")
         start = time.perf_counter()

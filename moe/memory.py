@@ -1,23 +1,110 @@
-"""Memory estimate of a forward, so that callers can refuse a config before building it."""
+"""Memory estimates of a forward and of a training run, so callers can refuse a config before building it.
+
+Each estimate is an upper bound in bytes, computed from sizes alone (nothing is allocated). When a
+config is over the budget, `fit` finds the sizes that bring it under: it halves the widths that are
+above their defaults (the furthest first) until it fits; if the model alone still does not fit, any
+width until the model takes at most half the budget; then it lowers the tokens to the largest
+count that fits. The advice names every change, so following
+it passes the same check.
+"""
 from __future__ import annotations
+
+import math
+import os
+from typing import Callable
 
 from .config import MoEConfig
 
 GiB = 1024 ** 3
+DEFAULT_BUDGET_GB = 4.0
+BUDGET_ENV = "MOE_SCOPE_MEMORY_GB"
+# Defaults the widths are compared with when choosing which one to halve first.
+_DEFAULTS = {"d_model": 64, "d_expert": 256, "n_experts": 8, "n_clusters": 4}
+_MODEL_KNOBS = ("d_expert", "d_model", "n_experts", "n_clusters")
 
 
-def estimate_bytes(cfg: MoEConfig, tokens: int) -> dict[str, int]:
-    """Bytes of weights, peak activations and trace for one forward of `tokens` tokens (an upper bound)."""
-    T, D, H, E, K = tokens, cfg.d_model, cfg.d_expert, cfg.n_experts, cfg.top_k
-    item = cfg.torch_dtype.itemsize
+class BudgetError(ValueError):
+    """Over the memory budget; `changes` maps each size that must shrink to its largest fitting value."""
+
+    def __init__(self, message: str, changes: dict[str, int]):
+        super().__init__(message)
+        self.changes = changes
+
+
+def budget_bytes() -> int:
+    """The memory budget: MOE_SCOPE_MEMORY_GB GiB (default 4); a bad value is a ValueError."""
+    text = os.environ.get(BUDGET_ENV)
+    if text is None or text.strip() == "":
+        return int(DEFAULT_BUDGET_GB * GiB)
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{BUDGET_ENV}={text!r} is not a memory budget; set it to a positive number of GiB "
+                         f"(e.g. {BUDGET_ENV}=4) or unset it for the default {DEFAULT_BUDGET_GB:g}")
+    return int(value * GiB)
+
+
+def _sizes(cfg: MoEConfig, tokens: int) -> dict:
+    return {"tokens": tokens, "d_model": cfg.d_model, "d_expert": cfg.d_expert, "n_experts": cfg.n_experts,
+            "top_k": cfg.top_k, "item": cfg.torch_dtype.itemsize, "expert_choice": cfg.router == "expert_choice",
+            "capacity_factor": cfg.capacity_factor}
+
+
+def _assignments(s: dict) -> int:
+    T, E, K = s["tokens"], s["n_experts"], s["top_k"]
+    if not s["expert_choice"]:
+        return T * K
+    return E * min(T, math.ceil((s["capacity_factor"] or 1.0) * T * K / E))
+
+
+def _forward_parts(s: dict) -> dict[str, int]:
+    T, D, H, E, K, item = s["tokens"], s["d_model"], s["d_expert"], s["n_experts"], s["top_k"], s["item"]
     weights = 3 * E * H * D * item + E * D * 4 + E * 4           # experts + router (fp32) + bias
-    N = T * K if cfg.router != "expert_choice" else E * (cfg.capacity(T) or T)  # assignments
+    N = _assignments(s)
     # Gathered tokens and outputs for all assignments, plus the hidden (gate, up, h) of the largest slice,
     # which is at most every assignment (a collapsed router sends every token to one expert).
     activations = (3 * N * D + T * D) * item + 3 * min(N, T) * H * item + 4 * N * 8
     trace = 10 * T * E * 4 + 2 * E * E * 8 + E * D * 8 + 2 * T * K * 8
-    return {"weights": weights, "activations": activations, "trace": trace,
-            "total": weights + activations + trace}
+    return {"weights": weights, "activations": activations, "trace": trace}
+
+
+def _training_parts(s: dict) -> dict[str, int]:
+    T, D, H, E, item = s["tokens"], s["d_model"], s["d_expert"], s["n_experts"], s["item"]
+    f = _forward_parts(s)
+    N = _assignments(s)
+    # Adam keeps a gradient and two moments per weight: 4× the weights in all.
+    optimizer = 3 * f["weights"]
+    # Autograd keeps every slice's hidden tensors until backward, and backward makes as many again.
+    activations = 2 * ((5 * N * H + 5 * N * D + 2 * T * D) * item + 12 * T * E * 4 + 4 * N * 8)
+    M, P = s.get("n_maps", 1), s.get("probe_tokens", 0)
+    pool = s.get("pool_batches", 0) * T
+    # Task maps (M, D, D) built with two temporaries, targets einsum (T, M, D), data pool and probe.
+    task = 3 * M * D * D * 4 + 2 * T * M * D * 4 + 4 * (pool + P + 2 * T) * D * 4 + P * E * 8
+    history = s.get("history", 0) * (40 + 2 * E) * 120   # row dicts of Python floats
+    return {"weights": f["weights"], "optimizer": optimizer, "activations": activations, "trace": f["trace"],
+            "task": task, "history": history}
+
+
+def _total(parts: Callable[[dict], dict[str, int]]) -> Callable[[dict], int]:
+    return lambda s: sum(parts(s).values())
+
+
+def estimate_bytes(cfg: MoEConfig, tokens: int) -> dict[str, int]:
+    """Bytes of weights, peak activations and trace for one forward of `tokens` tokens (an upper bound)."""
+    parts = _forward_parts(_sizes(cfg, tokens))
+    return {**parts, "total": sum(parts.values())}
+
+
+def estimate_training_bytes(cfg: MoEConfig, tokens: int, *, n_maps: int = 1, pool_batches: int = 0,
+                            probe_tokens: int = 0, history: int = 0) -> dict[str, int]:
+    """Bytes of one Adam training step on `tokens` tokens: weights, optimiser state, autograd activations,
+    trace, the synthetic task (n_maps topic maps, a pool of pool_batches·tokens, the probe) and history."""
+    s = {**_sizes(cfg, tokens), "n_maps": n_maps, "pool_batches": pool_batches, "probe_tokens": probe_tokens,
+         "history": history}
+    parts = _training_parts(s)
+    return {**parts, "total": sum(parts.values())}
 
 
 def describe_bytes(n: float) -> str:
@@ -28,16 +115,72 @@ def describe_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
-def check_budget(cfg: MoEConfig, tokens: int, budget_bytes: int) -> None:
-    """Raise ValueError with advice when a forward would need more than `budget_bytes`."""
-    est = estimate_bytes(cfg, tokens)
-    if est["total"] <= budget_bytes:
+def fit(cost: Callable[[dict], int], sizes: dict, budget: int) -> dict[str, int]:
+    """The sizes to change so that cost(sizes) <= budget: {name: new value}, empty when it already fits."""
+    s = dict(sizes)
+    if cost(s) <= budget:
+        return {}
+    knobs = [k for k in _MODEL_KNOBS if k in s and not (k == "n_clusters" and s.get("n_maps", 1) == 1)]
+
+    def halve(done: Callable[[], bool], above_default: bool) -> None:
+        while not done():
+            shrinkable = [k for k in knobs if s[k] > _minimum(k, s) and (s[k] > _DEFAULTS[k] or not above_default)]
+            if not shrinkable:
+                return
+            k = max(shrinkable, key=lambda k: s[k] / _DEFAULTS[k])  # the width furthest above its default
+            s[k] = max(_minimum(k, s), s[k] // 2)
+            if k == "n_clusters":
+                s["n_maps"] = s[k]
+
+    # Widths above their defaults come down first, then (if the model alone still does not fit) any
+    # width until the model takes at most half the budget; the tokens take what is left.
+    halve(lambda: cost(s) <= budget, above_default=True)
+    if cost({**s, "tokens": 1}) > budget:
+        halve(lambda: cost({**s, "tokens": 1}) <= budget // 2, above_default=False)
+    if cost(s) > budget:
+        lo, hi = 1, s["tokens"]  # largest tokens that fit: cost grows with tokens
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if cost({**s, "tokens": mid}) <= budget else (lo, mid - 1)
+        s["tokens"] = lo
+    return {k: s[k] for k in ("tokens", *knobs) if s[k] != sizes[k]}
+
+
+def _minimum(knob: str, s: dict) -> int:
+    return s["top_k"] if knob == "n_experts" else 1
+
+
+def _refuse(what: str, parts: dict[str, int], budget: int, changes: dict[str, int], sizes: dict,
+            token_name: str) -> BudgetError:
+    total = sum(parts.values())
+    detail = ", ".join(f"{k} {describe_bytes(v)}" for k, v in parts.items())
+    names = {"tokens": token_name}
+    advice = ", ".join(f"{names.get(k, k)} ≤ {v:,} (now {sizes[k]:,})" for k, v in changes.items())
+    if not changes:
+        advice = "the smallest sizes do not fit either; raise MOE_SCOPE_MEMORY_GB"
+    return BudgetError(f"{what} needs about {describe_bytes(total)} ({detail}), over the budget of "
+                       f"{describe_bytes(budget)}; to fit, set {advice}", changes)
+
+
+def check_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *, token_name: str = "tokens") -> None:
+    """Raise BudgetError (a ValueError) with advice when a forward would need more than `budget` bytes."""
+    budget = budget_bytes() if budget is None else budget
+    s = _sizes(cfg, tokens)
+    parts = _forward_parts(s)
+    if sum(parts.values()) <= budget:
         return
-    biggest = max(("weights", "activations", "trace"), key=est.__getitem__)
-    advice = {"weights": "lower n_experts, d_expert or d_model",
-              "activations": "lower the tokens (batch × seq), top_k or d_expert",
-              "trace": "lower the tokens or n_experts"}[biggest]
-    raise ValueError(f"this configuration needs about {describe_bytes(est['total'])} "
-                     f"(weights {describe_bytes(est['weights'])}, activations {describe_bytes(est['activations'])}, "
-                     f"trace {describe_bytes(est['trace'])}), over the budget of {describe_bytes(budget_bytes)}: "
-                     f"{advice}")
+    raise _refuse("this configuration", parts, budget, fit(_total(_forward_parts), s, budget), s, token_name)
+
+
+def check_training_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *, n_maps: int = 1,
+                          pool_batches: int = 0, probe_tokens: int = 0, history: int = 0,
+                          token_name: str = "tokens") -> None:
+    """Raise BudgetError with advice when training (see estimate_training_bytes) would exceed `budget`."""
+    budget = budget_bytes() if budget is None else budget
+    s = {**_sizes(cfg, tokens), "n_maps": n_maps, "n_clusters": n_maps, "pool_batches": pool_batches,
+         "probe_tokens": probe_tokens, "history": history}
+    parts = _training_parts(s)
+    if sum(parts.values()) <= budget:
+        return
+    raise _refuse("training this configuration", parts, budget, fit(_total(_training_parts), s, budget), s,
+                  token_name)

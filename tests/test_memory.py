@@ -23,7 +23,8 @@ def test_activation_estimate_bounds_a_real_forward():
 
 def test_budget_refusal_says_how_to_fit():
     cfg = MoEConfig(d_model=4096, d_expert=8192, n_experts=256, top_k=8)
-    with pytest.raises(ValueError, match=r"over the budget of 4\.0 GiB: lower n_experts, d_expert or d_model"):
+    with pytest.raises(ValueError, match=r"over the budget of 4\.0 GiB; to fit, set d_expert ≤ 2,048 \(now 8,192\), "
+                                         r"d_model ≤ 1,024 \(now 4,096\), n_experts ≤ 128 \(now 256\)"):
         check_budget(cfg, 4096, 4 * GiB)
     check_budget(MoEConfig(), 512, 4 * GiB)  # the default fits
 
@@ -41,3 +42,82 @@ def test_reconfigured_layer_shares_weights_and_changes_routing():
     torch.testing.assert_close(other(x)[0], fresh(x)[0])
     with pytest.raises(ValueError, match="d_model: 64 -> 32"):
         base.reconfigured(MoEConfig(d_model=32, n_experts=6, top_k=1, seed=4))
+
+
+def test_budget_comes_from_the_environment(monkeypatch):
+    from moe.memory import budget_bytes
+    monkeypatch.delenv("MOE_SCOPE_MEMORY_GB", raising=False)
+    assert budget_bytes() == 4 * GiB
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.5")
+    assert budget_bytes() == GiB // 2
+    for bad in ("abc", "-1", "0", "nan", "inf"):
+        monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", bad)
+        with pytest.raises(ValueError, match=rf"MOE_SCOPE_MEMORY_GB='{bad}' is not a memory budget; set it to a positive"):
+            budget_bytes()
+
+
+def _apply(cfg, tokens, changes):
+    """Follow the advice mechanically: every named size set to the advised value."""
+    changes = dict(changes)
+    tokens = changes.pop("tokens", tokens)
+    n_maps = changes.pop("n_clusters", None)
+    return cfg.replace(**changes), tokens, n_maps
+
+
+@pytest.mark.parametrize("cfg, tokens", [
+    (MoEConfig(d_model=4096, d_expert=8192, n_experts=64), 512),
+    (MoEConfig(), 10 ** 9),
+    (MoEConfig(d_model=4096, d_expert=8192, n_experts=256, top_k=8, dtype="bfloat16"), 10 ** 6),
+    (MoEConfig(d_model=1 << 20, d_expert=1024, n_experts=2, top_k=1), 64),
+    (MoEConfig(router="expert_choice", capacity_factor=2.0, n_experts=64, d_expert=4096), 10 ** 6),
+])
+@pytest.mark.parametrize("budget", [GiB // 4, GiB, 4 * GiB])
+def test_following_the_forward_advice_passes(cfg, tokens, budget):
+    from moe.memory import BudgetError
+    with pytest.raises(BudgetError) as err:
+        check_budget(cfg, tokens, budget)
+    assert err.value.changes, "the advice names what to shrink"
+    for name, value in err.value.changes.items():
+        assert f"{name} ≤ {value:,}" in str(err.value)
+    fixed, fixed_tokens, _ = _apply(cfg, tokens, err.value.changes)
+    check_budget(fixed, fixed_tokens, budget)  # no second refusal
+
+
+@pytest.mark.parametrize("n_maps, tokens, d_expert", [(10 ** 6, 256, 32), (4, 10 ** 7, 32), (16, 4096, 1 << 16)])
+def test_following_the_training_advice_passes(n_maps, tokens, d_expert):
+    from moe.memory import BudgetError, check_training_budget
+    cfg = MoEConfig(d_model=16, d_expert=d_expert, n_experts=8, top_k=2)
+    sizes = dict(pool_batches=16, probe_tokens=256, history=500)
+    with pytest.raises(BudgetError) as err:
+        check_training_budget(cfg, tokens, GiB, n_maps=n_maps, **sizes)
+    fixed, fixed_tokens, fixed_maps = _apply(cfg, tokens, err.value.changes)
+    check_training_budget(fixed, fixed_tokens, GiB, n_maps=fixed_maps or n_maps, **sizes)
+
+
+def test_training_estimate_counts_adam_state():
+    from moe.memory import estimate_training_bytes
+    cfg = MoEConfig(d_model=32, d_expert=64, n_experts=4, top_k=2)
+    est = estimate_training_bytes(cfg, 128)
+    params = sum(p.numel() * p.element_size() for p in MoELayer(cfg).parameters())
+    assert est["optimizer"] >= 3 * params  # a gradient and two Adam moments per weight
+    assert est["total"] >= estimate_bytes(cfg, 128)["total"] + 3 * params
+
+
+def test_weights_are_drawn_in_chunks_with_the_numbers_of_one_draw():
+    from moe.layer import DRAW_CHUNK, _draw_
+    n = 2 * DRAW_CHUNK + 37  # three chunks' worth, not a multiple of 16
+    param = torch.empty(n, dtype=torch.bfloat16)
+    _draw_(param, 0.5, torch.Generator().manual_seed(7))
+    whole = torch.randn(n, generator=torch.Generator().manual_seed(7)) * 0.5
+    assert torch.equal(param, whole.to(torch.bfloat16))
+
+
+def test_layer_is_built_in_its_dtype_without_a_float32_copy():
+    cfg = MoEConfig(d_model=32, d_expert=48, n_experts=3, top_k=1, dtype="float16", seed=5)
+    layer = MoELayer(cfg)
+    assert layer.experts.w_up.dtype == torch.float16 and layer.router.weight.dtype == torch.float32
+    g = torch.Generator().manual_seed(5)
+    router = torch.randn(3, 32, generator=g) * 32 ** -0.5
+    w_gate = torch.randn(3, 48, 32, generator=g) * 32 ** -0.5
+    assert torch.equal(layer.router.weight, router)
+    assert torch.equal(layer.experts.w_gate, w_gate.half())
