@@ -3,9 +3,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from moe import MoEConfig
+from moe.knobs import DEFAULTS as KNOBS, from_knobs
 
 from .presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
 
@@ -25,38 +24,10 @@ class RunSpec:
         return dict(self.scenario_params)
 
 
-def _bias(n_experts: int, hot: int, hot_value: float, spread: float, seed: int, stream: int):
-    """Per-expert bias: `hot_value` on the hot expert plus N(0, spread²) draws (seeded), or None."""
-    if spread == 0 and not (0 <= hot < n_experts and hot_value != 0):
-        return None
-    g = torch.Generator().manual_seed(seed * 1009 + stream)
-    values = spread * torch.randn(n_experts, generator=g, dtype=torch.float64)
-    if 0 <= hot < n_experts:
-        values[hot] += hot_value
-    return tuple(round(float(v), 6) for v in values)
-
-
 def spec_from_controls(v: dict) -> RunSpec:
-    """Build the RunSpec from control values; raises ValueError with a message for the user."""
-    n = int(v["n_experts"])
-    hot = int(v["hot_expert"])
-    cfg = MoEConfig(
-        d_model=int(v["d_model"]), d_expert=int(v["d_expert"]), n_experts=n, top_k=int(v["top_k"]),
-        router=v["router"], score=v["score"], temperature=float(v["temperature"]),
-        normalize_topk=bool(v["normalize_topk"]), routed_scaling_factor=float(v["routed_scaling_factor"]),
-        capacity_factor=None if v["dropless"] else float(v["capacity_factor"]), drop_policy=v["drop_policy"],
-        noise_std=float(v["noise_std"]), jitter_eps=float(v["jitter_eps"]),
-        logit_bias=_bias(n, hot, float(v["hot_bias"]), float(v["bias_spread"]), int(v["seed"]), 1),
-        expert_bias=_bias(n, hot, float(v["expert_bias_hot"]), float(v["expert_bias_spread"]), int(v["seed"]), 2),
-        router_dtype=v["router_dtype"], device=v["device"], dtype=v["dtype"], seed=int(v["seed"]))
-    params: dict = {}
-    if v["scenario"] in LABELLED_SCENARIOS:
-        params = {"n_clusters": int(v["n_clusters"]), "spread": float(v["spread"])}
-        if v["scenario"] == "clusters":
-            params["skew"] = float(v["skew"])
-        else:
-            params["step"] = int(v["drift_step"])
-    return RunSpec(cfg, v["scenario"], tuple(sorted(params.items())), int(v["batch"]) * int(v["seq_len"]))
+    """Build the RunSpec from control values (moe.knobs, shared with the CLI); ValueError for the user."""
+    cfg, scenario, params, tokens = from_knobs({k: v[k] for k in KNOBS if k in v})
+    return RunSpec(cfg, scenario, tuple(sorted(params.items())), tokens)
 
 
 # --- the URL: control values <-> query parameters (strings)

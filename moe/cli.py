@@ -14,7 +14,9 @@ import pandas as pd
 import torch
 
 from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
+from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
+from .memory import budget_bytes, check_budget
 from .scenarios import SCENARIOS, make_batch
 from .train import BALANCES, PRESETS, TrainConfig, Trainer
 
@@ -65,39 +67,71 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--jitter-eps", type=_float, default=d.jitter_eps)
     p.add_argument("--noise-std", type=_float, default=d.noise_std)
     p.add_argument("--hot-expert", type=int, default=None, help="add --hot-bias to this expert's logit")
-    p.add_argument("--hot-bias", type=_float, default=3.0)
+    p.add_argument("--hot-bias", type=_float, default=None, help="default 3")
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--format", choices=("json", "csv"), default="json")
 
 
+def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
+    """The input batch: a scenario and its parameters (each scenario takes the ones it knows)."""
+    p.add_argument("--scenario", choices=list(SCENARIOS), default="gaussian")
+    p.add_argument("--tokens", type=_positive_int, default=512)
+    p.add_argument("--clusters", type=_positive_int, default=None, help="clusters/drifting: topics (default 4)")
+    p.add_argument("--skew", type=_float, default=None, help="clusters: topic size decay (default 0)")
+    p.add_argument("--spread", type=_float, default=None, help="clusters/drifting: noise (default 0.3)")
+    p.add_argument("--drift-step", type=int, default=None, help="drifting: the step drawn (default 0)")
+    p.add_argument("--period", type=_positive_int, default=None, help="drifting: steps per rotation (default 200)")
+
+
+# CLI option -> knob (moe.knobs), for the options whose names differ from the knob's.
+_KNOB_OF = {"clusters": "n_clusters"}
+_REPORT_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score", "temperature",
+                 "routed_scaling_factor", "capacity_factor", "drop_policy", "jitter_eps", "noise_std", "hot_expert",
+                 "hot_bias", "device", "dtype", "seed", "scenario", "tokens", "clusters", "skew", "spread",
+                 "drift_step", "period")
+
+
+def flag_names() -> dict[str, str]:
+    """Knob -> the option that sets it, for advice in CLI terms ("--d-expert ≤ 2,048")."""
+    names = {k: "--" + k.replace("_", "-") for k in _REPORT_KNOBS}
+    return {**names, "n_clusters": "--clusters"}
+
+
+def knobs_from_args(args: argparse.Namespace) -> dict:
+    """The given options as moe.knobs values (None = the knob's default)."""
+    values = {_KNOB_OF.get(k, k): getattr(args, k) for k in _REPORT_KNOBS}
+    values["normalize_topk"] = not args.no_normalize_topk
+    values["dropless"] = args.capacity_factor is None
+    return values
+
+
 def config_from_args(args: argparse.Namespace) -> MoEConfig:
-    logit_bias = None
-    if args.hot_expert is not None:
-        if not 0 <= args.hot_expert < args.n_experts:
-            raise UsageError(f"--hot-expert {args.hot_expert} is not an expert index in 0..{args.n_experts - 1}")
-        logit_bias = tuple(args.hot_bias if e == args.hot_expert else 0.0 for e in range(args.n_experts))
-    return MoEConfig(
-        d_model=args.d_model, d_expert=args.d_expert, n_experts=args.n_experts, top_k=args.top_k,
-        router=args.router, score=args.score, temperature=args.temperature,
-        normalize_topk=not args.no_normalize_topk, routed_scaling_factor=args.routed_scaling_factor,
-        capacity_factor=args.capacity_factor, drop_policy=args.drop_policy, jitter_eps=args.jitter_eps,
-        noise_std=args.noise_std, logit_bias=logit_bias, device=args.device, dtype=args.dtype, seed=args.seed)
+    return from_knobs(knobs_from_args(args))[0]
+
+
+def check_scenario_options(args: argparse.Namespace, scenario: str, options: tuple[str, ...]) -> None:
+    """An option the scenario does not read is an error, not silently ignored."""
+    takes = scenario_knobs(scenario)
+    given = [o for o in options if getattr(args, o, None) is not None and _KNOB_OF.get(o, o) not in takes]
+    if given:
+        flags = ", ".join("--" + o.replace("_", "-") for o in given)
+        raise UsageError(f"{flags} does not apply to scenario {scenario!r}; it takes: "
+                         f"{', '.join(takes) or 'no parameters'}")
 
 
 def _report(args: argparse.Namespace) -> str:
-    cfg = config_from_args(args)
-    params = {"n_clusters": args.clusters, "skew": args.skew} if args.scenario in ("clusters", "drifting") else {}
-    if args.scenario == "drifting":
-        params["step"] = 0
-    batch = make_batch(args.scenario, cfg.d_model, args.tokens, seed=args.seed, **params)
+    check_scenario_options(args, args.scenario, ("clusters", "skew", "spread", "drift_step", "period"))
+    cfg, scenario, params, tokens = from_knobs(knobs_from_args(args))
+    check_budget(cfg, tokens, budget_bytes(), names=flag_names())  # before anything is built
+    batch = make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params)
     layer = MoELayer(cfg)
     with torch.inference_mode():
         layer(batch.x, stats=False)  # warm-up, so forward_ms is the steady-state time
         _, trace = layer(batch.x)
     return render(cfg.to_dict(), trace.summary(), trace.per_expert(), args.format,
-                  extra={"scenario": args.scenario, "tokens": args.tokens})
+                  extra={"scenario": scenario, "tokens": tokens, **params})
 
 
 def render(config: dict, summary: dict, table: pd.DataFrame, fmt: str, extra: dict | None = None) -> str:
@@ -121,6 +155,11 @@ _TRAIN_MODEL_OPTIONS = ("d_model", "d_expert", "n_experts", "top_k", "temperatur
 _TRAIN_OPTIONS = ("tokens", "steps", "balance", "aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr",
                   "task_shared", "input_offset", "seed")
 _SCENARIO_OPTIONS = {"clusters": "n_clusters", "skew": "skew", "spread": "spread", "period": "period"}
+
+
+def knobs_from_train_args(args: argparse.Namespace) -> dict:
+    """The scenario options given to `train`, as moe.knobs values (drifting's step is the trainer's)."""
+    return {key: getattr(args, opt) for opt, key in _SCENARIO_OPTIONS.items() if getattr(args, opt) is not None}
 
 
 def add_train_command(commands) -> None:
@@ -158,9 +197,11 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
                              f"none; choose --balance {'|'.join(_COEF_FIELD)}")
         changes[_COEF_FIELD[balance]] = args.coef
     scenario = args.scenario or base.scenario
+    check_scenario_options(args, scenario, tuple(_SCENARIO_OPTIONS))
     params = base.params if scenario == base.scenario else {}  # a new scenario starts from its defaults
-    params.update({key: getattr(args, opt) for opt, key in _SCENARIO_OPTIONS.items()
-                   if getattr(args, opt) is not None})
+    given = scenario_params(scenario, knobs_from_train_args(args))
+    given.pop("step", None)  # the trainer passes each step's number itself
+    params.update(given)
     model = {f: getattr(args, f) for f in _TRAIN_MODEL_OPTIONS if getattr(args, f) is not None}
     return base.replace(model=base.model.replace(**model), scenario=scenario, scenario_params=params, **changes)
 
@@ -172,6 +213,7 @@ def _json_row(row: dict) -> str:
 
 def _train(args: argparse.Namespace) -> str:
     cfg = train_config_from_args(args)
+    cfg.check_memory(budget_bytes(), names={**flag_names(), "n_clusters": "--clusters"})  # before building
     trainer = Trainer(cfg)  # bad scenario parameters fail here, before any row is printed
     columns = trainer.columns()
     out = sys.stdout
@@ -198,10 +240,7 @@ def build_parser() -> _Parser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     report = commands.add_parser("report", help="one forward: config, summary and per-expert table")
     add_config_arguments(report)
-    report.add_argument("--scenario", choices=list(SCENARIOS), default="gaussian")
-    report.add_argument("--tokens", type=_positive_int, default=512)
-    report.add_argument("--clusters", type=_positive_int, default=4)
-    report.add_argument("--skew", type=_float, default=0.0)
+    add_scenario_arguments(report)
     report.set_defaults(run=_report)
     add_train_command(commands)
     return parser
@@ -211,8 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         text = args.run(args)
-    except (UsageError, ValueError) as err:
-        message = " ".join(str(err).split())  # one line
+    except (UsageError, ValueError, RuntimeError, MemoryError) as err:  # every failure: one line, exit 2
+        message = " ".join(str(err).split()) or type(err).__name__  # one line
         print(f"python -m moe: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -65,7 +65,8 @@ def _forward_parts(s: dict) -> dict[str, int]:
     N = _assignments(s)
     # Gathered tokens and outputs for all assignments, plus the hidden (gate, up, h) of the largest slice,
     # which is at most every assignment (a collapsed router sends every token to one expert).
-    activations = (3 * N * D + T * D) * item + 3 * min(N, T) * H * item + 4 * N * 8
+    # The input batch is drawn in float32 by a scenario (with up to two (T, D) temporaries).
+    activations = (3 * N * D + T * D) * item + 3 * min(N, T) * H * item + 4 * N * 8 + 3 * T * D * 4
     trace = 10 * T * E * 4 + 2 * E * E * 8 + E * D * 8 + 2 * T * K * 8
     return {"weights": weights, "activations": activations, "trace": trace}
 
@@ -151,10 +152,10 @@ def _minimum(knob: str, s: dict) -> int:
 
 
 def _refuse(what: str, parts: dict[str, int], budget: int, changes: dict[str, int], sizes: dict,
-            token_name: str) -> BudgetError:
+            names: dict[str, str] | None) -> BudgetError:
     total = sum(parts.values())
     detail = ", ".join(f"{k} {describe_bytes(v)}" for k, v in parts.items())
-    names = {"tokens": token_name}
+    names = names or {}
     advice = ", ".join(f"{names.get(k, k)} ≤ {v:,} (now {sizes[k]:,})" for k, v in changes.items())
     if not changes:
         advice = "the smallest sizes do not fit either; raise MOE_SCOPE_MEMORY_GB"
@@ -162,19 +163,21 @@ def _refuse(what: str, parts: dict[str, int], budget: int, changes: dict[str, in
                        f"{describe_bytes(budget)}; to fit, set {advice}", changes)
 
 
-def check_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *, token_name: str = "tokens") -> None:
-    """Raise BudgetError (a ValueError) with advice when a forward would need more than `budget` bytes."""
+def check_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *,
+                 names: dict[str, str] | None = None) -> None:
+    """Raise BudgetError (a ValueError) with advice when a forward would need more than `budget` bytes
+    (default budget_bytes()); `names` renames sizes in the advice (e.g. {"tokens": "--tokens"})."""
     budget = budget_bytes() if budget is None else budget
     s = _sizes(cfg, tokens)
     parts = _forward_parts(s)
     if sum(parts.values()) <= budget:
         return
-    raise _refuse("this configuration", parts, budget, fit(_total(_forward_parts), s, budget), s, token_name)
+    raise _refuse("this configuration", parts, budget, fit(_total(_forward_parts), s, budget), s, names)
 
 
 def check_training_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *, n_maps: int = 1,
                           pool_batches: int = 0, probe_tokens: int = 0, history: int = 0,
-                          token_name: str = "tokens") -> None:
+                          names: dict[str, str] | None = None) -> None:
     """Raise BudgetError with advice when training (see estimate_training_bytes) would exceed `budget`."""
     budget = budget_bytes() if budget is None else budget
     s = {**_sizes(cfg, tokens), "n_maps": n_maps, "n_clusters": n_maps, "pool_batches": pool_batches,
@@ -183,4 +186,4 @@ def check_training_budget(cfg: MoEConfig, tokens: int, budget: int | None = None
     if sum(parts.values()) <= budget:
         return
     raise _refuse("training this configuration", parts, budget, fit(_total(_training_parts), s, budget), s,
-                  token_name)
+                  names)

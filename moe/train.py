@@ -9,6 +9,7 @@ Shape letters: T tokens, D d_model, E n_experts, K top_k, P probe tokens.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import math
 from collections import deque
 from dataclasses import dataclass
@@ -21,9 +22,12 @@ from torch import Tensor
 
 from .config import MoEConfig
 from .layer import MoELayer
+from .memory import check_training_budget
 from .router import load_balancing_terms, z_loss
+from .scenarios import SCENARIOS
 from .stats import SUMMARY_KEYS
-from .task import SyntheticTask, draw
+from .task import SyntheticTask, draw, takes_step
+from .validate import check_fields
 
 BALANCES = ("none", "aux", "zloss", "bias", "capacity")
 BALANCE_HELP = {
@@ -33,6 +37,7 @@ BALANCE_HELP = {
     "bias": "after each step b_e += bias_rate·sign(mean load − load_e); b steers selection only (DeepSeek-V3)",
     "capacity": "each expert serves at most ceil(capacity_factor·T·K/E) tokens; the rest are dropped",
 }
+MAX_LR = 1.0  # Adam moves every weight by about lr per step: above 1 the run only diverges
 # Fields that fix the weights or the starting point: changing them needs reset(config).
 RESET_FIELDS = ("model", "seed", "router_init_scale")
 # Fields that change the data: the task and the probe are rebuilt, the weights kept.
@@ -79,6 +84,14 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if not isinstance(self.model, MoEConfig):
             raise ValueError(f"model must be a MoEConfig, got {type(self.model).__name__}")
+        params = self.scenario_params
+        if isinstance(params, dict) or (isinstance(params, (tuple, list)) and not isinstance(params, str)):
+            try:
+                params = tuple(sorted(params.items() if isinstance(params, dict) else (tuple(p) for p in params)))
+            except (TypeError, ValueError):
+                raise ValueError(f"scenario_params must be a dict or (name, value) pairs, got {params!r}") from None
+            object.__setattr__(self, "scenario_params", params)  # hashable, order-independent
+        check_fields(self)  # types (numpy numbers coerced), then the ranges below
         if self.balance not in BALANCES:
             raise ValueError(f"unknown balance {self.balance!r}; choose one of {', '.join(map(repr, BALANCES))}")
         if self.balance == "bias" and self.model.router not in ("topk", "random"):
@@ -91,12 +104,11 @@ class TrainConfig:
             _positive(name, getattr(self, name))
         for name in ("aux_coef", "z_coef", "bias_rate", "input_offset"):
             _positive(name, getattr(self, name), zero=True)
+        if self.lr > MAX_LR:
+            raise ValueError(f"lr must be in (0, {MAX_LR:g}], got {self.lr!r}: larger Adam steps diverge to NaN")
         _positive("task_shared", self.task_shared, zero=True)
         if self.task_shared > 1:
             raise ValueError(f"task_shared is a share and must be in [0, 1], got {self.task_shared!r}")
-        params = self.scenario_params
-        params = tuple(sorted(params.items() if isinstance(params, dict) else (tuple(p) for p in params)))
-        object.__setattr__(self, "scenario_params", params)  # hashable, order-independent
         # Validate the scenario and its parameters with the scenario's own messages (a 1-token draw).
         draw(self.scenario, self.params, self.model.d_model, 1, seed=self.seed, step=0)
 
@@ -112,6 +124,21 @@ class TrainConfig:
 
     def replace(self, **changes) -> "TrainConfig":
         return dataclasses.replace(self, **changes)
+
+    def check_memory(self, budget: int | None = None, names: dict[str, str] | None = None) -> None:
+        """Raise BudgetError (a ValueError) with advice when training would exceed the memory budget
+        (default moe.memory.budget_bytes()): Adam state, autograd activations, task maps and pool."""
+        topics = _default_clusters(self.scenario)
+        n_maps = 1 if topics is None else self.params.get("n_clusters", topics)  # the task's (D, D) maps
+        pool = 0 if takes_step(self.scenario) else self.pool_batches
+        check_training_budget(self.layer_config(), self.tokens, budget, n_maps=n_maps, pool_batches=pool,
+                              probe_tokens=self.probe_tokens, history=self.history, names=names)
+
+
+def _default_clusters(scenario: str) -> int | None:
+    """The scenario's default n_clusters, or None when it has no topics (and the task one map)."""
+    spec = inspect.signature(SCENARIOS[scenario]).parameters.get("n_clusters")
+    return None if spec is None else spec.default
 
 
 # The collapse-and-cure setup. Why balance "none" collapses: tokens share a common direction
@@ -194,6 +221,7 @@ class Trainer:
                 raise ValueError(f"config must be a TrainConfig, got {type(config).__name__}")
             self._config = config
         cfg = self._config
+        cfg.check_memory()  # before anything is built
         self.layer = MoELayer(cfg.layer_config())
         with torch.no_grad():
             self.layer.router.weight.mul_(cfg.router_init_scale)
@@ -214,6 +242,7 @@ class Trainer:
             raise ValueError(f"{', '.join(fixed)} fix the weights and cannot change while running; "
                              f"call reset(config) with the new value")
         old, new = self._config, self._config.replace(**changes)
+        new.check_memory()  # more tokens or topics may not fit
         self._config = new
         self.layer.cfg = new.layer_config()  # capacity on/off; the weights do not depend on it
         for group in self.optimizer.param_groups:
@@ -254,6 +283,9 @@ class Trainer:
         # One host transfer for the scalars the trace's statistics do not already hold.
         host = torch.cat([torch.stack([task_loss.detach(), loss.detach(), saturation]),
                           layer.router.expert_bias.detach().float()]).cpu().tolist()
+        if not (math.isfinite(host[0]) and math.isfinite(host[1])):
+            raise ValueError(f"training diverged at step {self._step}: the loss is {host[1]!r}; reset and "
+                             f"lower lr (now {cfg.lr:g}) or the balancing coefficient")
         row = self._row(trace.summary(), trace.sums.served, host)
         self._history.append(row)
         return row
