@@ -51,10 +51,12 @@ def _reset(result: RunResult) -> None:
     ss = st.session_state
     try:
         cfg = train_config(ss["live_setup"], result, **_knobs())
+        trainer = Trainer(cfg)  # refuses (BudgetError) a layer whose training would exceed the memory budget
     except ValueError as err:
         ss["live_error"] = str(err)
+        ss.pop("trainer", None)  # never keep training a layer the sidebar no longer shows
         return
-    ss["trainer"] = Trainer(cfg)
+    ss["trainer"] = trainer
     ss["live_signature"] = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
     ss["live_playing"] = False
     ss.pop("live_error", None)

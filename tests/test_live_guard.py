@@ -1,0 +1,38 @@
+"""Live's "Sidebar layer" training is refused with advice when it would exceed the memory budget."""
+import pathlib
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from moe import MoEConfig
+from moe.memory import BudgetError
+from moe.train import TrainConfig, Trainer
+
+APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
+
+
+def test_trainer_refuses_before_building(monkeypatch):
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
+    cfg = TrainConfig(model=MoEConfig(), scenario="gaussian", tokens=512)
+    with pytest.raises(BudgetError, match=r"training this configuration needs .* to fit, set tokens ≤ ") as err:
+        Trainer(cfg)
+    Trainer(cfg.replace(tokens=err.value.changes["tokens"]))  # following the advice trains
+
+
+def test_trainer_update_to_more_tokens_is_checked(monkeypatch):
+    trainer = Trainer(TrainConfig(model=MoEConfig(), scenario="gaussian", tokens=16))
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
+    with pytest.raises(BudgetError, match="over the budget"):
+        trainer.update(tokens=100_000)
+    assert trainer.config.tokens == 16  # unchanged
+
+
+def test_sidebar_layer_training_over_budget_shows_the_advice(monkeypatch):
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")  # the sidebar's forward (4 MiB) fits, training does not
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    at.radio(key="view").set_value("Live").run()
+    at.selectbox(key="live_setup").set_value("Sidebar layer").run()
+    assert not at.exception
+    assert "trainer" not in at.session_state
+    assert any("training this configuration needs" in e.value and "to fit, set tokens ≤" in e.value
+               for e in at.error)
