@@ -94,7 +94,7 @@ def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
 
 
 def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
-    """One row per expert; definitions in docs/METRICS.md."""
+    """One row per expert; definitions in moe/definitions.py."""
     served_total = s.served.sum()
     mu = s.sum_y.sum(axis=0)  # (D,) direction of the mean over all served assignments
     norms = np.linalg.norm(s.sum_y, axis=1) * np.linalg.norm(mu)  # (E,)
@@ -115,7 +115,7 @@ def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
 
 
 def summary_dict(s: ForwardSums) -> dict[str, float]:
-    """Scalar health numbers of the routing; definitions in docs/METRICS.md."""
+    """Scalar health numbers of the routing; definitions in moe/definitions.py."""
     E, T = s.n_experts, s.tokens
     demand = s.demand
     mean = demand.mean()

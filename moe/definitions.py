@@ -1,0 +1,99 @@
+"""The definition of every number moe-scope reports: the engine's metrics and the dashboard's views of them.
+
+One text per key, written once: the engine's docstrings point here, the dashboard shows these texts
+next to its charts (dashboard/definitions.py), and docs/ENGINE_API.md refers to them.
+Texts are markdown; formulas sit in code spans so that `_`, `*` and `$` render literally.
+Notation: T tokens, E experts, K top_k, D d_model, H d_expert, C capacity.
+"""
+from __future__ import annotations
+
+DEFINITIONS: dict[str, str] = {
+    # --- per_expert() columns (the summary's demand / served / dropped are their totals)
+    "demand": "(token, expert) assignments the router chose for expert e, before capacity: "
+              "`demand_e = Σ_t routed[t,e]`. The summary's `demand` is `Σ_e demand_e` (T·K for top-k routers).",
+    "served": "assignments expert e actually processed (kept by capacity): `served_e = Σ_t served[t,e]`. "
+              "The summary's `served` is `Σ_e served_e`.",
+    "dropped": "assignments cut by capacity: `dropped_e = demand_e − served_e`; they contribute nothing and "
+               "the remaining weights are not renormalised. The summary's `dropped` is the total.",
+    "load_share": "`served_e / Σ_e' served_e'`; 1/E for every expert at perfect balance.",
+    "utilization": "`served_e / (T·K/E)`: served assignments against the perfectly balanced load; 1 = ideal.",
+    "activation_sparsity": "share of the expert's hidden units with `|h| < sparsity_eps` over the tokens it "
+                           "served, `h = silu(w_gate·x) ⊙ (w_up·x)`: `#{|h| < eps} / (served_e·H)`. "
+                           "NaN for an idle expert.",
+    "output_rms": "`sqrt(Σ_t Σ_d y_e(x_t)_d² / (served_e·D))` over the tokens e served, before the gate "
+                  "(unweighted). NaN for an idle expert.",
+    "mean_gate": "mean combine weight of expert e over its served assignments: `Σ_t gates[t,e] / served_e`. "
+                 "NaN for an idle expert.",
+    "contribution": "`Σ_t contributions[t,e]`, the summed norm of what expert e added to the output; 0 when "
+                    "idle. The top contributors chart ranks experts by it.",
+    "specialization": "`1 − cos(μ_e, μ)`: μ_e = mean of y_e(x_t) over the tokens e served, μ = mean of "
+                      "y_e'(x_t) over all served assignments (t, e'), unweighted. 0 = the expert's mean output "
+                      "points where everyone's does; up to 2. NaN for an idle expert.",
+    # --- summary() keys
+    "aux_loss": "`E · Σ_e f_e·P_e` with `f_e = demand_e/(T·K)` and `P_e = mean_t probs[t,e]`. Switch/Megatron "
+                "scale: 1.0 at perfect balance, up to E when one expert takes everything. Hugging Face's Mixtral "
+                "`load_balancing_loss` reports top_k times this value. For expert_choice every expert takes C "
+                "tokens, so aux_loss = `E·C/(T·K)` ≈ 1 by construction and says nothing about balance.",
+    "z_loss": "`mean_t (logsumexp_e router_logits[t,e])²` (ST-MoE's router z-loss, before its coefficient): "
+              "grows with the scale of the logits.",
+    "cv": "coefficient of variation of demand: `std_e(demand_e) / mean_e(demand_e)`, population std (ddof=0); "
+          "0 = perfectly even.",
+    "max_over_mean": "`max_e demand_e / mean_e demand_e`: 1 = even, E = every assignment on one expert.",
+    "load_entropy": "`exp(H(s)) / E` with `s_e = demand_e / Σ demand` and `H(s) = −Σ_e s_e·ln s_e`: the "
+                    "effective number of experts as a share of E; 1 = even, 1/E = one expert.",
+    "dead_fraction": "share of experts that served no token: `#{e : served_e = 0} / E`.",
+    "dropped_fraction": "`(Σ demand − Σ served) / Σ demand`: share of the router's choices cut by capacity.",
+    "mean_confidence": "`mean_t min(p₁/p₂, 100)`, p₁ ≥ p₂ the two largest probs of token t; 1 = a tie between "
+                       "the top two, 100 = capped. NaN when E = 1.",
+    "tokens": "T = batch × sequence: the tokens in the forward.",
+    "forward_ms": "wall time of the forward, statistics included, synchronised with the device.",
+    "tokens_per_s": "`T / (forward_ms / 1000)`: tokens through the layer per second of forward time.",
+    "device": "the device that actually ran the forward (cpu, cuda:i or mps).",
+    "nonfinite": "count of non-finite (NaN or ±inf) entries of router_logits: bad input is reported, not hidden.",
+    "active_experts": "experts that served at least one token: `#{e : served_e > 0}`.",
+    "capacity": "`C = ceil(capacity_factor·T·K/E)`, at most T: the most assignments one expert keeps. "
+                "None when dropless; expert_choice uses capacity_factor 1 when unset.",
+    # --- trace fields the charts read
+    "router_logits": "`(x·Wᵀ + logit_bias) / temperature` (+ noise when set). The chart shows each expert's "
+                     "spread over tokens (box = quartiles, whiskers = min and max, dot = median).",
+    "probs": "`softmax(router_logits)`, or `sigmoid(router_logits)` divided by its row sum: each token's "
+             "probabilities sum to 1.",
+    "routed": "the router's choice before capacity (top-k by `score + expert_bias`, or each expert's top C "
+              "tokens for expert_choice).",
+    "gates": "combine weight of a served assignment: the unbiased score, divided by the sum over the chosen "
+             "experts if normalize_topk, times routed_scaling_factor; 0 when not served.",
+    "contributions": "`‖gates[t,e] · y_e(x_t)‖₂`: how much expert e moved token t's output; 0 when not served.",
+    # --- views derived by the dashboard
+    "ideal_load": "`T·K/E`: the assignments each expert would serve at perfect balance (dashed line).",
+    "conditional_coactivation": "`P(j | i) = coactivation[i,j] / coactivation[i,i]`: among the tokens expert i "
+                                "served, the share that expert j also served; `coactivation[i,j]` counts tokens "
+                                "served by both, so the diagonal is 1. Blank row: i served no token.",
+    "topk_combinations": "each token's set of serving experts (sorted); count = tokens with exactly that set, "
+                         "`share = count / T`. \"none\": every choice of the token was dropped "
+                         "(or, for expert_choice, no expert picked it).",
+    "token_entropy": "router entropy of token t in nats: `H_t = −Σ_e p[t,e]·ln p[t,e]`; 0 = one-hot, "
+                     "ln E = uniform (dashed line).",
+    "token_confidence": "`min(p₁/p₂, 100)` per token, p₁ ≥ p₂ its two largest probs; the mean over tokens is "
+                        "mean_confidence. Undefined when E = 1.",
+    "max_prob": "`p₁ = max_e p[t,e]`, the token's largest router probability.",
+    "cluster_share": "`share[c,e] = served assignments (t,e) with label_t = c / all served assignments of "
+                     "cluster c`: where each topic's tokens go; every row sums to 1.",
+    "token_heatmap_aggregation": "tokens × experts heatmaps show one row per token up to a row limit; above it, "
+                                 "consecutive tokens are grouped into equal bins (sizes differ by at most one) "
+                                 "and each cell is the bin's mean.",
+    "token_detail": "for the chosen token and every expert: its probability, logit, whether the router chose "
+                    "it (routed), whether capacity kept it (served; routed but not served = dropped), its gate "
+                    "and its contribution `‖gate·y_e(x_t)‖₂`.",
+    "nonfinite_output": "count of non-finite (NaN or ±inf) entries of the layer output y: catches bad input "
+                        "even when the router never sees it (router = random) and float16 overflow.",
+    # --- live mode (one row per training step)
+    "task_loss": "`mean_{t,d} (y_t − target_t)²` on the step's batch: the synthetic task's MSE, where the target "
+                 "of a token of topic c is `A_c·x` (a map partly private to the topic, so specialists help).",
+    "live_load_share": "per step, `served_e / Σ_e' served_e'` on that step's batch, stacked to 1; equal bands "
+                       "(1/E each) = perfect balance, one band filling the chart = collapse.",
+    "expert_bias": "the router's selection-only bias b_e (DeepSeek-V3 aux-loss-free balancing): after each step "
+                   "with balance = bias, `b_e += bias_rate·sign(mean_e' load_e' − load_e)` with load = demand "
+                   "(routed tokens). It changes which experts are chosen, never the gate weights.",
+    "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
+                         "previous step: 1 = the routing has settled, low = it is still moving.",
+}
