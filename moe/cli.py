@@ -16,7 +16,7 @@ import torch
 from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
-from .memory import budget_bytes, check_budget
+from .memory import BudgetError, budget_bytes, check_budget
 from .scenarios import SCENARIOS, make_batch
 from .train import BALANCES, PRESETS, TrainConfig, Trainer
 
@@ -212,8 +212,11 @@ def _json_row(row: dict) -> str:
 
 
 def _train(args: argparse.Namespace) -> str:
-    cfg = train_config_from_args(args)
-    cfg.check_memory(budget_bytes(), names={**flag_names(), "n_clusters": "--clusters"})  # before building
+    try:
+        cfg = train_config_from_args(args)  # checks the memory budget before its validation draw
+        cfg.check_memory(budget_bytes())    # before anything is built
+    except BudgetError as err:
+        raise err.renamed(flag_names()) from None
     trainer = Trainer(cfg)  # bad scenario parameters fail here, before any row is printed
     columns = trainer.columns()
     out = sys.stdout

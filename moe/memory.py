@@ -26,9 +26,20 @@ _MODEL_KNOBS = ("d_expert", "d_model", "n_experts", "n_clusters")
 class BudgetError(ValueError):
     """Over the memory budget; `changes` maps each size that must shrink to its largest fitting value."""
 
-    def __init__(self, message: str, changes: dict[str, int]):
-        super().__init__(message)
-        self.changes = changes
+    def __init__(self, what: str, parts: dict[str, int], budget: int, changes: dict[str, int], sizes: dict,
+                 names: dict[str, str] | None = None):
+        self.what, self.parts, self.budget, self.changes, self.sizes = what, parts, budget, changes, sizes
+        names = names or {}
+        detail = ", ".join(f"{k} {describe_bytes(v)}" for k, v in parts.items())
+        advice = ", ".join(f"{names.get(k, k)} ≤ {v:,} (now {sizes[k]:,})" for k, v in changes.items())
+        if not changes:
+            advice = f"the smallest sizes do not fit either; raise {BUDGET_ENV}"
+        super().__init__(f"{what} needs about {describe_bytes(sum(parts.values()))} ({detail}), over the budget "
+                         f"of {describe_bytes(budget)}; to fit, set {advice}")
+
+    def renamed(self, names: dict[str, str]) -> "BudgetError":
+        """The same refusal with the sizes named as the caller's user knows them (e.g. CLI flags)."""
+        return BudgetError(self.what, self.parts, self.budget, self.changes, self.sizes, names)
 
 
 def budget_bytes() -> int:
@@ -151,18 +162,6 @@ def _minimum(knob: str, s: dict) -> int:
     return s["top_k"] if knob == "n_experts" else 1
 
 
-def _refuse(what: str, parts: dict[str, int], budget: int, changes: dict[str, int], sizes: dict,
-            names: dict[str, str] | None) -> BudgetError:
-    total = sum(parts.values())
-    detail = ", ".join(f"{k} {describe_bytes(v)}" for k, v in parts.items())
-    names = names or {}
-    advice = ", ".join(f"{names.get(k, k)} ≤ {v:,} (now {sizes[k]:,})" for k, v in changes.items())
-    if not changes:
-        advice = "the smallest sizes do not fit either; raise MOE_SCOPE_MEMORY_GB"
-    return BudgetError(f"{what} needs about {describe_bytes(total)} ({detail}), over the budget of "
-                       f"{describe_bytes(budget)}; to fit, set {advice}", changes)
-
-
 def check_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *,
                  names: dict[str, str] | None = None) -> None:
     """Raise BudgetError (a ValueError) with advice when a forward would need more than `budget` bytes
@@ -172,7 +171,7 @@ def check_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *,
     parts = _forward_parts(s)
     if sum(parts.values()) <= budget:
         return
-    raise _refuse("this configuration", parts, budget, fit(_total(_forward_parts), s, budget), s, names)
+    raise BudgetError("this configuration", parts, budget, fit(_total(_forward_parts), s, budget), s, names)
 
 
 def check_training_budget(cfg: MoEConfig, tokens: int, budget: int | None = None, *, n_maps: int = 1,
@@ -185,5 +184,5 @@ def check_training_budget(cfg: MoEConfig, tokens: int, budget: int | None = None
     parts = _training_parts(s)
     if sum(parts.values()) <= budget:
         return
-    raise _refuse("training this configuration", parts, budget, fit(_total(_training_parts), s, budget), s,
-                  names)
+    raise BudgetError("training this configuration", parts, budget, fit(_total(_training_parts), s, budget), s,
+                      names)

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .config import MoEConfig
 from .layer import MoELayer
-from .memory import check_training_budget
+from .memory import budget_bytes, check_training_budget
 from .router import load_balancing_terms, z_loss
 from .scenarios import SCENARIOS
 from .stats import SUMMARY_KEYS
@@ -109,6 +109,13 @@ class TrainConfig:
         _positive("task_shared", self.task_shared, zero=True)
         if self.task_shared > 1:
             raise ValueError(f"task_shared is a share and must be in [0, 1], got {self.task_shared!r}")
+        if self.scenario in SCENARIOS and isinstance(self.params.get("n_clusters", 1), int):
+            try:
+                budget = budget_bytes()
+            except ValueError:  # a bad MOE_SCOPE_MEMORY_GB is reported when a Trainer is built, not at import
+                budget = None
+            if budget is not None:
+                self.check_memory(budget)  # before the validation draw, which builds every topic centre
         # Validate the scenario and its parameters with the scenario's own messages (a 1-token draw).
         draw(self.scenario, self.params, self.model.d_model, 1, seed=self.seed, step=0)
 

@@ -107,3 +107,14 @@ def test_hot_expert_and_spread_make_the_bias():
         from_knobs({"n_experts": 4, "hot_expert": 4})
     with pytest.raises(ValueError, match="unknown knob 'widht'"):
         from_knobs({"widht": 3})
+
+
+def test_bad_budget_variable_in_a_fresh_process_is_one_line():
+    import os
+    import subprocess
+    import sys
+    env = {**os.environ, "MOE_SCOPE_MEMORY_GB": "-2"}
+    proc = subprocess.run([sys.executable, "-m", "moe", "train", "--steps", "1"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.count("\n") == 1 and "MOE_SCOPE_MEMORY_GB='-2' is not a memory budget" in proc.stderr

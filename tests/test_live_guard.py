@@ -12,10 +12,12 @@ APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 
 
 def test_trainer_refuses_before_building(monkeypatch):
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
     cfg = TrainConfig(model=MoEConfig(), scenario="gaussian", tokens=512)
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
     with pytest.raises(BudgetError, match=r"training this configuration needs .* to fit, set tokens ≤ ") as err:
         Trainer(cfg)
+    with pytest.raises(BudgetError, match="over the budget"):
+        cfg.replace(tokens=513)  # the config itself is refused before its validation draw
     Trainer(cfg.replace(tokens=err.value.changes["tokens"]))  # following the advice trains
 
 
