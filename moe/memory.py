@@ -3,7 +3,7 @@
 Each estimate is an upper bound in bytes, computed from sizes alone (nothing is allocated). When a
 config is over the budget, `fit` finds the sizes that bring it under: it halves the widths that are
 above their defaults (the furthest first) until it fits; if the model alone still does not fit, any
-width until the model takes at most half the budget; then it lowers the tokens to the largest
+width until the model takes at most half the budget (beyond the runtime overhead); then it lowers the tokens to the largest
 count that fits. The advice names every change, so following
 it passes the same check.
 """
@@ -18,6 +18,9 @@ from .config import MoEConfig
 GiB = 1024 ** 3
 DEFAULT_BUDGET_GB = 4.0
 BUDGET_ENV = "MOE_SCOPE_MEMORY_GB"
+# What a first forward adds besides its tensors (allocator slack, kernel workspaces, thread pools):
+# measured at ~20 MiB by benchmarks/bench_memory_guard.py.
+RUNTIME_BYTES = 32 * 1024 ** 2
 # Defaults the widths are compared with when choosing which one to halve first.
 _DEFAULTS = {"d_model": 64, "d_expert": 256, "n_experts": 8, "n_clusters": 4}
 _MODEL_KNOBS = ("d_expert", "d_model", "n_experts", "n_clusters")
@@ -79,7 +82,7 @@ def _forward_parts(s: dict) -> dict[str, int]:
     # The input batch is drawn in float32 by a scenario (with up to two (T, D) temporaries).
     activations = (3 * N * D + T * D) * item + 3 * min(N, T) * H * item + 4 * N * 8 + 3 * T * D * 4
     trace = 10 * T * E * 4 + 2 * E * E * 8 + E * D * 8 + 2 * T * K * 8
-    return {"weights": weights, "activations": activations, "trace": trace}
+    return {"weights": weights, "activations": activations, "trace": trace, "runtime": RUNTIME_BYTES}
 
 
 def _training_parts(s: dict) -> dict[str, int]:
@@ -96,7 +99,7 @@ def _training_parts(s: dict) -> dict[str, int]:
     task = 3 * M * D * D * 4 + 2 * T * M * D * 4 + 4 * (pool + P + 2 * T) * D * 4 + P * E * 8
     history = s.get("history", 0) * (40 + 2 * E) * 120   # row dicts of Python floats
     return {"weights": f["weights"], "optimizer": optimizer, "activations": activations, "trace": f["trace"],
-            "task": task, "history": history}
+            "task": task, "history": history, "runtime": RUNTIME_BYTES}
 
 
 def _total(parts: Callable[[dict], dict[str, int]]) -> Callable[[dict], int]:
@@ -104,7 +107,8 @@ def _total(parts: Callable[[dict], dict[str, int]]) -> Callable[[dict], int]:
 
 
 def estimate_bytes(cfg: MoEConfig, tokens: int) -> dict[str, int]:
-    """Bytes of weights, peak activations and trace for one forward of `tokens` tokens (an upper bound)."""
+    """Bytes of weights, peak activations, trace and runtime overhead for one forward of `tokens` tokens
+    (an upper bound)."""
     parts = _forward_parts(_sizes(cfg, tokens))
     return {**parts, "total": sum(parts.values())}
 
@@ -130,8 +134,8 @@ def describe_bytes(n: float) -> str:
 def fit(cost: Callable[[dict], int], sizes: dict, budget: int) -> dict[str, int]:
     """The sizes to change so that cost(sizes) <= budget: {name: new value}, empty when it already fits."""
     s = dict(sizes)
-    if cost(s) <= budget:
-        return {}
+    if cost(s) <= budget or budget <= RUNTIME_BYTES:
+        return {}  # fits, or nothing can fit
     knobs = [k for k in _MODEL_KNOBS if k in s and not (k == "n_clusters" and s.get("n_maps", 1) == 1)]
 
     def halve(done: Callable[[], bool], above_default: bool) -> None:
@@ -145,10 +149,11 @@ def fit(cost: Callable[[dict], int], sizes: dict, budget: int) -> dict[str, int]
                 s["n_maps"] = s[k]
 
     # Widths above their defaults come down first, then (if the model alone still does not fit) any
-    # width until the model takes at most half the budget; the tokens take what is left.
+    # width until the model takes at most half the budget (beyond the runtime overhead); the tokens take what is left.
     halve(lambda: cost(s) <= budget, above_default=True)
     if cost({**s, "tokens": 1}) > budget:
-        halve(lambda: cost({**s, "tokens": 1}) <= budget // 2, above_default=False)
+        half = RUNTIME_BYTES + (budget - RUNTIME_BYTES) // 2
+        halve(lambda: cost({**s, "tokens": 1}) <= half, above_default=False)
     if cost(s) > budget:
         lo, hi = 1, s["tokens"]  # largest tokens that fit: cost grows with tokens
         while lo < hi:

@@ -36,7 +36,7 @@ def test_over_budget_is_refused_before_building(capsys, monkeypatch, argv, named
 
 
 def test_following_the_cli_advice_runs(capsys, monkeypatch):
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.05")
     err = _fails_in_one_line(capsys, ["report", "--d-model", "128", "--d-expert", "2048", "--tokens", "4096"])
     advice = err.split("to fit, set ")[1]
     argv = ["report", "--d-model", "128", "--d-expert", "2048", "--tokens", "4096"]

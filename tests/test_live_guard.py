@@ -13,7 +13,7 @@ APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 
 def test_trainer_refuses_before_building(monkeypatch):
     cfg = TrainConfig(model=MoEConfig(), scenario="gaussian", tokens=512)
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.05")
     with pytest.raises(BudgetError, match=r"training this configuration needs .* to fit, set tokens ≤ ") as err:
         Trainer(cfg)
     with pytest.raises(BudgetError, match="over the budget"):
@@ -23,14 +23,14 @@ def test_trainer_refuses_before_building(monkeypatch):
 
 def test_trainer_update_to_more_tokens_is_checked(monkeypatch):
     trainer = Trainer(TrainConfig(model=MoEConfig(), scenario="gaussian", tokens=16))
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.05")
     with pytest.raises(BudgetError, match="over the budget"):
         trainer.update(tokens=100_000)
     assert trainer.config.tokens == 16  # unchanged
 
 
 def test_sidebar_layer_training_over_budget_shows_the_advice(monkeypatch):
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.01")  # the sidebar's forward (4 MiB) fits, training does not
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.05")  # the sidebar's forward (36 MiB) fits, training does not
     at = AppTest.from_file(APP, default_timeout=120).run()
     at.radio(key="view").set_value("Live").run()
     at.selectbox(key="live_setup").set_value("Sidebar layer").run()

@@ -18,7 +18,7 @@ def test_activation_estimate_bounds_a_real_forward():
     est = estimate_bytes(cfg, 2048)
     hidden_one_slice = 2048 * 2 // 4 * 512 * 4  # what one balanced expert's (n, H) hidden takes
     assert est["activations"] > hidden_one_slice
-    assert est["total"] == est["weights"] + est["activations"] + est["trace"]
+    assert est["total"] == est["weights"] + est["activations"] + est["trace"] + est["runtime"]
 
 
 def test_budget_refusal_says_how_to_fit():
@@ -121,3 +121,10 @@ def test_layer_is_built_in_its_dtype_without_a_float32_copy():
     w_gate = torch.randn(3, 48, 32, generator=g) * 32 ** -0.5
     assert torch.equal(layer.router.weight, router)
     assert torch.equal(layer.experts.w_gate, w_gate.half())
+
+
+def test_a_budget_nothing_fits_in_says_to_raise_it():
+    from moe.memory import RUNTIME_BYTES, BudgetError
+    with pytest.raises(BudgetError, match="the smallest sizes do not fit either; raise MOE_SCOPE_MEMORY_GB") as err:
+        check_budget(MoEConfig(), 512, RUNTIME_BYTES // 2)
+    assert err.value.changes == {}
