@@ -101,8 +101,8 @@ def main() -> None:
         est = r["estimate"]
         est_text = "-" if est is None else f"{est / mib:.0f}"
         ratio = "-" if est is None else f"{added / est:.2f}"
-        print(f"{name:<42} {r['exit']:>4} {r['peak'] / mib:>9.0f} {added / mib:>13.0f} {est_text:>12} "
-              f"{ratio:>9} {added / budget:>12.2f}", flush=True)
+        print(f"{name:<42} {r['exit']:>4} {r['peak'] / mib:>9.0f} {int(round(added / mib)):>13} {est_text:>12} "
+              f"{ratio:>9} {max(added, 0) / budget:>12.2f}", flush=True)
 
 
 if __name__ == "__main__":

@@ -3,9 +3,9 @@
 Each estimate is an upper bound in bytes, computed from sizes alone (nothing is allocated). When a
 config is over the budget, `fit` finds the sizes that bring it under: it halves the widths that are
 above their defaults (the furthest first) until it fits; if the model alone still does not fit, any
-width until the model takes at most half the budget (beyond the runtime overhead); then it lowers the tokens to the largest
-count that fits. The advice names every change, so following
-it passes the same check.
+width until the model takes at most half the budget (beyond the runtime overhead); then it lowers
+the tokens to the largest count that fits. The advice names every change, so following it passes
+the same check.
 """
 from __future__ import annotations
 
