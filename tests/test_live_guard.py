@@ -38,3 +38,11 @@ def test_sidebar_layer_training_over_budget_shows_the_advice(monkeypatch):
     assert "trainer" not in at.session_state
     assert any("training this configuration needs" in e.value and "to fit, set tokens ≤" in e.value
                for e in at.error)
+
+
+def test_a_diverging_run_stops_with_a_message_instead_of_nan_rows():
+    trainer = Trainer(TrainConfig(scenario="gaussian", tokens=16, probe_tokens=16, pool_batches=1,
+                                  input_offset=1e30))  # tokens of norm ~1e30: the loss overflows
+    with pytest.raises(ValueError, match=r"training diverged at step 1: the loss is .*lower lr"):
+        trainer.step()
+    assert trainer.history_frame().empty  # no NaN row recorded
