@@ -1,7 +1,6 @@
 """Runs the engine for the page: a cached, read-only base layer per weight shape, one forward per spec."""
 from __future__ import annotations
 
-import contextlib
 import os
 
 import streamlit as st
@@ -16,11 +15,6 @@ from .state import RunSpec
 
 # Forwards above this estimate are refused with advice (override with MOE_SCOPE_MEMORY_GB).
 MEMORY_BUDGET = int(float(os.environ.get("MOE_SCOPE_MEMORY_GB", "4")) * GiB)
-# Expert multiply-adds (T·K·3·D·H) below which a CPU forward runs on one thread: a few milliseconds of
-# work gains nothing from a second thread, and on a small machine the browser drawing the page needs that
-# core (profiled during a redraw, the default forward took ~105 ms on two threads; run() alone takes ~4 ms).
-# Larger forwards use every thread.
-SMALL_FORWARD_MACS = 10 ** 9
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -41,7 +35,8 @@ def run(spec: RunSpec) -> RunResult:
     base = base_layer(cfg.d_model, cfg.d_expert, cfg.n_experts, cfg.seed, cfg.device, cfg.dtype)
     layer = base.reconfigured(cfg)  # per-run routing settings; weights shared read-only
     batch = make_batch(spec.scenario, cfg.d_model, spec.tokens, seed=cfg.seed, **spec.params)
-    with torch.inference_mode(), _cpu_threads(cfg, spec.tokens):
+    threads = torch.get_num_threads()  # read only: the thread count is process-wide, never set per request
+    with torch.inference_mode():
         _, trace = layer(batch.x)
     trace = trace.cpu()
     summary = trace.summary()
@@ -52,19 +47,4 @@ def run(spec: RunSpec) -> RunResult:
                         "and the dtype (float16 overflows above 65504).")
     return RunResult(config=cfg, scenario=spec.scenario, scenario_params=spec.params, trace=trace,
                      per_expert=trace.per_expert(), summary=summary, labels=batch.labels,
-                     label_names=batch.label_names, device=trace.device, warnings=warnings)
-
-
-@contextlib.contextmanager
-def _cpu_threads(cfg: MoEConfig, tokens: int):
-    """One intra-op thread for small CPU forwards, torch's default otherwise (process-wide, restored after)."""
-    macs = tokens * cfg.top_k * 3 * cfg.d_model * cfg.d_expert
-    if cfg.device != "cpu" or macs >= SMALL_FORWARD_MACS or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
+                     label_names=batch.label_names, device=trace.device, warnings=warnings, threads=threads)
