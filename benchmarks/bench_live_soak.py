@@ -52,9 +52,12 @@ def _start_live(page) -> float:
 
 
 def _move(page, i: int) -> None:
+    """One key press on a sidebar slider; waits until the URL says it was applied and the run ended."""
     label, key = MOVES[i % len(MOVES)]
+    before = page.url
     page.locator(f'[data-testid="stSidebar"] input[type="range"][aria-label="{label}"]').focus()
     page.keyboard.press(key)
+    page.wait_for_function("before => location.href !== before", arg=before, timeout=120_000)
     wait_for_run(page, timeout_ms=120_000)
 
 
