@@ -162,3 +162,16 @@ def test_a_sidebar_nudge_keeps_the_run_and_says_so_until_reset():
     assert at.session_state["trainer"].config.model.n_experts == 9
     assert at.session_state["trainer"].step_count == 0
     assert not any("Training continues" in i.value for i in at.info)
+
+
+def test_a_balancing_switch_while_playing_redraws_at_once_and_the_next_step_uses_it():
+    at = _live_app()
+    at.button(key="live_play").click().run()
+    steps = at.session_state["trainer"].step_count
+    at.radio(key="live_balance").set_value("aux").run()
+    assert not at.exception
+    assert at.session_state["trainer"].step_count == steps  # the switch's own rerun only redraws
+    assert any(m.value.startswith(f"**step {steps}** · playing · balance = `aux`") for m in at.markdown)
+    at.button(key="live_play").click().run()  # pause
+    at.button(key="live_step").click().run()
+    assert at.session_state["trainer"].history_frame()["balance"].iloc[-1] == "aux"

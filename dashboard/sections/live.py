@@ -69,6 +69,7 @@ def _apply_knobs() -> None:
     ss = st.session_state
     try:
         ss["trainer"].set_balance(**_knobs())
+        ss["live_switched"] = True  # this rerun only redraws: the switch shows at once, the next tick steps
         ss.pop("live_error", None)
     except ValueError as err:
         ss["live_error"] = str(err)
@@ -118,7 +119,8 @@ def _panel() -> None:
     ss = st.session_state
     _balancing()
     trainer: Trainer = ss["trainer"]
-    if ss["live_playing"]:
+    switched = ss.pop("live_switched", False)
+    if ss["live_playing"] and not switched:
         started = time.perf_counter()
         _step(ss["live_speed"])
         ss["live_tick_ms"] = (time.perf_counter() - started) * 1e3
