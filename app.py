@@ -3,9 +3,8 @@ import streamlit as st
 
 st.set_page_config(page_title="moe-scope", page_icon="🔀", layout="wide")
 
-from dashboard import controls, page, runtime  # noqa: E402  (set_page_config comes first)
+from dashboard import controls, page  # noqa: E402  (set_page_config comes first)
 
 controls.init_session()
 controls.render_sidebar()
 page.render()
-runtime.freeze_startup_objects()  # after the first run: imports, weights and plotly's lazy modules are loaded

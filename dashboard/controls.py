@@ -1,6 +1,8 @@
 """The sidebar: session-state initialisation, presets and every control, each with a help tooltip."""
 from __future__ import annotations
 
+import math
+
 import streamlit as st
 import torch
 
@@ -9,7 +11,7 @@ from moe.config import DROP_POLICIES, DTYPES, ROUTER_DTYPES, ROUTERS, SCORES
 from moe.scenarios import SCENARIO_HELP, SCENARIOS
 
 from .presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
-from .state import LABELLED_SCENARIOS, from_query
+from .state import LABELLED_SCENARIOS, from_query, quote
 
 D_MODEL_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 768, 1024, 2048, 4096]
 D_EXPERT_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 8192]
@@ -28,19 +30,28 @@ RANGES: dict[str, tuple[float, float]] = {
 
 
 def sanitize(values: dict, devices: list[str]) -> tuple[dict, list[str]]:
-    """Bring values into what the widgets accept (options, ranges, top_k ≤ n_experts); say what changed."""
+    """Bring values into what the widgets accept (options, ranges, top_k ≤ n_experts); say every change."""
     fixed, notes = dict(values), []
     for key, options in {**OPTIONS, "device": devices}.items():
         if fixed[key] not in options:
-            notes.append(f"{key}={fixed[key]!r} is not available here; using {CONTROL_DEFAULTS[key]!r}")
+            notes.append(f"{key}={quote(fixed[key])} is not available here; using {quote(CONTROL_DEFAULTS[key])}")
             fixed[key] = CONTROL_DEFAULTS[key]
     for key, (lo, hi) in RANGES.items():
-        if not lo <= fixed[key] <= hi:
-            clamped = type(CONTROL_DEFAULTS[key])(min(max(fixed[key], lo), hi))
-            notes.append(f"{key}={fixed[key]!r} is outside {lo}..{hi}; using {clamped!r}")
+        value = fixed[key]
+        if not math.isfinite(value):  # min/max would keep a NaN
+            notes.append(f"{key}={quote(value)} is not a finite number; using {quote(CONTROL_DEFAULTS[key])}")
+            fixed[key] = CONTROL_DEFAULTS[key]
+        elif not lo <= value <= hi:
+            clamped = type(CONTROL_DEFAULTS[key])(min(max(value, lo), hi))
+            notes.append(f"{key}={quote(value)} is outside {lo}..{hi}; using {quote(clamped)}")
             fixed[key] = clamped
-    fixed["top_k"] = max(1, min(int(fixed["top_k"]), int(fixed["n_experts"])))
-    if fixed["hot_expert"] >= fixed["n_experts"] or fixed["hot_expert"] < -1:
+    top_k = max(1, min(int(fixed["top_k"]), int(fixed["n_experts"])))
+    if top_k != fixed["top_k"]:
+        notes.append(f"top_k={quote(fixed['top_k'])} must be in 1..n_experts={fixed['n_experts']}; using {top_k}")
+        fixed["top_k"] = top_k
+    if not -1 <= fixed["hot_expert"] < fixed["n_experts"]:
+        notes.append(f"hot_expert={quote(fixed['hot_expert'])} is not an expert of {fixed['n_experts']} "
+                     f"(0..{fixed['n_experts'] - 1}, or -1 for none); using none")
         fixed["hot_expert"] = -1
     return fixed, notes
 

@@ -9,16 +9,35 @@ from .figures import axis, layout
 # (column, label, scale): the health series, grouped into stacked panels that share the step axis.
 PANELS: list[list[tuple[str, str, float]]] = [
     [("task_loss", "task loss", 1.0)],
-    [("aux_loss", "aux loss", 1.0), ("z_loss", "z-loss", 1.0)],
+    [("aux_loss", "aux loss", 1.0)],   # aux ≈ 1 when balanced and z-loss can be 100× larger:
+    [("z_loss", "z-loss", 1.0)],       # on one axis aux would look flat
     [("cv", "CV", 1.0), ("max_over_mean", "max/mean", 1.0)],
     [("dropped_fraction", "dropped %", 100.0), ("dead_fraction", "dead experts %", 100.0)],
 ]
-PANEL_TITLES = ["task loss", "aux / z-loss", "CV, max/mean", "%"]
+PANEL_TITLES = ["task loss", "aux loss", "z-loss", "CV, max/mean", "%"]
+SWITCH_COLOR = "#555555"
 SERIES_COLORS = ["#4c78a8", "#f58518", "#b279a2", "#54a24b", "#e45756", "#9d755d", "#72b7b2"]
 
 
 def _expert_columns(frame: pd.DataFrame, prefix: str) -> list[str]:
     return [c for c in frame.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
+
+
+def balance_switches(history: pd.DataFrame) -> list[tuple[int, str]]:
+    """(step, new balance) for every step whose balancing differs from the step before it."""
+    balance = history["balance"]
+    changed = balance.ne(balance.shift()) & balance.shift().notna()  # the first kept row is no switch
+    return [(int(step), str(name)) for step, name in zip(history["step"][changed], balance[changed])]
+
+
+def with_switches(fig: go.Figure, history: pd.DataFrame) -> go.Figure:
+    """Mark each balancing switch with a dotted vertical line across the figure, labelled with the new method."""
+    for step, name in balance_switches(history):
+        fig.add_shape(type="line", xref="x", yref="paper", x0=step, x1=step, y0=0, y1=1,
+                      line=dict(color=SWITCH_COLOR, width=1, dash="dot"))
+        fig.add_annotation(x=step, xref="x", y=1, yref="paper", text=f"→ {name}", showarrow=False,
+                           xanchor="left", yanchor="top", font=dict(size=11, color=SWITCH_COLOR))
+    return fig
 
 
 def health_figure(history: pd.DataFrame) -> go.Figure:
@@ -40,8 +59,8 @@ def health_figure(history: pd.DataFrame) -> go.Figure:
                 xaxis=f"x{suffix}", yaxis=f"y{suffix}", line=dict(color=next(color), width=2),
                 hovertemplate=f"step %{{x}}<br>{label} %{{y:.4g}}<extra></extra>"))
     base = layout(title="Training and routing health", xaxis=axes.pop("xaxis"), yaxis=axes.pop("yaxis"),
-                  uirevision="live_health", height=620)
-    return go.Figure(traces, {**base, **axes})
+                  uirevision="live_health", height=120 * n + 140)
+    return with_switches(go.Figure(traces, {**base, **axes}), history)
 
 
 def load_share_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
@@ -52,8 +71,9 @@ def load_share_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
                          fillcolor=colors[int(c[11:])],
                          hovertemplate=f"expert {c[11:]}<br>step %{{x}}<br>share %{{y:.3f}}<extra></extra>")
               for c in columns]
-    return go.Figure(traces, layout(title="Load share per expert", xaxis=axis("step"),
-                                    yaxis=axis("share of served load", range=[0, 1]), uirevision="live_share"))
+    fig = go.Figure(traces, layout(title="Load share per expert", xaxis=axis("step"),
+                                   yaxis=axis("share of served load", range=[0, 1]), uirevision="live_share"))
+    return with_switches(fig, history)
 
 
 def expert_bias_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
@@ -63,8 +83,9 @@ def expert_bias_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
                          line=dict(color=colors[int(c[12:])], width=2),
                          hovertemplate=f"expert {c[12:]}<br>step %{{x}}<br>b %{{y:.4f}}<extra></extra>")
               for c in columns]
-    return go.Figure(traces, layout(title="Expert bias trajectories", xaxis=axis("step"),
-                                    yaxis=axis("expert_bias b_e"), uirevision="live_bias"))
+    fig = go.Figure(traces, layout(title="Expert bias trajectories", xaxis=axis("step"),
+                                   yaxis=axis("expert_bias b_e"), uirevision="live_bias"))
+    return with_switches(fig, history)
 
 
 def saturation_figure(history: pd.DataFrame) -> go.Figure:
@@ -72,6 +93,7 @@ def saturation_figure(history: pd.DataFrame) -> go.Figure:
     trace = go.Scatter(x=history["step"], y=history["router_saturation"], mode="lines", name="saturation",
                        line=dict(color=SERIES_COLORS[0], width=2),
                        hovertemplate="step %{x}<br>saturation %{y:.3f}<extra></extra>")
-    return go.Figure([trace], layout(title="Router saturation", xaxis=axis("step"),
-                                     yaxis=axis("unchanged top-k share", range=[0, 1.02]),
-                                     uirevision="live_saturation"))
+    fig = go.Figure([trace], layout(title="Router saturation", xaxis=axis("step"),
+                                    yaxis=axis("unchanged top-k share", range=[0, 1.02]),
+                                    uirevision="live_saturation"))
+    return with_switches(fig, history)

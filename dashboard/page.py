@@ -7,7 +7,7 @@ from . import controls, runner
 from .result import RunResult
 from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
                        scenario)
-from .state import spec_from_controls, to_query
+from .state import quote, spec_from_controls, to_query
 
 VIEWS = {
     "Overview": (load.render, experts.render_one),
@@ -22,6 +22,8 @@ VIEWS = {
 }
 
 NO_DOWNLOADS = {"Live", "About"}  # views that do not show the sidebar's forward: its files would confuse
+OWN_KPIS = {"Live"}  # views that show their own model's numbers: the sidebar forward's KPI row would mislead
+DEFAULT_VIEW = next(iter(VIEWS))
 
 
 def current_result(values: dict) -> RunResult | None:
@@ -51,20 +53,56 @@ def _keep_last(message: str) -> RunResult | None:
     return last
 
 
-def sync_link(values: dict) -> None:
-    """Write the controls into the URL so the link restores this page."""
+def page_query(values: dict) -> dict[str, str]:
+    """The link for these controls and the current view (the default view is left out)."""
     query = to_query(values, st.session_state["preset"])
+    view = st.session_state.get("view", DEFAULT_VIEW)
+    if view != DEFAULT_VIEW:
+        query["view"] = view
+    return query
+
+
+def sync_link(values: dict) -> None:
+    """Write the controls and the view into the URL so the link restores this page."""
+    query = page_query(values)
     if st.query_params.to_dict() != query:
         st.query_params.from_dict(query)
 
 
+def init_view() -> None:
+    """Once per session: open the view named in the link (?view=Router); an unknown one gets a note."""
+    ss = st.session_state
+    if ss.get("_view_initialised"):
+        return
+    ss["_view_initialised"] = True
+    view = st.query_params.get("view")
+    if view is None:
+        return
+    if view in VIEWS:
+        ss["view"] = view
+    else:
+        ss["link_notes"] = [*ss.get("link_notes", []), f"unknown view {quote(view)} in the link; showing "
+                            f"{quote(DEFAULT_VIEW)} (views: {', '.join(VIEWS)})"]
+
+
+def link_notes(values: dict) -> list[str]:
+    """What the link asked for and did not get: shown until the user changes something (the URL is rewritten)."""
+    ss = st.session_state
+    if not ss.get("link_notes"):
+        return []
+    query = page_query(values)
+    ss.setdefault("link_notes_query", query)  # the page as the link opened it
+    if query != ss["link_notes_query"]:
+        ss["link_notes"] = []
+    return ss["link_notes"]
+
+
 def render() -> None:
     """The page's header, then the results fragment."""
+    init_view()
     st.title("moe-scope")
     st.caption("What every expert of a Mixture-of-Experts layer does, live. Move a control in the sidebar; "
                "every number has its definition next to it and in *About these numbers*.")
-    for note in st.session_state.get("link_notes", []):
-        st.warning(note)
     results()
 
 
@@ -76,6 +114,8 @@ def results() -> None:
     it changes (the view, the metric), so the sidebar is not redrawn; a full app run redraws it too.
     """
     values = controls.current_values()
+    for note in link_notes(values):  # inside the fragment: a results-only rerun clears them too
+        st.warning(note)
     result = current_result(values)
     sync_link(values)
     if result is None:
@@ -83,10 +123,16 @@ def results() -> None:
     for warning in result.warnings:
         st.warning(warning)
     cfg = result.config
-    st.caption(f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward · "
+    view = st.session_state.get("view", DEFAULT_VIEW)
+    st.caption(f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward "
+               f"on {result.threads} threads · "
                f"router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, K={cfg.top_k}, "
                f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
-    kpis.render(result)
+    if view in OWN_KPIS:
+        st.caption("The sidebar's forward is summarised in the other views; below are the numbers of the "
+                   "model being trained.")
+    else:
+        kpis.render(result)
     view = st.radio("View", list(VIEWS), key="view", horizontal=True, label_visibility="collapsed")
     for draw in VIEWS[view]:
         draw(result)

@@ -21,6 +21,7 @@ class RunResult:
     label_names: list[str] | None = None
     device: str = "cpu"               # the device that actually ran
     warnings: list[str] = field(default_factory=list)
+    threads: int = 0                  # torch's intra-op threads when the forward ran (read, never set per run)
 
     @property
     def n_experts(self) -> int:

@@ -2,7 +2,6 @@
 forward per spec, all within the memory budget (moe.memory.budget_bytes, env MOE_SCOPE_MEMORY_GB)."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import threading
 import weakref
@@ -16,12 +15,6 @@ from moe.scenarios import make_batch
 
 from .result import RunResult
 from .state import RunSpec
-
-# Expert multiply-adds (T·K·3·D·H) below which a CPU forward runs on one thread: a few milliseconds of
-# work gains nothing from a second thread, and on a small machine the browser drawing the page needs that
-# core (profiled during a redraw, the default forward took ~105 ms on two threads; run() alone takes ~4 ms).
-# Larger forwards use every thread.
-SMALL_FORWARD_MACS = 10 ** 9
 
 
 class LayerCache:
@@ -98,7 +91,8 @@ def run(spec: RunSpec) -> RunResult:
     base = LAYERS.get(cfg, room=budget - est["activations"] - est["trace"] - kept_bytes())
     layer = base.reconfigured(cfg)  # per-run routing settings; weights shared read-only
     batch = make_batch(spec.scenario, cfg.d_model, spec.tokens, seed=cfg.seed, **spec.params)
-    with torch.inference_mode(), _cpu_threads(cfg, spec.tokens):
+    threads = torch.get_num_threads()  # read only: the thread count is process-wide, never set per request
+    with torch.inference_mode():
         _, trace = layer(batch.x)
     trace = trace.cpu()
     summary = trace.summary()
@@ -109,22 +103,9 @@ def run(spec: RunSpec) -> RunResult:
                         "and the dtype (float16 overflows above 65504).")
     result = RunResult(config=cfg, scenario=spec.scenario, scenario_params=spec.params, trace=trace,
                        per_expert=trace.per_expert(), summary=summary, labels=batch.labels,
-                       label_names=batch.label_names, device=trace.device, warnings=warnings)
+                       label_names=batch.label_names, device=trace.device, warnings=warnings,
+                       threads=threads)
     with _KEPT_LOCK:
         _KEPT[id(result)] = result
     return result
 
-
-@contextlib.contextmanager
-def _cpu_threads(cfg: MoEConfig, tokens: int):
-    """One intra-op thread for small CPU forwards, torch's default otherwise (process-wide, restored after)."""
-    macs = tokens * cfg.top_k * 3 * cfg.d_model * cfg.d_expert
-    if cfg.device != "cpu" or macs >= SMALL_FORWARD_MACS or torch.get_num_threads() == 1:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

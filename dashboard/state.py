@@ -1,6 +1,7 @@
 """Control values → engine config, and the URL round-trip (query parameters ↔ control values)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moe import MoEConfig
@@ -9,6 +10,10 @@ from moe.knobs import DEFAULTS as KNOBS, from_knobs
 from .presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
 
 LABELLED_SCENARIOS = ("clusters", "drifting")
+LINK_KEYS = ("preset", "view")   # link parameters that are not controls (the view is checked by the page)
+MAX_LINK_PARAMS = 64             # a link carries at most ~35 keys; more are ignored unread
+MAX_VALUE_CHARS = 64             # longer values are refused before parsing (a number or a name is short)
+SHOWN_CHARS = 40                 # a value echoed in a note is cut to this many characters
 
 
 @dataclass(frozen=True)
@@ -42,24 +47,55 @@ def to_query(values: dict, preset: str) -> dict[str, str]:
 
 
 def from_query(query: dict[str, str]) -> tuple[str, dict, list[str]]:
-    """Parse query parameters into (preset, control values, problems); bad entries are skipped."""
+    """Parse query parameters into (preset, control values, problems); bad entries are skipped and named.
+
+    Problems are Markdown-safe: every value from the link is shown shortened inside a code span.
+    """
     problems = []
+    items = list(query.items())
+    if len(items) > MAX_LINK_PARAMS:
+        problems.append(f"the link has {len(items)} parameters; read the first {MAX_LINK_PARAMS}")
+        items = items[:MAX_LINK_PARAMS]
+    query = dict(items)
     preset = query.get("preset", DEFAULT_PRESET)
     if preset not in PRESETS:
-        problems.append(f"unknown preset {preset!r} in the link; using {DEFAULT_PRESET!r}")
+        problems.append(f"unknown preset {quote(preset)} in the link; using {quote(DEFAULT_PRESET)}")
         preset = DEFAULT_PRESET
     values = preset_values(preset)
     for key, text in query.items():
-        if key == "preset":
+        if key in LINK_KEYS:
             continue
         if key not in CONTROL_DEFAULTS:
-            problems.append(f"ignored unknown link parameter {key!r}")
+            problems.append(f"ignored unknown link parameter {quote(key)}")
+            continue
+        expected = _expected(CONTROL_DEFAULTS[key])
+        if len(text) > MAX_VALUE_CHARS:
+            problems.append(f"ignored {key}: its value has {len(text):,} characters; expected {expected}")
             continue
         try:
             values[key] = _decode(text, CONTROL_DEFAULTS[key])
         except ValueError:
-            problems.append(f"ignored {key}={text!r}: expected {type(CONTROL_DEFAULTS[key]).__name__}")
+            problems.append(f"ignored {key}={quote(text)}: expected {expected}")
     return preset, values, problems
+
+
+def quote(value) -> str:
+    """A value from a link, safe to show in Markdown: shortened, in a code span, no backticks or line breaks."""
+    text = str(value)
+    if len(text) > SHOWN_CHARS:
+        text = text[:SHOWN_CHARS - 1] + "…"
+    text = "".join(" " if ch.isspace() or not ch.isprintable() else ch for ch in text)
+    return "`" + text.replace("`", "ˋ") + "`"  # ˋ (U+02CB) looks like a backtick but cannot close the span
+
+
+def _expected(default) -> str:
+    if isinstance(default, bool):
+        return "0 or 1"
+    if isinstance(default, int):
+        return "an integer"
+    if isinstance(default, float):
+        return "a finite number"
+    return "a name"
 
 
 def _encode(value) -> str:
@@ -76,5 +112,8 @@ def _decode(text: str, default):
     if isinstance(default, int):
         return int(text)
     if isinstance(default, float):
-        return float(text)
+        value = float(text)
+        if not math.isfinite(value):  # nan passes min/max clamps and breaks the slider; inf is no setting
+            raise ValueError(text)
+        return value
     return str(text)

@@ -11,6 +11,7 @@ import pathlib
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -29,11 +30,19 @@ def free_port() -> int:
 @contextlib.contextmanager
 def streamlit_server(script: str | pathlib.Path = "app.py", timeout: float = 60.0):
     """Yield the base URL of `streamlit run script` on 127.0.0.1; stop it afterwards."""
+    with streamlit_process(script, timeout) as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def streamlit_process(script: str | pathlib.Path = "app.py", timeout: float = 60.0):
+    """Yield (base URL, server process) of `streamlit run script` on 127.0.0.1; stop it afterwards."""
     port = free_port()
     cmd = [sys.executable, "-m", "streamlit", "run", str(script), "--server.port", str(port),
            "--server.address", "127.0.0.1", "--server.headless", "true",
            "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tempfile.TemporaryFile(mode="w+")  # a file, not a pipe: a long run's output never blocks the server
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + timeout
@@ -45,16 +54,19 @@ def streamlit_server(script: str | pathlib.Path = "app.py", timeout: float = 60.
             except OSError:
                 pass
             if proc.poll() is not None or time.monotonic() > deadline:
-                output = proc.stdout.read() if proc.poll() is not None else "(still running)"
+                log.seek(0)
+                output = log.read() if proc.poll() is not None else "(still running)"
                 raise RuntimeError(f"streamlit did not start on {url}: {output}")
             time.sleep(0.2)
-        yield url
+        yield url, proc
     finally:
         proc.terminate()
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait(timeout=10)
+        log.close()
 
 
 def launch_chromium(playwright):

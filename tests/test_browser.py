@@ -1,6 +1,10 @@
 """The real page in headless Chromium: it renders charts, shows no error, and redraws on a slider move."""
 import os
 import pathlib
+import re
+import subprocess
+import sys
+import urllib.parse
 
 import pandas as pd
 import pytest
@@ -8,8 +12,10 @@ import torch
 
 from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
 
-from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.state import spec_from_controls
+from dashboard import runner
+from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
+from dashboard.sections.kpis import kpi_values
+from dashboard.state import spec_from_controls, to_query
 from moe import MoELayer
 from moe.scenarios import make_batch
 
@@ -142,13 +148,22 @@ def _step_count(page) -> int:
     return int(text.split("·")[0].strip().removeprefix("step "))
 
 
+# Points drawn in the live load-share chart (one path per expert, grows with the history).
+POINTS = """() => {
+    const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
+    const chart = charts.find(c => (c.querySelector('.gtitle')?.textContent || '').startsWith('Load share'));
+    return chart && chart.calcdata ? chart.calcdata[0].length : -1;
+}"""
+# The step in the status line ("step 12 · playing · ...").
+STEP = """() => {
+    const p = [...document.querySelectorAll('[data-testid="stMarkdownContainer"] p')]
+        .find(el => /^step \\d+ ·/.test(el.innerText.trim()));
+    return p ? parseInt(p.innerText.trim().slice(5)) : -1;
+}"""
+
+
 def _points(page) -> int:
-    """Points drawn in the live load-share chart (one path per expert, grows with the history)."""
-    return page.evaluate("""() => {
-        const charts = [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')];
-        const chart = charts.find(c => (c.querySelector('.gtitle')?.textContent || '').startsWith('Load share'));
-        return chart && chart.calcdata ? chart.calcdata[0].length : -1;
-    }""")
+    return page.evaluate(POINTS)
 
 
 def test_live_view_plays_and_the_charts_advance(browser, server):
@@ -160,13 +175,133 @@ def test_live_view_plays_and_the_charts_advance(browser, server):
     page.get_by_role("button", name="Play").click()
     page.wait_for_selector("text=playing", timeout=30_000)
     page.wait_for_function("() => document.body.innerText.includes('Load share per expert')", timeout=30_000)
+    page.wait_for_function(f"() => ({POINTS})() > 0", timeout=30_000)
     first_step, first_points = _step_count(page), _points(page)
-    page.wait_for_timeout(3000)
-    later_step, later_points = _step_count(page), _points(page)
-    assert later_step > first_step >= 1
-    assert later_points > first_points > 0
+    assert first_step >= 1
+    # Wait for the condition, not for a fixed time: the history grows in the chart and in the status line.
+    page.wait_for_function(f"first => ({POINTS})() > first", arg=first_points, timeout=60_000)
+    page.wait_for_function(f"first => ({STEP})() > first", arg=first_step, timeout=60_000)
     assert page.locator('[data-testid="stException"]').count() == 0
+
+    # Switching balancing while playing acts on the next step and is marked on the charts.
+    page.locator('[data-testid="stRadio"]', has_text="Balancing").get_by_text("aux", exact=True).click()
+    page.wait_for_function("() => document.body.innerText.includes('balance = aux')", timeout=30_000)
+    page.wait_for_function("() => [...document.querySelectorAll('.annotation-text')]"
+                           ".some(el => el.textContent.includes('→ aux'))", timeout=30_000)
     page.get_by_role("button", name="Pause").click()
     page.wait_for_selector("text=paused", timeout=30_000)
     page.screenshot(path=str(ARTIFACTS / "live.png"))
     page.close()
+
+
+# --- four sessions on one server -------------------------------------------------------------------
+
+SESSIONS = [  # four links, small configs; the last forward is large (512·2·3·512·1024 ≈ 1.6e9 multiply-adds)
+    {"temperature": 0.5, "n_experts": 6, "top_k": 1},
+    {"temperature": 1.5, "n_experts": 10, "top_k": 3, "seed": 3},
+    {"temperature": 2.0, "n_experts": 12, "score": "sigmoid"},
+    {"temperature": 3.0, "d_model": 512, "d_expert": 1024},
+]
+ROUNDS = [  # (slider, key, staggered): every page presses at once, or one after another
+    ("temperature", "ArrowRight", False),
+    ("n_experts", "ArrowRight", True),
+    ("temperature", "ArrowLeft", False),
+]
+THREADS = re.compile(r"ms forward on (\d+) threads")
+
+
+def _link(server: str, values: dict) -> str:
+    query = to_query({**CONTROL_DEFAULTS, **values}, DEFAULT_PRESET)
+    return f"{server}/?{urllib.parse.urlencode(query)}"
+
+
+def _torch_default_threads() -> int:
+    """torch's default intra-op thread count in a fresh process (what the server starts with)."""
+    out = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                         capture_output=True, text=True, check=True, timeout=120)
+    return int(out.stdout)
+
+
+def _slider_value(page, label: str) -> str:
+    return page.locator(f'[data-testid="stSidebar"] input[type="range"][aria-label="{label}"]').input_value()
+
+
+def _check_session(page, values: dict, threads: int) -> None:
+    """The page shows its own settings and the engine's numbers for them, from a forward on every thread."""
+    for key in ("temperature", "n_experts"):
+        assert float(_slider_value(page, key)) == pytest.approx(values[key]), key
+    shown = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
+    assert shown == to_query(values, DEFAULT_PRESET)
+    expected = {label: value for label, value, _ in kpi_values(runner.run(spec_from_controls(values)))}
+    for label in ("active experts", "aux loss", "CV", "max/mean load"):
+        assert _kpi(page, label) == expected[label], label
+    assert THREADS.search(page.inner_text("body")).group(1) == str(threads)
+
+
+def _press_all(pages, label: str, key: str, staggered: bool) -> None:
+    before = [p.url for p in pages]
+    for page in pages:
+        page.locator(f'[data-testid="stSidebar"] input[type="range"][aria-label="{label}"]').focus()
+    for page in pages:  # at the same moment (no wait between pages), or 150 ms apart
+        page.keyboard.press(key)
+        if staggered:
+            page.wait_for_timeout(150)
+    for page, url in zip(pages, before):
+        page.wait_for_function("before => location.href !== before", arg=url, timeout=60_000)
+        wait_for_run(page, timeout_ms=120_000)
+
+
+def test_four_sessions_from_four_links_keep_their_own_settings_and_numbers(browser, server):
+    threads = _torch_default_threads()
+    contexts = [browser.new_context(viewport={"width": 1400, "height": 1000}) for _ in SESSIONS]
+    try:
+        pages = [c.new_page() for c in contexts]
+        values = [{**CONTROL_DEFAULTS, **v} for v in SESSIONS]
+        for page, v in zip(pages, values):
+            page.goto(_link(server, v))
+        for page, v in zip(pages, values):
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=120_000)
+            wait_for_run(page, timeout_ms=120_000)
+            _check_session(page, v, threads)
+        for label, key, staggered in ROUNDS:
+            _press_all(pages, label, key, staggered)
+            step = {"temperature": 0.05, "n_experts": 1}[label] * (1 if key == "ArrowRight" else -1)
+            for page, v in zip(pages, values):
+                v[label] = round(v[label] + step, 2) if label == "temperature" else v[label] + step
+                _check_session(page, v, threads)
+            assert all(p.locator('[data-testid="stException"]').count() == 0 for p in pages)
+    finally:
+        for context in contexts:
+            context.close()
+
+
+# --- a hostile link -------------------------------------------------------------------------------
+
+HOSTILE_LINK = ("/?router=" + urllib.parse.quote("![p](http://evil.example/pixel.png)")
+                + "&preset=" + urllib.parse.quote("[Click here to sign in](http://evil.example/phish)")
+                + "&scenario=" + urllib.parse.quote("<img src=http://evil.example/x.png>")
+                + "&temperature=nan&top_k=99&view=Router")
+
+
+def test_a_hostile_link_makes_no_outside_request_and_renders_no_link_or_image(browser, server):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    requests: list[str] = []
+    context.on("request", lambda request: requests.append(request.url))
+    page = context.new_page()
+    try:
+        page.goto(server + HOSTILE_LINK)
+        page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+        wait_for_run(page)
+        alerts = page.locator('[data-testid="stAlert"]')
+        assert alerts.count() >= 4
+        assert "evil.example" in page.inner_text("body")  # the values are shown, as text
+        for element, attribute in (("a", "href"), ("img", "src"), ("image", "href"), ("iframe", "src")):
+            found = page.eval_on_selector_all(element, f"els => els.map(e => e.getAttribute('{attribute}') || '')")
+            assert not any("evil" in value for value in found), (element, found)
+        assert page.locator('[data-testid="stAlert"] code').count() >= 4  # each value in a code span
+        hosts = {urllib.parse.urlsplit(url).hostname for url in requests if not url.startswith(("data:", "blob:"))}
+        assert hosts == {"127.0.0.1"}, hosts
+        assert "nan" not in page.url and "evil" not in page.url and "view=Router" in page.url
+        assert page.locator('[data-testid="stException"]').count() == 0
+    finally:
+        context.close()

@@ -6,7 +6,8 @@ import plotly.graph_objects as go
 from streamlit.testing.v1 import AppTest
 
 from dashboard.colors import expert_colors
-from dashboard.figures_live import PANELS, expert_bias_figure, health_figure, load_share_figure, saturation_figure
+from dashboard.figures_live import (PANELS, balance_switches, expert_bias_figure, health_figure, load_share_figure,
+                                    saturation_figure)
 from moe.train import Trainer, preset
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
@@ -27,9 +28,29 @@ def test_health_figure_plots_every_series_on_its_own_panel():
     dropped = next(t for t in fig.data if t.name == "dropped %")
     assert list(dropped.y) == list(history["dropped_fraction"] * 100)
     assert len({t.line.color for t in fig.data}) == len(fig.data)  # every series distinguishable
-    assert {t.yaxis for t in fig.data} == {"y", "y2", "y3", "y4"}
-    assert fig.layout.xaxis4.title.text == "step"
+    assert [t.yaxis for t in fig.data] == ["y", "y2", "y3", "y4", "y4", "y5", "y5"]  # aux and z-loss apart
+    assert fig.layout.yaxis2.title.text == "aux loss" and fig.layout.yaxis3.title.text == "z-loss"
+    assert fig.layout.xaxis5.title.text == "step"
+    assert fig.layout.shapes == () and fig.layout.annotations == ()  # one balancing: no switch marks
     pd.testing.assert_frame_equal(history, before)  # not mutated
+
+
+def test_balancing_switches_are_marked_on_every_chart_at_their_step():
+    trainer = Trainer(preset("collapse"))
+    trainer.run(3)
+    trainer.set_balance("aux")
+    trainer.run(2)
+    trainer.set_balance("bias")
+    trainer.run(1)
+    history = trainer.history_frame()
+    assert balance_switches(history) == [(4, "aux"), (6, "bias")]
+    assert balance_switches(history.iloc[4:]) == [(6, "bias")]  # the oldest kept row starts no switch
+    colors = expert_colors(8)
+    for fig in (health_figure(history), load_share_figure(history, colors), expert_bias_figure(history, colors),
+                saturation_figure(history)):
+        assert [(s.x0, s.x1, s.yref, s.y0, s.y1) for s in fig.layout.shapes] == [(4, 4, "paper", 0, 1),
+                                                                                  (6, 6, "paper", 0, 1)]
+        assert [(a.x, a.text) for a in fig.layout.annotations] == [(4, "→ aux"), (6, "→ bias")]
 
 
 def test_load_share_stacks_to_one_in_expert_colours():
@@ -115,3 +136,42 @@ def test_the_live_view_offers_no_downloads_of_the_sidebar_forward():
     assert len(at.get("download_button")) == 4  # Overview: the forward's files
     at.radio(key="view").set_value("Live").run()
     assert not at.exception and len(at.get("download_button")) == 0
+
+
+def test_live_shows_the_trained_models_numbers_not_the_sidebar_forwards():
+    at = _live_app()
+    at.button(key="live_step").click().run()
+    labels = [m.label for m in at.metric]
+    assert "tokens" not in labels and "active experts" not in labels  # the sidebar forward's KPI row
+    row = at.session_state["trainer"].last_row
+    shown = next(m.value for m in at.metric if m.label == "aux loss (this step)")
+    assert shown == f"{row['aux_loss']:.3g}"
+
+
+def test_a_sidebar_nudge_keeps_the_run_and_says_so_until_reset():
+    at = _live_app()
+    at.selectbox(key="live_setup").set_value("Sidebar layer").run()
+    for _ in range(2):
+        at.button(key="live_step").click().run()
+    trainer = at.session_state["trainer"]
+    at.slider(key="n_experts").set_value(9).run()
+    assert not at.exception
+    assert at.session_state["trainer"] is trainer and trainer.step_count == 2  # the run is kept
+    assert any("Training continues on the layer it started with (D=64, H=256, E=8" in i.value for i in at.info)
+    at.button(key="live_reset").click().run()
+    assert at.session_state["trainer"].config.model.n_experts == 9
+    assert at.session_state["trainer"].step_count == 0
+    assert not any("Training continues" in i.value for i in at.info)
+
+
+def test_a_balancing_switch_while_playing_redraws_at_once_and_the_next_step_uses_it():
+    at = _live_app()
+    at.button(key="live_play").click().run()
+    steps = at.session_state["trainer"].step_count
+    at.radio(key="live_balance").set_value("aux").run()
+    assert not at.exception
+    assert at.session_state["trainer"].step_count == steps  # the switch's own rerun only redraws
+    assert any(m.value.startswith(f"**step {steps}** · playing · balance = `aux`") for m in at.markdown)
+    at.button(key="live_play").click().run()  # pause
+    at.button(key="live_step").click().run()
+    assert at.session_state["trainer"].history_frame()["balance"].iloc[-1] == "aux"

@@ -3,7 +3,7 @@ import pytest
 
 from dashboard.controls import sanitize
 from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
-from dashboard.state import from_query, spec_from_controls, to_query
+from dashboard.state import MAX_VALUE_CHARS, SHOWN_CHARS, from_query, quote, spec_from_controls, to_query
 from moe import MoEConfig
 
 
@@ -71,4 +71,65 @@ def test_sanitize_clamps_to_what_the_widgets_accept():
     fixed, notes = sanitize(values, ["cpu"])
     assert fixed["top_k"] == 4 and fixed["device"] == "cpu" and fixed["d_model"] == 64
     assert fixed["temperature"] == 10.0 and fixed["hot_expert"] == -1
-    assert len(notes) == 3
+    assert len(notes) == 5  # device, d_model, temperature, top_k and hot_expert: every change is said
+    assert any(n.startswith("top_k=`7`") and n.endswith("using 4") for n in notes)
+    assert any(n.startswith("hot_expert=`6`") and "using none" in n for n in notes)
+
+
+FLOAT_KEYS = [k for k, v in CONTROL_DEFAULTS.items() if isinstance(v, float) and not isinstance(v, bool)]
+
+
+@pytest.mark.parametrize("key", FLOAT_KEYS)
+@pytest.mark.parametrize("text", ["nan", "NaN", "inf", "-inf", "Infinity"])
+def test_non_finite_floats_are_refused_for_every_float_key(key, text):
+    _, values, problems = from_query({key: text})
+    assert values[key] == CONTROL_DEFAULTS[key]
+    assert problems == [f"ignored {key}=`{text}`: expected a finite number"]
+
+
+def test_there_are_eleven_float_keys():
+    assert len(FLOAT_KEYS) == 11
+
+
+def test_sanitize_replaces_a_nan_that_reaches_it():
+    fixed, notes = sanitize({**CONTROL_DEFAULTS, "temperature": float("nan")}, ["cpu"])
+    assert fixed["temperature"] == CONTROL_DEFAULTS["temperature"]
+    assert notes == [f"temperature=`nan` is not a finite number; using `{CONTROL_DEFAULTS['temperature']}`"]
+
+
+@pytest.mark.parametrize("value", ["![p](http://host/pixel.png)", "[Click here](http://host/phish)",
+                                   "<img src=http://host/x.png>", "a`b``c", "line\nbreak\r\x00"])
+def test_quote_puts_a_value_in_one_code_span(value):
+    shown = quote(value)
+    assert shown.startswith("`") and shown.endswith("`") and shown.count("`") == 2
+    assert "\n" not in shown and "\r" not in shown and "\x00" not in shown
+    assert shown[1:-1].replace("ˋ", "`").replace(" ", "") == "".join(value.split()).replace("\x00", "")
+
+
+def test_quote_shortens_long_values():
+    shown = quote("x" * 100_000)
+    assert shown == "`" + "x" * (SHOWN_CHARS - 1) + "…`"
+
+
+def test_hostile_names_are_echoed_quoted():
+    _, values, problems = from_query({"router": "![p](http://host/pixel.png)",
+                                      "preset": "[Click here](http://host/phish)", "](http://h)": "1"})
+    assert problems[0] == ("unknown preset `[Click here](http://host/phish)` in the link; "
+                           "using `Balanced top-2 (Mixtral-like)`")
+    assert problems[1] == "ignored unknown link parameter `](http://h)`"
+    fixed, notes = sanitize(values, ["cpu"])
+    assert fixed["router"] == "topk"
+    assert notes == ["router=`![p](http://host/pixel.png)` is not available here; using `topk`"]
+
+
+def test_long_values_are_refused_unread():
+    for key in ("seed", "temperature", "router"):
+        _, values, problems = from_query({key: "9" * 100_000})
+        assert values[key] == CONTROL_DEFAULTS[key]
+        assert len(problems) == 1 and "100,000 characters" in problems[0]
+    _, values, problems = from_query({"seed": "7" * MAX_VALUE_CHARS})  # at the cap: parsed (sanitize clamps it)
+    assert values["seed"] == int("7" * MAX_VALUE_CHARS) and problems == []
+
+
+def test_view_is_a_link_key_not_an_unknown_parameter():
+    assert from_query({"view": "Router"})[2] == []

@@ -32,6 +32,10 @@ def train_config(setup: str, result: RunResult, balance: str, aux_coef: float, z
                        tokens=min(result.trace.tokens, MAX_SIDEBAR_TOKENS), seed=result.config.seed, **knobs)
 
 
+def _describe(cfg) -> str:
+    return f"D={cfg.d_model}, H={cfg.d_expert}, E={cfg.n_experts}, K={cfg.top_k}, router={cfg.router}"
+
+
 def _knobs() -> dict:
     ss = st.session_state
     return dict(balance=ss["live_balance"], aux_coef=ss["live_aux_coef"], z_coef=ss["live_z_coef"],
@@ -67,6 +71,7 @@ def _apply_knobs() -> None:
     ss = st.session_state
     try:
         ss["trainer"].set_balance(**_knobs())
+        ss["live_switched"] = True  # this rerun only redraws: the switch shows at once, the next tick steps
         ss.pop("live_error", None)
     except ValueError as err:
         ss["live_error"] = str(err)
@@ -86,17 +91,8 @@ def _controls(result: RunResult) -> None:
     c1, c2 = st.columns([1, 2])
     c1.selectbox("Setup", SETUPS, key="live_setup", on_change=_reset, args=(result,),
                  help="Collapse and cure: a small layer and task built to collapse without balancing. "
-                      "Sidebar layer: train the layer configured in the sidebar (restarts when it changes).")
-    c2.radio("Balancing", BALANCES, key="live_balance", horizontal=True, on_change=_apply_knobs,
-             help="Switchable while running. " + " · ".join(f"{k}: {v}" for k, v in BALANCE_HELP.items()))
-    k1, k2, k3, k4 = st.columns(4)
-    k1.number_input("aux_coef", 0.0, 10.0, key="live_aux_coef", step=0.01, format="%.3f", on_change=_apply_knobs,
-                    help="Weight of the aux loss E·Σ f·P in the training loss (balance = aux).")
-    k2.number_input("z_coef", 0.0, 1.0, key="live_z_coef", step=1e-3, format="%.4f", on_change=_apply_knobs,
-                    help="Weight of the router z-loss (balance = zloss).")
-    k3.number_input("bias rate", 0.0, 0.1, key="live_bias_rate", step=1e-3, format="%.4f", on_change=_apply_knobs,
-                    help="γ in b_e += γ·sign(mean load − load_e) after each step (balance = bias).")
-    k4.slider("steps per tick", 1, 50, key="live_speed",
+                      "Sidebar layer: train the layer configured in the sidebar (Reset picks up sidebar changes).")
+    c2.slider("steps per tick", 1, 50, key="live_speed",
               help=f"Optimiser steps taken every {TICK_SECONDS} s while playing.")
     b1, b2, b3, _ = st.columns([1, 1, 1, 3])
     if b1.button("Pause" if ss["live_playing"] else "Play", key="live_play", type="primary", width="stretch"):
@@ -104,15 +100,29 @@ def _controls(result: RunResult) -> None:
         st.rerun()
     if b2.button("Step", key="live_step", width="stretch", disabled=ss["live_playing"]):
         _step(1)
-    if b3.button("Reset", key="live_reset", width="stretch"):
-        _reset(result)
+    b3.button("Reset", key="live_reset", width="stretch", on_click=_reset, args=(result,))
+
+
+def _balancing() -> None:
+    """Inside the panel fragment: a change reruns only the panel, and the very next step uses it."""
+    st.radio("Balancing", BALANCES, key="live_balance", horizontal=True, on_change=_apply_knobs,
+             help="Switchable while running. " + " · ".join(f"{k}: {v}" for k, v in BALANCE_HELP.items()))
+    k1, k2, k3 = st.columns(3)
+    k1.number_input("aux_coef", 0.0, 10.0, key="live_aux_coef", step=0.01, format="%.3f", on_change=_apply_knobs,
+                    help="Weight of the aux loss E·Σ f·P in the training loss (balance = aux).")
+    k2.number_input("z_coef", 0.0, 1.0, key="live_z_coef", step=1e-3, format="%.4f", on_change=_apply_knobs,
+                    help="Weight of the router z-loss (balance = zloss).")
+    k3.number_input("bias rate", 0.0, 0.1, key="live_bias_rate", step=1e-3, format="%.4f", on_change=_apply_knobs,
+                    help="γ in b_e += γ·sign(mean load − load_e) after each step (balance = bias).")
 
 
 def _panel() -> None:
     """The live charts; while playing this fragment reruns every TICK_SECONDS and advances the trainer."""
     ss = st.session_state
+    _balancing()
     trainer: Trainer = ss["trainer"]
-    if ss["live_playing"]:
+    switched = ss.pop("live_switched", False)
+    if ss["live_playing"] and not switched:
         started = time.perf_counter()
         _step(ss["live_speed"])
         ss["live_tick_ms"] = (time.perf_counter() - started) * 1e3
@@ -154,10 +164,14 @@ def render(result: RunResult) -> None:
                "*aux* to cure it while running, or pick *bias* and press Reset to see it never collapse. "
                "Playing continues while this view is open.")
     signature = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
-    if "trainer" not in ss or ss.get("live_signature") != signature:
-        _reset(result)
+    if "trainer" not in ss or (ss.get("live_signature") != signature and ss["trainer"].step_count == 0):
+        _reset(result)  # nothing trained yet: follow the sidebar silently
     if "trainer" not in ss:
         st.error(ss.get("live_error", "could not build the trainer"))
         return
+    if ss.get("live_signature") != signature:  # a sidebar nudge never discards a run: say so, offer the switch
+        st.info(f"The sidebar's layer changed after this run started. Training continues on the layer it "
+                f"started with ({_describe(ss['trainer'].config.model)}); press **Reset** to train the "
+                f"sidebar's layer ({_describe(result.config)}) from step 0.")
     _controls(result)
     st.fragment(_panel, run_every=TICK_SECONDS if ss["live_playing"] else None)()
