@@ -86,6 +86,10 @@ def results() -> None:
     st.caption(f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward · "
                f"router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, K={cfg.top_k}, "
                f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
+    changed = controls.changed_from_preset(st.session_state["preset"])
+    if changed:  # in the fragment, so a value-only knob updates it too (the sidebar is not redrawn then)
+        st.caption(f"Preset *{st.session_state['preset']}* **modified**: {', '.join(changed)} differ from it, so "
+                   "its *Look for* text may not hold; **Reset to preset** in the sidebar restores it.")
     kpis.render(result)
     view = st.radio("View", list(VIEWS), key="view", horizontal=True, label_visibility="collapsed")
     for draw in VIEWS[view]:
