@@ -113,3 +113,18 @@ def test_every_preset_has_a_check():
 @pytest.mark.parametrize("name", list(CHECKS))
 def test_preset_keeps_its_promise(name):
     CHECKS[name](name)
+
+
+def test_an_edit_says_modified_and_reset_restores_the_preset():
+    import pathlib
+
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_file(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"), default_timeout=120).run()
+    assert not any("modified" in c.value for c in at.caption)
+    at.slider(key="temperature").set_value(3.0).run()
+    note = next(c.value for c in at.caption if "**modified**" in c.value)
+    assert "temperature" in note and "Balanced top-2" in note
+    at.run()  # a full run: the sidebar (and its button) back in AppTest's tree
+    at.button(key="reset_preset").click().run()
+    assert at.session_state["temperature"] == preset_values("Balanced top-2 (Mixtral-like)")["temperature"]
+    assert not any("modified" in c.value for c in at.caption) and not at.exception
