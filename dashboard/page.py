@@ -5,12 +5,12 @@ import streamlit as st
 
 from . import controls, runner
 from .result import RunResult
-from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
+from .sections import (about, contributors, downloads, experts, inspector, kpis, live, overview, pathways, router,
                        scenario)
 from .state import spec_from_controls, to_query
 
 VIEWS = {
-    "Overview": (load.render, experts.render_one),
+    "Overview": (overview.render,),
     "Experts": (experts.render,),
     "Contributors": (contributors.render,),
     "Router": (router.render,),

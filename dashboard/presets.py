@@ -42,7 +42,7 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "hot_expert": 0, "hot_bias": 1.7, "expert_bias_hot": -0.25}),
     Preset("Expert choice",
            "Every expert serves exactly C tokens (flat load, aux loss ≈ 1 by construction); the experts "
-           "per token vary around K (Overview's experts-per-token chart): some tokens get fewer, some more.",
+           "per token vary around K (Pathways' experts-per-token chart): some tokens get fewer, some more.",
            "In expert choice (Zhou et al. 2022) experts pick their top-C tokens instead of tokens picking experts.",
            {"router": "expert_choice", "dropless": False, "capacity_factor": 1.0}),
     Preset("Router collapse: identical tokens",

@@ -191,6 +191,16 @@ def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS) -> tupl
     return sums / sizes[:, None], labels, note
 
 
+def sorted_token_matrix(trace: Trace, field: str, labels: torch.Tensor | None = None,
+                        names: list[str] | None = None, max_rows: int = HEATMAP_MAX_ROWS
+                        ) -> tuple[np.ndarray, list[str], str, list[str], str]:
+    """A (T, E) trace field ("contributions", "probs") with rows in token_order, aggregated above max_rows:
+    (matrix, row labels, note, group of each row, what the sort is)."""
+    perm, groups, sort_text = token_order(trace, labels, names)
+    matrix, row_labels, note, row_groups = sorted_matrix(_np(getattr(trace, field)), perm, groups, max_rows)
+    return matrix, row_labels, note, row_groups, sort_text
+
+
 def contribution_matrix(trace: Trace, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
     """Contributions (T, E), aggregated above max_rows tokens; returns (matrix, row labels, note)."""
     return aggregate_rows(_np(trace.contributions), max_rows)

@@ -13,12 +13,6 @@ DIGITS = 3              # significant digits of every non-integer KPI, trailing 
 _SI = ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
-SIGMOID_AUX_NOTE = (
-    "**aux loss with a sigmoid router:** `P_e` is the sigmoid score divided by its row sum, and independent "
-    "sigmoids stay close to one another, so `P_e ≈ 1/E` for every expert and `aux = E·Σ f_e·P_e ≈ Σ f_e = 1` "
-    "however skewed the load is. Read the load from max/mean load and CV instead.")
-
-
 def fmt(value: float | None, digits: int = DIGITS) -> str:
     """`digits` significant digits, trailing zeros kept; k/M/G/T from 1000 up, short exponent below 0.001."""
     if value is None or not math.isfinite(value):
@@ -70,4 +64,4 @@ def render(result: RunResult) -> None:
     for label, shown, key in kpi_values(result):
         row.metric(label, shown, help=DEFINITIONS.get(key), width=KPI_WIDTH)
     if result.config.score == "sigmoid":
-        st.caption(SIGMOID_AUX_NOTE)
+        st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']}")
