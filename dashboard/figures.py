@@ -61,10 +61,10 @@ def axis(title: str, **extra) -> dict:
     return dict(title=dict(text=title), **extra)
 
 
-def _hline(x0: float, x1: float, y: float, name: str, color: str, dash: str) -> go.Scatter:
-    """A horizontal reference line as a trace, so it shows in the legend and on hover."""
+def _hline(x0, x1, y: float, name: str, color: str, dash: str, showlegend: bool = True) -> go.Scatter:
+    """A horizontal reference line as a trace, so it shows on hover (and in the legend unless labelled)."""
     return go.Scatter(x=[x0, x1], y=[y, y], mode="lines", name=name, line=dict(color=color, dash=dash, width=2),
-                      hovertemplate=f"{name}<extra></extra>")
+                      hovertemplate=f"{name}<extra></extra>", showlegend=showlegend)
 
 
 def _swatch(name: str, opacity: float) -> go.Scatter:
@@ -78,7 +78,8 @@ def _swatch(name: str, opacity: float) -> go.Scatter:
 def line_labels(ideal: float, capacity: int | None, top: float) -> list[dict]:
     """Annotations naming the ideal and capacity lines at their right end; one shared label when the two
     lines lie within 3 % of the y range of each other (they would overlap unseen)."""
-    label = dict(xref="paper", x=1.0, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11))
+    label = dict(xref="paper", x=1.0, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11),
+                 bgcolor="rgba(255,255,255,0.75)")  # readable over the bars
     if capacity is None:
         return [dict(label, y=ideal, text=f"ideal T·K/E = {ideal:.6g}", font=dict(size=11, color=IDEAL_COLOR))]
     if abs(capacity - ideal) <= 0.03 * max(top, 1.0):
@@ -110,10 +111,12 @@ def load_figure(per_expert: pd.DataFrame, colors: list[str], ideal: float,
         go.Bar(x=x, y=frame["served"].to_numpy(), name="served", customdata=extra, showlegend=False,
                marker=dict(color=bar_colors), hovertemplate=hover),
         _swatch("demand (routed): faded", DEMAND_OPACITY), _swatch("served: solid", 1.0),
-        _hline(-0.5, E - 0.5, ideal, f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR, "dash"),
     ]
+    ends = (x[0], x[-1]) if sort else (-0.5, E - 0.5)  # a category axis takes category names, not positions
+    lines = [(ideal, f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR, "dash")]
     if capacity is not None:
-        data.append(_hline(-0.5, E - 0.5, float(capacity), f"capacity C = {capacity}", CAPACITY_COLOR, "dot"))
+        lines.append((float(capacity), f"capacity C = {capacity}", CAPACITY_COLOR, "dot"))
+    data += [_hline(*ends, y, name, color, dash, showlegend=False) for y, name, color, dash in lines]  # labelled
     top = float(max(frame["demand"].max(), ideal, capacity or 0))
     xaxis = (axis("expert (sorted by demand)", type="category", categoryorder="array", categoryarray=x,
                   showticklabels=E <= 64) if sort else expert_xaxis(E))

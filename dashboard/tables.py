@@ -151,11 +151,11 @@ def token_order(trace: Trace, labels: torch.Tensor | None = None,
     if labels is None:
         perm = np.lexsort((index, top1))
         groups = [f"expert {e}" if e < gates.shape[1] else "none" for e in top1[perm]]
-        return perm, groups, "tokens sorted by top-1 expert (largest gate)"
+        return perm, groups, "tokens by top-1 expert"
     lab = labels.detach().cpu().numpy().astype(np.int64)     # (T,)
     perm = np.lexsort((index, top1, lab))
     groups = [names[c] if names is not None and c < len(names) else f"topic {c}" for c in lab[perm]]
-    return perm, groups, "tokens sorted by topic, then by top-1 expert (largest gate)"
+    return perm, groups, "tokens by topic, top-1 expert"
 
 
 def group_ticks(row_labels: list[str], groups: list[str]) -> tuple[list[str], list[str]]:

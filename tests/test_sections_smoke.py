@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 from dashboard.definitions import DEFINITIONS, caption
 
 SECTIONS = {  # module: (subheader(s), plotly charts drawn, definition keys its captions must contain)
-    "overview": (("Load", "Contributors"), 4,
+    "overview": ((), 4,
                  ("demand", "ideal_load", "contributions", "token_order", "activation_sparsity", "output_rms")),
     "load": ("Load", 1, ("demand", "served", "ideal_load")),
     "experts": ("Experts", 2, ("activation_sparsity", "contribution")),

@@ -1,6 +1,7 @@
 """Contributors: tokens × experts heatmap of ‖gate·y_e(x_t)‖, tokens grouped, binned above the row limit."""
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from ..definitions import caption
@@ -9,15 +10,24 @@ from ..result import RunResult
 from ..tables import heatmap_rows, sorted_token_matrix
 
 
-def render(result: RunResult, height: int = HEIGHT + 80) -> None:
-    st.subheader("Contributors")
-    trace = result.trace
+def figure(result: RunResult, height: int = HEIGHT + 80) -> tuple[go.Figure, str]:
+    """The heatmap, and the aggregation note ("" when every token has its own row)."""
     matrix, labels, note, row_groups, sort_text = sorted_token_matrix(
-        trace, "contributions", result.labels, result.label_names, heatmap_rows(result.config.n_experts))
+        result.trace, "contributions", result.labels, result.label_names, heatmap_rows(result.config.n_experts))
     title = "Contribution per token and expert" + (" (binned means)" if note else "")
     fig = token_heatmap_figure(matrix, labels, title=title, value_name="contribution", zmin=0.0,
                                uirevision="contributions", row_groups=row_groups, yaxis_title=sort_text,
                                height=height)
-    st.plotly_chart(fig, width="stretch", key="contributors_heatmap")
+    return fig, note
+
+
+def captions(note: str) -> None:
     text = caption("contributions", "token_order", "token_heatmap_aggregation")
     st.caption(f"**{note}**  \n{text}" if note else text)
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Contributors")
+    fig, note = figure(result)
+    st.plotly_chart(fig, width="stretch", key="contributors_heatmap")
+    captions(note)
