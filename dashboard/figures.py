@@ -188,7 +188,8 @@ def token_heatmap_figure(matrix: np.ndarray, row_labels: list[str], *, title: st
         hovertemplate=f"token %{{y}}<br>expert %{{x}}<br>{value_name} %{{z:.6g}}<extra></extra>")
     yaxis = axis(yaxis_title, autorange="reversed", type="category", showticklabels=len(row_labels) <= 40)
     if row_groups is not None:
-        tickvals, ticktext = group_ticks(row_labels, row_groups)
+        px_per_row = (height - 100) / max(len(row_labels), 1)  # plot height over rows, roughly
+        tickvals, ticktext = group_ticks(row_labels, row_groups, min_gap=math.ceil(12 / px_per_row))  # 12 px text
         if len(tickvals) <= 40:  # more groups than that would be unreadable: no ticks
             yaxis.update(tickmode="array", tickvals=tickvals, ticktext=ticktext, showticklabels=True,
                          ticks="outside")

@@ -270,6 +270,7 @@ def test_sorted_matrix_rows_and_group_ticks():
     np.testing.assert_array_equal(shown, matrix[[5, 0, 3, 1, 2, 4]])
     assert labels == ["5", "0", "3", "1", "2", "4"] and not note and row_groups == groups
     assert tb.group_ticks(labels, row_groups) == (["5", "3", "4"], ["a", "b", "c"])
+    assert tb.group_ticks(labels, row_groups, min_gap=3) == (["5", "4"], ["a", "c"])  # "b" starts 2 rows after "a"
     shown, labels, note, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows=3)
     np.testing.assert_allclose(shown, [(matrix[5] + matrix[0]) / 2, (matrix[3] + matrix[1]) / 2,
                                        (matrix[2] + matrix[4]) / 2])

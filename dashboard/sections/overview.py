@@ -11,7 +11,7 @@ from ..figures import expert_bar_figure
 from ..result import RunResult
 from . import contributors, load
 
-TOP, BOTTOM = 250, 220  # pixels: both rows fit a 1000 px high window under the KPI row
+TOP, BOTTOM = 235, 200  # pixels: both rows fit a 1400 × 1000 window under the KPI row, a note line included
 
 
 def render(result: RunResult) -> None:
