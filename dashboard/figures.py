@@ -163,16 +163,19 @@ def expert_metrics_figure(per_expert: pd.DataFrame, colors: list[str],
     data, axes, titles = [], {}, []
     for i, (metric, (xd, yd)) in enumerate(zip(metrics, _grid(len(metrics), 2)), start=1):
         s = "" if i == 1 else str(i)
+        label = METRIC_TITLES.get(metric, metric)
         data.append(go.Bar(x=experts, y=per_expert[metric].to_numpy(dtype=float), name=metric, showlegend=False,
                            marker=dict(color=colors), xaxis=f"x{s}", yaxis=f"y{s}",
-                           hovertemplate=f"expert %{{x}}<br>{metric} %{{y:.6g}}<extra></extra>"))
+                           hovertemplate=f"expert %{{x}}<br>{label} %{{y:.6g}}<extra></extra>"))
         axes[f"xaxis{s}"] = expert_xaxis(E, domain=xd, anchor=f"y{s}")
-        axes[f"yaxis{s}"] = axis(metric, domain=yd, anchor=f"x{s}")
+        axes[f"yaxis{s}"] = axis(label, domain=yd, anchor=f"x{s}")
         titles.append(dict(text=METRIC_TITLES.get(metric, metric), x=sum(xd) / 2, y=yd[1], xref="paper",
                            yref="paper", xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
     rows = math.ceil(len(metrics) / 2)
-    return go.Figure(data, dict(height=250 * rows + 60, uirevision="expert-metrics", bargap=0.15,
-                                margin=dict(l=60, r=20, t=40, b=40), annotations=titles, **axes))
+    top = TITLE_ROW + LEGEND_ROW  # the first row's titles sit below the toolbar, which covers the top 40 px
+    return go.Figure(data, dict(height=250 * rows + top + 20, uirevision="expert-metrics", bargap=0.15,
+                                margin=dict(l=60, r=20, t=top, b=40), annotations=titles,
+                                modebar=dict(remove=MODEBAR_REMOVE), **axes))
 
 
 def token_heatmap_figure(matrix: np.ndarray, row_labels: list[str], *, title: str, value_name: str,

@@ -155,7 +155,7 @@ def token_order(trace: Trace, labels: torch.Tensor | None = None,
     lab = labels.detach().cpu().numpy().astype(np.int64)     # (T,)
     perm = np.lexsort((index, top1, lab))
     groups = [names[c] if names is not None and c < len(names) else f"topic {c}" for c in lab[perm]]
-    return perm, groups, "tokens by topic, top-1 expert"
+    return perm, groups, "tokens by topic"
 
 
 def group_ticks(row_labels: list[str], groups: list[str], min_gap: int = 0) -> tuple[list[str], list[str]]:

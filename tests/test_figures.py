@@ -159,7 +159,7 @@ def test_expert_metrics_figure_axes(capped):
     for i, metric in enumerate(fg.EXPERT_METRICS, start=1):
         suffix = "" if i == 1 else str(i)
         assert fig.layout[f"xaxis{suffix}"].title.text == "expert"
-        assert fig.layout[f"yaxis{suffix}"].title.text == metric
+        assert fig.layout[f"yaxis{suffix}"].title.text == fg.METRIC_TITLES[metric]
 
 
 # --- heatmaps ----------------------------------------------------------------------------------
@@ -376,3 +376,10 @@ def test_expert_metric_grid_leaves_room_for_the_right_column_axis_title(capped):
     fig = fg.expert_metrics_figure(trace.per_expert(), expert_colors(cfg.n_experts))
     gap = fig.layout.xaxis2.domain[0] - fig.layout.xaxis.domain[1]
     assert gap >= 0.15  # ~130 px at a 900 px wide chart: tick labels plus a rotated title
+
+
+def test_expert_metric_grid_titles_sit_below_the_toolbar(capped):
+    cfg, trace, _ = capped
+    fig = fg.expert_metrics_figure(trace.per_expert(), expert_colors(cfg.n_experts))
+    assert fig.layout.margin.t >= fg.TITLE_ROW + fg.LEGEND_ROW  # toolbar row (~40 px) + the subplot titles
+    assert [a.text for a in fig.layout.annotations] == [fg.METRIC_TITLES[m] for m in fg.EXPERT_METRICS]
