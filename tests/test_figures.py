@@ -333,6 +333,8 @@ def test_sorted_load_view_orders_experts_by_demand():
     assert list(served.y) == [int(pe["served"][e]) for e in order]
     assert list(served.marker.color) == [colors[e] for e in order]  # each expert keeps its colour
     assert "sorted" in fig.layout.xaxis.title.text
+    ideal = next(t for t in fig.data if isinstance(t, go.Scatter) and t.mode == "lines")
+    assert list(ideal.x) == [str(order[0]), str(order[-1])]  # category names: numbers would not draw the line
 
 
 def test_heatmap_rows_grouped_and_the_axis_labelled(capped):
