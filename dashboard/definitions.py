@@ -72,8 +72,8 @@ DEFINITIONS: dict[str, str] = {
                   "it lies on the capacity line (capacity_factor 1 gives C = T·K/E) one label says they coincide.",
     "conditional_coactivation": "`P(j | i) = coactivation[i,j] / coactivation[i,i]`: among the tokens expert i "
                                 "served, the share that expert j also served; `coactivation[i,j]` counts tokens "
-                                "served by both, so the diagonal is 1; the chart leaves it blank and scales its colours to the "
-                                "largest off-diagonal value. Blank row: i served no token.",
+                                "served by both, so the diagonal is 1; the chart leaves it blank and scales its "
+                                "colours to the largest off-diagonal value. Blank row: i served no token.",
     "topk_combinations": "each token's set of serving experts (sorted); count = tokens with exactly that set, "
                          "`share = count / T`. \"none\": every choice of the token was dropped "
                          "(or, for expert_choice, no expert picked it).",

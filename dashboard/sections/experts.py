@@ -20,7 +20,8 @@ def render(result: RunResult) -> None:
         st.plotly_chart(expert_metrics_figure(result.per_expert, colors), width="stretch", key="experts_metrics")
         st.caption(caption(*EXPERT_METRICS))
         if result.labels is not None:
-            st.markdown(f"Routing specialisation **NMI(topic; expert) = {fmt(routing_nmi(result.trace, result.labels))}**")
+            nmi = routing_nmi(result.trace, result.labels)
+            st.markdown(f"Routing specialisation **NMI(topic; expert) = {fmt(nmi)}**")
             st.caption(caption("routing_nmi"))
     with right:
         fig = expert_bar_figure(result.per_expert, "contribution", colors, ranked=True)
