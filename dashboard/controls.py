@@ -98,6 +98,14 @@ def _apply_preset() -> None:
         st.session_state[key] = value
 
 
+def changed_from_preset(name: str) -> list[str]:
+    """The controls whose value differs from the preset's (none for Custom): the page says "modified"."""
+    if name == "Custom":
+        return []
+    values, _ = sanitize(preset_values(name), available_devices())
+    return [key for key, value in values.items() if st.session_state.get(key, value) != value]
+
+
 def _clamp_after_experts() -> None:
     """n_experts changed: clamp top_k and the hot expert before their widgets render."""
     ss = st.session_state
@@ -119,6 +127,8 @@ def render_sidebar() -> None:
     sb.selectbox("Preset", list(PRESETS), key="preset", on_change=_apply_preset,
                  help="Load a teaching scenario. Every control stays editable afterwards.")
     preset = PRESETS[ss["preset"]]
+    sb.button("Reset to preset", key="reset_preset", on_click=_apply_preset, disabled=ss["preset"] == "Custom",
+              help="Set every control back to this preset's values (the page says when they differ).")
     sb.caption(f"**Look for:** {preset.look_for}  \n**Why:** {preset.why}")
 
     sb.subheader("Dimensions")

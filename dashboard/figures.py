@@ -14,6 +14,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .tables import group_ticks
+
 HEIGHT = 340
 DEMAND_OPACITY = 0.35
 IDEAL_COLOR = "#444444"
@@ -24,16 +26,27 @@ METRIC_TITLES = {
     "demand": "demand (assignments)", "served": "served (assignments)", "dropped": "dropped (assignments)",
     "load_share": "load share", "utilization": "utilization", "activation_sparsity": "activation sparsity",
     "output_rms": "output RMS", "mean_gate": "mean gate", "contribution": "contribution (Σ‖gate·y‖)",
-    "specialization": "specialization (1 − cos)",
+    "specialization": "output distinctness (1 − cos)",
 }
 
 
+# Plotly's toolbar sits at the top right of the figure: fewer buttons keep it short, so it stays clear of
+# the left-aligned title; the legend gets its own row between the title and the plot, left-aligned.
+MODEBAR_REMOVE = ["select2d", "lasso2d", "autoScale2d", "zoomIn2d", "zoomOut2d"]
+TITLE_ROW, LEGEND_ROW = 40, 30  # pixels of top margin for the title, and for the legend row below it
+
+
 def layout(*, title: str, xaxis: dict, yaxis: dict, uirevision: str, height: int = HEIGHT,
-           bargap: float = 0.15, **extra) -> dict:
-    """The layout every chart shares: left title, compact margins, horizontal legend, kept zoom."""
-    return dict(title=dict(text=title, x=0.0, xanchor="left"), height=height, uirevision=uirevision,
-                margin=dict(l=60, r=20, t=50, b=50), bargap=bargap, xaxis=xaxis, yaxis=yaxis,
-                legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0), **extra)
+           bargap: float = 0.15, showlegend: bool = True, **extra) -> dict:
+    """The layout every chart shares: title at the top left, the legend in its own row below it (never over
+    the title or the toolbar), compact margins, kept zoom."""
+    top = TITLE_ROW + (LEGEND_ROW if showlegend else 0)
+    return dict(title=dict(text=title, x=0.0, xanchor="left", xref="container", y=1.0, yref="container",
+                           yanchor="top", pad=dict(t=10, l=10)),
+                height=height, uirevision=uirevision, margin=dict(l=60, r=20, t=top, b=50), bargap=bargap,
+                xaxis=xaxis, yaxis=yaxis, showlegend=showlegend, modebar=dict(remove=MODEBAR_REMOVE),
+                legend=dict(orientation="h", yanchor="bottom", y=1.0, yref="paper", xanchor="left", x=0.0),
+                **extra)
 
 
 def expert_xaxis(n_experts: int, title: str = "expert", **extra) -> dict:
@@ -48,36 +61,72 @@ def axis(title: str, **extra) -> dict:
     return dict(title=dict(text=title), **extra)
 
 
-def _hline(x0: float, x1: float, y: float, name: str, color: str, dash: str) -> go.Scatter:
-    """A horizontal reference line as a trace, so it shows in the legend and on hover."""
+def _hline(x0, x1, y: float, name: str, color: str, dash: str, showlegend: bool = True) -> go.Scatter:
+    """A horizontal reference line as a trace, so it shows on hover (and in the legend unless labelled)."""
     return go.Scatter(x=[x0, x1], y=[y, y], mode="lines", name=name, line=dict(color=color, dash=dash, width=2),
-                      hovertemplate=f"{name}<extra></extra>")
+                      hovertemplate=f"{name}<extra></extra>", showlegend=showlegend)
+
+
+def _swatch(name: str, opacity: float) -> go.Scatter:
+    """A legend-only entry in a neutral colour: the bars carry one colour per expert, so a bar's own legend
+    swatch would show expert 0's colour for both demand and served."""
+    return go.Scatter(x=[None], y=[None], mode="markers", name=name, hoverinfo="skip",
+                      marker=dict(symbol="square", size=14, color=IDEAL_COLOR, opacity=opacity,
+                                  line=dict(color=IDEAL_COLOR, width=1.5)))
+
+
+def line_labels(ideal: float, capacity: int | None, top: float) -> list[dict]:
+    """Annotations naming the ideal and capacity lines at their right end; one shared label when the two
+    lines lie within 3 % of the y range of each other (they would overlap unseen)."""
+    label = dict(xref="paper", x=1.0, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11),
+                 bgcolor="rgba(255,255,255,0.75)")  # readable over the bars
+    if capacity is None:
+        return [dict(label, y=ideal, text=f"ideal T·K/E = {ideal:.6g}", font=dict(size=11, color=IDEAL_COLOR))]
+    if abs(capacity - ideal) <= 0.03 * max(top, 1.0):
+        return [dict(label, y=max(ideal, capacity), text=f"ideal {ideal:.6g} and capacity C = {capacity} "
+                     "coincide", font=dict(size=11, color=CAPACITY_COLOR))]
+    above, below = (capacity, ideal) if capacity > ideal else (ideal, capacity)
+    texts = {ideal: (f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR), capacity: (f"capacity C = {capacity}",
+                                                                          CAPACITY_COLOR)}
+    return [dict(label, y=above, text=texts[above][0], font=dict(size=11, color=texts[above][1])),
+            dict(label, y=below, yanchor="top", text=texts[below][0], font=dict(size=11, color=texts[below][1]))]
 
 
 def load_figure(per_expert: pd.DataFrame, colors: list[str], ideal: float,
-                capacity: int | None = None) -> go.Figure:
-    """Demand (faded) and served (solid) per expert, the ideal line T·K/E and the capacity line C."""
+                capacity: int | None = None, *, sort: bool = False) -> go.Figure:
+    """Demand (faded) and served (solid) per expert, the ideal line T·K/E and the capacity line C;
+    sort=True orders experts by demand, largest first (readable at hundreds of experts)."""
     E = len(per_expert)
-    experts = per_expert["expert"].to_numpy()
-    extra = per_expert[["demand", "served", "dropped"]].to_numpy()  # (E, 3) for hover
+    frame = per_expert.sort_values("demand", ascending=False, kind="stable") if sort else per_expert
+    experts = frame["expert"].to_numpy()
+    x = [str(e) for e in experts] if sort else experts
+    bar_colors = [colors[int(e)] for e in experts]
+    extra = frame[["demand", "served", "dropped"]].to_numpy()  # (E, 3) for hover
     hover = ("expert %{x}<br>demand %{customdata[0]}<br>served %{customdata[1]}"
              "<br>dropped %{customdata[2]}<extra></extra>")
     data = [
-        go.Bar(x=experts, y=per_expert["demand"].to_numpy(), name="demand (routed)", customdata=extra,
-               marker=dict(color=colors, opacity=DEMAND_OPACITY, line=dict(color=colors, width=1.5)),
+        go.Bar(x=x, y=frame["demand"].to_numpy(), name="demand (routed)", customdata=extra, showlegend=False,
+               marker=dict(color=bar_colors, opacity=DEMAND_OPACITY, line=dict(color=bar_colors, width=1.5)),
                hovertemplate=hover),
-        go.Bar(x=experts, y=per_expert["served"].to_numpy(), name="served", customdata=extra,
-               marker=dict(color=colors), hovertemplate=hover),
-        _hline(-0.5, E - 0.5, ideal, f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR, "dash"),
+        go.Bar(x=x, y=frame["served"].to_numpy(), name="served", customdata=extra, showlegend=False,
+               marker=dict(color=bar_colors), hovertemplate=hover),
+        _swatch("demand (routed): faded", DEMAND_OPACITY), _swatch("served: solid", 1.0),
     ]
+    ends = (x[0], x[-1]) if sort else (-0.5, E - 0.5)  # a category axis takes category names, not positions
+    lines = [(ideal, f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR, "dash")]
     if capacity is not None:
-        data.append(_hline(-0.5, E - 0.5, float(capacity), f"capacity C = {capacity}", CAPACITY_COLOR, "dot"))
-    return go.Figure(data, layout(title="Demand vs served per expert", xaxis=expert_xaxis(E),
-                                  yaxis=axis("assignments"), uirevision="load", barmode="group"))
+        lines.append((float(capacity), f"capacity C = {capacity}", CAPACITY_COLOR, "dot"))
+    data += [_hline(*ends, y, name, color, dash, showlegend=False) for y, name, color, dash in lines]  # labelled
+    top = float(max(frame["demand"].max(), ideal, capacity or 0))
+    xaxis = (axis("expert (sorted by demand)", type="category", categoryorder="array", categoryarray=x,
+                  showticklabels=E <= 64) if sort else expert_xaxis(E))
+    return go.Figure(data, layout(title="Demand vs served per expert", xaxis=xaxis, yaxis=axis("assignments"),
+                                  uirevision=f"load-{sort}", barmode="group",
+                                  annotations=line_labels(ideal, capacity, top)))
 
 
 def expert_bar_figure(per_expert: pd.DataFrame, column: str, colors: list[str], *, ranked: bool = False,
-                      title: str | None = None) -> go.Figure:
+                      title: str | None = None, height: int = HEIGHT) -> go.Figure:
     """One per_expert column as bars in expert colours; ranked=True sorts experts by value, largest first."""
     label = METRIC_TITLES.get(column, column)
     frame = per_expert[["expert", column]]
@@ -91,10 +140,11 @@ def expert_bar_figure(per_expert: pd.DataFrame, column: str, colors: list[str], 
     xaxis = (axis("expert (ranked)", type="category", categoryorder="array", categoryarray=names) if ranked
              else expert_xaxis(len(per_expert)))
     return go.Figure([bar], layout(title=title or (f"Top contributors: {label}" if ranked else label),
-                                   xaxis=xaxis, yaxis=axis(label), uirevision=f"expert-{column}"))
+                                   xaxis=xaxis, yaxis=axis(label), uirevision=f"expert-{column}",
+                                   height=height, showlegend=False))
 
 
-def _grid(n: int, cols: int, hgap: float = 0.1, vgap: float = 0.2) -> list[tuple[list[float], list[float]]]:
+def _grid(n: int, cols: int, hgap: float = 0.16, vgap: float = 0.2) -> list[tuple[list[float], list[float]]]:
     """(x domain, y domain) of n subplots on a grid, filled row by row from the top."""
     rows = math.ceil(n / cols)
     width, height = (1 - hgap * (cols - 1)) / cols, (1 - vgap * (rows - 1)) / rows
@@ -113,30 +163,41 @@ def expert_metrics_figure(per_expert: pd.DataFrame, colors: list[str],
     data, axes, titles = [], {}, []
     for i, (metric, (xd, yd)) in enumerate(zip(metrics, _grid(len(metrics), 2)), start=1):
         s = "" if i == 1 else str(i)
+        label = METRIC_TITLES.get(metric, metric)
         data.append(go.Bar(x=experts, y=per_expert[metric].to_numpy(dtype=float), name=metric, showlegend=False,
                            marker=dict(color=colors), xaxis=f"x{s}", yaxis=f"y{s}",
-                           hovertemplate=f"expert %{{x}}<br>{metric} %{{y:.6g}}<extra></extra>"))
+                           hovertemplate=f"expert %{{x}}<br>{label} %{{y:.6g}}<extra></extra>"))
         axes[f"xaxis{s}"] = expert_xaxis(E, domain=xd, anchor=f"y{s}")
-        axes[f"yaxis{s}"] = axis(metric, domain=yd, anchor=f"x{s}")
+        axes[f"yaxis{s}"] = axis(label, domain=yd, anchor=f"x{s}")
         titles.append(dict(text=METRIC_TITLES.get(metric, metric), x=sum(xd) / 2, y=yd[1], xref="paper",
                            yref="paper", xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
     rows = math.ceil(len(metrics) / 2)
-    return go.Figure(data, dict(height=250 * rows + 60, uirevision="expert-metrics", bargap=0.15,
-                                margin=dict(l=60, r=20, t=40, b=40), annotations=titles, **axes))
+    top = TITLE_ROW + LEGEND_ROW  # the first row's titles sit below the toolbar, which covers the top 40 px
+    return go.Figure(data, dict(height=250 * rows + top + 20, uirevision="expert-metrics", bargap=0.15,
+                                margin=dict(l=60, r=20, t=top, b=40), annotations=titles,
+                                modebar=dict(remove=MODEBAR_REMOVE), **axes))
 
 
 def token_heatmap_figure(matrix: np.ndarray, row_labels: list[str], *, title: str, value_name: str,
                          colorscale: str = "Viridis", zmin: float | None = None,
-                         zmax: float | None = None, uirevision: str = "heatmap") -> go.Figure:
-    """Tokens (or token bins) × experts; row labels name the token or the bin's token range."""
+                         zmax: float | None = None, uirevision: str = "heatmap", row_groups: list[str] | None = None,
+                         yaxis_title: str = "token", height: int = HEIGHT + 80) -> go.Figure:
+    """Tokens (or token bins) × experts; row labels name the token or the bin's token range. With
+    row_groups (the group of each row, rows sorted by group), the y axis names each group at its first row."""
     heat = go.Heatmap(
         z=np.asarray(matrix, dtype=np.float32),  # float32: half the bytes to send, same hover digits
         x=np.arange(matrix.shape[1]), y=row_labels, colorscale=colorscale, zmin=zmin, zmax=zmax,
         colorbar=dict(title=dict(text=value_name)),
         hovertemplate=f"token %{{y}}<br>expert %{{x}}<br>{value_name} %{{z:.6g}}<extra></extra>")
-    yaxis = axis("token", autorange="reversed", type="category", showticklabels=len(row_labels) <= 40)
+    yaxis = axis(yaxis_title, autorange="reversed", type="category", showticklabels=len(row_labels) <= 40)
+    if row_groups is not None:
+        px_per_row = (height - 100) / max(len(row_labels), 1)  # plot height over rows, roughly
+        tickvals, ticktext = group_ticks(row_labels, row_groups, min_gap=math.ceil(12 / px_per_row))  # 12 px text
+        if len(tickvals) <= 40:  # more groups than that would be unreadable: no ticks
+            yaxis.update(tickmode="array", tickvals=tickvals, ticktext=ticktext, showticklabels=True,
+                         ticks="outside")
     return go.Figure([heat], layout(title=title, xaxis=expert_xaxis(matrix.shape[1]), yaxis=yaxis,
-                                    uirevision=uirevision, height=HEIGHT + 80))
+                                    uirevision=uirevision, height=height, showlegend=False))
 
 
 def histogram_figure(hist: pd.DataFrame, *, title: str, xaxis_title: str, color: str = NEUTRAL_COLOR,

@@ -36,16 +36,37 @@ def logits_figure(quantiles: pd.DataFrame, colors: list[str], z_loss: float) -> 
 
 
 def coactivation_figure(conditional: pd.DataFrame) -> go.Figure:
-    """P(j | i) as an E × E heatmap: row i = the expert given, column j = the expert also serving."""
+    """P(j | i) as an E × E heatmap: row i = the expert given, column j = the expert also serving.
+    The diagonal (P(i | i) = 1 by definition) is left blank and the colour scale spans the off-diagonal
+    values, so the diagonal does not flatten everything else."""
     E = conditional.shape[0]
+    z = conditional.to_numpy(dtype=float, copy=True)  # (E, E)
+    np.fill_diagonal(z, np.nan)
+    off = z[np.isfinite(z)]
+    zmax = float(off.max()) if off.size and off.max() > 0 else 1.0
     heat = go.Heatmap(
-        z=conditional.to_numpy(), x=np.arange(E), y=np.arange(E), zmin=0.0, zmax=1.0, colorscale="Blues",
+        z=z, x=np.arange(E), y=np.arange(E), zmin=0.0, zmax=zmax, colorscale="Blues",
         colorbar=dict(title=dict(text="P(j | i)")),
         hovertemplate="P(j = %{x} | i = %{y}) = %{z:.4f}<extra></extra>")
     yaxis = expert_xaxis(E, "expert i (given)", autorange="reversed")
     yaxis.pop("range")  # autorange reversed puts expert 0 on top
-    return go.Figure([heat], layout(title="Co-activation P(j | i)", xaxis=expert_xaxis(E, "expert j (also served)"),
-                                    yaxis=yaxis, uirevision="coactivation", height=HEIGHT + 80))
+    return go.Figure([heat], layout(title="Co-activation P(j | i), diagonal blank",
+                                    xaxis=expert_xaxis(E, "expert j (also served)"), yaxis=yaxis,
+                                    uirevision="coactivation", height=HEIGHT + 80, showlegend=False))
+
+
+def experts_per_token_figure(table: pd.DataFrame, top_k: int) -> go.Figure:
+    """Tokens by the number of experts that served them, with a dashed line at K."""
+    top = float(table["tokens"].max()) if len(table) else 1.0
+    data = [go.Bar(x=table["n"].to_numpy(), y=table["tokens"].to_numpy(), name="tokens",
+                   marker=dict(color=NEUTRAL_COLOR), customdata=table[["share"]].to_numpy(),
+                   hovertemplate="%{x} experts: %{y} tokens (share %{customdata[0]:.4f})<extra></extra>"),
+            go.Scatter(x=[top_k, top_k], y=[0, max(top, 1.0)], mode="lines", name=f"K = {top_k}",
+                       line=dict(color=IDEAL_COLOR, dash="dash"), hovertemplate=f"K = {top_k}<extra></extra>")]
+    xaxis = axis("experts that served the token", tickmode="linear", tick0=0, dtick=1,
+                 range=[-0.5, len(table) - 0.5])
+    return go.Figure(data, layout(title="Experts per token", xaxis=xaxis, yaxis=axis("tokens"),
+                                  uirevision="experts-per-token"))
 
 
 def combinations_figure(combos: pd.DataFrame) -> go.Figure:
@@ -56,19 +77,24 @@ def combinations_figure(combos: pd.DataFrame) -> go.Figure:
         hovertemplate="experts %{y}<br>%{x} tokens (share %{customdata[0]:.4f})<extra></extra>")
     return go.Figure([bar], layout(title="Most frequent expert combinations", xaxis=axis("tokens"),
                                    yaxis=axis("served experts", type="category", autorange="reversed"),
-                                   uirevision="combinations", height=max(HEIGHT, 22 * len(combos) + 100)))
+                                   uirevision="combinations", height=max(HEIGHT, 22 * len(combos) + 100),
+                                   showlegend=False))
 
 
 def cluster_share_figure(share: pd.DataFrame) -> go.Figure:
-    """Cluster × expert share of each cluster's served assignments (rows sum to 1)."""
+    """Cluster × expert share of each cluster's served assignments (rows sum to 1); colours span 0..max."""
     E = share.shape[1]
+    z = share.to_numpy(dtype=float)  # (C, E)
+    finite = z[np.isfinite(z)]
+    zmax = float(finite.max()) if finite.size and finite.max() > 0 else 1.0  # scaled to the data: top-6 reads too
     heat = go.Heatmap(
-        z=share.to_numpy(), x=np.arange(E), y=[str(c) for c in share.index], zmin=0.0, zmax=1.0,
+        z=z, x=np.arange(E), y=[str(c) for c in share.index], zmin=0.0, zmax=zmax,
         colorscale="Blues", colorbar=dict(title=dict(text="share")),
         hovertemplate="cluster %{y}<br>expert %{x}<br>share %{z:.4f}<extra></extra>")
     return go.Figure([heat], layout(title="Where each cluster's tokens go", xaxis=expert_xaxis(E),
                                     yaxis=axis("cluster", type="category", autorange="reversed"),
-                                    uirevision="clusters", height=max(HEIGHT - 60, 40 * len(share) + 140)))
+                                    uirevision="clusters", height=max(HEIGHT - 60, 40 * len(share) + 140),
+                                    showlegend=False))
 
 
 def token_inspector_figure(detail: pd.DataFrame, colors: list[str], token: int) -> go.Figure:

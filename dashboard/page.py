@@ -5,12 +5,12 @@ import streamlit as st
 
 from . import controls, runner
 from .result import RunResult
-from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
+from .sections import (about, contributors, downloads, experts, inspector, kpis, live, overview, pathways, router,
                        scenario)
 from .state import quote, spec_from_controls, to_query
 
 VIEWS = {
-    "Overview": (load.render, experts.render_one),
+    "Overview": (overview.render,),
     "Experts": (experts.render,),
     "Contributors": (contributors.render,),
     "Router": (router.render,),
@@ -132,6 +132,10 @@ def results() -> None:
         st.caption("The sidebar's forward is summarised in the other views; below are the numbers of the "
                    "model being trained.")
     else:
+        changed = controls.changed_from_preset(st.session_state["preset"])
+        if changed:  # in the fragment, so a value-only knob updates it too (the sidebar is not redrawn then)
+            st.caption(f"Preset *{st.session_state['preset']}* **modified**: {', '.join(changed)} differ from it, so "
+                       "its *Look for* text may not hold; **Reset to preset** in the sidebar restores it.")
         kpis.render(result)
     view = st.radio("View", list(VIEWS), key="view", horizontal=True, label_visibility="collapsed")
     for draw in VIEWS[view]:

@@ -34,19 +34,23 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            {"top_k": 1, "normalize_topk": False, "dropless": False, "capacity_factor": 1.0,
             "scenario": "clusters", "skew": 1.0}),
     Preset("DeepSeek-like sigmoid with aux-free bias",
-           "Expert 0 is made hot by a logit bias; a negative expert_bias on it steers selection back "
-           "while its gate values (mean_gate) stay those of the unbiased scores.",
+           "Expert 0 is made hot by a logit bias (+1.7: alone it would take ~3× its share); the expert_bias "
+           "−0.25 on it steers selection back to near the ideal line T·K/E, while its gate values (mean_gate) "
+           "stay those of the unbiased scores, higher than the other experts'.",
            "DeepSeek-V3 selects on sigmoid score + bias and weights by the unbiased, normalised scores × 2.5.",
            {"score": "sigmoid", "n_experts": 16, "top_k": 4, "routed_scaling_factor": 2.5,
-            "hot_expert": 0, "hot_bias": 2.0, "expert_bias_hot": -0.4}),
+            "hot_expert": 0, "hot_bias": 1.7, "expert_bias_hot": -0.25}),
     Preset("Expert choice",
-           "Every expert serves exactly C tokens (flat load, aux loss ≈ 1 by construction); some tokens "
-           "get several experts and some none (see the token inspector).",
+           "Every expert serves exactly C tokens (flat load, aux loss ≈ 1 by construction); the experts "
+           "per token vary around K (Pathways' experts-per-token chart): some tokens get fewer, some more.",
            "In expert choice (Zhou et al. 2022) experts pick their top-C tokens instead of tokens picking experts.",
            {"router": "expert_choice", "dropless": False, "capacity_factor": 1.0}),
     Preset("Router collapse: identical tokens",
-           "All demand lands on top_k experts; the rest are dead; aux loss ≈ E/K, CV and max/mean are high.",
-           "Identical tokens get identical logits, so every token picks the same experts.",
+           "All demand lands on top_k experts; the rest are dead; max/mean load = E/K exactly. The aux loss "
+           "rises above 1 but stays below E/K: it weights each expert's load by its mean probability, and the "
+           "router's probabilities stay spread over all experts.",
+           "Identical tokens get identical logits, so every token picks the same experts; aux = E·Σ f·P reaches "
+           "E/K only when the chosen experts also hold all of the probability.",
            {"scenario": "identical"}),
     Preset("Router collapse: hot expert",
            "Expert 0 takes nearly every token; its bar towers over the ideal line, aux loss rises above 2.",

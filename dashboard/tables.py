@@ -140,6 +140,46 @@ def logit_quantiles(trace: Trace) -> pd.DataFrame:
 
 # --- tokens × experts heatmaps -----------------------------------------------------------------
 
+def token_order(trace: Trace, labels: torch.Tensor | None = None,
+                names: list[str] | None = None) -> tuple[np.ndarray, list[str], str]:
+    """(perm (T,), group name of each sorted row, what the sort is): tokens grouped by topic when labels
+    exist, then by top-1 expert (largest gate; "none" when no expert served the token), then by index."""
+    gates = _np(trace.gates)                                  # (T, E)
+    served = gates.max(axis=1) > 0                            # (T,) some expert served it
+    top1 = np.where(served, gates.argmax(axis=1), gates.shape[1])  # (T,) E = "none", sorted last
+    index = np.arange(gates.shape[0])
+    if labels is None:
+        perm = np.lexsort((index, top1))
+        groups = [f"expert {e}" if e < gates.shape[1] else "none" for e in top1[perm]]
+        return perm, groups, "tokens by top-1 expert"
+    lab = labels.detach().cpu().numpy().astype(np.int64)     # (T,)
+    perm = np.lexsort((index, top1, lab))
+    groups = [names[c] if names is not None and c < len(names) else f"topic {c}" for c in lab[perm]]
+    return perm, groups, "tokens by topic"
+
+
+def group_ticks(row_labels: list[str], groups: list[str], min_gap: int = 0) -> tuple[list[str], list[str]]:
+    """(tick values, tick texts): one tick at the first row of each run of equal group names, skipping a
+    run that starts fewer than min_gap rows after the last tick (its label would overlap)."""
+    starts = [i for i in range(len(groups)) if i == 0 or groups[i] != groups[i - 1]]
+    kept: list[int] = []
+    for i in starts:
+        if not kept or i - kept[-1] >= min_gap:
+            kept.append(i)
+    return [row_labels[i] for i in kept], [groups[i] for i in kept]
+
+
+def sorted_matrix(matrix: np.ndarray, perm: np.ndarray, groups: list[str],
+                  max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str, list[str]]:
+    """Rows of (T, E) `matrix` in `perm` order, aggregated above max_rows; returns (matrix, row labels,
+    note, group of each row): a bin's group is the group of its first token."""
+    shown, labels, note = aggregate_rows(matrix[perm], max_rows)  # (R, E)
+    if not note:
+        return shown, [str(int(t)) for t in perm], note, list(groups)
+    starts = np.linspace(0, len(perm), max_rows + 1).round().astype(np.int64)[:-1]  # first sorted row of each bin
+    return shown, [f"rows {lab}" for lab in labels], note, [groups[i] for i in starts]
+
+
 def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
     """(T, E) → (R, E) with R ≤ max_rows: above the limit, means of consecutive equal-size token bins."""
     if max_rows < 1:
@@ -154,6 +194,16 @@ def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS) -> tupl
     note = (f"Aggregated: {T} tokens shown as {max_rows} rows, each the mean of "
             f"{sizes.min()}–{sizes.max()} consecutive tokens.")
     return sums / sizes[:, None], labels, note
+
+
+def sorted_token_matrix(trace: Trace, field: str, labels: torch.Tensor | None = None,
+                        names: list[str] | None = None, max_rows: int = HEATMAP_MAX_ROWS
+                        ) -> tuple[np.ndarray, list[str], str, list[str], str]:
+    """A (T, E) trace field ("contributions", "probs") with rows in token_order, aggregated above max_rows:
+    (matrix, row labels, note, group of each row, what the sort is)."""
+    perm, groups, sort_text = token_order(trace, labels, names)
+    matrix, row_labels, note, row_groups = sorted_matrix(_np(getattr(trace, field)), perm, groups, max_rows)
+    return matrix, row_labels, note, row_groups, sort_text
 
 
 def contribution_matrix(trace: Trace, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
@@ -202,18 +252,56 @@ def topk_combinations(trace: Trace, n: int = 15) -> pd.DataFrame:
 
 def cluster_share(trace: Trace, labels: torch.Tensor, names: list[str] | None = None) -> pd.DataFrame:
     """(C, E) share of each cluster's served assignments going to each expert; rows sum to 1 (NaN if none)."""
-    served = _np(trace.served).astype(np.float64)  # (T, E)
-    lab = labels.detach().cpu().numpy().astype(np.int64)  # (T,)
-    if lab.shape[0] != served.shape[0]:
-        raise ValueError(f"labels have {lab.shape[0]} entries but the trace has {served.shape[0]} tokens")
-    C = int(lab.max()) + 1 if lab.size else 0
-    if names is not None:
-        C = max(C, len(names))
-    counts = np.zeros((C, served.shape[1]))
-    np.add.at(counts, lab, served)  # (C, E) served assignments per cluster and expert
+    counts = cluster_counts(trace, labels, len(names) if names is not None else 0)  # (C, E)
+    C = counts.shape[0]
     total = counts.sum(axis=1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(total > 0, counts / np.where(total > 0, total, 1.0), np.nan)
     index = [names[c] if names is not None and c < len(names) else f"cluster {c}" for c in range(C)]
     return pd.DataFrame(share, index=pd.Index(index, name="cluster"),
-                        columns=pd.RangeIndex(served.shape[1], name="expert"))
+                        columns=pd.RangeIndex(counts.shape[1], name="expert"))
+
+
+def cluster_counts(trace: Trace, labels: torch.Tensor, min_clusters: int = 0) -> np.ndarray:
+    """(C, E) served assignments of each cluster's tokens to each expert (the contingency table)."""
+    served = _np(trace.served).astype(np.float64)  # (T, E)
+    lab = labels.detach().cpu().numpy().astype(np.int64)  # (T,)
+    if lab.shape[0] != served.shape[0]:
+        raise ValueError(f"labels have {lab.shape[0]} entries but the trace has {served.shape[0]} tokens")
+    C = max(int(lab.max()) + 1 if lab.size else 0, min_clusters)
+    counts = np.zeros((C, served.shape[1]))
+    np.add.at(counts, lab, served)  # (C, E) served assignments per cluster and expert
+    return counts
+
+
+def routing_nmi(trace: Trace, labels: torch.Tensor) -> float:
+    """Normalised mutual information between topic and serving expert over served assignments:
+    `2·I(L; E) / (H(L) + H(E))`, natural logs; 0 = experts ignore topics, 1 = topic ↔ expert one-to-one.
+    NaN when there is nothing to measure (no served assignment, or one topic and one expert)."""
+    counts = cluster_counts(trace, labels)            # (C, E)
+    n = counts.sum()
+    if n == 0:
+        return float("nan")
+    p = counts / n
+    pl, pe = p.sum(axis=1), p.sum(axis=0)             # (C,), (E,)
+    h_l, h_e = _entropy(pl), _entropy(pe)
+    if h_l + h_e == 0:
+        return float("nan")
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pl, pe)[nz])).sum())
+    return max(0.0, 2.0 * mi / (h_l + h_e))           # rounding can give −1e-17
+
+
+def _entropy(p: np.ndarray) -> float:
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+# --- experts per token -------------------------------------------------------------------------
+
+def experts_per_token(trace: Trace) -> pd.DataFrame:
+    """Tokens by how many experts served them: n (0..max), tokens, share = tokens / T."""
+    n = trace.served.sum(dim=1).cpu().numpy().astype(np.int64)  # (T,)
+    counts = np.bincount(n, minlength=max(int(n.max(initial=0)), trace.config.top_k) + 1)
+    return pd.DataFrame({"n": np.arange(len(counts)), "tokens": counts.astype(np.int64),
+                         "share": counts / max(len(n), 1)})

@@ -26,10 +26,16 @@ DEFINITIONS: dict[str, str] = {
                  "NaN for an idle expert.",
     "contribution": "`Σ_t contributions[t,e]`, the summed norm of what expert e added to the output; 0 when "
                     "idle. The top contributors chart ranks experts by it.",
-    "specialization": "`1 − cos(μ_e, μ)`: μ_e = mean of y_e(x_t) over the tokens e served, μ = mean of "
-                      "y_e'(x_t) over all served assignments (t, e'), unweighted. 0 = the expert's mean output "
-                      "points where everyone's does; up to 2. NaN for an idle expert.",
+    "specialization": "output distinctness, `1 − cos(μ_e, μ)`: μ_e = mean of y_e(x_t) over the tokens e served, "
+                      "μ = mean of y_e'(x_t) over all served assignments (t, e'), unweighted. 0 = the expert's "
+                      "mean output points where everyone's does; up to 2. NaN for an idle expert. It measures how "
+                      "different the experts' output directions are, not what the router learned: random experts "
+                      "on structureless input already read 0.5–0.9. For routing specialisation see `routing_nmi`.",
     # --- summary() keys
+    "aux_loss_sigmoid": "with a sigmoid router `P_e` is the sigmoid score divided by its row sum; independent "
+                        "sigmoids stay close to one another, so `P_e ≈ 1/E` for every expert and "
+                        "`aux = E·Σ f_e·P_e ≈ Σ f_e = 1` however skewed the load is. Read the load from max/mean "
+                        "load and CV instead.",
     "aux_loss": "`E · Σ_e f_e·P_e` with `f_e = demand_e/(T·K)` and `P_e = mean_t probs[t,e]`. Switch/Megatron "
                 "scale: 1.0 at perfect balance, up to E when one expert takes everything. Hugging Face's Mixtral "
                 "`load_balancing_loss` reports top_k times this value. For expert_choice every expert takes C "
@@ -64,10 +70,12 @@ DEFINITIONS: dict[str, str] = {
              "experts if normalize_topk, times routed_scaling_factor; 0 when not served.",
     "contributions": "`‖gates[t,e] · y_e(x_t)‖₂`: how much expert e moved token t's output; 0 when not served.",
     # --- views derived by the dashboard
-    "ideal_load": "`T·K/E`: the assignments each expert would serve at perfect balance (dashed line).",
+    "ideal_load": "`T·K/E`: the assignments each expert would serve at perfect balance (dashed line). When "
+                  "it lies on the capacity line (capacity_factor 1 gives C = T·K/E) one label says they coincide.",
     "conditional_coactivation": "`P(j | i) = coactivation[i,j] / coactivation[i,i]`: among the tokens expert i "
                                 "served, the share that expert j also served; `coactivation[i,j]` counts tokens "
-                                "served by both, so the diagonal is 1. Blank row: i served no token.",
+                                "served by both, so the diagonal is 1; the chart leaves it blank and scales its "
+                                "colours to the largest off-diagonal value. Blank row: i served no token.",
     "topk_combinations": "each token's set of serving experts (sorted); count = tokens with exactly that set, "
                          "`share = count / T`. \"none\": every choice of the token was dropped "
                          "(or, for expert_choice, no expert picked it).",
@@ -77,7 +85,24 @@ DEFINITIONS: dict[str, str] = {
                         "mean_confidence. Undefined when E = 1.",
     "max_prob": "`p₁ = max_e p[t,e]`, the token's largest router probability.",
     "cluster_share": "`share[c,e] = served assignments (t,e) with label_t = c / all served assignments of "
-                     "cluster c`: where each topic's tokens go; every row sums to 1.",
+                     "cluster c`: where each topic's tokens go; every row sums to 1. Colours span 0 to the "
+                     "largest share shown.",
+    "experts_per_token": "`n_t = Σ_e served[t,e]`: how many experts served token t, after capacity. The chart "
+                         "counts tokens per n. Top-k without drops gives K for every token; drops lower it; "
+                         "expert_choice spreads it around K (its mean is exactly K when C = T·K/E).",
+    "routing_nmi": "routing specialisation, the normalised mutual information between a token's topic L and "
+                   "the expert E serving it, over served assignments (t, e): with `p[c,e]` = share of served "
+                   "assignments of topic c to expert e, `I = Σ p[c,e]·ln(p[c,e] / (p[c]·p[e]))` and "
+                   "`NMI = 2·I / (H(L) + H(E))`, `H` the entropies of the margins (natural logs). 0 = the router "
+                   "ignores topics; 1 = each topic has its own experts. Only where the input has topic labels.",
+    "token_order": "heatmap rows are tokens sorted by topic (when the scenario has labels), then by top-1 "
+                   "expert (the served expert with the largest gate; \"none\" last), then by index; the y axis "
+                   "names each group at its first row. Hover shows the token index.",
+    "hash_router_probs": "the hash router picks each token's experts from the token index alone: the "
+                         "probabilities, confidence, entropy and logits below are computed from the router's "
+                         "weights but play no part in the choice (they still enter aux loss and z-loss).",
+    "load_sorted": "sorted view: experts ordered by demand, largest first (labels = expert ids); the shape of "
+                   "the curve shows the imbalance at any E, where one colour per expert is unreadable.",
     "token_heatmap_aggregation": "tokens × experts heatmaps show one row per token up to a row limit; above it, "
                                  "consecutive tokens are grouped into equal bins (sizes differ by at most one) "
                                  "and each cell is the bin's mean.",

@@ -6,6 +6,7 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from dashboard.presets import PRESETS, preset_values
+from dashboard.sections.kpis import fmt
 from dashboard.state import spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
@@ -38,8 +39,8 @@ def test_default_page_runs_and_shows_the_engine_numbers():
     s = trace.summary()
     assert _metric(at, "tokens") == f"{s['tokens']:,.0f}"
     assert _metric(at, "active experts") == f"{s['active_experts']:.0f} / 8"
-    assert _metric(at, "aux loss") == f"{s['aux_loss']:.3g}"
-    assert _metric(at, "CV") == f"{s['cv']:.3g}"
+    assert _metric(at, "aux loss") == fmt(s['aux_loss'])
+    assert _metric(at, "CV") == fmt(s['cv'])
     shown = at.session_state["result"]
     assert shown.per_expert["served"].tolist() == trace.per_expert()["served"].tolist()
     assert _metric(at, "device") == "cpu"
@@ -53,7 +54,7 @@ def test_every_preset_runs_without_exception(preset):
     expected = preset_values(preset)
     assert at.session_state["n_experts"] == expected["n_experts"]
     trace = _engine(expected)
-    assert _metric(at, "dropped") == f"{100 * trace.summary()['dropped_fraction']:.1f} %"
+    assert _metric(at, "dropped") == f"{fmt(100 * trace.summary()['dropped_fraction'])} %"
 
 
 def test_a_routing_knob_reruns_only_the_results_and_shows_the_new_numbers():
@@ -63,7 +64,7 @@ def test_a_routing_knob_reruns_only_the_results_and_shows_the_new_numbers():
     assert len(at.sidebar) == 0  # only the results fragment ran: the sidebar was not sent again
     values = {**preset_values("Balanced top-2 (Mixtral-like)"), "temperature": 3.0}
     s = _engine(values).summary()
-    assert _metric(at, "aux loss") == f"{s['aux_loss']:.3g}" and _metric(at, "CV") == f"{s['cv']:.3g}"
+    assert _metric(at, "aux loss") == fmt(s['aux_loss']) and _metric(at, "CV") == fmt(s['cv'])
     assert at.query_params["temperature"] == "3.0"  # the link follows fragment reruns too
     at.run()  # AppTest keeps only the last run's elements: a full run brings the sidebar back into its tree
     at.slider(key="n_experts").set_value(4).run()

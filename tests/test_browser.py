@@ -14,7 +14,7 @@ from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_ru
 
 from dashboard import runner
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
-from dashboard.sections.kpis import kpi_values
+from dashboard.sections.kpis import fmt, kpi_values
 from dashboard.state import spec_from_controls, to_query
 from moe import MoELayer
 from moe.scenarios import make_batch
@@ -138,7 +138,7 @@ def test_results_only_and_full_reruns_mix_without_losing_values(browser, server)
     for part in ("temperature=1.05", "n_experts=9", "top_k=3"):
         assert part in page.url
     s = _engine_summary({**CONTROL_DEFAULTS, "temperature": 1.05, "n_experts": 9, "top_k": 3})
-    assert _kpi(page, "aux loss") == f"{s['aux_loss']:.3g}" and _kpi(page, "CV") == f"{s['cv']:.3g}"
+    assert _kpi(page, "aux loss") == fmt(s['aux_loss']) and _kpi(page, "CV") == fmt(s['cv'])
     assert page.locator('[data-testid="stException"]').count() == 0
     page.close()
 

@@ -5,6 +5,7 @@ import math
 
 import numpy as np
 import pandas as pd
+import plotly.colors as pc
 import plotly.graph_objects as go
 import pytest
 import torch
@@ -41,7 +42,10 @@ def frozen(frame: pd.DataFrame) -> pd.DataFrame:
 def test_one_distinct_colour_per_expert(E):
     colors = expert_colors(E)
     assert len(colors) == E and len(set(colors)) == E
-    assert expert_colors(E) == colors  # stable
+    # stable across processes: the documented palettes, not just the cache answering twice
+    expected = (pc.qualitative.Plotly[:E] if E <= 10 else pc.qualitative.Dark24[:E] if E <= 24
+                else pc.sample_colorscale("Turbo", [i / (E - 1) for i in range(E)]))
+    assert colors == list(expected)
     colors.append("x")
     assert len(expert_colors(E)) == E  # callers get a fresh list
 
@@ -90,7 +94,7 @@ def test_load_figure_lines_and_bars(capped):
     bars = [t for t in fig.data if isinstance(t, go.Bar)]
     assert [b.name for b in bars] == ["demand (routed)", "served"]
     assert list(bars[0].y) == pe["demand"].tolist() and list(bars[1].y) == pe["served"].tolist()
-    lines = {t.name.split(" ")[0]: t for t in fig.data if isinstance(t, go.Scatter)}
+    lines = {t.name.split(" ")[0]: t for t in fig.data if isinstance(t, go.Scatter) and t.mode == "lines"}
     assert set(lines) == {"ideal", "capacity"}
     assert list(lines["ideal"].y) == [ideal, ideal]
     assert list(lines["capacity"].y) == [trace.capacity, trace.capacity]
@@ -102,18 +106,25 @@ def test_load_figure_lines_and_bars(capped):
 def test_load_figure_dropless_has_no_capacity_line():
     cfg, trace, _ = run(n_experts=4, top_k=2)
     fig = fg.load_figure(trace.per_expert(), expert_colors(4), T * 2 / 4, trace.capacity)
-    names = [t.name for t in fig.data if isinstance(t, go.Scatter)]
+    names = [t.name for t in fig.data if isinstance(t, go.Scatter) and t.mode == "lines"]
     assert len(names) == 1 and names[0].startswith("ideal")
+    assert [a.text for a in fig.layout.annotations] == ["ideal T·K/E = 24"]
 
 
-def test_one_expert_figures_do_not_crash():
+def test_one_expert_figures_show_the_one_expert():
     cfg, trace, _ = run(n_experts=1, top_k=1)
-    colors = expert_colors(1)
-    fg.load_figure(trace.per_expert(), colors, float(T), None)
-    fg.expert_metrics_figure(trace.per_expert(), colors)
-    fg.histogram_figure(tb.confidence_histogram(trace), title="c", xaxis_title="x", log_x=True)
-    fr.coactivation_figure(tb.conditional_coactivation(trace))
-    fr.token_inspector_figure(tb.token_detail(trace, 0), colors, 0)
+    colors, pe = expert_colors(1), trace.per_expert()
+    load = fg.load_figure(pe, colors, float(T), None)
+    assert list(load.data[1].y) == [T] and list(load.data[1].x) == [0]  # every token served by expert 0
+    metrics = fg.expert_metrics_figure(pe, colors)
+    for bar, metric in zip(metrics.data, fg.EXPERT_METRICS):
+        np.testing.assert_allclose(np.asarray(bar.y, dtype=float), pe[metric].to_numpy(dtype=float))
+    conf = fg.histogram_figure(tb.confidence_histogram(trace), title="c", xaxis_title="x", log_x=True)
+    assert sum(conf.data[0].y) == 0  # p1/p2 is undefined with one expert: no token is counted
+    co = fr.coactivation_figure(tb.conditional_coactivation(trace))
+    assert np.isnan(np.asarray(co.data[0].z, dtype=float)).all()  # only the diagonal, which is blank
+    inspector = fr.token_inspector_figure(tb.token_detail(trace, 0), colors, 0)
+    assert list(inspector.data[0].y) == [1.0] and list(inspector.data[1].x) == [0]
 
 
 # --- expert metrics ----------------------------------------------------------------------------
@@ -148,7 +159,7 @@ def test_expert_metrics_figure_axes(capped):
     for i, metric in enumerate(fg.EXPERT_METRICS, start=1):
         suffix = "" if i == 1 else str(i)
         assert fig.layout[f"xaxis{suffix}"].title.text == "expert"
-        assert fig.layout[f"yaxis{suffix}"].title.text == metric
+        assert fig.layout[f"yaxis{suffix}"].title.text == fg.METRIC_TITLES[metric]
 
 
 # --- heatmaps ----------------------------------------------------------------------------------
@@ -179,8 +190,11 @@ def test_coactivation_figure(capped):
     fig = fr.coactivation_figure(cond)
     pd.testing.assert_frame_equal(cond, before)
     heat = fig.data[0]
-    assert isinstance(heat, go.Heatmap) and (heat.zmin, heat.zmax) == (0.0, 1.0)
-    np.testing.assert_allclose(np.asarray(heat.z, dtype=float), cond.to_numpy())
+    z, expected = np.asarray(heat.z, dtype=float), cond.to_numpy().copy()
+    np.fill_diagonal(expected, np.nan)  # the diagonal (1 by definition) is blank
+    assert isinstance(heat, go.Heatmap) and np.isnan(np.diag(z)).all()
+    np.testing.assert_allclose(z, expected)
+    assert heat.zmin == 0.0 and heat.zmax == pytest.approx(np.nanmax(expected)) and heat.zmax < 1.0
     assert fig.layout.xaxis.title.text.startswith("expert j") and fig.layout.yaxis.title.text.startswith("expert i")
 
 
@@ -256,6 +270,7 @@ def test_builders_return_figures_with_uirevision(capped):
     cfg, trace, batch = capped
     colors = expert_colors(cfg.n_experts)
     pe = trace.per_expert()
+    tensors = {name: getattr(trace, name).clone() for name in ("probs", "gates", "served", "contributions")}
     matrix, labels, _ = tb.contribution_matrix(trace)
     figs = [fg.load_figure(pe, colors, 1.0), fg.expert_bar_figure(pe, "output_rms", colors),
             fg.expert_metrics_figure(pe, colors), fg.token_heatmap_figure(matrix, labels, title="t", value_name="v"),
@@ -267,4 +282,106 @@ def test_builders_return_figures_with_uirevision(capped):
             fr.token_inspector_figure(tb.token_detail(trace, 1), colors, 1)]
     for fig in figs:
         assert isinstance(fig, go.Figure) and fig.layout.uirevision
-    assert torch.is_tensor(trace.probs)
+    for name, before in tensors.items():  # building figures never touches the trace
+        assert torch.equal(getattr(trace, name), before), name
+
+
+# --- page fixes: legends, line labels, sorted load, grouped heatmap rows, scales ---------------
+
+def test_legend_and_title_never_overlap_the_plot_or_each_other(capped):
+    cfg, trace, _ = capped
+    fig = fg.load_figure(trace.per_expert(), expert_colors(cfg.n_experts), 16.0, trace.capacity)
+    title, legend, margin = fig.layout.title, fig.layout.legend, fig.layout.margin
+    assert (title.yref, title.y, title.yanchor, title.xanchor) == ("container", 1.0, "top", "left")
+    assert (legend.yanchor, legend.y, legend.xanchor, legend.x) == ("bottom", 1.0, "left", 0.0)  # own row
+    assert margin.t == fg.TITLE_ROW + fg.LEGEND_ROW  # room for both rows above the plot
+    assert "lasso2d" in fig.layout.modebar.remove  # a shorter toolbar, clear of the title
+    single = fg.expert_bar_figure(trace.per_expert(), "output_rms", expert_colors(cfg.n_experts))
+    assert single.layout.showlegend is False and single.layout.margin.t == fg.TITLE_ROW
+
+
+def test_load_legend_swatches_differ_and_are_not_an_expert_colour(capped):
+    cfg, trace, _ = capped
+    colors = expert_colors(cfg.n_experts)
+    fig = fg.load_figure(trace.per_expert(), colors, 16.0, trace.capacity)
+    shown = [t for t in fig.data if t.showlegend is not False and t.mode == "markers"]
+    assert [t.name.split(":")[0] for t in shown] == ["demand (routed)", "served"]
+    assert {t.marker.color for t in shown} == {fg.IDEAL_COLOR} and shown[0].marker.color not in colors
+    assert shown[0].marker.opacity == fg.DEMAND_OPACITY and shown[1].marker.opacity == 1.0
+    assert all(t.showlegend is False for t in fig.data if isinstance(t, go.Bar))  # bars: no misleading swatch
+
+
+def test_ideal_and_capacity_lines_are_labelled_and_coincidence_is_said():
+    apart = fg.line_labels(10.0, 16, top=40.0)
+    assert [a["text"] for a in apart] == ["capacity C = 16", "ideal T·K/E = 10"]
+    assert [a["y"] for a in apart] == [16, 10.0] and [a["yanchor"] for a in apart] == ["bottom", "top"]
+    same = fg.line_labels(128.0, 128, top=400.0)
+    assert len(same) == 1 and "coincide" in same[0]["text"] and "128" in same[0]["text"]
+    near = fg.line_labels(128.0, 130, top=400.0)  # 2 px apart on a 400-high axis: one label
+    assert len(near) == 1 and "coincide" in near[0]["text"]
+    assert len(fg.line_labels(128.0, 160, top=400.0)) == 2
+
+
+def test_sorted_load_view_orders_experts_by_demand():
+    cfg, trace, _ = run(n_experts=40, top_k=2)
+    pe, colors = trace.per_expert(), expert_colors(40)
+    fig = fg.load_figure(pe, colors, T * 2 / 40, None, sort=True)
+    demand, served = fig.data[0], fig.data[1]
+    order = sorted(range(40), key=lambda e: (-int(pe["demand"][e]), e))  # plain Python: largest first, stable
+    assert list(demand.x) == [str(e) for e in order] and list(fig.layout.xaxis.categoryarray) == list(demand.x)
+    assert list(demand.y) == [int(pe["demand"][e]) for e in order]
+    assert list(served.y) == [int(pe["served"][e]) for e in order]
+    assert list(served.marker.color) == [colors[e] for e in order]  # each expert keeps its colour
+    assert "sorted" in fig.layout.xaxis.title.text
+    ideal = next(t for t in fig.data if isinstance(t, go.Scatter) and t.mode == "lines")
+    assert list(ideal.x) == [str(order[0]), str(order[-1])]  # category names: numbers would not draw the line
+
+
+def test_heatmap_rows_grouped_and_the_axis_labelled(capped):
+    cfg, trace, batch = capped
+    matrix, labels, note, groups, text = tb.sorted_token_matrix(trace, "contributions", batch.labels,
+                                                               batch.label_names)
+    fig = fg.token_heatmap_figure(matrix, labels, title="c", value_name="v", row_groups=groups, yaxis_title=text)
+    yaxis = fig.layout.yaxis
+    assert list(yaxis.ticktext) == list(batch.label_names) and yaxis.showticklabels  # one tick per topic
+    firsts = [labels[groups.index(name)] for name in batch.label_names]
+    assert list(yaxis.tickvals) == firsts and "topic" in yaxis.title.text
+    contributions = trace.contributions.double().numpy()
+    np.testing.assert_allclose(np.asarray(fig.data[0].z, dtype=float),
+                               contributions[[int(t) for t in labels]], rtol=1e-6)  # rows are those tokens
+
+
+def test_cluster_share_scale_follows_the_data():
+    cfg, trace, batch = run(n_experts=12, top_k=6)
+    share = tb.cluster_share(trace, batch.labels, batch.label_names)
+    heat = fr.cluster_share_figure(share).data[0]
+    assert heat.zmin == 0.0 and heat.zmax == pytest.approx(np.nanmax(share.to_numpy())) and heat.zmax < 0.5
+
+
+def test_experts_per_token_figure():
+    cfg, trace, _ = run(n_experts=4, top_k=2, router="expert_choice")
+    table = tb.experts_per_token(trace)
+    fig = fr.experts_per_token_figure(table, cfg.top_k)
+    bar, line = fig.data
+    n = trace.served.sum(dim=1).tolist()
+    assert list(bar.x) == list(range(len(table))) and list(bar.y) == [n.count(k) for k in range(len(table))]
+    assert list(line.x) == [2, 2] and line.name == "K = 2"
+    assert fig.layout.xaxis.title.text == "experts that served the token" and fig.layout.yaxis.title.text == "tokens"
+
+
+def test_output_metric_is_named_for_what_it_measures():
+    assert fg.METRIC_TITLES["specialization"].startswith("output distinctness")
+
+
+def test_expert_metric_grid_leaves_room_for_the_right_column_axis_title(capped):
+    cfg, trace, _ = capped
+    fig = fg.expert_metrics_figure(trace.per_expert(), expert_colors(cfg.n_experts))
+    gap = fig.layout.xaxis2.domain[0] - fig.layout.xaxis.domain[1]
+    assert gap >= 0.15  # ~130 px at a 900 px wide chart: tick labels plus a rotated title
+
+
+def test_expert_metric_grid_titles_sit_below_the_toolbar(capped):
+    cfg, trace, _ = capped
+    fig = fg.expert_metrics_figure(trace.per_expert(), expert_colors(cfg.n_experts))
+    assert fig.layout.margin.t >= fg.TITLE_ROW + fg.LEGEND_ROW  # toolbar row (~40 px) + the subplot titles
+    assert [a.text for a in fig.layout.annotations] == [fg.METRIC_TITLES[m] for m in fg.EXPERT_METRICS]

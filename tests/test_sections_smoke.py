@@ -6,13 +6,15 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.definitions import DEFINITIONS, caption
 
-SECTIONS = {  # module: (subheader, plotly charts drawn, definition keys its captions must contain)
+SECTIONS = {  # module: (subheader(s), plotly charts drawn, definition keys its captions must contain)
+    "overview": ((), 4,
+                 ("demand", "ideal_load", "contributions", "token_order", "activation_sparsity", "output_rms")),
     "load": ("Load", 1, ("demand", "served", "ideal_load")),
     "experts": ("Experts", 2, ("activation_sparsity", "contribution")),
-    "contributors": ("Contributors", 1, ("contributions", "token_heatmap_aggregation")),
+    "contributors": ("Contributors", 1, ("contributions", "token_order", "token_heatmap_aggregation")),
     "router": ("Router", 4, ("probs", "token_confidence", "token_entropy", "router_logits")),
-    "pathways": ("Pathways", 2, ("conditional_coactivation", "topk_combinations")),
-    "scenario": ("Scenario", 1, ("cluster_share",)),
+    "pathways": ("Pathways", 3, ("conditional_coactivation", "topk_combinations", "experts_per_token")),
+    "scenario": ("Scenario", 1, ("cluster_share", "routing_nmi")),
     "inspector": ("Token inspector", 1, ("token_detail",)),
     "about": ("About these numbers", 0, ()),
 }
@@ -65,7 +67,7 @@ def test_section_renders(section, variant):
     at = run_section(section, variant)
     assert not at.exception, at.exception
     title, n_charts, keys = SECTIONS[section]
-    assert [h.value for h in at.subheader] == [title]
+    assert [h.value for h in at.subheader] == (list(title) if isinstance(title, tuple) else [title])
     assert len(charts(at)) == n_charts
     text = captions(at)
     for key in keys:

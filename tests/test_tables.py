@@ -242,3 +242,74 @@ def test_nonfinite_input_is_reported_not_hidden():
     finite = [row for t, row in enumerate(rows(trace.router_logits)) if t != 5]
     for e in range(4):
         assert q.loc[e, "max"] == pytest.approx(max(r[e] for r in finite))
+
+
+# --- sorted heatmap rows, routing NMI, experts per token ----------------------------------------
+
+def test_token_order_groups_by_topic_then_top1_expert():
+    cfg = MoEConfig(d_model=12, d_expert=24, n_experts=4, top_k=2, capacity_factor=0.6)
+    batch = make_batch("clusters", cfg.d_model, T, seed=0, n_clusters=3)
+    trace = MoELayer(cfg)(batch.x)[1].cpu()
+    perm, groups, text = tb.token_order(trace, batch.labels, batch.label_names)
+    gates, labels = trace.gates.tolist(), batch.labels.tolist()
+
+    def key(t):  # plain Python: topic, then the largest gate's expert ("none" = E, last), then index
+        top = max(range(4), key=lambda e: (gates[t][e], -e)) if max(gates[t]) > 0 else 4
+        return (labels[t], top, t)
+    assert list(perm) == sorted(range(T), key=key)
+    assert groups == [batch.label_names[labels[t]] for t in perm] and "topic" in text
+    perm2, groups2, _ = tb.token_order(trace)
+    assert list(perm2) == sorted(range(T), key=lambda t: key(t)[1:])
+    assert set(groups2) <= {f"expert {e}" for e in range(4)} | {"none"}
+
+
+def test_sorted_matrix_rows_and_group_ticks():
+    matrix = np.arange(12.0).reshape(6, 2)  # (T=6, E=2)
+    perm, groups = np.array([5, 0, 3, 1, 2, 4]), ["a", "a", "b", "b", "b", "c"]
+    shown, labels, note, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows=10)
+    np.testing.assert_array_equal(shown, matrix[[5, 0, 3, 1, 2, 4]])
+    assert labels == ["5", "0", "3", "1", "2", "4"] and not note and row_groups == groups
+    assert tb.group_ticks(labels, row_groups) == (["5", "3", "4"], ["a", "b", "c"])
+    assert tb.group_ticks(labels, row_groups, min_gap=3) == (["5", "4"], ["a", "c"])  # "b" starts 2 rows after "a"
+    shown, labels, note, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows=3)
+    np.testing.assert_allclose(shown, [(matrix[5] + matrix[0]) / 2, (matrix[3] + matrix[1]) / 2,
+                                       (matrix[2] + matrix[4]) / 2])
+    assert note and row_groups == ["a", "b", "b"]
+
+
+def _nmi_by_hand(pairs):
+    """NMI of (label, expert) pairs from a contingency table built with plain dicts."""
+    n = len(pairs)
+    joint, pl, pe = Counter(pairs), Counter(a for a, _ in pairs), Counter(b for _, b in pairs)
+    mi = sum(c / n * math.log((c / n) / ((pl[a] / n) * (pe[b] / n))) for (a, b), c in joint.items())
+    h = lambda cnt: -sum(c / n * math.log(c / n) for c in cnt.values())  # noqa: E731
+    return 2 * mi / (h(pl) + h(pe))
+
+
+class _Served:  # the two fields routing_nmi reads
+    def __init__(self, served):
+        self.served = torch.tensor(served)
+
+
+def test_routing_nmi_against_a_hand_built_contingency_table():
+    # 4 tokens, 2 topics, 3 experts; token 3 is served by two experts (two assignments)
+    served = [[1, 0, 0], [1, 0, 0], [0, 1, 0], [0, 1, 1]]
+    labels = torch.tensor([0, 0, 1, 1])
+    pairs = [(0, 0), (0, 0), (1, 1), (1, 1), (1, 2)]
+    assert tb.routing_nmi(_Served(served), labels) == pytest.approx(_nmi_by_hand(pairs), rel=1e-12)
+    # on paper: I = 0.4·ln 2.5 + 0.6·ln(5/3) = 0.6730, H(L) = 0.6730, H(E) = 1.0549, NMI = 1.3460/1.7279
+    assert _nmi_by_hand(pairs) == pytest.approx(0.7790, abs=1e-4)
+    one_to_one = tb.routing_nmi(_Served([[1, 0], [0, 1]]), torch.tensor([0, 1]))
+    independent = tb.routing_nmi(_Served([[1, 0], [0, 1], [1, 0], [0, 1]]), torch.tensor([0, 0, 1, 1]))
+    assert one_to_one == pytest.approx(1.0) and independent == pytest.approx(0.0, abs=1e-12)
+    assert math.isnan(tb.routing_nmi(_Served([[1], [1]]), torch.tensor([0, 0])))
+
+
+def test_experts_per_token(trace):
+    table = tb.experts_per_token(trace)
+    n = [sum(row) for row in rows(trace.served)]
+    counts = Counter(n)
+    assert table["n"].tolist() == list(range(len(table)))
+    assert table["tokens"].tolist() == [counts.get(k, 0) for k in range(len(table))]
+    assert table["tokens"].sum() == trace.tokens and len(table) - 1 >= max(n)
+    np.testing.assert_allclose(table["share"], table["tokens"] / trace.tokens)

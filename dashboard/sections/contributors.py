@@ -1,20 +1,33 @@
-"""Contributors: tokens × experts heatmap of ‖gate·y_e(x_t)‖, binned above the row limit."""
+"""Contributors: tokens × experts heatmap of ‖gate·y_e(x_t)‖, tokens grouped, binned above the row limit."""
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from ..definitions import caption
-from ..figures import token_heatmap_figure
+from ..figures import HEIGHT, token_heatmap_figure
 from ..result import RunResult
-from ..tables import contribution_matrix, heatmap_rows
+from ..tables import heatmap_rows, sorted_token_matrix
+
+
+def figure(result: RunResult, height: int = HEIGHT + 80) -> tuple[go.Figure, str]:
+    """The heatmap, and the aggregation note ("" when every token has its own row)."""
+    matrix, labels, note, row_groups, sort_text = sorted_token_matrix(
+        result.trace, "contributions", result.labels, result.label_names, heatmap_rows(result.config.n_experts))
+    title = "Contribution per token and expert" + (" (binned means)" if note else "")
+    fig = token_heatmap_figure(matrix, labels, title=title, value_name="contribution", zmin=0.0,
+                               uirevision="contributions", row_groups=row_groups, yaxis_title=sort_text,
+                               height=height)
+    return fig, note
+
+
+def captions(note: str) -> None:
+    text = caption("contributions", "token_order", "token_heatmap_aggregation")
+    st.caption(f"**{note}**  \n{text}" if note else text)
 
 
 def render(result: RunResult) -> None:
     st.subheader("Contributors")
-    matrix, labels, note = contribution_matrix(result.trace, heatmap_rows(result.config.n_experts))
-    title = "Contribution per token and expert" + (" (binned means)" if note else "")
-    fig = token_heatmap_figure(matrix, labels, title=title, value_name="contribution", zmin=0.0,
-                               uirevision="contributions")
+    fig, note = figure(result)
     st.plotly_chart(fig, width="stretch", key="contributors_heatmap")
-    text = caption("contributions", "token_heatmap_aggregation")
-    st.caption(f"**{note}**  \n{text}" if note else text)
+    captions(note)

@@ -5,23 +5,10 @@ import streamlit as st
 
 from ..colors import expert_colors
 from ..definitions import caption
-from ..figures import EXPERT_METRICS, METRIC_TITLES, expert_bar_figure, expert_metrics_figure
+from ..figures import EXPERT_METRICS, expert_bar_figure, expert_metrics_figure
 from ..result import RunResult
-
-# The one-chart view of the overview: a metric at a time keeps the default page light to redraw.
-OVERVIEW_METRICS = ("contribution", *EXPERT_METRICS)
-
-
-def render_one(result: RunResult) -> None:
-    """One per-expert metric, chosen with a segmented control (contribution is ranked)."""
-    st.subheader("Experts")
-    metric = st.segmented_control("Metric", OVERVIEW_METRICS, key="overview_metric", default="contribution",
-                                  format_func=lambda m: METRIC_TITLES.get(m, m), label_visibility="collapsed")
-    metric = metric or "contribution"  # a second click deselects: fall back to the default
-    fig = expert_bar_figure(result.per_expert, metric, expert_colors(result.config.n_experts),
-                            ranked=metric == "contribution")
-    st.plotly_chart(fig, width="stretch", key="overview_expert_metric")
-    st.caption(caption(metric, *(("contributions",) if metric == "contribution" else ())))
+from ..tables import routing_nmi
+from .kpis import fmt
 
 
 def render(result: RunResult) -> None:
@@ -32,6 +19,10 @@ def render(result: RunResult) -> None:
     with left:
         st.plotly_chart(expert_metrics_figure(result.per_expert, colors), width="stretch", key="experts_metrics")
         st.caption(caption(*EXPERT_METRICS))
+        if result.labels is not None:
+            nmi = routing_nmi(result.trace, result.labels)
+            st.markdown(f"Routing specialisation **NMI(topic; expert) = {fmt(nmi)}**")
+            st.caption(caption("routing_nmi"))
     with right:
         fig = expert_bar_figure(result.per_expert, "contribution", colors, ranked=True)
         st.plotly_chart(fig, width="stretch", key="experts_contribution")

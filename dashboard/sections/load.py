@@ -1,22 +1,43 @@
 """Load: demand vs served per expert, against the ideal T·K/E and the capacity C."""
 from __future__ import annotations
 
+import plotly.graph_objects as go
 import streamlit as st
 
 from ..colors import expert_colors
 from ..definitions import caption
-from ..figures import load_figure
+from ..figures import HEIGHT, load_figure
 from ..result import RunResult
+
+ORDERS = ("expert id", "sorted by demand")
+AUTO_SORT_ABOVE = 32  # experts: above this one colour per expert is unreadable, so the sorted view is the default
+EXPERT_CHOICE_NOTE = ("expert_choice: every expert takes exactly C tokens, so demand = served = C and the load is "
+                      "balanced by construction; look at how many experts each token got instead (Pathways).")
+
+
+def order_control(result: RunResult) -> bool:
+    """The expert-order control; True when the load chart is sorted by demand (unselected: sorted above 32)."""
+    order = st.segmented_control("Load chart order", ORDERS, key="load_order",
+                                 help=f"Unselected: sorted by demand when E > {AUTO_SORT_ABOVE}.")
+    return order == ORDERS[1] if order else result.config.n_experts > AUTO_SORT_ABOVE
+
+
+def figure(result: RunResult, sort: bool, height: int = HEIGHT) -> go.Figure:
+    cfg, trace = result.config, result.trace
+    ideal = trace.tokens * cfg.top_k / cfg.n_experts
+    fig = load_figure(result.per_expert, expert_colors(cfg.n_experts), ideal, trace.capacity, sort=sort)
+    return fig.update_layout(height=height)
+
+
+def captions(result: RunResult, sort: bool) -> None:
+    keys = ["demand", "served", "dropped", "ideal_load"] + (["capacity"] if result.trace.capacity is not None else [])
+    st.caption(caption(*keys, *(("load_sorted",) if sort else ())))
+    if result.config.router == "expert_choice":
+        st.caption(EXPERT_CHOICE_NOTE)
 
 
 def render(result: RunResult) -> None:
     st.subheader("Load")
-    cfg, trace = result.config, result.trace
-    ideal = trace.tokens * cfg.top_k / cfg.n_experts
-    fig = load_figure(result.per_expert, expert_colors(cfg.n_experts), ideal, trace.capacity)
-    st.plotly_chart(fig, width="stretch", key="load_chart")
-    keys = ["demand", "served", "dropped", "ideal_load"] + (["capacity"] if trace.capacity is not None else [])
-    st.caption(caption(*keys))
-    if cfg.router == "expert_choice":
-        st.caption("expert_choice: every expert takes exactly C tokens, so demand = served = C and the load "
-                   "is balanced by construction; look at how many experts each token got instead (Pathways).")
+    sort = order_control(result)
+    st.plotly_chart(figure(result, sort), width="stretch", key="load_chart")
+    captions(result, sort)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import streamlit as st
 
 from ..definitions import caption
-from ..figures_router import coactivation_figure, combinations_figure
+from ..figures_router import coactivation_figure, combinations_figure, experts_per_token_figure
 from ..result import RunResult
-from ..tables import conditional_coactivation, topk_combinations
+from ..tables import conditional_coactivation, experts_per_token, topk_combinations
 
 
 def render(result: RunResult) -> None:
@@ -20,3 +20,6 @@ def render(result: RunResult) -> None:
         fig = combinations_figure(topk_combinations(result.trace, n=15))
         st.plotly_chart(fig, width="stretch", key="pathways_combinations")
         st.caption(caption("topk_combinations"))
+    fig = experts_per_token_figure(experts_per_token(result.trace), result.config.top_k)
+    st.plotly_chart(fig, width="stretch", key="pathways_experts_per_token")
+    st.caption(caption("experts_per_token"))

@@ -6,22 +6,25 @@ import math
 import streamlit as st
 
 from ..colors import expert_colors
-from ..definitions import caption
+from ..definitions import DEFINITIONS, caption
 from ..figures import histogram_figure, token_heatmap_figure
 from ..figures_router import logits_figure
 from ..result import RunResult
-from ..tables import confidence_histogram, entropy_histogram, heatmap_rows, logit_quantiles, probability_matrix
+from ..tables import confidence_histogram, entropy_histogram, heatmap_rows, logit_quantiles, sorted_token_matrix
 
 
 def render(result: RunResult) -> None:
     st.subheader("Router")
     trace, E = result.trace, result.config.n_experts
-    matrix, labels, note = probability_matrix(trace, heatmap_rows(E))
+    if result.config.router == "hash":
+        st.info(DEFINITIONS["hash_router_probs"], icon="ℹ️")
+    matrix, labels, note, groups, sort_text = sorted_token_matrix(trace, "probs", result.labels,
+                                                                  result.label_names, heatmap_rows(E))
     fig = token_heatmap_figure(matrix, labels, title="Router probability per token and expert"
                                + (" (binned means)" if note else ""), value_name="prob", zmin=0.0,
-                               uirevision="probs")
+                               uirevision="probs", row_groups=groups, yaxis_title=sort_text)
     st.plotly_chart(fig, width="stretch", key="router_probs")
-    text = caption("probs", "token_heatmap_aggregation")
+    text = caption("probs", "token_order", "token_heatmap_aggregation")
     st.caption(f"**{note}**  \n{text}" if note else text)
 
     left, right = st.columns(2)

@@ -6,7 +6,8 @@ import streamlit as st
 from ..definitions import caption
 from ..figures_router import cluster_share_figure
 from ..result import RunResult
-from ..tables import cluster_share
+from ..tables import cluster_share, routing_nmi
+from .kpis import fmt
 
 
 def render(result: RunResult) -> None:
@@ -18,3 +19,5 @@ def render(result: RunResult) -> None:
     share = cluster_share(result.trace, result.labels, result.label_names)
     st.plotly_chart(cluster_share_figure(share), width="stretch", key="scenario_clusters")
     st.caption(caption("cluster_share"))
+    st.markdown(f"Routing specialisation **NMI(topic; expert) = {fmt(routing_nmi(result.trace, result.labels))}**")
+    st.caption(caption("routing_nmi"))

@@ -1,0 +1,60 @@
+"""The first screen in a real browser: the four Overview charts fit a 1400 × 1000 window and no KPI
+value is cut off, at the default config and at 256 experts."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "artifacts"
+WINDOW = {"width": 1400, "height": 1000}
+
+
+@pytest.fixture(scope="module")
+def page_at():
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:  # pragma: no cover - playwright is in requirements.txt
+        pytest.fail(f"playwright is not installed: {err}")
+    with sync_playwright() as pw, streamlit_server() as url:
+        try:
+            chromium = launch_chromium(pw)
+        except Exception as err:  # no browser on this machine
+            if os.environ.get("MOE_REQUIRE_BROWSER"):
+                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
+            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
+
+        def open_page(query: str):
+            page = chromium.new_page(viewport=WINDOW)
+            page.goto(url + "/" + query)
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+            wait_for_run(page)
+            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg')"
+                                   ".length >= 4", timeout=30_000)
+            return page
+        yield open_page
+        chromium.close()
+
+
+CUT = """() => [...document.querySelectorAll('[data-testid="stMetricValue"]')]
+    .filter(el => [el, ...el.querySelectorAll('*')].some(e => e.scrollWidth > e.clientWidth + 1))
+    .map(el => el.innerText)"""
+CHART_BOTTOMS = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+    .map(el => el.getBoundingClientRect().bottom)"""
+
+
+@pytest.mark.parametrize("name, query", [("overview", ""), ("overview_e256", "?n_experts=256&top_k=6")])
+def test_first_screen_shows_four_charts_and_whole_kpis(page_at, name, query):
+    page = page_at(query)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.evaluate(CUT) == []  # every KPI value fits its box
+    values = page.locator('[data-testid="stMetricValue"]').all_inner_texts()
+    assert all("…" not in v for v in values) and len(values) == 11
+    bottoms = page.evaluate(CHART_BOTTOMS)
+    assert len(bottoms) == 4 and max(bottoms) <= WINDOW["height"]  # all four on the first screen
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.close()
