@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import torch
 
-from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
+from .config import ACTIVATIONS, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
 from .layer import MoELayer
 from .scenarios import SCENARIOS, make_batch
 from .train import BALANCES, PRESETS, TrainConfig, Trainer
@@ -64,6 +64,14 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-policy", choices=DROP_POLICIES, default=d.drop_policy)
     p.add_argument("--jitter-eps", type=_float, default=d.jitter_eps)
     p.add_argument("--noise-std", type=_float, default=d.noise_std)
+    p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation)
+    p.add_argument("--no-gated", action="store_true", help="experts are act(W_up x), no w_gate (Switch)")
+    p.add_argument("--expert-biases", action="store_true", help="bias terms in every expert (GPT-OSS)")
+    p.add_argument("--swiglu-limit", type=_float, default=d.swiglu_limit, help="gpt_oss clamp")
+    p.add_argument("--shared-experts", type=int, default=d.shared_experts, help="0 = no shared FFN")
+    p.add_argument("--d-shared", type=int, default=None, help="shared FFN width; default shared × d_expert")
+    p.add_argument("--shared-gate", action="store_true", help="σ(x·w) scales the shared output (Qwen2-MoE)")
+    p.add_argument("--sparsity-mode", choices=SPARSITY_MODES, default=d.sparsity_mode)
     p.add_argument("--hot-expert", type=int, default=None, help="add --hot-bias to this expert's logit")
     p.add_argument("--hot-bias", type=_float, default=3.0)
     p.add_argument("--device", default=d.device)
@@ -83,7 +91,10 @@ def config_from_args(args: argparse.Namespace) -> MoEConfig:
         router=args.router, score=args.score, temperature=args.temperature,
         normalize_topk=not args.no_normalize_topk, routed_scaling_factor=args.routed_scaling_factor,
         capacity_factor=args.capacity_factor, drop_policy=args.drop_policy, jitter_eps=args.jitter_eps,
-        noise_std=args.noise_std, logit_bias=logit_bias, device=args.device, dtype=args.dtype, seed=args.seed)
+        noise_std=args.noise_std, logit_bias=logit_bias, device=args.device, dtype=args.dtype, seed=args.seed,
+        activation=args.activation, gated=not args.no_gated, expert_biases=args.expert_biases,
+        swiglu_limit=args.swiglu_limit, shared_experts=args.shared_experts, d_shared=args.d_shared,
+        shared_gate=args.shared_gate, sparsity_mode=args.sparsity_mode)
 
 
 def _report(args: argparse.Namespace) -> str:

@@ -1,6 +1,8 @@
 """Expert variants: config errors, the activation registry, in-place vs autograd paths, the eager reference."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -129,3 +131,35 @@ def test_reconfigured_refuses_weight_changes():
         layer.reconfigured(MoEConfig(**BASE, shared_experts=1))
     relu = layer.reconfigured(MoEConfig(**BASE, activation="relu"))  # same weights, another activation
     assert relu.experts is layer.experts and relu.shared is None
+
+
+def test_cli_report_runs_the_variant(capsys):
+    from moe.cli import main
+    from moe.scenarios import make_batch
+    argv = ["report", "--tokens", "48", "--activation", "gpt_oss", "--expert-biases", "--swiglu-limit", "2",
+            "--shared-experts", "1", "--d-shared", "32", "--shared-gate", "--sparsity-mode", "relative"]
+    assert main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    cfg = MoEConfig(activation="gpt_oss", expert_biases=True, swiglu_limit=2.0, shared_experts=1, d_shared=32,
+                    shared_gate=True, sparsity_mode="relative")
+    assert {k: report["config"][k] for k in ("activation", "gated", "d_shared", "sparsity_mode")} == {
+        "activation": "gpt_oss", "gated": True, "d_shared": 32, "sparsity_mode": "relative"}
+    _, trace = MoELayer(cfg)(make_batch("gaussian", cfg.d_model, 48, seed=0).x)
+    for key in ("shared_fraction", "shared_output_rms"):
+        assert report["summary"][key] == pytest.approx(trace.summary()[key], rel=1e-5)
+
+
+@pytest.mark.parametrize("argv, named", [
+    (["--activation", "gpt_oss", "--no-gated"], "gated=True"),
+    (["--activation", "swish"], "'swish'"),
+    (["--d-shared", "64"], "shared_experts >= 1"),
+    (["--shared-gate"], "shared_gate=False"),
+    (["--shared-experts", "-1"], "shared_experts"),
+    (["--swiglu-limit", "0"], "swiglu_limit"),
+    (["--sparsity-mode", "rel"], "'rel'"),
+])
+def test_cli_bad_combinations_exit_2_with_one_line(capsys, argv, named):
+    from moe.cli import main
+    assert main(["report", "--tokens", "8", *argv]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and err.count("\n") == 1 and named in err
