@@ -106,6 +106,14 @@ def near_zero_mask(h: Tensor, eps: float, mode: str, inplace: bool = False) -> T
     return a <= eps * rms
 
 
+def sparsity_rule(cfg: MoEConfig) -> str:
+    """The near-zero test activation_sparsity uses for this config, in words (the page shows it)."""
+    eps = f"{cfg.sparsity_eps:g}"
+    if cfg.sparsity_mode == "absolute":
+        return f"absolute: `|h| < {eps}`"
+    return (f"relative: `|h| ≤ {eps}·rms(h_t)`, rms over the H hidden units of the same token and expert")
+
+
 @dataclass
 class DispatchResult:
     out: Tensor                   # (T, D) Σ_e gates[t, e] · y_e(x_t)

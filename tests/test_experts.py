@@ -163,3 +163,17 @@ def test_cli_bad_combinations_exit_2_with_one_line(capsys, argv, named):
     assert main(["report", "--tokens", "8", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and named in err
+
+
+def test_sparsity_rule_names_the_mode():
+    from moe.experts import sparsity_rule
+    assert sparsity_rule(MoEConfig()) == "absolute: `|h| < 0.01`"
+    assert sparsity_rule(MoEConfig(sparsity_mode="relative", sparsity_eps=0.05)).startswith(
+        "relative: `|h| ≤ 0.05·rms(h_t)`")
+
+
+def test_experts_section_says_which_sparsity_it_shows():
+    from test_sections_smoke import captions, run_section
+    at = run_section("experts")
+    assert not at.exception
+    assert "activation_sparsity shown: absolute: `|h| < 0.01`." in captions(at)

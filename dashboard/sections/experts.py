@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from moe.experts import sparsity_rule
+
 from ..colors import expert_colors
 from ..definitions import caption
 from ..figures import EXPERT_METRICS, METRIC_TITLES, expert_bar_figure, expert_metrics_figure
@@ -22,6 +24,8 @@ def render_one(result: RunResult) -> None:
                             ranked=metric == "contribution")
     st.plotly_chart(fig, width="stretch", key="overview_expert_metric")
     st.caption(caption(metric, *(("contributions",) if metric == "contribution" else ())))
+    if metric == "activation_sparsity":
+        st.caption(f"Shown: {sparsity_rule(result.config)}.")
 
 
 def render(result: RunResult) -> None:
@@ -32,6 +36,7 @@ def render(result: RunResult) -> None:
     with left:
         st.plotly_chart(expert_metrics_figure(result.per_expert, colors), width="stretch", key="experts_metrics")
         st.caption(caption(*EXPERT_METRICS))
+        st.caption(f"activation_sparsity shown: {sparsity_rule(result.config)}.")
     with right:
         fig = expert_bar_figure(result.per_expert, "contribution", colors, ranked=True)
         st.plotly_chart(fig, width="stretch", key="experts_contribution")
