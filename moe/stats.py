@@ -81,23 +81,23 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
         confidence = (top2[:, 0] / top2[:, 1]).clamp(max=CONFIDENCE_CAP).sum()
     else:
         confidence = torch.tensor(float("nan"), device=probs.device)
-    has_shared = shared is not None
-    shared = torch.zeros(3, device=probs.device) if shared is None else shared
-    scalars = torch.cat([torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.to(acc),
-                                      (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc)]),
-                         shared.to(acc)])  # (7,)
-    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars])
+    scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.to(acc),
+                           (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc)])  # (4,)
+    extra = [] if shared is None else [shared.to(acc)]  # (3,) when the layer has shared experts
+    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars, *extra])
     host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
     pe, rest = host[: 7 * E].reshape(7, E), host[7 * E:]
+    sc = rest[E * D + E * E:]  # the 4 scalars, then the 3 shared sums if any
+    shared_fields = {} if shared is None else dict(shared_tokens=float(T), shared_norm=float(sc[4]),
+                                                   routed_norm=float(sc[5]), shared_sq=float(sc[6]))
     return ForwardSums(
         n_experts=E, top_k=top_k, d_model=D, d_expert=d_expert, forwards=1, tokens=float(T),
         capacity=float("nan") if capacity is None else float(capacity), forward_ms=0.0,
         demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
         near_zero=pe[5], sum_sq=pe[6], sum_y=rest[: E * D].reshape(E, D),
         coactivation=rest[E * D: E * D + E * E].reshape(E, E),
-        lse_sq=float(rest[-7]), confidence=float(rest[-6]), nonfinite=float(rest[-5]),
-        nonfinite_output=float(rest[-4]), shared_tokens=float(T) if has_shared else 0.0,
-        shared_norm=float(rest[-3]), routed_norm=float(rest[-2]), shared_sq=float(rest[-1]))
+        lse_sq=float(sc[0]), confidence=float(sc[1]), nonfinite=float(sc[2]), nonfinite_output=float(sc[3]),
+        **shared_fields)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
