@@ -141,8 +141,8 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     xs = x.index_select(0, t_idx)  # (N, D)
     g = gates[t_idx, e_idx].to(x.dtype)  # (N,)
     # Without autograd, buffers are reused in place (h over the gate projection, y scaled by g).
-    inplace = not (torch.is_grad_enabled() and (x.requires_grad or experts.w_up.requires_grad
-                                                 or gates.requires_grad))
+    inplace = not (torch.is_grad_enabled() and (x.requires_grad or gates.requires_grad
+                                                 or any(p.requires_grad for p in experts.parameters())))
     small = xs.shape[0] * max(D, experts.w_up.shape[1]) <= SMALL_NUMEL
     out = torch.zeros_like(x)  # (T, D)
     near, norms, sums, hs, ys = [], [], [], [], []

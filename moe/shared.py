@@ -26,7 +26,7 @@ class SharedExperts(nn.Module):
 
     def forward(self, x: Tensor, cfg: MoEConfig) -> Tensor:
         """x (T, D) → the shared output s (T, D), gate included."""
-        inplace = not (torch.is_grad_enabled() and (x.requires_grad or self.w_up.requires_grad))
+        inplace = not (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters())))
         w = FFNWeights(self.w_gate, self.w_up, self.w_down, None, None, None)
         _, s = expert_ffn(x, w, cfg.activation, cfg.swiglu_limit, inplace)  # (T, D)
         if self.gate is not None:

@@ -177,3 +177,15 @@ def test_experts_section_says_which_sparsity_it_shows():
     at = run_section("experts")
     assert not at.exception
     assert "activation_sparsity shown: absolute: `|h| < 0.01`." in captions(at)
+
+
+def test_partly_frozen_layer_trains_only_what_is_free():
+    """Only the biases and the shared gate train: the in-place shortcuts must stay off."""
+    cfg = MoEConfig(**BASE, activation="gpt_oss", expert_biases=True, shared_experts=1, shared_gate=True)
+    layer = MoELayer(cfg)
+    for name, p in layer.named_parameters():
+        p.requires_grad_(name.startswith("experts.b_") or name == "shared.gate.weight")
+    y, _ = layer(torch.randn(30, cfg.d_model))
+    y.square().sum().backward()
+    assert layer.experts.b_up.grad.abs().sum() > 0 and layer.shared.gate.weight.grad.abs().sum() > 0
+    assert layer.experts.w_up.grad is None
