@@ -16,7 +16,6 @@ from torch import Tensor, nn
 
 from .config import MoEConfig
 
-
 GPT_OSS_ALPHA = 1.702  # gpt_oss: g·σ(1.702·g), a sigmoid approximation of GELU on the clamped gate
 
 
@@ -118,7 +117,7 @@ def sparsity_rule(cfg: MoEConfig) -> str:
 class DispatchResult:
     out: Tensor                   # (T, D) Σ_e gates[t, e] · y_e(x_t)
     contributions: Tensor | None  # (T, E) ‖gates[t, e] · y_e(x_t)‖₂
-    near_zero: Tensor | None      # (E,) hidden entries with |h| < eps over served tokens
+    near_zero: Tensor | None      # (E,) near-zero hidden entries (near_zero_mask) over served tokens
     sum_sq: Tensor | None         # (E,) Σ y_e(x_t)² over served tokens and D
     sum_y: Tensor | None          # (E, D) Σ_t y_e(x_t) over served tokens
 
