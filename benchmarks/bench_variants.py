@@ -41,6 +41,7 @@ from moe.scenarios import gaussian  # noqa: E402
 BASELINE_REV = "7c822ab"  # main before expert variants: SwiGLU only, dispatch(x, served, gates, experts, eps)
 SHARED_TARGET = 1.10      # shared FFN overhead / dense FFN of its width (1.0 + timing noise)
 DEFAULT_TARGET = 1.05     # new default dispatch / baseline dispatch
+WARMUP_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,15 +63,18 @@ VARIANTS = {"gelu": dict(activation="gelu"), "relu (ungated)": dict(activation="
 
 def time_interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int, clock: str,
                      min_seconds: float = 0.0, max_rounds: int = 2000) -> dict[str, float]:
-    """Median ms of each fn over interleaved rounds (every fn once per round), after `warmup` rounds.
+    """Median ms of each fn over interleaved rounds (every fn once per round), after `warmup` rounds
+    and at least WARMUP_SECONDS.
 
     clock "wall": perf_counter. "cpu": this thread's CPU time (run with --threads 1): on a machine shared
     with other busy processes, time spent waiting for a core is not counted, so ratios stay fair.
     """
     now = time.perf_counter if clock == "wall" else time.thread_time
-    for _ in range(warmup):
+    start, rounds = time.perf_counter(), 0
+    while rounds < warmup or time.perf_counter() - start < WARMUP_SECONDS:  # caches, allocator, clocks settle
         for fn in fns.values():
             fn()
+        rounds += 1
     times: dict[str, list[float]] = {name: [] for name in fns}
     start, rounds = time.perf_counter(), 0
     while rounds < repeats or (time.perf_counter() - start < min_seconds and rounds < max_rounds):
