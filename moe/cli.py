@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import torch
 
-from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
+from .config import ACTIVATIONS, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
 from .memory import BudgetError, budget_bytes, check_budget
@@ -66,6 +66,14 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drop-policy", choices=DROP_POLICIES, default=d.drop_policy)
     p.add_argument("--jitter-eps", type=_float, default=d.jitter_eps)
     p.add_argument("--noise-std", type=_float, default=d.noise_std)
+    p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation)
+    p.add_argument("--no-gated", action="store_true", help="experts are act(W_up x), no w_gate (Switch)")
+    p.add_argument("--expert-biases", action="store_true", help="bias terms in every expert (GPT-OSS)")
+    p.add_argument("--swiglu-limit", type=_float, default=d.swiglu_limit, help="gpt_oss clamp")
+    p.add_argument("--shared-experts", type=int, default=d.shared_experts, help="0 = no shared FFN")
+    p.add_argument("--d-shared", type=int, default=None, help="shared FFN width; default shared × d_expert")
+    p.add_argument("--shared-gate", action="store_true", help="σ(x·w) scales the shared output (Qwen2-MoE)")
+    p.add_argument("--sparsity-mode", choices=SPARSITY_MODES, default=d.sparsity_mode)
     p.add_argument("--hot-expert", type=int, default=None, help="add --hot-bias to this expert's logit")
     p.add_argument("--hot-bias", type=_float, default=None, help="default 3")
     p.add_argument("--device", default=d.device)
@@ -90,7 +98,8 @@ _KNOB_OF = {"clusters": "n_clusters"}
 _REPORT_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score", "temperature",
                  "routed_scaling_factor", "capacity_factor", "drop_policy", "jitter_eps", "noise_std", "hot_expert",
                  "hot_bias", "device", "dtype", "seed", "scenario", "tokens", "clusters", "skew", "spread",
-                 "drift_step", "period")
+                 "drift_step", "period", "activation", "expert_biases", "swiglu_limit", "shared_experts",
+                 "d_shared", "shared_gate", "sparsity_mode")
 
 
 def flag_names() -> dict[str, str]:
@@ -104,6 +113,7 @@ def knobs_from_args(args: argparse.Namespace) -> dict:
     values = {_KNOB_OF.get(k, k): getattr(args, k) for k in _REPORT_KNOBS}
     values["normalize_topk"] = not args.no_normalize_topk
     values["dropless"] = args.capacity_factor is None
+    values["gated"] = not args.no_gated
     return values
 
 

@@ -19,6 +19,8 @@ SCORES = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probs")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROUTER_DTYPES = ("float32", "model")
+ACTIVATIONS = ("silu", "gelu", "relu", "gpt_oss")   # moe.experts.ACTIVATION_FNS implements each
+SPARSITY_MODES = ("absolute", "relative")
 
 
 def _choices(values) -> str:
@@ -83,8 +85,18 @@ class MoEConfig:
     jitter_eps: float = 0.0
     noise_std: float = 0.0
 
+    # --- experts (the routed experts; the shared FFN uses the same activation and gating, no biases)
+    activation: str = "silu"         # "silu" | "gelu" | "relu" | "gpt_oss"
+    gated: bool = True               # h = act(W_gate x)·(W_up x); False: h = act(W_up x), no w_gate
+    expert_biases: bool = False      # experts.b_gate (E, H), b_up (E, H), b_down (E, D)
+    swiglu_limit: float = 7.0        # gpt_oss clamp: gate ≤ limit, |up| ≤ limit
+    shared_experts: int = 0          # always-on shared FFN of d_shared hidden units; 0 = none
+    d_shared: int | None = None      # Hs; default shared_experts × d_expert
+    shared_gate: bool = False        # Qwen2-MoE: σ(x·w) scales the shared output
+
     # --- statistics
     sparsity_eps: float = 0.01
+    sparsity_mode: str = "absolute"  # "absolute": |h| < eps; "relative": |h| ≤ eps · rms of h's row
 
     # --- execution
     device: str = "cpu"
@@ -123,6 +135,7 @@ class MoEConfig:
             raise ValueError(f"noise_std must be >= 0, got {self.noise_std!r}")
         if not _finite(self.sparsity_eps) or self.sparsity_eps < 0:
             raise ValueError(f"sparsity_eps must be >= 0, got {self.sparsity_eps!r}")
+        self._check_experts()
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         for name in ("logit_bias", "expert_bias"):
@@ -138,7 +151,41 @@ class MoEConfig:
             object.__setattr__(self, name, bias)  # normalise lists to tuples: the config stays hashable
         check_device(self.device)
 
+    def _check_experts(self) -> None:
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"unknown activation {self.activation!r}; choose one of {_choices(ACTIVATIONS)}")
+        if self.sparsity_mode not in SPARSITY_MODES:
+            raise ValueError(f"unknown sparsity_mode {self.sparsity_mode!r}; choose one of {_choices(SPARSITY_MODES)}")
+        for name in ("gated", "expert_biases", "shared_gate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.activation == "gpt_oss" and not self.gated:
+            raise ValueError("activation='gpt_oss' multiplies the gate by (up + 1), so it needs gated=True; "
+                             "set gated=True or choose activation 'silu', 'gelu' or 'relu'")
+        if not _finite(self.swiglu_limit) or self.swiglu_limit <= 0:
+            raise ValueError(f"swiglu_limit must be a finite number > 0, got {self.swiglu_limit!r}")
+        shared = self.shared_experts
+        if isinstance(shared, bool) or not isinstance(shared, int) or shared < 0:
+            raise ValueError(f"shared_experts must be a non-negative integer (0 = none), got {shared!r}")
+        if self.d_shared is not None:
+            if isinstance(self.d_shared, bool) or not isinstance(self.d_shared, int) or self.d_shared <= 0:
+                raise ValueError(f"d_shared must be a positive integer (or None for shared_experts × d_expert), "
+                                 f"got {self.d_shared!r}")
+            if shared == 0:
+                raise ValueError(f"d_shared={self.d_shared} sizes the shared FFN but shared_experts=0; "
+                                 f"set shared_experts >= 1 or leave d_shared=None")
+        if self.shared_gate and shared == 0:
+            raise ValueError("shared_gate=True gates the shared FFN but shared_experts=0; "
+                             "set shared_experts >= 1 or shared_gate=False")
+
     # --- derived values
+    @property
+    def shared_hidden(self) -> int:
+        """Hs, the hidden width of the shared FFN: d_shared, else shared_experts × d_expert (0 = none)."""
+        if self.shared_experts == 0:
+            return 0
+        return self.d_shared if self.d_shared is not None else self.shared_experts * self.d_expert
+
     @property
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]

@@ -17,9 +17,12 @@ DEFINITIONS: dict[str, str] = {
                "the remaining weights are not renormalised. The summary's `dropped` is the total.",
     "load_share": "`served_e / Σ_e' served_e'`; 1/E for every expert at perfect balance.",
     "utilization": "`served_e / (T·K/E)`: served assignments against the perfectly balanced load; 1 = ideal.",
-    "activation_sparsity": "share of the expert's hidden units with `|h| < sparsity_eps` over the tokens it "
-                           "served, `h = silu(w_gate·x) ⊙ (w_up·x)`: `#{|h| < eps} / (served_e·H)`. "
-                           "NaN for an idle expert.",
+    "activation_sparsity": "share of the expert's hidden units that are near zero over the tokens it served: "
+                           "`#{near zero} / (served_e·H)`, h the hidden (`act(w_gate·x) ⊙ (w_up·x)`, or "
+                           "`act(w_up·x)` when not gated). sparsity_mode \"absolute\": `|h| < sparsity_eps`; "
+                           "\"relative\": `|h| ≤ sparsity_eps·rms(h_t)`, rms over the H units of that token's "
+                           "row (scale-free: tiny-weight models are not all \"sparse\"). The caption says which "
+                           "one is shown. NaN for an idle expert.",
     "output_rms": "`sqrt(Σ_t Σ_d y_e(x_t)_d² / (served_e·D))` over the tokens e served, before the gate "
                   "(unweighted). NaN for an idle expert.",
     "mean_gate": "mean combine weight of expert e over its served assignments: `Σ_t gates[t,e] / served_e`. "
@@ -109,6 +112,11 @@ DEFINITIONS: dict[str, str] = {
     "token_detail": "for the chosen token and every expert: its probability, logit, whether the router chose "
                     "it (routed), whether capacity kept it (served; routed but not served = dropped), its gate "
                     "and its contribution `‖gate·y_e(x_t)‖₂`.",
+    "shared_output_rms": "`sqrt(Σ_t ‖s_t‖² / (T·D))`, s_t the shared experts' output for token t (after the "
+                         "shared gate σ(x·w) when shared_gate). NaN without shared experts.",
+    "shared_fraction": "share of the output norm carried by the shared experts: "
+                       "`Σ_t ‖s_t‖ / (Σ_t ‖s_t‖ + Σ_t ‖r_t‖)`, r_t the routed output `Σ_e gates[t,e]·y_e(x_t)`; "
+                       "0 = routed only, 1 = shared only. NaN without shared experts.",
     "nonfinite_output": "count of non-finite (NaN or ±inf) entries of the layer output y: catches bad input "
                         "even when the router never sees it (router = random) and float16 overflow.",
     # --- live mode (one row per training step)

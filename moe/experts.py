@@ -1,4 +1,4 @@
-"""Experts: stacked SwiGLU weights and the vectorised dispatch that runs them.
+"""Experts: stacked FFN weights, the activation registry, and the vectorised dispatch that runs them.
 
 Dispatch sorts the served (token, expert) assignments by expert, gathers the tokens once, runs
 each expert on its contiguous slice, and adds the gate-weighted outputs back with index_add_.
@@ -8,6 +8,7 @@ in cache for large layers, in a few batched ops after the loop for small ones.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -15,38 +16,110 @@ from torch import Tensor, nn
 
 from .config import MoEConfig
 
+GPT_OSS_ALPHA = 1.702  # gpt_oss: g·σ(1.702·g), a sigmoid approximation of GELU on the clamped gate
+
+
+def _silu(t: Tensor, limit: float, inplace: bool) -> Tensor:
+    return F.silu(t, inplace=inplace)
+
+
+def _gelu(t: Tensor, limit: float, inplace: bool) -> Tensor:
+    return F.gelu(t)  # exact (erf) GELU, transformers' "gelu"; no in-place kernel
+
+
+def _relu(t: Tensor, limit: float, inplace: bool) -> Tensor:
+    return F.relu(t, inplace=inplace)
+
+
+def _gpt_oss(t: Tensor, limit: float, inplace: bool) -> Tensor:
+    g = t.clamp_(max=limit) if inplace else t.clamp(max=limit)  # g = min(gate, limit)
+    s = torch.sigmoid(g * GPT_OSS_ALPHA)
+    return g.mul_(s) if inplace else g * s
+
+
+# name -> act(t, swiglu_limit, inplace); the keys are moe.config.ACTIVATIONS
+ACTIVATION_FNS: dict[str, Callable[[Tensor, float, bool], Tensor]] = {
+    "silu": _silu, "gelu": _gelu, "relu": _relu, "gpt_oss": _gpt_oss}
+
+
+class FFNWeights(NamedTuple):
+    """One FFN in nn.Linear's (out, in) convention; None where the config has no such tensor."""
+    w_gate: Tensor | None  # (H, D), None when not gated
+    w_up: Tensor           # (H, D)
+    w_down: Tensor         # (D, H)
+    b_gate: Tensor | None  # (H,)
+    b_up: Tensor | None    # (H,)
+    b_down: Tensor | None  # (D,)
+
+
+def _optional(shape: tuple[int, ...], present: bool, kw: dict) -> nn.Parameter | None:
+    return nn.Parameter(torch.empty(shape, **kw)) if present else None
+
 
 class Experts(nn.Module):
-    """E SwiGLU experts, weights stacked in nn.Linear's (out, in) convention."""
+    """E experts, weights stacked in nn.Linear's (out, in) convention; w_gate only when gated."""
 
     def __init__(self, cfg: MoEConfig):
         super().__init__()
         E, H, D = cfg.n_experts, cfg.d_expert, cfg.d_model
         # Allocated in the target dtype and device: no float32 copy of the weights ever exists.
         kw = dict(dtype=cfg.torch_dtype, device=cfg.device)
-        self.w_gate = nn.Parameter(torch.empty(E, H, D, **kw))
+        self.w_gate = _optional((E, H, D), cfg.gated, kw)
         self.w_up = nn.Parameter(torch.empty(E, H, D, **kw))
         self.w_down = nn.Parameter(torch.empty(E, D, H, **kw))
+        self.b_gate = _optional((E, H), cfg.expert_biases and cfg.gated, kw)
+        self.b_up = _optional((E, H), cfg.expert_biases, kw)
+        self.b_down = _optional((E, D), cfg.expert_biases, kw)
+
+    def weights(self, e: int) -> FFNWeights:
+        """Expert e's tensors (views, no copy)."""
+        def pick(p):
+            return None if p is None else p[e]
+        return FFNWeights(pick(self.w_gate), self.w_up[e], self.w_down[e], pick(self.b_gate), pick(self.b_up),
+                          pick(self.b_down))
 
 
-def swiglu(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor,
-           inplace: bool = False) -> tuple[Tensor, Tensor]:
-    """One expert on a (n, D) slice: returns the hidden h = silu(x Wg^T)·(x Wu^T) (n, H) and y (n, D).
+def expert_ffn(x: Tensor, w: FFNWeights, activation: str, limit: float,
+               inplace: bool = False) -> tuple[Tensor, Tensor]:
+    """One FFN on x (n, D): returns the hidden h (n, H) and y = W_down h + b_down (n, D).
 
-    inplace=True reuses the gate buffer for h (only when no gradient is needed).
+    Gated: h = act(W_gate x + b_gate)·(W_up x + b_up) ("gpt_oss": the up factor is clamp(up, ±limit) + 1).
+    Not gated: h = act(W_up x + b_up). inplace=True reuses the fresh projection buffers (no autograd).
     """
-    if inplace:
-        h = F.silu(x @ w_gate.t(), inplace=True).mul_(x @ w_up.t())  # (n, H)
+    act = ACTIVATION_FNS[activation]
+    up = F.linear(x, w.w_up, w.b_up)  # (n, H)
+    if w.w_gate is None:
+        h = act(up, limit, inplace)  # (n, H)
     else:
-        h = F.silu(x @ w_gate.t()) * (x @ w_up.t())  # (n, H)
-    return h, h @ w_down.t()  # (n, D)
+        if activation == "gpt_oss":
+            up = up.clamp_(-limit, limit).add_(1.0) if inplace else up.clamp(-limit, limit) + 1.0
+        h = act(F.linear(x, w.w_gate, w.b_gate), limit, inplace)  # (n, H)
+        h = h.mul_(up) if inplace else h * up
+    return h, F.linear(h, w.w_down, w.b_down)  # (n, H), (n, D)
+
+
+def near_zero_mask(h: Tensor, eps: float, mode: str, inplace: bool = False) -> Tensor:
+    """(n, H) bool: "absolute" |h| < eps; "relative" |h| ≤ eps·rms(h_t), rms over the H units of row t."""
+    a = h.abs_() if inplace else h.abs()  # (n, H)
+    if mode == "absolute":
+        return a < eps
+    rms = a.float().square().mean(dim=1, keepdim=True).sqrt()  # (n, 1)
+    return a <= eps * rms
+
+
+def sparsity_rule(cfg: MoEConfig) -> str:
+    """The near-zero test activation_sparsity uses for this config, in words (the page shows it)."""
+    eps = f"{cfg.sparsity_eps:g}"
+    if cfg.sparsity_mode == "absolute":
+        return f"absolute: `|h| < {eps}`"
+    return (f"relative: `|h| ≤ {eps}·rms(h_t)`, rms over the H hidden units of the same token and expert")
 
 
 @dataclass
 class DispatchResult:
     out: Tensor                   # (T, D) Σ_e gates[t, e] · y_e(x_t)
     contributions: Tensor | None  # (T, E) ‖gates[t, e] · y_e(x_t)‖₂
-    near_zero: Tensor | None      # (E,) hidden entries with |h| < eps over served tokens
+    near_zero: Tensor | None      # (E,) near-zero hidden entries (near_zero_mask) over served tokens
     sum_sq: Tensor | None         # (E,) Σ y_e(x_t)² over served tokens and D
     sum_y: Tensor | None          # (E, D) Σ_t y_e(x_t) over served tokens
 
@@ -57,10 +130,11 @@ class DispatchResult:
 SMALL_NUMEL = 1 << 18
 
 
-def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
-             sparsity_eps: float, stats: bool = True) -> DispatchResult:
+def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: MoEConfig,
+             stats: bool = True) -> DispatchResult:
     """Run every served assignment through its expert; x (T, D), served/gates (T, E)."""
     T, E = served.shape
+    eps, mode = cfg.sparsity_eps, cfg.sparsity_mode
     D = x.shape[1]
     e_idx, t_idx = served.t().nonzero(as_tuple=True)  # (N,), (N,) sorted by expert, then token
     # The one host sync of the dispatch: slice sizes must be Python ints to cut contiguous slices.
@@ -68,9 +142,9 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
     xs = x.index_select(0, t_idx)  # (N, D)
     g = gates[t_idx, e_idx].to(x.dtype)  # (N,)
     # Without autograd, buffers are reused in place (h over the gate projection, y scaled by g).
-    inplace = not (torch.is_grad_enabled() and (x.requires_grad or experts.w_gate.requires_grad
-                                                 or gates.requires_grad))
-    small = xs.shape[0] * max(D, experts.w_gate.shape[1]) <= SMALL_NUMEL
+    inplace = not (torch.is_grad_enabled() and (x.requires_grad or gates.requires_grad
+                                                 or any(p.requires_grad for p in experts.parameters())))
+    small = xs.shape[0] * max(D, experts.w_up.shape[1]) <= SMALL_NUMEL
     out = torch.zeros_like(x)  # (T, D)
     near, norms, sums, hs, ys = [], [], [], [], []
     start = 0
@@ -78,7 +152,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
         if n == 0:
             continue
         rows = slice(start, start + n)
-        h, y = swiglu(xs[rows], experts.w_gate[e], experts.w_up[e], experts.w_down[e], inplace)  # (n, H), (n, D)
+        h, y = expert_ffn(xs[rows], experts.weights(e), cfg.activation, cfg.swiglu_limit, inplace)  # (n, H), (n, D)
         start += n
         if small:
             hs.append(h)
@@ -86,7 +160,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
             continue
         if stats:
             with torch.no_grad():
-                near.append(torch.count_nonzero((h.abs_() if inplace else h.abs()) < sparsity_eps))  # 0-d
+                near.append(torch.count_nonzero(near_zero_mask(h, eps, mode, inplace)))  # 0-d
                 yf = y.float()  # statistics in fp32 whatever the expert dtype
                 norms.append(torch.linalg.vector_norm(yf, dim=1))  # (n,) ‖y_e(x_t)‖
                 sums.append(yf.sum(dim=0))  # (D,)
@@ -100,7 +174,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
 
     with torch.no_grad():
         if small:
-            near_rows = (torch.cat(hs).abs() < sparsity_eps).sum(dim=1)  # (N,) near-zero units per row
+            near_rows = near_zero_mask(torch.cat(hs), eps, mode).sum(dim=1)  # (N,) near-zero units per row
             near_zero = torch.zeros(E, device=x.device, dtype=torch.int64).index_add_(0, e_idx, near_rows)
             yf = y.float()  # statistics in fp32 whatever the expert dtype
             norm = torch.linalg.vector_norm(yf, dim=1)  # (N,)
@@ -114,3 +188,13 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts,
         contributions = torch.zeros(T, E, device=x.device)
         contributions[t_idx, e_idx] = g.float().abs() * norm
     return DispatchResult(out, contributions, near_zero, sum_sq, sum_y)
+
+
+def dispatch_eager(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: MoEConfig) -> Tensor:
+    """The readable reference (Hugging Face Mixtral's loop): each expert that got tokens, then index_add_."""
+    out = torch.zeros_like(x)  # (T, D)
+    for e in served.any(dim=0).nonzero().flatten().tolist():
+        tokens = served[:, e].nonzero().flatten()  # (n,)
+        _, y = expert_ffn(x[tokens], experts.weights(e), cfg.activation, cfg.swiglu_limit)  # (n, D)
+        out.index_add_(0, tokens, y * gates[tokens, e, None].to(x.dtype))
+    return out

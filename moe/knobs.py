@@ -26,12 +26,17 @@ DEFAULTS: dict[str, object] = {
     "hot_expert": -1, "hot_bias": 3.0, "bias_spread": 0.0, "expert_bias_hot": 0.0, "expert_bias_spread": 0.0,
     "scenario": "gaussian", "n_clusters": 4, "skew": 0.0, "spread": 0.3, "drift_step": 0,
     "seed": _CFG.seed, "device": _CFG.device, "dtype": _CFG.dtype, "router_dtype": _CFG.router_dtype,
+    # experts (Hugging Face families): activation, gating, biases, shared experts, the sparsity test
+    "activation": _CFG.activation, "gated": _CFG.gated, "expert_biases": _CFG.expert_biases,
+    "swiglu_limit": _CFG.swiglu_limit, "shared_experts": _CFG.shared_experts, "d_shared": _CFG.d_shared,
+    "shared_gate": _CFG.shared_gate, "sparsity_mode": _CFG.sparsity_mode,
 }
 # Knob name → scenario keyword, for the knobs whose names differ from the scenario's parameter.
 SCENARIO_KNOBS = {"drift_step": "step"}
 _CONFIG_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score", "temperature", "normalize_topk",
                  "routed_scaling_factor", "drop_policy", "noise_std", "jitter_eps", "router_dtype", "device",
-                 "dtype", "seed")
+                 "dtype", "seed", "activation", "gated", "expert_biases", "swiglu_limit", "shared_experts",
+                 "d_shared", "shared_gate", "sparsity_mode")
 
 
 def bias_values(n_experts: int, hot: int, hot_value: float, spread: float, seed: int, stream: int):

@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from .config import MoEConfig
 from .experts import Experts, dispatch
 from .router import TopKRouter
+from .shared import SharedExperts, shared_sums
 from .stats import gather_sums
 from .trace import Trace
 
@@ -31,16 +32,19 @@ def _draw_(param: Tensor, scale: float, g: torch.Generator) -> None:
 
 
 class MoELayer(nn.Module):
-    """A sparse SwiGLU Mixture-of-Experts layer that reports what every expert did."""
+    """A sparse Mixture-of-Experts layer (plus optional shared experts) that reports what every expert did."""
 
     def __init__(self, cfg: MoEConfig):
         super().__init__()
         self.cfg = cfg
         self.router = TopKRouter(cfg)
         self.experts = Experts(cfg)
+        self.shared = SharedExperts(cfg) if cfg.shared_experts else None
         self.reset_parameters()
         self.router.to(cfg.device)
         self.experts.to(device=cfg.device, dtype=cfg.torch_dtype)
+        if self.shared is not None:
+            self.shared.to(device=cfg.device, dtype=cfg.torch_dtype)
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -48,17 +52,24 @@ class MoELayer(nn.Module):
         cfg = self.cfg
         g = torch.Generator().manual_seed(cfg.seed)
         scale_in, scale_h = cfg.d_model ** -0.5, cfg.d_expert ** -0.5
-        for param, scale in ((self.router.weight, scale_in), (self.experts.w_gate, scale_in),
-                             (self.experts.w_up, scale_in), (self.experts.w_down, scale_h)):
-            _draw_(param, scale, g)
+        ex, sh = self.experts, self.shared
+        draws = [(self.router.weight, scale_in), (ex.w_gate, scale_in), (ex.w_up, scale_in), (ex.w_down, scale_h),
+                 (ex.b_gate, scale_in), (ex.b_up, scale_in), (ex.b_down, scale_h)]
+        if sh is not None:  # after the routed experts: a shared FFN never changes their draws
+            draws += [(sh.w_gate, scale_in), (sh.w_up, scale_in), (sh.w_down, cfg.shared_hidden ** -0.5),
+                      (None if sh.gate is None else sh.gate.weight, scale_in)]
+        for param, scale in draws:
+            if param is not None:  # absent for this config (no w_gate when not gated, no biases, ...)
+                _draw_(param, scale, g)
 
     def reconfigured(self, cfg: MoEConfig) -> "MoELayer":
         """A layer with new routing settings that shares this layer's weights (no copy).
 
-        Only the routing may change: d_model, d_expert, n_experts, seed, device and dtype fix the
-        weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
+        Only the routing (and activation, swiglu_limit, sparsity settings) may change: the fields below fix
+        the weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
         """
-        fixed = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype")
+        fixed = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
+                 "shared_experts", "d_shared", "shared_gate")
         changed = [f"{name}: {getattr(self.cfg, name)!r} -> {getattr(cfg, name)!r}"
                    for name in fixed if getattr(self.cfg, name) != getattr(cfg, name)]
         if changed:
@@ -70,6 +81,7 @@ class MoELayer(nn.Module):
         layer.router = TopKRouter(cfg).to(cfg.device)
         layer.router.weight = self.router.weight  # shared Parameter
         layer.experts = self.experts              # shared module
+        layer.shared = self.shared                # shared module (or None)
         return layer
 
     @property
@@ -97,8 +109,13 @@ class MoELayer(nn.Module):
         start = time.perf_counter()
         xt = x.reshape(-1, cfg.d_model).to(device=self.device, dtype=cfg.torch_dtype)  # (T, D)
         routing = self.router(xt, cfg, generator if generator is not None else self.new_generator())
-        result = dispatch(xt, routing.served, routing.gates, self.experts, cfg.sparsity_eps, stats)
-        y = result.out.reshape(x.shape).to(x.dtype)  # x's shape
+        result = dispatch(xt, routing.served, routing.gates, self.experts, cfg, stats)
+        out, shared = result.out, None  # (T, D) routed output
+        if self.shared is not None:
+            s = self.shared(xt, cfg)  # (T, D)
+            shared = shared_sums(out, s) if stats else None
+            out = out + s  # (T, D) routed + shared
+        y = out.reshape(x.shape).to(x.dtype)  # x's shape
         if not stats:
             return y, None
 
@@ -106,8 +123,8 @@ class MoELayer(nn.Module):
         coactivation = served.t() @ served  # (E, E)
         sums = gather_sums(routing.probs, routing.router_logits, routing.routed, routing.served,
                            routing.gates, result.contributions, coactivation, result.near_zero,
-                           result.sum_sq, result.sum_y, result.out, top_k=cfg.top_k, d_expert=cfg.d_expert,
-                           capacity=routing.capacity)
+                           result.sum_sq, result.sum_y, out, top_k=cfg.top_k, d_expert=cfg.d_expert,
+                           capacity=routing.capacity, shared=shared)
         sums.forward_ms = (time.perf_counter() - start) * 1e3  # gather_sums synchronised the device
         trace = Trace(
             config=cfg, router_logits=routing.router_logits, probs=routing.probs, routed=routing.routed,

@@ -63,7 +63,8 @@ def budget_bytes() -> int:
 def _sizes(cfg: MoEConfig, tokens: int) -> dict:
     return {"tokens": tokens, "d_model": cfg.d_model, "d_expert": cfg.d_expert, "n_experts": cfg.n_experts,
             "top_k": cfg.top_k, "item": cfg.torch_dtype.itemsize, "expert_choice": cfg.router == "expert_choice",
-            "capacity_factor": cfg.capacity_factor}
+            "capacity_factor": cfg.capacity_factor, "gated": cfg.gated, "expert_biases": cfg.expert_biases,
+            "shared_hidden": cfg.shared_hidden, "shared_gate": cfg.shared_gate}
 
 
 def _assignments(s: dict) -> int:
@@ -75,12 +76,18 @@ def _assignments(s: dict) -> int:
 
 def _forward_parts(s: dict) -> dict[str, int]:
     T, D, H, E, K, item = s["tokens"], s["d_model"], s["d_expert"], s["n_experts"], s["top_k"], s["item"]
-    weights = 3 * E * H * D * item + E * D * 4 + E * 4           # experts + router (fp32) + bias
+    mats = 3 if s.get("gated", True) else 2                       # w_gate (when gated), w_up, w_down
+    biases = E * ((2 if s.get("gated", True) else 1) * H + D) if s.get("expert_biases") else 0
+    Hs = s.get("shared_hidden", 0)                                # shared FFN (0 = none) and its gate
+    shared = mats * Hs * D + (D if s.get("shared_gate") else 0)
+    weights = (mats * E * H * D + biases + shared) * item + E * D * 4 + E * 4  # + router (fp32) + bias
     N = _assignments(s)
     # Gathered tokens and outputs for all assignments, plus the hidden (gate, up, h) of the largest slice,
     # which is at most every assignment (a collapsed router sends every token to one expert).
     # The input batch is drawn in float32 by a scenario (with up to two (T, D) temporaries).
     activations = (3 * N * D + T * D) * item + 3 * min(N, T) * H * item + 4 * N * 8 + 3 * T * D * 4
+    if Hs:  # the shared FFN's (T, Hs) projections and hidden, its output and routed + shared
+        activations += (3 * T * Hs + 2 * T * D) * item
     trace = 10 * T * E * 4 + 2 * E * E * 8 + E * D * 8 + 2 * T * K * 8
     return {"weights": weights, "activations": activations, "trace": trace, "runtime": RUNTIME_BYTES}
 

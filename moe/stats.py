@@ -18,7 +18,7 @@ PER_EXPERT_COLUMNS = ["expert", "demand", "served", "dropped", "load_share", "ut
                       "activation_sparsity", "output_rms", "mean_gate", "contribution", "specialization"]
 SUMMARY_KEYS = ["aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "dead_fraction",
                 "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite", "nonfinite_output",
-                "demand", "served", "dropped", "active_experts", "capacity"]
+                "demand", "served", "dropped", "active_experts", "capacity", "shared_output_rms", "shared_fraction"]
 
 
 @dataclass
@@ -45,6 +45,11 @@ class ForwardSums:
     confidence: float        # Σ_t min(p1/p2, cap)
     nonfinite: float         # non-finite router logits
     nonfinite_output: float  # non-finite entries of the layer output y
+    # shared experts (0 when the layer has none): s_t the shared output, r_t the routed output of token t
+    shared_tokens: float = 0.0  # tokens that went through a shared FFN
+    shared_norm: float = 0.0    # Σ_t ‖s_t‖₂
+    routed_norm: float = 0.0    # Σ_t ‖r_t‖₂ over the same tokens
+    shared_sq: float = 0.0      # Σ_t ‖s_t‖₂²
 
     def __add__(self, other: "ForwardSums") -> "ForwardSums":
         if (self.n_experts, self.d_model) != (other.n_experts, other.d_model):
@@ -59,8 +64,12 @@ class ForwardSums:
 
 def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, gates: Tensor,
                 contributions: Tensor, coactivation: Tensor, near_zero: Tensor, sum_sq: Tensor,
-                sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None) -> ForwardSums:
-    """Reduce the trace on its device and move every statistic to the host in one transfer."""
+                sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None,
+                shared: Tensor | None = None) -> ForwardSums:
+    """Reduce the trace on its device and move every statistic to the host in one transfer.
+
+    shared: moe.shared.shared_sums(routed, s), (3,), when the layer has shared experts.
+    """
     T, E = probs.shape
     D = sum_y.shape[1]
     acc = torch.float32 if probs.device.type == "mps" else torch.float64  # mps has no float64
@@ -74,17 +83,21 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
         confidence = torch.tensor(float("nan"), device=probs.device)
     scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.to(acc),
                            (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc)])  # (4,)
-    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars])
+    extra = [] if shared is None else [shared.to(acc)]  # (3,) when the layer has shared experts
+    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars, *extra])
     host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
     pe, rest = host[: 7 * E].reshape(7, E), host[7 * E:]
+    sc = rest[E * D + E * E:]  # the 4 scalars, then the 3 shared sums if any
+    shared_fields = {} if shared is None else dict(shared_tokens=float(T), shared_norm=float(sc[4]),
+                                                   routed_norm=float(sc[5]), shared_sq=float(sc[6]))
     return ForwardSums(
         n_experts=E, top_k=top_k, d_model=D, d_expert=d_expert, forwards=1, tokens=float(T),
         capacity=float("nan") if capacity is None else float(capacity), forward_ms=0.0,
         demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
         near_zero=pe[5], sum_sq=pe[6], sum_y=rest[: E * D].reshape(E, D),
         coactivation=rest[E * D: E * D + E * E].reshape(E, E),
-        lse_sq=float(rest[-4]), confidence=float(rest[-3]), nonfinite=float(rest[-2]),
-        nonfinite_output=float(rest[-1]))
+        lse_sq=float(sc[0]), confidence=float(sc[1]), nonfinite=float(sc[2]), nonfinite_output=float(sc[3]),
+        **shared_fields)
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -141,7 +154,20 @@ def summary_dict(s: ForwardSums) -> dict[str, float]:
         "dropped": float(demand.sum() - s.served.sum()),
         "active_experts": float(np.sum(s.served > 0)),
         "capacity": s.capacity / s.forwards,
+        **shared_summary(s),
     }
+
+
+def shared_summary(s: ForwardSums) -> dict[str, float]:
+    """shared_output_rms = sqrt(Σ_t ‖s_t‖² / (T·D)); shared_fraction = Σ_t ‖s_t‖ / (Σ_t ‖s_t‖ + Σ_t ‖r_t‖).
+
+    Both NaN without shared experts (shared_fraction also when both outputs are zero).
+    """
+    if s.shared_tokens == 0:
+        return {"shared_output_rms": float("nan"), "shared_fraction": float("nan")}
+    total = s.shared_norm + s.routed_norm
+    return {"shared_output_rms": float(np.sqrt(s.shared_sq / (s.shared_tokens * s.d_model))),
+            "shared_fraction": float(s.shared_norm / total) if total > 0 else float("nan")}
 
 
 class StatsAccumulator:

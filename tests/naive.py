@@ -60,12 +60,60 @@ def _logsumexp(row: list[float]) -> float:
     return m + math.log(sum(math.exp(v - m) for v in row))
 
 
-def _expert_forward(state: dict, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """y_e(x) = w_down[e] @ (silu(w_gate[e] @ x) * (w_up[e] @ x)); returns (y (D,), h (H,))."""
-    g = state["experts.w_gate"][e] @ x          # (H,)
-    u = state["experts.w_up"][e] @ x            # (H,)
-    h = g / (1.0 + torch.exp(-g)) * u           # silu(g) * u, (H,)
-    return state["experts.w_down"][e] @ h, h    # (D,), (H,)
+def _act(name: str, v: float, limit: float) -> float:
+    """The activation on one number (for gpt_oss: the gate part g·σ(1.702·g), g = min(v, limit))."""
+    if name == "silu":
+        return v * _sigmoid(v)
+    if name == "gelu":
+        return 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))
+    if name == "relu":
+        return v if v > 0 else 0.0
+    g = min(v, limit)
+    return g * _sigmoid(1.702 * g)
+
+
+def _ffn(cfg, w_gate, w_up, w_down, b_gate, b_up, b_down, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y = w_down @ h + b_down with h from the definitions of `activation` and `gated`; (y (D,), h (H,))."""
+    up = (w_up @ x).tolist()                                    # (H,)
+    if b_up is not None:
+        up = [u + b for u, b in zip(up, b_up.tolist())]
+    if not cfg.gated:
+        h = [_act(cfg.activation, u, cfg.swiglu_limit) for u in up]
+    else:
+        gate = (w_gate @ x).tolist()                            # (H,)
+        if b_gate is not None:
+            gate = [g + b for g, b in zip(gate, b_gate.tolist())]
+        if cfg.activation == "gpt_oss":
+            lim = cfg.swiglu_limit
+            up = [max(-lim, min(lim, u)) + 1.0 for u in up]
+        h = [_act(cfg.activation, g, cfg.swiglu_limit) * u for g, u in zip(gate, up)]
+    h = torch.tensor(h, dtype=torch.float64)                    # (H,)
+    y = w_down @ h                                              # (D,)
+    return (y if b_down is None else y + b_down), h
+
+
+def _expert_forward(state: dict, cfg, e: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """y_e(x) of routed expert e; returns (y (D,), h (H,))."""
+    def get(name):
+        return state[name][e] if name in state else None
+    return _ffn(cfg, get("experts.w_gate"), state["experts.w_up"][e], state["experts.w_down"][e],
+                get("experts.b_gate"), get("experts.b_up"), get("experts.b_down"), x)
+
+
+def _shared_forward(state: dict, cfg, x: torch.Tensor) -> torch.Tensor:
+    """The shared FFN on one token, times σ(gate·x) when shared_gate; (D,)."""
+    s, _ = _ffn(cfg, state.get("shared.w_gate"), state["shared.w_up"], state["shared.w_down"], None, None, None, x)
+    if cfg.shared_gate:
+        s = s * _sigmoid(float(state["shared.gate.weight"][0] @ x))
+    return s
+
+
+def _is_near_zero(cfg, h: list[float]) -> list[bool]:
+    """absolute: |v| < eps; relative: |v| <= eps · sqrt(mean of v² over the row)."""
+    if cfg.sparsity_mode == "absolute":
+        return [abs(v) < cfg.sparsity_eps for v in h]
+    rms = math.sqrt(sum(v * v for v in h) / len(h))
+    return [abs(v) <= cfg.sparsity_eps * rms for v in h]
 
 
 def _capacity(cfg, T: int) -> int | None:
@@ -201,10 +249,18 @@ def naive_forward(state: dict, cfg, x: torch.Tensor,
         for e in range(E):
             if not served[t][e]:
                 continue
-            ye, h = _expert_forward(state, e, xs[t])
+            ye, h = _expert_forward(state, cfg, e, xs[t])
             outputs[t, e], hiddens[t, e] = ye, h
             y[t] += gates[t][e] * ye
             contributions[t][e] = math.sqrt(sum((gates[t][e] * v) ** 2 for v in ye.tolist()))
+
+    shared_out = None
+    if cfg.shared_experts > 0:
+        shared_out = [_shared_forward(state, cfg, xs[t]) for t in range(T)]
+    routed_out = y.clone()
+    for t in range(T):
+        if shared_out is not None:
+            y[t] += shared_out[t]
 
     coactivation = [[sum(1 for t in range(T) if served[t][i] and served[t][j]) for j in range(E)]
                     for i in range(E)]
@@ -214,7 +270,20 @@ def naive_forward(state: dict, cfg, x: torch.Tensor,
                        capacity=C)
     trace.per_expert = _per_expert(cfg, T, trace, outputs, hiddens)
     trace.summary = _summary(cfg, T, trace)
+    trace.summary.update(_shared_summary(cfg, routed_out, shared_out))
     return trace
+
+
+def _shared_summary(cfg, routed: torch.Tensor, shared: list | None) -> dict[str, float]:
+    """shared_output_rms = sqrt(mean of s² over tokens and D); shared_fraction = Σ‖s_t‖ / (Σ‖s_t‖ + Σ‖r_t‖)."""
+    if shared is None:
+        return {"shared_output_rms": NAN, "shared_fraction": NAN}
+    T, D = routed.shape
+    squares = [v * v for s in shared for v in s.tolist()]
+    s_norms = [math.sqrt(sum(v * v for v in s.tolist())) for s in shared]
+    r_norms = [math.sqrt(sum(v * v for v in routed[t].tolist())) for t in range(T)]
+    return {"shared_output_rms": math.sqrt(sum(squares) / (T * D)),
+            "shared_fraction": sum(s_norms) / (sum(s_norms) + sum(r_norms))}
 
 
 def _per_expert(cfg, T, tr: NaiveTrace, outputs, hiddens) -> dict[str, list]:
@@ -239,7 +308,7 @@ def _per_expert(cfg, T, tr: NaiveTrace, outputs, hiddens) -> dict[str, list]:
             for name in ("activation_sparsity", "output_rms", "mean_gate", "specialization"):
                 cols[name].append(NAN)
             continue
-        small = sum(1 for t in toks for v in hiddens[t, e].tolist() if abs(v) < cfg.sparsity_eps)
+        small = sum(sum(_is_near_zero(cfg, hiddens[t, e].tolist())) for t in toks)
         cols["activation_sparsity"].append(small / (len(toks) * cfg.d_expert))
         squares = [v * v for t in toks for v in outputs[t, e].tolist()]
         cols["output_rms"].append(math.sqrt(sum(squares) / len(squares)))

@@ -13,6 +13,16 @@ def test_weight_estimate_equals_the_state_dict_bytes():
     assert estimate_bytes(cfg, 100)["weights"] == actual
 
 
+@pytest.mark.parametrize("changes", [dict(gated=False), dict(expert_biases=True),
+                                     dict(gated=False, expert_biases=True, activation="relu"),
+                                     dict(shared_experts=2, shared_gate=True), dict(shared_experts=1, d_shared=40)],
+                         ids=str)
+def test_weight_estimate_counts_expert_variants(changes):
+    cfg = MoEConfig(d_model=48, d_expert=80, n_experts=5, top_k=2, dtype="bfloat16", **changes)
+    actual = sum(t.numel() * t.element_size() for t in MoELayer(cfg).state_dict().values())
+    assert estimate_bytes(cfg, 100)["weights"] == actual
+
+
 def test_activation_estimate_bounds_a_real_forward():
     cfg = MoEConfig(d_model=64, d_expert=512, n_experts=4, top_k=2)
     est = estimate_bytes(cfg, 2048)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import streamlit as st
 
+from moe.experts import sparsity_rule
+
 from ..colors import expert_colors
 from ..definitions import caption
 from ..figures import EXPERT_METRICS, expert_bar_figure, expert_metrics_figure
@@ -23,6 +25,7 @@ def render(result: RunResult) -> None:
             nmi = routing_nmi(result.trace, result.labels)
             st.markdown(f"Routing specialisation **NMI(topic; expert) = {fmt(nmi)}**")
             st.caption(caption("routing_nmi"))
+        st.caption(f"activation_sparsity shown: {sparsity_rule(result.config)}.")
     with right:
         fig = expert_bar_figure(result.per_expert, "contribution", colors, ranked=True)
         st.plotly_chart(fig, width="stretch", key="experts_contribution")
