@@ -204,6 +204,7 @@ def build_parser() -> _Parser:
     report.add_argument("--skew", type=_float, default=0.0)
     report.set_defaults(run=_report)
     add_train_command(commands)
+    __import__("moe.lm_cli").lm_cli.add_model_commands(commands)  # train-lm, model-report
     return parser
 
 
