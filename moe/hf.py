@@ -33,13 +33,17 @@ class Adapter:
     family: str                                # config.model_type
     block_class: str                           # class name of the family's sparse MoE block
     normalize_topk: Callable[[object], bool]   # from the HF config
+    sizes: tuple[str, str]                     # config keys of (n_experts, d_expert), read before loading
     exact: bool = True                         # False: routing statistics only (trace_from_routing)
 
 
 ADAPTERS: dict[str, Adapter] = {
-    "mixtral": Adapter("mixtral", "MixtralSparseMoeBlock", lambda c: True),
-    "qwen3_moe": Adapter("qwen3_moe", "Qwen3MoeSparseMoeBlock", lambda c: bool(c.norm_topk_prob)),
-    "olmoe": Adapter("olmoe", "OlmoeSparseMoeBlock", lambda c: bool(c.norm_topk_prob)),
+    "mixtral": Adapter("mixtral", "MixtralSparseMoeBlock", lambda c: True,
+                       ("num_local_experts", "intermediate_size")),
+    "qwen3_moe": Adapter("qwen3_moe", "Qwen3MoeSparseMoeBlock", lambda c: bool(c.norm_topk_prob),
+                         ("num_experts", "moe_intermediate_size")),
+    "olmoe": Adapter("olmoe", "OlmoeSparseMoeBlock", lambda c: bool(c.norm_topk_prob),
+                     ("num_experts", "intermediate_size")),
 }
 # Families that plug in once the engine has shared experts, expert variants and group-limited
 # routing (issue #9): their adapters go into ADAPTERS then.

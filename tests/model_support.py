@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-VOCAB = 97
+VOCAB = 257  # the byte tokenizer's vocabulary, so saved tiny models load with it
 
 
 def tiny_config(family: str, layers: int = 2, norm_topk: bool = True):
