@@ -5,8 +5,8 @@ import streamlit as st
 
 from . import controls, runner
 from .result import RunResult
-from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
-                       scenario)
+from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, model, pathways,
+                       router, scenario)
 from .state import spec_from_controls, to_query
 
 VIEWS = {
@@ -18,10 +18,11 @@ VIEWS = {
     "Scenario": (scenario.render,),
     "Token inspector": (inspector.render,),
     "Live": (live.render,),
+    "Model": (model.render,),
     "About": (about.render,),
 }
 
-NO_DOWNLOADS = {"Live", "About"}  # views that do not show the sidebar's forward: its files would confuse
+NO_DOWNLOADS = {"Live", "Model", "About"}  # views that do not show the sidebar's forward: its files would confuse
 
 
 def current_result(values: dict) -> RunResult | None:
