@@ -77,7 +77,11 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--tokens", type=int, default=1024)
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's); 1 gives stable numbers on a busy machine")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)  # this benchmark process only
     rows = []
     cases = [midsize_case]
     if Path(BUNDLED_MODEL, "model.safetensors").is_file():
