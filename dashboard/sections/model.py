@@ -48,7 +48,8 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
     tokens = token_strings(loaded.tokenizer, ids.tolist())
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
-            "n_experts": run.traces[0].config.n_experts, "top1": run.top1().numpy(), "grid": top1_grid(run),
+            "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
+            "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
             "pooled_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)],
@@ -118,7 +119,8 @@ def _draw(view: dict) -> None:
         st.caption("Row i: where the tokens whose top-1 expert is i at this layer go at the next MoE layer, "
                    "`P(top-1 at l+1 = j | top-1 at l = i)`; an empty row means no token had expert i on top.")
     st.plotly_chart(token_loss_figure(view["loss"], view["tokens"]), width="stretch", key="model_loss")
-    st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, from the model's logits.")
+    st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, "
+               "from the model's logits.")
     st.plotly_chart(nmi_figure(_nmi_table(view)), width="stretch", key="model_nmi")
     st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
                "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
@@ -140,7 +142,9 @@ def _layer_table(view: dict) -> None:
     st.metric("Pooled HF aux (all layers)", f"{view['pooled_aux']:.3f}",
               help="transformers' load_balancing_loss over all layers' router logits = top_k × the Switch aux of "
                    "the pooled statistics")
-    st.caption(f"Per-layer aux × top_k: {', '.join(f'{a * 2:.3f}' for a in table['aux_loss'])}. {POOLING_NOTE}")
+    k = view["top_k"]
+    per_layer = ", ".join(f"{a * k:.3f}" for a in table["aux_loss"])
+    st.caption(f"Per-layer aux × top_k ({k}), the same scale: {per_layer}. {POOLING_NOTE}")
 
 
 def _vocabulary(view: dict, pos: int) -> None:
