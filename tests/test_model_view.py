@@ -63,3 +63,18 @@ def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
     at = AppTest.from_function(_view_app, args=(str(tmp_path / "none"),), default_timeout=60).run()
     assert not at.exception
     assert "does not exist" in at.error[0].value
+
+
+def test_the_app_has_a_model_view_on_the_bundled_model():
+    import pathlib
+
+    from moe.hf_load import BUNDLED_MODEL
+
+    if not pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file():
+        pytest.skip("bundled model not trained")
+    app = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=180).run()
+    at.radio(key="view").set_value("Model").run()
+    assert not at.exception
+    assert any("pydoc-mixtral" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 5
