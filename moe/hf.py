@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -122,18 +122,50 @@ def engine_layer(block: nn.Module, cfg: MoEConfig) -> MoELayer:
 _SINK: ContextVar[list | None] = ContextVar("moe_scope_model_traces", default=None)
 
 
+@dataclass
+class RoutingRecord:
+    """What a routing-only layer's router returned (for trace_from_routing): host tensors."""
+    router_logits: Tensor    # (T, E) float32
+    top_k_index: Tensor      # (T, K)
+    top_k_weights: Tensor    # (T, K) float32
+    config: MoEConfig        # dimensions only (the experts are not run by the engine)
+
+
+def routing_config(block: nn.Module) -> MoEConfig:
+    """Dimensions of a block the engine does not run: (E, D) from the router, H when the experts say."""
+    E, D = block.gate.weight.shape
+    return MoEConfig(d_model=D, d_expert=getattr(block.experts, "intermediate_dim", 1), n_experts=E,
+                     top_k=block.gate.top_k)
+
+
 class EngineBlock(nn.Module):
-    """Stands in for one sparse MoE block: the engine inside `collect()`, the original block outside."""
+    """Stands in for one sparse MoE block: the engine inside `collect()`, the original block outside.
+
+    For a routing-only adapter (exact=False) the original block always runs; a hook on its router
+    records the routing inside `collect()`, and run_model turns it into a Trace with trace_from_routing.
+    """
 
     def __init__(self, block: nn.Module, layer_index: int, adapter: Adapter, hf_config):
         super().__init__()
         self.block = block
         self.layer_index = layer_index
-        self.engine = engine_layer(block, engine_config(block, adapter, hf_config))
+        if adapter.exact:
+            self.engine = engine_layer(block, engine_config(block, adapter, hf_config))
+        else:
+            self.engine = None
+            self.routing_cfg = routing_config(block)
+            block.gate.register_forward_hook(self._record_routing)
+
+    def _record_routing(self, module, inputs, output) -> None:
+        sink = _SINK.get()
+        if sink is not None:
+            logits, weights, index = output[:3]  # HF routers return (router_logits, top_k_weights, top_k_index)
+            sink.append((self.layer_index, RoutingRecord(logits.detach().float().cpu(), index.detach().cpu(),
+                                                         weights.detach().float().cpu(), self.routing_cfg)))
 
     def forward(self, hidden_states: Tensor) -> Tensor:
         sink = _SINK.get()
-        if sink is None or self.training:  # training-time jitter is the block's own business
+        if sink is None or self.training or self.engine is None:  # training-time jitter: the block's own
             return self.block(hidden_states)
         y, trace = self.engine(hidden_states)  # (B, S, D), Trace
         sink.append((self.layer_index, trace))
@@ -148,9 +180,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
     return layers
 
 
-def instrument(model: nn.Module) -> list[int]:
+def instrument(model: nn.Module, adapter: Adapter | None = None) -> list[int]:
     """Replace every sparse MoE block by an EngineBlock (idempotent); returns the MoE layer indices."""
-    adapter = adapter_for(getattr(model.config, "model_type", ""))
+    adapter = adapter or adapter_for(getattr(model.config, "model_type", ""))
     indices = []
     for i, layer in enumerate(decoder_layers(model)):
         mlp = getattr(layer, "mlp", None)
@@ -188,6 +220,7 @@ class ModelRun:
     logits: Tensor           # (S, V) float32
     layers: list[int]        # decoder-layer index of each MoE layer, in order
     traces: list[Trace]      # one per MoE layer
+    routing_only: list[int] = field(default_factory=list)  # layers traced from routing alone (no output side)
 
     def token_loss(self) -> Tensor:
         """Next-token loss in nats of token s+1 given tokens ≤ s (S-1,)."""
@@ -216,5 +249,15 @@ def run_model(model: nn.Module, input_ids: Tensor) -> ModelRun:
     with collect() as sink:
         out = model(input_ids=input_ids[None].to(device), use_cache=False)
     sink.sort(key=lambda item: item[0])
-    return ModelRun(input_ids=input_ids.cpu(), logits=out.logits[0].float().cpu(),
-                    layers=[i for i, _ in sink], traces=[t.cpu() for _, t in sink])
+    traces = [_routing_trace(i, t) if isinstance(t, RoutingRecord) else t.cpu() for i, t in sink]
+    return ModelRun(input_ids=input_ids.cpu(), logits=out.logits[0].float().cpu(), layers=[i for i, _ in sink],
+                    traces=traces, routing_only=[i for i, t in sink if isinstance(t, RoutingRecord)])
+
+
+def _routing_trace(layer: int, record: RoutingRecord) -> Trace:
+    try:
+        from .from_routing import trace_from_routing  # issue #9
+    except ImportError:
+        raise ValueError(f"layer {layer} can only be traced from its routing, which needs moe.trace_from_routing "
+                         f"(issue #9), not in this build") from None
+    return trace_from_routing(record.config, record.router_logits, record.top_k_index, record.top_k_weights)

@@ -121,3 +121,38 @@ def test_run_model_refuses_an_uninstrumented_model_and_empty_input():
     instrument(model)
     with pytest.raises(ValueError, match="non-empty"):
         run_model(model, torch.tensor([], dtype=torch.long))
+
+
+def test_a_routing_only_adapter_records_the_routers_output_and_keeps_the_logits():
+    import dataclasses
+
+    from moe.hf import RoutingRecord, collect
+
+    plain = tiny_model("mixtral", layers=2)
+    model = copy.deepcopy(plain)
+    routing_only = dataclasses.replace(ADAPTERS["mixtral"], exact=False)
+    assert instrument(model, routing_only) == [0, 1]
+    ids = _ids()
+    with torch.inference_mode():
+        expected = plain(input_ids=ids[None], output_router_logits=True)
+        with collect() as sink:
+            logits = model(input_ids=ids[None]).logits
+    assert torch.equal(logits, expected.logits)  # the model's own blocks ran
+    assert [i for i, _ in sink] == [0, 1] and all(isinstance(r, RoutingRecord) for _, r in sink)
+    for (_, record), hf_logits in zip(sink, expected.router_logits):
+        assert torch.equal(record.router_logits, hf_logits.float())
+        assert record.top_k_index.shape == (ids.numel(), 2) and record.config.n_experts == 8
+
+
+def test_run_model_turns_routing_records_into_traces_or_says_what_is_missing():
+    import dataclasses
+    import importlib.util
+
+    model = tiny_model("mixtral", layers=2)
+    instrument(model, dataclasses.replace(ADAPTERS["mixtral"], exact=False))
+    if importlib.util.find_spec("moe.from_routing") is None:  # issue #9 not merged into this build
+        with pytest.raises(ValueError, match="trace_from_routing"):
+            run_model(model, _ids())
+        return
+    run = run_model(model, _ids())
+    assert run.routing_only == [0, 1] and len(run.traces) == 2

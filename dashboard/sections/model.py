@@ -56,7 +56,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "vocab": [expert_vocabulary(run, tokens, i) for i in range(L)],
             "per_expert_csv": layer_frames(run).to_csv(index=False),
             "routing_csv": token_routing(run, tokens).to_csv(index=False),
-            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1)}
+            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only}
 
 
 def _init() -> None:
@@ -103,6 +103,9 @@ def _draw(view: dict) -> None:
     layers = view["layers"]
     st.caption(f"**{view['name']}** · {len(layers)} MoE layers · {view['n_experts']} experts · "
                f"{len(view['tokens'])} tokens")
+    if view["routing_only"]:
+        st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
+                   "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
     pos = st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
                            format_func=lambda i: f"layer {layers[i]}")
     st.markdown(token_html(view["tokens"], view["top1"][pos].tolist(), colors), unsafe_allow_html=True)
