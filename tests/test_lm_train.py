@@ -67,3 +67,12 @@ def test_the_bundled_model_meets_the_spec():
     _, held = split_topics(0.1, seed=report["config"]["seed"])
     ids = join_ids(held)[:2048]
     assert evaluate(model, ids, 128)["bits_per_byte"] <= 0.7 * report["unigram_bits"]
+
+
+def test_train_lm_cli_refuses_bad_arguments_with_one_line(capsys):
+    from moe.cli import main
+
+    for argv in (["train-lm"], ["train-lm", "--out", "x", "--steps", "0"], ["train-lm", "--out", "x", "--seed", "-1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m moe: error:")
