@@ -11,7 +11,6 @@ import os
 import random
 from dataclasses import asdict, dataclass
 
-import numpy as np
 import torch
 
 from .lm_text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode,
@@ -168,7 +167,3 @@ def format_report(report: dict) -> str:
     for i, (a, b) in enumerate(zip(report["nmi_trained"], report["nmi_init"])):
         lines.append(f"  {i}  {a:.3f}  {b:.3f}")
     return "\n".join(lines)
-
-
-def mean_nmi(values) -> float:
-    return float(np.mean(values))
