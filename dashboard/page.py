@@ -5,8 +5,8 @@ import streamlit as st
 
 from . import controls, runner
 from .result import RunResult
-from .sections import (about, contributors, downloads, experts, inspector, kpis, live, overview, pathways, router,
-                       scenario)
+from .sections import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, pathways,
+                       router, scenario)
 from .state import quote, spec_from_controls, to_query
 
 VIEWS = {
@@ -18,11 +18,12 @@ VIEWS = {
     "Scenario": (scenario.render,),
     "Token inspector": (inspector.render,),
     "Live": (live.render,),
+    "Model": (model.render,),
     "About": (about.render,),
 }
 
-NO_DOWNLOADS = {"Live", "About"}  # views that do not show the sidebar's forward: its files would confuse
-OWN_KPIS = {"Live"}  # views that show their own model's numbers: the sidebar forward's KPI row would mislead
+NO_DOWNLOADS = {"Live", "Model", "About"}  # views that do not show the sidebar's forward: its files would confuse
+OWN_KPIS = {"Live", "Model"}  # views that show their own model's numbers: the sidebar forward's KPI row would mislead
 DEFAULT_VIEW = next(iter(VIEWS))
 
 
@@ -129,8 +130,8 @@ def results() -> None:
                f"router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, K={cfg.top_k}, "
                f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
     if view in OWN_KPIS:
-        st.caption("The sidebar's forward is summarised in the other views; below are the numbers of the "
-                   "model being trained.")
+        st.caption("The sidebar's forward is summarised in the other views; below are the numbers of this "
+                   "view's own model.")
     else:
         changed = controls.changed_from_preset(st.session_state["preset"])
         if changed:  # in the fragment, so a value-only knob updates it too (the sidebar is not redrawn then)

@@ -256,6 +256,7 @@ def build_parser() -> _Parser:
     add_scenario_arguments(report)
     report.set_defaults(run=_report)
     add_train_command(commands)
+    __import__("moe.lm_cli").lm_cli.add_model_commands(commands)  # train-lm, model-report
     return parser
 
 

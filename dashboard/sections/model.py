@@ -1,0 +1,177 @@
+"""Model: every MoE layer of a trained language model routing a text you type.
+
+Thin view: widgets → `analyse` (cached: load once, one instrumented forward per text) → figure builders.
+The sidebar's synthetic layer is not used here.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import pandas as pd
+import streamlit as st
+
+from moe.hf import run_model
+from moe.hf_load import default_model_dir, load_model
+from moe.lm_train import REPORT_FILE
+from moe.model_report import encode_text, layer_frames, report_dict
+from moe.model_tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long,
+                              token_routing, token_strings, top1_grid, worst_layer)
+
+from ..colors import expert_colors
+from ..figures_model import (flow_figure, load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
+                             token_loss_figure)
+
+EXAMPLES = {
+    "prose": "The with statement is used to wrap the execution of a block with methods defined by a context "
+             "manager. This allows common try, except, finally usage patterns to be encapsulated.",
+    "code": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
+}
+MAX_TOKENS_LIMIT = 4096
+POOLING_NOTE = ("Hugging Face's `load_balancing_loss` pools the router statistics of all layers before "
+                "multiplying f by P, so a layer that sends everything to one expert is averaged with the healthy "
+                "ones and the pooled number barely moves; read the per-layer column instead.")
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model (local files only)…")
+def _loaded(path: str):
+    return load_model(path, tokens=MAX_TOKENS_LIMIT)  # read-only once loaded: shared by every session
+
+
+@st.cache_data(max_entries=16, show_spinner="Routing the text through every MoE layer…")
+def analyse(path: str, text: str, max_tokens: int) -> dict:
+    """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller)."""
+    loaded = _loaded(path)
+    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
+    run = run_model(loaded.model, ids)
+    tokens = token_strings(loaded.tokenizer, ids.tolist())
+    L = len(run.layers)
+    return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
+            "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
+            "top1": run.top1().numpy(), "grid": top1_grid(run),
+            "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
+            "pooled_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
+            "flows": [flow_matrix(run, i) for i in range(L - 1)],
+            "vocab": [expert_vocabulary(run, tokens, i) for i in range(L)],
+            "per_expert_csv": layer_frames(run).to_csv(index=False),
+            "routing_csv": token_routing(run, tokens).to_csv(index=False),
+            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only}
+
+
+def _init() -> None:
+    ss = st.session_state
+    for key, value in {"model_path": default_model_dir(), "model_example": "code",
+                       "model_text": EXAMPLES["code"], "model_max_tokens": 512, "model_layer": 0}.items():
+        ss.setdefault(key, value)
+
+
+def _use_example() -> None:
+    st.session_state["model_text"] = EXAMPLES[st.session_state["model_example"]]
+
+
+def _inputs() -> tuple[str, str, int]:
+    st.text_input("Model directory (local files only)", key="model_path")
+    left, right = st.columns([3, 1])
+    left.selectbox("Example prompt", list(EXAMPLES), key="model_example", on_change=_use_example)
+    right.number_input("Max tokens", min_value=1, max_value=MAX_TOKENS_LIMIT, step=64, key="model_max_tokens")
+    st.text_area("Text", key="model_text", height=120)
+    ss = st.session_state
+    return ss["model_path"], ss["model_text"], int(ss["model_max_tokens"])
+
+
+def render(result=None) -> None:
+    _init()
+    st.subheader("Model: every MoE layer of a trained language model")
+    path, text, max_tokens = _inputs()
+    try:
+        view = analyse(path, text, max_tokens)
+        st.session_state["model_last"] = view
+    except ValueError as err:
+        st.error(f"Could not route this text: {err}", icon="⚠️")
+        view = st.session_state.get("model_last")
+        if view is None:
+            return
+        st.info("Showing the last good result below.")
+    if view["total"] > len(view["tokens"]):
+        st.warning(f"The text has {view['total']:,} tokens; showing the first {len(view['tokens']):,} (max tokens).")
+    _draw(view)
+
+
+def _draw(view: dict) -> None:
+    colors = expert_colors(view["n_experts"])
+    layers = view["layers"]
+    st.caption(f"**{view['name']}** · {len(layers)} MoE layers · {view['n_experts']} experts · "
+               f"{len(view['tokens'])} tokens")
+    if view["routing_only"]:
+        st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
+                   "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
+    pos = st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
+                           format_func=lambda i: f"layer {layers[i]}")
+    st.markdown(token_html(view["tokens"], view["top1"][pos].tolist(), colors), unsafe_allow_html=True)
+    st.caption("Each token's background is the colour of its top-1 expert (the highest router probability) at "
+               "the chosen layer; hover a token for the expert number.")
+    st.plotly_chart(token_layer_grid_figure(view["grid"], view["tokens"], colors), width="stretch", key="model_grid")
+    st.plotly_chart(load_heatmap_figure(view["load"]), width="stretch", key="model_load")
+    st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
+    _layer_table(view)
+    _vocabulary(view, pos)
+    if len(layers) > 1:
+        i = min(pos, len(layers) - 2)
+        st.plotly_chart(flow_figure(view["flows"][i], layers[i], layers[i + 1]), width="stretch", key="model_flow")
+        st.caption("Row i: where the tokens whose top-1 expert is i at this layer go at the next MoE layer, "
+                   "`P(top-1 at l+1 = j | top-1 at l = i)`; an empty row means no token had expert i on top.")
+    st.plotly_chart(token_loss_figure(view["loss"], view["tokens"]), width="stretch", key="model_loss")
+    st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, "
+               "from the model's logits.")
+    st.plotly_chart(nmi_figure(_nmi_table(view)), width="stretch", key="model_nmi")
+    st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
+               "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
+               "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
+               "training.json when the model directory has one.")
+    _downloads(view)
+
+
+def _layer_table(view: dict) -> None:
+    table = view["table"]
+    worst = worst_layer(table)
+    shown = table.assign(worst=table["layer"] == worst)
+    st.dataframe(shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
+                                   axis=1).format(precision=3), hide_index=True, key="model_table")
+    st.caption(f"Per-layer routing health on this text; worst layer (highest aux) highlighted: layer {worst}. "
+               "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
+               "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
+               "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
+    st.metric("Pooled HF aux (all layers)", f"{view['pooled_aux']:.3f}",
+              help="transformers' load_balancing_loss over all layers' router logits = top_k × the Switch aux of "
+                   "the pooled statistics")
+    k = view["top_k"]
+    per_layer = ", ".join(f"{a * k:.3f}" for a in table["aux_loss"])
+    st.caption(f"Per-layer aux × top_k ({k}), the same scale: {per_layer}. {POOLING_NOTE}")
+
+
+def _vocabulary(view: dict, pos: int) -> None:
+    vocab = view["vocab"][pos].assign(token=lambda f: f["token"].map(lambda t: repr(t)[1:-1]))
+    words = vocab.groupby("expert").apply(lambda g: ", ".join(f"{t} ({c})" for t, c in zip(g.token, g["count"])),
+                                          include_groups=False)
+    st.dataframe(pd.DataFrame({"expert": words.index, "most frequent top-1 tokens (count)": words.values}),
+                 hide_index=True, key="model_vocab")
+    st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first.")
+
+
+def _nmi_table(view: dict) -> pd.DataFrame:
+    nmi = pd.DataFrame({"layer": view["layers"], "this text": view["nmi"]})
+    report = pathlib.Path(view["path"]) / REPORT_FILE
+    if report.is_file():
+        saved = json.loads(report.read_text())
+        if len(saved.get("nmi_trained", [])) == len(nmi):
+            nmi["held-out (training)"] = saved["nmi_trained"]
+            nmi["at initialisation"] = saved["nmi_init"]
+    return nmi
+
+
+def _downloads(view: dict) -> None:
+    a, b, c = st.columns(3)
+    a.download_button("Per-layer per-expert CSV", view["per_expert_csv"], "model_per_expert.csv", "text/csv")
+    b.download_button("Per-token routing CSV", view["routing_csv"], "model_routing.csv", "text/csv")
+    c.download_button("Summary JSON", view["summary_json"], "model_summary.json", "application/json")

@@ -1,0 +1,78 @@
+"""The bundled-model trainer: the topic split, the evaluation maths, and the committed model itself."""
+import dataclasses
+import json
+import math
+import pathlib
+
+import pytest
+import torch
+
+from moe.hf_load import BUNDLED_MODEL
+from moe.lm_text import EOS_ID
+from moe.lm_train import LMTrainConfig, build_model, evaluate, join_ids, split_topics
+
+BUNDLED = pathlib.Path(BUNDLED_MODEL)
+
+
+def test_split_holds_out_whole_topics_with_a_tenth_of_the_bytes():
+    from pydoc_data.topics import topics
+
+    train, held = split_topics(0.1, seed=0)
+    assert set(train).isdisjoint(held) and set(train) | set(held) == set(topics)
+    size = lambda docs: sum(len(t.encode()) for t in docs.values())  # noqa: E731
+    assert 0.1 <= size(held) / (size(train) + size(held)) < 0.2
+    assert split_topics(0.1, seed=0) == (train, held)
+    assert split_topics(0.1, seed=1)[1] != held
+    ids = join_ids(held)
+    assert int((ids == EOS_ID).sum()) == len(held)
+
+
+def test_evaluate_reports_the_mean_next_byte_cross_entropy_in_bits():
+    cfg = dataclasses.replace(LMTrainConfig(), hidden=16, d_expert=16, layers=2, heads=2, seq_len=32)
+    model = build_model(cfg)
+    ids = torch.tensor(list(b"print('hello world') # 42\n" * 4))[:96]
+    ids[40] = EOS_ID  # an EOS target is not a byte: excluded
+    got = evaluate(model, ids, cfg.seq_len)
+    windows = ids.view(-1, 32)
+    with torch.no_grad():
+        logp = model(input_ids=windows).logits.log_softmax(-1)
+    nll = [-logp[w, s, windows[w, s + 1]].item() for w in range(3) for s in range(31) if windows[w, s + 1] != EOS_ID]
+    assert got["bits_per_byte"] == pytest.approx(sum(nll) / len(nll) / math.log(2), rel=1e-5)
+    assert got["tokens"] == len(nll) and len(got["nmi"]) == 2
+
+
+def test_build_model_is_seeded_and_leaves_the_global_rng_alone():
+    cfg = dataclasses.replace(LMTrainConfig(), hidden=16, d_expert=16, layers=1, heads=2)
+    state = torch.get_rng_state()
+    a, b = build_model(cfg), build_model(cfg)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.skipif(not (BUNDLED / "model.safetensors").is_file(), reason="bundled model not trained yet")
+def test_the_bundled_model_meets_the_spec():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    size = sum(f.stat().st_size for f in BUNDLED.iterdir())
+    assert size <= 16 * 1024 * 1024
+    config = json.loads((BUNDLED / "config.json").read_text())
+    assert config["model_type"] == "mixtral" and config["num_hidden_layers"] >= 4
+    assert config["num_local_experts"] >= 8 and config["num_experts_per_tok"] == 2
+    tok = AutoTokenizer.from_pretrained(BUNDLED, local_files_only=True)
+    assert tok("a\n")["input_ids"] == [97, 10]
+    model = AutoModelForCausalLM.from_pretrained(BUNDLED, local_files_only=True).eval()
+    report = json.loads((BUNDLED / "training.json").read_text())
+    assert report["bits_per_byte"] <= 0.7 * report["unigram_bits"]
+    # an independent spot check on a slice of the held-out text
+    _, held = split_topics(0.1, seed=report["config"]["seed"])
+    ids = join_ids(held)[:2048]
+    assert evaluate(model, ids, 128)["bits_per_byte"] <= 0.7 * report["unigram_bits"]
+
+
+def test_train_lm_cli_refuses_bad_arguments_with_one_line(capsys):
+    from moe.cli import main
+
+    for argv in (["train-lm"], ["train-lm", "--out", "x", "--steps", "0"], ["train-lm", "--out", "x", "--seed", "-1"]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("python -m moe: error:")

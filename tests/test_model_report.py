@@ -1,0 +1,116 @@
+"""Loading local checkpoints and `python -m moe model-report`: values, formats and every refusal."""
+import io
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import torch
+
+from moe.cli import main
+from moe.hf import run_model
+from moe.hf_load import estimate_model_bytes, load_model, read_config
+from moe.lm_text import save_tokenizer
+from moe.stats import PER_EXPERT_COLUMNS
+from tests.model_support import tiny_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("models") / "tiny-mixtral"
+    tiny_model("mixtral", layers=2).save_pretrained(path)
+    save_tokenizer(str(path))
+    return path
+
+
+def _run(argv, capsys):
+    code = main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_report_has_one_entry_per_decoder_layer_with_the_engine_numbers(model_dir, capsys):
+    text = "for i in range(10):\n    print(i)\n"
+    code, out, err = _run(["model-report", "--model", str(model_dir), "--text", text], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    assert set(report) == {"model", "tokens", "layers"}
+    assert report["model"] == "tiny-mixtral" and report["tokens"] == len(text.encode())
+    assert [layer["layer"] for layer in report["layers"]] == [0, 1]
+    # the numbers are the engine's, recomputed independently through the library
+    loaded = load_model(str(model_dir))
+    run = run_model(loaded.model, torch.tensor(list(text.encode())))
+    for entry, trace in zip(report["layers"], run.traces):
+        assert entry["summary"]["aux_loss"] == pytest.approx(trace.summary()["aux_loss"])
+        demand = [row["demand"] for row in entry["per_expert"]]
+        assert demand == trace.routed.sum(dim=0).tolist()
+        assert sum(demand) == 2 * report["tokens"]
+        assert list(entry["per_expert"][0]) == PER_EXPERT_COLUMNS
+
+
+def test_csv_report_is_one_row_per_layer_and_expert(model_dir, capsys):
+    code, out, _ = _run(["model-report", "--model", str(model_dir), "--text", "hello world",
+                         "--format", "csv"], capsys)
+    assert code == 0
+    table = pd.read_csv(io.StringIO(out))
+    assert list(table.columns) == ["layer", *PER_EXPERT_COLUMNS]
+    assert len(table) == 2 * 8
+    assert table.groupby("layer")["demand"].sum().tolist() == [2 * 11, 2 * 11]
+
+
+def test_a_long_text_is_truncated_to_max_tokens_with_a_notice(model_dir, tmp_path, capsys):
+    big = tmp_path / "big.txt"
+    big.write_text("abc def\n" * (1 << 17))  # 1 MiB
+    code, out, err = _run(["model-report", "--model", str(model_dir), "--text-file", str(big),
+                           "--max-tokens", "64"], capsys)
+    assert code == 0
+    assert json.loads(out)["tokens"] == 64
+    assert "1048576 tokens" in err and "first 64" in err
+
+
+def _refusal(argv, capsys) -> str:
+    code, out, err = _run(argv, capsys)
+    assert code == 2 and out == ""
+    lines = [line for line in err.splitlines() if line.startswith("python -m moe: error:")]
+    assert len(lines) == 1
+    return lines[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(model_dir, tmp_path, capsys):
+    base = ["model-report", "--model", str(model_dir)]
+    assert "does not exist" in _refusal(["model-report", "--model", str(tmp_path / "nope"), "--text", "x"], capsys)
+    assert "empty" in _refusal(base + ["--text", "   "], capsys)
+    assert "does not exist" in _refusal(base + ["--text-file", str(tmp_path / "none.txt")], capsys)
+    assert "--text" in _refusal(base, capsys)  # neither --text nor --text-file
+    assert "positive integer" in _refusal(base + ["--text", "x", "--max-tokens", "0"], capsys)
+
+
+def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tmp_path, capsys):
+    dense = tmp_path / "dense"
+    tiny_model("llama").save_pretrained(dense)
+    line = _refusal(["model-report", "--model", str(dense), "--text", "x"], capsys)
+    assert "'llama' is not a supported sparse MoE family" in line and "mixtral, qwen3_moe, olmoe" in line
+
+    planned = tmp_path / "planned"
+    shutil.copytree(model_dir, planned)
+    config = json.loads((planned / "config.json").read_text())
+    (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))
+    assert "not supported yet" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+
+    broken = tmp_path / "broken"
+    shutil.copytree(model_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    assert "truncated" in _refusal(["model-report", "--model", str(broken), "--text", "x"], capsys)
+
+
+def test_memory_estimate_refuses_an_over_budget_model(model_dir, monkeypatch):
+    config = read_config(str(model_dir))
+    est = estimate_model_bytes(str(model_dir), config, 128)
+    assert est["weights"] == (model_dir / "model.safetensors").stat().st_size
+    with pytest.raises(ValueError, match="over the memory budget"):
+        load_model(str(model_dir), tokens=128, budget=est["total"] - 1)
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.000001")
+    with pytest.raises(ValueError, match="MOE_SCOPE_MEMORY_GB"):
+        load_model(str(model_dir), tokens=128)
+    assert load_model(str(model_dir), tokens=128, budget=est["total"]).layers == [0, 1]

@@ -1,0 +1,80 @@
+"""The Model view: pure figure builders, and the section under AppTest on a tiny saved model."""
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard.figures_model import load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure
+from moe.lm_text import save_tokenizer
+from tests.model_support import tiny_model
+
+
+def test_token_html_colours_each_token_by_its_expert_and_escapes():
+    html = token_html(["<a>", "\n", "b"], [2, 0, 1], ["#111111", "#222222", "#333333"])
+    assert html.count("<span") == 3
+    assert "&lt;a&gt;" in html and "<a>" not in html
+    assert 'title="expert 2" style="background:#33333355' in html
+    assert "↵<br>" in html
+
+
+def test_grid_and_load_heatmaps_carry_the_tables_values():
+    grid = pd.DataFrame([[0, 1, 2], [2, 2, 1]], index=pd.Index([0, 3], name="layer"))
+    fig = token_layer_grid_figure(grid, ["a", "b", "c"], ["#000", "#111", "#222"])
+    assert np.array_equal(np.asarray(fig.data[0].z), grid.values)
+    assert list(fig.data[0].y) == ["layer 0", "layer 3"]
+    long = pd.DataFrame({"layer": [0, 0, 1, 1], "expert": [0, 1, 0, 1], "load_share": [0.25, 0.75, 0.5, 0.5]})
+    heat = load_heatmap_figure(long)
+    assert np.allclose(np.asarray(heat.data[0].z), [[0.25, 0.75], [0.5, 0.5]])
+    nmi = nmi_figure(pd.DataFrame({"layer": [0, 1], "this text": [0.1, 0.3], "at initialisation": [0.0, 0.02]}))
+    assert [bar.name for bar in nmi.data] == ["this text", "at initialisation"]
+    assert list(nmi.data[0].y) == [0.1, 0.3]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("view") / "tiny"
+    tiny_model("mixtral", layers=2).save_pretrained(path)
+    save_tokenizer(str(path))
+    return str(path)
+
+
+def _view_app(path: str) -> None:
+    import streamlit as st
+
+    from dashboard.sections import model
+
+    st.session_state.setdefault("model_path", path)
+    model.render()
+
+
+def test_model_view_draws_tokens_charts_and_keeps_the_last_good_result(model_dir):
+    at = AppTest.from_function(_view_app, args=(model_dir,), default_timeout=120).run()
+    assert not at.exception
+    assert len(at.get("plotly_chart")) == 5  # grid, load, flow, loss, NMI
+    assert any("<span" in m.value for m in at.markdown)
+    assert at.metric[0].label == "Pooled HF aux (all layers)"
+    at.text_area(key="model_text").set_value("   ").run()
+    assert not at.exception
+    assert "empty" in at.error[0].value and "last good" in at.info[0].value
+    assert len(at.get("plotly_chart")) == 5
+
+
+def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
+    at = AppTest.from_function(_view_app, args=(str(tmp_path / "none"),), default_timeout=60).run()
+    assert not at.exception
+    assert "does not exist" in at.error[0].value
+
+
+def test_the_app_has_a_model_view_on_the_bundled_model():
+    import pathlib
+
+    from moe.hf_load import BUNDLED_MODEL
+
+    if not pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file():
+        pytest.skip("bundled model not trained")
+    app = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=180).run()
+    at.radio(key="view").set_value("Model").run()
+    assert not at.exception
+    assert any("pydoc-mixtral" in c.value for c in at.caption)
+    assert len(at.get("plotly_chart")) == 5
