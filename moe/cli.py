@@ -13,6 +13,7 @@ import sys
 import pandas as pd
 import torch
 
+from . import ep_report
 from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
 from .layer import MoELayer
 from .scenarios import SCENARIOS, make_batch
@@ -204,6 +205,7 @@ def build_parser() -> _Parser:
     report.add_argument("--skew", type=_float, default=0.0)
     report.set_defaults(run=_report)
     add_train_command(commands)
+    ep_report.add_ep_command(commands)
     return parser
 
 
