@@ -108,7 +108,7 @@ def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[in
     weight, ranks = np.zeros(world_size), [[] for _ in range(world_size)]
     for w, e in items:
         free = [r for r in range(world_size) if len(ranks[r]) < slots and e not in ranks[r]]
-        r = min(free, key=lambda r: (weight[r], r))
+        r = min(free, key=lambda r: (weight[r], len(ranks[r]), r))  # ties: the rank with fewer experts
         ranks[r].append(e)
         weight[r] += w
     return tuple(tuple(sorted(r)) for r in ranks)
