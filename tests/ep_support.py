@@ -5,15 +5,15 @@ import os
 import pathlib
 import signal
 import subprocess
-import sys
+
+from moe.ep_launch import ep_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def torchrun(nproc: int, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """One torchrun job in its own process group; on timeout the whole group is killed."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", "moe", "ep-report", "--timeout", "30", *args]
+    cmd = ep_command(nproc, ["--timeout", "30", *args])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own group: killpg reaches the ranks too

@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from ep_support import torchrun
+from ep_support import assert_group_gone, torchrun
+from moe.ep_launch import EPJob, run_ep_report
 from moe import MoEConfig, MoELayer
 from moe.cli import main
 from moe.placement import Placement, chunk_sizes, plan, predicted_load, save
@@ -130,3 +131,15 @@ def test_ep_report_outside_torchrun_exits_2(capsys, monkeypatch):
     assert err.count("\n") == 1 and "torchrun --standalone --nproc-per-node" in err
     assert main(["ep-report", "--noise-std", "0.1"]) == 2
     assert "noise_std=0.1" in capsys.readouterr().err
+
+
+def test_a_job_past_its_time_is_stopped_with_all_its_processes():
+    job = EPJob(2, ["--tokens", "8"], timeout_s=0.5)  # torchrun alone takes longer than that to start
+    with pytest.raises(RuntimeError, match="did not finish in 0 s and was stopped"):
+        job.wait(poll_s=0.2)
+    assert_group_gone(job.proc.pid)
+
+
+def test_a_failed_job_reports_the_ranks_message():
+    with pytest.raises(RuntimeError, match="failed: world size 2 is larger than n_experts=1"):
+        run_ep_report(2, ["--n-experts", "1", "--top-k", "1", "--tokens", "8"], timeout_s=120)
