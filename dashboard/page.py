@@ -7,6 +7,7 @@ from . import controls, runner
 from .result import RunResult
 from .sections import (about, contributors, downloads, experts, inspector, kpis, live, load, pathways, router,
                        scenario)
+from .sections import parallel
 from .state import spec_from_controls, to_query
 
 VIEWS = {
@@ -18,10 +19,12 @@ VIEWS = {
     "Scenario": (scenario.render,),
     "Token inspector": (inspector.render,),
     "Live": (live.render,),
+    "Expert parallel": (parallel.render,),
     "About": (about.render,),
 }
 
-NO_DOWNLOADS = {"Live", "About"}  # views that do not show the sidebar's forward: its files would confuse
+# views that do not show the sidebar's forward: its files would confuse
+NO_DOWNLOADS = {"Live", "About", "Expert parallel"}
 
 
 def current_result(values: dict) -> RunResult | None:
