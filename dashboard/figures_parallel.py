@@ -12,7 +12,7 @@ from .figures import IDEAL_COLOR, NEUTRAL_COLOR, axis, layout
 
 PLANNED_COLOR = "#2ca02c"
 PREDICTED_COLOR = "#000000"
-TIME_COLORS = {"gather_ms": "#9467bd", "a2a_ms": "#ff7f0e", "expert_ms": NEUTRAL_COLOR}
+TIME_COLORS = {"gather_ms": "#9467bd", "a2a_ms": "#ff7f0e", "expert_wall_ms": NEUTRAL_COLOR}  # wall times: they stack
 
 
 def rank_axis(world_size: int) -> dict:
@@ -51,7 +51,7 @@ def traffic_figure(traffic: np.ndarray, title: str = "Token traffic (rows sent)"
 
 
 def rank_times_figure(per_rank: pd.DataFrame, title: str = "Time per rank") -> go.Figure:
-    """Stacked per-rank times: logit all-gather, all-to-alls, local experts (ms, medians)."""
+    """Stacked per-rank wall times: logit all-gather, all-to-alls, local experts (ms, medians)."""
     data = [go.Bar(x=per_rank["rank"], y=per_rank[col], name=col, marker_color=color,
                    hovertemplate="rank %{x}: %{y:.1f} ms<extra>" + col + "</extra>")
             for col, color in TIME_COLORS.items()]

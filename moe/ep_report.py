@@ -23,7 +23,7 @@ from .placement import contiguous, load_file
 from .scenarios import SCENARIOS, make_batch
 from .stats import per_expert_frame, summary_dict
 
-_MS = ["gather_ms", "a2a_ms", "expert_ms", "forward_ms"]
+_MS = ["gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
 
 
 def add_ep_command(commands) -> None:

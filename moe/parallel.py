@@ -36,7 +36,8 @@ from .router import route, router_logits
 from .stats import ForwardSums, gather_sums
 
 PER_RANK_COLUMNS = ["rank", "experts", "tokens_in", "tokens_out", "recv_tokens", "assignments",
-                    "gather_ms", "a2a_ms", "expert_ms", "forward_ms"]
+                    "gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
+_NUMERIC = [c for c in PER_RANK_COLUMNS if c != "experts"]
 _FIXED = ("n_experts", "top_k", "d_model", "d_expert")
 
 
@@ -151,44 +152,27 @@ def ep_forward(layer: MoELayer, shard: ExpertShard, x: Tensor, placement: Placem
     rank, W = dist.get_rank(), dist.get_world_size()
     start = time.perf_counter()
     xt = x.reshape(-1, cfg.d_model).to(device=dev, dtype=cfg.torch_dtype)  # (T_r, D)
-    local_logits = router_logits(xt, layer.router.weight, cfg, layer.new_generator())  # (T_r, E)
-    t0 = time.perf_counter()
-    sizes = all_gather_rows(torch.tensor([[xt.shape[0]]], device=dev), [1] * W).flatten().tolist()  # W ints
-    logits = all_gather_rows(local_logits, sizes)  # (T, E) every rank's logits, global token order
-    gather_ms = (time.perf_counter() - t0) * 1e3
-    routing = route(logits, layer.router.expert_bias, cfg)  # the engine's decision, identical on every rank
+    routing, logits, mine, gather_ms = _route_globally(layer, xt)
     dest = destinations(routing.served, placement)  # (T, E)
-    lo = sum(sizes[:rank])
-    mine = slice(lo, lo + xt.shape[0])
 
     # --- dispatch: each token once to every rank that serves it
     goes = torch.stack([(dest[mine] == d).any(dim=1) for d in range(W)])  # (W, T_r)
-    send_idx = [g.nonzero().flatten() for g in goes]  # W × (n_d,)
+    send_rows = torch.cat([g.nonzero().flatten() for g in goes])  # (Σ n_d,) grouped by destination
     send_counts = goes.sum(dim=1).tolist()  # W ints
     t0 = time.perf_counter()
     recv_counts = _exchange(torch.tensor(send_counts, device=dev), [1] * W, [1] * W).tolist()
-    recv_x = _exchange(xt.index_select(0, torch.cat(send_idx)), send_counts, recv_counts)  # (N, D)
+    recv_x = _exchange(xt.index_select(0, send_rows), send_counts, recv_counts)  # (N, D)
     _sync(dev)
     a2a_ms = (time.perf_counter() - t0) * 1e3
 
-    # --- local experts, on the received tokens (they arrive in global token order)
-    t0 = time.perf_counter()
-    local = torch.tensor(shard.experts, device=dev)  # (L,)
-    recv_rows = (dest == rank).any(dim=1).nonzero().flatten()  # (N,) global token index
-    served_here = dest.index_select(0, recv_rows).index_select(1, local) == rank  # (N, L)
-    gates_here = torch.where(served_here, routing.gates.index_select(0, recv_rows).index_select(1, local), 0.0)
-    res = _run_local(recv_x, served_here, gates_here, shard, cfg)
-    contrib = torch.zeros(recv_rows.shape[0], cfg.n_experts, device=dev).index_copy_(1, local, res.contributions)
-    _sync(dev)
-    expert_ms = (time.perf_counter() - t0) * 1e3
+    local, res, back, expert = _local_experts(shard, recv_x, dest, routing.gates, rank, cfg)  # back: (N, D+E)
 
     # --- combine: partial outputs and contributions travel back the way the tokens came
     t0 = time.perf_counter()
-    back = _exchange(torch.cat([res.out.float(), contrib], dim=1), recv_counts, send_counts)  # (Σ n_d, D+E)
+    back = _exchange(back, recv_counts, send_counts)  # (Σ n_d, D+E)
     _sync(dev)
     a2a_ms += (time.perf_counter() - t0) * 1e3
-    rows = torch.cat(send_idx)
-    combined = torch.zeros(xt.shape[0], cfg.d_model + cfg.n_experts, device=dev).index_add_(0, rows, back)
+    combined = torch.zeros(xt.shape[0], cfg.d_model + cfg.n_experts, device=dev).index_add_(0, send_rows, back)
     y_local, contributions = combined[:, : cfg.d_model].to(cfg.torch_dtype), combined[:, cfg.d_model:]
 
     served = routing.served[mine]
@@ -199,12 +183,47 @@ def ep_forward(layer: MoELayer, shard: ExpertShard, x: Tensor, placement: Placem
                        d_expert=cfg.d_expert, capacity=routing.capacity)
     sums = _reduce_sums(sums, routing.capacity, dev)
     forward_ms = (time.perf_counter() - start) * 1e3
-    mine_row = [rank, xt.shape[0], sum(send_counts), sum(recv_counts), int(served_here.sum()),
-                gather_ms, a2a_ms, expert_ms, forward_ms]
+    mine_row = [rank, xt.shape[0], sum(send_counts), sum(recv_counts), expert["assignments"],
+                gather_ms, a2a_ms, expert["ms"], expert["wall_ms"], forward_ms]
     table = all_gather_rows(torch.tensor([mine_row + send_counts], dtype=torch.float64, device=dev), [1] * W)
-    sums.forward_ms = float(table[:, 8].max())  # the job takes as long as its slowest rank
-    return EPResult(y_local.reshape(x.shape).to(x.dtype), sums, _per_rank_frame(table.cpu().numpy(), placement),
-                    table[:, 9:].cpu().numpy().astype(np.int64))
+    table = table.cpu().numpy()
+    sums.forward_ms = float(table[:, _NUMERIC.index("forward_ms")].max())  # as long as the slowest rank
+    return EPResult(y_local.reshape(x.shape).to(x.dtype), sums, _per_rank_frame(table, placement),
+                    table[:, len(_NUMERIC):].astype(np.int64))
+
+
+def _route_globally(layer: MoELayer, xt: Tensor):
+    """All-gather the (T, E) router logits and run the engine's `route` on them (same decision on every rank)."""
+    cfg, dev, W = layer.cfg, layer.device, dist.get_world_size()
+    local_logits = router_logits(xt, layer.router.weight, cfg, layer.new_generator())  # (T_r, E)
+    t0 = time.perf_counter()
+    sizes = all_gather_rows(torch.tensor([[xt.shape[0]]], device=dev), [1] * W).flatten().tolist()  # W ints
+    logits = all_gather_rows(local_logits, sizes)  # (T, E) global token order
+    gather_ms = (time.perf_counter() - t0) * 1e3
+    lo = sum(sizes[: dist.get_rank()])
+    return route(logits, layer.router.expert_bias, cfg), logits, slice(lo, lo + xt.shape[0]), gather_ms
+
+
+def _local_experts(shard: ExpertShard, recv_x: Tensor, dest: Tensor, gates: Tensor, rank: int, cfg: MoEConfig):
+    """Run the received tokens (global token order) through the local experts; the payload to send back.
+
+    expert time: on CPU the process CPU time (work, immune to other processes sharing the cores), on CUDA
+    the synchronised wall time; both are returned ("ms", "wall_ms").
+    """
+    dev = recv_x.device
+    t0, c0 = time.perf_counter(), time.process_time()
+    local = torch.tensor(shard.experts, device=dev)  # (L,)
+    recv_rows = (dest == rank).any(dim=1).nonzero().flatten()  # (N,) global token index
+    served_here = dest.index_select(0, recv_rows).index_select(1, local) == rank  # (N, L)
+    gates_here = torch.where(served_here, gates.index_select(0, recv_rows).index_select(1, local), 0.0)
+    res = _run_local(recv_x, served_here, gates_here, shard, cfg)
+    contrib = torch.zeros(recv_rows.shape[0], cfg.n_experts, device=dev).index_copy_(1, local, res.contributions)
+    back = torch.cat([res.out.float(), contrib], dim=1)  # (N, D+E)
+    _sync(dev)
+    wall_ms, cpu_ms = (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
+    timing = {"ms": wall_ms if dev.type == "cuda" else cpu_ms, "wall_ms": wall_ms,
+              "assignments": int(served_here.sum())}
+    return local, res, back, timing
 
 
 def _run_local(x: Tensor, served: Tensor, gates: Tensor, shard: ExpertShard, cfg: MoEConfig):
@@ -223,7 +242,7 @@ def _per_expert(values: Tensor, local: Tensor, E: int) -> Tensor:
 
 
 def _per_rank_frame(table: np.ndarray, placement: Placement) -> pd.DataFrame:
-    frame = pd.DataFrame(table[:, :9], columns=[c for c in PER_RANK_COLUMNS if c != "experts"])
+    frame = pd.DataFrame(table[:, : len(_NUMERIC)], columns=_NUMERIC)
     for c in ("rank", "tokens_in", "tokens_out", "recv_tokens", "assignments"):
         frame[c] = frame[c].astype(np.int64)
     frame.insert(1, "experts", [" ".join(map(str, r)) for r in placement.ranks])

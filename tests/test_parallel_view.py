@@ -9,8 +9,10 @@ from dashboard.figures_parallel import comparison_table, rank_load_figure, rank_
 
 DOC = {  # a small ep-report document, numbers chosen by hand
     "placement": {"redundant_slots": 0, "ranks": [[0, 1], [2, 3]]},
-    "per_rank": [{"rank": 0, "assignments": 30, "gather_ms": 1.0, "a2a_ms": 2.0, "expert_ms": 6.0, "forward_ms": 10.0},
-                 {"rank": 1, "assignments": 10, "gather_ms": 1.0, "a2a_ms": 4.0, "expert_ms": 2.0, "forward_ms": 8.0}],
+    "per_rank": [{"rank": 0, "assignments": 30, "gather_ms": 1.0, "a2a_ms": 2.0, "expert_ms": 6.0, "expert_wall_ms": 6.5,
+                  "forward_ms": 10.0},
+                 {"rank": 1, "assignments": 10, "gather_ms": 1.0, "a2a_ms": 4.0, "expert_ms": 2.0, "expert_wall_ms": 2.5,
+                  "forward_ms": 8.0}],
     "traffic": [[12, 5], [7, 9]], "straggler_factor": 1.5,
 }
 
@@ -24,7 +26,7 @@ def test_figures_show_the_document_numbers():
     assert heat.z.tolist() == [[12, 5], [7, 9]]
     times = rank_times_figure(rows)
     assert {t.name: list(t.y) for t in times.data} == {"gather_ms": [1.0, 1.0], "a2a_ms": [2.0, 4.0],
-                                                       "expert_ms": [6.0, 2.0]}
+                                                       "expert_wall_ms": [6.5, 2.5]}
     table = comparison_table({"contiguous": DOC}).iloc[0]
     assert table["load_max_over_mean"] == 30 / 20 and table["straggler_factor"] == 1.5
     assert table["a2a_share"] == 0.5 and table["forward_ms"] == 10.0  # max(2/10, 4/8); the slowest rank

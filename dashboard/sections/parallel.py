@@ -23,8 +23,9 @@ DEFINITIONS = {
                "to every rank that serves it, however many of its experts live there; the diagonal stays local. "
                "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
     "times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
-             "**expert_ms** = the rank's local experts; medians over the repeats; waiting for a slower rank counts "
-             "in the collective's time.",
+             "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
+             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (work, "
+             "immune to other processes sharing the cores), the synchronised wall time on CUDA.",
     "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = max over "
                   "ranks of expert_ms / mean (1 = even); **a2a_share** = max over ranks of a2a_ms / forward_ms; "
                   "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, statistics).",
