@@ -32,7 +32,8 @@ DIMS = {"d_model": 1024, "d_expert": 512, "n_experts": 64, "top_k": 6}
 def flags(tokens: int, scenario: str, repeats: int) -> list[str]:
     dims = [f"--{k.replace('_', '-')}={v}" for k, v in DIMS.items()]
     extra = ["--clusters", "8", "--skew", "2"] if scenario == "clusters" else []
-    return [*dims, "--tokens", str(tokens), "--scenario", scenario, *extra, "--repeats", str(repeats), "--timeout", "600"]
+    return [*dims, "--tokens", str(tokens), "--scenario", scenario, *extra, "--repeats", str(repeats),
+            "--timeout", "600"]
 
 
 def single_process(tokens: int, scenario: str, repeats: int, threads: int) -> tuple[float, "torch.Tensor"]:
@@ -87,7 +88,8 @@ def main() -> None:
         path = f"{tmp}/plan.json"
         save(planned, path, skew_load)
         balanced = ep(T, "clusters", a.repeats, path)
-    print(f"\n{'run':<22} {'fwd ms':>10} {'a2a/fwd':>8} {'comm/fwd':>9} {'straggler':>10} {'load m/m':>10}  expert_ms per rank")
+    print(f"\n{'run':<22} {'fwd ms':>10} {'a2a/fwd':>8} {'comm/fwd':>9} {'straggler':>10} {'load m/m':>10}"
+          "  expert_ms per rank")
     for n, ms in base.items():
         print(f"{f'single process {n} thr':<22} {ms:>10.1f}")
     for name, doc in (("EP gaussian", uniform), ("EP clusters contiguous", skewed), ("EP clusters planned", balanced)):
@@ -105,7 +107,8 @@ def main() -> None:
     load_sf = [max(r["assignments"] for r in d["per_rank"]) * W / sum(r["assignments"] for r in d["per_rank"])
                for d in (skewed, balanced)]
     print(f"load straggler (max rank assignments / mean) contiguous {load_sf[0]:.3f} -> planned {load_sf[1]:.3f}")
-    print(f"straggler factor contiguous {skewed['straggler_factor']:.3f} -> planned {balanced['straggler_factor']:.3f}: "
+    print(f"straggler factor (expert_ms max/mean) contiguous {skewed['straggler_factor']:.3f} -> planned "
+          f"{balanced['straggler_factor']:.3f}: "
           f"cut by {cut:.1%} (excess over 1 cut by {excess_cut:.1%}; target: a third)")
 
 

@@ -34,7 +34,8 @@ def rank_load_figure(runs: dict[str, pd.DataFrame], predicted: dict[str, list[in
     first = next(iter(runs.values()))
     W, mean = len(first), float(first["assignments"].mean())
     data.append(go.Scatter(x=[-0.5, W - 0.5], y=[mean, mean], mode="lines", name="mean",
-                           line=dict(color=IDEAL_COLOR, dash="dash", width=2), hovertemplate="mean %{y:.1f}<extra></extra>"))
+                           line=dict(color=IDEAL_COLOR, dash="dash", width=2),
+                           hovertemplate="mean %{y:.1f}<extra></extra>"))
     return go.Figure(data, layout(title="Load per rank: (token, expert) assignments computed", xaxis=rank_axis(W),
                                   yaxis=axis("assignments"), uirevision="ep_load", barmode="group"))
 

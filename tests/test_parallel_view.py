@@ -9,10 +9,10 @@ from dashboard.figures_parallel import comparison_table, rank_load_figure, rank_
 
 DOC = {  # a small ep-report document, numbers chosen by hand
     "placement": {"redundant_slots": 0, "ranks": [[0, 1], [2, 3]]},
-    "per_rank": [{"rank": 0, "assignments": 30, "gather_ms": 1.0, "a2a_ms": 2.0, "expert_ms": 6.0, "expert_wall_ms": 6.5,
-                  "forward_ms": 10.0},
-                 {"rank": 1, "assignments": 10, "gather_ms": 1.0, "a2a_ms": 4.0, "expert_ms": 2.0, "expert_wall_ms": 2.5,
-                  "forward_ms": 8.0}],
+    "per_rank": [{"rank": 0, "assignments": 30, "gather_ms": 1.0, "a2a_ms": 2.0, "expert_ms": 6.0,
+                  "expert_wall_ms": 6.5, "forward_ms": 10.0},
+                 {"rank": 1, "assignments": 10, "gather_ms": 1.0, "a2a_ms": 4.0, "expert_ms": 2.0,
+                  "expert_wall_ms": 2.5, "forward_ms": 8.0}],
     "traffic": [[12, 5], [7, 9]], "straggler_factor": 1.5,
 }
 

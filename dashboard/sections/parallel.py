@@ -28,7 +28,8 @@ DEFINITIONS = {
              "immune to other processes sharing the cores), the synchronised wall time on CUDA.",
     "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = max over "
                   "ranks of expert_ms / mean (1 = even); **a2a_share** = max over ranks of a2a_ms / forward_ms; "
-                  "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, statistics).",
+                  "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
+                  "statistics).",
 }
 
 
