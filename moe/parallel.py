@@ -102,7 +102,8 @@ def destinations(served: Tensor, placement: Placement) -> Tensor:
         return torch.where(served, table[:, 0], -1)
     n = served.sum(dim=0).tolist()  # E ints: the split needs chunk boundaries on the host
     # boundary i of expert e: where its chunk i starts (cumulative chunk sizes); unused slots never reached
-    bounds = [np.cumsum(chunk_sizes(n[e], len(h)))[:-1].tolist() + [T + 1] * (R - len(h)) for e, h in enumerate(holders)]
+    bounds = [np.cumsum(chunk_sizes(n[e], len(h)))[:-1].tolist() + [T + 1] * (R - len(h))
+              for e, h in enumerate(holders)]  # (E, R-1)
     position = served.long().cumsum(dim=0) - 1  # (T, E) 0-based arrival order per expert
     slot = torch.searchsorted(torch.tensor(bounds, device=dev), position.t().contiguous(), right=True)  # (E, T)
     rank = table.gather(1, slot).t()  # (T, E)
@@ -238,7 +239,8 @@ def _run_local(x: Tensor, served: Tensor, gates: Tensor, shard: ExpertShard, cfg
 
 def _per_expert(values: Tensor, local: Tensor, E: int) -> Tensor:
     """Scatter L local-expert values into E slots (zeros elsewhere), so ranks' sums add up."""
-    return torch.zeros((E,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device).index_add_(0, local, values)
+    out = torch.zeros((E,) + tuple(values.shape[1:]), dtype=values.dtype, device=values.device)  # (E, ...)
+    return out.index_add_(0, local, values)
 
 
 def _per_rank_frame(table: np.ndarray, placement: Placement) -> pd.DataFrame:

@@ -1,4 +1,5 @@
 """Expert parallelism under torchrun (gloo, loopback): the same numbers as one process, traffic, placement."""
+import io
 import json
 import re
 
@@ -143,3 +144,24 @@ def test_a_job_past_its_time_is_stopped_with_all_its_processes():
 def test_a_failed_job_reports_the_ranks_message():
     with pytest.raises(RuntimeError, match="failed: world size 2 is larger than n_experts=1"):
         run_ep_report(2, ["--n-experts", "1", "--top-k", "1", "--tokens", "8"], timeout_s=120)
+
+
+def test_csv_document_has_the_report_sections_and_the_rank_tables():
+    run = torchrun(2, "--n-experts", "4", "--tokens", "16", "--d-model", "8", "--d-expert", "8", "--format", "csv")
+    assert run.returncode == 0, run.stderr
+    sections = [line for line in run.stdout.splitlines() if line.startswith("# ")]
+    assert sections == ["# config", "# summary", "# per_expert", "# ep", "# per_rank",
+                        "# traffic (rows sender, columns receiver)", "# traffic_bytes (rows sender, columns receiver)"]
+    per_rank = run.stdout.split("# per_rank\n")[1].split("# traffic")[0]
+    rows = pd.read_csv(io.StringIO(per_rank))
+    assert rows["rank"].tolist() == [0, 1] and rows["tokens_in"].tolist() == [8, 8]
+    assert rows["experts"].tolist() == ["0 1", "2 3"]
+
+
+def test_missing_torchrun_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from moe import ep_launch
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="torchrun is missing"):
+        ep_launch.check_torchrun()
