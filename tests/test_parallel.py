@@ -12,7 +12,7 @@ from ep_support import assert_group_gone, torchrun
 from moe.ep_launch import EPJob, run_ep_report
 from moe import MoEConfig, MoELayer
 from moe.cli import main
-from moe.placement import Placement, chunk_sizes, plan, predicted_load, save
+from moe.placement import Placement, chunk_sizes, contiguous, plan, predicted_load, save
 from moe.scenarios import make_batch
 
 FLAGS = ["--d-model", "16", "--d-expert", "32", "--scenario", "clusters", "--seed", "3", "--skew", "2"]
@@ -165,3 +165,17 @@ def test_missing_torchrun_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="torchrun is missing"):
         ep_launch.check_torchrun()
+
+
+def test_three_ranks_uneven_shares_expert_choice(tmp_path):
+    """Expert choice picks each expert's best tokens over ALL tokens: exact only with global routing."""
+    out = tmp_path / "y.pt"
+    run = torchrun(3, *FLAGS, "--n-experts", "6", "--tokens", "91", "--router", "expert_choice",
+                   "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    y, trace = _single(MoEConfig(d_model=16, d_expert=32, n_experts=6, router="expert_choice", seed=3), 91)
+    _check_against_single(doc, trace, torch.load(out), y)
+    assert [r["tokens_in"] for r in doc["per_rank"]] == [30, 30, 31]
+    traffic, load = _naive_traffic(trace.served, contiguous(6, 3), 3)
+    assert doc["traffic"] == traffic.tolist() and [r["assignments"] for r in doc["per_rank"]] == load.tolist()
