@@ -5,8 +5,8 @@ import streamlit as st
 
 from . import controls, runner
 from .result import RunResult
-from .sections import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, pathways,
-                       router, scenario)
+from .sections import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, parallel,
+                       pathways, router, scenario)
 from .state import quote, spec_from_controls, to_query
 
 VIEWS = {
@@ -19,10 +19,12 @@ VIEWS = {
     "Token inspector": (inspector.render,),
     "Live": (live.render,),
     "Model": (model.render,),
+    "Expert parallel": (parallel.render,),
     "About": (about.render,),
 }
 
-NO_DOWNLOADS = {"Live", "Model", "About"}  # views that do not show the sidebar's forward: its files would confuse
+# views that do not show the sidebar's forward: its files would confuse
+NO_DOWNLOADS = {"Live", "Model", "Expert parallel", "About"}
 OWN_KPIS = {"Live", "Model"}  # views that show their own model's numbers: the sidebar forward's KPI row would mislead
 DEFAULT_VIEW = next(iter(VIEWS))
 

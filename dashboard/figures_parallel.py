@@ -1,0 +1,74 @@
+"""Pure figure builders for the Expert parallel view: per-rank load, traffic heatmap, per-rank times.
+
+Tables in (the `per_rank` rows and `traffic` matrix of an ep-report document), `go.Figure` out.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .figures import IDEAL_COLOR, NEUTRAL_COLOR, axis, layout
+
+PLANNED_COLOR = "#2ca02c"
+PREDICTED_COLOR = "#000000"
+TIME_COLORS = {"gather_ms": "#9467bd", "a2a_ms": "#ff7f0e", "expert_wall_ms": NEUTRAL_COLOR}  # wall times: they stack
+
+
+def rank_axis(world_size: int) -> dict:
+    return axis("rank", tickmode="linear", tick0=0, dtick=1, range=[-0.5, world_size - 0.5])
+
+
+def rank_load_figure(runs: dict[str, pd.DataFrame], predicted: dict[str, list[int]] | None = None) -> go.Figure:
+    """Assignments computed per rank for each placement (grouped bars), the mean line, predicted markers."""
+    predicted = predicted or {}
+    colors = [NEUTRAL_COLOR, PLANNED_COLOR]
+    data = []
+    for (name, rows), color in zip(runs.items(), colors):
+        data.append(go.Bar(x=rows["rank"], y=rows["assignments"], name=f"{name}: measured", marker_color=color,
+                           hovertemplate="rank %{x}: %{y} assignments<extra>" + name + "</extra>"))
+        if name in predicted:
+            data.append(go.Scatter(x=rows["rank"], y=predicted[name], mode="markers", name=f"{name}: predicted",
+                                   marker=dict(symbol="line-ew-open", size=22, color=PREDICTED_COLOR, line_width=2),
+                                   hovertemplate="rank %{x}: predicted %{y}<extra>" + name + "</extra>"))
+    first = next(iter(runs.values()))
+    W, mean = len(first), float(first["assignments"].mean())
+    data.append(go.Scatter(x=[-0.5, W - 0.5], y=[mean, mean], mode="lines", name="mean",
+                           line=dict(color=IDEAL_COLOR, dash="dash", width=2),
+                           hovertemplate="mean %{y:.1f}<extra></extra>"))
+    return go.Figure(data, layout(title="Load per rank: (token, expert) assignments computed", xaxis=rank_axis(W),
+                                  yaxis=axis("assignments"), uirevision="ep_load", barmode="group"))
+
+
+def traffic_figure(traffic: np.ndarray, title: str = "Token traffic (rows sent)") -> go.Figure:
+    """W×W heatmap: token rows rank i (row) sends to rank j (column); the diagonal never leaves its rank."""
+    traffic = np.asarray(traffic)
+    W = traffic.shape[0]
+    heat = go.Heatmap(z=traffic, x=list(range(W)), y=list(range(W)), colorscale="Blues", text=traffic,
+                      texttemplate="%{text}", hovertemplate="rank %{y} → rank %{x}: %{z} tokens<extra></extra>",
+                      colorbar=dict(title=dict(text="tokens")))
+    return go.Figure([heat], layout(title=title, xaxis=axis("receiver rank", dtick=1),
+                                    yaxis=axis("sender rank", dtick=1, autorange="reversed"), uirevision="ep_traffic"))
+
+
+def rank_times_figure(per_rank: pd.DataFrame, title: str = "Time per rank") -> go.Figure:
+    """Stacked per-rank wall times: logit all-gather, all-to-alls, local experts (ms, medians)."""
+    data = [go.Bar(x=per_rank["rank"], y=per_rank[col], name=col, marker_color=color,
+                   hovertemplate="rank %{x}: %{y:.1f} ms<extra>" + col + "</extra>")
+            for col, color in TIME_COLORS.items()]
+    return go.Figure(data, layout(title=title, xaxis=rank_axis(len(per_rank)), yaxis=axis("ms"),
+                                  uirevision="ep_times", barmode="stack"))
+
+
+def comparison_table(docs: dict[str, dict]) -> pd.DataFrame:
+    """One row per placement: load max/mean, straggler factor, all-to-all share, the slowest forward."""
+    rows = []
+    for name, doc in docs.items():
+        ranks = pd.DataFrame(doc["per_rank"])
+        load = ranks["assignments"]
+        rows.append({"placement": name, "redundant_slots": doc["placement"]["redundant_slots"],
+                     "load_max_over_mean": float(load.max() / load.mean()) if load.mean() > 0 else float("nan"),
+                     "straggler_factor": doc["straggler_factor"],
+                     "a2a_share": float((ranks["a2a_ms"] / ranks["forward_ms"]).max()),
+                     "forward_ms": float(ranks["forward_ms"].max())})
+    return pd.DataFrame(rows)

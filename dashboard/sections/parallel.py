@@ -1,0 +1,140 @@
+"""Expert parallel: run the sidebar's layer on W torchrun processes, contiguous vs planned placement."""
+from __future__ import annotations
+
+import shlex
+import tempfile
+
+import pandas as pd
+import streamlit as st
+
+from moe.ep_launch import check_torchrun, run_ep_report
+from moe.parallel import check_ep_config
+from moe.placement import contiguous, plan, predicted_load, save
+
+from ..figures_parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
+from ..result import RunResult
+
+TIMEOUT_S = 300.0
+DEFINITIONS = {
+    "assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
+                   "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "
+                   "per-expert load (a replicated expert's assignments are split in token order, near-equal chunks).",
+    "traffic": "**traffic[i, j]** = token rows rank i sends to rank j in the dispatch all-to-all: a token goes once "
+               "to every rank that serves it, however many of its experts live there; the diagonal stays local. "
+               "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
+    "times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
+             "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
+             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (work, "
+             "immune to other processes sharing the cores), the synchronised wall time on CUDA.",
+    "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = max over "
+                  "ranks of expert_ms / mean (1 = even); **a2a_share** = max over ranks of a2a_ms / forward_ms; "
+                  "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
+                  "statistics).",
+}
+
+
+def ep_flags(result: RunResult) -> list[str]:
+    """The ep-report flags for the sidebar's layer and scenario (ValueError when EP cannot run it)."""
+    cfg = result.config
+    check_ep_config(cfg)
+    if cfg.expert_bias is not None and any(cfg.expert_bias):
+        raise ValueError("expert biases cannot be passed to ep-report; clear them in the sidebar")
+    flags = ["--d-model", cfg.d_model, "--d-expert", cfg.d_expert, "--n-experts", cfg.n_experts, "--top-k", cfg.top_k,
+             "--router", cfg.router, "--score", cfg.score, "--temperature", cfg.temperature,
+             "--routed-scaling-factor", cfg.routed_scaling_factor, "--drop-policy", cfg.drop_policy,
+             "--dtype", cfg.dtype, "--seed", cfg.seed, "--tokens", result.trace.tokens, "--scenario", result.scenario]
+    flags += ["--no-normalize-topk"] if not cfg.normalize_topk else []
+    flags += ["--capacity-factor", cfg.capacity_factor] if cfg.capacity_factor is not None else []
+    hot = [(e, b) for e, b in enumerate(cfg.logit_bias or ()) if b]
+    if len(hot) > 1:
+        raise ValueError("ep-report takes one hot expert (--hot-expert); this layer has several logit biases")
+    flags += ["--hot-expert", hot[0][0], "--hot-bias", hot[0][1]] if hot else []
+    params = result.scenario_params
+    flags += ["--clusters", params["n_clusters"]] if "n_clusters" in params else []
+    flags += ["--skew", params["skew"]] if "skew" in params else []
+    return [str(f) for f in flags]
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Expert parallel")
+    try:
+        check_torchrun()
+        flags = ep_flags(result)
+    except ValueError as err:
+        st.error(f"Expert parallelism cannot run this configuration: {err}", icon="⚠️")
+        return
+    E = result.config.n_experts
+    c1, c2, c3 = st.columns(3)
+    W = c1.slider("Processes (W)", 2, 8, 2, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
+    R = c2.number_input("Redundant slots (R)", 0, E * 7, 2, key="ep_slots",
+                        help="planned placement: extra replicas of the hottest experts")
+    c3.caption("Runs contiguous blocks, then the planner's placement for the measured load.")
+    if W > E:
+        st.info(f"W={W} > n_experts={E}: contiguous blocks would leave a rank without an expert; only the planned "
+                f"placement with R ≥ {W - E} can run.")
+    st.code(shlex.join(["torchrun", "--standalone", f"--nproc-per-node={W}", "-m", "moe", "ep-report", *flags]),
+            language="bash")
+    key = (tuple(flags), W, int(R))
+    if st.button("Run on W processes", key="ep_run", type="primary"):
+        _run_jobs(key, flags, W, int(R), result)
+    runs = st.session_state.get("ep_runs")
+    if runs is None or runs["key"] != key:
+        st.caption("Not run yet for these settings.")
+        return
+    _draw(runs)
+
+
+def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
+    """Contiguous (when it fits), then planned from the measured per-expert load; errors leave nothing running."""
+    bar = st.progress(0.0, text="starting torchrun…")
+    docs, predicted, E = {}, {}, result.config.n_experts
+    try:
+        load = None
+        if W <= E:
+            docs["contiguous"] = _job(bar, "contiguous", W, flags, 0.0)
+            load = pd.DataFrame(docs["contiguous"]["per_expert"])["served"].to_numpy()
+            predicted["contiguous"] = predicted_load(contiguous(E, W), load).tolist()
+        if load is None:  # no contiguous run: the planner reads the layer's load from the sidebar's forward
+            load = result.per_expert["served"].to_numpy()
+        planned = plan(load, W, R)
+        with tempfile.TemporaryDirectory() as tmp:
+            save(planned, f"{tmp}/plan.json", load)
+            docs["planned"] = _job(bar, "planned", W, flags + ["--placement", f"{tmp}/plan.json"], 0.5)
+        predicted["planned"] = predicted_load(planned, load).tolist()
+    except (ValueError, RuntimeError) as err:
+        bar.empty()
+        st.error(f"The expert-parallel job did not complete: {err}", icon="⚠️")
+        return
+    bar.empty()
+    st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted}
+
+
+def _job(bar, name: str, W: int, flags: list[str], offset: float) -> dict:
+    def progress(elapsed: float, timeout: float) -> None:
+        bar.progress(min(offset + 0.5 * elapsed / timeout, 1.0), text=f"{name}: {W} processes, {elapsed:.0f} s "
+                                                                      f"(stopped after {timeout:.0f} s)")
+    return run_ep_report(W, flags, timeout_s=TIMEOUT_S, on_progress=progress)
+
+
+def _draw(runs: dict) -> None:
+    docs, predicted = runs["docs"], runs["predicted"]
+    table = comparison_table(docs)
+    cols = st.columns(len(table))
+    for col, row in zip(cols, table.itertuples()):
+        col.metric(f"straggler factor, {row.placement}", f"{row.straggler_factor:.2f}",
+                   help="max over ranks of expert_ms / mean")
+        col.metric(f"load max/mean, {row.placement}", f"{row.load_max_over_mean:.3f}")
+    st.plotly_chart(rank_load_figure({n: pd.DataFrame(d["per_rank"]) for n, d in docs.items()}, predicted),
+                    width="stretch", key="ep_load_chart")
+    st.caption(DEFINITIONS["assignments"])
+    for name, doc in docs.items():
+        left, right = st.columns(2)
+        left.plotly_chart(traffic_figure(doc["traffic"], f"Token traffic, {name}"), width="stretch",
+                          key=f"ep_traffic_{name}")
+        right.plotly_chart(rank_times_figure(pd.DataFrame(doc["per_rank"]), f"Time per rank, {name}"),
+                           width="stretch", key=f"ep_times_{name}")
+        st.caption(f"Placement ({name}): " + "; ".join(f"rank {r}: {' '.join(map(str, e))}"
+                                                      for r, e in enumerate(doc["placement"]["ranks"])))
+    st.caption(DEFINITIONS["traffic"] + " " + DEFINITIONS["times"])
+    st.dataframe(table, hide_index=True)
+    st.caption(DEFINITIONS["comparison"])

@@ -1,0 +1,167 @@
+"""Expert placement over W ranks: the contiguous default, a balanced plan with replicas, and its JSON file.
+
+A placement lists, per rank, the experts it hosts. An expert listed on several ranks is replicated:
+its served assignments, in global token order, are cut into contiguous chunks of near-equal size
+(sizes differ by at most one), the first chunk to the lowest rank. Because routing is deterministic,
+`predicted_load` of a placement equals the per-rank load the expert-parallel forward measures.
+
+The planner follows DeepSeek's EPLB: give each redundant slot to the expert whose replicas carry the
+most load each (`replicate`), then pack the replicas, heaviest first, onto the least loaded rank that
+still has a free slot and does not hold that expert yet (`pack`).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+FORMAT = "moe-scope-placement/1"
+
+
+@dataclass(frozen=True)
+class Placement:
+    n_experts: int
+    ranks: tuple[tuple[int, ...], ...]  # ranks[r]: the experts rank r hosts, ascending
+
+    def __post_init__(self) -> None:
+        check_placement(self.ranks, self.n_experts)
+
+    @property
+    def world_size(self) -> int:
+        return len(self.ranks)
+
+    @property
+    def redundant_slots(self) -> int:
+        return sum(len(r) for r in self.ranks) - self.n_experts
+
+    def replicas(self, expert: int) -> list[int]:
+        """The ranks holding `expert`, ascending: replica i serves the i-th chunk of its tokens."""
+        return [r for r, experts in enumerate(self.ranks) if expert in experts]
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "world_size": self.world_size, "n_experts": self.n_experts,
+                "redundant_slots": self.redundant_slots, "ranks": [list(r) for r in self.ranks]}
+
+
+def check_placement(ranks, n_experts: int, redundant_slots: int | None = None) -> None:
+    """ValueError unless every expert is placed, no rank repeats one, every rank has one, R matches."""
+    listed = [e for r in ranks for e in r]
+    bad = sorted({e for e in listed if isinstance(e, bool) or not isinstance(e, int) or not 0 <= e < n_experts})
+    if bad:
+        raise ValueError(f"placement names experts {bad} outside 0..{n_experts - 1}; list only existing experts")
+    missing = sorted(set(range(n_experts)) - set(listed))
+    if missing:
+        raise ValueError(f"placement misses experts {missing}: every expert 0..{n_experts - 1} must be on a rank")
+    for r, experts in enumerate(ranks):
+        if not experts:
+            raise ValueError(f"rank {r} hosts no expert; give every rank at least one expert or use fewer ranks")
+        if len(set(experts)) != len(experts):
+            raise ValueError(f"rank {r} lists an expert twice ({list(experts)}); a rank holds each expert once")
+    extra = len(listed) - n_experts
+    if redundant_slots is not None and extra != redundant_slots:
+        repeated = sorted({e for e in listed if listed.count(e) > 1})
+        raise ValueError(f"placement repeats experts {repeated} ({extra} extra slots) but declares "
+                         f"redundant_slots={redundant_slots}; list each expert once or declare the replicas")
+
+
+def contiguous(n_experts: int, world_size: int) -> Placement:
+    """Rank r hosts experts [r·E/W, (r+1)·E/W): the default split, no replicas."""
+    if world_size > n_experts:
+        raise ValueError(f"world size {world_size} is larger than n_experts={n_experts}: a rank would host no "
+                         f"expert; use at most {n_experts} processes or a --placement with redundant slots")
+    return Placement(n_experts, tuple(tuple(range(r * n_experts // world_size, (r + 1) * n_experts // world_size))
+                                      for r in range(world_size)))
+
+
+def chunk_sizes(n: int, parts: int) -> list[int]:
+    """n items cut into `parts` contiguous chunks whose sizes differ by at most one (larger last)."""
+    return [(i + 1) * n // parts - i * n // parts for i in range(parts)]
+
+
+def predicted_load(placement: Placement, load) -> np.ndarray:
+    """(W,) assignments each rank will run, given per-expert load (E,) and the replica split rule."""
+    load = np.asarray(load, dtype=np.int64)
+    out = np.zeros(placement.world_size, dtype=np.int64)
+    for e in range(placement.n_experts):
+        holders = placement.replicas(e)
+        for r, n in zip(holders, chunk_sizes(int(load[e]), len(holders))):
+            out[r] += n
+    return out
+
+
+def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.ndarray:
+    """(E,) replica count per expert: each extra slot goes to the expert with the most load per replica
+    (at most one replica per rank, so at most W replicas of an expert)."""
+    count = np.ones(len(load), dtype=np.int64)
+    for _ in range(redundant_slots):
+        per_replica = np.where(count < world_size, load / count, -np.inf)
+        count[int(np.argmax(per_replica))] += 1  # argmax: the lowest index wins ties
+    return count
+
+
+def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[int, ...], ...]:
+    """Replicas (load/count each), heaviest first, to the least loaded rank with room not holding that expert."""
+    slots = -(-int(count.sum()) // world_size)  # ceil: slots per rank
+    items = sorted(((load[e] / count[e], e) for e in range(len(load)) for _ in range(count[e])),
+                   key=lambda item: (-item[0], item[1]))
+    weight, ranks = np.zeros(world_size), [[] for _ in range(world_size)]
+    for w, e in items:
+        free = [r for r in range(world_size) if len(ranks[r]) < slots and e not in ranks[r]]
+        r = min(free, key=lambda r: (weight[r], len(ranks[r]), r))  # ties: the rank with fewer experts
+        ranks[r].append(e)
+        weight[r] += w
+    return tuple(tuple(sorted(r)) for r in ranks)
+
+
+def plan(load, world_size: int, redundant_slots: int = 0) -> Placement:
+    """A balanced placement of E experts on W ranks with R replicas of the hottest experts."""
+    load = np.asarray(load, dtype=np.float64)
+    E = len(load)
+    if world_size < 1:
+        raise ValueError(f"world_size must be >= 1, got {world_size}")
+    if redundant_slots < 0:
+        raise ValueError(f"redundant_slots must be >= 0, got {redundant_slots}")
+    if world_size > E + redundant_slots:
+        raise ValueError(f"{world_size} ranks but only {E} experts + {redundant_slots} redundant slots: a rank "
+                         f"would host no expert; add redundant slots (at least {world_size - E}) or use fewer ranks")
+    if np.any(load < 0) or not np.all(np.isfinite(load)):
+        raise ValueError("expert load must be finite and >= 0 (counts of served assignments)")
+    if redundant_slots > E * (world_size - 1):
+        raise ValueError(f"{redundant_slots} redundant slots exceed E·(W-1) = {E * (world_size - 1)}: a rank holds "
+                         f"each expert at most once; use fewer redundant slots")
+    count = replicate(load, redundant_slots, world_size)
+    return Placement(E, pack(load, count, world_size))
+
+
+def save(placement: Placement, path: str, load=None) -> None:
+    """Write the plan as JSON; with `load`, also its predicted per-rank load (for the reader)."""
+    doc = placement.to_dict()
+    if load is not None:
+        doc["load"] = [int(v) for v in np.asarray(load)]
+        doc["predicted_load"] = [int(v) for v in predicted_load(placement, load)]
+    with open(path, "w") as f:
+        json.dump(doc, f, indent=1)
+
+
+def load_file(path: str, n_experts: int, world_size: int) -> Placement:
+    """Read and check a placement file for this E and W; every problem is a ValueError naming the fix."""
+    try:
+        with open(path) as f:
+            doc = json.load(f)
+    except OSError as err:
+        raise ValueError(f"cannot read placement file {path!r}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"placement file {path!r} is not JSON ({err.msg}, line {err.lineno})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("ranks"), list):
+        raise ValueError(f"placement file {path!r} needs a 'ranks' list (one list of experts per rank)")
+    if doc.get("n_experts", n_experts) != n_experts:
+        raise ValueError(f"placement file {path!r} is for n_experts={doc['n_experts']}, this run has {n_experts}")
+    ranks = doc["ranks"]
+    if len(ranks) != world_size:
+        raise ValueError(f"placement file {path!r} has {len(ranks)} ranks but the world size is {world_size}; "
+                         f"launch {len(ranks)} processes or plan for {world_size}")
+    if not all(isinstance(r, list) for r in ranks):
+        raise ValueError(f"placement file {path!r}: every entry of 'ranks' must be a list of expert indices")
+    check_placement(ranks, n_experts, doc.get("redundant_slots", 0))
+    return Placement(n_experts, tuple(tuple(sorted(r)) for r in ranks))

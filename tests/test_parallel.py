@@ -1,0 +1,181 @@
+"""Expert parallelism under torchrun (gloo, loopback): the same numbers as one process, traffic, placement."""
+import io
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from ep_support import assert_group_gone, torchrun
+from moe.ep_launch import EPJob, run_ep_report
+from moe import MoEConfig, MoELayer
+from moe.cli import main
+from moe.placement import Placement, chunk_sizes, contiguous, plan, predicted_load, save
+from moe.scenarios import make_batch
+
+FLAGS = ["--d-model", "16", "--d-expert", "32", "--scenario", "clusters", "--seed", "3", "--skew", "2"]
+
+
+def _single(cfg: MoEConfig, tokens: int):
+    x = make_batch("clusters", cfg.d_model, tokens, seed=cfg.seed, n_clusters=4, skew=2.0).x
+    with torch.inference_mode():
+        return MoELayer(cfg)(x)
+
+
+def _naive_traffic(served: torch.Tensor, placement: Placement, W: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token-by-token: who serves each assignment (replicas by chunks in token order), what travels."""
+    T, E = served.shape
+    seen = [0] * E
+    bounds = [np.cumsum(chunk_sizes(int(served[:, e].sum()), len(placement.replicas(e)))) for e in range(E)]
+    traffic, load = np.zeros((W, W), dtype=np.int64), np.zeros(W, dtype=np.int64)
+    for t in range(T):
+        sender, receivers = t * W // T, set()
+        while (sender + 1) * T // W <= t:
+            sender += 1
+        for e in served[t].nonzero().flatten().tolist():
+            replica = int(np.searchsorted(bounds[e], seen[e], side="right"))
+            seen[e] += 1
+            rank = placement.replicas(e)[replica]
+            receivers.add(rank)
+            load[rank] += 1
+        for r in receivers:  # one copy of the token per receiving rank
+            traffic[sender, r] += 1
+    return traffic, load
+
+
+def _check_against_single(doc: dict, trace, y_ep: torch.Tensor, y: torch.Tensor) -> None:
+    torch.testing.assert_close(y_ep, y, rtol=1e-5, atol=1e-6)
+    ours, ref = pd.DataFrame(doc["per_expert"]), trace.per_expert()
+    for col in ref.columns:
+        np.testing.assert_allclose(ours[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-5, atol=1e-9)
+    for key, value in trace.summary().items():
+        if key != "forward_ms":
+            assert doc["summary"][key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+
+
+def test_two_ranks_equal_one_process_with_capacity(tmp_path):
+    out = tmp_path / "y.pt"
+    run = torchrun(2, *FLAGS, "--n-experts", "6", "--tokens", "90", "--capacity-factor", "0.75",
+                   "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=6, capacity_factor=0.75, seed=3)
+    y, trace = _single(cfg, 90)
+    assert trace.summary()["dropped"] > 0  # capacity bites: global token order decides, as in one process
+    _check_against_single(doc, trace, torch.load(out), y)
+    placement = Placement(6, tuple(tuple(r) for r in doc["placement"]["ranks"]))
+    traffic, load = _naive_traffic(trace.served, placement, 2)
+    assert doc["traffic"] == traffic.tolist()
+    assert doc["traffic_bytes"] == (traffic * 16 * 4).tolist()  # D fp32 values per token row
+    rows = pd.DataFrame(doc["per_rank"])
+    assert rows["assignments"].tolist() == load.tolist()
+    assert rows["tokens_in"].tolist() == [45, 45]
+    assert rows["recv_tokens"].tolist() == traffic.sum(axis=0).tolist()
+    assert rows["tokens_out"].tolist() == traffic.sum(axis=1).tolist()
+    expected = rows["expert_ms"].max() / rows["expert_ms"].mean()
+    assert doc["straggler_factor"] == pytest.approx(expected)
+
+
+def test_four_ranks_with_a_planned_placement_match_and_predict_the_load(tmp_path):
+    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2, seed=3)
+    y, trace = _single(cfg, 120)
+    load = trace.per_expert()["served"].to_numpy()
+    placement = plan(load, 4, redundant_slots=4)
+    assert placement.redundant_slots == 4
+    path, out = tmp_path / "plan.json", tmp_path / "y.pt"
+    save(placement, str(path), load)
+    run = torchrun(4, *FLAGS, "--n-experts", "8", "--tokens", "120", "--placement", str(path),
+                   "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    _check_against_single(doc, trace, torch.load(out), y)
+    traffic, naive_load = _naive_traffic(trace.served, placement, 4)
+    measured = [r["assignments"] for r in doc["per_rank"]]
+    assert measured == predicted_load(placement, load).tolist() == naive_load.tolist()
+    assert doc["traffic"] == traffic.tolist()
+    assert doc["world_size"] == 4 and doc["placement"]["ranks"] == [list(r) for r in placement.ranks]
+
+
+def _worker_errors(run) -> list[str]:
+    """The ranks' one-line messages (torchrun adds its own failure summary and traceback after them)."""
+    assert run.returncode != 0 and re.search(r"exitcode\s*:\s*2\b", run.stderr), run.stderr
+    return [line for line in run.stderr.splitlines() if line.startswith("python -m moe: error:")]
+
+
+def test_bad_inputs_exit_2_with_one_line_under_torchrun(tmp_path):
+    errors = _worker_errors(torchrun(2, "--n-experts", "1", "--top-k", "1", "--tokens", "8"))
+    assert len(errors) == 2 and "world size 2 is larger than n_experts=1" in errors[0]
+
+
+@pytest.mark.parametrize("ranks, message", [
+    ([[0, 1], [1, 2]], "placement misses experts [3]"),
+    ([[0, 1], [1, 2, 3]], "placement repeats experts [1] (1 extra slots) but declares redundant_slots=0"),
+    ([[0, 1, 2, 3]], "has 1 ranks but the world size is 2"),
+    ([[0, 1, 1], [2, 3]], "rank 0 lists an expert twice"),
+])
+def test_bad_placement_files_exit_2_before_any_collective(tmp_path, capsys, monkeypatch, ranks, message):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the file is checked before joining the job
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"ranks": ranks, "redundant_slots": 0}))
+    assert main(["ep-report", "--n-experts", "4", "--tokens", "8", "--placement", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err
+
+
+def test_ep_report_outside_torchrun_exits_2(capsys, monkeypatch):
+    monkeypatch.delenv("RANK", raising=False)
+    assert main(["ep-report", "--tokens", "8"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "torchrun --standalone --nproc-per-node" in err
+    assert main(["ep-report", "--noise-std", "0.1"]) == 2
+    assert "noise_std=0.1" in capsys.readouterr().err
+
+
+def test_a_job_past_its_time_is_stopped_with_all_its_processes():
+    job = EPJob(2, ["--tokens", "8"], timeout_s=0.5)  # torchrun alone takes longer than that to start
+    with pytest.raises(RuntimeError, match="did not finish in 0 s and was stopped"):
+        job.wait(poll_s=0.2)
+    assert_group_gone(job.proc.pid)
+
+
+def test_a_failed_job_reports_the_ranks_message():
+    with pytest.raises(RuntimeError, match="failed: world size 2 is larger than n_experts=1"):
+        run_ep_report(2, ["--n-experts", "1", "--top-k", "1", "--tokens", "8"], timeout_s=120)
+
+
+def test_csv_document_has_the_report_sections_and_the_rank_tables():
+    run = torchrun(2, "--n-experts", "4", "--tokens", "16", "--d-model", "8", "--d-expert", "8", "--format", "csv")
+    assert run.returncode == 0, run.stderr
+    sections = [line for line in run.stdout.splitlines() if line.startswith("# ")]
+    assert sections == ["# config", "# summary", "# per_expert", "# ep", "# per_rank",
+                        "# traffic (rows sender, columns receiver)", "# traffic_bytes (rows sender, columns receiver)"]
+    per_rank = run.stdout.split("# per_rank\n")[1].split("# traffic")[0]
+    rows = pd.read_csv(io.StringIO(per_rank))
+    assert rows["rank"].tolist() == [0, 1] and rows["tokens_in"].tolist() == [8, 8]
+    assert rows["experts"].tolist() == ["0 1", "2 3"]
+
+
+def test_missing_torchrun_is_a_clear_error(monkeypatch):
+    import importlib.util
+
+    from moe import ep_launch
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ValueError, match="torchrun is missing"):
+        ep_launch.check_torchrun()
+
+
+def test_three_ranks_uneven_shares_expert_choice(tmp_path):
+    """Expert choice picks each expert's best tokens over ALL tokens: exact only with global routing."""
+    out = tmp_path / "y.pt"
+    run = torchrun(3, *FLAGS, "--n-experts", "6", "--tokens", "91", "--router", "expert_choice",
+                   "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    y, trace = _single(MoEConfig(d_model=16, d_expert=32, n_experts=6, router="expert_choice", seed=3), 91)
+    _check_against_single(doc, trace, torch.load(out), y)
+    assert [r["tokens_in"] for r in doc["per_rank"]] == [30, 30, 31]
+    traffic, load = _naive_traffic(trace.served, contiguous(6, 3), 3)
+    assert doc["traffic"] == traffic.tolist() and [r["assignments"] for r in doc["per_rank"]] == load.tolist()

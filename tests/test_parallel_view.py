@@ -1,0 +1,67 @@
+"""The Expert parallel view: pure figures against the document, and the page running real torchrun jobs."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from streamlit.testing.v1 import AppTest
+
+from dashboard.figures_parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
+
+DOC = {  # a small ep-report document, numbers chosen by hand
+    "placement": {"redundant_slots": 0, "ranks": [[0, 1], [2, 3]]},
+    "per_rank": [{"rank": 0, "assignments": 30, "gather_ms": 1.0, "a2a_ms": 2.0, "expert_ms": 6.0,
+                  "expert_wall_ms": 6.5, "forward_ms": 10.0},
+                 {"rank": 1, "assignments": 10, "gather_ms": 1.0, "a2a_ms": 4.0, "expert_ms": 2.0,
+                  "expert_wall_ms": 2.5, "forward_ms": 8.0}],
+    "traffic": [[12, 5], [7, 9]], "straggler_factor": 1.5,
+}
+
+
+def test_figures_show_the_document_numbers():
+    rows = pd.DataFrame(DOC["per_rank"])
+    fig = rank_load_figure({"contiguous": rows}, {"contiguous": [29, 11]})
+    bars, predicted, mean = fig.data
+    assert list(bars.y) == [30, 10] and list(predicted.y) == [29, 11] and list(mean.y) == [20.0, 20.0]
+    heat = traffic_figure(np.array(DOC["traffic"])).data[0]
+    assert heat.z.tolist() == [[12, 5], [7, 9]]
+    times = rank_times_figure(rows)
+    assert {t.name: list(t.y) for t in times.data} == {"gather_ms": [1.0, 1.0], "a2a_ms": [2.0, 4.0],
+                                                       "expert_wall_ms": [6.5, 2.5]}
+    table = comparison_table({"contiguous": DOC}).iloc[0]
+    assert table["load_max_over_mean"] == 30 / 20 and table["straggler_factor"] == 1.5
+    assert table["a2a_share"] == 0.5 and table["forward_ms"] == 10.0  # max(2/10, 4/8); the slowest rank
+
+
+def view_app(variant: dict) -> None:
+    from dashboard.result import RunResult
+    from dashboard.sections import parallel
+    from moe import MoEConfig, MoELayer
+    from moe.scenarios import make_batch
+
+    cfg = MoEConfig(d_model=12, d_expert=24, seed=1, **variant)
+    batch = make_batch("clusters", cfg.d_model, 48, seed=cfg.seed, n_clusters=3, skew=2.0)
+    _, trace = MoELayer(cfg)(batch.x)
+    trace = trace.cpu()
+    parallel.render(RunResult(config=cfg, scenario="clusters", scenario_params={"n_clusters": 3, "skew": 2.0},
+                              trace=trace, per_expert=trace.per_expert(), summary=trace.summary()))
+
+
+def test_the_view_runs_contiguous_and_planned_and_the_prediction_holds():
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=30).run()
+    assert not at.exception and "Not run yet" in "\n".join(c.value for c in at.caption)
+    assert "--clusters 3 --skew 2.0" in at.code[0].value
+    at.button(key="ep_run").click().run(timeout=240)
+    assert not at.exception and not at.error, at.error
+    runs = at.session_state["ep_runs"]
+    for name in ("contiguous", "planned"):
+        measured = [r["assignments"] for r in runs["docs"][name]["per_rank"]]
+        assert measured == runs["predicted"][name]
+    assert runs["docs"]["planned"]["placement"]["redundant_slots"] == 2
+    assert len(at.get("plotly_chart")) == 5  # load, then traffic and times for each placement
+    assert "straggler_factor** = max over ranks of expert_ms / mean" in "\n".join(c.value for c in at.caption)
+
+
+def test_a_configuration_ep_cannot_run_says_why():
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, noise_std=0.5),), default_timeout=30).run()
+    assert not at.exception
+    assert "noise_std=0.5" in at.error[0].value and not at.button

@@ -1,0 +1,72 @@
+"""The placement planner: replicas of hot experts, balanced packing, the predicted load, the file."""
+import json
+
+import numpy as np
+import pytest
+
+from moe.placement import Placement, chunk_sizes, contiguous, load_file, plan, predicted_load, save
+
+
+def test_contiguous_blocks_and_their_load():
+    p = contiguous(8, 3)
+    assert p.ranks == ((0, 1), (2, 3, 4), (5, 6, 7)) and p.redundant_slots == 0
+    assert predicted_load(p, [1, 2, 3, 4, 5, 6, 7, 8]).tolist() == [3, 12, 21]
+
+
+def test_chunks_differ_by_at_most_one_and_sum_up():
+    for n in range(0, 30):
+        for parts in range(1, 5):
+            sizes = chunk_sizes(n, parts)
+            assert sum(sizes) == n and max(sizes) - min(sizes) <= 1
+
+
+def test_plan_replicates_the_hot_expert_and_packs_by_hand():
+    # worked by hand: slot 1 -> expert 0 (100 > 10); expert 0 then has a replica per rank, slot 2 -> expert 1;
+    # replicas (50, 50, 10, 10, 5, 5) go heaviest first to the least loaded rank that lacks that expert
+    p = plan([100, 10, 10, 10], world_size=2, redundant_slots=2)
+    assert p.ranks == ((0, 1, 2), (0, 1, 3))
+    assert predicted_load(p, [100, 10, 10, 10]).tolist() == [65, 65]
+    assert predicted_load(contiguous(4, 2), [100, 10, 10, 10]).tolist() == [110, 20]
+
+
+def test_plan_conserves_load_and_never_loses_to_contiguous():
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        E, W = int(rng.integers(4, 17)), int(rng.integers(2, 5))
+        load = rng.integers(0, 200, size=E) * (rng.random(E) < 0.8)
+        load[: int(rng.integers(0, 3))] = 0  # some dead experts: zero-load ties still spread over the ranks
+        for R in (0, W):
+            p = plan(load, W, R)
+            planned = predicted_load(p, load)
+            assert planned.sum() == load.sum() and p.redundant_slots == R
+            assert all(len(set(r)) == len(r) for r in p.ranks)
+            assert 1 <= min(len(r) for r in p.ranks) and max(len(r) for r in p.ranks) <= -(-(E + R) // W)
+            count = np.array([len(p.replicas(e)) for e in range(E)])
+            # greedy packing bound: the most loaded rank exceeds the mean by at most one replica's load
+            assert planned.max() <= np.ceil(load.sum() / W) + np.max(np.ceil(load / count)) + 1
+
+
+def test_file_round_trip_and_bad_files(tmp_path):
+    p = plan([5, 1, 1, 1, 9, 2], world_size=3, redundant_slots=3)
+    path = tmp_path / "plan.json"
+    save(p, str(path), [5, 1, 1, 1, 9, 2])
+    doc = json.loads(path.read_text())
+    assert doc["predicted_load"] == predicted_load(p, [5, 1, 1, 1, 9, 2]).tolist()
+    assert load_file(str(path), 6, 3) == p
+    with pytest.raises(ValueError, match="n_experts=6, this run has 8"):
+        load_file(str(path), 8, 3)
+    path.write_text("{")
+    with pytest.raises(ValueError, match="is not JSON"):
+        load_file(str(path), 6, 3)
+    with pytest.raises(ValueError, match="outside 0..3"):
+        Placement(4, ((0, 1), (2, 3, 4)))
+
+
+def test_impossible_plans_say_what_to_change():
+    with pytest.raises(ValueError, match="world size 5 is larger than n_experts=4"):
+        contiguous(4, 5)
+    with pytest.raises(ValueError, match="add redundant slots \\(at least 1\\)"):
+        plan([1, 2, 3, 4], 5, 0)
+    assert plan([1, 2, 3, 4], 5, 1).world_size == 5
+    with pytest.raises(ValueError, match="exceed E·\\(W-1\\) = 4"):
+        plan([1, 2, 3, 4], 2, 5)
