@@ -20,7 +20,9 @@ from .layer import MoELayer
 from .parallel import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward, init_distributed,
                        launched_world_size, split_rows, straggler_factor)
 from .placement import contiguous, load_file
-from .scenarios import SCENARIOS, make_batch
+from .knobs import from_knobs
+from .memory import budget_bytes, check_budget
+from .scenarios import make_batch
 from .stats import per_expert_frame, summary_dict
 
 _MS = ["gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
@@ -30,10 +32,7 @@ def add_ep_command(commands) -> None:
     """Register `ep-report`: the `report` flags plus --placement, --repeats, --timeout, --save-output."""
     p = commands.add_parser("ep-report", help="expert-parallel forward under torchrun: per-rank load and traffic")
     _cli.add_config_arguments(p)
-    p.add_argument("--scenario", choices=list(SCENARIOS), default="gaussian")
-    p.add_argument("--tokens", type=_cli._positive_int, default=512, help="total tokens, split over the ranks")
-    p.add_argument("--clusters", type=_cli._positive_int, default=4)
-    p.add_argument("--skew", type=_cli._float, default=0.0)
+    _cli.add_scenario_arguments(p)  # --tokens is the total, split over the ranks
     p.add_argument("--placement", default=None, help="JSON plan from moe.placement (default: contiguous blocks)")
     p.add_argument("--repeats", type=_cli._positive_int, default=1, help="timed forwards after one warm-up (medians)")
     p.add_argument("--timeout", type=_cli._float, default=60.0, help="seconds any collective may wait")
@@ -41,22 +40,16 @@ def add_ep_command(commands) -> None:
     p.set_defaults(run=run_ep_report)
 
 
-def _batch(args: argparse.Namespace, d_model: int) -> torch.Tensor:
-    """The same tokens `python -m moe report` draws for these flags."""
-    params = {"n_clusters": args.clusters, "skew": args.skew} if args.scenario in ("clusters", "drifting") else {}
-    if args.scenario == "drifting":
-        params["step"] = 0
-    return make_batch(args.scenario, d_model, args.tokens, seed=args.seed, **params).x  # (T, D)
-
-
 def run_ep_report(args: argparse.Namespace) -> str:
-    cfg = _cli.config_from_args(args)
+    _cli.check_scenario_options(args, args.scenario, ("clusters", "skew", "spread", "drift_step", "period"))
+    cfg, scenario, params, tokens = from_knobs(_cli.knobs_from_args(args))  # the same tokens `report` draws
+    check_budget(cfg, tokens, budget_bytes(), names=_cli.flag_names())  # before anything is built (every rank)
     check_ep_config(cfg)
     W = launched_world_size()
     placement = load_file(args.placement, cfg.n_experts, W) if args.placement else contiguous(cfg.n_experts, W)
-    if args.tokens < W:
-        raise ValueError(f"--tokens {args.tokens} is fewer than the {W} ranks; give every rank a token")
-    x = _batch(args, cfg.d_model)
+    if tokens < W:
+        raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
+    x = make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x  # (T, D)
     rank, W, device = init_distributed(cfg.device, args.timeout)  # every check above ran on every rank
     try:
         layer = MoELayer(cfg.replace(device=str(device)))
@@ -69,7 +62,7 @@ def run_ep_report(args: argparse.Namespace) -> str:
                 _save_output(runs[-1].y, x.shape[0], W, rank, args.save_output)
         if rank != 0:
             return ""
-        return _render(cfg, args, placement, runs)
+        return _render(cfg, args, placement, runs, {"scenario": scenario, "tokens": tokens, **params})
     finally:
         dist.destroy_process_group()
 
@@ -81,7 +74,7 @@ def _save_output(y: torch.Tensor, T: int, W: int, rank: int, path: str) -> None:
         torch.save(full.cpu(), path)
 
 
-def _render(cfg, args, placement, runs) -> str:
+def _render(cfg, args, placement, runs, input_: dict) -> str:
     """The `report` document of the last run, plus the per-rank table (median times over the runs)."""
     per_rank = runs[-1].per_rank.copy()
     per_rank[_MS] = np.median(np.stack([r.per_rank[_MS].to_numpy() for r in runs]), axis=0)
@@ -93,7 +86,7 @@ def _render(cfg, args, placement, runs) -> str:
              "traffic": traffic, "traffic_bytes": traffic * token_bytes,
              "straggler_factor": straggler_factor(per_rank)}
     base = _cli.render(cfg.to_dict(), summary_dict(sums), per_expert_frame(sums), args.format,
-                       extra={"scenario": args.scenario, "tokens": args.tokens})
+                       extra=input_)
     return _json(base, extra) if args.format == "json" else _csv(base, extra)
 
 
