@@ -77,7 +77,8 @@ class MoELayer(nn.Module):
             raise ValueError(f"input has no tokens (shape {tuple(x.shape)}); give at least one token")
         start = time.perf_counter()
         xt = x.reshape(-1, cfg.d_model).to(device=self.device, dtype=cfg.torch_dtype)  # (T, D)
-        routing = self.router(xt, cfg, generator if generator is not None else self.new_generator())
+        seq_len = x.shape[1] if x.dim() == 3 else None  # S: capacity_scope="sequence" counts per sequence
+        routing = self.router(xt, cfg, generator if generator is not None else self.new_generator(), seq_len)
         result = dispatch(xt, routing.served, routing.gates, self.experts, cfg.sparsity_eps, stats)
         y = result.out.reshape(x.shape).to(x.dtype)  # x's shape
         if not stats:
