@@ -89,7 +89,8 @@ class MoELayer(nn.Module):
         sums = gather_sums(routing.probs, routing.router_logits, routing.routed, routing.served,
                            routing.gates, result.contributions, coactivation, result.near_zero,
                            result.sum_sq, result.sum_y, result.out, top_k=cfg.top_k, d_expert=cfg.d_expert,
-                           capacity=routing.capacity)
+                           capacity=routing.capacity,
+                           overlap=routing.top_k_index is not None and cfg.router != "hash")
         sums.forward_ms = (time.perf_counter() - start) * 1e3  # gather_sums synchronised the device
         trace = Trace(
             config=cfg, router_logits=routing.router_logits, probs=routing.probs, routed=routing.routed,

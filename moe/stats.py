@@ -15,10 +15,13 @@ from torch import Tensor
 
 CONFIDENCE_CAP = 100.0
 PER_EXPERT_COLUMNS = ["expert", "demand", "served", "dropped", "load_share", "utilization",
-                      "activation_sparsity", "output_rms", "mean_gate", "contribution", "specialization"]
+                      "activation_sparsity", "output_rms", "mean_gate", "contribution", "specialization",
+                      "topk_margin", "bias_overlap"]
 SUMMARY_KEYS = ["aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "dead_fraction",
                 "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite", "nonfinite_output",
-                "demand", "served", "dropped", "active_experts", "capacity"]
+                "demand", "served", "dropped", "active_experts", "capacity", "topk_margin", "bias_overlap"]
+# Columns a trace built from routing alone (moe.trace_from_routing) cannot know: NaN there.
+OUTPUT_SIDE_COLUMNS = ("activation_sparsity", "output_rms", "contribution", "specialization")
 
 
 @dataclass
@@ -45,11 +48,18 @@ class ForwardSums:
     confidence: float        # Σ_t min(p1/p2, cap)
     nonfinite: float         # non-finite router logits
     nonfinite_output: float  # non-finite entries of the layer output y
+    margin: float            # Σ_t (p_(K) − p_(K+1)) / p_(K) over sorted probs (NaN when K = E)
+    margin_expert: np.ndarray  # (E,) Σ_t routed[t, e] · margin_t
+    unbiased: np.ndarray     # (E,) assignments of the unbiased top-K of probs (NaN: not a score router)
+    overlap: np.ndarray      # (E,) unbiased top-K assignments that the router also chose
 
     def __add__(self, other: "ForwardSums") -> "ForwardSums":
-        if (self.n_experts, self.d_model) != (other.n_experts, other.d_model):
-            raise ValueError(f"cannot merge statistics of E={other.n_experts}, D={other.d_model} into "
-                             f"E={self.n_experts}, D={self.d_model}; reset the accumulator first")
+        shape = ("n_experts", "top_k", "d_model", "d_expert")
+        mine, theirs = (tuple(getattr(s, n) for n in shape) for s in (self, other))
+        if mine != theirs:
+            diff = ", ".join(f"{n}={b} (accumulated: {a})" for n, a, b in zip(shape, mine, theirs) if a != b)
+            raise ValueError(f"cannot merge statistics of a layer with {diff}: aux_loss and utilization "
+                             f"would mix two layer shapes; reset the accumulator or keep one per layer shape")
         merged = {}
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
@@ -59,32 +69,55 @@ class ForwardSums:
 
 def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, gates: Tensor,
                 contributions: Tensor, coactivation: Tensor, near_zero: Tensor, sum_sq: Tensor,
-                sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None) -> ForwardSums:
-    """Reduce the trace on its device and move every statistic to the host in one transfer."""
+                sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None,
+                overlap: bool = True) -> ForwardSums:
+    """Reduce the trace on its device and move every statistic to the host in one transfer.
+
+    overlap: whether the router chose from the scores (bias_overlap is NaN for hash and expert_choice).
+    """
     T, E = probs.shape
     D = sum_y.shape[1]
     acc = torch.float32 if probs.device.type == "mps" else torch.float64  # mps has no float64
-    # One column reduction for the five (T, E) matrices: demand, served, gate, contribution, probs sums.
-    columns = torch.cat([routed, served, gates, contributions, probs], dim=1).to(acc).sum(dim=0)  # (5E,)
-    per_expert = torch.cat([columns, near_zero.to(acc), sum_sq.to(acc)])  # (7E,)
-    if E > 1:
-        top2 = probs.topk(2, dim=-1).values  # (T, 2)
-        confidence = (top2[:, 0] / top2[:, 1]).clamp(max=CONFIDENCE_CAP).sum()
-    else:
-        confidence = torch.tensor(float("nan"), device=probs.device)
-    scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.to(acc),
-                           (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc)])  # (4,)
+    confidence, margin, unbiased = router_health(probs, top_k)  # (T,), (T,), (T, E)
+    if not overlap:
+        unbiased = torch.full((T, E), float("nan"), device=probs.device)
+    # One column reduction for the (T, E) matrices: demand, served, gate, contribution, probs sums,
+    # the margin of the tokens routed to each expert, unbiased top-K and its overlap with the choice.
+    columns = torch.cat([routed, served, gates, contributions, probs, routed * margin[:, None],
+                         unbiased, unbiased * routed], dim=1).to(acc).sum(dim=0)  # (8E,)
+    per_expert = torch.cat([columns, near_zero.to(acc), sum_sq.to(acc)])  # (10E,)
+    scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.sum().to(acc),
+                           (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc),
+                           margin.sum().to(acc)])  # (5,)
     packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars])
     host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
-    pe, rest = host[: 7 * E].reshape(7, E), host[7 * E:]
+    pe, rest = host[: 10 * E].reshape(10, E), host[10 * E:]
     return ForwardSums(
         n_experts=E, top_k=top_k, d_model=D, d_expert=d_expert, forwards=1, tokens=float(T),
         capacity=float("nan") if capacity is None else float(capacity), forward_ms=0.0,
         demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
-        near_zero=pe[5], sum_sq=pe[6], sum_y=rest[: E * D].reshape(E, D),
-        coactivation=rest[E * D: E * D + E * E].reshape(E, E),
-        lse_sq=float(rest[-4]), confidence=float(rest[-3]), nonfinite=float(rest[-2]),
-        nonfinite_output=float(rest[-1]))
+        margin_expert=pe[5], unbiased=pe[6], overlap=pe[7], near_zero=pe[8], sum_sq=pe[9],
+        sum_y=rest[: E * D].reshape(E, D), coactivation=rest[E * D: E * D + E * E].reshape(E, E),
+        lse_sq=float(rest[-5]), confidence=float(rest[-4]), nonfinite=float(rest[-3]),
+        nonfinite_output=float(rest[-2]), margin=float(rest[-1]))
+
+
+def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per token, from probs (T, E): confidence min(p1/p2, cap), the top-K margin
+    (p_(K) − p_(K+1)) / p_(K), and the unbiased top-K as a (T, E) float mask (stable: lower index
+    wins ties). Confidence is NaN when E = 1, the margin when K = E."""
+    T, E = probs.shape
+    values, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E), (T, E)
+    unbiased = torch.zeros(T, E, device=probs.device).scatter_(1, order[:, :top_k], 1.0)  # (T, E)
+    nan = torch.full((T,), float("nan"), device=probs.device)
+    if E == 1:
+        return nan, nan, unbiased
+    confidence = (values[:, 0] / values[:, 1]).clamp(max=CONFIDENCE_CAP)  # (T,)
+    if top_k >= E:
+        return confidence, nan, unbiased
+    kth, next_ = values[:, top_k - 1], values[:, top_k]  # (T,), (T,)
+    margin = torch.where(kth > 0, (kth - next_) / kth.clamp_min(torch.finfo(kth.dtype).tiny), 0.0)  # (T,)
+    return confidence, margin, unbiased
 
 
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
@@ -111,6 +144,8 @@ def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
         "mean_gate": _ratio(s.gate_sum, s.served),
         "contribution": s.contribution,
         "specialization": np.where(s.served > 0, 1.0 - cosine, np.nan),
+        "topk_margin": _ratio(s.margin_expert, s.demand),
+        "bias_overlap": _ratio(s.overlap, s.unbiased),
     })
 
 
@@ -141,6 +176,8 @@ def summary_dict(s: ForwardSums) -> dict[str, float]:
         "dropped": float(demand.sum() - s.served.sum()),
         "active_experts": float(np.sum(s.served > 0)),
         "capacity": s.capacity / s.forwards,
+        "topk_margin": s.margin / T,
+        "bias_overlap": float(s.overlap.sum() / s.unbiased.sum()) if s.unbiased.sum() > 0 else float("nan"),
     }
 
 
