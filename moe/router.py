@@ -98,10 +98,8 @@ def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | No
             selection = selection.masked_fill(~group_mask(selection, cfg.n_group, cfg.topk_group), float("-inf"))
         order = torch.sort(selection, dim=-1, descending=True, stable=True).indices  # (T, E)
         idx = order[:, : cfg.top_k]  # (T, K)
-        w = score.gather(1, idx)  # (T, K) unbiased scores of the chosen experts
-        if cfg.normalize_topk:
-            w = w / w.sum(dim=-1, keepdim=True)
-    if cfg.routed_scaling_factor != 1.0:
+        w = topk_weights(score, idx, cfg)  # (T, K)
+    if cfg.router == "hash" and cfg.routed_scaling_factor != 1.0:
         w = w * cfg.routed_scaling_factor
 
     routed = torch.zeros(T, E, dtype=torch.bool, device=logits.device).scatter_(1, idx, True)  # (T, E)
@@ -110,6 +108,17 @@ def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | No
         return Routing(logits, probs, routed, routed, gates, idx, w, C)
     served = _apply_capacity(routed.view(-1, S, E), probs.view(-1, S, E), C, cfg.drop_policy).view(T, E)
     return Routing(logits, probs, routed, served, torch.where(served, gates, 0.0), idx, w, C)
+
+
+def topk_weights(score: Tensor, idx: Tensor, cfg: MoEConfig) -> Tensor:
+    """The combine weights of the chosen experts idx (T, K): their unbiased scores, divided by their
+    sum if normalize_topk, times routed_scaling_factor."""
+    w = score.gather(1, idx)  # (T, K)
+    if cfg.normalize_topk:
+        w = w / w.sum(dim=-1, keepdim=True)
+    if cfg.routed_scaling_factor != 1.0:
+        w = w * cfg.routed_scaling_factor
+    return w
 
 
 def group_mask(selection: Tensor, n_group: int, topk_group: int) -> Tensor:
