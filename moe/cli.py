@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import torch
 
-from .config import DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
+from .config import CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTERS, SCORES, MoEConfig
 from .layer import MoELayer
 from .scenarios import SCENARIOS, make_batch
 from .train import BALANCES, PRESETS, TrainConfig, Trainer
@@ -60,8 +60,12 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=_float, default=d.temperature)
     p.add_argument("--no-normalize-topk", action="store_true", help="keep raw top-k scores (Qwen/OLMoE)")
     p.add_argument("--routed-scaling-factor", type=_float, default=d.routed_scaling_factor)
+    p.add_argument("--n-group", type=_positive_int, default=d.n_group, help="expert groups (DeepSeek-V3)")
+    p.add_argument("--topk-group", type=_positive_int, default=d.topk_group, help="groups a token may use")
     p.add_argument("--capacity-factor", type=_float, default=None, help="omit for dropless")
     p.add_argument("--drop-policy", choices=DROP_POLICIES, default=d.drop_policy)
+    p.add_argument("--capacity-scope", choices=CAPACITY_SCOPES, default=d.capacity_scope,
+                   help="sequence: capacity per sequence of a (B, S, D) input")
     p.add_argument("--jitter-eps", type=_float, default=d.jitter_eps)
     p.add_argument("--noise-std", type=_float, default=d.noise_std)
     p.add_argument("--hot-expert", type=int, default=None, help="add --hot-bias to this expert's logit")
@@ -82,6 +86,7 @@ def config_from_args(args: argparse.Namespace) -> MoEConfig:
         d_model=args.d_model, d_expert=args.d_expert, n_experts=args.n_experts, top_k=args.top_k,
         router=args.router, score=args.score, temperature=args.temperature,
         normalize_topk=not args.no_normalize_topk, routed_scaling_factor=args.routed_scaling_factor,
+        n_group=args.n_group, topk_group=args.topk_group, capacity_scope=args.capacity_scope,
         capacity_factor=args.capacity_factor, drop_policy=args.drop_policy, jitter_eps=args.jitter_eps,
         noise_std=args.noise_std, logit_bias=logit_bias, device=args.device, dtype=args.dtype, seed=args.seed)
 
