@@ -104,11 +104,15 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
 
 def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
     """Per token, from probs (T, E): confidence min(p1/p2, cap), the top-K margin
-    (p_(K) − p_(K+1)) / p_(K), and the unbiased top-K as a (T, E) float mask (stable: lower index
-    wins ties). Confidence is NaN when E = 1, the margin when K = E."""
+    (p_(K) − p_(K+1)) / p_(K), and the unbiased top-K as a (T, E) float mask (lower index wins ties,
+    like the router's stable sort). Confidence is NaN when E = 1, the margin when K = E."""
     T, E = probs.shape
-    values, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E), (T, E)
-    unbiased = torch.zeros(T, E, device=probs.device).scatter_(1, order[:, :top_k], 1.0)  # (T, E)
+    values = probs.topk(min(top_k + 1, E), dim=-1).values  # (T, K+1) largest first; values only, ties agree
+    kth = values[:, top_k - 1 : top_k]  # (T, 1)
+    above = probs > kth  # (T, E) surely in the top K
+    tied = probs == kth  # (T, E) in it while places remain, lower index first
+    places = top_k - above.sum(dim=-1, keepdim=True)  # (T, 1)
+    unbiased = (above | (tied & (tied.cumsum(dim=-1) <= places))).float()  # (T, E)
     nan = torch.full((T,), float("nan"), device=probs.device)
     if E == 1:
         return nan, nan, unbiased
