@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 CONFIDENCE_CAP = 100.0
+SMALL_SORT = 1 << 16  # up to this many (token, expert) probs, router_health sorts them (see there)
 PER_EXPERT_COLUMNS = ["expert", "demand", "served", "dropped", "load_share", "utilization",
                       "activation_sparsity", "output_rms", "mean_gate", "contribution", "specialization",
                       "topk_margin", "bias_overlap"]
@@ -107,20 +108,24 @@ def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
     (p_(K) − p_(K+1)) / p_(K), and the unbiased top-K as a (T, E) float mask (lower index wins ties,
     like the router's stable sort). Confidence is NaN when E = 1, the margin when K = E."""
     T, E = probs.shape
-    values = probs.topk(min(top_k + 1, E), dim=-1).values  # (T, K+1) largest first; values only, ties agree
-    kth = values[:, top_k - 1 : top_k]  # (T, 1)
-    above = probs > kth  # (T, E) surely in the top K
-    tied = probs == kth  # (T, E) in it while places remain, lower index first
-    places = top_k - above.sum(dim=-1, keepdim=True)  # (T, 1)
-    unbiased = (above | (tied & (tied.cumsum(dim=-1) <= places))).float()  # (T, E)
-    nan = torch.full((T,), float("nan"), device=probs.device)
+    if T * E <= SMALL_SORT:  # per-op cost dominates: one stable sort gives the values and the members
+        values, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E), (T, E)
+        unbiased = torch.zeros_like(probs).scatter_(1, order[:, :top_k], 1.0)  # (T, E)
+    else:  # a full sort costs more than topk(K+1) and a tie-aware mask on large inputs
+        values = probs.topk(min(top_k + 1, E), dim=-1).values  # (T, K+1) largest first; ties agree
+        kth = values[:, top_k - 1 : top_k]  # (T, 1)
+        above = probs > kth  # (T, E) surely in the top K
+        tied = probs == kth  # (T, E) in it while places remain, lower index first
+        places = top_k - above.sum(dim=-1, keepdim=True)  # (T, 1)
+        unbiased = (above | (tied & (tied.cumsum(dim=-1) <= places))).float()  # (T, E)
     if E == 1:
+        nan = torch.full((T,), float("nan"), device=probs.device)
         return nan, nan, unbiased
     confidence = (values[:, 0] / values[:, 1]).clamp(max=CONFIDENCE_CAP)  # (T,)
     if top_k >= E:
-        return confidence, nan, unbiased
+        return confidence, torch.full((T,), float("nan"), device=probs.device), unbiased
     kth, next_ = values[:, top_k - 1], values[:, top_k]  # (T,), (T,)
-    margin = torch.where(kth > 0, (kth - next_) / kth.clamp_min(torch.finfo(kth.dtype).tiny), 0.0)  # (T,)
+    margin = torch.where(kth > 0, 1 - next_ / kth, 0.0)  # (T,); p_(K) = 0 only when p_(K+1) = 0 too
     return confidence, margin, unbiased
 
 

@@ -116,3 +116,21 @@ def test_bias_overlap_counts_the_assignments_the_bias_moved():
     assert unbiased.summary()["bias_overlap"] == 1.0
     _, hashed = layer.reconfigured(cfg.replace(router="hash"))(x)
     assert math.isnan(hashed.summary()["bias_overlap"])
+
+
+def test_router_health_large_inputs_break_ties_like_the_small_path():
+    """Above SMALL_SORT the unbiased top-K comes from topk(K+1) and a tie-aware mask instead of a
+    stable sort: same members (lower index wins ties), same margins."""
+    from moe.stats import SMALL_SORT, router_health
+    E, K = 8, 3
+    T = SMALL_SORT // E + 50
+    g = torch.Generator().manual_seed(0)
+    probs = torch.randint(1, 5, (T, E), generator=g).float()  # many exact ties
+    probs = probs / probs.sum(dim=-1, keepdim=True)  # (T, E)
+    confidence, margin, unbiased = router_health(probs, K)
+    order = torch.sort(probs, dim=-1, descending=True, stable=True)  # the small path's rule
+    expected = torch.zeros(T, E).scatter_(1, order.indices[:, :K], 1.0)
+    assert torch.equal(unbiased, expected)
+    values = order.values
+    torch.testing.assert_close(margin, 1 - values[:, K] / values[:, K - 1])
+    torch.testing.assert_close(confidence, values[:, 0] / values[:, 1])
