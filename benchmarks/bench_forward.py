@@ -40,15 +40,17 @@ class Case:
     T: int
     ratio_target: float | None   # moe / dense roofline must be at most this
     ms_target: float | None      # moe median must be under this many ms
+    grouped: tuple[int, int] | None = None  # (n_group, topk_group): also time group-limited routing
 
 
 CASES = {
     "a": Case("a", D=768, H=3072, E=8, K=2, T=4096, ratio_target=1.18, ms_target=None),
-    "b": Case("b", D=1024, H=512, E=64, K=6, T=4096, ratio_target=1.33, ms_target=None),
+    "b": Case("b", D=1024, H=512, E=64, K=6, T=4096, ratio_target=1.33, ms_target=None, grouped=(8, 4)),
     "c": Case("c", D=64, H=256, E=8, K=2, T=256, ratio_target=None, ms_target=1.5),
 }
 STATS_OVERHEAD_TARGET = 0.10   # case (a): forward+stats within 10% of the forward without statistics
 LOOP_SPEEDUP_TARGET = 15.0     # at least this much faster than the per-token loop, case (a)
+GROUPED_OVERHEAD_TARGET = 0.05  # group-limited routing adds at most 5% to forward+stats, case (b)
 
 
 # --- timing -----------------------------------------------------------------------------------
@@ -203,11 +205,16 @@ def run_case(case: Case, args) -> tuple[list[Row], list[str]]:
             labels["moe_nostats"] = f"forward({switch}=False)"
         elif case.name == "a":
             notes.append("moe_nostats omitted: MoELayer.forward has no switch to skip statistics")
+        if case.grouped:
+            n_group, topk_group = case.grouped
+            grouped = layer.reconfigured(cfg.replace(n_group=n_group, topk_group=topk_group))  # same weights
+            fns["moe grouped"] = lambda: grouped(x)
+            labels["moe grouped"] = f"forward + statistics, n_group {n_group}, topk_group {topk_group}"
         x_rep = x.repeat(case.K, 1)  # (T·K, D): built outside the timing, as no routing is done
         fns["dense roofline"] = lambda: dense_roofline(x_rep, w)
         fns["hf mixtral loop"] = lambda: hf_mixtral_loop(x, w, case.K)
         medians = time_interleaved(fns, **timing)
-        order = ["dense roofline", "moe", "moe_nostats", "hf mixtral loop"]
+        order = ["dense roofline", "moe", "moe grouped", "moe_nostats", "hf mixtral loop"]
         rows = [Row(case.name, p, medians[p], labels.get(p, "")) for p in order if p in medians]
         del x_rep
 
@@ -264,6 +271,11 @@ def verdicts(rows: list[Row]) -> list[str]:
         if c.ms_target is not None:
             lines.append(f"({c.name}) moe median = {moe:.2f} ms (target < {c.ms_target:g} ms) "
                          f"{_ok(moe < c.ms_target)}")
+        grouped = ms.get((c.name, "moe grouped"))
+        if grouped is not None:
+            over = grouped / moe - 1
+            lines.append(f"({c.name}) group-limited routing adds {over:+.1%} to forward+stats "
+                         f"(target ≤{GROUPED_OVERHEAD_TARGET:.0%}) {_ok(over <= GROUPED_OVERHEAD_TARGET)}")
         nostats = ms.get((c.name, "moe_nostats"))
         if nostats is not None:
             over = moe / nostats - 1

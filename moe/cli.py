@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 
 from . import ep_report
-from .config import ACTIVATIONS, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
+from .config import ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
 from .memory import BudgetError, budget_bytes, check_budget
@@ -63,8 +63,12 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=_float, default=d.temperature)
     p.add_argument("--no-normalize-topk", action="store_true", help="keep raw top-k scores (Qwen/OLMoE)")
     p.add_argument("--routed-scaling-factor", type=_float, default=d.routed_scaling_factor)
+    p.add_argument("--n-group", type=_positive_int, default=d.n_group, help="expert groups (DeepSeek-V3)")
+    p.add_argument("--topk-group", type=_positive_int, default=d.topk_group, help="groups a token may use")
     p.add_argument("--capacity-factor", type=_float, default=None, help="omit for dropless")
     p.add_argument("--drop-policy", choices=DROP_POLICIES, default=d.drop_policy)
+    p.add_argument("--capacity-scope", choices=CAPACITY_SCOPES, default=d.capacity_scope,
+                   help="sequence: capacity per sequence of a (B, S, D) input")
     p.add_argument("--jitter-eps", type=_float, default=d.jitter_eps)
     p.add_argument("--noise-std", type=_float, default=d.noise_std)
     p.add_argument("--activation", choices=ACTIVATIONS, default=d.activation)
@@ -100,7 +104,7 @@ _REPORT_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score",
                  "routed_scaling_factor", "capacity_factor", "drop_policy", "jitter_eps", "noise_std", "hot_expert",
                  "hot_bias", "device", "dtype", "seed", "scenario", "tokens", "clusters", "skew", "spread",
                  "drift_step", "period", "activation", "expert_biases", "swiglu_limit", "shared_experts",
-                 "d_shared", "shared_gate", "sparsity_mode")
+                 "d_shared", "shared_gate", "sparsity_mode", "n_group", "topk_group", "capacity_scope")
 
 
 def flag_names() -> dict[str, str]:

@@ -17,6 +17,7 @@ from .validate import check_fields
 ROUTERS = ("topk", "expert_choice", "hash", "random")
 SCORES = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probs")
+CAPACITY_SCOPES = ("batch", "sequence")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ROUTER_DTYPES = ("float32", "model")
 ACTIVATIONS = ("silu", "gelu", "relu", "gpt_oss")   # moe.experts.ACTIVATION_FNS implements each
@@ -76,10 +77,13 @@ class MoEConfig:
     logit_bias: tuple[float, ...] | None = None   # (E,) added to logits: changes probabilities
     expert_bias: tuple[float, ...] | None = None  # (E,) initial router.expert_bias: steers selection only
     router_dtype: str = "float32"                 # "float32" | "model"
+    n_group: int = 1             # experts split into n_group contiguous groups (DeepSeek-V3)
+    topk_group: int = 1          # only the topk_group best groups may be chosen (group score: top-2 sum)
 
     # --- capacity
     capacity_factor: float | None = None  # None = dropless
     drop_policy: str = "position"         # "position" | "probs"
+    capacity_scope: str = "batch"         # "batch": C over all T tokens | "sequence": C per sequence of S
 
     # --- training-style noise (seeded by `seed`)
     jitter_eps: float = 0.0
@@ -149,6 +153,9 @@ class MoEConfig:
             if not all(_finite(b) for b in bias):
                 raise ValueError(f"{name} values must be finite, got {bias!r}")
             object.__setattr__(self, name, bias)  # normalise lists to tuples: the config stays hashable
+        self._check_routing_groups()
+        if self.capacity_scope not in CAPACITY_SCOPES:
+            raise ValueError(f"unknown capacity_scope {self.capacity_scope!r}; choose one of {_choices(CAPACITY_SCOPES)}")
         check_device(self.device)
 
     def _check_experts(self) -> None:
@@ -178,6 +185,26 @@ class MoEConfig:
             raise ValueError("shared_gate=True gates the shared FFN but shared_experts=0; "
                              "set shared_experts >= 1 or shared_gate=False")
 
+    def _check_routing_groups(self) -> None:
+        """n_group / topk_group: DeepSeek-V3 group-limited routing must leave at least top_k experts."""
+        for name in ("n_group", "topk_group"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        G, E = self.n_group, self.n_experts
+        if E % G:
+            divisors = [g for g in range(1, E + 1) if E % g == 0]
+            raise ValueError(f"n_experts={E} is not divisible by n_group={G}; choose n_group among {divisors}")
+        if self.topk_group > G:
+            raise ValueError(f"topk_group={self.topk_group} exceeds n_group={G}; lower topk_group to at most {G}")
+        if G > 1 and self.router != "topk":
+            raise ValueError(f"n_group={G} needs router='topk' (got {self.router!r}); set n_group=1 or router='topk'")
+        kept = self.topk_group * (E // G)
+        if kept < self.top_k:
+            raise ValueError(f"topk_group={self.topk_group} of n_group={G} keeps {kept} experts, fewer than "
+                             f"top_k={self.top_k}; raise topk_group to at least {-(-self.top_k // (E // G))} "
+                             f"or lower top_k to {kept}")
+
     # --- derived values
     @property
     def shared_hidden(self) -> int:
@@ -195,7 +222,10 @@ class MoEConfig:
         return torch.float32 if self.router_dtype == "float32" else self.torch_dtype
 
     def capacity(self, tokens: int) -> int | None:
-        """Per-expert capacity C = ceil(capacity_factor·T·K/E), at most T; None when dropless."""
+        """Per-expert capacity C = ceil(capacity_factor·T·K/E), at most T; None when dropless.
+
+        With capacity_scope="sequence" pass the sequence length S: C then applies to each sequence.
+        """
         factor = self.capacity_factor
         if factor is None:
             if self.router != "expert_choice":

@@ -22,16 +22,17 @@ DEFINITIONS: dict[str, str] = {
                            "`act(w_up·x)` when not gated). sparsity_mode \"absolute\": `|h| < sparsity_eps`; "
                            "\"relative\": `|h| ≤ sparsity_eps·rms(h_t)`, rms over the H units of that token's "
                            "row (scale-free: tiny-weight models are not all \"sparse\"). The caption says which "
-                           "one is shown. NaN for an idle expert.",
+                           "one is shown. NaN for an idle expert, and for a trace from routing alone (trace_from_routing).",
     "output_rms": "`sqrt(Σ_t Σ_d y_e(x_t)_d² / (served_e·D))` over the tokens e served, before the gate "
-                  "(unweighted). NaN for an idle expert.",
+                  "(unweighted). NaN for an idle expert and for a trace from routing alone.",
     "mean_gate": "mean combine weight of expert e over its served assignments: `Σ_t gates[t,e] / served_e`. "
                  "NaN for an idle expert.",
     "contribution": "`Σ_t contributions[t,e]`, the summed norm of what expert e added to the output; 0 when "
-                    "idle. The top contributors chart ranks experts by it.",
+                    "idle (NaN for a trace from routing alone). The top contributors chart ranks experts by it.",
     "specialization": "output distinctness, `1 − cos(μ_e, μ)`: μ_e = mean of y_e(x_t) over the tokens e served, "
                       "μ = mean of y_e'(x_t) over all served assignments (t, e'), unweighted. 0 = the expert's "
-                      "mean output points where everyone's does; up to 2. NaN for an idle expert. It measures how "
+                      "mean output points where everyone's does; up to 2. NaN for an idle expert and for a trace "
+                      "from routing alone. It measures how "
                       "different the experts' output directions are, not what the router learned: random experts "
                       "on structureless input already read 0.5–0.9. For routing specialisation see `routing_nmi`.",
     # --- summary() keys
@@ -61,7 +62,20 @@ DEFINITIONS: dict[str, str] = {
     "nonfinite": "count of non-finite (NaN or ±inf) entries of router_logits: bad input is reported, not hidden.",
     "active_experts": "experts that served at least one token: `#{e : served_e > 0}`.",
     "capacity": "`C = ceil(capacity_factor·T·K/E)`, at most T: the most assignments one expert keeps. "
-                "None when dropless; expert_choice uses capacity_factor 1 when unset.",
+                "None when dropless; expert_choice uses capacity_factor 1 when unset. With capacity_scope = "
+                "sequence, T is replaced by the sequence length S and C applies to each sequence separately.",
+    "topk_margin": "how close routing is to flipping (Megatron-LM's router diagnostics): per token, with its "
+                   "probs sorted `p_(1) ≥ … ≥ p_(E)` (unbiased, no groups), `m_t = (p_(K) − p_(K+1)) / p_(K)` "
+                   "(0 when p_(K) = 0). Summary: `mean_t m_t`; per expert: the mean of m_t over the tokens "
+                   "routed to e (NaN when none). 0 = the K-th and (K+1)-th experts tie; NaN when K = E.",
+    "bias_overlap": "share of the unbiased top-K assignments (the K largest probs of each token, lower index on "
+                    "ties) that the router also chose after expert_bias and the group limit (n_group / "
+                    "topk_group): `Σ_t |U_t ∩ R_t| / (T·K)`; per expert `|{t : e ∈ U_t ∩ R_t}| / |{t : e ∈ U_t}|`. "
+                    "1 = the bias and groups changed nothing. NaN for hash and expert_choice routers.",
+    "trace_from_routing": "a trace built from router logits and top-k choices made elsewhere (a real model, a "
+                          "training run): every routing-side number is computed as for a forward, with served = "
+                          "routed (no capacity); activation_sparsity, output_rms, contribution and specialization "
+                          "need the experts' outputs and are NaN there.",
     # --- trace fields the charts read
     "router_logits": "`(x·Wᵀ + logit_bias) / temperature` (+ noise when set). The chart shows each expert's "
                      "spread over tokens (box = quartiles, whiskers = min and max, dot = median).",

@@ -30,13 +30,15 @@ DEFAULTS: dict[str, object] = {
     "activation": _CFG.activation, "gated": _CFG.gated, "expert_biases": _CFG.expert_biases,
     "swiglu_limit": _CFG.swiglu_limit, "shared_experts": _CFG.shared_experts, "d_shared": _CFG.d_shared,
     "shared_gate": _CFG.shared_gate, "sparsity_mode": _CFG.sparsity_mode,
+    # production routing: DeepSeek-V3 group-limited top-k, Switch's per-sequence capacity
+    "n_group": _CFG.n_group, "topk_group": _CFG.topk_group, "capacity_scope": _CFG.capacity_scope,
 }
 # Knob name → scenario keyword, for the knobs whose names differ from the scenario's parameter.
 SCENARIO_KNOBS = {"drift_step": "step"}
 _CONFIG_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score", "temperature", "normalize_topk",
                  "routed_scaling_factor", "drop_policy", "noise_std", "jitter_eps", "router_dtype", "device",
                  "dtype", "seed", "activation", "gated", "expert_biases", "swiglu_limit", "shared_experts",
-                 "d_shared", "shared_gate", "sparsity_mode")
+                 "d_shared", "shared_gate", "sparsity_mode", "n_group", "topk_group", "capacity_scope")
 
 
 def bias_values(n_experts: int, hot: int, hot_value: float, spread: float, seed: int, stream: int):

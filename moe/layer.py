@@ -108,7 +108,8 @@ class MoELayer(nn.Module):
             raise ValueError(f"input has no tokens (shape {tuple(x.shape)}); give at least one token")
         start = time.perf_counter()
         xt = x.reshape(-1, cfg.d_model).to(device=self.device, dtype=cfg.torch_dtype)  # (T, D)
-        routing = self.router(xt, cfg, generator if generator is not None else self.new_generator())
+        seq_len = x.shape[1] if x.dim() == 3 else None  # S: capacity_scope="sequence" counts per sequence
+        routing = self.router(xt, cfg, generator if generator is not None else self.new_generator(), seq_len)
         result = dispatch(xt, routing.served, routing.gates, self.experts, cfg, stats)
         out, shared = result.out, None  # (T, D) routed output
         if self.shared is not None:
@@ -124,7 +125,8 @@ class MoELayer(nn.Module):
         sums = gather_sums(routing.probs, routing.router_logits, routing.routed, routing.served,
                            routing.gates, result.contributions, coactivation, result.near_zero,
                            result.sum_sq, result.sum_y, out, top_k=cfg.top_k, d_expert=cfg.d_expert,
-                           capacity=routing.capacity, shared=shared)
+                           capacity=routing.capacity, shared=shared,
+                           overlap=routing.top_k_index is not None and cfg.router != "hash")
         sums.forward_ms = (time.perf_counter() - start) * 1e3  # gather_sums synchronised the device
         trace = Trace(
             config=cfg, router_logits=routing.router_logits, probs=routing.probs, routed=routing.routed,

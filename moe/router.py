@@ -37,9 +37,10 @@ class TopKRouter(nn.Module):
         bias = torch.tensor(cfg.expert_bias or [0.0] * cfg.n_experts, dtype=torch.float32)
         self.register_buffer("expert_bias", bias)  # (E,)
 
-    def forward(self, x: Tensor, cfg: MoEConfig, generator: torch.Generator) -> Routing:
+    def forward(self, x: Tensor, cfg: MoEConfig, generator: torch.Generator,
+                seq_len: int | None = None) -> Routing:
         logits = router_logits(x, self.weight, cfg, generator)  # (T, E)
-        return route(logits, self.expert_bias, cfg)
+        return route(logits, self.expert_bias, cfg, seq_len)
 
 
 def router_logits(x: Tensor, weight: Tensor, cfg: MoEConfig, generator: torch.Generator) -> Tensor:
@@ -71,13 +72,20 @@ def scores_and_probs(logits: Tensor, cfg: MoEConfig) -> tuple[Tensor, Tensor]:
     return s, s / s.sum(dim=-1, keepdim=True)
 
 
-def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig) -> Routing:
-    """Select experts for every token, apply capacity, and build the (T, E) gate matrix."""
+def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | None = None) -> Routing:
+    """Select experts for every token, apply capacity, and build the (T, E) gate matrix.
+
+    seq_len: tokens per sequence S (T = B·S); with capacity_scope="sequence" capacity applies to
+    each sequence separately. None means one sequence of T tokens.
+    """
     T, E = logits.shape
     score, probs = scores_and_probs(logits, cfg)
-    C = cfg.capacity(T)
+    S = seq_len if cfg.capacity_scope == "sequence" and seq_len is not None else T
+    if T % S:
+        raise ValueError(f"{T} tokens do not split into sequences of seq_len={S}; give a (B, S, D) input")
+    C = cfg.capacity(S)
     if cfg.router == "expert_choice":
-        keep = _top_rows(probs, C)  # (T, E) bool: each expert's C best tokens
+        keep = _top_rows(probs.view(-1, S, E), C).view(T, E)  # (T, E) bool: each expert's C best tokens
         gates = torch.where(keep, probs * cfg.routed_scaling_factor, 0.0)
         return Routing(logits, probs, keep, keep, gates, None, None, C)
 
@@ -85,20 +93,49 @@ def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig) -> Routing:
         idx = _hash_experts(T, cfg.n_experts, cfg.top_k, logits.device)  # (T, K)
         w = torch.full(idx.shape, 1.0 / cfg.top_k if cfg.normalize_topk else 1.0, device=logits.device)
     else:
-        order = torch.sort(score + expert_bias, dim=-1, descending=True, stable=True).indices  # (T, E)
+        selection = score + expert_bias  # (T, E) the bias steers the choice, never the weights
+        if cfg.n_group > 1:
+            selection = selection.masked_fill(~group_mask(selection, cfg.n_group, cfg.topk_group), float("-inf"))
+        order = torch.sort(selection, dim=-1, descending=True, stable=True).indices  # (T, E)
         idx = order[:, : cfg.top_k]  # (T, K)
-        w = score.gather(1, idx)  # (T, K) unbiased scores of the chosen experts
-        if cfg.normalize_topk:
-            w = w / w.sum(dim=-1, keepdim=True)
-    if cfg.routed_scaling_factor != 1.0:
+        w = topk_weights(score, idx, cfg)  # (T, K)
+    if cfg.router == "hash" and cfg.routed_scaling_factor != 1.0:
         w = w * cfg.routed_scaling_factor
 
     routed = torch.zeros(T, E, dtype=torch.bool, device=logits.device).scatter_(1, idx, True)  # (T, E)
     gates = torch.zeros(T, E, device=logits.device).scatter_(1, idx, w)  # (T, E)
     if C is None:
         return Routing(logits, probs, routed, routed, gates, idx, w, C)
-    served = _apply_capacity(routed, probs, C, cfg.drop_policy)
+    served = _apply_capacity(routed.view(-1, S, E), probs.view(-1, S, E), C, cfg.drop_policy).view(T, E)
     return Routing(logits, probs, routed, served, torch.where(served, gates, 0.0), idx, w, C)
+
+
+def topk_weights(score: Tensor, idx: Tensor, cfg: MoEConfig) -> Tensor:
+    """The combine weights of the chosen experts idx (T, K): their unbiased scores, divided by their
+    sum if normalize_topk, times routed_scaling_factor."""
+    w = score.gather(1, idx)  # (T, K)
+    if cfg.normalize_topk:
+        w = w / w.sum(dim=-1, keepdim=True)
+    if cfg.routed_scaling_factor != 1.0:
+        w = w * cfg.routed_scaling_factor
+    return w
+
+
+def group_mask(selection: Tensor, n_group: int, topk_group: int) -> Tensor:
+    """(T, E) bool: experts of the topk_group best of n_group contiguous groups (DeepSeek-V3).
+
+    A group's score is the sum of its two best selection scores; equal group scores keep the lower group.
+    """
+    T, E = selection.shape
+    per_group = E // n_group
+    grouped = selection.view(T, n_group, per_group)  # (T, G, E/G)
+    best1, at = grouped.max(dim=-1, keepdim=True)  # (T, G, 1): max is much cheaper than topk(2) on CPU
+    group_score = best1.squeeze(-1)  # (T, G)
+    if per_group > 1:
+        group_score = group_score + grouped.scatter(-1, at, float("-inf")).amax(dim=-1)  # + second best
+    best = torch.sort(group_score, dim=-1, descending=True, stable=True).indices[:, :topk_group]  # (T, topk_group)
+    keep = torch.zeros(T, n_group, dtype=torch.bool, device=selection.device).scatter_(1, best, True)  # (T, G)
+    return keep.repeat_interleave(per_group, dim=1)  # (T, E)
 
 
 def _hash_experts(T: int, E: int, K: int, device) -> Tensor:
@@ -109,20 +146,22 @@ def _hash_experts(T: int, E: int, K: int, device) -> Tensor:
 
 
 def _top_rows(values: Tensor, C: int, mask: Tensor | None = None) -> Tensor:
-    """Per column, mark the C largest rows (earlier row wins ties); masked-out rows never count."""
+    """Per sequence and column of (B, S, E), mark the C largest rows (earlier row wins ties);
+    masked-out rows never count."""
     if mask is not None:
         values = values.masked_fill(~mask, float("-inf"))
-    order = torch.sort(values, dim=0, descending=True, stable=True).indices  # (T, E)
-    rank = torch.empty_like(order).scatter_(0, order, torch.arange(values.shape[0], device=values.device)
-                                            .unsqueeze(1).expand_as(order))  # (T, E) rank of each row
+    order = torch.sort(values, dim=1, descending=True, stable=True).indices  # (B, S, E)
+    arange = torch.arange(values.shape[1], device=values.device).unsqueeze(1).expand_as(order)  # (B, S, E)
+    rank = torch.empty_like(order).scatter_(1, order, arange)  # (B, S, E) rank of each row
     keep = rank < C
     return keep if mask is None else keep & mask
 
 
 def _apply_capacity(routed: Tensor, probs: Tensor, C: int, policy: str) -> Tensor:
-    """Keep at most C routed tokens per expert: the first C in token order, or the C most probable."""
+    """routed, probs (B, S, E): keep at most C routed tokens per expert and sequence, the first C
+    in token order or the C most probable."""
     if policy == "position":
-        position = routed.long().cumsum(dim=0)  # (T, E): 1-based arrival order per expert
+        position = routed.long().cumsum(dim=1)  # (B, S, E): 1-based arrival order per expert
         return routed & (position <= C)
     return _top_rows(probs, C, mask=routed)
 

@@ -17,7 +17,7 @@ import torch
 HASH_MULT = 2654435761
 PER_EXPERT_COLUMNS = ("expert", "demand", "served", "dropped", "load_share", "utilization",
                       "activation_sparsity", "output_rms", "mean_gate", "contribution",
-                      "specialization")
+                      "specialization", "topk_margin", "bias_overlap")
 NAN = float("nan")
 
 
@@ -142,9 +142,26 @@ def _logits(state: dict, cfg, xs: torch.Tensor) -> list[list[float]]:
     return out
 
 
-def _choose_topk(scores: list[float], bias: list[float], K: int) -> list[int]:
-    """The K experts with the highest score + bias; on equal values the lower index wins."""
-    order = sorted(range(len(scores)), key=lambda e: (-(scores[e] + bias[e]), e))
+def _groups_kept(cfg, selection: list[float]) -> set[int]:
+    """DeepSeek-V3: the topk_group groups whose two best selection scores sum highest (lower group on ties)."""
+    size = cfg.n_experts // cfg.n_group
+    group_score = []
+    for g in range(cfg.n_group):
+        members = sorted(selection[g * size:(g + 1) * size], reverse=True)
+        group_score.append(sum(members[:2]))
+    ranked = sorted(range(cfg.n_group), key=lambda g: (-group_score[g], g))
+    return set(ranked[:cfg.topk_group])
+
+
+def _choose_topk(cfg, scores: list[float], bias: list[float], K: int) -> list[int]:
+    """The K experts with the highest score + bias among the kept groups; on equal values the lower index wins."""
+    selection = [scores[e] + bias[e] for e in range(len(scores))]
+    allowed = range(len(scores))
+    if cfg.n_group > 1:
+        kept = _groups_kept(cfg, selection)
+        size = cfg.n_experts // cfg.n_group
+        allowed = [e for e in allowed if e // size in kept]
+    order = sorted(allowed, key=lambda e: (-selection[e], e))
     return order[:K]
 
 
@@ -159,7 +176,7 @@ def _route_topk_family(cfg, T, scores, probs, expert_bias):
             chosen = [((t * HASH_MULT) % 2**32 + j) % E for j in range(K)]
             w = [(1.0 / K if cfg.normalize_topk else 1.0) for _ in chosen]
         else:
-            chosen = _choose_topk(scores[t], expert_bias, K)
+            chosen = _choose_topk(cfg, scores[t], expert_bias, K)
             w = [scores[t][e] for e in chosen]          # the unbiased scores
             if cfg.normalize_topk:
                 total = sum(w)
@@ -180,28 +197,35 @@ def _keep_tokens(candidates: list[int], probs_col: list[float], C: int, by_probs
     return set(candidates[:C])
 
 
-def _apply_capacity(cfg, T, routed, probs, C):
+def _sequences(T: int, S: int) -> list[list[int]]:
+    """Token indices of each sequence of S tokens (one sequence when capacity is per batch)."""
+    return [list(range(start, start + S)) for start in range(0, T, S)]
+
+
+def _apply_capacity(cfg, T, routed, probs, C, S):
     E = cfg.n_experts
     served = [[routed[t][e] for e in range(E)] for t in range(T)]
     if C is None:
         return served
-    for e in range(E):
-        candidates = [t for t in range(T) if routed[t][e]]      # token order
-        keep = _keep_tokens(candidates, [probs[t][e] for t in range(T)], C,
-                            cfg.drop_policy == "probs")
-        for t in candidates:
-            served[t][e] = t in keep
+    for seq in _sequences(T, S):
+        for e in range(E):
+            candidates = [t for t in seq if routed[t][e]]      # token order
+            keep = _keep_tokens(candidates, [probs[t][e] for t in range(T)], C,
+                                cfg.drop_policy == "probs")
+            for t in candidates:
+                served[t][e] = t in keep
     return served
 
 
-def _route_expert_choice(cfg, T, probs, C):
+def _route_expert_choice(cfg, T, probs, C, S):
     E = cfg.n_experts
     routed = [[False] * E for _ in range(T)]
     weight = [[0.0] * E for _ in range(T)]
-    for e in range(E):
-        for t in _keep_tokens(list(range(T)), [probs[t][e] for t in range(T)], C, True):
-            routed[t][e] = True
-            weight[t][e] = probs[t][e] * cfg.routed_scaling_factor
+    for seq in _sequences(T, S):
+        for e in range(E):
+            for t in _keep_tokens(seq, [probs[t][e] for t in range(T)], C, True):
+                routed[t][e] = True
+                weight[t][e] = probs[t][e] * cfg.routed_scaling_factor
     return routed, weight
 
 
@@ -230,15 +254,17 @@ def naive_forward(state: dict, cfg, x: torch.Tensor,
         scores = [[_sigmoid(v) for v in row] for row in logits]
         probs = [[v / sum(row) for v in row] for row in scores]
 
-    C = _capacity(cfg, T)
+    # capacity_scope="sequence": a (B, S, D) input is B sequences of S tokens, each with its own C
+    S = x.shape[1] if cfg.capacity_scope == "sequence" and x.dim() == 3 else T
+    C = _capacity(cfg, S)
     index = weights = None
     if cfg.router == "expert_choice":
-        routed, weight = _route_expert_choice(cfg, T, probs, C)
+        routed, weight = _route_expert_choice(cfg, T, probs, C, S)
         served = routed
     else:
         expert_bias = state["router.expert_bias"].tolist()
         routed, weight, index, weights = _route_topk_family(cfg, T, scores, probs, expert_bias)
-        served = _apply_capacity(cfg, T, routed, probs, C)
+        served = _apply_capacity(cfg, T, routed, probs, C, S)
     gates = [[weight[t][e] if served[t][e] else 0.0 for e in range(E)] for t in range(T)]
 
     # expert outputs, token by token, only where served
@@ -295,8 +321,14 @@ def _per_expert(cfg, T, tr: NaiveTrace, outputs, hiddens) -> dict[str, list]:
     all_outputs = list(outputs.values())
     mu = sum(all_outputs) / len(all_outputs) if all_outputs else None
     cols = {name: [] for name in PER_EXPERT_COLUMNS}
+    margins, unbiased = _margins(cfg, tr.probs), _unbiased_sets(cfg, tr.probs)
     for e in range(E):
         toks = [t for t in range(T) if tr.served[t][e]]
+        mine = [margins[t] for t in range(T) if tr.routed[t][e]]
+        cols["topk_margin"].append(sum(mine) / len(mine) if mine else NAN)
+        picks = [t for t in range(T) if e in unbiased[t]]
+        kept = [t for t in picks if tr.routed[t][e]]
+        cols["bias_overlap"].append(len(kept) / len(picks) if picks and _overlap_applies(cfg) else NAN)
         cols["expert"].append(e)
         cols["demand"].append(demand[e])
         cols["served"].append(served[e])
@@ -317,6 +349,28 @@ def _per_expert(cfg, T, tr: NaiveTrace, outputs, hiddens) -> dict[str, list]:
         cos = float(mu_e @ mu) / (math.sqrt(float(mu_e @ mu_e)) * math.sqrt(float(mu @ mu)))
         cols["specialization"].append(1.0 - cos)
     return cols
+
+
+def _margins(cfg, probs) -> list[float]:
+    """Per token: (p_K − p_(K+1)) / p_K over the token's probs sorted high to low; NaN when K = E."""
+    K, out = cfg.top_k, []
+    for row in probs:
+        ranked = sorted(row, reverse=True)
+        if K >= len(row):
+            out.append(NAN)
+        else:
+            out.append((ranked[K - 1] - ranked[K]) / ranked[K - 1] if ranked[K - 1] > 0 else 0.0)
+    return out
+
+
+def _unbiased_sets(cfg, probs) -> list[set[int]]:
+    """Per token: the K experts with the highest probs, no bias, no groups (lower index on ties)."""
+    return [set(sorted(range(len(row)), key=lambda e: (-row[e], e))[:cfg.top_k]) for row in probs]
+
+
+def _overlap_applies(cfg) -> bool:
+    """bias_overlap compares with a choice made from the scores: not for hash or expert_choice."""
+    return cfg.router not in ("hash", "expert_choice")
 
 
 def _summary(cfg, T, tr: NaiveTrace) -> dict[str, float]:
@@ -352,4 +406,7 @@ def _summary(cfg, T, tr: NaiveTrace) -> dict[str, float]:
         "dropped": float(sum(dropped)),
         "active_experts": float(sum(1 for s in served if s > 0)),
         "capacity": NAN if tr.capacity is None else float(tr.capacity),
+        "topk_margin": sum(_margins(cfg, tr.probs)) / T,
+        "bias_overlap": (sum(1 for t, chosen in enumerate(_unbiased_sets(cfg, tr.probs)) for e in chosen
+                             if tr.routed[t][e]) / (T * K)) if _overlap_applies(cfg) else NAN,
     }

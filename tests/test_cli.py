@@ -55,11 +55,31 @@ def test_csv_report_has_config_summary_and_table(capsys):
     (["report", "--hot-expert", "12"], "12"),
     (["report", "--scenario", "clusters", "--skew", "-1"], "skew"),
     (["report", "--device", "tpu"], "'tpu'"),
+    (["report", "--n-group", "3"], "n_group=3"),
+    (["report", "--n-group", "2", "--topk-group", "3"], "topk_group=3"),
+    (["report", "--n-group", "4", "--topk-group", "1", "--top-k", "3"], "top_k=3"),
+    (["report", "--n-group", "2", "--topk-group", "2", "--router", "hash"], "router='topk'"),
+    (["report", "--n-group", "0"], "'0'"),
+    (["report", "--capacity-scope", "token"], "'token'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(capsys, argv, named):
     code, out, err = _run(capsys, *argv)
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and named in err
+
+
+def test_group_limited_report_matches_the_engine(capsys):
+    code, out, err = _run(capsys, "report", "--n-experts", "8", "--top-k", "2", "--n-group", "4",
+                          "--topk-group", "1", "--tokens", "64", "--capacity-scope", "sequence")
+    assert code == 0 and err == ""
+    report = json.loads(out)
+    cfg = MoEConfig(n_experts=8, top_k=2, n_group=4, topk_group=1, capacity_scope="sequence")
+    assert {k: report["config"][k] for k in ("n_group", "topk_group", "capacity_scope")} == \
+        {"n_group": 4, "topk_group": 1, "capacity_scope": "sequence"}
+    _, trace = MoELayer(cfg)(make_batch("gaussian", cfg.d_model, 64, seed=0).x)
+    assert pd.DataFrame(report["per_expert"])["demand"].tolist() == trace.per_expert()["demand"].tolist()
+    for key in ("aux_loss", "topk_margin", "bias_overlap"):
+        assert report["summary"][key] == pytest.approx(trace.summary()[key], rel=1e-6)
 
 
 def test_module_entry_point_runs_as_a_process():

@@ -16,7 +16,7 @@ SCORES = ("softmax", "sigmoid")
 SUMMARY_KEYS = {"aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "dead_fraction",
                 "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite",
                 "nonfinite_output", "demand", "served", "dropped", "active_experts", "capacity",
-                "shared_output_rms", "shared_fraction"}
+                "shared_output_rms", "shared_fraction", "topk_margin", "bias_overlap"}
 BASE = dict(d_model=12, d_expert=24, n_experts=5, top_k=2)
 T_BASE = 30
 RTOL, ATOL = 1e-4, 1e-5   # the engine runs in float32

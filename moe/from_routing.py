@@ -1,0 +1,85 @@
+"""trace_from_routing: the routing statistics of choices made elsewhere (a real model, a training run).
+
+The router logits and top-k choices come in; the probabilities, gates, sums and tables go through
+the very functions a forward uses (`scores_and_probs`, `topk_weights`, `gather_sums`), so every
+routing-side number is the one an engine forward with the same weights would report. The experts
+never ran, so the output-side numbers are NaN.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from .config import MoEConfig
+from .router import scores_and_probs, topk_weights
+from .stats import gather_sums
+from .trace import Trace
+
+
+def trace_from_routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor,
+                       top_k_weights: Tensor | None = None) -> Trace:
+    """A Trace from router logits (T, E) or (B, S, E) and the chosen experts (T, K) or (B, S, K).
+
+    Logits are taken as final (after any logit bias, temperature, noise); probs follow config.score.
+    top_k_weights None: the weights the engine would give (config.normalize_topk, routed_scaling_factor).
+    There is no capacity: served = routed. NaN (the experts did not run here): activation_sparsity,
+    output_rms, contribution, specialization and nonfinite_output.
+    """
+    logits, idx, w = _checked(config, router_logits, top_k_index, top_k_weights)
+    T, E = logits.shape
+    score, probs = scores_and_probs(logits, config)
+    if w is None:
+        w = topk_weights(score, idx, config)  # (T, K)
+    routed = torch.zeros(T, E, dtype=torch.bool, device=logits.device).scatter_(1, idx, True)  # (T, E)
+    gates = torch.zeros(T, E, device=logits.device).scatter_(1, idx, w)  # (T, E)
+    served = routed.float()
+    coactivation = served.t() @ served  # (E, E)
+    nan = float("nan")
+    contributions = torch.full((T, E), nan, device=logits.device)  # (T, E): no expert outputs
+    sums = gather_sums(probs, logits, routed, routed, gates, contributions, coactivation,
+                       torch.full((E,), nan, device=logits.device), torch.full((E,), nan, device=logits.device),
+                       torch.full((E, config.d_model), nan, device=logits.device), logits.new_zeros(0),
+                       top_k=config.top_k, d_expert=config.d_expert, capacity=None, overlap=True)
+    sums.nonfinite_output = nan
+    return Trace(config=config, router_logits=logits, probs=probs, routed=routed, served=routed, gates=gates,
+                 contributions=contributions, coactivation=coactivation, top_k_index=idx, top_k_weights=w,
+                 capacity=None, device=str(logits.device), sums=sums)
+
+
+def _checked(cfg: MoEConfig, logits: Tensor, idx: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Validate the inputs; return logits (T, E) float32, idx (T, K) int64 and w (T, K) float32 or None."""
+    if cfg.router in ("expert_choice", "hash"):
+        raise ValueError(f"trace_from_routing needs a token-choice config with router='topk' (got "
+                         f"{cfg.router!r}); pass config.replace(router='topk')")
+    for name, value in (("router_logits", logits), ("top_k_index", idx), ("top_k_weights", w)):
+        if value is not None and not isinstance(value, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+    if logits.dim() not in (2, 3) or logits.shape[-1] != cfg.n_experts:
+        raise ValueError(f"router_logits must be (T, E) or (B, S, E) with E = n_experts = {cfg.n_experts}; "
+                         f"got shape {tuple(logits.shape)}")
+    if not logits.is_floating_point():
+        raise ValueError(f"router_logits must be floating point, got {logits.dtype}")
+    lead = tuple(logits.shape[:-1])
+    if tuple(idx.shape) != lead + (cfg.top_k,):
+        raise ValueError(f"top_k_index must have shape {lead + (cfg.top_k,)} (the logits' tokens × top_k="
+                         f"{cfg.top_k}); got {tuple(idx.shape)}")
+    if idx.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8, torch.int8):
+        raise ValueError(f"top_k_index must hold integer expert indices, got {idx.dtype}")
+    logits = logits.detach().reshape(-1, cfg.n_experts).float()  # (T, E)
+    if logits.shape[0] == 0:
+        raise ValueError("router_logits has no tokens; give at least one token")
+    idx = idx.detach().reshape(-1, cfg.top_k).to(device=logits.device, dtype=torch.int64)  # (T, K)
+    # one host check for range and duplicates (validation, not a per-token loop)
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= cfg.n_experts:
+        raise ValueError(f"top_k_index holds {low if low < 0 else high}, outside 0..{cfg.n_experts - 1}; "
+                         f"give expert indices below n_experts={cfg.n_experts}")
+    ordered = idx.sort(dim=-1).values  # (T, K)
+    if cfg.top_k > 1 and bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        raise ValueError("top_k_index names an expert twice for one token; give K distinct experts per token")
+    if w is None:
+        return logits, idx, None
+    if tuple(w.shape) != lead + (cfg.top_k,) or not w.is_floating_point():
+        raise ValueError(f"top_k_weights must be floating point of shape {lead + (cfg.top_k,)} like top_k_index; "
+                         f"got {w.dtype} {tuple(w.shape)}")
+    return logits, idx, w.detach().reshape(-1, cfg.top_k).to(device=logits.device, dtype=torch.float32)
