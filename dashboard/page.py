@@ -127,18 +127,18 @@ def results() -> None:
         st.warning(warning)
     cfg = result.config
     view = st.session_state.get("view", DEFAULT_VIEW)
-    st.caption(f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward "
-               f"on {result.threads} threads · "
-               f"router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, K={cfg.top_k}, "
-               f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
+    ran = (f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward "
+           f"on {result.threads} threads · router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, "
+           f"K={cfg.top_k}, capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
     if view in OWN_KPIS:
-        st.caption("The sidebar's forward is summarised in the other views; below are the numbers of this "
-                   "view's own model.")
+        st.caption(ran + "  \nThe sidebar's forward is summarised in the other views; below are the numbers of "
+                   "this view's own model.")
     else:
+        # One caption (fewer rows above the charts); in the fragment, so a value-only knob updates it too.
         changed = controls.changed_from_preset(st.session_state["preset"])
-        if changed:  # in the fragment, so a value-only knob updates it too (the sidebar is not redrawn then)
-            st.caption(f"Preset *{st.session_state['preset']}* **modified**: {', '.join(changed)} differ from it, so "
-                       "its *Look for* text may not hold; **Reset to preset** in the sidebar restores it.")
+        st.caption(ran + (f"  \nPreset *{st.session_state['preset']}* **modified** ({', '.join(changed)}): its "
+                          "*Look for* text may not hold; **Reset to preset** in the sidebar restores it."
+                          if changed else ""))
         kpis.render(result)
     view = st.radio("View", list(VIEWS), key="view", horizontal=True, label_visibility="collapsed")
     for draw in VIEWS[view]:
