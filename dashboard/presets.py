@@ -12,6 +12,11 @@ CONTROL_DEFAULTS: dict[str, object] = {
     "hot_expert": -1, "hot_bias": 3.0, "bias_spread": 0.0, "expert_bias_hot": 0.0, "expert_bias_spread": 0.0,
     "scenario": "gaussian", "n_clusters": 4, "skew": 0.0, "spread": 0.3, "drift_step": 0,
     "seed": 0, "device": "cpu", "dtype": "float32", "router_dtype": "float32",
+    # production routing (#9): DeepSeek-V3 group-limited top-k, Switch's per-sequence capacity
+    "n_group": 1, "topk_group": 1, "capacity_scope": "batch",
+    # experts (#9): activation, gating, biases, shared experts (d_shared 0 = shared_experts × d_expert)
+    "activation": "silu", "gated": True, "expert_biases": False, "swiglu_limit": 7.0,
+    "shared_experts": 0, "d_shared": 0, "shared_gate": False, "sparsity_mode": "absolute",
 }
 
 
