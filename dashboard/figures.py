@@ -22,11 +22,14 @@ IDEAL_COLOR = "#444444"
 CAPACITY_COLOR = "#d62728"
 NEUTRAL_COLOR = "#4c78a8"
 EXPERT_METRICS = ("activation_sparsity", "output_rms", "mean_gate", "specialization")
+ROUTING_METRICS = ("topk_margin", "bias_overlap")  # per-expert routing health (Megatron-LM's router diagnostics)
+SHARED_COLOR = "#7f7f7f"  # the shared experts: grey, never one of the routed experts' colours
 METRIC_TITLES = {
     "demand": "demand (assignments)", "served": "served (assignments)", "dropped": "dropped (assignments)",
     "load_share": "load share", "utilization": "utilization", "activation_sparsity": "activation sparsity",
     "output_rms": "output RMS", "mean_gate": "mean gate", "contribution": "contribution (Σ‖gate·y‖)",
-    "specialization": "output distinctness (1 − cos)",
+    "specialization": "output distinctness (1 − cos)", "topk_margin": "top-k margin",
+    "bias_overlap": "bias overlap",
 }
 
 
@@ -225,3 +228,16 @@ def histogram_figure(hist: pd.DataFrame, *, title: str, xaxis_title: str, color:
         xaxis.update(tickmode="array", tickvals=[math.log10(v) for v in ticks], ticktext=[str(v) for v in ticks])
     return go.Figure(data, layout(title=title, xaxis=xaxis, yaxis=axis("tokens"), uirevision=title,
                                   showlegend=reference is not None, bargap=0))
+
+
+def shared_share_figure(shared_fraction: float, height: int = 110) -> go.Figure:
+    """One bar split into the output norm's routed and shared shares (summary's shared_fraction)."""
+    parts = (("routed experts", 1.0 - shared_fraction, NEUTRAL_COLOR), ("shared experts", shared_fraction, SHARED_COLOR))
+    data = [go.Bar(x=[share], y=["output"], name=name, orientation="h", marker=dict(color=color),
+                   text=[f"{name} {100 * share:.1f} %"], textposition="inside", insidetextanchor="middle",
+                   hovertemplate=f"{name}: %{{x:.1%}} of Σ‖r‖ + Σ‖s‖<extra></extra>")
+            for name, share, color in parts]
+    return go.Figure(data, layout(title="Share of the output norm", xaxis=axis("share", range=[0, 1],
+                                                                               tickformat=".0%"),
+                                  yaxis=dict(visible=False), uirevision="shared-share", height=height,
+                                  showlegend=False, barmode="stack"))
