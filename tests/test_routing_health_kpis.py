@@ -85,6 +85,26 @@ def test_topk_margin_and_bias_overlap_recomputed_from_probs():
 def test_without_bias_or_groups_no_overlap_kpi_and_no_shared_kpis():
     shown = runner.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"), **SMALL}))
     labels = [label for label, _, _ in kpi_values(shown)]
-    assert "top-k margin" in labels
-    assert not {"bias overlap", "shared share", "shared RMS"} & set(labels)
+    assert len(labels) == 11 and not {"top-k margin", "bias overlap", "shared share", "shared RMS"} & set(labels)
     assert shown.summary["bias_overlap"] == 1.0  # why it is left out: the router chose the unbiased top-k
+
+
+def test_router_view_states_both_numbers_with_their_definitions():
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.definitions import caption
+
+    def script():
+        from dashboard import runner
+        from dashboard.presets import preset_values
+        from dashboard.sections import router
+        from dashboard.state import spec_from_controls
+        router.render(runner.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"),
+                                                     "d_model": 16, "d_expert": 32, "batch": 2, "seq_len": 32})))
+
+    at = AppTest.from_function(script, default_timeout=60).run()
+    assert not at.exception
+    s = runner.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"), **SMALL})).summary
+    text = " ".join(m.value for m in at.markdown)
+    assert f"top-k margin = {fmt(s['topk_margin'])}" in text and f"bias overlap = {fmt(s['bias_overlap'])}" in text
+    assert caption("topk_margin", "bias_overlap") in " ".join(c.value for c in at.caption)

@@ -12,7 +12,7 @@ SECTIONS = {  # module: (subheader(s), plotly charts drawn, definition keys its 
     "load": ("Load", 1, ("demand", "served", "ideal_load")),
     "experts": ("Experts", 3, ("activation_sparsity", "contribution", "topk_margin", "bias_overlap")),
     "contributors": ("Contributors", 1, ("contributions", "token_order", "token_heatmap_aggregation")),
-    "router": ("Router", 4, ("probs", "token_confidence", "token_entropy", "router_logits")),
+    "router": ("Router", 4, ("probs", "token_confidence", "token_entropy", "router_logits", "topk_margin")),
     "pathways": ("Pathways", 3, ("conditional_coactivation", "topk_combinations", "experts_per_token")),
     "scenario": ("Scenario", 1, ("cluster_share", "routing_nmi")),
     "inspector": ("Token inspector", 1, ("token_detail",)),

@@ -43,9 +43,10 @@ def kpi_values(result: RunResult) -> list[tuple[str, str, str]]:
     s, cfg = result.summary, result.config
     E, ms = cfg.n_experts, s["forward_ms"]
     dead = round(s["dead_fraction"] * E)
-    routing = [("top-k margin", fmt(s["topk_margin"]), "topk_margin")]
-    if cfg.expert_bias is not None or cfg.n_group > 1:  # otherwise the router chose the unbiased top-k: 1 exactly
-        routing.append(("bias overlap", fmt(s["bias_overlap"]), "bias_overlap"))
+    routing = []  # #9's numbers join the row only where the config uses them: the default row fits one line
+    if cfg.expert_bias is not None or cfg.n_group > 1:  # else bias overlap is 1 exactly (the Router view shows both)
+        routing += [("top-k margin", fmt(s["topk_margin"]), "topk_margin"),
+                    ("bias overlap", fmt(s["bias_overlap"]), "bias_overlap")]
     if cfg.shared_experts > 0:
         routing += [("shared share", f"{fmt(100 * s['shared_fraction'])} %", "shared_fraction"),
                     ("shared RMS", fmt(s["shared_output_rms"]), "shared_output_rms")]
