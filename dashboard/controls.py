@@ -269,11 +269,10 @@ def _expert_controls(sb, ss) -> None:
                  help="silu (Mixtral, DeepSeek, Qwen), gelu, relu (Switch), or gpt_oss: "
                       "(clamp(up, ±limit) + 1) · g·σ(1.702·g), g = clamp(gate, max=limit). "
                       "The shared experts use it too.")
-    c1, c2 = sb.columns(2)
-    c1.checkbox("gated", key="gated",
+    sb.checkbox("gated", key="gated",
                 help="On: h = act(W_gate x) ⊙ (W_up x) (SwiGLU). Off: h = act(W_up x), no W_gate (Switch's "
                      "ReLU FFN). gpt_oss needs it on. Changes the weights.")
-    c2.checkbox("expert_biases", key="expert_biases",
+    sb.checkbox("expert_biases", key="expert_biases",
                 help="Bias terms in every expert's three projections (GPT-OSS). Changes the weights.")
     sb.slider("swiglu_limit", 0.5, 20.0, key="swiglu_limit", on_change=redraw_results, step=0.5,
               help="The gpt_oss clamp: gate ≤ limit, |up| ≤ limit (GPT-OSS uses 7). Read only by "
@@ -286,6 +285,10 @@ def _expert_controls(sb, ss) -> None:
                     help="Hidden width of the shared FFN; 0 = shared_experts × d_expert. Changes the weights.")
     sb.checkbox("shared_gate", key="shared_gate", disabled=none,
                 help="Qwen2-MoE: σ(x·w) scales the shared output per token (a learned gate). Changes the weights.")
+    if not none:
+        width = ss["d_shared"] or ss["shared_experts"] * ss["d_expert"]
+        sb.caption(f"shared FFN width Hs = {width:,}" + ("" if ss["d_shared"] else
+                                                        f" (shared_experts × d_expert = {ss['shared_experts']} × {ss['d_expert']:,})"))
     sb.radio("sparsity_mode", list(SPARSITY_MODES), key="sparsity_mode", on_change=redraw_results, horizontal=True,
              help="How activation_sparsity counts a hidden unit as near zero: absolute |h| < 0.01, or relative "
                   "|h| ≤ 0.01 · rms of the token's hidden row (scale-free).")

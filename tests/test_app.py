@@ -214,3 +214,11 @@ def test_value_knobs_rerun_the_results_and_weight_knobs_the_whole_app(kind, key,
     getattr(at, kind)(key=key).set_value(value).run()
     assert not at.exception and not at.error
     assert (len(at.sidebar) > 0) == whole_app  # weight knobs may change other widgets (d_shared, shared_gate)
+
+
+def test_the_sidebar_says_the_shared_width():
+    at = _app(shared_experts="2")
+    assert any(c.value == "shared FFN width Hs = 512 (shared_experts × d_expert = 2 × 256)" for c in at.sidebar.caption)
+    at.number_input(key="d_shared").set_value(96).run()
+    assert any(c.value == "shared FFN width Hs = 96" for c in at.sidebar.caption)
+    assert at.session_state["result"].config.shared_hidden == 96
