@@ -130,7 +130,8 @@ def results() -> None:
     st.caption(f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward "
                f"on {result.threads} threads · "
                f"router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, K={cfg.top_k}, "
-               f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
+               f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}"
+               f"{' per sequence' if cfg.capacity_scope == 'sequence' and result.seq_len else ''}")
     if view in OWN_KPIS:
         st.caption("The sidebar's forward is summarised in the other views; below are the numbers of this "
                    "view's own model.")

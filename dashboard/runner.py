@@ -114,7 +114,7 @@ def run(spec: RunSpec) -> RunResult:
     result = RunResult(config=cfg, scenario=spec.scenario, scenario_params=spec.params, trace=trace,
                        per_expert=trace.per_expert(), summary=summary, labels=batch.labels,
                        label_names=batch.label_names, device=trace.device, warnings=warnings,
-                       threads=threads)
+                       threads=threads, seq_len=spec.seq_len)
     with _KEPT_LOCK:
         _KEPT[id(result)] = result
     return result

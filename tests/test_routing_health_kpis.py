@@ -108,3 +108,19 @@ def test_router_view_states_both_numbers_with_their_definitions():
     text = " ".join(m.value for m in at.markdown)
     assert f"top-k margin = {fmt(s['topk_margin'])}" in text and f"bias overlap = {fmt(s['bias_overlap'])}" in text
     assert caption("topk_margin", "bias_overlap") in " ".join(c.value for c in at.caption)
+
+
+def test_per_sequence_capacity_draws_b_times_c_and_each_sequence_keeps_at_most_c():
+    from dashboard.sections import load
+    values = {**preset_values("Switch top-1 with capacity"), "capacity_scope": "sequence"}
+    shown = runner.run(spec_from_controls(values))
+    B, S, C = values["batch"], values["seq_len"], shown.trace.capacity
+    assert C == 16                                                          # ceil(1.0 · 128 · 1 / 8)
+    served = shown.trace.served.view(B, S, -1).sum(dim=1)                   # (B, E) per sequence
+    assert served.max() <= C and (served == C).any()
+    assert load.capacity_line(shown) == (B * C, f"capacity B·C ({B} × {C})")
+    fig = load.figure(shown, sort=False)
+    line = next(t for t in fig.data if t.name and t.name.startswith("capacity"))
+    assert list(line.y) == [B * C, B * C] and line.name == f"capacity B·C ({B} × {C}) = {B * C}"
+    batch = runner.run(spec_from_controls(preset_values("Switch top-1 with capacity")))
+    assert load.capacity_line(batch) == (64, "capacity C")                  # one C over all T tokens
