@@ -243,9 +243,18 @@ def _routing_controls(sb, ss) -> None:
               help="A random N(0, σ²) selection-only bias on every expert (seeded).")
 
 
+def _after_groups() -> None:
+    """n_group changed: topk_group above it is lowered (a full rerun, so its widget shows it), else results only."""
+    ss = st.session_state
+    if ss["topk_group"] > ss["n_group"]:
+        ss["topk_group"] = ss["n_group"]
+        return
+    redraw_results()
+
+
 def _group_controls(sb, ss) -> None:
     sb.caption("**Group-limited routing** (DeepSeek-V3)")
-    sb.selectbox("n_group", divisors(ss["n_experts"]), key="n_group", on_change=redraw_results,
+    sb.selectbox("n_group", divisors(ss["n_experts"]), key="n_group", on_change=_after_groups,
                  help="Experts are split into n_group equal contiguous groups; a group's score is the sum of its "
                       "top-2 selection scores (score + expert_bias). Only the topk_group best groups may be "
                       "chosen, then top-k within them. 1 = no groups. Must divide n_experts; needs router topk.")

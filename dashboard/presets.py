@@ -47,11 +47,12 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
             "hot_expert": 0, "hot_bias": 1.7, "expert_bias_hot": -0.25}),
     Preset("DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)",
            "bias overlap ≈ 0.75: a quarter of each token's unbiased top-4 choices are swapped, by the group limit "
-           "(alone ≈ 0.88: set n_group 1 to see the rest) and by the small expert_bias (alone ≈ 0.79). Each token's "
-           "4 experts come from at most 4 of the 8 groups. top-k margin ≈ 0.04: sigmoid scores sit close together, "
-           "so small biases flip choices. The shared expert carries ≈ 44% of the output norm (shared share).",
-           "DeepSeek-V3 scores experts with sigmoids, keeps the topk_group groups with the best top-2 sums (score + "
-           "expert_bias), picks top-k inside them, weights by the unbiased normalised scores × 2.5, and adds one "
+           "(alone ≈ 0.88: set expert_bias spread to 0) and by the small expert_bias (alone ≈ 0.79: set n_group "
+           "to 1). top-k margin ≈ 0.04: sigmoid scores sit close together, so small biases flip choices. The "
+           "shared expert carries ≈ 44% of the output norm (shared share KPI, and the bar under the Overview).",
+           "DeepSeek-V3 scores experts with sigmoids, keeps the topk_group = 4 of n_group = 8 groups (4 neighbouring "
+           "experts each) with the best top-2 sums (score + expert_bias), picks top-k inside them, so a token's "
+           "experts come from at most 4 groups; it weights by the unbiased normalised scores × 2.5 and adds one "
            "always-on shared expert of an expert's width.",
            {"score": "sigmoid", "n_experts": 32, "top_k": 4, "d_expert": 64, "n_group": 8, "topk_group": 4,
             "routed_scaling_factor": 2.5, "expert_bias_spread": 0.05, "shared_experts": 1}),

@@ -222,3 +222,15 @@ def test_the_sidebar_says_the_shared_width():
     at.number_input(key="d_shared").set_value(96).run()
     assert any(c.value == "shared FFN width Hs = 96" for c in at.sidebar.caption)
     assert at.session_state["result"].config.shared_hidden == 96
+
+
+def test_fewer_groups_lower_topk_group_and_redraw_the_sidebar():
+    at = _app(preset="DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)")
+    at.selectbox(key="n_group").set_value(1).run()
+    assert not at.exception and not at.error
+    assert at.session_state["topk_group"] == 1 and at.number_input(key="topk_group").value == 1
+    cfg = at.session_state["result"].config
+    assert (cfg.n_group, cfg.topk_group) == (1, 1)
+    assert _metric(at, "bias overlap") == fmt(_engine({**preset_values(
+        "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)"), "n_group": 1, "topk_group": 1}
+        ).summary()["bias_overlap"])
