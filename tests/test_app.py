@@ -234,3 +234,14 @@ def test_fewer_groups_lower_topk_group_and_redraw_the_sidebar():
     assert _metric(at, "bias overlap") == fmt(_engine({**preset_values(
         "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)"), "n_group": 1, "topk_group": 1}
         ).summary()["bias_overlap"])
+
+
+def test_gpt_oss_without_gating_shows_the_engine_message():
+    at = _app()
+    at.checkbox(key="gated").uncheck().run()
+    before = at.session_state["result"]
+    at.selectbox(key="activation").set_value("gpt_oss").run()
+    assert not at.exception
+    assert any("activation='gpt_oss' multiplies the gate by (up + 1), so it needs gated=True" in e.value
+               for e in at.error)
+    assert at.session_state["result"] is before
