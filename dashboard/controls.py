@@ -7,7 +7,8 @@ import streamlit as st
 import torch
 
 from moe import available_devices
-from moe.config import DROP_POLICIES, DTYPES, ROUTER_DTYPES, ROUTERS, SCORES
+from moe.config import (ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTER_DTYPES, ROUTERS, SCORES,
+                        SPARSITY_MODES)
 from moe.scenarios import SCENARIO_HELP, SCENARIOS
 
 from .presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
@@ -20,12 +21,15 @@ OPTIONS: dict[str, list] = {
     "d_model": D_MODEL_OPTIONS, "d_expert": D_EXPERT_OPTIONS, "seq_len": SEQ_OPTIONS,
     "router": list(ROUTERS), "score": list(SCORES), "drop_policy": list(DROP_POLICIES),
     "scenario": list(SCENARIOS), "dtype": list(DTYPES), "router_dtype": list(ROUTER_DTYPES),
+    "capacity_scope": list(CAPACITY_SCOPES), "activation": list(ACTIVATIONS), "sparsity_mode": list(SPARSITY_MODES),
 }
 RANGES: dict[str, tuple[float, float]] = {
     "n_experts": (1, 256), "batch": (1, 64), "temperature": (0.05, 10.0), "capacity_factor": (0.1, 4.0),
     "noise_std": (0.0, 3.0), "jitter_eps": (0.0, 0.5), "hot_bias": (-10.0, 10.0), "bias_spread": (0.0, 5.0),
     "expert_bias_hot": (-2.0, 2.0), "expert_bias_spread": (0.0, 1.0), "n_clusters": (1, 32), "skew": (0.0, 3.0),
     "spread": (0.0, 2.0), "drift_step": (0, 1000), "seed": (0, 2 ** 31 - 1), "routed_scaling_factor": (0.1, 10.0),
+    "n_group": (1, 256), "topk_group": (1, 256), "shared_experts": (0, 8), "d_shared": (0, 8192),
+    "swiglu_limit": (0.5, 20.0),
 }
 
 
@@ -53,7 +57,37 @@ def sanitize(values: dict, devices: list[str]) -> tuple[dict, list[str]]:
         notes.append(f"hot_expert={quote(fixed['hot_expert'])} is not an expert of {fixed['n_experts']} "
                      f"(0..{fixed['n_experts'] - 1}, or -1 for none); using none")
         fixed["hot_expert"] = -1
+    _sanitize_groups(fixed, notes)
+    _sanitize_shared(fixed, notes)
     return fixed, notes
+
+
+def divisors(n: int) -> list[int]:
+    """The n_group values n_experts = n allows: its divisors."""
+    return [g for g in range(1, n + 1) if n % g == 0]
+
+
+def _sanitize_groups(fixed: dict, notes: list[str]) -> None:
+    """n_group must divide n_experts (its widget lists the divisors); topk_group at most n_group."""
+    E, G = fixed["n_experts"], fixed["n_group"]
+    if E % G:
+        g = max(d for d in divisors(E) if d <= G)
+        notes.append(f"n_group={quote(G)} does not divide n_experts={E}; using {g} (the largest divisor below it)")
+        fixed["n_group"] = G = g
+    if fixed["topk_group"] > G:
+        notes.append(f"topk_group={quote(fixed['topk_group'])} exceeds n_group={G}; using {G}")
+        fixed["topk_group"] = G
+
+
+def _sanitize_shared(fixed: dict, notes: list[str]) -> None:
+    """d_shared and shared_gate describe shared experts: without any they go back to their defaults."""
+    if fixed["shared_experts"] > 0:
+        return
+    for key in ("d_shared", "shared_gate"):
+        if fixed[key] != CONTROL_DEFAULTS[key]:
+            notes.append(f"{key}={quote(fixed[key])} needs shared_experts ≥ 1 (it is 0); "
+                         f"using {quote(CONTROL_DEFAULTS[key])}")
+            fixed[key] = CONTROL_DEFAULTS[key]
 
 
 # The page's results live in a fragment with this key. Knobs that only change values (no other widget
@@ -107,11 +141,13 @@ def changed_from_preset(name: str) -> list[str]:
 
 
 def _clamp_after_experts() -> None:
-    """n_experts changed: clamp top_k and the hot expert before their widgets render."""
+    """n_experts changed: clamp top_k, the hot expert and n_group before their widgets render."""
     ss = st.session_state
     ss["top_k"] = max(1, min(ss["top_k"], ss["n_experts"]))
     if ss["hot_expert"] >= ss["n_experts"]:
         ss["hot_expert"] = -1
+    if ss["n_experts"] % ss["n_group"]:
+        ss["n_group"] = max(d for d in divisors(ss["n_experts"]) if d <= ss["n_group"])
 
 
 def _device_label(device: str) -> str:
@@ -149,6 +185,8 @@ def render_sidebar() -> None:
     sb.caption(f"T = {ss['batch'] * ss['seq_len']:,} tokens")
 
     _routing_controls(sb, ss)
+    _group_controls(sb, ss)
+    _expert_controls(sb, ss)
     _input_controls(sb, ss)
 
     sb.subheader("Device")
@@ -181,6 +219,11 @@ def _routing_controls(sb, ss) -> None:
              disabled=ss["dropless"],
              help="position: an expert keeps its first C tokens in token order. probs: it keeps the C "
                   "tokens with the highest router probability.")
+    sb.radio("capacity_scope", list(CAPACITY_SCOPES), key="capacity_scope", on_change=redraw_results, horizontal=True,
+             disabled=ss["dropless"],
+             help="batch: C counts over all B·S tokens of the forward. sequence (Switch Transformers): C = "
+                  "ceil(capacity_factor · S · K / E) applies to each sequence of S tokens separately, which "
+                  "changes who is dropped.")
     sb.slider("noise_std", 0.0, 3.0, key="noise_std", on_change=redraw_results, step=0.05,
               help="Adds N(0, σ²) to the logits (training-style noisy gating), seeded.")
     sb.slider("jitter_eps", 0.0, 0.5, key="jitter_eps", on_change=redraw_results, step=0.01,
@@ -198,6 +241,66 @@ def _routing_controls(sb, ss) -> None:
               help="DeepSeek-V3's aux-loss-free bias on the hot expert: steers selection only, never the weights.")
     sb.slider("expert_bias spread", 0.0, 1.0, key="expert_bias_spread", on_change=redraw_results, step=0.01,
               help="A random N(0, σ²) selection-only bias on every expert (seeded).")
+
+
+def _after_groups() -> None:
+    """n_group changed: topk_group above it is lowered (a full rerun, so its widget shows it), else results only."""
+    ss = st.session_state
+    if ss["topk_group"] > ss["n_group"]:
+        ss["topk_group"] = ss["n_group"]
+        return
+    redraw_results()
+
+
+def _group_controls(sb, ss) -> None:
+    sb.caption("**Group-limited routing** (DeepSeek-V3)")
+    sb.selectbox("n_group", divisors(ss["n_experts"]), key="n_group", on_change=_after_groups,
+                 help="Experts are split into n_group equal contiguous groups; a group's score is the sum of its "
+                      "top-2 selection scores (score + expert_bias). Only the topk_group best groups may be "
+                      "chosen, then top-k within them. 1 = no groups. Must divide n_experts; needs router topk.")
+    sb.number_input("topk_group", 1, 256, key="topk_group", on_change=redraw_results,
+                    help="How many groups each token may use (at most n_group). They must hold at least top_k "
+                         "experts: topk_group · n_experts / n_group ≥ top_k.")
+
+
+def _clear_shared() -> None:
+    """shared_experts changed: with none left, d_shared and shared_gate go back to their defaults."""
+    ss = st.session_state
+    if ss["shared_experts"] == 0:
+        ss["d_shared"], ss["shared_gate"] = CONTROL_DEFAULTS["d_shared"], CONTROL_DEFAULTS["shared_gate"]
+
+
+def _expert_controls(sb, ss) -> None:
+    """Expert variants and shared experts. gated, expert_biases and the shared_* knobs fix the weights, so
+    changing them reruns the whole app (a new cached layer); the others only rerun the results."""
+    sb.subheader("Experts")
+    sb.selectbox("activation", list(ACTIVATIONS), key="activation", on_change=redraw_results,
+                 help="silu (Mixtral, DeepSeek, Qwen), gelu, relu (Switch), or gpt_oss: "
+                      "(clamp(up, ±limit) + 1) · g·σ(1.702·g), g = clamp(gate, max=limit). "
+                      "The shared experts use it too.")
+    sb.checkbox("gated", key="gated",
+                help="On: h = act(W_gate x) ⊙ (W_up x) (SwiGLU). Off: h = act(W_up x), no W_gate (Switch's "
+                     "ReLU FFN). gpt_oss needs it on. Changes the weights.")
+    sb.checkbox("expert_biases", key="expert_biases",
+                help="Bias terms in every expert's three projections (GPT-OSS). Changes the weights.")
+    sb.slider("swiglu_limit", 0.5, 20.0, key="swiglu_limit", on_change=redraw_results, step=0.5,
+              help="The gpt_oss clamp: gate ≤ limit, |up| ≤ limit (GPT-OSS uses 7). Read only by "
+                   "activation gpt_oss.")
+    sb.number_input("shared_experts", 0, 8, key="shared_experts", on_change=_clear_shared,
+                    help="Always-on shared experts (DeepSeek-V3: 1; Qwen2-MoE: one wide one): a dense FFN every "
+                         "token goes through, added to the routed output. 0 = none. Changes the weights.")
+    none = ss["shared_experts"] == 0
+    sb.number_input("d_shared", 0, 8192, key="d_shared", disabled=none, step=64,
+                    help="Hidden width of the shared FFN; 0 = shared_experts × d_expert. Changes the weights.")
+    sb.checkbox("shared_gate", key="shared_gate", disabled=none,
+                help="Qwen2-MoE: σ(x·w) scales the shared output per token (a learned gate). Changes the weights.")
+    if not none:
+        width = ss["d_shared"] or ss["shared_experts"] * ss["d_expert"]
+        sb.caption(f"shared FFN width Hs = {width:,}" + ("" if ss["d_shared"] else
+                                                        f" (shared_experts × d_expert = {ss['shared_experts']} × {ss['d_expert']:,})"))
+    sb.radio("sparsity_mode", list(SPARSITY_MODES), key="sparsity_mode", on_change=redraw_results, horizontal=True,
+             help="How activation_sparsity counts a hidden unit as near zero: absolute |h| < 0.01, or relative "
+                  "|h| ≤ 0.01 · rms of the token's hidden row (scale-free).")
 
 
 def _input_controls(sb, ss) -> None:

@@ -22,11 +22,14 @@ IDEAL_COLOR = "#444444"
 CAPACITY_COLOR = "#d62728"
 NEUTRAL_COLOR = "#4c78a8"
 EXPERT_METRICS = ("activation_sparsity", "output_rms", "mean_gate", "specialization")
+ROUTING_METRICS = ("topk_margin", "bias_overlap")  # per-expert routing health (Megatron-LM's router diagnostics)
+SHARED_COLOR = "#7f7f7f"  # the shared experts: grey, never one of the routed experts' colours
 METRIC_TITLES = {
     "demand": "demand (assignments)", "served": "served (assignments)", "dropped": "dropped (assignments)",
     "load_share": "load share", "utilization": "utilization", "activation_sparsity": "activation sparsity",
     "output_rms": "output RMS", "mean_gate": "mean gate", "contribution": "contribution (Σ‖gate·y‖)",
-    "specialization": "output distinctness (1 − cos)",
+    "specialization": "output distinctness (1 − cos)", "topk_margin": "top-k margin",
+    "bias_overlap": "bias overlap",
 }
 
 
@@ -75,7 +78,7 @@ def _swatch(name: str, opacity: float) -> go.Scatter:
                                   line=dict(color=IDEAL_COLOR, width=1.5)))
 
 
-def line_labels(ideal: float, capacity: int | None, top: float) -> list[dict]:
+def line_labels(ideal: float, capacity: int | None, top: float, capacity_name: str = "capacity C") -> list[dict]:
     """Annotations naming the ideal and capacity lines at their right end; one shared label when the two
     lines lie within 3 % of the y range of each other (they would overlap unseen)."""
     label = dict(xref="paper", x=1.0, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11),
@@ -83,19 +86,20 @@ def line_labels(ideal: float, capacity: int | None, top: float) -> list[dict]:
     if capacity is None:
         return [dict(label, y=ideal, text=f"ideal T·K/E = {ideal:.6g}", font=dict(size=11, color=IDEAL_COLOR))]
     if abs(capacity - ideal) <= 0.03 * max(top, 1.0):
-        return [dict(label, y=max(ideal, capacity), text=f"ideal {ideal:.6g} and capacity C = {capacity} "
+        return [dict(label, y=max(ideal, capacity), text=f"ideal {ideal:.6g} and {capacity_name} = {capacity} "
                      "coincide", font=dict(size=11, color=CAPACITY_COLOR))]
     above, below = (capacity, ideal) if capacity > ideal else (ideal, capacity)
-    texts = {ideal: (f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR), capacity: (f"capacity C = {capacity}",
+    texts = {ideal: (f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR), capacity: (f"{capacity_name} = {capacity}",
                                                                           CAPACITY_COLOR)}
     return [dict(label, y=above, text=texts[above][0], font=dict(size=11, color=texts[above][1])),
             dict(label, y=below, yanchor="top", text=texts[below][0], font=dict(size=11, color=texts[below][1]))]
 
 
 def load_figure(per_expert: pd.DataFrame, colors: list[str], ideal: float,
-                capacity: int | None = None, *, sort: bool = False) -> go.Figure:
+                capacity: int | None = None, *, sort: bool = False, capacity_name: str = "capacity C") -> go.Figure:
     """Demand (faded) and served (solid) per expert, the ideal line T·K/E and the capacity line C;
-    sort=True orders experts by demand, largest first (readable at hundreds of experts)."""
+    sort=True orders experts by demand, largest first (readable at hundreds of experts). capacity_name
+    labels the capacity line (per-sequence capacity draws B·C, the most an expert serves over B sequences)."""
     E = len(per_expert)
     frame = per_expert.sort_values("demand", ascending=False, kind="stable") if sort else per_expert
     experts = frame["expert"].to_numpy()
@@ -115,14 +119,14 @@ def load_figure(per_expert: pd.DataFrame, colors: list[str], ideal: float,
     ends = (x[0], x[-1]) if sort else (-0.5, E - 0.5)  # a category axis takes category names, not positions
     lines = [(ideal, f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR, "dash")]
     if capacity is not None:
-        lines.append((float(capacity), f"capacity C = {capacity}", CAPACITY_COLOR, "dot"))
+        lines.append((float(capacity), f"{capacity_name} = {capacity}", CAPACITY_COLOR, "dot"))
     data += [_hline(*ends, y, name, color, dash, showlegend=False) for y, name, color, dash in lines]  # labelled
     top = float(max(frame["demand"].max(), ideal, capacity or 0))
     xaxis = (axis("expert (sorted by demand)", type="category", categoryorder="array", categoryarray=x,
                   showticklabels=E <= 64) if sort else expert_xaxis(E))
     return go.Figure(data, layout(title="Demand vs served per expert", xaxis=xaxis, yaxis=axis("assignments"),
                                   uirevision=f"load-{sort}", barmode="group",
-                                  annotations=line_labels(ideal, capacity, top)))
+                                  annotations=line_labels(ideal, capacity, top, capacity_name)))
 
 
 def expert_bar_figure(per_expert: pd.DataFrame, column: str, colors: list[str], *, ranked: bool = False,
@@ -225,3 +229,16 @@ def histogram_figure(hist: pd.DataFrame, *, title: str, xaxis_title: str, color:
         xaxis.update(tickmode="array", tickvals=[math.log10(v) for v in ticks], ticktext=[str(v) for v in ticks])
     return go.Figure(data, layout(title=title, xaxis=xaxis, yaxis=axis("tokens"), uirevision=title,
                                   showlegend=reference is not None, bargap=0))
+
+
+def shared_share_figure(shared_fraction: float, height: int = 110) -> go.Figure:
+    """One bar split into the output norm's routed and shared shares (summary's shared_fraction)."""
+    parts = (("routed experts", 1.0 - shared_fraction, NEUTRAL_COLOR), ("shared experts", shared_fraction, SHARED_COLOR))
+    data = [go.Bar(x=[share], y=["output"], name=name, orientation="h", marker=dict(color=color),
+                   text=[f"{name} {100 * share:.1f} %"], textposition="inside", insidetextanchor="middle",
+                   hovertemplate=f"{name}: %{{x:.1%}} of Σ‖r‖ + Σ‖s‖<extra></extra>")
+            for name, share, color in parts]
+    return go.Figure(data, layout(title="Share of the output norm", xaxis=axis("share", range=[0, 1],
+                                                                               tickformat=".0%"),
+                                  yaxis=dict(visible=False), uirevision="shared-share", height=height,
+                                  showlegend=False, barmode="stack"))

@@ -129,7 +129,8 @@ def results() -> None:
     view = st.session_state.get("view", DEFAULT_VIEW)
     ran = (f"Ran on **{result.device}** · {cfg.dtype} · {result.summary['forward_ms']:.1f} ms forward "
            f"on {result.threads} threads · router={cfg.router}, score={cfg.score}, E={cfg.n_experts}, "
-           f"K={cfg.top_k}, capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}")
+           f"K={cfg.top_k}, capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}"
+           f"{' per sequence' if cfg.capacity_scope == 'sequence' and result.seq_len else ''}")
     if view in OWN_KPIS:
         st.caption(ran + "  \nThe sidebar's forward is summarised in the other views; below are the numbers of "
                    "this view's own model.")

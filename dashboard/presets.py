@@ -12,6 +12,11 @@ CONTROL_DEFAULTS: dict[str, object] = {
     "hot_expert": -1, "hot_bias": 3.0, "bias_spread": 0.0, "expert_bias_hot": 0.0, "expert_bias_spread": 0.0,
     "scenario": "gaussian", "n_clusters": 4, "skew": 0.0, "spread": 0.3, "drift_step": 0,
     "seed": 0, "device": "cpu", "dtype": "float32", "router_dtype": "float32",
+    # production routing (#9): DeepSeek-V3 group-limited top-k, Switch's per-sequence capacity
+    "n_group": 1, "topk_group": 1, "capacity_scope": "batch",
+    # experts (#9): activation, gating, biases, shared experts (d_shared 0 = shared_experts × d_expert)
+    "activation": "silu", "gated": True, "expert_biases": False, "swiglu_limit": 7.0,
+    "shared_experts": 0, "d_shared": 0, "shared_gate": False, "sparsity_mode": "absolute",
 }
 
 
@@ -40,6 +45,33 @@ PRESETS: dict[str, Preset] = {p.name: p for p in [
            "DeepSeek-V3 selects on sigmoid score + bias and weights by the unbiased, normalised scores × 2.5.",
            {"score": "sigmoid", "n_experts": 16, "top_k": 4, "routed_scaling_factor": 2.5,
             "hot_expert": 0, "hot_bias": 1.7, "expert_bias_hot": -0.25}),
+    Preset("DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)",
+           "bias overlap ≈ 0.75: a quarter of each token's unbiased top-4 choices are swapped, by the group limit "
+           "(alone ≈ 0.88: set expert_bias spread to 0) and by the small expert_bias (alone ≈ 0.79: set n_group "
+           "to 1). top-k margin ≈ 0.04: sigmoid scores sit close together, so small biases flip choices. The "
+           "shared expert carries ≈ 44% of the output norm (shared share KPI, and the bar under the Overview).",
+           "DeepSeek-V3 scores experts with sigmoids, keeps the topk_group = 4 of n_group = 8 groups (4 neighbouring "
+           "experts each) with the best top-2 sums (score + expert_bias), picks top-k inside them, so a token's "
+           "experts come from at most 4 groups; it weights by the unbiased normalised scores × 2.5 and adds one "
+           "always-on shared expert of an expert's width.",
+           {"score": "sigmoid", "n_experts": 32, "top_k": 4, "d_expert": 64, "n_group": 8, "topk_group": 4,
+            "routed_scaling_factor": 2.5, "expert_bias_spread": 0.05, "shared_experts": 1}),
+    Preset("Qwen2-MoE (gated shared expert)",
+           "shared share ≈ 0.59: the shared FFN (4 experts wide, 256 units) carries more of the output norm than "
+           "the routed experts, though its gate σ(x·w) ≈ 0.5 halves it (shared_gate off: ≈ 0.74, shared RMS 0.33 "
+           "→ 0.61). Mean gate ≈ 0.15, not 1/K = 0.25: the routed weights are the raw top-4 probabilities.",
+           "Qwen2-MoE adds a wide shared expert scaled per token by a learned sigmoid gate, and does not "
+           "renormalise the top-k probabilities (norm_topk_prob = False), so the routed part sums to less than 1.",
+           {"n_experts": 16, "top_k": 4, "d_expert": 64, "normalize_topk": False, "shared_experts": 4,
+            "shared_gate": True}),
+    Preset("GPT-OSS-like",
+           "Expert output RMS ≈ 0.94, about 1.5× the same experts with activation silu (≈ 0.62). Lower "
+           "swiglu_limit to 1: the clamp cuts the output RMS to ≈ 0.53 and activation sparsity rises from ≈ 5% "
+           "to ≈ 19%.",
+           "GPT-OSS experts compute (clamp(up, ±7) + 1) · g·σ(1.702·g), g = clamp(gate, max = 7), with biases: "
+           "the +1 lets the gate's activation through even where up ≈ 0. 32 experts, top-4, softmax over the "
+           "chosen four.",
+           {"n_experts": 32, "top_k": 4, "activation": "gpt_oss", "expert_biases": True, "swiglu_limit": 7.0}),
     Preset("Expert choice",
            "Every expert serves exactly C tokens (flat load, aux loss ≈ 1 by construction); the experts "
            "per token vary around K (Pathways' experts-per-token chart): some tokens get fewer, some more.",

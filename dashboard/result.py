@@ -22,6 +22,7 @@ class RunResult:
     device: str = "cpu"               # the device that actually ran
     warnings: list[str] = field(default_factory=list)
     threads: int = 0                  # torch's intra-op threads when the forward ran (read, never set per run)
+    seq_len: int | None = None        # S when the forward ran on (B, S, D) sequences (capacity_scope="sequence")
 
     @property
     def n_experts(self) -> int:

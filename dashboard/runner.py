@@ -17,6 +17,16 @@ from .result import RunResult
 from .state import RunSpec
 
 
+# The config fields that fix a layer's weights (MoELayer.reconfigured refuses to change them): the cache key.
+WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
+                 "shared_experts", "d_shared", "shared_gate")
+
+
+def weight_key(cfg: MoEConfig) -> tuple:
+    """The cache key: two configs with the same key have the same weights."""
+    return tuple(getattr(cfg, name) for name in WEIGHT_FIELDS)
+
+
 class LayerCache:
     """Base layers shared by every session, bounded in bytes: the least recently used go first.
 
@@ -35,7 +45,7 @@ class LayerCache:
 
     def get(self, cfg: MoEConfig, room: int) -> MoELayer:
         """The base layer for cfg's weights; evicts until its weights fit in `room` bytes (ValueError if never)."""
-        key = (cfg.d_model, cfg.d_expert, cfg.n_experts, cfg.seed, cfg.device, cfg.dtype)
+        key = weight_key(cfg)
         weights = estimate_bytes(cfg, 1)["weights"]
         with self._lock:
             if key in self._layers:
@@ -53,8 +63,7 @@ class LayerCache:
 
 
 def _build(cfg: MoEConfig) -> MoELayer:
-    base = MoEConfig(d_model=cfg.d_model, d_expert=cfg.d_expert, n_experts=cfg.n_experts, top_k=1, seed=cfg.seed,
-                     device=cfg.device, dtype=cfg.dtype)
+    base = MoEConfig(top_k=1, **{name: getattr(cfg, name) for name in WEIGHT_FIELDS})
     layer = MoELayer(base).requires_grad_(False).eval()
     with torch.inference_mode():  # warm-up: the first forward in a process pays one-off set-up costs
         layer(torch.randn(8, cfg.d_model))
@@ -91,9 +100,10 @@ def run(spec: RunSpec) -> RunResult:
     base = LAYERS.get(cfg, room=budget - est["activations"] - est["trace"] - kept_bytes())
     layer = base.reconfigured(cfg)  # per-run routing settings; weights shared read-only
     batch = make_batch(spec.scenario, cfg.d_model, spec.tokens, seed=cfg.seed, **spec.params)
+    x = batch.x if spec.seq_len is None else batch.x.reshape(-1, spec.seq_len, cfg.d_model)  # (B, S, D)
     threads = torch.get_num_threads()  # read only: the thread count is process-wide, never set per request
     with torch.inference_mode():
-        _, trace = layer(batch.x)
+        _, trace = layer(x)
     trace = trace.cpu()
     summary = trace.summary()
     warnings = []
@@ -104,7 +114,7 @@ def run(spec: RunSpec) -> RunResult:
     result = RunResult(config=cfg, scenario=spec.scenario, scenario_params=spec.params, trace=trace,
                        per_expert=trace.per_expert(), summary=summary, labels=batch.labels,
                        label_names=batch.label_names, device=trace.device, warnings=warnings,
-                       threads=threads)
+                       threads=threads, seq_len=spec.seq_len)
     with _KEPT_LOCK:
         _KEPT[id(result)] = result
     return result

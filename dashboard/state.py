@@ -23,6 +23,7 @@ class RunSpec:
     scenario: str
     scenario_params: tuple[tuple[str, object], ...]  # hashable; dict(params) for make_batch
     tokens: int
+    seq_len: int | None = None  # S: the forward gets (T/S, S, D), so capacity_scope="sequence" counts per sequence
 
     @property
     def params(self) -> dict:
@@ -32,7 +33,9 @@ class RunSpec:
 def spec_from_controls(v: dict) -> RunSpec:
     """Build the RunSpec from control values (moe.knobs, shared with the CLI); ValueError for the user."""
     cfg, scenario, params, tokens = from_knobs({k: v[k] for k in KNOBS if k in v})
-    return RunSpec(cfg, scenario, tuple(sorted(params.items())), tokens)
+    seq_len = v.get("seq_len")
+    return RunSpec(cfg, scenario, tuple(sorted(params.items())), tokens,
+                   seq_len if isinstance(seq_len, int) and seq_len > 0 and tokens % seq_len == 0 else None)
 
 
 # --- the URL: control values <-> query parameters (strings)

@@ -133,6 +133,11 @@ DEFINITIONS: dict[str, str] = {
                        "0 = routed only, 1 = shared only. NaN without shared experts.",
     "nonfinite_output": "count of non-finite (NaN or ±inf) entries of the layer output y: catches bad input "
                         "even when the router never sees it (router = random) and float16 overflow.",
+    # --- dashboard (#9 knobs): the load chart with per-sequence capacity
+    "capacity_per_sequence": "with capacity_scope = sequence each of the B sequences keeps at most C assignments "
+                             "per expert (C from its own S tokens), so the load chart's line is `B·C`, the most an "
+                             "expert can serve over the forward; a busy expert may stay under it when its demand "
+                             "is uneven across sequences.",
     # --- live mode (one row per training step)
     "task_loss": "`mean_{t,d} (y_t − target_t)²` on the step's batch: the synthetic task's MSE, where the target "
                  "of a token of topic c is `A_c·x` (a map partly private to the topic, so specialists help).",

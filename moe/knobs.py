@@ -28,11 +28,12 @@ DEFAULTS: dict[str, object] = {
     "seed": _CFG.seed, "device": _CFG.device, "dtype": _CFG.dtype, "router_dtype": _CFG.router_dtype,
     # experts (Hugging Face families): activation, gating, biases, shared experts, the sparsity test
     "activation": _CFG.activation, "gated": _CFG.gated, "expert_biases": _CFG.expert_biases,
-    "swiglu_limit": _CFG.swiglu_limit, "shared_experts": _CFG.shared_experts, "d_shared": _CFG.d_shared,
+    "swiglu_limit": _CFG.swiglu_limit, "shared_experts": _CFG.shared_experts, "d_shared": 0,
     "shared_gate": _CFG.shared_gate, "sparsity_mode": _CFG.sparsity_mode,
     # production routing: DeepSeek-V3 group-limited top-k, Switch's per-sequence capacity
     "n_group": _CFG.n_group, "topk_group": _CFG.topk_group, "capacity_scope": _CFG.capacity_scope,
 }
+# d_shared 0 (a knob is an int, like its widget and its link value) = MoEConfig's None: shared_experts × d_expert.
 # Knob name → scenario keyword, for the knobs whose names differ from the scenario's parameter.
 SCENARIO_KNOBS = {"drift_step": "step"}
 _CONFIG_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score", "temperature", "normalize_topk",
@@ -96,7 +97,10 @@ def from_knobs(values: dict) -> tuple[MoEConfig, str, dict, int]:
     dropless = v["dropless"]
     if not isinstance(dropless, bool):
         raise ValueError(f"dropless must be True or False, got {dropless!r}")
-    cfg = MoEConfig(**{k: v[k] for k in _CONFIG_KNOBS}, logit_bias=logit_bias, expert_bias=expert_bias,
+    fields = {k: v[k] for k in _CONFIG_KNOBS}
+    if fields["d_shared"] == 0 and not isinstance(fields["d_shared"], bool):
+        fields["d_shared"] = None  # the knob's "default width"
+    cfg = MoEConfig(**fields, logit_bias=logit_bias, expert_bias=expert_bias,
                     capacity_factor=None if dropless else v["capacity_factor"])
     scenario = v["scenario"]
     return cfg, scenario, scenario_params(scenario, v), tokens_from_knobs(values)

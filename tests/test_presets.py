@@ -93,10 +93,49 @@ def fine_grained(name):
     assert s["dead_fraction"] > 0                                 # "watch dead experts": there are some
 
 
+def deepseek_v3(name):
+    cfg, trace, pe, s, _ = run_preset(name)
+    assert (cfg.n_group, cfg.topk_group, cfg.shared_experts, cfg.score) == (8, 4, 1, "sigmoid")
+    groups = trace.routed.view(trace.tokens, 8, 4).any(dim=2).sum(dim=1)  # (T,) groups each token uses
+    assert groups.max() <= 4 and (groups == 4).any()
+    groups_only = run_preset(name, expert_bias_spread=0.0)[3]["bias_overlap"]
+    bias_only = run_preset(name, n_group=1, topk_group=1)[3]["bias_overlap"]
+    assert s["bias_overlap"] == pytest.approx(0.75, abs=0.03)
+    assert groups_only == pytest.approx(0.88, abs=0.03) and bias_only == pytest.approx(0.79, abs=0.03)
+    assert s["topk_margin"] == pytest.approx(0.04, abs=0.01)
+    assert s["shared_fraction"] == pytest.approx(0.44, abs=0.03)
+
+
+def qwen2(name):
+    cfg, trace, pe, s, _ = run_preset(name)
+    assert cfg.shared_gate and cfg.shared_hidden == 4 * cfg.d_expert and not cfg.normalize_topk
+    ungated = run_preset(name, shared_gate=False)[3]
+    assert s["shared_fraction"] == pytest.approx(0.59, abs=0.03) and s["shared_fraction"] > 0.5
+    assert ungated["shared_fraction"] == pytest.approx(0.74, abs=0.03)
+    assert s["shared_output_rms"] == pytest.approx(0.33, abs=0.03)
+    assert ungated["shared_output_rms"] == pytest.approx(0.61, abs=0.03)
+    assert pe["mean_gate"].mean() == pytest.approx(0.15, abs=0.02) and pe["mean_gate"].max() < 1 / cfg.top_k
+
+
+def gpt_oss(name):
+    cfg, trace, pe, s, _ = run_preset(name)
+    silu = run_preset(name, activation="silu")[2]
+    clamped = run_preset(name, swiglu_limit=1.0)[2]
+    assert pe["output_rms"].mean() == pytest.approx(0.94, abs=0.05)
+    assert silu["output_rms"].mean() == pytest.approx(0.62, abs=0.05)
+    assert 1.4 < pe["output_rms"].mean() / silu["output_rms"].mean() < 1.6
+    assert clamped["output_rms"].mean() == pytest.approx(0.53, abs=0.05)
+    assert pe["activation_sparsity"].mean() == pytest.approx(0.05, abs=0.01)
+    assert clamped["activation_sparsity"].mean() == pytest.approx(0.19, abs=0.02)
+
+
 CHECKS = {
     "Balanced top-2 (Mixtral-like)": balanced,
     "Switch top-1 with capacity": switch,
     "DeepSeek-like sigmoid with aux-free bias": deepseek,
+    "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)": deepseek_v3,
+    "Qwen2-MoE (gated shared expert)": qwen2,
+    "GPT-OSS-like": gpt_oss,
     "Expert choice": expert_choice,
     "Router collapse: identical tokens": identical,
     "Router collapse: hot expert": hot,

@@ -67,3 +67,66 @@ def test_kept_results_count_against_the_budget(monkeypatch):
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.0001")  # ~105 KB: the forward itself is over
     with pytest.raises(ValueError, match="over the budget"):
         runner.run(spec)
+
+
+# --- the knobs that fix the weights (#9): each gives its own cached layer, and the page's numbers are the engine's
+WEIGHT_KNOBS = [dict(shared_experts=1), dict(shared_experts=2, d_shared=24), dict(shared_experts=1, shared_gate=True),
+                dict(gated=False), dict(expert_biases=True)]
+
+
+def _forward(values: dict):
+    """An independent forward: a fresh MoELayer for the spec, on the page's (B, S, D) batch."""
+    import torch
+
+    from moe import MoELayer
+    from moe.scenarios import make_batch
+    spec = spec_from_controls(values)
+    cfg = spec.config
+    x = make_batch(spec.scenario, cfg.d_model, spec.tokens, seed=cfg.seed, **spec.params).x
+    with torch.inference_mode():
+        return MoELayer(cfg)(x.reshape(values["batch"], values["seq_len"], cfg.d_model))[1]
+
+
+@pytest.mark.parametrize("knobs", WEIGHT_KNOBS)
+def test_a_weight_knob_builds_its_own_layer_and_gives_the_engines_numbers(knobs):
+    small = {**CONTROL_DEFAULTS, "d_model": 16, "d_expert": 32, "batch": 2, "seq_len": 16}
+    plain = runner.run(spec_from_controls(small))           # caches the default layer first
+    values = {**small, **knobs}
+    shown = runner.run(spec_from_controls(values))
+    assert runner.weight_key(shown.config) != runner.weight_key(plain.config)
+    trace = _forward(values)
+    for key in ("aux_loss", "shared_fraction", "shared_output_rms", "topk_margin"):
+        expected, got = trace.summary()[key], shown.summary[key]
+        assert got == pytest.approx(expected, rel=1e-5, nan_ok=True), key
+    assert shown.per_expert["output_rms"].to_numpy() == pytest.approx(trace.per_expert()["output_rms"].to_numpy(),
+                                                                       rel=1e-5)
+    assert (shown.summary["shared_fraction"] > 0) == (values.get("shared_experts", 0) > 0)
+
+
+@pytest.mark.parametrize("knobs", WEIGHT_KNOBS)
+def test_weight_fields_are_the_ones_reconfigured_refuses(knobs):
+    base = MoEConfig(d_model=16, d_expert=32, n_experts=4, top_k=2)
+    changed = base.replace(**knobs)
+    assert runner.weight_key(changed) != runner.weight_key(base)
+    with pytest.raises(ValueError, match="must not change"):
+        runner.LayerCache().get(base, 10 ** 9).reconfigured(changed)
+
+
+def test_value_knobs_share_the_layer():
+    base = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2)
+    other = base.replace(n_group=4, topk_group=2, capacity_scope="sequence", activation="gelu", swiglu_limit=3.0,
+                         sparsity_mode="relative")
+    assert runner.weight_key(other) == runner.weight_key(base)
+
+
+def test_per_sequence_capacity_runs_on_sequences():
+    values = {**CONTROL_DEFAULTS, "d_model": 16, "d_expert": 32, "batch": 4, "seq_len": 16, "top_k": 1,
+              "dropless": False, "capacity_factor": 1.0, "capacity_scope": "sequence", "scenario": "clusters",
+              "skew": 2.0}
+    shown = runner.run(spec_from_controls(values))
+    trace = _forward(values)
+    assert shown.trace.capacity == trace.capacity == 2          # ceil(1.0 · S·K/E) = ceil(16/8)
+    assert shown.per_expert["served"].tolist() == trace.per_expert()["served"].tolist()
+    batch_scope = runner.run(spec_from_controls({**values, "capacity_scope": "batch"}))
+    assert batch_scope.trace.capacity == 8                     # ceil(1.0 · T·K/E) over the whole batch
+    assert (shown.trace.served != batch_scope.trace.served).any()  # other tokens are dropped

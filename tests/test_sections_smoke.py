@@ -10,19 +10,20 @@ SECTIONS = {  # module: (subheader(s), plotly charts drawn, definition keys its 
     "overview": ((), 4,
                  ("demand", "ideal_load", "contributions", "token_order", "activation_sparsity", "output_rms")),
     "load": ("Load", 1, ("demand", "served", "ideal_load")),
-    "experts": ("Experts", 2, ("activation_sparsity", "contribution")),
+    "experts": ("Experts", 3, ("activation_sparsity", "contribution", "topk_margin", "bias_overlap")),
     "contributors": ("Contributors", 1, ("contributions", "token_order", "token_heatmap_aggregation")),
-    "router": ("Router", 4, ("probs", "token_confidence", "token_entropy", "router_logits")),
+    "router": ("Router", 4, ("probs", "token_confidence", "token_entropy", "router_logits", "topk_margin")),
     "pathways": ("Pathways", 3, ("conditional_coactivation", "topk_combinations", "experts_per_token")),
     "scenario": ("Scenario", 1, ("cluster_share", "routing_nmi")),
     "inspector": ("Token inspector", 1, ("token_detail",)),
     "about": ("About these numbers", 0, ()),
 }
-VARIANTS = {
+VARIANTS = {  # the smoke test runs each section on each; "shared" is checked on its own below
     "clusters_capacity": dict(n_experts=6, top_k=2, capacity_factor=0.8),
     "expert_choice": dict(n_experts=4, top_k=2, router="expert_choice"),
     "one_expert": dict(n_experts=1, top_k=1),
 }
+SHARED = dict(n_experts=4, top_k=2, n_group=2, topk_group=1, shared_experts=1, shared_gate=True)
 
 
 def section_app(section: str, variant: dict, scenario: str, tokens: int) -> None:
@@ -48,7 +49,8 @@ def section_app(section: str, variant: dict, scenario: str, tokens: int) -> None
 
 def run_section(section: str, variant: str = "clusters_capacity", scenario: str = "clusters",
                 tokens: int = 40) -> AppTest:
-    at = AppTest.from_function(section_app, args=(section, VARIANTS[variant], scenario, tokens),
+    config = SHARED if variant == "shared" else VARIANTS[variant]
+    at = AppTest.from_function(section_app, args=(section, config, scenario, tokens),
                                default_timeout=30)
     return at.run()
 
@@ -111,3 +113,12 @@ def test_inspector_picks_and_clamps_the_token():
 def test_load_notes_expert_choice():
     at = run_section("load", variant="expert_choice")
     assert "balanced by construction" in captions(at)
+
+
+def test_overview_with_shared_experts_draws_their_share():
+    at = run_section("overview", "shared")
+    assert not at.exception and not at.error
+    keys = [c.key for c in charts(at)]
+    assert len(keys) == 5 and "shared_share" in keys
+    assert caption("shared_fraction") in captions(at)
+    assert len(charts(run_section("overview"))) == 4  # no shared experts: no share chart

@@ -87,8 +87,8 @@ def test_non_finite_floats_are_refused_for_every_float_key(key, text):
     assert problems == [f"ignored {key}=`{text}`: expected a finite number"]
 
 
-def test_there_are_eleven_float_keys():
-    assert len(FLOAT_KEYS) == 11
+def test_there_are_twelve_float_keys():
+    assert len(FLOAT_KEYS) == 12  # swiglu_limit (#9) is the twelfth
 
 
 def test_sanitize_replaces_a_nan_that_reaches_it():
@@ -133,3 +133,45 @@ def test_long_values_are_refused_unread():
 
 def test_view_is_a_link_key_not_an_unknown_parameter():
     assert from_query({"view": "Router"})[2] == []
+
+
+# --- the #9 knobs: engine names, URL round-trip, sanitising
+NEW_KNOBS = {"n_group": 4, "topk_group": 2, "capacity_scope": "sequence", "activation": "gpt_oss", "gated": True,
+             "expert_biases": True, "swiglu_limit": 3.5, "shared_experts": 2, "d_shared": 96, "shared_gate": True,
+             "sparsity_mode": "relative"}
+
+
+def test_new_knobs_reach_the_engine_config_under_their_names():
+    cfg = spec_from_controls({**CONTROL_DEFAULTS, **NEW_KNOBS}).config
+    assert {k: getattr(cfg, k) for k in NEW_KNOBS} == NEW_KNOBS
+    default = spec_from_controls({**CONTROL_DEFAULTS, "shared_experts": 2}).config
+    assert default.d_shared is None and default.shared_hidden == 2 * 256  # d_shared 0 = shared_experts × d_expert
+
+
+def test_new_knobs_round_trip_through_the_link():
+    values = {**preset_values("Balanced top-2 (Mixtral-like)"), **NEW_KNOBS, "gated": False, "activation": "relu"}
+    query = to_query(values, "Balanced top-2 (Mixtral-like)")
+    assert query["shared_experts"] == "2" and query["gated"] == "0" and query["capacity_scope"] == "sequence"
+    assert from_query(query) == ("Balanced top-2 (Mixtral-like)", values, [])
+
+
+def test_invalid_group_combination_raises_the_engine_message():
+    with pytest.raises(ValueError, match="topk_group=3 exceeds n_group=2"):
+        spec_from_controls({**CONTROL_DEFAULTS, "n_group": 2, "topk_group": 3})
+    with pytest.raises(ValueError, match="needs gated=True"):
+        spec_from_controls({**CONTROL_DEFAULTS, "activation": "gpt_oss", "gated": False})
+
+
+def test_sanitize_fixes_groups_and_shared_knobs_and_says_so():
+    values = {**CONTROL_DEFAULTS, "n_experts": 12, "n_group": 5, "topk_group": 9, "d_shared": 64,
+              "shared_gate": True, "activation": "tanh", "capacity_scope": "row", "shared_experts": 0,
+              "swiglu_limit": 100.0}
+    fixed, notes = sanitize(values, ["cpu"])
+    assert (fixed["n_group"], fixed["topk_group"]) == (4, 4)   # largest divisor of 12 below 5; then at most n_group
+    assert fixed["d_shared"] == 0 and fixed["shared_gate"] is False
+    assert fixed["activation"] == "silu" and fixed["capacity_scope"] == "batch" and fixed["swiglu_limit"] == 20.0
+    assert len(notes) == 7
+    assert any(n.startswith("n_group=`5` does not divide n_experts=12; using 4") for n in notes)
+    assert any(n.startswith("topk_group=`9` exceeds n_group=4") for n in notes)
+    assert any(n.startswith("d_shared=`64` needs shared_experts") for n in notes)
+    spec_from_controls(fixed)  # what sanitize leaves is a valid config

@@ -7,7 +7,7 @@ from moe.experts import sparsity_rule
 
 from ..colors import expert_colors
 from ..definitions import caption
-from ..figures import EXPERT_METRICS, expert_bar_figure, expert_metrics_figure
+from ..figures import EXPERT_METRICS, ROUTING_METRICS, expert_bar_figure, expert_metrics_figure
 from ..result import RunResult
 from ..tables import routing_nmi
 from .kpis import fmt
@@ -26,6 +26,9 @@ def render(result: RunResult) -> None:
             st.markdown(f"Routing specialisation **NMI(topic; expert) = {fmt(nmi)}**")
             st.caption(caption("routing_nmi"))
         st.caption(f"activation_sparsity shown: {sparsity_rule(result.config)}.")
+        fig = expert_metrics_figure(result.per_expert, colors, ROUTING_METRICS)
+        st.plotly_chart(fig, width="stretch", key="experts_routing")
+        st.caption(caption(*ROUTING_METRICS))
     with right:
         fig = expert_bar_figure(result.per_expert, "contribution", colors, ranked=True)
         st.plotly_chart(fig, width="stretch", key="experts_contribution")

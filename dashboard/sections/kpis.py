@@ -40,9 +40,16 @@ def fmt_ms(ms: float) -> str:
 
 def kpi_values(result: RunResult) -> list[tuple[str, str, str]]:
     """(label, shown value, definition key) for every KPI, in display order."""
-    s, E = result.summary, result.config.n_experts
-    ms = s["forward_ms"]
+    s, cfg = result.summary, result.config
+    E, ms = cfg.n_experts, s["forward_ms"]
     dead = round(s["dead_fraction"] * E)
+    routing = []  # #9's numbers join the row only where the config uses them: the default row fits one line
+    if cfg.expert_bias is not None or cfg.n_group > 1:  # else bias overlap is 1 exactly (the Router view shows both)
+        routing += [("top-k margin", fmt(s["topk_margin"]), "topk_margin"),
+                    ("bias overlap", fmt(s["bias_overlap"]), "bias_overlap")]
+    if cfg.shared_experts > 0:
+        routing += [("shared share", f"{fmt(100 * s['shared_fraction'])} %", "shared_fraction"),
+                    ("shared RMS", fmt(s["shared_output_rms"]), "shared_output_rms")]
     return [
         ("tokens", f"{s['tokens']:,.0f}", "tokens"),
         ("active experts", f"{s['active_experts']:.0f} / {E}", "active_experts"),
@@ -52,6 +59,7 @@ def kpi_values(result: RunResult) -> list[tuple[str, str, str]]:
         ("max/mean load", fmt(s["max_over_mean"]), "max_over_mean"),
         ("dropped", f"{fmt(100 * s['dropped_fraction'])} %", "dropped_fraction"),
         ("dead experts", f"{dead}", "dead_fraction"),
+        *routing,
         ("forward", fmt_ms(ms), "forward_ms"),
         ("tokens/s", fmt(s["tokens"] / (ms / 1e3)) if ms > 0 else "n/a", "tokens_per_s"),
         ("device", result.device, "device"),

@@ -22,15 +22,27 @@ def order_control(result: RunResult) -> bool:
     return order == ORDERS[1] if order else result.config.n_experts > AUTO_SORT_ABOVE
 
 
+def capacity_line(result: RunResult) -> tuple[int | None, str]:
+    """(height, label) of the capacity line: C, or B·C when capacity counts per sequence (B sequences of C each)."""
+    C, S = result.trace.capacity, result.seq_len
+    if C is None or result.config.capacity_scope != "sequence" or not S:
+        return C, "capacity C"
+    B = result.trace.tokens // S
+    return B * C, f"capacity B·C ({B} × {C})"
+
+
 def figure(result: RunResult, sort: bool, height: int = HEIGHT) -> go.Figure:
     cfg, trace = result.config, result.trace
     ideal = trace.tokens * cfg.top_k / cfg.n_experts
-    fig = load_figure(result.per_expert, expert_colors(cfg.n_experts), ideal, trace.capacity, sort=sort)
+    capacity, name = capacity_line(result)
+    fig = load_figure(result.per_expert, expert_colors(cfg.n_experts), ideal, capacity, sort=sort, capacity_name=name)
     return fig.update_layout(height=height)
 
 
 def captions(result: RunResult, sort: bool) -> None:
     keys = ["demand", "served", "dropped", "ideal_load"] + (["capacity"] if result.trace.capacity is not None else [])
+    if capacity_line(result)[1] != "capacity C":
+        keys.append("capacity_per_sequence")
     st.caption(caption(*keys, *(("load_sorted",) if sort else ())))
     if result.config.router == "expert_choice":
         st.caption(EXPERT_CHOICE_NOTE)

@@ -7,7 +7,7 @@ import streamlit as st
 
 from ..colors import expert_colors
 from ..definitions import caption
-from ..figures import expert_bar_figure
+from ..figures import expert_bar_figure, shared_share_figure
 from ..result import RunResult
 from . import contributors, load
 
@@ -27,6 +27,10 @@ def render(result: RunResult) -> None:
         col.plotly_chart(fig, width="stretch", key=f"overview_{column}")
     left, right = st.columns(2, gap="small")
     with left:
+        if result.config.shared_experts > 0:  # the shared experts' part of the output, next to the routed load
+            st.plotly_chart(shared_share_figure(result.summary["shared_fraction"]), width="stretch",
+                            key="shared_share")
+            st.caption(caption("shared_fraction"))
         load.order_control(result)
         load.captions(result, sort)
         st.caption(caption("activation_sparsity"))

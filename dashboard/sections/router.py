@@ -11,6 +11,7 @@ from ..figures import histogram_figure, token_heatmap_figure
 from ..figures_router import logits_figure
 from ..result import RunResult
 from ..tables import confidence_histogram, entropy_histogram, heatmap_rows, logit_quantiles, sorted_token_matrix
+from .kpis import fmt
 
 
 def render(result: RunResult) -> None:
@@ -26,6 +27,10 @@ def render(result: RunResult) -> None:
     st.plotly_chart(fig, width="stretch", key="router_probs")
     text = caption("probs", "token_order", "token_heatmap_aggregation")
     st.caption(f"**{note}**  \n{text}" if note else text)
+    margin, overlap = result.summary["topk_margin"], result.summary["bias_overlap"]
+    st.markdown(f"Close to flipping: **top-k margin = {fmt(margin)}** · kept by the bias and groups: "
+                f"**bias overlap = {fmt(overlap)}** (per expert in the Experts view)")
+    st.caption(caption("topk_margin", "bias_overlap"))
 
     left, right = st.columns(2)
     with left:

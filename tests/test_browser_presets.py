@@ -1,0 +1,67 @@
+"""The #9 presets in headless Chromium: the DeepSeek-V3-like page shows the engine's numbers and its charts."""
+import os
+import urllib.parse
+
+import pytest
+
+from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+
+from dashboard import runner
+from dashboard.presets import preset_values
+from dashboard.sections.kpis import kpi_values
+from dashboard.state import spec_from_controls
+
+pytestmark = pytest.mark.browser
+ARTIFACTS = ROOT / "artifacts"
+DEEPSEEK = "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)"
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        try:
+            chromium = launch_chromium(pw)
+        except Exception as err:  # no browser on this machine
+            if os.environ.get("MOE_REQUIRE_BROWSER"):
+                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
+            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture(scope="module")
+def server():
+    with streamlit_server() as url:
+        yield url
+
+
+def _kpi(page, label: str) -> str:
+    metric = page.locator('[data-testid="stMetric"]', has_text=label).first
+    return metric.locator('[data-testid="stMetricValue"]').inner_text()
+
+
+def _open(browser, server, query: dict):
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    errors = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto(f"{server}/?{urllib.parse.urlencode(query)}")
+    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
+    wait_for_run(page)
+    assert page.locator('[data-testid="stException"]').count() == 0
+    assert page.locator('[data-testid="stAlertContentError"]').count() == 0
+    return page, errors
+
+
+@pytest.mark.parametrize("view", ["Overview", "Experts"])
+def test_deepseek_v3_preset_shows_the_engines_numbers(browser, server, view):
+    page, errors = _open(browser, server, {"preset": DEEPSEEK, "view": view})
+    expected = {label: value for label, value, _ in kpi_values(runner.run(spec_from_controls(preset_values(DEEPSEEK))))}
+    for label in ("aux loss", "top-k margin", "bias overlap", "shared share", "shared RMS"):
+        assert _kpi(page, label) == expected[label], label
+    charts = page.locator('[data-testid="stPlotlyChart"]')
+    assert charts.count() == (5 if view == "Overview" else 3)  # Overview: the four charts and the shared share
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"deepseek_v3_{view.lower()}.png"), full_page=True)
+    assert errors == []
+    page.close()
