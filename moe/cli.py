@@ -140,13 +140,18 @@ def _report(args: argparse.Namespace) -> str:
     check_scenario_options(args, args.scenario, ("clusters", "skew", "spread", "drift_step", "period"))
     cfg, scenario, params, tokens = from_knobs(knobs_from_args(args))
     check_budget(cfg, tokens, budget_bytes(), names=flag_names())  # before anything is built
-    batch = make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params)
+    if args.seq_len is not None and tokens % args.seq_len:
+        raise UsageError(f"--tokens {tokens} is not a whole number of sequences of --seq-len {args.seq_len}; "
+                         f"give --tokens a multiple of {args.seq_len}")
+    x = make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x  # (T, D)
+    if args.seq_len is not None:
+        x = x.reshape(-1, args.seq_len, cfg.d_model)  # (B, S, D): capacity_scope="sequence" counts per sequence
     layer = MoELayer(cfg)
     with torch.inference_mode():
-        layer(batch.x, stats=False)  # warm-up, so forward_ms is the steady-state time
-        _, trace = layer(batch.x)
+        layer(x, stats=False)  # warm-up, so forward_ms is the steady-state time
+        _, trace = layer(x)
     return render(cfg.to_dict(), trace.summary(), trace.per_expert(), args.format,
-                  extra={"scenario": scenario, "tokens": tokens, **params})
+                  extra={"scenario": scenario, "tokens": tokens, "seq_len": args.seq_len, **params})
 
 
 def render(config: dict, summary: dict, table: pd.DataFrame, fmt: str, extra: dict | None = None) -> str:
@@ -259,6 +264,9 @@ def build_parser() -> _Parser:
     report = commands.add_parser("report", help="one forward: config, summary and per-expert table")
     add_config_arguments(report)
     add_scenario_arguments(report)
+    report.add_argument("--seq-len", type=_positive_int, default=None,
+                        help="split the tokens into sequences of this length (capacity_scope=sequence counts "
+                             "capacity per sequence); default: one sequence")
     report.set_defaults(run=_report)
     add_train_command(commands)
     __import__("moe.lm_cli").lm_cli.add_model_commands(commands)  # train-lm, model-report

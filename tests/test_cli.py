@@ -92,3 +92,20 @@ def test_module_entry_point_runs_as_a_process():
 def test_cuda_request_without_gpu_is_a_clean_error(capsys):
     code, _, err = _run(capsys, "report", "--device", "cuda")
     assert code == 2 and "no CUDA GPU" in err
+
+
+def test_report_seq_len_makes_capacity_per_sequence(capsys):
+    """--seq-len splits the tokens into sequences; with capacity_scope=sequence, C comes from S tokens."""
+    import json
+
+    from moe.cli import main
+    flags = ["report", "--tokens", "256", "--n-experts", "8", "--top-k", "1", "--capacity-factor", "1.0",
+             "--scenario", "clusters", "--skew", "2"]
+    assert main(flags + ["--seq-len", "64", "--capacity-scope", "sequence"]) == 0
+    per_seq = json.loads(capsys.readouterr().out)
+    assert main(flags) == 0
+    batch = json.loads(capsys.readouterr().out)
+    assert per_seq["summary"]["capacity"] == 8 and batch["summary"]["capacity"] == 32  # ceil(1.0·S·K/E), S or T
+    assert per_seq["config"]["seq_len"] == 64
+    assert main(flags + ["--seq-len", "100"]) == 2
+    assert "multiple of 100" in capsys.readouterr().err
