@@ -65,3 +65,27 @@ def test_a_configuration_ep_cannot_run_says_why():
     at = AppTest.from_function(view_app, args=(dict(n_experts=4, noise_std=0.5),), default_timeout=30).run()
     assert not at.exception
     assert "noise_std=0.5" in at.error[0].value and not at.button
+
+
+def test_the_flags_rebuild_the_sidebars_config_exactly():
+    """Every config field the sidebar can set travels to ep-report: shared experts, groups, activation, ..."""
+    import pytest
+
+    from dashboard.result import RunResult
+    from dashboard.sections.parallel import ep_flags
+    from moe import MoEConfig, MoELayer
+    from moe.cli import build_parser, config_from_args
+    from moe.scenarios import make_batch
+
+    cfg = MoEConfig(d_model=8, d_expert=16, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
+                    d_shared=24, shared_gate=True, activation="gelu", gated=False, expert_biases=True,
+                    sparsity_mode="relative", normalize_topk=False, capacity_factor=1.5, seed=2)
+    batch = make_batch("gaussian", 8, 16, seed=2)
+    _, trace = MoELayer(cfg)(batch.x)
+    result = RunResult(config=cfg, scenario="gaussian", scenario_params={}, trace=trace,
+                       per_expert=trace.per_expert(), summary=trace.summary())
+    args = build_parser().parse_args(["ep-report", *ep_flags(result)])
+    assert config_from_args(args) == cfg
+    with pytest.raises(ValueError, match="--seq-len S"):
+        ep_flags(RunResult(config=cfg.replace(capacity_scope="sequence"), scenario="gaussian", scenario_params={},
+                           trace=trace, per_expert=trace.per_expert(), summary=trace.summary()))

@@ -43,6 +43,15 @@ def ep_flags(result: RunResult) -> list[str]:
              "--router", cfg.router, "--score", cfg.score, "--temperature", cfg.temperature,
              "--routed-scaling-factor", cfg.routed_scaling_factor, "--drop-policy", cfg.drop_policy,
              "--dtype", cfg.dtype, "--seed", cfg.seed, "--tokens", result.trace.tokens, "--scenario", result.scenario]
+    if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
+        raise ValueError("per-sequence capacity needs whole sequences per rank: run `ep-report --capacity-scope "
+                         "sequence --seq-len S` from the command line")
+    flags += ["--activation", cfg.activation, "--swiglu-limit", cfg.swiglu_limit, "--sparsity-mode",
+              cfg.sparsity_mode, "--n-group", cfg.n_group, "--topk-group", cfg.topk_group,
+              "--shared-experts", cfg.shared_experts]
+    flags += ["--d-shared", cfg.d_shared] if cfg.d_shared is not None else []
+    flags += [name for name, on in (("--no-gated", not cfg.gated), ("--expert-biases", cfg.expert_biases),
+                                    ("--shared-gate", cfg.shared_gate)) if on]
     flags += ["--no-normalize-topk"] if not cfg.normalize_topk else []
     flags += ["--capacity-factor", cfg.capacity_factor] if cfg.capacity_factor is not None else []
     hot = [(e, b) for e, b in enumerate(cfg.logit_bias or ()) if b]
