@@ -82,7 +82,7 @@ def iter_megatron(path: str, progress: Progress | None = None) -> Iterator[Routi
                 rec = _json_line(line, n, path, last=not line.endswith(b"\n"))
                 logits = None
                 if "logit_offset" in rec:
-                    sidecar = sidecar or _open_sidecar(path, rec, n)
+                    sidecar = sidecar or _open_sidecar(path, rec)
                     logits = _sidecar_logits(sidecar, rec, n) if sidecar else None
                 yield _megatron_record(rec, n, logits)
                 if progress is not None and n % 16 == 0:
@@ -117,11 +117,13 @@ def _megatron_record(rec: dict, n: int, logits: np.ndarray | None) -> RoutingRec
         if isinstance(rec[key], bool) or not isinstance(rec[key], int) or rec[key] < 0:
             raise ValueError(f"line {n}: field {key!r} must be an integer >= 0, got {rec[key]!r}")
     T, K = rec["num_tokens"], rec["topk"]
+    if not isinstance(rec["top_indices"], list):
+        raise ValueError(f"line {n}: 'top_indices' must be a list of num_tokens={T} lists of topk={K} integers")
     try:
         idx = np.asarray(rec["top_indices"], dtype=np.int64).reshape(-1, K) if T else np.zeros((0, K), np.int64)
     except (ValueError, TypeError):
         raise ValueError(f"line {n}: 'top_indices' must be num_tokens={T} lists of topk={K} integers") from None
-    if idx.shape != (T, K) or np.asarray(rec["top_indices"], dtype=object).shape[:1] != (T,):
+    if idx.shape != (T, K) or len(rec["top_indices"]) != T:
         raise ValueError(f"line {n}: 'top_indices' has shape {np.shape(rec['top_indices'])}, expected "
                          f"(num_tokens={T}, topk={K})")
     if T and idx.min() < 0:
@@ -130,7 +132,7 @@ def _megatron_record(rec: dict, n: int, logits: np.ndarray | None) -> RoutingRec
     return RoutingRecord(rec["step"], label, idx, logits, f"line {n}")
 
 
-def _open_sidecar(path: str, rec: dict, n: int):
+def _open_sidecar(path: str, rec: dict):
     """logits_rank{rank}.bin next to the JSONL, or None when it was not copied along."""
     side = os.path.join(os.path.dirname(os.path.abspath(path)), f"logits_rank{rec.get('rank', 0)}.bin")
     return open(side, "rb") if os.path.exists(side) else None

@@ -166,3 +166,17 @@ def test_reader_never_reads_the_whole_file(tmp_path):
     it = iter_megatron(str(tmp_path / "t.jsonl"))
     first = next(it)  # a generator: one record at a time
     assert first.step == 0 and first.top_k_index.shape == (3, K)
+
+
+def test_malformed_records_name_the_line_and_field(tmp_path):
+    rec = next(megatron_records(1, 1, 3, E, K))
+    for change, message in ((dict(top_indices=5), "must be a list"),
+                            (dict(top_indices=[[0, 1], [2]]), "'top_indices'"),
+                            (dict(num_tokens=4), "expected (num_tokens=4, topk=2)"),
+                            (dict(layer="x"), "field 'layer' must be an integer"),
+                            (dict(top_indices=[[0, -1]] * 3), "expert indices are >= 0")):
+        path = tmp_path / "m.jsonl"
+        write_megatron(path, [{**rec, **change}])
+        with pytest.raises(ValueError, match="line 1") as err:
+            summarize(str(path), n_experts=E)
+        assert message in str(err.value), str(err.value)
