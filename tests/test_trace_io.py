@@ -180,3 +180,13 @@ def test_malformed_records_name_the_line_and_field(tmp_path):
         with pytest.raises(ValueError, match="line 1") as err:
             summarize(str(path), n_experts=E)
         assert message in str(err.value), str(err.value)
+
+
+def test_a_cut_parquet_file_is_a_value_error(tmp_path):
+    _, trace = MoELayer(MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2))(torch.randn(12, 8))
+    with TraceWriter(tmp_path / "t.parquet") as w:
+        w.write(trace, step=0, layer=0)
+    data = (tmp_path / "t.parquet").read_bytes()
+    (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match="not a readable Parquet file"):
+        summarize(str(tmp_path / "cut.parquet"))

@@ -69,7 +69,7 @@ def _open(upload, path: str, n_experts: int, n_layers: int | None, score: str) -
             experts = n_experts if detect_format(path) == "megatron" else None
             summary = summarize(path, n_experts=experts, n_layers=n_layers, score=score,
                                 progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
-    except (ValueError, OSError, MemoryError) as err:
+    except (ValueError, OSError, RuntimeError, MemoryError) as err:
         bar.empty()
         shown = quote(upload.name if upload is not None else path)
         st.error(f"This trace cannot be opened: {str(err).replace(repr(path), shown)}", icon="⚠️")
