@@ -62,3 +62,20 @@ def test_trace_figures_carry_the_numbers():
     doc = {"planned_load": [5, 5], "contiguous_load": [8, 2]}
     bars = plan_load_figure(doc).data
     assert list(bars[0].y) == [8, 2] and list(bars[1].y) == [5, 5] and list(bars[2].y) == [5.0, 5.0]
+
+
+def test_an_upload_is_copied_in_chunks_and_read_like_a_path(tmp_path):
+    import io
+
+    from dashboard.sections import traces
+    write_megatron(tmp_path / "t.jsonl", megatron_records(2, 2, 6, 8, 2, hot=1))
+
+    class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name
+        name = "router_trace_rank0.jsonl"
+
+    opened = traces._open(Upload((tmp_path / "t.jsonl").read_bytes()), "", 8, None, "softmax")
+    want = summarize(str(tmp_path / "t.jsonl"), n_experts=8)
+    got, expected = opened.worst(), want.worst()
+    assert [got[k] for k in ("step", "layer", "max_over_mean")] == [expected[k] for k in ("step", "layer",
+                                                                                            "max_over_mean")]
+    assert (opened.load["1"] == want.load["1"]).all()
