@@ -110,6 +110,7 @@ def plan_load_figure(plan_doc: dict) -> go.Figure:
                                marker_color=color, hovertemplate="rank %{x}: %{y}<extra>" + name + "</extra>"))
     mean = sum(plan_doc["planned_load"]) / W
     data.append(go.Scatter(x=[-0.5, W - 0.5], y=[mean, mean], mode="lines", name="mean",
-                           line=dict(color=IDEAL_COLOR, dash="dash", width=2), hovertemplate="mean %{y:.1f}<extra></extra>"))
+                           line=dict(color=IDEAL_COLOR, dash="dash", width=2),
+                           hovertemplate="mean %{y:.1f}<extra></extra>"))
     return go.Figure(data, layout(title="Predicted load per rank (from the trace)", xaxis=rank_axis(W),
                                   yaxis=axis("assignments"), uirevision="trace_plan", barmode="group"))
