@@ -190,3 +190,11 @@ def test_a_cut_parquet_file_is_a_value_error(tmp_path):
     (tmp_path / "cut.parquet").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="not a readable Parquet file"):
         summarize(str(tmp_path / "cut.parquet"))
+
+
+def test_mtp_layers_stay_apart_from_decoder_layers_of_the_same_number(tmp_path):
+    recs = list(megatron_records(1, 2, 4, E, K))
+    mtp = {**recs[1], "block": "mtp", "mtp_idx": 0, "top_indices": [[0, 1]] * 4}  # layer 1 of MTP head 0
+    write_megatron(tmp_path / "t.jsonl", recs + [mtp])
+    s = summarize(str(tmp_path / "t.jsonl"), n_experts=E)
+    assert s.layers == ["0", "1", "mtp0.1"] and s.load["mtp0.1"][0].tolist() == [4, 4, 0, 0, 0, 0, 0, 0]
