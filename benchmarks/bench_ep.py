@@ -6,7 +6,11 @@ At D1024 H512 E64 K6 with 4096 tokens per rank and W=2 ranks (gloo, loopback, on
   2. the all-to-all share: time in the token and output all-to-alls / forward time (must be < 35 %);
   3. clustered input (skew 2): straggler factor (max rank expert time / mean) with contiguous blocks
      vs the planner's placement with R = W redundant slots (must drop by at least a third).
-Usage: .venv/bin/python benchmarks/bench_ep.py [--tokens-per-rank 4096] [--repeats 3]
+  4. --scan: no EP job; the router alone over seeds and cluster counts, the PREDICTED per-rank load
+     max/mean of contiguous blocks vs the plan (R = W): how skewed contiguous is decides whether cutting
+     the factor itself by a third is possible at all (the factor is >= 1, so it needs contiguous >= 1.5).
+Usage: .venv/bin/python benchmarks/bench_ep.py [--tokens-per-rank 4096] [--repeats 3] [--seed 0] [--clusters 8]
+       .venv/bin/python benchmarks/bench_ep.py --scan [--seeds 16]
 """
 from __future__ import annotations
 
@@ -29,18 +33,21 @@ W = 2
 DIMS = {"d_model": 1024, "d_expert": 512, "n_experts": 64, "top_k": 6}
 
 
+SEED, CLUSTERS = 0, 8  # set from the command line in main()
+
+
 def flags(tokens: int, scenario: str, repeats: int) -> list[str]:
     dims = [f"--{k.replace('_', '-')}={v}" for k, v in DIMS.items()]
-    extra = ["--clusters", "8", "--skew", "2"] if scenario == "clusters" else []
+    extra = ["--clusters", str(CLUSTERS), "--skew", "2"] if scenario == "clusters" else []
     return [*dims, "--tokens", str(tokens), "--scenario", scenario, *extra, "--repeats", str(repeats),
-            "--timeout", "600"]
+            "--timeout", "600", "--seed", str(SEED)]
 
 
 def single_process(tokens: int, scenario: str, repeats: int, threads: int) -> tuple[float, "torch.Tensor"]:
     """Median forward+stats time (ms) of one MoELayer on all tokens, and its per-expert served counts."""
     torch.set_num_threads(threads)  # a benchmark process: no request path shares this setting
-    cfg = MoEConfig(**DIMS)
-    params = {"n_clusters": 8, "skew": 2.0} if scenario == "clusters" else {}
+    cfg = MoEConfig(**DIMS, seed=SEED)
+    params = {"n_clusters": CLUSTERS, "skew": 2.0} if scenario == "clusters" else {}
     x = make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x
     layer = MoELayer(cfg)
     times = []
@@ -58,6 +65,12 @@ def ep(tokens: int, scenario: str, repeats: int, placement_file: str | None = No
     return run_ep_report(W, args, timeout_s=900)
 
 
+def load_ratio(load) -> float:
+    """Predicted per-rank load max/mean of contiguous blocks."""
+    ranks = predicted_load(contiguous(DIMS["n_experts"], W), load)
+    return float(ranks.max() / ranks.mean())
+
+
 def row(name: str, doc: dict) -> str:
     ranks = doc["per_rank"]
     fwd = max(r["forward_ms"] for r in ranks)
@@ -69,15 +82,45 @@ def row(name: str, doc: dict) -> str:
             f"{max(load) / (sum(load) / len(load)):>10.3f}  {times}")
 
 
+def scan(tokens: int, seeds: int) -> None:
+    """Predicted per-rank load max/mean (router only, no experts run) over seeds and cluster counts."""
+    torch.set_num_threads(1)  # a benchmark process
+    print(f"predicted load max/mean at W={W}, {tokens} tokens, clusters skew 2: contiguous -> planned (R={W}), "
+          f"and the factor cut 1 - planned/contiguous")
+    print(f"{'seed':>4} " + " ".join(f"{f'{c} clusters':>26}" for c in (2, 4, 8)))
+    cuts = []
+    for seed in range(seeds):
+        cfg = MoEConfig(**DIMS, seed=seed)
+        layer, cells = MoELayer(cfg), []
+        for c in (2, 4, 8):
+            x = make_batch("clusters", cfg.d_model, tokens, seed=seed, n_clusters=c, skew=2.0).x  # (T, D)
+            with torch.inference_mode():
+                load = layer.router(x, cfg, layer.new_generator()).served.sum(0).numpy()  # (E,)
+            ratio = [(v.max() / v.mean()) for v in (predicted_load(contiguous(64, W), load),
+                                                    predicted_load(plan(load, W, W), load))]
+            cuts.append(1 - ratio[1] / ratio[0])
+            cells.append(f"{ratio[0]:.3f} -> {ratio[1]:.4f} ({cuts[-1]:5.1%})")
+        print(f"{seed:>4} " + " ".join(f"{cell:>26}" for cell in cells))
+    print(f"factor cut >= 1/3 in {sum(c >= 1 / 3 for c in cuts)} of {len(cuts)} (seed, clusters) inputs")
+
+
 def main() -> None:
+    global SEED, CLUSTERS
     ap = argparse.ArgumentParser()
     ap.add_argument("--tokens-per-rank", type=int, default=4096)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="weights and input seed")
+    ap.add_argument("--clusters", type=int, default=8, help="topics of the skewed input")
+    ap.add_argument("--scan", action="store_true", help="predicted loads only, over --seeds seeds")
+    ap.add_argument("--seeds", type=int, default=16)
     a = ap.parse_args()
+    SEED, CLUSTERS = a.seed, a.clusters
     T = a.tokens_per_rank * W
+    if a.scan:
+        return scan(T, a.seeds)
     print(f"D{DIMS['d_model']} H{DIMS['d_expert']} E{DIMS['n_experts']} K{DIMS['top_k']}, {a.tokens_per_rank} tokens "
           f"per rank, W={W} (gloo, 1 thread per rank); single process: 1 and {W} threads; "
-          f"medians of {a.repeats}")
+          f"medians of {a.repeats}; seed {SEED}, clusters {CLUSTERS} skew 2")
     base = {n: single_process(T, "gaussian", a.repeats, n)[0] for n in (1, W)}
     base_ms = min(base.values())  # the faster of 1 and W threads: oversubscribed OpenMP can be far slower
     uniform = ep(T, "gaussian", a.repeats)
@@ -104,6 +147,9 @@ def main() -> None:
     print(f"planned placement {[list(r) for r in planned.ranks if len(r) < 40] or 'see file'}; "
           f"predicted load {predicted_load(planned, skew_load).tolist()} vs measured {measured}; "
           f"contiguous predicted {predicted_load(contiguous(64, W), skew_load).tolist()}")
+    factor_cut_needs = "reachable" if load_ratio(skew_load) >= 1.5 else "unreachable for any plan"
+    print(f"a literal one-third cut needs contiguous >= 1.5 (the factor is >= 1): predicted contiguous "
+          f"{load_ratio(skew_load):.3f}, so {factor_cut_needs} on this input")
     load_sf = [max(r["assignments"] for r in d["per_rank"]) * W / sum(r["assignments"] for r in d["per_rank"])
                for d in (skewed, balanced)]
     print(f"load straggler (max rank assignments / mean) contiguous {load_sf[0]:.3f} -> planned {load_sf[1]:.3f}")

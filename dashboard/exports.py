@@ -4,8 +4,9 @@ from __future__ import annotations
 import io
 import json
 
-import numpy as np
 import pandas as pd
+
+from moe import trace_io
 
 from .result import RunResult
 from .tables import token_table
@@ -27,22 +28,9 @@ def summary_json(result: RunResult) -> bytes:
 
 
 def trace_frame(result: RunResult) -> pd.DataFrame:
-    """One row per (token, expert): the trace in tidy form."""
-    tr = result.trace
-    T, E = tr.probs.shape
-    frame = pd.DataFrame({
-        "token": np.repeat(np.arange(T), E),
-        "expert": np.tile(np.arange(E), T),
-        "router_logit": tr.router_logits.numpy().ravel(),
-        "prob": tr.probs.numpy().ravel(),
-        "routed": tr.routed.numpy().ravel(),
-        "served": tr.served.numpy().ravel(),
-        "gate": tr.gates.numpy().ravel(),
-        "contribution": tr.contributions.numpy().ravel(),
-    })
-    if result.labels is not None:
-        frame.insert(1, "topic", np.repeat(result.labels.numpy(), E))
-    return frame
+    """One row per (token, expert), stamped step 0, layer 0: the format `python -m moe trace-report` reads."""
+    labels = None if result.labels is None else result.labels.numpy()
+    return trace_io.trace_frame(result.trace, step=0, layer=0, labels=labels)
 
 
 def trace_parquet(result: RunResult) -> bytes:

@@ -72,3 +72,45 @@ def comparison_table(docs: dict[str, dict]) -> pd.DataFrame:
                      "a2a_share": float((ranks["a2a_ms"] / ranks["forward_ms"]).max()),
                      "forward_ms": float(ranks["forward_ms"].max())})
     return pd.DataFrame(rows)
+
+
+def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
+                      worst_step: int | None = None) -> go.Figure:
+    """Step × expert heatmap of one layer's assignments (rows: steps, ascending); the worst step marked."""
+    load = np.asarray(load)
+    S, E = load.shape
+    heat = go.Heatmap(z=load, x=list(range(E)), y=list(steps), colorscale="Blues",
+                      hovertemplate="step %{y}, expert %{x}: %{z} assignments<extra></extra>",
+                      colorbar=dict(title=dict(text="assignments")))
+    fig = go.Figure([heat], layout(title=f"Load per step, layer {layer}", xaxis=axis("expert"),
+                                   yaxis=axis("step", autorange="reversed"), uirevision="trace_load"))
+    if worst_step is not None:
+        fig.add_hline(y=worst_step, line=dict(color=PREDICTED_COLOR, dash="dot", width=1),
+                      annotation_text="worst", annotation_position="right")
+    return fig
+
+
+def trace_worst_figure(rows: pd.DataFrame, layers: list[str]) -> go.Figure:
+    """Step × layer heatmap of max_over_mean: where and when the routing is most uneven."""
+    table = rows.pivot(index="step", columns="layer", values="max_over_mean").reindex(columns=layers)
+    heat = go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
+                      colorscale="Reds", hovertemplate="step %{y}, layer %{x}: max/mean %{z:.3f}<extra></extra>",
+                      colorbar=dict(title=dict(text="max/mean")))
+    return go.Figure([heat], layout(title="Busiest expert / mean, per step and layer",
+                                    xaxis=axis("layer", type="category"), yaxis=axis("step", autorange="reversed"),
+                                    uirevision="trace_worst"))
+
+
+def plan_load_figure(plan_doc: dict) -> go.Figure:
+    """Predicted assignments per rank: contiguous blocks (when W ≤ E) against the plan, with the mean."""
+    data, W = [], len(plan_doc["planned_load"])
+    for name, color in (("contiguous", NEUTRAL_COLOR), ("planned", PLANNED_COLOR)):
+        if f"{name}_load" in plan_doc:
+            data.append(go.Bar(x=list(range(W)), y=plan_doc[f"{name}_load"], name=f"{name}: predicted",
+                               marker_color=color, hovertemplate="rank %{x}: %{y}<extra>" + name + "</extra>"))
+    mean = sum(plan_doc["planned_load"]) / W
+    data.append(go.Scatter(x=[-0.5, W - 0.5], y=[mean, mean], mode="lines", name="mean",
+                           line=dict(color=IDEAL_COLOR, dash="dash", width=2),
+                           hovertemplate="mean %{y:.1f}<extra></extra>"))
+    return go.Figure(data, layout(title="Predicted load per rank (from the trace)", xaxis=rank_axis(W),
+                                  yaxis=axis("assignments"), uirevision="trace_plan", barmode="group"))

@@ -6,7 +6,7 @@ import streamlit as st
 from . import controls, runner
 from .result import RunResult
 from .sections import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, parallel,
-                       pathways, router, scenario)
+                       pathways, router, scenario, traces)
 from .state import quote, spec_from_controls, to_query
 
 VIEWS = {
@@ -20,12 +20,13 @@ VIEWS = {
     "Live": (live.render,),
     "Model": (model.render,),
     "Expert parallel": (parallel.render,),
+    "Traces": (traces.render,),
     "About": (about.render,),
 }
 
 # views that do not show the sidebar's forward: its files would confuse
-NO_DOWNLOADS = {"Live", "Model", "Expert parallel", "About"}
-OWN_KPIS = {"Live", "Model"}  # views that show their own model's numbers: the sidebar forward's KPI row would mislead
+NO_DOWNLOADS = {"Live", "Model", "Expert parallel", "Traces", "About"}
+OWN_KPIS = {"Live", "Model", "Traces"}  # views with their own numbers: the sidebar forward's KPI row would mislead
 DEFAULT_VIEW = next(iter(VIEWS))
 
 

@@ -13,7 +13,7 @@ import sys
 import pandas as pd
 import torch
 
-from . import ep_report
+from . import ep_report, trace_report
 from .config import ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
@@ -271,6 +271,7 @@ def build_parser() -> _Parser:
     add_train_command(commands)
     __import__("moe.lm_cli").lm_cli.add_model_commands(commands)  # train-lm, model-report
     ep_report.add_ep_command(commands)
+    trace_report.add_trace_command(commands)
     return parser
 
 

@@ -36,6 +36,9 @@ def add_ep_command(commands) -> None:
     p.add_argument("--placement", default=None, help="JSON plan from moe.placement (default: contiguous blocks)")
     p.add_argument("--repeats", type=_cli._positive_int, default=1, help="timed forwards after one warm-up (medians)")
     p.add_argument("--timeout", type=_cli._float, default=60.0, help="seconds any collective may wait")
+    p.add_argument("--seq-len", type=_cli._positive_int, default=None,
+                   help="cut the tokens into sequences of S (each rank gets whole sequences); needed by "
+                        "--capacity-scope sequence")
     p.add_argument("--save-output", default=None, help="rank 0 saves the combined output y (T, D) here (torch.save)")
     p.set_defaults(run=run_ep_report)
 
@@ -49,17 +52,17 @@ def run_ep_report(args: argparse.Namespace) -> str:
     placement = load_file(args.placement, cfg.n_experts, W) if args.placement else contiguous(cfg.n_experts, W)
     if tokens < W:
         raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
-    x = make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x  # (T, D)
+    x = _sequences(make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x, cfg, args.seq_len, W)
     rank, W, device = init_distributed(cfg.device, args.timeout)  # every check above ran on every rank
     try:
         layer = MoELayer(cfg.replace(device=str(device)))
         shard = ExpertShard(layer, placement.ranks[rank])
         layer.experts = None  # this rank keeps only its shard
-        mine = x[split_rows(x.shape[0], W, rank)]  # (T_r, D)
+        mine = x[split_rows(x.shape[0], W, rank)]  # (T_r, D) or (B_r, S, D)
         with torch.inference_mode():
             runs = [ep_forward(layer, shard, mine, placement) for _ in range(args.repeats + 1)][1:]
             if args.save_output:
-                _save_output(runs[-1].y, x.shape[0], W, rank, args.save_output)
+                _save_output(runs[-1].y, x.shape[0], W, rank, args.save_output)  # rows: tokens or sequences
         if rank != 0:
             return ""
         return _render(cfg, args, placement, runs, {"scenario": scenario, "tokens": tokens, **params})
@@ -67,8 +70,24 @@ def run_ep_report(args: argparse.Namespace) -> str:
         dist.destroy_process_group()
 
 
-def _save_output(y: torch.Tensor, T: int, W: int, rank: int, path: str) -> None:
-    sizes = [split_rows(T, W, r).stop - split_rows(T, W, r).start for r in range(W)]
+def _sequences(x: torch.Tensor, cfg, seq_len: int | None, W: int) -> torch.Tensor:
+    """x (T, D), or (B, S, D) with --seq-len: ranks then split whole sequences."""
+    if seq_len is None:
+        if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
+            raise ValueError("--capacity-scope sequence needs --seq-len S: without it the tokens are one batch "
+                             "and capacity would silently apply to all of them")
+        return x
+    T = x.shape[0]
+    if T % seq_len or T // seq_len < W:
+        raise ValueError(f"--tokens {T} must be a multiple of --seq-len {seq_len} with at least {W} sequences "
+                         f"(one per rank); give --tokens {max(W, -(-T // seq_len)) * seq_len}")
+    return x.reshape(T // seq_len, seq_len, cfg.d_model)  # (B, S, D)
+
+
+def _save_output(y: torch.Tensor, rows: int, W: int, rank: int, path: str) -> None:
+    y = y.reshape(-1, y.shape[-1])  # (T_r, D)
+    per_row = y.shape[0] // max(split_rows(rows, W, rank).stop - split_rows(rows, W, rank).start, 1)
+    sizes = [(split_rows(rows, W, r).stop - split_rows(rows, W, r).start) * per_row for r in range(W)]
     full = all_gather_rows(y, sizes)  # (T, D)
     if rank == 0:
         torch.save(full.cpu(), path)

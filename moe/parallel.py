@@ -11,7 +11,10 @@ Every rank holds a contiguous share of the tokens (rank order = global token ord
      rank that serves it, whatever the number of its experts there (counts, then all_to_all_single).
   3. the receiver runs its local experts with the engine's `dispatch`, and sends back, per token,
      the partial output (D) and its contributions (E) in one all_to_all_single.
-Statistics are the engine's ForwardSums, gathered per rank on its own rows and summed (all_reduce).
+Shared experts are dense: every rank holds the shared FFN and runs it on its own tokens (no traffic).
+capacity_scope="sequence": give x as (B_r, S, D) whole sequences per rank; routing uses seq_len=S.
+Statistics are the engine's ForwardSums, gathered per rank on its own rows and summed (all_reduce),
+the shared-expert sums included.
 Shape letters as in moe/config.py, plus W ranks, T_r tokens of rank r, N tokens received, L local experts.
 """
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .experts import DispatchResult, Experts, dispatch
 from .layer import MoELayer
 from .placement import Placement, chunk_sizes
 from .router import route, router_logits
+from .shared import shared_sums
 from .stats import ForwardSums, gather_sums
 
 PER_RANK_COLUMNS = ["rank", "experts", "tokens_in", "tokens_out", "recv_tokens", "assignments",
@@ -46,9 +50,6 @@ def check_ep_config(cfg: MoEConfig) -> None:
     if cfg.router == "random":
         raise ValueError("router='random' draws its logits from one generator over all tokens; expert "
                          "parallelism supports router='topk', 'expert_choice' or 'hash'")
-    if cfg.shared_experts:
-        raise ValueError(f"shared_experts={cfg.shared_experts}: expert parallelism does not run the shared FFN "
-                         "yet; set shared_experts=0")
     for name in ("noise_std", "jitter_eps"):
         if getattr(cfg, name) > 0:
             raise ValueError(f"{name}={getattr(cfg, name)} draws training noise over all tokens; expert "
@@ -155,12 +156,14 @@ def _reduce_sums(sums: ForwardSums, capacity: int | None, device: torch.device) 
 
 
 def ep_forward(layer: MoELayer, shard: ExpertShard, x: Tensor, placement: Placement) -> EPResult:
-    """One expert-parallel forward of this rank's tokens x (T_r, D); a collective call on every rank."""
+    """One expert-parallel forward of this rank's tokens x (T_r, D) or whole sequences (B_r, S, D);
+    a collective call on every rank."""
     cfg, dev = layer.cfg, layer.device
     rank, W = dist.get_rank(), dist.get_world_size()
     start = time.perf_counter()
     xt = x.reshape(-1, cfg.d_model).to(device=dev, dtype=cfg.torch_dtype)  # (T_r, D)
-    routing, logits, mine, gather_ms = _route_globally(layer, xt)
+    seq_len = x.shape[1] if x.dim() == 3 else None  # S: capacity_scope="sequence" counts per sequence
+    routing, logits, mine, gather_ms = _route_globally(layer, xt, seq_len)
     dest = destinations(routing.served, placement)  # (T, E)
 
     # --- dispatch: each token once to every rank that serves it
@@ -182,13 +185,19 @@ def ep_forward(layer: MoELayer, shard: ExpertShard, x: Tensor, placement: Placem
     a2a_ms += (time.perf_counter() - t0) * 1e3
     combined = torch.zeros(xt.shape[0], cfg.d_model + cfg.n_experts, device=dev).index_add_(0, send_rows, back)
     y_local, contributions = combined[:, : cfg.d_model].to(cfg.torch_dtype), combined[:, cfg.d_model:]
+    shared = None
+    if layer.shared is not None:  # dense: this rank's own tokens, no traffic
+        s = layer.shared(xt, cfg)  # (T_r, D)
+        shared = shared_sums(y_local, s)  # (3,): summed over ranks with the other sums
+        y_local = y_local + s  # (T_r, D) routed + shared
 
     served = routing.served[mine]
     sums = gather_sums(routing.probs[mine], logits[mine], routing.routed[mine], served, routing.gates[mine],
                        contributions, served.float().t() @ served.float(),
                        _per_expert(res.near_zero, local, cfg.n_experts), _per_expert(res.sum_sq, local, cfg.n_experts),
                        _per_expert(res.sum_y, local, cfg.n_experts), y_local, top_k=cfg.top_k,
-                       d_expert=cfg.d_expert, capacity=routing.capacity)
+                       d_expert=cfg.d_expert, capacity=routing.capacity, shared=shared,
+                       overlap=routing.top_k_index is not None and cfg.router != "hash")  # as MoELayer
     sums = _reduce_sums(sums, routing.capacity, dev)
     forward_ms = (time.perf_counter() - start) * 1e3
     mine_row = [rank, xt.shape[0], sum(send_counts), sum(recv_counts), expert["assignments"],
@@ -200,7 +209,7 @@ def ep_forward(layer: MoELayer, shard: ExpertShard, x: Tensor, placement: Placem
                     table[:, len(_NUMERIC):].astype(np.int64))
 
 
-def _route_globally(layer: MoELayer, xt: Tensor):
+def _route_globally(layer: MoELayer, xt: Tensor, seq_len: int | None = None):
     """All-gather the (T, E) router logits and run the engine's `route` on them (same decision on every rank)."""
     cfg, dev, W = layer.cfg, layer.device, dist.get_world_size()
     local_logits = router_logits(xt, layer.router.weight, cfg, layer.new_generator())  # (T_r, E)
@@ -209,7 +218,7 @@ def _route_globally(layer: MoELayer, xt: Tensor):
     logits = all_gather_rows(local_logits, sizes)  # (T, E) global token order
     gather_ms = (time.perf_counter() - t0) * 1e3
     lo = sum(sizes[: dist.get_rank()])
-    return route(logits, layer.router.expert_bias, cfg), logits, slice(lo, lo + xt.shape[0]), gather_ms
+    return route(logits, layer.router.expert_bias, cfg, seq_len), logits, slice(lo, lo + xt.shape[0]), gather_ms
 
 
 def _local_experts(shard: ExpertShard, recv_x: Tensor, dest: Tensor, gates: Tensor, rank: int, cfg: MoEConfig):

@@ -179,3 +179,47 @@ def test_three_ranks_uneven_shares_expert_choice(tmp_path):
     assert [r["tokens_in"] for r in doc["per_rank"]] == [30, 30, 31]
     traffic, load = _naive_traffic(trace.served, contiguous(6, 3), 3)
     assert doc["traffic"] == traffic.tolist() and [r["assignments"] for r in doc["per_rank"]] == load.tolist()
+
+
+def test_two_ranks_shared_experts_and_per_sequence_capacity_equal_one_process(tmp_path):
+    """The shared FFN runs on each rank's own tokens; capacity counts per sequence of the global order."""
+    out = tmp_path / "y.pt"
+    run = torchrun(2, *FLAGS, "--n-experts", "4", "--tokens", "60", "--seq-len", "10", "--capacity-factor", "0.75",
+                   "--capacity-scope", "sequence", "--shared-experts", "1", "--shared-gate",
+                   "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=4, capacity_factor=0.75, capacity_scope="sequence",
+                    shared_experts=1, shared_gate=True, seed=3)
+    x = make_batch("clusters", 16, 60, seed=3, n_clusters=4, skew=2.0).x.reshape(6, 10, 16)  # (B, S, D)
+    with torch.inference_mode():
+        y, trace = MoELayer(cfg)(x)
+    assert trace.capacity == 4 and trace.summary()["dropped"] > 0  # C = ceil(0.75·10·2/4) per sequence
+    assert 0 < trace.summary()["shared_fraction"] < 1
+    _check_against_single(doc, trace, torch.load(out), y.reshape(60, 16))
+    assert [r["tokens_in"] for r in doc["per_rank"]] == [30, 30]  # whole sequences: 3 per rank
+
+
+def test_four_ranks_group_limited_routing_equal_one_process(tmp_path):
+    out = tmp_path / "y.pt"
+    run = torchrun(4, *FLAGS, "--n-experts", "8", "--top-k", "4", "--n-group", "4", "--topk-group", "2",
+                   "--tokens", "64",
+                   "--shared-experts", "2", "--no-gated", "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
+                    gated=False, seed=3)
+    y, trace = _single(cfg, 64)
+    groups = trace.top_k_index // 2  # (T, K): group of each chosen expert (E/G = 2 experts per group)
+    assert max(len(set(g)) for g in groups.tolist()) == 2  # 4 experts from at most topk_group=2 groups
+    _check_against_single(json.loads(run.stdout), trace, torch.load(out), y)
+
+
+def test_per_sequence_capacity_without_seq_len_is_refused(capsys, monkeypatch):
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = ["ep-report", "--n-experts", "4", "--tokens", "40", "--capacity-factor", "1", "--capacity-scope", "sequence"]
+    assert main(args) == 2
+    assert "needs --seq-len S" in capsys.readouterr().err
+    assert main(args + ["--seq-len", "30"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "multiple of --seq-len 30 with at least 2 sequences" in err

@@ -65,3 +65,66 @@ def test_a_configuration_ep_cannot_run_says_why():
     at = AppTest.from_function(view_app, args=(dict(n_experts=4, noise_std=0.5),), default_timeout=30).run()
     assert not at.exception
     assert "noise_std=0.5" in at.error[0].value and not at.button
+
+
+def test_the_flags_rebuild_the_sidebars_config_exactly():
+    """Every config field the sidebar can set travels to ep-report: shared experts, groups, activation, ..."""
+    import pytest
+
+    from dashboard.result import RunResult
+    from dashboard.sections.parallel import ep_flags
+    from moe import MoEConfig, MoELayer
+    from moe.cli import build_parser, config_from_args
+    from moe.scenarios import make_batch
+
+    cfg = MoEConfig(d_model=8, d_expert=16, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
+                    d_shared=24, shared_gate=True, activation="gelu", gated=False, expert_biases=True,
+                    sparsity_mode="relative", normalize_topk=False, capacity_factor=1.5, seed=2)
+    batch = make_batch("gaussian", 8, 16, seed=2)
+    _, trace = MoELayer(cfg)(batch.x)
+    result = RunResult(config=cfg, scenario="gaussian", scenario_params={}, trace=trace,
+                       per_expert=trace.per_expert(), summary=trace.summary())
+    args = build_parser().parse_args(["ep-report", *ep_flags(result)])
+    assert config_from_args(args) == cfg
+    with pytest.raises(ValueError, match="--seq-len S"):
+        ep_flags(RunResult(config=cfg.replace(capacity_scope="sequence"), scenario="gaussian", scenario_params={},
+                           trace=trace, per_expert=trace.per_expert(), summary=trace.summary()))
+
+
+def test_too_many_ranks_without_replicas_is_a_clear_message_and_starts_nothing():
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=30).run()
+    at.slider(key="ep_world").set_value(6)
+    at.number_input(key="ep_slots").set_value(1).run()
+    assert "only the planned placement with R ≥ 2 can run" in at.info[0].value
+    at.button(key="ep_run").click().run()
+    assert not at.exception and "6 ranks but only 4 experts + 1 redundant slots" in at.error[0].value
+    assert "ep_runs" not in at.session_state
+    assert "is stopped; **Cancel**" in "\n".join(c.value for c in at.caption)
+
+
+def test_missing_torchrun_is_said_on_the_page(monkeypatch):
+    from dashboard.sections import parallel
+
+    def missing():
+        raise ValueError("torchrun is missing: this PyTorch build has no torch.distributed.run")
+    monkeypatch.setattr(parallel, "check_torchrun", missing)
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=30).run()
+    assert not at.exception and "torchrun is missing" in at.error[0].value and not at.button
+
+
+def test_cancel_while_waiting_kills_the_whole_job():
+    """The page's Cancel: Streamlit interrupts the run with a BaseException in the progress callback."""
+    import pytest
+    from ep_support import assert_group_gone
+    from moe.ep_launch import EPJob
+
+    class Interrupted(BaseException):  # like streamlit's StopException / RerunException
+        pass
+
+    def progress(elapsed, timeout):
+        raise Interrupted
+
+    job = EPJob(2, ["--tokens", "8"], timeout_s=120)
+    with pytest.raises(Interrupted):
+        job.wait(poll_s=0.2, on_progress=progress)
+    assert_group_gone(job.proc.pid)

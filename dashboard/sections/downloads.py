@@ -16,7 +16,8 @@ def render(result: RunResult) -> None:
                         file_name="moe_summary.json", mime="application/json", on_click="ignore")
     row.download_button("Trace (Parquet)", lambda: exports.trace_parquet(result),
                         file_name="moe_trace.parquet", mime="application/octet-stream", on_click="ignore",
-                        help="One row per (token, expert): logit, prob, routed, served, gate, contribution.")
+                        help="One row per (token, expert): step, layer, logit, prob, routed, served, gate, contribution. "
+                             "Opens in the Traces view and in `python -m moe trace-report`.")
     row.download_button("Per-token table (CSV)", lambda: exports.token_csv(result),
                         file_name="moe_tokens.csv", mime="text/csv", on_click="ignore",
                         help="One row per token: its experts, weights, drops, max prob, entropy and confidence.")

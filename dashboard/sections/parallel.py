@@ -43,6 +43,15 @@ def ep_flags(result: RunResult) -> list[str]:
              "--router", cfg.router, "--score", cfg.score, "--temperature", cfg.temperature,
              "--routed-scaling-factor", cfg.routed_scaling_factor, "--drop-policy", cfg.drop_policy,
              "--dtype", cfg.dtype, "--seed", cfg.seed, "--tokens", result.trace.tokens, "--scenario", result.scenario]
+    if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
+        raise ValueError("per-sequence capacity needs whole sequences per rank: run `ep-report --capacity-scope "
+                         "sequence --seq-len S` from the command line")
+    flags += ["--activation", cfg.activation, "--swiglu-limit", cfg.swiglu_limit, "--sparsity-mode",
+              cfg.sparsity_mode, "--n-group", cfg.n_group, "--topk-group", cfg.topk_group,
+              "--shared-experts", cfg.shared_experts]
+    flags += ["--d-shared", cfg.d_shared] if cfg.d_shared is not None else []
+    flags += [name for name, on in (("--no-gated", not cfg.gated), ("--expert-biases", cfg.expert_biases),
+                                    ("--shared-gate", cfg.shared_gate)) if on]
     flags += ["--no-normalize-topk"] if not cfg.normalize_topk else []
     flags += ["--capacity-factor", cfg.capacity_factor] if cfg.capacity_factor is not None else []
     hot = [(e, b) for e, b in enumerate(cfg.logit_bias or ()) if b]
@@ -75,8 +84,12 @@ def render(result: RunResult) -> None:
     st.code(shlex.join(["torchrun", "--standalone", f"--nproc-per-node={W}", "-m", "moe", "ep-report", *flags]),
             language="bash")
     key = (tuple(flags), W, int(R))
+    st.caption(f"A job that runs past {TIMEOUT_S:.0f} s is stopped; **Cancel** (shown while it runs) stops it "
+               f"at once. Either way every torchrun process is ended.")
     if st.button("Run on W processes", key="ep_run", type="primary"):
         _run_jobs(key, flags, W, int(R), result)
+    elif st.session_state.get("ep_cancel"):  # the click interrupted the run: EPJob.wait killed its group
+        st.info("Cancelled: the expert-parallel job was stopped and no process is left.")
     runs = st.session_state.get("ep_runs")
     if runs is None or runs["key"] != key:
         st.caption("Not run yet for these settings.")
@@ -87,6 +100,10 @@ def render(result: RunResult) -> None:
 def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
     """Contiguous (when it fits), then planned from the measured per-expert load; errors leave nothing running."""
     bar = st.progress(0.0, text="starting torchrun…")
+    cancel = st.empty()
+    # a click reruns the page: Streamlit interrupts this run at its next progress update, and EPJob.wait
+    # kills the whole process group on the way out
+    cancel.button("Cancel", key="ep_cancel")
     docs, predicted, E = {}, {}, result.config.n_experts
     try:
         load = None
@@ -103,9 +120,11 @@ def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
         predicted["planned"] = predicted_load(planned, load).tolist()
     except (ValueError, RuntimeError) as err:
         bar.empty()
+        cancel.empty()
         st.error(f"The expert-parallel job did not complete: {err}", icon="⚠️")
         return
     bar.empty()
+    cancel.empty()
     st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted}
 
 

@@ -1,0 +1,81 @@
+"""The Traces view: a trace file by path opens the per-layer heatmaps, the worst (step, layer) and a plan."""
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from dashboard.figures_parallel import plan_load_figure, trace_load_figure, trace_worst_figure
+from moe.trace_report import summarize
+from trace_support import megatron_records, write_megatron
+
+
+def traces_app() -> None:
+    from dashboard.sections import traces
+    traces.render(None)
+
+
+def _app(path: str, **numbers) -> AppTest:
+    at = AppTest.from_function(traces_app, default_timeout=60).run()
+    at.radio(key="trace_source").set_value("Path on the server").run()
+    for key, value in numbers.items():
+        at.number_input(key=key).set_value(value)
+    at.text_input(key="trace_path").set_value(path).run()
+    return at
+
+
+def test_a_megatron_trace_opens_with_worst_heatmaps_and_plan(tmp_path):
+    path = tmp_path / "router_trace_rank0.jsonl"
+    write_megatron(path, megatron_records(3, 2, 30, 8, 2, hot=6))
+    at = _app(str(path), trace_experts=8)
+    assert not at.exception and not at.error, at.error
+    s = summarize(str(path), n_experts=8)
+    worst = s.worst()
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Worst (step, layer)"] == f"{worst['step']}, {worst['layer']}" and metrics["Steps"] == "3"
+    charts = at.get("plotly_chart")
+    assert len(charts) == 3  # worst (step × layer), load (step × expert) of the worst layer, predicted plan
+    text = "\n".join(c.value for c in at.caption)
+    assert "busiest expert furthest above the mean" in text and "logits sidecar" in text
+    assert f"{s.plan(2, 2)['planned_straggler']:.3f}" in [m.value for m in at.metric]
+
+
+def test_bad_files_are_one_clear_message(tmp_path):
+    path = tmp_path / "cut.jsonl"
+    write_megatron(path, megatron_records(1, 2, 4, 8, 2))
+    path.write_text(path.read_text()[:-20])  # the last line is cut
+    at = _app(str(path), trace_experts=8)
+    assert not at.exception and "line 2 is truncated" in at.error[0].value
+    assert at.error[0].value.startswith("This trace cannot be opened: `/")  # the path, quoted
+    at = _app(str(tmp_path / "nothing.jsonl"))
+    assert not at.exception and "no file at" in at.error[0].value
+    write_megatron(tmp_path / "ok.jsonl", megatron_records(1, 2, 4, 8, 2))
+    at = _app(str(tmp_path / "ok.jsonl"), trace_experts=8, trace_layers=3)
+    assert not at.exception and "3 were expected" in at.error[0].value
+
+
+def test_trace_figures_carry_the_numbers():
+    load = np.array([[1, 5], [3, 3]])
+    heat = trace_load_figure(load, [0, 1], "0", worst_step=0)
+    assert heat.data[0].z.tolist() == [[1, 5], [3, 3]] and list(heat.data[0].y) == [0, 1]
+    import pandas as pd
+    rows = pd.DataFrame({"step": [0, 0, 1, 1], "layer": ["0", "1", "0", "1"], "max_over_mean": [1.0, 2.0, 1.5, 1.2]})
+    worst = trace_worst_figure(rows, ["0", "1"]).data[0]
+    assert worst.z.tolist() == [[1.0, 2.0], [1.5, 1.2]]
+    doc = {"planned_load": [5, 5], "contiguous_load": [8, 2]}
+    bars = plan_load_figure(doc).data
+    assert list(bars[0].y) == [8, 2] and list(bars[1].y) == [5, 5] and list(bars[2].y) == [5.0, 5.0]
+
+
+def test_an_upload_is_copied_in_chunks_and_read_like_a_path(tmp_path):
+    import io
+
+    from dashboard.sections import traces
+    write_megatron(tmp_path / "t.jsonl", megatron_records(2, 2, 6, 8, 2, hot=1))
+
+    class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name
+        name = "router_trace_rank0.jsonl"
+
+    opened = traces._open(Upload((tmp_path / "t.jsonl").read_bytes()), "", 8, None, "softmax")
+    want = summarize(str(tmp_path / "t.jsonl"), n_experts=8)
+    got, expected = opened.worst(), want.worst()
+    assert [got[k] for k in ("step", "layer", "max_over_mean")] == [expected[k] for k in ("step", "layer",
+                                                                                            "max_over_mean")]
+    assert (opened.load["1"] == want.load["1"]).all()
