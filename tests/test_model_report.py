@@ -94,8 +94,10 @@ def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tm
     planned = tmp_path / "planned"
     shutil.copytree(model_dir, planned)
     config = json.loads((planned / "config.json").read_text())
-    (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))
-    assert "not supported yet" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+    (planned / "config.json").write_text(json.dumps({**config, "model_type": "jamba"}))
+    assert "supported families: mixtral" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+    (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))  # keys don't fit
+    assert "lacks n_routed_experts" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)

@@ -11,7 +11,7 @@ import pathlib
 import pandas as pd
 import streamlit as st
 
-from moe.hf import run_model
+from moe.hf import adapter_for, run_model
 from moe.hf_load import default_model_dir, load_model
 from moe.lm_train import REPORT_FILE
 from moe.model_report import encode_text, layer_frames, report_dict
@@ -56,7 +56,8 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "vocab": [expert_vocabulary(run, tokens, i) for i in range(L)],
             "per_expert_csv": layer_frames(run).to_csv(index=False),
             "routing_csv": token_routing(run, tokens).to_csv(index=False),
-            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only}
+            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only,
+            "family": loaded.family, "notes": adapter_for(loaded.family).notes}
 
 
 def _init() -> None:
@@ -87,8 +88,9 @@ def render(result=None) -> None:
     try:
         view = analyse(path, text, max_tokens)
         st.session_state["model_last"] = view
-    except ValueError as err:
-        st.error(f"Could not route this text: {err}", icon="⚠️")
+    except Exception as err:  # never a traceback on the page: a message, and the last good result
+        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+        st.error(f"Could not route this text: {detail}", icon="⚠️")
         view = st.session_state.get("model_last")
         if view is None:
             return
@@ -101,8 +103,9 @@ def render(result=None) -> None:
 def _draw(view: dict) -> None:
     colors = expert_colors(view["n_experts"])
     layers = view["layers"]
-    st.caption(f"**{view['name']}** · {len(layers)} MoE layers · {view['n_experts']} experts · "
-               f"{len(view['tokens'])} tokens")
+    notes = f" · mapped: {view['notes']}" if view["notes"] else ""
+    st.caption(f"**{view['name']}** ({view['family']}) · {len(layers)} MoE layers · {view['n_experts']} experts · "
+               f"{len(view['tokens'])} tokens{notes}")
     if view["routing_only"]:
         st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
                    "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
