@@ -26,6 +26,8 @@ from .trace import Trace
 
 # The traces of the forward in progress: set only inside `collect()`, per thread / task.
 _SINK: ContextVar[list | None] = ContextVar("moe_scope_model_traces", default=None)
+# Counterfactual engine layers by decoder-layer index, for one forward (moe.model_counterfactual).
+OVERRIDES: ContextVar[dict | None] = ContextVar("moe_scope_model_overrides", default=None)
 
 
 @dataclass
@@ -67,7 +69,8 @@ class EngineBlock(nn.Module):
         sink = _SINK.get()
         if sink is None or self.training or self.engine is None:  # training-time jitter: the block's own
             return self.block(hidden_states)
-        y, trace = self.engine(hidden_states)  # (B, S, D), Trace
+        engine = (OVERRIDES.get() or {}).get(self.layer_index, self.engine)
+        y, trace = engine(hidden_states)  # (B, S, D), Trace
         sink.append((self.layer_index, trace))
         if self.adapter.returns_tuple:  # GPT-OSS: (hidden, router scores); the decoder layer drops the scores
             return y, trace.top_k_weights
