@@ -62,7 +62,7 @@ def page_query(values: dict) -> dict[str, str]:
     view = st.session_state.get("view", DEFAULT_VIEW)
     if view != DEFAULT_VIEW:
         query["view"] = view
-    return query
+    return {**query, **(st.session_state.get("model_query", {}) if view == "Model" else {})}
 
 
 def sync_link(values: dict) -> None:
