@@ -143,4 +143,12 @@ DEFINITIONS: dict[str, str] = {
                    "(routed tokens). It changes which experts are chosen, never the gate weights.",
     "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
                          "previous step: 1 = the routing has settled, low = it is still moving.",
+    # --- real models (Model view, model-report; issue #10)
+    "pooled_hf_aux": "transformers' `load_balancing_loss` over all MoE layers: `K·E·Σ_e f̄_e·P̄_e` with f̄, P̄ the "
+                     "layers' f and P pooled (summed over every layer's tokens) before the product, so one collapsed "
+                     "layer is averaged with the healthy ones; compare the per-layer aux × K.",
+    "next_token_loss": "`−log₂ p(token_{s+1} | tokens ≤ s)` in bits, from the model's logits at position s.",
+    "counterfactual_loss_delta": "mean next-token loss with the counterfactual routing minus with the model's own, "
+                                 "in bits per token, same text and weights; positive = the change costs bits. "
+                                 "Layers after a changed one see changed inputs, so their routing moves too.",
 }

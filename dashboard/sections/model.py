@@ -11,6 +11,7 @@ import pathlib
 import pandas as pd
 import streamlit as st
 
+from moe.definitions import DEFINITIONS
 from moe.hf import adapter_for, run_model
 from moe.hf_load import default_model_dir, load_model
 from moe.lm_train import REPORT_FILE
@@ -186,8 +187,7 @@ def _layer_table(view: dict) -> None:
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
     st.metric("Pooled HF aux (all layers)", f"{view['pooled_aux']:.3f}",
-              help="transformers' load_balancing_loss over all layers' router logits = top_k × the Switch aux of "
-                   "the pooled statistics")
+              help=DEFINITIONS["pooled_hf_aux"])
     k = view["top_k"]
     per_layer = ", ".join(f"{a * k:.3f}" for a in table["aux_loss"])
     worst_aux = float(table["aux_loss"].max()) * k

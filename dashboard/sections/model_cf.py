@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from moe.definitions import DEFINITIONS
 from moe.model_counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual, run_counterfactual
 from moe.model_report import encode_text
 from moe.model_tables import load_share_long
@@ -104,6 +105,5 @@ def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
     right.plotly_chart(load_heatmap_figure(new["load"], "counterfactual"), width="stretch", key="cf_load_new")
     st.plotly_chart(counterfactual_loss_figure(view["loss"], new["loss"], view["tokens"]), width="stretch",
                     key="cf_loss")
-    st.caption("Loss of token s+1 in bits, `−log₂ p(token_{s+1} | tokens ≤ s)`, with the model's routing and with "
-               "the counterfactual; mean Δ = counterfactual − own (positive: the change costs bits). Dropped = "
-               "`Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward.")
+    st.caption(f"Loss of token s+1: {DEFINITIONS['next_token_loss']} Δ: {DEFINITIONS['counterfactual_loss_delta']} "
+               "Dropped = `Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward.")
