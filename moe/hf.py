@@ -10,7 +10,7 @@ to routing statistics from the router's output (`moe.trace_from_routing`): `Adap
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from .config import MoEConfig
 from .hf_adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
+from .from_routing import trace_from_routing
 from .stats import StatsAccumulator
 from .trace import Trace
 
@@ -160,9 +161,4 @@ def run_model(model: nn.Module, input_ids: Tensor) -> ModelRun:
 
 
 def _routing_trace(layer: int, record: RoutingRecord) -> Trace:
-    try:
-        from .from_routing import trace_from_routing  # issue #9
-    except ImportError:
-        raise ValueError(f"layer {layer} can only be traced from its routing, which needs moe.trace_from_routing "
-                         f"(issue #9), not in this build") from None
     return trace_from_routing(record.config, record.router_logits, record.top_k_index, record.top_k_weights)
