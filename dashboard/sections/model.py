@@ -57,6 +57,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
+            "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "pooled_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)],
             "vocab": [expert_vocabulary(run, tokens, i) for i in range(L)],

@@ -78,6 +78,9 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
         st.info(f"Layers {view['routing_only']} are traced from their routing alone: counterfactuals need layers "
                 "the engine runs.")
     cf = _controls(view)
+    if not cf.changed():  # Counterfactual() reproduces the model exactly (tested): no second forward
+        _draw(view, {"load": view["load"], "loss": view["loss"], "dropped": view["dropped"]}, cf)
+        return
     try:
         with st.spinner("Rerunning the text with the counterfactual routing…", show_time=True):
             new = compare(path, text, max_tokens, cf)
