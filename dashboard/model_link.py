@@ -12,7 +12,7 @@ TEXT_LINK_CHARS = 500
 MODEL_LINK: dict[str, tuple[str, type]] = {
     "mdir": ("model_path", str), "mex": ("model_example", str), "mtext": ("model_text", str),
     "mtok": ("model_max_tokens", int), "mlayer": ("model_layer", int),
-    "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
+    "cfon": ("cf_on", bool), "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
     "cfdrop": ("cf_drop", str), "cftemp": ("cf_temperature", float), "cfe": ("cf_bias_expert", int),
     "cfbias": ("cf_bias", str),
 }
@@ -23,6 +23,10 @@ LIMITS = {"model_max_tokens": (1, 4096), "model_layer": (0, 1 << 10), "cf_top_k"
 
 
 def _parse(state_key: str, kind: type, text: str):
+    if kind is bool:
+        if text not in ("0", "1"):
+            raise ValueError
+        return text == "1"
     if kind is str:
         if state_key in CHOICES and text not in CHOICES[state_key]:
             raise ValueError
@@ -64,5 +68,5 @@ def to_link(state: dict, defaults: dict, examples: dict[str, str]) -> dict[str, 
         if key == "mtext" and (value == examples.get(state.get("model_example")) or len(str(value)) > TEXT_LINK_CHARS):
             continue  # the example's own text (named by mex), or too long for a link
         if value != defaults.get(state_key):
-            query[key] = str(value)
+            query[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     return query

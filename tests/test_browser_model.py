@@ -47,6 +47,10 @@ def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(
                                timeout=60_000)
         wait_for_run(page, 60_000)
         assert page.locator("text=Load share per layer").count() >= 1
+        assert page.locator('[data-testid="stPlotlyChart"]').count() == 5
+        page.get_by_text("Compare a counterfactual routing").click()
+        page.wait_for_function(f"() => ({CF_TITLE})() !== ''", timeout=60_000)
+        wait_for_run(page, 60_000)
         assert page.locator('[data-testid="stPlotlyChart"]').count() == 8
         before = page.evaluate(CF_TITLE)
         assert "Δ +0.000" in before  # no change yet: the counterfactual is the model's own routing

@@ -9,7 +9,7 @@ from streamlit.testing.v1 import AppTest
 
 from moe.lm_text import save_tokenizer
 from tests.model_support import tiny_model
-from tests.test_model_view import CHARTS
+from tests.test_model_view import CF_CHARTS, CHARTS
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,9 @@ def test_a_huge_text_is_cut_with_a_notice(dirs):
 
 def test_a_counterfactual_changes_the_loss_and_own_settings_reproduce_it(dirs):
     at = _run(dirs["good"])
+    assert not any(e.key in CF_CHARTS for e in at.get("plotly_chart"))  # off by default: no second forward
+    at.toggle(key="cf_on").set_value(True).run()
+    assert [e.key for e in at.get("plotly_chart")] == [*CHARTS, *CF_CHARTS]
     own, new = _cf_losses(at)
     assert np.array_equal(own, new) and _metric(at, "Dropped") == "0"
     at.number_input(key="cf_top_k").set_value(1).run()
@@ -98,13 +101,13 @@ def test_a_counterfactual_changes_the_loss_and_own_settings_reproduce_it(dirs):
 
 
 def test_the_link_restores_the_view_and_bad_entries_are_named(dirs):
-    at = _run(dirs["good"], {"mex": "prose", "mtok": "16", "cfk": "1", "cflayer": "1", "cfe": "9",
+    at = _run(dirs["good"], {"mex": "prose", "mtok": "16", "cfon": "1", "cfk": "1", "cflayer": "1", "cfe": "9",
                              "cftemp": "nan", "mtext": "x" * 600})
     assert not at.exception
     ss = at.session_state
-    assert ss["model_example"] == "prose" and ss["model_max_tokens"] == 16 and ss["cf_top_k"] == 1
+    assert ss["model_example"] == "prose" and ss["model_max_tokens"] == 16 and ss["cf_top_k"] == 1 and ss["cf_on"]
     assert ss["cf_layer"] == "1" and ss["cf_bias_expert"] == -1  # expert 9 does not exist: reset, with a note
     notes = " ".join(w.value for w in at.warning)
     assert "ignored cftemp=`nan`" in notes and "ignored mtext=" in notes and "cf_bias_expert = 9" in notes
     assert any(m.value.count("<span") == 16 for m in at.markdown)
-    assert {"mex": "prose", "mtok": "16", "cfk": "1", "cflayer": "1"}.items() <= at.query_params.items()
+    assert {"mex": "prose", "mtok": "16", "cfon": "1", "cfk": "1", "cflayer": "1"}.items() <= at.query_params.items()

@@ -14,7 +14,7 @@ from moe.model_tables import load_share_long
 
 from ..figures_model import counterfactual_loss_figure, load_heatmap_figure
 
-DEFAULTS = {"cf_layer": "all", "cf_top_k": 0, "cf_capacity": 0.0, "cf_drop": "position", "cf_temperature": 1.0,
+DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 0.0, "cf_drop": "position", "cf_temperature": 1.0,
             "cf_bias_expert": -1, "cf_bias": "hot"}
 
 
@@ -74,6 +74,9 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
     st.caption("Rerun this text with other routing settings at one layer or all of them, with the model's "
                "weights unchanged; the model's own routing is on the left. Layers after a changed one see "
                "changed inputs, so their routing moves too.")
+    if not st.toggle("Compare a counterfactual routing", key="cf_on",
+                     help="off: no second forward and no extra charts when the text changes"):
+        return
     if view["routing_only"]:
         st.info(f"Layers {view['routing_only']} are traced from their routing alone: counterfactuals need layers "
                 "the engine runs.")
