@@ -78,6 +78,7 @@ def init_view() -> None:
     if ss.get("_view_initialised"):
         return
     ss["_view_initialised"] = True
+    model.init_link()  # the Model view's link keys, read before sync_link rewrites the URL
     view = st.query_params.get("view")
     if view is None:
         return

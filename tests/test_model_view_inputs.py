@@ -111,3 +111,21 @@ def test_the_link_restores_the_view_and_bad_entries_are_named(dirs):
     assert "ignored cftemp=`nan`" in notes and "ignored mtext=" in notes and "cf_bias_expert = 9" in notes
     assert any(m.value.count("<span") == 16 for m in at.markdown)
     assert {"mex": "prose", "mtok": "16", "cfon": "1", "cfk": "1", "cflayer": "1"}.items() <= at.query_params.items()
+
+
+def test_the_apps_link_carries_the_model_views_keys_without_unknown_parameter_notes():
+    import pathlib
+
+    from moe.hf_load import BUNDLED_MODEL
+
+    assert pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file(), "the bundled model is committed"
+    app = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=180)
+    for key, value in {"view": "Model", "mtok": "24", "mex": "prose", "cfon": "1", "cfcap": "0.5"}.items():
+        at.query_params[key] = value
+    at.run()
+    assert not at.exception
+    assert not [w.value for w in at.warning if "link" in w.value]  # the page's link parser knows these keys
+    assert at.session_state["model_max_tokens"] == 24 and at.session_state["cf_capacity"] == 0.5
+    assert int(next(m.value for m in at.metric if m.label.startswith("Dropped")).replace(",", "")) > 0
+    assert {"view": "Model", "mtok": "24", "mex": "prose", "cfon": "1", "cfcap": "0.5"}.items() <= at.query_params.items()

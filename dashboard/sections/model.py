@@ -73,8 +73,8 @@ def _defaults() -> dict:
             "model_max_tokens": 512, "model_layer": 0, **model_cf.DEFAULTS}
 
 
-def _init() -> None:
-    """Once per session: the defaults, then what the link asks for (bad entries are named, not used)."""
+def init_link() -> None:
+    """Once per session, before anything rewrites the URL: what the link asks for (bad entries named, not used)."""
     ss = st.session_state
     if not ss.get("_model_initialised"):
         ss["_model_initialised"] = True
@@ -82,6 +82,11 @@ def _init() -> None:
         for key, value in values.items():
             ss[key] = value
         ss["model_link_notes"] = problems
+
+
+def _init() -> None:
+    ss = st.session_state
+    init_link()  # the page calls it first (dashboard.page.init_view); standalone renders come through here
     for key, value in _defaults().items():
         ss.setdefault(key, value)
     for note in ss.get("model_link_notes", []):
