@@ -6,6 +6,8 @@ changing: the script re-ran with the new value (the floor pages' text, the dashb
 last DOM change before a quiet period of QUIET_MS is taken as the end of the redraw. The floor page
 with one Plotly chart shows what a single chart redraw costs in Streamlit before any dashboard work; the
 one with four charts is the reference for the Overview (four small multiples): target <= 1.3x.
+The last row types a new text into the Model view (bundled model) and is compared with the synthetic-pool
+redraw of the default config.
 Usage: .venv/bin/python benchmarks/bench_browser.py [--repeats 15]
 """
 from __future__ import annotations
@@ -71,9 +73,40 @@ def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = 
     return {"first_chart_s": first, "redraw_median_s": statistics.median(times), "redraw_all": times}
 
 
+def measure_text_edit(browser, url: str, repeats: int) -> dict:
+    """The Model view (bundled model): type a new text (Ctrl+Enter) and time until the page has settled.
+
+    Each text is new (a different number at the end), so every edit pays for a real forward of the model.
+    """
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    start = time.perf_counter()
+    page.goto(url + "/?view=Model")
+    page.wait_for_function("() => document.body.innerText.includes('Top-1 expert per token and layer')",
+                           timeout=180_000)
+    first = time.perf_counter() - start
+    wait_for_run(page, 120_000)
+    page.evaluate(OBSERVE)
+    box = page.get_by_label("Text")
+    times = []
+    for i in range(repeats + 1):  # the first edit warms the counterfactual cache path
+        text = f"def area(r):\n    return 3.14159 * r * r  # case {i}\n"
+        box.fill(text)
+        box.press("Control+Enter")
+        page.wait_for_function("n => (new URLSearchParams(location.search).get('mtext') || '').includes('case ' + n)",
+                               arg=str(i), timeout=120_000, polling=10)
+        page.wait_for_function(SETTLED, timeout=120_000, polling=20)
+        elapsed = page.evaluate("window.__lastMutation - window.__keys[window.__keys.length - 1]") / 1e3
+        if i:
+            times.append(elapsed)
+    page.close()
+    return {"first_chart_s": first, "redraw_median_s": statistics.median(times), "redraw_all": times}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--model-only", action="store_true",
+                        help="only the default-config redraw and the Model view's text edit (the 2x comparison)")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
     chart = '[data-testid="stPlotlyChart"] .main-svg'
@@ -84,6 +117,8 @@ def main() -> None:
              ("reference: floor + one Plotly chart", HERE / "floor_chart_app.py", "", chart, "temperature"),
              ("reference: floor + four Plotly charts", HERE / "floor_charts4_app.py", "", chart, "temperature"),
              ("dashboard, n_experts (full rerun)", "app.py", "", chart, "n_experts")]
+    if args.model_only:
+        cases = cases[1:2]
     rows = []
     with sync_playwright() as pw:
         browser = launch_chromium(pw)
@@ -93,7 +128,13 @@ def main() -> None:
                             slider_label=slider)
             rows.append((name, r))
             print(f"  measured {name}: " + ", ".join(f"{t:.3f}" for t in r["redraw_all"]), flush=True)
+        with streamlit_server("app.py") as url:
+            rows.append(("Model view: text edit redraw", measure_text_edit(browser, url, args.repeats)))
+        print("  measured Model view: " + ", ".join(f"{t:.3f}" for t in rows[-1][1]["redraw_all"]), flush=True)
         browser.close()
+    if args.model_only:
+        _print_model_ratio(rows)
+        return
     floor = rows[0][1]["redraw_median_s"]
     print(f"\n{'page':<36} {'first chart s':>14} {'redraw median s':>16} {'redraw / floor':>15}")
     for name, r in rows:
@@ -106,6 +147,14 @@ def main() -> None:
     four = rows[4][1]["redraw_median_s"]
     print(f"default redraw (Overview, 4 charts) / floor + four Plotly charts = "
           f"{rows[1][1]['redraw_median_s'] / four:.2f} (target <= 1.3)")
+    _print_model_ratio(rows)
+
+
+def _print_model_ratio(rows: list) -> None:
+    pool = next(r for name, r in rows if name == "dashboard, default config")["redraw_median_s"]
+    text = rows[-1][1]["redraw_median_s"]
+    print(f"\nModel view text edit redraw = {text:.3f} s; synthetic-pool redraw (default config) = {pool:.3f} s; "
+          f"ratio = {text / pool:.2f} (target <= 2)")
 
 
 if __name__ == "__main__":

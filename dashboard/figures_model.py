@@ -52,16 +52,17 @@ def token_layer_grid_figure(grid: pd.DataFrame, tokens: list[str], colors: list[
                                   height=120 + 40 * len(grid)))
 
 
-def load_heatmap_figure(long: pd.DataFrame) -> go.Figure:
-    """Layer × expert load share (1/E everywhere = balanced)."""
+def load_heatmap_figure(long: pd.DataFrame, label: str = "") -> go.Figure:
+    """Layer × expert load share (1/E everywhere = balanced); `label` names the routing in the title."""
     wide = long.pivot(index="layer", columns="expert", values="load_share")
     E = wide.shape[1]
     data = [go.Heatmap(z=wide.values, x=list(wide.columns), y=[f"layer {i}" for i in wide.index],
                        colorscale="Viridis", zmin=0, colorbar=dict(title=dict(text="load share")),
                        hovertemplate="%{y} · expert %{x}: %{z:.3f}<extra></extra>")]
-    return go.Figure(data, layout(title=f"Load share per layer (ideal 1/E = {1 / E:.3f})",
+    title = f"Load share per layer{f' ({label})' if label else ''} (ideal 1/E = {1 / E:.3f})"
+    return go.Figure(data, layout(title=title,
                                   xaxis=expert_xaxis(E), yaxis=axis("", autorange="reversed"),
-                                  uirevision="model_load", height=120 + 40 * len(wide)))
+                                  uirevision="model_load" + label, height=120 + 40 * len(wide)))
 
 
 def flow_figure(flow: np.ndarray, layer_from: int, layer_to: int) -> go.Figure:
@@ -96,3 +97,18 @@ def nmi_figure(nmi: pd.DataFrame) -> go.Figure:
     return go.Figure(data, layout(title="Specialisation: NMI(top-1 expert; character class)",
                                   xaxis=axis(""), yaxis=axis("NMI", range=[0, 1]), uirevision="model_nmi",
                                   barmode="group"))
+
+
+def counterfactual_loss_figure(own: np.ndarray, new: np.ndarray, tokens: list[str]) -> go.Figure:
+    """Next-token loss (bits) per position with the model's routing and with the counterfactual."""
+    own_bits, new_bits = np.asarray(own) / np.log(2), np.asarray(new) / np.log(2)
+    x = list(range(1, len(tokens)))
+    labels = [repr(t)[1:-1] for t in tokens[1:]]
+    data = [go.Scatter(x=x, y=own_bits, name="own routing", mode="lines", line=dict(color="#4c78a8"), text=labels,
+                       hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra>own</extra>"),
+            go.Scatter(x=x, y=new_bits, name="counterfactual", mode="lines", line=dict(color="#e45756"), text=labels,
+                       hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra>counterfactual</extra>")]
+    delta = float(new_bits.mean() - own_bits.mean())
+    return go.Figure(data, layout(title=f"Next-token loss: own {own_bits.mean():.3f} vs counterfactual "
+                                        f"{new_bits.mean():.3f} bits (Δ {delta:+.3f})",
+                                  xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_cf_loss"))

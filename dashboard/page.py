@@ -63,7 +63,7 @@ def page_query(values: dict) -> dict[str, str]:
     view = st.session_state.get("view", DEFAULT_VIEW)
     if view != DEFAULT_VIEW:
         query["view"] = view
-    return query
+    return {**query, **(st.session_state.get("model_query", {}) if view == "Model" else {})}
 
 
 def sync_link(values: dict) -> None:
@@ -79,6 +79,7 @@ def init_view() -> None:
     if ss.get("_view_initialised"):
         return
     ss["_view_initialised"] = True
+    model.init_link()  # the Model view's link keys, read before sync_link rewrites the URL
     view = st.query_params.get("view")
     if view is None:
         return

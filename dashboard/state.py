@@ -7,10 +7,11 @@ from dataclasses import dataclass
 from moe import MoEConfig
 from moe.knobs import DEFAULTS as KNOBS, from_knobs
 
+from .model_link import MODEL_LINK_KEYS
 from .presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
 
 LABELLED_SCENARIOS = ("clusters", "drifting")
-LINK_KEYS = ("preset", "view")   # link parameters that are not controls (the view is checked by the page)
+LINK_KEYS = ("preset", "view", *MODEL_LINK_KEYS)  # not controls (the view: the page; the Model view's: model_link)
 MAX_LINK_PARAMS = 64             # a link carries at most ~35 keys; more are ignored unread
 MAX_VALUE_CHARS = 64             # longer values are refused before parsing (a number or a name is short)
 SHOWN_CHARS = 40                 # a value echoed in a note is cut to this many characters

@@ -59,9 +59,13 @@ def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]
     """Weights (the safetensors files) + one instrumented forward of `tokens` tokens, all layers' traces kept."""
     adapter = adapter_for(config.get("model_type", ""))
     weights = sum(f.stat().st_size for f in pathlib.Path(path).glob("*.safetensors"))
+    missing = [key for key in ("hidden_size", "num_hidden_layers", "vocab_size", *adapter.sizes) if key not in config]
+    if missing:
+        raise ValueError(f"config.json says model_type {adapter.family!r} but lacks {', '.join(missing)}: "
+                         f"it does not describe a {adapter.family} model; re-save the model's config")
+    E, H, K = (int(config[key]) for key in adapter.sizes)
     D, L = int(config["hidden_size"]), int(config["num_hidden_layers"])
-    E, H = (int(config[key]) for key in adapter.sizes)
-    cfg = MoEConfig(d_model=D, d_expert=H, n_experts=E, top_k=int(config["num_experts_per_tok"]))
+    cfg = MoEConfig(d_model=D, d_expert=H, n_experts=E, top_k=K)
     layer = estimate_bytes(cfg, tokens)
     item = 2 if config.get("dtype", config.get("torch_dtype")) in ("bfloat16", "float16") else 4
     heads = int(config.get("num_attention_heads", 1))

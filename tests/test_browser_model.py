@@ -1,4 +1,6 @@
-"""The Model view in headless Chromium: type a text, see its tokens coloured by expert and the heatmaps."""
+"""The Model view in headless Chromium: type a text, see its tokens coloured by expert and the heatmaps;
+a counterfactual changes the loss comparison."""
+import os
 import pathlib
 
 import pytest
@@ -7,23 +9,28 @@ from browser_support import launch_chromium, streamlit_server, wait_for_run
 from moe.hf_load import BUNDLED_MODEL
 
 pytestmark = pytest.mark.browser
+CF_TITLE = "() => [...document.querySelectorAll('.gtitle')].map(t => t.textContent).find(t => t.startsWith('Next-token loss: own')) || ''"
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as err:  # pragma: no cover - playwright is in requirements.txt
+        pytest.fail(f"playwright is not installed: {err}")
     with sync_playwright() as pw:
         try:
             chromium = launch_chromium(pw)
         except Exception as err:  # no browser on this machine
-            pytest.skip(f"no Chromium: {err}")
+            if os.environ.get("MOE_REQUIRE_BROWSER"):
+                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
+            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
         yield chromium
         chromium.close()
 
 
-@pytest.mark.skipif(not pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file(), reason="no bundled model")
-def test_typing_a_text_colours_its_tokens_and_draws_the_heatmaps(browser):
+def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(browser):
+    assert pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file(), "the bundled model is committed"
     with streamlit_server() as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
         page.goto(url)
@@ -41,5 +48,19 @@ def test_typing_a_text_colours_its_tokens_and_draws_the_heatmaps(browser):
         wait_for_run(page, 60_000)
         assert page.locator("text=Load share per layer").count() >= 1
         assert page.locator('[data-testid="stPlotlyChart"]').count() == 5
+        page.get_by_text("Compare a counterfactual routing").click()
+        page.wait_for_function(f"() => ({CF_TITLE})() !== ''", timeout=60_000)
+        wait_for_run(page, 60_000)
+        assert page.locator('[data-testid="stPlotlyChart"]').count() == 8
+        before = page.evaluate(CF_TITLE)
+        assert "Δ +0.000" in before  # no change yet: the counterfactual is the model's own routing
+        top_k = page.get_by_label("top_k (0 = the model's own)")
+        top_k.fill("1")
+        top_k.press("Enter")
+        page.wait_for_function(f"() => !({CF_TITLE})().includes('Δ +0.000') && ({CF_TITLE})() !== ''",
+                               timeout=60_000)
+        wait_for_run(page, 60_000)
+        assert page.evaluate(CF_TITLE) != before
+        assert "cfk=1" in page.url
         assert page.locator('[data-testid="stException"]').count() == 0
         page.close()

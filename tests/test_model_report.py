@@ -94,8 +94,10 @@ def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tm
     planned = tmp_path / "planned"
     shutil.copytree(model_dir, planned)
     config = json.loads((planned / "config.json").read_text())
-    (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))
-    assert "not supported yet" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+    (planned / "config.json").write_text(json.dumps({**config, "model_type": "jamba"}))
+    assert "supported families: mixtral" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+    (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))  # keys don't fit
+    assert "lacks n_routed_experts" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
@@ -114,3 +116,23 @@ def test_memory_estimate_refuses_an_over_budget_model(model_dir, monkeypatch):
     with pytest.raises(ValueError, match="MOE_SCOPE_MEMORY_GB"):
         load_model(str(model_dir), tokens=128)
     assert load_model(str(model_dir), tokens=128, budget=est["total"]).layers == [0, 1]
+
+
+def test_counterfactual_options_add_the_loss_change_and_own_settings_change_nothing(model_dir, capsys):
+    base = ["model-report", "--model", str(model_dir), "--text", "for i in range(10):\n    print(i)\n"]
+    code, out, err = _run([*base, "--cf-top-k", "2"], capsys)  # the model's own top_k
+    assert code == 0, err
+    same = json.loads(out)["counterfactual"]
+    assert same["mean_loss_bits"]["delta"] == 0.0
+    code, out, err = _run([*base, "--cf-top-k", "1", "--cf-layers", "1"], capsys)
+    report = json.loads(out)
+    cf = report["counterfactual"]
+    assert cf["settings"] == {"top_k": 1, "layers": [1]} and cf["mean_loss_bits"]["delta"] != 0.0
+    untouched = cf["layers"][0]["summary"]  # layer 0 comes before the changed layer: the same routing
+    assert untouched == report["layers"][0]["summary"] | {"forward_ms": untouched["forward_ms"]}
+    assert cf["layers"][1]["summary"]["served"] == report["tokens"]  # top-1: one assignment per token
+    code, out, err = _run([*base, "--cf-capacity", "0.5"], capsys)
+    assert json.loads(out)["counterfactual"]["layers"][0]["summary"]["dropped"] > 0
+    assert "comma-separated" in _refusal([*base, "--cf-layers", "one"], capsys)
+    assert "--format json" in _refusal([*base, "--cf-top-k", "1", "--format", "csv"], capsys)
+    assert "not MoE layers" in _refusal([*base, "--cf-layers", "5"], capsys)

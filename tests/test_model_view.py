@@ -8,6 +8,10 @@ from dashboard.figures_model import load_heatmap_figure, nmi_figure, token_html,
 from moe.lm_text import save_tokenizer
 from tests.model_support import tiny_model
 
+# grid, load, flow, loss, NMI; with the counterfactual on, its two load heatmaps and its loss comparison
+CHARTS = ("model_grid", "model_load", "model_flow", "model_loss", "model_nmi")
+CF_CHARTS = ("cf_load_own", "cf_load_new", "cf_loss")
+
 
 def test_token_html_colours_each_token_by_its_expert_and_escapes():
     html = token_html(["<a>", "\n", "b"], [2, 0, 1], ["#111111", "#222222", "#333333"])
@@ -50,13 +54,13 @@ def _view_app(path: str) -> None:
 def test_model_view_draws_tokens_charts_and_keeps_the_last_good_result(model_dir):
     at = AppTest.from_function(_view_app, args=(model_dir,), default_timeout=120).run()
     assert not at.exception
-    assert len(at.get("plotly_chart")) == 5  # grid, load, flow, loss, NMI
+    assert len(at.get("plotly_chart")) == len(CHARTS)
     assert any("<span" in m.value for m in at.markdown)
     assert at.metric[0].label == "Pooled HF aux (all layers)"
     at.text_area(key="model_text").set_value("   ").run()
     assert not at.exception
     assert "empty" in at.error[0].value and "last good" in at.info[0].value
-    assert len(at.get("plotly_chart")) == 5
+    assert len(at.get("plotly_chart")) == len(CHARTS)
 
 
 def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
@@ -77,4 +81,4 @@ def test_the_app_has_a_model_view_on_the_bundled_model():
     at.radio(key="view").set_value("Model").run()
     assert not at.exception
     assert any("pydoc-mixtral" in c.value for c in at.caption)
-    assert len(at.get("plotly_chart")) == 5
+    assert len(at.get("plotly_chart")) == len(CHARTS)

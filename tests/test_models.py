@@ -8,7 +8,9 @@ from moe.hf import ADAPTERS, EngineBlock, instrument, run_model, supported_messa
 from tests.model_support import VOCAB, tiny_model
 
 CASES = [("mixtral", True, 2), ("qwen3_moe", True, 3), ("qwen3_moe", False, 2), ("olmoe", True, 2),
-         ("olmoe", False, 4)]
+         ("olmoe", False, 4), ("qwen2_moe", True, 2), ("qwen2_moe", False, 2), ("deepseek_v3", True, 3),
+         ("deepseek_v3", False, 2), ("gpt_oss", True, 2), ("ernie4_5_moe", True, 2)]
+FIRST_MOE = {"deepseek_v3": 1}  # DeepSeek-V3's first_k_dense_replace=1: layer 0 is a dense MLP
 
 
 def _ids(n=40, seed=1):
@@ -19,12 +21,13 @@ def _ids(n=40, seed=1):
 def test_instrumented_logits_equal_the_plain_model(family, norm, layers):
     plain = tiny_model(family, layers, norm)
     model = copy.deepcopy(plain)
-    assert instrument(model) == list(range(layers))
+    moe_layers = list(range(FIRST_MOE.get(family, 0), layers))
+    assert instrument(model) == moe_layers
     ids = _ids()
     with torch.inference_mode():
         expected = plain(input_ids=ids[None]).logits[0]  # (S, V)
     run = run_model(model, ids)
-    assert run.layers == list(range(layers)) and len(run.traces) == layers
+    assert run.layers == moe_layers and len(run.traces) == len(moe_layers) and not run.routing_only
     rel = (run.logits - expected).abs().max() / expected.abs().max()
     assert rel < 1e-4
     # the traces saw the model's own routing: HF's router picks the same top-k at every layer
@@ -108,10 +111,11 @@ def test_token_loss_is_the_next_token_cross_entropy():
 
 def test_unsupported_families_are_refused_naming_the_supported_ones():
     model = tiny_model("llama")
-    with pytest.raises(ValueError, match="supported families: mixtral, qwen3_moe, olmoe"):
+    with pytest.raises(ValueError, match="supported families: mixtral, qwen3_moe, olmoe, qwen2_moe, deepseek_v3, "
+                                         "gpt_oss, ernie4_5_moe"):
         instrument(model)
-    assert "not supported yet" in supported_message("deepseek_v3")
-    assert set(ADAPTERS) == {"mixtral", "qwen3_moe", "olmoe"}
+    assert "'jamba'" in supported_message("jamba")
+    assert set(ADAPTERS) == {"mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "deepseek_v3", "gpt_oss", "ernie4_5_moe"}
 
 
 def test_run_model_refuses_an_uninstrumented_model_and_empty_input():

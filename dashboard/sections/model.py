@@ -11,7 +11,8 @@ import pathlib
 import pandas as pd
 import streamlit as st
 
-from moe.hf import run_model
+from moe.definitions import DEFINITIONS
+from moe.hf import adapter_for, run_model
 from moe.hf_load import default_model_dir, load_model
 from moe.lm_train import REPORT_FILE
 from moe.model_report import encode_text, layer_frames, report_dict
@@ -19,6 +20,8 @@ from moe.model_tables import (class_nmi, expert_vocabulary, flow_matrix, layer_t
                               token_routing, token_strings, top1_grid, worst_layer)
 
 from ..colors import expert_colors
+from ..model_link import from_link, to_link
+from . import model_cf
 from ..figures_model import (flow_figure, load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
                              token_loss_figure)
 
@@ -29,17 +32,20 @@ EXAMPLES = {
     "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
 }
 MAX_TOKENS_LIMIT = 4096
+MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenising (no token is longer than 24 characters here)
 POOLING_NOTE = ("Hugging Face's `load_balancing_loss` pools the router statistics of all layers before "
                 "multiplying f by P, so a layer that sends everything to one expert is averaged with the healthy "
-                "ones and the pooled number barely moves; read the per-layer column instead.")
+                "ones and the pooled number barely moves (a test collapses one of 4 layers: that layer goes from "
+                "1.1 to 4.0, the pooled number from 1.06 to 1.16, both on the Switch scale); read the per-layer "
+                "column instead.")
 
 
-@st.cache_resource(max_entries=2, show_spinner="Loading the model (local files only)…")
+@st.cache_resource(max_entries=2, show_spinner=False)
 def _loaded(path: str):
     return load_model(path, tokens=MAX_TOKENS_LIMIT)  # read-only once loaded: shared by every session
 
 
-@st.cache_data(max_entries=16, show_spinner="Routing the text through every MoE layer…")
+@st.cache_data(max_entries=16, show_spinner=False)
 def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller)."""
     loaded = _loaded(path)
@@ -51,19 +57,40 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
+            "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "pooled_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)],
             "vocab": [expert_vocabulary(run, tokens, i) for i in range(L)],
             "per_expert_csv": layer_frames(run).to_csv(index=False),
             "routing_csv": token_routing(run, tokens).to_csv(index=False),
-            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only}
+            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only,
+            "family": loaded.family, "notes": adapter_for(loaded.family).notes, "text": text,
+            "max_tokens": max_tokens}
+
+
+def _defaults() -> dict:
+    return {"model_path": default_model_dir(), "model_example": "code", "model_text": EXAMPLES["code"],
+            "model_max_tokens": 512, "model_layer": 0, **model_cf.DEFAULTS}
+
+
+def init_link() -> None:
+    """Once per session, before anything rewrites the URL: what the link asks for (bad entries named, not used)."""
+    ss = st.session_state
+    if not ss.get("_model_initialised"):
+        ss["_model_initialised"] = True
+        values, problems = from_link(st.query_params.to_dict(), EXAMPLES)
+        for key, value in values.items():
+            ss[key] = value
+        ss["model_link_notes"] = problems
 
 
 def _init() -> None:
     ss = st.session_state
-    for key, value in {"model_path": default_model_dir(), "model_example": "code",
-                       "model_text": EXAMPLES["code"], "model_max_tokens": 512, "model_layer": 0}.items():
+    init_link()  # the page calls it first (dashboard.page.init_view); standalone renders come through here
+    for key, value in _defaults().items():
         ss.setdefault(key, value)
+    for note in ss.get("model_link_notes", []):
+        st.warning(note)
 
 
 def _use_example() -> None:
@@ -85,10 +112,17 @@ def render(result=None) -> None:
     st.subheader("Model: every MoE layer of a trained language model")
     path, text, max_tokens = _inputs()
     try:
-        view = analyse(path, text, max_tokens)
+        if len(text) > MAX_TEXT_CHARS:
+            st.warning(f"The text has {len(text):,} characters; routing the first {MAX_TEXT_CHARS:,} "
+                       f"(then at most {max_tokens:,} tokens).")
+            text = text[:MAX_TEXT_CHARS]
+        with st.spinner(f"Loading {pathlib.Path(path).name or path} (local files only) and routing the text "
+                        f"through every MoE layer…", show_time=True):
+            view = analyse(path, text, max_tokens)
         st.session_state["model_last"] = view
-    except ValueError as err:
-        st.error(f"Could not route this text: {err}", icon="⚠️")
+    except Exception as err:  # never a traceback on the page: a message, and the last good result
+        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+        st.error(f"Could not route this text: {detail}", icon="⚠️")
         view = st.session_state.get("model_last")
         if view is None:
             return
@@ -96,16 +130,33 @@ def render(result=None) -> None:
     if view["total"] > len(view["tokens"]):
         st.warning(f"The text has {view['total']:,} tokens; showing the first {len(view['tokens']):,} (max tokens).")
     _draw(view)
+    model_cf.render(view, view["path"], view["text"], view["max_tokens"])
+    _downloads(view)
+    _sync_link()
+
+
+def _sync_link() -> None:
+    """The Model view's values into the URL (the page keeps them: dashboard.page.page_query)."""
+    query = to_link(st.session_state, _defaults(), EXAMPLES)
+    old = st.session_state.get("model_query", {})
+    st.session_state["model_query"] = query
+    for key in set(old) - set(query):
+        st.query_params.pop(key, None)
+    if any(st.query_params.get(k) != v for k, v in query.items()):
+        st.query_params.update(query)
 
 
 def _draw(view: dict) -> None:
     colors = expert_colors(view["n_experts"])
     layers = view["layers"]
-    st.caption(f"**{view['name']}** · {len(layers)} MoE layers · {view['n_experts']} experts · "
-               f"{len(view['tokens'])} tokens")
+    notes = f" · mapped: {view['notes']}" if view["notes"] else ""
+    st.caption(f"**{view['name']}** ({view['family']}) · {len(layers)} MoE layers · {view['n_experts']} experts · "
+               f"{len(view['tokens'])} tokens{notes}")
     if view["routing_only"]:
         st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
                    "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
+    if not 0 <= st.session_state["model_layer"] < len(layers):  # from a link, or another model
+        st.session_state["model_layer"] = 0
     pos = st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
                            format_func=lambda i: f"layer {layers[i]}")
     st.markdown(token_html(view["tokens"], view["top1"][pos].tolist(), colors), unsafe_allow_html=True)
@@ -129,7 +180,6 @@ def _draw(view: dict) -> None:
                "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
                "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
                "training.json when the model directory has one.")
-    _downloads(view)
 
 
 def _layer_table(view: dict) -> None:
@@ -143,11 +193,12 @@ def _layer_table(view: dict) -> None:
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
     st.metric("Pooled HF aux (all layers)", f"{view['pooled_aux']:.3f}",
-              help="transformers' load_balancing_loss over all layers' router logits = top_k × the Switch aux of "
-                   "the pooled statistics")
+              help=DEFINITIONS["pooled_hf_aux"])
     k = view["top_k"]
     per_layer = ", ".join(f"{a * k:.3f}" for a in table["aux_loss"])
-    st.caption(f"Per-layer aux × top_k ({k}), the same scale: {per_layer}. {POOLING_NOTE}")
+    worst_aux = float(table["aux_loss"].max()) * k
+    st.caption(f"Per-layer aux × top_k ({k}), the same scale: {per_layer}. On this text the worst layer ({worst}) "
+               f"is at {worst_aux:.3f} while the pooled number reads {view['pooled_aux']:.3f}. {POOLING_NOTE}")
 
 
 def _vocabulary(view: dict, pos: int) -> None:

@@ -1,0 +1,72 @@
+"""The Model view in the URL: its widget values <-> query parameters (short keys, checked, echoed with quote()).
+
+Keys are read once per session (the link that opened the page) and written after every Model-view run.
+A custom text travels only while it is at most TEXT_LINK_CHARS characters; longer texts keep the example name.
+"""
+from __future__ import annotations
+
+import math
+
+TEXT_LINK_CHARS = 500
+# query key -> (session-state key, type)
+MODEL_LINK: dict[str, tuple[str, type]] = {
+    "mdir": ("model_path", str), "mex": ("model_example", str), "mtext": ("model_text", str),
+    "mtok": ("model_max_tokens", int), "mlayer": ("model_layer", int),
+    "cfon": ("cf_on", bool), "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
+    "cfdrop": ("cf_drop", str), "cftemp": ("cf_temperature", float), "cfe": ("cf_bias_expert", int),
+    "cfbias": ("cf_bias", str),
+}
+MODEL_LINK_KEYS = tuple(MODEL_LINK)
+CHOICES = {"cf_drop": ("position", "probs"), "cf_bias": ("hot", "cold")}
+LIMITS = {"model_max_tokens": (1, 4096), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
+          "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
+
+
+def _parse(state_key: str, kind: type, text: str):
+    if kind is bool:
+        if text not in ("0", "1"):
+            raise ValueError
+        return text == "1"
+    if kind is str:
+        if state_key in CHOICES and text not in CHOICES[state_key]:
+            raise ValueError
+        return text
+    value = kind(text)
+    if kind is float and not math.isfinite(value):
+        raise ValueError
+    low, high = LIMITS[state_key]
+    if not low <= value <= high:
+        raise ValueError
+    return value
+
+
+def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, list[str]]:
+    """(session-state values, problems) from the link; bad entries are skipped and named (Markdown-safe)."""
+    from .state import quote  # here, not at the top: state imports MODEL_LINK_KEYS from this module
+    values, problems = {}, []
+    for key, (state_key, kind) in MODEL_LINK.items():
+        if key not in query:
+            continue
+        text = query[key]
+        limit = TEXT_LINK_CHARS if key == "mtext" else 1000 if key == "mdir" else 64
+        try:
+            if len(text) > limit or (key == "mex" and text not in examples):
+                raise ValueError
+            values[state_key] = _parse(state_key, kind, text)
+        except ValueError:
+            problems.append(f"ignored {key}={quote(text)} in the link")
+    if "model_example" in values and "model_text" not in values:
+        values["model_text"] = examples[values["model_example"]]
+    return values, problems
+
+
+def to_link(state: dict, defaults: dict, examples: dict[str, str]) -> dict[str, str]:
+    """The query parameters for the Model view's current values: only those that differ from the defaults."""
+    query = {}
+    for key, (state_key, _) in MODEL_LINK.items():
+        value = state.get(state_key, defaults.get(state_key))
+        if key == "mtext" and (value == examples.get(state.get("model_example")) or len(str(value)) > TEXT_LINK_CHARS):
+            continue  # the example's own text (named by mex), or too long for a link
+        if value != defaults.get(state_key):
+            query[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
+    return query

@@ -1,0 +1,62 @@
+"""Counterfactual routing on a real model: own settings reproduce it, changes change what they should."""
+import pytest
+import torch
+
+from moe.hf import instrument, run_model
+from moe.model_counterfactual import BIAS_HOT, Counterfactual, counterfactual_config, run_counterfactual
+from tests.model_support import VOCAB, tiny_model
+
+IDS = torch.randint(0, VOCAB, (48,), generator=torch.Generator().manual_seed(3))
+
+
+@pytest.fixture(scope="module")
+def model():
+    m = tiny_model("mixtral", layers=3)
+    instrument(m)
+    return m
+
+
+def test_the_models_own_settings_reproduce_the_loss_exactly(model):
+    own = run_model(model, IDS)
+    same = run_counterfactual(model, IDS, Counterfactual())
+    assert torch.equal(same.logits, own.logits)
+    assert all(torch.equal(a.top_k_index, b.top_k_index) for a, b in zip(own.traces, same.traces))
+
+
+def test_top_1_at_every_layer_changes_the_loss_and_halves_the_assignments(model):
+    own = run_model(model, IDS)
+    cf = run_counterfactual(model, IDS, Counterfactual(top_k=1))
+    assert not torch.allclose(cf.token_loss(), own.token_loss())
+    assert all(t.served.sum().item() == IDS.numel() for t in cf.traces)  # T·1 assignments
+    again = run_model(model, IDS)  # the model itself is untouched
+    assert torch.equal(again.logits, own.logits)
+
+
+def test_one_layer_only_leaves_the_layers_before_it_alone(model):
+    own = run_model(model, IDS)
+    cf = run_counterfactual(model, IDS, Counterfactual(layers=(2,), top_k=1))
+    assert torch.equal(cf.traces[0].router_logits, own.traces[0].router_logits)
+    assert torch.equal(cf.traces[1].top_k_index, own.traces[1].top_k_index)
+    assert cf.traces[2].config.top_k == 1 and own.traces[2].config.top_k == 2
+
+
+def test_capacity_drops_are_counted_against_a_naive_count(model):
+    cf = run_counterfactual(model, IDS, Counterfactual(capacity_factor=0.5, drop_policy="position"))
+    for t in cf.traces:
+        C = t.capacity
+        assert C == -(-int(0.5 * 48 * 2) // 8)
+        routed = t.routed.sum(dim=0)  # (E,) demand
+        naive = int((routed - C).clamp(min=0).sum())
+        assert t.summary()["dropped"] == naive > 0
+        assert int(t.served.sum(dim=0).max()) <= C
+
+
+def test_a_hot_expert_takes_every_token_and_a_bad_value_names_the_field(model):
+    cf = run_counterfactual(model, IDS, Counterfactual(layers=(0,), bias_expert=5, bias=BIAS_HOT))
+    assert bool(cf.traces[0].routed[:, 5].all())
+    with pytest.raises(ValueError, match="top_k"):
+        run_counterfactual(model, IDS, Counterfactual(top_k=9))
+    with pytest.raises(ValueError, match="not MoE layers"):
+        run_counterfactual(model, IDS, Counterfactual(layers=(7,)))
+    with pytest.raises(ValueError, match="bias_expert"):
+        counterfactual_config(cf.traces[0].config, Counterfactual(bias_expert=8, bias=1.0))
