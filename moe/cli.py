@@ -1,5 +1,7 @@
 """Headless use: `python -m moe report ...` prints the config, summary and per-expert table;
-`python -m moe train ...` runs the live-training loop and prints one row per step."""
+`python -m moe train ...` runs the live-training loop and prints one row per step; `train-lm`, `model-report`
+(moe/lm_cli.py), `ep-report` (moe/ep_report.py, under torchrun) and `trace-report` (moe/trace_report.py)
+live in their own modules."""
 from __future__ import annotations
 
 import argparse
@@ -13,7 +15,6 @@ import sys
 import pandas as pd
 import torch
 
-from . import ep_report, trace_report
 from .config import ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
@@ -259,6 +260,7 @@ def _train(args: argparse.Namespace) -> str:
 
 
 def build_parser() -> _Parser:
+    from . import ep_report, lm_cli, trace_report  # subcommands in their own modules (they import helpers from here)
     parser = _Parser(prog="python -m moe", description="Headless moe-scope.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     report = commands.add_parser("report", help="one forward: config, summary and per-expert table")
@@ -269,7 +271,7 @@ def build_parser() -> _Parser:
                              "capacity per sequence); default: one sequence")
     report.set_defaults(run=_report)
     add_train_command(commands)
-    __import__("moe.lm_cli").lm_cli.add_model_commands(commands)  # train-lm, model-report
+    lm_cli.add_model_commands(commands)  # train-lm, model-report
     ep_report.add_ep_command(commands)
     trace_report.add_trace_command(commands)
     return parser
