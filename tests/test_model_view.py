@@ -82,3 +82,12 @@ def test_the_app_has_a_model_view_on_the_bundled_model():
     assert not at.exception
     assert any("pydoc-mixtral" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) == len(CHARTS)
+
+
+def test_vocabulary_cells_escape_markdown_so_tokens_show_as_typed():
+    from dashboard.sections.model import _md_literal
+
+    raw = r"a_b *x* \n [l](u) `c` # $1 <b> | ~ é 7"
+    escaped = _md_literal(raw)
+    # every ASCII punctuation character gets one backslash before it; letters, digits, spaces and é do not
+    assert escaped == "".join("\\" + ch if (ch.isascii() and not ch.isalnum() and ch != " ") else ch for ch in raw)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import pandas as pd
 import streamlit as st
@@ -186,6 +187,7 @@ def _layer_table(view: dict) -> None:
     table = view["table"]
     worst = worst_layer(table)
     shown = table.assign(worst=table["layer"] == worst)
+    # A data grid (sortable, as the issue asks), unlike the vocabulary below, which is a static st.table.
     st.dataframe(shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
                                    axis=1).format(precision=3), hide_index=True, key="model_table")
     st.caption(f"Per-layer routing health on this text; worst layer (highest aux) highlighted: layer {worst}. "
@@ -201,12 +203,18 @@ def _layer_table(view: dict) -> None:
                f"is at {worst_aux:.3f} while the pooled number reads {view['pooled_aux']:.3f}. {POOLING_NOTE}")
 
 
+def _md_literal(text: str) -> str:
+    """`text` shown as is in a Markdown cell (st.table cells are Markdown): every ASCII punctuation escaped."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
 def _vocabulary(view: dict, pos: int) -> None:
-    vocab = view["vocab"][pos].assign(token=lambda f: f["token"].map(lambda t: repr(t)[1:-1]))
+    vocab = view["vocab"][pos].assign(token=lambda f: f["token"].map(lambda t: _md_literal(repr(t)[1:-1])))
     words = vocab.groupby("expert").apply(lambda g: ", ".join(f"{t} ({c})" for t, c in zip(g.token, g["count"])),
                                           include_groups=False)
-    st.dataframe(pd.DataFrame({"expert": words.index, "most frequent top-1 tokens (count)": words.values}),
-                 hide_index=True, key="model_vocab")
+    # st.table, not st.dataframe: a static table redraws with the text; a data grid settles after the charts
+    st.table(pd.DataFrame({"expert": words.index, "most frequent top-1 tokens (count)": words.values}),
+             hide_index=True)
     st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first.")
 
 
