@@ -1,5 +1,4 @@
 """The real page in headless Chromium: it renders charts, shows no error, and redraws on a slider move."""
-import os
 import pathlib
 import re
 import subprocess
@@ -10,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+from browser_support import ROOT, wait_for_run
 
 from dashboard import runner
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
@@ -23,27 +22,6 @@ pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as err:  # pragma: no cover - playwright is in requirements.txt
-        pytest.fail(f"playwright is not installed: {err}")
-    with sync_playwright() as pw:
-        try:
-            chromium = launch_chromium(pw)
-        except Exception as err:  # no browser on this machine
-            if os.environ.get("MOE_REQUIRE_BROWSER"):
-                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
-            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with streamlit_server() as url:
-        yield url
 
 
 def _engine_trace(values: dict):

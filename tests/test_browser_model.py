@@ -1,32 +1,15 @@
 """The Model view in headless Chromium: type a text, see its tokens coloured by expert and the heatmaps;
 a counterfactual changes the loss comparison."""
-import os
 import pathlib
 
 import pytest
 
-from browser_support import launch_chromium, streamlit_server, wait_for_run
+from browser_support import streamlit_server, wait_for_run
 from moe.hf_load import BUNDLED_MODEL
 
 pytestmark = pytest.mark.browser
 CF_TITLE = "() => [...document.querySelectorAll('.gtitle')].map(t => t.textContent).find(t => t.startsWith('Next-token loss: own')) || ''"
 
-
-@pytest.fixture(scope="module")
-def browser():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as err:  # pragma: no cover - playwright is in requirements.txt
-        pytest.fail(f"playwright is not installed: {err}")
-    with sync_playwright() as pw:
-        try:
-            chromium = launch_chromium(pw)
-        except Exception as err:  # no browser on this machine
-            if os.environ.get("MOE_REQUIRE_BROWSER"):
-                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
-            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
-        yield chromium
-        chromium.close()
 
 
 def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(browser):

@@ -2,11 +2,9 @@
 value is cut off, at the default config and at 256 experts."""
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+from browser_support import ROOT, streamlit_server, wait_for_run
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"
@@ -14,21 +12,10 @@ WINDOW = {"width": 1400, "height": 1000}
 
 
 @pytest.fixture(scope="module")
-def page_at():
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as err:  # pragma: no cover - playwright is in requirements.txt
-        pytest.fail(f"playwright is not installed: {err}")
-    with sync_playwright() as pw, streamlit_server() as url:
-        try:
-            chromium = launch_chromium(pw)
-        except Exception as err:  # no browser on this machine
-            if os.environ.get("MOE_REQUIRE_BROWSER"):
-                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
-            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
-
+def page_at(browser):
+    with streamlit_server() as url:
         def open_page(query: str):
-            page = chromium.new_page(viewport=WINDOW)
+            page = browser.new_page(viewport=WINDOW)
             page.goto(url + "/" + query)
             page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
             wait_for_run(page)
@@ -36,7 +23,6 @@ def page_at():
                                    ".length >= 4", timeout=30_000)
             return page
         yield open_page
-        chromium.close()
 
 
 CUT = """() => [...document.querySelectorAll('[data-testid="stMetricValue"]')]

@@ -1,10 +1,9 @@
 """The #9 presets in headless Chromium: the DeepSeek-V3-like page shows the engine's numbers and its charts."""
-import os
 import urllib.parse
 
 import pytest
 
-from browser_support import ROOT, launch_chromium, streamlit_server, wait_for_run
+from browser_support import ROOT, wait_for_run
 
 from dashboard import runner
 from dashboard.presets import preset_values
@@ -16,24 +15,6 @@ ARTIFACTS = ROOT / "artifacts"
 DEEPSEEK = "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)"
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as pw:
-        try:
-            chromium = launch_chromium(pw)
-        except Exception as err:  # no browser on this machine
-            if os.environ.get("MOE_REQUIRE_BROWSER"):
-                pytest.fail(f"MOE_REQUIRE_BROWSER is set but Chromium could not start: {err}")
-            pytest.skip(f"no Chromium (apt-get install chromium, or playwright install chromium): {err}")
-        yield chromium
-        chromium.close()
-
-
-@pytest.fixture(scope="module")
-def server():
-    with streamlit_server() as url:
-        yield url
 
 
 def _kpi(page, label: str) -> str:
