@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from .config import MoEConfig
 from .hf import adapter_for, instrument
-from .memory import GiB, describe_bytes, estimate_bytes
+from .memory import budget_bytes, describe_bytes, estimate_bytes
 
 BUNDLED_MODEL = str(pathlib.Path(__file__).resolve().parents[1] / "models" / "pydoc-mixtral")
 MODEL_ENV = "MOE_SCOPE_MODEL"
@@ -47,14 +47,6 @@ def read_config(path: str) -> dict:
         raise ValueError(f"{file} is not valid JSON ({err}); re-save the model") from None
 
 
-def _budget_bytes() -> int:
-    try:
-        from .memory import budget_bytes  # the team's one reading of MOE_SCOPE_MEMORY_GB (issue #8)
-    except ImportError:
-        return int(float(os.environ.get("MOE_SCOPE_MEMORY_GB", "4")) * GiB)
-    return budget_bytes()
-
-
 def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]:
     """Weights (the safetensors files) + one instrumented forward of `tokens` tokens, all layers' traces kept."""
     adapter = adapter_for(config.get("model_type", ""))
@@ -75,7 +67,7 @@ def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]
 
 
 def check_model_budget(path: str, config: dict, tokens: int, budget: int | None = None) -> None:
-    budget = _budget_bytes() if budget is None else budget
+    budget = budget_bytes() if budget is None else budget
     est = estimate_model_bytes(path, config, tokens)
     if est["total"] > budget:
         raise ValueError(f"loading {pathlib.Path(path).name} and running {tokens} tokens needs about "
