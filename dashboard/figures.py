@@ -37,16 +37,25 @@ METRIC_TITLES = {
 # the left-aligned title; the legend gets its own row between the title and the plot, left-aligned.
 MODEBAR_REMOVE = ["select2d", "lasso2d", "autoScale2d", "zoomIn2d", "zoomOut2d"]
 TITLE_ROW, LEGEND_ROW = 40, 30  # pixels of top margin for the title, and for the legend row below it
+# Margins that already hold the tick labels, the axis titles and a colour bar (measured in Chromium on every view).
+# Where a label pushes past its margin, Plotly widens the margin and draws the whole chart a second time: twice
+# the drawing time on every redraw. Plotly still does that for a label longer than planned, so nothing is clipped.
+LEFT, RIGHT, BOTTOM = 80, 20, 78
+ROW_LABELS_LEFT = 116  # a y axis of named rows ("layer 3", a token's text)
+COLORBAR_RIGHT = 132  # a colour bar with its title
 
 
 def layout(*, title: str, xaxis: dict, yaxis: dict, uirevision: str, height: int = HEIGHT,
-           bargap: float = 0.15, showlegend: bool = True, **extra) -> dict:
+           bargap: float = 0.15, showlegend: bool = True, colorbar: bool = False, row_labels: bool = False,
+           **extra) -> dict:
     """The layout every chart shares: title at the top left, the legend in its own row below it (never over
-    the title or the toolbar), compact margins, kept zoom."""
+    the title or the toolbar), margins that fit (a colour bar on the right, named rows on the left), kept zoom."""
     top = TITLE_ROW + (LEGEND_ROW if showlegend else 0)
+    margin = dict(l=ROW_LABELS_LEFT if row_labels else LEFT, r=COLORBAR_RIGHT if colorbar else RIGHT, t=top,
+                  b=BOTTOM)
     return dict(title=dict(text=title, x=0.0, xanchor="left", xref="container", y=1.0, yref="container",
                            yanchor="top", pad=dict(t=10, l=10)),
-                height=height, uirevision=uirevision, margin=dict(l=60, r=20, t=top, b=50), bargap=bargap,
+                height=height, uirevision=uirevision, margin=margin, bargap=bargap,
                 xaxis=xaxis, yaxis=yaxis, showlegend=showlegend, modebar=dict(remove=MODEBAR_REMOVE),
                 legend=dict(orientation="h", yanchor="bottom", y=1.0, yref="paper", xanchor="left", x=0.0),
                 **extra)
@@ -178,7 +187,7 @@ def expert_metrics_figure(per_expert: pd.DataFrame, colors: list[str],
     rows = math.ceil(len(metrics) / 2)
     top = TITLE_ROW + LEGEND_ROW  # the first row's titles sit below the toolbar, which covers the top 40 px
     return go.Figure(data, dict(height=250 * rows + top + 20, uirevision="expert-metrics", bargap=0.15,
-                                margin=dict(l=60, r=20, t=top, b=40), annotations=titles,
+                                margin=dict(l=LEFT, r=RIGHT, t=top, b=BOTTOM), annotations=titles,
                                 modebar=dict(remove=MODEBAR_REMOVE), **axes))
 
 
@@ -201,7 +210,8 @@ def token_heatmap_figure(matrix: np.ndarray, row_labels: list[str], *, title: st
             yaxis.update(tickmode="array", tickvals=tickvals, ticktext=ticktext, showticklabels=True,
                          ticks="outside")
     return go.Figure([heat], layout(title=title, xaxis=expert_xaxis(matrix.shape[1]), yaxis=yaxis,
-                                    uirevision=uirevision, height=height, showlegend=False))
+                                    uirevision=uirevision, height=height, showlegend=False, colorbar=True,
+                                    row_labels=True))
 
 
 def histogram_figure(hist: pd.DataFrame, *, title: str, xaxis_title: str, color: str = NEUTRAL_COLOR,

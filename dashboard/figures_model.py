@@ -49,7 +49,7 @@ def token_layer_grid_figure(grid: pd.DataFrame, tokens: list[str], colors: list[
                        hoverinfo="text", colorbar=dict(title=dict(text="expert"), tickvals=list(range(E))))]
     return go.Figure(data, layout(title="Top-1 expert per token and layer", xaxis=axis("token position"),
                                   yaxis=axis("", autorange="reversed"), uirevision="model_grid",
-                                  height=120 + 40 * len(grid)))
+                                  height=120 + 40 * len(grid), colorbar=True, row_labels=True))
 
 
 def load_heatmap_figure(long: pd.DataFrame, label: str = "") -> go.Figure:
@@ -62,7 +62,8 @@ def load_heatmap_figure(long: pd.DataFrame, label: str = "") -> go.Figure:
     title = f"Load share per layer{f' ({label})' if label else ''} (ideal 1/E = {1 / E:.3f})"
     return go.Figure(data, layout(title=title,
                                   xaxis=expert_xaxis(E), yaxis=axis("", autorange="reversed"),
-                                  uirevision="model_load" + label, height=120 + 40 * len(wide)))
+                                  uirevision="model_load" + label, height=120 + 40 * len(wide), colorbar=True,
+                                  row_labels=True))
 
 
 def flow_figure(flow: np.ndarray, layer_from: int, layer_to: int) -> go.Figure:
@@ -74,18 +75,20 @@ def flow_figure(flow: np.ndarray, layer_from: int, layer_to: int) -> go.Figure:
     return go.Figure(data, layout(title=f"Cross-layer flow: layer {layer_from} → layer {layer_to}",
                                   xaxis=expert_xaxis(E, title=f"top-1 expert at layer {layer_to}"),
                                   yaxis=expert_xaxis(E, title=f"top-1 expert at layer {layer_from}"),
-                                  uirevision="model_flow", height=380))
+                                  uirevision="model_flow", height=380, colorbar=True))
 
 
 def token_loss_figure(loss: np.ndarray, tokens: list[str]) -> go.Figure:
     """Next-token loss (bits) of token s+1 given the tokens before it."""
     bits = np.asarray(loss) / np.log(2)
     labels = [repr(t)[1:-1] for t in tokens[1:]]
-    data = [go.Bar(x=list(range(1, len(tokens))), y=bits, text=labels, marker_color="#4c78a8",
+    # the token goes to the hover only (textposition none): drawn on the bars it is unreadable past a few dozen
+    # tokens, and Plotly measures every label
+    data = [go.Bar(x=list(range(1, len(tokens))), y=bits, text=labels, textposition="none", marker_color="#4c78a8",
                    hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>")]
     return go.Figure(data, layout(title=f"Next-token loss (mean {bits.mean():.2f} bits per token)",
                                   xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_loss",
-                                  bargap=0.0))
+                                  bargap=0.0, showlegend=False))
 
 
 def nmi_figure(nmi: pd.DataFrame) -> go.Figure:

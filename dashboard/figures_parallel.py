@@ -48,7 +48,8 @@ def traffic_figure(traffic: np.ndarray, title: str = "Token traffic (rows sent)"
                       texttemplate="%{text}", hovertemplate="rank %{y} → rank %{x}: %{z} tokens<extra></extra>",
                       colorbar=dict(title=dict(text="tokens")))
     return go.Figure([heat], layout(title=title, xaxis=axis("receiver rank", dtick=1),
-                                    yaxis=axis("sender rank", dtick=1, autorange="reversed"), uirevision="ep_traffic"))
+                                    yaxis=axis("sender rank", dtick=1, autorange="reversed"), uirevision="ep_traffic",
+                                    colorbar=True))
 
 
 def rank_times_figure(per_rank: pd.DataFrame, title: str = "Time per rank") -> go.Figure:
@@ -83,7 +84,8 @@ def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
                       hovertemplate="step %{y}, expert %{x}: %{z} assignments<extra></extra>",
                       colorbar=dict(title=dict(text="assignments")))
     fig = go.Figure([heat], layout(title=f"Load per step, layer {layer}", xaxis=axis("expert"),
-                                   yaxis=axis("step", autorange="reversed"), uirevision="trace_load"))
+                                   yaxis=axis("step", autorange="reversed"), uirevision="trace_load",
+                                   colorbar=True))
     if worst_step is not None:
         fig.add_hline(y=worst_step, line=dict(color=PREDICTED_COLOR, dash="dot", width=1),
                       annotation_text="worst", annotation_position="right")
@@ -98,7 +100,7 @@ def trace_worst_figure(rows: pd.DataFrame, layers: list[str]) -> go.Figure:
                       colorbar=dict(title=dict(text="max/mean")))
     return go.Figure([heat], layout(title="Busiest expert / mean, per step and layer",
                                     xaxis=axis("layer", type="category"), yaxis=axis("step", autorange="reversed"),
-                                    uirevision="trace_worst"))
+                                    uirevision="trace_worst", colorbar=True))
 
 
 def plan_load_figure(plan_doc: dict) -> go.Figure:

@@ -52,7 +52,7 @@ def coactivation_figure(conditional: pd.DataFrame) -> go.Figure:
     yaxis.pop("range")  # autorange reversed puts expert 0 on top
     return go.Figure([heat], layout(title="Co-activation P(j | i), diagonal blank",
                                     xaxis=expert_xaxis(E, "expert j (also served)"), yaxis=yaxis,
-                                    uirevision="coactivation", height=HEIGHT + 80, showlegend=False))
+                                    uirevision="coactivation", height=HEIGHT + 80, showlegend=False, colorbar=True))
 
 
 def experts_per_token_figure(table: pd.DataFrame, top_k: int) -> go.Figure:
@@ -78,7 +78,7 @@ def combinations_figure(combos: pd.DataFrame) -> go.Figure:
     return go.Figure([bar], layout(title="Most frequent expert combinations", xaxis=axis("tokens"),
                                    yaxis=axis("served experts", type="category", autorange="reversed"),
                                    uirevision="combinations", height=max(HEIGHT, 22 * len(combos) + 100),
-                                   showlegend=False))
+                                   showlegend=False, row_labels=True))
 
 
 def cluster_share_figure(share: pd.DataFrame) -> go.Figure:
@@ -94,7 +94,7 @@ def cluster_share_figure(share: pd.DataFrame) -> go.Figure:
     return go.Figure([heat], layout(title="Where each cluster's tokens go", xaxis=expert_xaxis(E),
                                     yaxis=axis("cluster", type="category", autorange="reversed"),
                                     uirevision="clusters", height=max(HEIGHT - 60, 40 * len(share) + 140),
-                                    showlegend=False))
+                                    showlegend=False, colorbar=True))
 
 
 def token_inspector_figure(detail: pd.DataFrame, colors: list[str], token: int) -> go.Figure:

@@ -1,5 +1,5 @@
 """The first screen in a real browser: the four Overview charts fit a 1400 × 1000 window and no KPI
-value is cut off, at the default config and at 256 experts."""
+value is cut off, at the default config and at 256 experts; every chart is laid out in one pass."""
 from __future__ import annotations
 
 import pytest
@@ -14,13 +14,13 @@ WINDOW = {"width": 1400, "height": 1000}
 @pytest.fixture(scope="module")
 def page_at(browser):
     with streamlit_server() as url:
-        def open_page(query: str):
+        def open_page(query: str, charts: int = 4):
             page = browser.new_page(viewport=WINDOW)
             page.goto(url + "/" + query)
             page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
             wait_for_run(page)
-            page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg')"
-                                   ".length >= 4", timeout=30_000)
+            page.wait_for_function("n => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg')"
+                                   ".length >= n", arg=charts, timeout=30_000)
             return page
         yield open_page
 
@@ -43,4 +43,26 @@ def test_first_screen_shows_four_charts_and_whole_kpis(page_at, name, query):
     assert len(bottoms) == 4 and max(bottoms) <= WINDOW["height"]  # all four on the first screen
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+    page.close()
+
+
+# For each chart: the margins its figure asks for and the ones Plotly ended with.
+MARGINS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(g => {
+    const key = (g.closest('[data-testid="stElementContainer"]').className.match(/st-key-([\\w-]+)/) || [])[1];
+    const asked = g.layout.margin, used = g._fullLayout._size;
+    return [key, ['l', 'r', 't', 'b'].map(k => asked[k]), ['l', 'r', 't', 'b'].map(k => Math.round(used[k]))];
+})"""
+
+
+@pytest.mark.parametrize("query, charts", [
+    ("?view=Overview", 4), ("?view=Router", 4), ("?view=Pathways", 3), ("?view=Experts", 3),
+    ("?view=Model&cfon=1&cfcap=1.0", 8)])
+def test_every_chart_is_laid_out_once(page_at, query, charts):
+    """Each figure's margins already hold its tick labels, axis titles and colour bar: where one pushes past
+    them, Plotly widens the margin and draws the whole chart a second time (twice the redraw time)."""
+    page = page_at(query, charts)
+    found = page.evaluate(MARGINS)
+    assert len(found) == charts
+    pushed = [(key, asked, used) for key, asked, used in found if asked != used]
+    assert pushed == [], f"margins Plotly had to widen (chart, asked l r t b, used): {pushed}"
     page.close()

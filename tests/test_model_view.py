@@ -4,7 +4,8 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures_model import load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure
+from dashboard.figures_model import (load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
+                                     token_loss_figure)
 from moe.lm_text import save_tokenizer
 from tests.model_support import tiny_model
 
@@ -32,6 +33,16 @@ def test_grid_and_load_heatmaps_carry_the_tables_values():
     nmi = nmi_figure(pd.DataFrame({"layer": [0, 1], "this text": [0.1, 0.3], "at initialisation": [0.0, 0.02]}))
     assert [bar.name for bar in nmi.data] == ["this text", "at initialisation"]
     assert list(nmi.data[0].y) == [0.1, 0.3]
+
+
+def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
+    loss = np.log(2) * np.array([1.0, 3.0])  # nats in, bits out
+    fig = token_loss_figure(loss, ["a", "\n", "c"])
+    bar = fig.data[0]
+    assert np.allclose(bar.y, [1.0, 3.0]) and list(bar.x) == [1, 2]
+    assert list(bar.text) == ["\\n", "c"] and "%{text}" in bar.hovertemplate
+    assert bar.textposition == "none" and fig.layout.showlegend is False  # no label drawn on a bar, no "trace 0"
+    assert fig.layout.title.text == "Next-token loss (mean 2.00 bits per token)"
 
 
 @pytest.fixture(scope="module")
