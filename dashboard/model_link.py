@@ -7,17 +7,20 @@ from __future__ import annotations
 
 import math
 
+from moe.model_tables import LAYER_COLUMNS
+
 TEXT_LINK_CHARS = 500
 # query key -> (session-state key, type)
 MODEL_LINK: dict[str, tuple[str, type]] = {
     "mdir": ("model_path", str), "mex": ("model_example", str), "mtext": ("model_text", str),
     "mtok": ("model_max_tokens", int), "mlayer": ("model_layer", int),
+    "msort": ("model_sort", str), "mdesc": ("model_sort_desc", bool),
     "cfon": ("cf_on", bool), "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
     "cfdrop": ("cf_drop", str), "cftemp": ("cf_temperature", float), "cfe": ("cf_bias_expert", int),
     "cfbias": ("cf_bias", str),
 }
 MODEL_LINK_KEYS = tuple(MODEL_LINK)
-CHOICES = {"cf_drop": ("position", "probs"), "cf_bias": ("hot", "cold")}
+CHOICES = {"cf_drop": ("position", "probs"), "cf_bias": ("hot", "cold"), "model_sort": tuple(LAYER_COLUMNS)}
 LIMITS = {"model_max_tokens": (1, 4096), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
           "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
 

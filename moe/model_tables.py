@@ -5,7 +5,7 @@ Definitions (one place):
 - worst layer: the one with the highest aux_loss (1 = perfectly balanced).
 - flow[l][i, j] = P(top-1 expert j at MoE layer l+1 | top-1 expert i at layer l), over the text's tokens
   (a row with no token is NaN).
-- vocabulary of expert e at layer l: the tokens whose top-1 expert is e, most frequent first.
+- vocabulary of expert e at layer l: the tokens whose top-1 expert is e there, most frequent first.
 - class NMI: normalised mutual information between a token's top-1 expert and the character class of
   its first character (moe.lm_text.CHAR_CLASSES).
 """
@@ -58,13 +58,16 @@ def top1_grid(run) -> pd.DataFrame:
     return pd.DataFrame(run.top1().numpy(), index=pd.Index(run.layers, name="layer"))
 
 
-def expert_vocabulary(run, tokens: list[str], layer_pos: int, top: int = 8) -> pd.DataFrame:
-    """(expert, token, count): each expert's `top` most frequent top-1 tokens at the layer_pos-th MoE layer."""
-    top1 = run.top1()[layer_pos].numpy()
-    frame = pd.DataFrame({"expert": top1, "token": tokens})
-    counts = frame.value_counts(["expert", "token"]).rename("count").reset_index()
-    counts = counts.sort_values(["expert", "count", "token"], ascending=[True, False, True], kind="stable")
-    return counts.groupby("expert", sort=True).head(top).reset_index(drop=True)
+def expert_vocabulary(run, tokens: list[str], top: int = 8) -> pd.DataFrame:
+    """(layer, expert, token, count): at every MoE layer, each expert's `top` most frequent top-1 tokens
+    (most frequent first, ties by token), counted for all layers in one pass."""
+    top1 = run.top1().numpy()  # (L, T)
+    frame = pd.DataFrame({"layer": np.repeat(run.layers, top1.shape[1]), "expert": top1.ravel(),
+                          "token": list(tokens) * top1.shape[0]})
+    counts = frame.value_counts(["layer", "expert", "token"]).rename("count").reset_index()
+    counts = counts.sort_values(["layer", "expert", "count", "token"], ascending=[True, True, False, True],
+                                kind="stable")
+    return counts.groupby(["layer", "expert"], sort=True).head(top).reset_index(drop=True)
 
 
 def flow_matrix(run, layer_pos: int) -> np.ndarray:

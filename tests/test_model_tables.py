@@ -78,12 +78,16 @@ def test_token_routing_lists_each_token_at_each_layer(run):
 
 def test_expert_vocabulary_counts_top1_tokens(run):
     tokens = _tokens()
-    vocab = expert_vocabulary(run, tokens, layer_pos=2, top=3)
-    top1 = run.traces[2].top_k_index[:, 0].tolist()
-    for expert, group in vocab.groupby("expert"):
-        naive = Counter(t for t, e in zip(tokens, top1) if e == expert)
-        assert group["count"].tolist() == sorted(naive.values(), reverse=True)[:3]
-        assert all(naive[t] == c for t, c in zip(group.token, group["count"]))
+    vocab = expert_vocabulary(run, tokens, top=3)
+    assert sorted(vocab.layer.unique()) == list(run.layers)
+    for pos, layer in enumerate(run.layers):
+        top1 = run.traces[pos].top_k_index[:, 0].tolist()
+        at = vocab[vocab.layer == layer]
+        assert sorted(at.expert.unique()) == sorted(set(top1))  # every expert that is some token's top-1
+        for expert, group in at.groupby("expert"):
+            naive = Counter(t for t, e in zip(tokens, top1) if e == expert)
+            assert group["count"].tolist() == sorted(naive.values(), reverse=True)[:3]
+            assert all(naive[t] == c for t, c in zip(group.token, group["count"]))
 
 
 def test_flow_matrix_is_the_conditional_top1_distribution(run):

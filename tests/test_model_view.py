@@ -74,6 +74,43 @@ def test_model_view_draws_tokens_charts_and_keeps_the_last_good_result(model_dir
     assert len(at.get("plotly_chart")) == len(CHARTS)
 
 
+def test_downloads_are_the_cli_report_and_the_traces_routing(model_dir, capsys):
+    """The Model view's files, built on a click: the per-expert CSV and summary JSON are what `model-report`
+    prints for the same text; the routing CSV holds every (token, layer) with the forward's top-k."""
+    import io
+    import json
+
+    from dashboard.sections.model import exports
+    from moe.cli import main
+    from moe.hf import run_model
+    from moe.hf_load import load_model
+
+    text, max_tokens = "for i in range(3):\n    print(i)\n", 24
+    files = exports(model_dir, text, max_tokens)
+    printed = {}
+    for fmt in ("csv", "json"):
+        assert main(["model-report", "--model", model_dir, "--text", text, "--max-tokens", str(max_tokens),
+                     "--format", fmt]) == 0
+        printed[fmt] = capsys.readouterr().out
+    assert files["per_expert_csv"].strip() == printed["csv"].strip()
+
+    def untimed(doc: str) -> dict:  # forward_ms is a wall-clock time: the one field two runs do not share
+        report = json.loads(doc)
+        for layer in report["layers"]:
+            assert layer["summary"].pop("forward_ms") > 0
+        return report
+    assert untimed(files["summary_json"]) == untimed(printed["json"])
+    assert json.loads(files["summary_json"])["tokens"] == max_tokens
+    routing = pd.read_csv(io.StringIO(files["routing_csv"]), keep_default_na=False)
+    loaded = load_model(model_dir)
+    run = run_model(loaded.model, loaded.tokenizer(text, return_tensors="pt")["input_ids"][0, :max_tokens])
+    assert len(routing) == max_tokens * len(run.layers)
+    for pos, layer in enumerate(run.layers):
+        rows = routing[routing.layer == layer].sort_values("position")
+        assert rows.position.tolist() == list(range(max_tokens))
+        assert [list(map(int, e.split())) for e in rows.experts] == run.traces[pos].top_k_index.tolist()
+
+
 def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
     at = AppTest.from_function(_view_app, args=(str(tmp_path / "none"),), default_timeout=60).run()
     assert not at.exception

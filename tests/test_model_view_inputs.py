@@ -113,6 +113,35 @@ def test_the_link_restores_the_view_and_bad_entries_are_named(dirs):
     assert {"mex": "prose", "mtok": "16", "cfon": "1", "cfk": "1", "cflayer": "1"}.items() <= at.query_params.items()
 
 
+def _layer_rows(at: AppTest):
+    """The per-layer table as shown (the one with an aux_loss column)."""
+    return next(t.value for t in at.table if "aux_loss" in t.value.columns)
+
+
+def test_the_layer_table_sorts_by_any_column_keeps_the_worst_row_marked_and_the_link_carries_it(dirs):
+    at = _run(dirs["good"], {"mtok": "48"})
+    rows = _layer_rows(at)
+    assert rows["layer"].tolist() == [0, 1]  # by layer, lowest first
+    worst = int(rows.loc[rows["aux_loss"].idxmax(), "layer"])
+    assert rows.loc[rows["worst"], "layer"].tolist() == [worst]
+    for column in ("aux_loss", "cv", "z_loss"):
+        orders = []
+        for highest_first in (False, True):
+            at.selectbox(key="model_sort").set_value(column)
+            at.toggle(key="model_sort_desc").set_value(highest_first).run()
+            rows = _layer_rows(at)
+            assert rows[column].tolist() == sorted(rows[column], reverse=highest_first)  # every row kept, in order
+            assert sorted(rows["layer"]) == [0, 1] and rows.loc[rows["worst"], "layer"].tolist() == [worst]
+            orders.append(rows["layer"].tolist())
+        assert orders[0] == orders[1][::-1]  # the toggle turns the order round: the sort is applied
+    assert {"msort": "z_loss", "mdesc": "1"}.items() <= at.query_params.items()
+    opened = _run(dirs["good"], {"mtok": "48", "msort": "aux_loss", "mdesc": "1"})
+    assert _layer_rows(opened)["layer"].iloc[0] == worst
+    bad = _run(dirs["good"], {"msort": "nonsense"})
+    assert "ignored msort=`nonsense`" in " ".join(w.value for w in bad.warning)
+    assert _layer_rows(bad)["layer"].tolist() == [0, 1]
+
+
 def test_the_apps_link_carries_the_model_views_keys_without_unknown_parameter_notes():
     import pathlib
 

@@ -16,9 +16,9 @@ from moe.definitions import DEFINITIONS
 from moe.hf import adapter_for, run_model
 from moe.hf_load import default_model_dir, load_model
 from moe.lm_train import REPORT_FILE
-from moe.model_report import encode_text, layer_frames, report_dict
-from moe.model_tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long,
-                              token_routing, token_strings, top1_grid, worst_layer)
+from moe.model_report import encode_text, render_report
+from moe.model_tables import (LAYER_COLUMNS, class_nmi, expert_vocabulary, flow_matrix, layer_table,
+                              load_share_long, token_routing, token_strings, top1_grid, worst_layer)
 
 from ..colors import expert_colors
 from ..model_link import from_link, to_link
@@ -48,7 +48,9 @@ def _loaded(path: str):
 
 @st.cache_data(max_entries=16, show_spinner=False)
 def analyse(path: str, text: str, max_tokens: int) -> dict:
-    """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller)."""
+    """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
+
+    The downloads are not in here: they are built when a button is clicked (`exports`)."""
     loaded = _loaded(path)
     ids, total = encode_text(loaded.tokenizer, text, max_tokens)
     run = run_model(loaded.model, ids)
@@ -60,18 +62,28 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "pooled_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
-            "flows": [flow_matrix(run, i) for i in range(L - 1)],
-            "vocab": [expert_vocabulary(run, tokens, i) for i in range(L)],
-            "per_expert_csv": layer_frames(run).to_csv(index=False),
+            "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": _vocabulary_cells(run, tokens),
+            "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
+            "text": text, "max_tokens": max_tokens}
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
+    """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
+    click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
+    loaded = _loaded(path)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    run = run_model(loaded.model, ids)
+    tokens = token_strings(loaded.tokenizer, ids.tolist())
+    return {"per_expert_csv": render_report(loaded.name, run, "csv"),
             "routing_csv": token_routing(run, tokens).to_csv(index=False),
-            "summary_json": json.dumps(report_dict(loaded.name, run), indent=1), "routing_only": run.routing_only,
-            "family": loaded.family, "notes": adapter_for(loaded.family).notes, "text": text,
-            "max_tokens": max_tokens}
+            "summary_json": render_report(loaded.name, run, "json")}
 
 
 def _defaults() -> dict:
     return {"model_path": default_model_dir(), "model_example": "code", "model_text": EXAMPLES["code"],
-            "model_max_tokens": 512, "model_layer": 0, **model_cf.DEFAULTS}
+            "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer", "model_sort_desc": False,
+            **model_cf.DEFAULTS}
 
 
 def init_link() -> None:
@@ -148,48 +160,73 @@ def _sync_link() -> None:
 
 
 def _draw(view: dict) -> None:
-    colors = expert_colors(view["n_experts"])
+    ss = st.session_state
     layers = view["layers"]
+    if not 0 <= ss["model_layer"] < len(layers):  # from a link, or another model
+        ss["model_layer"] = 0
+    pos = ss["model_layer"]  # the slider below is keyed on it: its value for this run
+    # Everything is built before the first element goes out, so the browser gets the view in one burst and
+    # lays it out once, not once per chart as each arrives between two figure builds.
+    colors = expert_colors(view["n_experts"])
+    tokens_html = token_html(view["tokens"], view["top1"][pos].tolist(), colors)
+    grid = token_layer_grid_figure(view["grid"], view["tokens"], colors)
+    load = load_heatmap_figure(view["load"])
+    flow_at = min(pos, len(layers) - 2)
+    flow = flow_figure(view["flows"][flow_at], layers[flow_at], layers[flow_at + 1]) if len(layers) > 1 else None
+    loss = token_loss_figure(view["loss"], view["tokens"])
+    nmi = nmi_figure(_nmi_table(view))
+    table, worst = _styled_layer_table(view)
+
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
     st.caption(f"**{view['name']}** ({view['family']}) · {len(layers)} MoE layers · {view['n_experts']} experts · "
                f"{len(view['tokens'])} tokens{notes}")
     if view["routing_only"]:
         st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
                    "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
-    if not 0 <= st.session_state["model_layer"] < len(layers):  # from a link, or another model
-        st.session_state["model_layer"] = 0
-    pos = st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
-                           format_func=lambda i: f"layer {layers[i]}")
-    st.markdown(token_html(view["tokens"], view["top1"][pos].tolist(), colors), unsafe_allow_html=True)
+    st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
+                     format_func=lambda i: f"layer {layers[i]}")
+    st.markdown(tokens_html, unsafe_allow_html=True)
     st.caption("Each token's background is the colour of its top-1 expert (the highest router probability) at "
                "the chosen layer; hover a token for the expert number.")
-    st.plotly_chart(token_layer_grid_figure(view["grid"], view["tokens"], colors), width="stretch", key="model_grid")
-    st.plotly_chart(load_heatmap_figure(view["load"]), width="stretch", key="model_load")
+    st.plotly_chart(grid, width="stretch", key="model_grid")
+    st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
-    _layer_table(view)
-    _vocabulary(view, pos)
-    if len(layers) > 1:
-        i = min(pos, len(layers) - 2)
-        st.plotly_chart(flow_figure(view["flows"][i], layers[i], layers[i + 1]), width="stretch", key="model_flow")
+    _layer_table(view, table, worst)
+    _vocabulary(view, layers[pos])
+    if flow is not None:
+        st.plotly_chart(flow, width="stretch", key="model_flow")
         st.caption("Row i: where the tokens whose top-1 expert is i at this layer go at the next MoE layer, "
                    "`P(top-1 at l+1 = j | top-1 at l = i)`; an empty row means no token had expert i on top.")
-    st.plotly_chart(token_loss_figure(view["loss"], view["tokens"]), width="stretch", key="model_loss")
+    st.plotly_chart(loss, width="stretch", key="model_loss")
     st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, "
                "from the model's logits.")
-    st.plotly_chart(nmi_figure(_nmi_table(view)), width="stretch", key="model_nmi")
+    st.plotly_chart(nmi, width="stretch", key="model_nmi")
     st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
                "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
                "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
                "training.json when the model directory has one.")
 
 
-def _layer_table(view: dict) -> None:
+def _styled_layer_table(view: dict):
+    """(the per-layer table sorted as the controls ask, the worst layer's row highlighted; the worst layer)."""
+    ss = st.session_state
     table = view["table"]
     worst = worst_layer(table)
-    shown = table.assign(worst=table["layer"] == worst)
-    # A data grid (sortable, as the issue asks), unlike the vocabulary below, which is a static st.table.
-    st.dataframe(shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
-                                   axis=1).format(precision=3), hide_index=True, key="model_table")
+    shown = table.assign(worst=table["layer"] == worst).sort_values(
+        ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
+    styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
+                               axis=1).format(precision=3).hide(axis="index")
+    return styled, worst
+
+
+def _layer_table(view: dict, styled, worst: int) -> None:
+    table = view["table"]
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    left.selectbox("Sort layers by", LAYER_COLUMNS, key="model_sort")
+    right.toggle("Highest first", key="model_sort_desc")
+    # A static table, sorted by the two controls above (they are in the link too): it redraws with the text in
+    # a fraction of a data grid's time (benchmarks/bench_browser.py).
+    st.table(styled, hide_index=True)
     st.caption(f"Per-layer routing health on this text; worst layer (highest aux) highlighted: layer {worst}. "
                "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
@@ -208,13 +245,19 @@ def _md_literal(text: str) -> str:
     return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
 
 
-def _vocabulary(view: dict, pos: int) -> None:
-    vocab = view["vocab"][pos].assign(token=lambda f: f["token"].map(lambda t: _md_literal(repr(t)[1:-1])))
-    words = vocab.groupby("expert").apply(lambda g: ", ".join(f"{t} ({c})" for t, c in zip(g.token, g["count"])),
-                                          include_groups=False)
+def _vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
+    """Per MoE layer (decoder index): a row per expert with its most frequent top-1 tokens as one cell."""
+    vocab = expert_vocabulary(run, tokens)
+    cells = vocab["token"].map(lambda t: _md_literal(repr(t)[1:-1])) + " (" + vocab["count"].astype(str) + ")"
+    words = cells.groupby([vocab["layer"], vocab["expert"]], sort=True).agg(", ".join)
+    return {layer: pd.DataFrame({"expert": group.index.get_level_values("expert"),
+                                 "most frequent top-1 tokens (count)": group.values})
+            for layer, group in words.groupby(level="layer")}
+
+
+def _vocabulary(view: dict, layer: int) -> None:
     # st.table, not st.dataframe: a static table redraws with the text; a data grid settles after the charts
-    st.table(pd.DataFrame({"expert": words.index, "most frequent top-1 tokens (count)": words.values}),
-             hide_index=True)
+    st.table(view["vocab"][layer], hide_index=True)
     st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first.")
 
 
@@ -230,7 +273,11 @@ def _nmi_table(view: dict) -> pd.DataFrame:
 
 
 def _downloads(view: dict) -> None:
+    """Built on a click, from the shown result's model, text and max tokens (`exports`)."""
+    args = (view["path"], view["text"], view["max_tokens"])
     a, b, c = st.columns(3)
-    a.download_button("Per-layer per-expert CSV", view["per_expert_csv"], "model_per_expert.csv", "text/csv")
-    b.download_button("Per-token routing CSV", view["routing_csv"], "model_routing.csv", "text/csv")
-    c.download_button("Summary JSON", view["summary_json"], "model_summary.json", "application/json")
+    a.download_button("Per-layer per-expert CSV", lambda: exports(*args)["per_expert_csv"], "model_per_expert.csv",
+                      "text/csv")
+    b.download_button("Per-token routing CSV", lambda: exports(*args)["routing_csv"], "model_routing.csv", "text/csv")
+    c.download_button("Summary JSON", lambda: exports(*args)["summary_json"], "model_summary.json",
+                      "application/json")
