@@ -1,7 +1,8 @@
 """The Model view in headless Chromium: type a text, see its tokens coloured by expert and the heatmaps;
-a counterfactual changes the loss comparison."""
+the routing download holds that text; a counterfactual changes the loss comparison."""
 import pathlib
 
+import pandas as pd
 import pytest
 
 from browser_support import streamlit_server, wait_for_run
@@ -31,6 +32,12 @@ def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(
         wait_for_run(page, 60_000)
         assert page.locator("text=Load share per layer").count() >= 1
         assert page.locator('[data-testid="stPlotlyChart"]').count() == 5
+        # the downloads are built on the click, from the text on the page: 11 byte tokens at each of 4 layers
+        with page.expect_download(timeout=60_000) as download:
+            page.get_by_role("button", name="Per-token routing CSV").click()
+        routing = pd.read_csv(download.value.path(), keep_default_na=False)
+        assert len(routing) == 11 * 4 and sorted(routing.layer.unique()) == [0, 1, 2, 3]
+        assert "".join(routing[routing.layer == 0].sort_values("position").token) == "x = 12 + 30"
         page.get_by_text("Compare a counterfactual routing").click()
         page.wait_for_function(f"() => ({CF_TITLE})() !== ''", timeout=60_000)
         wait_for_run(page, 60_000)
