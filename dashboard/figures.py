@@ -241,14 +241,15 @@ def histogram_figure(hist: pd.DataFrame, *, title: str, xaxis_title: str, color:
                                   showlegend=reference is not None, bargap=0))
 
 
-def shared_share_figure(shared_fraction: float, height: int = 110) -> go.Figure:
+def shared_share_figure(shared_fraction: float, height: int = 130) -> go.Figure:
     """One bar split into the output norm's routed and shared shares (summary's shared_fraction)."""
     parts = (("routed experts", 1.0 - shared_fraction, NEUTRAL_COLOR), ("shared experts", shared_fraction, SHARED_COLOR))
     data = [go.Bar(x=[share], y=["output"], name=name, orientation="h", marker=dict(color=color),
                    text=[f"{name} {100 * share:.1f} %"], textposition="inside", insidetextanchor="middle",
                    hovertemplate=f"{name}: %{{x:.1%}} of Σ‖r‖ + Σ‖s‖<extra></extra>")
             for name, share, color in parts]
-    return go.Figure(data, layout(title="Share of the output norm", xaxis=axis("share", range=[0, 1],
-                                                                               tickformat=".0%"),
-                                  yaxis=dict(visible=False), uirevision="shared-share", height=height,
-                                  showlegend=False, barmode="stack"))
+    fig_layout = layout(title="Share of the output norm", xaxis=axis("share", range=[0, 1], tickformat=".0%"),
+                        yaxis=dict(visible=False), uirevision="shared-share", height=height, showlegend=False,
+                        barmode="stack")
+    fig_layout["margin"].update(r=30, b=66)  # room for the last tick label and the axis title, no more
+    return go.Figure(data, fig_layout)

@@ -55,7 +55,7 @@ MARGINS = """() => [...document.querySelectorAll('.js-plotly-plot')].map(g => {
 
 
 @pytest.mark.parametrize("query, charts", [
-    ("?view=Overview", 4), ("?view=Router", 4), ("?view=Pathways", 3), ("?view=Experts", 3),
+    ("?view=Overview", 4), ("?view=Overview&shared_experts=1", 5), ("?view=Router", 4), ("?view=Pathways", 3), ("?view=Experts", 3),
     ("?view=Model&cfon=1&cfcap=1.0", 8)])
 def test_every_chart_is_laid_out_once(page_at, query, charts):
     """Each figure's margins already hold its tick labels, axis titles and colour bar: where one pushes past
