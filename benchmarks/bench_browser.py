@@ -39,6 +39,12 @@ SETTLED = f"""() => {{
 }}"""
 
 
+def _settled_redraw_s(page) -> float:
+    """Wait until the page has settled; seconds from the last key press to the last DOM change."""
+    page.wait_for_function(SETTLED, timeout=120_000, polling=20)
+    return page.evaluate("window.__lastMutation - window.__keys[window.__keys.length - 1]") / 1e3
+
+
 def _marker(page, floor: bool) -> str:
     """What proves the script re-ran with the new value: the floor page's text, the dashboard's URL."""
     return page.locator("text=value =").inner_text() if floor else page.url
@@ -65,8 +71,7 @@ def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = 
             if time.monotonic() > deadline:
                 raise TimeoutError("the page did not rerun after the key press")
             page.wait_for_timeout(10)
-        page.wait_for_function(SETTLED, timeout=120_000, polling=20)
-        elapsed = page.evaluate("window.__lastMutation - window.__keys[window.__keys.length - 1]") / 1e3
+        elapsed = _settled_redraw_s(page)
         if i:
             times.append(elapsed)
     page.close()
@@ -94,8 +99,7 @@ def measure_text_edit(browser, url: str, repeats: int) -> dict:
         box.press("Control+Enter")
         page.wait_for_function("n => (new URLSearchParams(location.search).get('mtext') || '').includes('case ' + n)",
                                arg=str(i), timeout=120_000, polling=10)
-        page.wait_for_function(SETTLED, timeout=120_000, polling=20)
-        elapsed = page.evaluate("window.__lastMutation - window.__keys[window.__keys.length - 1]") / 1e3
+        elapsed = _settled_redraw_s(page)
         if i:
             times.append(elapsed)
     page.close()

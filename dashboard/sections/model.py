@@ -46,15 +46,19 @@ def _loaded(path: str):
     return load_model(path, tokens=MAX_TOKENS_LIMIT)  # read-only once loaded: shared by every session
 
 
+def _route(path: str, text: str, max_tokens: int):
+    """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count)."""
+    loaded = _loaded(path)
+    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
+    return loaded, run_model(loaded.model, ids), token_strings(loaded.tokenizer, ids.tolist()), total
+
+
 @st.cache_data(max_entries=16, show_spinner=False)
 def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
 
     The downloads are not in here: they are built when a button is clicked (`exports`)."""
-    loaded = _loaded(path)
-    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
-    run = run_model(loaded.model, ids)
-    tokens = token_strings(loaded.tokenizer, ids.tolist())
+    loaded, run, tokens, total = _route(path, text, max_tokens)
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
             "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
@@ -71,10 +75,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
 def exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
     """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
     click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
-    loaded = _loaded(path)
-    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
-    run = run_model(loaded.model, ids)
-    tokens = token_strings(loaded.tokenizer, ids.tolist())
+    loaded, run, tokens, _ = _route(path, text, max_tokens)
     return {"per_expert_csv": render_report(loaded.name, run, "csv"),
             "routing_csv": token_routing(run, tokens).to_csv(index=False),
             "summary_json": render_report(loaded.name, run, "json")}
@@ -175,7 +176,7 @@ def _draw(view: dict) -> None:
     flow = flow_figure(view["flows"][flow_at], layers[flow_at], layers[flow_at + 1]) if len(layers) > 1 else None
     loss = token_loss_figure(view["loss"], view["tokens"])
     nmi = nmi_figure(_nmi_table(view))
-    table, worst = _styled_layer_table(view)
+    styled_table, worst = _styled_layer_table(view)
 
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
     st.caption(f"**{view['name']}** ({view['family']}) · {len(layers)} MoE layers · {view['n_experts']} experts · "
@@ -191,7 +192,7 @@ def _draw(view: dict) -> None:
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
-    _layer_table(view, table, worst)
+    _layer_table(view, styled_table, worst)
     _vocabulary(view, layers[pos])
     if flow is not None:
         st.plotly_chart(flow, width="stretch", key="model_flow")
@@ -215,7 +216,7 @@ def _styled_layer_table(view: dict):
     shown = table.assign(worst=table["layer"] == worst).sort_values(
         ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
     styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
-                               axis=1).format(precision=3).hide(axis="index")
+                               axis=1).format(precision=3)
     return styled, worst
 
 
