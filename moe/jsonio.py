@@ -1,0 +1,38 @@
+"""Strict JSON: the one writer every command and download uses.
+
+NaN and ±inf have no JSON spelling (`JSON.parse` and every strict parser refuse a bare `NaN`), so they
+are written as null. `allow_nan=False` stays on, so a value that slips past `strict` fails loudly here
+instead of reaching a reader as invalid JSON.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float (also numpy and torch scalars) replaced by None, recursively."""
+    if isinstance(value, dict):
+        return {str(k) if not isinstance(k, str) else k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    if isinstance(value, (bool, int, str)) or value is None:
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if hasattr(value, "tolist"):  # numpy / torch arrays and scalars
+        return strict(value.tolist())
+    if hasattr(value, "__float__"):
+        return strict(float(value))
+    return value
+
+
+def dumps(value: Any, indent: int | None = None) -> str:
+    """One strict JSON document (NaN and ±inf → null)."""
+    return json.dumps(strict(value), indent=indent, allow_nan=False)
+
+
+def dumps_lines(rows) -> str:
+    """JSON Lines: one strict JSON document per row, newline-terminated."""
+    return "".join(dumps(row) + "\n" for row in rows)

@@ -1,0 +1,53 @@
+"""Where the server may open files: roots fixed when the server starts, as Jupyter's root directory and
+TensorBoard's `--logdir` are.
+
+A page visitor (a link, a text box) can name a path; it is opened only when it resolves (symlinks
+followed) inside one of the allowed roots. The roots are the directory the server was started from,
+the bundled models, `$MOE_SCOPE_MODEL` when set, and every directory listed in `$MOE_SCOPE_ROOTS`
+(separated by the OS path separator, ':' on Linux). A refused path gets one message that does not tell
+an existing file from a missing one, and never repeats the value.
+"""
+from __future__ import annotations
+
+import os
+import pathlib
+
+ROOTS_ENV = "MOE_SCOPE_ROOTS"
+MODEL_ENV = "MOE_SCOPE_MODEL"
+MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "models"
+OUTSIDE = (f"that path is not under a directory this server may open; the operator allows more with "
+           f"{ROOTS_ENV} (see the README, 'Files on the server')")
+
+
+class OutsideRoots(ValueError):
+    """A path outside every allowed root (or one that does not exist: the two read the same)."""
+
+    def __init__(self) -> None:
+        super().__init__(OUTSIDE)
+
+
+def allowed_roots() -> list[pathlib.Path]:
+    """The resolved roots in force now (read from the environment on each call; the server sets it once)."""
+    roots = [pathlib.Path.cwd(), MODELS_DIR]
+    model = os.environ.get(MODEL_ENV, "").strip()
+    if model:
+        roots.append(pathlib.Path(model))
+    roots += [pathlib.Path(p) for p in os.environ.get(ROOTS_ENV, "").split(os.pathsep) if p.strip()]
+    return [r.expanduser().resolve() for r in roots]
+
+
+def resolve_allowed(path: str, kind: str = "any") -> pathlib.Path:
+    """`path` resolved, if it exists under an allowed root and is a regular file ('file'), a directory
+    ('dir') or either ('any'); else OutsideRoots, whose message neither echoes the path nor says whether
+    it exists."""
+    if not isinstance(path, str) or not path.strip() or "\x00" in path:
+        raise OutsideRoots()
+    try:
+        real = pathlib.Path(path.strip()).expanduser().resolve(strict=True)
+    except (OSError, RuntimeError):
+        raise OutsideRoots() from None
+    if not any(real == root or root in real.parents for root in allowed_roots()):
+        raise OutsideRoots()
+    if (kind == "file" and not real.is_file()) or (kind == "dir" and not real.is_dir()):
+        raise OutsideRoots()
+    return real
