@@ -97,7 +97,7 @@ def scan(tokens: int, seeds: int) -> None:
             with torch.inference_mode():
                 load = layer.router(x, cfg, layer.new_generator()).served.sum(0).numpy()  # (E,)
             ratio = [(v.max() / v.mean()) for v in (predicted_load(contiguous(64, W), load),
-                                                    predicted_load(plan(load, W, W), load))]
+                                                    predicted_load(plan(load, W, W).placement, load))]
             cuts.append(1 - ratio[1] / ratio[0])
             cells.append(f"{ratio[0]:.3f} -> {ratio[1]:.4f} ({cuts[-1]:5.1%})")
         print(f"{seed:>4} " + " ".join(f"{cell:>26}" for cell in cells))
@@ -126,7 +126,7 @@ def main() -> None:
     uniform = ep(T, "gaussian", a.repeats)
     _, skew_load = single_process(T, "clusters", 1, 1)
     skewed = ep(T, "clusters", a.repeats)
-    planned = plan(skew_load, W, redundant_slots=W)
+    planned = plan(skew_load, W, redundant_slots=W).placement
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/plan.json"
         save(planned, path, skew_load)

@@ -82,7 +82,7 @@ def test_four_ranks_with_a_planned_placement_match_and_predict_the_load(tmp_path
     cfg = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2, seed=3)
     y, trace = _single(cfg, 120)
     load = trace.per_expert()["served"].to_numpy()
-    placement = plan(load, 4, redundant_slots=4)
+    placement = plan(load, 4, redundant_slots=4).placement
     assert placement.redundant_slots == 4
     path, out = tmp_path / "plan.json", tmp_path / "y.pt"
     save(placement, str(path), load)

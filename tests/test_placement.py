@@ -6,6 +6,8 @@ import pytest
 
 from moe.placement import Placement, chunk_sizes, contiguous, load_file, plan, predicted_load, save
 
+BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
+
 
 def test_contiguous_blocks_and_their_load():
     p = contiguous(8, 3)
@@ -23,31 +25,71 @@ def test_chunks_differ_by_at_most_one_and_sum_up():
 def test_plan_replicates_the_hot_expert_and_packs_by_hand():
     # worked by hand: slot 1 -> expert 0 (100 > 10); expert 0 then has a replica per rank, slot 2 -> expert 1;
     # replicas (50, 50, 10, 10, 5, 5) go heaviest first to the least loaded rank that lacks that expert
-    p = plan([100, 10, 10, 10], world_size=2, redundant_slots=2)
-    assert p.ranks == ((0, 1, 2), (0, 1, 3))
+    result = plan([100, 10, 10, 10], world_size=2, redundant_slots=2)
+    p = result.placement
+    assert p.ranks == ((0, 1, 2), (0, 1, 3)) and not result.kept_current
+    assert result.predicted == (65, 65) and result.current_max == 110
     assert predicted_load(p, [100, 10, 10, 10]).tolist() == [65, 65]
     assert predicted_load(contiguous(4, 2), [100, 10, 10, 10]).tolist() == [110, 20]
 
 
-def test_plan_conserves_load_and_never_loses_to_contiguous():
-    rng = np.random.default_rng(0)
-    for _ in range(20):
-        E, W = int(rng.integers(4, 17)), int(rng.integers(2, 5))
+def _random_load(rng, E: int) -> np.ndarray:
+    """Skewed, sparse or near-even (the case greedy packing used to lose) per-expert loads."""
+    kind = rng.integers(3)
+    if kind == 0:
         load = rng.integers(0, 200, size=E) * (rng.random(E) < 0.8)
         load[: int(rng.integers(0, 3))] = 0  # some dead experts: zero-load ties still spread over the ranks
-        for R in (0, W):
-            p = plan(load, W, R)
-            planned = predicted_load(p, load)
-            assert planned.sum() == load.sum() and p.redundant_slots == R
-            assert all(len(set(r)) == len(r) for r in p.ranks)
-            assert 1 <= min(len(r) for r in p.ranks) and max(len(r) for r in p.ranks) <= -(-(E + R) // W)
-            count = np.array([len(p.replicas(e)) for e in range(E)])
-            # greedy packing bound: the most loaded rank exceeds the mean by at most one replica's load
-            assert planned.max() <= np.ceil(load.sum() / W) + np.max(np.ceil(load / count)) + 1
+        return load
+    if kind == 1:
+        return rng.integers(90, 150, size=E)  # near even, as a softmax router with random weights gives
+    return np.round(rng.pareto(1.5, size=E) * 50).astype(np.int64)
+
+
+def test_plan_conserves_load_and_never_loses_to_the_placement_it_replaces():
+    rng = np.random.default_rng(0)
+    for _ in range(400):
+        E, W = int(rng.integers(4, 17)), int(rng.integers(2, 9))
+        W = min(W, E)
+        load = _random_load(rng, E)
+        R = int(rng.integers(0, 2 * W + 1))
+        result = plan(load, W, R)
+        p, current = result.placement, predicted_load(contiguous(E, W), load)
+        planned = predicted_load(p, load)
+        case = f"load={load.tolist()} W={W} R={R}"
+        assert planned.max() <= current.max(), case  # never worse than the contiguous blocks it replaces
+        assert tuple(planned.tolist()) == result.predicted and result.current_max == current.max(), case
+        if result.kept_current:
+            assert p == contiguous(E, W) and result.planned_max >= current.max(), case
+        else:
+            assert planned.max() < current.max() and p.redundant_slots == R, case
+        assert planned.sum() == load.sum() and all(len(set(r)) == len(r) for r in p.ranks)
+        assert 1 <= min(len(r) for r in p.ranks) and max(len(r) for r in p.ranks) <= -(-(E + R) // W)
+        count = np.array([len(p.replicas(e)) for e in range(E)])
+        # greedy packing bound: the most loaded rank exceeds the mean by at most one replica's load
+        assert planned.max() <= np.ceil(load.sum() / W) + np.max(np.ceil(load / count)) + 1
+
+
+def test_the_balanced_preset_keeps_contiguous_blocks_and_says_so():
+    # the page's default R=2 at W=4 used to give max/mean 1.098 against contiguous 1.082 (R=1: 1.203)
+    for W, R in ((4, 2), (4, 1), (2, 1)):
+        result = plan(BALANCED_PRESET_LOAD, W, R)
+        assert result.kept_current and result.placement == contiguous(8, W)
+        assert "kept the current placement" in result.note and str(result.current_max) in result.note
+    helped = plan([300, 10, 10, 10, 10, 10, 10, 10], 4, 2)
+    assert not helped.kept_current and helped.placement.redundant_slots == 2 and "planned 2" in helped.note
+
+
+def test_plan_compares_against_a_given_current_placement():
+    current = Placement(4, ((0, 3), (1, 2)))
+    result = plan([10, 10, 10, 10], 2, 2, current=current)
+    assert result.kept_current and result.placement == current
+    with pytest.raises(ValueError, match="current placement is for E=4, W=2"):
+        plan([1, 2, 3], 2, 0, current=current)
+    assert plan([1, 2, 3, 4], 5, 1).current_max is None  # W > E: no contiguous blocks to keep
 
 
 def test_file_round_trip_and_bad_files(tmp_path):
-    p = plan([5, 1, 1, 1, 9, 2], world_size=3, redundant_slots=3)
+    p = plan([5, 1, 1, 1, 9, 2], world_size=3, redundant_slots=3).placement
     path = tmp_path / "plan.json"
     save(p, str(path), [5, 1, 1, 1, 9, 2])
     doc = json.loads(path.read_text())
@@ -67,6 +109,6 @@ def test_impossible_plans_say_what_to_change():
         contiguous(4, 5)
     with pytest.raises(ValueError, match="add redundant slots \\(at least 1\\)"):
         plan([1, 2, 3, 4], 5, 0)
-    assert plan([1, 2, 3, 4], 5, 1).world_size == 5
+    assert plan([1, 2, 3, 4], 5, 1).placement.world_size == 5
     with pytest.raises(ValueError, match="exceed E·\\(W-1\\) = 4"):
         plan([1, 2, 3, 4], 2, 5)

@@ -113,7 +113,8 @@ def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
             predicted["contiguous"] = predicted_load(contiguous(E, W), load).tolist()
         if load is None:  # no contiguous run: the planner reads the layer's load from the sidebar's forward
             load = result.per_expert["served"].to_numpy()
-        planned = plan(load, W, R)
+        result = plan(load, W, R)
+        planned = result.placement
         with tempfile.TemporaryDirectory() as tmp:
             save(planned, f"{tmp}/plan.json", load)
             docs["planned"] = _job(bar, "planned", W, flags + ["--placement", f"{tmp}/plan.json"], 0.5)
@@ -125,7 +126,8 @@ def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
         return
     bar.empty()
     cancel.empty()
-    st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted}
+    st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted, "plan_note": result.note,
+                                   "kept_current": result.kept_current}
 
 
 def _job(bar, name: str, W: int, flags: list[str], offset: float) -> dict:
