@@ -235,11 +235,12 @@ def _read_regular(path: str, cap: int) -> bytes:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as err:
         raise ValueError(f"cannot read placement file {path!r}: {err.strerror}") from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        raise ValueError(f"placement file {path!r} is not a regular file (a directory, device or pipe); "
+                         f"give the JSON file moe.placement.save writes")
     with os.fdopen(fd, "rb") as f:
-        info = os.fstat(f.fileno())
-        if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"placement file {path!r} is not a regular file (a directory, device or pipe); "
-                             f"give the JSON file moe.placement.save writes")
         data = f.read(cap + 1)  # the size can change after fstat: never read more than the cap
     if info.st_size > cap or len(data) > cap:
         raise ValueError(f"placement file {path!r} is larger than {cap // 1024} KiB; a placement lists a few "

@@ -114,6 +114,9 @@ def test_bad_inputs_exit_2_with_one_line_under_torchrun(tmp_path):
     ([[0, 1], [1, 2, 3]], "placement repeats experts [1] (1 extra slots) but declares redundant_slots=0"),
     ([[0, 1, 2, 3]], "has 1 ranks but the world size is 2"),
     ([[0, 1, 1], [2, 3]], "rank 0 lists an expert twice"),
+    ([[[0]], [1, 2, 3]], "every entry of 'ranks' must be a flat list of expert indices"),
+    ([[0, 1.0], [2, 3]], "every entry of 'ranks' must be a flat list of expert indices"),
+    ([[0, 1], [2, True]], "every entry of 'ranks' must be a flat list of expert indices"),
 ])
 def test_bad_placement_files_exit_2_before_any_collective(tmp_path, capsys, monkeypatch, ranks, message):
     monkeypatch.setenv("RANK", "0")

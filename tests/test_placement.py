@@ -1,10 +1,18 @@
 """The placement planner: replicas of hot experts, balanced packing, the predicted load, the file."""
 import json
+import os
+import pathlib
+import resource
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from moe.placement import Placement, chunk_sizes, contiguous, load_file, plan, predicted_load, save
+from moe.placement import (MAX_FILE_BYTES, Placement, chunk_sizes, contiguous, load_file, plan, predicted_load,
+                           save)
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
 
@@ -112,3 +120,45 @@ def test_impossible_plans_say_what_to_change():
     assert plan([1, 2, 3, 4], 5, 1).placement.world_size == 5
     with pytest.raises(ValueError, match="exceed E·\\(W-1\\) = 4"):
         plan([1, 2, 3, 4], 2, 5)
+
+
+def test_only_small_regular_files_are_read(tmp_path):
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_file(str(tmp_path), 4, 2)  # a directory
+    big = tmp_path / "big.json"
+    big.write_text('{"ranks": [[0, 1], [2, 3]]}' + " " * (MAX_FILE_BYTES + 1))  # valid JSON, over the cap
+    with pytest.raises(ValueError, match="larger than 1024 KiB"):
+        load_file(str(big), 4, 2)
+    path = tmp_path / "plan.json"
+    for doc, message in (({"ranks": [[[0]], [1]]}, "flat list of expert indices"),
+                         ({"ranks": [[0, 1], [2, 3]], "redundant_slots": "0"}, "'redundant_slots' must be an integer"),
+                         ({"ranks": [[0, 1], [2, 3, 1]]}, r"repeats experts \[1\]")):
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=message):
+            load_file(str(path), 4, 2)
+    with pytest.raises(ValueError, match="flat list such as"):
+        Placement(2, (([0],), (1,)))  # a nested list never reaches set() (unhashable)
+
+
+def _ep_report_in_child(placement: str) -> subprocess.CompletedProcess:
+    """`python -m moe ep-report --placement PATH` as rank 0 of 2, with 2 GiB of address space and 60 s."""
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30))
+    env = {**os.environ, "RANK": "0", "WORLD_SIZE": "2", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    try:
+        return subprocess.run([sys.executable, "-m", "moe", "ep-report", "--n-experts", "4", "--tokens", "8",
+                               "--placement", placement], env=env, cwd=ROOT, capture_output=True, text=True,
+                              timeout=60, preexec_fn=limit)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"ep-report --placement {placement} still running after 60 s")
+
+
+@pytest.mark.parametrize("kind", ["device", "fifo"])
+def test_ep_report_refuses_a_device_or_a_fifo_at_once(tmp_path, kind):
+    path = "/dev/zero"
+    if kind == "fifo":
+        path = str(tmp_path / "plan.fifo")
+        os.mkfifo(path)  # nobody writes: opening it for reading used to wait for ever
+    run = _ep_report_in_child(path)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr
+    assert "is not a regular file" in run.stderr
