@@ -7,7 +7,8 @@ its served assignments, in global token order, are cut into contiguous chunks of
 
 The planner follows DeepSeek's EPLB: give each redundant slot to the expert whose replicas carry the
 most load each (`replicate`), then pack the replicas, heaviest first, onto the least loaded rank that
-still has a free slot and does not hold that expert yet (`pack`). Greedy packing can lose to the
+still has a free slot and does not hold that expert yet (`pack`); a local search then moves or swaps
+single replicas off the busiest rank while that helps (`refine`). Greedy packing can still lose to the
 placement it would replace (an even load split into contiguous blocks), so `plan` compares the two on
 the load it was given and keeps the current placement, flagged, unless the busiest rank gets lighter.
 """
@@ -20,6 +21,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+
+from .jsonio import dumps
 
 FORMAT = "moe-scope-placement/1"
 MAX_FILE_BYTES = 1 << 20  # a placement file lists E·(1 + replicas) small integers: 1 MiB is ample
@@ -126,6 +129,44 @@ def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[in
     return tuple(tuple(sorted(r)) for r in ranks)
 
 
+def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...], ...]:
+    """Local search after `pack`: move one replica off the busiest rank, or swap it for a lighter one, while
+    that lightens the busiest rank and leaves the other rank lighter than the busiest was (greedy packing
+    leaves such gains on near-even loads). Keeps the slots per rank, an expert on every rank, none twice."""
+    ranks, w = [list(r) for r in ranks], load / count  # w: (E,) load of one replica of each expert
+    weight, slots = np.array([w[r].sum() for r in ranks]), max(len(r) for r in ranks)
+    for _ in range(4 * len(load)):  # each step lowers (max weight, ranks at the max); this only bounds it
+        step = _best_step(ranks, w, weight, slots)
+        if step is None:
+            break
+        b, s, e, f = step  # e: rank b -> rank s; f (or None): rank s -> rank b
+        ranks[b].remove(e)
+        ranks[s].append(e)
+        d = w[e]
+        if f is not None:
+            ranks[s].remove(f)
+            ranks[b].append(f)
+            d -= w[f]
+        weight[b] -= d
+        weight[s] += d
+    return tuple(tuple(sorted(r)) for r in ranks)
+
+
+def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots: int):
+    """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most."""
+    b = int(np.argmax(weight))
+    best, step = weight[b] * (1 - 1e-12), None  # strictly lighter than the busiest rank, beyond rounding
+    for s in range(len(ranks)):
+        for e in (e for e in ranks[b] if s != b and e not in ranks[s]):
+            backs = [None] if len(ranks[s]) < slots and len(ranks[b]) > 1 else []
+            backs += [f for f in ranks[s] if f not in ranks[b] and w[f] < w[e]]
+            for f in backs:
+                d = w[e] - (0.0 if f is None else w[f])
+                if max(weight[b] - d, weight[s] + d) < best:
+                    best, step = max(weight[b] - d, weight[s] + d), (b, s, e, f)
+    return step
+
+
 @dataclass(frozen=True)
 class Plan:
     """The planner's answer for one load: the placement to use, and whether it is the current one, kept."""
@@ -147,10 +188,6 @@ class Plan:
         return (f"planned {self.redundant_slots} redundant slots: the busiest rank gets {self.planned_max} "
                 f"assignments{than}")
 
-    def to_dict(self) -> dict:
-        return {"kept_current": self.kept_current, "requested_redundant_slots": self.redundant_slots,
-                "note": self.note, "placement": self.placement.to_dict(), "predicted_load": list(self.predicted)}
-
 
 def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | None = None) -> Plan:
     """A balanced placement of E experts on W ranks with R replicas of the hottest experts, or `current`
@@ -164,10 +201,10 @@ def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | N
         raise ValueError(f"the current placement is for E={current.n_experts}, W={current.world_size}; "
                          f"the load has E={E} and the plan W={world_size}")
     count = replicate(load, redundant_slots, world_size)
-    planned = Placement(E, pack(load, count, world_size))
+    planned = Placement(E, refine(pack(load, count, world_size), load, count))
     planned_load = predicted_load(planned, load)
     current_max = None if current is None else int(predicted_load(current, load).max())
-    keep = current_max is not None and current_max <= planned_load.max()  # no gain: replicas cost memory, traffic
+    keep = current_max is not None and current_max <= int(planned_load.max())  # no gain: replicas cost memory, traffic
     chosen = current if keep else planned
     return Plan(chosen, keep, redundant_slots, tuple(int(v) for v in predicted_load(chosen, load)),
                 int(planned_load.max()), current_max)
@@ -196,7 +233,7 @@ def save(placement: Placement, path: str, load=None) -> None:
         doc["load"] = [int(v) for v in np.asarray(load)]
         doc["predicted_load"] = [int(v) for v in predicted_load(placement, load)]
     with open(path, "w") as f:
-        json.dump(doc, f, indent=1)
+        f.write(dumps(doc, indent=1))
 
 
 def load_file(path: str, n_experts: int, world_size: int) -> Placement:
