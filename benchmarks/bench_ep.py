@@ -78,8 +78,10 @@ def row(name: str, doc: dict) -> str:
     comm = max((r["a2a_ms"] + r["gather_ms"]) / r["forward_ms"] for r in ranks)
     load = [r["assignments"] for r in ranks]
     times = " ".join(f"{r['expert_ms']:.0f}" for r in ranks)
+    spread = doc["straggler_spread"]
     return (f"{name:<22} {fwd:>10.1f} {a2a:>8.1%} {comm:>9.1%} {doc['straggler_factor']:>10.3f} "
-            f"{max(load) / (sum(load) / len(load)):>10.3f}  {times}")
+            f"{max(load) / (sum(load) / len(load)):>10.3f}  {times}  (straggler min-max over {spread['repeats']} "
+            f"repeats {spread['min']:.3f}-{spread['max']:.3f})")
 
 
 def scan(tokens: int, seeds: int) -> None:

@@ -246,6 +246,8 @@ def load_file(path: str, n_experts: int, world_size: int) -> Placement:
                          f"writes") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"placement file {path!r} is not JSON ({err.msg}, line {err.lineno})") from None
+    except RecursionError:
+        raise ValueError(f"placement file {path!r} nests lists too deeply; 'ranks' is a list of flat lists") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("ranks"), list):
         raise ValueError(f"placement file {path!r} needs a 'ranks' list (one list of experts per rank)")
     if doc.get("n_experts", n_experts) != n_experts:

@@ -136,8 +136,9 @@ def test_only_small_regular_files_are_read(tmp_path):
     path = tmp_path / "plan.json"
     for doc, message in (({"ranks": [[[0]], [1]]}, "flat list of expert indices"),
                          ({"ranks": [[0, 1], [2, 3]], "redundant_slots": "0"}, "'redundant_slots' must be an integer"),
-                         ({"ranks": [[0, 1], [2, 3, 1]]}, r"repeats experts \[1\]")):
-        path.write_text(json.dumps(doc))
+                         ({"ranks": [[0, 1], [2, 3, 1]]}, r"repeats experts \[1\]"),
+                         ('{"ranks": ' + "[" * 100_000 + "]" * 100_000 + "}", "nests lists too deeply")):
+        path.write_text(doc if isinstance(doc, str) else json.dumps(doc))
         with pytest.raises(ValueError, match=message):
             load_file(str(path), 4, 2)
     with pytest.raises(ValueError, match="flat list such as"):
