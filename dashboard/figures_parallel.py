@@ -71,7 +71,7 @@ def comparison_table(docs: dict[str, dict]) -> pd.DataFrame:
         spread = doc.get("straggler_spread") or {}
         rows.append({"placement": name, "redundant_slots": doc["placement"]["redundant_slots"],
                      "load_max_over_mean": float(load.max() / load.mean()) if load.mean() > 0 else float("nan"),
-                     "straggler_factor": doc["straggler_factor"],
+                     "straggler_factor": _number(doc["straggler_factor"]),  # strict JSON: NaN arrives as null
                      **{f"straggler_{k}": _number(spread.get(k)) for k in ("min", "q1", "q3", "max")},
                      "repeats": spread.get("repeats", 1),
                      "a2a_share": float((ranks["a2a_ms"] / ranks["forward_ms"]).max()),

@@ -83,6 +83,11 @@ def test_the_page_shows_the_straggler_spread_and_a_kept_placement():
     assert captions.count("spread over 5 repeats: min–max 1.01–1.76, IQR 1.20–1.60") == 2
     table = comparison_table({"planned": doc}).iloc[0]
     assert (table["straggler_min"], table["straggler_max"], table["repeats"]) == (1.01, 1.76, 5)
+    idle = {**doc, "straggler_factor": None, "straggler_spread": {**SPREAD, "min": None}}  # strict JSON's NaN
+    row = comparison_table({"planned": idle}).iloc[0]
+    assert np.isnan(row["straggler_factor"]) and np.isnan(row["straggler_min"])
+    at = AppTest.from_function(draw_app, args=({**runs, "docs": {"planned": idle}},), default_timeout=30).run()
+    assert not at.exception and at.metric[0].value == "nan"
 
 
 def test_a_configuration_ep_cannot_run_says_why():
