@@ -78,8 +78,10 @@ def row(name: str, doc: dict) -> str:
     comm = max((r["a2a_ms"] + r["gather_ms"]) / r["forward_ms"] for r in ranks)
     load = [r["assignments"] for r in ranks]
     times = " ".join(f"{r['expert_ms']:.0f}" for r in ranks)
+    spread = doc["straggler_spread"]
     return (f"{name:<22} {fwd:>10.1f} {a2a:>8.1%} {comm:>9.1%} {doc['straggler_factor']:>10.3f} "
-            f"{max(load) / (sum(load) / len(load)):>10.3f}  {times}")
+            f"{max(load) / (sum(load) / len(load)):>10.3f}  {times}  (straggler min-max over {spread['repeats']} "
+            f"repeats {spread['min']:.3f}-{spread['max']:.3f})")
 
 
 def scan(tokens: int, seeds: int) -> None:
@@ -97,7 +99,7 @@ def scan(tokens: int, seeds: int) -> None:
             with torch.inference_mode():
                 load = layer.router(x, cfg, layer.new_generator()).served.sum(0).numpy()  # (E,)
             ratio = [(v.max() / v.mean()) for v in (predicted_load(contiguous(64, W), load),
-                                                    predicted_load(plan(load, W, W), load))]
+                                                    predicted_load(plan(load, W, W).placement, load))]
             cuts.append(1 - ratio[1] / ratio[0])
             cells.append(f"{ratio[0]:.3f} -> {ratio[1]:.4f} ({cuts[-1]:5.1%})")
         print(f"{seed:>4} " + " ".join(f"{cell:>26}" for cell in cells))
@@ -126,7 +128,7 @@ def main() -> None:
     uniform = ep(T, "gaussian", a.repeats)
     _, skew_load = single_process(T, "clusters", 1, 1)
     skewed = ep(T, "clusters", a.repeats)
-    planned = plan(skew_load, W, redundant_slots=W)
+    planned = plan(skew_load, W, redundant_slots=W).placement
     with tempfile.TemporaryDirectory() as tmp:
         path = f"{tmp}/plan.json"
         save(planned, path, skew_load)

@@ -62,17 +62,25 @@ def rank_times_figure(per_rank: pd.DataFrame, title: str = "Time per rank") -> g
 
 
 def comparison_table(docs: dict[str, dict]) -> pd.DataFrame:
-    """One row per placement: load max/mean, straggler factor, all-to-all share, the slowest forward."""
+    """One row per placement: load max/mean, straggler factor (median) and its spread over the repeats,
+    all-to-all share, the slowest forward."""
     rows = []
     for name, doc in docs.items():
         ranks = pd.DataFrame(doc["per_rank"])
         load = ranks["assignments"]
+        spread = doc.get("straggler_spread") or {}
         rows.append({"placement": name, "redundant_slots": doc["placement"]["redundant_slots"],
                      "load_max_over_mean": float(load.max() / load.mean()) if load.mean() > 0 else float("nan"),
-                     "straggler_factor": doc["straggler_factor"],
+                     "straggler_factor": _number(doc["straggler_factor"]),  # strict JSON: NaN arrives as null
+                     **{f"straggler_{k}": _number(spread.get(k)) for k in ("min", "q1", "q3", "max")},
+                     "repeats": spread.get("repeats", 1),
                      "a2a_share": float((ranks["a2a_ms"] / ranks["forward_ms"]).max()),
                      "forward_ms": float(ranks["forward_ms"].max())})
     return pd.DataFrame(rows)
+
+
+def _number(value) -> float:
+    return float("nan") if value is None else float(value)
 
 
 def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,

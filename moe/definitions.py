@@ -161,7 +161,8 @@ DEFINITIONS: dict[str, str] = {
                               "load-side numbers (load, max/mean, cv, load_entropy, dead_fraction) are shown.",
     "trace_plan": "the placement planner (moe.placement.plan) fed with `Σ_s load[s, e]` of the chosen layer (or of "
                   "all layers summed): predicted assignments per rank for the plan and for contiguous blocks; "
-                  "**straggler (predicted)** = `max_r / mean_r` of those per-rank loads.",
+                  "when the plan would not make the busiest rank lighter, the contiguous blocks are kept (and "
+                  "said above the chart); **straggler (predicted)** = `max_r / mean_r` of those per-rank loads.",
     # --- real models (Model view, model-report; issue #10)
     "pooled_hf_aux": "transformers' `load_balancing_loss` over all MoE layers: `K·E·Σ_e f̄_e·P̄_e` with f̄, P̄ the "
                      "layers' f and P pooled (summed over every layer's tokens) before the product, so one collapsed "

@@ -2,7 +2,8 @@
 
 Every rank draws the same global batch (the `report` flags), keeps its contiguous share, runs the
 expert-parallel forward, and rank 0 prints one document: the `report` document (config, summary,
-per_expert) plus world_size, placement, per_rank, traffic (W×W tokens and bytes), straggler_factor.
+per_expert) plus world_size, placement, per_rank, traffic (W×W tokens and bytes), straggler_factor (the
+median over the repeats) and straggler_spread (min, quartiles, max and every repeat's factor).
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch.distributed as dist
 from . import cli as _cli
 from .layer import MoELayer
 from .parallel import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward, init_distributed,
-                       launched_world_size, split_rows, straggler_factor)
+                       launched_world_size, split_rows, straggler_spread)
+from .jsonio import dumps
 from .placement import contiguous, load_file
 from .knobs import from_knobs
 from .memory import budget_bytes, check_budget
@@ -26,6 +28,7 @@ from .scenarios import make_batch
 from .stats import per_expert_frame, summary_dict
 
 _MS = ["gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
+REPEATS = 5  # one timed forward's straggler factor moved from 1.01 to 1.26 between runs: report a median
 
 
 def add_ep_command(commands) -> None:
@@ -34,7 +37,8 @@ def add_ep_command(commands) -> None:
     _cli.add_config_arguments(p)
     _cli.add_scenario_arguments(p)  # --tokens is the total, split over the ranks
     p.add_argument("--placement", default=None, help="JSON plan from moe.placement (default: contiguous blocks)")
-    p.add_argument("--repeats", type=_cli._positive_int, default=1, help="timed forwards after one warm-up (medians)")
+    p.add_argument("--repeats", type=_cli._positive_int, default=REPEATS,
+                   help="timed forwards after one warm-up: times and the straggler factor are medians over them")
     p.add_argument("--timeout", type=_cli._float, default=60.0, help="seconds any collective may wait")
     p.add_argument("--seq-len", type=_cli._positive_int, default=None,
                    help="cut the tokens into sequences of S (each rank gets whole sequences); needed by "
@@ -103,7 +107,7 @@ def _render(cfg, args, placement, runs, input_: dict) -> str:
     token_bytes = cfg.d_model * torch.empty((), dtype=cfg.torch_dtype).element_size()
     extra = {"world_size": len(placement.ranks), "placement": placement.to_dict(), "per_rank": per_rank,
              "traffic": traffic, "traffic_bytes": traffic * token_bytes,
-             "straggler_factor": straggler_factor(per_rank)}
+             "straggler": straggler_spread([r.per_rank for r in runs])}
     base = _cli.render(cfg.to_dict(), summary_dict(sums), per_expert_frame(sums), args.format,
                        extra=input_)
     return _json(base, extra) if args.format == "json" else _csv(base, extra)
@@ -114,15 +118,16 @@ def _json(base: str, extra: dict) -> str:
     out = {"config": doc.pop("config"), "world_size": extra["world_size"], "placement": extra["placement"],
            "per_rank": json.loads(extra["per_rank"][PER_RANK_COLUMNS].to_json(orient="records")),
            "traffic": extra["traffic"].tolist(), "traffic_bytes": extra["traffic_bytes"].tolist(),
-           "straggler_factor": extra["straggler_factor"], **doc}
-    return json.dumps(out, indent=2)
+           "straggler_factor": extra["straggler"]["median"], "straggler_spread": extra["straggler"], **doc}
+    return dumps(out, indent=2)
 
 
 def _csv(base: str, extra: dict) -> str:
     out = io.StringIO(base if base.endswith("\n") else base + "\n")
     out.seek(0, io.SEEK_END)
     out.write("# ep\n")
-    pd.Series({"world_size": extra["world_size"], "straggler_factor": extra["straggler_factor"]}).rename(
+    spread = {f"straggler_{k}": v for k, v in extra["straggler"].items() if k not in ("median", "per_repeat")}
+    pd.Series({"world_size": extra["world_size"], "straggler_factor": extra["straggler"]["median"], **spread}).rename(
         "value").to_csv(out, header=["value"], index_label="key")
     out.write("# per_rank\n")
     extra["per_rank"][PER_RANK_COLUMNS].to_csv(out, index=False)

@@ -273,6 +273,16 @@ def straggler_factor(per_rank: pd.DataFrame, column: str = "expert_ms") -> float
     return float(values.max() / values.mean()) if values.mean() > 0 else float("nan")
 
 
+def straggler_spread(per_ranks: list[pd.DataFrame], column: str = "expert_ms") -> dict:
+    """The straggler factor of each repeated forward and their spread: the reported factor is the median;
+    min, quartiles (q1, q3) and max show how much one measurement can be trusted."""
+    factors = [straggler_factor(p, column) for p in per_ranks]
+    finite = np.array([f for f in factors if np.isfinite(f)])
+    q = np.percentile(finite, [0, 25, 50, 75, 100]) if finite.size else [float("nan")] * 5
+    return {"repeats": len(factors), "median": float(q[2]), "min": float(q[0]), "q1": float(q[1]),
+            "q3": float(q[3]), "max": float(q[4]), "per_repeat": factors}
+
+
 def split_rows(T: int, W: int, rank: int) -> slice:
     """Rank r's contiguous share of T tokens: [r·T/W, (r+1)·T/W)."""
     return slice(rank * T // W, (rank + 1) * T // W)

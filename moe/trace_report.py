@@ -54,9 +54,10 @@ class TraceSummary:
     def plan(self, world_size: int, redundant_slots: int = 0, layer: str | None = None) -> dict:
         """The planner fed with this trace's load, next to the contiguous default (predicted per-rank load)."""
         load = self.expert_load(layer)
-        planned = plan(load, world_size, redundant_slots)
+        result = plan(load, world_size, redundant_slots)
+        planned = result.placement
         out = {"layer": "all" if layer is None else str(layer), "load": [int(v) for v in load],
-               "placement": planned.to_dict()}
+               "placement": planned.to_dict(), "kept_current": result.kept_current, "note": result.note}
         for name, placement in (("planned", planned), ("contiguous", _contiguous_or_none(len(load), world_size))):
             if placement is not None:
                 ranks = predicted_load(placement, load)

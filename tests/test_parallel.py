@@ -12,6 +12,7 @@ from ep_support import assert_group_gone, torchrun
 from moe.ep_launch import EPJob, run_ep_report
 from moe import MoEConfig, MoELayer
 from moe.cli import main
+from moe.parallel import straggler_spread
 from moe.placement import Placement, chunk_sizes, contiguous, plan, predicted_load, save
 from moe.scenarios import make_batch
 
@@ -52,7 +53,8 @@ def _check_against_single(doc: dict, trace, y_ep: torch.Tensor, y: torch.Tensor)
         np.testing.assert_allclose(ours[col].to_numpy(float), ref[col].to_numpy(float), rtol=1e-5, atol=1e-9)
     for key, value in trace.summary().items():
         if key != "forward_ms":
-            assert doc["summary"][key] == pytest.approx(value, rel=1e-5, nan_ok=True), key
+            got = doc["summary"][key]  # strict JSON: NaN is written as null
+            assert (float("nan") if got is None else got) == pytest.approx(value, rel=1e-5, nan_ok=True), key
 
 
 def test_two_ranks_equal_one_process_with_capacity(tmp_path):
@@ -74,15 +76,18 @@ def test_two_ranks_equal_one_process_with_capacity(tmp_path):
     assert rows["tokens_in"].tolist() == [45, 45]
     assert rows["recv_tokens"].tolist() == traffic.sum(axis=0).tolist()
     assert rows["tokens_out"].tolist() == traffic.sum(axis=1).tolist()
-    expected = rows["expert_ms"].max() / rows["expert_ms"].mean()
-    assert doc["straggler_factor"] == pytest.approx(expected)
+    spread = doc["straggler_spread"]  # one factor per timed forward (5 by default); the median is reported
+    assert spread["repeats"] == len(spread["per_repeat"]) == 5
+    assert doc["straggler_factor"] == spread["median"] == pytest.approx(np.median(spread["per_repeat"]))
+    assert spread["min"] == min(spread["per_repeat"]) <= spread["q1"] <= spread["median"] <= spread["q3"]
+    assert spread["q3"] <= spread["max"] == max(spread["per_repeat"]) and spread["min"] >= 1.0
 
 
 def test_four_ranks_with_a_planned_placement_match_and_predict_the_load(tmp_path):
     cfg = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2, seed=3)
     y, trace = _single(cfg, 120)
     load = trace.per_expert()["served"].to_numpy()
-    placement = plan(load, 4, redundant_slots=4)
+    placement = plan(load, 4, redundant_slots=4).placement
     assert placement.redundant_slots == 4
     path, out = tmp_path / "plan.json", tmp_path / "y.pt"
     save(placement, str(path), load)
@@ -114,6 +119,9 @@ def test_bad_inputs_exit_2_with_one_line_under_torchrun(tmp_path):
     ([[0, 1], [1, 2, 3]], "placement repeats experts [1] (1 extra slots) but declares redundant_slots=0"),
     ([[0, 1, 2, 3]], "has 1 ranks but the world size is 2"),
     ([[0, 1, 1], [2, 3]], "rank 0 lists an expert twice"),
+    ([[[0]], [1, 2, 3]], "every entry of 'ranks' must be a flat list of expert indices"),
+    ([[0, 1.0], [2, 3]], "every entry of 'ranks' must be a flat list of expert indices"),
+    ([[0, 1], [2, True]], "every entry of 'ranks' must be a flat list of expert indices"),
 ])
 def test_bad_placement_files_exit_2_before_any_collective(tmp_path, capsys, monkeypatch, ranks, message):
     monkeypatch.setenv("RANK", "0")
@@ -156,6 +164,19 @@ def test_csv_document_has_the_report_sections_and_the_rank_tables():
     rows = pd.read_csv(io.StringIO(per_rank))
     assert rows["rank"].tolist() == [0, 1] and rows["tokens_in"].tolist() == [8, 8]
     assert rows["experts"].tolist() == ["0 1", "2 3"]
+    ep = pd.read_csv(io.StringIO(run.stdout.split("# ep\n")[1].split("# per_rank")[0]), index_col="key")["value"]
+    assert ep["straggler_repeats"] == 5 and ep["straggler_min"] <= ep["straggler_factor"] <= ep["straggler_max"]
+    assert ep["straggler_q1"] <= ep["straggler_factor"] <= ep["straggler_q3"]
+
+
+def test_the_straggler_factor_is_the_median_of_the_repeats_with_its_spread():
+    repeats = [pd.DataFrame({"expert_ms": ms}) for ms in ([1.0, 1.0], [3.0, 1.0], [1.0, 1.5], [2.0, 2.0], [1.0, 1.0])]
+    spread = straggler_spread(repeats)  # factors max/mean: 1, 1.5, 1.2, 1, 1
+    assert spread["per_repeat"] == pytest.approx([1.0, 1.5, 1.2, 1.0, 1.0])
+    assert (spread["median"], spread["min"], spread["max"], spread["repeats"]) == (1.0, 1.0, 1.5, 5)
+    assert (spread["q1"], spread["q3"]) == pytest.approx((1.0, 1.2))
+    idle = straggler_spread([pd.DataFrame({"expert_ms": [0.0, 0.0]})])  # no expert time: no factor, no crash
+    assert np.isnan(idle["median"]) and idle["repeats"] == 1
 
 
 def test_missing_torchrun_is_a_clear_error(monkeypatch):

@@ -1,4 +1,6 @@
 """The Traces view: a trace file by path opens the per-layer heatmaps, the worst (step, layer) and a plan."""
+import json
+
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
@@ -79,3 +81,17 @@ def test_an_upload_is_copied_in_chunks_and_read_like_a_path(tmp_path):
     assert [got[k] for k in ("step", "layer", "max_over_mean")] == [expected[k] for k in ("step", "layer",
                                                                                             "max_over_mean")]
     assert (opened.load["1"] == want.load["1"]).all()
+
+
+def test_an_even_trace_keeps_contiguous_blocks_and_says_so(tmp_path, capsys):
+    from moe.cli import main
+    path = tmp_path / "even.jsonl"  # every expert serves the same count: no plan can lighten the busiest rank
+    write_megatron(path, [{"step": 0, "layer": 0, "num_tokens": 32, "topk": 2,
+                           "top_indices": [[t % 8, (t + 1) % 8] for t in range(32)]}])
+    assert main(["trace-report", str(path), "--n-experts", "8", "--world-size", "2", "--redundant-slots", "2"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["kept_current"] and plan["placement"]["ranks"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
+    assert plan["note"].startswith("kept the current placement")
+    at = _app(str(path), trace_experts=8)
+    assert not at.exception and not at.error, at.error
+    assert "kept the current placement" in at.info[0].value

@@ -58,7 +58,36 @@ def test_the_view_runs_contiguous_and_planned_and_the_prediction_holds():
         assert measured == runs["predicted"][name]
     assert runs["docs"]["planned"]["placement"]["redundant_slots"] == 2
     assert len(at.get("plotly_chart")) == 5  # load, then traffic and times for each placement
-    assert "straggler_factor** = max over ranks of expert_ms / mean" in "\n".join(c.value for c in at.caption)
+    captions = "\n".join(c.value for c in at.caption)
+    assert "straggler_factor** = median over the repeats of (max over ranks of expert_ms / mean" in captions
+    assert captions.count("spread over 5 repeats: min–max ") == 2 and "immune" not in captions
+
+
+SPREAD = {"repeats": 5, "median": 1.5, "min": 1.01, "q1": 1.2, "q3": 1.6, "max": 1.76,
+          "per_repeat": [1.01, 1.2, 1.5, 1.6, 1.76]}
+
+
+def draw_app(runs: dict) -> None:
+    from dashboard.sections import parallel
+    parallel._draw(runs)
+
+
+def test_the_page_shows_the_straggler_spread_and_a_kept_placement():
+    doc = {**DOC, "straggler_spread": SPREAD}
+    note = "kept the current placement: the planned layout (2 redundant slots) would give the busiest rank 31 ..."
+    runs = {"docs": {"contiguous": doc, "planned": doc}, "predicted": {}, "kept_current": True, "plan_note": note}
+    at = AppTest.from_function(draw_app, args=(runs,), default_timeout=30).run()
+    assert not at.exception
+    assert at.info[0].value.startswith("The planner kept the current placement")
+    captions = [c.value for c in at.caption]
+    assert captions.count("spread over 5 repeats: min–max 1.01–1.76, IQR 1.20–1.60") == 2
+    table = comparison_table({"planned": doc}).iloc[0]
+    assert (table["straggler_min"], table["straggler_max"], table["repeats"]) == (1.01, 1.76, 5)
+    idle = {**doc, "straggler_factor": None, "straggler_spread": {**SPREAD, "min": None}}  # strict JSON's NaN
+    row = comparison_table({"planned": idle}).iloc[0]
+    assert np.isnan(row["straggler_factor"]) and np.isnan(row["straggler_min"])
+    at = AppTest.from_function(draw_app, args=({**runs, "docs": {"planned": idle}},), default_timeout=30).run()
+    assert not at.exception and at.metric[0].value == "nan"
 
 
 def test_a_configuration_ep_cannot_run_says_why():

@@ -44,8 +44,8 @@ def test_megatron_load_worst_and_plan_match_a_plain_count(tmp_path):
     total = sum(naive.values())
     assert s.expert_load().tolist() == total.tolist()
     doc = s.plan(world_size=2, redundant_slots=2)
-    assert doc["placement"] == placement.plan(total, 2, 2).to_dict()
-    assert doc["planned_load"] == placement.predicted_load(placement.plan(total, 2, 2), total).tolist()
+    assert doc["placement"] == placement.plan(total, 2, 2).placement.to_dict()
+    assert doc["planned_load"] == placement.predicted_load(placement.plan(total, 2, 2).placement, total).tolist()
     assert doc["planned_straggler"] < doc["contiguous_straggler"]
 
 

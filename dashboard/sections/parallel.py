@@ -24,10 +24,13 @@ DEFINITIONS = {
                "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
     "times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
              "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
-             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (work, "
-             "immune to other processes sharing the cores), the synchronised wall time on CUDA.",
-    "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = max over "
-                  "ranks of expert_ms / mean (1 = even); **a2a_share** = max over ranks of a2a_ms / forward_ms; "
+             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (it leaves "
+             "out the time a rank waits for a core, not the slowdown that sharing caches, memory bandwidth and "
+             "clock speed with other processes causes, so it varies between runs), the synchronised wall time on "
+             "CUDA.",
+    "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = median "
+                  "over the repeats of (max over ranks of expert_ms / mean; 1 = even); **straggler_min … max**, "
+                  "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max over ranks of a2a_ms / forward_ms; "
                   "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
                   "statistics).",
 }
@@ -113,7 +116,8 @@ def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
             predicted["contiguous"] = predicted_load(contiguous(E, W), load).tolist()
         if load is None:  # no contiguous run: the planner reads the layer's load from the sidebar's forward
             load = result.per_expert["served"].to_numpy()
-        planned = plan(load, W, R)
+        result = plan(load, W, R)
+        planned = result.placement
         with tempfile.TemporaryDirectory() as tmp:
             save(planned, f"{tmp}/plan.json", load)
             docs["planned"] = _job(bar, "planned", W, flags + ["--placement", f"{tmp}/plan.json"], 0.5)
@@ -125,7 +129,8 @@ def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
         return
     bar.empty()
     cancel.empty()
-    st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted}
+    st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted, "plan_note": result.note,
+                                   "kept_current": result.kept_current}
 
 
 def _job(bar, name: str, W: int, flags: list[str], offset: float) -> dict:
@@ -137,11 +142,15 @@ def _job(bar, name: str, W: int, flags: list[str], offset: float) -> dict:
 
 def _draw(runs: dict) -> None:
     docs, predicted = runs["docs"], runs["predicted"]
+    if runs.get("kept_current"):
+        st.info(f"The planner {runs['plan_note']}: the planned run uses the contiguous blocks.")
     table = comparison_table(docs)
     cols = st.columns(len(table))
     for col, row in zip(cols, table.itertuples()):
         col.metric(f"straggler factor, {row.placement}", f"{row.straggler_factor:.2f}",
-                   help="max over ranks of expert_ms / mean")
+                   help="median over the repeats of (max over ranks of expert_ms / mean)")
+        col.caption(f"spread over {row.repeats} repeats: min–max {row.straggler_min:.2f}–{row.straggler_max:.2f}, "
+                    f"IQR {row.straggler_q1:.2f}–{row.straggler_q3:.2f}")
         col.metric(f"load max/mean, {row.placement}", f"{row.load_max_over_mean:.3f}")
     st.plotly_chart(rank_load_figure({n: pd.DataFrame(d["per_rank"]) for n, d in docs.items()}, predicted),
                     width="stretch", key="ep_load_chart")

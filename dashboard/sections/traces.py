@@ -110,6 +110,8 @@ def _plan(s: TraceSummary, layer: str) -> None:
     except ValueError as err:
         st.error(f"No plan: {err}", icon="⚠️")
         return
+    if doc["kept_current"]:
+        st.info(f"The planner {doc['note']}.")
     left, right = st.columns(2)
     left.plotly_chart(plan_load_figure(doc), width="stretch", key="trace_plan_chart")
     right.metric("straggler (predicted), planned", f"{doc['planned_straggler']:.3f}")
