@@ -174,3 +174,17 @@ def test_cancel_in_the_view_stops_the_job_and_draws_nothing():
     assert "ep_runs" not in at.session_state and not at.get("plotly_chart") and not at.get("progress")
     time.sleep(2)
     assert job_processes(os.getpid()) == []  # no planned job started after the cancel
+
+
+def test_an_over_budget_job_is_refused_on_the_page_and_starts_nothing(monkeypatch):
+    from ep_support import job_processes
+
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "1")
+    at = AppTest.from_function(view_app, args=(dict(n_experts=8, top_k=2),), default_timeout=30).run()
+    at.slider(key="ep_world").set_value(8).run()
+    at.button(key="ep_run").click().run()
+    assert not at.exception and len(at.error) == 1
+    message = at.error[0].value
+    assert message.startswith("The expert-parallel job did not start: the expert-parallel job needs about")
+    assert "8 rank processes 2.5 GiB" in message and "use at most 2 processes" in message
+    assert "ep_job" not in at.session_state and job_processes(os.getpid()) == []
