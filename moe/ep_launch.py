@@ -120,8 +120,12 @@ class EPJob:
         self._out = open(os.path.join(self._dir, "stdout"), "w+", encoding="utf-8")  # files, not pipes: an
         self._err = open(os.path.join(self._dir, "stderr"), "w+", encoding="utf-8")  # orphan never blocks a read
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self._out, stderr=self._err,
-                                     start_new_session=True)
+        try:
+            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self._out, stderr=self._err,
+                                         start_new_session=True)
+        except OSError as err:
+            self._remove_files()
+            raise RuntimeError(f"torchrun could not start: {err}") from None
 
     @property
     def elapsed_s(self) -> float:
@@ -189,10 +193,13 @@ class EPJob:
         running = self.proc.poll() is None
         left = kill_tree(self.proc.pid, self.seen, group=running)
         self.proc.wait()
+        self._remove_files()
+        return left
+
+    def _remove_files(self) -> None:
         for f in (self._out, self._err):
             f.close()
         shutil.rmtree(self._dir, ignore_errors=True)
-        return left
 
     def _read(self) -> tuple[str, str]:
         self._out.seek(0)
