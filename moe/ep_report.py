@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from . import cli as _cli
+from .ep_launch import rank_progress
 from .layer import MoELayer
 from .parallel import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward, init_distributed,
                        launched_world_size, split_rows, straggler_spread)
@@ -24,6 +26,7 @@ from .jsonio import dumps
 from .placement import contiguous, load_file
 from .knobs import from_knobs
 from .memory import budget_bytes, check_budget
+from .proctree import die_with_parent
 from .scenarios import make_batch
 from .stats import per_expert_frame, summary_dict
 
@@ -48,6 +51,9 @@ def add_ep_command(commands) -> None:
 
 
 def run_ep_report(args: argparse.Namespace) -> str:
+    if "RANK" in os.environ:  # a torchrun rank: its own session, so end it with torchrun (no orphan)
+        die_with_parent()
+        rank_progress("started")
     _cli.check_scenario_options(args, args.scenario, ("clusters", "skew", "spread", "drift_step", "period"))
     cfg, scenario, params, tokens = from_knobs(_cli.knobs_from_args(args))  # the same tokens `report` draws
     check_budget(cfg, tokens, budget_bytes(), names=_cli.flag_names())  # before anything is built (every rank)
@@ -58,13 +64,20 @@ def run_ep_report(args: argparse.Namespace) -> str:
         raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
     x = _sequences(make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x, cfg, args.seq_len, W)
     rank, W, device = init_distributed(cfg.device, args.timeout)  # every check above ran on every rank
+    rank_progress("joined")
     try:
         layer = MoELayer(cfg.replace(device=str(device)))
         shard = ExpertShard(layer, placement.ranks[rank])
         layer.experts = None  # this rank keeps only its shard
         mine = x[split_rows(x.shape[0], W, rank)]  # (T_r, D) or (B_r, S, D)
         with torch.inference_mode():
-            runs = [ep_forward(layer, shard, mine, placement) for _ in range(args.repeats + 1)][1:]
+            runs = []  # the warm-up, then the repeats; an earlier run keeps its tables, not its output y
+            for _ in range(args.repeats + 1):
+                if runs:
+                    runs[-1].y = runs[-1].y[:0]
+                runs.append(ep_forward(layer, shard, mine, placement))
+                rank_progress("forward")
+            runs = runs[1:]
             if args.save_output:
                 _save_output(runs[-1].y, x.shape[0], W, rank, args.save_output)  # rows: tokens or sequences
         if rank != 0:

@@ -36,3 +36,49 @@ def assert_group_gone(pgid: int) -> None:
         return
     os.killpg(pgid, signal.SIGKILL)
     raise AssertionError(f"processes of group {pgid} were still running after torchrun returned")
+
+
+# An independent /proc scan (not moe.proctree): the job processes a test expects to be gone.
+def _stat(pid: int) -> tuple[str, int, int] | None:
+    """(state, parent pid, start time) of a process, None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[1]), int(fields[19])
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def job_processes(root: int) -> list[tuple[int, int]]:
+    """(pid, start time) of every live torchrun / ep-report process descending from `root` (root included)."""
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p))) and s[0] != "Z"}
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        if pid in stats:
+            if "torch.distributed.run" in _cmdline(pid) or "ep-report" in _cmdline(pid):
+                found.append((pid, stats[pid][2]))
+            todo += [c for c, s in stats.items() if s[1] == pid]
+    return found
+
+
+def still_running(procs: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The processes among `procs` alive (same pid and start time, not a zombie)."""
+    return [(p, t) for p, t in procs if (s := _stat(p)) and s[0] != "Z" and s[2] == t]
+
+
+def kill_left(procs: list[tuple[int, int]]) -> None:
+    """Test cleanup: SIGKILL whatever of `procs` is still running."""
+    for pid, _ in still_running(procs):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass

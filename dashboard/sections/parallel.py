@@ -2,19 +2,21 @@
 from __future__ import annotations
 
 import shlex
-import tempfile
 
 import pandas as pd
 import streamlit as st
 
-from moe.ep_launch import check_torchrun, run_ep_report
+from moe.ep_launch import check_torchrun
 from moe.parallel import check_ep_config
-from moe.placement import contiguous, plan, predicted_load, save
 
+from ..ep_run import POLL_S, TIMEOUT_S, EPRun
 from ..figures_parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 from ..result import RunResult
 
-TIMEOUT_S = 300.0
+PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first imports torch); **ready** = ranks "
+                 "that entered ep-report; **joined** = ranks in the process group; **forwards** = forwards (warm-up "
+                 "+ repeats) the slowest rank has finished; memory = the job's process tree, sum of proportional "
+                 "set sizes, against the budget (MOE_SCOPE_MEMORY_GB).")
 DEFINITIONS = {
     "assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
                    "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "
@@ -85,59 +87,79 @@ def render(result: RunResult) -> None:
         st.info(f"W={W} > n_experts={E}: contiguous blocks would leave a rank without an expert; only the planned "
                 f"placement with R ≥ {W - E} can run.")
     st.code(shlex.join(["torchrun", "--standalone", f"--nproc-per-node={W}", "-m", "moe", "ep-report", *flags]),
-            language="bash")
+            language="bash", wrap_lines=True)  # wrapped: the whole command readable at any width
     key = (tuple(flags), W, int(R))
-    st.caption(f"A job that runs past {TIMEOUT_S:.0f} s is stopped; **Cancel** (shown while it runs) stops it "
-               f"at once. Either way every torchrun process is ended.")
-    if st.button("Run on W processes", key="ep_run", type="primary"):
-        _run_jobs(key, flags, W, int(R), result)
-    elif st.session_state.get("ep_cancel"):  # the click interrupted the run: EPJob.wait killed its group
-        st.info("Cancelled: the expert-parallel job was stopped and no process is left.")
-    runs = st.session_state.get("ep_runs")
+    st.caption(f"A job that runs past {TIMEOUT_S:.0f} s, or whose processes together use more than the memory "
+               f"budget, is stopped; **Cancel** (shown while it runs) stops it at once. Either way every torchrun "
+               f"process is ended, and so is a job whose browser tab is closed.")
+    run: EPRun | None = st.session_state.get("ep_job")
+    running = run is not None and run.running
+    if st.button("Run on W processes", key="ep_run", type="primary", disabled=running):
+        running = _start(key, flags, W, int(R), result)
+    st.fragment(_panel, run_every=POLL_S * 2 if running else None)(key, running)
+
+
+def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
+    """Start the jobs in the background (the old results go); False and a message when they cannot start."""
+    st.session_state.pop("ep_runs", None)
+    st.session_state.pop("ep_job", None)
+    try:
+        st.session_state["ep_job"] = EPRun(key, W, R, flags, result.config.n_experts,
+                                           result.per_expert["served"].to_numpy(), session_alive_check())
+    except ValueError as err:
+        st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
+        return False
+    return True
+
+
+def session_alive_check():
+    """A callable telling whether this browser session is still connected (always true outside a server)."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not runtime.exists():
+        return lambda: True
+    server, session_id = runtime.get_instance(), ctx.session_id
+    return lambda: server.is_active_session(session_id)
+
+
+def _panel(key, ticking: bool) -> None:
+    """Progress and Cancel while the jobs run (this fragment reruns every tick); then the outcome."""
+    ss = st.session_state
+    run: EPRun | None = ss.get("ep_job")
+    if run is not None and run.running:
+        fraction, text = run.status()
+        st.progress(min(fraction, 1.0), text=text)
+        st.caption(PROGRESS_HELP)
+        st.button("Cancel", key="ep_cancel", on_click=_cancel)
+        return
+    if ticking:  # the run ended while this fragment ticked: redraw without the timer
+        st.rerun()
+    if run is not None and run.state == "cancelled":
+        if run.left:
+            st.warning(f"Cancelled, but {len(run.left)} process(es) of the job could not be ended.", icon="⚠️")
+        else:
+            st.info("Cancelled: the expert-parallel job was stopped and no process is left.")
+        return
+    if run is not None and run.state == "failed":
+        st.error(f"The expert-parallel job did not complete: {run.error}", icon="⚠️")
+        return
+    if run is not None and run.state == "done":
+        ss["ep_runs"] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
+                         "plan_note": run.plan_note, "kept_current": run.kept_current}
+        del ss["ep_job"]
+    runs = ss.get("ep_runs")
     if runs is None or runs["key"] != key:
         st.caption("Not run yet for these settings.")
         return
     _draw(runs)
 
 
-def _run_jobs(key, flags: list[str], W: int, R: int, result: RunResult) -> None:
-    """Contiguous (when it fits), then planned from the measured per-expert load; errors leave nothing running."""
-    bar = st.progress(0.0, text="starting torchrun…")
-    cancel = st.empty()
-    # a click reruns the page: Streamlit interrupts this run at its next progress update, and EPJob.wait
-    # kills the whole process group on the way out
-    cancel.button("Cancel", key="ep_cancel")
-    docs, predicted, E = {}, {}, result.config.n_experts
-    try:
-        load = None
-        if W <= E:
-            docs["contiguous"] = _job(bar, "contiguous", W, flags, 0.0)
-            load = pd.DataFrame(docs["contiguous"]["per_expert"])["served"].to_numpy()
-            predicted["contiguous"] = predicted_load(contiguous(E, W), load).tolist()
-        if load is None:  # no contiguous run: the planner reads the layer's load from the sidebar's forward
-            load = result.per_expert["served"].to_numpy()
-        result = plan(load, W, R)
-        planned = result.placement
-        with tempfile.TemporaryDirectory() as tmp:
-            save(planned, f"{tmp}/plan.json", load)
-            docs["planned"] = _job(bar, "planned", W, flags + ["--placement", f"{tmp}/plan.json"], 0.5)
-        predicted["planned"] = predicted_load(planned, load).tolist()
-    except (ValueError, RuntimeError) as err:
-        bar.empty()
-        cancel.empty()
-        st.error(f"The expert-parallel job did not complete: {err}", icon="⚠️")
-        return
-    bar.empty()
-    cancel.empty()
-    st.session_state["ep_runs"] = {"key": key, "docs": docs, "predicted": predicted, "plan_note": result.note,
-                                   "kept_current": result.kept_current}
-
-
-def _job(bar, name: str, W: int, flags: list[str], offset: float) -> dict:
-    def progress(elapsed: float, timeout: float) -> None:
-        bar.progress(min(offset + 0.5 * elapsed / timeout, 1.0), text=f"{name}: {W} processes, {elapsed:.0f} s "
-                                                                      f"(stopped after {timeout:.0f} s)")
-    return run_ep_report(W, flags, timeout_s=TIMEOUT_S, on_progress=progress)
+def _cancel() -> None:
+    run: EPRun | None = st.session_state.get("ep_job")
+    if run is not None:
+        run.cancel()
 
 
 def _draw(runs: dict) -> None:
