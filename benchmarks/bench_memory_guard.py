@@ -1,10 +1,15 @@
 """The memory guard holds: each case runs in its own process; its peak RSS is compared with the budget
 and with the engine's estimate.
 
-    MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py
+    MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py [NAME_PART]
 
-Columns: exit (2 = refused in one line), peak_MiB (ru_maxrss of the case's process), over_base_MiB (peak
-minus the peak of a process that only imports the engine: what the case itself added), estimate_MiB (the
+NAME_PART runs the baseline and the cases whose name contains it (e.g. `trace-report`). The trace-report
+cases read hostile trace files written before the cases run: each must be refused up front or held
+within 1.5x the budget.
+
+Columns: exit (2 = refused in one line), peak_MiB (ru_maxrss of the case's process and its children),
+over_base_MiB (peak minus the peak of a process that only imports the engine: what the case itself
+added), estimate_MiB (the
 estimate the guard checked; '-' for refusals), added/estimate and added/budget (the budget covers the
 engine's memory, not the ~300 MiB of the interpreter and libraries). A refused case must add
 ~nothing; an accepted case must add no more than its estimate and stay under the budget.
@@ -15,6 +20,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -31,8 +37,8 @@ from moe.memory import budget_bytes, estimate_bytes
 code, estimate = 0, None
 """
 EPILOGUE = """
-print(json.dumps({"exit": code, "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-                  "estimate": estimate}))
+peak = max(resource.getrusage(who).ru_maxrss for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+print(json.dumps({"exit": code, "peak": peak * 1024, "estimate": estimate}))  # the case's process tree
 """
 BIG_REPORT = ["report", "--d-model", "4096", "--d-expert", "8192", "--n-experts", "64"]
 FIT_REPORT = ["report", "--d-model", "1024", "--d-expert", "4096", "--n-experts", "16", "--dtype", "bfloat16",
@@ -76,7 +82,37 @@ for seed in range(4):  # four links, one after the other; each session keeps its
     except ValueError as err:
         code = 2
 estimate = budget_bytes()"""),
+    # Traces (issue #15): files written by write_trace_files() into $MOE_BENCH_TRACES before the cases run.
+    ("trace-report 67 B JSONL, --n-experts 16384",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/tiny.jsonl', '--n-experts', "
+     "'16384'])"),
+    ("trace-report Parquet 2M tokens x 8 experts",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/expands.parquet'])"),
+    ("trace-report one 10 MB JSONL line",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/long_line.jsonl', "
+     "'--n-experts', '8'])"),
 ]
+
+
+def write_trace_files(folder: str) -> None:
+    """The attacker inputs of issue #15: 67 bytes, a small Parquet file of one 16M-row record, a 10 MB line."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    with open(os.path.join(folder, "tiny.jsonl"), "w") as f:
+        f.write('{"step":0,"layer":0,"num_tokens":1,"topk":2,"top_indices":[[0,1]]}')
+    T, E = 2_000_000, 8
+    routed = np.zeros((T, E), bool)
+    routed[:, :2] = True
+    table = pa.table({"step": np.zeros(T * E, np.int64), "layer": np.zeros(T * E, np.int64),
+                      "token": np.repeat(np.arange(T), E), "expert": np.tile(np.arange(E), T),
+                      "router_logit": np.zeros(T * E, np.float32), "routed": routed.ravel()})
+    pq.write_table(table, os.path.join(folder, "expands.parquet"), row_group_size=T * E, compression="zstd")
+    tokens = 400_000  # 26 bytes per token: ~10 MB on one line
+    line = '{"step": 0, "layer": 0, "num_tokens": %d, "topk": 8, "top_indices": [%s]}\n' % (
+        tokens, ", ".join(["[0, 1, 2, 3, 4, 5, 6, 7]"] * tokens))
+    with open(os.path.join(folder, "long_line.jsonl"), "w") as f:
+        f.write(line)
 
 
 def run_case(code: str) -> dict:
@@ -90,11 +126,17 @@ def run_case(code: str) -> dict:
 def main() -> None:
     budget = budget_bytes()
     mib = 1024 ** 2
+    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    cases = [case for i, case in enumerate(CASES) if i == 0 or only in case[0]]
+    traces = tempfile.TemporaryDirectory()
+    if any(name.startswith("trace-report") for name, _ in cases):  # in its own process: a child's ru_maxrss
+        subprocess.run([sys.executable, __file__, "--write-traces", traces.name], check=True)  # starts at ours
+        os.environ["MOE_BENCH_TRACES"] = traces.name
     print(f"budget {budget / mib:.0f} MiB (MOE_SCOPE_MEMORY_GB={os.environ.get('MOE_SCOPE_MEMORY_GB', 'unset')})")
     print(f"{'case':<42} {'exit':>4} {'peak_MiB':>9} {'over_base_MiB':>13} {'estimate_MiB':>12} "
           f"{'added/est':>9} {'added/budget':>12}")
     base = None
-    for name, code in CASES:
+    for name, code in cases:
         r = run_case(code)
         base = r["peak"] if base is None else base
         added = r["peak"] - base
@@ -106,4 +148,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--write-traces"]:
+        write_trace_files(sys.argv[2])
+    else:
+        main()
