@@ -155,8 +155,8 @@ def _batch_columns(batch, stamped: bool, path: str) -> dict[str, np.ndarray]:
                                                                                    "routed")}
     steps = batch.column("step").to_numpy() if stamped else np.zeros(n, np.int64)
     if n and (steps.min() < 0 or steps.max() > INT64_MAX):
-        raise ValueError(f"{path!r}: column 'step' holds {'a negative step' if steps.min() < 0 else 'a step beyond 2^63'}"
-                         f"; steps are integers >= 0")
+        what = "a negative step" if steps.min() < 0 else "a step beyond 2^63"
+        raise ValueError(f"{path!r}: column 'step' holds {what}; steps are integers from 0 to 2^63 - 1")
     cols["step"] = steps.astype(np.int64)
     layers = batch.column("layer").to_pandas().astype(str).to_numpy() if stamped else np.full(n, "0")
     if any(not LAYER_NAME.fullmatch(name) for name in pd.unique(layers)):
