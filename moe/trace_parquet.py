@@ -78,7 +78,7 @@ def iter_parquet(path: str, progress: Progress | None = None, limits: TraceLimit
         stamped = {"step", "layer"} <= set(pf.schema_arrow.names)
         columns = ["token", "expert", "router_logit", "routed"] + (["step", "layer"] if stamped else [])
         total, done, key, parts, held = max(pf.metadata.num_rows, 1), 0, None, [], 0
-        for batch in pf.iter_batches(batch_size=1 << 16, columns=columns):
+        for batch in _batches(pf, columns, path):
             cols = _batch_columns(batch, stamped, path)
             done += batch.num_rows
             steps, layers = cols.pop("step"), cols.pop("layer")
@@ -112,10 +112,10 @@ def _checked_file(f, path: str, limits: TraceLimits):
     f.seek(0)
     try:
         pf = pq.ParquetFile(f)
+        schema = pf.schema_arrow
     except Exception as err:  # pyarrow raises its own types for a damaged file
-        raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); download the trace "
-                         f"again") from None
-    _check_types(pf.schema_arrow, path)
+        raise _damaged(path, err) from None
+    _check_types(schema, path)
     names = ["token", "expert", "router_logit", "routed", "step", "layer"]
     for i in range(pf.metadata.num_row_groups):
         rg = pf.metadata.row_group(i)
@@ -127,6 +127,23 @@ def _checked_file(f, path: str, limits: TraceLimits):
                              f"memory budget of {describe_bytes(limits.budget)}; write smaller row groups or raise "
                              f"{BUDGET_ENV}")
     return pf
+
+
+def _damaged(path: str, err: Exception) -> ValueError:
+    return ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); download the trace again")
+
+
+def _batches(pf, columns: list[str], path: str):
+    """pf's batches of 65,536 rows; a page pyarrow cannot decode is the same one line as a damaged footer."""
+    batches = pf.iter_batches(batch_size=1 << 16, columns=columns)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as err:  # pyarrow's own error types (OSError, ArrowInvalid, ...)
+            raise _damaged(path, err) from None
+        yield batch
 
 
 def _check_types(schema, path: str) -> None:

@@ -206,3 +206,11 @@ def test_trace_report_json_is_strict(tmp_path):
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert code == 0 and doc["rows"][0]["aux_loss"] is None  # no logits: unknown, written as null
     assert not hasattr(trace_report, "json_dumps")  # one writer: moe.jsonio.dumps
+
+
+def test_a_parquet_file_with_damaged_pages_is_one_line(tmp_path):
+    _parquet(tmp_path / "t.parquet", 1000)
+    data = bytearray((tmp_path / "t.parquet").read_bytes())
+    data[200:2000] = bytes((v * 7 + 13) % 256 for v in data[200:2000])  # the pages; the footer intact
+    (tmp_path / "t.parquet").write_bytes(bytes(data))
+    assert "is not a readable Parquet file" in _refused(tmp_path / "t.parquet")  # dc51461: an OSError traceback
