@@ -127,7 +127,7 @@ def test_a_count_the_file_records_is_used_and_named(tmp_path):
         w.write(trace, step=0, layer=0)
     at = _app(str(tmp_path / "t.parquet"))
     text = "\n".join(c.value for c in at.caption)
-    assert not at.error and "**E = 4**, recorded in the file (one Parquet row per token and expert)" in text
+    assert not at.error and "**E = 4**, recorded in the file: one Parquet row per (token, expert)" in text
     at = _app(str(tmp_path / "t.parquet"), trace_experts=64)
     assert "the file records 4 experts" in at.error[0].value
 

@@ -10,7 +10,7 @@ import streamlit as st
 from moe.jsonio import dumps
 from moe.roots import OutsideRoots, resolve_allowed
 from moe.trace_records import MAX_EXPERTS
-from moe.trace_report import ExpertsNeeded, TraceSummary, summarize
+from moe.trace_report import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, summarize
 
 from ..definitions import caption
 from ..figures_parallel import plan_load_figure, trace_load_figure, trace_worst_figure
@@ -27,9 +27,8 @@ EXPERTS_HELP = ("The model's expert count (Megatron-LM's num_moe_experts), for a
                 "Megatron-LM trace without logits. A moe-scope trace and a Megatron-LM trace with logits record "
                 "it; leave this empty for them (a different count is refused). Never below the largest expert "
                 "index in the file + 1.")
-SOURCE_TEXT = {"given": "typed in **Experts (E)** above (the file does not record it)",
-               "logit_shape": "recorded in the file (each record's `logit_shape`)",
-               "parquet_rows": "recorded in the file (one Parquet row per token and expert)"}
+# Where the count came from: the engine's words, and for a typed count the page's own.
+SOURCE_TEXT = {**N_EXPERTS_SOURCES, "given": "typed in **Experts (E)** above (the file does not record it)"}
 
 
 def render(result: RunResult | None) -> None:
