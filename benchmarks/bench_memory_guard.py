@@ -3,6 +3,9 @@ compared with the budget and with the engine's estimate.
 
     MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py [--only SUBSTRING]
 
+--only runs the baseline and the cases whose name contains it (e.g. `trace-report`). The trace-report
+cases read hostile trace files written before the cases run.
+
 Columns: exit (2 = refused in one line), peak_MiB (ru_maxrss of the case's own process), tree_MiB (the peak of
 the summed RSS of every process the case started, sampled every 20 ms: torchrun ranks, and ranks orphaned by
 a kill, are found by an environment tag they inherit), over_base_MiB (the case's peak minus the peak of a process
@@ -18,6 +21,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -81,7 +85,39 @@ for seed in range(4):  # four links, one after the other; each session keeps its
     except ValueError as err:
         code = 2
 estimate = budget_bytes()"""),
+    # Traces (issue #15): files written by write_trace_files() into $MOE_BENCH_TRACES before the cases run.
+    ("trace-report 67 B JSONL, --n-experts 16384",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/tiny.jsonl', '--n-experts', "
+     "'16384'])"),
+    ("trace-report Parquet 2M tokens x 8 experts",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/expands.parquet'])"),
+    ("trace-report one 10 MB JSONL line",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/long_line.jsonl', "
+     "'--n-experts', '8'])"),
 ]
+
+
+def write_trace_files(folder: str) -> None:
+    """The attacker inputs of issue #15: 67 bytes, a small Parquet file of one 16M-row record, a 10 MB line."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    with open(os.path.join(folder, "tiny.jsonl"), "w") as f:
+        f.write('{"step":0,"layer":0,"num_tokens":1,"topk":2,"top_indices":[[0,1]]}\n')
+    T, E = 2_000_000, 8
+    routed = np.zeros((T, E), bool)
+    routed[:, :2] = True
+    table = pa.table({"step": np.zeros(T * E, np.int64), "layer": np.zeros(T * E, np.int64),
+                      "token": np.repeat(np.arange(T), E), "expert": np.tile(np.arange(E), T),
+                      "router_logit": np.zeros(T * E, np.float32), "routed": routed.ravel()})
+    delta = {name: "DELTA_BINARY_PACKED" for name in ("step", "layer", "token", "expert")}  # ~300 KB on disk
+    pq.write_table(table, os.path.join(folder, "expands.parquet"), row_group_size=T * E, compression="zstd",
+                   use_dictionary=False, column_encoding=delta)
+    tokens = 400_000  # 26 bytes per token: ~10 MB on one line
+    line = '{"step": 0, "layer": 0, "num_tokens": %d, "topk": 8, "top_indices": [%s]}\n' % (
+        tokens, ", ".join(["[0, 1, 2, 3, 4, 5, 6, 7]"] * tokens))
+    with open(os.path.join(folder, "long_line.jsonl"), "w") as f:
+        f.write(line)
 
 
 HELD = 1.5  # an accepted case's tree may peak at 1.5x the budget (issue #15)
@@ -109,14 +145,19 @@ def run_case(code: str) -> dict:
     """Run one case in a fresh interpreter; sample its process tree until it and every descendant are gone."""
     tag = uuid.uuid4().hex
     env = {**os.environ, TAG: tag}
-    proc = subprocess.Popen([sys.executable, "-c", PRELUDE + code + EPILOGUE], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    peak, deadline = 0, time.monotonic() + 900
-    while proc.poll() is None and time.monotonic() < deadline:
-        peak = max(peak, tree_rss(tag))
-        time.sleep(0.02)
-    out, err = proc.communicate(timeout=60)
-    left = tree_rss(tag)  # orphans still alive after the case's process exited
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:  # files: a pipe would fill
+        proc = subprocess.Popen([sys.executable, "-c", PRELUDE + code + EPILOGUE], cwd=ROOT, env=env,
+                                stdout=out, stderr=err, text=True)
+        peak, deadline = 0, time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            peak = max(peak, tree_rss(tag))
+            time.sleep(0.02)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        left = tree_rss(tag)  # orphans still alive after the case's process exited
+        out.seek(0), err.seek(0)
+        out, err = out.read(), err.read()
     if proc.returncode != 0:
         raise SystemExit(f"case failed (exit {proc.returncode}):\n{err[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
@@ -137,13 +178,16 @@ def main() -> None:
     args = parser.parse_args()
     budget = budget_bytes()
     mib = 1024 ** 2
+    cases = [case for i, case in enumerate(CASES) if i == 0 or args.only in case[0]]
+    traces = tempfile.TemporaryDirectory()
+    if any(name.startswith("trace-report") for name, _ in cases):  # hostile trace files, written once
+        subprocess.run([sys.executable, __file__, "--write-traces", traces.name], check=True)
+        os.environ["MOE_BENCH_TRACES"] = traces.name
     print(f"budget {budget / mib:.0f} MiB (MOE_SCOPE_MEMORY_GB={os.environ.get('MOE_SCOPE_MEMORY_GB', 'unset')})")
     print(f"{'case':<42} {'exit':>4} {'peak_MiB':>9} {'tree_MiB':>9} {'over_base_MiB':>13} {'estimate_MiB':>12} "
           f"{'added/est':>9} {'tree/budget':>11}  verdict")
     base = None
-    for name, code in CASES:
-        if base is not None and args.only not in name:
-            continue
+    for name, code in cases:
         r = run_case(code)
         base = r["peak"] if base is None else base
         added = r["peak"] - base
@@ -156,4 +200,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["--write-traces"]:
+        write_trace_files(sys.argv[2])
+    else:
+        main()

@@ -83,6 +83,15 @@ def _number(value) -> float:
     return float("nan") if value is None else float(value)
 
 
+def trace_step_axis(steps: list[int]) -> dict:
+    """Steps down the y axis, top to bottom: a tick at each step when there are few (one step is not a
+    −0.4…0.4 range), integer ticks otherwise."""
+    steps = [int(v) for v in steps]
+    extra = dict(tickmode="array", tickvals=steps, ticktext=[str(v) for v in steps]) if len(steps) <= 20 else \
+        dict(tickformat="d")
+    return axis("step", autorange="reversed", **extra)
+
+
 def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
                       worst_step: int | None = None) -> go.Figure:
     """Step × expert heatmap of one layer's assignments (rows: steps, ascending); the worst step marked."""
@@ -92,11 +101,12 @@ def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
                       hovertemplate="step %{y}, expert %{x}: %{z} assignments<extra></extra>",
                       colorbar=dict(title=dict(text="assignments")))
     fig = go.Figure([heat], layout(title=f"Load per step, layer {layer}", xaxis=axis("expert"),
-                                   yaxis=axis("step", autorange="reversed"), uirevision="trace_load",
-                                   colorbar=True))
-    if worst_step is not None:
+                                   yaxis=trace_step_axis(steps), uirevision="trace_load", colorbar=True))
+    if worst_step is not None:  # the label inside the plot at the left, clear of the colour bar and its title
         fig.add_hline(y=worst_step, line=dict(color=PREDICTED_COLOR, dash="dot", width=1),
-                      annotation_text="worst", annotation_position="right")
+                      annotation=dict(text="worst step", font=dict(size=11, color=PREDICTED_COLOR),
+                                      bgcolor="rgba(255,255,255,0.8)"),
+                      annotation_position="top left")
     return fig
 
 
@@ -107,7 +117,7 @@ def trace_worst_figure(rows: pd.DataFrame, layers: list[str]) -> go.Figure:
                       colorscale="Reds", hovertemplate="step %{y}, layer %{x}: max/mean %{z:.3f}<extra></extra>",
                       colorbar=dict(title=dict(text="max/mean")))
     return go.Figure([heat], layout(title="Busiest expert / mean, per step and layer",
-                                    xaxis=axis("layer", type="category"), yaxis=axis("step", autorange="reversed"),
+                                    xaxis=axis("layer", type="category"), yaxis=trace_step_axis(list(table.index)),
                                     uirevision="trace_worst", colorbar=True))
 
 

@@ -7,12 +7,13 @@ never ran, so the output-side numbers are NaN.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from .config import MoEConfig
 from .router import scores_and_probs, topk_weights
-from .stats import gather_sums
+from .stats import ForwardSums, gather_sums
 from .trace import Trace
 
 
@@ -25,6 +26,43 @@ def trace_from_routing(config: MoEConfig, router_logits: Tensor, top_k_index: Te
     There is no capacity: served = routed. NaN (the experts did not run here): activation_sparsity,
     output_rms, contribution, specialization and nonfinite_output.
     """
+    r = _routing(config, router_logits, top_k_index, top_k_weights)
+    served = r["routed"].float()  # (T, E)
+    coactivation = served.t() @ served  # (E, E)
+    sums = _sums(config, r, coactivation)
+    return Trace(config=config, router_logits=r["logits"], probs=r["probs"], routed=r["routed"], served=r["routed"],
+                 gates=r["gates"], contributions=r["contributions"], coactivation=coactivation,
+                 top_k_index=r["idx"], top_k_weights=r["w"], capacity=None, device=str(r["logits"].device), sums=sums)
+
+
+def sums_from_routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor,
+                      top_k_weights: Tensor | None = None) -> ForwardSums:
+    """trace_from_routing's sums without the Trace and without its (E, E) co-activation (sums.coactivation
+    is None): what a trace file's statistics need, in memory linear in E."""
+    return _sums(config, _routing(config, router_logits, top_k_index, top_k_weights), None)
+
+
+def sums_from_choices(n_experts: int, top_k_index: np.ndarray) -> ForwardSums:
+    """The sums of routing known only by its choices (T, K), e.g. a Megatron-LM trace without logits:
+    the load side (demand = served) is exact; every probability- and output-side sum is NaN."""
+    T, K = top_k_index.shape
+    if T == 0 or K == 0 or int(top_k_index.min()) < 0 or int(top_k_index.max()) >= n_experts:
+        raise ValueError(f"top_k_index must hold at least one token of expert indices in 0..{n_experts - 1}")
+    ordered = np.sort(top_k_index, axis=1)  # (T, K)
+    if K > 1 and bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+        raise ValueError("top_k_index names an expert twice for one token; give K distinct experts per token")
+    demand = np.bincount(top_k_index.ravel(), minlength=n_experts).astype(np.float64)  # (E,)
+    nan, unknown = float("nan"), np.full(n_experts, np.nan)  # (E,)
+    return ForwardSums(n_experts=n_experts, top_k=K, d_model=1, d_expert=1, forwards=1, tokens=float(T),
+                       capacity=nan, forward_ms=0.0, demand=demand, served=demand.copy(), near_zero=unknown,
+                       sum_sq=unknown, gate_sum=unknown, contribution=unknown, prob_sum=unknown,
+                       sum_y=np.full((n_experts, 1), np.nan), coactivation=None, lse_sq=nan, confidence=nan,
+                       nonfinite=nan, nonfinite_output=nan, margin=nan, margin_expert=unknown, unbiased=unknown,
+                       overlap=unknown)
+
+
+def _routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor, top_k_weights: Tensor | None) -> dict:
+    """The (T, E) tensors every routing-side number comes from (served = routed: no capacity)."""
     logits, idx, w = _checked(config, router_logits, top_k_index, top_k_weights)
     T, E = logits.shape
     score, probs = scores_and_probs(logits, config)
@@ -32,18 +70,19 @@ def trace_from_routing(config: MoEConfig, router_logits: Tensor, top_k_index: Te
         w = topk_weights(score, idx, config)  # (T, K)
     routed = torch.zeros(T, E, dtype=torch.bool, device=logits.device).scatter_(1, idx, True)  # (T, E)
     gates = torch.zeros(T, E, device=logits.device).scatter_(1, idx, w)  # (T, E)
-    served = routed.float()
-    coactivation = served.t() @ served  # (E, E)
+    contributions = torch.full((T, E), float("nan"), device=logits.device)  # (T, E): no expert outputs
+    return dict(logits=logits, probs=probs, idx=idx, w=w, routed=routed, gates=gates, contributions=contributions)
+
+
+def _sums(config: MoEConfig, r: dict, coactivation: Tensor | None) -> ForwardSums:
+    logits, E = r["logits"], r["logits"].shape[1]
     nan = float("nan")
-    contributions = torch.full((T, E), nan, device=logits.device)  # (T, E): no expert outputs
-    sums = gather_sums(probs, logits, routed, routed, gates, contributions, coactivation,
+    sums = gather_sums(r["probs"], logits, r["routed"], r["routed"], r["gates"], r["contributions"], coactivation,
                        torch.full((E,), nan, device=logits.device), torch.full((E,), nan, device=logits.device),
                        torch.full((E, config.d_model), nan, device=logits.device), logits.new_zeros(0),
                        top_k=config.top_k, d_expert=config.d_expert, capacity=None, overlap=True)
     sums.nonfinite_output = nan
-    return Trace(config=config, router_logits=logits, probs=probs, routed=routed, served=routed, gates=gates,
-                 contributions=contributions, coactivation=coactivation, top_k_index=idx, top_k_weights=w,
-                 capacity=None, device=str(logits.device), sums=sums)
+    return sums
 
 
 def _checked(cfg: MoEConfig, logits: Tensor, idx: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:

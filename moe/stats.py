@@ -45,7 +45,7 @@ class ForwardSums:
     contribution: np.ndarray # (E,) Σ ‖gate·y‖
     prob_sum: np.ndarray     # (E,) Σ_t probs[t, e]
     sum_y: np.ndarray        # (E, D) Σ y over served tokens
-    coactivation: np.ndarray # (E, E) tokens served by both experts
+    coactivation: np.ndarray | None  # (E, E) tokens served by both experts; None when not gathered (trace files)
     lse_sq: float            # Σ_t logsumexp(logits_t)²
     confidence: float        # Σ_t min(p1/p2, cap)
     nonfinite: float         # non-finite router logits
@@ -70,18 +70,22 @@ class ForwardSums:
         merged = {}
         for f in dataclasses.fields(self):
             a, b = getattr(self, f.name), getattr(other, f.name)
-            merged[f.name] = a if f.name in ("n_experts", "top_k", "d_model", "d_expert") else a + b
+            if f.name in ("n_experts", "top_k", "d_model", "d_expert"):
+                merged[f.name] = a
+            else:  # a co-activation not gathered on either side stays unknown
+                merged[f.name] = None if a is None or b is None else a + b
         return ForwardSums(**merged)
 
 
 def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, gates: Tensor,
-                contributions: Tensor, coactivation: Tensor, near_zero: Tensor, sum_sq: Tensor,
+                contributions: Tensor, coactivation: Tensor | None, near_zero: Tensor, sum_sq: Tensor,
                 sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None,
                 overlap: bool = True, shared: Tensor | None = None) -> ForwardSums:
     """Reduce the trace on its device and move every statistic to the host in one transfer.
 
     overlap: whether the router chose from the scores (bias_overlap is NaN for hash and expert_choice).
     shared: moe.shared.shared_sums(routed, s), (3,), when the layer has shared experts.
+    coactivation None: not gathered (its E² entries are left out of the transfer; ForwardSums holds None).
     """
     T, E = probs.shape
     D = sum_y.shape[1]
@@ -98,10 +102,12 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
                            (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc),
                            margin.sum().to(acc)])  # (5,)
     extra = [] if shared is None else [shared.to(acc)]  # (3,) when the layer has shared experts
-    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), coactivation.to(acc).flatten(), scalars, *extra])
+    co = [] if coactivation is None else [coactivation.to(acc).flatten()]  # (E·E,) when gathered
+    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), *co, scalars, *extra])
     host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
     pe, rest = host[: 10 * E].reshape(10, E), host[10 * E:]
-    sc = rest[E * D + E * E:]  # the 5 scalars, then the 3 shared sums if any
+    EE = 0 if coactivation is None else E * E
+    sc = rest[E * D + EE:]  # the 5 scalars, then the 3 shared sums if any
     shared_fields = {} if shared is None else dict(shared_tokens=float(T), shared_norm=float(sc[5]),
                                                    routed_norm=float(sc[6]), shared_sq=float(sc[7]))
     return ForwardSums(
@@ -109,7 +115,7 @@ def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, g
         capacity=float("nan") if capacity is None else float(capacity), forward_ms=0.0,
         demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
         margin_expert=pe[5], unbiased=pe[6], overlap=pe[7], near_zero=pe[8], sum_sq=pe[9],
-        sum_y=rest[: E * D].reshape(E, D), coactivation=rest[E * D: E * D + E * E].reshape(E, E),
+        sum_y=rest[: E * D].reshape(E, D), coactivation=rest[E * D: E * D + EE].reshape(E, E) if EE else None,
         lse_sq=float(sc[0]), confidence=float(sc[1]), nonfinite=float(sc[2]), nonfinite_output=float(sc[3]),
         margin=float(sc[4]), **shared_fields)
 
@@ -221,7 +227,11 @@ class StatsAccumulator:
         self.sums: ForwardSums | None = None
 
     def update(self, trace) -> "StatsAccumulator":
-        self.sums = trace.sums if self.sums is None else self.sums + trace.sums
+        return self.add(trace.sums)
+
+    def add(self, sums: ForwardSums) -> "StatsAccumulator":
+        """Merge sums directly (a trace file's records carry sums, not Traces)."""
+        self.sums = sums if self.sums is None else self.sums + sums
         return self
 
     def reset(self) -> None:

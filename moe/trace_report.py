@@ -1,13 +1,15 @@
 """The statistics of a routing trace file, per (step, layer), streamed; and `python -m moe trace-report`.
 
-Each record goes through `moe.trace_from_routing`; records of one (step, layer) (micro-batches) and all
-steps of a layer (pooled) merge with `StatsAccumulator`. Memory holds one record plus the (S, E) load
-of each layer, never the file. Without logits (a Megatron trace without its sidecar) the
-probability-side numbers are unknown and reported as NaN; the load-side ones are exact.
+Each record becomes `ForwardSums` (`moe.sums_from_routing` in token chunks when it has logits, else
+`sums_from_choices`: no (E, E) co-activation, so memory is linear in E); records of one (step, layer)
+(micro-batches) and all steps of a layer (pooled) merge with `StatsAccumulator`. Memory holds one record
+plus the (S, E) load of each layer, both capped by `TraceLimits` (the memory budget), never the file.
+Without logits (a Megatron trace without its sidecar) the probability-side numbers are unknown and
+reported as NaN; the load-side ones are exact. The expert count is the file's when it records it (logits,
+Parquet rows), else the caller's; `n_experts_source` says which.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -15,20 +17,39 @@ import pandas as pd
 import torch
 
 from .config import MoEConfig
-from .from_routing import trace_from_routing
+from .from_routing import sums_from_choices, sums_from_routing
+from .jsonio import dumps
 from .placement import Placement, contiguous, plan, predicted_load
 from .stats import StatsAccumulator, summary_dict
-from .trace_io import Progress, RoutingRecord, detect_format, iter_records
+from .trace_io import detect_format, iter_records
+from .trace_records import Progress, RoutingRecord, TraceLimits, check_experts
 
 ROW_KEYS = ["aux_loss", "max_over_mean", "cv", "load_entropy", "dead_fraction", "z_loss", "mean_confidence",
             "tokens"]
 PROB_SIDE = ("aux_loss", "z_loss", "mean_confidence", "topk_margin", "bias_overlap")  # need the logits
+# Where the expert count came from: the caller, or the file itself.
+N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Traces view's Experts (E))",
+                     "logit_shape": "recorded in the file: each record's logit_shape [tokens, experts]",
+                     "parquet_rows": "recorded in the file: one Parquet row per (token, expert)"}
+CHUNK_ENTRIES = 1 << 20  # tokens × experts summarised at once: the (T, E) temporaries of one chunk
+
+
+class ExpertsNeeded(ValueError):
+    """The file does not record its expert count and none was given; `at_least` is the largest index + 1 seen."""
+
+    def __init__(self, at_least: int) -> None:
+        self.at_least = at_least
+        super().__init__("this Megatron-LM trace has no logits, so it does not record the number of experts; give "
+                         f"it (--n-experts, the model's num_moe_experts), at least the largest expert index + 1 "
+                         f"({at_least} so far)")
 
 
 @dataclass
 class TraceSummary:
     source: str                           # "parquet" | "megatron"
     n_experts: int
+    n_experts_source: str                 # a key of N_EXPERTS_SOURCES
+    max_expert_id: int                    # the largest expert index the file routes to
     top_k: int
     has_logits: bool
     layers: list[str]                     # first-seen order
@@ -78,12 +99,12 @@ def _contiguous_or_none(n_experts: int, world_size: int) -> Placement | None:
 def summarize(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
               progress: Progress | None = None) -> TraceSummary:
     """Stream `path` (either format) into per-(step, layer) statistics; every problem is a ValueError."""
+    if n_experts is not None:
+        n_experts = check_experts(n_experts, "n_experts")
+    limits = TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
     source = detect_format(path)
-    if source == "megatron" and n_experts is None:
-        raise ValueError("a Megatron-LM routing trace does not record the number of experts; pass n_experts "
-                         "(--n-experts, the model's num_moe_experts)")
-    state = _State(n_experts, score)
-    for rec in iter_records(path, progress, n_experts):
+    state = _State(n_experts, score, limits, "logit_shape" if source == "megatron" else "parquet_rows")
+    for rec in iter_records(path, progress, limits):
         state.add(rec)
     state.finish_step()
     if not state.rows:
@@ -97,9 +118,10 @@ def summarize(path: str, n_experts: int | None = None, n_layers: int | None = No
 class _State:
     """What summarize() keeps while streaming: the current step's accumulators and the finished rows."""
 
-    def __init__(self, n_experts: int | None, score: str) -> None:
-        self.n_experts, self.score = n_experts, score
+    def __init__(self, n_experts: int | None, score: str, limits: TraceLimits, recorded: str) -> None:
+        self.given, self.score, self.limits, self.recorded = n_experts, score, limits, recorded
         self.config: MoEConfig | None = None
+        self.source = "given"
         self.step: int | None = None
         self.current: dict[str, StatsAccumulator] = {}
         self.layer_order: list[str] = []
@@ -107,7 +129,7 @@ class _State:
         self.load: dict[str, list[np.ndarray]] = {}
         self.rows: list[dict] = []
         self.steps: list[int] = []
-        self.records = self.skipped = 0
+        self.records = self.skipped = self.max_id = 0
         self.has_logits: bool | None = None
 
     def add(self, rec: RoutingRecord) -> None:
@@ -120,36 +142,58 @@ class _State:
         if rec.top_k_index.shape[0] == 0:
             self.skipped += 1
             return
-        logits = self._logits(rec)
-        trace = trace_from_routing(self._config(rec), logits, torch.from_numpy(rec.top_k_index))
-        self.current.setdefault(rec.layer, StatsAccumulator()).update(trace)
+        cfg = self._config(rec)
+        if rec.layer not in self.current:  # one more (E,) load row and accumulator: within the budget?
+            layers = max(len(self.layer_order), len(self.current) + 1)
+            self.limits.check_summary(len(self.steps) + 1, layers, cfg.n_experts)
+        acc = self.current.setdefault(rec.layer, StatsAccumulator())
+        if self._logits(rec):
+            logits, idx = torch.from_numpy(rec.router_logits), torch.from_numpy(rec.top_k_index)  # (T, E), (T, K)
+            chunk = max(1, CHUNK_ENTRIES // cfg.n_experts)
+            for lo in range(0, len(idx), chunk):  # sums add over tokens: chunks bound the (T, E) temporaries
+                acc.add(sums_from_routing(cfg, logits[lo:lo + chunk], idx[lo:lo + chunk]))
+        else:
+            acc.add(sums_from_choices(cfg.n_experts, rec.top_k_index))
         self.records += 1
 
     def _config(self, rec: RoutingRecord) -> MoEConfig:
-        K = rec.top_k_index.shape[1]
-        E = self.n_experts or (rec.router_logits.shape[1] if rec.router_logits is not None else None)
+        K, high = rec.top_k_index.shape[1], int(rec.top_k_index.max())
         if self.config is None:
+            E = self._experts(rec)
             self.config = MoEConfig(d_model=1, d_expert=1, n_experts=E, top_k=K, score=self.score)
+        E = self.config.n_experts
+        if rec.n_experts is not None and rec.n_experts != E:
+            raise ValueError(f"{rec.where}: the record has {rec.n_experts} experts but earlier records (or "
+                             f"n_experts) have {E}; give a trace of one model")
         if K != self.config.top_k:
             raise ValueError(f"{rec.where}: top_k={K} but earlier records have {self.config.top_k}; "
                              f"give a trace of one model")
-        high = int(rec.top_k_index.max())
-        if high >= self.config.n_experts:
-            raise ValueError(f"{rec.where}: expert index {high} but n_experts={self.config.n_experts}; "
-                             f"pass the model's expert count (--n-experts)")
+        if high >= E:
+            raise ValueError(f"{rec.where}: expert index {high} but n_experts={E}; the count must be at least the "
+                             f"largest expert index + 1: pass the model's expert count (--n-experts)")
+        self.max_id = max(self.max_id, high)
         return self.config
 
-    def _logits(self, rec: RoutingRecord) -> torch.Tensor:
+    def _experts(self, rec: RoutingRecord) -> int:
+        """The file's count when it records one (checked against the caller's), else the caller's."""
+        if rec.n_experts is None:
+            if self.given is None:
+                raise ExpertsNeeded(int(rec.top_k_index.max()) + 1)
+            return self.given
+        self.source = self.recorded
+        if self.given is not None and self.given != rec.n_experts:
+            raise ValueError(f"the file records {rec.n_experts} experts ({N_EXPERTS_SOURCES[self.source]}) but "
+                             f"n_experts={self.given} was given; give {rec.n_experts} or leave the count out")
+        return rec.n_experts
+
+    def _logits(self, rec: RoutingRecord) -> bool:
         has = rec.router_logits is not None
         if self.has_logits is None:
             self.has_logits = has
         elif has != self.has_logits:
             raise ValueError(f"{rec.where}: some records carry logits and others not; copy the logits sidecar "
                              f"with the file or remove it")
-        if has:
-            return torch.from_numpy(np.ascontiguousarray(rec.router_logits, dtype=np.float32))
-        E = self.n_experts or int(rec.top_k_index.max()) + 1
-        return torch.zeros(rec.top_k_index.shape[0], E)  # (T, E): unknown; PROB_SIDE masked below
+        return has
 
     def finish_step(self) -> None:
         """Close the current step: its layers must be the first step's; rows and pooled sums follow."""
@@ -162,24 +206,21 @@ class _State:
             raise ValueError(f"step {self.step} has MoE layers {sorted(names)} but step {self.steps[0]} has "
                              f"{sorted(self.layer_order)}; the file is inconsistent (a cut or mixed trace)")
         for name, acc in self.current.items():
-            summary = self._masked(acc.summary())
+            summary = acc.summary()
             self.rows.append({"step": self.step, "layer": name, **{k: summary[k] for k in ROW_KEYS}})
             self.load.setdefault(name, []).append(acc.sums.demand.astype(np.int64))  # (E,)
             self.pooled.setdefault(name, StatsAccumulator()).update(acc)
         self.steps.append(self.step)
         self.current = {}
 
-    def _masked(self, summary: dict) -> dict:
-        return summary if self.has_logits else {k: (float("nan") if k in PROB_SIDE else v)
-                                                for k, v in summary.items()}
-
     def summary(self, source: str) -> TraceSummary:
         cfg = self.config
-        return TraceSummary(source=source, n_experts=cfg.n_experts, top_k=cfg.top_k, has_logits=bool(self.has_logits),
+        return TraceSummary(source=source, n_experts=cfg.n_experts, n_experts_source=self.source,
+                            max_expert_id=self.max_id, top_k=cfg.top_k, has_logits=bool(self.has_logits),
                             layers=self.layer_order, steps=self.steps,
                             load={k: np.stack(v) for k, v in self.load.items()},  # (S, E) each
                             rows=pd.DataFrame(self.rows),
-                            pooled={k: self._masked(summary_dict(a.sums)) for k, a in self.pooled.items()},
+                            pooled={k: summary_dict(a.sums) for k, a in self.pooled.items()},
                             records=self.records, skipped_empty=self.skipped)
 
 
@@ -204,32 +245,15 @@ def run_trace_report(args) -> str:
     s = summarize(args.file, n_experts=args.n_experts, n_layers=args.layers, score=args.score)
     planned = s.plan(args.world_size, args.redundant_slots, args.layer) if args.world_size else None
     if args.format == "csv":
-        rows = s.rows.copy()
         pos = {step: i for i, step in enumerate(s.steps)}  # every step holds every layer (checked)
-        load = np.stack([s.load[name][pos[step]] for step, name in zip(rows["step"], rows["layer"])])  # (rows, E)
-        for e in range(s.n_experts):
-            rows[f"load_{e}"] = load[:, e]
-        return rows.to_csv(index=False)
-    doc = {"source": s.source, "n_experts": s.n_experts, "top_k": s.top_k, "has_logits": s.has_logits,
+        load = np.stack([s.load[name][pos[step]] for step, name in zip(s.rows["step"], s.rows["layer"])])  # (rows, E)
+        columns = pd.DataFrame(load, columns=[f"load_{e}" for e in range(s.n_experts)])
+        return pd.concat([s.rows.reset_index(drop=True), columns], axis=1).to_csv(index=False)
+    doc = {"source": s.source, "n_experts": s.n_experts, "n_experts_source": s.n_experts_source,
+           "max_expert_id": s.max_expert_id, "top_k": s.top_k, "has_logits": s.has_logits,
            "records": s.records, "skipped_empty": s.skipped_empty, "layers": s.layers, "steps": len(s.steps),
            "worst": s.worst(), "per_layer": s.pooled, "rows": s.rows.to_dict(orient="records"),
            "load": {name: s.load[name].tolist() for name in s.layers}}
     if planned is not None:
         doc["plan"] = planned
-    return json_dumps(doc)
-
-
-def json_dumps(doc: dict) -> str:
-    """JSON with NaN written as null (strict readers reject NaN)."""
-    import json
-    import math
-
-    def clean(v):
-        if isinstance(v, float) and not math.isfinite(v):
-            return None
-        if isinstance(v, dict):
-            return {k: clean(x) for k, x in v.items()}
-        if isinstance(v, list):
-            return [clean(x) for x in v]
-        return v
-    return json.dumps(clean(doc), indent=1, default=float)
+    return dumps(doc, indent=1)

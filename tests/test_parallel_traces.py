@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.figures_parallel import plan_load_figure, trace_load_figure, trace_worst_figure
@@ -12,6 +13,12 @@ from trace_support import megatron_records, write_megatron
 def traces_app() -> None:
     from dashboard.sections import traces
     traces.render(None)
+
+
+@pytest.fixture(autouse=True)
+def _roots(tmp_path, monkeypatch):
+    """The test's files lie under a root the server may open (as MOE_SCOPE_ROOTS allows at start)."""
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path))
 
 
 def _app(path: str, **numbers) -> AppTest:
@@ -47,7 +54,7 @@ def test_bad_files_are_one_clear_message(tmp_path):
     assert not at.exception and "line 2 is truncated" in at.error[0].value
     assert at.error[0].value.startswith("This trace cannot be opened: `/")  # the path, quoted
     at = _app(str(tmp_path / "nothing.jsonl"))
-    assert not at.exception and "no file at" in at.error[0].value
+    assert not at.exception and "not under a directory this server may open" in at.error[0].value
     write_megatron(tmp_path / "ok.jsonl", megatron_records(1, 2, 4, 8, 2))
     at = _app(str(tmp_path / "ok.jsonl"), trace_experts=8, trace_layers=3)
     assert not at.exception and "3 were expected" in at.error[0].value
@@ -95,3 +102,69 @@ def test_an_even_trace_keeps_contiguous_blocks_and_says_so(tmp_path, capsys):
     at = _app(str(path), trace_experts=8)
     assert not at.exception and not at.error, at.error
     assert "kept the current placement" in at.info[0].value
+
+
+def fine_grained_app() -> None:
+    """The view under the sidebar's Fine-grained preset (64 experts): the trace's count must not come from it."""
+    from types import SimpleNamespace
+
+    from dashboard.sections import traces
+    from moe import MoEConfig
+    traces.render(SimpleNamespace(config=MoEConfig(n_experts=64, top_k=2)))
+
+
+def test_the_view_asks_for_the_count_a_trace_does_not_record_and_says_which_was_used(tmp_path):
+    path = tmp_path / "router_trace_rank0.jsonl"
+    write_megatron(path, megatron_records(2, 2, 30, 8, 2, hot=3))  # 8 experts, no logits
+    at = AppTest.from_function(fine_grained_app, default_timeout=60).run()
+    at.radio(key="trace_source").set_value("Path on the server").run()
+    assert at.number_input(key="trace_experts").value is None  # empty, not the sidebar's 64
+    at.text_input(key="trace_path").set_value(str(path)).run()
+    assert not at.exception and not at.error and not at.get("plotly_chart")
+    assert "type the model's expert count" in at.warning[0].value and "at least 8" in at.warning[0].value
+    at.number_input(key="trace_experts").set_value(8).run()
+    worst = summarize(str(path), n_experts=8).worst()
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["Worst (step, layer)"].delta == f"max/mean {worst['max_over_mean']:.3f}"
+    text = "\n".join(c.value for c in at.caption)
+    assert "**E = 8**, typed in **Experts (E)** above (the file does not record it)" in text and not at.warning
+    at.number_input(key="trace_experts").set_value(64).run()  # the count a careless hand would give
+    assert "**E = 64**, typed in" in "\n".join(c.value for c in at.caption)
+    assert "indices reach only 7: experts 8...63 never receive a token" in at.warning[0].value
+
+
+def test_a_count_the_file_records_is_used_and_named(tmp_path):
+    import torch
+
+    from moe import MoEConfig, MoELayer
+    from moe.trace_io import TraceWriter
+    _, trace = MoELayer(MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2))(torch.randn(12, 8))
+    with TraceWriter(tmp_path / "t.parquet") as w:
+        w.write(trace, step=0, layer=0)
+    at = _app(str(tmp_path / "t.parquet"))
+    text = "\n".join(c.value for c in at.caption)
+    assert not at.error and "**E = 4**, recorded in the file: one Parquet row per (token, expert)" in text
+    at = _app(str(tmp_path / "t.parquet"), trace_experts=64)
+    assert "the file records 4 experts" in at.error[0].value
+
+
+def test_a_path_outside_the_roots_is_refused_alike_for_existing_and_missing_files(tmp_path, monkeypatch):
+    from moe.roots import OUTSIDE
+    monkeypatch.delenv("MOE_SCOPE_ROOTS")  # tmp_path is not under the server's directory
+    write_megatron(tmp_path / "t.jsonl", megatron_records(1, 1, 4, 8, 2))
+    shown = []
+    for name in ("t.jsonl", "missing.jsonl"):
+        at = _app(str(tmp_path / name), trace_experts=8)
+        assert not at.exception and not at.get("plotly_chart")
+        shown.append(at.error[0].value)
+    assert shown[0] == shown[1] == f"This trace cannot be opened: {OUTSIDE}" and str(tmp_path) not in shown[0]
+
+
+def test_a_single_step_gets_one_integer_tick_and_the_worst_label_stays_clear_of_the_colour_bar():
+    import pandas as pd
+    heat = trace_load_figure(np.array([[1, 5, 3, 3]]), [0], "0", worst_step=0)
+    assert list(heat.layout.yaxis.tickvals) == [0] and list(heat.layout.yaxis.ticktext) == ["0"]
+    label = heat.layout.annotations[0]
+    assert label.text == "worst step" and label.xanchor == "left" and label.x == 0  # at the left, not by the bar
+    rows = pd.DataFrame({"step": [0, 0], "layer": ["0", "1"], "max_over_mean": [1.0, 2.0]})
+    assert list(trace_worst_figure(rows, ["0", "1"]).layout.yaxis.tickvals) == [0]

@@ -139,8 +139,9 @@ def test_bad_megatron_files_say_what_is_wrong(tmp_path):
     assert "n_experts=4" in _bad(tmp_path, lines, n_experts=4)  # indices up to 7
     assert "steps ascending" in _bad(tmp_path, lines[3:] + lines[:3])
     assert "not JSON" in _bad(tmp_path, ["{oops\n"] + lines)
-    with pytest.raises(ValueError, match="pass n_experts"):
-        summarize(str(tmp_path / "bad.jsonl"))
+    (tmp_path / "ok.jsonl").write_text("".join(lines))  # no logits: the count is not in the file
+    with pytest.raises(ValueError, match="does not record the number of experts; give it \\(--n-experts"):
+        summarize(str(tmp_path / "ok.jsonl"))
 
 
 def test_cli_trace_report_json_csv_and_one_line_errors(tmp_path):
