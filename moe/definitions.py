@@ -120,8 +120,10 @@ DEFINITIONS: dict[str, str] = {
                    "`NMI = 2·I / (H(L) + H(E))`, `H` the entropies of the margins (natural logs). 0 = the router "
                    "ignores topics; 1 = each topic has its own experts. Only where the input has topic labels.",
     "token_order": "heatmap rows are tokens sorted by topic (when the scenario has labels), then by top-1 "
-                   "expert (the served expert with the largest gate; \"none\" last), then by index; the y axis "
-                   "names each group at its first row. Hover shows the token index.",
+                   "expert (the served expert with the largest gate; \"none\" last), then by index. Every group is "
+                   "named left of its rows (a bracket spans them, a line joins the name when names are spread "
+                   "apart), or, when the chart is too short to name them all, none is and the caption says so. "
+                   "Hover shows the token index.",
     "hash_router_probs": "the hash router picks each token's experts from the token index alone: the "
                          "probabilities, confidence, entropy and logits below are computed from the router's "
                          "weights but play no part in the choice (they still enter aux loss and z-loss).",
