@@ -19,11 +19,12 @@ ARTIFACTS = ROOT / "artifacts"
 DEFAULT, SWITCH = "Balanced top-2 (Mixtral-like)", "Switch top-1 with capacity"
 DEEPSEEK = "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)"
 
-# Rendered texts and their boxes in each chart (the element's st-key): annotations, or one entry per x axis.
+# Rendered texts and their boxes in each chart (the element's st-key): annotations and y ticks (either may name
+# the row groups), or one entry per x axis.
 KEY = "g => (g.closest('[data-testid=\"stElementContainer\"]').className.match(/st-key-([\\w-]+)/) || [])[1]"
 BOX = "t => { const r = t.getBoundingClientRect(); return {text: t.textContent, box: [r.left, r.top, r.right, r.bottom]}; }"
-ANNOTATIONS = f"""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(g =>
-    [...g.querySelectorAll('.annotation-text')].map(t => ({{key: ({KEY})(g), ...({BOX})(t)}})))"""
+ROW_LABELS = f"""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(g =>
+    [...g.querySelectorAll('.annotation-text, g.ytick text')].map(t => ({{key: ({KEY})(g), ...({BOX})(t)}})))"""
 X_AXES = f"""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(g =>
     [...g.querySelectorAll('g.xaxislayer-above')].map((axis, i) =>
         ({{key: ({KEY})(g) + ' x' + i, ticks: [...axis.querySelectorAll('g.xtick text')].map({BOX})}})))"""
@@ -53,7 +54,7 @@ def _groups(preset: str) -> list[str]:
 @pytest.mark.parametrize("preset", [DEFAULT, SWITCH])
 def test_overview_heatmap_names_every_row_group(browser, server, preset):
     page = _open(browser, server, preset)
-    found = [t for t in page.evaluate(ANNOTATIONS) if t["key"] == "contributors_heatmap"]
+    found = [t for t in page.evaluate(ROW_LABELS) if t["key"] == "contributors_heatmap"]
     expected = _groups(preset)
     assert [t["text"] for t in found] == expected  # every group, once, in row order (expert 3 and topic 3 too)
     assert all(_disjoint(a["box"], b["box"]) for a, b in itertools.combinations(found, 2))
