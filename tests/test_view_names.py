@@ -5,7 +5,7 @@ import pathlib
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.model_link import TEXT_LINK_CHARS, text_link_note
+from dashboard.model_link import TEXT_LINK_CHARS
 from moe.hf_load import BUNDLED_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -37,6 +37,7 @@ def test_the_about_view_has_one_name_everywhere():
 
 
 def test_text_link_note_only_for_typed_texts_over_the_limit():
+    from dashboard.model_link import text_link_note
     examples = {"code": "x" * 900, "prose": "short"}
     assert text_link_note({"model_example": "code", "model_text": "x" * 900}, examples) == ""  # named by mex
     assert text_link_note({"model_example": "prose", "model_text": "y" * TEXT_LINK_CHARS}, examples) == ""
