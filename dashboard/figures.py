@@ -223,7 +223,7 @@ def token_heatmap_figure(matrix: np.ndarray, row_labels: list[str], *, title: st
     extra = {}
     if groups is not None:  # a bracket and a name per group replace the token ticks
         annotations, shapes, standoff = groups
-        yaxis.update(showticklabels=False, title=dict(text=yaxis_title, standoff=standoff))
+        yaxis.update(showticklabels=False, ticks="", title=dict(text=yaxis_title, standoff=standoff))
         extra = dict(annotations=annotations, shapes=shapes)
     return go.Figure([heat], layout(title=title, xaxis=expert_xaxis(matrix.shape[1], narrow=True), yaxis=yaxis,
                                     uirevision=uirevision, height=height, showlegend=False, colorbar=True,
