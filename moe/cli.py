@@ -190,7 +190,6 @@ def knobs_from_train_args(args: argparse.Namespace) -> dict:
 def add_train_command(commands) -> None:
     """`train`: every option defaults to the preset's (or TrainConfig's) value, so only what is given changes."""
     p = commands.add_parser("train", help="the live-training loop, headless: one row per step")
-    p.description = TRAIN_FORMATS
     p.add_argument("--preset", choices=list(PRESETS), default=None, help="start from a named setup")
     p.add_argument("--scenario", choices=list(SCENARIOS), default=None)
     p.add_argument("--clusters", type=_positive_int, default=None, help="scenario n_clusters")
