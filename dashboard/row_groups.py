@@ -50,7 +50,7 @@ def labels(groups: list[str], figure_height: int) -> tuple[list[dict], list[dict
     """(annotations, shapes, title standoff in px) naming every group of rows, or None when they do not fit."""
     runs, rows, height = spans(groups), max(len(groups), 1), plot_height(figure_height)
     centres = [(first + last + 1) / 2 / rows * height for _, first, last in runs]  # px from the plot's top
-    pos = spread(centres, LABEL_PX, height)
+    pos = spread(centres, LABEL_PX, height) if runs else None
     if pos is None:
         return None
     annotations, shapes = [], []
