@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import io
-import json
 
 import pandas as pd
 
 from moe import trace_io
+from moe.jsonio import dumps
 
 from .result import RunResult
 from .tables import token_table
@@ -24,7 +24,7 @@ def token_csv(result: RunResult) -> bytes:
 def summary_json(result: RunResult) -> bytes:
     doc = {"config": result.config.to_dict(), "scenario": result.scenario,
            "scenario_params": result.scenario_params, "device": result.device, "summary": result.summary}
-    return json.dumps(doc, indent=2, default=float).encode()
+    return dumps(doc, indent=2).encode()  # strict: NaN (dropless capacity, no shared experts) → null
 
 
 def trace_frame(result: RunResult) -> pd.DataFrame:

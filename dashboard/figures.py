@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from .tables import group_ticks
+from .row_groups import labels as row_group_labels
 
 HEIGHT = 340
 DEMAND_OPACITY = 0.35
@@ -61,12 +61,27 @@ def layout(*, title: str, xaxis: dict, yaxis: dict, uirevision: str, height: int
                 **extra)
 
 
-def expert_xaxis(n_experts: int, title: str = "expert", **extra) -> dict:
-    """An x axis over experts 0..E-1: a tick at every expert when they fit, automatic ticks otherwise."""
-    axis = dict(title=dict(text=title), range=[-0.5, n_experts - 0.5], **extra)
-    if n_experts <= 32:
-        axis.update(tickmode="linear", tick0=0, dtick=1)
-    return axis
+# Expert numbers side by side, level (tickangle 0: Plotly would tilt crowded labels instead): a half-width chart
+# (~350 px of plot at 1400 px) fits 16 of them, a grid cell or a heatmap beside its colour bar (~200 px) 8.
+MAX_EXPERT_TICKS, NARROW_EXPERT_TICKS = 16, 8
+
+
+def expert_tick_step(n_experts: int, max_ticks: int = MAX_EXPERT_TICKS) -> int:
+    """1 (every expert's number) up to max_ticks experts, else 2, 4, 8, …: at most max_ticks ticks."""
+    return 1 if n_experts <= max_ticks else 2 ** math.ceil(math.log2(n_experts / max_ticks))
+
+
+def expert_category_ticks(names: list[str]) -> dict:
+    """Ticks of a category axis of expert names (sorted, ranked): every Nth name, at most 16, never a smear."""
+    return dict(tickmode="array", tickvals=list(names[::expert_tick_step(len(names))]), tickangle=0)
+
+
+def expert_xaxis(n_experts: int, title: str = "expert", *, narrow: bool = False, **extra) -> dict:
+    """An x axis over experts 0..E-1: a tick at every expert, or at every Nth when more would not fit
+    (narrow: a grid cell or a heatmap beside its colour bar)."""
+    step = expert_tick_step(n_experts, NARROW_EXPERT_TICKS if narrow else MAX_EXPERT_TICKS)
+    return dict(title=dict(text=title), range=[-0.5, n_experts - 0.5], tickmode="linear", tick0=0, dtick=step,
+                tickangle=0, **extra)
 
 
 def axis(title: str, **extra) -> dict:
@@ -132,7 +147,7 @@ def load_figure(per_expert: pd.DataFrame, colors: list[str], ideal: float,
     data += [_hline(*ends, y, name, color, dash, showlegend=False) for y, name, color, dash in lines]  # labelled
     top = float(max(frame["demand"].max(), ideal, capacity or 0))
     xaxis = (axis("expert (sorted by demand)", type="category", categoryorder="array", categoryarray=x,
-                  showticklabels=E <= 64) if sort else expert_xaxis(E))
+                  showticklabels=E <= 64, **expert_category_ticks(x)) if sort else expert_xaxis(E))
     return go.Figure(data, layout(title="Demand vs served per expert", xaxis=xaxis, yaxis=axis("assignments"),
                                   uirevision=f"load-{sort}", barmode="group",
                                   annotations=line_labels(ideal, capacity, top, capacity_name)))
@@ -150,8 +165,8 @@ def expert_bar_figure(per_expert: pd.DataFrame, column: str, colors: list[str], 
     bar = go.Bar(x=names if ranked else experts, y=frame[column].to_numpy(dtype=float), name=label,
                  marker=dict(color=[colors[int(e)] for e in experts]),
                  hovertemplate=f"expert %{{x}}<br>{column} %{{y:.6g}}<extra></extra>")
-    xaxis = (axis("expert (ranked)", type="category", categoryorder="array", categoryarray=names) if ranked
-             else expert_xaxis(len(per_expert)))
+    xaxis = (axis("expert (ranked)", type="category", categoryorder="array", categoryarray=names,
+                  **expert_category_ticks(names)) if ranked else expert_xaxis(len(per_expert)))
     return go.Figure([bar], layout(title=title or (f"Top contributors: {label}" if ranked else label),
                                    xaxis=xaxis, yaxis=axis(label), uirevision=f"expert-{column}",
                                    height=height, showlegend=False))
@@ -180,7 +195,7 @@ def expert_metrics_figure(per_expert: pd.DataFrame, colors: list[str],
         data.append(go.Bar(x=experts, y=per_expert[metric].to_numpy(dtype=float), name=metric, showlegend=False,
                            marker=dict(color=colors), xaxis=f"x{s}", yaxis=f"y{s}",
                            hovertemplate=f"expert %{{x}}<br>{label} %{{y:.6g}}<extra></extra>"))
-        axes[f"xaxis{s}"] = expert_xaxis(E, domain=xd, anchor=f"y{s}")
+        axes[f"xaxis{s}"] = expert_xaxis(E, domain=xd, anchor=f"y{s}", narrow=True)
         axes[f"yaxis{s}"] = axis(label, domain=yd, anchor=f"x{s}")
         titles.append(dict(text=METRIC_TITLES.get(metric, metric), x=sum(xd) / 2, y=yd[1], xref="paper",
                            yref="paper", xanchor="center", yanchor="bottom", showarrow=False, font=dict(size=14)))
@@ -196,22 +211,23 @@ def token_heatmap_figure(matrix: np.ndarray, row_labels: list[str], *, title: st
                          zmax: float | None = None, uirevision: str = "heatmap", row_groups: list[str] | None = None,
                          yaxis_title: str = "token", height: int = HEIGHT + 80) -> go.Figure:
     """Tokens (or token bins) × experts; row labels name the token or the bin's token range. With
-    row_groups (the group of each row, rows sorted by group), the y axis names each group at its first row."""
+    row_groups (the group of each row, rows sorted by group), every group is named next to its rows, or none
+    when they do not fit (dashboard.row_groups)."""
     heat = go.Heatmap(
         z=np.asarray(matrix, dtype=np.float32),  # float32: half the bytes to send, same hover digits
         x=np.arange(matrix.shape[1]), y=row_labels, colorscale=colorscale, zmin=zmin, zmax=zmax,
         colorbar=dict(title=dict(text=value_name)),
         hovertemplate=f"token %{{y}}<br>expert %{{x}}<br>{value_name} %{{z:.6g}}<extra></extra>")
     yaxis = axis(yaxis_title, autorange="reversed", type="category", showticklabels=len(row_labels) <= 40)
-    if row_groups is not None:
-        px_per_row = (height - 100) / max(len(row_labels), 1)  # plot height over rows, roughly
-        tickvals, ticktext = group_ticks(row_labels, row_groups, min_gap=math.ceil(12 / px_per_row))  # 12 px text
-        if len(tickvals) <= 40:  # more groups than that would be unreadable: no ticks
-            yaxis.update(tickmode="array", tickvals=tickvals, ticktext=ticktext, showticklabels=True,
-                         ticks="outside")
-    return go.Figure([heat], layout(title=title, xaxis=expert_xaxis(matrix.shape[1]), yaxis=yaxis,
+    groups = None if row_groups is None else row_group_labels(row_groups, height)  # every group, or None
+    extra = {}
+    if groups is not None:  # a bracket and a name per group replace the token ticks
+        annotations, shapes, standoff = groups
+        yaxis.update(showticklabels=False, ticks="", title=dict(text=yaxis_title, standoff=standoff))
+        extra = dict(annotations=annotations, shapes=shapes)
+    return go.Figure([heat], layout(title=title, xaxis=expert_xaxis(matrix.shape[1], narrow=True), yaxis=yaxis,
                                     uirevision=uirevision, height=height, showlegend=False, colorbar=True,
-                                    row_labels=True))
+                                    row_labels=True, **extra))
 
 
 def histogram_figure(hist: pd.DataFrame, *, title: str, xaxis_title: str, color: str = NEUTRAL_COLOR,

@@ -63,13 +63,28 @@ def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, li
     return values, problems
 
 
+def text_left_out(state: dict, examples: dict[str, str]) -> bool:
+    """True when the typed text is too long for the link (the example's own text travels as its name)."""
+    text = str(state.get("model_text", ""))
+    return text != examples.get(state.get("model_example")) and len(text) > TEXT_LINK_CHARS
+
+
+def text_link_note(state: dict, examples: dict[str, str]) -> str:
+    """What the page says when the link leaves the text out ("" when the link holds it)."""
+    if not text_left_out(state, examples):
+        return ""
+    return (f"The text ({len(str(state['model_text'])):,} characters) is not in this page's link: a link holds "
+            f"texts of up to {TEXT_LINK_CHARS:,} characters, so the link opens with the example prompt "
+            f"{state.get('model_example')!r} instead. Paste the text again after sharing the link.")
+
+
 def to_link(state: dict, defaults: dict, examples: dict[str, str]) -> dict[str, str]:
     """The query parameters for the Model view's current values: only those that differ from the defaults."""
     query = {}
     for key, (state_key, _) in MODEL_LINK.items():
         value = state.get(state_key, defaults.get(state_key))
-        if key == "mtext" and (value == examples.get(state.get("model_example")) or len(str(value)) > TEXT_LINK_CHARS):
-            continue  # the example's own text (named by mex), or too long for a link
+        if key == "mtext" and (value == examples.get(state.get("model_example")) or text_left_out(state, examples)):
+            continue  # the example's own text (named by mex), or too long for a link (text_link_note says so)
         if value != defaults.get(state_key):
             query[key] = ("1" if value else "0") if isinstance(value, bool) else str(value)
     return query

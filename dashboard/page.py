@@ -4,6 +4,7 @@ from __future__ import annotations
 import streamlit as st
 
 from . import controls, runner
+from .model_link import text_link_note
 from .result import RunResult
 from .sections import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, parallel,
                        pathways, router, scenario, traces)
@@ -21,11 +22,11 @@ VIEWS = {
     "Model": (model.render,),
     "Expert parallel": (parallel.render,),
     "Traces": (traces.render,),
-    "About": (about.render,),
+    about.TITLE: (about.render,),
 }
 
 # views that do not show the sidebar's forward: its files would confuse
-NO_DOWNLOADS = {"Live", "Model", "Expert parallel", "Traces", "About"}
+NO_DOWNLOADS = {"Live", "Model", "Expert parallel", "Traces", about.TITLE}
 OWN_KPIS = {"Live", "Model", "Traces"}  # views with their own numbers: the sidebar forward's KPI row would mislead
 DEFAULT_VIEW = next(iter(VIEWS))
 
@@ -107,7 +108,7 @@ def render() -> None:
     init_view()
     st.title("moe-scope")
     st.caption("What every expert of a Mixture-of-Experts layer does, live. Move a control in the sidebar; "
-               "every number has its definition next to it and in *About these numbers*.")
+               f"every number has its definition next to it and in the *{about.TITLE}* view.")
     results()
 
 
@@ -144,6 +145,8 @@ def results() -> None:
                           if changed else ""))
         kpis.render(result)
     view = st.radio("View", list(VIEWS), key="view", horizontal=True, label_visibility="collapsed")
+    if view == "Model" and (note := text_link_note(st.session_state, model.EXAMPLES)):
+        st.caption(note)  # sync_link leaves a long text out of the URL: say so, never silently
     for draw in VIEWS[view]:
         draw(result)
     if view not in NO_DOWNLOADS:

@@ -158,17 +158,6 @@ def token_order(trace: Trace, labels: torch.Tensor | None = None,
     return perm, groups, "tokens by topic"
 
 
-def group_ticks(row_labels: list[str], groups: list[str], min_gap: int = 0) -> tuple[list[str], list[str]]:
-    """(tick values, tick texts): one tick at the first row of each run of equal group names, skipping a
-    run that starts fewer than min_gap rows after the last tick (its label would overlap)."""
-    starts = [i for i in range(len(groups)) if i == 0 or groups[i] != groups[i - 1]]
-    kept: list[int] = []
-    for i in starts:
-        if not kept or i - kept[-1] >= min_gap:
-            kept.append(i)
-    return [row_labels[i] for i in kept], [groups[i] for i in kept]
-
-
 def sorted_matrix(matrix: np.ndarray, perm: np.ndarray, groups: list[str],
                   max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str, list[str]]:
     """Rows of (T, E) `matrix` in `perm` order, aggregated above max_rows; returns (matrix, row labels,

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
-import json
 import math
 import os
 import sys
@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from .config import ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTERS, SCORES, SPARSITY_MODES, MoEConfig
+from .jsonio import dumps, dumps_lines
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
 from .memory import BudgetError, budget_bytes, check_budget
@@ -85,7 +86,8 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=d.device)
     p.add_argument("--dtype", choices=list(DTYPES), default=d.dtype)
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--format", choices=("json", "csv"), default="json",
+                   help="json: one strict JSON document (NaN and inf are null); csv: key,value sections and the table")
 
 
 def add_scenario_arguments(p: argparse.ArgumentParser) -> None:
@@ -156,11 +158,10 @@ def _report(args: argparse.Namespace) -> str:
 
 
 def render(config: dict, summary: dict, table: pd.DataFrame, fmt: str, extra: dict | None = None) -> str:
-    """The report as JSON (one object) or CSV (key,value sections then the per-expert table)."""
+    """The report as strict JSON (one object; NaN → null) or CSV (key,value sections then the per-expert table)."""
     config = {**config, **(extra or {})}
     if fmt == "json":
-        return json.dumps({"config": config, "summary": summary,
-                           "per_expert": json.loads(table.to_json(orient="records"))}, indent=2)
+        return dumps({"config": config, "summary": summary, "per_expert": table.to_dict(orient="records")}, indent=2)
     out = io.StringIO()
     out.write("# config\n")
     pd.Series(config, dtype=object).rename("value").to_csv(out, header=["value"], index_label="key")
@@ -171,6 +172,9 @@ def render(config: dict, summary: dict, table: pd.DataFrame, fmt: str, extra: di
     return out.getvalue()
 
 
+TRAIN_FORMATS = ("--format json: one strict JSON document {\"config\": ..., \"rows\": [one object per step]}, "
+                 "written as the steps run; jsonl: JSON Lines, one strict JSON object per step; csv: a header, "
+                 "then one row per step. NaN and inf are written as null in JSON.")
 _COEF_FIELD = {"aux": "aux_coef", "zloss": "z_coef", "bias": "bias_rate", "capacity": "capacity_factor"}
 _TRAIN_MODEL_OPTIONS = ("d_model", "d_expert", "n_experts", "top_k", "temperature", "noise_std", "device")
 _TRAIN_OPTIONS = ("tokens", "steps", "balance", "aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr",
@@ -204,7 +208,7 @@ def add_train_command(commands) -> None:
         p.add_argument("--" + name.replace("_", "-"), type=_positive_int, default=None)
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--format", choices=("json", "csv"), default="json")
+    p.add_argument("--format", choices=("json", "jsonl", "csv"), default="json", help=TRAIN_FORMATS)
     p.set_defaults(run=_train)
 
 
@@ -227,9 +231,10 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
     return base.replace(model=base.model.replace(**model), scenario=scenario, scenario_params=params, **changes)
 
 
-def _json_row(row: dict) -> str:
-    clean = {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in row.items()}
-    return json.dumps(clean, allow_nan=False)  # NaN becomes null: every line is valid JSON
+def train_config_dict(cfg: TrainConfig) -> dict:
+    """The TrainConfig as plain values: the layer's config as MoEConfig.to_dict(), scenario_params as a dict."""
+    fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+    return {**fields, "model": cfg.model.to_dict(), "scenario_params": cfg.params}
 
 
 def _train(args: argparse.Namespace) -> str:
@@ -242,17 +247,26 @@ def _train(args: argparse.Namespace) -> str:
     columns = trainer.columns()
     out = sys.stdout
     writer = csv.writer(out, lineterminator="\n")
-    if args.format == "csv":
-        writer.writerow(columns)
+    rows = 0
 
-    def emit(row: dict) -> None:
-        if args.format == "json":
-            out.write(_json_row(row) + "\n")
+    def emit(row: dict) -> None:  # every format streams: memory stays flat however many steps
+        nonlocal rows
+        if args.format == "json":  # one document, its rows written as they come
+            out.write((",\n" if rows else "") + "    " + dumps(row))
+        elif args.format == "jsonl":
+            out.write(dumps_lines([row]))
         else:
             writer.writerow([row[c] for c in columns])
+        rows += 1
 
     try:
+        if args.format == "csv":
+            writer.writerow(columns)
+        elif args.format == "json":
+            out.write('{"config": ' + dumps(train_config_dict(trainer.config)) + ',\n "rows": [\n')
         trainer.run(args.steps or cfg.steps, callback=emit)
+        if args.format == "json":
+            out.write("\n]}\n")
         out.flush()
     except BrokenPipeError:  # `| head`: the reader left; stop quietly
         sys.stdout = open(os.devnull, "w")

@@ -15,8 +15,11 @@ DEFINITIONS: dict[str, str] = {
               "The summary's `served` is `Σ_e served_e`.",
     "dropped": "assignments cut by capacity: `dropped_e = demand_e − served_e`; they contribute nothing and "
                "the remaining weights are not renormalised. The summary's `dropped` is the total.",
-    "load_share": "`served_e / Σ_e' served_e'`; 1/E for every expert at perfect balance.",
-    "utilization": "`served_e / (T·K/E)`: served assignments against the perfectly balanced load; 1 = ideal.",
+    "load_share": "`served_e / Σ_e' served_e'`; 1/E for every expert at perfect balance, at most `1/K` with "
+                  "top-k routing (a token's K choices are K different experts, so one expert serves at most T of "
+                  "the T·K assignments): a collapsed expert reads `1/K`, 1 only for top-1.",
+    "utilization": "`served_e / (T·K/E)`: served assignments against the perfectly balanced load; 1 = ideal, "
+                   "at most `E/K` (an expert serves each token at most once).",
     "activation_sparsity": "share of the expert's hidden units that are near zero over the tokens it served: "
                            "`#{near zero} / (served_e·H)`, h the hidden (`act(w_gate·x) ⊙ (w_up·x)`, or "
                            "`act(w_up·x)` when not gated). sparsity_mode \"absolute\": `|h| < sparsity_eps`; "
@@ -41,16 +44,20 @@ DEFINITIONS: dict[str, str] = {
                         "`aux = E·Σ f_e·P_e ≈ Σ f_e = 1` however skewed the load is. Read the load from max/mean "
                         "load and CV instead.",
     "aux_loss": "`E · Σ_e f_e·P_e` with `f_e = demand_e/(T·K)` and `P_e = mean_t probs[t,e]`. Switch/Megatron "
-                "scale: 1.0 at perfect balance, up to E when one expert takes everything. Hugging Face's Mixtral "
+                "scale: 1.0 at perfect balance, at most `E/K` (E for top-1): a token sends only one of its K "
+                "assignments to any expert (`f_e ≤ 1/K`), so the maximum is reached when every token picks "
+                "the same expert with probability ≈ 1. Hugging Face's Mixtral "
                 "`load_balancing_loss` reports top_k times this value. For expert_choice every expert takes C "
                 "tokens, so aux_loss = `E·C/(T·K)` ≈ 1 by construction and says nothing about balance.",
     "z_loss": "`mean_t (logsumexp_e router_logits[t,e])²` (ST-MoE's router z-loss, before its coefficient): "
               "grows with the scale of the logits.",
     "cv": "coefficient of variation of demand: `std_e(demand_e) / mean_e(demand_e)`, population std (ddof=0); "
           "0 = perfectly even.",
-    "max_over_mean": "`max_e demand_e / mean_e demand_e`: 1 = even, E = every assignment on one expert.",
+    "max_over_mean": "`max_e demand_e / mean_e demand_e`: 1 = even; at most `E/K` (E for top-1), when every "
+                     "token chooses the same expert (one expert takes at most T of the T·K assignments).",
     "load_entropy": "`exp(H(s)) / E` with `s_e = demand_e / Σ demand` and `H(s) = −Σ_e s_e·ln s_e`: the "
-                    "effective number of experts as a share of E; 1 = even, 1/E = one expert.",
+                    "effective number of experts as a share of E; 1 = even; at least `K/E` (1/E for top-1), when "
+                    "every token chooses the same K experts.",
     "dead_fraction": "share of experts that served no token: `#{e : served_e = 0} / E`.",
     "dropped_fraction": "`(Σ demand − Σ served) / Σ demand`: share of the router's choices cut by capacity.",
     "mean_confidence": "`mean_t min(p₁/p₂, 100)`, p₁ ≥ p₂ the two largest probs of token t; 1 = a tie between "
@@ -113,8 +120,10 @@ DEFINITIONS: dict[str, str] = {
                    "`NMI = 2·I / (H(L) + H(E))`, `H` the entropies of the margins (natural logs). 0 = the router "
                    "ignores topics; 1 = each topic has its own experts. Only where the input has topic labels.",
     "token_order": "heatmap rows are tokens sorted by topic (when the scenario has labels), then by top-1 "
-                   "expert (the served expert with the largest gate; \"none\" last), then by index; the y axis "
-                   "names each group at its first row. Hover shows the token index.",
+                   "expert (the served expert with the largest gate; \"none\" last), then by index. Every group is "
+                   "named left of its rows (a bracket spans them, a line joins the name when names are spread "
+                   "apart), or, when the chart is too short to name them all, none is and the caption says so. "
+                   "Hover shows the token index.",
     "hash_router_probs": "the hash router picks each token's experts from the token index alone: the "
                          "probabilities, confidence, entropy and logits below are computed from the router's "
                          "weights but play no part in the choice (they still enter aux loss and z-loss).",
@@ -142,7 +151,9 @@ DEFINITIONS: dict[str, str] = {
     "task_loss": "`mean_{t,d} (y_t − target_t)²` on the step's batch: the synthetic task's MSE, where the target "
                  "of a token of topic c is `A_c·x` (a map partly private to the topic, so specialists help).",
     "live_load_share": "per step, `served_e / Σ_e' served_e'` on that step's batch, stacked to 1; equal bands "
-                       "(1/E each) = perfect balance, one band filling the chart = collapse.",
+                       "(1/E each) = perfect balance. Collapse with top-K: one band grows to `1/K` of the "
+                       "chart, its most (a token's K choices are K different experts); one band fills the whole "
+                       "chart only with top-1.",
     "expert_bias": "the router's selection-only bias b_e (DeepSeek-V3 aux-loss-free balancing): after each step "
                    "with balance = bias, `b_e += bias_rate·sign(mean_e' load_e' − load_e)` with load = demand "
                    "(routed tokens). It changes which experts are chosen, never the gate weights.",
@@ -152,8 +163,8 @@ DEFINITIONS: dict[str, str] = {
     "trace_load": "per layer, `load[s, e] = Σ_t [e ∈ top_k_index[t]]` over the tokens of step s (all records of "
                   "that (step, layer), micro-batches added): the assignments expert e received, before capacity "
                   "(a trace records the router's choice).",
-    "trace_max_over_mean": "per (step, layer), `max_e load[s, e] / mean_e load[s, e]`: 1 = even; E = one expert "
-                           "takes everything. The **worst (step, layer)** is the one with the largest value "
+    "trace_max_over_mean": "per (step, layer), `max_e load[s, e] / mean_e load[s, e]`: 1 = even; at most `E/K` "
+                           "(E for top-1), when every token chose the same expert. The **worst (step, layer)** is the one with the largest value "
                            "(the first on ties): the busiest expert furthest above the mean.",
     "trace_probability_side": "aux_loss, z_loss and mean_confidence need the router's logits: a moe-scope trace "
                               "carries them, a Megatron-LM trace only with its logits sidecar "

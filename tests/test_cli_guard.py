@@ -85,7 +85,7 @@ def test_every_scenario_trains(capsys, scenario):
                  "--steps", "2"])
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
-    rows = [json.loads(line) for line in out.splitlines()]
+    rows = json.loads(out)["rows"]  # --format json: one document
     assert [r["step"] for r in rows] == [1, 2] and all(r["tokens"] == 16 for r in rows)
 
 

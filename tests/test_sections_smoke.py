@@ -16,7 +16,7 @@ SECTIONS = {  # module: (subheader(s), plotly charts drawn, definition keys its 
     "pathways": ("Pathways", 3, ("conditional_coactivation", "topk_combinations", "experts_per_token")),
     "scenario": ("Scenario", 1, ("cluster_share", "routing_nmi")),
     "inspector": ("Token inspector", 1, ("token_detail",)),
-    "about": ("About these numbers", 0, ()),
+    "about": ("About", 0, ()),
 }
 VARIANTS = {  # the smoke test runs each section on each; "shared" is checked on its own below
     "clusters_capacity": dict(n_experts=6, top_k=2, capacity_factor=0.8),

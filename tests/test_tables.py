@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from dashboard import tables as tb
+from dashboard.row_groups import spans
 from moe import MoEConfig, MoELayer
 from moe.scenarios import make_batch
 
@@ -263,14 +264,13 @@ def test_token_order_groups_by_topic_then_top1_expert():
     assert set(groups2) <= {f"expert {e}" for e in range(4)} | {"none"}
 
 
-def test_sorted_matrix_rows_and_group_ticks():
+def test_sorted_matrix_rows_and_group_spans():
     matrix = np.arange(12.0).reshape(6, 2)  # (T=6, E=2)
     perm, groups = np.array([5, 0, 3, 1, 2, 4]), ["a", "a", "b", "b", "b", "c"]
     shown, labels, note, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows=10)
     np.testing.assert_array_equal(shown, matrix[[5, 0, 3, 1, 2, 4]])
     assert labels == ["5", "0", "3", "1", "2", "4"] and not note and row_groups == groups
-    assert tb.group_ticks(labels, row_groups) == (["5", "3", "4"], ["a", "b", "c"])
-    assert tb.group_ticks(labels, row_groups, min_gap=3) == (["5", "4"], ["a", "c"])  # "b" starts 2 rows after "a"
+    assert spans(row_groups) == [("a", 0, 1), ("b", 2, 4), ("c", 5, 5)]  # every group, however thin
     shown, labels, note, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows=3)
     np.testing.assert_allclose(shown, [(matrix[5] + matrix[0]) / 2, (matrix[3] + matrix[1]) / 2,
                                        (matrix[2] + matrix[4]) / 2])

@@ -226,7 +226,8 @@ _SMALL = ["--d-model", "8", "--d-expert", "16", "--n-experts", "4", "--tokens", 
 
 
 def test_train_cli_prints_one_json_row_per_step(capsys):
-    assert main(["train", *_SMALL, "--steps", "4", "--balance", "aux", "--coef", "0.2", "--seed", "3"]) == 0
+    assert main(["train", *_SMALL, "--steps", "4", "--balance", "aux", "--coef", "0.2", "--seed", "3",
+                 "--format", "jsonl"]) == 0
     lines = capsys.readouterr().out.splitlines()
     rows = [json.loads(line) for line in lines]
     assert [r["step"] for r in rows] == [1, 2, 3, 4]

@@ -1,4 +1,5 @@
-"""About these numbers: every definition the captions use, in one place."""
+"""About: every definition the captions use, in one place. TITLE is the view's one name (view list, heading,
+the page's header line, README)."""
 from __future__ import annotations
 
 import streamlit as st
@@ -6,9 +7,11 @@ import streamlit as st
 from ..definitions import DEFINITIONS, caption
 from ..result import RunResult
 
+TITLE = "About"
+
 
 def render(result: RunResult) -> None:
-    st.subheader("About these numbers")
-    st.markdown("Notation: T tokens, E experts, K top_k, D d_model, H d_expert, C capacity. "
+    st.subheader(TITLE)
+    st.markdown("What every number on this page means. Notation: T tokens, E experts, K top_k, D d_model, H d_expert, C capacity. "
                 "The same texts appear as the captions under the charts.")
     st.markdown("\n".join(f"- {caption(key)}" for key in DEFINITIONS))

@@ -7,18 +7,19 @@ import streamlit as st
 from ..definitions import caption
 from ..figures import HEIGHT, token_heatmap_figure
 from ..result import RunResult
+from ..row_groups import unlabelled_note
 from ..tables import heatmap_rows, sorted_token_matrix
 
 
 def figure(result: RunResult, height: int = HEIGHT + 80) -> tuple[go.Figure, str]:
-    """The heatmap, and the aggregation note ("" when every token has its own row)."""
+    """The heatmap, and its notes: the aggregation, and row groups too many to name ("" when neither)."""
     matrix, labels, note, row_groups, sort_text = sorted_token_matrix(
         result.trace, "contributions", result.labels, result.label_names, heatmap_rows(result.config.n_experts))
     title = "Contribution per token and expert" + (" (binned means)" if note else "")
     fig = token_heatmap_figure(matrix, labels, title=title, value_name="contribution", zmin=0.0,
                                uirevision="contributions", row_groups=row_groups, yaxis_title=sort_text,
                                height=height)
-    return fig, note
+    return fig, " ".join(filter(None, (note, unlabelled_note(row_groups, height))))
 
 
 def captions(note: str) -> None:

@@ -7,9 +7,10 @@ import streamlit as st
 
 from ..colors import expert_colors
 from ..definitions import DEFINITIONS, caption
-from ..figures import histogram_figure, token_heatmap_figure
+from ..figures import HEIGHT, histogram_figure, token_heatmap_figure
 from ..figures_router import logits_figure
 from ..result import RunResult
+from ..row_groups import unlabelled_note
 from ..tables import confidence_histogram, entropy_histogram, heatmap_rows, logit_quantiles, sorted_token_matrix
 from .kpis import fmt
 
@@ -26,6 +27,7 @@ def render(result: RunResult) -> None:
                                uirevision="probs", row_groups=groups, yaxis_title=sort_text)
     st.plotly_chart(fig, width="stretch", key="router_probs")
     text = caption("probs", "token_order", "token_heatmap_aggregation")
+    note = " ".join(filter(None, (note, unlabelled_note(groups, HEIGHT + 80))))
     st.caption(f"**{note}**  \n{text}" if note else text)
     margin, overlap = result.summary["topk_margin"], result.summary["bias_overlap"]
     st.markdown(f"Close to flipping: **top-k margin = {fmt(margin)}** · kept by the bias and groups: "
