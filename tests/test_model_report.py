@@ -109,7 +109,10 @@ def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tm
 def test_memory_estimate_refuses_an_over_budget_model(model_dir, monkeypatch):
     config = read_config(str(model_dir))
     est = estimate_model_bytes(str(model_dir), config, 128)
-    assert est["weights"] == (model_dir / "model.safetensors").stat().st_size
+    # weights: what the config's model allocates (parameters and buffers, float32 here); loading: the file mapped
+    model = tiny_model("mixtral", layers=2)
+    assert est["weights"] == 4 * sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+    assert est["loading"] == (model_dir / "model.safetensors").stat().st_size
     with pytest.raises(ValueError, match="over the memory budget"):
         load_model(str(model_dir), tokens=128, budget=est["total"] - 1)
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.000001")
