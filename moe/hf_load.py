@@ -155,7 +155,7 @@ def read_training_nmi(path: str, layers: int) -> tuple[dict[str, list] | None, s
     if file.stat().st_size > TRAINING_MAX_BYTES:
         return None, unusable
     try:
-        saved = json.loads(file.read_text(encoding="utf-8"), parse_constant=lambda _: None)
+        saved = json.loads(file.read_text(encoding="utf-8"), parse_constant=_not_strict)
     except (OSError, UnicodeDecodeError, ValueError):
         return None, unusable
     if not isinstance(saved, dict):
@@ -172,3 +172,7 @@ def read_training_nmi(path: str, layers: int) -> tuple[dict[str, list] | None, s
 
 def _number(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x))
+
+
+def _not_strict(constant: str):
+    raise ValueError(f"{constant} is not strict JSON")

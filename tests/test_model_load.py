@@ -11,8 +11,7 @@ import sys
 import pytest
 
 from moe.cli import main
-from moe.hf_checkpoint import TOKENIZER_FACTOR
-from moe.hf_load import BUNDLED_MODEL, load_model, model_estimate
+from moe.hf_load import BUNDLED_MODEL, load_model
 from moe.memory import GiB
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,7 +62,14 @@ def test_a_config_that_does_not_match_the_tensors_is_refused(tmp_path):
         load_model(str(extra), tokens=16, budget=64 * GiB)
 
 
+def model_estimate(path: str, tokens: int) -> dict:
+    from moe.hf_load import model_estimate
+    return model_estimate(path, tokens)
+
+
 def test_the_estimate_is_the_config_model_plus_the_file_and_the_tokenizer(tmp_path):
+    from moe.hf_checkpoint import TOKENIZER_FACTOR
+
     est = model_estimate(BUNDLED_MODEL, 16)
     files = sum(pathlib.Path(BUNDLED_MODEL, f).stat().st_size for f in ("tokenizer.json", "tokenizer_config.json"))
     assert est["tokenizer"] == TOKENIZER_FACTOR * files
@@ -73,6 +79,8 @@ def test_the_estimate_is_the_config_model_plus_the_file_and_the_tokenizer(tmp_pa
 
 
 def test_a_huge_tokenizer_counts_in_the_budget(tmp_path):
+    from moe.hf_checkpoint import TOKENIZER_FACTOR
+
     big = copy_model(tmp_path / "bigtok")
     base = model_estimate(str(big), 16)["total"]
     file = big / "tokenizer.json"
