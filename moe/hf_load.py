@@ -46,7 +46,9 @@ def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]
     weights: the parameters and buffers of the model config.json describes, at its dtype (built on the meta
     device: what transformers allocates, whatever the files hold); loading: the safetensors files, mapped while
     their tensors are copied (peak RSS of a load is weights + files, benchmarks/bench_memory_guard.py);
-    tokenizer: TOKENIZER_FACTOR x its files. Refuses a checkpoint whose tensors are not the config's model."""
+    tokenizer: TOKENIZER_FACTOR x its files; forward: activations, traces, logits and attention, and the
+    runtime overhead of a first forward (moe.memory.RUNTIME_BYTES). Refuses a checkpoint whose tensors are not
+    the config's model."""
     adapter = adapter_for(_family(config))
     check_sizes(config, adapter.family, adapter.sizes)
     plan = plan_checkpoint(path)
@@ -58,7 +60,7 @@ def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]
     heads = config.get("num_attention_heads", 1)
     other = tokens * config["vocab_size"] * 4 * 2 + heads * tokens * tokens * item + 8 * tokens * D * item
     parts = {"weights": plan.model_bytes, "loading": plan.file_bytes, "tokenizer": plan.tokenizer_bytes,
-             "forward": layer["activations"] + L * layer["trace"] + other}
+             "forward": layer["activations"] + L * layer["trace"] + other + layer["runtime"]}
     return {**parts, "total": sum(parts.values())}
 
 
