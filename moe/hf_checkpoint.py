@@ -69,9 +69,10 @@ def check_sizes(config: dict, family: str, sizes: tuple[str, ...]) -> None:
     if missing:
         raise ValueError(f"config.json says model_type {family!r} but lacks {', '.join(missing)}: "
                          f"it does not describe a {family} model; re-save the model's config")
-    for key in dict.fromkeys((*SIZE_KEYS, *sizes)):
-        value = config.get(key)
-        if value is None and key not in ("hidden_size", "num_hidden_layers", "vocab_size", *sizes):
+    required = ("hidden_size", "num_hidden_layers", "vocab_size", *sizes)
+    for key in [k for k in config if k in SIZE_KEYS or k in sizes]:  # in the file's order: its own names first
+        value = config[key]
+        if value is None and key not in required:
             continue
         if type(value) is not int or value < 1:
             shown = json.dumps(value)[:40]

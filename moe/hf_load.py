@@ -50,6 +50,7 @@ def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]
     runtime overhead of a first forward (moe.memory.RUNTIME_BYTES). Refuses a checkpoint whose tensors are not
     the config's model."""
     adapter = adapter_for(_family(config))
+    config = _with_aliases(config, adapter.family)
     check_sizes(config, adapter.family, adapter.sizes)
     plan = plan_checkpoint(path)
     E, H, K = (config[key] for key in adapter.sizes)
@@ -62,6 +63,20 @@ def estimate_model_bytes(path: str, config: dict, tokens: int) -> dict[str, int]
     parts = {"weights": plan.model_bytes, "loading": plan.file_bytes, "tokenizer": plan.tokenizer_bytes,
              "forward": layer["activations"] + L * layer["trace"] + other + layer["runtime"]}
     return {**parts, "total": sum(parts.values())}
+
+
+def _with_aliases(config: dict, family: str) -> dict:
+    """config.json with each size also under the other name transformers' config class gives it (transformers
+    5 saves Qwen3-MoE's num_experts as num_local_experts)."""
+    from transformers import CONFIG_MAPPING
+
+    config = dict(config)
+    for alias, name in getattr(CONFIG_MAPPING[family], "attribute_map", {}).items():
+        if alias in config and name not in config:
+            config[name] = config[alias]
+        elif name in config and alias not in config:
+            config[alias] = config[name]
+    return config
 
 
 def check_model_budget(path: str, config: dict, tokens: int, budget: int | None = None, held: int = 0) -> dict:

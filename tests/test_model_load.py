@@ -172,3 +172,18 @@ def test_the_inflated_directory_is_refused_before_its_memory_is_allocated(tmp_pa
     code, peak = map(int, proc.stdout.split()[-2:])
     assert code == 2 and "lack 16 tensors" in proc.stderr
     assert peak < 0.8 * GiB, f"peak RSS {peak / GiB:.2f} GiB"
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen3_moe", "olmoe", "qwen2_moe", "deepseek_v3", "gpt_oss",
+                                    "ernie4_5_moe"])
+def test_every_family_saved_by_transformers_passes_the_checks_and_loads(tmp_path, family):
+    """The tensor check renames as transformers does, and sizes saved under the config class's other name
+    count (transformers 5 saves Qwen3-MoE's num_experts as num_local_experts)."""
+    from moe.lm_text import save_tokenizer
+    from tests.model_support import tiny_model
+
+    path = tmp_path / family
+    tiny_model(family, layers=2).save_pretrained(path)
+    save_tokenizer(str(path))
+    loaded = load_model(str(path), tokens=32)
+    assert loaded.layers == ([1] if family == "deepseek_v3" else [0, 1])

@@ -97,7 +97,8 @@ def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tm
     (planned / "config.json").write_text(json.dumps({**config, "model_type": "jamba"}))
     assert "supported families: mixtral" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
     (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))  # keys don't fit
-    assert "lacks n_routed_experts" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+    # (num_local_experts is DeepseekV3Config's other name for n_routed_experts: the expert width is what lacks)
+    assert "lacks moe_intermediate_size" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
