@@ -168,7 +168,8 @@ def read_training_nmi(path: str, layers: int) -> tuple[dict[str, list] | None, s
     file = pathlib.Path(path) / REPORT_FILE
     if not file.is_file():
         return None, None
-    unusable = f"{REPORT_FILE} in this model directory is not a training report this version reads; its NMI is not shown"
+    unusable = (f"{REPORT_FILE} in this model directory is not a training report this version reads; its NMI is "
+                f"not shown")
     if file.stat().st_size > TRAINING_MAX_BYTES:
         return None, unusable
     try:

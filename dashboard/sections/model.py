@@ -214,8 +214,8 @@ def _draw(view: dict) -> None:
     styled_table, worst = _styled_layer_table(view)
 
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
-    st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · {view['n_experts']} experts · "
-               f"{len(view['tokens'])} tokens{notes}")
+    st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
+               f"{view['n_experts']} experts · {len(view['tokens'])} tokens{notes}")
     if view["routing_only"]:
         st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
                    "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
