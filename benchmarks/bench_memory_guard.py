@@ -1,7 +1,7 @@
 """The memory guard holds: each case runs in its own process; the peak RSS of its whole process tree is
 compared with the budget and with the engine's estimate.
 
-    MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py [--only SUBSTRING]
+    MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py [--only SUBSTRING]   (e.g. --only trace-report, --only model, --only train-lm)
 
 --only runs the baseline and the cases whose name contains it (e.g. `trace-report`). The trace-report
 cases read hostile trace files written before the cases run.
@@ -13,6 +13,13 @@ that only imports the engine: what the case itself added), estimate_MiB (the est
 for refusals), added/estimate, tree/budget, and the verdict: "refused" (exit 2), "held" (tree peak within 1.5x
 the budget) or "OVER". The budget covers the engine's memory; the ~300 MiB of the interpreter and libraries
 sit in the tree peak too, so tree/budget is the stricter figure.
+
+The model cases are directories an attacker could prepare (built in a temporary directory from the bundled
+model): config.json inflated (head_dim 262144) with the attention tensors removed, 6 MB on disk, which
+transformers would fill at the config's size; and a 32 MiB BPE tokenizer (900k merges, ~1 GiB once loaded).
+Each runs `model-report` in its own process, which loads in-process (no worker processes): its peak RSS
+is the tree's (RUSAGE_CHILDREN is not used: a forked helper reports its parent's RSS at the fork).
+Compare their peaks with the 'import transformers' row (torch and transformers imported, nothing loaded).
 """
 from __future__ import annotations
 
@@ -141,6 +148,73 @@ def tree_rss(tag: str) -> int:
     return total
 
 
+def _bpe_tokenizer(path: Path, merges: int) -> None:
+    """A valid byte-free BPE tokenizer.json with `merges` merges (~36 bytes each): what a large vocabulary weighs."""
+    letters = [f"c{i}" for i in range(1000)]
+    vocab = {t: i for i, t in enumerate(letters)}
+    pairs = []
+    for i in range(merges):
+        a, b = letters[i % 1000], letters[(i // 1000) % 1000]
+        pairs.append([a, b])
+        vocab[a + b] = len(vocab)
+    tok = json.loads((path / "tokenizer.json").read_text())
+    tok["model"] = {"type": "BPE", "vocab": vocab, "merges": pairs, "dropout": None, "unk_token": None,
+                    "continuing_subword_prefix": None, "end_of_word_suffix": None, "fuse_unk": False,
+                    "byte_fallback": False, "ignore_merges": False}
+    (path / "tokenizer.json").write_text(json.dumps(tok))
+
+
+BUNDLED_MODEL = str(ROOT / "models" / "pydoc-mixtral")
+
+
+def build_model_dirs(tmp: Path) -> None:
+    """The attacker's directories (run in a child: torch imported here would raise every later case's
+    ru_maxrss, which Linux carries from the forking parent's image across exec)."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    inflated, tokenizer = tmp / "inflated", tmp / "huge-tokenizer"
+    for path in (inflated, tokenizer):
+        shutil.copytree(BUNDLED_MODEL, path)
+    config = json.loads((inflated / "config.json").read_text())
+    (inflated / "config.json").write_text(json.dumps({**config, "head_dim": 262144}))
+    weights = inflated / "model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if "self_attn" not in k}, weights, {"format": "pt"})
+    _bpe_tokenizer(tokenizer, 900_000)
+    from transformers import AutoModelForCausalLM, MixtralConfig  # a 209 MiB model: the weights dominate
+    cfg = MixtralConfig(vocab_size=257, hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                        num_attention_heads=8, num_key_value_heads=8, num_local_experts=8, num_experts_per_tok=2)
+    AutoModelForCausalLM.from_config(cfg).save_pretrained(tmp / "mid")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(Path(BUNDLED_MODEL, name), tmp / "mid" / name)
+
+
+MODEL_CASE_NAMES = ("model-report bundled model, 512 tokens", "model-report 209 MiB model, 512 tokens",
+                    "model dir: head_dim 262144, no attention", "model dir: 32 MiB BPE tokenizer")
+
+
+def model_cases(tmp: Path) -> list[tuple[str, str]]:
+    """The attacker's model directories, and the bundled model for comparison (accepted, with its estimate)."""
+    subprocess.run([sys.executable, __file__, "--build-model-dirs", str(tmp)], check=True, cwd=ROOT)
+    inflated, tokenizer = tmp / "inflated", tmp / "huge-tokenizer"
+    report = "import io, contextlib\nwith contextlib.redirect_stdout(io.StringIO()):\n    code = main({!r})"
+    return [
+        ("import transformers (model baseline)", "import tokenizers, transformers.models.mixtral.modeling_mixtral, "
+         "moe.hf, moe.hf_load, moe.model_report, moe.model_counterfactual"),
+        ("model-report bundled model, 512 tokens", "from moe.hf_load import model_estimate\n"
+         f"estimate = model_estimate({BUNDLED_MODEL!r}, 512)['total']\n" + report.format(
+             ["model-report", "--model", BUNDLED_MODEL, "--text", "x = 1\n" * 100, "--max-tokens", "512"])),
+        ("model-report 209 MiB model, 512 tokens", "from moe.hf_load import model_estimate\n"
+         f"estimate = model_estimate({str(tmp / 'mid')!r}, 512)['total']\n" + report.format(
+             ["model-report", "--model", str(tmp / "mid"), "--text", "x = 1\n" * 100, "--max-tokens", "512"])),
+        ("model dir: head_dim 262144, no attention", report.format(
+            ["model-report", "--model", str(inflated), "--text", "x"])),
+        (f"model dir: {(tokenizer / 'tokenizer.json').stat().st_size >> 20} MiB BPE tokenizer", report.format(
+            ["model-report", "--model", str(tokenizer), "--text", "x"])),
+    ]
+
+
 def run_case(code: str) -> dict:
     """Run one case in a fresh interpreter; sample its process tree until it and every descendant are gone."""
     tag = uuid.uuid4().hex
@@ -186,21 +260,27 @@ def main() -> None:
     print(f"budget {budget / mib:.0f} MiB (MOE_SCOPE_MEMORY_GB={os.environ.get('MOE_SCOPE_MEMORY_GB', 'unset')})")
     print(f"{'case':<42} {'exit':>4} {'peak_MiB':>9} {'tree_MiB':>9} {'over_base_MiB':>13} {'estimate_MiB':>12} "
           f"{'added/est':>9} {'tree/budget':>11}  verdict")
-    base = None
-    for name, code in cases:
-        r = run_case(code)
-        base = r["peak"] if base is None else base
-        added = r["peak"] - base
-        est = r["estimate"]
-        est_text = "-" if est is None else f"{est / mib:.0f}"
-        ratio = "-" if est is None else f"{added / est:.2f}"
-        print(f"{name:<42} {r['exit']:>4} {r['peak'] / mib:>9.0f} {r['tree'] / mib:>9.0f} "
-              f"{int(round(added / mib)):>13} {est_text:>12} {ratio:>9} {r['tree'] / budget:>11.2f}  "
-              f"{verdict(r, budget)}", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        if any(name.startswith("model") for name in MODEL_CASE_NAMES if args.only in name):
+            cases += model_cases(Path(tmp))
+        base = 0
+        for name, code in cases:
+            r = run_case(code)
+            if name.startswith("import"):  # the baseline of the rows below it
+                base = r["peak"]
+            added = r["peak"] - base
+            est = r["estimate"]
+            est_text = "-" if est is None else f"{est / mib:.0f}"
+            ratio = "-" if est is None else f"{added / est:.2f}"
+            print(f"{name:<42} {r['exit']:>4} {r['peak'] / mib:>9.0f} {r['tree'] / mib:>9.0f} "
+                  f"{int(round(added / mib)):>13} {est_text:>12} {ratio:>9} {r['tree'] / budget:>11.2f}  "
+                  f"{verdict(r, budget)}", flush=True)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--write-traces"]:
         write_trace_files(sys.argv[2])
+    elif sys.argv[1:2] == ["--build-model-dirs"]:
+        build_model_dirs(Path(sys.argv[2]))
     else:
         main()

@@ -2,6 +2,8 @@
 
 Keys are read once per session (the link that opened the page) and written after every Model-view run.
 A custom text travels only while it is at most TEXT_LINK_CHARS characters; longer texts keep the example name.
+A model directory from a link (mdir) is never loaded on open: it is kept aside (LINK_DIR_KEY) until the visitor
+clicks Load, and then opened only under the server's roots (moe.roots).
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import math
 from moe.model_tables import LAYER_COLUMNS
 
 TEXT_LINK_CHARS = 500
+LINK_DIR_KEY = "model_link_dir"  # session state: the link's model directory, waiting for a click
 # query key -> (session-state key, type)
 MODEL_LINK: dict[str, tuple[str, type]] = {
     "mdir": ("model_path", str), "mex": ("model_example", str), "mtext": ("model_text", str),
@@ -58,6 +61,8 @@ def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, li
             values[state_key] = _parse(state_key, kind, text)
         except ValueError:
             problems.append(f"ignored {key}={quote(text)} in the link")
+    if "model_path" in values:  # shown with a Load button, not loaded
+        values[LINK_DIR_KEY] = values.pop("model_path")
     if "model_example" in values and "model_text" not in values:
         values["model_text"] = examples[values["model_example"]]
     return values, problems

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 from moe import MoEConfig
@@ -90,6 +91,13 @@ def quote(value) -> str:
         text = text[:SHOWN_CHARS - 1] + "…"
     text = "".join(" " if ch.isspace() or not ch.isprintable() else ch for ch in text)
     return "`" + text.replace("`", "ˋ") + "`"  # ˋ (U+02CB) looks like a backtick but cannot close the span
+
+
+def md_text(text: str) -> str:
+    """A message that may hold a value from a file or a link (a path, a tensor name), shown as plain text in
+    Markdown: every character that opens a Markdown, HTML or Streamlit construct (image, link, tag, code,
+    emphasis, colour, math) is backslash-escaped, so it shows as typed and nothing is fetched."""
+    return re.sub(r"([\\`*_{}\[\]()<>#!|~$])", r"\\\1", str(text))
 
 
 def _expected(default) -> str:

@@ -19,7 +19,7 @@ from .config import ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTERS
 from .jsonio import dumps, dumps_lines
 from .knobs import from_knobs, scenario_knobs, scenario_params
 from .layer import MoELayer
-from .memory import BudgetError, budget_bytes, check_budget
+from .memory import BudgetError, budget_bytes, check_budget, out_of_memory
 from .scenarios import SCENARIOS, make_batch
 from .train import BALANCES, PRESETS, TrainConfig, Trainer
 
@@ -297,6 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         text = args.run(args)
     except (UsageError, ValueError, RuntimeError, MemoryError) as err:  # every failure: one line, exit 2
         message = " ".join(str(err).split()) or type(err).__name__  # one line
+        if isinstance(err, MemoryError):  # its own message is empty: say what ran out and the budget to set
+            message = out_of_memory("running this command")
         print(f"python -m moe: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -60,6 +60,16 @@ def budget_bytes() -> int:
     return int(value * GiB)
 
 
+def out_of_memory(what: str) -> str:
+    """The one line for a MemoryError (whose own message is empty): what ran out, and the budget to set."""
+    try:
+        budget = f"the memory budget is {describe_bytes(budget_bytes())}"
+    except ValueError as err:
+        budget = str(err)
+    return (f"out of memory while {what}; {budget} ({BUDGET_ENV}): set it below the memory this machine has "
+            f"free, or use a smaller model or fewer tokens")
+
+
 def _sizes(cfg: MoEConfig, tokens: int) -> dict:
     return {"tokens": tokens, "d_model": cfg.d_model, "d_expert": cfg.d_expert, "n_experts": cfg.n_experts,
             "top_k": cfg.top_k, "item": cfg.torch_dtype.itemsize, "expert_choice": cfg.router == "expert_choice",

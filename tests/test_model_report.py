@@ -97,7 +97,8 @@ def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tm
     (planned / "config.json").write_text(json.dumps({**config, "model_type": "jamba"}))
     assert "supported families: mixtral" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
     (planned / "config.json").write_text(json.dumps({**config, "model_type": "deepseek_v3"}))  # keys don't fit
-    assert "lacks n_routed_experts" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
+    # (num_local_experts is DeepseekV3Config's other name for n_routed_experts: the expert width is what lacks)
+    assert "lacks moe_intermediate_size" in _refusal(["model-report", "--model", str(planned), "--text", "x"], capsys)
 
     broken = tmp_path / "broken"
     shutil.copytree(model_dir, broken)
@@ -109,7 +110,10 @@ def test_non_moe_unsupported_and_truncated_checkpoints_are_refused(model_dir, tm
 def test_memory_estimate_refuses_an_over_budget_model(model_dir, monkeypatch):
     config = read_config(str(model_dir))
     est = estimate_model_bytes(str(model_dir), config, 128)
-    assert est["weights"] == (model_dir / "model.safetensors").stat().st_size
+    # weights: what the config's model allocates (parameters and buffers, float32 here); loading: the file mapped
+    model = tiny_model("mixtral", layers=2)
+    assert est["weights"] == 4 * sum(t.numel() for t in [*model.parameters(), *model.buffers()])
+    assert est["loading"] == (model_dir / "model.safetensors").stat().st_size
     with pytest.raises(ValueError, match="over the memory budget"):
         load_model(str(model_dir), tokens=128, budget=est["total"] - 1)
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.000001")

@@ -45,6 +45,12 @@ def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
     assert fig.layout.title.text == "Next-token loss (mean 2.00 bits per token)"
 
 
+@pytest.fixture(autouse=True)
+def tmp_is_a_root(tmp_path_factory, monkeypatch):
+    """The test models live under pytest's temporary directory: the server's roots include it (MOE_SCOPE_ROOTS)."""
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("view") / "tiny"
@@ -114,7 +120,7 @@ def test_downloads_are_the_cli_report_and_the_traces_routing(model_dir, capsys):
 def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
     at = AppTest.from_function(_view_app, args=(str(tmp_path / "none"),), default_timeout=60).run()
     assert not at.exception
-    assert "does not exist" in at.error[0].value
+    assert "not under a directory this server may open" in at.error[0].value
 
 
 def test_the_app_has_a_model_view_on_the_bundled_model():

@@ -12,6 +12,12 @@ from tests.model_support import tiny_model
 from tests.test_model_view import CF_CHARTS, CHARTS
 
 
+@pytest.fixture(autouse=True)
+def tmp_is_a_root(tmp_path_factory, monkeypatch):
+    """The test models live under pytest's temporary directory: the server's roots include it (MOE_SCOPE_ROOTS)."""
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path_factory.getbasetemp()))
+
+
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
@@ -64,7 +70,8 @@ def _metric(at: AppTest, label: str) -> str:
 
 
 @pytest.mark.parametrize("bad,message", [("dense", "supported families"), ("jamba", "supported families: mixtral"),
-                                         ("broken", "truncated"), ("missing", "does not exist")])
+                                         ("broken", "truncated"),
+                                         ("missing", "not under a directory this server may open")])
 def test_a_bad_model_directory_is_named_and_the_last_good_result_stays(dirs, bad, message):
     at = _run(dirs["good"])
     assert not at.exception and len(at.get("plotly_chart")) == len(CHARTS)

@@ -5,23 +5,25 @@ The sidebar's synthetic layer is not used here.
 """
 from __future__ import annotations
 
-import json
 import pathlib
 import re
 
 import pandas as pd
 import streamlit as st
 
+from moe import model_cache
 from moe.definitions import DEFINITIONS
 from moe.hf import adapter_for, run_model
-from moe.hf_load import default_model_dir, load_model
-from moe.lm_train import REPORT_FILE
+from moe.hf_load import default_model_dir, read_training_nmi
+from moe.memory import out_of_memory
 from moe.model_report import encode_text, render_report
 from moe.model_tables import (LAYER_COLUMNS, class_nmi, expert_vocabulary, flow_matrix, layer_table,
                               load_share_long, token_routing, token_strings, top1_grid, worst_layer)
+from moe.roots import resolve_allowed
 
 from ..colors import expert_colors
-from ..model_link import from_link, to_link
+from ..model_link import LINK_DIR_KEY, from_link, to_link
+from ..state import md_text, quote
 from . import model_cf
 from ..figures_model import (flow_figure, load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
                              token_loss_figure)
@@ -41,9 +43,10 @@ POOLING_NOTE = ("Hugging Face's `load_balancing_loss` pools the router statistic
                 "column instead.")
 
 
-@st.cache_resource(max_entries=2, show_spinner=False)
 def _loaded(path: str):
-    return load_model(path, tokens=MAX_TOKENS_LIMIT)  # read-only once loaded: shared by every session
+    """The model in `path`, shared by every session (read-only once loaded); the models kept are bounded by the
+    memory budget in bytes, together with the next load and forward (moe.model_cache)."""
+    return model_cache.get(path, MAX_TOKENS_LIMIT)
 
 
 def _route(path: str, text: str, max_tokens: int):
@@ -121,22 +124,53 @@ def _inputs() -> tuple[str, str, int]:
     return ss["model_path"], ss["model_text"], int(ss["model_max_tokens"])
 
 
+def _load_link_dir() -> None:
+    st.session_state["model_path"] = st.session_state.pop(LINK_DIR_KEY)
+
+
+def _drop_link_dir() -> None:
+    st.session_state.pop(LINK_DIR_KEY, None)
+    st.query_params.pop("mdir", None)
+
+
+def _link_dir_waits() -> bool:
+    """A model directory named by the link is shown quoted, with a Load button; nothing is loaded before the click."""
+    pending = st.session_state.get(LINK_DIR_KEY)
+    if pending is None:
+        return False
+    st.info(f"This link names the model directory {quote(pending)}. It is loaded only when you click Load, and "
+            "only from the directories this server may open.")
+    left, right = st.columns(2)
+    left.button("Load", key="model_link_load", on_click=_load_link_dir)
+    right.button("Keep the default model", key="model_link_keep", on_click=_drop_link_dir)
+    return True
+
+
+def _failure(err: Exception) -> str:
+    """The one line for a failed load or forward, Markdown-escaped (it may hold a path or a tensor name)."""
+    if isinstance(err, MemoryError):
+        return out_of_memory("loading the model or routing the text")
+    return md_text(str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}")
+
+
 def render(result=None) -> None:
     _init()
     st.subheader("Model: every MoE layer of a trained language model")
+    if _link_dir_waits():
+        return
     path, text, max_tokens = _inputs()
     try:
+        path = str(resolve_allowed(path, "dir"))  # a path typed or linked: only under the server's roots
         if len(text) > MAX_TEXT_CHARS:
             st.warning(f"The text has {len(text):,} characters; routing the first {MAX_TEXT_CHARS:,} "
                        f"(then at most {max_tokens:,} tokens).")
             text = text[:MAX_TEXT_CHARS]
-        with st.spinner(f"Loading {pathlib.Path(path).name or path} (local files only) and routing the text "
+        with st.spinner(f"Loading {quote(pathlib.Path(path).name)} (local files only) and routing the text "
                         f"through every MoE layer…", show_time=True):
             view = analyse(path, text, max_tokens)
         st.session_state["model_last"] = view
     except Exception as err:  # never a traceback on the page: a message, and the last good result
-        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-        st.error(f"Could not route this text: {detail}", icon="⚠️")
+        st.error(f"Could not route this text: {_failure(err)}", icon="⚠️")
         view = st.session_state.get("model_last")
         if view is None:
             return
@@ -175,12 +209,13 @@ def _draw(view: dict) -> None:
     flow_at = min(pos, len(layers) - 2)
     flow = flow_figure(view["flows"][flow_at], layers[flow_at], layers[flow_at + 1]) if len(layers) > 1 else None
     loss = token_loss_figure(view["loss"], view["tokens"])
-    nmi = nmi_figure(_nmi_table(view))
+    nmi_rows, nmi_note = _nmi_table(view)
+    nmi = nmi_figure(nmi_rows)
     styled_table, worst = _styled_layer_table(view)
 
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
-    st.caption(f"**{view['name']}** ({view['family']}) · {len(layers)} MoE layers · {view['n_experts']} experts · "
-               f"{len(view['tokens'])} tokens{notes}")
+    st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
+               f"{view['n_experts']} experts · {len(view['tokens'])} tokens{notes}")
     if view["routing_only"]:
         st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
                    "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
@@ -205,7 +240,7 @@ def _draw(view: dict) -> None:
     st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
                "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
                "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
-               "training.json when the model directory has one.")
+               "training.json when the model directory has one." + (f" {nmi_note}." if nmi_note else ""))
 
 
 def _styled_layer_table(view: dict):
@@ -262,15 +297,14 @@ def _vocabulary(view: dict, layer: int) -> None:
     st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first.")
 
 
-def _nmi_table(view: dict) -> pd.DataFrame:
+def _nmi_table(view: dict) -> tuple[pd.DataFrame, str | None]:
+    """This text's NMI per layer, with training.json's when the directory has a usable one (else a note)."""
     nmi = pd.DataFrame({"layer": view["layers"], "this text": view["nmi"]})
-    report = pathlib.Path(view["path"]) / REPORT_FILE
-    if report.is_file():
-        saved = json.loads(report.read_text())
-        if len(saved.get("nmi_trained", [])) == len(nmi):
-            nmi["held-out (training)"] = saved["nmi_trained"]
-            nmi["at initialisation"] = saved["nmi_init"]
-    return nmi
+    saved, note = read_training_nmi(view["path"], len(nmi))
+    if saved:
+        nmi["held-out (training)"] = saved["nmi_trained"]
+        nmi["at initialisation"] = saved["nmi_init"]
+    return nmi, note
 
 
 def _downloads(view: dict) -> None:
