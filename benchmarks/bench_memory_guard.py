@@ -1,7 +1,7 @@
 """The memory guard holds: each case runs in its own process; its peak RSS is compared with the budget
 and with the engine's estimate.
 
-    MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py
+    MOE_SCOPE_MEMORY_GB=1 python benchmarks/bench_memory_guard.py [WORD]   # WORD: only the cases naming it
 
 Columns: exit (2 = refused in one line), peak_MiB (ru_maxrss of the case's process), over_base_MiB (peak
 minus the peak of a process that only imports the engine: what the case itself added), estimate_MiB (the
@@ -76,6 +76,16 @@ for seed in range(4):  # four links, one after the other; each session keeps its
     except ValueError as err:
         code = 2
 estimate = budget_bytes()"""),
+    ("train-lm --batch 100000000", """
+import tempfile
+code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--batch', '100000000'])"""),
+    ("train-lm --steps 2 (batch 16)", """
+import contextlib, io, tempfile
+from moe.lm_checks import estimate_lm_training_bytes
+from moe.lm_train import LMTrainConfig
+estimate = estimate_lm_training_bytes(LMTrainConfig(steps=2))['total']
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--steps', '2', '--threads', '1'])"""),
 ]
 
 
@@ -94,7 +104,8 @@ def main() -> None:
     print(f"{'case':<42} {'exit':>4} {'peak_MiB':>9} {'over_base_MiB':>13} {'estimate_MiB':>12} "
           f"{'added/est':>9} {'added/budget':>12}")
     base = None
-    for name, code in CASES:
+    only = sys.argv[1] if len(sys.argv) > 1 else ""
+    for name, code in [c for i, c in enumerate(CASES) if i == 0 or only in c[0]]:  # the baseline always runs
         r = run_case(code)
         base = r["peak"] if base is None else base
         added = r["peak"] - base

@@ -20,9 +20,10 @@ REPORT_FILE = "training.json"  # written last by train-lm: its presence marks a 
 TEXT_BYTES = 500_000  # the training text (pydoc_data.topics, ~466 kB) with room to spare
 _F32 = 4
 EVAL_WINDOWS = 64  # moe.lm_train.evaluate's chunk of held-out windows
-# Measured peaks (default model, 1 thread; tests/test_lm_checks.py, benchmarks/bench_memory_guard.py): a
-# training step adds 12.5-16.5 MiB per sequence of 128 bytes, the evaluation ~250 MiB; the factors keep the
-# estimate above both (autograd keeps about the forward's tensors; evaluation frees each layer's as it goes).
+# Measured (default model, 1 thread; benchmarks/bench_memory_guard.py): a training step adds 12.5-16.5 MiB per
+# sequence of 128 bytes, an evaluation ~170-250 MiB, and the held-out evaluation after training comes on top of
+# what training left (freed memory stays with the process), so the two are added. The factors keep the estimate
+# above the measurements (autograd keeps about the forward's tensors; evaluation frees each layer's as it goes).
 TRAIN_FACTOR = 1.5
 EVAL_FACTOR = 1 / 3
 
@@ -33,15 +34,15 @@ def _sizes(cfg: LMTrainConfig) -> dict:
 
 
 def _parts(s: dict) -> dict[str, int]:
-    """Bytes of one training step of s["tokens"] sequences of s["seq_len"] bytes, or of the held-out evaluation
-    (EVAL_WINDOWS sequences at a time, no gradients), whichever is larger (an upper bound)."""
+    """Bytes of training steps of s["tokens"] sequences of s["seq_len"] bytes, then the held-out evaluation
+    (EVAL_WINDOWS sequences at a time, no gradients) on top (an upper bound)."""
     D, H, layers, E, V = s["hidden"], s["d_expert"], s["layers"], s["experts"], VOCAB_SIZE
     params = V * D + layers * (4 * D * D + 2 * D + E * D + 3 * E * H * D) + D  # tied embedding, attention,
     # norms, router, experts, final norm
     train = _step_bytes(s, s["tokens"], TRAIN_FACTOR)
     evaluation = _step_bytes(s, EVAL_WINDOWS, EVAL_FACTOR)
     data = 16 * TEXT_BYTES + 4 * s["tokens"] * s["seq_len"] * 8  # token ids (list + int64 tensor), the batch
-    return {"weights": params * _F32, "optimizer": 3 * params * _F32, "activations": max(train, evaluation),
+    return {"weights": params * _F32, "optimizer": 3 * params * _F32, "training": train, "evaluation": evaluation,
             "data": data, "runtime": RUNTIME_BYTES}
 
 
@@ -58,7 +59,7 @@ def _step_bytes(s: dict, sequences: int, factor: float) -> int:
 
 
 def estimate_lm_training_bytes(cfg: LMTrainConfig) -> dict[str, int]:
-    """Bytes of training cfg: weights, AdamW state, autograd activations, logits, data, runtime; and the total."""
+    """Bytes of training cfg: weights, AdamW state, a step's activations, the evaluation's, data, runtime, total."""
     parts = _parts(_sizes(cfg))
     return {**parts, "total": sum(parts.values())}
 
