@@ -13,13 +13,14 @@ import plotly.graph_objects as go
 from .figures import axis, expert_xaxis, layout
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
-# Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank.
-WHITESPACE_MARKS = {" ": "␠", "\t": "⇥", "\n": "↵", "\r": "␍"}
+# Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
+# common fonts have (Debian's Chromium draws ␠ and ␍ as empty boxes); a carriage return shows as \r.
+WHITESPACE_MARKS = {" ": "␣", "\t": "⇥", "\n": "↵"}
 
 
 def visible_token(token: str) -> str:
     """A token as a person reads it in a table: whitespace as a symbol (WHITESPACE_MARKS), other characters
-    that print nothing as escapes (\\x00, \\u200b), the empty token as ∅."""
+    that print nothing as escapes (\\r, \\x00, \\u200b), the empty token as ∅."""
     marks = [WHITESPACE_MARKS.get(ch) or (ch if ch.isprintable() else repr(ch)[1:-1]) for ch in token]
     return "".join(marks) or "∅"
 

@@ -72,10 +72,10 @@ def test_the_expert_vocabulary_draws_whitespace_as_symbols(model_dir):
     tokens = [cell.rsplit(" (", 1)[0] for cell in cells]
     assert tokens and all(tok.strip() for tok in tokens)  # no token is blank: every one can be read
     # the text's spaces, newlines and tab are all top-1 somewhere at layer 0: each shows as its symbol
-    assert {"␠", "↵", "⇥"} <= set(tokens)
+    assert {"␣", "↵", "⇥"} <= set(tokens)
     assert not any("\\n" in tok or "\\t" in tok for tok in tokens)
     caption = " ".join(c.value for c in at.caption)
-    assert "␠ = space" in caption and "⇥ = tab" in caption and "↵ = newline" in caption
+    assert "␣ = space" in caption and "⇥ = tab" in caption and "↵ = newline" in caption
 
 
 def test_replacement_characters_in_the_text_are_counted_on_the_page(model_dir):

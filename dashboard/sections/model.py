@@ -60,7 +60,7 @@ WELL_FORMED_JS = """<script>
 })();
 </script>"""
 VOCABULARY_MARKS = [(WHITESPACE_MARKS[" "], "space"), (WHITESPACE_MARKS["\t"], "tab"),
-                    (WHITESPACE_MARKS["\n"], "newline"), (WHITESPACE_MARKS["\r"], "carriage return")]
+                    (WHITESPACE_MARKS["\n"], "newline")]
 
 
 
@@ -289,7 +289,8 @@ def _vocabulary(view: dict, layer: int) -> None:
     st.table(view["vocab"][layer], hide_index=True)
     marks = ", ".join(f"{mark} = {name}" for mark, name in VOCABULARY_MARKS)
     st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first. "
-               f"Whitespace is drawn as a symbol ({marks}); other control characters as `\\x..` escapes.")
+               f"Whitespace is drawn as a symbol ({marks}); other characters that print nothing as escapes "
+               "(`\\r`, `\\x00`).")
 
 
 def _nmi_table(view: dict) -> pd.DataFrame:
