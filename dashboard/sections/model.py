@@ -264,9 +264,9 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     left, right = st.columns(2)
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
     right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
-    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the worst layer ({worst}) "
-               f"is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is top_k ({k}) × "
-               f"the pooled aux. {POOLING_NOTE}")
+    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the worst layer "
+               f"({worst}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
+               f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
 
 
 def _md_literal(text: str) -> str:
