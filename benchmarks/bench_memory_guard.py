@@ -92,15 +92,16 @@ for seed in range(4):  # four links, one after the other; each session keeps its
     except ValueError as err:
         code = 2
 estimate = budget_bytes()"""),
-    # Traces (issue #15): files written by write_trace_files() into $MOE_BENCH_TRACES before the cases run.
-    ("trace-report 67 B JSONL, --n-experts 16384",
-     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/tiny.jsonl', '--n-experts', "
-     "'16384'])"),
-    ("trace-report Parquet 2M tokens x 8 experts",
-     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/expands.parquet'])"),
-    ("trace-report one 10 MB JSONL line",
-     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/long_line.jsonl', "
-     "'--n-experts', '8'])"),
+    ("train-lm --batch 100000000", """
+import tempfile
+code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--batch', '100000000'])"""),
+    ("train-lm --steps 2 (batch 16)", """
+import contextlib, io, tempfile
+from moe.lm_checks import estimate_lm_training_bytes
+from moe.lm_train import LMTrainConfig
+estimate = estimate_lm_training_bytes(LMTrainConfig(steps=2))['total']
+with contextlib.redirect_stdout(io.StringIO()):
+    code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--steps', '2', '--threads', '1'])"""),
 ]
 
 

@@ -13,6 +13,16 @@ import plotly.graph_objects as go
 from .figures import axis, expert_xaxis, layout
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
+# Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
+# common fonts have (Debian's Chromium draws ␠ and ␍ as empty boxes); a carriage return shows as \r.
+WHITESPACE_MARKS = {" ": "␣", "\t": "⇥", "\n": "↵"}
+
+
+def visible_token(token: str) -> str:
+    """A token as a person reads it in a table: whitespace as a symbol (WHITESPACE_MARKS), other characters
+    that print nothing as escapes (\\r, \\x00, \\u200b), the empty token as ∅."""
+    marks = [WHITESPACE_MARKS.get(ch) or (ch if ch.isprintable() else repr(ch)[1:-1]) for ch in token]
+    return "".join(marks) or "∅"
 
 
 def _discrete_scale(colors: list[str]) -> list[list]:
@@ -30,7 +40,7 @@ def token_html(tokens: list[str], top1: list[int], colors: list[str]) -> str:
     """The text with each token's background the colour of its top-1 expert (hover: the expert)."""
     spans = []
     for tok, e in zip(tokens[:TOKEN_HTML_LIMIT], top1[:TOKEN_HTML_LIMIT]):
-        shown = html.escape(tok).replace("\n", "↵<br>") or "·"
+        shown = html.escape(tok).replace("\n", WHITESPACE_MARKS["\n"] + "<br>") or "·"
         spans.append(f'<span title="expert {e}" style="background:{colors[e]}55;border-bottom:3px solid '
                      f'{colors[e]};white-space:pre-wrap;font-family:monospace">{shown}</span>')
     more = len(tokens) - TOKEN_HTML_LIMIT

@@ -175,9 +175,13 @@ DEFINITIONS: dict[str, str] = {
                   "when the plan would not make the busiest rank lighter, the contiguous blocks are kept (and "
                   "said above the chart); **straggler (predicted)** = `max_r / mean_r` of those per-rank loads.",
     # --- real models (Model view, model-report; issue #10)
-    "pooled_hf_aux": "transformers' `load_balancing_loss` over all MoE layers: `K·E·Σ_e f̄_e·P̄_e` with f̄, P̄ the "
-                     "layers' f and P pooled (summed over every layer's tokens) before the product, so one collapsed "
-                     "layer is averaged with the healthy ones; compare the per-layer aux × K.",
+    "pooled_aux": "the aux of all MoE layers pooled: `E·Σ_e f̄_e·P̄_e` with f̄, P̄ the layers' f and P summed over "
+                  "every layer's tokens before the product. The Switch scale of the per-layer aux column (1 = "
+                  "balanced, E = one expert takes everything), but one collapsed layer is averaged with the healthy "
+                  "ones, so it barely moves this number: read the per-layer column.",
+    "pooled_hf_aux": "transformers' `load_balancing_loss` (Mixtral, Qwen-MoE, OLMoE) on this text: top_k × the "
+                     "pooled aux, `K·E·Σ_e f̄_e·P̄_e`, the number a Hugging Face training log shows "
+                     "before `router_aux_loss_coef` (K at perfect balance).",
     "next_token_loss": "`−log₂ p(token_{s+1} | tokens ≤ s)` in bits, from the model's logits at position s.",
     "counterfactual_loss_delta": "mean next-token loss with the counterfactual routing minus with the model's own, "
                                  "in bits per token, same text and weights; positive = the change costs bits. "

@@ -136,12 +136,16 @@ class ModelRun:
         """Top-1 expert of every token at every MoE layer (L, S)."""
         return torch.stack([t.top_k_index[:, 0] for t in self.traces])
 
-    def pooled_hf_aux(self) -> float:
-        """Hugging Face's load_balancing_loss over all layers pooled: top_k × the Switch aux of the pooled sums."""
+    def pooled_aux(self) -> float:
+        """The Switch aux (`E·Σ f̄_e·P̄_e`, the per-layer rows' scale) of all layers' routing pooled together."""
         acc = StatsAccumulator()
         for trace in self.traces:
             acc.update(trace)
-        return self.traces[0].config.top_k * acc.summary()["aux_loss"]
+        return acc.summary()["aux_loss"]
+
+    def pooled_hf_aux(self) -> float:
+        """Hugging Face's load_balancing_loss over all layers: top_k × pooled_aux()."""
+        return self.traces[0].config.top_k * self.pooled_aux()
 
 
 @torch.inference_mode()

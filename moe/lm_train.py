@@ -5,7 +5,6 @@ Bytes in, bytes out; 90/10 split by topic (whole topics are held out); seeded en
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
@@ -13,10 +12,10 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from .jsonio import dumps
 from .lm_text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode,
                       normalized_mutual_information, save_tokenizer, unigram_entropy_bits)
-
-REPORT_FILE = "training.json"
+from .lm_checks import REPORT_FILE, check_lm_training_budget, check_out_dir
 
 
 @dataclass(frozen=True)
@@ -118,7 +117,12 @@ def _lr(step: int, cfg: LMTrainConfig) -> float:
 
 
 def train_lm(cfg: LMTrainConfig, out_dir: str, progress=None) -> dict:
-    """Train, save the model + tokenizer + training.json under out_dir, and return the report dict."""
+    """Train, save the model + tokenizer + training.json under out_dir, and return the report dict.
+
+    Refused before anything is built (ValueError) when out_dir is not a place to write a model or the run
+    would not fit the memory budget."""
+    check_out_dir(out_dir)
+    check_lm_training_budget(cfg)
     train_docs, held_docs = split_topics(cfg.holdout, cfg.seed)
     train_ids, held_ids = join_ids(train_docs), join_ids(held_docs)
     model = build_model(cfg)
@@ -154,7 +158,7 @@ def save_model(model, out_dir: str, report: dict) -> None:
     model.save_pretrained(out_dir)
     save_tokenizer(out_dir)
     with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
-        json.dump(report, f, indent=1)
+        f.write(dumps(report, indent=1))
 
 
 def format_report(report: dict) -> str:

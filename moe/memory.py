@@ -34,11 +34,12 @@ class BudgetError(ValueError):
         self.what, self.parts, self.budget, self.changes, self.sizes = what, parts, budget, changes, sizes
         names = names or {}
         detail = ", ".join(f"{k} {describe_bytes(v)}" for k, v in parts.items())
-        advice = ", ".join(f"{names.get(k, k)} ≤ {v:,} (now {sizes[k]:,})" for k, v in changes.items())
+        advice = "to fit, set " + ", ".join(f"{names.get(k, k)} ≤ {v:,} (now {sizes[k]:,})"
+                                            for k, v in changes.items())
         if not changes:
             advice = f"the smallest sizes do not fit either; raise {BUDGET_ENV}"
         super().__init__(f"{what} needs about {describe_bytes(sum(parts.values()))} ({detail}), over the budget "
-                         f"of {describe_bytes(budget)}; to fit, set {advice}")
+                         f"of {describe_bytes(budget)}; {advice}")
 
     def renamed(self, names: dict[str, str]) -> "BudgetError":
         """The same refusal with the sizes named as the caller's user knows them (e.g. CLI flags)."""

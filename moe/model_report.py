@@ -8,17 +8,25 @@ With --cf-* options (JSON only) a "counterfactual" entry adds the same text reru
 from __future__ import annotations
 
 import argparse
-import json
+import codecs
+import contextlib
 import math
-import pathlib
+import os
+import re
+import stat
 import sys
 
 import pandas as pd
 import torch
 
+from .jsonio import dumps
 from .stats import PER_EXPERT_COLUMNS
 
 DEFAULT_MAX_TOKENS = 1024
+# --text-file is cut before tokenising: at most this many bytes per requested token are read (a generous bound:
+# BPE tokens average ~4 bytes, the bundled byte model's are 1), so --max-tokens bounds the memory, not the file.
+READ_BYTES_PER_TOKEN = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")  # no UTF-8 spelling: bytes argv could not decode, or a lone half
 
 
 def encode_text(tokenizer, text: str, max_tokens: int) -> tuple[torch.Tensor, int]:
@@ -37,24 +45,16 @@ def layer_frames(run) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)[["layer", *PER_EXPERT_COLUMNS]]
 
 
-def _clean(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def report_dict(name: str, run) -> dict:
-    layers = []
-    for layer, trace in zip(run.layers, run.traces):
-        per_expert = [{k: _clean(v) for k, v in row.items()} for row in trace.per_expert().to_dict("records")]
-        layers.append({"layer": layer, "summary": {k: _clean(v) for k, v in trace.summary().items()},
-                       "per_expert": per_expert})
+    """The JSON report's content (non-finite numbers become null when written by moe.jsonio)."""
+    layers = [{"layer": layer, "summary": trace.summary(), "per_expert": trace.per_expert().to_dict("records")}
+              for layer, trace in zip(run.layers, run.traces)]
     return {"model": name, "tokens": int(run.input_ids.numel()), "layers": layers}
 
 
 def render_report(name: str, run, fmt: str) -> str:
     if fmt == "json":
-        return json.dumps(report_dict(name, run), indent=1, allow_nan=False)
+        return dumps(report_dict(name, run), indent=1)
     return layer_frames(run).to_csv(index=False)
 
 
@@ -103,20 +103,61 @@ def counterfactual_dict(run, cf_run, cf) -> dict:
     settings = {k: v for k, v in cf.__dict__.items() if v is not None and k not in ("bias_expert", "bias")}
     return {"settings": {**settings, "layers": list(cf.layers) if cf.layers else "all"},
             "mean_loss_bits": {"own": own, "counterfactual": new, "delta": new - own},
-            "layers": [{"layer": layer, "summary": {k: _clean(v) for k, v in t.summary().items()}}
-                       for layer, t in zip(cf_run.layers, cf_run.traces)]}
+            "layers": [{"layer": layer, "summary": t.summary()} for layer, t in zip(cf_run.layers, cf_run.traces)]}
+
+
+def read_text_file(path: str, limit: int) -> tuple[str, bool]:
+    """(the first `limit` bytes of a regular file as UTF-8 text, whether the file had more); ValueError otherwise.
+
+    Opened non-blocking and checked on the open descriptor, so a FIFO or a device is refused, never read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ValueError(f"--text-file {path!r} does not exist") from None
+    except OSError as err:
+        raise ValueError(f"--text-file {path!r} cannot be read ({err.strerror})") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"--text-file {path!r} is not a regular file (a directory, FIFO or device); "
+                         "give a text file")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            data = f.read(limit + 1)
+        except OSError as err:
+            raise ValueError(f"--text-file {path!r} cannot be read ({err.strerror})") from None
+    cut = len(data) > limit
+    # an incremental decoder drops a character cut in half at the end instead of writing U+FFFD for it
+    return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data[:limit], final=not cut), cut
 
 
 def _read_text(args: argparse.Namespace) -> str:
     if args.text is not None:
+        bad = len(_SURROGATE.findall(args.text))
+        if bad:  # argv bytes that are not UTF-8 arrive as surrogate escapes
+            raise ValueError(f"--text is not valid UTF-8 ({bad} undecodable byte{'s' * (bad > 1)}); pass UTF-8 "
+                             "text, or put the text in a file and use --text-file")
         return args.text
-    path = pathlib.Path(args.text_file)
-    if not path.is_file():
-        raise ValueError(f"--text-file {args.text_file!r} does not exist")
+    limit = args.max_tokens * READ_BYTES_PER_TOKEN
+    text, cut = read_text_file(args.text_file, limit)
+    if cut:
+        print(f"python -m moe: note: --text-file is longer than {limit} bytes; read the first {limit} "
+              f"(--max-tokens {args.max_tokens} × {READ_BYTES_PER_TOKEN} bytes per token)", file=sys.stderr)
+    return text
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool):
+    """transformers' progress bars (e.g. "Loading weights") on or off inside the block, restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    was = hf_logging.is_progress_bar_enabled()
+    if was != enabled:
+        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
     try:
-        return path.read_text(encoding="utf-8", errors="replace")
-    except OSError as err:
-        raise ValueError(f"--text-file {args.text_file!r} cannot be read ({err.strerror})") from None
+        yield
+    finally:
+        if was != enabled:
+            (hf_logging.enable_progress_bar if was else hf_logging.disable_progress_bar)()
 
 
 def _model_report(args: argparse.Namespace) -> str:
@@ -127,7 +168,8 @@ def _model_report(args: argparse.Namespace) -> str:
     cf = counterfactual_from_args(args)
     if not text.strip():
         raise ValueError("the text is empty; give some text to route (--text or --text-file)")
-    loaded = load_model(args.model, tokens=args.max_tokens)
+    with progress_bars(sys.stderr.isatty()):  # a bar is for a person watching, not for a log or a pipe
+        loaded = load_model(args.model, tokens=args.max_tokens)
     ids, total = encode_text(loaded.tokenizer, text, args.max_tokens)
     if total > ids.numel():
         print(f"python -m moe: note: the text has {total} tokens; routing the first {ids.numel()} "
@@ -139,4 +181,4 @@ def _model_report(args: argparse.Namespace) -> str:
 
     report = {**report_dict(loaded.name, run), "counterfactual": counterfactual_dict(run, run_counterfactual(
         loaded.model, ids, cf), cf)}
-    return json.dumps(report, indent=1, allow_nan=False)
+    return dumps(report, indent=1)

@@ -1,6 +1,7 @@
 """Loading local checkpoints and `python -m moe model-report`: values, formats and every refusal."""
 import io
 import json
+import os
 import shutil
 
 import pandas as pd
@@ -58,14 +59,71 @@ def test_csv_report_is_one_row_per_layer_and_expert(model_dir, capsys):
     assert table.groupby("layer")["demand"].sum().tolist() == [2 * 11, 2 * 11]
 
 
-def test_a_long_text_is_truncated_to_max_tokens_with_a_notice(model_dir, tmp_path, capsys):
+def test_a_long_text_file_is_cut_before_tokenising_then_to_max_tokens_with_notices(model_dir, tmp_path, capsys):
     big = tmp_path / "big.txt"
-    big.write_text("abc def\n" * (1 << 17))  # 1 MiB
+    big.write_text("abc def\n" * (1 << 19))  # 4 MiB: only --max-tokens × 64 bytes of it are read
     code, out, err = _run(["model-report", "--model", str(model_dir), "--text-file", str(big),
                            "--max-tokens", "64"], capsys)
     assert code == 0
     assert json.loads(out)["tokens"] == 64
-    assert "1048576 tokens" in err and "first 64" in err
+    assert "--text-file is longer than 4096 bytes; read the first 4096 (--max-tokens 64 × 64 bytes per token)" in err
+    assert "the text has 4096 tokens; routing the first 64" in err
+
+
+def test_read_text_file_reads_at_most_the_limit_and_never_half_a_character(tmp_path):
+    from moe.model_report import read_text_file
+
+    path = tmp_path / "t.txt"
+    path.write_bytes("aé".encode() * 1000)  # 3000 bytes; é is 2 bytes
+    assert read_text_file(str(path), 2) == ("a", True)  # the cut é is dropped, not turned into U+FFFD
+    assert read_text_file(str(path), 3) == ("aé", True)
+    assert read_text_file(str(path), 3000) == ("aé" * 1000, False)
+    path.write_bytes(b"ok \xff")  # an invalid byte inside the file is replaced
+    assert read_text_file(str(path), 100) == ("ok \ufffd", False)
+
+
+def test_a_fifo_a_device_or_a_directory_is_refused_without_reading_it(model_dir, tmp_path, capsys):
+    import os
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)  # nobody writes to it: reading would block for ever
+    base = ["model-report", "--model", str(model_dir), "--max-tokens", "64", "--text-file"]
+    for path in (str(fifo), "/dev/zero", str(tmp_path)):
+        assert "is not a regular file" in _refusal([*base, path], capsys)
+
+
+def test_text_that_is_not_utf8_is_refused_in_one_line(model_dir, capsys):
+    # argv bytes that are not UTF-8 reach Python as surrogate escapes (os.fsdecode)
+    text = os.fsdecode(b"caf\xe9 \xff")
+    line = _refusal(["model-report", "--model", str(model_dir), "--text", text], capsys)
+    assert "--text is not valid UTF-8 (2 undecodable bytes)" in line and "--text-file" in line
+
+
+def test_no_progress_bar_unless_stderr_is_a_terminal_and_the_setting_is_restored(model_dir, capsys):
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.enable_progress_bar()  # transformers' default: the CLI must quiet it itself
+    code, _, err = _run(["model-report", "--model", str(model_dir), "--text", "hello"], capsys)
+    assert code == 0 and "Loading weights" not in err and err == ""
+    assert hf_logging.is_progress_bar_enabled()  # the process-wide switch is back as it was
+    from moe.model_report import progress_bars
+
+    with pytest.raises(KeyError):
+        with progress_bars(False):
+            assert not hf_logging.is_progress_bar_enabled()
+            raise KeyError("a failure inside")
+    assert hf_logging.is_progress_bar_enabled()
+
+
+def test_the_json_is_strict_even_where_a_number_is_undefined(model_dir, capsys):
+    """A one-token text has no next-token loss (the mean of nothing): null, not NaN and not a crash."""
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+    code, out, err = _run(["model-report", "--model", str(model_dir), "--text", "a", "--cf-top-k", "1"], capsys)
+    assert code == 0, err
+    report = json.loads(out, parse_constant=refuse)
+    assert report["tokens"] == 1
+    assert report["counterfactual"]["mean_loss_bits"] == {"own": None, "counterfactual": None, "delta": None}
 
 
 def _refusal(argv, capsys) -> str:

@@ -25,8 +25,8 @@ from ..colors import expert_colors
 from ..model_link import LINK_DIR_KEY, from_link, to_link
 from ..state import md_text, quote
 from . import model_cf
-from ..figures_model import (flow_figure, load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
-                             token_loss_figure)
+from ..figures_model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
+                             token_layer_grid_figure, token_loss_figure, visible_token)
 
 EXAMPLES = {
     "prose": "The with statement is used to wrap the execution of a block with methods defined by a context "
@@ -35,12 +35,35 @@ EXAMPLES = {
     "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
 }
 MAX_TOKENS_LIMIT = 4096
+POOLED_LABEL = "Pooled aux (all layers, same scale as the table)"
+HF_LABEL = "HF load_balancing_loss (= top_k × pooled aux)"
 MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenising (no token is longer than 24 characters here)
-POOLING_NOTE = ("Hugging Face's `load_balancing_loss` pools the router statistics of all layers before "
-                "multiplying f by P, so a layer that sends everything to one expert is averaged with the healthy "
-                "ones and the pooled number barely moves (a test collapses one of 4 layers: that layer goes from "
-                "1.1 to 4.0, the pooled number from 1.06 to 1.16, both on the Switch scale); read the per-layer "
-                "column instead.")
+POOLING_NOTE = ("Pooling sums the router statistics of all layers before multiplying f by P, so a layer that sends "
+                "everything to one expert is averaged with the healthy ones and the pooled number barely moves (a "
+                "test collapses one of 4 layers: that layer goes from 1.1 to 4.0, the pooled aux from 1.06 to "
+                "1.16); read the per-layer column instead.")
+# A lone surrogate (half of a UTF-16 pair, e.g. from a broken paste) cannot leave the browser: Streamlit's frontend
+# writes it into the widget message as invalid UTF-8 and the server drops the whole message ("Error deserializing
+# back message ... String field had bad UTF-8") before this page runs, so the edit would be lost without a word.
+# This listener runs first (capture phase) and makes the text box's value well-formed, each lone surrogate
+# becoming U+FFFD, which the page then counts (tests/test_browser_model_text.py).
+WELL_FORMED_JS = """<script>
+(() => {
+  const page = window.parent;  // the app's window, whether this runs in it or in a frame of it
+  if (page.moeWellFormedText) return;
+  page.moeWellFormedText = true;
+  page.document.addEventListener("input", (event) => {
+    const box = event.target, view = box.ownerDocument.defaultView;
+    if (box instanceof view.HTMLTextAreaElement && !box.value.isWellFormed()) {
+      const setValue = Object.getOwnPropertyDescriptor(view.HTMLTextAreaElement.prototype, "value").set;
+      setValue.call(box, box.value.toWellFormed());  // past React's value tracker: the widget sends this value
+    }
+  }, true);
+})();
+</script>"""
+VOCABULARY_MARKS = [(WHITESPACE_MARKS[" "], "space"), (WHITESPACE_MARKS["\t"], "tab"),
+                    (WHITESPACE_MARKS["\n"], "newline")]
+
 
 
 def _loaded(path: str):
@@ -68,7 +91,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
-            "pooled_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
+            "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": _vocabulary_cells(run, tokens),
             "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
             "text": text, "max_tokens": max_tokens}
@@ -120,7 +143,12 @@ def _inputs() -> tuple[str, str, int]:
     left.selectbox("Example prompt", list(EXAMPLES), key="model_example", on_change=_use_example)
     right.number_input("Max tokens", min_value=1, max_value=MAX_TOKENS_LIMIT, step=64, key="model_max_tokens")
     st.text_area("Text", key="model_text", height=120)
+    st.html(WELL_FORMED_JS, unsafe_allow_javascript=True)
     ss = st.session_state
+    replaced = ss["model_text"].count("\ufffd")
+    if replaced:
+        st.info(f"The text holds {replaced} � (U+FFFD): each stands for a character that was not valid Unicode "
+                "(half of a surrogate pair, or undecodable bytes), replaced as it was typed or pasted.")
     return ss["model_path"], ss["model_text"], int(ss["model_max_tokens"])
 
 
@@ -267,13 +295,13 @@ def _layer_table(view: dict, styled, worst: int) -> None:
                "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
-    st.metric("Pooled HF aux (all layers)", f"{view['pooled_aux']:.3f}",
-              help=DEFINITIONS["pooled_hf_aux"])
-    k = view["top_k"]
-    per_layer = ", ".join(f"{a * k:.3f}" for a in table["aux_loss"])
-    worst_aux = float(table["aux_loss"].max()) * k
-    st.caption(f"Per-layer aux × top_k ({k}), the same scale: {per_layer}. On this text the worst layer ({worst}) "
-               f"is at {worst_aux:.3f} while the pooled number reads {view['pooled_aux']:.3f}. {POOLING_NOTE}")
+    k, pooled = view["top_k"], view["pooled_aux"]
+    left, right = st.columns(2)
+    left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
+    right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
+    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the worst layer "
+               f"({worst}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
+               f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
 
 
 def _md_literal(text: str) -> str:
@@ -284,7 +312,7 @@ def _md_literal(text: str) -> str:
 def _vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
     """Per MoE layer (decoder index): a row per expert with its most frequent top-1 tokens as one cell."""
     vocab = expert_vocabulary(run, tokens)
-    cells = vocab["token"].map(lambda t: _md_literal(repr(t)[1:-1])) + " (" + vocab["count"].astype(str) + ")"
+    cells = vocab["token"].map(lambda t: _md_literal(visible_token(t))) + " (" + vocab["count"].astype(str) + ")"
     words = cells.groupby([vocab["layer"], vocab["expert"]], sort=True).agg(", ".join)
     return {layer: pd.DataFrame({"expert": group.index.get_level_values("expert"),
                                  "most frequent top-1 tokens (count)": group.values})
@@ -294,7 +322,10 @@ def _vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
 def _vocabulary(view: dict, layer: int) -> None:
     # st.table, not st.dataframe: a static table redraws with the text; a data grid settles after the charts
     st.table(view["vocab"][layer], hide_index=True)
-    st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first.")
+    marks = ", ".join(f"{mark} = {name}" for mark, name in VOCABULARY_MARKS)
+    st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first. "
+               f"Whitespace is drawn as a symbol ({marks}); other characters that print nothing as escapes "
+               "(`\\r`, `\\x00`).")
 
 
 def _nmi_table(view: dict) -> tuple[pd.DataFrame, str | None]:
