@@ -7,7 +7,8 @@ compared with the budget and with the engine's estimate.
 cases read hostile trace files written before the cases run.
 
 Columns: exit (2 = refused in one line), peak_MiB (ru_maxrss of the case's own process), tree_MiB (the peak of
-the summed RSS of every process the case started, sampled every 20 ms: torchrun ranks, and ranks orphaned by
+the summed proportional set size (PSS: shared pages counted once) of every process the case started,
+sampled every 20 ms: torchrun ranks, and ranks orphaned by
 a kill, are found by an environment tag they inherit), over_base_MiB (the case's peak minus the peak of a process
 that only imports the engine: what the case itself added), estimate_MiB (the estimate the guard checked; '-'
 for refusals), added/estimate, tree/budget, and the verdict: "refused" (exit 2), "held" (tree peak within 1.5x
@@ -55,6 +56,13 @@ FIT_REPORT = ["report", "--d-model", "1024", "--d-expert", "4096", "--n-experts"
               "--tokens", "2048", "--format", "csv"]
 FIT_TRAIN = ["train", "--d-model", "256", "--d-expert", "1024", "--n-experts", "8", "--tokens", "2048",
              "--steps", "3", "--format", "csv"]
+EP_JOB = """
+from moe.ep_launch import run_ep_report
+try:
+    run_ep_report({W}, ["--repeats", "3"], timeout_s=600)
+except ValueError as err:  # refused before launch (one line)
+    code = 2
+"""
 CASES = [
     ("import only (baseline)", ""),
     ("report D4096 H8192 E64", f"code = main({BIG_REPORT!r})"),
@@ -102,6 +110,18 @@ from moe.lm_train import LMTrainConfig
 estimate = estimate_lm_training_bytes(LMTrainConfig(steps=2))['total']
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--steps', '2', '--threads', '1'])"""),
+    # Traces (issue #15): files written by write_trace_files() into $MOE_BENCH_TRACES before the cases run.
+    ("trace-report 67 B JSONL, --n-experts 16384",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/tiny.jsonl', '--n-experts', "
+     "'16384'])"),
+    ("trace-report Parquet 2M tokens x 8 experts",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/expands.parquet'])"),
+    ("trace-report one 10 MB JSONL line",
+     "import os; code = main(['trace-report', os.environ['MOE_BENCH_TRACES'] + '/long_line.jsonl', "
+     "'--n-experts', '8'])"),
+    # Expert parallel (issue #15): a torchrun job's whole tree (torchrun + W ranks) is what counts.
+    ("ep job W=8, default layer", EP_JOB.format(W=8)),
+    ("ep job W=2, default layer", EP_JOB.format(W=2)),
 ]
 
 
@@ -133,7 +153,8 @@ TAG = "MOE_BENCH_CASE"
 
 
 def tree_rss(tag: str) -> int:
-    """Summed RSS (bytes) of every live process whose environment carries TAG=tag."""
+    """Summed proportional set size (bytes) of every live process whose environment carries TAG=tag: pages
+    shared between the processes (torch's libraries in every rank) count once, as the machine pays them."""
     total, needle = 0, f"{TAG}={tag}".encode()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -141,8 +162,8 @@ def tree_rss(tag: str) -> int:
         try:
             if needle not in (proc / "environ").read_bytes().split(b"\0"):
                 continue
-            for line in (proc / "status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
+            for line in (proc / "smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
                     total += int(line.split()[1]) * 1024
         except OSError:  # the process ended while we looked
             continue
