@@ -29,3 +29,9 @@ def server():
     """`streamlit run app.py` on a free loopback port, stopped after the module."""
     with streamlit_server() as url:
         yield url
+
+
+@pytest.fixture
+def tmp_is_a_root(tmp_path_factory, monkeypatch):
+    """Test models live under pytest's temporary directory: make it one of the server's roots (MOE_SCOPE_ROOTS)."""
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path_factory.getbasetemp()))

@@ -9,6 +9,8 @@ from dashboard.figures_model import (load_heatmap_figure, nmi_figure, token_html
 from moe.lm_text import save_tokenizer
 from tests.model_support import tiny_model
 
+pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
+
 # grid, load, flow, loss, NMI; with the counterfactual on, its two load heatmaps and its loss comparison
 CHARTS = ("model_grid", "model_load", "model_flow", "model_loss", "model_nmi")
 CF_CHARTS = ("cf_load_own", "cf_load_new", "cf_loss")
@@ -43,12 +45,6 @@ def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
     assert list(bar.text) == ["\\n", "c"] and "%{text}" in bar.hovertemplate
     assert bar.textposition == "none" and fig.layout.showlegend is False  # no label drawn on a bar, no "trace 0"
     assert fig.layout.title.text == "Next-token loss (mean 2.00 bits per token)"
-
-
-@pytest.fixture(autouse=True)
-def tmp_is_a_root(tmp_path_factory, monkeypatch):
-    """The test models live under pytest's temporary directory: the server's roots include it (MOE_SCOPE_ROOTS)."""
-    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path_factory.getbasetemp()))
 
 
 @pytest.fixture(scope="module")

@@ -11,11 +11,7 @@ from moe.lm_text import save_tokenizer
 from tests.model_support import tiny_model
 from tests.test_model_view import CF_CHARTS, CHARTS
 
-
-@pytest.fixture(autouse=True)
-def tmp_is_a_root(tmp_path_factory, monkeypatch):
-    """The test models live under pytest's temporary directory: the server's roots include it (MOE_SCOPE_ROOTS)."""
-    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path_factory.getbasetemp()))
+pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,8 @@ from moe.hf_load import load_model
 from moe.lm_text import save_tokenizer
 from tests.model_support import tiny_model
 
+pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
+
 TEXT = "for i in range(3):\n\tprint(i,  i)\n"
 
 
