@@ -27,7 +27,8 @@ class OutsideRoots(ValueError):
 
 
 def allowed_roots() -> list[pathlib.Path]:
-    """The resolved roots in force now (read from the environment on each call; the server sets it once)."""
+    """The resolved roots: read from the server process's working directory and environment, which are set when
+    it starts and which nothing a page visitor sends can change (read on each call, so tests can set them)."""
     roots = [pathlib.Path.cwd(), MODELS_DIR]
     model = os.environ.get(MODEL_ENV, "").strip()
     if model:
