@@ -46,8 +46,8 @@ def saturation_columns() -> list[tuple[str, float]]:
 
 def refresh(fig: go.Figure, history: pd.DataFrame, columns: list[tuple[str, float]]) -> go.Figure:
     """The figure with a newer history, changed in place (equal to a fresh build when the columns and the
-    balancing switches are the same). Unlike a new figure, it leaves no cyclic garbage behind: plotly objects
-    point back to their parents, so a figure per tick is freed only by a full garbage collection."""
+    balancing switches are the same). Unlike a new figure it leaves no cyclic garbage (plotly objects point
+    back to their parents): what of a figure per tick outlives the young collections waits for a rare full one."""
     with fig.batch_update():
         for trace, (column, scale) in zip(fig.data, columns, strict=True):
             trace.x, trace.y = history["step"], history[column] * scale

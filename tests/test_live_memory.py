@@ -1,8 +1,8 @@
 """Live keeps the server's memory flat: a playing tick refreshes the session's figures in place.
 
-A new plotly figure per tick is cyclic garbage (every plotly object points back to its parent): a share of it
-outlives the young collections and waits for a full one, which is rare with a few hundred thousand long-lived
-objects and no post-run collection (runner.postScriptGC = false), so the server grew ~0.5 MB a tick.
+New plotly figures every tick (~0.5 MB with a full history) are cyclic garbage: every plotly object points
+back to its parent. What of it outlives the young collections waits for a full one, which is rare with a few
+hundred thousand long-lived objects and no post-run collection (runner.postScriptGC = false).
 """
 import base64
 import collections

@@ -123,8 +123,8 @@ def _balancing() -> None:
 
 def _chart(key: str, history: pd.DataFrame, columns: list[tuple[str, float]], build: Callable[[], go.Figure]) -> None:
     """Draw a live chart from the session's kept figure, refreshed in place with the new history; built anew only
-    when its traces or balancing switches change. A new figure every tick (~0.5 MB with a full history) is cyclic
-    garbage that often outlives the young collections, and the full ones that free it are rare: the server grew."""
+    when its traces or balancing switches change. New figures every tick (~0.5 MB with a full history) are cyclic
+    garbage; what outlived the young collections waited for a rare full one, and the server's memory grew."""
     figures = st.session_state["live_figures"]
     shape = ([column for column, _ in columns], balance_switches(history))
     if key in figures and figures[key][0] == shape:
