@@ -1,4 +1,8 @@
-"""Pure figure builders for live mode: a training history (one row per step) in, `go.Figure` out."""
+"""Pure figure builders for live mode: a training history (one row per step) in, `go.Figure` out.
+
+Each chart's traces come from history columns, listed by its `*_columns` function (trace order, scale);
+`refresh` puts a newer history into a figure built from the same columns, in place.
+"""
 from __future__ import annotations
 
 import pandas as pd
@@ -21,6 +25,33 @@ SERIES_COLORS = ["#4c78a8", "#f58518", "#b279a2", "#54a24b", "#e45756", "#9d755d
 
 def _expert_columns(frame: pd.DataFrame, prefix: str) -> list[str]:
     return [c for c in frame.columns if c.startswith(prefix) and c[len(prefix):].isdigit()]
+
+
+def health_columns() -> list[tuple[str, float]]:
+    """(column, scale) behind each trace of the health figure, in trace order."""
+    return [(column, scale) for panel in PANELS for column, _, scale in panel]
+
+
+def load_share_columns(history: pd.DataFrame) -> list[tuple[str, float]]:
+    return [(c, 1.0) for c in _expert_columns(history, "load_share_")]
+
+
+def expert_bias_columns(history: pd.DataFrame) -> list[tuple[str, float]]:
+    return [(c, 1.0) for c in _expert_columns(history, "expert_bias_")]
+
+
+def saturation_columns() -> list[tuple[str, float]]:
+    return [("router_saturation", 1.0)]
+
+
+def refresh(fig: go.Figure, history: pd.DataFrame, columns: list[tuple[str, float]]) -> go.Figure:
+    """The figure with a newer history, changed in place (equal to a fresh build when the columns and the
+    balancing switches are the same). Unlike a new figure it leaves no cyclic garbage (plotly objects point
+    back to their parents): what of a figure per tick outlives the young collections waits for a rare full one."""
+    with fig.batch_update():
+        for trace, (column, scale) in zip(fig.data, columns, strict=True):
+            trace.x, trace.y = history["step"], history[column] * scale
+    return fig
 
 
 def balance_switches(history: pd.DataFrame) -> list[tuple[int, str]]:
@@ -65,7 +96,7 @@ def health_figure(history: pd.DataFrame) -> go.Figure:
 
 def load_share_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
     """Each expert's share of the served load over steps, stacked to 1."""
-    columns = _expert_columns(history, "load_share_")
+    columns = [c for c, _ in load_share_columns(history)]
     traces = [go.Scatter(x=history["step"], y=history[c], name=f"expert {c[11:]}", stackgroup="load",
                          mode="lines", line=dict(width=0.5, color=colors[int(c[11:])]),
                          fillcolor=colors[int(c[11:])],
@@ -78,7 +109,7 @@ def load_share_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
 
 def expert_bias_figure(history: pd.DataFrame, colors: list[str]) -> go.Figure:
     """The aux-loss-free expert bias b_e over steps (flat unless balance = bias)."""
-    columns = _expert_columns(history, "expert_bias_")
+    columns = [c for c, _ in expert_bias_columns(history)]
     traces = [go.Scatter(x=history["step"], y=history[c], name=f"expert {c[12:]}", mode="lines",
                          line=dict(color=colors[int(c[12:])], width=2),
                          hovertemplate=f"expert {c[12:]}<br>step %{{x}}<br>b %{{y:.4f}}<extra></extra>")

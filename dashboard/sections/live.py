@@ -6,14 +6,18 @@ only the panel fragment reruns (st.fragment(run_every=...)); the rest of the pag
 from __future__ import annotations
 
 import time
+from typing import Callable
 
+import pandas as pd
+import plotly.graph_objects as go
 import streamlit as st
 
 from moe.train import BALANCE_HELP, BALANCES, PRESET_HELP, PRESETS, TrainConfig, Trainer, preset
 
 from ..colors import expert_colors
 from ..definitions import caption
-from ..figures_live import expert_bias_figure, health_figure, load_share_figure, saturation_figure
+from ..figures_live import (balance_switches, expert_bias_columns, expert_bias_figure, health_columns, health_figure,
+                            load_share_columns, load_share_figure, refresh, saturation_columns, saturation_figure)
 from ..result import RunResult
 
 SETUPS = ("Collapse and cure", "Sidebar layer")
@@ -47,7 +51,7 @@ def _init() -> None:
     base = PRESETS["collapse"]
     for key, value in {"live_setup": SETUPS[0], "live_balance": "none", "live_aux_coef": base.aux_coef,
                        "live_z_coef": base.z_coef, "live_bias_rate": base.bias_rate, "live_speed": 5,
-                       "live_playing": False}.items():
+                       "live_playing": False, "live_figures": {}}.items():
         ss.setdefault(key, value)
 
 
@@ -61,6 +65,7 @@ def _reset(result: RunResult) -> None:
         ss.pop("trainer", None)  # never keep training a layer the sidebar no longer shows
         return
     ss["trainer"] = trainer
+    ss["live_figures"] = {}
     ss["live_signature"] = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
     ss["live_playing"] = False
     ss.pop("live_error", None)
@@ -116,6 +121,20 @@ def _balancing() -> None:
                     help="γ in b_e += γ·sign(mean load − load_e) after each step (balance = bias).")
 
 
+def _chart(key: str, history: pd.DataFrame, columns: list[tuple[str, float]], build: Callable[[], go.Figure]) -> None:
+    """Draw a live chart from the session's kept figure, refreshed in place with the new history; built anew only
+    when its traces or balancing switches change. New figures every tick (~0.5 MB with a full history) are cyclic
+    garbage; what outlived the young collections waited for a rare full one, and the server's memory grew."""
+    figures = st.session_state["live_figures"]
+    shape = ([column for column, _ in columns], balance_switches(history))
+    if key in figures and figures[key][0] == shape:
+        fig = refresh(figures[key][1], history, columns)
+    else:
+        fig = build()
+        figures[key] = (shape, fig)
+    st.plotly_chart(fig, width="stretch", key=key)
+
+
 def _panel() -> None:
     """The live charts; while playing this fragment reruns every TICK_SECONDS and advances the trainer."""
     ss = st.session_state
@@ -143,16 +162,16 @@ def _panel() -> None:
     m[3].metric("dead experts (this step)", f"{round(row['dead_fraction'] * trainer.config.model.n_experts)}")
     m[4].metric("router saturation", f"{row['router_saturation']:.2f}")
     colors = expert_colors(trainer.config.model.n_experts)
-    st.plotly_chart(health_figure(history), width="stretch", key="live_health")
+    _chart("live_health", history, health_columns(), lambda: health_figure(history))
     st.caption(caption("task_loss", "aux_loss", "z_loss", "cv", "max_over_mean", "dropped_fraction", "dead_fraction"))
     c1, c2 = st.columns(2)
     with c1:
-        st.plotly_chart(load_share_figure(history, colors), width="stretch", key="live_share")
+        _chart("live_share", history, load_share_columns(history), lambda: load_share_figure(history, colors))
         st.caption(caption("live_load_share"))
     with c2:
-        st.plotly_chart(expert_bias_figure(history, colors), width="stretch", key="live_bias")
+        _chart("live_bias", history, expert_bias_columns(history), lambda: expert_bias_figure(history, colors))
         st.caption(caption("expert_bias"))
-    st.plotly_chart(saturation_figure(history), width="stretch", key="live_saturation")
+    _chart("live_saturation", history, saturation_columns(), lambda: saturation_figure(history))
     st.caption(caption("router_saturation") + f"  \nHistory keeps the last {trainer.config.history} steps.")
 
 
