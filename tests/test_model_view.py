@@ -6,8 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.figures_model import (load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
                                      token_loss_figure)
-from moe.lm_text import save_tokenizer
-from tests.model_support import tiny_model
+from tests.model_support import saved_model
 
 pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
 
@@ -49,10 +48,7 @@ def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("view") / "tiny"
-    tiny_model("mixtral", layers=2).save_pretrained(path)
-    save_tokenizer(str(path))
-    return str(path)
+    return saved_model(tmp_path_factory.mktemp("view") / "tiny", layers=2)
 
 
 def _view_app(path: str) -> None:

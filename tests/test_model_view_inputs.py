@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from moe.lm_text import save_tokenizer
-from tests.model_support import tiny_model
+from tests.model_support import saved_model
 from tests.test_model_view import CF_CHARTS, CHARTS
 
 pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
@@ -17,12 +16,9 @@ pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
 @pytest.fixture(scope="module")
 def dirs(tmp_path_factory):
     root = tmp_path_factory.mktemp("inputs")
-    good = root / "tiny"
-    tiny_model("mixtral", layers=2).save_pretrained(good)
-    save_tokenizer(str(good))
-    dense = root / "dense"
-    tiny_model("llama").save_pretrained(dense)
-    save_tokenizer(str(dense))
+    good, dense = root / "tiny", root / "dense"
+    saved_model(good)
+    saved_model(dense, "llama")
     broken = root / "broken"
     shutil.copytree(good, broken)
     weights = broken / "model.safetensors"

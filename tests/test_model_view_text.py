@@ -8,8 +8,7 @@ from streamlit.testing.v1 import AppTest
 from moe.definitions import DEFINITIONS
 from moe.hf import run_model
 from moe.hf_load import load_model
-from moe.lm_text import save_tokenizer
-from tests.model_support import tiny_model
+from tests.model_support import saved_model
 
 pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
 
@@ -18,10 +17,7 @@ TEXT = "for i in range(3):\n\tprint(i,  i)\n"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("text") / "tiny"
-    tiny_model("mixtral", layers=3).save_pretrained(path)
-    save_tokenizer(str(path))
-    return str(path)
+    return saved_model(tmp_path_factory.mktemp("text") / "tiny", layers=3)
 
 
 def _app(path: str, text: str) -> None:
