@@ -11,15 +11,14 @@ import argparse
 import codecs
 import contextlib
 import math
-import os
 import re
-import stat
 import sys
 
 import pandas as pd
 import torch
 
 from .jsonio import dumps
+from .roots import read_regular
 from .stats import PER_EXPERT_COLUMNS
 
 DEFAULT_MAX_TOKENS = 1024
@@ -110,21 +109,7 @@ def read_text_file(path: str, limit: int) -> tuple[str, bool]:
     """(the first `limit` bytes of a regular file as UTF-8 text, whether the file had more); ValueError otherwise.
 
     Opened non-blocking and checked on the open descriptor, so a FIFO or a device is refused, never read."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ValueError(f"--text-file {path!r} does not exist") from None
-    except OSError as err:
-        raise ValueError(f"--text-file {path!r} cannot be read ({err.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ValueError(f"--text-file {path!r} is not a regular file (a directory, FIFO or device); "
-                         "give a text file")
-    with os.fdopen(fd, "rb") as f:
-        try:
-            data = f.read(limit + 1)
-        except OSError as err:
-            raise ValueError(f"--text-file {path!r} cannot be read ({err.strerror})") from None
+    data = read_regular(path, limit, "--text-file", "give a text file")
     cut = len(data) > limit
     # an incremental decoder drops a character cut in half at the end instead of writing U+FFFD for it
     return codecs.getincrementaldecoder("utf-8")(errors="replace").decode(data[:limit], final=not cut), cut

@@ -15,14 +15,13 @@ the load it was given and keeps the current placement, flagged, unless the busie
 from __future__ import annotations
 
 import json
-import os
-import stat
 from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
 
 from .jsonio import dumps
+from .roots import read_regular
 
 FORMAT = "moe-scope-placement/1"
 MAX_FILE_BYTES = 1 << 20  # a placement file lists E·(1 + replicas) small integers: 1 MiB is ample
@@ -268,20 +267,9 @@ def load_file(path: str, n_experts: int, world_size: int) -> Placement:
 
 
 def _read_regular(path: str, cap: int) -> bytes:
-    """The bytes of a regular file of at most `cap` bytes; ValueError for anything else.
-    O_NONBLOCK: opening a FIFO returns at once (then fstat refuses it) instead of waiting for a writer."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    except OSError as err:
-        raise ValueError(f"cannot read placement file {path!r}: {err.strerror}") from None
-    info = os.fstat(fd)
-    if not stat.S_ISREG(info.st_mode):
-        os.close(fd)
-        raise ValueError(f"placement file {path!r} is not a regular file (a directory, device or pipe); "
-                         f"give the JSON file moe.placement.save writes")
-    with os.fdopen(fd, "rb") as f:
-        data = f.read(cap + 1)  # the size can change after fstat: never read more than the cap
-    if info.st_size > cap or len(data) > cap:
+    """The bytes of a regular file of at most `cap` bytes; ValueError for anything else."""
+    data = read_regular(path, cap, "placement file", "give the JSON file moe.placement.save writes")
+    if len(data) > cap:
         raise ValueError(f"placement file {path!r} is larger than {cap // 1024} KiB; a placement lists a few "
                          f"integers per rank, give the file moe.placement.save writes")
     return data

@@ -1,4 +1,4 @@
-"""Where the server may open files: roots fixed when the server starts, as Jupyter's root directory and
+"""Where the server may open files, and how any file is opened: roots fixed when the server starts, as Jupyter's root directory and
 TensorBoard's `--logdir` are.
 
 A page visitor (a link, a text box) can name a path; it is opened only when it resolves (symlinks
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import stat
 
 ROOTS_ENV = "MOE_SCOPE_ROOTS"
 MODEL_ENV = "MOE_SCOPE_MODEL"
@@ -52,3 +53,29 @@ def resolve_allowed(path: str, kind: str = "any") -> pathlib.Path:
     if (kind == "file" and not real.is_file()) or (kind == "dir" and not real.is_dir()):
         raise OutsideRoots()
     return real
+
+
+def open_regular(path: str, what: str, hint: str):
+    """`path` opened for binary reading if it is a regular file; else ValueError, one line naming `what` and
+    ending with `hint`. Opened non-blocking and checked on the open descriptor: a FIFO or a device is refused,
+    never waited on or read (a check before opening could be raced)."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path!r} does not exist; {hint}") from None
+    except OSError as err:
+        raise ValueError(f"{what} {path!r} cannot be read ({err.strerror}); {hint}") from None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise ValueError(f"{what} {path!r} is not a regular file (a directory, pipe or device); {hint}")
+    return os.fdopen(fd, "rb")
+
+
+def read_regular(path: str, cap: int, what: str, hint: str) -> bytes:
+    """At most `cap` + 1 bytes of a regular file (one more than the cap, so a caller can tell a cut file)."""
+    with open_regular(path, what, hint) as f:
+        try:
+            return f.read(cap + 1)  # the size can change after opening: never read more than the cap
+        except OSError as err:
+            raise ValueError(f"{what} {path!r} cannot be read ({err.strerror}); {hint}") from None

@@ -7,13 +7,12 @@ it guards are read or materialised, so a file is refused in one line rather than
 from __future__ import annotations
 
 import math
-import os
-import stat
 from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from . import roots
 from .memory import BUDGET_ENV, budget_bytes, describe_bytes
 
 Progress = Callable[[float], None]  # fraction of the file read, 0..1
@@ -84,15 +83,8 @@ def check_experts(n_experts, what: str) -> int:
 
 
 def open_regular(path: str):
-    """Open `path` for reading only if it is a regular file (a FIFO or a device would block or never end)."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # a FIFO opens without waiting for a writer
-    except OSError as err:
-        raise ValueError(f"cannot read trace file {path!r}: {err.strerror}") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise ValueError(f"{path!r} is not a regular file; give a trace file (not a pipe, device or directory)")
-    return os.fdopen(fd, "rb")
+    """Open a trace file for reading only if it is a regular file (a FIFO or a device would block or never end)."""
+    return roots.open_regular(path, "trace file", "give a trace file (not a pipe, device or directory)")
 
 
 def shown(value) -> str:
