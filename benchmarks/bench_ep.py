@@ -25,8 +25,8 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from moe import MoEConfig, MoELayer  # noqa: E402
-from moe.ep_launch import run_ep_report  # noqa: E402
-from moe.placement import contiguous, plan, predicted_load, save  # noqa: E402
+from moe.parallel.launch import run_ep_report  # noqa: E402
+from moe.parallel.placement import contiguous, plan, predicted_load, save  # noqa: E402
 from moe.scenarios import make_batch  # noqa: E402
 
 W = 2

@@ -43,7 +43,7 @@ from moe.memory import budget_bytes  # noqa: E402
 PRELUDE = """
 import json, resource, sys
 from moe import MoEConfig, MoELayer
-from moe.cli import main
+from moe.cli.main import main
 from moe.memory import budget_bytes, estimate_bytes
 code, estimate = 0, None
 """
@@ -57,7 +57,7 @@ FIT_REPORT = ["report", "--d-model", "1024", "--d-expert", "4096", "--n-experts"
 FIT_TRAIN = ["train", "--d-model", "256", "--d-expert", "1024", "--n-experts", "8", "--tokens", "2048",
              "--steps", "3", "--format", "csv"]
 EP_JOB = """
-from moe.ep_launch import run_ep_report
+from moe.parallel.launch import run_ep_report
 try:
     run_ep_report({W}, ["--repeats", "3"], timeout_s=600)
 except ValueError as err:  # refused before launch (one line)
@@ -79,7 +79,7 @@ cfg = MoEConfig(d_model=2048, d_expert=8192, n_experts=8, dtype='bfloat16')
 estimate = estimate_bytes(cfg, 1)['weights']
 layer = MoELayer(cfg)"""),
     ("train D256 H1024 E8 T2048, 3 steps", f"""
-from moe.cli import build_parser, train_config_from_args
+from moe.cli.main import build_parser, train_config_from_args
 cfg = train_config_from_args(build_parser().parse_args({FIT_TRAIN!r}))
 from moe.memory import estimate_training_bytes
 estimate = estimate_training_bytes(cfg.layer_config(), cfg.tokens, n_maps=4, pool_batches=cfg.pool_batches,
@@ -88,15 +88,15 @@ import io, contextlib
 with contextlib.redirect_stdout(io.StringIO()):
     code = main({FIT_TRAIN!r})"""),
     ("dashboard: 4 seeds of D2048 H8192 E8 bf16", """
-from dashboard import runner
+from dashboard import loaders
 from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.state import spec_from_controls
+from dashboard.links import spec_from_controls
 results = []
 for seed in range(4):  # four links, one after the other; each session keeps its result
     spec = spec_from_controls({**CONTROL_DEFAULTS, 'd_model': 2048, 'd_expert': 8192, 'dtype': 'bfloat16',
                                'seed': seed})
     try:
-        results.append(runner.run(spec))
+        results.append(loaders.run(spec))
     except ValueError as err:
         code = 2
 estimate = budget_bytes()"""),
@@ -105,8 +105,8 @@ import tempfile
 code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--batch', '100000000'])"""),
     ("train-lm --steps 2 (batch 16)", """
 import contextlib, io, tempfile
-from moe.lm_checks import estimate_lm_training_bytes
-from moe.lm_train import LMTrainConfig
+from moe.hf.lm_checks import estimate_lm_training_bytes
+from moe.hf.lm_train import LMTrainConfig
 estimate = estimate_lm_training_bytes(LMTrainConfig(steps=2))['total']
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--steps', '2', '--threads', '1'])"""),
@@ -223,11 +223,11 @@ def model_cases(tmp: Path) -> list[tuple[str, str]]:
     report = "import io, contextlib\nwith contextlib.redirect_stdout(io.StringIO()):\n    code = main({!r})"
     return [
         ("import transformers (model baseline)", "import tokenizers, transformers.models.mixtral.modeling_mixtral, "
-         "moe.hf, moe.hf_load, moe.model_report, moe.model_counterfactual"),
-        ("model-report bundled model, 512 tokens", "from moe.hf_load import model_estimate\n"
+         "moe.hf.instrument, moe.hf.load, moe.hf.report, moe.hf.counterfactual"),
+        ("model-report bundled model, 512 tokens", "from moe.hf.load import model_estimate\n"
          f"estimate = model_estimate({BUNDLED_MODEL!r}, 512)['total']\n" + report.format(
              ["model-report", "--model", BUNDLED_MODEL, "--text", "x = 1\n" * 100, "--max-tokens", "512"])),
-        ("model-report 209 MiB model, 512 tokens", "from moe.hf_load import model_estimate\n"
+        ("model-report 209 MiB model, 512 tokens", "from moe.hf.load import model_estimate\n"
          f"estimate = model_estimate({str(tmp / 'mid')!r}, 512)['total']\n" + report.format(
              ["model-report", "--model", str(tmp / "mid"), "--text", "x = 1\n" * 100, "--max-tokens", "512"])),
         ("model dir: head_dim 262144, no attention", report.format(

@@ -20,8 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
 
-from moe.hf import instrument, run_model  # noqa: E402
-from moe.hf_load import BUNDLED_MODEL  # noqa: E402
+from moe.hf.instrument import instrument, run_model  # noqa: E402
+from moe.hf.load import BUNDLED_MODEL  # noqa: E402
 
 RATIO_TARGET = 1.3
 

@@ -1,1 +1,1 @@
-"""moe-scope dashboard: Streamlit controls, pure Plotly figure builders and page sections."""
+"""moe-scope dashboard: Streamlit controls, pure Plotly figure builders and page views."""

@@ -15,9 +15,9 @@ from typing import Callable
 
 import numpy as np
 
-from moe.ep_launch import EPJob, EPProgress, check_job_budget
+from moe.parallel.launch import EPJob, EPProgress, check_job_budget
 from moe.memory import describe_bytes
-from moe.placement import contiguous, plan, predicted_load, save
+from moe.parallel.placement import contiguous, plan, predicted_load, save
 from moe.proctree import Proc, alive
 
 TIMEOUT_S = 300.0   # a job that runs longer is stopped

@@ -5,11 +5,11 @@ import io
 
 import pandas as pd
 
-from moe import trace_io
+from moe.traces import readers as trace_io
 from moe.jsonio import dumps
 
-from .result import RunResult
-from .tables import token_table
+from dashboard.result import RunResult
+from dashboard.tables import token_table
 
 
 def per_expert_csv(result: RunResult) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from moe.model_tables import LAYER_COLUMNS
+from moe.hf.tables import LAYER_COLUMNS
 
 TEXT_LINK_CHARS = 500
 LINK_DIR_KEY = "model_link_dir"  # session state: the link's model directory, waiting for a click
@@ -48,7 +48,7 @@ def _parse(state_key: str, kind: type, text: str):
 
 def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, list[str]]:
     """(session-state values, problems) from the link; bad entries are skipped and named (Markdown-safe)."""
-    from .state import quote  # here, not at the top: state imports MODEL_LINK_KEYS from this module
+    from dashboard.links import quote  # here, not at the top: state imports MODEL_LINK_KEYS from this module
     values, problems = {}, []
     for key, (state_key, kind) in MODEL_LINK.items():
         if key not in query:

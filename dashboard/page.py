@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import streamlit as st
 
-from . import controls, runner
-from .model_link import text_link_note
-from .result import RunResult
-from .sections import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, parallel,
+from dashboard import sidebar
+from dashboard import loaders
+from dashboard.model_link import text_link_note
+from dashboard.result import RunResult
+from dashboard.views import (about, contributors, downloads, experts, inspector, kpis, live, model, overview, parallel,
                        pathways, router, scenario, traces)
-from .state import quote, spec_from_controls, to_query
+from dashboard.links import quote, spec_from_controls, to_query
 
 VIEWS = {
     "Overview": (overview.render,),
@@ -43,7 +44,7 @@ def current_result(values: dict) -> RunResult | None:
     try:
         with st.spinner(f"Running {spec.tokens:,} tokens through {spec.config.n_experts} experts "
                         f"on {spec.config.device}…", show_time=True):  # shown after 0.5 s, with the elapsed time
-            result = runner.run(spec)
+            result = loaders.run(spec)
     except (ValueError, RuntimeError, MemoryError) as err:  # bad input or the device refused: never a traceback
         return _keep_last(f"Could not run this configuration: {err}")
     ss["result"], ss["result_spec"] = result, spec
@@ -112,14 +113,14 @@ def render() -> None:
     results()
 
 
-@st.fragment(key=controls.RESULTS_FRAGMENT)
+@st.fragment(key=sidebar.RESULTS_FRAGMENT)
 def results() -> None:
     """Run (or reuse) the forward for the controls and draw the chosen view.
 
-    A fragment: it reruns alone when a value-only knob changes (controls.redraw_results) or a widget inside
+    A fragment: it reruns alone when a value-only knob changes (sidebar.redraw_results) or a widget inside
     it changes (the view, the metric), so the sidebar is not redrawn; a full app run redraws it too.
     """
-    values = controls.current_values()
+    values = sidebar.current_values()
     for note in link_notes(values):  # inside the fragment: a results-only rerun clears them too
         st.warning(note)
     result = current_result(values)
@@ -139,7 +140,7 @@ def results() -> None:
                    "this view's own model.")
     else:
         # One caption (fewer rows above the charts); in the fragment, so a value-only knob updates it too.
-        changed = controls.changed_from_preset(st.session_state["preset"])
+        changed = sidebar.changed_from_preset(st.session_state["preset"])
         st.caption(ran + (f"  \nPreset *{st.session_state['preset']}* **modified** ({', '.join(changed)}): its "
                           "*Look for* text may not hold; **Reset to preset** in the sidebar restores it."
                           if changed else ""))

@@ -1,5 +1,5 @@
 import sys
 
-from .cli import main
+from moe.cli.main import main
 
 sys.exit(main())

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .validate import check_fields
+from moe.validate import check_fields
 
 ROUTERS = ("topk", "expert_choice", "hash", "random")
 SCORES = ("softmax", "sigmoid")

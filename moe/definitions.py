@@ -159,7 +159,7 @@ DEFINITIONS: dict[str, str] = {
                    "(routed tokens). It changes which experts are chosen, never the gate weights.",
     "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
                          "previous step: 1 = the routing has settled, low = it is still moving.",
-    # --- routing trace files (moe.trace_io, moe.trace_report; the Traces view)
+    # --- routing trace files (moe.traces.readers, moe.traces.report; the Traces view)
     "trace_load": "per layer, `load[s, e] = Σ_t [e ∈ top_k_index[t]]` over the tokens of step s (all records of "
                   "that (step, layer), micro-batches added): the assignments expert e received, before capacity "
                   "(a trace records the router's choice).",
@@ -170,7 +170,7 @@ DEFINITIONS: dict[str, str] = {
                               "carries them, a Megatron-LM trace only with its logits sidecar "
                               "(logits_rank{R}.bin next to the file); without them they are blank (NaN), and only "
                               "load-side numbers (load, max/mean, cv, load_entropy, dead_fraction) are shown.",
-    "trace_plan": "the placement planner (moe.placement.plan) fed with `Σ_s load[s, e]` of the chosen layer (or of "
+    "trace_plan": "the placement planner (moe.parallel.placement.plan) fed with `Σ_s load[s, e]` of the chosen layer (or of "
                   "all layers summed): predicted assignments per rank for the plan and for contiguous blocks; "
                   "when the plan would not make the busiest rank lighter, the contiguous blocks are kept (and "
                   "said above the chart); **straggler (predicted)** = `max_r / mean_r` of those per-rank loads.",

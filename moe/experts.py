@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import MoEConfig
+from moe.config import MoEConfig
 
 GPT_OSS_ALPHA = 1.702  # gpt_oss: g·σ(1.702·g), a sigmoid approximation of GELU on the clamped gate
 

@@ -11,10 +11,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .config import MoEConfig
-from .router import scores_and_probs, topk_weights
-from .stats import ForwardSums, gather_sums
-from .trace import Trace
+from moe.config import MoEConfig
+from moe.router import scores_and_probs, topk_weights
+from moe.stats import ForwardSums, gather_sums
+from moe.trace import Trace
 
 
 def trace_from_routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor,

@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from .config import MoEConfig
-from .scenarios import SCENARIOS
+from moe.config import MoEConfig
+from moe.scenarios import SCENARIOS
 
 _CFG = MoEConfig()
 DEFAULTS: dict[str, object] = {

@@ -6,12 +6,12 @@ import time
 import torch
 from torch import Tensor, nn
 
-from .config import MoEConfig
-from .experts import Experts, dispatch
-from .router import TopKRouter
-from .shared import SharedExperts, shared_sums
-from .stats import gather_sums
-from .trace import Trace
+from moe.config import MoEConfig
+from moe.experts import Experts, dispatch
+from moe.router import TopKRouter
+from moe.shared import SharedExperts, shared_sums
+from moe.stats import gather_sums
+from moe.trace import Trace
 
 
 # Elements per weight draw: a multiple of 16, so drawing chunk by chunk gives exactly the numbers of one

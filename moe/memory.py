@@ -13,7 +13,7 @@ import math
 import os
 from typing import Callable
 
-from .config import MoEConfig
+from moe.config import MoEConfig
 
 GiB = 1024 ** 3
 DEFAULT_BUDGET_GB = 4.0

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .config import MoEConfig
+from moe.config import MoEConfig
 
 _HASH_MULTIPLIER = 2654435761  # Knuth's multiplicative hash
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .config import MoEConfig
-from .experts import FFNWeights, expert_ffn
+from moe.config import MoEConfig
+from moe.experts import FFNWeights, expert_ffn
 
 
 class SharedExperts(nn.Module):

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import pandas as pd
 from torch import Tensor
 
-from .config import MoEConfig
-from .stats import ForwardSums, per_expert_frame, summary_dict
+from moe.config import MoEConfig
+from moe.stats import ForwardSums, per_expert_frame, summary_dict
 
 
 @dataclass

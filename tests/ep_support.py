@@ -6,7 +6,7 @@ import pathlib
 import signal
 import subprocess
 
-from moe.ep_launch import ep_command
+from moe.parallel.launch import ep_command
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -64,7 +64,7 @@ def tiny_model(family: str, layers: int = 2, norm_topk: bool = True, seed: int =
 
 def saved_model(path, family: str = "mixtral", layers: int = 2) -> str:
     """A tiny model saved as a Hugging Face directory with the byte tokenizer: what the Model view opens."""
-    from moe.lm_text import save_tokenizer
+    from moe.hf.text import save_tokenizer
 
     tiny_model(family, layers=layers).save_pretrained(path)
     save_tokenizer(str(path))

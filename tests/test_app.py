@@ -6,8 +6,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from dashboard.presets import PRESETS, preset_values
-from dashboard.sections.kpis import fmt
-from dashboard.state import spec_from_controls
+from dashboard.views.kpis import fmt
+from dashboard.links import spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
 

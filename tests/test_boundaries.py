@@ -24,7 +24,7 @@ def test_engine_sources_import_no_ui_module():
 
 
 def test_importing_the_engine_loads_no_ui_module():
-    code = ("import sys, moe, moe.cli, moe.scenarios; "
+    code = ("import sys, moe, moe.cli.main, moe.scenarios; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'streamlit','plotly','dashboard'}))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

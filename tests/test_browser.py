@@ -11,10 +11,10 @@ import torch
 
 from browser_support import ROOT, wait_for_run
 
-from dashboard import runner
+from dashboard import loaders
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
-from dashboard.sections.kpis import fmt, kpi_values
-from dashboard.state import spec_from_controls, to_query
+from dashboard.views.kpis import fmt, kpi_values
+from dashboard.links import spec_from_controls, to_query
 from moe import MoELayer
 from moe.scenarios import make_batch
 
@@ -210,7 +210,7 @@ def _check_session(page, values: dict, threads: int) -> None:
         assert float(_slider_value(page, key)) == pytest.approx(values[key]), key
     shown = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(page.url).query))
     assert shown == to_query(values, DEFAULT_PRESET)
-    expected = {label: value for label, value, _ in kpi_values(runner.run(spec_from_controls(values)))}
+    expected = {label: value for label, value, _ in kpi_values(loaders.run(spec_from_controls(values)))}
     for label in ("active experts", "aux loss", "CV", "max/mean load"):
         assert _kpi(page, label) == expected[label], label
     assert THREADS.search(page.inner_text("body")).group(1) == str(threads)

@@ -9,10 +9,10 @@ import pytest
 
 from browser_support import ROOT, wait_for_run
 
-from dashboard import runner
+from dashboard import loaders
 from dashboard.presets import preset_values
 from dashboard.tables import heatmap_rows, sorted_token_matrix
-from dashboard.state import spec_from_controls
+from dashboard.links import spec_from_controls
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"
@@ -45,7 +45,7 @@ def _disjoint(a, b) -> bool:
 
 
 def _groups(preset: str) -> list[str]:
-    result = runner.run(spec_from_controls(preset_values(preset)))
+    result = loaders.run(spec_from_controls(preset_values(preset)))
     groups = sorted_token_matrix(result.trace, "contributions", result.labels, result.label_names,
                                  heatmap_rows(result.config.n_experts))[3]
     return [name for name, _ in itertools.groupby(groups)]

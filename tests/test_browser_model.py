@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from browser_support import streamlit_server, wait_for_run
-from moe.hf_load import BUNDLED_MODEL
+from moe.hf.load import BUNDLED_MODEL
 
 pytestmark = pytest.mark.browser
 CF_TITLE = "() => [...document.querySelectorAll('.gtitle')].map(t => t.textContent).find(t => t.startsWith('Next-token loss: own')) || ''"

@@ -5,8 +5,8 @@ import urllib.parse
 import pytest
 
 from browser_support import wait_for_run
-from dashboard.state import quote
-from moe.hf_load import BUNDLED_MODEL
+from dashboard.links import quote
+from moe.hf.load import BUNDLED_MODEL
 from moe.roots import OUTSIDE
 
 pytestmark = pytest.mark.browser

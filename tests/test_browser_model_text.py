@@ -2,14 +2,14 @@
 
 Without help the browser cannot send it: Streamlit's frontend writes it as invalid UTF-8 and the server drops the
 whole widget message ("Error deserializing back message ... String field had bad UTF-8"), so the page never runs
-and the edit is lost without a word. The page's listener (dashboard.sections.model.WELL_FORMED_JS) replaces it by
+and the edit is lost without a word. The page's listener (dashboard.views.model.WELL_FORMED_JS) replaces it by
 U+FFFD first; the page routes that text and says how many characters were replaced."""
 import pathlib
 
 import pytest
 
 from browser_support import streamlit_server, wait_for_run
-from moe.hf_load import BUNDLED_MODEL
+from moe.hf.load import BUNDLED_MODEL
 
 pytestmark = pytest.mark.browser
 # What a paste of a broken string does: the box's value set natively, then an input event (as the browser fires)

@@ -5,10 +5,10 @@ import pytest
 
 from browser_support import ROOT, wait_for_run
 
-from dashboard import runner
+from dashboard import loaders
 from dashboard.presets import preset_values
-from dashboard.sections.kpis import kpi_values
-from dashboard.state import spec_from_controls
+from dashboard.views.kpis import kpi_values
+from dashboard.links import spec_from_controls
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"
@@ -37,7 +37,7 @@ def _open(browser, server, query: dict):
 @pytest.mark.parametrize("view", ["Overview", "Experts"])
 def test_deepseek_v3_preset_shows_the_engines_numbers(browser, server, view):
     page, errors = _open(browser, server, {"preset": DEEPSEEK, "view": view})
-    expected = {label: value for label, value, _ in kpi_values(runner.run(spec_from_controls(preset_values(DEEPSEEK))))}
+    expected = {label: value for label, value, _ in kpi_values(loaders.run(spec_from_controls(preset_values(DEEPSEEK))))}
     for label in ("aux loss", "top-k margin", "bias overlap", "shared share", "shared RMS"):
         assert _kpi(page, label) == expected[label], label
     charts = page.locator('[data-testid="stPlotlyChart"]')

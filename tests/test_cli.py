@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from moe import MoEConfig, MoELayer
-from moe.cli import main
+from moe.cli.main import main
 from moe.scenarios import make_batch
 
 
@@ -98,7 +98,7 @@ def test_report_seq_len_makes_capacity_per_sequence(capsys):
     """--seq-len splits the tokens into sequences; with capacity_scope=sequence, C comes from S tokens."""
     import json
 
-    from moe.cli import main
+    from moe.cli.main import main
     flags = ["report", "--tokens", "256", "--n-experts", "8", "--top-k", "1", "--capacity-factor", "1.0",
              "--scenario", "clusters", "--skew", "2"]
     assert main(flags + ["--seq-len", "64", "--capacity-scope", "sequence"]) == 0

@@ -5,8 +5,8 @@ import json
 import pytest
 
 from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.state import spec_from_controls
-from moe.cli import main
+from dashboard.links import spec_from_controls
+from moe.cli.main import main
 from moe.knobs import DEFAULTS, from_knobs
 from moe.scenarios import SCENARIOS
 

@@ -8,9 +8,9 @@ from moe import MoELayer
 from moe.definitions import DEFINITIONS
 from moe.knobs import from_knobs
 from moe.scenarios import make_batch
-from moe.trace_io import TraceWriter
-from moe.trace_report import summarize
-from moe.train import TrainConfig, Trainer
+from moe.traces.readers import TraceWriter
+from moe.traces.report import summarize
+from moe.train.trainer import TrainConfig, Trainer
 
 E = 8
 # definition key -> the extreme its text states (a formula in E and K, written in a code span)

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from ep_support import job_processes, kill_left, still_running
-from moe import ep_launch
-from moe.ep_launch import EPJob
+from moe.parallel import launch as ep_launch
+from moe.parallel.launch import EPJob
 
 LONG = ["--tokens", "4096", "--d-model", "256", "--repeats", "100000"]  # runs for minutes once its ranks start
 
@@ -89,7 +89,7 @@ def test_ranks_die_with_torchrun():
 
 
 def test_an_over_budget_tree_is_refused_before_anything_starts(monkeypatch):
-    from moe.ep_launch import check_job_budget
+    from moe.parallel.launch import check_job_budget
 
     before = job_processes(os.getpid())
     with pytest.raises(ValueError) as refused:

@@ -134,7 +134,7 @@ def test_reconfigured_refuses_weight_changes():
 
 
 def test_cli_report_runs_the_variant(capsys):
-    from moe.cli import main
+    from moe.cli.main import main
     from moe.scenarios import make_batch
     argv = ["report", "--tokens", "48", "--activation", "gpt_oss", "--expert-biases", "--swiglu-limit", "2",
             "--shared-experts", "1", "--d-shared", "32", "--shared-gate", "--sparsity-mode", "relative"]
@@ -159,7 +159,7 @@ def test_cli_report_runs_the_variant(capsys):
     (["--sparsity-mode", "rel"], "'rel'"),
 ])
 def test_cli_bad_combinations_exit_2_with_one_line(capsys, argv, named):
-    from moe.cli import main
+    from moe.cli.main import main
     assert main(["report", "--tokens", "8", *argv]) == 2
     out, err = capsys.readouterr()
     assert out == "" and err.count("\n") == 1 and named in err

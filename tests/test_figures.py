@@ -10,10 +10,10 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from dashboard import figures as fg
-from dashboard import figures_router as fr
+from dashboard.figures import core as fg
+from dashboard.figures import router as fr
 from dashboard import tables as tb
-from dashboard.colors import expert_colors
+from dashboard.figures.colors import expert_colors
 from moe import MoEConfig, MoELayer
 from moe.scenarios import make_batch
 

@@ -5,12 +5,13 @@ import json
 
 import pytest
 
-from moe.cli import main
-from moe.train import TrainConfig
+from moe.cli.main import main
+from moe.train.trainer import TrainConfig
 
-from dashboard import exports, runner
+from dashboard import exports
+from dashboard import loaders
 from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.state import spec_from_controls
+from dashboard.links import spec_from_controls
 
 TINY = ["--d-model", "8", "--d-expert", "8", "--n-experts", "4"]
 
@@ -67,7 +68,7 @@ def test_train_help_names_the_three_formats(capsys):
 
 
 def test_summary_download_is_strict():
-    result = runner.run(spec_from_controls({**CONTROL_DEFAULTS, "d_model": 8, "d_expert": 8, "batch": 1,
+    result = loaders.run(spec_from_controls({**CONTROL_DEFAULTS, "d_model": 8, "d_expert": 8, "batch": 1,
                                             "seq_len": 16}))
     doc = strict_loads(exports.summary_json(result).decode())
     assert doc["summary"]["capacity"] is None and doc["summary"]["shared_fraction"] is None

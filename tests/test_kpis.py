@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from dashboard.sections.kpis import fmt, fmt_ms
+from dashboard.views.kpis import fmt, fmt_ms
 
 
 @pytest.mark.parametrize("value, shown", [

@@ -5,10 +5,10 @@ import pandas as pd
 import plotly.graph_objects as go
 from streamlit.testing.v1 import AppTest
 
-from dashboard.colors import expert_colors
-from dashboard.figures_live import (PANELS, balance_switches, expert_bias_figure, health_figure, load_share_figure,
+from dashboard.figures.colors import expert_colors
+from dashboard.figures.live import (PANELS, balance_switches, expert_bias_figure, health_figure, load_share_figure,
                                     saturation_figure)
-from moe.train import Trainer, preset
+from moe.train.trainer import Trainer, preset
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 

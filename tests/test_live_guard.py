@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from moe import MoEConfig
 from moe.memory import BudgetError
-from moe.train import TrainConfig, Trainer
+from moe.train.trainer import TrainConfig, Trainer
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 

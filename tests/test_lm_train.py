@@ -7,9 +7,9 @@ import pathlib
 import pytest
 import torch
 
-from moe.hf_load import BUNDLED_MODEL
-from moe.lm_text import EOS_ID
-from moe.lm_train import LMTrainConfig, build_model, evaluate, join_ids, split_topics
+from moe.hf.load import BUNDLED_MODEL
+from moe.hf.text import EOS_ID
+from moe.hf.lm_train import LMTrainConfig, build_model, evaluate, join_ids, split_topics
 
 BUNDLED = pathlib.Path(BUNDLED_MODEL)
 
@@ -70,7 +70,7 @@ def test_the_bundled_model_meets_the_spec():
 
 
 def test_train_lm_cli_refuses_bad_arguments_with_one_line(capsys):
-    from moe.cli import main
+    from moe.cli.main import main
 
     for argv in (["train-lm"], ["train-lm", "--out", "x", "--steps", "0"], ["train-lm", "--out", "x", "--seed", "-1"]):
         assert main(argv) == 2

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from moe.hf import instrument, run_model
-from moe.model_counterfactual import BIAS_HOT, Counterfactual, counterfactual_config, run_counterfactual
+from moe.hf.instrument import instrument, run_model
+from moe.hf.counterfactual import BIAS_HOT, Counterfactual, counterfactual_config, run_counterfactual
 from tests.model_support import VOCAB, tiny_model
 
 IDS = torch.randint(0, VOCAB, (48,), generator=torch.Generator().manual_seed(3))

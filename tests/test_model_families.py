@@ -4,7 +4,7 @@ import copy
 import pytest
 import torch
 
-from moe.hf import EngineBlock, instrument, run_model
+from moe.hf.instrument import EngineBlock, instrument, run_model
 from tests.model_support import VOCAB, tiny_model
 
 

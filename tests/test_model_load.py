@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from moe.cli import main
-from moe.hf_load import BUNDLED_MODEL, load_model
+from moe.cli.main import main
+from moe.hf.load import BUNDLED_MODEL, load_model
 from moe.memory import GiB
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -63,12 +63,12 @@ def test_a_config_that_does_not_match_the_tensors_is_refused(tmp_path):
 
 
 def model_estimate(path: str, tokens: int) -> dict:
-    from moe.hf_load import model_estimate
+    from moe.hf.load import model_estimate
     return model_estimate(path, tokens)
 
 
 def test_the_estimate_is_the_config_model_plus_the_file_and_the_tokenizer(tmp_path):
-    from moe.hf_checkpoint import TOKENIZER_FACTOR
+    from moe.hf.checkpoint import TOKENIZER_FACTOR
 
     est = model_estimate(BUNDLED_MODEL, 16)
     files = sum(pathlib.Path(BUNDLED_MODEL, f).stat().st_size for f in ("tokenizer.json", "tokenizer_config.json"))
@@ -79,7 +79,7 @@ def test_the_estimate_is_the_config_model_plus_the_file_and_the_tokenizer(tmp_pa
 
 
 def test_a_huge_tokenizer_counts_in_the_budget(tmp_path):
-    from moe.hf_checkpoint import TOKENIZER_FACTOR
+    from moe.hf.checkpoint import TOKENIZER_FACTOR
 
     big = copy_model(tmp_path / "bigtok")
     base = model_estimate(str(big), 16)["total"]
@@ -124,14 +124,14 @@ def test_out_of_memory_is_named_with_the_budget_advice(tmp_path, monkeypatch, ca
                                          "budget is .* \\(MOE_SCOPE_MEMORY_GB\\)"):
         load_model(BUNDLED_MODEL, tokens=16)
     monkeypatch.undo()
-    import moe.hf
-    monkeypatch.setattr(moe.hf, "run_model", no_memory)
+    import moe.hf.instrument
+    monkeypatch.setattr(moe.hf.instrument, "run_model", no_memory)
     line = _refusal(["model-report", "--model", BUNDLED_MODEL, "--text", "x"], capsys)
     assert "out of memory while running this command" in line and "MOE_SCOPE_MEMORY_GB" in line
 
 
 def test_the_kept_models_and_the_next_load_share_one_byte_budget(tmp_path, monkeypatch):
-    from moe import model_cache
+    from moe.hf import cache as model_cache
 
     a, b = copy_model(tmp_path / "a"), copy_model(tmp_path / "b")
     est = model_estimate(str(a), 64)
@@ -158,7 +158,7 @@ def test_the_kept_models_and_the_next_load_share_one_byte_budget(tmp_path, monke
 # many tests), while VmHWM belongs to the new process image.
 PEAK = """
 import sys
-from moe.cli import main
+from moe.cli.main import main
 code = main(["model-report", "--model", sys.argv[1], "--text", "x"])
 hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
 print(code, int(hwm.split()[1]) * 1024)
@@ -182,7 +182,7 @@ def test_the_inflated_directory_is_refused_before_its_memory_is_allocated(tmp_pa
 def test_every_family_saved_by_transformers_passes_the_checks_and_loads(tmp_path, family):
     """The tensor check renames as transformers does, and sizes saved under the config class's other name
     count (transformers 5 saves Qwen3-MoE's num_experts as num_local_experts)."""
-    from moe.lm_text import save_tokenizer
+    from moe.hf.text import save_tokenizer
     from tests.model_support import tiny_model
 
     path = tmp_path / family

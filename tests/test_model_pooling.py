@@ -1,8 +1,8 @@
 """Pooling hides a bad layer: one collapsed router barely moves HF's pooled aux, the per-layer table flags it."""
 import torch
 
-from moe.hf import engine_blocks, instrument, run_model
-from moe.model_tables import layer_table, worst_layer
+from moe.hf.instrument import engine_blocks, instrument, run_model
+from moe.hf.tables import layer_table, worst_layer
 from tests.model_support import VOCAB, tiny_model
 
 IDS = torch.randint(0, VOCAB, (96,), generator=torch.Generator().manual_seed(5))

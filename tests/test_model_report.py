@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from moe.cli import main
-from moe.hf import run_model
-from moe.hf_load import estimate_model_bytes, load_model, read_config
-from moe.lm_text import save_tokenizer
+from moe.cli.main import main
+from moe.hf.instrument import run_model
+from moe.hf.load import estimate_model_bytes, load_model, read_config
+from moe.hf.text import save_tokenizer
 from moe.stats import PER_EXPERT_COLUMNS
 from tests.model_support import tiny_model
 
@@ -71,7 +71,7 @@ def test_a_long_text_file_is_cut_before_tokenising_then_to_max_tokens_with_notic
 
 
 def test_read_text_file_reads_at_most_the_limit_and_never_half_a_character(tmp_path):
-    from moe.model_report import read_text_file
+    from moe.hf.report import read_text_file
 
     path = tmp_path / "t.txt"
     path.write_bytes("aé".encode() * 1000)  # 3000 bytes; é is 2 bytes
@@ -106,7 +106,7 @@ def test_no_progress_bar_unless_stderr_is_a_terminal_and_the_setting_is_restored
     code, _, err = _run(["model-report", "--model", str(model_dir), "--text", "hello"], capsys)
     assert code == 0 and "Loading weights" not in err and err == ""
     assert hf_logging.is_progress_bar_enabled()  # the process-wide switch is back as it was
-    from moe.model_report import progress_bars
+    from moe.hf.report import progress_bars
 
     with pytest.raises(KeyError):
         with progress_bars(False):

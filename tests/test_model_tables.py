@@ -1,4 +1,4 @@
-"""moe.model_tables and moe.lm_text against simple, independent computations."""
+"""moe.hf.tables and moe.hf.text against simple, independent computations."""
 import math
 from collections import Counter
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from moe.hf import instrument, run_model
-from moe.lm_text import CHAR_CLASSES, byte_class, normalized_mutual_information, unigram_entropy_bits
-from moe.model_tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long,
+from moe.hf.instrument import instrument, run_model
+from moe.hf.text import CHAR_CLASSES, byte_class, normalized_mutual_information, unigram_entropy_bits
+from moe.hf.tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long,
                               token_routing, worst_layer)
 from tests.model_support import tiny_model
 

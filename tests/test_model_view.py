@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures_model import (load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
+from dashboard.figures.model import (load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
                                      token_loss_figure)
 from tests.model_support import saved_model
 
@@ -54,7 +54,7 @@ def model_dir(tmp_path_factory):
 def _view_app(path: str) -> None:
     import streamlit as st
 
-    from dashboard.sections import model
+    from dashboard.views import model
 
     st.session_state.setdefault("model_path", path)
     model.render()
@@ -79,10 +79,10 @@ def test_downloads_are_the_cli_report_and_the_traces_routing(model_dir, capsys):
     import io
     import json
 
-    from dashboard.sections.model import exports
-    from moe.cli import main
-    from moe.hf import run_model
-    from moe.hf_load import load_model
+    from dashboard.views.model import exports
+    from moe.cli.main import main
+    from moe.hf.instrument import run_model
+    from moe.hf.load import load_model
 
     text, max_tokens = "for i in range(3):\n    print(i)\n", 24
     files = exports(model_dir, text, max_tokens)
@@ -119,7 +119,7 @@ def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
 def test_the_app_has_a_model_view_on_the_bundled_model():
     import pathlib
 
-    from moe.hf_load import BUNDLED_MODEL
+    from moe.hf.load import BUNDLED_MODEL
 
     if not pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file():
         pytest.skip("bundled model not trained")
@@ -132,7 +132,7 @@ def test_the_app_has_a_model_view_on_the_bundled_model():
 
 
 def test_vocabulary_cells_escape_markdown_so_tokens_show_as_typed():
-    from dashboard.sections.model import _md_literal
+    from dashboard.views.model import _md_literal
 
     raw = r"a_b *x* \n [l](u) `c` # $1 <b> | ~ é 7"
     escaped = _md_literal(raw)

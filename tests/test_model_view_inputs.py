@@ -34,7 +34,7 @@ def dirs(tmp_path_factory):
 def _app(path: str) -> None:
     import streamlit as st
 
-    from dashboard.sections import model
+    from dashboard.views import model
 
     st.session_state.setdefault("model_path", path)
     model.render()
@@ -144,7 +144,7 @@ def test_the_layer_table_sorts_by_any_column_keeps_the_worst_row_marked_and_the_
 def test_the_apps_link_carries_the_model_views_keys_without_unknown_parameter_notes():
     import pathlib
 
-    from moe.hf_load import BUNDLED_MODEL
+    from moe.hf.load import BUNDLED_MODEL
 
     assert pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file(), "the bundled model is committed"
     app = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.state import quote
+from dashboard.links import quote
 from moe.roots import OUTSIDE
 from tests.test_model_load import copy_model
 from tests.test_model_view import CHARTS
@@ -15,18 +15,18 @@ INJECTION = "![x](http://127.0.0.1:9/pixel)"
 
 
 def md_text(text: str) -> str:
-    from dashboard.state import md_text
+    from dashboard.links import md_text
     return md_text(text)
 
 
 def _kept() -> list[str]:
-    from moe import model_cache
+    from moe.hf import cache as model_cache
     return model_cache.kept_paths()
 
 
 def _clear() -> None:
     try:
-        from moe import model_cache
+        from moe.hf import cache as model_cache
     except ImportError:  # the code before the byte-bounded cache
         return
     model_cache.clear()
@@ -45,7 +45,7 @@ def root(tmp_path, monkeypatch):
 
 
 def _app() -> None:
-    from dashboard.sections import model
+    from dashboard.views import model
 
     model.render()
 
@@ -131,7 +131,7 @@ def test_a_malformed_training_json_is_a_note_not_a_traceback(root, content):
 
 
 def test_out_of_memory_in_the_view_names_the_budget(root, monkeypatch):
-    from dashboard.sections import model
+    from dashboard.views import model
 
     def no_memory(*args, **kwargs):
         raise MemoryError()

@@ -6,8 +6,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from moe.definitions import DEFINITIONS
-from moe.hf import run_model
-from moe.hf_load import load_model
+from moe.hf.instrument import run_model
+from moe.hf.load import load_model
 from tests.model_support import saved_model
 
 pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
@@ -23,7 +23,7 @@ def model_dir(tmp_path_factory):
 def _app(path: str, text: str) -> None:
     import streamlit as st
 
-    from dashboard.sections import model
+    from dashboard.views import model
 
     st.session_state.setdefault("model_path", path)
     st.session_state.setdefault("model_text", text)

@@ -1,10 +1,10 @@
-"""moe.hf: every sparse MoE block runs through the engine, sharing the model's weights, logits unchanged."""
+"""moe.hf.instrument: every sparse MoE block runs through the engine, sharing the model's weights, logits unchanged."""
 import copy
 
 import pytest
 import torch
 
-from moe.hf import ADAPTERS, EngineBlock, instrument, run_model, supported_message
+from moe.hf.instrument import ADAPTERS, EngineBlock, instrument, run_model, supported_message
 from tests.model_support import VOCAB, tiny_model
 
 CASES = [("mixtral", True, 2), ("qwen3_moe", True, 3), ("qwen3_moe", False, 2), ("olmoe", True, 2),
@@ -130,7 +130,7 @@ def test_run_model_refuses_an_uninstrumented_model_and_empty_input():
 def test_a_routing_only_adapter_records_the_routers_output_and_keeps_the_logits():
     import dataclasses
 
-    from moe.hf import RoutingRecord, collect
+    from moe.hf.instrument import RoutingRecord, collect
 
     plain = tiny_model("mixtral", layers=2)
     model = copy.deepcopy(plain)

@@ -21,7 +21,7 @@ def _section_app(section: str, config: dict, scenario: str) -> None:
     result = RunResult(config=cfg, scenario=scenario, scenario_params={}, trace=trace,
                        per_expert=trace.per_expert(), summary=trace.summary(), labels=batch.labels,
                        label_names=batch.label_names)
-    importlib.import_module(f"dashboard.sections.{section}").render(result)
+    importlib.import_module(f"dashboard.views.{section}").render(result)
 
 
 def run(section: str, scenario: str = "gaussian", **config) -> AppTest:

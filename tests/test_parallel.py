@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from ep_support import assert_group_gone, torchrun
-from moe.ep_launch import EPJob, run_ep_report
+from moe.parallel.launch import EPJob, run_ep_report
 from moe import MoEConfig, MoELayer
-from moe.cli import main
-from moe.parallel import straggler_spread
-from moe.placement import Placement, chunk_sizes, contiguous, plan, predicted_load, save
+from moe.cli.main import main
+from moe.parallel.forward import straggler_spread
+from moe.parallel.placement import Placement, chunk_sizes, contiguous, plan, predicted_load, save
 from moe.scenarios import make_batch
 
 FLAGS = ["--d-model", "16", "--d-expert", "32", "--scenario", "clusters", "--seed", "3", "--skew", "2"]
@@ -182,7 +182,7 @@ def test_the_straggler_factor_is_the_median_of_the_repeats_with_its_spread():
 def test_missing_torchrun_is_a_clear_error(monkeypatch):
     import importlib.util
 
-    from moe import ep_launch
+    from moe.parallel import launch as ep_launch
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
     with pytest.raises(ValueError, match="torchrun is missing"):
         ep_launch.check_torchrun()

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures_parallel import plan_load_figure, trace_load_figure, trace_worst_figure
-from moe.trace_report import summarize
+from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
+from moe.traces.report import summarize
 from trace_support import megatron_records, write_megatron
 
 
 def traces_app() -> None:
-    from dashboard.sections import traces
+    from dashboard.views import traces
     traces.render(None)
 
 
@@ -76,7 +76,7 @@ def test_trace_figures_carry_the_numbers():
 def test_an_upload_is_copied_in_chunks_and_read_like_a_path(tmp_path):
     import io
 
-    from dashboard.sections import traces
+    from dashboard.views import traces
     write_megatron(tmp_path / "t.jsonl", megatron_records(2, 2, 6, 8, 2, hot=1))
 
     class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name
@@ -91,7 +91,7 @@ def test_an_upload_is_copied_in_chunks_and_read_like_a_path(tmp_path):
 
 
 def test_an_even_trace_keeps_contiguous_blocks_and_says_so(tmp_path, capsys):
-    from moe.cli import main
+    from moe.cli.main import main
     path = tmp_path / "even.jsonl"  # every expert serves the same count: no plan can lighten the busiest rank
     write_megatron(path, [{"step": 0, "layer": 0, "num_tokens": 32, "topk": 2,
                            "top_indices": [[t % 8, (t + 1) % 8] for t in range(32)]}])
@@ -108,7 +108,7 @@ def fine_grained_app() -> None:
     """The view under the sidebar's Fine-grained preset (64 experts): the trace's count must not come from it."""
     from types import SimpleNamespace
 
-    from dashboard.sections import traces
+    from dashboard.views import traces
     from moe import MoEConfig
     traces.render(SimpleNamespace(config=MoEConfig(n_experts=64, top_k=2)))
 
@@ -137,7 +137,7 @@ def test_a_count_the_file_records_is_used_and_named(tmp_path):
     import torch
 
     from moe import MoEConfig, MoELayer
-    from moe.trace_io import TraceWriter
+    from moe.traces.readers import TraceWriter
     _, trace = MoELayer(MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2))(torch.randn(12, 8))
     with TraceWriter(tmp_path / "t.parquet") as w:
         w.write(trace, step=0, layer=0)

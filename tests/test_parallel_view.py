@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures_parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
+from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 
 DOC = {  # a small ep-report document, numbers chosen by hand
     "placement": {"redundant_slots": 0, "ranks": [[0, 1], [2, 3]]},
@@ -36,7 +36,7 @@ def test_figures_show_the_document_numbers():
 
 def view_app(variant: dict) -> None:
     from dashboard.result import RunResult
-    from dashboard.sections import parallel
+    from dashboard.views import parallel
     from moe import MoEConfig, MoELayer
     from moe.scenarios import make_batch
 
@@ -72,7 +72,7 @@ SPREAD = {"repeats": 5, "median": 1.5, "min": 1.01, "q1": 1.2, "q3": 1.6, "max":
 
 
 def draw_app(runs: dict) -> None:
-    from dashboard.sections import parallel
+    from dashboard.views import parallel
     parallel._draw(runs)
 
 
@@ -117,9 +117,9 @@ def test_the_flags_rebuild_the_sidebars_config_exactly():
     import pytest
 
     from dashboard.result import RunResult
-    from dashboard.sections.parallel import ep_flags
+    from dashboard.views.parallel import ep_flags
     from moe import MoEConfig, MoELayer
-    from moe.cli import build_parser, config_from_args
+    from moe.cli.main import build_parser, config_from_args
     from moe.scenarios import make_batch
 
     cfg = MoEConfig(d_model=8, d_expert=16, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
@@ -148,7 +148,7 @@ def test_too_many_ranks_without_replicas_is_a_clear_message_and_starts_nothing()
 
 
 def test_missing_torchrun_is_said_on_the_page(monkeypatch):
-    from dashboard.sections import parallel
+    from dashboard.views import parallel
 
     def missing():
         raise ValueError("torchrun is missing: this PyTorch build has no torch.distributed.run")
@@ -161,7 +161,7 @@ def test_an_interrupted_wait_kills_the_whole_tree():
     """A BaseException out of the progress callback (the run's cancel) ends torchrun and every rank."""
     import pytest
     from ep_support import job_processes, kill_left, still_running
-    from moe.ep_launch import EPJob
+    from moe.parallel.launch import EPJob
 
     class Interrupted(BaseException):
         pass

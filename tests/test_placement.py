@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from moe.placement import (MAX_FILE_BYTES, Placement, chunk_sizes, contiguous, load_file, plan, predicted_load,
+from moe.parallel.placement import (MAX_FILE_BYTES, Placement, chunk_sizes, contiguous, load_file, plan, predicted_load,
                            save)
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from dashboard.presets import PRESETS, preset_values
-from dashboard.state import spec_from_controls
+from dashboard.links import spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
 

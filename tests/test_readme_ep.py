@@ -23,7 +23,7 @@ def readme_block(needle: str) -> str:
 
 
 def test_the_readme_planner_snippet_runs_as_written(tmp_path):
-    block = readme_block("from moe.placement import plan")
+    block = readme_block("from moe.parallel.placement import plan")
     runs = [line for line in block.splitlines() if line.startswith("torchrun ")]
     assert len(runs) == 2 and all(" $FLAGS " in line for line in runs)  # both runs carry the same workload
     venv_bin = str(pathlib.Path(sys.executable).parent)  # its `python` and `torchrun`

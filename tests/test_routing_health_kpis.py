@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 import torch
 
-from dashboard import runner
-from dashboard.colors import expert_colors
-from dashboard.figures import ROUTING_METRICS, expert_metrics_figure, shared_share_figure
+from dashboard import loaders
+from dashboard.figures.colors import expert_colors
+from dashboard.figures.core import ROUTING_METRICS, expert_metrics_figure, shared_share_figure
 from dashboard.presets import preset_values
-from dashboard.sections.kpis import fmt, kpi_values
-from dashboard.state import spec_from_controls
+from dashboard.views.kpis import fmt, kpi_values
+from dashboard.links import spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
 
@@ -37,7 +37,7 @@ def test_shared_share_and_rms_from_the_layers_outputs(preset):
     s_norm, r_norm = s.norm(dim=1).sum(), r.norm(dim=1).sum()
     fraction = float(s_norm / (s_norm + r_norm))
     rms = float(s.square().mean().sqrt())
-    shown = runner.run(spec_from_controls(values))
+    shown = loaders.run(spec_from_controls(values))
     assert shown.summary["shared_fraction"] == pytest.approx(fraction, rel=1e-4)
     assert shown.summary["shared_output_rms"] == pytest.approx(rms, rel=1e-4)
     kpis = {label: text for label, text, _ in kpi_values(shown)}
@@ -60,7 +60,7 @@ def _margins_and_overlap(probs: np.ndarray, routed: np.ndarray, K: int):
 
 def test_topk_margin_and_bias_overlap_recomputed_from_probs():
     values = {**preset_values(DEEPSEEK), **SMALL}
-    shown = runner.run(spec_from_controls(values))
+    shown = loaders.run(spec_from_controls(values))
     trace, K = shown.trace, shown.config.top_k
     probs, routed = trace.probs.double().numpy(), trace.routed.numpy().astype(bool)
     margin, unbiased = _margins_and_overlap(probs, routed, K)
@@ -83,7 +83,7 @@ def test_topk_margin_and_bias_overlap_recomputed_from_probs():
 
 
 def test_without_bias_or_groups_no_overlap_kpi_and_no_shared_kpis():
-    shown = runner.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"), **SMALL}))
+    shown = loaders.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"), **SMALL}))
     labels = [label for label, _, _ in kpi_values(shown)]
     assert len(labels) == 11 and not {"top-k margin", "bias overlap", "shared share", "shared RMS"} & set(labels)
     assert shown.summary["bias_overlap"] == 1.0  # why it is left out: the router chose the unbiased top-k
@@ -95,25 +95,25 @@ def test_router_view_states_both_numbers_with_their_definitions():
     from dashboard.definitions import caption
 
     def script():
-        from dashboard import runner
+        from dashboard import loaders
         from dashboard.presets import preset_values
-        from dashboard.sections import router
-        from dashboard.state import spec_from_controls
-        router.render(runner.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"),
+        from dashboard.views import router
+        from dashboard.links import spec_from_controls
+        router.render(loaders.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"),
                                                      "d_model": 16, "d_expert": 32, "batch": 2, "seq_len": 32})))
 
     at = AppTest.from_function(script, default_timeout=60).run()
     assert not at.exception
-    s = runner.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"), **SMALL})).summary
+    s = loaders.run(spec_from_controls({**preset_values("Balanced top-2 (Mixtral-like)"), **SMALL})).summary
     text = " ".join(m.value for m in at.markdown)
     assert f"top-k margin = {fmt(s['topk_margin'])}" in text and f"bias overlap = {fmt(s['bias_overlap'])}" in text
     assert caption("topk_margin", "bias_overlap") in " ".join(c.value for c in at.caption)
 
 
 def test_per_sequence_capacity_draws_b_times_c_and_each_sequence_keeps_at_most_c():
-    from dashboard.sections import load
+    from dashboard.views import load
     values = {**preset_values("Switch top-1 with capacity"), "capacity_scope": "sequence"}
-    shown = runner.run(spec_from_controls(values))
+    shown = loaders.run(spec_from_controls(values))
     B, S, C = values["batch"], values["seq_len"], shown.trace.capacity
     assert C == 16                                                          # ceil(1.0 · 128 · 1 / 8)
     served = shown.trace.served.view(B, S, -1).sum(dim=1)                   # (B, E) per sequence
@@ -122,5 +122,5 @@ def test_per_sequence_capacity_draws_b_times_c_and_each_sequence_keeps_at_most_c
     fig = load.figure(shown, sort=False)
     line = next(t for t in fig.data if t.name and t.name.startswith("capacity"))
     assert list(line.y) == [B * C, B * C] and line.name == f"capacity B·C ({B} × {C}) = {B * C}"
-    batch = runner.run(spec_from_controls(preset_values("Switch top-1 with capacity")))
+    batch = loaders.run(spec_from_controls(preset_values("Switch top-1 with capacity")))
     assert load.capacity_line(batch) == (64, "capacity C")                  # one C over all T tokens

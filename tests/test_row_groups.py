@@ -2,12 +2,12 @@
 import numpy as np
 import pytest
 
-from dashboard import figures as fg
-from dashboard import runner
+from dashboard.figures import core as fg
+from dashboard import loaders
 from dashboard.presets import preset_values
-from dashboard.row_groups import LABEL_PX, plot_height, spans, spread, unlabelled_note
-from dashboard.sections import contributors, overview
-from dashboard.state import spec_from_controls
+from dashboard.figures.row_groups import LABEL_PX, plot_height, spans, spread, unlabelled_note
+from dashboard.views import contributors, overview
+from dashboard.links import spec_from_controls
 from dashboard.tables import heatmap_rows, sorted_token_matrix
 
 DEFAULT, SWITCH = "Balanced top-2 (Mixtral-like)", "Switch top-1 with capacity"
@@ -47,7 +47,7 @@ def test_a_thin_group_between_two_big_ones_is_named():
 @pytest.mark.parametrize("preset", [DEFAULT, SWITCH])
 @pytest.mark.parametrize("height", [overview.TOP, fg.HEIGHT + 80])
 def test_every_group_of_the_presets_is_named(preset, height):
-    result = runner.run(spec_from_controls(preset_values(preset)))
+    result = loaders.run(spec_from_controls(preset_values(preset)))
     fig, note = contributors.figure(result, height)
     groups = [g for g, _, _ in spans(_groups(result))]
     assert len(groups) == {DEFAULT: 8, SWITCH: 4}[preset] and "too many" not in note

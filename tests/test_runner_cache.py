@@ -5,9 +5,9 @@ import weakref
 
 import pytest
 
-from dashboard import runner
+from dashboard import loaders
 from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.state import spec_from_controls
+from dashboard.links import spec_from_controls
 from moe import MoEConfig
 from moe.memory import estimate_bytes
 
@@ -17,7 +17,7 @@ def _cfg(seed):
 
 
 def test_least_recently_used_layers_leave_to_stay_under_the_room():
-    cache = runner.LayerCache()
+    cache = loaders.LayerCache()
     weights = estimate_bytes(_cfg(0), 1)["weights"]
     room = 2 * weights + weights // 2  # two sets fit, three do not
     first = cache.get(_cfg(0), room)
@@ -32,7 +32,7 @@ def test_least_recently_used_layers_leave_to_stay_under_the_room():
 
 
 def test_sessions_sharing_the_cache_never_exceed_it():
-    cache = runner.LayerCache()
+    cache = loaders.LayerCache()
     weights = estimate_bytes(_cfg(0), 1)["weights"]
     room, seen, errors = 2 * weights, [], []
 
@@ -55,18 +55,18 @@ def test_sessions_sharing_the_cache_never_exceed_it():
 
 def test_kept_results_count_against_the_budget(monkeypatch):
     spec = spec_from_controls({**CONTROL_DEFAULTS, "batch": 1, "seq_len": 64})
-    result = runner.run(spec)
-    kept = runner.result_bytes(result)
+    result = loaders.run(spec)
+    kept = loaders.result_bytes(result)
     assert kept >= 64 * 8 * 4 * 5  # five (T, E) float32 matrices at least
-    assert runner.kept_bytes() >= kept
-    before, ref = runner.kept_bytes(), weakref.ref(result)
+    assert loaders.kept_bytes() >= kept
+    before, ref = loaders.kept_bytes(), weakref.ref(result)
     del result
     gc.collect()
     assert ref() is None
-    assert runner.kept_bytes() <= before - kept  # a result no session holds no longer counts (nor others that died)
+    assert loaders.kept_bytes() <= before - kept  # a result no session holds no longer counts (nor others that died)
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.0001")  # ~105 KB: the forward itself is over
     with pytest.raises(ValueError, match="over the budget"):
-        runner.run(spec)
+        loaders.run(spec)
 
 
 # --- the knobs that fix the weights (#9): each gives its own cached layer, and the page's numbers are the engine's
@@ -90,10 +90,10 @@ def _forward(values: dict):
 @pytest.mark.parametrize("knobs", WEIGHT_KNOBS)
 def test_a_weight_knob_builds_its_own_layer_and_gives_the_engines_numbers(knobs):
     small = {**CONTROL_DEFAULTS, "d_model": 16, "d_expert": 32, "batch": 2, "seq_len": 16}
-    plain = runner.run(spec_from_controls(small))           # caches the default layer first
+    plain = loaders.run(spec_from_controls(small))           # caches the default layer first
     values = {**small, **knobs}
-    shown = runner.run(spec_from_controls(values))
-    assert runner.weight_key(shown.config) != runner.weight_key(plain.config)
+    shown = loaders.run(spec_from_controls(values))
+    assert loaders.weight_key(shown.config) != loaders.weight_key(plain.config)
     trace = _forward(values)
     for key in ("aux_loss", "shared_fraction", "shared_output_rms", "topk_margin"):
         expected, got = trace.summary()[key], shown.summary[key]
@@ -107,26 +107,26 @@ def test_a_weight_knob_builds_its_own_layer_and_gives_the_engines_numbers(knobs)
 def test_weight_fields_are_the_ones_reconfigured_refuses(knobs):
     base = MoEConfig(d_model=16, d_expert=32, n_experts=4, top_k=2)
     changed = base.replace(**knobs)
-    assert runner.weight_key(changed) != runner.weight_key(base)
+    assert loaders.weight_key(changed) != loaders.weight_key(base)
     with pytest.raises(ValueError, match="must not change"):
-        runner.LayerCache().get(base, 10 ** 9).reconfigured(changed)
+        loaders.LayerCache().get(base, 10 ** 9).reconfigured(changed)
 
 
 def test_value_knobs_share_the_layer():
     base = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2)
     other = base.replace(n_group=4, topk_group=2, capacity_scope="sequence", activation="gelu", swiglu_limit=3.0,
                          sparsity_mode="relative")
-    assert runner.weight_key(other) == runner.weight_key(base)
+    assert loaders.weight_key(other) == loaders.weight_key(base)
 
 
 def test_per_sequence_capacity_runs_on_sequences():
     values = {**CONTROL_DEFAULTS, "d_model": 16, "d_expert": 32, "batch": 4, "seq_len": 16, "top_k": 1,
               "dropless": False, "capacity_factor": 1.0, "capacity_scope": "sequence", "scenario": "clusters",
               "skew": 2.0}
-    shown = runner.run(spec_from_controls(values))
+    shown = loaders.run(spec_from_controls(values))
     trace = _forward(values)
     assert shown.trace.capacity == trace.capacity == 2          # ceil(1.0 · S·K/E) = ceil(16/8)
     assert shown.per_expert["served"].tolist() == trace.per_expert()["served"].tolist()
-    batch_scope = runner.run(spec_from_controls({**values, "capacity_scope": "batch"}))
+    batch_scope = loaders.run(spec_from_controls({**values, "capacity_scope": "batch"}))
     assert batch_scope.trace.capacity == 8                     # ceil(1.0 · T·K/E) over the whole batch
     assert (shown.trace.served != batch_scope.trace.served).any()  # other tokens are dropped

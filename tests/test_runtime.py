@@ -5,9 +5,9 @@ import tomllib
 
 import torch
 
-from dashboard import runner
+from dashboard import loaders
 from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.state import spec_from_controls
+from dashboard.links import spec_from_controls
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -16,7 +16,7 @@ def test_a_forward_in_the_request_path_leaves_the_thread_count_alone_and_records
     old = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
-        small = runner.run(spec_from_controls({**CONTROL_DEFAULTS, "batch": 1, "seq_len": 8}))
+        small = loaders.run(spec_from_controls({**CONTROL_DEFAULTS, "batch": 1, "seq_len": 8}))
         assert torch.get_num_threads() == 2
         assert small.threads == 2  # a small forward runs with the process's count, not one thread
     finally:
@@ -25,7 +25,7 @@ def test_a_forward_in_the_request_path_leaves_the_thread_count_alone_and_records
 
 def test_the_dashboard_never_freezes_or_collects_in_the_request_path():
     frozen = gc.get_freeze_count()
-    runner.run(spec_from_controls({**CONTROL_DEFAULTS, "batch": 1, "seq_len": 8}))
+    loaders.run(spec_from_controls({**CONTROL_DEFAULTS, "batch": 1, "seq_len": 8}))
     assert gc.get_freeze_count() == frozen
     sources = [p.read_text() for p in [ROOT / "app.py", *sorted((ROOT / "dashboard").rglob("*.py"))]]
     assert not any("gc.freeze" in s or "set_num_threads" in s for s in sources)

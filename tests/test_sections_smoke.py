@@ -44,7 +44,7 @@ def section_app(section: str, variant: dict, scenario: str, tokens: int) -> None
     result = RunResult(config=cfg, scenario=scenario, scenario_params={}, trace=trace,
                        per_expert=trace.per_expert(), summary=trace.summary(), labels=batch.labels,
                        label_names=batch.label_names)
-    importlib.import_module(f"dashboard.sections.{section}").render(result)
+    importlib.import_module(f"dashboard.views.{section}").render(result)
 
 
 def run_section(section: str, variant: str = "clusters_capacity", scenario: str = "clusters",

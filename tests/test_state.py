@@ -1,9 +1,9 @@
 """Controls → config, the URL round-trip, presets and sanitising of link values."""
 import pytest
 
-from dashboard.controls import sanitize
+from dashboard.sidebar import sanitize
 from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
-from dashboard.state import MAX_VALUE_CHARS, SHOWN_CHARS, from_query, quote, spec_from_controls, to_query
+from dashboard.links import MAX_VALUE_CHARS, SHOWN_CHARS, from_query, quote, spec_from_controls, to_query
 from moe import MoEConfig
 
 

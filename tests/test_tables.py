@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dashboard import tables as tb
-from dashboard.row_groups import spans
+from dashboard.figures.row_groups import spans
 from moe import MoEConfig, MoELayer
 from moe.scenarios import make_batch
 

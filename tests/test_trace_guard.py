@@ -15,8 +15,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moe.cli import main
-from moe.trace_report import ExpertsNeeded, summarize
+from moe.cli.main import main
+from moe.traces.report import ExpertsNeeded, summarize
 from trace_support import megatron_records, write_megatron
 
 E, K = 8, 2
@@ -73,7 +73,7 @@ def test_a_count_the_file_does_not_record_is_asked_for_and_bounded_by_its_ids(tm
 CHILD = """
 import io, json, resource, sys
 from contextlib import redirect_stdout
-from moe.cli import main
+from moe.cli.main import main
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 with redirect_stdout(io.StringIO()):
     code = main(sys.argv[1:])
@@ -201,7 +201,7 @@ def test_the_cli_refuses_a_fifo_instead_of_waiting_on_it(tmp_path):
 
 
 def test_trace_report_json_is_strict(tmp_path):
-    import moe.trace_report as trace_report
+    import moe.traces.report as trace_report
     code, out, _ = _cli(_megatron(tmp_path), "--n-experts", "8")
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert code == 0 and doc["rows"][0]["aux_loss"] is None  # no logits: unknown, written as null

@@ -1,4 +1,4 @@
-"""Live training (moe.train): collapse and cure, the balancing terms, independence, bounded history, CLI."""
+"""Live training (moe.train.trainer): collapse and cure, the balancing terms, independence, bounded history, CLI."""
 import io
 import json
 import math
@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from moe import MoEConfig
-from moe.cli import main
-from moe.train import PRESETS, TrainConfig, Trainer, per_expert_series, preset, tail_mean
+from moe.cli.main import main
+from moe.train.trainer import PRESETS, TrainConfig, Trainer, per_expert_series, preset, tail_mean
 
 TINY = TrainConfig(model=MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2), tokens=64,
                    probe_tokens=32, scenario_params={"n_clusters": 4}, steps=5)

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.model_link import TEXT_LINK_CHARS
-from moe.hf_load import BUNDLED_MODEL
+from moe.hf.load import BUNDLED_MODEL
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 APP = str(ROOT / "app.py")

@@ -1,0 +1,127 @@
+"""Pure figure builders for the Model view: tidy tables of a language-model forward in, `go.Figure` out.
+
+No Streamlit, no I/O, inputs never mutated. Expert e has the colour `colors[e]` (dashboard.figures.colors).
+"""
+from __future__ import annotations
+
+import html
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from dashboard.figures.core import axis, expert_xaxis, layout
+
+TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
+# Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
+# common fonts have (Debian's Chromium draws ␠ and ␍ as empty boxes); a carriage return shows as \r.
+WHITESPACE_MARKS = {" ": "␣", "\t": "⇥", "\n": "↵"}
+
+
+def visible_token(token: str) -> str:
+    """A token as a person reads it in a table: whitespace as a symbol (WHITESPACE_MARKS), other characters
+    that print nothing as escapes (\\r, \\x00, \\u200b), the empty token as ∅."""
+    marks = [WHITESPACE_MARKS.get(ch) or (ch if ch.isprintable() else repr(ch)[1:-1]) for ch in token]
+    return "".join(marks) or "∅"
+
+
+def _discrete_scale(colors: list[str]) -> list[list]:
+    """A colourscale mapping integer e in 0..E-1 (z normalised by E-1) to colors[e], no blending."""
+    E = len(colors)
+    if E == 1:
+        return [[0.0, colors[0]], [1.0, colors[0]]]
+    scale = []
+    for e, c in enumerate(colors):
+        scale += [[e / E, c], [(e + 1) / E, c]]
+    return scale
+
+
+def token_html(tokens: list[str], top1: list[int], colors: list[str]) -> str:
+    """The text with each token's background the colour of its top-1 expert (hover: the expert)."""
+    spans = []
+    for tok, e in zip(tokens[:TOKEN_HTML_LIMIT], top1[:TOKEN_HTML_LIMIT]):
+        shown = html.escape(tok).replace("\n", WHITESPACE_MARKS["\n"] + "<br>") or "·"
+        spans.append(f'<span title="expert {e}" style="background:{colors[e]}55;border-bottom:3px solid '
+                     f'{colors[e]};white-space:pre-wrap;font-family:monospace">{shown}</span>')
+    more = len(tokens) - TOKEN_HTML_LIMIT
+    tail = f"<p>… {more} more tokens not drawn</p>" if more > 0 else ""
+    return '<div style="line-height:1.9">' + "".join(spans) + "</div>" + tail
+
+
+def token_layer_grid_figure(grid: pd.DataFrame, tokens: list[str], colors: list[str]) -> go.Figure:
+    """Top-1 expert for every (MoE layer, token): rows = decoder layers, columns = token positions."""
+    E = len(colors)
+    labels = [repr(t)[1:-1] for t in tokens]
+    hover = np.array([[f"layer {layer} · pos {s} · {labels[s]!r} · expert {e}" for s, e in enumerate(row)]
+                      for layer, row in zip(grid.index, grid.values)])
+    data = [go.Heatmap(z=grid.values, x=list(range(len(tokens))), y=[f"layer {i}" for i in grid.index],
+                       zmin=-0.5, zmax=E - 0.5, colorscale=_discrete_scale(colors), text=hover,
+                       hoverinfo="text", colorbar=dict(title=dict(text="expert"), tickvals=list(range(E))))]
+    return go.Figure(data, layout(title="Top-1 expert per token and layer", xaxis=axis("token position"),
+                                  yaxis=axis("", autorange="reversed"), uirevision="model_grid",
+                                  height=120 + 40 * len(grid), colorbar=True, row_labels=True))
+
+
+def load_heatmap_figure(long: pd.DataFrame, label: str = "") -> go.Figure:
+    """Layer × expert load share (1/E everywhere = balanced); `label` names the routing in the title."""
+    wide = long.pivot(index="layer", columns="expert", values="load_share")
+    E = wide.shape[1]
+    data = [go.Heatmap(z=wide.values, x=list(wide.columns), y=[f"layer {i}" for i in wide.index],
+                       colorscale="Viridis", zmin=0, colorbar=dict(title=dict(text="load share")),
+                       hovertemplate="%{y} · expert %{x}: %{z:.3f}<extra></extra>")]
+    title = f"Load share per layer{f' ({label})' if label else ''} (ideal 1/E = {1 / E:.3f})"
+    return go.Figure(data, layout(title=title,
+                                  xaxis=expert_xaxis(E), yaxis=axis("", autorange="reversed"),
+                                  uirevision="model_load" + label, height=120 + 40 * len(wide), colorbar=True,
+                                  row_labels=True))
+
+
+def flow_figure(flow: np.ndarray, layer_from: int, layer_to: int) -> go.Figure:
+    """P(top-1 at layer_to = j | top-1 at layer_from = i) as an E × E heatmap."""
+    E = flow.shape[0]
+    data = [go.Heatmap(z=flow, x=list(range(E)), y=list(range(E)), colorscale="Blues", zmin=0, zmax=1,
+                       colorbar=dict(title=dict(text="P")),
+                       hovertemplate="expert %{y} → %{x}: %{z:.2f}<extra></extra>")]
+    return go.Figure(data, layout(title=f"Cross-layer flow: layer {layer_from} → layer {layer_to}",
+                                  xaxis=expert_xaxis(E, title=f"top-1 expert at layer {layer_to}"),
+                                  yaxis=expert_xaxis(E, title=f"top-1 expert at layer {layer_from}"),
+                                  uirevision="model_flow", height=380, colorbar=True))
+
+
+def token_loss_figure(loss: np.ndarray, tokens: list[str]) -> go.Figure:
+    """Next-token loss (bits) of token s+1 given the tokens before it."""
+    bits = np.asarray(loss) / np.log(2)
+    labels = [repr(t)[1:-1] for t in tokens[1:]]
+    # the token goes to the hover only (textposition none): drawn on the bars it is unreadable past a few dozen
+    # tokens, and Plotly measures every label
+    data = [go.Bar(x=list(range(1, len(tokens))), y=bits, text=labels, textposition="none", marker_color="#4c78a8",
+                   hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>")]
+    return go.Figure(data, layout(title=f"Next-token loss (mean {bits.mean():.2f} bits per token)",
+                                  xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_loss",
+                                  bargap=0.0, showlegend=False))
+
+
+def nmi_figure(nmi: pd.DataFrame) -> go.Figure:
+    """NMI(top-1 expert; character class) per layer, one bar group per source column."""
+    palette = ["#4c78a8", "#f58518", "#9d755d"]
+    data = [go.Bar(x=[f"layer {i}" for i in nmi["layer"]], y=nmi[col], name=col, marker_color=palette[k % 3],
+                   hovertemplate="%{x}: %{y:.3f}<extra>" + col + "</extra>")
+            for k, col in enumerate(c for c in nmi.columns if c != "layer")]
+    return go.Figure(data, layout(title="Specialisation: NMI(top-1 expert; character class)",
+                                  xaxis=axis(""), yaxis=axis("NMI", range=[0, 1]), uirevision="model_nmi",
+                                  barmode="group"))
+
+
+def counterfactual_loss_figure(own: np.ndarray, new: np.ndarray, tokens: list[str]) -> go.Figure:
+    """Next-token loss (bits) per position with the model's routing and with the counterfactual."""
+    own_bits, new_bits = np.asarray(own) / np.log(2), np.asarray(new) / np.log(2)
+    x = list(range(1, len(tokens)))
+    labels = [repr(t)[1:-1] for t in tokens[1:]]
+    data = [go.Scatter(x=x, y=own_bits, name="own routing", mode="lines", line=dict(color="#4c78a8"), text=labels,
+                       hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra>own</extra>"),
+            go.Scatter(x=x, y=new_bits, name="counterfactual", mode="lines", line=dict(color="#e45756"), text=labels,
+                       hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra>counterfactual</extra>")]
+    delta = float(new_bits.mean() - own_bits.mean())
+    return go.Figure(data, layout(title=f"Next-token loss: own {own_bits.mean():.3f} vs counterfactual "
+                                        f"{new_bits.mean():.3f} bits (Δ {delta:+.3f})",
+                                  xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_cf_loss"))

@@ -1,0 +1,23 @@
+"""Download buttons; the files are built only when clicked."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import exports
+from dashboard.result import RunResult
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Downloads")
+    row = st.container(horizontal=True)  # one flex row: fewer page updates per redraw than st.columns
+    row.download_button("Per-expert table (CSV)", lambda: exports.per_expert_csv(result),
+                        file_name="moe_per_expert.csv", mime="text/csv", on_click="ignore")
+    row.download_button("Summary + config (JSON)", lambda: exports.summary_json(result),
+                        file_name="moe_summary.json", mime="application/json", on_click="ignore")
+    row.download_button("Trace (Parquet)", lambda: exports.trace_parquet(result),
+                        file_name="moe_trace.parquet", mime="application/octet-stream", on_click="ignore",
+                        help="One row per (token, expert): step, layer, logit, prob, routed, served, gate, contribution. "
+                             "Opens in the Traces view and in `python -m moe trace-report`.")
+    row.download_button("Per-token table (CSV)", lambda: exports.token_csv(result),
+                        file_name="moe_tokens.csv", mime="text/csv", on_click="ignore",
+                        help="One row per token: its experts, weights, drops, max prob, entropy and confidence.")

@@ -1,0 +1,349 @@
+"""Model: every MoE layer of a trained language model routing a text you type.
+
+Thin view: widgets → `analyse` (cached: load once, one instrumented forward per text) → figure builders.
+The sidebar's synthetic layer is not used here.
+"""
+from __future__ import annotations
+
+import pathlib
+import re
+
+import pandas as pd
+import streamlit as st
+
+from moe.hf import cache as model_cache
+from moe.definitions import DEFINITIONS
+from moe.hf.instrument import adapter_for, run_model
+from moe.hf.load import default_model_dir, read_training_nmi
+from moe.memory import out_of_memory
+from moe.hf.report import encode_text, render_report
+from moe.hf.tables import (LAYER_COLUMNS, class_nmi, expert_vocabulary, flow_matrix, layer_table,
+                              load_share_long, token_routing, token_strings, top1_grid, worst_layer)
+from moe.roots import resolve_allowed
+
+from dashboard.figures.colors import expert_colors
+from dashboard.model_link import LINK_DIR_KEY, from_link, to_link
+from dashboard.links import md_text, quote
+from dashboard.views import model_cf
+from dashboard.figures.model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
+                             token_layer_grid_figure, token_loss_figure, visible_token)
+
+EXAMPLES = {
+    "prose": "The with statement is used to wrap the execution of a block with methods defined by a context "
+             "manager. This allows common try, except, finally usage patterns to be encapsulated.",
+    "code": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
+}
+MAX_TOKENS_LIMIT = 4096
+POOLED_LABEL = "Pooled aux (all layers, same scale as the table)"
+HF_LABEL = "HF load_balancing_loss (= top_k × pooled aux)"
+MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenising (no token is longer than 24 characters here)
+POOLING_NOTE = ("Pooling sums the router statistics of all layers before multiplying f by P, so a layer that sends "
+                "everything to one expert is averaged with the healthy ones and the pooled number barely moves (a "
+                "test collapses one of 4 layers: that layer goes from 1.1 to 4.0, the pooled aux from 1.06 to "
+                "1.16); read the per-layer column instead.")
+# A lone surrogate (half of a UTF-16 pair, e.g. from a broken paste) cannot leave the browser: Streamlit's frontend
+# writes it into the widget message as invalid UTF-8 and the server drops the whole message ("Error deserializing
+# back message ... String field had bad UTF-8") before this page runs, so the edit would be lost without a word.
+# This listener runs first (capture phase) and makes the text box's value well-formed, each lone surrogate
+# becoming U+FFFD, which the page then counts (tests/test_browser_model_text.py).
+WELL_FORMED_JS = """<script>
+(() => {
+  const page = window.parent;  // the app's window, whether this runs in it or in a frame of it
+  if (page.moeWellFormedText) return;
+  page.moeWellFormedText = true;
+  page.document.addEventListener("input", (event) => {
+    const box = event.target, view = box.ownerDocument.defaultView;
+    if (box instanceof view.HTMLTextAreaElement && !box.value.isWellFormed()) {
+      const setValue = Object.getOwnPropertyDescriptor(view.HTMLTextAreaElement.prototype, "value").set;
+      setValue.call(box, box.value.toWellFormed());  // past React's value tracker: the widget sends this value
+    }
+  }, true);
+})();
+</script>"""
+VOCABULARY_MARKS = [(WHITESPACE_MARKS[" "], "space"), (WHITESPACE_MARKS["\t"], "tab"),
+                    (WHITESPACE_MARKS["\n"], "newline")]
+
+
+
+def _loaded(path: str):
+    """The model in `path`, shared by every session (read-only once loaded); the models kept are bounded by the
+    memory budget in bytes, together with the next load and forward (moe.hf.cache)."""
+    return model_cache.get(path, MAX_TOKENS_LIMIT)
+
+
+def _route(path: str, text: str, max_tokens: int):
+    """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count)."""
+    loaded = _loaded(path)
+    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
+    return loaded, run_model(loaded.model, ids), token_strings(loaded.tokenizer, ids.tolist()), total
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def analyse(path: str, text: str, max_tokens: int) -> dict:
+    """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
+
+    The downloads are not in here: they are built when a button is clicked (`exports`)."""
+    loaded, run, tokens, total = _route(path, text, max_tokens)
+    L = len(run.layers)
+    return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
+            "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
+            "top1": run.top1().numpy(), "grid": top1_grid(run),
+            "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
+            "dropped": [int(t.summary()["dropped"]) for t in run.traces],
+            "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
+            "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": _vocabulary_cells(run, tokens),
+            "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
+            "text": text, "max_tokens": max_tokens}
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
+    """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
+    click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
+    loaded, run, tokens, _ = _route(path, text, max_tokens)
+    return {"per_expert_csv": render_report(loaded.name, run, "csv"),
+            "routing_csv": token_routing(run, tokens).to_csv(index=False),
+            "summary_json": render_report(loaded.name, run, "json")}
+
+
+def _defaults() -> dict:
+    return {"model_path": default_model_dir(), "model_example": "code", "model_text": EXAMPLES["code"],
+            "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer", "model_sort_desc": False,
+            **model_cf.DEFAULTS}
+
+
+def init_link() -> None:
+    """Once per session, before anything rewrites the URL: what the link asks for (bad entries named, not used)."""
+    ss = st.session_state
+    if not ss.get("_model_initialised"):
+        ss["_model_initialised"] = True
+        values, problems = from_link(st.query_params.to_dict(), EXAMPLES)
+        for key, value in values.items():
+            ss[key] = value
+        ss["model_link_notes"] = problems
+
+
+def _init() -> None:
+    ss = st.session_state
+    init_link()  # the page calls it first (dashboard.page.init_view); standalone renders come through here
+    for key, value in _defaults().items():
+        ss.setdefault(key, value)
+    for note in ss.get("model_link_notes", []):
+        st.warning(note)
+
+
+def _use_example() -> None:
+    st.session_state["model_text"] = EXAMPLES[st.session_state["model_example"]]
+
+
+def _inputs() -> tuple[str, str, int]:
+    st.text_input("Model directory (local files only)", key="model_path")
+    left, right = st.columns([3, 1])
+    left.selectbox("Example prompt", list(EXAMPLES), key="model_example", on_change=_use_example)
+    right.number_input("Max tokens", min_value=1, max_value=MAX_TOKENS_LIMIT, step=64, key="model_max_tokens")
+    st.text_area("Text", key="model_text", height=120)
+    st.html(WELL_FORMED_JS, unsafe_allow_javascript=True)
+    ss = st.session_state
+    replaced = ss["model_text"].count("\ufffd")
+    if replaced:
+        st.info(f"The text holds {replaced} � (U+FFFD): each stands for a character that was not valid Unicode "
+                "(half of a surrogate pair, or undecodable bytes), replaced as it was typed or pasted.")
+    return ss["model_path"], ss["model_text"], int(ss["model_max_tokens"])
+
+
+def _load_link_dir() -> None:
+    st.session_state["model_path"] = st.session_state.pop(LINK_DIR_KEY)
+
+
+def _drop_link_dir() -> None:
+    st.session_state.pop(LINK_DIR_KEY, None)
+    st.query_params.pop("mdir", None)
+
+
+def _link_dir_waits() -> bool:
+    """A model directory named by the link is shown quoted, with a Load button; nothing is loaded before the click."""
+    pending = st.session_state.get(LINK_DIR_KEY)
+    if pending is None:
+        return False
+    st.info(f"This link names the model directory {quote(pending)}. It is loaded only when you click Load, and "
+            "only from the directories this server may open.")
+    left, right = st.columns(2)
+    left.button("Load", key="model_link_load", on_click=_load_link_dir)
+    right.button("Keep the default model", key="model_link_keep", on_click=_drop_link_dir)
+    return True
+
+
+def _failure(err: Exception) -> str:
+    """The one line for a failed load or forward, Markdown-escaped (it may hold a path or a tensor name)."""
+    if isinstance(err, MemoryError):
+        return out_of_memory("loading the model or routing the text")
+    return md_text(str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}")
+
+
+def render(result=None) -> None:
+    _init()
+    st.subheader("Model: every MoE layer of a trained language model")
+    if _link_dir_waits():
+        return
+    path, text, max_tokens = _inputs()
+    try:
+        path = str(resolve_allowed(path, "dir"))  # a path typed or linked: only under the server's roots
+        if len(text) > MAX_TEXT_CHARS:
+            st.warning(f"The text has {len(text):,} characters; routing the first {MAX_TEXT_CHARS:,} "
+                       f"(then at most {max_tokens:,} tokens).")
+            text = text[:MAX_TEXT_CHARS]
+        with st.spinner(f"Loading {quote(pathlib.Path(path).name)} (local files only) and routing the text "
+                        f"through every MoE layer…", show_time=True):
+            view = analyse(path, text, max_tokens)
+        st.session_state["model_last"] = view
+    except Exception as err:  # never a traceback on the page: a message, and the last good result
+        st.error(f"Could not route this text: {_failure(err)}", icon="⚠️")
+        view = st.session_state.get("model_last")
+        if view is None:
+            return
+        st.info("Showing the last good result below.")
+    if view["total"] > len(view["tokens"]):
+        st.warning(f"The text has {view['total']:,} tokens; showing the first {len(view['tokens']):,} (max tokens).")
+    _draw(view)
+    model_cf.render(view, view["path"], view["text"], view["max_tokens"])
+    _downloads(view)
+    _sync_link()
+
+
+def _sync_link() -> None:
+    """The Model view's values into the URL (the page keeps them: dashboard.page.page_query)."""
+    query = to_link(st.session_state, _defaults(), EXAMPLES)
+    old = st.session_state.get("model_query", {})
+    st.session_state["model_query"] = query
+    for key in set(old) - set(query):
+        st.query_params.pop(key, None)
+    if any(st.query_params.get(k) != v for k, v in query.items()):
+        st.query_params.update(query)
+
+
+def _draw(view: dict) -> None:
+    ss = st.session_state
+    layers = view["layers"]
+    if not 0 <= ss["model_layer"] < len(layers):  # from a link, or another model
+        ss["model_layer"] = 0
+    pos = ss["model_layer"]  # the slider below is keyed on it: its value for this run
+    # Everything is built before the first element goes out, so the browser gets the view in one burst and
+    # lays it out once, not once per chart as each arrives between two figure builds.
+    colors = expert_colors(view["n_experts"])
+    tokens_html = token_html(view["tokens"], view["top1"][pos].tolist(), colors)
+    grid = token_layer_grid_figure(view["grid"], view["tokens"], colors)
+    load = load_heatmap_figure(view["load"])
+    flow_at = min(pos, len(layers) - 2)
+    flow = flow_figure(view["flows"][flow_at], layers[flow_at], layers[flow_at + 1]) if len(layers) > 1 else None
+    loss = token_loss_figure(view["loss"], view["tokens"])
+    nmi_rows, nmi_note = _nmi_table(view)
+    nmi = nmi_figure(nmi_rows)
+    styled_table, worst = _styled_layer_table(view)
+
+    notes = f" · mapped: {view['notes']}" if view["notes"] else ""
+    st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
+               f"{view['n_experts']} experts · {len(view['tokens'])} tokens{notes}")
+    if view["routing_only"]:
+        st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
+                   "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
+    st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
+                     format_func=lambda i: f"layer {layers[i]}")
+    st.markdown(tokens_html, unsafe_allow_html=True)
+    st.caption("Each token's background is the colour of its top-1 expert (the highest router probability) at "
+               "the chosen layer; hover a token for the expert number.")
+    st.plotly_chart(grid, width="stretch", key="model_grid")
+    st.plotly_chart(load, width="stretch", key="model_load")
+    st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
+    _layer_table(view, styled_table, worst)
+    _vocabulary(view, layers[pos])
+    if flow is not None:
+        st.plotly_chart(flow, width="stretch", key="model_flow")
+        st.caption("Row i: where the tokens whose top-1 expert is i at this layer go at the next MoE layer, "
+                   "`P(top-1 at l+1 = j | top-1 at l = i)`; an empty row means no token had expert i on top.")
+    st.plotly_chart(loss, width="stretch", key="model_loss")
+    st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, "
+               "from the model's logits.")
+    st.plotly_chart(nmi, width="stretch", key="model_nmi")
+    st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
+               "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
+               "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
+               "training.json when the model directory has one." + (f" {nmi_note}." if nmi_note else ""))
+
+
+def _styled_layer_table(view: dict):
+    """(the per-layer table sorted as the controls ask, the worst layer's row highlighted; the worst layer)."""
+    ss = st.session_state
+    table = view["table"]
+    worst = worst_layer(table)
+    shown = table.assign(worst=table["layer"] == worst).sort_values(
+        ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
+    styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
+                               axis=1).format(precision=3)
+    return styled, worst
+
+
+def _layer_table(view: dict, styled, worst: int) -> None:
+    table = view["table"]
+    left, right = st.columns([3, 1], vertical_alignment="bottom")
+    left.selectbox("Sort layers by", LAYER_COLUMNS, key="model_sort")
+    right.toggle("Highest first", key="model_sort_desc")
+    # A static table, sorted by the two controls above (they are in the link too): it redraws with the text in
+    # a fraction of a data grid's time (benchmarks/bench_browser.py).
+    st.table(styled, hide_index=True)
+    st.caption(f"Per-layer routing health on this text; worst layer (highest aux) highlighted: layer {worst}. "
+               "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
+               "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
+               "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
+    k, pooled = view["top_k"], view["pooled_aux"]
+    left, right = st.columns(2)
+    left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
+    right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
+    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the worst layer "
+               f"({worst}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
+               f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
+
+
+def _md_literal(text: str) -> str:
+    """`text` shown as is in a Markdown cell (st.table cells are Markdown): every ASCII punctuation escaped."""
+    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
+
+
+def _vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
+    """Per MoE layer (decoder index): a row per expert with its most frequent top-1 tokens as one cell."""
+    vocab = expert_vocabulary(run, tokens)
+    cells = vocab["token"].map(lambda t: _md_literal(visible_token(t))) + " (" + vocab["count"].astype(str) + ")"
+    words = cells.groupby([vocab["layer"], vocab["expert"]], sort=True).agg(", ".join)
+    return {layer: pd.DataFrame({"expert": group.index.get_level_values("expert"),
+                                 "most frequent top-1 tokens (count)": group.values})
+            for layer, group in words.groupby(level="layer")}
+
+
+def _vocabulary(view: dict, layer: int) -> None:
+    # st.table, not st.dataframe: a static table redraws with the text; a data grid settles after the charts
+    st.table(view["vocab"][layer], hide_index=True)
+    marks = ", ".join(f"{mark} = {name}" for mark, name in VOCABULARY_MARKS)
+    st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first. "
+               f"Whitespace is drawn as a symbol ({marks}); other characters that print nothing as escapes "
+               "(`\\r`, `\\x00`).")
+
+
+def _nmi_table(view: dict) -> tuple[pd.DataFrame, str | None]:
+    """This text's NMI per layer, with training.json's when the directory has a usable one (else a note)."""
+    nmi = pd.DataFrame({"layer": view["layers"], "this text": view["nmi"]})
+    saved, note = read_training_nmi(view["path"], len(nmi))
+    if saved:
+        nmi["held-out (training)"] = saved["nmi_trained"]
+        nmi["at initialisation"] = saved["nmi_init"]
+    return nmi, note
+
+
+def _downloads(view: dict) -> None:
+    """Built on a click, from the shown result's model, text and max tokens (`exports`)."""
+    args = (view["path"], view["text"], view["max_tokens"])
+    a, b, c = st.columns(3)
+    a.download_button("Per-layer per-expert CSV", lambda: exports(*args)["per_expert_csv"], "model_per_expert.csv",
+                      "text/csv")
+    b.download_button("Per-token routing CSV", lambda: exports(*args)["routing_csv"], "model_routing.csv", "text/csv")
+    c.download_button("Summary JSON", lambda: exports(*args)["summary_json"], "model_summary.json",
+                      "application/json")

@@ -1,0 +1,115 @@
+"""Counterfactual routing in the Model view: rerun the text with changed routing, beside the model's own.
+
+Thin: widgets → `compare` (cached; moe.hf.counterfactual) → figure builders.
+"""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from moe.definitions import DEFINITIONS
+from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual, run_counterfactual
+from moe.hf.report import encode_text
+from moe.hf.tables import load_share_long
+
+from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure
+
+DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 0.0, "cf_drop": "position", "cf_temperature": 1.0,
+            "cf_bias_expert": -1, "cf_bias": "hot"}
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def compare(path: str, text: str, max_tokens: int, cf: Counterfactual) -> dict:
+    """The counterfactual forward's load (long table), per-token loss and dropped assignments per layer."""
+    from dashboard.views.model import _loaded  # the view's cached, read-only model
+
+    loaded = _loaded(path)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    run = run_counterfactual(loaded.model, ids, cf)
+    return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
+            "dropped": [int(t.summary()["dropped"]) for t in run.traces]}
+
+
+def _sanitise(view: dict) -> None:
+    """Values from a link or another model that this model cannot take go back to the defaults, with a note."""
+    ss = st.session_state
+    ok = {"cf_layer": ss["cf_layer"] in ["all", *map(str, view["layers"])],
+          "cf_top_k": 0 <= ss["cf_top_k"] <= view["n_experts"],
+          "cf_bias_expert": -1 <= ss["cf_bias_expert"] < view["n_experts"]}
+    for key, good in ok.items():
+        if not good:
+            st.warning(f"{key} = {ss[key]} does not fit this model; reset to {DEFAULTS[key]}.")
+            ss[key] = DEFAULTS[key]
+
+
+def _controls(view: dict) -> Counterfactual:
+    ss = st.session_state
+    _sanitise(view)
+    E = view["n_experts"]
+    a, b, c, d = st.columns(4)
+    a.selectbox("Counterfactual layers", ["all", *map(str, view["layers"])], key="cf_layer",
+                format_func=lambda v: "every MoE layer" if v == "all" else f"layer {v}")
+    b.number_input("top_k (0 = the model's own)", min_value=0, max_value=E, key="cf_top_k")
+    c.number_input("Capacity factor (0 = dropless)", min_value=0.0, max_value=64.0, step=0.25, key="cf_capacity")
+    d.selectbox("Drop policy", ["position", "probs"], key="cf_drop", disabled=ss["cf_capacity"] == 0)
+    e, f, g = st.columns([1, 1, 2])
+    e.number_input("Temperature", min_value=0.01, max_value=100.0, step=0.1, key="cf_temperature")
+    f.selectbox("Bias one expert", list(range(-1, E)), key="cf_bias_expert",
+                format_func=lambda x: "none" if x < 0 else f"expert {x}")
+    g.radio("Bias", ["hot", "cold"], key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
+            help=f"hot adds {BIAS_HOT:+g} to the expert's selection score (always chosen), cold {BIAS_COLD:+g} "
+                 "(never chosen); the combine weights are unchanged")
+    capacity = float(ss["cf_capacity"])
+    return Counterfactual(
+        layers=None if ss["cf_layer"] == "all" else (int(ss["cf_layer"]),),
+        top_k=int(ss["cf_top_k"]) or None, capacity_factor=capacity or None,
+        drop_policy=ss["cf_drop"] if capacity else None,
+        temperature=None if ss["cf_temperature"] == 1.0 else float(ss["cf_temperature"]),
+        bias_expert=None if ss["cf_bias_expert"] < 0 else int(ss["cf_bias_expert"]),
+        bias=BIAS_HOT if ss["cf_bias"] == "hot" else BIAS_COLD)
+
+
+def render(view: dict, path: str, text: str, max_tokens: int) -> None:
+    st.markdown("#### Counterfactual routing")
+    st.caption("Rerun this text with other routing settings at one layer or all of them, with the model's "
+               "weights unchanged; the model's own routing is on the left. Layers after a changed one see "
+               "changed inputs, so their routing moves too.")
+    if not st.toggle("Compare a counterfactual routing", key="cf_on",
+                     help="off: no second forward and no extra charts when the text changes"):
+        return
+    if view["routing_only"]:
+        st.info(f"Layers {view['routing_only']} are traced from their routing alone: counterfactuals need layers "
+                "the engine runs.")
+    cf = _controls(view)
+    if not cf.changed():  # Counterfactual() reproduces the model exactly (tested): no second forward
+        _draw(view, {"load": view["load"], "loss": view["loss"], "dropped": view["dropped"]}, cf)
+        return
+    try:
+        with st.spinner("Rerunning the text with the counterfactual routing…", show_time=True):
+            new = compare(path, text, max_tokens, cf)
+        st.session_state["cf_last"] = new
+    except Exception as err:  # a bad combination (top_k over the kept groups, …): a message, the last good one
+        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
+        st.error(f"Could not run this counterfactual: {detail}", icon="⚠️")
+        new = st.session_state.get("cf_last")
+        if new is None or len(new["loss"]) != len(view["loss"]):
+            return
+        st.info("Showing the last good counterfactual below.")
+    _draw(view, new, cf)
+
+
+def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
+    own_bits, new_bits = (float(np.mean(x)) / np.log(2) for x in (view["loss"], new["loss"]))
+    a, b, c = st.columns(3)
+    a.metric("Mean next-token loss, own routing", f"{own_bits:.3f} bits")
+    b.metric("Counterfactual", f"{new_bits:.3f} bits", delta=f"{new_bits - own_bits:+.3f} bits", delta_color="inverse")
+    c.metric("Dropped assignments (all layers)", f"{sum(new['dropped']):,}")
+    if not cf.changed():
+        st.caption("No setting changed: the counterfactual is the model's own routing (identical loss).")
+    left, right = st.columns(2)
+    left.plotly_chart(load_heatmap_figure(view["load"], "own routing"), width="stretch", key="cf_load_own")
+    right.plotly_chart(load_heatmap_figure(new["load"], "counterfactual"), width="stretch", key="cf_load_new")
+    st.plotly_chart(counterfactual_loss_figure(view["loss"], new["loss"], view["tokens"]), width="stretch",
+                    key="cf_loss")
+    st.caption(f"Loss of token s+1: {DEFINITIONS['next_token_loss']} Δ: {DEFINITIONS['counterfactual_loss_delta']} "
+               "Dropped = `Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward.")

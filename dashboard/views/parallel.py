@@ -1,0 +1,190 @@
+"""Expert parallel: run the sidebar's layer on W torchrun processes, contiguous vs planned placement."""
+from __future__ import annotations
+
+import shlex
+
+import pandas as pd
+import streamlit as st
+
+from moe.parallel.launch import check_torchrun
+from moe.parallel.forward import check_ep_config
+
+from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
+from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
+from dashboard.result import RunResult
+
+PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first imports torch); **ready** = ranks "
+                 "that entered ep-report; **joined** = ranks in the process group; **forwards** = forwards (warm-up "
+                 "+ repeats) the slowest rank has finished; memory = the job's process tree, sum of proportional "
+                 "set sizes, against the budget (MOE_SCOPE_MEMORY_GB).")
+DEFINITIONS = {
+    "assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
+                   "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "
+                   "per-expert load (a replicated expert's assignments are split in token order, near-equal chunks).",
+    "traffic": "**traffic[i, j]** = token rows rank i sends to rank j in the dispatch all-to-all: a token goes once "
+               "to every rank that serves it, however many of its experts live there; the diagonal stays local. "
+               "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
+    "times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
+             "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
+             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (it leaves "
+             "out the time a rank waits for a core, not the slowdown that sharing caches, memory bandwidth and "
+             "clock speed with other processes causes, so it varies between runs), the synchronised wall time on "
+             "CUDA.",
+    "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = median "
+                  "over the repeats of (max over ranks of expert_ms / mean; 1 = even); **straggler_min … max**, "
+                  "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max over ranks of a2a_ms / forward_ms; "
+                  "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
+                  "statistics).",
+}
+
+
+def ep_flags(result: RunResult) -> list[str]:
+    """The ep-report flags for the sidebar's layer and scenario (ValueError when EP cannot run it)."""
+    cfg = result.config
+    check_ep_config(cfg)
+    if cfg.expert_bias is not None and any(cfg.expert_bias):
+        raise ValueError("expert biases cannot be passed to ep-report; clear them in the sidebar")
+    flags = ["--d-model", cfg.d_model, "--d-expert", cfg.d_expert, "--n-experts", cfg.n_experts, "--top-k", cfg.top_k,
+             "--router", cfg.router, "--score", cfg.score, "--temperature", cfg.temperature,
+             "--routed-scaling-factor", cfg.routed_scaling_factor, "--drop-policy", cfg.drop_policy,
+             "--dtype", cfg.dtype, "--seed", cfg.seed, "--tokens", result.trace.tokens, "--scenario", result.scenario]
+    if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
+        raise ValueError("per-sequence capacity needs whole sequences per rank: run `ep-report --capacity-scope "
+                         "sequence --seq-len S` from the command line")
+    flags += ["--activation", cfg.activation, "--swiglu-limit", cfg.swiglu_limit, "--sparsity-mode",
+              cfg.sparsity_mode, "--n-group", cfg.n_group, "--topk-group", cfg.topk_group,
+              "--shared-experts", cfg.shared_experts]
+    flags += ["--d-shared", cfg.d_shared] if cfg.d_shared is not None else []
+    flags += [name for name, on in (("--no-gated", not cfg.gated), ("--expert-biases", cfg.expert_biases),
+                                    ("--shared-gate", cfg.shared_gate)) if on]
+    flags += ["--no-normalize-topk"] if not cfg.normalize_topk else []
+    flags += ["--capacity-factor", cfg.capacity_factor] if cfg.capacity_factor is not None else []
+    hot = [(e, b) for e, b in enumerate(cfg.logit_bias or ()) if b]
+    if len(hot) > 1:
+        raise ValueError("ep-report takes one hot expert (--hot-expert); this layer has several logit biases")
+    flags += ["--hot-expert", hot[0][0], "--hot-bias", hot[0][1]] if hot else []
+    params = result.scenario_params
+    flags += ["--clusters", params["n_clusters"]] if "n_clusters" in params else []
+    flags += ["--skew", params["skew"]] if "skew" in params else []
+    return [str(f) for f in flags]
+
+
+def render(result: RunResult) -> None:
+    st.subheader("Expert parallel")
+    try:
+        check_torchrun()
+        flags = ep_flags(result)
+    except ValueError as err:
+        st.error(f"Expert parallelism cannot run this configuration: {err}", icon="⚠️")
+        return
+    E = result.config.n_experts
+    c1, c2, c3 = st.columns(3)
+    W = c1.slider("Processes (W)", 2, 8, 2, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
+    R = c2.number_input("Redundant slots (R)", 0, E * 7, 2, key="ep_slots",
+                        help="planned placement: extra replicas of the hottest experts")
+    c3.caption("Runs contiguous blocks, then the planner's placement for the measured load.")
+    if W > E:
+        st.info(f"W={W} > n_experts={E}: contiguous blocks would leave a rank without an expert; only the planned "
+                f"placement with R ≥ {W - E} can run.")
+    st.code(shlex.join(["torchrun", "--standalone", f"--nproc-per-node={W}", "-m", "moe", "ep-report", *flags]),
+            language="bash", wrap_lines=True)  # wrapped: the whole command readable at any width
+    key = (tuple(flags), W, int(R))
+    st.caption(f"A job that runs past {TIMEOUT_S:.0f} s, or whose processes together use more than the memory "
+               f"budget, is stopped; **Cancel** (shown while it runs) stops it at once. Either way every torchrun "
+               f"process is ended, and so is a job whose browser tab is closed.")
+    run: EPRun | None = st.session_state.get("ep_job")
+    running = run is not None and run.running
+    if st.button("Run on W processes", key="ep_run", type="primary", disabled=running):
+        running = _start(key, flags, W, int(R), result)
+    st.fragment(_panel, run_every=POLL_S * 2 if running else None)(key, running)
+
+
+def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
+    """Start the jobs in the background (the old results go); False and a message when they cannot start."""
+    st.session_state.pop("ep_runs", None)
+    st.session_state.pop("ep_job", None)
+    try:
+        st.session_state["ep_job"] = EPRun(key, W, R, flags, result.config.n_experts,
+                                           result.per_expert["served"].to_numpy(), session_alive_check())
+    except ValueError as err:
+        st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
+        return False
+    return True
+
+
+def session_alive_check():
+    """A callable telling whether this browser session is still connected (always true outside a server)."""
+    from streamlit import runtime
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx = get_script_run_ctx()
+    if ctx is None or not runtime.exists():
+        return lambda: True
+    server, session_id = runtime.get_instance(), ctx.session_id
+    return lambda: server.is_active_session(session_id)
+
+
+def _panel(key, ticking: bool) -> None:
+    """Progress and Cancel while the jobs run (this fragment reruns every tick); then the outcome."""
+    ss = st.session_state
+    run: EPRun | None = ss.get("ep_job")
+    if run is not None and run.running:
+        fraction, text = run.status()
+        st.progress(min(fraction, 1.0), text=text)
+        st.caption(PROGRESS_HELP)
+        st.button("Cancel", key="ep_cancel", on_click=_cancel)
+        return
+    if ticking:  # the run ended while this fragment ticked: redraw without the timer
+        st.rerun()
+    if run is not None and run.state == "cancelled":
+        if run.left:
+            st.warning(f"Cancelled, but {len(run.left)} process(es) of the job could not be ended.", icon="⚠️")
+        else:
+            st.info("Cancelled: the expert-parallel job was stopped and no process is left.")
+        return
+    if run is not None and run.state == "failed":
+        st.error(f"The expert-parallel job did not complete: {run.error}", icon="⚠️")
+        return
+    if run is not None and run.state == "done":
+        ss["ep_runs"] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
+                         "plan_note": run.plan_note, "kept_current": run.kept_current}
+        del ss["ep_job"]
+    runs = ss.get("ep_runs")
+    if runs is None or runs["key"] != key:
+        st.caption("Not run yet for these settings.")
+        return
+    _draw(runs)
+
+
+def _cancel() -> None:
+    run: EPRun | None = st.session_state.get("ep_job")
+    if run is not None:
+        run.cancel()
+
+
+def _draw(runs: dict) -> None:
+    docs, predicted = runs["docs"], runs["predicted"]
+    if runs.get("kept_current"):
+        st.info(f"The planner {runs['plan_note']}: the planned run uses the contiguous blocks.")
+    table = comparison_table(docs)
+    cols = st.columns(len(table))
+    for col, row in zip(cols, table.itertuples()):
+        col.metric(f"straggler factor, {row.placement}", f"{row.straggler_factor:.2f}",
+                   help="median over the repeats of (max over ranks of expert_ms / mean)")
+        col.caption(f"spread over {row.repeats} repeats: min–max {row.straggler_min:.2f}–{row.straggler_max:.2f}, "
+                    f"IQR {row.straggler_q1:.2f}–{row.straggler_q3:.2f}")
+        col.metric(f"load max/mean, {row.placement}", f"{row.load_max_over_mean:.3f}")
+    st.plotly_chart(rank_load_figure({n: pd.DataFrame(d["per_rank"]) for n, d in docs.items()}, predicted),
+                    width="stretch", key="ep_load_chart")
+    st.caption(DEFINITIONS["assignments"])
+    for name, doc in docs.items():
+        left, right = st.columns(2)
+        left.plotly_chart(traffic_figure(doc["traffic"], f"Token traffic, {name}"), width="stretch",
+                          key=f"ep_traffic_{name}")
+        right.plotly_chart(rank_times_figure(pd.DataFrame(doc["per_rank"]), f"Time per rank, {name}"),
+                           width="stretch", key=f"ep_times_{name}")
+        st.caption(f"Placement ({name}): " + "; ".join(f"rank {r}: {' '.join(map(str, e))}"
+                                                      for r, e in enumerate(doc["placement"]["ranks"])))
+    st.caption(DEFINITIONS["traffic"] + " " + DEFINITIONS["times"])
+    st.dataframe(table, hide_index=True)
+    st.caption(DEFINITIONS["comparison"])

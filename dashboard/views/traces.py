@@ -1,0 +1,151 @@
+"""Traces: open a routing trace recorded elsewhere (moe-scope Parquet, Megatron-LM JSONL), per step and layer."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+
+import streamlit as st
+
+from moe.jsonio import dumps
+from moe.roots import OutsideRoots, resolve_allowed
+from moe.traces.records import MAX_EXPERTS
+from moe.traces.report import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, summarize
+
+from dashboard.definitions import caption
+from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
+from dashboard.result import RunResult
+from dashboard.links import quote
+
+INTRO = ("Open routing decisions recorded by a training or serving run, without running the model: the page's "
+         "**Trace (Parquet)** download or a file written by `moe.traces.readers.TraceWriter`, or Megatron-LM's "
+         "`router_trace_rank{R}.jsonl` (`--moe-routing-trace-path`). The file is read in a stream: a large trace "
+         "is best opened by its path on the server (an upload is held in memory by Streamlit, 200 MB at most; "
+         "a path only under the directories the server may open, see the README's *Files on the server*). "
+         "Headless: `python -m moe trace-report FILE`.")
+EXPERTS_HELP = ("The model's expert count (Megatron-LM's num_moe_experts), for a trace that does not record it: a "
+                "Megatron-LM trace without logits. A moe-scope trace and a Megatron-LM trace with logits record "
+                "it; leave this empty for them (a different count is refused). Never below the largest expert "
+                "index in the file + 1.")
+# Where the count came from: the engine's words, and for a typed count the page's own.
+SOURCE_TEXT = {**N_EXPERTS_SOURCES, "given": "typed in **Experts (E)** above (the file does not record it)"}
+
+
+def render(result: RunResult | None) -> None:
+    """The view reads its own expert count: the sidebar's configures the synthetic layer, not a file."""
+    st.subheader("Routing traces")
+    st.caption(INTRO)
+    source = st.radio("Source", ["Upload", "Path on the server"], horizontal=True, key="trace_source")
+    c1, c2, c3 = st.columns(3)
+    n_experts = c1.number_input("Experts (E)", 1, MAX_EXPERTS, None, step=1, key="trace_experts",
+                                placeholder="from the file", help=EXPERTS_HELP)
+    n_layers = c2.number_input("Expected MoE layers (0: no check)", 0, 10000, 0, key="trace_layers")
+    score = c3.selectbox("Router score", ["softmax", "sigmoid"], key="trace_score",
+                         help="how the recorded logits became probabilities (aux loss, confidence)")
+    experts = None if n_experts is None else int(n_experts)
+    if source == "Upload":
+        upload = st.file_uploader("Trace file", type=["parquet", "jsonl", "json"], key="trace_file")
+        if upload is None:
+            st.caption("Choose a file to open.")
+            return
+        key = ("upload", upload.file_id, experts, int(n_layers), score)
+    else:
+        path = st.text_input("Path of the trace file on the server", key="trace_path").strip()
+        if not path:
+            st.caption("Type a path to open.")
+            return
+        upload, key = None, ("path", path, experts, int(n_layers), score)
+    if st.session_state.get("trace_view", {}).get("key") != key:
+        opened = _open(upload, key[1], experts, int(n_layers) or None, score)
+        if opened is None:
+            return
+        st.session_state["trace_view"] = {"key": key, "summary": opened}
+    _draw(st.session_state["trace_view"]["summary"])
+
+
+def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score: str) -> TraceSummary | None:
+    """Read the file with a progress bar; a bad file is one clear message, never a traceback."""
+    bar = st.progress(0.0, text="reading the trace…")
+    shown = quote(upload.name if upload is not None else path)  # as the visitor named it, never resolved
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            if upload is not None:  # summarize() reads a path: copy the upload in 1 MiB chunks
+                path = os.path.join(tmp, "upload")
+                with open(path, "wb") as f:
+                    shutil.copyfileobj(upload, f, 1 << 20)
+            else:  # only under the server's roots; one message for outside and missing, the path not repeated
+                path = str(resolve_allowed(path, "file"))
+            summary = summarize(path, n_experts=n_experts, n_layers=n_layers, score=score,
+                                progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
+    except OutsideRoots as err:
+        bar.empty()
+        st.error(f"This trace cannot be opened: {err}", icon="⚠️")
+        return None
+    except ExpertsNeeded as err:
+        bar.empty()
+        st.warning(f"This Megatron-LM trace has no logits, so it does not record how many experts the model has: "
+                   f"type the model's expert count (num_moe_experts, at least {err.at_least}) in **Experts (E)** "
+                   f"above.", icon="✏️")
+        return None
+    except (ValueError, OSError, RuntimeError, MemoryError) as err:
+        bar.empty()
+        st.error(f"This trace cannot be opened: {str(err).replace(repr(path), shown)}", icon="⚠️")
+        return None
+    bar.empty()
+    return summary
+
+
+def _count_note(s: TraceSummary) -> None:
+    """Which expert count the numbers use and where it came from; a hint when the file never reaches it."""
+    st.caption(f"{s.source} trace · **E = {s.n_experts}**, {SOURCE_TEXT[s.n_experts_source]} · K={s.top_k} · "
+               f"logits {'recorded' if s.has_logits else 'absent (probability-side numbers blank)'}")
+    if s.n_experts_source == "given" and s.max_expert_id + 1 < s.n_experts:
+        st.warning(f"The file's expert indices reach only {s.max_expert_id}: experts {s.max_expert_id + 1}..."
+                   f"{s.n_experts - 1} never receive a token, and max/mean is measured over all E = {s.n_experts}. "
+                   f"Check **Experts (E)** against the model's expert count.", icon="🔎")
+
+
+def _draw(s: TraceSummary) -> None:
+    worst = s.worst()
+    cols = st.columns(4)
+    cols[0].metric("Steps", len(s.steps))
+    cols[1].metric("MoE layers", len(s.layers))
+    cols[2].metric("Records", s.records, help=f"{s.skipped_empty} empty records skipped" if s.skipped_empty else None)
+    cols[3].metric("Worst (step, layer)", f"{worst['step']}, {worst['layer']}",
+                   f"max/mean {worst['max_over_mean']:.3f}", delta_color="off")
+    _count_note(s)
+    st.plotly_chart(trace_worst_figure(s.rows, s.layers), width="stretch", key="trace_worst_chart")
+    st.caption(caption("trace_max_over_mean"))
+    layer = st.selectbox("Layer", s.layers, index=s.layers.index(worst["layer"]), key="trace_layer")
+    st.plotly_chart(trace_load_figure(s.load[layer], s.steps, layer,
+                                      worst["step"] if layer == worst["layer"] else None),
+                    width="stretch", key="trace_load_chart")
+    st.caption(caption("trace_load") + ("" if s.has_logits else "  \n" + caption("trace_probability_side")))
+    st.dataframe(s.rows[s.rows["layer"] == layer], hide_index=True, height=200)
+    _plan(s, layer)
+
+
+def _plan(s: TraceSummary, layer: str) -> None:
+    st.markdown("**Plan from this trace**")
+    c1, c2, c3 = st.columns(3)
+    W = c1.slider("Ranks (W)", 2, 8, 2, key="trace_world")
+    R = c2.number_input("Redundant slots (R)", 0, s.n_experts * 7, W, key="trace_slots")
+    scope = c3.selectbox("Load of", ["all layers", f"layer {layer}"], key="trace_plan_scope")
+    try:
+        doc = s.plan(W, int(R), None if scope == "all layers" else layer)
+    except ValueError as err:
+        st.error(f"No plan: {err}", icon="⚠️")
+        return
+    if doc["kept_current"]:
+        st.info(f"The planner {doc['note']}.")
+    left, right = st.columns(2)
+    left.plotly_chart(plan_load_figure(doc), width="stretch", key="trace_plan_chart")
+    right.metric("straggler (predicted), planned", f"{doc['planned_straggler']:.3f}")
+    if "contiguous_straggler" in doc:
+        right.metric("straggler (predicted), contiguous", f"{doc['contiguous_straggler']:.3f}")
+    right.caption("Placement: " + "; ".join(f"rank {r}: {' '.join(map(str, e))}"
+                                            for r, e in enumerate(doc["placement"]["ranks"])))
+    plan_file = {**doc["placement"], "load": doc["load"], "predicted_load": doc["planned_load"]}
+    right.download_button("Plan (JSON, for ep-report --placement)", dumps(plan_file, indent=1),
+                          file_name="plan.json", mime="application/json", on_click="ignore", key="trace_plan_file")
+    st.caption(caption("trace_plan"))

@@ -1,0 +1,65 @@
+"""Counterfactual routing on a real model: rerun the text with changed routing settings at chosen MoE layers.
+
+The model is never modified (it is shared, read-only): the changed layers are `MoELayer.reconfigured`
+copies that share the model's weights, handed to the EngineBlocks through a context variable for one
+forward. Settings left at None keep the layer's own value, so `Counterfactual()` reproduces the model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import Tensor
+
+from moe.config import MoEConfig
+from moe.hf.instrument import OVERRIDES, ModelRun, engine_blocks, run_model
+
+BIAS_HOT, BIAS_COLD = 1.0, -1.0  # on the selection score: ±1 always / never selects the expert (scores in [0, 1])
+
+
+@dataclass(frozen=True)
+class Counterfactual:
+    """What to change, and where. layers: decoder-layer indices (None = every MoE layer)."""
+    layers: tuple[int, ...] | None = None
+    top_k: int | None = None
+    capacity_factor: float | None = None  # None = keep the layer's (dropless for every HF family)
+    drop_policy: str | None = None        # "position" | "probs"
+    temperature: float | None = None
+    bias_expert: int | None = None        # add `bias` to this expert's selection bias
+    bias: float = 0.0
+
+    def changed(self) -> bool:
+        return any(v is not None for v in (self.top_k, self.capacity_factor, self.drop_policy, self.temperature,
+                                           self.bias_expert))
+
+
+def counterfactual_config(cfg: MoEConfig, cf: Counterfactual) -> MoEConfig:
+    """cfg with the counterfactual's settings; a bad value raises MoEConfig's ValueError naming the field."""
+    changes = {name: getattr(cf, name) for name in ("top_k", "capacity_factor", "drop_policy", "temperature")
+               if getattr(cf, name) is not None}
+    if cf.bias_expert is not None:
+        if not 0 <= cf.bias_expert < cfg.n_experts:
+            raise ValueError(f"bias_expert={cf.bias_expert} is not an expert of this layer; choose 0..{cfg.n_experts - 1}")
+        bias = list(cfg.expert_bias or [0.0] * cfg.n_experts)
+        bias[cf.bias_expert] += cf.bias
+        changes["expert_bias"] = tuple(bias)
+    return cfg.replace(**changes)
+
+
+def run_counterfactual(model, input_ids: Tensor, cf: Counterfactual) -> ModelRun:
+    """One forward of `input_ids` (S,) with the counterfactual routing at the chosen layers."""
+    blocks = {b.layer_index: b for b in engine_blocks(model)}
+    chosen = sorted(blocks) if cf.layers is None else list(cf.layers)
+    unknown = [i for i in chosen if i not in blocks]
+    if unknown:
+        raise ValueError(f"layers {unknown} are not MoE layers of this model; choose among {sorted(blocks)}")
+    overrides = {}
+    for i in chosen:
+        if blocks[i].engine is None:
+            raise ValueError(f"layer {i} is traced from its routing alone; counterfactual routing needs a layer "
+                             f"the engine runs")
+        overrides[i] = blocks[i].engine.reconfigured(counterfactual_config(blocks[i].engine.cfg, cf))
+    token = OVERRIDES.set(overrides)
+    try:
+        return run_model(model, input_ids)
+    finally:
+        OVERRIDES.reset(token)

@@ -1,0 +1,168 @@
+"""Run every sparse MoE block of a local Hugging Face causal LM through the engine.
+
+`instrument(model)` replaces each sparse MoE block by an `EngineBlock` that holds the original block
+and an engine `MoELayer` sharing the block's weights (views, no copy). Outside `run_model` the
+EngineBlock calls the original block, so the model behaves exactly as before; inside, the engine
+runs the block and one `Trace` per MoE layer is returned with the logits.
+
+Families are adapters in `moe.hf.adapters.ADAPTERS`. A family the engine cannot reproduce exactly falls back
+to routing statistics from the router's output (`moe.trace_from_routing`): `Adapter.exact=False`.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from moe.config import MoEConfig
+from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
+                          routing_config, supported_message)
+from moe.from_routing import trace_from_routing
+from moe.stats import StatsAccumulator
+from moe.trace import Trace
+
+# The traces of the forward in progress: set only inside `collect()`, per thread / task.
+_SINK: ContextVar[list | None] = ContextVar("moe_scope_model_traces", default=None)
+# Counterfactual engine layers by decoder-layer index, for one forward (moe.hf.counterfactual).
+OVERRIDES: ContextVar[dict | None] = ContextVar("moe_scope_model_overrides", default=None)
+
+
+@dataclass
+class RoutingRecord:
+    """What a routing-only layer's router returned (for trace_from_routing): host tensors."""
+    router_logits: Tensor    # (T, E) float32
+    top_k_index: Tensor      # (T, K)
+    top_k_weights: Tensor    # (T, K) float32
+    config: MoEConfig        # dimensions only (the experts are not run by the engine)
+
+
+class EngineBlock(nn.Module):
+    """Stands in for one sparse MoE block: the engine inside `collect()`, the original block outside.
+
+    For a routing-only adapter (exact=False) the original block always runs; a hook on its router
+    records the routing inside `collect()`, and run_model turns it into a Trace with trace_from_routing.
+    """
+
+    def __init__(self, block: nn.Module, layer_index: int, adapter: Adapter, hf_config):
+        super().__init__()
+        self.block = block
+        self.layer_index = layer_index
+        self.adapter = adapter
+        if adapter.exact:
+            self.engine = engine_layer(block, engine_config(block, adapter, hf_config), adapter)
+        else:
+            self.engine = None
+            self.routing_cfg = routing_config(block, adapter)
+            getattr(block, adapter.router).register_forward_hook(self._record_routing)
+
+    def _record_routing(self, module, inputs, output) -> None:
+        sink = _SINK.get()
+        if sink is not None:
+            logits, weights, index = output[:3]  # HF routers return (router_logits, top_k_weights, top_k_index)
+            sink.append((self.layer_index, RoutingRecord(logits.detach().float().cpu(), index.detach().cpu(),
+                                                         weights.detach().float().cpu(), self.routing_cfg)))
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        sink = _SINK.get()
+        if sink is None or self.training or self.engine is None:  # training-time jitter: the block's own
+            return self.block(hidden_states)
+        engine = (OVERRIDES.get() or {}).get(self.layer_index, self.engine)
+        y, trace = engine(hidden_states)  # (B, S, D), Trace
+        sink.append((self.layer_index, trace))
+        if self.adapter.returns_tuple:  # GPT-OSS: (hidden, router scores); the decoder layer drops the scores
+            return y, trace.top_k_weights
+        return y
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    inner = getattr(model, "model", model)
+    layers = getattr(inner, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"{type(model).__name__} has no decoder layers at model.layers; not a causal LM we can read")
+    return layers
+
+
+def instrument(model: nn.Module, adapter: Adapter | None = None) -> list[int]:
+    """Replace every sparse MoE block by an EngineBlock (idempotent); returns the MoE layer indices."""
+    adapter = adapter or adapter_for(getattr(model.config, "model_type", ""))
+    indices = []
+    for i, layer in enumerate(decoder_layers(model)):
+        mlp = getattr(layer, "mlp", None)
+        if isinstance(mlp, EngineBlock):
+            indices.append(i)
+        elif type(mlp).__name__ == adapter.block_class:
+            layer.mlp = EngineBlock(mlp, i, adapter, model.config).train(mlp.training)
+            indices.append(i)
+    if not indices:
+        raise ValueError(f"no {adapter.block_class} found in the model: it has no sparse MoE layer to watch")
+    return indices
+
+
+def engine_blocks(model: nn.Module) -> Iterator[EngineBlock]:
+    for layer in decoder_layers(model):
+        if isinstance(getattr(layer, "mlp", None), EngineBlock):
+            yield layer.mlp
+
+
+@contextmanager
+def collect() -> Iterator[list]:
+    """Inside, every EngineBlock runs the engine and appends (layer_index, trace) to the yielded list."""
+    sink: list = []
+    token = _SINK.set(sink)
+    try:
+        yield sink
+    finally:
+        _SINK.reset(token)
+
+
+@dataclass
+class ModelRun:
+    """One instrumented forward of one sequence (all tensors on the host)."""
+    input_ids: Tensor        # (S,)
+    logits: Tensor           # (S, V) float32
+    layers: list[int]        # decoder-layer index of each MoE layer, in order
+    traces: list[Trace]      # one per MoE layer
+    routing_only: list[int] = field(default_factory=list)  # layers traced from routing alone (no output side)
+
+    def token_loss(self) -> Tensor:
+        """Next-token loss in nats of token s+1 given tokens ≤ s (S-1,)."""
+        return nn.functional.cross_entropy(self.logits[:-1], self.input_ids[1:], reduction="none")
+
+    def top1(self) -> Tensor:
+        """Top-1 expert of every token at every MoE layer (L, S)."""
+        return torch.stack([t.top_k_index[:, 0] for t in self.traces])
+
+    def pooled_aux(self) -> float:
+        """The Switch aux (`E·Σ f̄_e·P̄_e`, the per-layer rows' scale) of all layers' routing pooled together."""
+        acc = StatsAccumulator()
+        for trace in self.traces:
+            acc.update(trace)
+        return acc.summary()["aux_loss"]
+
+    def pooled_hf_aux(self) -> float:
+        """Hugging Face's load_balancing_loss over all layers: top_k × pooled_aux()."""
+        return self.traces[0].config.top_k * self.pooled_aux()
+
+
+@torch.inference_mode()
+def run_model(model: nn.Module, input_ids: Tensor) -> ModelRun:
+    """One forward of `input_ids` (S,) through an instrumented model: logits and one Trace per MoE layer."""
+    if not any(True for _ in engine_blocks(model)):
+        raise ValueError("the model is not instrumented; call moe.hf.instrument.instrument(model) first")
+    if input_ids.dim() != 1 or input_ids.numel() == 0:
+        raise ValueError(f"input_ids must be a non-empty 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
+    device = next(model.parameters()).device
+    with collect() as sink:
+        out = model(input_ids=input_ids[None].to(device), use_cache=False)
+    sink.sort(key=lambda item: item[0])
+    traces = [_routing_trace(i, t) if isinstance(t, RoutingRecord) else t.cpu() for i, t in sink]
+    return ModelRun(input_ids=input_ids.cpu(), logits=out.logits[0].float().cpu(), layers=[i for i, _ in sink],
+                    traces=traces, routing_only=[i for i, t in sink if isinstance(t, RoutingRecord)])
+
+
+def _routing_trace(layer: int, record: RoutingRecord) -> Trace:
+    return trace_from_routing(record.config, record.router_logits, record.top_k_index, record.top_k_weights)

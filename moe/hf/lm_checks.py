@@ -1,0 +1,122 @@
+"""Checks `train-lm` makes before it builds anything: where it may write, and whether the run fits the budget.
+
+The memory estimate is an upper bound in bytes from the sizes alone (nothing allocated), measured against
+the peak RSS of real runs by benchmarks/bench_memory_guard.py and tests/test_lm_checks.py.
+"""
+from __future__ import annotations
+
+import json
+import os
+import stat
+from typing import TYPE_CHECKING
+
+from moe.hf.text import VOCAB_SIZE
+from moe.memory import RUNTIME_BYTES, BudgetError, budget_bytes, fit
+
+if TYPE_CHECKING:
+    from moe.hf.lm_train import LMTrainConfig
+
+REPORT_FILE = "training.json"  # written last by train-lm: its presence marks a directory train-lm wrote
+TEXT_BYTES = 500_000  # the training text (pydoc_data.topics, ~466 kB) with room to spare
+_F32 = 4
+EVAL_WINDOWS = 64  # moe.hf.lm_train.evaluate's chunk of held-out windows
+# Measured (default model, 1 thread; benchmarks/bench_memory_guard.py): a training step adds 12.5-16.5 MiB per
+# sequence of 128 bytes, an evaluation ~170-250 MiB, and the held-out evaluation after training comes on top of
+# what training left (freed memory stays with the process), so the two are added. The factors keep the estimate
+# above the measurements (autograd keeps about the forward's tensors; evaluation frees each layer's as it goes).
+TRAIN_FACTOR = 1.5
+EVAL_FACTOR = 1 / 3
+
+
+def _sizes(cfg: LMTrainConfig) -> dict:
+    return {"tokens": cfg.batch, "seq_len": cfg.seq_len, "hidden": cfg.hidden, "d_expert": cfg.d_expert,
+            "layers": cfg.layers, "experts": cfg.experts, "top_k": cfg.top_k, "heads": cfg.heads}
+
+
+def _parts(s: dict) -> dict[str, int]:
+    """Bytes of training steps of s["tokens"] sequences of s["seq_len"] bytes, then the held-out evaluation
+    (EVAL_WINDOWS sequences at a time, no gradients) on top (an upper bound)."""
+    D, H, layers, E, V = s["hidden"], s["d_expert"], s["layers"], s["experts"], VOCAB_SIZE
+    params = V * D + layers * (4 * D * D + 2 * D + E * D + 3 * E * H * D) + D  # tied embedding, attention,
+    # norms, router, experts, final norm
+    train = _step_bytes(s, s["tokens"], TRAIN_FACTOR)
+    evaluation = _step_bytes(s, EVAL_WINDOWS, EVAL_FACTOR)
+    data = 16 * TEXT_BYTES + 4 * s["tokens"] * s["seq_len"] * 8  # token ids (list + int64 tensor), the batch
+    return {"weights": params * _F32, "optimizer": 3 * params * _F32, "training": train, "evaluation": evaluation,
+            "data": data, "runtime": RUNTIME_BYTES}
+
+
+def _step_bytes(s: dict, sequences: int, factor: float) -> int:
+    """Activations of a forward on `sequences` windows, times `factor`, plus the logits and the aux loss's inputs."""
+    L, D, H, E, K, heads, layers = (s[k] for k in ("seq_len", "hidden", "d_expert", "experts", "top_k", "heads",
+                                                   "layers"))
+    T = sequences * L
+    # Per layer: norms, q/k/v/o and rotary copies, the (B, heads, L, L) attention weights and softmax, router
+    # logits/probs, and every (token, expert) assignment's gathered input, gate/up/act hidden and output.
+    per_layer = T * (16 * D + 8 * E) + 3 * sequences * heads * L * L + T * K * (6 * D + 8 * H)
+    head = 4 * T * VOCAB_SIZE + layers * T * E * (K + 4)  # logits, log-softmax, gradient; all layers' router outputs
+    return int(factor * layers * per_layer * _F32) + head * _F32
+
+
+def estimate_lm_training_bytes(cfg: LMTrainConfig) -> dict[str, int]:
+    """Bytes of training cfg: weights, AdamW state, a step's activations, the evaluation's, data, runtime, total."""
+    parts = _parts(_sizes(cfg))
+    return {**parts, "total": sum(parts.values())}
+
+
+def check_lm_training_budget(cfg: LMTrainConfig, budget: int | None = None) -> None:
+    """Raise BudgetError (a ValueError) naming the largest --batch that fits when cfg is over the budget."""
+    budget = budget_bytes() if budget is None else budget
+    s = _sizes(cfg)
+    parts = _parts(s)
+    if sum(parts.values()) <= budget:
+        return
+
+    def cost(sizes: dict) -> int:
+        return sum(_parts(sizes).values())
+    changes = fit(cost, s, budget) if cost({**s, "tokens": 1}) <= budget else {}
+    raise BudgetError("training this model", parts, budget, changes, s, {"tokens": "--batch"})
+
+
+def check_out_dir(out: str) -> None:
+    """ValueError unless `out` is a new directory (under a writable one), an empty directory, or a model
+    directory train-lm wrote before (it holds training.json): never a file, a device or another directory."""
+    if not out:
+        raise ValueError("--out is empty; give a new or empty directory for the model")
+    shown = repr(out if len(out) <= 80 else out[:77] + "...")
+    try:
+        mode = os.stat(out).st_mode
+    except FileNotFoundError:
+        return _check_parent(out, shown)
+    except OSError as err:
+        raise ValueError(f"--out {shown} cannot be used ({err.strerror}); give a new or empty directory") from None
+    if not stat.S_ISDIR(mode):
+        kind = "a file" if stat.S_ISREG(mode) else "a device or special file"
+        raise ValueError(f"--out {shown} is {kind}, not a directory; give a new or empty directory")
+    if os.listdir(out) and not _written_by_train_lm(out):
+        raise ValueError(f"--out {shown} is a directory that holds other files (no {REPORT_FILE} from train-lm); "
+                         "give a new or empty directory")
+    if not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {shown} is not writable; give a directory you can write to")
+
+
+def _check_parent(out: str, shown: str) -> None:
+    parent = os.path.dirname(os.path.abspath(out))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {shown} cannot be created under {parent!r} (not a writable directory); "
+                         "give a new or empty directory")
+
+
+def _written_by_train_lm(out: str) -> bool:
+    """Whether `out` holds a training.json that train-lm wrote (a small JSON object with a "config")."""
+    path = os.path.join(out, REPORT_FILE)
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) > 1_000_000:
+            return False
+        with open(path, encoding="utf-8") as f:
+            report = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(report, dict) and isinstance(report.get("config"), dict)

@@ -1,0 +1,173 @@
+"""Train the bundled MoE language model: a small Mixtral on the Python reference (`pydoc_data.topics`).
+
+Bytes in, bytes out; 90/10 split by topic (whole topics are held out); seeded end to end.
+`python -m moe train-lm --out DIR` runs `train_lm` and prints the held-out numbers.
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+
+import torch
+
+from moe.jsonio import dumps
+from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode,
+                      normalized_mutual_information, save_tokenizer, unigram_entropy_bits)
+from moe.hf.lm_checks import REPORT_FILE, check_lm_training_budget, check_out_dir
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    # --- architecture (Mixtral classes)
+    hidden: int = 128
+    d_expert: int = 128
+    layers: int = 4
+    experts: int = 8
+    top_k: int = 2
+    heads: int = 4
+    # --- optimisation
+    seq_len: int = 128
+    batch: int = 16
+    steps: int = 1500
+    lr: float = 3e-3
+    warmup: int = 40
+    aux_coef: float = 0.02    # router_aux_loss_coef: keeps every expert in use
+    holdout: float = 0.1      # fraction of the text's bytes held out, in whole topics
+    seed: int = 0
+
+
+def split_topics(holdout: float, seed: int) -> tuple[dict[str, str], dict[str, str]]:
+    """(train, held_out) topic dicts: topics in a seeded order go to held-out until it has ≥ holdout of the bytes."""
+    from pydoc_data.topics import topics
+
+    names = sorted(topics)
+    random.Random(seed).shuffle(names)
+    total = sum(len(topics[n].encode()) for n in names)
+    held, size = {}, 0
+    for name in names:
+        if size >= holdout * total:
+            break
+        held[name] = topics[name]
+        size += len(topics[name].encode())
+    train = {n: topics[n] for n in sorted(topics) if n not in held}
+    return train, dict(sorted(held.items()))
+
+
+def join_ids(docs: dict[str, str]) -> torch.Tensor:
+    """Byte ids of the documents, each followed by EOS (N,)."""
+    ids: list[int] = []
+    for text in docs.values():
+        ids += encode(text) + [EOS_ID]
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def model_config(cfg: LMTrainConfig):
+    from transformers import MixtralConfig
+
+    return MixtralConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=cfg.hidden, intermediate_size=cfg.d_expert,
+        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
+        num_local_experts=cfg.experts, num_experts_per_tok=cfg.top_k, max_position_embeddings=4 * cfg.seq_len,
+        router_aux_loss_coef=cfg.aux_coef, tie_word_embeddings=True, bos_token_id=EOS_ID,
+        eos_token_id=EOS_ID, pad_token_id=EOS_ID, initializer_range=0.05)
+
+
+def build_model(cfg: LMTrainConfig):
+    """The architecture at initialisation, drawn from cfg.seed (a local generator: no global RNG touched)."""
+    from transformers import MixtralForCausalLM
+
+    with torch.random.fork_rng(devices=[]):  # HF init draws from the global RNG; restore it afterwards
+        torch.manual_seed(cfg.seed)
+        model = MixtralForCausalLM(model_config(cfg))
+    return model.float()
+
+
+@torch.no_grad()
+def evaluate(model, ids: torch.Tensor, seq_len: int) -> dict:
+    """Held-out bits per byte (EOS targets excluded) and per-layer top-1 expert of every input byte."""
+    model.eval()
+    n = (ids.numel() // seq_len) * seq_len
+    windows = ids[:n].view(-1, seq_len)  # (W, L)
+    nll, count, top1 = 0.0, 0, []
+    for chunk in windows.split(64):
+        out = model(input_ids=chunk, output_router_logits=True)
+        logits = out.logits[:, :-1].float()  # (b, L-1, V)
+        target = chunk[:, 1:]  # (b, L-1)
+        keep = target != EOS_ID
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                 reduction="none").view_as(target)
+        nll += float(loss[keep].sum())
+        count += int(keep.sum())
+        top1.append(torch.stack([r.argmax(dim=-1) for r in out.router_logits]))  # (layers, b·L)
+    experts = torch.cat(top1, dim=1).numpy()  # (layers, W·L)
+    classes = char_classes(windows.reshape(-1).numpy())  # (W·L,)
+    nmi = [normalized_mutual_information(layer, classes) for layer in experts]
+    held_bytes = ids[ids != EOS_ID].numpy()
+    return {"bits_per_byte": bits_per_byte(nll / count), "unigram_bits": unigram_entropy_bits(held_bytes),
+            "nmi": nmi, "tokens": count}
+
+
+def _lr(step: int, cfg: LMTrainConfig) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def train_lm(cfg: LMTrainConfig, out_dir: str, progress=None) -> dict:
+    """Train, save the model + tokenizer + training.json under out_dir, and return the report dict.
+
+    Refused before anything is built (ValueError) when out_dir is not a place to write a model or the run
+    would not fit the memory budget."""
+    check_out_dir(out_dir)
+    check_lm_training_budget(cfg)
+    train_docs, held_docs = split_topics(cfg.holdout, cfg.seed)
+    train_ids, held_ids = join_ids(train_docs), join_ids(held_docs)
+    model = build_model(cfg)
+    at_init = evaluate(model, held_ids, cfg.seq_len)
+    g = torch.Generator().manual_seed(cfg.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
+    model.train()
+    for step in range(cfg.steps):
+        starts = torch.randint(0, train_ids.numel() - cfg.seq_len, (cfg.batch,), generator=g)  # (b,)
+        batch = torch.stack([train_ids[s: s + cfg.seq_len] for s in starts.tolist()])  # (b, L)
+        for group in opt.param_groups:
+            group["lr"] = _lr(step, cfg)
+        out = model(input_ids=batch, labels=batch, output_router_logits=True)
+        opt.zero_grad(set_to_none=True)
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if progress is not None:
+            progress(step + 1, float(out.loss.detach()), float(out.aux_loss.detach()))
+    trained = evaluate(model, held_ids, cfg.seq_len)
+    report = {"config": asdict(cfg), "train_topics": len(train_docs), "held_out_topics": list(held_docs),
+              "held_out_bytes": trained["tokens"], "bits_per_byte": trained["bits_per_byte"],
+              "unigram_bits": trained["unigram_bits"],
+              "reduction": 1 - trained["bits_per_byte"] / trained["unigram_bits"],
+              "nmi_trained": trained["nmi"], "nmi_init": at_init["nmi"], "char_classes": list(CHAR_CLASSES)}
+    save_model(model, out_dir, report)
+    return report
+
+
+def save_model(model, out_dir: str, report: dict) -> None:
+    os.makedirs(out_dir, exist_ok=True)
+    model.config.output_router_logits = False
+    model.save_pretrained(out_dir)
+    save_tokenizer(out_dir)
+    with open(os.path.join(out_dir, REPORT_FILE), "w") as f:
+        f.write(dumps(report, indent=1))
+
+
+def format_report(report: dict) -> str:
+    """The printed summary: held-out bits per byte vs the unigram entropy, and NMI per layer."""
+    lines = [f"held-out topics: {len(report['held_out_topics'])} ({report['held_out_bytes']} bytes)",
+             f"held-out bits per byte: {report['bits_per_byte']:.3f}",
+             f"byte-unigram entropy of the same text: {report['unigram_bits']:.3f} bits",
+             f"reduction: {100 * report['reduction']:.1f}% below the unigram figure",
+             "NMI(top-1 expert; character class) per layer: layer  trained  init"]
+    for i, (a, b) in enumerate(zip(report["nmi_trained"], report["nmi_init"])):
+        lines.append(f"  {i}  {a:.3f}  {b:.3f}")
+    return "\n".join(lines)

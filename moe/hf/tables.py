@@ -1,0 +1,94 @@
+"""Tidy tables of one instrumented language-model forward (`moe.hf.instrument.ModelRun`), for the page and the CLI.
+
+Definitions (one place):
+- per-layer row: the layer's Trace.summary() numbers (aux on the Switch scale, E·Σ f_e·P_e).
+- worst layer: the one with the highest aux_loss (1 = perfectly balanced).
+- flow[l][i, j] = P(top-1 expert j at MoE layer l+1 | top-1 expert i at layer l), over the text's tokens
+  (a row with no token is NaN).
+- vocabulary of expert e at layer l: the tokens whose top-1 expert is e there, most frequent first.
+- class NMI: normalised mutual information between a token's top-1 expert and the character class of
+  its first character (moe.hf.text.CHAR_CLASSES).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from moe.hf.text import CHAR_CLASSES, byte_class, normalized_mutual_information
+
+LAYER_COLUMNS = ["layer", "aux_loss", "cv", "max_over_mean", "dead_fraction", "load_entropy",
+                 "mean_confidence", "z_loss"]
+
+
+def layer_table(run) -> pd.DataFrame:
+    """One row per MoE layer with its routing health numbers."""
+    rows = [{"layer": layer, **{k: t.summary()[k] for k in LAYER_COLUMNS[1:]}}
+            for layer, t in zip(run.layers, run.traces)]
+    return pd.DataFrame(rows, columns=LAYER_COLUMNS)
+
+
+def worst_layer(table: pd.DataFrame) -> int:
+    """The decoder-layer index with the highest aux_loss."""
+    return int(table.loc[table["aux_loss"].idxmax(), "layer"])
+
+
+def load_share_long(run) -> pd.DataFrame:
+    """(layer, expert, load_share) for every MoE layer and expert."""
+    frames = [t.per_expert()[["expert", "load_share"]].assign(layer=layer) for layer, t in zip(run.layers, run.traces)]
+    return pd.concat(frames, ignore_index=True)[["layer", "expert", "load_share"]]
+
+
+def token_strings(tokenizer, ids) -> list[str]:
+    """The text of each token id (decoded one by one; undecodable bytes show as '\ufffd')."""
+    return [tokenizer.decode([int(i)]) for i in ids]
+
+
+def token_routing(run, tokens: list[str]) -> pd.DataFrame:
+    """Per-token routing, long: position, token, layer, experts (K ids, selection order), weights."""
+    rows = []
+    for layer, t in zip(run.layers, run.traces):
+        idx, w = t.top_k_index.tolist(), t.top_k_weights.tolist()
+        rows += [{"position": s, "token": tokens[s], "layer": layer, "experts": " ".join(map(str, idx[s])),
+                  "weights": " ".join(f"{x:.4f}" for x in w[s])} for s in range(len(tokens))]
+    return pd.DataFrame(rows, columns=["position", "token", "layer", "experts", "weights"])
+
+
+def top1_grid(run) -> pd.DataFrame:
+    """Top-1 expert per (layer, position): rows = MoE layers (decoder index), columns = positions."""
+    return pd.DataFrame(run.top1().numpy(), index=pd.Index(run.layers, name="layer"))
+
+
+def expert_vocabulary(run, tokens: list[str], top: int = 8) -> pd.DataFrame:
+    """(layer, expert, token, count): at every MoE layer, each expert's `top` most frequent top-1 tokens
+    (most frequent first, ties by token), counted for all layers in one pass."""
+    top1 = run.top1().numpy()  # (L, T)
+    frame = pd.DataFrame({"layer": np.repeat(run.layers, top1.shape[1]), "expert": top1.ravel(),
+                          "token": list(tokens) * top1.shape[0]})
+    counts = frame.value_counts(["layer", "expert", "token"]).rename("count").reset_index()
+    counts = counts.sort_values(["layer", "expert", "count", "token"], ascending=[True, True, False, True],
+                                kind="stable")
+    return counts.groupby(["layer", "expert"], sort=True).head(top).reset_index(drop=True)
+
+
+def flow_matrix(run, layer_pos: int) -> np.ndarray:
+    """(E, E) P(top-1 at MoE layer layer_pos+1 = j | top-1 at layer_pos = i); NaN rows for unused i."""
+    top1 = run.top1().numpy()
+    if not 0 <= layer_pos < len(run.traces) - 1:
+        raise ValueError(f"layer_pos must be in 0..{len(run.traces) - 2}: flow needs a next MoE layer")
+    E = run.traces[layer_pos].config.n_experts
+    counts = np.zeros((E, E))
+    np.add.at(counts, (top1[layer_pos], top1[layer_pos + 1]), 1.0)
+    totals = counts.sum(axis=1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
+
+
+def token_classes(tokens: list[str]) -> np.ndarray:
+    """Character class index (into CHAR_CLASSES) of each token's first character."""
+    return np.array([byte_class(t.encode("utf-8")[0]) if t else len(CHAR_CLASSES) - 1 for t in tokens])
+
+
+def class_nmi(run, tokens: list[str]) -> list[float]:
+    """Per MoE layer: NMI(top-1 expert; character class) over the text's tokens."""
+    classes = token_classes(tokens)
+    return [normalized_mutual_information(row, classes) for row in run.top1().numpy()]

@@ -1,0 +1,151 @@
+"""`torchrun --standalone --nproc-per-node W -m moe ep-report ...`: the expert-parallel forward, headless.
+
+Every rank draws the same global batch (the `report` flags), keeps its contiguous share, runs the
+expert-parallel forward, and rank 0 prints one document: the `report` document (config, summary,
+per_expert) plus world_size, placement, per_rank, traffic (W×W tokens and bytes), straggler_factor (the
+median over the repeats) and straggler_spread (min, quartiles, max and every repeat's factor).
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+
+from moe.cli import main as _cli
+from moe.parallel.launch import rank_progress
+from moe.layer import MoELayer
+from moe.parallel.forward import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward, init_distributed,
+                       launched_world_size, split_rows, straggler_spread)
+from moe.jsonio import dumps
+from moe.parallel.placement import contiguous, load_file
+from moe.knobs import from_knobs
+from moe.memory import budget_bytes, check_budget
+from moe.proctree import die_with_parent
+from moe.scenarios import make_batch
+from moe.stats import per_expert_frame, summary_dict
+
+_MS = ["gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
+REPEATS = 5  # one timed forward's straggler factor moved from 1.01 to 1.26 between runs: report a median
+
+
+def add_ep_command(commands) -> None:
+    """Register `ep-report`: the `report` flags plus --placement, --repeats, --timeout, --save-output."""
+    p = commands.add_parser("ep-report", help="expert-parallel forward under torchrun: per-rank load and traffic")
+    _cli.add_config_arguments(p)
+    _cli.add_scenario_arguments(p)  # --tokens is the total, split over the ranks
+    p.add_argument("--placement", default=None, help="JSON plan from moe.parallel.placement (default: contiguous blocks)")
+    p.add_argument("--repeats", type=_cli._positive_int, default=REPEATS,
+                   help="timed forwards after one warm-up: times and the straggler factor are medians over them")
+    p.add_argument("--timeout", type=_cli._float, default=60.0, help="seconds any collective may wait")
+    p.add_argument("--seq-len", type=_cli._positive_int, default=None,
+                   help="cut the tokens into sequences of S (each rank gets whole sequences); needed by "
+                        "--capacity-scope sequence")
+    p.add_argument("--save-output", default=None, help="rank 0 saves the combined output y (T, D) here (torch.save)")
+    p.set_defaults(run=run_ep_report)
+
+
+def run_ep_report(args: argparse.Namespace) -> str:
+    if "RANK" in os.environ:  # a torchrun rank: its own session, so end it with torchrun (no orphan)
+        die_with_parent()
+        rank_progress("started")
+    _cli.check_scenario_options(args, args.scenario, ("clusters", "skew", "spread", "drift_step", "period"))
+    cfg, scenario, params, tokens = from_knobs(_cli.knobs_from_args(args))  # the same tokens `report` draws
+    check_budget(cfg, tokens, budget_bytes(), names=_cli.flag_names())  # before anything is built (every rank)
+    check_ep_config(cfg)
+    W = launched_world_size()
+    placement = load_file(args.placement, cfg.n_experts, W) if args.placement else contiguous(cfg.n_experts, W)
+    if tokens < W:
+        raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
+    x = _sequences(make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x, cfg, args.seq_len, W)
+    rank, W, device = init_distributed(cfg.device, args.timeout)  # every check above ran on every rank
+    rank_progress("joined")
+    try:
+        layer = MoELayer(cfg.replace(device=str(device)))
+        shard = ExpertShard(layer, placement.ranks[rank])
+        layer.experts = None  # this rank keeps only its shard
+        mine = x[split_rows(x.shape[0], W, rank)]  # (T_r, D) or (B_r, S, D)
+        with torch.inference_mode():
+            runs = []  # the warm-up, then the repeats; an earlier run keeps its tables, not its output y
+            for _ in range(args.repeats + 1):
+                if runs:
+                    runs[-1].y = runs[-1].y[:0]
+                runs.append(ep_forward(layer, shard, mine, placement))
+                rank_progress("forward")
+            runs = runs[1:]
+            if args.save_output:
+                _save_output(runs[-1].y, x.shape[0], W, rank, args.save_output)  # rows: tokens or sequences
+        if rank != 0:
+            return ""
+        return _render(cfg, args, placement, runs, {"scenario": scenario, "tokens": tokens, **params})
+    finally:
+        dist.destroy_process_group()
+
+
+def _sequences(x: torch.Tensor, cfg, seq_len: int | None, W: int) -> torch.Tensor:
+    """x (T, D), or (B, S, D) with --seq-len: ranks then split whole sequences."""
+    if seq_len is None:
+        if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
+            raise ValueError("--capacity-scope sequence needs --seq-len S: without it the tokens are one batch "
+                             "and capacity would silently apply to all of them")
+        return x
+    T = x.shape[0]
+    if T % seq_len or T // seq_len < W:
+        raise ValueError(f"--tokens {T} must be a multiple of --seq-len {seq_len} with at least {W} sequences "
+                         f"(one per rank); give --tokens {max(W, -(-T // seq_len)) * seq_len}")
+    return x.reshape(T // seq_len, seq_len, cfg.d_model)  # (B, S, D)
+
+
+def _save_output(y: torch.Tensor, rows: int, W: int, rank: int, path: str) -> None:
+    y = y.reshape(-1, y.shape[-1])  # (T_r, D)
+    per_row = y.shape[0] // max(split_rows(rows, W, rank).stop - split_rows(rows, W, rank).start, 1)
+    sizes = [(split_rows(rows, W, r).stop - split_rows(rows, W, r).start) * per_row for r in range(W)]
+    full = all_gather_rows(y, sizes)  # (T, D)
+    if rank == 0:
+        torch.save(full.cpu(), path)
+
+
+def _render(cfg, args, placement, runs, input_: dict) -> str:
+    """The `report` document of the last run, plus the per-rank table (median times over the runs)."""
+    per_rank = runs[-1].per_rank.copy()
+    per_rank[_MS] = np.median(np.stack([r.per_rank[_MS].to_numpy() for r in runs]), axis=0)
+    sums = runs[-1].sums
+    sums.forward_ms = float(per_rank["forward_ms"].max())
+    traffic = runs[-1].traffic
+    token_bytes = cfg.d_model * torch.empty((), dtype=cfg.torch_dtype).element_size()
+    extra = {"world_size": len(placement.ranks), "placement": placement.to_dict(), "per_rank": per_rank,
+             "traffic": traffic, "traffic_bytes": traffic * token_bytes,
+             "straggler": straggler_spread([r.per_rank for r in runs])}
+    base = _cli.render(cfg.to_dict(), summary_dict(sums), per_expert_frame(sums), args.format,
+                       extra=input_)
+    return _json(base, extra) if args.format == "json" else _csv(base, extra)
+
+
+def _json(base: str, extra: dict) -> str:
+    doc = json.loads(base)
+    out = {"config": doc.pop("config"), "world_size": extra["world_size"], "placement": extra["placement"],
+           "per_rank": json.loads(extra["per_rank"][PER_RANK_COLUMNS].to_json(orient="records")),
+           "traffic": extra["traffic"].tolist(), "traffic_bytes": extra["traffic_bytes"].tolist(),
+           "straggler_factor": extra["straggler"]["median"], "straggler_spread": extra["straggler"], **doc}
+    return dumps(out, indent=2)
+
+
+def _csv(base: str, extra: dict) -> str:
+    out = io.StringIO(base if base.endswith("\n") else base + "\n")
+    out.seek(0, io.SEEK_END)
+    out.write("# ep\n")
+    spread = {f"straggler_{k}": v for k, v in extra["straggler"].items() if k not in ("median", "per_repeat")}
+    pd.Series({"world_size": extra["world_size"], "straggler_factor": extra["straggler"]["median"], **spread}).rename(
+        "value").to_csv(out, header=["value"], index_label="key")
+    out.write("# per_rank\n")
+    extra["per_rank"][PER_RANK_COLUMNS].to_csv(out, index=False)
+    for name in ("traffic", "traffic_bytes"):
+        out.write(f"# {name} (rows sender, columns receiver)\n")
+        W = extra["world_size"]
+        pd.DataFrame(extra[name], columns=[f"to_{r}" for r in range(W)]).rename_axis("from").to_csv(out)
+    return out.getvalue()

@@ -1,0 +1,259 @@
+"""The statistics of a routing trace file, per (step, layer), streamed; and `python -m moe trace-report`.
+
+Each record becomes `ForwardSums` (`moe.sums_from_routing` in token chunks when it has logits, else
+`sums_from_choices`: no (E, E) co-activation, so memory is linear in E); records of one (step, layer)
+(micro-batches) and all steps of a layer (pooled) merge with `StatsAccumulator`. Memory holds one record
+plus the (S, E) load of each layer, both capped by `TraceLimits` (the memory budget), never the file.
+Without logits (a Megatron trace without its sidecar) the probability-side numbers are unknown and
+reported as NaN; the load-side ones are exact. The expert count is the file's when it records it (logits,
+Parquet rows), else the caller's; `n_experts_source` says which.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+
+from moe.config import MoEConfig
+from moe.from_routing import sums_from_choices, sums_from_routing
+from moe.jsonio import dumps
+from moe.parallel.placement import Placement, contiguous, plan, predicted_load
+from moe.stats import StatsAccumulator, summary_dict
+from moe.traces.readers import detect_format, iter_records
+from moe.traces.records import Progress, RoutingRecord, TraceLimits, check_experts
+
+ROW_KEYS = ["aux_loss", "max_over_mean", "cv", "load_entropy", "dead_fraction", "z_loss", "mean_confidence",
+            "tokens"]
+PROB_SIDE = ("aux_loss", "z_loss", "mean_confidence", "topk_margin", "bias_overlap")  # need the logits
+# Where the expert count came from: the caller, or the file itself.
+N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Traces view's Experts (E))",
+                     "logit_shape": "recorded in the file: each record's logit_shape [tokens, experts]",
+                     "parquet_rows": "recorded in the file: one Parquet row per (token, expert)"}
+CHUNK_ENTRIES = 1 << 20  # tokens × experts summarised at once: the (T, E) temporaries of one chunk
+
+
+class ExpertsNeeded(ValueError):
+    """The file does not record its expert count and none was given; `at_least` is the largest index + 1 seen."""
+
+    def __init__(self, at_least: int) -> None:
+        self.at_least = at_least
+        super().__init__("this Megatron-LM trace has no logits, so it does not record the number of experts; give "
+                         f"it (--n-experts, the model's num_moe_experts), at least the largest expert index + 1 "
+                         f"({at_least} so far)")
+
+
+@dataclass
+class TraceSummary:
+    source: str                           # "parquet" | "megatron"
+    n_experts: int
+    n_experts_source: str                 # a key of N_EXPERTS_SOURCES
+    max_expert_id: int                    # the largest expert index the file routes to
+    top_k: int
+    has_logits: bool
+    layers: list[str]                     # first-seen order
+    steps: list[int]                      # ascending
+    load: dict[str, np.ndarray]           # layer -> (S, E) assignments per step and expert
+    rows: pd.DataFrame                    # one row per (step, layer): ROW_KEYS
+    pooled: dict[str, dict]               # layer -> summary over all its steps
+    records: int = 0
+    skipped_empty: int = 0
+    extra: dict = field(default_factory=dict)
+
+    def worst(self) -> dict:
+        """The (step, layer) whose busiest expert is furthest above the mean (max_over_mean; first on ties)."""
+        row = self.rows.loc[self.rows["max_over_mean"].idxmax()]
+        return {"step": int(row["step"]), "layer": str(row["layer"]), "max_over_mean": float(row["max_over_mean"]),
+                "aux_loss": float(row["aux_loss"])}
+
+    def expert_load(self, layer: str | None = None) -> np.ndarray:
+        """(E,) assignments summed over steps, for one layer or (None) all layers."""
+        chosen = self.layers if layer is None else [self._layer(layer)]
+        return sum(self.load[name].sum(0) for name in chosen)
+
+    def plan(self, world_size: int, redundant_slots: int = 0, layer: str | None = None) -> dict:
+        """The planner fed with this trace's load, next to the contiguous default (predicted per-rank load)."""
+        load = self.expert_load(layer)
+        result = plan(load, world_size, redundant_slots)
+        planned = result.placement
+        out = {"layer": "all" if layer is None else str(layer), "load": [int(v) for v in load],
+               "placement": planned.to_dict(), "kept_current": result.kept_current, "note": result.note}
+        for name, placement in (("planned", planned), ("contiguous", _contiguous_or_none(len(load), world_size))):
+            if placement is not None:
+                ranks = predicted_load(placement, load)
+                out[f"{name}_load"] = [int(v) for v in ranks]
+                out[f"{name}_straggler"] = float(ranks.max() / ranks.mean()) if ranks.mean() > 0 else float("nan")
+        return out
+
+    def _layer(self, layer) -> str:
+        if str(layer) not in self.load:
+            raise ValueError(f"layer {layer!r} is not in the trace; choose one of {self.layers}")
+        return str(layer)
+
+
+def _contiguous_or_none(n_experts: int, world_size: int) -> Placement | None:
+    return contiguous(n_experts, world_size) if world_size <= n_experts else None
+
+
+def summarize(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
+              progress: Progress | None = None) -> TraceSummary:
+    """Stream `path` (either format) into per-(step, layer) statistics; every problem is a ValueError."""
+    if n_experts is not None:
+        n_experts = check_experts(n_experts, "n_experts")
+    limits = TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
+    source = detect_format(path)
+    state = _State(n_experts, score, limits, "logit_shape" if source == "megatron" else "parquet_rows")
+    for rec in iter_records(path, progress, limits):
+        state.add(rec)
+    state.finish_step()
+    if not state.rows:
+        raise ValueError(f"{path!r} holds no routed tokens; give a trace with at least one record")
+    if n_layers is not None and len(state.layer_order) != n_layers:
+        raise ValueError(f"the trace has {len(state.layer_order)} MoE layers ({state.layer_order}) but "
+                         f"{n_layers} were expected; pass the model's MoE layer count or the right file")
+    return state.summary(source)
+
+
+class _State:
+    """What summarize() keeps while streaming: the current step's accumulators and the finished rows."""
+
+    def __init__(self, n_experts: int | None, score: str, limits: TraceLimits, recorded: str) -> None:
+        self.given, self.score, self.limits, self.recorded = n_experts, score, limits, recorded
+        self.config: MoEConfig | None = None
+        self.source = "given"
+        self.step: int | None = None
+        self.current: dict[str, StatsAccumulator] = {}
+        self.layer_order: list[str] = []
+        self.pooled: dict[str, StatsAccumulator] = {}
+        self.load: dict[str, list[np.ndarray]] = {}
+        self.rows: list[dict] = []
+        self.steps: list[int] = []
+        self.records = self.skipped = self.max_id = 0
+        self.has_logits: bool | None = None
+
+    def add(self, rec: RoutingRecord) -> None:
+        if self.step is not None and rec.step < self.step:
+            raise ValueError(f"{rec.where}: step {rec.step} comes after step {self.step}; give one rank's file "
+                             f"as written (steps ascending), not several files joined")
+        if rec.step != self.step:
+            self.finish_step()
+            self.step = rec.step
+        if rec.top_k_index.shape[0] == 0:
+            self.skipped += 1
+            return
+        cfg = self._config(rec)
+        if rec.layer not in self.current:  # one more (E,) load row and accumulator: within the budget?
+            layers = max(len(self.layer_order), len(self.current) + 1)
+            self.limits.check_summary(len(self.steps) + 1, layers, cfg.n_experts)
+        acc = self.current.setdefault(rec.layer, StatsAccumulator())
+        if self._logits(rec):
+            logits, idx = torch.from_numpy(rec.router_logits), torch.from_numpy(rec.top_k_index)  # (T, E), (T, K)
+            chunk = max(1, CHUNK_ENTRIES // cfg.n_experts)
+            for lo in range(0, len(idx), chunk):  # sums add over tokens: chunks bound the (T, E) temporaries
+                acc.add(sums_from_routing(cfg, logits[lo:lo + chunk], idx[lo:lo + chunk]))
+        else:
+            acc.add(sums_from_choices(cfg.n_experts, rec.top_k_index))
+        self.records += 1
+
+    def _config(self, rec: RoutingRecord) -> MoEConfig:
+        K, high = rec.top_k_index.shape[1], int(rec.top_k_index.max())
+        if self.config is None:
+            E = self._experts(rec)
+            self.config = MoEConfig(d_model=1, d_expert=1, n_experts=E, top_k=K, score=self.score)
+        E = self.config.n_experts
+        if rec.n_experts is not None and rec.n_experts != E:
+            raise ValueError(f"{rec.where}: the record has {rec.n_experts} experts but earlier records (or "
+                             f"n_experts) have {E}; give a trace of one model")
+        if K != self.config.top_k:
+            raise ValueError(f"{rec.where}: top_k={K} but earlier records have {self.config.top_k}; "
+                             f"give a trace of one model")
+        if high >= E:
+            raise ValueError(f"{rec.where}: expert index {high} but n_experts={E}; the count must be at least the "
+                             f"largest expert index + 1: pass the model's expert count (--n-experts)")
+        self.max_id = max(self.max_id, high)
+        return self.config
+
+    def _experts(self, rec: RoutingRecord) -> int:
+        """The file's count when it records one (checked against the caller's), else the caller's."""
+        if rec.n_experts is None:
+            if self.given is None:
+                raise ExpertsNeeded(int(rec.top_k_index.max()) + 1)
+            return self.given
+        self.source = self.recorded
+        if self.given is not None and self.given != rec.n_experts:
+            raise ValueError(f"the file records {rec.n_experts} experts ({N_EXPERTS_SOURCES[self.source]}) but "
+                             f"n_experts={self.given} was given; give {rec.n_experts} or leave the count out")
+        return rec.n_experts
+
+    def _logits(self, rec: RoutingRecord) -> bool:
+        has = rec.router_logits is not None
+        if self.has_logits is None:
+            self.has_logits = has
+        elif has != self.has_logits:
+            raise ValueError(f"{rec.where}: some records carry logits and others not; copy the logits sidecar "
+                             f"with the file or remove it")
+        return has
+
+    def finish_step(self) -> None:
+        """Close the current step: its layers must be the first step's; rows and pooled sums follow."""
+        if not self.current:
+            return
+        names = list(self.current)
+        if not self.layer_order:
+            self.layer_order = names
+        elif set(names) != set(self.layer_order):
+            raise ValueError(f"step {self.step} has MoE layers {sorted(names)} but step {self.steps[0]} has "
+                             f"{sorted(self.layer_order)}; the file is inconsistent (a cut or mixed trace)")
+        for name, acc in self.current.items():
+            summary = acc.summary()
+            self.rows.append({"step": self.step, "layer": name, **{k: summary[k] for k in ROW_KEYS}})
+            self.load.setdefault(name, []).append(acc.sums.demand.astype(np.int64))  # (E,)
+            self.pooled.setdefault(name, StatsAccumulator()).update(acc)
+        self.steps.append(self.step)
+        self.current = {}
+
+    def summary(self, source: str) -> TraceSummary:
+        cfg = self.config
+        return TraceSummary(source=source, n_experts=cfg.n_experts, n_experts_source=self.source,
+                            max_expert_id=self.max_id, top_k=cfg.top_k, has_logits=bool(self.has_logits),
+                            layers=self.layer_order, steps=self.steps,
+                            load={k: np.stack(v) for k, v in self.load.items()},  # (S, E) each
+                            rows=pd.DataFrame(self.rows),
+                            pooled={k: summary_dict(a.sums) for k, a in self.pooled.items()},
+                            records=self.records, skipped_empty=self.skipped)
+
+
+def add_trace_command(commands) -> None:
+    """Register `trace-report FILE`: statistics of a routing trace file, optionally a placement plan."""
+    from moe.cli.main import _positive_int
+    p = commands.add_parser("trace-report", help="a routing trace file (moe-scope Parquet or Megatron-LM JSONL): "
+                                                 "load per layer over steps, the worst (step, layer), a plan")
+    p.add_argument("file", help="trace file: the page's Trace (Parquet) download, a TraceWriter file, or "
+                                "Megatron-LM's router_trace_rank{R}.jsonl")
+    p.add_argument("--n-experts", type=_positive_int, default=None, help="needed for Megatron traces")
+    p.add_argument("--layers", type=_positive_int, default=None, help="expected number of MoE layers (checked)")
+    p.add_argument("--score", choices=("softmax", "sigmoid"), default="softmax", help="how logits became probs")
+    p.add_argument("--world-size", type=_positive_int, default=None, help="plan a placement for W ranks")
+    p.add_argument("--redundant-slots", type=int, default=0, help="R replicas for the plan")
+    p.add_argument("--layer", default=None, help="plan from this layer's load (default: all layers summed)")
+    p.add_argument("--format", choices=("json", "csv"), default="json", help="csv: one row per (step, layer)")
+    p.set_defaults(run=run_trace_report)
+
+
+def run_trace_report(args) -> str:
+    s = summarize(args.file, n_experts=args.n_experts, n_layers=args.layers, score=args.score)
+    planned = s.plan(args.world_size, args.redundant_slots, args.layer) if args.world_size else None
+    if args.format == "csv":
+        pos = {step: i for i, step in enumerate(s.steps)}  # every step holds every layer (checked)
+        load = np.stack([s.load[name][pos[step]] for step, name in zip(s.rows["step"], s.rows["layer"])])  # (rows, E)
+        columns = pd.DataFrame(load, columns=[f"load_{e}" for e in range(s.n_experts)])
+        return pd.concat([s.rows.reset_index(drop=True), columns], axis=1).to_csv(index=False)
+    doc = {"source": s.source, "n_experts": s.n_experts, "n_experts_source": s.n_experts_source,
+           "max_expert_id": s.max_expert_id, "top_k": s.top_k, "has_logits": s.has_logits,
+           "records": s.records, "skipped_empty": s.skipped_empty, "layers": s.layers, "steps": len(s.steps),
+           "worst": s.worst(), "per_layer": s.pooled, "rows": s.rows.to_dict(orient="records"),
+           "load": {name: s.load[name].tolist() for name in s.layers}}
+    if planned is not None:
+        doc["plan"] = planned
+    return dumps(doc, indent=1)
