@@ -126,3 +126,12 @@ def _wait_for_health(port: int, server: subprocess.Popen, deadline: float) -> st
         except OSError:
             time.sleep(0.5)
     raise AssertionError("the dashboard did not answer /_stcore/health in 90 s")
+
+
+def test_the_installed_page_runs_without_an_exception(installed):
+    """The installed dashboard/app.py renders its first page (Streamlit's AppTest) from a folder outside the checkout."""
+    code = ("import sys; from moe.cli.entry import app_path; from streamlit.testing.v1 import AppTest; "
+            "at = AppTest.from_file(str(app_path()), default_timeout=120).run(); "
+            "print(app_path()); print([e.value for e in at.exception]); print(len(at.get('plotly_chart')))")
+    path, exceptions, charts = _run([installed["bin"] / "python", "-c", code], cwd=installed["work"]).splitlines()
+    assert pathlib.Path(path).is_relative_to(installed["site"]) and exceptions == "[]" and int(charts) > 0
