@@ -129,7 +129,7 @@ def _wait_for_health(port: int, server: subprocess.Popen, deadline: float) -> st
 
 
 def test_the_installed_page_runs_without_an_exception(installed):
-    """The installed dashboard/app.py renders its first page (Streamlit's AppTest) from a folder outside the checkout."""
+    """The installed dashboard/app.py renders its first page (Streamlit's AppTest), run from outside the checkout."""
     code = ("import sys; from moe.cli.entry import app_path; from streamlit.testing.v1 import AppTest; "
             "at = AppTest.from_file(str(app_path()), default_timeout=120).run(); "
             "print(app_path()); print([e.value for e in at.exception]); print(len(at.get('plotly_chart')))")

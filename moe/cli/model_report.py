@@ -41,7 +41,8 @@ def counterfactual_from_args(args: argparse.Namespace):
         try:
             layers = tuple(int(x) for x in args.cf_layers.split(","))
         except ValueError:
-            raise ValueError(f"--cf-layers {args.cf_layers!r} must be comma-separated layer indices, e.g. 0,2") from None
+            raise ValueError(f"--cf-layers {args.cf_layers!r} must be comma-separated layer indices, "
+                             "e.g. 0,2") from None
     cf = Counterfactual(layers=layers, top_k=args.cf_top_k, capacity_factor=args.cf_capacity,
                         drop_policy=args.cf_drop, temperature=args.cf_temperature)
     if not cf.changed() and layers is None:
