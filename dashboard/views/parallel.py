@@ -9,6 +9,7 @@ import streamlit as st
 from moe.parallel.launch import check_torchrun
 from moe.parallel.forward import check_ep_config
 
+from dashboard.definitions import DEFINITIONS
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 from dashboard.result import RunResult
@@ -17,25 +18,6 @@ PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first im
                  "that entered ep-report; **joined** = ranks in the process group; **forwards** = forwards (warm-up "
                  "+ repeats) the slowest rank has finished; memory = the job's process tree, sum of proportional "
                  "set sizes, against the budget (MOE_SCOPE_MEMORY_GB).")
-DEFINITIONS = {
-    "assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
-                   "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "
-                   "per-expert load (a replicated expert's assignments are split in token order, near-equal chunks).",
-    "traffic": "**traffic[i, j]** = token rows rank i sends to rank j in the dispatch all-to-all: a token goes once "
-               "to every rank that serves it, however many of its experts live there; the diagonal stays local. "
-               "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
-    "times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
-             "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
-             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (it leaves "
-             "out the time a rank waits for a core, not the slowdown that sharing caches, memory bandwidth and "
-             "clock speed with other processes causes, so it varies between runs), the synchronised wall time on "
-             "CUDA.",
-    "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = median "
-                  "over the repeats of (max over ranks of expert_ms / mean; 1 = even); **straggler_min … max**, "
-                  "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max over ranks of a2a_ms / forward_ms; "
-                  "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
-                  "statistics).",
-}
 
 
 def ep_flags(result: RunResult) -> list[str]:
@@ -176,7 +158,7 @@ def _draw(runs: dict) -> None:
         col.metric(f"load max/mean, {row.placement}", f"{row.load_max_over_mean:.3f}")
     st.plotly_chart(rank_load_figure({n: pd.DataFrame(d["per_rank"]) for n, d in docs.items()}, predicted),
                     width="stretch", key="ep_load_chart")
-    st.caption(DEFINITIONS["assignments"])
+    st.caption(DEFINITIONS["ep_assignments"])
     for name, doc in docs.items():
         left, right = st.columns(2)
         left.plotly_chart(traffic_figure(doc["traffic"], f"Token traffic, {name}"), width="stretch",
@@ -185,6 +167,6 @@ def _draw(runs: dict) -> None:
                            width="stretch", key=f"ep_times_{name}")
         st.caption(f"Placement ({name}): " + "; ".join(f"rank {r}: {' '.join(map(str, e))}"
                                                       for r, e in enumerate(doc["placement"]["ranks"])))
-    st.caption(DEFINITIONS["traffic"] + " " + DEFINITIONS["times"])
+    st.caption(DEFINITIONS["ep_traffic"] + " " + DEFINITIONS["ep_times"])
     st.dataframe(table, hide_index=True)
-    st.caption(DEFINITIONS["comparison"])
+    st.caption(DEFINITIONS["ep_comparison"])
