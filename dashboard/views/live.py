@@ -12,15 +12,16 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from moe.train.trainer import BALANCE_HELP, BALANCES, PRESET_HELP, PRESETS, TrainConfig, Trainer, preset
+from moe.train.trainer import BALANCE_HELP, BALANCES, PRESET_HELP, TrainConfig, Trainer, preset
 
+from dashboard import state
 from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
 from dashboard.figures.live import (balance_switches, expert_bias_columns, expert_bias_figure, health_columns, health_figure,
                             load_share_columns, load_share_figure, refresh, saturation_columns, saturation_figure)
 from dashboard.result import RunResult
 
-SETUPS = ("Collapse and cure", "Sidebar layer")
+SETUPS = state.LIVE_SETUPS
 TICK_SECONDS = 0.4          # how often the playing panel advances
 MAX_SIDEBAR_TOKENS = 1024   # tokens per training step when training the sidebar's layer
 
@@ -44,15 +45,6 @@ def _knobs() -> dict:
     ss = st.session_state
     return dict(balance=ss["live_balance"], aux_coef=ss["live_aux_coef"], z_coef=ss["live_z_coef"],
                 bias_rate=ss["live_bias_rate"])
-
-
-def _init() -> None:
-    ss = st.session_state
-    base = PRESETS["collapse"]
-    for key, value in {"live_setup": SETUPS[0], "live_balance": "none", "live_aux_coef": base.aux_coef,
-                       "live_z_coef": base.z_coef, "live_bias_rate": base.bias_rate, "live_speed": 5,
-                       "live_playing": False, "live_figures": {}}.items():
-        ss.setdefault(key, value)
 
 
 def _reset(result: RunResult) -> None:
@@ -178,7 +170,7 @@ def _panel() -> None:
 def render(result: RunResult) -> None:
     ss = st.session_state
     st.subheader("Live")
-    _init()
+    state.ensure({**state.live_defaults(), state.LIVE_PLAYING: False, state.LIVE_FIGURES: {}})  # drawn on its own
     st.caption(PRESET_HELP["collapse"] + " Try: Play with balancing *none* and watch max/mean climb; switch to "
                "*aux* to cure it while running, or pick *bias* and press Reset to see it never collapse. "
                "Playing continues while this view is open.")

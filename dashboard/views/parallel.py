@@ -9,6 +9,7 @@ import streamlit as st
 from moe.parallel.launch import check_torchrun
 from moe.parallel.forward import check_ep_config
 
+from dashboard import page, sidebar, state
 from dashboard.definitions import DEFINITIONS
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
@@ -51,7 +52,20 @@ def ep_flags(result: RunResult) -> list[str]:
     return [str(f) for f in flags]
 
 
+def show() -> None:
+    """The Expert parallel page: the Playground's layer (its controls are kept in session state and in this page's
+    link), its forward reused; the Playground's sidebar is not drawn here."""
+    values = sidebar.current_values()
+    page.sync_controls_link(values)
+    result = page.current_result(values)
+    if result is None:
+        return
+    st.caption("The layer and input are the *Playground* page's: change them there (this page's link keeps them).")
+    render(result)
+
+
 def render(result: RunResult) -> None:
+    state.ensure(state.EP_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader("Expert parallel")
     try:
         check_torchrun()
@@ -61,8 +75,8 @@ def render(result: RunResult) -> None:
         return
     E = result.config.n_experts
     c1, c2, c3 = st.columns(3)
-    W = c1.slider("Processes (W)", 2, 8, 2, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
-    R = c2.number_input("Redundant slots (R)", 0, E * 7, 2, key="ep_slots",
+    W = c1.slider("Processes (W)", 2, 8, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
+    R = c2.number_input("Redundant slots (R)", 0, E * 7, key="ep_slots",
                         help="planned placement: extra replicas of the hottest experts")
     c3.caption("Runs contiguous blocks, then the planner's placement for the measured load.")
     if W > E:
@@ -74,7 +88,7 @@ def render(result: RunResult) -> None:
     st.caption(f"A job that runs past {TIMEOUT_S:.0f} s, or whose processes together use more than the memory "
                f"budget, is stopped; **Cancel** (shown while it runs) stops it at once. Either way every torchrun "
                f"process is ended, and so is a job whose browser tab is closed.")
-    run: EPRun | None = st.session_state.get("ep_job")
+    run: EPRun | None = st.session_state.get(state.EP_JOB)
     running = run is not None and run.running
     if st.button("Run on W processes", key="ep_run", type="primary", disabled=running):
         running = _start(key, flags, W, int(R), result)
@@ -83,10 +97,10 @@ def render(result: RunResult) -> None:
 
 def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
     """Start the jobs in the background (the old results go); False and a message when they cannot start."""
-    st.session_state.pop("ep_runs", None)
-    st.session_state.pop("ep_job", None)
+    st.session_state.pop(state.EP_RUNS, None)
+    st.session_state.pop(state.EP_JOB, None)
     try:
-        st.session_state["ep_job"] = EPRun(key, W, R, flags, result.config.n_experts,
+        st.session_state[state.EP_JOB] = EPRun(key, W, R, flags, result.config.n_experts,
                                            result.per_expert["served"].to_numpy(), session_alive_check())
     except ValueError as err:
         st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
@@ -109,7 +123,7 @@ def session_alive_check():
 def _panel(key, ticking: bool) -> None:
     """Progress and Cancel while the jobs run (this fragment reruns every tick); then the outcome."""
     ss = st.session_state
-    run: EPRun | None = ss.get("ep_job")
+    run: EPRun | None = ss.get(state.EP_JOB)
     if run is not None and run.running:
         fraction, text = run.status()
         st.progress(min(fraction, 1.0), text=text)
@@ -128,10 +142,10 @@ def _panel(key, ticking: bool) -> None:
         st.error(f"The expert-parallel job did not complete: {run.error}", icon="⚠️")
         return
     if run is not None and run.state == "done":
-        ss["ep_runs"] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
+        ss[state.EP_RUNS] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
                          "plan_note": run.plan_note, "kept_current": run.kept_current}
-        del ss["ep_job"]
-    runs = ss.get("ep_runs")
+        del ss[state.EP_JOB]
+    runs = ss.get(state.EP_RUNS)
     if runs is None or runs["key"] != key:
         st.caption("Not run yet for these settings.")
         return
@@ -139,7 +153,7 @@ def _panel(key, ticking: bool) -> None:
 
 
 def _cancel() -> None:
-    run: EPRun | None = st.session_state.get("ep_job")
+    run: EPRun | None = st.session_state.get(state.EP_JOB)
     if run is not None:
         run.cancel()
 
