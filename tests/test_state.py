@@ -1,7 +1,7 @@
 """Controls → config, the URL round-trip, presets and sanitising of link values."""
 import pytest
 
-from dashboard.sidebar import sanitize
+from dashboard.limits import sanitize
 from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
 from dashboard.links import MAX_VALUE_CHARS, SHOWN_CHARS, from_query, quote, spec_from_controls, to_query
 from moe import MoEConfig
