@@ -138,7 +138,9 @@ def run(spec: RunSpec) -> RunResult:
     batch = make_batch(spec.scenario, cfg.d_model, spec.tokens, seed=cfg.seed, **spec.params)
     x = batch.x if spec.seq_len is None else batch.x.reshape(-1, spec.seq_len, cfg.d_model)  # (B, S, D)
     threads = torch.get_num_threads()  # read only: the thread count is process-wide, never set per request
-    trace, warm_times = timed_forward(layer, x)
+    # A repeat runs while the first forward's trace is held: only when a second forward fits the budget too.
+    spare = budget - LAYERS.held_bytes - kept_bytes() - est["runtime"] - 2 * (est["activations"] + est["trace"])
+    trace, warm_times = timed_forward(layer, x, repeats=WARM_REPEATS if spare >= 0 else 0)
     trace = trace.cpu()
     summary = trace.summary()
     warnings = []

@@ -127,7 +127,8 @@ def forward_note(result: RunResult) -> str:
     n = len(result.warm_times_ms)
     if n:
         return f"warm: median of {n} repeat{'s' if n > 1 else ''}"
-    return f"one forward, not repeated: it alone takes more than {WARM_BUDGET_S:g} s"
+    return f"one forward, not repeated: it alone takes more than {WARM_BUDGET_S:g} s, or a second would not fit " \
+           "the memory budget"
 
 
 def _header(result: RunResult, view: str) -> None:

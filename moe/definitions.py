@@ -209,6 +209,7 @@ DEFINITIONS: dict[str, str] = {
                        "with the device) of up to 3 repeats of the same forward on the same batch, run after the "
                        "first while their total stays within 0.3 s. The first forward after the settings change "
                        "pays one-off costs (memory allocation, kernel selection) and is not counted; a forward "
-                       "that alone takes longer than 0.3 s is not repeated, and its single (cold) time is shown.",
+                       "that alone takes longer than 0.3 s, or whose repeat would not fit the memory budget, is not "
+                       "repeated, and its single (cold) time is shown.",
     "warm_tokens_per_s": "`T / (warm_forward_ms / 1000)`: tokens through the layer per second of warm forward time.",
 }

@@ -115,3 +115,17 @@ def test_the_kpi_row_shows_the_warm_time_and_says_what_it_measures():
     assert loaders.WARM_REPEATS == 3 and loaders.WARM_BUDGET_S == 0.3  # the numbers the definition states
     n = len(result.warm_times_ms)
     assert f"(warm: median of {n} repeat" in _ran_line(at)[0]
+
+
+def test_no_repeat_when_a_second_forward_would_not_fit_the_memory_budget(monkeypatch):
+    from moe.memory import estimate_bytes
+
+    spec = spec_from_controls({**CONTROL_DEFAULTS, "batch": 1, "seq_len": 64, "seed": 11})
+    est = estimate_bytes(spec.config, spec.tokens)
+    loaders.LAYERS.get(spec.config, room=1 << 40)  # its weights cached: what the budget must hold besides
+    one = loaders.LAYERS.held_bytes + loaders.kept_bytes() + est["runtime"] + est["activations"] + est["trace"]
+    monkeypatch.setattr(loaders, "budget_bytes", lambda: one + est["activations"])  # one forward fits, not two
+    result = loaders.run(spec)
+    assert result.warm_times_ms == () and result.forward_ms == result.summary["forward_ms"]
+    monkeypatch.setattr(loaders, "budget_bytes", lambda: 2 * one + (1 << 20))
+    assert len(loaders.run(spec).warm_times_ms) >= 1
