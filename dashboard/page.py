@@ -62,13 +62,6 @@ def page_query(values: dict) -> dict[str, str]:
     return query
 
 
-def sync_controls_link(values: dict) -> None:
-    """The controls alone into the URL (the Expert parallel page, which runs the Playground's layer)."""
-    query = to_query(values, st.session_state[state.PRESET])
-    if st.query_params.to_dict() != query:
-        st.query_params.from_dict(query)
-
-
 def sync_link(values: dict) -> None:
     """Write the controls and the sub-view into the URL so the link restores this page."""
     query = page_query(values)

@@ -41,4 +41,4 @@ def follow_view_link(all_pages: dict[str, st.Page]) -> None:
         st.switch_page(all_pages[OLD_VIEWS[view]], query_params=rest)
     else:
         state.add_link_note(f"unknown view {quote(view)} in the link; showing {quote(page.DEFAULT_VIEW)} "
-                            f"(views: {', '.join(page.VIEWS)}; pages: {', '.join(OLD_VIEWS)})")
+                            f"(views: {', '.join([*page.VIEWS, *OLD_VIEWS])})")

@@ -13,7 +13,7 @@ from moe.hf.load import default_model_dir
 from moe.train.trainer import PRESETS as TRAIN_PRESETS
 
 from dashboard.limits import sanitize
-from dashboard.links import from_query
+from dashboard.links import ep_from_query, from_query
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, from_link
 from dashboard.presets import CONTROL_DEFAULTS
 from moe import available_devices
@@ -45,6 +45,7 @@ TRACE_DEFAULTS = {"trace_source": "Upload", "trace_experts": None, "trace_layers
                   "trace_path": ""}
 # --- Expert parallel page
 EP_JOB, EP_RUNS = "ep_job", "ep_runs"   # the running job; the finished runs' documents
+EP_LINK_NOTES = "ep_link_notes"         # the link's Expert parallel keys that were refused
 EP_DEFAULTS = {"ep_world": 2, "ep_slots": 2}
 
 
@@ -93,7 +94,7 @@ def ensure(values: dict) -> None:
 
 
 def _read_link() -> None:
-    """The opening link's controls and Model keys (bad entries are named in notes, never used)."""
+    """The opening link's controls, Model and Expert parallel keys (bad entries are named in notes, never used)."""
     ss = st.session_state
     query = st.query_params.to_dict()
     preset, values, problems = from_query(query)
@@ -106,6 +107,9 @@ def _read_link() -> None:
     for key, value in model_values.items():
         ss[key] = value
     ss[MODEL_LINK_NOTES] = model_problems
+    ep_values, ss[EP_LINK_NOTES] = ep_from_query(query)
+    for key, value in ep_values.items():
+        ss[key] = value
 
 
 def add_link_note(note: str) -> None:

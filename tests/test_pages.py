@@ -63,13 +63,25 @@ def test_the_playground_link_round_trips():
     assert again.session_state["n_experts"] == 6 and again.session_state["top_k"] == 3
 
 
-def test_the_expert_parallel_link_keeps_the_layer_and_round_trips():
-    at = _open({**SMALL, "n_experts": "6", "view": "Expert parallel"})
+def test_the_expert_parallel_link_keeps_the_layer_and_its_settings_and_round_trips():
+    at = _open({**SMALL, "n_experts": "6", "epw": "4", "epr": "3", "view": "Expert parallel"})
     query = _query(at)
-    assert query == {"preset": DEFAULT_PRESET, **SMALL, "n_experts": "6"}  # the layer, no view: the page is the path
-    assert at.session_state["n_experts"] == 6
+    # the layer and W, R; no view: the page is the path
+    assert query == {"preset": DEFAULT_PRESET, **SMALL, "n_experts": "6", "epw": "4", "epr": "3"}
+    assert at.session_state["n_experts"] == 6 and at.slider(key="ep_world").value == 4
+    assert at.number_input(key="ep_slots").value == 3
     again = _open({**query, "view": "Expert parallel"})
     assert _query(again) == query and "Expert parallel" in [s.value for s in again.main.subheader]
+    at.slider(key="ep_world").set_value(2).run()  # back to the default: it leaves the link
+    assert "epw" not in _query(at) and _query(at)["epr"] == "3"
+
+
+def test_a_bad_expert_parallel_link_value_is_named_and_not_used():
+    at = _open({**SMALL, "epw": "99", "epr": "[x](http://h)", "view": "Expert parallel"})
+    notes = [w.value for w in at.warning]
+    assert "ignored epw=`99`: expected an integer in 2..8" in notes
+    assert "ignored epr=`[x](http://h)`: expected an integer in 0..1792" in notes
+    assert at.slider(key="ep_world").value == 2 and at.number_input(key="ep_slots").value == 2
 
 
 def test_runs_and_about_links_hold_nothing():

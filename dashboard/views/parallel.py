@@ -11,6 +11,7 @@ from moe.parallel.forward import check_ep_config
 
 from dashboard import page, sidebar, state
 from dashboard.definitions import DEFINITIONS
+from dashboard.links import ep_to_query, to_query
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 from dashboard.result import RunResult
@@ -56,17 +57,21 @@ def show() -> None:
     """The Expert parallel page: the Playground's layer (its controls are kept in session state and in this page's
     link), its forward reused; the Playground's sidebar is not drawn here."""
     values = sidebar.current_values()
-    page.sync_controls_link(values)
     result = page.current_result(values)
-    if result is None:
-        return
-    st.caption("The layer and input are the *Playground* page's: change them there (this page's link keeps them).")
-    render(result)
+    if result is not None:
+        st.caption("The layer and input are the *Playground* page's: change them there (this page's link keeps "
+                   "them).")
+        render(result)
+    query = {**to_query(values, st.session_state[state.PRESET]), **ep_to_query(st.session_state, state.EP_DEFAULTS)}
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
 
 
 def render(result: RunResult) -> None:
     state.ensure(state.EP_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader("Expert parallel")
+    for note in st.session_state.get(state.EP_LINK_NOTES, []):
+        st.warning(note)
     try:
         check_torchrun()
         flags = ep_flags(result)
@@ -74,6 +79,7 @@ def render(result: RunResult) -> None:
         st.error(f"Expert parallelism cannot run this configuration: {err}", icon="⚠️")
         return
     E = result.config.n_experts
+    st.session_state["ep_slots"] = min(st.session_state["ep_slots"], E * 7)  # from a link, or a larger layer
     c1, c2, c3 = st.columns(3)
     W = c1.slider("Processes (W)", 2, 8, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
     R = c2.number_input("Redundant slots (R)", 0, E * 7, key="ep_slots",
