@@ -19,7 +19,8 @@ def pages() -> dict[str, st.Page]:
         PLAYGROUND: st.Page(page.render, title=PLAYGROUND, icon=":material/tune:", url_path="playground", default=True),
         MODEL: st.Page(model.render, title=MODEL, icon=":material/psychology:", url_path="model"),
         RUNS: st.Page(traces.show, title=RUNS, icon=":material/history:", url_path="runs"),
-        EXPERT_PARALLEL: st.Page(parallel.show, title=EXPERT_PARALLEL, icon=":material/hub:", url_path="expert-parallel"),
+        EXPERT_PARALLEL: st.Page(parallel.show, title=EXPERT_PARALLEL, icon=":material/hub:",
+                                 url_path="expert-parallel"),
         ABOUT: st.Page(about.show, title=ABOUT, icon=":material/info:", url_path="about"),
     }
 

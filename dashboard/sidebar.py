@@ -5,7 +5,8 @@ import streamlit as st
 import torch
 
 from moe import available_devices
-from moe.config import ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTER_DTYPES, ROUTERS, SCORES, SPARSITY_MODES
+from moe.config import (ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROUTER_DTYPES, ROUTERS, SCORES,
+                        SPARSITY_MODES)
 from moe.scenarios import SCENARIO_HELP, SCENARIOS
 
 from dashboard import state

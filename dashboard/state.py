@@ -31,7 +31,8 @@ LOAD_ORDER, INSPECTOR_TOKEN = "load_order", "inspector_token"
 # --- Live (a Playground sub-view): the session's own trainer
 LIVE_SETUPS = ("Collapse and cure", "Sidebar layer")
 TRAINER, LIVE_PLAYING, LIVE_FIGURES = "trainer", "live_playing", "live_figures"
-LIVE_SIGNATURE, LIVE_ERROR, LIVE_SWITCHED, LIVE_TICK_MS = "live_signature", "live_error", "live_switched", "live_tick_ms"
+LIVE_SIGNATURE, LIVE_ERROR = "live_signature", "live_error"   # the layer the trainer was built for; why it stopped
+LIVE_SWITCHED, LIVE_TICK_MS = "live_switched", "live_tick_ms"  # balancing just switched; the last tick's time
 # --- Model page
 MODEL_LAST = "model_last"               # the last good analysis (shown under an error)
 MODEL_LINK_NOTES = "model_link_notes"   # the link's Model keys that were refused

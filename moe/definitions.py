@@ -201,7 +201,8 @@ DEFINITIONS: dict[str, str] = {
                 "CUDA.",
     "ep_comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = median "
                      "over the repeats of (max over ranks of expert_ms / mean; 1 = even); **straggler_min … max**, "
-                     "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max over ranks of a2a_ms / forward_ms; "
+                     "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max "
+                     "over ranks of a2a_ms / forward_ms; "
                      "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
                      "statistics).",
     # --- the dashboard's forward time (the Playground's header line and KPI row)

@@ -158,4 +158,4 @@ def test_the_apps_link_carries_the_model_views_keys_without_unknown_parameter_no
     assert not [w.value for w in at.warning if "link" in w.value]  # the page's link parser knows these keys
     assert at.session_state["model_max_tokens"] == 24 and at.session_state["cf_capacity"] == 0.5
     assert int(next(m.value for m in at.metric if m.label.startswith("Dropped")).replace(",", "")) > 0
-    assert dict(at.query_params.items()) == {"mtok": "24", "mex": "prose", "cfon": "1", "cfcap": "0.5"}  # the page's keys
+    assert dict(at.query_params.items()) == {"mtok": "24", "mex": "prose", "cfon": "1", "cfcap": "0.5"}  # its keys only
