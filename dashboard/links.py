@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from moe import MoEConfig
 from moe.knobs import DEFAULTS as KNOBS, from_knobs
 
 from dashboard.model_link import MODEL_LINK_KEYS
+from dashboard.quoting import quote
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
 
 LABELLED_SCENARIOS = ("clusters", "drifting")
@@ -18,7 +18,6 @@ EP_LINK: dict[str, tuple[str, int, int]] = {"epw": ("ep_world", 2, 8), "epr": ("
 LINK_KEYS = ("preset", "view", *MODEL_LINK_KEYS, *EP_LINK)
 MAX_LINK_PARAMS = 64             # a link carries at most ~35 keys; more are ignored unread
 MAX_VALUE_CHARS = 64             # longer values are refused before parsing (a number or a name is short)
-SHOWN_CHARS = 40                 # a value echoed in a note is cut to this many characters
 
 
 @dataclass(frozen=True)
@@ -108,22 +107,6 @@ def ep_to_query(state, defaults: dict) -> dict[str, str]:
     """The Expert parallel page's keys whose values differ from the defaults."""
     return {key: str(state[name]) for key, (name, _, _) in EP_LINK.items()
             if state.get(name, defaults[name]) != defaults[name]}
-
-
-def quote(value) -> str:
-    """A value from a link, safe to show in Markdown: shortened, in a code span, no backticks or line breaks."""
-    text = str(value)
-    if len(text) > SHOWN_CHARS:
-        text = text[:SHOWN_CHARS - 1] + "…"
-    text = "".join(" " if ch.isspace() or not ch.isprintable() else ch for ch in text)
-    return "`" + text.replace("`", "ˋ") + "`"  # ˋ (U+02CB) looks like a backtick but cannot close the span
-
-
-def md_text(text: str) -> str:
-    """A message that may hold a value from a file or a link (a path, a tensor name), shown as plain text in
-    Markdown: every character that opens a Markdown, HTML or Streamlit construct (image, link, tag, code,
-    emphasis, colour, math) is backslash-escaped, so it shows as typed and nothing is fetched."""
-    return re.sub(r"([\\`*_{}\[\]()<>#!|~$])", r"\\\1", str(text))
 
 
 def _expected(default) -> str:

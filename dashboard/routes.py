@@ -5,7 +5,7 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import page, state
-from dashboard.links import quote
+from dashboard.quoting import quote
 from dashboard.views import about, model, parallel, traces
 
 PLAYGROUND, MODEL, RUNS, EXPERT_PARALLEL, ABOUT = page.TITLE, "Model", "Runs", "Expert parallel", about.TITLE

@@ -6,7 +6,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.links import quote
+from dashboard.quoting import quote
 from moe.roots import OUTSIDE
 from tests.test_model_load import copy_model
 from tests.test_model_view import CHARTS
@@ -15,7 +15,7 @@ INJECTION = "![x](http://127.0.0.1:9/pixel)"
 
 
 def md_text(text: str) -> str:
-    from dashboard.links import md_text
+    from dashboard.quoting import md_text
     return md_text(text)
 
 

@@ -19,7 +19,7 @@ from moe.roots import resolve_allowed
 from dashboard import loaders, state
 from dashboard.figures.colors import expert_colors
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MAX_TOKENS_LIMIT, text_link_note, to_link
-from dashboard.links import md_text, quote
+from dashboard.quoting import md_text, quote
 from dashboard.views import model_cf
 from dashboard.figures.model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
                                      token_layer_grid_figure, token_loss_figure)
