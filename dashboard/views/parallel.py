@@ -1,4 +1,4 @@
-"""Expert parallel: run the sidebar's layer on W torchrun processes, contiguous vs planned placement."""
+"""Expert parallel: run the Playground's layer on W torchrun processes, contiguous vs planned placement."""
 from __future__ import annotations
 
 import shlex
