@@ -1,24 +1,19 @@
 """The whole app under streamlit.testing.v1.AppTest: presets, clamping, errors, numbers, links, sessions."""
-import pathlib
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
-
+from dashboard.links import spec_from_controls
 from dashboard.presets import PRESETS, preset_values
 from dashboard.views.kpis import fmt
-from dashboard.links import spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
+from streamlit.testing.v1 import AppTest
 
-APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
+from app_support import open_app
 
 
 def _app(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return open_app(query, timeout=120)
 
 
 def _metric(at: AppTest, label: str) -> str:

@@ -5,11 +5,11 @@ import pathlib
 import re
 import tokenize
 
-from streamlit.testing.v1 import AppTest
-
 import dashboard.definitions
 import moe.definitions
 from moe import PER_EXPERT_COLUMNS, SUMMARY_KEYS
+
+from app_support import SMALL, open_app
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # a repository path (`moe/stats.py`, `docs/ENGINE_API.md`) or a top-level markdown file (`README.md`); not the tail
@@ -31,10 +31,7 @@ def test_the_dashboard_shows_the_engine_texts_without_a_copy(monkeypatch):
     for key in old:
         monkeypatch.setitem(engine, key, f"<the engine's text for {key}>")
     assert dashboard.definitions.caption("cv") == "`cv`: <the engine's text for cv>"
-    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=180)
-    for key, value in {"view": "About", "d_model": "8", "d_expert": "8", "batch": "1", "seq_len": "16"}.items():
-        at.query_params[key] = value
-    at.run()
+    at = open_app({"view": "About", **SMALL})
     assert not at.exception
     shown = "\n".join(m.value for m in at.main.markdown)
     assert all(f"`{key}`: <the engine's text for {key}>" in shown for key in old)

@@ -1,22 +1,18 @@
 """Hostile links under AppTest: the page renders, says every correction quoted, and rewrites the URL clean."""
-import pathlib
 import re
 
 import pytest
+from dashboard.presets import CONTROL_DEFAULTS
 from streamlit.testing.v1 import AppTest
 
-from dashboard.presets import CONTROL_DEFAULTS
+from app_support import open_app
 
-APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 FLOAT_KEYS = [k for k, v in CONTROL_DEFAULTS.items() if isinstance(v, float)]
 MARKDOWN_OUTSIDE_CODE = re.compile(r"!?\[[^\]]*\]\([^)]*\)|<[a-z]")  # a link, an image or a tag
 
 
 def _open(query: dict) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=120)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return open_app(query, timeout=120)
 
 
 def _outside_code(text: str) -> str:

@@ -5,8 +5,6 @@ import statistics
 
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
-
 from dashboard import loaders
 from dashboard.definitions import DEFINITIONS
 from dashboard.links import spec_from_controls
@@ -14,17 +12,15 @@ from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
 from dashboard.views.kpis import fmt_ms
 from moe import MoEConfig, MoELayer
 from moe.hf.load import BUNDLED_MODEL
+from streamlit.testing.v1 import AppTest
 
-APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
-SMALL = {"d_model": "8", "d_expert": "8", "batch": "1", "seq_len": "16"}
+from app_support import SMALL, open_app
+
 HAS_MODEL = pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file()
 
 
 def _open(query: dict) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    for key, value in query.items():
-        at.query_params[key] = value
-    return at.run()
+    return open_app(query)
 
 
 def _query(at: AppTest) -> dict:

@@ -3,21 +3,17 @@ Model view's text is too long for the link instead of dropping it silently."""
 import pathlib
 
 import pytest
-from streamlit.testing.v1 import AppTest
-
 from dashboard.model_link import TEXT_LINK_CHARS
 from moe.hf.load import BUNDLED_MODEL
+from streamlit.testing.v1 import AppTest
+
+from app_support import SMALL, open_app
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-APP = str(ROOT / "app.py")
-SMALL = {"d_model": "8", "d_expert": "8", "batch": "1", "seq_len": "16"}
 
 
 def _app(**query) -> AppTest:
-    at = AppTest.from_file(APP, default_timeout=180)
-    for key, value in {**SMALL, **query}.items():
-        at.query_params[key] = value
-    return at.run()
+    return open_app({**SMALL, **query})
 
 
 def test_the_about_page_has_one_name_everywhere():
