@@ -10,16 +10,22 @@ PRESET = '[data-testid="stSidebar"] [data-testid="stSelectbox"]:has-text("Preset
 N_EXPERTS = '[data-testid="stSidebar"] input[type="range"][aria-label="n_experts"]'
 
 
+def _open(browser, url: str, ready: str):
+    """A new tab on `url`, once `ready` (a selector) shows and the run has finished."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(url)
+    page.wait_for_selector(ready, timeout=90_000)
+    wait_for_run(page)
+    return page
+
+
 def _nav(page, title: str) -> None:
     page.get_by_test_id("stSidebarNav").get_by_text(title, exact=True).click()
 
 
 def test_the_navigation_changes_the_page_and_its_sidebar_controls(browser, server):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = _open(browser, server + "/?n_experts=6&d_model=8&d_expert=8", '[data-testid="stPlotlyChart"] .main-svg')
     try:
-        page.goto(server + "/?n_experts=6&d_model=8&d_expert=8")
-        page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
-        wait_for_run(page)
         assert page.locator(PRESET).count() == 1 and page.locator(N_EXPERTS).input_value() == "6"
         _nav(page, "Runs")
         page.wait_for_function("() => document.body.innerText.includes('Routing traces')", timeout=60_000)
@@ -42,11 +48,8 @@ def test_the_navigation_changes_the_page_and_its_sidebar_controls(browser, serve
 
 
 def test_an_old_traces_link_opens_the_runs_page(browser, server):
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page = _open(browser, server + "/?view=Traces", "text=Routing traces")
     try:
-        page.goto(server + "/?view=Traces")
-        page.wait_for_function("() => document.body.innerText.includes('Routing traces')", timeout=90_000)
-        wait_for_run(page)
         assert page.url.split("?")[0].endswith("/runs") and page.locator(PRESET).count() == 0
     finally:
         page.close()
