@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from moe.hf.instrument import instrument, run_model
-from moe.hf.text import CHAR_CLASSES, byte_class, normalized_mutual_information, unigram_entropy_bits
+from moe.hf.text import CHAR_CLASSES, byte_class, unigram_entropy_bits
+from moe.metrics import normalized_mutual_information
 from moe.hf.tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long,
                               token_routing, worst_layer)
 from tests.model_support import tiny_model

@@ -11,6 +11,7 @@ from moe.definitions import DEFINITIONS
 from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual, run_counterfactual
 from moe.hf.report import encode_text
 from moe.hf.tables import load_share_long
+from moe.metrics import nats_to_bits
 
 from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure
 
@@ -99,7 +100,7 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
 
 
 def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
-    own_bits, new_bits = (float(np.mean(x)) / np.log(2) for x in (view["loss"], new["loss"]))
+    own_bits, new_bits = (nats_to_bits(float(np.mean(x))) for x in (view["loss"], new["loss"]))
     a, b, c = st.columns(3)
     a.metric("Mean next-token loss, own routing", f"{own_bits:.3f} bits")
     b.metric("Counterfactual", f"{new_bits:.3f} bits", delta=f"{new_bits - own_bits:+.3f} bits", delta_color="inverse")

@@ -14,7 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moe.hf.text import CHAR_CLASSES, byte_class, normalized_mutual_information
+from moe.hf.text import CHAR_CLASSES, byte_class
+from moe.metrics import normalized_mutual_information, safe_ratio
 
 LAYER_COLUMNS = ["layer", "aux_loss", "cv", "max_over_mean", "dead_fraction", "load_entropy",
                  "mean_confidence", "z_loss"]
@@ -78,9 +79,7 @@ def flow_matrix(run, layer_pos: int) -> np.ndarray:
     E = run.traces[layer_pos].config.n_experts
     counts = np.zeros((E, E))
     np.add.at(counts, (top1[layer_pos], top1[layer_pos + 1]), 1.0)
-    totals = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
+    return safe_ratio(counts, counts.sum(axis=1, keepdims=True))  # (E, E)
 
 
 def token_classes(tokens: list[str]) -> np.ndarray:

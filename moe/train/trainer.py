@@ -23,7 +23,7 @@ from torch import Tensor
 from moe.config import MoEConfig
 from moe.layer import MoELayer
 from moe.memory import budget_bytes, check_training_budget
-from moe.router import load_balancing_terms, z_loss
+from moe.losses import aux_loss, z_loss
 from moe.scenarios import SCENARIOS
 from moe.stats import SUMMARY_KEYS
 from moe.train.task import SyntheticTask, draw, takes_step
@@ -185,12 +185,6 @@ def update_expert_bias(bias: Tensor, routed: Tensor, rate: float) -> None:
     bias.add_(rate * torch.sign(load.mean() - load))
 
 
-def aux_loss_term(probs: Tensor, routed: Tensor, top_k: int) -> Tensor:
-    """E·Σ_e f_e·P_e, differentiable through probs (T, E)."""
-    f, P = load_balancing_terms(probs, routed, top_k)  # (E,), (E,)
-    return probs.shape[1] * (f * P).sum()
-
-
 class Trainer:
     """One live training run: its own layer, Adam optimiser, noise generator, step counter and history."""
 
@@ -277,7 +271,7 @@ class Trainer:
         task_loss = F.mse_loss(y, target)
         loss = task_loss
         if cfg.balance == "aux":
-            loss = loss + cfg.aux_coef * aux_loss_term(trace.probs, trace.routed, layer.cfg.top_k)
+            loss = loss + cfg.aux_coef * aux_loss(trace.probs, trace.routed, layer.cfg.top_k)
         elif cfg.balance == "zloss":
             loss = loss + cfg.z_coef * z_loss(trace.router_logits)
         self.optimizer.zero_grad(set_to_none=True)
