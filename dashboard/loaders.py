@@ -10,16 +10,12 @@ from collections import OrderedDict
 import torch
 
 from moe import MoEConfig, MoELayer
+from moe.config import WEIGHT_FIELDS  # the fields that fix a layer's weights: the cache key
 from moe.memory import budget_bytes, check_budget, describe_bytes, estimate_bytes
 from moe.scenarios import make_batch
 
 from dashboard.result import RunResult
 from dashboard.links import RunSpec
-
-
-# The config fields that fix a layer's weights (MoELayer.reconfigured refuses to change them): the cache key.
-WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
-                 "shared_experts", "d_shared", "shared_gate")
 
 
 def weight_key(cfg: MoEConfig) -> tuple:

@@ -6,7 +6,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from moe.config import MoEConfig
+from moe.config import WEIGHT_FIELDS, MoEConfig
 from moe.experts import Experts, dispatch
 from moe.router import TopKRouter, chose_from_scores
 from moe.shared import SharedExperts, shared_sums
@@ -65,13 +65,11 @@ class MoELayer(nn.Module):
     def reconfigured(self, cfg: MoEConfig) -> "MoELayer":
         """A layer with new routing settings that shares this layer's weights (no copy).
 
-        Only the routing (and activation, swiglu_limit, sparsity settings) may change: the fields below fix
-        the weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
+        Only the routing (and activation, swiglu_limit, sparsity settings) may change: moe.config.WEIGHT_FIELDS
+        fix the weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
         """
-        fixed = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
-                 "shared_experts", "d_shared", "shared_gate")
         changed = [f"{name}: {getattr(self.cfg, name)!r} -> {getattr(cfg, name)!r}"
-                   for name in fixed if getattr(self.cfg, name) != getattr(cfg, name)]
+                   for name in WEIGHT_FIELDS if getattr(self.cfg, name) != getattr(cfg, name)]
         if changed:
             raise ValueError("reconfigured() keeps the weights, so these must not change: " + "; ".join(changed)
                              + ". Build a new MoELayer instead")

@@ -187,7 +187,9 @@ def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
     if top_k >= E:
         return confidence, torch.full((T,), float("nan"), device=probs.device), unbiased
     kth, next_ = values[:, top_k - 1], values[:, top_k]  # (T,), (T,)
-    margin = torch.where(kth > 0, 1 - next_ / kth, 0.0)  # (T,); p_(K) = 0 only when p_(K+1) = 0 too
+    # (p_(K) − p_(K+1)) / p_(K): the difference first keeps a tiny margin exact to float32 precision (1 − ratio
+    # would leave it an absolute error of one float32 step of 1)
+    margin = torch.where(kth > 0, (kth - next_) / kth, 0.0)  # (T,); p_(K) = 0 only when p_(K+1) = 0 too
     return confidence, margin, unbiased
 
 

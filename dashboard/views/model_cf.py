@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
 from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual, run_counterfactual
 from moe.hf.report import encode_text
@@ -52,7 +53,7 @@ def _controls(view: dict) -> Counterfactual:
                 format_func=lambda v: "every MoE layer" if v == "all" else f"layer {v}")
     b.number_input("top_k (0 = the model's own)", min_value=0, max_value=E, key="cf_top_k")
     c.number_input("Capacity factor (0 = dropless)", min_value=0.0, max_value=64.0, step=0.25, key="cf_capacity")
-    d.selectbox("Drop policy", ["position", "probs"], key="cf_drop", disabled=ss["cf_capacity"] == 0)
+    d.selectbox("Drop policy", list(DROP_POLICIES), key="cf_drop", disabled=ss["cf_capacity"] == 0)
     e, f, g = st.columns([1, 1, 2])
     e.number_input("Temperature", min_value=0.01, max_value=100.0, step=0.1, key="cf_temperature")
     f.selectbox("Bias one expert", list(range(-1, E)), key="cf_bias_expert",

@@ -16,6 +16,7 @@ import sys
 import pandas as pd
 import torch
 
+from moe.config import DROP_POLICIES
 from moe.jsonio import dumps
 from moe.metrics import nats_to_bits
 from moe.roots import read_regular
@@ -72,7 +73,7 @@ def add_report_command(commands) -> None:
     cf.add_argument("--cf-layers", default=None, help="comma-separated decoder-layer indices (default: all MoE layers)")
     cf.add_argument("--cf-top-k", type=_positive_int, default=None)
     cf.add_argument("--cf-capacity", type=float, default=None, help="capacity factor (default: dropless)")
-    cf.add_argument("--cf-drop", choices=("position", "probs"), default=None)
+    cf.add_argument("--cf-drop", choices=DROP_POLICIES, default=None)
     cf.add_argument("--cf-temperature", type=float, default=None)
     p.set_defaults(run=_model_report)
 

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moe.config import MoEConfig
+from moe.config import BIASED_ROUTERS, MoEConfig
 from moe.layer import MoELayer
 from moe.memory import budget_bytes, check_training_budget
 from moe.losses import aux_loss, z_loss
@@ -94,7 +94,7 @@ class TrainConfig:
         check_fields(self)  # types (numpy numbers coerced), then the ranges below
         if self.balance not in BALANCES:
             raise ValueError(f"unknown balance {self.balance!r}; choose one of {', '.join(map(repr, BALANCES))}")
-        if self.balance == "bias" and self.model.router not in ("topk", "random"):
+        if self.balance == "bias" and self.model.router not in BIASED_ROUTERS:
             raise ValueError(f"balance 'bias' steers top-k selection, but router {self.model.router!r} "
                              f"ignores the expert bias; use router 'topk' or another balance")
         for name in ("tokens", "pool_batches", "probe_tokens", "steps", "history"):
