@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from moe.train.trainer import BALANCE_HELP, BALANCES, PRESET_HELP, PRESETS, TrainConfig, Trainer, preset
+from moe.train.presets import PRESET_HELP, PRESETS, preset
+from moe.train.trainer import BALANCE_HELP, BALANCES, TrainConfig, Trainer
 
 from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption

@@ -18,7 +18,7 @@ from moe.hf.load import default_model_dir, read_training_nmi
 from moe.memory import out_of_memory
 from moe.hf.report import encode_text, render_report
 from moe.hf.tables import (LAYER_COLUMNS, class_nmi, expert_vocabulary, flow_matrix, layer_table,
-                              load_share_long, token_routing, token_strings, top1_grid, worst_layer)
+                              load_share_long, token_routing, token_strings, top1_grid, highest_aux_layer)
 from moe.roots import resolve_allowed
 
 from dashboard.figures.colors import expert_colors
@@ -275,7 +275,7 @@ def _styled_layer_table(view: dict):
     """(the per-layer table sorted as the controls ask, the worst layer's row highlighted; the worst layer)."""
     ss = st.session_state
     table = view["table"]
-    worst = worst_layer(table)
+    worst = highest_aux_layer(table)
     shown = table.assign(worst=table["layer"] == worst).sort_values(
         ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
     styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
@@ -291,7 +291,7 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     # A static table, sorted by the two controls above (they are in the link too): it redraws with the text in
     # a fraction of a data grid's time (benchmarks/bench_browser.py).
     st.table(styled, hide_index=True)
-    st.caption(f"Per-layer routing health on this text; worst layer (highest aux) highlighted: layer {worst}. "
+    st.caption(f"Per-layer routing health on this text; highest-aux layer highlighted: layer {worst}. "
                "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
@@ -299,7 +299,7 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     left, right = st.columns(2)
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
     right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
-    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the worst layer "
+    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the highest-aux layer "
                f"({worst}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
                f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
 

@@ -21,7 +21,8 @@ from moe.knobs import from_knobs, scenario_knobs, scenario_params
 from moe.layer import MoELayer
 from moe.memory import BudgetError, budget_bytes, check_budget, out_of_memory
 from moe.scenarios import SCENARIOS, make_batch
-from moe.train.trainer import BALANCES, PRESETS, TrainConfig, Trainer
+from moe.train.presets import PRESETS
+from moe.train.trainer import BALANCES, TrainConfig, Trainer
 
 
 class UsageError(Exception):

@@ -2,7 +2,8 @@
 
 Definitions (one place):
 - per-layer row: the layer's Trace.summary() numbers (aux on the Switch scale, E·Σ f_e·P_e).
-- worst layer: the one with the highest aux_loss (1 = perfectly balanced).
+- highest-aux layer: the one with the highest aux_loss (1 = perfectly balanced); "worst" is kept for the
+  most uneven load (moe/definitions.py "worst").
 - flow[l][i, j] = P(top-1 expert j at MoE layer l+1 | top-1 expert i at layer l), over the text's tokens
   (a row with no token is NaN).
 - vocabulary of expert e at layer l: the tokens whose top-1 expert is e there, most frequent first.
@@ -28,8 +29,8 @@ def layer_table(run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 
-def worst_layer(table: pd.DataFrame) -> int:
-    """The decoder-layer index with the highest aux_loss."""
+def highest_aux_layer(table: pd.DataFrame) -> int:
+    """The decoder-layer index with the highest aux_loss (the first on ties); moe/definitions.py."""
     return int(table.loc[table["aux_loss"].idxmax(), "layer"])
 
 
