@@ -204,7 +204,7 @@ def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
         "demand": s.demand.astype(np.int64),
         "served": s.served.astype(np.int64),
         "dropped": (s.demand - s.served).astype(np.int64),
-        "load_share": s.served / served_total if served_total > 0 else np.full(s.n_experts, np.nan),
+        "load_share": safe_ratio(s.served, served_total),
         "utilization": s.served / (s.tokens * s.top_k / s.n_experts),
         "activation_sparsity": safe_ratio(s.near_zero, s.served * s.d_expert),
         "output_rms": np.sqrt(safe_ratio(s.sum_sq, s.served * s.d_model)),
@@ -254,7 +254,7 @@ def shared_summary(s: ForwardSums) -> dict[str, float]:
         return {"shared_output_rms": float("nan"), "shared_fraction": float("nan")}
     total = s.shared_norm + s.routed_norm
     return {"shared_output_rms": float(np.sqrt(s.shared_sq / (s.shared_tokens * s.d_model))),
-            "shared_fraction": float(s.shared_norm / total) if total > 0 else float("nan")}
+            "shared_fraction": safe_ratio(s.shared_norm, total)}
 
 
 class StatsAccumulator:
