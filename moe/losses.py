@@ -23,9 +23,14 @@ def aux_loss(probs: Tensor, routed: Tensor, top_k: int) -> Tensor:
     return aux_loss_from_sums(routed.to(probs.dtype).sum(dim=0), probs.sum(dim=0), probs.shape[0], top_k)
 
 
+def lse_sq(logits: Tensor) -> Tensor:
+    """(T,): (logsumexp_e logits[t, e])² per token; logits (T, E)."""
+    return torch.logsumexp(logits, dim=-1).square()
+
+
 def lse_sq_sum(logits: Tensor) -> Tensor:
     """Σ_t (logsumexp_e logits[t, e])², a 0-d tensor; logits (T, E)."""
-    return torch.logsumexp(logits, dim=-1).square().sum()
+    return lse_sq(logits).sum()
 
 
 def z_loss_from_sums(lse_sq, tokens: float):

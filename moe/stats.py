@@ -6,6 +6,7 @@ across forwards, so one trace and an accumulation of many use the very same form
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,7 +14,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from moe.losses import aux_loss_from_sums, lse_sq_sum, z_loss_from_sums
+from moe.losses import aux_loss_from_sums, lse_sq, z_loss_from_sums
 from moe.metrics import entropy, max_over_mean, safe_ratio
 
 CONFIDENCE_CAP = 100.0
@@ -25,6 +26,8 @@ SUMMARY_KEYS = ["aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "de
                 "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite", "nonfinite_output",
                 "demand", "served", "dropped", "active_experts", "capacity", "topk_margin", "bias_overlap",
                 "shared_output_rms", "shared_fraction"]
+# ForwardSums' (E,) sums over tokens of a (T, E) block (kept arrays even when E = 1).
+PER_EXPERT_SUMS = ("demand", "served", "gate_sum", "prob_sum", "margin_expert", "unbiased", "overlap", "contribution")
 # Columns a trace built from routing alone (moe.trace_from_routing) cannot know: NaN there.
 OUTPUT_SIDE_COLUMNS = ("activation_sparsity", "output_rms", "contribution", "specialization")
 
@@ -109,60 +112,56 @@ def gather_sums(inputs: StatsInputs) -> ForwardSums:
     """Reduce one forward on its device and move every statistic to the host in one transfer."""
     s = inputs
     T, E = s.probs.shape
-    dev = s.probs.device
-    acc = torch.float32 if dev.type == "mps" else torch.float64  # mps has no float64
+    acc = torch.float32 if s.probs.device.type == "mps" else torch.float64  # mps has no float64
     confidence, margin, unbiased = router_health(s.probs, s.top_k)  # (T,), (T,), (T, E)
-    # One column reduction for the (T, E) matrices (bools are promoted by cat).
-    mats = {"demand": s.routed, "served": s.served, "gate_sum": s.gates, "prob_sum": s.probs,
-            "margin_expert": s.routed * margin[:, None]}
+    # One sum over tokens for everything that is per token: (T, E) blocks give the per-expert sums, (T, 1)
+    # columns the scalars (bools and integer counts are promoted by cat; few ops matter on small layers).
+    blocks = {"demand": s.routed, "served": s.served, "gate_sum": s.gates, "prob_sum": s.probs,
+              "margin_expert": s.routed * margin[:, None]}
     if s.overlap:
-        mats.update(unbiased=unbiased, overlap=unbiased * s.routed)
+        blocks.update(unbiased=unbiased, overlap=unbiased * s.routed)
     if s.contributions is not None:
-        mats["contribution"] = s.contributions
-    columns = torch.cat(list(mats.values()), dim=1).sum(dim=0, dtype=acc)  # (n·E,)
-    scalars = [lse_sq_sum(s.router_logits), confidence.sum(), count_nonfinite(s.router_logits), margin.sum()]
+        blocks["contribution"] = s.contributions
+    blocks.update(lse_sq=lse_sq(s.router_logits)[:, None], confidence=confidence[:, None], margin=margin[:, None],
+                  nonfinite=nonfinite_rows(s.router_logits))
     if s.out is not None:
-        scalars.append(count_nonfinite(s.out))
-    pieces = [columns, torch.stack([v.to(acc) for v in scalars])]
-    for t in (s.near_zero, s.sum_sq, s.sum_y, s.coactivation, s.shared):
-        if t is not None:
-            pieces.append(t.reshape(-1).to(acc))
-    host = torch.cat(pieces).detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
-    return _unpack(s, host, list(mats), len(scalars))
+        blocks["nonfinite_output"] = nonfinite_rows(s.out)
+    columns = torch.cat(list(blocks.values()), dim=1).sum(dim=0, dtype=acc)  # (Σ widths,)
+    extra = [t.reshape(-1) for t in (s.near_zero, s.sum_sq, s.sum_y, s.coactivation, s.shared) if t is not None]
+    host = torch.cat([columns, *extra]).detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
+    return _unpack(s, host, {name: b.shape[1] for name, b in blocks.items()})
 
 
-def count_nonfinite(t: Tensor) -> Tensor:
-    """0-d int64: entries of t that are ±inf or NaN (t − t is NaN exactly there; cheaper than ~isfinite on CPU)."""
-    return torch.isnan(t - t).sum()
+def nonfinite_rows(t: Tensor) -> Tensor:
+    """(T, 1) int64: entries of each row of t (T, n) that are ±inf or NaN (t − t is NaN exactly there; cheaper
+    than ~isfinite on the CPU)."""
+    return torch.isnan(t - t).sum(dim=1, keepdim=True)
 
 
-def _unpack(s: StatsInputs, host: np.ndarray, names: list[str], n_scalars: int) -> ForwardSums:
+def _unpack(s: StatsInputs, host: np.ndarray, widths: dict[str, int]) -> ForwardSums:
     """ForwardSums from gather_sums' packed host vector; what was not gathered is NaN (coactivation None)."""
     T, E = s.probs.shape
-    D = s.d_model
-    nan_e = np.full(E, np.nan)  # (E,)
-    fields = dict(zip(names, host[: len(names) * E].reshape(len(names), E)))
-    rest = host[len(names) * E:]
-    sc, rest = rest[:n_scalars], rest[n_scalars:]
-    for name, shape, present in (("near_zero", (E,), s.near_zero), ("sum_sq", (E,), s.sum_sq),
-                                 ("sum_y", (E, D), s.sum_y), ("coactivation", (E, E), s.coactivation),
-                                 ("shared", (3,), s.shared)):
-        if present is None:
+    D, nan = s.d_model, float("nan")
+    fields, start = {}, 0
+    for name, width in widths.items():  # the column sums: (E,) arrays and scalars
+        fields[name] = host[start: start + width] if width > 1 or name in PER_EXPERT_SUMS else float(host[start])
+        start += width
+    for name, shape in (("near_zero", (E,)), ("sum_sq", (E,)), ("sum_y", (E, D)), ("coactivation", (E, E)),
+                        ("shared", (3,))):
+        if getattr(s, name) is None:
             fields[name] = None if name in ("coactivation", "shared") else np.full(shape, np.nan)
         else:
-            n = int(np.prod(shape))
-            fields[name], rest = rest[:n].reshape(shape), rest[n:]
+            n = math.prod(shape)
+            fields[name], start = host[start: start + n].reshape(shape), start + n
     shared = fields.pop("shared")
     if shared is not None:
         fields.update(shared_tokens=float(T), shared_norm=float(shared[0]), routed_norm=float(shared[1]),
                       shared_sq=float(shared[2]))
     for name in ("unbiased", "overlap", "contribution"):
-        fields.setdefault(name, nan_e.copy())
-    return ForwardSums(
-        n_experts=E, top_k=s.top_k, d_model=D, d_expert=s.d_expert, forwards=1, tokens=float(T),
-        capacity=float("nan") if s.capacity is None else float(s.capacity), forward_ms=0.0,
-        lse_sq=float(sc[0]), confidence=float(sc[1]), nonfinite=float(sc[2]), margin=float(sc[3]),
-        nonfinite_output=float(sc[4]) if s.out is not None else float("nan"), **fields)
+        fields.setdefault(name, np.full(E, np.nan))
+    return ForwardSums(n_experts=E, top_k=s.top_k, d_model=D, d_expert=s.d_expert, forwards=1, tokens=float(T),
+                       capacity=nan if s.capacity is None else float(s.capacity), forward_ms=0.0,
+                       nonfinite_output=fields.pop("nonfinite_output", nan), **fields)
 
 
 def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:

@@ -12,7 +12,7 @@ from moe import MoEConfig, MoELayer
 from moe.config import WEIGHT_FIELDS, expert_capacity
 from moe.knobs import from_knobs
 from moe.memory import _assignments, _sizes
-from moe.stats import StatsInputs, count_nonfinite, gather_sums
+from moe.stats import StatsInputs, gather_sums, nonfinite_rows
 
 
 def _splitmix_naive(parts):
@@ -71,10 +71,10 @@ def test_one_capacity_formula_for_the_layer_and_the_memory_estimate(T, K, E, f):
     assert _assignments(_sizes(ec, T)) == E * ec.capacity(T) == E * min(T, math.ceil(T * K / E))
 
 
-def test_count_nonfinite_by_hand():
+def test_nonfinite_rows_by_hand():
     t = torch.tensor([[1.0, float("inf"), -float("inf")], [float("nan"), 0.0, -2.5]])
-    assert int(count_nonfinite(t)) == 3 and int(count_nonfinite(t.to(torch.bfloat16))) == 3
-    assert int(count_nonfinite(torch.full((4,), 3.4e38))) == 0  # large finite values stay finite
+    assert nonfinite_rows(t).tolist() == [[2], [1]] and nonfinite_rows(t.to(torch.bfloat16)).tolist() == [[2], [1]]
+    assert nonfinite_rows(torch.full((1, 4), 3.4e38)).tolist() == [[0]]  # large finite values stay finite
 
 
 def test_the_statistics_bundle_leaves_what_was_not_given_nan():
