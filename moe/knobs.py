@@ -44,7 +44,8 @@ _CONFIG_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score",
 
 
 def bias_values(n_experts: int, hot: int, hot_value: float, spread: float, seed: int, stream: int):
-    """Per-expert bias: `hot_value` on the hot expert plus N(0, spread²) draws (stream tag `stream` of moe.seeds), or None."""
+    """Per-expert bias: `hot_value` on the hot expert plus N(0, spread²) draws (moe.seeds stream tag `stream`),
+    or None."""
     if spread == 0 and not (0 <= hot < n_experts and hot_value != 0):
         return None
     g = generator(stream, seed)
