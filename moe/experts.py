@@ -107,14 +107,20 @@ def near_zero_mask(h: Tensor, eps: float, mode: str, inplace: bool = False) -> T
     return a <= eps * rms
 
 
-def near_zero_count(h: Tensor, eps: float, mode: str, inplace: bool = False) -> Tensor:
-    """0-d float: near_zero_mask(h, eps, mode).sum(), the near-zero hidden units of h (n, H).
+def count_dtype(numel: int) -> torch.dtype:
+    """The cheapest dtype that counts up to numel exactly on every device: float32 below 2²⁴, else int64."""
+    return torch.float32 if numel <= 1 << 24 else torch.int64
+
+
+def near_zero_count(h: Tensor, eps: float, mode: str, inplace: bool = False, acc: torch.dtype | None = None) -> Tensor:
+    """0-d: near_zero_mask(h, eps, mode).sum(), the near-zero hidden units of h (n, H), counted exactly in acc
+    (default count_dtype(h.numel())).
 
     The comparison writes 1.0 / 0.0 into the |h| buffer (h's own with inplace=True): on the CPU a bool mask
-    costs several times the comparison itself. The count is exact: float32 while it stays below 2²⁴.
+    costs several times the comparison itself.
     """
     a = h.abs_() if inplace else h.abs()  # (n, H)
-    acc = torch.float32 if a.numel() <= 1 << 24 else torch.float64
+    acc = count_dtype(a.numel()) if acc is None else acc
     if mode == "absolute":
         return a.lt_(eps).sum(dtype=acc)
     rms = a.float().square().mean(dim=1, keepdim=True).sqrt()  # (n, 1)
@@ -161,6 +167,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     small = xs.shape[0] * max(D, experts.w_up.shape[1]) <= SMALL_NUMEL
     out = torch.zeros_like(x)  # (T, D)
     near, norms, sums, ys = [], [], [], []
+    exact = count_dtype(xs.shape[0] * experts.w_up.shape[1])  # one dtype for every slice's count
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
@@ -170,7 +177,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         start += n
         if stats:  # counted while h is hot in cache, in h's own buffer when allowed (no (N, H) copy)
             with torch.no_grad():
-                near.append(near_zero_count(h, eps, mode, inplace))  # 0-d
+                near.append(near_zero_count(h, eps, mode, inplace, exact))  # 0-d
         if small:
             ys.append(y)
             continue

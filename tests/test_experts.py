@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from moe import MoEConfig, MoELayer
 from moe.config import ACTIVATIONS
-from moe.experts import ACTIVATION_FNS, dispatch, dispatch_eager, near_zero_count, near_zero_mask
+from moe.experts import ACTIVATION_FNS, count_dtype, dispatch, dispatch_eager, near_zero_count, near_zero_mask
 
 BASE = dict(d_model=12, d_expert=24, n_experts=5, top_k=2)
 VARIANTS = [dict(), dict(activation="gelu"), dict(activation="relu", gated=False),
@@ -91,6 +91,13 @@ def test_near_zero_count_is_the_mask_count(dtype, mode):
     assert torch.equal(h.isnan(), kept.isnan()) and torch.equal(h.nan_to_num(), kept.nan_to_num())  # untouched
     assert float(near_zero_count(h.clone(), 0.01, mode, inplace=True)) == want
     assert float(near_zero_count(h[1:2], 0.01, mode)) == 300  # an all-zero row is all near zero
+    assert int(near_zero_count(h, 0.01, mode, acc=torch.int64)) == want
+
+
+def test_near_zero_count_stays_exact_past_float32_integers():
+    h = torch.zeros(4099, 4097)  # 16,793,603 units, odd and above 2**24: float32 cannot hold the count
+    assert count_dtype(h.numel()) == torch.int64 and count_dtype(1 << 24) == torch.float32
+    assert int(near_zero_count(h, 0.01, "absolute", inplace=True)) == 4099 * 4097
 
 
 @pytest.mark.parametrize("changes", VARIANTS, ids=str)
