@@ -167,7 +167,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     small = xs.shape[0] * max(D, experts.w_up.shape[1]) <= SMALL_NUMEL
     out = torch.zeros_like(x)  # (T, D)
     near, norms, sums, ys = [], [], [], []
-    exact = count_dtype(xs.shape[0] * experts.w_up.shape[1])  # one dtype for every slice's count
+    exact = count_dtype(max(counts) * experts.w_up.shape[1])  # one dtype that counts every slice exactly
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
