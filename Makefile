@@ -5,10 +5,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: run test bench report
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-test.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet -r requirements.txt -r requirements-test.txt
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from moe import MoEConfig, MoELayer  # noqa: E402
-from moe.parallel.launch import run_ep_report  # noqa: E402
+from moe.cli.ep_report import run_ep_job  # noqa: E402
 from moe.parallel.placement import contiguous, plan, predicted_load, save  # noqa: E402
 from moe.scenarios import make_batch  # noqa: E402
 
@@ -62,7 +62,7 @@ def single_process(tokens: int, scenario: str, repeats: int, threads: int) -> tu
 
 def ep(tokens: int, scenario: str, repeats: int, placement_file: str | None = None) -> dict:
     args = flags(tokens, scenario, repeats) + (["--placement", placement_file] if placement_file else [])
-    return run_ep_report(W, args, timeout_s=900)
+    return run_ep_job(W, args, timeout_s=900)
 
 
 def load_ratio(load) -> float:

@@ -57,9 +57,9 @@ FIT_REPORT = ["report", "--d-model", "1024", "--d-expert", "4096", "--n-experts"
 FIT_TRAIN = ["train", "--d-model", "256", "--d-expert", "1024", "--n-experts", "8", "--tokens", "2048",
              "--steps", "3", "--format", "csv"]
 EP_JOB = """
-from moe.parallel.launch import run_ep_report
+from moe.cli.ep_report import run_ep_job
 try:
-    run_ep_report({W}, ["--repeats", "3"], timeout_s=600)
+    run_ep_job({W}, ["--repeats", "3"], timeout_s=600)
 except ValueError as err:  # refused before launch (one line)
     code = 2
 """
@@ -79,7 +79,8 @@ cfg = MoEConfig(d_model=2048, d_expert=8192, n_experts=8, dtype='bfloat16')
 estimate = estimate_bytes(cfg, 1)['weights']
 layer = MoELayer(cfg)"""),
     ("train D256 H1024 E8 T2048, 3 steps", f"""
-from moe.cli.main import build_parser, train_config_from_args
+from moe.cli.main import build_parser
+from moe.cli.train import train_config_from_args
 cfg = train_config_from_args(build_parser().parse_args({FIT_TRAIN!r}))
 from moe.memory import estimate_training_bytes
 estimate = estimate_training_bytes(cfg.layer_config(), cfg.tokens, n_maps=4, pool_batches=cfg.pool_batches,
@@ -186,7 +187,7 @@ def _bpe_tokenizer(path: Path, merges: int) -> None:
     (path / "tokenizer.json").write_text(json.dumps(tok))
 
 
-BUNDLED_MODEL = str(ROOT / "models" / "pydoc-mixtral")
+BUNDLED_MODEL = str(ROOT / "moe" / "models" / "pydoc-mixtral")
 
 
 def build_model_dirs(tmp: Path) -> None:

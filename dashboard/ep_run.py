@@ -15,7 +15,8 @@ from typing import Callable
 
 import numpy as np
 
-from moe.parallel.launch import EPJob, EPProgress, check_job_budget
+from moe.cli.ep_report import check_ep_job, start_ep_job
+from moe.parallel.launch import EPJob, EPProgress
 from moe.memory import describe_bytes
 from moe.parallel.placement import contiguous, plan, predicted_load, save
 from moe.proctree import Proc, alive
@@ -34,7 +35,7 @@ class EPRun:
 
     def __init__(self, key, W: int, R: int, flags: list[str], n_experts: int, sidebar_load: np.ndarray,
                  alive_check: Callable[[], bool] = lambda: True):
-        check_job_budget(W, flags)  # ValueError before anything starts: the tree would not fit
+        check_ep_job(W, flags)  # ValueError before anything starts: the tree would not fit
         self.key, self.W, self.R, self.flags, self.E = key, W, R, flags, n_experts
         self.phases = (["contiguous"] if W <= n_experts else []) + ["planned"]
         if W > n_experts:
@@ -94,7 +95,7 @@ class EPRun:
         self.progress = None
         if self._cancel.is_set():
             raise _Stop
-        job = self._current = EPJob(self.W, [*flags, "--format", "json"], TIMEOUT_S)
+        job = self._current = start_ep_job(self.W, [*flags, "--format", "json"], TIMEOUT_S)
         try:
             return json.loads(job.wait(poll_s=POLL_S, on_progress=self._tick))
         finally:

@@ -15,7 +15,7 @@ import stat
 
 ROOTS_ENV = "MOE_SCOPE_ROOTS"
 MODEL_ENV = "MOE_SCOPE_MODEL"
-MODELS_DIR = pathlib.Path(__file__).resolve().parents[1] / "models"
+MODELS_DIR = pathlib.Path(__file__).resolve().parent / "models"  # package data: installed with `pip install .`
 OUTSIDE = (f"that path is not under a directory this server may open; the operator allows more with "
            f"{ROOTS_ENV} (see the README, 'Files on the server')")
 

@@ -11,6 +11,7 @@ import pytest
 
 from ep_support import job_processes, kill_left, still_running
 from moe.parallel import launch as ep_launch
+from moe.cli.ep_report import start_ep_job
 from moe.parallel.launch import EPJob
 
 LONG = ["--tokens", "4096", "--d-model", "256", "--repeats", "100000"]  # runs for minutes once its ranks start
@@ -46,7 +47,7 @@ def within(seconds: float, fn) -> tuple[float, BaseException | None]:
 
 
 def test_kill_ends_every_rank_although_each_has_its_own_session():
-    job = EPJob(2, LONG, timeout_s=300)
+    job = start_ep_job(2, LONG, timeout_s=300)
     procs = ranks_running(job, 2)
     try:
         assert len({os.getsid(p) for p, _ in procs}) == 3  # torchrun and each rank: three sessions
@@ -58,7 +59,7 @@ def test_kill_ends_every_rank_although_each_has_its_own_session():
 
 
 def test_the_timeout_arrives_on_time_and_leaves_no_process():
-    job = EPJob(2, LONG, timeout_s=300)
+    job = start_ep_job(2, LONG, timeout_s=300)
     procs = ranks_running(job, 2)
     try:
         job.timeout_s = job.elapsed_s + 1.0  # due in one second, with the ranks computing
@@ -72,7 +73,7 @@ def test_the_timeout_arrives_on_time_and_leaves_no_process():
 
 def test_ranks_die_with_torchrun():
     """SIGKILL torchrun alone (its handlers cannot run): the ranks end by their parent-death signal."""
-    job = EPJob(2, LONG, timeout_s=300)
+    job = start_ep_job(2, LONG, timeout_s=300)
     procs = ranks_running(job, 2)
     try:
         while job.progress().started < 2:  # the ranks set their parent-death signal first thing
@@ -89,23 +90,23 @@ def test_ranks_die_with_torchrun():
 
 
 def test_an_over_budget_tree_is_refused_before_anything_starts(monkeypatch):
-    from moe.parallel.launch import check_job_budget
+    from moe.cli.ep_report import check_ep_job
 
     before = job_processes(os.getpid())
     with pytest.raises(ValueError) as refused:
-        check_job_budget(8, ["--tokens", "65536", "--d-model", "512"], budget=4 * 1024 ** 3)
+        check_ep_job(8, ["--tokens", "65536", "--d-model", "512"], budget=4 * 1024 ** 3)
     message = str(refused.value)
     assert "\n" not in message and "the expert-parallel job needs about" in message
     assert "8 rank processes 2.5 GiB" in message and "use at most 2 processes; or set --tokens ≤" in message
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "1")
     with pytest.raises(ValueError, match="over the budget of 1.0 GiB"):
-        EPJob(8, ["--tokens", "64"], timeout_s=60)  # 8 rank processes alone are over 1 GiB
+        start_ep_job(8, ["--tokens", "64"], timeout_s=60)  # 8 rank processes alone are over 1 GiB
     assert job_processes(os.getpid()) == before  # no torchrun started
 
 
 def test_a_tree_growing_over_the_budget_is_stopped(monkeypatch):
     monkeypatch.setattr(ep_launch, "check_job_budget", lambda *a, **k: 2)  # past the estimate, to the watch
-    job = EPJob(2, ["--tokens", "64"], timeout_s=120, budget=200 * 1024 ** 2)  # torch alone takes more
+    job = start_ep_job(2, ["--tokens", "64"], timeout_s=120, budget=200 * 1024 ** 2)  # torch alone takes more
     took, err = within(60, lambda: job.wait(poll_s=0.2))
     assert isinstance(err, RuntimeError) and "over the memory budget of 200.0 MiB" in str(err)
     assert job.peak_memory > 200 * 1024 ** 2 and still_running(job.seen) == []
@@ -113,7 +114,7 @@ def test_a_tree_growing_over_the_budget_is_stopped(monkeypatch):
 
 def test_progress_counts_ranks_and_forwards():
     seen = []
-    job = EPJob(2, ["--tokens", "64", "--repeats", "3", "--format", "json"], timeout_s=120)
+    job = start_ep_job(2, ["--tokens", "64", "--repeats", "3", "--format", "json"], timeout_s=120)
     out = job.wait(poll_s=0.1, on_progress=seen.append)
     assert out.startswith("{") and job.total_forwards == 4
     assert max(p.spawned for p in seen) == 2 and max(p.started for p in seen) == 2

@@ -130,7 +130,7 @@ def test_run_model_refuses_an_uninstrumented_model_and_empty_input():
 def test_a_routing_only_adapter_records_the_routers_output_and_keeps_the_logits():
     import dataclasses
 
-    from moe.hf.instrument import RoutingRecord, collect
+    from moe.hf.instrument import LayerRouting, collect
 
     plain = tiny_model("mixtral", layers=2)
     model = copy.deepcopy(plain)
@@ -142,7 +142,7 @@ def test_a_routing_only_adapter_records_the_routers_output_and_keeps_the_logits(
         with collect() as sink:
             logits = model(input_ids=ids[None]).logits
     assert torch.equal(logits, expected.logits)  # the model's own blocks ran
-    assert [i for i, _ in sink] == [0, 1] and all(isinstance(r, RoutingRecord) for _, r in sink)
+    assert [i for i, _ in sink] == [0, 1] and all(isinstance(r, LayerRouting) for _, r in sink)
     for (_, record), hf_logits in zip(sink, expected.router_logits):
         assert torch.equal(record.router_logits, hf_logits.float())
         assert record.top_k_index.shape == (ids.numel(), 2) and record.config.n_experts == 8

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from ep_support import assert_group_gone, torchrun
-from moe.parallel.launch import EPJob, run_ep_report
+from moe.cli.ep_report import run_ep_job, start_ep_job
 from moe import MoEConfig, MoELayer
 from moe.cli.main import main
 from moe.parallel.forward import straggler_spread
@@ -143,7 +143,7 @@ def test_ep_report_outside_torchrun_exits_2(capsys, monkeypatch):
 
 
 def test_a_job_past_its_time_is_stopped_with_all_its_processes():
-    job = EPJob(2, ["--tokens", "8"], timeout_s=0.5)  # torchrun alone takes longer than that to start
+    job = start_ep_job(2, ["--tokens", "8"], timeout_s=0.5)  # torchrun alone takes longer than that to start
     with pytest.raises(RuntimeError, match="did not finish in 0 s and was stopped"):
         job.wait(poll_s=0.2)
     assert_group_gone(job.proc.pid)
@@ -151,7 +151,7 @@ def test_a_job_past_its_time_is_stopped_with_all_its_processes():
 
 def test_a_failed_job_reports_the_ranks_message():
     with pytest.raises(RuntimeError, match="failed: world size 2 is larger than n_experts=1"):
-        run_ep_report(2, ["--n-experts", "1", "--top-k", "1", "--tokens", "8"], timeout_s=120)
+        run_ep_job(2, ["--n-experts", "1", "--top-k", "1", "--tokens", "8"], timeout_s=120)
 
 
 def test_csv_document_has_the_report_sections_and_the_rank_tables():

@@ -119,7 +119,8 @@ def test_the_flags_rebuild_the_sidebars_config_exactly():
     from dashboard.result import RunResult
     from dashboard.views.parallel import ep_flags
     from moe import MoEConfig, MoELayer
-    from moe.cli.main import build_parser, config_from_args
+    from moe.cli.main import build_parser
+    from moe.cli.options import config_from_args
     from moe.scenarios import make_batch
 
     cfg = MoEConfig(d_model=8, d_expert=16, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
@@ -161,7 +162,7 @@ def test_an_interrupted_wait_kills_the_whole_tree():
     """A BaseException out of the progress callback (the run's cancel) ends torchrun and every rank."""
     import pytest
     from ep_support import job_processes, kill_left, still_running
-    from moe.parallel.launch import EPJob
+    from moe.cli.ep_report import start_ep_job
 
     class Interrupted(BaseException):
         pass
@@ -172,7 +173,7 @@ def test_an_interrupted_wait_kills_the_whole_tree():
         procs[:] = job_processes(job.proc.pid)
         if p.started == 2:  # both ranks run, each in a session of its own
             raise Interrupted
-    job = EPJob(2, ["--tokens", "4096", "--d-model", "256", "--repeats", "100000"], timeout_s=120)
+    job = start_ep_job(2, ["--tokens", "4096", "--d-model", "256", "--repeats", "100000"], timeout_s=120)
     try:
         with pytest.raises(Interrupted):
             job.wait(poll_s=0.2, on_progress=progress)

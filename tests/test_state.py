@@ -1,4 +1,6 @@
 """Controls → config, the URL round-trip, presets and sanitising of link values."""
+import typing
+
 import pytest
 
 from dashboard.sidebar import sanitize
@@ -87,8 +89,16 @@ def test_non_finite_floats_are_refused_for_every_float_key(key, text):
     assert problems == [f"ignored {key}=`{text}`: expected a finite number"]
 
 
-def test_there_are_twelve_float_keys():
-    assert len(FLOAT_KEYS) == 12  # swiglu_limit (#9) is the twelfth
+def test_every_float_field_of_the_engine_config_is_refused_when_not_finite():
+    """What the old count (12, swiglu_limit the twelfth) stood for: a control that sets a float of MoEConfig is a
+    float control, so the tests above refuse its nan / inf. Derived from the type hints, not a pinned number."""
+    hints = typing.get_type_hints(MoEConfig)
+    engine_floats = [k for k in CONTROL_DEFAULTS if k in hints
+                     and (hints[k] is float or float in typing.get_args(hints[k]))]
+    assert "swiglu_limit" in engine_floats and "capacity_factor" in engine_floats  # float and float | None
+    assert [k for k in engine_floats if k not in FLOAT_KEYS] == []
+    for key in engine_floats:
+        assert from_query({key: "nan"})[2] == [f"ignored {key}=`nan`: expected a finite number"]
 
 
 def test_sanitize_replaces_a_nan_that_reaches_it():

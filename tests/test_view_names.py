@@ -32,8 +32,14 @@ def test_the_about_view_has_one_name_everywhere():
     assert f"*{name}*" in header and "About these numbers" not in header  # the page's header line
     readme = (ROOT / "README.md").read_text()
     assert f"and {name} (every" in " ".join(readme.split())  # README's list of views
-    sources = [*ROOT.joinpath("dashboard").rglob("*.py"), ROOT / "README.md", ROOT / "docs" / "ENGINE_API.md"]
-    assert not [p.name for p in sources if "About these numbers" in p.read_text()]
+    assert f"the *{name}* view" in " ".join(c.value for c in at.caption)  # the page's introduction
+    docs = [ROOT / "README.md", ROOT / "docs" / "ENGINE_API.md"]
+    assert not [p.name for p in docs if "About these numbers" in p.read_text()]
+    old = _app(view="About these numbers")  # the old name: no view of that name, and the page never says it
+    assert [w.value for w in old.warning if "unknown view `About these numbers`" in w.value]
+    for page in (at, old):
+        shown = [e.value for kind in ("caption", "markdown", "subheader", "info") for e in getattr(page, kind)]
+        assert not [text for text in shown if "About these numbers" in text]
 
 
 def test_text_link_note_only_for_typed_texts_over_the_limit():

@@ -6,6 +6,7 @@ import shlex
 import pandas as pd
 import streamlit as st
 
+from moe.cli.options import config_argv, scenario_argv
 from moe.parallel.launch import check_torchrun
 from moe.parallel.forward import check_ep_config
 
@@ -39,34 +40,14 @@ DEFINITIONS = {
 
 
 def ep_flags(result: RunResult) -> list[str]:
-    """The ep-report flags for the sidebar's layer and scenario (ValueError when EP cannot run it)."""
-    cfg = result.config
+    """The ep-report flags for the sidebar's layer and scenario (ValueError when EP cannot run it). The ranks run
+    on the CPU (the default device), whatever the sidebar's device."""
+    cfg = result.config.replace(device="cpu")
     check_ep_config(cfg)
-    if cfg.expert_bias is not None and any(cfg.expert_bias):
-        raise ValueError("expert biases cannot be passed to ep-report; clear them in the sidebar")
-    flags = ["--d-model", cfg.d_model, "--d-expert", cfg.d_expert, "--n-experts", cfg.n_experts, "--top-k", cfg.top_k,
-             "--router", cfg.router, "--score", cfg.score, "--temperature", cfg.temperature,
-             "--routed-scaling-factor", cfg.routed_scaling_factor, "--drop-policy", cfg.drop_policy,
-             "--dtype", cfg.dtype, "--seed", cfg.seed, "--tokens", result.trace.tokens, "--scenario", result.scenario]
     if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
         raise ValueError("per-sequence capacity needs whole sequences per rank: run `ep-report --capacity-scope "
                          "sequence --seq-len S` from the command line")
-    flags += ["--activation", cfg.activation, "--swiglu-limit", cfg.swiglu_limit, "--sparsity-mode",
-              cfg.sparsity_mode, "--n-group", cfg.n_group, "--topk-group", cfg.topk_group,
-              "--shared-experts", cfg.shared_experts]
-    flags += ["--d-shared", cfg.d_shared] if cfg.d_shared is not None else []
-    flags += [name for name, on in (("--no-gated", not cfg.gated), ("--expert-biases", cfg.expert_biases),
-                                    ("--shared-gate", cfg.shared_gate)) if on]
-    flags += ["--no-normalize-topk"] if not cfg.normalize_topk else []
-    flags += ["--capacity-factor", cfg.capacity_factor] if cfg.capacity_factor is not None else []
-    hot = [(e, b) for e, b in enumerate(cfg.logit_bias or ()) if b]
-    if len(hot) > 1:
-        raise ValueError("ep-report takes one hot expert (--hot-expert); this layer has several logit biases")
-    flags += ["--hot-expert", hot[0][0], "--hot-bias", hot[0][1]] if hot else []
-    params = result.scenario_params
-    flags += ["--clusters", params["n_clusters"]] if "n_clusters" in params else []
-    flags += ["--skew", params["skew"]] if "skew" in params else []
-    return [str(f) for f in flags]
+    return config_argv(cfg) + scenario_argv(result.scenario, result.scenario_params, result.trace.tokens)
 
 
 def render(result: RunResult) -> None:

@@ -1,12 +1,11 @@
-"""Headless model commands: `python -m moe train-lm --out DIR` and `python -m moe model-report ...`."""
+"""`python -m moe train-lm --out DIR`: train the bundled MoE language model (seeded, CPU)."""
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
 
-from moe.cli.main import UsageError
+from moe.cli.args import int_in
 from moe.hf.lm_checks import check_lm_training_budget, check_out_dir
 from moe.hf.lm_train import LMTrainConfig, format_report, train_lm
 
@@ -17,35 +16,19 @@ MAX_SEED = 2 ** 32 - 1
 MAX_THREADS = 1024
 
 
-def _int_in(lo: int, hi: int):
-    """An argparse type: a plain decimal integer in lo..hi."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi:,}, got {text[:40]!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi:,}, got {text[:40]!r}")
-        return value
-    return parse
-
-
-def add_model_commands(commands) -> None:
-    """Register `train-lm` and `model-report` on the `python -m moe` subparsers."""
+def add_command(commands) -> None:
     p = commands.add_parser("train-lm", help="train the bundled MoE language model (seeded, CPU)")
     p.add_argument("--out", required=True, help="a new or empty directory (or one train-lm wrote before) for "
                                                 "config.json, model.safetensors, tokenizer and training.json")
-    p.add_argument("--steps", type=_int_in(1, MAX_STEPS), default=None)
-    p.add_argument("--batch", type=_int_in(1, MAX_BATCH), default=None)
-    p.add_argument("--seed", type=_int_in(0, MAX_SEED), default=None)
-    p.add_argument("--threads", type=_int_in(1, MAX_THREADS), default=None,
+    p.add_argument("--steps", type=int_in(1, MAX_STEPS), default=None)
+    p.add_argument("--batch", type=int_in(1, MAX_BATCH), default=None)
+    p.add_argument("--seed", type=int_in(0, MAX_SEED), default=None)
+    p.add_argument("--threads", type=int_in(1, MAX_THREADS), default=None,
                    help="torch CPU threads for this process (default: torch's); 1 is faster on a busy machine")
-    p.set_defaults(run=_train_lm)
-    from moe.hf.report import add_report_command
-    add_report_command(commands)
+    p.set_defaults(run=run)
 
 
-def _train_lm(args: argparse.Namespace) -> str:
+def run(args: argparse.Namespace) -> str:
     changes = {k: getattr(args, k) for k in ("steps", "batch", "seed") if getattr(args, k) is not None}
     cfg = dataclasses.replace(LMTrainConfig(), **changes)
     # Both checks before anything is built or imported: a refusal costs a second, not a training run.

@@ -32,7 +32,7 @@ OVERRIDES: ContextVar[dict | None] = ContextVar("moe_scope_model_overrides", def
 
 
 @dataclass
-class RoutingRecord:
+class LayerRouting:
     """What a routing-only layer's router returned (for trace_from_routing): host tensors."""
     router_logits: Tensor    # (T, E) float32
     top_k_index: Tensor      # (T, K)
@@ -63,7 +63,7 @@ class EngineBlock(nn.Module):
         sink = _SINK.get()
         if sink is not None:
             logits, weights, index = output[:3]  # HF routers return (router_logits, top_k_weights, top_k_index)
-            sink.append((self.layer_index, RoutingRecord(logits.detach().float().cpu(), index.detach().cpu(),
+            sink.append((self.layer_index, LayerRouting(logits.detach().float().cpu(), index.detach().cpu(),
                                                          weights.detach().float().cpu(), self.routing_cfg)))
 
     def forward(self, hidden_states: Tensor) -> Tensor:
@@ -159,10 +159,10 @@ def run_model(model: nn.Module, input_ids: Tensor) -> ModelRun:
     with collect() as sink:
         out = model(input_ids=input_ids[None].to(device), use_cache=False)
     sink.sort(key=lambda item: item[0])
-    traces = [_routing_trace(i, t) if isinstance(t, RoutingRecord) else t.cpu() for i, t in sink]
+    traces = [_routing_trace(i, t) if isinstance(t, LayerRouting) else t.cpu() for i, t in sink]
     return ModelRun(input_ids=input_ids.cpu(), logits=out.logits[0].float().cpu(), layers=[i for i, _ in sink],
-                    traces=traces, routing_only=[i for i, t in sink if isinstance(t, RoutingRecord)])
+                    traces=traces, routing_only=[i for i, t in sink if isinstance(t, LayerRouting)])
 
 
-def _routing_trace(layer: int, record: RoutingRecord) -> Trace:
+def _routing_trace(layer: int, record: LayerRouting) -> Trace:
     return trace_from_routing(record.config, record.router_logits, record.top_k_index, record.top_k_weights)

@@ -9,7 +9,6 @@ lines (started, joined, one per forward) to files the parent reads (`EPJob.progr
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import pathlib
 import shutil
@@ -17,8 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from moe.config import MoEConfig
 from moe.memory import BUDGET_ENV, BudgetError, budget_bytes, check_budget, describe_bytes
 from moe.proctree import Proc, kill_tree, memory_bytes, tree
 
@@ -48,30 +48,32 @@ def ep_command(nproc: int, args: list[str]) -> list[str]:
             "-m", "moe", "ep-report", *args]
 
 
-def check_job_budget(nproc: int, args: list[str], budget: int | None = None) -> int:
+@dataclass(frozen=True)
+class JobPlan:
+    """What the launcher needs to know of the ep-report arguments it passes on (moe/cli/ep_report.py parses
+    them): the layer, the tokens every rank draws, the forwards each rank runs (the warm-up and the repeats),
+    and the option that sets each knob, for advice in the user's terms."""
+    cfg: MoEConfig
+    tokens: int
+    forwards: int
+    names: dict[str, str] = field(default_factory=dict)
+
+
+def check_job_budget(nproc: int, plan: JobPlan, budget: int | None = None) -> int:
     """ValueError (one line, with advice) when the job's process tree would need more than the budget:
     torchrun + W × (a rank process + its forward, which draws the whole batch and the whole layer).
-    Returns the number of forwards each rank runs (the warm-up and --repeats)."""
-    from moe.cli.main import UsageError, build_parser, flag_names, knobs_from_args
-    from moe.knobs import from_knobs
-
-    try:
-        parsed = build_parser().parse_args(["ep-report", *args])
-    except UsageError as err:
-        raise ValueError(f"ep-report: {err}") from None
-    cfg, _, _, tokens = from_knobs(knobs_from_args(parsed))
+    Returns the number of forwards each rank runs (the warm-up and the repeats)."""
     budget = budget_bytes() if budget is None else budget
     per_rank = (budget - TORCHRUN_BYTES) // nproc - RANK_BYTES  # what each rank's forward may take
     try:
-        check_budget(cfg, tokens, max(per_rank, 0), names=flag_names())
-        return parsed.repeats + 1
+        check_budget(plan.cfg, plan.tokens, max(per_rank, 0), names=plan.names)
+        return plan.forwards
     except BudgetError as err:
         forward = sum(err.parts.values())
         refusal = err
     parts = {"torchrun": TORCHRUN_BYTES, f"{nproc} rank processes": nproc * RANK_BYTES,
              f"{nproc} forwards": nproc * forward}
-    names = flag_names()
-    advice = [f"{names.get(k, k)} ≤ {v:,} (now {refusal.sizes[k]:,})" for k, v in refusal.changes.items()]
+    advice = [f"{plan.names.get(k, k)} ≤ {v:,} (now {refusal.sizes[k]:,})" for k, v in refusal.changes.items()]
     fewer = (budget - TORCHRUN_BYTES) // (RANK_BYTES + forward)
     options = ([f"use at most {fewer} processes"] if 2 <= fewer < nproc else []) + (
         [f"set {', '.join(advice)}"] if advice and per_rank > 0 else [])
@@ -107,10 +109,11 @@ def rank_progress(event: str) -> None:
 class EPJob:
     """One torchrun job: `poll()` or `wait()` for it, `kill()` ends its whole process tree."""
 
-    def __init__(self, nproc: int, args: list[str], timeout_s: float, budget: int | None = None):
+    def __init__(self, nproc: int, args: list[str], timeout_s: float, plan: JobPlan, budget: int | None = None):
+        """`args`: the ep-report options; `plan`: what they describe (moe.cli.ep_report.job_plan(args))."""
         check_torchrun()
         self.budget = budget_bytes() if budget is None else budget
-        self.total_forwards = check_job_budget(nproc, args, self.budget)
+        self.total_forwards = check_job_budget(nproc, plan, self.budget)
         self.nproc, self.command, self.timeout_s = nproc, ep_command(nproc, args), timeout_s
         self.seen: list[Proc] = []  # every process of the tree seen so far (a re-parented rank stays known)
         self.memory, self.peak_memory, self.spawned = 0, 0, 0
@@ -215,9 +218,3 @@ def failure_line(stderr: str) -> str:
         return ours[0].removeprefix("python -m moe: error:").strip()
     errors = [line for line in lines if "Error" in line and not line.startswith(("Traceback", "File"))]
     return (errors or lines or ["no output"])[-1]
-
-
-def run_ep_report(nproc: int, args: list[str], timeout_s: float = 300.0, on_progress=None) -> dict:
-    """Run `ep-report --format json` on nproc local ranks and return its document."""
-    job = EPJob(nproc, [*args, "--format", "json"], timeout_s)
-    return json.loads(job.wait(on_progress=on_progress))

@@ -1,4 +1,4 @@
-"""`torchrun --standalone --nproc-per-node W -m moe ep-report ...`: the expert-parallel forward, headless.
+"""The rank side of `torchrun --standalone --nproc-per-node W -m moe ep-report ...` (the command: moe/cli/ep_report.py).
 
 Every rank draws the same global batch (the `report` flags), keeps its contiguous share, runs the
 expert-parallel forward, and rank 0 prints one document: the `report` document (config, summary,
@@ -7,25 +7,24 @@ median over the repeats) and straggler_spread (min, quartiles, max and every rep
 """
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import os
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.distributed as dist
 
-from moe.cli import main as _cli
-from moe.parallel.launch import rank_progress
-from moe.layer import MoELayer
-from moe.parallel.forward import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward, init_distributed,
-                       launched_world_size, split_rows, straggler_spread)
+from moe.config import MoEConfig
+from moe.document import render
 from moe.jsonio import dumps
+from moe.layer import MoELayer
+from moe.parallel.forward import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward,
+                                  init_distributed, launched_world_size, split_rows, straggler_spread)
+from moe.parallel.launch import rank_progress
 from moe.parallel.placement import contiguous, load_file
-from moe.knobs import from_knobs
-from moe.memory import budget_bytes, check_budget
 from moe.proctree import die_with_parent
 from moe.scenarios import make_batch
 from moe.stats import per_expert_frame, summary_dict
@@ -34,36 +33,35 @@ _MS = ["gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
 REPEATS = 5  # one timed forward's straggler factor moved from 1.01 to 1.26 between runs: report a median
 
 
-def add_ep_command(commands) -> None:
-    """Register `ep-report`: the `report` flags plus --placement, --repeats, --timeout, --save-output."""
-    p = commands.add_parser("ep-report", help="expert-parallel forward under torchrun: per-rank load and traffic")
-    _cli.add_config_arguments(p)
-    _cli.add_scenario_arguments(p)  # --tokens is the total, split over the ranks
-    p.add_argument("--placement", default=None, help="JSON plan from moe.parallel.placement (default: contiguous blocks)")
-    p.add_argument("--repeats", type=_cli._positive_int, default=REPEATS,
-                   help="timed forwards after one warm-up: times and the straggler factor are medians over them")
-    p.add_argument("--timeout", type=_cli._float, default=60.0, help="seconds any collective may wait")
-    p.add_argument("--seq-len", type=_cli._positive_int, default=None,
-                   help="cut the tokens into sequences of S (each rank gets whole sequences); needed by "
-                        "--capacity-scope sequence")
-    p.add_argument("--save-output", default=None, help="rank 0 saves the combined output y (T, D) here (torch.save)")
-    p.set_defaults(run=run_ep_report)
+@dataclass(frozen=True)
+class EPSettings:
+    """How ep-report runs the layer: the placement file (None: contiguous blocks), the timed forwards after one
+    warm-up, the collectives' timeout, sequences of seq_len (None: rows are tokens), where rank 0 saves y."""
+    placement_file: str | None = None
+    repeats: int = REPEATS
+    timeout_s: float = 60.0
+    seq_len: int | None = None
+    save_output: str | None = None
 
 
-def run_ep_report(args: argparse.Namespace) -> str:
-    if "RANK" in os.environ:  # a torchrun rank: its own session, so end it with torchrun (no orphan)
+def enter_rank() -> None:
+    """First thing a torchrun rank does: die with torchrun (its own session: no orphan) and say it started."""
+    if "RANK" in os.environ:
         die_with_parent()
         rank_progress("started")
-    _cli.check_scenario_options(args, args.scenario, ("clusters", "skew", "spread", "drift_step", "period"))
-    cfg, scenario, params, tokens = from_knobs(_cli.knobs_from_args(args))  # the same tokens `report` draws
-    check_budget(cfg, tokens, budget_bytes(), names=_cli.flag_names())  # before anything is built (every rank)
+
+
+def rank_report(cfg: MoEConfig, scenario: str, params: dict, tokens: int, settings: EPSettings, fmt: str) -> str:
+    """This rank's part of the expert-parallel forward of the `report` input; rank 0 returns the document
+    (json | csv), the other ranks ''. Every check runs on every rank before the process group is joined."""
     check_ep_config(cfg)
     W = launched_world_size()
-    placement = load_file(args.placement, cfg.n_experts, W) if args.placement else contiguous(cfg.n_experts, W)
+    placement = (load_file(settings.placement_file, cfg.n_experts, W) if settings.placement_file
+                 else contiguous(cfg.n_experts, W))
     if tokens < W:
         raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
-    x = _sequences(make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x, cfg, args.seq_len, W)
-    rank, W, device = init_distributed(cfg.device, args.timeout)  # every check above ran on every rank
+    x = _sequences(make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x, cfg, settings.seq_len, W)
+    rank, W, device = init_distributed(cfg.device, settings.timeout_s)
     rank_progress("joined")
     try:
         layer = MoELayer(cfg.replace(device=str(device)))
@@ -72,17 +70,17 @@ def run_ep_report(args: argparse.Namespace) -> str:
         mine = x[split_rows(x.shape[0], W, rank)]  # (T_r, D) or (B_r, S, D)
         with torch.inference_mode():
             runs = []  # the warm-up, then the repeats; an earlier run keeps its tables, not its output y
-            for _ in range(args.repeats + 1):
+            for _ in range(settings.repeats + 1):
                 if runs:
                     runs[-1].y = runs[-1].y[:0]
                 runs.append(ep_forward(layer, shard, mine, placement))
                 rank_progress("forward")
             runs = runs[1:]
-            if args.save_output:
-                _save_output(runs[-1].y, x.shape[0], W, rank, args.save_output)  # rows: tokens or sequences
+            if settings.save_output:
+                _save_output(runs[-1].y, x.shape[0], W, rank, settings.save_output)  # rows: tokens or sequences
         if rank != 0:
             return ""
-        return _render(cfg, args, placement, runs, {"scenario": scenario, "tokens": tokens, **params})
+        return _render(cfg, fmt, placement, runs, {"scenario": scenario, "tokens": tokens, **params})
     finally:
         dist.destroy_process_group()
 
@@ -110,7 +108,7 @@ def _save_output(y: torch.Tensor, rows: int, W: int, rank: int, path: str) -> No
         torch.save(full.cpu(), path)
 
 
-def _render(cfg, args, placement, runs, input_: dict) -> str:
+def _render(cfg, fmt: str, placement, runs, input_: dict) -> str:
     """The `report` document of the last run, plus the per-rank table (median times over the runs)."""
     per_rank = runs[-1].per_rank.copy()
     per_rank[_MS] = np.median(np.stack([r.per_rank[_MS].to_numpy() for r in runs]), axis=0)
@@ -121,9 +119,8 @@ def _render(cfg, args, placement, runs, input_: dict) -> str:
     extra = {"world_size": len(placement.ranks), "placement": placement.to_dict(), "per_rank": per_rank,
              "traffic": traffic, "traffic_bytes": traffic * token_bytes,
              "straggler": straggler_spread([r.per_rank for r in runs])}
-    base = _cli.render(cfg.to_dict(), summary_dict(sums), per_expert_frame(sums), args.format,
-                       extra=input_)
-    return _json(base, extra) if args.format == "json" else _csv(base, extra)
+    base = render(cfg.to_dict(), summary_dict(sums), per_expert_frame(sums), fmt, extra=input_)
+    return _json(base, extra) if fmt == "json" else _csv(base, extra)
 
 
 def _json(base: str, extra: dict) -> str:

@@ -1,4 +1,4 @@
-"""The statistics of a routing trace file, per (step, layer), streamed; and `python -m moe trace-report`.
+"""The statistics of a routing trace file, per (step, layer), streamed (`python -m moe trace-report`, moe/cli).
 
 Each record becomes `ForwardSums` (`moe.sums_from_routing` in token chunks when it has logits, else
 `sums_from_choices`: no (E, E) co-activation, so memory is linear in E); records of one (step, layer)
@@ -18,7 +18,6 @@ import torch
 
 from moe.config import MoEConfig
 from moe.from_routing import sums_from_choices, sums_from_routing
-from moe.jsonio import dumps
 from moe.parallel.placement import Placement, contiguous, plan, predicted_load
 from moe.stats import StatsAccumulator, summary_dict
 from moe.traces.readers import detect_format, iter_records
@@ -222,38 +221,3 @@ class _State:
                             rows=pd.DataFrame(self.rows),
                             pooled={k: summary_dict(a.sums) for k, a in self.pooled.items()},
                             records=self.records, skipped_empty=self.skipped)
-
-
-def add_trace_command(commands) -> None:
-    """Register `trace-report FILE`: statistics of a routing trace file, optionally a placement plan."""
-    from moe.cli.main import _positive_int
-    p = commands.add_parser("trace-report", help="a routing trace file (moe-scope Parquet or Megatron-LM JSONL): "
-                                                 "load per layer over steps, the worst (step, layer), a plan")
-    p.add_argument("file", help="trace file: the page's Trace (Parquet) download, a TraceWriter file, or "
-                                "Megatron-LM's router_trace_rank{R}.jsonl")
-    p.add_argument("--n-experts", type=_positive_int, default=None, help="needed for Megatron traces")
-    p.add_argument("--layers", type=_positive_int, default=None, help="expected number of MoE layers (checked)")
-    p.add_argument("--score", choices=("softmax", "sigmoid"), default="softmax", help="how logits became probs")
-    p.add_argument("--world-size", type=_positive_int, default=None, help="plan a placement for W ranks")
-    p.add_argument("--redundant-slots", type=int, default=0, help="R replicas for the plan")
-    p.add_argument("--layer", default=None, help="plan from this layer's load (default: all layers summed)")
-    p.add_argument("--format", choices=("json", "csv"), default="json", help="csv: one row per (step, layer)")
-    p.set_defaults(run=run_trace_report)
-
-
-def run_trace_report(args) -> str:
-    s = summarize(args.file, n_experts=args.n_experts, n_layers=args.layers, score=args.score)
-    planned = s.plan(args.world_size, args.redundant_slots, args.layer) if args.world_size else None
-    if args.format == "csv":
-        pos = {step: i for i, step in enumerate(s.steps)}  # every step holds every layer (checked)
-        load = np.stack([s.load[name][pos[step]] for step, name in zip(s.rows["step"], s.rows["layer"])])  # (rows, E)
-        columns = pd.DataFrame(load, columns=[f"load_{e}" for e in range(s.n_experts)])
-        return pd.concat([s.rows.reset_index(drop=True), columns], axis=1).to_csv(index=False)
-    doc = {"source": s.source, "n_experts": s.n_experts, "n_experts_source": s.n_experts_source,
-           "max_expert_id": s.max_expert_id, "top_k": s.top_k, "has_logits": s.has_logits,
-           "records": s.records, "skipped_empty": s.skipped_empty, "layers": s.layers, "steps": len(s.steps),
-           "worst": s.worst(), "per_layer": s.pooled, "rows": s.rows.to_dict(orient="records"),
-           "load": {name: s.load[name].tolist() for name in s.layers}}
-    if planned is not None:
-        doc["plan"] = planned
-    return dumps(doc, indent=1)

@@ -1,0 +1,79 @@
+"""What every command shares: the parser class whose errors are one line, and the one family of argument types.
+
+Each type is an argparse `type=` callable: it returns the parsed value or raises ArgumentTypeError, which the
+parser turns into `argument --flag: <message>` (a UsageError, printed as one line with exit status 2).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+
+class UsageError(Exception):
+    """A bad command-line value; printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse prints the usage and the message and exits; the commands want one line and a status of their own."""
+
+    def error(self, message: str):
+        raise UsageError(message)
+
+
+def integer(text: str) -> int:
+    """Any decimal integer."""
+    try:
+        return int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """A decimal integer ≥ 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def int_in(lo: int, hi: int):
+    """A type: a decimal integer in lo..hi."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text, 10)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi:,}, got {text[:40]!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi:,}, got {text[:40]!r}")
+        return value
+    return parse
+
+
+def finite_float(text: str) -> float:
+    """A number that is not NaN or ±inf."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def finite_floats(text: str) -> tuple[float, ...]:
+    """Comma-separated finite numbers, e.g. `0,0,1.5,0` (one per expert)."""
+    try:
+        values = tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text[:80]!r}") from None
+    if not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated finite numbers, got {text[:80]!r}")
+    return values
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (its type's name when it has none)."""
+    return " ".join(str(err).split()) or type(err).__name__
