@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 
 from moe import MoEConfig
 from moe.knobs import DEFAULTS as KNOBS, from_knobs
 
 from dashboard.model_link import MODEL_LINK_KEYS
+from dashboard.quoting import quote
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
 
 LABELLED_SCENARIOS = ("clusters", "drifting")
-LINK_KEYS = ("preset", "view", *MODEL_LINK_KEYS)  # not controls (the view: the page; the Model view's: model_link)
+# The Expert parallel page's own settings: query key -> (session-state key, smallest, largest value)
+EP_LINK: dict[str, tuple[str, int, int]] = {"epw": ("ep_world", 2, 8), "epr": ("ep_slots", 0, 7 * 256)}
+# not controls (the view: the Playground's sub-view; the Model page's: model_link; the Expert parallel page's)
+LINK_KEYS = ("preset", "view", *MODEL_LINK_KEYS, *EP_LINK)
 MAX_LINK_PARAMS = 64             # a link carries at most ~35 keys; more are ignored unread
 MAX_VALUE_CHARS = 64             # longer values are refused before parsing (a number or a name is short)
-SHOWN_CHARS = 40                 # a value echoed in a note is cut to this many characters
 
 
 @dataclass(frozen=True)
@@ -84,20 +86,27 @@ def from_query(query: dict[str, str]) -> tuple[str, dict, list[str]]:
     return preset, values, problems
 
 
-def quote(value) -> str:
-    """A value from a link, safe to show in Markdown: shortened, in a code span, no backticks or line breaks."""
-    text = str(value)
-    if len(text) > SHOWN_CHARS:
-        text = text[:SHOWN_CHARS - 1] + "…"
-    text = "".join(" " if ch.isspace() or not ch.isprintable() else ch for ch in text)
-    return "`" + text.replace("`", "ˋ") + "`"  # ˋ (U+02CB) looks like a backtick but cannot close the span
+def ep_from_query(query: dict[str, str]) -> tuple[dict, list[str]]:
+    """(session-state values, problems) for the Expert parallel page's keys; bad entries are named, not used."""
+    values, problems = {}, []
+    for key, (state_key, low, high) in EP_LINK.items():
+        text = query.get(key)
+        if text is None:
+            continue
+        try:
+            if len(text) > MAX_VALUE_CHARS or not low <= (value := int(text)) <= high:
+                raise ValueError(text)
+        except ValueError:
+            problems.append(f"ignored {key}={quote(text)}: expected an integer in {low}..{high}")
+            continue
+        values[state_key] = value
+    return values, problems
 
 
-def md_text(text: str) -> str:
-    """A message that may hold a value from a file or a link (a path, a tensor name), shown as plain text in
-    Markdown: every character that opens a Markdown, HTML or Streamlit construct (image, link, tag, code,
-    emphasis, colour, math) is backslash-escaped, so it shows as typed and nothing is fetched."""
-    return re.sub(r"([\\`*_{}\[\]()<>#!|~$])", r"\\\1", str(text))
+def ep_to_query(state, defaults: dict) -> dict[str, str]:
+    """The Expert parallel page's keys whose values differ from the defaults."""
+    return {key: str(state[name]) for key, (name, _, _) in EP_LINK.items()
+            if state.get(name, defaults[name]) != defaults[name]}
 
 
 def _expected(default) -> str:

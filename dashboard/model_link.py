@@ -12,6 +12,15 @@ import math
 from moe.config import DROP_POLICIES
 from moe.hf.tables import LAYER_COLUMNS
 
+from dashboard.quoting import quote
+
+EXAMPLES = {
+    "prose": "The with statement is used to wrap the execution of a block with methods defined by a context "
+             "manager. This allows common try, except, finally usage patterns to be encapsulated.",
+    "code": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
+    "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
+}
+MAX_TOKENS_LIMIT = 4096
 TEXT_LINK_CHARS = 500
 LINK_DIR_KEY = "model_link_dir"  # session state: the link's model directory, waiting for a click
 # query key -> (session-state key, type)
@@ -49,7 +58,6 @@ def _parse(state_key: str, kind: type, text: str):
 
 def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, list[str]]:
     """(session-state values, problems) from the link; bad entries are skipped and named (Markdown-safe)."""
-    from dashboard.links import quote  # here, not at the top: state imports MODEL_LINK_KEYS from this module
     values, problems = {}, []
     for key, (state_key, kind) in MODEL_LINK.items():
         if key not in query:

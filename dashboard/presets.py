@@ -3,21 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-# Every sidebar control and its default; keys double as widget keys and query parameters.
-CONTROL_DEFAULTS: dict[str, object] = {
-    "d_model": 64, "d_expert": 256, "n_experts": 8, "top_k": 2, "batch": 4, "seq_len": 128,
-    "router": "topk", "score": "softmax", "temperature": 1.0, "normalize_topk": True,
-    "routed_scaling_factor": 1.0, "dropless": True, "capacity_factor": 1.25, "drop_policy": "position",
-    "noise_std": 0.0, "jitter_eps": 0.0,
-    "hot_expert": -1, "hot_bias": 3.0, "bias_spread": 0.0, "expert_bias_hot": 0.0, "expert_bias_spread": 0.0,
-    "scenario": "gaussian", "n_clusters": 4, "skew": 0.0, "spread": 0.3, "drift_step": 0,
-    "seed": 0, "device": "cpu", "dtype": "float32", "router_dtype": "float32",
-    # production routing (#9): DeepSeek-V3 group-limited top-k, Switch's per-sequence capacity
-    "n_group": 1, "topk_group": 1, "capacity_scope": "batch",
-    # experts (#9): activation, gating, biases, shared experts (d_shared 0 = shared_experts × d_expert)
-    "activation": "silu", "gated": True, "expert_biases": False, "swiglu_limit": 7.0,
-    "shared_experts": 0, "d_shared": 0, "shared_gate": False, "sparsity_mode": "absolute",
-}
+from moe.knobs import DEFAULTS as KNOB_DEFAULTS
+
+# Every sidebar control and its default: the engine's knobs (moe.knobs), read-only here. The keys double as
+# widget keys and query parameters.
+CONTROL_DEFAULTS: dict[str, object] = KNOB_DEFAULTS
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,5 @@
-"""The sidebar: session-state initialisation, presets and every control, each with a help tooltip."""
+"""The Playground's sidebar: presets and every control of the synthetic layer, each with a help tooltip."""
 from __future__ import annotations
-
-import math
 
 import streamlit as st
 import torch
@@ -11,84 +9,10 @@ from moe.config import (ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROU
                         SPARSITY_MODES)
 from moe.scenarios import SCENARIO_HELP, SCENARIOS
 
-from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
-from dashboard.links import LABELLED_SCENARIOS, from_query, quote
-
-D_MODEL_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 768, 1024, 2048, 4096]
-D_EXPERT_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 8192]
-SEQ_OPTIONS = [1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
-OPTIONS: dict[str, list] = {
-    "d_model": D_MODEL_OPTIONS, "d_expert": D_EXPERT_OPTIONS, "seq_len": SEQ_OPTIONS,
-    "router": list(ROUTERS), "score": list(SCORES), "drop_policy": list(DROP_POLICIES),
-    "scenario": list(SCENARIOS), "dtype": list(DTYPES), "router_dtype": list(ROUTER_DTYPES),
-    "capacity_scope": list(CAPACITY_SCOPES), "activation": list(ACTIVATIONS), "sparsity_mode": list(SPARSITY_MODES),
-}
-RANGES: dict[str, tuple[float, float]] = {
-    "n_experts": (1, 256), "batch": (1, 64), "temperature": (0.05, 10.0), "capacity_factor": (0.1, 4.0),
-    "noise_std": (0.0, 3.0), "jitter_eps": (0.0, 0.5), "hot_bias": (-10.0, 10.0), "bias_spread": (0.0, 5.0),
-    "expert_bias_hot": (-2.0, 2.0), "expert_bias_spread": (0.0, 1.0), "n_clusters": (1, 32), "skew": (0.0, 3.0),
-    "spread": (0.0, 2.0), "drift_step": (0, 1000), "seed": (0, 2 ** 31 - 1), "routed_scaling_factor": (0.1, 10.0),
-    "n_group": (1, 256), "topk_group": (1, 256), "shared_experts": (0, 8), "d_shared": (0, 8192),
-    "swiglu_limit": (0.5, 20.0),
-}
-
-
-def sanitize(values: dict, devices: list[str]) -> tuple[dict, list[str]]:
-    """Bring values into what the widgets accept (options, ranges, top_k ≤ n_experts); say every change."""
-    fixed, notes = dict(values), []
-    for key, options in {**OPTIONS, "device": devices}.items():
-        if fixed[key] not in options:
-            notes.append(f"{key}={quote(fixed[key])} is not available here; using {quote(CONTROL_DEFAULTS[key])}")
-            fixed[key] = CONTROL_DEFAULTS[key]
-    for key, (lo, hi) in RANGES.items():
-        value = fixed[key]
-        if not math.isfinite(value):  # min/max would keep a NaN
-            notes.append(f"{key}={quote(value)} is not a finite number; using {quote(CONTROL_DEFAULTS[key])}")
-            fixed[key] = CONTROL_DEFAULTS[key]
-        elif not lo <= value <= hi:
-            clamped = type(CONTROL_DEFAULTS[key])(min(max(value, lo), hi))
-            notes.append(f"{key}={quote(value)} is outside {lo}..{hi}; using {quote(clamped)}")
-            fixed[key] = clamped
-    top_k = max(1, min(int(fixed["top_k"]), int(fixed["n_experts"])))
-    if top_k != fixed["top_k"]:
-        notes.append(f"top_k={quote(fixed['top_k'])} must be in 1..n_experts={fixed['n_experts']}; using {top_k}")
-        fixed["top_k"] = top_k
-    if not -1 <= fixed["hot_expert"] < fixed["n_experts"]:
-        notes.append(f"hot_expert={quote(fixed['hot_expert'])} is not an expert of {fixed['n_experts']} "
-                     f"(0..{fixed['n_experts'] - 1}, or -1 for none); using none")
-        fixed["hot_expert"] = -1
-    _sanitize_groups(fixed, notes)
-    _sanitize_shared(fixed, notes)
-    return fixed, notes
-
-
-def divisors(n: int) -> list[int]:
-    """The n_group values n_experts = n allows: its divisors."""
-    return [g for g in range(1, n + 1) if n % g == 0]
-
-
-def _sanitize_groups(fixed: dict, notes: list[str]) -> None:
-    """n_group must divide n_experts (its widget lists the divisors); topk_group at most n_group."""
-    E, G = fixed["n_experts"], fixed["n_group"]
-    if E % G:
-        g = max(d for d in divisors(E) if d <= G)
-        notes.append(f"n_group={quote(G)} does not divide n_experts={E}; using {g} (the largest divisor below it)")
-        fixed["n_group"] = G = g
-    if fixed["topk_group"] > G:
-        notes.append(f"topk_group={quote(fixed['topk_group'])} exceeds n_group={G}; using {G}")
-        fixed["topk_group"] = G
-
-
-def _sanitize_shared(fixed: dict, notes: list[str]) -> None:
-    """d_shared and shared_gate describe shared experts: without any they go back to their defaults."""
-    if fixed["shared_experts"] > 0:
-        return
-    for key in ("d_shared", "shared_gate"):
-        if fixed[key] != CONTROL_DEFAULTS[key]:
-            notes.append(f"{key}={quote(fixed[key])} needs shared_experts ≥ 1 (it is 0); "
-                         f"using {quote(CONTROL_DEFAULTS[key])}")
-            fixed[key] = CONTROL_DEFAULTS[key]
-
+from dashboard import state
+from dashboard.limits import D_EXPERT_OPTIONS, D_MODEL_OPTIONS, SEQ_OPTIONS, divisors, sanitize
+from dashboard.links import LABELLED_SCENARIOS
+from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
 
 # The page's results live in a fragment with this key. Knobs that only change values (no other widget
 # depends on them) rerun just that fragment: the sidebar is not redrawn. Knobs that change other widgets
@@ -106,25 +30,8 @@ def current_values() -> dict:
     return {key: st.session_state[key] for key in CONTROL_DEFAULTS}
 
 
-def init_session() -> None:
-    """Once per browser session: defaults, overridden by the link's query parameters."""
-    ss = st.session_state
-    if ss.get("_initialised"):
-        for key in CONTROL_DEFAULTS:  # keep values of widgets that a rerun did not draw
-            if key in ss:
-                ss[key] = ss[key]
-        return
-    preset, values, problems = from_query(st.query_params.to_dict())
-    values, notes = sanitize(values, available_devices())
-    for key, value in values.items():
-        ss[key] = value
-    ss["preset"] = preset
-    ss["link_notes"] = problems + notes
-    ss["_initialised"] = True
-
-
 def _apply_preset() -> None:
-    name = st.session_state["preset"]
+    name = st.session_state[state.PRESET]
     if name == "Custom":
         return
     values, _ = sanitize(preset_values(name), available_devices())
@@ -160,10 +67,10 @@ def render_sidebar() -> None:
     """Draw every control (each writes its value to st.session_state under the engine's name)."""
     ss = st.session_state
     sb = st.sidebar
-    sb.selectbox("Preset", list(PRESETS), key="preset", on_change=_apply_preset,
+    sb.selectbox("Preset", list(PRESETS), key=state.PRESET, on_change=_apply_preset,
                  help="Load a teaching scenario. Every control stays editable afterwards.")
-    preset = PRESETS[ss["preset"]]
-    sb.button("Reset to preset", key="reset_preset", on_click=_apply_preset, disabled=ss["preset"] == "Custom",
+    preset = PRESETS[ss[state.PRESET]]
+    sb.button("Reset to preset", key="reset_preset", on_click=_apply_preset, disabled=ss[state.PRESET] == "Custom",
               help="Set every control back to this preset's values (the page says when they differ).")
     sb.caption(f"**Look for:** {preset.look_for}  \n**Why:** {preset.why}")
 

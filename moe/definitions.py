@@ -197,4 +197,31 @@ DEFINITIONS: dict[str, str] = {
     "counterfactual_loss_delta": "mean next-token loss with the counterfactual routing minus with the model's own, "
                                  "in bits per token, same text and weights; positive = the change costs bits. "
                                  "Layers after a changed one see changed inputs, so their routing moves too.",
+    # --- expert parallel (the Expert parallel page, ep-report)
+    "ep_assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
+                      "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "
+                      "per-expert load (a replicated expert's assignments are split in token order, near-equal chunks).",
+    "ep_traffic": "**traffic[i, j]** = token rows rank i sends to rank j in the dispatch all-to-all: a token goes once "
+                  "to every rank that serves it, however many of its experts live there; the diagonal stays local. "
+                  "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
+    "ep_times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
+                "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
+                "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (it leaves "
+                "out the time a rank waits for a core, not the slowdown that sharing caches, memory bandwidth and "
+                "clock speed with other processes causes, so it varies between runs), the synchronised wall time on "
+                "CUDA.",
+    "ep_comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = median "
+                     "over the repeats of (max over ranks of expert_ms / mean; 1 = even); **straggler_min … max**, "
+                     "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max "
+                     "over ranks of a2a_ms / forward_ms; "
+                     "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
+                     "statistics).",
+    # --- the dashboard's forward time (the Playground's header line and KPI row)
+    "warm_forward_ms": "the Playground's forward time: the median wall time (statistics included, synchronised "
+                       "with the device) of up to 3 repeats of the same forward on the same batch, run after the "
+                       "first while their total stays within 0.3 s. The first forward after the settings change "
+                       "pays one-off costs (memory allocation, kernel selection) and is not counted; a forward "
+                       "that alone takes longer than 0.3 s, or whose repeat would not fit the memory budget, is not "
+                       "repeated, and its single (cold) time is shown.",
+    "warm_tokens_per_s": "`T / (warm_forward_ms / 1000)`: tokens through the layer per second of warm forward time.",
 }

@@ -1,4 +1,4 @@
-"""The Model view in headless Chromium: type a text, see its tokens coloured by expert and the heatmaps;
+"""The Model page in headless Chromium: type a text, see its tokens coloured by expert and the heatmaps;
 the routing download holds that text; a counterfactual changes the loss comparison."""
 import pathlib
 
@@ -20,7 +20,7 @@ def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(
         page.goto(url)
         page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
         wait_for_run(page)
-        page.get_by_text("Model", exact=True).click()
+        page.get_by_test_id("stSidebarNav").get_by_text("Model", exact=True).click()  # the navigation's page
         page.wait_for_function("() => document.body.innerText.includes('Top-1 expert per token and layer')",
                                timeout=120_000)
         wait_for_run(page, 120_000)

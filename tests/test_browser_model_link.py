@@ -5,7 +5,7 @@ import urllib.parse
 import pytest
 
 from browser_support import wait_for_run
-from dashboard.links import quote
+from dashboard.quoting import quote
 from moe.hf.load import BUNDLED_MODEL
 from moe.roots import OUTSIDE
 

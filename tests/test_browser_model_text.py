@@ -26,7 +26,7 @@ def test_a_lone_surrogate_is_replaced_routed_and_counted(browser):
     assert pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file(), "the bundled model is committed"
     with streamlit_server() as url:
         page = browser.new_page(viewport={"width": 1400, "height": 1400})
-        page.goto(url + "/?view=Model")
+        page.goto(url + "/model")  # the Model page by its path
         page.wait_for_function("() => document.body.innerText.includes('Top-1 expert per token and layer')",
                                timeout=120_000)
         wait_for_run(page, 120_000)

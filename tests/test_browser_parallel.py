@@ -11,7 +11,7 @@ from browser_support import streamlit_process, wait_for_run
 from ep_support import job_processes, kill_left, still_running
 
 pytestmark = pytest.mark.browser
-VIEW = "/?view=Expert%20parallel"
+VIEW = "/expert-parallel"  # the page by its path
 CUT = """() => [...document.querySelectorAll('[data-testid="stCode"], [data-testid="stCode"] *')]
     .filter(e => e.scrollWidth > e.clientWidth + 1).length"""
 

@@ -1,4 +1,4 @@
-"""The Traces view in a real browser: the count asked for and named, a single step laid out as one
+"""The Runs page (routing traces) in a real browser: the count asked for and named, a single step laid out as one
 integer tick, and the "worst step" label clear of the colour bar's title."""
 import pytest
 
@@ -32,7 +32,7 @@ def test_the_count_is_asked_for_named_and_the_single_step_chart_is_laid_out(brow
     url, path = trace_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(url + "/?view=Traces")
+        page.goto(url + "/runs")  # the Runs page by its path
         wait_for_run(page)
         page.get_by_text("Path on the server", exact=True).click()
         wait_for_run(page)

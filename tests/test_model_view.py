@@ -54,9 +54,11 @@ def model_dir(tmp_path_factory):
 def _view_app(path: str) -> None:
     import streamlit as st
 
+    from dashboard import state
     from dashboard.views import model
 
     st.session_state.setdefault("model_path", path)
+    state.init()  # as the app does first: the link, the defaults
     model.render()
 
 
@@ -79,7 +81,7 @@ def test_downloads_are_the_cli_report_and_the_traces_routing(model_dir, capsys):
     import io
     import json
 
-    from dashboard.views.model import exports
+    from dashboard.loaders import model_exports as exports
     from moe.cli.main import main
     from moe.hf.instrument import run_model
     from moe.hf.load import load_model
@@ -116,7 +118,7 @@ def test_model_view_refuses_a_missing_directory_without_a_traceback(tmp_path):
     assert "not under a directory this server may open" in at.error[0].value
 
 
-def test_the_app_has_a_model_view_on_the_bundled_model():
+def test_the_app_has_a_model_page_on_the_bundled_model():
     import pathlib
 
     from moe.hf.load import BUNDLED_MODEL
@@ -124,15 +126,16 @@ def test_the_app_has_a_model_view_on_the_bundled_model():
     if not pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file():
         pytest.skip("bundled model not trained")
     app = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
-    at = AppTest.from_file(app, default_timeout=180).run()
-    at.radio(key="view").set_value("Model").run()
+    at = AppTest.from_file(app, default_timeout=180)
+    at.query_params["view"] = "Model"  # the link of the old single page opens the Model page
+    at.run()
     assert not at.exception
     assert any("pydoc-mixtral" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) == len(CHARTS)
 
 
 def test_vocabulary_cells_escape_markdown_so_tokens_show_as_typed():
-    from dashboard.views.model import _md_literal
+    from dashboard.loaders import md_literal as _md_literal
 
     raw = r"a_b *x* \n [l](u) `c` # $1 <b> | ~ é 7"
     escaped = _md_literal(raw)

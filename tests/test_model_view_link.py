@@ -6,7 +6,7 @@ import shutil
 import pytest
 from streamlit.testing.v1 import AppTest
 
-from dashboard.links import quote
+from dashboard.quoting import quote
 from moe.roots import OUTSIDE
 from tests.test_model_load import copy_model
 from tests.test_model_view import CHARTS
@@ -15,7 +15,7 @@ INJECTION = "![x](http://127.0.0.1:9/pixel)"
 
 
 def md_text(text: str) -> str:
-    from dashboard.links import md_text
+    from dashboard.quoting import md_text
     return md_text(text)
 
 
@@ -45,8 +45,10 @@ def root(tmp_path, monkeypatch):
 
 
 def _app() -> None:
+    from dashboard import state
     from dashboard.views import model
 
+    state.init()  # as the app does first: the link, the defaults
     model.render()
 
 
@@ -131,11 +133,11 @@ def test_a_malformed_training_json_is_a_note_not_a_traceback(root, content):
 
 
 def test_out_of_memory_in_the_view_names_the_budget(root, monkeypatch):
-    from dashboard.views import model
+    from dashboard import loaders
 
     def no_memory(*args, **kwargs):
         raise MemoryError()
-    monkeypatch.setattr(model, "run_model", no_memory)
+    monkeypatch.setattr(loaders, "run_model", no_memory)
     at = AppTest.from_function(_app, default_timeout=120)
     at.session_state["model_path"] = str(root / "good")
     at.session_state["model_text"] = "a fresh text"  # not in analyse's cache

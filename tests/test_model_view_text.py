@@ -23,10 +23,12 @@ def model_dir(tmp_path_factory):
 def _app(path: str, text: str) -> None:
     import streamlit as st
 
+    from dashboard import state
     from dashboard.views import model
 
     st.session_state.setdefault("model_path", path)
     st.session_state.setdefault("model_text", text)
+    state.init()  # as the app does first: the link, the defaults
     model.render()
 
 

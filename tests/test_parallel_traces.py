@@ -1,4 +1,4 @@
-"""The Traces view: a trace file by path opens the per-layer heatmaps, the worst (step, layer) and a plan."""
+"""The Runs page's traces: a trace file by path opens the per-layer heatmaps, the worst (step, layer) and a plan."""
 import json
 
 import numpy as np

@@ -3,9 +3,10 @@ import typing
 
 import pytest
 
-from dashboard.sidebar import sanitize
+from dashboard.limits import sanitize
 from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
-from dashboard.links import MAX_VALUE_CHARS, SHOWN_CHARS, from_query, quote, spec_from_controls, to_query
+from dashboard.links import MAX_VALUE_CHARS, from_query, spec_from_controls, to_query
+from dashboard.quoting import SHOWN_CHARS, quote
 from moe import MoEConfig
 
 

@@ -1,4 +1,4 @@
-"""One name per view everywhere (view list, heading, header line, README), and the page says when the
+"""One name per page everywhere (navigation, heading, header line, README), and the page says when the
 Model view's text is too long for the link instead of dropping it silently."""
 import pathlib
 
@@ -20,19 +20,20 @@ def _app(**query) -> AppTest:
     return at.run()
 
 
-def test_the_about_view_has_one_name_everywhere():
+def test_the_about_page_has_one_name_everywhere():
+    from dashboard import routes
+    from dashboard.views import about
+    name = about.TITLE
+    assert routes.ABOUT == name and routes.OLD_VIEWS[name] == name  # the navigation's title; ?view=About opens it
     at = _app(view="About")
     assert not at.exception
-    options = list(at.radio(key="view").options)
-    about = [o for o in options if o.startswith("About")]
-    assert len(about) == 1
-    name = about[0]
     assert [s.value for s in at.main.subheader] == [name]  # its heading
-    header = at.main.caption[0].value
-    assert f"*{name}*" in header and "About these numbers" not in header  # the page's header line
+    assert not at.sidebar.slider and not at.sidebar.selectbox  # the Playground's controls are not on this page
+    header = _app().main.caption[0].value
+    assert f"*{name}*" in header and "About these numbers" not in header  # the Playground's header line
     readme = (ROOT / "README.md").read_text()
-    assert f"and {name} (every" in " ".join(readme.split())  # README's list of views
-    assert f"the *{name}* view" in " ".join(c.value for c in at.caption)  # the page's introduction
+    assert f"and {name} (every" in " ".join(readme.split())  # README's list of pages
+    assert f"on the *{name}* page" in header  # the Playground's introduction
     docs = [ROOT / "README.md", ROOT / "docs" / "ENGINE_API.md"]
     assert not [p.name for p in docs if "About these numbers" in p.read_text()]
     old = _app(view="About these numbers")  # the old name: no view of that name, and the page never says it

@@ -17,7 +17,7 @@ def render(result: RunResult) -> None:
     row.download_button("Trace (Parquet)", lambda: exports.trace_parquet(result),
                         file_name="moe_trace.parquet", mime="application/octet-stream", on_click="ignore",
                         help="One row per (token, expert): step, layer, logit, prob, routed, served, gate, contribution. "
-                             "Opens in the Traces view and in `python -m moe trace-report`.")
+                             "Opens on the Runs page and in `python -m moe trace-report`.")
     row.download_button("Per-token table (CSV)", lambda: exports.token_csv(result),
                         file_name="moe_tokens.csv", mime="text/csv", on_click="ignore",
                         help="One row per token: its experts, weights, drops, max prob, entropy and confidence.")

@@ -12,16 +12,17 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from moe.train.presets import PRESET_HELP, PRESETS, preset
+from moe.train.presets import PRESET_HELP, preset
 from moe.train.trainer import BALANCE_HELP, BALANCES, TrainConfig, Trainer
 
+from dashboard import state
 from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
 from dashboard.figures.live import (balance_switches, expert_bias_columns, expert_bias_figure, health_columns, health_figure,
                             load_share_columns, load_share_figure, refresh, saturation_columns, saturation_figure)
 from dashboard.result import RunResult
 
-SETUPS = ("Collapse and cure", "Sidebar layer")
+SETUPS = state.LIVE_SETUPS
 TICK_SECONDS = 0.4          # how often the playing panel advances
 MAX_SIDEBAR_TOKENS = 1024   # tokens per training step when training the sidebar's layer
 
@@ -47,49 +48,40 @@ def _knobs() -> dict:
                 bias_rate=ss["live_bias_rate"])
 
 
-def _init() -> None:
-    ss = st.session_state
-    base = PRESETS["collapse"]
-    for key, value in {"live_setup": SETUPS[0], "live_balance": "none", "live_aux_coef": base.aux_coef,
-                       "live_z_coef": base.z_coef, "live_bias_rate": base.bias_rate, "live_speed": 5,
-                       "live_playing": False, "live_figures": {}}.items():
-        ss.setdefault(key, value)
-
-
 def _reset(result: RunResult) -> None:
     ss = st.session_state
     try:
         cfg = train_config(ss["live_setup"], result, **_knobs())
         trainer = Trainer(cfg)  # refuses (BudgetError) a layer whose training would exceed the memory budget
     except ValueError as err:
-        ss["live_error"] = str(err)
-        ss.pop("trainer", None)  # never keep training a layer the sidebar no longer shows
+        ss[state.LIVE_ERROR] = str(err)
+        ss.pop(state.TRAINER, None)  # never keep training a layer the sidebar no longer shows
         return
-    ss["trainer"] = trainer
-    ss["live_figures"] = {}
-    ss["live_signature"] = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
-    ss["live_playing"] = False
-    ss.pop("live_error", None)
+    ss[state.TRAINER] = trainer
+    ss[state.LIVE_FIGURES] = {}
+    ss[state.LIVE_SIGNATURE] = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
+    ss[state.LIVE_PLAYING] = False
+    ss.pop(state.LIVE_ERROR, None)
 
 
 def _apply_knobs() -> None:
     """Balancing switched while running: the trainer keeps its weights and history."""
     ss = st.session_state
     try:
-        ss["trainer"].set_balance(**_knobs())
-        ss["live_switched"] = True  # this rerun only redraws: the switch shows at once, the next tick steps
-        ss.pop("live_error", None)
+        ss[state.TRAINER].set_balance(**_knobs())
+        ss[state.LIVE_SWITCHED] = True  # this rerun only redraws: the switch shows at once, the next tick steps
+        ss.pop(state.LIVE_ERROR, None)
     except ValueError as err:
-        ss["live_error"] = str(err)
-        ss["live_playing"] = False
+        ss[state.LIVE_ERROR] = str(err)
+        ss[state.LIVE_PLAYING] = False
 
 
 def _step(n: int) -> None:
     try:
-        st.session_state["trainer"].run(n)
+        st.session_state[state.TRAINER].run(n)
     except (ValueError, RuntimeError) as err:
-        st.session_state["live_error"] = f"training stopped: {err}"
-        st.session_state["live_playing"] = False
+        st.session_state[state.LIVE_ERROR] = f"training stopped: {err}"
+        st.session_state[state.LIVE_PLAYING] = False
 
 
 def _controls(result: RunResult) -> None:
@@ -101,10 +93,10 @@ def _controls(result: RunResult) -> None:
     c2.slider("steps per tick", 1, 50, key="live_speed",
               help=f"Optimiser steps taken every {TICK_SECONDS} s while playing.")
     b1, b2, b3, _ = st.columns([1, 1, 1, 3])
-    if b1.button("Pause" if ss["live_playing"] else "Play", key="live_play", type="primary", width="stretch"):
-        ss["live_playing"] = not ss["live_playing"]
+    if b1.button("Pause" if ss[state.LIVE_PLAYING] else "Play", key="live_play", type="primary", width="stretch"):
+        ss[state.LIVE_PLAYING] = not ss[state.LIVE_PLAYING]
         st.rerun()
-    if b2.button("Step", key="live_step", width="stretch", disabled=ss["live_playing"]):
+    if b2.button("Step", key="live_step", width="stretch", disabled=ss[state.LIVE_PLAYING]):
         _step(1)
     b3.button("Reset", key="live_reset", width="stretch", on_click=_reset, args=(result,))
 
@@ -126,7 +118,7 @@ def _chart(key: str, history: pd.DataFrame, columns: list[tuple[str, float]], bu
     """Draw a live chart from the session's kept figure, refreshed in place with the new history; built anew only
     when its traces or balancing switches change. New figures every tick (~0.5 MB with a full history) are cyclic
     garbage; what outlived the young collections waited for a rare full one, and the server's memory grew."""
-    figures = st.session_state["live_figures"]
+    figures = st.session_state[state.LIVE_FIGURES]
     shape = ([column for column, _ in columns], balance_switches(history))
     if key in figures and figures[key][0] == shape:
         fig = refresh(figures[key][1], history, columns)
@@ -140,19 +132,19 @@ def _panel() -> None:
     """The live charts; while playing this fragment reruns every TICK_SECONDS and advances the trainer."""
     ss = st.session_state
     _balancing()
-    trainer: Trainer = ss["trainer"]
-    switched = ss.pop("live_switched", False)
-    if ss["live_playing"] and not switched:
+    trainer: Trainer = ss[state.TRAINER]
+    switched = ss.pop(state.LIVE_SWITCHED, False)
+    if ss[state.LIVE_PLAYING] and not switched:
         started = time.perf_counter()
         _step(ss["live_speed"])
-        ss["live_tick_ms"] = (time.perf_counter() - started) * 1e3
-    if ss.get("live_error"):
-        st.error(ss["live_error"])
+        ss[state.LIVE_TICK_MS] = (time.perf_counter() - started) * 1e3
+    if ss.get(state.LIVE_ERROR):
+        st.error(ss[state.LIVE_ERROR])
     history = trainer.history_frame()
     row = trainer.last_row
-    state = "playing" if ss["live_playing"] else "paused"
-    st.markdown(f"**step {trainer.step_count}** · {state} · balance = `{trainer.config.balance}`"
-                + (f" · last tick {ss['live_tick_ms']:.0f} ms" if ss["live_playing"] and "live_tick_ms" in ss else ""))
+    status = "playing" if ss[state.LIVE_PLAYING] else "paused"
+    tick = f" · last tick {ss[state.LIVE_TICK_MS]:.0f} ms" if ss[state.LIVE_PLAYING] and state.LIVE_TICK_MS in ss else ""
+    st.markdown(f"**step {trainer.step_count}** · {status} · balance = `{trainer.config.balance}`{tick}")
     if row is None:
         st.info("Press **Step** or **Play** to start training.")
         return
@@ -179,19 +171,19 @@ def _panel() -> None:
 def render(result: RunResult) -> None:
     ss = st.session_state
     st.subheader("Live")
-    _init()
+    state.ensure({**state.live_defaults(), state.LIVE_PLAYING: False, state.LIVE_FIGURES: {}})  # drawn on its own
     st.caption(PRESET_HELP["collapse"] + " Try: Play with balancing *none* and watch max/mean climb; switch to "
                "*aux* to cure it while running, or pick *bias* and press Reset to see it never collapse. "
                "Playing continues while this view is open.")
     signature = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
-    if "trainer" not in ss or (ss.get("live_signature") != signature and ss["trainer"].step_count == 0):
+    if state.TRAINER not in ss or (ss.get(state.LIVE_SIGNATURE) != signature and ss[state.TRAINER].step_count == 0):
         _reset(result)  # nothing trained yet: follow the sidebar silently
-    if "trainer" not in ss:
-        st.error(ss.get("live_error", "could not build the trainer"))
+    if state.TRAINER not in ss:
+        st.error(ss.get(state.LIVE_ERROR, "could not build the trainer"))
         return
-    if ss.get("live_signature") != signature:  # a sidebar nudge never discards a run: say so, offer the switch
+    if ss.get(state.LIVE_SIGNATURE) != signature:  # a sidebar nudge never discards a run: say so, offer the switch
         st.info(f"The sidebar's layer changed after this run started. Training continues on the layer it "
-                f"started with ({_describe(ss['trainer'].config.model)}); press **Reset** to train the "
+                f"started with ({_describe(ss[state.TRAINER].config.model)}); press **Reset** to train the "
                 f"sidebar's layer ({_describe(result.config)}) from step 0.")
     _controls(result)
-    st.fragment(_panel, run_every=TICK_SECONDS if ss["live_playing"] else None)()
+    st.fragment(_panel, run_every=TICK_SECONDS if ss[state.LIVE_PLAYING] else None)()

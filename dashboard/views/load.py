@@ -4,6 +4,7 @@ from __future__ import annotations
 import plotly.graph_objects as go
 import streamlit as st
 
+from dashboard import state
 from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
 from dashboard.figures.core import HEIGHT, load_figure
@@ -17,7 +18,7 @@ EXPERT_CHOICE_NOTE = ("expert_choice: every expert takes exactly C tokens, so de
 
 def order_control(result: RunResult) -> bool:
     """The expert-order control; True when the load chart is sorted by demand (unselected: sorted above 32)."""
-    order = st.segmented_control("Load chart order", ORDERS, key="load_order",
+    order = st.segmented_control("Load chart order", ORDERS, key=state.LOAD_ORDER,
                                  help=f"Unselected: sorted by demand when E > {AUTO_SORT_ABOVE}.")
     return order == ORDERS[1] if order else result.config.n_experts > AUTO_SORT_ABOVE
 

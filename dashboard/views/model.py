@@ -6,35 +6,24 @@ The sidebar's synthetic layer is not used here.
 from __future__ import annotations
 
 import pathlib
-import re
 
 import pandas as pd
 import streamlit as st
 
-from moe.hf import cache as model_cache
 from moe.definitions import DEFINITIONS
-from moe.hf.instrument import adapter_for, run_model
-from moe.hf.load import default_model_dir, read_training_nmi
+from moe.hf.load import read_training_nmi
 from moe.memory import out_of_memory
-from moe.hf.report import encode_text, render_report
-from moe.hf.tables import (LAYER_COLUMNS, class_nmi, expert_vocabulary, flow_matrix, layer_table,
-                              load_share_long, token_routing, token_strings, top1_grid, highest_aux_layer)
+from moe.hf.tables import LAYER_COLUMNS, highest_aux_layer
 from moe.roots import resolve_allowed
 
+from dashboard import loaders, state
 from dashboard.figures.colors import expert_colors
-from dashboard.model_link import LINK_DIR_KEY, from_link, to_link
-from dashboard.links import md_text, quote
+from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MAX_TOKENS_LIMIT, text_link_note, to_link
+from dashboard.quoting import md_text, quote
 from dashboard.views import model_cf
 from dashboard.figures.model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
-                             token_layer_grid_figure, token_loss_figure, visible_token)
+                                     token_layer_grid_figure, token_loss_figure)
 
-EXAMPLES = {
-    "prose": "The with statement is used to wrap the execution of a block with methods defined by a context "
-             "manager. This allows common try, except, finally usage patterns to be encapsulated.",
-    "code": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
-    "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
-}
-MAX_TOKENS_LIMIT = 4096
 POOLED_LABEL = "Pooled aux (all layers, same scale as the table)"
 HF_LABEL = "HF load_balancing_loss (= top_k × pooled aux)"
 MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenising (no token is longer than 24 characters here)
@@ -66,70 +55,9 @@ VOCABULARY_MARKS = [(WHITESPACE_MARKS[" "], "space"), (WHITESPACE_MARKS["\t"], "
 
 
 
-def _loaded(path: str):
-    """The model in `path`, shared by every session (read-only once loaded); the models kept are bounded by the
-    memory budget in bytes, together with the next load and forward (moe.hf.cache)."""
-    return model_cache.get(path, MAX_TOKENS_LIMIT)
-
-
-def _route(path: str, text: str, max_tokens: int):
-    """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count)."""
-    loaded = _loaded(path)
-    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
-    return loaded, run_model(loaded.model, ids), token_strings(loaded.tokenizer, ids.tolist()), total
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def analyse(path: str, text: str, max_tokens: int) -> dict:
-    """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
-
-    The downloads are not in here: they are built when a button is clicked (`exports`)."""
-    loaded, run, tokens, total = _route(path, text, max_tokens)
-    L = len(run.layers)
-    return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
-            "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
-            "top1": run.top1().numpy(), "grid": top1_grid(run),
-            "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
-            "dropped": [int(t.summary()["dropped"]) for t in run.traces],
-            "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
-            "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": _vocabulary_cells(run, tokens),
-            "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
-            "text": text, "max_tokens": max_tokens}
-
-
-@st.cache_data(max_entries=4, show_spinner=False)
-def exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
-    """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
-    click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
-    loaded, run, tokens, _ = _route(path, text, max_tokens)
-    return {"per_expert_csv": render_report(loaded.name, run, "csv"),
-            "routing_csv": token_routing(run, tokens).to_csv(index=False),
-            "summary_json": render_report(loaded.name, run, "json")}
-
-
-def _defaults() -> dict:
-    return {"model_path": default_model_dir(), "model_example": "code", "model_text": EXAMPLES["code"],
-            "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer", "model_sort_desc": False,
-            **model_cf.DEFAULTS}
-
-
-def init_link() -> None:
-    """Once per session, before anything rewrites the URL: what the link asks for (bad entries named, not used)."""
-    ss = st.session_state
-    if not ss.get("_model_initialised"):
-        ss["_model_initialised"] = True
-        values, problems = from_link(st.query_params.to_dict(), EXAMPLES)
-        for key, value in values.items():
-            ss[key] = value
-        ss["model_link_notes"] = problems
-
-
 def _init() -> None:
-    ss = st.session_state
-    init_link()  # the page calls it first (dashboard.page.init_view); standalone renders come through here
-    for key, value in _defaults().items():
-        ss.setdefault(key, value)
-    for note in ss.get("model_link_notes", []):
+    state.ensure(state.model_defaults())  # drawn on its own (a test) the app's state.init() has not run
+    for note in st.session_state.get(state.MODEL_LINK_NOTES, []):
         st.warning(note)
 
 
@@ -181,12 +109,15 @@ def _failure(err: Exception) -> str:
     return md_text(str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}")
 
 
-def render(result=None) -> None:
+def render() -> None:
+    """The Model page (its own inputs; the Playground's layer is not used here)."""
     _init()
     st.subheader("Model: every MoE layer of a trained language model")
     if _link_dir_waits():
         return
     path, text, max_tokens = _inputs()
+    if note := text_link_note(st.session_state, EXAMPLES):
+        st.caption(note)  # _sync_link leaves a long text out of the URL: say so, never silently
     try:
         path = str(resolve_allowed(path, "dir"))  # a path typed or linked: only under the server's roots
         if len(text) > MAX_TEXT_CHARS:
@@ -195,11 +126,11 @@ def render(result=None) -> None:
             text = text[:MAX_TEXT_CHARS]
         with st.spinner(f"Loading {quote(pathlib.Path(path).name)} (local files only) and routing the text "
                         f"through every MoE layer…", show_time=True):
-            view = analyse(path, text, max_tokens)
-        st.session_state["model_last"] = view
+            view = loaders.analyse(path, text, max_tokens)
+        st.session_state[state.MODEL_LAST] = view
     except Exception as err:  # never a traceback on the page: a message, and the last good result
         st.error(f"Could not route this text: {_failure(err)}", icon="⚠️")
-        view = st.session_state.get("model_last")
+        view = st.session_state.get(state.MODEL_LAST)
         if view is None:
             return
         st.info("Showing the last good result below.")
@@ -212,14 +143,10 @@ def render(result=None) -> None:
 
 
 def _sync_link() -> None:
-    """The Model view's values into the URL (the page keeps them: dashboard.page.page_query)."""
-    query = to_link(st.session_state, _defaults(), EXAMPLES)
-    old = st.session_state.get("model_query", {})
-    st.session_state["model_query"] = query
-    for key in set(old) - set(query):
-        st.query_params.pop(key, None)
-    if any(st.query_params.get(k) != v for k, v in query.items()):
-        st.query_params.update(query)
+    """The Model page's values, and only them, into the URL: the link restores this page."""
+    query = to_link(st.session_state, state.model_defaults(), EXAMPLES)
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
 
 
 def _draw(view: dict) -> None:
@@ -304,21 +231,6 @@ def _layer_table(view: dict, styled, worst: int) -> None:
                f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
 
 
-def _md_literal(text: str) -> str:
-    """`text` shown as is in a Markdown cell (st.table cells are Markdown): every ASCII punctuation escaped."""
-    return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
-
-
-def _vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
-    """Per MoE layer (decoder index): a row per expert with its most frequent top-1 tokens as one cell."""
-    vocab = expert_vocabulary(run, tokens)
-    cells = vocab["token"].map(lambda t: _md_literal(visible_token(t))) + " (" + vocab["count"].astype(str) + ")"
-    words = cells.groupby([vocab["layer"], vocab["expert"]], sort=True).agg(", ".join)
-    return {layer: pd.DataFrame({"expert": group.index.get_level_values("expert"),
-                                 "most frequent top-1 tokens (count)": group.values})
-            for layer, group in words.groupby(level="layer")}
-
-
 def _vocabulary(view: dict, layer: int) -> None:
     # st.table, not st.dataframe: a static table redraws with the text; a data grid settles after the charts
     st.table(view["vocab"][layer], hide_index=True)
@@ -342,8 +254,8 @@ def _downloads(view: dict) -> None:
     """Built on a click, from the shown result's model, text and max tokens (`exports`)."""
     args = (view["path"], view["text"], view["max_tokens"])
     a, b, c = st.columns(3)
-    a.download_button("Per-layer per-expert CSV", lambda: exports(*args)["per_expert_csv"], "model_per_expert.csv",
+    a.download_button("Per-layer per-expert CSV", lambda: loaders.model_exports(*args)["per_expert_csv"], "model_per_expert.csv",
                       "text/csv")
-    b.download_button("Per-token routing CSV", lambda: exports(*args)["routing_csv"], "model_routing.csv", "text/csv")
-    c.download_button("Summary JSON", lambda: exports(*args)["summary_json"], "model_summary.json",
+    b.download_button("Per-token routing CSV", lambda: loaders.model_exports(*args)["routing_csv"], "model_routing.csv", "text/csv")
+    c.download_button("Summary JSON", lambda: loaders.model_exports(*args)["summary_json"], "model_summary.json",
                       "application/json")

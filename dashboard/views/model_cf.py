@@ -1,6 +1,6 @@
 """Counterfactual routing in the Model view: rerun the text with changed routing, beside the model's own.
 
-Thin: widgets → `compare` (cached; moe.hf.counterfactual) → figure builders.
+Thin: widgets → `loaders.counterfactual` (cached; moe.hf.counterfactual) → figure builders.
 """
 from __future__ import annotations
 
@@ -9,27 +9,13 @@ import streamlit as st
 
 from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
-from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual, run_counterfactual
-from moe.hf.report import encode_text
-from moe.hf.tables import load_share_long
+from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual
 from moe.metrics import nats_to_bits
 
+from dashboard import loaders, state
 from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure
 
-DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 0.0, "cf_drop": "position", "cf_temperature": 1.0,
-            "cf_bias_expert": -1, "cf_bias": "hot"}
-
-
-@st.cache_data(max_entries=16, show_spinner=False)
-def compare(path: str, text: str, max_tokens: int, cf: Counterfactual) -> dict:
-    """The counterfactual forward's load (long table), per-token loss and dropped assignments per layer."""
-    from dashboard.views.model import _loaded  # the view's cached, read-only model
-
-    loaded = _loaded(path)
-    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
-    run = run_counterfactual(loaded.model, ids, cf)
-    return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
-            "dropped": [int(t.summary()["dropped"]) for t in run.traces]}
+DEFAULTS = state.CF_DEFAULTS
 
 
 def _sanitise(view: dict) -> None:
@@ -88,12 +74,12 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
         return
     try:
         with st.spinner("Rerunning the text with the counterfactual routing…", show_time=True):
-            new = compare(path, text, max_tokens, cf)
-        st.session_state["cf_last"] = new
+            new = loaders.counterfactual(path, text, max_tokens, cf)
+        st.session_state[state.CF_LAST] = new
     except Exception as err:  # a bad combination (top_k over the kept groups, …): a message, the last good one
         detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
         st.error(f"Could not run this counterfactual: {detail}", icon="⚠️")
-        new = st.session_state.get("cf_last")
+        new = st.session_state.get(state.CF_LAST)
         if new is None or len(new["loss"]) != len(view["loss"]):
             return
         st.info("Showing the last good counterfactual below.")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import streamlit as st
 
+from dashboard import state
 from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
 from dashboard.figures.core import expert_bar_figure, shared_share_figure
@@ -16,7 +17,7 @@ TOP, BOTTOM = 235, 200  # pixels: both rows fit a 1400 × 1000 window under the 
 
 def render(result: RunResult) -> None:
     colors = expert_colors(result.config.n_experts)
-    sort = st.session_state.get("load_order")  # the control is drawn below the grid; read its last value
+    sort = st.session_state.get(state.LOAD_ORDER)  # the control is drawn below the grid; read its last value
     sort = sort == load.ORDERS[1] if sort else result.config.n_experts > load.AUTO_SORT_ABOVE
     top, bottom = st.columns(2, gap="small"), st.columns(2, gap="small")
     top[0].plotly_chart(load.figure(result, sort, TOP), width="stretch", key="load_chart")

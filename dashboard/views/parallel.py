@@ -1,4 +1,4 @@
-"""Expert parallel: run the sidebar's layer on W torchrun processes, contiguous vs planned placement."""
+"""Expert parallel: run the Playground's layer on W torchrun processes, contiguous vs planned placement."""
 from __future__ import annotations
 
 import shlex
@@ -10,6 +10,9 @@ from moe.cli.options import config_argv, scenario_argv
 from moe.parallel.launch import check_torchrun
 from moe.parallel.forward import check_ep_config
 
+from dashboard import page, sidebar, state
+from dashboard.definitions import DEFINITIONS
+from dashboard.links import ep_to_query, to_query
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 from dashboard.result import RunResult
@@ -18,25 +21,6 @@ PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first im
                  "that entered ep-report; **joined** = ranks in the process group; **forwards** = forwards (warm-up "
                  "+ repeats) the slowest rank has finished; memory = the job's process tree, sum of proportional "
                  "set sizes, against the budget (MOE_SCOPE_MEMORY_GB).")
-DEFINITIONS = {
-    "assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
-                   "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "
-                   "per-expert load (a replicated expert's assignments are split in token order, near-equal chunks).",
-    "traffic": "**traffic[i, j]** = token rows rank i sends to rank j in the dispatch all-to-all: a token goes once "
-               "to every rank that serves it, however many of its experts live there; the diagonal stays local. "
-               "Bytes = rows × d_model × element size; the return trip carries d_model + n_experts fp32 per row.",
-    "times": "**gather_ms** = all-gather of the router logits; **a2a_ms** = count, token and output all-to-alls; "
-             "**expert_wall_ms** = wall time in the rank's local experts; medians over the repeats; waiting for a "
-             "slower rank counts in the collective's time. **expert_ms** = the experts' CPU time on CPU (it leaves "
-             "out the time a rank waits for a core, not the slowdown that sharing caches, memory bandwidth and "
-             "clock speed with other processes causes, so it varies between runs), the synchronised wall time on "
-             "CUDA.",
-    "comparison": "**load_max_over_mean** = max over ranks of assignments / mean; **straggler_factor** = median "
-                  "over the repeats of (max over ranks of expert_ms / mean; 1 = even); **straggler_min … max**, "
-                  "**q1, q3** = its smallest and largest value and quartiles over the repeats; **a2a_share** = max over ranks of a2a_ms / forward_ms; "
-                  "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
-                  "statistics).",
-}
 
 
 def ep_flags(result: RunResult) -> list[str]:
@@ -50,8 +34,25 @@ def ep_flags(result: RunResult) -> list[str]:
     return config_argv(cfg) + scenario_argv(result.scenario, result.scenario_params, result.trace.tokens)
 
 
+def show() -> None:
+    """The Expert parallel page: the Playground's layer (its controls are kept in session state and in this page's
+    link), its forward reused; the Playground's sidebar is not drawn here."""
+    values = sidebar.current_values()
+    result = page.current_result(values)
+    if result is not None:
+        st.caption("The layer and input are the *Playground* page's: change them there (this page's link keeps "
+                   "them).")
+        render(result)
+    query = {**to_query(values, st.session_state[state.PRESET]), **ep_to_query(st.session_state, state.EP_DEFAULTS)}
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
+
+
 def render(result: RunResult) -> None:
+    state.ensure(state.EP_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader("Expert parallel")
+    for note in st.session_state.get(state.EP_LINK_NOTES, []):
+        st.warning(note)
     try:
         check_torchrun()
         flags = ep_flags(result)
@@ -59,9 +60,10 @@ def render(result: RunResult) -> None:
         st.error(f"Expert parallelism cannot run this configuration: {err}", icon="⚠️")
         return
     E = result.config.n_experts
+    st.session_state["ep_slots"] = min(st.session_state["ep_slots"], E * 7)  # from a link, or a larger layer
     c1, c2, c3 = st.columns(3)
-    W = c1.slider("Processes (W)", 2, 8, 2, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
-    R = c2.number_input("Redundant slots (R)", 0, E * 7, 2, key="ep_slots",
+    W = c1.slider("Processes (W)", 2, 8, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
+    R = c2.number_input("Redundant slots (R)", 0, E * 7, key="ep_slots",
                         help="planned placement: extra replicas of the hottest experts")
     c3.caption("Runs contiguous blocks, then the planner's placement for the measured load.")
     if W > E:
@@ -73,7 +75,7 @@ def render(result: RunResult) -> None:
     st.caption(f"A job that runs past {TIMEOUT_S:.0f} s, or whose processes together use more than the memory "
                f"budget, is stopped; **Cancel** (shown while it runs) stops it at once. Either way every torchrun "
                f"process is ended, and so is a job whose browser tab is closed.")
-    run: EPRun | None = st.session_state.get("ep_job")
+    run: EPRun | None = st.session_state.get(state.EP_JOB)
     running = run is not None and run.running
     if st.button("Run on W processes", key="ep_run", type="primary", disabled=running):
         running = _start(key, flags, W, int(R), result)
@@ -82,10 +84,10 @@ def render(result: RunResult) -> None:
 
 def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
     """Start the jobs in the background (the old results go); False and a message when they cannot start."""
-    st.session_state.pop("ep_runs", None)
-    st.session_state.pop("ep_job", None)
+    st.session_state.pop(state.EP_RUNS, None)
+    st.session_state.pop(state.EP_JOB, None)
     try:
-        st.session_state["ep_job"] = EPRun(key, W, R, flags, result.config.n_experts,
+        st.session_state[state.EP_JOB] = EPRun(key, W, R, flags, result.config.n_experts,
                                            result.per_expert["served"].to_numpy(), session_alive_check())
     except ValueError as err:
         st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
@@ -108,7 +110,7 @@ def session_alive_check():
 def _panel(key, ticking: bool) -> None:
     """Progress and Cancel while the jobs run (this fragment reruns every tick); then the outcome."""
     ss = st.session_state
-    run: EPRun | None = ss.get("ep_job")
+    run: EPRun | None = ss.get(state.EP_JOB)
     if run is not None and run.running:
         fraction, text = run.status()
         st.progress(min(fraction, 1.0), text=text)
@@ -127,10 +129,10 @@ def _panel(key, ticking: bool) -> None:
         st.error(f"The expert-parallel job did not complete: {run.error}", icon="⚠️")
         return
     if run is not None and run.state == "done":
-        ss["ep_runs"] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
+        ss[state.EP_RUNS] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
                          "plan_note": run.plan_note, "kept_current": run.kept_current}
-        del ss["ep_job"]
-    runs = ss.get("ep_runs")
+        del ss[state.EP_JOB]
+    runs = ss.get(state.EP_RUNS)
     if runs is None or runs["key"] != key:
         st.caption("Not run yet for these settings.")
         return
@@ -138,7 +140,7 @@ def _panel(key, ticking: bool) -> None:
 
 
 def _cancel() -> None:
-    run: EPRun | None = st.session_state.get("ep_job")
+    run: EPRun | None = st.session_state.get(state.EP_JOB)
     if run is not None:
         run.cancel()
 
@@ -157,7 +159,7 @@ def _draw(runs: dict) -> None:
         col.metric(f"load max/mean, {row.placement}", f"{row.load_max_over_mean:.3f}")
     st.plotly_chart(rank_load_figure({n: pd.DataFrame(d["per_rank"]) for n, d in docs.items()}, predicted),
                     width="stretch", key="ep_load_chart")
-    st.caption(DEFINITIONS["assignments"])
+    st.caption(DEFINITIONS["ep_assignments"])
     for name, doc in docs.items():
         left, right = st.columns(2)
         left.plotly_chart(traffic_figure(doc["traffic"], f"Token traffic, {name}"), width="stretch",
@@ -166,6 +168,6 @@ def _draw(runs: dict) -> None:
                            width="stretch", key=f"ep_times_{name}")
         st.caption(f"Placement ({name}): " + "; ".join(f"rank {r}: {' '.join(map(str, e))}"
                                                       for r, e in enumerate(doc["placement"]["ranks"])))
-    st.caption(DEFINITIONS["traffic"] + " " + DEFINITIONS["times"])
+    st.caption(DEFINITIONS["ep_traffic"] + " " + DEFINITIONS["ep_times"])
     st.dataframe(table, hide_index=True)
-    st.caption(DEFINITIONS["comparison"])
+    st.caption(DEFINITIONS["ep_comparison"])

@@ -13,10 +13,11 @@ from moe.roots import OutsideRoots, resolve_allowed
 from moe.traces.records import MAX_EXPERTS
 from moe.traces.report import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, summarize
 
+from dashboard import state
 from dashboard.definitions import caption
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
 from dashboard.result import RunResult
-from dashboard.links import quote
+from dashboard.quoting import quote
 
 INTRO = ("Open routing decisions recorded by a training or serving run, without running the model: the page's "
          "**Trace (Parquet)** download or a file written by `moe.traces.readers.TraceWriter`, or Megatron-LM's "
@@ -34,13 +35,14 @@ SOURCE_TEXT = {**N_EXPERTS_SOURCES, "given": "typed in **Experts (E)** above (th
 
 def render(result: RunResult | None) -> None:
     """The view reads its own expert count: the sidebar's configures the synthetic layer, not a file."""
+    state.ensure(state.TRACE_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader("Routing traces")
     st.caption(INTRO)
     source = st.radio("Source", ["Upload", "Path on the server"], horizontal=True, key="trace_source")
     c1, c2, c3 = st.columns(3)
-    n_experts = c1.number_input("Experts (E)", 1, MAX_EXPERTS, None, step=1, key="trace_experts",
+    n_experts = c1.number_input("Experts (E)", 1, MAX_EXPERTS, step=1, key="trace_experts",
                                 placeholder="from the file", help=EXPERTS_HELP)
-    n_layers = c2.number_input("Expected MoE layers (0: no check)", 0, 10000, 0, key="trace_layers")
+    n_layers = c2.number_input("Expected MoE layers (0: no check)", 0, 10000, key="trace_layers")
     score = c3.selectbox("Router score", list(SCORES), key="trace_score",
                          help="how the recorded logits became probabilities (aux loss, confidence)")
     experts = None if n_experts is None else int(n_experts)
@@ -56,12 +58,19 @@ def render(result: RunResult | None) -> None:
             st.caption("Type a path to open.")
             return
         upload, key = None, ("path", path, experts, int(n_layers), score)
-    if st.session_state.get("trace_view", {}).get("key") != key:
+    if st.session_state.get(state.TRACE_VIEW, {}).get("key") != key:
         opened = _open(upload, key[1], experts, int(n_layers) or None, score)
         if opened is None:
             return
-        st.session_state["trace_view"] = {"key": key, "summary": opened}
-    _draw(st.session_state["trace_view"]["summary"])
+        st.session_state[state.TRACE_VIEW] = {"key": key, "summary": opened}
+    _draw(st.session_state[state.TRACE_VIEW]["summary"])
+
+
+def show() -> None:
+    """The Runs page: recorded routing traces (placement and logs join it later). Its link holds nothing: a file
+    is opened by hand, never from a link."""
+    st.query_params.clear()
+    render(None)
 
 
 def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score: str) -> TraceSummary | None:
