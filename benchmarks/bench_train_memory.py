@@ -15,7 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywhere in the checkout
 
-from moe.train.trainer import Trainer, preset  # noqa: E402
+from moe.train.presets import preset  # noqa: E402
+from moe.train.trainer import Trainer  # noqa: E402
 
 CHECKPOINTS = (1_000, 5_000, 10_000)
 

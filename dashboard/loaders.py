@@ -14,6 +14,7 @@ import streamlit as st
 import torch
 
 from moe import MoEConfig, MoELayer
+from moe.config import WEIGHT_FIELDS  # the fields that fix a layer's weights: the cache key
 from moe.hf import cache as model_cache
 from moe.hf.counterfactual import Counterfactual, run_counterfactual
 from moe.hf.instrument import adapter_for, run_model
@@ -27,11 +28,6 @@ from dashboard.figures.model import visible_token
 from dashboard.links import RunSpec
 from dashboard.model_link import MAX_TOKENS_LIMIT
 from dashboard.result import RunResult
-
-
-# The config fields that fix a layer's weights (MoELayer.reconfigured refuses to change them): the cache key.
-WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
-                 "shared_experts", "d_shared", "shared_gate")
 
 
 def weight_key(cfg: MoEConfig) -> tuple:

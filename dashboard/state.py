@@ -10,7 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from moe.hf.load import default_model_dir
-from moe.train.trainer import PRESETS as TRAIN_PRESETS
+from moe.train.presets import PRESETS as TRAIN_PRESETS
 
 from dashboard.limits import sanitize
 from dashboard.links import ep_from_query, from_query

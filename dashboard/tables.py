@@ -12,6 +12,7 @@ import pandas as pd
 import torch
 
 from moe import Trace
+from moe.metrics import nmi_from_counts, safe_ratio
 from moe.stats import CONFIDENCE_CAP
 
 HEATMAP_MAX_ROWS = 2000
@@ -210,9 +211,7 @@ def probability_matrix(trace: Trace, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[
 def conditional_coactivation(trace: Trace) -> pd.DataFrame:
     """(E, E) P(j | i) = coactivation[i, j] / coactivation[i, i]; a NaN row for an idle expert i."""
     co = _np(trace.coactivation)  # (E, E)
-    diag = np.diag(co)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cond = np.where(diag[:, None] > 0, co / np.where(diag > 0, diag, 1.0)[:, None], np.nan)
+    cond = safe_ratio(co, np.diag(co)[:, None])  # (E, E) row i divided by its diagonal
     E = co.shape[0]
     return pd.DataFrame(cond, index=pd.RangeIndex(E, name="i"), columns=pd.RangeIndex(E, name="j"))
 
@@ -243,9 +242,7 @@ def cluster_share(trace: Trace, labels: torch.Tensor, names: list[str] | None = 
     """(C, E) share of each cluster's served assignments going to each expert; rows sum to 1 (NaN if none)."""
     counts = cluster_counts(trace, labels, len(names) if names is not None else 0)  # (C, E)
     C = counts.shape[0]
-    total = counts.sum(axis=1, keepdims=True)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        share = np.where(total > 0, counts / np.where(total > 0, total, 1.0), np.nan)
+    share = safe_ratio(counts, counts.sum(axis=1, keepdims=True))  # (C, E)
     index = [names[c] if names is not None and c < len(names) else f"cluster {c}" for c in range(C)]
     return pd.DataFrame(share, index=pd.Index(index, name="cluster"),
                         columns=pd.RangeIndex(counts.shape[1], name="expert"))
@@ -266,24 +263,8 @@ def cluster_counts(trace: Trace, labels: torch.Tensor, min_clusters: int = 0) ->
 def routing_nmi(trace: Trace, labels: torch.Tensor) -> float:
     """Normalised mutual information between topic and serving expert over served assignments:
     `2·I(L; E) / (H(L) + H(E))`, natural logs; 0 = experts ignore topics, 1 = topic ↔ expert one-to-one.
-    NaN when there is nothing to measure (no served assignment, or one topic and one expert)."""
-    counts = cluster_counts(trace, labels)            # (C, E)
-    n = counts.sum()
-    if n == 0:
-        return float("nan")
-    p = counts / n
-    pl, pe = p.sum(axis=1), p.sum(axis=0)             # (C,), (E,)
-    h_l, h_e = _entropy(pl), _entropy(pe)
-    if h_l + h_e == 0:
-        return float("nan")
-    nz = p > 0
-    mi = float((p[nz] * np.log(p[nz] / np.outer(pl, pe)[nz])).sum())
-    return max(0.0, 2.0 * mi / (h_l + h_e))           # rounding can give −1e-17
-
-
-def _entropy(p: np.ndarray) -> float:
-    p = p[p > 0]
-    return float(-(p * np.log(p)).sum())
+    NaN when there is nothing to measure (no served assignment, or one topic and one expert); moe.metrics."""
+    return nmi_from_counts(cluster_counts(trace, labels))  # (C, E) contingency table
 
 
 # --- experts per token -------------------------------------------------------------------------

@@ -1,4 +1,8 @@
-"""moe-scope engine: a vectorised, observable Mixture-of-Experts layer (pure PyTorch + pandas)."""
+"""moe-scope engine: a vectorised, observable Mixture-of-Experts layer.
+
+PyTorch, NumPy and pandas; pyarrow for trace files (moe.traces) and transformers for real models (moe.hf).
+It never imports streamlit, plotly or `dashboard`.
+"""
 from moe.config import MoEConfig, available_devices
 from moe.from_routing import trace_from_routing
 from moe.layer import MoELayer

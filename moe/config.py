@@ -15,6 +15,7 @@ import torch
 from moe.validate import check_fields
 
 ROUTERS = ("topk", "expert_choice", "hash", "random")
+BIASED_ROUTERS = ("topk", "random")  # the routers whose selection reads expert_bias
 SCORES = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probs")
 CAPACITY_SCOPES = ("batch", "sequence")
@@ -22,6 +23,15 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 ROUTER_DTYPES = ("float32", "model")
 ACTIVATIONS = ("silu", "gelu", "relu", "gpt_oss")   # moe.experts.ACTIVATION_FNS implements each
 SPARSITY_MODES = ("absolute", "relative")
+# The fields that fix a layer's weights: MoELayer.reconfigured refuses to change them, the dashboard's
+# layer cache keys on them.
+WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
+                 "shared_experts", "d_shared", "shared_gate")
+
+
+def expert_capacity(tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
+    """C = ceil(capacity_factor·T·K/E), at most T: the assignments one expert may serve (MoEConfig.capacity)."""
+    return min(tokens, math.ceil(capacity_factor * tokens * top_k / n_experts))
 
 
 def _choices(values) -> str:
@@ -231,7 +241,7 @@ class MoEConfig:
             if self.router != "expert_choice":
                 return None
             factor = 1.0  # expert choice always has a capacity
-        return min(tokens, math.ceil(factor * tokens * self.top_k / self.n_experts))
+        return expert_capacity(tokens, self.top_k, self.n_experts, factor)
 
     def replace(self, **changes) -> "MoEConfig":
         return dataclasses.replace(self, **changes)

@@ -114,11 +114,22 @@ DEFINITIONS: dict[str, str] = {
     "experts_per_token": "`n_t = Σ_e served[t,e]`: how many experts served token t, after capacity. The chart "
                          "counts tokens per n. Top-k without drops gives K for every token; drops lower it; "
                          "expert_choice spreads it around K (its mean is exactly K when C = T·K/E).",
+    "nmi": "normalised mutual information of two labelings A, B of the same items (moe.metrics): with `p[a,b]` "
+           "the share of items labelled (a, b), `I = Σ p[a,b]·ln(p[a,b] / (p[a]·p[b]))` and `NMI = 2·I / (H(A) + "
+           "H(B))`, `H` the entropies of the margins (natural logs), in [0, 1]. 0 when one labeling is constant "
+           "and the other is not (they share nothing); NaN (undefined, 0/0) when there is no item or both "
+           "labelings are constant: a single topic served by a single expert says nothing about specialisation.",
+    "worst": "**worst** always means the most uneven load: the largest `max_e load_e / mean_e load_e` (the first "
+             "on ties), the busiest expert furthest above the mean, as in the Traces view's worst (step, layer). "
+             "A view that ranks by another number names it instead (`highest_aux_layer`).",
+    "highest_aux_layer": "the decoder layer with the largest aux_loss (the first on ties), highlighted in the Model "
+                         "view's per-layer table.",
     "routing_nmi": "routing specialisation, the normalised mutual information between a token's topic L and "
                    "the expert E serving it, over served assignments (t, e): with `p[c,e]` = share of served "
                    "assignments of topic c to expert e, `I = Σ p[c,e]·ln(p[c,e] / (p[c]·p[e]))` and "
                    "`NMI = 2·I / (H(L) + H(E))`, `H` the entropies of the margins (natural logs). 0 = the router "
-                   "ignores topics; 1 = each topic has its own experts. Only where the input has topic labels.",
+                   "ignores topics; 1 = each topic has its own experts; NaN with one topic served by one expert (see `nmi`). "
+                   "Only where the input has topic labels.",
     "token_order": "heatmap rows are tokens sorted by topic (when the scenario has labels), then by top-1 "
                    "expert (the served expert with the largest gate; \"none\" last), then by index. Every group is "
                    "named left of its rows (a bracket spans them, a line joins the name when names are spread "

@@ -107,6 +107,26 @@ def near_zero_mask(h: Tensor, eps: float, mode: str, inplace: bool = False) -> T
     return a <= eps * rms
 
 
+def count_dtype(numel: int) -> torch.dtype:
+    """The cheapest dtype that counts up to numel exactly on every device: float32 below 2²⁴, else int64."""
+    return torch.float32 if numel <= 1 << 24 else torch.int64
+
+
+def near_zero_count(h: Tensor, eps: float, mode: str, inplace: bool = False, acc: torch.dtype | None = None) -> Tensor:
+    """0-d: near_zero_mask(h, eps, mode).sum(), the near-zero hidden units of h (n, H), counted exactly in acc
+    (default count_dtype(h.numel())).
+
+    The comparison writes 1.0 / 0.0 into the |h| buffer (h's own with inplace=True): on the CPU a bool mask
+    costs several times the comparison itself.
+    """
+    a = h.abs_() if inplace else h.abs()  # (n, H)
+    acc = count_dtype(a.numel()) if acc is None else acc
+    if mode == "absolute":
+        return a.lt_(eps).sum(dtype=acc)
+    rms = a.float().square().mean(dim=1, keepdim=True).sqrt()  # (n, 1)
+    return a.le_(eps * rms).sum(dtype=acc)
+
+
 def sparsity_rule(cfg: MoEConfig) -> str:
     """The near-zero test activation_sparsity uses for this config, in words (the page shows it)."""
     eps = f"{cfg.sparsity_eps:g}"
@@ -119,14 +139,14 @@ def sparsity_rule(cfg: MoEConfig) -> str:
 class DispatchResult:
     out: Tensor                   # (T, D) Σ_e gates[t, e] · y_e(x_t)
     contributions: Tensor | None  # (T, E) ‖gates[t, e] · y_e(x_t)‖₂
-    near_zero: Tensor | None      # (E,) near-zero hidden entries (near_zero_mask) over served tokens
+    near_zero: Tensor | None      # (E,) float near-zero hidden entries (near_zero_mask) over served tokens
     sum_sq: Tensor | None         # (E,) Σ y_e(x_t)² over served tokens and D
     sum_y: Tensor | None          # (E, D) Σ_t y_e(x_t) over served tokens
 
 
-# Up to this many hidden values (N·H), outputs and hidden units are kept and finished in a few batched
-# ops after the loop (per-op cost dominates small layers); above it each slice is finished in the loop
-# while it is hot in cache, and nothing is kept.
+# Up to this many hidden values (N·H), the outputs are kept and finished in a few batched ops after the loop
+# (per-op cost dominates small layers); above it each slice is finished in the loop while it is hot in cache,
+# and nothing is kept. Near-zero hidden units are counted in the loop either way.
 SMALL_NUMEL = 1 << 18
 
 
@@ -146,7 +166,8 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
                                                  or any(p.requires_grad for p in experts.parameters())))
     small = xs.shape[0] * max(D, experts.w_up.shape[1]) <= SMALL_NUMEL
     out = torch.zeros_like(x)  # (T, D)
-    near, norms, sums, hs, ys = [], [], [], [], []
+    near, norms, sums, ys = [], [], [], []
+    exact = count_dtype(max(counts) * experts.w_up.shape[1])  # one dtype that counts every slice exactly
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
@@ -154,13 +175,14 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         rows = slice(start, start + n)
         h, y = expert_ffn(xs[rows], experts.weights(e), cfg.activation, cfg.swiglu_limit, inplace)  # (n, H), (n, D)
         start += n
+        if stats:  # counted while h is hot in cache, in h's own buffer when allowed (no (N, H) copy)
+            with torch.no_grad():
+                near.append(near_zero_count(h, eps, mode, inplace, exact))  # 0-d
         if small:
-            hs.append(h)
             ys.append(y)
             continue
         if stats:
             with torch.no_grad():
-                near.append(torch.count_nonzero(near_zero_mask(h, eps, mode, inplace)))  # 0-d
                 yf = y.float()  # statistics in fp32 whatever the expert dtype
                 norms.append(torch.linalg.vector_norm(yf, dim=1))  # (n,) ‖y_e(x_t)‖
                 sums.append(yf.sum(dim=0))  # (D,)
@@ -173,15 +195,14 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         return DispatchResult(out, None, None, None, None)
 
     with torch.no_grad():
+        active = torch.tensor([e for e, n in enumerate(counts) if n > 0], device=x.device)
+        near = torch.stack(near).to(torch.float64 if x.device.type != "mps" else torch.float32)  # (active,)
+        near_zero = torch.zeros(E, device=x.device, dtype=near.dtype).index_copy_(0, active, near)  # (E,)
         if small:
-            near_rows = near_zero_mask(torch.cat(hs), eps, mode).sum(dim=1)  # (N,) near-zero units per row
-            near_zero = torch.zeros(E, device=x.device, dtype=torch.int64).index_add_(0, e_idx, near_rows)
             yf = y.float()  # statistics in fp32 whatever the expert dtype
             norm = torch.linalg.vector_norm(yf, dim=1)  # (N,)
             sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, yf)  # (E, D)
         else:
-            active = torch.tensor([e for e, n in enumerate(counts) if n > 0], device=x.device)
-            near_zero = torch.zeros(E, device=x.device, dtype=torch.int64).index_copy_(0, active, torch.stack(near))
             sum_y = torch.zeros(E, D, device=x.device).index_copy_(0, active, torch.stack(sums))  # (E, D)
             norm = torch.cat(norms)  # (N,)
         sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)

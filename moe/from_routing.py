@@ -13,7 +13,7 @@ from torch import Tensor
 
 from moe.config import MoEConfig
 from moe.router import scores_and_probs, topk_weights
-from moe.stats import ForwardSums, gather_sums
+from moe.stats import ForwardSums, StatsInputs, gather_sums
 from moe.trace import Trace
 
 
@@ -75,14 +75,10 @@ def _routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor, top_
 
 
 def _sums(config: MoEConfig, r: dict, coactivation: Tensor | None) -> ForwardSums:
-    logits, E = r["logits"], r["logits"].shape[1]
-    nan = float("nan")
-    sums = gather_sums(r["probs"], logits, r["routed"], r["routed"], r["gates"], r["contributions"], coactivation,
-                       torch.full((E,), nan, device=logits.device), torch.full((E,), nan, device=logits.device),
-                       torch.full((E, config.d_model), nan, device=logits.device), logits.new_zeros(0),
-                       top_k=config.top_k, d_expert=config.d_expert, capacity=None, overlap=True)
-    sums.nonfinite_output = nan
-    return sums
+    """The routing side only: the experts did not run, so the output-side sums are NaN."""
+    return gather_sums(StatsInputs(probs=r["probs"], router_logits=r["logits"], routed=r["routed"], served=r["routed"],
+                                   gates=r["gates"], top_k=config.top_k, d_model=config.d_model,
+                                   d_expert=config.d_expert, capacity=None, overlap=True, coactivation=coactivation))
 
 
 def _checked(cfg: MoEConfig, logits: Tensor, idx: Tensor, w: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:

@@ -14,6 +14,7 @@ import torch
 
 from moe.config import MoEConfig
 from moe.scenarios import SCENARIOS
+from moe.seeds import EXPERT_BIAS, LOGIT_BIAS, generator
 
 _CFG = MoEConfig()
 DEFAULTS: dict[str, object] = {
@@ -43,10 +44,11 @@ _CONFIG_KNOBS = ("d_model", "d_expert", "n_experts", "top_k", "router", "score",
 
 
 def bias_values(n_experts: int, hot: int, hot_value: float, spread: float, seed: int, stream: int):
-    """Per-expert bias: `hot_value` on the hot expert plus N(0, spread²) draws (seeded), or None."""
+    """Per-expert bias: `hot_value` on the hot expert plus N(0, spread²) draws (moe.seeds stream tag `stream`),
+    or None."""
     if spread == 0 and not (0 <= hot < n_experts and hot_value != 0):
         return None
-    g = torch.Generator().manual_seed((seed * 1009 + stream) % 2 ** 64)
+    g = generator(stream, seed)
     values = spread * torch.randn(n_experts, generator=g, dtype=torch.float64)
     if 0 <= hot < n_experts:
         values[hot] += hot_value
@@ -91,9 +93,9 @@ def from_knobs(values: dict) -> tuple[MoEConfig, str, dict, int]:
         raise ValueError(f"hot_expert {hot} is not an expert index in 0..{n - 1}; pick one of those or -1 for none")
     seed = _int("seed", v["seed"], 0)
     logit_bias = bias_values(n, hot, _float("hot_bias", v["hot_bias"]), _float("bias_spread", v["bias_spread"]),
-                             seed, 1)
+                             seed, LOGIT_BIAS)
     expert_bias = bias_values(n, hot, _float("expert_bias_hot", v["expert_bias_hot"]),
-                              _float("expert_bias_spread", v["expert_bias_spread"]), seed, 2)
+                              _float("expert_bias_spread", v["expert_bias_spread"]), seed, EXPERT_BIAS)
     dropless = v["dropless"]
     if not isinstance(dropless, bool):
         raise ValueError(f"dropless must be True or False, got {dropless!r}")

@@ -6,11 +6,11 @@ import time
 import torch
 from torch import Tensor, nn
 
-from moe.config import MoEConfig
+from moe.config import WEIGHT_FIELDS, MoEConfig
 from moe.experts import Experts, dispatch
-from moe.router import TopKRouter
+from moe.router import TopKRouter, chose_from_scores
 from moe.shared import SharedExperts, shared_sums
-from moe.stats import gather_sums
+from moe.stats import StatsInputs, gather_sums
 from moe.trace import Trace
 
 
@@ -65,13 +65,11 @@ class MoELayer(nn.Module):
     def reconfigured(self, cfg: MoEConfig) -> "MoELayer":
         """A layer with new routing settings that shares this layer's weights (no copy).
 
-        Only the routing (and activation, swiglu_limit, sparsity settings) may change: the fields below fix
-        the weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
+        Only the routing (and activation, swiglu_limit, sparsity settings) may change: moe.config.WEIGHT_FIELDS
+        fix the weights. The new layer gets its own router.expert_bias buffer, from cfg.expert_bias.
         """
-        fixed = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
-                 "shared_experts", "d_shared", "shared_gate")
         changed = [f"{name}: {getattr(self.cfg, name)!r} -> {getattr(cfg, name)!r}"
-                   for name in fixed if getattr(self.cfg, name) != getattr(cfg, name)]
+                   for name in WEIGHT_FIELDS if getattr(self.cfg, name) != getattr(cfg, name)]
         if changed:
             raise ValueError("reconfigured() keeps the weights, so these must not change: " + "; ".join(changed)
                              + ". Build a new MoELayer instead")
@@ -122,11 +120,12 @@ class MoELayer(nn.Module):
 
         served = routing.served.float()
         coactivation = served.t() @ served  # (E, E)
-        sums = gather_sums(routing.probs, routing.router_logits, routing.routed, routing.served,
-                           routing.gates, result.contributions, coactivation, result.near_zero,
-                           result.sum_sq, result.sum_y, out, top_k=cfg.top_k, d_expert=cfg.d_expert,
-                           capacity=routing.capacity, shared=shared,
-                           overlap=routing.top_k_index is not None and cfg.router != "hash")
+        sums = gather_sums(StatsInputs(
+            probs=routing.probs, router_logits=routing.router_logits, routed=routing.routed, served=routing.served,
+            gates=routing.gates, top_k=cfg.top_k, d_model=cfg.d_model, d_expert=cfg.d_expert,
+            capacity=routing.capacity, overlap=chose_from_scores(routing, cfg), contributions=result.contributions,
+            near_zero=result.near_zero, sum_sq=result.sum_sq, sum_y=result.sum_y, out=out,
+            coactivation=coactivation, shared=shared))
         sums.forward_ms = (time.perf_counter() - start) * 1e3  # gather_sums synchronised the device
         trace = Trace(
             config=cfg, router_logits=routing.router_logits, probs=routing.probs, routed=routing.routed,

@@ -9,11 +9,13 @@ the same check.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import os
 from typing import Callable
 
-from moe.config import MoEConfig
+from moe.config import MoEConfig, expert_capacity
+from moe.scenarios import clusters
 
 GiB = 1024 ** 3
 DEFAULT_BUDGET_GB = 4.0
@@ -21,8 +23,10 @@ BUDGET_ENV = "MOE_SCOPE_MEMORY_GB"
 # What a first forward adds besides its tensors (allocator slack, kernel workspaces, thread pools):
 # measured at ~20 MiB by benchmarks/bench_memory_guard.py.
 RUNTIME_BYTES = 32 * 1024 ** 2
-# Defaults the widths are compared with when choosing which one to halve first.
-_DEFAULTS = {"d_model": 64, "d_expert": 256, "n_experts": 8, "n_clusters": 4}
+# Defaults the widths are compared with when choosing which one to halve first: MoEConfig's own, and the
+# topic count of the clusters scenario.
+_DEFAULTS = {**{k: getattr(MoEConfig, k) for k in ("d_model", "d_expert", "n_experts")},
+             "n_clusters": inspect.signature(clusters).parameters["n_clusters"].default}
 _MODEL_KNOBS = ("d_expert", "d_model", "n_experts", "n_clusters")
 
 
@@ -82,7 +86,7 @@ def _assignments(s: dict) -> int:
     T, E, K = s["tokens"], s["n_experts"], s["top_k"]
     if not s["expert_choice"]:
         return T * K
-    return E * min(T, math.ceil((s["capacity_factor"] or 1.0) * T * K / E))
+    return E * expert_capacity(T, K, E, s["capacity_factor"] or 1.0)  # expert choice: always a capacity
 
 
 def _forward_parts(s: dict) -> dict[str, int]:

@@ -166,14 +166,7 @@ def _apply_capacity(routed: Tensor, probs: Tensor, C: int, policy: str) -> Tenso
     return _top_rows(probs, C, mask=routed)
 
 
-def load_balancing_terms(probs: Tensor, routed: Tensor, top_k: int) -> tuple[Tensor, Tensor]:
-    """f_e = demand_e / (T·K) and P_e = mean_t probs[t, e]: aux_loss = E·Σ f_e·P_e (differentiable in P)."""
-    T = probs.shape[0]
-    f = routed.float().sum(dim=0) / (T * top_k)  # (E,)
-    P = probs.mean(dim=0)  # (E,)
-    return f, P
-
-
-def z_loss(logits: Tensor) -> Tensor:
-    """mean_t (logsumexp_e logits[t, e])²."""
-    return torch.logsumexp(logits, dim=-1).square().mean()
+def chose_from_scores(routing: Routing, cfg: MoEConfig) -> bool:
+    """Whether the router picked each token's experts from its scores (top-k, random), so that the unbiased
+    top-K of probs is comparable with its choice (bias_overlap); not for hash or expert_choice."""
+    return routing.top_k_index is not None and cfg.router != "hash"

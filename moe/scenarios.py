@@ -13,7 +13,7 @@ from typing import Callable
 
 import torch
 
-_MASK64 = (1 << 64) - 1
+from moe.seeds import CENTRES, CLUSTERS, DRIFT, GAUSS, IDENTICAL, generator
 
 
 @dataclass(frozen=True)
@@ -22,29 +22,6 @@ class Batch:
     labels: torch.Tensor | None          # (T,) int64 topic of each token, or None
     label_names: list[str] | None        # name of each label value, or None
     description: str                     # one line saying what was drawn
-
-
-# --- seeding ----------------------------------------------------------------------------------
-
-def _mix(*parts: int) -> int:
-    """A 63-bit seed from several integers (splitmix64), so (seed, step) streams never overlap."""
-    state = 0x9E3779B97F4A7C15
-    for part in parts:
-        state = (state ^ (part & _MASK64)) & _MASK64
-        state = (state + 0x9E3779B97F4A7C15) & _MASK64
-        z = state
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        state = z ^ (z >> 31)
-    return state >> 1  # manual_seed wants a value that fits in a signed 64-bit integer
-
-
-def _generator(*parts: int) -> torch.Generator:
-    return torch.Generator(device="cpu").manual_seed(_mix(*parts))
-
-
-# Stream tags: the centres, the cluster samples and the drifting samples use separate streams.
-_CENTRES, _CLUSTERS, _DRIFT, _GAUSS, _IDENTICAL = range(5)
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -79,7 +56,7 @@ def cluster_centres(d_model: int, n_clusters: int, *, seed: int) -> torch.Tensor
     """The C topic centres used by `clusters` and `drifting`: random directions of norm sqrt(D)."""
     _check_common(d_model, 1, seed)
     _check_int("n_clusters", n_clusters, 1)
-    g = _generator(_CENTRES, seed)
+    g = generator(CENTRES, seed)
     directions = torch.randn(n_clusters, d_model, generator=g)            # (C, D)
     # Norm sqrt(D) matches an N(0, 1) token's norm; noise of norm spread·sqrt(D) (spread < 1)
     # then stays well inside the ~sqrt(2D) distance between two random centres.
@@ -122,7 +99,7 @@ def gaussian(d_model: int, tokens: int, *, seed: int, scale: float = 1.0) -> Bat
     """iid N(0, scale²) tokens: no structure, so a fresh router spreads load roughly evenly."""
     _check_common(d_model, tokens, seed)
     _check_float("scale", scale)
-    x = torch.randn(tokens, d_model, generator=_generator(_GAUSS, seed)) * scale  # (T, D)
+    x = torch.randn(tokens, d_model, generator=generator(GAUSS, seed)) * scale  # (T, D)
     return Batch(x, None, None, f"{tokens} iid Gaussian tokens, D={d_model}, scale {scale:g}")
 
 
@@ -134,7 +111,7 @@ def clusters(d_model: int, tokens: int, *, seed: int, n_clusters: int = 4, skew:
     _check_float("skew", skew)
     centres = cluster_centres(d_model, n_clusters, seed=seed)              # (C, D)
     weights = torch.exp(-skew * torch.arange(n_clusters, dtype=torch.float64))  # (C,)
-    x, labels = _mixture(centres, weights, tokens, spread, _generator(_CLUSTERS, seed))
+    x, labels = _mixture(centres, weights, tokens, spread, generator(CLUSTERS, seed))
     names = [f"topic {i}" for i in range(n_clusters)]
     desc = (f"{tokens} tokens in {n_clusters} topics, skew {skew:g}, spread {spread:g}: "
             f"sizes {_sizes(labels, n_clusters)}")
@@ -144,7 +121,7 @@ def clusters(d_model: int, tokens: int, *, seed: int, n_clusters: int = 4, skew:
 def identical(d_model: int, tokens: int, *, seed: int) -> Batch:
     """Every token the same vector: all routing decisions agree, so load collapses and ties are real."""
     _check_common(d_model, tokens, seed)
-    row = torch.randn(1, d_model, generator=_generator(_IDENTICAL, seed))  # (1, D)
+    row = torch.randn(1, d_model, generator=generator(IDENTICAL, seed))  # (1, D)
     x = row.expand(tokens, d_model).contiguous()                           # (T, D)
     return Batch(x, None, None, f"{tokens} identical tokens, D={d_model}")
 
@@ -160,7 +137,7 @@ def drifting(d_model: int, tokens: int, *, seed: int, step: int, n_clusters: int
     phase = step / period - torch.arange(n_clusters, dtype=torch.float64) / n_clusters  # (C,)
     # Topic i peaks when step/period ≡ i/C (mod 1); the weight ratio peak/trough is e⁴.
     weights = torch.exp(2.0 * torch.cos(2 * math.pi * phase))              # (C,)
-    x, labels = _mixture(centres, weights, tokens, spread, _generator(_DRIFT, seed, step))
+    x, labels = _mixture(centres, weights, tokens, spread, generator(DRIFT, seed, step))
     names = [f"topic {i}" for i in range(n_clusters)]
     desc = (f"{tokens} tokens, step {step} of period {period}, {n_clusters} topics, "
             f"spread {spread:g}: sizes {_sizes(labels, n_clusters)}")

@@ -6,12 +6,16 @@ across forwards, so one trace and an accumulation of many use the very same form
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
+
+from moe.losses import aux_loss_from_sums, lse_sq, z_loss_from_sums
+from moe.metrics import entropy, max_over_mean, safe_ratio
 
 CONFIDENCE_CAP = 100.0
 SMALL_SORT = 1 << 16  # up to this many (token, expert) probs, router_health sorts them (see there)
@@ -22,6 +26,8 @@ SUMMARY_KEYS = ["aux_loss", "z_loss", "cv", "max_over_mean", "load_entropy", "de
                 "dropped_fraction", "mean_confidence", "tokens", "forward_ms", "nonfinite", "nonfinite_output",
                 "demand", "served", "dropped", "active_experts", "capacity", "topk_margin", "bias_overlap",
                 "shared_output_rms", "shared_fraction"]
+# ForwardSums' (E,) sums over tokens of a (T, E) block (kept arrays even when E = 1).
+PER_EXPERT_SUMS = ("demand", "served", "gate_sum", "prob_sum", "margin_expert", "unbiased", "overlap", "contribution")
 # Columns a trace built from routing alone (moe.trace_from_routing) cannot know: NaN there.
 OUTPUT_SIDE_COLUMNS = ("activation_sparsity", "output_rms", "contribution", "specialization")
 
@@ -39,7 +45,7 @@ class ForwardSums:
     forward_ms: float        # Σ over forwards
     demand: np.ndarray       # (E,) routed assignments
     served: np.ndarray       # (E,) served assignments
-    near_zero: np.ndarray    # (E,) hidden entries with |h| < eps
+    near_zero: np.ndarray    # (E,) near-zero hidden entries (moe.experts.near_zero_mask: absolute or relative)
     sum_sq: np.ndarray       # (E,) Σ y² over served tokens and D
     gate_sum: np.ndarray     # (E,) Σ gates over served assignments
     contribution: np.ndarray # (E,) Σ ‖gate·y‖
@@ -77,47 +83,85 @@ class ForwardSums:
         return ForwardSums(**merged)
 
 
-def gather_sums(probs: Tensor, logits: Tensor, routed: Tensor, served: Tensor, gates: Tensor,
-                contributions: Tensor, coactivation: Tensor | None, near_zero: Tensor, sum_sq: Tensor,
-                sum_y: Tensor, out: Tensor, *, top_k: int, d_expert: int, capacity: int | None,
-                overlap: bool = True, shared: Tensor | None = None) -> ForwardSums:
-    """Reduce the trace on its device and move every statistic to the host in one transfer.
+@dataclass
+class StatsInputs:
+    """What one forward hands to gather_sums, on the forward's device (T tokens, E experts, D d_model).
 
-    overlap: whether the router chose from the scores (bias_overlap is NaN for hash and expert_choice).
-    shared: moe.shared.shared_sums(routed, s), (3,), when the layer has shared experts.
-    coactivation None: not gathered (its E² entries are left out of the transfer; ForwardSums holds None).
+    The output side is None where the experts did not run here (trace_from_routing): its sums are NaN.
     """
-    T, E = probs.shape
-    D = sum_y.shape[1]
-    acc = torch.float32 if probs.device.type == "mps" else torch.float64  # mps has no float64
-    confidence, margin, unbiased = router_health(probs, top_k)  # (T,), (T,), (T, E)
-    if not overlap:
-        unbiased = torch.full((T, E), float("nan"), device=probs.device)
-    # One column reduction for the (T, E) matrices: demand, served, gate, contribution, probs sums,
-    # the margin of the tokens routed to each expert, unbiased top-K and its overlap with the choice.
-    columns = torch.cat([routed, served, gates, contributions, probs, routed * margin[:, None],
-                         unbiased, unbiased * routed], dim=1).to(acc).sum(dim=0)  # (8E,)
-    per_expert = torch.cat([columns, near_zero.to(acc), sum_sq.to(acc)])  # (10E,)
-    scalars = torch.stack([torch.logsumexp(logits, dim=-1).square().sum().to(acc), confidence.sum().to(acc),
-                           (~torch.isfinite(logits)).sum().to(acc), (~torch.isfinite(out)).sum().to(acc),
-                           margin.sum().to(acc)])  # (5,)
-    extra = [] if shared is None else [shared.to(acc)]  # (3,) when the layer has shared experts
-    co = [] if coactivation is None else [coactivation.to(acc).flatten()]  # (E·E,) when gathered
-    packed = torch.cat([per_expert, sum_y.to(acc).flatten(), *co, scalars, *extra])
-    host = packed.detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
-    pe, rest = host[: 10 * E].reshape(10, E), host[10 * E:]
-    EE = 0 if coactivation is None else E * E
-    sc = rest[E * D + EE:]  # the 5 scalars, then the 3 shared sums if any
-    shared_fields = {} if shared is None else dict(shared_tokens=float(T), shared_norm=float(sc[5]),
-                                                   routed_norm=float(sc[6]), shared_sq=float(sc[7]))
-    return ForwardSums(
-        n_experts=E, top_k=top_k, d_model=D, d_expert=d_expert, forwards=1, tokens=float(T),
-        capacity=float("nan") if capacity is None else float(capacity), forward_ms=0.0,
-        demand=pe[0], served=pe[1], gate_sum=pe[2], contribution=pe[3], prob_sum=pe[4],
-        margin_expert=pe[5], unbiased=pe[6], overlap=pe[7], near_zero=pe[8], sum_sq=pe[9],
-        sum_y=rest[: E * D].reshape(E, D), coactivation=rest[E * D: E * D + EE].reshape(E, E) if EE else None,
-        lse_sq=float(sc[0]), confidence=float(sc[1]), nonfinite=float(sc[2]), nonfinite_output=float(sc[3]),
-        margin=float(sc[4]), **shared_fields)
+    probs: Tensor                        # (T, E) rows sum to 1
+    router_logits: Tensor                # (T, E)
+    routed: Tensor                       # (T, E) bool, the router's choice before capacity
+    served: Tensor                       # (T, E) bool, kept by capacity
+    gates: Tensor                        # (T, E) combine weights, 0 where not served
+    top_k: int
+    d_model: int
+    d_expert: int
+    capacity: int | None                 # C, None when dropless
+    overlap: bool = True                 # the router chose from the scores (else bias_overlap is NaN)
+    contributions: Tensor | None = None  # (T, E) ‖gates[t, e]·y_e(x_t)‖₂
+    near_zero: Tensor | None = None      # (E,) near-zero hidden entries
+    sum_sq: Tensor | None = None         # (E,) Σ y² over served tokens and D
+    sum_y: Tensor | None = None          # (E, D) Σ y over served tokens
+    out: Tensor | None = None            # (T, D) the layer output (for nonfinite_output)
+    coactivation: Tensor | None = None   # (E, E); None: not gathered, left out of the transfer
+    shared: Tensor | None = None         # (3,) moe.shared.shared_sums, when the layer has shared experts
+
+
+def gather_sums(inputs: StatsInputs) -> ForwardSums:
+    """Reduce one forward on its device and move every statistic to the host in one transfer."""
+    s = inputs
+    T, E = s.probs.shape
+    acc = torch.float32 if s.probs.device.type == "mps" else torch.float64  # mps has no float64
+    confidence, margin, unbiased = router_health(s.probs, s.top_k)  # (T,), (T,), (T, E)
+    # One sum over tokens for everything that is per token: (T, E) blocks give the per-expert sums, (T, 1)
+    # columns the scalars (bools and integer counts are promoted by cat; few ops matter on small layers).
+    blocks = {"demand": s.routed, "served": s.served, "gate_sum": s.gates, "prob_sum": s.probs,
+              "margin_expert": s.routed * margin[:, None]}
+    if s.overlap:
+        blocks.update(unbiased=unbiased, overlap=unbiased * s.routed)
+    if s.contributions is not None:
+        blocks["contribution"] = s.contributions
+    blocks.update(lse_sq=lse_sq(s.router_logits)[:, None], confidence=confidence[:, None], margin=margin[:, None],
+                  nonfinite=nonfinite_rows(s.router_logits))
+    if s.out is not None:
+        blocks["nonfinite_output"] = nonfinite_rows(s.out)
+    columns = torch.cat(list(blocks.values()), dim=1).sum(dim=0, dtype=acc)  # (Σ widths,)
+    extra = [t.reshape(-1) for t in (s.near_zero, s.sum_sq, s.sum_y, s.coactivation, s.shared) if t is not None]
+    host = torch.cat([columns, *extra]).detach().cpu().numpy().astype(np.float64)  # the one statistics transfer
+    return _unpack(s, host, {name: b.shape[1] for name, b in blocks.items()})
+
+
+def nonfinite_rows(t: Tensor) -> Tensor:
+    """(T, 1) int64: entries of each row of t (T, n) that are ±inf or NaN (t − t is NaN exactly there; cheaper
+    than ~isfinite on the CPU)."""
+    return torch.isnan(t - t).sum(dim=1, keepdim=True)
+
+
+def _unpack(s: StatsInputs, host: np.ndarray, widths: dict[str, int]) -> ForwardSums:
+    """ForwardSums from gather_sums' packed host vector; what was not gathered is NaN (coactivation None)."""
+    T, E = s.probs.shape
+    D, nan = s.d_model, float("nan")
+    fields, start = {}, 0
+    for name, width in widths.items():  # the column sums: (E,) arrays and scalars
+        fields[name] = host[start: start + width] if width > 1 or name in PER_EXPERT_SUMS else float(host[start])
+        start += width
+    for name, shape in (("near_zero", (E,)), ("sum_sq", (E,)), ("sum_y", (E, D)), ("coactivation", (E, E)),
+                        ("shared", (3,))):
+        if getattr(s, name) is None:
+            fields[name] = None if name in ("coactivation", "shared") else np.full(shape, np.nan)
+        else:
+            n = math.prod(shape)
+            fields[name], start = host[start: start + n].reshape(shape), start + n
+    shared = fields.pop("shared")
+    if shared is not None:
+        fields.update(shared_tokens=float(T), shared_norm=float(shared[0]), routed_norm=float(shared[1]),
+                      shared_sq=float(shared[2]))
+    for name in ("unbiased", "overlap", "contribution"):
+        fields.setdefault(name, np.full(E, np.nan))
+    return ForwardSums(n_experts=E, top_k=s.top_k, d_model=D, d_expert=s.d_expert, forwards=1, tokens=float(T),
+                       capacity=nan if s.capacity is None else float(s.capacity), forward_ms=0.0,
+                       nonfinite_output=fields.pop("nonfinite_output", nan), **fields)
 
 
 def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -142,14 +186,10 @@ def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
     if top_k >= E:
         return confidence, torch.full((T,), float("nan"), device=probs.device), unbiased
     kth, next_ = values[:, top_k - 1], values[:, top_k]  # (T,), (T,)
-    margin = torch.where(kth > 0, 1 - next_ / kth, 0.0)  # (T,); p_(K) = 0 only when p_(K+1) = 0 too
+    # (p_(K) − p_(K+1)) / p_(K): the difference first keeps a tiny margin exact to float32 precision (1 − ratio
+    # would leave it an absolute error of one float32 step of 1)
+    margin = torch.where(kth > 0, (kth - next_) / kth, 0.0)  # (T,); p_(K) = 0 only when p_(K+1) = 0 too
     return confidence, margin, unbiased
-
-
-def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
-    """num / den, NaN where den == 0."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
 def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
@@ -157,21 +197,21 @@ def per_expert_frame(s: ForwardSums) -> pd.DataFrame:
     served_total = s.served.sum()
     mu = s.sum_y.sum(axis=0)  # (D,) direction of the mean over all served assignments
     norms = np.linalg.norm(s.sum_y, axis=1) * np.linalg.norm(mu)  # (E,)
-    cosine = _ratio(s.sum_y @ mu, norms)
+    cosine = safe_ratio(s.sum_y @ mu, norms)
     return pd.DataFrame({
         "expert": np.arange(s.n_experts),
         "demand": s.demand.astype(np.int64),
         "served": s.served.astype(np.int64),
         "dropped": (s.demand - s.served).astype(np.int64),
-        "load_share": s.served / served_total if served_total > 0 else np.full(s.n_experts, np.nan),
+        "load_share": safe_ratio(s.served, served_total),
         "utilization": s.served / (s.tokens * s.top_k / s.n_experts),
-        "activation_sparsity": _ratio(s.near_zero, s.served * s.d_expert),
-        "output_rms": np.sqrt(_ratio(s.sum_sq, s.served * s.d_model)),
-        "mean_gate": _ratio(s.gate_sum, s.served),
+        "activation_sparsity": safe_ratio(s.near_zero, s.served * s.d_expert),
+        "output_rms": np.sqrt(safe_ratio(s.sum_sq, s.served * s.d_model)),
+        "mean_gate": safe_ratio(s.gate_sum, s.served),
         "contribution": s.contribution,
         "specialization": np.where(s.served > 0, 1.0 - cosine, np.nan),
-        "topk_margin": _ratio(s.margin_expert, s.demand),
-        "bias_overlap": _ratio(s.overlap, s.unbiased),
+        "topk_margin": safe_ratio(s.margin_expert, s.demand),
+        "bias_overlap": safe_ratio(s.overlap, s.unbiased),
     })
 
 
@@ -180,16 +220,12 @@ def summary_dict(s: ForwardSums) -> dict[str, float]:
     E, T = s.n_experts, s.tokens
     demand = s.demand
     mean = demand.mean()
-    share = demand / demand.sum() if demand.sum() > 0 else np.zeros(E)
-    nz = share[share > 0]
-    f = demand / (T * s.top_k)
-    P = s.prob_sum / T
     return {
-        "aux_loss": float(E * np.sum(f * P)),
-        "z_loss": s.lse_sq / T,
-        "cv": float(demand.std() / mean) if mean > 0 else float("nan"),
-        "max_over_mean": float(demand.max() / mean) if mean > 0 else float("nan"),
-        "load_entropy": float(np.exp(-np.sum(nz * np.log(nz))) / E) if nz.size else float("nan"),
+        "aux_loss": float(aux_loss_from_sums(demand, s.prob_sum, T, s.top_k)),
+        "z_loss": float(z_loss_from_sums(s.lse_sq, T)),
+        "cv": safe_ratio(demand.std(), mean),
+        "max_over_mean": max_over_mean(demand),
+        "load_entropy": float(np.exp(entropy(demand / demand.sum())) / E) if demand.sum() > 0 else float("nan"),
         "dead_fraction": float(np.mean(s.served == 0)),
         "dropped_fraction": float((demand.sum() - s.served.sum()) / demand.sum()) if demand.sum() > 0 else 0.0,
         "mean_confidence": s.confidence / T,
@@ -203,7 +239,7 @@ def summary_dict(s: ForwardSums) -> dict[str, float]:
         "active_experts": float(np.sum(s.served > 0)),
         "capacity": s.capacity / s.forwards,
         "topk_margin": s.margin / T,
-        "bias_overlap": float(s.overlap.sum() / s.unbiased.sum()) if s.unbiased.sum() > 0 else float("nan"),
+        "bias_overlap": safe_ratio(s.overlap.sum(), s.unbiased.sum()),
         **shared_summary(s),
     }
 
@@ -217,7 +253,7 @@ def shared_summary(s: ForwardSums) -> dict[str, float]:
         return {"shared_output_rms": float("nan"), "shared_fraction": float("nan")}
     total = s.shared_norm + s.routed_norm
     return {"shared_output_rms": float(np.sqrt(s.shared_sq / (s.shared_tokens * s.d_model))),
-            "shared_fraction": float(s.shared_norm / total) if total > 0 else float("nan")}
+            "shared_fraction": safe_ratio(s.shared_norm, total)}
 
 
 class StatsAccumulator:

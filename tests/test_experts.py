@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from moe import MoEConfig, MoELayer
 from moe.config import ACTIVATIONS
-from moe.experts import ACTIVATION_FNS, dispatch, dispatch_eager, near_zero_mask
+from moe.experts import ACTIVATION_FNS, count_dtype, dispatch, dispatch_eager, near_zero_count, near_zero_mask
 
 BASE = dict(d_model=12, d_expert=24, n_experts=5, top_k=2)
 VARIANTS = [dict(), dict(activation="gelu"), dict(activation="relu", gated=False),
@@ -74,6 +74,30 @@ def test_near_zero_mask_by_hand():
     assert near_zero_mask(h, 0.0015, "relative").tolist()[0] == [True, True, False, False]  # 0.001 ≤ 0.00106
     assert near_zero_mask(h, 0.0014, "relative").tolist()[0] == [True, False, False, False]
     assert near_zero_mask(h * 100, 0.01, "absolute").tolist()[0] == [True, False, False, False]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("mode", ["absolute", "relative"])
+def test_near_zero_count_is_the_mask_count(dtype, mode):
+    """The fast count (comparison written in place as 1.0 / 0.0) equals counting the bool mask, NaN and inf
+    included, with and without reusing the buffer; the buffer is only written when asked."""
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(40, 300, generator=g) * 0.02).to(dtype)  # (n, H) with many entries near 0.01
+    h[0, :5] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.01, -0.01])
+    h[1] = 0.0
+    want = int(near_zero_mask(h, 0.01, mode).sum())
+    kept = h.clone()
+    assert float(near_zero_count(h, 0.01, mode)) == want
+    assert torch.equal(h.isnan(), kept.isnan()) and torch.equal(h.nan_to_num(), kept.nan_to_num())  # untouched
+    assert float(near_zero_count(h.clone(), 0.01, mode, inplace=True)) == want
+    assert float(near_zero_count(h[1:2], 0.01, mode)) == 300  # an all-zero row is all near zero
+    assert int(near_zero_count(h, 0.01, mode, acc=torch.int64)) == want
+
+
+def test_near_zero_count_stays_exact_past_float32_integers():
+    h = torch.zeros(4099, 4097)  # 16,793,603 units, odd and above 2**24: float32 cannot hold the count
+    assert count_dtype(h.numel()) == torch.int64 and count_dtype(1 << 24) == torch.float32
+    assert int(near_zero_count(h, 0.01, "absolute", inplace=True)) == 4099 * 4097
 
 
 @pytest.mark.parametrize("changes", VARIANTS, ids=str)

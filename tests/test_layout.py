@@ -207,8 +207,6 @@ def _sizes(root: pathlib.Path, packages=PACKAGES) -> tuple[list[str], list[str]]
     return long_modules, long_functions
 
 
-@pytest.mark.xfail(strict=True, reason="moe/train/trainer.py has 356 lines on this branch; drop this mark once it "
-                   "is split (issue #19)")
 def test_no_module_over_350_lines():
     long_modules, _ = _sizes(ROOT)
     assert not long_modules, "modules over 350 lines:\n  " + "\n  ".join(long_modules)

@@ -2,7 +2,7 @@
 import torch
 
 from moe.hf.instrument import engine_blocks, instrument, run_model
-from moe.hf.tables import layer_table, worst_layer
+from moe.hf.tables import highest_aux_layer, layer_table
 from tests.model_support import VOCAB, tiny_model
 
 IDS = torch.randint(0, VOCAB, (96,), generator=torch.Generator().manual_seed(5))
@@ -37,7 +37,7 @@ def test_one_collapsed_layer_hides_in_the_pooled_aux_but_not_in_the_table():
     assert max(_switch_aux(healthy)) < 1.6          # the healthy layers sit near 1
     table = layer_table(bad)
     assert torch.allclose(torch.tensor(table["aux_loss"].tolist()), torch.tensor(per_layer), rtol=1e-5)
-    assert worst_layer(table) == 2 and table.loc[2, "dead_fraction"] == 0.75
+    assert highest_aux_layer(table) == 2 and table.loc[2, "dead_fraction"] == 0.75
     # HF's pooled number (top_k × the Switch aux of the pooled statistics) moves far less than the bad layer
     pooled_healthy, pooled_bad = healthy.pooled_hf_aux() / K, bad.pooled_hf_aux() / K
     assert pooled_bad < 1.35 * pooled_healthy

@@ -7,9 +7,10 @@ import pytest
 import torch
 
 from moe.hf.instrument import instrument, run_model
-from moe.hf.text import CHAR_CLASSES, byte_class, normalized_mutual_information, unigram_entropy_bits
+from moe.hf.text import CHAR_CLASSES, byte_class, unigram_entropy_bits
+from moe.metrics import normalized_mutual_information
 from moe.hf.tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long,
-                              token_routing, worst_layer)
+                              token_routing, highest_aux_layer)
 from tests.model_support import tiny_model
 
 TEXT = "def add(a, b):\n    return a + b  # 42 apples\n" * 3
@@ -47,7 +48,7 @@ def test_unigram_entropy_and_byte_classes():
     assert names == ["letter", "digit", "space", "newline", "punctuation", "other"]
 
 
-def test_layer_table_and_worst_layer(run):
+def test_layer_table_and_highest_aux_layer(run):
     table = layer_table(run)
     assert table["layer"].tolist() == [0, 1, 2]
     for i, trace in enumerate(run.traces):
@@ -55,7 +56,7 @@ def test_layer_table_and_worst_layer(run):
         f, P = demand / (trace.tokens * 2), trace.probs.double().mean(dim=0).numpy()
         assert table.loc[i, "aux_loss"] == pytest.approx(8 * float((f * P).sum()), rel=1e-6)
         assert table.loc[i, "cv"] == pytest.approx(demand.std() / demand.mean(), rel=1e-9)
-    assert worst_layer(table) == int(table["layer"][table["aux_loss"].values.argmax()])
+    assert highest_aux_layer(table) == int(table["layer"][table["aux_loss"].values.argmax()])
 
 
 def test_load_share_sums_to_one_per_layer(run):

@@ -10,7 +10,8 @@ import torch
 
 from moe import MoEConfig
 from moe.cli.main import main
-from moe.train.trainer import PRESETS, TrainConfig, Trainer, per_expert_series, preset, tail_mean
+from moe.train.presets import PRESETS, preset
+from moe.train.trainer import TrainConfig, Trainer, per_expert_series, tail_mean
 
 TINY = TrainConfig(model=MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2), tokens=64,
                    probe_tokens=32, scenario_params={"n_clusters": 4}, steps=5)

@@ -10,6 +10,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from moe.metrics import nats_to_bits
+
 from dashboard.figures.core import axis, expert_xaxis, layout
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
@@ -90,7 +92,7 @@ def flow_figure(flow: np.ndarray, layer_from: int, layer_to: int) -> go.Figure:
 
 def token_loss_figure(loss: np.ndarray, tokens: list[str]) -> go.Figure:
     """Next-token loss (bits) of token s+1 given the tokens before it."""
-    bits = np.asarray(loss) / np.log(2)
+    bits = nats_to_bits(np.asarray(loss))
     labels = [repr(t)[1:-1] for t in tokens[1:]]
     # the token goes to the hover only (textposition none): drawn on the bars it is unreadable past a few dozen
     # tokens, and Plotly measures every label
@@ -114,7 +116,7 @@ def nmi_figure(nmi: pd.DataFrame) -> go.Figure:
 
 def counterfactual_loss_figure(own: np.ndarray, new: np.ndarray, tokens: list[str]) -> go.Figure:
     """Next-token loss (bits) per position with the model's routing and with the counterfactual."""
-    own_bits, new_bits = np.asarray(own) / np.log(2), np.asarray(new) / np.log(2)
+    own_bits, new_bits = nats_to_bits(np.asarray(own)), nats_to_bits(np.asarray(new))
     x = list(range(1, len(tokens)))
     labels = [repr(t)[1:-1] for t in tokens[1:]]
     data = [go.Scatter(x=x, y=own_bits, name="own routing", mode="lines", line=dict(color="#4c78a8"), text=labels,

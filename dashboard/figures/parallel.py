@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from moe.metrics import max_over_mean
+
 from dashboard.figures.core import IDEAL_COLOR, NEUTRAL_COLOR, axis, layout
 
 PLANNED_COLOR = "#2ca02c"
@@ -70,7 +72,7 @@ def comparison_table(docs: dict[str, dict]) -> pd.DataFrame:
         load = ranks["assignments"]
         spread = doc.get("straggler_spread") or {}
         rows.append({"placement": name, "redundant_slots": doc["placement"]["redundant_slots"],
-                     "load_max_over_mean": float(load.max() / load.mean()) if load.mean() > 0 else float("nan"),
+                     "load_max_over_mean": max_over_mean(load),
                      "straggler_factor": _number(doc["straggler_factor"]),  # strict JSON: NaN arrives as null
                      **{f"straggler_{k}": _number(spread.get(k)) for k in ("min", "q1", "q3", "max")},
                      "repeats": spread.get("repeats", 1),

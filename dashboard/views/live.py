@@ -12,7 +12,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
 
-from moe.train.trainer import BALANCE_HELP, BALANCES, PRESET_HELP, TrainConfig, Trainer, preset
+from moe.train.presets import PRESET_HELP, preset
+from moe.train.trainer import BALANCE_HELP, BALANCES, TrainConfig, Trainer
 
 from dashboard import state
 from dashboard.figures.colors import expert_colors

@@ -13,7 +13,7 @@ import streamlit as st
 from moe.definitions import DEFINITIONS
 from moe.hf.load import read_training_nmi
 from moe.memory import out_of_memory
-from moe.hf.tables import LAYER_COLUMNS, worst_layer
+from moe.hf.tables import LAYER_COLUMNS, highest_aux_layer
 from moe.roots import resolve_allowed
 
 from dashboard import loaders, state
@@ -202,7 +202,7 @@ def _styled_layer_table(view: dict):
     """(the per-layer table sorted as the controls ask, the worst layer's row highlighted; the worst layer)."""
     ss = st.session_state
     table = view["table"]
-    worst = worst_layer(table)
+    worst = highest_aux_layer(table)
     shown = table.assign(worst=table["layer"] == worst).sort_values(
         ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
     styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
@@ -218,7 +218,7 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     # A static table, sorted by the two controls above (they are in the link too): it redraws with the text in
     # a fraction of a data grid's time (benchmarks/bench_browser.py).
     st.table(styled, hide_index=True)
-    st.caption(f"Per-layer routing health on this text; worst layer (highest aux) highlighted: layer {worst}. "
+    st.caption(f"Per-layer routing health on this text; highest-aux layer highlighted: layer {worst}. "
                "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
@@ -226,7 +226,7 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     left, right = st.columns(2)
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
     right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
-    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the worst layer "
+    st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the highest-aux layer "
                f"({worst}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
                f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
 

@@ -7,8 +7,10 @@ from __future__ import annotations
 import numpy as np
 import streamlit as st
 
+from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
 from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual
+from moe.metrics import nats_to_bits
 
 from dashboard import loaders, state
 from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure
@@ -37,7 +39,7 @@ def _controls(view: dict) -> Counterfactual:
                 format_func=lambda v: "every MoE layer" if v == "all" else f"layer {v}")
     b.number_input("top_k (0 = the model's own)", min_value=0, max_value=E, key="cf_top_k")
     c.number_input("Capacity factor (0 = dropless)", min_value=0.0, max_value=64.0, step=0.25, key="cf_capacity")
-    d.selectbox("Drop policy", ["position", "probs"], key="cf_drop", disabled=ss["cf_capacity"] == 0)
+    d.selectbox("Drop policy", list(DROP_POLICIES), key="cf_drop", disabled=ss["cf_capacity"] == 0)
     e, f, g = st.columns([1, 1, 2])
     e.number_input("Temperature", min_value=0.01, max_value=100.0, step=0.1, key="cf_temperature")
     f.selectbox("Bias one expert", list(range(-1, E)), key="cf_bias_expert",
@@ -85,7 +87,7 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
 
 
 def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
-    own_bits, new_bits = (float(np.mean(x)) / np.log(2) for x in (view["loss"], new["loss"]))
+    own_bits, new_bits = (nats_to_bits(float(np.mean(x))) for x in (view["loss"], new["loss"]))
     a, b, c = st.columns(3)
     a.metric("Mean next-token loss, own routing", f"{own_bits:.3f} bits")
     b.metric("Counterfactual", f"{new_bits:.3f} bits", delta=f"{new_bits - own_bits:+.3f} bits", delta_color="inverse")

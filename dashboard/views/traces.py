@@ -7,6 +7,7 @@ import tempfile
 
 import streamlit as st
 
+from moe.config import SCORES
 from moe.jsonio import dumps
 from moe.roots import OutsideRoots, resolve_allowed
 from moe.traces.records import MAX_EXPERTS
@@ -42,7 +43,7 @@ def render(result: RunResult | None) -> None:
     n_experts = c1.number_input("Experts (E)", 1, MAX_EXPERTS, step=1, key="trace_experts",
                                 placeholder="from the file", help=EXPERTS_HELP)
     n_layers = c2.number_input("Expected MoE layers (0: no check)", 0, 10000, key="trace_layers")
-    score = c3.selectbox("Router score", ["softmax", "sigmoid"], key="trace_score",
+    score = c3.selectbox("Router score", list(SCORES), key="trace_score",
                          help="how the recorded logits became probabilities (aux loss, confidence)")
     experts = None if n_experts is None else int(n_experts)
     if source == "Upload":

@@ -7,6 +7,7 @@ import re
 import sys
 
 from moe.cli.args import finite_float, positive_int
+from moe.config import DROP_POLICIES
 from moe.hf.report import (DEFAULT_MAX_TOKENS, READ_BYTES_PER_TOKEN, counterfactual_dict, encode_text,
                            progress_bars, read_text_file, render_report, report_dict)
 from moe.jsonio import dumps
@@ -27,7 +28,7 @@ def add_command(commands) -> None:
     cf.add_argument("--cf-layers", default=None, help="comma-separated decoder-layer indices (default: all MoE layers)")
     cf.add_argument("--cf-top-k", type=positive_int, default=None)
     cf.add_argument("--cf-capacity", type=finite_float, default=None, help="capacity factor (default: dropless)")
-    cf.add_argument("--cf-drop", choices=("position", "probs"), default=None)
+    cf.add_argument("--cf-drop", choices=DROP_POLICIES, default=None)
     cf.add_argument("--cf-temperature", type=finite_float, default=None)
     p.set_defaults(run=run)
 

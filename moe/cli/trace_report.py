@@ -8,6 +8,7 @@ import numpy as np
 import pandas as pd
 
 from moe.cli.args import integer, positive_int
+from moe.config import SCORES
 from moe.jsonio import dumps
 from moe.traces.report import summarize
 
@@ -19,7 +20,7 @@ def add_command(commands) -> None:
                                 "Megatron-LM's router_trace_rank{R}.jsonl")
     p.add_argument("--n-experts", type=positive_int, default=None, help="needed for Megatron traces")
     p.add_argument("--layers", type=positive_int, default=None, help="expected number of MoE layers (checked)")
-    p.add_argument("--score", choices=("softmax", "sigmoid"), default="softmax", help="how logits became probs")
+    p.add_argument("--score", choices=SCORES, default="softmax", help="how logits became probs")
     p.add_argument("--world-size", type=positive_int, default=None, help="plan a placement for W ranks")
     p.add_argument("--redundant-slots", type=integer, default=0, help="R replicas for the plan")
     p.add_argument("--layer", default=None, help="plan from this layer's load (default: all layers summed)")

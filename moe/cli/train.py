@@ -14,7 +14,8 @@ from moe.jsonio import dumps, dumps_lines
 from moe.knobs import scenario_params
 from moe.memory import BudgetError, budget_bytes
 from moe.scenarios import SCENARIOS
-from moe.train.trainer import BALANCES, PRESETS, TrainConfig, Trainer
+from moe.train.presets import PRESETS
+from moe.train.trainer import BALANCES, TrainConfig, Trainer
 
 FORMATS = ("--format json: one strict JSON document {\"config\": ..., \"rows\": [one object per step]}, "
            "written as the steps run; jsonl: JSON Lines, one strict JSON object per step; csv: a header, "

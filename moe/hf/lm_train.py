@@ -13,8 +13,9 @@ from dataclasses import asdict, dataclass
 import torch
 
 from moe.jsonio import dumps
-from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode,
-                      normalized_mutual_information, save_tokenizer, unigram_entropy_bits)
+from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode, save_tokenizer,
+                         unigram_entropy_bits)
+from moe.metrics import normalized_mutual_information
 from moe.hf.lm_checks import REPORT_FILE, check_lm_training_budget, check_out_dir
 
 

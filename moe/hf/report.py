@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import codecs
 import contextlib
-import math
 
 import pandas as pd
 import torch
 
 from moe.jsonio import dumps
+from moe.metrics import nats_to_bits
 from moe.roots import read_regular
 from moe.stats import PER_EXPERT_COLUMNS
 
@@ -56,7 +56,7 @@ def render_report(name: str, run, fmt: str) -> str:
 
 def counterfactual_dict(run, cf_run, cf) -> dict:
     """Own vs counterfactual mean next-token loss (bits per token) and the counterfactual's layer summaries."""
-    own, new = (float(r.token_loss().mean()) / math.log(2) for r in (run, cf_run))
+    own, new = (nats_to_bits(float(r.token_loss().mean())) for r in (run, cf_run))
     settings = {k: v for k, v in cf.__dict__.items() if v is not None and k not in ("bias_expert", "bias")}
     return {"settings": {**settings, "layers": list(cf.layers) if cf.layers else "all"},
             "mean_loss_bits": {"own": own, "counterfactual": new, "delta": new - own},

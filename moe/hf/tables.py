@@ -2,7 +2,8 @@
 
 Definitions (one place):
 - per-layer row: the layer's Trace.summary() numbers (aux on the Switch scale, E·Σ f_e·P_e).
-- worst layer: the one with the highest aux_loss (1 = perfectly balanced).
+- highest-aux layer: the one with the highest aux_loss (1 = perfectly balanced); "worst" is kept for the
+  most uneven load (moe/definitions.py "worst").
 - flow[l][i, j] = P(top-1 expert j at MoE layer l+1 | top-1 expert i at layer l), over the text's tokens
   (a row with no token is NaN).
 - vocabulary of expert e at layer l: the tokens whose top-1 expert is e there, most frequent first.
@@ -14,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from moe.hf.text import CHAR_CLASSES, byte_class, normalized_mutual_information
+from moe.hf.text import CHAR_CLASSES, byte_class
+from moe.metrics import normalized_mutual_information, safe_ratio
 
 LAYER_COLUMNS = ["layer", "aux_loss", "cv", "max_over_mean", "dead_fraction", "load_entropy",
                  "mean_confidence", "z_loss"]
@@ -27,8 +29,8 @@ def layer_table(run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 
-def worst_layer(table: pd.DataFrame) -> int:
-    """The decoder-layer index with the highest aux_loss."""
+def highest_aux_layer(table: pd.DataFrame) -> int:
+    """The decoder-layer index with the highest aux_loss (the first on ties); moe/definitions.py."""
     return int(table.loc[table["aux_loss"].idxmax(), "layer"])
 
 
@@ -78,9 +80,7 @@ def flow_matrix(run, layer_pos: int) -> np.ndarray:
     E = run.traces[layer_pos].config.n_experts
     counts = np.zeros((E, E))
     np.add.at(counts, (top1[layer_pos], top1[layer_pos + 1]), 1.0)
-    totals = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
+    return safe_ratio(counts, counts.sum(axis=1, keepdims=True))  # (E, E)
 
 
 def token_classes(tokens: list[str]) -> np.ndarray:

@@ -1,13 +1,14 @@
-"""Text helpers for the language-model views: the byte tokenizer, character classes, entropy and NMI.
+"""Text helpers for the language-model views: the byte tokenizer, character classes and unigram entropy.
 
-One definition each, imported by the trainer, the model report and the dashboard.
+One definition each, imported by the trainer, the model report and the dashboard (NMI: moe.metrics).
 """
 from __future__ import annotations
 
-import math
 import string
 
 import numpy as np
+
+from moe.metrics import entropy, nats_to_bits
 
 EOS = "<|endoftext|>"
 VOCAB_SIZE = 257  # 256 bytes (id = byte value) + EOS (id 256)
@@ -47,30 +48,7 @@ def encode(text: str) -> list[int]:
 def unigram_entropy_bits(ids) -> float:
     """Entropy in bits of the empirical byte distribution of `ids` (the unigram baseline, bits per byte)."""
     counts = np.bincount(np.asarray(ids, dtype=np.int64))
-    p = counts[counts > 0] / counts.sum()
-    return float(-(p * np.log2(p)).sum())
-
-
-def normalized_mutual_information(a, b) -> float:
-    """NMI(a; b) = 2·I(a; b) / (H(a) + H(b)) in [0, 1] for two integer labelings of the same items.
-
-    0 when either labeling is constant (nothing to share).
-    """
-    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
-    if a.shape != b.shape or a.size == 0:
-        raise ValueError(f"labelings must be non-empty and of equal length, got {a.shape} and {b.shape}")
-    _, ai = np.unique(a, return_inverse=True)
-    _, bi = np.unique(b, return_inverse=True)
-    joint = np.zeros((ai.max() + 1, bi.max() + 1))
-    np.add.at(joint, (ai, bi), 1.0)
-    joint /= joint.sum()
-    pa, pb = joint.sum(axis=1), joint.sum(axis=0)
-    ha, hb = -(pa * np.log(pa)).sum(), -(pb * np.log(pb)).sum()
-    if ha + hb == 0:
-        return 0.0
-    nz = joint > 0
-    mi = (joint[nz] * np.log(joint[nz] / np.outer(pa, pb)[nz])).sum()
-    return float(max(0.0, 2 * mi / (ha + hb)))
+    return nats_to_bits(entropy(counts / counts.sum()))
 
 
 def byte_tokenizer():
@@ -112,4 +90,4 @@ def save_tokenizer(out_dir: str) -> None:
 
 def bits_per_byte(mean_nll_nats: float) -> float:
     """Mean next-byte negative log-likelihood (nats) in bits."""
-    return mean_nll_nats / math.log(2)
+    return nats_to_bits(mean_nll_nats)

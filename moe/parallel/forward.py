@@ -34,10 +34,11 @@ from torch import Tensor, nn
 from moe.config import MoEConfig
 from moe.experts import DispatchResult, Experts, dispatch
 from moe.layer import MoELayer
+from moe.metrics import max_over_mean
 from moe.parallel.placement import Placement, chunk_sizes
-from moe.router import route, router_logits
+from moe.router import chose_from_scores, route, router_logits
 from moe.shared import shared_sums
-from moe.stats import ForwardSums, gather_sums
+from moe.stats import ForwardSums, StatsInputs, gather_sums
 
 PER_RANK_COLUMNS = ["rank", "experts", "tokens_in", "tokens_out", "recv_tokens", "assignments",
                     "gather_ms", "a2a_ms", "expert_ms", "expert_wall_ms", "forward_ms"]
@@ -192,12 +193,14 @@ def ep_forward(layer: MoELayer, shard: ExpertShard, x: Tensor, placement: Placem
         y_local = y_local + s  # (T_r, D) routed + shared
 
     served = routing.served[mine]
-    sums = gather_sums(routing.probs[mine], logits[mine], routing.routed[mine], served, routing.gates[mine],
-                       contributions, served.float().t() @ served.float(),
-                       _per_expert(res.near_zero, local, cfg.n_experts), _per_expert(res.sum_sq, local, cfg.n_experts),
-                       _per_expert(res.sum_y, local, cfg.n_experts), y_local, top_k=cfg.top_k,
-                       d_expert=cfg.d_expert, capacity=routing.capacity, shared=shared,
-                       overlap=routing.top_k_index is not None and cfg.router != "hash")  # as MoELayer
+    E = cfg.n_experts
+    sums = gather_sums(StatsInputs(
+        probs=routing.probs[mine], router_logits=logits[mine], routed=routing.routed[mine], served=served,
+        gates=routing.gates[mine], top_k=cfg.top_k, d_model=cfg.d_model, d_expert=cfg.d_expert,
+        capacity=routing.capacity, overlap=chose_from_scores(routing, cfg), contributions=contributions,
+        near_zero=_per_expert(res.near_zero, local, E), sum_sq=_per_expert(res.sum_sq, local, E),
+        sum_y=_per_expert(res.sum_y, local, E), out=y_local, coactivation=served.float().t() @ served.float(),
+        shared=shared))
     sums = _reduce_sums(sums, routing.capacity, dev)
     forward_ms = (time.perf_counter() - start) * 1e3
     mine_row = [rank, xt.shape[0], sum(send_counts), sum(recv_counts), expert["assignments"],
@@ -269,8 +272,7 @@ def _per_rank_frame(table: np.ndarray, placement: Placement) -> pd.DataFrame:
 
 def straggler_factor(per_rank: pd.DataFrame, column: str = "expert_ms") -> float:
     """max over ranks / mean over ranks of `column` (1.0 = perfectly even; expert time by default)."""
-    values = per_rank[column].to_numpy(dtype=np.float64)
-    return float(values.max() / values.mean()) if values.mean() > 0 else float("nan")
+    return max_over_mean(per_rank[column].to_numpy(dtype=np.float64))
 
 
 def straggler_spread(per_ranks: list[pd.DataFrame], column: str = "expert_ms") -> dict:

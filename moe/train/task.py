@@ -14,14 +14,7 @@ import torch
 from torch import Tensor
 
 from moe.scenarios import SCENARIOS, Batch, make_batch
-
-# Stream tags for the task's own random draws (the scenarios seed their own streams).
-_MAPS, _OFFSET = 1, 2
-
-
-def _generator(seed: int, tag: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + tag)
-
+from moe.seeds import TASK_MAPS, TASK_OFFSET, generator
 
 def takes_step(scenario: str) -> bool:
     """True when the scenario changes with the step (drifting): each step then draws a fresh batch."""
@@ -48,13 +41,13 @@ class SyntheticTask:
         # The probe is a fixed draw (step 0 for drifting): router saturation compares its routing.
         probe = draw(scenario, self.params, D, probe_tokens, seed=seed, step=0)
         self.n_maps = len(probe.label_names) if probe.labels is not None else 1
-        g = _generator(seed, _MAPS)
+        g = generator(TASK_MAPS, seed)
         shared = torch.randn(D, D, generator=g) / math.sqrt(D)                     # (D, D)
         private = torch.randn(self.n_maps, D, D, generator=g) / math.sqrt(D)       # (M, D, D)
         self.maps = math.sqrt(task_shared) * shared + math.sqrt(1 - task_shared) * private  # (M, D, D)
         # A direction common to every token, like the mean component of real hidden states: the
         # router's response to it is a preference shared by all tokens.
-        u = torch.randn(D, generator=_generator(seed, _OFFSET))                    # (D,)
+        u = torch.randn(D, generator=generator(TASK_OFFSET, seed))                    # (D,)
         self.offset = u / u.norm().clamp_min(1e-12) * math.sqrt(D) * input_offset  # (D,)
         self.probe_x = probe.x + self.offset                                       # (P, D)
         self._pool = None

@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from moe.config import MoEConfig
+from moe.config import BIASED_ROUTERS, MoEConfig
 from moe.layer import MoELayer
 from moe.memory import budget_bytes, check_training_budget
-from moe.router import load_balancing_terms, z_loss
+from moe.losses import aux_loss, z_loss
 from moe.scenarios import SCENARIOS
 from moe.stats import SUMMARY_KEYS
 from moe.train.task import SyntheticTask, draw, takes_step
@@ -94,7 +94,7 @@ class TrainConfig:
         check_fields(self)  # types (numpy numbers coerced), then the ranges below
         if self.balance not in BALANCES:
             raise ValueError(f"unknown balance {self.balance!r}; choose one of {', '.join(map(repr, BALANCES))}")
-        if self.balance == "bias" and self.model.router not in ("topk", "random"):
+        if self.balance == "bias" and self.model.router not in BIASED_ROUTERS:
             raise ValueError(f"balance 'bias' steers top-k selection, but router {self.model.router!r} "
                              f"ignores the expert bias; use router 'topk' or another balance")
         for name in ("tokens", "pool_batches", "probe_tokens", "steps", "history"):
@@ -148,47 +148,11 @@ def _default_clusters(scenario: str) -> int | None:
     return None if spec is None else spec.default
 
 
-# The collapse-and-cure setup. Why balance "none" collapses: tokens share a common direction
-# (input_offset) and most of the target map is shared by every topic (task_shared), so the experts
-# that happen to get more tokens early learn faster, help more, and the router (un-normalised
-# top-k weights, sharp temperature) learns a preference for them that every token shares: the
-# rich get richer. The tiny router init and routing noise make the start near-uniform.
-PRESETS: dict[str, TrainConfig] = {
-    "collapse": TrainConfig(
-        model=MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2, normalize_topk=False,
-                        temperature=0.5, noise_std=0.2),
-        router_init_scale=0.01, scenario="clusters",
-        scenario_params=(("n_clusters", 16), ("spread", 0.6)), tokens=512, task_shared=0.8,
-        input_offset=0.5, steps=300, lr=1e-2, aux_coef=0.1, bias_rate=2e-3),
-}
-PRESET_HELP = {
-    "collapse": ("Collapse and cure: with balancing off, experts that get more tokens early learn faster, "
-                 "and the router learns to send them every token: max/mean load climbs from 1.2 towards "
-                 "E/K = 4 within tens of steps. With aux loss or the expert bias on from the start the load "
-                 "stays even (max/mean ≈ 1.2–1.3). Switched on after the collapse, aux loss brings the load "
-                 "back within ~100 steps; the expert bias only steers selection, so against a router whose "
-                 "scores have saturated it undoes the collapse only partly."),
-}
-
-
-def preset(name: str, **changes) -> TrainConfig:
-    """A named TrainConfig, with optional field changes."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(map(repr, PRESETS))}")
-    return PRESETS[name].replace(**changes)
-
-
 @torch.no_grad()
 def update_expert_bias(bias: Tensor, routed: Tensor, rate: float) -> None:
     """Aux-loss-free balancing, in place: b_e += rate·sign(mean_e' load − load_e); routed (T, E)."""
     load = routed.sum(dim=0).float()  # (E,) tokens routed to each expert
     bias.add_(rate * torch.sign(load.mean() - load))
-
-
-def aux_loss_term(probs: Tensor, routed: Tensor, top_k: int) -> Tensor:
-    """E·Σ_e f_e·P_e, differentiable through probs (T, E)."""
-    f, P = load_balancing_terms(probs, routed, top_k)  # (E,), (E,)
-    return probs.shape[1] * (f * P).sum()
 
 
 class Trainer:
@@ -277,7 +241,7 @@ class Trainer:
         task_loss = F.mse_loss(y, target)
         loss = task_loss
         if cfg.balance == "aux":
-            loss = loss + cfg.aux_coef * aux_loss_term(trace.probs, trace.routed, layer.cfg.top_k)
+            loss = loss + cfg.aux_coef * aux_loss(trace.probs, trace.routed, layer.cfg.top_k)
         elif cfg.balance == "zloss":
             loss = loss + cfg.z_coef * z_loss(trace.router_logits)
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,0 +1,72 @@
+"""Small formulas every table and chart shares, written once: safe ratios, max/mean, bits, entropy and NMI.
+
+Host-side NumPy; definitions in moe/definitions.py ("safe_ratio", "max_over_mean", "nmi").
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+LN2 = math.log(2)
+
+
+def safe_ratio(num, den):
+    """num / den elementwise, NaN where den ≤ 0 (nothing to divide by); a float for scalar inputs."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    ok = den > 0
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(ok, num / np.where(ok, den, 1.0), np.nan)
+    return float(out) if out.ndim == 0 else out
+
+
+def max_over_mean(values) -> float:
+    """max / mean of non-negative values (1.0 = perfectly even); NaN when the mean is not positive."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return float("nan")
+    return safe_ratio(v.max(), v.mean())
+
+
+def nats_to_bits(nats):
+    """A quantity in nats (natural log) in bits: divided by ln 2."""
+    return nats / LN2
+
+
+def entropy(p) -> float:
+    """−Σ p·ln p in nats of a distribution p (any shape), with 0·ln 0 = 0."""
+    p = np.asarray(p, dtype=np.float64).ravel()
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+def nmi_from_counts(counts) -> float:
+    """NMI = 2·I(A; B) / (H(A) + H(B)) in [0, 1] from a contingency table counts[a, b] ≥ 0 (natural logs).
+
+    NaN when there is nothing to measure: no count at all, or both margins constant (H(A) = H(B) = 0,
+    so NMI is 0/0). One constant margin and a varied other gives 0: the labels share nothing.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    n = counts.sum()
+    if n <= 0:
+        return float("nan")
+    p = counts / n  # (A, B)
+    pa, pb = p.sum(axis=1), p.sum(axis=0)  # (A,), (B,)
+    h = entropy(pa) + entropy(pb)
+    if h == 0:
+        return float("nan")
+    nz = p > 0
+    mi = float((p[nz] * np.log(p[nz] / np.outer(pa, pb)[nz])).sum())
+    return max(0.0, 2.0 * mi / h)  # rounding can give −1e-17
+
+
+def normalized_mutual_information(a, b) -> float:
+    """nmi_from_counts of two integer labelings of the same items (T,) and (T,)."""
+    a, b = np.asarray(a, dtype=np.int64), np.asarray(b, dtype=np.int64)
+    if a.shape != b.shape or a.size == 0:
+        raise ValueError(f"labelings must be non-empty and of equal length, got {a.shape} and {b.shape}")
+    _, ai = np.unique(a.ravel(), return_inverse=True)  # (T,) dense label ids
+    _, bi = np.unique(b.ravel(), return_inverse=True)
+    counts = np.zeros((ai.max() + 1, bi.max() + 1))  # (A, B) contingency table
+    np.add.at(counts, (ai, bi), 1.0)
+    return nmi_from_counts(counts)
