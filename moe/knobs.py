@@ -8,10 +8,10 @@ from the knobs the chosen scenario accepts (its keyword arguments), so every sce
 from __future__ import annotations
 
 import inspect
-import math
 
 import torch
 
+from moe.validate import finite_number, int_at_least
 from moe.config import MoEConfig
 from moe.scenarios import SCENARIOS
 from moe.seeds import EXPERT_BIAS, LOGIT_BIAS, generator
@@ -58,8 +58,8 @@ def bias_values(n_experts: int, hot: int, hot_value: float, spread: float, seed:
 def tokens_from_knobs(values: dict) -> int:
     """T: the `tokens` knob when given, else batch × seq_len."""
     if values.get("tokens") is not None:
-        return _int("tokens", values["tokens"], 1)
-    return _int("batch", values.get("batch", DEFAULTS["batch"]), 1) * _int(
+        return int_at_least("tokens", values["tokens"], 1)
+    return int_at_least("batch", values.get("batch", DEFAULTS["batch"]), 1) * int_at_least(
         "seq_len", values.get("seq_len", DEFAULTS["seq_len"]), 1)
 
 
@@ -87,15 +87,15 @@ def from_knobs(values: dict) -> tuple[MoEConfig, str, dict, int]:
     if unknown:
         raise ValueError(f"unknown knob {', '.join(map(repr, unknown))}; knobs are: {', '.join(DEFAULTS)}")
     v = {**DEFAULTS, **{k: x for k, x in values.items() if x is not None}}
-    n = _int("n_experts", v["n_experts"], 1)
-    hot = _int("hot_expert", v["hot_expert"], -1)
+    n = int_at_least("n_experts", v["n_experts"], 1)
+    hot = int_at_least("hot_expert", v["hot_expert"], -1)
     if hot >= n:
         raise ValueError(f"hot_expert {hot} is not an expert index in 0..{n - 1}; pick one of those or -1 for none")
-    seed = _int("seed", v["seed"], 0)
-    logit_bias = bias_values(n, hot, _float("hot_bias", v["hot_bias"]), _float("bias_spread", v["bias_spread"]),
+    seed = int_at_least("seed", v["seed"], 0)
+    logit_bias = bias_values(n, hot, finite_number("hot_bias", v["hot_bias"]), finite_number("bias_spread", v["bias_spread"]),
                              seed, LOGIT_BIAS)
-    expert_bias = bias_values(n, hot, _float("expert_bias_hot", v["expert_bias_hot"]),
-                              _float("expert_bias_spread", v["expert_bias_spread"]), seed, EXPERT_BIAS)
+    expert_bias = bias_values(n, hot, finite_number("expert_bias_hot", v["expert_bias_hot"]),
+                              finite_number("expert_bias_spread", v["expert_bias_spread"]), seed, EXPERT_BIAS)
     dropless = v["dropless"]
     if not isinstance(dropless, bool):
         raise ValueError(f"dropless must be True or False, got {dropless!r}")
@@ -108,18 +108,3 @@ def from_knobs(values: dict) -> tuple[MoEConfig, str, dict, int]:
     return cfg, scenario, scenario_params(scenario, v), tokens_from_knobs(values)
 
 
-def _int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not hasattr(value, "__index__"):
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    value = int(value)
-    if value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _float(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    if isinstance(value, str) or not math.isfinite(float(value)):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)

@@ -13,6 +13,7 @@ from typing import Callable
 
 import torch
 
+from moe.validate import finite_number, int_at_least
 from moe.seeds import CENTRES, CLUSTERS, DRIFT, GAUSS, IDENTICAL, generator
 
 
@@ -26,28 +27,15 @@ class Batch:
 
 # --- validation -------------------------------------------------------------------------------
 
-def _check_int(name: str, value, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ValueError(f"{name} must be {kind}, got {value!r}")
-
-
-def _check_float(name: str, value, *, positive: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (positive and value == 0):
-        bound = "> 0" if positive else ">= 0"
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
-
-
 def _check_common(d_model, tokens, seed) -> None:
-    _check_int("d_model", d_model, 1)
-    _check_int("tokens", tokens, 1)
-    _check_int("seed", seed, 0)
+    int_at_least("d_model", d_model, 1)
+    int_at_least("tokens", tokens, 1)
+    int_at_least("seed", seed, 0)
 
 
 def _check_clusters(n_clusters, spread) -> None:
-    _check_int("n_clusters", n_clusters, 1)
-    _check_float("spread", spread)
+    int_at_least("n_clusters", n_clusters, 1)
+    finite_number("spread", spread, minimum=0)
 
 
 # --- shared pieces ----------------------------------------------------------------------------
@@ -55,7 +43,7 @@ def _check_clusters(n_clusters, spread) -> None:
 def cluster_centres(d_model: int, n_clusters: int, *, seed: int) -> torch.Tensor:
     """The C topic centres used by `clusters` and `drifting`: random directions of norm sqrt(D)."""
     _check_common(d_model, 1, seed)
-    _check_int("n_clusters", n_clusters, 1)
+    int_at_least("n_clusters", n_clusters, 1)
     g = generator(CENTRES, seed)
     directions = torch.randn(n_clusters, d_model, generator=g)            # (C, D)
     # Norm sqrt(D) matches an N(0, 1) token's norm; noise of norm spread·sqrt(D) (spread < 1)
@@ -98,7 +86,7 @@ def _sizes(labels: torch.Tensor, n_clusters: int) -> str:
 def gaussian(d_model: int, tokens: int, *, seed: int, scale: float = 1.0) -> Batch:
     """iid N(0, scale²) tokens: no structure, so a fresh router spreads load roughly evenly."""
     _check_common(d_model, tokens, seed)
-    _check_float("scale", scale)
+    finite_number("scale", scale, minimum=0)
     x = torch.randn(tokens, d_model, generator=generator(GAUSS, seed)) * scale  # (T, D)
     return Batch(x, None, None, f"{tokens} iid Gaussian tokens, D={d_model}, scale {scale:g}")
 
@@ -108,7 +96,7 @@ def clusters(d_model: int, tokens: int, *, seed: int, n_clusters: int = 4, skew:
     """C well-separated topics with sizes ∝ exp(-skew·i): shows whether experts specialise by topic."""
     _check_common(d_model, tokens, seed)
     _check_clusters(n_clusters, spread)
-    _check_float("skew", skew)
+    finite_number("skew", skew, minimum=0)
     centres = cluster_centres(d_model, n_clusters, seed=seed)              # (C, D)
     weights = torch.exp(-skew * torch.arange(n_clusters, dtype=torch.float64))  # (C,)
     x, labels = _mixture(centres, weights, tokens, spread, generator(CLUSTERS, seed))
@@ -131,8 +119,8 @@ def drifting(d_model: int, tokens: int, *, seed: int, step: int, n_clusters: int
     """Fixed topics whose mixture rotates with `step`: shows load following a shifting workload."""
     _check_common(d_model, tokens, seed)
     _check_clusters(n_clusters, spread)
-    _check_int("step", step, 0)
-    _check_int("period", period, 1)
+    int_at_least("step", step, 0)
+    int_at_least("period", period, 1)
     centres = cluster_centres(d_model, n_clusters, seed=seed)              # (C, D): seed only
     phase = step / period - torch.arange(n_clusters, dtype=torch.float64) / n_clusters  # (C,)
     # Topic i peaks when step/period ≡ i/C (mod 1); the weight ratio peak/trough is e⁴.

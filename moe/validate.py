@@ -1,4 +1,5 @@
-"""Type checks for config dataclasses: every field is checked (and coerced) from its declared type.
+"""Type checks for config dataclasses: every field is checked (and coerced) from its declared type; and the two
+value checks every other input uses (`int_at_least`, `finite_number`).
 
 `check_fields(obj)` reads the dataclass's type hints, so a field added later is covered without
 touching this file. Accepted: Python and numpy numbers where a number goes (coerced to int/float),
@@ -18,6 +19,23 @@ import numpy as np
 SEED_LIMIT = 2 ** 64       # torch.Generator.manual_seed takes seeds below 2**64
 BIAS_LIMIT = 1e4           # |logit_bias|, |expert_bias|: larger values overflow float16/float32 logits
 _FINITE_TUPLES = ("logit_bias", "expert_bias")
+
+
+def int_at_least(name: str, value, minimum: int) -> int:
+    """`value` as an int >= minimum (Python or numpy integers, never a bool); else a ValueError naming `name`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {kind}, got {value!r}")
+    return int(value)
+
+
+def finite_number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> float:
+    """`value` as a finite float (>= minimum, or > 0 when positive); else a ValueError naming `name`."""
+    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    if not ok or (minimum is not None and value < minimum) or (positive and value <= 0):
+        bound = " > 0" if positive else "" if minimum is None else f" >= {minimum:g}"
+        raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")
+    return float(value)
 
 
 def check_fields(obj) -> None:

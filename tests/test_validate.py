@@ -1,5 +1,6 @@
 """Every MoEConfig field is checked from its declared type: nonsense is a ValueError naming the field."""
 import dataclasses
+import re
 
 import numpy as np
 import pytest
@@ -73,3 +74,32 @@ def test_integer_input_tensor_is_refused():
         layer(torch.ones(3, 8, dtype=torch.int64))
     with pytest.raises(ValueError, match="floating-point"):
         layer(torch.ones(3, 8, dtype=torch.bool))
+
+
+@pytest.mark.parametrize("value, minimum, ok", [
+    (3, 1, True), (np.int64(3), 1, True), (0, 0, True), (-1, -1, True),
+    (0, 1, False), (True, 0, False), (np.bool_(True), 0, False), (2.0, 1, False), ("3", 1, False), (None, 0, False),
+])
+def test_int_at_least_is_the_one_integer_check(value, minimum, ok):
+    from moe.validate import int_at_least
+    if ok:
+        assert int_at_least("n", value, minimum) == int(value) and type(int_at_least("n", value, minimum)) is int
+    else:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        with pytest.raises(ValueError, match=re.escape(f"n must be {kind}, got {value!r}")):
+            int_at_least("n", value, minimum)
+
+
+@pytest.mark.parametrize("value, kwargs, message", [
+    (0.5, {}, None), (np.float32(0.5), {"positive": True}, None), (0, {"minimum": 0}, None),
+    (float("nan"), {}, "x must be a finite number, got nan"), (float("inf"), {"minimum": 0}, "x must be a finite number >= 0"),
+    (-0.1, {"minimum": 0}, "x must be a finite number >= 0, got -0.1"), (0.0, {"positive": True}, "x must be a finite number > 0"),
+    (True, {}, "x must be a finite number, got True"), ("1", {}, "x must be a finite number, got '1'"),
+])
+def test_finite_number_is_the_one_number_check(value, kwargs, message):
+    from moe.validate import finite_number
+    if message is None:
+        assert finite_number("x", value, **kwargs) == float(value)
+    else:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            finite_number("x", value, **kwargs)

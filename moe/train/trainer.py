@@ -27,7 +27,7 @@ from moe.losses import aux_loss, z_loss
 from moe.scenarios import SCENARIOS
 from moe.stats import SUMMARY_KEYS
 from moe.train.task import SyntheticTask, draw, takes_step
-from moe.validate import check_fields
+from moe.validate import check_fields, finite_number, int_at_least
 
 BALANCES = ("none", "aux", "zloss", "bias", "capacity")
 BALANCE_HELP = {
@@ -43,14 +43,6 @@ RESET_FIELDS = ("model", "seed", "router_init_scale")
 # Fields that change the data: the task and the probe are rebuilt, the weights kept.
 DATA_FIELDS = ("scenario", "scenario_params", "tokens", "task_shared", "input_offset",
                "pool_batches", "probe_tokens")
-
-
-def _positive(name: str, value, *, integer: bool = False, zero: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or value < 0 or (value == 0 and not zero):
-        what = "an integer" if integer else "a finite number"
-        raise ValueError(f"{name} must be {what} {'>= 0' if zero else '> 0'}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -98,15 +90,15 @@ class TrainConfig:
             raise ValueError(f"balance 'bias' steers top-k selection, but router {self.model.router!r} "
                              f"ignores the expert bias; use router 'topk' or another balance")
         for name in ("tokens", "pool_batches", "probe_tokens", "steps", "history"):
-            _positive(name, getattr(self, name), integer=True)
-        _positive("seed", self.seed, integer=True, zero=True)
+            int_at_least(name, getattr(self, name), 1)
+        int_at_least("seed", self.seed, 0)
         for name in ("lr", "router_init_scale", "capacity_factor"):
-            _positive(name, getattr(self, name))
+            finite_number(name, getattr(self, name), positive=True)
         for name in ("aux_coef", "z_coef", "bias_rate", "input_offset"):
-            _positive(name, getattr(self, name), zero=True)
+            finite_number(name, getattr(self, name), minimum=0)
         if self.lr > MAX_LR:
             raise ValueError(f"lr must be in (0, {MAX_LR:g}], got {self.lr!r}: larger Adam steps diverge to NaN")
-        _positive("task_shared", self.task_shared, zero=True)
+        finite_number("task_shared", self.task_shared, minimum=0)
         if self.task_shared > 1:
             raise ValueError(f"task_shared is a share and must be in [0, 1], got {self.task_shared!r}")
         if self.scenario in SCENARIOS and isinstance(self.params.get("n_clusters", 1), int):
@@ -263,8 +255,7 @@ class Trainer:
 
     def run(self, n: int, callback: Callable[[dict], object] | None = None) -> dict | None:
         """Take n steps, calling callback(row) after each (returning False stops early); the last row."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-            raise ValueError(f"n must be an integer >= 0, got {n!r}")
+        int_at_least("n", n, 0)
         row = None
         for _ in range(n):
             row = self.step()
