@@ -106,8 +106,8 @@ import tempfile
 code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--batch', '100000000'])"""),
     ("train-lm --steps 2 (batch 16)", """
 import contextlib, io, tempfile
-from moe.hf.lm_checks import estimate_lm_training_bytes
-from moe.hf.lm_train import LMTrainConfig
+from moe.hf.lm_config import estimate_lm_training_bytes
+from moe.hf.lm_config import LMTrainConfig
 estimate = estimate_lm_training_bytes(LMTrainConfig(steps=2))['total']
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--steps', '2', '--threads', '1'])"""),

@@ -60,7 +60,7 @@ def mentioned_paths(root: pathlib.Path, packages=("moe", "dashboard")) -> dict[s
 def test_engine_and_dashboard_docstrings_point_to_files_that_exist():
     mentioned = mentioned_paths(ROOT)
     assert "moe/stats.py" in mentioned["moe/definitions.py"]  # the scan reads docstrings...
-    assert "moe/hf/lm_checks.py" in mentioned["benchmarks/bench_memory_guard.py"]  # ...of subpackages, and comments
+    assert "moe/hf/lm_config.py" in mentioned["benchmarks/bench_memory_guard.py"]  # ...of subpackages, and comments
     missing = {path: sorted(by) for path, by in mentioned.items() if not (ROOT / path).exists()}
     assert not missing, f"docstrings or comments name files that do not exist: {missing}"
 

@@ -161,34 +161,10 @@ def test_no_import_cycle_at_import_time():
     assert not found, "import cycles at import time:\n  " + "\n  ".join(found)
 
 
-# Cycles on this branch that issue #19 removes (other helpers are on it). Each entry is one component's modules;
-# the next test keeps any new cycle out meanwhile. Drop the xfail mark below once the check passes.
-KNOWN_CYCLES = [
-    # moe/cli/main.py's build_parser() imports the sub-commands lazily; they import moe.cli.main back
-    {"moe.cli.main", "moe.cli.train_lm", "moe.hf.report", "moe.parallel.launch", "moe.parallel.report",
-     "moe.traces.report"},
-    {"dashboard.links", "dashboard.model_link"},  # model_link.from_link() imports dashboard.links lazily
-    {"dashboard.views.model", "dashboard.views.model_cf"},  # model_cf.compare() imports views.model lazily
-    {"moe.hf.lm_checks", "moe.hf.lm_train"},  # lm_checks imports LMTrainConfig under TYPE_CHECKING
-]
-
-
-@pytest.mark.xfail(strict=True, reason="known cycles through lazy / TYPE_CHECKING imports: moe.cli.main <-> its "
-                   "sub-commands (moe.parallel.report, moe.cli.train_lm, moe.traces.report, moe.hf.report, "
-                   "moe.parallel.launch); dashboard.links <-> dashboard.model_link; dashboard.views.model <-> "
-                   "dashboard.views.model_cf; moe.hf.lm_checks <-> moe.hf.lm_train. Drop this mark when removed.")
 def test_no_import_cycle_even_through_lazy_imports():
     """A lazy import (inside a function) hides a cycle from the interpreter, not from the reader."""
     found = cycles(ROOT)
     assert not found, "import cycles (lazy imports included):\n  " + "\n  ".join(found)
-
-
-def test_no_import_cycle_beyond_the_known_ones():
-    """Until the known cycles go, no new one may appear: every component lies inside a known one."""
-    edges = import_graph(ROOT)
-    components = strongly_connected(module_files(ROOT), edges)
-    new = [describe(c, edges) for c in components if not any(set(c) <= known for known in KNOWN_CYCLES)]
-    assert not new, "new import cycles:\n  " + "\n  ".join(new)
 
 
 def _sizes(root: pathlib.Path, packages=PACKAGES) -> tuple[list[str], list[str]]:

@@ -5,7 +5,7 @@ import os
 import pytest
 
 from moe.cli.main import main
-from moe.hf.lm_train import LMTrainConfig
+from moe.hf.lm_config import LMTrainConfig
 
 GiB = 1024 ** 3
 
@@ -43,7 +43,7 @@ def test_out_must_be_a_new_or_empty_directory_or_one_train_lm_wrote(tmp_path, ca
     earlier.mkdir()
     (earlier / "model.safetensors").write_bytes(b"")
     (earlier / "training.json").write_text(json.dumps({"config": {"steps": 1}}))
-    from moe.hf.lm_checks import check_out_dir
+    from moe.hf.lm_config import check_out_dir
 
     for out in (tmp_path / "new" / "deeper", tmp_path / "empty", earlier):
         check_out_dir(str(out))
@@ -58,7 +58,7 @@ def test_an_over_budget_batch_is_refused_up_front_with_a_batch_that_fits(tmp_pat
     assert "training this model needs about" in line and "over the budget of 1.0 GiB" in line
     fits = int(line.split("--batch ≤ ")[1].split(" ")[0].replace(",", ""))
     assert "(now 100,000,000)" in line and fits >= 1
-    from moe.hf.lm_checks import check_lm_training_budget
+    from moe.hf.lm_config import check_lm_training_budget
 
     check_lm_training_budget(LMTrainConfig(batch=fits), budget=GiB)  # following the advice passes
     with pytest.raises(ValueError):
@@ -69,7 +69,7 @@ def test_an_over_budget_batch_is_refused_up_front_with_a_batch_that_fits(tmp_pat
 
 
 def test_the_estimate_grows_with_the_batch_and_the_default_run_fits_the_default_budget():
-    from moe.hf.lm_checks import check_lm_training_budget, estimate_lm_training_bytes
+    from moe.hf.lm_config import check_lm_training_budget, estimate_lm_training_bytes
 
     small, big = (estimate_lm_training_bytes(LMTrainConfig(batch=b))["total"] for b in (16, 1024))
     assert small < 1 * GiB < 4 * GiB < big

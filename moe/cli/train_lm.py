@@ -6,8 +6,9 @@ import dataclasses
 import sys
 
 from moe.cli.args import int_in
-from moe.hf.lm_checks import check_lm_training_budget, check_out_dir
-from moe.hf.lm_train import LMTrainConfig, format_report, train_lm
+from moe.hf.lm_config import check_lm_training_budget, check_out_dir
+from moe.hf.lm_config import LMTrainConfig
+from moe.hf.lm_train import format_report, train_lm
 
 # Largest values the integer flags take: far above any useful run, small enough that a typo is caught at once.
 MAX_STEPS = 1_000_000

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import os
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 import torch
 
@@ -16,27 +16,9 @@ from moe.jsonio import dumps
 from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode, save_tokenizer,
                          unigram_entropy_bits)
 from moe.metrics import normalized_mutual_information
-from moe.hf.lm_checks import REPORT_FILE, check_lm_training_budget, check_out_dir
+from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir
 
 
-@dataclass(frozen=True)
-class LMTrainConfig:
-    # --- architecture (Mixtral classes)
-    hidden: int = 128
-    d_expert: int = 128
-    layers: int = 4
-    experts: int = 8
-    top_k: int = 2
-    heads: int = 4
-    # --- optimisation
-    seq_len: int = 128
-    batch: int = 16
-    steps: int = 1500
-    lr: float = 3e-3
-    warmup: int = 40
-    aux_coef: float = 0.02    # router_aux_loss_coef: keeps every expert in use
-    holdout: float = 0.1      # fraction of the text's bytes held out, in whole topics
-    seed: int = 0
 
 
 def split_topics(holdout: float, seed: int) -> tuple[dict[str, str], dict[str, str]]:

@@ -1,4 +1,5 @@
-"""Checks `train-lm` makes before it builds anything: where it may write, and whether the run fits the budget.
+"""The `train-lm` settings (LMTrainConfig) and the checks made before anything is built: where it may write, and
+whether the run fits the budget.
 
 The memory estimate is an upper bound in bytes from the sizes alone (nothing allocated), measured against
 the peak RSS of real runs by benchmarks/bench_memory_guard.py and tests/test_lm_checks.py.
@@ -8,13 +9,10 @@ from __future__ import annotations
 import json
 import os
 import stat
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 from moe.hf.text import VOCAB_SIZE
 from moe.memory import RUNTIME_BYTES, BudgetError, budget_bytes, fit
-
-if TYPE_CHECKING:
-    from moe.hf.lm_train import LMTrainConfig
 
 REPORT_FILE = "training.json"  # written last by train-lm: its presence marks a directory train-lm wrote
 TEXT_BYTES = 500_000  # the training text (pydoc_data.topics, ~466 kB) with room to spare
@@ -26,6 +24,26 @@ EVAL_WINDOWS = 64  # moe.hf.lm_train.evaluate's chunk of held-out windows
 # above the measurements (autograd keeps about the forward's tensors; evaluation frees each layer's as it goes).
 TRAIN_FACTOR = 1.5
 EVAL_FACTOR = 1 / 3
+
+
+@dataclass(frozen=True)
+class LMTrainConfig:
+    # --- architecture (Mixtral classes)
+    hidden: int = 128
+    d_expert: int = 128
+    layers: int = 4
+    experts: int = 8
+    top_k: int = 2
+    heads: int = 4
+    # --- optimisation
+    seq_len: int = 128
+    batch: int = 16
+    steps: int = 1500
+    lr: float = 3e-3
+    warmup: int = 40
+    aux_coef: float = 0.02    # router_aux_loss_coef: keeps every expert in use
+    holdout: float = 0.1      # fraction of the text's bytes held out, in whole topics
+    seed: int = 0
 
 
 def _sizes(cfg: LMTrainConfig) -> dict:
