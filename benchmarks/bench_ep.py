@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from moe import MoEConfig, MoELayer  # noqa: E402
 from moe.cli.ep_report import run_ep_job  # noqa: E402
+from moe.metrics import max_over_mean  # noqa: E402
 from moe.parallel.placement import contiguous, plan, predicted_load, save  # noqa: E402
 from moe.scenarios import make_batch  # noqa: E402
 
@@ -68,7 +69,7 @@ def ep(tokens: int, scenario: str, repeats: int, placement_file: str | None = No
 def load_ratio(load) -> float:
     """Predicted per-rank load max/mean of contiguous blocks."""
     ranks = predicted_load(contiguous(DIMS["n_experts"], W), load)
-    return float(ranks.max() / ranks.mean())
+    return max_over_mean(ranks)
 
 
 def row(name: str, doc: dict) -> str:
@@ -98,7 +99,7 @@ def scan(tokens: int, seeds: int) -> None:
             x = make_batch("clusters", cfg.d_model, tokens, seed=seed, n_clusters=c, skew=2.0).x  # (T, D)
             with torch.inference_mode():
                 load = layer.router(x, cfg, layer.new_generator()).served.sum(0).numpy()  # (E,)
-            ratio = [(v.max() / v.mean()) for v in (predicted_load(contiguous(64, W), load),
+            ratio = [max_over_mean(v) for v in (predicted_load(contiguous(64, W), load),
                                                     predicted_load(plan(load, W, W).placement, load))]
             cuts.append(1 - ratio[1] / ratio[0])
             cells.append(f"{ratio[0]:.3f} -> {ratio[1]:.4f} ({cuts[-1]:5.1%})")

@@ -124,7 +124,7 @@ def test_the_layer_table_sorts_by_any_column_keeps_the_worst_row_marked_and_the_
     rows = _layer_rows(at)
     assert rows["layer"].tolist() == [0, 1]  # by layer, lowest first
     worst = int(rows.loc[rows["aux_loss"].idxmax(), "layer"])
-    assert rows.loc[rows["worst"], "layer"].tolist() == [worst]
+    assert rows.loc[rows["highest_aux"], "layer"].tolist() == [worst]
     for column in ("aux_loss", "cv", "z_loss"):
         orders = []
         for highest_first in (False, True):
@@ -132,7 +132,7 @@ def test_the_layer_table_sorts_by_any_column_keeps_the_worst_row_marked_and_the_
             at.toggle(key="model_sort_desc").set_value(highest_first).run()
             rows = _layer_rows(at)
             assert rows[column].tolist() == sorted(rows[column], reverse=highest_first)  # every row kept, in order
-            assert sorted(rows["layer"]) == [0, 1] and rows.loc[rows["worst"], "layer"].tolist() == [worst]
+            assert sorted(rows["layer"]) == [0, 1] and rows.loc[rows["highest_aux"], "layer"].tolist() == [worst]
             orders.append(rows["layer"].tolist())
         assert orders[0] == orders[1][::-1]  # the toggle turns the order round: the sort is applied
     assert {"msort": "z_loss", "mdesc": "1"}.items() <= at.query_params.items()

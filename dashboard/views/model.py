@@ -166,7 +166,7 @@ def _draw(view: dict) -> None:
     loss = token_loss_figure(view["loss"], view["tokens"])
     nmi_rows, nmi_note = _nmi_table(view)
     nmi = nmi_figure(nmi_rows)
-    styled_table, worst = _styled_layer_table(view)
+    styled_table, highest = _styled_layer_table(view)
 
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
     st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
@@ -182,7 +182,7 @@ def _draw(view: dict) -> None:
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
-    _layer_table(view, styled_table, worst)
+    _layer_table(view, styled_table, highest)
     _vocabulary(view, layers[pos])
     if flow is not None:
         st.plotly_chart(flow, width="stretch", key="model_flow")
@@ -199,18 +199,18 @@ def _draw(view: dict) -> None:
 
 
 def _styled_layer_table(view: dict):
-    """(the per-layer table sorted as the controls ask, the worst layer's row highlighted; the worst layer)."""
+    """(the per-layer table sorted as the controls ask, the highest-aux layer's row highlighted; that layer)."""
     ss = st.session_state
     table = view["table"]
-    worst = highest_aux_layer(table)
-    shown = table.assign(worst=table["layer"] == worst).sort_values(
+    highest = highest_aux_layer(table)
+    shown = table.assign(highest_aux=table["layer"] == highest).sort_values(
         ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
-    styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["worst"] else ""] * len(row),
+    styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["highest_aux"] else ""] * len(row),
                                axis=1).format(precision=3)
-    return styled, worst
+    return styled, highest
 
 
-def _layer_table(view: dict, styled, worst: int) -> None:
+def _layer_table(view: dict, styled, highest: int) -> None:
     table = view["table"]
     left, right = st.columns([3, 1], vertical_alignment="bottom")
     left.selectbox("Sort layers by", LAYER_COLUMNS, key="model_sort")
@@ -218,7 +218,7 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     # A static table, sorted by the two controls above (they are in the link too): it redraws with the text in
     # a fraction of a data grid's time (benchmarks/bench_browser.py).
     st.table(styled, hide_index=True)
-    st.caption(f"Per-layer routing health on this text; highest-aux layer highlighted: layer {worst}. "
+    st.caption(f"Per-layer routing health on this text; highest-aux layer highlighted: layer {highest}. "
                "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
@@ -227,7 +227,7 @@ def _layer_table(view: dict, styled, worst: int) -> None:
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
     right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
     st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the highest-aux layer "
-               f"({worst}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
+               f"({highest}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
                f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
 
 

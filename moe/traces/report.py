@@ -18,6 +18,7 @@ import torch
 
 from moe.config import MoEConfig
 from moe.from_routing import sums_from_choices, sums_from_routing
+from moe.metrics import max_over_mean
 from moe.parallel.placement import Placement, contiguous, plan, predicted_load
 from moe.stats import StatsAccumulator, summary_dict
 from moe.traces.readers import detect_format, iter_records
@@ -82,7 +83,7 @@ class TraceSummary:
             if placement is not None:
                 ranks = predicted_load(placement, load)
                 out[f"{name}_load"] = [int(v) for v in ranks]
-                out[f"{name}_straggler"] = float(ranks.max() / ranks.mean()) if ranks.mean() > 0 else float("nan")
+                out[f"{name}_straggler"] = max_over_mean(ranks)
         return out
 
     def _layer(self, layer) -> str:
