@@ -198,3 +198,10 @@ def test_counterfactual_options_add_the_loss_change_and_own_settings_change_noth
     assert "comma-separated" in _refusal([*base, "--cf-layers", "one"], capsys)
     assert "--format json" in _refusal([*base, "--cf-top-k", "1", "--format", "csv"], capsys)
     assert "not MoE layers" in _refusal([*base, "--cf-layers", "5"], capsys)
+
+
+@pytest.mark.parametrize("prog", ["python -m moe", "moe-scope"])
+def test_a_cut_text_is_noted_under_the_command_the_user_typed(model_dir, capsys, prog):
+    code = main(["model-report", "--model", str(model_dir), "--text", "x" * 40, "--max-tokens", "8"], prog=prog)
+    err = capsys.readouterr().err
+    assert code == 0 and f"{prog}: note: the text has 40 tokens; routing the first 8 (--max-tokens 8)" in err

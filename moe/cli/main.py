@@ -30,6 +30,7 @@ def build_parser(prog: str = "python -m moe") -> Parser:
 def main(argv: list[str] | None = None, prog: str = "python -m moe") -> int:
     try:
         args = build_parser(prog).parse_args(argv)
+        args.prog = prog  # notes on stderr name the command the user typed
         text = args.run(args)
     except (UsageError, ValueError, RuntimeError, MemoryError) as err:  # every failure: one line, exit 2
         message = one_line(err)

@@ -64,7 +64,7 @@ def read_text(args: argparse.Namespace) -> str:
     limit = args.max_tokens * READ_BYTES_PER_TOKEN
     text, cut = read_text_file(args.text_file, limit)
     if cut:
-        print(f"python -m moe: note: --text-file is longer than {limit} bytes; read the first {limit} "
+        print(f"{args.prog}: note: --text-file is longer than {limit} bytes; read the first {limit} "
               f"(--max-tokens {args.max_tokens} × {READ_BYTES_PER_TOKEN} bytes per token)", file=sys.stderr)
     return text
 
@@ -81,7 +81,7 @@ def run(args: argparse.Namespace) -> str:
         loaded = load_model(args.model, tokens=args.max_tokens)
     ids, total = encode_text(loaded.tokenizer, text, args.max_tokens)
     if total > ids.numel():
-        print(f"python -m moe: note: the text has {total} tokens; routing the first {ids.numel()} "
+        print(f"{args.prog}: note: the text has {total} tokens; routing the first {ids.numel()} "
               f"(--max-tokens {args.max_tokens})", file=sys.stderr)
     run_ = run_model(loaded.model, ids)
     if cf is None:
