@@ -16,8 +16,8 @@ from typing import Callable
 import numpy as np
 
 from moe.cli.ep_report import check_ep_job, start_ep_job
-from moe.parallel.launch import EPJob, EPProgress
 from moe.memory import describe_bytes
+from moe.parallel.launch import EPJob, EPProgress
 from moe.parallel.placement import contiguous, plan, predicted_load, save
 from moe.proctree import Proc, alive
 

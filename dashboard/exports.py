@@ -5,8 +5,8 @@ import io
 
 import pandas as pd
 
-from moe.traces import readers as trace_io
 from moe.jsonio import dumps
+from moe.traces import readers as trace_io
 
 from dashboard.result import RunResult
 from dashboard.tables import token_table

@@ -8,8 +8,8 @@ from moe.config import (ACTIVATIONS, CAPACITY_SCOPES, DROP_POLICIES, DTYPES, ROU
                         SPARSITY_MODES)
 from moe.scenarios import SCENARIOS
 
-from dashboard.quoting import quote
 from dashboard.presets import CONTROL_DEFAULTS
+from dashboard.quoting import quote
 
 D_MODEL_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 768, 1024, 2048, 4096]
 D_EXPERT_OPTIONS = [8, 16, 32, 64, 128, 256, 512, 1024, 2048, 3072, 4096, 8192]

@@ -8,8 +8,8 @@ from moe import MoEConfig
 from moe.knobs import DEFAULTS as KNOBS, from_knobs
 
 from dashboard.model_link import MODEL_LINK_KEYS
-from dashboard.quoting import quote
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
+from dashboard.quoting import quote
 
 LABELLED_SCENARIOS = ("clusters", "drifting")
 # The Expert parallel page's own settings: query key -> (session-state key, smallest, largest value)

@@ -5,11 +5,11 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import loaders, sidebar, state
+from dashboard.links import spec_from_controls, to_query
 from dashboard.loaders import WARM_BUDGET_S
 from dashboard.result import RunResult
 from dashboard.views import (contributors, downloads, experts, inspector, kpis, live, overview, pathways, router,
                              scenario)
-from dashboard.links import spec_from_controls, to_query
 
 TITLE = "Playground"
 VIEWS = {

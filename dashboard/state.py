@@ -12,11 +12,11 @@ import streamlit as st
 from moe.hf.load import default_model_dir
 from moe.train.presets import PRESETS as TRAIN_PRESETS
 
+from moe import available_devices
 from dashboard.limits import sanitize
 from dashboard.links import ep_from_query, from_query
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, from_link
 from dashboard.presets import CONTROL_DEFAULTS
-from moe import available_devices
 
 INITIALISED = "_initialised"            # the opening link has been read
 VIEW_LINK_READ = "_view_link_read"      # ... and its `view` followed (dashboard.routes)

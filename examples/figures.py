@@ -9,10 +9,10 @@ import sys
 
 import torch
 
+from moe import MoEConfig, MoELayer
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.core import histogram_figure, load_figure, token_heatmap_figure
 from dashboard.tables import contribution_matrix, entropy_histogram
-from moe import MoEConfig, MoELayer
 
 cfg = MoEConfig(d_model=64, d_expert=256, n_experts=8, top_k=2, capacity_factor=1.0)
 layer = MoELayer(cfg)                                   # weights drawn from cfg.seed

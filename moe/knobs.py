@@ -11,10 +11,10 @@ import inspect
 
 import torch
 
-from moe.validate import finite_number, int_at_least
 from moe.config import MoEConfig
 from moe.scenarios import SCENARIOS
 from moe.seeds import EXPERT_BIAS, LOGIT_BIAS, generator
+from moe.validate import finite_number, int_at_least
 
 _CFG = MoEConfig()
 DEFAULTS: dict[str, object] = {

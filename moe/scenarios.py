@@ -13,8 +13,8 @@ from typing import Callable
 
 import torch
 
-from moe.validate import finite_number, int_at_least
 from moe.seeds import CENTRES, CLUSTERS, DRIFT, GAUSS, IDENTICAL, generator
+from moe.validate import finite_number, int_at_least
 
 
 @dataclass(frozen=True)

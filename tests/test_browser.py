@@ -11,12 +11,12 @@ import torch
 
 from browser_support import ROOT, wait_for_run
 
-from dashboard import loaders
-from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
-from dashboard.views.kpis import fmt, kpi_values
-from dashboard.links import spec_from_controls, to_query
 from moe import MoELayer
 from moe.scenarios import make_batch
+from dashboard import loaders
+from dashboard.links import spec_from_controls, to_query
+from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET
+from dashboard.views.kpis import fmt, kpi_values
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"

@@ -10,9 +10,9 @@ import pytest
 from browser_support import ROOT, wait_for_run
 
 from dashboard import loaders
+from dashboard.links import spec_from_controls
 from dashboard.presets import preset_values
 from dashboard.tables import heatmap_rows, sorted_token_matrix
-from dashboard.links import spec_from_controls
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"

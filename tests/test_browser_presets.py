@@ -6,9 +6,9 @@ import pytest
 from browser_support import ROOT, wait_for_run
 
 from dashboard import loaders
+from dashboard.links import spec_from_controls
 from dashboard.presets import preset_values
 from dashboard.views.kpis import kpi_values
-from dashboard.links import spec_from_controls
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"

@@ -4,11 +4,11 @@ import json
 
 import pytest
 
-from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.links import spec_from_controls
 from moe.cli.main import main
 from moe.knobs import from_knobs
 from moe.scenarios import SCENARIOS
+from dashboard.links import spec_from_controls
+from dashboard.presets import CONTROL_DEFAULTS
 
 TINY = ["--d-model", "8", "--d-expert", "8", "--n-experts", "4", "--tokens", "24"]
 

@@ -5,9 +5,9 @@ import pathlib
 import re
 import tokenize
 
-import dashboard.definitions
-import moe.definitions
 from moe import PER_EXPERT_COLUMNS, SUMMARY_KEYS
+import moe.definitions
+import dashboard.definitions
 
 from app_support import SMALL, open_app
 

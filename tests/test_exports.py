@@ -5,10 +5,10 @@ import json
 import pandas as pd
 import torch
 
-from dashboard import exports
-from dashboard.result import RunResult
 from moe import MoEConfig, MoELayer
 from moe.scenarios import make_batch
+from dashboard import exports
+from dashboard.result import RunResult
 
 
 def _result() -> RunResult:

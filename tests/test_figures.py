@@ -10,12 +10,12 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from dashboard.figures import core as fg
-from dashboard.figures import router as fr
-from dashboard import tables as tb
-from dashboard.figures.colors import expert_colors
 from moe import MoEConfig, MoELayer
 from moe.scenarios import make_batch
+from dashboard import tables as tb
+from dashboard.figures import core as fg
+from dashboard.figures import router as fr
+from dashboard.figures.colors import expert_colors
 
 T = 48
 

@@ -10,8 +10,8 @@ from moe.train.trainer import TrainConfig
 
 from dashboard import exports
 from dashboard import loaders
-from dashboard.presets import CONTROL_DEFAULTS
 from dashboard.links import spec_from_controls
+from dashboard.presets import CONTROL_DEFAULTS
 
 TINY = ["--d-model", "8", "--d-expert", "8", "--n-experts", "4"]
 

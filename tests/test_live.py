@@ -5,11 +5,11 @@ import pandas as pd
 import plotly.graph_objects as go
 from streamlit.testing.v1 import AppTest
 
+from moe.train.presets import preset
+from moe.train.trainer import Trainer
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.live import (PANELS, balance_switches, expert_bias_figure, health_figure, load_share_figure,
                                     saturation_figure)
-from moe.train.presets import preset
-from moe.train.trainer import Trainer
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 

@@ -15,12 +15,12 @@ import numpy as np
 from plotly.basedatatypes import BaseFigure, BasePlotlyType
 from streamlit.testing.v1 import AppTest
 
+from moe.train.presets import preset
+from moe.train.trainer import Trainer
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.live import (expert_bias_columns, expert_bias_figure, health_columns, health_figure,
                                     load_share_columns, load_share_figure, refresh, saturation_columns,
                                     saturation_figure)
-from moe.train.presets import preset
-from moe.train.trainer import Trainer
 
 APP = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
 COLORS = expert_colors(8)

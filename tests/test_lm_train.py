@@ -7,10 +7,10 @@ import pathlib
 import pytest
 import torch
 
-from moe.hf.load import BUNDLED_MODEL
-from moe.hf.text import EOS_ID
 from moe.hf.lm_config import LMTrainConfig
 from moe.hf.lm_train import build_model, evaluate, join_ids, split_topics
+from moe.hf.load import BUNDLED_MODEL
+from moe.hf.text import EOS_ID
 
 BUNDLED = pathlib.Path(BUNDLED_MODEL)
 

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from dashboard.presets import PRESETS, preset_values
-from dashboard.links import spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
+from dashboard.links import spec_from_controls
+from dashboard.presets import PRESETS, preset_values
 
 
 def run_preset(name: str, **overrides):

@@ -6,14 +6,14 @@ import numpy as np
 import pytest
 import torch
 
+from moe import MoELayer
+from moe.scenarios import make_batch
 from dashboard import loaders
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.core import ROUTING_METRICS, expert_metrics_figure, shared_share_figure
+from dashboard.links import spec_from_controls
 from dashboard.presets import preset_values
 from dashboard.views.kpis import fmt, kpi_values
-from dashboard.links import spec_from_controls
-from moe import MoELayer
-from moe.scenarios import make_batch
 
 SMALL = {"d_model": 16, "d_expert": 32, "batch": 2, "seq_len": 32}
 DEEPSEEK = "DeepSeek-V3-like (group-limited, shared expert, sigmoid + bias)"

@@ -2,13 +2,13 @@
 import numpy as np
 import pytest
 
-from dashboard.figures import core as fg
 from dashboard import loaders
-from dashboard.presets import preset_values
+from dashboard.figures import core as fg
 from dashboard.figures.row_groups import LABEL_PX, plot_height, spans, spread, unlabelled_note
-from dashboard.views import contributors, overview
 from dashboard.links import spec_from_controls
+from dashboard.presets import preset_values
 from dashboard.tables import heatmap_rows, sorted_token_matrix
+from dashboard.views import contributors, overview
 
 DEFAULT, SWITCH = "Balanced top-2 (Mixtral-like)", "Switch top-1 with capacity"
 

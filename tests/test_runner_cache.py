@@ -5,11 +5,11 @@ import weakref
 
 import pytest
 
-from dashboard import loaders
-from dashboard.presets import CONTROL_DEFAULTS
-from dashboard.links import spec_from_controls
 from moe import MoEConfig
 from moe.memory import estimate_bytes
+from dashboard import loaders
+from dashboard.links import spec_from_controls
+from dashboard.presets import CONTROL_DEFAULTS
 
 
 def _cfg(seed):

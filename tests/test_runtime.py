@@ -7,8 +7,8 @@ import torch
 from streamlit.testing.v1 import AppTest
 
 from dashboard import loaders
-from dashboard.presets import CONTROL_DEFAULTS
 from dashboard.links import spec_from_controls
+from dashboard.presets import CONTROL_DEFAULTS
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

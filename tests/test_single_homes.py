@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-import dashboard.loaders
-import moe.seeds as seeds
 from moe import MoEConfig, MoELayer
 from moe.config import WEIGHT_FIELDS, expert_capacity
 from moe.knobs import from_knobs
 from moe.memory import _assignments, _sizes
+import moe.seeds as seeds
 from moe.stats import StatsInputs, gather_sums, nonfinite_rows
+import dashboard.loaders
 
 
 def _splitmix_naive(parts):

@@ -3,11 +3,11 @@ import typing
 
 import pytest
 
-from dashboard.limits import sanitize
-from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
-from dashboard.links import MAX_VALUE_CHARS, from_query, spec_from_controls, to_query
-from dashboard.quoting import SHOWN_CHARS, quote
 from moe import MoEConfig
+from dashboard.limits import sanitize
+from dashboard.links import MAX_VALUE_CHARS, from_query, spec_from_controls, to_query
+from dashboard.presets import CONTROL_DEFAULTS, PRESETS, preset_values
+from dashboard.quoting import SHOWN_CHARS, quote
 
 
 def test_default_controls_build_the_default_engine_config():

@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from dashboard import tables as tb
-from dashboard.figures.row_groups import spans
 from moe import MoEConfig, MoELayer
 from moe.scenarios import make_batch
+from dashboard import tables as tb
+from dashboard.figures.row_groups import spans
 
 T = 60
 CONFIGS = {

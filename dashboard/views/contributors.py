@@ -6,8 +6,8 @@ import streamlit as st
 
 from dashboard.definitions import caption
 from dashboard.figures.core import HEIGHT, token_heatmap_figure
-from dashboard.result import RunResult
 from dashboard.figures.row_groups import unlabelled_note
+from dashboard.result import RunResult
 from dashboard.tables import heatmap_rows, sorted_token_matrix
 
 

@@ -5,8 +5,8 @@ import streamlit as st
 
 from moe.experts import sparsity_rule
 
-from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
+from dashboard.figures.colors import expert_colors
 from dashboard.figures.core import EXPERT_METRICS, ROUTING_METRICS, expert_bar_figure, expert_metrics_figure
 from dashboard.result import RunResult
 from dashboard.tables import routing_nmi

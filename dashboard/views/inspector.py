@@ -4,8 +4,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state
-from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
+from dashboard.figures.colors import expert_colors
 from dashboard.figures.router import token_inspector_figure
 from dashboard.result import RunResult
 from dashboard.tables import token_confidence, token_detail, token_entropy

@@ -16,8 +16,8 @@ from moe.train.presets import PRESET_HELP, preset
 from moe.train.trainer import BALANCE_HELP, BALANCES, TrainConfig, Trainer
 
 from dashboard import state
-from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
+from dashboard.figures.colors import expert_colors
 from dashboard.figures.live import (balance_switches, expert_bias_columns, expert_bias_figure, health_columns, health_figure,
                             load_share_columns, load_share_figure, refresh, saturation_columns, saturation_figure)
 from dashboard.result import RunResult

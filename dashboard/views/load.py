@@ -5,8 +5,8 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from dashboard import state
-from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
+from dashboard.figures.colors import expert_colors
 from dashboard.figures.core import HEIGHT, load_figure
 from dashboard.result import RunResult
 

@@ -12,17 +12,17 @@ import streamlit as st
 
 from moe.definitions import DEFINITIONS
 from moe.hf.load import read_training_nmi
-from moe.memory import out_of_memory
 from moe.hf.tables import LAYER_COLUMNS, highest_aux_layer
+from moe.memory import out_of_memory
 from moe.roots import resolve_allowed
 
 from dashboard import loaders, state
 from dashboard.figures.colors import expert_colors
+from dashboard.figures.model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
+                                     token_layer_grid_figure, token_loss_figure)
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MAX_TOKENS_LIMIT, text_link_note, to_link
 from dashboard.quoting import md_text, quote
 from dashboard.views import model_cf
-from dashboard.figures.model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
-                                     token_layer_grid_figure, token_loss_figure)
 
 POOLED_LABEL = "Pooled aux (all layers, same scale as the table)"
 HF_LABEL = "HF load_balancing_loss (= top_k × pooled aux)"

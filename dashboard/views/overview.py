@@ -6,8 +6,8 @@ from __future__ import annotations
 import streamlit as st
 
 from dashboard import state
-from dashboard.figures.colors import expert_colors
 from dashboard.definitions import caption
+from dashboard.figures.colors import expert_colors
 from dashboard.figures.core import expert_bar_figure, shared_share_figure
 from dashboard.result import RunResult
 from dashboard.views import contributors, load

@@ -7,14 +7,14 @@ import pandas as pd
 import streamlit as st
 
 from moe.cli.options import config_argv, scenario_argv
-from moe.parallel.launch import check_torchrun
 from moe.parallel.forward import check_ep_config
+from moe.parallel.launch import check_torchrun
 
 from dashboard import page, sidebar, state
 from dashboard.definitions import DEFINITIONS
-from dashboard.links import ep_to_query, to_query
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
+from dashboard.links import ep_to_query, to_query
 from dashboard.result import RunResult
 
 PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first imports torch); **ready** = ranks "

@@ -5,12 +5,12 @@ import math
 
 import streamlit as st
 
-from dashboard.figures.colors import expert_colors
 from dashboard.definitions import DEFINITIONS, caption
+from dashboard.figures.colors import expert_colors
 from dashboard.figures.core import HEIGHT, histogram_figure, token_heatmap_figure
 from dashboard.figures.router import logits_figure
-from dashboard.result import RunResult
 from dashboard.figures.row_groups import unlabelled_note
+from dashboard.result import RunResult
 from dashboard.tables import confidence_histogram, entropy_histogram, heatmap_rows, logit_quantiles, sorted_token_matrix
 from dashboard.views.kpis import fmt
 

@@ -16,8 +16,8 @@ from moe.traces.report import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, su
 from dashboard import state
 from dashboard.definitions import caption
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
-from dashboard.result import RunResult
 from dashboard.quoting import quote
+from dashboard.result import RunResult
 
 INTRO = ("Open routing decisions recorded by a training or serving run, without running the model: the page's "
          "**Trace (Parquet)** download or a file written by `moe.traces.readers.TraceWriter`, or Megatron-LM's "

@@ -19,9 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from moe.config import MoEConfig
+from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
-from moe.from_routing import trace_from_routing
 from moe.stats import StatsAccumulator
 from moe.trace import Trace
 

@@ -12,11 +12,11 @@ from dataclasses import asdict
 
 import torch
 
-from moe.jsonio import dumps
+from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir
 from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode, save_tokenizer,
                          unigram_entropy_bits)
+from moe.jsonio import dumps
 from moe.metrics import normalized_mutual_information
-from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir
 
 
 

@@ -11,8 +11,8 @@ import pathlib
 from dataclasses import dataclass, field
 
 from moe.config import MoEConfig
-from moe.hf.instrument import adapter_for, instrument
 from moe.hf.checkpoint import check_sizes, plan_checkpoint, read_config
+from moe.hf.instrument import adapter_for, instrument
 from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, estimate_bytes, out_of_memory
 from moe.roots import MODELS_DIR
 

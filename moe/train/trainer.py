@@ -22,8 +22,8 @@ from torch import Tensor
 
 from moe.config import BIASED_ROUTERS, MoEConfig
 from moe.layer import MoELayer
-from moe.memory import budget_bytes, check_training_budget
 from moe.losses import aux_loss, z_loss
+from moe.memory import budget_bytes, check_training_budget
 from moe.scenarios import SCENARIOS
 from moe.stats import SUMMARY_KEYS
 from moe.train.task import SyntheticTask, draw, takes_step
