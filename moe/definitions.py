@@ -170,7 +170,7 @@ DEFINITIONS: dict[str, str] = {
                    "(routed tokens). It changes which experts are chosen, never the gate weights.",
     "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
                          "previous step: 1 = the routing has settled, low = it is still moving.",
-    # --- routing trace files (moe.traces.readers, moe.traces.report; the Traces view)
+    # --- routing trace files (moe.traces.readers, moe.traces.summary; the Traces view)
     "trace_load": "per layer, `load[s, e] = Σ_t [e ∈ top_k_index[t]]` over the tokens of step s (all records of "
                   "that (step, layer), micro-batches added): the assignments expert e received, before capacity "
                   "(a trace records the router's choice).",

@@ -9,7 +9,7 @@ from moe.definitions import DEFINITIONS
 from moe.knobs import from_knobs
 from moe.scenarios import make_batch
 from moe.traces.readers import TraceWriter
-from moe.traces.report import summarize
+from moe.traces.summary import summarize
 from moe.train.trainer import TrainConfig, Trainer
 
 E = 8

@@ -6,7 +6,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
-from moe.traces.report import summarize
+from moe.traces.summary import summarize
 from trace_support import megatron_records, write_megatron
 
 

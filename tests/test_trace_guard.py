@@ -16,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from moe.cli.main import main
-from moe.traces.report import ExpertsNeeded, summarize
+from moe.traces.summary import ExpertsNeeded, summarize
 from trace_support import megatron_records, write_megatron
 
 E, K = 8, 2
@@ -201,7 +201,7 @@ def test_the_cli_refuses_a_fifo_instead_of_waiting_on_it(tmp_path):
 
 
 def test_trace_report_json_is_strict(tmp_path):
-    import moe.traces.report as trace_report
+    import moe.traces.summary as trace_report
     code, out, _ = _cli(_megatron(tmp_path), "--n-experts", "8")
     doc = json.loads(out, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}"))
     assert code == 0 and doc["rows"][0]["aux_loss"] is None  # no logits: unknown, written as null

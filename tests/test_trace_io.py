@@ -12,7 +12,7 @@ import torch
 from moe import MoEConfig, MoELayer
 from moe.parallel import placement
 from moe.traces.readers import TraceWriter, iter_megatron
-from moe.traces.report import summarize
+from moe.traces.summary import summarize
 from trace_support import megatron_records, write_megatron
 
 E, K = 8, 2

@@ -11,7 +11,7 @@ from moe.config import SCORES
 from moe.jsonio import dumps
 from moe.roots import OutsideRoots, resolve_allowed
 from moe.traces.records import MAX_EXPERTS
-from moe.traces.report import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, summarize
+from moe.traces.summary import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, summarize
 
 from dashboard import state
 from dashboard.definitions import caption

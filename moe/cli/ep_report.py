@@ -1,5 +1,5 @@
 """`torchrun --standalone --nproc-per-node W -m moe ep-report ...`: the expert-parallel forward, headless
-(the ranks' work: moe.parallel.report); and the launcher's view of those options: `job_plan`, `start_ep_job`,
+(the ranks' work: moe.parallel.worker); and the launcher's view of those options: `job_plan`, `start_ep_job`,
 `run_ep_job` (moe.parallel.launch runs the job)."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from moe.cli.args import Parser, UsageError, finite_float, positive_int
 from moe.cli.options import add_config_arguments, add_scenario_arguments, check_scenario_options, flag_names, resolve
 from moe.memory import budget_bytes, check_budget
 from moe.parallel.launch import EPJob, JobPlan, check_job_budget
-from moe.parallel.report import REPEATS, EPSettings, enter_rank, rank_report
+from moe.parallel.worker import REPEATS, EPSettings, enter_rank, rank_report
 
 
 def add_command(commands) -> None:

@@ -1,4 +1,4 @@
-"""`python -m moe trace-report FILE`: statistics of a routing trace file (moe.traces.report), optionally a placement
+"""`python -m moe trace-report FILE`: statistics of a routing trace file (moe.traces.summary), optionally a placement
 plan, as JSON or CSV."""
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pandas as pd
 from moe.cli.args import integer, positive_int
 from moe.config import SCORES
 from moe.jsonio import dumps
-from moe.traces.report import summarize
+from moe.traces.summary import summarize
 
 
 def add_command(commands) -> None:
