@@ -6,7 +6,7 @@ import io
 import pandas as pd
 
 from moe.jsonio import dumps
-from moe.traces import readers as trace_io
+from moe.traces import parquet
 
 from dashboard.result import RunResult
 from dashboard.tables import token_table
@@ -30,7 +30,7 @@ def summary_json(result: RunResult) -> bytes:
 def trace_frame(result: RunResult) -> pd.DataFrame:
     """One row per (token, expert), stamped step 0, layer 0: the format `python -m moe trace-report` reads."""
     labels = None if result.labels is None else result.labels.numpy()
-    return trace_io.trace_frame(result.trace, step=0, layer=0, labels=labels)
+    return parquet.trace_frame(result.trace, step=0, layer=0, labels=labels)
 
 
 def trace_parquet(result: RunResult) -> bytes:

@@ -120,7 +120,7 @@ DEFINITIONS: dict[str, str] = {
            "and the other is not (they share nothing); NaN (undefined, 0/0) when there is no item or both "
            "labelings are constant: a single topic served by a single expert says nothing about specialisation.",
     "worst": "**worst** always means the most uneven load: the largest `max_e load_e / mean_e load_e` (the first "
-             "on ties), the busiest expert furthest above the mean, as in the Traces view's worst (step, layer). "
+             "on ties), the busiest expert furthest above the mean, as in the Runs page's worst (step, layer). "
              "A view that ranks by another number names it instead (`highest_aux_layer`).",
     "highest_aux_layer": "the decoder layer with the largest aux_loss (the first on ties), highlighted in the Model "
                          "view's per-layer table.",
@@ -170,7 +170,7 @@ DEFINITIONS: dict[str, str] = {
                    "(routed tokens). It changes which experts are chosen, never the gate weights.",
     "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
                          "previous step: 1 = the routing has settled, low = it is still moving.",
-    # --- routing trace files (moe.traces.readers, moe.traces.summary; the Traces view)
+    # --- routing trace files (moe.traces.readers, moe.traces.summary; the Runs page)
     "trace_load": "per layer, `load[s, e] = Σ_t [e ∈ top_k_index[t]]` over the tokens of step s (all records of "
                   "that (step, layer), micro-batches added): the assignments expert e received, before capacity "
                   "(a trace records the router's choice).",

@@ -8,7 +8,7 @@ from moe import MoELayer
 from moe.definitions import DEFINITIONS
 from moe.knobs import from_knobs
 from moe.scenarios import make_batch
-from moe.traces.readers import TraceWriter
+from moe.traces.parquet import TraceWriter
 from moe.traces.summary import summarize
 from moe.train.trainer import TrainConfig, Trainer
 

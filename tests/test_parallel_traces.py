@@ -137,7 +137,7 @@ def test_a_count_the_file_records_is_used_and_named(tmp_path):
     import torch
 
     from moe import MoEConfig, MoELayer
-    from moe.traces.readers import TraceWriter
+    from moe.traces.parquet import TraceWriter
     _, trace = MoELayer(MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2))(torch.randn(12, 8))
     with TraceWriter(tmp_path / "t.parquet") as w:
         w.write(trace, step=0, layer=0)

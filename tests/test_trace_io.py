@@ -11,7 +11,8 @@ import torch
 
 from moe import MoEConfig, MoELayer
 from moe.parallel import placement
-from moe.traces.readers import TraceWriter, iter_megatron
+from moe.traces.parquet import TraceWriter
+from moe.traces.readers import iter_megatron
 from moe.traces.summary import summarize
 from trace_support import megatron_records, write_megatron
 
@@ -87,7 +88,7 @@ def test_writer_round_trip_equals_the_engine_forward(tmp_path):
 def test_page_download_without_step_columns_reads_as_step_0_layer_0(tmp_path):
     cfg = MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2)
     _, trace = MoELayer(cfg)(torch.randn(12, 8))
-    from moe.traces.readers import trace_frame
+    from moe.traces.parquet import trace_frame
     trace_frame(trace).drop(columns=["step", "layer"]).to_parquet(tmp_path / "old.parquet", index=False)
     s = summarize(str(tmp_path / "old.parquet"))
     assert s.steps == [0] and s.layers == ["0"]

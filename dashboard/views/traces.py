@@ -20,7 +20,7 @@ from dashboard.quoting import quote
 from dashboard.result import RunResult
 
 INTRO = ("Open routing decisions recorded by a training or serving run, without running the model: the page's "
-         "**Trace (Parquet)** download or a file written by `moe.traces.readers.TraceWriter`, or Megatron-LM's "
+         "**Trace (Parquet)** download or a file written by `moe.traces.parquet.TraceWriter`, or Megatron-LM's "
          "`router_trace_rank{R}.jsonl` (`--moe-routing-trace-path`). The file is read in a stream: a large trace "
          "is best opened by its path on the server (an upload is held in memory by Streamlit, 200 MB at most; "
          "a path only under the directories the server may open, see the README's *Files on the server*). "

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
-from moe.traces.parquet import PARQUET_COLUMNS, TraceWriter, iter_parquet, trace_frame  # noqa: F401  (re-exported)
+from moe.traces.parquet import iter_parquet
 from moe.traces.records import (INT64_MAX, MAX_EXPERTS, Progress, RoutingRecord, TraceLimits, as_int, check_experts,
                             open_regular, shown)
 

@@ -28,7 +28,7 @@ ROW_KEYS = ["aux_loss", "max_over_mean", "cv", "load_entropy", "dead_fraction", 
             "tokens"]
 PROB_SIDE = ("aux_loss", "z_loss", "mean_confidence", "topk_margin", "bias_overlap")  # need the logits
 # Where the expert count came from: the caller, or the file itself.
-N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Traces view's Experts (E))",
+N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Runs page's Experts (E))",
                      "logit_shape": "recorded in the file: each record's logit_shape [tokens, experts]",
                      "parquet_rows": "recorded in the file: one Parquet row per (token, expert)"}
 CHUNK_ENTRIES = 1 << 20  # tokens × experts summarised at once: the (T, E) temporaries of one chunk
