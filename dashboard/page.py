@@ -130,7 +130,8 @@ def _header(result: RunResult, view: str) -> None:
     them too."""
     cfg = result.config
     ran = (f"Ran on **{result.device}** · {cfg.dtype} · {result.forward_ms:.1f} ms forward "
-           f"on {result.threads} threads ({forward_note(result)}) · router={cfg.router}, score={cfg.score}, "
+           f"on {result.threads} thread{'s' * (result.threads != 1)} ({forward_note(result)}) · "
+           f"router={cfg.router}, score={cfg.score}, "
            f"E={cfg.n_experts}, K={cfg.top_k}, "
            f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}"
            f"{' per sequence' if cfg.capacity_scope == 'sequence' and result.seq_len else ''}")
