@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from moe.config import DROP_POLICIES
+from moe.hf.counterfactual import BIASES
 from moe.hf.tables import LAYER_COLUMNS
 
 from dashboard.quoting import quote
@@ -33,7 +34,7 @@ MODEL_LINK: dict[str, tuple[str, type]] = {
     "cfbias": ("cf_bias", str),
 }
 MODEL_LINK_KEYS = tuple(MODEL_LINK)
-CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": ("hot", "cold"), "model_sort": tuple(LAYER_COLUMNS)}
+CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": tuple(BIASES), "model_sort": tuple(LAYER_COLUMNS)}
 LIMITS = {"model_max_tokens": (1, 4096), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
           "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
 

@@ -9,7 +9,7 @@ import streamlit as st
 
 from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
-from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual
+from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIASES, Counterfactual
 from moe.metrics import nats_to_bits
 
 from dashboard import loaders, state
@@ -44,7 +44,7 @@ def _controls(view: dict) -> Counterfactual:
     e.number_input("Temperature", min_value=0.01, max_value=100.0, step=0.1, key="cf_temperature")
     f.selectbox("Bias one expert", list(range(-1, E)), key="cf_bias_expert",
                 format_func=lambda x: "none" if x < 0 else f"expert {x}")
-    g.radio("Bias", ["hot", "cold"], key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
+    g.radio("Bias", list(BIASES), key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
             help=f"hot adds {BIAS_HOT:+g} to the expert's selection score (always chosen), cold {BIAS_COLD:+g} "
                  "(never chosen); the combine weights are unchanged")
     capacity = float(ss["cf_capacity"])
@@ -54,7 +54,7 @@ def _controls(view: dict) -> Counterfactual:
         drop_policy=ss["cf_drop"] if capacity else None,
         temperature=None if ss["cf_temperature"] == 1.0 else float(ss["cf_temperature"]),
         bias_expert=None if ss["cf_bias_expert"] < 0 else int(ss["cf_bias_expert"]),
-        bias=BIAS_HOT if ss["cf_bias"] == "hot" else BIAS_COLD)
+        bias=BIASES[ss["cf_bias"]])
 
 
 def render(view: dict, path: str, text: str, max_tokens: int) -> None:
