@@ -31,7 +31,7 @@ MODEL_LINK: dict[str, tuple[str, type]] = {
     "msort": ("model_sort", str), "mdesc": ("model_sort_desc", bool),
     "cfon": ("cf_on", bool), "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
     "cfdrop": ("cf_drop", str), "cftemp": ("cf_temperature", float), "cfe": ("cf_bias_expert", int),
-    "cfbias": ("cf_bias", str),
+    "cfbias": ("cf_bias", str), "cfsweep": ("cf_sweep", bool),
 }
 MODEL_LINK_KEYS = tuple(MODEL_LINK)
 CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": tuple(BIASES), "model_sort": tuple(LAYER_COLUMNS)}
