@@ -4,6 +4,8 @@ Thin: widgets → `loaders.counterfactual` (cached; moe.hf.counterfactual) → f
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import streamlit as st
 
@@ -124,7 +126,8 @@ def _sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> None:
     """The counterfactual at each MoE layer alone: a row and a bar pair per layer."""
     try:
         with st.spinner("Rerunning the text once per MoE layer…", show_time=True):
-            table = loaders.counterfactual_sweep(path, text, max_tokens, cf)
+            # the layer choice does not apply: one cache entry per change, whichever layer is chosen
+            table = loaders.counterfactual_sweep(path, text, max_tokens, replace(cf, layers=None))
     except Exception as err:
         st.error(f"Could not run the sweep: {_detail(err)}", icon="⚠️")
         return

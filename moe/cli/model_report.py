@@ -61,7 +61,7 @@ def counterfactual_from_args(args: argparse.Namespace):
     biased = _biased_expert(args)
     cf = Counterfactual(layers=layers, top_k=args.cf_top_k, capacity_factor=args.cf_capacity,
                         drop_policy=args.cf_drop, temperature=args.cf_temperature,
-                        bias_expert=biased and biased[1], bias=BIASES[biased[0]] if biased else 0.0)
+                        bias_expert=biased[1] if biased else None, bias=BIASES[biased[0]] if biased else 0.0)
     if not cf.changed() and layers is None and not args.cf_sweep:
         return None
     if args.format != "json":
