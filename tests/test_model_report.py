@@ -281,3 +281,4 @@ def test_the_sweep_is_each_layer_alone_computed_directly(model_dir, capsys):
     assert [row["delta_loss_bits"] for row in json.loads(out)["sweep"]] == [0.0, 0.0]
     code, out, err = _run([*base, "--cf-top-k", "1"], capsys)
     assert "sweep" not in json.loads(out)
+    assert "--format json" in _refusal([*base, "--cf-sweep", "--format", "csv"], capsys)
