@@ -16,7 +16,7 @@ import torch
 from moe import MoEConfig, MoELayer
 from moe.config import WEIGHT_FIELDS  # the fields that fix a layer's weights: the cache key
 from moe.hf import cache as model_cache
-from moe.hf.counterfactual import Counterfactual, run_counterfactual
+from moe.hf.counterfactual import Counterfactual, run_counterfactual, sweep_layers
 from moe.hf.instrument import adapter_for, run_model
 from moe.hf.report import encode_text, render_report
 from moe.hf.tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long, token_routing,
@@ -219,3 +219,11 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
     run = run_counterfactual(loaded.model, ids, cf)
     return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces]}
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> pd.DataFrame:
+    """The counterfactual at each MoE layer alone (moe.hf.counterfactual.sweep_layers): a row per layer."""
+    loaded = loaded_model(path)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    return sweep_layers(loaded.model, ids, cf)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 
 from moe.config import DROP_POLICIES
+from moe.hf.counterfactual import BIASES
 from moe.hf.tables import LAYER_COLUMNS
 
 from dashboard.quoting import quote
@@ -30,10 +31,10 @@ MODEL_LINK: dict[str, tuple[str, type]] = {
     "msort": ("model_sort", str), "mdesc": ("model_sort_desc", bool),
     "cfon": ("cf_on", bool), "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
     "cfdrop": ("cf_drop", str), "cftemp": ("cf_temperature", float), "cfe": ("cf_bias_expert", int),
-    "cfbias": ("cf_bias", str),
+    "cfbias": ("cf_bias", str), "cfsweep": ("cf_sweep", bool),
 }
 MODEL_LINK_KEYS = tuple(MODEL_LINK)
-CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": ("hot", "cold"), "model_sort": tuple(LAYER_COLUMNS)}
+CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": tuple(BIASES), "model_sort": tuple(LAYER_COLUMNS)}
 LIMITS = {"model_max_tokens": (1, 4096), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
           "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
 

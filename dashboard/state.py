@@ -39,7 +39,7 @@ MODEL_LINK_NOTES = "model_link_notes"   # the link's Model keys that were refuse
 MODEL_LINK_DIR = LINK_DIR_KEY           # a model directory named by the link, waiting for a click
 CF_LAST = "cf_last"                     # the last good counterfactual
 CF_DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 0.0, "cf_drop": "position",
-               "cf_temperature": 1.0, "cf_bias_expert": -1, "cf_bias": "hot"}
+               "cf_temperature": 1.0, "cf_bias_expert": -1, "cf_bias": "hot", "cf_sweep": False}
 # --- Runs page
 TRACE_VIEW = "trace_view"               # the opened trace: {"key": what was asked, "summary": TraceSummary}
 TRACE_DEFAULTS = {"trace_source": "Upload", "trace_experts": None, "trace_layers": 0, "trace_score": "softmax",

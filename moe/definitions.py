@@ -197,6 +197,12 @@ DEFINITIONS: dict[str, str] = {
     "counterfactual_loss_delta": "mean next-token loss with the counterfactual routing minus with the model's own, "
                                  "in bits per token, same text and weights; positive = the change costs bits. "
                                  "Layers after a changed one see changed inputs, so their routing moves too.",
+    "counterfactual_sweep": "the counterfactual's settings applied to one MoE layer at a time, every other layer "
+                            "keeping the model's own routing (one forward per layer; the layer choice does not "
+                            "apply). **Δloss** = mean next-token loss in bits per token with the change at that "
+                            "layer alone minus with the model's own routing (0 exactly when the setting is the "
+                            "layer's own); **dropped fraction** = `Σ_e (demand_e − served_e) / Σ_e demand_e` at "
+                            "the changed layer. The largest Δloss is the layer that the change hurts most.",
     # --- expert parallel (the Expert parallel page, ep-report)
     "ep_assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
                       "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "

@@ -9,6 +9,10 @@ from browser_support import streamlit_server, wait_for_run
 from moe.hf.load import BUNDLED_MODEL
 
 pytestmark = pytest.mark.browser
+# The data of the drawn charts whose title starts with a prefix
+CHART_DATA = """prefix => [...document.querySelectorAll('[data-testid="stPlotlyChart"] .js-plotly-plot')]
+    .filter(g => (g.querySelector('.gtitle')?.textContent || '').startsWith(prefix) && g.data).map(g => g.data)"""
+SWEEP_TITLE = "The counterfactual at each MoE layer alone"
 CF_TITLE = "() => [...document.querySelectorAll('.gtitle')].map(t => t.textContent).find(t => t.startsWith('Next-token loss: own')) || ''"
 
 
@@ -52,5 +56,17 @@ def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(
         wait_for_run(page, 60_000)
         assert page.evaluate(CF_TITLE) != before
         assert "cfk=1" in page.url
+        # the own and counterfactual heatmaps are drawn on one colour scale
+        heatmaps = [f"({CHART_DATA})('Load share per layer ({label})')" for label in ("own routing", "counterfactual")]
+        page.wait_for_function(f"() => {' + '.join(f'{h}.length' for h in heatmaps)} === 2", timeout=30_000)
+        scales = page.evaluate(f"() => [{', '.join(heatmaps)}].map(([d]) => [d[0].zmin, d[0].zmax])")
+        assert scales[0] == scales[1] and scales[0][0] == 0 and scales[0][1] > 0
+        page.get_by_text("Sweep: apply to each layer alone").click()
+        page.wait_for_function(f"() => ({CHART_DATA})('{SWEEP_TITLE}').length === 1", timeout=60_000)
+        wait_for_run(page, 60_000)
+        page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30_000)  # the sweep's table
+        assert page.locator('[data-testid="stDataFrame"]').count() == 1 and "cfsweep=1" in page.url
+        bars = page.evaluate(f"() => ({CHART_DATA})('{SWEEP_TITLE}')[0][0].x")
+        assert bars == ["layer 0", "layer 1", "layer 2", "layer 3"]  # one bar per MoE layer
         assert page.locator('[data-testid="stException"]').count() == 0
         page.close()

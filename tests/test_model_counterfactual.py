@@ -60,3 +60,23 @@ def test_a_hot_expert_takes_every_token_and_a_bad_value_names_the_field(model):
         run_counterfactual(model, IDS, Counterfactual(layers=(7,)))
     with pytest.raises(ValueError, match="bias_expert"):
         counterfactual_config(cf.traces[0].config, Counterfactual(bias_expert=8, bias=1.0))
+
+
+def test_the_sweep_row_of_a_layer_is_that_layer_changed_alone(model):
+    from moe.hf.counterfactual import sweep_layers
+
+    cf = Counterfactual(layers=(0,), top_k=1, capacity_factor=0.5)  # layers is ignored: every layer in turn
+    table = sweep_layers(model, IDS, cf)
+    assert list(table.columns) == ["layer", "delta_loss_bits", "dropped_fraction"]
+    assert table["layer"].tolist() == [0, 1, 2]
+    own_bits = run_model(model, IDS).token_loss().mean().item() / torch.log(torch.tensor(2.0)).item()
+    for k, row in table.iterrows():
+        alone = run_counterfactual(model, IDS, Counterfactual(layers=(k,), top_k=1, capacity_factor=0.5))
+        new_bits = alone.token_loss().mean().item() / torch.log(torch.tensor(2.0)).item()
+        assert row["delta_loss_bits"] == pytest.approx(new_bits - own_bits, abs=1e-9)
+        C = -(-int(0.5 * 48 * 1) // 8)  # top-1 at capacity factor 0.5: ⌈0.5·T·1/E⌉ slots per expert
+        demand = alone.traces[k].routed.sum(dim=0)  # (E,)
+        assert row["dropped_fraction"] == pytest.approx(float((demand - C).clamp(min=0).sum() / demand.sum()))
+        assert row["dropped_fraction"] > 0
+    same = sweep_layers(model, IDS, Counterfactual(top_k=2))  # the model's own top_k: nothing changes anywhere
+    assert same["delta_loss_bits"].tolist() == [0.0, 0.0, 0.0] and same["dropped_fraction"].tolist() == [0.0] * 3

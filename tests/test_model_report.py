@@ -205,3 +205,80 @@ def test_a_cut_text_is_noted_under_the_command_the_user_typed(model_dir, capsys,
     code = main(["model-report", "--model", str(model_dir), "--text", "x" * 40, "--max-tokens", "8"], prog=prog)
     err = capsys.readouterr().err
     assert code == 0 and f"{prog}: note: the text has 40 tokens; routing the first 8 (--max-tokens 8)" in err
+
+
+def _direct(model_dir, text, cf):
+    """The counterfactual entry computed through the library, not the CLI."""
+    from moe.hf.counterfactual import run_counterfactual
+    from moe.hf.report import counterfactual_dict
+
+    model = load_model(str(model_dir)).model
+    ids = torch.tensor(list(text.encode()))
+    cf_run = run_counterfactual(model, ids, cf)
+    return counterfactual_dict(run_model(model, ids), cf_run, cf), cf_run
+
+
+def _without_times(entry: dict) -> dict:
+    """The entry as its JSON reads back (NaN as null), with the wall times (which vary) blanked."""
+    from moe.jsonio import dumps
+
+    entry = json.loads(dumps(entry))
+    return {**entry, "layers": [{**layer, "summary": {**layer["summary"], "forward_ms": None}}
+                                for layer in entry["layers"]]}
+
+
+@pytest.mark.parametrize("name", ["hot", "cold"])
+def test_a_hot_or_cold_expert_is_the_pages_counterfactual_and_takes_every_or_no_token(model_dir, capsys, name):
+    from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual
+
+    text = "for i in range(10):\n    print(i)\n"
+    code, out, err = _run(["model-report", "--model", str(model_dir), "--text", text, f"--cf-{name}-expert", "3"],
+                          capsys)
+    assert code == 0, err
+    cf = json.loads(out)["counterfactual"]
+    bias = {"hot": BIAS_HOT, "cold": BIAS_COLD}[name]
+    direct, cf_run = _direct(model_dir, text, Counterfactual(bias_expert=3, bias=bias))
+    assert cf["settings"] == {"bias_expert": 3, "bias": bias, "layers": "all"}
+    assert _without_times(cf) == _without_times(direct)  # the same numbers, exactly
+    assert cf["mean_loss_bits"]["delta"] != 0.0
+    # every changed layer: expert 3 is in every token's top-k (hot) or in none (cold)
+    for trace in cf_run.traces:
+        chosen = (trace.top_k_index == 3).any(dim=1)  # (T,)
+        assert bool(chosen.all()) if name == "hot" else not bool(chosen.any())
+    assert cf["layers"][0]["summary"]["served"] == 2 * len(text.encode())  # still top-2, dropless
+
+
+def test_a_bad_hot_or_cold_expert_is_refused_in_one_line(model_dir, capsys):
+    base = ["model-report", "--model", str(model_dir), "--text", "hello"]
+    both = _refusal([*base, "--cf-hot-expert", "1", "--cf-cold-expert", "2"], capsys)
+    assert "--cf-cold-expert" in both and "not allowed with" in both and "--cf-hot-expert" in both
+    assert "not an expert of this model; choose 0..7" in _refusal([*base, "--cf-hot-expert", "8"], capsys)
+    assert "--cf-cold-expert 9 is not" in _refusal([*base, "--cf-cold-expert", "9"], capsys)
+    assert "integer ≥ 0, got '-1'" in _refusal([*base, "--cf-hot-expert", "-1"], capsys)
+    assert "integer ≥ 0, got 'x'" in _refusal([*base, "--cf-cold-expert", "x"], capsys)
+    assert "--format json" in _refusal([*base, "--cf-hot-expert", "1", "--format", "csv"], capsys)
+
+
+def test_the_sweep_is_each_layer_alone_computed_directly(model_dir, capsys):
+    from moe.hf.counterfactual import Counterfactual, run_counterfactual
+
+    text = "for i in range(10):\n    print(i)\n"
+    base = ["model-report", "--model", str(model_dir), "--text", text]
+    code, out, err = _run([*base, "--cf-capacity", "0.5", "--cf-layers", "0", "--cf-sweep"], capsys)
+    assert code == 0, err
+    report = json.loads(out)
+    sweep = report["sweep"]
+    assert [row["layer"] for row in sweep] == [0, 1]  # every MoE layer, whatever --cf-layers says
+    model = load_model(str(model_dir)).model
+    ids = torch.tensor(list(text.encode()))
+    own = run_model(model, ids).mean_loss_bits()
+    for k, row in enumerate(sweep):
+        alone = run_counterfactual(model, ids, Counterfactual(layers=(k,), capacity_factor=0.5))
+        assert row["delta_loss_bits"] == pytest.approx(alone.mean_loss_bits() - own)
+        demand, served = alone.traces[k].routed.sum(), alone.traces[k].served.sum()
+        assert row["dropped_fraction"] == pytest.approx(float((demand - served) / demand)) and row["dropped_fraction"] > 0
+    code, out, err = _run([*base, "--cf-top-k", "2", "--cf-sweep"], capsys)  # the model's own top_k: no change
+    assert [row["delta_loss_bits"] for row in json.loads(out)["sweep"]] == [0.0, 0.0]
+    code, out, err = _run([*base, "--cf-top-k", "1"], capsys)
+    assert "sweep" not in json.loads(out)
+    assert "--format json" in _refusal([*base, "--cf-sweep", "--format", "csv"], capsys)

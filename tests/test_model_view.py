@@ -2,10 +2,11 @@
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from streamlit.testing.v1 import AppTest
 
-from dashboard.figures.model import (load_heatmap_figure, nmi_figure, token_html, token_layer_grid_figure,
-                                     token_loss_figure)
+from dashboard.figures.model import (load_heatmap_figure, nmi_figure, share_range, sweep_figure, token_html,
+                                     token_layer_grid_figure, token_loss_figure)
 from tests.model_support import saved_model
 
 pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
@@ -34,6 +35,32 @@ def test_grid_and_load_heatmaps_carry_the_tables_values():
     nmi = nmi_figure(pd.DataFrame({"layer": [0, 1], "this text": [0.1, 0.3], "at initialisation": [0.0, 0.02]}))
     assert [bar.name for bar in nmi.data] == ["this text", "at initialisation"]
     assert list(nmi.data[0].y) == [0.1, 0.3]
+
+
+def test_own_and_counterfactual_heatmaps_share_one_colour_scale():
+    """Today's failure: 0–0.4 against 0.05–0.2, the same yellow meaning different shares."""
+    own = pd.DataFrame({"layer": [0, 0, 1, 1], "expert": [0, 1, 0, 1], "load_share": [0.4, 0.6, 0.5, 0.5]})
+    new = pd.DataFrame({"layer": [0, 0, 1, 1], "expert": [0, 1, 0, 1], "load_share": [0.1, 0.9, 0.45, 0.55]})
+    before = new.copy()
+    zrange = share_range(own, new)
+    assert zrange == (0.0, 0.9)
+    a, b = (load_heatmap_figure(t, label, zrange).data[0] for t, label in ((own, "own"), (new, "counterfactual")))
+    assert (a.zmin, a.zmax) == (b.zmin, b.zmax) == (0.0, 0.9)
+    assert a.zmin <= min(own["load_share"].min(), new["load_share"].min())
+    assert a.zmax >= max(np.max(a.z), np.max(b.z))
+    assert new.equals(before)  # inputs untouched
+    assert load_heatmap_figure(own).data[0].zmax is None  # alone: its own scale, from 0
+    zero = own.assign(load_share=0.0)
+    assert share_range(zero) == (0.0, 1.0)  # nothing routed: still a drawable range
+
+
+def test_sweep_bars_carry_the_tables_values():
+    table = pd.DataFrame({"layer": [1, 3], "delta_loss_bits": [0.25, -0.01], "dropped_fraction": [0.1, 0.0]})
+    fig = sweep_figure(table)
+    loss, drop = fig.data
+    assert list(loss.x) == list(drop.x) == ["layer 1", "layer 3"]
+    assert list(loss.y) == [0.25, -0.01] and list(drop.y) == [0.1, 0.0]
+    assert drop.yaxis == "y2" and fig.layout.yaxis2.overlaying == "y" and fig.layout.yaxis2.side == "right"
 
 
 def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
@@ -132,6 +159,56 @@ def test_the_app_has_a_model_page_on_the_bundled_model():
     assert not at.exception
     assert any("pydoc-mixtral" in c.value for c in at.caption)
     assert len(at.get("plotly_chart")) == len(CHARTS)
+
+
+def _sweep_table(at: AppTest) -> pd.DataFrame:
+    return next(d.value for d in at.dataframe if "delta_loss_bits" in d.value.columns)
+
+
+def test_the_sweep_shows_one_row_per_moe_layer_equal_to_each_layer_changed_alone(model_dir):
+    from moe.hf.counterfactual import Counterfactual, run_counterfactual
+    from moe.hf.instrument import run_model
+    from moe.hf.load import load_model
+
+    at = AppTest.from_function(_view_app, args=(model_dir,), default_timeout=120)
+    at.query_params.update({"mex": "prose", "mtok": "32"})
+    at.run()
+    at.toggle(key="cf_on").set_value(True).run()
+    assert not at.dataframe  # the sweep is off by default: no forward per layer
+    at.number_input(key="cf_top_k").set_value(1)
+    at.toggle(key="cf_sweep").set_value(True).run()
+    assert not at.exception
+    table = _sweep_table(at)
+    assert table["layer"].tolist() == [0, 1]  # one row per MoE layer
+    assert "cf_sweep_chart" in [e.key for e in at.get("plotly_chart")]
+    assert any(c.value.startswith("Sweep: the counterfactual's settings") for c in at.caption)
+    assert at.query_params["cfsweep"] == "1"  # the sweep is in the link
+    loaded = load_model(model_dir)
+    ids = torch.tensor(loaded.tokenizer(at.session_state["model_text"])["input_ids"][:32])
+    own = run_model(loaded.model, ids).mean_loss_bits()
+    for k in (0, 1):
+        alone = run_counterfactual(loaded.model, ids, Counterfactual(layers=(k,), top_k=1))
+        assert table["delta_loss_bits"][k] == pytest.approx(alone.mean_loss_bits() - own)
+    assert table["dropped_fraction"].tolist() == [0.0, 0.0]  # dropless
+
+
+def test_the_bundled_models_page_sweeps_every_moe_layer_from_a_link():
+    import pathlib
+
+    from moe.hf.instrument import engine_blocks
+    from moe.hf.load import BUNDLED_MODEL, load_model
+
+    if not pathlib.Path(BUNDLED_MODEL, "model.safetensors").is_file():
+        pytest.skip("bundled model not trained")
+    app = str(pathlib.Path(__file__).resolve().parents[1] / "app.py")
+    at = AppTest.from_file(app, default_timeout=180)
+    at.query_params.update({"view": "Model", "mtok": "48", "cfon": "1", "cfcap": "1.0", "cfsweep": "1"})
+    at.run()
+    assert not at.exception
+    table = _sweep_table(at)
+    moe_layers = sorted(b.layer_index for b in engine_blocks(load_model(BUNDLED_MODEL).model))
+    assert table["layer"].tolist() == moe_layers and len(moe_layers) >= 2
+    assert table["dropped_fraction"].between(0, 1).all() and (table["dropped_fraction"] > 0).any()
 
 
 def test_vocabulary_cells_escape_markdown_so_tokens_show_as_typed():

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from moe.metrics import nats_to_bits
 
-from dashboard.figures.core import axis, expert_xaxis, layout
+from dashboard.figures.core import LEFT, axis, expert_xaxis, layout
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
 # Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
@@ -64,12 +64,20 @@ def token_layer_grid_figure(grid: pd.DataFrame, tokens: list[str], colors: list[
                                   height=120 + 40 * len(grid), colorbar=True, row_labels=True))
 
 
-def load_heatmap_figure(long: pd.DataFrame, label: str = "") -> go.Figure:
-    """Layer × expert load share (1/E everywhere = balanced); `label` names the routing in the title."""
+def share_range(*longs: pd.DataFrame) -> tuple[float, float]:
+    """One colour range for load-share heatmaps drawn side by side: 0 to the largest share of any of them."""
+    top = max(float(long["load_share"].max()) for long in longs)
+    return 0.0, top if top > 0 else 1.0  # (an all-zero table still gets a range Plotly can draw)
+
+
+def load_heatmap_figure(long: pd.DataFrame, label: str = "", zrange: tuple[float, float] | None = None) -> go.Figure:
+    """Layer × expert load share (1/E everywhere = balanced); `label` names the routing in the title. `zrange`
+    (share_range) fixes the colour scale, so heatmaps drawn together read the same share as the same colour."""
     wide = long.pivot(index="layer", columns="expert", values="load_share")
     E = wide.shape[1]
+    zmin, zmax = zrange if zrange is not None else (0.0, None)
     data = [go.Heatmap(z=wide.values, x=list(wide.columns), y=[f"layer {i}" for i in wide.index],
-                       colorscale="Viridis", zmin=0, colorbar=dict(title=dict(text="load share")),
+                       colorscale="Viridis", zmin=zmin, zmax=zmax, colorbar=dict(title=dict(text="load share")),
                        hovertemplate="%{y} · expert %{x}: %{z:.3f}<extra></extra>")]
     title = f"Load share per layer{f' ({label})' if label else ''} (ideal 1/E = {1 / E:.3f})"
     return go.Figure(data, layout(title=title,
@@ -127,3 +135,19 @@ def counterfactual_loss_figure(own: np.ndarray, new: np.ndarray, tokens: list[st
     return go.Figure(data, layout(title=f"Next-token loss: own {own_bits.mean():.3f} vs counterfactual "
                                         f"{new_bits.mean():.3f} bits (Δ {delta:+.3f})",
                                   xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_cf_loss"))
+
+
+def sweep_figure(table: pd.DataFrame) -> go.Figure:
+    """The counterfactual at each MoE layer alone (moe.hf.counterfactual.sweep_layers): Δ mean next-token loss
+    (bits, left axis) and the changed layer's dropped fraction (right axis), a bar pair per layer."""
+    x = [f"layer {i}" for i in table["layer"]]
+    data = [go.Bar(x=x, y=table["delta_loss_bits"], name="Δloss (bits per token)", marker_color="#e45756",
+                   offsetgroup="loss", hovertemplate="%{x}: Δ %{y:+.4f} bits<extra></extra>"),
+            go.Bar(x=x, y=table["dropped_fraction"], name="dropped fraction", marker_color="#9d755d",
+                   offsetgroup="drop", yaxis="y2", hovertemplate="%{x}: %{y:.1%} dropped<extra></extra>")]
+    fig = go.Figure(data, layout(title="The counterfactual at each MoE layer alone", xaxis=axis(""),
+                                 yaxis=axis("Δloss (bits per token)"), uirevision="model_cf_sweep",
+                                 yaxis2=axis("dropped fraction", overlaying="y", side="right", rangemode="tozero",
+                                             tickformat=".0%", showgrid=False),
+                                 barmode="group"))
+    return fig.update_layout(margin_r=LEFT)  # the right axis needs the room its left twin has

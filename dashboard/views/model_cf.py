@@ -4,16 +4,18 @@ Thin: widgets → `loaders.counterfactual` (cached; moe.hf.counterfactual) → f
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import streamlit as st
 
 from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
-from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, Counterfactual
+from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIASES, Counterfactual
 from moe.metrics import nats_to_bits
 
 from dashboard import loaders, state
-from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure
+from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure, share_range, sweep_figure
 
 DEFAULTS = state.CF_DEFAULTS
 
@@ -44,7 +46,7 @@ def _controls(view: dict) -> Counterfactual:
     e.number_input("Temperature", min_value=0.01, max_value=100.0, step=0.1, key="cf_temperature")
     f.selectbox("Bias one expert", list(range(-1, E)), key="cf_bias_expert",
                 format_func=lambda x: "none" if x < 0 else f"expert {x}")
-    g.radio("Bias", ["hot", "cold"], key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
+    g.radio("Bias", list(BIASES), key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
             help=f"hot adds {BIAS_HOT:+g} to the expert's selection score (always chosen), cold {BIAS_COLD:+g} "
                  "(never chosen); the combine weights are unchanged")
     capacity = float(ss["cf_capacity"])
@@ -54,7 +56,7 @@ def _controls(view: dict) -> Counterfactual:
         drop_policy=ss["cf_drop"] if capacity else None,
         temperature=None if ss["cf_temperature"] == 1.0 else float(ss["cf_temperature"]),
         bias_expert=None if ss["cf_bias_expert"] < 0 else int(ss["cf_bias_expert"]),
-        bias=BIAS_HOT if ss["cf_bias"] == "hot" else BIAS_COLD)
+        bias=BIASES[ss["cf_bias"]])
 
 
 def render(view: dict, path: str, text: str, max_tokens: int) -> None:
@@ -69,21 +71,35 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
         st.info(f"Layers {view['routing_only']} are traced from their routing alone: counterfactuals need layers "
                 "the engine runs.")
     cf = _controls(view)
+    new = _counterfactual(view, path, text, max_tokens, cf)
+    if new is not None:
+        _draw(view, new, cf)
+    if st.toggle("Sweep: apply to each layer alone", key="cf_sweep",
+                 help="one forward per MoE layer with this change at that layer only (the layer choice above "
+                      "does not apply): which layer hurts most?"):
+        _sweep(path, text, max_tokens, cf)
+
+
+def _counterfactual(view: dict, path: str, text: str, max_tokens: int, cf: Counterfactual) -> dict | None:
+    """The counterfactual's tables (the model's own when nothing changed), the last good one under an error."""
     if not cf.changed():  # Counterfactual() reproduces the model exactly (tested): no second forward
-        _draw(view, {"load": view["load"], "loss": view["loss"], "dropped": view["dropped"]}, cf)
-        return
+        return {"load": view["load"], "loss": view["loss"], "dropped": view["dropped"]}
     try:
         with st.spinner("Rerunning the text with the counterfactual routing…", show_time=True):
             new = loaders.counterfactual(path, text, max_tokens, cf)
         st.session_state[state.CF_LAST] = new
+        return new
     except Exception as err:  # a bad combination (top_k over the kept groups, …): a message, the last good one
-        detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
-        st.error(f"Could not run this counterfactual: {detail}", icon="⚠️")
+        st.error(f"Could not run this counterfactual: {_detail(err)}", icon="⚠️")
         new = st.session_state.get(state.CF_LAST)
         if new is None or len(new["loss"]) != len(view["loss"]):
-            return
+            return None
         st.info("Showing the last good counterfactual below.")
-    _draw(view, new, cf)
+        return new
+
+
+def _detail(err: Exception) -> str:
+    return str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
 
 
 def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
@@ -94,10 +110,29 @@ def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
     c.metric("Dropped assignments (all layers)", f"{sum(new['dropped']):,}")
     if not cf.changed():
         st.caption("No setting changed: the counterfactual is the model's own routing (identical loss).")
+    zrange = share_range(view["load"], new["load"])  # one colour scale: the same colour is the same share
     left, right = st.columns(2)
-    left.plotly_chart(load_heatmap_figure(view["load"], "own routing"), width="stretch", key="cf_load_own")
-    right.plotly_chart(load_heatmap_figure(new["load"], "counterfactual"), width="stretch", key="cf_load_new")
+    left.plotly_chart(load_heatmap_figure(view["load"], "own routing", zrange), width="stretch", key="cf_load_own")
+    right.plotly_chart(load_heatmap_figure(new["load"], "counterfactual", zrange), width="stretch",
+                       key="cf_load_new")
     st.plotly_chart(counterfactual_loss_figure(view["loss"], new["loss"], view["tokens"]), width="stretch",
                     key="cf_loss")
     st.caption(f"Loss of token s+1: {DEFINITIONS['next_token_loss']} Δ: {DEFINITIONS['counterfactual_loss_delta']} "
-               "Dropped = `Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward.")
+               "Dropped = `Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward. Both heatmaps "
+               "share one colour scale, 0 to the larger of their largest shares.")
+
+
+def _sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> None:
+    """The counterfactual at each MoE layer alone: a row and a bar pair per layer."""
+    try:
+        with st.spinner("Rerunning the text once per MoE layer…", show_time=True):
+            # the layer choice does not apply: one cache entry per change, whichever layer is chosen
+            table = loaders.counterfactual_sweep(path, text, max_tokens, replace(cf, layers=None))
+    except Exception as err:
+        st.error(f"Could not run the sweep: {_detail(err)}", icon="⚠️")
+        return
+    st.plotly_chart(sweep_figure(table), width="stretch", key="cf_sweep_chart")
+    st.dataframe(table, hide_index=True, column_config={
+        "delta_loss_bits": st.column_config.NumberColumn("Δloss (bits per token)", format="%+.4f"),
+        "dropped_fraction": st.column_config.NumberColumn("dropped fraction", format="percent")})
+    st.caption(f"Sweep: {DEFINITIONS['counterfactual_sweep']}")

@@ -39,6 +39,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def non_negative_int(text: str) -> int:
+    """A decimal integer ≥ 0 (an index)."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text[:40]!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text[:40]!r}")
+    return value
+
+
 def int_in(lo: int, hi: int):
     """A type: a decimal integer in lo..hi."""
     def parse(text: str) -> int:

@@ -6,8 +6,9 @@ import argparse
 import re
 import sys
 
-from moe.cli.args import finite_float, positive_int
+from moe.cli.args import finite_float, non_negative_int, positive_int
 from moe.config import DROP_POLICIES
+from moe.hf.counterfactual import BIASES
 from moe.hf.report import (DEFAULT_MAX_TOKENS, READ_BYTES_PER_TOKEN, counterfactual_dict, encode_text,
                            progress_bars, read_text_file, render_report, report_dict)
 from moe.jsonio import dumps
@@ -30,7 +31,20 @@ def add_command(commands) -> None:
     cf.add_argument("--cf-capacity", type=finite_float, default=None, help="capacity factor (default: dropless)")
     cf.add_argument("--cf-drop", choices=DROP_POLICIES, default=None)
     cf.add_argument("--cf-temperature", type=finite_float, default=None)
+    bias = cf.add_mutually_exclusive_group()
+    for name, value in BIASES.items():  # the Model page's "Bias one expert": hot or cold
+        bias.add_argument(f"--cf-{name}-expert", type=non_negative_int, default=None, metavar="E",
+                          help=f"add {value:+g} to expert E's selection score ({name}: "
+                               f"{'always' if value > 0 else 'never'} chosen)")
+    cf.add_argument("--cf-sweep", action="store_true", help='add a "sweep": the change at each MoE layer alone '
+                    "(one forward per layer; --cf-layers does not apply to it)")
     p.set_defaults(run=run)
+
+
+def _biased_expert(args: argparse.Namespace) -> tuple[str, int] | None:
+    """(bias name, expert) from --cf-hot-expert / --cf-cold-expert, or None."""
+    given = [(name, getattr(args, f"cf_{name}_expert")) for name in BIASES]
+    return next(((name, e) for name, e in given if e is not None), None)
 
 
 def counterfactual_from_args(args: argparse.Namespace):
@@ -44,9 +58,11 @@ def counterfactual_from_args(args: argparse.Namespace):
         except ValueError:
             raise ValueError(f"--cf-layers {args.cf_layers!r} must be comma-separated layer indices, "
                              "e.g. 0,2") from None
+    biased = _biased_expert(args)
     cf = Counterfactual(layers=layers, top_k=args.cf_top_k, capacity_factor=args.cf_capacity,
-                        drop_policy=args.cf_drop, temperature=args.cf_temperature)
-    if not cf.changed() and layers is None:
+                        drop_policy=args.cf_drop, temperature=args.cf_temperature,
+                        bias_expert=biased[1] if biased else None, bias=BIASES[biased[0]] if biased else 0.0)
+    if not cf.changed() and layers is None and not args.cf_sweep:
         return None
     if args.format != "json":
         raise ValueError("--cf-* options need --format json (the CSV is one routing's per-expert table)")
@@ -86,8 +102,19 @@ def run(args: argparse.Namespace) -> str:
     run_ = run_model(loaded.model, ids)
     if cf is None:
         return render_report(loaded.name, run_, args.format)
-    from moe.hf.counterfactual import run_counterfactual
+    from moe.hf.counterfactual import run_counterfactual, sweep_layers
 
+    _check_expert(args, run_)
     report = {**report_dict(loaded.name, run_), "counterfactual": counterfactual_dict(run_, run_counterfactual(
         loaded.model, ids, cf), cf)}
+    if args.cf_sweep:
+        report["sweep"] = sweep_layers(loaded.model, ids, cf).to_dict("records")
     return dumps(report, indent=1)
+
+
+def _check_expert(args: argparse.Namespace, run_) -> None:
+    """--cf-hot-expert / --cf-cold-expert name an expert of every MoE layer (ValueError with the range)."""
+    biased = _biased_expert(args)
+    E = min(t.config.n_experts for t in run_.traces)
+    if biased is not None and biased[1] >= E:
+        raise ValueError(f"--cf-{biased[0]}-expert {biased[1]} is not an expert of this model; choose 0..{E - 1}")

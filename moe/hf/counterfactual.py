@@ -3,17 +3,21 @@
 The model is never modified (it is shared, read-only): the changed layers are `MoELayer.reconfigured`
 copies that share the model's weights, handed to the EngineBlocks through a context variable for one
 forward. Settings left at None keep the layer's own value, so `Counterfactual()` reproduces the model.
+`sweep_layers` applies one counterfactual to each MoE layer alone (one forward per layer).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
+import pandas as pd
 from torch import Tensor
 
 from moe.config import MoEConfig
 from moe.hf.instrument import OVERRIDES, ModelRun, engine_blocks, run_model
 
 BIAS_HOT, BIAS_COLD = 1.0, -1.0  # on the selection score: ±1 always / never selects the expert (scores in [0, 1])
+BIASES = {"hot": BIAS_HOT, "cold": BIAS_COLD}  # the page's choice and the CLI's --cf-<name>-expert: name -> bias
+SWEEP_COLUMNS = ["layer", "delta_loss_bits", "dropped_fraction"]
 
 
 @dataclass(frozen=True)
@@ -63,3 +67,18 @@ def run_counterfactual(model, input_ids: Tensor, cf: Counterfactual) -> ModelRun
         return run_model(model, input_ids)
     finally:
         OVERRIDES.reset(token)
+
+
+def sweep_layers(model, input_ids: Tensor, cf: Counterfactual) -> pd.DataFrame:
+    """`cf` at each MoE layer alone (its `layers` ignored), one forward per layer: a row per layer with
+    delta_loss_bits (counterfactual minus own mean next-token loss) and that layer's dropped_fraction."""
+    own = run_model(model, input_ids).mean_loss_bits()
+    rows = []
+    for block in engine_blocks(model):
+        if block.engine is None:  # traced from its routing alone: nothing to rerun there
+            continue
+        i = block.layer_index
+        run = run_counterfactual(model, input_ids, replace(cf, layers=(i,)))
+        changed = run.traces[run.layers.index(i)]
+        rows.append((i, run.mean_loss_bits() - own, changed.summary()["dropped_fraction"]))
+    return pd.DataFrame(rows, columns=SWEEP_COLUMNS).sort_values("layer", ignore_index=True)

@@ -22,6 +22,7 @@ from moe.config import MoEConfig
 from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
+from moe.metrics import nats_to_bits
 from moe.stats import StatsAccumulator
 from moe.trace import Trace
 
@@ -131,6 +132,10 @@ class ModelRun:
     def token_loss(self) -> Tensor:
         """Next-token loss in nats of token s+1 given tokens ≤ s (S-1,)."""
         return nn.functional.cross_entropy(self.logits[:-1], self.input_ids[1:], reduction="none")
+
+    def mean_loss_bits(self) -> float:
+        """Mean next-token loss in bits per token (NaN for a one-token text: the mean of nothing)."""
+        return nats_to_bits(float(self.token_loss().mean()))
 
     def top1(self) -> Tensor:
         """Top-1 expert of every token at every MoE layer (L, S)."""

@@ -4,7 +4,9 @@ causal LM on a text, as JSON or CSV.
 JSON: {"model", "tokens", "layers": [{"layer", "summary", "per_expert": [...]}]}, `layer` the index of the
 model's decoder layer. CSV: one row per (layer, expert): `layer`, then the per-expert columns.
 With --cf-* options (JSON only) a "counterfactual" entry adds the same text rerun with those routing settings:
-{"settings", "mean_loss_bits": {"own", "counterfactual", "delta"}, "layers": [{"layer", "summary"}]}.
+{"settings", "mean_loss_bits": {"own", "counterfactual", "delta"}, "layers": [{"layer", "summary"}]}; with
+--cf-sweep a "sweep" entry adds the change at each MoE layer alone: [{"layer", "delta_loss_bits", "dropped_fraction"}]
+(moe.hf.counterfactual.sweep_layers).
 """
 from __future__ import annotations
 
@@ -15,7 +17,6 @@ import pandas as pd
 import torch
 
 from moe.jsonio import dumps
-from moe.metrics import nats_to_bits
 from moe.roots import read_regular
 from moe.stats import PER_EXPERT_COLUMNS
 
@@ -56,8 +57,9 @@ def render_report(name: str, run, fmt: str) -> str:
 
 def counterfactual_dict(run, cf_run, cf) -> dict:
     """Own vs counterfactual mean next-token loss (bits per token) and the counterfactual's layer summaries."""
-    own, new = (nats_to_bits(float(r.token_loss().mean())) for r in (run, cf_run))
-    settings = {k: v for k, v in cf.__dict__.items() if v is not None and k not in ("bias_expert", "bias")}
+    own, new = run.mean_loss_bits(), cf_run.mean_loss_bits()
+    unset = ("layers",) if cf.bias_expert is not None else ("layers", "bias")  # a bias without its expert: nothing
+    settings = {k: v for k, v in cf.__dict__.items() if v is not None and k not in unset}
     return {"settings": {**settings, "layers": list(cf.layers) if cf.layers else "all"},
             "mean_loss_bits": {"own": own, "counterfactual": new, "delta": new - own},
             "layers": [{"layer": layer, "summary": t.summary()} for layer, t in zip(cf_run.layers, cf_run.traces)]}
