@@ -53,7 +53,7 @@ def _charts(at) -> dict:
 def test_the_delta_table_holds_both_forwards_summaries_and_their_difference():
     at = _compare()
     assert not at.exception and not at.error
-    table = at.dataframe[0].value
+    table = at.table[0].value
     a, b = _engine_summary(SIDE_A), _engine_summary(SIDE_B)
     assert list(table.index) == list(ROWS) and list(table.columns) == ["A", "B", "B − A"]
     for label, key in ROWS.items():
@@ -96,11 +96,11 @@ def test_the_link_round_trips_both_sides():
     again = _compare(query["a"], query["b"])
     assert dict(again.query_params.items()) == query
     assert again.text_input(key="compare_a").value == SIDE_A and again.text_input(key="compare_b").value == SIDE_B
-    assert again.dataframe[0].value.equals(at.dataframe[0].value)
+    assert again.table[0].value.equals(at.table[0].value)
     # a whole pasted URL keeps only its query in the page's link
     at.text_input(key="compare_b").set_value(f"http://localhost:8501/playground?{SIDE_A}#top").run()
     assert dict(at.query_params.items()) == {"a": SIDE_A, "b": SIDE_A}
-    assert at.dataframe[0].value["B − A"].abs().max() == 0  # the same layer on both sides
+    assert at.table[0].value["B − A"].abs().max() == 0  # the same layer on both sides
 
 
 def test_a_bad_link_value_is_a_quoted_note_and_the_other_side_is_drawn():
@@ -118,7 +118,7 @@ def test_a_side_the_engine_refuses_is_an_error_and_the_other_side_is_still_drawn
     assert not at.exception
     assert [e.value for e in at.error if e.value.startswith("B: could not run this configuration")]
     assert sorted(e.key for e in at.get("plotly_chart")) == ["compare_confidence_A", "compare_load_A"]
-    assert not at.dataframe  # no Δ without both sides
+    assert not at.table  # no Δ without both sides
 
 
 def test_a_too_long_side_in_the_link_is_named_and_not_read():

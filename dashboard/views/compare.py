@@ -108,8 +108,7 @@ def _delta(a: RunResult, b: RunResult) -> None:
     """The headline numbers of both sides and B − A, each with its definition."""
     st.markdown("**Headline numbers**")
     table = delta_table(a.summary, b.summary)
-    fmt = {column: st.column_config.NumberColumn(format="%.4g") for column in table.columns}
-    st.dataframe(table, column_config=fmt)
+    st.table(table.style.format("{:.4g}"))  # 4 significant digits shown; the table keeps the unrounded values
     st.caption(caption(*(key for _, key in HEADLINE), "compare_delta") + "  \nNo loss row: a synthetic layer has no training target (loss is a model's).")
     if "sigmoid" in (a.config.score, b.config.score):
         st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']}")
