@@ -93,6 +93,7 @@ def test_the_link_round_trips_both_sides():
     at = _compare()
     query = dict(at.query_params.items())
     assert query == {"a": SIDE_A, "b": SIDE_B}  # view=Compare is the page's path now
+    assert at.session_state["link_notes"] == []  # a and b are the Compare page's: no Playground note names them
     again = _compare(query["a"], query["b"])
     assert dict(again.query_params.items()) == query
     assert again.text_input(key="compare_a").value == SIDE_A and again.text_input(key="compare_b").value == SIDE_B

@@ -97,7 +97,8 @@ def _charts(results: dict[str, RunResult]) -> None:
     colors = expert_colors(max(r.config.n_experts for r in results.values()))  # expert e: one colour on the page
     loads = load_pair([_load_input(name, r) for name, r in results.items()], colors)
     hists = confidence_pair({name: confidence_histogram(r.trace) for name, r in results.items()})
-    for figures, key, keys in ((loads, "load", ("demand", "served", "ideal_load", "capacity")),
+    capacity = ("capacity",) if any(r.trace.capacity is not None for r in results.values()) else ()
+    for figures, key, keys in ((loads, "load", ("demand", "served", "ideal_load", *capacity)),
                                (hists, "confidence", ("token_confidence",))):
         for name, fig, column in zip(results, figures, st.columns(2)):
             column.plotly_chart(fig, width="stretch", key=f"compare_{key}_{name}")
