@@ -110,6 +110,7 @@ def _delta(a: RunResult, b: RunResult) -> None:
     st.markdown("**Headline numbers**")
     table = delta_table(a.summary, b.summary)
     st.table(table.style.format("{:.4g}"))  # 4 significant digits shown; the table keeps the unrounded values
-    st.caption(caption(*(key for _, key in HEADLINE), "compare_delta") + "  \nNo loss row: a synthetic layer has no training target (loss is a model's).")
+    st.caption(caption(*(key for _, key in HEADLINE), "compare_delta")
+               + "  \nNo loss row: a synthetic layer has no training target (loss is a model's).")
     if "sigmoid" in (a.config.score, b.config.score):
         st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']}")
