@@ -5,10 +5,12 @@ import base64
 from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
+import pandas as pd
 import plotly.io as pio
 import pytest
 import torch
 from dashboard.compare_sides import MAX_SIDE_CHARS, delta_table, parse_side, query_part
+from dashboard.figures.compare import HEADROOM, LoadInput, load_pair, shared_range
 from dashboard.links import from_query, spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
@@ -151,3 +153,14 @@ def test_parse_side_never_raises_and_quotes_what_it_refuses():
     assert "ignored n_experts=`ˋ1e9ˋ`: expected an integer" in side.notes
     assert "unknown preset `<b>x</b>` in the link; using" in " ".join(side.notes)
     assert parse_side("x" * (MAX_SIDE_CHARS + 1)).error.startswith("the link has")
+
+
+def test_the_shared_range_covers_bars_and_reference_lines_of_every_side():
+    low = LoadInput("A", pd.DataFrame({"expert": [0, 1], "demand": [3, 1], "served": [2, 1], "dropped": [1, 0]}),
+                    ideal=2.0, capacity=9)  # the capacity line is A's tallest
+    high = LoadInput("B", pd.DataFrame({"expert": [0, 1, 2], "demand": [6, 0, 0], "served": [6, 0, 0],
+                                        "dropped": [0, 0, 0]}), ideal=2.0, capacity=None)
+    assert (low.top, high.top) == (9.0, 6.0)
+    a, b = load_pair([low, high], ["#111", "#222", "#333"])
+    assert list(a.layout.yaxis.range) == list(b.layout.yaxis.range) == [0.0, 9.0 * HEADROOM]
+    assert shared_range([0.0, 0.0]) == [0.0, HEADROOM]  # nothing to draw: still a visible axis
