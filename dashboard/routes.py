@@ -6,11 +6,13 @@ import streamlit as st
 
 from dashboard import page, state
 from dashboard.quoting import quote
-from dashboard.views import about, model, parallel, traces
+from dashboard.views import about, compare, model, parallel, traces
 
 PLAYGROUND, MODEL, RUNS, EXPERT_PARALLEL, ABOUT = page.TITLE, "Model", "Runs", "Expert parallel", about.TITLE
-# a view of the old single page -> the page it became (the Playground's sub-views keep their names)
-OLD_VIEWS = {"Model": MODEL, "Traces": RUNS, "Expert parallel": EXPERT_PARALLEL, about.TITLE: ABOUT}
+COMPARE = compare.TITLE
+# a view of the old single page -> the page it became (the Playground's sub-views keep their names); Compare is new,
+# and `?view=Compare&a=…&b=…` opens it like the others
+OLD_VIEWS = {"Model": MODEL, "Traces": RUNS, "Expert parallel": EXPERT_PARALLEL, about.TITLE: ABOUT, COMPARE: COMPARE}
 
 
 def pages() -> dict[str, st.Page]:
@@ -21,6 +23,7 @@ def pages() -> dict[str, st.Page]:
         RUNS: st.Page(traces.show, title=RUNS, icon=":material/history:", url_path="runs"),
         EXPERT_PARALLEL: st.Page(parallel.show, title=EXPERT_PARALLEL, icon=":material/hub:",
                                  url_path="expert-parallel"),
+        COMPARE: st.Page(compare.show, title=COMPARE, icon=":material/compare:", url_path="compare"),
         ABOUT: st.Page(about.show, title=ABOUT, icon=":material/info:", url_path="about"),
     }
 

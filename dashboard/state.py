@@ -13,6 +13,7 @@ from moe.hf.load import default_model_dir
 from moe.train.presets import PRESETS as TRAIN_PRESETS
 
 from moe import available_devices
+from dashboard.compare_sides import LINK_KEYS as COMPARE_LINK_KEYS, STATE_KEYS as COMPARE_KEYS, sides_from_query
 from dashboard.limits import sanitize
 from dashboard.links import ep_from_query, from_query
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, from_link
@@ -48,6 +49,10 @@ TRACE_DEFAULTS = {"trace_source": "Upload", "trace_experts": None, "trace_layers
 EP_JOB, EP_RUNS = "ep_job", "ep_runs"   # the running job; the finished runs' documents
 EP_LINK_NOTES = "ep_link_notes"         # the link's Expert parallel keys that were refused
 EP_DEFAULTS = {"ep_world": 2, "ep_slots": 2}
+# --- Compare page: two Playground links (the text inputs), the forwards they ran, the link's refused sides
+COMPARE_DEFAULTS = {key: "" for key in COMPARE_KEYS.values()}
+COMPARE_RESULTS = "compare_results"     # {"A": (RunSpec, RunResult), ...}: a side reruns only when its spec changes
+COMPARE_LINK_NOTES = "compare_link_notes"
 
 
 def model_defaults() -> dict:
@@ -66,13 +71,13 @@ def live_defaults() -> dict:
 def defaults() -> dict:
     """Every key that has a value before the first widget draws, with that value."""
     return {VIEW: DEFAULT_VIEW, **model_defaults(), **live_defaults(), LIVE_PLAYING: False, LIVE_FIGURES: {},
-            **TRACE_DEFAULTS, **EP_DEFAULTS}
+            **TRACE_DEFAULTS, **EP_DEFAULTS, **COMPARE_DEFAULTS}
 
 
 def kept_widgets() -> list[str]:
     """The widgets whose values outlive a run that does not draw them (buttons and uploads have none to keep)."""
     return [*CONTROL_DEFAULTS, PRESET, VIEW, LOAD_ORDER, INSPECTOR_TOKEN, *model_defaults(), *live_defaults(),
-            *TRACE_DEFAULTS, *EP_DEFAULTS]
+            *TRACE_DEFAULTS, *EP_DEFAULTS, *COMPARE_DEFAULTS]
 
 
 def init() -> None:
@@ -98,6 +103,9 @@ def _read_link() -> None:
     """The opening link's controls, Model and Expert parallel keys (bad entries are named in notes, never used)."""
     ss = st.session_state
     query = st.query_params.to_dict()
+    compare_values, ss[COMPARE_LINK_NOTES] = sides_from_query(query)  # the Compare page's sides: not controls
+    ss.update(compare_values)
+    query = {key: value for key, value in query.items() if key not in COMPARE_LINK_KEYS.values()}
     preset, values, problems = from_query(query)
     values, notes = sanitize(values, available_devices())
     for key, value in values.items():

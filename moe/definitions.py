@@ -230,4 +230,9 @@ DEFINITIONS: dict[str, str] = {
                        "that alone takes longer than 0.3 s, or whose repeat would not fit the memory budget, is not "
                        "repeated, and its single (cold) time is shown.",
     "warm_tokens_per_s": "`T / (warm_forward_ms / 1000)`: tokens through the layer per second of warm forward time.",
+    # --- the Compare page: two synthetic layers side by side
+    "compare_delta": "the Compare page's Δ table: each number as defined above for side A's and side B's forward "
+                     "(each side a Playground link, run as the Playground runs it), and `B − A` of the unrounded "
+                     "values, shown with 4 significant digits. The paired charts share one y range (and their x "
+                     "axes), so bars of equal height are equal numbers.",
 }

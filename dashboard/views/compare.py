@@ -1,0 +1,116 @@
+"""Compare: two synthetic layers side by side, each a Playground link, drawn with the same charts on the same
+scale, with a Δ table of the headline numbers. Both sides are in this page's link (`?a=…&b=…`)."""
+from __future__ import annotations
+
+import streamlit as st
+
+from dashboard import loaders, sidebar, state
+from dashboard.compare_sides import (HEADLINE, MAX_SIDE_CHARS, SIDES, STATE_KEYS, Side, delta_table, describe,
+                                     parse_side, playground_query, sides_to_query)
+from dashboard.definitions import DEFINITIONS, caption
+from dashboard.figures.colors import expert_colors
+from dashboard.figures.compare import LoadInput, confidence_pair, load_pair
+from dashboard.result import RunResult
+from dashboard.tables import confidence_histogram
+from dashboard.views.load import capacity_line
+
+TITLE = "Compare"
+MAX_TEXT_CHARS = MAX_SIDE_CHARS + 2048  # a whole URL: the query plus its address
+PLACEHOLDER = "a Playground link, or its query: ?preset=…&top_k=3"
+
+
+def show() -> None:
+    """The Compare page: the two links, each side's forward, the paired charts and the Δ table."""
+    state.ensure(state.COMPARE_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
+    st.subheader(TITLE)
+    st.caption("Two synthetic layers from the Playground, side by side (comparing two models, or a model and its "
+               "counterfactual, is not here yet). Paste a Playground link for each side.")
+    for note in st.session_state.get(state.COMPARE_LINK_NOTES, []):
+        st.warning(note)
+    sides = _inputs()
+    query = sides_to_query(sides)
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
+    results = {name: _result(name, side) for name, side in sides.items()}
+    drawn = {name: result for name, result in results.items() if result is not None}
+    if drawn:
+        _charts(drawn)
+    if len(drawn) == 2:
+        _delta(drawn["A"], drawn["B"])
+
+
+def _use_playground() -> None:
+    """The button's callback (before the inputs draw): side A becomes the Playground's controls."""
+    ss = st.session_state
+    ss[STATE_KEYS["A"]] = playground_query(sidebar.current_values(), ss[state.PRESET])
+
+
+def _inputs() -> dict[str, Side]:
+    """The two text inputs, each side's notes and what it runs; the Playground button under A."""
+    sides = {}
+    for name, column in zip(SIDES, st.columns(2)):
+        with column:
+            text = st.text_input(f"Link {name}", key=STATE_KEYS[name], max_chars=MAX_TEXT_CHARS,
+                                 placeholder=PLACEHOLDER, help="A Playground URL, or just its query string.")
+            if name == "A":
+                st.button("Use the Playground's current layer as A", key="compare_use_playground",
+                          on_click=_use_playground)
+            sides[name] = side = parse_side(text)
+            for note in side.notes:
+                st.warning(f"{name}: {note}")
+            if side.error:
+                st.error(f"{name}: {side.error}", icon="⚠️")
+            elif side.spec is not None:
+                st.caption(f"**{name}**: {describe(side.spec)}")
+            else:
+                st.caption(f"**{name}**: no link yet.")
+    return sides
+
+
+def _result(name: str, side: Side) -> RunResult | None:
+    """The side's forward: reused while its spec is unchanged; an error is shown and the other side still drawn."""
+    if side.spec is None:
+        return None
+    kept = st.session_state.setdefault(state.COMPARE_RESULTS, {})
+    if name in kept and kept[name][0] == side.spec:
+        return kept[name][1]
+    kept.pop(name, None)
+    try:
+        with st.spinner(f"Running side {name}…", show_time=True):
+            result = loaders.run(side.spec)
+    except (ValueError, RuntimeError, MemoryError) as err:  # bad input or the device refused: never a traceback
+        st.error(f"{name}: could not run this configuration: {err}", icon="⚠️")
+        return None
+    kept[name] = (side.spec, result)
+    return result
+
+
+def _load_input(name: str, result: RunResult) -> LoadInput:
+    cfg = result.config
+    capacity, capacity_name = capacity_line(result)
+    return LoadInput(name, result.per_expert, result.trace.tokens * cfg.top_k / cfg.n_experts, capacity,
+                     capacity_name)
+
+
+def _charts(results: dict[str, RunResult]) -> None:
+    """The load per expert and the confidence histogram of each side, one y range per pair."""
+    colors = expert_colors(max(r.config.n_experts for r in results.values()))  # expert e: one colour on the page
+    loads = load_pair([_load_input(name, r) for name, r in results.items()], colors)
+    hists = confidence_pair({name: confidence_histogram(r.trace) for name, r in results.items()})
+    capacity = ("capacity",) if any(r.trace.capacity is not None for r in results.values()) else ()
+    for figures, key, keys in ((loads, "load", ("demand", "served", "ideal_load", *capacity)),
+                               (hists, "confidence", ("token_confidence",))):
+        for name, fig, column in zip(results, figures, st.columns(2)):
+            column.plotly_chart(fig, width="stretch", key=f"compare_{key}_{name}")
+        st.caption(caption(*keys))
+
+
+def _delta(a: RunResult, b: RunResult) -> None:
+    """The headline numbers of both sides and B − A, each with its definition."""
+    st.markdown("**Headline numbers**")
+    table = delta_table(a.summary, b.summary)
+    st.table(table.style.format("{:.4g}"))  # 4 significant digits shown; the table keeps the unrounded values
+    st.caption(caption(*(key for _, key in HEADLINE), "compare_delta")
+               + "  \nNo loss row: a synthetic layer has no training target (loss is a model's).")
+    if "sigmoid" in (a.config.score, b.config.score):
+        st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']}")
