@@ -23,7 +23,6 @@ import sys
 import statistics
 import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -33,7 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench_forward import _busy_seconds, _own_seconds  # noqa: E402  (benchmarks/ is the script's directory)
+from bench_forward import Case, _busy_seconds, _own_seconds  # noqa: E402  (benchmarks/ is the script's directory)
 from moe import MoEConfig, MoELayer  # noqa: E402
 from moe.experts import dispatch  # noqa: E402
 from moe.scenarios import gaussian  # noqa: E402
@@ -44,18 +43,9 @@ DEFAULT_TARGET = 1.05     # new default dispatch / baseline dispatch
 WARMUP_SECONDS = 2.0
 
 
-@dataclass(frozen=True)
-class Case:
-    name: str
-    D: int
-    H: int
-    E: int
-    K: int
-    T: int
-
-
-CASES = {"teaching": Case("teaching", D=64, H=256, E=8, K=2, T=256),
-         "medium": Case("medium", D=512, H=1024, E=8, K=2, T=2048)}
+# bench_forward's cases (the same teaching layer); this script sets no targets of its own on them
+CASES = {"teaching": Case("teaching", D=64, H=256, E=8, K=2, T=256, ratio_target=None, ms_target=None),
+         "medium": Case("medium", D=512, H=1024, E=8, K=2, T=2048, ratio_target=None, ms_target=None)}
 VARIANTS = {"gelu": dict(activation="gelu"), "relu (ungated)": dict(activation="relu", gated=False),
             "gpt_oss + biases": dict(activation="gpt_oss", expert_biases=True),
             "silu + biases": dict(expert_biases=True), "relative sparsity": dict(sparsity_mode="relative")}

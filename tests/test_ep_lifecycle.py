@@ -6,6 +6,7 @@ import os
 import signal
 import threading
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -28,6 +29,17 @@ def ranks_running(job: EPJob, W: int, timeout: float = 120.0) -> list[tuple[int,
     raise AssertionError(f"the job's {W} ranks did not start in {timeout} s")
 
 
+@contextmanager
+def long_job(W: int = 2):
+    """A long W-rank job and its rank processes, once running; whatever is left is killed afterwards."""
+    job = start_ep_job(W, LONG, timeout_s=300)
+    procs = ranks_running(job, W)
+    try:
+        yield job, procs
+    finally:
+        kill_left(procs)
+
+
 def within(seconds: float, fn) -> tuple[float, BaseException | None]:
     """Run fn in a thread; (seconds it took, the exception it raised); fails when it takes longer."""
     outcome: list = []
@@ -47,35 +59,25 @@ def within(seconds: float, fn) -> tuple[float, BaseException | None]:
 
 
 def test_kill_ends_every_rank_although_each_has_its_own_session():
-    job = start_ep_job(2, LONG, timeout_s=300)
-    procs = ranks_running(job, 2)
-    try:
+    with long_job() as (job, procs):
         assert len({os.getsid(p) for p, _ in procs}) == 3  # torchrun and each rank: three sessions
         took, err = within(10, job.kill)
         assert err is None and took < 5
         assert still_running(procs) == []
-    finally:
-        kill_left(procs)
 
 
 def test_the_timeout_arrives_on_time_and_leaves_no_process():
-    job = start_ep_job(2, LONG, timeout_s=300)
-    procs = ranks_running(job, 2)
-    try:
+    with long_job() as (job, procs):
         job.timeout_s = job.elapsed_s + 1.0  # due in one second, with the ranks computing
         took, err = within(15, lambda: job.wait(poll_s=0.2))
         assert isinstance(err, RuntimeError) and "did not finish" in str(err)
         assert took < 1.0 + 3.0  # the deadline, one poll, SIGTERM's grace and SIGKILL
         assert still_running(procs) == []
-    finally:
-        kill_left(procs)
 
 
 def test_ranks_die_with_torchrun():
     """SIGKILL torchrun alone (its handlers cannot run): the ranks end by their parent-death signal."""
-    job = start_ep_job(2, LONG, timeout_s=300)
-    procs = ranks_running(job, 2)
-    try:
+    with long_job() as (job, procs):
         while job.progress().started < 2:  # the ranks set their parent-death signal first thing
             time.sleep(0.2)
         os.kill(job.proc.pid, signal.SIGKILL)
@@ -84,8 +86,6 @@ def test_ranks_die_with_torchrun():
         while still_running(procs) and time.monotonic() < deadline:
             time.sleep(0.1)
         assert still_running(procs) == []
-    finally:
-        kill_left(procs)
         job.kill()
 
 

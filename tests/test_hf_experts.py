@@ -86,13 +86,18 @@ def test_deepseek_v3_shared_experts():
     fill_random(block, seed=2)
     bias = torch.randn(E, generator=torch.Generator().manual_seed(3)) * 0.2
     block.gate.e_score_correction_bias.copy_(bias)
-    w_gate, w_up = split_gate_up(block.experts.gate_up_proj)
     cfg = MoEConfig(d_model=D, d_expert=H, n_experts=E, top_k=K, score="sigmoid", normalize_topk=True,
                     routed_scaling_factor=2.5, expert_bias=tuple(bias.tolist()), shared_experts=2)
     assert cfg.shared_hidden == 2 * H  # DeepSeek: moe_intermediate_size × n_shared_experts
+    _same_as_block_with_shared_experts(block, cfg, seed=1)
+
+
+def _same_as_block_with_shared_experts(block, cfg: MoEConfig, seed: int) -> None:
+    """The engine on the block's router, fused experts and shared MLP gives the block's output."""
+    w_gate, w_up = split_gate_up(block.experts.gate_up_proj)
     layer = engine(cfg, {"router.weight": block.gate.weight, "experts.w_gate": w_gate, "experts.w_up": w_up,
                          "experts.w_down": block.experts.down_proj, **mlp_weights(block.shared_experts)})
-    x = inputs(1)
+    x = inputs(seed)
     with torch.no_grad():
         theirs = block(x)
         ours, _ = layer(x)
@@ -107,16 +112,9 @@ def test_ernie_4_5_moe_shared_experts():
     block = Ernie4_5_MoeSparseMoeBlock(hf_cfg).eval()
     fill_random(block, seed=4)
     bias = block.gate.moe_statics.e_score_correction_bias  # (1, E), filled above
-    w_gate, w_up = split_gate_up(block.experts.gate_up_proj)
     cfg = MoEConfig(d_model=D, d_expert=H, n_experts=E, top_k=K, expert_bias=tuple(bias[0].tolist()),
                     shared_experts=2)
-    layer = engine(cfg, {"router.weight": block.gate.weight, "experts.w_gate": w_gate, "experts.w_up": w_up,
-                         "experts.w_down": block.experts.down_proj, **mlp_weights(block.shared_experts)})
-    x = inputs(2)
-    with torch.no_grad():
-        theirs = block(x)
-        ours, _ = layer(x)
-    assert_same_output(ours, theirs)
+    _same_as_block_with_shared_experts(block, cfg, seed=2)
 
 
 @pytest.mark.parametrize("limit", (7.0, 0.5))  # 0.5: the gate and up clamps both bite

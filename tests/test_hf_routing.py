@@ -93,29 +93,31 @@ def test_mixtral():
     torch.testing.assert_close(y, y_hf, rtol=RTOL, atol=ATOL)
 
 
-@pytest.mark.parametrize("norm_topk_prob", [True, False])
-def test_qwen3_moe(norm_topk_prob):
+def _qwen3_block(norm_topk_prob):
     from transformers import Qwen3MoeConfig
     from transformers.models.qwen3_moe.modeling_qwen3_moe import Qwen3MoeSparseMoeBlock
     hf_cfg = Qwen3MoeConfig(hidden_size=D, moe_intermediate_size=H, num_experts=8, num_experts_per_tok=3,
                             norm_topk_prob=norm_topk_prob, experts_implementation="eager")
-    block = Qwen3MoeSparseMoeBlock(hf_cfg).eval()
-    _randomise(block, 2)
-    cfg = MoEConfig(d_model=D, d_expert=H, n_experts=8, top_k=3, normalize_topk=norm_topk_prob)
-    y_hf, (logits, w, idx) = _run_block(block, block.gate, _x())
-    y, trace = _engine(cfg, block.gate.weight, block.experts.gate_up_proj, block.experts.down_proj)(_x())
-    _compare_routing(logits, w, idx, trace)
-    torch.testing.assert_close(y, y_hf, rtol=RTOL, atol=ATOL)
+    return Qwen3MoeSparseMoeBlock(hf_cfg), 2, MoEConfig(d_model=D, d_expert=H, n_experts=8, top_k=3,
+                                                        normalize_topk=norm_topk_prob)
 
 
-def test_olmoe():
+def _olmoe_block():
     from transformers import OlmoeConfig
     from transformers.models.olmoe.modeling_olmoe import OlmoeSparseMoeBlock
     hf_cfg = OlmoeConfig(hidden_size=D, intermediate_size=H, num_experts=8, num_experts_per_tok=2,
                          norm_topk_prob=False, experts_implementation="eager")
-    block = OlmoeSparseMoeBlock(hf_cfg).eval()
-    _randomise(block, 3)
-    cfg = MoEConfig(d_model=D, d_expert=H, n_experts=8, top_k=2, normalize_topk=False)
+    return OlmoeSparseMoeBlock(hf_cfg), 3, MoEConfig(d_model=D, d_expert=H, n_experts=8, top_k=2,
+                                                     normalize_topk=False)
+
+
+@pytest.mark.parametrize("make", [lambda: _qwen3_block(True), lambda: _qwen3_block(False), _olmoe_block],
+                         ids=["qwen3_moe-norm", "qwen3_moe-raw", "olmoe"])
+def test_qwen3_moe_and_olmoe(make):
+    """Qwen3-MoE (normalised or raw top-k) and OLMoE: a gate Linear and fused expert tensors, like Mixtral's."""
+    block, seed, cfg = make()
+    block = block.eval()
+    _randomise(block, seed)
     y_hf, (logits, w, idx) = _run_block(block, block.gate, _x())
     y, trace = _engine(cfg, block.gate.weight, block.experts.gate_up_proj, block.experts.down_proj)(_x())
     _compare_routing(logits, w, idx, trace)

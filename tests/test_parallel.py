@@ -57,16 +57,20 @@ def _check_against_single(doc: dict, trace, y_ep: torch.Tensor, y: torch.Tensor)
             assert (float("nan") if got is None else got) == pytest.approx(value, rel=1e-5, nan_ok=True), key
 
 
-def test_two_ranks_equal_one_process_with_capacity(tmp_path):
+def _ep_json(tmp_path, W: int, *flags: str) -> tuple[dict, torch.Tensor]:
+    """ep-report on W ranks with these flags: rank 0's JSON document and the combined output y it saved."""
     out = tmp_path / "y.pt"
-    run = torchrun(2, *FLAGS, "--n-experts", "6", "--tokens", "90", "--capacity-factor", "0.75",
-                   "--save-output", str(out), "--format", "json")
+    run = torchrun(W, *FLAGS, *flags, "--save-output", str(out), "--format", "json")
     assert run.returncode == 0, run.stderr
-    doc = json.loads(run.stdout)
+    return json.loads(run.stdout), torch.load(out)
+
+
+def test_two_ranks_equal_one_process_with_capacity(tmp_path):
+    doc, saved = _ep_json(tmp_path, 2, "--n-experts", "6", "--tokens", "90", "--capacity-factor", "0.75")
     cfg = MoEConfig(d_model=16, d_expert=32, n_experts=6, capacity_factor=0.75, seed=3)
     y, trace = _single(cfg, 90)
     assert trace.summary()["dropped"] > 0  # capacity bites: global token order decides, as in one process
-    _check_against_single(doc, trace, torch.load(out), y)
+    _check_against_single(doc, trace, saved, y)
     placement = Placement(6, tuple(tuple(r) for r in doc["placement"]["ranks"]))
     traffic, load = _naive_traffic(trace.served, placement, 2)
     assert doc["traffic"] == traffic.tolist()
@@ -190,13 +194,9 @@ def test_missing_torchrun_is_a_clear_error(monkeypatch):
 
 def test_three_ranks_uneven_shares_expert_choice(tmp_path):
     """Expert choice picks each expert's best tokens over ALL tokens: exact only with global routing."""
-    out = tmp_path / "y.pt"
-    run = torchrun(3, *FLAGS, "--n-experts", "6", "--tokens", "91", "--router", "expert_choice",
-                   "--save-output", str(out), "--format", "json")
-    assert run.returncode == 0, run.stderr
-    doc = json.loads(run.stdout)
+    doc, saved = _ep_json(tmp_path, 3, "--n-experts", "6", "--tokens", "91", "--router", "expert_choice")
     y, trace = _single(MoEConfig(d_model=16, d_expert=32, n_experts=6, router="expert_choice", seed=3), 91)
-    _check_against_single(doc, trace, torch.load(out), y)
+    _check_against_single(doc, trace, saved, y)
     assert [r["tokens_in"] for r in doc["per_rank"]] == [30, 30, 31]
     traffic, load = _naive_traffic(trace.served, contiguous(6, 3), 3)
     assert doc["traffic"] == traffic.tolist() and [r["assignments"] for r in doc["per_rank"]] == load.tolist()
@@ -204,12 +204,8 @@ def test_three_ranks_uneven_shares_expert_choice(tmp_path):
 
 def test_two_ranks_shared_experts_and_per_sequence_capacity_equal_one_process(tmp_path):
     """The shared FFN runs on each rank's own tokens; capacity counts per sequence of the global order."""
-    out = tmp_path / "y.pt"
-    run = torchrun(2, *FLAGS, "--n-experts", "4", "--tokens", "60", "--seq-len", "10", "--capacity-factor", "0.75",
-                   "--capacity-scope", "sequence", "--shared-experts", "1", "--shared-gate",
-                   "--save-output", str(out), "--format", "json")
-    assert run.returncode == 0, run.stderr
-    doc = json.loads(run.stdout)
+    doc, saved = _ep_json(tmp_path, 2, "--n-experts", "4", "--tokens", "60", "--seq-len", "10", "--capacity-factor",
+                          "0.75", "--capacity-scope", "sequence", "--shared-experts", "1", "--shared-gate")
     cfg = MoEConfig(d_model=16, d_expert=32, n_experts=4, capacity_factor=0.75, capacity_scope="sequence",
                     shared_experts=1, shared_gate=True, seed=3)
     x = make_batch("clusters", 16, 60, seed=3, n_clusters=4, skew=2.0).x.reshape(6, 10, 16)  # (B, S, D)
@@ -217,22 +213,19 @@ def test_two_ranks_shared_experts_and_per_sequence_capacity_equal_one_process(tm
         y, trace = MoELayer(cfg)(x)
     assert trace.capacity == 4 and trace.summary()["dropped"] > 0  # C = ceil(0.75·10·2/4) per sequence
     assert 0 < trace.summary()["shared_fraction"] < 1
-    _check_against_single(doc, trace, torch.load(out), y.reshape(60, 16))
+    _check_against_single(doc, trace, saved, y.reshape(60, 16))
     assert [r["tokens_in"] for r in doc["per_rank"]] == [30, 30]  # whole sequences: 3 per rank
 
 
 def test_four_ranks_group_limited_routing_equal_one_process(tmp_path):
-    out = tmp_path / "y.pt"
-    run = torchrun(4, *FLAGS, "--n-experts", "8", "--top-k", "4", "--n-group", "4", "--topk-group", "2",
-                   "--tokens", "64",
-                   "--shared-experts", "2", "--no-gated", "--save-output", str(out), "--format", "json")
-    assert run.returncode == 0, run.stderr
+    doc, saved = _ep_json(tmp_path, 4, "--n-experts", "8", "--top-k", "4", "--n-group", "4", "--topk-group", "2",
+                          "--tokens", "64", "--shared-experts", "2", "--no-gated")
     cfg = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
                     gated=False, seed=3)
     y, trace = _single(cfg, 64)
     groups = trace.top_k_index // 2  # (T, K): group of each chosen expert (E/G = 2 experts per group)
     assert max(len(set(g)) for g in groups.tolist()) == 2  # 4 experts from at most topk_group=2 groups
-    _check_against_single(json.loads(run.stdout), trace, torch.load(out), y)
+    _check_against_single(doc, trace, saved, y)
 
 
 def test_per_sequence_capacity_without_seq_len_is_refused(capsys, monkeypatch):
