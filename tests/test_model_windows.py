@@ -226,3 +226,24 @@ def test_an_explicit_context_overrides_the_config(model):
     assert run.context == 8 and run.windows == 2  # [0, 8) and [4, 12), scoring 8..11 in the second
     logits, _ = _direct(model, ids[4:12])
     torch.testing.assert_close(run.logits[8:], logits[4:], rtol=1e-5, atol=1e-5)
+
+
+def test_routing_only_layers_are_windowed_like_engine_layers():
+    import dataclasses
+
+    from moe.hf.instrument import ADAPTERS, LayerRouting
+
+    model = tiny_model("mixtral", layers=2)
+    instrument(model, dataclasses.replace(ADAPTERS["mixtral"], exact=False))
+    n = 3 * CONTEXT
+    ids = _ids(n)
+    run = run_model(model, ids, context=CONTEXT)
+    assert run.routing_only == [0, 1] and run.windows == 5
+    assert all(t.tokens == n and t.sums.demand.sum() == 2 * n for t in run.traces)
+    for w in plan_windows(n, CONTEXT):
+        _, records = _direct(model, ids[w.start:w.end])
+        assert all(isinstance(r, LayerRouting) for r in records)
+        rows = slice(w.score_from - w.start, w.end - w.start)
+        for merged, record in zip(run.traces, records):
+            assert torch.equal(merged.top_k_index[w.score_from:w.end], record.top_k_index[rows])
+            torch.testing.assert_close(merged.router_logits[w.score_from:w.end], record.router_logits[rows])
