@@ -203,6 +203,15 @@ DEFINITIONS: dict[str, str] = {
                             "layer alone minus with the model's own routing (0 exactly when the setting is the "
                             "layer's own); **dropped fraction** = `Σ_e (demand_e − served_e) / Σ_e demand_e` at "
                             "the changed layer. The largest Δloss is the layer that the change hurts most.",
+    "model_context": "the most positions one forward of the model is given: config.json's "
+                     "`max_position_embeddings`, or the sequence length it was trained on (`training.json`'s "
+                     "`config.seq_len`) when smaller; past it the model was never trained and its numbers describe "
+                     "a broken model.",
+    "context_windows": "a text longer than the context is read in **windows** of that many tokens, stride half of "
+                       "it (the last window ends at the text's end); each token's logits and routing come from the "
+                       "first window that holds it, where it has the most left context (≥ half a context past the "
+                       "first window), and every layer statistic counts each token once. Routing and capacity are "
+                       "decided over the whole window. 1 window = one forward of the whole text.",
     # --- expert parallel (the Expert parallel page, ep-report)
     "ep_assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
                       "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "

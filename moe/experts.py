@@ -151,8 +151,12 @@ SMALL_NUMEL = 1 << 18
 
 
 def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: MoEConfig,
-             stats: bool = True) -> DispatchResult:
-    """Run every served assignment through its expert; x (T, D), served/gates (T, E)."""
+             stats: bool = True, stat_rows: slice | None = None) -> DispatchResult:
+    """Run every served assignment through its expert; x (T, D), served/gates (T, E).
+
+    stat_rows: near_zero, sum_sq and sum_y count only the assignments of those tokens (rows of x); out and
+    contributions always cover every token.
+    """
     T, E = served.shape
     eps, mode = cfg.sparsity_eps, cfg.sparsity_mode
     D = x.shape[1]
@@ -168,6 +172,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     out = torch.zeros_like(x)  # (T, D)
     near, norms, sums, ys = [], [], [], []
     exact = count_dtype(max(counts) * experts.w_up.shape[1])  # one dtype that counts every slice exactly
+    keep = None if stat_rows is None else _pairs_in(t_idx, stat_rows, T)  # (N,) bool: the pair's token is counted
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
@@ -177,7 +182,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         start += n
         if stats:  # counted while h is hot in cache, in h's own buffer when allowed (no (N, H) copy)
             with torch.no_grad():
-                near.append(near_zero_count(h, eps, mode, inplace, exact))  # 0-d
+                near.append(near_zero_count(h if keep is None else h[keep[rows]], eps, mode, inplace, exact))  # 0-d
         if small:
             ys.append(y)
             continue
@@ -185,7 +190,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
             with torch.no_grad():
                 yf = y.float()  # statistics in fp32 whatever the expert dtype
                 norms.append(torch.linalg.vector_norm(yf, dim=1))  # (n,) ‖y_e(x_t)‖
-                sums.append(yf.sum(dim=0))  # (D,)
+                sums.append((yf if keep is None else yf[keep[rows]]).sum(dim=0))  # (D,)
         y = y.mul_(g[rows, None]) if inplace else y * g[rows, None]  # (n, D) weighted
         out.index_add_(0, t_idx[rows], y)
     if small:
@@ -193,7 +198,24 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         out.index_add_(0, t_idx, y * g[:, None])
     if not stats:
         return DispatchResult(out, None, None, None, None)
+    return _finish(out, e_idx, t_idx, counts, g, near, norms, sums, y if small else None, keep)
 
+
+def _pairs_in(t_idx: Tensor, rows: slice, T: int) -> Tensor:
+    """(N,) bool: whether each assignment's token is one of `rows` (a slice of the T tokens, step 1)."""
+    start, stop, step = rows.indices(T)
+    if step != 1:
+        raise ValueError(f"stat_rows must be a contiguous slice of the tokens (step 1), got step {step}")
+    return (t_idx >= start) & (t_idx < stop)
+
+
+def _finish(out: Tensor, e_idx: Tensor, t_idx: Tensor, counts: list[int], g: Tensor, near: list, norms: list,
+            sums: list, y: Tensor | None, keep: Tensor | None) -> DispatchResult:
+    """The per-expert statistics after the loop, with the layer output out (T, D); y (N, D) the kept outputs of a
+    small layer (None: finished in the loop); keep (N,) the assignments that count (None: all)."""
+    x = out  # shape and device
+    T, D, E = x.shape[0], x.shape[1], len(counts)
+    small = y is not None
     with torch.no_grad():
         active = torch.tensor([e for e, n in enumerate(counts) if n > 0], device=x.device)
         near = torch.stack(near).to(torch.float64 if x.device.type != "mps" else torch.float32)  # (active,)
@@ -201,11 +223,17 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         if small:
             yf = y.float()  # statistics in fp32 whatever the expert dtype
             norm = torch.linalg.vector_norm(yf, dim=1)  # (N,)
-            sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, yf)  # (E, D)
+            if keep is None:
+                sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, yf)  # (E, D)
+            else:
+                sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx[keep], yf[keep])  # (E, D)
         else:
             sum_y = torch.zeros(E, D, device=x.device).index_copy_(0, active, torch.stack(sums))  # (E, D)
             norm = torch.cat(norms)  # (N,)
-        sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)
+        if keep is None:
+            sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)
+        else:
+            sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx[keep], norm[keep].square())  # (E,)
         contributions = torch.zeros(T, E, device=x.device)
         contributions[t_idx, e_idx] = g.float().abs() * norm
     return DispatchResult(out, contributions, near_zero, sum_sq, sum_y)

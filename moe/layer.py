@@ -1,6 +1,7 @@
 """MoELayer: router + experts + dispatch, returning the output and an explicit Trace."""
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import torch
@@ -90,9 +91,13 @@ class MoELayer(nn.Module):
         """A generator on the layer's device for noise and random routing (default seed: cfg.seed)."""
         return torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
 
-    def forward(self, x: Tensor, *, generator: torch.Generator | None = None,
-                stats: bool = True) -> tuple[Tensor, Trace | None]:
-        """x (T, D) or (B, S, D) → y of x's shape and dtype, and the Trace (None when stats=False)."""
+    def forward(self, x: Tensor, *, generator: torch.Generator | None = None, stats: bool = True,
+                stat_rows: slice | None = None) -> tuple[Tensor, Trace | None]:
+        """x (T, D) or (B, S, D) → y of x's shape and dtype, and the Trace (None when stats=False).
+
+        stat_rows (a contiguous slice of the rows of the flattened (T, D) input): routing, capacity, dispatch
+        and y cover every row; the Trace's per-token fields and every statistic cover those rows only.
+        """
         cfg = self.cfg
         if x.dim() not in (2, 3):
             raise ValueError(f"input must be (T, D) or (B, S, D); got shape {tuple(x.shape)}")
@@ -108,15 +113,18 @@ class MoELayer(nn.Module):
         xt = x.reshape(-1, cfg.d_model).to(device=self.device, dtype=cfg.torch_dtype)  # (T, D)
         seq_len = x.shape[1] if x.dim() == 3 else None  # S: capacity_scope="sequence" counts per sequence
         routing = self.router(xt, cfg, generator if generator is not None else self.new_generator(), seq_len)
-        result = dispatch(xt, routing.served, routing.gates, self.experts, cfg, stats)
+        result = dispatch(xt, routing.served, routing.gates, self.experts, cfg, stats, stat_rows)
         out, shared = result.out, None  # (T, D) routed output
+        rows = slice(None) if stat_rows is None else stat_rows  # the rows the statistics describe
         if self.shared is not None:
             s = self.shared(xt, cfg)  # (T, D)
-            shared = shared_sums(out, s) if stats else None
+            shared = shared_sums(out[rows], s[rows]) if stats else None
             out = out + s  # (T, D) routed + shared
         y = out.reshape(x.shape).to(x.dtype)  # x's shape
         if not stats:
             return y, None
+        if stat_rows is not None:
+            routing, result, out = _rows(routing, rows), _rows(result, rows), out[rows]
 
         served = routing.served.float()
         coactivation = served.t() @ served  # (E, E)
@@ -134,3 +142,15 @@ class MoELayer(nn.Module):
             top_k_weights=routing.top_k_weights, capacity=routing.capacity, device=str(self.device),
             sums=sums)
         return y, trace
+
+
+def _rows(record, rows: slice):
+    """A copy of a Routing or DispatchResult with its per-token (T, ...) tensors cut to `rows`."""
+    fields = {f.name: getattr(record, f.name) for f in dataclasses.fields(record)}
+    return dataclasses.replace(record, **{name: value[rows] for name, value in fields.items()
+                                          if name in PER_TOKEN and value is not None})
+
+
+# The per-token fields of moe.router.Routing and moe.experts.DispatchResult (the others are per expert or scalar).
+PER_TOKEN = frozenset({"router_logits", "probs", "routed", "served", "gates", "top_k_index", "top_k_weights",
+                       "contributions", "out"})

@@ -1,6 +1,7 @@
 """Loading local checkpoints and `python -m moe model-report`: values, formats and every refusal."""
 import io
 import json
+import math
 import os
 import shutil
 
@@ -35,12 +36,15 @@ def test_json_report_has_one_entry_per_decoder_layer_with_the_engine_numbers(mod
     code, out, err = _run(["model-report", "--model", str(model_dir), "--text", text], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert set(report) == {"model", "tokens", "layers"}
+    assert set(report) == {"model", "tokens", "context", "windows", "token_loss_bits", "layers"}
     assert report["model"] == "tiny-mixtral" and report["tokens"] == len(text.encode())
+    assert report["context"] == 128 and report["windows"] == 1  # max_position_embeddings; no training.json
     assert [layer["layer"] for layer in report["layers"]] == [0, 1]
     # the numbers are the engine's, recomputed independently through the library
     loaded = load_model(str(model_dir))
     run = run_model(loaded.model, torch.tensor(list(text.encode())))
+    by_hand = torch.nn.functional.cross_entropy(run.logits[:-1], run.input_ids[1:], reduction="none") / math.log(2)
+    assert report["token_loss_bits"] == pytest.approx(by_hand.tolist(), rel=1e-6)
     for entry, trace in zip(report["layers"], run.traces):
         assert entry["summary"]["aux_loss"] == pytest.approx(trace.summary()["aux_loss"])
         demand = [row["demand"] for row in entry["per_expert"]]

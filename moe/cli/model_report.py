@@ -99,16 +99,16 @@ def run(args: argparse.Namespace) -> str:
     if total > ids.numel():
         print(f"{args.prog}: note: the text has {total} tokens; routing the first {ids.numel()} "
               f"(--max-tokens {args.max_tokens})", file=sys.stderr)
-    run_ = run_model(loaded.model, ids)
+    run_ = run_model(loaded.model, ids, loaded.context)
     if cf is None:
         return render_report(loaded.name, run_, args.format)
     from moe.hf.counterfactual import run_counterfactual, sweep_layers
 
     _check_expert(args, run_)
     report = {**report_dict(loaded.name, run_), "counterfactual": counterfactual_dict(run_, run_counterfactual(
-        loaded.model, ids, cf), cf)}
+        loaded.model, ids, cf, loaded.context), cf)}
     if args.cf_sweep:
-        report["sweep"] = sweep_layers(loaded.model, ids, cf).to_dict("records")
+        report["sweep"] = sweep_layers(loaded.model, ids, cf, loaded.context).to_dict("records")
     return dumps(report, indent=1)
 
 

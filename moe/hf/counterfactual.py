@@ -49,8 +49,9 @@ def counterfactual_config(cfg: MoEConfig, cf: Counterfactual) -> MoEConfig:
     return cfg.replace(**changes)
 
 
-def run_counterfactual(model, input_ids: Tensor, cf: Counterfactual) -> ModelRun:
-    """One forward of `input_ids` (S,) with the counterfactual routing at the chosen layers."""
+def run_counterfactual(model, input_ids: Tensor, cf: Counterfactual, context: int | None = None) -> ModelRun:
+    """run_model of `input_ids` (S,) with the counterfactual routing at the chosen layers (windowed past
+    `context` like run_model: each window's routing and capacity are decided over the whole window)."""
     blocks = {b.layer_index: b for b in engine_blocks(model)}
     chosen = sorted(blocks) if cf.layers is None else list(cf.layers)
     unknown = [i for i in chosen if i not in blocks]
@@ -64,21 +65,21 @@ def run_counterfactual(model, input_ids: Tensor, cf: Counterfactual) -> ModelRun
         overrides[i] = blocks[i].engine.reconfigured(counterfactual_config(blocks[i].engine.cfg, cf))
     token = OVERRIDES.set(overrides)
     try:
-        return run_model(model, input_ids)
+        return run_model(model, input_ids, context)
     finally:
         OVERRIDES.reset(token)
 
 
-def sweep_layers(model, input_ids: Tensor, cf: Counterfactual) -> pd.DataFrame:
+def sweep_layers(model, input_ids: Tensor, cf: Counterfactual, context: int | None = None) -> pd.DataFrame:
     """`cf` at each MoE layer alone (its `layers` ignored), one forward per layer: a row per layer with
     delta_loss_bits (counterfactual minus own mean next-token loss) and that layer's dropped_fraction."""
-    own = run_model(model, input_ids).mean_loss_bits()
+    own = run_model(model, input_ids, context).mean_loss_bits()
     rows = []
     for block in engine_blocks(model):
         if block.engine is None:  # traced from its routing alone: nothing to rerun there
             continue
         i = block.layer_index
-        run = run_counterfactual(model, input_ids, replace(cf, layers=(i,)))
+        run = run_counterfactual(model, input_ids, replace(cf, layers=(i,)), context)
         changed = run.traces[run.layers.index(i)]
         rows.append((i, run.mean_loss_bits() - own, changed.summary()["dropped_fraction"]))
     return pd.DataFrame(rows, columns=SWEEP_COLUMNS).sort_values("layer", ignore_index=True)

@@ -22,6 +22,7 @@ from moe.config import MoEConfig
 from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
+from moe.hf.windows import merge_traces, plan_windows
 from moe.metrics import nats_to_bits
 from moe.stats import StatsAccumulator
 from moe.trace import Trace
@@ -30,6 +31,8 @@ from moe.trace import Trace
 _SINK: ContextVar[list | None] = ContextVar("moe_scope_model_traces", default=None)
 # Counterfactual engine layers by decoder-layer index, for one forward (moe.hf.counterfactual).
 OVERRIDES: ContextVar[dict | None] = ContextVar("moe_scope_model_overrides", default=None)
+# The rows of the forward in progress whose statistics are kept (the window's scored tokens; None = all).
+STAT_ROWS: ContextVar[slice | None] = ContextVar("moe_scope_model_stat_rows", default=None)
 
 
 @dataclass
@@ -72,7 +75,7 @@ class EngineBlock(nn.Module):
         if sink is None or self.training or self.engine is None:  # training-time jitter: the block's own
             return self.block(hidden_states)
         engine = (OVERRIDES.get() or {}).get(self.layer_index, self.engine)
-        y, trace = engine(hidden_states)  # (B, S, D), Trace
+        y, trace = engine(hidden_states, stat_rows=STAT_ROWS.get())  # (B, S, D), Trace
         sink.append((self.layer_index, trace))
         if self.adapter.returns_tuple:  # GPT-OSS: (hidden, router scores); the decoder layer drops the scores
             return y, trace.top_k_weights
@@ -128,6 +131,8 @@ class ModelRun:
     layers: list[int]        # decoder-layer index of each MoE layer, in order
     traces: list[Trace]      # one per MoE layer
     routing_only: list[int] = field(default_factory=list)  # layers traced from routing alone (no output side)
+    context: int = 0         # the most positions one forward was given (moe.hf.windows)
+    windows: int = 1         # forwards: sliding windows over a text longer than the context
 
     def token_loss(self) -> Tensor:
         """Next-token loss in nats of token s+1 given tokens ≤ s (S-1,)."""
@@ -154,20 +159,38 @@ class ModelRun:
 
 
 @torch.inference_mode()
-def run_model(model: nn.Module, input_ids: Tensor) -> ModelRun:
-    """One forward of `input_ids` (S,) through an instrumented model: logits and one Trace per MoE layer."""
+def run_model(model: nn.Module, input_ids: Tensor, context: int | None = None) -> ModelRun:
+    """Logits and one Trace per MoE layer of `input_ids` (S,) through an instrumented model, never running a
+    forward past `context` positions (None: model.config.max_position_embeddings): a longer text is read in
+    sliding windows (moe.hf.windows.plan_windows), each token's logits and routing from its scoring window."""
     if not any(True for _ in engine_blocks(model)):
         raise ValueError("the model is not instrumented; call moe.hf.instrument.instrument(model) first")
     if input_ids.dim() != 1 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must be a non-empty 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
+    context = int(model.config.max_position_embeddings) if context is None else context
+    windows = plan_windows(input_ids.numel(), context)
     device = next(model.parameters()).device
-    with collect() as sink:
-        out = model(input_ids=input_ids[None].to(device), use_cache=False)
-    sink.sort(key=lambda item: item[0])
-    traces = [_routing_trace(i, t) if isinstance(t, LayerRouting) else t.cpu() for i, t in sink]
-    return ModelRun(input_ids=input_ids.cpu(), logits=out.logits[0].float().cpu(), layers=[i for i, _ in sink],
-                    traces=traces, routing_only=[i for i, t in sink if isinstance(t, LayerRouting)])
+    logits, per_layer, routing_only = [], {}, set()
+    for window in windows:
+        rows = None if window.score_from == window.start else window.scored_rows()
+        token = STAT_ROWS.set(rows)
+        try:
+            with collect() as sink:
+                out = model(input_ids=input_ids[None, window.start:window.end].to(device), use_cache=False)
+        finally:
+            STAT_ROWS.reset(token)
+        logits.append(out.logits[0, window.scored_rows()].float().cpu())
+        for i, t in sink:
+            if isinstance(t, LayerRouting):
+                routing_only.add(i)
+                t = _routing_trace(i, t, window.scored_rows())
+            per_layer.setdefault(i, []).append(t.cpu())
+    layers = sorted(per_layer)
+    return ModelRun(input_ids=input_ids.cpu(), logits=torch.cat(logits), layers=layers,
+                    traces=[merge_traces(per_layer[i]) for i in layers], routing_only=sorted(routing_only),
+                    context=context, windows=len(windows))
 
 
-def _routing_trace(layer: int, record: LayerRouting) -> Trace:
-    return trace_from_routing(record.config, record.router_logits, record.top_k_index, record.top_k_weights)
+def _routing_trace(layer: int, record: LayerRouting, rows: slice) -> Trace:
+    return trace_from_routing(record.config, record.router_logits[rows], record.top_k_index[rows],
+                              record.top_k_weights[rows])

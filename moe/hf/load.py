@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from moe.config import MoEConfig
 from moe.hf.checkpoint import check_sizes, plan_checkpoint, read_config
 from moe.hf.instrument import adapter_for, instrument
+from moe.hf.windows import model_context
 from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, estimate_bytes, out_of_memory
 from moe.roots import MODELS_DIR
 
@@ -34,6 +35,7 @@ class LoadedModel:
     tokenizer: object
     layers: list[int]   # decoder-layer indices of the MoE layers
     estimate: dict = field(default_factory=dict)  # estimate_model_bytes at load time (bytes by part)
+    context: int = 0    # the most positions one forward may hold (moe.hf.windows.model_context)
 
     @property
     def resident_bytes(self) -> int:
@@ -133,7 +135,8 @@ def load_model(path: str | None = None, tokens: int = 1024, budget: int | None =
     with torch.no_grad():
         layers = instrument(model)
     return LoadedModel(name=pathlib.Path(path).name, path=str(path), family=family, model=model,
-                       tokenizer=tokenizer, layers=layers, estimate=estimate)
+                       tokenizer=tokenizer, layers=layers, estimate=estimate,
+                       context=model_context(model.config, str(path)))
 
 
 def _materialise(path: str):

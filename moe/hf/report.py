@@ -1,10 +1,13 @@
 """The `model-report` document (the command is moe/cli/model_report.py): per-layer routing of a local MoE
 causal LM on a text, as JSON or CSV.
 
-JSON: {"model", "tokens", "layers": [{"layer", "summary", "per_expert": [...]}]}, `layer` the index of the
-model's decoder layer. CSV: one row per (layer, expert): `layer`, then the per-expert columns.
+JSON: {"model", "tokens", "context", "windows", "token_loss_bits", "layers": [{"layer", "summary", "per_expert":
+[...]}]}, `layer` the index of the model's decoder layer; `context` the most positions one forward held, `windows`
+the forwards (moe.hf.windows), `token_loss_bits` entry s the loss of token s+1 given tokens ≤ s, in bits.
+CSV: one row per (layer, expert): `layer`, then the per-expert columns.
 With --cf-* options (JSON only) a "counterfactual" entry adds the same text rerun with those routing settings:
-{"settings", "mean_loss_bits": {"own", "counterfactual", "delta"}, "layers": [{"layer", "summary"}]}; with
+{"settings", "mean_loss_bits": {"own", "counterfactual", "delta"}, "context", "windows", "token_loss_bits",
+"layers": [{"layer", "summary"}]}; with
 --cf-sweep a "sweep" entry adds the change at each MoE layer alone: [{"layer", "delta_loss_bits", "dropped_fraction"}]
 (moe.hf.counterfactual.sweep_layers).
 """
@@ -17,6 +20,7 @@ import pandas as pd
 import torch
 
 from moe.jsonio import dumps
+from moe.metrics import nats_to_bits
 from moe.roots import read_regular
 from moe.stats import PER_EXPERT_COLUMNS
 
@@ -46,7 +50,13 @@ def report_dict(name: str, run) -> dict:
     """The JSON report's content (non-finite numbers become null when written by moe.jsonio)."""
     layers = [{"layer": layer, "summary": trace.summary(), "per_expert": trace.per_expert().to_dict("records")}
               for layer, trace in zip(run.layers, run.traces)]
-    return {"model": name, "tokens": int(run.input_ids.numel()), "layers": layers}
+    return {"model": name, "tokens": int(run.input_ids.numel()), "context": run.context, "windows": run.windows,
+            "token_loss_bits": token_loss_bits(run), "layers": layers}
+
+
+def token_loss_bits(run) -> list[float]:
+    """run.token_loss() in bits: entry s is the loss of token s+1 given tokens ≤ s (S−1 floats)."""
+    return [nats_to_bits(x) for x in run.token_loss().tolist()]
 
 
 def render_report(name: str, run, fmt: str) -> str:
@@ -62,6 +72,7 @@ def counterfactual_dict(run, cf_run, cf) -> dict:
     settings = {k: v for k, v in cf.__dict__.items() if v is not None and k not in unset}
     return {"settings": {**settings, "layers": list(cf.layers) if cf.layers else "all"},
             "mean_loss_bits": {"own": own, "counterfactual": new, "delta": new - own},
+            "context": cf_run.context, "windows": cf_run.windows, "token_loss_bits": token_loss_bits(cf_run),
             "layers": [{"layer": layer, "summary": t.summary()} for layer, t in zip(cf_run.layers, cf_run.traces)]}
 
 

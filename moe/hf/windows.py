@@ -1,0 +1,92 @@
+"""Never run a model past its context: sliding windows over a long text, and merging their traces.
+
+A text longer than the model's context is read in windows of `context` tokens with stride context // 2
+(the last window ends at the text's end). Every token is scored exactly once, in the first window that
+contains it: the window where it has the most left context (the standard sliding-window perplexity
+evaluation). Its routing statistics and its next-token logits come from that window.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+from dataclasses import dataclass
+from functools import reduce
+
+import torch
+
+from moe.hf.lm_config import REPORT_FILE
+from moe.trace import Trace
+
+
+@dataclass(frozen=True)
+class Window:
+    """One forward over tokens [start, end) of the text; tokens [score_from, end) are scored in it."""
+    start: int
+    end: int
+    score_from: int
+
+    def scored_rows(self) -> slice:
+        """The scored tokens as rows of this window's forward."""
+        return slice(self.score_from - self.start, self.end - self.start)
+
+
+def plan_windows(n_tokens: int, context: int) -> list[Window]:
+    """The windows that read n_tokens with a model of `context` positions (one window [0, n) when it fits)."""
+    if n_tokens < 1:
+        raise ValueError(f"a text of {n_tokens} tokens has nothing to read; give at least one token")
+    if context < 1:
+        raise ValueError(f"a context of {context} positions cannot hold a token; give a context of at least 1")
+    if n_tokens <= context:
+        return [Window(0, n_tokens, 0)]
+    stride = max(context // 2, 1)
+    windows, start, scored_to = [], 0, 0
+    while scored_to < n_tokens:
+        start = min(start, n_tokens - context)  # the last window ends at the text's end
+        windows.append(Window(start, start + context, scored_to))
+        scored_to = start + context
+        start += stride
+    return windows
+
+
+def model_context(hf_config, model_dir: str | None) -> int:
+    """The positions the model may be run on: config.max_position_embeddings, or the sequence length it was
+    trained on (training.json's config.seq_len in its directory) when that is smaller."""
+    context = int(hf_config.max_position_embeddings)
+    trained = _trained_seq_len(pathlib.Path(model_dir) / REPORT_FILE) if model_dir else None
+    return context if trained is None else min(context, trained)
+
+
+TRAINING_MAX_BYTES = 1 << 20  # lm_train writes a few KiB
+
+
+def _trained_seq_len(file: pathlib.Path) -> int | None:
+    """training.json's config.seq_len when the file is there and holds a positive integer, else None."""
+    try:
+        if not file.is_file() or file.stat().st_size > TRAINING_MAX_BYTES:
+            return None
+        saved = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    config = saved.get("config") if isinstance(saved, dict) else None
+    seq_len = config.get("seq_len") if isinstance(config, dict) else None
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        return None
+    return seq_len
+
+
+# Trace fields with one row per token: the windows' rows are concatenated in text order.
+TOKEN_FIELDS = ("router_logits", "probs", "routed", "served", "gates", "contributions", "top_k_index",
+                "top_k_weights")
+
+
+def merge_traces(traces: list[Trace]) -> Trace:
+    """One Trace of a layer from its windows' traces (each already restricted to its scored rows), in text order:
+    per-token tensors concatenated, co-activation and statistics summed (ForwardSums.__add__)."""
+    if len(traces) == 1:
+        return traces[0]
+    first = traces[0]
+    rows = {name: None if getattr(first, name) is None else torch.cat([getattr(t, name) for t in traces])
+            for name in TOKEN_FIELDS}
+    return Trace(config=first.config, **rows, coactivation=torch.stack([t.coactivation for t in traces]).sum(dim=0),
+                 capacity=first.capacity, device=first.device,
+                 sums=reduce(lambda a, b: a + b, (t.sums for t in traces)))
