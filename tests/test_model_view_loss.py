@@ -39,7 +39,8 @@ def test_loss_chart_has_the_rolling_mean_and_the_title_in_bits_per_token_and_per
     assert np.allclose(line.y, _naive_rolling(list(bits), ROLLING_TOKENS))
     per_token, per_byte = bits.mean(), bits.sum() / (2 + 3 + 2 + 1)
     assert (per_token, per_byte) == pytest.approx((2.5, 10 / 8))
-    assert fig.layout.title.text == f"Next-token loss (mean {per_token:.2f} bits per token, {per_byte:.2f} bits per byte)"
+    title = f"Next-token loss (mean {per_token:.2f} bits per token, {per_byte:.2f} bits per byte)"
+    assert fig.layout.title.text == title
     # a tokenizer's own byte counts win over the strings' (a lone byte of "é" decodes to U+FFFD, 3 bytes)
     one_byte = token_loss_figure(bits * np.log(2), tokens, token_bytes=[1, 1, 1, 1, 1])
     assert one_byte.layout.title.text == "Next-token loss (mean 2.50 bits per token, 2.50 bits per byte)"
@@ -124,3 +125,21 @@ def test_the_per_token_download_has_each_tokens_next_token_loss(model_dir):
         expected = [-float(logp[s, ids[s + 1]]) / np.log(2) for s in range(max_tokens - 1)]
         assert np.allclose(rows.next_token_loss_bits.to_numpy()[:-1], expected, atol=1e-4)
         assert np.isnan(rows.next_token_loss_bits.to_numpy()[-1])  # the last token predicts nothing in the text
+
+
+def test_the_page_states_the_context_and_defines_the_loss_numbers(model_dir):
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.loaders import analyse
+    from dashboard.views.model import context_note
+    from tests.test_model_view import _view_app
+
+    at = AppTest.from_function(_view_app, args=(model_dir,), default_timeout=120)
+    at.query_params.update({"mex": "prose", "mtok": "32"})
+    at.run()
+    assert not at.exception
+    view = analyse(model_dir, at.session_state["model_text"], 32)
+    captions = [c.value for c in at.caption]
+    assert context_note(view["context"], view["windows"], len(view["tokens"])) in captions
+    loss_caption = next(c for c in captions if c.startswith("Next-token loss of token s+1"))
+    assert DEFINITIONS["rolling_loss"] in loss_caption and DEFINITIONS["text_bits_per_byte"] in loss_caption
