@@ -272,6 +272,10 @@ def _downloads(view: dict) -> None:
     a, b, c = st.columns(3)
     a.download_button("Per-layer per-expert CSV", lambda: loaders.model_exports(*args)["per_expert_csv"], "model_per_expert.csv",
                       "text/csv")
-    b.download_button("Per-token routing CSV", lambda: loaders.model_exports(*args)["routing_csv"], "model_routing.csv", "text/csv")
+    b.download_button("Per-token routing CSV", lambda: loaders.model_exports(*args)["routing_csv"],
+                      "model_routing.csv", "text/csv",
+                      help="A row per (token, layer): position, token, layer, experts and weights (selection "
+                           "order), and next_token_loss_bits = −log₂ p(token s+1 | tokens ≤ s), empty at the last "
+                           "token.")
     c.download_button("Summary JSON", lambda: loaders.model_exports(*args)["summary_json"], "model_summary.json",
                       "application/json")
