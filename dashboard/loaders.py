@@ -4,11 +4,13 @@ page's: the loaded models (moe.hf.cache) and the tables of one (model, text) for
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import re
 import threading
 import weakref
 from collections import OrderedDict
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 import torch
@@ -21,6 +23,7 @@ from moe.hf.instrument import adapter_for, run_model
 from moe.hf.report import encode_text, render_report
 from moe.hf.tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long, token_routing,
                            token_strings, top1_grid)
+from moe.metrics import nats_to_bits
 from moe.memory import budget_bytes, check_budget, describe_bytes, estimate_bytes
 from moe.scenarios import make_batch
 
@@ -161,11 +164,53 @@ def loaded_model(path: str):
     return model_cache.get(path, MAX_TOKENS_LIMIT)
 
 
+# windows: until moe.hf.windows lands — run_model, run_counterfactual and sweep_layers take `context=` there;
+# before, they are called without it (one forward). After the merge call them with context=loaded.context.
+def _with_context(fn, *args, context: int | None):
+    """fn(*args, context=context) where fn takes a context (and one is known), else fn(*args)."""
+    if context is not None and "context" in inspect.signature(fn).parameters:
+        return fn(*args, context=context)
+    return fn(*args)
+
+
 def _route(path: str, text: str, max_tokens: int):
-    """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count)."""
+    """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count,
+    the ids)."""
     loaded = loaded_model(path)
     ids, total = encode_text(loaded.tokenizer, text, max_tokens)
-    return loaded, run_model(loaded.model, ids), token_strings(loaded.tokenizer, ids.tolist()), total
+    # windows: until moe.hf.windows lands (LoadedModel.context)
+    run = _with_context(run_model, loaded.model, ids, context=getattr(loaded, "context", None))
+    return loaded, run, token_strings(loaded.tokenizer, ids.tolist()), total, ids
+
+
+BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte tokens: one byte each
+
+
+def token_bytes(tokenizer, ids) -> list[int]:
+    """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one
+    byte per character, a byte-fallback token one byte, a special token none, any other its decoded text's bytes.
+    (Decoding one token alone is not enough: a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
+    from tokenizers.pre_tokenizers import ByteLevel
+
+    alphabet = set(ByteLevel.alphabet())
+    special = set(getattr(tokenizer, "all_special_ids", []))
+    counts = []
+    for i, raw in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
+        if i in special:
+            counts.append(0)
+        elif BYTE_FALLBACK.fullmatch(raw):
+            counts.append(1)
+        elif raw and all(ch in alphabet for ch in raw):
+            counts.append(len(raw))
+        else:
+            counts.append(len(tokenizer.decode([i]).encode("utf-8")))
+    return counts
+
+
+def model_context(loaded, run) -> int | None:
+    """The longest run of tokens one forward reads (the run's, else the loaded model's; None when unknown)."""
+    # windows: until moe.hf.windows lands (ModelRun.context, LoadedModel.context)
+    return getattr(run, "context", None) or getattr(loaded, "context", None)
 
 
 @st.cache_data(max_entries=16, show_spinner=False)
@@ -173,12 +218,15 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
 
     The downloads are not in here: they are built when a button is clicked (`exports`)."""
-    loaded, run, tokens, total = _route(path, text, max_tokens)
+    loaded, run, tokens, total, ids = _route(path, text, max_tokens)
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
             "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
+            "token_bytes": token_bytes(loaded.tokenizer, ids.tolist()),
+            "context": model_context(loaded, run),
+            "windows": getattr(run, "windows", 1),  # windows: until moe.hf.windows lands (ModelRun.windows)
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens),
@@ -186,13 +234,21 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "text": text, "max_tokens": max_tokens}
 
 
+def routing_with_loss(run, tokens: list[str]) -> pd.DataFrame:
+    """token_routing with `next_token_loss_bits`: at position s, `−log₂ p(token_{s+1} | tokens ≤ s)` (the loss
+    of predicting the next token; empty at the last position, which predicts nothing in the text)."""
+    routing = token_routing(run, tokens)
+    bits = np.append(nats_to_bits(run.token_loss().numpy()), np.nan)  # (S,)
+    return routing.assign(next_token_loss_bits=bits[routing["position"].to_numpy()])
+
+
 @st.cache_data(max_entries=4, show_spinner=False)
 def model_exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
     """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
     click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
-    loaded, run, tokens, _ = _route(path, text, max_tokens)
+    loaded, run, tokens, _, _ = _route(path, text, max_tokens)
     return {"per_expert_csv": render_report(loaded.name, run, "csv"),
-            "routing_csv": token_routing(run, tokens).to_csv(index=False),
+            "routing_csv": routing_with_loss(run, tokens).to_csv(index=False),
             "summary_json": render_report(loaded.name, run, "json")}
 
 
@@ -216,7 +272,8 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
     """The counterfactual forward's load (long table), per-token loss and dropped assignments per layer."""
     loaded = loaded_model(path)
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
-    run = run_counterfactual(loaded.model, ids, cf)
+    # windows: until moe.hf.windows lands (LoadedModel.context; run_counterfactual's context=)
+    run = _with_context(run_counterfactual, loaded.model, ids, cf, context=getattr(loaded, "context", None))
     return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces]}
 
@@ -226,4 +283,5 @@ def counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactu
     """The counterfactual at each MoE layer alone (moe.hf.counterfactual.sweep_layers): a row per layer."""
     loaded = loaded_model(path)
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
-    return sweep_layers(loaded.model, ids, cf)
+    # windows: until moe.hf.windows lands (LoadedModel.context; sweep_layers's context=)
+    return _with_context(sweep_layers, loaded.model, ids, cf, context=getattr(loaded, "context", None))

@@ -244,4 +244,10 @@ DEFINITIONS: dict[str, str] = {
                      "(each side a Playground link, run as the Playground runs it), and `B − A` of the unrounded "
                      "values, shown with 4 significant digits. The paired charts share one y range (and their x "
                      "axes), so bars of equal height are equal numbers.",
+    # --- the Model page's loss chart
+    "rolling_loss": "the rolling mean of the next-token loss: at position s, the mean of the bits of the last 32 "
+                    "predicted tokens up to s (fewer at the start: of positions 1..s).",
+    "text_bits_per_byte": "mean loss in bits per token = Σ bits / predicted tokens; in bits per byte = Σ bits / "
+                          "UTF-8 bytes of the predicted tokens (the first token is not predicted), so models with "
+                          "different tokenizers compare; for a byte tokenizer the two are equal.",
 }

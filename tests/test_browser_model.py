@@ -42,6 +42,8 @@ def test_typing_a_text_colours_its_tokens_and_a_counterfactual_changes_the_loss(
         routing = pd.read_csv(download.value.path(), keep_default_na=False)
         assert len(routing) == 11 * 4 and sorted(routing.layer.unique()) == [0, 1, 2, 3]
         assert "".join(routing[routing.layer == 0].sort_values("position").token) == "x = 12 + 30"
+        loss = routing[routing.layer == 0].sort_values("position").next_token_loss_bits  # the next token's, in bits
+        assert loss.iloc[-1] == "" and all(float(b) > 0 for b in loss.iloc[:-1])  # the last predicts nothing
         page.get_by_text("Compare a counterfactual routing").click()
         page.wait_for_function(f"() => ({CF_TITLE})() !== ''", timeout=60_000)
         wait_for_run(page, 60_000)

@@ -80,7 +80,7 @@ def test_the_installed_command_prints_a_strict_json_report_from_any_folder(insta
 
 
 def test_the_bundled_model_and_the_streamlit_settings_are_installed(installed):
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"):
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
         shipped = installed["site"] / "moe" / "models" / "pydoc-mixtral" / name
         assert shipped.read_bytes() == (ROOT / "moe" / "models" / "pydoc-mixtral" / name).read_bytes()
     config = installed["site"] / "dashboard" / ".streamlit" / "config.toml"

@@ -66,11 +66,12 @@ def test_sweep_bars_carry_the_tables_values():
 def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
     loss = np.log(2) * np.array([1.0, 3.0])  # nats in, bits out
     fig = token_loss_figure(loss, ["a", "\n", "c"])
-    bar = fig.data[0]
+    bar, rolling = fig.data
     assert np.allclose(bar.y, [1.0, 3.0]) and list(bar.x) == [1, 2]
+    assert np.allclose(rolling.y, [1.0, 2.0])  # the rolling mean (tests/test_model_view_loss.py)
     assert list(bar.text) == ["\\n", "c"] and "%{text}" in bar.hovertemplate
     assert bar.textposition == "none" and fig.layout.showlegend is False  # no label drawn on a bar, no "trace 0"
-    assert fig.layout.title.text == "Next-token loss (mean 2.00 bits per token)"
+    assert fig.layout.title.text == "Next-token loss (mean 2.00 bits per token, 2.00 bits per byte)"  # one byte each
 
 
 @pytest.fixture(scope="module")

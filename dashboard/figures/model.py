@@ -98,17 +98,56 @@ def flow_figure(flow: np.ndarray, layer_from: int, layer_to: int) -> go.Figure:
                                   uirevision="model_flow", height=380, colorbar=True))
 
 
-def token_loss_figure(loss: np.ndarray, tokens: list[str]) -> go.Figure:
-    """Next-token loss (bits) of token s+1 given the tokens before it."""
+ROLLING_TOKENS = 32  # the loss chart's rolling mean: over the last 32 predicted tokens (DEFINITIONS["rolling_loss"])
+
+
+def rolling_mean(values: np.ndarray, window: int = ROLLING_TOKENS) -> np.ndarray:
+    """Trailing mean: element i is the mean of values[max(0, i - window + 1) : i + 1] (fewer at the start)."""
+    values = np.asarray(values, dtype=np.float64)
+    sums = np.concatenate([[0.0], np.cumsum(values)])  # (N + 1,)
+    ends = np.arange(1, len(values) + 1)
+    starts = np.maximum(0, ends - window)
+    return (sums[ends] - sums[starts]) / (ends - starts)
+
+
+def utf8_bytes(tokens: list[str]) -> list[int]:
+    """UTF-8 bytes of each token string (a tokenizer's own byte counts are better: a lone byte of a multi-byte
+    character decodes to U+FFFD, 3 bytes)."""
+    return [len(t.encode("utf-8")) for t in tokens]
+
+
+def loss_per_token_and_byte(bits: np.ndarray, predicted_bytes: list[int]) -> tuple[float, float]:
+    """(mean bits per predicted token, total bits / UTF-8 bytes of the predicted tokens); DEFINITIONS."""
+    bits = np.asarray(bits, dtype=np.float64)
+    n_bytes = int(sum(predicted_bytes))
+    return float(bits.mean()) if bits.size else float("nan"), float(bits.sum() / n_bytes) if n_bytes else float("nan")
+
+
+def token_loss_figure(loss: np.ndarray, tokens: list[str], token_bytes: list[int] | None = None,
+                      context: int | None = None) -> go.Figure:
+    """Next-token loss (bits) of token s+1 given the tokens before it, its rolling mean (ROLLING_TOKENS), and a
+    line at the model's context when the text is longer. `token_bytes`: UTF-8 bytes of each token (default: of
+    its string); the title's bits per byte divides the predicted tokens' bits by their bytes."""
     bits = nats_to_bits(np.asarray(loss))
+    x = list(range(1, len(tokens)))
     labels = [repr(t)[1:-1] for t in tokens[1:]]
+    per_token, per_byte = loss_per_token_and_byte(bits, (token_bytes or utf8_bytes(tokens))[1:])
     # the token goes to the hover only (textposition none): drawn on the bars it is unreadable past a few dozen
     # tokens, and Plotly measures every label
-    data = [go.Bar(x=list(range(1, len(tokens))), y=bits, text=labels, textposition="none", marker_color="#4c78a8",
-                   hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>")]
-    return go.Figure(data, layout(title=f"Next-token loss (mean {bits.mean():.2f} bits per token)",
-                                  xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_loss",
-                                  bargap=0.0, showlegend=False))
+    data = [go.Bar(x=x, y=bits, text=labels, textposition="none", marker_color="#4c78a8", name="loss",
+                   hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>"),
+            go.Scatter(x=x, y=rolling_mean(bits), mode="lines", line=dict(color="#e45756", width=2),
+                       name=f"rolling mean ({ROLLING_TOKENS} tokens)",
+                       hovertemplate="pos %{x}: mean of the last " + str(ROLLING_TOKENS) + " %{y:.2f} bits"
+                                     "<extra></extra>")]
+    fig = go.Figure(data, layout(title=f"Next-token loss (mean {per_token:.2f} bits per token, "
+                                       f"{per_byte:.2f} bits per byte)",
+                                 xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_loss",
+                                 bargap=0.0, showlegend=False))
+    if context is not None and len(tokens) > context:
+        fig.add_vline(x=context, line=dict(color="#333333", dash="dash", width=1),
+                      annotation_text=f"context {context}", annotation_position="top right")
+    return fig
 
 
 def nmi_figure(nmi: pd.DataFrame) -> go.Figure:

@@ -163,7 +163,7 @@ def _draw(view: dict) -> None:
     load = load_heatmap_figure(view["load"])
     flow_at = min(pos, len(layers) - 2)
     flow = flow_figure(view["flows"][flow_at], layers[flow_at], layers[flow_at + 1]) if len(layers) > 1 else None
-    loss = token_loss_figure(view["loss"], view["tokens"])
+    loss = token_loss_figure(view["loss"], view["tokens"], view["token_bytes"], view["context"])
     nmi_rows, nmi_note = _nmi_table(view)
     nmi = nmi_figure(nmi_rows)
     styled_table, highest = _styled_layer_table(view)
@@ -171,6 +171,7 @@ def _draw(view: dict) -> None:
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
     st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
                f"{view['n_experts']} experts · {len(view['tokens'])} tokens{notes}")
+    st.caption(context_note(view["context"], view["windows"], len(view["tokens"])))
     if view["routing_only"]:
         st.warning(f"Layers {view['routing_only']} are traced from their router's output alone (the engine cannot "
                    "run that block exactly yet): routing numbers are exact, output-side numbers are blank.")
@@ -189,13 +190,28 @@ def _draw(view: dict) -> None:
         st.caption("Row i: where the tokens whose top-1 expert is i at this layer go at the next MoE layer, "
                    "`P(top-1 at l+1 = j | top-1 at l = i)`; an empty row means no token had expert i on top.")
     st.plotly_chart(loss, width="stretch", key="model_loss")
-    st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, "
-               "from the model's logits.")
+    st.caption("Next-token loss of token s+1: `−log₂ p(token_{s+1} | tokens ≤ s)` in bits, from the model's "
+               f"logits; the line: {DEFINITIONS['rolling_loss']} Title: {DEFINITIONS['text_bits_per_byte']}"
+               + (f" The dashed line marks position {view['context']}, the model's context."
+                  if view["context"] is not None and len(view["tokens"]) > view["context"] else ""))
     st.plotly_chart(nmi, width="stretch", key="model_nmi")
     st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
                "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
                "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
                "training.json when the model directory has one." + (f" {nmi_note}." if nmi_note else ""))
+
+
+def context_note(context: int | None, windows: int, n_tokens: int) -> str:
+    """The model's context, and how the text was read: in one forward, or in sliding windows."""
+    if context is None:
+        return (f"The model's context is not recorded: the {n_tokens} tokens were read in one forward, and "
+                "positions past the length it was trained on are not trustworthy.")
+    note = (f"Context {context} tokens: the model's trained length (or its max_position_embeddings when "
+            f"shorter); no forward reads more.")
+    if windows > 1:
+        note += (f" Read in {windows} windows of {context} tokens (stride {context // 2}): each token's routing "
+                 "and loss come from the window where it has the most left context.")
+    return note
 
 
 def _styled_layer_table(view: dict):
@@ -256,6 +272,10 @@ def _downloads(view: dict) -> None:
     a, b, c = st.columns(3)
     a.download_button("Per-layer per-expert CSV", lambda: loaders.model_exports(*args)["per_expert_csv"], "model_per_expert.csv",
                       "text/csv")
-    b.download_button("Per-token routing CSV", lambda: loaders.model_exports(*args)["routing_csv"], "model_routing.csv", "text/csv")
+    b.download_button("Per-token routing CSV", lambda: loaders.model_exports(*args)["routing_csv"],
+                      "model_routing.csv", "text/csv",
+                      help="A row per (token, layer): position, token, layer, experts and weights (selection "
+                           "order), and next_token_loss_bits = −log₂ p(token s+1 | tokens ≤ s), empty at the last "
+                           "token.")
     c.download_button("Summary JSON", lambda: loaders.model_exports(*args)["summary_json"], "model_summary.json",
                       "application/json")

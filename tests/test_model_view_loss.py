@@ -1,0 +1,145 @@
+"""The Model page's loss: the chart's rolling mean, context line and title (bits per token and per byte), the
+byte counts behind it, the per-token download's loss column, and the page's note on the model's context."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from dashboard.figures.model import (ROLLING_TOKENS, loss_per_token_and_byte, rolling_mean, token_loss_figure,
+                                     utf8_bytes)
+from moe.definitions import DEFINITIONS
+from tests.model_support import saved_model
+
+pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # tests/conftest.py
+
+
+def _naive_rolling(values, window):
+    out = []
+    for i in range(len(values)):
+        last = values[max(0, i - window + 1): i + 1]
+        out.append(sum(last) / len(last))
+    return out
+
+
+def test_rolling_mean_is_the_mean_of_the_last_window_values():
+    values = np.random.default_rng(0).exponential(3.0, size=100)
+    for window in (1, 5, 32, 200):
+        assert np.allclose(rolling_mean(values, window), _naive_rolling(list(values), window))
+    assert rolling_mean(np.array([2.0, 4.0, 9.0]), 2).tolist() == [2.0, 3.0, 6.5]
+    assert f" {ROLLING_TOKENS} " in DEFINITIONS["rolling_loss"]  # the definition names the chart's window
+
+
+def test_loss_chart_has_the_rolling_mean_and_the_title_in_bits_per_token_and_per_byte():
+    tokens = ["a", "é", "€", "bc", "d"]  # predicted: é (2 bytes), € (3), bc (2), d (1)
+    bits = np.array([1.0, 4.0, 3.0, 2.0])
+    fig = token_loss_figure(bits * np.log(2), tokens)
+    bar, line = fig.data
+    assert np.allclose(bar.y, bits) and list(bar.x) == list(line.x) == [1, 2, 3, 4]
+    assert np.allclose(line.y, _naive_rolling(list(bits), ROLLING_TOKENS))
+    per_token, per_byte = bits.mean(), bits.sum() / (2 + 3 + 2 + 1)
+    assert (per_token, per_byte) == pytest.approx((2.5, 10 / 8))
+    title = f"Next-token loss (mean {per_token:.2f} bits per token, {per_byte:.2f} bits per byte)"
+    assert fig.layout.title.text == title
+    # a tokenizer's own byte counts win over the strings' (a lone byte of "é" decodes to U+FFFD, 3 bytes)
+    one_byte = token_loss_figure(bits * np.log(2), tokens, token_bytes=[1, 1, 1, 1, 1])
+    assert one_byte.layout.title.text == "Next-token loss (mean 2.50 bits per token, 2.50 bits per byte)"
+    assert utf8_bytes(["a", "é", "\ufffd"]) == [1, 2, 3]
+    assert np.isnan(loss_per_token_and_byte(np.array([1.0]), [0])[1])  # no bytes: no number, not a division error
+
+
+def test_the_context_line_is_drawn_only_when_the_text_is_longer():
+    tokens = [chr(97 + i % 26) for i in range(40)]
+    loss = np.ones(39)
+    fig = token_loss_figure(loss, tokens, context=16)
+    assert len(fig.layout.shapes) == 1 and fig.layout.shapes[0].x0 == fig.layout.shapes[0].x1 == 16
+    assert fig.layout.annotations[0].text == "context 16"
+    assert not token_loss_figure(loss, tokens, context=40).layout.shapes  # fits: no line
+    assert not token_loss_figure(loss, tokens).layout.shapes  # context unknown: no line
+
+
+def test_with_context_passes_the_context_only_to_functions_that_take_it():
+    from dashboard.loaders import _with_context
+
+    def old(ids):
+        return ("old", ids)
+
+    def new(ids, context=None):
+        return ("new", ids, context)
+    assert _with_context(old, 1, context=128) == ("old", 1)
+    assert _with_context(new, 1, context=128) == ("new", 1, 128)
+    assert _with_context(new, 1, context=None) == ("new", 1, None)
+
+
+def test_context_note_says_the_context_and_the_windows():
+    from dashboard.views.model import context_note
+
+    assert context_note(128, 1, 100).startswith("Context 128 tokens: the model's trained length")
+    assert "windows" not in context_note(128, 1, 100)
+    assert ("Read in 5 windows of 128 tokens (stride 64): each token's routing and loss come from the window where "
+            "it has the most left context.") in context_note(128, 5, 400)
+    assert "not recorded" in context_note(None, 1, 300)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return saved_model(tmp_path_factory.mktemp("loss") / "tiny", layers=2)
+
+
+def test_token_bytes_count_each_byte_token_once(model_dir):
+    from dashboard.loaders import token_bytes
+    from moe.hf.load import load_model
+
+    tokenizer = load_model(model_dir).tokenizer
+    text = "é€ a\n"
+    ids = tokenizer(text)["input_ids"]
+    assert ids == list(text.encode("utf-8"))  # the byte tokenizer: one token per byte
+    assert token_bytes(tokenizer, ids) == [1] * len(ids)
+    assert token_bytes(tokenizer, [tokenizer.eos_token_id]) == [0]  # a special token stands for no text
+
+
+def test_the_view_has_context_windows_and_byte_counts(model_dir):
+    from dashboard.loaders import analyse
+
+    text = "def f(x):\n    return x  # é\n"
+    view = analyse(model_dir, text, 64)
+    assert sum(view["token_bytes"]) == len(text.encode("utf-8"))
+    assert view["windows"] >= 1
+    if view["windows"] > 1:
+        assert view["context"] is not None and view["context"] < len(view["tokens"])
+
+
+def test_the_per_token_download_has_each_tokens_next_token_loss(model_dir):
+    from dashboard.loaders import model_exports
+    from moe.hf.instrument import run_model
+    from moe.hf.load import load_model
+
+    text, max_tokens = "for i in range(3):\n    print(i)\n", 24
+    routing = pd.read_csv(io.StringIO(model_exports(model_dir, text, max_tokens)["routing_csv"]))
+    loaded = load_model(model_dir)
+    ids = loaded.tokenizer(text, return_tensors="pt")["input_ids"][0, :max_tokens]
+    logp = run_model(loaded.model, ids).logits.log_softmax(-1).double()  # (S, V)
+    for layer, rows in routing.groupby("layer"):
+        rows = rows.sort_values("position")
+        assert rows.position.tolist() == list(range(max_tokens))
+        expected = [-float(logp[s, ids[s + 1]]) / np.log(2) for s in range(max_tokens - 1)]
+        assert np.allclose(rows.next_token_loss_bits.to_numpy()[:-1], expected, atol=1e-4)
+        assert np.isnan(rows.next_token_loss_bits.to_numpy()[-1])  # the last token predicts nothing in the text
+
+
+def test_the_page_states_the_context_and_defines_the_loss_numbers(model_dir):
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard.loaders import analyse
+    from dashboard.views.model import context_note
+    from tests.test_model_view import _view_app
+
+    at = AppTest.from_function(_view_app, args=(model_dir,), default_timeout=120)
+    at.query_params.update({"mex": "prose", "mtok": "32"})
+    at.run()
+    assert not at.exception
+    view = analyse(model_dir, at.session_state["model_text"], 32)
+    captions = [c.value for c in at.caption]
+    assert context_note(view["context"], view["windows"], len(view["tokens"])) in captions
+    loss_caption = next(c for c in captions if c.startswith("Next-token loss of token s+1"))
+    assert DEFINITIONS["rolling_loss"] in loss_caption and DEFINITIONS["text_bits_per_byte"] in loss_caption
