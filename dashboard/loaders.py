@@ -4,7 +4,6 @@ page's: the loaded models (moe.hf.cache) and the tables of one (model, text) for
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import re
 import threading
 import weakref
@@ -164,22 +163,12 @@ def loaded_model(path: str):
     return model_cache.get(path, MAX_TOKENS_LIMIT)
 
 
-# windows: until moe.hf.windows lands — run_model, run_counterfactual and sweep_layers take `context=` there;
-# before, they are called without it (one forward). After the merge call them with context=loaded.context.
-def _with_context(fn, *args, context: int | None):
-    """fn(*args, context=context) where fn takes a context (and one is known), else fn(*args)."""
-    if context is not None and "context" in inspect.signature(fn).parameters:
-        return fn(*args, context=context)
-    return fn(*args)
-
-
 def _route(path: str, text: str, max_tokens: int):
     """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count,
     the ids)."""
     loaded = loaded_model(path)
     ids, total = encode_text(loaded.tokenizer, text, max_tokens)
-    # windows: until moe.hf.windows lands (LoadedModel.context)
-    run = _with_context(run_model, loaded.model, ids, context=getattr(loaded, "context", None))
+    run = run_model(loaded.model, ids, context=loaded.context)  # long texts: windows of the model's context
     return loaded, run, token_strings(loaded.tokenizer, ids.tolist()), total, ids
 
 
@@ -207,12 +196,6 @@ def token_bytes(tokenizer, ids) -> list[int]:
     return counts
 
 
-def model_context(loaded, run) -> int | None:
-    """The longest run of tokens one forward reads (the run's, else the loaded model's; None when unknown)."""
-    # windows: until moe.hf.windows lands (ModelRun.context, LoadedModel.context)
-    return getattr(run, "context", None) or getattr(loaded, "context", None)
-
-
 @st.cache_data(max_entries=16, show_spinner=False)
 def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
@@ -225,8 +208,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
             "token_bytes": token_bytes(loaded.tokenizer, ids.tolist()),
-            "context": model_context(loaded, run),
-            "windows": getattr(run, "windows", 1),  # windows: until moe.hf.windows lands (ModelRun.windows)
+            "context": run.context, "windows": run.windows,
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens),
@@ -272,8 +254,7 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
     """The counterfactual forward's load (long table), per-token loss and dropped assignments per layer."""
     loaded = loaded_model(path)
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
-    # windows: until moe.hf.windows lands (LoadedModel.context; run_counterfactual's context=)
-    run = _with_context(run_counterfactual, loaded.model, ids, cf, context=getattr(loaded, "context", None))
+    run = run_counterfactual(loaded.model, ids, cf, context=loaded.context)
     return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces]}
 
@@ -283,5 +264,4 @@ def counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactu
     """The counterfactual at each MoE layer alone (moe.hf.counterfactual.sweep_layers): a row per layer."""
     loaded = loaded_model(path)
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
-    # windows: until moe.hf.windows lands (LoadedModel.context; sweep_layers's context=)
-    return _with_context(sweep_layers, loaded.model, ids, cf, context=getattr(loaded, "context", None))
+    return sweep_layers(loaded.model, ids, cf, context=loaded.context)

@@ -1,5 +1,4 @@
 """The real page in headless Chromium: it renders charts, shows no error, and redraws on a slider move."""
-import pathlib
 import re
 import subprocess
 import sys
@@ -185,7 +184,7 @@ ROUNDS = [  # (slider, key, staggered): every page presses at once, or one after
     ("n_experts", "ArrowRight", True),
     ("temperature", "ArrowLeft", False),
 ]
-THREADS = re.compile(r"ms forward on (\d+) threads")
+THREADS = re.compile(r"ms forward on (\d+) threads?\b")
 
 
 def _link(server: str, values: dict) -> str:

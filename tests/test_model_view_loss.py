@@ -58,19 +58,6 @@ def test_the_context_line_is_drawn_only_when_the_text_is_longer():
     assert not token_loss_figure(loss, tokens).layout.shapes  # context unknown: no line
 
 
-def test_with_context_passes_the_context_only_to_functions_that_take_it():
-    from dashboard.loaders import _with_context
-
-    def old(ids):
-        return ("old", ids)
-
-    def new(ids, context=None):
-        return ("new", ids, context)
-    assert _with_context(old, 1, context=128) == ("old", 1)
-    assert _with_context(new, 1, context=128) == ("new", 1, 128)
-    assert _with_context(new, 1, context=None) == ("new", 1, None)
-
-
 def test_context_note_says_the_context_and_the_windows():
     from dashboard.views.model import context_note
 
