@@ -78,10 +78,11 @@ def measure(browser, url: str, ready_selector: str, repeats: int, floor: bool = 
     return {"first_chart_s": first, "redraw_median_s": statistics.median(times), "redraw_all": times}
 
 
-def measure_text_edit(browser, url: str, repeats: int) -> dict:
+def measure_text_edit(browser, url: str, repeats: int, lines: int = 1) -> dict:
     """The Model view (bundled model): type a new text (Ctrl+Enter) and time until the page has settled.
 
     Each text is new (a different number at the end), so every edit pays for a real forward of the model.
+    lines > 1 repeats the function body: past the model's context (128 tokens) the text is read in windows.
     """
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     start = time.perf_counter()
@@ -94,7 +95,7 @@ def measure_text_edit(browser, url: str, repeats: int) -> dict:
     box = page.get_by_label("Text")
     times = []
     for i in range(repeats + 1):  # the first edit warms the counterfactual cache path
-        text = f"def area(r):\n    return 3.14159 * r * r  # case {i}\n"
+        text = "def area(r):\n" + "    r = 3.14159 * r * r\n" * (lines - 1) + f"    return r  # case {i}\n"
         box.fill(text)
         box.press("Control+Enter")
         page.wait_for_function("n => (new URLSearchParams(location.search).get('mtext') || '').includes('case ' + n)",
@@ -111,6 +112,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--model-only", action="store_true",
                         help="only the default-config redraw and the Model view's text edit (the 2x comparison)")
+    parser.add_argument("--text-lines", type=int, default=1,
+                        help="lines in the Model view's text; 19 (469 bytes, still in the link) is read in 7 "
+                             "windows of 128 tokens")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
     chart = '[data-testid="stPlotlyChart"] .main-svg'
@@ -133,7 +137,8 @@ def main() -> None:
             rows.append((name, r))
             print(f"  measured {name}: " + ", ".join(f"{t:.3f}" for t in r["redraw_all"]), flush=True)
         with streamlit_server("app.py") as url:
-            rows.append(("Model view: text edit redraw", measure_text_edit(browser, url, args.repeats)))
+            rows.append(("Model view: text edit redraw", measure_text_edit(browser, url, args.repeats,
+                                                                          args.text_lines)))
         print("  measured Model view: " + ", ".join(f"{t:.3f}" for t in rows[-1][1]["redraw_all"]), flush=True)
         browser.close()
     if args.model_only:
