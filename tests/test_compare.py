@@ -10,7 +10,8 @@ import plotly.io as pio
 import pytest
 import torch
 from dashboard.compare_sides import MAX_SIDE_CHARS, delta_table, parse_side, query_part
-from dashboard.figures.compare import HEADROOM, LoadInput, load_pair, shared_range
+from dashboard.figures.compare import HEADROOM, LoadInput, load_pair
+from dashboard.figures.core import shared_range
 from dashboard.links import from_query, spec_from_controls
 from moe import MoELayer
 from moe.scenarios import make_batch
@@ -163,4 +164,4 @@ def test_the_shared_range_covers_bars_and_reference_lines_of_every_side():
     assert (low.top, high.top) == (9.0, 6.0)
     a, b = load_pair([low, high], ["#111", "#222", "#333"])
     assert list(a.layout.yaxis.range) == list(b.layout.yaxis.range) == [0.0, 9.0 * HEADROOM]
-    assert shared_range([0.0, 0.0]) == [0.0, HEADROOM]  # nothing to draw: still a visible axis
+    assert shared_range([0.0, 0.0], HEADROOM) == [0.0, HEADROOM]  # nothing to draw: still a visible axis

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import pandas as pd
 import plotly.graph_objects as go
 
-from dashboard.figures.core import histogram_figure, load_figure
+from dashboard.figures.core import histogram_figure, load_figure, shared_range
 
 HEADROOM = 1.05  # the shared range ends 5 % above the tallest bar or line of either side
 
@@ -28,15 +28,10 @@ class LoadInput:
         return float(max(self.per_expert["demand"].max(), self.ideal, self.capacity or 0))
 
 
-def shared_range(tops: list[float]) -> list[float]:
-    """[0, the largest top plus headroom]: one y range that shows every side's tallest bar (1 when all are 0)."""
-    return [0.0, max(max(tops, default=0.0), 1.0) * HEADROOM]
-
-
 def load_pair(sides: list[LoadInput], colors: list[str]) -> list[go.Figure]:
     """Demand vs served per expert for each side, on one y range; `colors` covers the larger side's experts, so
     expert e has one colour on the whole page."""
-    y_range = shared_range([side.top for side in sides])
+    y_range = shared_range([side.top for side in sides], HEADROOM)
     return [load_figure(side.per_expert, colors, side.ideal, side.capacity, capacity_name=side.capacity_name)
             .update_layout(title_text=f"{side.name}: demand vs served per expert", yaxis_range=y_range,
                            uirevision=f"compare-load-{side.name}")
@@ -46,7 +41,7 @@ def load_pair(sides: list[LoadInput], colors: list[str]) -> list[go.Figure]:
 def confidence_pair(hists: dict[str, pd.DataFrame]) -> list[go.Figure]:
     """The router-confidence histogram of each side (dashboard.tables.confidence_histogram: the same log bins
     from 1 to 100 for any E), on one y range."""
-    y_range = shared_range([float(h["count"].max()) if len(h) else 0.0 for h in hists.values()])
+    y_range = shared_range([float(h["count"].max()) if len(h) else 0.0 for h in hists.values()], HEADROOM)
     return [histogram_figure(hist, title=f"{name}: confidence per token", xaxis_title="min(p₁/p₂, 100) (log scale)",
                              log_x=True).update_layout(yaxis_range=y_range)
             for name, hist in hists.items()]

@@ -66,6 +66,13 @@ def layout(*, title: str, xaxis: dict, yaxis: dict, uirevision: str, height: int
 MAX_EXPERT_TICKS, NARROW_EXPERT_TICKS = 16, 8
 
 
+def shared_range(tops, headroom: float = 1.0) -> list[float]:
+    """[0, the largest top × headroom]: one axis or colour range for charts drawn side by side, so equal heights
+    (or colours) mean equal numbers; [0, headroom] when there is nothing to draw (a range Plotly can still draw)."""
+    top = max((float(v) for v in tops), default=0.0)
+    return [0.0, (top if top > 0 else 1.0) * headroom]
+
+
 def expert_tick_step(n_experts: int, max_ticks: int = MAX_EXPERT_TICKS) -> int:
     """1 (every expert's number) up to max_ticks experts, else 2, 4, 8, …: at most max_ticks ticks."""
     return 1 if n_experts <= max_ticks else 2 ** math.ceil(math.log2(n_experts / max_ticks))

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from moe.metrics import nats_to_bits
 
-from dashboard.figures.core import LEFT, axis, expert_xaxis, layout
+from dashboard.figures.core import LEFT, axis, expert_xaxis, layout, shared_range
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
 # Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
@@ -66,8 +66,7 @@ def token_layer_grid_figure(grid: pd.DataFrame, tokens: list[str], colors: list[
 
 def share_range(*longs: pd.DataFrame) -> tuple[float, float]:
     """One colour range for load-share heatmaps drawn side by side: 0 to the largest share of any of them."""
-    top = max(float(long["load_share"].max()) for long in longs)
-    return 0.0, top if top > 0 else 1.0  # (an all-zero table still gets a range Plotly can draw)
+    return tuple(shared_range([long["load_share"].max() for long in longs]))  # all zero: still drawable
 
 
 def load_heatmap_figure(long: pd.DataFrame, label: str = "", zrange: tuple[float, float] | None = None) -> go.Figure:
