@@ -132,7 +132,8 @@ def _signal(group: int | None, procs: list[Proc], sig: int) -> None:
 def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent ends (prctl PR_SET_PDEATHSIG); nothing elsewhere.
 
-    If the parent has already ended (re-parented to init), exit at once."""
+    If the parent ended before the signal was armed (getppid changed meanwhile), exit at once. The parent's pid
+    itself says nothing: torchrun may be pid 1 in a container."""
     if not sys.platform.startswith("linux"):
         return
     parent = os.getppid()
@@ -141,5 +142,5 @@ def die_with_parent() -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     except (OSError, AttributeError):
         return
-    if parent == 1 or os.getppid() != parent:
+    if os.getppid() != parent:
         os._exit(1)
