@@ -161,8 +161,13 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     eps, mode = cfg.sparsity_eps, cfg.sparsity_mode
     D = x.shape[1]
     e_idx, t_idx = served.t().nonzero(as_tuple=True)  # (N,), (N,) sorted by expert, then token
-    # The one host sync of the dispatch: slice sizes must be Python ints to cut contiguous slices.
-    counts = served.sum(dim=0).tolist()  # E ints
+    # The one host sync of the dispatch: slice sizes must be Python ints to cut contiguous slices. With stat_rows
+    # (a, b) it also counts each expert's assignments before a and before b: within an expert's slice the tokens
+    # are sorted, so the counted pairs are the sub-slice [before_a, before_b) (a view: no mask, no sync).
+    a, b = _row_bounds(stat_rows, T)
+    counts, before_a, before_b = torch.stack([served.sum(dim=0), served[:a].sum(dim=0),
+                                              served[:b].sum(dim=0)]).tolist() if stat_rows is not None else (
+        served.sum(dim=0).tolist(), None, None)  # E ints each
     xs = x.index_select(0, t_idx)  # (N, D)
     g = gates[t_idx, e_idx].to(x.dtype)  # (N,)
     # Without autograd, buffers are reused in place (h over the gate projection, y scaled by g).
@@ -172,7 +177,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     out = torch.zeros_like(x)  # (T, D)
     near, norms, sums, ys = [], [], [], []
     exact = count_dtype(max(counts) * experts.w_up.shape[1])  # one dtype that counts every slice exactly
-    keep = None if stat_rows is None else _pairs_in(t_idx, stat_rows, T)  # (N,) bool: the pair's token is counted
+    keep = None if stat_rows is None else ((t_idx >= a) & (t_idx < b))  # (N,) bool: the pair's token is counted
     start = 0
     for e, n in enumerate(counts):
         if n == 0:
@@ -180,9 +185,10 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
         rows = slice(start, start + n)
         h, y = expert_ffn(xs[rows], experts.weights(e), cfg.activation, cfg.swiglu_limit, inplace)  # (n, H), (n, D)
         start += n
+        counted = slice(None) if keep is None else slice(before_a[e], before_b[e])  # this expert's counted pairs
         if stats:  # counted while h is hot in cache, in h's own buffer when allowed (no (N, H) copy)
             with torch.no_grad():
-                near.append(near_zero_count(h if keep is None else h[keep[rows]], eps, mode, inplace, exact))  # 0-d
+                near.append(near_zero_count(h[counted], eps, mode, inplace, exact))  # 0-d
         if small:
             ys.append(y)
             continue
@@ -190,7 +196,7 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
             with torch.no_grad():
                 yf = y.float()  # statistics in fp32 whatever the expert dtype
                 norms.append(torch.linalg.vector_norm(yf, dim=1))  # (n,) ‖y_e(x_t)‖
-                sums.append((yf if keep is None else yf[keep[rows]]).sum(dim=0))  # (D,)
+                sums.append(yf[counted].sum(dim=0))  # (D,)
         y = y.mul_(g[rows, None]) if inplace else y * g[rows, None]  # (n, D) weighted
         out.index_add_(0, t_idx[rows], y)
     if small:
@@ -201,12 +207,14 @@ def dispatch(x: Tensor, served: Tensor, gates: Tensor, experts: Experts, cfg: Mo
     return _finish(out, e_idx, t_idx, counts, g, near, norms, sums, y if small else None, keep)
 
 
-def _pairs_in(t_idx: Tensor, rows: slice, T: int) -> Tensor:
-    """(N,) bool: whether each assignment's token is one of `rows` (a slice of the T tokens, step 1)."""
+def _row_bounds(rows: slice | None, T: int) -> tuple[int, int]:
+    """(a, b): the tokens a..b-1 that `rows` (a slice of the T tokens, step 1; None = all) selects."""
+    if rows is None:
+        return 0, T
     start, stop, step = rows.indices(T)
     if step != 1:
         raise ValueError(f"stat_rows must be a contiguous slice of the tokens (step 1), got step {step}")
-    return (t_idx >= start) & (t_idx < stop)
+    return start, max(start, stop)
 
 
 def _finish(out: Tensor, e_idx: Tensor, t_idx: Tensor, counts: list[int], g: Tensor, near: list, norms: list,
@@ -223,17 +231,13 @@ def _finish(out: Tensor, e_idx: Tensor, t_idx: Tensor, counts: list[int], g: Ten
         if small:
             yf = y.float()  # statistics in fp32 whatever the expert dtype
             norm = torch.linalg.vector_norm(yf, dim=1)  # (N,)
-            if keep is None:
-                sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, yf)  # (E, D)
-            else:
-                sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx[keep], yf[keep])  # (E, D)
+            counted = yf if keep is None else torch.where(keep[:, None], yf, 0.0)  # (N, D): others add 0, no sync
+            sum_y = torch.zeros(E, D, device=x.device).index_add_(0, e_idx, counted)  # (E, D)
         else:
             sum_y = torch.zeros(E, D, device=x.device).index_copy_(0, active, torch.stack(sums))  # (E, D)
             norm = torch.cat(norms)  # (N,)
-        if keep is None:
-            sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, norm.square())  # (E,)
-        else:
-            sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx[keep], norm[keep].square())  # (E,)
+        sq = norm.square() if keep is None else torch.where(keep, norm.square(), 0.0)  # (N,) (a NaN elsewhere stays out)
+        sum_sq = torch.zeros(E, device=x.device).index_add_(0, e_idx, sq)  # (E,)
         contributions = torch.zeros(T, E, device=x.device)
         contributions[t_idx, e_idx] = g.float().abs() * norm
     return DispatchResult(out, contributions, near_zero, sum_sq, sum_y)
