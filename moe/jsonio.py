@@ -1,4 +1,4 @@
-"""Strict JSON: the one writer every command and download uses.
+"""Strict JSON: the one writer every command and download uses, and the one strict reader of saved files.
 
 NaN and ±inf have no JSON spelling (`JSON.parse` and every strict parser refuse a bare `NaN`), so they
 are written as null. `allow_nan=False` stays on, so a value that slips past `strict` fails loudly here
@@ -31,6 +31,14 @@ def strict(value: Any) -> Any:
 def dumps(value: Any, indent: int | None = None) -> str:
     """One strict JSON document (NaN and ±inf → null)."""
     return json.dumps(strict(value), indent=indent, allow_nan=False)
+
+
+def loads_strict(text: str) -> Any:
+    """JSON that a strict parser accepts: a bare NaN, Infinity or -Infinity is a ValueError whose message is that
+    word (json.loads alone takes them); malformed text is json.JSONDecodeError (a ValueError) as usual."""
+    def refuse(constant: str):
+        raise ValueError(constant)
+    return json.loads(text, parse_constant=refuse)
 
 
 def dumps_lines(rows) -> str:

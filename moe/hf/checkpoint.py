@@ -14,6 +14,8 @@ import pathlib
 import struct
 from dataclasses import dataclass
 
+from moe.jsonio import loads_strict
+
 CONFIG_MAX_BYTES = 1 << 20        # a model's config.json is a few KiB
 HEADER_MAX_BYTES = 16 << 20       # a safetensors header names every tensor: ~100 bytes each
 MAX_LAYERS = 1024                 # the meta build is a Python loop over layers; the largest models have ~130
@@ -37,10 +39,6 @@ class Checkpoint:
     tokenizer_bytes: int   # TOKENIZER_FACTOR x the tokenizer files
 
 
-def _not_json(value: str):
-    raise ValueError(value)
-
-
 def read_config(path: str) -> dict:
     """config.json of a model directory as a dict (ValueError when missing, unreadable or not a JSON object)."""
     root = pathlib.Path(path)
@@ -53,7 +51,7 @@ def read_config(path: str) -> dict:
     if file.stat().st_size > CONFIG_MAX_BYTES:
         raise ValueError(f"{file} is {file.stat().st_size:,} bytes; a model's config.json is a few KiB: re-save it")
     try:
-        config = json.loads(file.read_text(encoding="utf-8"), parse_constant=_not_json)
+        config = loads_strict(file.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{file} is not valid JSON ({err}); re-save the model") from None
     except ValueError as err:  # NaN / Infinity / -Infinity

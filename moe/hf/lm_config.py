@@ -12,9 +12,12 @@ import stat
 from dataclasses import dataclass
 
 from moe.hf.text import VOCAB_SIZE
+from moe.jsonio import loads_strict
 from moe.memory import RUNTIME_BYTES, BudgetError, budget_bytes, fit
+from moe.roots import read_regular
 
 REPORT_FILE = "training.json"  # written last by train-lm: its presence marks a directory train-lm wrote
+REPORT_MAX_BYTES = 1 << 20     # train-lm writes a few KiB
 TEXT_BYTES = 500_000  # the training text (pydoc_data.topics, ~466 kB) with room to spare
 _F32 = 4
 EVAL_WINDOWS = 64  # moe.hf.lm_train.evaluate's chunk of held-out windows
@@ -138,3 +141,17 @@ def _written_by_train_lm(out: str) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(report, dict) and isinstance(report.get("config"), dict)
+
+
+def read_training_report(model_dir: str) -> tuple[dict | None, bool]:
+    """(training.json of a model directory as a dict, or None; whether a file is there but unusable: too large,
+    not strict JSON, not an object). Never raises for what the file holds; reads at most REPORT_MAX_BYTES + 1."""
+    file = os.path.join(model_dir, REPORT_FILE)
+    if not os.path.isfile(file):
+        return None, False
+    try:
+        data = read_regular(file, REPORT_MAX_BYTES, REPORT_FILE, "")
+        saved = None if len(data) > REPORT_MAX_BYTES else loads_strict(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        return None, True
+    return (saved, False) if isinstance(saved, dict) else (None, True)

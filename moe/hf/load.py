@@ -4,7 +4,6 @@ Order of checks: the directory, config.json, the family, the memory estimate, th
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import pathlib
@@ -13,6 +12,7 @@ from dataclasses import dataclass, field
 from moe.config import MoEConfig
 from moe.hf.checkpoint import check_sizes, plan_checkpoint, read_config
 from moe.hf.instrument import adapter_for, instrument
+from moe.hf.lm_config import REPORT_FILE, read_training_report
 from moe.hf.windows import model_context
 from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, estimate_bytes, out_of_memory
 from moe.roots import MODELS_DIR
@@ -161,27 +161,14 @@ def _materialise(path: str):
     return model, tokenizer
 
 
-TRAINING_MAX_BYTES = 1 << 20  # lm_train writes a few KiB
-
-
 def read_training_nmi(path: str, layers: int) -> tuple[dict[str, list] | None, str | None]:
     """(the held-out and initial NMI per MoE layer that training.json saved, or None; a note when the file
     is there but unusable). Never raises for what the file holds."""
-    from moe.hf.lm_train import REPORT_FILE
-
-    file = pathlib.Path(path) / REPORT_FILE
-    if not file.is_file():
-        return None, None
+    saved, bad = read_training_report(path)
     unusable = (f"{REPORT_FILE} in this model directory is not a training report this version reads; its NMI is "
                 f"not shown")
-    if file.stat().st_size > TRAINING_MAX_BYTES:
-        return None, unusable
-    try:
-        saved = json.loads(file.read_text(encoding="utf-8"), parse_constant=_not_strict)
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None, unusable
-    if not isinstance(saved, dict):
-        return None, unusable
+    if saved is None:
+        return None, unusable if bad else None
     series = {key: saved.get(key) for key in ("nmi_trained", "nmi_init")}
     if series["nmi_trained"] is None:
         return None, None  # a report without the NMI (older training runs)
@@ -195,6 +182,3 @@ def read_training_nmi(path: str, layers: int) -> tuple[dict[str, list] | None, s
 def _number(x) -> bool:
     return x is None or (isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x))
 
-
-def _not_strict(constant: str):
-    raise ValueError(f"{constant} is not strict JSON")

@@ -7,14 +7,12 @@ evaluation). Its routing statistics and its next-token logits come from that win
 """
 from __future__ import annotations
 
-import json
-import pathlib
 from dataclasses import dataclass
 from functools import reduce
 
 import torch
 
-from moe.hf.lm_config import REPORT_FILE
+from moe.hf.lm_config import read_training_report
 from moe.trace import Trace
 
 
@@ -52,22 +50,15 @@ def model_context(hf_config, model_dir: str | None) -> int:
     """The positions the model may be run on: config.max_position_embeddings, or the sequence length it was
     trained on (training.json's config.seq_len in its directory) when that is smaller."""
     context = int(hf_config.max_position_embeddings)
-    trained = _trained_seq_len(pathlib.Path(model_dir) / REPORT_FILE) if model_dir else None
+    trained = _trained_seq_len(model_dir) if model_dir else None
     return context if trained is None else min(context, trained)
 
 
-TRAINING_MAX_BYTES = 1 << 20  # lm_train writes a few KiB
 
-
-def _trained_seq_len(file: pathlib.Path) -> int | None:
-    """training.json's config.seq_len when the file is there and holds a positive integer, else None."""
-    try:
-        if not file.is_file() or file.stat().st_size > TRAINING_MAX_BYTES:
-            return None
-        saved = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError):
-        return None
-    config = saved.get("config") if isinstance(saved, dict) else None
+def _trained_seq_len(model_dir: str) -> int | None:
+    """training.json's config.seq_len when the directory has a usable report with a positive integer, else None."""
+    saved, _ = read_training_report(model_dir)
+    config = saved.get("config") if saved else None
     seq_len = config.get("seq_len") if isinstance(config, dict) else None
     if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
         return None
