@@ -22,7 +22,7 @@ from moe.config import MoEConfig
 from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
-from moe.hf.windows import merge_traces, plan_windows
+from moe.hf.windows import merge_traces, model_context, plan_windows
 from moe.metrics import nats_to_bits
 from moe.stats import StatsAccumulator
 from moe.trace import Trace
@@ -161,13 +161,15 @@ class ModelRun:
 @torch.inference_mode()
 def run_model(model: nn.Module, input_ids: Tensor, context: int | None = None) -> ModelRun:
     """Logits and one Trace per MoE layer of `input_ids` (S,) through an instrumented model, never running a
-    forward past `context` positions (None: model.config.max_position_embeddings): a longer text is read in
+    forward past `context` positions (None: moe.hf.windows.model_context of the model's config and the directory
+    it was loaded from, so a trained length recorded there counts): a longer text is read in
     sliding windows (moe.hf.windows.plan_windows), each token's logits and routing from its scoring window."""
     if not any(True for _ in engine_blocks(model)):
         raise ValueError("the model is not instrumented; call moe.hf.instrument.instrument(model) first")
     if input_ids.dim() != 1 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must be a non-empty 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
-    context = int(model.config.max_position_embeddings) if context is None else context
+    if context is None:
+        context = model_context(model.config, getattr(model.config, "name_or_path", None) or None)
     windows = plan_windows(input_ids.numel(), context)
     device = next(model.parameters()).device
     logits, per_layer, routing_only = [], {}, set()
