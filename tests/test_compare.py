@@ -165,3 +165,11 @@ def test_the_shared_range_covers_bars_and_reference_lines_of_every_side():
     a, b = load_pair([low, high], ["#111", "#222", "#333"])
     assert list(a.layout.yaxis.range) == list(b.layout.yaxis.range) == [0.0, 9.0 * HEADROOM]
     assert shared_range([0.0, 0.0], HEADROOM) == [0.0, HEADROOM]  # nothing to draw: still a visible axis
+
+
+def test_a_side_equal_to_the_other_runs_once_and_a_cleared_side_keeps_nothing():
+    at = _compare(a=SIDE_A, b=SIDE_A)
+    kept = at.session_state["compare_results"]
+    assert kept["A"][1] is kept["B"][1]  # one forward for the two equal links, not two
+    at.text_input(key="compare_b").set_value("").run()
+    assert not at.exception and set(at.session_state["compare_results"]) == {"A"}  # B's result is let go

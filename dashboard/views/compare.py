@@ -12,7 +12,7 @@ from dashboard.figures.colors import expert_colors
 from dashboard.figures.compare import LoadInput, confidence_pair, load_pair
 from dashboard.result import RunResult
 from dashboard.tables import confidence_histogram
-from dashboard.views.load import capacity_line
+from dashboard.views.load import EXPERT_CHOICE_NOTE, capacity_line, caption_keys, ideal_load
 
 TITLE = "Compare"
 MAX_TEXT_CHARS = MAX_SIDE_CHARS + 2048  # a whole URL: the query plus its address
@@ -68,12 +68,19 @@ def _inputs() -> dict[str, Side]:
 
 
 def _result(name: str, side: Side) -> RunResult | None:
-    """The side's forward: reused while its spec is unchanged; an error is shown and the other side still drawn."""
+    """The side's forward: reused while its spec is unchanged, or taken from the Playground or the other side when
+    they ran the same spec; an error is shown and the other side still drawn. A side without a spec keeps nothing
+    (a kept result counts in the memory budget every session shares)."""
+    ss = st.session_state
+    kept = ss.setdefault(state.COMPARE_RESULTS, {})
     if side.spec is None:
+        kept.pop(name, None)
         return None
-    kept = st.session_state.setdefault(state.COMPARE_RESULTS, {})
-    if name in kept and kept[name][0] == side.spec:
-        return kept[name][1]
+    same = [r for spec, r in [*kept.values(), (ss.get(state.RESULT_SPEC), ss.get(state.RESULT))]
+            if spec == side.spec and r is not None]
+    if same:
+        kept[name] = (side.spec, same[0])
+        return same[0]
     kept.pop(name, None)
     try:
         with st.spinner(f"Running side {name}…", show_time=True):
@@ -86,10 +93,8 @@ def _result(name: str, side: Side) -> RunResult | None:
 
 
 def _load_input(name: str, result: RunResult) -> LoadInput:
-    cfg = result.config
     capacity, capacity_name = capacity_line(result)
-    return LoadInput(name, result.per_expert, result.trace.tokens * cfg.top_k / cfg.n_experts, capacity,
-                     capacity_name)
+    return LoadInput(name, result.per_expert, ideal_load(result), capacity, capacity_name)
 
 
 def _charts(results: dict[str, RunResult]) -> None:
@@ -97,12 +102,13 @@ def _charts(results: dict[str, RunResult]) -> None:
     colors = expert_colors(max(r.config.n_experts for r in results.values()))  # expert e: one colour on the page
     loads = load_pair([_load_input(name, r) for name, r in results.items()], colors)
     hists = confidence_pair({name: confidence_histogram(r.trace) for name, r in results.items()})
-    capacity = ("capacity",) if any(r.trace.capacity is not None for r in results.values()) else ()
-    for figures, key, keys in ((loads, "load", ("demand", "served", "ideal_load", *capacity)),
-                               (hists, "confidence", ("token_confidence",))):
+    load_keys = list(dict.fromkeys(k for r in results.values() for k in caption_keys(r)))  # both sides' lines
+    for figures, key, keys in ((loads, "load", load_keys), (hists, "confidence", ("token_confidence",))):
         for name, fig, column in zip(results, figures, st.columns(2)):
             column.plotly_chart(fig, width="stretch", key=f"compare_{key}_{name}")
         st.caption(caption(*keys))
+        if key == "load" and any(r.config.router == "expert_choice" for r in results.values()):
+            st.caption(EXPERT_CHOICE_NOTE)
 
 
 def _delta(a: RunResult, b: RunResult) -> None:

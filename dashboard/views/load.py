@@ -32,19 +32,28 @@ def capacity_line(result: RunResult) -> tuple[int | None, str]:
     return B * C, f"capacity B·C ({B} × {C})"
 
 
+def ideal_load(result: RunResult) -> float:
+    """T·K/E: every expert's share of the assignments when the load is even (the chart's ideal line)."""
+    return result.trace.tokens * result.config.top_k / result.config.n_experts
+
+
 def figure(result: RunResult, sort: bool, height: int = HEIGHT) -> go.Figure:
-    cfg, trace = result.config, result.trace
-    ideal = trace.tokens * cfg.top_k / cfg.n_experts
     capacity, name = capacity_line(result)
-    fig = load_figure(result.per_expert, expert_colors(cfg.n_experts), ideal, capacity, sort=sort, capacity_name=name)
+    fig = load_figure(result.per_expert, expert_colors(result.config.n_experts), ideal_load(result), capacity,
+                      sort=sort, capacity_name=name)
     return fig.update_layout(height=height)
 
 
-def captions(result: RunResult, sort: bool) -> None:
+def caption_keys(result: RunResult) -> list[str]:
+    """The definitions the load chart needs: its bars and the lines it draws for this result."""
     keys = ["demand", "served", "dropped", "ideal_load"] + (["capacity"] if result.trace.capacity is not None else [])
     if capacity_line(result)[1] != "capacity C":
         keys.append("capacity_per_sequence")
-    st.caption(caption(*keys, *(("load_sorted",) if sort else ())))
+    return keys
+
+
+def captions(result: RunResult, sort: bool) -> None:
+    st.caption(caption(*caption_keys(result), *(("load_sorted",) if sort else ())))
     if result.config.router == "expert_choice":
         st.caption(EXPERT_CHOICE_NOTE)
 
