@@ -8,12 +8,16 @@ from moe import MoEConfig
 from moe.knobs import DEFAULTS as KNOBS, from_knobs
 
 from dashboard.model_link import MODEL_LINK_KEYS
+from dashboard.limits import RANGES
 from dashboard.presets import CONTROL_DEFAULTS, DEFAULT_PRESET, PRESETS, preset_values
 from dashboard.quoting import quote
 
 LABELLED_SCENARIOS = ("clusters", "drifting")
 # The Expert parallel page's own settings: query key -> (session-state key, smallest, largest value)
-EP_LINK: dict[str, tuple[str, int, int]] = {"epw": ("ep_world", 2, 8), "epr": ("ep_slots", 0, 7 * 256)}
+EP_WORLD = (2, 8)        # processes W: the page's slider and the link accept these
+SLOTS_PER_EXPERT = 7     # redundant slots R ≤ 7·E (the largest layer: n_experts 256)
+EP_LINK: dict[str, tuple[str, int, int]] = {"epw": ("ep_world", *EP_WORLD),
+                                            "epr": ("ep_slots", 0, SLOTS_PER_EXPERT * RANGES["n_experts"][1])}
 # not controls (the view: the Playground's sub-view; the Model page's: model_link; the Expert parallel page's)
 LINK_KEYS = ("preset", "view", *MODEL_LINK_KEYS, *EP_LINK)
 MAX_LINK_PARAMS = 64             # a link carries at most ~35 keys; more are ignored unread

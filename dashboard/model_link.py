@@ -35,7 +35,7 @@ MODEL_LINK: dict[str, tuple[str, type]] = {
 }
 MODEL_LINK_KEYS = tuple(MODEL_LINK)
 CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": tuple(BIASES), "model_sort": tuple(LAYER_COLUMNS)}
-LIMITS = {"model_max_tokens": (1, 4096), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
+LIMITS = {"model_max_tokens": (1, MAX_TOKENS_LIMIT), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
           "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
 
 

@@ -14,7 +14,7 @@ from dashboard import page, sidebar, state
 from dashboard.definitions import DEFINITIONS
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
-from dashboard.links import ep_to_query, to_query
+from dashboard.links import EP_WORLD, SLOTS_PER_EXPERT, ep_to_query, to_query
 from dashboard.result import RunResult
 
 PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first imports torch); **ready** = ranks "
@@ -60,10 +60,10 @@ def render(result: RunResult) -> None:
         st.error(f"Expert parallelism cannot run this configuration: {err}", icon="⚠️")
         return
     E = result.config.n_experts
-    st.session_state["ep_slots"] = min(st.session_state["ep_slots"], E * 7)  # from a link, or a larger layer
+    st.session_state["ep_slots"] = min(st.session_state["ep_slots"], E * SLOTS_PER_EXPERT)  # a link, a larger layer
     c1, c2, c3 = st.columns(3)
-    W = c1.slider("Processes (W)", 2, 8, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
-    R = c2.number_input("Redundant slots (R)", 0, E * 7, key="ep_slots",
+    W = c1.slider("Processes (W)", *EP_WORLD, key="ep_world", help="torchrun --nproc-per-node W (gloo, loopback)")
+    R = c2.number_input("Redundant slots (R)", 0, E * SLOTS_PER_EXPERT, key="ep_slots",
                         help="planned placement: extra replicas of the hottest experts")
     c3.caption("Runs contiguous blocks, then the planner's placement for the measured load.")
     if W > E:
