@@ -23,7 +23,9 @@ def token_csv(result: RunResult) -> bytes:
 
 def summary_json(result: RunResult) -> bytes:
     doc = {"config": result.config.to_dict(), "scenario": result.scenario,
-           "scenario_params": result.scenario_params, "device": result.device, "summary": result.summary}
+           "scenario_params": result.scenario_params, "device": result.device, "summary": result.summary,
+           # the page's forward time (summary.forward_ms is the first forward's, one-off costs included)
+           "warm_forward_ms": result.forward_ms, "warm_times_ms": list(result.warm_times_ms)}
     return dumps(doc, indent=2).encode()  # strict: NaN (dropless capacity, no shared experts) → null
 
 

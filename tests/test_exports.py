@@ -1,4 +1,5 @@
 """Downloads: every file parses back to the numbers the page shows."""
+import dataclasses
 import io
 import json
 
@@ -28,6 +29,10 @@ def test_per_expert_csv_and_summary_json_round_trip():
     doc = json.loads(exports.summary_json(r))
     assert doc["config"]["capacity_factor"] == 0.75 and doc["scenario_params"] == {"n_clusters": 4}
     assert doc["summary"]["dropped"] == r.summary["dropped"] > 0
+    assert doc["warm_forward_ms"] == r.summary["forward_ms"] and doc["warm_times_ms"] == []  # no repeats: the one
+    warm = dataclasses.replace(r, warm_times_ms=(3.0, 1.0, 2.0))
+    doc = json.loads(exports.summary_json(warm))
+    assert doc["warm_forward_ms"] == 2.0 and doc["warm_times_ms"] == [3.0, 1.0, 2.0]  # the page's median
 
 
 def test_trace_parquet_holds_every_token_expert_pair():
