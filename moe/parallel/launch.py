@@ -124,7 +124,7 @@ class EPJob:
         self._err = open(os.path.join(self._dir, "stderr"), "w+", encoding="utf-8")  # orphan never blocks a read
         self.started = time.monotonic()
         try:
-            self.proc = subprocess.Popen(self.command, cwd=ROOT, env=env, stdout=self._out, stderr=self._err,
+            self.proc = subprocess.Popen(self.command, env=env, stdout=self._out, stderr=self._err,  # the caller's cwd
                                          start_new_session=True)
         except OSError as err:
             self._remove_files()
