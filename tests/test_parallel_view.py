@@ -120,7 +120,7 @@ def test_the_flags_rebuild_the_sidebars_config_exactly():
     from dashboard.views.parallel import ep_flags
     from moe import MoEConfig, MoELayer
     from moe.cli.main import build_parser
-    from moe.cli.options import config_from_args
+    from moe.cli.options import resolve
     from moe.scenarios import make_batch
 
     cfg = MoEConfig(d_model=8, d_expert=16, n_experts=8, top_k=4, n_group=4, topk_group=2, shared_experts=2,
@@ -131,7 +131,7 @@ def test_the_flags_rebuild_the_sidebars_config_exactly():
     result = RunResult(config=cfg, scenario="gaussian", scenario_params={}, trace=trace,
                        per_expert=trace.per_expert(), summary=trace.summary())
     args = build_parser().parse_args(["ep-report", *ep_flags(result)])
-    assert config_from_args(args) == cfg
+    assert resolve(args)[0] == cfg
     with pytest.raises(ValueError, match="--seq-len S"):
         ep_flags(RunResult(config=cfg.replace(capacity_scope="sequence"), scenario="gaussian", scenario_params={},
                            trace=trace, per_expert=trace.per_expert(), summary=trace.summary()))

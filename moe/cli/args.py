@@ -28,39 +28,30 @@ def integer(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text[:40]!r}") from None
 
 
+def _bounded_int(text: str, lo: int, hi: int | None, expected: str) -> int:
+    """A decimal integer in lo..hi (hi None: no upper bound); else ArgumentTypeError saying what was expected."""
+    try:
+        value = int(text, 10)
+    except ValueError:
+        value = None
+    if value is None or value < lo or (hi is not None and value > hi):
+        raise argparse.ArgumentTypeError(f"expected {expected}, got {text[:40]!r}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """A decimal integer ≥ 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+    return _bounded_int(text, 1, None, "a positive integer")
 
 
 def non_negative_int(text: str) -> int:
     """A decimal integer ≥ 0 (an index)."""
-    try:
-        value = int(text, 10)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text[:40]!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text[:40]!r}")
-    return value
+    return _bounded_int(text, 0, None, "an integer ≥ 0")
 
 
 def int_in(lo: int, hi: int):
     """A type: a decimal integer in lo..hi."""
-    def parse(text: str) -> int:
-        try:
-            value = int(text, 10)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi:,}, got {text[:40]!r}") from None
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"expected an integer from {lo} to {hi:,}, got {text[:40]!r}")
-        return value
-    return parse
+    return lambda text: _bounded_int(text, lo, hi, f"an integer from {lo} to {hi:,}")
 
 
 def finite_float(text: str) -> float:
@@ -68,9 +59,9 @@ def finite_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number, got {text[:40]!r}") from None
     if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text[:40]!r}")
     return value
 
 

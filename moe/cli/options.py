@@ -89,7 +89,6 @@ SCENARIO_OPTIONS: tuple[Option, ...] = (
     Option("--scale", "scale", None, type=finite_float, help="gaussian: the tokens' standard deviation (default 1)"),
 )
 SCENARIO_PARAMETERS = tuple(o.dest for o in SCENARIO_OPTIONS[2:])  # the options a scenario may or may not read
-_BIAS_KNOBS = ("hot_expert", "hot_bias")
 
 
 def _add(p: argparse.ArgumentParser, option: Option) -> None:
@@ -139,10 +138,6 @@ def resolve(args: argparse.Namespace) -> tuple[MoEConfig, str, dict, int]:
         raise UsageError("--logit-bias sets every expert's logit bias; give it or --hot-expert/--hot-bias, not both")
     cfg, scenario, params, tokens = from_knobs(knobs_from_args(args))
     return (cfg.replace(**direct) if direct else cfg), scenario, params, tokens
-
-
-def config_from_args(args: argparse.Namespace) -> MoEConfig:
-    return resolve(args)[0]
 
 
 def check_scenario_options(args: argparse.Namespace, scenario: str) -> None:

@@ -26,7 +26,6 @@ from moe.traces.records import Progress, RoutingRecord, TraceLimits, check_exper
 
 ROW_KEYS = ["aux_loss", "max_over_mean", "cv", "load_entropy", "dead_fraction", "z_loss", "mean_confidence",
             "tokens"]
-PROB_SIDE = ("aux_loss", "z_loss", "mean_confidence", "topk_margin", "bias_overlap")  # need the logits
 # Where the expert count came from: the caller, or the file itself.
 N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Runs page's Experts (E))",
                      "logit_shape": "recorded in the file: each record's logit_shape [tokens, experts]",
