@@ -38,6 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from moe.memory import budget_bytes  # noqa: E402
+from moe.proctree import memory_bytes  # noqa: E402
+from moe.roots import MODELS_DIR  # noqa: E402
 
 # Each case: (name, code run after the shared prelude; it sets `code` and `estimate`).
 PRELUDE = """
@@ -156,19 +158,14 @@ TAG = "MOE_BENCH_CASE"
 def tree_rss(tag: str) -> int:
     """Summed proportional set size (bytes) of every live process whose environment carries TAG=tag: pages
     shared between the processes (torch's libraries in every rank) count once, as the machine pays them."""
-    total, needle = 0, f"{TAG}={tag}".encode()
+    needle, tagged = f"{TAG}={tag}".encode(), []
     for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
         try:
-            if needle not in (proc / "environ").read_bytes().split(b"\0"):
-                continue
-            for line in (proc / "smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1]) * 1024
+            if proc.name.isdigit() and needle in (proc / "environ").read_bytes().split(b"\0"):
+                tagged.append((int(proc.name), 0))
         except OSError:  # the process ended while we looked
             continue
-    return total
+    return memory_bytes(tagged)
 
 
 def _bpe_tokenizer(path: Path, merges: int) -> None:
@@ -187,7 +184,7 @@ def _bpe_tokenizer(path: Path, merges: int) -> None:
     (path / "tokenizer.json").write_text(json.dumps(tok))
 
 
-BUNDLED_MODEL = str(ROOT / "moe" / "models" / "pydoc-mixtral")
+BUNDLED_MODEL = str(MODELS_DIR / "pydoc-mixtral")  # moe.hf.load.BUNDLED_MODEL, without importing transformers
 
 
 def build_model_dirs(tmp: Path) -> None:
