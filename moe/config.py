@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
-from moe.validate import check_fields
+from moe.validate import check_fields, int_at_least
 
 ROUTERS = ("topk", "expert_choice", "hash", "random")
 BIASED_ROUTERS = ("topk", "random")  # the routers whose selection reads expert_bias
@@ -120,9 +120,7 @@ class MoEConfig:
     def __post_init__(self) -> None:
         check_fields(self)  # types first (coerces numpy numbers), so the checks below compare numbers
         for name in ("d_model", "d_expert", "n_experts", "top_k"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            int_at_least(name, getattr(self, name), 1)
         if self.top_k > self.n_experts:
             raise ValueError(f"top_k={self.top_k} exceeds n_experts={self.n_experts}; "
                              f"lower top_k to at most {self.n_experts} or add experts")
@@ -198,9 +196,7 @@ class MoEConfig:
     def _check_routing_groups(self) -> None:
         """n_group / topk_group: DeepSeek-V3 group-limited routing must leave at least top_k experts."""
         for name in ("n_group", "topk_group"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+            int_at_least(name, getattr(self, name), 1)
         G, E = self.n_group, self.n_experts
         if E % G:
             divisors = [g for g in range(1, E + 1) if E % g == 0]

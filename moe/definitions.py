@@ -63,7 +63,8 @@ DEFINITIONS: dict[str, str] = {
     "mean_confidence": "`mean_t min(p₁/p₂, 100)`, p₁ ≥ p₂ the two largest probs of token t; 1 = a tie between "
                        "the top two, 100 = capped. NaN when E = 1.",
     "tokens": "T = batch × sequence: the tokens in the forward.",
-    "forward_ms": "wall time of the forward, statistics included, synchronised with the device.",
+    "forward_ms": "wall time of the forward, statistics included, synchronised with the device (summed over the "
+                  "forwards when statistics of several are merged, e.g. a text read in windows).",
     "tokens_per_s": "`T / (forward_ms / 1000)`: tokens through the layer per second of forward time.",
     "device": "the device that actually ran the forward (cpu, cuda:i or mps).",
     "nonfinite": "count of non-finite (NaN or ±inf) entries of router_logits: bad input is reported, not hidden.",

@@ -31,7 +31,10 @@ def int_at_least(name: str, value, minimum: int) -> int:
 
 def finite_number(name: str, value, *, minimum: float | None = None, positive: bool = False) -> float:
     """`value` as a finite float (>= minimum, or > 0 when positive); else a ValueError naming `name`."""
-    ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    try:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_)) and math.isfinite(value)
+    except OverflowError:  # an int too large for a float (10**400) is no finite number either
+        ok = False
     if not ok or (minimum is not None and value < minimum) or (positive and value <= 0):
         bound = " > 0" if positive else "" if minimum is None else f" >= {minimum:g}"
         raise ValueError(f"{name} must be a finite number{bound}, got {value!r}")

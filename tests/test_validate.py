@@ -95,6 +95,7 @@ def test_int_at_least_is_the_one_integer_check(value, minimum, ok):
     (float("nan"), {}, "x must be a finite number, got nan"), (float("inf"), {"minimum": 0}, "x must be a finite number >= 0"),
     (-0.1, {"minimum": 0}, "x must be a finite number >= 0, got -0.1"), (0.0, {"positive": True}, "x must be a finite number > 0"),
     (True, {}, "x must be a finite number, got True"), ("1", {}, "x must be a finite number, got '1'"),
+    (10 ** 400, {}, "x must be a finite number, got 1000"),  # too large for a float: not an OverflowError
 ])
 def test_finite_number_is_the_one_number_check(value, kwargs, message):
     from moe.validate import finite_number

@@ -24,6 +24,7 @@ from moe.config import BIASED_ROUTERS, MoEConfig
 from moe.layer import MoELayer
 from moe.losses import aux_loss, z_loss
 from moe.memory import budget_bytes, check_training_budget
+from moe.metrics import safe_ratio
 from moe.scenarios import SCENARIOS
 from moe.stats import SUMMARY_KEYS
 from moe.train.task import SyntheticTask, draw, takes_step
@@ -287,8 +288,7 @@ class Trainer:
 
     def _row(self, summary: dict, served, host: list[float]) -> dict:
         E = self._config.model.n_experts
-        total = served.sum()
-        shares = served / total if total > 0 else served * float("nan")
+        shares = safe_ratio(served, served.sum())  # (E,) load share, as per_expert's load_share (NaN: nothing served)
         row = {"step": self._step, "balance": self._config.balance, "task_loss": host[0],
                "total_loss": host[1], **summary, "router_saturation": host[2]}
         row.update({f"load_share_{e}": float(shares[e]) for e in range(E)})
