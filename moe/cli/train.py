@@ -8,12 +8,11 @@ import dataclasses
 import os
 import sys
 
-from moe.cli.args import UsageError, finite_float, integer, positive_int
-from moe.cli.options import check_scenario_options, flag_names
+from moe.cli.args import UsageError, finite_float, positive_int
+from moe.cli.options import CONFIG_OPTIONS, SCENARIO_OPTIONS, check_scenario_options, flag_names
 from moe.jsonio import dumps, dumps_lines
 from moe.knobs import scenario_params
 from moe.memory import BudgetError, budget_bytes
-from moe.scenarios import SCENARIOS
 from moe.train.presets import PRESETS
 from moe.train.trainer import BALANCES, TrainConfig, Trainer
 
@@ -24,29 +23,26 @@ _COEF_FIELD = {"aux": "aux_coef", "zloss": "z_coef", "bias": "bias_rate", "capac
 _MODEL_OPTIONS = ("d_model", "d_expert", "n_experts", "top_k", "temperature", "noise_std", "device")
 _TRAIN_OPTIONS = ("tokens", "steps", "balance", "aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr",
                   "task_shared", "input_offset", "seed")
-_SCENARIO_OPTIONS = {"clusters": "n_clusters", "skew": "skew", "spread": "spread", "period": "period"}
+# The scenario and layer options train shares with report (moe.cli.options): same flags, types and knobs; here each
+# defaults to None (= the preset's or TrainConfig's value). drifting's step is the trainer's own.
+_SHARED = {o.dest: o for o in (*SCENARIO_OPTIONS, *CONFIG_OPTIONS)
+           if o.dest in ("scenario", "clusters", "skew", "spread", "period", "temperature", "noise_std", "d_model",
+                         "d_expert", "n_experts", "top_k", "device", "seed")}
+_SCENARIO_OPTIONS = {dest: _SHARED[dest].knob for dest in ("clusters", "skew", "spread", "period")}
 
 
 def add_command(commands) -> None:
     p = commands.add_parser("train", help="the live-training loop, headless: one row per step")
     p.add_argument("--preset", choices=list(PRESETS), default=None, help="start from a named setup")
-    p.add_argument("--scenario", choices=list(SCENARIOS), default=None)
-    p.add_argument("--clusters", type=positive_int, default=None, help="scenario n_clusters")
-    p.add_argument("--skew", type=finite_float, default=None)
-    p.add_argument("--spread", type=finite_float, default=None)
-    p.add_argument("--period", type=positive_int, default=None, help="drifting: steps per rotation")
+    for option in _SHARED.values():
+        p.add_argument(option.flag, type=option.type, choices=option.choices, default=None, help=option.help)
     p.add_argument("--tokens", type=positive_int, default=None, help="tokens per step")
     p.add_argument("--steps", type=positive_int, default=None)
     p.add_argument("--balance", choices=BALANCES, default=None)
     p.add_argument("--coef", type=finite_float, default=None,
                    help="the chosen balance's coefficient: aux_coef, z_coef, bias_rate or capacity_factor")
-    for name in ("aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr", "task_shared", "input_offset",
-                 "temperature", "noise_std"):
+    for name in ("aux_coef", "z_coef", "bias_rate", "capacity_factor", "lr", "task_shared", "input_offset"):
         p.add_argument("--" + name.replace("_", "-"), type=finite_float, default=None)
-    for name in ("d_model", "d_expert", "n_experts", "top_k"):
-        p.add_argument("--" + name.replace("_", "-"), type=positive_int, default=None)
-    p.add_argument("--device", default=None)
-    p.add_argument("--seed", type=integer, default=None)
     p.add_argument("--format", choices=("json", "jsonl", "csv"), default="json", help=FORMATS)
     p.set_defaults(run=run)
 
