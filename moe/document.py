@@ -10,11 +10,16 @@ import pandas as pd
 from moe.jsonio import dumps
 
 
+def document(config: dict, summary: dict, table: pd.DataFrame, extra: dict | None = None) -> dict:
+    """The JSON document as a dict (dumps makes it strict); `extra` (the scenario, tokens, ...) joins the config."""
+    return {"config": {**config, **(extra or {})}, "summary": summary, "per_expert": table.to_dict(orient="records")}
+
+
 def render(config: dict, summary: dict, table: pd.DataFrame, fmt: str, extra: dict | None = None) -> str:
     """The document in `fmt` ("json" or "csv"); `extra` (the scenario, tokens, ...) joins the config."""
-    config = {**config, **(extra or {})}
     if fmt == "json":
-        return dumps({"config": config, "summary": summary, "per_expert": table.to_dict(orient="records")}, indent=2)
+        return dumps(document(config, summary, table, extra), indent=2)
+    config = {**config, **(extra or {})}
     out = io.StringIO()
     out.write("# config\n")
     pd.Series(config, dtype=object).rename("value").to_csv(out, header=["value"], index_label="key")

@@ -8,7 +8,6 @@ median over the repeats) and straggler_spread (min, quartiles, max and every rep
 from __future__ import annotations
 
 import io
-import json
 import os
 from dataclasses import dataclass
 
@@ -18,7 +17,7 @@ import torch
 import torch.distributed as dist
 
 from moe.config import MoEConfig
-from moe.document import render
+from moe.document import document, render
 from moe.jsonio import dumps
 from moe.layer import MoELayer
 from moe.parallel.forward import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward,
@@ -119,15 +118,17 @@ def _render(cfg, fmt: str, placement, runs, input_: dict) -> str:
     extra = {"world_size": len(placement.ranks), "placement": placement.to_dict(), "per_rank": per_rank,
              "traffic": traffic, "traffic_bytes": traffic * token_bytes,
              "straggler": straggler_spread([r.per_rank for r in runs])}
-    base = render(cfg.to_dict(), summary_dict(sums), per_expert_frame(sums), fmt, extra=input_)
-    return _json(base, extra) if fmt == "json" else _csv(base, extra)
+    parts = (cfg.to_dict(), summary_dict(sums), per_expert_frame(sums))
+    if fmt == "json":
+        return _json(document(*parts, extra=input_), extra)
+    return _csv(render(*parts, fmt, extra=input_), extra)
 
 
-def _json(base: str, extra: dict) -> str:
-    doc = json.loads(base)
+def _json(doc: dict, extra: dict) -> str:
+    """The report document with the expert-parallel sections after the config (one strict dumps: NaN → null)."""
     out = {"config": doc.pop("config"), "world_size": extra["world_size"], "placement": extra["placement"],
-           "per_rank": json.loads(extra["per_rank"][PER_RANK_COLUMNS].to_json(orient="records")),
-           "traffic": extra["traffic"].tolist(), "traffic_bytes": extra["traffic_bytes"].tolist(),
+           "per_rank": extra["per_rank"][PER_RANK_COLUMNS].to_dict(orient="records"),
+           "traffic": extra["traffic"], "traffic_bytes": extra["traffic_bytes"],
            "straggler_factor": extra["straggler"]["median"], "straggler_spread": extra["straggler"], **doc}
     return dumps(out, indent=2)
 
