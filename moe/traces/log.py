@@ -1,0 +1,164 @@
+"""The routing log: one in-memory record for every routing source (SGLang, vLLM, Megatron, plain counts, our own
+recorder), and the checks every reader shares.
+
+A `RoutingLog` holds, per (step, layer), the token count of every *logical* expert (`counts`, (S, L, E));
+optionally the per-token top-k (`tokens`), the physical → logical expert map of the run (`physical_to_logical`,
+(L, P)) and per-rank physical counts (`rank_counts`, (S, W, L, P)); and where it came from (`source`, `meta`).
+Readers build one with the helpers below (physical → logical mapping, ids → counts, the expert count), which
+refuse a malformed input in one line (a ValueError naming what is wrong and the fix) and never echo a string
+from the file. `moe.traces.store` writes and reads it as a Parquet dataset (docs/routing-log.md).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from moe.traces.records import MAX_EXPERTS, check_experts
+
+# Where the expert count came from (shown on the page and in trace-report's JSON).
+GIVEN, RECORDED = "given", "recorded"
+
+
+@dataclass
+class TokenRouting:
+    """Per-token routing: row n is one token of step `step[n]` at layer `layer[n]` (an index into log.layers)."""
+    step: np.ndarray                   # (N,) int64
+    layer: np.ndarray                  # (N,) int32
+    ids: np.ndarray                    # (N, K) int64 logical expert ids; -1 = no expert in that slot (padding)
+    weights: np.ndarray | None = None  # (N, K) float32 gate weights, when the source records them
+
+    def __post_init__(self) -> None:
+        n = len(self.step)
+        if self.layer.shape != (n,) or self.ids.ndim != 2 or self.ids.shape[0] != n:
+            raise ValueError("per-token routing needs step (N,), layer (N,) and ids (N, K) of one length")
+        if self.weights is not None and self.weights.shape != self.ids.shape:
+            raise ValueError("per-token weights must have the shape of the ids (N, K)")
+
+
+@dataclass
+class RoutingLog:
+    source: str                        # a key of moe.traces.formats.FORMATS, e.g. "sglang-stat"
+    layers: list[str]                  # layer labels: the source's own numbers where it names them, else "0".."L-1"
+    steps: np.ndarray                  # (S,) int64, strictly ascending
+    counts: np.ndarray                 # (S, L, E) int64: tokens routed to each logical expert
+    n_experts_source: str = RECORDED   # GIVEN (the caller's --n-experts) or RECORDED (the file's own shapes)
+    top_k: int | None = None           # experts per token, when the source records it
+    meta: dict = field(default_factory=dict)  # JSON-able: world_size, ranks, files, model, ...
+    tokens: TokenRouting | None = None
+    physical_to_logical: np.ndarray | None = None  # (L, P) int64: the placement the run used
+    rank_counts: np.ndarray | None = None          # (S, W, L, P) int64: each rank's physical counts
+
+    def __post_init__(self) -> None:
+        self.steps = np.asarray(self.steps, dtype=np.int64)
+        S, L = len(self.steps), len(self.layers)
+        if self.counts.ndim != 3 or self.counts.shape[:2] != (S, L):
+            raise ValueError(f"counts must be (steps={S}, layers={L}, experts), got {self.counts.shape}")
+        if S == 0 or L == 0:
+            raise ValueError("the routing log holds no steps or no layers; give a file with at least one record")
+        if S > 1 and not bool((np.diff(self.steps) > 0).all()):
+            raise ValueError("the routing log's steps must be strictly ascending")
+        if len(set(self.layers)) != L:
+            raise ValueError("the routing log names a layer twice")
+        check_experts(self.counts.shape[2], "the routing log's expert count")
+        if self.physical_to_logical is not None:
+            check_map(self.physical_to_logical, self.n_experts, "the physical → logical map")
+
+    @property
+    def n_experts(self) -> int:
+        return int(self.counts.shape[2])
+
+    def layer_load(self, layer: str) -> np.ndarray:
+        """(S, E) tokens per step and expert of one layer."""
+        return self.counts[:, self.layers.index(layer), :]
+
+
+def resolve_experts(given: int | None, recorded: int | None, max_id: int, what: str) -> tuple[int, str]:
+    """E and where it came from: the source's own count when it records one (the caller's must then agree),
+    else the caller's; never below the largest id + 1. `max_id` is -1 when no id was seen."""
+    if recorded is not None:
+        E = check_experts(recorded, f"{what}'s expert count")
+        if given is not None and given != E:
+            raise ValueError(f"{what} records {E} experts but --n-experts {given} was given; give {E} or leave the "
+                             f"count out")
+        source = RECORDED
+    elif given is None:
+        raise ValueError(f"{what} does not record the number of experts; give it (--n-experts, the model's expert "
+                         f"count), at least the largest expert id + 1 ({max_id + 1})")
+    else:
+        E, source = check_experts(given, "--n-experts"), GIVEN
+    if max_id >= E:
+        raise ValueError(f"{what} routes to expert {max_id} but the expert count is {E}; the count must be at least "
+                         f"the largest expert id + 1 ({max_id + 1})")
+    return E, source
+
+
+def check_map(p2l, n_experts: int | None, what: str) -> np.ndarray:
+    """A physical → logical map (L, P) of integers in 0..E-1 in which every logical expert has a slot in every layer.
+    With n_experts None, E is the map's largest id + 1. Returns it as int64."""
+    arr = np.asarray(p2l)
+    if arr.ndim != 2 or 0 in arr.shape or arr.dtype.kind not in "iu":
+        raise ValueError(f"{what} must be an integer array [layers, physical_experts], got "
+                         f"{'shape ' + str(tuple(arr.shape)) if arr.dtype.kind in 'iu' else 'non-integers'}")
+    arr = arr.astype(np.int64)
+    E = int(arr.max()) + 1 if n_experts is None else n_experts
+    if int(arr.min()) < 0 or int(arr.max()) >= E or E > MAX_EXPERTS:
+        raise ValueError(f"{what} holds expert {int(arr.min()) if arr.min() < 0 else int(arr.max())}, outside "
+                         f"0..{E - 1}")
+    present = np.zeros((arr.shape[0], E), dtype=bool)
+    present[np.arange(arr.shape[0])[:, None], arr] = True  # (L, E)
+    if not present.all():
+        layer, expert = (int(v[0]) for v in np.nonzero(~present))
+        raise ValueError(f"{what} gives logical expert {expert} no physical slot in layer {layer}; every expert needs "
+                         f"at least one")
+    return arr
+
+
+def map_to_logical(physical: np.ndarray, p2l: np.ndarray, n_experts: int) -> np.ndarray:
+    """Counts per physical slot (..., L, P) summed into counts per logical expert (..., L, E) through the map (L, P)."""
+    *lead, L, P = physical.shape
+    if p2l.shape != (L, P):
+        raise ValueError(f"the counts have {L} layers × {P} physical experts but the physical → logical map is "
+                         f"{list(p2l.shape)}; give the map written with the counts")
+    flat = physical.reshape(-1, L * P).astype(np.int64)                               # (M, L·P)
+    target = (np.arange(L)[:, None] * n_experts + p2l).ravel()                       # (L·P,) logical column
+    out = np.zeros((flat.shape[0], L * n_experts), dtype=np.int64)                   # (M, L·E)
+    _add_columns(out, flat, target)
+    return out.reshape(*lead, L, n_experts)
+
+
+def _add_columns(out: np.ndarray, flat: np.ndarray, target: np.ndarray) -> None:
+    """out[:, target[j]] += flat[:, j] for every j, vectorised over rows (repeated targets add up)."""
+    order = np.argsort(target, kind="stable")
+    starts = np.r_[0, np.flatnonzero(np.diff(target[order])) + 1]
+    sums = np.add.reduceat(flat[:, order], starts, axis=1)                           # (M, distinct targets)
+    out[:, target[order][starts]] += sums
+
+
+def counts_from_ids(step_index: np.ndarray, layer_index: np.ndarray, ids: np.ndarray, n_steps: int,
+                    n_layers: int, n_experts: int) -> np.ndarray:
+    """(S, L, E) token counts from per-token ids (N, K) at (step_index, layer_index) (N,); -1 slots are skipped."""
+    keep = ids >= 0                                                                  # (N, K)
+    cell = (step_index.astype(np.int64) * n_layers + layer_index)[:, None] * n_experts + ids  # (N, K)
+    flat = np.bincount(cell[keep], minlength=n_steps * n_layers * n_experts)
+    return flat.reshape(n_steps, n_layers, n_experts).astype(np.int64)
+
+
+def check_ids(ids: np.ndarray, where: str, allow_padding: bool = False) -> int:
+    """Integer expert ids ≥ 0 (or -1 where padding is allowed), below MAX_EXPERTS; returns the largest (-1: none)."""
+    if ids.dtype.kind not in "iu":
+        raise ValueError(f"{where}: expert ids must be integers, got {ids.dtype.name}")
+    if ids.size == 0:
+        return -1
+    low, high = int(ids.min()), int(ids.max())
+    if low < (-1 if allow_padding else 0):
+        raise ValueError(f"{where}: expert id {low} is negative" + (" (only -1 marks an empty slot)"
+                                                                   if allow_padding else ""))
+    if high >= MAX_EXPERTS:
+        raise ValueError(f"{where}: expert id {high} is beyond {MAX_EXPERTS - 1}")
+    return high
+
+
+def default_layers(n: int) -> list[str]:
+    """Layers labelled 0…L−1 in file order (for sources that do not name them)."""
+    return [str(i) for i in range(n)]
