@@ -4,7 +4,6 @@ routing log that is still being written."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 
 import numpy as np

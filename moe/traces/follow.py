@@ -62,5 +62,6 @@ class LogFollower:
         mean = counts.mean(1)
         ratio = np.where(mean > 0, counts.max(1) / np.where(mean > 0, mean, 1.0), np.nan)
         worst = int(np.nanargmax(ratio)) if np.isfinite(ratio).any() else 0
+        dead = int((counts[worst] == 0).sum())
         return (f"step {step}: {int(counts.sum())} assignments over {counts.shape[0]} layers; worst layer "
-                f"{self.doc['layers'][worst]} max/mean {ratio[worst]:.3f}, dead experts {int((counts[worst] == 0).sum())}")
+                f"{self.doc['layers'][worst]} max/mean {ratio[worst]:.3f}, dead experts {dead}")
