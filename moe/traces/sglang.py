@@ -21,7 +21,11 @@ Followed: sgl-project/sglang `python/sglang/srt/eplb/expert_distribution.py` at 
   forward_pass_id) and mapped to logical experts through the map. In pure tensor parallelism (no DP attention)
   every rank routes the same tokens, so that sum counts each token once per rank, as SGLang's own numbers do.
 - per_token: the same files, records also holding input_ids, positions, extend_seq_lens, forward_mode,
-  misc_objects and topk_ids_of_layer: int32 [layers, tokens, 8], -1 padded, physical expert ids.
+  misc_objects and topk_ids_of_layer: int32 [layers, tokens, 8], -1 padded, physical expert ids (select_experts
+  records them after topk_ids_logical_to_physical). Token rows with no expert (a dense layer, or padded tokens that
+  _mask_topk_ids_padded_region set to -1) are dropped and counted in meta["padding_rows_dropped"]; the ids keep the
+  slots some token used (8 → top_k). With shared-expert fusion SGLang appends ids past the routed experts (its own
+  TODO says the data is then wrong); the reader refuses ids beyond the map.
 
 The number of logical experts E is the map's largest id + 1: SGLang builds `logical_to_all_physical_map` from the
 map, so every logical expert has a slot and `check_map` refuses a map that leaves one out.
@@ -129,7 +133,7 @@ def _read_stat(path: str, obj: dict, n_experts: int | None) -> RoutingLog:
         raise ValueError(f"{where}: every row of logical_count is zero (no pass was recorded); record traffic "
                          f"between /start_expert_distribution_record and the dump")
     rate = obj.get("average_utilization_rate_over_window")
-    meta = {"mode": "stat", "files": [where], "ranks": [0], "world_size": 1, "counts_all_reduced": True,
+    meta = {"mode": MODE[STAT], "files": [where], "ranks": [0], "world_size": 1, "counts_all_reduced": True,
             "buffer_rows": int(B), "empty_rows_dropped": int(B - filled.sum()), "step_order": "buffer slot",
             "average_utilization_rate_over_window": float(rate) if isinstance(rate, float) and np.isfinite(rate)
             else None}
@@ -227,7 +231,7 @@ def _read_per_pass(run: _Run) -> RoutingLog:
         rank_counts[step_index[fpid], rank_index[rank]] = gpc
     counts = map_to_logical(rank_counts.sum(axis=1), run.p2l, run.n_experts)           # (S, L, E)
     return RoutingLog(source=PER_PASS, layers=default_layers(L), steps=steps, counts=counts,
-                      n_experts_source=run.n_experts_source, meta=run.meta("per_pass"),
+                      n_experts_source=run.n_experts_source, meta=run.meta(MODE[PER_PASS]),
                       physical_to_logical=run.p2l, rank_counts=rank_counts)
 
 
@@ -274,7 +278,7 @@ def _read_per_token(run: _Run) -> RoutingLog:
     rank_counts = counts_from_ids(step_i * W + rank_i, layer, physical, S * W, L, P).reshape(S, W, L, P)
     per_row = valid.sum(axis=1)                                                       # (N,)
     top_k = int(per_row[0]) if per_row.size and bool((per_row == per_row[0]).all()) else None
-    meta = {**run.meta("per_token"), "token_rows": int(kept.sum()), "padding_rows_dropped": int((~kept).sum())}
+    meta = {**run.meta(MODE[PER_TOKEN]), "token_rows": int(kept.sum()), "padding_rows_dropped": int((~kept).sum())}
     tokens = TokenRouting(step=steps[step_i], layer=layer, ids=logical)
     return RoutingLog(source=PER_TOKEN, layers=default_layers(L), steps=steps, counts=counts,
                       n_experts_source=run.n_experts_source, top_k=top_k, meta=meta, tokens=tokens,
