@@ -85,6 +85,7 @@ def test_kind():
     assert kind(torch.zeros(2, 3, 4, dtype=torch.int16)) == ROUTED
     assert kind(np.zeros((2, 3, 4), np.int64)) == ROUTED
     assert kind(torch.zeros(2, 3, 4)) is None and kind(np.zeros((2, 3), np.int32)) is None
+    assert kind(torch.zeros(2, 3, 4, dtype=torch.bool)) is None and kind(np.zeros((2, 3, 4), bool)) is None
     assert kind({"expert_load_window": torch.zeros(1)}) == EPLB and kind({"other": 1}) is None
     assert kind("text") is None
 

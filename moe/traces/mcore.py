@@ -10,7 +10,8 @@ fork's own offline plotting tool for the grouping rules:
   forward_counts, ep_group_ranks (int32), and int32 scalars ep_rank, ep_size, global_rank,
   num_global_physical_experts, num_local_physical_experts.
 - Each row is `routing_map.sum(dim=0)` of this rank's own tokens; the global load is the sum over the ranks of
-  the EP group. The host buffer is `torch.empty`: rows past a layer's forward_counts are uninitialised memory,
+  the EP group. `rank_counts` (forwards, ranks, layers, physical) keeps each rank's row as written: the tokens a
+  rank sent, not the tokens its experts served (those are the summed counts' slots of that rank). The host buffer is `torch.empty`: rows past a layer's forward_counts are uninitialised memory,
   so every layer is cut to the fewest forwards any rank and layer captured (as the plotting tool does), and
   `meta["forwards_dropped"]` says how many rows that left out.
 - `capture_id` is `{time}_pid{pid}`, different on every rank (one process each): it cannot tie the ranks of one

@@ -16,7 +16,8 @@ What vLLM's code says (vllm-project/vllm, the commits read):
   redundant + 1; -1 padded), `logical_replica_count` (layers, logical). `step()` writes `window[step]` and then
   advances `expert_load_window_step` modulo the window, so that step is the oldest row: with it in the dict the
   rows are ordered oldest first; without it they stay in storage order (meta "window_order"). Rows not yet
-  written are zeros. Each rank records the load of every physical expert from its own tokens, and vLLM's
+  written are zeros. Each rank records the load of every physical expert from its own tokens (with naive
+  all-to-all dispatch every DP rank sees the same tokens: vLLM's NOTE says the load is then dp_size times), and vLLM's
   `rearrange()` maps every row through the current map: we do the same, and keep the physical counts as one
   rank (W = 1): sum the ranks' windows first to see the whole EP group.
 """
