@@ -1,0 +1,183 @@
+"""Plain token counts as a `RoutingLog`: a CSV or Parquet table with columns `layer, expert, count` and an
+optional `step` — the common denominator of torchtitan's `tokens_per_expert`, DeepSpeed's `exp_counts` or any
+script that counts routed tokens.
+
+Rules (every violation is one ValueError line):
+- Rows are sparse: a (step, layer, expert) without a row counted 0 tokens. A (step, layer, expert) given twice
+  is refused rather than summed (a file written twice by accident would otherwise double silently).
+- `count` is a non-negative integer; floats are accepted only when integral (torchtitan keeps float32 counts).
+  `expert` and `step` are non-negative integers; without `step` every row is step 0.
+- `layer` labels are kept as written (1 to 32 letters, digits, '.', '_' or '-', like Parquet traces); they are
+  ordered numerically when every label is a number, else by first appearance. Steps are sorted ascending.
+- The file does not record the expert count: E is --n-experts when given (an expert above it is refused), else
+  the largest expert + 1 (a top expert that never got a token is then missing: give --n-experts).
+- The file is read with pyarrow after its size is checked against a quarter of the memory budget (a CSV grows
+  in memory: its size is multiplied by CSV_EXPANSION first).
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from moe.memory import BUDGET_ENV, describe_bytes
+from moe.traces.log import RoutingLog, check_ids, resolve_experts
+from moe.traces.parquet import LAYER_NAME
+from moe.traces.records import INT64_MAX, TraceLimits, open_regular
+
+CSV_SOURCE, PARQUET_SOURCE = "counts-csv", "counts-parquet"
+NEEDED = ("layer", "expert", "count")
+PARQUET_MAGIC = b"PAR1"
+# Bytes one CSV byte may take while read: a 6-byte row "0,0,0\n" becomes four 8-byte columns (32 bytes, ~5x),
+# plus pyarrow's parse buffers and the sorts and copies of the counting below.
+CSV_EXPANSION = 16
+NUMBER = re.compile(r"[0-9]{1,18}")
+
+
+def _header(head: bytes) -> list[str]:
+    """The column names of a CSV's first line, lower-cased, quotes and spaces stripped ([] if not text)."""
+    try:
+        line = head.split(b"\n", 1)[0].decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return []
+    return [name.strip().strip('"').strip().lower() for name in line.rstrip("\r").split(",")]
+
+
+def looks_like_counts_csv(head: bytes) -> bool:
+    """Whether the first line of a file is a CSV header naming layer, expert and count."""
+    return set(NEEDED) <= set(_header(head))
+
+
+def is_counts_parquet(schema_names) -> bool:
+    """Whether a Parquet schema has the layer, expert and count columns."""
+    return set(NEEDED) <= set(schema_names)
+
+
+def _too_big(path: str, size: int, cap: int) -> ValueError:
+    return ValueError(f"{path!r} takes about {describe_bytes(size)} in memory, over the {describe_bytes(cap)} a "
+                      f"counts file may take under the memory budget; give a shorter file or raise {BUDGET_ENV}")
+
+
+def _read_csv(f, path: str, cap: int):
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+    f.seek(0, 2)
+    size = f.tell()
+    if size * CSV_EXPANSION > cap:
+        raise _too_big(path, size * CSV_EXPANSION, cap)
+    f.seek(0)
+    names = _header(f.read(min(size, 1 << 16)))
+    if not set(NEEDED) <= set(names):
+        raise ValueError(f"{path!r} has no header naming columns {list(NEEDED)}; write the counts as a CSV whose "
+                         f"first line is layer,expert,count (and step, optionally)")
+    f.seek(0)
+    wanted = [n for n in ("step", *NEEDED) if n in names]
+    try:
+        table = pacsv.read_csv(f, read_options=pacsv.ReadOptions(column_names=names, skip_rows=1),
+                               convert_options=pacsv.ConvertOptions(include_columns=wanted,
+                                                                    column_types={"layer": pa.string()}))
+    except (pa.ArrowInvalid, pa.ArrowTypeError, OSError, ValueError) as err:
+        raise ValueError(f"{path!r} is not a readable counts CSV ({type(err).__name__}: a row with the wrong number "
+                         f"of fields, or a value that is not a number); write one layer,expert,count row per "
+                         f"line") from None
+    return table
+
+
+def _read_parquet(f, path: str, cap: int):
+    import pyarrow.parquet as pq
+    try:
+        pf = pq.ParquetFile(f)
+        names = pf.schema_arrow.names
+    except Exception as err:  # pyarrow raises its own types for a damaged file
+        raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); write it again") from None
+    if not is_counts_parquet(names):
+        raise ValueError(f"{path!r} has no columns {list(NEEDED)}; give a counts table (layer, expert, count and "
+                         f"step, optionally)")
+    meta = pf.metadata
+    decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    if max(decoded, meta.num_rows * 4 * 8) * 2 > cap:  # the columns as int64, and the counting's copies
+        raise _too_big(path, max(decoded, meta.num_rows * 32) * 2, cap)
+    try:
+        return pf.read(columns=[n for n in ("step", *NEEDED) if n in names])
+    except Exception as err:
+        raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); write it again") from None
+
+
+def _integers(table, name: str, path: str, allow_integral_floats: bool = False) -> np.ndarray:
+    """A column of non-negative integers (integral floats where allowed) as int64; else one line."""
+    import pyarrow as pa
+    column = table.column(name)
+    if column.null_count:
+        raise ValueError(f"{path!r}: column {name!r} has empty values; give a number on every row")
+    kind = column.type
+    values = column.to_numpy()
+    if pa.types.is_floating(kind) and allow_integral_floats:
+        if not np.isfinite(values).all() or (values != np.floor(values)).any() or (values >= 2.0 ** 63).any():
+            raise ValueError(f"{path!r}: column {name!r} holds a value that is not a whole number; counts are "
+                             f"token counts")
+    elif not pa.types.is_integer(kind):
+        raise ValueError(f"{path!r}: column {name!r} must hold integers; write whole numbers")
+    elif pa.types.is_unsigned_integer(kind) and len(values) and int(values.max()) > INT64_MAX:
+        raise ValueError(f"{path!r}: column {name!r} holds a value beyond 2^63 - 1")
+    values = values.astype(np.int64)
+    if len(values) and int(values.min()) < 0:
+        raise ValueError(f"{path!r}: column {name!r} holds a negative value; counts, experts and steps are >= 0")
+    return values
+
+
+def _layer_labels(table, path: str) -> tuple[list[str], np.ndarray]:
+    """The layer labels in order (numeric when all are numbers, else first appearance) and each row's index."""
+    import pandas as pd
+    column = table.column("layer")
+    if column.null_count:
+        raise ValueError(f"{path!r}: column 'layer' has empty values; give a layer on every row")
+    text = column.to_pandas().astype(str).to_numpy()
+    labels = [str(v) for v in pd.unique(text)]
+    if any(not LAYER_NAME.fullmatch(name) for name in labels):
+        raise ValueError(f"{path!r}: a layer label is not 1 to 32 letters, digits, '.', '_' or '-'; name layers "
+                         f"like 3 or decoder.3")
+    if all(NUMBER.fullmatch(name) for name in labels):
+        labels.sort(key=lambda name: (int(name), name))
+    index = pd.Index(labels).get_indexer(text)                                       # (N,)
+    return labels, index.astype(np.int64)
+
+
+def _table(path: str, limits: TraceLimits):
+    cap = limits.budget // 4
+    with open_regular(path) as f:
+        parquet = f.read(4) == PARQUET_MAGIC
+        f.seek(0)
+        table = _read_parquet(f, path, cap) if parquet else _read_csv(f, path, cap)
+    if table.num_rows == 0:
+        raise ValueError(f"{path!r} holds no rows; give at least one layer,expert,count row")
+    return table, PARQUET_SOURCE if parquet else CSV_SOURCE
+
+
+def read_counts(path: str, n_experts: int | None, limits: TraceLimits | None = None) -> RoutingLog:
+    """A counts table as a routing log: (step, layer, expert) rows → counts (S, L, E), missing rows 0."""
+    limits = limits or TraceLimits.from_env()
+    table, source = _table(path, limits)
+    expert = _integers(table, "expert", path)                                        # (N,)
+    count = _integers(table, "count", path, allow_integral_floats=True)              # (N,)
+    step = (_integers(table, "step", path) if "step" in table.column_names
+            else np.zeros(table.num_rows, dtype=np.int64))                           # (N,)
+    layers, layer = _layer_labels(table, path)                                       # (N,)
+    max_id = check_ids(expert, f"{path!r}: column 'expert'")
+    given, recorded = (n_experts, None) if n_experts is not None else (None, max_id + 1)
+    E, source_of_e = resolve_experts(given, recorded, max_id, f"the counts file {path!r}")
+    steps, step_index = np.unique(step, return_inverse=True)                          # (S,), (N,)
+    S, L = len(steps), len(layers)
+    limits.check_summary(S, L, E)
+    cell = (step_index * L + layer) * E + expert                                     # (N,) flat (step, layer, expert)
+    order = np.argsort(cell, kind="stable")
+    repeated = np.flatnonzero(np.diff(cell[order]) == 0)
+    if len(repeated):
+        row = order[repeated[0]]
+        raise ValueError(f"{path!r}: step {int(step[row])}, expert {int(expert[row])} appears twice in one layer; "
+                         f"give one row per step, layer and expert (sum the repeats)")
+    counts = np.zeros(S * L * E, dtype=np.int64)
+    counts[cell] = count
+    meta = {"rows": int(table.num_rows), "layer_order": "numeric" if all(NUMBER.fullmatch(x) for x in layers)
+            else "first appearance"}
+    return RoutingLog(source=source, layers=layers, steps=steps, counts=counts.reshape(S, L, E),
+                      n_experts_source=source_of_e, meta=meta)

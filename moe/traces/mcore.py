@@ -1,0 +1,151 @@
+"""Megatron-Core EP load dumps (`MCORE_MOE_EXPERT_LOAD_DUMP=1`) as a `RoutingLog`: one `.npz` per rank,
+summed over the ranks of one expert-parallel group.
+
+The writer followed is `megatron/core/transformer/moe/expert_load_recorder.py` (ExpertLoadRecorder) of
+ultra-ep/Megatron-LM at 98c4f54b (a Megatron-LM fork; NVIDIA/Megatron-LM as stored has no such file), with the
+fork's own offline plotting tool for the grouping rules:
+- `mcore_ep_loads_rank{global_rank}_{capture_id}.npz` (`..._partial.npz` when the run ended before
+  MCORE_MOE_EXPERT_LOAD_DUMP_MAX_FORWARDS), np.savez of: dump_version "mcore_ep_load_dump_v1", capture_id,
+  loads int32 [local MoE layers, max(forward_counts), num_global_physical_experts], layer_numbers (sorted),
+  forward_counts, ep_group_ranks (int32), and int32 scalars ep_rank, ep_size, global_rank,
+  num_global_physical_experts, num_local_physical_experts.
+- Each row is `routing_map.sum(dim=0)` of this rank's own tokens; the global load is the sum over the ranks of
+  the EP group. `rank_counts` (forwards, ranks, layers, physical) keeps each rank's row as written: the tokens a
+  rank sent, not the tokens its experts served (those are the summed counts' slots of that rank). The host buffer is `torch.empty`: rows past a layer's forward_counts are uninitialised memory,
+  so every layer is cut to the fewest forwards any rank and layer captured (as the plotting tool does), and
+  `meta["forwards_dropped"]` says how many rows that left out.
+- `capture_id` is `{time}_pid{pid}`, different on every rank (one process each): it cannot tie the ranks of one
+  run together. Files belong together when they name the same `ep_group_ranks`; each ep_rank must appear
+  exactly once (two files of one rank, e.g. two runs in one folder, are refused).
+- No physical → logical map is written: without Megatron's EPLB, num_global_physical_experts is the model's
+  expert count and physical ids are logical; under its EPLB the ids are physical slots. So E =
+  num_global_physical_experts (recorded) and the counts are per physical expert.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from moe.memory import BUDGET_ENV, describe_bytes
+from moe.traces.log import RoutingLog, resolve_experts
+from moe.traces.records import TraceLimits
+from moe.traces.safeload import load_npz
+
+SOURCE = "mcore-ep-loads"
+DUMP_VERSION = "mcore_ep_load_dump_v1"
+SCALARS = ("ep_rank", "ep_size", "global_rank", "num_global_physical_experts", "num_local_physical_experts")
+ARRAYS = ("loads", "layer_numbers", "forward_counts", "ep_group_ranks")
+KEYS = frozenset(("dump_version", "capture_id") + SCALARS + ARRAYS)
+
+
+def kind_npz(arrays: dict) -> bool:
+    """Whether an .npz holds the arrays of a Megatron-Core EP load dump."""
+    return KEYS <= set(arrays)
+
+
+def _scalar(arrays: dict, name: str, what: str, low: int) -> int:
+    value = arrays[name]
+    if value.shape != () or value.dtype.kind not in "iu" or int(value) < low:
+        raise ValueError(f"{what}: '{name}' must be one integer >= {low}; give the dump Megatron wrote")
+    return int(value)
+
+
+def _vector(arrays: dict, name: str, what: str, length: int) -> np.ndarray:
+    value = arrays[name]
+    if value.shape != (length,) or value.dtype.kind not in "iu":
+        raise ValueError(f"{what}: '{name}' must be {length} integers; give the dump Megatron wrote")
+    return value.astype(np.int64)
+
+
+def _rank_dump(arrays: dict, path: str) -> dict:
+    """One rank's file, its fields checked against each other."""
+    what = f"the Megatron-Core EP load dump {path!r}"
+    if not kind_npz(arrays):
+        raise ValueError(f"{what} misses {sorted(KEYS - set(arrays))}; give the mcore_ep_loads_rank*.npz files "
+                         f"MCORE_MOE_EXPERT_LOAD_DUMP wrote")
+    version = arrays["dump_version"]
+    if version.shape != () or version.dtype.kind != "U" or str(version) != DUMP_VERSION:
+        raise ValueError(f"{what} is not dump version {DUMP_VERSION}, the one this reader knows; give a dump of "
+                         f"that version")
+    dump = {name: _scalar(arrays, name, what, 1 if name.startswith(("ep_size", "num_")) else 0) for name in SCALARS}
+    loads = arrays["loads"]
+    if loads.ndim != 3 or 0 in loads.shape or loads.dtype.kind not in "iu":
+        raise ValueError(f"{what}: 'loads' must be integers [local MoE layers, forwards, physical experts], got "
+                         f"{'shape ' + str(loads.shape) if loads.dtype.kind in 'iu' else 'non-integers'}")
+    L, F, P = loads.shape
+    if P != dump["num_global_physical_experts"] or P != dump["num_local_physical_experts"] * dump["ep_size"]:
+        raise ValueError(f"{what}: 'loads' has {P} physical experts but the dump names "
+                         f"{dump['num_global_physical_experts']} ({dump['ep_size']} ranks × "
+                         f"{dump['num_local_physical_experts']}); give the dump Megatron wrote")
+    dump["layer_numbers"] = _vector(arrays, "layer_numbers", what, L)
+    dump["forward_counts"] = counts = _vector(arrays, "forward_counts", what, L)
+    dump["ep_group_ranks"] = group = _vector(arrays, "ep_group_ranks", what, dump["ep_size"])
+    if int(counts.min()) < 0 or int(counts.max()) != F:
+        raise ValueError(f"{what}: 'forward_counts' must be 0..{F} with {F} reached (the rows written); give the "
+                         f"dump Megatron wrote")
+    if len(set(dump["layer_numbers"].tolist())) != L:
+        raise ValueError(f"{what}: 'layer_numbers' names a layer twice; give the dump Megatron wrote")
+    if dump["ep_rank"] >= dump["ep_size"] or int(group[dump["ep_rank"]]) != dump["global_rank"]:
+        raise ValueError(f"{what}: ep_rank {dump['ep_rank']} and global_rank {dump['global_rank']} do not match "
+                         f"'ep_group_ranks'; give the dump Megatron wrote")
+    dump["loads"] = loads
+    return dump
+
+
+def _group(dumps: list[dict], paths: list[str]) -> list[dict]:
+    """The dumps of one EP group, ordered by ep_rank: every rank once, the same layers and sizes."""
+    first = dumps[0]
+    for dump, path in zip(dumps, paths):
+        same = all(dump[k] == first[k] for k in ("ep_size", "num_global_physical_experts"))
+        if not same or not np.array_equal(dump["ep_group_ranks"], first["ep_group_ranks"]):
+            raise ValueError(f"{path!r} belongs to another expert-parallel group than {paths[0]!r} (its "
+                             f"ep_group_ranks or sizes differ); give the files of one EP group")
+        if not np.array_equal(dump["layer_numbers"], first["layer_numbers"]):
+            raise ValueError(f"{path!r} holds other MoE layers than {paths[0]!r}; give the files of one EP group "
+                             f"of one run")
+    seen = np.bincount([d["ep_rank"] for d in dumps], minlength=first["ep_size"])  # (ep_size,) files per rank
+    if (seen != 1).any():
+        problem = (f"ep_rank {int(np.flatnonzero(seen > 1)[0])} appears twice" if (seen > 1).any() else
+                   f"ep_rank {int(np.flatnonzero(seen == 0)[0])} is missing")
+        raise ValueError(f"the Megatron-Core EP load dumps do not hold each of the {first['ep_size']} ranks once "
+                         f"({problem}); give one file per rank of one run")
+    return sorted(dumps, key=lambda d: d["ep_rank"])
+
+
+def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None = None) -> RoutingLog:
+    """The per-rank dumps of one EP group summed: steps = forwards, layers = Megatron's layer numbers."""
+    if not paths:
+        raise ValueError("no Megatron-Core EP load dump was given; give the mcore_ep_loads_rank*.npz files")
+    limits = limits or TraceLimits.from_env()
+    dumps, held = [], 0
+    for path in paths:
+        dump = _rank_dump(load_npz(path, limits), path)
+        held += dump["loads"].nbytes
+        if held > limits.budget // 4:
+            raise ValueError(f"the Megatron-Core EP load dumps hold {describe_bytes(held)} by {path!r}, over a "
+                             f"quarter of the memory budget of {describe_bytes(limits.budget)}; capture fewer "
+                             f"forwards (MCORE_MOE_EXPERT_LOAD_DUMP_MAX_FORWARDS) or raise {BUDGET_ENV}")
+        dumps.append(dump)
+    dumps = _group(dumps, paths)
+    first = dumps[0]
+    F = int(min(d["forward_counts"].min() for d in dumps))
+    if F == 0:
+        raise ValueError("a layer of the Megatron-Core EP load dumps captured no forward on some rank; give dumps "
+                         "of a run that made at least one forward")
+    W, P = len(dumps), first["num_global_physical_experts"]
+    L = len(first["layer_numbers"])
+    E, source = resolve_experts(n_experts, P, -1, "the Megatron-Core EP load dumps")
+    limits.check_summary(F, L, E)
+    per_rank = np.stack([d["loads"][:, :F, :] for d in dumps]).astype(np.int64)    # (W, L, F, P)
+    if int(per_rank.min()) < 0:
+        raise ValueError("the Megatron-Core EP load dumps hold a negative load in a captured forward; give the "
+                         "dumps Megatron wrote")
+    rank_counts = per_rank.transpose(2, 0, 1, 3)                                   # (F, W, L, P)
+    written = sum(int(d["forward_counts"].sum()) for d in dumps)
+    meta = {"ep_size": W, "ep_group_ranks": first["ep_group_ranks"].tolist(), "dump_version": DUMP_VERSION,
+            "num_local_physical_experts": first["num_local_physical_experts"], "ids": "physical = logical",
+            "forwards_dropped": written - F * L * W, "files": [os.path.basename(p) for p in paths]}
+    return RoutingLog(source=SOURCE, layers=[str(n) for n in first["layer_numbers"].tolist()],
+                      steps=np.arange(F, dtype=np.int64), counts=rank_counts.sum(axis=1), n_experts_source=source,
+                      meta=meta, rank_counts=np.ascontiguousarray(rank_counts))
