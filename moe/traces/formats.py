@@ -28,7 +28,8 @@ FORMATS = {
     "vllm-routed-experts": "vLLM routed experts [tokens, moe_layers, top_k] (--enable-return-routed-experts), "
                            ".npy or .pt",
     "vllm-eplb-window": "vLLM EPLB load window (expert_load_window, physical_to_logical_map), .pt",
-    "counts": "plain counts: CSV or Parquet with columns layer, expert, count (+ step)",
+    "counts-csv": "plain counts: CSV with columns layer, expert, count (+ step)",
+    "counts-parquet": "plain counts: Parquet with columns layer, expert, count (+ step)",
 }
 RANK_FILES = [("megatron", re.compile(r"router_trace_rank(\d+)\.jsonl")),
               ("mcore-ep-loads", re.compile(r"mcore_ep_loads_rank(\d+)_.+\.npz")),
@@ -43,7 +44,7 @@ def detect(path: str) -> str:
         if is_log_dir(path):
             return "moe-scope-log"
         return _rank_files(path)[0]
-    head = safeload.sniff(path)
+    head = safeload.sniff(path, 4096)
     if head.startswith(b"PAR1"):
         return "parquet"
     if head.startswith(safeload.NPY_MAGIC):
@@ -54,7 +55,7 @@ def detect(path: str) -> str:
         return "megatron"
     from moe.traces.counts import looks_like_counts_csv
     if looks_like_counts_csv(head):
-        return "counts"
+        return "counts-csv"
     raise ValueError(f"{path!r} {UNKNOWN}")
 
 
@@ -98,19 +99,19 @@ def read_log(path: str, n_experts: int | None = None, progress: Progress | None 
         return read_megatron(files, n_experts, progress=progress, limits=limits)
     if kind in ("mcore-ep-loads", "npz"):
         from moe.traces.mcore import read_npz
-        return read_npz(files, n_experts)
-    if kind == "counts":
+        return read_npz(files, n_experts, limits)
+    if kind == "counts-csv":
         from moe.traces.counts import read_counts
-        return read_counts(path, n_experts)
+        return read_counts(path, n_experts, limits)
     if kind == "parquet":
-        return _parquet(path, n_experts, progress)
+        return _parquet(path, n_experts, progress, limits)
     if kind == "vllm-routed-experts":
         from moe.traces.vllm import from_routed
-        return from_routed(safeload.load_npy(path, limits), path, n_experts)
+        return from_routed(safeload.load_npy(path, limits), path, n_experts, limits)
     return _torch(files, n_experts, limits)
 
 
-def _parquet(path: str, n_experts: int | None, progress: Progress | None) -> RoutingLog:
+def _parquet(path: str, n_experts: int | None, progress: Progress | None, limits: TraceLimits) -> RoutingLog:
     """Plain counts (layer, expert, count columns) or a moe-scope per-(token, expert) trace (summarised)."""
     import pyarrow.parquet as pq
     with safeload.open_regular(path) as f:
@@ -118,9 +119,10 @@ def _parquet(path: str, n_experts: int | None, progress: Progress | None) -> Rou
             names = pq.ParquetFile(f).schema_arrow.names
         except Exception as err:  # pyarrow's own error types
             raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); copy it again") from None
-    if {"layer", "expert", "count"} <= set(names) and "router_logit" not in names:
+    from moe.traces.counts import is_counts_parquet
+    if is_counts_parquet(names):
         from moe.traces.counts import read_counts
-        return read_counts(path, n_experts)
+        return read_counts(path, n_experts, limits)
     from moe.traces.summary import summarize
     return summarize(path, n_experts=n_experts, progress=progress).log()
 
@@ -143,5 +145,5 @@ def _torch(files: list[str], n_experts: int | None, limits: TraceLimits) -> Rout
         raise ValueError("give one vLLM file at a time")
     path, obj = loaded[0]
     if kind == "vllm-routed-experts":
-        return vllm.from_routed(obj.numpy() if hasattr(obj, "numpy") else obj, path, n_experts)
-    return vllm.from_eplb(obj, path, n_experts)
+        return vllm.from_routed(obj, path, n_experts, limits)
+    return vllm.from_eplb(obj, path, n_experts, limits)

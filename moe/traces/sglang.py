@@ -38,8 +38,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
-from moe.traces.log import (RoutingLog, TokenRouting, check_ids, check_map, counts_from_ids, default_layers,
-                            map_to_logical, resolve_experts)
+from moe.traces.log import (
+    RoutingLog,
+    TokenRouting,
+    check_ids,
+    check_map,
+    counts_from_ids,
+    default_layers,
+    map_to_logical,
+    resolve_experts,
+)
 from moe.traces.records import TraceLimits, as_int
 
 STAT, PER_PASS, PER_TOKEN = "sglang-stat", "sglang-per-pass", "sglang-per-token"

@@ -26,8 +26,15 @@ from __future__ import annotations
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
-from moe.traces.log import (RoutingLog, TokenRouting, check_ids, check_map, counts_from_ids, map_to_logical,
-                            resolve_experts)
+from moe.traces.log import (
+    RoutingLog,
+    TokenRouting,
+    check_ids,
+    check_map,
+    counts_from_ids,
+    map_to_logical,
+    resolve_experts,
+)
 from moe.traces.records import TraceLimits
 
 ROUTED, EPLB = "vllm-routed-experts", "vllm-eplb-window"

@@ -1,0 +1,171 @@
+"""Every routing format through the one entry point: detected from the content (a file, or a directory of rank
+files), `trace-report`'s JSON with today's keys and the reader's exact counts, `--out DIR` into a routing log that
+reads back equal, and a malformed file as one line with exit status 2."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import fixtures_sglang as sg
+import fixtures_stacks as st
+import numpy as np
+import pytest
+import torch
+
+from moe.cli.main import main
+from moe.traces.formats import FORMATS, detect, read_log
+from moe.traces.store import read_store
+
+KEYS = {"layers", "steps", "load", "per_layer", "rows", "worst", "source", "n_experts"}
+
+
+def _sglang_per_pass(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    p2l = sg.placement(2, 6, 8)
+    folder = tmp_path / "sglang"
+    folder.mkdir()
+    for rank in range(2):
+        records = [sg.per_pass_record(fp, rank, sg.select_experts_count(sg.random_topk(2, 5, 2, 8, g), 8))
+                   for fp in range(3)]
+        sg.write_rank_file(folder, rank, records, p2l)
+    return str(folder), None
+
+
+def _sglang_stat(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    p2l = sg.placement(2, 6, 8)
+    passes = [[sg.select_experts_count(sg.random_topk(2, 5, 2, 8, g), 8) for _ in range(2)] for _ in range(3)]
+    return sg.write_stat(tmp_path, passes, p2l, 6, buffer_size=5), None
+
+
+def _vllm_routed(tmp_path):
+    path = tmp_path / "routed.npy"
+    np.save(path, st.vllm_routed(20, 3, 2, 8))
+    return str(path), 8
+
+
+def _vllm_routed_pt(tmp_path):
+    path = tmp_path / "routed.pt"
+    torch.save(torch.from_numpy(st.vllm_routed(20, 3, 2, 8).astype(np.int64)), path)
+    return str(path), 8
+
+
+def _vllm_eplb(tmp_path):
+    state, _ = st.vllm_eplb_state(window=4, layers=2, n_logical=6, n_redundant=2, passes=3)
+    path = tmp_path / "eplb_state.pt"
+    torch.save(state, path)
+    return str(path), None
+
+
+def _mcore(tmp_path):
+    folder = tmp_path / "mcore"
+    folder.mkdir()
+    st.mcore_dumps(str(folder), ep_size=2, layer_numbers=[3, 5], n_experts=8, max_forwards=3)
+    return str(folder), None
+
+
+def _counts_csv(tmp_path):
+    path = tmp_path / "counts.csv"
+    st.write_counts_csv(path, st.counts_rows([0, 1, 2], [0, 1], 6))
+    return str(path), 6
+
+
+def _counts_parquet(tmp_path):
+    rows = st.counts_rows([0, 1], [0, 1, 2], 4, seed=2)
+    path = tmp_path / "counts.parquet"
+    st.write_counts_parquet(path, {name: [r[i] for r in rows] for i, name in enumerate(("step", "layer", "expert",
+                                                                                          "count"))})
+    return str(path), 4
+
+
+def _megatron(tmp_path):
+    folder = tmp_path / "megatron"
+    folder.mkdir()
+    for rank in range(2):
+        with open(folder / f"router_trace_rank{rank}.jsonl", "w") as f:
+            for step in range(2):
+                for layer in (1, 2):
+                    ids = [[(rank + step + layer + t) % 8, (rank + step + layer + t + 1) % 8] for t in range(4)]
+                    f.write(json.dumps({"step": step, "stage": "pre_dispatch", "block": "decoder", "layer": layer,
+                                        "rank": rank, "num_tokens": 4, "topk": 2, "top_indices": ids}) + "\n")
+    return str(folder), 8
+
+
+SOURCES = {"sglang-per-pass": _sglang_per_pass, "sglang-stat": _sglang_stat, "vllm-routed-experts": _vllm_routed,
+           "vllm-routed-experts (.pt)": _vllm_routed_pt, "vllm-eplb-window": _vllm_eplb, "mcore-ep-loads": _mcore,
+           "counts-csv": _counts_csv, "counts-parquet": _counts_parquet, "megatron": _megatron}
+
+
+@pytest.mark.parametrize("name", list(SOURCES))
+def test_every_format_reports_todays_keys_and_converts_to_an_equal_log(name, tmp_path, capsys):
+    path, n_experts = SOURCES[name](tmp_path)
+    log = read_log(path, n_experts)
+    assert log.source in FORMATS
+    extra = ["--n-experts", str(n_experts)] if n_experts else []
+    assert main(["trace-report", path, *extra, "--out", str(tmp_path / "log")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert KEYS <= set(doc) and doc["layers"] == log.layers and doc["steps"] == len(log.steps)
+    assert doc["load"] == {layer: log.counts[:, i].tolist() for i, layer in enumerate(log.layers)}
+    back = read_store(str(tmp_path / "log"))
+    assert np.array_equal(back.counts, log.counts) and back.layers == log.layers and back.source == log.source
+    assert main(["trace-report", str(tmp_path / "log")]) == 0
+    assert json.loads(capsys.readouterr().out)["load"] == doc["load"]
+
+
+@pytest.mark.parametrize("name", ["sglang-stat", "vllm-routed-experts", "vllm-eplb-window", "counts-csv"])
+def test_detection_reads_the_content_not_the_name(name, tmp_path):
+    path, n_experts = SOURCES[name](tmp_path)
+    renamed = tmp_path / "renamed.bin"
+    shutil.copy(path, renamed)
+    assert np.array_equal(read_log(str(renamed), n_experts).counts, read_log(path, n_experts).counts)
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"", "is none of the routing formats"),
+    (b"hello, world\n", "is none of the routing formats"),
+    (b"PK\x03\x04garbage", "damaged zip archive"),
+    (b"\x93NUMPY\x01\x00garbage", "not a readable NumPy array file"),
+])
+def test_an_unreadable_file_is_one_line_and_exit_status_2(content, message, tmp_path, capsys):
+    path = tmp_path / "bad.pt"
+    path.write_bytes(content)
+    assert main(["trace-report", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_a_truncated_torch_file_is_one_line(tmp_path, capsys):
+    path, _ = _vllm_eplb(tmp_path)
+    data = open(path, "rb").read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+    assert main(["trace-report", path]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+class Boom:
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path, capsys):
+    path = tmp_path / "evil.pt"
+    torch.save({"logical_count": Boom()}, path)
+    assert main(["trace-report", str(path)]) == 2
+    captured = capsys.readouterr()
+    assert "would run code" in captured.err and "this must never run" not in captured.out
+
+
+def test_a_directory_is_read_as_one_run_of_rank_files(tmp_path):
+    path, _ = _megatron(tmp_path)
+    log = read_log(path, 8)
+    assert detect(path) == "megatron" and log.layers == ["1", "2"]
+    naive = np.zeros((2, 2, 8), int)
+    for rank in range(2):
+        for step in range(2):
+            for li, layer in enumerate((1, 2)):
+                for t in range(4):
+                    for e in ((rank + step + layer + t) % 8, (rank + step + layer + t + 1) % 8):
+                        naive[step, li, e] += 1
+    assert np.array_equal(log.counts, naive)
