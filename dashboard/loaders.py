@@ -210,6 +210,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "token_bytes": token_bytes(loaded.tokenizer, ids.tolist()),
             "context": run.context, "windows": run.windows,
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
+            "demand": [int(t.summary()["demand"]) for t in run.traces],
             "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens),
             "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
@@ -256,7 +257,9 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
     run = run_counterfactual(loaded.model, ids, cf, context=loaded.context)
     return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
-            "dropped": [int(t.summary()["dropped"]) for t in run.traces]}
+            "dropped": [int(t.summary()["dropped"]) for t in run.traces],
+            "demand": [int(t.summary()["demand"]) for t in run.traces],
+            "table": layer_table(run), "pooled_aux": run.pooled_aux()}
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

@@ -245,6 +245,11 @@ DEFINITIONS: dict[str, str] = {
                      "(each side a Playground link, run as the Playground runs it), and `B − A` of the unrounded "
                      "values, shown with 4 significant digits. The paired charts share one y range (and their x "
                      "axes), so bars of equal height are equal numbers.",
+    "compare_model_headline": "a model side's headline numbers (each side a Model-page link: a model, a text and "
+                              "optionally a counterfactual routing): aux loss pooled over every MoE layer (the Model "
+                              "page's pooled aux); CV, max/mean load and dead fraction the mean over MoE layers of "
+                              "each layer's value; dropped fraction `Σ_layers dropped / Σ_layers demand`; loss the "
+                              "mean next-token loss in bits per token over the text.",
     # --- the Model page's loss chart
     "rolling_loss": "the rolling mean of the next-token loss: at position s, the mean of the bits of the last 32 "
                     "predicted tokens up to s (fewer at the start: of positions 1..s).",

@@ -1,42 +1,64 @@
-"""Compare: two synthetic layers side by side, each a Playground link, drawn with the same charts on the same
-scale, with a Δ table of the headline numbers. Both sides are in this page's link (`?a=…&b=…`)."""
+"""Compare: two synthetic layers (each a Playground link), two models on one text or a model and its counterfactual
+(each a Model-page link), drawn with the same charts on the same scale, with a Δ table of the headline numbers.
+Both sides are in this page's link (`?a=…&b=…`)."""
 from __future__ import annotations
 
 import streamlit as st
 
 from dashboard import loaders, sidebar, state
+from dashboard.compare_models import ModelSide, is_model_link, parse_model_side
 from dashboard.compare_sides import (HEADLINE, MAX_SIDE_CHARS, SIDES, STATE_KEYS, Side, delta_table, describe,
-                                     parse_side, playground_query, sides_to_query)
+                                     parse_side, playground_query, query_part, sides_to_query)
 from dashboard.definitions import DEFINITIONS, caption
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.compare import LoadInput, confidence_pair, load_pair
 from dashboard.result import RunResult
 from dashboard.tables import confidence_histogram
+from dashboard.views import compare_model
 from dashboard.views.load import EXPERT_CHOICE_NOTE, capacity_line, caption_keys, ideal_load
 
 TITLE = "Compare"
 MAX_TEXT_CHARS = MAX_SIDE_CHARS + 2048  # a whole URL: the query plus its address
-PLACEHOLDER = "a Playground link, or its query: ?preset=…&top_k=3"
+PLACEHOLDER = "a Playground or Model-page link, or its query: ?preset=…&top_k=3"
 
 
 def show() -> None:
     """The Compare page: the two links, each side's forward, the paired charts and the Δ table."""
     state.ensure(state.COMPARE_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader(TITLE)
-    st.caption("Two synthetic layers from the Playground, side by side (comparing two models, or a model and its "
-               "counterfactual, is not here yet). Paste a Playground link for each side.")
+    st.caption("Any two of: two synthetic layers (paste a Playground link for each side), two models on one text, or "
+               "a model and its counterfactual (paste a Model-page link for each side: the same link with the "
+               "counterfactual switched on is the model against its counterfactual).")
     for note in st.session_state.get(state.COMPARE_LINK_NOTES, []):
         st.warning(note)
     sides = _inputs()
     query = sides_to_query(sides)
     if st.query_params.to_dict() != query:
         st.query_params.from_dict(query)
+    kinds = {type(side) for side in sides.values() if side.spec is not None}
+    if len(kinds) > 1:
+        st.error("One side is a Playground layer and the other a model: compare two of a kind (two Playground "
+                 "links, or two Model-page links).", icon="⚠️")
+        return
+    if kinds == {ModelSide}:
+        _models(sides)
+        return
     results = {name: _result(name, side) for name, side in sides.items()}
     drawn = {name: result for name, result in results.items() if result is not None}
     if drawn:
         _charts(drawn)
     if len(drawn) == 2:
         _delta(drawn["A"], drawn["B"])
+
+
+def _models(sides: dict) -> None:
+    """Two model sides (or one, drawn alone): the paired charts and the Δ table."""
+    drawn = {name: t for name, side in sides.items() if side.spec is not None
+             and (t := compare_model.tables(name, side.spec)) is not None}
+    if drawn:
+        compare_model.draw(drawn)
+    if len(drawn) == 2:
+        compare_model.delta(drawn["A"], drawn["B"])
 
 
 def _use_playground() -> None:
@@ -55,11 +77,14 @@ def _inputs() -> dict[str, Side]:
             if name == "A":
                 st.button("Use the Playground's current layer as A", key="compare_use_playground",
                           on_click=_use_playground)
-            sides[name] = side = parse_side(text)
+            sides[name] = side = (parse_model_side(query_part(text), state.model_defaults())
+                                  if is_model_link(text) else parse_side(text))
             for note in side.notes:
                 st.warning(f"{name}: {note}")
             if side.error:
                 st.error(f"{name}: {side.error}", icon="⚠️")
+            elif isinstance(side, ModelSide) and side.spec is not None:
+                st.caption(f"**{name}**: {side.spec.describe()}")
             elif side.spec is not None:
                 st.caption(f"**{name}**: {describe(side.spec)}")
             else:

@@ -15,6 +15,7 @@ from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIASES, Counterfactual
 from moe.metrics import nats_to_bits
 
 from dashboard import loaders, state
+from dashboard.compare_models import counterfactual_from
 from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure, share_range, sweep_figure
 
 DEFAULTS = state.CF_DEFAULTS
@@ -49,14 +50,7 @@ def _controls(view: dict) -> Counterfactual:
     g.radio("Bias", list(BIASES), key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
             help=f"hot adds {BIAS_HOT:+g} to the expert's selection score (always chosen), cold {BIAS_COLD:+g} "
                  "(never chosen); the combine weights are unchanged")
-    capacity = float(ss["cf_capacity"])
-    return Counterfactual(
-        layers=None if ss["cf_layer"] == "all" else (int(ss["cf_layer"]),),
-        top_k=int(ss["cf_top_k"]) or None, capacity_factor=capacity or None,
-        drop_policy=ss["cf_drop"] if capacity else None,
-        temperature=None if ss["cf_temperature"] == 1.0 else float(ss["cf_temperature"]),
-        bias_expert=None if ss["cf_bias_expert"] < 0 else int(ss["cf_bias_expert"]),
-        bias=BIASES[ss["cf_bias"]])
+    return counterfactual_from(ss)
 
 
 def render(view: dict, path: str, text: str, max_tokens: int) -> None:

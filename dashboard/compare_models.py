@@ -1,0 +1,104 @@
+"""The Compare page's model sides: a pasted Model-page link → what it runs (model directory, text, max tokens and,
+when its counterfactual is on, the counterfactual routing), the tables of that forward, and a model's headline
+numbers (DEFINITIONS["compare_model_headline"]).
+
+A side is a model side when its link is the Model page's (`/model?…`, or an old `?view=Model&…`) or holds a Model
+key (moe.hf's example, text, model directory, counterfactual settings). The directory is opened only under the
+server's roots (moe.roots), as on the Model page; every value from the link is parsed by the Model page's own codec
+(dashboard.model_link) and never echoed unquoted.
+"""
+from __future__ import annotations
+
+import pathlib
+from dataclasses import dataclass, field
+from urllib.parse import parse_qsl, urlencode
+
+import numpy as np
+
+from moe.hf.counterfactual import BIASES, Counterfactual
+from moe.metrics import nats_to_bits, safe_ratio
+from moe.roots import resolve_allowed
+
+from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MODEL_LINK, from_link
+from dashboard.quoting import quote
+
+MAX_TEXT_CHARS = 100_000  # the Model page's own cut (dashboard/views/model.py)
+# (row label, key): a model forward's headline numbers; loss is a model's own (a synthetic layer has none)
+MODEL_HEADLINE = (("aux loss (pooled, all layers)", "aux_loss"), ("CV (mean over layers)", "cv"),
+                  ("max/mean load (mean over layers)", "max_over_mean"),
+                  ("dead experts (fraction, mean over layers)", "dead_fraction"),
+                  ("dropped (fraction, all layers)", "dropped_fraction"), ("loss (bits per token)", "loss_bits"))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model side runs: hashable (the caches key on its fields)."""
+    path: str
+    text: str
+    max_tokens: int
+    cf: Counterfactual | None = None  # None: the model's own routing
+
+    def describe(self) -> str:
+        what = "its own routing" if self.cf is None else "a counterfactual routing"
+        return (f"model {quote(pathlib.Path(self.path).name)}, {len(self.text):,} characters of text "
+                f"(at most {self.max_tokens:,} tokens), {what}")
+
+
+@dataclass(frozen=True)
+class ModelSide:
+    query: str
+    spec: ModelSpec | None = None
+    notes: list[str] = field(default_factory=list)
+    error: str = ""
+
+
+def is_model_link(text: str) -> bool:
+    """A Model-page link: its path ends in /model, or its query names the Model view or holds a Model key."""
+    text = text.strip().split("#", 1)[0]
+    if "?" in text:
+        address, _, query = text.partition("?")
+    else:  # a bare address (http://host/model) or a bare query (mex=code)
+        address, query = (text, "") if "/" in text else ("", text)
+    pairs = dict(parse_qsl(query, keep_blank_values=True))
+    return (address.rstrip("/").endswith("/model") or pairs.get("view") == "Model"
+            or any(key in pairs for key in MODEL_LINK))
+
+
+def counterfactual_from(values: dict) -> Counterfactual:
+    """The Model page's counterfactual controls (session values cf_*) → Counterfactual (0 / -1 / 1.0: unchanged)."""
+    capacity = float(values["cf_capacity"])
+    return Counterfactual(
+        layers=None if values["cf_layer"] == "all" else (int(values["cf_layer"]),),
+        top_k=int(values["cf_top_k"]) or None, capacity_factor=capacity or None,
+        drop_policy=values["cf_drop"] if capacity else None,
+        temperature=None if values["cf_temperature"] == 1.0 else float(values["cf_temperature"]),
+        bias_expert=None if values["cf_bias_expert"] < 0 else int(values["cf_bias_expert"]),
+        bias=BIASES[values["cf_bias"]])
+
+
+def parse_model_side(query: str, defaults: dict) -> ModelSide:
+    """A Model-page query → ModelSide; never raises (bad values are notes, a directory outside the roots the
+    error). `defaults`: the Model page's widget defaults (dashboard.state.model_defaults())."""
+    pairs = dict(parse_qsl(query, keep_blank_values=True))
+    pairs.pop("view", None)
+    query = urlencode({"view": "Model", **pairs})  # names its kind, so the Compare link reopens it as a model side
+    values, problems = from_link(pairs, EXAMPLES)
+    merged = {**defaults, **values}
+    directory = values.get(LINK_DIR_KEY) or defaults["model_path"]
+    try:
+        path = str(resolve_allowed(directory, "dir"))
+    except ValueError as err:
+        return ModelSide(query, notes=problems, error=str(err))
+    cf = counterfactual_from(merged) if merged["cf_on"] else None
+    spec = ModelSpec(path, str(merged["model_text"])[:MAX_TEXT_CHARS], int(merged["model_max_tokens"]),
+                     cf if cf is not None and cf.changed() else None)
+    return ModelSide(query, spec, problems)
+
+
+def model_headline(tables: dict) -> dict[str, float]:
+    """A model forward's headline numbers from its tables (the Model page's `analyse` or `counterfactual`)."""
+    layer_table = tables["table"]
+    return {"aux_loss": float(tables["pooled_aux"]),
+            **{key: float(layer_table[key].mean()) for key in ("cv", "max_over_mean", "dead_fraction")},
+            "dropped_fraction": safe_ratio(sum(tables["dropped"]), sum(tables["demand"])),
+            "loss_bits": float(nats_to_bits(np.mean(tables["loss"]))) if len(tables["loss"]) else float("nan")}
