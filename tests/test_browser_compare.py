@@ -34,3 +34,31 @@ def test_compare_draws_both_sides_and_keeps_them_in_its_link(browser, server):
         assert nav.index("Compare") < nav.index("About")
     finally:
         page.close()
+
+
+def test_compare_a_model_against_its_counterfactual_typed_in_by_hand(browser, server):
+    """A person pastes a Model-page link into A and the same link with a cold expert 0 into B: both heatmaps share
+    one colour scale, the Δ table has a loss row, and the page's link keeps both sides."""
+    own = f"{server}/model?mex=prose"
+    cold = f"{server}/model?mex=prose&cfon=1&cfe=0&cfbias=cold"
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(f"{server}/compare")
+        wait_for_run(page)
+        for label, link in (("Link A", own), ("Link B", cold)):
+            box = page.get_by_label(label, exact=True).first
+            box.fill(link)
+            box.press("Enter")
+            wait_for_run(page)
+        page.wait_for_selector('[data-testid="stTable"]', timeout=120_000)
+        page.wait_for_function(f"() => document.querySelectorAll('{CHART}').length >= 4", timeout=60_000)
+        titles = page.locator(".gtitle").evaluate_all("els => els.map(e => e.textContent)")
+        assert any(t.startswith("Load share per layer (A)") for t in titles)
+        assert any(t.startswith("Load share per layer (B)") for t in titles)
+        table = page.locator('[data-testid="stTable"]').inner_text()
+        assert "loss (bits per token)" in table and "B − A" in table
+        assert page.locator('[data-testid="stException"]').count() == 0
+        kept = parse_qs(urlsplit(page.url).query)
+        assert kept["b"] == [urlencode({"view": "Model", "mex": "prose", "cfon": "1", "cfe": "0", "cfbias": "cold"})]
+    finally:
+        page.close()
