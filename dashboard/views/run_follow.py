@@ -15,7 +15,6 @@ from moe.traces.follow import LogFollower
 from moe.traces.summary import TraceSummary
 
 from dashboard import state
-from dashboard.quoting import md_text
 
 POLL_S = 1.0  # a new step shows within POLL_S + the time to draw it (< 2 s for a log of a few hundred steps)
 
@@ -40,8 +39,7 @@ def _live(path: str, n_experts: int | None, n_layers: int | None, draw: Callable
                 held["summary"].extra["format"] = "moe-scope-log"
     except (ValueError, OSError, MemoryError) as err:
         ss.pop(state.TRACE_FOLLOWER, None)  # the next poll starts again from the directory
-        st.error(f"This routing log cannot be followed: {md_text(str(err).replace(repr(path), 'the log'))}",
-                 icon="⚠️")
+        st.error(f"This routing log cannot be followed: {str(err).replace(repr(path), 'the log')}", icon="⚠️")
         return
     _status(follower, float(ss[state.TRACE_IDLE_AFTER]))
     if held["summary"] is not None:
