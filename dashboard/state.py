@@ -46,6 +46,8 @@ CF_DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 
 TRACE_VIEW = "trace_view"               # the opened trace: {"key": what was asked, "summary": TraceSummary}
 TRACE_FOLLOWER = "trace_follower"       # a followed routing log: {"path", "follower": LogFollower, "summary"}
 TRACE_FOLLOW, TRACE_IDLE_AFTER = "trace_follow", "trace_idle_after"  # the Follow toggle; idle after that many s
+TRACE_FOLLOW_FULL_RUN = "trace_follow_full_run"  # True while a whole-page run polls (the poll fragment's own reruns:
+                                                 # False), so only a fragment rerun that finds steps reruns the page
 TRACE_DEFAULTS = {"trace_source": "Upload", "trace_experts": None, "trace_layers": 0, "trace_score": "softmax",
                   "trace_path": "", TRACE_FOLLOW: False, TRACE_IDLE_AFTER: IDLE_AFTER_S}
 # --- Expert parallel page

@@ -1,6 +1,6 @@
 """Follow a routing log that is still being written (issue #17 §4): a fragment reruns every POLL_S seconds, polls
-the session's LogFollower (it reads only the part files it has not read before) and redraws the run; the status
-line says whether the run is live or idle.
+the session's LogFollower (it reads only the part files it has not read before) and shows whether the run is live
+or idle; when it finds new steps the page reruns and the run is drawn again.
 
 The follower lives in st.session_state (state.TRACE_FOLLOWER): one per browser session, never shared. The idle
 threshold is the page's **Idle after (s)** (state.TRACE_IDLE_AFTER; a test sets it small).
@@ -20,11 +20,21 @@ POLL_S = 1.0  # a new step shows within POLL_S + the time to draw it (< 2 s for 
 
 
 def follow(path: str, n_experts: int | None, n_layers: int | None, draw: Callable[[TraceSummary], None]) -> None:
-    """Draw the followed log at `path` (resolved, under the server's roots) in a fragment that polls it."""
-    st.fragment(_live, run_every=POLL_S)(path, n_experts, n_layers, draw)
+    """The status line in a fragment that polls the log at `path` (resolved, under the server's roots) every POLL_S
+    seconds, then the run drawn. A poll that finds new steps reruns the page (a script rerun, not a reload): the
+    charts are redrawn only when the data changed, so a quiet second costs the browser one status line."""
+    ss = st.session_state
+    ss[state.TRACE_FOLLOW_FULL_RUN] = True
+    try:
+        st.fragment(_poll, run_every=POLL_S)(path, n_experts, n_layers)
+    finally:
+        ss[state.TRACE_FOLLOW_FULL_RUN] = False
+    held = ss.get(state.TRACE_FOLLOWER)
+    if held is not None and held["summary"] is not None:
+        draw(held["summary"])
 
 
-def _live(path: str, n_experts: int | None, n_layers: int | None, draw: Callable[[TraceSummary], None]) -> None:
+def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
     ss = st.session_state
     held = ss.get(state.TRACE_FOLLOWER)
     try:
@@ -41,9 +51,9 @@ def _live(path: str, n_experts: int | None, n_layers: int | None, draw: Callable
         ss.pop(state.TRACE_FOLLOWER, None)  # the next poll starts again from the directory
         st.error(f"This routing log cannot be followed: {str(err).replace(repr(path), 'the log')}", icon="⚠️")
         return
+    if new and not ss.get(state.TRACE_FOLLOW_FULL_RUN):
+        st.rerun()  # the fragment's own rerun found steps: redraw the charts below it
     _status(follower, float(ss[state.TRACE_IDLE_AFTER]))
-    if held["summary"] is not None:
-        draw(held["summary"])
 
 
 def _checked(s: TraceSummary, n_experts: int | None, n_layers: int | None) -> TraceSummary:
