@@ -169,3 +169,18 @@ def test_follow_refuses_an_expert_count_the_log_contradicts(tmp_path):
     at.text_input(key="trace_path").set_value(str(path)).run()
     at.toggle(key="trace_follow").set_value(True).run()
     assert not at.exception and "records 4 experts but Experts (E) is 6" in at.error[0].value
+
+
+def test_the_routing_log_zip_reads_back_as_the_same_run(tmp_path):
+    import zipfile
+
+    from dashboard.exports import routing_log_zip
+    from moe.traces.store import read_store
+    log = _log()
+    with zipfile.ZipFile(__import__("io").BytesIO(routing_log_zip(log))) as zf:
+        assert all(n.startswith("routing-log/") for n in zf.namelist())
+        zf.extractall(tmp_path)
+    back = read_store(str(tmp_path / "routing-log"))
+    assert back.steps.tolist() == log.steps.tolist() and (back.counts == log.counts).all()
+    assert back.layers == log.layers and back.meta == log.meta and back.source == log.source
+    assert (back.tokens.ids == log.tokens.ids).all() and back.tokens.step.tolist() == log.tokens.step.tolist()

@@ -19,6 +19,7 @@ from moe.traces.summary import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary
 
 from dashboard import state
 from dashboard.definitions import caption
+from dashboard.exports import routing_log_zip
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
 from dashboard.quoting import quote
 from dashboard.result import RunResult
@@ -189,6 +190,10 @@ def _draw(s: TraceSummary) -> None:
     st.caption(caption("trace_load") + ("" if s.has_logits else "  \n" + caption("trace_probability_side")))
     st.dataframe(s.rows[s.rows["layer"] == layer], hide_index=True, height=200)
     render_run(s.log(), layer)
+    st.download_button("Routing log (zip)", lambda: routing_log_zip(s.log()), file_name="routing-log.zip",
+                       mime="application/zip", on_click="ignore", key="trace_log_file",
+                       help="This run converted into a routing log directory (what trace-report --out DIR writes), "
+                            "zipped: unzip it and open the directory here, or read it with pandas or DuckDB.")
     # Placement (issue #18): the Placement section (dashboard.views.placement, another branch) renders here, fed
     # with this run: e.g. placement.render(s.log(), layer). The plan below stays until it replaces it.
     _plan(s, layer)
