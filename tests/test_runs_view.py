@@ -79,6 +79,10 @@ def test_a_routing_log_directory_opens_with_every_view(tmp_path):
     assert list(figs) == ["trace_worst_chart", "trace_load_chart", "run_layer_expert_chart", "run_pct_tokens_chart",
                           "run_pct_ratio_chart", "run_dead_chart", "run_hot_chart", "run_persist_chart",
                           "run_slots_chart", "run_co_chart", "trace_plan_chart"]
+    from dashboard.quoting import md_text
+    from moe.traces.formats import FORMATS
+    listed = "\n".join(m.value for m in at.markdown)
+    assert all(f"- {md_text(name)}" in listed for name in FORMATS.values())  # the engine's list, not a copy
     text = "\n".join(c.value for c in at.caption)
     assert "**moe-scope routing log (a directory: meta.json, counts/, tokens/)**, written from *SGLang" in text
     assert "Metadata: `world_size` `4`; `files` 2 items, first `a.pt`" in text

@@ -83,7 +83,8 @@ def slot_usage_figure(usage: np.ndarray) -> go.Figure:
                       hovertemplate="%{y}, expert %{x}: %{z} tokens<extra></extra>",
                       colorbar=dict(title=dict(text="tokens")))
     return go.Figure([heat], layout(title="Slot usage: each token's k-th expert", xaxis=axis("expert"),
-                                    yaxis=axis("slot", type="category"), uirevision="run_slots", colorbar=True,
+                                    yaxis=axis("slot", type="category", autorange="reversed"),
+                                    uirevision="run_slots", colorbar=True,
                                     row_labels=True))
 
 

@@ -21,18 +21,18 @@ from dashboard import state
 from dashboard.definitions import caption
 from dashboard.exports import routing_log_zip
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
-from dashboard.quoting import quote
+from dashboard.quoting import md_text, quote
 from dashboard.result import RunResult
 from dashboard.views.run_charts import render_run
 from dashboard.views.run_follow import follow
 
 UPLOAD_TYPES = ["parquet", "jsonl", "json", "csv", "npz", "npy", "pt"]
-INTRO = ("Open the routing a training or serving run recorded, without running the model. Formats, detected from "
-         "the content: " + "; ".join(FORMATS.values()) + ". A file is read in a stream: a large one is best opened "
-         "by its path on the server, and a directory (rank files read together, or a routing log) only by its path "
-         "(an upload is one file, held in memory by Streamlit, 200 MB at most; a path only under the directories "
-         "the server may open, see the README's *Files on the server*). A routing log still being written can be "
-         "followed live. Headless: `python -m moe trace-report PATH` (`--follow` for a log being written).")
+INTRO = ("Open the routing a training or serving run recorded, without running the model: any format below, "
+         "detected from the content. A file is read in a stream: a large one is best opened by its path on the "
+         "server, and a directory (rank files read together, or a routing log) only by its path (an upload is one "
+         "file, held in memory by Streamlit, 200 MB at most; a path only under the directories the server may "
+         "open, see the README's *Files on the server*). A routing log still being written can be followed live. "
+         "Headless: `python -m moe trace-report PATH` (`--follow` for a log being written).")
 EXPERTS_HELP = ("The model's expert count, for a source that does not record it (a Megatron-LM trace without "
                 "logits, per-token ids, plain counts). Leave this empty for a source that records it (a different "
                 "count is refused). Never below the largest expert index in the file + 1.")
@@ -50,6 +50,8 @@ def render(result: RunResult | None) -> None:
     state.ensure(state.TRACE_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader("Routing traces")
     st.caption(INTRO)
+    with st.expander("Formats"):
+        st.markdown("\n".join(f"- {md_text(text)}" for text in FORMATS.values()))
     source = st.radio("Source", ["Upload", "Path on the server"], horizontal=True, key="trace_source")
     c1, c2, c3 = st.columns(3)
     n_experts = c1.number_input("Experts (E)", 1, MAX_EXPERTS, step=1, key="trace_experts",
