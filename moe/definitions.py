@@ -193,8 +193,11 @@ DEFINITIONS: dict[str, str] = {
                        "**tokens per expert** p50 / p95 / max over the L·E cells `load[s, l, e]`; **max/mean** "
                        "p50 / p95 / max over the layers of `max_e load[s, l, e] / mean_e load[s, l, e]` (layers "
                        "that routed no token at that step are left out). Percentiles interpolate linearly between "
-                       "the closest ranks (numpy's default). Our max/mean is the inverse of vLLM's and SGLang's "
-                       "*balancedness* (`mean / max`), taken here over logical experts, not over EP ranks.",
+                       "the closest ranks (numpy's default). Our max/mean of one (step, layer) is the inverse of the "
+                       "*balancedness* the stacks log, but over logical experts, not over EP ranks: SGLang's "
+                       "`current_pass_balancedness` (ExpertDistributionRecorder) is the mean over layers of "
+                       "`mean_r / max_r` of each GPU's tokens; vLLM's EPLB `balancedness` (`log_balancedness`) is "
+                       "`Σ_l mean_r / Σ_l max_r`.",
     "run_dead_experts": "per (step, layer), `#{e : load[s, l, e] = 0}`: experts that received no token; the "
                         "**mean over layers** line is `Σ_l dead[s, l] / L`.",
     "run_hot_persistence": "expert e is **hot** at step s of a layer when it is among the top `N = ceil(E/10)` "

@@ -86,7 +86,7 @@ def test_a_routing_log_directory_opens_with_every_view(tmp_path):
     text = "\n".join(c.value for c in at.caption)
     assert "**moe-scope routing log (a directory: meta.json, counts/, tokens/)**, written from *SGLang" in text
     assert "Metadata: `world_size` `4`; `files` 2 items, first `a.pt`" in text
-    assert "**E = 8**, recorded in the file" in text and "Our max/mean is the inverse of vLLM's" in text
+    assert "**E = 8**, recorded in the file" in text and "`current_pass_balancedness`" in text
     # the last step at a glance, layer × expert
     assert figs["run_layer_expert_chart"]["data"][0]["z"] == log.counts[-1].tolist()
     pct = layer_percentiles(log.steps, log.counts)

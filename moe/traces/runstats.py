@@ -15,6 +15,9 @@ import pandas as pd
 from moe.metrics import safe_ratio
 
 PERCENTILES = (50, 95)          # with the max: what Megatron-LM's users ask for (NVIDIA/Megatron-LM #2398)
+# Balancedness, as the stacks log it (mean / max over EP ranks, not experts): SGLang
+# python/sglang/srt/eplb/expert_distribution.py compute_utilization_rate (per layer, then averaged over layers);
+# vLLM vllm/distributed/eplb/eplb_state.py EplbState.step (Σ_l mean_r / Σ_l max_r). We show max/mean over experts.
 HOT_SHARE = 0.1                 # an expert is hot at a step when it is among the top 10% of experts by tokens
 CO_CHUNK_ENTRIES = 1 << 22      # tokens × experts of the one-hot block multiplied at once (bounds its memory)
 
