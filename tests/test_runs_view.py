@@ -188,3 +188,17 @@ def test_the_routing_log_zip_reads_back_as_the_same_run(tmp_path):
     assert back.steps.tolist() == log.steps.tolist() and (back.counts == log.counts).all()
     assert back.layers == log.layers and back.meta == log.meta and back.source == log.source
     assert (back.tokens.ids == log.tokens.ids).all() and back.tokens.step.tolist() == log.tokens.step.tolist()
+
+
+def test_follow_waits_for_the_first_step_of_an_empty_log(tmp_path):
+    path = tmp_path / "live"
+    writer = LogWriter(str(path), layers=["0"], n_experts=4)  # meta.json only: nothing flushed yet
+    at = _open_path(str(path))
+    assert "holds no counts yet" in at.error[0].value  # opened as a file: one line, and Follow is offered
+    at.toggle(key="trace_follow").set_value(True).run()
+    assert not at.exception and not at.error and at.info[0].value.startswith("waiting: no step written yet")
+    assert not at.get("plotly_chart")
+    writer.write_step(3, [[0, 2, 0, 0]])
+    writer.flush()
+    at.run()
+    assert at.success[0].value.startswith("live: step 3") and len(at.get("plotly_chart")) > 0
