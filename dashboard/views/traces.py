@@ -37,7 +37,8 @@ EXPERTS_HELP = ("The model's expert count, for a source that does not record it 
                 "logits, per-token ids, plain counts). Leave this empty for a source that records it (a different "
                 "count is refused). Never below the largest expert index in the file + 1.")
 FOLLOW_HELP = ("Poll the routing log every second: a new step appears without a reload, and only the part files "
-               "not read before are read.")
+               "not read before are read. Per-token views need the log opened without Follow (the follower reads "
+               "counts only).")
 IDLE_HELP = "The run is marked idle when no new step arrived for this many seconds."
 # Where the count came from: the engine's words, and for a typed count the page's own.
 SOURCE_TEXT = {**N_EXPERTS_SOURCES, "given": "typed in **Experts (E)** above (the file does not record it)"}
