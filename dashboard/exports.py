@@ -1,12 +1,18 @@
-"""Downloads: the per-expert table (CSV), summary + config (JSON) and the trace (Parquet), as bytes."""
+"""Downloads: the per-expert table (CSV), summary + config (JSON), the trace (Parquet) and a run as a routing log
+(zip), as bytes."""
 from __future__ import annotations
 
 import io
+import os
+import tempfile
+import zipfile
 
 import pandas as pd
 
 from moe.jsonio import dumps
 from moe.traces import parquet
+from moe.traces.log import RoutingLog
+from moe.traces.store import write_log
 
 from dashboard.result import RunResult
 from dashboard.tables import token_table
@@ -39,3 +45,17 @@ def trace_parquet(result: RunResult) -> bytes:
     buffer = io.BytesIO()
     trace_frame(result).to_parquet(buffer, index=False)
     return buffer.getvalue()
+
+
+def routing_log_zip(log: RoutingLog, name: str = "routing-log") -> bytes:
+    """The run as a routing log directory (moe.traces.store.write_log, what `trace-report --out DIR` writes), zipped
+    under `name/`: unzip it and open the directory on the Runs page, or read it with pandas or DuckDB."""
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp, zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
+        root = os.path.join(tmp, name)
+        write_log(log, root)
+        for folder, _, files in sorted(os.walk(root)):
+            for file in sorted(files):
+                path = os.path.join(folder, file)
+                zf.write(path, os.path.relpath(path, tmp))
+    return buf.getvalue()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import streamlit as st
 
 from moe.hf.load import default_model_dir
+from moe.traces.follow import IDLE_AFTER_S
 from moe.train.presets import PRESETS as TRAIN_PRESETS
 
 from moe import available_devices
@@ -43,8 +44,12 @@ CF_DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 
                "cf_temperature": 1.0, "cf_bias_expert": -1, "cf_bias": "hot", "cf_sweep": False}
 # --- Runs page
 TRACE_VIEW = "trace_view"               # the opened trace: {"key": what was asked, "summary": TraceSummary}
+TRACE_FOLLOWER = "trace_follower"       # a followed routing log: {"path", "follower": LogFollower, "summary"}
+TRACE_FOLLOW, TRACE_IDLE_AFTER = "trace_follow", "trace_idle_after"  # the Follow toggle; idle after that many s
+TRACE_FOLLOW_FULL_RUN = "trace_follow_full_run"  # True while a whole-page run polls (the poll fragment's own reruns:
+                                                 # False), so only a fragment rerun that finds steps reruns the page
 TRACE_DEFAULTS = {"trace_source": "Upload", "trace_experts": None, "trace_layers": 0, "trace_score": "softmax",
-                  "trace_path": ""}
+                  "trace_path": "", TRACE_FOLLOW: False, TRACE_IDLE_AFTER: IDLE_AFTER_S}
 # --- Expert parallel page
 EP_JOB, EP_RUNS = "ep_job", "ep_runs"   # the running job; the finished runs' documents
 EP_LINK_NOTES = "ep_link_notes"         # the link's Expert parallel keys that were refused

@@ -186,6 +186,31 @@ DEFINITIONS: dict[str, str] = {
                   "all layers summed): predicted assignments per rank for the plan and for contiguous blocks; "
                   "when the plan would not make the busiest rank lighter, the contiguous blocks are kept (and "
                   "said above the chart); **straggler (predicted)** = `max_r / mean_r` of those per-rank loads.",
+    # --- a run's views (moe.traces.runstats; the Runs page, issue #17)
+    "run_layer_expert": "at one step s, `load[s, l, e]`: the tokens routed to logical expert e at layer l (the "
+                        "routing log's counts; for a per-(token, expert) trace, the assignments as in `trace_load`).",
+    "run_percentiles": "per step, across layers (what Megatron-LM's users ask for, NVIDIA/Megatron-LM #2398): "
+                       "**tokens per expert** p50 / p95 / max over the L·E cells `load[s, l, e]`; **max/mean** "
+                       "p50 / p95 / max over the layers of `max_e load[s, l, e] / mean_e load[s, l, e]` (layers "
+                       "that routed no token at that step are left out). Percentiles interpolate linearly between "
+                       "the closest ranks (numpy's default). Our max/mean of one (step, layer) is the inverse of the "
+                       "*balancedness* the stacks log, but over logical experts, not over EP ranks: SGLang's "
+                       "`current_pass_balancedness` (ExpertDistributionRecorder) is the mean over layers of "
+                       "`mean_r / max_r` of each GPU's tokens; vLLM's EPLB `balancedness` (`log_balancedness`) is "
+                       "`Σ_l mean_r / Σ_l max_r`.",
+    "run_dead_experts": "per (step, layer), `#{e : load[s, l, e] = 0}`: experts that received no token; the "
+                        "**mean over layers** line is `Σ_l dead[s, l] / L`.",
+    "run_hot_persistence": "expert e is **hot** at step s of a layer when it is among the top `N = ceil(E/10)` "
+                           "experts by `load[s, e]` (lower index first on ties) and received a token. "
+                           "**hot_steps** = steps it is hot; **hot_share** = `hot_steps / S`; **longest_run** = "
+                           "the most consecutive steps (of the log's steps, in order) it stays hot; "
+                           "**current_run** = the run still going at the last step. A persistent hot expert "
+                           "keeps a long run; a rotating hot spot gives many short ones.",
+    "run_slot_usage": "per-token routing of one (step, layer): `usage[k, e]` = tokens whose k-th chosen expert "
+                      "(slot k, in the order the source records them, e.g. by score) is e; empty slots (-1) are "
+                      "skipped.",
+    "run_co_occurrence": "per-token routing of one (step, layer): `co[e, f]` = tokens that chose both e and f "
+                         "among their top-k; the diagonal `co[e, e]` = tokens that chose e.",
     # --- real models (Model view, model-report; issue #10)
     "pooled_aux": "the aux of all MoE layers pooled: `E·Σ_e f̄_e·P̄_e` with f̄, P̄ the layers' f and P summed over "
                   "every layer's tokens before the product. The Switch scale of the per-layer aux column (1 = "

@@ -36,7 +36,7 @@ def test_the_count_is_asked_for_named_and_the_single_step_chart_is_laid_out(brow
         wait_for_run(page)
         page.get_by_text("Path on the server", exact=True).click()
         wait_for_run(page)
-        page.get_by_label("Path of the trace file on the server").fill(str(path))
+        page.get_by_label("Path of the trace file or directory on the server").fill(str(path))
         page.keyboard.press("Enter")
         wait_for_run(page)
         page.get_by_text("type the model's expert count").wait_for(timeout=30_000)

@@ -40,7 +40,12 @@ def test_a_megatron_trace_opens_with_worst_heatmaps_and_plan(tmp_path):
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Worst (step, layer)"] == f"{worst['step']}, {worst['layer']}" and metrics["Steps"] == "3"
     charts = at.get("plotly_chart")
-    assert len(charts) == 3  # worst (step × layer), load (step × expert) of the worst layer, predicted plan
+    # worst (step × layer), load (step × expert) of the worst layer, the run's views (layer × expert at a step,
+    # percentiles across layers, dead experts, hot experts and their persistence), predicted plan; no tokens: no
+    # per-token views
+    assert [c.key for c in charts] == ["trace_worst_chart", "trace_load_chart", "run_layer_expert_chart",
+                                       "run_pct_tokens_chart", "run_pct_ratio_chart", "run_dead_chart",
+                                       "run_hot_chart", "run_persist_chart", "trace_plan_chart"]
     text = "\n".join(c.value for c in at.caption)
     assert "busiest expert furthest above the mean" in text and "logits sidecar" in text
     assert f"{s.plan(2, 2)['planned_straggler']:.3f}" in [m.value for m in at.metric]

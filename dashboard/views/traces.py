@@ -1,4 +1,5 @@
-"""Traces: open a routing trace recorded elsewhere (moe-scope Parquet, Megatron-LM JSONL), per step and layer."""
+"""Runs: open the routing data a training or serving run wrote (every format moe.traces.formats reads: a file, a
+directory of rank files or a routing log directory), follow a log still being written, and the run's views."""
 from __future__ import annotations
 
 import os
@@ -10,27 +11,39 @@ import streamlit as st
 from moe.config import SCORES
 from moe.jsonio import dumps
 from moe.roots import OutsideRoots, resolve_allowed
+from moe.traces.formats import FORMATS, detect
+from moe.traces.opener import open_trace
 from moe.traces.records import MAX_EXPERTS
-from moe.traces.summary import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary, summarize
+from moe.traces.store import is_log_dir
+from moe.traces.summary import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary
 
 from dashboard import state
 from dashboard.definitions import caption
+from dashboard.exports import routing_log_zip
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
-from dashboard.quoting import quote
+from dashboard.quoting import md_text, quote
 from dashboard.result import RunResult
+from dashboard.views.run_charts import render_run
+from dashboard.views.run_follow import follow
 
-INTRO = ("Open routing decisions recorded by a training or serving run, without running the model: the page's "
-         "**Trace (Parquet)** download or a file written by `moe.traces.parquet.TraceWriter`, or Megatron-LM's "
-         "`router_trace_rank{R}.jsonl` (`--moe-routing-trace-path`). The file is read in a stream: a large trace "
-         "is best opened by its path on the server (an upload is held in memory by Streamlit, 200 MB at most; "
-         "a path only under the directories the server may open, see the README's *Files on the server*). "
-         "Headless: `python -m moe trace-report FILE`.")
-EXPERTS_HELP = ("The model's expert count (Megatron-LM's num_moe_experts), for a trace that does not record it: a "
-                "Megatron-LM trace without logits. A moe-scope trace and a Megatron-LM trace with logits record "
-                "it; leave this empty for them (a different count is refused). Never below the largest expert "
-                "index in the file + 1.")
+UPLOAD_TYPES = ["parquet", "jsonl", "json", "csv", "npz", "npy", "pt"]
+INTRO = ("Open the routing a training or serving run recorded, without running the model: any format below, "
+         "detected from the content. A file is read in a stream: a large one is best opened by its path on the "
+         "server, and a directory (rank files read together, or a routing log) only by its path (an upload is one "
+         "file, held in memory by Streamlit, 200 MB at most; a path only under the directories the server may "
+         "open, see the README's *Files on the server*). A routing log still being written can be followed live. "
+         "Headless: `python -m moe trace-report PATH` (`--follow` for a log being written).")
+EXPERTS_HELP = ("The model's expert count, for a source that does not record it (a Megatron-LM trace without "
+                "logits, per-token ids, plain counts). Leave this empty for a source that records it (a different "
+                "count is refused). Never below the largest expert index in the file + 1.")
+FOLLOW_HELP = ("Poll the routing log every second: a new step appears without a reload, and only the part files "
+               "not read before are read. Per-token views need the log opened without Follow (the follower reads "
+               "counts only).")
+IDLE_HELP = "The run is marked idle when no new step arrived for this many seconds."
 # Where the count came from: the engine's words, and for a typed count the page's own.
 SOURCE_TEXT = {**N_EXPERTS_SOURCES, "given": "typed in **Experts (E)** above (the file does not record it)"}
+# The names summarize() and the counts reader give a source, for their FORMATS key.
+FORMAT_ALIASES = {"parquet": "moe-scope-parquet", "counts-csv": "counts", "counts-parquet": "counts"}
 
 
 def render(result: RunResult | None) -> None:
@@ -38,6 +51,8 @@ def render(result: RunResult | None) -> None:
     state.ensure(state.TRACE_DEFAULTS)  # drawn on its own (a test), the app's state.init() has not run
     st.subheader("Routing traces")
     st.caption(INTRO)
+    with st.expander("Formats"):
+        st.markdown("\n".join(f"- {md_text(text)}" for text in FORMATS.values()))
     source = st.radio("Source", ["Upload", "Path on the server"], horizontal=True, key="trace_source")
     c1, c2, c3 = st.columns(3)
     n_experts = c1.number_input("Experts (E)", 1, MAX_EXPERTS, step=1, key="trace_experts",
@@ -47,15 +62,17 @@ def render(result: RunResult | None) -> None:
                          help="how the recorded logits became probabilities (aux loss, confidence)")
     experts = None if n_experts is None else int(n_experts)
     if source == "Upload":
-        upload = st.file_uploader("Trace file", type=["parquet", "jsonl", "json"], key="trace_file")
+        upload = st.file_uploader("Trace file", type=UPLOAD_TYPES, key="trace_file")
         if upload is None:
             st.caption("Choose a file to open.")
             return
         key = ("upload", upload.file_id, experts, int(n_layers), score)
     else:
-        path = st.text_input("Path of the trace file on the server", key="trace_path").strip()
+        path = st.text_input("Path of the trace file or directory on the server", key="trace_path").strip()
         if not path:
             st.caption("Type a path to open.")
+            return
+        if _followed(path, experts, int(n_layers) or None):
             return
         upload, key = None, ("path", path, experts, int(n_layers), score)
     if st.session_state.get(state.TRACE_VIEW, {}).get("key") != key:
@@ -66,9 +83,27 @@ def render(result: RunResult | None) -> None:
     _draw(st.session_state[state.TRACE_VIEW]["summary"])
 
 
+def _followed(path: str, n_experts: int | None, n_layers: int | None) -> bool:
+    """A routing log directory offers Follow; when on, the follower's fragment draws the page (True)."""
+    try:
+        real = str(resolve_allowed(path, "dir"))
+    except OutsideRoots:
+        return False  # a file, or refused: _open says why
+    if not is_log_dir(real):
+        return False
+    c1, c2 = st.columns([1, 2])
+    on = c1.toggle("Follow", key=state.TRACE_FOLLOW, help=FOLLOW_HELP)
+    if not on:
+        st.session_state.pop(state.TRACE_FOLLOWER, None)
+        return False
+    c2.number_input("Idle after (s)", 1.0, 86400.0, step=1.0, key=state.TRACE_IDLE_AFTER, help=IDLE_HELP)
+    follow(real, n_experts, n_layers, _draw)
+    return True
+
+
 def show() -> None:
-    """The Runs page: recorded routing traces (placement and logs join it later). Its link holds nothing: a file
-    is opened by hand, never from a link."""
+    """The Runs page: recorded routing (a file, rank files or a routing log, followed live). Its link holds nothing:
+    a file is opened by hand, never from a link."""
     st.query_params.clear()
     render(None)
 
@@ -84,9 +119,10 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
                 with open(path, "wb") as f:
                     shutil.copyfileobj(upload, f, 1 << 20)
             else:  # only under the server's roots; one message for outside and missing, the path not repeated
-                path = str(resolve_allowed(path, "file"))
-            summary = summarize(path, n_experts=n_experts, n_layers=n_layers, score=score,
-                                progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
+                path = str(resolve_allowed(path, "any"))
+            summary = open_trace(path, n_experts=n_experts, n_layers=n_layers, score=score,
+                                 progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
+            summary.extra["format"] = detect(path)
     except OutsideRoots as err:
         bar.empty()
         st.error(f"This trace cannot be opened: {err}", icon="⚠️")
@@ -97,6 +133,11 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
                    f"type the model's expert count (num_moe_experts, at least {err.at_least}) in **Experts (E)** "
                    f"above.", icon="✏️")
         return None
+    except ImportError:  # a reader that this build does not have yet
+        bar.empty()
+        st.error("This trace cannot be opened: its format's reader is not part of this build of moe-scope.",
+                 icon="⚠️")
+        return None
     except (ValueError, OSError, RuntimeError, MemoryError) as err:
         bar.empty()
         st.error(f"This trace cannot be opened: {str(err).replace(repr(path), shown)}", icon="⚠️")
@@ -106,13 +147,32 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
 
 
 def _count_note(s: TraceSummary) -> None:
-    """Which expert count the numbers use and where it came from; a hint when the file never reaches it."""
-    st.caption(f"{s.source} trace · **E = {s.n_experts}**, {SOURCE_TEXT[s.n_experts_source]} · K={s.top_k} · "
+    """The source's format and metadata, which expert count the numbers use and where it came from; a hint when
+    the file never reaches it."""
+    st.caption(f"{_format_text(s)} · **E = {s.n_experts}**, {SOURCE_TEXT[s.n_experts_source]} · K={s.top_k} · "
                f"logits {'recorded' if s.has_logits else 'absent (probability-side numbers blank)'}")
+    meta = s.routing_log.meta if s.routing_log is not None else {}
+    if meta:  # values from the file: quoted, shortened
+        st.caption("Metadata: " + "; ".join(f"{quote(k)} {_meta_value(v)}" for k, v in list(meta.items())[:12]))
     if s.n_experts_source == "given" and s.max_expert_id + 1 < s.n_experts:
         st.warning(f"The file's expert indices reach only {s.max_expert_id}: experts {s.max_expert_id + 1}..."
                    f"{s.n_experts - 1} never receive a token, and max/mean is measured over all E = {s.n_experts}. "
                    f"Check **Experts (E)** against the model's expert count.", icon="🔎")
+
+
+def _format_text(s: TraceSummary) -> str:
+    """The format's name (FORMATS, one source of truth); a routing log also names who wrote it (quoted if unknown)."""
+    source = FORMAT_ALIASES.get(s.source, s.source)
+    named = f"*{FORMATS[source]}*" if source in FORMATS else quote(s.source)
+    if s.extra.get("format") == "moe-scope-log":
+        return f"**{FORMATS['moe-scope-log']}**, written from {named}"
+    return f"**{FORMATS[source]}**" if source in FORMATS else f"routing data from {named}"
+
+
+def _meta_value(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return f"{len(value)} items" + (f", first {quote(value[0])}" if value else "")
+    return quote(value)
 
 
 def _draw(s: TraceSummary) -> None:
@@ -132,6 +192,13 @@ def _draw(s: TraceSummary) -> None:
                     width="stretch", key="trace_load_chart")
     st.caption(caption("trace_load") + ("" if s.has_logits else "  \n" + caption("trace_probability_side")))
     st.dataframe(s.rows[s.rows["layer"] == layer], hide_index=True, height=200)
+    render_run(s.log(), layer)
+    st.download_button("Routing log (zip)", lambda: routing_log_zip(s.log()), file_name="routing-log.zip",
+                       mime="application/zip", on_click="ignore", key="trace_log_file",
+                       help="This run converted into a routing log directory (what trace-report --out DIR writes), "
+                            "zipped: unzip it and open the directory here, or read it with pandas or DuckDB.")
+    # Placement (issue #18): the Placement section (dashboard.views.placement, another branch) renders here, fed
+    # with this run: e.g. placement.render(s.log(), layer). The plan below stays until it replaces it.
     _plan(s, layer)
 
 

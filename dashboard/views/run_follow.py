@@ -1,0 +1,80 @@
+"""Follow a routing log that is still being written (issue #17 §4): a fragment reruns every POLL_S seconds, polls
+the session's LogFollower (it reads only the part files it has not read before) and shows whether the run is live
+or idle; when it finds new steps the page reruns and the run is drawn again.
+
+The follower lives in st.session_state (state.TRACE_FOLLOWER): one per browser session, never shared. The idle
+threshold is the page's **Idle after (s)** (state.TRACE_IDLE_AFTER; a test sets it small).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import streamlit as st
+
+from moe.traces.follow import LogFollower
+from moe.traces.summary import TraceSummary
+
+from dashboard import state
+
+POLL_S = 1.0  # a new step shows within POLL_S + the time to draw it (< 2 s for a log of a few hundred steps)
+
+
+def follow(path: str, n_experts: int | None, n_layers: int | None, draw: Callable[[TraceSummary], None]) -> None:
+    """The status line in a fragment that polls the log at `path` (resolved, under the server's roots) every POLL_S
+    seconds, then the run drawn. A poll that finds new steps reruns the page (a script rerun, not a reload): the
+    charts are redrawn only when the data changed, so a quiet second costs the browser one status line."""
+    ss = st.session_state
+    ss[state.TRACE_FOLLOW_FULL_RUN] = True
+    try:
+        st.fragment(_poll, run_every=POLL_S)(path, n_experts, n_layers)
+    finally:
+        ss[state.TRACE_FOLLOW_FULL_RUN] = False
+    held = ss.get(state.TRACE_FOLLOWER)
+    if held is not None and held["summary"] is not None:
+        draw(held["summary"])
+
+
+def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
+    ss = st.session_state
+    held = ss.get(state.TRACE_FOLLOWER)
+    try:
+        if held is None or held["path"] != path:
+            held = ss[state.TRACE_FOLLOWER] = {"path": path, "follower": LogFollower(path), "summary": None}
+        follower = held["follower"]
+        new = follower.poll()
+        if new or held["summary"] is None:
+            log = follower.log()
+            held["summary"] = None if log is None else _checked(TraceSummary.from_log(log), n_experts, n_layers)
+            if held["summary"] is not None:
+                held["summary"].extra["format"] = "moe-scope-log"
+    except (ValueError, OSError, MemoryError) as err:
+        ss.pop(state.TRACE_FOLLOWER, None)  # the next poll starts again from the directory
+        st.error(f"This routing log cannot be followed: {str(err).replace(repr(path), 'the log')}", icon="⚠️")
+        return
+    if new and not ss.get(state.TRACE_FOLLOW_FULL_RUN):
+        st.rerun()  # the fragment's own rerun found steps: redraw the charts below it
+    _status(follower, float(ss[state.TRACE_IDLE_AFTER]))
+
+
+def _checked(s: TraceSummary, n_experts: int | None, n_layers: int | None) -> TraceSummary:
+    """The page's Experts (E) and expected layers, checked as open_trace checks them for a file."""
+    if n_experts is not None and n_experts != s.n_experts:
+        raise ValueError(f"the routing log records {s.n_experts} experts but Experts (E) is {n_experts}; give "
+                         f"{s.n_experts} or leave it empty")
+    if n_layers is not None and len(s.layers) != n_layers:
+        raise ValueError(f"the trace has {len(s.layers)} MoE layers but {n_layers} were expected; pass the model's "
+                         f"MoE layer count or the right log")
+    return s
+
+
+def _status(follower: LogFollower, idle_after: float) -> None:
+    """live: the last step and how long ago a new one came; idle: nothing new for longer than idle_after."""
+    ago = follower.clock() - follower.last_change
+    if not follower.acc.cells:
+        st.info(f"waiting: no step written yet ({ago:.0f} s since the log was opened)", icon="⏳")
+    elif follower.idle(idle_after):
+        st.warning(f"idle: no new step for {ago:.0f} s (last step {max(follower.acc.cells)}; idle after "
+                   f"{idle_after:g} s)", icon="⏸️")
+    else:
+        st.success(f"live: step {max(follower.acc.cells)}, last new step {ago:.0f} s ago "
+                   f"({len(follower.acc.cells)} steps, {follower.parts_read} part files read)", icon="🟢")
