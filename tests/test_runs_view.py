@@ -127,14 +127,13 @@ def upload_app(data: bytes) -> None:
         traces._draw(opened)
 
 
-@pytest.mark.xfail(strict=False, reason="counts reader on another branch (moe/traces/counts.py)")
 def test_an_uploaded_counts_csv_shows_the_charts():
     rows = ["step,layer,expert,count"] + [f"{s},{l},{e},{(s + 1) * (e + 1) * (l + 1)}"
                                           for s in range(3) for l in range(2) for e in range(4)]
     at = AppTest.from_function(upload_app, args=("\n".join(rows).encode(),), default_timeout=60).run()
     assert not at.exception and not at.error, at.error
     text = "\n".join(c.value for c in at.caption)
-    assert "**plain counts: CSV or Parquet" in text
+    assert "**plain counts: CSV with columns layer, expert, count" in text
     figs = _figures(at)
     assert figs["run_layer_expert_chart"]["data"][0]["z"] == [[3 * (e + 1) * (l + 1) for e in range(4)]
                                                               for l in range(2)]

@@ -42,8 +42,8 @@ FOLLOW_HELP = ("Poll the routing log every second: a new step appears without a 
 IDLE_HELP = "The run is marked idle when no new step arrived for this many seconds."
 # Where the count came from: the engine's words, and for a typed count the page's own.
 SOURCE_TEXT = {**N_EXPERTS_SOURCES, "given": "typed in **Experts (E)** above (the file does not record it)"}
-# The names summarize() and the counts reader give a source, for their FORMATS key.
-FORMAT_ALIASES = {"parquet": "moe-scope-parquet", "counts-csv": "counts", "counts-parquet": "counts"}
+# summarize() names the per-(token, expert) Parquet trace "parquet" (trace-report's JSON keeps that name).
+FORMAT_ALIASES = {"parquet": "moe-scope-parquet"}
 
 
 def render(result: RunResult | None) -> None:
