@@ -119,7 +119,7 @@ def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.
 def _schedules(N: int, s: ReplaySettings, measure) -> tuple[dict, float]:
     """p50 balancedness per rebalance interval, and on the rest of the run (`measure(plan_of, measured)`)."""
     out = {}
-    for every in s.intervals:
+    for every in [k for k in s.intervals if k < max(N, 2)] or [1]:  # an interval longer than the log says nothing
         measured = np.arange(1, N)
         plan_of = ((measured - 1) // every) * every
         out[every] = _p50(measure(plan_of, measured))

@@ -238,8 +238,13 @@ def save(placement: Placement, path: str, load=None) -> None:
 def load_file(path: str, n_experts: int, world_size: int) -> Placement:
     """Read and check a placement file for this E and W; every problem is a ValueError naming the fix.
     Only a regular file of at most MAX_FILE_BYTES is read (a device or a FIFO would never end)."""
+    return placement_from_doc(read_json(path), path, n_experts, world_size)
+
+
+def read_json(path: str) -> object:
+    """The JSON document of a placement file (any of the formats moe.parallel.export reads); ValueError otherwise."""
     try:
-        doc = json.loads(_read_regular(path, MAX_FILE_BYTES))
+        return json.loads(_read_regular(path, MAX_FILE_BYTES))
     except UnicodeDecodeError:
         raise ValueError(f"placement file {path!r} is not UTF-8 text; give the JSON file moe.parallel.placement.save "
                          f"writes") from None
@@ -247,6 +252,10 @@ def load_file(path: str, n_experts: int, world_size: int) -> Placement:
         raise ValueError(f"placement file {path!r} is not JSON ({err.msg}, line {err.lineno})") from None
     except RecursionError:
         raise ValueError(f"placement file {path!r} nests lists too deeply; 'ranks' is a list of flat lists") from None
+
+
+def placement_from_doc(doc, path: str, n_experts: int, world_size: int) -> Placement:
+    """The Placement of a document in `save`'s format ({"ranks": [[...], ...], ...}), checked for this E and W."""
     if not isinstance(doc, dict) or not isinstance(doc.get("ranks"), list):
         raise ValueError(f"placement file {path!r} needs a 'ranks' list (one list of experts per rank)")
     if doc.get("n_experts", n_experts) != n_experts:
