@@ -178,8 +178,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
     loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
     for R in s.redundant_slots:
         loads[("current", R)] = cur
-        intervals[("current", R)] = {every: _p50(bal_cur[1:]) for every in s.intervals}
-        rest[("current", R)] = _p50(bal_cur[1:])
+        intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured])
         slots = {"planned": _planned_slots(windows, s, R, current)}
         kept[R] = slots["planned"][2]
         absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")
