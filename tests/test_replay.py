@@ -5,8 +5,8 @@ import pytest
 
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
-from moe.parallel.placement import Placement, contiguous, plan, predicted_load
-from moe.parallel.replay import Layout, from_map, from_placement, rank_load, rank_load_rows, window_counts
+from moe.parallel.placement import contiguous, plan, predicted_load
+from moe.parallel.replay import from_map, from_placement, rank_load, rank_load_rows, window_counts
 
 BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
 
