@@ -1,6 +1,7 @@
 """Small formulas every table and chart shares, written once: safe ratios, max/mean, bits, entropy and NMI.
 
-Host-side NumPy; definitions in moe/definitions.py ("safe_ratio", "max_over_mean", "nmi").
+Host-side NumPy; definitions in moe/definitions.py ("safe_ratio", "max_over_mean", "nmi", "balancedness_vllm",
+"balancedness_sglang", "rank_max_over_mean").
 """
 from __future__ import annotations
 
@@ -70,3 +71,27 @@ def normalized_mutual_information(a, b) -> float:
     counts = np.zeros((ai.max() + 1, bi.max() + 1))  # (A, B) contingency table
     np.add.at(counts, (ai, bi), 1.0)
     return nmi_from_counts(counts)
+
+
+# --- balance of per-rank load (definitions "balancedness_vllm", "balancedness_sglang", "rank_max_over_mean")
+SGLANG_EPS = 1e-5  # SGLang's compute_utilization_rate adds it to mean and max (python/sglang/srt/eplb/expert_distribution.py)
+
+
+def balancedness_vllm(rank_load) -> np.ndarray:
+    """mean_r / max_r over the last axis (W,), 0 where max is 0: vLLM's EPLB balancedness
+    (vllm/distributed/eplb/eplb_state.py, v0.10 and later: `avg_tokens / max_tokens if max_tokens > 0 else 0.0`)."""
+    v = np.asarray(rank_load, dtype=np.float64)
+    top = v.max(axis=-1)
+    return np.where(top > 0, v.mean(axis=-1) / np.where(top > 0, top, 1.0), 0.0)
+
+
+def balancedness_sglang(rank_load) -> np.ndarray:
+    """(mean_r + 1e-5) / (max_r + 1e-5) over the last axis (W,): SGLang's utilization rate (1 for an idle layer)."""
+    v = np.asarray(rank_load, dtype=np.float64)
+    return (v.mean(axis=-1) + SGLANG_EPS) / (v.max(axis=-1) + SGLANG_EPS)
+
+
+def rank_max_over_mean(rank_load) -> np.ndarray:
+    """max_r / mean_r over the last axis (W,), NaN where the mean is 0: the predicted straggler factor."""
+    v = np.asarray(rank_load, dtype=np.float64)
+    return safe_ratio(v.max(axis=-1), v.mean(axis=-1))

@@ -76,6 +76,7 @@ def test_two_ranks_equal_one_process_with_capacity(tmp_path):
     assert doc["traffic"] == traffic.tolist()
     assert doc["traffic_bytes"] == (traffic * 16 * 4).tolist()  # D fp32 values per token row
     rows = pd.DataFrame(doc["per_rank"])
+    assert [r["experts"] for r in doc["per_rank"]] == [[0, 1, 2], [3, 4, 5]]  # JSON: lists of integers
     assert rows["assignments"].tolist() == load.tolist()
     assert rows["tokens_in"].tolist() == [45, 45]
     assert rows["recv_tokens"].tolist() == traffic.sum(axis=0).tolist()

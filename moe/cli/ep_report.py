@@ -24,7 +24,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_scenario_arguments(p)  # --tokens is the total, split over the ranks
     p.add_argument("--placement", default=None,
-                   help="JSON plan from moe.parallel.placement (default: contiguous blocks)")
+                   help="a plan file: moe.parallel.placement.save's, or one layer of `python -m moe plan --export "
+                        "sglang|vllm|moe-scope` (default: contiguous blocks)")
     p.add_argument("--repeats", type=positive_int, default=REPEATS,
                    help="timed forwards after one warm-up: times and the straggler factor are medians over them")
     p.add_argument("--timeout", type=finite_float, default=60.0, help="seconds any collective may wait")

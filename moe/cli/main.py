@@ -6,17 +6,18 @@ and runs the chosen one. Every failure is one line on stderr and exit status 2.
   train-lm      train the bundled MoE language model (moe/cli/train_lm.py)
   model-report  per-layer routing of a local MoE language model on a text (moe/cli/model_report.py)
   trace-report  routing data of any stack, a file or a directory of ranks (moe/cli/trace_report.py)
+  plan          should I enable EPLB? replay a routing log, export a plan (moe/cli/plan.py)
   ep-report     the expert-parallel forward, under torchrun (moe/cli/ep_report.py)
 """
 from __future__ import annotations
 
 import sys
 
-from moe.cli import ep_report, model_report, report, trace_report, train, train_lm
+from moe.cli import ep_report, model_report, plan, report, trace_report, train, train_lm
 from moe.cli.args import Parser, UsageError, one_line
 from moe.memory import out_of_memory
 
-COMMANDS = (report, train, train_lm, model_report, trace_report, ep_report)  # the order `--help` lists them in
+COMMANDS = (report, train, train_lm, model_report, trace_report, plan, ep_report)  # the order `--help` lists them in
 
 
 def build_parser(prog: str = "python -m moe") -> Parser:

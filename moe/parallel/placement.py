@@ -97,9 +97,12 @@ def predicted_load(placement: Placement, load) -> np.ndarray:
     """(W,) assignments each rank will run, given per-expert load (E,) and the replica split rule."""
     load = np.asarray(load, dtype=np.int64)
     out = np.zeros(placement.world_size, dtype=np.int64)
-    for e in range(placement.n_experts):
-        holders = placement.replicas(e)
-        for r, n in zip(holders, chunk_sizes(int(load[e]), len(holders))):
+    holders: dict[int, list[int]] = {}  # expert -> its ranks, ascending (what `replicas` gives, in one pass)
+    for r, experts in enumerate(placement.ranks):
+        for e in experts:
+            holders.setdefault(e, []).append(r)
+    for e, ranks in holders.items():
+        for r, n in zip(ranks, chunk_sizes(int(load[e]), len(ranks))):
             out[r] += n
     return out
 
@@ -155,10 +158,12 @@ def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots:
     """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most."""
     b = int(np.argmax(weight))
     best, step = weight[b] * (1 - 1e-12), None  # strictly lighter than the busiest rank, beyond rounding
+    on_b = set(ranks[b])
     for s in range(len(ranks)):
-        for e in (e for e in ranks[b] if s != b and e not in ranks[s]):
+        on_s = set(ranks[s])
+        for e in (e for e in ranks[b] if s != b and e not in on_s):
             backs = [None] if len(ranks[s]) < slots and len(ranks[b]) > 1 else []
-            backs += [f for f in ranks[s] if f not in ranks[b] and w[f] < w[e]]
+            backs += [f for f in ranks[s] if f not in on_b and w[f] < w[e]]
             for f in backs:
                 d = w[e] - (0.0 if f is None else w[f])
                 if max(weight[b] - d, weight[s] + d) < best:
@@ -238,8 +243,13 @@ def save(placement: Placement, path: str, load=None) -> None:
 def load_file(path: str, n_experts: int, world_size: int) -> Placement:
     """Read and check a placement file for this E and W; every problem is a ValueError naming the fix.
     Only a regular file of at most MAX_FILE_BYTES is read (a device or a FIFO would never end)."""
+    return placement_from_doc(read_json(path), path, n_experts, world_size)
+
+
+def read_json(path: str) -> object:
+    """The JSON document of a placement file (any of the formats moe.parallel.export reads); ValueError otherwise."""
     try:
-        doc = json.loads(_read_regular(path, MAX_FILE_BYTES))
+        return json.loads(_read_regular(path, MAX_FILE_BYTES))
     except UnicodeDecodeError:
         raise ValueError(f"placement file {path!r} is not UTF-8 text; give the JSON file moe.parallel.placement.save "
                          f"writes") from None
@@ -247,6 +257,10 @@ def load_file(path: str, n_experts: int, world_size: int) -> Placement:
         raise ValueError(f"placement file {path!r} is not JSON ({err.msg}, line {err.lineno})") from None
     except RecursionError:
         raise ValueError(f"placement file {path!r} nests lists too deeply; 'ranks' is a list of flat lists") from None
+
+
+def placement_from_doc(doc, path: str, n_experts: int, world_size: int) -> Placement:
+    """The Placement of a document in `save`'s format ({"ranks": [[...], ...], ...}), checked for this E and W."""
     if not isinstance(doc, dict) or not isinstance(doc.get("ranks"), list):
         raise ValueError(f"placement file {path!r} needs a 'ranks' list (one list of experts per rank)")
     if doc.get("n_experts", n_experts) != n_experts:

@@ -23,7 +23,8 @@ from moe.layer import MoELayer
 from moe.parallel.forward import (PER_RANK_COLUMNS, ExpertShard, all_gather_rows, check_ep_config, ep_forward,
                                   init_distributed, launched_world_size, split_rows, straggler_spread)
 from moe.parallel.launch import rank_progress
-from moe.parallel.placement import contiguous, load_file
+from moe.parallel.export import load_placement
+from moe.parallel.placement import contiguous
 from moe.proctree import die_with_parent
 from moe.scenarios import make_batch
 from moe.stats import per_expert_frame, summary_dict
@@ -55,7 +56,7 @@ def rank_report(cfg: MoEConfig, scenario: str, params: dict, tokens: int, settin
     (json | csv), the other ranks ''. Every check runs on every rank before the process group is joined."""
     check_ep_config(cfg)
     W = launched_world_size()
-    placement = (load_file(settings.placement_file, cfg.n_experts, W) if settings.placement_file
+    placement = (load_placement(settings.placement_file, cfg.n_experts, W) if settings.placement_file
                  else contiguous(cfg.n_experts, W))
     if tokens < W:
         raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
@@ -126,8 +127,11 @@ def _render(cfg, fmt: str, placement, runs, input_: dict) -> str:
 
 def _json(doc: dict, extra: dict) -> str:
     """The report document with the expert-parallel sections after the config (one strict dumps: NaN → null)."""
+    per_rank = extra["per_rank"][PER_RANK_COLUMNS].to_dict(orient="records")
+    for row, experts in zip(per_rank, extra["placement"]["ranks"]):
+        row["experts"] = [int(e) for e in experts]  # a list of integers (the CSV keeps "0 1 2")
     out = {"config": doc.pop("config"), "world_size": extra["world_size"], "placement": extra["placement"],
-           "per_rank": extra["per_rank"][PER_RANK_COLUMNS].to_dict(orient="records"),
+           "per_rank": per_rank,
            "traffic": extra["traffic"], "traffic_bytes": extra["traffic_bytes"],
            "straggler_factor": extra["straggler"]["median"], "straggler_spread": extra["straggler"], **doc}
     return dumps(out, indent=2)

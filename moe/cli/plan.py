@@ -1,0 +1,83 @@
+"""`python -m moe plan PATH --world-size W --redundant-slots R`: should this run enable EPLB? Replays each layer of a
+routing log window by window under the run's placement, our planner and DeepSeek's EPLB (moe.parallel.judge), says
+what it found in one line, and plans one placement per layer to export for SGLang, vLLM or moe-scope."""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+
+from moe.cli.args import non_negative_int, positive_int
+from moe.jsonio import dumps
+from moe.metrics import balancedness_vllm
+from moe.parallel.export import FORMATS, check_serving, layer_plans, plan_document, write_plan
+from moe.parallel.judge import ReplaySettings, balance_rows, replay_log, verdict
+from moe.traces.formats import read_log
+
+DEFAULT_WINDOWS = 32  # without --window, the log is cut into at most this many windows
+
+
+def add_command(commands) -> None:
+    p = commands.add_parser("plan", help="should I enable EPLB? replay a routing log under each placement; export a "
+                                         "plan for SGLang, vLLM or moe-scope")
+    p.add_argument("file", help="routing log (any format moe.traces reads: Parquet, Megatron-LM JSONL, ...)")
+    p.add_argument("--world-size", type=positive_int, required=True, help="W expert-parallel ranks (GPUs)")
+    p.add_argument("--redundant-slots", type=non_negative_int, default=0, help="R extra expert slots (replicas)")
+    p.add_argument("--nodes", type=positive_int, default=1, help="nodes for DeepSeek's hierarchical EPLB")
+    p.add_argument("--groups", type=positive_int, default=None, help="expert groups for DeepSeek's EPLB "
+                                                                      "(default: --nodes)")
+    p.add_argument("--window", type=positive_int, default=None,
+                   help=f"steps per window (default: the log cut into {DEFAULT_WINDOWS}); with it, the exported "
+                        f"plan comes from the last window instead of the whole log")
+    p.add_argument("--layer", action="append", default=None, help="only this layer (repeatable; default: all)")
+    p.add_argument("--n-experts", type=positive_int, default=None, help="E, for logs that do not record it")
+    p.add_argument("--format", choices=("json", "csv"), default="json", help="csv: one row per (layer, window, "
+                                                                            "placement)")
+    p.add_argument("--export", choices=FORMATS, default=None, help="write the plan in this format to --out")
+    p.add_argument("--out", default=None, help="where --export writes the plan")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> str:
+    if (args.export is None) != (args.out is None):
+        raise ValueError("--export and --out go together: give both (e.g. --export sglang --out plan.json) or neither")
+    log = read_log(args.file, n_experts=args.n_experts)
+    E, W, R = log.n_experts, args.world_size, args.redundant_slots
+    if args.export in ("sglang", "vllm"):
+        check_serving(E, R, W)  # before the replay: a wrong R is refused at once
+    steps = args.window or max(1, -(-len(log.steps) // DEFAULT_WINDOWS))
+    settings = ReplaySettings(W, (R,), window=steps, num_nodes=args.nodes, num_groups=args.groups)
+    results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, args.layer)
+    current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
+    plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
+                        args.export in ("sglang", "vllm"), args.layer)
+    if args.export:
+        doc = plan_document(args.export, list(plans), [p.layout for p in plans.values()], E,
+                            [p.note for p in plans.values()])
+        write_plan(args.out, doc)
+    rows = [row for r in results for row in balance_rows(r)]
+    if args.format == "csv":
+        return pd.DataFrame(rows).to_csv(index=False)
+    doc = {"source": log.source, "n_experts": E, "world_size": W, "redundant_slots": R, "window_steps": steps,
+           "windows_per_layer": int(len(results[0].windows)), "current": current,
+           "verdict": verdict(results, current), "layers": {r.layer: _layer_summary(r, R) for r in results},
+           "windows": {r.layer: [row for row in rows if row["layer"] == r.layer] for r in results},
+           "plan": {name: p.to_dict() for name, p in plans.items()}}
+    if args.export:
+        doc["export"] = {"format": args.export, "path": args.out}
+    return dumps(doc, indent=1)
+
+
+def _layer_summary(r, R: int) -> dict:
+    """p50 balancedness on the windows after planning, per interval and on the rest; hot experts; notes."""
+    names = [name for name, rr in r.loads if rr == R]
+    return {"next_window_p50": {n: float(np.median(r.next_window(n, R))) if len(r.windows) > 1 else None
+                                for n in names},
+            "intervals_p50": {n: {str(k): v for k, v in r.intervals[(n, R)].items()} for n in names},
+            "rest_p50": {n: r.rest[(n, R)] for n in names},
+            "own_window_p50": {n: float(np.median(balancedness_vllm(r.own_window[(n, R)]))) for n in names
+                               if (n, R) in r.own_window},
+            "kept_current_windows": int(r.kept[R].sum()), "hot_top": r.hot_top,
+            "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence, "absorbed_p50": r.absorbed[R],
+            "notes": r.notes}

@@ -1,0 +1,102 @@
+"""DeepSeek's expert-parallel load balancer (EPLB), reimplemented from its published description and vectorised
+over rows (windows, layers): the reference our planner is compared with.
+
+The rule (deepseek-ai/EPLB, eplb.py, commit 5791971, `rebalance_experts`): with G expert groups (E/G consecutive
+experts each), `num_nodes` nodes and `num_gpus` GPUs, P = E + R physical slots, P a multiple of num_gpus:
+1. hierarchical when G is a multiple of num_nodes (else the same steps with one group and one node: global):
+   groups are packed onto nodes, G / num_nodes each, heaviest group first to the lightest node with room;
+2. within each node its E / num_nodes experts get P / num_nodes slots: each extra slot goes to the expert with
+   the most load per slot (no cap: an expert may get more slots than there are GPUs);
+3. each node's slots, weighing load / slots of their expert, are packed onto its GPUs, P / num_gpus each,
+   heaviest first to the lightest GPU with room (one slot per GPU: slot i on GPU i). Two slots of one
+   expert may share a GPU. Slot p of the result is on GPU p // (P / num_gpus).
+Ties: the lowest index (expert, group, slot or GPU) wins. Our own tests hold a loop-based version of the rule.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from moe.parallel.replay import Layout
+
+
+def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: int, num_gpus: int) -> None:
+    """ValueError naming the fix unless DeepSeek's EPLB accepts these sizes."""
+    if num_gpus < 1 or num_nodes < 1 or num_groups < 1:
+        raise ValueError("DeepSeek's EPLB needs at least one GPU, node and expert group")
+    if num_gpus % num_nodes:
+        raise ValueError(f"{num_gpus} GPUs do not split over {num_nodes} nodes; give a world size that is a multiple "
+                         f"of --nodes")
+    if n_slots % num_gpus or n_slots < n_experts:
+        raise ValueError(f"DeepSeek's EPLB needs E + R ({n_slots}) to be a multiple of the {num_gpus} GPUs; choose R "
+                         f"with (E + R) % W == 0")
+    if n_experts % num_groups:
+        raise ValueError(f"{n_experts} experts do not split into {num_groups} groups; give a group count that "
+                         f"divides E")
+
+
+def balanced_packing(weight: np.ndarray, n_packs: int) -> tuple[np.ndarray, np.ndarray]:
+    """(X, n) items onto n_packs packs of n / n_packs items each, per row: heaviest first to the lightest pack
+    with room. Returns the pack of each item and its position in the pack, both (X, n)."""
+    X, n = weight.shape
+    per = n // n_packs
+    if per == 1:  # one item per pack: item i to pack i
+        return np.broadcast_to(np.arange(n), (X, n)).copy(), np.zeros((X, n), dtype=np.int64)
+    order = np.argsort(-weight, axis=1, kind="stable")                                # (X, n) heaviest first
+    pack, pos = np.empty((X, n), dtype=np.int64), np.empty((X, n), dtype=np.int64)
+    load, items, rows = np.zeros((X, n_packs)), np.zeros((X, n_packs), dtype=np.int64), np.arange(X)
+    for j in range(n):
+        item = order[:, j]                                                            # (X,)
+        chosen = np.where(items < per, load, np.inf).argmin(axis=1)                   # (X,) first lightest with room
+        pack[rows, item], pos[rows, item] = chosen, items[rows, chosen]
+        load[rows, chosen] += weight[rows, item]
+        items[rows, chosen] += 1
+    return pack, pos
+
+
+def replicate(weight: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+    """(X, m) loads onto n_slots >= m slots per row: slot i < m holds expert i, each later slot the expert with the
+    most load per slot so far. Returns slot -> expert (X, n_slots) and slots per expert (X, m)."""
+    X, m = weight.shape
+    slot = np.empty((X, n_slots), dtype=np.int64)
+    slot[:, :m] = np.arange(m)
+    count, rows = np.ones((X, m), dtype=np.int64), np.arange(X)
+    for i in range(m, n_slots):
+        hot = (weight / count).argmax(axis=1)                                         # (X,)
+        slot[:, i] = hot
+        count[rows, hot] += 1
+    return slot, count
+
+
+def rebalance(weight, n_slots: int, num_groups: int = 1, num_nodes: int = 1, num_gpus: int = 1) -> np.ndarray:
+    """(X, P) logical expert of every physical slot for loads (X, E); slot p on GPU p // (P / num_gpus)."""
+    weight = np.asarray(weight, dtype=np.float64)
+    X, E = weight.shape
+    check_eplb_args(E, n_slots, num_groups, num_nodes, num_gpus)
+    if num_groups % num_nodes:  # groups cannot be split evenly over the nodes: the global policy
+        num_groups, num_nodes = 1, 1
+    group_size, per_node = E // num_groups, num_groups // num_nodes
+    # 1. groups to nodes; node-major order of the logical experts ("mlog")
+    group_pack, group_pos = balanced_packing(weight.reshape(X, num_groups, group_size).sum(-1), num_nodes)
+    mlog_of = ((group_pack * per_node + group_pos) * group_size)[:, :, None] + np.arange(group_size)  # (X, G, gs)
+    log_of_mlog = np.argsort(mlog_of.reshape(X, E), axis=1)                          # (X, E) inverse permutation
+    node_weight = np.take_along_axis(weight, log_of_mlog, axis=1).reshape(X * num_nodes, E // num_nodes)
+    # 2. slots within each node
+    slot_mlog, count = replicate(node_weight, n_slots // num_nodes)                  # (X·nodes, P/nodes)
+    slot_weight = np.take_along_axis(node_weight / count, slot_mlog, axis=1)
+    # 3. slots to the node's GPUs
+    gpu, pos = balanced_packing(slot_weight, num_gpus // num_nodes)
+    per_gpu = n_slots // num_gpus
+    placed = np.empty_like(slot_mlog)
+    np.put_along_axis(placed, gpu * per_gpu + pos, slot_mlog, axis=1)                # (X·nodes, P/nodes)
+    placed = (placed.reshape(X, num_nodes, -1) + (np.arange(num_nodes) * (E // num_nodes))[None, :, None])
+    return np.take_along_axis(log_of_mlog, placed.reshape(X, n_slots), axis=1)       # (X, P)
+
+
+def eplb_layout(load, redundant_slots: int, world_size: int, num_nodes: int = 1, num_groups: int | None = None
+                ) -> Layout:
+    """The Layout DeepSeek's EPLB gives one load vector (E,); num_groups defaults to num_nodes."""
+    load = np.asarray(load, dtype=np.float64)
+    groups = num_nodes if num_groups is None else num_groups
+    row = rebalance(load[None], len(load) + redundant_slots, groups, num_nodes, world_size)[0]
+    per_gpu = len(row) // world_size
+    return Layout(row, np.arange(len(row)) // per_gpu, world_size)

@@ -1,0 +1,226 @@
+"""Plan files: write one placement per layer in the formats the serving stacks read, read any of them back.
+
+- "sglang": SGLang's `--init-expert-location` JSON, `{"physical_to_logical_map": [[...], ...]}` [layers,
+  physical_experts] and nothing else: SGLang passes the document's keys to `ExpertLocationMetadata.init_by_mapping`
+  as arguments (python/sglang/srt/eplb/expert_location.py, `compute_initial_expert_location_metadata`, v0.5), so
+  an extra key would be refused. Slot p is on rank p // (P / W), P = E + ep_num_redundant_experts.
+- "vllm": the same map (vLLM's `EplbState.physical_to_logical_map`, (layers, physical experts), slot p on rank
+  p // (P / W)) with `ep_size`, `num_redundant_experts`, `num_logical_experts` and `layers` beside it.
+- "moe-scope": our own, any R: per layer the experts of each rank (ranks may hold different numbers of slots).
+The serving formats need every rank to hold the same number of slots, each a distinct expert on its rank:
+E + R must be a multiple of W (`serving_redundant_slots` lists the R that are).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from moe.jsonio import dumps
+from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
+from moe.parallel.judge import current_layout, plan_layout
+from moe.parallel.placement import Placement, placement_from_doc, read_json
+from moe.parallel.replay import Layout, from_map, from_placement, rank_load, to_placement, window_counts
+from moe.traces.log import check_map
+
+FORMATS = ("sglang", "vllm", "moe-scope")
+MOE_SCOPE_FORMAT = "moe-scope-plan/1"
+
+
+@dataclass(frozen=True)
+class PlanFile:
+    """A plan read back: one layout per layer."""
+    format: str                 # a key of FORMATS, or "placement" (moe.parallel.placement.save's one-layer file)
+    layers: list[str]
+    layouts: list[Layout]
+    n_experts: int
+    world_size: int
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The plan of one layer to export: its layout, the load it was made from and whether it kept the current one."""
+    layout: Layout
+    load: np.ndarray     # (E,) tokens per expert it was planned from
+    kept_current: bool
+    note: str
+
+    def to_dict(self) -> dict:
+        """Ranks (lists of integers), predicted per-rank load and its balance (definitions: balancedness_*)."""
+        ranks = rank_load(self.load[None], self.layout)[0]                           # (W,)
+        return {"kept_current": self.kept_current, "note": self.note,
+                "ranks": [sorted(r) for r in self.layout.rank_experts()], "predicted_load": ranks.tolist(),
+                "balancedness_vllm": float(balancedness_vllm(ranks)),
+                "balancedness_sglang": float(balancedness_sglang(ranks)), "max_over_mean": float(rank_max_over_mean(ranks))}
+
+
+def layer_plans(counts, layers: list[str], world_size: int, redundant_slots: int, p2l=None,
+                last_window: int | None = None, serving: bool = False, only: list[str] | None = None
+                ) -> dict[str, LayerPlan]:
+    """One plan per layer of counts (S, L, E) from the whole log (or its last window of `last_window` steps);
+    with `serving`, every layer gets exactly E + R slots (a kept layer padded, pad_to) for SGLang and vLLM."""
+    counts = np.asarray(counts, dtype=np.int64)
+    E, W, R = counts.shape[2], world_size, redundant_slots
+    if serving:
+        check_serving(E, R, W)
+    out = {}
+    for name in layers if only is None else only:
+        if name not in layers:
+            raise ValueError(f"layer {name!r} is not in the log; choose from {layers[:8]}")
+        i = layers.index(name)
+        current = current_layout(E, W, None if p2l is None else p2l[i])
+        load = window_counts(counts[:, i, :], last_window or len(counts))[-1]         # (E,)
+        layout, kept = plan_layout(load, W, R, current)
+        note = ("kept the current placement: no plan with these slots lightens the busiest rank" if kept
+                else f"planned {R} redundant slots")
+        if serving and layout.n_slots != E + R:
+            layout = pad_to(layout, load, E + R)
+            note += f"; padded to {E + R} slots with replicas that load no rank more than its busiest"
+        out[name] = LayerPlan(layout, load, kept, note)
+    return out
+
+
+def serving_redundant_slots(n_experts: int, world_size: int, most: int) -> list[int]:
+    """The R in 0..most the serving formats accept: E + R a multiple of W (and at least W slots)."""
+    return [R for R in range(most + 1) if (n_experts + R) % world_size == 0 and n_experts + R >= world_size]
+
+
+def check_serving(n_experts: int, redundant_slots: int, world_size: int) -> None:
+    """ValueError (one line, with the nearest R that works) unless E + R is a multiple of W."""
+    if (n_experts + redundant_slots) % world_size or n_experts + redundant_slots < world_size:
+        ok = serving_redundant_slots(n_experts, world_size, redundant_slots + 2 * world_size)
+        above = [R for R in ok if R >= redundant_slots][:2]
+        raise ValueError(f"SGLang and vLLM need E + R to be a multiple of W: E={n_experts}, R={redundant_slots}, "
+                         f"W={world_size}; use R in {above} (or --export moe-scope, which takes any R)")
+
+
+def pad_to(layout: Layout, load, n_slots: int) -> Layout:
+    """`layout` grown to n_slots (a multiple of W) equal ranks by replicas, so a kept layer fits a serving map:
+    first each rank takes the lightest experts of the next ranks (what it gains, it gives away in turn), else the
+    least loaded experts; ValueError when neither leaves the busiest rank as light as before."""
+    load = np.asarray(load, dtype=np.int64)
+    W = layout.world_size
+    per = n_slots // W
+    if any(len(r) > per for r in layout.rank_experts()):
+        raise ValueError(f"a rank holds more than {per} slots; plan with more redundant slots")
+    before = rank_load(load[None], layout).max()
+    for pick in (_next_ranks, _least_loaded):
+        ranks = layout.rank_experts()
+        for r, rank in enumerate(ranks):
+            spare = [e for e in pick(layout, load, r) if e not in rank]
+            rank.extend(list(dict.fromkeys(spare))[: per - len(rank)])
+        padded = Layout(np.array([e for r in ranks for e in r]), np.repeat(np.arange(W), per), W)
+        if len(padded.slot_expert) == n_slots and rank_load(load[None], padded).max() <= before:
+            return padded
+    raise ValueError("the current placement kept for a layer cannot take the extra slots without loading its "
+                     "busiest rank more; export with fewer redundant slots or as --export moe-scope")
+
+
+def _next_ranks(layout: Layout, load: np.ndarray, r: int) -> list[int]:
+    """The experts of ranks r+1, r+2, … (cyclic), each rank's lightest first."""
+    ranks, W = layout.rank_experts(), layout.world_size
+    return [e for k in range(1, W) for e in sorted(ranks[(r + k) % W], key=lambda e: (load[e], e))]
+
+
+def _least_loaded(layout: Layout, load: np.ndarray, r: int) -> list[int]:
+    return np.argsort(load, kind="stable").tolist()
+
+
+def _rank_major(layout: Layout) -> list[int]:
+    """A layout's slots rank by rank (experts ascending within a rank): one row of a physical → logical map."""
+    return [e for r in layout.rank_experts() for e in sorted(r)]
+
+
+def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts: int, notes=None) -> dict:
+    """The JSON document of a plan in format `fmt` (one layout per layer)."""
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown plan format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    W = layouts[0].world_size
+    if fmt == "moe-scope":
+        return {"format": MOE_SCOPE_FORMAT, "world_size": W, "n_experts": n_experts,
+                "layers": {name: {"ranks": [sorted(r) for r in lay.rank_experts()],
+                                  "redundant_slots": lay.n_slots - n_experts,
+                                  **({"note": notes[i]} if notes else {})}
+                           for i, (name, lay) in enumerate(zip(layers, layouts))}}
+    sizes = {lay.n_slots for lay in layouts}
+    if len(sizes) != 1:
+        raise ValueError("the layers' plans hold different numbers of slots; a serving map needs one count")
+    check_serving(n_experts, sizes.pop() - n_experts, W)
+    rows = [_rank_major(lay) for lay in layouts]
+    if fmt == "sglang":
+        return {"physical_to_logical_map": rows}
+    return {"physical_to_logical_map": rows, "ep_size": W, "num_redundant_experts": len(rows[0]) - n_experts,
+            "num_logical_experts": n_experts, "layers": list(layers)}
+
+
+def write_plan(path: str, doc: dict) -> None:
+    with open(path, "w") as f:
+        f.write(dumps(doc, indent=1))
+
+
+def read_plan(path: str, n_experts: int | None = None, world_size: int | None = None) -> PlanFile:
+    """Any plan file: SGLang's or the vLLM-style map (W needed for SGLang's, which does not record it), ours, or
+    moe.parallel.placement.save's one-layer file. Every problem is one ValueError naming the fix."""
+    doc = read_json(path)
+    if not isinstance(doc, dict):
+        raise ValueError(f"plan file {path!r} is not a JSON object; give a file `python -m moe plan --export` wrote")
+    if "physical_to_logical_map" in doc:
+        return _read_map(doc, path, n_experts, world_size)
+    if doc.get("format") == MOE_SCOPE_FORMAT:
+        return _read_ours(doc, path, n_experts, world_size)
+    if "ranks" in doc:
+        E = doc.get("n_experts", n_experts)
+        W = len(doc["ranks"]) if isinstance(doc["ranks"], list) and world_size is None else world_size
+        if not isinstance(E, int) or isinstance(E, bool):
+            raise ValueError(f"placement file {path!r} does not record n_experts; give it")
+        return PlanFile("placement", ["0"], [from_placement(placement_from_doc(doc, path, E, W))], E, W)
+    raise ValueError(f"plan file {path!r} has neither 'physical_to_logical_map' nor 'ranks'; give a file "
+                     f"`python -m moe plan --export` wrote")
+
+
+def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | None) -> PlanFile:
+    W = doc.get("ep_size", world_size)
+    if world_size is not None and W != world_size:
+        raise ValueError(f"plan file {path!r} is for ep_size={W!r}, this run has {world_size} ranks")
+    if not isinstance(W, int) or isinstance(W, bool) or W < 1:
+        raise ValueError(f"plan file {path!r} does not record the world size (SGLang's map does not); give it")
+    rows = doc["physical_to_logical_map"]
+    if not (isinstance(rows, list) and rows and all(isinstance(r, list) and r and all(
+            isinstance(e, int) and not isinstance(e, bool) for e in r) for r in rows)) or len({len(r) for r in rows}) != 1:
+        raise ValueError(f"plan file {path!r}: 'physical_to_logical_map' must be [layers, physical_experts] integers")
+    E = doc.get("num_logical_experts", n_experts)
+    p2l = check_map(np.array(rows, dtype=np.int64), E, f"plan file {path!r}'s physical_to_logical_map")
+    E = int(p2l.max()) + 1 if E is None else E
+    if n_experts is not None and E != n_experts:
+        raise ValueError(f"plan file {path!r} is for {E} experts, this run has {n_experts}")
+    layouts = [from_map(row, W) for row in p2l]
+    for i, lay in enumerate(layouts):
+        if to_placement(lay, E) is None:
+            raise ValueError(f"plan file {path!r}: layer {i} puts one expert twice on a rank; each slot of a rank "
+                             f"must hold a distinct expert")
+    layers = doc.get("layers", [str(i) for i in range(len(rows))])
+    if not (isinstance(layers, list) and len(layers) == len(rows) and all(isinstance(x, str) for x in layers)):
+        raise ValueError(f"plan file {path!r}: 'layers' must name each row of the map")
+    return PlanFile("vllm" if "ep_size" in doc else "sglang", layers, layouts, E, W)
+
+
+def _read_ours(doc: dict, path: str, n_experts: int | None, world_size: int | None) -> PlanFile:
+    E, W, layers = doc.get("n_experts"), doc.get("world_size"), doc.get("layers")
+    if not isinstance(layers, dict) or not layers or not all(isinstance(v, dict) for v in layers.values()):
+        raise ValueError(f"plan file {path!r}: 'layers' must map each layer to its {{'ranks': [...]}}")
+    for given, recorded, what in ((n_experts, E, "n_experts"), (world_size, W, "world_size")):
+        if given is not None and given != recorded:
+            raise ValueError(f"plan file {path!r} is for {what}={recorded!r}, this run has {given}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (E, W)):
+        raise ValueError(f"plan file {path!r}: 'n_experts' and 'world_size' must be positive integers")
+    layouts = [from_placement(placement_from_doc(v, f"{path}, layer {name}", E, W)) for name, v in layers.items()]
+    return PlanFile("moe-scope", list(layers), layouts, E, W)
+
+
+def load_placement(path: str, n_experts: int, world_size: int) -> Placement:
+    """The one placement `ep-report --placement` runs: a one-layer plan in any format read_plan knows."""
+    found = read_plan(path, n_experts, world_size)
+    if len(found.layouts) != 1:
+        raise ValueError(f"plan file {path!r} holds {len(found.layouts)} layers and ep-report runs one; export one "
+                         f"layer (`python -m moe plan ... --layer NAME --export ...`)")
+    return to_placement(found.layouts[0], n_experts)

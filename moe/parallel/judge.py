@@ -1,0 +1,262 @@
+"""Should I enable EPLB? Replay each layer of a routing log, window by window, under the placement the run used,
+under our planner and under DeepSeek's EPLB, each planned on one window and measured on the windows after it.
+
+Protocol (definitions "replay_next_window", "replay_rebalance_interval", "hot_expert_persistence"): the log's
+steps are cut into windows; for every window k each planner makes a plan from window k's expert load and is
+measured on window k + 1 (the honest figure), on windows k + 1 … k + N when it replans every N windows, and on
+every later window (the rest of the run). A plan of ours that does not lighten the busiest rank of its own
+window keeps the current placement (`plan_layout`), so it is never worse than what it replaces where it was
+made. Shapes: S steps, E experts, N windows, W ranks, P slots.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
+from moe.parallel.eplb import check_eplb_args, rebalance
+from moe.parallel.placement import contiguous, plan
+from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement,
+                                 window_counts)
+
+PLANNERS = ("planned", "eplb")  # ours (moe.parallel.placement.plan), DeepSeek's (moe.parallel.eplb)
+MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
+
+
+@dataclass(frozen=True)
+class ReplaySettings:
+    world_size: int
+    redundant_slots: tuple[int, ...] = (0,)  # R values to replay
+    window: int = 1                          # steps per window
+    num_nodes: int = 1                       # DeepSeek's EPLB: nodes (world_size / num_nodes GPUs each)
+    num_groups: int | None = None            # DeepSeek's EPLB: expert groups (default: num_nodes)
+    intervals: tuple[int, ...] = (1, 2, 4, 8)
+    hot_top: int | None = None               # top-n experts called hot (default: max R, or W when R = 0)
+
+    def __post_init__(self) -> None:
+        if self.world_size < 1 or self.window < 1 or self.num_nodes < 1:
+            raise ValueError("world size, window and nodes must be at least 1")
+        if not self.redundant_slots or min(self.redundant_slots) < 0:
+            raise ValueError("give one or more redundant slot counts R >= 0")
+        if not self.intervals or min(self.intervals) < 1:
+            raise ValueError("rebalance intervals must be at least 1 window")
+
+
+@dataclass
+class LayerReplay:
+    """One layer's replay. Rank loads (N, W) per (placement, R): "current" on every window; a planner's row k is
+    window k under the plan made from window k − 1 (row 0: the current placement, before any plan)."""
+    layer: str
+    windows: np.ndarray                                   # (N, E) tokens per window and expert
+    loads: dict[tuple[str, int], np.ndarray]              # (placement, R) -> (N, W)
+    own_window: dict[tuple[str, int], np.ndarray]         # (planner, R) -> (N, W): window k under its own plan
+    kept: dict[int, np.ndarray]                           # R -> (N,) bool: our plan of window k kept the current one
+    intervals: dict[tuple[str, int], dict[int, float]]    # (placement, R) -> {every N windows: p50 balancedness}
+    rest: dict[tuple[str, int], float]                    # (placement, R) -> p50 balancedness on all later windows
+    hot_windows: np.ndarray                               # (E,) windows in which each expert is in the top-n
+    hot_top: int
+    persistence: float                                    # mean share of window k's top-n still top-n in k + 1
+    absorbed: dict[int, float]                            # R -> p50 share of window k+1's load on plan k's replicas
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def redundant_slots(self) -> list[int]:
+        return sorted({R for _, R in self.loads})
+
+    def next_window(self, placement: str, R: int) -> np.ndarray:
+        """(N − 1,) vLLM balancedness of windows 1 … N−1 (each after a plan); the current placement's too."""
+        return balancedness_vllm(self.loads[(placement, R)][1:])
+
+
+def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, eplb_row=None) -> tuple[Layout, bool]:
+    """Our plan for one load (E,): the lighter busiest rank of moe.parallel.placement.plan and of DeepSeek's global
+    EPLB where that holds distinct experts per rank (so it is never worse than DeepSeek's greedy rule there), or
+    `current` (and True) when neither lightens the busiest rank. `eplb_row`: DeepSeek's global map of this load,
+    when the caller computed it for many loads at once (moe.parallel.eplb.rebalance)."""
+    load = np.asarray(load, dtype=np.int64)
+    E = len(load)
+    now = to_placement(current, E) if current.n_slots == E else None
+    best = from_placement(plan(load, world_size, redundant_slots, current=now).placement)
+    if (E + redundant_slots) % world_size == 0:
+        theirs = rebalance(load[None], E + redundant_slots, 1, 1, world_size)[0] if eplb_row is None else eplb_row
+        if to_placement(from_map(theirs, world_size), E) is not None:  # no expert twice on a rank
+            theirs = from_map(theirs, world_size)
+            if rank_load(load[None], theirs).max() < rank_load(load[None], best).max():
+                best = theirs
+    if int(rank_load(load[None], best).max()) < int(rank_load(load[None], current).max()):
+        return best, False
+    return current, True
+
+
+def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
+    """The run's placement: its physical → logical map row when it recorded one, else contiguous blocks."""
+    if p2l_row is not None:
+        return from_map(p2l_row, world_size)
+    return from_placement(contiguous(n_experts, world_size))
+
+
+def _planned_slots(windows: np.ndarray, s: ReplaySettings, R: int, current: Layout):
+    """Per window, our plan's slots (N, P) (expert -1 = unused), ranks (N, P) and whether it kept the current."""
+    E, W = windows.shape[1], s.world_size
+    theirs = rebalance(windows, E + R, 1, 1, W) if (E + R) % W == 0 else [None] * len(windows)  # (N, P) at once
+    layouts, kept = zip(*(plan_layout(w, W, R, current, row) for w, row in zip(windows, theirs)))
+    P = max(lay.n_slots for lay in layouts)
+    experts = np.full((len(windows), P), -1, dtype=np.int64)
+    ranks = np.zeros((len(windows), P), dtype=np.int64)
+    for k, lay in enumerate(layouts):
+        experts[k, : lay.n_slots], ranks[k, : lay.n_slots] = lay.slot_expert, lay.slot_rank
+    return experts, ranks, np.array(kept)
+
+
+def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int):
+    """DeepSeek's EPLB slots (N, P) and ranks (N, P) for every window at once."""
+    E = windows.shape[1]
+    groups = s.num_nodes if s.num_groups is None else s.num_groups
+    experts = rebalance(windows, E + R, groups, s.num_nodes, s.world_size)           # (N, P)
+    ranks = np.broadcast_to(np.arange(E + R) // ((E + R) // s.world_size), experts.shape)
+    return experts, ranks
+
+
+def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """vLLM balancedness of windows `measured` under the plans of windows `plan_of` (both (M,))."""
+    if len(measured) == 0:
+        return np.zeros(0)
+    return balancedness_vllm(rank_load_rows(windows[measured], experts[plan_of], ranks[plan_of], W))
+
+
+def _schedules(N: int, s: ReplaySettings, measure) -> tuple[dict, float]:
+    """p50 balancedness per rebalance interval, and on the rest of the run (`measure(plan_of, measured)`)."""
+    out = {}
+    for every in [k for k in s.intervals if k < max(N, 2)] or [1]:  # an interval longer than the log says nothing
+        measured = np.arange(1, N)
+        plan_of = ((measured - 1) // every) * every
+        out[every] = _p50(measure(plan_of, measured))
+    starts = np.unique(np.linspace(0, N - 2, min(MAX_REST_PLANS, max(N - 1, 0))).astype(int)) if N > 1 else []
+    pairs = [(k, j) for k in starts for j in range(k + 1, N)]
+    rest = _p50(measure(np.array([k for k, _ in pairs], dtype=np.int64), np.array([j for _, j in pairs],
+                                                                                   dtype=np.int64)))
+    return out, rest
+
+
+def _p50(values: np.ndarray) -> float:
+    return float(np.median(values)) if len(values) else float("nan")
+
+
+def _hot(windows: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+    """(E,) windows in which each expert is among the n busiest, and the mean share kept from one window to the
+    next (ties: the lower expert index ranks higher)."""
+    N, E = windows.shape
+    order = np.argsort(-windows, axis=1, kind="stable")[:, :n]                        # (N, n)
+    top = np.zeros((N, E), dtype=bool)
+    np.put_along_axis(top, order, True, axis=1)
+    kept = (top[1:] & top[:-1]).sum(axis=1) / n if N > 1 else np.zeros(0)
+    return top.sum(axis=0), float(kept.mean()) if len(kept) else float("nan")
+
+
+def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
+    """p50 over k of the share of window k+1's tokens on experts that plan k replicated."""
+    if len(windows) < 2:
+        return float("nan")
+    E = windows.shape[1]
+    shares = []
+    for k in range(len(windows) - 1):
+        slots = np.bincount(experts[k][experts[k] >= 0], minlength=E)
+        total = windows[k + 1].sum()
+        shares.append(windows[k + 1][slots > 1].sum() / total if total else np.nan)
+    return float(np.nanmedian(shares)) if np.isfinite(shares).any() else float("nan")
+
+
+def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> LayerReplay:
+    """Replay one layer's (S, E) counts under the current placement and both planners, for every R."""
+    windows = window_counts(counts, s.window)                                        # (N, E)
+    N, E = windows.shape
+    W = s.world_size
+    cur = rank_load(windows, current)                                                # (N, W)
+    bal_cur = balancedness_vllm(cur)
+    loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
+    for R in s.redundant_slots:
+        loads[("current", R)] = cur
+        intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured])
+        slots = {"planned": _planned_slots(windows, s, R, current)}
+        kept[R] = slots["planned"][2]
+        absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")
+        try:
+            groups = s.num_nodes if s.num_groups is None else s.num_groups
+            check_eplb_args(E, E + R, groups, s.num_nodes, W)
+            slots["eplb"] = _eplb_slots(windows, s, R) + (None,)
+        except ValueError as err:
+            notes.append(f"DeepSeek's EPLB skipped for R={R}: {err}")
+        for name, (experts, ranks, _) in slots.items():
+            own[(name, R)] = rank_load_rows(windows, experts, ranks, W)
+            online = cur.copy()
+            if N > 1:
+                online[1:] = rank_load_rows(windows[1:], experts[:-1], ranks[:-1], W)
+            loads[(name, R)] = online
+            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, windows, experts, ranks, W))
+    n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
+    hot, persistence = _hot(windows, n)
+    return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)
+
+
+def balance_rows(result: LayerReplay) -> list[dict]:
+    """Tidy rows: one per (placement, R, window) with vLLM's and SGLang's balancedness, max/mean, max and mean load."""
+    rows = []
+    for (name, R), load in result.loads.items():
+        if name == "current" and R != result.redundant_slots[0]:
+            continue  # the same rows for every R: listed once
+        first = 0 if name == "current" else 1  # a planner's window 0 has no plan before it
+        vllm, sgl, mom = balancedness_vllm(load), balancedness_sglang(load), rank_max_over_mean(load)
+        for k in range(first, len(load)):
+            rows.append({"layer": result.layer, "window": k, "placement": name, "redundant_slots": R,
+                         "balancedness_vllm": float(vllm[k]), "balancedness_sglang": float(sgl[k]),
+                         "max_over_mean": float(mom[k]), "max_load": int(load[k].max()),
+                         "mean_load": float(load[k].mean())})
+    return rows
+
+
+def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, only: list[str] | None = None
+               ) -> list[LayerReplay]:
+    """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map."""
+    counts = np.asarray(counts)
+    chosen = layers if only is None else only
+    missing = [name for name in chosen if name not in layers]
+    if missing:
+        raise ValueError(f"layer {missing[0]!r} is not in the log; choose from {layers[:8]}")
+    out = []
+    for name in chosen:
+        i = layers.index(name)
+        current = current_layout(counts.shape[2], settings.world_size, None if p2l is None else p2l[i])
+        out.append(replay_layer(name, counts[:, i, :], current, settings))
+    return out
+
+
+def verdict(results: list[LayerReplay], current: str = "contiguous", margin: float = 0.02) -> str:
+    """One line with its numbers: the biggest gain of a planner over the current placement on the windows after
+    planning (p50 of vLLM balancedness), hot-expert persistence and the longest interval that keeps the gain."""
+    if any(len(r.windows) < 2 for r in results):
+        return ("one window only: no window follows a plan, so nothing can be judged; use a shorter --window "
+                "(more windows)")
+    best = None
+    for r in results:
+        for (name, R) in r.loads:
+            if name == "current":
+                continue
+            before, after = _p50(r.next_window("current", R)), _p50(r.next_window(name, R))
+            if best is None or after - before > best[0]:
+                best = (after - before, r, name, R, before, after)
+    gain, r, name, R, before, after = best
+    if not before > 0 or after <= before * (1 + margin):
+        return (f"balanced already: no placement beats {current} by more than {margin:.0%} on the windows after "
+                f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
+                f"{after:.2f})")
+    steady = [every for every, value in sorted(r.intervals[(name, R)].items()) if value >= after - margin]
+    every = max(steady) if steady else 1
+    return (f"{_who(name)} with R={R} lifts the p50 balancedness of layer {r.layer} from {before:.2f} to "
+            f"{after:.2f} on the windows after planning; hot experts persist in {r.persistence:.0%} of windows; "
+            f"replanning every {every} window{'s' if every > 1 else ''} keeps {r.intervals[(name, R)][every]:.2f}")
+
+
+def _who(name: str) -> str:
+    return {"planned": "our planner", "eplb": "DeepSeek's EPLB"}[name]

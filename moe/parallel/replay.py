@@ -1,0 +1,143 @@
+"""Replay a routing log under a placement: the per-rank load of every window, vectorised over windows.
+
+A placement is read as slots (`Layout`): slot p holds logical expert `slot_expert[p]` on rank `slot_rank[p]`.
+An expert with c slots splits each window's n tokens into c contiguous chunks of near-equal size (sizes differ
+by at most one; cut at i·n // c), the i-th chunk to its i-th slot in slot order: the rule of
+`moe.parallel.placement.predicted_load` (a Placement's slots run rank by rank, so the first chunk goes to the
+lowest rank), so a replayed window equals the load the expert-parallel forward measures for that placement.
+Shapes: S steps, E logical experts, N windows, P physical slots, W ranks.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cached_property
+
+import numpy as np
+
+from moe.parallel.placement import Placement
+
+
+@dataclass(frozen=True, eq=False)
+class Layout:
+    """Where the slots of one layer live: expert and rank of every physical slot (replica order = slot order)."""
+    slot_expert: np.ndarray  # (P,) int64 logical expert of each slot
+    slot_rank: np.ndarray    # (P,) int64 rank of each slot
+    world_size: int
+
+    def __post_init__(self) -> None:
+        e, r = np.asarray(self.slot_expert, dtype=np.int64), np.asarray(self.slot_rank, dtype=np.int64)
+        if e.ndim != 1 or e.shape != r.shape or e.size == 0:
+            raise ValueError("a layout needs one expert and one rank per slot")
+        if int(r.min()) < 0 or int(r.max()) >= self.world_size:
+            raise ValueError(f"a layout's ranks must lie in 0..{self.world_size - 1}")
+        object.__setattr__(self, "slot_expert", e)
+        object.__setattr__(self, "slot_rank", r)
+
+    @property
+    def n_slots(self) -> int:
+        return len(self.slot_expert)
+
+    def replicas(self, n_experts: int) -> np.ndarray:
+        """(E,) slots per logical expert."""
+        return np.bincount(self.slot_expert, minlength=n_experts)
+
+    @cached_property
+    def plan(self) -> tuple[np.ndarray, ...]:
+        """What rank_load needs, computed once: slots in rank order, where each rank starts, the ranks that hold
+        a slot, and (in that order) the replicated slots with their replica index and count."""
+        order = np.argsort(self.slot_rank, kind="stable")                            # (P,) rank by rank
+        ranks, starts = np.unique(self.slot_rank[order], return_index=True)
+        index, count = _replica_index(self.slot_expert)
+        index, count = index[order], count[order]
+        rep = np.flatnonzero(count > 1)
+        return order, starts, ranks, rep, index[rep], count[rep]
+
+    def rank_experts(self) -> list[list[int]]:
+        """Per rank, its slots' experts in slot order."""
+        return [self.slot_expert[self.slot_rank == r].tolist() for r in range(self.world_size)]
+
+
+def from_placement(placement: Placement) -> Layout:
+    """A Placement's slots, rank by rank, experts ascending within a rank."""
+    experts = [e for r in placement.ranks for e in r]
+    ranks = [i for i, r in enumerate(placement.ranks) for _ in r]
+    return Layout(np.array(experts), np.array(ranks), placement.world_size)
+
+
+def from_map(p2l_row, world_size: int) -> Layout:
+    """One layer of a physical → logical map (P,): slot p on rank p // (P / W), as SGLang and vLLM place them."""
+    row = np.asarray(p2l_row, dtype=np.int64)
+    if len(row) % world_size:
+        raise ValueError(f"the physical → logical map has {len(row)} slots per layer, not a multiple of the world "
+                         f"size {world_size}; give the W the run used")
+    return Layout(row, np.arange(len(row)) // (len(row) // world_size), world_size)
+
+
+def to_placement(layout: Layout, n_experts: int) -> Placement | None:
+    """The Placement of a layout whose ranks hold distinct experts (slot order within a rank dropped), else None."""
+    ranks = layout.rank_experts()
+    if any(len(set(r)) != len(r) or not r for r in ranks):
+        return None
+    return Placement(n_experts, tuple(tuple(sorted(r)) for r in ranks))
+
+
+def _replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot (..., P): its replica index among its expert's slots (slot order) and that expert's slot count."""
+    order = np.argsort(slot_expert, axis=-1, kind="stable")                         # (..., P)
+    ranked = np.take_along_axis(slot_expert, order, axis=-1)
+    P = slot_expert.shape[-1]
+    pos = np.broadcast_to(np.arange(P), ranked.shape)
+    new = np.ones(ranked.shape, dtype=bool)
+    new[..., 1:] = ranked[..., 1:] != ranked[..., :-1]                               # first slot of each expert
+    start = np.maximum.accumulate(np.where(new, pos, 0), axis=-1)                    # (..., P) run start
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(np.roll(new, -1, axis=-1) | (pos == P - 1), pos, P),
+                                                axis=-1), axis=-1), axis=-1)         # (..., P) run end
+    index, count = np.empty_like(order), np.empty_like(order)
+    np.put_along_axis(index, order, pos - start, axis=-1)
+    np.put_along_axis(count, order, end - start + 1, axis=-1)
+    return index, count
+
+
+def _chunks(n: np.ndarray, index: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The index-th of count near-equal contiguous chunks of n: chunk_sizes (the cut points i·n // c), elementwise."""
+    return (index + 1) * n // count - index * n // count
+
+
+def rank_load(counts, layout: Layout) -> np.ndarray:
+    """(N, W) tokens each rank serves in each window, from per-window expert counts (N, E), under one layout."""
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    order, starts, ranks, rep, index, count = layout.plan
+    n = np.take(counts, layout.slot_expert[order], axis=1)                           # (N, P) slots rank by rank
+    if len(rep):  # only replicated slots need the chunk rule; the rest serve their expert's whole count
+        n[:, rep] = _chunks(n[:, rep], index, count)
+    out = np.add.reduceat(n, starts, axis=1)                                         # (N, ranks with a slot)
+    if len(ranks) == layout.world_size:
+        return out
+    full = np.zeros((counts.shape[0], layout.world_size), dtype=np.int64)
+    full[:, ranks] = out
+    return full
+
+
+def rank_load_rows(counts, slot_expert, slot_rank, world_size: int) -> np.ndarray:
+    """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused."""
+    counts = np.asarray(counts, dtype=np.int64)
+    slot_expert, slot_rank = np.asarray(slot_expert), np.asarray(slot_rank)
+    used = slot_expert >= 0                                                          # (N, P)
+    n = np.take_along_axis(counts, np.where(used, slot_expert, 0), axis=1) * used    # (N, P)
+    index, count = _replica_index(np.where(used, slot_expert, -1))
+    share = _chunks(n, index, count)
+    cell = np.arange(len(counts))[:, None] * world_size + slot_rank                  # (N, P) flat (window, rank)
+    flat = np.bincount(cell.ravel(), weights=share.ravel(), minlength=len(counts) * world_size)
+    return np.rint(flat).astype(np.int64).reshape(len(counts), world_size)
+
+
+def window_counts(counts, steps: int) -> np.ndarray:
+    """(N, ...) counts summed over consecutive windows of `steps` steps from (S, ...); a last partial window is
+    dropped unless it is the only one (N = max(1, S // steps))."""
+    counts = np.asarray(counts, dtype=np.int64)
+    if steps < 1:
+        raise ValueError(f"a window must hold at least one step, got {steps}")
+    N = counts.shape[0] // steps
+    if N == 0:
+        return counts.sum(axis=0, keepdims=True)
+    return counts[: N * steps].reshape(N, steps, *counts.shape[1:]).sum(axis=1)
