@@ -61,6 +61,20 @@ def sums_from_choices(n_experts: int, top_k_index: np.ndarray) -> ForwardSums:
                        overlap=unknown)
 
 
+
+def sums_from_counts(demand: np.ndarray, tokens: float, top_k: int | None, forwards: int = 1) -> ForwardSums:
+    """The sums of routing known only by its token counts per expert (E,) (a routing log): the load side is exact;
+    tokens is NaN when the source does not record top_k; every probability- and output-side sum is NaN."""
+    demand = np.asarray(demand, dtype=np.float64)
+    E = len(demand)
+    nan, unknown = float("nan"), np.full(E, np.nan)  # (E,)
+    return ForwardSums(n_experts=E, top_k=top_k or 0, d_model=1, d_expert=1, forwards=forwards, tokens=tokens,
+                       capacity=nan, forward_ms=0.0, demand=demand, served=demand.copy(), near_zero=unknown,
+                       sum_sq=unknown, gate_sum=unknown, contribution=unknown, prob_sum=unknown,
+                       sum_y=np.full((E, 1), np.nan), coactivation=None, lse_sq=nan, confidence=nan,
+                       nonfinite=nan, nonfinite_output=nan, margin=nan, margin_expert=unknown, unbiased=unknown,
+                       overlap=unknown)
+
 def _routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor, top_k_weights: Tensor | None) -> dict:
     """The (T, E) tensors every routing-side number comes from (served = routed: no capacity)."""
     logits, idx, w = _checked(config, router_logits, top_k_index, top_k_weights)

@@ -79,3 +79,11 @@ def finite_floats(text: str) -> tuple[float, ...]:
 def one_line(err: BaseException) -> str:
     """An error's message on one line (its type's name when it has none)."""
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def positive_float(text: str) -> float:
+    """A finite number > 0 (a duration)."""
+    value = finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text[:40]!r}")
+    return value

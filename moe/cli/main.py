@@ -5,7 +5,7 @@ and runs the chosen one. Every failure is one line on stderr and exit status 2.
   train         the live-training loop, one row per step (moe/cli/train.py)
   train-lm      train the bundled MoE language model (moe/cli/train_lm.py)
   model-report  per-layer routing of a local MoE language model on a text (moe/cli/model_report.py)
-  trace-report  a routing trace file (moe/cli/trace_report.py)
+  trace-report  routing data of any stack, a file or a directory of ranks (moe/cli/trace_report.py)
   plan          should I enable EPLB? replay a routing log, export a plan (moe/cli/plan.py)
   ep-report     the expert-parallel forward, under torchrun (moe/cli/ep_report.py)
 """

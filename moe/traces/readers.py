@@ -25,8 +25,17 @@ import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.parquet import iter_parquet
-from moe.traces.records import (INT64_MAX, MAX_EXPERTS, Progress, RoutingRecord, TraceLimits, as_int, check_experts,
-                            open_regular, shown)
+from moe.traces.records import (
+    INT64_MAX,
+    MAX_EXPERTS,
+    Progress,
+    RoutingRecord,
+    TraceLimits,
+    as_int,
+    check_experts,
+    open_regular,
+    shown,
+)
 
 MEGATRON_FIELDS = ("step", "layer", "num_tokens", "topk", "top_indices")
 LOGIT_FIELDS = ("logit_offset", "logit_bytes", "logit_shape")

@@ -21,6 +21,8 @@ from moe.from_routing import sums_from_choices, sums_from_routing
 from moe.metrics import max_over_mean
 from moe.parallel.placement import Placement, contiguous, plan, predicted_load
 from moe.stats import StatsAccumulator, summary_dict
+from moe.traces.loadrows import load_rows, pooled
+from moe.traces.log import GIVEN, RECORDED, RoutingLog
 from moe.traces.readers import detect_format, iter_records
 from moe.traces.records import Progress, RoutingRecord, TraceLimits, check_experts
 
@@ -29,7 +31,8 @@ ROW_KEYS = ["aux_loss", "max_over_mean", "cv", "load_entropy", "dead_fraction", 
 # Where the expert count came from: the caller, or the file itself.
 N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Runs page's Experts (E))",
                      "logit_shape": "recorded in the file: each record's logit_shape [tokens, experts]",
-                     "parquet_rows": "recorded in the file: one Parquet row per (token, expert)"}
+                     "parquet_rows": "recorded in the file: one Parquet row per (token, expert)",
+                     "recorded": "recorded in the file: its array shapes, map or metadata"}
 CHUNK_ENTRIES = 1 << 20  # tokens × experts summarised at once: the (T, E) temporaries of one chunk
 
 
@@ -59,6 +62,29 @@ class TraceSummary:
     records: int = 0
     skipped_empty: int = 0
     extra: dict = field(default_factory=dict)
+    routing_log: RoutingLog | None = None  # the counts as a RoutingLog, when read through one
+
+    @classmethod
+    def from_log(cls, log: RoutingLog) -> "TraceSummary":
+        """The statistics of a routing log (counts only: load-side numbers exact, probability-side NaN)."""
+        used = np.flatnonzero(log.counts.sum((0, 1)))
+        rows = load_rows(log.steps, log.layers, log.counts, log.top_k)
+        return cls(source=log.source, n_experts=log.n_experts,
+                   n_experts_source="given" if log.n_experts_source == GIVEN else "recorded",
+                   max_expert_id=int(used[-1]) if len(used) else -1, top_k=log.top_k, has_logits=False,
+                   layers=list(log.layers), steps=[int(s) for s in log.steps],
+                   load={name: log.counts[:, i, :] for i, name in enumerate(log.layers)}, rows=rows,
+                   pooled=pooled(log.layers, log.counts, log.top_k), records=int((log.counts.sum(-1) > 0).sum()),
+                   skipped_empty=int((log.counts.sum(-1) == 0).sum()), routing_log=log)
+
+    def log(self) -> RoutingLog:
+        """These counts as a RoutingLog (trace-report --out DIR writes it)."""
+        if self.routing_log is None:
+            counts = np.stack([self.load[name] for name in self.layers], axis=1)  # (S, L, E)
+            self.routing_log = RoutingLog(source=self.source, layers=list(self.layers), steps=np.asarray(self.steps),
+                                          counts=counts, top_k=self.top_k,
+                                          n_experts_source=GIVEN if self.n_experts_source == "given" else RECORDED)
+        return self.routing_log
 
     def worst(self) -> dict:
         """The (step, layer) whose busiest expert is furthest above the mean (max_over_mean; first on ties)."""

@@ -1,0 +1,55 @@
+"""Open any routing source as a `TraceSummary` (trace-report, the Runs page, plan): the one entry point.
+
+Sources that carry router logits (a moe-scope per-(token, expert) Parquet trace, a Megatron-LM rank file with its
+logits sidecar) go through the full statistics path (`summarize`: aux loss, confidence, z-loss); every other source
+holds counts, and is read into a RoutingLog (`moe.traces.formats.read_log`) whose load-side numbers are computed
+vectorised (`TraceSummary.from_log`).
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from moe.traces.formats import detect, read_log
+from moe.traces.readers import LOGIT_FIELDS
+from moe.traces.records import Progress, TraceLimits, open_regular
+from moe.traces.summary import TraceSummary, summarize
+
+FIRST_LINE_BYTES = 1 << 20
+
+
+def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
+               progress: Progress | None = None) -> TraceSummary:
+    """A file or directory of any supported format, summarised; every problem is one ValueError line."""
+    limits = TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
+    if _has_logits(path):
+        return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress)
+    summary = TraceSummary.from_log(read_log(path, n_experts, progress=progress, limits=limits))
+    if n_layers is not None and len(summary.layers) != n_layers:
+        raise ValueError(f"the trace has {len(summary.layers)} MoE layers ({summary.layers}) but {n_layers} were "
+                         f"expected; pass the model's MoE layer count or the right file")
+    return summary
+
+
+def _has_logits(path: str) -> bool:
+    """A per-(token, expert) Parquet trace, or a Megatron-LM file whose first record points into a logits sidecar."""
+    if os.path.isdir(path):
+        return False
+    kind = detect(path)
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+        with open_regular(path) as f:
+            try:
+                names = set(pq.ParquetFile(f).schema_arrow.names)
+            except Exception:  # damaged: summarize says so in one line
+                return True
+        return "router_logit" in names
+    if kind != "megatron":
+        return False
+    with open_regular(path) as f:
+        line = f.readline(FIRST_LINE_BYTES)
+    try:
+        first = json.loads(line)
+    except (ValueError, RecursionError):
+        return True  # the exact line reader reports where and why
+    return isinstance(first, dict) and any(k in first for k in LOGIT_FIELDS)

@@ -1,0 +1,320 @@
+"""The routing log on disk: a directory of Parquet datasets that pandas, pyarrow.dataset, DuckDB or Spark read as is.
+
+    DIR/meta.json               schema, source, layers (in order), n_experts, top_k, metadata, physical → logical map
+    DIR/counts/part-*.parquet   one row per (step, layer, expert): step int64, layer string, expert int32, count int64
+    DIR/tokens/part-*.parquet   one row per (step, layer, token): step, layer, token int64, experts list<int32>
+                                (-1 = empty slot), weights list<float32> (when recorded)
+    DIR/ranks/part-*.parquet    one row per (step, rank, layer, physical slot): step, rank int32, layer, physical
+                                int32, count int64 (when the source records per-rank physical counts)
+
+The schema is documented in docs/routing-log.md. A writer (`LogWriter`, `write_log`) only ever adds whole part
+files, each written under a temporary name and renamed into place, so a reader never sees half a file: a log still
+being written is read by its finished parts, and `LogFollower` reads only the parts it has not seen.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+
+import numpy as np
+
+from moe.jsonio import dumps, loads_strict
+from moe.roots import read_regular
+from moe.traces.log import GIVEN, RECORDED, RoutingLog, TokenRouting, check_map
+from moe.traces.records import MAX_EXPERTS, TraceLimits
+
+SCHEMA = "moe-scope-routing-log/1"
+META = "meta.json"
+META_BYTES = 64 << 20     # meta.json holds layer names and at most one (L, P) map
+PART = re.compile(r"part-[0-9a-z-]{1,80}\.parquet")
+TABLES = ("counts", "tokens", "ranks")
+
+
+def is_log_dir(path: str) -> bool:
+    return os.path.isdir(path) and os.path.isfile(os.path.join(path, META))
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
+
+class LogWriter:
+    """Appends steps to a routing log directory; `flush()` writes the buffered steps as one part file per table.
+
+        with LogWriter(out, layers=["0", "1"], n_experts=8, top_k=2) as w:
+            w.write_step(step, counts)          # counts (L, E) int
+    """
+
+    def __init__(self, path: str, layers: list[str], n_experts: int, source: str = "moe-scope-recorder",
+                 top_k: int | None = None, meta: dict | None = None, physical_to_logical=None) -> None:
+        self.path, self.layers, self.n_experts = path, [str(x) for x in layers], int(n_experts)
+        self.last_step: int | None = None
+        self._counts: list[tuple[int, np.ndarray]] = []
+        self._tokens: list[dict] = []
+        self._ranks: list[tuple[int, np.ndarray]] = []
+        os.makedirs(path, exist_ok=True)
+        if os.listdir(path):
+            raise ValueError(f"{path!r} is not empty; give a new directory for the routing log")
+        doc = {"schema": SCHEMA, "source": source, "layers": self.layers, "n_experts": self.n_experts,
+               "n_experts_source": RECORDED, "top_k": top_k, "meta": meta or {},
+               "physical_to_logical_map": None if physical_to_logical is None
+               else np.asarray(physical_to_logical).tolist()}
+        _atomic_write(os.path.join(path, META), dumps(doc, indent=1).encode())
+
+    def write_step(self, step: int, counts, tokens: dict | None = None, rank_counts=None) -> None:
+        """counts (L, E); tokens {"layer": (N,) index, "ids": (N, K), "weights": (N, K) | None} of this step;
+        rank_counts (W, L, P). Steps must increase."""
+        step = int(step)
+        if self.last_step is not None and step <= self.last_step:
+            raise ValueError(f"step {step} comes after step {self.last_step}; steps must increase")
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.shape != (len(self.layers), self.n_experts):
+            raise ValueError(f"counts must be (layers={len(self.layers)}, experts={self.n_experts}), got "
+                             f"{counts.shape}")
+        self.last_step = step
+        self._counts.append((step, counts))
+        if tokens is not None:
+            self._tokens.append({"step": step, **tokens})
+        if rank_counts is not None:
+            self._ranks.append((step, np.asarray(rank_counts, dtype=np.int64)))
+
+    def flush(self) -> None:
+        if not self._counts:
+            return
+        name = f"part-{self._counts[0][0]:012d}-{uuid.uuid4().hex[:8]}.parquet"
+        _write_table(self.path, "counts", name, _counts_table(self._counts, self.layers))
+        if self._tokens:
+            _write_table(self.path, "tokens", name, _tokens_table(self._tokens, self.layers))
+        if self._ranks:
+            _write_table(self.path, "ranks", name, _ranks_table(self._ranks, self.layers))
+        self._counts, self._tokens, self._ranks = [], [], []
+
+    def close(self) -> None:
+        self.flush()
+
+    def __enter__(self) -> "LogWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def write_log(log: RoutingLog, path: str) -> None:
+    """Write a whole RoutingLog (any source) as a routing log directory (`trace-report --out DIR`)."""
+    writer = LogWriter(path, log.layers, log.n_experts, source=log.source, top_k=log.top_k, meta=log.meta,
+                       physical_to_logical=log.physical_to_logical)
+    if log.n_experts_source != RECORDED:
+        doc = json.loads(read_regular(os.path.join(path, META), META_BYTES, "meta.json", "").decode())
+        _atomic_write(os.path.join(path, META), dumps({**doc, "n_experts_source": log.n_experts_source},
+                                                      indent=1).encode())
+    tokens = log.tokens
+    for i, step in enumerate(log.steps):
+        here = None
+        if tokens is not None:
+            rows = tokens.step == step
+            here = {"layer": tokens.layer[rows], "ids": tokens.ids[rows],
+                    "weights": None if tokens.weights is None else tokens.weights[rows]}
+        ranks = None if log.rank_counts is None else log.rank_counts[i]
+        writer.write_step(int(step), log.counts[i], here, ranks)
+    writer.close()
+
+
+def _atomic_write(path: str, data: bytes) -> None:
+    tmp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def _write_table(root: str, table: str, name: str, data) -> None:
+    import pyarrow.parquet as pq
+    folder = os.path.join(root, table)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f".{name}.tmp")  # a dot name: no reader (nor pyarrow.dataset) lists it
+    pq.write_table(data, tmp)
+    os.replace(tmp, os.path.join(folder, name))
+
+
+def _counts_table(items: list[tuple[int, np.ndarray]], layers: list[str]):
+    import pyarrow as pa
+    S, (L, E) = len(items), items[0][1].shape
+    return pa.table({"step": np.repeat([s for s, _ in items], L * E).astype(np.int64),
+                     "layer": np.tile(np.repeat(np.asarray(layers, dtype=object), E), S),
+                     "expert": np.tile(np.arange(E, dtype=np.int32), S * L),
+                     "count": np.concatenate([c.ravel() for _, c in items]).astype(np.int64)})
+
+
+def _tokens_table(items: list[dict], layers: list[str]):
+    import pyarrow as pa
+    names = np.asarray(layers, dtype=object)
+    steps, layer, token, ids, weights = [], [], [], [], []
+    for it in items:
+        n = len(it["layer"])
+        steps.append(np.full(n, it["step"], np.int64))
+        layer.append(names[np.asarray(it["layer"], dtype=np.int64)])
+        token.append(_token_numbers(np.asarray(it["layer"])))
+        ids.append(np.asarray(it["ids"], dtype=np.int32))
+        weights.append(it.get("weights"))
+    K = ids[0].shape[1]
+    flat = np.concatenate(ids)  # (N, K)
+    cols = {"step": np.concatenate(steps), "layer": np.concatenate(layer), "token": np.concatenate(token),
+            "experts": pa.FixedSizeListArray.from_arrays(pa.array(flat.ravel()), K)}
+    if all(w is not None for w in weights):
+        w = np.concatenate([np.asarray(x, dtype=np.float32) for x in weights])
+        cols["weights"] = pa.FixedSizeListArray.from_arrays(pa.array(w.ravel()), K)
+    return pa.table(cols)
+
+
+def _token_numbers(layer: np.ndarray) -> np.ndarray:
+    """Each token's position within its (step, layer): 0, 1, ... in the order given."""
+    order = np.argsort(layer, kind="stable")
+    out = np.empty(len(layer), np.int64)
+    sorted_layer = layer[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_layer)) + 1]
+    first = np.repeat(starts, np.diff(np.r_[starts, len(layer)]))
+    out[order] = np.arange(len(layer)) - first
+    return out
+
+
+def _ranks_table(items: list[tuple[int, np.ndarray]], layers: list[str]):
+    import pyarrow as pa
+    S, (W, L, P) = len(items), items[0][1].shape
+    return pa.table({"step": np.repeat([s for s, _ in items], W * L * P).astype(np.int64),
+                     "rank": np.tile(np.repeat(np.arange(W, dtype=np.int32), L * P), S),
+                     "layer": np.tile(np.repeat(np.asarray(layers, dtype=object), P), S * W),
+                     "physical": np.tile(np.arange(P, dtype=np.int32), S * W * L),
+                     "count": np.concatenate([c.ravel() for _, c in items]).astype(np.int64)})
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+
+def read_meta(path: str) -> dict:
+    """meta.json of a routing log directory, checked (one line per problem)."""
+    raw = read_regular(os.path.join(path, META), META_BYTES, "routing log metadata", "give a routing log directory")
+    try:
+        doc = loads_strict(raw[:META_BYTES].decode())
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise ValueError(f"{path!r}: meta.json is not JSON; give a routing log written by moe-scope") from None
+    if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path!r}: meta.json is not a {SCHEMA} document; give a routing log written by moe-scope")
+    layers, E, k = doc.get("layers"), doc.get("n_experts"), doc.get("top_k")
+    if (not isinstance(layers, list) or not layers or not all(isinstance(x, str) and 0 < len(x) <= 32 for x in layers)
+            or len(set(layers)) != len(layers)):
+        raise ValueError(f"{path!r}: meta.json's layers must be a list of distinct short names")
+    if isinstance(E, bool) or not isinstance(E, int) or not 1 <= E <= MAX_EXPERTS:
+        raise ValueError(f"{path!r}: meta.json's n_experts must be an expert count from 1 to {MAX_EXPERTS}")
+    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= E):
+        raise ValueError(f"{path!r}: meta.json's top_k must be null or an integer from 1 to n_experts")
+    if doc.get("physical_to_logical_map") is not None:
+        doc["physical_to_logical_map"] = check_map(_int_array(doc["physical_to_logical_map"], path), E,
+                                                   f"{path!r}: meta.json's physical_to_logical_map")
+    return doc
+
+
+def _int_array(value, path: str) -> np.ndarray:
+    try:
+        arr = np.asarray(value)
+    except ValueError:
+        arr = np.asarray([])
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{path!r}: meta.json's physical_to_logical_map must be a list of lists of integers")
+    return arr
+
+
+def parts(path: str, table: str) -> list[str]:
+    """The finished part files of one table, in name order (temporary files are never listed)."""
+    folder = os.path.join(path, table)
+    if not os.path.isdir(folder):
+        return []
+    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
+
+
+def read_store(path: str, limits: TraceLimits | None = None) -> RoutingLog:
+    """A routing log directory back as a RoutingLog (every finished part of every table)."""
+    limits = limits or TraceLimits.from_env()
+    doc = read_meta(path)
+    acc = CountsAccumulator(doc["layers"], doc["n_experts"], limits)
+    for part in parts(path, "counts"):
+        acc.add(read_part(part, "counts", limits))
+    if not acc.cells:
+        raise ValueError(f"{path!r} holds no counts yet; give a routing log with at least one step")
+    steps, counts = acc.arrays()
+    tokens = _read_tokens(path, doc["layers"], steps, limits)
+    return RoutingLog(source=str(doc.get("source", "moe-scope")), layers=doc["layers"], steps=steps, counts=counts,
+                      n_experts_source=GIVEN if doc.get("n_experts_source") == GIVEN else RECORDED,
+                      top_k=doc["top_k"], meta=doc.get("meta") if isinstance(doc.get("meta"), dict) else {},
+                      tokens=tokens, physical_to_logical=doc.get("physical_to_logical_map"))
+
+
+def read_part(part: str, table: str, limits: TraceLimits):
+    """One part file as a pyarrow Table, its size checked against the budget before decoding."""
+    import pyarrow.parquet as pq
+    try:
+        meta = pq.ParquetFile(part).metadata
+        decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    except Exception as err:  # pyarrow's own error types
+        raise ValueError(f"{os.path.basename(part)!r} in {table}/ is not a readable Parquet file "
+                         f"({type(err).__name__}); copy the log again") from None
+    if decoded > limits.budget // 4:
+        raise ValueError(f"{os.path.basename(part)!r} decodes to more than a quarter of the memory budget; "
+                         f"write smaller parts (flush more often)")
+    return pq.read_table(part)
+
+
+class CountsAccumulator:
+    """Counts rows (step, layer, expert, count) from any number of tables into (S, L, E); missing rows are 0."""
+
+    def __init__(self, layers: list[str], n_experts: int, limits: TraceLimits) -> None:
+        self.layers, self.E, self.limits = layers, n_experts, limits
+        self.index = {name: i for i, name in enumerate(layers)}
+        self.cells: dict[int, np.ndarray] = {}  # step -> (L, E)
+
+    def add(self, table) -> list[int]:
+        """Add one table's rows; returns the steps it touched, ascending."""
+        names = set(table.column_names)
+        if not {"step", "layer", "expert", "count"} <= names:
+            raise ValueError("a counts part misses one of the columns step, layer, expert, count; copy the log again")
+        step = table.column("step").to_numpy(zero_copy_only=False)
+        layer = table.column("layer").to_pandas().astype(str).map(self.index)
+        expert = table.column("expert").to_numpy(zero_copy_only=False)
+        count = table.column("count").to_numpy(zero_copy_only=False)
+        if layer.isna().any():
+            raise ValueError("a counts part names a layer that meta.json does not list; copy the log again")
+        if len(count) and (count.min() < 0 or expert.min() < 0 or expert.max() >= self.E):
+            raise ValueError(f"a counts part holds a negative count or an expert outside 0..{self.E - 1}")
+        new = np.unique(step)
+        self.limits.check_summary(len(self.cells) + len(new), len(self.layers), self.E)
+        for s in new:
+            self.cells.setdefault(int(s), np.zeros((len(self.layers), self.E), np.int64))
+        L, E = len(self.layers), self.E
+        cell = (np.searchsorted(new, step) * L + layer.to_numpy(np.int64)) * E + expert.astype(np.int64)
+        block = np.bincount(cell, weights=count, minlength=len(new) * L * E)  # float64: exact below 2^53
+        block = block.astype(np.int64).reshape(len(new), L, E)
+        for i, s in enumerate(new):
+            self.cells[int(s)] += block[i]
+        return [int(s) for s in new]
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        steps = np.array(sorted(self.cells), dtype=np.int64)
+        return steps, np.stack([self.cells[int(s)] for s in steps])  # (S,), (S, L, E)
+
+
+def _read_tokens(path: str, layers: list[str], steps: np.ndarray, limits: TraceLimits) -> TokenRouting | None:
+    files = parts(path, "tokens")
+    if not files:
+        return None
+    import pyarrow as pa
+    table = pa.concat_tables([read_part(p, "tokens", limits) for p in files])
+    index = {name: i for i, name in enumerate(layers)}
+    experts = table.column("experts").combine_chunks()
+    K = experts.type.list_size
+    ids = experts.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, K)  # (N, K)
+    weights = None
+    if "weights" in table.column_names:
+        weights = table.column("weights").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        weights = weights.astype(np.float32).reshape(-1, K)
+    layer = table.column("layer").to_pandas().astype(str).map(index)
+    if layer.isna().any():
+        raise ValueError(f"{path!r}: a tokens part names a layer that meta.json does not list; copy the log again")
+    return TokenRouting(step=table.column("step").to_numpy().astype(np.int64), layer=layer.to_numpy(np.int32),
+                        ids=ids, weights=weights)

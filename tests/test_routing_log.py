@@ -1,0 +1,210 @@
+"""The routing log: RoutingLog's checks, the shared reader helpers, the on-disk dataset (write, read back, read by
+pandas/pyarrow as is), following a log being written, and the load rows of a counts-only log against summary_dict."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from moe.from_routing import sums_from_counts
+from moe.stats import summary_dict
+from moe.traces.follow import LogFollower
+from moe.traces.loadrows import load_rows
+from moe.traces.log import (
+    GIVEN,
+    RECORDED,
+    RoutingLog,
+    TokenRouting,
+    check_map,
+    counts_from_ids,
+    map_to_logical,
+    resolve_experts,
+)
+from moe.traces.opener import open_trace
+from moe.traces.store import LogWriter, read_store, write_log
+from moe.traces.summary import ROW_KEYS
+
+
+def _log(seed: int = 0, S: int = 4, L: int = 3, E: int = 6, tokens: bool = False) -> RoutingLog:
+    rng = np.random.default_rng(seed)
+    counts = rng.integers(0, 40, (S, L, E))
+    tok = None
+    if tokens:
+        N = 10
+        tok = TokenRouting(step=np.sort(rng.choice(np.arange(S) * 3 + 1, N)),
+                           layer=rng.integers(0, L, N).astype(np.int32), ids=rng.integers(-1, E, (N, 2)),
+                           weights=rng.random((N, 2)).astype(np.float32))
+    return RoutingLog("sglang-per-token", [f"l{i}" for i in range(L)], np.arange(S) * 3 + 1, counts, top_k=2,
+                      meta={"world_size": 2, "files": ["a.pt"]}, tokens=tok,
+                      physical_to_logical=np.array([list(range(E)) + [0, 1]] * L))
+
+
+def test_map_to_logical_equals_a_loop_over_slots():
+    rng = np.random.default_rng(3)
+    p2l = np.array([[0, 1, 2, 3, 1, 1], [3, 2, 1, 0, 0, 2]])
+    phys = rng.integers(0, 100, (5, 2, 6))
+    want = np.zeros((5, 2, 4), int)
+    for s in range(5):
+        for layer in range(2):
+            for p in range(6):
+                want[s, layer, p2l[layer, p]] += phys[s, layer, p]
+    assert np.array_equal(map_to_logical(phys, p2l, 4), want)
+
+
+def test_counts_from_ids_skips_padding_and_counts_each_slot():
+    ids = np.array([[0, 1], [2, -1], [1, 1], [-1, -1]])
+    got = counts_from_ids(np.array([0, 0, 1, 1]), np.array([0, 1, 0, 0]), ids, 2, 2, 3)
+    want = np.zeros((2, 2, 3), int)
+    want[0, 0, [0, 1]] = 1
+    want[0, 1, 2] = 1
+    want[1, 0, 1] = 2
+    assert np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("p2l, message", [
+    ([[0, 1, 1]], "gives logical expert 2 no physical slot in layer 0"),
+    ([[0, 1, 5]], "holds expert 5, outside 0..2"),
+    ([[0, -1, 2]], "holds expert -1"),
+    ([[0.5, 1, 2]], "must be an integer array"),
+])
+def test_a_bad_physical_map_is_one_line(p2l, message):
+    with pytest.raises(ValueError, match=message):
+        check_map(np.array(p2l), 3, "the map")
+
+
+def test_resolve_experts_follows_the_n_experts_rule():
+    assert resolve_experts(None, 8, 5, "f") == (8, RECORDED)
+    assert resolve_experts(8, None, 7, "f") == (8, GIVEN)
+    with pytest.raises(ValueError, match="does not record the number of experts.*at least the largest expert id"):
+        resolve_experts(None, None, 3, "f")
+    with pytest.raises(ValueError, match="routes to expert 8 but the expert count is 8"):
+        resolve_experts(8, None, 8, "f")
+    with pytest.raises(ValueError, match="records 8 experts but --n-experts 6"):
+        resolve_experts(6, 8, 3, "f")
+
+
+def test_routing_log_refuses_inconsistent_shapes():
+    with pytest.raises(ValueError, match="counts must be"):
+        RoutingLog("x", ["0"], np.arange(2), np.zeros((2, 2, 4), np.int64))
+    with pytest.raises(ValueError, match="strictly ascending"):
+        RoutingLog("x", ["0"], np.array([3, 1]), np.zeros((2, 1, 4), np.int64))
+
+
+def test_written_log_reads_back_exactly_and_pandas_reads_it_as_is(tmp_path):
+    log = _log(tokens=True)
+    write_log(log, str(tmp_path / "log"))
+    back = read_store(str(tmp_path / "log"))
+    assert back.layers == log.layers and np.array_equal(back.steps, log.steps)
+    assert np.array_equal(back.counts, log.counts) and back.top_k == 2 and back.meta == log.meta
+    assert np.array_equal(back.physical_to_logical, log.physical_to_logical)
+    for name in ("step", "layer", "ids", "weights"):  # steps ascending, each step's tokens in source order
+        assert np.array_equal(getattr(back.tokens, name), getattr(log.tokens, name)), name
+    frame = pd.read_parquet(tmp_path / "log" / "counts")  # the dataset, as any tool reads it
+    pivot = frame.pivot_table(index=["step", "layer"], columns="expert", values="count", aggfunc="sum")
+    for s, step in enumerate(log.steps):
+        for i, layer in enumerate(log.layers):
+            assert list(pivot.loc[(step, layer)]) == list(log.counts[s, i])
+    meta = json.loads((tmp_path / "log" / "meta.json").read_text())
+    assert meta["schema"] == "moe-scope-routing-log/1" and meta["n_experts"] == 6
+
+
+def test_writer_refuses_a_used_directory_and_steps_that_go_back(tmp_path):
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("keep")
+    with pytest.raises(ValueError, match="is not empty"):
+        LogWriter(str(tmp_path / "used"), ["0"], 4)
+    w = LogWriter(str(tmp_path / "new"), ["0"], 4)
+    w.write_step(5, [[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match="step 5 comes after step 5"):
+        w.write_step(5, [[1, 2, 3, 4]])
+    with pytest.raises(ValueError, match=r"counts must be \(layers=1, experts=4\)"):
+        w.write_step(6, [[1, 2, 3]])
+
+
+def test_follower_reads_only_new_parts_and_marks_idle(tmp_path):
+    now = [0.0]
+    path = str(tmp_path / "log")
+    w = LogWriter(path, ["0", "1"], 3, top_k=1)
+    f = LogFollower(path, clock=lambda: now[0])
+    assert f.poll() == [] and f.log() is None
+    w.write_step(0, [[1, 0, 0], [0, 1, 0]])
+    w.flush()
+    assert f.poll() == [0] and f.parts_read == 1
+    w.write_step(1, [[2, 0, 0], [0, 0, 2]])
+    w.write_step(2, [[0, 0, 3], [3, 0, 0]])
+    w.flush()
+    assert f.poll() == [1, 2] and f.parts_read == 2  # the first part is not read again
+    assert f.poll() == [] and f.parts_read == 2
+    assert np.array_equal(f.log().counts[:, 1], [[0, 1, 0], [0, 0, 2], [3, 0, 0]])
+    now[0] = 29.0
+    assert not f.idle(30.0)
+    now[0] = 31.0
+    assert f.idle(30.0)
+    assert f.step_line(2) == "step 2: 6 assignments over 2 layers; worst layer 0 max/mean 3.000, dead experts 2"
+
+
+def test_a_half_written_part_is_never_read(tmp_path):
+    path = str(tmp_path / "log")
+    w = LogWriter(path, ["0"], 2)
+    w.write_step(0, [[1, 1]])
+    w.flush()
+    (tmp_path / "log" / "counts" / ".part-000000000009-abc.parquet.tmp").write_bytes(b"PAR1 half")
+    assert read_store(path).counts.shape == (1, 1, 2)
+
+
+def test_load_rows_equal_summary_dict_row_by_row():
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 6, (5, 3, 7))
+    counts[2, 1] = 0  # a layer without tokens at one step
+    counts[3, 0, :6] = 0  # one expert takes everything
+    rows = load_rows(np.arange(5) * 2, ["a", "b", "c"], counts, 2)
+    assert list(rows["step"][:4]) == [0, 0, 0, 2] and list(rows["layer"][:4]) == ["a", "b", "c", "a"]
+    for n, row in rows.iterrows():
+        s, i = divmod(n, 3)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            want = summary_dict(sums_from_counts(counts[s, i], counts[s, i].sum() / 2, 2))
+        for key in ROW_KEYS:
+            a, b = row[key], want[key]
+            assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, rel=1e-12), (n, key)
+
+
+def test_counts_only_numbers_are_load_side_and_naive():
+    counts = np.array([[[3, 1, 0, 0]]])
+    rows = load_rows(np.array([0]), ["0"], counts, None)
+    assert rows["max_over_mean"][0] == 3.0  # max 3 / mean 1
+    assert rows["dead_fraction"][0] == 0.5
+    assert math.isnan(rows["tokens"][0]) and math.isnan(rows["aux_loss"][0])  # no top_k, no logits
+
+
+def test_open_trace_reads_a_routing_log_directory_with_todays_keys(tmp_path):
+    log = _log()
+    write_log(log, str(tmp_path / "log"))
+    s = open_trace(str(tmp_path / "log"))
+    assert s.source == "sglang-per-token" and s.layers == log.layers and s.steps == list(log.steps)
+    assert np.array_equal(s.load["l1"], log.counts[:, 1])
+    worst = s.rows.loc[s.rows["max_over_mean"].idxmax()]
+    assert s.worst()["layer"] == worst["layer"] and s.worst()["step"] == worst["step"]
+    with pytest.raises(ValueError, match="has 3 MoE layers"):
+        open_trace(str(tmp_path / "log"), n_layers=2)
+
+
+def test_a_directory_without_routing_files_is_one_line(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="holds no routing files"):
+        open_trace(str(tmp_path))
+
+
+def test_trace_report_converts_and_reads_the_converted_log(tmp_path, capsys):
+    from moe.cli.main import main
+    log = _log()
+    write_log(log, str(tmp_path / "a"))
+    assert main(["trace-report", str(tmp_path / "a"), "--out", str(tmp_path / "b")]) == 0
+    first = json.loads(capsys.readouterr().out)
+    assert main(["trace-report", str(tmp_path / "b")]) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert first["load"] == second["load"] == {name: log.counts[:, i].tolist() for i, name in enumerate(log.layers)}
+    assert sorted(os.listdir(tmp_path / "b")) == ["counts", "meta.json"]
