@@ -1,0 +1,58 @@
+"""The Placement section's caches (st.cache_data: each caller gets a copy): one layer of a routing log replayed under
+each placement (moe.parallel.judge), and the plan files of every layer (moe.parallel.export), keyed by their inputs.
+Nothing here draws; errors are the engine's one-line ValueErrors, left to the view."""
+from __future__ import annotations
+
+import types
+
+import numpy as np
+import streamlit as st
+
+from moe.cli.plan import _plans as layer_plans  # the plan command's one plan per layer (padding for serving maps)
+from moe.jsonio import dumps
+from moe.parallel.export import check_serving, plan_document
+from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
+from moe.parallel.replay import window_counts
+
+SERVING = ("sglang", "vllm")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def replay(layer_counts: np.ndarray, layer: str, p2l_row: np.ndarray | None, settings: ReplaySettings
+           ) -> tuple[LayerReplay, str]:
+    """One layer's replay (counts (S, E); p2l_row (P,) the run's map of that layer, or None) and its verdict."""
+    counts = np.asarray(layer_counts)[:, None, :]                                    # (S, 1, E)
+    p2l = None if p2l_row is None else np.asarray(p2l_row)[None, :]                   # (1, P)
+    results = replay_log(counts, [layer], settings, p2l)
+    current = "contiguous blocks" if p2l is None else "the run's placement"
+    return results[0], verdict(results, current)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | None, world_size: int,
+               redundant_slots: int, window: int, last_window: bool) -> dict:
+    """One plan per layer (our planner, from the whole log or its last window) as the three plan files:
+    {"moe-scope": text, "sglang": text | None, "vllm": text | None, "serving_error": why not | "", "notes": {...}}."""
+    counts = np.asarray(counts)                                                       # (S, L, E)
+    E = counts.shape[2]
+    log = types.SimpleNamespace(layers=list(layers), n_experts=E, counts=counts, steps=np.arange(len(counts)),
+                                physical_to_logical=p2l)
+    per_layer = [types.SimpleNamespace(layer=name, windows=window_counts(counts[:, i, :], window))
+                 for i, name in enumerate(layers)]
+    settings = ReplaySettings(world_size, (redundant_slots,), window=window)
+    ours = layer_plans(log, per_layer, settings, last_window, None)
+    out = {"moe-scope": _document("moe-scope", ours, E), "sglang": None, "vllm": None, "serving_error": "",
+           "notes": {name: p["note"] for name, p in ours.items()}}
+    try:
+        check_serving(E, redundant_slots, world_size)
+        padded = layer_plans(log, per_layer, settings, last_window, "sglang")
+        for fmt in SERVING:
+            out[fmt] = _document(fmt, padded, E)
+    except ValueError as err:
+        out["serving_error"] = str(err)
+    return out
+
+
+def _document(fmt: str, plans: dict, n_experts: int) -> str:
+    notes = [p["note"] for p in plans.values()]
+    return dumps(plan_document(fmt, list(plans), [p["layout"] for p in plans.values()], n_experts, notes), indent=1)
