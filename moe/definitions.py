@@ -232,6 +232,51 @@ DEFINITIONS: dict[str, str] = {
                      "over ranks of a2a_ms / forward_ms; "
                      "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
                      "statistics).",
+    # --- placement replay (moe.parallel.replay / judge / eplb / export; `python -m moe plan`; issue #18)
+    "balancedness_vllm": "per layer and window, `mean_r load_r / max_r load_r` over the W ranks (0 when no rank has "
+                         "load): vLLM's EPLB balancedness (vllm/distributed/eplb/eplb_state.py, v0.10 and later, "
+                         "which sums mean and max over layers before dividing; here one layer at a time). 1 = even; "
+                         "`1 / max_over_mean`.",
+    "balancedness_sglang": "per layer and window, `(mean_r load_r + 1e-5) / (max_r load_r + 1e-5)`: SGLang's "
+                           "utilization rate (compute_utilization_rate in python/sglang/srt/eplb/"
+                           "expert_distribution.py, v0.5); equals vLLM's up to the 1e-5, and is 1 for a layer with "
+                           "no load.",
+    "rank_max_over_mean": "per layer and window, `max_r load_r / mean_r load_r` of the per-rank load: the **straggler "
+                          "factor (predicted)** of trace_plan, from token counts; the EP view's measured straggler "
+                          "factor divides expert *times* instead (ep_comparison). NaN when no rank has load.",
+    "replay_rank_load": "**load_r** of a window = tokens (assignments) rank r serves in it: each logical expert's "
+                        "count summed over the window's steps, sent to the slots that hold it; an expert with c "
+                        "slots splits its n tokens into c contiguous chunks of near-equal size (sizes differ by at "
+                        "most one, larger last), the i-th chunk to its i-th slot, rank by rank: the rule of the "
+                        "planner's predicted load (ep_assignments), so a replayed window equals what the "
+                        "expert-parallel forward measures. Windows: consecutive runs of `window` steps (a last "
+                        "partial one dropped).",
+    "replay_next_window": "each planner plans on window k's expert load and is measured on window k + 1: the honest "
+                          "figure (a plan judged on the load it was made from flatters it). **current** = the "
+                          "run's placement (its physical → logical map, else contiguous blocks); **planned** = our "
+                          "planner (moe.parallel.placement.plan; it keeps the current placement when its plan does "
+                          "not lighten the busiest rank of window k, so it never loses there); **eplb** = DeepSeek's "
+                          "EPLB (deepseek-ai/EPLB eplb.py: groups to nodes, replicas within a node, packing to "
+                          "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W). "
+                          "p50 = median over the windows after a plan.",
+    "replay_rebalance_interval": "replanning every N windows: plans made on windows 0, N, 2N, …, each measured on "
+                                 "the N windows after it; the value is the p50 of vLLM balancedness over those "
+                                 "windows. **rest** = each plan (at most 64, evenly spaced) measured on every later "
+                                 "window of the run.",
+    "hot_expert_persistence": "hot = the n experts with the most tokens in a window (n = R, or W when R = 0; ties: the "
+                              "lower index); **persistence** = mean over k of the share of window k's hot experts "
+                              "still hot in window k + 1; **absorbed** = p50 over k of the share of window k + 1's "
+                              "tokens that go to experts plan k replicated.",
+    "placement_verdict": "the largest gain in p50 vLLM balancedness on the windows after planning, over layers, "
+                         "planners and R; \"balanced already\" when no planner beats the current placement by more "
+                         "than 2% (relative); the interval named is the longest whose p50 stays within 0.02 of "
+                         "replanning every window.",
+    "placement_export": "one plan per layer from the whole log (or its last window with --window). SGLang's "
+                        "`--init-expert-location` JSON holds only `physical_to_logical_map` [layers, E + R]; the "
+                        "vLLM-style file adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "
+                        "lies on rank p // ((E + R) / W), so both need E + R a multiple of W and distinct experts on "
+                        "a rank. A layer whose plan kept the current placement is padded with replicas of its least "
+                        "loaded experts (refused if that loads its busiest rank more). Our own file takes any R.",
     # --- the dashboard's forward time (the Playground's header line and KPI row)
     "warm_forward_ms": "the Playground's forward time: the median wall time (statistics included, synchronised "
                        "with the device) of up to 3 repeats of the same forward on the same batch, run after the "

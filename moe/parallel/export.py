@@ -43,28 +43,42 @@ def serving_redundant_slots(n_experts: int, world_size: int, most: int) -> list[
 def check_serving(n_experts: int, redundant_slots: int, world_size: int) -> None:
     """ValueError (one line, with the nearest R that works) unless E + R is a multiple of W."""
     if (n_experts + redundant_slots) % world_size or n_experts + redundant_slots < world_size:
-        ok = serving_redundant_slots(n_experts, world_size, redundant_slots + world_size)
+        ok = serving_redundant_slots(n_experts, world_size, redundant_slots + 2 * world_size)
         above = [R for R in ok if R >= redundant_slots][:2]
         raise ValueError(f"SGLang and vLLM need E + R to be a multiple of W: E={n_experts}, R={redundant_slots}, "
                          f"W={world_size}; use R in {above} (or --export moe-scope, which takes any R)")
 
 
 def pad_to(layout: Layout, load, n_slots: int) -> Layout:
-    """`layout` (no replica) grown to n_slots (a multiple of W) equal ranks by replicas of its least loaded
-    experts; ValueError when that would load the busiest rank more than before (the plan would be worse)."""
+    """`layout` grown to n_slots (a multiple of W) equal ranks by replicas, so a kept layer fits a serving map:
+    first each rank takes the lightest experts of the next ranks (what it gains, it gives away in turn), else the
+    least loaded experts; ValueError when neither leaves the busiest rank as light as before."""
     load = np.asarray(load, dtype=np.int64)
-    ranks, W = layout.rank_experts(), layout.world_size
+    W = layout.world_size
     per = n_slots // W
-    if any(len(r) > per for r in ranks):
+    if any(len(r) > per for r in layout.rank_experts()):
         raise ValueError(f"a rank holds more than {per} slots; plan with more redundant slots")
-    for rank in ranks:
-        spare = [e for e in np.argsort(load, kind="stable").tolist() if e not in rank]
-        rank.extend(spare[: per - len(rank)])
-    padded = Layout(np.array([e for r in ranks for e in r]), np.repeat(np.arange(W), per), W)
-    if rank_load(load[None], padded).max() > rank_load(load[None], layout).max():
-        raise ValueError("the current placement kept for a layer cannot take the extra slots without loading its "
-                         "busiest rank more; export with fewer redundant slots or as --export moe-scope")
-    return padded
+    before = rank_load(load[None], layout).max()
+    for pick in (_next_ranks, _least_loaded):
+        ranks = layout.rank_experts()
+        for r, rank in enumerate(ranks):
+            spare = [e for e in pick(layout, load, r) if e not in rank]
+            rank.extend(list(dict.fromkeys(spare))[: per - len(rank)])
+        padded = Layout(np.array([e for r in ranks for e in r]), np.repeat(np.arange(W), per), W)
+        if len(padded.slot_expert) == n_slots and rank_load(load[None], padded).max() <= before:
+            return padded
+    raise ValueError("the current placement kept for a layer cannot take the extra slots without loading its "
+                     "busiest rank more; export with fewer redundant slots or as --export moe-scope")
+
+
+def _next_ranks(layout: Layout, load: np.ndarray, r: int) -> list[int]:
+    """The experts of ranks r+1, r+2, … (cyclic), each rank's lightest first."""
+    ranks, W = layout.rank_experts(), layout.world_size
+    return [e for k in range(1, W) for e in sorted(ranks[(r + k) % W], key=lambda e: (load[e], e))]
+
+
+def _least_loaded(layout: Layout, load: np.ndarray, r: int) -> list[int]:
+    return np.argsort(load, kind="stable").tolist()
 
 
 def _rank_major(layout: Layout) -> list[int]:

@@ -71,14 +71,21 @@ class LayerReplay:
 
 
 def plan_layout(load, world_size: int, redundant_slots: int, current: Layout) -> tuple[Layout, bool]:
-    """Our plan for one load (E,), or `current` (and True) when the plan does not lighten the busiest rank."""
+    """Our plan for one load (E,): the lighter busiest rank of moe.parallel.placement.plan and of DeepSeek's global
+    EPLB where that holds distinct experts per rank (so it is never worse than DeepSeek's greedy rule there), or
+    `current` (and True) when neither lightens the busiest rank."""
     load = np.asarray(load, dtype=np.int64)
     E = len(load)
     now = to_placement(current, E) if current.n_slots == E else None
-    result = plan(load, world_size, redundant_slots, current=now)
-    planned = from_placement(result.placement)
-    if int(rank_load(load[None], planned).max()) < int(rank_load(load[None], current).max()):
-        return planned, False
+    best = from_placement(plan(load, world_size, redundant_slots, current=now).placement)
+    if (E + redundant_slots) % world_size == 0:
+        theirs = rebalance(load[None], E + redundant_slots, 1, 1, world_size)[0]
+        if to_placement(from_map(theirs, world_size), E) is not None:  # no expert twice on a rank
+            theirs = from_map(theirs, world_size)
+            if rank_load(load[None], theirs).max() < rank_load(load[None], best).max():
+                best = theirs
+    if int(rank_load(load[None], best).max()) < int(rank_load(load[None], current).max()):
+        return best, False
     return current, True
 
 

@@ -1,0 +1,62 @@
+"""`python -m moe plan`: the replay's JSON and CSV, the export files, one-line errors with exit status 2."""
+import json
+
+import numpy as np
+import pandas as pd
+
+from moe.cli.main import main
+from moe.metrics import balancedness_vllm
+from moe.parallel.export import read_plan
+from moe.parallel.replay import rank_load, window_counts
+from moe.parallel.judge import current_layout
+from moe.traces.summary import summarize
+from trace_support import megatron_records, write_megatron
+
+
+def _trace(tmp_path):
+    path = tmp_path / "router_trace_rank0.jsonl"
+    write_megatron(path, megatron_records(12, 2, 60, 8, 2, hot=5))
+    return str(path)
+
+
+def test_json_windows_verdict_and_plan(tmp_path, capsys):
+    path = _trace(tmp_path)
+    code = main(["plan", path, "--world-size", "4", "--redundant-slots", "4", "--n-experts", "8", "--window", "3"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == ""
+    doc = json.loads(out)
+    s = summarize(path, n_experts=8)
+    windows = window_counts(s.load["0"], 3)                                           # (4, 8)
+    current = [row for row in doc["windows"]["0"] if row["placement"] == "current"]
+    expected = balancedness_vllm(rank_load(windows, current_layout(8, 4)))
+    assert [row["balancedness_vllm"] for row in current] == list(expected)
+    assert {row["placement"] for row in doc["windows"]["1"]} == {"current", "planned", "eplb"}
+    assert "p50 balancedness" in doc["verdict"] and doc["windows_per_layer"] == 4
+    ranks = doc["plan"]["0"]["ranks"]
+    assert all(isinstance(e, int) for r in ranks for e in r) and sorted({e for r in ranks for e in r}) == list(range(8))
+    planned = rank_load(s.load["0"].sum(0)[None], current_layout(8, 4))[0]  # whole-log plan: never worse
+    assert max(doc["plan"]["0"]["predicted_load"]) <= planned.max()
+
+
+def test_csv_and_export(tmp_path, capsys):
+    path, out_file = _trace(tmp_path), tmp_path / "sglang.json"
+    code = main(["plan", path, "--world-size", "4", "--redundant-slots", "4", "--n-experts", "8", "--format", "csv",
+                 "--export", "sglang", "--out", str(out_file)])
+    out, _ = capsys.readouterr()
+    assert code == 0
+    frame = pd.read_csv(__import__("io").StringIO(out))
+    assert set(frame.columns) >= {"layer", "window", "placement", "balancedness_vllm", "balancedness_sglang"}
+    back = read_plan(str(out_file), 8, 4)
+    assert len(back.layouts) == 2 and all(lay.n_slots == 12 for lay in back.layouts)
+
+
+def test_errors_are_one_line_with_status_2(tmp_path, capsys):
+    path = _trace(tmp_path)
+    for argv, message in ((["--redundant-slots", "3", "--export", "vllm", "--out", str(tmp_path / "x.json")],
+                           "use R in [4, 8]"),
+                          (["--export", "vllm"], "--export and --out go together"),
+                          (["--layer", "nope"], "layer 'nope' is not in the log")):
+        code = main(["plan", path, "--world-size", "4", "--n-experts", "8", *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "x.json").exists()

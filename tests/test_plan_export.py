@@ -1,0 +1,86 @@
+"""Plan files: SGLang's --init-expert-location JSON, the vLLM-style map and our own, written and read back; the
+serving formats only with E + R a multiple of W; ep-report's reader takes every one of them."""
+import json
+
+import numpy as np
+import pytest
+
+from moe.parallel.export import (check_serving, load_placement, pad_to, plan_document, read_plan,
+                                 serving_redundant_slots, write_plan)
+from moe.parallel.judge import current_layout, plan_layout
+from moe.parallel.placement import contiguous, save
+from moe.parallel.replay import rank_load
+
+
+def _plans(E=8, W=4, R=4, L=3, seed=0):
+    rng = np.random.default_rng(seed)
+    loads = rng.integers(0, 300, size=(L, E))
+    layouts = [pad_to(lay, load, E + R) if lay.n_slots != E + R else lay
+               for lay, load in ((plan_layout(load, W, R, current_layout(E, W))[0], load) for load in loads)]
+    return [f"model.layers.{i}" for i in range(L)], layouts
+
+
+@pytest.mark.parametrize("fmt", ["sglang", "vllm", "moe-scope"])
+def test_round_trip_every_expert_and_every_slot(tmp_path, fmt):
+    layers, layouts = _plans()
+    path = tmp_path / f"{fmt}.json"
+    write_plan(str(path), plan_document(fmt, layers, layouts, 8))
+    doc = json.loads(path.read_text())
+    if fmt == "sglang":  # SGLang passes the keys to init_by_mapping: only the map
+        assert list(doc) == ["physical_to_logical_map"] and np.array(doc["physical_to_logical_map"]).shape == (3, 12)
+    back = read_plan(str(path), 8, 4)
+    assert back.format == fmt and back.n_experts == 8 and back.world_size == 4
+    assert back.layers == (layers if fmt != "sglang" else ["0", "1", "2"])
+    for before, after in zip(layouts, back.layouts):
+        assert after.n_slots == 4 * 3 == before.n_slots  # W × experts per rank
+        assert set(after.slot_expert.tolist()) == set(range(8))  # every logical expert present
+        assert [sorted(r) for r in after.rank_experts()] == [sorted(r) for r in before.rank_experts()]
+        assert all(len(set(r)) == len(r) == 3 for r in after.rank_experts())
+
+
+def test_serving_formats_need_e_plus_r_a_multiple_of_w(tmp_path):
+    assert serving_redundant_slots(8, 4, 9) == [0, 4, 8] and serving_redundant_slots(6, 4, 6) == [2, 6]
+    with pytest.raises(ValueError, match=r"E=8, R=3, W=4; use R in \[4, 8\]"):
+        check_serving(8, 3, 4)
+    lay, _ = plan_layout([50, 1, 1, 1, 1, 1], 4, 1, current_layout(6, 4))  # 7 slots on 4 ranks: ours only
+    with pytest.raises(ValueError, match="multiple of W"):
+        plan_document("sglang", ["0"], [lay], 6)
+    write_plan(str(tmp_path / "ours.json"), plan_document("moe-scope", ["0"], [lay], 6))
+    assert read_plan(str(tmp_path / "ours.json")).layouts[0].n_slots == 7
+
+
+def test_a_kept_layer_is_padded_without_loading_its_busiest_rank_more():
+    load = np.array([10] * 8)
+    cur = current_layout(8, 4)
+    padded = pad_to(cur, load, 12)
+    assert padded.n_slots == 12 and all(len(set(r)) == 3 for r in padded.rank_experts())
+    assert rank_load(load[None], padded).max() <= rank_load(load[None], cur).max()
+
+
+def test_bad_files_are_one_line(tmp_path):
+    path = tmp_path / "bad.json"
+    for doc, message in (({"physical_to_logical_map": [[0, 1, 2]]}, "does not record the world size"),
+                         ({"physical_to_logical_map": [[0, 0, 1, 2]], "ep_size": 2}, "expert twice on a rank"),
+                         ({"physical_to_logical_map": [[0, 1, 1, 1]], "ep_size": 2}, "gives logical expert 2 no"),
+                         ({"physical_to_logical_map": [[0, "1"]], "ep_size": 2}, "must be \\[layers"),
+                         ({"something": 1}, "neither 'physical_to_logical_map' nor 'ranks'")):
+        path.write_text(json.dumps(doc))
+        with pytest.raises(ValueError, match=message):
+            read_plan(str(path), 3, None if "ep_size" in doc else None)
+
+
+def test_ep_report_reads_every_format_one_layer_at_a_time(tmp_path):
+    layers, layouts = _plans(L=1)
+    for fmt in ("sglang", "vllm", "moe-scope"):
+        path = tmp_path / f"{fmt}.json"
+        write_plan(str(path), plan_document(fmt, layers, layouts, 8))
+        p = load_placement(str(path), 8, 4)
+        assert [sorted(r) for r in p.ranks] == [sorted(r) for r in layouts[0].rank_experts()]
+    save(contiguous(8, 4), str(tmp_path / "old.json"))
+    assert load_placement(str(tmp_path / "old.json"), 8, 4) == contiguous(8, 4)
+    layers, layouts = _plans(L=2)
+    write_plan(str(tmp_path / "two.json"), plan_document("vllm", layers, layouts, 8))
+    with pytest.raises(ValueError, match="holds 2 layers and ep-report runs one"):
+        load_placement(str(tmp_path / "two.json"), 8, 4)
+    with pytest.raises(ValueError, match="ep_size=4, this run has 2 ranks"):
+        load_placement(str(tmp_path / "two.json"), 8, 2)
