@@ -55,11 +55,14 @@ EP_PLAN_JOB, EP_PLAN_RUNS = "ep_plan_job", "ep_plan_runs"  # a Placement plan ru
 PLACEMENT_PREFIXES = ("runs", "ep")
 PLACEMENT_WIDGETS = ("world", "slots", "window", "nodes", "layer", "metric", "heat", "export_slots", "export_from",
                      "real_planner", "real_slots")
+PLACEMENT_ELEMENTS = ("balance_chart", "heat_chart", "interval_chart", "interval_table", "hot_chart", "file_moe_scope",
+                      "file_sglang", "file_vllm", "real_run", "real_cancel", "real_chart")  # no value to keep
 
 
 def placement_key(prefix: str, name: str) -> str:
-    """The session key of one Placement widget (`name` from PLACEMENT_WIDGETS) in the section `prefix`."""
-    if name not in PLACEMENT_WIDGETS:
+    """The session key of one Placement widget or element (`name` from PLACEMENT_WIDGETS or PLACEMENT_ELEMENTS)
+    in the section `prefix`."""
+    if name not in PLACEMENT_WIDGETS + PLACEMENT_ELEMENTS:
         raise KeyError(f"no Placement widget {name!r}")
     return f"{prefix}_place_{name}"
 # --- Compare page: two Playground links (the text inputs), the forwards they ran, the link's refused sides

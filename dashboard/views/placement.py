@@ -65,7 +65,7 @@ def _keys(prefix: str):
     return lambda name: placement_key(prefix, name)
 
 
-def _choice(key: str, options: list, default) -> None:
+def keep_choice(key: str, options: list, default) -> None:
     """A kept value that this log does not offer goes back to the default (options depend on the log)."""
     if st.session_state.get(key) not in options:
         st.session_state[key] = default
@@ -98,7 +98,7 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     if world_size is None:
         options = world_options(log)
         recorded = log.meta.get("world_size")
-        _choice(key("world"), options, recorded if recorded in options else max([w for w in options if w <= 8],
+        keep_choice(key("world"), options, recorded if recorded in options else max([w for w in options if w <= 8],
                                                                                default=options[0]))
         W = c1.selectbox("Ranks (W)", options, key=key("world"), help="expert-parallel ranks (GPUs) the replay "
                          "spreads the experts over")
@@ -119,11 +119,11 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
                              help=f"the log's {S} steps cut into windows of this many steps (a last partial window "
                                   f"dropped)")
     nodes_options = [n for n in range(1, W + 1) if W % n == 0]
-    _choice(key("nodes"), nodes_options, 1)
+    keep_choice(key("nodes"), nodes_options, 1)
     nodes = c4.selectbox("Nodes (EPLB)", nodes_options, key=key("nodes"),
                          help="DeepSeek's hierarchical mode: groups of experts to nodes first, then replicas to "
                               "the node's GPUs (num_nodes; W / nodes GPUs each; as many expert groups as nodes)")
-    _choice(key("layer"), log.layers, log.layers[0])
+    keep_choice(key("layer"), log.layers, log.layers[0])
     layer = c5.selectbox("Layer", log.layers, key=key("layer"), disabled=len(log.layers) == 1)
     if not Rs:
         raise ValueError("choose at least one number of redundant slots R (0 replays the placements without "
@@ -138,7 +138,7 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
     st.caption(caption(METRIC_DEFINITIONS[metric], "replay_next_window"))
     series = [k for k in result.loads if k[0] != "current" or k[1] == result.redundant_slots[0]]
     labels = {series_name(*k): k for k in series}
-    _choice(key("heat"), list(labels), list(labels)[-1])
+    keep_choice(key("heat"), list(labels), list(labels)[-1])
     chosen = st.selectbox("Rank load of", list(labels), key=key("heat"))
     st.plotly_chart(rank_heatmap_figure(result.loads[labels[chosen]], f"Load per rank and window: {chosen}"),
                     width="stretch", key=key("heat_chart"))
@@ -168,9 +168,9 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     st.markdown("**Plan files** (our planner, one plan per layer of the log)")
     c1, c2 = st.columns(2)
     Rs = list(settings.redundant_slots)
-    _choice(key("export_slots"), Rs, Rs[-1])
+    keep_choice(key("export_slots"), Rs, Rs[-1])
     R = c1.selectbox("Redundant slots of the plan", Rs, key=key("export_slots"))
-    _choice(key("export_from"), list(EXPORT_FROM), EXPORT_FROM[0])
+    keep_choice(key("export_from"), list(EXPORT_FROM), EXPORT_FROM[0])
     source = c2.radio("Plan made from", EXPORT_FROM, key=key("export_from"), horizontal=True)
     W = settings.world_size
     try:
