@@ -161,6 +161,9 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
         if R:
             right.metric(f"Absorbed by replicas, R={R}", f"{share:.0%}",
                          help="p50 share of the next window's tokens on the experts the plan replicated")
+    if result.hot_top >= n_experts:
+        st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert is hot in every window; choose fewer "
+                   f"redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
     st.caption(caption("hot_expert_persistence"))
 
 
