@@ -13,6 +13,7 @@ from moe.jsonio import dumps
 from moe.parallel.export import check_serving, plan_document
 from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
 from moe.parallel.replay import window_counts
+from moe.traces.log import RoutingLog
 
 SERVING = ("sglang", "vllm")
 
@@ -35,8 +36,8 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
     {"moe-scope": text, "sglang": text | None, "vllm": text | None, "serving_error": why not | "", "notes": {...}}."""
     counts = np.asarray(counts)                                                       # (S, L, E)
     E = counts.shape[2]
-    log = types.SimpleNamespace(layers=list(layers), n_experts=E, counts=counts, steps=np.arange(len(counts)),
-                                physical_to_logical=p2l)
+    log = RoutingLog("plan", list(layers), np.arange(len(counts)), counts, physical_to_logical=p2l)
+    # the plan command's planner reads only each layer's name and windows from a replay: no replay needed here
     per_layer = [types.SimpleNamespace(layer=name, windows=window_counts(counts[:, i, :], window))
                  for i, name in enumerate(layers)]
     settings = ReplaySettings(world_size, (redundant_slots,), window=window)

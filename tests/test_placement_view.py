@@ -120,3 +120,24 @@ def test_a_replay_that_cannot_run_is_one_line(log_dir):
     assert not at.exception
     assert at.error[0].value.startswith("The replay cannot run: world size 12 is larger than n_experts=8")
     assert "\n" not in at.error[0].value and not at.get("plotly_chart")
+
+
+def test_a_log_with_the_runs_map_replays_that_placement(tmp_path):
+    """The run's physical → logical map is the current placement: slot p on rank p // (P / W), an expert with two
+    slots splits its tokens in two chunks (the larger second), computed here slot by slot."""
+    p2l = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])  # (L=1, P=12): experts 0-3 twice
+    counts = np.random.default_rng(2).integers(0, 40, size=(6, 1, E))
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), counts, physical_to_logical=p2l,
+                         meta={"world_size": 4}), path)
+    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
+    assert at.selectbox(key="runs_place_world").value == 4  # the run's W, from the log
+    at.selectbox(key="runs_place_heat").set_value("current").run()
+    assert not at.exception and not at.error, at.error
+    by_hand = np.zeros((6, 4), dtype=int)
+    for s in range(6):
+        for p, e in enumerate(p2l[0]):
+            n = counts[s, 0, e]
+            share = n if e > 3 else (n // 2 if p < 8 else n - n // 2)
+            by_hand[s, p // 3] += share
+    assert chart_traces(at, 1)[None]["z"] == by_hand.T.tolist()
