@@ -25,17 +25,18 @@ WORLD_SIZES, REDUNDANT = (8, 16, 32, 64), (0, 8, 32)
 
 
 def _log(seed: int = 0) -> np.ndarray:
-    """(N, L, E) window counts: per layer a skewed expert popularity, 8,192 assignments per window."""
+    """(L, N, E) window counts, layer-major (each layer's (N, E) contiguous, as replay_layer reads it): per layer a
+    skewed expert popularity, 8,192 assignments per window."""
     rng = np.random.default_rng(seed)
     popularity = rng.dirichlet(np.full(E, 0.3), size=L)                               # (L, E)
-    return np.stack([rng.multinomial(8192, popularity[l], size=N) for l in range(L)], axis=1)  # (N, L, E)
+    return np.stack([rng.multinomial(8192, popularity[l], size=N) for l in range(L)])  # (L, N, E)
 
 
 def _layouts(counts: np.ndarray, W: int, R: int) -> list[list]:
     """Per layer: contiguous, ours and DeepSeek's (when E + R is a multiple of W) from the whole log's load."""
     out = []
     for l in range(L):
-        load = counts[:, l, :].sum(0)
+        load = counts[l].sum(0)
         cur = current_layout(E, W)
         per = [cur, plan_layout(load, W, R, cur)[0]]
         try:
@@ -64,7 +65,7 @@ def main() -> None:
                 t = time.perf_counter()
                 for l in range(L):
                     for lay in layouts[l]:
-                        rank_load(counts[:, l, :], lay)                                # (N, W)
+                        rank_load(counts[l], lay)                                      # (N, W)
                 times.append(time.perf_counter() - t)
             rows.append((W, R, len(layouts[0]), float(np.median(times))))
     for W, R, k, t in rows:

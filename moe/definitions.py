@@ -247,7 +247,7 @@ DEFINITIONS: dict[str, str] = {
     "replay_rank_load": "**load_r** of a window = tokens (assignments) rank r serves in it: each logical expert's "
                         "count summed over the window's steps, sent to the slots that hold it; an expert with c "
                         "slots splits its n tokens into c contiguous chunks of near-equal size (sizes differ by at "
-                        "most one, larger last), the i-th chunk to its i-th slot, rank by rank: the rule of the "
+                        "most one; chunk i = tokens `[i·n // c, (i+1)·n // c)`) to its i-th slot, rank by rank: the rule of the "
                         "planner's predicted load (ep_assignments), so a replayed window equals what the "
                         "expert-parallel forward measures. Windows: consecutive runs of `window` steps (a last "
                         "partial one dropped).",

@@ -1,7 +1,7 @@
 """`python -m moe plan`: the replay's JSON and CSV, the export files, one-line errors with exit status 2."""
+import io
 import json
 
-import numpy as np
 import pandas as pd
 
 from moe.cli.main import main
@@ -44,7 +44,7 @@ def test_csv_and_export(tmp_path, capsys):
                  "--export", "sglang", "--out", str(out_file)])
     out, _ = capsys.readouterr()
     assert code == 0
-    frame = pd.read_csv(__import__("io").StringIO(out))
+    frame = pd.read_csv(io.StringIO(out))
     assert set(frame.columns) >= {"layer", "window", "placement", "balancedness_vllm", "balancedness_sglang"}
     back = read_plan(str(out_file), 8, 4)
     assert len(back.layouts) == 2 and all(lay.n_slots == 12 for lay in back.layouts)

@@ -84,3 +84,21 @@ def test_ep_report_reads_every_format_one_layer_at_a_time(tmp_path):
         load_placement(str(tmp_path / "two.json"), 8, 4)
     with pytest.raises(ValueError, match="ep_size=4, this run has 2 ranks"):
         load_placement(str(tmp_path / "two.json"), 8, 2)
+
+
+def test_layer_plans_from_the_whole_log_or_its_last_window():
+    from moe.parallel.export import layer_plans
+    counts = np.zeros((6, 2, 8), dtype=np.int64)
+    counts[:, :, :] = 10
+    counts[:3, 0, 0] = 200  # layer "a": expert 0 hot in the first half only
+    whole = layer_plans(counts, ["a", "b"], 4, 4)
+    assert whole["a"].load.tolist() == counts[:, 0, :].sum(0).tolist() and not whole["a"].kept_current
+    assert whole["b"].kept_current and whole["b"].layout.n_slots == 8  # even: the current placement, flagged
+    last = layer_plans(counts, ["a", "b"], 4, 4, last_window=3)
+    assert last["a"].load.tolist() == counts[3:, 0, :].sum(0).tolist() and last["a"].kept_current
+    served = layer_plans(counts, ["a", "b"], 4, 4, serving=True)
+    assert all(p.layout.n_slots == 12 for p in served.values()) and "padded to 12 slots" in served["b"].note
+    doc = served["b"].to_dict()
+    assert max(doc["predicted_load"]) <= 20 * 6 and all(isinstance(e, int) for r in doc["ranks"] for e in r)
+    with pytest.raises(ValueError, match="layer 'z' is not in the log"):
+        layer_plans(counts, ["a", "b"], 4, 4, only=["z"])

@@ -5,8 +5,8 @@ import pytest
 
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
-from moe.parallel.placement import Placement, contiguous, plan, predicted_load
-from moe.parallel.replay import Layout, from_map, from_placement, rank_load, rank_load_rows, window_counts
+from moe.parallel.placement import contiguous, plan, predicted_load
+from moe.parallel.replay import from_map, from_placement, rank_load, rank_load_rows, window_counts
 
 BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
 
@@ -130,3 +130,18 @@ def test_verdict_names_its_numbers_or_says_balanced_already():
     text = verdict(replay_log(even, ["x"], ReplaySettings(4, (4,), window=2)))
     assert text.startswith("balanced already: no placement beats contiguous by more than 2%")
     assert verdict(replay_log(even, ["x"], ReplaySettings(4, (4,), window=100))).startswith("one window only")
+
+
+def test_the_runs_own_map_is_the_current_placement_and_no_plan_loses_to_it():
+    rng = np.random.default_rng(4)
+    counts = _log(rng, S=16, L=2, E=8, hot=1)
+    p2l = np.array([[1, 5, 0, 2, 3, 4, 6, 7, 1, 5, 0, 6],   # the hot expert 1 replicated by the run
+                    [0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])  # (L, P=12), W=4: 3 slots per rank
+    s = ReplaySettings(4, (0, 4), window=2)
+    results = replay_log(counts, ["a", "b"], s, p2l=p2l)
+    for r, row in zip(results, p2l):
+        current = from_map(row, 4)
+        assert (r.loads[("current", 0)] == rank_load(r.windows, current)).all()
+        for R in (0, 4):
+            own = r.own_window[("planned", R)].max(axis=1)  # each window under the plan made from it
+            assert (own <= rank_load(r.windows, current).max(axis=1)).all()

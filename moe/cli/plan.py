@@ -10,10 +10,9 @@ import pandas as pd
 
 from moe.cli.args import non_negative_int, positive_int
 from moe.jsonio import dumps
-from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
-from moe.parallel.export import FORMATS, check_serving, pad_to, plan_document, write_plan
-from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
-from moe.parallel.replay import rank_load, window_counts
+from moe.metrics import balancedness_vllm
+from moe.parallel.export import FORMATS, check_serving, layer_plans, plan_document, write_plan
+from moe.parallel.judge import ReplaySettings, balance_rows, replay_log, verdict
 
 DEFAULT_WINDOWS = 32  # without --window, the log is cut into at most this many windows
 
@@ -63,10 +62,12 @@ def run(args: argparse.Namespace) -> str:
     settings = ReplaySettings(W, (R,), window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, args.layer)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
-    plans = _plans(log, results, settings, args.window is not None, args.export)
+    plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
+                        args.export in ("sglang", "vllm"), args.layer)
     if args.export:
-        notes = [p["note"] for p in plans.values()]
-        write_plan(args.out, plan_document(args.export, list(plans), [p["layout"] for p in plans.values()], E, notes))
+        doc = plan_document(args.export, list(plans), [p.layout for p in plans.values()], E,
+                            [p.note for p in plans.values()])
+        write_plan(args.out, doc)
     rows = [row for r in results for row in balance_rows(r)]
     if args.format == "csv":
         return pd.DataFrame(rows).to_csv(index=False)
@@ -74,33 +75,10 @@ def run(args: argparse.Namespace) -> str:
            "windows_per_layer": int(len(results[0].windows)), "current": current,
            "verdict": verdict(results, current), "layers": {r.layer: _layer_summary(r, R) for r in results},
            "windows": {r.layer: [row for row in rows if row["layer"] == r.layer] for r in results},
-           "plan": {name: {k: v for k, v in p.items() if k != "layout"} for name, p in plans.items()}}
+           "plan": {name: p.to_dict() for name, p in plans.items()}}
     if args.export:
         doc["export"] = {"format": args.export, "path": args.out}
     return dumps(doc, indent=1)
-
-
-def _plans(log, results, settings: ReplaySettings, last_window: bool, export: str | None) -> dict:
-    """One plan per layer from the whole log (or its last window): layout, ranks, predicted balance, note."""
-    W, R, E = settings.world_size, settings.redundant_slots[0], log.n_experts
-    out = {}
-    for r in results:
-        i = log.layers.index(r.layer)
-        current = current_layout(E, W, None if log.physical_to_logical is None else log.physical_to_logical[i])
-        load = r.windows[-1] if last_window else window_counts(log.counts[:, i, :], len(log.steps))[0]  # (E,)
-        layout, kept = plan_layout(load, W, R, current)
-        note = ("kept the current placement: no plan with these slots lightens the busiest rank" if kept
-                else f"planned {R} redundant slots")
-        if export in ("sglang", "vllm") and layout.n_slots != E + R:
-            layout = pad_to(layout, load, E + R)
-            note += f"; padded to {E + R} slots with replicas of its least loaded experts (no rank heavier)"
-        ranks = rank_load(load[None], layout)[0]
-        out[r.layer] = {"layout": layout, "kept_current": bool(kept), "note": note,
-                        "ranks": [sorted(x) for x in layout.rank_experts()], "predicted_load": ranks.tolist(),
-                        "balancedness_vllm": float(balancedness_vllm(ranks)),
-                        "balancedness_sglang": float(balancedness_sglang(ranks)),
-                        "max_over_mean": float(rank_max_over_mean(ranks))}
-    return out
 
 
 def _layer_summary(r, R: int) -> dict:

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe.jsonio import dumps
+from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
+from moe.parallel.judge import current_layout, plan_layout
 from moe.parallel.placement import Placement, placement_from_doc, read_json
-from moe.parallel.replay import Layout, from_map, from_placement, rank_load, to_placement
+from moe.parallel.replay import Layout, from_map, from_placement, rank_load, to_placement, window_counts
 from moe.traces.log import check_map
 
 FORMATS = ("sglang", "vllm", "moe-scope")
@@ -33,6 +35,49 @@ class PlanFile:
     layouts: list[Layout]
     n_experts: int
     world_size: int
+
+
+@dataclass(frozen=True)
+class LayerPlan:
+    """The plan of one layer to export: its layout, the load it was made from and whether it kept the current one."""
+    layout: Layout
+    load: np.ndarray     # (E,) tokens per expert it was planned from
+    kept_current: bool
+    note: str
+
+    def to_dict(self) -> dict:
+        """Ranks (lists of integers), predicted per-rank load and its balance (definitions: balancedness_*)."""
+        ranks = rank_load(self.load[None], self.layout)[0]                           # (W,)
+        return {"kept_current": self.kept_current, "note": self.note,
+                "ranks": [sorted(r) for r in self.layout.rank_experts()], "predicted_load": ranks.tolist(),
+                "balancedness_vllm": float(balancedness_vllm(ranks)),
+                "balancedness_sglang": float(balancedness_sglang(ranks)), "max_over_mean": float(rank_max_over_mean(ranks))}
+
+
+def layer_plans(counts, layers: list[str], world_size: int, redundant_slots: int, p2l=None,
+                last_window: int | None = None, serving: bool = False, only: list[str] | None = None
+                ) -> dict[str, LayerPlan]:
+    """One plan per layer of counts (S, L, E) from the whole log (or its last window of `last_window` steps);
+    with `serving`, every layer gets exactly E + R slots (a kept layer padded, pad_to) for SGLang and vLLM."""
+    counts = np.asarray(counts, dtype=np.int64)
+    E, W, R = counts.shape[2], world_size, redundant_slots
+    if serving:
+        check_serving(E, R, W)
+    out = {}
+    for name in layers if only is None else only:
+        if name not in layers:
+            raise ValueError(f"layer {name!r} is not in the log; choose from {layers[:8]}")
+        i = layers.index(name)
+        current = current_layout(E, W, None if p2l is None else p2l[i])
+        load = window_counts(counts[:, i, :], last_window or len(counts))[-1]         # (E,)
+        layout, kept = plan_layout(load, W, R, current)
+        note = ("kept the current placement: no plan with these slots lightens the busiest rank" if kept
+                else f"planned {R} redundant slots")
+        if serving and layout.n_slots != E + R:
+            layout = pad_to(layout, load, E + R)
+            note += f"; padded to {E + R} slots with replicas that load no rank more than its busiest"
+        out[name] = LayerPlan(layout, load, kept, note)
+    return out
 
 
 def serving_redundant_slots(n_experts: int, world_size: int, most: int) -> list[int]:

@@ -70,16 +70,17 @@ class LayerReplay:
         return balancedness_vllm(self.loads[(placement, R)][1:])
 
 
-def plan_layout(load, world_size: int, redundant_slots: int, current: Layout) -> tuple[Layout, bool]:
+def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, eplb_row=None) -> tuple[Layout, bool]:
     """Our plan for one load (E,): the lighter busiest rank of moe.parallel.placement.plan and of DeepSeek's global
     EPLB where that holds distinct experts per rank (so it is never worse than DeepSeek's greedy rule there), or
-    `current` (and True) when neither lightens the busiest rank."""
+    `current` (and True) when neither lightens the busiest rank. `eplb_row`: DeepSeek's global map of this load,
+    when the caller computed it for many loads at once (moe.parallel.eplb.rebalance)."""
     load = np.asarray(load, dtype=np.int64)
     E = len(load)
     now = to_placement(current, E) if current.n_slots == E else None
     best = from_placement(plan(load, world_size, redundant_slots, current=now).placement)
     if (E + redundant_slots) % world_size == 0:
-        theirs = rebalance(load[None], E + redundant_slots, 1, 1, world_size)[0]
+        theirs = rebalance(load[None], E + redundant_slots, 1, 1, world_size)[0] if eplb_row is None else eplb_row
         if to_placement(from_map(theirs, world_size), E) is not None:  # no expert twice on a rank
             theirs = from_map(theirs, world_size)
             if rank_load(load[None], theirs).max() < rank_load(load[None], best).max():
@@ -98,7 +99,9 @@ def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
 
 def _planned_slots(windows: np.ndarray, s: ReplaySettings, R: int, current: Layout):
     """Per window, our plan's slots (N, P) (expert -1 = unused), ranks (N, P) and whether it kept the current."""
-    layouts, kept = zip(*(plan_layout(w, s.world_size, R, current) for w in windows))
+    E, W = windows.shape[1], s.world_size
+    theirs = rebalance(windows, E + R, 1, 1, W) if (E + R) % W == 0 else [None] * len(windows)  # (N, P) at once
+    layouts, kept = zip(*(plan_layout(w, W, R, current, row) for w, row in zip(windows, theirs)))
     P = max(lay.n_slots for lay in layouts)
     experts = np.full((len(windows), P), -1, dtype=np.int64)
     ranks = np.zeros((len(windows), P), dtype=np.int64)
@@ -175,8 +178,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
     loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
     for R in s.redundant_slots:
         loads[("current", R)] = cur
-        intervals[("current", R)] = {every: _p50(bal_cur[1:]) for every in s.intervals}
-        rest[("current", R)] = _p50(bal_cur[1:])
+        intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured])
         slots = {"planned": _planned_slots(windows, s, R, current)}
         kept[R] = slots["planned"][2]
         absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")

@@ -97,9 +97,12 @@ def predicted_load(placement: Placement, load) -> np.ndarray:
     """(W,) assignments each rank will run, given per-expert load (E,) and the replica split rule."""
     load = np.asarray(load, dtype=np.int64)
     out = np.zeros(placement.world_size, dtype=np.int64)
-    for e in range(placement.n_experts):
-        holders = placement.replicas(e)
-        for r, n in zip(holders, chunk_sizes(int(load[e]), len(holders))):
+    holders: dict[int, list[int]] = {}  # expert -> its ranks, ascending (what `replicas` gives, in one pass)
+    for r, experts in enumerate(placement.ranks):
+        for e in experts:
+            holders.setdefault(e, []).append(r)
+    for e, ranks in holders.items():
+        for r, n in zip(ranks, chunk_sizes(int(load[e]), len(ranks))):
             out[r] += n
     return out
 
@@ -155,10 +158,12 @@ def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots:
     """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most."""
     b = int(np.argmax(weight))
     best, step = weight[b] * (1 - 1e-12), None  # strictly lighter than the busiest rank, beyond rounding
+    on_b = set(ranks[b])
     for s in range(len(ranks)):
-        for e in (e for e in ranks[b] if s != b and e not in ranks[s]):
+        on_s = set(ranks[s])
+        for e in (e for e in ranks[b] if s != b and e not in on_s):
             backs = [None] if len(ranks[s]) < slots and len(ranks[b]) > 1 else []
-            backs += [f for f in ranks[s] if f not in ranks[b] and w[f] < w[e]]
+            backs += [f for f in ranks[s] if f not in on_b and w[f] < w[e]]
             for f in backs:
                 d = w[e] - (0.0 if f is None else w[f])
                 if max(weight[b] - d, weight[s] + d) < best:

@@ -2,7 +2,7 @@
 
 A placement is read as slots (`Layout`): slot p holds logical expert `slot_expert[p]` on rank `slot_rank[p]`.
 An expert with c slots splits each window's n tokens into c contiguous chunks of near-equal size (sizes differ
-by at most one, the larger last), the i-th chunk to its i-th slot in slot order: the rule of
+by at most one; cut at i·n // c), the i-th chunk to its i-th slot in slot order: the rule of
 `moe.parallel.placement.predicted_load` (a Placement's slots run rank by rank, so the first chunk goes to the
 lowest rank), so a replayed window equals the load the expert-parallel forward measures for that placement.
 Shapes: S steps, E logical experts, N windows, P physical slots, W ranks.
@@ -10,6 +10,7 @@ Shapes: S steps, E logical experts, N windows, P physical slots, W ranks.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -39,6 +40,17 @@ class Layout:
     def replicas(self, n_experts: int) -> np.ndarray:
         """(E,) slots per logical expert."""
         return np.bincount(self.slot_expert, minlength=n_experts)
+
+    @cached_property
+    def plan(self) -> tuple[np.ndarray, ...]:
+        """What rank_load needs, computed once: slots in rank order, where each rank starts, the ranks that hold
+        a slot, and (in that order) the replicated slots with their replica index and count."""
+        order = np.argsort(self.slot_rank, kind="stable")                            # (P,) rank by rank
+        ranks, starts = np.unique(self.slot_rank[order], return_index=True)
+        index, count = _replica_index(self.slot_expert)
+        index, count = index[order], count[order]
+        rep = np.flatnonzero(count > 1)
+        return order, starts, ranks, rep, index[rep], count[rep]
 
     def rank_experts(self) -> list[list[int]]:
         """Per rank, its slots' experts in slot order."""
@@ -87,23 +99,23 @@ def _replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _chunks(n: np.ndarray, index: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """The index-th of count near-equal contiguous chunks of n (the larger last): chunk_sizes, elementwise."""
+    """The index-th of count near-equal contiguous chunks of n: chunk_sizes (the cut points i·n // c), elementwise."""
     return (index + 1) * n // count - index * n // count
 
 
 def rank_load(counts, layout: Layout) -> np.ndarray:
     """(N, W) tokens each rank serves in each window, from per-window expert counts (N, E), under one layout."""
-    counts = np.asarray(counts, dtype=np.int64)
-    n = counts[:, layout.slot_expert]                                                # (N, P)
-    index, count = _replica_index(layout.slot_expert)                                # (P,), (P,)
-    rep = count > 1
-    if rep.any():  # only replicated slots need the chunk rule; the rest serve their expert's whole count
-        n[:, rep] = _chunks(n[:, rep], index[rep], count[rep])
-    order = np.argsort(layout.slot_rank, kind="stable")
-    ranks, starts = np.unique(layout.slot_rank[order], return_index=True)
-    out = np.zeros((counts.shape[0], layout.world_size), dtype=np.int64)            # (N, W)
-    out[:, ranks] = np.add.reduceat(n[:, order] if (order != np.arange(len(order))).any() else n, starts, axis=1)
-    return out
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    order, starts, ranks, rep, index, count = layout.plan
+    n = np.take(counts, layout.slot_expert[order], axis=1)                           # (N, P) slots rank by rank
+    if len(rep):  # only replicated slots need the chunk rule; the rest serve their expert's whole count
+        n[:, rep] = _chunks(n[:, rep], index, count)
+    out = np.add.reduceat(n, starts, axis=1)                                         # (N, ranks with a slot)
+    if len(ranks) == layout.world_size:
+        return out
+    full = np.zeros((counts.shape[0], layout.world_size), dtype=np.int64)
+    full[:, ranks] = out
+    return full
 
 
 def rank_load_rows(counts, slot_expert, slot_rank, world_size: int) -> np.ndarray:
