@@ -3,17 +3,12 @@ each placement (moe.parallel.judge), and the plan files of every layer (moe.para
 Nothing here draws; errors are the engine's one-line ValueErrors, left to the view."""
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import streamlit as st
 
-from moe.cli.plan import _plans as layer_plans  # the plan command's one plan per layer (padding for serving maps)
 from moe.jsonio import dumps
-from moe.parallel.export import check_serving, plan_document
+from moe.parallel.export import layer_plans, plan_document
 from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
-from moe.parallel.replay import window_counts
-from moe.traces.log import RoutingLog
 
 SERVING = ("sglang", "vllm")
 
@@ -31,22 +26,17 @@ def replay(layer_counts: np.ndarray, layer: str, p2l_row: np.ndarray | None, set
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | None, world_size: int,
-               redundant_slots: int, window: int, last_window: bool) -> dict:
-    """One plan per layer (our planner, from the whole log or its last window) as the three plan files:
-    {"moe-scope": text, "sglang": text | None, "vllm": text | None, "serving_error": why not | "", "notes": {...}}."""
-    counts = np.asarray(counts)                                                       # (S, L, E)
+               redundant_slots: int, last_window: int | None = None) -> dict:
+    """One plan per layer (moe.parallel.export.layer_plans: our planner, from the whole log or its last window of
+    `last_window` steps) as the three plan files: {"moe-scope": text, "sglang": text | None, "vllm": text | None,
+    "serving_error": why there is no serving file ("" when there is), "notes": {layer: note}}."""
+    counts, layers = np.asarray(counts), list(layers)                                # (S, L, E)
     E = counts.shape[2]
-    log = RoutingLog("plan", list(layers), np.arange(len(counts)), counts, physical_to_logical=p2l)
-    # the plan command's planner reads only each layer's name and windows from a replay: no replay needed here
-    per_layer = [types.SimpleNamespace(layer=name, windows=window_counts(counts[:, i, :], window))
-                 for i, name in enumerate(layers)]
-    settings = ReplaySettings(world_size, (redundant_slots,), window=window)
-    ours = layer_plans(log, per_layer, settings, last_window, None)
+    ours = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window)
     out = {"moe-scope": _document("moe-scope", ours, E), "sglang": None, "vllm": None, "serving_error": "",
-           "notes": {name: p["note"] for name, p in ours.items()}}
+           "notes": {name: p.note for name, p in ours.items()}}
     try:
-        check_serving(E, redundant_slots, world_size)
-        padded = layer_plans(log, per_layer, settings, last_window, "sglang")
+        padded = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window, serving=True)
         for fmt in SERVING:
             out[fmt] = _document(fmt, padded, E)
     except ValueError as err:
@@ -55,5 +45,5 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
 
 
 def _document(fmt: str, plans: dict, n_experts: int) -> str:
-    notes = [p["note"] for p in plans.values()]
-    return dumps(plan_document(fmt, list(plans), [p["layout"] for p in plans.values()], n_experts, notes), indent=1)
+    layouts, notes = [p.layout for p in plans.values()], [p.note for p in plans.values()]
+    return dumps(plan_document(fmt, list(plans), layouts, n_experts, notes), indent=1)

@@ -82,7 +82,7 @@ def test_the_downloads_are_the_plan_files_and_read_back(log_dir, tmp_path):
     at = AppTest.from_function(section_app, args=(log_dir,), default_timeout=60).run()
     assert len(at.get("download_button")) == 3
     log = open_trace(log_dir).log()
-    files = replays.plan_files(log.counts, tuple(log.layers), None, 8, 8, 1, False)
+    files = replays.plan_files(log.counts, tuple(log.layers), None, 8, 8)
     for b, (fmt, name) in zip(at.get("download_button"), (("moe-scope", "plan-moe-scope.json"),
                                                             ("sglang", "plan-sglang.json"),
                                                             ("vllm", "plan-vllm.json"))):

@@ -179,7 +179,7 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     try:
         with st.spinner("Planning every layer…"):
             files = replays.plan_files(log.counts, tuple(log.layers), log.physical_to_logical, W, int(R),
-                                       settings.window, source == EXPORT_FROM[1])
+                                       settings.window if source == EXPORT_FROM[1] else None)
     except ValueError as err:
         st.error(f"No plan: {err}", icon="⚠️")
         return
