@@ -95,3 +95,22 @@ def test_a_plan_the_forward_cannot_host_is_one_line():
     load = np.array([100, 1, 1, 1])  # all the extra slots go to expert 0
     with pytest.raises(ValueError, match="puts two slots of one expert on a rank"):
         planned_placement(load, 2, 2, "eplb")
+
+
+def test_cancel_stops_the_plan_run_and_leaves_no_process():
+    from ep_support import job_processes, still_running
+
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
+    at.button(key="ep_place_real_run").click().run()
+    run = at.session_state["ep_plan_job"]
+    deadline = time.monotonic() + 120
+    while (run.progress is None or run.progress.started < 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs = job_processes(run._current.proc.pid)
+    at.run()
+    at.button(key="ep_place_real_cancel").click().run()
+    at.run()
+    assert still_running(procs) == [] and not at.exception
+    assert any("Cancelled: the expert-parallel job was stopped" in i.value for i in at.info)
+    assert "ep_plan_runs" not in at.session_state and not at.success
+    assert not at.button(key="ep_run").disabled  # the page's own run may start again
