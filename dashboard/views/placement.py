@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import streamlit as st
 
@@ -149,22 +150,32 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
     shown = table.assign(placement=[series_name(n, int(R)) for n, R in zip(table["placement"],
                                                                            table["redundant_slots"])],
                          every=table["every"].map(lambda v: "rest of the run" if v == 0 else f"every {v}"))
-    right.dataframe(shown.pivot_table(index="placement", columns="every", values="p50_balancedness", sort=False),
+    right.dataframe(shown.pivot_table(index="placement", columns="every", values="p50_balancedness", sort=False,
+                                      dropna=False),
                     key=key("interval_table"))
     st.caption(caption("replay_rebalance_interval"))
+    _hot(result, key, n_experts)
+
+
+def _hot(result: LayerReplay, key, n_experts: int) -> None:
     left, right = st.columns([2, 1])
     left.plotly_chart(hot_figure(result.hot_windows, len(result.windows), result.hot_top, expert_colors(n_experts)),
                       width="stretch", key=key("hot_chart"))
-    right.metric("Hot experts persisting", f"{result.persistence:.0%}",
+    right.metric("Hot experts persisting", _share(result.persistence),
                  help="mean share of a window's hot experts still hot in the next window")
     for R, share in result.absorbed.items():
         if R:
-            right.metric(f"Absorbed by replicas, R={R}", f"{share:.0%}",
+            right.metric(f"Absorbed by replicas, R={R}", _share(share),
                          help="p50 share of the next window's tokens on the experts the plan replicated")
     if result.hot_top >= n_experts:
         st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert is hot in every window; choose fewer "
                    f"redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
     st.caption(caption("hot_expert_persistence"))
+
+
+def _share(value: float) -> str:
+    """A share as a percentage; "—" where there is none (one window: no next window to compare)."""
+    return f"{value:.0%}" if np.isfinite(value) else "—"
 
 
 def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
