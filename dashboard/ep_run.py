@@ -1,4 +1,5 @@
-"""The Expert parallel view's jobs: contiguous, then planned, in a background thread the browser session owns.
+"""The Expert parallel view's jobs: contiguous, then planned (or the Placement section's chosen plans), in a
+background thread the browser session owns.
 
 The page never waits on torchrun: it starts an `EPRun`, and a fragment polls `state` and `progress` a few
 times a second, so a **Cancel** click is handled at once (`cancel()` stops the thread, which ends every

@@ -22,7 +22,7 @@ from dashboard.figures.parallel import comparison_table, rank_load_figure
 from dashboard.result import RunResult
 from dashboard.views import placement
 
-BLOCKS = 32  # steps of the page's log: the forward's tokens in this many blocks (one per sequence when it has them)
+BLOCKS = 32  # steps of the page's log: the forward's tokens in this many blocks of consecutive tokens
 PLANNERS = {"our planner": "planned", "DeepSeek's EPLB": "eplb"}
 KEYS = PanelKeys(job=state.EP_PLAN_JOB, runs=state.EP_PLAN_RUNS, cancel=state.placement_key("ep", "real_cancel"))
 
@@ -32,11 +32,11 @@ def key(name: str) -> str:
 
 
 def log_from_result(result: RunResult, blocks: int = BLOCKS) -> RoutingLog:
-    """The forward's served assignments as a routing log: step s = the s-th block of consecutive tokens (a sequence
-    when the forward ran on sequences); the steps sum to the per-expert served load the page plans from."""
+    """The forward's served assignments as a routing log: step s = the s-th of `blocks` blocks of consecutive tokens
+    (global token order, as the ranks split them); the steps sum to the per-expert served load the page plans from."""
     served = result.trace.served.numpy().astype(np.int64)                            # (T, E)
     T = len(served)
-    n = T // result.seq_len if result.seq_len else min(blocks, T)
+    n = min(blocks, T)
     starts = np.linspace(0, T, n + 1).astype(np.int64)[:-1]                           # (S,) strictly ascending
     counts = np.add.reduceat(served, starts, axis=0)                                  # (S, E)
     return RoutingLog(source="playground", layers=["0"], steps=np.arange(n), counts=counts[:, None, :],
@@ -47,8 +47,8 @@ def section(result: RunResult, W: int, flags: list[str]) -> None:
     """The Placement section for this page's load at W ranks, then a chosen plan run for real."""
     log = log_from_result(result)
     replayed = placement.render(log, "ep", world_size=W)
-    st.caption(f"The log: this page's forward, {log.meta['tokens']} tokens in {len(log.steps)} steps of consecutive "
-               f"tokens; its counts are the served assignments the page plans from.")
+    st.caption(f"The log: this page's forward, {log.meta['tokens']} tokens cut into {len(log.steps)} step(s) of "
+               f"consecutive tokens; its counts are the served assignments the page plans from.")
     if replayed is not None:
         _real(replayed, W, flags)
 
