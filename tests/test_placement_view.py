@@ -68,7 +68,7 @@ def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_
     by_hand = log.counts[:, 0, :].reshape(S, 8, 1).sum(axis=2)  # W = E: one expert per rank
     assert np.allclose(current["y"], by_hand.mean(axis=1) / by_hand.max(axis=1))
     heat = chart_traces(at, 1)[None]
-    assert np.asarray(heat["z"]).shape == (8, S)  # ranks × windows
+    assert heat["z"] == by_hand.T.tolist()  # ranks × windows, the current placement's load first
     captions = "\n".join(c.value for c in at.caption)
     for name in ("placement_verdict", "balancedness_vllm", "replay_next_window", "replay_rank_load",
                  "replay_rebalance_interval", "hot_expert_persistence", "placement_export"):

@@ -16,6 +16,7 @@ from dashboard.figures.parallel import PLANNED_COLOR
 EPLB_COLOR = "#ff7f0e"
 PLACEMENT_COLORS = {"current": NEUTRAL_COLOR, "planned": PLANNED_COLOR, "eplb": EPLB_COLOR}
 PLACEMENT_NAMES = {"current": "current", "planned": "our planner", "eplb": "DeepSeek's EPLB"}
+BALANCE_RANGE = [0.0, 1.05]  # balancedness lies in 0 … 1
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 METRIC_TITLES = {"balancedness_vllm": "balancedness (vLLM: mean / max)",
                  "balancedness_sglang": "balancedness (SGLang: (mean + 1e-5) / (max + 1e-5))",
@@ -45,8 +46,10 @@ def balance_figure(rows: pd.DataFrame, metric: str = "balancedness_vllm", layer:
                                marker=dict(size=5),
                                hovertemplate="window %{x}: %{y:.3f}<extra>" + label + "</extra>"))
     title = f"{METRIC_TITLES.get(metric, metric)} per window" + (f", layer {layer}" if layer else "")
+    bounded = dict(range=BALANCE_RANGE) if metric.startswith("balancedness") else {}  # 0 … 1: a flat line stays flat
     return go.Figure(data, layout(title=title, xaxis=axis("window", tickformat="d"),
-                                  yaxis=axis(METRIC_TITLES.get(metric, metric)), uirevision="placement_balance"))
+                                  yaxis=axis(METRIC_TITLES.get(metric, metric), **bounded),
+                                  uirevision="placement_balance"))
 
 
 def rank_heatmap_figure(load, title: str = "Load per rank and window") -> go.Figure:
@@ -90,7 +93,8 @@ def interval_figure(table: pd.DataFrame) -> go.Figure:
     return go.Figure(data, layout(title="Replanning every N windows: p50 balancedness (vLLM) on the windows after",
                                   xaxis=axis("replan every N windows", type="log", tickmode="array",
                                              tickvals=everies, ticktext=[str(v) for v in everies]),
-                                  yaxis=axis("p50 balancedness (vLLM)"), uirevision="placement_intervals"))
+                                  yaxis=axis("p50 balancedness (vLLM)", range=BALANCE_RANGE),
+                                  uirevision="placement_intervals"))
 
 
 def hot_figure(hot_windows, n_windows: int, hot_top: int, colors: list[str]) -> go.Figure:

@@ -139,20 +139,19 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
     st.caption(caption(METRIC_DEFINITIONS[metric], "replay_next_window"))
     series = [k for k in result.loads if k[0] != "current" or k[1] == result.redundant_slots[0]]
     labels = {series_name(*k): k for k in series}
-    keep_choice(key("heat"), list(labels), list(labels)[-1])
+    keep_choice(key("heat"), list(labels), "current")  # the run as it was: does its imbalance persist?
     chosen = st.selectbox("Rank load of", list(labels), key=key("heat"))
     st.plotly_chart(rank_heatmap_figure(result.loads[labels[chosen]], f"Load per rank and window: {chosen}"),
                     width="stretch", key=key("heat_chart"))
     st.caption(caption("replay_rank_load"))
     table = interval_table(result.intervals, result.rest)
-    left, right = st.columns(2)
-    left.plotly_chart(interval_figure(table), width="stretch", key=key("interval_chart"))
+    st.plotly_chart(interval_figure(table), width="stretch", key=key("interval_chart"))
     shown = table.assign(placement=[series_name(n, int(R)) for n, R in zip(table["placement"],
                                                                            table["redundant_slots"])],
                          every=table["every"].map(lambda v: "rest of the run" if v == 0 else f"every {v}"))
-    right.dataframe(shown.pivot_table(index="placement", columns="every", values="p50_balancedness", sort=False,
-                                      dropna=False),
-                    key=key("interval_table"))
+    st.dataframe(shown.pivot_table(index="placement", columns="every", values="p50_balancedness", sort=False,
+                                   dropna=False),
+                 key=key("interval_table"))
     st.caption(caption("replay_rebalance_interval"))
     _hot(result, key, n_experts)
 
