@@ -7,7 +7,7 @@ import numpy as np
 import streamlit as st
 
 from moe.jsonio import dumps
-from moe.parallel.export import layer_plans, plan_document
+from moe.parallel.export import check_serving, layer_plans, plan_document
 from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
 
 SERVING = ("sglang", "vllm")
@@ -36,7 +36,10 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
     out = {"moe-scope": _document("moe-scope", ours, E), "sglang": None, "vllm": None, "serving_error": "",
            "notes": {name: p.note for name, p in ours.items()}}
     try:
-        padded = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window, serving=True)
+        check_serving(E, redundant_slots, world_size)
+        full = all(p.layout.n_slots == E + redundant_slots for p in ours.values())  # serving only pads the others
+        padded = ours if full else layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window,
+                                               serving=True)
         for fmt in SERVING:
             out[fmt] = _document(fmt, padded, E)
     except ValueError as err:

@@ -141,3 +141,19 @@ def test_a_log_with_the_runs_map_replays_that_placement(tmp_path):
             share = n if e > 3 else (n // 2 if p < 8 else n - n // 2)
             by_hand[s, p // 3] += share
     assert chart_traces(at, 1)[None]["z"] == by_hand.T.tolist()
+
+
+def test_a_layer_that_keeps_its_placement_is_padded_only_in_the_serving_files(tmp_path):
+    """An even layer keeps contiguous blocks (E slots) in our file; SGLang's and vLLM's need E + R on every layer."""
+    even = np.full((4, 1, E), 10)
+    skewed = np.tile(np.array([80, 1, 1, 1, 1, 1, 1, 1]), (4, 1))[:, None, :]
+    counts = np.concatenate([even, skewed], axis=1)                                   # (S=4, L=2, E)
+    files = replays.plan_files(counts, ("even", "skewed"), None, 4, 4)
+    ours = json.loads(files["moe-scope"])["layers"]
+    assert ours["even"]["redundant_slots"] == 0 and ours["even"]["note"].startswith("kept the current placement")
+    assert ours["skewed"]["redundant_slots"] == 4
+    (tmp_path / "sglang.json").write_text(files["sglang"])
+    plan = read_plan(str(tmp_path / "sglang.json"), E, 4)
+    assert [lay.n_slots for lay in plan.layouts] == [E + 4, E + 4]
+    load = counts[:, 0, :].sum(axis=0)
+    assert rank_load(load[None], plan.layouts[0]).max() <= 2 * 40  # padding loads no rank past its busiest (80)
