@@ -1,4 +1,5 @@
-"""The Expert parallel view's jobs: contiguous, then planned, in a background thread the browser session owns.
+"""The Expert parallel view's jobs: contiguous, then planned (or the Placement section's chosen plans), in a
+background thread the browser session owns.
 
 The page never waits on torchrun: it starts an `EPRun`, and a fragment polls `state` and `progress` a few
 times a second, so a **Cancel** click is handled at once (`cancel()` stops the thread, which ends every
@@ -18,7 +19,8 @@ import numpy as np
 from moe.cli.ep_report import check_ep_job, start_ep_job
 from moe.memory import describe_bytes
 from moe.parallel.launch import EPJob, EPProgress
-from moe.parallel.placement import contiguous, plan, predicted_load, save
+from moe.parallel.placement import Placement, contiguous, plan, predicted_load, save
+from moe.parallel.replay import from_placement, rank_load
 from moe.proctree import Proc, alive
 
 TIMEOUT_S = 300.0   # a job that runs longer is stopped
@@ -34,11 +36,19 @@ class EPRun:
     """One Run click: state is 'running', then 'done', 'failed' or 'cancelled'."""
 
     def __init__(self, key, W: int, R: int, flags: list[str], n_experts: int, sidebar_load: np.ndarray,
-                 alive_check: Callable[[], bool] = lambda: True):
+                 alive_check: Callable[[], bool] = lambda: True, placements: dict[str, Placement] | None = None):
+        """Contiguous then planned; or, given `placements` (name -> Placement for W ranks), each of those, its
+        replayed load (moe.parallel.replay.rank_load of sidebar_load) as the prediction."""
         check_ep_job(W, flags)  # ValueError before anything starts: the tree would not fit
         self.key, self.W, self.R, self.flags, self.E = key, W, R, flags, n_experts
-        self.phases = (["contiguous"] if W <= n_experts else []) + ["planned"]
-        if W > n_experts:
+        self.placements = placements
+        if placements is not None:
+            self.phases = list(placements)
+            if any(p.world_size != W or p.n_experts != n_experts for p in placements.values()):
+                raise ValueError(f"a placement to run is not for W={W} ranks and E={n_experts} experts")
+        else:
+            self.phases = (["contiguous"] if W <= n_experts else []) + ["planned"]
+        if placements is None and W > n_experts:
             plan(sidebar_load, W, R)  # ValueError now (too few experts and slots), not in the thread
         self.sidebar_load, self._alive = sidebar_load, alive_check
         self.state, self.error, self.phase = "running", "", 0
@@ -71,6 +81,9 @@ class EPRun:
 
     def _run(self) -> None:
         try:
+            if self.placements is not None:
+                self._run_given()
+                return
             load = self.sidebar_load
             if "contiguous" in self.phases:
                 self.docs["contiguous"] = self._job(self.flags)
@@ -90,6 +103,17 @@ class EPRun:
             self.error, self.state = str(err), "failed"
         except Exception as err:  # noqa: BLE001 - the page shows one line, never a traceback
             self.error, self.state = f"{type(err).__name__}: {err}", "failed"
+
+    def _run_given(self) -> None:
+        """Each given placement for real; the replayed load is what the forward must measure."""
+        load = np.asarray(self.sidebar_load, dtype=np.int64)                           # (E,)
+        for i, (name, placement) in enumerate(self.placements.items()):
+            self.phase = i
+            with tempfile.TemporaryDirectory() as tmp:
+                save(placement, f"{tmp}/plan.json", load)
+                self.docs[name] = self._job(self.flags + ["--placement", f"{tmp}/plan.json"])
+            self.predicted[name] = rank_load(load[None], from_placement(placement))[0].tolist()
+        self.state = "done"
 
     def _job(self, flags: list[str]) -> dict:
         self.progress = None

@@ -54,6 +54,22 @@ TRACE_DEFAULTS = {"trace_source": "Upload", "trace_experts": None, "trace_layers
 EP_JOB, EP_RUNS = "ep_job", "ep_runs"   # the running job; the finished runs' documents
 EP_LINK_NOTES = "ep_link_notes"         # the link's Expert parallel keys that were refused
 EP_DEFAULTS = {"ep_world": 2, "ep_slots": 2}
+EP_PLAN_JOB, EP_PLAN_RUNS = "ep_plan_job", "ep_plan_runs"  # a Placement plan run for real: the job; its documents
+# --- Placement section (dashboard.views.placement), drawn on the Runs page ("runs") and the EP page ("ep"): its
+# widgets' keys are `placement_key(prefix, name)`; their options depend on the log, so the view checks the values
+PLACEMENT_PREFIXES = ("runs", "ep")
+PLACEMENT_WIDGETS = ("world", "slots", "window", "nodes", "layer", "metric", "heat", "export_slots", "export_from",
+                     "real_planner", "real_slots")
+PLACEMENT_ELEMENTS = ("balance_chart", "heat_chart", "interval_chart", "interval_table", "hot_chart", "file_moe_scope",
+                      "file_sglang", "file_vllm", "real_run", "real_cancel", "real_chart")  # no value to keep
+
+
+def placement_key(prefix: str, name: str) -> str:
+    """The session key of one Placement widget or element (`name` from PLACEMENT_WIDGETS or PLACEMENT_ELEMENTS)
+    in the section `prefix`."""
+    if name not in PLACEMENT_WIDGETS + PLACEMENT_ELEMENTS:
+        raise KeyError(f"no Placement widget {name!r}")
+    return f"{prefix}_place_{name}"
 # --- Compare page: two Playground links (the text inputs), the forwards they ran, the link's refused sides
 COMPARE_DEFAULTS = {key: "" for key in COMPARE_KEYS.values()}
 COMPARE_RESULTS = "compare_results"     # {"A": (RunSpec, RunResult), ...}: a side reruns only when its spec changes
@@ -82,7 +98,8 @@ def defaults() -> dict:
 def kept_widgets() -> list[str]:
     """The widgets whose values outlive a run that does not draw them (buttons and uploads have none to keep)."""
     return [*CONTROL_DEFAULTS, PRESET, VIEW, LOAD_ORDER, INSPECTOR_TOKEN, *model_defaults(), *live_defaults(),
-            *TRACE_DEFAULTS, *EP_DEFAULTS, *COMPARE_DEFAULTS]
+            *TRACE_DEFAULTS, *EP_DEFAULTS, *COMPARE_DEFAULTS,
+            *(placement_key(p, name) for p in PLACEMENT_PREFIXES for name in PLACEMENT_WIDGETS)]
 
 
 def init() -> None:

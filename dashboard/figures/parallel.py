@@ -21,8 +21,10 @@ def rank_axis(world_size: int) -> dict:
     return axis("rank", tickmode="linear", tick0=0, dtick=1, range=[-0.5, world_size - 0.5])
 
 
-def rank_load_figure(runs: dict[str, pd.DataFrame], predicted: dict[str, list[int]] | None = None) -> go.Figure:
-    """Assignments computed per rank for each placement (grouped bars), the mean line, predicted markers."""
+def rank_load_figure(runs: dict[str, pd.DataFrame], predicted: dict[str, list[int]] | None = None,
+                     predicted_label: str = "predicted") -> go.Figure:
+    """Assignments computed per rank for each placement (grouped bars), the mean line, predicted markers (named
+    `predicted_label`: "replayed" for a plan of the Placement section)."""
     predicted = predicted or {}
     colors = [NEUTRAL_COLOR, PLANNED_COLOR]
     data = []
@@ -30,9 +32,10 @@ def rank_load_figure(runs: dict[str, pd.DataFrame], predicted: dict[str, list[in
         data.append(go.Bar(x=rows["rank"], y=rows["assignments"], name=f"{name}: measured", marker_color=color,
                            hovertemplate="rank %{x}: %{y} assignments<extra>" + name + "</extra>"))
         if name in predicted:
-            data.append(go.Scatter(x=rows["rank"], y=predicted[name], mode="markers", name=f"{name}: predicted",
+            data.append(go.Scatter(x=rows["rank"], y=predicted[name], mode="markers",
+                                   name=f"{name}: {predicted_label}",
                                    marker=dict(symbol="line-ew-open", size=22, color=PREDICTED_COLOR, line_width=2),
-                                   hovertemplate="rank %{x}: predicted %{y}<extra>" + name + "</extra>"))
+                                   hovertemplate=f"rank %{{x}}: {predicted_label} %{{y}}<extra>{name}</extra>"))
     first = next(iter(runs.values()))
     W, mean = len(first), float(first["assignments"].mean())
     data.append(go.Scatter(x=[-0.5, W - 0.5], y=[mean, mean], mode="lines", name="mean",

@@ -12,16 +12,14 @@ from moe.parallel.launch import check_torchrun
 
 from dashboard import page, sidebar, state
 from dashboard.definitions import DEFINITIONS
+from dashboard.ep_panel import PanelKeys, busy, panel, session_alive_check
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 from dashboard.links import EP_WORLD, SLOTS_PER_EXPERT, ep_to_query, to_query
 from dashboard.result import RunResult
+from dashboard.views import ep_placement
 
-PROGRESS_HELP = ("**rank processes** = ranks torchrun has started (each first imports torch); **ready** = ranks "
-                 "that entered ep-report; **joined** = ranks in the process group; **forwards** = forwards (warm-up "
-                 "+ repeats) the slowest rank has finished; memory = the job's process tree, sum of proportional "
-                 "set sizes, against the budget (MOE_SCOPE_MEMORY_GB).")
-
+KEYS = PanelKeys(job=state.EP_JOB, runs=state.EP_RUNS, cancel="ep_cancel")
 
 def ep_flags(result: RunResult) -> list[str]:
     """The ep-report flags for the sidebar's layer and scenario (ValueError when EP cannot run it). The ranks run
@@ -77,9 +75,10 @@ def render(result: RunResult) -> None:
                f"process is ended, and so is a job whose browser tab is closed.")
     run: EPRun | None = st.session_state.get(state.EP_JOB)
     running = run is not None and run.running
-    if st.button("Run on W processes", key="ep_run", type="primary", disabled=running):
+    if st.button("Run on W processes", key="ep_run", type="primary", disabled=busy(state.EP_JOB, state.EP_PLAN_JOB)):
         running = _start(key, flags, W, int(R), result)
-    st.fragment(_panel, run_every=POLL_S * 2 if running else None)(key, running)
+    st.fragment(panel, run_every=POLL_S * 2 if running else None)(key, running, KEYS, _draw)
+    ep_placement.section(result, W, flags)
 
 
 def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
@@ -93,56 +92,6 @@ def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
         st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
         return False
     return True
-
-
-def session_alive_check():
-    """A callable telling whether this browser session is still connected (always true outside a server)."""
-    from streamlit import runtime
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
-    ctx = get_script_run_ctx()
-    if ctx is None or not runtime.exists():
-        return lambda: True
-    server, session_id = runtime.get_instance(), ctx.session_id
-    return lambda: server.is_active_session(session_id)
-
-
-def _panel(key, ticking: bool) -> None:
-    """Progress and Cancel while the jobs run (this fragment reruns every tick); then the outcome."""
-    ss = st.session_state
-    run: EPRun | None = ss.get(state.EP_JOB)
-    if run is not None and run.running:
-        fraction, text = run.status()
-        st.progress(min(fraction, 1.0), text=text)
-        st.caption(PROGRESS_HELP)
-        st.button("Cancel", key="ep_cancel", on_click=_cancel)
-        return
-    if ticking:  # the run ended while this fragment ticked: redraw without the timer
-        st.rerun()
-    if run is not None and run.state == "cancelled":
-        if run.left:
-            st.warning(f"Cancelled, but {len(run.left)} process(es) of the job could not be ended.", icon="⚠️")
-        else:
-            st.info("Cancelled: the expert-parallel job was stopped and no process is left.")
-        return
-    if run is not None and run.state == "failed":
-        st.error(f"The expert-parallel job did not complete: {run.error}", icon="⚠️")
-        return
-    if run is not None and run.state == "done":
-        ss[state.EP_RUNS] = {"key": run.key, "docs": run.docs, "predicted": run.predicted,
-                         "plan_note": run.plan_note, "kept_current": run.kept_current}
-        del ss[state.EP_JOB]
-    runs = ss.get(state.EP_RUNS)
-    if runs is None or runs["key"] != key:
-        st.caption("Not run yet for these settings.")
-        return
-    _draw(runs)
-
-
-def _cancel() -> None:
-    run: EPRun | None = st.session_state.get(state.EP_JOB)
-    if run is not None:
-        run.cancel()
 
 
 def _draw(runs: dict) -> None:

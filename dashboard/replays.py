@@ -1,0 +1,52 @@
+"""The Placement section's caches (st.cache_data: each caller gets a copy): one layer of a routing log replayed under
+each placement (moe.parallel.judge), and the plan files of every layer (moe.parallel.export), keyed by their inputs.
+Nothing here draws; errors are the engine's one-line ValueErrors, left to the view."""
+from __future__ import annotations
+
+import numpy as np
+import streamlit as st
+
+from moe.jsonio import dumps
+from moe.parallel.export import check_serving, layer_plans, plan_document
+from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
+
+SERVING = ("sglang", "vllm")
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def replay(layer_counts: np.ndarray, layer: str, p2l_row: np.ndarray | None, settings: ReplaySettings
+           ) -> tuple[LayerReplay, str]:
+    """One layer's replay (counts (S, E); p2l_row (P,) the run's map of that layer, or None) and its verdict."""
+    counts = np.asarray(layer_counts)[:, None, :]                                    # (S, 1, E)
+    p2l = None if p2l_row is None else np.asarray(p2l_row)[None, :]                   # (1, P)
+    results = replay_log(counts, [layer], settings, p2l)
+    current = "contiguous blocks" if p2l is None else "the run's placement"
+    return results[0], verdict(results, current)
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | None, world_size: int,
+               redundant_slots: int, last_window: int | None = None) -> dict:
+    """One plan per layer (moe.parallel.export.layer_plans: our planner, from the whole log or its last window of
+    `last_window` steps) as the three plan files: {"moe-scope": text, "sglang": text | None, "vllm": text | None,
+    "serving_error": why there is no serving file ("" when there is), "notes": {layer: note}}."""
+    counts, layers = np.asarray(counts), list(layers)                                # (S, L, E)
+    E = counts.shape[2]
+    ours = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window)
+    out = {"moe-scope": _document("moe-scope", ours, E), "sglang": None, "vllm": None, "serving_error": "",
+           "notes": {name: p.note for name, p in ours.items()}}
+    try:
+        check_serving(E, redundant_slots, world_size)
+        full = all(p.layout.n_slots == E + redundant_slots for p in ours.values())  # serving only pads the others
+        padded = ours if full else layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window,
+                                               serving=True)
+        for fmt in SERVING:
+            out[fmt] = _document(fmt, padded, E)
+    except ValueError as err:
+        out["serving_error"] = str(err)
+    return out
+
+
+def _document(fmt: str, plans: dict, n_experts: int) -> str:
+    layouts, notes = [p.layout for p in plans.values()], [p.note for p in plans.values()]
+    return dumps(plan_document(fmt, list(plans), layouts, n_experts, notes), indent=1)

@@ -1,0 +1,210 @@
+"""Placement: should this run enable EPLB? One layer of a routing log replayed window by window under the current
+placement, our planner and DeepSeek's EPLB (each planned on one window, measured on the next), the engine's
+verdict, and the plan files for SGLang, vLLM and moe-scope. Self-contained: `render(log, key_prefix)` is the one
+call a page makes; the Runs page passes "runs", the Expert parallel page "ep" (with its own W)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from moe.cli.plan import DEFAULT_WINDOWS
+from moe.parallel.export import serving_redundant_slots
+from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows
+from moe.traces.log import RoutingLog
+
+from dashboard import replays
+from dashboard.definitions import caption
+from dashboard.figures.colors import expert_colors
+from dashboard.figures.placement import (METRIC_TITLES, balance_figure, hot_figure, interval_figure, interval_table,
+                                         rank_heatmap_figure, series_name)
+from dashboard.state import placement_key
+
+INTRO = ("Replays the log's expert counts window by window under the placement the run used (its physical → logical "
+         "map, else contiguous blocks), our planner and DeepSeek's EPLB: each plan is made on one window and measured "
+         "on the next, the honest figure.")
+METRIC_DEFINITIONS = {"balancedness_vllm": "balancedness_vllm", "balancedness_sglang": "balancedness_sglang",
+                      "max_over_mean": "rank_max_over_mean"}
+EXPORT_FROM = ("whole log", "last window")
+
+
+@dataclass(frozen=True)
+class Replayed:
+    """What the section replayed: a page may act on it (the Expert parallel page runs a plan for real)."""
+    log: RoutingLog
+    layer: str
+    settings: ReplaySettings
+    result: LayerReplay
+
+
+def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> Replayed | None:
+    """The Placement section for `log`; world_size fixes W (the Expert parallel page's processes)."""
+    st.subheader("Placement")
+    st.caption(INTRO)
+    key = _keys(key_prefix)
+    try:
+        settings, layer = _controls(log, key, world_size)
+        i = log.layers.index(layer)
+        p2l = None if log.physical_to_logical is None else log.physical_to_logical[i]
+        with st.spinner(f"Replaying layer {layer} under each placement…"):
+            result, text = replays.replay(log.counts[:, i, :], layer, p2l, settings)
+    except ValueError as err:
+        st.error(f"The replay cannot run: {err}", icon="⚠️")
+        return None
+    st.info(text)
+    st.caption(caption("placement_verdict"))
+    for note in result.notes:
+        st.caption(note)
+    _charts(result, key, log.n_experts)
+    _downloads(log, settings, key)
+    return Replayed(log, layer, settings, result)
+
+
+def _keys(prefix: str):
+    return lambda name: placement_key(prefix, name)
+
+
+def keep_choice(key: str, options: list, default) -> None:
+    """A kept value that this log does not offer goes back to the default (options depend on the log)."""
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = default
+
+
+def world_options(log: RoutingLog) -> list[int]:
+    """W that make sense: divisors of the slots per layer (E, or the run's map's P) and, without a map, powers of
+    two up to E (contiguous blocks take any W <= E)."""
+    P = log.n_experts if log.physical_to_logical is None else log.physical_to_logical.shape[1]
+    found = {d for d in range(2, P + 1) if P % d == 0}
+    if log.physical_to_logical is None:
+        found |= {2 ** k for k in range(1, P.bit_length()) if 2 ** k <= P}
+    recorded = log.meta.get("world_size")
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1 and P % recorded == 0:
+        found.add(recorded)
+    return sorted(found) or [1]
+
+
+def slot_options(n_experts: int, world_size: int) -> list[int]:
+    """R offered: 0, powers of two up to E, and the first R the serving formats take (E + R a multiple of W)."""
+    most = n_experts * max(world_size - 1, 1)
+    found = {0} | {2 ** k for k in range(n_experts.bit_length()) if 2 ** k <= n_experts}
+    found |= set(serving_redundant_slots(n_experts, world_size, n_experts)[:16])
+    return sorted(R for R in found if R <= most)
+
+
+def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySettings, str]:
+    E, S = log.n_experts, len(log.steps)
+    c1, c2, c3, c4, c5 = st.columns([1, 2, 1, 1, 1])
+    if world_size is None:
+        options = world_options(log)
+        recorded = log.meta.get("world_size")
+        keep_choice(key("world"), options, recorded if recorded in options else max([w for w in options if w <= 8],
+                                                                               default=options[0]))
+        W = c1.selectbox("Ranks (W)", options, key=key("world"), help="expert-parallel ranks (GPUs) the replay "
+                         "spreads the experts over")
+    else:
+        W = world_size
+        c1.metric("Ranks (W)", W, help="this page's processes")
+    options = slot_options(E, W)
+    serving = [R for R in serving_redundant_slots(E, W, E) if R > 0]
+    default = [0] + ([serving[0]] if serving and serving[0] in options else [o for o in options if o][:1])
+    st.session_state[key("slots")] = [R for R in st.session_state.get(key("slots"), default) if R in options] \
+        or default
+    Rs = c2.multiselect("Redundant slots (R)", options, key=key("slots"),
+                        help="extra expert slots (replicas) each planner may place; the serving formats need E + R "
+                             "to be a multiple of W")
+    window = st.session_state.get(key("window"))
+    st.session_state[key("window")] = min(window, S) if isinstance(window, int) else max(1, -(-S // DEFAULT_WINDOWS))
+    window = c3.number_input("Steps per window", 1, S, key=key("window"),
+                             help=f"the log's {S} steps cut into windows of this many steps (a last partial window "
+                                  f"dropped)")
+    nodes_options = [n for n in range(1, W + 1) if W % n == 0]
+    keep_choice(key("nodes"), nodes_options, 1)
+    nodes = c4.selectbox("Nodes (EPLB)", nodes_options, key=key("nodes"),
+                         help="DeepSeek's hierarchical mode: groups of experts to nodes first, then replicas to "
+                              "the node's GPUs (num_nodes; W / nodes GPUs each; as many expert groups as nodes)")
+    keep_choice(key("layer"), log.layers, log.layers[0])
+    layer = c5.selectbox("Layer", log.layers, key=key("layer"), disabled=len(log.layers) == 1)
+    if not Rs:
+        raise ValueError("choose at least one number of redundant slots R (0 replays the placements without "
+                         "replicas)")
+    return ReplaySettings(W, tuple(sorted(Rs)), window=window, num_nodes=nodes), layer
+
+
+def _charts(result: LayerReplay, key, n_experts: int) -> None:
+    rows = pd.DataFrame(balance_rows(result))
+    metric = st.selectbox("Balance measure", list(METRIC_TITLES), format_func=METRIC_TITLES.get, key=key("metric"))
+    st.plotly_chart(balance_figure(rows, metric, result.layer), width="stretch", key=key("balance_chart"))
+    st.caption(caption(METRIC_DEFINITIONS[metric], "replay_next_window"))
+    series = [k for k in result.loads if k[0] != "current" or k[1] == result.redundant_slots[0]]
+    labels = {series_name(*k): k for k in series}
+    keep_choice(key("heat"), list(labels), "current")  # the run as it was: does its imbalance persist?
+    chosen = st.selectbox("Rank load of", list(labels), key=key("heat"))
+    st.plotly_chart(rank_heatmap_figure(result.loads[labels[chosen]], f"Load per rank and window: {chosen}"),
+                    width="stretch", key=key("heat_chart"))
+    st.caption(caption("replay_rank_load"))
+    table = interval_table(result.intervals, result.rest)
+    st.plotly_chart(interval_figure(table), width="stretch", key=key("interval_chart"))
+    shown = table.assign(placement=[series_name(n, int(R)) for n, R in zip(table["placement"],
+                                                                           table["redundant_slots"])],
+                         every=table["every"].map(lambda v: "rest of the run" if v == 0 else f"every {v}"))
+    st.dataframe(shown.pivot_table(index="placement", columns="every", values="p50_balancedness", sort=False,
+                                   dropna=False),
+                 key=key("interval_table"))
+    st.caption(caption("replay_rebalance_interval"))
+    _hot(result, key, n_experts)
+
+
+def _hot(result: LayerReplay, key, n_experts: int) -> None:
+    left, right = st.columns([2, 1])
+    left.plotly_chart(hot_figure(result.hot_windows, len(result.windows), result.hot_top, expert_colors(n_experts)),
+                      width="stretch", key=key("hot_chart"))
+    right.metric("Hot experts persisting", _share(result.persistence),
+                 help="mean share of a window's hot experts still hot in the next window")
+    for R, share in result.absorbed.items():
+        if R:
+            right.metric(f"Absorbed by replicas, R={R}", _share(share),
+                         help="p50 share of the next window's tokens on the experts the plan replicated")
+    if result.hot_top >= n_experts:
+        st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert is hot in every window; choose fewer "
+                   f"redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
+    st.caption(caption("hot_expert_persistence"))
+
+
+def _share(value: float) -> str:
+    """A share as a percentage; "—" where there is none (one window: no next window to compare)."""
+    return f"{value:.0%}" if np.isfinite(value) else "—"
+
+
+def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
+    st.markdown("**Plan files** (our planner, one plan per layer of the log)")
+    c1, c2 = st.columns(2)
+    Rs = list(settings.redundant_slots)
+    keep_choice(key("export_slots"), Rs, Rs[-1])
+    R = c1.selectbox("Redundant slots of the plan", Rs, key=key("export_slots"))
+    keep_choice(key("export_from"), list(EXPORT_FROM), EXPORT_FROM[0])
+    source = c2.radio("Plan made from", EXPORT_FROM, key=key("export_from"), horizontal=True)
+    W = settings.world_size
+    try:
+        with st.spinner("Planning every layer…"):
+            files = replays.plan_files(log.counts, tuple(log.layers), log.physical_to_logical, W, int(R),
+                                       settings.window if source == EXPORT_FROM[1] else None)
+    except ValueError as err:
+        st.error(f"No plan: {err}", icon="⚠️")
+        return
+    cols = st.columns(3)
+    cols[0].download_button("moe-scope plan (JSON)", files["moe-scope"], file_name="plan-moe-scope.json",
+                            mime="application/json", on_click="ignore", key=key("file_moe_scope"))
+    if files["serving_error"]:
+        cols[1].caption(f"No SGLang or vLLM file for R={R}: {files['serving_error']}")
+    else:
+        cols[1].download_button("SGLang --init-expert-location (JSON)", files["sglang"], file_name="plan-sglang.json",
+                                mime="application/json", on_click="ignore", key=key("file_sglang"))
+        cols[2].download_button("vLLM-style map (JSON)", files["vllm"], file_name="plan-vllm.json",
+                                mime="application/json", on_click="ignore", key=key("file_vllm"))
+    kept = [name for name, note in files["notes"].items() if note.startswith("kept")]
+    if kept:
+        st.caption(f"{len(kept)} of {len(files['notes'])} layers keep the current placement: no plan with these "
+                   f"slots lightens their busiest rank.")
+    st.caption(caption("placement_export"))

@@ -1,0 +1,116 @@
+"""The Expert parallel page's Placement section: the page's own load as a routing log, and a plan of it run for
+real on W torchrun processes, whose measured per-rank load equals the replayed one."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from moe import MoEConfig, MoELayer
+from moe.parallel.replay import from_placement, rank_load
+from moe.scenarios import make_batch
+from test_parallel_view import view_app
+
+from dashboard.result import RunResult
+from dashboard.views.ep_placement import log_from_result, planned_placement
+
+
+def small_result(seq_len: int | None = None) -> RunResult:
+    cfg = MoEConfig(d_model=12, d_expert=24, seed=1, n_experts=4, top_k=2)
+    batch = make_batch("clusters", cfg.d_model, 50, seed=cfg.seed, n_clusters=3, skew=2.0)
+    _, trace = MoELayer(cfg)(batch.x)
+    trace = trace.cpu()
+    return RunResult(config=cfg, scenario="clusters", scenario_params={}, trace=trace,
+                     per_expert=trace.per_expert(), summary=trace.summary(), seq_len=seq_len)
+
+
+def test_the_pages_log_is_the_served_assignments_in_blocks_of_consecutive_tokens():
+    result = small_result()
+    served = result.trace.served.numpy().astype(int)  # (50, 4)
+    log = log_from_result(result, blocks=8)
+    assert log.layers == ["0"] and log.counts.shape == (8, 1, 4)
+    edges = [int(np.floor(k * 50 / 8)) for k in range(9)]
+    for s in range(8):
+        assert log.counts[s, 0].tolist() == served[edges[s]:edges[s + 1]].sum(axis=0).tolist()
+    assert log.counts.sum(axis=(0, 1)).tolist() == result.per_expert["served"].tolist()
+    assert log_from_result(small_result(seq_len=50)).counts.shape == (32, 1, 4)  # one sequence: still 32 steps
+
+
+def wait_for_plan_run(at: AppTest, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while "ep_plan_job" in at.session_state and at.session_state["ep_plan_job"].running:
+        assert time.monotonic() < deadline, "the plan run did not end"
+        time.sleep(0.5)
+    at.run(timeout=120)
+    at.run(timeout=120)  # the first run notices the end and reruns; AppTest runs once per call
+
+
+def test_a_planned_placement_runs_for_real_and_measured_equals_replayed():
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    assert at.multiselect(key="ep_place_slots").value == [0, 2]  # E=4, W=2: R=2 is the first serving R
+    assert at.selectbox(key="ep_place_real_slots").value == 2
+    at.button(key="ep_place_real_run").click().run()
+    assert "job 1 of 1" in at.get("progress")[0].proto.text  # in the background, with its progress
+    at.run()
+    assert at.button(key="ep_run").disabled  # one expert-parallel job at a time
+    wait_for_plan_run(at, 300)
+    assert not at.exception and not at.error, at.error
+    runs = at.session_state["ep_plan_runs"]
+    (name, doc), = runs["docs"].items()
+    assert name == "our planner, R=2" and doc["placement"]["redundant_slots"] == 2
+    measured = [row["assignments"] for row in doc["per_rank"]]
+    served = np.array([row["served"] for row in doc["per_expert"]])  # what the ranks' forward served
+    placement = planned_placement(served, 2, 2, "planned")
+    assert doc["placement"]["ranks"] == [list(r) for r in placement.ranks]
+    assert measured == runs["predicted"][name] == rank_load(served[None], from_placement(placement))[0].tolist()
+    assert at.success[0].value == f"Measured equals replayed on every rank: {measured}."
+    ids = [c.proto.id for c in at.get("plotly_chart")]
+    assert any(i.endswith("ep_place_real_chart") for i in ids)
+
+
+def test_deepseeks_eplb_plan_runs_for_real_too():
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
+    at.selectbox(key="ep_place_real_planner").set_value("DeepSeek's EPLB")
+    at.selectbox(key="ep_place_real_slots").set_value(0).run()
+    assert not at.exception and not at.error, at.error
+    at.button(key="ep_place_real_run").click().run()
+    wait_for_plan_run(at, 300)
+    assert not at.exception and not at.error, at.error
+    runs = at.session_state["ep_plan_runs"]
+    doc = runs["docs"]["DeepSeek's EPLB, R=0"]
+    served = np.array([row["served"] for row in doc["per_expert"]])
+    placement = planned_placement(served, 2, 0, "eplb")
+    assert doc["placement"]["ranks"] == [list(r) for r in placement.ranks]
+    measured = [row["assignments"] for row in doc["per_rank"]]
+    assert measured == runs["predicted"]["DeepSeek's EPLB, R=0"]
+    assert at.success[0].value.startswith("Measured equals replayed")
+
+
+def test_a_plan_the_forward_cannot_host_is_one_line():
+    """DeepSeek's EPLB may give one expert two slots on one GPU; the forward hosts an expert once per rank."""
+    import pytest
+
+    load = np.array([100, 1, 1, 1])  # all the extra slots go to expert 0
+    with pytest.raises(ValueError, match="puts two slots of one expert on a rank"):
+        planned_placement(load, 2, 2, "eplb")
+
+
+def test_cancel_stops_the_plan_run_and_leaves_no_process():
+    from ep_support import job_processes, still_running
+
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
+    at.button(key="ep_place_real_run").click().run()
+    run = at.session_state["ep_plan_job"]
+    deadline = time.monotonic() + 120
+    while (run.progress is None or run.progress.started < 2) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    procs = job_processes(run._current.proc.pid)
+    at.run()
+    at.button(key="ep_place_real_cancel").click().run()
+    at.run()
+    assert still_running(procs) == [] and not at.exception
+    assert any("Cancelled: the expert-parallel job was stopped" in i.value for i in at.info)
+    assert "ep_plan_runs" not in at.session_state and not at.success
+    assert not at.button(key="ep_run").disabled  # the page's own run may start again

@@ -1,0 +1,159 @@
+"""The Placement section: drawn from a routing log written to disk (as the Runs page opens one), it shows the
+engine's verdict, the replay's charts with their definitions, and plan files the engine reads back."""
+from __future__ import annotations
+
+import base64
+import json
+
+import numpy as np
+import pytest
+from streamlit.runtime.memory_media_file_storage import _calculate_file_id
+from streamlit.testing.v1 import AppTest
+
+from dashboard import replays
+from moe.parallel.export import read_plan
+from moe.parallel.judge import ReplaySettings, balance_rows, replay_log, verdict
+from moe.parallel.replay import rank_load
+from moe.traces.log import RoutingLog
+from moe.traces.opener import open_trace
+from moe.traces.store import write_log
+
+S, LAYERS, E = 24, ["3", "7"], 8
+
+
+def section_app(path: str, world_size: int | None = None) -> None:
+    from dashboard.views import placement
+    from moe.traces.opener import open_trace
+    placement.render(open_trace(path).log(), "runs", world_size)
+
+
+@pytest.fixture
+def log_dir(tmp_path) -> str:
+    """A skewed log: a few hot experts per layer, drawn from a fixed seed, written with the store's writer."""
+    rng = np.random.default_rng(4)
+    counts = np.stack([rng.multinomial(400, rng.dirichlet(np.full(E, 0.4)), size=S) for _ in LAYERS], axis=1)
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("moe-scope-recorder", LAYERS, np.arange(S) * 10, counts, top_k=2), path)
+    return path
+
+
+def chart_traces(at: AppTest, i: int) -> dict:
+    """The i-th chart's traces by name, as the page sent them to the browser (typed arrays decoded)."""
+    spec = json.loads(at.get("plotly_chart")[i].proto.spec)
+    return {t.get("name"): {k: _array(v) for k, v in t.items()} for t in spec["data"]}
+
+
+def _array(value):
+    """Plotly's JSON writes numeric arrays as {"dtype", "bdata" (base64), "shape"}: back to a list."""
+    if isinstance(value, dict) and "bdata" in value:
+        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
+        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
+        return flat.reshape(shape).tolist()
+    return value
+
+
+def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_dir):
+    at = AppTest.from_function(section_app, args=(log_dir,), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    assert at.selectbox(key="runs_place_world").value == 8 and at.multiselect(key="runs_place_slots").value == [0, 8]
+    log = open_trace(log_dir).log()
+    settings = ReplaySettings(8, (0, 8), window=1)  # 24 steps in at most 32 windows: one step each
+    results = replay_log(log.counts, log.layers, settings, only=["3"])
+    assert at.info[0].value == verdict(results, "contiguous blocks")
+    assert len(at.get("plotly_chart")) == 4
+    rows = [row for row in balance_rows(results[0]) if row["placement"] == "current"]
+    current = chart_traces(at, 0)["current"]
+    assert current["x"] == [row["window"] for row in rows]
+    assert np.allclose(current["y"], [row["balancedness_vllm"] for row in rows])
+    by_hand = log.counts[:, 0, :].reshape(S, 8, 1).sum(axis=2)  # W = E: one expert per rank
+    assert np.allclose(current["y"], by_hand.mean(axis=1) / by_hand.max(axis=1))
+    heat = chart_traces(at, 1)[None]
+    assert heat["z"] == by_hand.T.tolist()  # ranks × windows, the current placement's load first
+    captions = "\n".join(c.value for c in at.caption)
+    for name in ("placement_verdict", "balancedness_vllm", "replay_next_window", "replay_rank_load",
+                 "replay_rebalance_interval", "hot_expert_persistence", "placement_export"):
+        assert f"`{name}`:" in captions
+    at.selectbox(key="runs_place_layer").set_value("7").run()
+    results = replay_log(log.counts, log.layers, settings, only=["7"])
+    assert not at.exception and at.info[0].value == verdict(results, "contiguous blocks")
+
+
+def test_the_downloads_are_the_plan_files_and_read_back(log_dir, tmp_path):
+    at = AppTest.from_function(section_app, args=(log_dir,), default_timeout=60).run()
+    assert len(at.get("download_button")) == 3
+    log = open_trace(log_dir).log()
+    files = replays.plan_files(log.counts, tuple(log.layers), None, 8, 8)
+    for b, (fmt, name) in zip(at.get("download_button"), (("moe-scope", "plan-moe-scope.json"),
+                                                            ("sglang", "plan-sglang.json"),
+                                                            ("vllm", "plan-vllm.json"))):
+        assert b.proto.url.endswith(_calculate_file_id(files[fmt].encode(), "application/json", name) + ".json")
+        path = tmp_path / name
+        path.write_text(files[fmt])
+        plan = read_plan(str(path), E, 8)
+        assert plan.layers == (["0", "1"] if fmt == "sglang" else LAYERS)  # SGLang's map names no layer
+        assert plan.n_experts == E and plan.world_size == 8
+        for i, layout in enumerate(plan.layouts):
+            assert set(layout.slot_expert.tolist()) == set(range(E))  # every logical expert placed
+            assert layout.n_slots == E + 8 and np.bincount(layout.slot_rank).tolist() == [2] * 8
+            load = log.counts[:, i, :].sum(axis=0)
+            assert rank_load(load[None], layout).max() <= load.max()  # no rank above the hottest expert alone
+    notes = json.loads(files["moe-scope"])["layers"]
+    assert all(v["note"] == "planned 8 redundant slots" for v in notes.values())
+
+
+def test_serving_files_only_where_e_plus_r_is_a_multiple_of_w_and_the_page_says_why(log_dir):
+    at = AppTest.from_function(section_app, args=(log_dir,), default_timeout=60).run()
+    at.selectbox(key="runs_place_world").set_value(4).run()
+    at.multiselect(key="runs_place_slots").set_value([0, 2]).run()
+    assert not at.exception and not at.error
+    assert at.selectbox(key="runs_place_export_slots").value == 2
+    assert [b.label for b in at.get("download_button")] == ["moe-scope plan (JSON)"]  # 8 + 2 is not a multiple of 4
+    captions = "\n".join(c.value for c in at.caption)
+    assert "No SGLang or vLLM file for R=2: SGLang and vLLM need E + R to be a multiple of W" in captions
+    assert "use R in [2, 4]" not in captions and "use R in [4, 8]" in captions  # the nearest R that work
+    at.selectbox(key="runs_place_export_slots").set_value(0).run()
+    assert len(at.get("download_button")) == 3
+
+
+def test_a_replay_that_cannot_run_is_one_line(log_dir):
+    at = AppTest.from_function(section_app, args=(log_dir, 12), default_timeout=60).run()
+    assert not at.exception
+    assert at.error[0].value.startswith("The replay cannot run: world size 12 is larger than n_experts=8")
+    assert "\n" not in at.error[0].value and not at.get("plotly_chart")
+
+
+def test_a_log_with_the_runs_map_replays_that_placement(tmp_path):
+    """The run's physical → logical map is the current placement: slot p on rank p // (P / W), an expert with two
+    slots splits its tokens in two chunks (the larger second), computed here slot by slot."""
+    p2l = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])  # (L=1, P=12): experts 0-3 twice
+    counts = np.random.default_rng(2).integers(0, 40, size=(6, 1, E))
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), counts, physical_to_logical=p2l,
+                         meta={"world_size": 4}), path)
+    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
+    assert at.selectbox(key="runs_place_world").value == 4  # the run's W, from the log
+    at.selectbox(key="runs_place_heat").set_value("current").run()
+    assert not at.exception and not at.error, at.error
+    by_hand = np.zeros((6, 4), dtype=int)
+    for s in range(6):
+        for p, e in enumerate(p2l[0]):
+            n = counts[s, 0, e]
+            share = n if e > 3 else (n // 2 if p < 8 else n - n // 2)
+            by_hand[s, p // 3] += share
+    assert chart_traces(at, 1)[None]["z"] == by_hand.T.tolist()
+
+
+def test_a_layer_that_keeps_its_placement_is_padded_only_in_the_serving_files(tmp_path):
+    """An even layer keeps contiguous blocks (E slots) in our file; SGLang's and vLLM's need E + R on every layer."""
+    even = np.full((4, 1, E), 10)
+    skewed = np.tile(np.array([80, 1, 1, 1, 1, 1, 1, 1]), (4, 1))[:, None, :]
+    counts = np.concatenate([even, skewed], axis=1)                                   # (S=4, L=2, E)
+    files = replays.plan_files(counts, ("even", "skewed"), None, 4, 4)
+    ours = json.loads(files["moe-scope"])["layers"]
+    assert ours["even"]["redundant_slots"] == 0 and ours["even"]["note"].startswith("kept the current placement")
+    assert ours["skewed"]["redundant_slots"] == 4
+    (tmp_path / "sglang.json").write_text(files["sglang"])
+    plan = read_plan(str(tmp_path / "sglang.json"), E, 4)
+    assert [lay.n_slots for lay in plan.layouts] == [E + 4, E + 4]
+    load = counts[:, 0, :].sum(axis=0)
+    assert rank_load(load[None], plan.layouts[0]).max() <= 2 * 40  # padding loads no rank past its busiest (80)
