@@ -10,6 +10,10 @@ from moe.traces.summary import summarize
 from trace_support import megatron_records, write_megatron
 
 
+PLACEMENT_CHARTS = ["runs_place_balance_chart", "runs_place_heat_chart", "runs_place_interval_chart",
+                    "runs_place_hot_chart"]  # the Placement section (dashboard/views/placement.py)
+
+
 def traces_app() -> None:
     from dashboard.views import traces
     traces.render(None)
@@ -45,7 +49,8 @@ def test_a_megatron_trace_opens_with_worst_heatmaps_and_plan(tmp_path):
     # per-token views
     assert [c.key for c in charts] == ["trace_worst_chart", "trace_load_chart", "run_layer_expert_chart",
                                        "run_pct_tokens_chart", "run_pct_ratio_chart", "run_dead_chart",
-                                       "run_hot_chart", "run_persist_chart", "trace_plan_chart"]
+                                       "run_hot_chart", "run_persist_chart", "trace_plan_chart",
+                          *PLACEMENT_CHARTS]
     text = "\n".join(c.value for c in at.caption)
     assert "busiest expert furthest above the mean" in text and "logits sidecar" in text
     assert f"{s.plan(2, 2)['planned_straggler']:.3f}" in [m.value for m in at.metric]

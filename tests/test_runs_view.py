@@ -12,6 +12,10 @@ from moe.traces.runstats import dead_experts, hot_persistence, hot_top_n, layer_
 from moe.traces.store import LogWriter, write_log
 
 
+PLACEMENT_CHARTS = ["runs_place_balance_chart", "runs_place_heat_chart", "runs_place_interval_chart",
+                    "runs_place_hot_chart"]  # the Placement section (dashboard/views/placement.py)
+
+
 def traces_app() -> None:
     from dashboard.views import traces
     traces.render(None)
@@ -78,7 +82,8 @@ def test_a_routing_log_directory_opens_with_every_view(tmp_path):
     figs = _figures(at)
     assert list(figs) == ["trace_worst_chart", "trace_load_chart", "run_layer_expert_chart", "run_pct_tokens_chart",
                           "run_pct_ratio_chart", "run_dead_chart", "run_hot_chart", "run_persist_chart",
-                          "run_slots_chart", "run_co_chart", "trace_plan_chart"]
+                          "run_slots_chart", "run_co_chart", "trace_plan_chart",
+                          *PLACEMENT_CHARTS]
     from dashboard.quoting import md_text
     from moe.traces.formats import FORMATS
     listed = "\n".join(m.value for m in at.markdown)

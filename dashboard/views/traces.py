@@ -23,6 +23,7 @@ from dashboard.exports import routing_log_zip
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
 from dashboard.quoting import md_text, quote
 from dashboard.result import RunResult
+from dashboard.views import placement
 from dashboard.views.run_charts import render_run
 from dashboard.views.run_follow import follow
 
@@ -197,9 +198,8 @@ def _draw(s: TraceSummary) -> None:
                        mime="application/zip", on_click="ignore", key="trace_log_file",
                        help="This run converted into a routing log directory (what trace-report --out DIR writes), "
                             "zipped: unzip it and open the directory here, or read it with pandas or DuckDB.")
-    # Placement (issue #18): the Placement section (dashboard.views.placement, another branch) renders here, fed
-    # with this run: e.g. placement.render(s.log(), layer). The plan below stays until it replaces it.
     _plan(s, layer)
+    placement.render(s.log(), "runs")  # should I enable EPLB? this run replayed under each placement
 
 
 def _plan(s: TraceSummary, layer: str) -> None:
