@@ -258,3 +258,18 @@ def test_a_trainer_run_writes_one_step_per_optimizer_step_and_leaves_evaluation_
     assert log.steps.tolist() == [1, 2, 3, 4, 5] == list(range(1, trainer.state.global_step + 1))
     assert (log.counts.sum(axis=2) == 3 * 2 * 16 * K).all()  # 3 accumulated forwards of 2 rows; no eval rows
     assert not any(block.gate._forward_hooks for _, block in moe_blocks(model, adapter_for("mixtral")))
+
+
+def test_the_example_fine_tunes_the_bundled_model_and_prints_how_to_open_its_log(tmp_path, monkeypatch, capsys):
+    pytest.importorskip("accelerate")
+    import pathlib
+    import runpy
+    log_dir = str(tmp_path / "log")
+    monkeypatch.setattr("sys.argv", ["record_finetune.py", log_dir, "--steps", "2"])
+    runpy.run_path(str(pathlib.Path(__file__).resolve().parents[1] / "examples" / "record_finetune.py"),
+                   run_name="__main__")
+    printed = capsys.readouterr().out
+    assert f"python -m moe trace-report {log_dir}" in printed
+    log = read_store(log_dir)
+    assert log.steps.tolist() == [1, 2] and log.layers == ["0", "1", "2", "3"]
+    assert (log.counts.sum(axis=2) == 8 * 128 * K).all()  # a batch of 8 windows of 128 bytes, top-2
