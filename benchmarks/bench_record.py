@@ -6,7 +6,8 @@ on the bundled model (moe/models/pydoc-mixtral, loaded offline as moe.hf.load do
     python benchmarks/bench_record.py --threads 1     # steadier numbers on a busy machine
 
 A step is forward + backward + AdamW on one batch of pydoc text (train-lm's batch shape). The recorded step also
-closes the step (step_end: counts to the host, one Parquet part written). Two deep copies of the model (the same
+closes the step (step_end: counts to the host; with the default --flush-seconds 0, one Parquet part written
+every step, the most the recorder ever writes; the recorder's own default writes once a second). Two deep copies of the model (the same
 weights) train side by side, one step each in turn; the medians of those interleaved steps are compared.
 """
 from __future__ import annotations
@@ -56,13 +57,13 @@ def trainer(model):
     return step
 
 
-def measure(repeats: int, batch: int, seq_len: int, tokens: bool, out_dir: str) -> dict:
+def measure(repeats: int, batch: int, seq_len: int, tokens: bool, flush_seconds: float, out_dir: str) -> dict:
     base = load_bundled().train()
     plain, recorded = copy.deepcopy(base), copy.deepcopy(base)
     step_plain, step_recorded = trainer(plain), trainer(recorded)
     data = batches(batch, seq_len, repeats + 2)
     times = {"plain": [], "recorded": []}
-    with RoutingRecorder(recorded, out_dir, tokens=tokens) as rec:
+    with RoutingRecorder(recorded, out_dir, tokens=tokens, flush_seconds=flush_seconds) as rec:
         def run_recorded(ids, n):
             step_recorded(ids)
             rec.step_end(n)
@@ -82,6 +83,7 @@ def main() -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--tokens", action="store_true", help="record per-token top-k ids and weights too")
+    parser.add_argument("--flush-seconds", type=float, default=0.0, help="RoutingRecorder's flush_seconds")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
     if not Path(BUNDLED_MODEL, "model.safetensors").is_file():
@@ -90,10 +92,11 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)  # this benchmark process only
     with tempfile.TemporaryDirectory() as tmp:
-        r = measure(args.repeats, args.batch, args.seq_len, args.tokens, str(Path(tmp) / "log"))
+        r = measure(args.repeats, args.batch, args.seq_len, args.tokens, args.flush_seconds, str(Path(tmp) / "log"))
     passed = r["ratio"] <= RATIO_TARGET
     print(f"bundled model, training step of {args.batch}x{args.seq_len} tokens, threads={torch.get_num_threads()}, "
-          f"repeats={args.repeats} interleaved, per-token rows {'on' if args.tokens else 'off'} (medians, ms)")
+          f"repeats={args.repeats} interleaved, per-token rows {'on' if args.tokens else 'off'}, "
+          f"flush_seconds={args.flush_seconds:g} (medians, ms)")
     print(f"{'without recorder':>18} {'with recorder':>14} {'ratio':>6}  target ≤ {RATIO_TARGET}")
     print(f"{r['plain_ms']:>18.1f} {r['recorded_ms']:>14.1f} {r['ratio']:>6.3f}  {'ok' if passed else 'OVER'}")
     return 0 if passed else 1

@@ -172,6 +172,24 @@ def test_steps_carry_the_given_numbers_eval_forwards_and_skipped_steps_are_not_w
     assert log.meta == {"model_type": "mixtral", "n_experts": E, "top_k": K, "every": 2}
 
 
+def test_steps_reach_the_disk_once_per_flush_interval_and_all_of_them_at_close(tmp_path):
+    from moe.traces.store import parts
+    model = tiny_model("mixtral").train()
+    every_step, buffered = str(tmp_path / "now"), str(tmp_path / "later")
+    with RoutingRecorder(model, every_step, flush_seconds=0) as now, \
+            RoutingRecorder(model, buffered, flush_seconds=3600) as later:
+        for step in (1, 2, 3):
+            _train_forward(model, _batch(step))
+            now.step_end(step)
+            later.step_end(step)
+            assert read_store(every_step).steps.tolist() == list(range(1, step + 1))  # on disk as it ends
+            assert parts(buffered, "counts") == []
+    assert len(parts(every_step, "counts")) == 3 and len(parts(buffered, "counts")) == 1
+    np.testing.assert_array_equal(read_store(buffered).counts, read_store(every_step).counts)
+    with pytest.raises(ValueError, match="flush_seconds"):
+        RoutingRecorder(model, str(tmp_path / "bad"), flush_seconds=-1.0)
+
+
 def test_gradient_checkpointing_recompute_is_not_counted_twice(tmp_path):
     counts = []
     for name, checkpointing in (("plain", False), ("ckpt", True)):

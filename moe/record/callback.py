@@ -14,17 +14,22 @@ from moe.record.recorder import RoutingRecorder
 class MoeScopeCallback(TrainerCallback):
     """`Trainer(..., callbacks=[MoeScopeCallback("runs/a")])` writes the routing log of the run to runs/a."""
 
-    def __init__(self, path: str, every: int = 1, tokens: bool = False) -> None:
-        self.path, self.every, self.tokens = path, every, tokens
+    def __init__(self, path: str, every: int = 1, tokens: bool = False, flush_seconds: float = 1.0) -> None:
+        self.path, self.every, self.tokens, self.flush_seconds = path, every, tokens, flush_seconds
         self.recorder: RoutingRecorder | None = None
 
     def on_train_begin(self, args, state, control, **kwargs):
         if state.is_world_process_zero and self.recorder is None:
-            self.recorder = RoutingRecorder(kwargs["model"], self.path, every=self.every, tokens=self.tokens)
+            self.recorder = RoutingRecorder(kwargs["model"], self.path, every=self.every, tokens=self.tokens,
+                                            flush_seconds=self.flush_seconds)
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.recorder is not None:
             self.recorder.step_end(state.global_step)
+
+    def on_evaluate(self, args, state, control, **kwargs):
+        if self.recorder is not None:
+            self.recorder.flush()  # training pauses here: put the steps it buffered on disk for a live viewer
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.recorder is not None:

@@ -7,8 +7,11 @@ recorder counts the ids the family itself selected — softmax top-k, sigmoid + 
 without recomputing them; models whose forward drops the router logits (DeepSeek-V3, Ernie-4.5, ...) included.
 
 Counts are one torch.bincount per layer and forward on the router's device, added into an (L, E) tensor there and
-moved to the host once per optimizer step by `step_end(step)`, which writes the step to the routing log
-(moe.traces.store.LogWriter) under the number it is given (the Trainer's `state.global_step`).
+moved to the host once per optimizer step by `step_end(step)`, which adds the step to the routing log
+(moe.traces.store.LogWriter) under the number it is given (the Trainer's `state.global_step`). Steps reach the disk
+as one Parquet part per `flush_seconds` (default 1 s: the first step that ends that long after the last write, and
+close()), so a viewer following the log sees a step within about a second while a fast loop on a GPU does not pay
+for a file per step (nor leaves ten thousand files behind).
 
 What counts as a training forward: the router is in training mode and autograd records (torch.is_grad_enabled()).
 Evaluation forwards (model.eval(), torch.no_grad(), torch.inference_mode()) are not part of an optimizer step and
@@ -17,6 +20,7 @@ checkpointing, the forward that backward re-runs is skipped, so each token count
 """
 from __future__ import annotations
 
+import time
 from functools import partial
 
 import numpy as np
@@ -26,7 +30,7 @@ from torch import Tensor, nn
 from moe.hf.adapters import Adapter, adapter_for, routing_config
 from moe.hf.instrument import EngineBlock, decoder_layers
 from moe.traces.store import LogWriter
-from moe.validate import int_at_least
+from moe.validate import finite_number, int_at_least
 
 SOURCE = "moe-scope-recorder"
 
@@ -60,8 +64,10 @@ class RoutingRecorder:
                 rec.step_end(step)
     """
 
-    def __init__(self, model: nn.Module, path: str, every: int = 1, tokens: bool = False) -> None:
+    def __init__(self, model: nn.Module, path: str, every: int = 1, tokens: bool = False,
+                 flush_seconds: float = 1.0) -> None:
         self.every = int_at_least("every", every, 1)
+        self.flush_seconds = finite_number("flush_seconds", flush_seconds, minimum=0)
         self.tokens = bool(tokens)
         model_type = getattr(getattr(model, "config", None), "model_type", "")
         adapter = adapter_for(model_type)
@@ -77,6 +83,7 @@ class RoutingRecorder:
                                       "every": self.every})
         self._counts: Tensor | None = None          # (L, E) int64 on the first router's device; None: no forward yet
         self._token_parts: list[tuple[int, Tensor, Tensor]] = []  # (layer position, ids (T, K), weights (T, K))
+        self._flushed_at = time.monotonic()
         self._handles = [getattr(block, adapter.router).register_forward_hook(partial(self._on_router, pos))
                          for pos, (_, block) in enumerate(blocks)]
 
@@ -100,8 +107,14 @@ class RoutingRecorder:
             return False
         host = counts.cpu().numpy()  # (L, E): the step's one transfer of counts to the host
         self.writer.write_step(int(step), host, _token_arrays(parts, counts.device) if self.tokens else None)
-        self.writer.flush()  # one part file per step, so a viewer following the log sees it now
+        if time.monotonic() - self._flushed_at >= self.flush_seconds:
+            self.flush()
         return True
+
+    def flush(self) -> None:
+        """Write the steps ended since the last write as one part file (a no-op when there are none)."""
+        self.writer.flush()
+        self._flushed_at = time.monotonic()
 
     def close(self) -> None:
         """Remove the hooks and flush. Forwards after the last step_end belong to no step and are dropped."""
