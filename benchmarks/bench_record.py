@@ -6,9 +6,10 @@ on the bundled model (moe/models/pydoc-mixtral, loaded offline as moe.hf.load do
     python benchmarks/bench_record.py --threads 1     # steadier numbers on a busy machine
 
 A step is forward + backward + AdamW on one batch of pydoc text (train-lm's batch shape). The recorded step also
-closes the step (step_end: counts to the host; with the default --flush-seconds 0, one Parquet part written
-every step, the most the recorder ever writes; the recorder's own default writes once a second). Two deep copies of the model (the same
-weights) train side by side, one step each in turn; the medians of those interleaved steps are compared.
+closes the step (step_end: counts to the host; with the default --flush-seconds 0, one Parquet part written every
+step, the most the recorder ever writes; the recorder's own default writes once a second). Two deep copies of the
+model (the same weights) train side by side, one step each in turn (which goes first alternates); the medians of
+those steps are compared.
 """
 from __future__ import annotations
 
@@ -68,7 +69,8 @@ def measure(repeats: int, batch: int, seq_len: int, tokens: bool, flush_seconds:
             step_recorded(ids)
             rec.step_end(n)
         for n, ids in enumerate(data, start=1):
-            for key, fn in (("plain", lambda: step_plain(ids)), ("recorded", lambda: run_recorded(ids, n))):
+            pair = [("plain", lambda: step_plain(ids)), ("recorded", lambda: run_recorded(ids, n))]
+            for key, fn in pair[:: 1 if n % 2 else -1]:  # the order alternates: neither always runs second
                 start = time.perf_counter()
                 fn()
                 if n > 2:  # the first two steps warm up both
