@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from moe.hf.text import VOCAB_SIZE
 from moe.jsonio import loads_strict
@@ -29,9 +29,15 @@ TRAIN_FACTOR = 1.5
 EVAL_FACTOR = 1 / 3
 
 
+ARCHES = ("mixtral", "deepseek_v3")  # the transformers model_type train-lm builds
+# Fields that only one architecture reads: training.json records a run's own fields only.
+ARCH_FIELDS = {"mixtral": ("aux_coef",), "deepseek_v3": ("n_group", "topk_group", "shared_experts", "bias_rate")}
+
+
 @dataclass(frozen=True)
 class LMTrainConfig:
-    # --- architecture (Mixtral classes)
+    # --- architecture (transformers' MixtralForCausalLM or DeepseekV3ForCausalLM)
+    arch: str = "mixtral"
     hidden: int = 128
     d_expert: int = 128
     layers: int = 4
@@ -47,19 +53,40 @@ class LMTrainConfig:
     aux_coef: float = 0.02    # router_aux_loss_coef: keeps every expert in use
     holdout: float = 0.1      # fraction of the text's bytes held out, in whole topics
     seed: int = 0
+    # --- deepseek_v3 only: group-limited routing, shared expert, aux-loss-free balancing (no aux loss)
+    n_group: int = 4          # experts in n_group equal groups; a token picks from topk_group of them
+    topk_group: int = 2
+    shared_experts: int = 1   # always-on expert(s) of width d_expert, added to the routed output
+    bias_rate: float = 1e-3   # u in b_e += u·sign(mean load − load_e) after every optimizer step
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHES:
+            raise ValueError(f"--arch {self.arch!r} is not one train-lm builds; give one of {', '.join(ARCHES)}")
+        if self.arch == "deepseek_v3":
+            per_group = self.experts // self.n_group if self.n_group > 0 and self.experts % self.n_group == 0 else 0
+            if per_group < 2 or not 1 <= self.topk_group <= self.n_group or self.top_k > self.topk_group * per_group:
+                raise ValueError(f"deepseek_v3: {self.experts} experts in {self.n_group} groups keeping "
+                                 f"{self.topk_group} cannot serve top-{self.top_k}; give experts a multiple of "
+                                 f"n_group with at least 2 per group and top_k ≤ topk_group·experts/n_group")
+
+    def report(self) -> dict:
+        """The fields this architecture reads (training.json's "config")."""
+        other = [name for arch, names in ARCH_FIELDS.items() if arch != self.arch for name in names]
+        return {k: v for k, v in asdict(self).items() if k not in other}
 
 
 def _sizes(cfg: LMTrainConfig) -> dict:
+    shared = cfg.shared_experts if cfg.arch == "deepseek_v3" else 0
     return {"tokens": cfg.batch, "seq_len": cfg.seq_len, "hidden": cfg.hidden, "d_expert": cfg.d_expert,
-            "layers": cfg.layers, "experts": cfg.experts, "top_k": cfg.top_k, "heads": cfg.heads}
+            "layers": cfg.layers, "experts": cfg.experts, "top_k": cfg.top_k, "heads": cfg.heads, "shared": shared}
 
 
 def _parts(s: dict) -> dict[str, int]:
     """Bytes of training steps of s["tokens"] sequences of s["seq_len"] bytes, then the held-out evaluation
     (EVAL_WINDOWS sequences at a time, no gradients) on top (an upper bound)."""
     D, H, layers, E, V = s["hidden"], s["d_expert"], s["layers"], s["experts"], VOCAB_SIZE
-    params = V * D + layers * (4 * D * D + 2 * D + E * D + 3 * E * H * D) + D  # tied embedding, attention,
-    # norms, router, experts, final norm
+    params = V * D + layers * (4 * D * D + 2 * D + E * D + 3 * (E + s["shared"]) * H * D) + D  # tied embedding,
+    # attention (DeepSeek's latent attention at our sizes has fewer), norms, router, experts + shared, final norm
     train = _step_bytes(s, s["tokens"], TRAIN_FACTOR)
     evaluation = _step_bytes(s, EVAL_WINDOWS, EVAL_FACTOR)
     data = 16 * TEXT_BYTES + 4 * s["tokens"] * s["seq_len"] * 8  # token ids (list + int64 tensor), the batch
@@ -71,6 +98,7 @@ def _step_bytes(s: dict, sequences: int, factor: float) -> int:
     """Activations of a forward on `sequences` windows, times `factor`, plus the logits and the aux loss's inputs."""
     L, D, H, E, K, heads, layers = (s[k] for k in ("seq_len", "hidden", "d_expert", "experts", "top_k", "heads",
                                                    "layers"))
+    K = K + s["shared"]  # a shared expert processes every token: one more assignment per token
     T = sequences * L
     # Per layer: norms, q/k/v/o and rotary copies, the (B, heads, L, L) attention weights and softmax, router
     # logits/probs, and every (token, expert) assignment's gathered input, gate/up/act hidden and output.
