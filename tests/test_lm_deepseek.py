@@ -11,8 +11,8 @@ from moe.hf.lm_arch import bias_routers, capture_selection
 from moe.hf.lm_config import LMTrainConfig, check_lm_training_budget, estimate_lm_training_bytes
 from moe.hf.lm_train import build_model, evaluate, train_step
 
-TINY = LMTrainConfig(arch="deepseek_v3", hidden=16, d_expert=16, layers=2, heads=2, seq_len=16, batch=4,
-                     **arch_defaults("deepseek_v3"))
+TINY = LMTrainConfig(arch="deepseek_v3", hidden=16, d_expert=16, layers=2, heads=2, seq_len=16, curriculum=(16,),
+                     batch=4, **arch_defaults("deepseek_v3"))
 RATE = 0.25  # a power of two: b + u·sign is exact in float32, so the test can ask for equality
 
 

@@ -29,7 +29,8 @@ def test_split_holds_out_whole_topics_with_a_tenth_of_the_bytes():
 
 
 def test_evaluate_reports_the_mean_next_byte_cross_entropy_in_bits():
-    cfg = dataclasses.replace(LMTrainConfig(), hidden=16, d_expert=16, layers=2, heads=2, seq_len=32)
+    cfg = dataclasses.replace(LMTrainConfig(), hidden=16, d_expert=16, layers=2, heads=2, seq_len=32,
+                              curriculum=(32,))
     model = build_model(cfg)
     ids = torch.tensor(list(b"print('hello world') # 42\n" * 4))[:96]
     ids[40] = EOS_ID  # an EOS target is not a byte: excluded

@@ -50,10 +50,11 @@ def run(args: argparse.Namespace) -> str:
         torch.set_num_threads(args.threads)  # this CLI process only
     bar = tqdm(total=cfg.steps, file=sys.stderr, desc="train-lm", unit="step", mininterval=1.0)
 
-    def progress(step: int, loss: float, balance: dict[str, float]) -> None:
+    def progress(step: int, loss: float, balance: dict[str, float | int]) -> None:
         bar.update(1)
         if step % 20 == 0:
-            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3f}" for k, v in balance.items()}, refresh=False)
+            bar.set_postfix(loss=f"{loss:.3f}", **{k: f"{v:.3f}" if isinstance(v, float) else v
+                                                  for k, v in balance.items()}, refresh=False)
 
     try:
         report = train_lm(cfg, args.out, progress)

@@ -24,7 +24,7 @@ MLA = {"q_lora_rank": None, "kv_lora_rank": 64, "qk_rope_head_dim": 16, "qk_nope
 def _common(cfg: LMTrainConfig) -> dict:
     return {"vocab_size": VOCAB_SIZE, "hidden_size": cfg.hidden, "num_hidden_layers": cfg.layers,
             "num_attention_heads": cfg.heads, "num_key_value_heads": cfg.heads, "num_experts_per_tok": cfg.top_k,
-            "max_position_embeddings": 4 * cfg.seq_len, "tie_word_embeddings": True, "bos_token_id": EOS_ID,
+            "max_position_embeddings": cfg.seq_len, "tie_word_embeddings": True, "bos_token_id": EOS_ID,
             "eos_token_id": EOS_ID, "pad_token_id": EOS_ID, "initializer_range": 0.05}
 
 

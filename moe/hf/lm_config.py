@@ -45,7 +45,9 @@ class LMTrainConfig:
     top_k: int = 2
     heads: int = 4
     # --- optimisation
-    seq_len: int = 128
+    seq_len: int = 512        # the context: the longest training length, declared as max_position_embeddings
+    curriculum: tuple[int, ...] = (128, 256, 512)  # training lengths, an equal share of the steps each, ending
+    # at seq_len; a step holds batch sequences of the first length, the same bytes in fewer, longer sequences later
     batch: int = 16
     steps: int = 1500
     lr: float = 3e-3
@@ -60,6 +62,10 @@ class LMTrainConfig:
     bias_rate: float = 1e-3   # u in b_e += u·sign(mean load − load_e) after every optimizer step
 
     def __post_init__(self) -> None:
+        lengths = tuple(self.curriculum)
+        if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < 2 or lengths[-1] != self.seq_len:
+            raise ValueError(f"curriculum {lengths} must be increasing lengths of at least 2 ending at seq_len "
+                             f"{self.seq_len}; e.g. ({self.seq_len},) to train at one length")
         if self.arch not in ARCHES:
             raise ValueError(f"--arch {self.arch!r} is not one train-lm builds; give one of {', '.join(ARCHES)}")
         if self.arch == "deepseek_v3":
@@ -69,6 +75,14 @@ class LMTrainConfig:
                                  f"{self.topk_group} cannot serve top-{self.top_k}; give experts a multiple of "
                                  f"n_group with at least 2 per group and top_k ≤ topk_group·experts/n_group")
 
+    def phase_batch(self, length: int) -> int:
+        """Sequences per step at a curriculum length: batch × the first length's bytes, at least one sequence."""
+        return max(1, self.batch * self.curriculum[0] // length)
+
+    def eval_lengths(self) -> tuple[int, ...]:
+        """The held-out window lengths train-lm reports: 128, 256 (when shorter) and the context."""
+        return tuple(sorted({n for n in (128, 256) if n < self.seq_len} | {self.seq_len}))
+
     def report(self) -> dict:
         """The fields this architecture reads (training.json's "config")."""
         other = [name for arch, names in ARCH_FIELDS.items() if arch != self.arch for name in names]
@@ -77,19 +91,28 @@ class LMTrainConfig:
 
 def _sizes(cfg: LMTrainConfig) -> dict:
     shared = cfg.shared_experts if cfg.arch == "deepseek_v3" else 0
-    return {"tokens": cfg.batch, "seq_len": cfg.seq_len, "hidden": cfg.hidden, "d_expert": cfg.d_expert,
-            "layers": cfg.layers, "experts": cfg.experts, "top_k": cfg.top_k, "heads": cfg.heads, "shared": shared}
+    return {"tokens": cfg.batch, "lengths": tuple(cfg.curriculum), "eval_lengths": cfg.eval_lengths(),
+            "hidden": cfg.hidden, "d_expert": cfg.d_expert, "layers": cfg.layers, "experts": cfg.experts,
+            "top_k": cfg.top_k, "heads": cfg.heads, "shared": shared}
+
+
+def eval_chunk(length: int) -> int:
+    """Held-out windows of `length` per evaluation forward: EVAL_WINDOWS × 128 bytes at most."""
+    return max(1, EVAL_WINDOWS * 128 // length)
 
 
 def _parts(s: dict) -> dict[str, int]:
-    """Bytes of training steps of s["tokens"] sequences of s["seq_len"] bytes, then the held-out evaluation
-    (EVAL_WINDOWS sequences at a time, no gradients) on top (an upper bound)."""
+    """Bytes of the heaviest training step of the curriculum (s["tokens"] sequences of the first length, the same
+    bytes in fewer, longer sequences later), then the heaviest held-out evaluation (eval_chunk windows at a time,
+    no gradients) on top (an upper bound)."""
     D, H, layers, E, V = s["hidden"], s["d_expert"], s["layers"], s["experts"], VOCAB_SIZE
     params = V * D + layers * (4 * D * D + 2 * D + E * D + 3 * (E + s["shared"]) * H * D) + D  # tied embedding,
     # attention (DeepSeek's latent attention at our sizes has fewer), norms, router, experts + shared, final norm
-    train = _step_bytes(s, s["tokens"], TRAIN_FACTOR)
-    evaluation = _step_bytes(s, EVAL_WINDOWS, EVAL_FACTOR)
-    data = 16 * TEXT_BYTES + 4 * s["tokens"] * s["seq_len"] * 8  # token ids (list + int64 tensor), the batch
+    first = s["lengths"][0]
+    train = max(_step_bytes({**s, "seq_len": n}, max(1, s["tokens"] * first // n), TRAIN_FACTOR)
+                for n in s["lengths"])
+    evaluation = max(_step_bytes({**s, "seq_len": n}, eval_chunk(n), EVAL_FACTOR) for n in s["eval_lengths"])
+    data = 16 * TEXT_BYTES + 4 * s["tokens"] * first * 8  # token ids (list + int64 tensor), the batch
     return {"weights": params * _F32, "optimizer": 3 * params * _F32, "training": train, "evaluation": evaluation,
             "data": data, "runtime": RUNTIME_BYTES}
 

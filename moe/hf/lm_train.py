@@ -12,7 +12,7 @@ import random
 import torch
 
 from moe.hf.lm_arch import balance_biases, capture_selection, model_class, model_config, selected_top1
-from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir
+from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir, eval_chunk
 from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode, save_tokenizer,
                          unigram_entropy_bits)
 from moe.jsonio import dumps
@@ -63,7 +63,7 @@ def evaluate(model, ids: torch.Tensor, seq_len: int) -> dict:
     windows = ids[:n].view(-1, seq_len)  # (W, L)
     nll, count, top1, loads = 0.0, 0, [], 0
     with capture_selection(model) as picks:
-        for chunk in windows.split(64):
+        for chunk in windows.split(eval_chunk(seq_len)):
             out = model(input_ids=chunk, output_router_logits=True)
             logits = out.logits[:, :-1].float()  # (b, L-1, V)
             target = chunk[:, 1:]  # (b, L-1)
@@ -120,22 +120,30 @@ def train_lm(cfg: LMTrainConfig, out_dir: str, progress=None) -> dict:
     model.train()
     with capture_selection(model) as picks:
         for step in range(cfg.steps):
-            starts = torch.randint(0, train_ids.numel() - cfg.seq_len, (cfg.batch,), generator=g)  # (b,)
-            batch = torch.stack([train_ids[s: s + cfg.seq_len] for s in starts.tolist()])  # (b, L)
+            length = phase_length(cfg, step)
+            starts = torch.randint(0, train_ids.numel() - length, (cfg.phase_batch(length),), generator=g)  # (b,)
+            batch = torch.stack([train_ids[s: s + length] for s in starts.tolist()])  # (b, L)
             for group in opt.param_groups:
                 group["lr"] = _lr(step, cfg)
             out = train_step(model, opt, batch, picks, cfg.bias_rate)
             if progress is not None:
-                progress(step + 1, float(out.loss.detach()), _balance_figure(out, picks))
-    trained = evaluate(model, held_ids, cfg.seq_len)
+                progress(step + 1, float(out.loss.detach()), {**_balance_figure(out, picks), "len": length})
+    at_length = {n: evaluate(model, held_ids, n) for n in cfg.eval_lengths()}
+    trained = at_length[cfg.seq_len]
     report = {"config": cfg.report(), "train_topics": len(train_docs), "held_out_topics": list(held_docs),
               "held_out_bytes": trained["tokens"], "bits_per_byte": trained["bits_per_byte"],
               "unigram_bits": trained["unigram_bits"],
               "reduction": 1 - trained["bits_per_byte"] / trained["unigram_bits"],
               "nmi_trained": trained["nmi"], "nmi_init": at_init["nmi"], "char_classes": list(CHAR_CLASSES),
-              "load_max_over_mean": trained["load_max_over_mean"]}
+              "load_max_over_mean": trained["load_max_over_mean"],
+              "bits_per_byte_at": {str(n): r["bits_per_byte"] for n, r in at_length.items()}}
     save_model(model, out_dir, report)
     return report
+
+
+def phase_length(cfg: LMTrainConfig, step: int) -> int:
+    """The curriculum's sequence length at `step`: each length gets an equal share of the steps, in order."""
+    return cfg.curriculum[min(step * len(cfg.curriculum) // cfg.steps, len(cfg.curriculum) - 1)]
 
 
 def train_step(model, opt, batch: torch.Tensor, picks: list, bias_rate: float):
@@ -168,7 +176,8 @@ def save_model(model, out_dir: str, report: dict) -> None:
 def format_report(report: dict) -> str:
     """The printed summary: held-out bits per byte vs the unigram entropy, and NMI per layer."""
     lines = [f"held-out topics: {len(report['held_out_topics'])} ({report['held_out_bytes']} bytes)",
-             f"held-out bits per byte: {report['bits_per_byte']:.3f}",
+             f"held-out bits per byte: {report['bits_per_byte']:.3f} (windows of {report['config']['seq_len']} bytes)",
+             *(f"  in windows of {n} bytes: {bits:.3f}" for n, bits in report.get("bits_per_byte_at", {}).items()),
              f"byte-unigram entropy of the same text: {report['unigram_bits']:.3f} bits",
              f"reduction: {100 * report['reduction']:.1f}% below the unigram figure",
              "NMI(top-1 expert; character class) per layer: layer  trained  init"]
