@@ -100,7 +100,7 @@ def test_picking_the_deepseek_model_shows_its_bias_and_the_link_carries_the_choi
     assert at.text_input(key="model_path").value == DEEPSEEK
     assert any("pydoc-deepseek" in c.value and "deepseek_v3" in c.value for c in at.caption)
     assert any("bias_overlap" in c.value and "topk_margin" in c.value for c in at.caption)  # the definitions
-    assert at.query_params["mmodel"] == ["pydoc-deepseek"] and "mdir" not in at.query_params
+    assert at.query_params["mmodel"] == "pydoc-deepseek" and "mdir" not in at.query_params
     again = AppTest.from_file(APP, default_timeout=240)
     again.query_params.update({"view": "Model", "mtok": "48", "mmodel": "pydoc-deepseek"})
     again.run()
