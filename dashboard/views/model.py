@@ -79,7 +79,7 @@ def _inputs() -> tuple[str, str, int]:
     left.selectbox("Bundled model", BUNDLE_CHOICES, key="model_bundle", on_change=_use_bundled,
                    help="pydoc-mixtral: softmax router balanced by an aux loss; pydoc-deepseek: sigmoid router "
                         "balanced by an expert bias (no aux loss), groups, a shared expert. Each directory's "
-                        "README.md is its model card.")
+                        "README.md is its model card. For another directory, type its path to the right.")
     right.text_input("Model directory (local files only)", key="model_path")
     left, right = st.columns([3, 1])
     left.selectbox("Example prompt", list(EXAMPLES), key="model_example", on_change=_use_example)
@@ -180,6 +180,7 @@ def _draw(view: dict) -> None:
     nmi_rows, nmi_note = _nmi_table(view)
     nmi = nmi_figure(nmi_rows)
     styled_table, highest = _styled_layer_table(view)
+    bias = model_bias.figures(view)
 
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
     st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
@@ -196,7 +197,7 @@ def _draw(view: dict) -> None:
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
-    model_bias.render(view)
+    model_bias.render(bias)
     _layer_table(view, styled_table, highest)
     _vocabulary(view, layers[pos])
     if flow is not None:
