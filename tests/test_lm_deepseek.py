@@ -122,3 +122,18 @@ def test_the_memory_estimate_counts_the_shared_expert():
     assert b["weights"] - a["weights"] == 4 * 4 * 3 * 128 * 128  # 4 layers × one (3·D·H) shared FFN, float32
     assert b["training"] > a["training"]
     check_lm_training_budget(deepseek, budget=4 * 1024 ** 3)
+
+
+def test_the_cli_builds_the_arch_it_is_given_and_mixtral_by_default(tmp_path, monkeypatch, capsys):
+    from moe.cli.main import main
+
+    seen = []
+    monkeypatch.setattr("moe.cli.train_lm.train_lm", lambda cfg, out, progress: seen.append(cfg) or {})
+    monkeypatch.setattr("moe.cli.train_lm.format_report", lambda report: "trained")
+    assert main(["train-lm", "--arch", "deepseek_v3", "--out", str(tmp_path / "d"), "--steps", "3"]) == 0
+    assert main(["train-lm", "--out", str(tmp_path / "m"), "--steps", "3"]) == 0
+    assert [(c.arch, c.aux_coef, c.steps) for c in seen] == [("deepseek_v3", 0.0, 3), ("mixtral", 0.02, 3)]
+    capsys.readouterr()
+    assert main(["train-lm", "--arch", "llama", "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "argument --arch: invalid choice: 'llama'" in err[0]
