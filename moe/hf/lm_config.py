@@ -20,11 +20,13 @@ REPORT_FILE = "training.json"  # written last by train-lm: its presence marks a 
 REPORT_MAX_BYTES = 1 << 20     # train-lm writes a few KiB
 TEXT_BYTES = 500_000  # the training text (pydoc_data.topics, ~466 kB) with room to spare
 _F32 = 4
-EVAL_WINDOWS = 64  # moe.hf.lm_train.evaluate's chunk of held-out windows
+EVAL_WINDOWS = 64  # moe.hf.lm_train.evaluate's chunk of held-out 128-byte windows (fewer when longer: eval_chunk)
 # Measured (default model, 1 thread; benchmarks/bench_memory_guard.py): a training step adds 12.5-16.5 MiB per
 # sequence of 128 bytes, an evaluation ~170-250 MiB, and the held-out evaluation after training comes on top of
 # what training left (freed memory stays with the process), so the two are added. The factors keep the estimate
 # above the measurements (autograd keeps about the forward's tensors; evaluation frees each layer's as it goes).
+# The default curriculum run (128 → 512-byte sequences) peaked at 860 MiB RSS (Mixtral; DeepSeek-V3 758 MiB),
+# estimated at 1164 MiB and 1327 MiB.
 TRAIN_FACTOR = 1.5
 EVAL_FACTOR = 1 / 3
 

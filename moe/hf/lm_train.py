@@ -1,7 +1,10 @@
-"""Train the bundled MoE language model: a small Mixtral on the Python reference (`pydoc_data.topics`).
+"""Train a bundled MoE language model: a small Mixtral or DeepSeek-V3 (moe.hf.lm_arch) on the Python reference
+(`pydoc_data.topics`).
 
-Bytes in, bytes out; 90/10 split by topic (whole topics are held out); seeded end to end.
-`python -m moe train-lm --out DIR` runs `train_lm` and prints the held-out numbers.
+Bytes in, bytes out; 90/10 split by topic (whole topics are held out); seeded end to end. A length curriculum
+(LMTrainConfig.curriculum) ends at the context the model's config declares; the held-out bits per byte are
+measured in windows of 128, 256 and that context. `python -m moe train-lm [--arch ...] --out DIR` runs `train_lm`
+and prints the held-out numbers.
 """
 from __future__ import annotations
 
