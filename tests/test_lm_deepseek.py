@@ -137,3 +137,19 @@ def test_the_cli_builds_the_arch_it_is_given_and_mixtral_by_default(tmp_path, mo
     assert main(["train-lm", "--arch", "llama", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "argument --arch: invalid choice: 'llama'" in err[0]
+
+
+def test_evaluate_counts_mixtrals_top_k_of_its_router_logits():
+    model = build_model(dataclasses.replace(TINY, arch="mixtral", aux_coef=0.02))
+    ids = _batch().reshape(-1)
+    got = evaluate(model, ids, TINY.seq_len)
+    with torch.no_grad():
+        logits = model(input_ids=ids.view(-1, TINY.seq_len), output_router_logits=True).router_logits
+    expected = []
+    for layer in logits:  # (T, E)
+        count = [0] * 8
+        for row in layer.tolist():
+            for e in sorted(range(8), key=lambda e: -row[e])[:TINY.top_k]:
+                count[e] += 1
+        expected.append(max(count) / (sum(count) / 8))
+    assert got["load_max_over_mean"] == pytest.approx(expected)
