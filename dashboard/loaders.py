@@ -20,8 +20,8 @@ from moe.hf import cache as model_cache
 from moe.hf.counterfactual import Counterfactual, run_counterfactual, sweep_layers
 from moe.hf.instrument import adapter_for, run_model
 from moe.hf.report import encode_text, render_report
-from moe.hf.tables import (class_nmi, expert_vocabulary, flow_matrix, layer_table, load_share_long, token_routing,
-                           token_strings, top1_grid)
+from moe.hf.tables import (balance_table, class_nmi, expert_bias_long, expert_vocabulary, flow_matrix, layer_table,
+                           load_share_long, token_routing, token_strings, top1_grid)
 from moe.metrics import nats_to_bits
 from moe.memory import budget_bytes, check_budget, describe_bytes, estimate_bytes
 from moe.scenarios import make_batch
@@ -214,7 +214,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens),
             "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
-            "text": text, "max_tokens": max_tokens}
+            "bias": expert_bias_long(run), "balance": balance_table(run), "text": text, "max_tokens": max_tokens}
 
 
 def routing_with_loss(run, tokens: list[str]) -> pd.DataFrame:

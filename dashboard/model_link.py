@@ -3,7 +3,8 @@
 Keys are read once per session (the link that opened the page) and written after every Model-view run.
 A custom text travels only while it is at most TEXT_LINK_CHARS characters; longer texts keep the example name.
 A model directory from a link (mdir) is never loaded on open: it is kept aside (LINK_DIR_KEY) until the visitor
-clicks Load, and then opened only under the server's roots (moe.roots).
+clicks Load, and then opened only under the server's roots (moe.roots). A bundled model travels by its name
+(mmodel) instead, and opens at once: it ships with moe-scope.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import math
 
 from moe.config import DROP_POLICIES
 from moe.hf.counterfactual import BIASES
+from moe.hf.load import BUNDLED_MODELS, bundled_name
 from moe.hf.tables import LAYER_COLUMNS
 
 from dashboard.quoting import quote
@@ -21,12 +23,14 @@ EXAMPLES = {
     "code": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a\n",
     "numbers": "x = 3.14159 * 2 ** 10 + 0x1F - 1_000_000 // 7  # 2026-11-29, 42%",
 }
+OTHER_DIR = "another directory"  # the bundled-model box when the directory is none of the bundled models
+BUNDLE_CHOICES = (*BUNDLED_MODELS, OTHER_DIR)
 MAX_TOKENS_LIMIT = 4096
 TEXT_LINK_CHARS = 500
 LINK_DIR_KEY = "model_link_dir"  # session state: the link's model directory, waiting for a click
 # query key -> (session-state key, type)
 MODEL_LINK: dict[str, tuple[str, type]] = {
-    "mdir": ("model_path", str), "mex": ("model_example", str), "mtext": ("model_text", str),
+    "mmodel": ("model_bundle", str), "mdir": ("model_path", str), "mex": ("model_example", str), "mtext": ("model_text", str),
     "mtok": ("model_max_tokens", int), "mlayer": ("model_layer", int),
     "msort": ("model_sort", str), "mdesc": ("model_sort_desc", bool),
     "cfon": ("cf_on", bool), "cflayer": ("cf_layer", str), "cfk": ("cf_top_k", int), "cfcap": ("cf_capacity", float),
@@ -34,9 +38,14 @@ MODEL_LINK: dict[str, tuple[str, type]] = {
     "cfbias": ("cf_bias", str), "cfsweep": ("cf_sweep", bool),
 }
 MODEL_LINK_KEYS = tuple(MODEL_LINK)
-CHOICES = {"cf_drop": DROP_POLICIES, "cf_bias": tuple(BIASES), "model_sort": tuple(LAYER_COLUMNS)}
+CHOICES = {"model_bundle": tuple(BUNDLED_MODELS), "cf_drop": DROP_POLICIES, "cf_bias": tuple(BIASES), "model_sort": tuple(LAYER_COLUMNS)}
 LIMITS = {"model_max_tokens": (1, MAX_TOKENS_LIMIT), "model_layer": (0, 1 << 10), "cf_top_k": (0, 1 << 10),
           "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
+
+
+def bundle_choice(path: str) -> str:
+    """The bundled-model box's value for a model directory: the bundled model's name, or OTHER_DIR."""
+    return bundled_name(path) or OTHER_DIR
 
 
 def _parse(state_key: str, kind: type, text: str):
@@ -73,6 +82,8 @@ def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, li
             problems.append(f"ignored {key}={quote(text)} in the link")
     if "model_path" in values:  # shown with a Load button, not loaded
         values[LINK_DIR_KEY] = values.pop("model_path")
+    if "model_bundle" in values:  # a bundled model ships with moe-scope: opened at once
+        values["model_path"] = BUNDLED_MODELS[values["model_bundle"]]
     if "model_example" in values and "model_text" not in values:
         values["model_text"] = examples[values["model_example"]]
     return values, problems
@@ -98,6 +109,12 @@ def to_link(state: dict, defaults: dict, examples: dict[str, str]) -> dict[str, 
     query = {}
     for key, (state_key, _) in MODEL_LINK.items():
         value = state.get(state_key, defaults.get(state_key))
+        if key == "mmodel":  # the directory decides (the box follows it); only a bundled model has a name
+            value = bundle_choice(str(state.get("model_path", defaults.get("model_path"))))
+            if value == OTHER_DIR:
+                continue
+        if key == "mdir" and bundled_name(str(value)) is not None:
+            continue  # a bundled model travels by its name (mmodel), opened without a Load click
         if key == "mtext" and (value == examples.get(state.get("model_example")) or text_left_out(state, examples)):
             continue  # the example's own text (named by mex), or too long for a link (text_link_note says so)
         if value != defaults.get(state_key):

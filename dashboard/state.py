@@ -17,7 +17,7 @@ from moe import available_devices
 from dashboard.compare_sides import LINK_KEYS as COMPARE_LINK_KEYS, STATE_KEYS as COMPARE_KEYS, sides_from_query
 from dashboard.limits import sanitize
 from dashboard.links import ep_from_query, from_query
-from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, from_link
+from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, bundle_choice, from_link
 from dashboard.presets import CONTROL_DEFAULTS
 
 INITIALISED = "_initialised"            # the opening link has been read
@@ -78,8 +78,9 @@ COMPARE_LINK_NOTES = "compare_link_notes"
 
 def model_defaults() -> dict:
     """The Model page's widget values before anyone changes them (the link keeps only the differences)."""
-    return {"model_path": default_model_dir(), "model_example": "code", "model_text": EXAMPLES["code"],
-            "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer", "model_sort_desc": False,
+    path = default_model_dir()
+    return {"model_path": path, "model_bundle": bundle_choice(path), "model_example": "code",
+            "model_text": EXAMPLES["code"], "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer", "model_sort_desc": False,
             **CF_DEFAULTS}
 
 

@@ -79,10 +79,12 @@ def test_the_installed_command_prints_a_strict_json_report_from_any_folder(insta
     assert doc["summary"]["capacity"] is None  # dropless: no capacity, written as null
 
 
-def test_the_bundled_model_and_the_streamlit_settings_are_installed(installed):
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md"):
-        shipped = installed["site"] / "moe" / "models" / "pydoc-mixtral" / name
-        assert shipped.read_bytes() == (ROOT / "moe" / "models" / "pydoc-mixtral" / name).read_bytes()
+def test_the_bundled_models_and_the_streamlit_settings_are_installed(installed):
+    for model in ("pydoc-mixtral", "pydoc-deepseek"):
+        for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "README.md",
+                     "training.json"):
+            shipped = installed["site"] / "moe" / "models" / model / name
+            assert shipped.read_bytes() == (ROOT / "moe" / "models" / model / name).read_bytes()
     config = installed["site"] / "dashboard" / ".streamlit" / "config.toml"
     assert config.read_text() == (ROOT / ".streamlit" / "config.toml").read_text()  # the checkout's link: one file
     out = _run([installed["bin"] / "moe-scope", "model-report", "--text", "def f(x): return x", "--max-tokens", "16"],

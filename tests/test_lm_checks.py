@@ -72,7 +72,8 @@ def test_the_estimate_grows_with_the_batch_and_the_default_run_fits_the_default_
     from moe.hf.lm_config import check_lm_training_budget, estimate_lm_training_bytes
 
     small, big = (estimate_lm_training_bytes(LMTrainConfig(batch=b))["total"] for b in (16, 1024))
-    assert small < 1 * GiB < 4 * GiB < big
+    # the default run (its curriculum ends at 512-byte sequences) peaked at 860 MiB RSS (/usr/bin/time -v)
+    assert 860 * 2 ** 20 < small < 1.5 * GiB < 4 * GiB < big
     parts = estimate_lm_training_bytes(LMTrainConfig())
     assert parts["total"] == sum(v for k, v in parts.items() if k != "total")
     check_lm_training_budget(LMTrainConfig(), budget=4 * GiB)

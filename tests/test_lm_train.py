@@ -29,7 +29,8 @@ def test_split_holds_out_whole_topics_with_a_tenth_of_the_bytes():
 
 
 def test_evaluate_reports_the_mean_next_byte_cross_entropy_in_bits():
-    cfg = dataclasses.replace(LMTrainConfig(), hidden=16, d_expert=16, layers=2, heads=2, seq_len=32)
+    cfg = dataclasses.replace(LMTrainConfig(), hidden=16, d_expert=16, layers=2, heads=2, seq_len=32,
+                              curriculum=(32,))
     model = build_model(cfg)
     ids = torch.tensor(list(b"print('hello world') # 42\n" * 4))[:96]
     ids[40] = EOS_ID  # an EOS target is not a byte: excluded
@@ -77,3 +78,26 @@ def test_train_lm_cli_refuses_bad_arguments_with_one_line(capsys):
         assert main(argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("python -m moe: error:")
+
+
+def test_the_curriculum_gives_each_length_an_equal_share_of_the_steps_at_the_same_bytes_per_step():
+    from moe.hf.lm_train import phase_length
+
+    cfg = LMTrainConfig(steps=9)
+    assert [phase_length(cfg, s) for s in range(9)] == [128] * 3 + [256] * 3 + [512] * 3
+    assert [cfg.phase_batch(n) * n for n in cfg.curriculum] == [16 * 128] * 3
+    assert cfg.eval_lengths() == (128, 256, 512) and LMTrainConfig(seq_len=64, curriculum=(64,)).eval_lengths() == (64,)
+    for bad in ((256, 128, 512), (128, 256), (1, 512), ()):
+        with pytest.raises(ValueError, match="curriculum"):
+            LMTrainConfig(curriculum=bad)
+
+
+def test_the_report_prints_bits_per_byte_at_each_window_length():
+    from moe.hf.lm_train import format_report
+
+    report = {"held_out_topics": ["a"], "held_out_bytes": 10, "bits_per_byte": 1.25, "unigram_bits": 4.0,
+              "reduction": 0.6875, "nmi_trained": [0.5], "nmi_init": [0.1], "config": {"seq_len": 512},
+              "bits_per_byte_at": {"128": 1.5, "256": 1.375, "512": 1.25}}
+    lines = format_report(report).splitlines()
+    assert lines[1:5] == ["held-out bits per byte: 1.250 (windows of 512 bytes)", "  in windows of 128 bytes: 1.500",
+                          "  in windows of 256 bytes: 1.375", "  in windows of 512 bytes: 1.250"]

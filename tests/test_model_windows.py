@@ -65,14 +65,16 @@ def test_model_context_is_the_smaller_of_declared_and_trained(tmp_path, saved, e
     assert model_context(MixtralConfig(max_position_embeddings=512), str(tmp_path)) == expected
 
 
-def test_the_bundled_model_context_is_its_training_length():
+@pytest.mark.parametrize("name", ["pydoc-mixtral", "pydoc-deepseek"])
+def test_each_bundled_model_declares_the_context_it_was_trained_at(name):
     from transformers import AutoConfig
 
-    from moe.hf.load import BUNDLED_MODEL
+    from moe.hf.load import BUNDLED_MODELS
 
-    config = AutoConfig.from_pretrained(BUNDLED_MODEL, local_files_only=True)
-    trained = json.loads(open(f"{BUNDLED_MODEL}/training.json").read())["config"]["seq_len"]
-    assert model_context(config, BUNDLED_MODEL) == min(trained, config.max_position_embeddings) == 128
+    path = BUNDLED_MODELS[name]
+    config = AutoConfig.from_pretrained(path, local_files_only=True)
+    trained = json.loads(open(f"{path}/training.json").read())["config"]["seq_len"]
+    assert model_context(config, path) == trained == config.max_position_embeddings == 512
 
 
 # --- MoELayer.forward(stat_rows=): routing over every row, statistics over the chosen rows ---------------------

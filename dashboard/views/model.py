@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from moe.definitions import DEFINITIONS
-from moe.hf.load import read_training_nmi
+from moe.hf.load import BUNDLED_MODELS, read_training_nmi
 from moe.hf.tables import LAYER_COLUMNS, highest_aux_layer
 from moe.memory import out_of_memory
 from moe.roots import resolve_allowed
@@ -20,9 +20,10 @@ from dashboard import loaders, state
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.model import (WHITESPACE_MARKS, flow_figure, load_heatmap_figure, nmi_figure, token_html,
                                      token_layer_grid_figure, token_loss_figure)
-from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MAX_TOKENS_LIMIT, text_link_note, to_link
+from dashboard.model_link import (BUNDLE_CHOICES, EXAMPLES, LINK_DIR_KEY, MAX_TOKENS_LIMIT, bundle_choice,
+                                  text_link_note, to_link)
 from dashboard.quoting import md_text, quote
-from dashboard.views import model_cf
+from dashboard.views import model_bias, model_cf
 
 POOLED_LABEL = "Pooled aux (all layers, same scale as the table)"
 HF_LABEL = "HF load_balancing_loss (= top_k × pooled aux)"
@@ -65,14 +66,26 @@ def _use_example() -> None:
     st.session_state["model_text"] = EXAMPLES[st.session_state["model_example"]]
 
 
+def _use_bundled() -> None:
+    name = st.session_state["model_bundle"]
+    if name in BUNDLED_MODELS:
+        st.session_state["model_path"] = BUNDLED_MODELS[name]
+
+
 def _inputs() -> tuple[str, str, int]:
-    st.text_input("Model directory (local files only)", key="model_path")
+    ss = st.session_state
+    ss["model_bundle"] = bundle_choice(ss["model_path"])  # the directory decides; the box follows it
+    left, right = st.columns([1, 2])
+    left.selectbox("Bundled model", BUNDLE_CHOICES, key="model_bundle", on_change=_use_bundled,
+                   help="pydoc-mixtral: softmax router balanced by an aux loss; pydoc-deepseek: sigmoid router "
+                        "balanced by an expert bias (no aux loss), groups, a shared expert. Each directory's "
+                        "README.md is its model card. For another directory, type its path to the right.")
+    right.text_input("Model directory (local files only)", key="model_path")
     left, right = st.columns([3, 1])
     left.selectbox("Example prompt", list(EXAMPLES), key="model_example", on_change=_use_example)
     right.number_input("Max tokens", min_value=1, max_value=MAX_TOKENS_LIMIT, step=64, key="model_max_tokens")
     st.text_area("Text", key="model_text", height=120)
     st.html(WELL_FORMED_JS, unsafe_allow_javascript=True)
-    ss = st.session_state
     replaced = ss["model_text"].count("\ufffd")
     if replaced:
         st.info(f"The text holds {replaced} � (U+FFFD): each stands for a character that was not valid Unicode "
@@ -167,6 +180,7 @@ def _draw(view: dict) -> None:
     nmi_rows, nmi_note = _nmi_table(view)
     nmi = nmi_figure(nmi_rows)
     styled_table, highest = _styled_layer_table(view)
+    bias = model_bias.figures(view)
 
     notes = f" · mapped: {view['notes']}" if view["notes"] else ""
     st.caption(f"{quote(view['name'])} ({view['family']}) · {len(layers)} MoE layers · "
@@ -183,6 +197,7 @@ def _draw(view: dict) -> None:
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
+    model_bias.render(bias)
     _layer_table(view, styled_table, highest)
     _vocabulary(view, layers[pos])
     if flow is not None:

@@ -1,18 +1,21 @@
-"""Train the bundled MoE language model: a small Mixtral on the Python reference (`pydoc_data.topics`).
+"""Train a bundled MoE language model: a small Mixtral or DeepSeek-V3 (moe.hf.lm_arch) on the Python reference
+(`pydoc_data.topics`).
 
-Bytes in, bytes out; 90/10 split by topic (whole topics are held out); seeded end to end.
-`python -m moe train-lm --out DIR` runs `train_lm` and prints the held-out numbers.
+Bytes in, bytes out; 90/10 split by topic (whole topics are held out); seeded end to end. A length curriculum
+(LMTrainConfig.curriculum) ends at the context the model's config declares; the held-out bits per byte are
+measured in windows of 128, 256 and that context. `python -m moe train-lm [--arch ...] --out DIR` runs `train_lm`
+and prints the held-out numbers.
 """
 from __future__ import annotations
 
 import math
 import os
 import random
-from dataclasses import asdict
 
 import torch
 
-from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir
+from moe.hf.lm_arch import balance_biases, capture_selection, model_class, model_config, selected_top1
+from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir, eval_chunk
 from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode, save_tokenizer,
                          unigram_entropy_bits)
 from moe.jsonio import dumps
@@ -46,50 +49,55 @@ def join_ids(docs: dict[str, str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def model_config(cfg: LMTrainConfig):
-    from transformers import MixtralConfig
-
-    return MixtralConfig(
-        vocab_size=VOCAB_SIZE, hidden_size=cfg.hidden, intermediate_size=cfg.d_expert,
-        num_hidden_layers=cfg.layers, num_attention_heads=cfg.heads, num_key_value_heads=cfg.heads,
-        num_local_experts=cfg.experts, num_experts_per_tok=cfg.top_k, max_position_embeddings=4 * cfg.seq_len,
-        router_aux_loss_coef=cfg.aux_coef, tie_word_embeddings=True, bos_token_id=EOS_ID,
-        eos_token_id=EOS_ID, pad_token_id=EOS_ID, initializer_range=0.05)
-
-
 def build_model(cfg: LMTrainConfig):
     """The architecture at initialisation, drawn from cfg.seed (a local generator: no global RNG touched)."""
-    from transformers import MixtralForCausalLM
-
     with torch.random.fork_rng(devices=[]):  # HF init draws from the global RNG; restore it afterwards
         torch.manual_seed(cfg.seed)
-        model = MixtralForCausalLM(model_config(cfg))
+        model = model_class(cfg)(model_config(cfg))
     return model.float()
 
 
 @torch.no_grad()
 def evaluate(model, ids: torch.Tensor, seq_len: int) -> dict:
-    """Held-out bits per byte (EOS targets excluded) and per-layer top-1 expert of every input byte."""
+    """Held-out bits per byte (EOS targets excluded), per-layer top-1 expert NMI with the byte's class, and
+    per-layer max/mean of the experts' selected-token counts."""
     model.eval()
     n = (ids.numel() // seq_len) * seq_len
     windows = ids[:n].view(-1, seq_len)  # (W, L)
-    nll, count, top1 = 0.0, 0, []
-    for chunk in windows.split(64):
-        out = model(input_ids=chunk, output_router_logits=True)
-        logits = out.logits[:, :-1].float()  # (b, L-1, V)
-        target = chunk[:, 1:]  # (b, L-1)
-        keep = target != EOS_ID
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
-                                                 reduction="none").view_as(target)
-        nll += float(loss[keep].sum())
-        count += int(keep.sum())
-        top1.append(torch.stack([r.argmax(dim=-1) for r in out.router_logits]))  # (layers, b·L)
+    nll, count, top1, loads = 0.0, 0, [], 0
+    with capture_selection(model) as picks:
+        for chunk in windows.split(eval_chunk(seq_len)):
+            out = model(input_ids=chunk, output_router_logits=True)
+            logits = out.logits[:, :-1].float()  # (b, L-1, V)
+            target = chunk[:, 1:]  # (b, L-1)
+            keep = target != EOS_ID
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                                                     reduction="none").view_as(target)
+            nll += float(loss[keep].sum())
+            count += int(keep.sum())
+            first, load = _routing(out.router_logits, picks, model.config.num_experts_per_tok)
+            top1.append(first)  # (layers, b·L)
+            loads = loads + load  # (layers, E)
     experts = torch.cat(top1, dim=1).numpy()  # (layers, W·L)
     classes = char_classes(windows.reshape(-1).numpy())  # (W·L,)
     nmi = [normalized_mutual_information(layer, classes) for layer in experts]
     held_bytes = ids[ids != EOS_ID].numpy()
     return {"bits_per_byte": bits_per_byte(nll / count), "unigram_bits": unigram_entropy_bits(held_bytes),
-            "nmi": nmi, "tokens": count}
+            "nmi": nmi, "tokens": count, "load_max_over_mean": (loads.max(1).values / loads.mean(1)).tolist()}
+
+
+def _routing(router_logits, picks, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(top-1 selected expert per layer (layers, T), selected-token count per layer and expert (layers, E)):
+    from the bias routers' own selection when the model has them (picks), else the top-k of the logits."""
+    E = router_logits[0].shape[-1]
+    if picks:
+        index = torch.stack([torch.cat([i for i, _ in seen]) for seen in picks])  # (layers, T, K)
+        first = selected_top1(picks)  # (layers, T); clears picks
+    else:
+        index = torch.stack([r.topk(top_k, dim=-1).indices for r in router_logits])  # (layers, T, K)
+        first = index[..., 0]  # the largest logit is the top-1 (layers, T)
+    load = torch.zeros(index.shape[0], E).scatter_add_(1, index.flatten(1), torch.ones(index.flatten(1).shape))
+    return first, load  # (layers, T), (layers, E)
 
 
 def _lr(step: int, cfg: LMTrainConfig) -> float:
@@ -113,26 +121,50 @@ def train_lm(cfg: LMTrainConfig, out_dir: str, progress=None) -> dict:
     g = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.98))
     model.train()
-    for step in range(cfg.steps):
-        starts = torch.randint(0, train_ids.numel() - cfg.seq_len, (cfg.batch,), generator=g)  # (b,)
-        batch = torch.stack([train_ids[s: s + cfg.seq_len] for s in starts.tolist()])  # (b, L)
-        for group in opt.param_groups:
-            group["lr"] = _lr(step, cfg)
-        out = model(input_ids=batch, labels=batch, output_router_logits=True)
-        opt.zero_grad(set_to_none=True)
-        out.loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        if progress is not None:
-            progress(step + 1, float(out.loss.detach()), float(out.aux_loss.detach()))
-    trained = evaluate(model, held_ids, cfg.seq_len)
-    report = {"config": asdict(cfg), "train_topics": len(train_docs), "held_out_topics": list(held_docs),
+    with capture_selection(model) as picks:
+        for step in range(cfg.steps):
+            length = phase_length(cfg, step)
+            starts = torch.randint(0, train_ids.numel() - length, (cfg.phase_batch(length),), generator=g)  # (b,)
+            batch = torch.stack([train_ids[s: s + length] for s in starts.tolist()])  # (b, L)
+            for group in opt.param_groups:
+                group["lr"] = _lr(step, cfg)
+            out = train_step(model, opt, batch, picks, cfg.bias_rate)
+            if progress is not None:
+                progress(step + 1, float(out.loss.detach()), {**_balance_figure(out, picks), "len": length})
+    at_length = {n: evaluate(model, held_ids, n) for n in cfg.eval_lengths()}
+    trained = at_length[cfg.seq_len]
+    report = {"config": cfg.report(), "train_topics": len(train_docs), "held_out_topics": list(held_docs),
               "held_out_bytes": trained["tokens"], "bits_per_byte": trained["bits_per_byte"],
               "unigram_bits": trained["unigram_bits"],
               "reduction": 1 - trained["bits_per_byte"] / trained["unigram_bits"],
-              "nmi_trained": trained["nmi"], "nmi_init": at_init["nmi"], "char_classes": list(CHAR_CLASSES)}
+              "nmi_trained": trained["nmi"], "nmi_init": at_init["nmi"], "char_classes": list(CHAR_CLASSES),
+              "load_max_over_mean": trained["load_max_over_mean"],
+              "bits_per_byte_at": {str(n): r["bits_per_byte"] for n, r in at_length.items()}}
     save_model(model, out_dir, report)
     return report
+
+
+def phase_length(cfg: LMTrainConfig, step: int) -> int:
+    """The curriculum's sequence length at `step`: each length gets an equal share of the steps, in order."""
+    return cfg.curriculum[min(step * len(cfg.curriculum) // cfg.steps, len(cfg.curriculum) - 1)]
+
+
+def train_step(model, opt, batch: torch.Tensor, picks: list, bias_rate: float):
+    """One optimizer step on batch (b, L); then, for bias routers, the aux-loss-free bias update from this
+    step's selections (after the step: the bias is a buffer, outside the loss and the gradients)."""
+    out = model(input_ids=batch, labels=batch, output_router_logits=True)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    if picks:
+        balance_biases(model, picks, bias_rate)
+    return out
+
+
+def _balance_figure(out, picks: list) -> dict[str, float]:
+    """The progress bar's balance number: the aux loss (Mixtral), or none to show (bias routers balance by rule)."""
+    return {} if picks else {"aux": float(out.aux_loss.detach())}
 
 
 def save_model(model, out_dir: str, report: dict) -> None:
@@ -147,7 +179,8 @@ def save_model(model, out_dir: str, report: dict) -> None:
 def format_report(report: dict) -> str:
     """The printed summary: held-out bits per byte vs the unigram entropy, and NMI per layer."""
     lines = [f"held-out topics: {len(report['held_out_topics'])} ({report['held_out_bytes']} bytes)",
-             f"held-out bits per byte: {report['bits_per_byte']:.3f}",
+             f"held-out bits per byte: {report['bits_per_byte']:.3f} (windows of {report['config']['seq_len']} bytes)",
+             *(f"  in windows of {n} bytes: {bits:.3f}" for n, bits in report.get("bits_per_byte_at", {}).items()),
              f"byte-unigram entropy of the same text: {report['unigram_bits']:.3f} bits",
              f"reduction: {100 * report['reduction']:.1f}% below the unigram figure",
              "NMI(top-1 expert; character class) per layer: layer  trained  init"]

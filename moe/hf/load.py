@@ -17,8 +17,19 @@ from moe.hf.windows import model_context
 from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, estimate_bytes, out_of_memory
 from moe.roots import MODELS_DIR
 
-BUNDLED_MODEL = str(MODELS_DIR / "pydoc-mixtral")
+# The models that ship with moe-scope (trained by train-lm; each directory has its card, README.md).
+BUNDLED_MODELS = {name: str(MODELS_DIR / name) for name in ("pydoc-mixtral", "pydoc-deepseek")}
+BUNDLED_MODEL = BUNDLED_MODELS["pydoc-mixtral"]  # the default: Mixtral, softmax router + aux loss
 MODEL_ENV = "MOE_SCOPE_MODEL"
+
+
+def bundled_name(path: str) -> str | None:
+    """The bundled model's name when `path` is its directory, else None."""
+    try:
+        real = pathlib.Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):
+        return None
+    return next((name for name, p in BUNDLED_MODELS.items() if pathlib.Path(p).resolve() == real), None)
 
 
 def default_model_dir() -> str:

@@ -92,3 +92,23 @@ def class_nmi(run, tokens: list[str]) -> list[float]:
     """Per MoE layer: NMI(top-1 expert; character class) over the text's tokens."""
     classes = token_classes(tokens)
     return [normalized_mutual_information(row, classes) for row in run.top1().numpy()]
+
+
+BALANCE_COLUMNS = ["layer", "topk_margin", "bias_overlap", "shared_fraction"]
+
+
+def expert_bias_long(run) -> pd.DataFrame | None:
+    """(layer, expert, bias): each MoE layer's selection-only expert bias (DeepSeek-V3's e_score_correction_bias),
+    as the engine ran it; None when no layer has one."""
+    frames = [pd.DataFrame({"layer": layer, "expert": np.arange(len(t.config.expert_bias)),
+                            "bias": np.asarray(t.config.expert_bias, dtype=float)})
+              for layer, t in zip(run.layers, run.traces) if t.config.expert_bias is not None]
+    return pd.concat(frames, ignore_index=True) if frames else None
+
+
+def balance_table(run) -> pd.DataFrame:
+    """One row per MoE layer: top-k margin, bias overlap and the shared experts' output share on this text
+    (moe/definitions.py; NaN where the layer has no bias or shared expert to measure)."""
+    rows = [{"layer": layer, **{k: t.summary()[k] for k in BALANCE_COLUMNS[1:]}}
+            for layer, t in zip(run.layers, run.traces)]
+    return pd.DataFrame(rows, columns=BALANCE_COLUMNS)
