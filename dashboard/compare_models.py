@@ -84,7 +84,7 @@ def parse_model_side(query: str, defaults: dict) -> ModelSide:
     query = urlencode({"view": "Model", **pairs})  # names its kind, so the Compare link reopens it as a model side
     values, problems = from_link(pairs, EXAMPLES)
     merged = {**defaults, **values}
-    directory = values.get(LINK_DIR_KEY) or defaults["model_path"]
+    directory = values.get(LINK_DIR_KEY) or values.get("model_path") or defaults["model_path"]  # mdir, mmodel
     try:
         path = str(resolve_allowed(directory, "dir"))
     except ValueError as err:

@@ -15,7 +15,7 @@ from dashboard.model_link import EXAMPLES
 from dashboard.state import model_defaults
 from moe.hf.counterfactual import run_counterfactual
 from moe.hf.instrument import run_model
-from moe.hf.load import load_model
+from moe.hf.load import BUNDLED_MODELS, load_model
 from moe.hf.report import encode_text
 from moe.stats import StatsAccumulator
 
@@ -96,6 +96,18 @@ def test_two_models_on_one_text_and_the_link_round_trips(tmp_path):
     assert again.table[0].value.equals(at.table[0].value)
     tiny = _independent(other, EXAMPLES["prose"])
     assert at.table[0].value["B"].iloc[-1] == pytest.approx(tiny["loss_bits"], rel=1e-5)
+
+
+def test_the_two_bundled_models_on_one_text_by_name():
+    at = _compare(OWN, urlencode({"view": "Model", "mex": "prose", "mmodel": "pydoc-deepseek"}))
+    assert not at.exception and not at.error
+    table = at.table[0].value
+    deepseek = _independent(BUNDLED_MODELS["pydoc-deepseek"], EXAMPLES["prose"])
+    mixtral = _independent(model_defaults()["model_path"], EXAMPLES["prose"])
+    assert table["B"].iloc[-1] == pytest.approx(deepseek["loss_bits"], rel=1e-5)
+    assert table["A"].iloc[-1] == pytest.approx(mixtral["loss_bits"], rel=1e-5)
+    assert table["B"].iloc[2] == pytest.approx(deepseek["max_over_mean"], rel=1e-5)
+    assert [c.value for c in at.caption if "pydoc-deepseek" in c.value]
 
 
 def test_a_playground_side_against_a_model_side_is_one_error():
