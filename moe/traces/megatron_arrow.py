@@ -1,0 +1,162 @@
+"""The fast path of the Megatron-LM trace reader: pyarrow's streaming JSON reader and vectorised counting.
+
+Each block of lines (a few MiB) becomes one Arrow record batch with an explicit schema; `top_indices`
+(list<list<int32>>) is flattened once and counted with one `np.bincount` over (cell, expert), where a cell is
+one (step, layer) of the batch. Every check of the exact line reader (moe.traces.readers.iter_megatron) is made
+on whole columns. The fast path never words an error: when pyarrow refuses a line, or a check fails, it raises
+`NotFast` and the caller re-reads the file with the exact line reader, which names the line and the fix.
+`FileCounts` is what both paths fill: counts per (step, layer label) of one rank file.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.json as pj
+
+from moe.traces.readers import layer_label
+from moe.traces.records import MAX_EXPERTS, TraceLimits, open_regular
+
+BLOCK_BYTES = 4 << 20  # lines parsed per batch; a longer line doubles it, up to the line cap of the memory budget
+# Ids as int32: parsed faster than int64, and any id ≥ MAX_EXPERTS is refused anyway (an overflow → NotFast).
+SCHEMA = pa.schema([("step", pa.int64()), ("block", pa.string()), ("mtp_idx", pa.int64()), ("layer", pa.int64()),
+                    ("num_tokens", pa.int64()), ("topk", pa.int64()),
+                    ("top_indices", pa.list_(pa.list_(pa.int32()))),
+                    ("logit_offset", pa.int64()), ("logit_bytes", pa.int64()), ("logit_shape", pa.list_(pa.int64()))])
+REQUIRED = ("step", "block", "layer", "num_tokens", "topk", "top_indices")
+LOGITS = ("logit_offset", "logit_bytes", "logit_shape")
+
+
+class NotFast(Exception):
+    """The fast path cannot vouch for this file; read it with the exact line reader (it says what is wrong)."""
+
+
+@dataclass
+class FileCounts:
+    """One rank file's counts: (step, layer label) → (W,) tokens per expert id, W = its largest id + 1 so far."""
+    cells: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
+    top_k: set[int] = field(default_factory=set)       # every topk the records name (one model: one value)
+    recorded: set[int] = field(default_factory=set)    # every expert count logit_shape names
+    records: int = 0
+    with_logits: int = 0                               # records carrying logit_offset/logit_bytes/logit_shape
+
+    def add(self, step: int, label: str, counts: np.ndarray) -> None:
+        """Add (W',) counts to the cell, widening whichever of the two is shorter (micro-batches add up)."""
+        old = self.cells.get((step, label))
+        if old is None:
+            self.cells[(step, label)] = counts.astype(np.int64)
+            return
+        if len(old) < len(counts):
+            old, counts = counts.astype(np.int64), old
+        old[:len(counts)] += counts
+        self.cells[(step, label)] = old
+
+    @property
+    def max_id(self) -> int:
+        """The largest expert id with a token (-1: none)."""
+        return max((int(np.flatnonzero(c)[-1]) for c in self.cells.values() if c.any()), default=-1)
+
+
+def count_file(path: str, limits: TraceLimits, progress=None) -> FileCounts:
+    """Every record of `path` counted; NotFast when the exact line reader must decide."""
+    block = max(1, min(BLOCK_BYTES, limits.line_bytes))
+    while True:
+        out = FileCounts()
+        try:
+            _count_blocks(path, out, limits, block, progress)
+            return out
+        except pa.ArrowInvalid as err:
+            if "straddl" not in str(err) or block >= limits.line_bytes:
+                raise NotFast from None
+            block = min(2 * block, limits.line_bytes)  # a line longer than a block: start over with larger blocks
+        except (pa.ArrowException, UnicodeDecodeError, OverflowError):
+            raise NotFast from None
+
+
+def _count_blocks(path: str, out: FileCounts, limits: TraceLimits, block: int, progress) -> None:
+    with open_regular(path) as f:
+        size = max(f.seek(0, 2), 1)
+        f.seek(0)
+        reader = pj.open_json(f, read_options=pj.ReadOptions(block_size=block, use_threads=True),
+                              parse_options=pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore",
+                                                            newlines_in_values=False))
+        for batch in reader:
+            count_batch(batch, out, limits)
+            if progress is not None:
+                progress(min(f.tell() / size, 1.0))
+
+
+def count_batch(batch: pa.RecordBatch, out: FileCounts, limits: TraceLimits) -> None:
+    """Check and count one batch of records; NotFast on anything the exact reader would refuse."""
+    if batch.num_rows == 0:
+        return
+    if any(batch.column(name).null_count for name in REQUIRED):
+        raise NotFast  # a field missing or null (also "block", which the exact reader defaults when absent)
+    step, layer, T, K = (batch.column(n).to_numpy() for n in ("step", "layer", "num_tokens", "topk"))  # (n,) each
+    if min(step.min(), layer.min(), T.min()) < 0 or K.min() < 1:
+        raise NotFast
+    labels = _layer_keys(batch)                                          # (n,) int64, -1 = decoder
+    ids, per_record = _ids(batch.column("top_indices"), T, K)            # (N,) int32, (n,) T·K
+    experts = _logit_experts(batch, T, limits, ids, per_record)          # (n,) E or -1 per record
+    out.top_k.update(np.unique(K).tolist())
+    out.recorded.update(np.unique(experts[experts >= 0]).tolist())
+    out.records += batch.num_rows
+    out.with_logits += int((experts >= 0).sum())
+    key = np.stack([step, labels, layer], axis=1)                       # (n, 3)
+    cells, inverse = np.unique(key, axis=0, return_inverse=True)         # (c, 3), (n,)
+    W = int(ids.max()) + 1 if ids.size else 0
+    flat = np.repeat(inverse.reshape(-1).astype(np.int64) * W, per_record) + ids  # (N,) cell·W + id
+    sums = np.bincount(flat, minlength=len(cells) * W).reshape(len(cells), W)     # (c, W)
+    for (s, mtp, lay), row in zip(cells.tolist(), sums):
+        out.add(s, layer_label("mtp" if mtp >= 0 else "decoder", lay, mtp), row)
+
+
+def _layer_keys(batch: pa.RecordBatch) -> np.ndarray:
+    """(n,) the MTP head of each record (-1 for decoder layers); NotFast when an MTP record lacks a valid one."""
+    mtp = pc.equal(batch.column("block"), "mtp").to_numpy(zero_copy_only=False)  # (n,) bool
+    if not mtp.any():
+        return np.full(batch.num_rows, -1, np.int64)
+    head = batch.column("mtp_idx").fill_null(-1).to_numpy()               # (n,)
+    if (head[mtp] < 0).any():
+        raise NotFast
+    return np.where(mtp, head, -1)
+
+
+def _ids(column: pa.ListArray, T: np.ndarray, K: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The flat ids (N,) of (num_tokens, topk) lists per record, and T·K per record; NotFast on another shape."""
+    rows = column.flatten()                                              # one list per token
+    if rows.null_count or not np.array_equal(pc.list_value_length(column).to_numpy(), T):
+        raise NotFast
+    ids = rows.flatten()                                                 # (N,)
+    if ids.null_count or not np.array_equal(pc.list_value_length(rows).to_numpy(), np.repeat(K, T)):
+        raise NotFast
+    ids = ids.to_numpy()                                                 # (N,) int32, no copy
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= MAX_EXPERTS):
+        raise NotFast
+    return ids, T * K
+
+
+def _logit_experts(batch: pa.RecordBatch, T: np.ndarray, limits: TraceLimits, ids: np.ndarray,
+                   per_record: np.ndarray) -> np.ndarray:
+    """(n,) E from each record's logit_shape [T, E] (-1 without logits), checked as the exact reader checks it.
+    The logits themselves are not read: counting needs only the ids (moe.traces.summary reads the sidecar)."""
+    present = np.stack([batch.column(n).is_valid().to_numpy(zero_copy_only=False) for n in LOGITS])  # (3, n)
+    has = present.any(0)                                                 # (n,)
+    if not has.any():
+        return np.full(batch.num_rows, -1, np.int64)
+    if not present[:, has].all():
+        raise NotFast
+    shape = batch.column("logit_shape").fill_null([0, 0])
+    if not (pc.list_value_length(shape).to_numpy() == 2).all() or shape.flatten().null_count:
+        raise NotFast
+    rows, E = shape.flatten().to_numpy().reshape(-1, 2).T                 # (n,), (n,)
+    offset, size = (batch.column(n).fill_null(0).to_numpy() for n in ("logit_offset", "logit_bytes"))
+    bad = (offset < 0) | (rows != T) | (E < 1) | (E > MAX_EXPERTS) | (size != 2 * T * E)
+    if bad[has].any() or (T * E)[has].max() > limits.entries:
+        raise NotFast
+    E = np.where(has, E, -1)                                             # (n,)
+    if ids.size and (ids >= np.repeat(np.where(has, E, MAX_EXPERTS), per_record)).any():
+        raise NotFast  # an id beyond the record's own expert count
+    return E
