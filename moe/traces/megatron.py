@@ -59,7 +59,7 @@ def read_megatron(paths: list[str], n_experts: int | None, progress: Progress | 
         files.append(counts)
         fast.append(was_fast)
     if not any(f.records for f in files):
-        raise ValueError(f"{_named(paths)} hold(s) no routing records; give the router_trace_rank*.jsonl files of "
+        raise ValueError(f"{_named(paths)} no routing records; give the router_trace_rank*.jsonl files of "
                          f"a run that traced at least one step")
     log = _assemble(files, ranks, paths, n_experts, limits)
     log.meta.update(fast_path=fast, **read_router_states(paths, ranks, log.n_experts, log.top_k, limits))
@@ -178,4 +178,4 @@ def _identical_ranks(rank_counts: np.ndarray, ranks: list[int]) -> list[list[int
 
 
 def _named(paths: list[str]) -> str:
-    return repr(paths[0]) if len(paths) == 1 else f"the {len(paths)} files from {paths[0]!r}"
+    return f"{paths[0]!r} holds" if len(paths) == 1 else f"the {len(paths)} files from {paths[0]!r} hold"
