@@ -106,11 +106,23 @@ def count_batch(batch: pa.RecordBatch, out: FileCounts, limits: TraceLimits) -> 
     out.with_logits += int((experts >= 0).sum())
     key = np.stack([step, labels, layer], axis=1)                       # (n, 3)
     cells, inverse = np.unique(key, axis=0, return_inverse=True)         # (c, 3), (n,)
-    W = int(ids.max()) + 1 if ids.size else 0
-    flat = np.repeat(inverse.reshape(-1).astype(np.int64) * W, per_record) + ids  # (N,) cell·W + id
-    sums = np.bincount(flat, minlength=len(cells) * W).reshape(len(cells), W)     # (c, W)
+    sums = _cell_counts(ids, per_record, inverse.reshape(-1), len(cells))  # (c, W)
     for (s, mtp, lay), row in zip(cells.tolist(), sums):
         out.add(s, layer_label("mtp" if mtp >= 0 else "decoder", lay, mtp), row)
+
+
+def _cell_counts(ids: np.ndarray, per_record: np.ndarray, cell: np.ndarray, n_cells: int) -> np.ndarray:
+    """(c, W) tokens per cell and expert id, W = largest id + 1: records of thousands of tokens one bincount
+    each (no (N,) temporaries), many small records (decode steps) one bincount over cell·W + id."""
+    W = int(ids.max()) + 1 if ids.size else 0
+    if ids.size >= 1024 * len(per_record):
+        sums = np.zeros((n_cells, W), np.int64)
+        ends = np.cumsum(per_record)                                     # (n,)
+        for c, lo, hi in zip(cell.tolist(), (ends - per_record).tolist(), ends.tolist()):
+            sums[c] += np.bincount(ids[lo:hi], minlength=W)              # (W,)
+        return sums
+    flat = np.repeat(cell.astype(np.int64) * W, per_record) + ids        # (N,) cell·W + id
+    return np.bincount(flat, minlength=n_cells * W).reshape(n_cells, W)
 
 
 def _layer_keys(batch: pa.RecordBatch) -> np.ndarray:
