@@ -182,15 +182,16 @@ def test_an_empty_rank_is_kept_and_identical_ranks_are_flagged(tmp_path):
 
 def test_a_line_longer_than_a_block_is_read_and_one_past_the_line_cap_refused(tmp_path):
     rng = np.random.default_rng(0)
-    T = 900_000  # "[n], " × 900,000: a 4.5 MB line, past the first 4 MiB block
-    rec = {"step": 0, "stage": "pre_dispatch", "block": "decoder", "layer": 0, "rank": 0, "num_tokens": T,
-           "topk": 1, "top_indices": rng.integers(0, E, (T, 1)).tolist()}
+    T = 600_000  # "[n], " × 600,000: a 3 MB line after a short one, past the first blocks (1 MiB, then 2)
+    short, long = ({"step": 0, "stage": "pre_dispatch", "block": "decoder", "layer": 0, "rank": 0, "num_tokens": n,
+                    "topk": 1, "top_indices": rng.integers(0, E, (n, 1)).tolist()} for n in (3, T))
     path = tmp_path / "router_trace_rank0.jsonl"
-    write_megatron(path, [rec])
+    write_megatron(path, [short, long])
     log = read_megatron([str(path)], E)
     assert log.meta["fast_path"] == [True]
-    assert log.counts[0, 0].tolist() == np.bincount(np.asarray(rec["top_indices"]).ravel(), minlength=E).tolist()
-    with pytest.raises(ValueError, match="line 1 is longer than 2.0 MiB"):
+    ids = np.concatenate([np.ravel(short["top_indices"]), np.ravel(long["top_indices"])])
+    assert log.counts[0, 0].tolist() == np.bincount(ids, minlength=E).tolist()
+    with pytest.raises(ValueError, match="line 2 is longer than 2.0 MiB"):
         read_megatron([str(path)], E, limits=TraceLimits(256 << 20))  # one line may take 2 MiB
 
 

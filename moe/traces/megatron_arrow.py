@@ -1,6 +1,6 @@
 """The fast path of the Megatron-LM trace reader: pyarrow's streaming JSON reader and vectorised counting.
 
-Each block of lines (a few MiB) becomes one Arrow record batch with an explicit schema; `top_indices`
+Each block of lines (1 MiB or more) becomes one Arrow record batch with an explicit schema; `top_indices`
 (list<list<int32>>) is flattened once and counted with one `np.bincount` over (cell, expert), where a cell is
 one (step, layer) of the batch. Every check of the exact line reader (moe.traces.readers.iter_megatron) is made
 on whole columns. The fast path never words an error: when pyarrow refuses a line, or a check fails, it raises
@@ -19,7 +19,11 @@ import pyarrow.json as pj
 from moe.traces.readers import layer_label
 from moe.traces.records import MAX_EXPERTS, TraceLimits, open_regular
 
-BLOCK_BYTES = 4 << 20  # lines parsed per batch; a longer line doubles it, up to the line cap of the memory budget
+# Bytes of lines parsed per batch: pyarrow's parser holds ~40 bytes per byte of a block while it converts (numbers
+# are kept as text first), so 1 MiB keeps a read near +60 MiB; a file of longer lines gets blocks of 4 of its first
+# lines, and a longer line later doubles the block (starting over). pyarrow joins a line that straddles two blocks,
+# so a line of up to 2 blocks is read: blocks stay at most half the line cap of the memory budget.
+BLOCK_BYTES = 1 << 20
 # Ids as int32: parsed faster than int64, and any id ≥ MAX_EXPERTS is refused anyway (an overflow → NotFast).
 SCHEMA = pa.schema([("step", pa.int64()), ("block", pa.string()), ("mtp_idx", pa.int64()), ("layer", pa.int64()),
                     ("num_tokens", pa.int64()), ("topk", pa.int64()),
@@ -61,25 +65,34 @@ class FileCounts:
 
 def count_file(path: str, limits: TraceLimits, progress=None) -> FileCounts:
     """Every record of `path` counted; NotFast when the exact line reader must decide."""
-    block = max(1, min(BLOCK_BYTES, limits.line_bytes))
+    block, most = _first_block(path, limits), max(1, limits.line_bytes // 2)
     while True:
         out = FileCounts()
         try:
             _count_blocks(path, out, limits, block, progress)
             return out
         except pa.ArrowInvalid as err:
-            if "straddl" not in str(err) or block >= limits.line_bytes:
+            if "straddl" not in str(err) or block >= most:
                 raise NotFast from None
-            block = min(2 * block, limits.line_bytes)  # a line longer than a block: start over with larger blocks
+            block = min(2 * block, most)  # a line longer than a block: start over with larger blocks
         except (pa.ArrowException, UnicodeDecodeError, OverflowError):
             raise NotFast from None
+
+
+def _first_block(path: str, limits: TraceLimits) -> int:
+    """BLOCK_BYTES, or room for 4 lines as long as the first one; at most half the line cap (see BLOCK_BYTES)."""
+    with open_regular(path) as f:
+        first = len(f.readline(limits.line_bytes + 1))
+    return max(1, min(max(BLOCK_BYTES, 4 * first), limits.line_bytes // 2))
 
 
 def _count_blocks(path: str, out: FileCounts, limits: TraceLimits, block: int, progress) -> None:
     with open_regular(path) as f:
         size = max(f.seek(0, 2), 1)
         f.seek(0)
-        reader = pj.open_json(f, read_options=pj.ReadOptions(block_size=block, use_threads=True),
+        # One thread: pyarrow's threaded JSON reader left threads alive at exit once torch was loaded (SIGABRT,
+        # "terminate called without an active exception", cf. apache/arrow#34314); one core per read is fair.
+        reader = pj.open_json(f, read_options=pj.ReadOptions(block_size=block, use_threads=False),
                               parse_options=pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore",
                                                             newlines_in_values=False))
         for batch in reader:
