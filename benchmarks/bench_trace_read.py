@@ -5,7 +5,8 @@
 Writes (in a temporary directory) a trace as Megatron-LM's RouterTracer writes it: router_trace_rank{r}.jsonl,
 one json.dumps line per (step, layer) router call of --tokens tokens × top --top-k of --experts experts, no logits.
 Each measurement is a fresh process, timed whole by this script; its start-up (interpreter, imports) is removed by
-subtracting the same command on a one-line file. Rates are MB of trace per second, medians over --repeats, the runs
+subtracting the same command on a one-line file (each child also times its read alone: the second, less noisy
+line of each row). Rates are MB of trace per second, medians over --repeats, the runs
 of the two commands interleaved (the machine's load changes both alike). Rows:
 - one file of --mb MB: (a) `for line in f: json.loads(line)`, (b) read_megatron([file]); their ratio b/a (target
   ≥ 0.5) and each one's peak RSS growth (ru_maxrss of the process minus that of the one-line process);
@@ -29,26 +30,30 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 
+# Each child prints its peak RSS (KiB) and the seconds of its read alone (the in-process cross-check).
 LOOP = """
-import json, resource, sys
+import json, resource, sys, time
+start = time.perf_counter()
 for path in sys.argv[1:]:
     with open(path, "rb") as f:
         for line in f:
             json.loads(line)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - start)
 """
 READER = """
-import resource, sys
+import resource, sys, time
 from moe.traces.megatron import read_megatron
+start = time.perf_counter()
 log = read_megatron(sys.argv[2:], int(sys.argv[1]))
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - start)
 """
 LINE_READER = """
-import resource, sys
+import resource, sys, time
 from moe.traces.readers import iter_megatron
+start = time.perf_counter()
 for rec in iter_megatron(sys.argv[2]):
     pass
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, time.perf_counter() - start)
 """
 
 
@@ -75,37 +80,43 @@ def one_line(path: Path, out: Path) -> Path:
     return out
 
 
-def run(code: str, *argv) -> tuple[float, int]:
-    """Wall seconds of a fresh process and its peak RSS in bytes (ru_maxrss, KiB on Linux)."""
+def run(code: str, *argv) -> tuple[float, int, float]:
+    """Wall seconds of a fresh process, its peak RSS in bytes (ru_maxrss, KiB on Linux), its read's own seconds."""
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", code, *map(str, argv)], capture_output=True, text=True, cwd=ROOT,
                          check=True)
-    return time.perf_counter() - start, int(out.stdout.split()[-1]) * 1024
+    peak, inside = out.stdout.split()[-2:]
+    return time.perf_counter() - start, int(peak) * 1024, float(inside)
 
 
 def compare(files: list[Path], ones: list[Path], mb: float, repeats: int, experts: int) -> dict:
     """Medians of (a) the loop and (b) the reader, net of the same command on one-line files."""
     times = {k: [] for k in ("a", "a1", "b", "b1")}
-    rss = {k: [] for k in times}
+    rss, inside = {k: [] for k in times}, {k: [] for k in times}
     for _ in range(repeats):
         for key, code, paths in (("a1", LOOP, ones), ("a", LOOP, files), ("b1", READER, ones),
                                  ("b", READER, files)):
             extra = [] if code is LOOP else [experts]
-            t, peak = run(code, *extra, *paths)
+            t, peak, own = run(code, *extra, *paths)
             times[key].append(t)
             rss[key].append(peak)
+            inside[key].append(own)
     med = {k: statistics.median(v) for k, v in times.items()}
     peak = {k: statistics.median(v) for k, v in rss.items()}
+    own = {k: statistics.median(v) for k, v in inside.items()}
     rate_a, rate_b = mb / (med["a"] - med["a1"]), mb / (med["b"] - med["b1"])
+    own_a, own_b = mb / own["a"], mb / own["b"]
     return {"loop": rate_a, "reader": rate_b, "ratio": rate_b / rate_a, "startup_a": med["a1"],
             "startup_b": med["b1"], "rss_a": (peak["a"] - peak["a1"]) / 2 ** 20,
-            "rss_b": (peak["b"] - peak["b1"]) / 2 ** 20}
+            "rss_b": (peak["b"] - peak["b1"]) / 2 ** 20, "own_a": own_a, "own_b": own_b, "own_ratio": own_b / own_a}
 
 
 def report(title: str, r: dict, repeats: int) -> None:
     print(f"{title}: json.loads loop {r['loop']:.1f} MB/s, read_megatron {r['reader']:.1f} MB/s, ratio "
           f"{r['ratio']:.2f} (medians of {repeats}; start-up {r['startup_a']:.2f} s / {r['startup_b']:.2f} s "
           f"removed); peak RSS growth: loop {r['rss_a']:+.0f} MiB, read_megatron {r['rss_b']:+.0f} MiB")
+    print(f"{title}, timed inside the process: json.loads loop {r['own_a']:.1f} MB/s, read_megatron "
+          f"{r['own_b']:.1f} MB/s, ratio {r['own_ratio']:.2f}")
 
 
 def main() -> None:
@@ -130,8 +141,8 @@ def main() -> None:
               f"{args.experts} experts, {args.layers} layers, no logits")
         report(f"1 file, {mb:.1f} MB", compare([single], [one], mb, args.repeats, args.experts), args.repeats)
         if args.line_reader:
-            t, _ = run(LINE_READER, args.experts, single)
-            t1, _ = run(LINE_READER, args.experts, one)
+            t, _, _ = run(LINE_READER, args.experts, single)
+            t1, _, _ = run(LINE_READER, args.experts, one)
             print(f"1 file, {mb:.1f} MB: today's line reader (iter_megatron) {mb / (t - t1):.1f} MB/s (one run)")
         if args.ranks:
             folder = tmp / "run"
@@ -145,8 +156,8 @@ def main() -> None:
             os.remove(single)
             big = tmp / "one" / "router_trace_rank0.jsonl"
             size = write_rank(big, int(args.gb * 1e9), args, 0) / 1e6
-            t, peak = run(READER, args.experts, big)
-            t1, peak1 = run(READER, args.experts, one)
+            t, peak, _ = run(READER, args.experts, big)
+            t1, peak1, _ = run(READER, args.experts, one)
             print(f"1 file, {size:.0f} MB: read_megatron {size / (t - t1):.1f} MB/s (one run), peak RSS growth "
                   f"{(peak - peak1) / 2 ** 20:+.0f} MiB")
 
