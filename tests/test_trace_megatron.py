@@ -103,7 +103,7 @@ def _lines(**kw):
 
 def _refused(tmp_path, lines, n_experts=E, name="router_trace_rank0.jsonl") -> str:
     path = tmp_path / name
-    path.write_text("".join(lines))
+    path.write_bytes("".join(lines).encode("utf-8", "surrogateescape"))
     with pytest.raises(ValueError) as err:
         read_megatron([str(path)], n_experts)
     message = str(err.value)
@@ -139,11 +139,29 @@ def _record(**change):
     (lambda: [_record(block="mtp")], "line 1: field 'mtp_idx' must be an integer >= 0, got null"),
     (lambda: [_record(block=None)], "field 'block' must be a string"),
     (lambda: [_record(topk=0, num_tokens=0, top_indices=[])], "field 'topk' must be an integer >= 1, got 0"),
+    # what pyarrow alone would read otherwise: two objects on a line, \r between them, a null, a byte not UTF-8
+    (lambda: [_lines()[0].strip() + _lines()[1]], "line 1 is not JSON (Extra data)"),
+    (lambda: [_lines()[0].strip() + "\r" + _lines()[1]], "line 1 is not JSON (Extra data)"),
+    (lambda: [_record(logit_offset=None)], "line 1 misses field(s) ['logit_bytes', 'logit_shape']"),
+    (lambda: [_lines()[0].replace("pre_dispatch", "pre\udcff")], "line 1 is not JSON (nested too deep or not UTF-8)"),
 ])
 def test_every_malformed_file_is_todays_one_line_message(tmp_path, lines, message):
     got = _refused(tmp_path, lines())
     assert message in got, got
     assert "**x**" not in got
+
+
+def test_blank_lines_and_non_ascii_text_are_read_as_the_line_reader_reads_them(tmp_path):
+    lines = _lines()
+    path = tmp_path / "router_trace_rank0.jsonl"
+    path.write_text("".join(lines))
+    plain = read_megatron([str(path)], E)
+    path.write_text("\n".join(lines) + "\n  \n")  # blank lines: skipped by both readers
+    spaced = read_megatron([str(path)], E)
+    path.write_text("".join(line.replace('"pre_dispatch"', '"pr\u00e9"') for line in lines), encoding="utf-8")
+    accented = read_megatron([str(path)], E)
+    assert plain.meta["fast_path"] == [True] and spaced.meta["fast_path"] == accented.meta["fast_path"] == [False]
+    assert np.array_equal(plain.counts, spaced.counts) and np.array_equal(plain.counts, accented.counts)
 
 
 def test_counts_the_file_cannot_hold_are_refused_in_one_line(tmp_path):

@@ -88,17 +88,68 @@ def _first_block(path: str, limits: TraceLimits) -> int:
 
 def _count_blocks(path: str, out: FileCounts, limits: TraceLimits, block: int, progress) -> None:
     with open_regular(path) as f:
-        size = max(f.seek(0, 2), 1)
+        size = f.seek(0, 2)
         f.seek(0)
+        scan = _Scan(f)
         # One thread: pyarrow's threaded JSON reader left threads alive at exit once torch was loaded (SIGABRT,
         # "terminate called without an active exception", cf. apache/arrow#34314); one core per read is fair.
-        reader = pj.open_json(f, read_options=pj.ReadOptions(block_size=block, use_threads=False),
+        reader = pj.open_json(pa.PythonFile(scan, mode="r"),
+                              read_options=pj.ReadOptions(block_size=block, use_threads=False),
                               parse_options=pj.ParseOptions(explicit_schema=SCHEMA, unexpected_field_behavior="ignore",
                                                             newlines_in_values=False))
         for batch in reader:
             count_batch(batch, out, limits)
             if progress is not None:
-                progress(min(f.tell() / size, 1.0))
+                progress(min(scan.seen / max(size, 1), 1.0))
+    if scan.seen != size or not scan.plain or scan.lines() != out.records:
+        raise NotFast  # bytes pyarrow did not read through the scan, or lines the exact reader reads otherwise
+
+
+class _Scan:
+    """The file as pyarrow reads it, watched on the way (no second read) for what pyarrow reads differently from
+    json.loads line by line: a line holding two objects or none (blank lines), a null (pyarrow: a missing field)
+    and any byte outside ASCII (RouterTracer's json.dumps writes ASCII only; a stray byte may not be UTF-8)."""
+
+    def __init__(self, f) -> None:
+        self.f, self.seen, self.newlines, self.plain, self.tail = f, 0, 0, True, b""
+
+    def read(self, n: int = -1) -> bytes:
+        chunk = self.f.read(n)
+        if chunk:
+            self.seen += len(chunk)
+            self.newlines += chunk.count(b"\n")
+            self.plain = self.plain and chunk.isascii() and b"null" not in chunk and b"null" not in (
+                self.tail + chunk[:3])
+            self.tail = chunk[-3:]
+        return chunk
+
+    def lines(self) -> int:
+        """Lines as readline counts them: a last line without its newline is one too."""
+        return self.newlines + (self.tail[-1:] not in (b"", b"\n"))
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if (offset, whence) != (0, 0) or self.seen:
+            raise NotFast  # pyarrow reads a stream front to back; anything else would skip the scan
+        return self.f.seek(0)
+
+    def tell(self) -> int:
+        return self.seen
+
+    def close(self) -> None:
+        pass  # the caller's `with` closes the file
+
+    @property
+    def closed(self) -> bool:
+        return self.f.closed
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def writable(self) -> bool:
+        return False
 
 
 def count_batch(batch: pa.RecordBatch, out: FileCounts, limits: TraceLimits) -> None:
