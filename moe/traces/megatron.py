@@ -73,13 +73,13 @@ def _read_file(path: str, limits: TraceLimits, progress: Progress | None) -> tup
     try:
         return count_file(path, limits, progress), True
     except NotFast:
-        return _count_exact(path, limits), False
+        return _count_exact(path, limits, progress), False
 
 
-def _count_exact(path: str, limits: TraceLimits) -> FileCounts:
+def _count_exact(path: str, limits: TraceLimits, progress: Progress | None = None) -> FileCounts:
     """readers.iter_megatron, record by record: today's checks and messages, line numbers included."""
     out = FileCounts()
-    for rec in iter_megatron(path, None, limits):
+    for rec in iter_megatron(path, progress, limits):
         idx = rec.top_k_index                                            # (T, K) int64
         out.add(rec.step, rec.layer, np.bincount(idx.ravel()))           # (max id + 1,)
         out.top_k.add(int(idx.shape[1]))
@@ -108,9 +108,15 @@ def _progress_parts(paths: list[str], progress: Progress | None):
     for path in paths:
         with open_regular(path) as f:  # a missing or non-regular file is refused before any is read
             sizes.append(max(os.fstat(f.fileno()).st_size, 1))
-    total, done = sum(sizes), 0
+    total, done, shown = sum(sizes), 0, [0.0]
+
+    def report(fraction: float) -> None:  # never backwards (a file re-read by the exact reader starts over)
+        if fraction > shown[0]:
+            shown[0] = fraction
+            progress(fraction)
+
     for path, size in zip(paths, sizes):
-        part = None if progress is None else (lambda frac, d=done, s=size: progress((d + frac * s) / total))
+        part = None if progress is None else (lambda frac, d=done, s=size: report((d + frac * s) / total))
         yield part, path
         done += size
 
