@@ -271,3 +271,12 @@ def test_a_router_state_that_would_run_code_is_refused(tmp_path):
                     "topk": K}}, tmp_path / "router_state_rank0.pt")
     with pytest.raises(ValueError, match="would run code when loaded"):
         read_megatron(paths, E)
+
+
+def test_counts_past_the_memory_budget_are_refused_while_reading(tmp_path):
+    paths = megatron_run(tmp_path, ranks=2, steps=300, layers=4, tokens=3, n_experts=E, top_k=K)
+    small = TraceLimits(1 << 20)  # counts may take 256 KiB: ~1,000 (step, layer) cells of 8 experts
+    with pytest.raises(ValueError, match="need more than 256.0 KiB, what the memory budget leaves them; give fewer "
+                                         "steps"):
+        read_megatron(paths, E, limits=small)
+    assert read_megatron(paths[:1], E, limits=TraceLimits(16 << 20)).counts.shape == (300, 4, E)

@@ -45,7 +45,8 @@ RANK_COUNTS_NOTE = "rank_counts holds each rank file's LOGICAL expert counts (P 
 def read_megatron(paths: list[str], n_experts: int | None, progress: Progress | None = None,
                   limits: TraceLimits | None = None) -> RoutingLog:
     """The routing log of one run from its rank files (sorted by rank); counts added over ranks and micro-batches.
-    Every malformed input is one ValueError line; E is logit_shape's when recorded, else `n_experts`."""
+    E is logit_shape's when recorded, else `n_experts`; records with logits are counted like the others (the
+    sidecar is not read). Every malformed input is one ValueError line (see the module docstring for meta)."""
     paths = [paths] if isinstance(paths, str) else list(paths)
     if not paths:
         raise ValueError("no Megatron-LM trace file was given; give the run's router_trace_rank*.jsonl files")
@@ -54,8 +55,8 @@ def read_megatron(paths: list[str], n_experts: int | None, progress: Progress | 
     limits = limits or TraceLimits.from_env()
     ranks = _ranks(paths)
     files, fast = [], []
-    for part, path in _progress_parts(paths, progress):
-        counts, was_fast = _read_file(path, limits, part)
+    for part, path in _progress_parts(paths, progress):  # the counts of all files: a quarter of the budget
+        counts, was_fast = _read_file(path, limits, part, limits.budget // 4 - sum(f.used for f in files))
         files.append(counts)
         fast.append(was_fast)
     if not any(f.records for f in files):
@@ -68,17 +69,18 @@ def read_megatron(paths: list[str], n_experts: int | None, progress: Progress | 
     return log
 
 
-def _read_file(path: str, limits: TraceLimits, progress: Progress | None) -> tuple[FileCounts, bool]:
+def _read_file(path: str, limits: TraceLimits, progress: Progress | None, cap: int) -> tuple[FileCounts, bool]:
     """Fast (pyarrow) when it can vouch for the file; else the exact line reader, which words any error."""
     try:
-        return count_file(path, limits, progress), True
+        return count_file(path, limits, progress, cap), True
     except NotFast:
-        return _count_exact(path, limits, progress), False
+        return _count_exact(path, limits, progress, cap), False
 
 
-def _count_exact(path: str, limits: TraceLimits, progress: Progress | None = None) -> FileCounts:
+def _count_exact(path: str, limits: TraceLimits, progress: Progress | None = None,
+                 cap: int | None = None) -> FileCounts:
     """readers.iter_megatron, record by record: today's checks and messages, line numbers included."""
-    out = FileCounts()
+    out = FileCounts(cap)
     for rec in iter_megatron(path, progress, limits):
         idx = rec.top_k_index                                            # (T, K) int64
         out.add(rec.step, rec.layer, np.bincount(idx.ravel()))           # (max id + 1,)

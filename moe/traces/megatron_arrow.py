@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pj
 
+from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.readers import layer_label
 from moe.traces.records import MAX_EXPERTS, TraceLimits, open_regular
 
@@ -29,6 +30,7 @@ SCHEMA = pa.schema([("step", pa.int64()), ("block", pa.string()), ("mtp_idx", pa
                     ("num_tokens", pa.int64()), ("topk", pa.int64()),
                     ("top_indices", pa.list_(pa.list_(pa.int32()))),
                     ("logit_offset", pa.int64()), ("logit_bytes", pa.int64()), ("logit_shape", pa.list_(pa.int64()))])
+CELL_BYTES = 200  # a (step, layer) cell's dict entry and array header, besides its 8 bytes per expert
 REQUIRED = ("step", "block", "layer", "num_tokens", "topk", "top_indices")
 LOGITS = ("logit_offset", "logit_bytes", "logit_shape")
 
@@ -40,15 +42,18 @@ class NotFast(Exception):
 @dataclass
 class FileCounts:
     """One rank file's counts: (step, layer label) → (W,) tokens per expert id, W = its largest id + 1 so far."""
+    cap: int | None = None                             # bytes the counts may take (what the budget leaves them)
     cells: dict[tuple[int, str], np.ndarray] = field(default_factory=dict)
     top_k: set[int] = field(default_factory=set)       # every topk the records name (one model: one value)
     recorded: set[int] = field(default_factory=set)    # every expert count logit_shape names
     records: int = 0
     with_logits: int = 0                               # records carrying logit_offset/logit_bytes/logit_shape
+    used: int = 0                                      # bytes the cells take, about
 
     def add(self, step: int, label: str, counts: np.ndarray) -> None:
         """Add (W',) counts to the cell, widening whichever of the two is shorter (micro-batches add up)."""
         old = self.cells.get((step, label))
+        self._spend(CELL_BYTES * (old is None) + 8 * max(len(counts) - (0 if old is None else len(old)), 0))
         if old is None:
             self.cells[(step, label)] = counts.astype(np.int64)
             return
@@ -57,17 +62,26 @@ class FileCounts:
         old[:len(counts)] += counts
         self.cells[(step, label)] = old
 
+    def _spend(self, size: int) -> None:
+        """Refuse, before it is allocated, a cell that takes the counts past their cap (many steps × layers)."""
+        self.used += size
+        if self.cap is not None and self.used > self.cap:
+            raise ValueError(f"the trace's token counts per (step, layer) and expert need more than "
+                             f"{describe_bytes(self.cap)}, what the memory budget leaves them; give fewer steps "
+                             f"(cut the files) or raise {BUDGET_ENV}")
+
     @property
     def max_id(self) -> int:
         """The largest expert id with a token (-1: none)."""
         return max((int(np.flatnonzero(c)[-1]) for c in self.cells.values() if c.any()), default=-1)
 
 
-def count_file(path: str, limits: TraceLimits, progress=None) -> FileCounts:
-    """Every record of `path` counted; NotFast when the exact line reader must decide."""
+def count_file(path: str, limits: TraceLimits, progress=None, cap: int | None = None) -> FileCounts:
+    """Every record of `path` counted (the counts within `cap` bytes); NotFast when the exact line reader must
+    decide."""
     block, most = _first_block(path, limits), max(1, limits.line_bytes // 2)
     while True:
-        out = FileCounts()
+        out = FileCounts(cap)
         try:
             _count_blocks(path, out, limits, block, progress)
             return out
@@ -75,7 +89,7 @@ def count_file(path: str, limits: TraceLimits, progress=None) -> FileCounts:
             if "straddl" not in str(err) or block >= most:
                 raise NotFast from None
             block = min(2 * block, most)  # a line longer than a block: start over with larger blocks
-        except (pa.ArrowException, UnicodeDecodeError, OverflowError):
+        except (pa.ArrowException, UnicodeDecodeError, OverflowError, OSError):
             raise NotFast from None
 
 
