@@ -5,7 +5,8 @@ Producer: NVIDIA/Megatron-LM megatron/core/transformer/moe/router_trace.py (Rout
 - Every rank writes its own file (`rank` = torch.distributed.get_rank(), the global rank), one line per router
   call: {"step", "stage", "block", "layer", "rank", "num_tokens", "topk", "top_indices"} (+ "mtp_idx" for MTP
   layers, + logit_* / hs_* when the sidecars were captured). Lines of one (step, layer) are micro-batches
-  (training mode: the step advances once per iteration): they add up.
+  (training mode: the step advances once per iteration): they add up. A forward hook also fires when activation
+  recomputation re-runs a router, and the file cannot show it: such lines are added like micro-batches.
 - Each rank records the tokens its own router saw. Data-, context- and expert-parallel ranks route different
   tokens, and so do tensor-parallel ones in training (Megatron requires sequence parallelism with MoE and TP > 1,
   so each TP rank routes its own slice of the sequence): counts of all ranks are ADDED. The file records no
@@ -13,7 +14,8 @@ Producer: NVIDIA/Megatron-LM megatron/core/transformer/moe/router_trace.py (Rout
   setups) cannot be told apart and are added too: `meta["identical_ranks"]` lists ranks whose counts are equal at
   every (step, layer), the telltale of such duplicates.
 - `layer` is the index in the module name `decoder.layers.{i}`, i.e. within the rank's pipeline stage: with
-  pipeline parallelism different stages reuse the same numbers and the file does not say which stage wrote it.
+  pipeline parallelism different stages (and the virtual-pipeline chunks of one rank) reuse the same numbers and
+  the file does not say which stage wrote it.
   Layers keep Megatron's numbers (readers.layer_label: "3", "mtp0.1"); `meta["router_state_differs"]` lists layers
   whose router weights differ between ranks (router_state_rank{R}.pt), the telltale of different stages.
 - Records with logits are counted like the others (their logit_shape gives E); the sidecar is not read here
