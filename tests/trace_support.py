@@ -27,3 +27,41 @@ def write_megatron(path, records) -> None:
     with open(path, "w") as f:
         for rec in records:
             f.write(json.dumps(rec) + "\n")
+
+
+def megatron_run(folder, ranks: int, steps: int, layers: int, tokens: int, n_experts: int, top_k: int,
+                 microbatches: int = 1, mtp_heads: int = 0, seed: int = 0) -> list[str]:
+    """router_trace_rank{r}.jsonl for every rank, each record as RouterTracer._make_index_record builds it
+    ("mtp_idx" after "topk", "top_indices" added last at flush); MTP heads after the decoder layers of a pass."""
+    paths = []
+    for rank in range(ranks):
+        rng = np.random.default_rng(seed * 1000 + rank)
+        records = []
+        for step in range(steps):
+            for _ in range(microbatches):
+                names = [("decoder", None, layer) for layer in range(layers)]
+                names += [("mtp", head, 0) for head in range(mtp_heads)]
+                for block, head, layer in names:
+                    T = int(rng.integers(0, tokens + 1))  # empty micro-batches happen (a rank with no tokens)
+                    idx = np.argsort(rng.random((T, n_experts)), axis=1)[:, :top_k].astype(np.int32)  # (T, K)
+                    rec = {"step": step, "stage": "pre_dispatch", "block": block, "layer": layer, "rank": rank,
+                           "num_tokens": T, "topk": top_k}
+                    if head is not None:
+                        rec["mtp_idx"] = head
+                    rec["top_indices"] = idx.tolist()
+                    records.append(rec)
+        path = f"{folder}/router_trace_rank{rank}.jsonl"
+        write_megatron(path, records)
+        paths.append(path)
+    return paths
+
+
+def write_router_state(folder, rank: int, layers, n_experts: int, top_k: int, hidden: int = 4, seed: int = 0,
+                       score_function: str = "sigmoid", bias: bool = True) -> None:
+    """router_state_rank{rank}.pt as RouterTracer.flush saves it: {layer: {weight, expert_bias, score_function, topk}}."""
+    import torch
+    gen = torch.Generator().manual_seed(seed)
+    state = {layer: {"weight": torch.randn(n_experts, hidden, generator=gen, dtype=torch.float32),
+                     "expert_bias": torch.randn(n_experts, generator=gen) if bias else None,
+                     "score_function": score_function, "topk": top_k} for layer in layers}
+    torch.save(state, f"{folder}/router_state_rank{rank}.pt")
