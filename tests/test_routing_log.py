@@ -79,7 +79,7 @@ def test_a_bad_physical_map_is_one_line(p2l, message):
 def test_resolve_experts_follows_the_n_experts_rule():
     assert resolve_experts(None, 8, 5, "f") == (8, RECORDED)
     assert resolve_experts(8, None, 7, "f") == (8, GIVEN)
-    with pytest.raises(ValueError, match="does not record the number of experts.*at least the largest expert id"):
+    with pytest.raises(ValueError, match="does not record the number of experts.*at least the largest expert index"):
         resolve_experts(None, None, 3, "f")
     with pytest.raises(ValueError, match="routes to expert 8 but the expert count is 8"):
         resolve_experts(8, None, 8, "f")

@@ -16,7 +16,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from moe.cli.main import main
-from moe.traces.summary import ExpertsNeeded, summarize
+from moe.traces.log import ExpertsNeeded
+from moe.traces.summary import summarize
 from trace_support import megatron_records, write_megatron
 
 E, K = 8, 2

@@ -80,7 +80,7 @@ def world_options(log: RoutingLog) -> list[int]:
     if log.physical_to_logical is None:
         found |= {2 ** k for k in range(1, P.bit_length()) if 2 ** k <= P}
     recorded = log.meta.get("world_size")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 1 and P % recorded == 0:
+    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 2 and P % recorded == 0:
         found.add(recorded)
     return sorted(found) or [1]
 
@@ -99,8 +99,8 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     if world_size is None:
         options = world_options(log)
         recorded = log.meta.get("world_size")
-        keep_choice(key("world"), options, recorded if recorded in options else max([w for w in options if w <= 8],
-                                                                               default=options[0]))
+        keep_choice(key("world"), options, recorded if recorded in options and recorded != 1  # one rank: no EP
+                    else max([w for w in options if w <= 8], default=options[0]))
         W = c1.selectbox("Ranks (W)", options, key=key("world"), help="expert-parallel ranks (GPUs) the replay "
                          "spreads the experts over")
     else:

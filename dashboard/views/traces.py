@@ -15,7 +15,8 @@ from moe.traces.formats import FORMATS, detect
 from moe.traces.opener import open_trace
 from moe.traces.records import MAX_EXPERTS
 from moe.traces.store import is_log_dir
-from moe.traces.summary import N_EXPERTS_SOURCES, ExpertsNeeded, TraceSummary
+from moe.traces.log import ExpertsNeeded
+from moe.traces.summary import N_EXPERTS_SOURCES, TraceSummary
 
 from dashboard import state
 from dashboard.definitions import caption
@@ -130,14 +131,9 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
         return None
     except ExpertsNeeded as err:
         bar.empty()
-        st.warning(f"This Megatron-LM trace has no logits, so it does not record how many experts the model has: "
-                   f"type the model's expert count (num_moe_experts, at least {err.at_least}) in **Experts (E)** "
-                   f"above.", icon="✏️")
-        return None
-    except ImportError:  # a reader that this build does not have yet
-        bar.empty()
-        st.error("This trace cannot be opened: its format's reader is not part of this build of moe-scope.",
-                 icon="⚠️")
+        st.warning(f"This file does not record how many experts the model has (a Megatron-LM trace without logits, "
+                   f"vLLM's routed experts, …): type the model's expert count (Megatron's num_moe_experts, at least "
+                   f"{err.at_least}) in **Experts (E)** above.", icon="✏️")
         return None
     except (ValueError, OSError, RuntimeError, MemoryError) as err:
         bar.empty()

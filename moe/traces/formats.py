@@ -91,11 +91,7 @@ def read_log(path: str, n_experts: int | None = None, progress: Progress | None 
     if kind == "moe-scope-log":
         return read_store(path, limits)
     if kind == "megatron":
-        try:
-            from moe.traces.megatron import read_megatron
-        except ImportError:  # TRANSITIONAL until the multi-rank reader lands: one rank file through summarize
-            from moe.traces.summary import summarize
-            return summarize(files[0], n_experts=n_experts, progress=progress).log()
+        from moe.traces.megatron import read_megatron
         return read_megatron(files, n_experts, progress=progress, limits=limits)
     if kind in ("mcore-ep-loads", "npz"):
         from moe.traces.mcore import read_npz

@@ -20,6 +20,15 @@ from moe.traces.records import MAX_EXPERTS, check_experts
 GIVEN, RECORDED = "given", "recorded"
 
 
+class ExpertsNeeded(ValueError):
+    """The source does not record its expert count and none was given; `at_least` is the largest index + 1 seen."""
+
+    def __init__(self, at_least: int, what: str = "this file") -> None:
+        self.at_least = at_least
+        super().__init__(f"{what} does not record the number of experts; give it (--n-experts, the model's expert "
+                         f"count), at least the largest expert index + 1 ({at_least})")
+
+
 @dataclass
 class TokenRouting:
     """Per-token routing: row n is one token of step `step[n]` at layer `layer[n]` (an index into log.layers)."""
@@ -83,13 +92,12 @@ def resolve_experts(given: int | None, recorded: int | None, max_id: int, what: 
                              f"count out")
         source = RECORDED
     elif given is None:
-        raise ValueError(f"{what} does not record the number of experts; give it (--n-experts, the model's expert "
-                         f"count), at least the largest expert id + 1 ({max_id + 1})")
+        raise ExpertsNeeded(max_id + 1, what)
     else:
         E, source = check_experts(given, "--n-experts"), GIVEN
     if max_id >= E:
         raise ValueError(f"{what} routes to expert {max_id} but the expert count is {E}; the count must be at least "
-                         f"the largest expert id + 1 ({max_id + 1})")
+                         f"the largest expert index + 1 ({max_id + 1})")
     return E, source
 
 

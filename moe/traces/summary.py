@@ -22,7 +22,7 @@ from moe.metrics import max_over_mean
 from moe.parallel.placement import Placement, contiguous, plan, predicted_load
 from moe.stats import StatsAccumulator, summary_dict
 from moe.traces.loadrows import load_rows, pooled
-from moe.traces.log import GIVEN, RECORDED, RoutingLog
+from moe.traces.log import GIVEN, RECORDED, ExpertsNeeded, RoutingLog
 from moe.traces.readers import detect_format, iter_records
 from moe.traces.records import Progress, RoutingRecord, TraceLimits, check_experts
 
@@ -34,16 +34,6 @@ N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Runs page's
                      "parquet_rows": "recorded in the file: one Parquet row per (token, expert)",
                      "recorded": "recorded in the file: its array shapes, map or metadata"}
 CHUNK_ENTRIES = 1 << 20  # tokens × experts summarised at once: the (T, E) temporaries of one chunk
-
-
-class ExpertsNeeded(ValueError):
-    """The file does not record its expert count and none was given; `at_least` is the largest index + 1 seen."""
-
-    def __init__(self, at_least: int) -> None:
-        self.at_least = at_least
-        super().__init__("this Megatron-LM trace has no logits, so it does not record the number of experts; give "
-                         f"it (--n-experts, the model's num_moe_experts), at least the largest expert index + 1 "
-                         f"({at_least} so far)")
 
 
 @dataclass
@@ -203,7 +193,7 @@ class _State:
         """The file's count when it records one (checked against the caller's), else the caller's."""
         if rec.n_experts is None:
             if self.given is None:
-                raise ExpertsNeeded(int(rec.top_k_index.max()) + 1)
+                raise ExpertsNeeded(int(rec.top_k_index.max()) + 1, "this Megatron-LM trace has no logits, so it")
             return self.given
         self.source = self.recorded
         if self.given is not None and self.given != rec.n_experts:
