@@ -7,22 +7,9 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
 from moe.traces.summary import summarize
-from trace_support import megatron_records, write_megatron
+from trace_support import PLACEMENT_CHARTS, megatron_records, traces_app, write_megatron
 
-
-PLACEMENT_CHARTS = ["runs_place_balance_chart", "runs_place_heat_chart", "runs_place_interval_chart",
-                    "runs_place_hot_chart"]  # the Placement section (dashboard/views/placement.py)
-
-
-def traces_app() -> None:
-    from dashboard.views import traces
-    traces.render(None)
-
-
-@pytest.fixture(autouse=True)
-def _roots(tmp_path, monkeypatch):
-    """The test's files lie under a root the server may open (as MOE_SCOPE_ROOTS allows at start)."""
-    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # the test files lie under a root (conftest.py)
 
 
 def _app(path: str, **numbers) -> AppTest:

@@ -11,19 +11,9 @@ from moe.traces.log import RoutingLog, TokenRouting
 from moe.traces.runstats import dead_experts, hot_persistence, hot_top_n, layer_percentiles
 from moe.traces.store import LogWriter, write_log
 
+from trace_support import PLACEMENT_CHARTS, traces_app
 
-PLACEMENT_CHARTS = ["runs_place_balance_chart", "runs_place_heat_chart", "runs_place_interval_chart",
-                    "runs_place_hot_chart"]  # the Placement section (dashboard/views/placement.py)
-
-
-def traces_app() -> None:
-    from dashboard.views import traces
-    traces.render(None)
-
-
-@pytest.fixture(autouse=True)
-def _roots(tmp_path, monkeypatch):
-    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("tmp_is_a_root")  # the test files lie under a root (conftest.py)
 
 
 def _log(S: int = 6, L: int = 2, E: int = 8, K: int = 2, seed: int = 0) -> RoutingLog:

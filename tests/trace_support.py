@@ -65,3 +65,12 @@ def write_router_state(folder, rank: int, layers, n_experts: int, top_k: int, hi
                      "expert_bias": torch.randn(n_experts, generator=gen) if bias else None,
                      "score_function": score_function, "topk": top_k} for layer in layers}
     torch.save(state, f"{folder}/router_state_rank{rank}.pt")
+
+
+PLACEMENT_CHARTS = ["runs_place_balance_chart", "runs_place_heat_chart", "runs_place_interval_chart",
+                    "runs_place_hot_chart"]  # the Placement section (dashboard/views/placement.py)
+
+
+def traces_app() -> None:
+    from dashboard.views import traces
+    traces.render(None)
