@@ -83,3 +83,14 @@ def wait_for_run(page, timeout_ms: int = 60_000) -> None:
             const app = document.querySelector('[data-testid="stApp"]');
             return app && app.getAttribute('data-test-script-state') === 'notRunning';
         }""", timeout=timeout_ms)
+
+
+def open_runs_path(page, url: str, path) -> None:
+    """As a person does: the Runs page, "Path on the server", the path typed and Enter; waits for the run."""
+    page.goto(url + "/runs")
+    wait_for_run(page)
+    page.get_by_text("Path on the server", exact=True).click()
+    wait_for_run(page)
+    page.get_by_label("Path of the trace file or directory on the server").fill(str(path))
+    page.keyboard.press("Enter")
+    wait_for_run(page)

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from browser_support import streamlit_server, wait_for_run
+from browser_support import open_runs_path, streamlit_server, wait_for_run
 from moe.traces.store import LogWriter
 
 pytestmark = pytest.mark.browser
@@ -29,13 +29,7 @@ def test_a_new_step_shows_without_a_reload_and_the_run_goes_idle(browser, log_se
     writer.flush()
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(url + "/runs")
-        wait_for_run(page)
-        page.get_by_text("Path on the server", exact=True).click()
-        wait_for_run(page)
-        page.get_by_label("Path of the trace file or directory on the server").fill(str(path))
-        page.keyboard.press("Enter")
-        wait_for_run(page)
+        open_runs_path(page, url, path)
         page.get_by_text("Follow", exact=True).click()
         page.get_by_text("live: step 0").wait_for(timeout=30_000)
         idle = page.get_by_role("spinbutton", name="Idle after (s)", exact=True)

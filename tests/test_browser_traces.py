@@ -2,7 +2,7 @@
 integer tick, and the "worst step" label clear of the colour bar's title."""
 import pytest
 
-from browser_support import streamlit_server, wait_for_run
+from browser_support import open_runs_path, streamlit_server, wait_for_run
 from trace_support import megatron_records, write_megatron
 
 
@@ -32,13 +32,7 @@ def test_the_count_is_asked_for_named_and_the_single_step_chart_is_laid_out(brow
     url, path = trace_server
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(url + "/runs")  # the Runs page by its path
-        wait_for_run(page)
-        page.get_by_text("Path on the server", exact=True).click()
-        wait_for_run(page)
-        page.get_by_label("Path of the trace file or directory on the server").fill(str(path))
-        page.keyboard.press("Enter")
-        wait_for_run(page)
+        open_runs_path(page, url, path)
         page.get_by_text("type the model's expert count").wait_for(timeout=30_000)
         assert page.locator(".js-plotly-plot").count() == 0
         page.get_by_role("spinbutton", name="Experts (E)", exact=True).fill("8")
