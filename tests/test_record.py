@@ -18,7 +18,7 @@ from moe.cli.main import main
 from moe.hf.adapters import ADAPTERS, adapter_for, engine_config, engine_layer
 from moe.record import MoeScopeCallback, RoutingRecorder
 from moe.record.recorder import moe_blocks
-from moe.traces.store import read_store
+from moe.traces.store_read import read_store
 
 K, E = 2, 8
 

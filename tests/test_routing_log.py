@@ -25,7 +25,8 @@ from moe.traces.log import (
     resolve_experts,
 )
 from moe.traces.opener import open_trace
-from moe.traces.store import LogWriter, read_store, write_log
+from moe.traces.store import LogWriter, write_log
+from moe.traces.store_read import read_store
 from moe.traces.summary import ROW_KEYS
 
 
@@ -208,3 +209,76 @@ def test_trace_report_converts_and_reads_the_converted_log(tmp_path, capsys):
     second = json.loads(capsys.readouterr().out)
     assert first["load"] == second["load"] == {name: log.counts[:, i].tolist() for i, name in enumerate(log.layers)}
     assert sorted(os.listdir(tmp_path / "b")) == ["counts", "meta.json"]
+
+
+def test_a_layer_without_tokens_is_reported_not_a_crash(tmp_path, capsys):
+    from moe.cli.main import main
+    counts = np.zeros((2, 2, 4), np.int64)
+    counts[:, 1] = [[3, 1, 0, 0], [2, 2, 0, 0]]  # layer "0" (a dense layer of a per-token dump) routes nothing
+    write_log(RoutingLog("x", ["0", "1"], np.arange(2), counts, top_k=2), str(tmp_path / "log"))
+    assert main(["trace-report", str(tmp_path / "log")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["per_layer"]["0"]["max_over_mean"] is None  # NaN, written as null: nothing to divide by
+    assert doc["per_layer"]["1"]["max_over_mean"] == 2.5  # [5, 3, 0, 0]: max 5 over mean 2
+    assert doc["worst"]["layer"] == "1"
+
+
+def test_all_zero_counts_are_one_line(tmp_path, capsys):
+    from moe.cli.main import main
+    (tmp_path / "zero.csv").write_text("layer,expert,count\n0,0,0\n0,1,0\n")
+    assert main(["trace-report", str(tmp_path / "zero.csv")]) == 2
+    assert "holds no routed tokens" in capsys.readouterr().err
+
+
+def test_a_counts_table_says_its_expert_count_was_inferred(tmp_path, capsys):
+    from moe.cli.main import main
+    (tmp_path / "c.csv").write_text("layer,expert,count\n0,0,5\n0,2,1\n")
+    assert main(["trace-report", str(tmp_path / "c.csv")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n_experts"] == 3 and doc["n_experts_source"] == "inferred"
+    assert main(["trace-report", str(tmp_path / "c.csv"), "--n-experts", "8"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["n_experts"] == 8 and doc["n_experts_source"] == "given"
+    assert doc["per_layer"]["0"]["dead_fraction"] == 6 / 8
+
+
+def _part(folder, name, columns):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    os.makedirs(folder, exist_ok=True)
+    pq.write_table(pa.table(columns), os.path.join(folder, name))
+
+
+def test_a_tampered_log_is_refused_in_one_line(tmp_path):
+    path = str(tmp_path / "log")
+    w = LogWriter(path, ["0"], 4, top_k=1)
+    w.write_step(0, [[1, 2, 3, 4]])
+    w.flush()
+    counts = os.path.join(path, "counts")
+    _part(counts, "part-zzz1.parquet", {"step": [1], "layer": ["0"], "expert": [0], "count": ["7"]})
+    with pytest.raises(ValueError, match="no integer column 'count'"):
+        read_store(path)
+    os.remove(os.path.join(counts, "part-zzz1.parquet"))
+    _part(counts, "part-zzz2.parquet", {"step": [0], "layer": ["0"], "expert": [1], "count": [7]})
+    with pytest.raises(ValueError, match="two counts parts hold the same step"):
+        read_store(path)
+    os.remove(os.path.join(counts, "part-zzz2.parquet"))
+    big = 2 ** 60 + 1  # beyond float64's exact integers: kept exact
+    _part(counts, "part-zzz3.parquet", {"step": [5], "layer": ["0"], "expert": [3], "count": [big]})
+    assert int(read_store(path).counts[1, 0, 3]) == big
+
+
+def test_token_ids_outside_the_expert_count_are_refused(tmp_path):
+    log = _log(tokens=True)
+    write_log(log, str(tmp_path / "log"))
+    folder = tmp_path / "log" / "tokens"
+    _part(str(folder), "part-zzz.parquet", {"step": [1], "layer": ["l0"], "token": [0], "experts": [[9, 1]]})
+    with pytest.raises(ValueError, match="names expert 9, outside 0..5"):
+        read_store(str(tmp_path / "log"))
+
+
+def test_per_rank_counts_round_trip(tmp_path):
+    log = _log()
+    log.rank_counts = np.random.default_rng(2).integers(0, 9, (len(log.steps), 2, len(log.layers), 8))
+    write_log(log, str(tmp_path / "log"))
+    assert np.array_equal(read_store(str(tmp_path / "log")).rank_counts, log.rank_counts)

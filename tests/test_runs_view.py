@@ -173,7 +173,7 @@ def test_the_routing_log_zip_reads_back_as_the_same_run(tmp_path):
     import zipfile
 
     from dashboard.exports import routing_log_zip
-    from moe.traces.store import read_store
+    from moe.traces.store_read import read_store
     log = _log()
     with zipfile.ZipFile(__import__("io").BytesIO(routing_log_zip(log))) as zf:
         assert all(n.startswith("routing-log/") for n in zf.namelist())

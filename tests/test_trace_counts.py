@@ -7,7 +7,7 @@ import pytest
 from fixtures_stacks import counts_rows, write_counts_csv, write_counts_parquet
 from moe.traces.counts import (CSV_SOURCE, PARQUET_SOURCE, is_counts_parquet, looks_like_counts_csv,
                                read_counts)
-from moe.traces.log import GIVEN, RECORDED
+from moe.traces.log import GIVEN, INFERRED
 from moe.traces.records import TraceLimits
 
 
@@ -25,7 +25,7 @@ def test_sparse_csv_rows_fill_a_dense_log(tmp_path):
     assert log.source == CSV_SOURCE and log.layers == ["0", "2", "10"]  # numeric labels: numeric order
     assert list(log.steps) == [3, 7, 20]
     top = max(r[2] for r in rows)
-    assert log.n_experts == top + 1 and log.n_experts_source == RECORDED
+    assert log.n_experts == top + 1 and log.n_experts_source == INFERRED  # a counts table does not record E
     np.testing.assert_array_equal(log.counts, naive_counts(rows, [3, 7, 20], ["0", "2", "10"], top + 1))
 
 

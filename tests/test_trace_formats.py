@@ -14,7 +14,7 @@ import torch
 
 from moe.cli.main import main
 from moe.traces.formats import FORMATS, detect, read_log
-from moe.traces.store import read_store
+from moe.traces.store_read import read_store
 
 KEYS = {"layers", "steps", "load", "per_layer", "rows", "worst", "source", "n_experts"}
 

@@ -21,9 +21,9 @@ import re
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
-from moe.traces.log import RoutingLog, check_ids, resolve_experts
+from moe.traces.log import INFERRED, RoutingLog, check_ids, resolve_experts
 from moe.traces.parquet import LAYER_NAME
-from moe.traces.records import INT64_MAX, TraceLimits, open_regular
+from moe.traces.records import INT64_MAX, TraceLimits, check_experts, open_regular
 
 CSV_SOURCE, PARQUET_SOURCE = "counts-csv", "counts-parquet"
 NEEDED = ("layer", "expert", "count")
@@ -163,8 +163,10 @@ def read_counts(path: str, n_experts: int | None, limits: TraceLimits | None = N
             else np.zeros(table.num_rows, dtype=np.int64))                           # (N,)
     layers, layer = _layer_labels(table, path)                                       # (N,)
     max_id = check_ids(expert, f"{path!r}: column 'expert'")
-    given, recorded = (n_experts, None) if n_experts is not None else (None, max_id + 1)
-    E, source_of_e = resolve_experts(given, recorded, max_id, f"the counts file {path!r}")
+    if n_experts is not None:
+        E, source_of_e = resolve_experts(n_experts, None, max_id, f"the counts file {path!r}")
+    else:  # a counts table does not record E: its largest id + 1, and the page and JSON say it was inferred
+        E, source_of_e = check_experts(max_id + 1, f"the counts file {path!r}'s largest expert + 1"), INFERRED
     steps, step_index = np.unique(step, return_inverse=True)                          # (S,), (N,)
     S, L = len(steps), len(layers)
     limits.check_summary(S, L, E)

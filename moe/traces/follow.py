@@ -12,7 +12,8 @@ import numpy as np
 
 from moe.traces.log import GIVEN, RECORDED, RoutingLog
 from moe.traces.records import TraceLimits
-from moe.traces.store import CountsAccumulator, parts, read_meta, read_part
+from moe.traces.store import parts, read_meta
+from moe.traces.store_read import CountsAccumulator, read_part
 
 IDLE_AFTER_S = 30.0
 

@@ -14,7 +14,8 @@ import re
 from moe.traces import safeload
 from moe.traces.log import RoutingLog
 from moe.traces.records import Progress, TraceLimits
-from moe.traces.store import is_log_dir, read_store
+from moe.traces.store import is_log_dir
+from moe.traces.store_read import read_store
 
 # Every format: what the page and the README call it (one source of truth for the names).
 FORMATS = {

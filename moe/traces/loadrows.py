@@ -44,5 +44,6 @@ def pooled(layers: list[str], counts: np.ndarray, top_k: int | None) -> dict[str
     total = counts.sum(0)                                                      # (L, E)
     tokens = tokens_of(total, top_k)                                           # (L,)
     with np.errstate(divide="ignore", invalid="ignore"):  # a layer without tokens: its ratios are NaN
-        return {name: summary_dict(sums_from_counts(total[i], float(tokens[i]), top_k, forwards=len(counts)))
+        # tokens as a NumPy float: a layer without tokens divides to NaN (a Python 0.0 would raise)
+        return {name: summary_dict(sums_from_counts(total[i], np.float64(tokens[i]), top_k, forwards=len(counts)))
                 for i, name in enumerate(layers)}

@@ -16,8 +16,9 @@ import numpy as np
 
 from moe.traces.records import MAX_EXPERTS, check_experts
 
-# Where the expert count came from (shown on the page and in trace-report's JSON).
-GIVEN, RECORDED = "given", "recorded"
+# Where the expert count came from (shown on the page and in trace-report's JSON): the caller's --n-experts, the
+# source's own shapes or metadata, or (plain counts only) the largest expert id in the file + 1.
+GIVEN, RECORDED, INFERRED = "given", "recorded", "inferred"
 
 
 class ExpertsNeeded(ValueError):
@@ -51,7 +52,7 @@ class RoutingLog:
     layers: list[str]                  # layer labels: the source's own numbers where it names them, else "0".."L-1"
     steps: np.ndarray                  # (S,) int64, strictly ascending
     counts: np.ndarray                 # (S, L, E) int64: tokens routed to each logical expert
-    n_experts_source: str = RECORDED   # GIVEN (the caller's --n-experts) or RECORDED (the file's own shapes)
+    n_experts_source: str = RECORDED   # GIVEN (--n-experts), RECORDED (the file's shapes) or INFERRED (largest id + 1)
     top_k: int | None = None           # experts per token, when the source records it
     meta: dict = field(default_factory=dict)  # JSON-able: world_size, ranks, files, model, ...
     tokens: TokenRouting | None = None

@@ -13,7 +13,6 @@ being written is read by its finished parts, and `LogFollower` reads only the pa
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
@@ -22,8 +21,8 @@ import numpy as np
 
 from moe.jsonio import dumps, loads_strict
 from moe.roots import read_regular
-from moe.traces.log import GIVEN, RECORDED, RoutingLog, TokenRouting, check_map
-from moe.traces.records import MAX_EXPERTS, TraceLimits
+from moe.traces.log import RECORDED, RoutingLog, check_map
+from moe.traces.records import MAX_EXPERTS
 
 SCHEMA = "moe-scope-routing-log/1"
 META = "meta.json"
@@ -46,7 +45,8 @@ class LogWriter:
     """
 
     def __init__(self, path: str, layers: list[str], n_experts: int, source: str = "moe-scope-recorder",
-                 top_k: int | None = None, meta: dict | None = None, physical_to_logical=None) -> None:
+                 top_k: int | None = None, meta: dict | None = None, physical_to_logical=None,
+                 n_experts_source: str = RECORDED) -> None:
         self.path, self.layers, self.n_experts = path, [str(x) for x in layers], int(n_experts)
         self.last_step: int | None = None
         self._counts: list[tuple[int, np.ndarray]] = []
@@ -56,7 +56,7 @@ class LogWriter:
         if os.listdir(path):
             raise ValueError(f"{path!r} is not empty; give a new directory for the routing log")
         doc = {"schema": SCHEMA, "source": source, "layers": self.layers, "n_experts": self.n_experts,
-               "n_experts_source": RECORDED, "top_k": top_k, "meta": meta or {},
+               "n_experts_source": n_experts_source, "top_k": top_k, "meta": meta or {},
                "physical_to_logical_map": None if physical_to_logical is None
                else np.asarray(physical_to_logical).tolist()}
         _atomic_write(os.path.join(path, META), dumps(doc, indent=1).encode())
@@ -102,20 +102,19 @@ class LogWriter:
 def write_log(log: RoutingLog, path: str) -> None:
     """Write a whole RoutingLog (any source) as a routing log directory (`trace-report --out DIR`)."""
     writer = LogWriter(path, log.layers, log.n_experts, source=log.source, top_k=log.top_k, meta=log.meta,
-                       physical_to_logical=log.physical_to_logical)
-    if log.n_experts_source != RECORDED:
-        doc = json.loads(read_regular(os.path.join(path, META), META_BYTES, "meta.json", "").decode())
-        _atomic_write(os.path.join(path, META), dumps({**doc, "n_experts_source": log.n_experts_source},
-                                                      indent=1).encode())
+                       physical_to_logical=log.physical_to_logical, n_experts_source=log.n_experts_source)
     tokens = log.tokens
+    if tokens is not None:
+        order = np.argsort(tokens.step, kind="stable")  # each step's tokens in source order
+        sorted_steps = tokens.step[order]
     for i, step in enumerate(log.steps):
         here = None
         if tokens is not None:
-            rows = tokens.step == step
+            rows = order[np.searchsorted(sorted_steps, step, "left"):np.searchsorted(sorted_steps, step, "right")]
             here = {"layer": tokens.layer[rows], "ids": tokens.ids[rows],
                     "weights": None if tokens.weights is None else tokens.weights[rows]}
         ranks = None if log.rank_counts is None else log.rank_counts[i]
-        writer.write_step(int(step), log.counts[i], here, ranks)
+        writer.write_step(int(step), log.counts[i], here if here is None or len(here["layer"]) else None, ranks)
     writer.close()
 
 
@@ -227,94 +226,3 @@ def parts(path: str, table: str) -> list[str]:
     if not os.path.isdir(folder):
         return []
     return sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
-
-
-def read_store(path: str, limits: TraceLimits | None = None) -> RoutingLog:
-    """A routing log directory back as a RoutingLog (every finished part of every table)."""
-    limits = limits or TraceLimits.from_env()
-    doc = read_meta(path)
-    acc = CountsAccumulator(doc["layers"], doc["n_experts"], limits)
-    for part in parts(path, "counts"):
-        acc.add(read_part(part, "counts", limits))
-    if not acc.cells:
-        raise ValueError(f"{path!r} holds no counts yet; give a routing log with at least one step")
-    steps, counts = acc.arrays()
-    tokens = _read_tokens(path, doc["layers"], steps, limits)
-    return RoutingLog(source=str(doc.get("source", "moe-scope")), layers=doc["layers"], steps=steps, counts=counts,
-                      n_experts_source=GIVEN if doc.get("n_experts_source") == GIVEN else RECORDED,
-                      top_k=doc["top_k"], meta=doc.get("meta") if isinstance(doc.get("meta"), dict) else {},
-                      tokens=tokens, physical_to_logical=doc.get("physical_to_logical_map"))
-
-
-def read_part(part: str, table: str, limits: TraceLimits):
-    """One part file as a pyarrow Table, its size checked against the budget before decoding."""
-    import pyarrow.parquet as pq
-    try:
-        meta = pq.ParquetFile(part).metadata
-        decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    except Exception as err:  # pyarrow's own error types
-        raise ValueError(f"{os.path.basename(part)!r} in {table}/ is not a readable Parquet file "
-                         f"({type(err).__name__}); copy the log again") from None
-    if decoded > limits.budget // 4:
-        raise ValueError(f"{os.path.basename(part)!r} decodes to more than a quarter of the memory budget; "
-                         f"write smaller parts (flush more often)")
-    return pq.read_table(part)
-
-
-class CountsAccumulator:
-    """Counts rows (step, layer, expert, count) from any number of tables into (S, L, E); missing rows are 0."""
-
-    def __init__(self, layers: list[str], n_experts: int, limits: TraceLimits) -> None:
-        self.layers, self.E, self.limits = layers, n_experts, limits
-        self.index = {name: i for i, name in enumerate(layers)}
-        self.cells: dict[int, np.ndarray] = {}  # step -> (L, E)
-
-    def add(self, table) -> list[int]:
-        """Add one table's rows; returns the steps it touched, ascending."""
-        names = set(table.column_names)
-        if not {"step", "layer", "expert", "count"} <= names:
-            raise ValueError("a counts part misses one of the columns step, layer, expert, count; copy the log again")
-        step = table.column("step").to_numpy(zero_copy_only=False)
-        layer = table.column("layer").to_pandas().astype(str).map(self.index)
-        expert = table.column("expert").to_numpy(zero_copy_only=False)
-        count = table.column("count").to_numpy(zero_copy_only=False)
-        if layer.isna().any():
-            raise ValueError("a counts part names a layer that meta.json does not list; copy the log again")
-        if len(count) and (count.min() < 0 or expert.min() < 0 or expert.max() >= self.E):
-            raise ValueError(f"a counts part holds a negative count or an expert outside 0..{self.E - 1}")
-        new = np.unique(step)
-        self.limits.check_summary(len(self.cells) + len(new), len(self.layers), self.E)
-        for s in new:
-            self.cells.setdefault(int(s), np.zeros((len(self.layers), self.E), np.int64))
-        L, E = len(self.layers), self.E
-        cell = (np.searchsorted(new, step) * L + layer.to_numpy(np.int64)) * E + expert.astype(np.int64)
-        block = np.bincount(cell, weights=count, minlength=len(new) * L * E)  # float64: exact below 2^53
-        block = block.astype(np.int64).reshape(len(new), L, E)
-        for i, s in enumerate(new):
-            self.cells[int(s)] += block[i]
-        return [int(s) for s in new]
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        steps = np.array(sorted(self.cells), dtype=np.int64)
-        return steps, np.stack([self.cells[int(s)] for s in steps])  # (S,), (S, L, E)
-
-
-def _read_tokens(path: str, layers: list[str], steps: np.ndarray, limits: TraceLimits) -> TokenRouting | None:
-    files = parts(path, "tokens")
-    if not files:
-        return None
-    import pyarrow as pa
-    table = pa.concat_tables([read_part(p, "tokens", limits) for p in files])
-    index = {name: i for i, name in enumerate(layers)}
-    experts = table.column("experts").combine_chunks()
-    K = experts.type.list_size
-    ids = experts.flatten().to_numpy(zero_copy_only=False).astype(np.int64).reshape(-1, K)  # (N, K)
-    weights = None
-    if "weights" in table.column_names:
-        weights = table.column("weights").combine_chunks().flatten().to_numpy(zero_copy_only=False)
-        weights = weights.astype(np.float32).reshape(-1, K)
-    layer = table.column("layer").to_pandas().astype(str).map(index)
-    if layer.isna().any():
-        raise ValueError(f"{path!r}: a tokens part names a layer that meta.json does not list; copy the log again")
-    return TokenRouting(step=table.column("step").to_numpy().astype(np.int64), layer=layer.to_numpy(np.int32),
-                        ids=ids, weights=weights)

@@ -32,7 +32,9 @@ ROW_KEYS = ["aux_loss", "max_over_mean", "cv", "load_entropy", "dead_fraction", 
 N_EXPERTS_SOURCES = {"given": "given by the caller (--n-experts; the Runs page's Experts (E))",
                      "logit_shape": "recorded in the file: each record's logit_shape [tokens, experts]",
                      "parquet_rows": "recorded in the file: one Parquet row per (token, expert)",
-                     "recorded": "recorded in the file: its array shapes, map or metadata"}
+                     "recorded": "recorded in the file: its array shapes, map or metadata",
+                     "inferred": "not recorded in the file: its largest expert index + 1 (an expert above it that "
+                                 "got no token is missing: give the model's count, --n-experts)"}
 CHUNK_ENTRIES = 1 << 20  # tokens × experts summarised at once: the (T, E) temporaries of one chunk
 
 
@@ -58,13 +60,17 @@ class TraceSummary:
     def from_log(cls, log: RoutingLog) -> "TraceSummary":
         """The statistics of a routing log (counts only: load-side numbers exact, probability-side NaN)."""
         used = np.flatnonzero(log.counts.sum((0, 1)))
+        if not len(used):
+            raise ValueError(f"the {log.source} data holds no routed tokens (every count is 0); give a run that "
+                             f"routed at least one token")
         rows = load_rows(log.steps, log.layers, log.counts, log.top_k)
-        return cls(source=log.source, n_experts=log.n_experts,
-                   n_experts_source="given" if log.n_experts_source == GIVEN else "recorded",
+        records = log.meta.get("records")  # the reader's own record count (Megatron: lines), else non-empty cells
+        return cls(source=log.source, n_experts=log.n_experts, n_experts_source=log.n_experts_source,
                    max_expert_id=int(used[-1]) if len(used) else -1, top_k=log.top_k, has_logits=False,
                    layers=list(log.layers), steps=[int(s) for s in log.steps],
                    load={name: log.counts[:, i, :] for i, name in enumerate(log.layers)}, rows=rows,
-                   pooled=pooled(log.layers, log.counts, log.top_k), records=int((log.counts.sum(-1) > 0).sum()),
+                   pooled=pooled(log.layers, log.counts, log.top_k),
+                   records=records if isinstance(records, int) else int((log.counts.sum(-1) > 0).sum()),
                    skipped_empty=int((log.counts.sum(-1) == 0).sum()), routing_log=log)
 
     def log(self) -> RoutingLog:
@@ -73,7 +79,7 @@ class TraceSummary:
             counts = np.stack([self.load[name] for name in self.layers], axis=1)  # (S, L, E)
             self.routing_log = RoutingLog(source=self.source, layers=list(self.layers), steps=np.asarray(self.steps),
                                           counts=counts, top_k=self.top_k,
-                                          n_experts_source=GIVEN if self.n_experts_source == "given" else RECORDED)
+                                          n_experts_source=GIVEN if self.n_experts_source == GIVEN else RECORDED)
         return self.routing_log
 
     def worst(self) -> dict:
