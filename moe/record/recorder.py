@@ -16,7 +16,9 @@ for a file per step (nor leaves ten thousand files behind).
 What counts as a training forward: the router is in training mode and autograd records (torch.is_grad_enabled()).
 Evaluation forwards (model.eval(), torch.no_grad(), torch.inference_mode()) are not part of an optimizer step and
 are not recorded. The forwards between two step_end calls add up (gradient accumulation). With gradient
-checkpointing, the forward that backward re-runs is skipped, so each token counts once.
+checkpointing (non-reentrant, transformers' and torch's default), the forward that backward re-runs is skipped, so
+each token counts once. Reentrant checkpointing (use_reentrant=True) runs the first forward under torch.no_grad():
+nothing is recorded there — use the non-reentrant mode to record such a run.
 """
 from __future__ import annotations
 

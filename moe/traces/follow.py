@@ -10,7 +10,8 @@ import time
 
 import numpy as np
 
-from moe.traces.log import GIVEN, RECORDED, RoutingLog
+from moe.metrics import max_over_mean
+from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog
 from moe.traces.records import TraceLimits
 from moe.traces.store import parts, read_meta
 from moe.traces.store_read import CountsAccumulator, read_part
@@ -54,14 +55,14 @@ class LogFollower:
         doc = self.doc
         return RoutingLog(source=str(doc.get("source", "moe-scope")), layers=doc["layers"], steps=steps,
                           counts=counts, top_k=doc["top_k"], meta=doc.get("meta") or {},
-                          n_experts_source=GIVEN if doc.get("n_experts_source") == GIVEN else RECORDED,
+                          n_experts_source=doc["n_experts_source"] if doc.get("n_experts_source") in (GIVEN, INFERRED)
+                          else RECORDED,
                           physical_to_logical=doc.get("physical_to_logical_map"))
 
     def step_line(self, step: int) -> str:
         """One line for `trace-report --follow`: the step's tokens and its worst layer's max/mean."""
-        counts = self.acc.cells[step].astype(np.float64)  # (L, E)
-        mean = counts.mean(1)
-        ratio = np.where(mean > 0, counts.max(1) / np.where(mean > 0, mean, 1.0), np.nan)
+        counts = self.acc.cells[step]  # (L, E)
+        ratio = np.array([max_over_mean(row) for row in counts])  # (L,) NaN for a layer without tokens
         worst = int(np.nanargmax(ratio)) if np.isfinite(ratio).any() else 0
         dead = int((counts[worst] == 0).sum())
         return (f"step {step}: {int(counts.sum())} assignments over {counts.shape[0]} layers; worst layer "

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 
+from moe.memory import BUDGET_ENV
 from moe.traces import safeload
 from moe.traces.log import RoutingLog
 from moe.traces.records import Progress, TraceLimits
@@ -72,9 +73,12 @@ def _is_npz(path: str) -> bool:
 
 def _rank_files(path: str) -> tuple[str, list[str]]:
     """(kind, files sorted by rank) of a directory of one producer's rank files."""
-    names = sorted(os.listdir(path))[:MAX_RANK_FILES + 1]
+    names = sorted(os.listdir(path))
     for kind, pattern in RANK_FILES:
         found = [(m, n) for n in names if (m := pattern.fullmatch(n))]
+        if len(found) > MAX_RANK_FILES:
+            raise ValueError(f"directory {path!r} holds {len(found):,} rank files; at most {MAX_RANK_FILES:,} are read "
+                             f"together")
         if found:
             found.sort(key=lambda mn: (int(mn[0].group(1) or 0), mn[1]))
             return kind, [os.path.join(path, n) for _, n in found]
@@ -127,6 +131,10 @@ def _parquet(path: str, n_experts: int | None, progress: Progress | None, limits
 def _torch(files: list[str], n_experts: int | None, limits: TraceLimits) -> RoutingLog:
     """torch.save files: SGLang dumps (one or a directory of ranks) or vLLM arrays, told apart by their content."""
     from moe.traces import sglang, vllm
+    total = sum(os.path.getsize(f) for f in files)  # torch.save stores tensors uncompressed: about what they decode to
+    if total > limits.budget // 4:
+        raise ValueError(f"the {len(files)} files take {total:,} bytes together, over a quarter of the memory budget; "
+                         f"give fewer rank files or raise {BUDGET_ENV}")
     loaded = [(f, safeload.load_pt(f, limits)) for f in files]
     kinds = {sglang.kind(obj) or vllm.kind(obj) for _, obj in loaded}
     if None in kinds:

@@ -43,7 +43,7 @@ def load_pt(path: str, limits: TraceLimits | None = None):
             try:
                 size = sum(info.file_size for info in zipfile.ZipFile(f).infolist())
             except (zipfile.BadZipFile, OSError, EOFError):
-                raise _damaged(path, "a torch.save file") from None
+                raise _damaged(path, "torch.save file") from None
             f.seek(0)
         if size > cap:
             raise _too_big(path, size, cap)
@@ -55,7 +55,7 @@ def load_pt(path: str, limits: TraceLimits | None = None):
                              f"weights_only=True); save the dump with plain tensors") from None
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile, AttributeError,
                 TypeError, IndexError):
-            raise _damaged(path, "a torch.save file") from None
+            raise _damaged(path, "torch.save file") from None
 
 
 def _damaged(path: str, what: str) -> ValueError:

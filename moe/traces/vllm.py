@@ -160,9 +160,14 @@ def from_eplb(obj: dict, path: str, n_experts: int | None, limits: TraceLimits |
     (limits or TraceLimits.from_env()).check_summary(W, L, E)
     step = _window_step(obj, W, what)
     physical = window.astype(np.int64) if step is None else np.roll(window, -step, axis=0).astype(np.int64)
+    written = physical.reshape(W, -1).any(axis=1)  # a row vLLM has not written yet is all zeros: not a step
+    if not written.any():
+        raise ValueError(f"{what}: '{WINDOW}' holds no load yet (every row is zero); save it after some forwards")
     meta = {"window_size": W, "window_step": step, "window_order": "storage" if step is None else "oldest first",
-            "ranks": 1}
-    return RoutingLog(source=EPLB, layers=[str(i) for i in range(L)], steps=np.arange(W, dtype=np.int64),
+            "ranks": 1, "empty_rows_dropped": int(W - written.sum())}
+    physical = physical[written]
+    return RoutingLog(source=EPLB, layers=[str(i) for i in range(L)],
+                      steps=np.flatnonzero(written).astype(np.int64),  # window rows (oldest first when ordered)
                       counts=map_to_logical(physical, p2l, E), n_experts_source=source, meta=meta,
-                      physical_to_logical=p2l, rank_counts=physical[:, None])           # (W, 1, L, P)
+                      physical_to_logical=p2l, rank_counts=physical[:, None])           # (S, 1, L, P)
 
