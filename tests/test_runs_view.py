@@ -150,6 +150,8 @@ def test_follow_reads_new_steps_only_and_marks_the_run_idle(tmp_path):
     at.run()  # the fragment's next poll (a browser reruns it every second; here a rerun stands in)
     assert at.success[0].value.startswith("live: step 1") and "2 part files read" in at.success[0].value
     assert _figures(at)["trace_load_chart"]["data"][0]["z"] == [[3, 1, 0, 0], [0, 0, 4, 0]]
+    assert not [k for k in _figures(at) if k.startswith("runs_place_")]  # no replay per new step
+    assert any("paused while following" in i.value for i in at.info)
     at.number_input(key="trace_idle_after").set_value(1.0).run()
     import time
     time.sleep(1.2)
@@ -196,3 +198,19 @@ def test_follow_waits_for_the_first_step_of_an_empty_log(tmp_path):
     writer.flush()
     at.run()
     assert at.success[0].value.startswith("live: step 3") and len(at.get("plotly_chart")) > 0
+
+
+def test_a_bad_rank_file_inside_a_directory_is_named_as_typed_never_resolved(tmp_path):
+    """A truncated rank file of a Megatron directory: the message names it under the path as the visitor typed it."""
+    folder = tmp_path / "real" / "meg"
+    folder.mkdir(parents=True)
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    (folder / "router_trace_rank0.jsonl").write_text('{"step": 0, "layer": 0, "num_tokens": 1, "topk": 1, '
+                                                    '"top_indices": [[0]]}\n{"step": 1, "lay')
+    at = AppTest.from_function(traces_app, default_timeout=60).run()
+    at.radio(key="trace_source").set_value("Path on the server").run()
+    at.number_input(key="trace_experts").set_value(4)
+    at.text_input(key="trace_path").set_value(str(tmp_path / "alias" / "meg")).run()
+    assert not at.exception
+    message = at.error[0].value
+    assert "is truncated" in message and str(tmp_path / "real") not in message

@@ -47,9 +47,10 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
             held["summary"] = None if log is None else _checked(TraceSummary.from_log(log), n_experts, n_layers)
             if held["summary"] is not None:
                 held["summary"].extra["format"] = "moe-scope-log"
-    except (ValueError, OSError, MemoryError) as err:
+    except (ValueError, OSError, MemoryError, ArithmeticError) as err:
         ss.pop(state.TRACE_FOLLOWER, None)  # the next poll starts again from the directory
-        st.error(f"This routing log cannot be followed: {str(err).replace(repr(path), 'the log')}", icon="⚠️")
+        detail = str(err).replace(repr(path), "the log").replace(path, "the log")  # never the resolved server path
+        st.error(f"This routing log cannot be followed: {detail}", icon="⚠️")
         return
     if new and not ss.get(state.TRACE_FOLLOW_FULL_RUN):
         st.rerun()  # the fragment's own rerun found steps: redraw the charts below it

@@ -90,8 +90,9 @@ def _followed(path: str, n_experts: int | None, n_layers: int | None) -> bool:
     try:
         real = str(resolve_allowed(path, "dir"))
     except OutsideRoots:
-        return False  # a file, or refused: _open says why
-    if not is_log_dir(real):
+        real = None  # a file, or refused: _open says why
+    if real is None or not is_log_dir(real):
+        st.session_state.pop(state.TRACE_FOLLOWER, None)  # a log followed before keeps nothing in the session
         return False
     c1, c2 = st.columns([1, 2])
     on = c1.toggle("Follow", key=state.TRACE_FOLLOW, help=FOLLOW_HELP)
@@ -99,7 +100,7 @@ def _followed(path: str, n_experts: int | None, n_layers: int | None) -> bool:
         st.session_state.pop(state.TRACE_FOLLOWER, None)
         return False
     c2.number_input("Idle after (s)", 1.0, 86400.0, step=1.0, key=state.TRACE_IDLE_AFTER, help=IDLE_HELP)
-    follow(real, n_experts, n_layers, _draw)
+    follow(real, n_experts, n_layers, lambda s: _draw(s, live=True))
     return True
 
 
@@ -114,6 +115,7 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
     """Read the file with a progress bar; a bad file is one clear message, never a traceback."""
     bar = st.progress(0.0, text="reading the trace…")
     shown = quote(upload.name if upload is not None else path)  # as the visitor named it, never resolved
+    key_path = path
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if upload is not None:  # summarize() reads a path: copy the upload in 1 MiB chunks
@@ -135,9 +137,11 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
                    f"vLLM's routed experts, …): type the model's expert count (Megatron's num_moe_experts, at least "
                    f"{err.at_least}) in **Experts (E)** above.", icon="✏️")
         return None
-    except (ValueError, OSError, RuntimeError, MemoryError) as err:
+    except (ValueError, OSError, RuntimeError, MemoryError, ArithmeticError) as err:
         bar.empty()
-        st.error(f"This trace cannot be opened: {str(err).replace(repr(path), shown)}", icon="⚠️")
+        named = md_text(upload.name if upload is not None else key_path)  # a file inside: its path as typed
+        detail = str(err).replace(repr(path), "\0").replace(path, named).replace("\0", shown)
+        st.error(f"This trace cannot be opened: {detail}", icon="⚠️")
         return None
     bar.empty()
     return summary
@@ -172,7 +176,7 @@ def _meta_value(value) -> str:
     return quote(value)
 
 
-def _draw(s: TraceSummary) -> None:
+def _draw(s: TraceSummary, live: bool = False) -> None:
     worst = s.worst()
     cols = st.columns(4)
     cols[0].metric("Steps", len(s.steps))
@@ -195,7 +199,11 @@ def _draw(s: TraceSummary) -> None:
                        help="This run converted into a routing log directory (what trace-report --out DIR writes), "
                             "zipped: unzip it and open the directory here, or read it with pandas or DuckDB.")
     _plan(s, layer)
-    placement.render(s.log(), "runs")  # should I enable EPLB? this run replayed under each placement
+    if live:  # a replay per new step would hold the live view back
+        st.info("**Placement** (should I enable EPLB?) is paused while following: switch Follow off to replay this "
+                "run under each placement.", icon="⏸️")
+    else:
+        placement.render(s.log(), "runs")  # should I enable EPLB? this run replayed under each placement
 
 
 def _plan(s: TraceSummary, layer: str) -> None:
