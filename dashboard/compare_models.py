@@ -50,6 +50,7 @@ class ModelSide:
     spec: ModelSpec | None = None
     notes: list[str] = field(default_factory=list)
     error: str = ""
+    linked_dir: bool = False  # the directory came from the link (mdir): loaded only after a click, as on the Model page
 
 
 def is_model_link(text: str) -> bool:
@@ -92,7 +93,7 @@ def parse_model_side(query: str, defaults: dict) -> ModelSide:
     cf = counterfactual_from(merged) if merged["cf_on"] else None
     spec = ModelSpec(path, str(merged["model_text"])[:MAX_TEXT_CHARS], int(merged["model_max_tokens"]),
                      cf if cf is not None and cf.changed() else None)
-    return ModelSide(query, spec, problems)
+    return ModelSide(query, spec, problems, linked_dir=LINK_DIR_KEY in values)
 
 
 def model_headline(tables: dict) -> dict[str, float]:

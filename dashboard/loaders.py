@@ -205,6 +205,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
             "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
+            "score": run.traces[0].config.score,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
             "token_bytes": token_bytes(loaded.tokenizer, ids.tolist()),

@@ -74,13 +74,15 @@ def placement_key(prefix: str, name: str) -> str:
 COMPARE_DEFAULTS = {key: "" for key in COMPARE_KEYS.values()}
 COMPARE_RESULTS = "compare_results"     # {"A": (RunSpec, RunResult), ...}: a side reruns only when its spec changes
 COMPARE_LINK_NOTES = "compare_link_notes"
+COMPARE_LOADED = "compare_loaded_dirs"  # {(side, model directory)}: linked directories the visitor chose to load
 
 
 def model_defaults() -> dict:
     """The Model page's widget values before anyone changes them (the link keeps only the differences)."""
     path = default_model_dir()
     return {"model_path": path, "model_bundle": bundle_choice(path), "model_example": "code",
-            "model_text": EXAMPLES["code"], "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer", "model_sort_desc": False,
+            "model_text": EXAMPLES["code"], "model_max_tokens": 512, "model_layer": 0, "model_sort": "layer",
+            "model_sort_desc": False,
             **CF_DEFAULTS}
 
 

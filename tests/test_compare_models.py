@@ -91,8 +91,12 @@ def test_two_models_on_one_text_and_the_link_round_trips(tmp_path):
     b = urlencode({"view": "Model", "mex": "prose", "mdir": other})
     at = _compare(OWN, b)
     assert not at.exception and not at.error
+    assert not at.table and "compare_model_load_B" not in _charts(at)  # a linked directory waits for its click
+    at.button(key="compare_load_B").click().run()
+    assert not at.exception and not at.error
     query = dict(at.query_params.items())
     again = _compare(query["a"], query["b"])
+    again.button(key="compare_load_B").click().run()
     assert again.table[0].value.equals(at.table[0].value)
     tiny = _independent(other, EXAMPLES["prose"])
     assert at.table[0].value["B"].iloc[-1] == pytest.approx(tiny["loss_bits"], rel=1e-5)
@@ -108,6 +112,7 @@ def test_the_two_bundled_models_on_one_text_by_name():
     assert table["A"].iloc[-1] == pytest.approx(mixtral["loss_bits"], rel=1e-5)
     assert table["B"].iloc[2] == pytest.approx(deepseek["max_over_mean"], rel=1e-5)
     assert [c.value for c in at.caption if "pydoc-deepseek" in c.value]
+    assert [c.value for c in at.caption if c.value.startswith("**aux loss with a sigmoid router:**")]
 
 
 def test_a_playground_side_against_a_model_side_is_one_error():

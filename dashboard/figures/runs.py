@@ -70,8 +70,8 @@ def persistence_figure(table: pd.DataFrame, colors: list[str]) -> go.Figure:
                  customdata=np.stack([table["hot_share"], table["current_run"]], axis=1),
                  hovertemplate="expert %{x}: longest run %{y} steps, hot %{customdata[0]:.0%} of steps, current "
                                "run %{customdata[1]}<extra></extra>")
-    return go.Figure([bar], layout(title="Hot-expert persistence: longest run of hot steps", xaxis=axis("expert"),
-                                   yaxis=axis("steps", rangemode="tozero"), uirevision="run_persist",
+    return go.Figure([bar], layout(title="Hot experts per step (top ⌈E/10⌉): longest run of hot steps",
+                                   xaxis=axis("expert"), yaxis=axis("steps", rangemode="tozero"), uirevision="run_persist",
                                    showlegend=False))
 
 

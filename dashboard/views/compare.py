@@ -3,6 +3,8 @@
 Both sides are in this page's link (`?a=…&b=…`)."""
 from __future__ import annotations
 
+import pathlib
+
 import streamlit as st
 
 from dashboard import loaders, sidebar, state
@@ -12,6 +14,7 @@ from dashboard.compare_sides import (HEADLINE, MAX_SIDE_CHARS, SIDES, STATE_KEYS
 from dashboard.definitions import DEFINITIONS, caption
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.compare import LoadInput, confidence_pair, load_pair
+from dashboard.quoting import quote
 from dashboard.result import RunResult
 from dashboard.tables import confidence_histogram
 from dashboard.views import compare_model
@@ -52,9 +55,19 @@ def show() -> None:
 
 
 def _models(sides: dict) -> None:
-    """Two model sides (or one, drawn alone): the paired charts and the Δ table."""
-    drawn = {name: t for name, side in sides.items() if side.spec is not None
-             and (t := compare_model.tables(name, side.spec)) is not None}
+    """Two model sides (or one, drawn alone): the paired charts and the Δ table. A model directory named by the link
+    (mdir) is loaded only after its Load click, as on the Model page: a link alone never makes the server load one."""
+    loaded = st.session_state.setdefault(state.COMPARE_LOADED, set())
+    ready = {}
+    for name, side in sides.items():
+        if side.spec is None:
+            continue
+        if side.linked_dir and (name, side.spec.path) not in loaded:
+            st.button(f"Load side {name}'s model, {quote(pathlib.Path(side.spec.path).name)} (named by the link)",
+                      key=f"compare_load_{name}", on_click=loaded.add, args=((name, side.spec.path),))
+            continue
+        ready[name] = side.spec
+    drawn = {name: t for name, spec in ready.items() if (t := compare_model.tables(name, spec)) is not None}
     if drawn:
         compare_model.draw(drawn)
     if len(drawn) == 2:

@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
+from moe.definitions import DEFINITIONS
 from moe.metrics import nats_to_bits
 
 from dashboard import loaders
@@ -59,5 +60,7 @@ def delta(a: dict, b: dict) -> None:
     table["B − A"] = table["B"] - table["A"]
     st.markdown("**Headline numbers**")
     st.table(table.style.format("{:.4g}"))
-    st.caption(caption("compare_model_headline", "aux_loss", "cv", "max_over_mean", "dead_fraction",
-                       "dropped_fraction", "compare_delta"))
+    st.caption(caption("compare_model_headline", "pooled_aux", "cv", "max_over_mean", "dead_fraction",
+                       "dropped_fraction"))
+    if "sigmoid" in (a.get("score"), b.get("score")):
+        st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']}")
