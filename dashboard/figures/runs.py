@@ -71,8 +71,8 @@ def persistence_figure(table: pd.DataFrame, colors: list[str]) -> go.Figure:
                  hovertemplate="expert %{x}: longest run %{y} steps, hot %{customdata[0]:.0%} of steps, current "
                                "run %{customdata[1]}<extra></extra>")
     return go.Figure([bar], layout(title="Hot experts per step (top ⌈E/10⌉): longest run of hot steps",
-                                   xaxis=axis("expert"), yaxis=axis("steps", rangemode="tozero"), uirevision="run_persist",
-                                   showlegend=False))
+                                   xaxis=axis("expert"), yaxis=axis("steps", rangemode="tozero"),
+                                   uirevision="run_persist", showlegend=False))
 
 
 def slot_usage_figure(usage: np.ndarray) -> go.Figure:
