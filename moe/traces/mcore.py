@@ -121,7 +121,7 @@ def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None
     dumps, held = [], 0
     for path in paths:
         dump = _rank_dump(load_npz(path, limits), path)
-        held += dump["loads"].nbytes
+        held += 3 * dump["loads"].nbytes  # the int32 dumps and the int64 (F, W, L, P) they are copied into
         if held > limits.budget // 4:
             raise ValueError(f"the Megatron-Core EP load dumps hold {describe_bytes(held)} by {path!r}, over a "
                              f"quarter of the memory budget of {describe_bytes(limits.budget)}; capture fewer "
@@ -137,15 +137,16 @@ def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None
     L = len(first["layer_numbers"])
     E, source = resolve_experts(n_experts, P, -1, "the Megatron-Core EP load dumps")
     limits.check_summary(F, L, E)
-    per_rank = np.stack([d["loads"][:, :F, :] for d in dumps]).astype(np.int64)    # (W, L, F, P)
-    if int(per_rank.min()) < 0:
+    rank_counts = np.empty((F, W, L, P), dtype=np.int64)                           # one copy, no stacked temporaries
+    for w, d in enumerate(dumps):
+        rank_counts[:, w] = d["loads"][:, :F, :].transpose(1, 0, 2)                # (F, L, P) of rank w
+    if int(rank_counts.min()) < 0:
         raise ValueError("the Megatron-Core EP load dumps hold a negative load in a captured forward; give the "
                          "dumps Megatron wrote")
-    rank_counts = per_rank.transpose(2, 0, 1, 3)                                   # (F, W, L, P)
     written = sum(int(d["forward_counts"].sum()) for d in dumps)
     meta = {"ep_size": W, "ep_group_ranks": first["ep_group_ranks"].tolist(), "dump_version": DUMP_VERSION,
             "num_local_physical_experts": first["num_local_physical_experts"], "ids": "physical = logical",
             "forwards_dropped": written - F * L * W, "files": [os.path.basename(p) for p in paths]}
     return RoutingLog(source=SOURCE, layers=[str(n) for n in first["layer_numbers"].tolist()],
                       steps=np.arange(F, dtype=np.int64), counts=rank_counts.sum(axis=1), n_experts_source=source,
-                      meta=meta, rank_counts=np.ascontiguousarray(rank_counts))
+                      meta=meta, rank_counts=rank_counts)
