@@ -102,3 +102,18 @@ def test_layer_plans_from_the_whole_log_or_its_last_window():
     assert max(doc["predicted_load"]) <= 20 * 6 and all(isinstance(e, int) for r in doc["ranks"] for e in r)
     with pytest.raises(ValueError, match="layer 'z' is not in the log"):
         layer_plans(counts, ["a", "b"], 4, 4, only=["z"])
+
+
+@pytest.mark.parametrize("experts", ["8", 8.0, True, 0])
+def test_num_logical_experts_must_be_a_positive_int_one_line_in_ep_report(tmp_path, capsys, monkeypatch, experts):
+    from moe.cli.main import main
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"physical_to_logical_map": [[0, 1, 2, 3, 4, 5, 6, 7]], "ep_size": 2,
+                                "num_logical_experts": experts}))
+    with pytest.raises(ValueError, match="'num_logical_experts' must be a positive integer"):
+        read_plan(str(path), 8, 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the file is read before joining the job
+    assert main(["ep-report", "--n-experts", "8", "--tokens", "8", "--placement", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'num_logical_experts' must be a positive integer" in err, err

@@ -189,6 +189,9 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
             isinstance(e, int) and not isinstance(e, bool) for e in r) for r in rows)) or len({len(r) for r in rows}) != 1:
         raise ValueError(f"plan file {path!r}: 'physical_to_logical_map' must be [layers, physical_experts] integers")
     E = doc.get("num_logical_experts", n_experts)
+    if E is not None and (not isinstance(E, int) or isinstance(E, bool) or E < 1):
+        raise ValueError(f"plan file {path!r}: 'num_logical_experts' must be a positive integer (e.g. 8, not \"8\" "
+                         f"or 8.0); write the number of logical experts")
     p2l = check_map(np.array(rows, dtype=np.int64), E, f"plan file {path!r}'s physical_to_logical_map")
     E = int(p2l.max()) + 1 if E is None else E
     if n_experts is not None and E != n_experts:
