@@ -145,3 +145,23 @@ def test_the_runs_own_map_is_the_current_placement_and_no_plan_loses_to_it():
         for R in (0, 4):
             own = r.own_window[("planned", R)].max(axis=1)  # each window under the plan made from it
             assert (own <= rank_load(r.windows, current).max(axis=1)).all()
+
+
+def _stub(layer: str, current_window, planned_window, R: int = 4):
+    """A LayerReplay whose windows 1 have these rank loads (W,) under the current placement and our plan."""
+    from moe.parallel.judge import LayerReplay
+    cur, new = np.array([current_window] * 2), np.array([planned_window] * 2)         # (N=2, W)
+    loads = {("current", R): cur, ("planned", R): new}
+    return LayerReplay(layer, np.ones((2, 8)), loads, {}, {R: np.zeros(2, bool)},
+                       {("current", R): {1: 0.0}, ("planned", R): {1: float(balancedness_vllm(new[1]))}},
+                       {}, np.zeros(8), 4, 0.5, {R: 0.0})
+
+
+def test_verdict_applies_the_margin_to_every_layer_not_to_the_largest_absolute_gain():
+    a = _stub("A", [100] * 9 + [90], [100] * 10)               # 0.99 -> 1.00: +0.01, +1%
+    b = _stub("B", [100, 100] + [0] * 8, [100, 100, 9] + [0] * 7)  # 0.200 -> 0.209: +0.009, +4.5%
+    assert balancedness_vllm(a.loads[("current", 4)][1]) == pytest.approx(0.99)
+    assert balancedness_vllm(b.loads[("planned", 4)][1]) == pytest.approx(0.209)
+    text = verdict([a, b])
+    assert text.startswith("our planner") and "layer B from 0.20 to 0.21" in text, text
+    assert verdict([a]).startswith("balanced already") and "layer A" in verdict([a])

@@ -233,8 +233,10 @@ def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, on
 
 
 def verdict(results: list[LayerReplay], current: str = "contiguous", margin: float = 0.02) -> str:
-    """One line with its numbers: the biggest gain of a planner over the current placement on the windows after
-    planning (p50 of vLLM balancedness), hot-expert persistence and the longest interval that keeps the gain."""
+    """One line with its numbers: the biggest relative gain (after / before − 1) of a planner over the current
+    placement on the windows after planning (p50 of vLLM balancedness) over every layer and R, hot-expert persistence
+    and the longest interval that keeps the gain. "Balanced already" only when no candidate beats the current
+    placement by more than `margin` (relative) anywhere; a layer whose current p50 is 0 (idle) is not a candidate."""
     if any(len(r.windows) < 2 for r in results):
         return ("one window only: no window follows a plan, so nothing can be judged; use a shorter --window "
                 "(more windows)")
@@ -244,10 +246,11 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
             if name == "current":
                 continue
             before, after = _p50(r.next_window("current", R)), _p50(r.next_window(name, R))
-            if best is None or after - before > best[0]:
-                best = (after - before, r, name, R, before, after)
+            gain = after / before - 1 if before > 0 and np.isfinite(after) else -np.inf  # relative, as the margin is
+            if best is None or gain > best[0]:
+                best = (gain, r, name, R, before, after)
     gain, r, name, R, before, after = best
-    if not before > 0 or after <= before * (1 + margin):
+    if not gain > margin:
         return (f"balanced already: no placement beats {current} by more than {margin:.0%} on the windows after "
                 f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
                 f"{after:.2f})")
