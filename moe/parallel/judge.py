@@ -20,6 +20,7 @@ from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.placement import contiguous, plan
 from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement,
                                  window_counts)
+from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (moe.parallel.placement.plan), DeepSeek's (moe.parallel.eplb)
 MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
@@ -33,7 +34,7 @@ class ReplaySettings:
     num_nodes: int = 1                       # DeepSeek's EPLB: nodes (world_size / num_nodes GPUs each)
     num_groups: int | None = None            # DeepSeek's EPLB: expert groups (default: num_nodes)
     intervals: tuple[int, ...] = (1, 2, 4, 8)
-    hot_top: int | None = None               # top-n experts called hot (default: max R, or W when R = 0)
+    hot_top: int | None = None               # top-n experts called hot (default: max R, or W when max R = 0)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or self.window < 1 or self.num_nodes < 1:
@@ -55,9 +56,9 @@ class LayerReplay:
     kept: dict[int, np.ndarray]                           # R -> (N,) bool: our plan of window k kept the current one
     intervals: dict[tuple[str, int], dict[int, float]]    # (placement, R) -> {every N windows: p50 balancedness}
     rest: dict[tuple[str, int], float]                    # (placement, R) -> p50 balancedness on all later windows
-    hot_windows: np.ndarray                               # (E,) windows in which each expert is in the top-n
+    hot_windows: np.ndarray                               # (E,) windows in which each expert is hot
     hot_top: int
-    persistence: float                                    # mean share of window k's top-n still top-n in k + 1
+    persistence: float                                    # mean share of window k's hot experts hot in k + 1
     absorbed: dict[int, float]                            # R -> p50 share of window k+1's load on plan k's replicas
     notes: list[str] = field(default_factory=list)
 
@@ -145,14 +146,15 @@ def _p50(values: np.ndarray) -> float:
 
 
 def _hot(windows: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-    """(E,) windows in which each expert is among the n busiest, and the mean share kept from one window to the
-    next (ties: the lower expert index ranks higher)."""
-    N, E = windows.shape
-    order = np.argsort(-windows, axis=1, kind="stable")[:, :n]                        # (N, n)
-    top = np.zeros((N, E), dtype=bool)
-    np.put_along_axis(top, order, True, axis=1)
-    kept = (top[1:] & top[:-1]).sum(axis=1) / n if N > 1 else np.zeros(0)
-    return top.sum(axis=0), float(kept.mean()) if len(kept) else float("nan")
+    """(E,) windows in which each expert is hot (among the n busiest with at least one token: runstats.hot_mask,
+    ties to the lower index), and persistence: the mean over windows k with a hot expert of the share of window k's
+    hot experts still hot in window k + 1 (NaN when no such k)."""
+    N = len(windows)
+    top = hot_mask(windows, n)                                                       # (N, E)
+    now = top[:-1].sum(axis=1)                                                       # (N − 1,) hot in window k
+    kept = (top[1:] & top[:-1]).sum(axis=1)                                          # (N − 1,) of them hot in k + 1
+    shares = kept[now > 0] / now[now > 0] if N > 1 else np.zeros(0)
+    return top.sum(axis=0), float(shares.mean()) if len(shares) else float("nan")
 
 
 def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
@@ -257,9 +259,15 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
     steady = [every for every, value in sorted(r.intervals[(name, R)].items()) if value >= after - margin]
     every = max(steady) if steady else 1
     return (f"{_who(name)} with R={R} lifts the p50 balancedness of layer {r.layer} from {before:.2f} to "
-            f"{after:.2f} on the windows after planning; hot experts persist in {r.persistence:.0%} of windows; "
+            f"{after:.2f} on the windows after planning; {_persist(r)}; "
             f"replanning every {every} window{'s' if every > 1 else ''} keeps {r.intervals[(name, R)][every]:.2f}")
 
 
 def _who(name: str) -> str:
     return {"planned": "our planner", "eplb": "DeepSeek's EPLB"}[name]
+
+
+def _persist(r: LayerReplay) -> str:
+    """definition "hot_expert_persistence" in words, with its number."""
+    return (f"{r.persistence:.0%} of the {r.hot_top} hottest experts of a window (those with tokens) are still among "
+            f"the {r.hot_top} hottest in the next")
