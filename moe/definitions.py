@@ -7,6 +7,11 @@ Notation: T tokens, E experts, K top_k, D d_model, H d_expert, C capacity.
 """
 from __future__ import annotations
 
+# What "our planner" of the placement replay and plan files is (moe.parallel.judge.plan_layout): written once here,
+# shown by the verdict and the definitions.
+OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB where that holds "
+               "a distinct expert per slot of a rank")
+
 DEFINITIONS: dict[str, str] = {
     # --- per_expert() columns (the summary's demand / served / dropped are their totals)
     "demand": "(token, expert) assignments the router chose for expert e, before capacity: "
@@ -278,9 +283,10 @@ DEFINITIONS: dict[str, str] = {
                         "partial one dropped).",
     "replay_next_window": "each planner plans on window k's expert load and is measured on window k + 1: the honest "
                           "figure (a plan judged on the load it was made from flatters it). **current** = the "
-                          "run's placement (its physical → logical map, else contiguous blocks); **planned** = our "
-                          "planner (moe.parallel.placement.plan; it keeps the current placement when its plan does "
-                          "not lighten the busiest rank of window k, so it never loses there); **eplb** = DeepSeek's "
+                          "run's placement (its physical → logical map, else contiguous blocks); **planned** = "
+                          + OUR_PLANNER + " (moe.parallel.judge.plan_layout: by the busiest rank of window k; it keeps "
+                          "the current placement when neither lightens that rank, so it never loses there); **eplb** = "
+                          "DeepSeek's "
                           "EPLB (deepseek-ai/EPLB eplb.py: groups to nodes, replicas within a node, packing to "
                           "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W). "
                           "p50 = median over the windows after a plan.",

@@ -15,6 +15,7 @@ from functools import partial
 
 import numpy as np
 
+from moe.definitions import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.placement import contiguous, plan
@@ -22,7 +23,7 @@ from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, ra
                                  window_counts)
 from moe.traces.runstats import hot_mask
 
-PLANNERS = ("planned", "eplb")  # ours (moe.parallel.placement.plan), DeepSeek's (moe.parallel.eplb)
+PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
 MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
 
 
@@ -264,7 +265,7 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
 
 
 def _who(name: str) -> str:
-    return {"planned": "our planner", "eplb": "DeepSeek's EPLB"}[name]
+    return {"planned": f"planned ({OUR_PLANNER})", "eplb": "DeepSeek's EPLB"}[name]
 
 
 def _persist(r: LayerReplay) -> str:
