@@ -12,6 +12,13 @@ from __future__ import annotations
 OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB where that holds "
                "a distinct expert per slot of a rank")
 
+# vLLM's logged EPLB balancedness, what we verified of its history (vllm/distributed/eplb/eplb_state.py).
+VLLM_BALANCEDNESS = ("`Σ_l mean_r / Σ_l max_r` over the MoE layers l and EP ranks r (`_compute_eplb_load_stats` in "
+                     "vllm/distributed/eplb/eplb_state.py, since vllm-project/vllm PR #51813); before that fix, "
+                     "eplb_state.py reduced its (layers, ranks) token tensor over the layer axis instead "
+                     "(`Σ_r mean_l / Σ_r max_l`: 1.0 for a model with one MoE layer, not a balance across ranks), so "
+                     "balancedness from vLLM logs written before it is not comparable with these numbers")
+
 DEFINITIONS: dict[str, str] = {
     # --- per_expert() columns (the summary's demand / served / dropped are their totals)
     "demand": "(token, expert) assignments the router chose for expert e, before capacity: "
@@ -202,7 +209,7 @@ DEFINITIONS: dict[str, str] = {
                        "*balancedness* the stacks log, but over logical experts, not over EP ranks: SGLang's "
                        "`current_pass_balancedness` (ExpertDistributionRecorder) is the mean over layers of "
                        "`mean_r / max_r` of each GPU's tokens; vLLM's EPLB `balancedness` (`log_balancedness`) is "
-                       "`Σ_l mean_r / Σ_l max_r`.",
+                       + VLLM_BALANCEDNESS + ".",
     "run_dead_experts": "per (step, layer), `#{e : load[s, l, e] = 0}`: experts that received no token; the "
                         "**mean over layers** line is `Σ_l dead[s, l] / L`.",
     "run_hot_persistence": "expert e is **hot** at step s of a layer when it is among the top `N = ceil(E/10)` "
@@ -264,9 +271,8 @@ DEFINITIONS: dict[str, str] = {
                      "statistics).",
     # --- placement replay (moe.parallel.replay / judge / eplb / export; `python -m moe plan`; issue #18)
     "balancedness_vllm": "per layer and window, `mean_r load_r / max_r load_r` over the W ranks (0 when no rank has "
-                         "load): vLLM's EPLB balancedness (vllm/distributed/eplb/eplb_state.py, v0.10 and later, "
-                         "which sums mean and max over layers before dividing; here one layer at a time). 1 = even; "
-                         "`1 / max_over_mean`.",
+                         "load): vLLM's EPLB balancedness of one layer (here one layer at a time; vLLM logs "
+                         + VLLM_BALANCEDNESS + "). 1 = even; `1 / max_over_mean`.",
     "balancedness_sglang": "per layer and window, `(mean_r load_r + 1e-5) / (max_r load_r + 1e-5)`: SGLang's "
                            "utilization rate (compute_utilization_rate in python/sglang/srt/eplb/"
                            "expert_distribution.py, v0.5); equals vLLM's up to the 1e-5, and is 1 for a layer with "
