@@ -285,8 +285,9 @@ DEFINITIONS: dict[str, str] = {
                         "slots splits its n tokens into c contiguous chunks of near-equal size (sizes differ by at "
                         "most one; chunk i = tokens `[i·n // c, (i+1)·n // c)`) to its i-th slot, rank by rank: the rule of the "
                         "planner's predicted load (ep_assignments), so a replayed window equals what the "
-                        "expert-parallel forward measures. Windows: consecutive runs of `window` steps (a last "
-                        "partial one dropped).",
+                        "expert-parallel forward measures. Windows: consecutive runs of `window` steps, "
+                        "N = max(1, S // window): a last partial window is dropped, except when the log is shorter "
+                        "than one window, which is then the one window (all S steps).",
     "replay_next_window": "each planner plans on window k's expert load and is measured on window k + 1: the honest "
                           "figure (a plan judged on the load it was made from flatters it). **current** = the "
                           "run's placement (its physical → logical map, else contiguous blocks); **planned** = "
@@ -312,11 +313,16 @@ DEFINITIONS: dict[str, str] = {
                          "than 2% (relative); the interval named is the longest whose p50 stays within 0.02 of "
                          "replanning every window.",
     "placement_export": "one plan per layer from the whole log (or its last window with --window). SGLang's "
-                        "`--init-expert-location` JSON holds only `physical_to_logical_map` [layers, E + R]; the "
-                        "vLLM-style file adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "
+                        "`--init-expert-location` JSON holds only `physical_to_logical_map` [num_layers, E + R] with "
+                        "row i = decoder layer id i (so the log's layer labels must be integers; num_layers = "
+                        "--num-layers, default the largest layer id + 1; a layer the log does not route gets "
+                        "SGLang's trivial row `arange(E + R) % E`); the vLLM-style file has one row per logged layer "
+                        "in log order and adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "
                         "lies on rank p // ((E + R) / W), so both need E + R a multiple of W and distinct experts on "
-                        "a rank. A layer whose plan kept the current placement is padded with replicas of its least "
-                        "loaded experts (refused if that loads its busiest rank more). Our own file takes any R.",
+                        "a rank. A layer whose plan kept the current placement is padded to E + R slots with "
+                        "replicas: first each rank takes the lightest experts of the ranks after it (cyclically), "
+                        "else the least loaded experts, whichever first leaves its busiest rank no heavier (refused "
+                        "when neither does). Our own file takes any R.",
     # --- the dashboard's forward time (the Playground's header line and KPI row)
     "warm_forward_ms": "the Playground's forward time: the median wall time (statistics included, synchronised "
                        "with the device) of up to 3 repeats of the same forward on the same batch, run after the "

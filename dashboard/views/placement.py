@@ -200,8 +200,12 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     if files["serving_error"]:
         cols[1].caption(f"No SGLang or vLLM file for R={R}: {files['serving_error']}")
     else:
-        cols[1].download_button("SGLang --init-expert-location (JSON)", files["sglang"], file_name="plan-sglang.json",
-                                mime="application/json", on_click="ignore", key=key("file_sglang"))
+        if files["sglang"] is None:
+            cols[1].caption(f"No SGLang file: {files.get('sglang_error', '')}")
+        else:
+            cols[1].download_button("SGLang --init-expert-location (JSON)", files["sglang"],
+                                    file_name="plan-sglang.json", mime="application/json", on_click="ignore",
+                                    key=key("file_sglang"))
         cols[2].download_button("vLLM-style map (JSON)", files["vllm"], file_name="plan-vllm.json",
                                 mime="application/json", on_click="ignore", key=key("file_vllm"))
     kept = [name for name, note in files["notes"].items() if note.startswith("kept")]
