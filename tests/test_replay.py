@@ -196,3 +196,19 @@ def test_hot_expert_persistence_against_a_loop_and_idle_experts_are_never_hot():
     text = verdict([r] + replay_log(_log(np.random.default_rng(3), hot=2)[:, :1], ["a"],
                                     ReplaySettings(4, (4,), window=2)))
     assert "of the 4 hottest experts of a window (those with tokens) are still among the 4 hottest in the next" in text
+
+
+def test_windows_drop_a_last_partial_window_unless_it_is_the_only_one():
+    """definition replay_rank_load: N = max(1, S // window)."""
+    counts = np.arange(5)[:, None]                                                    # (S=5, 1)
+    assert window_counts(counts, 2).tolist() == [[0 + 1], [2 + 3]]  # step 4 dropped
+    assert window_counts(counts, 10).tolist() == [[0 + 1 + 2 + 3 + 4]]  # shorter than one window: all of it
+
+
+def test_padding_takes_the_next_ranks_lightest_experts_first():
+    """definition placement_export: each rank first takes the lightest experts of the ranks after it (cyclically)."""
+    from moe.parallel.export import pad_to
+    load = np.array([10, 12, 9, 10])
+    padded = pad_to(current_layout(4, 2), load, 6)                                   # ranks [0, 1], [2, 3] -> 3 slots
+    assert [list(r) for r in padded.rank_experts()] == [[0, 1, 2], [2, 3, 0]]
+    assert rank_load(load[None], padded).max() <= rank_load(load[None], current_layout(4, 2)).max()
