@@ -303,11 +303,11 @@ DEFINITIONS: dict[str, str] = {
                                  "window of the run.",
     "hot_expert_persistence": "hot = among the n experts with the most tokens in a window and with at least one "
                               "token (as the Runs page's hot_mask; ties: the lower index), n = ReplaySettings.hot_top "
-                              "when set, else the largest R replayed, or W when that R is 0 (at most E); **persistence** = X% "
-                              "of the n hottest experts of a window are still among the n hottest in the next: the "
-                              "mean over windows k that have a hot expert of |hot(k) ∩ hot(k + 1)| / |hot(k)|; "
-                              "**absorbed** = p50 over k of the share of window k + 1's tokens that go to experts plan "
-                              "k replicated.",
+                              "when set, else the largest R replayed, or W when that R is 0 (at most E); "
+                              "**persistence** = the share of the n hottest experts of a window that are still among "
+                              "the n hottest in the next: the mean over windows k that have a hot expert of "
+                              "|hot(k) ∩ hot(k + 1)| / |hot(k)|; **absorbed** = p50 over k of the share of window "
+                              "k + 1's tokens that go to experts plan k replicated.",
     "placement_verdict": "the largest gain in p50 vLLM balancedness on the windows after planning, over layers, "
                          "planners and R; \"balanced already\" when no planner beats the current placement by more "
                          "than 2% (relative); the interval named is the longest whose p50 stays within 0.02 of "

@@ -163,7 +163,8 @@ def test_verdict_applies_the_margin_to_every_layer_not_to_the_largest_absolute_g
     assert balancedness_vllm(a.loads[("current", 4)][1]) == pytest.approx(0.99)
     assert balancedness_vllm(b.loads[("planned", 4)][1]) == pytest.approx(0.209)
     text = verdict([a, b])
-    assert text.startswith("planned (our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB")
+    assert text.startswith("planned (our planner: the lighter of moe.parallel.placement.plan and DeepSeek's "
+                           "global EPLB")
     assert "layer B from 0.20 to 0.21" in text, text
     assert verdict([a]).startswith("balanced already") and "layer A" in verdict([a])
 

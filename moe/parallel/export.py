@@ -3,8 +3,8 @@
 - "sglang": SGLang's `--init-expert-location` JSON, `{"physical_to_logical_map": [[...], ...]}` [num_layers,
   physical_experts], row i = decoder layer id i (ExpertLocationMetadata.num_layers is the model's layer count;
   `logical_to_all_physical(layer_id, ...)` reads row layer_id), and nothing else: SGLang passes the document's
-  keys to `ExpertLocationMetadata.init_by_mapping` as arguments (python/sglang/srt/eplb/expert_location.py, `compute_initial_expert_location_metadata`, v0.5), so
-  an extra key would be refused. Slot p is on rank p // (P / W), P = E + ep_num_redundant_experts.
+  keys to `ExpertLocationMetadata.init_by_mapping` as arguments (python/sglang/srt/eplb/expert_location.py,
+  `compute_initial_expert_location_metadata`, v0.5), so an extra key would be refused. Slot p is on rank p // (P / W), P = E + ep_num_redundant_experts.
 - "vllm": the same map (vLLM's `EplbState.physical_to_logical_map`, (layers, physical experts), slot p on rank
   p // (P / W)) with `ep_size`, `num_redundant_experts`, `num_logical_experts` and `layers` beside it.
 - "moe-scope": our own, any R: per layer the experts of each rank (ranks may hold different numbers of slots).
