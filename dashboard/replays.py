@@ -10,8 +10,6 @@ from moe.jsonio import dumps
 from moe.parallel.export import check_serving, layer_plans, plan_document
 from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
 
-SERVING = ("sglang", "vllm")
-
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def replay(layer_counts: np.ndarray, layer: str, p2l_row: np.ndarray | None, settings: ReplaySettings
@@ -29,7 +27,8 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
                redundant_slots: int, last_window: int | None = None) -> dict:
     """One plan per layer (moe.parallel.export.layer_plans: our planner, from the whole log or its last window of
     `last_window` steps) as the three plan files: {"moe-scope": text, "sglang": text | None, "vllm": text | None,
-    "serving_error": why there is no serving file ("" when there is), "notes": {layer: note}}."""
+    "serving_error": why there is no serving file ("" when there is), "sglang_error": why there is no SGLang file
+    (only when the other serving file exists), "notes": {layer: note}}."""
     counts, layers = np.asarray(counts), list(layers)                                # (S, L, E)
     E = counts.shape[2]
     ours = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window)
@@ -40,10 +39,14 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
         full = all(p.layout.n_slots == E + redundant_slots for p in ours.values())  # serving only pads the others
         padded = ours if full else layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window,
                                                serving=True)
-        for fmt in SERVING:
-            out[fmt] = _document(fmt, padded, E)
+        out["vllm"] = _document("vllm", padded, E)
     except ValueError as err:
         out["serving_error"] = str(err)
+        return out
+    try:  # SGLang's map is indexed by layer id: integer labels only
+        out["sglang"] = _document("sglang", padded, E)
+    except ValueError as err:
+        out["sglang_error"] = str(err)
     return out
 
 

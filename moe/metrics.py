@@ -78,8 +78,10 @@ SGLANG_EPS = 1e-5  # SGLang's compute_utilization_rate adds it to mean and max (
 
 
 def balancedness_vllm(rank_load) -> np.ndarray:
-    """mean_r / max_r over the last axis (W,), 0 where max is 0: vLLM's EPLB balancedness
-    (vllm/distributed/eplb/eplb_state.py, v0.10 and later: `avg_tokens / max_tokens if max_tokens > 0 else 0.0`)."""
+    """mean_r / max_r over the last axis (W,), 0 where max is 0: vLLM's EPLB balancedness for one layer
+    (vllm/distributed/eplb/eplb_state.py: `avg_tokens / max_tokens if max_tokens > 0 else 0.0`, which sums mean_r and
+    max_r over the layers first, since vllm-project/vllm PR #51813; before it, eplb_state.py reduced its (layers,
+    ranks) tensor over the layer axis, 1.0 for any one layer: those logs are not comparable with this)."""
     v = np.asarray(rank_load, dtype=np.float64)
     top = v.max(axis=-1)
     return np.where(top > 0, v.mean(axis=-1) / np.where(top > 0, top, 1.0), 0.0)

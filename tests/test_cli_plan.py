@@ -48,6 +48,29 @@ def test_csv_and_export(tmp_path, capsys):
     assert set(frame.columns) >= {"layer", "window", "placement", "balancedness_vllm", "balancedness_sglang"}
     back = read_plan(str(out_file), 8, 4)
     assert len(back.layouts) == 2 and all(lay.n_slots == 12 for lay in back.layouts)
+    code = main(["plan", path, "--world-size", "4", "--redundant-slots", "4", "--n-experts", "8",
+                 "--export", "sglang", "--out", str(out_file)])
+    doc = json.loads(capsys.readouterr().out)
+    rows = json.loads(out_file.read_text())["physical_to_logical_map"]
+    assert code == 0 and len(rows) == 2
+    for layer in ("0", "1"):  # each exported row is the plan the JSON reports for that layer, rank by rank
+        assert rows[int(layer)] == [e for r in doc["plan"][layer]["ranks"] for e in r]
+
+
+def test_sglang_rows_are_layer_ids_with_the_model_layer_count(tmp_path, capsys):
+    path, out_file = tmp_path / "router_trace_rank0.jsonl", tmp_path / "sglang.json"
+    write_megatron(path, [dict(r, layer=3 if r["layer"] == 1 else 0)  # layers 0 and 3 routed, 1 and 2 not
+                          for r in megatron_records(12, 2, 60, 8, 2, hot=5)])
+    base = ["plan", str(path), "--world-size", "4", "--redundant-slots", "4", "--n-experts", "8",
+            "--export", "sglang", "--out", str(out_file)]
+    assert main([*base, "--num-layers", "6"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = json.loads(out_file.read_text())["physical_to_logical_map"]
+    trivial = [p % 8 for p in range(12)]
+    assert len(rows) == 6 and rows[1] == rows[2] == rows[4] == rows[5] == trivial
+    assert rows[0] == [e for r in doc["plan"]["0"]["ranks"] for e in r]
+    assert rows[3] == [e for r in doc["plan"]["3"]["ranks"] for e in r] != trivial
+    assert main(base) == 0 and len(json.loads(out_file.read_text())["physical_to_logical_map"]) == 4
 
 
 def test_errors_are_one_line_with_status_2(tmp_path, capsys):
@@ -55,7 +78,12 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
     for argv, message in ((["--redundant-slots", "3", "--export", "vllm", "--out", str(tmp_path / "x.json")],
                            "use R in [4, 8]"),
                           (["--export", "vllm"], "--export and --out go together"),
-                          (["--layer", "nope"], "layer 'nope' is not in the log")):
+                          (["--layer", "nope"], "layer 'nope' is not in the log"),
+                          (["--redundant-slots", "4", "--export", "sglang", "--out", str(tmp_path / "x.json"),
+                            "--layer", "0"], "--export sglang writes every layer of the model"),
+                          (["--num-layers", "4"], "--num-layers is the row count of SGLang's map"),
+                          (["--redundant-slots", "4", "--export", "sglang", "--out", str(tmp_path / "x.json"),
+                            "--num-layers", "1"], "the log has layer 1, which does not fit --num-layers 1")):
         code = main(["plan", path, "--world-size", "4", "--n-experts", "8", *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, err

@@ -123,3 +123,17 @@ def test_aux_loss_is_differentiable_in_probs_only_through_P():
     aux_loss(probs, routed, 1).backward()
     # d/dp[t,e] of E·Σ f_e·(Σ_t p[t,e])/T = E·f_e/T with f = (3/4, 1/4)
     np.testing.assert_allclose(probs.grad.numpy(), [[2 * 0.75 / 4, 2 * 0.25 / 4]] * 4)
+
+
+def test_vllm_balancedness_cites_the_fix_and_warns_that_older_logs_differ():
+    """vLLM logs Σ_l mean_r / Σ_l max_r since PR #51813; before it the (layers, ranks) tensor was reduced over the
+    layer axis, 1.0 for one layer: our per-layer value is the former's one-layer case, never the latter's."""
+    from moe.definitions import DEFINITIONS, VLLM_BALANCEDNESS
+    from moe.metrics import balancedness_vllm
+    per_rank = np.array([[30.0, 10.0]])                                               # (L=1, W=2)
+    fixed = per_rank.mean(axis=1).sum() / per_rank.max(axis=1).sum()                  # vLLM after #51813
+    before_fix = per_rank.mean(axis=0).sum() / per_rank.max(axis=0).sum()             # over the layer axis
+    assert balancedness_vllm(per_rank)[0] == fixed == 20 / 30 and before_fix == 1.0
+    assert "PR #51813" in VLLM_BALANCEDNESS and "not comparable" in VLLM_BALANCEDNESS
+    assert all(VLLM_BALANCEDNESS in DEFINITIONS[k] for k in ("balancedness_vllm", "run_percentiles"))
+    assert "#51813" in balancedness_vllm.__doc__ and "v0.10" not in balancedness_vllm.__doc__

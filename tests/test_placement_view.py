@@ -90,9 +90,16 @@ def test_the_downloads_are_the_plan_files_and_read_back(log_dir, tmp_path):
         path = tmp_path / name
         path.write_text(files[fmt])
         plan = read_plan(str(path), E, 8)
-        assert plan.layers == (["0", "1"] if fmt == "sglang" else LAYERS)  # SGLang's map names no layer
+        layouts = plan.layouts
+        if fmt == "sglang":  # SGLang's map names no layer: row i is layer i, every layer id up to the largest
+            assert plan.layers == [str(i) for i in range(8)]
+            trivial = [p % E for p in range(E + 8)]
+            assert all(plan.layouts[i].slot_expert.tolist() == trivial for i in range(8) if str(i) not in LAYERS)
+            layouts = [plan.layouts[int(name)] for name in LAYERS]
+        else:
+            assert plan.layers == LAYERS
         assert plan.n_experts == E and plan.world_size == 8
-        for i, layout in enumerate(plan.layouts):
+        for i, layout in enumerate(layouts):
             assert set(layout.slot_expert.tolist()) == set(range(E))  # every logical expert placed
             assert layout.n_slots == E + 8 and np.bincount(layout.slot_rank).tolist() == [2] * 8
             load = log.counts[:, i, :].sum(axis=0)
@@ -148,10 +155,12 @@ def test_a_layer_that_keeps_its_placement_is_padded_only_in_the_serving_files(tm
     even = np.full((4, 1, E), 10)
     skewed = np.tile(np.array([80, 1, 1, 1, 1, 1, 1, 1]), (4, 1))[:, None, :]
     counts = np.concatenate([even, skewed], axis=1)                                   # (S=4, L=2, E)
-    files = replays.plan_files(counts, ("even", "skewed"), None, 4, 4)
+    named = replays.plan_files(counts, ("even", "skewed"), None, 4, 4)
+    assert named["sglang"] is None and "integers" in named["sglang_error"] and named["vllm"] is not None
+    files = replays.plan_files(counts, ("0", "1"), None, 4, 4)  # even, skewed: SGLang's rows are layer ids
     ours = json.loads(files["moe-scope"])["layers"]
-    assert ours["even"]["redundant_slots"] == 0 and ours["even"]["note"].startswith("kept the current placement")
-    assert ours["skewed"]["redundant_slots"] == 4
+    assert ours["0"]["redundant_slots"] == 0 and ours["0"]["note"].startswith("kept the current placement")
+    assert ours["1"]["redundant_slots"] == 4
     (tmp_path / "sglang.json").write_text(files["sglang"])
     plan = read_plan(str(tmp_path / "sglang.json"), E, 4)
     assert [lay.n_slots for lay in plan.layouts] == [E + 4, E + 4]

@@ -17,7 +17,7 @@ def _plans(E=8, W=4, R=4, L=3, seed=0):
     loads = rng.integers(0, 300, size=(L, E))
     layouts = [pad_to(lay, load, E + R) if lay.n_slots != E + R else lay
                for lay, load in ((plan_layout(load, W, R, current_layout(E, W))[0], load) for load in loads)]
-    return [f"model.layers.{i}" for i in range(L)], layouts
+    return [str(i) for i in range(L)], layouts  # integer labels: SGLang's map row i is layer i
 
 
 @pytest.mark.parametrize("fmt", ["sglang", "vllm", "moe-scope"])
@@ -30,7 +30,7 @@ def test_round_trip_every_expert_and_every_slot(tmp_path, fmt):
         assert list(doc) == ["physical_to_logical_map"] and np.array(doc["physical_to_logical_map"]).shape == (3, 12)
     back = read_plan(str(path), 8, 4)
     assert back.format == fmt and back.n_experts == 8 and back.world_size == 4
-    assert back.layers == (layers if fmt != "sglang" else ["0", "1", "2"])
+    assert back.layers == ["0", "1", "2"]
     for before, after in zip(layouts, back.layouts):
         assert after.n_slots == 4 * 3 == before.n_slots  # W × experts per rank
         assert set(after.slot_expert.tolist()) == set(range(8))  # every logical expert present
@@ -102,3 +102,41 @@ def test_layer_plans_from_the_whole_log_or_its_last_window():
     assert max(doc["predicted_load"]) <= 20 * 6 and all(isinstance(e, int) for r in doc["ranks"] for e in r)
     with pytest.raises(ValueError, match="layer 'z' is not in the log"):
         layer_plans(counts, ["a", "b"], 4, 4, only=["z"])
+
+
+@pytest.mark.parametrize("experts", ["8", 8.0, True, 0])
+def test_num_logical_experts_must_be_a_positive_int_one_line_in_ep_report(tmp_path, capsys, monkeypatch, experts):
+    from moe.cli.main import main
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"physical_to_logical_map": [[0, 1, 2, 3, 4, 5, 6, 7]], "ep_size": 2,
+                                "num_logical_experts": experts}))
+    with pytest.raises(ValueError, match="'num_logical_experts' must be a positive integer"):
+        read_plan(str(path), 8, 2)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the file is read before joining the job
+    assert main(["ep-report", "--n-experts", "8", "--tokens", "8", "--placement", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "'num_logical_experts' must be a positive integer" in err, err
+
+
+def test_sglang_map_row_index_is_the_layer_id_and_missing_layers_get_the_trivial_row(tmp_path):
+    _, layouts = _plans(L=2)
+    doc = plan_document("sglang", ["3", "1"], layouts, 8)  # log order 3, 1; rows by layer id 0 … 3
+    rows = doc["physical_to_logical_map"]
+    trivial = [p % 8 for p in range(12)]  # SGLang's init_trivial: arange(P) % E
+    assert len(rows) == 4 and rows[0] == rows[2] == trivial
+    for layer, lay in ((3, layouts[0]), (1, layouts[1])):
+        assert rows[layer] == [e for r in lay.rank_experts() for e in sorted(r)]
+    assert len(plan_document("sglang", ["3", "1"], layouts, 8, num_layers=6)["physical_to_logical_map"]) == 6
+    path = tmp_path / "sglang.json"
+    write_plan(str(path), doc)
+    back = read_plan(str(path), 8, 4)
+    assert back.layers == ["0", "1", "2", "3"]
+    assert [sorted(r) for r in back.layouts[3].rank_experts()] == [sorted(r) for r in layouts[0].rank_experts()]
+    with pytest.raises(ValueError, match="layer 3, which does not fit --num-layers 3"):
+        plan_document("sglang", ["3", "1"], layouts, 8, num_layers=3)
+    with pytest.raises(ValueError, match="needs layer labels that are integers"):
+        plan_document("sglang", ["model.layers.0", "model.layers.1"], layouts, 8)
+    named = plan_document("vllm", ["model.layers.0", "model.layers.1"], layouts, 8)  # the others take any label
+    write_plan(str(path), named)
+    assert read_plan(str(path), 8, 4).layers == ["model.layers.0", "model.layers.1"]

@@ -125,7 +125,7 @@ def test_replay_measures_each_plan_on_the_next_window():
 def test_verdict_names_its_numbers_or_says_balanced_already():
     rng = np.random.default_rng(3)
     text = verdict(replay_log(_log(rng, hot=2), ["a", "b"], ReplaySettings(4, (4,), window=2)))
-    assert "lifts the p50 balancedness of layer" in text and "hot experts persist in" in text
+    assert "lifts the p50 balancedness of layer" in text and "hottest experts of a window" in text
     even = np.full((12, 1, 8), 50)
     text = verdict(replay_log(even, ["x"], ReplaySettings(4, (4,), window=2)))
     assert text.startswith("balanced already: no placement beats contiguous by more than 2%")
@@ -145,3 +145,71 @@ def test_the_runs_own_map_is_the_current_placement_and_no_plan_loses_to_it():
         for R in (0, 4):
             own = r.own_window[("planned", R)].max(axis=1)  # each window under the plan made from it
             assert (own <= rank_load(r.windows, current).max(axis=1)).all()
+
+
+def _stub(layer: str, current_window, planned_window, R: int = 4):
+    """A LayerReplay whose windows 1 have these rank loads (W,) under the current placement and our plan."""
+    from moe.parallel.judge import LayerReplay
+    cur, new = np.array([current_window] * 2), np.array([planned_window] * 2)         # (N=2, W)
+    loads = {("current", R): cur, ("planned", R): new}
+    return LayerReplay(layer, np.ones((2, 8)), loads, {}, {R: np.zeros(2, bool)},
+                       {("current", R): {1: 0.0}, ("planned", R): {1: float(balancedness_vllm(new[1]))}},
+                       {}, np.zeros(8), 4, 0.5, {R: 0.0})
+
+
+def test_verdict_applies_the_margin_to_every_layer_not_to_the_largest_absolute_gain():
+    a = _stub("A", [100] * 9 + [90], [100] * 10)               # 0.99 -> 1.00: +0.01, +1%
+    b = _stub("B", [100, 100] + [0] * 8, [100, 100, 9] + [0] * 7)  # 0.200 -> 0.209: +0.009, +4.5%
+    assert balancedness_vllm(a.loads[("current", 4)][1]) == pytest.approx(0.99)
+    assert balancedness_vllm(b.loads[("planned", 4)][1]) == pytest.approx(0.209)
+    text = verdict([a, b])
+    assert text.startswith("planned (our planner: the lighter of moe.parallel.placement.plan and DeepSeek's "
+                           "global EPLB")
+    assert "layer B from 0.20 to 0.21" in text, text
+    assert verdict([a]).startswith("balanced already") and "layer A" in verdict([a])
+
+
+def naive_persistence(windows, n):
+    """Loop: per window the n busiest experts with a token (lower index first on ties), then the mean over windows
+    with a hot expert of the share still hot in the next."""
+    hot = []
+    for w in windows.tolist():
+        ranked = sorted(range(len(w)), key=lambda e: (-w[e], e))[:n]
+        hot.append({e for e in ranked if w[e] > 0})
+    shares = [len(a & b) / len(a) for a, b in zip(hot, hot[1:]) if a]
+    counts = [sum(e in h for h in hot) for e in range(windows.shape[1])]
+    return counts, (sum(shares) / len(shares) if shares else float("nan"))
+
+
+def test_hot_expert_persistence_against_a_loop_and_idle_experts_are_never_hot():
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        E, W, R = 8, 4, int(rng.choice([0, 2, 4]))
+        counts = rng.integers(0, 30, size=(12, 1, E)) * (rng.random((12, 1, E)) < 0.4)  # many idle experts
+        r = replay_log(counts, ["x"], ReplaySettings(W, (R,), window=2))[0]
+        assert r.hot_top == (R or W)
+        want_counts, want = naive_persistence(r.windows, r.hot_top)
+        assert r.hot_windows.tolist() == want_counts
+        assert (np.isnan(want) and np.isnan(r.persistence)) or r.persistence == pytest.approx(want), trial
+    windows = np.array([[5, 0, 0, 0], [5, 0, 0, 0], [0, 5, 0, 0]])  # n = 2, but only one expert has tokens
+    r = replay_log(windows[:, None, :], ["y"], ReplaySettings(2, (0,), window=1))[0]
+    assert r.hot_windows.tolist() == [2, 1, 0, 0] and r.persistence == pytest.approx((1 + 0) / 2)
+    text = verdict([r] + replay_log(_log(np.random.default_rng(3), hot=2)[:, :1], ["a"],
+                                    ReplaySettings(4, (4,), window=2)))
+    assert "of the 4 hottest experts of a window (those with tokens) are still among the 4 hottest in the next" in text
+
+
+def test_windows_drop_a_last_partial_window_unless_it_is_the_only_one():
+    """definition replay_rank_load: N = max(1, S // window)."""
+    counts = np.arange(5)[:, None]                                                    # (S=5, 1)
+    assert window_counts(counts, 2).tolist() == [[0 + 1], [2 + 3]]  # step 4 dropped
+    assert window_counts(counts, 10).tolist() == [[0 + 1 + 2 + 3 + 4]]  # shorter than one window: all of it
+
+
+def test_padding_takes_the_next_ranks_lightest_experts_first():
+    """definition placement_export: each rank first takes the lightest experts of the ranks after it (cyclically)."""
+    from moe.parallel.export import pad_to
+    load = np.array([10, 12, 9, 10])
+    padded = pad_to(current_layout(4, 2), load, 6)                                   # ranks [0, 1], [2, 3] -> 3 slots
+    assert [list(r) for r in padded.rank_experts()] == [[0, 1, 2], [2, 3, 0]]
+    assert rank_load(load[None], padded).max() <= rank_load(load[None], current_layout(4, 2)).max()

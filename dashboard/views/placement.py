@@ -161,14 +161,15 @@ def _hot(result: LayerReplay, key, n_experts: int) -> None:
     left.plotly_chart(hot_figure(result.hot_windows, len(result.windows), result.hot_top, expert_colors(n_experts)),
                       width="stretch", key=key("hot_chart"))
     right.metric("Hot experts persisting", _share(result.persistence),
-                 help="mean share of a window's hot experts still hot in the next window")
+                 help="share of the n hottest experts of a window (with tokens) still among the n hottest in the next "
+                      "(mean over windows)")
     for R, share in result.absorbed.items():
         if R:
             right.metric(f"Absorbed by replicas, R={R}", _share(share),
                          help="p50 share of the next window's tokens on the experts the plan replicated")
     if result.hot_top >= n_experts:
-        st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert is hot in every window; choose fewer "
-                   f"redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
+        st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert with tokens is hot in every window; "
+                   f"choose fewer redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
     st.caption(caption("hot_expert_persistence"))
 
 
@@ -199,8 +200,12 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     if files["serving_error"]:
         cols[1].caption(f"No SGLang or vLLM file for R={R}: {files['serving_error']}")
     else:
-        cols[1].download_button("SGLang --init-expert-location (JSON)", files["sglang"], file_name="plan-sglang.json",
-                                mime="application/json", on_click="ignore", key=key("file_sglang"))
+        if files["sglang"] is None:
+            cols[1].caption(f"No SGLang file: {files.get('sglang_error', '')}")
+        else:
+            cols[1].download_button("SGLang --init-expert-location (JSON)", files["sglang"],
+                                    file_name="plan-sglang.json", mime="application/json", on_click="ignore",
+                                    key=key("file_sglang"))
         cols[2].download_button("vLLM-style map (JSON)", files["vllm"], file_name="plan-vllm.json",
                                 mime="application/json", on_click="ignore", key=key("file_vllm"))
     kept = [name for name, note in files["notes"].items() if note.startswith("kept")]

@@ -11,7 +11,7 @@ import pandas as pd
 from moe.cli.args import non_negative_int, positive_int
 from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
-from moe.parallel.export import FORMATS, check_serving, layer_plans, plan_document, write_plan
+from moe.parallel.export import FORMATS, check_serving, layer_plans, plan_document, sglang_layer_ids, write_plan
 from moe.parallel.judge import ReplaySettings, balance_rows, replay_log, verdict
 from moe.traces.formats import read_log
 
@@ -36,16 +36,22 @@ def add_command(commands) -> None:
                                                                             "placement)")
     p.add_argument("--export", choices=FORMATS, default=None, help="write the plan in this format to --out")
     p.add_argument("--out", default=None, help="where --export writes the plan")
+    p.add_argument("--num-layers", type=positive_int, default=None,
+                   help="the model's number of layers, for --export sglang (its map has one row per layer id; "
+                        "default: the log's largest layer id + 1)")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> str:
     if (args.export is None) != (args.out is None):
         raise ValueError("--export and --out go together: give both (e.g. --export sglang --out plan.json) or neither")
+    _check_sglang_args(args)
     log = read_log(args.file, n_experts=args.n_experts)
     E, W, R = log.n_experts, args.world_size, args.redundant_slots
     if args.export in ("sglang", "vllm"):
         check_serving(E, R, W)  # before the replay: a wrong R is refused at once
+    if args.export == "sglang":
+        sglang_layer_ids(log.layers, args.num_layers)
     steps = args.window or max(1, -(-len(log.steps) // DEFAULT_WINDOWS))
     settings = ReplaySettings(W, (R,), window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, args.layer)
@@ -54,7 +60,7 @@ def run(args: argparse.Namespace) -> str:
                         args.export in ("sglang", "vllm"), args.layer)
     if args.export:
         doc = plan_document(args.export, list(plans), [p.layout for p in plans.values()], E,
-                            [p.note for p in plans.values()])
+                            [p.note for p in plans.values()], args.num_layers)
         write_plan(args.out, doc)
     rows = [row for r in results for row in balance_rows(r)]
     if args.format == "csv":
@@ -67,6 +73,15 @@ def run(args: argparse.Namespace) -> str:
     if args.export:
         doc["export"] = {"format": args.export, "path": args.out}
     return dumps(doc, indent=1)
+
+
+def _check_sglang_args(args: argparse.Namespace) -> None:
+    """SGLang's map holds every layer of the model (row i = layer i): not one --layer; --num-layers is only for it."""
+    if args.export == "sglang" and args.layer:
+        raise ValueError("--export sglang writes every layer of the model (row i = layer i); drop --layer, or use "
+                         "--export vllm or moe-scope for chosen layers")
+    if args.num_layers is not None and args.export != "sglang":
+        raise ValueError("--num-layers is the row count of SGLang's map; give it with --export sglang")
 
 
 def _layer_summary(r, R: int) -> dict:

@@ -1,9 +1,10 @@
 """Plan files: write one placement per layer in the formats the serving stacks read, read any of them back.
 
-- "sglang": SGLang's `--init-expert-location` JSON, `{"physical_to_logical_map": [[...], ...]}` [layers,
-  physical_experts] and nothing else: SGLang passes the document's keys to `ExpertLocationMetadata.init_by_mapping`
-  as arguments (python/sglang/srt/eplb/expert_location.py, `compute_initial_expert_location_metadata`, v0.5), so
-  an extra key would be refused. Slot p is on rank p // (P / W), P = E + ep_num_redundant_experts.
+- "sglang": SGLang's `--init-expert-location` JSON, `{"physical_to_logical_map": [[...], ...]}` [num_layers,
+  physical_experts], row i = decoder layer id i (ExpertLocationMetadata.num_layers is the model's layer count;
+  `logical_to_all_physical(layer_id, ...)` reads row layer_id), and nothing else: SGLang passes the document's
+  keys to `ExpertLocationMetadata.init_by_mapping` as arguments (python/sglang/srt/eplb/expert_location.py,
+  `compute_initial_expert_location_metadata`, v0.5), so an extra key would be refused. Slot p is on rank p // (P / W), P = E + ep_num_redundant_experts.
 - "vllm": the same map (vLLM's `EplbState.physical_to_logical_map`, (layers, physical experts), slot p on rank
   p // (P / W)) with `ep_size`, `num_redundant_experts`, `num_logical_experts` and `layers` beside it.
 - "moe-scope": our own, any R: per layer the experts of each rank (ranks may hold different numbers of slots).
@@ -131,8 +132,37 @@ def _rank_major(layout: Layout) -> list[int]:
     return [e for r in layout.rank_experts() for e in sorted(r)]
 
 
-def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts: int, notes=None) -> dict:
-    """The JSON document of a plan in format `fmt` (one layout per layer)."""
+def sglang_layer_ids(layers: list[str], num_layers: int | None = None) -> tuple[list[int], int]:
+    """The decoder layer id of each label (integers only: SGLang's map row i is layer i) and the model's layer count
+    (default: the largest id + 1); ValueError (one line) otherwise."""
+    if not all(isinstance(x, str) and x.isdigit() and x.isascii() for x in layers):
+        raise ValueError("SGLang's map has one row per decoder layer id (row i = layer i), so --export sglang needs "
+                         "layer labels that are integers; this log's are not (use --export vllm or moe-scope)")
+    ids = [int(x) for x in layers]
+    if len(set(ids)) != len(ids):
+        raise ValueError("two layers of the log have the same layer id; SGLang's map has one row per layer id")
+    count = max(ids) + 1 if num_layers is None else num_layers
+    if max(ids) >= count:
+        raise ValueError(f"the log has layer {max(ids)}, which does not fit --num-layers {count}; give the model's "
+                         f"number of layers (at least {max(ids) + 1})")
+    return ids, count
+
+
+def _sglang_rows(layers: list[str], rows: list[list[int]], n_experts: int, num_layers: int | None) -> list[list[int]]:
+    """[num_layers, P]: row i = layer id i; a layer with no routing in the log gets SGLang's trivial row
+    (`arange(P) % E`, ExpertLocationMetadata.init_trivial in python/sglang/srt/eplb/expert_location.py)."""
+    ids, count = sglang_layer_ids(layers, num_layers)
+    P = len(rows[0])
+    out = [(np.arange(P) % n_experts).tolist() for _ in range(count)]              # (num_layers, P)
+    for i, row in zip(ids, rows):
+        out[i] = row
+    return out
+
+
+def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts: int, notes=None,
+                  num_layers: int | None = None) -> dict:
+    """The JSON document of a plan in format `fmt` (one layout per layer); `num_layers`: the model's layer count for
+    SGLang's map (default: the largest layer id + 1)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown plan format {fmt!r}; choose one of {', '.join(FORMATS)}")
     W = layouts[0].world_size
@@ -148,7 +178,7 @@ def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts:
     check_serving(n_experts, sizes.pop() - n_experts, W)
     rows = [_rank_major(lay) for lay in layouts]
     if fmt == "sglang":
-        return {"physical_to_logical_map": rows}
+        return {"physical_to_logical_map": _sglang_rows(list(layers), rows, n_experts, num_layers)}
     return {"physical_to_logical_map": rows, "ep_size": W, "num_redundant_experts": len(rows[0]) - n_experts,
             "num_logical_experts": n_experts, "layers": list(layers)}
 
@@ -189,6 +219,9 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
             isinstance(e, int) and not isinstance(e, bool) for e in r) for r in rows)) or len({len(r) for r in rows}) != 1:
         raise ValueError(f"plan file {path!r}: 'physical_to_logical_map' must be [layers, physical_experts] integers")
     E = doc.get("num_logical_experts", n_experts)
+    if E is not None and (not isinstance(E, int) or isinstance(E, bool) or E < 1):
+        raise ValueError(f"plan file {path!r}: 'num_logical_experts' must be a positive integer (e.g. 8, not \"8\" "
+                         f"or 8.0); write the number of logical experts")
     p2l = check_map(np.array(rows, dtype=np.int64), E, f"plan file {path!r}'s physical_to_logical_map")
     E = int(p2l.max()) + 1 if E is None else E
     if n_experts is not None and E != n_experts:

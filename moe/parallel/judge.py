@@ -15,13 +15,15 @@ from functools import partial
 
 import numpy as np
 
+from moe.definitions import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.placement import contiguous, plan
 from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement,
                                  window_counts)
+from moe.traces.runstats import hot_mask
 
-PLANNERS = ("planned", "eplb")  # ours (moe.parallel.placement.plan), DeepSeek's (moe.parallel.eplb)
+PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
 MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
 
 
@@ -33,7 +35,7 @@ class ReplaySettings:
     num_nodes: int = 1                       # DeepSeek's EPLB: nodes (world_size / num_nodes GPUs each)
     num_groups: int | None = None            # DeepSeek's EPLB: expert groups (default: num_nodes)
     intervals: tuple[int, ...] = (1, 2, 4, 8)
-    hot_top: int | None = None               # top-n experts called hot (default: max R, or W when R = 0)
+    hot_top: int | None = None               # top-n experts called hot (default: max R, or W when max R = 0)
 
     def __post_init__(self) -> None:
         if self.world_size < 1 or self.window < 1 or self.num_nodes < 1:
@@ -55,9 +57,9 @@ class LayerReplay:
     kept: dict[int, np.ndarray]                           # R -> (N,) bool: our plan of window k kept the current one
     intervals: dict[tuple[str, int], dict[int, float]]    # (placement, R) -> {every N windows: p50 balancedness}
     rest: dict[tuple[str, int], float]                    # (placement, R) -> p50 balancedness on all later windows
-    hot_windows: np.ndarray                               # (E,) windows in which each expert is in the top-n
+    hot_windows: np.ndarray                               # (E,) windows in which each expert is hot
     hot_top: int
-    persistence: float                                    # mean share of window k's top-n still top-n in k + 1
+    persistence: float                                    # mean share of window k's hot experts hot in k + 1
     absorbed: dict[int, float]                            # R -> p50 share of window k+1's load on plan k's replicas
     notes: list[str] = field(default_factory=list)
 
@@ -145,14 +147,15 @@ def _p50(values: np.ndarray) -> float:
 
 
 def _hot(windows: np.ndarray, n: int) -> tuple[np.ndarray, float]:
-    """(E,) windows in which each expert is among the n busiest, and the mean share kept from one window to the
-    next (ties: the lower expert index ranks higher)."""
-    N, E = windows.shape
-    order = np.argsort(-windows, axis=1, kind="stable")[:, :n]                        # (N, n)
-    top = np.zeros((N, E), dtype=bool)
-    np.put_along_axis(top, order, True, axis=1)
-    kept = (top[1:] & top[:-1]).sum(axis=1) / n if N > 1 else np.zeros(0)
-    return top.sum(axis=0), float(kept.mean()) if len(kept) else float("nan")
+    """(E,) windows in which each expert is hot (among the n busiest with at least one token: runstats.hot_mask,
+    ties to the lower index), and persistence: the mean over windows k with a hot expert of the share of window k's
+    hot experts still hot in window k + 1 (NaN when no such k)."""
+    N = len(windows)
+    top = hot_mask(windows, n)                                                       # (N, E)
+    now = top[:-1].sum(axis=1)                                                       # (N − 1,) hot in window k
+    kept = (top[1:] & top[:-1]).sum(axis=1)                                          # (N − 1,) of them hot in k + 1
+    shares = kept[now > 0] / now[now > 0] if N > 1 else np.zeros(0)
+    return top.sum(axis=0), float(shares.mean()) if len(shares) else float("nan")
 
 
 def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
@@ -233,8 +236,10 @@ def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, on
 
 
 def verdict(results: list[LayerReplay], current: str = "contiguous", margin: float = 0.02) -> str:
-    """One line with its numbers: the biggest gain of a planner over the current placement on the windows after
-    planning (p50 of vLLM balancedness), hot-expert persistence and the longest interval that keeps the gain."""
+    """One line with its numbers: the biggest relative gain (after / before − 1) of a planner over the current
+    placement on the windows after planning (p50 of vLLM balancedness) over every layer and R, hot-expert persistence
+    and the longest interval that keeps the gain. "Balanced already" only when no candidate beats the current
+    placement by more than `margin` (relative) anywhere; a layer whose current p50 is 0 (idle) is not a candidate."""
     if any(len(r.windows) < 2 for r in results):
         return ("one window only: no window follows a plan, so nothing can be judged; use a shorter --window "
                 "(more windows)")
@@ -244,19 +249,26 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
             if name == "current":
                 continue
             before, after = _p50(r.next_window("current", R)), _p50(r.next_window(name, R))
-            if best is None or after - before > best[0]:
-                best = (after - before, r, name, R, before, after)
+            gain = after / before - 1 if before > 0 and np.isfinite(after) else -np.inf  # relative, as the margin is
+            if best is None or gain > best[0]:
+                best = (gain, r, name, R, before, after)
     gain, r, name, R, before, after = best
-    if not before > 0 or after <= before * (1 + margin):
+    if not gain > margin:
         return (f"balanced already: no placement beats {current} by more than {margin:.0%} on the windows after "
                 f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
                 f"{after:.2f})")
     steady = [every for every, value in sorted(r.intervals[(name, R)].items()) if value >= after - margin]
     every = max(steady) if steady else 1
     return (f"{_who(name)} with R={R} lifts the p50 balancedness of layer {r.layer} from {before:.2f} to "
-            f"{after:.2f} on the windows after planning; hot experts persist in {r.persistence:.0%} of windows; "
+            f"{after:.2f} on the windows after planning; {_persist(r)}; "
             f"replanning every {every} window{'s' if every > 1 else ''} keeps {r.intervals[(name, R)][every]:.2f}")
 
 
 def _who(name: str) -> str:
-    return {"planned": "our planner", "eplb": "DeepSeek's EPLB"}[name]
+    return {"planned": f"planned ({OUR_PLANNER})", "eplb": "DeepSeek's EPLB"}[name]
+
+
+def _persist(r: LayerReplay) -> str:
+    """definition "hot_expert_persistence" in words, with its number."""
+    return (f"{r.persistence:.0%} of the {r.hot_top} hottest experts of a window (those with tokens) are still among "
+            f"the {r.hot_top} hottest in the next")
