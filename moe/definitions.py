@@ -7,17 +7,7 @@ Notation: T tokens, E experts, K top_k, D d_model, H d_expert, C capacity.
 """
 from __future__ import annotations
 
-# What "our planner" of the placement replay and plan files is (moe.parallel.judge.plan_layout): written once here,
-# shown by the verdict and the definitions.
-OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB where that holds "
-               "a distinct expert per slot of a rank")
-
-# vLLM's logged EPLB balancedness, what we verified of its history (vllm/distributed/eplb/eplb_state.py).
-VLLM_BALANCEDNESS = ("`Σ_l mean_r / Σ_l max_r` over the MoE layers l and EP ranks r (`_compute_eplb_load_stats` in "
-                     "vllm/distributed/eplb/eplb_state.py, since vllm-project/vllm PR #51813); before that fix, "
-                     "eplb_state.py reduced its (layers, ranks) token tensor over the layer axis instead "
-                     "(`Σ_r mean_l / Σ_r max_l`: 1.0 for a model with one MoE layer, not a balance across ranks), so "
-                     "balancedness from vLLM logs written before it is not comparable with these numbers")
+from moe.definitions_placement import PLACEMENT_DEFINITIONS, VLLM_BALANCEDNESS
 
 DEFINITIONS: dict[str, str] = {
     # --- per_expert() columns (the summary's demand / served / dropped are their totals)
@@ -269,60 +259,7 @@ DEFINITIONS: dict[str, str] = {
                      "over ranks of a2a_ms / forward_ms; "
                      "**forward_ms** = the slowest rank's forward (all-gather, routing, all-to-alls, experts, "
                      "statistics).",
-    # --- placement replay (moe.parallel.replay / judge / eplb / export; `python -m moe plan`; issue #18)
-    "balancedness_vllm": "per layer and window, `mean_r load_r / max_r load_r` over the W ranks (0 when no rank has "
-                         "load): vLLM's EPLB balancedness of one layer (here one layer at a time; vLLM logs "
-                         + VLLM_BALANCEDNESS + "). 1 = even; `1 / max_over_mean`.",
-    "balancedness_sglang": "per layer and window, `(mean_r load_r + 1e-5) / (max_r load_r + 1e-5)`: SGLang's "
-                           "utilization rate (compute_utilization_rate in python/sglang/srt/eplb/"
-                           "expert_distribution.py, v0.5); equals vLLM's up to the 1e-5, and is 1 for a layer with "
-                           "no load.",
-    "rank_max_over_mean": "per layer and window, `max_r load_r / mean_r load_r` of the per-rank load: the **straggler "
-                          "factor (predicted)** of trace_plan, from token counts; the EP view's measured straggler "
-                          "factor divides expert *times* instead (ep_comparison). NaN when no rank has load.",
-    "replay_rank_load": "**load_r** of a window = tokens (assignments) rank r serves in it: each logical expert's "
-                        "count summed over the window's steps, sent to the slots that hold it; an expert with c "
-                        "slots splits its n tokens into c contiguous chunks of near-equal size (sizes differ by at "
-                        "most one; chunk i = tokens `[i·n // c, (i+1)·n // c)`) to its i-th slot, rank by rank: the rule of the "
-                        "planner's predicted load (ep_assignments), so a replayed window equals what the "
-                        "expert-parallel forward measures. Windows: consecutive runs of `window` steps, "
-                        "N = max(1, S // window): a last partial window is dropped, except when the log is shorter "
-                        "than one window, which is then the one window (all S steps).",
-    "replay_next_window": "each planner plans on window k's expert load and is measured on window k + 1: the honest "
-                          "figure (a plan judged on the load it was made from flatters it). **current** = the "
-                          "run's placement (its physical → logical map, else contiguous blocks); **planned** = "
-                          + OUR_PLANNER + " (moe.parallel.judge.plan_layout: by the busiest rank of window k; it keeps "
-                          "the current placement when neither lightens that rank, so it never loses there); **eplb** = "
-                          "DeepSeek's "
-                          "EPLB (deepseek-ai/EPLB eplb.py: groups to nodes, replicas within a node, packing to "
-                          "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W). "
-                          "p50 = median over the windows after a plan.",
-    "replay_rebalance_interval": "replanning every N windows: plans made on windows 0, N, 2N, …, each measured on "
-                                 "the N windows after it; the value is the p50 of vLLM balancedness over those "
-                                 "windows. **rest** = each plan (at most 64, evenly spaced) measured on every later "
-                                 "window of the run.",
-    "hot_expert_persistence": "hot = among the n experts with the most tokens in a window and with at least one "
-                              "token (as the Runs page's hot_mask; ties: the lower index), n = ReplaySettings.hot_top "
-                              "when set, else the largest R replayed, or W when that R is 0 (at most E); "
-                              "**persistence** = the share of the n hottest experts of a window that are still among "
-                              "the n hottest in the next: the mean over windows k that have a hot expert of "
-                              "|hot(k) ∩ hot(k + 1)| / |hot(k)|; **absorbed** = p50 over k of the share of window "
-                              "k + 1's tokens that go to experts plan k replicated.",
-    "placement_verdict": "the largest gain in p50 vLLM balancedness on the windows after planning, over layers, "
-                         "planners and R; \"balanced already\" when no planner beats the current placement by more "
-                         "than 2% (relative); the interval named is the longest whose p50 stays within 0.02 of "
-                         "replanning every window.",
-    "placement_export": "one plan per layer from the whole log (or its last window with --window). SGLang's "
-                        "`--init-expert-location` JSON holds only `physical_to_logical_map` [num_layers, E + R] with "
-                        "row i = decoder layer id i (so the log's layer labels must be integers; num_layers = "
-                        "--num-layers, default the largest layer id + 1; a layer the log does not route gets "
-                        "SGLang's trivial row `arange(E + R) % E`); the vLLM-style file has one row per logged layer "
-                        "in log order and adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "
-                        "lies on rank p // ((E + R) / W), so both need E + R a multiple of W and distinct experts on "
-                        "a rank. A layer whose plan kept the current placement is padded to E + R slots with "
-                        "replicas: first each rank takes the lightest experts of the ranks after it (cyclically), "
-                        "else the least loaded experts, whichever first leaves its busiest rank no heavier (refused "
-                        "when neither does). Our own file takes any R.",
+    **PLACEMENT_DEFINITIONS,
     # --- the dashboard's forward time (the Playground's header line and KPI row)
     "warm_forward_ms": "the Playground's forward time: the median wall time (statistics included, synchronised "
                        "with the device) of up to 3 repeats of the same forward on the same batch, run after the "

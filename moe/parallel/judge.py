@@ -15,7 +15,7 @@ from functools import partial
 
 import numpy as np
 
-from moe.definitions import OUR_PLANNER
+from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.placement import contiguous, plan
