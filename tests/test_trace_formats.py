@@ -169,3 +169,24 @@ def test_a_directory_is_read_as_one_run_of_rank_files(tmp_path):
                     for e in ((rank + step + layer + t) % 8, (rank + step + layer + t + 1) % 8):
                         naive[step, li, e] += 1
     assert np.array_equal(log.counts, naive)
+
+
+def test_a_rank_file_or_log_part_that_links_out_of_its_directory_is_refused(tmp_path):
+    path, _ = _megatron(tmp_path)
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (outside / "secret.jsonl").write_text((tmp_path / "megatron" / "router_trace_rank1.jsonl").read_text())
+    (tmp_path / "megatron" / "router_trace_rank1.jsonl").unlink()
+    (tmp_path / "megatron" / "router_trace_rank1.jsonl").symlink_to(outside / "secret.jsonl")
+    with pytest.raises(ValueError, match="links outside that directory"):
+        read_log(path, 8)
+    csv_path, _ = _counts_csv(tmp_path)
+    read_log(csv_path, 6)
+    from moe.traces.store import write_log
+    write_log(read_log(csv_path, 6), str(tmp_path / "log"))
+    part = next((tmp_path / "log" / "counts").iterdir())
+    moved = outside / "part.parquet"
+    part.rename(moved)
+    part.symlink_to(moved)
+    with pytest.raises(ValueError, match="links outside the routing log"):
+        read_store(str(tmp_path / "log"))

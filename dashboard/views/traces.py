@@ -207,7 +207,8 @@ def _draw(s: TraceSummary, live: bool = False) -> None:
 
 
 def _plan(s: TraceSummary, layer: str) -> None:
-    st.markdown("**Plan from this trace**")
+    st.markdown("**Quick plan: one placement for the summed load** (moe.parallel.placement.plan, contiguous blocks as "
+                "the current placement; the **Placement** section below replays each layer window by window)")
     c1, c2, c3 = st.columns(3)
     W = c1.slider("Ranks (W)", 2, 8, 2, key="trace_world")
     R = c2.number_input("Redundant slots (R)", 0, s.n_experts * 7, W, key="trace_slots")

@@ -81,10 +81,22 @@ def _rank_files(path: str) -> tuple[str, list[str]]:
                              f"together")
         if found:
             found.sort(key=lambda mn: (int(mn[0].group(1) or 0), mn[1]))
-            return kind, [os.path.join(path, n) for _, n in found]
+            files = [os.path.join(path, n) for _, n in found]
+            inside(path, files)
+            return kind, files
     raise ValueError(f"directory {path!r} holds no routing files: give a routing log directory (meta.json) or a "
                      f"directory of router_trace_rank{{R}}.jsonl, mcore_ep_loads_rank*.npz or SGLang "
                      f"expert_distribution_recorder_*.pt files")
+
+
+def inside(folder: str, files: list[str]) -> None:
+    """Every file of a directory read together must lie in it (symlinks followed): a link out of it could name a file
+    outside the directories the server may open."""
+    home = os.path.realpath(folder)
+    for f in files:
+        if os.path.dirname(os.path.realpath(f)) != home:
+            raise ValueError(f"{os.path.basename(f)!r} in {folder!r} links outside that directory; copy the file "
+                             f"itself there")
 
 
 def read_log(path: str, n_experts: int | None = None, progress: Progress | None = None,

@@ -225,4 +225,11 @@ def parts(path: str, table: str) -> list[str]:
     folder = os.path.join(path, table)
     if not os.path.isdir(folder):
         return []
-    return sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
+    if os.path.dirname(os.path.realpath(folder)) != os.path.realpath(path):
+        raise ValueError(f"{table}/ of the routing log links outside it; copy the log itself")
+    found = sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
+    home = os.path.realpath(folder)
+    for f in found:  # a link out of the log could name a file outside the directories the server may open
+        if os.path.dirname(os.path.realpath(f)) != home:
+            raise ValueError(f"{os.path.basename(f)!r} in {table}/ links outside the routing log; copy the file itself")
+    return found
