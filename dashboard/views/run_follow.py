@@ -12,6 +12,7 @@ from typing import Callable
 import streamlit as st
 
 from moe.traces.follow import LogFollower
+from moe.traces.opener import check_layers
 from moe.traces.summary import TraceSummary
 
 from dashboard import state
@@ -62,10 +63,7 @@ def _checked(s: TraceSummary, n_experts: int | None, n_layers: int | None) -> Tr
     if n_experts is not None and n_experts != s.n_experts:
         raise ValueError(f"the routing log records {s.n_experts} experts but Experts (E) is {n_experts}; give "
                          f"{s.n_experts} or leave it empty")
-    if n_layers is not None and len(s.layers) != n_layers:
-        raise ValueError(f"the trace has {len(s.layers)} MoE layers but {n_layers} were expected; pass the model's "
-                         f"MoE layer count or the right log")
-    return s
+    return check_layers(s, n_layers)
 
 
 def _status(follower: LogFollower, idle_after: float) -> None:

@@ -24,9 +24,13 @@ def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = N
     limits = TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
     if _has_logits(path):
         return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress)
-    summary = TraceSummary.from_log(read_log(path, n_experts, progress=progress, limits=limits))
+    return check_layers(TraceSummary.from_log(read_log(path, n_experts, progress=progress, limits=limits)), n_layers)
+
+
+def check_layers(summary: TraceSummary, n_layers: int | None) -> TraceSummary:
+    """The expected MoE layer count (--layers; the Runs page's Expected MoE layers), when one is given."""
     if n_layers is not None and len(summary.layers) != n_layers:
-        raise ValueError(f"the trace has {len(summary.layers)} MoE layers ({summary.layers}) but {n_layers} were "
+        raise ValueError(f"the trace has {len(summary.layers)} MoE layers ({summary.layers[:8]}) but {n_layers} were "
                          f"expected; pass the model's MoE layer count or the right file")
     return summary
 
