@@ -78,18 +78,24 @@ def test_vectorised_eplb_gives_the_loop_version_rank_loads():
         assert _rank_loads(load, got, gpus) == pytest.approx(_rank_loads(load, want, gpus))
 
 
-def test_plan_layout_is_never_heavier_than_eplb_where_eplb_holds_distinct_experts_per_gpu():
-    """plan_layout takes DeepSeek's global layout itself when it is lighter and distinct per rank: this checks that
-    choice, not placement.plan (see the next test)."""
-    rng = np.random.default_rng(1)
-    compared = duplicates = 0
-    for _ in range(300):
+def random_cases(n: int, seed: int = 1):
+    """(load (E,), W, R): uniform or Pareto loads, W in {2, 3, 4, 8}, E and R multiples of W, R <= E·(W − 1)."""
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
         W = int(rng.choice([2, 3, 4, 8]))
         E, R = W * int(rng.integers(1, 5)), W * int(rng.integers(0, 3))
         if R > E * (W - 1):
             continue
-        load = (rng.integers(0, 200, size=E) if rng.random() < 0.5
-                else np.round(rng.pareto(1.5, size=E) * 50).astype(np.int64))
+        yield (rng.integers(0, 200, size=E) if rng.random() < 0.5
+               else np.round(rng.pareto(1.5, size=E) * 50).astype(np.int64)), W, R
+
+
+def test_plan_layout_is_never_heavier_than_eplb_where_eplb_holds_distinct_experts_per_gpu():
+    """plan_layout takes DeepSeek's global layout itself when it is lighter and distinct per rank: this checks that
+    choice, not placement.plan (see the next test)."""
+    compared = duplicates = 0
+    for load, W, R in random_cases(300):
+        E = len(load)
         ours, _ = plan_layout(load, W, R, current_layout(E, W))
         slots = naive_eplb(load.tolist(), E + R, 1, 1, W)
         theirs = eplb_layout(load, R, W)
@@ -106,15 +112,9 @@ def test_placement_plan_alone_against_the_loop_eplb_loses_only_where_eplb_puts_a
     """moe.parallel.placement.plan by itself (no DeepSeek fallback) against naive_eplb, by the busiest rank under the
     same chunk rule (rank_load). It loses only where DeepSeek's layout holds two slots of one expert on a GPU, which
     a placement of distinct experts per rank cannot express; the record below is what seed 1 measures."""
-    rng = np.random.default_rng(1)
     record = {}
-    for _ in range(300):
-        W = int(rng.choice([2, 3, 4, 8]))
-        E, R = W * int(rng.integers(1, 5)), W * int(rng.integers(0, 3))
-        if R > E * (W - 1):
-            continue
-        load = (rng.integers(0, 200, size=E) if rng.random() < 0.5
-                else np.round(rng.pareto(1.5, size=E) * 50).astype(np.int64))
+    for load, W, R in random_cases(300):
+        E = len(load)
         ours = from_placement(plan(load, W, R).placement)
         slots, per = naive_eplb(load.tolist(), E + R, 1, 1, W), (E + R) // W
         twice = any(len(set(slots[g * per:(g + 1) * per])) < per for g in range(W))
