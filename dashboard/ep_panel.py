@@ -76,3 +76,16 @@ def session_alive_check():
         return lambda: True
     server, session_id = runtime.get_instance(), ctx.session_id
     return lambda: server.is_active_session(session_id)
+
+
+def start(job_key: str, runs_key: str, *args, **kwargs) -> bool:
+    """A new expert-parallel job under job_key (EPRun(*args, **kwargs); the old results under runs_key go); False and
+    one message when it cannot start."""
+    st.session_state.pop(runs_key, None)
+    st.session_state.pop(job_key, None)
+    try:
+        st.session_state[job_key] = EPRun(*args, **kwargs)
+    except ValueError as err:
+        st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
+        return False
+    return True

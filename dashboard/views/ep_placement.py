@@ -16,7 +16,7 @@ from moe.traces.log import RoutingLog
 
 from dashboard import state
 from dashboard.definitions import caption
-from dashboard.ep_panel import PanelKeys, busy, panel, session_alive_check
+from dashboard.ep_panel import PanelKeys, busy, panel, session_alive_check, start
 from dashboard.ep_run import POLL_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure
 from dashboard.result import RunResult
@@ -98,14 +98,8 @@ def _real(replayed: placement.Replayed, W: int, flags: list[str]) -> None:
 
 
 def _start(run_key, W: int, R: int, flags: list[str], load, placements: dict[str, Placement]) -> bool:
-    st.session_state.pop(state.EP_PLAN_RUNS, None)
-    try:
-        st.session_state[state.EP_PLAN_JOB] = EPRun(run_key, W, R, flags, len(load), load, session_alive_check(),
-                                                    placements=placements)
-    except ValueError as err:
-        st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
-        return False
-    return True
+    return start(state.EP_PLAN_JOB, state.EP_PLAN_RUNS, run_key, W, R, flags, len(load), load,
+                 session_alive_check(), placements=placements)
 
 
 def _draw(runs: dict) -> None:

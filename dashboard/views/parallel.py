@@ -12,7 +12,7 @@ from moe.parallel.launch import check_torchrun
 
 from dashboard import page, sidebar, state
 from dashboard.definitions import DEFINITIONS
-from dashboard.ep_panel import PanelKeys, busy, panel, session_alive_check
+from dashboard.ep_panel import PanelKeys, busy, panel, session_alive_check, start
 from dashboard.ep_run import POLL_S, TIMEOUT_S, EPRun
 from dashboard.figures.parallel import comparison_table, rank_load_figure, rank_times_figure, traffic_figure
 from dashboard.links import EP_WORLD, SLOTS_PER_EXPERT, ep_to_query, to_query
@@ -83,15 +83,8 @@ def render(result: RunResult) -> None:
 
 def _start(key, flags: list[str], W: int, R: int, result: RunResult) -> bool:
     """Start the jobs in the background (the old results go); False and a message when they cannot start."""
-    st.session_state.pop(state.EP_RUNS, None)
-    st.session_state.pop(state.EP_JOB, None)
-    try:
-        st.session_state[state.EP_JOB] = EPRun(key, W, R, flags, result.config.n_experts,
-                                           result.per_expert["served"].to_numpy(), session_alive_check())
-    except ValueError as err:
-        st.error(f"The expert-parallel job did not start: {err}", icon="⚠️")
-        return False
-    return True
+    return start(state.EP_JOB, state.EP_RUNS, key, W, R, flags, result.config.n_experts,
+                 result.per_expert["served"].to_numpy(), session_alive_check())
 
 
 def _draw(runs: dict) -> None:
