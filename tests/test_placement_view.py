@@ -6,6 +6,7 @@ import base64
 import json
 
 import numpy as np
+from moe.metrics import max_over_mean
 import pytest
 from streamlit.runtime.memory_media_file_storage import _calculate_file_id
 from streamlit.testing.v1 import AppTest
@@ -57,6 +58,9 @@ def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_
     assert not at.exception and not at.error, at.error
     assert at.selectbox(key="runs_place_world").value == 8 and at.multiselect(key="runs_place_slots").value == [0, 8]
     log = open_trace(log_dir).log()
+    uneven = [max_over_mean(log.layer_load(name).sum(0)) for name in log.layers]
+    assert at.selectbox(key="runs_place_layer").value == log.layers[int(np.argmax(uneven))]  # opens where it matters
+    at.selectbox(key="runs_place_layer").set_value("3").run()
     settings = ReplaySettings(8, (0, 8), window=1)  # 24 steps in at most 32 windows: one step each
     results = replay_log(log.counts, log.layers, settings, only=["3"])
     assert at.info[0].value == verdict(results, "contiguous blocks")

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe.cli.plan import DEFAULT_WINDOWS
+from moe.metrics import max_over_mean
 from moe.parallel.export import serving_redundant_slots
-from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows
+from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows, default_window
 from moe.traces.log import RoutingLog
 
 from dashboard import replays
@@ -85,6 +85,13 @@ def world_options(log: RoutingLog) -> list[int]:
     return sorted(found) or [1]
 
 
+def most_uneven_layer(log: RoutingLog) -> str:
+    """The layer to open on: the largest max/mean of its load summed over the run (the first on ties; a layer
+    without tokens never), where a placement has the most to gain."""
+    ratios = np.nan_to_num([max_over_mean(log.layer_load(name).sum(0)) for name in log.layers], nan=-1.0)
+    return log.layers[int(np.argmax(ratios))]
+
+
 def slot_options(n_experts: int, world_size: int) -> list[int]:
     """R offered: 0, powers of two up to E, and the first R the serving formats take (E + R a multiple of W)."""
     most = n_experts * max(world_size - 1, 1)
@@ -115,7 +122,7 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
                         help="extra expert slots (replicas) each planner may place; the serving formats need E + R "
                              "to be a multiple of W")
     window = st.session_state.get(key("window"))
-    st.session_state[key("window")] = min(window, S) if isinstance(window, int) else max(1, -(-S // DEFAULT_WINDOWS))
+    st.session_state[key("window")] = min(window, S) if isinstance(window, int) else default_window(S)
     window = c3.number_input("Steps per window", 1, S, key=key("window"),
                              help=f"the log's {S} steps cut into windows of this many steps (a last partial window "
                                   f"dropped)")
@@ -124,7 +131,7 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     nodes = c4.selectbox("Nodes (EPLB)", nodes_options, key=key("nodes"),
                          help="DeepSeek's hierarchical mode: groups of experts to nodes first, then replicas to "
                               "the node's GPUs (num_nodes; W / nodes GPUs each; as many expert groups as nodes)")
-    keep_choice(key("layer"), log.layers, log.layers[0])
+    keep_choice(key("layer"), log.layers, most_uneven_layer(log))
     layer = c5.selectbox("Layer", log.layers, key=key("layer"), disabled=len(log.layers) == 1)
     if not Rs:
         raise ValueError("choose at least one number of redundant slots R (0 replays the placements without "

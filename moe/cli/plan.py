@@ -12,10 +12,9 @@ from moe.cli.args import non_negative_int, positive_int
 from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
 from moe.parallel.export import FORMATS, check_serving, layer_plans, plan_document, sglang_layer_ids, write_plan
-from moe.parallel.judge import ReplaySettings, balance_rows, replay_log, verdict
+from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log, verdict
 from moe.traces.formats import read_log
 
-DEFAULT_WINDOWS = 32  # without --window, the log is cut into at most this many windows
 
 
 def add_command(commands) -> None:
@@ -52,7 +51,7 @@ def run(args: argparse.Namespace) -> str:
         check_serving(E, R, W)  # before the replay: a wrong R is refused at once
     if args.export == "sglang":
         sglang_layer_ids(log.layers, args.num_layers)
-    steps = args.window or max(1, -(-len(log.steps) // DEFAULT_WINDOWS))
+    steps = args.window or default_window(len(log.steps))
     settings = ReplaySettings(W, (R,), window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, args.layer)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"

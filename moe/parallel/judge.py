@@ -27,6 +27,14 @@ PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), D
 MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
 
 
+DEFAULT_WINDOWS = 32  # without a window length, a log is cut into at most this many windows (plan CLI, the page)
+
+
+def default_window(n_steps: int) -> int:
+    """Steps per window that cut n_steps into at most DEFAULT_WINDOWS windows (at least one step each)."""
+    return max(1, -(-n_steps // DEFAULT_WINDOWS))
+
+
 @dataclass(frozen=True)
 class ReplaySettings:
     world_size: int
