@@ -8,6 +8,7 @@ import streamlit as st
 
 from moe.jsonio import dumps
 from moe.parallel.export import check_serving, layer_plans, plan_document
+from moe.parallel.replay import distinct_per_rank
 from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
 
 
@@ -36,7 +37,8 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
            "notes": {name: p.note for name, p in ours.items()}}
     try:
         check_serving(E, redundant_slots, world_size)
-        full = all(p.layout.n_slots == E + redundant_slots for p in ours.values())  # serving only pads the others
+        full = all(p.layout.n_slots == E + redundant_slots and distinct_per_rank(p.layout)
+                   for p in ours.values())  # else serving plans again: padded, no expert twice on a rank
         padded = ours if full else layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window,
                                                serving=True)
         out["vllm"] = _document("vllm", padded, E)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 # What "our planner" of the placement replay and plan files is (moe.parallel.judge.plan_layout): written once here,
 # shown by the verdict and the definitions.
-OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB where that holds "
-               "a distinct expert per slot of a rank")
+OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB (which may give a "
+               "rank two slots of one expert: it serves two chunks of that expert's tokens); the SGLang and vLLM "
+               "files take only layouts with a distinct expert per slot of a rank")
 
 # vLLM's logged EPLB balancedness, what we verified of its history (vllm/distributed/eplb/eplb_state.py).
 VLLM_BALANCEDNESS = ("`Σ_l mean_r / Σ_l max_r` over the MoE layers l and EP ranks r (`_compute_eplb_load_stats` in "
@@ -64,8 +65,9 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                         "--num-layers, default the largest layer id + 1; a layer the log does not route gets "
                         "SGLang's trivial row `arange(E + R) % E`); the vLLM-style file has one row per logged layer "
                         "in log order and adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "
-                        "lies on rank p // ((E + R) / W), so both need E + R a multiple of W and distinct experts on "
-                        "a rank. A layer whose plan kept the current placement is padded to E + R slots with "
+                        "lies on rank p // ((E + R) / W), so both need E + R a multiple of W, and we write them with "
+                        "distinct experts on a rank (the plan is made under that rule; reading accepts two slots of "
+                        "one expert on a rank, as the stacks' own balancers write them). A layer whose plan kept the current placement is padded to E + R slots with "
                         "replicas: first each rank takes the lightest experts of the ranks after it (cyclically), "
                         "else the least loaded experts, whichever first leaves its busiest rank no heavier (refused "
                         "when neither does). Our own file takes any R.",

@@ -8,6 +8,7 @@ import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from moe import MoEConfig, MoELayer
+from moe.parallel.eplb import eplb_layout
 from moe.parallel.replay import from_placement, rank_load
 from moe.scenarios import make_batch
 from test_parallel_view import view_app
@@ -88,13 +89,15 @@ def test_deepseeks_eplb_plan_runs_for_real_too():
     assert at.success[0].value.startswith("Measured equals replayed")
 
 
-def test_a_plan_the_forward_cannot_host_is_one_line():
-    """DeepSeek's EPLB may give one expert two slots on one GPU; the forward hosts an expert once per rank."""
-    import pytest
-
-    load = np.array([100, 1, 1, 1])  # all the extra slots go to expert 0
-    with pytest.raises(ValueError, match="puts two slots of one expert on a rank"):
-        planned_placement(load, 2, 2, "eplb")
+def test_a_plan_with_two_slots_of_one_expert_on_a_rank_is_a_placement_the_forward_runs():
+    """DeepSeek's EPLB may give one expert two slots on one GPU; the Placement keeps both slots (the forward serves
+    both chunks there: tests/test_parallel.py runs one), with the replayed load of DeepSeek's own layout."""
+    load = np.array([100, 1, 1, 1])  # both extra slots go to expert 0: 33.3 tokens per slot, 3 slots per GPU
+    placement = planned_placement(load, 2, 2, "eplb")
+    theirs = eplb_layout(load, 2, 2)
+    assert theirs.rank_experts() == [[0, 0, 3], [0, 1, 2]]
+    assert placement.ranks == ((0, 0, 3), (0, 1, 2)) and placement.replicas(0) == [0, 0, 1]
+    assert rank_load(load[None], from_placement(placement)).tolist() == rank_load(load[None], theirs).tolist()
 
 
 def test_cancel_stops_the_plan_run_and_leaves_no_process():

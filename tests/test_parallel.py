@@ -108,6 +108,29 @@ def test_four_ranks_with_a_planned_placement_match_and_predict_the_load(tmp_path
     assert doc["world_size"] == 4 and doc["placement"]["ranks"] == [list(r) for r in placement.ranks]
 
 
+def test_a_rank_with_two_slots_of_one_expert_serves_both_chunks(tmp_path):
+    """DeepSeek's EPLB may give a rank two slots of one expert (an uneven split): rank 0 below serves two of expert
+    0's three chunks, rank 1 the third; the output is the single-process one and the load is the predicted one."""
+    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=4, top_k=2, seed=3)
+    y, trace = _single(cfg, 120)
+    load = trace.per_expert()["served"].to_numpy()
+    placement = Placement(4, ((0, 0, 1), (0, 2, 3)))
+    assert placement.replicas(0) == [0, 0, 1] and placement.redundant_slots == 2
+    path, out = tmp_path / "plan.json", tmp_path / "y.pt"
+    save(placement, str(path), load)
+    run = torchrun(2, *FLAGS, "--n-experts", "4", "--tokens", "120", "--placement", str(path),
+                   "--save-output", str(out), "--format", "json")
+    assert run.returncode == 0, run.stderr
+    doc = json.loads(run.stdout)
+    _check_against_single(doc, trace, torch.load(out), y)
+    traffic, naive_load = _naive_traffic(trace.served, placement, 2)
+    measured = [r["assignments"] for r in doc["per_rank"]]
+    chunks = chunk_sizes(int(load[0]), 3)
+    assert measured == predicted_load(placement, load).tolist() == naive_load.tolist()
+    assert measured == [chunks[0] + chunks[1] + int(load[1]), chunks[2] + int(load[2] + load[3])]
+    assert doc["traffic"] == traffic.tolist() and doc["placement"]["ranks"] == [[0, 0, 1], [0, 2, 3]]
+
+
 def _worker_errors(run) -> list[str]:
     """The ranks' one-line messages (torchrun adds its own failure summary and traceback after them)."""
     assert run.returncode != 0 and re.search(r"exitcode\s*:\s*2\b", run.stderr), run.stderr
@@ -123,7 +146,7 @@ def test_bad_inputs_exit_2_with_one_line_under_torchrun(tmp_path):
     ([[0, 1], [1, 2]], "placement misses experts [3]"),
     ([[0, 1], [1, 2, 3]], "placement repeats experts [1] (1 extra slots) but declares redundant_slots=0"),
     ([[0, 1, 2, 3]], "has 1 ranks but the world size is 2"),
-    ([[0, 1, 1], [2, 3]], "rank 0 lists an expert twice"),
+    ([[0, 1, 1], [2, 3]], "placement repeats experts [1] (1 extra slots) but declares redundant_slots=0"),
     ([[[0]], [1, 2, 3]], "every entry of 'ranks' must be a flat list of expert indices"),
     ([[0, 1.0], [2, 3]], "every entry of 'ranks' must be a flat list of expert indices"),
     ([[0, 1], [2, True]], "every entry of 'ranks' must be a flat list of expert indices"),

@@ -54,20 +54,15 @@ def section(result: RunResult, W: int, flags: list[str]) -> None:
 
 
 def planned_placement(load, world_size: int, redundant_slots: int, planner: str, nodes: int = 1) -> Placement:
-    """The Placement a planner makes from one load (E,), ready for ep-report --placement; ValueError when it
-    cannot run (DeepSeek's EPLB may put two slots of one expert on a rank, which the forward does not run)."""
+    """The Placement a planner makes from one load (E,), ready for ep-report --placement (a rank may hold two slots
+    of one expert, as DeepSeek's EPLB makes them: it serves both chunks)."""
     load = np.asarray(load, dtype=np.int64)
     E = len(load)
     if planner == "planned":
         layout, _ = plan_layout(load, world_size, redundant_slots, current_layout(E, world_size))
     else:
         layout = eplb_layout(load, redundant_slots, world_size, nodes)
-    found = to_placement(layout, E)
-    if found is None:
-        raise ValueError(f"this plan puts two slots of one expert on a rank (R={redundant_slots}); the "
-                         f"expert-parallel forward hosts an expert at most once per rank: choose another R or "
-                         f"planner")
-    return found
+    return to_placement(layout, E)
 
 
 def _real(replayed: placement.Replayed, W: int, flags: list[str]) -> None:

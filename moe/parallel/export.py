@@ -8,8 +8,12 @@
 - "vllm": the same map (vLLM's `EplbState.physical_to_logical_map`, (layers, physical experts), slot p on rank
   p // (P / W)) with `ep_size`, `num_redundant_experts`, `num_logical_experts` and `layers` beside it.
 - "moe-scope": our own, any R: per layer the experts of each rank (ranks may hold different numbers of slots).
-The serving formats need every rank to hold the same number of slots, each a distinct expert on its rank:
-E + R must be a multiple of W (`serving_redundant_slots` lists the R that are).
+The serving formats we write need every rank to hold the same number of slots, each a distinct expert on its rank
+(issue #18's rule): E + R must be a multiple of W (`serving_redundant_slots` lists the R that are), and the plan is
+made with `plan_layout(..., distinct=True)`. Reading is liberal: the stacks' own balancer may put two slots of one
+expert on a GPU (vLLM's DefaultEplbPolicy, vllm/distributed/eplb/policy/default.py @02c1119c5782, DeepSeek's rule:
+`balanced_packing` of the physical replicas onto GPUs has no one-per-GPU check), and such a map opens (two slots,
+two chunks of that expert's tokens).
 """
 from __future__ import annotations
 
@@ -21,7 +25,8 @@ from moe.jsonio import dumps
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import current_layout, plan_layout
 from moe.parallel.placement import Placement, placement_from_doc, read_json
-from moe.parallel.replay import Layout, from_map, from_placement, rank_load, to_placement, window_counts
+from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_placement, rank_load, to_placement,
+                                 window_counts)
 from moe.traces.log import check_map
 
 FORMATS = ("sglang", "vllm", "moe-scope")
@@ -71,9 +76,11 @@ def layer_plans(counts, layers: list[str], world_size: int, redundant_slots: int
         i = layers.index(name)
         current = current_layout(E, W, None if p2l is None else p2l[i])
         load = window_counts(counts[:, i, :], last_window or len(counts))[-1]         # (E,)
-        layout, kept = plan_layout(load, W, R, current)
+        layout, kept = plan_layout(load, W, R, current, distinct=serving)
         note = ("kept the current placement: no plan with these slots lightens the busiest rank" if kept
                 else f"planned {R} redundant slots")
+        if serving and not kept:
+            note += " with a distinct expert per slot of a rank (the serving formats' rule)"
         if serving and layout.n_slots != E + R:
             layout = pad_to(layout, load, E + R)
             note += f"; padded to {E + R} slots with replicas that load no rank more than its busiest"
@@ -176,6 +183,11 @@ def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts:
     if len(sizes) != 1:
         raise ValueError("the layers' plans hold different numbers of slots; a serving map needs one count")
     check_serving(n_experts, sizes.pop() - n_experts, W)
+    twice = [name for name, lay in zip(layers, layouts) if not distinct_per_rank(lay)]
+    if twice:
+        raise ValueError(f"layer {twice[0]!r}'s plan puts two slots of one expert on a rank; the {fmt} map takes a "
+                         f"distinct expert per slot of a rank: plan with layer_plans(..., serving=True) or export as "
+                         f"moe-scope")
     rows = [_rank_major(lay) for lay in layouts]
     if fmt == "sglang":
         return {"physical_to_logical_map": _sglang_rows(list(layers), rows, n_experts, num_layers)}
@@ -227,10 +239,6 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
     if n_experts is not None and E != n_experts:
         raise ValueError(f"plan file {path!r} is for {E} experts, this run has {n_experts}")
     layouts = [from_map(row, W) for row in p2l]
-    for i, lay in enumerate(layouts):
-        if to_placement(lay, E) is None:
-            raise ValueError(f"plan file {path!r}: layer {i} puts one expert twice on a rank; each slot of a rank "
-                             f"must hold a distinct expert")
     layers = doc.get("layers", [str(i) for i in range(len(rows))])
     if not (isinstance(layers, list) and len(layers) == len(rows) and all(isinstance(x, str) for x in layers)):
         raise ValueError(f"plan file {path!r}: 'layers' must name each row of the map")

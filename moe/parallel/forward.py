@@ -81,7 +81,7 @@ class ExpertShard(nn.Module):
 
     def __init__(self, layer: MoELayer, experts: tuple[int, ...]):
         super().__init__()
-        self.experts = tuple(experts)
+        self.experts = tuple(dict.fromkeys(experts))  # two slots of one expert on this rank: one copy serves both
         idx = torch.tensor(self.experts, device=layer.device)
         for name in ("w_gate", "w_up", "w_down", "b_gate", "b_up", "b_down"):
             full = getattr(layer.experts, name)

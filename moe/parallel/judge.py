@@ -19,8 +19,8 @@ from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.placement import contiguous, plan
-from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement,
-                                 window_counts)
+from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_placement, rank_load, rank_load_rows,
+                                 to_placement, window_counts)
 from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
@@ -80,21 +80,23 @@ class LayerReplay:
         return balancedness_vllm(self.loads[(placement, R)][1:])
 
 
-def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, eplb_row=None) -> tuple[Layout, bool]:
-    """Our plan for one load (E,): the lighter busiest rank of moe.parallel.placement.plan and of DeepSeek's global
-    EPLB where that holds distinct experts per rank (so it is never worse than DeepSeek's greedy rule there), or
-    `current` (and True) when neither lightens the busiest rank. `eplb_row`: DeepSeek's global map of this load,
-    when the caller computed it for many loads at once (moe.parallel.eplb.rebalance)."""
+def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, eplb_row=None, distinct: bool = False
+                ) -> tuple[Layout, bool]:
+    """Our plan for one load (E,) (definitions.OUR_PLANNER): the lighter busiest rank of moe.parallel.placement.plan
+    and of DeepSeek's global EPLB (so it is never heavier than DeepSeek's greedy rule), or `current` (and True) when
+    neither lightens the busiest rank. `distinct`: only layouts with no expert twice on a rank (what the serving
+    formats take). `eplb_row`: DeepSeek's global map of this load, when the caller computed it for many loads at once
+    (moe.parallel.eplb.rebalance)."""
     load = np.asarray(load, dtype=np.int64)
     E = len(load)
     now = to_placement(current, E) if current.n_slots == E else None
     best = from_placement(plan(load, world_size, redundant_slots, current=now).placement)
     if (E + redundant_slots) % world_size == 0:
         theirs = rebalance(load[None], E + redundant_slots, 1, 1, world_size)[0] if eplb_row is None else eplb_row
-        if to_placement(from_map(theirs, world_size), E) is not None:  # no expert twice on a rank
-            theirs = from_map(theirs, world_size)
-            if rank_load(load[None], theirs).max() < rank_load(load[None], best).max():
-                best = theirs
+        theirs = from_map(theirs, world_size)
+        if (not distinct or distinct_per_rank(theirs)) and rank_load(load[None], theirs).max() < rank_load(
+                load[None], best).max():
+            best = theirs
     if int(rank_load(load[None], best).max()) < int(rank_load(load[None], current).max()):
         return best, False
     return current, True

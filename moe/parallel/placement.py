@@ -1,8 +1,9 @@
 """Expert placement over W ranks: the contiguous default, a balanced plan with replicas, and its JSON file.
 
-A placement lists, per rank, the experts it hosts. An expert listed on several ranks is replicated:
-its served assignments, in global token order, are cut into contiguous chunks of near-equal size
-(sizes differ by at most one), the first chunk to the lowest rank. Because routing is deterministic,
+A placement lists, per rank, the experts it hosts. An expert listed on several ranks (or twice on one) is
+replicated: its served assignments, in global token order, are cut into contiguous chunks of near-equal size
+(sizes differ by at most one), one per slot, the first chunk to the lowest rank; a rank with two slots of one
+expert serves both chunks (an uneven split, as DeepSeek's EPLB makes them). Because routing is deterministic,
 `predicted_load` of a placement equals the per-rank load the expert-parallel forward measures.
 
 The planner follows DeepSeek's EPLB: give each redundant slot to the expert whose replicas carry the
@@ -30,7 +31,7 @@ MAX_FILE_BYTES = 1 << 20  # a placement file lists E·(1 + replicas) small integ
 @dataclass(frozen=True)
 class Placement:
     n_experts: int
-    ranks: tuple[tuple[int, ...], ...]  # ranks[r]: the experts rank r hosts, ascending
+    ranks: tuple[tuple[int, ...], ...]  # ranks[r]: the experts rank r hosts, ascending (listed twice: two slots)
 
     def __post_init__(self) -> None:
         check_placement(self.ranks, self.n_experts)
@@ -44,8 +45,8 @@ class Placement:
         return sum(len(r) for r in self.ranks) - self.n_experts
 
     def replicas(self, expert: int) -> list[int]:
-        """The ranks holding `expert`, ascending: replica i serves the i-th chunk of its tokens."""
-        return [r for r, experts in enumerate(self.ranks) if expert in experts]
+        """The rank of each slot of `expert`, ascending (a rank with two slots twice): slot i serves chunk i."""
+        return [r for r, experts in enumerate(self.ranks) for e in experts if e == expert]
 
     def to_dict(self) -> dict:
         return {"format": FORMAT, "world_size": self.world_size, "n_experts": self.n_experts,
@@ -53,7 +54,8 @@ class Placement:
 
 
 def check_placement(ranks, n_experts: int, redundant_slots: int | None = None) -> None:
-    """ValueError unless every expert is placed, no rank repeats one, every rank has one, R matches."""
+    """ValueError unless every expert is placed, every rank has one, R matches (a rank may list an expert twice:
+    two slots, two chunks of its tokens)."""
     listed = [e for r in ranks for e in r]
     if not all(_is_index(e) for e in listed):  # before any set(): a nested list is not hashable
         raise ValueError("placement lists something other than expert indices (integers >= 0); give each rank "
@@ -69,9 +71,6 @@ def check_placement(ranks, n_experts: int, redundant_slots: int | None = None) -
     for r, experts in enumerate(ranks):
         if not experts:
             raise ValueError(f"rank {r} hosts no expert; give every rank at least one expert or use fewer ranks")
-        if len(set(experts)) != len(experts):
-            raise ValueError(f"rank {r} lists an expert twice ({_short(list(experts))}); a rank holds each expert "
-                             f"once")
     extra = len(listed) - n_experts
     if redundant_slots is not None and extra != redundant_slots:
         repeated = sorted(e for e, n in Counter(listed).items() if n > 1)
@@ -226,8 +225,8 @@ def _check_plan_args(load: np.ndarray, world_size: int, redundant_slots: int) ->
     if np.any(load < 0) or not np.all(np.isfinite(load)):
         raise ValueError("expert load must be finite and >= 0 (counts of served assignments)")
     if redundant_slots > E * (world_size - 1):
-        raise ValueError(f"{redundant_slots} redundant slots exceed E·(W-1) = {E * (world_size - 1)}: a rank holds "
-                         f"each expert at most once; use fewer redundant slots")
+        raise ValueError(f"{redundant_slots} redundant slots exceed E·(W-1) = {E * (world_size - 1)}: this planner gives "
+                         f"an expert at most one slot per rank; use fewer redundant slots")
 
 
 def save(placement: Placement, path: str, load=None) -> None:

@@ -73,12 +73,14 @@ def from_map(p2l_row, world_size: int) -> Layout:
     return Layout(row, np.arange(len(row)) // (len(row) // world_size), world_size)
 
 
-def to_placement(layout: Layout, n_experts: int) -> Placement | None:
-    """The Placement of a layout whose ranks hold distinct experts (slot order within a rank dropped), else None."""
-    ranks = layout.rank_experts()
-    if any(len(set(r)) != len(r) or not r for r in ranks):
-        return None
-    return Placement(n_experts, tuple(tuple(sorted(r)) for r in ranks))
+def to_placement(layout: Layout, n_experts: int) -> Placement:
+    """The Placement of a layout (slot order within a rank dropped; two slots of one expert on a rank stay two)."""
+    return Placement(n_experts, tuple(tuple(sorted(r)) for r in layout.rank_experts()))
+
+
+def distinct_per_rank(layout: Layout) -> bool:
+    """True when no rank holds two slots of one expert (what the serving formats take, issue #18)."""
+    return all(len(set(r)) == len(r) for r in layout.rank_experts())
 
 
 def _replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
