@@ -15,6 +15,7 @@ the load it was given and keeps the current placement, flagged, unless the busie
 """
 from __future__ import annotations
 
+import heapq
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -95,15 +96,16 @@ def chunk_sizes(n: int, parts: int) -> list[int]:
 def predicted_load(placement: Placement, load) -> np.ndarray:
     """(W,) assignments each rank will run, given per-expert load (E,) and the replica split rule."""
     load = np.asarray(load, dtype=np.int64)
-    out = np.zeros(placement.world_size, dtype=np.int64)
-    holders: dict[int, list[int]] = {}  # expert -> its ranks, ascending (what `replicas` gives, in one pass)
-    for r, experts in enumerate(placement.ranks):
-        for e in experts:
-            holders.setdefault(e, []).append(r)
-    for e, ranks in holders.items():
-        for r, n in zip(ranks, chunk_sizes(int(load[e]), len(ranks))):
-            out[r] += n
-    return out
+    expert = np.array([e for r in placement.ranks for e in r])                       # (P,) slots rank by rank
+    rank = np.repeat(np.arange(placement.world_size), [len(r) for r in placement.ranks])
+    order = np.argsort(expert, kind="stable")                                         # each expert's slots, by rank
+    count = np.bincount(expert, minlength=placement.n_experts)                        # (E,) slots per expert
+    first = np.cumsum(count) - count                                                  # (E,) its first slot in order
+    index = np.empty_like(order)
+    index[order] = np.arange(len(order)) - first[expert[order]]                       # (P,) replica index i
+    n, c = load[expert], count[expert]
+    share = (index + 1) * n // c - index * n // c                                     # chunk_sizes, elementwise
+    return np.bincount(rank, weights=share, minlength=placement.world_size).astype(np.int64)
 
 
 def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.ndarray:
@@ -117,16 +119,23 @@ def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.nda
 
 
 def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[int, ...], ...]:
-    """Replicas (load/count each), heaviest first, to the least loaded rank with room not holding that expert."""
+    """Replicas (load/count each), heaviest first, to the least loaded rank with room not holding that expert (ties:
+    the rank with fewer experts, then the lower rank). The ranks wait in a heap keyed that way, one entry each."""
     slots = -(-int(count.sum()) // world_size)  # ceil: slots per rank
     items = sorted(((load[e] / count[e], e) for e in range(len(load)) for _ in range(count[e])),
                    key=lambda item: (-item[0], item[1]))
-    weight, ranks = np.zeros(world_size), [[] for _ in range(world_size)]
+    ranks = [[] for _ in range(world_size)]
+    heap = [(0.0, 0, r) for r in range(world_size)]                                  # (weight, experts, rank)
     for w, e in items:
-        free = [r for r in range(world_size) if len(ranks[r]) < slots and e not in ranks[r]]
-        r = min(free, key=lambda r: (weight[r], len(ranks[r]), r))  # ties: the rank with fewer experts
+        aside = []
+        while e in ranks[heap[0][2]]:  # the lightest holds e already: the next one (count[e] <= W: one is free)
+            aside.append(heapq.heappop(heap))
+        weight, n, r = heapq.heappop(heap)
         ranks[r].append(e)
-        weight[r] += w
+        if n + 1 < slots:
+            heapq.heappush(heap, (weight + w, n + 1, r))
+        for entry in aside:
+            heapq.heappush(heap, entry)
     return tuple(tuple(sorted(r)) for r in ranks)
 
 
@@ -154,20 +163,30 @@ def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...],
 
 
 def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots: int):
-    """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most."""
+    """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most: every
+    move and swap at once, as arrays; ties go to the first in (other rank, expert on the busiest, None then the other
+    rank's experts) order, as a loop over them in that order would pick."""
     b = int(np.argmax(weight))
-    best, step = weight[b] * (1 - 1e-12), None  # strictly lighter than the busiest rank, beyond rounding
-    on_b = set(ranks[b])
-    for s in range(len(ranks)):
-        on_s = set(ranks[s])
-        for e in (e for e in ranks[b] if s != b and e not in on_s):
-            backs = [None] if len(ranks[s]) < slots and len(ranks[b]) > 1 else []
-            backs += [f for f in ranks[s] if f not in on_b and w[f] < w[e]]
-            for f in backs:
-                d = w[e] - (0.0 if f is None else w[f])
-                if max(weight[b] - d, weight[s] + d) < best:
-                    best, step = max(weight[b] - d, weight[s] + d), (b, s, e, f)
-    return step
+    W, on_b = len(ranks), np.array(ranks[b])                                          # (Lb,) experts on b
+    held = np.full((W, slots), -1)                                                    # (W, slots) -1 = empty
+    for s, r in enumerate(ranks):
+        held[s, : len(r)] = r
+    filled = held >= 0
+    there = (held[:, :, None] == on_b[None, None, :]).any(axis=1)                     # (W, Lb) s holds e already
+    ok = (np.arange(W) != b)[:, None] & ~there                                        # (W, Lb) e may go to s
+    we, wf = w[on_b], np.where(filled, w[np.maximum(held, 0)], np.inf)                # (Lb,), (W, slots)
+    back = filled & ~np.isin(held, on_b)                                              # (W, slots) f may go to b
+    room = (filled.sum(axis=1) < slots) & (len(on_b) > 1)                             # (W,) a plain move fits
+    d = np.concatenate([np.broadcast_to(we[None, :, None], (W, len(on_b), 1)),
+                        we[None, :, None] - wf[:, None, :]], axis=2)                  # (W, Lb, 1 + slots)
+    valid = ok[:, :, None] & np.concatenate([np.broadcast_to(room[:, None, None], (W, len(on_b), 1)),
+                                             back[:, None, :] & (wf[:, None, :] < we[None, :, None])], axis=2)
+    value = np.where(valid, np.maximum(weight[b] - d, weight[:, None, None] + d), np.inf)
+    i = int(np.argmin(value))  # the first of the smallest, in loop order
+    if not value.flat[i] < weight[b] * (1 - 1e-12):  # strictly lighter than the busiest rank, beyond rounding
+        return None
+    s, e, f = np.unravel_index(i, value.shape)
+    return b, int(s), int(on_b[e]), None if f == 0 else int(held[s, f - 1])
 
 
 @dataclass(frozen=True)
