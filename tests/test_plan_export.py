@@ -5,11 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from moe.parallel.export import (check_serving, load_placement, pad_to, plan_document, read_plan,
+from moe.parallel.export import (check_serving, layer_plans, load_placement, pad_to, plan_document, read_plan,
                                  serving_redundant_slots, write_plan)
 from moe.parallel.judge import current_layout, plan_layout
 from moe.parallel.placement import contiguous, save
-from moe.parallel.replay import rank_load
+from moe.parallel.replay import Layout, from_map, rank_load
 
 
 def _plans(E=8, W=4, R=4, L=3, seed=0):
@@ -155,3 +155,37 @@ def test_sglang_map_row_index_is_the_layer_id_and_missing_layers_get_the_trivial
     named = plan_document("vllm", ["model.layers.0", "model.layers.1"], layouts, 8)  # the others take any label
     write_plan(str(path), named)
     assert read_plan(str(path), 8, 4).layers == ["model.layers.0", "model.layers.1"]
+
+
+def test_serving_files_from_a_kept_map_with_two_slots_of_one_expert_on_a_rank():
+    """The run's map puts expert 0 twice on rank 0 and nothing lightens it: the serving plan re-packs the run's own
+    replica counts with a distinct expert per slot of a rank, exactly as light (115 = half of 230 per rank)."""
+    counts, p2l = np.array([[[100, 30, 50, 50]]]), np.array([[0, 0, 1, 2, 3, 1]])
+    assert rank_load(counts[0], from_map(p2l[0], 2)).tolist() == [[115, 115]]
+    plan = layer_plans(counts, ["0"], 2, 2, p2l, serving=True)["0"]
+    assert plan.kept_current and plan.layout.rank_experts() == [[0, 1, 2], [0, 1, 3]]
+    assert rank_load(counts[0], plan.layout).tolist() == [[115, 115]]
+    assert "distinct expert per slot of a rank (busiest rank 115, current 115)" in plan.note
+    plan_document("vllm", ["0"], [plan.layout], 4)  # the serving writer takes it
+    assert layer_plans(counts, ["0"], 2, 2, p2l)["0"].layout.rank_experts() == [[0, 0, 1], [2, 3, 1]]  # ours: kept
+
+
+def test_padding_a_kept_even_layer_searches_when_both_rules_fail():
+    """Both padding rules load a rank of this near-even layer past 10001 tokens; the search finds a pair of replicas
+    (one each way) that keeps both ranks at 10000, checked against every padding by brute force."""
+    load = np.array([2536, 2491, 2499, 2475, 2560, 2441, 2499, 2499])
+    cur = current_layout(8, 2)
+    assert rank_load(load[None], cur).tolist() == [[10001, 9999]]
+    padded = pad_to(cur, load, 10)
+    best = min(int(rank_load(load[None], Layout(np.array([0, 1, 2, 3, a, 4, 5, 6, 7, b]), np.repeat([0, 1], 5),
+                                                2)).max()) for a in range(4, 8) for b in range(4))
+    assert int(rank_load(load[None], padded).max()) == best == 10000
+    assert all(len(set(r)) == 5 for r in padded.rank_experts())
+
+
+def test_the_note_counts_the_replicas_placed_not_the_ones_allowed():
+    """The run's map holds 4 replicas; contiguous blocks (none) are lighter on an even load: 0 of the 4 allowed."""
+    p2l = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])
+    plan = layer_plans(np.full((1, 1, 8), 10), ["0"], 4, 4, p2l)["0"]
+    assert not plan.kept_current and plan.layout.n_slots == 8
+    assert plan.note == "planned 0 redundant slots of the 4 allowed (more did not lighten the busiest rank)"

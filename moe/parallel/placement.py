@@ -222,14 +222,21 @@ def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | N
     if current is not None and (current.n_experts, current.world_size) != (E, world_size):
         raise ValueError(f"the current placement is for E={current.n_experts}, W={current.world_size}; "
                          f"the load has E={E} and the plan W={world_size}")
-    count = replicate(load, redundant_slots, world_size)
-    planned = Placement(E, refine(pack(load, count, world_size), load, count))
+    planned = balanced(load, world_size, redundant_slots)
     planned_load = predicted_load(planned, load)
     current_max = None if current is None else int(predicted_load(current, load).max())
     keep = current_max is not None and current_max <= int(planned_load.max())  # no gain: replicas cost memory, traffic
     chosen = current if keep else planned
     return Plan(chosen, keep, redundant_slots, tuple(int(v) for v in predicted_load(chosen, load)),
                 int(planned_load.max()), current_max)
+
+
+def balanced(load, world_size: int, redundant_slots: int) -> Placement:
+    """The layout `plan` builds (replicate, pack, refine), whether or not it beats the current placement."""
+    load = np.asarray(load, dtype=np.float64)
+    _check_plan_args(load, world_size, redundant_slots)
+    count = replicate(load, redundant_slots, world_size)
+    return Placement(len(load), refine(pack(load, count, world_size), load, count))
 
 
 def _check_plan_args(load: np.ndarray, world_size: int, redundant_slots: int) -> None:
