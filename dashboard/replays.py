@@ -8,7 +8,7 @@ import streamlit as st
 
 from moe.jsonio import dumps
 from moe.parallel.export import check_serving, layer_plans, plan_document
-from moe.parallel.replay import distinct_per_rank
+from moe.parallel.replay import distinct_per_rank, rank_load
 from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
 
 
@@ -29,12 +29,14 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
     """One plan per layer (moe.parallel.export.layer_plans: our planner, from the whole log or its last window of
     `last_window` steps) as the three plan files: {"moe-scope": text, "sglang": text | None, "vllm": text | None,
     "serving_error": why there is no serving file ("" when there is), "sglang_error": why there is no SGLang file
-    (only when the other serving file exists), "notes": {layer: note}}."""
+    (only when the other serving file exists), "notes": {layer: note}, "serving_heavier": {layer: (our busiest rank,
+    the serving files' busiest rank)} for the layers where the serving rule (a distinct expert per slot of a rank)
+    costs load}."""
     counts, layers = np.asarray(counts), list(layers)                                # (S, L, E)
     E = counts.shape[2]
     ours = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window)
     out = {"moe-scope": _document("moe-scope", ours, E), "sglang": None, "vllm": None, "serving_error": "",
-           "notes": {name: p.note for name, p in ours.items()}}
+           "notes": {name: p.note for name, p in ours.items()}, "serving_heavier": {}}
     try:
         check_serving(E, redundant_slots, world_size)
         full = all(p.layout.n_slots == E + redundant_slots and distinct_per_rank(p.layout)
@@ -42,6 +44,8 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
         padded = ours if full else layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window,
                                                serving=True)
         out["vllm"] = _document("vllm", padded, E)
+        out["serving_heavier"] = {name: (_busiest(p), _busiest(padded[name])) for name, p in ours.items()
+                                  if _busiest(padded[name]) > _busiest(p)}
     except ValueError as err:
         out["serving_error"] = str(err)
         return out
@@ -50,6 +54,11 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
     except ValueError as err:
         out["sglang_error"] = str(err)
     return out
+
+
+def _busiest(plan) -> int:
+    """The busiest rank's tokens under a LayerPlan, on the load it was made from."""
+    return int(rank_load(plan.load[None], plan.layout).max())
 
 
 def _document(fmt: str, plans: dict, n_experts: int) -> str:

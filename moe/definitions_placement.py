@@ -4,9 +4,9 @@ from __future__ import annotations
 
 # What "our planner" of the placement replay and plan files is (moe.parallel.judge.plan_layout): written once here,
 # shown by the verdict and the definitions.
-OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and DeepSeek's global EPLB (which may give a "
-               "rank two slots of one expert: it serves two chunks of that expert's tokens); the SGLang and vLLM "
-               "files take only layouts with a distinct expert per slot of a rank")
+OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and, where E + R is a multiple of W, DeepSeek's "
+               "global EPLB (which may give a rank two slots of one expert: it serves two chunks of that expert's "
+               "tokens); the SGLang and vLLM files take only layouts with a distinct expert per slot of a rank")
 
 # vLLM's logged EPLB balancedness, what we verified of its history (vllm/distributed/eplb/eplb_state.py).
 VLLM_BALANCEDNESS = ("`Σ_l mean_r / Σ_l max_r` over the MoE layers l and EP ranks r (`_compute_eplb_load_stats` in "

@@ -117,3 +117,14 @@ def test_cancel_stops_the_plan_run_and_leaves_no_process():
     assert any("Cancelled: the expert-parallel job was stopped" in i.value for i in at.info)
     assert "ep_plan_runs" not in at.session_state and not at.success
     assert not at.button(key="ep_run").disabled  # the page's own run may start again
+
+
+def test_more_processes_than_experts_say_why_the_replay_is_not_shown():
+    """W > E: contiguous blocks, the placement every plan is compared with, would leave a rank empty: one info line,
+    no error, no replay."""
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
+    at.slider(key="ep_world").set_value(6).run()
+    assert not at.exception and not at.error, at.error
+    assert any(i.value.startswith("The placement replay compares plans with contiguous blocks, which leave a rank "
+                                  "without an expert at W=6 > n_experts=4") for i in at.info)
+    assert "ep_place_slots" not in at.session_state

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from moe.parallel.eplb import eplb_layout, rebalance
-from moe.parallel.judge import current_layout, plan_layout
+from moe.parallel.judge import ReplaySettings, current_layout, plan_layout, replay_log
 from moe.parallel.placement import plan
 from moe.parallel.replay import Layout, distinct_per_rank, from_placement, rank_load
 
@@ -130,3 +130,15 @@ def test_placement_plan_alone_against_the_loop_eplb_loses_only_where_eplb_puts_a
     assert ("distinct", "loss") not in record  # every loss is a layout with an expert twice on a GPU
     assert record == {("distinct", "tie"): 101, ("distinct", "win"): 47,
                       ("twice", "loss"): 40, ("twice", "tie"): 25, ("twice", "win"): 75}  # measured, seed 1
+
+
+def test_groups_that_do_not_divide_over_the_nodes_fall_back_to_the_global_policy_even_when_they_do_not_divide_e():
+    """DeepSeek checks E % groups only in the hierarchical policy: 3 groups over 2 nodes is the global policy, for
+    E = 8 too (8 % 3 != 0), and the replay runs it instead of skipping it."""
+    load = np.array([50, 5, 30, 1, 7, 60, 2, 9])
+    assert rebalance(load[None], 10, 3, 2, 2).tolist() == rebalance(load[None], 10, 1, 1, 2).tolist()
+    counts = np.tile(load, (4, 1))[:, None, :]
+    (result,) = replay_log(counts, ["0"], ReplaySettings(2, (2,), window=1, num_nodes=2, num_groups=3))
+    assert ("eplb", 2) in result.loads and not result.notes
+    with pytest.raises(ValueError, match="8 experts do not split into 6 groups"):
+        rebalance(load[None], 10, 6, 2, 2)  # hierarchical (6 % 2 == 0): the groups must divide E

@@ -129,7 +129,8 @@ def test_serving_files_only_where_e_plus_r_is_a_multiple_of_w_and_the_page_says_
 def test_a_replay_that_cannot_run_is_one_line(log_dir):
     at = AppTest.from_function(section_app, args=(log_dir, 12), default_timeout=60).run()
     assert not at.exception
-    assert at.error[0].value.startswith("The replay cannot run: world size 12 is larger than n_experts=8")
+    assert at.error[0].value.startswith("The replay cannot run: 12 ranks but 8 experts: without the run's physical "
+                                        "→ logical map the placement compared against is contiguous blocks")
     assert "\n" not in at.error[0].value and not at.get("plotly_chart")
 
 
@@ -170,3 +171,38 @@ def test_a_layer_that_keeps_its_placement_is_padded_only_in_the_serving_files(tm
     assert [lay.n_slots for lay in plan.layouts] == [E + 4, E + 4]
     load = counts[:, 0, :].sum(axis=0)
     assert rank_load(load[None], plan.layouts[0]).max() <= 2 * 40  # padding loads no rank past its busiest (80)
+
+
+def test_the_runs_map_is_replayed_at_the_w_it_recorded_and_r_leaves_no_rank_empty(tmp_path):
+    """A run with more ranks than experts (E=4, W=8, one slot per rank): the page offers only the recorded W (the map
+    read at another W would not be the run's placement) and only R from W − E up, and replays it."""
+    p2l = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
+    counts = np.random.default_rng(3).integers(0, 40, size=(6, 1, 4))
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), counts, physical_to_logical=p2l,
+                         meta={"world_size": 8}), path)
+    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    assert at.selectbox(key="runs_place_world").options == ["8"]
+    assert at.multiselect(key="runs_place_slots").options == ["4"] and at.multiselect(key="runs_place_slots").value == [4]
+
+
+def test_slot_options_at_one_rank_and_with_more_ranks_than_experts():
+    from dashboard.views.placement import slot_options
+    assert slot_options(1, 1) == [0] and slot_options(8, 1) == [0]  # one rank: no replica has anywhere to go
+    assert slot_options(4, 8) == [4]  # every rank needs a slot: R >= W − E = 4; offered up to E
+    assert slot_options(6, 8) == [2, 4]  # 2 = W − E (and serving: (6 + 2) % 8 == 0), 4 a power of two
+    assert slot_options(8, 4) == [0, 1, 2, 4, 8]
+
+
+def test_the_page_says_when_the_serving_rule_costs_load(tmp_path):
+    """DeepSeek's layout (two slots of expert 0 on a rank) is our plan for this load; the serving files cannot hold it
+    and carry a heavier busiest rank: the page says by how much, from the same plans the files hold."""
+    counts = np.tile(np.array([175, 195, 45, 176, 20, 21]), (4, 1))[:, None, :]      # (S=4, L=1, E=6)
+    files = replays.plan_files(counts, ("0",), None, 2, 2)
+    ours, serving = files["serving_heavier"]["0"]
+    load = counts[:, 0, :].sum(axis=0)
+    (tmp_path / "vllm.json").write_text(files["vllm"])
+    (tmp_path / "ours.json").write_text(files["moe-scope"])
+    assert rank_load(load[None], read_plan(str(tmp_path / "vllm.json"), 6, 2).layouts[0]).max() == serving
+    assert rank_load(load[None], read_plan(str(tmp_path / "ours.json"), 6, 2).layouts[0]).max() == ours < serving

@@ -53,6 +53,9 @@ def test_a_map_with_an_expert_twice_on_a_rank_and_unused_slots():
     assert naive_rank_load([7, 3, 4], lay.slot_expert, lay.slot_rank, 2) == [7, 7]
     rows = rank_load_rows([[7, 3, 4]], [[0, 1, 2, -1]], [[0, 1, 1, 0]], 2)  # -1: an unused slot
     assert rows.tolist() == [[7, 7]]
+    rows = rank_load_rows([[7, 3, 4], [9, 0, 1]], [[0, 0, 1, 0, 2, -1]] * 2, [[0, 0, 0, 1, 1, 1]] * 2, 2)
+    assert rows.tolist() == [[2 + 2 + 3, 3 + 4], [3 + 3 + 0, 3 + 1]]  # expert 0 in 3 chunks, two on rank 0
+    assert naive_rank_load([9, 0, 1], np.array([0, 0, 1, 0, 2]), np.array([0, 0, 0, 1, 1]), 2) == [6, 4]
     with pytest.raises(ValueError, match="not a multiple of the world size 3"):
         from_map([0, 1, 2, 0], 3)
 

@@ -45,6 +45,12 @@ def log_from_result(result: RunResult, blocks: int = BLOCKS) -> RoutingLog:
 
 def section(result: RunResult, W: int, flags: list[str]) -> None:
     """The Placement section for this page's load at W ranks, then a chosen plan run for real."""
+    if W > result.config.n_experts:
+        st.markdown("**Placement**")
+        st.info(f"The placement replay compares plans with contiguous blocks, which leave a rank without an expert at "
+                f"W={W} > n_experts={result.config.n_experts}; choose at most {result.config.n_experts} processes "
+                f"to replay this page's load.")
+        return
     log = log_from_result(result)
     replayed = placement.render(log, "ep", world_size=W)
     st.caption(f"The log: this page's forward, {log.meta['tokens']} tokens cut into {len(log.steps)} step(s) of "

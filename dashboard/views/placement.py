@@ -17,6 +17,7 @@ from moe.traces.log import RoutingLog
 
 from dashboard import replays
 from dashboard.definitions import caption
+from dashboard.quoting import quote
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.placement import (METRIC_TITLES, balance_figure, hot_figure, interval_figure, interval_table,
                                          rank_heatmap_figure, series_name)
@@ -73,14 +74,18 @@ def keep_choice(key: str, options: list, default) -> None:
 
 
 def world_options(log: RoutingLog) -> list[int]:
-    """W that make sense: divisors of the slots per layer (E, or the run's map's P) and, without a map, powers of
-    two up to E (contiguous blocks take any W <= E)."""
+    """W that make sense: the W the run recorded when it recorded its map too (the map is read at that W); else
+    divisors of the slots per layer (E, or the map's P) and, without a map, powers of two up to E (contiguous
+    blocks take any W <= E)."""
     P = log.n_experts if log.physical_to_logical is None else log.physical_to_logical.shape[1]
+    recorded = log.meta.get("world_size")
+    known = isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 2 and P % recorded == 0
+    if known and log.physical_to_logical is not None:
+        return [recorded]
     found = {d for d in range(2, P + 1) if P % d == 0}
     if log.physical_to_logical is None:
         found |= {2 ** k for k in range(1, P.bit_length()) if 2 ** k <= P}
-    recorded = log.meta.get("world_size")
-    if isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 2 and P % recorded == 0:
+    if known:
         found.add(recorded)
     return sorted(found) or [1]
 
@@ -93,11 +98,12 @@ def most_uneven_layer(log: RoutingLog) -> str:
 
 
 def slot_options(n_experts: int, world_size: int) -> list[int]:
-    """R offered: 0, powers of two up to E, and the first R the serving formats take (E + R a multiple of W)."""
-    most = n_experts * max(world_size - 1, 1)
-    found = {0} | {2 ** k for k in range(n_experts.bit_length()) if 2 ** k <= n_experts}
+    """R offered: from W − E (every rank needs a slot) to E·(W − 1) (our planner gives an expert one slot per rank):
+    0, powers of two up to E, and the first R the serving formats take (E + R a multiple of W)."""
+    least, most = max(0, world_size - n_experts), n_experts * (world_size - 1)
+    found = {0, least} | {2 ** k for k in range(n_experts.bit_length()) if 2 ** k <= n_experts}
     found |= set(serving_redundant_slots(n_experts, world_size, n_experts)[:16])
-    return sorted(R for R in found if R <= most)
+    return sorted(R for R in found if least <= R <= most) or [least]
 
 
 def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySettings, str]:
@@ -115,7 +121,7 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
         c1.metric("Ranks (W)", W, help="this page's processes")
     options = slot_options(E, W)
     serving = [R for R in serving_redundant_slots(E, W, E) if R > 0]
-    default = [0] + ([serving[0]] if serving and serving[0] in options else [o for o in options if o][:1])
+    default = [options[0]] + ([serving[0]] if serving and serving[0] in options[1:] else options[1:2])
     st.session_state[key("slots")] = [R for R in st.session_state.get(key("slots"), default) if R in options] \
         or default
     Rs = c2.multiselect("Redundant slots (R)", options, key=key("slots"),
@@ -215,6 +221,12 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
                                     key=key("file_sglang"))
         cols[2].download_button("vLLM-style map (JSON)", files["vllm"], file_name="plan-vllm.json",
                                 mime="application/json", on_click="ignore", key=key("file_vllm"))
+    heavier = files["serving_heavier"]
+    if heavier:
+        worst = max(heavier, key=lambda name: heavier[name][1] / max(heavier[name][0], 1))
+        st.caption(f"The SGLang and vLLM files hold a distinct expert per slot of a rank; on {len(heavier)} of "
+                   f"{len(files['notes'])} layers that loads their busiest rank more than our plan does (most: layer "
+                   f"{quote(worst)}, {heavier[worst][1]} tokens against {heavier[worst][0]}).")
     kept = [name for name, note in files["notes"].items() if note.startswith("kept")]
     if kept:
         st.caption(f"{len(kept)} of {len(files['notes'])} layers keep the current placement: no plan with these "

@@ -29,7 +29,7 @@ def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: in
     if n_slots % num_gpus or n_slots < n_experts:
         raise ValueError(f"DeepSeek's EPLB needs E + R ({n_slots}) to be a multiple of the {num_gpus} GPUs; choose R "
                          f"with (E + R) % W == 0")
-    if n_experts % num_groups:
+    if num_groups % num_nodes == 0 and n_experts % num_groups:  # only the hierarchical policy splits E in groups
         raise ValueError(f"{n_experts} experts do not split into {num_groups} groups; give a group count that "
                          f"divides E")
 

@@ -106,6 +106,10 @@ def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
     """The run's placement: its physical → logical map row when it recorded one, else contiguous blocks."""
     if p2l_row is not None:
         return from_map(p2l_row, world_size)
+    if world_size > n_experts:
+        raise ValueError(f"{world_size} ranks but {n_experts} experts: without the run's physical → logical map the "
+                         f"placement compared against is contiguous blocks, which leave a rank without an expert; "
+                         f"replay at most {n_experts} ranks, or a log that records its map")
     return from_placement(contiguous(n_experts, world_size))
 
 
