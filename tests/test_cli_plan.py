@@ -1,6 +1,7 @@
 """`python -m moe plan`: the replay's JSON and CSV, the export files, one-line errors with exit status 2."""
 import io
 import json
+import re
 
 import pandas as pd
 
@@ -31,7 +32,16 @@ def test_json_windows_verdict_and_plan(tmp_path, capsys):
     expected = balancedness_vllm(rank_load(windows, current_layout(8, 4)))
     assert [row["balancedness_vllm"] for row in current] == list(expected)
     assert {row["placement"] for row in doc["windows"]["1"]} == {"current", "planned", "eplb"}
-    assert "p50 balancedness" in doc["verdict"] and doc["windows_per_layer"] == 4
+    assert doc["windows_per_layer"] == 4
+    # the verdict quotes, to two decimals, the p50s the JSON lists for its layer (current, then the planner it names)
+    found = re.search(r"(DeepSeek's EPLB|planned \(.*\)) with R=4 lifts the p50 balancedness of layer (\S+) from "
+                      r"([\d.]+) to ([\d.]+)", doc["verdict"]) or re.search(
+        r"best: layer (\S+), (DeepSeek's EPLB|planned \(.*\)) with R=4, p50 balancedness ([\d.]+) → ([\d.]+)", doc["verdict"])
+    assert found, doc["verdict"]
+    who, layer = (found[1], found[2]) if found[1].startswith(("DeepSeek", "planned")) else (found[2], found[1])
+    p50 = doc["layers"][layer]["next_window_p50"]
+    name = "eplb" if who.startswith("DeepSeek") else "planned"
+    assert (found[3], found[4]) == (f"{p50['current']:.2f}", f"{p50[name]:.2f}")
     ranks = doc["plan"]["0"]["ranks"]
     assert all(isinstance(e, int) for r in ranks for e in r) and sorted({e for r in ranks for e in r}) == list(range(8))
     planned = rank_load(s.load["0"].sum(0)[None], current_layout(8, 4))[0]  # whole-log plan: never worse
