@@ -196,11 +196,17 @@ def token_bytes(tokenizer, ids) -> list[int]:
     return counts
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
 def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
 
-    The downloads are not in here: they are built when a button is clicked (`exports`)."""
+    The downloads are not in here: they are built when a button is clicked (`exports`). Cached with the model
+    directory's fingerprint (moe.hf.cache.fingerprint), as every table below: a model re-saved in the same
+    directory is analysed again, never answered from the old one's numbers."""
+    return _analyse(path, text, max_tokens, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _analyse(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict:
     loaded, run, tokens, total, ids = _route(path, text, max_tokens)
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
@@ -226,10 +232,14 @@ def routing_with_loss(run, tokens: list[str]) -> pd.DataFrame:
     return routing.assign(next_token_loss_bits=bits[routing["position"].to_numpy()])
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
 def model_exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
     """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
     click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
+    return _model_exports(path, text, max_tokens, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _model_exports(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict[str, str]:
     loaded, run, tokens, _, _ = _route(path, text, max_tokens)
     return {"per_expert_csv": render_report(loaded.name, run, "csv"),
             "routing_csv": routing_with_loss(run, tokens).to_csv(index=False),
@@ -251,9 +261,13 @@ def vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
             for layer, group in words.groupby(level="layer")}
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
 def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) -> dict:
     """The counterfactual forward's load (long table), per-token loss and dropped assignments per layer."""
+    return _counterfactual(path, text, max_tokens, cf, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual, fingerprint: tuple) -> dict:
     loaded = loaded_model(path)
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
     run = run_counterfactual(loaded.model, ids, cf, context=loaded.context)
@@ -263,9 +277,14 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
             "table": layer_table(run), "pooled_aux": run.pooled_aux()}
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
 def counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> pd.DataFrame:
     """The counterfactual at each MoE layer alone (moe.hf.counterfactual.sweep_layers): a row per layer."""
+    return _counterfactual_sweep(path, text, max_tokens, cf, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactual,
+                          fingerprint: tuple) -> pd.DataFrame:
     loaded = loaded_model(path)
     ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
     return sweep_layers(loaded.model, ids, cf, context=loaded.context)
