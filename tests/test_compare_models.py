@@ -139,3 +139,23 @@ def test_the_headline_of_tables_is_their_plain_arithmetic():
               "table": pd.DataFrame({"cv": [0.1, 0.3], "max_over_mean": [1.0, 2.0], "dead_fraction": [0.0, 0.5]})}
     assert model_headline(tables) == pytest.approx({"aux_loss": 1.25, "cv": 0.2, "max_over_mean": 1.5,
                                                     "dead_fraction": 0.25, "dropped_fraction": 0.1, "loss_bits": 2.0})
+
+
+@pytest.mark.parametrize("layer", ["x", "1.5", "٣", " 1", "1_0"])
+def test_a_bad_counterfactual_layer_in_a_model_side_is_a_note_and_the_default(layer):
+    """parse_model_side never raises: a layer that is not `all` or ASCII digits is ignored (named, quoted) and the
+    counterfactual applies to every layer, as the Model page's default does."""
+    query = urlencode({"view": "Model", "mex": "prose", "cfon": "1", "cfk": "1", "cflayer": layer})
+    side = parse_model_side(query, model_defaults())
+    assert side.spec is not None and side.spec.cf is not None and side.spec.cf.layers is None
+    assert len(side.notes) == 1 and side.notes[0].startswith("ignored cflayer=") and layer not in side.notes[0].replace(f"`{layer}`", "")
+    at = open_app({"view": "Compare", "a": query})
+    assert not at.exception
+    notes = [m.value for m in [*at.warning, *at.info, *at.caption, *at.markdown] if "cflayer" in m.value]
+    assert len(notes) == 1 and "\n" not in notes[0].strip()
+    assert side.notes[0] in notes[0]
+
+
+def test_a_counterfactual_layer_of_digits_is_taken():
+    side = parse_model_side(urlencode({"mex": "prose", "cfon": "1", "cfk": "1", "cflayer": "2"}), model_defaults())
+    assert side.notes == [] and side.spec.cf.layers == (2,)
