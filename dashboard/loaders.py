@@ -19,7 +19,7 @@ from moe.config import WEIGHT_FIELDS  # the fields that fix a layer's weights: t
 from moe.hf import cache as model_cache
 from moe.hf.counterfactual import Counterfactual, run_counterfactual, sweep_layers
 from moe.hf.instrument import adapter_for, run_model
-from moe.hf.report import encode_text, render_report
+from moe.hf.report import EMPTY_TEXT_PAGE, encode_text, render_report, tokenize
 from moe.hf.tables import (balance_table, class_nmi, expert_bias_long, expert_vocabulary, flow_matrix, layer_table,
                            load_share_long, token_routing, token_strings, top1_grid)
 from moe.metrics import nats_to_bits
@@ -167,7 +167,7 @@ def _route(path: str, text: str, max_tokens: int):
     """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count,
     the ids)."""
     loaded = loaded_model(path)
-    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
+    ids, total = encode_text(loaded.tokenizer, text, max_tokens, EMPTY_TEXT_PAGE)
     run = run_model(loaded.model, ids, context=loaded.context)  # long texts: windows of the model's context
     return loaded, run, token_strings(loaded.tokenizer, ids.tolist()), total, ids
 
@@ -175,25 +175,48 @@ def _route(path: str, text: str, max_tokens: int):
 BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte tokens: one byte each
 
 
-def token_bytes(tokenizer, ids) -> list[int]:
+def token_bytes(tokenizer, ids, text: str | None = None) -> list[int]:
     """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one
-    byte per character, a byte-fallback token one byte, a special token none, any other its decoded text's bytes.
-    (Decoding one token alone is not enough: a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
+    byte per character, a byte-fallback token one byte; any other (a SentencePiece `▁word`, an unknown or special
+    token) the text's bytes from the end of the token before it to its own end, by the fast tokenizer's offsets,
+    so every space is counted once and the counts of a whole text sum to its bytes; without `text` or offsets, a
+    special token none and any other its decoded text's bytes. (Decoding one token alone is not enough: `decode(["▁cat"])` is "cat",
+    without its space, and a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = set(ByteLevel.alphabet())
     special = set(getattr(tokenizer, "all_special_ids", []))
-    counts = []
-    for i, raw in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
-        if i in special:
-            counts.append(0)
-        elif BYTE_FALLBACK.fullmatch(raw):
+    offsets, whole = _offsets(tokenizer, text, list(ids))
+    counts, covered, last = [], 0, None  # covered: the text's characters counted so far
+    for n, (i, raw) in enumerate(zip(ids, tokenizer.convert_ids_to_tokens(list(ids)))):
+        end = offsets[n][1] if offsets else covered
+        if BYTE_FALLBACK.fullmatch(raw):
             counts.append(1)
-        elif raw and all(ch in alphabet for ch in raw):
+        elif i not in special and raw and all(ch in alphabet for ch in raw):
             counts.append(len(raw))
+        elif offsets:  # an unknown token stands for its text too; an added BOS covers none
+            counts.append(len(text[covered:max(covered, end)].encode("utf-8")))
+            last = n
+        elif i in special:
+            counts.append(0)
         else:
             counts.append(len(tokenizer.decode([i]).encode("utf-8")))
+        covered = max(covered, end)
+    if last is not None and whole:
+        counts[last] += len(text[covered:].encode("utf-8"))  # what no token covers after the last (a space)
     return counts
+
+
+def _offsets(tokenizer, text: str | None, ids: list[int]) -> tuple[list | None, bool]:
+    """(the (start, end) characters of each of `ids` in `text` by the fast tokenizer's offset mapping, whether
+    `ids` are all of the text's tokens); (None, False) when the tokenizer gives none or `ids` are not the text's
+    first tokens."""
+    if text is None or not getattr(tokenizer, "is_fast", False):
+        return None, False
+    encoded = tokenize(tokenizer, text, return_offsets_mapping=True)
+    if list(encoded["input_ids"][:len(ids)]) != ids:
+        return None, False
+    return [tuple(o) for o in encoded["offset_mapping"][:len(ids)]], len(encoded["input_ids"]) == len(ids)
 
 
 def analyse(path: str, text: str, max_tokens: int) -> dict:
@@ -214,7 +237,7 @@ def _analyse(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict:
             "score": run.traces[0].config.score,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
-            "token_bytes": token_bytes(loaded.tokenizer, ids.tolist()),
+            "token_bytes": token_bytes(loaded.tokenizer, ids.tolist(), text),
             "context": run.context, "windows": run.windows,
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "demand": [int(t.summary()["demand"]) for t in run.traces],
@@ -269,7 +292,7 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
 @st.cache_data(max_entries=16, show_spinner=False)
 def _counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual, fingerprint: tuple) -> dict:
     loaded = loaded_model(path)
-    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens, EMPTY_TEXT_PAGE)
     run = run_counterfactual(loaded.model, ids, cf, context=loaded.context)
     return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
@@ -286,5 +309,5 @@ def counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactu
 def _counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactual,
                           fingerprint: tuple) -> pd.DataFrame:
     loaded = loaded_model(path)
-    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens, EMPTY_TEXT_PAGE)
     return sweep_layers(loaded.model, ids, cf, context=loaded.context)

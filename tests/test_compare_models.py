@@ -12,6 +12,7 @@ import pytest
 import torch
 from dashboard.compare_models import counterfactual_from, is_model_link, model_headline, parse_model_side
 from dashboard.model_link import EXAMPLES
+from dashboard.quoting import quote
 from dashboard.state import model_defaults
 from moe.hf.counterfactual import run_counterfactual
 from moe.hf.instrument import run_model
@@ -148,7 +149,7 @@ def test_a_bad_counterfactual_layer_in_a_model_side_is_a_note_and_the_default(la
     query = urlencode({"view": "Model", "mex": "prose", "cfon": "1", "cfk": "1", "cflayer": layer})
     side = parse_model_side(query, model_defaults())
     assert side.spec is not None and side.spec.cf is not None and side.spec.cf.layers is None
-    assert len(side.notes) == 1 and side.notes[0].startswith("ignored cflayer=") and layer not in side.notes[0].replace(f"`{layer}`", "")
+    assert side.notes == [f"ignored cflayer={quote(layer)} in the link"]
     at = open_app({"view": "Compare", "a": query})
     assert not at.exception
     notes = [m.value for m in [*at.warning, *at.info, *at.caption, *at.markdown] if "cflayer" in m.value]
