@@ -106,7 +106,7 @@ estimate = budget_bytes()"""),
     ("train-lm --batch 100000000", """
 import tempfile
 code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--batch', '100000000'])"""),
-    ("train-lm --steps 2 (batch 16)", """
+    ("train-lm --steps 3 (batch 16)", """
 import contextlib, io, tempfile
 from moe.hf.lm_config import estimate_lm_training_bytes
 from moe.hf.lm_config import LMTrainConfig
