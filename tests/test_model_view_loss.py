@@ -179,3 +179,29 @@ def test_the_page_says_type_a_text_for_an_empty_text_not_the_cli_flags(model_dir
         with pytest.raises(ValueError) as err:
             call()
         assert str(err.value) == "the text is empty; type a text to route"
+
+
+def test_the_reports_per_token_top1_is_the_per_token_downloads_first_expert(model_dir, capsys):
+    """model-report's JSON has each token's routing next to its loss: token_top1[i][s] is the first expert of the
+    page's per-token download at (layers[i], position s), and the argmax of that layer's router logits."""
+    import json
+
+    from dashboard.loaders import model_exports
+    from moe.cli.main import main
+    from moe.hf.instrument import run_model
+    from moe.hf.load import load_model
+
+    text, max_tokens = "while True:\n    x += 1  # é\n", 24
+    files = model_exports(model_dir, text, max_tokens)
+    report = json.loads(files["summary_json"])
+    routing = pd.read_csv(io.StringIO(files["routing_csv"]))
+    layers = [entry["layer"] for entry in report["layers"]]
+    assert len(report["token_top1"]) == len(layers) and report["tokens"] == max_tokens
+    for i, layer in enumerate(layers):
+        rows = routing[routing.layer == layer].sort_values("position")
+        assert report["token_top1"][i] == [int(e.split()[0]) for e in rows.experts]
+    loaded = load_model(model_dir)
+    run = run_model(loaded.model, loaded.tokenizer(text, return_tensors="pt")["input_ids"][0, :max_tokens])
+    assert report["token_top1"] == [t.router_logits.argmax(-1).tolist() for t in run.traces]
+    assert main(["model-report", "--model", model_dir, "--text", text, "--max-tokens", str(max_tokens)]) == 0
+    assert json.loads(capsys.readouterr().out)["token_top1"] == report["token_top1"]

@@ -1,9 +1,11 @@
 """The `model-report` document (the command is moe/cli/model_report.py): per-layer routing of a local MoE
 causal LM on a text, as JSON or CSV.
 
-JSON: {"model", "tokens", "context", "windows", "token_loss_bits", "layers": [{"layer", "summary", "per_expert":
-[...]}]}, `layer` the index of the model's decoder layer; `context` the model's context (the most positions a
-forward may hold: moe.hf.windows.model_context), `windows` the forwards (moe.hf.windows), `token_loss_bits` entry s the loss of token s+1 given tokens ≤ s, in bits.
+JSON: {"model", "tokens", "context", "windows", "token_loss_bits", "token_top1", "layers": [{"layer", "summary",
+"per_expert": [...]}]}, `layer` the index of the model's decoder layer; `context` the model's context (the most
+positions a forward may hold: moe.hf.windows.model_context), `windows` the forwards (moe.hf.windows),
+`token_loss_bits` entry s the loss of token s+1 given tokens ≤ s, in bits; `token_top1[i][s]` the top-1 expert of
+token s at the i-th entry of `layers` (the routing next to each token's loss).
 CSV: one row per (layer, expert): `layer`, then the per-expert columns.
 With --cf-* options (JSON only) a "counterfactual" entry adds the same text rerun with those routing settings:
 {"settings", "mean_loss_bits": {"own", "counterfactual", "delta"}, "context", "windows", "token_loss_bits",
@@ -62,7 +64,7 @@ def report_dict(name: str, run) -> dict:
     layers = [{"layer": layer, "summary": trace.summary(), "per_expert": trace.per_expert().to_dict("records")}
               for layer, trace in zip(run.layers, run.traces)]
     return {"model": name, "tokens": int(run.input_ids.numel()), "context": run.context, "windows": run.windows,
-            "token_loss_bits": token_loss_bits(run), "layers": layers}
+            "token_loss_bits": token_loss_bits(run), "token_top1": run.top1().tolist(), "layers": layers}
 
 
 def token_loss_bits(run) -> list[float]:
