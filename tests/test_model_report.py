@@ -36,7 +36,7 @@ def test_json_report_has_one_entry_per_decoder_layer_with_the_engine_numbers(mod
     code, out, err = _run(["model-report", "--model", str(model_dir), "--text", text], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert set(report) == {"model", "tokens", "context", "windows", "token_loss_bits", "layers"}
+    assert set(report) == {"model", "tokens", "context", "windows", "token_loss_bits", "token_top1", "layers"}
     assert report["model"] == "tiny-mixtral" and report["tokens"] == len(text.encode())
     assert report["context"] == 128 and report["windows"] == 1  # max_position_embeddings; no training.json
     assert [layer["layer"] for layer in report["layers"]] == [0, 1]
