@@ -87,13 +87,12 @@ def test_token_bytes_count_each_byte_token_once(model_dir):
 
 def test_the_view_has_context_windows_and_byte_counts(model_dir):
     from dashboard.loaders import analyse
+    from moe.hf.windows import plan_windows
 
-    text = "def f(x):\n    return x  # é\n"
-    view = analyse(model_dir, text, 64)
-    assert sum(view["token_bytes"]) == len(text.encode("utf-8"))
-    assert view["windows"] >= 1
-    if view["windows"] > 1:
-        assert view["context"] is not None and view["context"] < len(view["tokens"])
+    text = "def f(x):\n    return x  # é\n" * 10  # 290 bytes: longer than the tiny model's 128 positions
+    view = analyse(model_dir, text, 400)
+    assert sum(view["token_bytes"]) == len(text.encode("utf-8")) == len(view["tokens"]) == 290
+    assert view["context"] == 128 < len(view["tokens"]) and view["windows"] == len(plan_windows(290, 128)) == 4
 
 
 def test_the_per_token_download_has_each_tokens_next_token_loss(model_dir):
