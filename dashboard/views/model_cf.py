@@ -116,7 +116,15 @@ def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
                     key="cf_loss")
     st.caption(f"Loss of token s+1: {DEFINITIONS['next_token_loss']} Δ: {DEFINITIONS['counterfactual_loss_delta']} "
                "Dropped = `Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward. Both heatmaps "
-               "share one colour scale, 0 to the larger of their largest shares.")
+               "share one colour scale, 0 to the larger of their largest shares." + _windows_note(view, cf))
+
+
+def _windows_note(view: dict, cf: Counterfactual) -> str:
+    """How a capacity is counted on a text read in several windows ("" otherwise)."""
+    if view["windows"] <= 1 or cf.capacity_factor is None:
+        return ""
+    return (f" The text is read in {view['windows']} windows: the capacity is ranked among each window's scored "
+            "tokens alone (C from their count); its context tokens, scored in an earlier window, are served in full.")
 
 
 def _sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> None:
