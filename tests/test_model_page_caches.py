@@ -68,3 +68,20 @@ def test_a_failed_counterfactual_shows_the_last_good_one_only_for_the_same_model
                                                   max_tokens=32))))
     shown = next(m.value for m in at.metric if m.label == "Counterfactual")
     assert shown == f"{expected:.3f} bits"
+
+
+def test_the_counterfactual_caption_says_how_a_capacity_is_counted_on_a_text_read_in_windows(tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    from tests.test_model_view import _view_app
+
+    path = saved_model(tmp_path / "mx")  # 128 positions: a 304-byte text is read in 4 windows
+    at = AppTest.from_function(_view_app, args=(path,), default_timeout=120)
+    at.query_params.update({"mtext": "x = 1  # a step\n" * 19, "mtok": "400", "cfon": "1", "cfcap": "1.0"})
+    at.run()
+    assert not at.exception and not at.error
+    note = ("The text is read in 4 windows: the capacity is ranked among each window's scored tokens alone (C from "
+            "their count); its context tokens, scored in an earlier window, are served in full.")
+    assert [c.value for c in at.caption if note in c.value]
+    at.number_input(key="cf_capacity").set_value(0.0).run()  # dropless: nothing to say
+    assert not [c.value for c in at.caption if "ranked among each window" in c.value]
