@@ -176,12 +176,12 @@ BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte tokens
 
 
 def token_bytes(tokenizer, ids, text: str | None = None) -> list[int]:
-    """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one
-    byte per character, a byte-fallback token one byte; any other (a SentencePiece `▁word`, an unknown or special
-    token) the text's bytes from the end of the token before it to its own end, by the fast tokenizer's offsets,
-    so every space is counted once and the counts of a whole text sum to its bytes; without `text` or offsets, a
-    special token none and any other its decoded text's bytes. (Decoding one token alone is not enough: `decode(["▁cat"])` is "cat",
-    without its space, and a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
+    """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one byte
+    per character, a byte-fallback token one byte; any other (a SentencePiece `▁word`, an unknown or special token)
+    the text's bytes from the end of the token before it to its own end, by the fast tokenizer's offsets, so every
+    space is counted once and the counts of a whole text sum to its bytes; without `text` or offsets, a special
+    token none and any other its decoded text's bytes. (Decoding one token alone is not enough: `decode(["▁cat"])`
+    is "cat", without its space, and a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = set(ByteLevel.alphabet())
