@@ -106,11 +106,11 @@ estimate = budget_bytes()"""),
     ("train-lm --batch 100000000", """
 import tempfile
 code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--batch', '100000000'])"""),
-    ("train-lm --steps 2 (batch 16)", """
+    ("train-lm --steps 3 (batch 16)", """
 import contextlib, io, tempfile
 from moe.hf.lm_config import estimate_lm_training_bytes
 from moe.hf.lm_config import LMTrainConfig
-estimate = estimate_lm_training_bytes(LMTrainConfig(steps=2))['total']
+estimate = estimate_lm_training_bytes(LMTrainConfig(steps=3))['total']
 with contextlib.redirect_stdout(io.StringIO()):
     code = main(['train-lm', '--out', tempfile.mkdtemp() + '/m', '--steps', '2', '--threads', '1'])"""),
     # Traces (issue #15): files written by write_trace_files() into $MOE_BENCH_TRACES before the cases run.

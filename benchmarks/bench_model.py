@@ -4,7 +4,8 @@ transformers forward of the same model, at the bundled model and at a random mid
     python benchmarks/bench_model.py            # 15 interleaved repeats per case
     python benchmarks/bench_model.py --repeats 5
 
-Both paths get the same token ids (one sequence), fp32, torch.inference_mode, default threads.
+Both paths get the same token ids (one sequence, cut to the model's context so each is one forward of the same
+tokens: like for like), fp32, torch.inference_mode, default threads.
 The plain path is an un-instrumented deep copy (the same weights); medians of interleaved runs.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from anywher
 
 from moe.hf.instrument import instrument, run_model  # noqa: E402
 from moe.hf.load import BUNDLED_MODEL  # noqa: E402
+from moe.hf.windows import model_context  # noqa: E402
 
 RATIO_TARGET = 1.3
 
@@ -32,7 +34,8 @@ def bundled_case(tokens: int):
     plain = AutoModelForCausalLM.from_pretrained(BUNDLED_MODEL, local_files_only=True).eval()
     from pydoc_data.topics import topics
     text = "".join(topics[k] for k in sorted(topics))
-    ids = torch.tensor(list(text.encode()[:tokens]))  # (S,)
+    # a longer text would be one long plain forward against the engine's windows: cut at the context
+    ids = torch.tensor(list(text.encode()[:min(tokens, model_context(plain.config, BUNDLED_MODEL))]))  # (S,)
     return "bundled (pydoc-mixtral)", plain, ids
 
 

@@ -19,6 +19,7 @@ from moe.hf.counterfactual import BIASES, Counterfactual
 from moe.metrics import nats_to_bits, safe_ratio
 from moe.roots import resolve_allowed
 
+from dashboard.figures.model import loss_per_token_and_byte  # the loss chart's title: one definition
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MODEL_LINK, from_link
 from dashboard.quoting import quote
 
@@ -27,7 +28,8 @@ MAX_TEXT_CHARS = 100_000  # the Model page's own cut (dashboard/views/model.py)
 MODEL_HEADLINE = (("aux loss (pooled, all layers)", "aux_loss"), ("CV (mean over layers)", "cv"),
                   ("max/mean load (mean over layers)", "max_over_mean"),
                   ("dead experts (fraction, mean over layers)", "dead_fraction"),
-                  ("dropped (fraction, all layers)", "dropped_fraction"), ("loss (bits per token)", "loss_bits"))
+                  ("dropped (fraction, all layers)", "dropped_fraction"), ("loss (bits per token)", "loss_bits"),
+                  ("loss (bits per byte)", "loss_bits_per_byte"))
 
 
 @dataclass(frozen=True)
@@ -102,4 +104,13 @@ def model_headline(tables: dict) -> dict[str, float]:
     return {"aux_loss": float(tables["pooled_aux"]),
             **{key: float(layer_table[key].mean()) for key in ("cv", "max_over_mean", "dead_fraction")},
             "dropped_fraction": safe_ratio(sum(tables["dropped"]), sum(tables["demand"])),
-            "loss_bits": float(nats_to_bits(np.mean(tables["loss"]))) if len(tables["loss"]) else float("nan")}
+            **dict(zip(("loss_bits", "loss_bits_per_byte"), _loss_bits(tables)))}
+
+
+def _loss_bits(tables: dict) -> tuple[float, float]:
+    """(mean bits per predicted token, bits per byte of the predicted tokens: DEFINITIONS["text_bits_per_byte"]);
+    NaN for what the tables cannot give (no token predicted, no byte counts)."""
+    bits = nats_to_bits(np.asarray(tables["loss"], dtype=np.float64))  # (S-1,)
+    token_bytes = tables.get("token_bytes")
+    per_token, per_byte = loss_per_token_and_byte(bits, token_bytes[1:] if token_bytes is not None else [])
+    return per_token, per_byte

@@ -19,7 +19,7 @@ from moe.config import WEIGHT_FIELDS  # the fields that fix a layer's weights: t
 from moe.hf import cache as model_cache
 from moe.hf.counterfactual import Counterfactual, run_counterfactual, sweep_layers
 from moe.hf.instrument import adapter_for, run_model
-from moe.hf.report import encode_text, render_report
+from moe.hf.report import EMPTY_TEXT_PAGE, encode_text, render_report, tokenize
 from moe.hf.tables import (balance_table, class_nmi, expert_bias_long, expert_vocabulary, flow_matrix, layer_table,
                            load_share_long, token_routing, token_strings, top1_grid)
 from moe.metrics import nats_to_bits
@@ -167,7 +167,7 @@ def _route(path: str, text: str, max_tokens: int):
     """(the cached model, its instrumented forward on the text, the token strings, the untruncated token count,
     the ids)."""
     loaded = loaded_model(path)
-    ids, total = encode_text(loaded.tokenizer, text, max_tokens)
+    ids, total = encode_text(loaded.tokenizer, text, max_tokens, EMPTY_TEXT_PAGE)
     run = run_model(loaded.model, ids, context=loaded.context)  # long texts: windows of the model's context
     return loaded, run, token_strings(loaded.tokenizer, ids.tolist()), total, ids
 
@@ -175,32 +175,61 @@ def _route(path: str, text: str, max_tokens: int):
 BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte tokens: one byte each
 
 
-def token_bytes(tokenizer, ids) -> list[int]:
-    """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one
-    byte per character, a byte-fallback token one byte, a special token none, any other its decoded text's bytes.
-    (Decoding one token alone is not enough: a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
+def token_bytes(tokenizer, ids, text: str | None = None) -> list[int]:
+    """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one byte
+    per character, a byte-fallback token one byte; any other (a SentencePiece `▁word`, an unknown or special token)
+    the text's bytes from the end of the token before it to its own end, by the fast tokenizer's offsets, so every
+    space is counted once and the counts of a whole text sum to its bytes; without `text` or offsets, a special
+    token none and any other its decoded text's bytes. (Decoding one token alone is not enough: `decode(["▁cat"])`
+    is "cat", without its space, and a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
     from tokenizers.pre_tokenizers import ByteLevel
 
     alphabet = set(ByteLevel.alphabet())
     special = set(getattr(tokenizer, "all_special_ids", []))
-    counts = []
-    for i, raw in zip(ids, tokenizer.convert_ids_to_tokens(list(ids))):
-        if i in special:
-            counts.append(0)
-        elif BYTE_FALLBACK.fullmatch(raw):
+    offsets, whole = _offsets(tokenizer, text, list(ids))
+    counts, covered, last = [], 0, None  # covered: the text's characters counted so far
+    for n, (i, raw) in enumerate(zip(ids, tokenizer.convert_ids_to_tokens(list(ids)))):
+        end = offsets[n][1] if offsets else covered
+        if BYTE_FALLBACK.fullmatch(raw):
             counts.append(1)
-        elif raw and all(ch in alphabet for ch in raw):
+        elif i not in special and raw and all(ch in alphabet for ch in raw):
             counts.append(len(raw))
+        elif offsets:  # an unknown token stands for its text too; an added BOS covers none
+            counts.append(len(text[covered:max(covered, end)].encode("utf-8")))
+            last = n
+        elif i in special:
+            counts.append(0)
         else:
             counts.append(len(tokenizer.decode([i]).encode("utf-8")))
+        covered = max(covered, end)
+    if last is not None and whole:
+        counts[last] += len(text[covered:].encode("utf-8"))  # what no token covers after the last (a space)
     return counts
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
+def _offsets(tokenizer, text: str | None, ids: list[int]) -> tuple[list | None, bool]:
+    """(the (start, end) characters of each of `ids` in `text` by the fast tokenizer's offset mapping, whether
+    `ids` are all of the text's tokens); (None, False) when the tokenizer gives none or `ids` are not the text's
+    first tokens."""
+    if text is None or not getattr(tokenizer, "is_fast", False):
+        return None, False
+    encoded = tokenize(tokenizer, text, return_offsets_mapping=True)
+    if list(encoded["input_ids"][:len(ids)]) != ids:
+        return None, False
+    return [tuple(o) for o in encoded["offset_mapping"][:len(ids)]], len(encoded["input_ids"]) == len(ids)
+
+
 def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
 
-    The downloads are not in here: they are built when a button is clicked (`exports`)."""
+    The downloads are not in here: they are built when a button is clicked (`exports`). Cached with the model
+    directory's fingerprint (moe.hf.cache.fingerprint), as every table below: a model re-saved in the same
+    directory is analysed again, never answered from the old one's numbers."""
+    return _analyse(path, text, max_tokens, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _analyse(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict:
     loaded, run, tokens, total, ids = _route(path, text, max_tokens)
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
@@ -208,7 +237,7 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
             "score": run.traces[0].config.score,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
-            "token_bytes": token_bytes(loaded.tokenizer, ids.tolist()),
+            "token_bytes": token_bytes(loaded.tokenizer, ids.tolist(), text),
             "context": run.context, "windows": run.windows,
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "demand": [int(t.summary()["demand"]) for t in run.traces],
@@ -226,10 +255,14 @@ def routing_with_loss(run, tokens: list[str]) -> pd.DataFrame:
     return routing.assign(next_token_loss_bits=bits[routing["position"].to_numpy()])
 
 
-@st.cache_data(max_entries=4, show_spinner=False)
 def model_exports(path: str, text: str, max_tokens: int) -> dict[str, str]:
     """The three downloads for one (model, text, max_tokens): the same forward as `analyse`, run again on a
     click (the page does not hold them between clicks). Per-expert CSV and summary JSON as `model-report`."""
+    return _model_exports(path, text, max_tokens, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=4, show_spinner=False)
+def _model_exports(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict[str, str]:
     loaded, run, tokens, _, _ = _route(path, text, max_tokens)
     return {"per_expert_csv": render_report(loaded.name, run, "csv"),
             "routing_csv": routing_with_loss(run, tokens).to_csv(index=False),
@@ -251,11 +284,15 @@ def vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
             for layer, group in words.groupby(level="layer")}
 
 
-@st.cache_data(max_entries=16, show_spinner=False)
 def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) -> dict:
     """The counterfactual forward's load (long table), per-token loss and dropped assignments per layer."""
+    return _counterfactual(path, text, max_tokens, cf, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual, fingerprint: tuple) -> dict:
     loaded = loaded_model(path)
-    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens, EMPTY_TEXT_PAGE)
     run = run_counterfactual(loaded.model, ids, cf, context=loaded.context)
     return {"load": load_share_long(run), "loss": run.token_loss().numpy(),
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
@@ -263,9 +300,14 @@ def counterfactual(path: str, text: str, max_tokens: int, cf: Counterfactual) ->
             "table": layer_table(run), "pooled_aux": run.pooled_aux()}
 
 
-@st.cache_data(max_entries=8, show_spinner=False)
 def counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> pd.DataFrame:
     """The counterfactual at each MoE layer alone (moe.hf.counterfactual.sweep_layers): a row per layer."""
+    return _counterfactual_sweep(path, text, max_tokens, cf, model_cache.fingerprint(path))
+
+
+@st.cache_data(max_entries=8, show_spinner=False)
+def _counterfactual_sweep(path: str, text: str, max_tokens: int, cf: Counterfactual,
+                          fingerprint: tuple) -> pd.DataFrame:
     loaded = loaded_model(path)
-    ids, _ = encode_text(loaded.tokenizer, text, max_tokens)
+    ids, _ = encode_text(loaded.tokenizer, text, max_tokens, EMPTY_TEXT_PAGE)
     return sweep_layers(loaded.model, ids, cf, context=loaded.context)

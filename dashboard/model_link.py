@@ -9,6 +9,7 @@ clicks Load, and then opened only under the server's roots (moe.roots). A bundle
 from __future__ import annotations
 
 import math
+import re
 
 from moe.config import DROP_POLICIES
 from moe.hf.counterfactual import BIASES
@@ -56,7 +57,11 @@ def _parse(state_key: str, kind: type, text: str):
     if kind is str:
         if state_key in CHOICES and text not in CHOICES[state_key]:
             raise ValueError
+        if state_key == "cf_layer" and text != "all":  # a decoder layer: ASCII digits in range, or "all"
+            _parse("model_layer", int, text)
         return text
+    if kind is int and not re.fullmatch(r"-?[0-9]{1,9}", text):  # int() would take " 1", "1_0" and "٣"
+        raise ValueError
     value = kind(text)
     if kind is float and not math.isfinite(value):
         raise ValueError

@@ -39,7 +39,7 @@ LIVE_SWITCHED, LIVE_TICK_MS = "live_switched", "live_tick_ms"  # balancing just 
 MODEL_LAST = "model_last"               # the last good analysis (shown under an error)
 MODEL_LINK_NOTES = "model_link_notes"   # the link's Model keys that were refused
 MODEL_LINK_DIR = LINK_DIR_KEY           # a model directory named by the link, waiting for a click
-CF_LAST = "cf_last"                     # the last good counterfactual
+CF_LAST = "cf_last"                     # the last good counterfactual: ((path, text, max_tokens, fingerprint), tables)
 CF_DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 0.0, "cf_drop": "position",
                "cf_temperature": 1.0, "cf_bias_expert": -1, "cf_bias": "hot", "cf_sweep": False}
 # --- Runs page

@@ -277,9 +277,10 @@ DEFINITIONS: dict[str, str] = {
                               "optionally a counterfactual routing): aux loss pooled over every MoE layer (the Model "
                               "page's pooled aux); CV, max/mean load and dead fraction the mean over MoE layers of "
                               "each layer's value; dropped fraction `Σ_layers dropped / Σ_layers demand`; loss the "
-                              "mean next-token loss in bits per token over the text. The Δ column is `B − A` of the "
-                              "unrounded values (4 significant digits shown); the two heatmaps share one colour scale "
-                              "and the two loss charts one y range.",
+                              "mean next-token loss in bits per token over the text, and in bits per byte (total "
+                              "bits / UTF-8 bytes of the predicted tokens, as the loss chart's title). The Δ column "
+                              "is `B − A` of the unrounded values (4 significant digits shown); the two heatmaps "
+                              "share one colour scale and the two loss charts one y range.",
     # --- the Model page's loss chart
     "rolling_loss": "the rolling mean of the next-token loss: at position s, the mean of the bits of the last 32 "
                     "predicted tokens up to s (fewer at the start: of positions 1..s).",

@@ -38,9 +38,9 @@ class TopKRouter(nn.Module):
         self.register_buffer("expert_bias", bias)  # (E,)
 
     def forward(self, x: Tensor, cfg: MoEConfig, generator: torch.Generator,
-                seq_len: int | None = None) -> Routing:
+                seq_len: int | None = None, capacity_rows: slice | None = None) -> Routing:
         logits = router_logits(x, self.weight, cfg, generator)  # (T, E)
-        return route(logits, self.expert_bias, cfg, seq_len)
+        return route(logits, self.expert_bias, cfg, seq_len, capacity_rows)
 
 
 def router_logits(x: Tensor, weight: Tensor, cfg: MoEConfig, generator: torch.Generator) -> Tensor:
@@ -72,11 +72,15 @@ def scores_and_probs(logits: Tensor, cfg: MoEConfig) -> tuple[Tensor, Tensor]:
     return s, s / s.sum(dim=-1, keepdim=True)
 
 
-def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | None = None) -> Routing:
+def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | None = None,
+          capacity_rows: slice | None = None) -> Routing:
     """Select experts for every token, apply capacity, and build the (T, E) gate matrix.
 
     seq_len: tokens per sequence S (T = B·S); with capacity_scope="sequence" capacity applies to
     each sequence separately. None means one sequence of T tokens.
+    capacity_rows (a contiguous slice of one sequence's rows; top-k and hash routers): capacity is ranked among
+    these rows alone, C from their count, and the other rows are served in full (a window's scored tokens and
+    its context: moe.hf.windows).
     """
     T, E = logits.shape
     score, probs = scores_and_probs(logits, cfg)
@@ -106,7 +110,21 @@ def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | No
     gates = torch.zeros(T, E, device=logits.device).scatter_(1, idx, w)  # (T, E)
     if C is None:
         return Routing(logits, probs, routed, routed, gates, idx, w, C)
+    if capacity_rows is not None:
+        if S != T:
+            raise ValueError(f"capacity_rows rank capacity within one sequence; got {T // S} sequences of {S}: "
+                             "give one sequence (B = 1)")
+        return _capacity_among(logits, probs, routed, gates, idx, w, cfg, capacity_rows)
     served = _apply_capacity(routed.view(-1, S, E), probs.view(-1, S, E), C, cfg.drop_policy).view(T, E)
+    return Routing(logits, probs, routed, served, torch.where(served, gates, 0.0), idx, w, C)
+
+
+def _capacity_among(logits, probs, routed, gates, idx, w, cfg: MoEConfig, rows: slice) -> Routing:
+    """Capacity over `rows` alone (C from their count); every other row keeps all its experts."""
+    T, E = routed.shape
+    C = cfg.capacity(len(range(T)[rows]))
+    served = routed.clone()  # (T, E)
+    served[rows] = _apply_capacity(routed[rows][None], probs[rows][None], C, cfg.drop_policy)[0]
     return Routing(logits, probs, routed, served, torch.where(served, gates, 0.0), idx, w, C)
 
 

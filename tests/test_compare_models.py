@@ -12,6 +12,7 @@ import pytest
 import torch
 from dashboard.compare_models import counterfactual_from, is_model_link, model_headline, parse_model_side
 from dashboard.model_link import EXAMPLES
+from dashboard.quoting import quote
 from dashboard.state import model_defaults
 from moe.hf.counterfactual import run_counterfactual
 from moe.hf.instrument import run_model
@@ -55,11 +56,12 @@ def _independent(path: str, text: str, cf=None) -> dict:
     acc = StatsAccumulator()
     for t in run.traces:
         acc.update(t)
-    loss = torch.nn.functional.cross_entropy(run.logits[:-1], ids[1:], reduction="mean").item() / np.log(2)
+    bits = torch.nn.functional.cross_entropy(run.logits[:-1], ids[1:], reduction="sum").item() / np.log(2)
+    predicted_bytes = len(bytes(ids[1:].tolist()))  # the byte tokenizer: a token is the byte of its id
     return {"aux_loss": acc.summary()["aux_loss"],
             **{k: float(np.mean([s[k] for s in summaries])) for k in ("cv", "max_over_mean", "dead_fraction")},
             "dropped_fraction": sum(s["dropped"] for s in summaries) / sum(s["demand"] for s in summaries),
-            "loss_bits": loss}
+            "loss_bits": bits / (ids.numel() - 1), "loss_bits_per_byte": bits / predicted_bytes}
 
 
 def test_a_model_against_its_counterfactual_matches_the_models_own_forwards():
@@ -71,7 +73,8 @@ def test_a_model_against_its_counterfactual_matches_the_models_own_forwards():
     cold = _independent(path, EXAMPLES["prose"], counterfactual_from({**model_defaults(), "cf_bias_expert": 0,
                                                                        "cf_bias": "cold"}))
     rows = dict(zip(table.index, zip(table["A"], table["B"], table["B − A"])))
-    keys = ["aux_loss", "cv", "max_over_mean", "dead_fraction", "dropped_fraction", "loss_bits"]
+    keys = ["aux_loss", "cv", "max_over_mean", "dead_fraction", "dropped_fraction", "loss_bits", "loss_bits_per_byte"]
+    assert len(rows) == len(keys) and list(rows)[-1] == "loss (bits per byte)"
     for (label, (a, b, d)), key in zip(rows.items(), keys):
         assert a == pytest.approx(own[key], rel=1e-5, abs=1e-7), label
         assert b == pytest.approx(cold[key], rel=1e-5, abs=1e-7), label
@@ -136,6 +139,28 @@ def test_model_links_are_told_from_playground_links(text, model):
 def test_the_headline_of_tables_is_their_plain_arithmetic():
     import pandas as pd
     tables = {"pooled_aux": 1.25, "dropped": [1, 3], "demand": [10, 30], "loss": np.log(2) * np.array([1.0, 3.0]),
-              "table": pd.DataFrame({"cv": [0.1, 0.3], "max_over_mean": [1.0, 2.0], "dead_fraction": [0.0, 0.5]})}
+              "table": pd.DataFrame({"cv": [0.1, 0.3], "max_over_mean": [1.0, 2.0], "dead_fraction": [0.0, 0.5]}),
+              "token_bytes": [5, 2, 6]}  # the first token is not predicted: 4 bits over 2 + 6 bytes
     assert model_headline(tables) == pytest.approx({"aux_loss": 1.25, "cv": 0.2, "max_over_mean": 1.5,
-                                                    "dead_fraction": 0.25, "dropped_fraction": 0.1, "loss_bits": 2.0})
+                                                    "dead_fraction": 0.25, "dropped_fraction": 0.1, "loss_bits": 2.0,
+                                                    "loss_bits_per_byte": 0.5})
+
+
+@pytest.mark.parametrize("layer", ["x", "1.5", "٣", " 1", "1_0"])
+def test_a_bad_counterfactual_layer_in_a_model_side_is_a_note_and_the_default(layer):
+    """parse_model_side never raises: a layer that is not `all` or ASCII digits is ignored (named, quoted) and the
+    counterfactual applies to every layer, as the Model page's default does."""
+    query = urlencode({"view": "Model", "mex": "prose", "cfon": "1", "cfk": "1", "cflayer": layer})
+    side = parse_model_side(query, model_defaults())
+    assert side.spec is not None and side.spec.cf is not None and side.spec.cf.layers is None
+    assert side.notes == [f"ignored cflayer={quote(layer)} in the link"]
+    at = open_app({"view": "Compare", "a": query})
+    assert not at.exception
+    notes = [m.value for m in [*at.warning, *at.info, *at.caption, *at.markdown] if "cflayer" in m.value]
+    assert len(notes) == 1 and "\n" not in notes[0].strip()
+    assert side.notes[0] in notes[0]
+
+
+def test_a_counterfactual_layer_of_digits_is_taken():
+    side = parse_model_side(urlencode({"mex": "prose", "cfon": "1", "cfk": "1", "cflayer": "2"}), model_defaults())
+    assert side.notes == [] and side.spec.cf.layers == (2,)

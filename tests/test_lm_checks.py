@@ -35,7 +35,7 @@ def test_out_must_be_a_new_or_empty_directory_or_one_train_lm_wrote(tmp_path, ca
              "/": "holds other files", str(tmp_path / "other"): "holds other files",
              str(tmp_path / "file.txt" / "sub"): "cannot be"}
     for out, message in cases.items():
-        assert message in _refusal(["train-lm", "--out", out, "--steps", "1"], capsys)
+        assert message in _refusal(["train-lm", "--out", out, "--steps", "3"], capsys)
     assert (tmp_path / "other" / "notes.md").read_text() == "mine" and os.listdir(tmp_path / "other") == ["notes.md"]
     # accepted: a new (nested) directory, an empty one, and one that train-lm wrote before
     (tmp_path / "empty").mkdir()

@@ -101,3 +101,22 @@ def test_the_report_prints_bits_per_byte_at_each_window_length():
     lines = format_report(report).splitlines()
     assert lines[1:5] == ["held-out bits per byte: 1.250 (windows of 512 bytes)", "  in windows of 128 bytes: 1.500",
                           "  in windows of 256 bytes: 1.375", "  in windows of 512 bytes: 1.250"]
+
+
+def test_fewer_steps_than_curriculum_lengths_are_refused_so_the_declared_context_is_always_trained(capsys):
+    """--steps 1 or 2 would train only at 128 (and 256) yet declare 512 positions: refused in one line. With at least
+    one step per length, the last step trains at seq_len, the context the model declares."""
+    from moe.cli.main import main
+    from moe.hf.lm_train import phase_length
+
+    for steps in (1, 2):
+        with pytest.raises(ValueError, match=f"--steps {steps} .* 3 lengths"):
+            LMTrainConfig(steps=steps)
+        assert main(["train-lm", "--out", "x", "--steps", str(steps)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--steps" in err[0]
+    for steps in range(3, 40):
+        cfg = LMTrainConfig(steps=steps)
+        trained = {phase_length(cfg, s) for s in range(steps)}
+        assert trained == {128, 256, 512} and max(trained) == cfg.seq_len
+    assert LMTrainConfig(seq_len=64, curriculum=(64,), steps=1).steps == 1

@@ -36,7 +36,7 @@ def test_json_report_has_one_entry_per_decoder_layer_with_the_engine_numbers(mod
     code, out, err = _run(["model-report", "--model", str(model_dir), "--text", text], capsys)
     assert code == 0, err
     report = json.loads(out)
-    assert set(report) == {"model", "tokens", "context", "windows", "token_loss_bits", "layers"}
+    assert set(report) == {"model", "tokens", "context", "windows", "token_loss_bits", "token_top1", "layers"}
     assert report["model"] == "tiny-mixtral" and report["tokens"] == len(text.encode())
     assert report["context"] == 128 and report["windows"] == 1  # max_position_embeddings; no training.json
     assert [layer["layer"] for layer in report["layers"]] == [0, 1]
@@ -286,3 +286,18 @@ def test_the_sweep_is_each_layer_alone_computed_directly(model_dir, capsys):
     code, out, err = _run([*base, "--cf-top-k", "1"], capsys)
     assert "sweep" not in json.loads(out)
     assert "--format json" in _refusal([*base, "--cf-sweep", "--format", "csv"], capsys)
+
+
+def test_a_typed_special_token_name_is_read_as_its_text(model_dir, capsys):
+    """`<|endoftext|>` typed in a text is 13 bytes of text, not the EOS token (which stands for no bytes)."""
+    from moe.hf.load import load_model
+    from moe.hf.report import EMPTY_TEXT_CLI, EMPTY_TEXT_PAGE, encode_text
+
+    text = "a<|endoftext|>b"
+    ids, total = encode_text(load_model(str(model_dir)).tokenizer, text, 64)
+    assert ids.tolist() == list(text.encode("utf-8")) and total == 15
+    code, out, _ = _run(["model-report", "--model", str(model_dir), "--text", text], capsys)
+    assert code == 0 and json.loads(out)["tokens"] == 15
+    with pytest.raises(ValueError, match="type a text") as err:
+        encode_text(load_model(str(model_dir)).tokenizer, "  ", 64, EMPTY_TEXT_PAGE)
+    assert "--text" not in str(err.value) and "--text-file" in EMPTY_TEXT_CLI

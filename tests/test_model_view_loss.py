@@ -87,13 +87,12 @@ def test_token_bytes_count_each_byte_token_once(model_dir):
 
 def test_the_view_has_context_windows_and_byte_counts(model_dir):
     from dashboard.loaders import analyse
+    from moe.hf.windows import plan_windows
 
-    text = "def f(x):\n    return x  # é\n"
-    view = analyse(model_dir, text, 64)
-    assert sum(view["token_bytes"]) == len(text.encode("utf-8"))
-    assert view["windows"] >= 1
-    if view["windows"] > 1:
-        assert view["context"] is not None and view["context"] < len(view["tokens"])
+    text = "def f(x):\n    return x  # é\n" * 10  # 290 bytes: longer than the tiny model's 128 positions
+    view = analyse(model_dir, text, 400)
+    assert sum(view["token_bytes"]) == len(text.encode("utf-8")) == len(view["tokens"]) == 290
+    assert view["context"] == 128 < len(view["tokens"]) and view["windows"] == len(plan_windows(290, 128)) == 4
 
 
 def test_the_per_token_download_has_each_tokens_next_token_loss(model_dir):
@@ -130,3 +129,78 @@ def test_the_page_states_the_context_and_defines_the_loss_numbers(model_dir):
     assert context_note(view["context"], view["windows"], len(view["tokens"])) in captions
     loss_caption = next(c for c in captions if c.startswith("Next-token loss of token s+1"))
     assert DEFINITIONS["rolling_loss"] in loss_caption and DEFINITIONS["text_bits_per_byte"] in loss_caption
+
+
+def _metaspace_tokenizer():
+    """A SentencePiece-style word-level tokenizer built here (no download): `▁` stands for the space before a word
+    and decoding one token alone drops it (decode(["▁cat"]) == "cat")."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "▁the": 1, "▁cat": 2, "▁sat": 3, "▁é": 4, "<|endoftext|>": 5}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="always")
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", eos_token="<|endoftext|>")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("the cat sat", [3, 4, 4]),               # "the", " cat", " sat": the spaces are the text's, counted once
+    ("the  cat é sat ", [3, 1, 4, 3, 4, 1]),  # two spaces (one an unknown piece), é is 2 bytes, a trailing space
+])
+def test_token_bytes_of_a_sentencepiece_tokenizer_sum_to_the_texts_bytes(text, expected):
+    from dashboard.loaders import token_bytes
+
+    tokenizer = _metaspace_tokenizer()
+    ids = tokenizer(text)["input_ids"]
+    assert tokenizer.decode([ids[1]]) in ("cat", "[UNK]")  # decoding alone loses the space: not the measure
+    counts = token_bytes(tokenizer, ids, text)
+    assert counts == expected and sum(counts) == len(text.encode("utf-8"))
+    assert token_bytes(tokenizer, ids[:2], text) == expected[:2]  # a text cut to max_tokens: its first tokens
+
+
+def test_token_bytes_of_the_bundled_byte_tokenizer_are_unchanged_with_the_text(model_dir):
+    from dashboard.loaders import token_bytes
+    from moe.hf.load import load_model
+
+    tokenizer = load_model(model_dir).tokenizer
+    text = "é€ a\n"
+    ids = tokenizer(text)["input_ids"]
+    assert token_bytes(tokenizer, ids, text) == token_bytes(tokenizer, ids) == [1] * len(text.encode("utf-8"))
+
+
+def test_the_page_says_type_a_text_for_an_empty_text_not_the_cli_flags(model_dir):
+    from dashboard.loaders import analyse, counterfactual
+    from moe.hf.counterfactual import Counterfactual
+
+    calls = (lambda: analyse(model_dir, " \n", 32), lambda: counterfactual(model_dir, "", 32, Counterfactual(top_k=1)))
+    for call in calls:
+        with pytest.raises(ValueError) as err:
+            call()
+        assert str(err.value) == "the text is empty; type a text to route"
+
+
+def test_the_reports_per_token_top1_is_the_per_token_downloads_first_expert(model_dir, capsys):
+    """model-report's JSON has each token's routing next to its loss: token_top1[i][s] is the first expert of the
+    page's per-token download at (layers[i], position s), and the argmax of that layer's router logits."""
+    import json
+
+    from dashboard.loaders import model_exports
+    from moe.cli.main import main
+    from moe.hf.instrument import run_model
+    from moe.hf.load import load_model
+
+    text, max_tokens = "while True:\n    x += 1  # é\n", 24
+    files = model_exports(model_dir, text, max_tokens)
+    report = json.loads(files["summary_json"])
+    routing = pd.read_csv(io.StringIO(files["routing_csv"]))
+    layers = [entry["layer"] for entry in report["layers"]]
+    assert len(report["token_top1"]) == len(layers) and report["tokens"] == max_tokens
+    for i, layer in enumerate(layers):
+        rows = routing[routing.layer == layer].sort_values("position")
+        assert report["token_top1"][i] == [int(e.split()[0]) for e in rows.experts]
+    loaded = load_model(model_dir)
+    run = run_model(loaded.model, loaded.tokenizer(text, return_tensors="pt")["input_ids"][0, :max_tokens])
+    assert report["token_top1"] == [t.router_logits.argmax(-1).tolist() for t in run.traces]
+    assert main(["model-report", "--model", model_dir, "--text", text, "--max-tokens", str(max_tokens)]) == 0
+    assert json.loads(capsys.readouterr().out)["token_top1"] == report["token_top1"]

@@ -118,18 +118,21 @@ def test_stat_rows_of_a_dropless_layer_are_the_statistics_of_those_rows_alone(mo
     assert trace.sums.near_zero.sum() > 0  # the near-zero count was exercised, not vacuous
 
 
-def test_stat_rows_with_capacity_keep_the_whole_forwards_decisions():
-    layer, x = _layer(capacity_factor=0.75), _x()
+@pytest.mark.parametrize("policy", ["position", "probs"])
+def test_stat_rows_with_capacity_rank_capacity_among_those_rows_alone(policy):
+    """A window's scored rows compete for capacity among themselves (C from their count), as if routed alone; the
+    rows before them (context, scored in an earlier window) are served in full, so they use up no capacity."""
+    layer, x = _layer(capacity_factor=0.75, drop_policy=policy), _x()
     rows = slice(12, 30)
-    _, full = layer(x)
-    _, trace = layer(x, stat_rows=rows)
-    _, alone = layer(x[rows])
-    assert full.sums.demand.sum() > full.sums.served.sum()  # the capacity drops something
-    assert torch.equal(trace.served, full.served[rows])
-    assert not torch.equal(trace.served, alone.served)  # capacity over 18 rows decides otherwise
-    assert trace.sums.served.tolist() == full.served[rows].sum(dim=0).tolist()
-    assert trace.sums.demand.tolist() == full.routed[rows].sum(dim=0).tolist()
-    assert trace.capacity == full.capacity
+    y, trace = layer(x, stat_rows=rows)
+    y_alone, alone = layer(x[rows])
+    y_free, free = layer.reconfigured(layer.cfg.replace(capacity_factor=None))(x)
+    assert alone.sums.demand.sum() > alone.sums.served.sum()  # the capacity drops something
+    assert torch.equal(trace.served, alone.served) and trace.capacity == alone.capacity == math.ceil(0.75 * 18 * 2 / 6)
+    torch.testing.assert_close(y[rows], y_alone, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[:12], y_free[:12], rtol=1e-5, atol=1e-6)  # the context rows: nothing dropped
+    assert trace.sums.served.tolist() == alone.served.sum(dim=0).tolist()
+    assert trace.sums.demand.tolist() == free.routed[rows].sum(dim=0).tolist()
 
 
 def test_stat_rows_covering_everything_equal_no_stat_rows():
@@ -206,20 +209,36 @@ def test_a_text_of_three_contexts_is_read_in_windows_each_token_from_its_scoring
         assert torch.equal(trace.coactivation, trace.served.float().t() @ trace.served.float())
 
 
-def test_a_counterfactual_on_a_long_text_decides_capacity_over_each_whole_window(model):
+def _naive_position_capacity(routed: torch.Tensor, factor: float, top_k: int) -> torch.Tensor:
+    """Token by token: an expert serves the first ceil(factor·T·K/E) tokens that choose it, in text order."""
+    T, E = routed.shape
+    C = math.ceil(factor * T * top_k / E)
+    taken, served = [0] * E, torch.zeros_like(routed)
+    for t in range(T):
+        for e in range(E):
+            if routed[t, e] and taken[e] < C:
+                served[t, e], taken[e] = True, taken[e] + 1
+    return served
+
+
+def test_a_counterfactual_on_a_long_text_ranks_capacity_among_each_windows_scored_tokens(model):
+    """Every window's scored tokens face the same rule: capacity over them alone (the first window's are all its
+    tokens), so a later window does not report more drops because its context used up the capacity."""
     n = 3 * CONTEXT
     ids = _ids(n)
     cf = Counterfactual(capacity_factor=0.5, drop_policy="position")
     run = run_counterfactual(model, ids, cf)
     assert run.windows == 5 and run.context == CONTEXT and run.token_loss().shape == (n - 1,)
     assert sum(t.summary()["dropped"] for t in run.traces) > 0
-    for w in plan_windows(n, CONTEXT):
-        alone = run_counterfactual(model, ids[w.start:w.end], cf)  # fits: one forward of the window
-        assert alone.windows == 1
-        rows = slice(w.score_from - w.start, w.end - w.start)
-        for merged, direct in zip(run.traces, alone.traces):
-            assert torch.equal(merged.served[w.score_from:w.end], direct.served[rows])
-        torch.testing.assert_close(run.logits[w.score_from:w.end], alone.logits[rows], rtol=1e-5, atol=1e-5)
+    windows = plan_windows(n, CONTEXT)
+    for w in windows:
+        for trace in run.traces:
+            scored = slice(w.score_from, w.end)
+            assert torch.equal(trace.served[scored], _naive_position_capacity(trace.routed[scored], 0.5, 2))
+    first = run_counterfactual(model, ids[:CONTEXT], cf)  # the first window is one forward of its tokens
+    for merged, direct in zip(run.traces, first.traces):
+        assert torch.equal(merged.served[:CONTEXT], direct.served)
+    torch.testing.assert_close(run.logits[:CONTEXT], first.logits, rtol=1e-5, atol=1e-5)
 
 
 def test_an_explicit_context_overrides_the_config(model):

@@ -61,6 +61,6 @@ def delta(a: dict, b: dict) -> None:
     st.markdown("**Headline numbers**")
     st.table(table.style.format("{:.4g}"))
     st.caption(caption("compare_model_headline", "pooled_aux", "cv", "max_over_mean", "dead_fraction",
-                       "dropped_fraction"))
+                       "dropped_fraction", "text_bits_per_byte"))
     if "sigmoid" in (a.get("score"), b.get("score")):
         st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']}")

@@ -11,6 +11,7 @@ import streamlit as st
 
 from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
+from moe.hf import cache as model_cache
 from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIASES, Counterfactual
 from moe.metrics import nats_to_bits
 
@@ -75,18 +76,20 @@ def render(view: dict, path: str, text: str, max_tokens: int) -> None:
 
 
 def _counterfactual(view: dict, path: str, text: str, max_tokens: int, cf: Counterfactual) -> dict | None:
-    """The counterfactual's tables (the model's own when nothing changed), the last good one under an error."""
+    """The counterfactual's tables (the model's own when nothing changed); under an error the last good one, only
+    when it ran the same model files on the same text: two models with one tokenizer have equal token counts."""
     if not cf.changed():  # Counterfactual() reproduces the model exactly (tested): no second forward
         return {"load": view["load"], "loss": view["loss"], "dropped": view["dropped"]}
+    ran_on = (path, text, max_tokens, model_cache.fingerprint(path))
     try:
         with st.spinner("Rerunning the text with the counterfactual routing…", show_time=True):
             new = loaders.counterfactual(path, text, max_tokens, cf)
-        st.session_state[state.CF_LAST] = new
+        st.session_state[state.CF_LAST] = (ran_on, new)
         return new
     except Exception as err:  # a bad combination (top_k over the kept groups, …): a message, the last good one
         st.error(f"Could not run this counterfactual: {_detail(err)}", icon="⚠️")
-        new = st.session_state.get(state.CF_LAST)
-        if new is None or len(new["loss"]) != len(view["loss"]):
+        last_on, new = st.session_state.get(state.CF_LAST) or (None, None)
+        if last_on != ran_on:
             return None
         st.info("Showing the last good counterfactual below.")
         return new
@@ -113,7 +116,15 @@ def _draw(view: dict, new: dict, cf: Counterfactual) -> None:
                     key="cf_loss")
     st.caption(f"Loss of token s+1: {DEFINITIONS['next_token_loss']} Δ: {DEFINITIONS['counterfactual_loss_delta']} "
                "Dropped = `Σ_layers Σ_e (demand_e − served_e)` over the counterfactual forward. Both heatmaps "
-               "share one colour scale, 0 to the larger of their largest shares.")
+               "share one colour scale, 0 to the larger of their largest shares." + _windows_note(view, cf))
+
+
+def _windows_note(view: dict, cf: Counterfactual) -> str:
+    """How a capacity is counted on a text read in several windows ("" otherwise)."""
+    if view["windows"] <= 1 or cf.capacity_factor is None:
+        return ""
+    return (f" The text is read in {view['windows']} windows: the capacity is ranked among each window's scored "
+            "tokens alone (C from their count); its context tokens, scored in an earlier window, are served in full.")
 
 
 def _sweep(path: str, text: str, max_tokens: int, cf: Counterfactual) -> None:

@@ -18,11 +18,20 @@ _LOCK = threading.Lock()
 _MODELS: OrderedDict[tuple, LoadedModel] = OrderedDict()
 
 
+def fingerprint(path: str) -> tuple:
+    """Every file's (name, size, time) in the directory: changes when a model is re-saved there. Results computed
+    from a model are keyed on it too, so they follow the model the cache loads. Empty when the directory cannot be
+    listed (the load then says why, in one line)."""
+    try:
+        return tuple(sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in pathlib.Path(path).iterdir()
+                            if f.is_file()))
+    except OSError:
+        return ()
+
+
 def _key(path: str, tokens: int) -> tuple:
-    """The directory, the token bound, and every file's size and time: a re-saved model is loaded again."""
-    files = sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in pathlib.Path(path).iterdir()
-                   if f.is_file())
-    return str(path), tokens, tuple(files)
+    """The directory, the token bound, and the directory's fingerprint: a re-saved model is loaded again."""
+    return str(path), tokens, fingerprint(path)
 
 
 def _need(kept: list[LoadedModel], estimate: dict) -> int:

@@ -68,6 +68,10 @@ class LMTrainConfig:
         if not lengths or list(lengths) != sorted(set(lengths)) or lengths[0] < 2 or lengths[-1] != self.seq_len:
             raise ValueError(f"curriculum {lengths} must be increasing lengths of at least 2 ending at seq_len "
                              f"{self.seq_len}; e.g. ({self.seq_len},) to train at one length")
+        if self.steps < len(lengths):  # a length with no step: the model would declare a context it never trained at
+            raise ValueError(f"--steps {self.steps} is fewer than the curriculum's {len(lengths)} lengths "
+                             f"{lengths}: each length needs a step, so the model is trained at the {self.seq_len} "
+                             f"positions it declares; give --steps {len(lengths)} or more")
         if self.arch not in ARCHES:
             raise ValueError(f"--arch {self.arch!r} is not one train-lm builds; give one of {', '.join(ARCHES)}")
         if self.arch == "deepseek_v3":

@@ -1,9 +1,11 @@
 """The `model-report` document (the command is moe/cli/model_report.py): per-layer routing of a local MoE
 causal LM on a text, as JSON or CSV.
 
-JSON: {"model", "tokens", "context", "windows", "token_loss_bits", "layers": [{"layer", "summary", "per_expert":
-[...]}]}, `layer` the index of the model's decoder layer; `context` the most positions one forward held, `windows`
-the forwards (moe.hf.windows), `token_loss_bits` entry s the loss of token s+1 given tokens ≤ s, in bits.
+JSON: {"model", "tokens", "context", "windows", "token_loss_bits", "token_top1", "layers": [{"layer", "summary",
+"per_expert": [...]}]}, `layer` the index of the model's decoder layer; `context` the model's context (the most
+positions a forward may hold: moe.hf.windows.model_context), `windows` the forwards (moe.hf.windows),
+`token_loss_bits` entry s the loss of token s+1 given tokens ≤ s, in bits; `token_top1[i][s]` the top-1 expert of
+token s at the i-th entry of `layers` (the routing next to each token's loss).
 CSV: one row per (layer, expert): `layer`, then the per-expert columns.
 With --cf-* options (JSON only) a "counterfactual" entry adds the same text rerun with those routing settings:
 {"settings", "mean_loss_bits": {"own", "counterfactual", "delta"}, "context", "windows", "token_loss_bits",
@@ -28,13 +30,24 @@ DEFAULT_MAX_TOKENS = 1024
 # --text-file is cut before tokenising: at most this many bytes per requested token are read (a generous bound:
 # BPE tokens average ~4 bytes, the bundled byte model's are 1), so --max-tokens bounds the memory, not the file.
 READ_BYTES_PER_TOKEN = 64
+EMPTY_TEXT_CLI = "the text is empty; give some text to route (--text or --text-file)"
+EMPTY_TEXT_PAGE = "the text is empty; type a text to route"
 
 
-def encode_text(tokenizer, text: str, max_tokens: int) -> tuple[torch.Tensor, int]:
-    """Token ids (S,) of `text`, cut to max_tokens, and the untruncated count (ValueError on an empty text)."""
+def tokenize(tokenizer, text: str, **options) -> dict:
+    """tokenizer(text): a special token's name typed in the text (e.g. `<|endoftext|>`) is read as text, not as
+    the special token (which stands for no bytes), when the tokenizer can (transformers' split_special_tokens)."""
+    if hasattr(tokenizer, "split_special_tokens"):
+        options = {"split_special_tokens": True, **options}
+    return tokenizer(text, **options)
+
+
+def encode_text(tokenizer, text: str, max_tokens: int, empty: str = EMPTY_TEXT_CLI) -> tuple[torch.Tensor, int]:
+    """Token ids (S,) of `text`, cut to max_tokens, and the untruncated count (ValueError on an empty text, with
+    the message `empty`: the CLI names its flags, the web page says to type a text)."""
     if not text or not text.strip():
-        raise ValueError("the text is empty; give some text to route (--text or --text-file)")
-    ids = tokenizer(text)["input_ids"]
+        raise ValueError(empty)
+    ids = tokenize(tokenizer, text)["input_ids"]
     if not ids:
         raise ValueError("the text produced no tokens; give some text to route")
     return torch.tensor(ids[:max_tokens], dtype=torch.long), len(ids)
@@ -51,7 +64,7 @@ def report_dict(name: str, run) -> dict:
     layers = [{"layer": layer, "summary": trace.summary(), "per_expert": trace.per_expert().to_dict("records")}
               for layer, trace in zip(run.layers, run.traces)]
     return {"model": name, "tokens": int(run.input_ids.numel()), "context": run.context, "windows": run.windows,
-            "token_loss_bits": token_loss_bits(run), "layers": layers}
+            "token_loss_bits": token_loss_bits(run), "token_top1": run.top1().tolist(), "layers": layers}
 
 
 def token_loss_bits(run) -> list[float]:
