@@ -153,3 +153,23 @@ def test_evaluate_counts_mixtrals_top_k_of_its_router_logits():
                 count[e] += 1
         expected.append(max(count) / (sum(count) / 8))
     assert got["load_max_over_mean"] == pytest.approx(expected)
+
+
+def test_the_pages_top1_is_the_routers_highest_weighted_selected_expert_as_the_cards_nmi_reads_it():
+    """For the bundled DeepSeek-style model the highest biased score (selection) and the highest weight (the unbiased
+    score) disagree on some tokens: ModelRun.top1 is the highest weight among the selected, as selected_top1 reads the
+    HF router's own (index, weights) output."""
+    from moe.hf.instrument import run_model
+    from moe.hf.lm_arch import selected_top1
+    from moe.hf.load import BUNDLED_MODELS, load_model
+
+    loaded = load_model(BUNDLED_MODELS["pydoc-deepseek"])
+    ids = loaded.tokenizer("def area(r):\n    return 3.14159 * r * r  # the area of a circle\n" * 3,
+                           return_tensors="pt")["input_ids"][0]
+    run = run_model(loaded.model, ids)
+    with capture_selection(loaded.model) as picks, torch.no_grad():
+        loaded.model(input_ids=ids[None])
+        first_selected = torch.stack([torch.cat([i for i, _ in seen])[:, 0] for seen in picks])  # (layers, T)
+        theirs = selected_top1(picks)
+    assert torch.equal(run.top1(), theirs)
+    assert (first_selected != theirs).any()  # the two readings differ here: the test can tell them apart

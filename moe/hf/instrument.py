@@ -143,8 +143,12 @@ class ModelRun:
         return nats_to_bits(float(self.token_loss().mean()))
 
     def top1(self) -> Tensor:
-        """Top-1 expert of every token at every MoE layer (L, S)."""
-        return torch.stack([t.top_k_index[:, 0] for t in self.traces])
+        """Top-1 expert of every token at every MoE layer (L, S): its selected expert with the largest combine weight.
+        For a softmax router that is the highest probability; a biased router (DeepSeek-V3) selects by score + bias
+        and weighs by the score, so its first selected expert is not always the heaviest (lm_arch.selected_top1, the
+        cards' NMI, reads the same)."""
+        return torch.stack([t.top_k_index.gather(1, t.top_k_weights.argmax(dim=1, keepdim=True)).squeeze(1)
+                            for t in self.traces])
 
     def pooled_aux(self) -> float:
         """The Switch aux (`E·Σ f̄_e·P̄_e`, the per-layer rows' scale) of all layers' routing pooled together."""
