@@ -15,6 +15,7 @@ from moe.metrics import nats_to_bits
 from dashboard.figures.core import LEFT, axis, expert_xaxis, layout, shared_range
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
+TOKEN_BOX_LINES = 12  # token_html: lines shown at once; a longer text scrolls inside its box
 TOKEN_CLASS = "moe-tok-e"  # token_html: the CSS class of expert e's tokens is f"{TOKEN_CLASS}{e}"
 # Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
 # common fonts have (Debian's Chromium draws ␠ and ␍ as empty boxes); a carriage return shows as \r.
@@ -53,7 +54,10 @@ def token_html(tokens: list[str], top1: list[int], colors: list[str]) -> str:
     more = len(tokens) - TOKEN_HTML_LIMIT
     tail = f"<p>… {more} more tokens not drawn</p>" if more > 0 else ""
     style = f"<style>.{TOKEN_CLASS}s span{{white-space:pre-wrap;font-family:monospace}}{rules}</style>"
-    return style + f'<div class="{TOKEN_CLASS}s" style="line-height:1.9">' + "".join(spans) + "</div>" + tail
+    # a long text scrolls inside a box of TOKEN_BOX_LINES lines: the charts stay near the text box, and the
+    # browser paints the visible lines only (`contain`: nothing inside changes the page's layout)
+    box = f"line-height:1.9;max-height:{1.9 * TOKEN_BOX_LINES:g}em;overflow-y:auto;contain:content"
+    return style + f'<div class="{TOKEN_CLASS}s" style="{box}">' + "".join(spans) + "</div>" + tail
 
 
 def quoted_labels(tokens: list[str]) -> list[str]:
