@@ -20,7 +20,10 @@ def test_token_html_colours_each_token_by_its_expert_and_escapes():
     html = token_html(["<a>", "\n", "b"], [2, 0, 1], ["#111111", "#222222", "#333333"])
     assert html.count("<span") == 3
     assert "&lt;a&gt;" in html and "<a>" not in html
-    assert 'title="expert 2" style="background:#33333355' in html
+    # each span names its expert's class; the class's one rule gives that expert's colour
+    assert 'title="expert 2" class="moe-tok-e2">&lt;a&gt;</span>' in html
+    assert ".moe-tok-e2{background:#33333355;border-bottom:3px solid #333333}" in html
+    assert ".moe-tok-e0{background:#11111155;border-bottom:3px solid #111111}" in html
     assert "↵<br>" in html
 
 
@@ -35,6 +38,17 @@ def test_grid_and_load_heatmaps_carry_the_tables_values():
     nmi = nmi_figure(pd.DataFrame({"layer": [0, 1], "this text": [0.1, 0.3], "at initialisation": [0.0, 0.02]}))
     assert [bar.name for bar in nmi.data] == ["this text", "at initialisation"]
     assert list(nmi.data[0].y) == [0.1, 0.3]
+
+
+def test_grid_hover_names_layer_position_token_and_expert():
+    """The hover line of cell (layer, s) reads `layer 3 · pos 1 · '\\\\n' · expert 2`: the template fills in the
+    row, the position and z; the cell's text is the token as repr shows it, quoted."""
+    grid = pd.DataFrame([[0, 1, 2], [2, 2, 1]], index=pd.Index([0, 3], name="layer"))
+    tokens = ["a", "\n", " b"]
+    trace = token_layer_grid_figure(grid, tokens, ["#000", "#111", "#222"]).data[0]
+    assert trace.hovertemplate == "%{y} · pos %{x} · %{text} · expert %{z}<extra></extra>"
+    assert [list(row) for row in trace.text] == [["'a'", "'\\\\n'", "' b'"]] * 2
+    assert list(trace.x) == [0, 1, 2]
 
 
 def test_own_and_counterfactual_heatmaps_share_one_colour_scale():
@@ -70,7 +84,9 @@ def test_loss_bars_carry_bits_and_name_the_token_on_hover_only():
     assert np.allclose(bar.y, [1.0, 3.0]) and list(bar.x) == [1, 2]
     assert np.allclose(rolling.y, [1.0, 2.0])  # the rolling mean (tests/test_model_view_loss.py)
     assert list(bar.text) == ["\\n", "c"] and "%{text}" in bar.hovertemplate
-    assert bar.textposition == "none" and fig.layout.showlegend is False  # no label drawn on a bar, no "trace 0"
+    # drawn as one filled step line (bars with no gap, one SVG path): no label drawn on it, no "trace 0"
+    assert bar.mode == "lines" and bar.line.shape == "hvh" and bar.fill == "tozeroy"
+    assert fig.layout.showlegend is False
     assert fig.layout.title.text == "Next-token loss (mean 2.00 bits per token, 2.00 bits per byte)"  # one byte each
 
 

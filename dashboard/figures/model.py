@@ -15,6 +15,8 @@ from moe.metrics import nats_to_bits
 from dashboard.figures.core import LEFT, axis, expert_xaxis, layout, shared_range
 
 TOKEN_HTML_LIMIT = 2000  # tokens drawn as coloured text; the rest is summarised
+TOKEN_BOX_LINES = 12  # token_html: lines shown at once; a longer text scrolls inside its box
+TOKEN_CLASS = "moe-tok-e"  # token_html: the CSS class of expert e's tokens is f"{TOKEN_CLASS}{e}"
 # Whitespace drawn where a token stands alone (a table cell), so "  " and "\n" are not blank. Symbols that
 # common fonts have (Debian's Chromium draws ␠ and ␍ as empty boxes); a carriage return shows as \r.
 WHITESPACE_MARKS = {" ": "␣", "\t": "⇥", "\n": "↵"}
@@ -39,26 +41,40 @@ def _discrete_scale(colors: list[str]) -> list[list]:
 
 
 def token_html(tokens: list[str], top1: list[int], colors: list[str]) -> str:
-    """The text with each token's background the colour of its top-1 expert (hover: the expert)."""
+    """The text with each token's background the colour of its top-1 expert (hover: the expert).
+
+    The colours are written once, a CSS class per expert in a <style> block, not on each of up to
+    TOKEN_HTML_LIMIT spans: a long text's strip is a quarter of the bytes and the browser matches one rule per
+    expert instead of parsing an inline style per token."""
+    rules = "".join(f".{TOKEN_CLASS}{e}{{background:{c}55;border-bottom:3px solid {c}}}" for e, c in enumerate(colors))
     spans = []
     for tok, e in zip(tokens[:TOKEN_HTML_LIMIT], top1[:TOKEN_HTML_LIMIT]):
         shown = html.escape(tok).replace("\n", WHITESPACE_MARKS["\n"] + "<br>") or "·"
-        spans.append(f'<span title="expert {e}" style="background:{colors[e]}55;border-bottom:3px solid '
-                     f'{colors[e]};white-space:pre-wrap;font-family:monospace">{shown}</span>')
+        spans.append(f'<span title="expert {e}" class="{TOKEN_CLASS}{e}">{shown}</span>')
     more = len(tokens) - TOKEN_HTML_LIMIT
     tail = f"<p>… {more} more tokens not drawn</p>" if more > 0 else ""
-    return '<div style="line-height:1.9">' + "".join(spans) + "</div>" + tail
+    style = f"<style>.{TOKEN_CLASS}s span{{white-space:pre-wrap;font-family:monospace}}{rules}</style>"
+    # a long text scrolls inside a box of TOKEN_BOX_LINES lines: the charts stay near the text box, and the
+    # browser paints the visible lines only (`contain`: nothing inside changes the page's layout)
+    box = f"line-height:1.9;max-height:{1.9 * TOKEN_BOX_LINES:g}em;overflow-y:auto;contain:content"
+    return style + f'<div class="{TOKEN_CLASS}s" style="{box}">' + "".join(spans) + "</div>" + tail
+
+
+def quoted_labels(tokens: list[str]) -> list[str]:
+    """Each token as the hover shows it: escapes for what prints nothing, in quotes (`'\\n'`, `' r'`)."""
+    return [repr(repr(t)[1:-1]) for t in tokens]
 
 
 def token_layer_grid_figure(grid: pd.DataFrame, tokens: list[str], colors: list[str]) -> go.Figure:
     """Top-1 expert for every (MoE layer, token): rows = decoder layers, columns = token positions."""
     E = len(colors)
-    labels = [repr(t)[1:-1] for t in tokens]
-    hover = np.array([[f"layer {layer} · pos {s} · {labels[s]!r} · expert {e}" for s, e in enumerate(row)]
-                      for layer, row in zip(grid.index, grid.values)])
-    data = [go.Heatmap(z=grid.values, x=list(range(len(tokens))), y=[f"layer {i}" for i in grid.index],
-                       zmin=-0.5, zmax=E - 0.5, colorscale=_discrete_scale(colors), text=hover,
-                       hoverinfo="text", colorbar=dict(title=dict(text="expert"), tickvals=list(range(E))))]
+    # the hover's token label once per cell (z's shape, as a heatmap's text must be); the rest of the hover line
+    # comes from the template, not a string per cell: a long text's figure is a fifth of the bytes
+    labels = np.broadcast_to(np.array(quoted_labels(tokens), dtype=object), grid.shape)  # (L, S)
+    data = [go.Heatmap(z=grid.to_numpy(), x=np.arange(len(tokens)), y=[f"layer {i}" for i in grid.index],
+                       zmin=-0.5, zmax=E - 0.5, colorscale=_discrete_scale(colors), text=labels,
+                       hovertemplate="%{y} · pos %{x} · %{text} · expert %{z}<extra></extra>",
+                       colorbar=dict(title=dict(text="expert"), tickvals=list(range(E))))]
     return go.Figure(data, layout(title="Top-1 expert per token and layer", xaxis=axis("token position"),
                                   yaxis=axis("", autorange="reversed"), uirevision="model_grid",
                                   height=120 + 40 * len(grid), colorbar=True, row_labels=True))
@@ -128,13 +144,15 @@ def token_loss_figure(loss: np.ndarray, tokens: list[str], token_bytes: list[int
     line at the model's context when the text is longer. `token_bytes`: UTF-8 bytes of each token (default: of
     its string); the title's bits per byte divides the predicted tokens' bits by their bytes."""
     bits = nats_to_bits(np.asarray(loss))
-    x = list(range(1, len(tokens)))
-    labels = [repr(t)[1:-1] for t in tokens[1:]]
+    x = np.arange(1, len(tokens))
+    labels = np.array([repr(t)[1:-1] for t in tokens[1:]], dtype=object)
     per_token, per_byte = loss_per_token_and_byte(bits, (token_bytes or utf8_bytes(tokens))[1:])
-    # the token goes to the hover only (textposition none): drawn on the bars it is unreadable past a few dozen
-    # tokens, and Plotly measures every label
-    data = [go.Bar(x=x, y=bits, text=labels, textposition="none", marker_color="#4c78a8", name="loss",
-                   hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>"),
+    # The losses as a filled step line ("hvh": each value held from halfway before its position to halfway after):
+    # it looks like bars with no gap, but it is one SVG path, not a path per token (2,000 on a long text).
+    # The token is on the hover only: drawn on the chart it is unreadable past a few dozen tokens.
+    data = [go.Scatter(x=x, y=bits, text=labels, mode="lines", line=dict(shape="hvh", width=1, color="#4c78a8"),
+                       fill="tozeroy", fillcolor="#4c78a8", name="loss",
+                       hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>"),
             go.Scatter(x=x, y=rolling_mean(bits), mode="lines", line=dict(color="#e45756", width=2),
                        name=f"rolling mean ({ROLLING_TOKENS} tokens)",
                        hovertemplate="pos %{x}: mean of the last " + str(ROLLING_TOKENS) + " %{y:.2f} bits"
@@ -142,7 +160,7 @@ def token_loss_figure(loss: np.ndarray, tokens: list[str], token_bytes: list[int
     fig = go.Figure(data, layout(title=f"Next-token loss (mean {per_token:.2f} bits per token, "
                                        f"{per_byte:.2f} bits per byte)",
                                  xaxis=axis("token position"), yaxis=axis("bits"), uirevision="model_loss",
-                                 bargap=0.0, showlegend=False))
+                                 showlegend=False))
     if context is not None and len(tokens) > context:
         fig.add_vline(x=context, line=dict(color="#333333", dash="dash", width=1),
                       annotation_text=f"context {context}", annotation_position="top right")

@@ -193,7 +193,7 @@ def _draw(view: dict) -> None:
                      format_func=lambda i: f"layer {layers[i]}")
     st.markdown(tokens_html, unsafe_allow_html=True)
     st.caption("Each token's background is the colour of its top-1 expert (the highest router probability) at "
-               "the chosen layer; hover a token for the expert number.")
+               "the chosen layer; hover a token for the expert number. A long text scrolls inside its box.")
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
