@@ -159,3 +159,21 @@ def test_the_apps_link_carries_the_model_views_keys_without_unknown_parameter_no
     assert at.session_state["model_max_tokens"] == 24 and at.session_state["cf_capacity"] == 0.5
     assert int(next(m.value for m in at.metric if m.label.startswith("Dropped")).replace(",", "")) > 0
     assert dict(at.query_params.items()) == {"mtok": "24", "mex": "prose", "cfon": "1", "cfcap": "0.5"}  # its keys only
+
+
+def test_the_sigmoid_model_highlights_max_over_mean_and_shows_no_hf_aux():
+    """pydoc-deepseek trains with no aux loss and transformers' DeepSeek-V3 computes no load_balancing_loss: the page
+    highlights the layer with the highest max/mean (checked against the table) and shows the sigmoid caveat."""
+    import pathlib
+
+    at = AppTest.from_file(str(pathlib.Path(__file__).resolve().parents[1] / "app.py"), default_timeout=180)
+    at.query_params["view"] = "Model"
+    at.query_params["mmodel"] = "pydoc-deepseek"
+    at.run()
+    assert not at.exception and not at.error, at.error
+    rows = at.table[0].value
+    worst = int(rows.loc[rows["max_over_mean"].astype(float).idxmax(), "layer"])
+    assert rows.loc[rows["highest_max_over_mean"], "layer"].tolist() == [worst]
+    assert "highest_aux" not in rows.columns
+    assert [m.label for m in at.metric if "load_balancing_loss" in m.label] == []
+    assert any("aux loss with a sigmoid router" in c.value for c in at.caption)

@@ -155,7 +155,7 @@ def token_loss_figure(loss: np.ndarray, tokens: list[str], token_bytes: list[int
                        hovertemplate="pos %{x} · %{text}: %{y:.2f} bits<extra></extra>"),
             go.Scatter(x=x, y=rolling_mean(bits), mode="lines", line=dict(color="#e45756", width=2),
                        name=f"rolling mean ({ROLLING_TOKENS} tokens)",
-                       hovertemplate="pos %{x}: mean of the last " + str(ROLLING_TOKENS) + " %{y:.2f} bits"
+                       hovertemplate="pos %{x}: mean of the last " + str(ROLLING_TOKENS) + " tokens: %{y:.2f} bits"
                                      "<extra></extra>")]
     fig = go.Figure(data, layout(title=f"Next-token loss (mean {per_token:.2f} bits per token, "
                                        f"{per_byte:.2f} bits per byte)",

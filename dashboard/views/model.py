@@ -192,8 +192,10 @@ def _draw(view: dict) -> None:
     st.select_slider("Layer", options=list(range(len(layers))), key="model_layer",
                      format_func=lambda i: f"layer {layers[i]}")
     st.markdown(tokens_html, unsafe_allow_html=True)
-    st.caption("Each token's background is the colour of its top-1 expert (the highest router probability) at "
-               "the chosen layer; hover a token for the expert number. A long text scrolls inside its box.")
+    st.caption("Each token's background is the colour of its top-1 expert at the chosen layer: its selected expert "
+               "with the largest combine weight (the highest router probability for a softmax router; a biased "
+               "router selects by score + bias, so its first pick is not always the heaviest); hover a token for the "
+               "expert number. A long text scrolls inside its box.")
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
@@ -229,14 +231,21 @@ def context_note(context: int | None, windows: int, n_tokens: int) -> str:
     return note
 
 
+def _highlight(view: dict) -> tuple[str, str]:
+    """(the column whose highest layer is highlighted, its words): aux for a softmax router; for a sigmoid router the
+    aux hardly moves with the load (definitions aux_loss_sigmoid), so max/mean."""
+    return ("max_over_mean", "highest max/mean") if view["score"] == "sigmoid" else ("aux_loss", "highest-aux")
+
+
 def _styled_layer_table(view: dict):
-    """(the per-layer table sorted as the controls ask, the highest-aux layer's row highlighted; that layer)."""
+    """(the per-layer table sorted as the controls ask, the highlighted layer's row (_highlight) marked; that layer)."""
     ss = st.session_state
     table = view["table"]
-    highest = highest_aux_layer(table)
-    shown = table.assign(highest_aux=table["layer"] == highest).sort_values(
+    column = _highlight(view)[0]
+    highest, flag = highest_aux_layer(table, column), "highest_aux" if column == "aux_loss" else f"highest_{column}"
+    shown = table.assign(**{flag: table["layer"] == highest}).sort_values(
         ss["model_sort"], ascending=not ss["model_sort_desc"], kind="stable", na_position="last")
-    styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row["highest_aux"] else ""] * len(row),
+    styled = shown.style.apply(lambda row: ["background-color: #f8d7da" if row[flag] else ""] * len(row),
                                axis=1).format(precision=3)
     return styled, highest
 
@@ -249,11 +258,18 @@ def _layer_table(view: dict, styled, highest: int) -> None:
     # A static table, sorted by the two controls above (they are in the link too): it redraws with the text in
     # a fraction of a data grid's time (benchmarks/bench_browser.py).
     st.table(styled, hide_index=True)
-    st.caption(f"Per-layer routing health on this text; highest-aux layer highlighted: layer {highest}. "
+    column, words = _highlight(view)
+    st.caption(f"Per-layer routing health on this text; {words} layer highlighted: layer {highest}. "
                "aux = `E·Σ_e f_e·P_e` (Switch scale, 1 = balanced), CV = std/mean of demand, max/mean, dead = "
                "share of experts with no token, load entropy = `exp(H(load share))/E`, confidence = mean "
                "`min(p1/p2, 100)`, z-loss = mean `logsumexp(logits)²`.")
     k, pooled = view["top_k"], view["pooled_aux"]
+    if view["score"] == "sigmoid":
+        st.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
+        st.caption(f"**aux loss with a sigmoid router:** {DEFINITIONS['aux_loss_sigmoid']} This model trains with no "
+                   "aux loss (its router's bias balances it), and transformers' DeepSeek-V3 computes no "
+                   "`load_balancing_loss`: the highlight follows max/mean instead.")
+        return
     left, right = st.columns(2)
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
     right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])

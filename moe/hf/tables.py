@@ -29,9 +29,9 @@ def layer_table(run) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=LAYER_COLUMNS)
 
 
-def highest_aux_layer(table: pd.DataFrame) -> int:
-    """The decoder-layer index with the highest aux_loss (the first on ties); moe/definitions.py."""
-    return int(table.loc[table["aux_loss"].idxmax(), "layer"])
+def highest_aux_layer(table: pd.DataFrame, column: str = "aux_loss") -> int:
+    """The decoder-layer index with the highest `column` (aux_loss by default; the first on ties); moe/definitions.py."""
+    return int(table.loc[table[column].idxmax(), "layer"])
 
 
 def load_share_long(run) -> pd.DataFrame:
