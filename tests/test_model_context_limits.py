@@ -19,14 +19,21 @@ CONTEXT = 128  # the tiny models' max_position_embeddings (tests/model_support.p
 TEXT = "".join(f"x{i} = {i} * 2  # step\n" for i in range(20))[:3 * CONTEXT]  # byte tokenizer: 3 contexts
 
 
+class Lengths(list):
+    rows: list
+
+
 @contextlib.contextmanager
 def forward_lengths():
-    """The sequence length of every embedding lookup while the block runs (every model forward starts with one)."""
-    lengths = []
+    """The sequence length of every embedding lookup while the block runs (every model forward starts with one);
+    `lengths.rows` the batch size of each (windows run together in one forward when routing allows)."""
+    lengths = Lengths()
+    lengths.rows = []
 
     def hook(module, args):
         if isinstance(module, torch.nn.Embedding):
             lengths.append(int(args[0].shape[-1]))
+            lengths.rows.append(int(args[0].shape[0]) if args[0].dim() > 1 else 1)
 
     handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
     try:
@@ -61,8 +68,10 @@ def test_the_pages_loaders_never_run_a_forward_past_the_context_and_say_how_many
         own_cf = loaders.counterfactual(model_dir, TEXT, 4096, cf)
         sweep = loaders.counterfactual_sweep(model_dir, TEXT, 4096, cf)
     assert lengths and max(lengths) == CONTEXT  # every window holds CONTEXT positions, none more
-    # analyse, exports, counterfactual; the sweep: its own routing, then one per layer
-    assert len(lengths) == windows * (1 + 1 + 1 + 1 + 2)
+    # windows run: analyse, exports, counterfactual; the sweep: its own routing, then one per layer
+    assert sum(lengths.rows) == windows * (1 + 1 + 1 + 1 + 2)
+    # dropless routing runs the windows as one batch; a capacity counterfactual one window per forward
+    assert lengths.rows == [windows, windows] + [1] * windows + [windows] + [1] * (2 * windows)
     assert (view["context"], view["windows"], len(view["tokens"])) == (CONTEXT, windows, 3 * CONTEXT)
     report = json.loads(files["summary_json"])
     assert (report["context"], report["windows"], report["tokens"]) == (CONTEXT, windows, 3 * CONTEXT)
@@ -80,7 +89,8 @@ def test_model_report_never_runs_a_forward_past_the_context_and_says_how_many_wi
     out = capsys.readouterr().out
     assert code == 0
     assert lengths and max(lengths) == CONTEXT
-    assert len(lengths) == windows * (1 + 1 + 1 + 2)  # own, counterfactual; the sweep: own, one per layer
+    assert sum(lengths.rows) == windows * (1 + 1 + 1 + 2)  # own, counterfactual; the sweep: own, one per layer
+    assert lengths.rows == [windows] + [1] * windows + [windows] + [1] * (2 * windows)
     report = json.loads(out)
     assert (report["context"], report["windows"]) == (CONTEXT, windows)
     assert (report["counterfactual"]["context"], report["counterfactual"]["windows"]) == (CONTEXT, windows)

@@ -10,7 +10,7 @@ import torch
 from moe.config import MoEConfig
 from moe.hf.counterfactual import Counterfactual, run_counterfactual
 from moe.hf.instrument import collect, instrument, run_model
-from moe.hf.windows import Window, model_context, plan_windows
+from moe.hf.windows import Window, batch_rows, batches, model_context, plan_windows
 from moe.layer import MoELayer
 from moe.stats import PER_EXPERT_COLUMNS
 from tests.model_support import VOCAB, tiny_model
@@ -186,17 +186,17 @@ def test_a_text_of_three_contexts_is_read_in_windows_each_token_from_its_scoring
     n = 3 * CONTEXT
     ids = _ids(n)
     lengths = []
-    hook = model.model.register_forward_pre_hook(lambda m, a, kw: lengths.append(kw["input_ids"].shape[1]),
+    hook = model.model.register_forward_pre_hook(lambda m, a, kw: lengths.append(tuple(kw["input_ids"].shape)),
                                                  with_kwargs=True)
     try:
         run = run_model(model, ids)
     finally:
         hook.remove()
     stride = CONTEXT // 2
-    assert run.windows == 1 + math.ceil((n - CONTEXT) / stride) == len(lengths) == 5
-    assert max(lengths) == CONTEXT and run.context == CONTEXT
+    assert run.windows == 1 + math.ceil((n - CONTEXT) / stride) == 5
+    assert lengths == [(5, CONTEXT)] and run.context == CONTEXT  # dropless: the five windows as one batch
     assert run.logits.shape[0] == n and run.token_loss().shape == (n - 1,)
-    assert all(t.tokens == n and t.sums.tokens == n and t.sums.forwards == run.windows for t in run.traces)
+    assert all(t.tokens == n and t.sums.tokens == n for t in run.traces)
     windows = [Window(s, s + CONTEXT, 0) for s in range(0, n - CONTEXT + 1, stride)]  # starts 0, 8, ..., 32
     for t, w in enumerate(_scoring_by_brute_force(windows, n)):
         logits, traces = _direct(model, ids[w.start:w.end])
@@ -268,3 +268,33 @@ def test_routing_only_layers_are_windowed_like_engine_layers():
         for merged, record in zip(run.traces, records):
             assert torch.equal(merged.top_k_index[w.score_from:w.end], record.top_k_index[rows])
             torch.testing.assert_close(merged.router_logits[w.score_from:w.end], record.router_logits[rows])
+
+
+def test_batch_rows_put_each_windows_scored_rows_first_in_text_order():
+    windows = plan_windows(20, 8)  # starts 0, 4, 8, 12: scoring 0-7, 8-11, 12-15, 16-19
+    rows = batch_rows(windows)
+    assert rows.scored == 20
+    assert rows.order[:20].tolist() == list(range(8)) + [12, 13, 14, 15] + [20, 21, 22, 23] + [28, 29, 30, 31]
+    assert sorted(rows.order.tolist()) == list(range(32)) and rows.order[rows.back].tolist() == list(range(32))
+    assert [len(b) for b in batches(plan_windows(3000, 512), tokens=4096)] == [8, 3]
+    assert [len(b) for b in batches(plan_windows(9000, 4096), tokens=4096)] == [1, 1, 1, 1]
+
+
+def test_the_batched_windows_give_what_the_windows_give_one_by_one(model, monkeypatch):
+    """The same text with batching turned off (one forward per window, the traces merged): equal per-token routing,
+    logits and statistics up to float rounding of the batched matrix products."""
+    import moe.hf.instrument as instrument_module
+
+    ids = _ids(3 * CONTEXT)
+    batched = run_model(model, ids)
+    monkeypatch.setattr(instrument_module, "batchable", lambda model: False)
+    single = run_model(model, ids)
+    assert batched.windows == single.windows == 5
+    torch.testing.assert_close(batched.logits, single.logits, rtol=1e-5, atol=1e-5)
+    for a, b in zip(batched.traces, single.traces):
+        assert torch.equal(a.top_k_index, b.top_k_index) and torch.equal(a.served, b.served)
+        assert torch.equal(a.coactivation, b.coactivation)
+        sa, sb = a.summary(), b.summary()
+        for key in sa:
+            if key not in ("forward_ms", "forwards"):
+                np.testing.assert_allclose(sa[key], sb[key], rtol=1e-5, atol=1e-6, err_msg=key)

@@ -22,7 +22,7 @@ from moe.config import MoEConfig
 from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
-from moe.hf.windows import merge_traces, model_context, plan_windows
+from moe.hf.windows import BatchRows, batch_rows, batches, merge_traces, model_context, plan_windows
 from moe.metrics import nats_to_bits
 from moe.stats import StatsAccumulator
 from moe.trace import Trace
@@ -31,8 +31,9 @@ from moe.trace import Trace
 _SINK: ContextVar[list | None] = ContextVar("moe_scope_model_traces", default=None)
 # Counterfactual engine layers by decoder-layer index, for one forward (moe.hf.counterfactual).
 OVERRIDES: ContextVar[dict | None] = ContextVar("moe_scope_model_overrides", default=None)
-# The rows of the forward in progress whose statistics are kept (the window's scored tokens; None = all).
-STAT_ROWS: ContextVar[slice | None] = ContextVar("moe_scope_model_stat_rows", default=None)
+# The rows of the forward in progress whose statistics are kept (the window's scored tokens, or a batch of windows'
+# BatchRows; None = all).
+STAT_ROWS: ContextVar[slice | BatchRows | None] = ContextVar("moe_scope_model_stat_rows", default=None)
 
 
 @dataclass
@@ -75,7 +76,14 @@ class EngineBlock(nn.Module):
         if sink is None or self.training or self.engine is None:  # training-time jitter: the block's own
             return self.block(hidden_states)
         engine = (OVERRIDES.get() or {}).get(self.layer_index, self.engine)
-        y, trace = engine(hidden_states, stat_rows=STAT_ROWS.get())  # (B, S, D), Trace
+        rows = STAT_ROWS.get()
+        if isinstance(rows, BatchRows):  # a batch of windows: their scored rows first, as one slice, then put back
+            flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+            flat = flat.index_select(0, rows.order.to(flat.device))
+            y, trace = engine(flat, stat_rows=slice(0, rows.scored))
+            y = y.index_select(0, rows.back.to(y.device)).reshape(hidden_states.shape)
+        else:
+            y, trace = engine(hidden_states, stat_rows=rows)  # (B, S, D), Trace
         sink.append((self.layer_index, trace))
         if self.adapter.returns_tuple:  # GPT-OSS: (hidden, router scores); the decoder layer drops the scores
             return y, trace.top_k_weights
@@ -167,7 +175,8 @@ def run_model(model: nn.Module, input_ids: Tensor, context: int | None = None) -
     """Logits and one Trace per MoE layer of `input_ids` (S,) through an instrumented model, never running a
     forward past `context` positions (None: moe.hf.windows.model_context of the model's config and the directory
     it was loaded from, so a trained length recorded there counts): a longer text is read in
-    sliding windows (moe.hf.windows.plan_windows), each token's logits and routing from its scoring window."""
+    sliding windows (moe.hf.windows.plan_windows), each token's logits and routing from its scoring window; the
+    windows run as batches of at most moe.hf.windows.BATCH_TOKENS tokens when `batchable`, else one by one."""
     if not any(True for _ in engine_blocks(model)):
         raise ValueError("the model is not instrumented; call moe.hf.instrument.instrument(model) first")
     if input_ids.dim() != 1 or input_ids.numel() == 0:
@@ -176,20 +185,24 @@ def run_model(model: nn.Module, input_ids: Tensor, context: int | None = None) -
         context = model_context(model.config, getattr(model.config, "name_or_path", None) or None)
     windows = plan_windows(input_ids.numel(), context)
     device = next(model.parameters()).device
+    groups = batches(windows) if len(windows) > 1 and batchable(model) else [[w] for w in windows]
     logits, per_layer, routing_only = [], {}, set()
-    for window in windows:
-        rows = None if window.score_from == window.start else window.scored_rows()
+    for group in groups:
+        one = len(group) == 1
+        rows = (None if group[0].score_from == group[0].start else group[0].scored_rows()) if one else batch_rows(group)
         token = STAT_ROWS.set(rows)
         try:
             with collect() as sink:
-                out = model(input_ids=input_ids[None, window.start:window.end].to(device), use_cache=False)
+                batch = torch.stack([input_ids[w.start:w.end] for w in group]).to(device)  # (B, context)
+                out = model(input_ids=batch, use_cache=False)
         finally:
             STAT_ROWS.reset(token)
-        logits.append(out.logits[0, window.scored_rows()].float().cpu())
+        scored = group[0].scored_rows() if one else rows.order[: rows.scored]  # rows of the flattened batch
+        logits.append(out.logits.reshape(-1, out.logits.shape[-1])[scored].float().cpu())
         for i, t in sink:
             if isinstance(t, LayerRouting):
                 routing_only.add(i)
-                t = _routing_trace(i, t, window.scored_rows())
+                t = _routing_trace(i, t, scored)
             per_layer.setdefault(i, []).append(t.cpu())
     layers = sorted(per_layer)
     return ModelRun(input_ids=input_ids.cpu(), logits=torch.cat(logits), layers=layers,
@@ -197,6 +210,14 @@ def run_model(model: nn.Module, input_ids: Tensor, context: int | None = None) -
                     context=context, windows=len(windows))
 
 
-def _routing_trace(layer: int, record: LayerRouting, rows: slice) -> Trace:
+def batchable(model: nn.Module) -> bool:
+    """True when no engine layer's routing depends on the other tokens of its forward (dropless top-k routing
+    without noise), so windows may run as one batch (moe.hf.windows.BatchRows)."""
+    engines = [b.engine for b in engine_blocks(model) if b.engine is not None] + list((OVERRIDES.get() or {}).values())
+    return all(e.cfg.capacity_factor is None and e.cfg.router == "topk" and e.cfg.noise_std == 0
+               and e.cfg.jitter_eps == 0 for e in engines)
+
+
+def _routing_trace(layer: int, record: LayerRouting, rows: slice | Tensor) -> Trace:
     return trace_from_routing(record.config, record.router_logits[rows], record.top_k_index[rows],
                               record.top_k_weights[rows])

@@ -4,6 +4,11 @@ A text longer than the model's context is read in windows of `context` tokens wi
 (the last window ends at the text's end). Every token is scored exactly once, in the first window that
 contains it: the window where it has the most left context (the standard sliding-window perplexity
 evaluation). Its routing statistics and its next-token logits come from that window.
+
+Windows of one text all hold `context` tokens, so when no routing decision depends on the other tokens of a
+forward (dropless, no noise: `batchable`) they run as one batch (B windows, context) in forwards of at most
+BATCH_TOKENS tokens: `BatchRows` puts each window's scored rows first, in text order, so the engine counts them
+as one contiguous slice, and puts the rows back after the layer.
 """
 from __future__ import annotations
 
@@ -44,6 +49,37 @@ def plan_windows(n_tokens: int, context: int) -> list[Window]:
         scored_to = start + context
         start += stride
     return windows
+
+
+BATCH_TOKENS = 4096  # windows run together in one forward of at most this many tokens (one window when longer)
+
+
+@dataclass(frozen=True)
+class BatchRows:
+    """The rows of a batch of windows (B, context) flattened, reordered: `order` lists the scored rows first (text
+    order), then the context rows; `back` restores the batch order; `scored` counts the scored rows."""
+    order: torch.Tensor  # (B·context,) int64
+    back: torch.Tensor   # (B·context,) int64, the inverse permutation
+    scored: int
+
+
+def batch_rows(windows: list[Window]) -> BatchRows:
+    """The BatchRows of windows of equal length run as one batch, in their order."""
+    length = windows[0].end - windows[0].start
+    if any(w.end - w.start != length for w in windows):
+        raise ValueError("windows run as one batch must hold the same number of tokens")
+    rows = torch.arange(len(windows) * length).view(len(windows), length)             # (B, context)
+    scored = torch.cat([rows[b, w.scored_rows()] for b, w in enumerate(windows)])
+    keep = torch.ones(rows.numel(), dtype=torch.bool)
+    keep[scored] = False
+    order = torch.cat([scored, rows.view(-1)[keep]])
+    return BatchRows(order, torch.argsort(order), len(scored))
+
+
+def batches(windows: list[Window], tokens: int = BATCH_TOKENS) -> list[list[Window]]:
+    """Consecutive windows in groups of at most max(1, tokens // window length)."""
+    per = max(1, tokens // (windows[0].end - windows[0].start))
+    return [windows[i:i + per] for i in range(0, len(windows), per)]
 
 
 def model_context(hf_config, model_dir: str | None) -> int:
