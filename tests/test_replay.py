@@ -3,6 +3,7 @@ token-by-token loop, and plans that are never worse than what they replace on th
 import numpy as np
 import pytest
 
+from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
 from moe.parallel.placement import contiguous, plan, predicted_load
@@ -166,8 +167,7 @@ def test_verdict_applies_the_margin_to_every_layer_not_to_the_largest_absolute_g
     assert balancedness_vllm(a.loads[("current", 4)][1]) == pytest.approx(0.99)
     assert balancedness_vllm(b.loads[("planned", 4)][1]) == pytest.approx(0.209)
     text = verdict([a, b])
-    assert text.startswith("planned (our planner: the lighter of moe.parallel.placement.plan and DeepSeek's "
-                           "global EPLB")
+    assert text.startswith(f"planned ({OUR_PLANNER}) with R=4 lifts")  # "our planner" as defined once
     assert "layer B from 0.20 to 0.21" in text, text
     assert verdict([a]).startswith("balanced already") and "layer A" in verdict([a])
 
