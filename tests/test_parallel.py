@@ -88,47 +88,44 @@ def test_two_ranks_equal_one_process_with_capacity(tmp_path):
     assert spread["q3"] <= spread["max"] == max(spread["per_repeat"]) and spread["min"] >= 1.0
 
 
-def test_four_ranks_with_a_planned_placement_match_and_predict_the_load(tmp_path):
-    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2, seed=3)
+def _run_placement(tmp_path, n_experts: int, world_size: int, placement_of) -> tuple[dict, Placement, np.ndarray]:
+    """ep-report on W ranks with the placement `placement_of(load)` gives for the single-process forward's load:
+    checked against that forward (outputs and per-expert statistics), the measured load against the predicted one
+    and a token-by-token count, the traffic against the same count. Returns (ep-report's JSON, placement, load)."""
+    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=n_experts, top_k=2, seed=3)
     y, trace = _single(cfg, 120)
     load = trace.per_expert()["served"].to_numpy()
-    placement = plan(load, 4, redundant_slots=4).placement
-    assert placement.redundant_slots == 4
+    placement = placement_of(load)
     path, out = tmp_path / "plan.json", tmp_path / "y.pt"
     save(placement, str(path), load)
-    run = torchrun(4, *FLAGS, "--n-experts", "8", "--tokens", "120", "--placement", str(path),
+    run = torchrun(world_size, *FLAGS, "--n-experts", str(n_experts), "--tokens", "120", "--placement", str(path),
                    "--save-output", str(out), "--format", "json")
     assert run.returncode == 0, run.stderr
     doc = json.loads(run.stdout)
     _check_against_single(doc, trace, torch.load(out), y)
-    traffic, naive_load = _naive_traffic(trace.served, placement, 4)
+    traffic, naive_load = _naive_traffic(trace.served, placement, world_size)
     measured = [r["assignments"] for r in doc["per_rank"]]
     assert measured == predicted_load(placement, load).tolist() == naive_load.tolist()
     assert doc["traffic"] == traffic.tolist()
-    assert doc["world_size"] == 4 and doc["placement"]["ranks"] == [list(r) for r in placement.ranks]
+    assert doc["world_size"] == world_size and doc["placement"]["ranks"] == [list(r) for r in placement.ranks]
+    return doc, placement, load
+
+
+def test_four_ranks_with_a_planned_placement_match_and_predict_the_load(tmp_path):
+    _, placement, _ = _run_placement(tmp_path, 8, 4, lambda load: plan(load, 4, redundant_slots=4).placement)
+    assert placement.redundant_slots == 4
 
 
 def test_a_rank_with_two_slots_of_one_expert_serves_both_chunks(tmp_path):
     """DeepSeek's EPLB may give a rank two slots of one expert (an uneven split): rank 0 below serves two of expert
     0's three chunks, rank 1 the third; the output is the single-process one and the load is the predicted one."""
-    cfg = MoEConfig(d_model=16, d_expert=32, n_experts=4, top_k=2, seed=3)
-    y, trace = _single(cfg, 120)
-    load = trace.per_expert()["served"].to_numpy()
     placement = Placement(4, ((0, 0, 1), (0, 2, 3)))
     assert placement.replicas(0) == [0, 0, 1] and placement.redundant_slots == 2
-    path, out = tmp_path / "plan.json", tmp_path / "y.pt"
-    save(placement, str(path), load)
-    run = torchrun(2, *FLAGS, "--n-experts", "4", "--tokens", "120", "--placement", str(path),
-                   "--save-output", str(out), "--format", "json")
-    assert run.returncode == 0, run.stderr
-    doc = json.loads(run.stdout)
-    _check_against_single(doc, trace, torch.load(out), y)
-    traffic, naive_load = _naive_traffic(trace.served, placement, 2)
-    measured = [r["assignments"] for r in doc["per_rank"]]
+    doc, _, load = _run_placement(tmp_path, 4, 2, lambda load: placement)
     chunks = chunk_sizes(int(load[0]), 3)
-    assert measured == predicted_load(placement, load).tolist() == naive_load.tolist()
+    measured = [r["assignments"] for r in doc["per_rank"]]
     assert measured == [chunks[0] + chunks[1] + int(load[1]), chunks[2] + int(load[2] + load[3])]
-    assert doc["traffic"] == traffic.tolist() and doc["placement"]["ranks"] == [[0, 0, 1], [0, 2, 3]]
+    assert doc["placement"]["ranks"] == [[0, 0, 1], [0, 2, 3]]
 
 
 def _worker_errors(run) -> list[str]:
