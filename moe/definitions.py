@@ -238,8 +238,10 @@ DEFINITIONS: dict[str, str] = {
     "context_windows": "a text longer than the context is read in **windows** of that many tokens, stride half of "
                        "it (the last window ends at the text's end); each token's logits and routing come from the "
                        "first window that holds it, where it has the most left context (≥ half a context past the "
-                       "first window), and every layer statistic counts each token once. Routing and capacity are "
-                       "decided over the whole window. 1 window = one forward of the whole text.",
+                       "first window), and every layer statistic counts each token once. Routing is decided over the "
+                       "whole window; a capacity is ranked among the window's scored tokens (C from their count, "
+                       "the context tokens served in full), so the summary's capacity is the mean C over the "
+                       "windows. 1 window = one forward of the whole text.",
     # --- expert parallel (the Expert parallel page, ep-report)
     "ep_assignments": "**assignments** of a rank = (token, expert) pairs its local experts compute; "
                       "**mean** = Σ assignments / W; **predicted** = the planner's `predicted_load` for the measured "

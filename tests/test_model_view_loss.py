@@ -180,9 +180,10 @@ def test_the_page_says_type_a_text_for_an_empty_text_not_the_cli_flags(model_dir
         assert str(err.value) == "the text is empty; type a text to route"
 
 
-def test_the_reports_per_token_top1_is_the_per_token_downloads_first_expert(model_dir, capsys):
-    """model-report's JSON has each token's routing next to its loss: token_top1[i][s] is the first expert of the
-    page's per-token download at (layers[i], position s), and the argmax of that layer's router logits."""
+def test_the_reports_per_token_top1_is_the_per_token_downloads_heaviest_expert(model_dir, capsys):
+    """model-report's JSON has each token's routing next to its loss: token_top1[i][s] is the expert with the largest
+    weight in the page's per-token download at (layers[i], position s), and (this softmax model) the argmax of that
+    layer's router logits."""
     import json
 
     from dashboard.loaders import model_exports
@@ -198,7 +199,9 @@ def test_the_reports_per_token_top1_is_the_per_token_downloads_first_expert(mode
     assert len(report["token_top1"]) == len(layers) and report["tokens"] == max_tokens
     for i, layer in enumerate(layers):
         rows = routing[routing.layer == layer].sort_values("position")
-        assert report["token_top1"][i] == [int(e.split()[0]) for e in rows.experts]
+        heaviest = [int(e.split()[max(range(len(w.split())), key=lambda k: float(w.split()[k]))])
+                    for e, w in zip(rows.experts, rows.weights)]
+        assert report["token_top1"][i] == heaviest
     loaded = load_model(model_dir)
     run = run_model(loaded.model, loaded.tokenizer(text, return_tensors="pt")["input_ids"][0, :max_tokens])
     assert report["token_top1"] == [t.router_logits.argmax(-1).tolist() for t in run.traces]

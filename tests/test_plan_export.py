@@ -5,10 +5,11 @@ import json
 import numpy as np
 import pytest
 
-from moe.parallel.export import (check_serving, layer_plans, load_placement, pad_to, plan_document, read_plan,
+from moe.parallel.export import (check_serving, layer_plans, load_placement, plan_document, read_plan,
                                  serving_redundant_slots, write_plan)
 from moe.parallel.judge import current_layout, plan_layout
-from moe.parallel.placement import contiguous, save
+from moe.parallel.placement import contiguous, pack, save
+from moe.parallel.serving import pad_to
 from moe.parallel.replay import Layout, from_map, rank_load
 
 
@@ -189,3 +190,19 @@ def test_the_note_counts_the_replicas_placed_not_the_ones_allowed():
     plan = layer_plans(np.full((1, 1, 8), 10), ["0"], 4, 4, p2l)["0"]
     assert not plan.kept_current and plan.layout.n_slots == 8
     assert plan.note == "planned 0 redundant slots of the 4 allowed (more did not lighten the busiest rank)"
+
+
+def test_a_run_map_whose_replica_counts_cannot_be_packed_distinct_is_one_line_or_another_plan():
+    """The run's map gives expert 1 two slots; packing its counts heaviest first leaves only one rank with room, which
+    already holds expert 1: pack says so in a ValueError (not an IndexError), and the serving files come from the
+    other candidates, never with an expert twice on a rank nor heavier than the run's map."""
+    with pytest.raises(ValueError, match="cannot be packed with a distinct expert per slot of a rank"):
+        pack(np.array([100, 1, 1, 1, 1, 1, 1, 1.0]), np.array([1, 1, 1, 1, 1, 1, 1, 2]), 3)
+    row, load = np.array([3, 0, 1, 0, 1, 5, 4, 2]), np.array([7, 2305, 31, 139, 175, 14])
+    try:
+        plan = layer_plans(load[None, None, :], ["0"], 2, 2, row[None], serving=True)["0"]
+    except ValueError as err:
+        assert str(err).startswith("layer '0': no layout with 8 slots and a distinct expert per slot")
+    else:
+        assert all(len(set(r)) == len(r) for r in plan.layout.rank_experts())
+        assert rank_load(load[None], plan.layout).max() <= rank_load(load[None], from_map(row, 2)).max()

@@ -211,7 +211,7 @@ def test_windows_drop_a_last_partial_window_unless_it_is_the_only_one():
 
 def test_padding_takes_the_next_ranks_lightest_experts_first():
     """definition placement_export: each rank first takes the lightest experts of the ranks after it (cyclically)."""
-    from moe.parallel.export import pad_to
+    from moe.parallel.serving import pad_to
     load = np.array([10, 12, 9, 10])
     padded = pad_to(current_layout(4, 2), load, 6)                                   # ranks [0, 1], [2, 3] -> 3 slots
     assert [list(r) for r in padded.rank_experts()] == [[0, 1, 2], [2, 3, 0]]

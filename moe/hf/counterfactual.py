@@ -51,7 +51,8 @@ def counterfactual_config(cfg: MoEConfig, cf: Counterfactual) -> MoEConfig:
 
 def run_counterfactual(model, input_ids: Tensor, cf: Counterfactual, context: int | None = None) -> ModelRun:
     """run_model of `input_ids` (S,) with the counterfactual routing at the chosen layers (windowed past
-    `context` like run_model: each window's routing and capacity are decided over the whole window)."""
+    `context` like run_model: each window's routing over the whole window, a capacity ranked among its scored
+    tokens)."""
     blocks = {b.layer_index: b for b in engine_blocks(model)}
     chosen = sorted(blocks) if cf.layers is None else list(cf.layers)
     unknown = [i for i in chosen if i not in blocks]

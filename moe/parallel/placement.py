@@ -128,8 +128,11 @@ def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[in
     heap = [(0.0, 0, r) for r in range(world_size)]                                  # (weight, experts, rank)
     for w, e in items:
         aside = []
-        while e in ranks[heap[0][2]]:  # the lightest holds e already: the next one (count[e] <= W: one is free)
+        while heap and e in ranks[heap[0][2]]:  # the lightest holds e already: the next one
             aside.append(heapq.heappop(heap))
+        if not heap:  # replicate() never asks this (at most W replicas, heaviest first); other counts may
+            raise ValueError(f"no rank with room is free of expert {e}: these replica counts cannot be packed with "
+                             f"a distinct expert per slot of a rank")
         weight, n, r = heapq.heappop(heap)
         ranks[r].append(e)
         if n + 1 < slots:
