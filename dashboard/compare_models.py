@@ -101,16 +101,12 @@ def parse_model_side(query: str, defaults: dict) -> ModelSide:
 def model_headline(tables: dict) -> dict[str, float]:
     """A model forward's headline numbers from its tables (the Model page's `analyse` or `counterfactual`)."""
     layer_table = tables["table"]
-    return {"aux_loss": float(tables["pooled_aux"]),
-            **{key: float(layer_table[key].mean()) for key in ("cv", "max_over_mean", "dead_fraction")},
-            "dropped_fraction": safe_ratio(sum(tables["dropped"]), sum(tables["demand"])),
-            **dict(zip(("loss_bits", "loss_bits_per_byte"), _loss_bits(tables)))}
-
-
-def _loss_bits(tables: dict) -> tuple[float, float]:
-    """(mean bits per predicted token, bits per byte of the predicted tokens: DEFINITIONS["text_bits_per_byte"]);
-    NaN for what the tables cannot give (no token predicted, no byte counts)."""
+    # bits per predicted token, and per byte of the predicted tokens (DEFINITIONS["text_bits_per_byte"]); NaN for
+    # what the tables cannot give (no token predicted, no byte counts)
     bits = nats_to_bits(np.asarray(tables["loss"], dtype=np.float64))  # (S-1,)
     token_bytes = tables.get("token_bytes")
     per_token, per_byte = loss_per_token_and_byte(bits, token_bytes[1:] if token_bytes is not None else [])
-    return per_token, per_byte
+    return {"aux_loss": float(tables["pooled_aux"]),
+            **{key: float(layer_table[key].mean()) for key in ("cv", "max_over_mean", "dead_fraction")},
+            "dropped_fraction": safe_ratio(sum(tables["dropped"]), sum(tables["demand"])),
+            "loss_bits": per_token, "loss_bits_per_byte": per_byte}

@@ -186,9 +186,12 @@ def token_bytes(tokenizer, ids, text: str | None = None) -> list[int]:
 
     alphabet = set(ByteLevel.alphabet())
     special = set(getattr(tokenizer, "all_special_ids", []))
-    offsets, whole = _offsets(tokenizer, text, list(ids))
+    raws = tokenizer.convert_ids_to_tokens(list(ids))
+    byte_level = all(BYTE_FALLBACK.fullmatch(raw) or (i not in special and raw and all(ch in alphabet for ch in raw))
+                     for i, raw in zip(ids, raws))  # then every count is known without the offsets
+    offsets, whole = (None, False) if byte_level else _offsets(tokenizer, text, list(ids))
     counts, covered, last = [], 0, None  # covered: the text's characters counted so far
-    for n, (i, raw) in enumerate(zip(ids, tokenizer.convert_ids_to_tokens(list(ids)))):
+    for n, (i, raw) in enumerate(zip(ids, raws)):
         end = offsets[n][1] if offsets else covered
         if BYTE_FALLBACK.fullmatch(raw):
             counts.append(1)

@@ -5,6 +5,7 @@ import os
 import pathlib
 import signal
 import subprocess
+import time
 
 from moe.parallel.launch import ep_command
 
@@ -68,6 +69,18 @@ def job_processes(root: int) -> list[tuple[int, int]]:
                 found.append((pid, stats[pid][2]))
             todo += [c for c, s in stats.items() if s[1] == pid]
     return found
+
+
+def ready_processes(run, ranks: int, timeout: float = 120.0) -> list[tuple[int, int]]:
+    """The processes of the job an EPRun has in progress (torchrun and its ranks) once all `ranks` are ready and
+    alive; [] at the timeout. Under load a job may end between two looks: the run's next job is then the one seen."""
+    deadline, procs = time.monotonic() + timeout, []
+    while len(procs) != ranks + 1 and time.monotonic() < deadline:
+        time.sleep(0.2)
+        job, progress = run._current, run.progress
+        ready = job is not None and progress is not None and progress.started >= ranks
+        procs = job_processes(job.proc.pid) if ready else []
+    return procs
 
 
 def still_running(procs: list[tuple[int, int]]) -> list[tuple[int, int]]:

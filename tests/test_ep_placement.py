@@ -2,7 +2,6 @@
 real on W torchrun processes, whose measured per-rank load equals the replayed one."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
@@ -11,7 +10,7 @@ from moe import MoEConfig, MoELayer
 from moe.parallel.eplb import eplb_layout
 from moe.parallel.replay import from_placement, rank_load
 from moe.scenarios import make_batch
-from test_parallel_view import view_app
+from test_parallel_view import until_finished, view_app
 
 from dashboard.result import RunResult
 from dashboard.views.ep_placement import log_from_result, planned_placement
@@ -38,15 +37,6 @@ def test_the_pages_log_is_the_served_assignments_in_blocks_of_consecutive_tokens
     assert log_from_result(small_result(seq_len=50)).counts.shape == (32, 1, 4)  # one sequence: still 32 steps
 
 
-def wait_for_plan_run(at: AppTest, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while "ep_plan_job" in at.session_state and at.session_state["ep_plan_job"].running:
-        assert time.monotonic() < deadline, "the plan run did not end"
-        time.sleep(0.5)
-    at.run(timeout=120)
-    at.run(timeout=120)  # the first run notices the end and reruns; AppTest runs once per call
-
-
 def test_a_planned_placement_runs_for_real_and_measured_equals_replayed():
     at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
     assert not at.exception and not at.error, at.error
@@ -56,7 +46,7 @@ def test_a_planned_placement_runs_for_real_and_measured_equals_replayed():
     assert "job 1 of 1" in at.get("progress")[0].proto.text  # in the background, with its progress
     at.run()
     assert at.button(key="ep_run").disabled  # one expert-parallel job at a time
-    wait_for_plan_run(at, 300)
+    until_finished(at, 300, "ep_plan_job")
     assert not at.exception and not at.error, at.error
     runs = at.session_state["ep_plan_runs"]
     (name, doc), = runs["docs"].items()
@@ -77,7 +67,7 @@ def test_deepseeks_eplb_plan_runs_for_real_too():
     at.selectbox(key="ep_place_real_slots").set_value(0).run()
     assert not at.exception and not at.error, at.error
     at.button(key="ep_place_real_run").click().run()
-    wait_for_plan_run(at, 300)
+    until_finished(at, 300, "ep_plan_job")
     assert not at.exception and not at.error, at.error
     runs = at.session_state["ep_plan_runs"]
     doc = runs["docs"]["DeepSeek's EPLB, R=0"]
@@ -101,15 +91,12 @@ def test_a_plan_with_two_slots_of_one_expert_on_a_rank_is_a_placement_the_forwar
 
 
 def test_cancel_stops_the_plan_run_and_leaves_no_process():
-    from ep_support import job_processes, still_running
+    from ep_support import ready_processes, still_running
 
     at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=60).run()
     at.button(key="ep_place_real_run").click().run()
-    run = at.session_state["ep_plan_job"]
-    deadline = time.monotonic() + 120
-    while (run.progress is None or run.progress.started < 2) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    procs = job_processes(run._current.proc.pid)
+    procs = ready_processes(at.session_state["ep_plan_job"], 2)
+    assert len(procs) == 3  # torchrun and its two ranks, cancelled below
     at.run()
     at.button(key="ep_place_real_cancel").click().run()
     at.run()

@@ -99,12 +99,12 @@ def test_the_page_shows_the_straggler_spread_and_a_kept_placement():
     assert not at.exception and at.metric[0].value == "nan"
 
 
-def until_finished(at: AppTest, timeout: float) -> None:
-    """Rerun the page (as its polling fragment does) until the background run has ended."""
+def until_finished(at: AppTest, timeout: float, job: str = "ep_job") -> None:
+    """Rerun the page (as its polling fragment does) until the background run in session key `job` has ended."""
     import time
 
     deadline = time.monotonic() + timeout
-    while "ep_job" in at.session_state and at.session_state["ep_job"].running:
+    while job in at.session_state and at.session_state[job].running:
         assert time.monotonic() < deadline, "the expert-parallel run did not end"
         time.sleep(0.5)
     at.run(timeout=120)
@@ -190,19 +190,11 @@ def test_an_interrupted_wait_kills_the_whole_tree():
 def test_cancel_in_the_view_stops_the_job_and_draws_nothing():
     import time
 
-    from ep_support import job_processes, kill_left, still_running
+    from ep_support import job_processes, kill_left, ready_processes, still_running
 
     at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=30).run()
     at.button(key="ep_run").click().run()
-    run = at.session_state["ep_job"]
-    deadline, procs = time.monotonic() + 120, []
-    # both ranks of the job in progress are ready and alive (under load the first job, contiguous blocks, may end
-    # between two looks; the planned job after it is then the one seen and cancelled)
-    while len(procs) != 3 and time.monotonic() < deadline:
-        time.sleep(0.2)
-        job, progress = run._current, run.progress
-        ready = job is not None and progress is not None and progress.started >= 2
-        procs = job_processes(job.proc.pid) if ready else []
+    procs = ready_processes(at.session_state["ep_job"], 2)  # the job in progress, both ranks ready and alive
     try:
         assert len(procs) == 3  # torchrun and its two ranks
         at.run()
