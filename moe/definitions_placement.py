@@ -5,8 +5,11 @@ from __future__ import annotations
 # What "our planner" of the placement replay and plan files is (moe.parallel.judge.plan_layout): written once here,
 # shown by the verdict and the definitions.
 OUR_PLANNER = ("our planner: the lighter of moe.parallel.placement.plan and, where E + R is a multiple of W, DeepSeek's "
-               "global EPLB (which may give a rank two slots of one expert: it serves two chunks of that expert's "
-               "tokens); the SGLang and vLLM files take only layouts with a distinct expert per slot of a rank")
+               "global EPLB")
+# What its layouts may hold, and what the serving files take: said once here, in the definition below.
+TWO_SLOTS = ("a layout may give a rank two slots of one expert (DeepSeek's EPLB makes them): it serves two chunks of "
+             "that expert's tokens; the SGLang and vLLM files take only layouts with a distinct expert per slot of a "
+             "rank")
 
 # vLLM's logged EPLB balancedness, what we verified of its history (vllm/distributed/eplb/eplb_state.py).
 VLLM_BALANCEDNESS = ("`Σ_l mean_r / Σ_l max_r` over the MoE layers l and EP ranks r (`_compute_eplb_load_stats` in "
@@ -39,7 +42,8 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                           "figure (a plan judged on the load it was made from flatters it). **current** = the "
                           "run's placement (its physical → logical map, else contiguous blocks); **planned** = "
                           + OUR_PLANNER + " (moe.parallel.judge.plan_layout: by the busiest rank of window k; it keeps "
-                          "the current placement when neither lightens that rank, so it never loses there); **eplb** = "
+                          "the current placement when neither lightens that rank, so it never loses there; "
+                          + TWO_SLOTS + "); **eplb** = "
                           "DeepSeek's "
                           "EPLB (deepseek-ai/EPLB eplb.py: groups to nodes, replicas within a node, packing to "
                           "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W). "

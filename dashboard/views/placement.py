@@ -137,7 +137,8 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     nodes = c4.selectbox("Nodes (EPLB)", nodes_options, key=key("nodes"),
                          help="DeepSeek's hierarchical mode: groups of experts to nodes first, then replicas to "
                               "the node's GPUs (num_nodes; W / nodes GPUs each; as many expert groups as nodes)")
-    keep_choice(key("layer"), log.layers, most_uneven_layer(log))
+    if st.session_state.get(key("layer")) not in log.layers:  # keep_choice, with its default computed only here
+        st.session_state[key("layer")] = most_uneven_layer(log)
     layer = c5.selectbox("Layer", log.layers, key=key("layer"), disabled=len(log.layers) == 1)
     if not Rs:
         raise ValueError("choose at least one number of redundant slots R (0 replays the placements without "
