@@ -9,8 +9,8 @@ import sys
 import numpy as np
 import pytest
 
-from moe.parallel.placement import (MAX_FILE_BYTES, Placement, _best_step, chunk_sizes, contiguous, load_file, pack, plan,
-                                   predicted_load, replicate, save)
+from moe.parallel.placement import MAX_FILE_BYTES, Placement, chunk_sizes, contiguous, load_file, plan, predicted_load, save
+from moe.parallel.planner import _best_step, pack, replicate
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -8,7 +8,8 @@ import pytest
 from moe.parallel.export import (check_serving, layer_plans, load_placement, plan_document, read_plan,
                                  serving_redundant_slots, write_plan)
 from moe.parallel.judge import current_layout, plan_layout
-from moe.parallel.placement import contiguous, pack, save
+from moe.parallel.placement import contiguous, save
+from moe.parallel.planner import pack
 from moe.parallel.serving import pad_to
 from moe.parallel.replay import Layout, from_map, rank_load
 

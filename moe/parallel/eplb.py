@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from moe.parallel import greedy
 from moe.parallel.replay import Layout
 
 
@@ -35,36 +36,27 @@ def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: in
 
 
 def balanced_packing(weight: np.ndarray, n_packs: int) -> tuple[np.ndarray, np.ndarray]:
-    """(X, n) items onto n_packs packs of n / n_packs items each, per row: heaviest first to the lightest pack
-    with room. Returns the pack of each item and its position in the pack, both (X, n)."""
+    """(X, n) items onto n_packs packs of n / n_packs items each, per row: heaviest first (ties: the lower item) to
+    the lightest pack with room (ties: the lower pack). Returns the pack of each item and its position in the pack,
+    both (X, n)."""
     X, n = weight.shape
-    per = n // n_packs
-    if per == 1:  # one item per pack: item i to pack i
+    if n // n_packs == 1:  # one item per pack: item i to pack i
         return np.broadcast_to(np.arange(n), (X, n)).copy(), np.zeros((X, n), dtype=np.int64)
     order = np.argsort(-weight, axis=1, kind="stable")                                # (X, n) heaviest first
-    pack, pos = np.empty((X, n), dtype=np.int64), np.empty((X, n), dtype=np.int64)
-    load, items, rows = np.zeros((X, n_packs)), np.zeros((X, n_packs), dtype=np.int64), np.arange(X)
-    for j in range(n):
-        item = order[:, j]                                                            # (X,)
-        chosen = np.where(items < per, load, np.inf).argmin(axis=1)                   # (X,) first lightest with room
-        pack[rows, item], pos[rows, item] = chosen, items[rows, chosen]
-        load[rows, chosen] += weight[rows, item]
-        items[rows, chosen] += 1
+    placed, at = greedy.pack(np.take_along_axis(weight, order, axis=1), n_packs, n // n_packs)
+    pack, pos = np.empty_like(placed), np.empty_like(at)
+    np.put_along_axis(pack, order, placed, axis=1)
+    np.put_along_axis(pos, order, at, axis=1)
     return pack, pos
 
 
 def replicate(weight: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
     """(X, m) loads onto n_slots >= m slots per row: slot i < m holds expert i, each later slot the expert with the
-    most load per slot so far. Returns slot -> expert (X, n_slots) and slots per expert (X, m)."""
+    most load per slot so far (ties: the lower expert). Returns slot -> expert (X, n_slots) and slots per expert
+    (X, m)."""
     X, m = weight.shape
-    slot = np.empty((X, n_slots), dtype=np.int64)
-    slot[:, :m] = np.arange(m)
-    count, rows = np.ones((X, m), dtype=np.int64), np.arange(X)
-    for i in range(m, n_slots):
-        hot = (weight / count).argmax(axis=1)                                         # (X,)
-        slot[:, i] = hot
-        count[rows, hot] += 1
-    return slot, count
+    count, won = greedy.top_up(weight, n_slots - m)
+    return np.concatenate([np.broadcast_to(np.arange(m), (X, m)), won], axis=1), count
 
 
 def rebalance(weight, n_slots: int, num_groups: int = 1, num_nodes: int = 1, num_gpus: int = 1) -> np.ndarray:

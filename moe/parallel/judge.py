@@ -18,8 +18,9 @@ import numpy as np
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.eplb import check_eplb_args, rebalance
-from moe.parallel.placement import contiguous, plan
-from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_placement, rank_load, rank_load_rows,
+from moe.parallel.placement import check_plan_args, contiguous
+from moe.parallel.planner import balanced_rows
+from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows,
                                  to_placement, window_counts)
 from moe.traces.runstats import hot_mask
 
@@ -80,26 +81,64 @@ class LayerReplay:
         return balancedness_vllm(self.loads[(placement, R)][1:])
 
 
-def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, eplb_row=None, distinct: bool = False
+def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, distinct: bool = False
                 ) -> tuple[Layout, bool]:
-    """Our plan for one load (E,) (definitions.OUR_PLANNER): the lighter busiest rank of moe.parallel.placement.plan
-    and of DeepSeek's global EPLB (so it is never heavier than DeepSeek's greedy rule), or `current` (and True) when
-    neither lightens the busiest rank. `distinct`: only layouts with no expert twice on a rank (what the serving
-    formats take). `eplb_row`: DeepSeek's global map of this load, when the caller computed it for many loads at once
-    (moe.parallel.eplb.rebalance)."""
-    load = np.asarray(load, dtype=np.int64)
-    E = len(load)
-    now = to_placement(current, E) if current.n_slots == E else None
-    best = from_placement(plan(load, world_size, redundant_slots, current=now).placement)
-    if (E + redundant_slots) % world_size == 0:
-        theirs = rebalance(load[None], E + redundant_slots, 1, 1, world_size)[0] if eplb_row is None else eplb_row
-        theirs = from_map(theirs, world_size)
-        if (not distinct or distinct_per_rank(theirs)) and rank_load(load[None], theirs).max() < rank_load(
-                load[None], best).max():
-            best = theirs
-    if int(rank_load(load[None], best).max()) < int(rank_load(load[None], current).max()):
-        return best, False
-    return current, True
+    """Our plan for one load (E,) (definitions.OUR_PLANNER): `plan_rows` of one row."""
+    expert, rank, kept = plan_rows(np.asarray(load, dtype=np.int64)[None], world_size, redundant_slots, current,
+                                   distinct)
+    used = expert[0] >= 0
+    return (current, True) if kept[0] else (Layout(expert[0][used], rank[0][used], world_size), False)
+
+
+def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, distinct: bool = False
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Our plan for every load (X, E) at once (definitions.OUR_PLANNER): per row, the lighter busiest rank of
+    moe.parallel.placement.plan's choice (its balanced layout, or the current placement when that is no heavier) and
+    of DeepSeek's global EPLB (where E + R is a multiple of W; so it is never heavier than DeepSeek's greedy rule), or
+    `current` (kept: True) when neither lightens the busiest rank. `distinct`: only layouts with no expert twice on a
+    rank (what the serving formats take). Returns slot experts (X, P) (-1: unused), their ranks (X, P) and kept (X,)."""
+    loads = np.asarray(loads, dtype=np.int64)
+    X, E = loads.shape
+    W, R = world_size, redundant_slots
+    check_plan_args(loads.astype(np.float64), W, R)
+    best = balanced_rows(loads, W, R)                                                 # placement.balanced, per row
+    peak = rank_load_rows(loads, *best, W).max(axis=1)
+    now = to_placement(current, E) if current.n_slots == E else contiguous(E, W) if W <= E else None
+    if now is not None:  # placement.plan keeps `now` unless the balanced layout is strictly lighter
+        best, peak = _lighter(_rows_of(from_placement(now), X), best, peak, loads, W, np.ones(X, dtype=bool), True)
+    if (E + R) % W == 0:  # DeepSeek's global EPLB where it is strictly lighter (and, with `distinct`, allowed)
+        rank = np.broadcast_to(np.arange(E + R) // ((E + R) // W), (X, E + R))
+        theirs = (rebalance(loads, E + R, 1, 1, W), rank)
+        allowed = _distinct_rows(*theirs, E) if distinct else np.ones(X, dtype=bool)
+        best, peak = _lighter(theirs, best, peak, loads, W, allowed, False)
+    kept = ~(peak < rank_load(loads, current).max(axis=1))
+    expert, rank = _pick(kept, _rows_of(current, X), best)
+    return expert, rank, kept
+
+
+def _lighter(other: tuple, best: tuple, peak: np.ndarray, loads: np.ndarray, W: int, allowed: np.ndarray,
+             ties: bool) -> tuple[tuple, np.ndarray]:
+    """Per row, `other`'s slots where allowed and lighter than `best`'s busiest rank (`peak`), or as light with ties."""
+    theirs = rank_load_rows(loads, *other, W).max(axis=1)
+    take = allowed & ((theirs <= peak) if ties else (theirs < peak))
+    return _pick(take, other, best), np.where(take, theirs, peak)
+
+
+def _rows_of(layout: Layout, X: int) -> tuple[np.ndarray, np.ndarray]:
+    return np.broadcast_to(layout.slot_expert, (X, layout.n_slots)), np.broadcast_to(layout.slot_rank, (X, layout.n_slots))
+
+
+def _pick(where: np.ndarray, a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, slots (experts, ranks) of `a` where `where`, else of `b`; the narrower is padded with unused slots."""
+    P = max(a[0].shape[1], b[0].shape[1])
+    pad = lambda x, fill: np.pad(x, ((0, 0), (0, P - x.shape[1])), constant_values=fill)  # noqa: E731
+    return (np.where(where[:, None], pad(a[0], -1), pad(b[0], -1)), np.where(where[:, None], pad(a[1], 0), pad(b[1], 0)))
+
+
+def _distinct_rows(expert: np.ndarray, rank: np.ndarray, n_experts: int) -> np.ndarray:
+    """(X,) True where no rank holds two slots of one expert (replay.distinct_per_rank, per row)."""
+    key = np.sort(rank * n_experts + expert, axis=1)
+    return ~(key[:, 1:] == key[:, :-1]).any(axis=1)
 
 
 def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
@@ -115,15 +154,7 @@ def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
 
 def _planned_slots(windows: np.ndarray, s: ReplaySettings, R: int, current: Layout):
     """Per window, our plan's slots (N, P) (expert -1 = unused), ranks (N, P) and whether it kept the current."""
-    E, W = windows.shape[1], s.world_size
-    theirs = rebalance(windows, E + R, 1, 1, W) if (E + R) % W == 0 else [None] * len(windows)  # (N, P) at once
-    layouts, kept = zip(*(plan_layout(w, W, R, current, row) for w, row in zip(windows, theirs)))
-    P = max(lay.n_slots for lay in layouts)
-    experts = np.full((len(windows), P), -1, dtype=np.int64)
-    ranks = np.zeros((len(windows), P), dtype=np.int64)
-    for k, lay in enumerate(layouts):
-        experts[k, : lay.n_slots], ranks[k, : lay.n_slots] = lay.slot_expert, lay.slot_rank
-    return experts, ranks, np.array(kept)
+    return plan_rows(windows, s.world_size, R, current)
 
 
 def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int):
@@ -139,7 +170,7 @@ def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.
     """vLLM balancedness of windows `measured` under the plans of windows `plan_of` (both (M,))."""
     if len(measured) == 0:
         return np.zeros(0)
-    return balancedness_vllm(rank_load_rows(windows[measured], experts[plan_of], ranks[plan_of], W))
+    return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, measured))
 
 
 def _schedules(N: int, s: ReplaySettings, measure) -> tuple[dict, float]:

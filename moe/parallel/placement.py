@@ -6,16 +6,13 @@ replicated: its served assignments, in global token order, are cut into contiguo
 expert serves both chunks (an uneven split, as DeepSeek's EPLB makes them). Because routing is deterministic,
 `predicted_load` of a placement equals the per-rank load the expert-parallel forward measures.
 
-The planner follows DeepSeek's EPLB: give each redundant slot to the expert whose replicas carry the
-most load each (`replicate`), then pack the replicas, heaviest first, onto the least loaded rank that
-still has a free slot and does not hold that expert yet (`pack`); a local search then moves or swaps
-single replicas off the busiest rank while that helps (`refine`). Greedy packing can still lose to the
-placement it would replace (an even load split into contiguous blocks), so `plan` compares the two on
-the load it was given and keeps the current placement, flagged, unless the busiest rank gets lighter.
+`plan` makes a balanced placement with moe.parallel.planner (replicate the hot experts, pack, refine). Greedy
+packing can still lose to the placement it would replace (an even load split into contiguous blocks), so `plan`
+compares the two on the load it was given and keeps the current placement, flagged, unless the busiest rank gets
+lighter.
 """
 from __future__ import annotations
 
-import heapq
 import json
 from collections import Counter
 from dataclasses import dataclass
@@ -23,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe.jsonio import dumps
+from moe.parallel.planner import balanced_rows
 from moe.roots import read_regular
 
 FORMAT = "moe-scope-placement/1"
@@ -108,90 +106,6 @@ def predicted_load(placement: Placement, load) -> np.ndarray:
     return np.bincount(rank, weights=share, minlength=placement.world_size).astype(np.int64)
 
 
-def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.ndarray:
-    """(E,) replica count per expert: each extra slot goes to the expert with the most load per replica
-    (at most one replica per rank, so at most W replicas of an expert)."""
-    count = np.ones(len(load), dtype=np.int64)
-    for _ in range(redundant_slots):
-        per_replica = np.where(count < world_size, load / count, -np.inf)
-        count[int(np.argmax(per_replica))] += 1  # argmax: the lowest index wins ties
-    return count
-
-
-def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[int, ...], ...]:
-    """Replicas (load/count each), heaviest first, to the least loaded rank with room not holding that expert (ties:
-    the rank with fewer experts, then the lower rank). The ranks wait in a heap keyed that way, one entry each."""
-    slots = -(-int(count.sum()) // world_size)  # ceil: slots per rank
-    items = sorted(((load[e] / count[e], e) for e in range(len(load)) for _ in range(count[e])),
-                   key=lambda item: (-item[0], item[1]))
-    ranks = [[] for _ in range(world_size)]
-    heap = [(0.0, 0, r) for r in range(world_size)]                                  # (weight, experts, rank)
-    for w, e in items:
-        aside = []
-        while heap and e in ranks[heap[0][2]]:  # the lightest holds e already: the next one
-            aside.append(heapq.heappop(heap))
-        if not heap:  # replicate() never asks this (at most W replicas, heaviest first); other counts may
-            raise ValueError(f"no rank with room is free of expert {e}: these replica counts cannot be packed with "
-                             f"a distinct expert per slot of a rank")
-        weight, n, r = heapq.heappop(heap)
-        ranks[r].append(e)
-        if n + 1 < slots:
-            heapq.heappush(heap, (weight + w, n + 1, r))
-        for entry in aside:
-            heapq.heappush(heap, entry)
-    return tuple(tuple(sorted(r)) for r in ranks)
-
-
-def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...], ...]:
-    """Local search after `pack`: move one replica off the busiest rank, or swap it for a lighter one, while
-    that lightens the busiest rank and leaves the other rank lighter than the busiest was (greedy packing
-    leaves such gains on near-even loads). Keeps the slots per rank, an expert on every rank, none twice."""
-    ranks, w = [list(r) for r in ranks], load / count  # w: (E,) load of one replica of each expert
-    weight, slots = np.array([w[r].sum() for r in ranks]), max(len(r) for r in ranks)
-    for _ in range(4 * len(load)):  # each step lowers (max weight, ranks at the max); this only bounds it
-        step = _best_step(ranks, w, weight, slots)
-        if step is None:
-            break
-        b, s, e, f = step  # e: rank b -> rank s; f (or None): rank s -> rank b
-        ranks[b].remove(e)
-        ranks[s].append(e)
-        d = w[e]
-        if f is not None:
-            ranks[s].remove(f)
-            ranks[b].append(f)
-            d -= w[f]
-        weight[b] -= d
-        weight[s] += d
-    return tuple(tuple(sorted(r)) for r in ranks)
-
-
-def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots: int):
-    """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most: every
-    move and swap at once, as arrays; ties go to the first in (other rank, expert on the busiest, None then the other
-    rank's experts) order, as a loop over them in that order would pick."""
-    b = int(np.argmax(weight))
-    W, on_b = len(ranks), np.array(ranks[b])                                          # (Lb,) experts on b
-    held = np.full((W, slots), -1)                                                    # (W, slots) -1 = empty
-    for s, r in enumerate(ranks):
-        held[s, : len(r)] = r
-    filled = held >= 0
-    there = (held[:, :, None] == on_b[None, None, :]).any(axis=1)                     # (W, Lb) s holds e already
-    ok = (np.arange(W) != b)[:, None] & ~there                                        # (W, Lb) e may go to s
-    we, wf = w[on_b], np.where(filled, w[np.maximum(held, 0)], np.inf)                # (Lb,), (W, slots)
-    back = filled & ~np.isin(held, on_b)                                              # (W, slots) f may go to b
-    room = (filled.sum(axis=1) < slots) & (len(on_b) > 1)                             # (W,) a plain move fits
-    d = np.concatenate([np.broadcast_to(we[None, :, None], (W, len(on_b), 1)),
-                        we[None, :, None] - wf[:, None, :]], axis=2)                  # (W, Lb, 1 + slots)
-    valid = ok[:, :, None] & np.concatenate([np.broadcast_to(room[:, None, None], (W, len(on_b), 1)),
-                                             back[:, None, :] & (wf[:, None, :] < we[None, :, None])], axis=2)
-    value = np.where(valid, np.maximum(weight[b] - d, weight[:, None, None] + d), np.inf)
-    i = int(np.argmin(value))  # the first of the smallest, in loop order
-    if not value.flat[i] < weight[b] * (1 - 1e-12):  # strictly lighter than the busiest rank, beyond rounding
-        return None
-    s, e, f = np.unravel_index(i, value.shape)
-    return b, int(s), int(on_b[e]), None if f == 0 else int(held[s, f - 1])
-
-
 @dataclass(frozen=True)
 class Plan:
     """The planner's answer for one load: the placement to use, and whether it is the current one, kept."""
@@ -219,7 +133,7 @@ def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | N
     (default: contiguous blocks when W <= E) when that plan does not lighten the busiest rank on `load`."""
     load = np.asarray(load, dtype=np.float64)
     E = len(load)
-    _check_plan_args(load, world_size, redundant_slots)
+    check_plan_args(load, world_size, redundant_slots)
     if current is None and world_size <= E:
         current = contiguous(E, world_size)
     if current is not None and (current.n_experts, current.world_size) != (E, world_size):
@@ -237,13 +151,13 @@ def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | N
 def balanced(load, world_size: int, redundant_slots: int) -> Placement:
     """The layout `plan` builds (replicate, pack, refine), whether or not it beats the current placement."""
     load = np.asarray(load, dtype=np.float64)
-    _check_plan_args(load, world_size, redundant_slots)
-    count = replicate(load, redundant_slots, world_size)
-    return Placement(len(load), refine(pack(load, count, world_size), load, count))
+    check_plan_args(load, world_size, redundant_slots)
+    expert, rank = balanced_rows(load[None], world_size, redundant_slots)
+    return Placement(len(load), tuple(tuple(expert[0][rank[0] == r].tolist()) for r in range(world_size)))
 
 
-def _check_plan_args(load: np.ndarray, world_size: int, redundant_slots: int) -> None:
-    E = len(load)
+def check_plan_args(load: np.ndarray, world_size: int, redundant_slots: int) -> None:
+    E = load.shape[-1]  # load (E,), or (X, E): one load per row
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if redundant_slots < 0:

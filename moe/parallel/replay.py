@@ -16,6 +16,8 @@ import numpy as np
 
 from moe.parallel.placement import Placement
 
+ROWS = 1024  # rank_load_rows works on this many windows at a time (its temporaries stay small)
+
 
 @dataclass(frozen=True, eq=False)
 class Layout:
@@ -120,17 +122,27 @@ def rank_load(counts, layout: Layout) -> np.ndarray:
     return full
 
 
-def rank_load_rows(counts, slot_expert, slot_rank, world_size: int) -> np.ndarray:
-    """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused."""
+def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None, window_of=None) -> np.ndarray:
+    """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused.
+    With plan_of (M,): the layouts are K plans (K, P) and row i is served by plan plan_of[i] (each plan's replica
+    split is worked out once, however many windows it serves); with window_of (M,), row i is window window_of[i] of
+    counts. Rows are taken ROWS at a time, so that the temporaries stay small."""
     counts = np.asarray(counts, dtype=np.int64)
     slot_expert, slot_rank = np.asarray(slot_expert), np.asarray(slot_rank)
-    used = slot_expert >= 0                                                          # (N, P)
-    n = np.take_along_axis(counts, np.where(used, slot_expert, 0), axis=1) * used    # (N, P)
+    used = slot_expert >= 0                                                          # (K, P)
     index, count = _replica_index(np.where(used, slot_expert, -1))
-    share = _chunks(n, index, count)
-    cell = np.arange(len(counts))[:, None] * world_size + slot_rank                  # (N, P) flat (window, rank)
-    flat = np.bincount(cell.ravel(), weights=share.ravel(), minlength=len(counts) * world_size)
-    return np.rint(flat).astype(np.int64).reshape(len(counts), world_size)
+    slot_expert = np.where(used, slot_expert, 0)
+    window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of)
+    plan_of = window_of if plan_of is None else np.asarray(plan_of)
+    out = np.empty((len(window_of), world_size), dtype=np.int64)
+    for a in range(0, len(window_of), ROWS):
+        k = plan_of[a: a + ROWS]                                                     # (B,) the plan of each row
+        n = np.take_along_axis(counts[window_of[a: a + ROWS]], slot_expert[k], axis=1) * used[k]  # (B, P)
+        share = _chunks(n, index[k], count[k])
+        cell = np.arange(len(k))[:, None] * world_size + slot_rank[k]                # (B, P) flat (window, rank)
+        flat = np.bincount(cell.ravel(), weights=share.ravel(), minlength=len(k) * world_size)
+        out[a: a + ROWS] = np.rint(flat).reshape(len(k), world_size)
+    return out
 
 
 def window_counts(counts, steps: int) -> np.ndarray:

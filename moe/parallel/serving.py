@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from moe.parallel.eplb import rebalance
-from moe.parallel.placement import Placement, balanced, pack, refine
+from moe.parallel.placement import Placement, balanced
+from moe.parallel.planner import pack, refine
 from moe.parallel.replay import Layout, distinct_per_rank, from_map, from_placement, rank_load, rank_load_rows
 
 
