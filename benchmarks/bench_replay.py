@@ -3,10 +3,11 @@ R ∈ {0, 8, 32}: the per-rank load of every window under contiguous blocks, one
 EPLB per layer (made from the whole log). Target (issue #18): the replay of all configs ≤ 10 s on 2 cores.
 Planning time is printed apart (one plan per layer and planner; it is not replay). Last, the per-window protocol of
 the page and `plan` (moe.parallel.judge.replay_layer: both planners re-plan on every window, each plan measured on the
-next window, the intervals and the rest of the run) is timed on --protocol-windows windows of one layer per config
-and scaled to 1,000 windows × 64 layers (it is linear in windows × layers: one plan per window and layer).
+next window, the intervals and the rest of the run) is timed on all 1,000 windows of --protocol-layers layers per
+config and scaled to 64 layers (it is linear in layers), with the gain of planning all windows at once over one
+window per call (--baseline-windows windows).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_replay.py [--repeats 3] [--protocol-windows 20]
+    OMP_NUM_THREADS=1 python benchmarks/bench_replay.py [--repeats 3] [--protocol-layers 2] [--baseline-windows 50]
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from moe.parallel.eplb import check_eplb_args, eplb_layout
-from moe.parallel.judge import ReplaySettings, current_layout, plan_layout, replay_layer
+from moe.parallel.judge import ReplaySettings, current_layout, plan_layout, plan_rows, replay_layer
 from moe.parallel.replay import rank_load
 
 N, L, E = 1000, 64, 256
@@ -54,7 +55,8 @@ def _layouts(counts: np.ndarray, W: int, R: int) -> list[list]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--protocol-windows", type=int, default=20)
+    parser.add_argument("--protocol-layers", type=int, default=2)
+    parser.add_argument("--baseline-windows", type=int, default=50)
     args = parser.parse_args()
     counts = _log()
     plan_s = 0.0
@@ -77,22 +79,37 @@ def main() -> None:
               f"{args.repeats})")
     total = sum(t for *_, t in rows)
     print(f"replay, all {len(rows)} configs: {total:.2f} s (target ≤ 10 s); planning (not replay): {plan_s:.1f} s")
-    _protocol(counts, args.protocol_windows)
+    _protocol(counts, args.protocol_layers, args.baseline_windows)
 
 
-def _protocol(counts: np.ndarray, n: int) -> None:
-    """replay_layer on n windows (one step each) of layer 0 per config, scaled to N windows × L layers."""
-    total = 0.0
+def _protocol(counts: np.ndarray, n_layers: int, n_windows: int) -> None:
+    """replay_layer (both planners plan every window; each plan is measured on the next window, the intervals and the
+    rest of the run) on all N windows of n_layers layers per config, scaled to L layers (it is linear in layers); and,
+    on n_windows windows of layer 0, planning all windows at once (judge.plan_rows) against one window per call
+    (judge.plan_layout), the same plans."""
+    total, ratios = 0.0, []
     for W in WORLD_SIZES:
         for R in REDUNDANT:
+            cur = current_layout(E, W)
             t = time.perf_counter()
-            replay_layer("0", counts[0, :n], current_layout(E, W), ReplaySettings(W, (R,), window=1))
+            for l in range(n_layers):
+                replay_layer(str(l), counts[l], cur, ReplaySettings(W, (R,), window=1))
             took = time.perf_counter() - t
             total += took
-            print(f"W={W:>2} R={R:>2}: per-window protocol, {n} windows of one layer: {took:.2f} s "
-                  f"({1e3 * took / n:.1f} ms per window)")
-    print(f"per-window protocol, all configs: {total:.1f} s for {n} windows of one layer; scaled to {N} windows × "
-          f"{L} layers: {total * N * L / n / 3600:.1f} h")
+            t = time.perf_counter()
+            plan_rows(counts[0, :n_windows], W, R, cur)
+            rows = time.perf_counter() - t
+            t = time.perf_counter()
+            for load in counts[0, :n_windows]:
+                plan_layout(load, W, R, cur)
+            one = time.perf_counter() - t
+            ratios.append(one / rows)
+            print(f"W={W:>2} R={R:>2}: per-window protocol, {N} windows × {n_layers} layers: {took:.2f} s; planning "
+                  f"{n_windows} windows at once {rows * 1e3:.0f} ms, one per call {one * 1e3:.0f} ms "
+                  f"({one / rows:.1f}× faster at once)")
+    print(f"per-window protocol, all configs: {total:.1f} s for {N} windows × {n_layers} layers; scaled to {L} layers: "
+          f"{total * L / n_layers:.0f} s (target ≤ 10 s); planning at once vs one window per call: median "
+          f"{np.median(ratios):.1f}× faster")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import pytest
 
 from moe.parallel.placement import MAX_FILE_BYTES, Placement, chunk_sizes, contiguous, load_file, plan, predicted_load, save
 from moe.parallel.planner import _best_step, pack, replicate
+from naive_placement import loop_best_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -169,24 +170,6 @@ def test_ep_report_refuses_a_device_or_a_fifo_at_once(tmp_path, kind):
     assert "is not a regular file" in run.stderr
 
 
-def _loop_best_step(ranks, w, weight, slots):
-    """The local search's step as a plain loop (the reference for placement._best_step): every move of an expert off
-    the busiest rank, then every swap, rank by rank; the first strictly lighter pair max wins."""
-    b = int(np.argmax(weight))
-    best, step = weight[b] * (1 - 1e-12), None
-    for s in range(len(ranks)):
-        for e in ranks[b]:
-            if s == b or e in ranks[s]:
-                continue
-            backs = [None] if len(ranks[s]) < slots and len(ranks[b]) > 1 else []
-            backs += [f for f in ranks[s] if f not in ranks[b] and w[f] < w[e]]
-            for f in backs:
-                d = w[e] - (0.0 if f is None else w[f])
-                if max(weight[b] - d, weight[s] + d) < best:
-                    best, step = max(weight[b] - d, weight[s] + d), (b, s, e, f)
-    return step
-
-
 def test_the_local_search_step_is_the_loop_one():
     """_best_step evaluates every move and swap at once; on random packings (uneven rank sizes, ties from equal
     loads) it picks exactly the step the loop picks, and refine ends where a loop-driven refine ends."""
@@ -202,7 +185,7 @@ def test_the_local_search_step_is_the_loop_one():
             rng.shuffle(r)  # refine keeps list order; the step must follow it
         w = load / count
         weight, slots = np.array([w[r].sum() for r in ranks]), max(len(r) for r in ranks) + int(rng.integers(0, 2))
-        ours, ref = _best_step(ranks, w, weight, slots), _loop_best_step(ranks, w, weight, slots)
+        ours, ref = _best_step(ranks, w, weight, slots), loop_best_step(ranks, w, weight, slots)
         assert ours == ref, (ranks, w.tolist(), slots)
         found += ref is not None
     assert found > 50  # the steps compared are real moves and swaps, not only "no step"

@@ -9,31 +9,8 @@ from moe.parallel.eplb import eplb_layout
 from moe.parallel.judge import plan_rows
 from moe.parallel.placement import contiguous, plan
 from moe.parallel.planner import balanced_rows, pack, refine, replicate
+from naive_placement import naive_pack, naive_refine, naive_replicate
 from moe.parallel.replay import Layout, from_map, from_placement, rank_load, to_placement
-
-
-def naive_replicate(load, R, W):
-    count = [1] * len(load)
-    for _ in range(R):
-        best = None
-        for e in range(len(load)):
-            if count[e] < W and (best is None or load[e] / count[e] > load[best] / count[best]):
-                best = e
-        count[best] += 1
-    return count
-
-
-def naive_pack(load, count, W):
-    items = sorted(((load[e] / count[e], e) for e in range(len(load)) for _ in range(count[e])),
-                   key=lambda item: (-item[0], item[1]))
-    slots = -(-len(items) // W)
-    ranks, weight = [[] for _ in range(W)], [0.0] * W
-    for w, e in items:
-        free = [r for r in range(W) if len(ranks[r]) < slots and e not in ranks[r]]
-        r = min(free, key=lambda r: (weight[r], len(ranks[r]), r))
-        ranks[r].append(e)
-        weight[r] += w
-    return tuple(tuple(sorted(r)) for r in ranks)
 
 
 def random_load(rng, E):
@@ -70,7 +47,8 @@ def test_balanced_rows_are_pack_then_refine_on_every_row():
         for x, load in enumerate(loads):
             count = np.array(naive_replicate(load, R, W))
             packed = naive_pack(load, count, W)
-            want = refine(packed, load, count)
+            want = naive_refine(packed, load / count)
+            assert refine(packed, load, count) == want
             got = tuple(tuple(expert[x][rank[x] == r].tolist()) for r in range(W))
             assert got == want, (load.tolist(), R, W)
             changed += want != packed
@@ -119,3 +97,23 @@ def test_plan_rows_is_the_one_load_rule_on_every_row(distinct):
             assert got.slot_rank.tolist() == want.slot_rank.tolist(), (load.tolist(), W, R)
             kept_seen.add(bool(was_kept))
     assert kept_seen == {True, False}
+
+
+def test_the_local_search_follows_list_order_like_the_loop():
+    """refine on packings whose ranks list their experts in any order (a move appends; ties go to the first in list
+    order) ends where the loop ends, step for step."""
+    rng = np.random.default_rng(14)
+    moved = 0
+    for _ in range(150):
+        W = int(rng.integers(2, 6))
+        E = int(rng.integers(W, 4 * W + 2))
+        R = int(rng.integers(0, W + 1))
+        load = random_load(rng, E)
+        count = replicate(load, R, W)
+        ranks = [list(r) for r in pack(load, count, W)]
+        for r in ranks:
+            rng.shuffle(r)
+        want = naive_refine(ranks, load / count)
+        assert refine(ranks, load, count) == want, (ranks, load.tolist(), count.tolist())
+        moved += want != tuple(tuple(sorted(r)) for r in ranks)
+    assert moved > 20

@@ -13,6 +13,8 @@ import torch
 
 from moe.parallel import greedy
 
+CELLS = 1 << 17  # the local search weighs this many (row, rank, expert, expert back) steps at a time
+
 
 def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.ndarray:
     """(E,) replica count per expert: each extra slot goes to the expert with the most load per replica (ties: the
@@ -52,12 +54,20 @@ def balanced_rows(load, world_size: int, redundant_slots: int) -> tuple[np.ndarr
     load = np.asarray(load, dtype=np.float64)
     count = greedy.top_up(load, redundant_slots, world_size)[0]                      # (X, E)
     expert, rank = pack_rows(load, count, world_size)
+    P, C = expert.shape[1], -(-expert.shape[1] // world_size)
     w = np.take_along_axis(load / count, expert, axis=1)                             # (X, P) each slot's weight
-    for x in np.flatnonzero(_may_refine(w, rank, world_size, -(-expert.shape[1] // world_size))):
-        ranks = [expert[x][rank[x] == r].tolist() for r in range(world_size)]
-        done = refine(ranks, load[x], count[x])
-        expert[x] = [e for r in done for e in r]
-        rank[x] = np.repeat(np.arange(world_size), [len(r) for r in done])
+    x = np.flatnonzero(_may_refine(w, rank, world_size, C))                          # rows the search may change
+    if len(x):
+        Y, E = len(x), load.shape[1]
+        n = np.stack([np.bincount(r, minlength=world_size) for r in rank[x]])        # (Y, W) slots per rank
+        at = np.arange(P) - np.take_along_axis(np.cumsum(n, axis=1) - n, rank[x], axis=1)  # (Y, P) place in its rank
+        held = np.full((Y, world_size, C), -1, dtype=np.int64)
+        held[np.arange(Y)[:, None], rank[x], at] = expert[x]
+        held = refine_rows(held, (load / count)[x], 4 * E)
+        held = np.sort(np.where(held >= 0, held, E), axis=2)                        # ascending, the empty (E) last
+        keep = held.reshape(Y, -1) < E                                               # P per row: no slot is lost
+        expert[x] = held.reshape(Y, -1)[keep].reshape(Y, P)
+        rank[x] = np.broadcast_to(np.repeat(np.arange(world_size), C), (Y, world_size * C))[keep].reshape(Y, P)
     return expert, rank
 
 
@@ -92,50 +102,98 @@ def _may_refine(w: np.ndarray, rank: np.ndarray, world_size: int, slots: int) ->
 def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...], ...]:
     """Local search after `pack`: move one replica off the busiest rank, or swap it for a lighter one, while
     that lightens the busiest rank and leaves the other rank lighter than the busiest was (greedy packing
-    leaves such gains on near-even loads). Keeps the slots per rank, an expert on every rank, none twice."""
-    ranks, w = [list(r) for r in ranks], load / count  # w: (E,) load of one replica of each expert
-    weight, slots = np.array([w[r].sum() for r in ranks]), max(len(r) for r in ranks)
-    for _ in range(4 * len(load)):  # each step lowers (max weight, ranks at the max); this only bounds it
-        step = _best_step(ranks, w, weight, slots)
-        if step is None:
+    leaves such gains on near-even loads). Keeps the slots per rank, an expert on every rank, none twice.
+    One row of `refine_rows`; each rank's experts keep their list order (a move appends)."""
+    W, C = len(ranks), max(len(r) for r in ranks)
+    held = np.full((1, W, C), -1, dtype=np.int64)
+    for r, experts in enumerate(ranks):
+        held[0, r, : len(experts)] = experts
+    held = refine_rows(held, (np.asarray(load, dtype=np.float64) / count)[None], 4 * len(load))
+    return tuple(tuple(sorted(e for e in r if e >= 0)) for r in held[0].tolist())
+
+
+def refine_rows(held: np.ndarray, w: np.ndarray, max_steps: int) -> np.ndarray:
+    """`refine` for every row at once: held (X, W, C) each rank's experts in list order (-1 after the last), w (X, E)
+    the load of one replica of each expert. A rank's weight is the sum of its replicas in list order. Each step lowers
+    (max weight, ranks at the max); a row stops when no step helps or after max_steps. Returns the new held."""
+    held = held.copy()
+    X, W, C = held.shape
+    on = held >= 0
+    wf = np.where(on, np.take_along_axis(w, np.maximum(held, 0).reshape(X, -1), axis=1).reshape(X, W, C), 0.0)
+    weight = np.zeros((X, W))
+    for c in range(C):  # in list order, as a loop adds them
+        weight += wf[:, :, c]
+    active = np.arange(X)
+    for _ in range(max_steps):
+        if not len(active):
             break
-        b, s, e, f = step  # e: rank b -> rank s; f (or None): rank s -> rank b
-        ranks[b].remove(e)
-        ranks[s].append(e)
-        d = w[e]
-        if f is not None:
-            ranks[s].remove(f)
-            ranks[b].append(f)
-            d -= w[f]
-        weight[b] -= d
-        weight[s] += d
-    return tuple(tuple(sorted(r)) for r in ranks)
+        chunk = max(1, CELLS // (W * C * (C + 1)))  # rows per evaluation: its (rows, W, C, 1 + C) values stay small
+        step = [np.concatenate(v) for v in zip(*(_best_steps(held[a], w[a], weight[a])
+                                                  for a in np.array_split(active, -(-len(active) // chunk))))]
+        go = step[0] >= 0
+        active, (b, s, e, f) = active[go], (v[go] for v in step)
+        rows, back = active, f >= 0  # e: rank b -> rank s; f (or -1): rank s -> rank b
+        _take_out(held, rows, b, e)
+        _take_out(held, rows[back], s[back], f[back])  # before e comes in: a full rank has no room for both
+        _put_in(held, rows, s, e)
+        _put_in(held, rows[back], b[back], f[back])
+        d = w[rows, e] - np.where(back, w[rows, np.maximum(f, 0)], 0.0)
+        weight[rows, b] -= d
+        weight[rows, s] += d
+    return held
+
+
+def _take_out(held: np.ndarray, rows, rank, e) -> None:
+    """Remove expert e from held[rows, rank], the later experts moving up one (list.remove)."""
+    C = held.shape[2]
+    lists = held[rows, rank]                                                          # (Y, C)
+    pos = (lists == e[:, None]).argmax(axis=1)
+    shift = np.arange(C)[None, :] + (np.arange(C)[None, :] >= pos[:, None])
+    moved = np.take_along_axis(lists, np.minimum(shift, C - 1), axis=1)
+    moved[shift >= C] = -1
+    held[rows, rank] = moved
+
+
+def _put_in(held: np.ndarray, rows, rank, e) -> None:
+    """Append e to held[rows, rank] (list.append)."""
+    held[rows, rank, (held[rows, rank] >= 0).sum(axis=1)] = e
+
+
+def _best_steps(held: np.ndarray, w: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per row (held (X, W, C), w (X, E), weight (X, W)): (busiest rank, other rank, expert moved there, expert moved
+    back or -1) lowering the pair's max most, every move and swap at once; ties go to the first in (other rank, expert
+    on the busiest, no expert back then the other rank's experts) order, as a loop in that order would pick. Rows where
+    no step makes the pair strictly lighter than the busiest rank get -1 everywhere."""
+    X, W, C = held.shape
+    x = np.arange(X)
+    b = weight.argmax(axis=1)
+    on_b = held[x, b]                                                                 # (X, C) experts on b, -1 pad
+    filled = held >= 0                                                                # (X, W, C)
+    there = (held[:, :, :, None] == on_b[:, None, None, :]).any(axis=2)               # (X, W, C) s holds e already
+    ok = (np.arange(W)[None, :] != b[:, None])[:, :, None] & ~there & (on_b >= 0)[:, None, :]   # (X, W, Ce)
+    we = np.take_along_axis(w, np.maximum(on_b, 0), axis=1)                           # (X, Ce)
+    wf = np.where(filled, np.take_along_axis(w, np.maximum(held, 0).reshape(X, -1), axis=1).reshape(X, W, C), np.inf)
+    back = filled & ~(held[:, :, :, None] == np.where(on_b >= 0, on_b, -2)[:, None, None, :]).any(axis=3)
+    room = (filled.sum(axis=2) < C) & ((on_b >= 0).sum(axis=1) > 1)[:, None]        # (X, W) a plain move fits
+    d = np.concatenate([np.broadcast_to(we[:, None, :, None], (X, W, C, 1)),
+                        we[:, None, :, None] - wf[:, :, None, :]], axis=3)            # (X, W, Ce, 1 + Cf)
+    valid = ok[..., None] & np.concatenate([np.broadcast_to(room[:, :, None, None], (X, W, C, 1)),
+                                            back[:, :, None, :] & (wf[:, :, None, :] < we[:, None, :, None])], axis=3)
+    top = weight[x, b]
+    value = np.where(valid, np.maximum(top[:, None, None, None] - d, weight[:, :, None, None] + d), np.inf)
+    i = value.reshape(X, -1).argmin(axis=1)                                           # the first of the smallest
+    good = value.reshape(X, -1)[x, i] < top * (1 - 1e-12)  # strictly lighter than the busiest, beyond rounding
+    s, e, f = np.unravel_index(i, value.shape[1:])
+    moved, brought = on_b[x, e], np.where(f > 0, held[x, s, np.maximum(f - 1, 0)], -1)
+    return tuple(np.where(good, v, -1) for v in (b, s, moved, brought))
 
 
 def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots: int):
-    """(busiest rank, other rank, expert moved there, expert moved back or None) lowering the pair's max most: every
-    move and swap at once, as arrays; ties go to the first in (other rank, expert on the busiest, None then the other
-    rank's experts) order, as a loop over them in that order would pick."""
-    b = int(np.argmax(weight))
-    W, on_b = len(ranks), np.array(ranks[b])                                          # (Lb,) experts on b
-    held = np.full((W, slots), -1)                                                    # (W, slots) -1 = empty
-    for s, r in enumerate(ranks):
-        held[s, : len(r)] = r
-    filled = held >= 0
-    there = (held[:, :, None] == on_b[None, None, :]).any(axis=1)                     # (W, Lb) s holds e already
-    ok = (np.arange(W) != b)[:, None] & ~there                                        # (W, Lb) e may go to s
-    we, wf = w[on_b], np.where(filled, w[np.maximum(held, 0)], np.inf)                # (Lb,), (W, slots)
-    back = filled & ~np.isin(held, on_b)                                              # (W, slots) f may go to b
-    room = (filled.sum(axis=1) < slots) & (len(on_b) > 1)                             # (W,) a plain move fits
-    d = np.concatenate([np.broadcast_to(we[None, :, None], (W, len(on_b), 1)),
-                        we[None, :, None] - wf[:, None, :]], axis=2)                  # (W, Lb, 1 + slots)
-    valid = ok[:, :, None] & np.concatenate([np.broadcast_to(room[:, None, None], (W, len(on_b), 1)),
-                                             back[:, None, :] & (wf[:, None, :] < we[None, :, None])], axis=2)
-    value = np.where(valid, np.maximum(weight[b] - d, weight[:, None, None] + d), np.inf)
-    i = int(np.argmin(value))  # the first of the smallest, in loop order
-    if not value.flat[i] < weight[b] * (1 - 1e-12):  # strictly lighter than the busiest rank, beyond rounding
-        return None
-    s, e, f = np.unravel_index(i, value.shape)
-    return b, int(s), int(on_b[e]), None if f == 0 else int(held[s, f - 1])
-
-
+    """One row of `_best_steps`: (busiest rank, other rank, expert moved there, expert moved back or None), or None
+    when no step helps; `slots` is the most experts a rank may hold."""
+    held = np.full((1, len(ranks), slots), -1, dtype=np.int64)
+    for r, experts in enumerate(ranks):
+        held[0, r, : len(experts)] = experts
+    b, s, e, f = (int(v[0]) for v in _best_steps(held, np.asarray(w, dtype=np.float64)[None],
+                                                  np.asarray(weight, dtype=np.float64)[None]))
+    return None if b < 0 else (b, s, e, None if f < 0 else f)

@@ -138,7 +138,10 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     for a in range(0, len(window_of), ROWS):
         k = plan_of[a: a + ROWS]                                                     # (B,) the plan of each row
         n = np.take_along_axis(counts[window_of[a: a + ROWS]], slot_expert[k], axis=1) * used[k]  # (B, P)
-        share = _chunks(n, index[k], count[k])
+        c = count[k]
+        many = c > 1                                                                 # replicated slots only
+        share = n
+        share[many] = _chunks(n[many], index[k][many], c[many])
         cell = np.arange(len(k))[:, None] * world_size + slot_rank[k]                # (B, P) flat (window, rank)
         flat = np.bincount(cell.ravel(), weights=share.ravel(), minlength=len(k) * world_size)
         out[a: a + ROWS] = np.rint(flat).reshape(len(k), world_size)
