@@ -120,6 +120,16 @@ def test_replay_measures_each_plan_on_the_next_window():
     every2 = [rank_load(windows[j][None], plan_layout(windows[(j - 1) // 2 * 2], 4, 4, cur)[0])[0]
               for j in range(1, 8)]
     assert r.intervals[("planned", 4)][2] == pytest.approx(np.median(balancedness_vllm(np.array(every2))))
+    plans = [plan_layout(windows[k], 4, 4, cur)[0] for k in range(8)]
+    later = [rank_load(windows[j][None], plans[k])[0] for k in range(7) for j in range(k + 1, 8)]
+    assert r.rest[("planned", 4)] == pytest.approx(np.median(balancedness_vllm(np.array(later))))
+    now = [rank_load(windows[j][None], cur)[0] for k in range(7) for j in range(k + 1, 8)]
+    assert r.rest[("current", 4)] == pytest.approx(np.median(balancedness_vllm(np.array(now))))
+    shares = []  # window k + 1's tokens on the experts plan k gave more than one slot
+    for k in range(7):
+        twice = [e for e in range(8) if list(plans[k].slot_expert).count(e) > 1]
+        shares.append(sum(windows[k + 1][e] for e in twice) / windows[k + 1].sum())
+    assert r.absorbed[4] == pytest.approx(np.median(shares)) and max(shares) > 0
     assert r.hot_top == 4 and r.hot_windows[3] == 8  # the hot expert is top-4 in every window
     rows = balance_rows(r)
     assert {row["placement"] for row in rows} == {"current", "planned", "eplb"}

@@ -173,18 +173,22 @@ def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.
     return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, measured))
 
 
-def _schedules(N: int, s: ReplaySettings, measure) -> tuple[dict, float]:
-    """p50 balancedness per rebalance interval, and on the rest of the run (`measure(plan_of, measured)`)."""
+def _measure_rest(windows, experts, ranks, W: int, k: int) -> np.ndarray:
+    """vLLM balancedness of every window after k under the plan of window k (one layout: rank_load)."""
+    used = experts[k] >= 0
+    return balancedness_vllm(rank_load(windows[k + 1:], Layout(experts[k][used], ranks[k][used], W)))
+
+
+def _schedules(N: int, s: ReplaySettings, measure, rest) -> tuple[dict, float]:
+    """p50 balancedness per rebalance interval (`measure(plan_of, measured)`), and on the rest of the run
+    (`rest(k)`: every window after k under the plan of window k, for at most MAX_REST_PLANS evenly spaced k)."""
     out = {}
     for every in [k for k in s.intervals if k < max(N, 2)] or [1]:  # an interval longer than the log says nothing
         measured = np.arange(1, N)
         plan_of = ((measured - 1) // every) * every
         out[every] = _p50(measure(plan_of, measured))
     starts = np.unique(np.linspace(0, N - 2, min(MAX_REST_PLANS, max(N - 1, 0))).astype(int)) if N > 1 else []
-    pairs = [(k, j) for k in starts for j in range(k + 1, N)]
-    rest = _p50(measure(np.array([k for k, _ in pairs], dtype=np.int64), np.array([j for _, j in pairs],
-                                                                                   dtype=np.int64)))
-    return out, rest
+    return out, _p50(np.concatenate([rest(int(k)) for k in starts]) if len(starts) else np.zeros(0))
 
 
 def _p50(values: np.ndarray) -> float:
@@ -207,12 +211,13 @@ def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
     """p50 over k of the share of window k+1's tokens on experts that plan k replicated."""
     if len(windows) < 2:
         return float("nan")
-    E = windows.shape[1]
-    shares = []
-    for k in range(len(windows) - 1):
-        slots = np.bincount(experts[k][experts[k] >= 0], minlength=E)
-        total = windows[k + 1].sum()
-        shares.append(windows[k + 1][slots > 1].sum() / total if total else np.nan)
+    N, E = windows.shape
+    slots = np.zeros((N - 1, E), dtype=np.int64)                                     # (N − 1, E) slots of plan k
+    used = experts[:-1] >= 0
+    np.add.at(slots, (np.nonzero(used)[0], experts[:-1][used]), 1)
+    total = windows[1:].sum(axis=1)
+    hit = np.where(slots > 1, windows[1:], 0).sum(axis=1)
+    shares = np.where(total > 0, hit / np.maximum(total, 1), np.nan)
     return float(np.nanmedian(shares)) if np.isfinite(shares).any() else float("nan")
 
 
@@ -226,7 +231,8 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
     loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
     for R in s.redundant_slots:
         loads[("current", R)] = cur
-        intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured])
+        intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured],
+                                                                     lambda k: bal_cur[k + 1:])
         slots = {"planned": _planned_slots(windows, s, R, current)}
         kept[R] = slots["planned"][2]
         absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")
@@ -242,7 +248,8 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
             if N > 1:
                 online[1:] = rank_load_rows(windows[1:], experts[:-1], ranks[:-1], W)
             loads[(name, R)] = online
-            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, windows, experts, ranks, W))
+            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, windows, experts, ranks, W),
+                                                               partial(_measure_rest, windows, experts, ranks, W))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)
