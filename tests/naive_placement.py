@@ -4,7 +4,7 @@ fewer experts, then the lower rank), and the local search, one move or swap at a
 import numpy as np
 
 
-def naive_replicate(load, R, W):
+def loop_replicate(load, R, W):
     count = [1] * len(load)
     for _ in range(R):
         best = None
@@ -15,7 +15,7 @@ def naive_replicate(load, R, W):
     return count
 
 
-def naive_pack(load, count, W):
+def loop_pack(load, count, W):
     items = sorted(((load[e] / count[e], e) for e in range(len(load)) for _ in range(count[e])),
                    key=lambda item: (-item[0], item[1]))
     slots = -(-len(items) // W)
@@ -46,7 +46,7 @@ def loop_best_step(ranks, w, weight, slots):
     return step
 
 
-def naive_refine(ranks, w):
+def loop_refine(ranks, w):
     """The local search: loop_best_step until no step helps (at most 4·E steps); a rank's weight is the sum of its
     replicas in list order; a move appends to the receiving rank's list."""
     ranks = [list(r) for r in ranks]

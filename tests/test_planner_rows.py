@@ -8,8 +8,9 @@ import pytest
 from moe.parallel.eplb import eplb_layout
 from moe.parallel.judge import plan_rows
 from moe.parallel.placement import contiguous, plan
-from moe.parallel.planner import balanced_rows, pack, refine, replicate
-from naive_placement import naive_pack, naive_refine, naive_replicate
+from moe.parallel import greedy, planner, replay
+from moe.parallel.planner import balanced_rows, pack, rank_lists, refine, replicate
+from naive_placement import loop_pack, loop_refine, loop_replicate
 from moe.parallel.replay import Layout, from_map, from_placement, rank_load, to_placement
 
 
@@ -30,11 +31,21 @@ def test_replicate_and_pack_are_the_loops():
         R = int(rng.integers(0, E * (W - 1) + 1)) if W > 1 else 0
         load = random_load(rng, E)
         count = replicate(load, R, W)
-        assert count.tolist() == naive_replicate(load, R, W), (load.tolist(), R, W)
-        assert pack(load, count, W) == naive_pack(load, count, W), (load.tolist(), count.tolist(), W)
+        assert count.tolist() == loop_replicate(load, R, W), (load.tolist(), R, W)
+        assert pack(load, count, W) == loop_pack(load, count, W), (load.tolist(), count.tolist(), W)
 
 
-def test_balanced_rows_are_pack_then_refine_on_every_row():
+@pytest.fixture(params=["blocks", "one block"])
+def blocks(request, monkeypatch):
+    """Run a test twice: with the modules' own block sizes (all rows in one block here), and with tiny blocks, so
+    that every boundary between blocks of rows (greedy.BLOCK, replay.ROWS, planner.CELLS) is crossed."""
+    if request.param == "blocks":
+        monkeypatch.setattr(greedy, "BLOCK", 3)
+        monkeypatch.setattr(replay, "ROWS", 2)
+        monkeypatch.setattr(planner, "CELLS", 1)
+
+
+def test_balanced_rows_are_pack_then_refine_on_every_row(blocks):
     """The cheap test that skips the local search on a row never skips a row the search would change."""
     rng = np.random.default_rng(12)
     skipped = changed = 0
@@ -44,15 +55,20 @@ def test_balanced_rows_are_pack_then_refine_on_every_row():
         R = int(rng.integers(0, min(E * (W - 1), 2 * W) + 1))
         loads = np.stack([random_load(rng, E) for _ in range(12)])
         expert, rank = balanced_rows(loads, W, R)
+        count = greedy.top_up(loads, R, W)[0]
+        packed_e, packed_r = planner.pack_rows(loads, count, W)
+        w = np.take_along_axis(loads / count, packed_e, axis=1)
+        may = planner._may_refine(w, packed_r, W, -(-packed_e.shape[1] // W))
         for x, load in enumerate(loads):
-            count = np.array(naive_replicate(load, R, W))
-            packed = naive_pack(load, count, W)
-            want = naive_refine(packed, load / count)
-            assert refine(packed, load, count) == want
-            got = tuple(tuple(expert[x][rank[x] == r].tolist()) for r in range(W))
-            assert got == want, (load.tolist(), R, W)
+            assert count[x].tolist() == loop_replicate(load, R, W)
+            packed = loop_pack(load, count[x], W)
+            assert planner.rank_lists(packed_e[x], packed_r[x], W) == packed
+            want = loop_refine(packed, load / count[x])
+            assert refine(packed, load, count[x]) == want
+            assert rank_lists(expert[x], rank[x], W) == want, (load.tolist(), R, W)
+            assert may[x] or want == packed, (load.tolist(), R, W)  # a skipped row is one the search leaves alone
             changed += want != packed
-            skipped += want == packed
+            skipped += not may[x]
     assert changed > 20 and skipped > 20  # both paths are exercised
 
 
@@ -74,16 +90,17 @@ def reference_plan(load, W, R, current: Layout, distinct=False):
 
 
 @pytest.mark.parametrize("distinct", [False, True])
-def test_plan_rows_is_the_one_load_rule_on_every_row(distinct):
+def test_plan_rows_is_the_one_load_rule_on_every_row(distinct, blocks):
     rng = np.random.default_rng(13 + distinct)
-    kept_seen = set()
-    for case in range(30):
+    kept_seen, wide = set(), 0
+    for case in range(40):
         W = int(rng.integers(1, 6))
-        E = int(rng.integers(max(W, 2), 4 * W + 3))
-        R = int(rng.integers(0, min(E * (W - 1), 2 * W) + 1))
-        if case % 3 == 0 and W > 1:  # a recorded map with a replica, slots not in rank order
-            row = np.concatenate([np.arange(E), rng.integers(0, E, size=W - E % W)])
+        E = int(rng.integers(max(W, 2), 4 * W + 3)) if case % 4 else int(rng.integers(1, W + 1))
+        R = int(rng.integers(max(0, W - E), max(W - E, min(E * (W - 1), 2 * W)) + 1))
+        if (case % 3 == 0 or W > E) and W > 1:  # a recorded map with replicas, slots not in rank order
+            row = np.concatenate([rng.permutation(E), rng.integers(0, E, size=W - E % W + W * (E < W))])
             current = from_map(row, W)
+            wide += W > E
         else:
             current = from_placement(contiguous(E, W))
         loads = np.stack([random_load(rng, E) for _ in range(10)]).astype(np.int64)
@@ -96,7 +113,7 @@ def test_plan_rows_is_the_one_load_rule_on_every_row(distinct):
             assert got.slot_expert.tolist() == want.slot_expert.tolist(), (load.tolist(), W, R)
             assert got.slot_rank.tolist() == want.slot_rank.tolist(), (load.tolist(), W, R)
             kept_seen.add(bool(was_kept))
-    assert kept_seen == {True, False}
+    assert kept_seen == {True, False} and wide >= 3  # W > E (the run's map, no contiguous blocks) is among them
 
 
 def test_the_local_search_follows_list_order_like_the_loop():
@@ -113,7 +130,7 @@ def test_the_local_search_follows_list_order_like_the_loop():
         ranks = [list(r) for r in pack(load, count, W)]
         for r in ranks:
             rng.shuffle(r)
-        want = naive_refine(ranks, load / count)
+        want = loop_refine(ranks, load / count)
         assert refine(ranks, load, count) == want, (ranks, load.tolist(), count.tolist())
         moved += want != tuple(tuple(sorted(r)) for r in ranks)
     assert moved > 20

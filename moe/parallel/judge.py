@@ -101,6 +101,10 @@ def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, dis
     X, E = loads.shape
     W, R = world_size, redundant_slots
     check_plan_args(loads.astype(np.float64), W, R)
+    if current.world_size != W or int(current.slot_expert.max()) >= E or len(set(current.slot_expert.tolist())) < E:
+        raise ValueError(f"the current placement is for W={current.world_size} and experts "
+                         f"{sorted(set(current.slot_expert.tolist()))[:8]}…; the load has E={E} and the plan W={W}: "
+                         f"give a placement of every expert 0..{E - 1} on {W} ranks")
     best = balanced_rows(loads, W, R)                                                 # placement.balanced, per row
     peak = rank_load_rows(loads, *best, W).max(axis=1)
     now = to_placement(current, E) if current.n_slots == E else contiguous(E, W) if W <= E else None
@@ -125,14 +129,20 @@ def _lighter(other: tuple, best: tuple, peak: np.ndarray, loads: np.ndarray, W: 
 
 
 def _rows_of(layout: Layout, X: int) -> tuple[np.ndarray, np.ndarray]:
-    return np.broadcast_to(layout.slot_expert, (X, layout.n_slots)), np.broadcast_to(layout.slot_rank, (X, layout.n_slots))
+    """One layout's slots (experts, ranks) for X rows (read-only views)."""
+    shape = (X, layout.n_slots)
+    return np.broadcast_to(layout.slot_expert, shape), np.broadcast_to(layout.slot_rank, shape)
 
 
 def _pick(where: np.ndarray, a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, slots (experts, ranks) of `a` where `where`, else of `b`; the narrower is padded with unused slots."""
+    """Per row, slots (experts, ranks) of `a` where `where`, else of `b` (new arrays); the narrower is padded with
+    unused slots (expert -1)."""
     P = max(a[0].shape[1], b[0].shape[1])
-    pad = lambda x, fill: np.pad(x, ((0, 0), (0, P - x.shape[1])), constant_values=fill)  # noqa: E731
-    return (np.where(where[:, None], pad(a[0], -1), pad(b[0], -1)), np.where(where[:, None], pad(a[1], 0), pad(b[1], 0)))
+
+    def pad(x, fill):
+        return np.pad(x, ((0, 0), (0, P - x.shape[1])), constant_values=fill)
+    return (np.where(where[:, None], pad(a[0], -1), pad(b[0], -1)),
+            np.where(where[:, None], pad(a[1], 0), pad(b[1], 0)))
 
 
 def _distinct_rows(expert: np.ndarray, rank: np.ndarray, n_experts: int) -> np.ndarray:

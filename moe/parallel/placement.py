@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moe.jsonio import dumps
-from moe.parallel.planner import balanced_rows
+from moe.parallel.planner import balanced_rows, rank_lists
 from moe.roots import read_regular
 
 FORMAT = "moe-scope-placement/1"
@@ -153,11 +153,12 @@ def balanced(load, world_size: int, redundant_slots: int) -> Placement:
     load = np.asarray(load, dtype=np.float64)
     check_plan_args(load, world_size, redundant_slots)
     expert, rank = balanced_rows(load[None], world_size, redundant_slots)
-    return Placement(len(load), tuple(tuple(expert[0][rank[0] == r].tolist()) for r in range(world_size)))
+    return Placement(len(load), rank_lists(expert[0], rank[0], world_size))
 
 
 def check_plan_args(load: np.ndarray, world_size: int, redundant_slots: int) -> None:
-    E = load.shape[-1]  # load (E,), or (X, E): one load per row
+    """ValueError naming the fix unless the planner takes these arguments; load (E,), or (X, E) for many loads."""
+    E = load.shape[-1]
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     if redundant_slots < 0:

@@ -2,8 +2,9 @@
 slot to the expert whose replicas carry the most load each (`replicate`), pack the replicas, heaviest first, onto the
 least loaded rank that still has a free slot and does not hold that expert yet (`pack`), then a local search moves or
 swaps single replicas off the busiest rank while that helps (`refine`). `balanced_rows` runs the three on many loads
-at once: the first two for all rows together (moe.parallel.greedy), the local search only on the rows where a
-cheap exact test finds a move or swap that could lighten the busiest rank (`_may_refine`). moe.parallel.placement
+at once: the first two for all rows together (moe.parallel.greedy), the local search on the rows where a cheap
+conservative test (`_may_refine`: it never skips a row the search would change) finds a move or swap that could
+lighten the busiest rank. A rank's weight is the sum of its replicas' loads in list order. moe.parallel.placement
 wraps one row of it in a Placement (`balanced`, `plan`). Shapes: X rows, E experts, W ranks, P = E + R slots.
 """
 from __future__ import annotations
@@ -27,7 +28,12 @@ def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[in
     holding that expert (ties: the rank with fewer experts, then the lower rank); ranks hold ceil(P / W) slots at most.
     ValueError when a replica finds no rank with room free of its expert."""
     expert, rank = pack_rows(np.asarray(load, dtype=np.float64)[None], np.asarray(count)[None], world_size)
-    return tuple(tuple(expert[0][rank[0] == r].tolist()) for r in range(world_size))
+    return rank_lists(expert[0], rank[0], world_size)
+
+
+def rank_lists(expert: np.ndarray, rank: np.ndarray, world_size: int) -> tuple[tuple[int, ...], ...]:
+    """One row's slots (P,) as each rank's experts, in slot order."""
+    return tuple(tuple(expert[rank == r].tolist()) for r in range(world_size))
 
 
 def pack_rows(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -49,9 +55,11 @@ def pack_rows(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[np.
 
 
 def balanced_rows(load, world_size: int, redundant_slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Our layout (replicate, pack, refine) for every row of load (X, E), arguments checked as
-    moe.parallel.placement.balanced checks them: slot experts and ranks (X, P), rank by rank, experts ascending."""
+    """Our layout (replicate, pack, refine) for every row of load (X, E): slot experts and ranks (X, P), rank by rank,
+    experts ascending. The caller checks the arguments (moe.parallel.placement.check_plan_args)."""
     load = np.asarray(load, dtype=np.float64)
+    if not len(load):
+        return np.zeros((0, load.shape[1] + redundant_slots), dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
     count = greedy.top_up(load, redundant_slots, world_size)[0]                      # (X, E)
     expert, rank = pack_rows(load, count, world_size)
     P, C = expert.shape[1], -(-expert.shape[1] // world_size)
@@ -75,7 +83,9 @@ def _may_refine(w: np.ndarray, rank: np.ndarray, world_size: int, slots: int) ->
     """(X,) False where `refine` provably takes no step: no replica e on the busiest rank b and f on another rank s
     has w_f < w_e < w_f + (weight_b − weight_s) (a swap lighter than b), and no plain move fits (a rank with room
     lighter than b by more than b's lightest non-empty replica). The bounds are loosened by 1e-13 · weight_b, ten
-    times less than refine's own margin, so that rounding never hides a step refine would take."""
+    times less than refine's own margin, so that rounding never hides a step refine would take. Rank weights are
+    summed slot by slot in the order refine_rows sums them (np.add.at adds in index order), so both see the same
+    busiest rank, ties included."""
     X, P = w.shape
     rows = np.arange(X)[:, None]
     weight = np.zeros((X, world_size))
@@ -186,14 +196,3 @@ def _best_steps(held: np.ndarray, w: np.ndarray, weight: np.ndarray) -> tuple[np
     s, e, f = np.unravel_index(i, value.shape[1:])
     moved, brought = on_b[x, e], np.where(f > 0, held[x, s, np.maximum(f - 1, 0)], -1)
     return tuple(np.where(good, v, -1) for v in (b, s, moved, brought))
-
-
-def _best_step(ranks: list[list[int]], w: np.ndarray, weight: np.ndarray, slots: int):
-    """One row of `_best_steps`: (busiest rank, other rank, expert moved there, expert moved back or None), or None
-    when no step helps; `slots` is the most experts a rank may hold."""
-    held = np.full((1, len(ranks), slots), -1, dtype=np.int64)
-    for r, experts in enumerate(ranks):
-        held[0, r, : len(experts)] = experts
-    b, s, e, f = (int(v[0]) for v in _best_steps(held, np.asarray(w, dtype=np.float64)[None],
-                                                  np.asarray(weight, dtype=np.float64)[None]))
-    return None if b < 0 else (b, s, e, None if f < 0 else f)

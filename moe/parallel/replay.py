@@ -126,7 +126,7 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused.
     With plan_of (M,): the layouts are K plans (K, P) and row i is served by plan plan_of[i] (each plan's replica
     split is worked out once, however many windows it serves); with window_of (M,), row i is window window_of[i] of
-    counts. Rows are taken ROWS at a time, so that the temporaries stay small."""
+    counts; either gives (M, W). Rows are taken ROWS at a time, so that the temporaries stay small."""
     counts = np.asarray(counts, dtype=np.int64)
     slot_expert, slot_rank = np.asarray(slot_expert), np.asarray(slot_rank)
     used = slot_expert >= 0                                                          # (K, P)
