@@ -6,7 +6,7 @@ import pathlib
 import pytest
 import torch
 
-from moe.hf.instrument import instrument, run_model
+from moe.hf.instrument import run_model
 from moe.hf.load import BUNDLED_MODELS, bundled_name, load_model
 
 NAMES = list(BUNDLED_MODELS)

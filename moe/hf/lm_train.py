@@ -16,8 +16,7 @@ import torch
 
 from moe.hf.lm_arch import balance_biases, capture_selection, model_class, model_config, selected_top1
 from moe.hf.lm_config import REPORT_FILE, LMTrainConfig, check_lm_training_budget, check_out_dir, eval_chunk
-from moe.hf.text import (CHAR_CLASSES, EOS_ID, VOCAB_SIZE, bits_per_byte, char_classes, encode, save_tokenizer,
-                         unigram_entropy_bits)
+from moe.hf.text import CHAR_CLASSES, EOS_ID, bits_per_byte, char_classes, encode, save_tokenizer, unigram_entropy_bits
 from moe.jsonio import dumps
 from moe.metrics import normalized_mutual_information
 
