@@ -5,8 +5,9 @@ Protocol (definitions "replay_next_window", "replay_rebalance_interval", "hot_ex
 steps are cut into windows; for every window k each planner makes a plan from window k's expert load and is
 measured on window k + 1 (the honest figure), on windows k + 1 … k + N when it replans every N windows, and on
 every later window (the rest of the run). A plan of ours that does not lighten the busiest rank of its own
-window keeps the current placement (`plan_layout`), so it is never worse than what it replaces where it was
-made. Shapes: S steps, E experts, N windows, W ranks, P slots.
+window keeps the current placement (`plan_rows`), so it is never worse than what it replaces where it was
+made. Each planner plans all windows of a layer at once (vectorised over windows). Shapes: S steps, E experts,
+N windows, W ranks, P slots.
 """
 from __future__ import annotations
 
@@ -162,11 +163,6 @@ def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
     return from_placement(contiguous(n_experts, world_size))
 
 
-def _planned_slots(windows: np.ndarray, s: ReplaySettings, R: int, current: Layout):
-    """Per window, our plan's slots (N, P) (expert -1 = unused), ranks (N, P) and whether it kept the current."""
-    return plan_rows(windows, s.world_size, R, current)
-
-
 def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int):
     """DeepSeek's EPLB slots (N, P) and ranks (N, P) for every window at once."""
     E = windows.shape[1]
@@ -243,7 +239,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
         loads[("current", R)] = cur
         intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured],
                                                                      lambda k: bal_cur[k + 1:])
-        slots = {"planned": _planned_slots(windows, s, R, current)}
+        slots = {"planned": plan_rows(windows, W, R, current)}  # every window at once
         kept[R] = slots["planned"][2]
         absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")
         try:
