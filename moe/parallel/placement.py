@@ -88,7 +88,29 @@ def contiguous(n_experts: int, world_size: int) -> Placement:
 
 def chunk_sizes(n: int, parts: int) -> list[int]:
     """n items cut into `parts` contiguous chunks whose sizes differ by at most one (larger last)."""
-    return [(i + 1) * n // parts - i * n // parts for i in range(parts)]
+    return chunk_share(n, np.arange(parts), parts).tolist()
+
+
+def replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per slot (..., P): its replica index among its expert's slots (slot order) and that expert's slot count."""
+    order = np.argsort(slot_expert, axis=-1, kind="stable")                         # (..., P)
+    ranked = np.take_along_axis(slot_expert, order, axis=-1)
+    P = slot_expert.shape[-1]
+    pos = np.broadcast_to(np.arange(P), ranked.shape)
+    new = np.ones(ranked.shape, dtype=bool)
+    new[..., 1:] = ranked[..., 1:] != ranked[..., :-1]                               # first slot of each expert
+    start = np.maximum.accumulate(np.where(new, pos, 0), axis=-1)                    # (..., P) run start
+    end = np.flip(np.minimum.accumulate(np.flip(np.where(np.roll(new, -1, axis=-1) | (pos == P - 1), pos, P),
+                                                axis=-1), axis=-1), axis=-1)         # (..., P) run end
+    index, count = np.empty_like(order), np.empty_like(order)
+    np.put_along_axis(index, order, pos - start, axis=-1)
+    np.put_along_axis(count, order, end - start + 1, axis=-1)
+    return index, count
+
+
+def chunk_share(n: np.ndarray, index: np.ndarray, count: np.ndarray) -> np.ndarray:
+    """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise."""
+    return (index + 1) * n // count - index * n // count
 
 
 def predicted_load(placement: Placement, load) -> np.ndarray:
@@ -96,13 +118,7 @@ def predicted_load(placement: Placement, load) -> np.ndarray:
     load = np.asarray(load, dtype=np.int64)
     expert = np.array([e for r in placement.ranks for e in r])                       # (P,) slots rank by rank
     rank = np.repeat(np.arange(placement.world_size), [len(r) for r in placement.ranks])
-    order = np.argsort(expert, kind="stable")                                         # each expert's slots, by rank
-    count = np.bincount(expert, minlength=placement.n_experts)                        # (E,) slots per expert
-    first = np.cumsum(count) - count                                                  # (E,) its first slot in order
-    index = np.empty_like(order)
-    index[order] = np.arange(len(order)) - first[expert[order]]                       # (P,) replica index i
-    n, c = load[expert], count[expert]
-    share = (index + 1) * n // c - index * n // c                                     # chunk_sizes, elementwise
+    share = chunk_share(load[expert], *replica_index(expert))                         # slot i of e: chunk i
     return np.bincount(rank, weights=share, minlength=placement.world_size).astype(np.int64)
 
 

@@ -14,7 +14,7 @@ from functools import cached_property
 
 import numpy as np
 
-from moe.parallel.placement import Placement
+from moe.parallel.placement import Placement, chunk_share, replica_index
 
 ROWS = 1024  # rank_load_rows works on this many windows at a time (its temporaries stay small)
 
@@ -49,7 +49,7 @@ class Layout:
         a slot, and (in that order) the replicated slots with their replica index and count."""
         order = np.argsort(self.slot_rank, kind="stable")                            # (P,) rank by rank
         ranks, starts = np.unique(self.slot_rank[order], return_index=True)
-        index, count = _replica_index(self.slot_expert)
+        index, count = replica_index(self.slot_expert)
         index, count = index[order], count[order]
         rep = np.flatnonzero(count > 1)
         return order, starts, ranks, rep, index[rep], count[rep]
@@ -85,35 +85,13 @@ def distinct_per_rank(layout: Layout) -> bool:
     return all(len(set(r)) == len(r) for r in layout.rank_experts())
 
 
-def _replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot (..., P): its replica index among its expert's slots (slot order) and that expert's slot count."""
-    order = np.argsort(slot_expert, axis=-1, kind="stable")                         # (..., P)
-    ranked = np.take_along_axis(slot_expert, order, axis=-1)
-    P = slot_expert.shape[-1]
-    pos = np.broadcast_to(np.arange(P), ranked.shape)
-    new = np.ones(ranked.shape, dtype=bool)
-    new[..., 1:] = ranked[..., 1:] != ranked[..., :-1]                               # first slot of each expert
-    start = np.maximum.accumulate(np.where(new, pos, 0), axis=-1)                    # (..., P) run start
-    end = np.flip(np.minimum.accumulate(np.flip(np.where(np.roll(new, -1, axis=-1) | (pos == P - 1), pos, P),
-                                                axis=-1), axis=-1), axis=-1)         # (..., P) run end
-    index, count = np.empty_like(order), np.empty_like(order)
-    np.put_along_axis(index, order, pos - start, axis=-1)
-    np.put_along_axis(count, order, end - start + 1, axis=-1)
-    return index, count
-
-
-def _chunks(n: np.ndarray, index: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """The index-th of count near-equal contiguous chunks of n: chunk_sizes (the cut points i·n // c), elementwise."""
-    return (index + 1) * n // count - index * n // count
-
-
 def rank_load(counts, layout: Layout) -> np.ndarray:
     """(N, W) tokens each rank serves in each window, from per-window expert counts (N, E), under one layout."""
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     order, starts, ranks, rep, index, count = layout.plan
     n = np.take(counts, layout.slot_expert[order], axis=1)                           # (N, P) slots rank by rank
     if len(rep):  # only replicated slots need the chunk rule; the rest serve their expert's whole count
-        n[:, rep] = _chunks(n[:, rep], index, count)
+        n[:, rep] = chunk_share(n[:, rep], index, count)
     out = np.add.reduceat(n, starts, axis=1)                                         # (N, ranks with a slot)
     if len(ranks) == layout.world_size:
         return out
@@ -130,7 +108,7 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     counts = np.asarray(counts, dtype=np.int64)
     slot_expert, slot_rank = np.asarray(slot_expert), np.asarray(slot_rank)
     used = slot_expert >= 0                                                          # (K, P)
-    index, count = _replica_index(np.where(used, slot_expert, -1))
+    index, count = replica_index(np.where(used, slot_expert, -1))
     slot_expert = np.where(used, slot_expert, 0)
     window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of)
     plan_of = window_of if plan_of is None else np.asarray(plan_of)
@@ -141,7 +119,7 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
         c = count[k]
         many = c > 1                                                                 # replicated slots only
         share = n
-        share[many] = _chunks(n[many], index[k][many], c[many])
+        share[many] = chunk_share(n[many], index[k][many], c[many])
         cell = np.arange(len(k))[:, None] * world_size + slot_rank[k]                # (B, P) flat (window, rank)
         flat = np.bincount(cell.ravel(), weights=share.ravel(), minlength=len(k) * world_size)
         out[a: a + ROWS] = np.rint(flat).reshape(len(k), world_size)
