@@ -185,8 +185,8 @@ def check_plan_args(load: np.ndarray, world_size: int, redundant_slots: int) -> 
     if np.any(load < 0) or not np.all(np.isfinite(load)):
         raise ValueError("expert load must be finite and >= 0 (counts of served assignments)")
     if redundant_slots > E * (world_size - 1):
-        raise ValueError(f"{redundant_slots} redundant slots exceed E·(W-1) = {E * (world_size - 1)}: this planner gives "
-                         f"an expert at most one slot per rank; use fewer redundant slots")
+        raise ValueError(f"{redundant_slots} redundant slots exceed E·(W-1) = {E * (world_size - 1)}: this planner "
+                         f"gives an expert at most one slot per rank; use fewer redundant slots")
 
 
 def save(placement: Placement, path: str, load=None) -> None:
