@@ -263,6 +263,17 @@ def test_a_tampered_log_is_refused_in_one_line(tmp_path):
     with pytest.raises(ValueError, match="two counts parts hold the same step"):
         read_store(path)
     os.remove(os.path.join(counts, "part-zzz2.parquet"))
+    bad_layers = {"a layer meta.json does not list": ["7"], "no layer": [None], "bytes that are not text": [b"\xff"]}
+    for why, layer in bad_layers.items():
+        _part(counts, "part-zzz4.parquet", {"step": [4], "layer": layer, "expert": [1], "count": [7]})
+        with pytest.raises(ValueError, match="names a layer that meta.json does not list"):
+            read_store(path)
+    _part(counts, "part-zzz4.parquet", {"step": [4, 4], "layer": ["0", "0"], "expert": [1, 1], "count": [7, 8]})
+    with pytest.raises(ValueError, match=r"gives one \(step, layer, expert\) twice"):
+        read_store(path)
+    _part(counts, "part-zzz4.parquet", {"step": [4, 4], "layer": [0, 0], "expert": [1, 2], "count": [7, 8]})
+    assert read_store(path).counts[1, 0, 1:3].tolist() == [7, 8]  # integer layer labels read as their text
+    os.remove(os.path.join(counts, "part-zzz4.parquet"))
     big = 2 ** 60 + 1  # beyond float64's exact integers: kept exact
     _part(counts, "part-zzz3.parquet", {"step": [5], "layer": ["0"], "expert": [3], "count": [big]})
     assert int(read_store(path).counts[1, 0, 3]) == big

@@ -63,7 +63,20 @@ def _int_column(table, name: str, where: str) -> np.ndarray:
     values = table.column(name)
     if values.null_count:
         raise ValueError(f"{where}: column {name!r} has empty values; copy the log again")
-    return values.to_numpy(zero_copy_only=False).astype(np.int64)
+    return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+
+
+def _layer_index(column, layers: list[str]) -> np.ndarray:
+    """(N,) index in `layers` of each row's layer name (the column read as text), -1 where meta.json does not list it
+    (or the value is empty or not text)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    try:
+        names = column if pa.types.is_string(column.type) else column.cast(pa.string())
+    except pa.ArrowException:  # bytes that are not UTF-8, nested values: no layer name
+        return np.full(len(column), -1, dtype=np.int64)
+    index = pc.index_in(names, value_set=pa.array(layers, type=pa.string()))
+    return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 class CountsAccumulator:
@@ -78,24 +91,25 @@ class CountsAccumulator:
     def add(self, table) -> list[int]:
         """Add one part's rows; returns the steps it holds, ascending."""
         import pyarrow as pa
+        import pyarrow.compute as pc
         for column in ("step", "expert", "count"):
             if column not in table.column_names or not pa.types.is_integer(table.schema.field(column).type):
                 raise ValueError(f"a counts part has no integer column {column!r}; copy the log again")
         if "layer" not in table.column_names:
             raise ValueError("a counts part has no column 'layer'; copy the log again")
         step, expert, count = (_int_column(table, name, "a counts part") for name in ("step", "expert", "count"))
-        layer = table.column("layer").to_pandas().astype(str).map(self.index)
-        if layer.isna().any():
+        layer = _layer_index(table.column("layer"), self.layers)
+        if (layer < 0).any():
             raise ValueError("a counts part names a layer that meta.json does not list; copy the log again")
         if len(count) and (count.min() < 0 or step.min() < 0 or expert.min() < 0 or expert.max() >= self.E):
             raise ValueError(f"a counts part holds a negative count or step, or an expert outside 0..{self.E - 1}")
-        new = np.unique(step)
+        new = np.sort(pc.unique(pa.array(step)).to_numpy())                          # arrow's hash: one pass
         if any(int(s) in self.cells for s in new):
             raise ValueError("two counts parts hold the same step; copy the log again (a writer writes a step once)")
         self.limits.check_summary(len(self.cells) + len(new), len(self.layers), self.E)
         L, E = len(self.layers), self.E
-        cell = (np.searchsorted(new, step) * L + layer.to_numpy(np.int64)) * E + expert  # (N,)
-        if len(np.unique(cell)) != len(cell):
+        cell = (np.searchsorted(new, step) * L + layer) * E + expert                  # (N,)
+        if len(cell) and np.bincount(cell, minlength=len(new) * L * E).max() > 1:
             raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
         block = np.zeros(len(new) * L * E, dtype=np.int64)
         block[cell] = count  # unique cells: plain integer assignment, exact at any size
@@ -140,11 +154,11 @@ def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray
     if "weights" in table.column_names:
         weights = table.column("weights").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         weights = weights.astype(np.float32).reshape(-1, K)
-    layer = table.column("layer").to_pandas().astype(str).map({name: i for i, name in enumerate(layers)})
+    layer = _layer_index(table.column("layer"), layers)
     step = _int_column(table, "step", where)
-    if layer.isna().any() or not np.isin(step, steps).all():
+    if (layer < 0).any() or not np.isin(step, steps).all():
         raise ValueError(f"{where} names a layer or step the counts do not have; copy the log again")
-    return TokenRouting(step=step, layer=layer.to_numpy(np.int32), ids=ids.astype(np.int64).reshape(-1, K),
+    return TokenRouting(step=step, layer=layer.astype(np.int32), ids=ids.astype(np.int64).reshape(-1, K),
                         weights=weights)
 
 
@@ -163,8 +177,8 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
     table = pa.concat_tables([read_part(p, "ranks", limits) for p in files])
     where = f"{path!r}: the ranks table"
     step, rank, physical, count = (_int_column(table, name, where) for name in ("step", "rank", "physical", "count"))
-    layer = table.column("layer").to_pandas().astype(str).map({name: i for i, name in enumerate(layers)})
-    if layer.isna().any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
+    layer = _layer_index(table.column("layer"), layers)
+    if (layer < 0).any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
         raise ValueError(f"{where} names a layer or step the counts do not have, or a negative value; copy the log "
                          f"again")
     W, P = int(rank.max()) + 1, int(physical.max()) + 1
@@ -172,5 +186,5 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
         raise ValueError(f"{where} needs more than a quarter of the memory budget; read the counts alone (move "
                          f"ranks/ aside) or raise the budget")
     out = np.zeros((len(steps), W, len(layers), P), dtype=np.int64)
-    out[np.searchsorted(steps, step), rank, layer.to_numpy(np.int64), physical] = count
+    out[np.searchsorted(steps, step), rank, layer, physical] = count
     return out
