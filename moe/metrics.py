@@ -82,9 +82,11 @@ def balancedness_vllm(rank_load) -> np.ndarray:
     (vllm/distributed/eplb/eplb_state.py: `avg_tokens / max_tokens if max_tokens > 0 else 0.0`, which sums mean_r and
     max_r over the layers first, since vllm-project/vllm PR #51813; before it, eplb_state.py reduced its (layers,
     ranks) tensor over the layer axis, 1.0 for any one layer: those logs are not comparable with this)."""
-    v = np.asarray(rank_load, dtype=np.float64)
+    v = np.asarray(rank_load)
+    if v.dtype.kind not in "iu":  # integer counts are averaged in float64 as they are, without a copy
+        v = v.astype(np.float64)
     top = v.max(axis=-1)
-    return np.where(top > 0, v.mean(axis=-1) / np.where(top > 0, top, 1.0), 0.0)
+    return np.where(top > 0, v.mean(axis=-1, dtype=np.float64) / np.where(top > 0, top, 1), 0.0)
 
 
 def balancedness_sglang(rank_load) -> np.ndarray:

@@ -29,7 +29,7 @@ def loop_pack(load, count, W):
 
 
 def loop_best_step(ranks, w, weight, slots):
-    """The local search's step as a plain loop (the reference for planner._best_steps): every move of an expert off
+    """The local search's step as a plain loop (the reference for planner.best_step): every move of an expert off
     the busiest rank, then every swap, rank by rank; the first strictly lighter pair max wins."""
     b = int(np.argmax(weight))
     best, step = weight[b] * (1 - 1e-12), None

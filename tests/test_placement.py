@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from moe.parallel.placement import MAX_FILE_BYTES, Placement, chunk_sizes, contiguous, load_file, plan, predicted_load, save
-from moe.parallel.planner import _best_steps, pack, replicate
+from moe.parallel.planner import best_step, pack, replicate
 from naive_placement import loop_best_step
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -171,16 +171,12 @@ def test_ep_report_refuses_a_device_or_a_fifo_at_once(tmp_path, kind):
 
 
 def _one_step(ranks, w, weight, slots):
-    """planner._best_steps on one row: (busiest, other rank, expert there, expert back or None), or None."""
-    held = np.full((1, len(ranks), slots), -1, dtype=np.int64)
-    for r, experts in enumerate(ranks):
-        held[0, r, : len(experts)] = experts
-    b, s, e, f = (int(v[0]) for v in _best_steps(held, w[None], np.asarray(weight, dtype=np.float64)[None]))
-    return None if b < 0 else (b, s, e, None if f < 0 else f)
+    """planner.best_step on one row: (busiest, other rank, expert there, expert back or None), or None."""
+    return best_step(ranks, w, weight, slots)
 
 
 def test_the_local_search_step_is_the_loop_one():
-    """_best_steps evaluates every move and swap at once; on random packings (uneven rank sizes, ties from equal
+    """best_step (compiled) evaluates every move and swap; on random packings (uneven rank sizes, ties from equal
     loads) it picks exactly the step the loop picks, and refine ends where a loop-driven refine ends."""
     rng = np.random.default_rng(5)
     found = 0

@@ -35,14 +35,14 @@ def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: in
                          f"divides E")
 
 
-def balanced_packing(weight: np.ndarray, n_packs: int) -> tuple[np.ndarray, np.ndarray]:
+def balanced_packing(weight: np.ndarray, n_packs: int, order=None) -> tuple[np.ndarray, np.ndarray]:
     """(X, n) items onto n_packs packs of n / n_packs items each, per row: heaviest first (ties: the lower item) to
     the lightest pack with room (ties: the lower pack). Returns the pack of each item and its position in the pack,
-    both (X, n)."""
+    both (X, n). `order`: the items heaviest first (greedy.heaviest_first(weight)), when the caller has it."""
     X, n = weight.shape
     if n // n_packs == 1:  # one item per pack: item i to pack i
         return np.broadcast_to(np.arange(n), (X, n)).copy(), np.zeros((X, n), dtype=np.int64)
-    order = np.argsort(-weight, axis=1, kind="stable")                                # (X, n) heaviest first
+    order = greedy.heaviest_first(weight) if order is None else order
     placed, at = greedy.pack(np.take_along_axis(weight, order, axis=1), n_packs, n // n_packs)
     pack, pos = np.empty_like(placed), np.empty_like(at)
     np.put_along_axis(pack, order, placed, axis=1)
@@ -50,33 +50,40 @@ def balanced_packing(weight: np.ndarray, n_packs: int) -> tuple[np.ndarray, np.n
     return pack, pos
 
 
-def replicate(weight: np.ndarray, n_slots: int) -> tuple[np.ndarray, np.ndarray]:
+def replicate(weight: np.ndarray, n_slots: int, order=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(X, m) loads onto n_slots >= m slots per row: slot i < m holds expert i, each later slot the expert with the
-    most load per slot so far (ties: the lower expert). Returns slot -> expert (X, n_slots) and slots per expert
-    (X, m)."""
+    most load per slot so far (ties: the lower expert). Returns slot -> expert (X, n_slots), slots per expert (X, m)
+    and the slots heaviest first (load / slots of their expert; ties: the lower slot), the order they are packed in.
+    `order`: greedy.heaviest_first(weight), when the caller has it."""
     X, m = weight.shape
-    count, won = greedy.top_up(weight, n_slots - m)
-    return np.concatenate([np.broadcast_to(np.arange(m), (X, m)), won], axis=1), count
+    order = greedy.heaviest_first(weight) if order is None else order
+    count, won = greedy.top_up(weight, n_slots - m, None, order)
+    slots = np.concatenate([np.broadcast_to(np.arange(m), (X, m)), won], axis=1)
+    return slots, count, greedy.slot_order(weight, count, won, order)
 
 
-def rebalance(weight, n_slots: int, num_groups: int = 1, num_nodes: int = 1, num_gpus: int = 1) -> np.ndarray:
-    """(X, P) logical expert of every physical slot for loads (X, E); slot p on GPU p // (P / num_gpus)."""
+def rebalance(weight, n_slots: int, num_groups: int = 1, num_nodes: int = 1, num_gpus: int = 1, order=None
+              ) -> np.ndarray:
+    """(X, P) logical expert of every physical slot for loads (X, E); slot p on GPU p // (P / num_gpus). `order`:
+    greedy.heaviest_first(weight), when the caller has it."""
     weight = np.asarray(weight, dtype=np.float64)
     X, E = weight.shape
     check_eplb_args(E, n_slots, num_groups, num_nodes, num_gpus)
     if num_groups % num_nodes:  # groups cannot be split evenly over the nodes: the global policy
         num_groups, num_nodes = 1, 1
     group_size, per_node = E // num_groups, num_groups // num_nodes
+    one = num_nodes == 1 and num_groups == 1                                        # the order of the experts stays
     # 1. groups to nodes; node-major order of the logical experts ("mlog")
     group_pack, group_pos = balanced_packing(weight.reshape(X, num_groups, group_size).sum(-1), num_nodes)
     mlog_of = ((group_pack * per_node + group_pos) * group_size)[:, :, None] + np.arange(group_size)  # (X, G, gs)
-    log_of_mlog = np.argsort(mlog_of.reshape(X, E), axis=1)                          # (X, E) inverse permutation
-    node_weight = np.take_along_axis(weight, log_of_mlog, axis=1).reshape(X * num_nodes, E // num_nodes)
+    log_of_mlog = (np.broadcast_to(np.arange(E), (X, E)) if one
+                   else np.argsort(mlog_of.reshape(X, E), axis=1))                   # (X, E) inverse permutation
+    node_weight = (weight if one else np.take_along_axis(weight, log_of_mlog, axis=1)).reshape(X * num_nodes, -1)
     # 2. slots within each node
-    slot_mlog, count = replicate(node_weight, n_slots // num_nodes)                  # (X·nodes, P/nodes)
-    slot_weight = np.take_along_axis(node_weight / count, slot_mlog, axis=1)
+    slot_mlog, count, heaviest = replicate(node_weight, n_slots // num_nodes, order if one else None)
+    slot_weight = np.take_along_axis(node_weight / count, slot_mlog, axis=1)        # (X·nodes, P/nodes)
     # 3. slots to the node's GPUs
-    gpu, pos = balanced_packing(slot_weight, num_gpus // num_nodes)
+    gpu, pos = balanced_packing(slot_weight, num_gpus // num_nodes, heaviest)
     per_gpu = n_slots // num_gpus
     placed = np.empty_like(slot_mlog)
     np.put_along_axis(placed, gpu * per_gpu + pos, slot_mlog, axis=1)                # (X·nodes, P/nodes)

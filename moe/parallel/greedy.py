@@ -1,92 +1,193 @@
-"""The two greedy steps both planners share, vectorised over rows (windows × layers): hand extra slots to the items
-with the most load per slot, and pack weighted items onto packs (ranks, GPUs, nodes), heaviest first, each to the
-lightest pack with room. Every row is planned exactly as a loop over its items would plan it (the loop versions
-live in the tests); rows are taken in blocks so that a block's pack loads stay in cache.
-Shapes: X rows, n items, m loads, K packs.
+"""The greedy steps both planners share, compiled (numba) and run on many rows (windows × layers) at once: hand extra
+slots to the items with the most load per slot (`top_up`), put items in the order they are placed, heaviest first
+(`replica_order`, `slot_order`), and pack them onto packs (ranks, GPUs, nodes), each to the lightest pack with room
+(`pack`). Each row is planned exactly as a loop over its items plans it (the loop versions live in the tests); the
+kernels take one row at a time and release the GIL. An expert order sorted once per window (`heaviest_first`) serves
+every W and R. Shapes: X rows, n items, m loads, K packs, E experts, P slots.
 """
 from __future__ import annotations
 
 import numpy as np
+from numba import njit
 
-BLOCK = 2048  # rows packed together: (BLOCK, K) pack loads stay in the CPU cache for K <= 64
+jit = njit(cache=True, nogil=True)
 
 
-def top_up(weight: np.ndarray, extra: int, cap: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+def heaviest_first(weight) -> np.ndarray:
+    """(X, m) items of each row ordered by weight, heaviest first (ties: the lower item): a stable sort."""
+    return np.argsort(-np.asarray(weight, dtype=np.float64), axis=1, kind="stable")
+
+
+def top_up(weight, extra: int, cap: int | None = None, order=None) -> tuple[np.ndarray, np.ndarray]:
     """(X, m) slots per item: one each, then `extra` more, each to the item with the most weight per slot so far
     (ties: the lower item), an item at most `cap` slots (None: no cap). Returns the counts (X, m) and the item that
     got each extra slot, in turn (X, extra). Only an item among the `extra` heaviest (ties: the lower) can win a
-    slot: any other has `extra` items whose first slot comes before its own, so only those are looked at."""
-    weight = np.asarray(weight, dtype=np.float64)
+    slot: any other has `extra` items whose first slot comes before its own, so only those are looked at. `order`:
+    heaviest_first(weight), when the caller has it."""
+    weight = np.ascontiguousarray(weight, dtype=np.float64)
     X, m = weight.shape
+    order = heaviest_first(weight) if order is None else order
     count, won = np.ones((X, m), dtype=np.int64), np.empty((X, extra), dtype=np.int64)
-    if extra == 0:
-        return count, won
-    k = min(extra, m)
-    hot = np.sort(np.argsort(-weight, axis=1, kind="stable")[:, :k], axis=1)        # (X, k) ascending: ties low
-    w = np.take_along_axis(weight, hot, axis=1).reshape(-1)
-    c = np.ones(X * k, dtype=np.int64)
-    ratio, base = w.copy(), np.arange(X) * k
-    for t in range(extra):
-        i = base + ratio.reshape(X, k).argmax(axis=1)                                # (X,) flat index of the winner
-        c[i] += 1
-        ratio[i] = w[i] / c[i]
-        if cap is not None:
-            ratio[i[c[i] >= cap]] = -np.inf
-        won[:, t] = hot.reshape(-1)[i]
-    np.put_along_axis(count, hot, c.reshape(X, k), axis=1)
+    _top_up(weight, np.ascontiguousarray(order[:, : min(extra, m)]), extra, cap or 0, count, won)
     return count, won
 
 
-def pack(weight: np.ndarray, n_packs: int, capacity: int, group: np.ndarray | None = None,
-         fewer_first: bool = False) -> tuple[np.ndarray, np.ndarray]:
+@jit
+def _top_up(weight, hot, extra, cap, count, won):
+    for x in range(weight.shape[0]):
+        for t in range(extra):
+            best, most = -1, 0.0
+            for j in range(hot.shape[1]):
+                i = hot[x, j]
+                if cap > 0 and count[x, i] >= cap:
+                    continue
+                ratio = weight[x, i] / count[x, i]
+                if best < 0 or ratio > most or (ratio == most and i < best):
+                    best, most = i, ratio
+            if best < 0:
+                best = hot[x].min()  # every item at its cap (the callers' checks rule it out): the lowest
+            count[x, best] += 1
+            won[x, t] = best
+
+
+def replica_order(weight, count, order) -> np.ndarray:
+    """(X, P) the expert of each replica in the order they are placed: c replicas of an expert with c slots, each
+    weighing weight / c, heaviest first; ties: the lower expert (its replicas together). `order`: heaviest_first of
+    weight (counts 0 place nothing)."""
+    weight, count = np.ascontiguousarray(weight, dtype=np.float64), np.ascontiguousarray(count, dtype=np.int64)
+    out = np.empty((len(weight), int(count[0].sum()) if len(count) else 0), dtype=np.int64)
+    _merge(weight, count, np.ascontiguousarray(order), np.zeros((len(weight), 0), dtype=np.int64), out)
+    return out
+
+
+def slot_order(weight, count, won, order) -> np.ndarray:
+    """(X, P) slot indices in the order DeepSeek's packing takes them: slot i < m holds item i, slot m + t the item
+    that won extra slot t (`won`); each slot weighs weight / count of its item; heaviest first, ties: the lower slot."""
+    weight, count = np.ascontiguousarray(weight, dtype=np.float64), np.ascontiguousarray(count, dtype=np.int64)
+    out = np.empty((len(weight), weight.shape[1] + won.shape[1]), dtype=np.int64)
+    _merge(weight, count, np.ascontiguousarray(order), np.ascontiguousarray(won, dtype=np.int64), out)
+    return out
+
+
+@jit
+def _merge(weight, count, order, won, out):
+    """Merge each row's items of one slot (already in order) with its replicated items (sorted here, few): with
+    `won` (slots), a replicated item's first slot is its own index and its extra slots follow at m + t; without,
+    each of its c replicas is the item itself, ties by item."""
+    X, m = weight.shape
+    slots = won.shape[1] > 0
+    key, tie, item = np.empty(m + won.shape[1]), np.empty(m + won.shape[1], np.int64), np.empty(m + won.shape[1],
+                                                                                                 np.int64)
+    for x in range(X):
+        n = 0
+        for e in range(m):
+            if count[x, e] > 1:
+                key[n], tie[n], item[n] = weight[x, e] / count[x, e], e, e
+                n += 1
+        if slots:
+            for t in range(won.shape[1]):
+                e = won[x, t]
+                key[n], tie[n], item[n] = weight[x, e] / count[x, e], m + t, e
+                n += 1
+        for i in range(1, n):  # insertion sort by (-key, tie)
+            j = i
+            while j > 0 and (key[j - 1] < key[j] or (key[j - 1] == key[j] and tie[j - 1] > tie[j])):
+                key[j - 1], key[j] = key[j], key[j - 1]
+                tie[j - 1], tie[j] = tie[j], tie[j - 1]
+                item[j - 1], item[j] = item[j], item[j - 1]
+                j -= 1
+        a, b, p = 0, 0, 0
+        while p < out.shape[1]:
+            while a < m and count[x, order[x, a]] != 1:
+                a += 1
+            if a == m and b == n:  # the row has fewer slots than the first (callers give equal sums)
+                out[x, p:] = -1
+                break
+            if a < m and (b == n or weight[x, order[x, a]] > key[b]
+                          or (weight[x, order[x, a]] == key[b] and order[x, a] < tie[b])):
+                out[x, p] = order[x, a]
+                a, p = a + 1, p + 1
+            elif slots:
+                out[x, p] = tie[b]
+                b, p = b + 1, p + 1
+            else:
+                for _ in range(count[x, item[b]]):
+                    out[x, p] = item[b]
+                    p += 1
+                b += 1
+
+
+def pack(weight, n_packs: int, capacity: int, group=None, fewer_first: bool = False
+         ) -> tuple[np.ndarray, np.ndarray]:
     """(X, n) items, in the order they are placed, onto n_packs packs of at most `capacity` items: each to the pack
     with the least weight among those with room (and, with `group`, none holding an item of the same group: a
     group's items must be consecutive); ties: the pack with fewer items when `fewer_first`, then the lower pack.
     Returns each item's pack and its position in that pack, both (X, n). ValueError when an item finds no pack."""
-    weight = np.asarray(weight, dtype=np.float64)
+    weight = np.ascontiguousarray(weight, dtype=np.float64)
     X, n = weight.shape
+    same = np.zeros((X, n), dtype=np.bool_)
+    if group is not None:
+        same[:, :-1] = group[:, 1:] == group[:, :-1]                                 # the next item: same group
     pack_of, pos = np.empty((X, n), dtype=np.int64), np.empty((X, n), dtype=np.int64)
-    same = None if group is None else np.concatenate([group[:, 1:] == group[:, :-1], np.zeros((X, 1), bool)], 1)
-    for a in range(0, X, BLOCK):
-        b = min(a + BLOCK, X)
-        _pack_block(weight[a:b], n_packs, capacity, None if same is None else same[a:b], fewer_first,
-                    pack_of[a:b], pos[a:b])
+    if _pack(weight, n_packs, capacity, same, fewer_first, pack_of, pos) >= 0:
+        raise ValueError("an item found no pack with room (and without its group): these counts cannot be packed")
     return pack_of, pos
 
 
-def _pack_block(weight, K, capacity, same, fewer_first, pack_of, pos) -> None:
-    B, n = weight.shape
-    key = np.zeros((B, K))                     # each pack's weight; inf: full (or holding the current group)
-    count = np.zeros((B, K), dtype=np.int64)
-    kf, cf = key.reshape(-1), count.reshape(-1)
-    base, packs = np.arange(B) * K, np.arange(K)
-    held = np.zeros((B, K), dtype=bool) if same is not None else None   # packs set aside for the current group
-    aside = np.zeros((B, K))                                             # their weights meanwhile
-    holding = np.zeros(B, dtype=bool)                                    # rows with packs set aside
-    for j in range(n):
-        c = key.argmin(axis=1)                                                        # (B,) first lightest
-        i = base + c
-        low = kf[i]
-        if not np.isfinite(low).all():
-            raise ValueError("an item found no pack with room (and without its group): these counts cannot be packed")
-        if fewer_first:
-            tie = np.flatnonzero((key == low[:, None]).sum(axis=1) > 1)
-            if len(tie):  # equal weights: the pack with fewer items, then the lower pack
-                rank = np.where(key[tie] == low[tie, None], count[tie] * K + packs, np.iinfo(np.int64).max)
-                c[tie] = rank.argmin(axis=1)
-                i = base + c
-        pack_of[:, j], pos[:, j] = c, cf[i]
-        cf[i] += 1
-        kf[i] += weight[:, j]
-        kf[i[cf[i] >= capacity]] = np.inf
-        if same is None:
-            continue
-        hold = same[:, j]                                                             # the next item: same group
-        if hold.any():
-            h = i[hold]
-            aside.reshape(-1)[h], held.reshape(-1)[h], kf[h] = kf[h], True, np.inf
-            holding |= hold
-        back = np.flatnonzero(holding & ~hold)
-        if len(back):  # the group ended: its packs come back with their weights
-            key[back] = np.where(held[back], aside[back], key[back])
-            held[back], holding[back] = False, False
+@jit
+def _before(load, count, a, b, fewer_first):
+    """Pack a comes before pack b: lighter, then (fewer_first) fewer items, then lower."""
+    if load[a] != load[b]:
+        return load[a] < load[b]
+    if fewer_first and count[a] != count[b]:
+        return count[a] < count[b]
+    return a < b
+
+
+@jit
+def _sift(heap, size, i, load, count, fewer_first):
+    """Restore the heap below position i (heap[0]: the pack that comes first)."""
+    while 2 * i + 1 < size:
+        c = 2 * i + 1
+        if c + 1 < size and _before(load, count, heap[c + 1], heap[c], fewer_first):
+            c += 1
+        if not _before(load, count, heap[c], heap[i], fewer_first):
+            return
+        heap[c], heap[i] = heap[i], heap[c]
+        i = c
+
+
+@jit
+def _pack(weight, K, capacity, same, fewer_first, pack_of, pos):
+    """Every row with a heap of the packs that may take the next item (a full pack leaves it; a pack holding the
+    current group waits aside until the group ends). Returns -1, or the first row where an item found no pack."""
+    load, count = np.zeros(K), np.zeros(K, np.int64)
+    heap, aside = np.empty(K, np.int64), np.empty(K, np.int64)
+    for x in range(weight.shape[0]):
+        for p in range(K):
+            load[p], count[p], heap[p] = 0.0, 0, p
+        size, n_aside = K, 0
+        for j in range(weight.shape[1]):
+            if size == 0:
+                return x
+            c = heap[0]
+            pack_of[x, j], pos[x, j] = c, count[c]
+            count[c] += 1
+            load[c] += weight[x, j]
+            if count[c] >= capacity or same[x, j]:
+                if count[c] < capacity:
+                    aside[n_aside] = c
+                    n_aside += 1
+                size -= 1
+                heap[0] = heap[size]
+            _sift(heap, size, 0, load, count, fewer_first)
+            if not same[x, j] and n_aside:  # the group ended: its packs come back
+                for a in range(n_aside):
+                    i = size
+                    heap[i] = aside[a]
+                    size += 1
+                    while i > 0 and _before(load, count, heap[i], heap[(i - 1) // 2], fewer_first):
+                        heap[i], heap[(i - 1) // 2] = heap[(i - 1) // 2], heap[i]
+                        i = (i - 1) // 2
+                n_aside = 0
+    return -1

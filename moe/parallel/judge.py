@@ -6,11 +6,14 @@ steps are cut into windows; for every window k each planner makes a plan from wi
 measured on window k + 1 (the honest figure), on windows k + 1 … k + N when it replans every N windows, and on
 every later window (the rest of the run). A plan of ours that does not lighten the busiest rank of its own
 window keeps the current placement (`plan_rows`), so it is never worse than what it replaces where it was
-made. Each planner plans all windows of a layer at once (vectorised over windows). Shapes: S steps, E experts,
-N windows, W ranks, P slots.
+made. Each planner plans all windows of a layer in one call (compiled greedy steps, one window after another, from
+one sort of the window's experts shared by both planners); `replay_log` replays layers side by side on threads.
+Shapes: S steps, E experts, N windows, W ranks, P slots.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -19,6 +22,7 @@ import numpy as np
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.eplb import check_eplb_args, rebalance
+from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
 from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows,
@@ -91,13 +95,14 @@ def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, di
     return (current, True) if kept[0] else (Layout(expert[0][used], rank[0][used], world_size), False)
 
 
-def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, distinct: bool = False
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, distinct: bool = False, order=None,
+              eplb=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Our plan for every load (X, E) at once (definitions.OUR_PLANNER): per row, the lighter busiest rank of
     moe.parallel.placement.plan's choice (its balanced layout, or the current placement when that is no heavier) and
     of DeepSeek's global EPLB (where E + R is a multiple of W; so it is never heavier than DeepSeek's greedy rule), or
     `current` (kept: True) when neither lightens the busiest rank. `distinct`: only layouts with no expert twice on a
-    rank (what the serving formats take). Returns slot experts (X, P) (-1: unused), their ranks (X, P) and kept (X,)."""
+    rank (what the serving formats take). Returns slot experts (X, P) (-1: unused), their ranks (X, P) and kept (X,).
+    When the caller has them: `order` = greedy.heaviest_first(loads), `eplb` = rebalance(loads, E + R, 1, 1, W)."""
     loads = np.asarray(loads, dtype=np.int64)
     X, E = loads.shape
     W, R = world_size, redundant_slots
@@ -106,26 +111,28 @@ def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, dis
         raise ValueError(f"the current placement is for W={current.world_size} and experts "
                          f"{sorted(set(current.slot_expert.tolist()))[:8]}…; the load has E={E} and the plan W={W}: "
                          f"give a placement of every expert 0..{E - 1} on {W} ranks")
-    best = balanced_rows(loads, W, R)                                                 # placement.balanced, per row
+    order = heaviest_first(loads) if order is None else order
+    best = balanced_rows(loads, W, R, order)                                          # placement.balanced, per row
     peak = rank_load_rows(loads, *best, W).max(axis=1)
     now = to_placement(current, E) if current.n_slots == E else contiguous(E, W) if W <= E else None
     if now is not None:  # placement.plan keeps `now` unless the balanced layout is strictly lighter
-        best, peak = _lighter(_rows_of(from_placement(now), X), best, peak, loads, W, np.ones(X, dtype=bool), True)
+        now = from_placement(now)
+        best, peak = _lighter(_rows_of(now, X), rank_load(loads, now).max(axis=1), best, peak, True)
     if (E + R) % W == 0:  # DeepSeek's global EPLB where it is strictly lighter (and, with `distinct`, allowed)
         rank = np.broadcast_to(np.arange(E + R) // ((E + R) // W), (X, E + R))
-        theirs = (rebalance(loads, E + R, 1, 1, W), rank)
+        theirs = (rebalance(loads, E + R, 1, 1, W, order) if eplb is None else eplb, rank)
         allowed = _distinct_rows(*theirs, E) if distinct else np.ones(X, dtype=bool)
-        best, peak = _lighter(theirs, best, peak, loads, W, allowed, False)
+        mine = rank_load_rows(loads, *theirs, W).max(axis=1)
+        best, peak = _lighter(theirs, np.where(allowed, mine, np.iinfo(np.int64).max), best, peak, False)
     kept = ~(peak < rank_load(loads, current).max(axis=1))
     expert, rank = _pick(kept, _rows_of(current, X), best)
     return expert, rank, kept
 
 
-def _lighter(other: tuple, best: tuple, peak: np.ndarray, loads: np.ndarray, W: int, allowed: np.ndarray,
-             ties: bool) -> tuple[tuple, np.ndarray]:
-    """Per row, `other`'s slots where allowed and lighter than `best`'s busiest rank (`peak`), or as light with ties."""
-    theirs = rank_load_rows(loads, *other, W).max(axis=1)
-    take = allowed & ((theirs <= peak) if ties else (theirs < peak))
+def _lighter(other: tuple, theirs: np.ndarray, best: tuple, peak: np.ndarray, ties: bool) -> tuple[tuple, np.ndarray]:
+    """Per row, `other`'s slots where its busiest rank (`theirs`) is lighter than `best`'s (`peak`), or as light with
+    ties."""
+    take = (theirs <= peak) if ties else (theirs < peak)
     return _pick(take, other, best), np.where(take, theirs, peak)
 
 
@@ -163,11 +170,11 @@ def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
     return from_placement(contiguous(n_experts, world_size))
 
 
-def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int):
-    """DeepSeek's EPLB slots (N, P) and ranks (N, P) for every window at once."""
+def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int, order=None):
+    """DeepSeek's EPLB slots (N, P) and ranks (N, P) for every window at once (`order`: heaviest_first(windows))."""
     E = windows.shape[1]
     groups = s.num_nodes if s.num_groups is None else s.num_groups
-    experts = rebalance(windows, E + R, groups, s.num_nodes, s.world_size)           # (N, P)
+    experts = rebalance(windows, E + R, groups, s.num_nodes, s.world_size, order)    # (N, P)
     ranks = np.broadcast_to(np.arange(E + R) // ((E + R) // s.world_size), experts.shape)
     return experts, ranks
 
@@ -179,34 +186,35 @@ def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.
     return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, measured))
 
 
-def _measure_rest(windows, experts, ranks, W: int, k: int) -> np.ndarray:
-    """vLLM balancedness of every window after k under the plan of window k (one layout: rank_load)."""
-    used = experts[k] >= 0
-    return balancedness_vllm(rank_load(windows[k + 1:], Layout(experts[k][used], ranks[k][used], W)))
+def _measure_rest(windows, experts, ranks, W: int, starts: np.ndarray) -> np.ndarray:
+    """vLLM balancedness of every window after k under the plan of window k, for every k in starts, concatenated."""
+    later = [np.arange(k + 1, len(windows)) for k in starts]
+    plan_of, window_of = np.repeat(starts, [len(w) for w in later]), np.concatenate(later)
+    return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, window_of))
 
 
 def _schedules(N: int, s: ReplaySettings, measure, rest) -> tuple[dict, float]:
     """p50 balancedness per rebalance interval (`measure(plan_of, measured)`), and on the rest of the run
-    (`rest(k)`: every window after k under the plan of window k, for at most MAX_REST_PLANS evenly spaced k)."""
+    (`rest(starts)`: every window after k under the plan of window k, for at most MAX_REST_PLANS evenly spaced k)."""
     out = {}
     for every in [k for k in s.intervals if k < max(N, 2)] or [1]:  # an interval longer than the log says nothing
         measured = np.arange(1, N)
         plan_of = ((measured - 1) // every) * every
         out[every] = _p50(measure(plan_of, measured))
     starts = np.unique(np.linspace(0, N - 2, min(MAX_REST_PLANS, max(N - 1, 0))).astype(int)) if N > 1 else []
-    return out, _p50(np.concatenate([rest(int(k)) for k in starts]) if len(starts) else np.zeros(0))
+    return out, _p50(rest(np.asarray(starts, dtype=np.int64)) if len(starts) else np.zeros(0))
 
 
 def _p50(values: np.ndarray) -> float:
     return float(np.median(values)) if len(values) else float("nan")
 
 
-def _hot(windows: np.ndarray, n: int) -> tuple[np.ndarray, float]:
+def _hot(windows: np.ndarray, n: int, order=None) -> tuple[np.ndarray, float]:
     """(E,) windows in which each expert is hot (among the n busiest with at least one token: runstats.hot_mask,
     ties to the lower index), and persistence: the mean over windows k with a hot expert of the share of window k's
     hot experts still hot in window k + 1 (NaN when no such k)."""
     N = len(windows)
-    top = hot_mask(windows, n)                                                       # (N, E)
+    top = hot_mask(windows, n, order)                                                # (N, E)
     now = top[:-1].sum(axis=1)                                                       # (N − 1,) hot in window k
     kept = (top[1:] & top[:-1]).sum(axis=1)                                          # (N − 1,) of them hot in k + 1
     shares = kept[now > 0] / now[now > 0] if N > 1 else np.zeros(0)
@@ -218,9 +226,9 @@ def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
     if len(windows) < 2:
         return float("nan")
     N, E = windows.shape
-    slots = np.zeros((N - 1, E), dtype=np.int64)                                     # (N − 1, E) slots of plan k
     used = experts[:-1] >= 0
-    np.add.at(slots, (np.nonzero(used)[0], experts[:-1][used]), 1)
+    cell = (np.arange(N - 1)[:, None] * E + experts[:-1])[used]
+    slots = np.bincount(cell, minlength=(N - 1) * E).reshape(N - 1, E)               # (N − 1, E) slots of plan k
     total = windows[1:].sum(axis=1)
     hit = np.where(slots > 1, windows[1:], 0).sum(axis=1)
     shares = np.where(total > 0, hit / np.maximum(total, 1), np.nan)
@@ -235,19 +243,25 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
     cur = rank_load(windows, current)                                                # (N, W)
     bal_cur = balancedness_vllm(cur)
     loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
+    order = heaviest_first(windows)                                                  # one sort serves every plan
+    groups = s.num_nodes if s.num_groups is None else s.num_groups
     for R in s.redundant_slots:
         loads[("current", R)] = cur
-        intervals[("current", R)], rest[("current", R)] = _schedules(N, s, lambda _, measured: bal_cur[measured],
-                                                                     lambda k: bal_cur[k + 1:])
-        slots = {"planned": plan_rows(windows, W, R, current)}  # every window at once
+        intervals[("current", R)], rest[("current", R)] = _schedules(
+            N, s, lambda _, measured: bal_cur[measured],
+            lambda starts: np.concatenate([bal_cur[k + 1:] for k in starts]))
+        try:
+            check_eplb_args(E, E + R, groups, s.num_nodes, W)
+            theirs = _eplb_slots(windows, s, R, order) + (None,)
+        except ValueError as err:
+            theirs = None
+            notes.append(f"DeepSeek's EPLB skipped for R={R}: {err}")
+        one = theirs is not None and (groups % s.num_nodes or groups == s.num_nodes == 1)  # the global policy
+        slots = {"planned": plan_rows(windows, W, R, current, order=order, eplb=theirs[0] if one else None)}
         kept[R] = slots["planned"][2]
         absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")
-        try:
-            groups = s.num_nodes if s.num_groups is None else s.num_groups
-            check_eplb_args(E, E + R, groups, s.num_nodes, W)
-            slots["eplb"] = _eplb_slots(windows, s, R) + (None,)
-        except ValueError as err:
-            notes.append(f"DeepSeek's EPLB skipped for R={R}: {err}")
+        if theirs is not None:
+            slots["eplb"] = theirs
         for name, (experts, ranks, _) in slots.items():
             own[(name, R)] = rank_load_rows(windows, experts, ranks, W)
             online = cur.copy()
@@ -257,7 +271,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
             intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, windows, experts, ranks, W),
                                                                partial(_measure_rest, windows, experts, ranks, W))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
-    hot, persistence = _hot(windows, n)
+    hot, persistence = _hot(windows, n, order)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)
 
 
@@ -277,20 +291,24 @@ def balance_rows(result: LayerReplay) -> list[dict]:
     return rows
 
 
-def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, only: list[str] | None = None
-               ) -> list[LayerReplay]:
-    """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map."""
+def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, only: list[str] | None = None,
+               workers: int | None = None) -> list[LayerReplay]:
+    """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map. Layers
+    are replayed side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
     counts = np.asarray(counts)
     chosen = layers if only is None else only
     missing = [name for name in chosen if name not in layers]
     if missing:
         raise ValueError(f"layer {missing[0]!r} is not in the log; choose from {layers[:8]}")
-    out = []
-    for name in chosen:
+
+    def one(name: str) -> LayerReplay:
         i = layers.index(name)
         current = current_layout(counts.shape[2], settings.world_size, None if p2l is None else p2l[i])
-        out.append(replay_layer(name, counts[:, i, :], current, settings))
-    return out
+        return replay_layer(name, counts[:, i, :], current, settings)
+    if len(chosen) < 2 or workers == 1:
+        return [one(name) for name in chosen]
+    with ThreadPoolExecutor(max_workers=min(len(chosen), workers or os.cpu_count() or 1)) as pool:
+        return list(pool.map(one, chosen))
 
 
 def verdict(results: list[LayerReplay], current: str = "contiguous", margin: float = 0.02) -> str:

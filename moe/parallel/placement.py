@@ -18,6 +18,7 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
+from numba import njit, vectorize
 
 from moe.jsonio import dumps
 from moe.parallel.planner import balanced_rows, rank_lists
@@ -92,24 +93,34 @@ def chunk_sizes(n: int, parts: int) -> list[int]:
 
 
 def replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot (..., P): its replica index among its expert's slots (slot order) and that expert's slot count."""
-    order = np.argsort(slot_expert, axis=-1, kind="stable")                         # (..., P)
-    ranked = np.take_along_axis(slot_expert, order, axis=-1)
-    P = slot_expert.shape[-1]
-    pos = np.broadcast_to(np.arange(P), ranked.shape)
-    new = np.ones(ranked.shape, dtype=bool)
-    new[..., 1:] = ranked[..., 1:] != ranked[..., :-1]                               # first slot of each expert
-    start = np.maximum.accumulate(np.where(new, pos, 0), axis=-1)                    # (..., P) run start
-    end = np.flip(np.minimum.accumulate(np.flip(np.where(np.roll(new, -1, axis=-1) | (pos == P - 1), pos, P),
-                                                axis=-1), axis=-1), axis=-1)         # (..., P) run end
-    index, count = np.empty_like(order), np.empty_like(order)
-    np.put_along_axis(index, order, pos - start, axis=-1)
-    np.put_along_axis(count, order, end - start + 1, axis=-1)
-    return index, count
+    """Per slot (..., P): its replica index among its expert's slots (slot order) and that expert's slot count
+    (any negative entry counts as one more expert)."""
+    slot_expert = np.asarray(slot_expert, dtype=np.int64)
+    rows = np.ascontiguousarray(slot_expert.reshape(-1, slot_expert.shape[-1]))
+    index, count = np.empty_like(rows), np.empty_like(rows)
+    if rows.size:
+        _replica_index(rows, int(rows.max()) + 2, index, count)
+    return index.reshape(slot_expert.shape), count.reshape(slot_expert.shape)
 
 
-def chunk_share(n: np.ndarray, index: np.ndarray, count: np.ndarray) -> np.ndarray:
-    """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise."""
+@njit(cache=True, nogil=True)
+def _replica_index(rows, size, index, count):
+    seen = np.zeros(size, np.int64)
+    for x in range(rows.shape[0]):
+        for p in range(rows.shape[1]):
+            e = max(rows[x, p], -1) + 1
+            index[x, p] = seen[e]
+            seen[e] += 1
+        for p in range(rows.shape[1]):
+            count[x, p] = seen[max(rows[x, p], -1) + 1]
+        for p in range(rows.shape[1]):
+            seen[max(rows[x, p], -1) + 1] = 0
+
+
+@vectorize(["int64(int64, int64, int64)"], cache=True)
+def chunk_share(n, index, count):
+    """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise: a ufunc, also
+    called from the compiled replay (moe.parallel.replay)."""
     return (index + 1) * n // count - index * n // count
 
 

@@ -1,20 +1,18 @@
-"""Our planner's steps on arrays, vectorised over rows (windows × layers) where the rule allows: give each redundant
-slot to the expert whose replicas carry the most load each (`replicate`), pack the replicas, heaviest first, onto the
-least loaded rank that still has a free slot and does not hold that expert yet (`pack`), then a local search moves or
-swaps single replicas off the busiest rank while that helps (`refine`). `balanced_rows` runs the three on many loads
-at once: the first two for all rows together (moe.parallel.greedy), the local search on the rows where a cheap
-conservative test (`_may_refine`: it never skips a row the search would change) finds a move or swap that could
-lighten the busiest rank. A rank's weight is the sum of its replicas' loads in list order. moe.parallel.placement
-wraps one row of it in a Placement (`balanced`, `plan`). Shapes: X rows, E experts, W ranks, P = E + R slots.
+"""Our planner's steps on many rows (windows × layers): give each redundant slot to the expert whose replicas carry the
+most load each (`replicate`), pack the replicas, heaviest first, onto the least loaded rank that still has a free slot
+and does not hold that expert yet (`pack`), then a local search moves or swaps single replicas off the busiest rank
+while that helps (`refine`). `balanced_rows` runs the three on every row: the first two with the shared greedy kernels
+(moe.parallel.greedy), the local search compiled here, one row at a time, on the rows where a cheap conservative test
+(`_may_refine`: it never skips a row the search would change) finds a move or swap that could lighten the busiest
+rank. A rank's weight is the sum of its replicas' loads in list order. moe.parallel.placement wraps one row of it in a
+Placement (`balanced`, `plan`). Shapes: X rows, E experts, W ranks, P = E + R slots, C = ceil(P / W) slots per rank.
 """
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from moe.parallel import greedy
-
-CELLS = 1 << 17  # the local search weighs this many (row, rank, expert, expert back) steps at a time
+from moe.parallel.greedy import jit
 
 
 def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.ndarray:
@@ -27,8 +25,8 @@ def pack(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[tuple[in
     """Replicas (load/count each), heaviest first (ties: the lower expert), to the least loaded rank with room not
     holding that expert (ties: the rank with fewer experts, then the lower rank); ranks hold ceil(P / W) slots at most.
     ValueError when a replica finds no rank with room free of its expert."""
-    expert, rank = pack_rows(np.asarray(load, dtype=np.float64)[None], np.asarray(count)[None], world_size)
-    return rank_lists(expert[0], rank[0], world_size)
+    held = _packed(np.asarray(load, dtype=np.float64)[None], np.asarray(count)[None], world_size)
+    return tuple(tuple(int(e) for e in r if e >= 0) for r in held[0])
 
 
 def rank_lists(expert: np.ndarray, rank: np.ndarray, world_size: int) -> tuple[tuple[int, ...], ...]:
@@ -39,160 +37,229 @@ def rank_lists(expert: np.ndarray, rank: np.ndarray, world_size: int) -> tuple[t
 def pack_rows(load: np.ndarray, count: np.ndarray, world_size: int) -> tuple[np.ndarray, np.ndarray]:
     """`pack` for every row of load and count (X, E) (each row's counts sum to the same P): the expert and rank of
     every slot (X, P), rank by rank, experts ascending within a rank."""
-    X, E = load.shape
-    P = int(count[0].sum())
-    expert = np.repeat(np.broadcast_to(np.arange(E), (X, E)).ravel(), count.ravel()).reshape(X, P)
-    weight = np.take_along_axis(load / count, expert, axis=1)
-    order = np.argsort(-weight, axis=1, kind="stable")                               # heaviest first, ties: lower e
-    weight, expert = np.take_along_axis(weight, order, axis=1), np.take_along_axis(expert, order, axis=1)
+    return _slots(_packed(np.asarray(load, dtype=np.float64), np.asarray(count), world_size))
+
+
+def balanced_rows(load, world_size: int, redundant_slots: int, order=None) -> tuple[np.ndarray, np.ndarray]:
+    """Our layout (replicate, pack, refine) for every row of load (X, E): slot experts and ranks (X, P), rank by rank,
+    experts ascending. `order`: greedy.heaviest_first(load), when the caller has it. The caller checks the arguments
+    (moe.parallel.placement.check_plan_args)."""
+    load = np.ascontiguousarray(load, dtype=np.float64)
+    if not len(load):
+        return np.zeros((0, load.shape[1] + redundant_slots), dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
+    order = greedy.heaviest_first(load) if order is None else order
+    count = greedy.top_up(load, redundant_slots, world_size, order)[0]               # (X, E)
+    held = _packed(load, count, world_size, order)
+    _refine_rows(held, load / count, 4 * load.shape[1], np.ones(len(load), dtype=np.bool_))
+    return _slots(held)
+
+
+def _packed(load: np.ndarray, count: np.ndarray, world_size: int, order=None) -> np.ndarray:
+    """`pack` of every row as each rank's experts (X, W, C), ascending, -1 after the last."""
+    order = greedy.heaviest_first(load) if order is None else order
+    expert = greedy.replica_order(load, count, order)                                 # (X, P) in placing order
+    P = expert.shape[1]
     try:
-        rank, _ = greedy.pack(weight, world_size, -(-P // world_size), group=expert, fewer_first=True)
+        rank, _ = greedy.pack(np.take_along_axis(load / count, expert, axis=1), world_size, -(-P // world_size),
+                              group=expert, fewer_first=True)
     except ValueError:
         raise ValueError("no rank with room is free of an expert: these replica counts cannot be packed with a "
                          "distinct expert per slot of a rank") from None
-    order = np.argsort(rank * E + expert, axis=1, kind="stable")
-    return np.take_along_axis(expert, order, axis=1), np.take_along_axis(rank, order, axis=1)
+    held = np.full((len(load), world_size, -(-P // world_size)), -1, dtype=np.int64)
+    _lists(expert, rank, held)
+    return held
 
 
-def balanced_rows(load, world_size: int, redundant_slots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Our layout (replicate, pack, refine) for every row of load (X, E): slot experts and ranks (X, P), rank by rank,
-    experts ascending. The caller checks the arguments (moe.parallel.placement.check_plan_args)."""
-    load = np.asarray(load, dtype=np.float64)
-    if not len(load):
-        return np.zeros((0, load.shape[1] + redundant_slots), dtype=np.int64), np.zeros((0, 0), dtype=np.int64)
-    count = greedy.top_up(load, redundant_slots, world_size)[0]                      # (X, E)
-    expert, rank = pack_rows(load, count, world_size)
-    P, C = expert.shape[1], -(-expert.shape[1] // world_size)
-    w = np.take_along_axis(load / count, expert, axis=1)                             # (X, P) each slot's weight
-    x = np.flatnonzero(_may_refine(w, rank, world_size, C))                          # rows the search may change
-    if len(x):
-        Y, E = len(x), load.shape[1]
-        n = np.stack([np.bincount(r, minlength=world_size) for r in rank[x]])        # (Y, W) slots per rank
-        at = np.arange(P) - np.take_along_axis(np.cumsum(n, axis=1) - n, rank[x], axis=1)  # (Y, P) place in its rank
-        held = np.full((Y, world_size, C), -1, dtype=np.int64)
-        held[np.arange(Y)[:, None], rank[x], at] = expert[x]
-        held = refine_rows(held, (load / count)[x], 4 * E)
-        held = np.sort(np.where(held >= 0, held, E), axis=2)                        # ascending, the empty (E) last
-        keep = held.reshape(Y, -1) < E                                               # P per row: no slot is lost
-        expert[x] = held.reshape(Y, -1)[keep].reshape(Y, P)
-        rank[x] = np.broadcast_to(np.repeat(np.arange(world_size), C), (Y, world_size * C))[keep].reshape(Y, P)
-    return expert, rank
+@jit
+def _lists(expert, rank, held):
+    """Slots (X, P) into each rank's list (X, W, C), experts ascending."""
+    n = np.zeros(held.shape[1], np.int64)
+    for x in range(held.shape[0]):
+        n[:] = 0
+        for p in range(expert.shape[1]):
+            r = rank[x, p]
+            held[x, r, n[r]] = expert[x, p]
+            n[r] += 1
+        _sort_lists(held[x], n)
 
 
-def _may_refine(w: np.ndarray, rank: np.ndarray, world_size: int, slots: int) -> np.ndarray:
-    """(X,) False where `refine` provably takes no step: no replica e on the busiest rank b and f on another rank s
-    has w_f < w_e < w_f + (weight_b − weight_s) (a swap lighter than b), and no plain move fits (a rank with room
-    lighter than b by more than b's lightest non-empty replica). The bounds are loosened by 1e-13 · weight_b, ten
-    times less than refine's own margin, so that rounding never hides a step refine would take. Rank weights are
-    summed slot by slot in the order refine_rows sums them (np.add.at adds in index order), so both see the same
-    busiest rank, ties included."""
-    X, P = w.shape
-    rows = np.arange(X)[:, None]
-    weight = np.zeros((X, world_size))
-    np.add.at(weight, (rows, rank), w)
-    n = np.zeros((X, world_size), dtype=np.int64)
-    np.add.at(n, (rows, rank), 1)
-    b = weight.argmax(axis=1)
-    top = weight[rows[:, 0], b][:, None]                                              # (X, 1) the busiest weight
-    on_b = rank == b[:, None]
-    tol = 1e-13 * top
-    ladder = np.sort(np.where(on_b, w, np.inf), axis=1)                               # (X, P) b's replicas, ascending
-    above = torch.searchsorted(torch.from_numpy(ladder), torch.from_numpy(np.ascontiguousarray(w)),
-                               right=True).numpy()                                    # first of b's heavier than f
-    heavier = np.take_along_axis(np.concatenate([ladder, np.full((X, 1), np.inf)], axis=1), above, axis=1)
-    gap = top - np.take_along_axis(weight, rank, axis=1)                              # (X, P) weight_b − weight_s
-    swap = (~on_b & (heavier - w < gap + tol)).any(axis=1)
-    room = (n < slots) & (np.arange(world_size) != b[:, None])
-    widest = np.where(room, top - weight, -np.inf).max(axis=1)
-    lightest = np.where(on_b & (w > 0), w, np.inf).min(axis=1)
-    move = (on_b.sum(axis=1) > 1) & (lightest < widest + tol[:, 0])
-    return swap | move
+@jit
+def _sort_lists(lists, n):
+    for r in range(lists.shape[0]):
+        for i in range(1, n[r]):
+            j = i
+            while j > 0 and lists[r, j - 1] > lists[r, j]:
+                lists[r, j - 1], lists[r, j] = lists[r, j], lists[r, j - 1]
+                j -= 1
+
+
+def _slots(held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each rank's list (X, W, C) as slot experts and ranks (X, P), rank by rank, in list order."""
+    X, W, C = held.shape
+    keep = held.reshape(X, -1) >= 0
+    P = int(keep[0].sum()) if X else 0
+    rank = np.broadcast_to(np.repeat(np.arange(W), C), (X, W * C))
+    return held.reshape(X, -1)[keep].reshape(X, P), rank[keep].reshape(X, P)
 
 
 def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...], ...]:
     """Local search after `pack`: move one replica off the busiest rank, or swap it for a lighter one, while
     that lightens the busiest rank and leaves the other rank lighter than the busiest was (greedy packing
     leaves such gains on near-even loads). Keeps the slots per rank, an expert on every rank, none twice.
-    One row of `refine_rows`; each rank's experts keep their list order (a move appends)."""
-    W, C = len(ranks), max(len(r) for r in ranks)
-    held = np.full((1, W, C), -1, dtype=np.int64)
+    Each rank's experts keep their list order while searching (a move appends); the result is sorted."""
+    held = _held(ranks)
+    _refine_rows(held, (np.asarray(load, dtype=np.float64) / count)[None], 4 * len(load), np.zeros(1, np.bool_))
+    return tuple(tuple(sorted(int(e) for e in r if e >= 0)) for r in held[0])
+
+
+def may_refine(ranks, w: np.ndarray) -> bool:
+    """`_may_refine` of one row: False only where the local search provably takes no step."""
+    held = _held(ranks)
+    n = (held[0] >= 0).sum(axis=1)
+    return bool(_may_refine(held[0], n, np.asarray(w, dtype=np.float64), _weights(held[0], n, w)))
+
+
+def best_step(ranks, w: np.ndarray, weight, slots: int) -> tuple | None:
+    """The local search's step on one row (ranks in list order, a rank holds at most `slots`): (busiest rank, other
+    rank, expert moved there, expert moved back or None), or None when no step helps."""
+    held = np.full((len(ranks), slots), -1, dtype=np.int64)
+    for r, experts in enumerate(ranks):
+        held[r, : len(experts)] = experts
+    b, s, e, f = _best_step(held, (held >= 0).sum(axis=1), np.asarray(w, dtype=np.float64),
+                            np.asarray(weight, dtype=np.float64))
+    return None if b < 0 else (int(b), int(s), int(e), None if f < 0 else int(f))
+
+
+def _held(ranks) -> np.ndarray:
+    held = np.full((1, len(ranks), max(len(r) for r in ranks)), -1, dtype=np.int64)
     for r, experts in enumerate(ranks):
         held[0, r, : len(experts)] = experts
-    held = refine_rows(held, (np.asarray(load, dtype=np.float64) / count)[None], 4 * len(load))
-    return tuple(tuple(sorted(e for e in r if e >= 0)) for r in held[0].tolist())
-
-
-def refine_rows(held: np.ndarray, w: np.ndarray, max_steps: int) -> np.ndarray:
-    """`refine` for every row at once: held (X, W, C) each rank's experts in list order (-1 after the last), w (X, E)
-    the load of one replica of each expert. A rank's weight is the sum of its replicas in list order. Each step lowers
-    (max weight, ranks at the max); a row stops when no step helps or after max_steps. Returns the new held."""
-    held = held.copy()
-    X, W, C = held.shape
-    on = held >= 0
-    wf = np.where(on, np.take_along_axis(w, np.maximum(held, 0).reshape(X, -1), axis=1).reshape(X, W, C), 0.0)
-    weight = np.zeros((X, W))
-    for c in range(C):  # in list order, as a loop adds them
-        weight += wf[:, :, c]
-    active = np.arange(X)
-    for _ in range(max_steps):
-        if not len(active):
-            break
-        chunk = max(1, CELLS // (W * C * (C + 1)))  # rows per evaluation: its (rows, W, C, 1 + C) values stay small
-        step = [np.concatenate(v) for v in zip(*(_best_steps(held[a], w[a], weight[a])
-                                                  for a in np.array_split(active, -(-len(active) // chunk))))]
-        go = step[0] >= 0
-        active, (b, s, e, f) = active[go], (v[go] for v in step)
-        rows, back = active, f >= 0  # e: rank b -> rank s; f (or -1): rank s -> rank b
-        _take_out(held, rows, b, e)
-        _take_out(held, rows[back], s[back], f[back])  # before e comes in: a full rank has no room for both
-        _put_in(held, rows, s, e)
-        _put_in(held, rows[back], b[back], f[back])
-        d = w[rows, e] - np.where(back, w[rows, np.maximum(f, 0)], 0.0)
-        weight[rows, b] -= d
-        weight[rows, s] += d
     return held
 
 
-def _take_out(held: np.ndarray, rows, rank, e) -> None:
-    """Remove expert e from held[rows, rank], the later experts moving up one (list.remove)."""
-    C = held.shape[2]
-    lists = held[rows, rank]                                                          # (Y, C)
-    pos = (lists == e[:, None]).argmax(axis=1)
-    shift = np.arange(C)[None, :] + (np.arange(C)[None, :] >= pos[:, None])
-    moved = np.take_along_axis(lists, np.minimum(shift, C - 1), axis=1)
-    moved[shift >= C] = -1
-    held[rows, rank] = moved
+@jit
+def _weights(lists, n, w):
+    """Each rank's weight: its replicas' loads summed in list order."""
+    weight = np.zeros(lists.shape[0])
+    for r in range(lists.shape[0]):
+        for i in range(n[r]):
+            weight[r] += w[lists[r, i]]
+    return weight
 
 
-def _put_in(held: np.ndarray, rows, rank, e) -> None:
-    """Append e to held[rows, rank] (list.append)."""
-    held[rows, rank, (held[rows, rank] >= 0).sum(axis=1)] = e
-
-
-def _best_steps(held: np.ndarray, w: np.ndarray, weight: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per row (held (X, W, C), w (X, E), weight (X, W)): (busiest rank, other rank, expert moved there, expert moved
-    back or -1) lowering the pair's max most, every move and swap at once; ties go to the first in (other rank, expert
-    on the busiest, no expert back then the other rank's experts) order, as a loop in that order would pick. Rows where
-    no step makes the pair strictly lighter than the busiest rank get -1 everywhere."""
+@jit
+def _refine_rows(held, w, max_steps, sort):
+    """`refine` on every row of held (X, W, C) (each rank's experts in list order, -1 after the last) with w (X, E)
+    the load of one replica of each expert, in place, skipping rows `_may_refine` rules out; with sort[x], row x's
+    lists are sorted after. Each step lowers (max weight, ranks at the max); a row stops when no step helps or after
+    max_steps."""
     X, W, C = held.shape
-    x = np.arange(X)
-    b = weight.argmax(axis=1)
-    on_b = held[x, b]                                                                 # (X, C) experts on b, -1 pad
-    filled = held >= 0                                                                # (X, W, C)
-    there = (held[:, :, :, None] == on_b[:, None, None, :]).any(axis=2)               # (X, W, C) s holds e already
-    ok = (np.arange(W)[None, :] != b[:, None])[:, :, None] & ~there & (on_b >= 0)[:, None, :]   # (X, W, Ce)
-    we = np.take_along_axis(w, np.maximum(on_b, 0), axis=1)                           # (X, Ce)
-    wf = np.where(filled, np.take_along_axis(w, np.maximum(held, 0).reshape(X, -1), axis=1).reshape(X, W, C), np.inf)
-    back = filled & ~(held[:, :, :, None] == np.where(on_b >= 0, on_b, -2)[:, None, None, :]).any(axis=3)
-    room = (filled.sum(axis=2) < C) & ((on_b >= 0).sum(axis=1) > 1)[:, None]        # (X, W) a plain move fits
-    d = np.concatenate([np.broadcast_to(we[:, None, :, None], (X, W, C, 1)),
-                        we[:, None, :, None] - wf[:, :, None, :]], axis=3)            # (X, W, Ce, 1 + Cf)
-    valid = ok[..., None] & np.concatenate([np.broadcast_to(room[:, :, None, None], (X, W, C, 1)),
-                                            back[:, :, None, :] & (wf[:, :, None, :] < we[:, None, :, None])], axis=3)
-    top = weight[x, b]
-    value = np.where(valid, np.maximum(top[:, None, None, None] - d, weight[:, :, None, None] + d), np.inf)
-    i = value.reshape(X, -1).argmin(axis=1)                                           # the first of the smallest
-    good = value.reshape(X, -1)[x, i] < top * (1 - 1e-12)  # strictly lighter than the busiest, beyond rounding
-    s, e, f = np.unravel_index(i, value.shape[1:])
-    moved, brought = on_b[x, e], np.where(f > 0, held[x, s, np.maximum(f - 1, 0)], -1)
-    return tuple(np.where(good, v, -1) for v in (b, s, moved, brought))
+    n = np.empty(W, np.int64)
+    for x in range(X):
+        lists, wx = held[x], w[x]
+        for r in range(W):
+            n[r] = 0
+            while n[r] < C and lists[r, n[r]] >= 0:
+                n[r] += 1
+        weight = _weights(lists, n, wx)
+        if not _may_refine(lists, n, wx, weight):
+            continue
+        for _ in range(max_steps):
+            b, s, e, f = _best_step(lists, n, wx, weight)
+            if b < 0:
+                break
+            _take_out(lists, n, b, e)
+            if f >= 0:  # before e comes in: a full rank has no room for both
+                _take_out(lists, n, s, f)
+            lists[s, n[s]] = e
+            n[s] += 1
+            d = wx[e]
+            if f >= 0:
+                lists[b, n[b]] = f
+                n[b] += 1
+                d -= wx[f]
+            weight[b] -= d
+            weight[s] += d
+        if sort[x]:
+            _sort_lists(lists, n)
+
+
+@jit
+def _take_out(lists, n, r, e):
+    """Remove expert e from rank r's list, the later experts moving up one (list.remove)."""
+    i = 0
+    while lists[r, i] != e:
+        i += 1
+    for j in range(i, n[r] - 1):
+        lists[r, j] = lists[r, j + 1]
+    n[r] -= 1
+    lists[r, n[r]] = -1
+
+
+@jit
+def _best_step(lists, n, w, weight):
+    """(busiest rank b, other rank s, expert e moved b -> s, expert f moved back or -1) lowering the pair's max most:
+    every move, then every swap, in (s, e in b's list order, no f then f in s's list order) order, the first strictly
+    lighter than the busiest rank (beyond rounding) winning ties; all -1 when none. Ranks and experts skipped are ones
+    whose every step, as computed in floating point, is no lighter than the best found so far (the rank bound keeps a
+    1e-15 · top margin for rounding; the expert bound is exact: fl is monotone)."""
+    W, C = lists.shape
+    b = np.argmax(weight)
+    top = weight[b]
+    best, step = top * (1 - 1e-12), (-1, -1, -1, -1)
+    on_b, on_s = np.zeros(len(w), np.bool_), np.zeros(len(w), np.bool_)              # who is on b, on s
+    for i in range(n[b]):
+        on_b[lists[b, i]] = True
+    for s in range(W):  # skipped: a rank or expert no step of which can beat `best` (max(x, y) >= (x + y) / 2)
+        if s == b or 0.5 * (top + weight[s]) - 1e-15 * top >= best:
+            continue
+        for j in range(n[s]):
+            on_s[lists[s, j]] = True
+        for i in range(n[b]):
+            e = lists[b, i]
+            if on_s[e] or top - w[e] >= best:  # any step of e leaves b at top - w[e] or more
+                continue
+            if n[s] < C and n[b] > 1:
+                value = max(top - w[e], weight[s] + w[e])
+                if value < best:
+                    best, step = value, (b, s, e, -1)
+            for j in range(n[s]):
+                f = lists[s, j]
+                if w[f] < w[e] and not on_b[f]:
+                    d = w[e] - w[f]
+                    value = max(top - d, weight[s] + d)
+                    if value < best:
+                        best, step = value, (b, s, e, f)
+        for j in range(n[s]):
+            on_s[lists[s, j]] = False
+    return step
+
+@jit
+def _may_refine(lists, n, w, weight):
+    """False where `_best_step` provably finds no step: no replica e on the busiest rank b and f on another rank s has
+    w_f < w_e < w_f + (weight_b − weight_s) (a swap lighter than b), and no plain move fits (a rank with room lighter
+    than b by more than b's lightest non-empty replica). The bounds are loosened by 1e-13 · weight_b, ten times less
+    than the search's own margin, so that rounding never hides a step it would take."""
+    W, C = lists.shape
+    b = np.argmax(weight)
+    top = weight[b]
+    tol = 1e-13 * top
+    ladder = np.sort(w[lists[b, : n[b]]])                                             # b's replicas, ascending
+    for s in range(W):
+        if s == b:
+            continue
+        for j in range(n[s]):
+            f = w[lists[s, j]]
+            k = np.searchsorted(ladder, f, side="right")                              # b's first heavier than f
+            if k < len(ladder) and ladder[k] - f < top - weight[s] + tol:
+                return True
+    if n[b] < 2:
+        return False
+    widest, lightest = -np.inf, np.inf
+    for s in range(W):
+        if s != b and n[s] < C:
+            widest = max(widest, top - weight[s])
+    for v in ladder:
+        if v > 0:
+            lightest = min(lightest, v)
+    return lightest < widest + tol

@@ -1,4 +1,5 @@
-"""Replay a routing log under a placement: the per-rank load of every window, vectorised over windows.
+"""Replay a routing log under a placement: the per-rank load of every window (`rank_load`: one layout, vectorised over
+windows; `rank_load_rows`: a layout per window, compiled).
 
 A placement is read as slots (`Layout`): slot p holds logical expert `slot_expert[p]` on rank `slot_rank[p]`.
 An expert with c slots splits each window's n tokens into c contiguous chunks of near-equal size (sizes differ
@@ -13,11 +14,9 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
+from numba import njit
 
 from moe.parallel.placement import Placement, chunk_share, replica_index
-
-ROWS = 1024  # rank_load_rows works on this many windows at a time (its temporaries stay small)
-
 
 @dataclass(frozen=True, eq=False)
 class Layout:
@@ -104,26 +103,30 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused.
     With plan_of (M,): the layouts are K plans (K, P) and row i is served by plan plan_of[i] (each plan's replica
     split is worked out once, however many windows it serves); with window_of (M,), row i is window window_of[i] of
-    counts; either gives (M, W). Rows are taken ROWS at a time, so that the temporaries stay small."""
-    counts = np.asarray(counts, dtype=np.int64)
-    slot_expert, slot_rank = np.asarray(slot_expert), np.asarray(slot_rank)
-    used = slot_expert >= 0                                                          # (K, P)
-    index, count = replica_index(np.where(used, slot_expert, -1))
-    slot_expert = np.where(used, slot_expert, 0)
-    window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of)
-    plan_of = window_of if plan_of is None else np.asarray(plan_of)
-    out = np.empty((len(window_of), world_size), dtype=np.int64)
-    for a in range(0, len(window_of), ROWS):
-        k = plan_of[a: a + ROWS]                                                     # (B,) the plan of each row
-        n = np.take_along_axis(counts[window_of[a: a + ROWS]], slot_expert[k], axis=1) * used[k]  # (B, P)
-        c = count[k]
-        many = c > 1                                                                 # replicated slots only
-        share = n
-        share[many] = chunk_share(n[many], index[k][many], c[many])
-        cell = np.arange(len(k))[:, None] * world_size + slot_rank[k]                # (B, P) flat (window, rank)
-        flat = np.bincount(cell.ravel(), weights=share.ravel(), minlength=len(k) * world_size)
-        out[a: a + ROWS] = np.rint(flat).reshape(len(k), world_size)
+    counts; either gives (M, W)."""
+    counts = np.ascontiguousarray(counts, dtype=np.int64)
+    slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
+    slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
+    window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of, dtype=np.int64)
+    plan_of = window_of if plan_of is None else np.asarray(plan_of, dtype=np.int64)
+    index, count = replica_index(slot_expert)                                        # -1 (unused) is one "expert"
+    out = np.zeros((len(window_of), world_size), dtype=np.int64)
+    _rank_load(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out)
     return out
+
+
+@njit(cache=True, nogil=True)
+def _rank_load(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
+    for i in range(len(plan_of)):
+        k, row = plan_of[i], counts[window_of[i]]
+        for p in range(slot_expert.shape[1]):
+            e = slot_expert[k, p]
+            if e < 0:
+                continue
+            n, c = row[e], count[k, p]
+            if c > 1:  # the chunk rule, on replicated slots only
+                n = chunk_share(n, index[k, p], c)
+            out[i, slot_rank[k, p]] += n
 
 
 def window_counts(counts, steps: int) -> np.ndarray:

@@ -54,13 +54,16 @@ def hot_top_n(n_experts: int) -> int:
     return max(1, math.ceil(HOT_SHARE * n_experts))
 
 
-def hot_mask(load: np.ndarray, top_n: int) -> np.ndarray:
+def hot_mask(load: np.ndarray, top_n: int, order=None) -> np.ndarray:
     """(S, E) bool: expert e is among the top_n experts by tokens at step s (lower index first on ties) and received
-    at least one token (an idle expert is never hot, even when fewer than top_n experts routed a token)."""
+    at least one token (an idle expert is never hot, even when fewer than top_n experts routed a token). `order`: the
+    experts of each step, most tokens first (that stable sort), when the caller has it."""
     S, E = load.shape
     if not 1 <= top_n <= E:
         raise ValueError(f"the hot-expert count must be from 1 to E={E}, got {top_n}")
-    order = np.argsort(-load, axis=1, kind="stable")[:, :top_n]               # (S, N): stable = lower index first
+    if order is None:
+        order = np.argsort(-load, axis=1, kind="stable")                      # stable: the lower index first
+    order = order[:, :top_n]                                                  # (S, N)
     mask = np.zeros((S, E), dtype=bool)
     mask[np.arange(S)[:, None], order] = True
     return mask & (load > 0)
