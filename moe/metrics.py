@@ -85,8 +85,12 @@ def balancedness_vllm(rank_load) -> np.ndarray:
     v = np.asarray(rank_load)
     if v.dtype.kind not in "iu":  # integer counts are averaged in float64 as they are, without a copy
         v = v.astype(np.float64)
-    top = v.max(axis=-1)
-    return np.where(top > 0, v.mean(axis=-1, dtype=np.float64) / np.where(top > 0, top, 1), 0.0)
+    return vllm_ratio(v.mean(axis=-1, dtype=np.float64), v.max(axis=-1))
+
+
+def vllm_ratio(mean, top) -> np.ndarray:
+    """balancedness_vllm from each row's mean and max per rank (what a caller that has only those needs)."""
+    return np.where(top > 0, mean / np.where(top > 0, top, 1), 0.0)
 
 
 def balancedness_sglang(rank_load) -> np.ndarray:

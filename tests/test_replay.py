@@ -7,7 +7,8 @@ from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
 from moe.parallel.placement import contiguous, plan, predicted_load
-from moe.parallel.replay import from_map, from_placement, rank_load, rank_load_rows, window_counts
+from moe.parallel.placement import chunk_share
+from moe.parallel.replay import from_map, from_placement, peak_load_spans, rank_load, rank_load_rows, window_counts
 
 BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
 
@@ -59,6 +60,38 @@ def test_a_map_with_an_expert_twice_on_a_rank_and_unused_slots():
     assert naive_rank_load([9, 0, 1], np.array([0, 0, 1, 0, 2]), np.array([0, 0, 0, 1, 1]), 2) == [6, 4]
     with pytest.raises(ValueError, match="not a multiple of the world size 3"):
         from_map([0, 1, 2, 0], 3)
+
+
+def test_peak_load_spans_is_the_busiest_rank_of_rank_load_rows_span_by_span():
+    """Plans with replicas, an expert twice on a rank and unused slots (-1), each over a span of windows (long and
+    empty ones too): the busiest rank of every window, in span order."""
+    rng = np.random.default_rng(3)
+    for _ in range(60):
+        E, W, K, N = int(rng.integers(2, 9)), int(rng.integers(1, 5)), int(rng.integers(1, 4)), int(rng.integers(1, 40))
+        P = E + int(rng.integers(0, 2 * W + 1))
+        experts = np.stack([np.concatenate([rng.permutation(E), rng.integers(-1, E, size=P - E)]) for _ in range(K)])
+        ranks = rng.integers(0, W, size=(K, P))
+        counts = rng.integers(0, 1000, size=(N, E))
+        plan_of = rng.integers(0, K, size=5)
+        lo = rng.integers(0, N, size=5)
+        hi = np.minimum(N, lo + rng.integers(0, N + 1, size=5))
+        got = peak_load_spans(counts, experts, ranks, W, plan_of, lo, hi)
+        window_of = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
+        rows = rank_load_rows(counts, experts, ranks, W, np.repeat(plan_of, hi - lo), window_of)
+        assert got.tolist() == rows.max(axis=1, initial=0).tolist()
+
+
+def test_chunk_share_is_the_integer_cut_rule_on_both_sides_of_its_float_range():
+    """Below 2**32 tokens and 2**20 slots the chunks come from float division; above, from integer division: both are
+    the cut rule (i + 1)·n // c − i·n // c, near the limits too."""
+    rng = np.random.default_rng(4)
+    n = np.concatenate([rng.integers(0, 2 ** 32, 20000), 2 ** 32 - 1 - rng.integers(0, 50, 200),
+                        2 ** 32 + rng.integers(0, 50, 200), rng.integers(2 ** 40, 2 ** 52, 2000)])
+    c = np.concatenate([rng.integers(1, 2 ** 20 + 1, 20000), np.full(400, 2 ** 20), rng.integers(1, 64, 2000)])
+    i = (rng.random(len(n)) * c).astype(np.int64)
+    want = [(int(k) + 1) * int(m) // int(d) - int(k) * int(m) // int(d) for m, k, d in zip(n, i, c)]
+    assert chunk_share(n, i, c).tolist() == want
+    assert chunk_share(np.array([2 ** 21 + 1]), np.array([2 ** 21 - 1]), np.array([2 ** 21])).tolist() == [2]
 
 
 def test_windows_sum_consecutive_steps():

@@ -20,12 +20,12 @@ from functools import partial
 import numpy as np
 
 from moe.definitions_placement import OUR_PLANNER
-from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
+from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean, vllm_ratio
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
-from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows,
+from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, peak_load_spans,
                                  to_placement, window_counts)
 from moe.traces.runstats import hot_mask
 
@@ -187,10 +187,12 @@ def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.
 
 
 def _measure_rest(windows, experts, ranks, W: int, starts: np.ndarray) -> np.ndarray:
-    """vLLM balancedness of every window after k under the plan of window k, for every k in starts, concatenated."""
-    later = [np.arange(k + 1, len(windows)) for k in starts]
-    plan_of, window_of = np.repeat(starts, [len(w) for w in later]), np.concatenate(later)
-    return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, window_of))
+    """vLLM balancedness of every window after k under the plan of window k, for every k in starts, concatenated
+    (a rank's mean load is the window's tokens / W whatever the plan: the chunks of an expert sum to its count)."""
+    end = np.full(len(starts), len(windows))
+    mean = windows.sum(axis=1) / W
+    return vllm_ratio(np.concatenate([mean[k + 1:] for k in starts]),
+                      peak_load_spans(windows, experts, ranks, W, starts, starts + 1, end))
 
 
 def _schedules(N: int, s: ReplaySettings, measure, rest) -> tuple[dict, float]:

@@ -129,6 +129,51 @@ def _rank_load(counts, slot_expert, slot_rank, index, count, plan_of, window_of,
             out[i, slot_rank[k, p]] += n
 
 
+def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo, hi) -> np.ndarray:
+    """The busiest rank's load (rank_load_rows(...).max(axis=1)) for plans that each serve a span of consecutive
+    windows: span m is windows lo[m] .. hi[m] − 1 under plan plan_of[m] (slot_expert, slot_rank (K, P)). Returns
+    (Σ (hi − lo),), the spans one after another. Windows are read expert by expert (counts transposed), so that a
+    slot adds a whole span of windows at once; one span's rank loads at a time are kept."""
+    columns = np.ascontiguousarray(np.asarray(counts, dtype=np.int64).T)              # (E, N)
+    slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
+    slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
+    plan_of, lo, hi = (np.asarray(v, dtype=np.int64) for v in (plan_of, lo, hi))
+    index, count = replica_index(slot_expert)
+    out = np.empty(int((hi - lo).sum()), dtype=np.int64)
+    if len(out):
+        span = np.empty((world_size, int((hi - lo).max())), dtype=np.int64)
+        _peak_load_spans(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out)
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _peak_load_spans(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
+    at = 0
+    for m in range(len(plan_of)):
+        k, a, n = plan_of[m], lo[m], hi[m] - lo[m]
+        load = span[:, :n]
+        load[:] = 0
+        for p in range(slot_expert.shape[1]):
+            e = slot_expert[k, p]
+            if e < 0:
+                continue
+            src, dst, c = columns[e, a: a + n], load[slot_rank[k, p]], count[k, p]
+            if c == 1:
+                for t in range(n):
+                    dst[t] += src[t]
+            else:  # the chunk rule, on replicated slots only
+                j = index[k, p]
+                for t in range(n):
+                    dst[t] += chunk_share(src[t], j, c)
+        peak = out[at: at + n]
+        peak[:] = load[0]
+        for r in range(1, load.shape[0]):  # row by row: contiguous
+            row = load[r]
+            for t in range(n):
+                peak[t] = max(peak[t], row[t])
+        at += n
+
+
 def window_counts(counts, steps: int) -> np.ndarray:
     """(N, ...) counts summed over consecutive windows of `steps` steps from (S, ...); a last partial window is
     dropped unless it is the only one (N = max(1, S // steps))."""
