@@ -35,6 +35,18 @@ def test_replicate_and_pack_are_the_loops():
         assert pack(load, count, W) == loop_pack(load, count, W), (load.tolist(), count.tolist(), W)
 
 
+def test_heaviest_first_is_a_stable_sort_by_weight_for_counts_and_floats():
+    """Token counts below 2**16 take numpy's radix sort; others (larger, negative, float) the stable float sort: the
+    same order, ties to the lower item."""
+    rng = np.random.default_rng(15)
+    for high in (4, 300, 2 ** 16, 2 ** 40):
+        counts = rng.integers(0, high, size=(50, 30))
+        want = np.array([sorted(range(30), key=lambda e: (-row[e], e)) for row in counts.tolist()])
+        assert (greedy.heaviest_first(counts) == want).all()
+        assert (greedy.heaviest_first(counts.astype(float) / 2) == want).all()
+    assert greedy.heaviest_first(np.array([[-1, 3, 3, -1]])).tolist() == [[1, 2, 0, 3]]
+
+
 def test_balanced_rows_are_pack_then_refine_on_every_row():
     """The cheap test that skips the local search on a row never skips a row the search would change."""
     rng = np.random.default_rng(12)

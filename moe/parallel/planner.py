@@ -234,16 +234,19 @@ def _best_step(lists, n, w, weight):
             on_s[lists[s, j]] = False
     return step
 
+
 @jit
 def _may_refine(lists, n, w, weight):
-    """False where `_best_step` provably finds no step: no replica e on the busiest rank b and f on another rank s has
-    w_f < w_e < w_f + (weight_b − weight_s) (a swap lighter than b), and no plain move fits (a rank with room lighter
-    than b by more than b's lightest non-empty replica). The bounds are loosened by 1e-13 · weight_b, ten times less
-    than the search's own margin, so that rounding never hides a step it would take."""
+    """False where `_best_step` provably finds no step. It computes a step's value as the search does, max(top − d,
+    weight_s + d) against the search's limit top · (1 − 1e-12), for the one candidate that decides: per replica f on
+    another rank s, the lightest replica e on the busiest rank b heavier than f (a heavier e only raises weight_s + d);
+    per rank s with room, b's lightest non-empty replica (moves need two replicas on b). It ignores that an expert
+    may not sit twice on a rank, and says True where that e is so close to f (or so light) that top − d misses the
+    limit while weight_s + d does not: so it never skips a row the search would change."""
     W, C = lists.shape
     b = np.argmax(weight)
     top = weight[b]
-    tol = 1e-13 * top
+    limit = top * (1 - 1e-12)
     ladder = np.sort(w[lists[b, : n[b]]])                                             # b's replicas, ascending
     for s in range(W):
         if s == b:
@@ -251,15 +254,14 @@ def _may_refine(lists, n, w, weight):
         for j in range(n[s]):
             f = w[lists[s, j]]
             k = np.searchsorted(ladder, f, side="right")                              # b's first heavier than f
-            if k < len(ladder) and ladder[k] - f < top - weight[s] + tol:
-                return True
-    if n[b] < 2:
-        return False
-    widest, lightest = -np.inf, np.inf
-    for s in range(W):
-        if s != b and n[s] < C:
-            widest = max(widest, top - weight[s])
-    for v in ladder:
-        if v > 0:
-            lightest = min(lightest, v)
-    return lightest < widest + tol
+            if k < len(ladder):
+                d = ladder[k] - f
+                if weight[s] + d < limit:
+                    return True
+        if n[s] < C and n[b] > 1:
+            for e in ladder:
+                if e > 0:
+                    if weight[s] + e < limit:
+                        return True
+                    break
+    return False
