@@ -90,6 +90,7 @@ def _protocol(counts: np.ndarray, n_layers: int, n_windows: int) -> None:
     at once (judge.plan_rows) against one window per call (judge.plan_layout), the same plans."""
     log = np.ascontiguousarray(counts[:n_layers].transpose(1, 0, 2))                  # (N, layers, E) as a log reads
     names = [str(l) for l in range(n_layers)]
+    replay_log(log[:20], names[:2], ReplaySettings(8, (8,), window=1), workers=2)  # compiled code loaded, not timed
     totals, ratios = {1: 0.0, os.cpu_count() or 1: 0.0}, []
     for W in WORLD_SIZES:
         for R in REDUNDANT:

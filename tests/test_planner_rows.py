@@ -35,6 +35,20 @@ def test_replicate_and_pack_are_the_loops():
         assert pack(load, count, W) == loop_pack(load, count, W), (load.tolist(), count.tolist(), W)
 
 
+def test_compiled_code_without_a_cache_folder_compiles_in_the_process():
+    """numba cannot cache a function whose source file it cannot find (here: code built from a string; the same
+    happens when neither the package nor the user's cache folder is writable): moe.compiled compiles it anyway."""
+    from numba import njit
+
+    from moe import compiled
+    space = {}
+    exec("def twice(x):\n    return 2 * x\n", space)
+    with pytest.raises(RuntimeError, match="cannot cache"):
+        njit(cache=True)(space["twice"])
+    assert compiled.jit(space["twice"])(21) == 42
+    assert compiled.ufunc(space["twice"])(np.array([1, 2])).tolist() == [2, 4]
+
+
 def test_heaviest_first_is_a_stable_sort_by_weight_for_counts_and_floats():
     """Token counts below 2**16 take numpy's radix sort; others (larger, negative, float) the stable float sort: the
     same order, ties to the lower item."""

@@ -8,9 +8,8 @@ every W and R. Shapes: X rows, n items, m loads, K packs, E experts, P slots.
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-jit = njit(cache=True, nogil=True)
+from moe.compiled import jit
 
 
 def heaviest_first(weight) -> np.ndarray:

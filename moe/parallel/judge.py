@@ -25,14 +25,12 @@ from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
-from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, peak_load_spans,
+from moe.parallel.replay import (Layout, from_map, from_placement, peak_load_spans, rank_load, rank_load_rows,
                                  to_placement, window_counts)
 from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
 MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
-
-
 DEFAULT_WINDOWS = 32  # without a window length, a log is cut into at most this many windows (plan CLI, the page)
 
 
@@ -189,8 +187,7 @@ def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.
 def _measure_rest(windows, experts, ranks, W: int, starts: np.ndarray) -> np.ndarray:
     """vLLM balancedness of every window after k under the plan of window k, for every k in starts, concatenated
     (a rank's mean load is the window's tokens / W whatever the plan: the chunks of an expert sum to its count)."""
-    end = np.full(len(starts), len(windows))
-    mean = windows.sum(axis=1) / W
+    mean, end = windows.sum(axis=1) / W, np.full(len(starts), len(windows))
     return vllm_ratio(np.concatenate([mean[k + 1:] for k in starts]),
                       peak_load_spans(windows, experts, ranks, W, starts, starts + 1, end))
 

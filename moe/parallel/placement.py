@@ -18,8 +18,8 @@ from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
-from numba import njit, vectorize
 
+from moe.compiled import jit, ufunc
 from moe.jsonio import dumps
 from moe.parallel.planner import balanced_rows, rank_lists
 from moe.roots import read_regular
@@ -103,7 +103,7 @@ def replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return index.reshape(slot_expert.shape), count.reshape(slot_expert.shape)
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _replica_index(rows, size, index, count):
     seen = np.zeros(size, np.int64)
     for x in range(rows.shape[0]):
@@ -117,7 +117,7 @@ def _replica_index(rows, size, index, count):
             seen[max(rows[x, p], -1) + 1] = 0
 
 
-@vectorize(cache=True)  # compiled on first use (for int64), not at import
+@ufunc  # compiled on first use (for int64), not at import
 def chunk_share(n, index, count):
     """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise: a ufunc, also
     called from the compiled replay (moe.parallel.replay). Below 2**32 tokens and 2**20 slots the cut points come from

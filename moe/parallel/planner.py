@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from moe.compiled import jit
 from moe.parallel import greedy
-from moe.parallel.greedy import jit
 
 
 def replicate(load: np.ndarray, redundant_slots: int, world_size: int) -> np.ndarray:

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import numpy as np
-from numba import njit
 
+from moe.compiled import jit
 from moe.parallel.placement import Placement, chunk_share, replica_index
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +115,7 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     return out
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _rank_load(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
     for i in range(len(plan_of)):
         k, row = plan_of[i], counts[window_of[i]]
@@ -146,7 +146,7 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     return out
 
 
-@njit(cache=True, nogil=True)
+@jit
 def _peak_load_spans(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
     at = 0
     for m in range(len(plan_of)):
