@@ -1,7 +1,9 @@
 """Compiled loops (numba) for the engine's sequential steps: `jit` for a function, `ufunc` for an elementwise rule
 usable from numpy and from compiled code. Both release the GIL where they can and cache the machine code beside the
 module (or in the user's cache folder where the package is read-only); where no cache folder can be written they
-compile once per process instead of failing at import."""
+compile once per process instead of failing at import. numba checks a cached kernel against its own source file
+only: a kernel must call compiled functions of its own module, or an edit of theirs is not seen (moe.parallel.chunks
+keeps the replica split rule beside the loops that apply it)."""
 from __future__ import annotations
 
 from numba import njit, vectorize

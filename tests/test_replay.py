@@ -7,7 +7,8 @@ from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
 from moe.parallel.placement import contiguous, plan, predicted_load
-from moe.parallel.placement import chunk_share
+from moe.parallel.chunks import chunk_share, replica_index
+from moe.parallel.greedy import replica_order
 from moe.parallel.replay import from_map, from_placement, peak_load_spans, rank_load, rank_load_rows, window_counts
 
 BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
@@ -81,6 +82,30 @@ def test_peak_load_spans_is_the_busiest_rank_of_rank_load_rows_span_by_span():
         assert got.tolist() == rows.max(axis=1, initial=0).tolist()
 
 
+def test_compiled_replay_refuses_slots_and_indices_out_of_range_instead_of_reading_past_them():
+    counts = [[7, 3, 4], [9, 0, 1]]
+    for experts, ranks, why in (([[0, 1, 3]], [[0, 1, 1]], "an expert outside 0..2"),
+                                ([[0, 1, 2]], [[0, 2, 1]], "a rank outside 0..1"),
+                                ([[0, 1, 2]], [[0, -1, 1]], "a rank outside 0..1")):
+        with pytest.raises(ValueError, match=why):
+            rank_load_rows(counts, experts, ranks, 2, [0, 0], [0, 1])
+        with pytest.raises(ValueError, match=why):
+            peak_load_spans(counts, experts, ranks, 2, [0], [0], [2])
+    ok = ([[0, 1, 2]], [[0, 1, 1]])
+    for plan_of, window_of, why in (([1], [0], "a plan index"), ([0], [2], "a window index"), ([0], [-1], "a window")):
+        with pytest.raises(ValueError, match=why):
+            rank_load_rows(counts, *ok, 2, plan_of, window_of)
+    with pytest.raises(ValueError, match="a window index"):
+        peak_load_spans(counts, *ok, 2, [0], [1], [3])
+    with pytest.raises(ValueError, match="ends before it starts"):
+        peak_load_spans(counts, *ok, 2, [0], [1], [0])
+    with pytest.raises(ValueError, match="must both be"):
+        rank_load_rows(counts, [[0, 1, 2]], [[0, 1]], 2, [0], [0])
+    assert peak_load_spans(counts, *ok, 2, [0, 0], [1, 0], [1, 2]).tolist() == [7, 9]  # an empty span adds nothing
+    with pytest.raises(ValueError, match="same number of replicas"):
+        replica_order([[3.0, 1.0], [2.0, 2.0]], [[2, 1], [1, 1]], [[0, 1], [0, 1]])
+
+
 def test_chunk_share_is_the_integer_cut_rule_on_both_sides_of_its_float_range():
     """Below 2**32 tokens and 2**20 slots the chunks come from float division; above, from integer division: both are
     the cut rule (i + 1)·n // c − i·n // c, near the limits too."""
@@ -92,6 +117,8 @@ def test_chunk_share_is_the_integer_cut_rule_on_both_sides_of_its_float_range():
     want = [(int(k) + 1) * int(m) // int(d) - int(k) * int(m) // int(d) for m, k, d in zip(n, i, c)]
     assert chunk_share(n, i, c).tolist() == want
     assert chunk_share(np.array([2 ** 21 + 1]), np.array([2 ** 21 - 1]), np.array([2 ** 21])).tolist() == [2]
+    assert chunk_share(np.array([-5, -5]), np.array([0, 1]), np.array([2, 2])).tolist() == [-3, -2]  # floors as //
+    assert replica_index(np.array([[-2, -3, 1, -1]]))[1].tolist() == [[3, 3, 1, 3]]  # every negative: one "expert"
 
 
 def test_windows_sum_consecutive_steps():

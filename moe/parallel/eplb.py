@@ -1,5 +1,6 @@
-"""DeepSeek's expert-parallel load balancer (EPLB), reimplemented from its published description and vectorised
-over rows (windows, layers): the reference our planner is compared with.
+"""DeepSeek's expert-parallel load balancer (EPLB), reimplemented from its published description for many rows
+(windows, layers) at once with the compiled greedy steps (moe.parallel.greedy): the reference our planner is compared
+with.
 
 The rule (deepseek-ai/EPLB, eplb.py, commit 5791971, `rebalance_experts`): with G expert groups (E/G consecutive
 experts each), `num_nodes` nodes and `num_gpus` GPUs, P = E + R physical slots, P a multiple of num_gpus:

@@ -58,7 +58,10 @@ def replica_order(weight, count, order) -> np.ndarray:
     weighing weight / c, heaviest first; ties: the lower expert (its replicas together). `order`: heaviest_first of
     weight (counts 0 place nothing)."""
     weight, count = np.ascontiguousarray(weight, dtype=np.float64), np.ascontiguousarray(count, dtype=np.int64)
-    out = np.empty((len(weight), int(count[0].sum()) if len(count) else 0), dtype=np.int64)
+    P = int(count[0].sum()) if len(count) else 0
+    if (count.sum(axis=1) != P).any() or (count < 0).any():
+        raise ValueError("every row must place the same number of replicas (counts >= 0 with equal sums)")
+    out = np.empty((len(weight), P), dtype=np.int64)
     _merge(weight, count, np.ascontiguousarray(order), np.zeros((len(weight), 0), dtype=np.int64), out)
     return out
 
@@ -103,9 +106,6 @@ def _merge(weight, count, order, won, out):
         while p < out.shape[1]:
             while a < m and count[x, order[x, a]] != 1:
                 a += 1
-            if a == m and b == n:  # the row has fewer slots than the first (callers give equal sums)
-                out[x, p:] = -1
-                break
             if a < m and (b == n or weight[x, order[x, a]] > key[b]
                           or (weight[x, order[x, a]] == key[b] and order[x, a] < tie[b])):
                 out[x, p] = order[x, a]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe.compiled import jit, ufunc
 from moe.jsonio import dumps
+from moe.parallel.chunks import chunk_share, replica_index
 from moe.parallel.planner import balanced_rows, rank_lists
 from moe.roots import read_regular
 
@@ -90,42 +90,6 @@ def contiguous(n_experts: int, world_size: int) -> Placement:
 def chunk_sizes(n: int, parts: int) -> list[int]:
     """n items cut into `parts` contiguous chunks whose sizes differ by at most one (larger last)."""
     return chunk_share(n, np.arange(parts), parts).tolist()
-
-
-def replica_index(slot_expert: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per slot (..., P): its replica index among its expert's slots (slot order) and that expert's slot count
-    (any negative entry counts as one more expert)."""
-    slot_expert = np.asarray(slot_expert, dtype=np.int64)
-    rows = np.ascontiguousarray(slot_expert.reshape(-1, slot_expert.shape[-1]))
-    index, count = np.empty_like(rows), np.empty_like(rows)
-    if rows.size:
-        _replica_index(rows, int(rows.max()) + 2, index, count)
-    return index.reshape(slot_expert.shape), count.reshape(slot_expert.shape)
-
-
-@jit
-def _replica_index(rows, size, index, count):
-    seen = np.zeros(size, np.int64)
-    for x in range(rows.shape[0]):
-        for p in range(rows.shape[1]):
-            e = max(rows[x, p], -1) + 1
-            index[x, p] = seen[e]
-            seen[e] += 1
-        for p in range(rows.shape[1]):
-            count[x, p] = seen[max(rows[x, p], -1) + 1]
-        for p in range(rows.shape[1]):
-            seen[max(rows[x, p], -1) + 1] = 0
-
-
-@ufunc  # compiled on first use (for int64), not at import
-def chunk_share(n, index, count):
-    """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise: a ufunc, also
-    called from the compiled replay (moe.parallel.replay). Below 2**32 tokens and 2**20 slots the cut points come from
-    float64 division, several times faster than integer division and exact there: (index + 1)·n < 2**52 is exact,
-    and a correctly rounded quotient lands within q·2**-53 < 1/count of x / count, so never on the next integer."""
-    if n < 4294967296 and count <= 1048576:
-        return int((index + 1) * n / count) - int(index * n / count)
-    return (index + 1) * n // count - index * n // count
 
 
 def predicted_load(placement: Placement, load) -> np.ndarray:

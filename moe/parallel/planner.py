@@ -188,7 +188,7 @@ def _refine_rows(held, w, max_steps, sort):
 def _take_out(lists, n, r, e):
     """Remove expert e from rank r's list, the later experts moving up one (list.remove)."""
     i = 0
-    while lists[r, i] != e:
+    while i < n[r] - 1 and lists[r, i] != e:  # e is there (the search moves only what it found)
         i += 1
     for j in range(i, n[r] - 1):
         lists[r, j] = lists[r, j + 1]
@@ -199,7 +199,7 @@ def _take_out(lists, n, r, e):
 @jit
 def _best_step(lists, n, w, weight):
     """(busiest rank b, other rank s, expert e moved b -> s, expert f moved back or -1) lowering the pair's max most:
-    every move, then every swap, in (s, e in b's list order, no f then f in s's list order) order, the first strictly
+    the moves and swaps in (s, e in b's list order, no f then f in s's list order) order, the first strictly
     lighter than the busiest rank (beyond rounding) winning ties; all -1 when none. Ranks and experts skipped are ones
     whose every step, as computed in floating point, is no lighter than the best found so far (the rank bound keeps a
     1e-15 · top margin for rounding; the expert bound is exact: fl is monotone)."""

@@ -15,8 +15,8 @@ from functools import cached_property
 
 import numpy as np
 
-from moe.compiled import jit
-from moe.parallel.placement import Placement, chunk_share, replica_index
+from moe.parallel.chunks import chunk_share, peak_rows, rank_rows, replica_index
+from moe.parallel.placement import Placement
 
 @dataclass(frozen=True, eq=False)
 class Layout:
@@ -109,24 +109,12 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
     window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of, dtype=np.int64)
     plan_of = window_of if plan_of is None else np.asarray(plan_of, dtype=np.int64)
+    _check_rows(slot_expert, slot_rank, plan_of, window_of, len(counts))
     index, count = replica_index(slot_expert)                                        # -1 (unused) is one "expert"
     out = np.zeros((len(window_of), world_size), dtype=np.int64)
-    _rank_load(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out)
+    if not rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
+        raise ValueError(_outside(counts.shape[1], world_size))
     return out
-
-
-@jit
-def _rank_load(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
-    for i in range(len(plan_of)):
-        k, row = plan_of[i], counts[window_of[i]]
-        for p in range(slot_expert.shape[1]):
-            e = slot_expert[k, p]
-            if e < 0:
-                continue
-            n, c = row[e], count[k, p]
-            if c > 1:  # the chunk rule, on replicated slots only
-                n = chunk_share(n, index[k, p], c)
-            out[i, slot_rank[k, p]] += n
 
 
 def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo, hi) -> np.ndarray:
@@ -138,40 +126,32 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
     plan_of, lo, hi = (np.asarray(v, dtype=np.int64) for v in (plan_of, lo, hi))
+    if (hi < lo).any():
+        raise ValueError("a span of windows ends before it starts")
+    used = hi > lo
+    _check_rows(slot_expert, slot_rank, plan_of, np.concatenate([lo[used], hi[used] - 1]), columns.shape[1])
     index, count = replica_index(slot_expert)
     out = np.empty(int((hi - lo).sum()), dtype=np.int64)
     if len(out):
         span = np.empty((world_size, int((hi - lo).max())), dtype=np.int64)
-        _peak_load_spans(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out)
+        if not peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
+            raise ValueError(_outside(columns.shape[0], world_size))
     return out
 
 
-@jit
-def _peak_load_spans(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
-    at = 0
-    for m in range(len(plan_of)):
-        k, a, n = plan_of[m], lo[m], hi[m] - lo[m]
-        load = span[:, :n]
-        load[:] = 0
-        for p in range(slot_expert.shape[1]):
-            e = slot_expert[k, p]
-            if e < 0:
-                continue
-            src, dst, c = columns[e, a: a + n], load[slot_rank[k, p]], count[k, p]
-            if c == 1:
-                for t in range(n):
-                    dst[t] += src[t]
-            else:  # the chunk rule, on replicated slots only
-                j = index[k, p]
-                for t in range(n):
-                    dst[t] += chunk_share(src[t], j, c)
-        peak = out[at: at + n]
-        peak[:] = load[0]
-        for r in range(1, load.shape[0]):  # row by row: contiguous
-            row = load[r]
-            for t in range(n):
-                peak[t] = max(peak[t], row[t])
-        at += n
+def _outside(E: int, W: int) -> str:
+    return f"a layout names an expert outside 0..{E - 1} or a rank outside 0..{W - 1}"
+
+
+def _check_rows(slot_expert: np.ndarray, slot_rank: np.ndarray, plan_of: np.ndarray, window_of: np.ndarray,
+                n_windows: int) -> None:
+    """ValueError unless the slots are (K, P) both and every plan and window index is in range (the compiled loops
+    check the experts and ranks of the slots, not these)."""
+    if slot_expert.ndim != 2 or slot_expert.shape != slot_rank.shape:
+        raise ValueError(f"slot experts {slot_expert.shape} and ranks {slot_rank.shape} must both be (plans, slots)")
+    for name, values, size in (("plan", plan_of, len(slot_expert)), ("window", window_of, n_windows)):
+        if len(values) and (values.min() < 0 or values.max() >= size):
+            raise ValueError(f"a {name} index is outside 0..{size - 1}")
 
 
 def window_counts(counts, steps: int) -> np.ndarray:

@@ -59,11 +59,12 @@ def _unreadable(name: str, err: Exception) -> ValueError:
     return ValueError(f"{name} is not a readable Parquet file ({type(err).__name__}); copy the log again")
 
 
-def _int_column(table, name: str, where: str) -> np.ndarray:
+def _int_column(table, name: str, where: str, copy: bool = True) -> np.ndarray:
+    """An integer column as int64 (copy=False: read-only where arrow's buffer is int64 already)."""
     values = table.column(name)
     if values.null_count:
         raise ValueError(f"{where}: column {name!r} has empty values; copy the log again")
-    return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
+    return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=copy)
 
 
 def _layer_index(column, layers: list[str]) -> np.ndarray:
@@ -97,7 +98,8 @@ class CountsAccumulator:
                 raise ValueError(f"a counts part has no integer column {column!r}; copy the log again")
         if "layer" not in table.column_names:
             raise ValueError("a counts part has no column 'layer'; copy the log again")
-        step, expert, count = (_int_column(table, name, "a counts part") for name in ("step", "expert", "count"))
+        step, expert, count = (_int_column(table, name, "a counts part", copy=False)  # used here, then dropped
+                               for name in ("step", "expert", "count"))
         layer = _layer_index(table.column("layer"), self.layers)
         if (layer < 0).any():
             raise ValueError("a counts part names a layer that meta.json does not list; copy the log again")
