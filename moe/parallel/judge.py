@@ -21,6 +21,7 @@ import numpy as np
 
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean, vllm_ratio
+from moe.parallel.chunks import replica_index
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
@@ -177,19 +178,19 @@ def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int, order=None):
     return experts, ranks
 
 
-def _measure(windows, experts, ranks, W: int, plan_of: np.ndarray, measured: np.ndarray) -> np.ndarray:
+def _measure(windows, experts, ranks, W: int, split: tuple, plan_of: np.ndarray, measured: np.ndarray) -> np.ndarray:
     """vLLM balancedness of windows `measured` under the plans of windows `plan_of` (both (M,))."""
     if len(measured) == 0:
         return np.zeros(0)
-    return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, measured))
+    return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, measured, split))
 
 
-def _measure_rest(windows, experts, ranks, W: int, starts: np.ndarray) -> np.ndarray:
+def _measure_rest(windows, experts, ranks, W: int, split: tuple, starts: np.ndarray) -> np.ndarray:
     """vLLM balancedness of every window after k under the plan of window k, for every k in starts, concatenated
     (a rank's mean load is the window's tokens / W whatever the plan: the chunks of an expert sum to its count)."""
     mean, end = windows.sum(axis=1) / W, np.full(len(starts), len(windows))
     return vllm_ratio(np.concatenate([mean[k + 1:] for k in starts]),
-                      peak_load_spans(windows, experts, ranks, W, starts, starts + 1, end))
+                      peak_load_spans(windows, experts, ranks, W, starts, starts + 1, end, split))
 
 
 def _schedules(N: int, s: ReplaySettings, measure, rest) -> tuple[dict, float]:
@@ -262,13 +263,12 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
         if theirs is not None:
             slots["eplb"] = theirs
         for name, (experts, ranks, _) in slots.items():
-            own[(name, R)] = rank_load_rows(windows, experts, ranks, W)
-            online = cur.copy()
-            if N > 1:
-                online[1:] = rank_load_rows(windows[1:], experts[:-1], ranks[:-1], W)
-            loads[(name, R)] = online
-            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, windows, experts, ranks, W),
-                                                               partial(_measure_rest, windows, experts, ranks, W))
+            slots_of = (windows, experts, ranks, W, replica_index(experts))                 # each plan's split once
+            own[(name, R)] = rank_load_rows(*slots_of[:4], split=slots_of[4])
+            after = rank_load_rows(*slots_of[:4], np.arange(N - 1), np.arange(1, N), slots_of[4])  # plan k on k + 1
+            loads[(name, R)] = np.concatenate([cur[:1], after])
+            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, *slots_of),
+                                                               partial(_measure_rest, *slots_of))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n, order)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)

@@ -99,29 +99,31 @@ def rank_load(counts, layout: Layout) -> np.ndarray:
     return full
 
 
-def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None, window_of=None) -> np.ndarray:
+def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None, window_of=None, split=None
+                   ) -> np.ndarray:
     """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused.
     With plan_of (M,): the layouts are K plans (K, P) and row i is served by plan plan_of[i] (each plan's replica
     split is worked out once, however many windows it serves); with window_of (M,), row i is window window_of[i] of
-    counts; either gives (M, W)."""
+    counts; either gives (M, W). `split`: replica_index(slot_expert), when the caller has it."""
     counts = np.ascontiguousarray(counts, dtype=np.int64)
     slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
     window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of, dtype=np.int64)
     plan_of = window_of if plan_of is None else np.asarray(plan_of, dtype=np.int64)
     _check_rows(slot_expert, slot_rank, plan_of, window_of, len(counts))
-    index, count = replica_index(slot_expert)                                        # -1 (unused) is one "expert"
+    index, count = replica_index(slot_expert) if split is None else split             # -1 (unused): one "expert"
     out = np.zeros((len(window_of), world_size), dtype=np.int64)
     if not rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
         raise ValueError(_outside(counts.shape[1], world_size))
     return out
 
 
-def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo, hi) -> np.ndarray:
+def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo, hi, split=None) -> np.ndarray:
     """The busiest rank's load (rank_load_rows(...).max(axis=1)) for plans that each serve a span of consecutive
     windows: span m is windows lo[m] .. hi[m] − 1 under plan plan_of[m] (slot_expert, slot_rank (K, P)). Returns
     (Σ (hi − lo),), the spans one after another. Windows are read expert by expert (counts transposed), so that a
-    slot adds a whole span of windows at once; one span's rank loads at a time are kept."""
+    slot adds a whole span of windows at once; one span's rank loads at a time are kept. `split` as in
+    rank_load_rows."""
     columns = np.ascontiguousarray(np.asarray(counts, dtype=np.int64).T)              # (E, N)
     slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
@@ -130,7 +132,7 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
         raise ValueError("a span of windows ends before it starts")
     used = hi > lo
     _check_rows(slot_expert, slot_rank, plan_of, np.concatenate([lo[used], hi[used] - 1]), columns.shape[1])
-    index, count = replica_index(slot_expert)
+    index, count = replica_index(slot_expert) if split is None else split
     out = np.empty(int((hi - lo).sum()), dtype=np.int64)
     if len(out):
         span = np.empty((world_size, int((hi - lo).max())), dtype=np.int64)
