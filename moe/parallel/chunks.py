@@ -48,19 +48,28 @@ def chunk_share(n, index, count):
 
 
 @jit
+def _in_range(slot_expert, slot_rank, E, W):
+    """Every used slot (expert >= 0) names an expert in 0..E-1 and a rank in 0..W-1."""
+    for k in range(slot_expert.shape[0]):
+        for p in range(slot_expert.shape[1]):
+            if slot_expert[k, p] >= E or (slot_expert[k, p] >= 0 and not 0 <= slot_rank[k, p] < W):
+                return False
+    return True
+
+
+@jit
 def rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
     """Add to out[i] (W,) the load of window window_of[i] of counts (N, E) on each rank under plan plan_of[i]
     (slot_expert, slot_rank (K, P), -1: unused; index, count: replica_index of slot_expert). False (and out
     unfinished) when a slot names an expert outside 0..E-1 or a rank outside 0..W-1; the caller checks the rows."""
-    W, E = out.shape[1], counts.shape[1]
+    if not _in_range(slot_expert, slot_rank, counts.shape[1], out.shape[1]):
+        return False
     for i in range(len(plan_of)):
         k, row = plan_of[i], counts[window_of[i]]
         for p in range(slot_expert.shape[1]):
             e = slot_expert[k, p]
             if e < 0:
                 continue
-            if e >= E or not 0 <= slot_rank[k, p] < W:
-                return False
             n, c = row[e], count[k, p]
             if c > 1:  # the chunk rule, on replicated slots only
                 n = chunk_share(n, index[k, p], c)
@@ -72,7 +81,8 @@ def rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, 
 def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
     """The busiest rank's load of windows lo[m] .. hi[m] − 1 under plan plan_of[m], span after span, into out; columns
     (E, N) the counts transposed, span (W, ≥ the longest span) scratch. False as rank_rows (the caller checks spans)."""
-    W, E = span.shape[0], columns.shape[0]
+    if not _in_range(slot_expert, slot_rank, columns.shape[0], span.shape[0]):
+        return False
     at = 0
     for m in range(len(plan_of)):
         k, a, n = plan_of[m], lo[m], hi[m] - lo[m]
@@ -82,8 +92,6 @@ def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, sp
             e = slot_expert[k, p]
             if e < 0:
                 continue
-            if e >= E or not 0 <= slot_rank[k, p] < W:
-                return False
             src, dst, c = columns[e, a: a + n], load[slot_rank[k, p]], count[k, p]
             if c == 1:
                 for t in range(n):
