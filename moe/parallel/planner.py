@@ -114,9 +114,9 @@ def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...],
 
 def may_refine(ranks, w: np.ndarray) -> bool:
     """`_may_refine` of one row: False only where the local search provably takes no step."""
-    held = _held(ranks)
+    held, w = _held(ranks), np.asarray(w, dtype=np.float64)
     n = (held[0] >= 0).sum(axis=1)
-    return bool(_may_refine(held[0], n, np.asarray(w, dtype=np.float64), _weights(held[0], n, w)))
+    return bool(_may_refine(held[0], n, w, _weights(held[0], n, w)))
 
 
 def best_step(ranks, w: np.ndarray, weight, slots: int) -> tuple | None:
