@@ -263,12 +263,13 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
         if theirs is not None:
             slots["eplb"] = theirs
         for name, (experts, ranks, _) in slots.items():
-            slots_of = (windows, experts, ranks, W, replica_index(experts))                 # each plan's split once
-            own[(name, R)] = rank_load_rows(*slots_of[:4], split=slots_of[4])
-            after = rank_load_rows(*slots_of[:4], np.arange(N - 1), np.arange(1, N), slots_of[4])  # plan k on k + 1
+            split = replica_index(experts)                                                # each plan's, once
+            own[(name, R)] = rank_load_rows(windows, experts, ranks, W, split=split)
+            after = rank_load_rows(windows, experts, ranks, W, np.arange(N - 1), np.arange(1, N), split)  # k on k+1
             loads[(name, R)] = np.concatenate([cur[:1], after])
-            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, *slots_of),
-                                                               partial(_measure_rest, *slots_of))
+            plans = (windows, experts, ranks, W, split)
+            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, *plans),
+                                                               partial(_measure_rest, *plans))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n, order)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)

@@ -122,16 +122,15 @@ def may_refine(ranks, w: np.ndarray) -> bool:
 def best_step(ranks, w: np.ndarray, weight, slots: int) -> tuple | None:
     """The local search's step on one row (ranks in list order, a rank holds at most `slots`): (busiest rank, other
     rank, expert moved there, expert moved back or None), or None when no step helps."""
-    held = np.full((len(ranks), slots), -1, dtype=np.int64)
-    for r, experts in enumerate(ranks):
-        held[r, : len(experts)] = experts
+    held = _held(ranks, slots)[0]
     b, s, e, f = _best_step(held, (held >= 0).sum(axis=1), np.asarray(w, dtype=np.float64),
                             np.asarray(weight, dtype=np.float64))
     return None if b < 0 else (int(b), int(s), int(e), None if f < 0 else int(f))
 
 
-def _held(ranks) -> np.ndarray:
-    held = np.full((1, len(ranks), max(len(r) for r in ranks)), -1, dtype=np.int64)
+def _held(ranks, slots: int | None = None) -> np.ndarray:
+    """One row's rank lists as (1, W, slots) (default: the longest list), -1 after the last expert."""
+    held = np.full((1, len(ranks), slots or max(len(r) for r in ranks)), -1, dtype=np.int64)
     for r, experts in enumerate(ranks):
         held[0, r, : len(experts)] = experts
     return held
