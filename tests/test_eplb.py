@@ -71,6 +71,17 @@ def test_vectorised_eplb_gives_the_loop_version_slot_by_slot():
             assert row == want  # slot by slot: the same replicas, on the same GPUs, in the same order
 
 
+def test_eplb_is_the_loop_version_on_many_gpus():
+    """12 to 40 GPUs (the packing's winner tree over 16 to 64 leaves, some of them padding)."""
+    rng = np.random.default_rng(5)
+    for case in range(30):
+        gpus = int(rng.choice([12, 16, 24, 40]))
+        E, R = gpus * int(rng.integers(1, 4)), gpus * int(rng.integers(0, 2))
+        loads = rng.integers(0, 100 if case % 2 else 4, size=(2, E)).astype(float)
+        for load, row in zip(loads, rebalance(loads, E + R, 1, 1, gpus).tolist()):
+            assert row == naive_eplb(load.tolist(), E + R, 1, 1, gpus)
+
+
 def random_cases(n: int, seed: int = 1):
     """(load (E,), W, R): uniform or Pareto loads, W in {2, 3, 4, 8}, E and R multiples of W, R <= E·(W − 1)."""
     rng = np.random.default_rng(seed)

@@ -35,6 +35,18 @@ def test_replicate_and_pack_are_the_loops():
         assert pack(load, count, W) == loop_pack(load, count, W), (load.tolist(), count.tolist(), W)
 
 
+def test_pack_is_the_loop_with_many_ranks():
+    """Up to 40 ranks (the packing's winner tree over 64 leaves, most of them padding), with ties and zeros."""
+    rng = np.random.default_rng(12)
+    for case in range(60):
+        W = int(rng.choice([7, 9, 16, 17, 33, 40]))
+        E = int(rng.integers(W, 3 * W + 2))
+        R = int(rng.integers(0, min(E * (W - 1), 2 * W) + 1))
+        load = random_load(rng, E)
+        count = replicate(load, R, W)
+        assert pack(load, count, W) == loop_pack(load, count, W), (load.tolist(), count.tolist(), W)
+
+
 def test_compiled_code_without_a_cache_folder_compiles_in_the_process():
     """numba cannot cache a function whose source file it cannot find (here: code built from a string; the same
     happens when neither the package nor the user's cache folder is writable): moe.compiled compiles it anyway."""

@@ -44,11 +44,7 @@ def balanced_packing(weight: np.ndarray, n_packs: int, order=None) -> tuple[np.n
     if n // n_packs == 1:  # one item per pack: item i to pack i
         return np.broadcast_to(np.arange(n), (X, n)).copy(), np.zeros((X, n), dtype=np.int64)
     order = greedy.heaviest_first(weight) if order is None else order
-    placed, at = greedy.pack(np.take_along_axis(weight, order, axis=1), n_packs, n // n_packs)
-    pack, pos = np.empty_like(placed), np.empty_like(at)
-    np.put_along_axis(pack, order, placed, axis=1)
-    np.put_along_axis(pos, order, at, axis=1)
-    return pack, pos
+    return greedy.pack(weight, n_packs, n // n_packs, item=order, by_item=True)
 
 
 def replicate(weight: np.ndarray, n_slots: int, order=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -79,17 +75,18 @@ def rebalance(weight, n_slots: int, num_groups: int = 1, num_nodes: int = 1, num
     mlog_of = ((group_pack * per_node + group_pos) * group_size)[:, :, None] + np.arange(group_size)  # (X, G, gs)
     log_of_mlog = (np.broadcast_to(np.arange(E), (X, E)) if one
                    else np.argsort(mlog_of.reshape(X, E), axis=1))                   # (X, E) inverse permutation
-    node_weight = (weight if one else np.take_along_axis(weight, log_of_mlog, axis=1)).reshape(X * num_nodes, -1)
+    node_weight = (weight if one else greedy.take_rows(weight, log_of_mlog)).reshape(X * num_nodes, -1)
     # 2. slots within each node
     slot_mlog, count, heaviest = replicate(node_weight, n_slots // num_nodes, order if one else None)
-    slot_weight = np.take_along_axis(node_weight / count, slot_mlog, axis=1)        # (X·nodes, P/nodes)
+    slot_weight = greedy.take_rows(node_weight / count, slot_mlog)                  # (X·nodes, P/nodes)
     # 3. slots to the node's GPUs
     gpu, pos = balanced_packing(slot_weight, num_gpus // num_nodes, heaviest)
     per_gpu = n_slots // num_gpus
-    placed = np.empty_like(slot_mlog)
-    np.put_along_axis(placed, gpu * per_gpu + pos, slot_mlog, axis=1)                # (X·nodes, P/nodes)
+    placed = greedy.put_rows(np.empty_like(slot_mlog), gpu * per_gpu + pos, slot_mlog)  # (X·nodes, P/nodes)
+    if one:  # the logical experts are in their own order
+        return placed
     placed = (placed.reshape(X, num_nodes, -1) + (np.arange(num_nodes) * (E // num_nodes))[None, :, None])
-    return np.take_along_axis(log_of_mlog, placed.reshape(X, n_slots), axis=1)       # (X, P)
+    return greedy.take_rows(log_of_mlog, placed.reshape(X, n_slots))                # (X, P)
 
 
 def eplb_layout(load, redundant_slots: int, world_size: int, num_nodes: int = 1, num_groups: int | None = None

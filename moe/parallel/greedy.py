@@ -120,77 +120,98 @@ def _merge(weight, count, order, won, out):
                 b += 1
 
 
-def pack(weight, n_packs: int, capacity: int, group=None, fewer_first: bool = False
+def take_rows(a, index) -> np.ndarray:
+    """a[x, index[x, j]] for every x, j (np.take_along_axis on axis 1, compiled)."""
+    out = np.empty(np.shape(index), dtype=np.asarray(a).dtype)
+    _take_rows(np.asarray(a), np.asarray(index), out)
+    return out
+
+
+def put_rows(out: np.ndarray, index, values) -> np.ndarray:
+    """out[x, index[x, j]] = values[x, j] for every x, j (np.put_along_axis on axis 1, compiled); returns out."""
+    _put_rows(out, np.asarray(index), np.asarray(values))
+    return out
+
+
+@jit
+def _take_rows(a, index, out):
+    for x in range(index.shape[0]):
+        for j in range(index.shape[1]):
+            out[x, j] = a[x, index[x, j]]
+
+
+@jit
+def _put_rows(out, index, values):
+    for x in range(index.shape[0]):
+        for j in range(index.shape[1]):
+            out[x, index[x, j]] = values[x, j]
+
+
+def pack(weight, n_packs: int, capacity: int, group=None, fewer_first: bool = False, item=None, by_item=False
          ) -> tuple[np.ndarray, np.ndarray]:
     """(X, n) items, in the order they are placed, onto n_packs packs of at most `capacity` items: each to the pack
     with the least weight among those with room (and, with `group`, none holding an item of the same group: a
     group's items must be consecutive); ties: the pack with fewer items when `fewer_first`, then the lower pack.
-    Returns each item's pack and its position in that pack, both (X, n). ValueError when an item finds no pack."""
+    With `item` (X, n), the j-th item placed weighs weight[x, item[x, j]] (weight (X, m)), and with `by_item` the
+    results are written at item[x, j] (a permutation) instead of j. Returns each item's pack and its position in that
+    pack, both (X, n). ValueError when an item finds no pack."""
     weight = np.ascontiguousarray(weight, dtype=np.float64)
-    X, n = weight.shape
+    X = weight.shape[0]
+    item = np.broadcast_to(np.arange(weight.shape[1]), weight.shape) if item is None else np.asarray(item)
+    n = item.shape[1]
     same = np.zeros((X, n), dtype=np.bool_)
     if group is not None:
         same[:, :-1] = group[:, 1:] == group[:, :-1]                                 # the next item: same group
     pack_of, pos = np.empty((X, n), dtype=np.int64), np.empty((X, n), dtype=np.int64)
-    if _pack(weight, n_packs, capacity, same, fewer_first, pack_of, pos) >= 0:
+    if _pack(weight, item, n_packs, capacity, same, fewer_first, by_item, pack_of, pos) >= 0:
         raise ValueError("an item found no pack with room (and without its group): these counts cannot be packed")
     return pack_of, pos
 
 
 @jit
-def _before(load, count, a, b, fewer_first):
-    """Pack a comes before pack b: lighter, then (fewer_first) fewer items, then lower."""
-    if load[a] != load[b]:
-        return load[a] < load[b]
-    if fewer_first and count[a] != count[b]:
-        return count[a] < count[b]
-    return a < b
-
-
-@jit
-def _sift(heap, size, i, load, count, fewer_first):
-    """Restore the heap below position i (heap[0]: the pack that comes first)."""
-    while 2 * i + 1 < size:
-        c = 2 * i + 1
-        if c + 1 < size and _before(load, count, heap[c + 1], heap[c], fewer_first):
-            c += 1
-        if not _before(load, count, heap[c], heap[i], fewer_first):
-            return
-        heap[c], heap[i] = heap[i], heap[c]
-        i = c
-
-
-@jit
-def _pack(weight, K, capacity, same, fewer_first, pack_of, pos):
-    """Every row with a heap of the packs that may take the next item (a full pack leaves it; a pack holding the
-    current group waits aside until the group ends). Returns -1, or the first row where an item found no pack."""
-    load, count = np.zeros(K), np.zeros(K, np.int64)
-    heap, aside = np.empty(K, np.int64), np.empty(K, np.int64)
+def _pack(weight, item, K, capacity, same, fewer_first, by_item, pack_of, pos):
+    """Every row with a winner tree over the packs: leaves M .. M + K − 1 (M a power of two), and each node above
+    holds the better pack of its two children (the lighter free one, then (fewer_first) the one with fewer items;
+    ties: the left child, which holds the lower packs), so the root names the pack the next item goes to. A full
+    pack, or one holding the current group (set aside until the group ends), weighs +inf there. Returns -1, or the
+    first row where an item found no pack."""
+    M = 1
+    while M < K:
+        M *= 2
+    key, load, count = np.empty(M), np.empty(M), np.empty(M, np.int64)  # key: the load, +inf when not free
+    tree, leaves = np.empty(2 * M, np.int64), np.empty(K + 1, np.int64)  # leaves: the paths to replay
     for x in range(weight.shape[0]):
-        for p in range(K):
-            load[p], count[p], heap[p] = 0.0, 0, p
-        size, n_aside = K, 0
-        for j in range(weight.shape[1]):
-            if size == 0:
+        for p in range(M):
+            key[p] = 0.0 if p < K else np.inf
+            load[p], count[p], tree[M + p] = 0.0, 0, p
+        for node in range(M - 1, 0, -1):
+            a, b = tree[2 * node], tree[2 * node + 1]
+            tree[node] = b if key[b] < key[a] else a
+        n_aside = 0  # leaves[1 .. n_aside]: the packs set aside
+        for j in range(item.shape[1]):
+            c, i = tree[1], item[x, j]
+            if key[c] == np.inf:
                 return x
-            c = heap[0]
-            pack_of[x, j], pos[x, j] = c, count[c]
+            at = i if by_item else j
+            pack_of[x, at], pos[x, at] = c, count[c]
             count[c] += 1
-            load[c] += weight[x, j]
-            if count[c] >= capacity or same[x, j]:
-                if count[c] < capacity:
-                    aside[n_aside] = c
-                    n_aside += 1
-                size -= 1
-                heap[0] = heap[size]
-            _sift(heap, size, 0, load, count, fewer_first)
-            if not same[x, j] and n_aside:  # the group ended: its packs come back
-                for a in range(n_aside):
-                    i = size
-                    heap[i] = aside[a]
-                    size += 1
-                    while i > 0 and _before(load, count, heap[i], heap[(i - 1) // 2], fewer_first):
-                        heap[i], heap[(i - 1) // 2] = heap[(i - 1) // 2], heap[i]
-                        i = (i - 1) // 2
-                n_aside = 0
+            load[c] += weight[x, i]
+            key[c] = load[c] if count[c] < capacity else np.inf
+            if count[c] < capacity and same[x, j]:
+                key[c] = np.inf
+                n_aside += 1
+                leaves[n_aside] = c
+            leaves[0], n = c, 1
+            if not same[x, j]:  # the group ended: its packs are free again
+                for q in range(1, n_aside + 1):
+                    key[leaves[q]] = load[leaves[q]]
+                n, n_aside = n_aside + 1, 0
+            for q in range(n):
+                node = (M + leaves[q]) >> 1
+                while node >= 1:
+                    a, b = tree[2 * node], tree[2 * node + 1]
+                    if key[b] < key[a] or (fewer_first and key[b] == key[a] and count[b] < count[a]):
+                        a = b
+                    tree[node] = a
+                    node >>= 1
     return -1

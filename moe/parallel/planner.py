@@ -60,7 +60,7 @@ def _packed(load: np.ndarray, count: np.ndarray, world_size: int, order=None) ->
     expert = greedy.replica_order(load, count, order)                                 # (X, P) in placing order
     P = expert.shape[1]
     try:
-        rank, _ = greedy.pack(np.take_along_axis(load / count, expert, axis=1), world_size, -(-P // world_size),
+        rank, _ = greedy.pack(load / count, world_size, -(-P // world_size), item=expert,
                               group=expert, fewer_first=True)
     except ValueError:
         raise ValueError("no rank with room is free of an expert: these replica counts cannot be packed with a "
