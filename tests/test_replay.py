@@ -118,6 +118,9 @@ def test_chunk_share_is_the_integer_cut_rule_on_both_sides_of_its_float_range():
     assert chunk_share(n, i, c).tolist() == want
     assert chunk_share(np.array([2 ** 21 + 1]), np.array([2 ** 21 - 1]), np.array([2 ** 21])).tolist() == [2]
     assert chunk_share(np.array([-5, -5]), np.array([0, 1]), np.array([2, 2])).tolist() == [-3, -2]  # floors as //
+    two = np.array([0, 1, 7, 2 ** 32 + 1, 2 ** 62 + 3, -1, -7, -(2 ** 62) - 3])  # two slots: a shift, not a division
+    for k in (0, 1):
+        assert chunk_share(two, k, 2).tolist() == [(k + 1) * int(m) // 2 - k * int(m) // 2 for m in two]
     assert replica_index(np.array([[-2, -3, 1, -1]]))[1].tolist() == [[3, 3, 1, 3]]  # every negative: one "expert"
 
 

@@ -42,6 +42,8 @@ def chunk_share(n, index, count):
     float64 division, several times faster than integer division and exact there: (index + 1)·n < 2**52 is exact,
     and a correctly rounded quotient lands within q·2**-53 < 1/count of x / count, so never on the next integer (n
     >= 0: int() truncates where // floors)."""
+    if count == 2:  # the common split, without a division (>> 1 floors, negative n too)
+        return n - (n >> 1) if index else n >> 1
     if 0 <= n < 4294967296 and count <= 1048576:
         return int((index + 1) * n / count) - int(index * n / count)
     return (index + 1) * n // count - index * n // count
