@@ -4,7 +4,8 @@
   physical_experts], row i = decoder layer id i (ExpertLocationMetadata.num_layers is the model's layer count;
   `logical_to_all_physical(layer_id, ...)` reads row layer_id), and nothing else: SGLang passes the document's
   keys to `ExpertLocationMetadata.init_by_mapping` as arguments (python/sglang/srt/eplb/expert_location.py,
-  `compute_initial_expert_location_metadata`, v0.5), so an extra key would be refused. Slot p is on rank p // (P / W), P = E + ep_num_redundant_experts.
+  `compute_initial_expert_location_metadata`, v0.5), so an extra key would be refused. Slot p is on rank
+  p // (P / W), P = E + ep_num_redundant_experts.
 - "vllm": the same map (vLLM's `EplbState.physical_to_logical_map`, (layers, physical experts), slot p on rank
   p // (P / W)) with `ep_size`, `num_redundant_experts`, `num_logical_experts` and `layers` beside it.
 - "moe-scope": our own, any R: per layer the experts of each rank (ranks may hold different numbers of slots).
@@ -58,7 +59,8 @@ class LayerPlan:
         return {"kept_current": self.kept_current, "note": self.note,
                 "ranks": [sorted(r) for r in self.layout.rank_experts()], "predicted_load": ranks.tolist(),
                 "balancedness_vllm": float(balancedness_vllm(ranks)),
-                "balancedness_sglang": float(balancedness_sglang(ranks)), "max_over_mean": float(rank_max_over_mean(ranks))}
+                "balancedness_sglang": float(balancedness_sglang(ranks)),
+                "max_over_mean": float(rank_max_over_mean(ranks))}
 
 
 def layer_plans(counts, layers: list[str], world_size: int, redundant_slots: int, p2l=None,
@@ -196,8 +198,9 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
     if not isinstance(W, int) or isinstance(W, bool) or W < 1:
         raise ValueError(f"plan file {path!r} does not record the world size (SGLang's map does not); give it")
     rows = doc["physical_to_logical_map"]
-    if not (isinstance(rows, list) and rows and all(isinstance(r, list) and r and all(
-            isinstance(e, int) and not isinstance(e, bool) for e in r) for r in rows)) or len({len(r) for r in rows}) != 1:
+    integers = isinstance(rows, list) and rows and all(isinstance(r, list) and r and all(
+        isinstance(e, int) and not isinstance(e, bool) for e in r) for r in rows)
+    if not integers or len({len(r) for r in rows}) != 1:
         raise ValueError(f"plan file {path!r}: 'physical_to_logical_map' must be [layers, physical_experts] integers")
     E = doc.get("num_logical_experts", n_experts)
     if E is not None and (not isinstance(E, int) or isinstance(E, bool) or E < 1):

@@ -20,18 +20,17 @@ from functools import partial
 import numpy as np
 
 from moe.definitions_placement import OUR_PLANNER
-from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean, vllm_ratio
+from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.chunks import replica_index
 from moe.parallel.eplb import check_eplb_args, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
-from moe.parallel.replay import (Layout, from_map, from_placement, peak_load_spans, rank_load, rank_load_rows,
-                                 to_placement, window_counts)
+from moe.parallel.replay import Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement, window_counts
+from moe.parallel.schedules import p50, schedules, span_balancedness, span_windows
 from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
-MAX_REST_PLANS = 64             # plans measured on the whole rest of the run: at most this many, evenly spaced
 DEFAULT_WINDOWS = 32  # without a window length, a log is cut into at most this many windows (plan CLI, the page)
 
 
@@ -111,28 +110,34 @@ def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, dis
                          f"{sorted(set(current.slot_expert.tolist()))[:8]}…; the load has E={E} and the plan W={W}: "
                          f"give a placement of every expert 0..{E - 1} on {W} ranks")
     order = heaviest_first(loads) if order is None else order
-    best = balanced_rows(loads, W, R, order)                                          # placement.balanced, per row
-    peak = rank_load_rows(loads, *best, W).max(axis=1)
+    candidates = [balanced_rows(loads, W, R, order)]                                  # placement.balanced, per row
+    peak = rank_load_rows(loads, *candidates[0], W).max(axis=1)
+    choice = np.zeros(X, dtype=np.int64)                                              # per row: its candidate
     now = to_placement(current, E) if current.n_slots == E else contiguous(E, W) if W <= E else None
     if now is not None:  # placement.plan keeps `now` unless the balanced layout is strictly lighter
         now = from_placement(now)
-        best, peak = _lighter(_rows_of(now, X), rank_load(loads, now).max(axis=1), best, peak, True)
+        peak = _lighter(rank_load(loads, now).max(axis=1), peak, choice, len(candidates), True)
+        candidates.append(_rows_of(now, X))
     if (E + R) % W == 0:  # DeepSeek's global EPLB where it is strictly lighter (and, with `distinct`, allowed)
         rank = np.broadcast_to(np.arange(E + R) // ((E + R) // W), (X, E + R))
         theirs = (rebalance(loads, E + R, 1, 1, W, order) if eplb is None else eplb, rank)
         allowed = _distinct_rows(*theirs, E) if distinct else np.ones(X, dtype=bool)
         mine = rank_load_rows(loads, *theirs, W).max(axis=1)
-        best, peak = _lighter(theirs, np.where(allowed, mine, np.iinfo(np.int64).max), best, peak, False)
+        peak = _lighter(np.where(allowed, mine, np.iinfo(np.int64).max), peak, choice, len(candidates), False)
+        candidates.append(theirs)
     kept = ~(peak < rank_load(loads, current).max(axis=1))
-    expert, rank = _pick(kept, _rows_of(current, X), best)
+    choice[kept] = len(candidates)
+    candidates.append(_rows_of(current, X))
+    expert, rank = _pick(choice, candidates)
     return expert, rank, kept
 
 
-def _lighter(other: tuple, theirs: np.ndarray, best: tuple, peak: np.ndarray, ties: bool) -> tuple[tuple, np.ndarray]:
-    """Per row, `other`'s slots where its busiest rank (`theirs`) is lighter than `best`'s (`peak`), or as light with
-    ties."""
+def _lighter(theirs: np.ndarray, peak: np.ndarray, choice: np.ndarray, candidate: int, ties: bool) -> np.ndarray:
+    """Per row, choose `candidate` where its busiest rank (`theirs`) is lighter than the chosen one's (`peak`), or as
+    light with ties (choice updated in place); returns the chosen busiest ranks."""
     take = (theirs <= peak) if ties else (theirs < peak)
-    return _pick(take, other, best), np.where(take, theirs, peak)
+    choice[take] = candidate
+    return np.where(take, theirs, peak)
 
 
 def _rows_of(layout: Layout, X: int) -> tuple[np.ndarray, np.ndarray]:
@@ -141,15 +146,15 @@ def _rows_of(layout: Layout, X: int) -> tuple[np.ndarray, np.ndarray]:
     return np.broadcast_to(layout.slot_expert, shape), np.broadcast_to(layout.slot_rank, shape)
 
 
-def _pick(where: np.ndarray, a: tuple, b: tuple) -> tuple[np.ndarray, np.ndarray]:
-    """Per row, slots (experts, ranks) of `a` where `where`, else of `b` (new arrays); the narrower is padded with
-    unused slots (expert -1)."""
-    P = max(a[0].shape[1], b[0].shape[1])
-
-    def pad(x, fill):
-        return np.pad(x, ((0, 0), (0, P - x.shape[1])), constant_values=fill)
-    return (np.where(where[:, None], pad(a[0], -1), pad(b[0], -1)),
-            np.where(where[:, None], pad(a[1], 0), pad(b[1], 0)))
+def _pick(choice: np.ndarray, candidates: list) -> tuple[np.ndarray, np.ndarray]:
+    """Per row x, the slots (experts, ranks) of candidates[choice[x]]; the narrower are padded with unused slots
+    (expert -1, rank 0)."""
+    P = max(experts.shape[1] for experts, _ in candidates)
+    expert, rank = np.full((len(choice), P), -1, dtype=np.int64), np.zeros((len(choice), P), dtype=np.int64)
+    for c, (experts, ranks) in enumerate(candidates):
+        rows = np.flatnonzero(choice == c)
+        expert[rows, : experts.shape[1]], rank[rows, : ranks.shape[1]] = experts[rows], ranks[rows]
+    return expert, rank
 
 
 def _distinct_rows(expert: np.ndarray, rank: np.ndarray, n_experts: int) -> np.ndarray:
@@ -176,37 +181,6 @@ def _eplb_slots(windows: np.ndarray, s: ReplaySettings, R: int, order=None):
     experts = rebalance(windows, E + R, groups, s.num_nodes, s.world_size, order)    # (N, P)
     ranks = np.broadcast_to(np.arange(E + R) // ((E + R) // s.world_size), experts.shape)
     return experts, ranks
-
-
-def _measure(windows, experts, ranks, W: int, split: tuple, plan_of: np.ndarray, measured: np.ndarray) -> np.ndarray:
-    """vLLM balancedness of windows `measured` under the plans of windows `plan_of` (both (M,))."""
-    if len(measured) == 0:
-        return np.zeros(0)
-    return balancedness_vllm(rank_load_rows(windows, experts, ranks, W, plan_of, measured, split))
-
-
-def _measure_rest(windows, experts, ranks, W: int, split: tuple, starts: np.ndarray) -> np.ndarray:
-    """vLLM balancedness of every window after k under the plan of window k, for every k in starts, concatenated
-    (a rank's mean load is the window's tokens / W whatever the plan: the chunks of an expert sum to its count)."""
-    mean, end = windows.sum(axis=1) / W, np.full(len(starts), len(windows))
-    return vllm_ratio(np.concatenate([mean[k + 1:] for k in starts]),
-                      peak_load_spans(windows, experts, ranks, W, starts, starts + 1, end, split))
-
-
-def _schedules(N: int, s: ReplaySettings, measure, rest) -> tuple[dict, float]:
-    """p50 balancedness per rebalance interval (`measure(plan_of, measured)`), and on the rest of the run
-    (`rest(starts)`: every window after k under the plan of window k, for at most MAX_REST_PLANS evenly spaced k)."""
-    out = {}
-    for every in [k for k in s.intervals if k < max(N, 2)] or [1]:  # an interval longer than the log says nothing
-        measured = np.arange(1, N)
-        plan_of = ((measured - 1) // every) * every
-        out[every] = _p50(measure(plan_of, measured))
-    starts = np.unique(np.linspace(0, N - 2, min(MAX_REST_PLANS, max(N - 1, 0))).astype(int)) if N > 1 else []
-    return out, _p50(rest(np.asarray(starts, dtype=np.int64)) if len(starts) else np.zeros(0))
-
-
-def _p50(values: np.ndarray) -> float:
-    return float(np.median(values)) if len(values) else float("nan")
 
 
 def _hot(windows: np.ndarray, n: int, order=None) -> tuple[np.ndarray, float]:
@@ -244,12 +218,12 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
     bal_cur = balancedness_vllm(cur)
     loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
     order = heaviest_first(windows)                                                  # one sort serves every plan
+    columns, mean = np.ascontiguousarray(windows.T), windows.sum(axis=1) / W           # (E, N), (N,)
     groups = s.num_nodes if s.num_groups is None else s.num_groups
     for R in s.redundant_slots:
         loads[("current", R)] = cur
-        intervals[("current", R)], rest[("current", R)] = _schedules(
-            N, s, lambda _, measured: bal_cur[measured],
-            lambda starts: np.concatenate([bal_cur[k + 1:] for k in starts]))
+        intervals[("current", R)], rest[("current", R)] = schedules(
+            N, s.intervals, lambda _, lo, hi: bal_cur[span_windows(lo, hi)])
         try:
             check_eplb_args(E, E + R, groups, s.num_nodes, W)
             theirs = _eplb_slots(windows, s, R, order) + (None,)
@@ -267,9 +241,8 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
             own[(name, R)] = rank_load_rows(windows, experts, ranks, W, split=split)
             after = rank_load_rows(windows, experts, ranks, W, np.arange(N - 1), np.arange(1, N), split)  # k on k+1
             loads[(name, R)] = np.concatenate([cur[:1], after])
-            plans = (windows, experts, ranks, W, split)
-            intervals[(name, R)], rest[(name, R)] = _schedules(N, s, partial(_measure, *plans),
-                                                               partial(_measure_rest, *plans))
+            spans = partial(span_balancedness, windows, experts, ranks, W, split, columns, mean)
+            intervals[(name, R)], rest[(name, R)] = schedules(N, s.intervals, spans, balancedness_vllm(after))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n, order)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)
@@ -324,7 +297,7 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
         for (name, R) in r.loads:
             if name == "current":
                 continue
-            before, after = _p50(r.next_window("current", R)), _p50(r.next_window(name, R))
+            before, after = p50(r.next_window("current", R)), p50(r.next_window(name, R))
             gain = after / before - 1 if before > 0 and np.isfinite(after) else -np.inf  # relative, as the margin is
             if best is None or gain > best[0]:
                 best = (gain, r, name, R, before, after)

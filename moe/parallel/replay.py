@@ -118,13 +118,15 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     return out
 
 
-def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo, hi, split=None) -> np.ndarray:
+def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo, hi, split=None, columns=None
+                    ) -> np.ndarray:
     """The busiest rank's load (rank_load_rows(...).max(axis=1)) for plans that each serve a span of consecutive
     windows: span m is windows lo[m] .. hi[m] − 1 under plan plan_of[m] (slot_expert, slot_rank (K, P)). Returns
     (Σ (hi − lo),), the spans one after another. Windows are read expert by expert (counts transposed), so that a
     slot adds a whole span of windows at once; one span's rank loads at a time are kept. `split` as in
-    rank_load_rows."""
-    columns = np.ascontiguousarray(np.asarray(counts, dtype=np.int64).T)              # (E, N)
+    rank_load_rows; `columns`: counts transposed (E, N) as a contiguous int64 array, when the caller has them."""
+    if columns is None or columns.dtype != np.int64 or not columns.flags.c_contiguous:
+        columns = np.ascontiguousarray(np.asarray(counts, dtype=np.int64).T)          # (E, N)
     slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
     plan_of, lo, hi = (np.asarray(v, dtype=np.int64) for v in (plan_of, lo, hi))
