@@ -47,6 +47,24 @@ def test_pack_is_the_loop_with_many_ranks():
         assert pack(load, count, W) == loop_pack(load, count, W), (load.tolist(), count.tolist(), W)
 
 
+def test_compiled_gathers_and_packing_refuse_indices_out_of_range():
+    """The compiled loops do not check bounds: their wrappers do, before a bad index could read past an array."""
+    a = np.arange(6.0).reshape(2, 3)
+    assert greedy.take_rows(a, [[2, 0], [1, 1]]).tolist() == [[2.0, 0.0], [4.0, 4.0]]
+    assert greedy.put_rows(np.zeros((2, 3)), [[2, 0], [1, 0]], [[5, 6], [7, 8]]).tolist() == [[6, 0, 5], [8, 7, 0]]
+    for index in ([[3, 0], [1, 1]], [[0, -1], [1, 1]], [[0, 1]]):
+        with pytest.raises(IndexError, match="must lie in 0..2"):
+            greedy.take_rows(a, index)
+        with pytest.raises(IndexError, match="must lie in 0..2"):
+            greedy.put_rows(np.zeros((2, 3)), index, 1)
+    with pytest.raises(IndexError, match="must lie in 0..2"):
+        greedy.pack(a, 2, 2, item=[[0, 1, 3], [0, 1, 2]])
+    with pytest.raises(ValueError, match="finite"):
+        greedy.pack(np.array([[1.0, np.inf]]), 2, 1)
+    with pytest.raises(ValueError, match="permutation"):
+        greedy.pack(a, 2, 2, item=[[0, 1], [2, 1]], by_item=True)
+
+
 def test_compiled_code_without_a_cache_folder_compiles_in_the_process():
     """numba cannot cache a function whose source file it cannot find (here: code built from a string; the same
     happens when neither the package nor the user's cache folder is writable): moe.compiled compiles it anyway."""

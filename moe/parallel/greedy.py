@@ -122,15 +122,26 @@ def _merge(weight, count, order, won, out):
 
 def take_rows(a, index) -> np.ndarray:
     """a[x, index[x, j]] for every x, j (np.take_along_axis on axis 1, compiled)."""
-    out = np.empty(np.shape(index), dtype=np.asarray(a).dtype)
-    _take_rows(np.asarray(a), np.asarray(index), out)
+    a, index = np.asarray(a), _index(index, np.shape(a))
+    out = np.empty(index.shape, dtype=a.dtype)
+    _take_rows(a, index, out)
     return out
 
 
 def put_rows(out: np.ndarray, index, values) -> np.ndarray:
     """out[x, index[x, j]] = values[x, j] for every x, j (np.put_along_axis on axis 1, compiled); returns out."""
-    _put_rows(out, np.asarray(index), np.asarray(values))
+    index = _index(index, out.shape)
+    _put_rows(out, index, np.broadcast_to(values, index.shape))
     return out
+
+
+def _index(index, shape: tuple) -> np.ndarray:
+    """index as an integer array of rows into an array of `shape`; IndexError unless every entry is in range (the
+    compiled loops do not check)."""
+    index = np.asarray(index)
+    if index.ndim != 2 or index.shape[0] != shape[0] or (index.size and (index.min() < 0 or index.max() >= shape[1])):
+        raise IndexError(f"row indices {index.shape} must lie in 0..{shape[1] - 1} for each of {shape[0]} rows")
+    return index
 
 
 @jit
@@ -156,9 +167,13 @@ def pack(weight, n_packs: int, capacity: int, group=None, fewer_first: bool = Fa
     results are written at item[x, j] (a permutation) instead of j. Returns each item's pack and its position in that
     pack, both (X, n). ValueError when an item finds no pack."""
     weight = np.ascontiguousarray(weight, dtype=np.float64)
+    if not np.isfinite(weight).all():
+        raise ValueError("item weights must be finite")
     X = weight.shape[0]
-    item = np.broadcast_to(np.arange(weight.shape[1]), weight.shape) if item is None else np.asarray(item)
+    item = np.broadcast_to(np.arange(weight.shape[1]), weight.shape) if item is None else _index(item, weight.shape)
     n = item.shape[1]
+    if by_item and n != weight.shape[1]:
+        raise ValueError("by_item needs one index per item: `item` must be a permutation of each row's items")
     same = np.zeros((X, n), dtype=np.bool_)
     if group is not None:
         same[:, :-1] = group[:, 1:] == group[:, :-1]                                 # the next item: same group
