@@ -53,16 +53,30 @@ def test_compiled_gathers_and_packing_refuse_indices_out_of_range():
     assert greedy.take_rows(a, [[2, 0], [1, 1]]).tolist() == [[2.0, 0.0], [4.0, 4.0]]
     assert greedy.put_rows(np.zeros((2, 3)), [[2, 0], [1, 0]], [[5, 6], [7, 8]]).tolist() == [[6, 0, 5], [8, 7, 0]]
     for index in ([[3, 0], [1, 1]], [[0, -1], [1, 1]], [[0, 1]]):
-        with pytest.raises(IndexError, match="must lie in 0..2"):
+        with pytest.raises(IndexError, match="must be integers in 0..2"):
             greedy.take_rows(a, index)
-        with pytest.raises(IndexError, match="must lie in 0..2"):
+        with pytest.raises(IndexError, match="must be integers in 0..2"):
             greedy.put_rows(np.zeros((2, 3)), index, 1)
-    with pytest.raises(IndexError, match="must lie in 0..2"):
+    with pytest.raises(IndexError, match="must be integers in 0..2"):
         greedy.pack(a, 2, 2, item=[[0, 1, 3], [0, 1, 2]])
-    with pytest.raises(ValueError, match="finite"):
-        greedy.pack(np.array([[1.0, np.inf]]), 2, 1)
+    with pytest.raises(IndexError, match="must be integers in 0..2"):
+        greedy.take_rows(a, [[0.0, 1.0], [1.0, 1.0]])
+    for weights in ([[1.0, np.inf]], [[1.0, np.nan]], [[1e308, 1e308, 1.0]]):  # the last: a pack's load overflows
+        with pytest.raises(ValueError, match="finite"):
+            greedy.pack(np.array(weights), 2, 2)
     with pytest.raises(ValueError, match="permutation"):
         greedy.pack(a, 2, 2, item=[[0, 1], [2, 1]], by_item=True)
+    with pytest.raises(ValueError, match="permutation"):
+        greedy.pack([[3.0, 2.0, 1.0]], 2, 2, item=[[0, 0, 1]], by_item=True)
+    assert pack(np.array([5.0, 3.0, 2.0]), np.array([1, 1, 0]), 2) == ((0,), (1,))  # expert 2 (no slot): not read
+
+
+def test_plan_rows_refuses_a_current_placement_missing_an_expert():
+    """An unused slot (-1) does not count as an expert: expert 3 is on no rank, so every window's mean load per rank
+    (its tokens / W) would not be what the placement serves."""
+    current = Layout(np.array([-1, 0, 1, 2, 0, 1]), np.array([0, 0, 0, 1, 1, 1]), 2)
+    with pytest.raises(ValueError, match="give a placement of every expert 0..3 on 2 ranks"):
+        plan_rows(np.ones((3, 4), dtype=np.int64), 2, 0, current)
 
 
 def test_compiled_code_without_a_cache_folder_compiles_in_the_process():

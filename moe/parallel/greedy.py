@@ -120,6 +120,10 @@ def _merge(weight, count, order, won, out):
                 b += 1
 
 
+class NoPackError(ValueError):
+    """`pack`: an item found no pack with room (and without its group)."""
+
+
 def take_rows(a, index) -> np.ndarray:
     """a[x, index[x, j]] for every x, j (np.take_along_axis on axis 1, compiled)."""
     a, index = np.asarray(a), _index(index, np.shape(a))
@@ -139,8 +143,9 @@ def _index(index, shape: tuple) -> np.ndarray:
     """index as an integer array of rows into an array of `shape`; IndexError unless every entry is in range (the
     compiled loops do not check)."""
     index = np.asarray(index)
-    if index.ndim != 2 or index.shape[0] != shape[0] or (index.size and (index.min() < 0 or index.max() >= shape[1])):
-        raise IndexError(f"row indices {index.shape} must lie in 0..{shape[1] - 1} for each of {shape[0]} rows")
+    if (index.dtype.kind not in "iu" or index.ndim != 2 or index.shape[0] != shape[0]
+            or (index.size and (index.min() < 0 or index.max() >= shape[1]))):
+        raise IndexError(f"row indices {index.shape} must be integers in 0..{shape[1] - 1} for each of {shape[0]} rows")
     return index
 
 
@@ -165,21 +170,30 @@ def pack(weight, n_packs: int, capacity: int, group=None, fewer_first: bool = Fa
     group's items must be consecutive); ties: the pack with fewer items when `fewer_first`, then the lower pack.
     With `item` (X, n), the j-th item placed weighs weight[x, item[x, j]] (weight (X, m)), and with `by_item` the
     results are written at item[x, j] (a permutation) instead of j. Returns each item's pack and its position in that
-    pack, both (X, n). ValueError when an item finds no pack."""
+    pack, both (X, n). NoPackError (a ValueError) when an item finds no pack; ValueError when the weights placed are
+    not finite or their magnitudes sum to half the float64 range or more (so that no pack's load overflows), or when
+    `by_item` and `item` is not a permutation of each row's items."""
     weight = np.ascontiguousarray(weight, dtype=np.float64)
-    if not np.isfinite(weight).all():
-        raise ValueError("item weights must be finite")
-    X = weight.shape[0]
+    if weight.ndim != 2:
+        raise ValueError(f"item weights must be (rows, items), got shape {weight.shape}")
+    X, every = weight.shape[0], item is None or by_item                              # every weight is placed
     item = np.broadcast_to(np.arange(weight.shape[1]), weight.shape) if item is None else _index(item, weight.shape)
     n = item.shape[1]
     if by_item and n != weight.shape[1]:
         raise ValueError("by_item needs one index per item: `item` must be a permutation of each row's items")
+    placed = weight if every else take_rows(weight, item)                             # the weights the packs take
+    with np.errstate(over="ignore", invalid="ignore"):                               # inf and NaN are refused
+        total = np.abs(placed).sum(axis=1)
+    if not (total < np.finfo(np.float64).max / 2).all():                             # False for NaN too
+        raise ValueError("item weights must be finite, and their magnitudes must sum to under 8.9e307 per row")
     same = np.zeros((X, n), dtype=np.bool_)
     if group is not None:
         same[:, :-1] = group[:, 1:] == group[:, :-1]                                 # the next item: same group
-    pack_of, pos = np.empty((X, n), dtype=np.int64), np.empty((X, n), dtype=np.int64)
+    pack_of, pos = np.full((X, n), -1, dtype=np.int64), np.empty((X, n), dtype=np.int64)
     if _pack(weight, item, n_packs, capacity, same, fewer_first, by_item, pack_of, pos) >= 0:
-        raise ValueError("an item found no pack with room (and without its group): these counts cannot be packed")
+        raise NoPackError("an item found no pack with room (and without its group): these counts cannot be packed")
+    if by_item and n and pack_of.min() < 0:  # an index written twice leaves another never written
+        raise ValueError("by_item needs `item` to be a permutation of each row's items")
     return pack_of, pos
 
 

@@ -105,7 +105,8 @@ def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, dis
     X, E = loads.shape
     W, R = world_size, redundant_slots
     check_plan_args(loads.astype(np.float64), W, R)
-    if current.world_size != W or int(current.slot_expert.max()) >= E or len(set(current.slot_expert.tolist())) < E:
+    experts = current.slot_expert
+    if current.world_size != W or experts.min() < 0 or experts.max() >= E or len(set(experts.tolist())) < E:
         raise ValueError(f"the current placement is for W={current.world_size} and experts "
                          f"{sorted(set(current.slot_expert.tolist()))[:8]}…; the load has E={E} and the plan W={W}: "
                          f"give a placement of every expert 0..{E - 1} on {W} ranks")

@@ -59,10 +59,10 @@ def _packed(load: np.ndarray, count: np.ndarray, world_size: int, order=None) ->
     order = greedy.heaviest_first(load) if order is None else order
     expert = greedy.replica_order(load, count, order)                                 # (X, P) in placing order
     P = expert.shape[1]
+    weight = np.divide(load, count, out=np.zeros_like(load), where=count > 0)         # one replica's load
     try:
-        rank, _ = greedy.pack(load / count, world_size, -(-P // world_size), item=expert,
-                              group=expert, fewer_first=True)
-    except ValueError:
+        rank, _ = greedy.pack(weight, world_size, -(-P // world_size), item=expert, group=expert, fewer_first=True)
+    except greedy.NoPackError:
         raise ValueError("no rank with room is free of an expert: these replica counts cannot be packed with a "
                          "distinct expert per slot of a rank") from None
     held = np.full((len(load), world_size, -(-P // world_size)), -1, dtype=np.int64)
