@@ -241,7 +241,7 @@ def naive_forward(state: dict, cfg, x: torch.Tensor,
     state = {k: v.detach().to("cpu", torch.float64) for k, v in state.items()}
     xs = x.detach().to("cpu", torch.float64).reshape(-1, x.shape[-1])   # (T, D)
     T, D = xs.shape
-    E, K = cfg.n_experts, cfg.top_k
+    E = cfg.n_experts
     if router_logits is None:
         logits = _logits(state, cfg, xs)
     else:
