@@ -36,7 +36,7 @@ def test_replicate_and_pack_are_the_loops():
 
 
 def test_pack_is_the_loop_with_many_ranks():
-    """Up to 40 ranks (the packing's winner tree over 64 leaves, most of them padding), with ties and zeros."""
+    """Up to 40 ranks (the packing's winner tree over up to 64 leaves, some of them padding), with ties and zeros."""
     rng = np.random.default_rng(12)
     for case in range(60):
         W = int(rng.choice([7, 9, 16, 17, 33, 40]))
