@@ -69,6 +69,16 @@ def test_compiled_gathers_and_packing_refuse_indices_out_of_range():
     with pytest.raises(ValueError, match="permutation"):
         greedy.pack([[3.0, 2.0, 1.0]], 2, 2, item=[[0, 0, 1]], by_item=True)
     assert pack(np.array([5.0, 3.0, 2.0]), np.array([1, 1, 0]), 2) == ((0,), (1,))  # expert 2 (no slot): not read
+    w, one = np.array([[3.0, 1.0]]), np.ones((1, 2), dtype=np.int64)  # an order names every item once, in range
+    for order in ([[0, 2]], [[0]], [[1.0, 0.0]]):
+        with pytest.raises(IndexError, match="must be integers in 0..1"):
+            greedy.top_up(w, 1, None, order)
+        with pytest.raises(IndexError, match="must be integers in 0..1"):
+            greedy.replica_order(w, one, order)
+        with pytest.raises(IndexError, match="must be integers in 0..1"):
+            greedy.slot_order(w, one, np.zeros((1, 0), dtype=np.int64), order)
+    with pytest.raises(IndexError, match="must be integers in 0..1"):
+        greedy.slot_order(w, [[2, 1]], [[5]], [[0, 1]])  # the item that won the extra slot
 
 
 def test_plan_rows_refuses_a_current_placement_missing_an_expert():

@@ -101,6 +101,11 @@ def test_compiled_replay_refuses_slots_and_indices_out_of_range_instead_of_readi
         peak_load_spans(counts, *ok, 2, [0], [1], [0])
     with pytest.raises(ValueError, match="must both be"):
         rank_load_rows(counts, [[0, 1, 2]], [[0, 1]], 2, [0], [0])
+    bad_split = (np.zeros((1, 2), dtype=np.int64), np.ones((1, 2), dtype=np.int64))  # for 2 slots, not 3
+    with pytest.raises(ValueError, match="must be replica_index of the slot experts"):
+        rank_load_rows(counts, *ok, 2, [0], [0], bad_split)
+    with pytest.raises(ValueError, match="must be replica_index of the slot experts"):
+        peak_load_spans(counts, *ok, 2, [0], [0], [2], bad_split)
     assert peak_load_spans(counts, *ok, 2, [0, 0], [1, 0], [1, 2]).tolist() == [7, 9]  # an empty span adds nothing
     with pytest.raises(ValueError, match="same number of replicas"):
         replica_order([[3.0, 1.0], [2.0, 2.0]], [[2, 1], [1, 1]], [[0, 1], [0, 1]])

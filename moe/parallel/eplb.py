@@ -21,6 +21,12 @@ from moe.parallel import greedy
 from moe.parallel.replay import Layout
 
 
+def is_global(num_groups: int, num_nodes: int) -> bool:
+    """DeepSeek's global policy (one group, one node) applies: the groups do not split evenly over the nodes, or there
+    is one of each."""
+    return num_groups % num_nodes != 0 or num_groups == num_nodes == 1
+
+
 def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: int, num_gpus: int) -> None:
     """ValueError naming the fix unless DeepSeek's EPLB accepts these sizes."""
     if num_gpus < 1 or num_nodes < 1 or num_groups < 1:
@@ -31,7 +37,7 @@ def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: in
     if n_slots % num_gpus or n_slots < n_experts:
         raise ValueError(f"DeepSeek's EPLB needs E + R ({n_slots}) to be a multiple of the {num_gpus} GPUs; choose R "
                          f"with (E + R) % W == 0")
-    if num_groups % num_nodes == 0 and n_experts % num_groups:  # only the hierarchical policy splits E in groups
+    if not is_global(num_groups, num_nodes) and n_experts % num_groups:  # only the hierarchical policy splits E
         raise ValueError(f"{n_experts} experts do not split into {num_groups} groups; give a group count that "
                          f"divides E")
 
@@ -66,10 +72,10 @@ def rebalance(weight, n_slots: int, num_groups: int = 1, num_nodes: int = 1, num
     weight = np.asarray(weight, dtype=np.float64)
     X, E = weight.shape
     check_eplb_args(E, n_slots, num_groups, num_nodes, num_gpus)
-    if num_groups % num_nodes:  # groups cannot be split evenly over the nodes: the global policy
+    one = is_global(num_groups, num_nodes)                                          # the order of the experts stays
+    if one:
         num_groups, num_nodes = 1, 1
     group_size, per_node = E // num_groups, num_groups // num_nodes
-    one = num_nodes == 1 and num_groups == 1                                        # the order of the experts stays
     # 1. groups to nodes; node-major order of the logical experts ("mlog")
     group_pack, group_pos = balanced_packing(weight.reshape(X, num_groups, group_size).sum(-1), num_nodes)
     mlog_of = ((group_pack * per_node + group_pos) * group_size)[:, :, None] + np.arange(group_size)  # (X, G, gs)

@@ -29,7 +29,7 @@ def top_up(weight, extra: int, cap: int | None = None, order=None) -> tuple[np.n
     heaviest_first(weight), when the caller has it."""
     weight = np.ascontiguousarray(weight, dtype=np.float64)
     X, m = weight.shape
-    order = heaviest_first(weight) if order is None else order
+    order = heaviest_first(weight) if order is None else _index(order, weight.shape, True)
     count, won = np.ones((X, m), dtype=np.int64), np.empty((X, extra), dtype=np.int64)
     _top_up(weight, np.ascontiguousarray(order[:, : min(extra, m)]), extra, cap or 0, count, won)
     return count, won
@@ -62,7 +62,8 @@ def replica_order(weight, count, order) -> np.ndarray:
     if (count.sum(axis=1) != P).any() or (count < 0).any():
         raise ValueError("every row must place the same number of replicas (counts >= 0 with equal sums)")
     out = np.empty((len(weight), P), dtype=np.int64)
-    _merge(weight, count, np.ascontiguousarray(order), np.zeros((len(weight), 0), dtype=np.int64), out)
+    order = np.ascontiguousarray(_index(order, weight.shape, True))
+    _merge(weight, count, order, np.zeros((len(weight), 0), dtype=np.int64), out)
     return out
 
 
@@ -70,8 +71,10 @@ def slot_order(weight, count, won, order) -> np.ndarray:
     """(X, P) slot indices in the order DeepSeek's packing takes them: slot i < m holds item i, slot m + t the item
     that won extra slot t (`won`); each slot weighs weight / count of its item; heaviest first, ties: the lower slot."""
     weight, count = np.ascontiguousarray(weight, dtype=np.float64), np.ascontiguousarray(count, dtype=np.int64)
+    order = np.ascontiguousarray(_index(order, weight.shape, True), dtype=np.int64)
+    won = np.ascontiguousarray(_index(won, weight.shape), dtype=np.int64)
     out = np.empty((len(weight), weight.shape[1] + won.shape[1]), dtype=np.int64)
-    _merge(weight, count, np.ascontiguousarray(order), np.ascontiguousarray(won, dtype=np.int64), out)
+    _merge(weight, count, order, won, out)
     return out
 
 
@@ -139,12 +142,12 @@ def put_rows(out: np.ndarray, index, values) -> np.ndarray:
     return out
 
 
-def _index(index, shape: tuple) -> np.ndarray:
-    """index as an integer array of rows into an array of `shape`; IndexError unless every entry is in range (the
-    compiled loops do not check)."""
+def _index(index, shape: tuple, full: bool = False) -> np.ndarray:
+    """index as an integer array of rows into an array of `shape` (with `full`, of that shape itself: an order of
+    every item); IndexError unless every entry is in range (the compiled loops do not check)."""
     index = np.asarray(index)
     if (index.dtype.kind not in "iu" or index.ndim != 2 or index.shape[0] != shape[0]
-            or (index.size and (index.min() < 0 or index.max() >= shape[1]))):
+            or (full and index.shape != tuple(shape)) or (index.size and (index.min() < 0 or index.max() >= shape[1]))):
         raise IndexError(f"row indices {index.shape} must be integers in 0..{shape[1] - 1} for each of {shape[0]} rows")
     return index
 

@@ -22,7 +22,7 @@ import numpy as np
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.chunks import replica_index
-from moe.parallel.eplb import check_eplb_args, rebalance
+from moe.parallel.eplb import check_eplb_args, is_global, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
@@ -108,7 +108,7 @@ def plan_rows(loads, world_size: int, redundant_slots: int, current: Layout, dis
     experts = current.slot_expert
     if current.world_size != W or experts.min() < 0 or experts.max() >= E or len(set(experts.tolist())) < E:
         raise ValueError(f"the current placement is for W={current.world_size} and experts "
-                         f"{sorted(set(current.slot_expert.tolist()))[:8]}…; the load has E={E} and the plan W={W}: "
+                         f"{sorted(set(experts.tolist()))[:8]}…; the load has E={E} and the plan W={W}: "
                          f"give a placement of every expert 0..{E - 1} on {W} ranks")
     order = heaviest_first(loads) if order is None else order
     candidates = [balanced_rows(loads, W, R, order)]                                  # placement.balanced, per row
@@ -231,7 +231,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
         except ValueError as err:
             theirs = None
             notes.append(f"DeepSeek's EPLB skipped for R={R}: {err}")
-        one = theirs is not None and (groups % s.num_nodes or groups == s.num_nodes == 1)  # the global policy
+        one = theirs is not None and is_global(groups, s.num_nodes)
         slots = {"planned": plan_rows(windows, W, R, current, order=order, eplb=theirs[0] if one else None)}
         kept[R] = slots["planned"][2]
         absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")

@@ -50,7 +50,7 @@ def balanced_rows(load, world_size: int, redundant_slots: int, order=None) -> tu
     order = greedy.heaviest_first(load) if order is None else order
     count = greedy.top_up(load, redundant_slots, world_size, order)[0]               # (X, E)
     held = _packed(load, count, world_size, order)
-    _refine_rows(held, load / count, 4 * load.shape[1], np.ones(len(load), dtype=np.bool_))
+    _refine_rows(held, load / count, 4 * load.shape[1], True)
     return _slots(held)
 
 
@@ -108,7 +108,7 @@ def refine(ranks, load: np.ndarray, count: np.ndarray) -> tuple[tuple[int, ...],
     leaves such gains on near-even loads). Keeps the slots per rank, an expert on every rank, none twice.
     Each rank's experts keep their list order while searching (a move appends); the result is sorted."""
     held = _held(ranks)
-    _refine_rows(held, (np.asarray(load, dtype=np.float64) / count)[None], 4 * len(load), np.zeros(1, np.bool_))
+    _refine_rows(held, (np.asarray(load, dtype=np.float64) / count)[None], 4 * len(load), False)
     return tuple(tuple(sorted(int(e) for e in r if e >= 0)) for r in held[0])
 
 
@@ -149,8 +149,8 @@ def _weights(lists, n, w):
 @jit
 def _refine_rows(held, w, max_steps, sort):
     """`refine` on every row of held (X, W, C) (each rank's experts in list order, -1 after the last) with w (X, E)
-    the load of one replica of each expert, in place, skipping rows `_may_refine` rules out; with sort[x], row x's
-    lists are sorted after. Each step lowers (max weight, ranks at the max); a row stops when no step helps or after
+    the load of one replica of each expert, in place, skipping rows `_may_refine` rules out; with `sort`, the lists
+    of a row the search ran on are sorted after (the others are left as they were). Each step lowers (max weight, ranks at the max); a row stops when no step helps or after
     max_steps."""
     X, W, C = held.shape
     n = np.empty(W, np.int64)
@@ -179,7 +179,7 @@ def _refine_rows(held, w, max_steps, sort):
                 d -= wx[f]
             weight[b] -= d
             weight[s] += d
-        if sort[x]:
+        if sort:
             _sort_lists(lists, n)
 
 

@@ -110,7 +110,7 @@ def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
     window_of = np.arange(len(counts)) if window_of is None else np.asarray(window_of, dtype=np.int64)
     plan_of = window_of if plan_of is None else np.asarray(plan_of, dtype=np.int64)
-    _check_rows(slot_expert, slot_rank, plan_of, window_of, len(counts))
+    _check_rows(slot_expert, slot_rank, plan_of, window_of, len(counts), split)
     index, count = replica_index(slot_expert) if split is None else split             # -1 (unused): one "expert"
     out = np.zeros((len(window_of), world_size), dtype=np.int64)
     if not rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, out):
@@ -133,7 +133,7 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     if (hi < lo).any():
         raise ValueError("a span of windows ends before it starts")
     used = hi > lo
-    _check_rows(slot_expert, slot_rank, plan_of, np.concatenate([lo[used], hi[used] - 1]), columns.shape[1])
+    _check_rows(slot_expert, slot_rank, plan_of, np.concatenate([lo[used], hi[used] - 1]), columns.shape[1], split)
     index, count = replica_index(slot_expert) if split is None else split
     out = np.empty(int((hi - lo).sum()), dtype=np.int64)
     if len(out):
@@ -148,11 +148,14 @@ def _outside(E: int, W: int) -> str:
 
 
 def _check_rows(slot_expert: np.ndarray, slot_rank: np.ndarray, plan_of: np.ndarray, window_of: np.ndarray,
-                n_windows: int) -> None:
-    """ValueError unless the slots are (K, P) both and every plan and window index is in range (the compiled loops
-    check the experts and ranks of the slots, not these)."""
+                n_windows: int, split=None) -> None:
+    """ValueError unless the slots (and a given split) are (K, P) all and every plan and window index is in range (the
+    compiled loops check the experts and ranks of the slots, not these)."""
     if slot_expert.ndim != 2 or slot_expert.shape != slot_rank.shape:
         raise ValueError(f"slot experts {slot_expert.shape} and ranks {slot_rank.shape} must both be (plans, slots)")
+    if split is not None and any(np.shape(v) != slot_expert.shape for v in split):
+        raise ValueError(f"the replica split {[np.shape(v) for v in split]} must be replica_index of the slot experts "
+                         f"{slot_expert.shape}")
     for name, values, size in (("plan", plan_of, len(slot_expert)), ("window", window_of, n_windows)):
         if len(values) and (values.min() < 0 or values.max() >= size):
             raise ValueError(f"a {name} index is outside 0..{size - 1}")
