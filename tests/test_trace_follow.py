@@ -25,8 +25,8 @@ class Clock:
 def test_each_poll_reads_only_the_new_part_files_and_idle_follows_the_clock(tmp_path, monkeypatch):
     import moe.traces.follow as follow
     read = []
-    real = follow.read_part
-    monkeypatch.setattr(follow, "read_part", lambda part, *a: read.append(part) or real(part, *a))  # a spy
+    real = follow.counts_batches
+    monkeypatch.setattr(follow, "counts_batches", lambda part, *a: read.append(part) or real(part, *a))  # a spy
     clock = Clock()
     writer = LogWriter(str(tmp_path), layers=["0", "1"], n_experts=4, top_k=1)
     writer.write_step(0, [[1, 2, 0, 0], [0, 0, 3, 0]])

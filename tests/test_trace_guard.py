@@ -130,7 +130,9 @@ def test_a_small_parquet_that_expands_past_the_budget_is_refused_from_its_metada
     assert os.path.getsize(tmp_path / "one.parquet") < 200_000
     assert "row group 0: 400,000 rows make 400,000 entries" in _refused(tmp_path / "one.parquet")
     _parquet(tmp_path / "many.parquet", 50_000, row_group_size=8_000)  # small row groups, one record
-    assert "step 0, layer 0: 65,536 rows (tokens × experts) make 65,536 entries" in _refused(tmp_path / "many.parquet")
+    # refused at the first batch past the cap of 55,924: batches end with their row group (layer names are read as a
+    # dictionary, one per row group), so at 7 × 8,000 rows
+    assert "step 0, layer 0: 56,000 rows (tokens × experts) make 56,000 entries" in _refused(tmp_path / "many.parquet")
 
 
 # --- one clear line instead of a traceback ------------------------------------------------------------

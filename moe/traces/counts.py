@@ -12,7 +12,8 @@ Rules (every violation is one ValueError line):
 - The file does not record the expert count: E is --n-experts when given (an expert above it is refused), else
   the largest expert + 1 (a top expert that never got a token is then missing: give --n-experts).
 - The file is read with pyarrow after its size is checked against a quarter of the memory budget (a CSV grows
-  in memory: its size is multiplied by CSV_EXPANSION first).
+  in memory: its size is multiplied by CSV_EXPANSION first; a Parquet file by what its footer says its columns
+  decode to, layer labels read as a dictionary: `moe.traces.safeload.parquet_bytes`).
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.log import INFERRED, RoutingLog, check_ids, resolve_experts
 from moe.traces.parquet import LAYER_NAME
 from moe.traces.records import INT64_MAX, TraceLimits, check_experts, open_regular
+from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
 
 CSV_SOURCE, PARQUET_SOURCE = "counts-csv", "counts-parquet"
 NEEDED = ("layer", "expert", "count")
@@ -83,24 +85,35 @@ def _read_csv(f, path: str, cap: int):
     return table
 
 
-def _read_parquet(f, path: str, cap: int):
-    import pyarrow.parquet as pq
-    try:
-        pf = pq.ParquetFile(f)
-        names = pf.schema_arrow.names
-    except Exception as err:  # pyarrow raises its own types for a damaged file
-        raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); write it again") from None
-    if not is_counts_parquet(names):
+def _read_parquet(f, path: str, limits: TraceLimits, cap: int):
+    """The counts columns of a Parquet file, once their types and the bytes they decode to (the columns as int64 and
+    the counting's copies: `safeload.parquet_bytes`, or 32 bytes a row, twice) fit `cap`: nothing decoded before."""
+    pf = parquet_file(f, repr(path), limits)
+    schema = pf.schema_arrow
+    if not is_counts_parquet(schema.names):
         raise ValueError(f"{path!r} has no columns {list(NEEDED)}; give a counts table (layer, expert, count and "
                          f"step, optionally)")
-    meta = pf.metadata
-    decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
-    if max(decoded, meta.num_rows * 4 * 8) * 2 > cap:  # the columns as int64, and the counting's copies
-        raise _too_big(path, max(decoded, meta.num_rows * 32) * 2, cap)
+    columns = [n for n in ("step", *NEEDED) if n in schema.names]
+    for name in columns:
+        _check_type(schema.field(name).type, name, path)
+    need = 2 * max(parquet_bytes(pf, columns, repr(path)), pf.metadata.num_rows * 4 * 8)
+    if need > cap:
+        raise _too_big(path, need, cap)
     try:
-        return pf.read(columns=[n for n in ("step", *NEEDED) if n in names])
+        return pf.read(columns=columns)
     except Exception as err:
         raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); write it again") from None
+
+
+def _check_type(kind, name: str, path: str) -> None:
+    """Before reading: layer names are text or integers, counts integers or floats, experts and steps integers."""
+    import pyarrow as pa
+    if name == "layer":
+        if not (pa.types.is_dictionary(kind) or pa.types.is_string(kind) or pa.types.is_integer(kind)):
+            raise ValueError(f"{path!r}: column 'layer' must hold layer names or numbers; name layers like 3 or "
+                             f"decoder.3")
+    elif not (pa.types.is_integer(kind) or (name == "count" and pa.types.is_floating(kind))):
+        raise ValueError(f"{path!r}: column {name!r} must hold integers; write whole numbers")
 
 
 def _integers(table, name: str, path: str, allow_integral_floats: bool = False) -> np.ndarray:
@@ -127,19 +140,19 @@ def _integers(table, name: str, path: str, allow_integral_floats: bool = False) 
 
 def _layer_labels(table, path: str) -> tuple[list[str], np.ndarray]:
     """The layer labels in order (numeric when all are numbers, else first appearance) and each row's index."""
-    import pandas as pd
     column = table.column("layer")
     if column.null_count:
         raise ValueError(f"{path!r}: column 'layer' has empty values; give a layer on every row")
-    text = column.to_pandas().astype(str).to_numpy()
-    labels = [str(v) for v in pd.unique(text)]
+    labels, index = label_codes(column, f"{path!r}: column 'layer'")
     if any(not LAYER_NAME.fullmatch(name) for name in labels):
         raise ValueError(f"{path!r}: a layer label is not 1 to 32 letters, digits, '.', '_' or '-'; name layers "
                          f"like 3 or decoder.3")
     if all(NUMBER.fullmatch(name) for name in labels):
-        labels.sort(key=lambda name: (int(name), name))
-    index = pd.Index(labels).get_indexer(text)                                       # (N,)
-    return labels, index.astype(np.int64)
+        order = sorted(range(len(labels)), key=lambda k: (int(labels[k]), labels[k]))
+        rank = np.empty(len(labels), dtype=np.int64)
+        rank[order] = np.arange(len(labels))
+        labels, index = [labels[k] for k in order], rank[index]
+    return labels, index
 
 
 def _table(path: str, limits: TraceLimits):
@@ -147,7 +160,7 @@ def _table(path: str, limits: TraceLimits):
     with open_regular(path) as f:
         parquet = f.read(4) == PARQUET_MAGIC
         f.seek(0)
-        table = _read_parquet(f, path, cap) if parquet else _read_csv(f, path, cap)
+        table = _read_parquet(f, path, limits, cap) if parquet else _read_csv(f, path, cap)
     if table.num_rows == 0:
         raise ValueError(f"{path!r} holds no rows; give at least one layer,expert,count row")
     return table, PARQUET_SOURCE if parquet else CSV_SOURCE

@@ -14,7 +14,7 @@ from moe.metrics import max_over_mean
 from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog
 from moe.traces.records import TraceLimits
 from moe.traces.store import parts, read_meta
-from moe.traces.store_read import CountsAccumulator, read_part
+from moe.traces.store_read import CountsAccumulator, counts_batches
 
 IDLE_AFTER_S = 30.0
 
@@ -36,7 +36,7 @@ class LogFollower:
         new = [p for p in parts(self.path, "counts") if os.path.basename(p) not in self.seen]
         steps: set[int] = set()
         for part in new:
-            steps.update(self.acc.add(read_part(part, "counts", self.limits)))
+            steps.update(self.acc.add(counts_batches(part, self.limits)))
             self.seen.add(os.path.basename(part))
             self.parts_read += 1
         if new:

@@ -126,12 +126,8 @@ def read_log(path: str, n_experts: int | None = None, progress: Progress | None 
 
 def _parquet(path: str, n_experts: int | None, progress: Progress | None, limits: TraceLimits) -> RoutingLog:
     """Plain counts (layer, expert, count columns) or a moe-scope per-(token, expert) trace (summarised)."""
-    import pyarrow.parquet as pq
     with safeload.open_regular(path) as f:
-        try:
-            names = pq.ParquetFile(f).schema_arrow.names
-        except Exception as err:  # pyarrow's own error types
-            raise ValueError(f"{path!r} is not a readable Parquet file ({type(err).__name__}); copy it again") from None
+        names = safeload.parquet_file(f, repr(path), limits).schema_arrow.names
     from moe.traces.counts import is_counts_parquet
     if is_counts_parquet(names):
         from moe.traces.counts import read_counts

@@ -13,6 +13,7 @@ import os
 from moe.traces.formats import detect, read_log
 from moe.traces.readers import LOGIT_FIELDS
 from moe.traces.records import Progress, TraceLimits, open_regular
+from moe.traces.safeload import parquet_file
 from moe.traces.summary import TraceSummary, summarize
 
 FIRST_LINE_BYTES = 1 << 20
@@ -41,11 +42,10 @@ def _has_logits(path: str) -> bool:
         return False
     kind = detect(path)
     if kind == "parquet":
-        import pyarrow.parquet as pq
         with open_regular(path) as f:
             try:
-                names = set(pq.ParquetFile(f).schema_arrow.names)
-            except Exception:  # damaged: summarize says so in one line
+                names = set(parquet_file(f, repr(path), TraceLimits.from_env()).schema_arrow.names)
+            except ValueError:  # damaged, or a footer over the budget: summarize says so in one line
                 return True
         return "router_logit" in names
     if kind != "megatron":

@@ -14,6 +14,7 @@ import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.records import INT64_MAX, Progress, RoutingRecord, TraceLimits, check_experts, open_regular
+from moe.traces.safeload import is_text, label_codes, parquet_file
 
 PARQUET_COLUMNS = ["step", "layer", "token", "expert", "router_logit", "prob", "routed", "served", "gate",
                    "contribution"]
@@ -99,23 +100,10 @@ def iter_parquet(path: str, progress: Progress | None = None, limits: TraceLimit
 
 
 def _checked_file(f, path: str, limits: TraceLimits):
-    """The ParquetFile, once its footer size, column types and row groups fit the caps (nothing decoded yet)."""
-    import pyarrow.parquet as pq
-    f.seek(0, 2)
-    if f.tell() >= 12:
-        f.seek(-8, 2)
-        tail = f.read(8)
-        if tail[4:] == b"PAR1" and int.from_bytes(tail[:4], "little") > limits.line_bytes:
-            raise ValueError(f"{path!r} has a Parquet footer of {describe_bytes(int.from_bytes(tail[:4], 'little'))}"
-                             f", over the {describe_bytes(limits.line_bytes)} the memory budget allows; give a "
-                             f"moe-scope trace or raise {BUDGET_ENV}")
-    f.seek(0)
-    try:
-        pf = pq.ParquetFile(f)
-        schema = pf.schema_arrow
-    except Exception as err:  # pyarrow raises its own types for a damaged file
-        raise _damaged(path, err) from None
-    _check_types(schema, path)
+    """The ParquetFile (layer names read as a dictionary), once its footer size, column types and row groups fit the
+    caps (nothing decoded yet)."""
+    pf = parquet_file(f, repr(path), limits)
+    _check_types(pf.schema_arrow, path)
     names = ["token", "expert", "router_logit", "routed", "step", "layer"]
     for i in range(pf.metadata.num_row_groups):
         rg = pf.metadata.row_group(i)
@@ -150,7 +138,7 @@ def _check_types(schema, path: str) -> None:
     import pyarrow as pa
     kinds = {"token": pa.types.is_integer, "expert": pa.types.is_integer, "router_logit": pa.types.is_floating,
              "routed": pa.types.is_boolean, "step": pa.types.is_integer,
-             "layer": lambda t: pa.types.is_integer(t) or pa.types.is_string(t) or pa.types.is_large_string(t)}
+             "layer": lambda t: pa.types.is_integer(t) or (pa.types.is_dictionary(t) and is_text(t.value_type))}
     needed = {"token", "expert", "router_logit", "routed"}
     if needed - set(schema.names):
         raise ValueError(f"{path!r} misses column(s) {sorted(needed - set(schema.names))}; give a moe-scope trace "
@@ -175,11 +163,11 @@ def _batch_columns(batch, stamped: bool, path: str) -> dict[str, np.ndarray]:
         what = "a negative step" if steps.min() < 0 else "a step beyond 2^63"
         raise ValueError(f"{path!r}: column 'step' holds {what}; steps are integers from 0 to 2^63 - 1")
     cols["step"] = steps.astype(np.int64)
-    layers = batch.column("layer").to_pandas().astype(str).to_numpy() if stamped else np.full(n, "0")
-    if any(not LAYER_NAME.fullmatch(name) for name in pd.unique(layers)):
+    labels, index = label_codes(batch.column("layer"), f"{path!r}: column 'layer'") if stamped else (["0"], None)
+    if any(not LAYER_NAME.fullmatch(name) for name in labels):  # each label checked once, before any row has it
         raise ValueError(f"{path!r}: a layer label is not 1 to 32 letters, digits, '.', '_' or '-'; name layers "
                          f"like 3 or decoder.3")
-    cols["layer"] = layers
+    cols["layer"] = np.asarray(labels)[index] if stamped else np.full(n, "0")
     return cols
 
 

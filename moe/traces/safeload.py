@@ -5,6 +5,11 @@
 - `.npy`/`.npz` only with `allow_pickle=False`; every array's shape and dtype are read from its header and
   checked against the memory budget before a byte of data is read (a compressed `.npz` cannot expand past it).
 - The decoded size of everything loaded is at most a quarter of the memory budget (`TraceLimits`).
+- Parquet (`parquet_file`, `parquet_bytes`, `label_codes`): a few kilobytes of dictionary-encoded pages can name a
+  100 KB label on millions of rows, or millions of equal numbers, so neither the file's size nor its "uncompressed"
+  sizes bound what pyarrow builds. Text columns are read as dictionaries (each label once), and the bytes a read
+  builds are bounded from the footer's row and value counts before any page is decoded. A footer whose counts lie,
+  or a page header that claims a huge page, is not caught here: only a reader in a memory-limited process would.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ from moe.traces.records import TraceLimits, open_regular
 
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
+PARQUET_MAGIC = b"PAR1"
 
 
 def _cap(limits: TraceLimits | None) -> int:
@@ -119,3 +125,102 @@ def sniff(path: str, n: int = 64) -> bytes:
     """The first n bytes of a regular file (format detection)."""
     with open_regular(path) as f:
         return f.read(n)
+
+
+def parquet_file(f, where: str, limits: TraceLimits):
+    """pyarrow's ParquetFile for the open file f, once its footer fits the budget, with every text column read as a
+    dictionary (indices, and each distinct label once); ValueError (one line) for a damaged file."""
+    import pyarrow.parquet as pq
+    f.seek(0, 2)
+    if f.tell() >= 12:
+        f.seek(-8, 2)
+        tail = f.read(8)
+        footer = int.from_bytes(tail[:4], "little")
+        if tail[4:] == PARQUET_MAGIC and footer > limits.line_bytes:
+            raise ValueError(f"{where} has a Parquet footer of {describe_bytes(footer)}, over the "
+                             f"{describe_bytes(limits.line_bytes)} the memory budget allows; give a smaller file or "
+                             f"raise {BUDGET_ENV}")
+    try:
+        f.seek(0)
+        text = [field.name for field in pq.ParquetFile(f).schema_arrow if is_text(field.type)]
+        f.seek(0)
+        return pq.ParquetFile(f, read_dictionary=text)
+    except Exception as err:  # pyarrow raises its own types for a damaged file
+        raise ValueError(f"{where} is not a readable Parquet file ({type(err).__name__}); copy it again") from None
+
+
+def is_text(kind) -> bool:
+    import pyarrow as pa
+    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
+        or pa.types.is_large_binary(kind)
+
+
+def _cost(kind) -> tuple[int, int, bool, bool] | None:
+    """(bytes per value, bytes of offsets per row, text, list) of a column of this type as `parquet_file` reads it,
+    or None for a type whose size the footer does not bound (nested deeper, or lists of text)."""
+    import pyarrow as pa
+    if pa.types.is_dictionary(kind):
+        return (kind.index_type.bit_width // 8, 0, True, False) if is_text(kind.value_type) else None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
+        inner = _cost(kind.value_type)
+        if inner is None or inner[1] or inner[2] or inner[3]:
+            return None
+        return inner[0], 0 if pa.types.is_fixed_size_list(kind) else 8, False, True
+    if pa.types.is_boolean(kind) or pa.types.is_null(kind):  # an empty column: nothing but its rows
+        return 1, 0, False, False
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_temporal(kind):
+        return max(kind.bit_width // 8, 1), 0, False, False
+    return None
+
+
+def parquet_bytes(pf, columns: list[str], where: str, batch_rows: int | None = None) -> int:
+    """At most the bytes pyarrow builds reading `columns` of pf (a `parquet_file`): the whole file, or with
+    `batch_rows` one batch of at most that many rows. From the footer: each column's values (one per row for a flat
+    column; a list's values from its chunks, all of them even for a batch) times their width, list offsets per row,
+    validity bits, and a text column's dictionaries (at most its uncompressed pages, all of them even for a batch).
+    ValueError for a column that is missing or of a type it cannot bound."""
+    schema, meta = pf.schema_arrow, pf.metadata
+    rows = meta.num_rows if batch_rows is None else min(batch_rows, meta.num_rows)
+    total = 0
+    for name in columns:
+        cost = _cost(schema.field(name).type) if name in schema.names else None
+        if cost is None:
+            raise ValueError(f"{where} has no column {name!r} of numbers, labels or lists of numbers; give the file as "
+                             f"written")
+        width, offsets, text, listed = cost
+        chunks = [group.column(j) for group in map(meta.row_group, range(meta.num_row_groups))
+                  for j in range(group.num_columns) if group.column(j).path_in_schema.split(".")[0] == name]
+        values = max(sum(chunk.num_values for chunk in chunks), rows) if listed else rows
+        bitmaps = (rows + values) // 8 + 128 * (len(chunks) + 1)                      # validity bits, padding
+        total += values * width + rows * offsets + bitmaps + (sum(c.total_uncompressed_size for c in chunks) if text
+                                                              else 0)
+    return total
+
+
+def label_codes(column, where: str) -> tuple[list[str], np.ndarray]:
+    """The distinct labels of a column of text (dictionaries, as `parquet_file` reads them) or integers, in order of
+    first appearance, and each row's index among them (N,) int64; ValueError for an empty (null) label. Each chunk's
+    dictionary is converted once, never one string per row."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
+    if not pa.types.is_dictionary(column.type):
+        column = pc.dictionary_encode(column)
+    if column.null_count:
+        raise ValueError(f"{where} has empty (null) labels; give a label on every row")
+    index: dict[str, int] = {}
+    codes = np.empty(len(column), dtype=np.int64)
+    at = 0
+    for chunk in column.chunks:
+        labels = chunk.dictionary.to_pylist()
+        if None in labels:
+            raise ValueError(f"{where} has empty (null) labels; give a label on every row")
+        mapped = np.array([index.setdefault(str(v), len(index)) for v in labels] or [0], dtype=np.int64)
+        codes[at: at + len(chunk)] = mapped[chunk.indices.to_numpy(zero_copy_only=False)]
+        at += len(chunk)
+    seen = pd.unique(codes)                                                           # in order of first appearance
+    rank = np.zeros(len(index), dtype=np.int64)
+    rank[seen] = np.arange(len(seen))
+    names = list(index)
+    return [names[k] for k in seen], rank[codes]

@@ -6,9 +6,12 @@ from __future__ import annotations
 import os
 
 import numpy as np
+import pandas as pd
 
+from moe.memory import BUDGET_ENV
 from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_ids
 from moe.traces.records import TraceLimits, open_regular
+from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
 from moe.traces.store import parts, read_meta
 
 
@@ -18,7 +21,7 @@ def read_store(path: str, limits: TraceLimits | None = None) -> RoutingLog:
     doc = read_meta(path)
     acc = CountsAccumulator(doc["layers"], doc["n_experts"], limits)
     for part in parts(path, "counts"):
-        acc.add(read_part(part, "counts", limits))
+        acc.add(counts_batches(part, limits))
     if not acc.cells:
         raise ValueError(f"{path!r} holds no counts yet; give a routing log with at least one step")
     steps, counts = acc.arrays()
@@ -31,28 +34,84 @@ def read_store(path: str, limits: TraceLimits | None = None) -> RoutingLog:
                       rank_counts=_read_ranks(path, doc["layers"], steps, limits))
 
 
-def read_part(part: str, table: str, limits: TraceLimits, columns: dict | None = None):
-    """One part file as a pyarrow Table, its size checked against the budget before decoding (a regular file only:
-    opened once, so a link swapped in afterwards is never read). `columns`: name -> pyarrow type test, each checked."""
-    import pyarrow.parquet as pq
+def _is_int(kind) -> bool:
+    import pyarrow as pa
+    return pa.types.is_integer(kind)
+
+
+def _is_label(kind) -> bool:
+    """Layer names: text (read as a dictionary) or numbers (or nothing: `_layer_index` says no layer is listed)."""
+    import pyarrow as pa
+    return pa.types.is_dictionary(kind) or pa.types.is_string(kind) or pa.types.is_integer(kind) \
+        or pa.types.is_null(kind)
+
+
+def _is_list_of(test):
+    def ok(kind) -> bool:
+        import pyarrow as pa
+        return (pa.types.is_list(kind) or pa.types.is_fixed_size_list(kind)) and test(kind.value_type)
+    return ok
+
+
+INTEGER, LABEL = ("integer", _is_int), ("layer name", _is_label)
+COUNTS = {"step": INTEGER, "layer": LABEL, "expert": INTEGER, "count": INTEGER}  # column -> (what, type test)
+TOKENS = {"step": INTEGER, "layer": LABEL, "experts": ("list of integers", _is_list_of(_is_int))}
+RANKS = {"step": INTEGER, "rank": INTEGER, "layer": LABEL, "physical": INTEGER, "count": INTEGER}
+BATCH_ROWS = 1 << 20   # counts rows decoded and counted at a time
+BATCH_BYTES = 96       # per row of a batch: its numpy columns and the counting's temporaries (int64 each)
+
+
+def _open_part(f, part: str, table: str, limits: TraceLimits, columns: dict, optional: dict | None = None):
+    """The part's ParquetFile and the columns to read, once the needed ones (and the optional ones it has) are there
+    with their types (nothing decoded yet)."""
     name = f"{os.path.basename(part)!r} in {table}/"
+    pf = parquet_file(f, name, limits)
+    schema = pf.schema_arrow
+    wanted = {**columns, **{k: ok for k, ok in (optional or {}).items() if k in schema.names}}
+    for column, (what, ok) in wanted.items():
+        if column not in schema.names or not ok(schema.field(column).type):
+            raise ValueError(f"{name} has no {what} column {column!r}; copy the log again")
+    return pf, name, list(wanted)
+
+
+def _too_big(name: str) -> ValueError:
+    return ValueError(f"{name} decodes to more than the memory budget leaves it (a quarter for a table's parts); "
+                      f"write smaller parts (flush more often) or raise {BUDGET_ENV}")
+
+
+def read_part(part: str, table: str, limits: TraceLimits, columns: dict, optional: dict | None = None,
+              room: int | None = None):
+    """The named `columns` (name -> (what, pyarrow type test), each checked; `optional` ones where the file has them)
+    of one part file as a pyarrow Table. The bytes they decode to are bounded before decoding (`safeload.parquet_bytes`)
+    by `room` (default: a quarter of the budget). A regular file only: opened once, so a link swapped in afterwards
+    is never read."""
     with open_regular(part) as f:
+        pf, name, names = _open_part(f, part, table, limits, columns, optional)
+        if parquet_bytes(pf, names, name) > (limits.budget // 4 if room is None else room):
+            raise _too_big(name)
         try:
-            pf = pq.ParquetFile(f)
-            decoded = sum(pf.metadata.row_group(i).total_byte_size for i in range(pf.metadata.num_row_groups))
-            schema = pf.schema_arrow
+            return pf.read(columns=names)
         except Exception as err:  # pyarrow's own error types
             raise _unreadable(name, err) from None
-        if decoded > limits.budget // 4:
-            raise ValueError(f"{name} decodes to more than a quarter of the memory budget; write smaller parts "
-                             f"(flush more often)")
-        for column, ok in (columns or {}).items():
-            if column not in schema.names or not ok(schema.field(column).type):
-                raise ValueError(f"{name} has no column {column!r} of the routing log's type; copy the log again")
-        try:
-            return pf.read()
-        except Exception as err:  # pyarrow's own error types
-            raise _unreadable(name, err) from None
+
+
+def counts_batches(part: str, limits: TraceLimits):
+    """One counts part's record batches of at most BATCH_ROWS rows, each batch's cost (its columns, dictionaries and
+    the counting's temporaries) checked against a quarter of the budget before the first is decoded."""
+    with open_regular(part) as f:
+        pf, name, names = _open_part(f, part, "counts", limits, COUNTS)
+        rows = min(BATCH_ROWS, pf.metadata.num_rows)
+        if parquet_bytes(pf, names, name, BATCH_ROWS) + rows * BATCH_BYTES > limits.budget // 4:
+            raise _too_big(name)
+        batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=names)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as err:  # pyarrow's own error types
+                raise _unreadable(name, err) from None
+            yield batch
 
 
 def _unreadable(name: str, err: Exception) -> ValueError:
@@ -67,17 +126,14 @@ def _int_column(table, name: str, where: str, copy: bool = True) -> np.ndarray:
     return values.to_numpy(zero_copy_only=False).astype(np.int64, copy=copy)
 
 
-def _layer_index(column, layers: list[str]) -> np.ndarray:
-    """(N,) index in `layers` of each row's layer name (the column read as text), -1 where meta.json does not list it
-    (or the value is empty or not text)."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    try:
-        names = column if pa.types.is_string(column.type) else column.cast(pa.string())
-    except pa.ArrowException:  # bytes that are not UTF-8, nested values: no layer name
+def _layer_index(column, layers: list[str], where: str) -> np.ndarray:
+    """(N,) index in `layers` of each row's layer name (text, or a number read as its digits), -1 where meta.json
+    does not list it (or the row has no name)."""
+    if column.null_count:
         return np.full(len(column), -1, dtype=np.int64)
-    index = pc.index_in(names, value_set=pa.array(layers, type=pa.string()))
-    return pc.fill_null(index, -1).to_numpy(zero_copy_only=False).astype(np.int64)
+    labels, codes = label_codes(column, f"{where}: column 'layer'")
+    index = {name: i for i, name in enumerate(layers)}
+    return np.array([index.get(name, -1) for name in labels] or [-1], dtype=np.int64)[codes]
 
 
 class CountsAccumulator:
@@ -86,43 +142,56 @@ class CountsAccumulator:
 
     def __init__(self, layers: list[str], n_experts: int, limits: TraceLimits) -> None:
         self.layers, self.E, self.limits = layers, n_experts, limits
-        self.index = {name: i for i, name in enumerate(layers)}
         self.cells: dict[int, np.ndarray] = {}  # step -> (L, E)
 
-    def add(self, table) -> list[int]:
-        """Add one part's rows; returns the steps it holds, ascending."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        for column in ("step", "expert", "count"):
-            if column not in table.column_names or not pa.types.is_integer(table.schema.field(column).type):
-                raise ValueError(f"a counts part has no integer column {column!r}; copy the log again")
-        if "layer" not in table.column_names:
-            raise ValueError("a counts part has no column 'layer'; copy the log again")
-        step, expert, count = (_int_column(table, name, "a counts part", copy=False)  # used here, then dropped
-                               for name in ("step", "expert", "count"))
-        layer = _layer_index(table.column("layer"), self.layers)
-        if (layer < 0).any():
-            raise ValueError("a counts part names a layer that meta.json does not list; copy the log again")
-        if len(count) and (count.min() < 0 or step.min() < 0 or expert.min() < 0 or expert.max() >= self.E):
-            raise ValueError(f"a counts part holds a negative count or step, or an expert outside 0..{self.E - 1}")
-        new = np.sort(pc.unique(pa.array(step)).to_numpy())                          # arrow's hash: one pass
-        if any(int(s) in self.cells for s in new):
-            raise ValueError("two counts parts hold the same step; copy the log again (a writer writes a step once)")
-        self.limits.check_summary(len(self.cells) + len(new), len(self.layers), self.E)
+    def add(self, batches) -> list[int]:
+        """Add one part's rows (its record batches, `counts_batches`); returns the steps it holds, ascending. A
+        step's cells start at -1 (no row yet) while the part is read, so a cell given twice is caught across
+        batches too."""
+        fresh: dict[int, np.ndarray] = {}  # step -> (L · E,) of this part
         L, E = len(self.layers), self.E
-        cell = (np.searchsorted(new, step) * L + layer) * E + expert                  # (N,)
-        if len(cell) and np.bincount(cell, minlength=len(new) * L * E).max() > 1:
-            raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
-        block = np.zeros(len(new) * L * E, dtype=np.int64)
-        block[cell] = count  # unique cells: plain integer assignment, exact at any size
-        block = block.reshape(len(new), L, E)
-        for i, s in enumerate(new):
-            self.cells[int(s)] = block[i]
-        return [int(s) for s in new]
+        for batch in batches:
+            where = "a counts part"
+            step, expert, count = (_int_column(batch, name, where, copy=False) for name in ("step", "expert", "count"))
+            layer = _layer_index(batch.column("layer"), self.layers, where)
+            if (layer < 0).any():
+                raise ValueError("a counts part names a layer that meta.json does not list; copy the log again")
+            if len(count) and (count.min() < 0 or step.min() < 0 or expert.min() < 0 or expert.max() >= E):
+                raise ValueError(f"a counts part holds a negative count or step, or an expert outside 0..{E - 1}")
+            group, steps = pd.factorize(step)                                         # (N,), in order of appearance
+            new = [int(s) for s in steps if int(s) not in fresh]
+            if any(s in self.cells for s in new):
+                raise ValueError("two counts parts hold the same step; copy the log again (a writer writes a step "
+                                 "once)")
+            self.limits.check_summary(len(self.cells) + len(fresh) + len(new), L, E)
+            fresh.update((s, np.full(L * E, -1, dtype=np.int64)) for s in new)
+            order = np.argsort(group, kind="stable")                                  # rows step by step
+            sizes = np.bincount(group, minlength=len(steps))
+            for s, hi, n in zip(steps.tolist(), np.cumsum(sizes).tolist(), sizes.tolist()):
+                rows = order[hi - n: hi]
+                _put(fresh[s], layer[rows] * E + expert[rows], count[rows])
+        for s, cells in fresh.items():
+            cells[cells < 0] = 0  # no row: no tokens
+            self.cells[s] = cells.reshape(L, E)
+        return sorted(fresh)
 
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         steps = np.array(sorted(self.cells), dtype=np.int64)
         return steps, np.stack([self.cells[int(s)] for s in steps])  # (S,), (S, L, E)
+
+
+def _put(cells: np.ndarray, flat: np.ndarray, values: np.ndarray) -> None:
+    """cells[flat] = values, refused where a cell was given before (not -1) or twice here: each row first writes its
+    own mark (-2 - row) and must read it back."""
+    marks = -2 - np.arange(len(flat))
+    if (cells[flat] != -1).any() or not (_marked(cells, flat, marks) == marks).all():
+        raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
+    cells[flat] = values
+
+
+def _marked(cells: np.ndarray, flat: np.ndarray, marks: np.ndarray) -> np.ndarray:
+    cells[flat] = marks
+    return cells[flat]
 
 
 def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray,
@@ -134,13 +203,10 @@ def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray
         return None
     import pyarrow as pa
     tables, held = [], 0
-    for part in files:
-        tables.append(read_part(part, "tokens", limits, {"experts": lambda t: pa.types.is_list(t)
-                                                         or pa.types.is_fixed_size_list(t)}))
+    for part in files:  # every part within what the ones before leave of a quarter of the budget
+        weights = {"weights": ("list of numbers", _is_list_of(pa.types.is_floating))}
+        tables.append(read_part(part, "tokens", limits, TOKENS, weights, room=limits.budget // 4 - held))
         held += tables[-1].nbytes
-        if held > limits.budget // 4:
-            raise ValueError(f"{path!r}: the tokens parts decode to more than a quarter of the memory budget; read "
-                             f"the counts alone (move tokens/ aside) or raise the budget")
     table = pa.concat_tables(tables, promote_options="permissive")
     where = f"{path!r}: the tokens table"
     experts = table.column("experts").combine_chunks()
@@ -156,7 +222,7 @@ def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray
     if "weights" in table.column_names:
         weights = table.column("weights").combine_chunks().flatten().to_numpy(zero_copy_only=False)
         weights = weights.astype(np.float32).reshape(-1, K)
-    layer = _layer_index(table.column("layer"), layers)
+    layer = _layer_index(table.column("layer"), layers, where)
     step = _int_column(table, "step", where)
     if (layer < 0).any() or not np.isin(step, steps).all():
         raise ValueError(f"{where} names a layer or step the counts do not have; copy the log again")
@@ -176,10 +242,14 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
     if not files:
         return None
     import pyarrow as pa
-    table = pa.concat_tables([read_part(p, "ranks", limits) for p in files])
+    tables, held = [], 0
+    for part in files:
+        tables.append(read_part(part, "ranks", limits, RANKS, room=limits.budget // 4 - held))
+        held += tables[-1].nbytes
+    table = pa.concat_tables(tables, promote_options="permissive")
     where = f"{path!r}: the ranks table"
     step, rank, physical, count = (_int_column(table, name, where) for name in ("step", "rank", "physical", "count"))
-    layer = _layer_index(table.column("layer"), layers)
+    layer = _layer_index(table.column("layer"), layers, where)
     if (layer < 0).any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
         raise ValueError(f"{where} names a layer or step the counts do not have, or a negative value; copy the log "
                          f"again")
