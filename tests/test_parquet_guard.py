@@ -13,7 +13,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from moe.traces import store_read
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
 from moe.traces.store import LogWriter
@@ -35,12 +34,16 @@ def _write(path, columns: dict, **kwargs) -> None:
 
 
 def _peak_mb(path: str) -> tuple[float, str]:
-    """(peak RSS in MB, the error line) of `python -m moe trace-report path` in a fresh process, budget 1 GB."""
-    code = ("import resource, sys\n"
+    """(peak RSS in MB, the error line) of read_log(path) in a fresh process, budget 1 GB. The peak is the process's
+    own VmHWM: ru_maxrss would carry the test runner's peak over (a child started with vfork + exec inherits it).
+    The child leaves with os._exit once it has printed: what it measured does not depend on its teardown."""
+    code = ("import os, re, sys\n"
             "from moe.traces.formats import read_log\n"
             "try:\n    read_log(sys.argv[1]); line = 'read'\n"
             "except ValueError as err:\n    line = str(err)\n"
-            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\nprint(line)\n")
+            "status = open('/proc/self/status').read()\n"
+            "print(int(re.search(r'VmHWM:\\s+(\\d+) kB', status).group(1)) / 1024)\nprint(line, flush=True)\n"
+            "os._exit(0)\n")
     out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, cwd=ROOT, timeout=300,
                          env={**os.environ, "MOE_SCOPE_MEMORY_GB": "1", "PYTHONPATH": ROOT})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -62,13 +65,14 @@ def baseline_mb(tmp_path_factory) -> float:
     return peak
 
 
-def _store(path, rows: int, layer, step=None) -> str:
-    """A routing log directory (one layer "0", 4 experts) whose one counts part holds `rows` rows."""
+def _store(path, rows: int, layer, step=None, group: int | None = None) -> str:
+    """A routing log directory (one layer "0", 4 experts) whose one counts part holds `rows` rows (row groups of
+    `group` rows; default: one)."""
     LogWriter(path, ["0"], 4, top_k=1).close()
     os.makedirs(os.path.join(path, "counts"), exist_ok=True)
     _write(os.path.join(path, "counts", "part-000000000000-bomb.parquet"),
            {"step": np.zeros(rows, np.int64) if step is None else step, "layer": layer,
-            "expert": np.zeros(rows, np.int32), "count": np.ones(rows, np.int64)}, row_group_size=rows)
+            "expert": np.zeros(rows, np.int32), "count": np.ones(rows, np.int64)}, row_group_size=group or rows)
     return path
 
 
@@ -89,24 +93,27 @@ def test_a_label_repeated_on_every_row_is_refused_within_the_budget(tmp_path, ba
         assert peak - baseline_mb < 150, (path, peak, baseline_mb)  # the labels decoded: 500 MB or more
 
 
-def test_millions_of_equal_rows_in_a_log_part_are_counted_batch_by_batch(tmp_path, baseline_mb):
+def test_millions_of_equal_rows_in_a_log_part_are_read_one_row_group_at_a_time(tmp_path, baseline_mb):
     rows = 8_000_000  # 192 MB as columns, ~1 MB on disk: the old reader decoded it whole, then copied it 4 times
-    store = _store(str(tmp_path / "log"), rows, _label_column(rows, "0"))
-    assert os.path.getsize(os.path.join(store, "counts", "part-000000000000-bomb.parquet")) < 2_000_000
-    peak, line = _peak_mb(store)
-    assert "gives one (step, layer, expert) twice" in line
-    assert peak - baseline_mb < 250, (peak, baseline_mb)
+    one = _store(str(tmp_path / "one"), rows, _label_column(rows, "0"))
+    assert os.path.getsize(os.path.join(one, "counts", "part-000000000000-bomb.parquet")) < 2_000_000
+    peak, line = _peak_mb(one)  # one row group of 8 M rows: over a quarter of the budget, refused before decoding
+    assert "decodes to more than the memory budget leaves it" in line, line
+    assert peak - baseline_mb < 50, (peak, baseline_mb)
+    groups = _store(str(tmp_path / "groups"), rows, _label_column(rows, "0"), group=1 << 20)  # as a writer's parts
+    peak, line = _peak_mb(groups)  # one row group at a time: the first one repeats a cell
+    assert "gives one (step, layer, expert) twice" in line, line
+    assert peak - baseline_mb < 200, (peak, baseline_mb)
 
 
 def test_a_part_whose_batches_would_not_fit_the_budget_is_refused_before_decoding(tmp_path):
     store = _store(str(tmp_path / "log"), 1_000, _label_column(1_000, "0"), step=np.arange(1_000))
     with pytest.raises(ValueError, match="decodes to more than the memory budget leaves it"):
-        read_store(store, TraceLimits(budget=400_000))  # a quarter: 100 KB; the 1,000 rows need ~120 KB
+        read_store(store, TraceLimits(budget=400_000))  # a quarter: 100 KB; the 1,000 rows need ~130 KB
     assert read_store(store, TraceLimits(budget=1 << 30)).counts.shape == (1_000, 1, 4)
 
 
-def test_a_step_split_across_batches_is_counted_and_a_cell_given_twice_across_them_is_refused(tmp_path, monkeypatch):
-    monkeypatch.setattr(store_read, "BATCH_ROWS", 3)
+def test_a_step_split_across_row_groups_is_counted_and_a_cell_given_twice_across_them_is_refused(tmp_path):
     path = str(tmp_path / "log")
     with LogWriter(path, ["a", "b"], 3, top_k=1) as w:
         w.write_step(0, [[1, 2, 3], [4, 5, 6]])   # 6 rows: batches of 3 split nothing
@@ -115,25 +122,28 @@ def test_a_step_split_across_batches_is_counted_and_a_cell_given_twice_across_th
     assert log.steps.tolist() == [0, 7]
     assert log.counts.tolist() == [[[1, 2, 3], [4, 5, 6]], [[0, 9, 0], [8, 0, 7]]]
     counts = os.path.join(path, "counts")
-    # step 9 over two batches (rows 0-2 and 3-4), one cell (layer b, expert 1) in each: refused
+    # step 9 over two row groups (rows 0-2 and 3-4), one cell (layer b, expert 1) in each: refused
     _write(os.path.join(counts, "part-zzz.parquet"), {"step": [9] * 5, "layer": ["a", "a", "b", "b", "b"],
-                                                      "expert": [0, 1, 1, 2, 1], "count": [1, 1, 1, 1, 1]})
+                                                      "expert": [0, 1, 1, 2, 1], "count": [1, 1, 1, 1, 1]},
+           row_group_size=3)
     with pytest.raises(ValueError, match=r"gives one \(step, layer, expert\) twice"):
         read_store(path)
     _write(os.path.join(counts, "part-zzz.parquet"), {"step": [9, 9, 8, 9, 8], "layer": ["a", "b", "a", "b", "b"],
-                                                      "expert": [0, 1, 2, 2, 0], "count": [1, 2, 3, 4, 5]})
+                                                      "expert": [0, 1, 2, 2, 0], "count": [1, 2, 3, 4, 5]},
+           row_group_size=3)
+    assert pq.ParquetFile(os.path.join(counts, "part-zzz.parquet")).metadata.num_row_groups == 2
     log = read_store(path)
     assert log.steps.tolist() == [0, 7, 8, 9]
     assert log.counts[2].tolist() == [[0, 0, 3], [5, 0, 0]] and log.counts[3].tolist() == [[1, 0, 0], [0, 2, 4]]
 
 
-def _bound_and_read(path, columns, batch_rows=None):
+def _bound_and_read(path, columns, largest_group=False):
     with open(path, "rb") as f:
         pf = parquet_file(f, "t", TraceLimits.from_env())
-        bound = parquet_bytes(pf, columns, "t", batch_rows)
-        if batch_rows is None:
+        bound = parquet_bytes(pf, columns, "t", largest_group)
+        if not largest_group:
             return bound, pf.read(columns=columns).nbytes
-        return bound, max(b.nbytes for b in pf.iter_batches(batch_size=batch_rows, columns=columns))
+        return bound, max(pf.read_row_group(i, columns=columns).nbytes for i in range(pf.metadata.num_row_groups))
 
 
 @pytest.mark.parametrize("rows, group", [(10_000, 3_000), (100, 7), (1, 1), (50_000, 50_000)])
@@ -149,7 +159,7 @@ def test_the_footer_bound_holds_what_pyarrow_builds(tmp_path, rows, group):
         bound, built = _bound_and_read(path, columns)
         assert built <= bound, (columns, built, bound)
     flat = ["step", "layer", "b", "small"]
-    bound, built = _bound_and_read(path, flat, batch_rows=64)
+    bound, built = _bound_and_read(path, flat, largest_group=True)
     assert built <= bound <= _bound_and_read(path, flat)[0]
 
 
@@ -181,3 +191,47 @@ def test_a_footer_over_the_budget_is_refused_before_it_is_parsed(tmp_path):
         parquet_file(f, "t", TraceLimits(budget=size * 128 - 1))                    # line_bytes: budget / 128
     with open(path, "rb") as f:
         assert parquet_file(f, "t", TraceLimits(budget=size * 128)).metadata.num_rows == 1
+
+
+def test_many_different_labels_are_refused_before_each_becomes_a_python_string(tmp_path, baseline_mb):
+    n = 4_000_000  # 4 M layers in a 60 KB file: ~300 bytes each as Python strings, 1.2 GB
+    counts = str(tmp_path / "counts.parquet")
+    pq.write_table(pa.table({"layer": np.arange(n), "expert": np.zeros(n, np.int64), "count": np.ones(n, np.int64)}),
+                   counts, use_dictionary=False, column_encoding="DELTA_BINARY_PACKED", compression="zstd")
+    store = _store(str(tmp_path / "log"), n, np.arange(n), group=1 << 20)
+    for path in (counts, store):
+        peak, line = _peak_mb(path)
+        assert "names more than 16,384 different labels" in line, line
+        assert peak - baseline_mb < 300, (path, peak, baseline_mb)  # measured 171 and 107 MB; before: 1.35 GB, 481
+
+
+def test_labels_written_as_bytes_or_views_read_as_their_text(tmp_path):
+    from moe.traces.formats import read_log
+    for kind in (pa.binary(), pa.string_view(), pa.large_string()):
+        path = tmp_path / f"{kind}.parquet"
+        pq.write_table(pa.table({"layer": pa.array([b"1", b"0", b"1"] if kind == pa.binary() else ["1", "0", "1"],
+                                                   kind), "expert": [0, 1, 1], "count": [3, 4, 5]}), path)
+        log = read_log(str(path))
+        assert log.layers == ["0", "1"] and log.counts[0].tolist() == [[0, 4], [3, 5]], kind
+    undecodable = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"layer": pa.array([b"\xff"]), "expert": [0], "count": [1]}), undecodable)
+    with pytest.raises(ValueError, match="a layer label is not 1 to 32 letters"):
+        read_log(str(undecodable))
+
+
+def test_a_column_named_twice_or_parts_that_disagree_are_one_line(tmp_path):
+    from moe.traces.formats import read_log
+    twice = tmp_path / "twice.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["0"]), pa.array(["0"]), pa.array([0]), pa.array([1])],
+                                        names=["layer", "layer", "expert", "count"]), twice)
+    with pytest.raises(ValueError, match="names a column twice"):
+        read_log(str(twice))
+    path = str(tmp_path / "log")
+    log = LogWriter(path, ["0"], 4, top_k=1)
+    log.write_step(0, [[1, 0, 0, 0]], tokens={"layer": [0], "ids": [[0]]})
+    log.close()
+    tokens = os.path.join(path, "tokens")
+    pq.write_table(pa.table({"step": [0], "layer": [0], "token": [1], "experts": [[1]]}),
+                   os.path.join(tokens, "part-zzz.parquet"))  # layer as a number here, as text in the first part
+    with pytest.raises(ValueError, match="the tokens table's parts disagree on a column's type"):
+        read_store(path)

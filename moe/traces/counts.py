@@ -11,18 +11,20 @@ Rules (every violation is one ValueError line):
   ordered numerically when every label is a number, else by first appearance. Steps are sorted ascending.
 - The file does not record the expert count: E is --n-experts when given (an expert above it is refused), else
   the largest expert + 1 (a top expert that never got a token is then missing: give --n-experts).
-- The file is read with pyarrow after its size is checked against a quarter of the memory budget (a CSV grows
-  in memory: its size is multiplied by CSV_EXPANSION first; a Parquet file by what its footer says its columns
-  decode to, layer labels read as a dictionary: `moe.traces.safeload.parquet_bytes`).
+- The file is read with pyarrow after its size is checked against half the memory budget (the other half is the
+  statistics', which are built after the file's rows are freed): a CSV's size is multiplied by CSV_EXPANSION first;
+  a Parquet file is what its footer says its columns decode to (layer labels read as a dictionary:
+  `moe.traces.safeload.parquet_bytes`) plus COUNTING_BYTES a row.
 """
 from __future__ import annotations
 
 import re
 
 import numpy as np
+import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_bytes
-from moe.traces.log import INFERRED, RoutingLog, check_ids, resolve_experts
+from moe.traces.log import INFERRED, RoutingLog, check_ids, put_once, resolve_experts
 from moe.traces.parquet import LAYER_NAME
 from moe.traces.records import INT64_MAX, TraceLimits, check_experts, open_regular
 from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
@@ -33,6 +35,9 @@ PARQUET_MAGIC = b"PAR1"
 # Bytes one CSV byte may take while read: a 6-byte row "0,0,0\n" becomes four 8-byte columns (32 bytes, ~5x),
 # plus pyarrow's parse buffers and the sorts and copies of the counting below.
 CSV_EXPANSION = 16
+# Bytes a row takes while counted, besides its columns: its expert as int64, its layer's and step's codes (the step's
+# become its cell), its mark and the gathers that check it (measured: 85 bytes a row with the 32 of its columns).
+COUNTING_BYTES = 64
 NUMBER = re.compile(r"[0-9]{1,18}")
 
 
@@ -86,8 +91,8 @@ def _read_csv(f, path: str, cap: int):
 
 
 def _read_parquet(f, path: str, limits: TraceLimits, cap: int):
-    """The counts columns of a Parquet file, once their types and the bytes they decode to (the columns as int64 and
-    the counting's copies: `safeload.parquet_bytes`, or 32 bytes a row, twice) fit `cap`: nothing decoded before."""
+    """The counts columns of a Parquet file, once their types and the bytes they take (the columns as pyarrow reads
+    them, `safeload.parquet_bytes`, and COUNTING_BYTES a row) fit `cap`: nothing decoded before."""
     pf = parquet_file(f, repr(path), limits)
     schema = pf.schema_arrow
     if not is_counts_parquet(schema.names):
@@ -96,7 +101,7 @@ def _read_parquet(f, path: str, limits: TraceLimits, cap: int):
     columns = [n for n in ("step", *NEEDED) if n in schema.names]
     for name in columns:
         _check_type(schema.field(name).type, name, path)
-    need = 2 * max(parquet_bytes(pf, columns, repr(path)), pf.metadata.num_rows * 4 * 8)
+    need = parquet_bytes(pf, columns, repr(path)) + pf.metadata.num_rows * COUNTING_BYTES
     if need > cap:
         raise _too_big(path, need, cap)
     try:
@@ -132,7 +137,7 @@ def _integers(table, name: str, path: str, allow_integral_floats: bool = False) 
         raise ValueError(f"{path!r}: column {name!r} must hold integers; write whole numbers")
     elif pa.types.is_unsigned_integer(kind) and len(values) and int(values.max()) > INT64_MAX:
         raise ValueError(f"{path!r}: column {name!r} holds a value beyond 2^63 - 1")
-    values = values.astype(np.int64)
+    values = values.astype(np.int64, copy=False)
     if len(values) and int(values.min()) < 0:
         raise ValueError(f"{path!r}: column {name!r} holds a negative value; counts, experts and steps are >= 0")
     return values
@@ -156,7 +161,7 @@ def _layer_labels(table, path: str) -> tuple[list[str], np.ndarray]:
 
 
 def _table(path: str, limits: TraceLimits):
-    cap = limits.budget // 4
+    cap = limits.budget // 2  # freed before the statistics, which take the other half (TraceLimits.check_summary)
     with open_regular(path) as f:
         parquet = f.read(4) == PARQUET_MAGIC
         f.seek(0)
@@ -180,18 +185,20 @@ def read_counts(path: str, n_experts: int | None, limits: TraceLimits | None = N
         E, source_of_e = resolve_experts(n_experts, None, max_id, f"the counts file {path!r}")
     else:  # a counts table does not record E: its largest id + 1, and the page and JSON say it was inferred
         E, source_of_e = check_experts(max_id + 1, f"the counts file {path!r}'s largest expert + 1"), INFERRED
-    steps, step_index = np.unique(step, return_inverse=True)                          # (S,), (N,)
+    cell, steps = pd.factorize(step, sort=True)                                      # (N,), (S,) ascending
     S, L = len(steps), len(layers)
     limits.check_summary(S, L, E)
-    cell = (step_index * L + layer) * E + expert                                     # (N,) flat (step, layer, expert)
-    order = np.argsort(cell, kind="stable")
-    repeated = np.flatnonzero(np.diff(cell[order]) == 0)
-    if len(repeated):
-        row = order[repeated[0]]
+    cell *= L                                                                        # in place: (N,) flat
+    cell += layer                                                                    # (step, layer, expert)
+    cell *= E
+    cell += expert
+    counts = np.full(S * L * E, -1, dtype=np.int64)
+    row = put_once(counts, cell, count)
+    if row is not None:
         raise ValueError(f"{path!r}: step {int(step[row])}, expert {int(expert[row])} appears twice in one layer; "
                          f"give one row per step, layer and expert (sum the repeats)")
-    counts = np.zeros(S * L * E, dtype=np.int64)
-    counts[cell] = count
+    counts[counts < 0] = 0                                                           # no row: no tokens
+    steps = np.asarray(steps, dtype=np.int64)
     meta = {"rows": int(table.num_rows), "layer_order": "numeric" if all(NUMBER.fullmatch(x) for x in layers)
             else "first appearance"}
     return RoutingLog(source=source, layers=layers, steps=steps, counts=counts.reshape(S, L, E),

@@ -171,3 +171,19 @@ def check_ids(ids: np.ndarray, where: str, allow_padding: bool = False) -> int:
 def default_layers(n: int) -> list[str]:
     """Layers labelled 0…L−1 in file order (for sources that do not name them)."""
     return [str(i) for i in range(n)]
+
+
+def put_once(cells: np.ndarray, flat: np.ndarray, values: np.ndarray) -> int | None:
+    """cells[flat] = values where every cell is still -1 (no row yet) and named by one row only; else the first row
+    (index into flat) whose cell was given before or by another row, with cells left part-written. Each row first
+    writes its own mark (-2 - row) and must read it back: no sort of the rows."""
+    given = np.flatnonzero(cells[flat] != -1)
+    if len(given):
+        return int(given[0])
+    marks = -2 - np.arange(len(flat))
+    cells[flat] = marks
+    lost = np.flatnonzero(cells[flat] != marks)
+    if len(lost):
+        return int(lost[0])
+    cells[flat] = values
+    return None

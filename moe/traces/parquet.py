@@ -1,8 +1,9 @@
 """moe-scope Parquet routing traces: `trace_frame` (one forward, tidy), `TraceWriter` (one row group per
 (step, layer)) and `iter_parquet`, which streams a file back as `RoutingRecord`s.
 
-Before a row is materialised the footer, every row group's row count and decoded size, and the column
-types are checked against the caps of `TraceLimits`; a record is refused as soon as its rows pass them.
+Before a row is materialised the footer, every row group's row count and uncompressed size, and the column
+types are checked against the caps of `TraceLimits` (a row is at most ENTRY_BYTES while read: every column is a
+number, and layer names are read as a dictionary, each once); a record is refused as soon as its rows pass them.
 """
 from __future__ import annotations
 

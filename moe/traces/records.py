@@ -17,6 +17,7 @@ from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes
 
 Progress = Callable[[float], None]  # fraction of the file read, 0..1
 MAX_EXPERTS = 16384        # far above any released MoE (hundreds of experts); a larger count is a typo or an attack
+MAX_LAYERS = 16384         # layer labels one file may name: far above any released MoE (tens of layers)
 INT64_MAX = 2 ** 63 - 1
 # Bytes of Python objects json.loads builds per byte of a line, at most (measured: 25 for "[0],", 19 for "[1000],").
 LINE_EXPANSION = 32

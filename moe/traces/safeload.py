@@ -20,11 +20,17 @@ import zipfile
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
-from moe.traces.records import TraceLimits, open_regular
+from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
 
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
 PARQUET_MAGIC = b"PAR1"
+# Bytes a row group takes while pyarrow decodes it, per byte of its columns (its pages and buffers beside them):
+# measured 1.15-1.17 for 4 M-row groups of four integer or dictionary columns.
+DECODE_FACTOR = 1.25
+# Bytes pyarrow may take per value it hashes while it builds a text column's dictionary (values of plain pages: a
+# writer falls back to them when a chunk has many distinct values): measured ~57 for 4 M distinct labels.
+DICTIONARY_BUILD_BYTES = 64
 
 
 def _cap(limits: TraceLimits | None) -> int:
@@ -142,24 +148,29 @@ def parquet_file(f, where: str, limits: TraceLimits):
                              f"raise {BUDGET_ENV}")
     try:
         f.seek(0)
-        text = [field.name for field in pq.ParquetFile(f).schema_arrow if is_text(field.type)]
+        names = pq.ParquetFile(f).schema_arrow
+        text = [field.name for field in names if is_text(field.type)]
         f.seek(0)
-        return pq.ParquetFile(f, read_dictionary=text)
+        pf = pq.ParquetFile(f, read_dictionary=text)
     except Exception as err:  # pyarrow raises its own types for a damaged file
         raise ValueError(f"{where} is not a readable Parquet file ({type(err).__name__}); copy it again") from None
+    if len(set(pf.schema_arrow.names)) < len(pf.schema_arrow.names):
+        raise ValueError(f"{where} names a column twice; give the file as written")
+    return pf
 
 
 def is_text(kind) -> bool:
+    """Text or bytes (some writers store text without its UTF-8 annotation), plain, large or as views."""
     import pyarrow as pa
-    return pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_binary(kind) \
-        or pa.types.is_large_binary(kind)
+    return any(test(kind) for test in (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view,
+                                       pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
 
 
 def _cost(kind) -> tuple[int, int, bool, bool] | None:
     """(bytes per value, bytes of offsets per row, text, list) of a column of this type as `parquet_file` reads it,
     or None for a type whose size the footer does not bound (nested deeper, or lists of text)."""
     import pyarrow as pa
-    if pa.types.is_dictionary(kind):
+    if pa.types.is_dictionary(kind):  # its index (its dictionary: parquet_bytes)
         return (kind.index_type.bit_width // 8, 0, True, False) if is_text(kind.value_type) else None
     if pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
         inner = _cost(kind.value_type)
@@ -173,54 +184,95 @@ def _cost(kind) -> tuple[int, int, bool, bool] | None:
     return None
 
 
-def parquet_bytes(pf, columns: list[str], where: str, batch_rows: int | None = None) -> int:
+def parquet_bytes(pf, columns: list[str], where: str, largest_group: bool = False) -> int:
     """At most the bytes pyarrow builds reading `columns` of pf (a `parquet_file`): the whole file, or with
-    `batch_rows` one batch of at most that many rows. From the footer: each column's values (one per row for a flat
-    column; a list's values from its chunks, all of them even for a batch) times their width, list offsets per row,
-    validity bits, and a text column's dictionaries (at most its uncompressed pages, all of them even for a batch).
+    `largest_group` its largest row group (a reader that takes one row group at a time). From the footer, per row
+    group: each column's values (one per row; a list's from its chunk) times their width, list offsets per row and
+    validity bits, DECODE_FACTOR times over; and a text column's dictionary: at most its uncompressed pages, and
+    DICTIONARY_BUILD_BYTES for each value pyarrow may hash to build it (a value takes 4 bytes or more of the pages).
     ValueError for a column that is missing or of a type it cannot bound."""
     schema, meta = pf.schema_arrow, pf.metadata
-    rows = meta.num_rows if batch_rows is None else min(batch_rows, meta.num_rows)
-    total = 0
+    costs = {}
     for name in columns:
-        cost = _cost(schema.field(name).type) if name in schema.names else None
-        if cost is None:
+        costs[name] = _cost(schema.field(name).type) if name in schema.names else None
+        if costs[name] is None:
             raise ValueError(f"{where} has no column {name!r} of numbers, labels or lists of numbers; give the file as "
                              f"written")
-        width, offsets, text, listed = cost
-        chunks = [group.column(j) for group in map(meta.row_group, range(meta.num_row_groups))
-                  for j in range(group.num_columns) if group.column(j).path_in_schema.split(".")[0] == name]
-        values = max(sum(chunk.num_values for chunk in chunks), rows) if listed else rows
-        bitmaps = (rows + values) // 8 + 128 * (len(chunks) + 1)                      # validity bits, padding
-        total += values * width + rows * offsets + bitmaps + (sum(c.total_uncompressed_size for c in chunks) if text
-                                                              else 0)
-    return total
+    sizes = []
+    for group in map(meta.row_group, range(meta.num_row_groups)):
+        rows, size = group.num_rows, 0
+        for chunk in map(group.column, range(group.num_columns)):
+            cost = costs.get(chunk.path_in_schema.split(".")[0])
+            if cost is None:
+                continue
+            width, offsets, text, listed = cost
+            values = max(chunk.num_values, rows) if listed else rows
+            size += int(DECODE_FACTOR * (values * width + rows * offsets + (rows + values) // 8 + 128))
+            if text:
+                pages = chunk.total_uncompressed_size
+                size += pages + DICTIONARY_BUILD_BYTES * min(values, pages // 4)
+        sizes.append(size)
+    return max(sizes, default=0) if largest_group else sum(sizes)
 
 
 def label_codes(column, where: str) -> tuple[list[str], np.ndarray]:
     """The distinct labels of a column of text (dictionaries, as `parquet_file` reads them) or integers, in order of
-    first appearance, and each row's index among them (N,) int64; ValueError for an empty (null) label. Each chunk's
-    dictionary is converted once, never one string per row."""
+    first appearance, and each row's index among them (N,) int64; ValueError for an empty (null) label or more than
+    MAX_LAYERS labels. Each chunk's dictionary is converted once (its size checked first), never one string a row."""
     import pandas as pd
     import pyarrow as pa
-    import pyarrow.compute as pc
     column = column if isinstance(column, pa.ChunkedArray) else pa.chunked_array([column])
-    if not pa.types.is_dictionary(column.type):
-        column = pc.dictionary_encode(column)
     if column.null_count:
         raise ValueError(f"{where} has empty (null) labels; give a label on every row")
     index: dict[str, int] = {}
     codes = np.empty(len(column), dtype=np.int64)
     at = 0
-    for chunk in column.chunks:
-        labels = chunk.dictionary.to_pylist()
+    for indices, dictionary in _dictionaries(column, where):
+        labels = dictionary.to_pylist() if hasattr(dictionary, "to_pylist") else dictionary.tolist()
         if None in labels:
             raise ValueError(f"{where} has empty (null) labels; give a label on every row")
-        mapped = np.array([index.setdefault(str(v), len(index)) for v in labels] or [0], dtype=np.int64)
-        codes[at: at + len(chunk)] = mapped[chunk.indices.to_numpy(zero_copy_only=False)]
-        at += len(chunk)
+        mapped = np.array([index.setdefault(_text(v), len(index)) for v in labels] or [0], dtype=np.int64)
+        if len(index) > MAX_LAYERS:
+            raise _too_many(where)
+        codes[at: at + len(indices)] = mapped[indices]
+        at += len(indices)
     seen = pd.unique(codes)                                                           # in order of first appearance
     rank = np.zeros(len(index), dtype=np.int64)
     rank[seen] = np.arange(len(seen))
     names = list(index)
-    return [names[k] for k in seen], rank[codes]
+    np.take(rank, codes, out=codes)                                                   # in place
+    return [names[k] for k in seen], codes
+
+
+def _dictionaries(column, where: str):
+    """Each chunk of the column as (indices, its dictionary), the dictionary's size checked before a value of it
+    becomes a Python object. A chunk that is not a dictionary is encoded a slice at a time, so the hash table stays
+    small: numbers with pandas (pyarrow's memo table took ~250 bytes a distinct value), text with pyarrow."""
+    import pandas as pd
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    for chunk in column.chunks:
+        if pa.types.is_dictionary(chunk.type):
+            slices = [chunk]
+        elif pa.types.is_integer(chunk.type):
+            slices = (chunk.slice(start, 1 << 20) for start in range(0, len(chunk), 1 << 20))
+        else:
+            slices = (pc.dictionary_encode(chunk.slice(start, 1 << 16)) for start in range(0, len(chunk), 1 << 16))
+        for part in slices:
+            if pa.types.is_dictionary(part.type):
+                indices, dictionary = part.indices.to_numpy(zero_copy_only=False), part.dictionary
+            else:
+                indices, dictionary = pd.factorize(part.to_numpy(zero_copy_only=False))
+            if len(dictionary) > MAX_LAYERS:
+                raise _too_many(where)
+            yield indices, dictionary
+
+
+def _text(value) -> str:
+    """A label as text: bytes decoded as UTF-8 (undecodable bytes become U+FFFD, which no layer name holds)."""
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+
+
+def _too_many(where: str) -> ValueError:
+    return ValueError(f"{where} names more than {MAX_LAYERS:,} different labels; a label names a layer: give the "
+                      f"file as written")

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from moe.memory import BUDGET_ENV
-from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_ids
+from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_ids, put_once
 from moe.traces.records import TraceLimits, open_regular
 from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
 from moe.traces.store import parts, read_meta
@@ -57,8 +57,7 @@ INTEGER, LABEL = ("integer", _is_int), ("layer name", _is_label)
 COUNTS = {"step": INTEGER, "layer": LABEL, "expert": INTEGER, "count": INTEGER}  # column -> (what, type test)
 TOKENS = {"step": INTEGER, "layer": LABEL, "experts": ("list of integers", _is_list_of(_is_int))}
 RANKS = {"step": INTEGER, "rank": INTEGER, "layer": LABEL, "physical": INTEGER, "count": INTEGER}
-BATCH_ROWS = 1 << 20   # counts rows decoded and counted at a time
-BATCH_BYTES = 96       # per row of a batch: its numpy columns and the counting's temporaries (int64 each)
+COUNTING_BYTES = 96  # a row while counted: its numpy columns, its layer's and step's codes, its cell and mark
 
 
 def _open_part(f, part: str, table: str, limits: TraceLimits, columns: dict, optional: dict | None = None):
@@ -96,22 +95,21 @@ def read_part(part: str, table: str, limits: TraceLimits, columns: dict, optiona
 
 
 def counts_batches(part: str, limits: TraceLimits):
-    """One counts part's record batches of at most BATCH_ROWS rows, each batch's cost (its columns, dictionaries and
-    the counting's temporaries) checked against a quarter of the budget before the first is decoded."""
+    """One counts part, row group by row group (pyarrow decodes one whole at a time), each group's cost (its
+    columns, dictionaries and the counting's temporaries) checked against a quarter of the budget before the first
+    is decoded."""
     with open_regular(part) as f:
         pf, name, names = _open_part(f, part, "counts", limits, COUNTS)
-        rows = min(BATCH_ROWS, pf.metadata.num_rows)
-        if parquet_bytes(pf, names, name, BATCH_ROWS) + rows * BATCH_BYTES > limits.budget // 4:
+        meta = pf.metadata
+        rows = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
+        if parquet_bytes(pf, names, name, largest_group=True) + rows * COUNTING_BYTES > limits.budget // 4:
             raise _too_big(name)
-        batches = pf.iter_batches(batch_size=BATCH_ROWS, columns=names)
-        while True:
+        for i in range(meta.num_row_groups):
             try:
-                batch = next(batches)
-            except StopIteration:
-                return
+                group = pf.read_row_group(i, columns=names)
             except Exception as err:  # pyarrow's own error types
                 raise _unreadable(name, err) from None
-            yield batch
+            yield group
 
 
 def _unreadable(name: str, err: Exception) -> ValueError:
@@ -145,9 +143,16 @@ class CountsAccumulator:
         self.cells: dict[int, np.ndarray] = {}  # step -> (L, E)
 
     def add(self, batches) -> list[int]:
-        """Add one part's rows (its record batches, `counts_batches`); returns the steps it holds, ascending. A
-        step's cells start at -1 (no row yet) while the part is read, so a cell given twice is caught across
-        batches too."""
+        """Add one part's rows (tables or record batches, e.g. `counts_batches`, closed when done); returns the
+        steps it holds, ascending. A step's cells start at -1 (no row yet) while the part is read, so a cell given
+        twice is caught across batches too."""
+        try:
+            return self._add(batches)
+        finally:
+            if hasattr(batches, "close"):
+                batches.close()
+
+    def _add(self, batches) -> list[int]:
         fresh: dict[int, np.ndarray] = {}  # step -> (L · E,) of this part
         L, E = len(self.layers), self.E
         for batch in batches:
@@ -169,7 +174,8 @@ class CountsAccumulator:
             sizes = np.bincount(group, minlength=len(steps))
             for s, hi, n in zip(steps.tolist(), np.cumsum(sizes).tolist(), sizes.tolist()):
                 rows = order[hi - n: hi]
-                _put(fresh[s], layer[rows] * E + expert[rows], count[rows])
+                if put_once(fresh[s], layer[rows] * E + expert[rows], count[rows]) is not None:
+                    raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
         for s, cells in fresh.items():
             cells[cells < 0] = 0  # no row: no tokens
             self.cells[s] = cells.reshape(L, E)
@@ -178,20 +184,6 @@ class CountsAccumulator:
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         steps = np.array(sorted(self.cells), dtype=np.int64)
         return steps, np.stack([self.cells[int(s)] for s in steps])  # (S,), (S, L, E)
-
-
-def _put(cells: np.ndarray, flat: np.ndarray, values: np.ndarray) -> None:
-    """cells[flat] = values, refused where a cell was given before (not -1) or twice here: each row first writes its
-    own mark (-2 - row) and must read it back."""
-    marks = -2 - np.arange(len(flat))
-    if (cells[flat] != -1).any() or not (_marked(cells, flat, marks) == marks).all():
-        raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
-    cells[flat] = values
-
-
-def _marked(cells: np.ndarray, flat: np.ndarray, marks: np.ndarray) -> np.ndarray:
-    cells[flat] = marks
-    return cells[flat]
 
 
 def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray,
@@ -207,8 +199,8 @@ def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray
         weights = {"weights": ("list of numbers", _is_list_of(pa.types.is_floating))}
         tables.append(read_part(part, "tokens", limits, TOKENS, weights, room=limits.budget // 4 - held))
         held += tables[-1].nbytes
-    table = pa.concat_tables(tables, promote_options="permissive")
     where = f"{path!r}: the tokens table"
+    table = _concat(tables, where)
     experts = table.column("experts").combine_chunks()
     lengths = pc_lengths(experts)
     if len(lengths) and (lengths.min() != lengths.max()):
@@ -241,13 +233,12 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
     files = parts(path, "ranks")
     if not files:
         return None
-    import pyarrow as pa
     tables, held = [], 0
     for part in files:
         tables.append(read_part(part, "ranks", limits, RANKS, room=limits.budget // 4 - held))
         held += tables[-1].nbytes
-    table = pa.concat_tables(tables, promote_options="permissive")
     where = f"{path!r}: the ranks table"
+    table = _concat(tables, where)
     step, rank, physical, count = (_int_column(table, name, where) for name in ("step", "rank", "physical", "count"))
     layer = _layer_index(table.column("layer"), layers, where)
     if (layer < 0).any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
@@ -260,3 +251,12 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
     out = np.zeros((len(steps), W, len(layers), P), dtype=np.int64)
     out[np.searchsorted(steps, step), rank, layer, physical] = count
     return out
+
+
+def _concat(tables: list, where: str):
+    """The parts of one table as one; parts whose columns disagree in type are one line."""
+    import pyarrow as pa
+    try:
+        return pa.concat_tables(tables, promote_options="permissive")
+    except (pa.ArrowException, ValueError, TypeError):
+        raise ValueError(f"{where}'s parts disagree on a column's type; copy the log again") from None
