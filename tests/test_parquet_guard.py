@@ -235,3 +235,23 @@ def test_a_column_named_twice_or_parts_that_disagree_are_one_line(tmp_path):
                    os.path.join(tokens, "part-zzz.parquet"))  # layer as a number here, as text in the first part
     with pytest.raises(ValueError, match="the tokens table's parts disagree on a column's type"):
         read_store(path)
+
+
+def test_one_label_of_many_megabytes_is_refused_from_the_footer(tmp_path, baseline_mb):
+    label = "a" * 100_000_000  # 15 KB on disk: the old reader, and a bound that trusted the pages, took 1.5-2.5 GB
+    counts = str(tmp_path / "counts.parquet")
+    pq.write_table(pa.table({"layer": [label], "expert": [0], "count": [1]}), counts, compression="zstd")
+    trace = str(tmp_path / "trace.parquet")
+    pq.write_table(pa.table({"step": np.zeros(4, np.int64), "layer": [label] * 4, "token": np.zeros(4, np.int64),
+                             "expert": np.arange(4), "router_logit": np.zeros(4, np.float32),
+                             "routed": np.array([1, 0, 0, 0], bool)}), trace, compression="zstd")
+    store = str(tmp_path / "log")
+    LogWriter(store, ["0"], 4, top_k=1).close()
+    os.makedirs(os.path.join(store, "counts"))
+    pq.write_table(pa.table({"step": [0], "layer": [label], "expert": np.zeros(1, np.int32), "count": [1]}),
+                   os.path.join(store, "counts", "part-000000000000-x.parquet"), compression="zstd")
+    del label
+    for path in (counts, trace, store):
+        peak, line = _peak_mb(path)
+        assert "holds text far longer than layer names" in line, line
+        assert peak - baseline_mb < 100, (path, peak, baseline_mb)

@@ -15,7 +15,7 @@ import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.records import INT64_MAX, Progress, RoutingRecord, TraceLimits, check_experts, open_regular
-from moe.traces.safeload import is_text, label_codes, parquet_file
+from moe.traces.safeload import check_label_pages, is_text, label_codes, parquet_file
 
 PARQUET_COLUMNS = ["step", "layer", "token", "expert", "router_logit", "prob", "routed", "served", "gate",
                    "contribution"]
@@ -105,6 +105,7 @@ def _checked_file(f, path: str, limits: TraceLimits):
     caps (nothing decoded yet)."""
     pf = parquet_file(f, repr(path), limits)
     _check_types(pf.schema_arrow, path)
+    check_label_pages(pf, ["layer"], repr(path))
     names = ["token", "expert", "router_logit", "routed", "step", "layer"]
     for i in range(pf.metadata.num_row_groups):
         rg = pf.metadata.row_group(i)

@@ -28,6 +28,12 @@ PARQUET_MAGIC = b"PAR1"
 # Bytes a row group takes while pyarrow decodes it, per byte of its columns (its pages and buffers beside them):
 # measured 1.15-1.17 for 4 M-row groups of four integer or dictionary columns.
 DECODE_FACTOR = 1.25
+# Bytes a label column's pages may hold a value (or a dictionary entry): a layer name of up to 32 characters and its
+# 4-byte length, with room to spare; text far longer is refused before it is decoded.
+LABEL_PAGE_BYTES = 48
+# Bytes a label column takes while decoded and converted, per byte of its pages (decompressed pages, the dictionary
+# built from them, and the labels' Python strings): a 470 MB label took 4.8 times its size.
+TEXT_FACTOR = 5
 # Bytes pyarrow may take per value it hashes while it builds a text column's dictionary (values of plain pages: a
 # writer falls back to them when a chunk has many distinct values): measured ~57 for 4 M distinct labels.
 DICTIONARY_BUILD_BYTES = 64
@@ -188,9 +194,10 @@ def parquet_bytes(pf, columns: list[str], where: str, largest_group: bool = Fals
     """At most the bytes pyarrow builds reading `columns` of pf (a `parquet_file`): the whole file, or with
     `largest_group` its largest row group (a reader that takes one row group at a time). From the footer, per row
     group: each column's values (one per row; a list's from its chunk) times their width, list offsets per row and
-    validity bits, DECODE_FACTOR times over; and a text column's dictionary: at most its uncompressed pages, and
-    DICTIONARY_BUILD_BYTES for each value pyarrow may hash to build it (a value takes 4 bytes or more of the pages).
-    ValueError for a column that is missing or of a type it cannot bound."""
+    validity bits, DECODE_FACTOR times over; and a text column's pages TEXT_FACTOR times over (their dictionary,
+    labels of a layer name's length: `_label_pages`), and DICTIONARY_BUILD_BYTES for each value pyarrow may hash to
+    build it (a value takes 4 bytes or more of the pages). ValueError for a column that is missing, of a type it
+    cannot bound, or of text far longer than layer names."""
     schema, meta = pf.schema_arrow, pf.metadata
     costs = {}
     for name in columns:
@@ -209,10 +216,30 @@ def parquet_bytes(pf, columns: list[str], where: str, largest_group: bool = Fals
             values = max(chunk.num_values, rows) if listed else rows
             size += int(DECODE_FACTOR * (values * width + rows * offsets + (rows + values) // 8 + 128))
             if text:
-                pages = chunk.total_uncompressed_size
-                size += pages + DICTIONARY_BUILD_BYTES * min(values, pages // 4)
+                pages = _label_pages(chunk, values, where)
+                size += TEXT_FACTOR * pages + DICTIONARY_BUILD_BYTES * min(values, pages // 4)
         sizes.append(size)
     return max(sizes, default=0) if largest_group else sum(sizes)
+
+
+def check_label_pages(pf, columns: list[str], where: str) -> None:
+    """`_label_pages` for every chunk of the text columns among `columns` (a reader that bounds rows otherwise)."""
+    meta, text = pf.metadata, {name for name in columns if name in pf.schema_arrow.names
+                               and (_cost(pf.schema_arrow.field(name).type) or (0, 0, False))[2]}
+    for group in map(meta.row_group, range(meta.num_row_groups)):
+        for chunk in map(group.column, range(group.num_columns)):
+            if chunk.path_in_schema in text:
+                _label_pages(chunk, max(chunk.num_values, group.num_rows), where)
+
+
+def _label_pages(chunk, values: int, where: str) -> int:
+    """A text column chunk's uncompressed pages, refused (ValueError) past what labels of a layer name's length
+    take: a dictionary of MAX_LAYERS labels and an index or a label a value, LABEL_PAGE_BYTES each at most."""
+    pages = chunk.total_uncompressed_size
+    if pages > (values + MAX_LAYERS) * LABEL_PAGE_BYTES:
+        raise ValueError(f"{where}: column {chunk.path_in_schema!r} holds text far longer than layer names (1 to 32 "
+                         f"characters); give the file as written")
+    return pages
 
 
 def label_codes(column, where: str) -> tuple[list[str], np.ndarray]:

@@ -239,6 +239,8 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
         held += tables[-1].nbytes
     where = f"{path!r}: the ranks table"
     table = _concat(tables, where)
+    if table.num_rows == 0:
+        raise ValueError(f"{where} has no rows; copy the log again (or move ranks/ aside)")
     step, rank, physical, count = (_int_column(table, name, where) for name in ("step", "rank", "physical", "count"))
     layer = _layer_index(table.column("layer"), layers, where)
     if (layer < 0).any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
