@@ -106,7 +106,7 @@ def test_millions_of_equal_rows_in_a_log_part_are_read_one_row_group_at_a_time(t
     assert peak - baseline_mb < 200, (peak, baseline_mb)
 
 
-def test_a_part_whose_batches_would_not_fit_the_budget_is_refused_before_decoding(tmp_path):
+def test_a_part_whose_row_group_would_not_fit_the_budget_is_refused_before_decoding(tmp_path):
     store = _store(str(tmp_path / "log"), 1_000, _label_column(1_000, "0"), step=np.arange(1_000))
     with pytest.raises(ValueError, match="decodes to more than the memory budget leaves it"):
         read_store(store, TraceLimits(budget=400_000))  # a quarter: 100 KB; the 1,000 rows need ~130 KB
@@ -116,7 +116,7 @@ def test_a_part_whose_batches_would_not_fit_the_budget_is_refused_before_decodin
 def test_a_step_split_across_row_groups_is_counted_and_a_cell_given_twice_across_them_is_refused(tmp_path):
     path = str(tmp_path / "log")
     with LogWriter(path, ["a", "b"], 3, top_k=1) as w:
-        w.write_step(0, [[1, 2, 3], [4, 5, 6]])   # 6 rows: batches of 3 split nothing
+        w.write_step(0, [[1, 2, 3], [4, 5, 6]])   # one part of one row group, as LogWriter writes it
         w.write_step(7, [[0, 9, 0], [8, 0, 7]])
     log = read_store(path)
     assert log.steps.tolist() == [0, 7]

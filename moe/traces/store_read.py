@@ -145,7 +145,7 @@ class CountsAccumulator:
     def add(self, batches) -> list[int]:
         """Add one part's rows (tables or record batches, e.g. `counts_batches`, closed when done); returns the
         steps it holds, ascending. A step's cells start at -1 (no row yet) while the part is read, so a cell given
-        twice is caught across batches too."""
+        twice is caught across row groups too."""
         try:
             return self._add(batches)
         finally:
