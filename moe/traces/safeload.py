@@ -4,7 +4,8 @@
   that is not a tensor, number, string, list, tuple or dict) is refused in one line, never run.
 - `.npy`/`.npz` only with `allow_pickle=False`; every array's shape and dtype are read from its header and
   checked against the memory budget before a byte of data is read (a compressed `.npz` cannot expand past it).
-- The decoded size of everything loaded is at most a quarter of the memory budget (`TraceLimits`).
+- The decoded size of everything loaded here is at most a quarter of the memory budget (`TraceLimits`); a counts
+  table's reader (moe.traces.counts) allows its rows half, freed before the statistics take the other half.
 - Parquet (`parquet_file`, `parquet_bytes`, `label_codes`): a few kilobytes of dictionary-encoded pages can name a
   100 KB label on millions of rows, or millions of equal numbers, so neither the file's size nor its "uncompressed"
   sizes bound what pyarrow builds. Text columns are read as dictionaries (each label once), and the bytes a read
@@ -154,8 +155,8 @@ def parquet_file(f, where: str, limits: TraceLimits):
                              f"raise {BUDGET_ENV}")
     try:
         f.seek(0)
-        names = pq.ParquetFile(f).schema_arrow
-        text = [field.name for field in names if is_text(field.type)]
+        schema = pq.ParquetFile(f).schema_arrow
+        text = [field.name for field in schema if is_text(field.type)]
         f.seek(0)
         pf = pq.ParquetFile(f, read_dictionary=text)
     except Exception as err:  # pyarrow raises its own types for a damaged file
