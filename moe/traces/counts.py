@@ -27,7 +27,7 @@ from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.log import INFERRED, RoutingLog, check_ids, put_once, resolve_experts
 from moe.traces.parquet import LAYER_NAME
 from moe.traces.records import INT64_MAX, TraceLimits, check_experts, open_regular
-from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
+from moe.traces.safeload import is_label, label_codes, parquet_bytes, parquet_file
 
 CSV_SOURCE, PARQUET_SOURCE = "counts-csv", "counts-parquet"
 NEEDED = ("layer", "expert", "count")
@@ -114,7 +114,7 @@ def _check_type(kind, name: str, path: str) -> None:
     """Before reading: layer names are text or integers, counts integers or floats, experts and steps integers."""
     import pyarrow as pa
     if name == "layer":
-        if not (pa.types.is_dictionary(kind) or pa.types.is_string(kind) or pa.types.is_integer(kind)):
+        if not is_label(kind):
             raise ValueError(f"{path!r}: column 'layer' must hold layer names or numbers; name layers like 3 or "
                              f"decoder.3")
     elif not (pa.types.is_integer(kind) or (name == "count" and pa.types.is_floating(kind))):

@@ -15,7 +15,7 @@ import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.records import INT64_MAX, Progress, RoutingRecord, TraceLimits, check_experts, open_regular
-from moe.traces.safeload import check_label_pages, is_text, label_codes, parquet_file
+from moe.traces.safeload import check_label_pages, is_label, label_codes, parquet_file
 
 PARQUET_COLUMNS = ["step", "layer", "token", "expert", "router_logit", "prob", "routed", "served", "gate",
                    "contribution"]
@@ -140,7 +140,7 @@ def _check_types(schema, path: str) -> None:
     import pyarrow as pa
     kinds = {"token": pa.types.is_integer, "expert": pa.types.is_integer, "router_logit": pa.types.is_floating,
              "routed": pa.types.is_boolean, "step": pa.types.is_integer,
-             "layer": lambda t: pa.types.is_integer(t) or (pa.types.is_dictionary(t) and is_text(t.value_type))}
+             "layer": is_label}
     needed = {"token", "expert", "router_logit", "routed"}
     if needed - set(schema.names):
         raise ValueError(f"{path!r} misses column(s) {sorted(needed - set(schema.names))}; give a moe-scope trace "

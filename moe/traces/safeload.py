@@ -173,6 +173,12 @@ def is_text(kind) -> bool:
                                        pa.types.is_binary, pa.types.is_large_binary, pa.types.is_binary_view))
 
 
+def is_label(kind) -> bool:
+    """A column type layer names may have: integers, or text (as `parquet_file` reads it: a dictionary of text)."""
+    import pyarrow as pa
+    return pa.types.is_integer(kind) or is_text(kind) or (pa.types.is_dictionary(kind) and is_text(kind.value_type))
+
+
 def _cost(kind) -> tuple[int, int, bool, bool] | None:
     """(bytes per value, bytes of offsets per row, text, list) of a column of this type as `parquet_file` reads it,
     or None for a type whose size the footer does not bound (nested deeper, or lists of text)."""

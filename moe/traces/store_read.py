@@ -11,7 +11,7 @@ import pandas as pd
 from moe.memory import BUDGET_ENV
 from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_ids, put_once
 from moe.traces.records import TraceLimits, open_regular
-from moe.traces.safeload import label_codes, parquet_bytes, parquet_file
+from moe.traces.safeload import is_label, label_codes, parquet_bytes, parquet_file
 from moe.traces.store import parts, read_meta
 
 
@@ -40,10 +40,9 @@ def _is_int(kind) -> bool:
 
 
 def _is_label(kind) -> bool:
-    """Layer names: text (read as a dictionary) or numbers (or nothing: `_layer_index` says no layer is listed)."""
+    """Layer names (safeload.is_label), or nothing: `_layer_index` then says no layer is listed."""
     import pyarrow as pa
-    return pa.types.is_dictionary(kind) or pa.types.is_string(kind) or pa.types.is_integer(kind) \
-        or pa.types.is_null(kind)
+    return is_label(kind) or pa.types.is_null(kind)
 
 
 def _is_list_of(test):
@@ -195,8 +194,8 @@ def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray
         return None
     import pyarrow as pa
     tables, held = [], 0
+    weights = {"weights": ("list of numbers", _is_list_of(pa.types.is_floating))}
     for part in files:  # every part within what the ones before leave of a quarter of the budget
-        weights = {"weights": ("list of numbers", _is_list_of(pa.types.is_floating))}
         tables.append(read_part(part, "tokens", limits, TOKENS, weights, room=limits.budget // 4 - held))
         held += tables[-1].nbytes
     where = f"{path!r}: the tokens table"
