@@ -1,6 +1,8 @@
 """Plain counts tables (CSV, Parquet): sparse rows into (step, layer, expert) counts, against a naive loop."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -41,6 +43,21 @@ def test_parquet_gives_the_same_log_and_n_experts_widens(tmp_path):
     assert log.counts[..., 5:].sum() == 0
 
 
+def test_float16_counts_are_read_without_a_warning(tmp_path):
+    """A float16 count column (integral values up to its 65504) reads as its integers, with no NumPy overflow
+    warning (the 2**63 bound does not fit float16); a non-finite one is the documented line."""
+    write_counts_parquet(tmp_path / "c.parquet", {"layer": ["0", "0"], "expert": [0, 1],
+                                                  "count": np.asarray([5, 60000], np.float16)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        log = read_counts(str(tmp_path / "c.parquet"), None)
+    assert log.counts.tolist() == [[[5, 60000]]]
+    write_counts_parquet(tmp_path / "c.parquet", {"layer": ["0"], "expert": [0], "count": np.asarray([np.inf],
+                                                                                                  np.float16)})
+    with pytest.raises(ValueError, match="not a whole number"):
+        read_counts(str(tmp_path / "c.parquet"), None)
+
+
 def test_csv_without_step_is_step_zero_and_header_spelling_is_loose(tmp_path):
     (tmp_path / "c.csv").write_text('"Layer", Expert ,COUNT,note\n1,0,5,a\n1,2,7,b\n0,1,3,c\n')
     log = read_counts(str(tmp_path / "c.csv"), None)
@@ -62,6 +79,8 @@ def test_csv_without_step_is_step_zero_and_header_spelling_is_loose(tmp_path):
     ("layer,expert,count\n", None, "holds no rows"),
     ("", None, "no header"),
     ("layer,count\n0,1\n", None, "no header naming"),
+    ("layer,expert,count,count\n0,1,2,7\n", None, "names a column twice"),  # read as 2 before: the other lost
+    ("Layer,expert,count,note,NOTE\n0,1,2,a,b\n", None, "names a column twice"),
     ("layer,expert,count\n0,7,2\n", 4, "routes to expert 7 but the expert count is 4"),
     ("layer,expert,count\n0,20000,2\n", None, "beyond"),
 ])

@@ -77,6 +77,10 @@ def _read_csv(f, path: str, cap: int):
     if not set(NEEDED) <= set(names):
         raise ValueError(f"{path!r} has no header naming columns {list(NEEDED)}; write the counts as a CSV whose "
                          f"first line is layer,expert,count (and step, optionally)")
+    named = [n for n in names if n]
+    if len(set(named)) < len(named):  # pyarrow would read one of the two silently (as a Parquet file is, refused)
+        raise ValueError(f"{path!r} names a column twice in its header (names are read without case); give each "
+                         f"column once")
     f.seek(0)
     wanted = [n for n in ("step", *NEEDED) if n in names]
     try:
@@ -130,6 +134,7 @@ def _integers(table, name: str, path: str, allow_integral_floats: bool = False) 
     kind = column.type
     values = column.to_numpy()
     if pa.types.is_floating(kind) and allow_integral_floats:
+        values = values.astype(np.float64)  # float16 cannot hold the 2**63 bound (numpy warned of an overflow)
         if not np.isfinite(values).all() or (values != np.floor(values)).any() or (values >= 2.0 ** 63).any():
             raise ValueError(f"{path!r}: column {name!r} holds a value that is not a whole number; counts are "
                              f"token counts")
