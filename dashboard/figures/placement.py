@@ -103,7 +103,7 @@ def hot_figure(hot_windows, n_windows: int, hot_top: int, colors: list[str]) -> 
     E = len(hot)
     bars = go.Bar(x=list(range(E)), y=hot, marker_color=colors[:E],
                   hovertemplate="expert %{x}: hot in %{y} of " + str(n_windows) + " windows<extra></extra>")
-    return go.Figure([bars], layout(title=f"Placement: windows in which each expert is among the {hot_top} hottest",
+    return go.Figure([bars], layout(title=f"Windows each expert is hot (top {hot_top})",
                                     xaxis=axis("expert", tickmode="linear", tick0=0, dtick=expert_tick_step(E)),
                                     yaxis=axis("windows hot", range=[0, max(n_windows, 1)]),
                                     uirevision="placement_hot", showlegend=False))
