@@ -80,6 +80,13 @@ def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_
     at.selectbox(key="runs_place_layer").set_value("7").run()
     results = replay_log(log.counts, log.layers, settings, only=["7"])
     assert not at.exception and at.info[0].value == verdict(results, "contiguous blocks")
+    persisting = [m for m in at.metric if m.label == "Hot experts persisting"]
+    assert [m.value for m in persisting] == ["—"]  # n = the largest R = 8 = E: every expert with tokens is hot
+    at.multiselect(key="runs_place_slots").set_value([0, 2]).run()  # n = 2 of 8
+    results = replay_log(log.counts, log.layers, ReplaySettings(8, (0, 2), window=1), only=["7"])
+    assert results[0].hot_top == 2 and 0 < results[0].persistence < 1
+    persisting = [m for m in at.metric if m.label == "Hot experts persisting"]
+    assert [m.value for m in persisting] == [f"{results[0].persistence:.0%}"]
 
 
 def test_the_downloads_are_the_plan_files_and_read_back(log_dir, tmp_path):

@@ -236,8 +236,8 @@ def test_verdict_names_its_numbers_or_says_balanced_already():
     assert text.startswith("balanced already: no placement beats contiguous by more than 2%")
     assert verdict(replay_log(even, ["x"], ReplaySettings(4, (4,), window=100))).startswith("one window only")
     every = verdict(replay_log(_log(rng, hot=2), ["a", "b"], ReplaySettings(4, (8,), window=2)))  # n = 8 = E
-    assert ("hot-expert persistence says nothing here: the 8 hottest (n: the largest R, or W when it is 0) are all 8 "
-            "experts") in every
+    assert ("hot-expert persistence is not informative here: the 8 hottest (n: the largest R, or W when it is 0) "
+            "are all 8 experts") in every
     assert "hottest experts of a window" not in every
 
 

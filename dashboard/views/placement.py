@@ -174,14 +174,15 @@ def _hot(result: LayerReplay, key, n_experts: int) -> None:
     left, right = st.columns([2, 1])
     left.plotly_chart(hot_figure(result.hot_windows, len(result.windows), result.hot_top, expert_colors(n_experts)),
                       width="stretch", key=key("hot_chart"))
-    right.metric("Hot experts persisting", _share(result.persistence),
+    every = result.hot_top >= n_experts  # every expert with tokens is hot: persistence would say 100% of nothing
+    right.metric("Hot experts persisting", "—" if every else _share(result.persistence),
                  help="share of the n hottest experts of a window (with tokens) still among the n hottest in the next "
                       "(mean over windows)")
     for R, share in result.absorbed.items():
         if R:
             right.metric(f"Absorbed by replicas, R={R}", _share(share),
                          help="p50 share of the next window's tokens on the experts the plan replicated")
-    if result.hot_top >= n_experts:
+    if every:
         st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert with tokens is hot in every window; "
                    f"choose fewer redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
     st.caption(caption("hot_expert_persistence"))

@@ -320,9 +320,9 @@ def _who(name: str) -> str:
 
 
 def _persist(r: LayerReplay) -> str:
-    """definition "hot_expert_persistence" in words, with its number (none when every expert counts as hot)."""
+    """definition "hot_expert_persistence" in words, with its number (not when every expert with tokens is hot)."""
     if r.hot_top >= r.windows.shape[1]:
-        return (f"hot-expert persistence says nothing here: the {r.hot_top} hottest (n: the largest R, or W when it "
-                f"is 0) are all {r.windows.shape[1]} experts")
+        return (f"hot-expert persistence is not informative here: the {r.hot_top} hottest (n: the largest R, or W "
+                f"when it is 0) are all {r.windows.shape[1]} experts")
     return (f"{r.persistence:.0%} of the {r.hot_top} hottest experts of a window (those with tokens) are still among "
             f"the {r.hot_top} hottest in the next")
