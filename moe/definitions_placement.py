@@ -37,7 +37,9 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                         "planner's predicted load (ep_assignments), so a replayed window equals what the "
                         "expert-parallel forward measures. Windows: consecutive runs of `window` steps, "
                         "N = max(1, S // window): a last partial window is dropped, except when the log is shorter "
-                        "than one window, which is then the one window (all S steps).",
+                        "than one window, which is then the one window (all S steps). A planner's window k is "
+                        "under its plan of window k − 1, so its window 0 is under the current placement (no plan "
+                        "comes before it).",
     "replay_next_window": "each planner plans on window k's expert load and is measured on window k + 1: the honest "
                           "figure (a plan judged on the load it was made from flatters it). **current** = the "
                           "run's placement (its physical → logical map, else contiguous blocks); **planned** = "
@@ -48,6 +50,11 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                           "EPLB (deepseek-ai/EPLB eplb.py: groups to nodes, replicas within a node, packing to "
                           "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W). "
                           "p50 = median over the windows after a plan.",
+    "replay_own_window": "each planner's plan of window k measured on window k itself: the flattering figure the "
+                         "honest one (replay_next_window) is read against; `own_window_p50` = the median over windows "
+                         "of its vLLM balancedness. **kept** (`kept_current_windows`) = the windows whose plan of ours "
+                         "kept the current placement, because neither of its candidates lightened the busiest rank "
+                         "of that window.",
     "replay_rebalance_interval": "replanning every N windows: plans made on windows 0, N, 2N, …, each measured on "
                                  "the N windows after it; the value is the p50 of vLLM balancedness over those "
                                  "windows. **rest** = each plan (at most 64, evenly spaced) measured on every later "
@@ -71,8 +78,12 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                         "in log order and adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "
                         "lies on rank p // ((E + R) / W), so both need E + R a multiple of W, and we write them with "
                         "distinct experts on a rank (the plan is made under that rule; reading accepts two slots of "
-                        "one expert on a rank, as the stacks' own balancers write them). A layer whose plan kept the current placement is padded to E + R slots with "
-                        "replicas: first each rank takes the lightest experts of the ranks after it (cyclically), "
-                        "else the least loaded experts, whichever first leaves its busiest rank no heavier (refused "
-                        "when neither does). Our own file takes any R.",
+                        "one expert on a rank, as the stacks' own balancers write them). A layer's plan that has "
+                        "fewer slots or two slots of one expert on a rank (moe.parallel.serving.serving_layout) is "
+                        "padded to E + R slots with replicas (each rank takes the lightest experts of the ranks "
+                        "after it, cyclically, else the least loaded experts, else a local search swaps the added "
+                        "slots) where that leaves its busiest rank no heavier; else the lightest of "
+                        "moe.parallel.placement.balanced, DeepSeek's global EPLB and the run's own replica counts "
+                        "re-packed, each with a distinct expert per slot of a rank, where it is no heavier than the "
+                        "current placement; else that layer's serving file is refused. Our own file takes any R.",
 }

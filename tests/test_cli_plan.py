@@ -3,7 +3,9 @@ import io
 import json
 import re
 
+import numpy as np
 import pandas as pd
+import pytest
 
 from moe.cli.main import main
 from moe.metrics import balancedness_vllm
@@ -34,14 +36,17 @@ def test_json_windows_verdict_and_plan(tmp_path, capsys):
     assert {row["placement"] for row in doc["windows"]["1"]} == {"current", "planned", "eplb"}
     assert doc["windows_per_layer"] == 4
     # the verdict quotes, to two decimals, the p50s the JSON lists for its layer (current, then the planner it names)
-    found = re.search(r"(DeepSeek's EPLB|planned \(.*\)) with R=4 lifts the p50 balancedness of layer (\S+) from "
+    assert doc["redundant_slots"] == 4 and doc["replayed_slots"] == [0, 4]  # R = 0 is replayed too
+    found = re.search(r"(DeepSeek's EPLB|planned \(.*\)) with R=(\d+) lifts the p50 balancedness of layer (\S+) from "
                       r"([\d.]+) to ([\d.]+)", doc["verdict"]) or re.search(
-        r"best: layer (\S+), (DeepSeek's EPLB|planned \(.*\)) with R=4, p50 balancedness ([\d.]+) → ([\d.]+)", doc["verdict"])
+        r"best: layer (\S+), (DeepSeek's EPLB|planned \(.*\)) with R=(\d+), p50 balancedness ([\d.]+) → ([\d.]+)",
+        doc["verdict"])
     assert found, doc["verdict"]
-    who, layer = (found[1], found[2]) if found[1].startswith(("DeepSeek", "planned")) else (found[2], found[1])
-    p50 = doc["layers"][layer]["next_window_p50"]
+    who, R, layer = ((found[1], found[2], found[3]) if found[1].startswith(("DeepSeek", "planned"))
+                     else (found[2], found[3], found[1]))
+    p50 = doc["layers"][layer]["slots"][R]["next_window_p50"]
     name = "eplb" if who.startswith("DeepSeek") else "planned"
-    assert (found[3], found[4]) == (f"{p50['current']:.2f}", f"{p50[name]:.2f}")
+    assert (found[4], found[5]) == (f"{p50['current']:.2f}", f"{p50[name]:.2f}")
     ranks = doc["plan"]["0"]["ranks"]
     assert all(isinstance(e, int) for r in ranks for e in r) and sorted({e for r in ranks for e in r}) == list(range(8))
     planned = rank_load(s.load["0"].sum(0)[None], current_layout(8, 4))[0]  # whole-log plan: never worse
@@ -93,8 +98,56 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
                             "--layer", "0"], "--export sglang writes every layer of the model"),
                           (["--num-layers", "4"], "--num-layers is the row count of SGLang's map"),
                           (["--redundant-slots", "4", "--export", "sglang", "--out", str(tmp_path / "x.json"),
-                            "--num-layers", "1"], "the log has layer 1, which does not fit --num-layers 1")):
+                            "--num-layers", "1"], "the log has layer 1, which does not fit --num-layers 1"),
+                          (["--export", "vllm", "--out", str(tmp_path / "no" / "x.json")], "its folder does not exist"),
+                          (["--export", "vllm", "--out", str(tmp_path)], "it is a folder"),
+                          (["--redundant-slots", "4,x"], "expected an integer ≥ 0, got 'x'")):
         code = main(["plan", path, "--world-size", "4", "--n-experts", "8", *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, err
     assert not (tmp_path / "x.json").exists()
+
+
+def test_several_r_are_replayed_with_r_0_and_the_plan_takes_the_largest(tmp_path, capsys):
+    """--redundant-slots 2,4: R = 0, 2 and 4 replayed (rows and a summary each), the plan and its export with R = 4;
+    a layer named twice is replayed once; every number of a summary names its definition."""
+    from moe.cli.plan import SUMMARY_DEFINITIONS
+    from moe.definitions import DEFINITIONS
+    path = _trace(tmp_path)
+    code = main(["plan", path, "--world-size", "4", "--n-experts", "8", "--window", "3", "--redundant-slots", "4,2",
+                 "--layer", "1", "--layer", "1"])
+    doc = json.loads(capsys.readouterr().out)
+    assert code == 0 and doc["redundant_slots"] == 4 and doc["replayed_slots"] == [0, 2, 4]
+    assert list(doc["layers"]) == ["1"] and list(doc["layers"]["1"]["slots"]) == ["0", "2", "4"]
+    rows = doc["windows"]["1"]
+    assert {(row["placement"], row["redundant_slots"]) for row in rows} == {  # DeepSeek's EPLB: (E + R) % W == 0
+        ("current", 0), ("planned", 0), ("planned", 2), ("planned", 4), ("eplb", 0), ("eplb", 4)}
+    assert len(rows) == len({(row["placement"], row["redundant_slots"], row["window"]) for row in rows})  # once each
+    plan = doc["plan"]["1"]  # from the whole log, with the largest R
+    assert not plan["kept_current"] and sum(map(len, plan["ranks"])) == 8 + 4
+    assert plan["note"] == "planned 4 redundant slots"
+    for R, summary in doc["layers"]["1"]["slots"].items():
+        assert set(summary) == set(SUMMARY_DEFINITIONS)
+        p50 = summary["next_window_p50"]
+        for name in p50:  # each p50 is the median of its rows' balancedness, after window 0
+            values = [row["balancedness_vllm"] for row in rows if row["placement"] == name and row["window"] > 0
+                      and row["redundant_slots"] == (0 if name == "current" else int(R))]
+            assert p50[name] == pytest.approx(float(np.median(values)))
+    assert all(name in DEFINITIONS for name in SUMMARY_DEFINITIONS.values())
+
+
+def test_layers_replayed_side_by_side_print_nothing_on_stderr(tmp_path):
+    """A log whose map replicates experts (vLLM's EPLB state, 2 layers): the layers' threads both reach the chunk rule
+    at once; in a fresh process (nothing compiled yet in it) `plan` writes nothing to stderr (numba warned of a
+    second compile of it)."""
+    import subprocess
+    import sys
+
+    import torch
+    from fixtures_stacks import vllm_eplb_state
+    state, _ = vllm_eplb_state(window=20, layers=2, n_logical=6, n_redundant=2, passes=20, seed=3)
+    torch.save(state, tmp_path / "eplb.pt")
+    for _ in range(2):
+        done = subprocess.run([sys.executable, "-m", "moe", "plan", str(tmp_path / "eplb.pt"), "--world-size", "4",
+                               "--redundant-slots", "2"], capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0 and done.stderr == "", done.stderr[-400:]

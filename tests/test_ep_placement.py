@@ -115,3 +115,30 @@ def test_more_processes_than_experts_say_why_the_replay_is_not_shown():
     assert any(i.value.startswith("The placement replay compares plans with contiguous blocks, which leave a rank "
                                   "without an expert at W=6 > n_experts=4") for i in at.info)
     assert "ep_place_slots" not in at.session_state
+
+
+def test_ep_report_runs_the_chosen_layer_of_a_sglang_map_that_holds_several(tmp_path, capsys, monkeypatch):
+    """SGLang's map holds every layer of the model: --placement-layer ID runs row ID for real (W=2 torchrun ranks),
+    its measured per-rank load the replay of that row's layout on the served counts; a missing layer and the option
+    alone are one line."""
+    import json
+    from moe.cli.ep_report import run_ep_job
+    from moe.cli.main import main
+    from moe.parallel.replay import from_map
+    rows = [[0, 1, 2, 3, 0, 1], [3, 0, 1, 2, 3, 1]]  # E=4, R=2 on W=2: 3 slots a rank, distinct on each
+    path = tmp_path / "sglang.json"
+    path.write_text(json.dumps({"physical_to_logical_map": rows}))
+    base = ["--n-experts", "4", "--top-k", "2", "--tokens", "64", "--placement", str(path)]
+    doc = run_ep_job(2, [*base, "--placement-layer", "1"], timeout_s=300)
+    assert doc["placement"]["ranks"] == [[0, 1, 3], [1, 2, 3]]  # row 1, rank by rank, ascending
+    served = np.array([row["served"] for row in doc["per_expert"]])
+    measured = [row["assignments"] for row in doc["per_rank"]]
+    assert measured == rank_load(served[None], from_map(rows[1], 2))[0].tolist()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it; the file is read before joining the job
+    for argv, message in (([*base], "holds 2 layers and ep-report runs one; choose it with --placement-layer"),
+                          ([*base, "--placement-layer", "7"], "has no layer '7'; choose one of ['0', '1']"),
+                          (["--n-experts", "4", "--placement-layer", "1"], "--placement-layer chooses a layer")):
+        assert main(["ep-report", *argv]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from moe.parallel.export import (check_serving, layer_plans, load_placement, plan_document, read_plan,
+from moe.parallel.export import (MOE_SCOPE_FORMAT, check_serving, layer_plans, load_placement, plan_document, read_plan,
                                  serving_redundant_slots, write_plan)
 from moe.parallel.judge import current_layout, plan_layout
 from moe.parallel.placement import contiguous, save
@@ -80,10 +80,18 @@ def test_bad_files_are_one_line(tmp_path):
     for doc, message in (({"physical_to_logical_map": [[0, 1, 2]]}, "does not record the world size"),
                          ({"physical_to_logical_map": [[0, 1, 1, 1]], "ep_size": 2}, "gives logical expert 2 no"),
                          ({"physical_to_logical_map": [[0, "1"]], "ep_size": 2}, "must be \\[layers"),
-                         ({"something": 1}, "neither 'physical_to_logical_map' nor 'ranks'")):
+                         ({"something": 1}, "neither 'physical_to_logical_map' nor 'ranks'"),
+                         ({"physical_to_logical_map": [[0, 1, 2, 10**22]], "ep_size": 2}, "beyond 64-bit integers")):
         path.write_text(json.dumps(doc))
         with pytest.raises(ValueError, match=message):
             read_plan(str(path), 3, None if "ep_size" in doc else None)
+    for doc in ({"physical_to_logical_map": [[0, 1, 2, 0]], "ep_size": "x" * 200_000},
+                {"format": MOE_SCOPE_FORMAT, "n_experts": "y" * 200_000, "world_size": 2, "layers": {"0": {}}},
+                {"format": MOE_SCOPE_FORMAT, "n_experts": 3, "world_size": 2, "layers": {"z" * 200_000: {}}}):
+        path.write_text(json.dumps(doc))  # a value from the file is echoed shortened, not whole
+        with pytest.raises(ValueError) as err:
+            read_plan(str(path), 3, 2)
+        assert len(str(err.value)) < 400 and "\n" not in str(err.value), str(err.value)[:200]
 
 
 def test_ep_report_reads_every_format_one_layer_at_a_time(tmp_path):
@@ -97,8 +105,17 @@ def test_ep_report_reads_every_format_one_layer_at_a_time(tmp_path):
     assert load_placement(str(tmp_path / "old.json"), 8, 4) == contiguous(8, 4)
     layers, layouts = _plans(L=2)
     write_plan(str(tmp_path / "two.json"), plan_document("vllm", layers, layouts, 8))
-    with pytest.raises(ValueError, match="holds 2 layers and ep-report runs one"):
+    with pytest.raises(ValueError, match="holds 2 layers and ep-report runs one; choose it with --placement-layer"):
         load_placement(str(tmp_path / "two.json"), 8, 4)
+    for fmt in ("sglang", "vllm", "moe-scope"):  # a layer of a file that holds several, by its name (SGLang: its id)
+        path = tmp_path / f"two-{fmt}.json"
+        write_plan(str(path), plan_document(fmt, ["0", "1"], layouts, 8))
+        for name, layout in zip(("0", "1"), layouts):
+            p = load_placement(str(path), 8, 4, name)
+            assert [sorted(r) for r in p.ranks] == [sorted(r) for r in layout.rank_experts()]
+        with pytest.raises(ValueError, match="has no layer '2'; choose one of \\['0', '1'\\]"):
+            load_placement(str(path), 8, 4, "2")
+    assert layouts[0].rank_experts() != layouts[1].rank_experts()  # so choosing the layer is seen
     with pytest.raises(ValueError, match="ep_size=4, this run has 2 ranks"):
         load_placement(str(tmp_path / "two.json"), 8, 2)
 

@@ -76,6 +76,11 @@ def finite_floats(text: str) -> tuple[float, ...]:
     return values
 
 
+def non_negative_ints(text: str) -> tuple[int, ...]:
+    """Comma-separated decimal integers ≥ 0, e.g. `0,8,32` (one value is one too)."""
+    return tuple(non_negative_int(part.strip()) for part in text.split(","))
+
+
 def one_line(err: BaseException) -> str:
     """An error's message on one line (its type's name when it has none)."""
     return " ".join(str(err).split()) or type(err).__name__

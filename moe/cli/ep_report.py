@@ -14,7 +14,8 @@ from moe.parallel.worker import REPEATS, EPSettings, enter_rank, rank_report
 
 
 def add_command(commands) -> None:
-    """`ep-report`: the `report` options plus --placement, --repeats, --timeout, --seq-len, --save-output."""
+    """`ep-report`: the `report` options plus --placement (and --placement-layer), --repeats, --timeout, --seq-len,
+    --save-output."""
     p = commands.add_parser("ep-report", help="expert-parallel forward under torchrun: per-rank load and traffic")
     add_options(p)
     p.set_defaults(run=run)
@@ -24,8 +25,11 @@ def add_options(p: argparse.ArgumentParser) -> None:
     add_config_arguments(p)
     add_scenario_arguments(p)  # --tokens is the total, split over the ranks
     p.add_argument("--placement", default=None,
-                   help="a plan file: moe.parallel.placement.save's, or one layer of `python -m moe plan --export "
-                        "sglang|vllm|moe-scope` (default: contiguous blocks)")
+                   help="a plan file: moe.parallel.placement.save's, or `python -m moe plan --export "
+                        "sglang|vllm|moe-scope`'s (default: contiguous blocks)")
+    p.add_argument("--placement-layer", default=None,
+                   help="the layer of a --placement file that holds several (its layer name; SGLang's map: the layer "
+                        "id, its row)")
     p.add_argument("--repeats", type=positive_int, default=REPEATS,
                    help="timed forwards after one warm-up: times and the straggler factor are medians over them")
     p.add_argument("--timeout", type=finite_float, default=60.0, help="seconds any collective may wait")
@@ -41,7 +45,10 @@ def run(args: argparse.Namespace) -> str:
     check_scenario_options(args, args.scenario)
     cfg, scenario, params, tokens = resolve(args)  # the same tokens `report` draws
     check_budget(cfg, tokens, budget_bytes(), names=flag_names())  # before anything is built (every rank)
-    settings = EPSettings(args.placement, args.repeats, args.timeout, args.seq_len, args.save_output)
+    if args.placement_layer is not None and args.placement is None:
+        raise ValueError("--placement-layer chooses a layer of a --placement file; give the file too")
+    settings = EPSettings(args.placement, args.repeats, args.timeout, args.seq_len, args.save_output,
+                          args.placement_layer)
     return rank_report(cfg, scenario, params, tokens, settings, args.format)
 
 

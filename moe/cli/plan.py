@@ -1,6 +1,8 @@
 """`python -m moe plan PATH --world-size W --redundant-slots R`: should this run enable EPLB? Replays each layer of a
-routing log window by window under the run's placement, our planner and DeepSeek's EPLB (moe.parallel.judge), says
-what it found in one line, and plans one placement per layer to export for SGLang, vLLM or moe-scope."""
+routing log window by window under the run's placement, our planner and DeepSeek's EPLB (moe.parallel.judge), for
+R = 0 and each R given, says what it found in one line, and plans one placement per layer (with the largest R) to
+export for SGLang, vLLM or moe-scope. Each number of a layer's summary follows the definition SUMMARY_DEFINITIONS
+names (moe/definitions.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,10 +10,11 @@ import argparse
 import numpy as np
 import pandas as pd
 
-from moe.cli.args import non_negative_int, positive_int
+from moe.cli.args import non_negative_ints, positive_int
 from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
-from moe.parallel.export import FORMATS, check_serving, layer_plans, plan_document, sglang_layer_ids, write_plan
+from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
+                                 write_plan)
 from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log, verdict
 from moe.traces.formats import read_log
 
@@ -22,7 +25,9 @@ def add_command(commands) -> None:
                                          "plan for SGLang, vLLM or moe-scope")
     p.add_argument("file", help="routing log (any format moe.traces reads: Parquet, Megatron-LM JSONL, ...)")
     p.add_argument("--world-size", type=positive_int, required=True, help="W expert-parallel ranks (GPUs)")
-    p.add_argument("--redundant-slots", type=non_negative_int, default=0, help="R extra expert slots (replicas)")
+    p.add_argument("--redundant-slots", type=non_negative_ints, default=(0,),
+                   help="R extra expert slots (replicas), or several, comma-separated (e.g. 0,8,32): each is replayed, "
+                        "and R = 0 too; the plan and --export use the largest")
     p.add_argument("--nodes", type=positive_int, default=1, help="nodes for DeepSeek's hierarchical EPLB")
     p.add_argument("--groups", type=positive_int, default=None, help="expert groups for DeepSeek's EPLB "
                                                                       "(default: --nodes)")
@@ -41,22 +46,32 @@ def add_command(commands) -> None:
     p.set_defaults(run=run)
 
 
+# The definition (moe/definitions.py) of each number in a layer's summary, per R.
+SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50": "replay_rebalance_interval",
+                       "rest_p50": "replay_rebalance_interval", "own_window_p50": "replay_own_window",
+                       "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
+
+
 def run(args: argparse.Namespace) -> str:
     if (args.export is None) != (args.out is None):
         raise ValueError("--export and --out go together: give both (e.g. --export sglang --out plan.json) or neither")
     _check_sglang_args(args)
+    if args.out is not None:
+        check_out(args.out)  # before the replay: a wrong path is refused at once
     log = read_log(args.file, n_experts=args.n_experts)
-    E, W, R = log.n_experts, args.world_size, args.redundant_slots
+    E, W, R = log.n_experts, args.world_size, max(args.redundant_slots)
+    slots = tuple(sorted({0, *args.redundant_slots}))
+    only = None if args.layer is None else list(dict.fromkeys(args.layer))  # a layer named twice is replayed once
     if args.export in ("sglang", "vllm"):
         check_serving(E, R, W)  # before the replay: a wrong R is refused at once
     if args.export == "sglang":
         sglang_layer_ids(log.layers, args.num_layers)
     steps = args.window or default_window(len(log.steps))
-    settings = ReplaySettings(W, (R,), window=steps, num_nodes=args.nodes, num_groups=args.groups)
-    results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, args.layer)
+    settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
+    results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
     plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
-                        args.export in ("sglang", "vllm"), args.layer)
+                        args.export in ("sglang", "vllm"), only)
     if args.export:
         doc = plan_document(args.export, list(plans), [p.layout for p in plans.values()], E,
                             [p.note for p in plans.values()], args.num_layers)
@@ -64,9 +79,9 @@ def run(args: argparse.Namespace) -> str:
     rows = [row for r in results for row in balance_rows(r)]
     if args.format == "csv":
         return pd.DataFrame(rows).to_csv(index=False)
-    doc = {"source": log.source, "n_experts": E, "world_size": W, "redundant_slots": R, "window_steps": steps,
-           "windows_per_layer": int(len(results[0].windows)), "current": current,
-           "verdict": verdict(results, current), "layers": {r.layer: _layer_summary(r, R) for r in results},
+    doc = {"source": log.source, "n_experts": E, "world_size": W, "redundant_slots": R, "replayed_slots": list(slots),
+           "window_steps": steps, "windows_per_layer": int(len(results[0].windows)), "current": current,
+           "verdict": verdict(results, current), "layers": {r.layer: _layer_summary(r) for r in results},
            "windows": {r.layer: [row for row in rows if row["layer"] == r.layer] for r in results},
            "plan": {name: p.to_dict() for name, p in plans.items()}}
     if args.export:
@@ -83,8 +98,15 @@ def _check_sglang_args(args: argparse.Namespace) -> None:
         raise ValueError("--num-layers is the row count of SGLang's map; give it with --export sglang")
 
 
-def _layer_summary(r, R: int) -> dict:
-    """p50 balancedness on the windows after planning, per interval and on the rest; hot experts; notes."""
+def _layer_summary(r) -> dict:
+    """Per R replayed (SUMMARY_DEFINITIONS): p50 balancedness on the windows after planning, per interval and on the
+    rest, on the planned window itself, windows whose plan kept the current placement, the share replicas absorbed;
+    then the hot experts and notes."""
+    return {"slots": {str(R): _slot_summary(r, R) for R in r.redundant_slots}, "hot_top": r.hot_top,
+            "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence, "notes": r.notes}
+
+
+def _slot_summary(r, R: int) -> dict:
     names = [name for name, rr in r.loads if rr == R]
     return {"next_window_p50": {n: float(np.median(r.next_window(n, R))) if len(r.windows) > 1 else None
                                 for n in names},
@@ -92,6 +114,4 @@ def _layer_summary(r, R: int) -> dict:
             "rest_p50": {n: r.rest[(n, R)] for n in names},
             "own_window_p50": {n: float(np.median(balancedness_vllm(r.own_window[(n, R)]))) for n in names
                                if (n, R) in r.own_window},
-            "kept_current_windows": int(r.kept[R].sum()), "hot_top": r.hot_top,
-            "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence, "absorbed_p50": r.absorbed[R],
-            "notes": r.notes}
+            "kept_current_windows": int(r.kept[R].sum()), "absorbed_p50": r.absorbed[R]}

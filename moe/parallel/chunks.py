@@ -5,6 +5,8 @@ call: numba checks a cached kernel against its own file only, so a kernel in ano
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from moe.compiled import jit, ufunc
@@ -35,7 +37,22 @@ def _replica_index(rows, size, index, count):
             seen[max(rows[x, p], -1) + 1] = 0
 
 
-@ufunc  # compiled on first use (for int64), not at import
+_COMPILING = threading.Lock()
+_READY = threading.Event()
+
+
+def ready() -> None:
+    """Compile chunk_share's int64 loop once, under a lock, before threads use it: layers replayed side by side each
+    asked numba to compile it on their first call (a NumbaWarning on stderr, "Compilation requested for previously
+    compiled argument types"). Compiling at import instead would add about 0.2 s to every import."""
+    if not _READY.is_set():
+        with _COMPILING:
+            if not _READY.is_set():
+                chunk_share(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64))
+                _READY.set()
+
+
+@ufunc  # compiled on first use (for int64, by ready()), not at import
 def chunk_share(n, index, count):
     """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise: a ufunc, also
     called from the compiled loops below. Below 2**32 tokens and 2**20 slots the cut points come from

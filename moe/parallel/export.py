@@ -18,6 +18,7 @@ onto GPUs has no one-per-GPU check), and such a map opens (two slots, two chunks
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ import numpy as np
 from moe.jsonio import dumps
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import current_layout, plan_layout
-from moe.parallel.placement import Placement, placement_from_doc, read_json
+from moe.parallel.placement import Placement, _short, placement_from_doc, read_json
 from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_placement, rank_load, to_placement,
                                  window_counts)
 from moe.parallel.serving import serving_layout
@@ -166,9 +167,23 @@ def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts:
             "num_logical_experts": n_experts, "layers": list(layers)}
 
 
+def check_out(path: str) -> None:
+    """ValueError (one line) unless a plan can be written at `path`: its folder exists and it is not a folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder):
+        raise ValueError(f"cannot write the plan to {path!r}: " + ("it is a folder" if os.path.isdir(path) else
+                         "its folder does not exist") + "; give a file path in an existing folder")
+
+
 def write_plan(path: str, doc: dict) -> None:
-    with open(path, "w") as f:
-        f.write(dumps(doc, indent=1))
+    """The plan document as JSON at `path`; ValueError (one line) when it cannot be written."""
+    check_out(path)
+    try:
+        with open(path, "w") as f:
+            f.write(dumps(doc, indent=1))
+    except OSError as err:
+        raise ValueError(f"cannot write the plan to {path!r} ({err.strerror or type(err).__name__}); give a writable "
+                         f"file path") from None
 
 
 def read_plan(path: str, n_experts: int | None = None, world_size: int | None = None) -> PlanFile:
@@ -194,7 +209,7 @@ def read_plan(path: str, n_experts: int | None = None, world_size: int | None = 
 def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | None) -> PlanFile:
     W = doc.get("ep_size", world_size)
     if world_size is not None and W != world_size:
-        raise ValueError(f"plan file {path!r} is for ep_size={W!r}, this run has {world_size} ranks")
+        raise ValueError(f"plan file {path!r} is for ep_size={_short(W)}, this run has {world_size} ranks")
     if not isinstance(W, int) or isinstance(W, bool) or W < 1:
         raise ValueError(f"plan file {path!r} does not record the world size (SGLang's map does not); give it")
     rows = doc["physical_to_logical_map"]
@@ -206,7 +221,12 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
     if E is not None and (not isinstance(E, int) or isinstance(E, bool) or E < 1):
         raise ValueError(f"plan file {path!r}: 'num_logical_experts' must be a positive integer (e.g. 8, not \"8\" "
                          f"or 8.0); write the number of logical experts")
-    p2l = check_map(np.array(rows, dtype=np.int64), E, f"plan file {path!r}'s physical_to_logical_map")
+    try:
+        table = np.array(rows, dtype=np.int64)
+    except OverflowError:  # an entry beyond int64: no expert index
+        raise ValueError(f"plan file {path!r}: 'physical_to_logical_map' holds a number beyond 64-bit integers; "
+                         f"each entry is a logical expert index") from None
+    p2l = check_map(table, E, f"plan file {path!r}'s physical_to_logical_map")
     E = int(p2l.max()) + 1 if E is None else E
     if n_experts is not None and E != n_experts:
         raise ValueError(f"plan file {path!r} is for {E} experts, this run has {n_experts}")
@@ -223,17 +243,21 @@ def _read_ours(doc: dict, path: str, n_experts: int | None, world_size: int | No
         raise ValueError(f"plan file {path!r}: 'layers' must map each layer to its {{'ranks': [...]}}")
     for given, recorded, what in ((n_experts, E, "n_experts"), (world_size, W, "world_size")):
         if given is not None and given != recorded:
-            raise ValueError(f"plan file {path!r} is for {what}={recorded!r}, this run has {given}")
+            raise ValueError(f"plan file {path!r} is for {what}={_short(recorded)}, this run has {given}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (E, W)):
         raise ValueError(f"plan file {path!r}: 'n_experts' and 'world_size' must be positive integers")
-    layouts = [from_placement(placement_from_doc(v, f"{path}, layer {name}", E, W)) for name, v in layers.items()]
+    layouts = [from_placement(placement_from_doc(v, f"{path}, layer {_short(name)}", E, W))
+               for name, v in layers.items()]
     return PlanFile("moe-scope", list(layers), layouts, E, W)
 
 
-def load_placement(path: str, n_experts: int, world_size: int) -> Placement:
-    """The one placement `ep-report --placement` runs: a one-layer plan in any format read_plan knows."""
+def load_placement(path: str, n_experts: int, world_size: int, layer: str | None = None) -> Placement:
+    """The one placement `ep-report --placement` runs from a plan file in any format read_plan knows: its layer
+    named `layer` (SGLang's map: the layer id), or its only layer."""
     found = read_plan(path, n_experts, world_size)
-    if len(found.layouts) != 1:
-        raise ValueError(f"plan file {path!r} holds {len(found.layouts)} layers and ep-report runs one; export one "
-                         f"layer (`python -m moe plan ... --layer NAME --export ...`)")
-    return to_placement(found.layouts[0], n_experts)
+    if layer is None and len(found.layouts) != 1:
+        raise ValueError(f"plan file {path!r} holds {len(found.layouts)} layers and ep-report runs one; choose it with "
+                         f"--placement-layer NAME (one of {_short(found.layers)})")
+    if layer is not None and layer not in found.layers:
+        raise ValueError(f"plan file {path!r} has no layer {_short(layer)}; choose one of {_short(found.layers)}")
+    return to_placement(found.layouts[0 if layer is None else found.layers.index(layer)], n_experts)

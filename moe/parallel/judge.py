@@ -21,6 +21,7 @@ import numpy as np
 
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
+from moe.parallel import chunks
 from moe.parallel.chunks import replica_index
 from moe.parallel.eplb import check_eplb_args, is_global, rebalance
 from moe.parallel.greedy import heaviest_first
@@ -271,7 +272,8 @@ def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, on
     """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map. Layers
     are replayed side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
     counts = np.asarray(counts)
-    chosen = layers if only is None else only
+    chunks.ready()  # before the threads: each would ask numba to compile the chunk rule
+    chosen = layers if only is None else list(dict.fromkeys(only))  # a layer named twice is replayed once
     missing = [name for name in chosen if name not in layers]
     if missing:
         raise ValueError(f"layer {missing[0]!r} is not in the log; choose from {layers[:8]}")
@@ -292,7 +294,7 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
     and the longest interval that keeps the gain. "Balanced already" only when no candidate beats the current
     placement by more than `margin` (relative) anywhere; a layer whose current p50 is 0 (idle) is not a candidate."""
     if any(len(r.windows) < 2 for r in results):
-        return ("one window only: no window follows a plan, so nothing can be judged; use a shorter --window "
+        return ("one window only: no window follows a plan, so nothing can be judged; use fewer steps per window "
                 "(more windows)")
     best = None
     for r in results:

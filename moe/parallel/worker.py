@@ -36,12 +36,14 @@ REPEATS = 5  # one timed forward's straggler factor moved from 1.01 to 1.26 betw
 @dataclass(frozen=True)
 class EPSettings:
     """How ep-report runs the layer: the placement file (None: contiguous blocks), the timed forwards after one
-    warm-up, the collectives' timeout, sequences of seq_len (None: rows are tokens), where rank 0 saves y."""
+    warm-up, the collectives' timeout, sequences of seq_len (None: rows are tokens), where rank 0 saves y, and the
+    plan file's layer to run (None: its only one)."""
     placement_file: str | None = None
     repeats: int = REPEATS
     timeout_s: float = 60.0
     seq_len: int | None = None
     save_output: str | None = None
+    placement_layer: str | None = None  # the layer of a plan file holding several
 
 
 def enter_rank() -> None:
@@ -56,8 +58,8 @@ def rank_report(cfg: MoEConfig, scenario: str, params: dict, tokens: int, settin
     (json | csv), the other ranks ''. Every check runs on every rank before the process group is joined."""
     check_ep_config(cfg)
     W = launched_world_size()
-    placement = (load_placement(settings.placement_file, cfg.n_experts, W) if settings.placement_file
-                 else contiguous(cfg.n_experts, W))
+    placement = (load_placement(settings.placement_file, cfg.n_experts, W, settings.placement_layer)
+                 if settings.placement_file else contiguous(cfg.n_experts, W))
     if tokens < W:
         raise ValueError(f"--tokens {tokens} is fewer than the {W} ranks; give every rank a token")
     x = _sequences(make_batch(scenario, cfg.d_model, tokens, seed=cfg.seed, **params).x, cfg, settings.seq_len, W)
