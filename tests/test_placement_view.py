@@ -124,13 +124,13 @@ def test_serving_files_only_where_e_plus_r_is_a_multiple_of_w_and_the_page_says_
     at.selectbox(key="runs_place_world").set_value(4).run()
     at.multiselect(key="runs_place_slots").set_value([0, 2]).run()
     assert not at.exception and not at.error
-    assert at.selectbox(key="runs_place_export_slots").value == 2
+    assert at.selectbox(key="runs_place_export_slots").value == 0  # the largest R with every file: 8 + 0 = 2 · 4
+    assert len(at.get("download_button")) == 3
+    at.selectbox(key="runs_place_export_slots").set_value(2).run()
     assert [b.label for b in at.get("download_button")] == ["moe-scope plan (JSON)"]  # 8 + 2 is not a multiple of 4
     captions = "\n".join(c.value for c in at.caption)
     assert "No SGLang or vLLM file for R=2: SGLang and vLLM need E + R to be a multiple of W" in captions
     assert "use R in [2, 4]" not in captions and "use R in [4, 8]" in captions  # the nearest R that work
-    at.selectbox(key="runs_place_export_slots").set_value(0).run()
-    assert len(at.get("download_button")) == 3
 
 
 def test_a_replay_that_cannot_run_is_one_line(log_dir):
@@ -192,6 +192,23 @@ def test_the_runs_map_is_replayed_at_the_w_it_recorded_and_r_leaves_no_rank_empt
     assert not at.exception and not at.error, at.error
     assert at.selectbox(key="runs_place_world").options == ["8"]
     assert at.multiselect(key="runs_place_slots").options == ["4"] and at.multiselect(key="runs_place_slots").value == [4]
+
+
+def test_the_plan_files_open_at_an_r_the_serving_formats_take(tmp_path):
+    """vLLM's EPLB state with E = 6 on 8 slots, replayed at W = 8: R = 2 and 4 at first (2 = W − E, the serving one),
+    and the plan files at R = 2, whose SGLang and vLLM files exist (R = 4 has none: (6 + 4) % 8 != 0)."""
+    import torch
+    from dashboard.views.placement import default_slots
+    from fixtures_stacks import vllm_eplb_state
+    state, _ = vllm_eplb_state(window=20, layers=2, n_logical=6, n_redundant=2, passes=20, seed=3)
+    torch.save(state, tmp_path / "eplb.pt")
+    at = AppTest.from_function(section_app, args=(str(tmp_path / "eplb.pt"),), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    assert at.selectbox(key="runs_place_world").value == 8 and at.multiselect(key="runs_place_slots").value == [2, 4]
+    assert at.selectbox(key="runs_place_export_slots").value == 2
+    assert [b.proto.label for b in at.get("download_button")] == [
+        "moe-scope plan (JSON)", "SGLang --init-expert-location (JSON)", "vLLM-style map (JSON)"]
+    assert default_slots(6, 8) == [2, 4] and default_slots(8, 8) == [0, 8] and default_slots(4, 2) == [0, 2]
 
 
 def test_slot_options_at_one_rank_and_with_more_ranks_than_experts():

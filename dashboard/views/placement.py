@@ -106,6 +106,14 @@ def slot_options(n_experts: int, world_size: int) -> list[int]:
     return sorted(R for R in found if least <= R <= most) or [least]
 
 
+def default_slots(n_experts: int, world_size: int) -> list[int]:
+    """The R replayed at first: the least offered, and the first larger one the serving formats take (so that the
+    plan files include SGLang's and vLLM's), else the next offered."""
+    options = slot_options(n_experts, world_size)
+    serving = [R for R in serving_redundant_slots(n_experts, world_size, n_experts) if R > options[0] and R in options]
+    return [options[0]] + (serving[:1] or options[1:2])
+
+
 def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySettings, str]:
     E, S = log.n_experts, len(log.steps)
     c1, c2, c3, c4, c5 = st.columns([1, 2, 1, 1, 1])
@@ -119,9 +127,7 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     else:
         W = world_size
         c1.metric("Ranks (W)", W, help="this page's processes")
-    options = slot_options(E, W)
-    serving = [R for R in serving_redundant_slots(E, W, E) if R > 0]
-    default = [options[0]] + ([serving[0]] if serving and serving[0] in options[1:] else options[1:2])
+    options, default = slot_options(E, W), default_slots(E, W)
     st.session_state[key("slots")] = [R for R in st.session_state.get(key("slots"), default) if R in options] \
         or default
     Rs = c2.multiselect("Redundant slots (R)", options, key=key("slots"),
@@ -155,7 +161,8 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
     labels = {series_name(*k): k for k in series}
     keep_choice(key("heat"), list(labels), "current")  # the run as it was: does its imbalance persist?
     chosen = st.selectbox("Rank load of", list(labels), key=key("heat"))
-    st.plotly_chart(rank_heatmap_figure(result.loads[labels[chosen]], f"Load per rank and window: {chosen}"),
+    first = "" if labels[chosen][0] == "current" else " (window 0: the current placement, no plan before it)"
+    st.plotly_chart(rank_heatmap_figure(result.loads[labels[chosen]], f"Load per rank and window: {chosen}{first}"),
                     width="stretch", key=key("heat_chart"))
     st.caption(caption("replay_rank_load"))
     table = interval_table(result.intervals, result.rest)
@@ -196,12 +203,12 @@ def _share(value: float) -> str:
 def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     st.markdown("**Plan files** (our planner, one plan per layer of the log)")
     c1, c2 = st.columns(2)
-    Rs = list(settings.redundant_slots)
-    keep_choice(key("export_slots"), Rs, Rs[-1])
+    Rs, W = list(settings.redundant_slots), settings.world_size
+    serving = [R for R in Rs if R in serving_redundant_slots(log.n_experts, W, R)]
+    keep_choice(key("export_slots"), Rs, (serving or Rs)[-1])  # the largest R whose plan has every file
     R = c1.selectbox("Redundant slots of the plan", Rs, key=key("export_slots"))
     keep_choice(key("export_from"), list(EXPORT_FROM), EXPORT_FROM[0])
     source = c2.radio("Plan made from", EXPORT_FROM, key=key("export_from"), horizontal=True)
-    W = settings.world_size
     try:
         with st.spinner("Planning every layer…"):
             files = replays.plan_files(log.counts, tuple(log.layers), log.physical_to_logical, W, int(R),
