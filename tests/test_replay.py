@@ -85,10 +85,10 @@ def test_peak_load_spans_is_the_busiest_rank_of_rank_load_rows_span_by_span():
 
 def test_peak_load_spans_over_many_blocks_of_windows_with_int32_and_int64_columns():
     """Spans longer than the kernel's block of windows (SPAN_BLOCK), starting and ending inside blocks, with counts
-    whose windows fit in int32 (narrow columns) and counts whose window totals pass 2**31 (int64 columns): each the
-    busiest rank of rank_load_rows, window by window."""
+    that fit int32 (narrow columns; 2**30 each: a rank's load passes 2**31, added in int64) and counts that do not
+    (int64 columns): each the busiest rank of rank_load_rows, window by window."""
     rng = np.random.default_rng(5)
-    for scale, dtype in ((1000, np.int32), (2**30, np.int64)):
+    for scale, dtype in ((1000, np.int32), (2**30, np.int32), (2**40, np.int64)):
         E, W, N, K = 6, 3, 3 * SPAN_BLOCK + 17, 3
         experts = np.stack([np.concatenate([rng.permutation(E), rng.integers(0, E, size=3)]) for _ in range(K)])
         ranks = rng.integers(0, W, size=experts.shape)
@@ -101,8 +101,11 @@ def test_peak_load_spans_over_many_blocks_of_windows_with_int32_and_int64_column
         window_of = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
         rows = rank_load_rows(counts, experts, ranks, W, np.repeat(plan_of, hi - lo), window_of)
         assert got.tolist() == rows.max(axis=1).tolist()
-        assert (rows.max() > 2**31) == (dtype == np.int64)  # the int64 case does need 64 bits
-    assert span_columns([[-1, 2]]).dtype == np.int64  # negative counts are not narrowed
+        assert (rows.max() > 2**31) == (scale > 1000)  # the larger cases pass int32 in a rank's load
+    narrow = span_columns([[-2**31, 2**31 - 1]])
+    assert narrow.dtype == np.int32 and narrow.ravel().tolist() == [-2**31, 2**31 - 1]  # exact at both ends
+    assert span_columns([[-2**31 - 1, 0]]).dtype == span_columns([[2**31, 0]]).dtype == np.int64
+    assert span_columns(np.zeros((0, 3), dtype=np.int64)).shape == (3, 0)
 
 
 def test_compiled_replay_refuses_slots_and_indices_out_of_range_instead_of_reading_past_them():

@@ -102,8 +102,8 @@ SPAN_BLOCK = 128  # windows whose rank loads peak_rows keeps at once: (W, 128) s
 @jit
 def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, load, out):
     """The busiest rank's load of windows lo[m] .. hi[m] − 1 under plan plan_of[m], span after span, into out; columns
-    (E, N) the counts transposed (int32 where a window's tokens fit, replay.span_columns), load (W, B) scratch of
-    columns' type: the windows of a span are taken B at a time. False as rank_rows (the caller checks spans)."""
+    (E, N) the counts transposed (int32 or int64: replay.span_columns), load (W, B) int64 scratch: the windows of a
+    span are taken B at a time. False as rank_rows (the caller checks spans)."""
     if not _in_range(slot_expert, slot_rank, columns.shape[0], load.shape[0]):
         return False
     at, B = 0, load.shape[1]

@@ -137,18 +137,17 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     index, count = replica_index(slot_expert) if split is None else split
     out = np.empty(int((hi - lo).sum()), dtype=np.int64)
     if len(out):
-        load = np.empty((world_size, SPAN_BLOCK), dtype=columns.dtype)
+        load = np.empty((world_size, SPAN_BLOCK), dtype=np.int64)  # rank loads add up in int64 whatever the columns
         if not peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, load, out):
             raise ValueError(_outside(columns.shape[0], world_size))
     return out
 
 
 def span_columns(counts) -> np.ndarray:
-    """Counts (N, E) transposed to (E, N), contiguous, for peak_load_spans: int32 where every window's tokens fit in
-    int32 (no rank of a window holds more than the window's tokens, so its load fits too; half the bytes to read), else
-    int64. Negative counts stay int64."""
+    """Counts (N, E) transposed to (E, N), contiguous, for peak_load_spans: int32 where every count fits in int32 (half
+    the bytes to read; the ranks' loads are still added in int64), else int64."""
     counts = np.asarray(counts, dtype=np.int64)
-    narrow = counts.size and counts.min() >= 0 and counts.sum(axis=1).max() < 2**31
+    narrow = counts.size and -2**31 <= counts.min() and counts.max() < 2**31
     return np.ascontiguousarray(counts.T, dtype=np.int32 if narrow else np.int64)
 
 
