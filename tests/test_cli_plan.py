@@ -36,7 +36,7 @@ def test_json_windows_verdict_and_plan(tmp_path, capsys):
     assert {row["placement"] for row in doc["windows"]["1"]} == {"current", "planned", "eplb"}
     assert doc["windows_per_layer"] == 4
     # the verdict quotes, to two decimals, the p50s the JSON lists for its layer (current, then the planner it names)
-    assert doc["redundant_slots"] == 4 and doc["replayed_slots"] == [0, 4]  # R = 0 is replayed too
+    assert doc["redundant_slots"] == 4 and doc["replayed_slots"] == [4]
     found = re.search(r"(DeepSeek's EPLB|planned \(.*\)) with R=(\d+) lifts the p50 balancedness of layer (\S+) from "
                       r"([\d.]+) to ([\d.]+)", doc["verdict"]) or re.search(
         r"best: layer (\S+), (DeepSeek's EPLB|planned \(.*\)) with R=(\d+), p50 balancedness ([\d.]+) → ([\d.]+)",
@@ -108,16 +108,19 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
     assert not (tmp_path / "x.json").exists()
 
 
-def test_several_r_are_replayed_with_r_0_and_the_plan_takes_the_largest(tmp_path, capsys):
-    """--redundant-slots 2,4: R = 0, 2 and 4 replayed (rows and a summary each), the plan and its export with R = 4;
+def test_several_r_are_replayed_and_the_plan_takes_the_largest(tmp_path, capsys):
+    """--redundant-slots 4,0,2: R = 0, 2 and 4 replayed (rows and a summary each), the plan with R = 4 (the verdict
+    says so when it names another R);
     a layer named twice is replayed once; every number of a summary names its definition."""
     from moe.cli.plan import SUMMARY_DEFINITIONS
     from moe.definitions import DEFINITIONS
     path = _trace(tmp_path)
-    code = main(["plan", path, "--world-size", "4", "--n-experts", "8", "--window", "3", "--redundant-slots", "4,2",
-                 "--layer", "1", "--layer", "1"])
+    code = main(["plan", path, "--world-size", "4", "--n-experts", "8", "--window", "3", "--redundant-slots",
+                 "4,0,2", "--layer", "1", "--layer", "1"])
     doc = json.loads(capsys.readouterr().out)
     assert code == 0 and doc["redundant_slots"] == 4 and doc["replayed_slots"] == [0, 2, 4]
+    named = int(re.search(r"with R=(\d+)", doc["verdict"])[1])  # the verdict's best R; the plan's is 4
+    assert doc["verdict"].endswith("; the plan below (and --export) has R=4, the largest given") == (named != 4)
     assert list(doc["layers"]) == ["1"] and list(doc["layers"]["1"]["slots"]) == ["0", "2", "4"]
     rows = doc["windows"]["1"]
     assert {(row["placement"], row["redundant_slots"]) for row in rows} == {  # DeepSeek's EPLB: (E + R) % W == 0
@@ -134,6 +137,14 @@ def test_several_r_are_replayed_with_r_0_and_the_plan_takes_the_largest(tmp_path
                       and row["redundant_slots"] == (0 if name == "current" else int(R))]
             assert p50[name] == pytest.approx(float(np.median(values)))
     assert all(name in DEFINITIONS for name in SUMMARY_DEFINITIONS.values())
+    rng = np.random.default_rng(1)  # a hot expert that moves every step: replicas planned on the past miss it
+    rows = [f"{s},{layer},{e},{int(rng.integers(0, 50) * (3 if e == s % 8 else 1))}"
+            for s in range(40) for layer in ("0", "1") for e in range(8)]
+    (tmp_path / "moving.csv").write_text("step,layer,expert,count\n" + "\n".join(rows) + "\n")
+    assert main(["plan", str(tmp_path / "moving.csv"), "--world-size", "4", "--redundant-slots", "0,4",
+                 "--window", "4"]) == 0
+    text = json.loads(capsys.readouterr().out)["verdict"]
+    assert "with R=0 lifts" in text and text.endswith("; the plan below (and --export) has R=4, the largest given")
 
 
 def test_layers_replayed_side_by_side_print_nothing_on_stderr(tmp_path):
@@ -147,7 +158,8 @@ def test_layers_replayed_side_by_side_print_nothing_on_stderr(tmp_path):
     from fixtures_stacks import vllm_eplb_state
     state, _ = vllm_eplb_state(window=20, layers=2, n_logical=6, n_redundant=2, passes=20, seed=3)
     torch.save(state, tmp_path / "eplb.pt")
-    for _ in range(2):
-        done = subprocess.run([sys.executable, "-m", "moe", "plan", str(tmp_path / "eplb.pt"), "--world-size", "4",
+    for W in (4, 8):  # W = 8 > E = 6: the run's map gives every rank a slot, and R = 2 does for the planners
+        done = subprocess.run([sys.executable, "-m", "moe", "plan", str(tmp_path / "eplb.pt"), "--world-size", str(W),
                                "--redundant-slots", "2"], capture_output=True, text=True, timeout=300)
         assert done.returncode == 0 and done.stderr == "", done.stderr[-400:]
+        assert json.loads(done.stdout)["replayed_slots"] == [2]

@@ -73,6 +73,13 @@ def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_
     assert np.allclose(current["y"], by_hand.mean(axis=1) / by_hand.max(axis=1))
     heat = chart_traces(at, 1)[None]
     assert heat["z"] == by_hand.T.tolist()  # ranks × windows, the current placement's load first
+    assert json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"] == \
+        "Load per rank and window: current"
+    at.selectbox(key="runs_place_heat").set_value("our planner, R=8").run()
+    planned = results[0].loads[("planned", 8)]
+    assert chart_traces(at, 1)[None]["z"] == planned.T.tolist() and (planned[0] == by_hand[0]).all()  # window 0
+    assert json.loads(at.get("plotly_chart")[1].proto.spec)["layout"]["title"]["text"] == \
+        "Load per rank and window: our planner, R=8 (window 0: the current placement, no plan before it)"
     captions = "\n".join(c.value for c in at.caption)
     for name in ("placement_verdict", "balancedness_vllm", "replay_next_window", "replay_rank_load",
                  "replay_rebalance_interval", "hot_expert_persistence", "placement_export"):

@@ -81,7 +81,9 @@ def test_bad_files_are_one_line(tmp_path):
                          ({"physical_to_logical_map": [[0, 1, 1, 1]], "ep_size": 2}, "gives logical expert 2 no"),
                          ({"physical_to_logical_map": [[0, "1"]], "ep_size": 2}, "must be \\[layers"),
                          ({"something": 1}, "neither 'physical_to_logical_map' nor 'ranks'"),
-                         ({"physical_to_logical_map": [[0, 1, 2, 10**22]], "ep_size": 2}, "beyond 64-bit integers")):
+                         ({"physical_to_logical_map": [[0, 1, 2, 10**22]], "ep_size": 2}, "beyond 64-bit integers"),
+                         ({"physical_to_logical_map": [[0, 1, 2, 0]] * 2, "ep_size": 2, "layers": ["a", "a"]},
+                          "each layer once")):
         path.write_text(json.dumps(doc))
         with pytest.raises(ValueError, match=message):
             read_plan(str(path), 3, None if "ep_size" in doc else None)

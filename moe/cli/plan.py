@@ -1,7 +1,7 @@
 """`python -m moe plan PATH --world-size W --redundant-slots R`: should this run enable EPLB? Replays each layer of a
 routing log window by window under the run's placement, our planner and DeepSeek's EPLB (moe.parallel.judge), for
-R = 0 and each R given, says what it found in one line, and plans one placement per layer (with the largest R) to
-export for SGLang, vLLM or moe-scope. Each number of a layer's summary follows the definition SUMMARY_DEFINITIONS
+each R given, says what it found in one line, and plans one placement per layer (with the largest R) to export for
+SGLang, vLLM or moe-scope. Each number of a layer's summary follows the definition SUMMARY_DEFINITIONS
 names (moe/definitions.py)."""
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def add_command(commands) -> None:
     p.add_argument("file", help="routing log (any format moe.traces reads: Parquet, Megatron-LM JSONL, ...)")
     p.add_argument("--world-size", type=positive_int, required=True, help="W expert-parallel ranks (GPUs)")
     p.add_argument("--redundant-slots", type=non_negative_ints, default=(0,),
-                   help="R extra expert slots (replicas), or several, comma-separated (e.g. 0,8,32): each is replayed, "
-                        "and R = 0 too; the plan and --export use the largest")
+                   help="R extra expert slots (replicas), or several, comma-separated (e.g. 0,8,32: R = 0 … 32): each "
+                        "is replayed; the plan and --export use the largest")
     p.add_argument("--nodes", type=positive_int, default=1, help="nodes for DeepSeek's hierarchical EPLB")
     p.add_argument("--groups", type=positive_int, default=None, help="expert groups for DeepSeek's EPLB "
                                                                       "(default: --nodes)")
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> str:
         check_out(args.out)  # before the replay: a wrong path is refused at once
     log = read_log(args.file, n_experts=args.n_experts)
     E, W, R = log.n_experts, args.world_size, max(args.redundant_slots)
-    slots = tuple(sorted({0, *args.redundant_slots}))
+    slots = tuple(sorted(set(args.redundant_slots)))
     only = None if args.layer is None else list(dict.fromkeys(args.layer))  # a layer named twice is replayed once
     if args.export in ("sglang", "vllm"):
         check_serving(E, R, W)  # before the replay: a wrong R is refused at once
@@ -81,12 +81,20 @@ def run(args: argparse.Namespace) -> str:
         return pd.DataFrame(rows).to_csv(index=False)
     doc = {"source": log.source, "n_experts": E, "world_size": W, "redundant_slots": R, "replayed_slots": list(slots),
            "window_steps": steps, "windows_per_layer": int(len(results[0].windows)), "current": current,
-           "verdict": verdict(results, current), "layers": {r.layer: _layer_summary(r) for r in results},
+           "verdict": _verdict(results, current, R), "layers": {r.layer: _layer_summary(r) for r in results},
            "windows": {r.layer: [row for row in rows if row["layer"] == r.layer] for r in results},
            "plan": {name: p.to_dict() for name, p in plans.items()}}
     if args.export:
         doc["export"] = {"format": args.export, "path": args.out}
     return dumps(doc, indent=1)
+
+
+def _verdict(results, current: str, R: int) -> str:
+    """judge.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
+    text = verdict(results, current)
+    if len(results[0].redundant_slots) > 1 and f"with R={R} " not in text:
+        text += f"; the plan below (and --export) has R={R}, the largest given"
+    return text
 
 
 def _check_sglang_args(args: argparse.Namespace) -> None:

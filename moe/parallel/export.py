@@ -26,7 +26,7 @@ import numpy as np
 from moe.jsonio import dumps
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
 from moe.parallel.judge import current_layout, plan_layout
-from moe.parallel.placement import Placement, _short, placement_from_doc, read_json
+from moe.parallel.placement import Placement, placement_from_doc, read_json, short
 from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_placement, rank_load, to_placement,
                                  window_counts)
 from moe.parallel.serving import serving_layout
@@ -209,7 +209,7 @@ def read_plan(path: str, n_experts: int | None = None, world_size: int | None = 
 def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | None) -> PlanFile:
     W = doc.get("ep_size", world_size)
     if world_size is not None and W != world_size:
-        raise ValueError(f"plan file {path!r} is for ep_size={_short(W)}, this run has {world_size} ranks")
+        raise ValueError(f"plan file {path!r} is for ep_size={short(W)}, this run has {world_size} ranks")
     if not isinstance(W, int) or isinstance(W, bool) or W < 1:
         raise ValueError(f"plan file {path!r} does not record the world size (SGLang's map does not); give it")
     rows = doc["physical_to_logical_map"]
@@ -232,8 +232,9 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
         raise ValueError(f"plan file {path!r} is for {E} experts, this run has {n_experts}")
     layouts = [from_map(row, W) for row in p2l]
     layers = doc.get("layers", [str(i) for i in range(len(rows))])
-    if not (isinstance(layers, list) and len(layers) == len(rows) and all(isinstance(x, str) for x in layers)):
-        raise ValueError(f"plan file {path!r}: 'layers' must name each row of the map")
+    if not (isinstance(layers, list) and len(layers) == len(rows) and all(isinstance(x, str) for x in layers)
+            and len(set(layers)) == len(layers)):
+        raise ValueError(f"plan file {path!r}: 'layers' must name each row of the map, each layer once")
     return PlanFile("vllm" if "ep_size" in doc else "sglang", layers, layouts, E, W)
 
 
@@ -243,10 +244,10 @@ def _read_ours(doc: dict, path: str, n_experts: int | None, world_size: int | No
         raise ValueError(f"plan file {path!r}: 'layers' must map each layer to its {{'ranks': [...]}}")
     for given, recorded, what in ((n_experts, E, "n_experts"), (world_size, W, "world_size")):
         if given is not None and given != recorded:
-            raise ValueError(f"plan file {path!r} is for {what}={_short(recorded)}, this run has {given}")
+            raise ValueError(f"plan file {path!r} is for {what}={short(recorded)}, this run has {given}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (E, W)):
         raise ValueError(f"plan file {path!r}: 'n_experts' and 'world_size' must be positive integers")
-    layouts = [from_placement(placement_from_doc(v, f"{path}, layer {_short(name)}", E, W))
+    layouts = [from_placement(placement_from_doc(v, f"{path}, layer {short(name)}", E, W))
                for name, v in layers.items()]
     return PlanFile("moe-scope", list(layers), layouts, E, W)
 
@@ -257,7 +258,7 @@ def load_placement(path: str, n_experts: int, world_size: int, layer: str | None
     found = read_plan(path, n_experts, world_size)
     if layer is None and len(found.layouts) != 1:
         raise ValueError(f"plan file {path!r} holds {len(found.layouts)} layers and ep-report runs one; choose it with "
-                         f"--placement-layer NAME (one of {_short(found.layers)})")
+                         f"--placement-layer NAME (one of {short(found.layers)})")
     if layer is not None and layer not in found.layers:
-        raise ValueError(f"plan file {path!r} has no layer {_short(layer)}; choose one of {_short(found.layers)}")
+        raise ValueError(f"plan file {path!r} has no layer {short(layer)}; choose one of {short(found.layers)}")
     return to_placement(found.layouts[0 if layer is None else found.layers.index(layer)], n_experts)

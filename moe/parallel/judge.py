@@ -322,9 +322,9 @@ def _who(name: str) -> str:
 
 
 def _persist(r: LayerReplay) -> str:
-    """definition "hot_expert_persistence" in words, with its number (not when every expert with tokens is hot)."""
+    """definition "hot_expert_persistence" in words, with its number (not when the n hottest take every expert)."""
     if r.hot_top >= r.windows.shape[1]:
-        return (f"hot-expert persistence is not informative here: the {r.hot_top} hottest (n: the largest R, or W "
-                f"when it is 0) are all {r.windows.shape[1]} experts")
+        return (f"hot-expert persistence is not informative here: the {r.hot_top} hottest are all "
+                f"{r.windows.shape[1]} experts (n: the largest R, or W when it is 0)")
     return (f"{r.persistence:.0%} of the {r.hot_top} hottest experts of a window (those with tokens) are still among "
             f"the {r.hot_top} hottest in the next")

@@ -62,11 +62,11 @@ def check_placement(ranks, n_experts: int, redundant_slots: int | None = None) -
                          "a flat list such as [0, 1]")
     bad = sorted({e for e in listed if e >= n_experts})
     if bad:
-        raise ValueError(f"placement names experts {_short(bad)} outside 0..{n_experts - 1}; list only existing "
+        raise ValueError(f"placement names experts {short(bad)} outside 0..{n_experts - 1}; list only existing "
                          f"experts")
     missing = sorted(set(range(n_experts)) - set(listed))
     if missing:
-        raise ValueError(f"placement misses experts {_short(missing)}: every expert 0..{n_experts - 1} must be "
+        raise ValueError(f"placement misses experts {short(missing)}: every expert 0..{n_experts - 1} must be "
                          f"on a rank")
     for r, experts in enumerate(ranks):
         if not experts:
@@ -74,7 +74,7 @@ def check_placement(ranks, n_experts: int, redundant_slots: int | None = None) -
     extra = len(listed) - n_experts
     if redundant_slots is not None and extra != redundant_slots:
         repeated = sorted(e for e, n in Counter(listed).items() if n > 1)
-        raise ValueError(f"placement repeats experts {_short(repeated)} ({extra} extra slots) but declares "
+        raise ValueError(f"placement repeats experts {short(repeated)} ({extra} extra slots) but declares "
                          f"redundant_slots={redundant_slots}; list each expert once or declare the replicas")
 
 
@@ -202,7 +202,7 @@ def placement_from_doc(doc, path: str, n_experts: int, world_size: int) -> Place
     if not isinstance(doc, dict) or not isinstance(doc.get("ranks"), list):
         raise ValueError(f"placement file {path!r} needs a 'ranks' list (one list of experts per rank)")
     if doc.get("n_experts", n_experts) != n_experts:
-        raise ValueError(f"placement file {path!r} is for n_experts={_short(doc['n_experts'])}, this run has "
+        raise ValueError(f"placement file {path!r} is for n_experts={short(doc['n_experts'])}, this run has "
                          f"{n_experts}")
     ranks = doc["ranks"]
     if len(ranks) != world_size:
@@ -213,7 +213,7 @@ def placement_from_doc(doc, path: str, n_experts: int, world_size: int) -> Place
                          f"indices (integers), e.g. [[0, 1], [2, 3]]")
     slots = doc.get("redundant_slots", 0)
     if not _is_index(slots):
-        raise ValueError(f"placement file {path!r}: 'redundant_slots' must be an integer >= 0, got {_short(slots)}")
+        raise ValueError(f"placement file {path!r}: 'redundant_slots' must be an integer >= 0, got {short(slots)}")
     check_placement(ranks, n_experts, slots)
     return Placement(n_experts, tuple(tuple(sorted(r)) for r in ranks))
 
@@ -231,7 +231,7 @@ def _is_index(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def _short(value, chars: int = 60) -> str:
+def short(value, chars: int = 60) -> str:
     """A value read from a file, shortened for a message."""
     text = repr(value)
     return text if len(text) <= chars else text[: chars - 1] + "…"
