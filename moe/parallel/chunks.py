@@ -96,39 +96,35 @@ def rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, 
     return True
 
 
-SPAN_BLOCK = 128  # windows whose rank loads peak_rows keeps at once: (W, 128) stays in the core's first caches
-
-
 @jit
-def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, load, out):
+def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
     """The busiest rank's load of windows lo[m] .. hi[m] − 1 under plan plan_of[m], span after span, into out; columns
-    (E, N) the counts transposed (int32 or int64: replay.span_columns), load (W, B) int64 scratch: the windows of a
-    span are taken B at a time. False as rank_rows (the caller checks spans)."""
-    if not _in_range(slot_expert, slot_rank, columns.shape[0], load.shape[0]):
+    (E, N) the counts transposed (int32 or int64: replay.span_columns), span (W, ≥ the longest span) int64 scratch.
+    False as rank_rows (the caller checks spans)."""
+    if not _in_range(slot_expert, slot_rank, columns.shape[0], span.shape[0]):
         return False
-    at, B = 0, load.shape[1]
+    at = 0
     for m in range(len(plan_of)):
-        k = plan_of[m]
-        for a in range(lo[m], hi[m], B):
-            n = min(B, hi[m] - a)
-            block = load[:, :n]
-            block[:] = 0
-            for p in range(slot_expert.shape[1]):
-                e = slot_expert[k, p]
-                if e < 0:
-                    continue
-                src, dst, c = columns[e, a: a + n], block[slot_rank[k, p]], count[k, p]
-                if c == 1:
-                    for t in range(n):
-                        dst[t] += src[t]
-                else:  # the chunk rule, on replicated slots only
-                    j = index[k, p]
-                    for t in range(n):
-                        dst[t] += chunk_share(np.int64(src[t]), j, c)
-            for t in range(n):  # window by window: the block's column stays in the first cache
-                peak = block[0, t]
-                for r in range(1, block.shape[0]):
-                    peak = max(peak, block[r, t])
-                out[at + t] = peak
-            at += n
+        k, a, n = plan_of[m], lo[m], hi[m] - lo[m]
+        load = span[:, :n]
+        load[:] = 0
+        for p in range(slot_expert.shape[1]):
+            e = slot_expert[k, p]
+            if e < 0:
+                continue
+            src, dst, c = columns[e, a: a + n], load[slot_rank[k, p]], count[k, p]
+            if c == 1:
+                for t in range(n):
+                    dst[t] += src[t]
+            else:  # the chunk rule, on replicated slots only
+                j = index[k, p]
+                for t in range(n):
+                    dst[t] += chunk_share(np.int64(src[t]), j, c)
+        peak = out[at: at + n]
+        peak[:] = load[0]
+        for r in range(1, load.shape[0]):  # row by row: contiguous
+            row = load[r]
+            for t in range(n):
+                peak[t] = max(peak[t], row[t])
+        at += n
     return True

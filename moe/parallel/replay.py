@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from moe.parallel.chunks import SPAN_BLOCK, chunk_share, peak_rows, rank_rows, ready, replica_index
+from moe.parallel.chunks import chunk_share, peak_rows, rank_rows, ready, replica_index
 from moe.parallel.placement import Placement
 
 @dataclass(frozen=True, eq=False)
@@ -138,8 +138,8 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     index, count = replica_index(slot_expert) if split is None else split
     out = np.empty(int((hi - lo).sum()), dtype=np.int64)
     if len(out):
-        load = np.empty((world_size, SPAN_BLOCK), dtype=np.int64)  # rank loads add up in int64 whatever the columns
-        if not peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, load, out):
+        span = np.empty((world_size, int((hi - lo).max())), dtype=np.int64)  # int64 loads whatever the columns
+        if not peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
             raise ValueError(_outside(columns.shape[0], world_size))
     return out
 
