@@ -145,6 +145,12 @@ def test_several_r_are_replayed_and_the_plan_takes_the_largest(tmp_path, capsys)
                  "--window", "4"]) == 0
     text = json.loads(capsys.readouterr().out)["verdict"]
     assert "with R=0 lifts" in text and text.endswith("; the plan below (and --export) has R=4, the largest given")
+    even = [f"{s},0,{e},50" for s in range(8) for e in range(8)]  # balanced already: "(best: …, with R=…, …)"
+    (tmp_path / "even.csv").write_text("step,layer,expert,count\n" + "\n".join(even) + "\n")
+    assert main(["plan", str(tmp_path / "even.csv"), "--world-size", "4", "--redundant-slots", "0,4"]) == 0
+    text = json.loads(capsys.readouterr().out)["verdict"]
+    named = int(re.search(r"best: layer 0, .* with R=(\d+), p50", text)[1])
+    assert text.startswith("balanced already") and text.endswith("has R=4, the largest given") == (named != 4)
 
 
 def test_layers_replayed_side_by_side_print_nothing_on_stderr(tmp_path):

@@ -6,6 +6,7 @@ names (moe/definitions.py)."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import numpy as np
 import pandas as pd
@@ -26,8 +27,8 @@ def add_command(commands) -> None:
     p.add_argument("file", help="routing log (any format moe.traces reads: Parquet, Megatron-LM JSONL, ...)")
     p.add_argument("--world-size", type=positive_int, required=True, help="W expert-parallel ranks (GPUs)")
     p.add_argument("--redundant-slots", type=non_negative_ints, default=(0,),
-                   help="R extra expert slots (replicas), or several, comma-separated (e.g. 0,8,32: R = 0 … 32): each "
-                        "is replayed; the plan and --export use the largest")
+                   help="R extra expert slots (replicas), or several, comma-separated (e.g. 0,8,32): each is replayed; "
+                        "the plan and --export use the largest")
     p.add_argument("--nodes", type=positive_int, default=1, help="nodes for DeepSeek's hierarchical EPLB")
     p.add_argument("--groups", type=positive_int, default=None, help="expert groups for DeepSeek's EPLB "
                                                                       "(default: --nodes)")
@@ -92,7 +93,8 @@ def run(args: argparse.Namespace) -> str:
 def _verdict(results, current: str, R: int) -> str:
     """judge.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
     text = verdict(results, current)
-    if len(results[0].redundant_slots) > 1 and f"with R={R} " not in text:
+    named = re.search(r"with R=(\d+)\b", text)
+    if len(results[0].redundant_slots) > 1 and named and int(named[1]) != R:
         text += f"; the plan below (and --export) has R={R}, the largest given"
     return text
 
