@@ -124,8 +124,8 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     """The busiest rank's load (rank_load_rows(...).max(axis=1)) for plans that each serve a span of consecutive
     windows: span m is windows lo[m] .. hi[m] − 1 under plan plan_of[m] (slot_expert, slot_rank (K, P)). Returns
     (Σ (hi − lo),), the spans one after another. Windows are read expert by expert (counts transposed), so that a
-    slot adds a run of windows at once. `split` as in rank_load_rows; `columns`: span_columns(counts), when the
-    caller has them."""
+    slot adds a whole span of windows at once; one span's rank loads at a time are kept. `split` as in
+    rank_load_rows; `columns`: span_columns(counts), when the caller has them."""
     if columns is None or columns.dtype not in (np.int32, np.int64) or not columns.flags.c_contiguous:
         columns = span_columns(counts)
     slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
