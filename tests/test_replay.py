@@ -9,8 +9,7 @@ from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, pla
 from moe.parallel.placement import contiguous, plan, predicted_load
 from moe.parallel.chunks import chunk_share, replica_index
 from moe.parallel.greedy import replica_order
-from moe.parallel.replay import (from_map, from_placement, peak_load_spans, rank_load, rank_load_rows, span_columns,
-                                 window_counts)
+from moe.parallel.replay import from_map, from_placement, peak_load_spans, rank_load, rank_load_rows, window_counts
 
 BALANCED_PRESET_LOAD = [136, 141, 96, 108, 122, 145, 139, 137]  # the Balanced preset's served load (T=512, seed 0)
 
@@ -81,29 +80,6 @@ def test_peak_load_spans_is_the_busiest_rank_of_rank_load_rows_span_by_span():
         window_of = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
         rows = rank_load_rows(counts, experts, ranks, W, np.repeat(plan_of, hi - lo), window_of)
         assert got.tolist() == rows.max(axis=1, initial=0).tolist()
-
-
-def test_peak_load_spans_with_int32_and_int64_columns():
-    """Long spans with counts that fit int32 (narrow columns; 2**30 each: a rank's load passes 2**31, added in int64)
-    and counts that do not (int64 columns): each the busiest rank of rank_load_rows, window by window."""
-    rng = np.random.default_rng(5)
-    for scale, dtype in ((1000, np.int32), (2**30, np.int32), (2**40, np.int64)):
-        E, W, N, K = 6, 3, 401, 3
-        experts = np.stack([np.concatenate([rng.permutation(E), rng.integers(0, E, size=3)]) for _ in range(K)])
-        ranks = rng.integers(0, W, size=experts.shape)
-        counts = rng.integers(0, scale, size=(N, E))
-        columns = span_columns(counts)
-        assert columns.dtype == dtype and columns.shape == (E, N) and (columns == counts.T).all()
-        plan_of, lo, hi = np.array([0, 1, 2, 1]), np.array([0, 5, 127, N - 1]), np.array([N, 265, 384, N])
-        got = peak_load_spans(counts, experts, ranks, W, plan_of, lo, hi, columns=columns)
-        window_of = np.concatenate([np.arange(a, b) for a, b in zip(lo, hi)])
-        rows = rank_load_rows(counts, experts, ranks, W, np.repeat(plan_of, hi - lo), window_of)
-        assert got.tolist() == rows.max(axis=1).tolist()
-        assert (rows.max() > 2**31) == (scale > 1000)  # the larger cases pass int32 in a rank's load
-    narrow = span_columns([[-2**31, 2**31 - 1]])
-    assert narrow.dtype == np.int32 and narrow.ravel().tolist() == [-2**31, 2**31 - 1]  # exact at both ends
-    assert span_columns([[-2**31 - 1, 0]]).dtype == span_columns([[2**31, 0]]).dtype == np.int64
-    assert span_columns(np.zeros((0, 3), dtype=np.int64)).shape == (3, 0)
 
 
 def test_compiled_replay_refuses_slots_and_indices_out_of_range_instead_of_reading_past_them():

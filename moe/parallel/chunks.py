@@ -99,8 +99,7 @@ def rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, 
 @jit
 def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
     """The busiest rank's load of windows lo[m] .. hi[m] − 1 under plan plan_of[m], span after span, into out; columns
-    (E, N) the counts transposed (int32 or int64: replay.span_columns), span (W, ≥ the longest span) int64 scratch.
-    False as rank_rows (the caller checks spans)."""
+    (E, N) the counts transposed, span (W, ≥ the longest span) scratch. False as rank_rows (the caller checks spans)."""
     if not _in_range(slot_expert, slot_rank, columns.shape[0], span.shape[0]):
         return False
     at = 0
@@ -119,7 +118,7 @@ def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, sp
             else:  # the chunk rule, on replicated slots only
                 j = index[k, p]
                 for t in range(n):
-                    dst[t] += chunk_share(np.int64(src[t]), j, c)
+                    dst[t] += chunk_share(src[t], j, c)
         peak = out[at: at + n]
         peak[:] = load[0]
         for r in range(1, load.shape[0]):  # row by row: contiguous

@@ -27,8 +27,7 @@ from moe.parallel.eplb import check_eplb_args, is_global, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
-from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, span_columns,
-                                 to_placement, window_counts)
+from moe.parallel.replay import Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement, window_counts
 from moe.parallel.schedules import p50, schedules, span_balancedness, span_windows
 from moe.traces.runstats import hot_mask
 
@@ -221,7 +220,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
     bal_cur = balancedness_vllm(cur)
     loads, own, kept, intervals, rest, absorbed, notes = {}, {}, {}, {}, {}, {}, []
     order = heaviest_first(windows)                                                  # one sort serves every plan
-    columns, mean = span_columns(windows), windows.sum(axis=1) / W                     # (E, N), (N,)
+    columns, mean = np.ascontiguousarray(windows.T), windows.sum(axis=1) / W           # (E, N), (N,)
     groups = s.num_nodes if s.num_groups is None else s.num_groups
     for R in s.redundant_slots:
         loads[("current", R)] = cur

@@ -125,9 +125,9 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     windows: span m is windows lo[m] .. hi[m] − 1 under plan plan_of[m] (slot_expert, slot_rank (K, P)). Returns
     (Σ (hi − lo),), the spans one after another. Windows are read expert by expert (counts transposed), so that a
     slot adds a whole span of windows at once; one span's rank loads at a time are kept. `split` as in
-    rank_load_rows; `columns`: span_columns(counts), when the caller has them."""
-    if columns is None or columns.dtype not in (np.int32, np.int64) or not columns.flags.c_contiguous:
-        columns = span_columns(counts)
+    rank_load_rows; `columns`: counts transposed (E, N) as a contiguous int64 array, when the caller has them."""
+    if columns is None or columns.dtype != np.int64 or not columns.flags.c_contiguous:
+        columns = np.ascontiguousarray(np.asarray(counts, dtype=np.int64).T)          # (E, N)
     slot_expert = np.ascontiguousarray(slot_expert, dtype=np.int64)
     slot_rank = np.ascontiguousarray(slot_rank, dtype=np.int64)
     plan_of, lo, hi = (np.asarray(v, dtype=np.int64) for v in (plan_of, lo, hi))
@@ -138,18 +138,10 @@ def peak_load_spans(counts, slot_expert, slot_rank, world_size: int, plan_of, lo
     index, count = replica_index(slot_expert) if split is None else split
     out = np.empty(int((hi - lo).sum()), dtype=np.int64)
     if len(out):
-        span = np.empty((world_size, int((hi - lo).max())), dtype=np.int64)  # int64 loads whatever the columns
+        span = np.empty((world_size, int((hi - lo).max())), dtype=np.int64)
         if not peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, span, out):
             raise ValueError(_outside(columns.shape[0], world_size))
     return out
-
-
-def span_columns(counts) -> np.ndarray:
-    """Counts (N, E) transposed to (E, N), contiguous, for peak_load_spans: int32 where every count fits in int32 (half
-    the bytes to read; the ranks' loads are still added in int64), else int64."""
-    counts = np.asarray(counts, dtype=np.int64)
-    narrow = counts.size and -2**31 <= counts.min() and counts.max() < 2**31
-    return np.ascontiguousarray(counts.T, dtype=np.int32 if narrow else np.int64)
 
 
 def _outside(E: int, W: int) -> str:
