@@ -41,19 +41,21 @@ _COMPILING = threading.Lock()
 _READY = threading.Event()
 
 
-def ready() -> None:
-    """Compile chunk_share's int64 loop once, under a lock, before threads use it: layers replayed side by side each
-    asked numba to compile it on their first call (a NumbaWarning on stderr, "Compilation requested for previously
-    compiled argument types"). Compiling at import instead would add about 0.2 s to every import."""
+def chunk_share(n, index, count):
+    """`share` (the rule) called from Python: its int64 loop is compiled on the first call, once, under a lock. Two
+    threads (layers replayed side by side, or two sessions of the dashboard) each asked numba to compile it on their
+    first call: a NumbaWarning on stderr ("Compilation requested for previously compiled argument types"). Compiling
+    at import instead would add about 0.2 s to every import."""
     if not _READY.is_set():
         with _COMPILING:
             if not _READY.is_set():
-                chunk_share(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64))
+                share(np.zeros(1, np.int64), np.zeros(1, np.int64), np.ones(1, np.int64))
                 _READY.set()
+    return share(n, index, count)
 
 
-@ufunc  # compiled on first use (for int64, by ready()), not at import
-def chunk_share(n, index, count):
+@ufunc  # compiled on first use (for int64, by chunk_share), not at import
+def share(n, index, count):
     """The index-th of count near-equal contiguous chunks of n (the cut points i·n // c), elementwise: a ufunc, also
     called from the compiled loops below. Below 2**32 tokens and 2**20 slots the cut points come from
     float64 division, several times faster than integer division and exact there: (index + 1)·n < 2**52 is exact,
@@ -91,7 +93,7 @@ def rank_rows(counts, slot_expert, slot_rank, index, count, plan_of, window_of, 
                 continue
             n, c = row[e], count[k, p]
             if c > 1:  # the chunk rule, on replicated slots only
-                n = chunk_share(n, index[k, p], c)
+                n = share(n, index[k, p], c)
             out[i, slot_rank[k, p]] += n
     return True
 
@@ -118,7 +120,7 @@ def peak_rows(columns, slot_expert, slot_rank, index, count, plan_of, lo, hi, sp
             else:  # the chunk rule, on replicated slots only
                 j = index[k, p]
                 for t in range(n):
-                    dst[t] += chunk_share(src[t], j, c)
+                    dst[t] += share(src[t], j, c)
         peak = out[at: at + n]
         peak[:] = load[0]
         for r in range(1, load.shape[0]):  # row by row: contiguous

@@ -21,7 +21,6 @@ import numpy as np
 
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
-from moe.parallel import chunks
 from moe.parallel.chunks import replica_index
 from moe.parallel.eplb import check_eplb_args, is_global, rebalance
 from moe.parallel.greedy import heaviest_first
@@ -271,7 +270,6 @@ def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, on
     """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map. Layers
     are replayed side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
     counts = np.asarray(counts)
-    chunks.ready()  # before the threads: each would ask numba to compile the chunk rule
     chosen = layers if only is None else list(dict.fromkeys(only))  # a layer named twice is replayed once
     missing = [name for name in chosen if name not in layers]
     if missing:

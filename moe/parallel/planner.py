@@ -150,8 +150,8 @@ def _weights(lists, n, w):
 def _refine_rows(held, w, max_steps, sort):
     """`refine` on every row of held (X, W, C) (each rank's experts in list order, -1 after the last) with w (X, E)
     the load of one replica of each expert, in place, skipping rows `_may_refine` rules out; with `sort`, the lists
-    of a row the search ran on are sorted after (the others are left as they were). Each step lowers (max weight, ranks at the max); a row stops when no step helps or after
-    max_steps."""
+    of a row the search ran on are sorted after (the others are left as they were). Each step lowers (max weight,
+    ranks at the max); a row stops when no step helps or after max_steps."""
     X, W, C = held.shape
     n = np.empty(W, np.int64)
     for x in range(X):

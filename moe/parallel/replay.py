@@ -15,7 +15,7 @@ from functools import cached_property
 
 import numpy as np
 
-from moe.parallel.chunks import chunk_share, peak_rows, rank_rows, ready, replica_index
+from moe.parallel.chunks import chunk_share, peak_rows, rank_rows, replica_index
 from moe.parallel.placement import Placement
 
 @dataclass(frozen=True, eq=False)
@@ -90,7 +90,6 @@ def rank_load(counts, layout: Layout) -> np.ndarray:
     order, starts, ranks, rep, index, count = layout.plan
     n = np.take(counts, layout.slot_expert[order], axis=1)                           # (N, P) slots rank by rank
     if len(rep):  # only replicated slots need the chunk rule; the rest serve their expert's whole count
-        ready()  # compiled once, not by two threads at once
         n[:, rep] = chunk_share(n[:, rep], index, count)
     out = np.add.reduceat(n, starts, axis=1)                                         # (N, ranks with a slot)
     if len(ranks) == layout.world_size:
