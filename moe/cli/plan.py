@@ -6,7 +6,6 @@ names (moe/definitions.py)."""
 from __future__ import annotations
 
 import argparse
-import re
 
 import numpy as np
 import pandas as pd
@@ -16,7 +15,8 @@ from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
 from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
                                  write_plan)
-from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log, verdict
+from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, best_gain, default_window, replay_log,
+                               verdict)
 from moe.traces.formats import read_log
 
 
@@ -93,8 +93,7 @@ def run(args: argparse.Namespace) -> str:
 def _verdict(results, current: str, R: int) -> str:
     """judge.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
     text = verdict(results, current)
-    named = re.search(r"with R=(\d+)\b", text)
-    if len(results[0].redundant_slots) > 1 and named and int(named[1]) != R:
+    if len(results[0].redundant_slots) > 1 and min(len(r.windows) for r in results) > 1 and best_gain(results)[3] != R:
         text += f"; the plan below (and --export) has R={R}, the largest given"
     return text
 

@@ -293,16 +293,7 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
     if any(len(r.windows) < 2 for r in results):
         return ("one window only: no window follows a plan, so nothing can be judged; use fewer steps per window "
                 "(more windows)")
-    best = None
-    for r in results:
-        for (name, R) in r.loads:
-            if name == "current":
-                continue
-            before, after = p50(r.next_window("current", R)), p50(r.next_window(name, R))
-            gain = after / before - 1 if before > 0 and np.isfinite(after) else -np.inf  # relative, as the margin is
-            if best is None or gain > best[0]:
-                best = (gain, r, name, R, before, after)
-    gain, r, name, R, before, after = best
+    gain, r, name, R, before, after = best_gain(results)
     if not gain > margin:
         return (f"balanced already: no placement beats {current} by more than {margin:.0%} on the windows after "
                 f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
@@ -312,6 +303,22 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
     return (f"{_who(name)} with R={R} lifts the p50 balancedness of layer {r.layer} from {before:.2f} to "
             f"{after:.2f} on the windows after planning; {_persist(r)}; "
             f"replanning every {every} window{'s' if every > 1 else ''} keeps {r.intervals[(name, R)][every]:.2f}")
+
+
+def best_gain(results: list[LayerReplay]) -> tuple:
+    """(gain, layer replay, planner, R, p50 before, p50 after) of the biggest relative gain (after / before − 1) of a
+    planner over the current placement on the windows after planning, over every layer and R (what `verdict` names);
+    an idle layer (current p50 0) gains −inf."""
+    best = None
+    for r in results:
+        for (name, R) in r.loads:
+            if name == "current":
+                continue
+            before, after = p50(r.next_window("current", R)), p50(r.next_window(name, R))
+            gain = after / before - 1 if before > 0 and np.isfinite(after) else -np.inf  # relative, as the margin is
+            if best is None or gain > best[0]:
+                best = (gain, r, name, R, before, after)
+    return best
 
 
 def _who(name: str) -> str:
