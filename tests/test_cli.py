@@ -68,6 +68,28 @@ def test_bad_arguments_exit_2_with_one_line(capsys, argv, named):
     assert err.count("\n") == 1 and named in err
 
 
+class _Writes(io.StringIO):
+    """A stderr that keeps every write call apart."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: list[str] = []
+
+    def write(self, text):
+        self.calls.append(text)
+        return super().write(text)
+
+
+def test_error_line_is_one_write_call(monkeypatch):
+    # The ranks of a torchrun job share one stderr pipe: a line written in two calls (text, then its newline) can
+    # have another rank's line land between them, which CI saw as two errors on one line.
+    stderr = _Writes()
+    monkeypatch.setattr(sys, "stderr", stderr)
+    assert main(["report", "--device", "tpu"]) == 2
+    assert len(stderr.calls) == 1 and stderr.calls[0].startswith("python -m moe: error:")
+    assert stderr.calls[0].endswith("\n") and stderr.calls[0].count("\n") == 1
+
+
 def test_group_limited_report_matches_the_engine(capsys):
     code, out, err = _run(capsys, "report", "--n-experts", "8", "--top-k", "2", "--n-group", "4",
                           "--topk-group", "1", "--tokens", "64", "--capacity-scope", "sequence")

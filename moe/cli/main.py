@@ -37,7 +37,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m moe") -> int:
         message = one_line(err)
         if isinstance(err, MemoryError):  # its own message is empty: say what ran out and the budget to set
             message = out_of_memory("running this command")
-        print(f"{prog}: error: {message}", file=sys.stderr)
+        # One write call: print() writes the text and its newline apart, and the ranks of a torchrun job share one
+        # stderr pipe, so another rank's line could land between the two (one pipe write under 4 KiB is atomic).
+        sys.stderr.write(f"{prog}: error: {message}\n")
+        sys.stderr.flush()
         return 2
     except KeyboardInterrupt:
         return 130
