@@ -103,13 +103,14 @@ WARM_BUDGET_S = 0.3     # ... while their total stays within this many seconds
 
 
 def timed_forward(layer: MoELayer, x: torch.Tensor, repeats: int = WARM_REPEATS,
-                  budget_s: float = WARM_BUDGET_S) -> tuple:
+                  budget_s: float | None = None) -> tuple:
     """(the first forward's trace, the wall times in ms of the repeats that fit the budget).
 
     The first forward after a change pays one-off costs; the repeats, on the same input, measure the warm time.
-    A repeat starts only when the last forward's time says it fits in what is left of the budget, so a forward
-    slower than the budget is never repeated.
+    A repeat starts only when the last forward's time says it fits in what is left of the budget (default
+    WARM_BUDGET_S, read when called), so a forward slower than the budget is never repeated.
     """
+    budget_s = WARM_BUDGET_S if budget_s is None else budget_s
     with torch.inference_mode():
         _, trace = layer(x)
         times: list[float] = []

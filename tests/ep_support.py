@@ -14,7 +14,8 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def torchrun(nproc: int, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
     """One torchrun job in its own process group; on timeout the whole group is killed."""
-    cmd = ep_command(nproc, ["--timeout", "30", *args])
+    # A collective may wait most of the job's time: on a loaded machine the ranks' imports alone can be seconds apart.
+    cmd = ep_command(nproc, ["--timeout", str(0.8 * timeout), *args])
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)  # its own group: killpg reaches the ranks too

@@ -30,12 +30,17 @@ X_AXES = f"""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(g =
         ({{key: ({KEY})(g) + ' x' + i, ticks: [...axis.querySelectorAll('g.xtick text')].map({BOX})}})))"""
 
 
+DRAWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+    .every(c => c.querySelector('.main-svg'))"""
+
+
 def _open(browser, server, preset: str, view: str = "Overview"):
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.goto(f"{server}/?{urllib.parse.urlencode({'preset': preset, 'view': view})}")
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
     wait_for_run(page)
-    page.wait_for_timeout(500)  # Plotly draws after the run ends
+    page.wait_for_function(DRAWN, timeout=30_000)  # Plotly draws after the run ends, chart by chart
+    page.wait_for_timeout(500)  # and its labels last
     assert page.locator('[data-testid="stException"]').count() == 0
     return page
 
@@ -53,9 +58,16 @@ def _groups(preset: str) -> list[str]:
 
 @pytest.mark.parametrize("preset", [DEFAULT, SWITCH])
 def test_overview_heatmap_names_every_row_group(browser, server, preset):
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     page = _open(browser, server, preset)
-    found = [t for t in page.evaluate(ROW_LABELS) if t["key"] == "contributors_heatmap"]
     expected = _groups(preset)
+    try:  # a loaded browser may still be drawing the heatmap's labels
+        page.wait_for_function(f"() => ({ROW_LABELS})().filter(t => t.key === 'contributors_heatmap').length >= "
+                               f"{len(expected)}", timeout=15_000)
+    except PlaywrightTimeout:
+        pass  # fewer labels than groups: the assertion below says which
+    found = [t for t in page.evaluate(ROW_LABELS) if t["key"] == "contributors_heatmap"]
     assert [t["text"] for t in found] == expected  # every group, once, in row order (expert 3 and topic 3 too)
     assert all(_disjoint(a["box"], b["box"]) for a, b in itertools.combinations(found, 2))
     ARTIFACTS.mkdir(exist_ok=True)

@@ -47,6 +47,7 @@ def test_a_new_step_shows_without_a_reload_and_the_run_goes_idle(browser, log_se
             shown_after.append(time.monotonic() - started)
         assert page.evaluate("window.__not_reloaded === true")
         metric = page.locator('[data-testid="stMetric"]').filter(has_text="Steps")
+        metric.filter(has_text="4").wait_for(timeout=10_000)  # the status line can arrive before the metric redraws
         assert "4" in metric.inner_text()
         page.get_by_text("idle: no new step for").wait_for(timeout=20_000)  # the writer stopped
         assert "last step 3" in page.get_by_text("idle: no new step for").inner_text()

@@ -187,11 +187,16 @@ def test_an_interrupted_wait_kills_the_whole_tree():
         kill_left(procs)
 
 
-def test_cancel_in_the_view_stops_the_job_and_draws_nothing():
+def test_cancel_in_the_view_stops_the_job_and_draws_nothing(monkeypatch):
     import time
 
+    from dashboard.views import parallel
     from ep_support import job_processes, kill_left, ready_processes, still_running
 
+    # A job that lasts until cancelled: the layer's own is over in about 2 s after the ranks are ready, which a
+    # loaded machine can spend before the next page run (the page would show the planned job by then).
+    monkeypatch.setattr(parallel, "ep_flags", lambda result, flags=parallel.ep_flags: [*flags(result), "--repeats",
+                                                                                         "100000"])
     at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=30).run()
     at.button(key="ep_run").click().run()
     procs = ready_processes(at.session_state["ep_job"], 2)  # the job in progress, both ranks ready and alive
