@@ -42,7 +42,9 @@ def test_the_section_draws_the_verdict_the_charts_and_downloads_plans_the_engine
     assert page.locator('[data-testid="stException"]').count() == 0
     page.get_by_role("combobox", name="Layer").click()  # as a person picks a layer
     page.get_by_role("option", name="3", exact=True).click()
-    page.wait_for_function("() => document.body.innerText.includes('layer 3')", timeout=60_000)
+    # The verdict names the layer picked. (Not any text with 'layer 3': the downloads' caption may name it before.)
+    page.wait_for_function("() => (document.querySelector('[data-testid=\"stAlert\"]') || {innerText: ''})"
+                           ".innerText.includes('p50 balancedness of layer 3')", timeout=60_000)
     wait_for_run(page)
     alert = page.locator('[data-testid="stAlert"]').first.inner_text()
     assert "p50 balancedness of layer 3" in alert
