@@ -150,7 +150,9 @@ def test_live_view_plays_and_the_charts_advance(browser, server):
     wait_for_run(page)
     page.get_by_text("Live", exact=True).click()
     page.get_by_role("button", name="Play").click()
-    page.wait_for_selector("text=playing", timeout=30_000)
+    # The status line, not any "playing" text: the view's caption says "Playing continues…" before Play.
+    page.wait_for_function("() => [...document.querySelectorAll('[data-testid=\"stMarkdownContainer\"] p')]"
+                           ".some(p => /^step \\d+ · playing/.test(p.innerText.trim()))", timeout=30_000)
     page.wait_for_function("() => document.body.innerText.includes('Load share per expert')", timeout=30_000)
     page.wait_for_function(f"() => ({POINTS})() > 0", timeout=30_000)
     first_step, first_points = _step_count(page), _points(page)

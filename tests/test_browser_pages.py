@@ -35,6 +35,7 @@ def test_the_navigation_changes_the_page_and_its_sidebar_controls(browser, serve
         assert page.get_by_text("Ran on", exact=False).count() == 0  # nor the layer's header line
         _nav(page, "About")
         page.wait_for_function("() => location.pathname.endsWith('/about')", timeout=60_000)
+        page.get_by_text("What every number on this page means", exact=False).wait_for(timeout=60_000)  # its run
         wait_for_run(page)
         assert page.locator(PRESET).count() == 0
         _nav(page, "Playground")
