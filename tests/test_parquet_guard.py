@@ -152,7 +152,7 @@ def test_a_step_split_across_row_groups_is_counted_and_a_cell_given_twice_across
 def _bound_and_read(path, columns, largest_group=False):
     with open(path, "rb") as f:
         pf = parquet_file(f, "t", TraceLimits.from_env())
-        bound = parquet_bytes(pf, columns, "t", largest_group)
+        bound = parquet_bytes(f, pf, columns, "t", largest_group)
         if not largest_group:
             return bound, pf.read(columns=columns).nbytes
         return bound, max(pf.read_row_group(i, columns=columns).nbytes for i in range(pf.metadata.num_row_groups))
@@ -180,7 +180,7 @@ def test_a_type_the_footer_cannot_bound_is_refused_before_reading(tmp_path):
     pq.write_table(pa.table({"nested": pa.array([[["a"]]]), "text_list": pa.array([["a", "b"]])}), path)
     for column in ("nested", "text_list", "missing"):
         with open(path, "rb") as f, pytest.raises(ValueError, match=f"no column '{column}' of numbers, labels"):
-            parquet_bytes(parquet_file(f, "t", TraceLimits.from_env()), [column], "t")
+            parquet_bytes(f, parquet_file(f, "t", TraceLimits.from_env()), [column], "t")
 
 
 def test_label_codes_keeps_the_order_of_first_appearance_over_every_chunk():

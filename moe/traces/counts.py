@@ -105,7 +105,7 @@ def _read_parquet(f, path: str, limits: TraceLimits, cap: int):
     columns = [n for n in ("step", *NEEDED) if n in schema.names]
     for name in columns:
         _check_type(schema.field(name).type, name, path)
-    need = parquet_bytes(pf, columns, repr(path)) + pf.metadata.num_rows * COUNTING_BYTES
+    need = parquet_bytes(f, pf, columns, repr(path)) + pf.metadata.num_rows * COUNTING_BYTES
     if need > cap:
         raise _too_big(path, need, cap)
     try:

@@ -15,7 +15,7 @@ import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.records import INT64_MAX, Progress, RoutingRecord, TraceLimits, check_experts, open_regular
-from moe.traces.safeload import check_label_pages, is_label, label_codes, parquet_file
+from moe.traces.safeload import chunk_bytes, is_label, label_codes, parquet_file
 
 PARQUET_COLUMNS = ["step", "layer", "token", "expert", "router_logit", "prob", "routed", "served", "gate",
                    "contribution"]
@@ -105,12 +105,9 @@ def _checked_file(f, path: str, limits: TraceLimits):
     caps (nothing decoded yet)."""
     pf = parquet_file(f, repr(path), limits)
     _check_types(pf.schema_arrow, path)
-    check_label_pages(pf, ["layer"], repr(path))
     names = ["token", "expert", "router_logit", "routed", "step", "layer"]
-    for i in range(pf.metadata.num_row_groups):
+    for i, decoded in enumerate(chunk_bytes(f, pf, names, repr(path))):  # pages from their headers: the footer may lie
         rg = pf.metadata.row_group(i)
-        decoded = sum(rg.column(j).total_uncompressed_size for j in range(rg.num_columns)
-                      if rg.column(j).path_in_schema in names)
         limits.check_entries(rg.num_rows, f"{path!r} row group {i}", f"{rg.num_rows:,} rows")
         if decoded > limits.budget // 4:
             raise ValueError(f"{path!r} row group {i} decodes to {describe_bytes(decoded)}, over a quarter of the "

@@ -9,8 +9,10 @@
 - Parquet (`parquet_file`, `parquet_bytes`, `label_codes`): a few kilobytes of dictionary-encoded pages can name a
   100 KB label on millions of rows, or millions of equal numbers, so neither the file's size nor its "uncompressed"
   sizes bound what pyarrow builds. Text columns are read as dictionaries (each label once), and the bytes a read
-  builds are bounded from the footer's row and value counts before any page is decoded. A footer whose counts lie,
-  or a page header that claims a huge page, is not caught here: only a reader in a memory-limited process would.
+  builds are bounded from the footer's row and value counts before any page is decoded. A page's header says what
+  it decompresses to, and pyarrow allocates that much first (a 180 KB file of three 2 GB zstd pages of zeros, its
+  footer saying 10 rows, took 4.4 GB): the pages pyarrow will read are walked from their own headers
+  (moe.traces.parquet_pages) and counted too, so a footer that understates them changes nothing.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import zipfile
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
+from moe.traces.parquet_pages import ChunkPages, chunk_pages
 from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -38,6 +41,9 @@ TEXT_FACTOR = 5
 # Bytes pyarrow may take per value it hashes while it builds a text column's dictionary (values of plain pages: a
 # writer falls back to them when a chunk has many distinct values): measured ~57 for 4 M distinct labels.
 DICTIONARY_BUILD_BYTES = 64
+# Bytes a page takes while pyarrow decodes it, per byte its header says it decompresses to (pyarrow allocates that
+# much first): measured 1.01 for a 1 GB page of one column; columns are decoded side by side, so each counts.
+PAGE_FACTOR = 1.25
 
 
 def _cap(limits: TraceLimits | None) -> int:
@@ -197,15 +203,17 @@ def _cost(kind) -> tuple[int, int, bool, bool] | None:
     return None
 
 
-def parquet_bytes(pf, columns: list[str], where: str, largest_group: bool = False) -> int:
-    """At most the bytes pyarrow builds reading `columns` of pf (a `parquet_file`): the whole file, or with
-    `largest_group` its largest row group (a reader that takes one row group at a time). From the footer, per row
-    group: each column's values (one per row; a list's from its chunk) times their width, list offsets per row and
-    validity bits, DECODE_FACTOR times over; and a text column's pages TEXT_FACTOR times over (their dictionary,
-    labels of a layer name's length: `_label_pages`), and DICTIONARY_BUILD_BYTES for each value pyarrow may hash to
-    build it (a value takes 4 bytes or more of the pages). ValueError for a column that is missing, of a type it
-    cannot bound, or of text far longer than layer names."""
-    schema, meta = pf.schema_arrow, pf.metadata
+def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = False) -> int:
+    """At most the bytes pyarrow builds reading `columns` of pf (a `parquet_file` of the open file f): the whole file,
+    or with `largest_group` its largest row group (a reader that takes one row group at a time). Per row group: each
+    column's values (one per row, from the footer; a list's from its chunk) times their width, list offsets per row
+    and validity bits, DECODE_FACTOR times over; the pages pyarrow decompresses, from their own headers
+    (`parquet_pages.chunk_pages`: the largest page and the dictionary page, PAGE_FACTOR times over); and a text
+    column's pages TEXT_FACTOR times over (their dictionary, labels of a layer name's length: `_label_pages`), and
+    DICTIONARY_BUILD_BYTES for each value pyarrow may hash to build it (a value takes 4 bytes or more of the pages).
+    ValueError for a column that is missing, of a type it cannot bound, of text far longer than layer names, or with
+    a page header that cannot be read."""
+    schema, meta, size_of = pf.schema_arrow, pf.metadata, _file_size(f)
     costs = {}
     for name in columns:
         costs[name] = _cost(schema.field(name).type) if name in schema.names else None
@@ -221,32 +229,57 @@ def parquet_bytes(pf, columns: list[str], where: str, largest_group: bool = Fals
                 continue
             width, offsets, text, listed = cost
             values = max(chunk.num_values, rows) if listed else rows
+            pages = _pages(f, chunk, size_of, where)
             size += int(DECODE_FACTOR * (values * width + rows * offsets + (rows + values) // 8 + 128))
+            size += int(PAGE_FACTOR * (pages.largest + pages.dictionary))
             if text:
-                pages = _label_pages(chunk, values, where)
-                size += TEXT_FACTOR * pages + DICTIONARY_BUILD_BYTES * min(values, pages // 4)
+                held = _label_pages(chunk, pages, values, where)
+                size += TEXT_FACTOR * held + DICTIONARY_BUILD_BYTES * min(values, held // 4)
         sizes.append(size)
     return max(sizes, default=0) if largest_group else sum(sizes)
 
 
-def check_label_pages(pf, columns: list[str], where: str) -> None:
-    """`_label_pages` for every chunk of the text columns among `columns` (a reader that bounds rows otherwise)."""
-    meta, text = pf.metadata, {name for name in columns if name in pf.schema_arrow.names
-                               and (_cost(pf.schema_arrow.field(name).type) or (0, 0, False))[2]}
+def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
+    """Per row group, the decompressed bytes of the pages pyarrow reads of `columns` (their headers' sizes, not the
+    footer's), each text column's checked as `_label_pages` does (a reader that bounds rows otherwise)."""
+    meta, size_of, out = pf.metadata, _file_size(f), []
+    text = {name for name in columns if name in pf.schema_arrow.names
+            and (_cost(pf.schema_arrow.field(name).type) or (0, 0, False))[2]}
     for group in map(meta.row_group, range(meta.num_row_groups)):
+        total = 0
         for chunk in map(group.column, range(group.num_columns)):
+            if chunk.path_in_schema.split(".")[0] not in columns:
+                continue
+            pages = _pages(f, chunk, size_of, where)
             if chunk.path_in_schema in text:
-                _label_pages(chunk, max(chunk.num_values, group.num_rows), where)
+                _label_pages(chunk, pages, max(chunk.num_values, group.num_rows), where)
+            total += pages.uncompressed
+        out.append(total)
+    return out
 
 
-def _label_pages(chunk, values: int, where: str) -> int:
-    """A text column chunk's uncompressed pages, refused (ValueError) past what labels of a layer name's length
-    take: a dictionary of MAX_LAYERS labels and an index or a label a value, LABEL_PAGE_BYTES each at most."""
-    pages = chunk.total_uncompressed_size
-    if pages > (values + MAX_LAYERS) * LABEL_PAGE_BYTES:
+def _file_size(f) -> int:
+    f.seek(0, 2)
+    return f.tell()
+
+
+def _pages(f, chunk, file_size: int, where: str) -> ChunkPages:
+    """`chunk_pages`, its ValueError as one line naming the column."""
+    try:
+        return chunk_pages(f, chunk, file_size)
+    except ValueError as err:
+        raise ValueError(f"{where} is not a readable Parquet file (column {chunk.path_in_schema!r}: {err}); copy it "
+                         f"again") from None
+
+
+def _label_pages(chunk, pages: ChunkPages, values: int, where: str) -> int:
+    """A text column chunk's decompressed pages (from their headers), refused (ValueError) past what labels of a layer
+    name's length take: a dictionary of MAX_LAYERS labels and an index or a label a value, LABEL_PAGE_BYTES each at
+    most."""
+    if pages.uncompressed > (values + MAX_LAYERS) * LABEL_PAGE_BYTES:
         raise ValueError(f"{where}: column {chunk.path_in_schema!r} holds text far longer than layer names (1 to 32 "
                          f"characters); give the file as written")
-    return pages
+    return pages.uncompressed
 
 
 def label_codes(column, where: str) -> tuple[list[str], np.ndarray]:

@@ -85,7 +85,7 @@ def read_part(part: str, table: str, limits: TraceLimits, columns: dict, optiona
     is never read."""
     with open_regular(part) as f:
         pf, name, names = _open_part(f, part, table, limits, columns, optional)
-        if parquet_bytes(pf, names, name) > (limits.budget // 4 if room is None else room):
+        if parquet_bytes(f, pf, names, name) > (limits.budget // 4 if room is None else room):
             raise _too_big(name)
         try:
             return pf.read(columns=names)
@@ -101,7 +101,7 @@ def counts_batches(part: str, limits: TraceLimits):
         pf, name, names = _open_part(f, part, "counts", limits, COUNTS)
         meta = pf.metadata
         rows = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
-        if parquet_bytes(pf, names, name, largest_group=True) + rows * COUNTING_BYTES > limits.budget // 4:
+        if parquet_bytes(f, pf, names, name, largest_group=True) + rows * COUNTING_BYTES > limits.budget // 4:
             raise _too_big(name)
         for i in range(meta.num_row_groups):
             try:

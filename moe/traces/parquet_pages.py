@@ -1,0 +1,183 @@
+"""What pyarrow decompresses to read a Parquet column chunk, read from the chunk's own page headers, not from the
+footer. A page header states its decompressed size, and pyarrow allocates that much before it decodes a value: a
+180 KB file whose footer honestly says "10 rows" held three zstd pages of 2 GB of zeros and took a reader to 4.4 GB
+under a 1 GB budget. A footer can also understate a chunk's pages. So the pages pyarrow will read are walked here,
+as its reader walks them (parquet-cpp `SerializedPageReader`, pyarrow 26): from the dictionary page (or the first
+data page) on, page after page, until the data pages hold the footer's value count or the chunk's bytes end.
+
+Page headers are Thrift compact-protocol structs (parquet-format `PageHeader`): 1 type, 2 uncompressed_page_size,
+3 compressed_page_size, 5 data_page_header (1 num_values), 7 dictionary_page_header (1 num_values),
+8 data_page_header_v2 (1 num_values). Page types: 0 data, 1 index, 2 dictionary, 3 data v2.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_HEADER_BYTES = 1 << 20  # a page header longer than this is refused (ours hold a few integers and min/max)
+_BLOCK = 1 << 16            # bytes read at a time while walking headers (small pages: many headers a read)
+_MAX_DEPTH = 16             # nested structs deeper than any page header are refused
+PADDING = 100               # parquet-cpp's kMaxDictHeaderSize (PARQUET-816): read past a chunk for old writers' files
+DATA_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2 = 0, 2, 3
+
+
+@dataclass(frozen=True)
+class ChunkPages:
+    """The pages of one column chunk that pyarrow reads: their decompressed bytes in total, the largest, and the
+    dictionary page's (0 without one)."""
+    uncompressed: int
+    largest: int
+    dictionary: int
+
+
+class _Short(Exception):
+    """The bytes at hand end inside the header (read more)."""
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if i >= len(buf):
+            raise _Short
+        byte = buf[i]
+        i += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i
+        shift += 7
+        if shift > 63:
+            raise ValueError("a varint longer than 64 bits")
+
+
+def _zigzag(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
+
+
+def _value(buf: bytes, i: int, kind: int, depth: int):
+    """(the value of compact type `kind` at i (None for one not kept: bytes, doubles, collections), the next offset).
+    Every element of a collection takes a byte or more, so a count past the bytes at hand ends the header early."""
+    if kind in (1, 2):                       # bool, in the field header itself
+        return kind == 1, i
+    if kind == 3:                            # byte
+        if i >= len(buf):
+            raise _Short
+        return buf[i], i + 1
+    if kind in (4, 5, 6):                    # i16, i32, i64: zigzag varints
+        value, i = _varint(buf, i)
+        return _zigzag(value), i
+    if kind == 7:                            # double
+        if i + 8 > len(buf):
+            raise _Short
+        return None, i + 8
+    if kind == 8:                            # binary
+        n, i = _varint(buf, i)
+        if i + n > len(buf):
+            raise _Short
+        return None, i + n
+    if depth >= _MAX_DEPTH:
+        raise ValueError("a page header nested too deep")
+    if kind in (9, 10):                      # list, set: a byte of size and element type, the size past 14 apart
+        if i >= len(buf):
+            raise _Short
+        head, i = buf[i], i + 1
+        n, item = head >> 4, head & 0x0F
+        if n == 15:
+            n, i = _varint(buf, i)
+        return None, _items(buf, i, item, n, depth + 1)
+    if kind == 11:                           # map: its size, then a byte of key and value types
+        n, i = _varint(buf, i)
+        if n:
+            if i >= len(buf):
+                raise _Short
+            key, item = buf[i] >> 4, buf[i] & 0x0F
+            i += 1
+            for _ in range(n):
+                i = _items(buf, _items(buf, i, key, 1, depth + 1), item, 1, depth + 1)
+        return None, i
+    if kind == 12:
+        return _struct(buf, i, depth + 1)
+    raise ValueError(f"a page header with a field of unknown type {kind}")
+
+
+def _items(buf: bytes, i: int, kind: int, n: int, depth: int) -> int:
+    """The offset after n collection elements of type `kind` at i (a bool element is a byte of its own)."""
+    if kind in (1, 2):
+        if i + n > len(buf):
+            raise _Short
+        return i + n
+    for _ in range(n):
+        _, i = _value(buf, i, kind, depth)
+    return i
+
+
+def _struct(buf: bytes, i: int, depth: int = 0) -> tuple[dict, int]:
+    """A struct at i as {field id: value} (ints, bools and nested structs kept), and the offset after it."""
+    fields, last = {}, 0
+    while True:
+        if i >= len(buf):
+            raise _Short
+        head, i = buf[i], i + 1
+        if head == 0:
+            return fields, i
+        kind, delta = head & 0x0F, head >> 4
+        if delta:
+            field = last + delta
+        else:
+            raw, i = _varint(buf, i)
+            field = _zigzag(raw)
+        fields[field], i = _value(buf, i, kind, depth)
+        last = field
+
+
+def page_header(buf: bytes, i: int = 0) -> tuple[dict, int]:
+    """The page header at buf[i:], and the offset after it. _Short when buf ends inside it; ValueError when it is not
+    a page header."""
+    header, after = _struct(buf, i)
+    for field in (1, 2, 3):
+        value = header.get(field)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ValueError("a page header without its type and sizes")
+    return header, after
+
+
+def _values(header: dict) -> int:
+    """The values a data page holds (0 for the other pages)."""
+    body = header.get({DATA_PAGE: 5, DATA_PAGE_V2: 8}.get(header[1], -1))
+    value = body.get(1) if isinstance(body, dict) else None
+    if header[1] in (DATA_PAGE, DATA_PAGE_V2) and not (isinstance(value, int) and value >= 0):
+        raise ValueError("a data page without its value count")
+    return value or 0
+
+
+def chunk_pages(f, chunk, file_size: int) -> ChunkPages:
+    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f of file_size bytes, from
+    their headers. pyarrow reads the chunk's bytes from its first page (`ComputeColumnChunkRange` in parquet-cpp's
+    file_reader.cc: the dictionary page when it comes first) with up to PADDING bytes more for files that claim an
+    old writer, and stops at the footer's value count (`SerializedPageReader::NextPage`, column_reader.cc).
+    ValueError when a header cannot be read, or runs past the chunk."""
+    start = chunk.data_page_offset
+    if chunk.has_dictionary_page and (chunk.dictionary_page_offset or 0) > 0:
+        start = min(start, chunk.dictionary_page_offset)
+    if start < 0:
+        raise ValueError("a column chunk at a negative offset")
+    end = min(start + max(chunk.total_compressed_size, 0) + PADDING, file_size)
+    wanted, seen, total, largest, dictionary = chunk.num_values, 0, 0, 0, 0
+    pos, base, buf = start, start, b""
+    while pos < end and seen < wanted:
+        try:
+            header, after = page_header(buf, pos - base)
+        except _Short:
+            have = base + len(buf) - pos                                             # bytes at hand from pos on
+            if base + len(buf) >= end:
+                raise ValueError("a page header runs past its column chunk") from None
+            if have >= MAX_HEADER_BYTES:
+                raise ValueError("a page header longer than 1 MiB") from None
+            f.seek(pos)
+            base, buf = pos, f.read(min(max(_BLOCK, 2 * have), end - pos, MAX_HEADER_BYTES))
+            if not buf:
+                raise ValueError("a page header runs past its column chunk") from None
+            continue
+        total, largest = total + header[2], max(largest, header[2])
+        dictionary += header[2] if header[1] == DICTIONARY_PAGE else 0
+        seen += _values(header)
+        pos = base + after + header[3]
+    return ChunkPages(total, largest, dictionary)

@@ -1,0 +1,199 @@
+"""Parquet files as an attacker writes them, for the page-header tests: a Thrift compact-protocol codec of its own
+(written from the protocol's description, independent of moe.traces.parquet_pages) that decodes a footer or a page
+header into [field id, type, value] lists and encodes it back, and builders of files whose pages decompress far past
+what their rows need."""
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte, i = buf[i], i + 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            return value, i
+
+
+def _unzig(n: int) -> int:
+    return (n >> 1) ^ -(n & 1)
+
+
+def _read(buf: bytes, i: int, kind: int):
+    if kind in (1, 2):
+        return kind == 1, i
+    if kind == 3:
+        return struct.unpack_from("b", buf, i)[0], i + 1
+    if kind in (4, 5, 6):
+        value, i = _varint(buf, i)
+        return _unzig(value), i
+    if kind == 7:
+        return struct.unpack_from("<d", buf, i)[0], i + 8
+    if kind == 8:
+        n, i = _varint(buf, i)
+        return bytes(buf[i:i + n]), i + n
+    if kind in (9, 10):
+        head, i = buf[i], i + 1
+        n, item = head >> 4, head & 0x0F
+        if n == 15:
+            n, i = _varint(buf, i)
+        items = []
+        for _ in range(n):
+            if item in (1, 2):
+                items.append(buf[i] == 1)
+                i += 1
+            else:
+                value, i = _read(buf, i, item)
+                items.append(value)
+        return (item, items), i
+    if kind == 12:
+        return decode(buf, i)
+    raise ValueError(f"type {kind} is not used by Parquet's metadata")
+
+
+def decode(buf: bytes, i: int = 0) -> tuple[list, int]:
+    """The struct at buf[i:] as [[field id, type, value], ...], and the offset after it."""
+    fields, last = [], 0
+    while True:
+        head, i = buf[i], i + 1
+        if head == 0:
+            return fields, i
+        kind, delta = head & 0x0F, head >> 4
+        if delta:
+            field = last + delta
+        else:
+            raw, i = _varint(buf, i)
+            field = _unzig(raw)
+        value, i = _read(buf, i, kind)
+        fields.append([field, kind, value])
+        last = field
+
+
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _zig(n: int) -> bytes:
+    return _uvarint((n << 1) ^ (n >> 63))
+
+
+def _write(kind: int, value) -> bytes:
+    if kind == 3:
+        return struct.pack("b", value)
+    if kind in (4, 5, 6):
+        return _zig(value)
+    if kind == 7:
+        return struct.pack("<d", value)
+    if kind == 8:
+        return _uvarint(len(value)) + value
+    if kind in (9, 10):
+        item, items = value
+        out = bytearray([(len(items) << 4) | item] if len(items) < 15 else [0xF0 | item])
+        if len(items) >= 15:
+            out += _uvarint(len(items))
+        for x in items:
+            out += bytes([1 if x else 2]) if item in (1, 2) else _write(item, x)
+        return bytes(out)
+    if kind == 12:
+        return encode(value)
+    raise ValueError(kind)
+
+
+def encode(fields: list) -> bytes:
+    """The struct [[field id, type, value], ...] in the compact protocol (fields in the order given)."""
+    out, last = bytearray(), 0
+    for field, kind, value in fields:
+        if kind in (1, 2):
+            kind = 1 if value else 2
+        delta = field - last
+        out += bytes([(delta << 4) | kind]) if 0 < delta <= 15 else bytes([kind]) + _zig(field)
+        if kind not in (1, 2):
+            out += _write(kind, value)
+        last = field
+    return bytes(out) + b"\0"
+
+
+def field(fields: list, fid: int) -> list:
+    """The [field id, type, value] entry of field fid (KeyError when absent)."""
+    for entry in fields:
+        if entry[0] == fid:
+            return entry
+    raise KeyError(fid)
+
+
+def footer(data: bytes) -> list:
+    """A Parquet file's FileMetaData as fields."""
+    size = int.from_bytes(data[-8:-4], "little")
+    return decode(data[-8 - size:-8])[0]
+
+
+def pages(data: bytes, chunk: list) -> list[tuple[int, list, int]]:
+    """Every page header of a column chunk (its ColumnMetaData fields) from its first page to the end of its
+    compressed bytes: (offset, header fields, header length)."""
+    start = field(chunk, 9)[2]
+    dictionary = [e for e in chunk if e[0] == 11]
+    if dictionary and 0 < dictionary[0][2] < start:
+        start = dictionary[0][2]
+    end, out, pos = start + field(chunk, 7)[2], [], start
+    while pos < end:
+        header, after = decode(data, pos)
+        out.append((pos, header, after - pos))
+        pos = after + field(header, 3)[2]
+    return out
+
+
+def chunks(meta: list) -> list[list]:
+    """Every ColumnMetaData (fields) of a FileMetaData, row group after row group."""
+    return [field(column, 3)[2] for group in field(meta, 4)[2][1] for column in field(group, 1)[2][1]]
+
+
+def _plain(values: np.ndarray) -> bytes:
+    """A column's values as a PLAIN page holds them: little-endian numbers, booleans packed 8 a byte."""
+    if values.dtype == np.bool_:
+        return np.packbits(values, bitorder="little").tobytes()
+    return values.astype(values.dtype.newbyteorder("<")).tobytes()
+
+
+def page_bomb(path, columns: dict, page_bytes: int, lie: bool = False) -> int:
+    """A file of the given columns (numpy arrays of int64, float32 or bool; 10 rows or so) in which each column is
+    one PLAIN zstd data page whose header claims, and whose data decompresses to, page_bytes: the values, then
+    zeros. The footer states the true sizes, or with `lie` a chunk of 100 bytes. Returns the file's size."""
+    arrays = {name: np.asarray(values) for name, values in columns.items()}
+    table = pa.table({name: pa.array(values) for name, values in arrays.items()},
+                     schema=pa.schema([pa.field(name, pa.from_numpy_dtype(v.dtype), nullable=False)
+                                       for name, v in arrays.items()]))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd", use_dictionary=False, write_statistics=False,
+                   store_schema=False)
+    data = sink.getvalue().to_pybytes()
+    meta = footer(data)
+    out = bytearray(b"PAR1")
+    group = field(meta, 4)[2][1][0]
+    for column, values in zip(field(group, 1)[2][1], arrays.values()):
+        raw = _plain(values)
+        body = pa.compress(raw + bytes(page_bytes - len(raw)), codec="zstd", asbytes=True)
+        header = encode([[1, 5, 0], [2, 5, page_bytes], [3, 5, len(body)],
+                         [5, 12, [[1, 5, len(values)], [2, 5, 0], [3, 5, 3], [4, 5, 3]]]])
+        chunk = field(column, 3)[2]
+        field(chunk, 9)[2] = field(column, 2)[2] = len(out)
+        field(chunk, 7)[2] = len(header) + len(body)
+        field(chunk, 6)[2] = 100 if lie else len(header) + page_bytes
+        out += header + body
+    for entry in [e for e in group if e[0] not in (1, 2, 3)]:  # offsets and sizes of the file as pyarrow wrote it
+        group.remove(entry)
+    tail = encode(meta)
+    out += tail + len(tail).to_bytes(4, "little") + b"PAR1"
+    with open(path, "wb") as f:
+        f.write(out)
+    return len(out)
