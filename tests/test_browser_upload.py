@@ -1,6 +1,7 @@
 """The Runs page's upload in a real browser, driven as a person does: a 1 KB Parquet file whose layer label (100 KB)
 repeats on every row is refused in one line, the server's memory stays far below what the labels decode to, and
-the next upload opens. Before the labels were read as dictionaries, this upload took the server past 1.5 GB."""
+the next upload opens. Before the labels were read as dictionaries, this upload took the server past 1.5 GB. A file
+of a few pages that decompress to gigabytes is refused the same way."""
 import re
 
 import numpy as np
@@ -60,5 +61,30 @@ def test_a_small_file_that_decodes_to_gigabytes_is_refused_and_the_next_upload_o
         wait_for_run(page)                                                   # the input above it, always there)
         assert page.get_by_text("This trace cannot be opened").count() == 0  # the last file's message is gone
         assert page.get_by_text("worst (step, layer)", exact=False).count() >= 1
+    finally:
+        page.close()
+
+
+def test_a_file_whose_pages_decompress_to_gigabytes_is_refused_before_one_is_decompressed(browser, upload_server,
+                                                                                          tmp_path):
+    """Three zstd pages of 300 MB of zeros in 28 KB, the footer understating them: before the pages were read from
+    their own headers, reading this file took a reader 582 MB past its baseline under a 1 GB budget."""
+    from parquet_craft import page_bomb
+    url, proc = upload_server
+    bomb, rows = tmp_path / "pages.parquet", np.arange(10)
+    assert page_bomb(bomb, {"layer": rows % 2, "expert": rows, "count": rows + 1}, 300_000_000, lie=True) < 40_000
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    try:
+        page.goto(url + "/runs")
+        wait_for_run(page)
+        page.get_by_text("Choose a file to open.").wait_for(timeout=30_000)
+        before = _peak_mb(proc.pid)
+        _upload(page, bomb)
+        alert = page.get_by_text("This trace cannot be opened")
+        alert.wait_for(timeout=60_000)
+        assert "takes about 1.0 GiB in memory, over the 512.0 MiB a counts file may take" in alert.inner_text()
+        assert page.get_by_text("Traceback").count() == 0
+        assert _peak_mb(proc.pid) - before < 150, (before, _peak_mb(proc.pid))  # one page alone: 300 MB
+        assert proc.poll() is None
     finally:
         page.close()
