@@ -197,3 +197,31 @@ def page_bomb(path, columns: dict, page_bytes: int, lie: bool = False) -> int:
     with open(path, "wb") as f:
         f.write(out)
     return len(out)
+
+
+def dictionary_claim(path, columns: list[str], entries: int) -> None:
+    """A file of int64 `columns`, 10 rows of 0 each: per column a PLAIN dictionary page that holds one 8-byte entry
+    but whose header announces `entries`, and one data page of RLE_DICTIONARY indices (bit width 1, one run of ten
+    0s), neither compressed."""
+    table = pa.table({name: np.zeros(10, np.int64) for name in columns},
+                     schema=pa.schema([pa.field(name, pa.int64(), nullable=False) for name in columns]))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="none", write_statistics=False, store_schema=False)
+    meta = footer(sink.getvalue().to_pybytes())
+    group = field(meta, 4)[2][1][0]
+    out = bytearray(b"PAR1")
+    for column in field(group, 1)[2][1]:
+        values, indices = bytes(8), b"\x01\x14\x00"                                 # width 1; (10 << 1), value 0
+        first = len(out)
+        out += encode([[1, 5, 2], [2, 5, 8], [3, 5, 8], [7, 12, [[1, 5, entries], [2, 5, 0]]]]) + values
+        data = len(out)
+        out += encode([[1, 5, 0], [2, 5, 3], [3, 5, 3], [5, 12, [[1, 5, 10], [2, 5, 8], [3, 5, 3], [4, 5, 3]]]])
+        out += indices
+        chunk = [e for e in field(column, 3)[2] if e[0] not in (9, 11, 12)] + [[9, 6, data], [11, 6, first]]
+        chunk.sort(key=lambda e: e[0])
+        field(chunk, 6)[2] = field(chunk, 7)[2] = len(out) - first
+        column[:] = [[2, 6, first] if e[0] == 2 else [3, 12, chunk] if e[0] == 3 else e for e in column]
+    group[:] = [e for e in group if e[0] in (1, 2, 3)]
+    tail = encode(meta)
+    with open(path, "wb") as f:
+        f.write(out + tail + len(tail).to_bytes(4, "little") + b"PAR1")

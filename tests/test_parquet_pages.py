@@ -54,7 +54,7 @@ def test_the_walk_counts_every_page_pyarrow_wrote(tmp_path, options):
             dictionary = sum(field(header, 2)[2] for _, header, _ in every if field(header, 1)[2] == 2)
             # pyarrow's footer counts each page's header and its decompressed bytes
             assert sum(sizes) + sum(n for *_, n in every) == meta.total_uncompressed_size
-            walked = chunk_pages(f, meta, len(data))
+            walked = chunk_pages(f, meta)
             assert (walked.uncompressed, walked.largest, walked.dictionary) == (sum(sizes), max(sizes), dictionary)
             assert (dictionary > 0) == meta.has_dictionary_page, meta.path_in_schema
     several = 3 if "data_page_size" in options else 1
@@ -81,15 +81,15 @@ def test_the_walk_stops_at_the_footers_value_count_as_pyarrow_does(tmp_path):
     f = io.BytesIO(data)
     for wanted in (1, counts[0], counts[0] + 1, 4000):
         read = int(np.searchsorted(np.cumsum(counts), wanted)) + 1                     # pages until `wanted` values
-        assert chunk_pages(f, _chunk(data, num_values=wanted), len(data)).uncompressed == sum(sizes[:read])
+        assert chunk_pages(f, _chunk(data, num_values=wanted)).uncompressed == sum(sizes[:read])
     # a chunk whose bytes end at page 3: pyarrow never reads it, but for files that claim an old writer it reads
     # PADDING bytes more (PARQUET-816), so a header there counts too (the walk always pads); a header cut by the
     # chunk's end is damaged, as pyarrow finds it
     for end, read in ((every[2][0], 3), (every[2][0] - PADDING, 2)):
         short = _chunk(data, total_compressed_size=end - every[0][0])
-        assert chunk_pages(f, short, len(data)).uncompressed == sum(sizes[:read]), (end, read)
+        assert chunk_pages(f, short).uncompressed == sum(sizes[:read]), (end, read)
     with pytest.raises(ValueError, match="a page header runs past its column chunk"):
-        chunk_pages(f, _chunk(data, total_compressed_size=every[2][0] + 1 - PADDING - every[0][0]), len(data))
+        chunk_pages(f, _chunk(data, total_compressed_size=every[2][0] + 1 - PADDING - every[0][0]))
 
 
 def test_a_damaged_or_endless_page_header_is_one_line(tmp_path):
@@ -113,7 +113,7 @@ def test_a_damaged_or_endless_page_header_is_one_line(tmp_path):
     with pytest.raises(ValueError, match="a page header longer than 1 MiB"):
         chunk_pages(io.BytesIO(long), SimpleNamespace(data_page_offset=4, has_dictionary_page=False,
                                                       dictionary_page_offset=None, total_compressed_size=len(long),
-                                                      num_values=1), len(long))
+                                                      num_values=1))
 
 
 def _store_with_part(path: str, write) -> str:
@@ -151,3 +151,16 @@ def test_the_same_files_with_small_pages_are_read(tmp_path):
     expected = np.zeros((2, 10), np.int64)
     expected[rows % 2, rows] = rows + 1
     assert log.layers == ["0", "1"] and log.counts[0].tolist() == expected.tolist()
+
+
+def test_a_dictionary_page_announcing_billions_of_entries_is_one_line_within_the_budget(tmp_path, baseline_mb):
+    """The walk does not count a dictionary page's entries: pyarrow refuses a count its bytes cannot hold before it
+    builds the dictionary. This keeps that true (an upgrade that sized the dictionary first would fail here)."""
+    from parquet_craft import dictionary_claim
+    good, bad = str(tmp_path / "good.parquet"), str(tmp_path / "bad.parquet")
+    dictionary_claim(good, ["layer", "expert", "count"], 1)
+    assert pq.read_table(good).to_pydict() == {name: [0] * 10 for name in ("layer", "expert", "count")}
+    dictionary_claim(bad, ["layer", "expert", "count"], 2_000_000_000)              # 16 GB of int64 entries
+    peak, line = _peak_mb(bad)
+    assert "is not a readable Parquet file" in line, line
+    assert peak - baseline_mb["counts"] < 100, (peak, baseline_mb)

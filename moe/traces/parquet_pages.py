@@ -23,7 +23,8 @@ DATA_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2 = 0, 2, 3
 @dataclass(frozen=True)
 class ChunkPages:
     """The pages of one column chunk that pyarrow reads: their decompressed bytes in total, the largest, and the
-    dictionary page's (0 without one)."""
+    dictionary page's (0 without one). A dictionary page's entry count is not needed: pyarrow 26 refuses one that
+    its bytes cannot hold ("Unexpected end of stream") before it builds the dictionary."""
     uncompressed: int
     largest: int
     dictionary: int
@@ -148,9 +149,8 @@ def _values(header: dict) -> int:
     return value or 0
 
 
-def chunk_pages(f, chunk, file_size: int) -> ChunkPages:
-    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f of file_size bytes, from
-    their headers. pyarrow reads the chunk's bytes from its first page (`ComputeColumnChunkRange` in parquet-cpp's
+def chunk_pages(f, chunk) -> ChunkPages:
+    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f, from their headers. pyarrow reads the chunk's bytes from its first page (`ComputeColumnChunkRange` in parquet-cpp's
     file_reader.cc: the dictionary page when it comes first) with up to PADDING bytes more for files that claim an
     old writer, and stops at the footer's value count (`SerializedPageReader::NextPage`, column_reader.cc).
     ValueError when a header cannot be read, or runs past the chunk."""
@@ -159,7 +159,8 @@ def chunk_pages(f, chunk, file_size: int) -> ChunkPages:
         start = min(start, chunk.dictionary_page_offset)
     if start < 0:
         raise ValueError("a column chunk at a negative offset")
-    end = min(start + max(chunk.total_compressed_size, 0) + PADDING, file_size)
+    f.seek(0, 2)
+    end = min(start + max(chunk.total_compressed_size, 0) + PADDING, f.tell())
     wanted, seen, total, largest, dictionary = chunk.num_values, 0, 0, 0, 0
     pos, base, buf = start, start, b""
     while pos < end and seen < wanted:

@@ -213,7 +213,7 @@ def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = F
     DICTIONARY_BUILD_BYTES for each value pyarrow may hash to build it (a value takes 4 bytes or more of the pages).
     ValueError for a column that is missing, of a type it cannot bound, of text far longer than layer names, or with
     a page header that cannot be read."""
-    schema, meta, size_of = pf.schema_arrow, pf.metadata, _file_size(f)
+    schema, meta = pf.schema_arrow, pf.metadata
     costs = {}
     for name in columns:
         costs[name] = _cost(schema.field(name).type) if name in schema.names else None
@@ -229,7 +229,7 @@ def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = F
                 continue
             width, offsets, text, listed = cost
             values = max(chunk.num_values, rows) if listed else rows
-            pages = _pages(f, chunk, size_of, where)
+            pages = _pages(f, chunk, where)
             size += int(DECODE_FACTOR * (values * width + rows * offsets + (rows + values) // 8 + 128))
             size += int(PAGE_FACTOR * (pages.largest + pages.dictionary))
             if text:
@@ -242,7 +242,7 @@ def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = F
 def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
     """Per row group, the decompressed bytes of the pages pyarrow reads of `columns` (their headers' sizes, not the
     footer's), each text column's checked as `_label_pages` does (a reader that bounds rows otherwise)."""
-    meta, size_of, out = pf.metadata, _file_size(f), []
+    meta, out = pf.metadata, []
     text = {name for name in columns if name in pf.schema_arrow.names
             and (_cost(pf.schema_arrow.field(name).type) or (0, 0, False))[2]}
     for group in map(meta.row_group, range(meta.num_row_groups)):
@@ -250,7 +250,7 @@ def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
         for chunk in map(group.column, range(group.num_columns)):
             if chunk.path_in_schema.split(".")[0] not in columns:
                 continue
-            pages = _pages(f, chunk, size_of, where)
+            pages = _pages(f, chunk, where)
             if chunk.path_in_schema in text:
                 _label_pages(chunk, pages, max(chunk.num_values, group.num_rows), where)
             total += pages.uncompressed
@@ -258,15 +258,10 @@ def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
     return out
 
 
-def _file_size(f) -> int:
-    f.seek(0, 2)
-    return f.tell()
-
-
-def _pages(f, chunk, file_size: int, where: str) -> ChunkPages:
+def _pages(f, chunk, where: str) -> ChunkPages:
     """`chunk_pages`, its ValueError as one line naming the column."""
     try:
-        return chunk_pages(f, chunk, file_size)
+        return chunk_pages(f, chunk)
     except ValueError as err:
         raise ValueError(f"{where} is not a readable Parquet file (column {chunk.path_in_schema!r}: {err}); copy it "
                          f"again") from None
