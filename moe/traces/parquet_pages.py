@@ -150,7 +150,8 @@ def _values(header: dict) -> int:
 
 
 def chunk_pages(f, chunk) -> ChunkPages:
-    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f, from their headers. pyarrow reads the chunk's bytes from its first page (`ComputeColumnChunkRange` in parquet-cpp's
+    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f, from their headers.
+    pyarrow 26 reads the chunk's bytes from its first page (`ComputeColumnChunkRange` in parquet-cpp's
     file_reader.cc: the dictionary page when it comes first) with up to PADDING bytes more for files that claim an
     old writer, and stops at the footer's value count (`SerializedPageReader::NextPage`, column_reader.cc).
     ValueError when a header cannot be read, or runs past the chunk."""
