@@ -165,10 +165,35 @@ def _plain(values: np.ndarray) -> bytes:
     return values.astype(values.dtype.newbyteorder("<")).tobytes()
 
 
-def page_bomb(path, columns: dict, page_bytes: int, lie: bool = False) -> int:
+def _pages_of(raw: bytes, n: int, page_bytes: int, trick: str | None) -> bytes:
+    """One column's pages (headers and zstd bodies): n values PLAIN (raw), then zeros up to page_bytes. A `trick`
+    writes a header that Thrift C++ (pyarrow) reads one way and a careless reader another: "wrap" gives the size
+    4096 and then again, as field id 65538 (a 16-bit 2), page_bytes; "typed" gives page_bytes and then again as an
+    i64 4096 (a field of the wrong type is skipped); "values" puts half the values in a first page whose count is
+    given again as an i64 n (skipped), so the big page after it is read too."""
+    def header(size: int, body: bytes, count: int, more: list = (), inner: list = ()) -> bytes:
+        """A data page header, then `more` fields; its data page header's fields, then `inner`."""
+        counts = [[1, 5, count], [2, 5, 0], [3, 5, 3], [4, 5, 3], *inner]
+        return encode([[1, 5, 0], [2, 5, size], [3, 5, len(body)], [5, 12, counts], *more])
+
+    body = pa.compress(raw + bytes(page_bytes - len(raw)), codec="zstd", asbytes=True)
+    if trick == "wrap":
+        return header(4096, body, n, [[65538, 5, page_bytes]]) + body
+    if trick == "typed":
+        return header(page_bytes, body, n, [[2, 6, 4096]]) + body
+    if trick == "values":
+        cut = len(raw) // n * (n // 2)                                               # the first n // 2 values
+        first = pa.compress(raw[:cut], codec="zstd", asbytes=True)
+        rest = pa.compress(raw[cut:] + bytes(page_bytes - (len(raw) - cut)), codec="zstd", asbytes=True)
+        return header(cut, first, n // 2, inner=[[1, 6, n]]) + first + header(page_bytes, rest, n - n // 2) + rest
+    return header(page_bytes, body, n) + body
+
+
+def page_bomb(path, columns: dict, page_bytes: int, lie: bool = False, trick: str | None = None) -> int:
     """A file of the given columns (numpy arrays of int64, float32 or bool; 10 rows or so) in which each column is
     one PLAIN zstd data page whose header claims, and whose data decompresses to, page_bytes: the values, then
-    zeros. The footer states the true sizes, or with `lie` a chunk of 100 bytes. Returns the file's size."""
+    zeros (`_pages_of`, with its tricks). The footer states the true sizes, or with `lie` a chunk of 100 bytes.
+    Returns the file's size."""
     arrays = {name: np.asarray(values) for name, values in columns.items()}
     table = pa.table({name: pa.array(values) for name, values in arrays.items()},
                      schema=pa.schema([pa.field(name, pa.from_numpy_dtype(v.dtype), nullable=False)
@@ -181,15 +206,12 @@ def page_bomb(path, columns: dict, page_bytes: int, lie: bool = False) -> int:
     out = bytearray(b"PAR1")
     group = field(meta, 4)[2][1][0]
     for column, values in zip(field(group, 1)[2][1], arrays.values()):
-        raw = _plain(values)
-        body = pa.compress(raw + bytes(page_bytes - len(raw)), codec="zstd", asbytes=True)
-        header = encode([[1, 5, 0], [2, 5, page_bytes], [3, 5, len(body)],
-                         [5, 12, [[1, 5, len(values)], [2, 5, 0], [3, 5, 3], [4, 5, 3]]]])
+        written = _pages_of(_plain(values), len(values), page_bytes, trick)
         chunk = field(column, 3)[2]
         field(chunk, 9)[2] = field(column, 2)[2] = len(out)
-        field(chunk, 7)[2] = len(header) + len(body)
-        field(chunk, 6)[2] = 100 if lie else len(header) + page_bytes
-        out += header + body
+        field(chunk, 7)[2] = len(written)
+        field(chunk, 6)[2] = 100 if lie else len(written) + page_bytes
+        out += written
     for entry in [e for e in group if e[0] not in (1, 2, 3)]:  # offsets and sizes of the file as pyarrow wrote it
         group.remove(entry)
     tail = encode(meta)
@@ -222,6 +244,29 @@ def dictionary_claim(path, columns: list[str], entries: int) -> None:
         field(chunk, 6)[2] = field(chunk, 7)[2] = len(out) - first
         column[:] = [[2, 6, first] if e[0] == 2 else [3, 12, chunk] if e[0] == 3 else e for e in column]
     group[:] = [e for e in group if e[0] in (1, 2, 3)]
+    tail = encode(meta)
+    with open(path, "wb") as f:
+        f.write(out + tail + len(tail).to_bytes(4, "little") + b"PAR1")
+
+
+def many_pages(path, pages: int, groups: int = 1) -> None:
+    """A file of one int64 column "x": `groups` row groups of 10 rows whose chunks all point at the same bytes:
+    `pages` index pages (a 7-byte header each, no values: pyarrow skips them), then one data page of ten 0s."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.table({"x": pa.array(np.zeros(10, np.int64))}, schema=pa.schema([pa.field("x", pa.int64(),
+                   nullable=False)])), sink, compression="none", write_statistics=False, store_schema=False)
+    meta = footer(sink.getvalue().to_pybytes())
+    index = encode([[1, 5, 1], [2, 5, 0], [3, 5, 0]])
+    data = encode([[1, 5, 0], [2, 5, 80], [3, 5, 80], [5, 12, [[1, 5, 10], [2, 5, 0], [3, 5, 3], [4, 5, 3]]]])
+    out = bytearray(b"PAR1") + index * pages + data + bytes(80)
+    group = field(meta, 4)[2][1][0]
+    group[:] = [e for e in group if e[0] in (1, 2, 3)]
+    column = field(group, 1)[2][1][0]
+    chunk = field(column, 3)[2]
+    field(chunk, 9)[2] = field(column, 2)[2] = 4
+    field(chunk, 6)[2] = field(chunk, 7)[2] = len(out) - 4
+    field(meta, 4)[2] = (12, [group] * groups)
+    field(meta, 3)[2] = 10 * groups
     tail = encode(meta)
     with open(path, "wb") as f:
         f.write(out + tail + len(tail).to_bytes(4, "little") + b"PAR1")

@@ -14,7 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from moe.traces.formats import read_log
-from moe.traces.parquet_pages import MAX_HEADER_BYTES, PADDING, chunk_pages
+from moe.traces.parquet_pages import MAX_HEADER_BYTES, MAX_PAGES, PADDING, chunk_pages
+from moe.traces.records import TraceLimits
+from moe.traces.safeload import parquet_bytes, parquet_file
 from moe.traces.store import LogWriter
 from parquet_craft import chunks, encode, field, footer, page_bomb, pages
 import test_parquet_guard
@@ -98,7 +100,7 @@ def test_a_damaged_or_endless_page_header_is_one_line(tmp_path):
     data = bytearray(path.read_bytes())
     start = pq.ParquetFile(path).metadata.row_group(0).column(0).data_page_offset
     huge = bytes([0x80] * 5 + [0x10])                                                 # 2**39 as a varint
-    cases = {b"\x1f": "a field of unknown type 15", b"\x15" + b"\xff" * 12: "a varint longer than 64 bits",
+    cases = {b"\x1f": "a field of unknown type 15", b"\x15" + b"\xff" * 12: "a varint longer than 10 bytes",
              b"\x19" * 40: "nested too deep", b"\x19\xf1" + huge: "runs past its column chunk"}  # 2**39 bools
     for garbage, reason in cases.items():
         bad = bytearray(data)
@@ -164,3 +166,40 @@ def test_a_dictionary_page_announcing_billions_of_entries_is_one_line_within_the
     peak, line = _peak_mb(bad)
     assert "is not a readable Parquet file" in line, line
     assert peak - baseline_mb["counts"] < 100, (peak, baseline_mb)
+
+
+@pytest.mark.parametrize("trick", ["wrap", "typed", "values"])
+def test_headers_are_read_as_pyarrow_reads_them(tmp_path, trick):
+    """A header that gives a page's size (or value count) twice, once under a 16-bit-wrapped field id or with the
+    wrong type: pyarrow reads the file, so it decompressed the 4 MB page, and the walk counts that page."""
+    page, rows = 4_000_000, np.arange(10)
+    path = tmp_path / f"{trick}.parquet"
+    page_bomb(path, {"layer": rows % 2, "expert": rows, "count": rows + 1}, page, lie=True, trick=trick)
+    assert pq.read_table(path).to_pydict() == {"layer": (rows % 2).tolist(), "expert": rows.tolist(),
+                                               "count": (rows + 1).tolist()}
+    pf = pq.ParquetFile(path)
+    with open(path, "rb") as f:
+        for j in range(3):
+            walked = chunk_pages(f, pf.metadata.row_group(0).column(j))
+            assert walked.largest == page and walked.pages == (2 if trick == "values" else 1), (j, walked)
+    peak, line = _peak_mb(str(path))                                                   # and the reader agrees
+    assert line == "read", line
+
+
+def test_a_file_that_makes_the_walk_read_too_many_headers_is_one_line(tmp_path):
+    """Tiny pages, or row groups whose chunks all point at the same bytes, would make the walk read headers for
+    minutes from a file of a few megabytes: past MAX_PAGES headers in one file it stops, in one line."""
+    from parquet_craft import many_pages
+    for n, groups in ((MAX_PAGES + 1, 1), (MAX_PAGES // 8, 9)):
+        path = tmp_path / f"{n}-{groups}.parquet"
+        many_pages(path, n, groups)
+        with open(path, "rb") as f:
+            pf = parquet_file(f, "t", TraceLimits.from_env())
+            with pytest.raises(ValueError, match=rf"^t is not a readable Parquet file \(column 'x': more than "
+                                                 rf"{MAX_PAGES:,} pages in one file\); copy it again$"):
+                parquet_bytes(f, pf, ["x"], "t")
+    fine = tmp_path / "fine.parquet"
+    many_pages(fine, MAX_PAGES // 8, 7)                                                # 7/8 of the headers
+    assert pq.read_table(fine).num_rows == 70                                          # pyarrow skips index pages
+    with open(fine, "rb") as f:
+        assert parquet_bytes(f, parquet_file(f, "t", TraceLimits.from_env()), ["x"], "t") > 0

@@ -6,28 +6,38 @@ as its reader walks them (parquet-cpp `SerializedPageReader`, pyarrow 26): from 
 data page) on, page after page, until the data pages hold the footer's value count or the chunk's bytes end.
 
 Page headers are Thrift compact-protocol structs (parquet-format `PageHeader`): 1 type, 2 uncompressed_page_size,
-3 compressed_page_size, 5 data_page_header (1 num_values), 7 dictionary_page_header (1 num_values),
-8 data_page_header_v2 (1 num_values). Page types: 0 data, 1 index, 2 dictionary, 3 data v2.
+3 compressed_page_size (i32 each), 5 data_page_header, 7 dictionary_page_header, 8 data_page_header_v2 (structs, each
+with 1 num_values, i32). Page types: 0 data, 1 index, 2 dictionary, 3 data v2. They are read as Thrift C++ reads
+them (TCompactProtocol and parquet's generated PageHeader::read): field ids are 16-bit, a field of the wrong type is
+skipped, a field given twice keeps its last value. A reader that differs is a hole: a header could show it 4 KB and
+pyarrow 300 MB.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 MAX_HEADER_BYTES = 1 << 20  # a page header longer than this is refused (ours hold a few integers and min/max)
+MAX_PAGES = 1 << 18         # page headers walked in one file at most: 256 GB of pyarrow's 1 MB pages (~1 s to walk)
 _BLOCK = 1 << 16            # bytes read at a time while walking headers (small pages: many headers a read)
 _MAX_DEPTH = 16             # nested structs deeper than any page header are refused
 PADDING = 100               # parquet-cpp's kMaxDictHeaderSize (PARQUET-816): read past a chunk for old writers' files
 DATA_PAGE, DICTIONARY_PAGE, DATA_PAGE_V2 = 0, 2, 3
+_I32, _STRUCT = 5, 12       # compact types of the fields kept
+_COUNT = {1: (_I32, None)}  # DataPageHeader, DictionaryPageHeader, DataPageHeaderV2: 1 num_values
+_PAGE_HEADER = {1: (_I32, None), 2: (_I32, None), 3: (_I32, None), 5: (_STRUCT, _COUNT), 7: (_STRUCT, _COUNT),
+                8: (_STRUCT, _COUNT)}
 
 
 @dataclass(frozen=True)
 class ChunkPages:
-    """The pages of one column chunk that pyarrow reads: their decompressed bytes in total, the largest, and the
-    dictionary page's (0 without one). A dictionary page's entry count is not needed: pyarrow 26 refuses one that
-    its bytes cannot hold ("Unexpected end of stream") before it builds the dictionary."""
+    """The pages of one column chunk that pyarrow reads: their decompressed bytes in total, the largest, the
+    dictionary page's (0 without one), and how many headers were walked. A dictionary page's entry count is not
+    needed: pyarrow 26 refuses one that its bytes cannot hold ("Unexpected end of stream") before it builds the
+    dictionary."""
     uncompressed: int
     largest: int
     dictionary: int
+    pages: int = 0
 
 
 class _Short(Exception):
@@ -35,6 +45,7 @@ class _Short(Exception):
 
 
 def _varint(buf: bytes, i: int) -> tuple[int, int]:
+    """An unsigned varint of at most 10 bytes (Thrift's limit), and the offset after it."""
     value = shift = 0
     while True:
         if i >= len(buf):
@@ -45,35 +56,37 @@ def _varint(buf: bytes, i: int) -> tuple[int, int]:
         if byte < 0x80:
             return value, i
         shift += 7
-        if shift > 63:
-            raise ValueError("a varint longer than 64 bits")
+        if shift >= 70:
+            raise ValueError("a varint longer than 10 bytes")
 
 
-def _zigzag(n: int) -> int:
-    return (n >> 1) ^ -(n & 1)
+def _i32(raw: int) -> int:
+    """A varint as Thrift C++ reads an i32 (or i16) from it: its low 32 bits, zigzag-decoded."""
+    raw &= 0xFFFFFFFF
+    return (raw >> 1) ^ -(raw & 1)
 
 
-def _value(buf: bytes, i: int, kind: int, depth: int):
-    """(the value of compact type `kind` at i (None for one not kept: bytes, doubles, collections), the next offset).
-    Every element of a collection takes a byte or more, so a count past the bytes at hand ends the header early."""
+def _i16(n: int) -> int:
+    """n cast to a signed 16-bit integer, as Thrift C++ holds a field id."""
+    return ((n + 0x8000) & 0xFFFF) - 0x8000
+
+
+def _skip(buf: bytes, i: int, kind: int, depth: int) -> int:
+    """The offset after a value of compact type `kind` at i. Every element of a collection takes a byte or more, so
+    a count past the bytes at hand ends the header early."""
     if kind in (1, 2):                       # bool, in the field header itself
-        return kind == 1, i
+        return i
     if kind == 3:                            # byte
         if i >= len(buf):
             raise _Short
-        return buf[i], i + 1
-    if kind in (4, 5, 6):                    # i16, i32, i64: zigzag varints
-        value, i = _varint(buf, i)
-        return _zigzag(value), i
-    if kind == 7:                            # double
-        if i + 8 > len(buf):
-            raise _Short
-        return None, i + 8
-    if kind == 8:                            # binary
-        n, i = _varint(buf, i)
+        return i + 1
+    if kind in (4, 5, 6):                    # i16, i32, i64: varints
+        return _varint(buf, i)[1]
+    if kind in (7, 8):                       # double; binary: its length, then its bytes
+        n, i = (8, i) if kind == 7 else _varint(buf, i)
         if i + n > len(buf):
             raise _Short
-        return None, i + n
+        return i + n
     if depth >= _MAX_DEPTH:
         raise ValueError("a page header nested too deep")
     if kind in (9, 10):                      # list, set: a byte of size and element type, the size past 14 apart
@@ -83,7 +96,7 @@ def _value(buf: bytes, i: int, kind: int, depth: int):
         n, item = head >> 4, head & 0x0F
         if n == 15:
             n, i = _varint(buf, i)
-        return None, _items(buf, i, item, n, depth + 1)
+        return _items(buf, i, item, n, depth + 1)
     if kind == 11:                           # map: its size, then a byte of key and value types
         n, i = _varint(buf, i)
         if n:
@@ -93,9 +106,9 @@ def _value(buf: bytes, i: int, kind: int, depth: int):
             i += 1
             for _ in range(n):
                 i = _items(buf, _items(buf, i, key, 1, depth + 1), item, 1, depth + 1)
-        return None, i
+        return i
     if kind == 12:
-        return _struct(buf, i, depth + 1)
+        return _struct(buf, i, depth + 1, {})[1]
     raise ValueError(f"a page header with a field of unknown type {kind}")
 
 
@@ -106,51 +119,62 @@ def _items(buf: bytes, i: int, kind: int, n: int, depth: int) -> int:
             raise _Short
         return i + n
     for _ in range(n):
-        _, i = _value(buf, i, kind, depth)
+        i = _skip(buf, i, kind, depth)
     return i
 
 
-def _struct(buf: bytes, i: int, depth: int = 0) -> tuple[dict, int]:
-    """A struct at i as {field id: value} (ints, bools and nested structs kept), and the offset after it."""
+def _struct(buf: bytes, i: int, depth: int, schema: dict) -> tuple[dict, int]:
+    """The struct at i, read as Thrift C++ reads it: field ids are 16-bit; a field named in `schema` (id -> (compact
+    type, nested schema)) is kept only when it has that type (a later one replaces an earlier), any other skipped;
+    type 0 ends the struct. Returns {field id: value} and the offset after it."""
+    if depth > _MAX_DEPTH:
+        raise ValueError("a page header nested too deep")
     fields, last = {}, 0
     while True:
         if i >= len(buf):
             raise _Short
         head, i = buf[i], i + 1
-        if head == 0:
-            return fields, i
         kind, delta = head & 0x0F, head >> 4
+        if kind == 0:
+            return fields, i
         if delta:
-            field = last + delta
+            field = _i16(last + delta)
         else:
             raw, i = _varint(buf, i)
-            field = _zigzag(raw)
-        fields[field], i = _value(buf, i, kind, depth)
+            field = _i16(_i32(raw))
+        want = schema.get(field)
+        if want is not None and want[0] == kind == _STRUCT:
+            fields[field], i = _struct(buf, i, depth + 1, want[1])
+        elif want is not None and want[0] == kind:
+            raw, i = _varint(buf, i)
+            fields[field] = _i32(raw)
+        else:
+            i = _skip(buf, i, kind, depth)
         last = field
 
 
 def page_header(buf: bytes, i: int = 0) -> tuple[dict, int]:
-    """The page header at buf[i:], and the offset after it. _Short when buf ends inside it; ValueError when it is not
-    a page header."""
-    header, after = _struct(buf, i)
-    for field in (1, 2, 3):
-        value = header.get(field)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise ValueError("a page header without its type and sizes")
+    """The page header at buf[i:] (the fields this module reads), and the offset after it. _Short when buf ends
+    inside it; ValueError when it is not a page header."""
+    header, after = _struct(buf, i, 0, _PAGE_HEADER)
+    if any(header.get(field, -1) < 0 for field in (1, 2, 3)):
+        raise ValueError("a page header without its type and sizes")
     return header, after
 
 
 def _values(header: dict) -> int:
     """The values a data page holds (0 for the other pages)."""
-    body = header.get({DATA_PAGE: 5, DATA_PAGE_V2: 8}.get(header[1], -1))
-    value = body.get(1) if isinstance(body, dict) else None
-    if header[1] in (DATA_PAGE, DATA_PAGE_V2) and not (isinstance(value, int) and value >= 0):
+    if header[1] not in (DATA_PAGE, DATA_PAGE_V2):
+        return 0
+    value = header.get({DATA_PAGE: 5, DATA_PAGE_V2: 8}[header[1]], {}).get(1, -1)
+    if value < 0:
         raise ValueError("a data page without its value count")
-    return value or 0
+    return value
 
 
-def chunk_pages(f, chunk) -> ChunkPages:
-    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f, from their headers.
+def chunk_pages(f, chunk, max_pages: int = MAX_PAGES) -> ChunkPages:
+    """The pages pyarrow reads of `chunk` (pyarrow's ColumnChunkMetaData) in the open file f, from their headers (at
+    most max_pages of them: ValueError past that, a file of tiny pages or of chunks that share their pages).
     pyarrow 26 reads the chunk's bytes from its first page (`ComputeColumnChunkRange` in parquet-cpp's
     file_reader.cc: the dictionary page when it comes first) with up to PADDING bytes more for files that claim an
     old writer, and stops at the footer's value count (`SerializedPageReader::NextPage`, column_reader.cc).
@@ -162,9 +186,11 @@ def chunk_pages(f, chunk) -> ChunkPages:
         raise ValueError("a column chunk at a negative offset")
     f.seek(0, 2)
     end = min(start + max(chunk.total_compressed_size, 0) + PADDING, f.tell())
-    wanted, seen, total, largest, dictionary = chunk.num_values, 0, 0, 0, 0
+    wanted, seen, total, largest, dictionary, n_pages = chunk.num_values, 0, 0, 0, 0, 0
     pos, base, buf = start, start, b""
     while pos < end and seen < wanted:
+        if n_pages >= max_pages:
+            raise ValueError(f"more than {MAX_PAGES:,} pages in one file")
         try:
             header, after = page_header(buf, pos - base)
         except _Short:
@@ -180,6 +206,6 @@ def chunk_pages(f, chunk) -> ChunkPages:
             continue
         total, largest = total + header[2], max(largest, header[2])
         dictionary += header[2] if header[1] == DICTIONARY_PAGE else 0
-        seen += _values(header)
+        seen, n_pages = seen + _values(header), n_pages + 1
         pos = base + after + header[3]
-    return ChunkPages(total, largest, dictionary)
+    return ChunkPages(total, largest, dictionary, n_pages)
