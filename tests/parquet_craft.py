@@ -249,24 +249,29 @@ def dictionary_claim(path, columns: list[str], entries: int) -> None:
         f.write(out + tail + len(tail).to_bytes(4, "little") + b"PAR1")
 
 
-def many_pages(path, pages: int, groups: int = 1) -> None:
-    """A file of one int64 column "x": `groups` row groups of 10 rows whose chunks all point at the same bytes:
-    `pages` index pages (a 7-byte header each, no values: pyarrow skips them), then one data page of ten 0s."""
+def many_pages(path, pages: int, groups: int = 1, columns: tuple = ("x",), damaged: bool = False, rows: int = 10
+               ) -> None:
+    """A file of int64 `columns`: `groups` row groups of `rows` rows whose chunks all point at the same bytes: `pages`
+    index pages (a 7-byte header each, no values: pyarrow skips them), then one data page of `rows` 0s (`damaged`:
+    of no bytes at all, which pyarrow fails to read)."""
     sink = pa.BufferOutputStream()
-    pq.write_table(pa.table({"x": pa.array(np.zeros(10, np.int64))}, schema=pa.schema([pa.field("x", pa.int64(),
-                   nullable=False)])), sink, compression="none", write_statistics=False, store_schema=False)
+    pq.write_table(pa.table({name: np.zeros(rows, np.int64) for name in columns},  # optional columns when damaged
+                            schema=pa.schema([pa.field(name, pa.int64(), nullable=damaged) for name in columns])),
+                   sink, compression="none", write_statistics=False, store_schema=False)
     meta = footer(sink.getvalue().to_pybytes())
     index = encode([[1, 5, 1], [2, 5, 0], [3, 5, 0]])
-    data = encode([[1, 5, 0], [2, 5, 80], [3, 5, 80], [5, 12, [[1, 5, 10], [2, 5, 0], [3, 5, 3], [4, 5, 3]]]])
-    out = bytearray(b"PAR1") + index * pages + data + bytes(80)
+    size, levels = (0, 0) if damaged else (8 * rows, 3)  # damaged: no bytes, and levels in an encoding never used
+    data = encode([[1, 5, 0], [2, 5, size], [3, 5, size],
+                   [5, 12, [[1, 5, rows], [2, 5, 0], [3, 5, levels], [4, 5, levels]]]])
+    out = bytearray(b"PAR1") + index * pages + data + bytes(size)
     group = field(meta, 4)[2][1][0]
     group[:] = [e for e in group if e[0] in (1, 2, 3)]
-    column = field(group, 1)[2][1][0]
-    chunk = field(column, 3)[2]
-    field(chunk, 9)[2] = field(column, 2)[2] = 4
-    field(chunk, 6)[2] = field(chunk, 7)[2] = len(out) - 4
+    for column in field(group, 1)[2][1]:
+        chunk = field(column, 3)[2]
+        field(chunk, 9)[2] = field(column, 2)[2] = 4
+        field(chunk, 6)[2] = field(chunk, 7)[2] = len(out) - 4
     field(meta, 4)[2] = (12, [group] * groups)
-    field(meta, 3)[2] = 10 * groups
+    field(meta, 3)[2] = rows * groups
     tail = encode(meta)
     with open(path, "wb") as f:
         f.write(out + tail + len(tail).to_bytes(4, "little") + b"PAR1")

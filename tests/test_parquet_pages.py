@@ -203,3 +203,26 @@ def test_a_file_that_makes_the_walk_read_too_many_headers_is_one_line(tmp_path):
     assert pq.read_table(fine).num_rows == 70                                          # pyarrow skips index pages
     with open(fine, "rb") as f:
         assert parquet_bytes(f, parquet_file(f, "t", TraceLimits.from_env()), ["x"], "t") > 0
+
+
+def test_a_damaged_file_of_many_row_groups_exits_2_every_time(tmp_path):
+    """pyarrow read the file through the Python file object: after a failed read, a worker still holding it (or a
+    buffer of it) took the GIL while the process exited, and the process aborted with exit 134 (a reviewer's file:
+    30 row groups whose chunks share 1,428 index pages and a data page without its bytes; 1 run in 10 aborted on a
+    loaded machine, 4 in 8 at times). pyarrow now gets the file reopened natively, so no worker calls into Python."""
+    import subprocess
+    import sys
+    from parquet_craft import many_pages
+
+    from moe.traces.safeload import _native
+    path = tmp_path / "damaged.parquet"
+    many_pages(path, 1428, 30, ("layer", "expert", "count"), damaged=True, rows=1)
+    with open(path, "rb") as f:
+        assert isinstance(_native(f), pa.NativeFile) and not isinstance(_native(f), pa.PythonFile)
+    assert _native(io.BytesIO(b"PAR1")).read() == b"PAR1"                             # no descriptor: the object
+    env = {**os.environ, "MOE_SCOPE_MEMORY_GB": "1"}
+    for _ in range(6):
+        out = subprocess.run([sys.executable, "-m", "moe", "trace-report", str(path)], capture_output=True, text=True,
+                             cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env, timeout=120)
+        assert out.returncode == 2 and out.stderr.count("\n") == 1, (out.returncode, out.stderr[-500:])
+        assert "is not a readable Parquet file" in out.stderr

@@ -9,13 +9,12 @@
 - Parquet (`parquet_file`, `parquet_bytes`, `label_codes`): a few kilobytes of dictionary-encoded pages can name a
   100 KB label on millions of rows, or millions of equal numbers, so neither the file's size nor its "uncompressed"
   sizes bound what pyarrow builds. Text columns are read as dictionaries (each label once), and the bytes a read
-  builds are bounded from the footer's row and value counts before any page is decoded. A page's header says what
-  it decompresses to, and pyarrow allocates that much first (a 180 KB file of three 2 GB zstd pages of zeros, its
-  footer saying 10 rows, took 4.4 GB): the pages pyarrow will read are walked from their own headers
-  (moe.traces.parquet_pages) and counted too, so a footer that understates them changes nothing.
+  builds are bounded from the footer's row and value counts before any page is decoded, and by the pages pyarrow
+  will decompress, read from their own headers (moe.traces.parquet_pages), whatever the footer says.
 """
 from __future__ import annotations
 
+import contextlib
 import io
 import pickle
 import zipfile
@@ -160,16 +159,25 @@ def parquet_file(f, where: str, limits: TraceLimits):
                              f"{describe_bytes(limits.line_bytes)} the memory budget allows; give a smaller file or "
                              f"raise {BUDGET_ENV}")
     try:
-        f.seek(0)
-        schema = pq.ParquetFile(f).schema_arrow
+        source = _native(f)
+        schema = pq.ParquetFile(source).schema_arrow
         text = [field.name for field in schema if is_text(field.type)]
-        f.seek(0)
-        pf = pq.ParquetFile(f, read_dictionary=text)
+        pf = pq.ParquetFile(source, read_dictionary=text)
     except Exception as err:  # pyarrow raises its own types for a damaged file
         raise ValueError(f"{where} is not a readable Parquet file ({type(err).__name__}); copy it again") from None
     if len(set(pf.schema_arrow.names)) < len(pf.schema_arrow.names):
         raise ValueError(f"{where} names a column twice; give the file as written")
     return pf
+
+
+def _native(f):
+    """f reopened through its descriptor, for pyarrow to read natively: with a Python object, a worker still holding
+    it after a failed read took the GIL at exit and aborted (exit 134, half the runs of a damaged 30-group file)."""
+    import pyarrow as pa
+    for folder in ("/proc/self/fd", "/dev/fd"):
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # no such folder, or f has no descriptor
+            return pa.OSFile(f"{folder}/{f.fileno()}")
+    return f  # pyarrow seeks before each read
 
 
 def is_text(kind) -> bool:
