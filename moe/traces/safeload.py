@@ -24,6 +24,7 @@ import numpy as np
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.parquet_pages import MAX_PAGES, ChunkPages, chunk_pages
 from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
+from moe.traces.tensors import check_tensors
 
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
@@ -59,9 +60,7 @@ def load_pt(path: str, limits: TraceLimits | None = None):
     import torch
     cap = _cap(limits)
     with open_regular(path) as f:
-        head = f.read(4)
-        f.seek(0, 2)
-        size = f.tell()
+        head, size = f.read(4), f.seek(0, 2)  # seek returns the new position: the size
         f.seek(0)
         if head == ZIP_MAGIC:  # torch.save's zip format stores tensors uncompressed: sum the members
             try:
@@ -72,7 +71,7 @@ def load_pt(path: str, limits: TraceLimits | None = None):
         if size > cap:
             raise _too_big(path, size, cap)
         try:
-            return torch.load(f, map_location="cpu", weights_only=True)
+            obj = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
             raise ValueError(f"{path!r} holds Python objects that would run code when loaded, so it is refused "
                              f"(only tensors, numbers, strings, lists and dicts are read: torch.load with "
@@ -80,6 +79,7 @@ def load_pt(path: str, limits: TraceLimits | None = None):
         except (RuntimeError, EOFError, OSError, ValueError, KeyError, zipfile.BadZipFile, AttributeError,
                 TypeError, IndexError):
             raise _damaged(path, "torch.save file") from None
+    return check_tensors(obj, path, cap)
 
 
 def _damaged(path: str, what: str) -> ValueError:
