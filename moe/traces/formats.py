@@ -62,11 +62,11 @@ def detect(path: str) -> str:
 
 
 def _is_npz(path: str) -> bool:
-    import zipfile
+    from moe.traces.zipfiles import DAMAGED, open_zip
     with safeload.open_regular(path) as f:
         try:
-            names = zipfile.ZipFile(f).namelist()
-        except (zipfile.BadZipFile, OSError, EOFError):
+            names = open_zip(f, path).namelist()
+        except DAMAGED:
             raise ValueError(f"{path!r} is a damaged zip archive (a truncated .pt or .npz); copy it again") from None
     return bool(names) and all(n.endswith(".npy") for n in names)
 

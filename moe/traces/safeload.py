@@ -25,6 +25,7 @@ from moe.memory import BUDGET_ENV, describe_bytes
 from moe.traces.parquet_pages import MAX_PAGES, ChunkPages, chunk_pages
 from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
 from moe.traces.tensors import check_tensors
+from moe.traces.zipfiles import DAMAGED, open_zip
 
 ZIP_MAGIC = b"PK\x03\x04"
 NPY_MAGIC = b"\x93NUMPY"
@@ -64,8 +65,8 @@ def load_pt(path: str, limits: TraceLimits | None = None):
         f.seek(0)
         if head == ZIP_MAGIC:  # torch.save's zip format stores tensors uncompressed: sum the members
             try:
-                size = sum(info.file_size for info in zipfile.ZipFile(f).infolist())
-            except (zipfile.BadZipFile, OSError, EOFError):
+                size = sum(info.file_size for info in open_zip(f, path).infolist())
+            except DAMAGED:
                 raise _damaged(path, "torch.save file") from None
             f.seek(0)
         if size > cap:
@@ -119,8 +120,7 @@ def load_npz(path: str, limits: TraceLimits | None = None) -> dict[str, np.ndarr
     cap = _cap(limits)
     with open_regular(path) as f:
         try:
-            archive = zipfile.ZipFile(f)
-            total = 0
+            archive, total = open_zip(f, path), 0
             for info in archive.infolist():
                 with archive.open(info) as member:
                     shape, dtype = _npy_header(io.BufferedReader(member), path)
@@ -130,7 +130,7 @@ def load_npz(path: str, limits: TraceLimits | None = None) -> dict[str, np.ndarr
             f.seek(0)
             with np.load(f, allow_pickle=False) as data:
                 return {name: data[name] for name in data.files}
-        except (zipfile.BadZipFile, OSError, EOFError, KeyError):
+        except DAMAGED:  # a damaged archive, or a member that does not decompress
             raise _damaged(path, "NumPy .npz file") from None
         except ValueError as err:
             if "allow_pickle" in str(err):
