@@ -1,4 +1,5 @@
 """`python -m moe report`: the printed numbers are the engine's, and bad arguments exit 2 in one line."""
+import argparse
 import io
 import json
 import subprocess
@@ -131,3 +132,28 @@ def test_report_seq_len_makes_capacity_per_sequence(capsys):
     assert per_seq["config"]["seq_len"] == 64
     assert main(flags + ["--seq-len", "100"]) == 2
     assert "multiple of 100" in capsys.readouterr().err
+
+
+def test_an_os_error_from_a_reader_is_one_line(tmp_path, capsys):
+    """A Megatron record whose logit_offset lies past its sidecar's end: seek() raised OSError (Errno 22), and the
+    CLI printed a traceback with exit status 1. The reader now reads no bytes there, and the CLI takes any OSError as
+    one line."""
+    (tmp_path / "router_trace_rank0.jsonl").write_text(json.dumps(
+        {"layer": 0, "step": 0, "rank": 0, "num_tokens": 1, "topk": 1, "top_indices": [[0]],
+         "logit_offset": 2 ** 63 - 1, "logit_bytes": 16, "logit_shape": [1, 8]}) + "\n")
+    (tmp_path / "logits_rank0.bin").write_bytes(bytes(16))
+    code, out, err = _run(capsys, "trace-report", str(tmp_path / "router_trace_rank0.jsonl"))
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "the logits sidecar holds 0 bytes at offset 9223372036854775807, not [1, 8] in bfloat16" in err
+
+
+def test_any_os_error_is_one_line(monkeypatch, capsys):
+    import moe.cli.main as cli
+
+    def broken(args):
+        raise PermissionError(13, "Permission denied", "/srv/traces/x.pt")
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda prog="python -m moe": parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: argparse.Namespace(run=broken))
+    assert cli.main(["report"]) == 2
+    assert capsys.readouterr().err == "python -m moe: error: [Errno 13] Permission denied: '/srv/traces/x.pt'\n"

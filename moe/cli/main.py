@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m moe") -> int:
         args = build_parser(prog).parse_args(argv)
         args.prog = prog  # notes on stderr name the command the user typed
         text = args.run(args)
-    except (UsageError, ValueError, RuntimeError, MemoryError) as err:  # every failure: one line, exit 2
+    except (UsageError, ValueError, RuntimeError, MemoryError, OSError) as err:  # every failure: one line, exit 2
         message = one_line(err)
         if isinstance(err, MemoryError):  # its own message is empty: say what ran out and the budget to set
             message = out_of_memory("running this command")

@@ -197,8 +197,11 @@ class _Sidecar:
             raise ValueError(f"{where}: rank {rank} but earlier records have rank {self.rank}; give one rank's file")
         if self.file is None:
             return None  # the sidecar was not copied along: load-side numbers only
-        self.file.seek(rec["logit_offset"])
-        raw = self.file.read(2 * T * E)
+        offset, size = as_int(rec["logit_offset"], where, "logit_offset"), os.fstat(self.file.fileno()).st_size
+        raw = b""
+        if 0 <= offset <= size:  # past the end (or negative) seek() fails with an OSError: none of its bytes
+            self.file.seek(offset)
+            raw = self.file.read(2 * T * E)
         if len(raw) != 2 * T * E:
             raise ValueError(f"{where}: the logits sidecar holds {len(raw)} bytes at offset {rec['logit_offset']}, "
                              f"not [{T}, {E}] in bfloat16; copy the sidecar written with this file")
