@@ -293,3 +293,32 @@ def test_per_rank_counts_round_trip(tmp_path):
     log.rank_counts = np.random.default_rng(2).integers(0, 9, (len(log.steps), 2, len(log.layers), 8))
     write_log(log, str(tmp_path / "log"))
     assert np.array_equal(read_store(str(tmp_path / "log")).rank_counts, log.rank_counts)
+
+
+def test_meta_json_is_bounded_by_the_budget_and_never_read_through_a_link_out_of_the_log(tmp_path, monkeypatch):
+    """An auditor's 60 MB meta.json of empty objects parsed to 2.0 GB under a 1 GB budget (its cap was a fixed
+    64 MiB); a meta.json linking out of the log was read, though the server may open only the log's folder."""
+    from moe.traces.store import read_meta
+    with LogWriter(str(tmp_path / "log"), ["0"], 4, top_k=1) as w:
+        w.write_step(0, [[1, 2, 3, 4]])
+    meta = tmp_path / "log" / "meta.json"
+    doc = json.loads(meta.read_text())
+    assert read_meta(str(tmp_path / "log"))["layers"] == ["0"]
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(128 * 100_000 / 2 ** 30))           # line_bytes: 100,000
+    meta.write_text(json.dumps({**doc, "metadata": {"note": "x" * 99_000}}))
+    assert read_meta(str(tmp_path / "log"))["metadata"]["note"] == "x" * 99_000
+    meta.write_text(json.dumps({**doc, "metadata": {"note": "x" * 101_000}}))
+    with pytest.raises(ValueError, match=r"meta.json takes more than 97\.7 KiB, the most a routing log's metadata"):
+        read_store(str(tmp_path / "log"))
+    monkeypatch.delenv("MOE_SCOPE_MEMORY_GB")
+    outside = tmp_path / "outside.json"
+    outside.write_text(json.dumps(doc))
+    meta.unlink()
+    meta.symlink_to(outside)
+    with pytest.raises(ValueError, match="meta.json links outside the routing log; copy the log itself"):
+        read_store(str(tmp_path / "log"))
+    inside = tmp_path / "log" / "meta-copy.json"                                       # a link within the log: read
+    inside.write_text(json.dumps(doc))
+    meta.unlink()
+    meta.symlink_to(inside)
+    assert read_meta(str(tmp_path / "log"))["layers"] == ["0"]

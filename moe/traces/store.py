@@ -20,13 +20,15 @@ import uuid
 import numpy as np
 
 from moe.jsonio import dumps, loads_strict
+from moe.memory import describe_bytes
 from moe.roots import read_regular
 from moe.traces.log import RECORDED, RoutingLog, check_map
-from moe.traces.records import MAX_EXPERTS
+from moe.traces.records import MAX_EXPERTS, TraceLimits
 
 SCHEMA = "moe-scope-routing-log/1"
 META = "meta.json"
-META_BYTES = 64 << 20     # meta.json holds layer names and at most one (L, P) map
+META_BYTES = 64 << 20     # meta.json holds layer names and at most one (L, P) map; at most a JSON line's share of
+                          # the budget too (TraceLimits.line_bytes: json.loads builds up to 32 bytes a byte)
 PART = re.compile(r"part-[0-9a-z-]{1,80}\.parquet")
 TABLES = ("counts", "tokens", "ranks")
 
@@ -188,10 +190,17 @@ def _ranks_table(items: list[tuple[int, np.ndarray]], layers: list[str]):
 # --- reading ------------------------------------------------------------------------------------------------------
 
 def read_meta(path: str) -> dict:
-    """meta.json of a routing log directory, checked (one line per problem)."""
-    raw = read_regular(os.path.join(path, META), META_BYTES, "routing log metadata", "give a routing log directory")
+    """meta.json of a routing log directory, checked (one line per problem): a file, not a link out of the log, of
+    at most META_BYTES and TraceLimits.line_bytes."""
+    meta, cap = os.path.join(path, META), min(META_BYTES, TraceLimits.from_env().line_bytes)
+    if os.path.lexists(meta) and os.path.dirname(os.path.realpath(meta)) != os.path.realpath(path):
+        raise ValueError(f"{path!r}: meta.json links outside the routing log; copy the log itself")
+    raw = read_regular(meta, cap, "routing log metadata", "give a routing log directory")
+    if len(raw) > cap:
+        raise ValueError(f"{path!r}: meta.json takes more than {describe_bytes(cap)}, the most a routing log's "
+                         f"metadata may take under the memory budget; give a routing log written by moe-scope")
     try:
-        doc = loads_strict(raw[:META_BYTES].decode())
+        doc = loads_strict(raw.decode())
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise ValueError(f"{path!r}: meta.json is not JSON; give a routing log written by moe-scope") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
