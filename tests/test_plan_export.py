@@ -226,3 +226,20 @@ def test_a_run_map_whose_replica_counts_cannot_be_packed_distinct_is_one_line_or
     else:
         assert all(len(set(r)) == len(r) for r in plan.layout.rank_experts())
         assert rank_load(load[None], plan.layout).max() <= rank_load(load[None], from_map(row, 2)).max()
+
+
+def test_a_placement_file_for_another_expert_count_is_refused_before_its_experts_are_listed(tmp_path):
+    """An auditor's 44-byte placement file naming 300,000,000 experts made `ep-report --placement` build a set of
+    them (2.8 GB before a 4 GB ulimit stopped it): the file's count must be the run's, and an expert count."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"ranks": [[0, 1]], "n_experts": 300_000_000}))
+    with pytest.raises(ValueError, match=r"is for 300000000 experts, this run has 8; give a placement of this run"):
+        read_plan(str(path), 8, 1)
+    with pytest.raises(ValueError, match=r"records n_experts=300000000; a count from 1 to 16384 is an expert count"):
+        read_plan(str(path))
+    path.write_text(json.dumps({"format": MOE_SCOPE_FORMAT, "n_experts": 300_000_000, "world_size": 1,
+                                "layers": {"0": {"ranks": [[0, 1]]}}}))
+    with pytest.raises(ValueError, match=r"'n_experts' and 'world_size' must be integers from 1 to 16384"):
+        read_plan(str(path))
+    path.write_text(json.dumps({"ranks": [[0, 1], [2, 3]], "n_experts": 4}))
+    assert read_plan(str(path), 4, 2).n_experts == 4                                  # the run's own count: read

@@ -31,6 +31,7 @@ from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_place
                                  window_counts)
 from moe.parallel.serving import serving_layout
 from moe.traces.log import check_map
+from moe.traces.records import MAX_EXPERTS
 
 FORMATS = ("sglang", "vllm", "moe-scope")
 MOE_SCOPE_FORMAT = "moe-scope-plan/1"
@@ -201,6 +202,12 @@ def read_plan(path: str, n_experts: int | None = None, world_size: int | None = 
         W = len(doc["ranks"]) if isinstance(doc["ranks"], list) and world_size is None else world_size
         if not isinstance(E, int) or isinstance(E, bool):
             raise ValueError(f"placement file {path!r} does not record n_experts; give it")
+        if n_experts is not None and E != n_experts:  # before any set of E experts is built: E may be 300,000,000
+            raise ValueError(f"placement file {path!r} is for {short(E)} experts, this run has {n_experts}; give "
+                             f"a placement of this run's experts")
+        if not 1 <= E <= MAX_EXPERTS:
+            raise ValueError(f"placement file {path!r} records n_experts={short(E)}; a count from 1 to "
+                             f"{MAX_EXPERTS} is an expert count")
         return PlanFile("placement", ["0"], [from_placement(placement_from_doc(doc, path, E, W))], E, W)
     raise ValueError(f"plan file {path!r} has neither 'physical_to_logical_map' nor 'ranks'; give a file "
                      f"`python -m moe plan --export` wrote")
@@ -245,8 +252,8 @@ def _read_ours(doc: dict, path: str, n_experts: int | None, world_size: int | No
     for given, recorded, what in ((n_experts, E, "n_experts"), (world_size, W, "world_size")):
         if given is not None and given != recorded:
             raise ValueError(f"plan file {path!r} is for {what}={short(recorded)}, this run has {given}")
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in (E, W)):
-        raise ValueError(f"plan file {path!r}: 'n_experts' and 'world_size' must be positive integers")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_EXPERTS for v in (E, W)):
+        raise ValueError(f"plan file {path!r}: 'n_experts' and 'world_size' must be integers from 1 to {MAX_EXPERTS}")
     layouts = [from_placement(placement_from_doc(v, f"{path}, layer {short(name)}", E, W))
                for name, v in layers.items()]
     return PlanFile("moe-scope", list(layers), layouts, E, W)
