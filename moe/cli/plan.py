@@ -17,6 +17,7 @@ from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans,
                                  write_plan)
 from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, best_gain, default_window, replay_log,
                                verdict)
+from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes
 from moe.traces.formats import read_log
 
 
@@ -47,10 +48,24 @@ def add_command(commands) -> None:
     p.set_defaults(run=run)
 
 
+ROW_BYTES = 4096  # a replayed (layer, window, placement) row with its share of the replay: measured ~4 KB
 # The definition (moe/definitions.py) of each number in a layer's summary, per R.
 SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50": "replay_rebalance_interval",
                        "rest_p50": "replay_rebalance_interval", "own_window_p50": "replay_own_window",
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
+
+
+def _check_cost(layers: int, windows: int, n_slots: int) -> None:
+    """Before the replay: its rows (each layer's windows under the current placement and both planners per R) at
+    ROW_BYTES each fit half the memory budget. An auditor's 432 KB counts file of 16,384 layers ran 420 s to 2.1 GB
+    under a 1 GB budget (~4 KB a row with its replay); 1,024 layers took 10.7 s."""
+    rows = layers * windows * (1 + 2 * n_slots)
+    budget = budget_bytes()
+    if rows * ROW_BYTES > budget // 2:
+        raise ValueError(f"replaying {layers:,} layers × {windows:,} windows for {n_slots} R would take about "
+                         f"{describe_bytes(rows * ROW_BYTES)}, over half the memory budget of "
+                         f"{describe_bytes(budget)}; give fewer layers (--layer NAME) or longer windows (--window "
+                         f"STEPS), or raise {BUDGET_ENV}")
 
 
 def run(args: argparse.Namespace) -> str:
@@ -68,6 +83,7 @@ def run(args: argparse.Namespace) -> str:
     if args.export == "sglang":
         sglang_layer_ids(log.layers, args.num_layers)
     steps = args.window or default_window(len(log.steps))
+    _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots))
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
