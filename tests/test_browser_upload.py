@@ -33,9 +33,25 @@ def _upload(page, path) -> None:
     wait_for_run(page)
 
 
+def _refused(page, upload_server, path, message: str, growth_mb: float) -> None:
+    """Open the Runs page, upload `path`: the one-line refusal holds `message`, no traceback shows, the server's peak
+    memory grew by less than growth_mb and the server is still up."""
+    url, proc = upload_server
+    page.goto(url + "/runs")
+    wait_for_run(page)
+    page.get_by_text("Choose a file to open.").wait_for(timeout=30_000)
+    before = _peak_mb(proc.pid)
+    _upload(page, path)
+    alert = page.get_by_text("This trace cannot be opened")
+    alert.wait_for(timeout=60_000)
+    assert message in alert.inner_text()
+    assert page.get_by_text("Traceback").count() == 0
+    assert _peak_mb(proc.pid) - before < growth_mb, (before, _peak_mb(proc.pid))
+    assert proc.poll() is None
+
+
 def test_a_small_file_that_decodes_to_gigabytes_is_refused_and_the_next_upload_opens(browser, upload_server,
                                                                                       tmp_path):
-    url, proc = upload_server
     bomb = tmp_path / "counts.parquet"
     label = pa.DictionaryArray.from_arrays(pa.array(np.zeros(ROWS, np.int32)), pa.array(["x" * 100_000]))
     pq.write_table(pa.table({"layer": label, "expert": np.zeros(ROWS, np.int64), "count": np.ones(ROWS, np.int64)}),
@@ -45,17 +61,7 @@ def test_a_small_file_that_decodes_to_gigabytes_is_refused_and_the_next_upload_o
     good.write_text("layer,expert,count\n0,0,5\n0,1,1\n1,0,2\n1,1,4\n")
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(url + "/runs")
-        wait_for_run(page)
-        page.get_by_text("Choose a file to open.").wait_for(timeout=30_000)
-        before = _peak_mb(proc.pid)
-        _upload(page, bomb)
-        alert = page.get_by_text("This trace cannot be opened")
-        alert.wait_for(timeout=60_000)
-        assert "a layer label is not 1 to 32 letters" in alert.inner_text()
-        assert page.get_by_text("Traceback").count() == 0
-        assert _peak_mb(proc.pid) - before < 200, (before, _peak_mb(proc.pid))  # the labels would be 500+ MB
-        assert proc.poll() is None                                                # the server is still up
+        _refused(page, upload_server, bomb, "a layer label is not 1 to 32 letters", 200)  # the labels: 500+ MB
         _upload(page, good)  # chosen in the same box, as a person picks another file
         page.get_by_text("MoE layers", exact=True).wait_for(timeout=60_000)  # the metric ("Expected MoE layers" is
         wait_for_run(page)                                                   # the input above it, always there)
@@ -70,21 +76,11 @@ def test_a_file_whose_pages_decompress_to_gigabytes_is_refused_before_one_is_dec
     """Three zstd pages of 300 MB of zeros in 28 KB, the footer understating them: before the pages were read from
     their own headers, reading this file took a reader 582 MB past its baseline under a 1 GB budget."""
     from parquet_craft import page_bomb
-    url, proc = upload_server
     bomb, rows = tmp_path / "pages.parquet", np.arange(10)
     assert page_bomb(bomb, {"layer": rows % 2, "expert": rows, "count": rows + 1}, 300_000_000, lie=True) < 40_000
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     try:
-        page.goto(url + "/runs")
-        wait_for_run(page)
-        page.get_by_text("Choose a file to open.").wait_for(timeout=30_000)
-        before = _peak_mb(proc.pid)
-        _upload(page, bomb)
-        alert = page.get_by_text("This trace cannot be opened")
-        alert.wait_for(timeout=60_000)
-        assert "takes about 1.0 GiB in memory, over the 512.0 MiB a counts file may take" in alert.inner_text()
-        assert page.get_by_text("Traceback").count() == 0
-        assert _peak_mb(proc.pid) - before < 150, (before, _peak_mb(proc.pid))  # one page alone: 300 MB
-        assert proc.poll() is None
+        _refused(page, upload_server, bomb, "takes about 1.0 GiB in memory, over the 512.0 MiB a counts file may take",
+                 150)                                                                 # one page alone: 300 MB
     finally:
         page.close()
