@@ -5,12 +5,15 @@ stat dump took the reader to 3.9 GB and a 16 MB per_token dump of 30 records sha
 1 GB budget. Tensors that cannot become NumPy arrays (bits, quantized, sparse) were TypeError tracebacks."""
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 import torch
 
 from moe.traces.formats import read_log
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_pt
+from moe.traces import tensors
 from moe.traces.tensors import MAX_OBJECTS, check_tensors
 
 LIMITS = TraceLimits(budget=1 << 30)  # a routing file may take a quarter: 256 MiB
@@ -48,7 +51,10 @@ def test_every_reference_to_one_tensor_counts(tmp_path):
     (torch.zeros(2, 3, 4, dtype=torch.uint8).view(torch.bits8), "a strided tensor of bits8"),
     (torch.quantize_per_tensor(torch.zeros(2, 3, 4), 0.1, 0, torch.qint8), "a strided tensor of qint8"),
     (torch.zeros(2, 3, 4, dtype=torch.int32).to_sparse(), "a sparse_coo tensor of int32"),
-    (torch.zeros(2, 3, 4, dtype=torch.complex64), "a strided tensor of complex64")])
+    (torch.zeros(2, 3, 4, dtype=torch.complex64), "a strided tensor of complex64"),
+    (torch.zeros(2, 3, 4, dtype=torch.int32, device="meta"), "a meta tensor of int32"),
+    (torch.nested.nested_tensor([torch.zeros(2, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)]),
+     "a nested tensor of int32")])
 def test_a_tensor_that_is_not_plain_numbers_is_one_line(tmp_path, tensor, kind):
     path = _stat(tmp_path / "odd.pt", tensor)
     with pytest.raises(ValueError, match=rf"^'.*odd.pt' holds {kind}; a routing dump holds plain integer or float "
@@ -56,11 +62,27 @@ def test_a_tensor_that_is_not_plain_numbers_is_one_line(tmp_path, tensor, kind):
         read_log(path, limits=LIMITS)
 
 
-def test_an_object_that_refers_to_itself_is_refused_not_walked_forever():
+def test_an_object_that_refers_to_itself_is_refused_not_walked_forever(monkeypatch):
+    """Items are counted before they are stacked: a list holding itself 1,000 times (a 3 KB .pt) grew the walk's
+    stack by 7.6 KB per object popped, about 8 GB before the count of popped objects stopped it."""
     loop = []
     loop.append(loop)
     with pytest.raises(ValueError, match=f"holds more than {MAX_OBJECTS:,} objects"):
         check_tensors({"records": loop}, "t.pt", 1 << 30)
+    wide = []
+    wide.extend([wide] * 1000)
+    with pytest.raises(ValueError, match=f"holds more than {MAX_OBJECTS:,} objects"):
+        check_tensors(wide, "t.pt", 1 << 30)
+    check_tensors([0] * (MAX_OBJECTS - 1), "t.pt", 1)                                 # every item counted: just fits
+    with pytest.raises(ValueError, match="holds more than"):
+        check_tensors([0] * MAX_OBJECTS, "t.pt", 1)
+    monkeypatch.setattr(tensors, "MAX_OBJECTS", 10_000)
+    tracemalloc.start()
+    with pytest.raises(ValueError, match="holds more than 10,000 objects"):
+        tensors.check_tensors(wide, "t.pt", 1 << 30)
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 2_000_000, peak                                    # counting pops: 10,000 × 1,000 stacked, 80 MB
     check_tensors({"records": [[torch.zeros(3)] * 3] * 3, "n": 1}, "t.pt", 9 * 3 * 4)   # 108 bytes: exactly the cap
     with pytest.raises(ValueError, match="holds tensors of 108 B"):
         check_tensors({"records": [[torch.zeros(3)] * 3] * 3}, "t.pt", 107)
