@@ -172,22 +172,26 @@ def test_layers_replayed_side_by_side_print_nothing_on_stderr(tmp_path):
 
 
 def test_a_replay_past_the_budget_is_refused_before_it_runs(tmp_path, capsys, monkeypatch):
-    """An auditor's 432 KB counts file of 16,384 layers ran `plan` for 420 s to 2.1 GB under a 1 GB budget: the
-    replay's rows (layers × windows × (1 + 2 per R)) at ROW_BYTES each must fit half the budget, checked first."""
-    from moe.cli.plan import ROW_BYTES
+    """An auditor's 432 KB counts file of 16,384 layers ran `plan` for 420 s to 2.1 GB under a 1 GB budget, and a
+    reviewer's one layer of 16,384 experts × 200 windows grew 541 MB: the replay (`replay_bytes`) must fit half the
+    budget, checked first."""
+    from moe.cli.plan import replay_bytes
+    assert replay_bytes(1, 200, 2, 16384, 8) >= 541 * 2 ** 20                       # what the reviewer measured
+    assert replay_bytes(16384, 8, 1, 16, 4) >= (2136 - 480) * 2 ** 20 * 0.9         # the auditor's, less imports
     layers, steps = 400, 6
     cell = np.arange(layers * steps * 4)
     path = tmp_path / "counts.csv"
     pd.DataFrame({"step": cell // (4 * layers), "layer": (cell // 4) % layers, "expert": cell % 4,
                   "count": 1 + cell % 7}).to_csv(path, index=False)
-    rows = layers * steps * (1 + 2 * 2)                                               # 12,000 rows, R in {0, 2}
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(2 * rows * ROW_BYTES / 2 ** 30 * 0.99))  # half: just under them
+    need = replay_bytes(layers, steps, 2, 4, 2)                                       # R in {0, 2}, one step a window
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(2 * need / 2 ** 30 * 0.99))        # half: just under it
     args = ["plan", str(path), "--world-size", "2", "--redundant-slots", "0,2", "--window", "1"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "replaying 400 layers × 6 windows for 2 R would take about 46.9 MiB, over half the memory budget" in err
+    assert "replaying 400 layers × 6 windows of 4 experts for 2 R would take about" in err
+    assert "over half the memory budget" in err and "--layer NAME" in err
     assert main(args + ["--layer", "3", "--layer", "7"]) == 0                         # two layers: replayed
     assert sorted(json.loads(capsys.readouterr().out)["windows"]) == ["3", "7"]
-    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(2 * rows * ROW_BYTES / 2 ** 30))     # exactly enough: replayed
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(2 * need / 2 ** 30 * 1.001))       # enough: replayed
     assert main(args) == 0
     assert len(json.loads(capsys.readouterr().out)["windows"]) == layers

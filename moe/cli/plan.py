@@ -6,6 +6,7 @@ names (moe/definitions.py)."""
 from __future__ import annotations
 
 import argparse
+import os
 
 import numpy as np
 import pandas as pd
@@ -49,21 +50,29 @@ def add_command(commands) -> None:
 
 
 ROW_BYTES = 4096  # a replayed (layer, window, placement) row with its share of the replay: measured ~4 KB
+TEMP_COPIES = 28  # (windows, E + R) int64 arrays one layer's replay holds at its peak: measured 22-25 (E 4,096-16,384)
 # The definition (moe/definitions.py) of each number in a layer's summary, per R.
 SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50": "replay_rebalance_interval",
                        "rest_p50": "replay_rebalance_interval", "own_window_p50": "replay_own_window",
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
 
 
-def _check_cost(layers: int, windows: int, n_slots: int) -> None:
-    """Before the replay: its rows (each layer's windows under the current placement and both planners per R) at
-    ROW_BYTES each fit half the memory budget. An auditor's 432 KB counts file of 16,384 layers ran 420 s to 2.1 GB
-    under a 1 GB budget (~4 KB a row with its replay); 1,024 layers took 10.7 s."""
-    rows = layers * windows * (1 + 2 * n_slots)
-    budget = budget_bytes()
-    if rows * ROW_BYTES > budget // 2:
-        raise ValueError(f"replaying {layers:,} layers × {windows:,} windows for {n_slots} R would take about "
-                         f"{describe_bytes(rows * ROW_BYTES)}, over half the memory budget of "
+def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int) -> int:
+    """About what `plan`'s replay takes: its rows (each layer's windows under the current placement and both planners
+    per R) at ROW_BYTES each, every layer's (windows, E) counts, and the (windows, E + R) arrays of the layers replayed
+    at once (one a CPU), TEMP_COPIES of them each. An auditor's 432 KB counts file of 16,384 layers ran 420 s to
+    2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts × 200 windows grew 541 MB."""
+    width = windows * (n_experts + max_r) * 8
+    return (layers * windows * (1 + 2 * n_slots) * ROW_BYTES + layers * windows * n_experts * 8
+            + min(layers, os.cpu_count() or 1) * width * TEMP_COPIES)
+
+
+def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int) -> None:
+    """Before the replay: `replay_bytes` within half the memory budget."""
+    need, budget = replay_bytes(layers, windows, n_slots, n_experts, max_r), budget_bytes()
+    if need > budget // 2:
+        raise ValueError(f"replaying {layers:,} layers × {windows:,} windows of {n_experts:,} experts for {n_slots} R "
+                         f"would take about {describe_bytes(need)}, over half the memory budget of "
                          f"{describe_bytes(budget)}; give fewer layers (--layer NAME) or longer windows (--window "
                          f"STEPS), or raise {BUDGET_ENV}")
 
@@ -83,7 +92,7 @@ def run(args: argparse.Namespace) -> str:
     if args.export == "sglang":
         sglang_layer_ids(log.layers, args.num_layers)
     steps = args.window or default_window(len(log.steps))
-    _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots))
+    _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots), E, R)
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
