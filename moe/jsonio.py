@@ -6,6 +6,7 @@ instead of reaching a reader as invalid JSON.
 """
 from __future__ import annotations
 
+import io
 import json
 import math
 from typing import Any
@@ -29,8 +30,16 @@ def strict(value: Any) -> Any:
 
 
 def dumps(value: Any, indent: int | None = None) -> str:
-    """One strict JSON document (NaN and ±inf → null)."""
-    return json.dumps(strict(value), indent=indent, allow_nan=False)
+    """One strict JSON document (NaN and ±inf → null). With an indent, json encodes in Python and `json.dumps` keeps
+    every piece (a number, a comma, an indent) as its own string until it joins them: about 13 times the text's size
+    (a 32 MB document grew 414 MB); its pieces are written to one growing buffer here instead (70 MB)."""
+    value = strict(value)
+    if indent is None:  # the C encoder, which joins as it goes
+        return json.dumps(value, allow_nan=False)
+    out = io.StringIO()
+    for piece in json.JSONEncoder(indent=indent, allow_nan=False).iterencode(value):
+        out.write(piece)
+    return out.getvalue()
 
 
 def loads_strict(text: str) -> Any:

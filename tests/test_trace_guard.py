@@ -88,6 +88,28 @@ def _child(*argv: str, gb: str = "1") -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def test_the_largest_summary_the_budget_allows_is_written_within_the_budget(tmp_path):
+    """An auditor's 653 KB counts file of 16,384 layers × 8 steps × 16 experts: its statistics just fit the half of
+    a 1 GB budget that `check_summary` allows, and `trace-report` then peaked at 1,226,712 KB writing its JSON
+    (json's indented encoder kept the text's pieces). The whole process, imports included, must stay under the
+    budget, and the document must hold every layer."""
+    layers, steps, experts = 16384, 8, 16
+    cell = np.arange(layers * steps * experts)
+    path, out = tmp_path / "layers.parquet", tmp_path / "out.json"
+    pq.write_table(pa.table({"step": cell // (experts * layers), "layer": (cell // experts) % layers,
+                             "expert": cell % experts, "count": 1 + cell % 7}), path)
+    code = ("import re, sys\nfrom moe.cli.main import main\nsys.stdout = open(sys.argv[1], 'w')\n"
+            "status = main(['trace-report', sys.argv[2]])\nsys.stdout.close()\n"
+            "peak = re.search(r'VmHWM:\\s+(\\d+) kB', open('/proc/self/status').read()).group(1)\n"
+            "sys.stderr.write(f'{status} {peak}\\n')\n")
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(path)], capture_output=True, text=True,
+                          timeout=300, env={**os.environ, "MOE_SCOPE_MEMORY_GB": "1", "OMP_NUM_THREADS": "1"})
+    status, peak_kb = proc.stderr.split()[-2:]
+    assert status == "0" and int(peak_kb) * 1024 < 2 ** 30, proc.stderr[-600:]
+    doc = json.loads(out.read_text())
+    assert doc["steps"] == steps and len(doc["load"]) == layers and doc["load"]["16383"][7][15] == 1 + (len(cell) - 1) % 7
+
+
 def test_a_67_byte_trace_with_thousands_of_experts_costs_no_e_squared_memory(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text('{"step":0,"layer":0,"num_tokens":1,"topk":2,"top_indices":[[0,1]]}\n')
