@@ -72,9 +72,33 @@ def open_regular(path: str, what: str, hint: str):
     return os.fdopen(fd, "rb")
 
 
-def read_regular(path: str, cap: int, what: str, hint: str) -> bytes:
-    """At most `cap` + 1 bytes of a regular file (one more than the cap, so a caller can tell a cut file)."""
-    with open_regular(path, what, hint) as f:
+class LinksOutside(ValueError):
+    """`open_inside`: the file opened does not lie in the folder it was named in."""
+
+
+def open_inside(path: str, folder: str, what: str, hint: str, outside: str):
+    """`path` opened as `open_regular` opens it, if the file opened lies directly in `folder` (symlinks followed);
+    else LinksOutside `outside`. Checked on the open descriptor: the file opened must be the one `path` resolves to
+    after opening, so a link swapped in between a check and the open (by a writer inside the folder) is refused."""
+    if os.path.lexists(path) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(folder):
+        raise LinksOutside(outside)  # before opening: a file outside is never opened (a device's open can act)
+    f = open_regular(path, what, hint)
+    real = os.path.realpath(path)
+    try:
+        same = (os.path.dirname(real) == os.path.realpath(folder)
+                and os.path.samestat(os.fstat(f.fileno()), os.stat(real)))
+    except OSError:
+        same = False
+    if not same:
+        f.close()
+        raise LinksOutside(outside)
+    return f
+
+
+def read_regular(path: str, cap: int, what: str, hint: str, opened=None) -> bytes:
+    """At most `cap` + 1 bytes of a regular file (one more than the cap, so a caller can tell a cut file);
+    `opened`: the file, when the caller opened it (it is closed here)."""
+    with opened or open_regular(path, what, hint) as f:
         try:
             return f.read(cap + 1)  # the size can change after opening: never read more than the cap
         except OSError as err:

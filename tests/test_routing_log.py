@@ -322,3 +322,38 @@ def test_meta_json_is_bounded_by_the_budget_and_never_read_through_a_link_out_of
     meta.unlink()
     meta.symlink_to(inside)
     assert read_meta(str(tmp_path / "log"))["layers"] == ["0"]
+
+
+@pytest.mark.parametrize("restore", [False, True])
+def test_a_link_swapped_in_while_meta_json_is_opened_is_refused(tmp_path, monkeypatch, restore):
+    """A reviewer's race: meta.json's link was checked, then opened by name, so a writer inside the log could swap in
+    a link out of it between the two. The file opened is checked on its descriptor: swapped just before the open
+    (and, with `restore`, swapped back just after it), the outside file is refused either way."""
+    import moe.roots
+    from moe.traces.store import read_meta
+    with LogWriter(str(tmp_path / "log"), ["0"], 4, top_k=1) as w:
+        w.write_step(0, [[1, 2, 3, 4]])
+    meta, inside = tmp_path / "log" / "meta.json", tmp_path / "log" / "meta-copy.json"
+    doc = json.loads(meta.read_text())
+    inside.write_text(json.dumps(doc))
+    (tmp_path / "outside.json").write_text(json.dumps({**doc, "layers": ["secret"]}))
+    meta.unlink()
+    meta.symlink_to(inside)
+    opened = moe.roots.open_regular
+
+    def racing(path, *args):
+        if os.path.basename(path) == "meta.json":
+            meta.unlink()
+            meta.symlink_to(tmp_path / "outside.json")                              # the writer's swap
+        f = opened(path, *args)
+        if restore and os.path.basename(path) == "meta.json":
+            meta.unlink()
+            meta.symlink_to(inside)
+        return f
+    monkeypatch.setattr(moe.roots, "open_regular", racing)
+    with pytest.raises(ValueError, match="meta.json links outside the routing log; copy the log itself"):
+        read_meta(str(tmp_path / "log"))
+    monkeypatch.setattr(moe.roots, "open_regular", opened)
+    meta.unlink()
+    meta.symlink_to(inside)
+    assert read_meta(str(tmp_path / "log"))["layers"] == ["0"]                      # no race: the link within is read

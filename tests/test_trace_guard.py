@@ -107,7 +107,8 @@ def test_the_largest_summary_the_budget_allows_is_written_within_the_budget(tmp_
     status, peak_kb = proc.stderr.split()[-2:]
     assert status == "0" and int(peak_kb) * 1024 < 2 ** 30, proc.stderr[-600:]
     doc = json.loads(out.read_text())
-    assert doc["steps"] == steps and len(doc["load"]) == layers and doc["load"]["16383"][7][15] == 1 + (len(cell) - 1) % 7
+    assert doc["steps"] == steps and len(doc["load"]) == layers
+    assert doc["load"]["16383"][7][15] == 1 + (len(cell) - 1) % 7                   # the last cell of the file
 
 
 def test_a_67_byte_trace_with_thousands_of_experts_costs_no_e_squared_memory(tmp_path):
@@ -215,6 +216,31 @@ def test_the_sidecar_is_read_only_inside_the_traces_directory(tmp_path):
     assert "field 'rank' must be an integer >= 0, got a string" in _refused(run / "t.jsonl", "--n-experts", "8")
     (run / "logits_rank0.bin").symlink_to(other / "logits_rank0.bin")
     write_megatron(run / "t.jsonl", [{**rec, "rank": 0}])
+    assert "links outside the trace's directory" in _refused(run / "t.jsonl", "--n-experts", "8")
+
+
+
+def test_a_sidecar_link_swapped_in_while_it_is_opened_is_refused(tmp_path, monkeypatch):
+    """The sidecar's link was checked, then opened by name: a link out of the directory swapped in between was read.
+    The file opened is checked on its descriptor."""
+    import moe.roots
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    (other / "logits_rank0.bin").write_bytes(bytes(2 * 3 * E))
+    (run / "logits_rank0.bin").write_bytes(bytes(2 * 3 * E))
+    rec = {"step": 0, "layer": 0, "rank": 0, "num_tokens": 3, "topk": K, "logit_offset": 0, "logit_bytes": 2 * 3 * E,
+           "logit_shape": [3, E], "top_indices": [[0, 1]] * 3}
+    write_megatron(run / "t.jsonl", [rec])
+    assert _cli(str(run / "t.jsonl"), "--n-experts", "8")[0] == 0                    # its own sidecar: read
+    opened = moe.roots.open_regular
+
+    def racing(path, *args):
+        if os.path.basename(path) == "logits_rank0.bin" and not os.path.islink(path):
+            os.unlink(path)
+            os.symlink(other / "logits_rank0.bin", path)                           # the writer's swap
+        return opened(path, *args)
+    monkeypatch.setattr(moe.roots, "open_regular", racing)
     assert "links outside the trace's directory" in _refused(run / "t.jsonl", "--n-experts", "8")
 
 

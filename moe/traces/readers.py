@@ -24,6 +24,7 @@ from typing import Iterator
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
+from moe.roots import LinksOutside, open_inside
 from moe.traces.parquet import iter_parquet
 from moe.traces.records import (
     INT64_MAX,
@@ -212,11 +213,12 @@ class _Sidecar:
         side = os.path.join(self.folder, f"logits_rank{rank}.bin")
         if not os.path.lexists(side):
             return None
-        if os.path.dirname(os.path.realpath(side)) != self.folder:
-            raise ValueError(f"{where}: logits_rank{rank}.bin links outside the trace's directory; copy the "
-                             f"sidecar itself next to the trace")
+        outside = (f"{where}: logits_rank{rank}.bin links outside the trace's directory; copy the sidecar itself "
+                   f"next to the trace")
         try:
-            return open_regular(side)
+            return open_inside(side, self.folder, "trace file", "", outside)
+        except LinksOutside:
+            raise
         except ValueError:
             raise ValueError(f"{where}: logits_rank{rank}.bin next to the trace is not a readable regular file; "
                              f"copy the sidecar written with this file") from None

@@ -21,7 +21,7 @@ import numpy as np
 
 from moe.jsonio import dumps, loads_strict
 from moe.memory import describe_bytes
-from moe.roots import read_regular
+from moe.roots import open_inside, read_regular
 from moe.traces.log import RECORDED, RoutingLog, check_map
 from moe.traces.records import MAX_EXPERTS, TraceLimits
 
@@ -193,9 +193,10 @@ def read_meta(path: str) -> dict:
     """meta.json of a routing log directory, checked (one line per problem): a file, not a link out of the log, of
     at most META_BYTES and TraceLimits.line_bytes."""
     meta, cap = os.path.join(path, META), min(META_BYTES, TraceLimits.from_env().line_bytes)
-    if os.path.lexists(meta) and os.path.dirname(os.path.realpath(meta)) != os.path.realpath(path):
-        raise ValueError(f"{path!r}: meta.json links outside the routing log; copy the log itself")
-    raw = read_regular(meta, cap, "routing log metadata", "give a routing log directory")
+    what, hint = "routing log metadata", "give a routing log directory"
+    opened = open_inside(meta, path, what, hint, f"{path!r}: meta.json links outside the routing log; copy the log "
+                                                 f"itself")
+    raw = read_regular(meta, cap, what, hint, opened)
     if len(raw) > cap:
         raise ValueError(f"{path!r}: meta.json takes more than {describe_bytes(cap)}, the most a routing log's "
                          f"metadata may take under the memory budget; give a routing log written by moe-scope")
