@@ -357,3 +357,25 @@ def test_a_link_swapped_in_while_meta_json_is_opened_is_refused(tmp_path, monkey
     meta.unlink()
     meta.symlink_to(inside)
     assert read_meta(str(tmp_path / "log"))["layers"] == ["0"]                      # no race: the link within is read
+
+
+def test_a_part_file_swapped_for_a_link_after_it_was_listed_is_refused(tmp_path, monkeypatch):
+    """The parts are checked when they are listed and opened later: a link out of the log swapped in between (a
+    writer inside the log) is refused on the descriptor opened, and the outside file is never read."""
+    import moe.roots
+    with LogWriter(str(tmp_path / "log"), ["0"], 4, top_k=1) as w:
+        w.write_step(0, [[1, 2, 3, 4]])
+    part = next((tmp_path / "log" / "counts").iterdir())
+    outside = tmp_path / "outside.parquet"
+    outside.write_bytes(part.read_bytes())
+    assert read_store(str(tmp_path / "log")).counts.sum() == 10
+    opened = moe.roots.open_regular
+
+    def racing(path, *args):
+        if os.path.basename(path) == part.name and not os.path.islink(path):
+            os.unlink(path)
+            os.symlink(outside, path)                                                  # the writer's swap
+        return opened(path, *args)
+    monkeypatch.setattr(moe.roots, "open_regular", racing)
+    with pytest.raises(ValueError, match=f"'{part.name}' in counts/ links outside the routing log"):
+        read_store(str(tmp_path / "log"))

@@ -241,5 +241,16 @@ def parts(path: str, table: str) -> list[str]:
     home = os.path.realpath(folder)
     for f in found:  # a link out of the log could name a file outside the directories the server may open
         if os.path.dirname(os.path.realpath(f)) != home:
-            raise ValueError(f"{os.path.basename(f)!r} in {table}/ links outside the routing log; copy the file itself")
+            raise ValueError(_part_outside(f, table))
     return found
+
+
+def open_listed(part: str, table: str):
+    """A part file `parts` listed, opened for reading if the file opened still lies in its table's folder (checked
+    on the descriptor: a link swapped in after the listing is refused)."""
+    return open_inside(part, os.path.dirname(part), "trace file", "give a trace file (not a pipe, device or directory)",
+                       _part_outside(part, table))
+
+
+def _part_outside(part: str, table: str) -> str:
+    return f"{os.path.basename(part)!r} in {table}/ links outside the routing log; copy the file itself"

@@ -10,9 +10,9 @@ import pandas as pd
 
 from moe.memory import BUDGET_ENV
 from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_ids, put_once
-from moe.traces.records import TraceLimits, open_regular
+from moe.traces.records import TraceLimits
 from moe.traces.safeload import is_label, label_codes, parquet_bytes, parquet_file
-from moe.traces.store import parts, read_meta
+from moe.traces.store import open_listed, parts, read_meta
 
 
 def read_store(path: str, limits: TraceLimits | None = None) -> RoutingLog:
@@ -83,7 +83,7 @@ def read_part(part: str, table: str, limits: TraceLimits, columns: dict, optiona
     of one part file as a pyarrow Table. The bytes they decode to are bounded before decoding (`safeload.parquet_bytes`)
     by `room` (default: a quarter of the budget). A regular file only: opened once, so a link swapped in afterwards
     is never read."""
-    with open_regular(part) as f:
+    with open_listed(part, table) as f:
         pf, name, names = _open_part(f, part, table, limits, columns, optional)
         if parquet_bytes(f, pf, names, name) > (limits.budget // 4 if room is None else room):
             raise _too_big(name)
@@ -97,7 +97,7 @@ def counts_batches(part: str, limits: TraceLimits):
     """One counts part, row group by row group (pyarrow decodes one whole at a time), each group's cost (its
     columns, dictionaries and the counting's temporaries) checked against a quarter of the budget before the first
     is decoded."""
-    with open_regular(part) as f:
+    with open_listed(part, "counts") as f:
         pf, name, names = _open_part(f, part, "counts", limits, COUNTS)
         meta = pf.metadata
         rows = max((meta.row_group(i).num_rows for i in range(meta.num_row_groups)), default=0)
