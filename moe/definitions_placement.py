@@ -64,13 +64,17 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                               "when set, else the largest R replayed, or W when that R is 0 (at most E); "
                               "**persistence** = the share of the n hottest experts of a window that are still among "
                               "the n hottest in the next: the mean over windows k that have a hot expert of "
-                              "|hot(k) ∩ hot(k + 1)| / |hot(k)|; **absorbed** = p50 over k of the share of window "
-                              "k + 1's tokens that go to experts plan k replicated.",
-    "placement_verdict": "the largest gain in p50 vLLM balancedness on the windows after planning, over layers, "
-                         "planners and R; \"balanced already\" when no planner beats the current placement by more "
-                         "than 2% (relative); the interval named is the longest whose p50 stays within 0.02 of "
-                         "replanning every window.",
-    "placement_export": "one plan per layer from the whole log (or its last window with --window). SGLang's "
+                              "|hot(k) ∩ hot(k + 1)| / |hot(k)| (not measurable when no window before the last has "
+                              "one); **absorbed** = p50 over k of the share of window k + 1's tokens that go to "
+                              "experts plan k replicated (any R: a plan that keeps the run's placement keeps its "
+                              "replicas).",
+    "placement_verdict": "the largest relative gain (p50 after / p50 before − 1) in p50 vLLM balancedness on the "
+                         "windows after planning, over layers, planners and R; a layer whose current p50 is 0 (most "
+                         "of its windows idle) is not compared, and \"nothing to judge\" when that is every layer; "
+                         "\"balanced already\" when no planner beats the current placement by more than 2% "
+                         "(relative); the interval named is the longest whose p50 stays within 0.02 of replanning "
+                         "every window.",
+    "placement_export": "one plan per layer from the whole log (or its last full window with --window). SGLang's "
                         "`--init-expert-location` JSON holds only `physical_to_logical_map` [num_layers, E + R] with "
                         "row i = decoder layer id i (so the log's layer labels must be integers; num_layers = "
                         "--num-layers, default the largest layer id + 1; a layer the log does not route gets "

@@ -237,3 +237,23 @@ def test_the_page_says_when_the_serving_rule_costs_load(tmp_path):
     (tmp_path / "ours.json").write_text(files["moe-scope"])
     assert rank_load(load[None], read_plan(str(tmp_path / "vllm.json"), 6, 2).layouts[0]).max() == serving
     assert rank_load(load[None], read_plan(str(tmp_path / "ours.json"), 6, 2).layouts[0]).max() == ours < serving
+
+
+def test_the_replicas_of_the_runs_map_show_what_they_absorb_at_r_0(tmp_path, log_dir):
+    """At R = 0 a plan that keeps the run's map keeps its replicas: the page shows their share (it showed R > 0
+    only, and the engine said NaN); a contiguous run has no replica at R = 0, and shows none."""
+    p2l = np.array([[0, 0, 1, 2, 3, 4, 5, 0]])  # W = 2: the hot expert 0 three times; no plan beats it
+    counts = np.random.default_rng(5).integers(0, 20, size=(8, 1, 6))
+    counts[:, 0, 0] = 100
+    path = str(tmp_path / "mapped")
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(8), counts, physical_to_logical=p2l,
+                         meta={"world_size": 2}), path)
+    shown = {}
+    for name, log in (("mapped", path), ("contiguous", log_dir)):
+        at = AppTest.from_function(section_app, args=(log,), default_timeout=60).run()
+        at.multiselect(key="runs_place_slots").set_value([0]).run()
+        assert not at.exception and not at.error, at.error
+        shown[name] = {m.label: m.value for m in at.metric}
+    replay = replay_log(counts, ["0"], ReplaySettings(2, (0,), window=1), p2l=p2l)[0]
+    assert shown["mapped"]["Absorbed by replicas, R=0"] == f"{replay.absorbed[0]:.0%}" != "0%"
+    assert "Absorbed by replicas, R=0" not in shown["contiguous"]

@@ -298,3 +298,44 @@ def test_padding_takes_the_next_ranks_lightest_experts_first():
     padded = pad_to(current_layout(4, 2), load, 6)                                   # ranks [0, 1], [2, 3] -> 3 slots
     assert [list(r) for r in padded.rank_experts()] == [[0, 1, 2], [2, 3, 0]]
     assert rank_load(load[None], padded).max() <= rank_load(load[None], current_layout(4, 2)).max()
+
+
+def test_a_log_whose_windows_are_mostly_idle_has_nothing_to_judge():
+    """An auditor's 9 steps, two in three without a token: p50 balancedness is 0 (vLLM's value for an idle window)
+    under every placement, so no layer is compared; the verdict said "balanced already" though the busy windows
+    gain (0.25 → 0.42 there)."""
+    counts = np.zeros((9, 1, 4), dtype=np.int64)
+    counts[::3, 0, :2] = [[60, 40]]                                                   # experts 0, 1: both on rank 0
+    results = replay_log(counts, ["0"], ReplaySettings(4, (0, 4), window=1))
+    assert np.median(results[0].next_window("current", 4)) == 0
+    text = verdict(results)
+    assert text.startswith("nothing to judge: on every layer most windows after planning hold no token"), text
+    busy = counts.copy()
+    busy[1::3, 0, :2] = [[60, 40]]                                                    # two in three busy: judged
+    assert "lifts the p50 balancedness of layer 0" in verdict(replay_log(busy, ["0"], ReplaySettings(4, (4,))))
+
+
+def test_persistence_without_a_hot_expert_before_the_last_window_is_not_a_percentage():
+    """An auditor's verdict printed "nan% of the 2 hottest experts …": the first window holds no token, so no window
+    before the last has a hot expert."""
+    counts = np.zeros((2, 1, 4), dtype=np.int64)
+    counts[1, 0, [0, 2]] = [300, 150]
+    results = replay_log(counts, ["0"], ReplaySettings(2, (2,), window=1))
+    assert np.isnan(results[0].persistence)
+    text = verdict(results)
+    assert "nan" not in text.lower() and "persistence cannot be measured here: no window before the last" in text
+
+
+def test_absorbed_with_r_0_counts_the_replicas_of_the_runs_map_a_plan_keeps():
+    """With R = 0 the share was NaN, though a plan that keeps the run's map keeps its replicas: an auditor's map
+    replicates expert 0 three times, and every plan kept it."""
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 20, size=(8, 1, 6))
+    counts[:, 0, 0] = 100                                                             # the replicated expert is hot
+    p2l = np.array([[0, 0, 1, 2, 3, 4, 5, 0]])                                        # W = 2: 4 slots a rank
+    r = replay_log(counts, ["0"], ReplaySettings(2, (0,), window=1), p2l=p2l)[0]
+    assert r.kept[0].all()                                                            # no plan beat the run's map
+    shares = [counts[k + 1, 0, 0] / counts[k + 1, 0].sum() for k in range(7)]
+    assert r.absorbed[0] == pytest.approx(np.median(shares))
+    plain = replay_log(counts, ["0"], ReplaySettings(2, (0,), window=1))[0]          # contiguous: no replica
+    assert plain.absorbed[0] == 0.0

@@ -186,7 +186,7 @@ def _hot(result: LayerReplay, key, n_experts: int) -> None:
                  help="share of the n hottest experts of a window (with tokens) still among the n hottest in the next "
                       "(mean over windows)")
     for R, share in result.absorbed.items():
-        if R:
+        if R or share > 0:  # R = 0: only where a plan kept the run's map and its replicas
             right.metric(f"Absorbed by replicas, R={R}", _share(share),
                          help="p50 share of the next window's tokens on the experts the plan replicated")
     if every:

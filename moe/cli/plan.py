@@ -36,7 +36,7 @@ def add_command(commands) -> None:
                                                                       "(default: --nodes)")
     p.add_argument("--window", type=positive_int, default=None,
                    help=f"steps per window (default: the log cut into at most {DEFAULT_WINDOWS} windows); with it, the "
-                        f"exported plan comes from the last window instead of the whole log")
+                        f"exported plan comes from the last full window instead of the whole log")
     p.add_argument("--layer", action="append", default=None, help="only this layer (repeatable; default: all)")
     p.add_argument("--n-experts", type=positive_int, default=None, help="E, for logs that do not record it")
     p.add_argument("--format", choices=("json", "csv"), default="json", help="csv: one row per (layer, window, "

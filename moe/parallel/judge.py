@@ -234,7 +234,7 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
         one = theirs is not None and is_global(groups, s.num_nodes)
         slots = {"planned": plan_rows(windows, W, R, current, order=order, eplb=theirs[0] if one else None)}
         kept[R] = slots["planned"][2]
-        absorbed[R] = _absorbed(windows, slots["planned"][0]) if R else float("nan")
+        absorbed[R] = _absorbed(windows, slots["planned"][0])  # R = 0 too: a plan may keep the run's map's replicas
         if theirs is not None:
             slots["eplb"] = theirs
         for name, (experts, ranks, _) in slots.items():
@@ -294,6 +294,9 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
         return ("one window only: no window follows a plan, so nothing can be judged; use fewer steps per window "
                 "(more windows)")
     gain, r, name, R, before, after = best_gain(results)
+    if gain == -np.inf:  # every layer's current p50 is 0: most of its windows after planning hold no token
+        return ("nothing to judge: on every layer most windows after planning hold no token (p50 vLLM balancedness "
+                "0, vLLM's value for an idle window); use longer windows so that each holds tokens")
     if not gain > margin:
         return (f"balanced already: no placement beats {current} by more than {margin:.0%} on the windows after "
                 f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
@@ -330,5 +333,7 @@ def _persist(r: LayerReplay) -> str:
     if r.hot_top >= r.windows.shape[1]:
         return (f"hot-expert persistence is not informative here: the {r.hot_top} hottest are all "
                 f"{r.windows.shape[1]} experts (n: the largest R, or W when it is 0)")
+    if not np.isfinite(r.persistence):
+        return "hot-expert persistence cannot be measured here: no window before the last has an expert with tokens"
     return (f"{r.persistence:.0%} of the {r.hot_top} hottest experts of a window (those with tokens) are still among "
             f"the {r.hot_top} hottest in the next")

@@ -3,7 +3,9 @@ optional `step` — the common denominator of torchtitan's `tokens_per_expert`, 
 script that counts routed tokens.
 
 Rules (every violation is one ValueError line):
-- Rows are sparse: a (step, layer, expert) without a row counted 0 tokens. A (step, layer, expert) given twice
+- Rows are sparse: a (step, layer, expert) without a row counted 0 tokens. A step is one that has a row: steps are
+  not filled in between (a log of every 10th step reads as consecutive steps, cut into windows as such), so an idle step
+  must be written as rows of zeros to count as a step. A (step, layer, expert) given twice
   is refused rather than summed (a file written twice by accident would otherwise double silently).
 - `count` is a non-negative integer; floats are accepted only when integral (torchtitan keeps float32 counts).
   `expert` and `step` are non-negative integers; without `step` every row is step 0.
