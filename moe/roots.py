@@ -76,17 +76,18 @@ class LinksOutside(ValueError):
     """`open_inside`: the file opened does not lie in the folder it was named in."""
 
 
-def open_inside(path: str, folder: str, what: str, hint: str, outside: str):
-    """`path` opened as `open_regular` opens it, if the file opened lies directly in `folder` (symlinks followed);
-    else LinksOutside `outside`. Checked on the open descriptor: the file opened must be the one `path` resolves to
-    after opening, so a link swapped in between a check and the open (by a writer inside the folder) is refused."""
-    if os.path.lexists(path) and os.path.dirname(os.path.realpath(path)) != os.path.realpath(folder):
-        raise LinksOutside(outside)  # before opening: a file outside is never opened (a device's open can act)
+def open_inside(path: str, home: str, what: str, hint: str, outside: str):
+    """`path` opened as `open_regular` opens it, if the file opened lies directly in the folder `home` (symlinks
+    followed); else LinksOutside `outside`. `home` is that folder's resolved path as the caller checked it: it is not
+    resolved again here, so a folder swapped for a link since is not followed. Checked on the open descriptor: the
+    file opened must be the one `path` resolves to after opening, so a link swapped in between a check and the open
+    (by a writer inside the folder), for the file or a folder on its path, is refused."""
+    if os.path.lexists(path) and os.path.dirname(os.path.realpath(path)) != home:
+        raise LinksOutside(outside)  # before opening: a file outside is not opened, unless swapped in after this
     f = open_regular(path, what, hint)
     real = os.path.realpath(path)
     try:
-        same = (os.path.dirname(real) == os.path.realpath(folder)
-                and os.path.samestat(os.fstat(f.fileno()), os.stat(real)))
+        same = os.path.dirname(real) == home and os.path.samestat(os.fstat(f.fileno()), os.stat(real))
     except OSError:
         same = False
     if not same:

@@ -379,3 +379,28 @@ def test_a_part_file_swapped_for_a_link_after_it_was_listed_is_refused(tmp_path,
     monkeypatch.setattr(moe.roots, "open_regular", racing)
     with pytest.raises(ValueError, match=f"'{part.name}' in counts/ links outside the routing log"):
         read_store(str(tmp_path / "log"))
+
+
+def test_the_counts_folder_swapped_for_a_link_after_the_listing_is_refused(tmp_path, monkeypatch):
+    """A reviewer's bypass: the part's own check resolved counts/ again when it opened the part, so counts/ renamed
+    and replaced by a link to an outside folder holding a part of the same name was read (its 1,000 tokens). The
+    parts are named from counts/ as it resolved when listed."""
+    import moe.roots
+    with LogWriter(str(tmp_path / "log"), ["0"], 4, top_k=1) as w:
+        w.write_step(0, [[1, 2, 3, 4]])
+    counts = tmp_path / "log" / "counts"
+    part = next(counts.iterdir())
+    (tmp_path / "outside").mkdir()
+    with LogWriter(str(tmp_path / "other"), ["0"], 4, top_k=1) as w:
+        w.write_step(0, [[1000, 0, 0, 0]])
+    os.rename(next((tmp_path / "other" / "counts").iterdir()), tmp_path / "outside" / part.name)
+    opened = moe.roots.open_regular
+
+    def racing(path, *args):
+        if os.path.basename(path) == part.name and not os.path.islink(counts):
+            os.rename(counts, tmp_path / "log" / "counts-old")
+            os.symlink(tmp_path / "outside", counts)                                   # the writer's swap
+        return opened(path, *args)
+    monkeypatch.setattr(moe.roots, "open_regular", racing)
+    with pytest.raises(ValueError, match=f"'{part.name}' in counts/ links outside the routing log"):
+        read_store(str(tmp_path / "log"))

@@ -194,8 +194,8 @@ def read_meta(path: str) -> dict:
     at most META_BYTES and TraceLimits.line_bytes."""
     meta, cap = os.path.join(path, META), min(META_BYTES, TraceLimits.from_env().line_bytes)
     what, hint = "routing log metadata", "give a routing log directory"
-    opened = open_inside(meta, path, what, hint, f"{path!r}: meta.json links outside the routing log; copy the log "
-                                                 f"itself")
+    opened = open_inside(meta, os.path.realpath(path), what, hint, f"{path!r}: meta.json links outside the routing "
+                                                                   f"log; copy the log itself")
     raw = read_regular(meta, cap, what, hint, opened)
     if len(raw) > cap:
         raise ValueError(f"{path!r}: meta.json takes more than {describe_bytes(cap)}, the most a routing log's "
@@ -235,10 +235,10 @@ def parts(path: str, table: str) -> list[str]:
     folder = os.path.join(path, table)
     if not os.path.isdir(folder):
         return []
-    if os.path.dirname(os.path.realpath(folder)) != os.path.realpath(path):
+    home = os.path.realpath(folder)  # resolved once: the parts are named from it, and opened against it
+    if os.path.dirname(home) != os.path.realpath(path):
         raise ValueError(f"{table}/ of the routing log links outside it; copy the log itself")
-    found = sorted(os.path.join(folder, n) for n in os.listdir(folder) if PART.fullmatch(n))
-    home = os.path.realpath(folder)
+    found = sorted(os.path.join(home, n) for n in os.listdir(home) if PART.fullmatch(n))
     for f in found:  # a link out of the log could name a file outside the directories the server may open
         if os.path.dirname(os.path.realpath(f)) != home:
             raise ValueError(_part_outside(f, table))
@@ -246,8 +246,9 @@ def parts(path: str, table: str) -> list[str]:
 
 
 def open_listed(part: str, table: str):
-    """A part file `parts` listed, opened for reading if the file opened still lies in its table's folder (checked
-    on the descriptor: a link swapped in after the listing is refused)."""
+    """A part file `parts` listed (named from its table's folder as resolved then), opened for reading if the file
+    opened lies in that folder: checked on the descriptor, so a link swapped in after the listing is refused, for
+    the part or for the table's folder itself."""
     return open_inside(part, os.path.dirname(part), "trace file", "give a trace file (not a pipe, device or directory)",
                        _part_outside(part, table))
 
