@@ -26,7 +26,15 @@ def max_over_mean(values) -> float:
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0:
         return float("nan")
-    return safe_ratio(v.max(), v.mean())
+    return float(max_over_mean_rows(v.ravel()))
+
+
+def max_over_mean_rows(values) -> np.ndarray:
+    """max_over_mean over the last axis, computed as max · n / Σ: for counts (integers below 2**53) both are exact, so
+    equal ratios give equal floats and a tie stays a tie (max / (Σ / n) rounds twice: 6 / (18 / 5) and 1 / (3 / 5)
+    differed in the last bit, and the "first on ties" worst (step, layer) was the second)."""
+    v = np.asarray(values, dtype=np.float64)
+    return safe_ratio(v.max(axis=-1) * v.shape[-1], v.sum(axis=-1))
 
 
 def nats_to_bits(nats):
@@ -101,5 +109,4 @@ def balancedness_sglang(rank_load) -> np.ndarray:
 
 def rank_max_over_mean(rank_load) -> np.ndarray:
     """max_r / mean_r over the last axis (W,), NaN where the mean is 0: the predicted straggler factor."""
-    v = np.asarray(rank_load, dtype=np.float64)
-    return safe_ratio(v.max(axis=-1), v.mean(axis=-1))
+    return max_over_mean_rows(rank_load)

@@ -69,7 +69,9 @@ def scores_and_probs(logits: Tensor, cfg: MoEConfig) -> tuple[Tensor, Tensor]:
         p = logits.softmax(dim=-1)  # (T, E)
         return p, p
     s = logits.sigmoid()  # (T, E)
-    return s, s / s.sum(dim=-1, keepdim=True)
+    # s / Σ s, computed from log s: sigmoid underflows to 0 in float32 below about −88.7, and a token whose every
+    # logit is that low made 0 / 0 (NaN), which blanked its (step, layer)'s aux loss and confidence
+    return s, torch.nn.functional.logsigmoid(logits).softmax(dim=-1)
 
 
 def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | None = None,

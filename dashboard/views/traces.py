@@ -185,6 +185,7 @@ def _draw(s: TraceSummary, live: bool = False) -> None:
     cols[3].metric("Worst (step, layer)", f"{worst['step']}, {worst['layer']}",
                    f"max/mean {worst['max_over_mean']:.3f}", delta_color="off")
     _count_note(s)
+    _nonfinite_note(s)
     st.plotly_chart(trace_worst_figure(s.rows, s.layers), width="stretch", key="trace_worst_chart")
     st.caption(caption("trace_max_over_mean"))
     layer = st.selectbox("Layer", s.layers, index=s.layers.index(worst["layer"]), key="trace_layer")
@@ -204,6 +205,19 @@ def _draw(s: TraceSummary, live: bool = False) -> None:
                 "run under each placement.", icon="⏸️")
     else:
         placement.render(s.log(), "runs")  # should I enable EPLB? this run replayed under each placement
+
+
+def _nonfinite_note(s: TraceSummary) -> None:
+    """Router logits that are not finite, per layer (definition "nonfinite"): reported, never hidden."""
+    bad = {name: int(row["nonfinite"]) for name, row in s.pooled.items()
+           if row.get("nonfinite") is not None and row["nonfinite"] > 0}  # NaN (no logits) compares False
+    if bad:
+        named = ", ".join(f"{quote(name)}: {n:,}" for name, n in list(bad.items())[:8])
+        named += " …" if len(bad) > 8 else ""
+        st.warning(f"{sum(bad.values()):,} router logits of this trace are not finite, in {len(bad)} "
+                   f"layer{'s' if len(bad) > 1 else ''} ({named}). A −inf logit masks an expert and is handled; a "
+                   f"NaN or +inf one leaves the aux loss, z-loss and confidence of its (step, layer) blank.  \n"
+                   f"{caption('nonfinite')}", icon="🚫")
 
 
 def _plan(s: TraceSummary, layer: str) -> None:

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from moe.from_routing import sums_from_counts
-from moe.metrics import safe_ratio
+from moe.metrics import max_over_mean_rows, safe_ratio
 from moe.stats import summary_dict
 
 
@@ -30,7 +30,7 @@ def load_rows(steps: np.ndarray, layers: list[str], counts: np.ndarray, top_k: i
     with np.errstate(divide="ignore", invalid="ignore"):
         h = -np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0).sum(-1)  # (S, L) nats
     nan = np.full((S, L), np.nan)
-    cols = {"aux_loss": nan, "max_over_mean": safe_ratio(c.max(-1), mean), "cv": safe_ratio(c.std(-1), mean),
+    cols = {"aux_loss": nan, "max_over_mean": max_over_mean_rows(c), "cv": safe_ratio(c.std(-1), mean),
             "load_entropy": np.where(total > 0, np.exp(h) / E, np.nan), "dead_fraction": (c == 0).mean(-1),
             "z_loss": nan, "mean_confidence": nan, "tokens": tokens_of(counts, top_k)}
     frame = pd.DataFrame({"step": np.repeat(steps, L), "layer": np.tile(np.asarray(layers, dtype=object), S)})

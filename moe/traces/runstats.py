@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from moe.metrics import safe_ratio
+from moe.metrics import max_over_mean_rows
 
 PERCENTILES = (50, 95)          # with the max: what Megatron-LM's users ask for (NVIDIA/Megatron-LM #2398)
 # Balancedness, as the stacks log it (mean / max over EP ranks, not experts): SGLang
@@ -28,7 +28,7 @@ def layer_percentiles(steps: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
     S, L, E = counts.shape
     cells = counts.reshape(S, L * E).astype(np.float64)                       # (S, L·E)
     c = counts.astype(np.float64)
-    ratio = safe_ratio(c.max(-1), c.mean(-1))                                 # (S, L), NaN where a layer is empty
+    ratio = max_over_mean_rows(c)                                             # (S, L), NaN where a layer is empty
     frames = []
     for stat, values in (("tokens_per_expert", cells), ("max_over_mean", ratio)):
         empty = np.isnan(values).all(1)                                       # (S,) every layer empty at that step

@@ -226,7 +226,8 @@ class _State:
         elif set(names) != set(self.layer_order):
             raise ValueError(f"step {self.step} has MoE layers {sorted(names)} but step {self.steps[0]} has "
                              f"{sorted(self.layer_order)}; the file is inconsistent (a cut or mixed trace)")
-        for name, acc in self.current.items():
+        for name in self.layer_order:  # rows step-major in the layers' order, however the step's records came
+            acc = self.current[name]
             summary = acc.summary()
             self.rows.append({"step": self.step, "layer": name, **{k: summary[k] for k in ROW_KEYS}})
             self.load.setdefault(name, []).append(acc.sums.demand.astype(np.int64))  # (E,)
