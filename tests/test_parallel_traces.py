@@ -76,8 +76,12 @@ def test_an_upload_is_copied_in_chunks_and_read_like_a_path(tmp_path):
     from dashboard.views import traces
     write_megatron(tmp_path / "t.jsonl", megatron_records(2, 2, 6, 8, 2, hot=1))
 
-    class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name
+    class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name and a size
         name = "router_trace_rank0.jsonl"
+
+        @property
+        def size(self) -> int:
+            return len(self.getbuffer())
 
     opened = traces._open(Upload((tmp_path / "t.jsonl").read_bytes()), "", 8, None, "softmax")
     want = summarize(str(tmp_path / "t.jsonl"), n_experts=8)

@@ -114,8 +114,12 @@ def upload_app(data: bytes) -> None:
 
     from dashboard.views import traces
 
-    class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name
+    class Upload(io.BytesIO):  # what st.file_uploader returns: a BytesIO with a name and a size
         name = "counts.csv"
+
+        @property
+        def size(self) -> int:
+            return len(self.getbuffer())
 
     opened = traces._open(Upload(data), "", None, None, "softmax")
     if opened is not None:
@@ -214,3 +218,28 @@ def test_a_bad_rank_file_inside_a_directory_is_named_as_typed_never_resolved(tmp
     assert not at.exception
     message = at.error[0].value
     assert "is truncated" in message and str(tmp_path / "real") not in message
+
+
+def test_an_upload_is_read_within_the_budget_less_what_streamlit_holds_of_it(tmp_path, monkeypatch):
+    """Streamlit keeps an upload in memory while it is read: a counts CSV whose read fits half the budget (opened by
+    its path) does not fit half of the budget less the upload's own size (uploaded), and the page says why; an upload
+    over half the budget is refused before it is copied."""
+    from dashboard.views.traces import upload_limits
+    from moe.traces.counts import CSV_EXPANSION
+    rows = [f"{s},0,{e},{1 + (s * e) % 7}" for s in range(8) for e in range(900)]
+    data = ("step,layer,expert,count\n" + "\n".join(rows) + "\n").encode()
+    (tmp_path / "counts.csv").write_bytes(data)
+    budget = 2 * CSV_EXPANSION * len(data) + len(data) // 2       # the path's read fits; less the upload, it does not
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(budget / 2 ** 30))
+    assert upload_limits(len(data)).budget == int(budget / 2 ** 30 * 2 ** 30) - len(data)
+    at = _open_path(str(tmp_path / "counts.csv"))
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert at.get("metric")[1].proto.body == "1"                                     # MoE layers: opened
+    at = AppTest.from_function(traces_app, default_timeout=60).run()
+    at.get("file_uploader")[0].upload("counts.csv", data, "text/csv").run()
+    assert not at.exception and len(at.error) == 1
+    text = at.error[0].value
+    assert "This trace cannot be opened" in text and "over the" in text, text
+    assert "an upload is read within the budget less its own" in text and "by its path on the server" in text
+    with pytest.raises(ValueError, match="over half the memory budget of .*, and Streamlit holds it in memory"):
+        upload_limits(int(budget / 2 ** 30 * 2 ** 30) // 2 + 1)

@@ -10,10 +10,11 @@ import streamlit as st
 
 from moe.config import SCORES
 from moe.jsonio import dumps
+from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes
 from moe.roots import OutsideRoots, resolve_allowed
 from moe.traces.formats import FORMATS, detect
 from moe.traces.opener import open_trace
-from moe.traces.records import MAX_EXPERTS
+from moe.traces.records import MAX_EXPERTS, TraceLimits
 from moe.traces.store import is_log_dir
 from moe.traces.log import ExpertsNeeded
 from moe.traces.summary import N_EXPERTS_SOURCES, TraceSummary
@@ -111,20 +112,32 @@ def show() -> None:
     render(None)
 
 
+def upload_limits(size: int) -> TraceLimits:
+    """The caps of reading an upload of `size` bytes: Streamlit holds the upload in memory while it is read, so the
+    read gets the memory budget less that size; ValueError when the upload takes over half the budget."""
+    budget = budget_bytes()
+    if size > budget // 2:
+        raise ValueError(f"the upload takes {describe_bytes(size)}, over half the memory budget of "
+                         f"{describe_bytes(budget)}, and Streamlit holds it in memory while it is read; open the file "
+                         f"by its path on the server, or raise {BUDGET_ENV}")
+    return TraceLimits(budget - size)
+
+
 def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score: str) -> TraceSummary | None:
     """Read the file with a progress bar; a bad file is one clear message, never a traceback."""
     bar = st.progress(0.0, text="reading the trace…")
     shown = quote(upload.name if upload is not None else path)  # as the visitor named it, never resolved
-    key_path = path
+    key_path, limits = path, None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             if upload is not None:  # summarize() reads a path: copy the upload in 1 MiB chunks
+                limits = upload_limits(upload.size)
                 path = os.path.join(tmp, "upload")
                 with open(path, "wb") as f:
                     shutil.copyfileobj(upload, f, 1 << 20)
             else:  # only under the server's roots; one message for outside and missing, the path not repeated
                 path = str(resolve_allowed(path, "any"))
-            summary = open_trace(path, n_experts=n_experts, n_layers=n_layers, score=score,
+            summary = open_trace(path, n_experts=n_experts, n_layers=n_layers, score=score, limits=limits,
                                  progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
             summary.extra["format"] = detect(path)
     except OutsideRoots as err:
@@ -141,6 +154,9 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
         bar.empty()
         named = md_text(upload.name if upload is not None else key_path)  # a file inside: its path as typed
         detail = str(err).replace(repr(path), "\0").replace(path, named).replace("\0", shown)
+        if limits is not None and "budget" in detail:  # read within the budget less the upload
+            detail += (f" (an upload is read within the budget less its own {describe_bytes(upload.size)}, which "
+                       f"Streamlit holds in memory meanwhile; a file opened by its path on the server gets all of it)")
         st.error(f"This trace cannot be opened: {detail}", icon="⚠️")
         return None
     bar.empty()

@@ -153,7 +153,7 @@ def _torch(files: list[str], n_experts: int | None, limits: TraceLimits) -> Rout
         raise ValueError(f"the files mix routing formats ({', '.join(sorted(kinds))}); give the files of one run")
     kind = kinds.pop()
     if kind.startswith("sglang"):
-        return sglang.from_dumps(loaded, n_experts)
+        return sglang.from_dumps(loaded, n_experts, limits)
     if len(loaded) > 1:
         raise ValueError("give one vLLM file at a time")
     path, obj = loaded[0]

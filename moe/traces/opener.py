@@ -20,11 +20,12 @@ FIRST_LINE_BYTES = 1 << 20
 
 
 def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
-               progress: Progress | None = None) -> TraceSummary:
-    """A file or directory of any supported format, summarised; every problem is one ValueError line."""
-    limits = TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
-    if _has_logits(path):
-        return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress)
+               progress: Progress | None = None, limits: TraceLimits | None = None) -> TraceSummary:
+    """A file or directory of any supported format, summarised within `limits` (default: the environment's budget);
+    every problem is one ValueError line."""
+    limits = limits or TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
+    if _has_logits(path, limits):
+        return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress, limits=limits)
     return check_layers(TraceSummary.from_log(read_log(path, n_experts, progress=progress, limits=limits)), n_layers)
 
 
@@ -36,7 +37,7 @@ def check_layers(summary: TraceSummary, n_layers: int | None) -> TraceSummary:
     return summary
 
 
-def _has_logits(path: str) -> bool:
+def _has_logits(path: str, limits: TraceLimits) -> bool:
     """A per-(token, expert) Parquet trace, or a Megatron-LM file whose first record points into a logits sidecar."""
     if os.path.isdir(path):
         return False
@@ -44,7 +45,7 @@ def _has_logits(path: str) -> bool:
     if kind == "parquet":
         with open_regular(path) as f:
             try:
-                names = set(parquet_file(f, repr(path), TraceLimits.from_env()).schema_arrow.names)
+                names = set(parquet_file(f, repr(path), limits).schema_arrow.names)
             except ValueError:  # damaged, or a footer over the budget: summarize says so in one line
                 return True
         return "router_logit" in names

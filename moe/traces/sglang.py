@@ -73,8 +73,10 @@ def kind(obj) -> str | None:
     return None
 
 
-def from_dumps(dumps: list[tuple[str, object]], n_experts: int | None = None) -> RoutingLog:
-    """One stat dump, or the rank files of one per_pass / per_token run: (path, load_pt(path)) pairs."""
+def from_dumps(dumps: list[tuple[str, object]], n_experts: int | None = None, limits: TraceLimits | None = None
+               ) -> RoutingLog:
+    """One stat dump, or the rank files of one per_pass / per_token run: (path, load_pt(path)) pairs; the arrays
+    built stay within a quarter of `limits`' budget (default: the environment's)."""
     if not dumps:
         raise ValueError("no SGLang dump was given; give expert_distribution_recorder_*.pt files")
     kinds = []
@@ -91,8 +93,8 @@ def from_dumps(dumps: list[tuple[str, object]], n_experts: int | None = None) ->
         return _read_stat(*dumps[0], n_experts)
     if len(set(kinds)) > 1:
         raise ValueError("per_pass and per_token dumps are mixed; give the rank files of one recording")
-    run = _gather(dumps, n_experts)
-    return _read_per_pass(run) if kinds[0] == PER_PASS else _read_per_token(run)
+    run, budget = _gather(dumps, n_experts), (limits or TraceLimits.from_env()).budget
+    return _read_per_pass(run, budget) if kinds[0] == PER_PASS else _read_per_token(run, budget)
 
 
 def _name(path: str) -> str:
@@ -115,9 +117,8 @@ def _non_negative(arr: np.ndarray, where: str, what: str) -> None:
         raise ValueError(f"{where}: {what} holds a negative count ({int(arr.min())}); give the file as SGLang wrote it")
 
 
-def _check_size(entries: int, what: str) -> None:
+def _check_size(entries: int, what: str, budget: int) -> None:
     """An int64 array the reader builds stays within a quarter of the memory budget."""
-    budget = TraceLimits.from_env().budget
     if entries * 8 > budget // 4:
         raise ValueError(f"{what} would take {describe_bytes(entries * 8)}, over a quarter of the memory budget of "
                          f"{describe_bytes(budget)}; give fewer passes or ranks, or raise {BUDGET_ENV}")
@@ -222,10 +223,10 @@ def _file_records(records: list, where: str) -> tuple[int, dict]:
     return ranks.pop(), into
 
 
-def _read_per_pass(run: _Run) -> RoutingLog:
+def _read_per_pass(run: _Run, budget: int) -> RoutingLog:
     steps, ranks = run.steps, run.ranks
     L, P = run.p2l.shape
-    _check_size(len(steps) * len(ranks) * L * P, "the per-rank physical counts")
+    _check_size(len(steps) * len(ranks) * L * P, "the per-rank physical counts", budget)
     step_index = {int(s): i for i, s in enumerate(steps)}
     rank_index = {r: i for i, r in enumerate(ranks)}
     rank_counts = np.zeros((len(steps), len(ranks), L, P), dtype=np.int64)            # (S, W, L, P)
@@ -243,7 +244,7 @@ def _read_per_pass(run: _Run) -> RoutingLog:
                       physical_to_logical=run.p2l, rank_counts=rank_counts)
 
 
-def _token_rows(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _token_rows(run: _Run, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Every (layer, token) row of every record: (step index, rank index, layer, physical ids (N, K))."""
     L, P = run.p2l.shape
     step_index = {int(s): i for i, s in enumerate(run.steps)}
@@ -265,17 +266,17 @@ def _token_rows(run: _Run) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarr
         T = ids.shape[1]
         parts.append((np.full(L * T, step_index[fpid]), np.full(L * T, rank_index[rank]),
                       np.repeat(np.arange(L, dtype=np.int32), T), ids.reshape(L * T, width)))  # (L·T, K)
-    _check_size(4 * sum(part[3].size for part in parts), "the per-token expert ids")
+    _check_size(4 * sum(part[3].size for part in parts), "the per-token expert ids", budget)
     cols = [np.concatenate([part[i] for part in parts]) for i in range(4)]
     return cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2], cols[3].astype(np.int64)
 
 
-def _read_per_token(run: _Run) -> RoutingLog:
+def _read_per_token(run: _Run, budget: int) -> RoutingLog:
     steps, ranks = run.steps, run.ranks
     L, P = run.p2l.shape
     S, W, E = len(steps), len(ranks), run.n_experts
-    _check_size(S * W * L * P, "the per-rank physical counts")
-    step_i, rank_i, layer, physical = _token_rows(run)                                # (N,) ×3, (N, K)
+    _check_size(S * W * L * P, "the per-rank physical counts", budget)
+    step_i, rank_i, layer, physical = _token_rows(run, budget)                        # (N,) ×3, (N, K)
     kept = (physical >= 0).any(axis=1)                                                # (N,) rows with an expert
     step_i, rank_i, layer, physical = step_i[kept], rank_i[kept], layer[kept], physical[kept]
     used = np.flatnonzero((physical >= 0).any(axis=0))

@@ -118,11 +118,12 @@ def _contiguous_or_none(n_experts: int, world_size: int) -> Placement | None:
 
 
 def summarize(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
-              progress: Progress | None = None) -> TraceSummary:
-    """Stream `path` (either format) into per-(step, layer) statistics; every problem is a ValueError."""
+              progress: Progress | None = None, limits: TraceLimits | None = None) -> TraceSummary:
+    """Stream `path` (either format) into per-(step, layer) statistics within `limits` (default: the environment's
+    budget); every problem is a ValueError."""
     if n_experts is not None:
         n_experts = check_experts(n_experts, "n_experts")
-    limits = TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
+    limits = limits or TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
     source = detect_format(path)
     state = _State(n_experts, score, limits, "logit_shape" if source == "megatron" else "parquet_rows")
     for rec in iter_records(path, progress, limits):
