@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from fractions import Fraction
 from dataclasses import dataclass
 
 import torch
@@ -30,8 +31,10 @@ WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", 
 
 
 def expert_capacity(tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:
-    """C = ceil(capacity_factor·T·K/E), at most T: the assignments one expert may serve (MoEConfig.capacity)."""
-    return min(tokens, math.ceil(capacity_factor * tokens * top_k / n_experts))
+    """C = ceil(capacity_factor·T·K/E), at most T: the assignments one expert may serve (MoEConfig.capacity). Computed
+    exactly, with the factor as written (its shortest decimal: 0.55 is 11/20): in floats 0.55·100 is
+    55.00000000000001, and C came out 12 at T = 100, K = 1, E = 5 where the definition gives 11."""
+    return min(tokens, math.ceil(Fraction(repr(float(capacity_factor))) * tokens * top_k / n_experts))
 
 
 def _choices(values) -> str:

@@ -71,16 +71,17 @@ DEFINITIONS: dict[str, str] = {
     "device": "the device that actually ran the forward (cpu, cuda:i or mps).",
     "nonfinite": "count of non-finite (NaN or ±inf) entries of router_logits: bad input is reported, not hidden.",
     "active_experts": "experts that served at least one token: `#{e : served_e > 0}`.",
-    "capacity": "`C = ceil(capacity_factor·T·K/E)`, at most T: the most assignments one expert keeps. "
+    "capacity": "`C = ceil(capacity_factor·T·K/E)`, at most T: the most assignments one expert keeps (exact, with "
+                "the factor as written: 0.55·100·1/5 gives 11, where float arithmetic rounds up to 12). "
                 "None when dropless; expert_choice uses capacity_factor 1 when unset. With capacity_scope = "
                 "sequence, T is replaced by the sequence length S and C applies to each sequence separately.",
     "topk_margin": "how close routing is to flipping (Megatron-LM's router diagnostics): per token, with its "
                    "probs sorted `p_(1) ≥ … ≥ p_(E)` (unbiased, no groups), `m_t = (p_(K) − p_(K+1)) / p_(K)` "
                    "(0 when p_(K) = 0). Summary: `mean_t m_t`; per expert: the mean of m_t over the tokens "
                    "routed to e (NaN when none). 0 = the K-th and (K+1)-th experts tie; NaN when K = E.",
-    "bias_overlap": "share of the unbiased top-K assignments (the K largest probs of each token, lower index on "
-                    "ties) that the router also chose after expert_bias and the group limit (n_group / "
-                    "topk_group): `Σ_t |U_t ∩ R_t| / (T·K)`; per expert `|{t : e ∈ U_t ∩ R_t}| / |{t : e ∈ U_t}|`. "
+    "bias_overlap": "share of the unbiased top-K assignments (the K largest probs of each token as numbers, i.e. "
+                    "the K largest logits, lower index on ties) that the router also chose after expert_bias and "
+                    "the group limit (n_group / topk_group): `Σ_t |U_t ∩ R_t| / (T·K)`; per expert `|{t : e ∈ U_t ∩ R_t}| / |{t : e ∈ U_t}|`. "
                     "1 = the bias and groups changed nothing. NaN for hash and expert_choice routers.",
     "trace_from_routing": "a trace built from router logits and top-k choices made elsewhere (a real model, a "
                           "training run): every routing-side number is computed as for a forward, with served = "
@@ -91,10 +92,12 @@ DEFINITIONS: dict[str, str] = {
                      "spread over tokens (box = quartiles, whiskers = min and max, dot = median).",
     "probs": "`softmax(router_logits)`, or `sigmoid(router_logits)` divided by its row sum: each token's "
              "probabilities sum to 1.",
-    "routed": "the router's choice before capacity (top-k by `score + expert_bias`, or each expert's top C "
-              "tokens for expert_choice).",
+    "routed": "the router's choice before capacity (top-k by `score + expert_bias`, equal values by the larger "
+              "logit, then the lower expert; or each expert's top C tokens for expert_choice).",
     "gates": "combine weight of a served assignment: the unbiased score, divided by the sum over the chosen "
-             "experts if normalize_topk, times routed_scaling_factor; 0 when not served.",
+             "experts if normalize_topk, times routed_scaling_factor (expert_choice: probs · "
+             "routed_scaling_factor, normalize_topk unused; hash: 1/K if normalize_topk, else 1, times "
+             "routed_scaling_factor); 0 when not served.",
     "contributions": "`‖gates[t,e] · y_e(x_t)‖₂`: how much expert e moved token t's output; 0 when not served.",
     # --- views derived by the dashboard
     "ideal_load": "`T·K/E`: the assignments each expert would serve at perfect balance (dashed line). When "

@@ -81,7 +81,7 @@ def _routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor, top_
     T, E = logits.shape
     score, probs = scores_and_probs(logits, config)
     if w is None:
-        w = topk_weights(score, idx, config)  # (T, K)
+        w = topk_weights(logits, score, idx, config)  # (T, K)
     routed = torch.zeros(T, E, dtype=torch.bool, device=logits.device).scatter_(1, idx, True)  # (T, E)
     gates = torch.zeros(T, E, device=logits.device).scatter_(1, idx, w)  # (T, E)
     contributions = torch.full((T, E), float("nan"), device=logits.device)  # (T, E): no expert outputs

@@ -113,7 +113,7 @@ def gather_sums(inputs: StatsInputs) -> ForwardSums:
     s = inputs
     T, E = s.probs.shape
     acc = torch.float32 if s.probs.device.type == "mps" else torch.float64  # mps has no float64
-    confidence, margin, unbiased = router_health(s.probs, s.top_k)  # (T,), (T,), (T, E)
+    confidence, margin, unbiased = router_health(s.probs, s.top_k, s.router_logits)  # (T,), (T,), (T, E)
     # One sum over tokens for everything that is per token: (T, E) blocks give the per-expert sums, (T, 1)
     # columns the scalars (bools and integer counts are promoted by cat; few ops matter on small layers).
     blocks = {"demand": s.routed, "served": s.served, "gate_sum": s.gates, "prob_sum": s.probs,
@@ -164,19 +164,23 @@ def _unpack(s: StatsInputs, host: np.ndarray, widths: dict[str, int]) -> Forward
                        nonfinite_output=fields.pop("nonfinite_output", nan), **fields)
 
 
-def router_health(probs: Tensor, top_k: int) -> tuple[Tensor, Tensor, Tensor]:
+def router_health(probs: Tensor, top_k: int, rank: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Per token, from probs (T, E): confidence min(p1/p2, cap), the top-K margin
     (p_(K) − p_(K+1)) / p_(K), and the unbiased top-K as a (T, E) float mask (lower index wins ties,
-    like the router's stable sort). Confidence is NaN when E = 1, the margin when K = E."""
+    like the router's stable sort). The top-K ranks by `rank` (default probs): the router's logits, in whose order
+    the probs are as numbers (float32 probs of saturated sigmoid scores tie where the logits, and the router's
+    choice, do not). Confidence is NaN when E = 1, the margin when K = E."""
     T, E = probs.shape
+    rank = probs if rank is None else rank
     if T * E <= SMALL_SORT:  # per-op cost dominates: one stable sort gives the values and the members
-        values, order = torch.sort(probs, dim=-1, descending=True, stable=True)  # (T, E), (T, E)
+        order = torch.sort(rank, dim=-1, descending=True, stable=True).indices  # (T, E)
+        values = probs.gather(1, order)  # (T, E) descending: probs are monotone in the logits
         unbiased = torch.zeros_like(probs).scatter_(1, order[:, :top_k], 1.0)  # (T, E)
     else:  # a full sort costs more than topk(K+1) and a tie-aware mask on large inputs
         values = probs.topk(min(top_k + 1, E), dim=-1).values  # (T, K+1) largest first; ties agree
-        kth = values[:, top_k - 1 : top_k]  # (T, 1)
-        above = probs > kth  # (T, E) surely in the top K
-        tied = probs == kth  # (T, E) in it while places remain, lower index first
+        kth = rank.topk(top_k, dim=-1).values[:, -1:]  # (T, 1)
+        above = rank > kth  # (T, E) surely in the top K
+        tied = rank == kth  # (T, E) in it while places remain, lower index first
         places = top_k - above.sum(dim=-1, keepdim=True)  # (T, 1)
         unbiased = (above | (tied & (tied.cumsum(dim=-1) <= places))).float()  # (T, E)
     if E == 1:
