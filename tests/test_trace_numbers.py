@@ -82,8 +82,9 @@ def test_the_runs_page_reports_logits_that_are_not_finite(tmp_path, tmp_is_a_roo
     _logits_trace(tmp_path / "bad.parquet", [(0, "0", [[np.nan, 0.0], [1.0, 0.0]], [1, 0]),
                                              (0, "1", [[-np.inf, 0.0], [np.inf, 0.0]], [1, 0])])
     _logits_trace(tmp_path / "good.parquet", [(0, "0", [[0.5, 0.0], [1.0, 0.0]], [0, 0])])
+    _logits_trace(tmp_path / "one.parquet", [(0, "0", [[np.nan, 0.0], [1.0, 0.0]], [1, 0])])
     shown = {}
-    for name in ("bad", "good"):
+    for name in ("bad", "good", "one"):
         at = AppTest.from_function(traces_app, default_timeout=60).run()
         at.radio(key="trace_source").set_value("Path on the server").run()
         at.text_input(key="trace_path").set_value(str(tmp_path / f"{name}.parquet")).run()
@@ -91,3 +92,4 @@ def test_the_runs_page_reports_logits_that_are_not_finite(tmp_path, tmp_is_a_roo
         shown[name] = [w.value for w in at.warning]
     assert any("3 router logits of this trace are not finite, in 2 layers (`0`: 1, `1`: 2)" in w for w in shown["bad"])
     assert not any("not finite" in w for w in shown["good"])
+    assert any("1 router logit of this trace is not finite, in 1 layer (`0`: 1)" in w for w in shown["one"])

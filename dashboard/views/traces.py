@@ -230,10 +230,12 @@ def _nonfinite_note(s: TraceSummary) -> None:
     if bad:
         named = ", ".join(f"{quote(name)}: {n:,}" for name, n in list(bad.items())[:8])
         named += " …" if len(bad) > 8 else ""
-        st.warning(f"{sum(bad.values()):,} router logits of this trace are not finite, in {len(bad)} "
+        n = sum(bad.values())
+        st.warning(f"{n:,} router logit{'' if n == 1 else 's'} of this trace {'is' if n == 1 else 'are'} not "
+                   f"finite, in {len(bad)} "
                    f"layer{'s' if len(bad) > 1 else ''} ({named}). A −inf logit masks an expert and is handled; a "
                    f"NaN or +inf one leaves the aux loss, z-loss and confidence of its (step, layer) blank.  \n"
-                   f"{caption('nonfinite')}", icon="🚫")
+                   f"{caption('nonfinite')}", icon="⚠️")
 
 
 def _plan(s: TraceSummary, layer: str) -> None:
