@@ -81,7 +81,8 @@ DEFINITIONS: dict[str, str] = {
                    "routed to e (NaN when none). 0 = the K-th and (K+1)-th experts tie; NaN when K = E.",
     "bias_overlap": "share of the unbiased top-K assignments (the K largest probs of each token as numbers, i.e. "
                     "the K largest logits, lower index on ties) that the router also chose after expert_bias and "
-                    "the group limit (n_group / topk_group): `Σ_t |U_t ∩ R_t| / (T·K)`; per expert `|{t : e ∈ U_t ∩ R_t}| / |{t : e ∈ U_t}|`. "
+                    "the group limit (n_group / topk_group): `Σ_t |U_t ∩ R_t| / (T·K)`; per expert "
+                    "`|{t : e ∈ U_t ∩ R_t}| / |{t : e ∈ U_t}|`. "
                     "1 = the bias and groups changed nothing. NaN for hash and expert_choice routers.",
     "trace_from_routing": "a trace built from router logits and top-k choices made elsewhere (a real model, a "
                           "training run): every routing-side number is computed as for a forward, with served = "
