@@ -72,6 +72,11 @@ def open_regular(path: str, what: str, hint: str):
     return os.fdopen(fd, "rb")
 
 
+def lies_in(path: str, home: str) -> bool:
+    """Whether `path`, symlinks followed, names an entry directly in the folder `home` (a resolved path)."""
+    return os.path.dirname(os.path.realpath(path)) == home
+
+
 class LinksOutside(ValueError):
     """`open_inside`: the file opened does not lie in the folder it was named in."""
 
@@ -82,7 +87,7 @@ def open_inside(path: str, home: str, what: str, hint: str, outside: str):
     resolved again here, so a folder swapped for a link since is not followed. Checked on the open descriptor: the
     file opened must be the one `path` resolves to after opening, so a link swapped in between a check and the open
     (by a writer inside the folder), for the file or a folder on its path, is refused."""
-    if os.path.lexists(path) and os.path.dirname(os.path.realpath(path)) != home:
+    if os.path.lexists(path) and not lies_in(path, home):
         raise LinksOutside(outside)  # before opening: a file outside is not opened, unless swapped in after this
     f = open_regular(path, what, hint)
     real = os.path.realpath(path)

@@ -12,6 +12,7 @@ import os
 import re
 
 from moe.memory import BUDGET_ENV
+from moe.roots import lies_in
 from moe.traces import safeload
 from moe.traces.log import RoutingLog
 from moe.traces.records import Progress, TraceLimits
@@ -94,7 +95,7 @@ def inside(folder: str, files: list[str]) -> None:
     outside the directories the server may open."""
     home = os.path.realpath(folder)
     for f in files:
-        if os.path.dirname(os.path.realpath(f)) != home:
+        if not lies_in(f, home):
             raise ValueError(f"{os.path.basename(f)!r} in {folder!r} links outside that directory; copy the file "
                              f"itself there")
 

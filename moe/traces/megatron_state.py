@@ -16,6 +16,7 @@ import re
 
 import torch
 
+from moe.roots import lies_in
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_pt
 
@@ -48,7 +49,7 @@ def _state_file(trace: str, side: str) -> bool:
     """Whether the dump is there: only next to a file named router_trace_rank{R}.jsonl, inside its directory."""
     if not re.fullmatch(r"router_trace_rank\d+\.jsonl", os.path.basename(trace)) or not os.path.lexists(side):
         return False
-    if os.path.dirname(os.path.realpath(side)) != os.path.dirname(side):
+    if not lies_in(side, os.path.dirname(side)):  # side is named in the trace's resolved folder
         raise ValueError(f"{os.path.basename(side)} links outside the trace's directory; copy the dump itself next "
                          f"to the trace")
     return True

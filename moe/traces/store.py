@@ -21,7 +21,7 @@ import numpy as np
 
 from moe.jsonio import dumps, loads_strict
 from moe.memory import describe_bytes
-from moe.roots import open_inside, read_regular
+from moe.roots import lies_in, open_inside, read_regular
 from moe.traces.log import RECORDED, RoutingLog, check_map
 from moe.traces.records import MAX_EXPERTS, TraceLimits
 
@@ -240,7 +240,7 @@ def parts(path: str, table: str) -> list[str]:
         raise ValueError(f"{table}/ of the routing log links outside it; copy the log itself")
     found = sorted(os.path.join(home, n) for n in os.listdir(home) if PART.fullmatch(n))
     for f in found:  # a link out of the log could name a file outside the directories the server may open
-        if os.path.dirname(os.path.realpath(f)) != home:
+        if not lies_in(f, home):
             raise ValueError(_part_outside(f, table))
     return found
 
