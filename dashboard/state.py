@@ -11,7 +11,7 @@ import streamlit as st
 
 from moe.hf.load import default_model_dir
 from moe.traces.follow import IDLE_AFTER_S
-from moe.train.presets import PRESETS as TRAIN_PRESETS
+from moe.train.presets import preset_value
 
 from moe import available_devices
 from dashboard.compare_sides import LINK_KEYS as COMPARE_LINK_KEYS, STATE_KEYS as COMPARE_KEYS, sides_from_query
@@ -87,9 +87,9 @@ def model_defaults() -> dict:
 
 
 def live_defaults() -> dict:
-    base = TRAIN_PRESETS["collapse"]
-    return {"live_setup": LIVE_SETUPS[0], "live_balance": "none", "live_aux_coef": base.aux_coef,
-            "live_z_coef": base.z_coef, "live_bias_rate": base.bias_rate, "live_speed": 5}
+    coef = {name: preset_value("collapse", name) for name in ("aux_coef", "z_coef", "bias_rate")}
+    return {"live_setup": LIVE_SETUPS[0], "live_balance": "none", "live_aux_coef": coef["aux_coef"],
+            "live_z_coef": coef["z_coef"], "live_bias_rate": coef["bias_rate"], "live_speed": 5}
 
 
 def defaults() -> dict:

@@ -46,3 +46,23 @@ def test_a_diverging_run_stops_with_a_message_instead_of_nan_rows():
     with pytest.raises(ValueError, match=r"training diverged at step 1: the loss is .*lower lr"):
         trainer.step()
     assert trainer.history_frame().empty  # no NaN row recorded
+
+
+def test_a_budget_too_small_for_the_defaults_is_said_in_one_line_not_a_traceback(monkeypatch, tmp_path):
+    """The live-training preset was a TrainConfig built at import, and a TrainConfig checks the budget: under 2 MiB
+    the page and every CLI command (trace-report too) died at import with a traceback. Now the page says what does
+    not fit, trace-report runs, and `train --preset` refuses in one line."""
+    import subprocess
+    import sys
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.002")
+    at = AppTest.from_file(APP, default_timeout=120).run()
+    assert not at.exception
+    assert [e.value for e in at.error if "over the budget of 2.0 MiB" in e.value]
+    (tmp_path / "c.csv").write_text("layer,expert,count\n0,0,3\n0,1,1\n")
+    run = [sys.executable, "-m", "moe"]
+    done = subprocess.run(run + ["trace-report", str(tmp_path / "c.csv")], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and '"n_experts": 2' in done.stdout, done.stderr[-300:]
+    done = subprocess.run(run + ["train", "--preset", "collapse", "--steps", "1"], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 2 and len(done.stderr.splitlines()) == 1
+    assert "training this configuration needs about" in done.stderr and "over the budget of 2.0 MiB" in done.stderr

@@ -10,7 +10,7 @@ import torch
 
 from moe import MoEConfig
 from moe.cli.main import main
-from moe.train.presets import PRESETS, preset
+from moe.train.presets import preset
 from moe.train.trainer import TrainConfig, Trainer, per_expert_series, tail_mean
 
 TINY = TrainConfig(model=MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2), tokens=64,
@@ -46,7 +46,7 @@ def collapse_runs() -> dict[str, pd.DataFrame]:
 
 def test_collapse_preset_collapses_without_balancing(collapse_runs):
     frame = collapse_runs["none"]
-    assert len(frame) == PRESETS["collapse"].steps == 300
+    assert len(frame) == preset("collapse").steps == 300
     assert frame["max_over_mean"].iloc[0] < 1.5       # it starts near-uniform ...
     assert frame["max_over_mean"].iloc[-1] >= 2.5     # ... and ends collapsed (the last step)
     assert tail_mean(frame, "max_over_mean", 20) >= 2.5  # and stays so over the last 20 steps

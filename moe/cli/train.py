@@ -13,7 +13,7 @@ from moe.cli.options import CONFIG_OPTIONS, SCENARIO_OPTIONS, check_scenario_opt
 from moe.jsonio import dumps, dumps_lines
 from moe.knobs import scenario_params
 from moe.memory import BudgetError, budget_bytes
-from moe.train.presets import PRESETS
+from moe.train.presets import PRESETS, preset
 from moe.train.trainer import BALANCES, TrainConfig, Trainer
 
 FORMATS = ("--format json: one strict JSON document {\"config\": ..., \"rows\": [one object per step]}, "
@@ -53,7 +53,7 @@ def knobs_from_train_args(args: argparse.Namespace) -> dict:
 
 
 def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
-    base = PRESETS[args.preset] if args.preset else TrainConfig()
+    base = preset(args.preset) if args.preset else TrainConfig()
     changes = {f: getattr(args, f) for f in _TRAIN_OPTIONS if getattr(args, f) is not None}
     if args.coef is not None:
         balance = changes.get("balance", base.balance)

@@ -9,8 +9,11 @@ from moe.train.trainer import TrainConfig
 # that happen to get more tokens early learn faster, help more, and the router (un-normalised
 # top-k weights, sharp temperature) learns a preference for them that every token shares: the
 # rich get richer. The tiny router init and routing noise make the start near-uniform.
-PRESETS: dict[str, TrainConfig] = {
-    "collapse": TrainConfig(
+# Each preset's TrainConfig fields: a TrainConfig checks the memory budget when it is built, so presets are built
+# when asked for (`preset`), never at import: under a budget too small for them, importing the CLI or the page
+# failed with a traceback before either could say so in one line.
+PRESETS: dict[str, dict] = {
+    "collapse": dict(
         model=MoEConfig(d_model=16, d_expert=32, n_experts=8, top_k=2, normalize_topk=False,
                         temperature=0.5, noise_std=0.2),
         router_init_scale=0.01, scenario="clusters",
@@ -27,8 +30,14 @@ PRESET_HELP = {
 }
 
 
+def preset_value(name: str, field: str):
+    """One field of a preset, without building it (no budget check, no validation draw: the page reads these on
+    every run)."""
+    return PRESETS[name].get(field, getattr(TrainConfig, field))
+
+
 def preset(name: str, **changes) -> TrainConfig:
     """A named TrainConfig, with optional field changes."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(map(repr, PRESETS))}")
-    return PRESETS[name].replace(**changes)
+    return TrainConfig(**{**PRESETS[name], **changes})
