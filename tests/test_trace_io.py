@@ -6,6 +6,7 @@ import sys
 import tracemalloc
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -83,6 +84,42 @@ def test_writer_round_trip_equals_the_engine_forward(tmp_path):
         row = s.rows[(s.rows.step == step) & (s.rows.layer == layer)].iloc[0]
         assert row["aux_loss"] == pytest.approx(trace.summary()["aux_loss"], rel=1e-5)
         assert s.load[layer][step].tolist() == trace.routed.sum(0).tolist()
+
+
+def test_writer_called_again_for_a_step_and_layer_adds_a_micro_batch(tmp_path):
+    """Gradient accumulation: TraceWriter.write twice per (step, layer), back to back (micro-batches of 20 and 12
+    tokens) reads as interleaved writes read, and the load is the two forwards' routed counts added."""
+    cfg = MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2)
+    layers = [MoELayer(cfg.replace(seed=i)) for i in range(2)]
+    traces = {(step, i, mb): layers[i](torch.randn(20 - 8 * mb, 8, generator=torch.Generator().manual_seed(
+        10 * step + mb)))[1] for step in range(2) for i in range(2) for mb in range(2)}
+    orders = {"back_to_back": [(s, i, mb) for s in range(2) for i in range(2) for mb in range(2)],
+              "interleaved": [(s, i, mb) for s in range(2) for mb in range(2) for i in range(2)]}
+    read = {}
+    for name, order in orders.items():
+        with TraceWriter(tmp_path / f"{name}.parquet") as w:
+            for step, i, mb in order:
+                w.write(traces[(step, i, mb)], step=step, layer=i)
+        read[name] = summarize(str(tmp_path / f"{name}.parquet"))
+    for s in read.values():
+        assert s.steps == [0, 1] and s.layers == ["0", "1"]
+        for step in range(2):
+            for i in range(2):
+                want = sum(traces[(step, i, mb)].routed.sum(0) for mb in range(2)).tolist()
+                assert s.load[str(i)][step].tolist() == want
+    a, b = (read[name].rows.sort_values(["step", "layer"]).reset_index(drop=True) for name in orders)
+    assert a.equals(b)
+
+
+def test_a_token_given_twice_for_some_experts_only_is_refused(tmp_path):
+    from moe.traces.parquet import trace_frame
+    _, trace = MoELayer(MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2))(torch.randn(6, 8))
+    frame = trace_frame(trace)
+    bad = pd.concat([frame, frame[(frame.token == 0) & (frame.expert < 2)]])  # token 0 again, for experts 0 and 1
+    bad.to_parquet(tmp_path / "bad.parquet", index=False)
+    with pytest.raises(ValueError, match=r"step 0, layer 0: 2 rows are not tokens × n_experts=4; every token needs "
+                                         r"one row per expert"):
+        summarize(str(tmp_path / "bad.parquet"))
 
 
 def test_page_download_without_step_columns_reads_as_step_0_layer_0(tmp_path):

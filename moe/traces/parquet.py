@@ -88,7 +88,7 @@ def iter_parquet(path: str, progress: Progress | None = None, limits: TraceLimit
             for lo, hi in zip(np.r_[0, cut], np.r_[cut, batch.num_rows]):
                 here = (int(steps[lo]), str(layers[lo]))
                 if key is not None and here != key:
-                    yield _parquet_record(key, parts)
+                    yield from _parquet_records(key, parts)
                     parts, held = [], 0
                 key, held = here, held + (hi - lo)
                 limits.check_entries(held, f"step {key[0]}, layer {key[1]}", f"{held:,} rows (tokens × experts)")
@@ -97,7 +97,7 @@ def iter_parquet(path: str, progress: Progress | None = None, limits: TraceLimit
                 progress(done / total)
     if key is None:
         raise ValueError(f"{path!r} holds no rows; give a trace with at least one token")
-    yield _parquet_record(key, parts)
+    yield from _parquet_records(key, parts)
 
 
 def _checked_file(f, path: str, limits: TraceLimits):
@@ -170,25 +170,42 @@ def _batch_columns(batch, stamped: bool, path: str) -> dict[str, np.ndarray]:
     return cols
 
 
-def _parquet_record(key: tuple[int, str], parts: list[dict]) -> RoutingRecord:
-    """(token, expert) rows of one (step, layer) -> logits (T, E) and the chosen experts (T, K)."""
+def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[RoutingRecord]:
+    """(token, expert) rows of one run of (step, layer) -> its records: one, or one per micro-batch when a (token,
+    expert) pair comes again (TraceWriter.write called more than once for a (step, layer), as with gradient
+    accumulation: the n-th row of each pair, in file order, belongs to micro-batch n), as interleaved runs of one
+    (step, layer) are read."""
     rows = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     where = f"step {key[0]}, layer {key[1]}"
     token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
     if int(expert.min()) < 0:
         raise ValueError(f"{where}: column 'expert' holds {int(expert.min())}; expert indices are >= 0")
     E = check_experts(int(expert.max()) + 1, f"{where}: the largest expert index + 1")
+    order = np.lexsort((expert, token))  # token-major, expert-minor; a pair's rows keep their file order (stable)
+    t, e = token[order], expert[order]
+    new = np.r_[True, (t[1:] != t[:-1]) | (e[1:] != e[:-1])]                          # the first row of each pair
+    starts = np.flatnonzero(new)
+    nth = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # occurrence of its pair
+    repeats = int(nth.max())
+    for m in range(repeats + 1):
+        mine = order[nth == m] if repeats else order                                  # still token-major
+        yield _parquet_record(key, {name: values[mine] for name, values in rows.items()}, E, where)
+
+
+def _parquet_record(key: tuple[int, str], rows: dict, E: int, where: str) -> RoutingRecord:
+    """(token, expert) rows of one micro-batch of one (step, layer) with E experts, token-major and expert-minor ->
+    logits (T, E) and the chosen experts (T, K)."""
+    token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
     if len(expert) % E:
         raise ValueError(f"{where}: {len(expert)} rows are not tokens × n_experts={E}; every token needs one row "
                          f"per expert")
-    order = np.lexsort((expert, token))  # token-major, expert-minor
     T = len(expert) // E
-    tok = token[order].reshape(T, E)  # (T, E)
-    if not (np.array_equal(expert[order], np.tile(np.arange(E), T)) and (tok == tok[:, :1]).all()):
+    tok = token.reshape(T, E)  # (T, E)
+    if not (np.array_equal(expert, np.tile(np.arange(E), T)) and (tok == tok[:, :1]).all()):
         raise ValueError(f"{where}: tokens do not each have one row per expert 0..{E - 1}; give the trace as "
                          f"downloaded")
-    logits = rows["router_logit"].astype(np.float32)[order].reshape(T, E)  # (T, E)
-    routed = rows["routed"].astype(bool)[order].reshape(T, E)  # (T, E)
+    logits = rows["router_logit"].astype(np.float32).reshape(T, E)  # (T, E)
+    routed = rows["routed"].astype(bool).reshape(T, E)  # (T, E)
     k = routed.sum(1)  # (T,)
     if k.min() != k.max() or k[0] == 0:
         raise ValueError(f"{where}: tokens route to {int(k.min())}..{int(k.max())} experts; a token-choice "
