@@ -42,8 +42,8 @@ class BudgetError(ValueError):
                                             for k, v in changes.items())
         if not changes:
             advice = f"the smallest sizes do not fit either; raise {BUDGET_ENV}"
-        super().__init__(f"{what} needs about {describe_bytes(sum(parts.values()))} ({detail}), over the budget "
-                         f"of {describe_bytes(budget)}; {advice}")
+        need, limit = describe_over(sum(parts.values()), budget)
+        super().__init__(f"{what} needs about {need} ({detail}), over the budget of {limit}; {advice}")
 
     def renamed(self, names: dict[str, str]) -> "BudgetError":
         """The same refusal with the sizes named as the caller's user knows them (e.g. CLI flags)."""
@@ -146,11 +146,26 @@ def estimate_training_bytes(cfg: MoEConfig, tokens: int, *, n_maps: int = 1, poo
 
 
 def describe_bytes(n: float) -> str:
+    """n bytes in B, KiB, MiB or GiB, one decimal."""
+    return _in_units(n, 1)
+
+
+def describe_over(n: float, limit: float) -> tuple[str, str]:
+    """n and the limit it is over, as describe_bytes writes them, with as many more decimals (both the same) as make
+    them read differently, so that a refusal never reads "1.1 MiB, over the 1.1 MiB" (exact bytes at most)."""
+    for digits in range(1, 10):
+        pair = _in_units(n, digits), _in_units(limit, digits)
+        if pair[0] != pair[1] or n == limit:
+            return pair
+    return f"{n:,.0f} B", f"{limit:,.0f} B"
+
+
+def _in_units(n: float, digits: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB"):
         if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.{digits}f} {unit}"
         n /= 1024
-    return f"{n:.1f} GiB"
+    return f"{n:.{digits}f} GiB"
 
 
 def fit(cost: Callable[[dict], int], sizes: dict, budget: int) -> dict[str, int]:

@@ -1,4 +1,5 @@
 """The memory estimate counts the real weights and refuses oversized configs with advice."""
+import numpy as np
 import pytest
 import torch
 
@@ -138,3 +139,29 @@ def test_a_budget_nothing_fits_in_says_to_raise_it():
     with pytest.raises(BudgetError, match="the smallest sizes do not fit either; raise MOE_SCOPE_MEMORY_GB") as err:
         check_budget(MoEConfig(), 512, RUNTIME_BYTES // 2)
     assert err.value.changes == {}
+
+
+def test_an_amount_over_a_limit_never_reads_as_the_limit():
+    """describe_over: n > limit read with as many decimals (the same for both) as tell them apart; the values they
+    write keep the order (parsed back in bytes) and are each within half a last digit of the truth."""
+    from moe.memory import describe_bytes, describe_over
+    units = {"B": 1, "KiB": 1024, "MiB": 1024 ** 2, "GiB": 1024 ** 3}
+
+    def parse(text: str) -> float:
+        number, unit = text.replace(",", "").split()
+        return float(number) * units[unit]
+
+    mib = 1024 ** 2
+    assert describe_bytes(1.1 * mib) == describe_bytes(1.1 * mib + 1) == "1.1 MiB"  # what a refusal read before
+    assert describe_over(1.1 * mib + 1000, 1.1 * mib) == ("1.101 MiB", "1.100 MiB")
+    assert describe_over(3 * mib, 1 * mib) == ("3.0 MiB", "1.0 MiB")  # far apart: as describe_bytes writes them
+    assert describe_over(5 * 1024 ** 3 + 1, 5 * 1024 ** 3) == ("5.000000001 GiB", "5.000000000 GiB")
+    one_apart = {describe_over(limit + 1, limit) for limit in range(5 * 1024 ** 3, 5 * 1024 ** 3 + 4096)}
+    assert ("5,368,709,128 B", "5,368,709,127 B") in one_apart  # no 9 decimals tell them apart: exact bytes
+    assert all(over != under for over, under in one_apart)
+    rng = np.random.default_rng(0)
+    for _ in range(2000):
+        limit = int(rng.integers(1, 1 << 40))
+        n = limit + int(rng.integers(1, max(2, limit // int(rng.choice([10, 1000, 10 ** 6])))))
+        over, under = describe_over(n, limit)
+        assert over != under and parse(over) >= parse(under), (n, limit, over, under)

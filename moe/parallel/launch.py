@@ -19,7 +19,7 @@ import time
 from dataclasses import dataclass, field
 
 from moe.config import MoEConfig
-from moe.memory import BUDGET_ENV, BudgetError, budget_bytes, check_budget, describe_bytes
+from moe.memory import BUDGET_ENV, BudgetError, budget_bytes, check_budget, describe_bytes, describe_over
 from moe.proctree import Proc, kill_tree, memory_bytes, tree
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]  # the folder that holds the moe package
@@ -78,8 +78,9 @@ def check_job_budget(nproc: int, plan: JobPlan, budget: int | None = None) -> in
     options = ([f"use at most {fewer} processes"] if 2 <= fewer < nproc else []) + (
         [f"set {', '.join(advice)}"] if advice and per_rank > 0 else [])
     detail = ", ".join(f"{k} {describe_bytes(v)}" for k, v in parts.items())
-    raise ValueError(f"the expert-parallel job needs about {describe_bytes(sum(parts.values()))} ({detail}), over "
-                     f"the budget of {describe_bytes(budget)}; to fit, "
+    need, limit = describe_over(sum(parts.values()), budget)
+    raise ValueError(f"the expert-parallel job needs about {need} ({detail}), over "
+                     f"the budget of {limit}; to fit, "
                      f"{'; or '.join(options + [f'raise {BUDGET_ENV}'])}")
 
 
@@ -158,8 +159,9 @@ class EPJob:
                                f"(all its processes)")
         if self.memory > self.budget:
             self.kill()
-            raise RuntimeError(f"the expert-parallel job used {describe_bytes(self.memory)}, over the memory budget "
-                               f"of {describe_bytes(self.budget)}, and was stopped (all its processes); lower the "
+            used, limit = describe_over(self.memory, self.budget)
+            raise RuntimeError(f"the expert-parallel job used {used}, over the memory budget "
+                               f"of {limit}, and was stopped (all its processes); lower the "
                                f"tokens or the processes, or raise {BUDGET_ENV}")
 
     def wait(self, poll_s: float = 0.5, on_progress=None) -> str:

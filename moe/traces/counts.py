@@ -25,7 +25,7 @@ import re
 import numpy as np
 import pandas as pd
 
-from moe.memory import BUDGET_ENV, describe_bytes
+from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import INFERRED, RoutingLog, check_ids, put_once, resolve_experts
 from moe.traces.parquet import LAYER_NAME
 from moe.traces.records import INT64_MAX, TraceLimits, check_experts, open_regular
@@ -63,7 +63,8 @@ def is_counts_parquet(schema_names) -> bool:
 
 
 def _too_big(path: str, size: int, cap: int) -> ValueError:
-    return ValueError(f"{path!r} takes about {describe_bytes(size)} in memory, over the {describe_bytes(cap)} a "
+    size_text, cap_text = describe_over(size, cap)
+    return ValueError(f"{path!r} takes about {size_text} in memory, over the {cap_text} a "
                       f"counts file may take under the memory budget; give a shorter file or raise {BUDGET_ENV}")
 
 

@@ -21,7 +21,7 @@ import zipfile
 
 import numpy as np
 
-from moe.memory import BUDGET_ENV, describe_bytes
+from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.parquet_pages import MAX_PAGES, ChunkPages, chunk_pages
 from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
 from moe.traces.tensors import check_tensors
@@ -52,7 +52,8 @@ def _cap(limits: TraceLimits | None) -> int:
 
 
 def _too_big(path: str, size: int, cap: int) -> ValueError:
-    return ValueError(f"{path!r} decodes to {describe_bytes(size)}, over the {describe_bytes(cap)} a routing file may "
+    size_text, cap_text = describe_over(size, cap)
+    return ValueError(f"{path!r} decodes to {size_text}, over the {cap_text} a routing file may "
                       f"take under the memory budget; give a shorter dump or raise {BUDGET_ENV}")
 
 
@@ -155,8 +156,9 @@ def parquet_file(f, where: str, limits: TraceLimits):
         tail = f.read(8)
         footer = int.from_bytes(tail[:4], "little")
         if tail[4:] == PARQUET_MAGIC and footer > limits.line_bytes:
-            raise ValueError(f"{where} has a Parquet footer of {describe_bytes(footer)}, over the "
-                             f"{describe_bytes(limits.line_bytes)} the memory budget allows; give a smaller file or "
+            footer_text, cap_text = describe_over(footer, limits.line_bytes)
+            raise ValueError(f"{where} has a Parquet footer of {footer_text}, over the "
+                             f"{cap_text} the memory budget allows; give a smaller file or "
                              f"raise {BUDGET_ENV}")
     try:
         source = _native(f)

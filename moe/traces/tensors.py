@@ -17,7 +17,7 @@ def check_tensors(obj, path: str, cap: int):
     of them together, each reference counting its whole shape, take at most `cap` bytes; else ValueError (one line)."""
     import torch
 
-    from moe.memory import BUDGET_ENV, describe_bytes
+    from moe.memory import BUDGET_ENV, describe_over
     plain = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
              torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64}
     total, stack, walked = 0, [obj], 1
@@ -31,8 +31,9 @@ def check_tensors(obj, path: str, cap: int):
                                  f"routing dump holds plain integer or float tensors")
             total += item.numel() * item.element_size()
             if total > cap:
-                raise ValueError(f"{path!r} holds tensors of {describe_bytes(total)} or more (each counted whole, as "
-                                 f"readers copy it), over the {describe_bytes(cap)} a routing file may take under "
+                total_text, cap_text = describe_over(total, cap)
+                raise ValueError(f"{path!r} holds tensors of {total_text} or more (each counted whole, as "
+                                 f"readers copy it), over the {cap_text} a routing file may take under "
                                  f"the memory budget; give a shorter dump or raise {BUDGET_ENV}")
         elif isinstance(item, (dict, list, tuple)):
             walked += len(item) * (2 if isinstance(item, dict) else 1)  # counted before they are stacked: a list
