@@ -219,7 +219,8 @@ DEFINITIONS: dict[str, str] = {
                          "among their top-k; the diagonal `co[e, e]` = tokens that chose e.",
     # --- real models (Model view, model-report; issue #10)
     "pooled_aux": "the aux of all MoE layers pooled: `E·Σ_e f̄_e·P̄_e` with f̄, P̄ the layers' f and P summed over "
-                  "every layer's tokens before the product. The Switch scale of the per-layer aux column (1 = "
+                  "every layer's tokens before the product (f̄ = all layers' assignments / Σ T·K, each layer with "
+                  "its own K, as a counterfactual may change K at one layer). The Switch scale of the per-layer aux column (1 = "
                   "balanced, E = one expert takes everything), but one collapsed layer is averaged with the healthy "
                   "ones, so it barely moves this number: read the per-layer column.",
     "pooled_hf_aux": "transformers' `load_balancing_loss` (Mixtral, Qwen-MoE, OLMoE) on this text: top_k × the "

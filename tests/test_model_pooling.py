@@ -42,3 +42,24 @@ def test_one_collapsed_layer_hides_in_the_pooled_aux_but_not_in_the_table():
     pooled_healthy, pooled_bad = healthy.pooled_hf_aux() / K, bad.pooled_hf_aux() / K
     assert pooled_bad < 1.35 * pooled_healthy
     assert per_layer[2] > 3 * pooled_bad
+
+
+def test_pooled_aux_of_a_counterfactual_that_changes_top_k_at_one_layer():
+    """Each layer counts its own K in f̄ = Σ assignments / Σ T·K (it raised: 'cannot merge statistics of a layer with
+    top_k=1'); checked against the routed masks and probabilities of the traces, pooled by hand."""
+    from moe.hf.counterfactual import Counterfactual, run_counterfactual
+    model = tiny_model("mixtral", layers=4)
+    instrument(model)
+    run = run_counterfactual(model, IDS, Counterfactual(layers=(2,), top_k=1))
+    assert [int(t.routed.sum(1).max()) for t in run.traces] == [K, K, 1, K]
+    routed = sum(t.routed.double().sum(0) for t in run.traces)                      # (E,) assignments
+    slots = sum(t.routed.shape[0] * int(t.routed.sum(1)[0]) for t in run.traces)    # Σ T·K
+    probs = sum(t.probs.double().sum(0) for t in run.traces)                        # (E,)
+    tokens = sum(t.probs.shape[0] for t in run.traces)
+    assert abs(run.pooled_aux() - float(E * ((routed / slots) * (probs / tokens)).sum())) < 1e-6
+    same = run_model(model, IDS)  # one K everywhere: the pooled statistics' own aux, as before
+    acc = same.traces[0].sums
+    for t in same.traces[1:]:
+        acc = acc + t.sums
+    from moe.stats import summary_dict
+    assert abs(same.pooled_aux() - summary_dict(acc)["aux_loss"]) < 1e-12

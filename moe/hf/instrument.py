@@ -24,7 +24,7 @@ from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine
                           routing_config, supported_message)
 from moe.hf.windows import BatchRows, batch_rows, batches, merge_traces, model_context, plan_windows
 from moe.metrics import nats_to_bits
-from moe.stats import StatsAccumulator
+from moe.losses import aux_loss_from_sums
 from moe.trace import Trace
 
 # The traces of the forward in progress: set only inside `collect()`, per thread / task.
@@ -159,11 +159,17 @@ class ModelRun:
                             for t in self.traces])
 
     def pooled_aux(self) -> float:
-        """The Switch aux (`E·Σ f̄_e·P̄_e`, the per-layer rows' scale) of all layers' routing pooled together."""
-        acc = StatsAccumulator()
-        for trace in self.traces:
-            acc.update(trace)
-        return acc.summary()["aux_loss"]
+        """The Switch aux (`E·Σ f̄_e·P̄_e`, the per-layer rows' scale) of all layers' routing pooled together: f̄ the
+        layers' assignments over their Σ T·K (each layer's own K: a counterfactual may change it at one layer), P̄
+        the layers' probabilities summed over their Σ T."""
+        sums = [trace.sums for trace in self.traces]
+        widths = {s.n_experts for s in sums}
+        if len(widths) > 1:
+            raise ValueError(f"the MoE layers have {sorted(widths)} experts: one aux over them all is not defined")
+        tokens = sum(s.tokens for s in sums)
+        assignments = sum(s.tokens * s.top_k for s in sums)  # Σ T·K: = tokens × K when every layer has K
+        return float(aux_loss_from_sums(sum(s.demand for s in sums), sum(s.prob_sum for s in sums), tokens,
+                                        assignments / tokens))
 
     def pooled_hf_aux(self) -> float:
         """Hugging Face's load_balancing_loss over all layers: top_k × pooled_aux()."""
