@@ -39,6 +39,7 @@ class ModelSpec:
     text: str
     max_tokens: int
     cf: Counterfactual | None = None  # None: the model's own routing
+    cf_values: tuple = ()             # the counterfactual controls as linked ((key, value), …), fitted to the model
 
     def describe(self) -> str:
         what = "its own routing" if self.cf is None else "a counterfactual routing"
@@ -79,6 +80,33 @@ def counterfactual_from(values: dict) -> Counterfactual:
         bias=BIASES[values["cf_bias"]])
 
 
+def cf_misfits(values: dict, layers, n_experts: int) -> list[str]:
+    """The counterfactual controls (session values cf_*) that a model with these MoE layers and experts cannot take:
+    a layer it does not have, a top_k above its E, a biased expert outside 0..E-1. The Model page and a Compare side
+    reset them to their defaults, with `misfit_note`."""
+    fits = {"cf_layer": values["cf_layer"] in ["all", *map(str, layers)],
+            "cf_top_k": 0 <= values["cf_top_k"] <= n_experts,
+            "cf_bias_expert": -1 <= values["cf_bias_expert"] < n_experts}
+    return [key for key, good in fits.items() if not good]
+
+
+def misfit_note(key: str, value, default) -> str:
+    """The note for a control reset (its value as the link codec parsed it: an integer, or `all` or digits)."""
+    return f"{key} = {value} does not fit this model; reset to {default}."
+
+
+def fitted_counterfactual(spec: ModelSpec, layers, n_experts: int, defaults: dict
+                          ) -> tuple[Counterfactual | None, list[str]]:
+    """A side's counterfactual once the loaded model is known, as the Model page runs that link: the controls it
+    cannot take reset to `defaults` (the notes say which); None when nothing is left changed."""
+    values, notes = dict(spec.cf_values), []
+    for key in cf_misfits(values, layers, n_experts):
+        notes.append(misfit_note(key, values[key], defaults[key]))
+        values[key] = defaults[key]
+    cf = counterfactual_from(values)
+    return (cf if cf.changed() else None), notes
+
+
 def parse_model_side(query: str, defaults: dict) -> ModelSide:
     """A Model-page query → ModelSide; never raises (bad values are notes, a directory outside the roots the
     error). `defaults`: the Model page's widget defaults (dashboard.state.model_defaults())."""
@@ -92,9 +120,10 @@ def parse_model_side(query: str, defaults: dict) -> ModelSide:
         path = str(resolve_allowed(directory, "dir"))
     except ValueError as err:
         return ModelSide(query, notes=problems, error=str(err))
-    cf = counterfactual_from(merged) if merged["cf_on"] else None
+    cf_values = tuple(sorted((key, value) for key, value in merged.items() if key.startswith("cf_")))
+    cf = counterfactual_from(merged) if merged["cf_on"] else None  # fitted to the model once it is loaded
     spec = ModelSpec(path, str(merged["model_text"])[:MAX_TEXT_CHARS], int(merged["model_max_tokens"]),
-                     cf if cf is not None and cf.changed() else None)
+                     cf if cf is not None and cf.changed() else None, cf_values if merged["cf_on"] else ())
     return ModelSide(query, spec, problems, linked_dir=LINK_DIR_KEY in values)
 
 

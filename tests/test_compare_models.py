@@ -164,3 +164,38 @@ def test_a_bad_counterfactual_layer_in_a_model_side_is_a_note_and_the_default(la
 def test_a_counterfactual_layer_of_digits_is_taken():
     side = parse_model_side(urlencode({"mex": "prose", "cfon": "1", "cfk": "1", "cflayer": "2"}), model_defaults())
     assert side.notes == [] and side.spec.cf.layers == (2,)
+
+
+@pytest.mark.parametrize("misfit, key, default", [({"cfe": "9"}, "cf_bias_expert", -1), ({"cfk": "9"}, "cf_top_k", 0),
+                                                  ({"cflayer": "7"}, "cf_layer", "all")])
+def test_a_counterfactual_value_the_model_cannot_take_is_reset_as_the_model_page_resets_it(misfit, key, default):
+    """A side runs its link as the Model page does: a value this model (4 MoE layers of 8 experts) cannot take goes
+    back to its default with the Model page's note, and the rest of the counterfactual (temperature 2) still runs
+    (it was one error, 'could not route this text', and no table)."""
+    link = {"view": "Model", "mex": "prose", "cfon": "1", "cftemp": "2", **misfit}
+    at = _compare(OWN, urlencode(link))
+    assert not at.exception and not at.error
+    note = f"B: {key} = {misfit[next(iter(misfit))]} does not fit this model; reset to {default}."
+    assert [w.value for w in at.warning] == [note]
+    model_page = open_app(link)
+    assert [w.value for w in model_page.warning] == [note.removeprefix("B: ")]
+    warm = _independent(model_defaults()["model_path"], EXAMPLES["prose"],
+                        counterfactual_from({**model_defaults(), "cf_temperature": 2.0}))
+    assert at.table[0].value["B"].iloc[-2] == pytest.approx(warm["loss_bits"], rel=1e-5)
+
+
+def test_a_counterfactual_that_changes_top_k_at_one_layer_is_compared():
+    at = _compare(OWN, urlencode({"view": "Model", "mex": "prose", "cfon": "1", "cfk": "1", "cflayer": "2"}))
+    assert not at.exception and not at.error
+    path = model_defaults()["model_path"]
+    loaded = load_model(path)
+    ids, _ = encode_text(loaded.tokenizer, EXAMPLES["prose"], 512)
+    run = run_counterfactual(loaded.model, ids, counterfactual_from({**model_defaults(), "cf_top_k": 1,
+                                                                     "cf_layer": "2"}), loaded.context)
+    routed = sum(t.routed.double().sum(0) for t in run.traces)
+    slots = sum(t.routed.shape[0] * int(t.routed.sum(1)[0]) for t in run.traces)
+    probs = sum(t.probs.double().sum(0) for t in run.traces)
+    tokens = sum(t.probs.shape[0] for t in run.traces)
+    E = run.traces[0].probs.shape[1]
+    assert at.table[0].value["B"].iloc[0] == pytest.approx(float(E * ((routed / slots) * (probs / tokens)).sum()),
+                                                           rel=1e-5)

@@ -10,8 +10,8 @@ import streamlit as st
 from moe.definitions import DEFINITIONS
 from moe.metrics import nats_to_bits
 
-from dashboard import loaders
-from dashboard.compare_models import MODEL_HEADLINE, ModelSpec, model_headline
+from dashboard import loaders, state
+from dashboard.compare_models import MODEL_HEADLINE, ModelSpec, fitted_counterfactual, model_headline
 from dashboard.definitions import caption
 from dashboard.figures.core import shared_range
 from dashboard.figures.model import load_heatmap_figure, share_range, token_loss_figure
@@ -25,7 +25,12 @@ def tables(name: str, spec: ModelSpec) -> dict | None:
             view = loaders.analyse(spec.path, spec.text, spec.max_tokens)
             if spec.cf is None:
                 return view
-            cf = loaders.counterfactual(spec.path, spec.text, spec.max_tokens, spec.cf)
+            fitted, notes = fitted_counterfactual(spec, view["layers"], view["n_experts"], state.CF_DEFAULTS)
+            for note in notes:  # as the Model page: a value this model cannot take goes back to its default
+                st.warning(f"{name}: {note}")
+            if fitted is None:
+                return view
+            cf = loaders.counterfactual(spec.path, spec.text, spec.max_tokens, fitted)
             return {**view, **cf}  # the counterfactual's load, loss, drops, table and aux; the text's tokens
     except Exception as err:  # a model that does not load, a counterfactual the model refuses: never a traceback
         detail = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"

@@ -16,7 +16,7 @@ from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIASES, Counterfactual
 from moe.metrics import nats_to_bits
 
 from dashboard import loaders, state
-from dashboard.compare_models import counterfactual_from
+from dashboard.compare_models import cf_misfits, counterfactual_from, misfit_note
 from dashboard.figures.model import counterfactual_loss_figure, load_heatmap_figure, share_range, sweep_figure
 
 DEFAULTS = state.CF_DEFAULTS
@@ -25,13 +25,9 @@ DEFAULTS = state.CF_DEFAULTS
 def _sanitise(view: dict) -> None:
     """Values from a link or another model that this model cannot take go back to the defaults, with a note."""
     ss = st.session_state
-    ok = {"cf_layer": ss["cf_layer"] in ["all", *map(str, view["layers"])],
-          "cf_top_k": 0 <= ss["cf_top_k"] <= view["n_experts"],
-          "cf_bias_expert": -1 <= ss["cf_bias_expert"] < view["n_experts"]}
-    for key, good in ok.items():
-        if not good:
-            st.warning(f"{key} = {ss[key]} does not fit this model; reset to {DEFAULTS[key]}.")
-            ss[key] = DEFAULTS[key]
+    for key in cf_misfits(ss, view["layers"], view["n_experts"]):
+        st.warning(misfit_note(key, ss[key], DEFAULTS[key]))
+        ss[key] = DEFAULTS[key]
 
 
 def _controls(view: dict) -> Counterfactual:
