@@ -230,6 +230,13 @@ class MoEConfig:
     def router_torch_dtype(self) -> torch.dtype:
         return torch.float32 if self.router_dtype == "float32" else self.torch_dtype
 
+    @property
+    def capacity_per_sequence(self) -> bool:
+        """Whether capacity is counted per sequence: capacity_scope="sequence" on a layer with a capacity (a
+        capacity_factor, or expert choice, which always has one)."""
+        has_capacity = self.capacity_factor is not None or self.router == "expert_choice"
+        return self.capacity_scope == "sequence" and has_capacity
+
     def capacity(self, tokens: int) -> int | None:
         """Per-expert capacity C = ceil(capacity_factor·T·K/E), at most T; None when dropless.
 

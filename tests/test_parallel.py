@@ -267,3 +267,7 @@ def test_per_sequence_capacity_without_seq_len_is_refused(capsys, monkeypatch):
     assert main(args + ["--seq-len", "30"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "multiple of --seq-len 30 with at least 2 sequences" in err
+    # expert choice always has a capacity (factor 1.0 when none is given): per sequence, it needs --seq-len too
+    assert main(["ep-report", "--n-experts", "4", "--tokens", "40", "--router", "expert_choice", "--top-k", "1",
+                 "--capacity-scope", "sequence"]) == 2
+    assert "needs --seq-len S" in capsys.readouterr().err

@@ -140,6 +140,11 @@ def test_the_flags_rebuild_the_sidebars_config_exactly():
     with pytest.raises(ValueError, match="--seq-len S"):
         ep_flags(RunResult(config=cfg.replace(capacity_scope="sequence"), scenario="gaussian", scenario_params={},
                            trace=trace, per_expert=trace.per_expert(), summary=trace.summary()))
+    choice = MoEConfig(d_model=8, d_expert=16, n_experts=6, top_k=1, router="expert_choice", capacity_scope="sequence")
+    _, trace = MoELayer(choice)(batch.x)  # (B, S, D): C = ceil(S·K/E) per sequence, not over all B·S tokens
+    with pytest.raises(ValueError, match="--seq-len S"):
+        ep_flags(RunResult(config=choice, scenario="gaussian", scenario_params={}, trace=trace,
+                           per_expert=trace.per_expert(), summary=trace.summary()))
 
 
 def test_too_many_ranks_without_replicas_is_a_clear_message_and_starts_nothing():

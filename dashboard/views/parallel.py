@@ -26,7 +26,7 @@ def ep_flags(result: RunResult) -> list[str]:
     on the CPU (the default device), whatever the sidebar's device."""
     cfg = result.config.replace(device="cpu")
     check_ep_config(cfg)
-    if cfg.capacity_scope == "sequence" and cfg.capacity_factor is not None:
+    if cfg.capacity_per_sequence:
         raise ValueError("per-sequence capacity needs whole sequences per rank: run `ep-report --capacity-scope "
                          "sequence --seq-len S` from the command line")
     return config_argv(cfg) + scenario_argv(result.scenario, result.scenario_params, result.trace.tokens)
