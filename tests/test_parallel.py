@@ -167,6 +167,24 @@ def test_bad_placement_files_exit_2_before_any_collective(tmp_path, capsys, monk
     assert err.count("\n") == 1 and message in err
 
 
+@pytest.mark.parametrize("flags, message", [
+    (["--timeout", "1e300"], "--timeout: expected seconds above 0 and at most 86,400, got '1e300'"),
+    (["--timeout", "0"], "--timeout: expected seconds above 0 and at most 86,400, got '0'"),
+    (["--timeout", "-1"], "--timeout: expected seconds above 0 and at most 86,400, got '-1'"),
+    (["--placement", ""], "--placement is empty; give a file path, or leave --placement out"),
+    (["--placement", " ", "--placement-layer", "L9"], "--placement is empty"),
+    (["--save-output", ""], "--save-output is empty; give a file path, or leave --save-output out"),
+])
+def test_bad_timeouts_and_empty_paths_exit_2_before_any_collective(capsys, monkeypatch, flags, message):
+    """An overflowing timeout was a traceback, 0 or -1 a C++ stack dump per rank, an empty --placement ran contiguous
+    blocks instead (with its --placement-layer ignored)."""
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["ep-report", "--n-experts", "4", "--tokens", "8", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and message in err, err
+
+
 def test_ep_report_outside_torchrun_exits_2(capsys, monkeypatch):
     monkeypatch.delenv("RANK", raising=False)
     assert main(["ep-report", "--tokens", "8"]) == 2
@@ -200,6 +218,8 @@ def test_csv_document_has_the_report_sections_and_the_rank_tables():
     assert rows["experts"].tolist() == ["0 1", "2 3"]
     ep = pd.read_csv(io.StringIO(run.stdout.split("# ep\n")[1].split("# per_rank")[0]), index_col="key")["value"]
     assert ep["straggler_repeats"] == 5 and ep["straggler_min"] <= ep["straggler_factor"] <= ep["straggler_max"]
+    text = dict(line.split(",", 1) for line in run.stdout.split("# ep\n")[1].split("# per_rank")[0].splitlines()[1:])
+    assert (text["world_size"], text["straggler_repeats"]) == ("2", "5")  # counts as integers (they read 2.0, 5.0)
     assert ep["straggler_q1"] <= ep["straggler_factor"] <= ep["straggler_q3"]
 
 

@@ -65,6 +65,17 @@ def finite_float(text: str) -> float:
     return value
 
 
+MAX_TIMEOUT_S = 86_400.0  # a collective's timeout: at most a day (torch keeps it in milliseconds, a C int)
+
+
+def timeout_seconds(text: str) -> float:
+    """A timeout in seconds: a number above 0 and at most MAX_TIMEOUT_S."""
+    value = finite_float(text)
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most {MAX_TIMEOUT_S:,.0f}, got {text[:40]!r}")
+    return value
+
+
 def finite_floats(text: str) -> tuple[float, ...]:
     """Comma-separated finite numbers, e.g. `0,0,1.5,0` (one per expert)."""
     try:

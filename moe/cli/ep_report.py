@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from moe.cli.args import Parser, UsageError, finite_float, positive_int
+from moe.cli.args import MAX_TIMEOUT_S, Parser, UsageError, positive_int, timeout_seconds
 from moe.cli.options import add_config_arguments, add_scenario_arguments, check_scenario_options, flag_names, resolve
 from moe.memory import budget_bytes, check_budget
 from moe.parallel.launch import EPJob, JobPlan, check_job_budget
@@ -32,7 +32,8 @@ def add_options(p: argparse.ArgumentParser) -> None:
                         "id, its row)")
     p.add_argument("--repeats", type=positive_int, default=REPEATS,
                    help="timed forwards after one warm-up: times and the straggler factor are medians over them")
-    p.add_argument("--timeout", type=finite_float, default=60.0, help="seconds any collective may wait")
+    p.add_argument("--timeout", type=timeout_seconds, default=60.0,
+                   help=f"seconds any collective may wait (above 0, at most {MAX_TIMEOUT_S:,.0f})")
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="cut the tokens into sequences of S (each rank gets whole sequences); needed by "
                         "--capacity-scope sequence")
@@ -47,6 +48,9 @@ def run(args: argparse.Namespace) -> str:
     check_budget(cfg, tokens, budget_bytes(), names=flag_names())  # before anything is built (every rank)
     if args.placement_layer is not None and args.placement is None:
         raise ValueError("--placement-layer chooses a layer of a --placement file; give the file too")
+    for flag, path in (("--placement", args.placement), ("--save-output", args.save_output)):
+        if path is not None and not path.strip():
+            raise ValueError(f"{flag} is empty; give a file path, or leave {flag} out")
     settings = EPSettings(args.placement, args.repeats, args.timeout, args.seq_len, args.save_output,
                           args.placement_layer)
     return rank_report(cfg, scenario, params, tokens, settings, args.format)

@@ -144,8 +144,8 @@ def _csv(base: str, extra: dict) -> str:
     out.seek(0, io.SEEK_END)
     out.write("# ep\n")
     spread = {f"straggler_{k}": v for k, v in extra["straggler"].items() if k not in ("median", "per_repeat")}
-    pd.Series({"world_size": extra["world_size"], "straggler_factor": extra["straggler"]["median"], **spread}).rename(
-        "value").to_csv(out, header=["value"], index_label="key")
+    values = {"world_size": extra["world_size"], "straggler_factor": extra["straggler"]["median"], **spread}
+    pd.Series(values, dtype=object).rename("value").to_csv(out, header=["value"], index_label="key")  # ints stay ints
     out.write("# per_rank\n")
     extra["per_rank"][PER_RANK_COLUMNS].to_csv(out, index=False)
     for name in ("traffic", "traffic_bytes"):
