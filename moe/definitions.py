@@ -220,9 +220,10 @@ DEFINITIONS: dict[str, str] = {
     # --- real models (Model view, model-report; issue #10)
     "pooled_aux": "the aux of all MoE layers pooled: `E·Σ_e f̄_e·P̄_e` with f̄, P̄ the layers' f and P summed over "
                   "every layer's tokens before the product (f̄ = all layers' assignments / Σ T·K, each layer with "
-                  "its own K, as a counterfactual may change K at one layer). The Switch scale of the per-layer aux column (1 = "
-                  "balanced, E = one expert takes everything), but one collapsed layer is averaged with the healthy "
-                  "ones, so it barely moves this number: read the per-layer column.",
+                  "its own K, as a counterfactual may change K at one layer). The Switch scale of the per-layer aux "
+                  "column (1 = balanced, at most `E/K`: every layer sends every token to the same expert with "
+                  "probability ≈ 1), but one collapsed layer is averaged with the healthy ones, so it barely moves "
+                  "this number: read the per-layer column.",
     "pooled_hf_aux": "transformers' `load_balancing_loss` (Mixtral, Qwen-MoE, OLMoE) on this text: top_k × the "
                      "pooled aux, `K·E·Σ_e f̄_e·P̄_e`, the number a Hugging Face training log shows "
                      "before `router_aux_loss_coef` (K at perfect balance).",

@@ -63,3 +63,16 @@ def test_pooled_aux_of_a_counterfactual_that_changes_top_k_at_one_layer():
         acc = acc + t.sums
     from moe.stats import summary_dict
     assert abs(same.pooled_aux() - summary_dict(acc)["aux_loss"]) < 1e-12
+
+
+def test_the_pooled_aux_tops_out_at_e_over_k_as_its_definition_says():
+    """Every layer sends every token to expert 0 with p ≈ 1: f̄_0 = 1/K, P̄_0 ≈ 1, so E/K (= 4 here; the definition
+    said E)."""
+    from moe.definitions import DEFINITIONS
+    model = tiny_model("mixtral", layers=4)
+    instrument(model)
+    for block in engine_blocks(model):
+        block.engine = block.engine.reconfigured(block.engine.cfg.replace(logit_bias=(40.0,) + (0.0,) * (E - 1)))
+    run = run_model(model, IDS)
+    assert abs(run.pooled_aux() - E / K) < 1e-3
+    assert "at most `E/K`" in DEFINITIONS["pooled_aux"]

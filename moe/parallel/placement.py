@@ -88,7 +88,8 @@ def contiguous(n_experts: int, world_size: int) -> Placement:
 
 
 def chunk_sizes(n: int, parts: int) -> list[int]:
-    """n items cut into `parts` contiguous chunks whose sizes differ by at most one (larger last)."""
+    """n items cut into `parts` contiguous chunks whose sizes differ by at most one, cut at i·n // parts (so
+    chunk_sizes(7, 5) = [1, 1, 2, 1, 2])."""
     return chunk_share(n, np.arange(parts), parts).tolist()
 
 
