@@ -301,3 +301,18 @@ def test_a_typed_special_token_name_is_read_as_its_text(model_dir, capsys):
     with pytest.raises(ValueError, match="type a text") as err:
         encode_text(load_model(str(model_dir)).tokenizer, "  ", 64, EMPTY_TEXT_PAGE)
     assert "--text" not in str(err.value) and "--text-file" in EMPTY_TEXT_CLI
+
+
+def test_a_tokenizer_with_more_ids_than_the_model_is_one_line(tmp_path, capsys):
+    """The byte tokenizer (257 ids) with a model of 100: 't' is id 116 + its offset. It was an IndexError traceback
+    from the embedding (exit 1); now the check before the forward names the id and the vocabulary."""
+    model = tiny_model("mixtral", layers=2)
+    model.resize_token_embeddings(100)
+    model.save_pretrained(tmp_path / "small-vocab")
+    save_tokenizer(str(tmp_path / "small-vocab"))
+    capsys.readouterr()  # the save's progress bar
+    code, _, err = _run(["model-report", "--model", str(tmp_path / "small-vocab"), "--text", "the cat"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert "is outside the model's vocabulary 0..99: the tokenizer has more ids than the model's embedding" in err
+    with pytest.raises(ValueError, match="outside the model's vocabulary 0..99"):
+        run_model(load_model(str(tmp_path / "small-vocab")).model, torch.tensor([1, 2, 100]))

@@ -187,6 +187,11 @@ def run_model(model: nn.Module, input_ids: Tensor, context: int | None = None) -
         raise ValueError("the model is not instrumented; call moe.hf.instrument.instrument(model) first")
     if input_ids.dim() != 1 or input_ids.numel() == 0:
         raise ValueError(f"input_ids must be a non-empty 1-D tensor of token ids, got shape {tuple(input_ids.shape)}")
+    vocab = model.get_input_embeddings().num_embeddings
+    if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+        bad = int(input_ids.max()) if int(input_ids.max()) >= vocab else int(input_ids.min())
+        raise ValueError(f"the text's token id {bad} is outside the model's vocabulary 0..{vocab - 1}: the tokenizer "
+                         f"has more ids than the model's embedding; give the tokenizer saved with this model")
     if context is None:
         context = model_context(model.config, getattr(model.config, "name_or_path", None) or None)
     windows = plan_windows(input_ids.numel(), context)
