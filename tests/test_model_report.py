@@ -316,3 +316,22 @@ def test_a_tokenizer_with_more_ids_than_the_model_is_one_line(tmp_path, capsys):
     assert "is outside the model's vocabulary 0..99: the tokenizer has more ids than the model's embedding" in err
     with pytest.raises(ValueError, match="outside the model's vocabulary 0..99"):
         run_model(load_model(str(tmp_path / "small-vocab")).model, torch.tensor([1, 2, 100]))
+
+
+def test_the_hot_and_cold_help_says_where_they_only_push(capsys):
+    """±1 on the selection score forces the expert in or out only where the scores alone select (the test above, a
+    softmax router); DeepSeek-V3's group limit can outweigh it, so the help must not say 'always' or 'never' alone
+    (the auditor found a hot expert left out of 3 of 331 tokens on pydoc-deepseek)."""
+    from moe.hf.counterfactual import BIAS_NOTE, Counterfactual, run_counterfactual
+    from tests.model_support import VOCAB
+    with pytest.raises(SystemExit):
+        main(["model-report", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.count(" ".join(BIAS_NOTE.split())) == 2  # --cf-hot-expert and --cf-cold-expert
+    model = tiny_model("deepseek_v3", layers=3)
+    from moe.hf.instrument import instrument
+    instrument(model)
+    ids = torch.randint(0, VOCAB, (200,), generator=torch.Generator().manual_seed(0))
+    missed = [int((~(t.top_k_index == 6).any(dim=1)).sum()) for t in
+              run_counterfactual(model, ids, Counterfactual(bias_expert=6, bias=1.0)).traces]
+    assert max(missed) > 0  # what the note warns of: hot, yet not chosen for some tokens

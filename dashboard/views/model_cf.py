@@ -12,7 +12,7 @@ import streamlit as st
 from moe.config import DROP_POLICIES
 from moe.definitions import DEFINITIONS
 from moe.hf import cache as model_cache
-from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIASES, Counterfactual
+from moe.hf.counterfactual import BIAS_COLD, BIAS_HOT, BIAS_NOTE, BIASES, Counterfactual
 from moe.metrics import nats_to_bits
 
 from dashboard import loaders, state
@@ -45,8 +45,8 @@ def _controls(view: dict) -> Counterfactual:
     f.selectbox("Bias one expert", list(range(-1, E)), key="cf_bias_expert",
                 format_func=lambda x: "none" if x < 0 else f"expert {x}")
     g.radio("Bias", list(BIASES), key="cf_bias", horizontal=True, disabled=ss["cf_bias_expert"] < 0,
-            help=f"hot adds {BIAS_HOT:+g} to the expert's selection score (always chosen), cold {BIAS_COLD:+g} "
-                 "(never chosen); the combine weights are unchanged")
+            help=f"hot adds {BIAS_HOT:+g} to the expert's selection score, cold {BIAS_COLD:+g}: {BIAS_NOTE}; the "
+                 "combine weights are unchanged")
     return counterfactual_from(ss)
 
 

@@ -8,7 +8,7 @@ import sys
 
 from moe.cli.args import finite_float, non_negative_int, positive_int
 from moe.config import DROP_POLICIES
-from moe.hf.counterfactual import BIASES
+from moe.hf.counterfactual import BIAS_NOTE, BIASES
 from moe.hf.report import (DEFAULT_MAX_TOKENS, READ_BYTES_PER_TOKEN, counterfactual_dict, encode_text,
                            progress_bars, read_text_file, render_report, report_dict)
 from moe.jsonio import dumps
@@ -34,8 +34,7 @@ def add_command(commands) -> None:
     bias = cf.add_mutually_exclusive_group()
     for name, value in BIASES.items():  # the Model page's "Bias one expert": hot or cold
         bias.add_argument(f"--cf-{name}-expert", type=non_negative_int, default=None, metavar="E",
-                          help=f"add {value:+g} to expert E's selection score ({name}: "
-                               f"{'always' if value > 0 else 'never'} chosen)")
+                          help=f"add {value:+g} to expert E's selection score ({name}: {BIAS_NOTE})")
     cf.add_argument("--cf-sweep", action="store_true", help='add a "sweep": the change at each MoE layer alone '
                     "(one forward per layer; --cf-layers does not apply to it)")
     p.set_defaults(run=run)

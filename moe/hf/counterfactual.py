@@ -15,7 +15,12 @@ from torch import Tensor
 from moe.config import MoEConfig
 from moe.hf.instrument import OVERRIDES, ModelRun, engine_blocks, run_model
 
-BIAS_HOT, BIAS_COLD = 1.0, -1.0  # on the selection score: ±1 always / never selects the expert (scores in [0, 1])
+# On the selection score: where the scores alone select, each in [0, 1] (a softmax router without a correction bias),
+# +1 always selects the expert and -1 never does; a router's own correction bias (DeepSeek-V3, Ernie) or group limit
+# (a group's score is the sum of its best experts') can outweigh ±1, so there it only pushes (BIAS_NOTE).
+BIAS_HOT, BIAS_COLD = 1.0, -1.0
+BIAS_NOTE = ("always or never chosen where the scores alone select (a softmax router); a router's correction bias or "
+             "group limit (DeepSeek-V3) can outweigh it: the load shows how often it was chosen")
 BIASES = {"hot": BIAS_HOT, "cold": BIAS_COLD}  # the page's choice and the CLI's --cf-<name>-expert: name -> bias
 SWEEP_COLUMNS = ["layer", "delta_loss_bits", "dropped_fraction"]
 
