@@ -246,7 +246,7 @@ def _analyse(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict:
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "demand": [int(t.summary()["demand"]) for t in run.traces],
             "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
-            "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens),
+            "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens, ids.tolist()),
             "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
             "bias": expert_bias_long(run), "balance": balance_table(run), "text": text, "max_tokens": max_tokens}
 
@@ -278,10 +278,15 @@ def md_literal(text: str) -> str:
     return re.sub(r"([!-/:-@\[-`{-~])", r"\\\1", text)
 
 
-def vocabulary_cells(run, tokens: list[str]) -> dict[int, pd.DataFrame]:
-    """Per MoE layer (decoder index): a row per expert with its most frequent top-1 tokens as one cell."""
-    vocab = expert_vocabulary(run, tokens)
-    cells = vocab["token"].map(lambda t: md_literal(visible_token(t))) + " (" + vocab["count"].astype(str) + ")"
+def vocabulary_cells(run, tokens: list[str], ids) -> dict[int, pd.DataFrame]:
+    """Per MoE layer (decoder index): a row per expert with its most frequent top-1 tokens as one cell; a text that
+    more than one of the text's token ids decode to is followed by its id (`#195`), so two tokens never read as
+    one."""
+    vocab = expert_vocabulary(run, tokens, ids)
+    shared = pd.Series(dict(zip(np.asarray(ids).tolist(), tokens))).value_counts()  # text -> distinct ids
+    names = [md_literal(visible_token(t)) + (f" #{i}" if shared[t] > 1 else "") for t, i in zip(vocab["token"],
+                                                                                                 vocab["id"])]
+    cells = pd.Series(names, index=vocab.index) + " (" + vocab["count"].astype(str) + ")"
     words = cells.groupby([vocab["layer"], vocab["expert"]], sort=True).agg(", ".join)
     return {layer: pd.DataFrame({"expert": group.index.get_level_values("expert"),
                                  "most frequent top-1 tokens (count)": group.values})

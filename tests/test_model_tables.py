@@ -79,7 +79,7 @@ def test_token_routing_lists_each_token_at_each_layer(run):
 
 def test_expert_vocabulary_counts_top1_tokens(run):
     tokens = _tokens()
-    vocab = expert_vocabulary(run, tokens, top=3)
+    vocab = expert_vocabulary(run, tokens, list(TEXT.encode()), top=3)
     assert sorted(vocab.layer.unique()) == list(run.layers)
     for pos, layer in enumerate(run.layers):
         top1 = run.traces[pos].top_k_index[:, 0].tolist()
@@ -89,6 +89,28 @@ def test_expert_vocabulary_counts_top1_tokens(run):
             naive = Counter(t for t, e in zip(tokens, top1) if e == expert)
             assert group["count"].tolist() == sorted(naive.values(), reverse=True)[:3]
             assert all(naive[t] == c for t, c in zip(group.token, group["count"]))
+
+
+def test_expert_vocabulary_counts_ids_not_their_text():
+    """The bytes of "é", "ï" and "ü" each decode alone to U+FFFD: counted by their text they were one token
+    '\ufffd' with the sum of their counts; by id, each byte is its own row with its own count."""
+    from dashboard.loaders import vocabulary_cells
+    text = "café naïve über " * 4
+    ids = list(text.encode())
+    tokens = [bytes([b]).decode("utf-8", "replace") for b in ids]  # what decoding one byte token alone gives
+    model = tiny_model("mixtral", layers=2)
+    instrument(model)
+    run = run_model(model, torch.tensor(ids))
+    vocab = expert_vocabulary(run, tokens, ids, top=100)
+    for pos, layer in enumerate(run.layers):
+        top1 = run.top1()[pos].tolist()
+        naive = Counter((e, i) for e, i in zip(top1, ids))
+        at = vocab[vocab.layer == layer]
+        assert {(e, i): c for e, i, c in zip(at.expert, at.id, at["count"])} == dict(naive)
+    assert (vocab.token == "\ufffd").any() and vocab[vocab.token == "\ufffd"].id.nunique() > 1
+    cells = " ".join(" ".join(frame.iloc[:, 1]) for frame in vocabulary_cells(run, tokens, ids).values())
+    assert "\ufffd #195 (" in cells and "\ufffd (" not in cells  # 0xC3, the lead byte of é, ï and ü
+    assert "c (" in cells  # a text only one id has: no id shown
 
 
 def test_flow_matrix_is_the_conditional_top1_distribution(run):

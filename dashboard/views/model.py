@@ -284,7 +284,8 @@ def _vocabulary(view: dict, layer: int) -> None:
     marks = ", ".join(f"{mark} = {name}" for mark, name in VOCABULARY_MARKS)
     st.caption("An expert's vocabulary: the tokens whose top-1 expert it is at the chosen layer, most frequent first. "
                f"Whitespace is drawn as a symbol ({marks}); other characters that print nothing as escapes "
-               "(`\\r`, `\\x00`).")
+               "(`\\r`, `\\x00`). Tokens are counted by id: where two ids read alike (each byte of a multi-byte "
+               "character reads �), the id follows (`� #195`).")
 
 
 def _nmi_table(view: dict) -> tuple[pd.DataFrame, str | None]:

@@ -60,14 +60,19 @@ def top1_grid(run) -> pd.DataFrame:
     return pd.DataFrame(run.top1().numpy(), index=pd.Index(run.layers, name="layer"))
 
 
-def expert_vocabulary(run, tokens: list[str], top: int = 8) -> pd.DataFrame:
-    """(layer, expert, token, count): at every MoE layer, each expert's `top` most frequent top-1 tokens
-    (most frequent first, ties by token), counted for all layers in one pass."""
+def expert_vocabulary(run, tokens: list[str], ids, top: int = 8) -> pd.DataFrame:
+    """(layer, expert, id, token, count): at every MoE layer, each expert's `top` most frequent top-1 tokens, a
+    token being its id (`ids` (T,)), shown as its text `tokens` (T,) (two ids may decode to one text: the bytes of
+    a multi-byte character each decode to U+FFFD), most frequent first, ties by text then id; counted for all
+    layers in one pass."""
     top1 = run.top1().numpy()  # (L, T)
+    ids = np.asarray(ids, dtype=np.int64)
     frame = pd.DataFrame({"layer": np.repeat(run.layers, top1.shape[1]), "expert": top1.ravel(),
-                          "token": list(tokens) * top1.shape[0]})
-    counts = frame.value_counts(["layer", "expert", "token"]).rename("count").reset_index()
-    counts = counts.sort_values(["layer", "expert", "count", "token"], ascending=[True, True, False, True],
+                          "id": np.tile(ids, top1.shape[0])})
+    counts = frame.value_counts(["layer", "expert", "id"]).rename("count").reset_index()
+    text = dict(zip(ids.tolist(), tokens))
+    counts.insert(3, "token", counts["id"].map(text))
+    counts = counts.sort_values(["layer", "expert", "count", "token", "id"], ascending=[True, True, False, True, True],
                                 kind="stable")
     return counts.groupby(["layer", "expert"], sort=True).head(top).reset_index(drop=True)
 
