@@ -245,7 +245,7 @@ def _analyse(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict:
             "context": run.context, "windows": run.windows,
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "demand": [int(t.summary()["demand"]) for t in run.traces],
-            "pooled_aux": run.pooled_aux(), "nmi": class_nmi(run, tokens),
+            "pooled_aux": run.pooled_aux(), "pooled_hf_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens, ids.tolist()),
             "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
             "bias": expert_bias_long(run), "balance": balance_table(run), "text": text, "max_tokens": max_tokens}

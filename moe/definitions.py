@@ -224,9 +224,12 @@ DEFINITIONS: dict[str, str] = {
                   "column (1 = balanced, at most `E/K`: every layer sends every token to the same expert with "
                   "probability ≈ 1), but one collapsed layer is averaged with the healthy ones, so it barely moves "
                   "this number: read the per-layer column.",
-    "pooled_hf_aux": "transformers' `load_balancing_loss` (Mixtral, Qwen-MoE, OLMoE) on this text: top_k × the "
-                     "pooled aux, `K·E·Σ_e f̄_e·P̄_e`, the number a Hugging Face training log shows "
-                     "before `router_aux_loss_coef` (K at perfect balance).",
+    "pooled_hf_aux": "transformers' `load_balancing_loss` (Mixtral, Qwen-MoE, OLMoE, Ernie 4.5) on this text, "
+                     "`K·E·Σ_e f̄_e·P̄_e`, the number a Hugging Face training log shows before "
+                     "`router_aux_loss_coef` (K at perfect balance). transformers' f̄ counts each token's top-K of "
+                     "the softmax probabilities alone: top_k × the pooled aux wherever the router chooses from its "
+                     "probabilities; Ernie 4.5's router chooses with its correction bias added, so there the two "
+                     "differ.",
     "next_token_loss": "`−log₂ p(token_{s+1} | tokens ≤ s)` in bits, from the model's logits at position s.",
     "counterfactual_loss_delta": "mean next-token loss with the counterfactual routing minus with the model's own, "
                                  "in bits per token, same text and weights; positive = the change costs bits. "

@@ -112,7 +112,7 @@ def test_model_view_draws_tokens_charts_and_keeps_the_last_good_result(model_dir
     assert len(at.get("plotly_chart")) == len(CHARTS)
     assert any("<span" in m.value for m in at.markdown)
     assert [m.label for m in at.metric] == ["Pooled aux (all layers, same scale as the table)",
-                                            "HF load_balancing_loss (= top_k × pooled aux)"]
+                                            "HF load_balancing_loss (transformers' own number)"]
     at.text_area(key="model_text").set_value("   ").run()
     assert not at.exception
     assert "empty" in at.error[0].value and "last good" in at.info[0].value

@@ -48,6 +48,31 @@ def _pooled_switch_aux(path: str, text: str) -> tuple[float, int]:
     return float(E * (f * P).sum()), K
 
 
+@pytest.mark.parametrize("family", ["ernie4_5_moe", "qwen3_moe"])
+def test_hfs_number_is_transformers_own_load_balancing_loss(tmp_path, family):
+    """Ernie 4.5's router chooses with its correction bias added, transformers' loss counts the top-K of the
+    probabilities alone: the page showed top_k × the pooled aux (the auditor: 2.361461 against 2.331489)."""
+    from moe.hf.report import encode_text
+    path = saved_model(tmp_path / family, family=family, layers=3)
+    at = _run(path)
+    assert not at.exception
+    loaded = load_model(path)
+    ids, _ = encode_text(loaded.tokenizer, TEXT, 512)
+    model = type(loaded.model).from_pretrained(path).eval()  # not instrumented: transformers' own forward
+    model.config.output_router_logits = True
+    with torch.no_grad():
+        theirs = float(model(input_ids=ids[None], output_router_logits=True).aux_loss)
+    pooled, hf = at.metric
+    assert hf.value == f"{theirs:.3f}"
+    caption = " ".join(c.value for c in at.caption)
+    K = loaded.model.config.num_experts_per_tok if family == "qwen3_moe" else loaded.model.config.moe_k
+    if family == "ernie4_5_moe":
+        assert float(pooled.value) * K != pytest.approx(theirs, abs=2e-3)  # the bias moved its choices
+        assert f"is not top_k ({K}) × the pooled aux" in caption
+    else:
+        assert f"is top_k ({K}) × the pooled aux" in caption
+
+
 def test_pooled_aux_is_on_the_tables_scale_and_hfs_number_is_labelled_as_hfs(model_dir):
     at = _run(model_dir)
     assert not at.exception
@@ -55,7 +80,7 @@ def test_pooled_aux_is_on_the_tables_scale_and_hfs_number_is_labelled_as_hfs(mod
     pooled, hf = at.metric
     assert pooled.label == "Pooled aux (all layers, same scale as the table)"
     assert pooled.value == f"{expected:.3f}" and pooled.help == DEFINITIONS["pooled_aux"]
-    assert hf.label == "HF load_balancing_loss (= top_k × pooled aux)"
+    assert hf.label == "HF load_balancing_loss (transformers' own number)"
     assert hf.value == f"{K * expected:.3f}" and hf.help == DEFINITIONS["pooled_hf_aux"]
     # the table's aux column and the pooled aux are both the Switch scale: 1 = balanced, up to E
     table = at.table[0].value

@@ -26,7 +26,7 @@ from dashboard.quoting import md_text, quote
 from dashboard.views import model_bias, model_cf
 
 POOLED_LABEL = "Pooled aux (all layers, same scale as the table)"
-HF_LABEL = "HF load_balancing_loss (= top_k × pooled aux)"
+HF_LABEL = "HF load_balancing_loss (transformers' own number)"
 MAX_TEXT_CHARS = 100_000  # longer texts are cut before tokenising (no token is longer than 24 characters here)
 POOLING_NOTE = ("Pooling sums the router statistics of all layers before multiplying f by P, so a layer that sends "
                 "everything to one expert is averaged with the healthy ones and the pooled number barely moves (a "
@@ -272,10 +272,14 @@ def _layer_table(view: dict, styled, highest: int) -> None:
         return
     left, right = st.columns(2)
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
-    right.metric(HF_LABEL, f"{k * pooled:.3f}", help=DEFINITIONS["pooled_hf_aux"])
+    hf = view["pooled_hf_aux"]
+    right.metric(HF_LABEL, f"{hf:.3f}", help=DEFINITIONS["pooled_hf_aux"])
+    relation = (f"top_k ({k}) × the pooled aux" if hf == k * pooled else
+                f"not top_k ({k}) × the pooled aux ({k * pooled:.3f}) here: transformers counts each token's top "
+                f"{k} of the probabilities alone, and this router chooses with its correction bias added")
     st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the highest-aux layer "
                f"({highest}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
-               f"top_k ({k}) × the pooled aux. {POOLING_NOTE}")
+               f"{relation}. {POOLING_NOTE}")
 
 
 def _vocabulary(view: dict, layer: int) -> None:

@@ -162,18 +162,23 @@ class ModelRun:
         """The Switch aux (`E·Σ f̄_e·P̄_e`, the per-layer rows' scale) of all layers' routing pooled together: f̄ the
         layers' assignments over their Σ T·K (each layer's own K: a counterfactual may change it at one layer), P̄
         the layers' probabilities summed over their Σ T."""
+        return self._pooled(lambda s: s.demand)
+
+    def pooled_hf_aux(self) -> float:
+        """Hugging Face's load_balancing_loss over all layers: K·E·Σ f̄_e·P̄_e, its f̄ counting each token's top-K of
+        the probabilities alone, as transformers does (a router's correction bias, Ernie 4.5's, changes what the
+        router chose, not this count), so top_k × pooled_aux() wherever the router chooses from its probabilities."""
+        return self.traces[0].config.top_k * self._pooled(lambda s: s.unbiased)
+
+    def _pooled(self, counts) -> float:
         sums = [trace.sums for trace in self.traces]
         widths = {s.n_experts for s in sums}
         if len(widths) > 1:
             raise ValueError(f"the MoE layers have {sorted(widths)} experts: one aux over them all is not defined")
         tokens = sum(s.tokens for s in sums)
         assignments = sum(s.tokens * s.top_k for s in sums)  # Σ T·K: = tokens × K when every layer has K
-        return float(aux_loss_from_sums(sum(s.demand for s in sums), sum(s.prob_sum for s in sums), tokens,
+        return float(aux_loss_from_sums(sum(counts(s) for s in sums), sum(s.prob_sum for s in sums), tokens,
                                         assignments / tokens))
-
-    def pooled_hf_aux(self) -> float:
-        """Hugging Face's load_balancing_loss over all layers: top_k × pooled_aux()."""
-        return self.traces[0].config.top_k * self.pooled_aux()
 
 
 @torch.inference_mode()
