@@ -69,6 +69,8 @@ def test_hfs_number_is_transformers_own_load_balancing_loss(tmp_path, family):
     if family == "ernie4_5_moe":
         assert float(pooled.value) * K != pytest.approx(theirs, abs=2e-3)  # the bias moved its choices
         assert f"is not top_k ({K}) × the pooled aux" in caption
+        assert ("adds to its softmax probabilities" in caption and "alongside an aux loss" in caption
+                and "sigmoid scores" not in caption)  # the bias section: Ernie's router is softmax, with an aux loss
     else:
         assert f"is top_k ({K}) × the pooled aux" in caption
 

@@ -199,7 +199,7 @@ def _draw(view: dict) -> None:
     st.plotly_chart(grid, width="stretch", key="model_grid")
     st.plotly_chart(load, width="stretch", key="model_load")
     st.caption("Load share of expert e at a layer: `served_e / Σ served` over this text's tokens; 1/E is balanced.")
-    model_bias.render(bias)
+    model_bias.render(bias, view["score"])
     _layer_table(view, styled_table, highest)
     _vocabulary(view, layers[pos])
     if flow is not None:

@@ -18,13 +18,18 @@ def figures(view: dict) -> tuple[go.Figure, go.Figure] | None:
     return bias_heatmap_figure(view["bias"]), balance_figure(view["balance"])
 
 
-def render(figs: tuple[go.Figure, go.Figure] | None) -> None:
+def render(figs: tuple[go.Figure, go.Figure] | None, score: str) -> None:
+    """`score`: the router's ("sigmoid": DeepSeek-V3, which trains the bias instead of an aux loss; "softmax":
+    Ernie 4.5, which adds it to its probabilities and trains with an aux loss too)."""
     if figs is None:
         return
-    st.markdown("#### Aux-loss-free balancing: the expert bias")
+    sigmoid = score == "sigmoid"
+    st.markdown("#### Aux-loss-free balancing: the expert bias" if sigmoid else "#### The expert bias")
     st.plotly_chart(figs[0], width="stretch", key="model_bias")
-    st.caption("The bias each router adds to its sigmoid scores when it picks the top-k experts (never to the "
-               "gate weights); trained by the rule below, without an aux loss. Positive: the expert was "
+    trained = ("trained by the rule below, without an aux loss" if sigmoid else
+               "this model trains it alongside an aux loss (its `router_aux_loss_coef`)")
+    st.caption(f"The bias each router adds to its {'sigmoid scores' if sigmoid else 'softmax probabilities'} when "
+               f"it picks the top-k experts (never to the gate weights); {trained}. Positive: the expert was "
                "underloaded in training and is favoured now.  \n" + caption("expert_bias"))
     st.plotly_chart(figs[1], width="stretch", key="model_balance")
     st.caption("On this text, per MoE layer.  \n" + caption("topk_margin", "bias_overlap", "shared_fraction"))
