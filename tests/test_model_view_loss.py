@@ -66,6 +66,10 @@ def test_context_note_says_the_context_and_the_windows():
     assert ("Read in 5 windows of 128 tokens (stride 64): each token's routing and loss come from the window where "
             "it has the most left context.") in context_note(128, 5, 400)
     assert "not recorded" in context_note(None, 1, 300)
+    from moe.hf.windows import plan_windows
+    for context, n in ((1, 4), (3, 10), (128, 400)):  # the stride named is the one the windows take (1: not 0)
+        starts = [w.start for w in plan_windows(n, context)]
+        assert f"(stride {starts[1] - starts[0]})" in context_note(context, len(starts), n)
 
 
 @pytest.fixture(scope="module")

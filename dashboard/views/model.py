@@ -13,6 +13,7 @@ import streamlit as st
 from moe.definitions import DEFINITIONS
 from moe.hf.load import BUNDLED_MODELS, read_training_nmi
 from moe.hf.tables import LAYER_COLUMNS, highest_aux_layer
+from moe.hf.windows import window_stride
 from moe.memory import out_of_memory
 from moe.roots import resolve_allowed
 
@@ -226,7 +227,7 @@ def context_note(context: int | None, windows: int, n_tokens: int) -> str:
     note = (f"Context {context} tokens: the model's trained length (or its max_position_embeddings when "
             f"shorter); no forward reads more.")
     if windows > 1:
-        note += (f" Read in {windows} windows of {context} tokens (stride {context // 2}): each token's routing "
+        note += (f" Read in {windows} windows of {context} tokens (stride {window_stride(context)}): each token's routing "
                  "and loss come from the window where it has the most left context.")
     return note
 

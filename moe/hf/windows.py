@@ -33,6 +33,11 @@ class Window:
         return slice(self.score_from - self.start, self.end - self.start)
 
 
+def window_stride(context: int) -> int:
+    """Positions from one window's start to the next: half the context, at least 1."""
+    return max(context // 2, 1)
+
+
 def plan_windows(n_tokens: int, context: int) -> list[Window]:
     """The windows that read n_tokens with a model of `context` positions (one window [0, n) when it fits)."""
     if n_tokens < 1:
@@ -41,7 +46,7 @@ def plan_windows(n_tokens: int, context: int) -> list[Window]:
         raise ValueError(f"a context of {context} positions cannot hold a token; give a context of at least 1")
     if n_tokens <= context:
         return [Window(0, n_tokens, 0)]
-    stride = max(context // 2, 1)
+    stride = window_stride(context)
     windows, start, scored_to = [], 0, 0
     while scored_to < n_tokens:
         start = min(start, n_tokens - context)  # the last window ends at the text's end
