@@ -19,6 +19,7 @@ from moe.hf.counterfactual import BIASES, Counterfactual
 from moe.metrics import nats_to_bits, safe_ratio
 from moe.roots import resolve_allowed
 
+from dashboard.compare_sides import link_page, split_link
 from dashboard.figures.model import loss_per_token_and_byte  # the loss chart's title: one definition
 from dashboard.model_link import EXAMPLES, LINK_DIR_KEY, MODEL_LINK, from_link
 from dashboard.quoting import quote
@@ -58,14 +59,9 @@ class ModelSide:
 
 def is_model_link(text: str) -> bool:
     """A Model-page link: its path ends in /model, or its query names the Model view or holds a Model key."""
-    text = text.strip().split("#", 1)[0]
-    if "?" in text:
-        address, _, query = text.partition("?")
-    else:  # a bare address (http://host/model) or a bare query (mex=code)
-        address, query = (text, "") if "/" in text else ("", text)
+    address, query = split_link(text)
     pairs = dict(parse_qsl(query, keep_blank_values=True))
-    return (address.rstrip("/").endswith("/model") or pairs.get("view") == "Model"
-            or any(key in pairs for key in MODEL_LINK))
+    return link_page(address) == "model" or pairs.get("view") == "Model" or any(key in pairs for key in MODEL_LINK)
 
 
 def counterfactual_from(values: dict) -> Counterfactual:
@@ -111,9 +107,11 @@ def parse_model_side(query: str, defaults: dict) -> ModelSide:
     """A Model-page query → ModelSide; never raises (bad values are notes, a directory outside the roots the
     error). `defaults`: the Model page's widget defaults (dashboard.state.model_defaults())."""
     pairs = dict(parse_qsl(query, keep_blank_values=True))
-    pairs.pop("view", None)
-    query = urlencode({"view": "Model", **pairs})  # names its kind, so the Compare link reopens it as a model side
     values, problems = from_link(pairs, EXAMPLES)
+    read = {key for key, (state_key, _) in MODEL_LINK.items()
+            if key in pairs and (state_key in values or (key == "mdir" and LINK_DIR_KEY in values))}
+    # the values read, under view=Model (the Compare link reopens it as a model side): at most MAX_LINK_CHARS
+    query = urlencode({"view": "Model", **{key: pairs[key] for key in MODEL_LINK if key in read}})
     merged = {**defaults, **values}
     directory = values.get(LINK_DIR_KEY) or values.get("model_path") or defaults["model_path"]  # mdir, mmodel
     try:

@@ -16,13 +16,16 @@ from moe import available_devices
 
 from dashboard.limits import sanitize
 from dashboard.links import MAX_LINK_PARAMS, MAX_VALUE_CHARS, RunSpec, from_query, spec_from_controls, to_query
+from dashboard.model_link import MAX_LINK_CHARS as MAX_MODEL_LINK_CHARS
+from dashboard.presets import DEFAULT_PRESET
 from dashboard.quoting import quote
 
 SIDES = ("A", "B")
 LINK_KEYS = {"A": "a", "B": "b"}              # the Compare page's query keys, one per side
 STATE_KEYS = {"A": "compare_a", "B": "compare_b"}  # the text inputs' session keys
-# The most a side's query may hold: links.py's parameter and value limits, plus room for each key and separator.
-MAX_SIDE_CHARS = MAX_LINK_PARAMS * (MAX_VALUE_CHARS + 32)
+# The most a side's query may hold: links.py's parameter and value limits, plus room for each key and separator,
+# or a Model link's longest (model_link.MAX_LINK_CHARS: a model side keeps only the values it read).
+MAX_SIDE_CHARS = max(MAX_LINK_PARAMS * (MAX_VALUE_CHARS + 32), MAX_MODEL_LINK_CHARS)
 # (row label, summary key = definition key): the headline numbers of a synthetic forward (no loss: that is a model's)
 HEADLINE = (("aux loss", "aux_loss"), ("CV", "cv"), ("max/mean load", "max_over_mean"),
             ("dead experts (fraction)", "dead_fraction"), ("dropped (fraction)", "dropped_fraction"))
@@ -38,18 +41,46 @@ class Side:
     error: str = ""
 
 
-def query_part(text: str) -> str:
-    """The query of a pasted Playground link: a whole URL, a path with its query, or the query alone (with or
-    without its `?`); the `#fragment` and surrounding spaces go."""
+# pages whose links hold no layer: a side pasted from one is refused (the Expert parallel page's link holds the
+# Playground's layer, the Model page's a model side)
+NO_LAYER_PAGES = {"runs": "Runs", "compare": "Compare", "about": "About"}
+
+
+def split_link(text: str) -> tuple[str, str]:
+    """(address, query) of a pasted link: a whole URL or a path with its query, an address alone (it holds a `/`)
+    or the query alone (with or without its `?`); the `#fragment` and surrounding spaces go. Text before the first
+    `?` that holds `=` or `&`, or no `/`, is no address: the whole text is the query (a `?` or `/` in a value)."""
     text = text.strip().split("#", 1)[0]
-    return text.split("?", 1)[1] if "?" in text else text
+    head, sep, tail = text.partition("?")
+    if "=" in head or "&" in head or "/" not in head:
+        return "", text[1:] if text.startswith("?") else text
+    return head, tail
+
+
+def link_page(address: str) -> str:
+    """The page an address names: its last path segment (`runs`, `model`, …), "" for the root."""
+    path = address.split("://", 1)[-1]
+    return path.rstrip("/").rsplit("/", 1)[-1] if "/" in path.rstrip("/") else ""
+
+
+def query_part(text: str) -> str:
+    """The query of a pasted link (split_link)."""
+    return split_link(text)[1]
 
 
 def parse_side(text: str) -> Side:
-    """A pasted link → Side; never raises (a bad value is a note, a config the engine refuses is the error)."""
-    query = query_part(text)
+    """A pasted link → Side; never raises (a bad value is a note, a config the engine refuses is the error). A
+    Playground address without a query is the Playground's default layer; a link to a page that holds no layer is
+    the error."""
+    address, query = split_link(text)
+    page = link_page(address)
+    if page in NO_LAYER_PAGES:
+        return Side("", error=f"this is a link to the {NO_LAYER_PAGES[page]} page, which holds no layer; paste a "
+                              "Playground link (or a Model page link on both sides)")
     if not query:
-        return Side(query)
+        if not address:
+            return Side(query)
+        query = urlencode({"preset": DEFAULT_PRESET})  # the Playground's address alone: its default layer
     if len(query) > MAX_SIDE_CHARS:
         return Side("", error=f"the link has {len(query):,} characters after its `?`; at most {MAX_SIDE_CHARS:,} "
                               "are read")

@@ -44,6 +44,16 @@ LIMITS = {"model_max_tokens": (1, MAX_TOKENS_LIMIT), "model_layer": (0, 1 << 10)
           "cf_capacity": (0.0, 64.0), "cf_temperature": (0.01, 100.0), "cf_bias_expert": (-1, 1 << 16)}
 
 
+def value_limit(key: str) -> int:
+    """The longest value a Model link's `key` may hold (longer ones are ignored, named)."""
+    return TEXT_LINK_CHARS if key == "mtext" else 1000 if key == "mdir" else 64
+
+
+# The longest query a Model link may hold once every value is read: each key with its longest value, every
+# character percent-encoded as a 4-byte UTF-8 character (12 characters), and the separators; plus view=Model.
+MAX_LINK_CHARS = len("view=Model") + sum(len(key) + 2 + 12 * value_limit(key) for key in MODEL_LINK)
+
+
 def bundle_choice(path: str) -> str:
     """The bundled-model box's value for a model directory: the bundled model's name, or OTHER_DIR."""
     return bundled_name(path) or OTHER_DIR
@@ -78,7 +88,7 @@ def from_link(query: dict[str, str], examples: dict[str, str]) -> tuple[dict, li
         if key not in query:
             continue
         text = query[key]
-        limit = TEXT_LINK_CHARS if key == "mtext" else 1000 if key == "mdir" else 64
+        limit = value_limit(key)
         try:
             if len(text) > limit or (key == "mex" and text not in examples):
                 raise ValueError

@@ -282,8 +282,9 @@ DEFINITIONS: dict[str, str] = {
     # --- the Compare page: two synthetic layers side by side
     "compare_delta": "the Compare page's Δ table: each number as defined above for side A's and side B's forward "
                      "(each side a Playground link, run as the Playground runs it), and `B − A` of the unrounded "
-                     "values, shown with 4 significant digits. The paired charts share one y range (and their x "
-                     "axes), so bars of equal height are equal numbers.",
+                     "values, shown with 4 significant digits. The paired charts share one y range, so bars of equal "
+                     "height are equal numbers; each chart's x axis is its own side's experts 0..E−1 (the sides "
+                     "may have different E), and expert e has one colour on the page.",
     "compare_model_headline": "a model side's headline numbers (each side a Model-page link: a model, a text and "
                               "optionally a counterfactual routing): aux loss pooled over every MoE layer (the Model "
                               "page's pooled aux); CV, max/mean load and dead fraction the mean over MoE layers of "

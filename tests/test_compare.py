@@ -13,6 +13,7 @@ from dashboard.compare_sides import MAX_SIDE_CHARS, delta_table, parse_side, que
 from dashboard.figures.compare import HEADROOM, LoadInput, load_pair
 from dashboard.figures.core import shared_range
 from dashboard.links import from_query, spec_from_controls
+from dashboard.presets import DEFAULT_PRESET
 from moe import MoELayer
 from moe.scenarios import make_batch
 
@@ -145,6 +146,29 @@ def test_the_playground_button_makes_its_layer_side_a():
                                          ("  top_k=3 ", "top_k=3"), ("/?a=1&b=2", "a=1&b=2"), ("", "")])
 def test_query_part_takes_what_follows_the_question_mark(text, query):
     assert query_part(text) == query
+
+
+@pytest.mark.parametrize("text, query", [("mex=prose&mtext=1/2", "mex=prose&mtext=1/2"),
+                                         ("mtext=why?&mex=prose", "mtext=why?&mex=prose"),
+                                         ("http://h:8501/playground", ""), ("http://h:8501/runs?x=1", "x=1")])
+def test_a_slash_or_question_mark_in_a_bare_query_stays_in_the_query(text, query):
+    """A query pasted without its `?` whose value holds `/` was read as an address with no query (so a Model link
+    ran as the default synthetic layer, silently); one whose value holds `?` was cut there."""
+    assert query_part(text) == query
+
+
+def test_a_playground_address_without_a_query_is_its_default_layer_and_other_pages_are_refused():
+    default = parse_side("?" + urlencode({"preset": DEFAULT_PRESET}))
+    for address in ("http://localhost:8501/playground", "http://localhost:8501/", "localhost:8501/playground/"):
+        side = parse_side(address)  # was "ignored unknown link parameter `http://localhost:8501/playground`"
+        assert side.spec == default.spec and not side.notes and not side.error, address
+    for address, page in (("http://localhost:8501/runs", "Runs"), ("http://h/compare?a=top_k%3D3&b=x", "Compare"),
+                          ("/about", "About")):
+        side = parse_side(address)  # was drawn as the default layer, as if the link had asked for it
+        assert side.spec is None and side.error == (f"this is a link to the {page} page, which holds no layer; paste "
+                                                    "a Playground link (or a Model page link on both sides)")
+    at = _compare(a="http://localhost:8501/runs", b="top_k=3")
+    assert not at.exception and [e.value for e in at.error if e.value.startswith("A: this is a link to the Runs")]
 
 
 def test_parse_side_never_raises_and_quotes_what_it_refuses():

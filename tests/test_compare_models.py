@@ -131,7 +131,8 @@ def test_a_model_side_outside_the_roots_is_an_error_that_does_not_echo_the_path(
 
 @pytest.mark.parametrize("text, model", [
     ("http://h:8501/model?mex=code", True), ("http://h:8501/model", True), ("?view=Model", True),
-    ("cfon=1", True), ("http://h:8501/?d_model=8", False), ("preset=balanced&top_k=3", False)])
+    ("cfon=1", True), ("http://h:8501/?d_model=8", False), ("preset=balanced&top_k=3", False),
+    ("mex=prose&mtext=1/2", True), ("mex=prose&mtext=why?", True), ("http://h:8501/model/", True)])
 def test_model_links_are_told_from_playground_links(text, model):
     assert is_model_link(text) is model
 
@@ -199,3 +200,19 @@ def test_a_counterfactual_that_changes_top_k_at_one_layer_is_compared():
     E = run.traces[0].probs.shape[1]
     assert at.table[0].value["B"].iloc[0] == pytest.approx(float(E * ((routed / slots) * (probs / tokens)).sum()),
                                                            rel=1e-5)
+
+
+def test_the_longest_model_link_the_model_page_takes_reopens_on_the_compare_page():
+    """Every Model key at its longest value, each character a 4-byte one: the side's query for the Compare link was
+    written without a bound and refused when the link was opened again (6,155 characters over 6,144)."""
+    from dashboard.compare_sides import sides_from_query
+    from dashboard.model_link import MODEL_LINK, from_link, value_limit
+    q = {"mdir": "/" + "😀" * (value_limit("mdir") - 1), "mtext": "😀" * value_limit("mtext"), "mtok": "4096",
+         "cfon": "1", "cfe": "0", "cfbias": "cold", "cftemp": "2.5", "cfk": "3", "cfcap": "1.25", "cfdrop": "probs",
+         "cflayer": "1", "junk": "x" * 5000}
+    values, problems = from_link(q, EXAMPLES)
+    assert not problems and "junk" not in MODEL_LINK
+    side = parse_model_side(urlencode(q), model_defaults())  # the directory is outside the roots: an error, kept
+    assert "junk" not in side.query and len(side.query) > 6144  # only what the Model page reads is kept
+    reopened, problems = sides_from_query({"a": side.query})
+    assert reopened == {"compare_a": side.query} and not problems
