@@ -2,6 +2,7 @@
 forward computed here), the paired charts share one y range that shows both sides, both sides round-trip through
 the page's link, and a bad link value is a quoted note, never an exception."""
 import base64
+import dataclasses
 from urllib.parse import parse_qsl, urlencode
 
 import numpy as np
@@ -197,3 +198,26 @@ def test_a_side_equal_to_the_other_runs_once_and_a_cleared_side_keeps_nothing():
     assert kept["A"][1] is kept["B"][1]  # one forward for the two equal links, not two
     at.text_input(key="compare_b").set_value("").run()
     assert not at.exception and set(at.session_state["compare_results"]) == {"A"}  # B's result is let go
+
+
+def test_a_sides_non_finite_warning_is_shown_as_the_playground_shows_it(monkeypatch):
+    """The Playground shows RunResult.warnings (NaN/inf values make the numbers moot); the Compare page showed none."""
+    from dashboard import loaders
+    real = loaders.run
+
+    def with_warning(spec):
+        result = real(spec)
+        return dataclasses.replace(result, warnings=["1 router logits and 0 output values are not finite"]) \
+            if spec.config.n_experts == 4 else result
+    monkeypatch.setattr(loaders, "run", with_warning)
+    at = _compare()
+    assert not at.exception
+    assert [w.value for w in at.warning] == ["A: 1 router logits and 0 output values are not finite"]
+
+
+def test_a_model_side_says_when_its_text_is_cut_to_max_tokens():
+    at = _compare(urlencode({"view": "Model", "mex": "prose", "mtok": "8"}),
+                  urlencode({"view": "Model", "mex": "prose"}))
+    assert not at.exception and not at.error
+    cut = [w.value for w in at.warning if "routing the first 8 (max tokens)" in w.value]
+    assert len(cut) == 1 and cut[0].startswith("A: the text has ")

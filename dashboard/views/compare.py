@@ -48,6 +48,9 @@ def show() -> None:
         return
     results = {name: _result(name, side) for name, side in sides.items()}
     drawn = {name: result for name, result in results.items() if result is not None}
+    for name, result in drawn.items():  # as the Playground shows them: non-finite values make the numbers moot
+        for warning in result.warnings:
+            st.warning(f"{name}: {warning}")
     if drawn:
         _charts(drawn)
     if len(drawn) == 2:

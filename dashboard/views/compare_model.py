@@ -23,6 +23,9 @@ def tables(name: str, spec: ModelSpec) -> dict | None:
     try:
         with st.spinner(f"Routing side {name}'s text through its model…", show_time=True):
             view = loaders.analyse(spec.path, spec.text, spec.max_tokens)
+            if view["total"] > len(view["tokens"]):  # as the Model page says it
+                st.warning(f"{name}: the text has {view['total']:,} tokens; routing the first "
+                           f"{len(view['tokens']):,} (max tokens).")
             if spec.cf is None:
                 return view
             fitted, notes = fitted_counterfactual(spec, view["layers"], view["n_experts"], state.CF_DEFAULTS)
