@@ -52,9 +52,8 @@ def _cap(limits: TraceLimits | None) -> int:
 
 
 def _too_big(path: str, size: int, cap: int) -> ValueError:
-    size_text, cap_text = describe_over(size, cap)
-    return ValueError(f"{path!r} decodes to {size_text}, over the {cap_text} a routing file may "
-                      f"take under the memory budget; give a shorter dump or raise {BUDGET_ENV}")
+    return ValueError("{!r} decodes to {}, over the {} a routing file may take under the memory budget; give a "
+                      "shorter dump or raise {}".format(path, *describe_over(size, cap), BUDGET_ENV))
 
 
 def load_pt(path: str, limits: TraceLimits | None = None):
@@ -156,10 +155,8 @@ def parquet_file(f, where: str, limits: TraceLimits):
         tail = f.read(8)
         footer = int.from_bytes(tail[:4], "little")
         if tail[4:] == PARQUET_MAGIC and footer > limits.line_bytes:
-            footer_text, cap_text = describe_over(footer, limits.line_bytes)
-            raise ValueError(f"{where} has a Parquet footer of {footer_text}, over the "
-                             f"{cap_text} the memory budget allows; give a smaller file or "
-                             f"raise {BUDGET_ENV}")
+            raise ValueError("{} has a Parquet footer of {}, over the {} the memory budget allows; give a smaller "
+                             "file or raise {}".format(where, *describe_over(footer, limits.line_bytes), BUDGET_ENV))
     try:
         source = _native(f)
         schema = pq.ParquetFile(source).schema_arrow
