@@ -19,9 +19,10 @@ from moe.config import WEIGHT_FIELDS  # the fields that fix a layer's weights: t
 from moe.hf import cache as model_cache
 from moe.hf.counterfactual import Counterfactual, run_counterfactual, sweep_layers
 from moe.hf.instrument import adapter_for, run_model
-from moe.hf.report import EMPTY_TEXT_PAGE, encode_text, render_report, tokenize
+from moe.hf.report import EMPTY_TEXT_PAGE, encode_text, render_report
 from moe.hf.tables import (balance_table, class_nmi, expert_bias_long, expert_vocabulary, flow_matrix, layer_table,
                            load_share_long, token_routing, token_strings, top1_grid)
+from moe.hf.token_text import token_bytes, token_spans  # noqa: F401 (token_bytes: the page's measure, tested here)
 from moe.metrics import nats_to_bits
 from moe.memory import budget_bytes, check_budget, describe_bytes, estimate_bytes
 from moe.scenarios import make_batch
@@ -173,56 +174,6 @@ def _route(path: str, text: str, max_tokens: int):
     return loaded, run, token_strings(loaded.tokenizer, ids.tolist()), total, ids
 
 
-BYTE_FALLBACK = re.compile(r"<0x[0-9A-Fa-f]{2}>")  # SentencePiece's byte tokens: one byte each
-
-
-def token_bytes(tokenizer, ids, text: str | None = None) -> list[int]:
-    """UTF-8 bytes each token stands for: a byte-level token (every character in the ByteLevel alphabet) is one byte
-    per character, a byte-fallback token one byte; any other (a SentencePiece `▁word`, an unknown or special token)
-    the text's bytes from the end of the token before it to its own end, by the fast tokenizer's offsets, so every
-    space is counted once and the counts of a whole text sum to its bytes; without `text` or offsets, a special
-    token none and any other its decoded text's bytes. (Decoding one token alone is not enough: `decode(["▁cat"])`
-    is "cat", without its space, and a lone byte of a multi-byte character decodes to U+FFFD, 3 bytes.)"""
-    from tokenizers.pre_tokenizers import ByteLevel
-
-    alphabet = set(ByteLevel.alphabet())
-    special = set(getattr(tokenizer, "all_special_ids", []))
-    raws = tokenizer.convert_ids_to_tokens(list(ids))
-    byte_level = all(BYTE_FALLBACK.fullmatch(raw) or (i not in special and raw and all(ch in alphabet for ch in raw))
-                     for i, raw in zip(ids, raws))  # then every count is known without the offsets
-    offsets, whole = (None, False) if byte_level else _offsets(tokenizer, text, list(ids))
-    counts, covered, last = [], 0, None  # covered: the text's characters counted so far
-    for n, (i, raw) in enumerate(zip(ids, raws)):
-        end = offsets[n][1] if offsets else covered
-        if BYTE_FALLBACK.fullmatch(raw):
-            counts.append(1)
-        elif i not in special and raw and all(ch in alphabet for ch in raw):
-            counts.append(len(raw))
-        elif offsets:  # an unknown token stands for its text too; an added BOS covers none
-            counts.append(len(text[covered:max(covered, end)].encode("utf-8")))
-            last = n
-        elif i in special:
-            counts.append(0)
-        else:
-            counts.append(len(tokenizer.decode([i]).encode("utf-8")))
-        covered = max(covered, end)
-    if last is not None and whole:
-        counts[last] += len(text[covered:].encode("utf-8"))  # what no token covers after the last (a space)
-    return counts
-
-
-def _offsets(tokenizer, text: str | None, ids: list[int]) -> tuple[list | None, bool]:
-    """(the (start, end) characters of each of `ids` in `text` by the fast tokenizer's offset mapping, whether
-    `ids` are all of the text's tokens); (None, False) when the tokenizer gives none or `ids` are not the text's
-    first tokens."""
-    if text is None or not getattr(tokenizer, "is_fast", False):
-        return None, False
-    encoded = tokenize(tokenizer, text, return_offsets_mapping=True)
-    if list(encoded["input_ids"][:len(ids)]) != ids:
-        return None, False
-    return [tuple(o) for o in encoded["offset_mapping"][:len(ids)]], len(encoded["input_ids"]) == len(ids)
-
-
 def analyse(path: str, text: str, max_tokens: int) -> dict:
     """Everything the view draws for one (model, text, max_tokens), as plain tables (a copy per caller).
 
@@ -235,17 +186,18 @@ def analyse(path: str, text: str, max_tokens: int) -> dict:
 @st.cache_data(max_entries=16, show_spinner=False)
 def _analyse(path: str, text: str, max_tokens: int, fingerprint: tuple) -> dict:
     loaded, run, tokens, total, ids = _route(path, text, max_tokens)
+    spans = token_spans(loaded.tokenizer, ids.tolist(), text)  # the text each token stands for
     L = len(run.layers)
     return {"name": loaded.name, "path": loaded.path, "tokens": tokens, "total": total, "layers": run.layers,
             "n_experts": run.traces[0].config.n_experts, "top_k": run.traces[0].config.top_k,
             "score": run.traces[0].config.score,
             "top1": run.top1().numpy(), "grid": top1_grid(run),
             "table": layer_table(run), "load": load_share_long(run), "loss": run.token_loss().numpy(),
-            "token_bytes": token_bytes(loaded.tokenizer, ids.tolist(), text),
+            "token_bytes": [len(span) for span in spans],
             "context": run.context, "windows": run.windows,
             "dropped": [int(t.summary()["dropped"]) for t in run.traces],
             "demand": [int(t.summary()["demand"]) for t in run.traces],
-            "pooled_aux": run.pooled_aux(), "pooled_hf_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, tokens),
+            "pooled_aux": run.pooled_aux(), "pooled_hf_aux": run.pooled_hf_aux(), "nmi": class_nmi(run, spans),
             "flows": [flow_matrix(run, i) for i in range(L - 1)], "vocab": vocabulary_cells(run, tokens, ids.tolist()),
             "routing_only": run.routing_only, "family": loaded.family, "notes": adapter_for(loaded.family).notes,
             "bias": expert_bias_long(run), "balance": balance_table(run), "text": text, "max_tokens": max_tokens}

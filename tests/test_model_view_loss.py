@@ -211,3 +211,60 @@ def test_the_reports_per_token_top1_is_the_per_token_downloads_heaviest_expert(m
     assert report["token_top1"] == [t.router_logits.argmax(-1).tolist() for t in run.traces]
     assert main(["model-report", "--model", model_dir, "--text", text, "--max-tokens", str(max_tokens)]) == 0
     assert json.loads(capsys.readouterr().out)["token_top1"] == report["token_top1"]
+
+
+def _byte_fallback_tokenizer():
+    """Mixtral's / Llama's kind of tokenizer, built here (no download): BPE with byte fallback (`<0xC3>`), `▁` for a
+    space (prepended to the first word), a BOS; trained on a few words so that accented letters are pieces ("é",
+    "naï") and other characters byte tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
+                                     decoders.Strip(" ", 1, 0)])
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "<s>", "</s>"]
+                                  + [f"<0x{b:02X}>" for b in range(256)])
+    tok.train_from_iterator(["the cat sat on the mat", "a dog and a cat", "naïve café"] * 20, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+@pytest.mark.parametrize("text", ["café", "the naïve cat", "über naïve café déjà", "hello world 東京 naïve",
+                                  " leading space", "the cat\n\nthe dog "])
+def test_token_bytes_of_a_byte_fallback_tokenizer_sum_to_the_texts_bytes(text):
+    """Pieces made of Latin-1 letters ("é", "naï") lie in the byte-level alphabet and were counted one byte a
+    character ("café" 4 bytes, not 5); a `▁` before byte tokens took their character's bytes, which the byte tokens
+    counted again. The auditor's page read 6.73 bits per byte where the text's 25 bytes give 5.92."""
+    from moe.hf.token_text import token_spans
+    from dashboard.loaders import token_bytes
+
+    tokenizer = _byte_fallback_tokenizer()
+    ids = tokenizer(text)["input_ids"]
+    spans = token_spans(tokenizer, ids, text)
+    assert b"".join(spans) == text.encode("utf-8") and spans[0] == b""  # the BOS stands for no text
+    assert token_bytes(tokenizer, ids, text) == [len(s) for s in spans]
+    raws = tokenizer.convert_ids_to_tokens(ids)
+    for raw, span in zip(raws, spans):  # a piece of letters stands for exactly them: "é" is 2 bytes, "naï" 4
+        if raw != "<s>" and not raw.startswith("<0x") and "▁" not in raw:
+            assert span == raw.encode("utf-8"), (raws, spans)
+        if raw.startswith("<0x"):  # a byte token: its own byte
+            assert span == bytes([int(raw[3:5], 16)]), (raws, spans)
+    if text == "café":
+        assert raws[-1] == "é" and spans[-1] == "é".encode("utf-8")
+
+
+def test_the_nmi_classes_a_token_by_the_first_byte_it_stands_for():
+    """decode(["▁cat"]) is "cat": classed by it, a word after a space was a letter and a lone `▁` 'other'."""
+    from moe.hf.tables import token_classes
+    from moe.hf.text import CHAR_CLASSES
+    from moe.hf.token_text import token_spans
+
+    tokenizer = _byte_fallback_tokenizer()
+    text = "the cat sat on the mat"
+    ids = tokenizer(text)["input_ids"]
+    names = [CHAR_CLASSES[c] for c in token_classes(token_spans(tokenizer, ids, text))]
+    raws = tokenizer.convert_ids_to_tokens(ids)
+    assert raws[:3] == ["<s>", "▁the", "▁cat"] and names[:3] == ["other", "letter", "space"]  # "the" opens the text
+    assert all(name == "space" for raw, name in zip(raws[2:], names[2:]) if raw.startswith("▁"))

@@ -213,8 +213,9 @@ def _draw(view: dict) -> None:
                + (f" The dashed line marks position {view['context']}, the model's context."
                   if view["context"] is not None and len(view["tokens"]) > view["context"] else ""))
     st.plotly_chart(nmi, width="stretch", key="model_nmi")
-    st.caption("NMI between a token's top-1 expert and the class of its first character (letter, digit, space, "
-               "newline, punctuation, other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
+    st.caption("NMI between a token's top-1 expert and the class of the first character of the text it stands "
+               "for (a SentencePiece `▁cat` stands for \" cat\": space; letter, digit, space, newline, punctuation, "
+               "other; a byte of a non-ASCII character: other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
                "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
                "training.json when the model directory has one." + (f" {nmi_note}." if nmi_note else ""))
 

@@ -88,13 +88,15 @@ def flow_matrix(run, layer_pos: int) -> np.ndarray:
     return safe_ratio(counts, counts.sum(axis=1, keepdims=True))  # (E, E)
 
 
-def token_classes(tokens: list[str]) -> np.ndarray:
-    """Character class index (into CHAR_CLASSES) of each token's first character."""
-    return np.array([byte_class(t.encode("utf-8")[0]) if t else len(CHAR_CLASSES) - 1 for t in tokens])
+def token_classes(tokens: list[str] | list[bytes]) -> np.ndarray:
+    """Character class index (into CHAR_CLASSES) of each token's first byte: of its text, or of the bytes it stands
+    for (moe.hf.token_text.token_spans: a `▁cat` stands for " cat", a space first); none: 'other'."""
+    first = [(t.encode("utf-8") if isinstance(t, str) else t)[:1] for t in tokens]
+    return np.array([byte_class(b[0]) if b else len(CHAR_CLASSES) - 1 for b in first])
 
 
-def class_nmi(run, tokens: list[str]) -> list[float]:
-    """Per MoE layer: NMI(top-1 expert; character class) over the text's tokens."""
+def class_nmi(run, tokens: list[str] | list[bytes]) -> list[float]:
+    """Per MoE layer: NMI(top-1 expert; character class of each token's first byte) over the text's tokens."""
     classes = token_classes(tokens)
     return [normalized_mutual_information(row, classes) for row in run.top1().numpy()]
 

@@ -57,7 +57,7 @@ def byte_tokenizer():
     from tokenizers.pre_tokenizers import ByteLevel
 
     # ByteLevel maps each byte to a printable character (GPT-2's table); id = the byte it stands for.
-    table = _bytes_to_unicode()
+    table = byte_table()
     vocab = {table[b]: b for b in range(256)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
@@ -67,7 +67,7 @@ def byte_tokenizer():
     return tok
 
 
-def _bytes_to_unicode() -> dict[int, str]:
+def byte_table() -> dict[int, str]:
     """GPT-2's reversible byte -> printable character table (the one ByteLevel uses)."""
     keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     chars, n = {}, 0
