@@ -335,3 +335,13 @@ def test_the_hot_and_cold_help_says_where_they_only_push(capsys):
     missed = [int((~(t.top_k_index == 6).any(dim=1)).sum()) for t in
               run_counterfactual(model, ids, Counterfactual(bias_expert=6, bias=1.0)).traces]
     assert max(missed) > 0  # what the note warns of: hot, yet not chosen for some tokens
+
+
+def test_a_drop_policy_without_a_capacity_is_refused(model_dir, capsys):
+    """--cf-drop alone was accepted and changed nothing (every family here is dropless)."""
+    code, _, err = _run(["model-report", "--model", str(model_dir), "--text", "hello", "--cf-drop", "probs"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "--cf-drop chooses which tokens a capacity drops; give --cf-capacity too" in err
+    code, _, err = _run(["model-report", "--model", str(model_dir), "--text", "hello", "--cf-drop", "probs",
+                         "--cf-capacity", "1"], capsys)
+    assert code == 0, err

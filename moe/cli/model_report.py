@@ -57,6 +57,8 @@ def counterfactual_from_args(args: argparse.Namespace):
         except ValueError:
             raise ValueError(f"--cf-layers {args.cf_layers!r} must be comma-separated layer indices, "
                              "e.g. 0,2") from None
+    if args.cf_drop is not None and args.cf_capacity is None:  # it changed nothing: these models are dropless
+        raise ValueError("--cf-drop chooses which tokens a capacity drops; give --cf-capacity too")
     biased = _biased_expert(args)
     cf = Counterfactual(layers=layers, top_k=args.cf_top_k, capacity_factor=args.cf_capacity,
                         drop_policy=args.cf_drop, temperature=args.cf_temperature,
