@@ -80,3 +80,14 @@ def test_the_sweep_row_of_a_layer_is_that_layer_changed_alone(model):
         assert row["dropped_fraction"] > 0
     same = sweep_layers(model, IDS, Counterfactual(top_k=2))  # the model's own top_k: nothing changes anywhere
     assert same["delta_loss_bits"].tolist() == [0.0, 0.0, 0.0] and same["dropped_fraction"].tolist() == [0.0] * 3
+
+
+def test_a_top_k_above_what_the_group_limit_leaves_names_the_limit_not_a_setting_the_user_lacks():
+    """DeepSeek-V3's tiny model: 8 experts in 4 groups, the 2 best kept, so 4 to choose from. top_k=5 was refused
+    with MoEConfig's "raise topk_group", which neither the page nor model-report can set."""
+    m = tiny_model("deepseek_v3", layers=3)
+    instrument(m)
+    with pytest.raises(ValueError, match=r"^top_k=5: this layer's group-limited routing \(the 2 best of 4 expert "
+                                         r"groups\) leaves 4 experts to choose from; choose top_k ≤ 4$"):
+        run_counterfactual(m, IDS, Counterfactual(top_k=5))
+    assert run_counterfactual(m, IDS, Counterfactual(top_k=4)).traces[0].top_k_index.shape[1] == 4

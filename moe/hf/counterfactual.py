@@ -45,6 +45,10 @@ def counterfactual_config(cfg: MoEConfig, cf: Counterfactual) -> MoEConfig:
     """cfg with the counterfactual's settings; a bad value raises MoEConfig's ValueError naming the field."""
     changes = {name: getattr(cf, name) for name in ("top_k", "capacity_factor", "drop_policy", "temperature")
                if getattr(cf, name) is not None}
+    kept = cfg.topk_group * (cfg.n_experts // cfg.n_group)  # the experts group-limited routing leaves (all: 1 group)
+    if cf.top_k is not None and cfg.n_group > 1 and cf.top_k > kept:  # the model's groups are not a counterfactual's
+        raise ValueError(f"top_k={cf.top_k}: this layer's group-limited routing (the {cfg.topk_group} best of "
+                         f"{cfg.n_group} expert groups) leaves {kept} experts to choose from; choose top_k ≤ {kept}")
     if cf.bias_expert is not None:
         if not 0 <= cf.bias_expert < cfg.n_experts:
             raise ValueError(f"bias_expert={cf.bias_expert} is not an expert of this layer; choose 0..{cfg.n_experts - 1}")
