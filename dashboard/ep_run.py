@@ -19,7 +19,7 @@ import numpy as np
 from moe.cli.ep_report import check_ep_job, start_ep_job
 from moe.memory import describe_bytes
 from moe.parallel.launch import EPJob, EPProgress
-from moe.parallel.placement import Placement, contiguous, plan, predicted_load, save
+from moe.parallel.placement import Placement, check_plan_args, contiguous, plan, predicted_load, save
 from moe.parallel.replay import from_placement, rank_load
 from moe.proctree import Proc, alive
 
@@ -48,8 +48,8 @@ class EPRun:
                 raise ValueError(f"a placement to run is not for W={W} ranks and E={n_experts} experts")
         else:
             self.phases = (["contiguous"] if W <= n_experts else []) + ["planned"]
-        if placements is None and W > n_experts:
-            plan(sidebar_load, W, R)  # ValueError now (too few experts and slots), not in the thread
+        if placements is None:  # ValueError now (too few experts and slots, or too many slots), not in the thread
+            check_plan_args(np.asarray(sidebar_load, dtype=np.float64), W, R)  # after a whole contiguous run
         self.sidebar_load, self._alive = sidebar_load, alive_check
         self.state, self.error, self.phase = "running", "", 0
         self.progress: EPProgress | None = None

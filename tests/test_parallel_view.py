@@ -158,6 +158,18 @@ def test_too_many_ranks_without_replicas_is_a_clear_message_and_starts_nothing()
     assert "is stopped; **Cancel**" in "\n".join(c.value for c in at.caption)
 
 
+def test_more_redundant_slots_than_the_planner_takes_are_refused_before_the_contiguous_run():
+    """R ≤ 7·E on the input, the planner takes R ≤ E·(W−1): R = 28 at E=4, W=2 ran the whole contiguous job, then
+    failed and dropped its results."""
+    from ep_support import job_processes
+    at = AppTest.from_function(view_app, args=(dict(n_experts=4, top_k=2),), default_timeout=30).run()
+    at.number_input(key="ep_slots").set_value(28).run()
+    at.button(key="ep_run").click().run()
+    assert not at.exception and len(at.error) == 1
+    assert at.error[0].value.startswith("The expert-parallel job did not start: 28 redundant slots exceed E·(W-1) = 4")
+    assert "ep_job" not in at.session_state and job_processes(os.getpid()) == []
+
+
 def test_missing_torchrun_is_said_on_the_page(monkeypatch):
     from dashboard.views import parallel
 
