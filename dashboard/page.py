@@ -133,7 +133,7 @@ def _header(result: RunResult, view: str) -> None:
            f"on {result.threads} thread{'s' * (result.threads != 1)} ({forward_note(result)}) · "
            f"router={cfg.router}, score={cfg.score}, "
            f"E={cfg.n_experts}, K={cfg.top_k}, "
-           f"capacity={'dropless' if cfg.capacity_factor is None else result.trace.capacity}"
+           f"capacity={'dropless' if result.trace.capacity is None else result.trace.capacity}"
            f"{' per sequence' if cfg.capacity_scope == 'sequence' and result.seq_len else ''}")
     if view in OWN_KPIS:
         st.caption(ran + "  \nThe sidebar's forward is summarised in the other views; below are the numbers of "

@@ -166,8 +166,20 @@ def sorted_matrix(matrix: np.ndarray, perm: np.ndarray, groups: list[str],
     shown, labels, note = aggregate_rows(matrix[perm], max_rows)  # (R, E)
     if not note:
         return shown, [str(int(t)) for t in perm], note, list(groups)
-    starts = np.linspace(0, len(perm), max_rows + 1).round().astype(np.int64)[:-1]  # first sorted row of each bin
-    return shown, [f"rows {lab}" for lab in labels], note, [groups[i] for i in starts]
+    edges = np.linspace(0, len(perm), max_rows + 1).round().astype(np.int64)  # the bins' sorted rows
+    labels = [bin_tokens(perm[a:b]) for a, b in zip(edges[:-1], edges[1:])]
+    note = note.replace("consecutive tokens", "tokens next to each other in this order (hover names them)")
+    return shown, labels, note, [groups[i] for i in edges[:-1]]
+
+
+def bin_tokens(tokens: np.ndarray, shown: int = 3) -> str:
+    """A bin's token indices as a row label: `a–b` when they are consecutive, else the first `shown` ascending and
+    how many more (bins are disjoint, so labels never repeat)."""
+    ids = np.sort(np.asarray(tokens, dtype=np.int64))
+    if len(ids) and ids[-1] - ids[0] == len(ids) - 1:
+        return f"{ids[0]}–{ids[-1]}" if len(ids) > 1 else str(ids[0])
+    more = f", … (+{len(ids) - shown})" if len(ids) > shown else ""
+    return ", ".join(str(i) for i in ids[:shown]) + more
 
 
 def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:

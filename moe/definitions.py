@@ -102,7 +102,8 @@ DEFINITIONS: dict[str, str] = {
     "contributions": "`‖gates[t,e] · y_e(x_t)‖₂`: how much expert e moved token t's output; 0 when not served.",
     # --- views derived by the dashboard
     "ideal_load": "`T·K/E`: the assignments each expert would serve at perfect balance (dashed line). When "
-                  "it lies on the capacity line (capacity_factor 1 gives C = T·K/E) one label says they coincide.",
+                  "it lies on the capacity line (capacity_factor 1 gives C = T·K/E) one label says they coincide; "
+                  "when the two lines are too close to label apart, one label names both values.",
     "conditional_coactivation": "`P(j | i) = coactivation[i,j] / coactivation[i,i]`: among the tokens expert i "
                                 "served, the share that expert j also served; `coactivation[i,j]` counts tokens "
                                 "served by both, so the diagonal is 1; the chart leaves it blank and scales its "
@@ -148,8 +149,9 @@ DEFINITIONS: dict[str, str] = {
     "load_sorted": "sorted view: experts ordered by demand, largest first (labels = expert ids); the shape of "
                    "the curve shows the imbalance at any E, where one colour per expert is unreadable.",
     "token_heatmap_aggregation": "tokens × experts heatmaps show one row per token up to a row limit; above it, "
-                                 "consecutive tokens are grouped into equal bins (sizes differ by at most one) "
-                                 "and each cell is the bin's mean.",
+                                 "rows next to each other in the chart's order (token order, or the sorted order "
+                                 "of the sorted heatmaps) are grouped into equal bins (sizes differ by at most one) "
+                                 "and each cell is the bin's mean; a bin's label and hover name its tokens.",
     "token_detail": "for the chosen token and every expert: its probability, logit, whether the router chose "
                     "it (routed), whether capacity kept it (served; routed but not served = dropped), its gate "
                     "and its contribution `‖gate·y_e(x_t)‖₂`.",

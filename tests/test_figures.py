@@ -317,8 +317,8 @@ def test_ideal_and_capacity_lines_are_labelled_and_coincidence_is_said():
     assert [a["y"] for a in apart] == [16, 10.0] and [a["yanchor"] for a in apart] == ["bottom", "top"]
     same = fg.line_labels(128.0, 128, top=400.0)
     assert len(same) == 1 and "coincide" in same[0]["text"] and "128" in same[0]["text"]
-    near = fg.line_labels(128.0, 130, top=400.0)  # 2 px apart on a 400-high axis: one label
-    assert len(near) == 1 and "coincide" in near[0]["text"]
+    near = fg.line_labels(128.0, 130, top=400.0)  # 2 px apart on a 400-high axis: one label, not "coincide"
+    assert len(near) == 1 and near[0]["text"] == "ideal 128 and capacity C = 130 (too close to label apart)"
     assert len(fg.line_labels(128.0, 160, top=400.0)) == 2
 
 

@@ -167,3 +167,14 @@ def test_no_repeat_when_a_second_forward_would_not_fit_the_memory_budget(monkeyp
     monkeypatch.setattr(loaders, "budget_bytes", lambda: 2 * one + (1 << 20))
     monkeypatch.setattr(loaders, "WARM_BUDGET_S", 30.0)  # only memory may stop the repeats here, not a slow machine
     assert len(loaders.run(spec).warm_times_ms) >= 1
+
+
+def test_the_header_names_expert_choices_capacity():
+    """Expert choice always has a capacity (factor 1 when the dropless box is ticked): the header said
+    "capacity=dropless" while the load chart drew the capacity line every expert sits on."""
+    at = _open({**SMALL, "router": "expert_choice", "n_experts": "4", "top_k": "1"})
+    assert not at.exception
+    capacity = at.session_state["result"].trace.capacity
+    assert capacity is not None and capacity > 0
+    line = _ran_line(at)
+    assert len(line) == 1 and f"capacity={capacity}" in line[0] and "dropless" not in line[0]

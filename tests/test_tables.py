@@ -275,6 +275,12 @@ def test_sorted_matrix_rows_and_group_spans():
     np.testing.assert_allclose(shown, [(matrix[5] + matrix[0]) / 2, (matrix[3] + matrix[1]) / 2,
                                        (matrix[2] + matrix[4]) / 2])
     assert note and row_groups == ["a", "b", "b"]
+    # a bin holds the tokens of its sorted rows: 5 and 0, not "rows 0–1" (the hover said "token rows 0–1")
+    assert labels == ["0, 5", "1, 3", "2, 4"]
+    assert "each the mean of 2–2 tokens next to each other in this order (hover names them)" in note
+    shown, labels, _, _ = tb.sorted_matrix(matrix, np.arange(6), groups, max_rows=2)
+    assert labels == ["0–2", "3–5"]  # consecutive tokens: a range
+    assert tb.bin_tokens(np.array([9, 1, 4, 7, 30])) == "1, 4, 7, … (+2)" and tb.bin_tokens(np.array([3])) == "3"
 
 
 def _nmi_by_hand(pairs):

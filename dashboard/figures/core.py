@@ -117,8 +117,9 @@ def line_labels(ideal: float, capacity: int | None, top: float, capacity_name: s
     if capacity is None:
         return [dict(label, y=ideal, text=f"ideal T·K/E = {ideal:.6g}", font=dict(size=11, color=IDEAL_COLOR))]
     if abs(capacity - ideal) <= 0.03 * max(top, 1.0):
+        together = "coincide" if capacity == ideal else "(too close to label apart)"
         return [dict(label, y=max(ideal, capacity), text=f"ideal {ideal:.6g} and {capacity_name} = {capacity} "
-                     "coincide", font=dict(size=11, color=CAPACITY_COLOR))]
+                     f"{together}", font=dict(size=11, color=CAPACITY_COLOR))]
     above, below = (capacity, ideal) if capacity > ideal else (ideal, capacity)
     texts = {ideal: (f"ideal T·K/E = {ideal:.6g}", IDEAL_COLOR), capacity: (f"{capacity_name} = {capacity}",
                                                                           CAPACITY_COLOR)}

@@ -16,8 +16,11 @@ def render(result: RunResult) -> None:
                         file_name="moe_summary.json", mime="application/json", on_click="ignore")
     row.download_button("Trace (Parquet)", lambda: exports.trace_parquet(result),
                         file_name="moe_trace.parquet", mime="application/octet-stream", on_click="ignore",
-                        help="One row per (token, expert): step, layer, logit, prob, routed, served, gate, contribution. "
-                             "Opens on the Runs page and in `python -m moe trace-report`.")
+                        help="One row per (token, expert): step, layer, token, (topic,) expert, router_logit, prob, "
+                             "routed, served, gate, contribution. Opens on the Runs page and in `python -m moe "
+                             "trace-report`, which read the router's choice (routed) and logits: a top-k trace's "
+                             "routing numbers, not its drops (served) or its router (the same K for every token: "
+                             "an expert_choice trace is refused).")
     row.download_button("Per-token table (CSV)", lambda: exports.token_csv(result),
                         file_name="moe_tokens.csv", mime="text/csv", on_click="ignore",
                         help="One row per token: its experts, weights, drops, max prob, entropy and confidence.")

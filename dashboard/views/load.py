@@ -12,8 +12,9 @@ from dashboard.result import RunResult
 
 ORDERS = ("expert id", "sorted by demand")
 AUTO_SORT_ABOVE = 32  # experts: above this one colour per expert is unreadable, so the sorted view is the default
-EXPERT_CHOICE_NOTE = ("expert_choice: every expert takes exactly C tokens, so demand = served = C and the load is "
-                      "balanced by construction; look at how many experts each token got instead (Pathways).")
+EXPERT_CHOICE_NOTE = ("expert_choice: every expert takes exactly C tokens (with capacity per sequence, C from each "
+                      "of the B sequences: B·C), so demand = served = the capacity line and the load is balanced by "
+                      "construction; look at how many experts each token got instead (Pathways).")
 
 
 def order_control(result: RunResult) -> bool:
