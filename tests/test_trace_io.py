@@ -111,13 +111,28 @@ def test_writer_called_again_for_a_step_and_layer_adds_a_micro_batch(tmp_path):
     assert a.equals(b)
 
 
+def test_many_micro_batches_of_one_step_and_layer_are_one_record(tmp_path):
+    """One token's two rows repeated 50,000 times: 50,000 micro-batches of one token, read as one record of 50,000
+    tokens (each micro-batch was its own record, found by a scan of every row: quadratic in the rows)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from moe.traces.readers import iter_records
+    n = 50_000
+    pq.write_table(pa.table({"step": np.zeros(2 * n, np.int64), "layer": np.full(2 * n, "0"),
+                             "token": np.zeros(2 * n, np.int64), "expert": np.tile([0, 1], n).astype(np.int64),
+                             "router_logit": np.tile([1.0, 0.0], n).astype(np.float32),
+                             "routed": np.tile([True, False], n)}), tmp_path / "many.parquet")
+    records = list(iter_records(str(tmp_path / "many.parquet")))
+    assert len(records) == 1 and records[0].top_k_index.shape == (n, 1) and not records[0].top_k_index.any()
+
+
 def test_a_token_given_twice_for_some_experts_only_is_refused(tmp_path):
     from moe.traces.parquet import trace_frame
     _, trace = MoELayer(MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2))(torch.randn(6, 8))
     frame = trace_frame(trace)
     bad = pd.concat([frame, frame[(frame.token == 0) & (frame.expert < 2)]])  # token 0 again, for experts 0 and 1
     bad.to_parquet(tmp_path / "bad.parquet", index=False)
-    with pytest.raises(ValueError, match=r"step 0, layer 0: 2 rows are not tokens × n_experts=4; every token needs "
+    with pytest.raises(ValueError, match=r"step 0, layer 0: 26 rows are not tokens × n_experts=4; every token needs "
                                          r"one row per expert"):
         summarize(str(tmp_path / "bad.parquet"))
 

@@ -171,10 +171,11 @@ def _batch_columns(batch, stamped: bool, path: str) -> dict[str, np.ndarray]:
 
 
 def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[RoutingRecord]:
-    """(token, expert) rows of one run of (step, layer) -> its records: one, or one per micro-batch when a (token,
-    expert) pair comes again (TraceWriter.write called more than once for a (step, layer), as with gradient
-    accumulation: the n-th row of each pair, in file order, belongs to micro-batch n), as interleaved runs of one
-    (step, layer) are read."""
+    """(token, expert) rows of one run of (step, layer) -> its record. When a (token, expert) pair comes again
+    (TraceWriter.write called more than once for a (step, layer), as with gradient accumulation), the n-th row of each
+    pair, in file order, belongs to micro-batch n, and the micro-batches follow one another as the record's tokens:
+    their statistics add up, as interleaved runs of one (step, layer) do. One stable sort: linear in the rows
+    however many micro-batches."""
     rows = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     where = f"step {key[0]}, layer {key[1]}"
     token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
@@ -186,10 +187,9 @@ def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[Routin
     new = np.r_[True, (t[1:] != t[:-1]) | (e[1:] != e[:-1])]                          # the first row of each pair
     starts = np.flatnonzero(new)
     nth = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # occurrence of its pair
-    repeats = int(nth.max())
-    for m in range(repeats + 1):
-        mine = order[nth == m] if repeats else order                                  # still token-major
-        yield _parquet_record(key, {name: values[mine] for name, values in rows.items()}, E, where)
+    if nth.max() > 0:
+        order = order[np.argsort(nth, kind="stable")]                                 # micro-batch by micro-batch
+    yield _parquet_record(key, {name: values[order] for name, values in rows.items()}, E, where)
 
 
 def _parquet_record(key: tuple[int, str], rows: dict, E: int, where: str) -> RoutingRecord:
