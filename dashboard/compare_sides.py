@@ -47,20 +47,26 @@ NO_LAYER_PAGES = {"runs": "Runs", "compare": "Compare", "about": "About"}
 
 
 def split_link(text: str) -> tuple[str, str]:
-    """(address, query) of a pasted link: a whole URL or a path with its query, an address alone (it holds a `/`)
-    or the query alone (with or without its `?`); the `#fragment` and surrounding spaces go. Text before the first
-    `?` that holds `=` or `&`, or no `/`, is no address: the whole text is the query (a `?` or `/` in a value)."""
+    """(address, query) of a pasted link: a whole URL or a path with its query (`http://h:8501/model?…`,
+    `h:8501?…`, `model?…`), an address alone (it holds a `/` or a `:`, and no `=`), or the query alone (with or
+    without its `?`); the `#fragment` and surrounding spaces go. Text before the first `?` that holds `=` or `&`
+    is no address: the whole text is the query (a `?` in a value)."""
     text = text.strip().split("#", 1)[0]
     head, sep, tail = text.partition("?")
-    if "=" in head or "&" in head or "/" not in head:
-        return "", text[1:] if text.startswith("?") else text
-    return head, tail
+    if sep and not ("=" in head or "&" in head):
+        return head, tail
+    if not sep and not ("=" in text or "&" in text) and ("/" in text or ":" in text):
+        return text, ""
+    return "", text[1:] if text.startswith("?") else text
 
 
 def link_page(address: str) -> str:
-    """The page an address names: its last path segment (`runs`, `model`, …), "" for the root."""
-    path = address.split("://", 1)[-1]
-    return path.rstrip("/").rsplit("/", 1)[-1] if "/" in path.rstrip("/") else ""
+    """The page an address names, lower-cased: its last path segment (`runs`, `model`, …; `model` alone too), ""
+    for the root (`http://h:8501`, `h:8501/`)."""
+    path = address.split("://", 1)[-1].rstrip("/")
+    if "/" not in path:
+        return "" if ":" in path or "." in path else path.lower()  # a host (and port), or a page's name alone
+    return path.rsplit("/", 1)[-1].lower()
 
 
 def query_part(text: str) -> str:

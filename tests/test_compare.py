@@ -151,7 +151,8 @@ def test_query_part_takes_what_follows_the_question_mark(text, query):
 
 @pytest.mark.parametrize("text, query", [("mex=prose&mtext=1/2", "mex=prose&mtext=1/2"),
                                          ("mtext=why?&mex=prose", "mtext=why?&mex=prose"),
-                                         ("http://h:8501/playground", ""), ("http://h:8501/runs?x=1", "x=1")])
+                                         ("http://h:8501/playground", ""), ("http://h:8501/runs?x=1", "x=1"),
+                                         ("127.0.0.1:8501?top_k=3", "top_k=3"), ("h:8501/?top_k=3", "top_k=3")])
 def test_a_slash_or_question_mark_in_a_bare_query_stays_in_the_query(text, query):
     """A query pasted without its `?` whose value holds `/` was read as an address with no query (so a Model link
     ran as the default synthetic layer, silently); one whose value holds `?` was cut there."""
@@ -164,7 +165,7 @@ def test_a_playground_address_without_a_query_is_its_default_layer_and_other_pag
         side = parse_side(address)  # was "ignored unknown link parameter `http://localhost:8501/playground`"
         assert side.spec == default.spec and not side.notes and not side.error, address
     for address, page in (("http://localhost:8501/runs", "Runs"), ("http://h/compare?a=top_k%3D3&b=x", "Compare"),
-                          ("/about", "About")):
+                          ("/about", "About"), ("http://localhost:8501/Runs", "Runs"), ("runs?x=1", "Runs")):
         side = parse_side(address)  # was drawn as the default layer, as if the link had asked for it
         assert side.spec is None and side.error == (f"this is a link to the {page} page, which holds no layer; paste "
                                                     "a Playground link (or a Model page link on both sides)")

@@ -132,7 +132,8 @@ def test_a_model_side_outside_the_roots_is_an_error_that_does_not_echo_the_path(
 @pytest.mark.parametrize("text, model", [
     ("http://h:8501/model?mex=code", True), ("http://h:8501/model", True), ("?view=Model", True),
     ("cfon=1", True), ("http://h:8501/?d_model=8", False), ("preset=balanced&top_k=3", False),
-    ("mex=prose&mtext=1/2", True), ("mex=prose&mtext=why?", True), ("http://h:8501/model/", True)])
+    ("mex=prose&mtext=1/2", True), ("mex=prose&mtext=why?", True), ("http://h:8501/model/", True),
+    ("model?mex=code", True), ("localhost:8501?mex=numbers", True), ("127.0.0.1:8501?top_k=3", False)])
 def test_model_links_are_told_from_playground_links(text, model):
     assert is_model_link(text) is model
 
