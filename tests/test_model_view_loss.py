@@ -232,7 +232,8 @@ def _byte_fallback_tokenizer():
 
 
 @pytest.mark.parametrize("text", ["café", "the naïve cat", "über naïve café déjà", "hello world 東京 naïve",
-                                  " leading space", "the cat\n\nthe dog "])
+                                  " leading space", "the cat\n\nthe dog ", "\nthe cat", "\tthe cat", "\xa0the cat",
+                                  "a ▁ literal"])
 def test_token_bytes_of_a_byte_fallback_tokenizer_sum_to_the_texts_bytes(text):
     """Pieces made of Latin-1 letters ("é", "naï") lie in the byte-level alphabet and were counted one byte a
     character ("café" 4 bytes, not 5); a `▁` before byte tokens took their character's bytes, which the byte tokens

@@ -10,8 +10,8 @@ multi-byte character decodes to U+FFFD (3 bytes). So:
   the fast tokenizer's offsets: each token stands for the text from the end of the tokens before it to its own
   end, so every byte is counted once (a space before a word goes to the word) and the spans of a whole text join
   to the text; a `<0xNN>` token, which carries the offsets of the whole character it is one byte of, stands for
-  the next byte of it, and a lone `▁` whose offsets hold no space (the space SentencePiece prepends to a text)
-  for nothing;
+  the next byte of it, and a lone `▁` whose offsets hold no space (the space SentencePiece prepends to a text;
+  a text that starts with a newline or a tab spells it with its own tokens) for nothing;
 - without offsets (a slow tokenizer, or ids that are not the text's first tokens): `<0xNN>` one byte, `▁` a space,
   a special token none, any other its decoded text.
 """
@@ -46,8 +46,8 @@ def token_spans(tokenizer, ids, text: str | None = None) -> list[bytes]:
         stop = at[end]
         if BYTE_FALLBACK.fullmatch(raw):  # one byte of the character whose offsets it carries
             stop = min(covered + 1, stop)
-        elif raw == "▁" and start < end and not text[start:end].isspace():  # a space prepended, not the text's
-            stop = at[start]
+        elif raw == "▁" and start < end and text[start:end] not in (" ", "▁"):  # a space prepended, not the text's
+            stop = at[start]  # (▁ spells a space: a newline or a tab is spelt by its own tokens)
         spans.append(data[covered:max(covered, stop)])
         covered = max(covered, stop)
         last = n if end else last
