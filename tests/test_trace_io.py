@@ -1,6 +1,8 @@
 """Routing trace files: Megatron-LM JSONL and moe-scope Parquet, streamed into per-(step, layer) statistics."""
 import io
 import json
+import os
+import pathlib
 import subprocess
 import sys
 import tracemalloc
@@ -214,6 +216,12 @@ def test_cli_trace_report_json_csv_and_one_line_errors(tmp_path):
     assert table.filter(regex=r"^load_\d+$").sum(axis=1).tolist() == [20] * 4
     bad = run("--n-experts", "8", "--layers", "3")
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "3 were expected" in bad.stderr
+    for empty in ("", "   "):  # it wrote nothing, or a folder named "   ", and exited 0
+        bad = subprocess.run([sys.executable, "-m", "moe", "trace-report", str(path), "--n-experts", "8", "--out",
+                              empty], capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                             env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])})
+        assert bad.returncode == 2 and "--out is empty; give a file path, or leave --out out" in bad.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
 
 
 def test_reader_never_reads_the_whole_file(tmp_path):

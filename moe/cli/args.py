@@ -65,6 +65,15 @@ def finite_float(text: str) -> float:
     return value
 
 
+def check_paths_given(**paths) -> None:
+    """ValueError for a path option given empty (`--out ""`): it would be skipped, or name a folder of spaces.
+    Keyword: the option's name with _ for -, value None when the option is left out."""
+    for name, path in paths.items():
+        if path is not None and not path.strip():
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag} is empty; give a file path, or leave {flag} out")
+
+
 MAX_TIMEOUT_S = 86_400.0  # a collective's timeout: at most a day (torch keeps it in milliseconds, a C int)
 
 

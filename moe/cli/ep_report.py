@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from moe.cli.args import MAX_TIMEOUT_S, Parser, UsageError, positive_int, timeout_seconds
+from moe.cli.args import MAX_TIMEOUT_S, Parser, UsageError, check_paths_given, positive_int, timeout_seconds
 from moe.cli.options import add_config_arguments, add_scenario_arguments, check_scenario_options, flag_names, resolve
 from moe.memory import budget_bytes, check_budget
 from moe.parallel.launch import EPJob, JobPlan, check_job_budget
@@ -48,9 +48,7 @@ def run(args: argparse.Namespace) -> str:
     check_budget(cfg, tokens, budget_bytes(), names=flag_names())  # before anything is built (every rank)
     if args.placement_layer is not None and args.placement is None:
         raise ValueError("--placement-layer chooses a layer of a --placement file; give the file too")
-    for flag, path in (("--placement", args.placement), ("--save-output", args.save_output)):
-        if path is not None and not path.strip():
-            raise ValueError(f"{flag} is empty; give a file path, or leave {flag} out")
+    check_paths_given(placement=args.placement, save_output=args.save_output)
     settings = EPSettings(args.placement, args.repeats, args.timeout, args.seq_len, args.save_output,
                           args.placement_layer)
     return rank_report(cfg, scenario, params, tokens, settings, args.format)

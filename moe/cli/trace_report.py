@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from moe.cli.args import integer, positive_float, positive_int
+from moe.cli.args import check_paths_given, integer, positive_float, positive_int
 from moe.config import SCORES
 from moe.jsonio import dumps
 from moe.traces.follow import IDLE_AFTER_S, LogFollower
@@ -43,6 +43,7 @@ def add_command(commands) -> None:
 
 
 def run(args: argparse.Namespace) -> str:
+    check_paths_given(out=args.out)
     if args.follow:
         return follow(args.file, args.idle_after)
     s = open_trace(args.file, n_experts=args.n_experts, n_layers=args.layers, score=args.score)
