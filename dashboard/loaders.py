@@ -24,7 +24,7 @@ from moe.hf.tables import (balance_table, class_nmi, expert_bias_long, expert_vo
                            load_share_long, token_routing, token_strings, top1_grid)
 from moe.hf.token_text import token_bytes, token_spans  # noqa: F401 (token_bytes: the page's measure, tested here)
 from moe.metrics import nats_to_bits
-from moe.memory import budget_bytes, check_budget, describe_bytes, estimate_bytes
+from moe.memory import budget_bytes, check_budget, describe_over, estimate_bytes
 from moe.scenarios import make_batch
 
 from dashboard.figures.model import visible_token
@@ -65,8 +65,9 @@ class LayerCache:
             while self._layers and sum(n for _, n in self._layers.values()) + weights > room:
                 self._layers.popitem(last=False)
             if weights > room:
-                raise ValueError(f"the weights ({describe_bytes(weights)}) do not fit in the memory left now "
-                                 f"({describe_bytes(max(room, 0))}): results kept by open sessions take the rest "
+                weights_text, room_text = describe_over(weights, max(room, 0))
+                raise ValueError(f"the weights ({weights_text}) do not fit in the memory left now "
+                                 f"({room_text}): results kept by open sessions take the rest "
                                  f"of the budget; try again later or lower n_experts, d_expert or d_model")
             layer = _build(cfg)
             self._layers[key] = (layer, weights)

@@ -150,14 +150,15 @@ def describe_bytes(n: float) -> str:
     return _in_units(n, 1)
 
 
-def describe_over(n: float, limit: float) -> tuple[str, str]:
-    """n and the limit it is over, as describe_bytes writes them, with as many more decimals (both the same) as make
-    them read differently, so that a refusal never reads "1.1 MiB, over the 1.1 MiB" (exact bytes at most)."""
+def describe_over(n: float, limit: float, *also: float) -> tuple[str, ...]:
+    """n and the limit it is over (then `also`, e.g. the budget the limit is a share of), as describe_bytes writes
+    them, with as many more decimals (all the same) as make n and the limit read differently, so that a refusal
+    never reads "1.1 MiB, over the 1.1 MiB" or "1.0 GiB, over a quarter of 4.0 GiB" (exact bytes at most)."""
     for digits in range(1, 10):
-        pair = _in_units(n, digits), _in_units(limit, digits)
-        if pair[0] != pair[1] or n == limit:
-            return pair
-    return f"{n:,.0f} B", f"{limit:,.0f} B"
+        texts = tuple(_in_units(v, digits) for v in (n, limit, *also))
+        if texts[0] != texts[1] or n == limit:
+            return texts
+    return tuple(f"{v:,.0f} B" for v in (n, limit, *also))
 
 
 def _in_units(n: float, digits: int) -> str:

@@ -165,3 +165,20 @@ def test_an_amount_over_a_limit_never_reads_as_the_limit():
         n = limit + int(rng.integers(1, max(2, limit // int(rng.choice([10, 1000, 10 ** 6])))))
         over, under = describe_over(n, limit)
         assert over != under and parse(over) >= parse(under), (n, limit, over, under)
+
+
+def test_a_share_of_the_budget_and_the_budget_read_with_the_same_decimals(monkeypatch):
+    """"1.0 GiB, over a quarter of the memory budget of 4.0 GiB" read as no reason: the amount, the share and the
+    budget are written with the decimals that tell the amount from the share."""
+    from moe.memory import describe_over
+    from dashboard.views.traces import upload_limits
+    gib = 1024 ** 3
+    assert describe_over(gib + 4096, gib, 4 * gib) == ("1.000004 GiB", "1.000000 GiB", "4.000000 GiB")
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "4")
+    from moe.memory import budget_bytes
+    budget = budget_bytes()
+    with pytest.raises(ValueError) as err:
+        upload_limits(budget // 2 + 1)
+    size_text, half_text, budget_text = describe_over(budget // 2 + 1, budget // 2, budget)
+    assert size_text != half_text
+    assert f"the upload takes {size_text}, over half the memory budget of {budget_text}" in str(err.value)

@@ -10,7 +10,7 @@ import streamlit as st
 
 from moe.config import SCORES
 from moe.jsonio import dumps
-from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes
+from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, describe_over
 from moe.roots import OutsideRoots, resolve_allowed
 from moe.traces.formats import FORMATS, detect
 from moe.traces.opener import open_trace
@@ -117,8 +117,9 @@ def upload_limits(size: int) -> TraceLimits:
     read gets the memory budget less that size; ValueError when the upload takes over half the budget."""
     budget = budget_bytes()
     if size > budget // 2:
-        raise ValueError(f"the upload takes {describe_bytes(size)}, over half the memory budget of "
-                         f"{describe_bytes(budget)}, and Streamlit holds it in memory while it is read; open the file "
+        size_text, _, budget_text = describe_over(size, budget // 2, budget)
+        raise ValueError(f"the upload takes {size_text}, over half the memory budget of "
+                         f"{budget_text}, and Streamlit holds it in memory while it is read; open the file "
                          f"by its path on the server, or raise {BUDGET_ENV}")
     return TraceLimits(budget - size)
 

@@ -18,7 +18,7 @@ from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans,
                                  write_plan)
 from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, best_gain, default_window, replay_log,
                                verdict)
-from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes
+from moe.memory import BUDGET_ENV, budget_bytes, describe_over
 from moe.traces.formats import read_log
 
 
@@ -71,10 +71,10 @@ def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: 
     """Before the replay: `replay_bytes` within half the memory budget."""
     need, budget = replay_bytes(layers, windows, n_slots, n_experts, max_r), budget_bytes()
     if need > budget // 2:
+        need_text, _, budget_text = describe_over(need, budget // 2, budget)
         raise ValueError(f"replaying {layers:,} layers × {windows:,} windows of {n_experts:,} experts for {n_slots} R "
-                         f"would take about {describe_bytes(need)}, over half the memory budget of "
-                         f"{describe_bytes(budget)}; give fewer layers (--layer NAME) or longer windows (--window "
-                         f"STEPS), or raise {BUDGET_ENV}")
+                         f"would take about {need_text}, over half the memory budget of {budget_text}; give fewer "
+                         f"layers (--layer NAME) or longer windows (--window STEPS), or raise {BUDGET_ENV}")
 
 
 def run(args: argparse.Namespace) -> str:

@@ -14,7 +14,7 @@ from moe.hf.checkpoint import check_sizes, plan_checkpoint, read_config
 from moe.hf.instrument import adapter_for, instrument
 from moe.hf.lm_config import REPORT_FILE, read_training_report
 from moe.hf.windows import model_context
-from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, estimate_bytes, out_of_memory
+from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, describe_over, estimate_bytes, out_of_memory
 from moe.roots import MODELS_DIR
 
 # The models that ship with moe-scope (trained by train-lm; each directory has its card, README.md).
@@ -99,12 +99,12 @@ def check_model_budget(path: str, config: dict, tokens: int, budget: int | None 
     budget = budget_bytes() if budget is None else budget
     est = estimate_model_bytes(path, config, tokens)
     if est["total"] + held > budget:
-        kept = f", with {describe_bytes(held)} held by models already loaded," if held else ""
+        need, limit, total, held_text = describe_over(est["total"] + held, budget, est["total"], held)
+        kept = f"; with {held_text} held by models already loaded, {need}," if held else ","
         raise ValueError(f"loading {pathlib.Path(path).name} and running {tokens} tokens needs about "
-                         f"{describe_bytes(est['total'])} (weights {describe_bytes(est['weights'])}, tokenizer "
+                         f"{total} (weights {describe_bytes(est['weights'])}, tokenizer "
                          f"{describe_bytes(est['tokenizer'])}){kept} over the memory budget of "
-                         f"{describe_bytes(budget)}: lower --max-tokens, pick a smaller model, or raise "
-                         f"{BUDGET_ENV}")
+                         f"{limit}: lower --max-tokens, pick a smaller model, or raise {BUDGET_ENV}")
     return est
 
 

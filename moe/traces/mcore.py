@@ -27,7 +27,7 @@ import os
 
 import numpy as np
 
-from moe.memory import BUDGET_ENV, describe_bytes
+from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import RoutingLog, resolve_experts
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_npz
@@ -123,8 +123,9 @@ def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None
         dump = _rank_dump(load_npz(path, limits), path)
         held += 3 * dump["loads"].nbytes  # the int32 dumps and the int64 (F, W, L, P) they are copied into
         if held > limits.budget // 4:
-            raise ValueError(f"the Megatron-Core EP load dumps hold {describe_bytes(held)} by {path!r}, over a "
-                             f"quarter of the memory budget of {describe_bytes(limits.budget)}; capture fewer "
+            held_text, _, budget_text = describe_over(held, limits.budget // 4, limits.budget)
+            raise ValueError(f"the Megatron-Core EP load dumps hold {held_text} by {path!r}, over a "
+                             f"quarter of the memory budget of {budget_text}; capture fewer "
                              f"forwards (MCORE_MOE_EXPERT_LOAD_DUMP_MAX_FORWARDS) or raise {BUDGET_ENV}")
         dumps.append(dump)
     dumps = _group(dumps, paths)

@@ -13,7 +13,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from moe.memory import BUDGET_ENV, describe_bytes
+from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.records import INT64_MAX, Progress, RoutingRecord, TraceLimits, check_experts, open_regular
 from moe.traces.safeload import chunk_bytes, is_label, label_codes, parquet_file
 
@@ -110,8 +110,9 @@ def _checked_file(f, path: str, limits: TraceLimits):
         rg = pf.metadata.row_group(i)
         limits.check_entries(rg.num_rows, f"{path!r} row group {i}", f"{rg.num_rows:,} rows")
         if decoded > limits.budget // 4:
-            raise ValueError(f"{path!r} row group {i} decodes to {describe_bytes(decoded)}, over a quarter of the "
-                             f"memory budget of {describe_bytes(limits.budget)}; write smaller row groups or raise "
+            decoded_text, _, budget_text = describe_over(decoded, limits.budget // 4, limits.budget)
+            raise ValueError(f"{path!r} row group {i} decodes to {decoded_text}, over a quarter of the "
+                             f"memory budget of {budget_text}; write smaller row groups or raise "
                              f"{BUDGET_ENV}")
     return pf
 

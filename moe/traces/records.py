@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from moe import roots
-from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes
+from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, describe_over
 
 Progress = Callable[[float], None]  # fraction of the file read, 0..1
 MAX_EXPERTS = 16384        # far above any released MoE (hundreds of experts); a larger count is a typo or an attack
@@ -70,9 +70,10 @@ class TraceLimits:
         """The per-(step, layer) load and statistics kept for the whole file."""
         need = layers * (steps * (n_experts * LOAD_ENTRY_BYTES + ROW_BYTES) + n_experts * LAYER_EXPERT_BYTES)
         if need > self.budget // 2:
+            need_text, _, budget_text = describe_over(need, self.budget // 2, self.budget)
             raise ValueError(f"the trace's {steps:,} steps × {layers:,} layers × {n_experts:,} experts need about "
-                             f"{describe_bytes(need)} of statistics, over half the memory budget of "
-                             f"{describe_bytes(self.budget)}; give fewer steps (cut the file) or raise {BUDGET_ENV}")
+                             f"{need_text} of statistics, over half the memory budget of "
+                             f"{budget_text}; give fewer steps (cut the file) or raise {BUDGET_ENV}")
 
 
 def check_experts(n_experts, what: str) -> int:

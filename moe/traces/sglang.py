@@ -37,7 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moe.memory import BUDGET_ENV, describe_bytes
+from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import (
     RoutingLog,
     TokenRouting,
@@ -120,8 +120,9 @@ def _non_negative(arr: np.ndarray, where: str, what: str) -> None:
 def _check_size(entries: int, what: str, budget: int) -> None:
     """An int64 array the reader builds stays within a quarter of the memory budget."""
     if entries * 8 > budget // 4:
-        raise ValueError(f"{what} would take {describe_bytes(entries * 8)}, over a quarter of the memory budget of "
-                         f"{describe_bytes(budget)}; give fewer passes or ranks, or raise {BUDGET_ENV}")
+        need_text, _, budget_text = describe_over(entries * 8, budget // 4, budget)
+        raise ValueError(f"{what} would take {need_text}, over a quarter of the memory budget of "
+                         f"{budget_text}; give fewer passes or ranks, or raise {BUDGET_ENV}")
 
 
 # --------------------------------------------------------------------------- stat

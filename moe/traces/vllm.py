@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from moe.memory import BUDGET_ENV, describe_bytes
+from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import (
     RoutingLog,
     TokenRouting,
@@ -83,8 +83,9 @@ def from_routed(arr: np.ndarray, path: str, n_experts: int | None, limits: Trace
     limits = limits or TraceLimits.from_env()
     need = T * L * (K * 8 + TOKEN_ROW_BYTES)
     if need > limits.budget // 4:
-        raise ValueError(f"{what} holds {T:,} tokens × {L:,} layers × top-{K}, {describe_bytes(need)} as a routing "
-                         f"log, over a quarter of the memory budget of {describe_bytes(limits.budget)}; give fewer "
+        need_text, _, budget_text = describe_over(need, limits.budget // 4, limits.budget)
+        raise ValueError(f"{what} holds {T:,} tokens × {L:,} layers × top-{K}, {need_text} as a routing "
+                         f"log, over a quarter of the memory budget of {budget_text}; give fewer "
                          f"tokens or raise {BUDGET_ENV}")
     max_id = check_ids(ids, what)
     E, source = resolve_experts(n_experts, None, max_id, what)
