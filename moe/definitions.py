@@ -178,7 +178,8 @@ DEFINITIONS: dict[str, str] = {
                    "with balance = bias, `b_e += bias_rate·sign(mean_e' load_e' − load_e)` with load = demand "
                    "(routed tokens). It changes which experts are chosen, never the gate weights.",
     "router_saturation": "share of a fixed probe batch whose noiseless top-k expert set is the same as at the "
-                         "previous step: 1 = the routing has settled, low = it is still moving.",
+                         "previous step: 1 = the routing has settled, low = it is still moving. NaN for the random "
+                         "router, which draws its routing afresh every forward (nothing to settle).",
     # --- routing trace files (moe.traces.readers, moe.traces.summary; the Runs page)
     "trace_load": "per layer, `load[s, e] = Σ_t [e ∈ top_k_index[t]]` over the tokens of step s (all records of "
                   "that (step, layer), micro-batches added): the assignments expert e received, before capacity "

@@ -176,3 +176,17 @@ def test_a_balancing_switch_while_playing_redraws_at_once_and_the_next_step_uses
     at.button(key="live_play").click().run()  # pause
     at.button(key="live_step").click().run()
     assert at.session_state["trainer"].history_frame()["balance"].iloc[-1] == "aux"
+
+
+def test_a_random_routers_saturation_is_shown_as_undefined():
+    """The Sidebar layer with router=random: its routing is drawn afresh every forward, so nothing settles; the
+    metric read 1.00 ("settled") because the probe was routed with the same fresh seed each step."""
+    import sys
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from app_support import SMALL, open_app
+    at = open_app({**SMALL, "router": "random", "view": "Live"})
+    at.selectbox(key="live_setup").set_value("Sidebar layer").run()
+    for _ in range(2):
+        at.button(key="live_step").click().run()
+    assert not at.exception
+    assert next(m.value for m in at.metric if m.label == "router saturation") == "— (random router)"

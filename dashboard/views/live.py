@@ -153,7 +153,8 @@ def _panel() -> None:
     m[1].metric("max/mean (this step)", f"{row['max_over_mean']:.3g}")
     m[2].metric("aux loss (this step)", f"{row['aux_loss']:.3g}")
     m[3].metric("dead experts (this step)", f"{round(row['dead_fraction'] * trainer.config.model.n_experts)}")
-    m[4].metric("router saturation", f"{row['router_saturation']:.2f}")
+    saturation = row["router_saturation"]
+    m[4].metric("router saturation", f"{saturation:.2f}" if saturation == saturation else "— (random router)")
     colors = expert_colors(trainer.config.model.n_experts)
     _chart("live_health", history, health_columns(), lambda: health_figure(history))
     st.caption(caption("task_loss", "aux_loss", "z_loss", "cv", "max_over_mean", "dropped_fraction", "dead_fraction"))
@@ -173,7 +174,8 @@ def render(result: RunResult) -> None:
     st.subheader("Live")
     state.ensure({**state.live_defaults(), state.LIVE_PLAYING: False, state.LIVE_FIGURES: {}})  # drawn on its own
     st.caption(PRESET_HELP["collapse"] + " Try: Play with balancing *none* and watch max/mean climb; switch to "
-               "*aux* to cure it while running, or pick *bias* and press Reset to see it never collapse. "
+               "*aux* to cure it while running, or pick *bias* and press Reset to see the load even out instead "
+               "of collapsing. "
                "Playing continues while this view is open.")
     signature = (ss["live_setup"], result.config if ss["live_setup"] == "Sidebar layer" else None)
     if state.TRAINER not in ss or (ss.get(state.LIVE_SIGNATURE) != signature and ss[state.TRAINER].step_count == 0):

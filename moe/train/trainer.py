@@ -280,7 +280,10 @@ class Trainer:
         return self.layer.router(x, cfg, self.layer.new_generator()).routed
 
     def _saturation(self) -> Tensor:
-        """Share of probe tokens whose top-k set equals the previous step's (a 0-d tensor)."""
+        """Share of probe tokens whose top-k set equals the previous step's (a 0-d tensor); NaN for the random
+        router, whose routing is drawn afresh every forward, not learned (the probe's fixed draw would read 1)."""
+        if self.layer.cfg.router == "random":
+            return torch.tensor(float("nan"), device=self.layer.device)
         routed = self._probe_routing()  # (P, E)
         same = (routed == self._probe_routed).all(dim=1).float().mean()
         self._probe_routed = routed
