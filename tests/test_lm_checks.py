@@ -33,7 +33,8 @@ def test_out_must_be_a_new_or_empty_directory_or_one_train_lm_wrote(tmp_path, ca
     (tmp_path / "other" / "notes.md").write_text("mine")
     cases = {str(tmp_path / "file.txt"): "is a file, not a directory", "/dev/null": "is a device or special file",
              "/": "holds other files", str(tmp_path / "other"): "holds other files",
-             str(tmp_path / "file.txt" / "sub"): "cannot be"}
+             str(tmp_path / "file.txt" / "sub"): "cannot be",
+             "/proc/moe-scope-check/model": "cannot be created under '/proc'"}  # root may "write" there: tried
     for out, message in cases.items():
         assert message in _refusal(["train-lm", "--out", out, "--steps", "3"], capsys)
     assert (tmp_path / "other" / "notes.md").read_text() == "mine" and os.listdir(tmp_path / "other") == ["notes.md"]
@@ -47,6 +48,7 @@ def test_out_must_be_a_new_or_empty_directory_or_one_train_lm_wrote(tmp_path, ca
 
     for out in (tmp_path / "new" / "deeper", tmp_path / "empty", earlier):
         check_out_dir(str(out))
+    assert not (tmp_path / "new").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".moe")]
     (earlier / "training.json").write_text("[1, 2]")  # not a train-lm report
     with pytest.raises(ValueError, match="holds other files"):
         check_out_dir(str(earlier))

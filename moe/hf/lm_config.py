@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tempfile
 from dataclasses import asdict, dataclass
 
 from moe.hf.text import VOCAB_SIZE
@@ -179,12 +180,18 @@ def check_out_dir(out: str) -> None:
 
 
 def _check_parent(out: str, shown: str) -> None:
+    """The nearest existing folder above `out` takes a new folder: tried (one made and removed), since os.access
+    says yes to root on /proc and /sys, where the save after training would fail."""
     parent = os.path.dirname(os.path.abspath(out))
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
-    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+    try:
+        if not os.path.isdir(parent):
+            raise NotADirectoryError
+        os.rmdir(tempfile.mkdtemp(prefix=".moe-scope-check-", dir=parent))
+    except OSError:
         raise ValueError(f"--out {shown} cannot be created under {parent!r} (not a writable directory); "
-                         "give a new or empty directory")
+                         "give a new or empty directory") from None
 
 
 def _written_by_train_lm(out: str) -> bool:
