@@ -255,6 +255,17 @@ def test_train_cli_prints_one_json_row_per_step(capsys):
         assert rows[-1][key] == pytest.approx(expected[key], rel=1e-6)
 
 
+def test_train_cli_json_names_the_layer_that_ran(capsys):
+    """config.model is the TrainConfig's model (seed 0, no capacity); the layer ran seeded by --seed, with the
+    capacity of --balance capacity: "layer" is that config, and its weights are the trainer's."""
+    assert main(["train", *_SMALL, "--steps", "1", "--balance", "capacity", "--seed", "5", "--format", "json"]) == 0
+    config = json.loads(capsys.readouterr().out)["config"]
+    layer = config["layer"]
+    assert (layer["seed"], layer["capacity_factor"]) == (5, config["capacity_factor"]) and config["model"]["seed"] == 0
+    cfg = TrainConfig(model=TINY.model, tokens=64, scenario_params={"n_clusters": 4}, balance="capacity", seed=5)
+    assert MoEConfig(**layer) == Trainer(cfg).layer.cfg
+
+
 def test_train_cli_prints_csv_rows(capsys):
     assert main(["train", *_SMALL, "--steps", "3", "--format", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))

@@ -72,9 +72,12 @@ def train_config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def train_config_dict(cfg: TrainConfig) -> dict:
-    """The TrainConfig as plain values: the layer's config as MoEConfig.to_dict(), scenario_params as a dict."""
+    """The TrainConfig as plain values: its model as MoEConfig.to_dict(), scenario_params as a dict, and "layer",
+    the MoEConfig the layer ran (TrainConfig.layer_config: the model seeded by `seed`, with the capacity of
+    balance="capacity"), so that the weights can be rebuilt from it (the model's own seed and capacity are not
+    those)."""
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    return {**fields, "model": cfg.model.to_dict(), "scenario_params": cfg.params}
+    return {**fields, "model": cfg.model.to_dict(), "layer": cfg.layer_config().to_dict(), "scenario_params": cfg.params}
 
 
 def run(args: argparse.Namespace) -> str:
