@@ -99,6 +99,7 @@ def test_the_report_prints_bits_per_byte_at_each_window_length():
               "reduction": 0.6875, "nmi_trained": [0.5], "nmi_init": [0.1], "config": {"seq_len": 512},
               "bits_per_byte_at": {"128": 1.5, "256": 1.375, "512": 1.25}}
     lines = format_report(report).splitlines()
+    assert lines[0] == "held-out topics: 1 (10 bytes scored)"  # the scored targets, not the topics' whole text
     assert lines[1:5] == ["held-out bits per byte: 1.250 (windows of 512 bytes)", "  in windows of 128 bytes: 1.500",
                           "  in windows of 256 bytes: 1.375", "  in windows of 512 bytes: 1.250"]
 

@@ -177,7 +177,7 @@ def save_model(model, out_dir: str, report: dict) -> None:
 
 def format_report(report: dict) -> str:
     """The printed summary: held-out bits per byte vs the unigram entropy, and NMI per layer."""
-    lines = [f"held-out topics: {len(report['held_out_topics'])} ({report['held_out_bytes']} bytes)",
+    lines = [f"held-out topics: {len(report['held_out_topics'])} ({report['held_out_bytes']} bytes scored)",
              f"held-out bits per byte: {report['bits_per_byte']:.3f} (windows of {report['config']['seq_len']} bytes)",
              *(f"  in windows of {n} bytes: {bits:.3f}" for n, bits in report.get("bits_per_byte_at", {}).items()),
              f"byte-unigram entropy of the same text: {report['unigram_bits']:.3f} bits",
