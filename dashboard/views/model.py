@@ -5,6 +5,7 @@ The sidebar's synthetic layer is not used here.
 """
 from __future__ import annotations
 
+import math
 import pathlib
 
 import pandas as pd
@@ -276,9 +277,11 @@ def _layer_table(view: dict, styled, highest: int) -> None:
     left.metric(POOLED_LABEL, f"{pooled:.3f}", help=DEFINITIONS["pooled_aux"])
     hf = view["pooled_hf_aux"]
     right.metric(HF_LABEL, f"{hf:.3f}", help=DEFINITIONS["pooled_hf_aux"])
-    relation = (f"top_k ({k}) × the pooled aux" if hf == k * pooled else
+    why = ("this router chooses with its correction bias added" if view.get("bias") is not None else
+           "this router's choice and that count part on ties")
+    relation = (f"top_k ({k}) × the pooled aux" if math.isclose(hf, k * pooled, rel_tol=1e-9) else
                 f"not top_k ({k}) × the pooled aux ({k * pooled:.3f}) here: transformers counts each token's top "
-                f"{k} of the probabilities alone, and this router chooses with its correction bias added")
+                f"{k} of the probabilities alone, and {why}")
     st.caption(f"Pooled aux (`E·Σ_e f̄_e·P̄_e`, the aux column's scale): {pooled:.3f}, while the highest-aux layer "
                f"({highest}) is at {float(table['aux_loss'].max()):.3f}. Hugging Face's `load_balancing_loss` is "
                f"{relation}. {POOLING_NOTE}")
