@@ -216,8 +216,8 @@ def _draw(view: dict) -> None:
     st.plotly_chart(nmi, width="stretch", key="model_nmi")
     st.caption("NMI between a token's top-1 expert and the class of the first character of the text it stands "
                "for (a SentencePiece `▁cat` stands for \" cat\": space; letter, digit, space, newline, punctuation, "
-               "other; a byte of a non-ASCII character: other): `2·I(expert; class) / (H(expert) + H(class))`, 0 = unrelated, "
-               "1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
+               "other; a byte of a non-ASCII character: other): `2·I(expert; class) / (H(expert) + H(class))`, "
+               "0 = unrelated, 1 = the expert names the class. 'held-out (training)' and 'at initialisation' come from "
                "training.json when the model directory has one." + (f" {nmi_note}." if nmi_note else ""))
 
 
@@ -229,8 +229,8 @@ def context_note(context: int | None, windows: int, n_tokens: int) -> str:
     note = (f"Context {context} tokens: the model's trained length (or its max_position_embeddings when "
             f"shorter); no forward reads more.")
     if windows > 1:
-        note += (f" Read in {windows} windows of {context} tokens (stride {window_stride(context)}): each token's routing "
-                 "and loss come from the window where it has the most left context.")
+        note += (f" Read in {windows} windows of {context} tokens (stride {window_stride(context)}): each token's "
+                 "routing and loss come from the window where it has the most left context.")
     return note
 
 

@@ -81,7 +81,8 @@ def timeout_seconds(text: str) -> float:
     """A timeout in seconds: a number above 0 and at most MAX_TIMEOUT_S."""
     value = finite_float(text)
     if not 0 < value <= MAX_TIMEOUT_S:
-        raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most {MAX_TIMEOUT_S:,.0f}, got {text[:40]!r}")
+        raise argparse.ArgumentTypeError(f"expected seconds above 0 and at most {MAX_TIMEOUT_S:,.0f}, "
+                                         f"got {text[:40]!r}")
     return value
 
 

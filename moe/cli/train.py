@@ -77,7 +77,8 @@ def train_config_dict(cfg: TrainConfig) -> dict:
     balance="capacity"), so that the weights can be rebuilt from it (the model's own seed and capacity are not
     those)."""
     fields = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
-    return {**fields, "model": cfg.model.to_dict(), "layer": cfg.layer_config().to_dict(), "scenario_params": cfg.params}
+    return {**fields, "model": cfg.model.to_dict(), "layer": cfg.layer_config().to_dict(),
+            "scenario_params": cfg.params}
 
 
 def run(args: argparse.Namespace) -> str:
