@@ -111,6 +111,7 @@ def test_writer_called_again_for_a_step_and_layer_adds_a_micro_batch(tmp_path):
                 assert s.load[str(i)][step].tolist() == want
     a, b = (read[name].rows.sort_values(["step", "layer"]).reset_index(drop=True) for name in orders)
     assert a.equals(b)
+    assert read["back_to_back"].records == read["interleaved"].records == 8  # a record per write, either way
 
 
 def test_many_micro_batches_of_one_step_and_layer_are_one_record(tmp_path):
@@ -126,6 +127,7 @@ def test_many_micro_batches_of_one_step_and_layer_are_one_record(tmp_path):
                              "routed": np.tile([True, False], n)}), tmp_path / "many.parquet")
     records = list(iter_records(str(tmp_path / "many.parquet")))
     assert len(records) == 1 and records[0].top_k_index.shape == (n, 1) and not records[0].top_k_index.any()
+    assert records[0].parts == n  # the file's records it joins: trace-report's "records" counts them
 
 
 def test_a_token_given_twice_for_some_experts_only_is_refused(tmp_path):

@@ -7,6 +7,7 @@ number, and layer names are read as a dictionary, each once); a record is refuse
 """
 from __future__ import annotations
 
+import dataclasses
 import re
 from typing import Iterator
 
@@ -174,9 +175,9 @@ def _batch_columns(batch, stamped: bool, path: str) -> dict[str, np.ndarray]:
 def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[RoutingRecord]:
     """(token, expert) rows of one run of (step, layer) -> its record. When a (token, expert) pair comes again
     (TraceWriter.write called more than once for a (step, layer), as with gradient accumulation), the n-th row of each
-    pair, in file order, belongs to micro-batch n, and the micro-batches follow one another as the record's tokens:
-    their statistics add up, as interleaved runs of one (step, layer) do. One stable sort: linear in the rows
-    however many micro-batches."""
+    pair, in file order, belongs to micro-batch n, and the micro-batches follow one another as the record's tokens
+    (`parts` of them, each a record of the file): their statistics add up, as interleaved runs of one (step, layer)
+    do. One stable sort and one record, however many micro-batches (a record each cost ~1 ms to summarise)."""
     rows = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     where = f"step {key[0]}, layer {key[1]}"
     token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
@@ -190,11 +191,12 @@ def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[Routin
     nth = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # occurrence of its pair
     if nth.max() > 0:
         order = order[np.argsort(nth, kind="stable")]                                 # micro-batch by micro-batch
-    yield _parquet_record(key, {name: values[order] for name, values in rows.items()}, E, where)
+    record = _parquet_record(key, {name: values[order] for name, values in rows.items()}, E, where)
+    yield dataclasses.replace(record, parts=int(nth.max()) + 1)
 
 
 def _parquet_record(key: tuple[int, str], rows: dict, E: int, where: str) -> RoutingRecord:
-    """(token, expert) rows of one micro-batch of one (step, layer) with E experts, token-major and expert-minor ->
+    """(token, expert) rows of one (step, layer) with E experts, each micro-batch token-major and expert-minor ->
     logits (T, E) and the chosen experts (T, K)."""
     token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
     if len(expert) % E:

@@ -39,6 +39,7 @@ class RoutingRecord:
     router_logits: np.ndarray | None  # (T, E) float32, None when the file has no logits
     where: str                       # "line 12" / "step 3, layer 0": for error messages
     n_experts: int | None = None     # E when the file records it (logits, one Parquet row per expert)
+    parts: int = 1                   # the file's records this one joins (micro-batches written back to back)
 
 
 @dataclass(frozen=True)

@@ -176,7 +176,7 @@ class _State:
                 acc.add(sums_from_routing(cfg, logits[lo:lo + chunk], idx[lo:lo + chunk]))
         else:
             acc.add(sums_from_choices(cfg.n_experts, rec.top_k_index))
-        self.records += 1
+        self.records += rec.parts
 
     def _config(self, rec: RoutingRecord) -> MoEConfig:
         K, high = rec.top_k_index.shape[1], int(rec.top_k_index.max())
