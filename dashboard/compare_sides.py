@@ -7,6 +7,7 @@ value comes back from the link with the same note.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode
 
@@ -44,25 +45,27 @@ class Side:
 # pages whose links hold no layer: a side pasted from one is refused (the Expert parallel page's link holds the
 # Playground's layer, the Model page's a model side)
 NO_LAYER_PAGES = {"runs": "Runs", "compare": "Compare", "about": "About"}
+HOST_PORT = re.compile(r"[A-Za-z0-9.\-]+:[0-9]{1,5}")  # an address alone without a `/`: `localhost:8501`
 
 
 def split_link(text: str) -> tuple[str, str]:
     """(address, query) of a pasted link: a whole URL or a path with its query (`http://h:8501/model?…`,
-    `h:8501?…`, `model?…`), an address alone (it holds a `/` or a `:`, and no `=`), or the query alone (with or
-    without its `?`); the `#fragment` and surrounding spaces go. Text before the first `?` that holds `=` or `&`
-    is no address: the whole text is the query (a `?` in a value)."""
+    `h:8501?…`, `model?…`), an address alone (a URL or path: it holds a `/` and no `=`; or a host and port,
+    `localhost:8501`), or the query alone (with or without its `?`); the `#fragment` and surrounding spaces go. Text
+    before the first `?` that holds `=` or `&` is no address: the whole text is the query (a `?` in a value); so is
+    any other text (`router:hash` is a query the Playground does not know, and says so)."""
     text = text.strip().split("#", 1)[0]
     head, sep, tail = text.partition("?")
     if sep and not ("=" in head or "&" in head):
         return head, tail
-    if not sep and not ("=" in text or "&" in text) and ("/" in text or ":" in text):
+    if not sep and not ("=" in text or "&" in text) and ("/" in text or HOST_PORT.fullmatch(text)):
         return text, ""
     return "", text[1:] if text.startswith("?") else text
 
 
 def link_page(address: str) -> str:
-    """The page an address names, lower-cased: its last path segment (`runs`, `model`, …; `model` alone too), ""
-    for the root (`http://h:8501`, `h:8501/`)."""
+    """The page an address names, lower-cased: its last path segment (`runs`, `model`, …; a page's name before a
+    `?`, `model?…`), "" for the root (`http://h:8501`, `h:8501/`)."""
     path = address.split("://", 1)[-1].rstrip("/")
     if "/" not in path:
         return "" if ":" in path or "." in path else path.lower()  # a host (and port), or a page's name alone

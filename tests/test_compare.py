@@ -152,7 +152,9 @@ def test_query_part_takes_what_follows_the_question_mark(text, query):
 @pytest.mark.parametrize("text, query", [("mex=prose&mtext=1/2", "mex=prose&mtext=1/2"),
                                          ("mtext=why?&mex=prose", "mtext=why?&mex=prose"),
                                          ("http://h:8501/playground", ""), ("http://h:8501/runs?x=1", "x=1"),
-                                         ("127.0.0.1:8501?top_k=3", "top_k=3"), ("h:8501/?top_k=3", "top_k=3")])
+                                         ("127.0.0.1:8501?top_k=3", "top_k=3"), ("h:8501/?top_k=3", "top_k=3"),
+                                         ("router:hash", "router:hash"), ("top_k: 3", "top_k: 3"),
+                                         ("localhost:8501", "")])
 def test_a_slash_or_question_mark_in_a_bare_query_stays_in_the_query(text, query):
     """A query pasted without its `?` whose value holds `/` was read as an address with no query (so a Model link
     ran as the default synthetic layer, silently); one whose value holds `?` was cut there."""
