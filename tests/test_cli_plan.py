@@ -101,7 +101,9 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
                             "--num-layers", "1"], "the log has layer 1, which does not fit --num-layers 1"),
                           (["--export", "vllm", "--out", str(tmp_path / "no" / "x.json")], "its folder does not exist"),
                           (["--export", "vllm", "--out", str(tmp_path)], "it is a folder"),
-                          (["--redundant-slots", "4,x"], "expected an integer ≥ 0, got 'x'")):
+                          (["--redundant-slots", "4,x"], "expected an integer ≥ 0, got 'x'"),
+                          (["--export", "vllm", "--out", "   "], "--out is empty"),  # it wrote a file named "   "
+                          (["--export", "vllm", "--out", ""], "--out is empty")):  # it refused after the replay
         code = main(["plan", path, "--world-size", "4", "--n-experts", "8", *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, err

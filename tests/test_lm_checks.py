@@ -34,7 +34,8 @@ def test_out_must_be_a_new_or_empty_directory_or_one_train_lm_wrote(tmp_path, ca
     cases = {str(tmp_path / "file.txt"): "is a file, not a directory", "/dev/null": "is a device or special file",
              "/": "holds other files", str(tmp_path / "other"): "holds other files",
              str(tmp_path / "file.txt" / "sub"): "cannot be",
-             "/proc/moe-scope-check/model": "cannot be created under '/proc'"}  # root may "write" there: tried
+             "/proc/moe-scope-check/model": "cannot be created under '/proc'",  # root may "write" there: tried
+             "   ": "--out is empty"}  # it trained, then saved into a folder named with spaces
     for out, message in cases.items():
         assert message in _refusal(["train-lm", "--out", out, "--steps", "3"], capsys)
     assert (tmp_path / "other" / "notes.md").read_text() == "mine" and os.listdir(tmp_path / "other") == ["notes.md"]

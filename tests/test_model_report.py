@@ -345,3 +345,12 @@ def test_a_drop_policy_without_a_capacity_is_refused(model_dir, capsys):
     code, _, err = _run(["model-report", "--model", str(model_dir), "--text", "hello", "--cf-drop", "probs",
                          "--cf-capacity", "1"], capsys)
     assert code == 0, err
+
+
+@pytest.mark.parametrize("flags, flag", [(["--model", "", "--text", "hi"], "--model"),
+                                         (["--model", "  ", "--text", "hi"], "--model"),
+                                         (["--text-file", " "], "--text-file")])
+def test_an_empty_path_option_is_refused(capsys, flags, flag):
+    """--model "" routed the text through the default model, silently."""
+    code, _, err = _run(["model-report", *flags], capsys)
+    assert code == 2 and err.count("\n") == 1 and f"{flag} is empty; give a file path, or leave {flag} out" in err

@@ -6,7 +6,7 @@ import argparse
 import re
 import sys
 
-from moe.cli.args import finite_float, non_negative_int, positive_int
+from moe.cli.args import check_paths_given, finite_float, non_negative_int, positive_int
 from moe.config import DROP_POLICIES
 from moe.hf.counterfactual import BIAS_NOTE, BIASES
 from moe.hf.report import (DEFAULT_MAX_TOKENS, READ_BYTES_PER_TOKEN, counterfactual_dict, encode_text,
@@ -90,6 +90,7 @@ def run(args: argparse.Namespace) -> str:
     from moe.hf.instrument import run_model
     from moe.hf.load import load_model
 
+    check_paths_given(model=args.model, text_file=args.text_file)  # "" was the default model, silently
     text = read_text(args)
     cf = counterfactual_from_args(args)
     if not text.strip():

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pandas as pd
 
-from moe.cli.args import non_negative_ints, positive_int
+from moe.cli.args import check_paths_given, non_negative_ints, positive_int
 from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
 from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
@@ -78,6 +78,7 @@ def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: 
 
 
 def run(args: argparse.Namespace) -> str:
+    check_paths_given(out=args.out)
     if (args.export is None) != (args.out is None):
         raise ValueError("--export and --out go together: give both (e.g. --export sglang --out plan.json) or neither")
     _check_sglang_args(args)

@@ -160,7 +160,7 @@ def check_lm_training_budget(cfg: LMTrainConfig, budget: int | None = None) -> N
 def check_out_dir(out: str) -> None:
     """ValueError unless `out` is a new directory (under a writable one), an empty directory, or a model
     directory train-lm wrote before (it holds training.json): never a file, a device or another directory."""
-    if not out:
+    if not out.strip():  # "" or a name of spaces: a folder nobody means
         raise ValueError("--out is empty; give a new or empty directory for the model")
     shown = repr(out if len(out) <= 80 else out[:77] + "...")
     try:
