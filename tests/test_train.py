@@ -266,6 +266,16 @@ def test_train_cli_json_names_the_layer_that_ran(capsys):
     assert MoEConfig(**layer) == Trainer(cfg).layer.cfg
 
 
+@pytest.mark.parametrize("change, named", [({"temperature": 1e-300}, "temperature (now 1e-300)"),
+                                           ({"noise_std": 1e300}, "noise_std (now 1e+300)")])
+def test_a_router_that_overflows_is_named_when_training_diverges(change, named):
+    """The message advised only a lower lr, which does not help here."""
+    trainer = Trainer(TINY.replace(model=TINY.model.replace(**change)))
+    with pytest.raises(ValueError, match="training diverged at step 1") as err:
+        trainer.step()
+    assert named in str(err.value) and "a temperature near 0 or a large noise overflows the router" in str(err.value)
+
+
 def test_train_cli_prints_csv_rows(capsys):
     assert main(["train", *_SMALL, "--steps", "3", "--format", "csv"]) == 0
     table = pd.read_csv(io.StringIO(capsys.readouterr().out))

@@ -248,8 +248,11 @@ class Trainer:
         host = torch.cat([torch.stack([task_loss.detach(), loss.detach(), saturation]),
                           layer.router.expert_bias.detach().float()]).cpu().tolist()
         if not (math.isfinite(host[0]) and math.isfinite(host[1])):
+            model = layer.cfg
             raise ValueError(f"training diverged at step {self._step}: the loss is {host[1]!r}; reset and "
-                             f"lower lr (now {cfg.lr:g}) or the balancing coefficient")
+                             f"lower lr (now {cfg.lr:g}) or the balancing coefficient, or bring the router's "
+                             f"temperature (now {model.temperature:g}) and noise_std (now {model.noise_std:g}) "
+                             f"to ordinary values: a temperature near 0 or a large noise overflows the router")
         row = self._row(trace.summary(), trace.sums.served, host)
         self._history.append(row)
         return row
