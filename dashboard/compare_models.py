@@ -39,8 +39,14 @@ class ModelSpec:
     path: str
     text: str
     max_tokens: int
-    cf: Counterfactual | None = None  # None: the model's own routing
-    cf_values: tuple = ()             # the counterfactual controls as linked ((key, value), …), fitted to the model
+    cf_values: tuple = ()  # the counterfactual controls as linked ((key, value), …; none: the model's own routing)
+
+    @property
+    def cf(self) -> Counterfactual | None:
+        """The counterfactual as linked (fitted to the model once it is loaded: fitted_counterfactual); None when
+        the link's controls change nothing."""
+        cf = counterfactual_from(dict(self.cf_values)) if self.cf_values else None
+        return cf if cf is not None and cf.changed() else None
 
     def describe(self) -> str:
         what = "its own routing" if self.cf is None else "a counterfactual routing"
@@ -119,9 +125,8 @@ def parse_model_side(query: str, defaults: dict) -> ModelSide:
     except ValueError as err:
         return ModelSide(query, notes=problems, error=str(err))
     cf_values = tuple(sorted((key, value) for key, value in merged.items() if key.startswith("cf_")))
-    cf = counterfactual_from(merged) if merged["cf_on"] else None  # fitted to the model once it is loaded
     spec = ModelSpec(path, str(merged["model_text"])[:MAX_TEXT_CHARS], int(merged["model_max_tokens"]),
-                     cf if cf is not None and cf.changed() else None, cf_values if merged["cf_on"] else ())
+                     cf_values if merged["cf_on"] else ())
     return ModelSide(query, spec, problems, linked_dir=LINK_DIR_KEY in values)
 
 

@@ -22,7 +22,7 @@ from moe.hf.instrument import adapter_for, run_model
 from moe.hf.report import EMPTY_TEXT_PAGE, encode_text, render_report
 from moe.hf.tables import (balance_table, class_nmi, expert_bias_long, expert_vocabulary, flow_matrix, layer_table,
                            load_share_long, token_routing, token_strings, top1_grid)
-from moe.hf.token_text import token_bytes, token_spans  # noqa: F401 (token_bytes: the page's measure, tested here)
+from moe.hf.token_text import token_spans
 from moe.metrics import nats_to_bits
 from moe.memory import budget_bytes, check_budget, describe_over, estimate_bytes
 from moe.scenarios import make_batch

@@ -163,13 +163,10 @@ def sorted_matrix(matrix: np.ndarray, perm: np.ndarray, groups: list[str],
                   max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str, list[str]]:
     """Rows of (T, E) `matrix` in `perm` order, aggregated above max_rows; returns (matrix, row labels,
     note, group of each row): a bin's group is the group of its first token."""
-    shown, labels, note = aggregate_rows(matrix[perm], max_rows)  # (R, E)
+    shown, labels, note = aggregate_rows(matrix[perm], max_rows, perm)  # (R, E)
     if not note:
-        return shown, [str(int(t)) for t in perm], note, list(groups)
-    edges = np.linspace(0, len(perm), max_rows + 1).round().astype(np.int64)  # the bins' sorted rows
-    labels = [bin_tokens(perm[a:b]) for a, b in zip(edges[:-1], edges[1:])]
-    note = note.replace("consecutive tokens", "tokens next to each other in this order (hover names them)")
-    return shown, labels, note, [groups[i] for i in edges[:-1]]
+        return shown, labels, note, list(groups)
+    return shown, labels, note, [groups[i] for i in bin_edges(len(perm), max_rows)[:-1]]
 
 
 def bin_tokens(tokens: np.ndarray, shown: int = 3) -> str:
@@ -182,20 +179,29 @@ def bin_tokens(tokens: np.ndarray, shown: int = 3) -> str:
     return ", ".join(str(i) for i in ids[:shown]) + more
 
 
-def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str]:
-    """(T, E) → (R, E) with R ≤ max_rows: above the limit, means of consecutive equal-size token bins."""
+def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS, tokens: np.ndarray | None = None
+                   ) -> tuple[np.ndarray, list[str], str]:
+    """(T, E) → (R, E) with R ≤ max_rows: above the limit, means of equal-size bins of neighbouring rows. `tokens`
+    (T,): the token of each row (default: row t is token t, so a bin is consecutive tokens, labelled `a–b`); with
+    them, a bin's label names its tokens (bin_tokens)."""
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     T = matrix.shape[0]
     if T <= max_rows:
-        return matrix.copy(), [str(t) for t in range(T)], ""
-    edges = np.linspace(0, T, max_rows + 1).round().astype(np.int64)  # (R+1,) sizes differ by ≤ 1
+        return matrix.copy(), [str(int(t)) for t in (range(T) if tokens is None else tokens)], ""
+    edges = bin_edges(T, max_rows)                                    # (R+1,) sizes differ by ≤ 1
     sums = np.add.reduceat(matrix, edges[:-1], axis=0)                # (R, E)
     sizes = np.diff(edges)                                            # (R,)
-    labels = [f"{a}–{b - 1}" for a, b in zip(edges[:-1], edges[1:])]
-    note = (f"Aggregated: {T} tokens shown as {max_rows} rows, each the mean of "
-            f"{sizes.min()}–{sizes.max()} consecutive tokens.")
+    bins = list(zip(edges[:-1], edges[1:]))
+    labels = ([f"{a}–{b - 1}" for a, b in bins] if tokens is None else [bin_tokens(tokens[a:b]) for a, b in bins])
+    what = "consecutive tokens" if tokens is None else "tokens next to each other in this order (hover names them)"
+    note = f"Aggregated: {T} tokens shown as {max_rows} rows, each the mean of {sizes.min()}–{sizes.max()} {what}."
     return sums / sizes[:, None], labels, note
+
+
+def bin_edges(T: int, max_rows: int) -> np.ndarray:
+    """(max_rows + 1,) the first row of each of max_rows equal bins of T rows, then T (sizes differ by ≤ 1)."""
+    return np.linspace(0, T, max_rows + 1).round().astype(np.int64)
 
 
 def sorted_token_matrix(trace: Trace, field: str, labels: torch.Tensor | None = None,

@@ -208,7 +208,7 @@ class MoEConfig:
             raise ValueError(f"topk_group={self.topk_group} exceeds n_group={G}; lower topk_group to at most {G}")
         if G > 1 and self.router != "topk":
             raise ValueError(f"n_group={G} needs router='topk' (got {self.router!r}); set n_group=1 or router='topk'")
-        kept = self.topk_group * (E // G)
+        kept = self.group_limited_experts
         if kept < self.top_k:
             raise ValueError(f"topk_group={self.topk_group} of n_group={G} keeps {kept} experts, fewer than "
                              f"top_k={self.top_k}; raise topk_group to at least {-(-self.top_k // (E // G))} "
@@ -229,6 +229,12 @@ class MoEConfig:
     @property
     def router_torch_dtype(self) -> torch.dtype:
         return torch.float32 if self.router_dtype == "float32" else self.torch_dtype
+
+    @property
+    def group_limited_experts(self) -> int:
+        """The experts a token may choose from under group-limited routing: topk_group groups of E / n_group (E with
+        one group)."""
+        return self.topk_group * (self.n_experts // self.n_group)
 
     @property
     def capacity_per_sequence(self) -> bool:

@@ -78,7 +78,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_token_bytes_count_each_byte_token_once(model_dir):
-    from dashboard.loaders import token_bytes
+    from moe.hf.token_text import token_bytes
     from moe.hf.load import load_model
 
     tokenizer = load_model(model_dir).tokenizer
@@ -153,7 +153,7 @@ def _metaspace_tokenizer():
     ("the  cat é sat ", [3, 1, 4, 3, 4, 1]),  # two spaces (one an unknown piece), é is 2 bytes, a trailing space
 ])
 def test_token_bytes_of_a_sentencepiece_tokenizer_sum_to_the_texts_bytes(text, expected):
-    from dashboard.loaders import token_bytes
+    from moe.hf.token_text import token_bytes
 
     tokenizer = _metaspace_tokenizer()
     ids = tokenizer(text)["input_ids"]
@@ -164,7 +164,7 @@ def test_token_bytes_of_a_sentencepiece_tokenizer_sum_to_the_texts_bytes(text, e
 
 
 def test_token_bytes_of_the_bundled_byte_tokenizer_are_unchanged_with_the_text(model_dir):
-    from dashboard.loaders import token_bytes
+    from moe.hf.token_text import token_bytes
     from moe.hf.load import load_model
 
     tokenizer = load_model(model_dir).tokenizer
@@ -239,8 +239,7 @@ def test_token_bytes_of_a_byte_fallback_tokenizer_sum_to_the_texts_bytes(text):
     """Pieces made of Latin-1 letters ("é", "naï") lie in the byte-level alphabet and were counted one byte a
     character ("café" 4 bytes, not 5); a `▁` before byte tokens took their character's bytes, which the byte tokens
     counted again. The auditor's page read 6.73 bits per byte where the text's 25 bytes give 5.92."""
-    from moe.hf.token_text import token_spans
-    from dashboard.loaders import token_bytes
+    from moe.hf.token_text import token_bytes, token_spans
 
     tokenizer = _byte_fallback_tokenizer()
     ids = tokenizer(text)["input_ids"]

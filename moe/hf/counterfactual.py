@@ -45,7 +45,7 @@ def counterfactual_config(cfg: MoEConfig, cf: Counterfactual) -> MoEConfig:
     """cfg with the counterfactual's settings; a bad value raises MoEConfig's ValueError naming the field."""
     changes = {name: getattr(cf, name) for name in ("top_k", "capacity_factor", "drop_policy", "temperature")
                if getattr(cf, name) is not None}
-    kept = cfg.topk_group * (cfg.n_experts // cfg.n_group)  # the experts group-limited routing leaves (all: 1 group)
+    kept = cfg.group_limited_experts
     if cf.top_k is not None and cfg.n_group > 1 and cf.top_k > kept:  # the model's groups are not a counterfactual's
         raise ValueError(f"top_k={cf.top_k}: this layer's group-limited routing (the {cfg.topk_group} best of "
                          f"{cfg.n_group} expert groups) leaves {kept} experts to choose from; choose top_k ≤ {kept}")

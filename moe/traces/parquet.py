@@ -7,7 +7,6 @@ number, and layer names are read as a dictionary, each once); a record is refuse
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from typing import Iterator
 
@@ -89,7 +88,7 @@ def iter_parquet(path: str, progress: Progress | None = None, limits: TraceLimit
             for lo, hi in zip(np.r_[0, cut], np.r_[cut, batch.num_rows]):
                 here = (int(steps[lo]), str(layers[lo]))
                 if key is not None and here != key:
-                    yield from _parquet_records(key, parts)
+                    yield _parquet_record(key, parts)
                     parts, held = [], 0
                 key, held = here, held + (hi - lo)
                 limits.check_entries(held, f"step {key[0]}, layer {key[1]}", f"{held:,} rows (tokens × experts)")
@@ -98,7 +97,7 @@ def iter_parquet(path: str, progress: Progress | None = None, limits: TraceLimit
                 progress(done / total)
     if key is None:
         raise ValueError(f"{path!r} holds no rows; give a trace with at least one token")
-    yield from _parquet_records(key, parts)
+    yield _parquet_record(key, parts)
 
 
 def _checked_file(f, path: str, limits: TraceLimits):
@@ -172,12 +171,13 @@ def _batch_columns(batch, stamped: bool, path: str) -> dict[str, np.ndarray]:
     return cols
 
 
-def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[RoutingRecord]:
-    """(token, expert) rows of one run of (step, layer) -> its record. When a (token, expert) pair comes again
-    (TraceWriter.write called more than once for a (step, layer), as with gradient accumulation), the n-th row of each
-    pair, in file order, belongs to micro-batch n, and the micro-batches follow one another as the record's tokens
-    (`parts` of them, each a record of the file): their statistics add up, as interleaved runs of one (step, layer)
-    do. One stable sort and one record, however many micro-batches (a record each cost ~1 ms to summarise)."""
+def _parquet_record(key: tuple[int, str], parts: list[dict]) -> RoutingRecord:
+    """(token, expert) rows of one run of (step, layer) -> logits (T, E) and the chosen experts (T, K). When a
+    (token, expert) pair comes again (TraceWriter.write called more than once for a (step, layer), as with gradient
+    accumulation), the n-th row of each pair, in file order, belongs to micro-batch n, and the micro-batches follow
+    one another as the record's tokens (`parts` of them, each a record of the file): their statistics add up, as
+    interleaved runs of one (step, layer) do. One stable sort and one record, however many micro-batches (a record
+    each cost ~1 ms to summarise)."""
     rows = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
     where = f"step {key[0]}, layer {key[1]}"
     token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
@@ -186,19 +186,11 @@ def _parquet_records(key: tuple[int, str], parts: list[dict]) -> Iterator[Routin
     E = check_experts(int(expert.max()) + 1, f"{where}: the largest expert index + 1")
     order = np.lexsort((expert, token))  # token-major, expert-minor; a pair's rows keep their file order (stable)
     t, e = token[order], expert[order]
-    new = np.r_[True, (t[1:] != t[:-1]) | (e[1:] != e[:-1])]                          # the first row of each pair
-    starts = np.flatnonzero(new)
+    starts = np.flatnonzero(np.r_[True, (t[1:] != t[:-1]) | (e[1:] != e[:-1])])      # the first row of each pair
     nth = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))  # occurrence of its pair
     if nth.max() > 0:
         order = order[np.argsort(nth, kind="stable")]                                 # micro-batch by micro-batch
-    record = _parquet_record(key, {name: values[order] for name, values in rows.items()}, E, where)
-    yield dataclasses.replace(record, parts=int(nth.max()) + 1)
-
-
-def _parquet_record(key: tuple[int, str], rows: dict, E: int, where: str) -> RoutingRecord:
-    """(token, expert) rows of one (step, layer) with E experts, each micro-batch token-major and expert-minor ->
-    logits (T, E) and the chosen experts (T, K)."""
-    token, expert = rows["token"].astype(np.int64), rows["expert"].astype(np.int64)
+    token, expert = token[order], expert[order]
     if len(expert) % E:
         raise ValueError(f"{where}: {len(expert)} rows are not tokens × n_experts={E}; every token needs one row "
                          f"per expert")
@@ -207,11 +199,11 @@ def _parquet_record(key: tuple[int, str], rows: dict, E: int, where: str) -> Rou
     if not (np.array_equal(expert, np.tile(np.arange(E), T)) and (tok == tok[:, :1]).all()):
         raise ValueError(f"{where}: tokens do not each have one row per expert 0..{E - 1}; give the trace as "
                          f"downloaded")
-    logits = rows["router_logit"].astype(np.float32).reshape(T, E)  # (T, E)
-    routed = rows["routed"].astype(bool).reshape(T, E)  # (T, E)
+    logits = rows["router_logit"][order].astype(np.float32).reshape(T, E)  # (T, E)
+    routed = rows["routed"][order].astype(bool).reshape(T, E)  # (T, E)
     k = routed.sum(1)  # (T,)
     if k.min() != k.max() or k[0] == 0:
         raise ValueError(f"{where}: tokens route to {int(k.min())}..{int(k.max())} experts; a token-choice "
                          f"(router='topk') trace routes every token to the same top_k")
     idx = np.nonzero(routed)[1].reshape(T, int(k[0]))  # (T, K), ascending expert order
-    return RoutingRecord(key[0], key[1], idx, logits, where, n_experts=E)
+    return RoutingRecord(key[0], key[1], idx, logits, where, n_experts=E, parts=int(nth.max()) + 1)
