@@ -162,11 +162,32 @@ def token_order(trace: Trace, labels: torch.Tensor | None = None,
 def sorted_matrix(matrix: np.ndarray, perm: np.ndarray, groups: list[str],
                   max_rows: int = HEATMAP_MAX_ROWS) -> tuple[np.ndarray, list[str], str, list[str]]:
     """Rows of (T, E) `matrix` in `perm` order, aggregated above max_rows; returns (matrix, row labels,
-    note, group of each row): a bin's group is the group of its first token."""
-    shown, labels, note = aggregate_rows(matrix[perm], max_rows, perm)  # (R, E)
-    if not note:
+    note, group of each row). A bin holds tokens of one group (`group_bin_edges`), so every group keeps a row."""
+    if len(perm) <= max_rows:
+        shown, labels, note = aggregate_rows(matrix[perm], max_rows, perm)
         return shown, labels, note, list(groups)
-    return shown, labels, note, [groups[i] for i in bin_edges(len(perm), max_rows)[:-1]]
+    edges = group_bin_edges(groups, max_rows)
+    shown, labels, note = aggregate_rows(matrix[perm], max_rows, perm, edges)  # (R, E)
+    row_groups = [groups[i] for i in edges[:-1]]
+    apart = sum(g != h for g, h in zip(groups, groups[1:])) < max_rows  # runs of a group ≤ max_rows
+    return shown, labels, note + (" A bin never mixes two groups." if apart else ""), row_groups
+
+
+def group_bin_edges(groups: list[str], max_rows: int) -> np.ndarray:
+    """(R + 1,) bin starts, then T, for T rows whose runs of equal `groups` stay apart: a bin per row up to max_rows
+    rows; above, a run of n rows gets min(n, 1 + n·(max_rows − G) // T) near-equal bins (G runs), so R ≤ max_rows and
+    no bin holds two groups. With more runs than max_rows, equal bins across them (bin_edges; a bin then takes its
+    first row's group)."""
+    T = len(groups)
+    if T <= max_rows:
+        return np.arange(T + 1)
+    starts = [0] + [i for i in range(1, T) if groups[i] != groups[i - 1]]
+    if len(starts) > max_rows:
+        return bin_edges(T, max_rows)
+    bounds, spare = starts + [T], max_rows - len(starts)
+    edges = [np.linspace(a, b, min(b - a, 1 + (b - a) * spare // T) + 1).round().astype(np.int64)[:-1]
+             for a, b in zip(bounds[:-1], bounds[1:])]
+    return np.concatenate(edges + [np.array([T])])
 
 
 def bin_tokens(tokens: np.ndarray, shown: int = 3) -> str:
@@ -179,23 +200,23 @@ def bin_tokens(tokens: np.ndarray, shown: int = 3) -> str:
     return ", ".join(str(i) for i in ids[:shown]) + more
 
 
-def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS, tokens: np.ndarray | None = None
-                   ) -> tuple[np.ndarray, list[str], str]:
-    """(T, E) → (R, E) with R ≤ max_rows: above the limit, means of equal-size bins of neighbouring rows. `tokens`
-    (T,): the token of each row (default: row t is token t, so a bin is consecutive tokens, labelled `a–b`); with
-    them, a bin's label names its tokens (bin_tokens)."""
+def aggregate_rows(matrix: np.ndarray, max_rows: int = HEATMAP_MAX_ROWS, tokens: np.ndarray | None = None,
+                   edges: np.ndarray | None = None) -> tuple[np.ndarray, list[str], str]:
+    """(T, E) → (R, E) with R ≤ max_rows: above the limit, means of bins of neighbouring rows (`edges`: their starts,
+    then T; default: max_rows equal bins, bin_edges). `tokens` (T,): the token of each row (default: row t is token
+    t, so a bin is consecutive tokens, labelled `a–b`); with them, a bin's label names its tokens (bin_tokens)."""
     if max_rows < 1:
         raise ValueError(f"max_rows must be >= 1, got {max_rows}")
     T = matrix.shape[0]
     if T <= max_rows:
         return matrix.copy(), [str(int(t)) for t in (range(T) if tokens is None else tokens)], ""
-    edges = bin_edges(T, max_rows)                                    # (R+1,) sizes differ by ≤ 1
+    edges = bin_edges(T, max_rows) if edges is None else edges        # (R+1,)
     sums = np.add.reduceat(matrix, edges[:-1], axis=0)                # (R, E)
     sizes = np.diff(edges)                                            # (R,)
     bins = list(zip(edges[:-1], edges[1:]))
     labels = ([f"{a}–{b - 1}" for a, b in bins] if tokens is None else [bin_tokens(tokens[a:b]) for a, b in bins])
     what = "consecutive tokens" if tokens is None else "tokens next to each other in this order (hover names them)"
-    note = f"Aggregated: {T} tokens shown as {max_rows} rows, each the mean of {sizes.min()}–{sizes.max()} {what}."
+    note = f"Aggregated: {T} tokens shown as {len(bins)} rows, each the mean of {sizes.min()}–{sizes.max()} {what}."
     return sums / sizes[:, None], labels, note
 
 

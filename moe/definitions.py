@@ -150,8 +150,11 @@ DEFINITIONS: dict[str, str] = {
                    "the curve shows the imbalance at any E, where one colour per expert is unreadable.",
     "token_heatmap_aggregation": "tokens × experts heatmaps show one row per token up to a row limit; above it, "
                                  "rows next to each other in the chart's order (token order, or the sorted order "
-                                 "of the sorted heatmaps) are grouped into equal bins (sizes differ by at most one) "
-                                 "and each cell is the bin's mean; a bin's label and hover name its tokens.",
+                                 "of the sorted heatmaps) are grouped into bins and each cell is the bin's mean; a "
+                                 "bin's label and hover name its tokens. In token order the bins are equal (sizes "
+                                 "differ by at most one); sorted, each group (topic or top-1 expert) of n of the T "
+                                 "tokens gets min(n, 1 + n·(limit − G) // T) near-equal bins of its own (G groups), "
+                                 "so no bin mixes two groups and every group keeps a row.",
     "token_detail": "for the chosen token and every expert: its probability, logit, whether the router chose "
                     "it (routed), whether capacity kept it (served; routed but not served = dropped), its gate "
                     "and its contribution `‖gate·y_e(x_t)‖₂`.",

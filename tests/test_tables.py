@@ -272,14 +272,37 @@ def test_sorted_matrix_rows_and_group_spans():
     assert labels == ["5", "0", "3", "1", "2", "4"] and not note and row_groups == groups
     assert spans(row_groups) == [("a", 0, 1), ("b", 2, 4), ("c", 5, 5)]  # every group, however thin
     shown, labels, note, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows=3)
-    np.testing.assert_allclose(shown, [(matrix[5] + matrix[0]) / 2, (matrix[3] + matrix[1]) / 2,
-                                       (matrix[2] + matrix[4]) / 2])
-    assert note and row_groups == ["a", "b", "b"]
+    # one bin per group: equal bins of two rows put token 2 (group b) and token 4 (group c) in one row labelled
+    # "b", and group c had no row of its own
+    np.testing.assert_allclose(shown, [(matrix[5] + matrix[0]) / 2, (matrix[3] + matrix[1] + matrix[2]) / 3,
+                                       matrix[4]])
+    assert note and row_groups == ["a", "b", "c"]
     # a bin holds the tokens of its sorted rows: 5 and 0, not "rows 0–1" (the hover said "token rows 0–1")
-    assert labels == ["0, 5", "1, 3", "2, 4"]
-    assert "each the mean of 2–2 tokens next to each other in this order (hover names them)" in note
-    shown, labels, _, _ = tb.sorted_matrix(matrix, np.arange(6), groups, max_rows=2)
-    assert labels == ["0–2", "3–5"]  # consecutive tokens: a range
+    assert labels == ["0, 5", "1–3", "4"]
+    assert "each the mean of 1–3 tokens next to each other in this order (hover names them)" in note
+    assert note.endswith("A bin never mixes two groups.")
+    shown, labels, note, row_groups = tb.sorted_matrix(matrix, np.arange(6), groups, max_rows=2)
+    assert labels == ["0–2", "3–5"] and row_groups == ["a", "b"]  # more groups than rows: equal bins across them
+    assert "never mixes" not in note
+
+
+def test_group_bins_never_cross_a_group_and_keep_the_row_limit():
+    rng = np.random.default_rng(3)
+    for _ in range(300):
+        sizes = rng.integers(1, 60, size=rng.integers(1, 12))
+        groups = [f"g{i}" for i, n in enumerate(sizes) for _ in range(n)]
+        T, max_rows = len(groups), int(rng.integers(len(sizes), len(groups) + 1))
+        edges = tb.group_bin_edges(groups, max_rows)
+        assert edges[0] == 0 and edges[-1] == T and (np.diff(edges) >= 1).all() and len(edges) - 1 <= max_rows
+        for a, b in zip(edges[:-1], edges[1:]):
+            assert len(set(groups[a:b])) == 1  # one group per bin
+        assert {groups[a] for a in edges[:-1]} == set(groups)  # every group keeps a row
+        matrix = rng.random((T, 3))
+        perm = rng.permutation(T)
+        shown, _, _, row_groups = tb.sorted_matrix(matrix, perm, groups, max_rows)
+        naive = [matrix[perm[a:b]].mean(axis=0) for a, b in zip(edges[:-1], edges[1:])]
+        np.testing.assert_allclose(shown, naive)
+        assert row_groups == [groups[a] for a in edges[:-1]]
     assert tb.bin_tokens(np.array([9, 1, 4, 7, 30])) == "1, 4, 7, … (+2)" and tb.bin_tokens(np.array([3])) == "3"
 
 
