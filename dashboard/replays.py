@@ -25,13 +25,13 @@ def replay(layer_counts: np.ndarray, layer: str, p2l_row: np.ndarray | None, set
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | None, world_size: int,
-               redundant_slots: int, last_window: int | None = None) -> dict:
+               redundant_slots: int, last_window: int | None = None, layer_base: int = 0) -> dict:
     """One plan per layer (moe.parallel.export.layer_plans: our planner, from the whole log or its last window of
     `last_window` steps) as the three plan files: {"moe-scope": text, "sglang": text | None, "vllm": text | None,
     "serving_error": why there is no serving file ("" when there is), "sglang_error": why there is no SGLang file
     (only when the other serving file exists), "notes": {layer: note}, "serving_heavier": {layer: (our busiest rank,
     the serving files' busiest rank)} for the layers where the serving rule (a distinct expert per slot of a rank)
-    costs load}."""
+    costs load}. `layer_base`: the log's RoutingLog.layer_base (SGLang's row of a layer label)."""
     counts, layers = np.asarray(counts), list(layers)                                # (S, L, E)
     E = counts.shape[2]
     ours = layer_plans(counts, layers, world_size, redundant_slots, p2l, last_window)
@@ -50,7 +50,7 @@ def plan_files(counts: np.ndarray, layers: tuple[str, ...], p2l: np.ndarray | No
         out["serving_error"] = str(err)
         return out
     try:  # SGLang's map is indexed by layer id: integer labels only
-        out["sglang"] = _document("sglang", padded, E)
+        out["sglang"] = _document("sglang", padded, E, layer_base)
     except ValueError as err:
         out["sglang_error"] = str(err)
     return out
@@ -61,6 +61,6 @@ def _busiest(plan) -> int:
     return int(rank_load(plan.load[None], plan.layout).max())
 
 
-def _document(fmt: str, plans: dict, n_experts: int) -> str:
+def _document(fmt: str, plans: dict, n_experts: int, layer_base: int = 0) -> str:
     layouts, notes = [p.layout for p in plans.values()], [p.note for p in plans.values()]
-    return dumps(plan_document(fmt, list(plans), layouts, n_experts, notes), indent=1)
+    return dumps(plan_document(fmt, list(plans), layouts, n_experts, notes, layer_base=layer_base), indent=1)

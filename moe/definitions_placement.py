@@ -76,7 +76,9 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                          "every window.",
     "placement_export": "one plan per layer from the whole log (or its last full window with --window). SGLang's "
                         "`--init-expert-location` JSON holds only `physical_to_logical_map` [num_layers, E + R] with "
-                        "row i = decoder layer id i (so the log's layer labels must be integers; num_layers = "
+                        "row i = decoder layer id i, counted from 0 (so the log's layer labels must be integers; a "
+                        "Megatron-Core EP dump's labels are Megatron's layer_number, counted from 1: layer n is row "
+                        "n − 1; num_layers = "
                         "--num-layers, default the largest layer id + 1; a layer the log does not route gets "
                         "SGLang's trivial row `arange(E + R) % E`); the vLLM-style file has one row per logged layer "
                         "in log order and adds ep_size, num_redundant_experts, num_logical_experts and layers; slot p "

@@ -197,3 +197,25 @@ def test_a_replay_past_the_budget_is_refused_before_it_runs(tmp_path, capsys, mo
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(2 * need / 2 ** 30 * 1.001))       # enough: replayed
     assert main(args) == 0
     assert len(json.loads(capsys.readouterr().out)["windows"]) == layers
+
+
+def test_sglang_rows_of_a_megatron_core_dump_count_layer_numbers_from_1(tmp_path, capsys):
+    # Megatron's layer_number counts from 1 (TransformerBlock builds layer i + 1): the dump's layers 1 and 2 are the
+    # model's layer ids 0 and 1, SGLang's rows 0 and 1. The map had 3 rows, row 0 trivial, each plan one row late.
+    from fixtures_stacks import mcore_dumps
+    mcore_dumps(tmp_path, ep_size=2, layer_numbers=[1, 2], n_experts=8, max_forwards=4)
+    out_file = tmp_path / "sglang.json"
+    base = ["plan", str(tmp_path), "--world-size", "2", "--redundant-slots", "2", "--export", "sglang",
+            "--out", str(out_file)]
+    assert main([*base, "--num-layers", "2"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    rows = json.loads(out_file.read_text())["physical_to_logical_map"]
+    assert len(rows) == 2
+    assert rows[0] == [e for r in doc["plan"]["1"]["ranks"] for e in r]  # the labels stay Megatron's numbers
+    assert rows[1] == [e for r in doc["plan"]["2"]["ranks"] for e in r]
+    assert main(base) == 0 and len(json.loads(out_file.read_text())["physical_to_logical_map"]) == 2
+    capsys.readouterr()
+    assert main([*base, "--num-layers", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "the log has layer 2 (layer id 1: its source counts from 1), which does not fit --num-layers 1" in err
+    assert "(at least 2)" in err

@@ -185,6 +185,9 @@ def test_a_layer_that_keeps_its_placement_is_padded_only_in_the_serving_files(tm
     assert [lay.n_slots for lay in plan.layouts] == [E + 4, E + 4]
     load = counts[:, 0, :].sum(axis=0)
     assert rank_load(load[None], plan.layouts[0]).max() <= 2 * 40  # padding loads no rank past its busiest (80)
+    # a log whose source numbers layers from 1 (Megatron-Core's layer_number): layers "1" and "2" are rows 0 and 1
+    from_one = replays.plan_files(counts, ("1", "2"), None, 4, 4, layer_base=1)
+    assert json.loads(from_one["sglang"]) == json.loads(files["sglang"])
 
 
 def test_the_runs_map_is_replayed_at_the_w_it_recorded_and_r_leaves_no_rank_empty(tmp_path):

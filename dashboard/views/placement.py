@@ -212,7 +212,7 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     try:
         with st.spinner("Planning every layer…"):
             files = replays.plan_files(log.counts, tuple(log.layers), log.physical_to_logical, W, int(R),
-                                       settings.window if source == EXPORT_FROM[1] else None)
+                                       settings.window if source == EXPORT_FROM[1] else None, log.layer_base)
     except ValueError as err:
         st.error(f"No plan: {err}", icon="⚠️")
         return
@@ -227,7 +227,7 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
         else:
             cols[1].download_button("SGLang --init-expert-location (JSON)", files["sglang"],
                                     file_name="plan-sglang.json", mime="application/json", on_click="ignore",
-                                    key=key("file_sglang"))
+                                    key=key("file_sglang"), help=_sglang_rows_help(log.layer_base))
         cols[2].download_button("vLLM-style map (JSON)", files["vllm"], file_name="plan-vllm.json",
                                 mime="application/json", on_click="ignore", key=key("file_vllm"))
     heavier = files["serving_heavier"]
@@ -241,3 +241,13 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
         st.caption(f"{len(kept)} of {len(files['notes'])} layers keep the current placement: no plan with these "
                    f"slots lightens their busiest rank.")
     st.caption(caption("placement_export"))
+
+
+def _sglang_rows_help(layer_base: int) -> str:
+    """The SGLang button's help: which row holds which layer."""
+    rows = ("One row per decoder layer id, counted from 0 (row i is layer i; a layer the log lacks gets SGLang's "
+            "trivial row)")
+    if not layer_base:
+        return rows + "."
+    return rows + (f". This log numbers its layers from {layer_base} (its source's own numbers): layer n is row "
+                   f"n − {layer_base}.")

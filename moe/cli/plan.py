@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> str:
     if args.export in ("sglang", "vllm"):
         check_serving(E, R, W)  # before the replay: a wrong R is refused at once
     if args.export == "sglang":
-        sglang_layer_ids(log.layers, args.num_layers)
+        sglang_layer_ids(log.layers, args.num_layers, log.layer_base)
     steps = args.window or default_window(len(log.steps))
     _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots), E, R)
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> str:
                         args.export in ("sglang", "vllm"), only)
     if args.export:
         doc = plan_document(args.export, list(plans), [p.layout for p in plans.values()], E,
-                            [p.note for p in plans.values()], args.num_layers)
+                            [p.note for p in plans.values()], args.num_layers, log.layer_base)
         write_plan(args.out, doc)
     rows = [row for r in results for row in balance_rows(r)]
     if args.format == "csv":

@@ -112,26 +112,32 @@ def _rank_major(layout: Layout) -> list[int]:
     return [e for r in layout.rank_experts() for e in sorted(r)]
 
 
-def sglang_layer_ids(layers: list[str], num_layers: int | None = None) -> tuple[list[int], int]:
-    """The decoder layer id of each label (integers only: SGLang's map row i is layer i) and the model's layer count
-    (default: the largest id + 1); ValueError (one line) otherwise."""
+def sglang_layer_ids(layers: list[str], num_layers: int | None = None, layer_base: int = 0) -> tuple[list[int], int]:
+    """The decoder layer id of each label (integers only: SGLang's map row i is layer i, counted from 0): the label
+    less `layer_base`, the number the source gives its first layer (RoutingLog.layer_base: 1 for Megatron-Core's
+    layer_number), and the model's layer count (default: the largest id + 1); ValueError (one line) otherwise."""
     if not all(isinstance(x, str) and x.isdigit() and x.isascii() for x in layers):
         raise ValueError("SGLang's map has one row per decoder layer id (row i = layer i), so --export sglang needs "
                          "layer labels that are integers; this log's are not (use --export vllm or moe-scope)")
-    ids = [int(x) for x in layers]
+    ids = [int(x) - layer_base for x in layers]
     if len(set(ids)) != len(ids):
         raise ValueError("two layers of the log have the same layer id; SGLang's map has one row per layer id")
+    if min(ids) < 0:
+        raise ValueError(f"the log has layer {min(ids) + layer_base}, but its source numbers layers from "
+                         f"{layer_base}; give the log as its source wrote it")
     count = max(ids) + 1 if num_layers is None else num_layers
     if max(ids) >= count:
-        raise ValueError(f"the log has layer {max(ids)}, which does not fit --num-layers {count}; give the model's "
-                         f"number of layers (at least {max(ids) + 1})")
+        shift = f" (layer id {max(ids)}: its source counts from {layer_base})" if layer_base else ""
+        raise ValueError(f"the log has layer {max(ids) + layer_base}{shift}, which does not fit --num-layers {count}; "
+                         f"give the model's number of layers (at least {max(ids) + 1})")
     return ids, count
 
 
-def _sglang_rows(layers: list[str], rows: list[list[int]], n_experts: int, num_layers: int | None) -> list[list[int]]:
+def _sglang_rows(layers: list[str], rows: list[list[int]], n_experts: int, num_layers: int | None,
+                 layer_base: int = 0) -> list[list[int]]:
     """[num_layers, P]: row i = layer id i; a layer with no routing in the log gets SGLang's trivial row
     (`arange(P) % E`, ExpertLocationMetadata.init_trivial in python/sglang/srt/eplb/expert_location.py)."""
-    ids, count = sglang_layer_ids(layers, num_layers)
+    ids, count = sglang_layer_ids(layers, num_layers, layer_base)
     P = len(rows[0])
     out = [(np.arange(P) % n_experts).tolist() for _ in range(count)]              # (num_layers, P)
     for i, row in zip(ids, rows):
@@ -140,9 +146,10 @@ def _sglang_rows(layers: list[str], rows: list[list[int]], n_experts: int, num_l
 
 
 def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts: int, notes=None,
-                  num_layers: int | None = None) -> dict:
+                  num_layers: int | None = None, layer_base: int = 0) -> dict:
     """The JSON document of a plan in format `fmt` (one layout per layer); `num_layers`: the model's layer count for
-    SGLang's map (default: the largest layer id + 1)."""
+    SGLang's map (default: the largest layer id + 1); `layer_base`: the source's first layer number
+    (sglang_layer_ids)."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown plan format {fmt!r}; choose one of {', '.join(FORMATS)}")
     W = layouts[0].world_size
@@ -163,7 +170,7 @@ def plan_document(fmt: str, layers: list[str], layouts: list[Layout], n_experts:
                          f"moe-scope")
     rows = [_rank_major(lay) for lay in layouts]
     if fmt == "sglang":
-        return {"physical_to_logical_map": _sglang_rows(list(layers), rows, n_experts, num_layers)}
+        return {"physical_to_logical_map": _sglang_rows(list(layers), rows, n_experts, num_layers, layer_base)}
     return {"physical_to_logical_map": rows, "ep_size": W, "num_redundant_experts": len(rows[0]) - n_experts,
             "num_logical_experts": n_experts, "layers": list(layers)}
 

@@ -46,6 +46,9 @@ class TokenRouting:
             raise ValueError("per-token weights must have the shape of the ids (N, K)")
 
 
+LAYER_BASE = "layer_base"  # meta key: the number the source gives its first layer, when not 0
+
+
 @dataclass
 class RoutingLog:
     source: str                        # a key of moe.traces.formats.FORMATS, e.g. "sglang-stat"
@@ -77,6 +80,12 @@ class RoutingLog:
     @property
     def n_experts(self) -> int:
         return int(self.counts.shape[2])
+
+    @property
+    def layer_base(self) -> int:
+        """The number the source gives its first layer (meta LAYER_BASE; 0 when absent): Megatron-Core's layer_number
+        counts from 1, so its label n is layer id n − 1 in a serving map (moe.parallel.export.sglang_layer_ids)."""
+        return int(self.meta.get(LAYER_BASE, 0))
 
     def layer_load(self, layer: str) -> np.ndarray:
         """(S, E) tokens per step and expert of one layer."""

@@ -17,6 +17,11 @@ fork's own offline plotting tool for the grouping rules:
 - `capture_id` is `{time}_pid{pid}`, different on every rank (one process each): it cannot tie the ranks of one
   run together. Files belong together when they name the same `ep_group_ranks`; each ep_rank must appear
   exactly once (two files of one rank, e.g. two runs in one folder, are refused).
+- `layer_numbers` are Megatron's `layer_number`s (the MoELayer registers `self.layer_number`), which count from 1:
+  TransformerBlock builds its layers with `build_layer(layer_spec, i + 1)` and TransformerLayer adds the pipeline
+  offset (megatron/core/transformer/transformer_block.py, transformer_layer.py). The labels keep them, and the
+  log says so (meta LAYER_BASE = 1), so a serving map puts layer n in row n − 1 (layer id n − 1). The router trace's
+  `layer` (moe.traces.megatron) is the module index `decoder.layers.{i}`, which counts from 0.
 - No physical → logical map is written: without Megatron's EPLB, num_global_physical_experts is the model's
   expert count and physical ids are logical; under its EPLB the ids are physical slots. So E =
   num_global_physical_experts (recorded) and the counts are per physical expert.
@@ -28,7 +33,7 @@ import os
 import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_over
-from moe.traces.log import RoutingLog, resolve_experts
+from moe.traces.log import LAYER_BASE, RoutingLog, resolve_experts
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_npz
 
@@ -147,7 +152,7 @@ def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None
     written = sum(int(d["forward_counts"].sum()) for d in dumps)
     meta = {"ep_size": W, "ep_group_ranks": first["ep_group_ranks"].tolist(), "dump_version": DUMP_VERSION,
             "num_local_physical_experts": first["num_local_physical_experts"], "ids": "physical = logical",
-            "forwards_dropped": written - F * L * W, "files": [os.path.basename(p) for p in paths]}
+            "forwards_dropped": written - F * L * W, "files": [os.path.basename(p) for p in paths], LAYER_BASE: 1}
     return RoutingLog(source=SOURCE, layers=[str(n) for n in first["layer_numbers"].tolist()],
                       steps=np.arange(F, dtype=np.int64), counts=rank_counts.sum(axis=1), n_experts_source=source,
                       meta=meta, rank_counts=rank_counts)
