@@ -69,6 +69,36 @@ def test_megatron_logits_sidecar_gives_the_probability_side(tmp_path):
     assert s.has_logits and s.rows["aux_loss"][0] == pytest.approx(want["aux_loss"], rel=1e-6)
 
 
+def test_a_megatron_trace_with_logits_on_some_records_reads_its_counts(tmp_path, capsys):
+    """RouterTracer._record writes a record's logit_* fields only where capturing them worked (no hidden state of the
+    record's token count, or gating() raised): such a file was refused ("some records carry logits and others not;
+    copy the logits sidecar"), the sidecar being there. Now its counts are read, every record, and it says why the
+    logits' numbers are missing."""
+    from moe.cli.main import main
+    from moe.traces.opener import PARTIAL_LOGITS, open_trace
+    records, raw, offset = [], b"", 0
+    for i, rec in enumerate(megatron_records(steps=2, layers=2, tokens=5, n_experts=E, top_k=K, microbatches=2)):
+        if i != 4:  # step 1, first micro-batch, layer 0: the capture failed
+            logits = torch.randn(5, E).to(torch.bfloat16)
+            data = logits.view(torch.int16).numpy().tobytes()
+            raw += data
+            fields = {"logit_offset": offset, "logit_bytes": len(data), "logit_shape": [5, E]}
+            offset += len(data)
+            rec = {**{k: v for k, v in rec.items() if k != "top_indices"}, **fields, "top_indices": rec["top_indices"]}
+        records.append(rec)
+    (tmp_path / "logits_rank0.bin").write_bytes(raw)
+    path = tmp_path / "router_trace_rank0.jsonl"
+    write_megatron(path, records)
+    s = open_trace(str(path), n_experts=E)
+    assert not s.has_logits and s.steps == [0, 1] and s.layers == ["0", "1"]
+    for (step, layer), counts in _naive_load(records, E).items():
+        assert s.load[layer][step].tolist() == counts.tolist()
+    assert "line 5: some records carry logits and others not" in s.routing_log.meta[PARTIAL_LOGITS]
+    assert main(["trace-report", str(path), "--n-experts", str(E), "--format", "json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert "the loads count every record" in doc["meta"][PARTIAL_LOGITS]
+
+
 def test_writer_round_trip_equals_the_engine_forward(tmp_path):
     cfg = MoEConfig(d_model=8, d_expert=16, n_experts=4, top_k=2)
     layers = [MoELayer(cfg.replace(seed=i)) for i in range(2)]

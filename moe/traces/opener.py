@@ -14,9 +14,10 @@ from moe.traces.formats import detect, read_log
 from moe.traces.readers import LOGIT_FIELDS
 from moe.traces.records import Progress, TraceLimits, open_regular
 from moe.traces.safeload import parquet_file
-from moe.traces.summary import TraceSummary, summarize
+from moe.traces.summary import MixedLogits, TraceSummary, summarize
 
 FIRST_LINE_BYTES = 1 << 20
+PARTIAL_LOGITS = "logits"  # meta key: why a trace with logits on some records only is read as counts
 
 
 def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
@@ -24,9 +25,18 @@ def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = N
     """A file or directory of any supported format, summarised within `limits` (default: the environment's budget);
     every problem is one ValueError line."""
     limits = limits or TraceLimits.from_env()  # a bad MOE_SCOPE_MEMORY_GB is refused before the file is opened
+    mixed = None
     if _has_logits(path, limits):
-        return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress, limits=limits)
-    return check_layers(TraceSummary.from_log(read_log(path, n_experts, progress=progress, limits=limits)), n_layers)
+        try:
+            return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress,
+                             limits=limits)
+        except MixedLogits as err:  # valid (Megatron skips a record's logits where capturing them failed)
+            mixed = str(err)
+    log = read_log(path, n_experts, progress=progress, limits=limits)
+    if mixed:
+        log.meta[PARTIAL_LOGITS] = (f"{mixed} (Megatron-LM writes none where capturing them failed): the loads count "
+                                    f"every record; the logits' numbers (aux loss, z-loss, confidence) are not shown")
+    return check_layers(TraceSummary.from_log(log), n_layers)
 
 
 def check_layers(summary: TraceSummary, n_layers: int | None) -> TraceSummary:

@@ -117,6 +117,12 @@ def _contiguous_or_none(n_experts: int, world_size: int) -> Placement | None:
     return contiguous(n_experts, world_size) if world_size <= n_experts else None
 
 
+class MixedLogits(ValueError):
+    """summarize: some records carry logits and others not. Megatron-LM's RouterTracer writes a record's logit_*
+    fields only where capturing them worked (router_trace.py: no hidden state of the record's token count, or the
+    gating call failed), so such a file is valid: open_trace reads its counts alone."""
+
+
 def summarize(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
               progress: Progress | None = None, limits: TraceLimits | None = None) -> TraceSummary:
     """Stream `path` (either format) into per-(step, layer) statistics within `limits` (default: the environment's
@@ -213,8 +219,7 @@ class _State:
         if self.has_logits is None:
             self.has_logits = has
         elif has != self.has_logits:
-            raise ValueError(f"{rec.where}: some records carry logits and others not; copy the logits sidecar "
-                             f"with the file or remove it")
+            raise MixedLogits(f"{rec.where}: some records carry logits and others not")
         return has
 
     def finish_step(self) -> None:
