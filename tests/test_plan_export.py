@@ -209,7 +209,12 @@ def test_the_note_counts_the_replicas_placed_not_the_ones_allowed():
     p2l = np.array([[0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3]])
     plan = layer_plans(np.full((1, 1, 8), 10), ["0"], 4, 4, p2l)["0"]
     assert not plan.kept_current and plan.layout.n_slots == 8
-    assert plan.note == "planned 0 redundant slots of the 4 allowed (more did not lighten the busiest rank)"
+    # it said "(more did not lighten the busiest rank)": false where fewer replicas than R would have (greedy plans
+    # are not monotone in R: load [6, 11, 3, 5, 2, 4, 5, 12] at W=2 plans 24 with R=1 or 2, and 25 with R=3)
+    assert plan.note == ("planned 0 redundant slots of the 4 allowed: contiguous blocks, lighter than the current "
+                         "placement; with 4, neither our layout nor DeepSeek's was lighter still (a smaller R may be: "
+                         "greedy plans are not monotone in R)")
+    assert rank_load(np.full((1, 8), 10), plan.layout).tolist() == [[20, 20, 20, 20]]
 
 
 def test_a_run_map_whose_replica_counts_cannot_be_packed_distinct_is_one_line_or_another_plan():

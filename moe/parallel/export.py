@@ -84,8 +84,11 @@ def layer_plans(counts, layers: list[str], world_size: int, redundant_slots: int
         layout, kept = plan_layout(load, W, R, current, distinct=serving)
         placed = layout.n_slots - E
         note = ("kept the current placement: no plan with these slots lightens the busiest rank" if kept
-                else f"planned {placed} redundant slots" + (f" of the {R} allowed (more did not lighten the busiest "
-                                                            f"rank)" if placed < R else ""))
+                else f"planned {placed} redundant slots" + (f" of the {R} allowed: contiguous blocks, lighter than "
+                                                            f"the current placement; with {R}, neither our layout "
+                                                            f"nor DeepSeek's was lighter still (a smaller R may be: "
+                                                            f"greedy plans are not monotone in R)"
+                                                            if placed < R else ""))
         if serving:
             layout, how = serving_layout(layout, load, E + R, current, name)
             note += how
