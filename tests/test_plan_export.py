@@ -83,7 +83,12 @@ def test_bad_files_are_one_line(tmp_path):
                          ({"something": 1}, "neither 'physical_to_logical_map' nor 'ranks'"),
                          ({"physical_to_logical_map": [[0, 1, 2, 10**22]], "ep_size": 2}, "beyond 64-bit integers"),
                          ({"physical_to_logical_map": [[0, 1, 2, 0]] * 2, "ep_size": 2, "layers": ["a", "a"]},
-                          "each layer once")):
+                          "each layer once"),
+                         # it was read as E=3 with 1 redundant slot, silently
+                         ({"physical_to_logical_map": [[0, 1, 2, 0]], "ep_size": 2, "num_redundant_experts": 5},
+                          "says num_redundant_experts=5, but its map holds 4 slots for 3 experts \(1 redundant\)"),
+                         ({"physical_to_logical_map": [[0, 1, 2, 0]], "ep_size": 2, "num_redundant_experts": "1"},
+                          "num_redundant_experts='1'")):
         path.write_text(json.dumps(doc))
         with pytest.raises(ValueError, match=message):
             read_plan(str(path), 3, None if "ep_size" in doc else None)

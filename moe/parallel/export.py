@@ -247,6 +247,10 @@ def _read_map(doc: dict, path: str, n_experts: int | None, world_size: int | Non
     E = int(p2l.max()) + 1 if E is None else E
     if n_experts is not None and E != n_experts:
         raise ValueError(f"plan file {path!r} is for {E} experts, this run has {n_experts}")
+    R = doc.get("num_redundant_experts", p2l.shape[1] - E)
+    if R != p2l.shape[1] - E:  # the file contradicts itself: which number is the mistake is not ours to guess
+        raise ValueError(f"plan file {path!r} says num_redundant_experts={short(R)}, but its map holds "
+                         f"{p2l.shape[1]} slots for {E} experts ({p2l.shape[1] - E} redundant); write the file again")
     layouts = [from_map(row, W) for row in p2l]
     layers = doc.get("layers", [str(i) for i in range(len(rows))])
     if not (isinstance(layers, list) and len(layers) == len(rows) and all(isinstance(x, str) for x in layers)
