@@ -52,6 +52,8 @@ def test_megatron_load_worst_and_plan_match_a_plain_count(tmp_path):
     assert doc["placement"] == placement.plan(total, 2, 2).placement.to_dict()
     assert doc["planned_load"] == placement.predicted_load(placement.plan(total, 2, 2).placement, total).tolist()
     assert doc["planned_straggler"] < doc["contiguous_straggler"]
+    # the summed load is planned against contiguous blocks, not a run's own map: the note said "current placement"
+    assert doc["note"].endswith(f"(contiguous blocks: {max(doc['contiguous_load'])})")
 
 
 def test_megatron_logits_sidecar_gives_the_probability_side(tmp_path):

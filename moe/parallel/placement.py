@@ -102,6 +102,9 @@ def predicted_load(placement: Placement, load) -> np.ndarray:
     return np.bincount(rank, weights=share, minlength=placement.world_size).astype(np.int64)
 
 
+CURRENT = "the current placement"
+
+
 @dataclass(frozen=True)
 class Plan:
     """The planner's answer for one load: the placement to use, and whether it is the current one, kept."""
@@ -111,22 +114,26 @@ class Plan:
     predicted: tuple[int, ...]   # (W,) predicted_load(placement, load)
     planned_max: int             # the busiest rank's load under the layout the planner built (R replicas)
     current_max: int | None      # the busiest rank's load under the current placement; None when there is none
+    current_name: str = CURRENT  # what the note calls it
 
     @property
     def note(self) -> str:
         """One line for the page and the CLI: what the planner chose and why."""
         if self.kept_current:
-            return (f"kept the current placement: the planned layout ({self.redundant_slots} redundant slots) would "
-                    f"give the busiest rank {self.planned_max} assignments, the current one gives it "
-                    f"{self.current_max}; planning does not help this load")
-        than = "" if self.current_max is None else f" (current placement: {self.current_max})"
+            which = "the current one gives" if self.current_name == CURRENT else f"{self.current_name} give"
+            return (f"kept {self.current_name}: the planned layout ({self.redundant_slots} redundant slots) would "
+                    f"give the busiest rank {self.planned_max} assignments, {which} it {self.current_max}; planning "
+                    f"does not help this load")
+        than = "" if self.current_max is None else f" ({self.current_name}: {self.current_max})"
         return (f"planned {self.redundant_slots} redundant slots: the busiest rank gets {self.planned_max} "
                 f"assignments{than}")
 
 
-def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | None = None) -> Plan:
+def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | None = None,
+         current_name: str = CURRENT) -> Plan:
     """A balanced placement of E experts on W ranks with R replicas of the hottest experts, or `current`
-    (default: contiguous blocks when W <= E) when that plan does not lighten the busiest rank on `load`."""
+    (default: contiguous blocks when W <= E) when that plan does not lighten the busiest rank on `load`;
+    `current_name`: what the note calls `current`."""
     load = np.asarray(load, dtype=np.float64)
     E = len(load)
     check_plan_args(load, world_size, redundant_slots)
@@ -141,7 +148,7 @@ def plan(load, world_size: int, redundant_slots: int = 0, current: Placement | N
     keep = current_max is not None and current_max <= int(planned_load.max())  # no gain: replicas cost memory, traffic
     chosen = current if keep else planned
     return Plan(chosen, keep, redundant_slots, tuple(int(v) for v in predicted_load(chosen, load)),
-                int(planned_load.max()), current_max)
+                int(planned_load.max()), current_max, current_name)
 
 
 def balanced(load, world_size: int, redundant_slots: int) -> Placement:

@@ -96,7 +96,7 @@ class TraceSummary:
     def plan(self, world_size: int, redundant_slots: int = 0, layer: str | None = None) -> dict:
         """The planner fed with this trace's load, next to the contiguous default (predicted per-rank load)."""
         load = self.expert_load(layer)
-        result = plan(load, world_size, redundant_slots)
+        result = plan(load, world_size, redundant_slots, current_name="contiguous blocks")  # not the run's own map
         planned = result.placement
         out = {"layer": "all" if layer is None else str(layer), "load": [int(v) for v in load],
                "placement": planned.to_dict(), "kept_current": result.kept_current, "note": result.note}
