@@ -38,6 +38,8 @@ from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_npz
 
 SOURCE = "mcore-ep-loads"
+IDS = ("physical expert slots, read as experts: the logical experts when the run had no EPLB (the dump records no "
+       "physical → logical map)")
 DUMP_VERSION = "mcore_ep_load_dump_v1"
 SCALARS = ("ep_rank", "ep_size", "global_rank", "num_global_physical_experts", "num_local_physical_experts")
 ARRAYS = ("loads", "layer_numbers", "forward_counts", "ep_group_ranks")
@@ -151,7 +153,7 @@ def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None
                          "dumps Megatron wrote")
     written = sum(int(d["forward_counts"].sum()) for d in dumps)
     meta = {"ep_size": W, "ep_group_ranks": first["ep_group_ranks"].tolist(), "dump_version": DUMP_VERSION,
-            "num_local_physical_experts": first["num_local_physical_experts"], "ids": "physical = logical",
+            "num_local_physical_experts": first["num_local_physical_experts"], "ids": IDS,
             "forwards_dropped": written - F * L * W, "files": [os.path.basename(p) for p in paths], LAYER_BASE: 1}
     return RoutingLog(source=SOURCE, layers=[str(n) for n in first["layer_numbers"].tolist()],
                       steps=np.arange(F, dtype=np.int64), counts=rank_counts.sum(axis=1), n_experts_source=source,
