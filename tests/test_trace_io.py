@@ -71,6 +71,30 @@ def test_megatron_logits_sidecar_gives_the_probability_side(tmp_path):
     assert s.has_logits and s.rows["aux_loss"][0] == pytest.approx(want["aux_loss"], rel=1e-6)
 
 
+def test_a_megatron_file_with_logits_takes_its_routers_score_from_the_weights_dump(tmp_path):
+    """router_state_rank0.pt beside the file says the router scores with sigmoid: probabilities by softmax (the
+    default --score) were computed silently, wrong numbers; now that is one line naming the score to give."""
+    from moe import trace_from_routing
+    from moe.traces.opener import open_trace
+    from trace_support import write_router_state
+    logits = torch.randn(6, E).to(torch.bfloat16)                                     # (T, E)
+    idx = logits.float().topk(K, dim=-1).indices                                      # (T, K)
+    raw = logits.view(torch.int16).numpy().tobytes()
+    (tmp_path / "logits_rank0.bin").write_bytes(raw)
+    rec = {"step": 0, "stage": "pre_dispatch", "block": "decoder", "layer": 0, "rank": 0, "num_tokens": 6,
+           "topk": K, "logit_offset": 0, "logit_bytes": len(raw), "logit_shape": [6, E], "top_indices": idx.tolist()}
+    path = str(tmp_path / "router_trace_rank0.jsonl")
+    write_megatron(path, [rec])
+    assert open_trace(path).has_logits  # no weights dump: the score given is used
+    write_router_state(tmp_path, 0, [0], E, K, score_function="sigmoid")
+    with pytest.raises(ValueError, match="router_state_rank0.pt says the router scores with sigmoid, but the "
+                                         "probabilities were asked with softmax; .*--score sigmoid"):
+        open_trace(path)
+    s = open_trace(path, score="sigmoid")
+    want = trace_from_routing(MoEConfig(n_experts=E, top_k=K, score="sigmoid"), logits.float(), idx).summary()
+    assert s.rows["aux_loss"][0] == pytest.approx(want["aux_loss"], rel=1e-6)
+
+
 def test_a_megatron_trace_with_logits_on_some_records_reads_its_counts(tmp_path, capsys):
     """RouterTracer._record writes a record's logit_* fields only where capturing them worked (no hidden state of the
     record's token count, or gating() raised): such a file was refused ("some records carry logits and others not;

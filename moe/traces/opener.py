@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import os
 
+from moe.config import SCORES
 from moe.traces.formats import detect, read_log
+from moe.traces.megatron import RANK_FILE
+from moe.traces.megatron_state import read_router_states
 from moe.traces.readers import LOGIT_FIELDS
 from moe.traces.records import Progress, TraceLimits, open_regular
 from moe.traces.safeload import parquet_file
@@ -28,15 +31,33 @@ def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = N
     mixed = None
     if _has_logits(path, limits):
         try:
-            return summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress,
-                             limits=limits)
+            summary = summarize(path, n_experts=n_experts, n_layers=n_layers, score=score, progress=progress,
+                                limits=limits)
         except MixedLogits as err:  # valid (Megatron skips a record's logits where capturing them failed)
             mixed = str(err)
+        else:
+            check_score(path, summary, score, limits)
+            return summary
     log = read_log(path, n_experts, progress=progress, limits=limits)
     if mixed:
         log.meta[PARTIAL_LOGITS] = (f"{mixed} (Megatron-LM writes none where capturing them failed): the loads count "
                                     f"every record; the logits' numbers (aux loss, z-loss, confidence) are not shown")
     return check_layers(TraceSummary.from_log(log), n_layers)
+
+
+def check_score(path: str, summary: TraceSummary, score: str, limits: TraceLimits) -> None:
+    """A Megatron-LM file's router_state_rank{R}.pt beside it (--moe-routing-trace-dump-weights) names the score
+    function of each layer's router: probabilities from the logits with another function would be wrong numbers, so
+    that is one ValueError line naming the score to give (--score; the Runs page's Router score)."""
+    rank = RANK_FILE.search(os.path.basename(path))
+    if summary.source != "megatron" or rank is None:
+        return
+    states = read_router_states([path], [int(rank.group(1))], summary.n_experts, summary.top_k, limits)
+    named = sorted({entry["score_function"] for entry in states.get("router_state", {}).values()} & set(SCORES))
+    if named and named != [score]:
+        raise ValueError(f"router_state_rank{rank.group(1)}.pt says the router scores with {' and '.join(named)}, "
+                         f"but the probabilities were asked with {score}; give the router's score (--score "
+                         f"{named[0]}, the Runs page's Router score)")
 
 
 def check_layers(summary: TraceSummary, n_layers: int | None) -> TraceSummary:
