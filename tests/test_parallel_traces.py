@@ -99,10 +99,10 @@ def test_an_even_trace_keeps_contiguous_blocks_and_says_so(tmp_path, capsys):
     assert main(["trace-report", str(path), "--n-experts", "8", "--world-size", "2", "--redundant-slots", "2"]) == 0
     plan = json.loads(capsys.readouterr().out)["plan"]
     assert plan["kept_current"] and plan["placement"]["ranks"] == [[0, 1, 2, 3], [4, 5, 6, 7]]
-    assert plan["note"].startswith("kept the current placement")
+    assert plan["note"].startswith("kept contiguous blocks: ") and "contiguous blocks give it 32" in plan["note"]
     at = _app(str(path), trace_experts=8)
     assert not at.exception and not at.error, at.error
-    assert "kept the current placement" in at.info[0].value
+    assert "kept contiguous blocks" in at.info[0].value
 
 
 def fine_grained_app() -> None:
