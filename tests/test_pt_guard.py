@@ -19,6 +19,18 @@ from moe.traces.tensors import MAX_OBJECTS, check_tensors
 LIMITS = TraceLimits(budget=1 << 30)  # a routing file may take a quarter: 256 MiB
 
 
+def _refusal(call) -> tuple[str, int]:
+    """The ValueError `call` raises and the peak memory it traced meanwhile."""
+    tracemalloc.start()
+    try:
+        call()
+    except ValueError as err:
+        return str(err), tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    raise AssertionError("no ValueError")
+
+
 def _stat(path, logical_count) -> str:
     """An SGLang stat dump (tests/fixtures_sglang.write_stat's keys) holding this count tensor."""
     torch.save(dict(rank=0, logical_count=logical_count, average_utilization_rate_over_window=None), str(path))
@@ -26,18 +38,18 @@ def _stat(path, logical_count) -> str:
 
 
 def test_a_view_that_claims_gigabytes_is_refused_from_its_shape(tmp_path):
-    huge = torch.ones(1, dtype=torch.int32).expand(100, 64, 16384)                     # 400 MiB claimed, 4 B stored
+    huge = torch.ones(1, dtype=torch.int32).expand(100, 64, 16384)                     # 800 MiB as int64, 4 B stored
     path = _stat(tmp_path / "stride0.pt", huge)
     assert (tmp_path / "stride0.pt").stat().st_size < 4096
-    with pytest.raises(ValueError, match=r"holds tensors of 400\.0 MiB or more \(each counted whole.*over the "
+    with pytest.raises(ValueError, match=r"holds tensors of 800\.0 MiB or more \(each counted whole.*over the "
                                          r"256\.0 MiB a routing file may take"):
         read_log(path, limits=LIMITS)
-    small = _stat(tmp_path / "small.pt", torch.ones(1, dtype=torch.int32).expand(4, 2, 8))  # 256 B: read as it is
+    small = _stat(tmp_path / "small.pt", torch.ones(1, dtype=torch.int32).expand(4, 2, 8))  # 512 B: read as it is
     assert read_log(small, limits=LIMITS).counts.sum() == 4 * 2 * 8
 
 
 def test_every_reference_to_one_tensor_counts(tmp_path):
-    ids = torch.zeros(1, 1 << 20, 1, dtype=torch.int32)                               # 4 MiB stored once
+    ids = torch.zeros(1, 1 << 19, 1, dtype=torch.int64)                               # 4 MiB stored once
     records = [{"forward_pass_id": i, "rank": 0, "gatherer_key": "primary", "topk_ids_of_layer": ids}
                for i in range(65)]                                                     # 65 references: 260 MiB
     path = tmp_path / "shared.pt"
@@ -84,6 +96,85 @@ def test_an_object_that_refers_to_itself_is_refused_not_walked_forever(monkeypat
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2_000_000, peak                                    # counting pops: 10,000 × 1,000 stacked, 80 MB
-    check_tensors({"records": [[torch.zeros(3)] * 3] * 3, "n": 1}, "t.pt", 9 * 3 * 4)   # 108 bytes: exactly the cap
-    with pytest.raises(ValueError, match="holds tensors of 108 B"):
-        check_tensors({"records": [[torch.zeros(3)] * 3] * 3}, "t.pt", 107)
+    check_tensors({"records": [[torch.zeros(3)] * 3] * 3, "n": 1}, "t.pt", 9 * 3 * 8)   # 216 bytes: exactly the cap
+    with pytest.raises(ValueError, match="holds tensors of 216 B"):
+        check_tensors({"records": [[torch.zeros(3)] * 3] * 3}, "t.pt", 215)
+
+
+def test_a_narrow_tensor_counts_as_the_int64_readers_widen_it_to(tmp_path):
+    """vLLM's logical → physical map as an int8 view (1 byte stored per element) was widened to int64 and compared
+    before it was refused: a 2.2 KB file took the reader to 923 MB under a 256 MiB budget."""
+    path = tmp_path / "eplb.pt"
+    torch.save({"expert_load_window": torch.ones(1, 1, 1, dtype=torch.int64),
+                "physical_to_logical_map": torch.zeros(1, 1, dtype=torch.int64),
+                "logical_to_physical_map": torch.full((1, 1, 1), -1, dtype=torch.int8).expand(1, 1, 40 << 20)},
+               str(path))
+    message, peak = _refusal(lambda: read_log(str(path), limits=LIMITS))
+    assert "holds tensors of 320.0 MiB or more" in message and peak < 20 << 20, (message, peak)  # 40 Mi × 8 B
+    zeros = tmp_path / "zeros.pt"  # every entry names slot 0: np.nonzero built 24 B an entry before the refusal
+    torch.save({"expert_load_window": torch.ones(1, 1, 1, dtype=torch.int64),
+                "physical_to_logical_map": torch.zeros(1, 1, dtype=torch.int64),
+                "logical_to_physical_map": torch.zeros(1, 1, 1, dtype=torch.int8).expand(1, 1, 20 << 20)}, str(zeros))
+    message, peak = _refusal(lambda: read_log(str(zeros), limits=LIMITS))
+    assert "is not the inverse" in message and peak < 200 << 20, (message, peak)  # the int64 copy: 160 MiB
+
+
+def _pickle_of(path, pickle: bytes) -> str:
+    """A torch.save zip whose data.pkl is `pickle` (the other members as torch writes them)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    torch.save({"x": 1}, buf)
+    src = zipfile.ZipFile(io.BytesIO(buf.getvalue()))
+    with zipfile.ZipFile(path, "w") as z:
+        for info in src.infolist():
+            z.writestr(info.filename, pickle if info.filename.endswith("data.pkl") else src.read(info))
+    return str(path)
+
+
+def test_a_pickle_that_builds_objects_is_bounded_before_it_is_loaded(tmp_path):
+    """One byte of EMPTY_LIST builds a list: a 50 MB pickle of them built 4.3 GB before the object count refused it
+    (and EMPTY_SET 216 bytes a byte). Now the opcodes are counted first, nothing built."""
+    lists = _pickle_of(tmp_path / "lists.pt", b"\x80\x02](" + b"]" * 3_000_000 + b"e.")     # 3 MB, 3 M lists
+    sets = _pickle_of(tmp_path / "sets.pt", b"\x80\x02](" + b"\x8f" * 1_000_000 + b"e.")  # 1 MB, 1 M sets
+    for path in (lists, sets):
+        tracemalloc.start()
+        with pytest.raises(ValueError, match=r"holds a pickle that could build 256\.0\d* MiB or more of Python "
+                                             r"objects when loaded, over the 256\.0\d* MiB"):
+            load_pt(path, LIMITS)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert peak < 16 << 20, peak                                  # the pickle read once, no object built
+    with pytest.raises(ValueError, match="holds more than 1,048,576 objects"):  # 384 MB fits a 4 GiB budget's
+        load_pt(lists, TraceLimits(budget=4 << 30))                                 # quarter: loaded, then counted
+    legacy = tmp_path / "legacy.pt"                                    # the pre-1.6 format: a run of pickles
+    torch.save({"records": [{"a": torch.zeros(3)} for _ in range(50)]}, str(legacy),
+               _use_new_zipfile_serialization=False)
+    assert len(load_pt(str(legacy), TraceLimits(budget=4 << 20))["records"]) == 50
+    import pickle
+    from torch.serialization import MAGIC_NUMBER, PROTOCOL_VERSION
+    head = b"".join(pickle.dumps(v, protocol=2) for v in (MAGIC_NUMBER, PROTOCOL_VERSION, {"little_endian": True}))
+    (tmp_path / "legacy_sets.pt").write_bytes(head + b"\x80\x02](" + b"\x8f" * 1_000_000 + b"e.")
+    with pytest.raises(ValueError, match="holds a pickle that could build"):  # the object pickle, fourth
+        load_pt(str(tmp_path / "legacy_sets.pt"), LIMITS)
+
+
+def test_sglang_dumps_whose_rows_outgrow_their_tensors_are_refused_before_they_are_built(tmp_path):
+    """A 2.3 KB per_token dump of ids (1, T, 0) was counted 0 bytes whatever T, and the reader built L·T rows (5.8 GB
+    at T = 1e8); an int8 view of ids (1, T, 1) and a stat dump of 8 M one-byte rows likewise grew past the budget
+    (the stat dump's per-step statistics took a server past 4.6 GB) before anything refused them."""
+    p2l = torch.zeros(1, 1, dtype=torch.int64)
+
+    def per_token(name, ids):
+        torch.save({"records": [{"forward_pass_id": 0, "rank": 0, "topk_ids_of_layer": ids}],
+                    "last_physical_to_logical_map": p2l}, str(tmp_path / name))
+        return str(tmp_path / name)
+    zero = per_token("zero.pt", torch.zeros(1, 100_000_000, 0, dtype=torch.int32))
+    with pytest.raises(ValueError, match="topk_ids_of_layer has 0 slots per token, SGLang writes top_k"):
+        read_log(zero, limits=LIMITS)
+    narrow = per_token("narrow.pt", torch.zeros(1, 1, 1, dtype=torch.int8).expand(1, 20_000_000, 1))
+    message, peak = _refusal(lambda: read_log(narrow, limits=LIMITS))
+    assert "the per-token rows would take 1.6 GiB, over a quarter of the memory budget" in message and peak < 64 << 20
+    stat = _stat(tmp_path / "stat.pt", torch.ones(1, 1, 1, dtype=torch.int8).expand(8_000_000, 1, 1))
+    message, peak = _refusal(lambda: read_log(stat, limits=LIMITS))
+    assert "8,000,000 steps × 1 layers × 1 experts need about" in message and peak < 64 << 20, (message, peak)

@@ -24,7 +24,7 @@ import numpy as np
 from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.parquet_pages import MAX_PAGES, ChunkPages, chunk_pages
 from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
-from moe.traces.tensors import check_tensors
+from moe.traces.tensors import check_pickle, check_tensors, pickle_may_exceed
 from moe.traces.zipfiles import DAMAGED, open_zip
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -65,12 +65,14 @@ def load_pt(path: str, limits: TraceLimits | None = None):
         f.seek(0)
         if head == ZIP_MAGIC:  # torch.save's zip format stores tensors uncompressed: sum the members
             try:
-                size = sum(info.file_size for info in open_zip(f, path).infolist())
+                archive = open_zip(f, path)
+                size = sum(info.file_size for info in archive.infolist())
             except DAMAGED:
                 raise _damaged(path, "torch.save file") from None
-            f.seek(0)
         if size > cap:
             raise _too_big(path, size, cap)
+        _check_pickles(f, archive if head == ZIP_MAGIC else None, path, cap)  # what unpickling would build
+        f.seek(0)
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError:
@@ -81,6 +83,23 @@ def load_pt(path: str, limits: TraceLimits | None = None):
                 TypeError, IndexError):
             raise _damaged(path, "torch.save file") from None
     return check_tensors(obj, path, cap)
+
+
+def _check_pickles(f, archive, path: str, cap: int) -> None:
+    """tensors.check_pickle on the object pickle: the zip format's `*/data.pkl` member, or the legacy format's first
+    five pickles (magic number, protocol, system info, the object, its storage keys)."""
+    if archive is None:
+        f.seek(0)
+        if pickle_may_exceed(f.seek(0, 2), cap):
+            f.seek(0)
+            check_pickle(f, path, cap, pickles=5)
+        return
+    for info in archive.infolist():
+        if info.filename.endswith("data.pkl") and pickle_may_exceed(info.file_size, cap):
+            try:  # read whole, as torch.load reads it (its size counts in the member sum): scanned from memory
+                check_pickle(io.BytesIO(archive.read(info)), path, cap)
+            except DAMAGED:
+                raise _damaged(path, "torch.save file") from None
 
 
 def _damaged(path: str, what: str) -> ValueError:

@@ -90,11 +90,12 @@ def from_dumps(dumps: list[tuple[str, object]], n_experts: int | None = None, li
         if len(dumps) > 1:
             raise ValueError("a stat dump holds rank 0's counts already summed over every rank; read it alone, not "
                              "with other files")
-        return _read_stat(*dumps[0], n_experts)
+        return _read_stat(*dumps[0], n_experts, limits or TraceLimits.from_env())
     if len(set(kinds)) > 1:
         raise ValueError("per_pass and per_token dumps are mixed; give the rank files of one recording")
-    run, budget = _gather(dumps, n_experts), (limits or TraceLimits.from_env()).budget
-    return _read_per_pass(run, budget) if kinds[0] == PER_PASS else _read_per_token(run, budget)
+    run, limits = _gather(dumps, n_experts), limits or TraceLimits.from_env()
+    limits.check_summary(len(run.steps), run.p2l.shape[0], run.n_experts)  # the statistics kept per (step, layer)
+    return _read_per_pass(run, limits.budget) if kinds[0] == PER_PASS else _read_per_token(run, limits.budget)
 
 
 def _name(path: str) -> str:
@@ -128,7 +129,10 @@ def _check_size(entries: int, what: str, budget: int) -> None:
 # --------------------------------------------------------------------------- stat
 
 
-def _read_stat(path: str, obj: dict, n_experts: int | None) -> RoutingLog:
+TOKEN_ROW_BYTES, TOKEN_ID_BYTES = 48, 40  # the per-token reader's peak: bytes per (layer, token) row and per id
+
+
+def _read_stat(path: str, obj: dict, n_experts: int | None, limits: TraceLimits) -> RoutingLog:
     where = _name(path)
     rank = obj.get("rank", 0)
     if as_int(rank, where, "rank") != 0:
@@ -138,6 +142,7 @@ def _read_stat(path: str, obj: dict, n_experts: int | None) -> RoutingLog:
     _non_negative(lc, where, "logical_count")
     B, L, E = lc.shape                                                  # (B, L, E)
     E, source = resolve_experts(n_experts, E, -1, where)
+    limits.check_summary(B, L, E)  # before a copy: a 1.6 KB view of 8 M rows took the server past 4.6 GB
     filled = lc.reshape(B, -1).any(axis=1)                               # (B,) False = slot never written
     if not filled.any():
         raise ValueError(f"{where}: every row of logical_count is zero (no pass was recorded); record traffic "
@@ -250,16 +255,20 @@ def _token_rows(run: _Run, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndar
     L, P = run.p2l.shape
     step_index = {int(s): i for i, s in enumerate(run.steps)}
     rank_index = {r: i for i, r in enumerate(run.ranks)}
-    parts, width = [], None
+    parts, width, rows = [], None, 0
     for (fpid, rank), (rec, at) in sorted(run.records.items()):
         ids = _int_tensor(rec.get("topk_ids_of_layer"), at, 3, "topk_ids_of_layer [layers, tokens, top_k]")
         if ids.shape[0] != L:
             raise ValueError(f"{at}: topk_ids_of_layer has {ids.shape[0]} layers but {MAP_KEY} has {L}; give the "
                              f"rank files of one run")
-        if width is not None and ids.shape[2] != width:
-            raise ValueError(f"{at}: topk_ids_of_layer has {ids.shape[2]} slots per token, other records "
-                             f"{width}; give the rank files of one run")
-        width = ids.shape[2]
+        if ids.shape[2] < 1 or (width is not None and ids.shape[2] != width):
+            raise ValueError(f"{at}: topk_ids_of_layer has {ids.shape[2]} slots per token, " + (
+                f"other records {width}; give the rank files of one run" if ids.shape[2] else
+                "SGLang writes top_k (at least 1); give the file as SGLang wrote it"))
+        width, rows = ids.shape[2], rows + L * ids.shape[1]
+        # what the rows take at their peak here and in _read_per_token (measured: 68 B a row at K=1, 301 at K=8),
+        # counted before they are built: the ids tensor's own size says nothing of a zero-width one's T
+        _check_size(rows * (TOKEN_ROW_BYTES + TOKEN_ID_BYTES * width) // 8, "the per-token rows", budget)
         high = check_ids(ids, at, allow_padding=True)
         if high >= P:
             raise ValueError(f"{at}: routes to physical expert {high} but {MAP_KEY} has {P} physical experts "
@@ -267,7 +276,6 @@ def _token_rows(run: _Run, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndar
         T = ids.shape[1]
         parts.append((np.full(L * T, step_index[fpid]), np.full(L * T, rank_index[rank]),
                       np.repeat(np.arange(L, dtype=np.int32), T), ids.reshape(L * T, width)))  # (L·T, K)
-    _check_size(4 * sum(part[3].size for part in parts), "the per-token expert ids", budget)
     cols = [np.concatenate([part[i] for part in parts]) for i in range(4)]
     return cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2], cols[3].astype(np.int64)
 

@@ -10,11 +10,22 @@ and nested tensors cannot become NumPy arrays, and reached the readers as traceb
 from __future__ import annotations
 
 MAX_OBJECTS = 1 << 20  # keys, values and items walked in one loaded object at most (each reference counts)
+WIDE = 8               # bytes an element is counted as: readers widen integers to int64 (and floats to float64)
+
+# What one opcode of torch's weights-only unpickler can add to memory at most (CPython 3.11, 64-bit), counted
+# before the pickle is loaded (check_pickle): one byte of EMPTY_SET builds a 216-byte set, so a 50 MB pickle of
+# them built 4.3 GB before check_tensors could count the objects. Any other opcode builds at most one small object
+# (an int, a tuple of items already counted, a stack or memo slot) plus its argument; REDUCE, NEWOBJ and BUILD
+# rebuild a tensor or an OrderedDict; every pushed value may also take a slot in a container (a dict entry per pair).
+PICKLE_BYTES = {"EMPTY_SET": 224, "EMPTY_DICT": 72, "EMPTY_LIST": 64, "BINPUT": 128, "LONG_BINPUT": 128,
+                "MEMOIZE": 128, "REDUCE": 2048, "NEWOBJ": 2048, "BUILD": 2048, "BINPERSID": 512}
+OPCODE_BYTES, SLOT_BYTES = 64, 64
 
 
 def check_tensors(obj, path: str, cap: int):
     """obj, once every tensor in it (through dicts, lists and tuples) is a plain bool, integer or float tensor and all
-    of them together, each reference counting its whole shape, take at most `cap` bytes; else ValueError (one line)."""
+    of them together, each reference counting its whole shape at WIDE bytes an element (what readers widen to), take
+    at most `cap` bytes; else ValueError (one line)."""
     import torch
 
     from moe.memory import BUDGET_ENV, describe_over
@@ -29,7 +40,7 @@ def check_tensors(obj, path: str, cap: int):
                     item.layout).removeprefix("torch.")
                 raise ValueError(f"{path!r} holds a {kind} tensor of {str(item.dtype).removeprefix('torch.')}; a "
                                  f"routing dump holds plain integer or float tensors")
-            total += item.numel() * item.element_size()
+            total += item.numel() * max(item.element_size(), WIDE)
             if total > cap:
                 total_text, cap_text = describe_over(total, cap)
                 raise ValueError(f"{path!r} holds tensors of {total_text} or more (each counted whole, as "
@@ -42,3 +53,36 @@ def check_tensors(obj, path: str, cap: int):
                                  f"routing dump holds a few dicts of tensors")
             stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
     return obj
+
+
+def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
+    """ValueError (one line) when unpickling the next `pickles` pickles of `stream` could build more than `cap` bytes
+    of Python objects (PICKLE_BYTES per opcode, read with pickletools, nothing built); a pickle it cannot parse is
+    left to torch.load, which refuses it. Reads the stream up to the last STOP (or the damage)."""
+    import pickletools
+
+    from moe.memory import BUDGET_ENV, describe_over
+    total, cost = 0, PICKLE_BYTES.get
+    try:
+        for _ in range(pickles):
+            for op, arg, _ in pickletools.genops(stream):  # it stops after STOP: the next pickle follows
+                total += cost(op.name, OPCODE_BYTES) + SLOT_BYTES
+                if arg is not None and not isinstance(arg, (bool, float)):
+                    total += len(arg) if isinstance(arg, (str, bytes)) else arg.bit_length() // 8 if isinstance(
+                        arg, int) else 0
+                if total > cap:
+                    break
+            if total > cap:
+                break
+    except Exception:  # damaged or not a pickle: torch.load says so
+        return
+    if total > cap:
+        total_text, cap_text = describe_over(total, cap)
+        raise ValueError(f"{path!r} holds a pickle that could build {total_text} or more of Python objects when "
+                         f"loaded, over the {cap_text} a routing file may take under the memory budget; give a "
+                         f"shorter dump or raise {BUDGET_ENV}")
+
+
+def pickle_may_exceed(size: int, cap: int) -> bool:
+    """Whether a pickle of `size` bytes could build more than `cap` bytes at all (every byte an EMPTY_SET)."""
+    return size * (max(PICKLE_BYTES.values(), default=0) + SLOT_BYTES) > cap

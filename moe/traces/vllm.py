@@ -133,12 +133,16 @@ def _check_inverse(obj: dict, p2l: np.ndarray, E: int, what: str) -> None:
         if l2p.shape[:2] != (L, E) or int(l2p.min()) < -1 or int(l2p.max()) >= P:
             raise ValueError(f"{what}: '{L2P}' must be [layers={L}, logical experts={E}, slots] of physical ids "
                              f"below {P} (or -1); save the maps of one EPLB state")
-        layer, expert, _ = np.nonzero(l2p >= 0)
-        slots = l2p[l2p >= 0]
-        back = np.bincount(layer * P + slots, minlength=L * P)
-        if len(slots) != L * P or (back != 1).any() or not np.array_equal(p2l[layer, slots], expert):
-            raise ValueError(f"{what}: '{L2P}' is not the inverse of '{P2L}' (every physical slot once, under its "
+        inverse = ValueError(f"{what}: '{L2P}' is not the inverse of '{P2L}' (every physical slot once, under its "
                              f"logical expert); save the maps of one EPLB state")
+        placed = l2p >= 0
+        if int(placed.sum()) != L * P:  # before np.nonzero builds three int64 arrays of every entry found
+            raise inverse
+        layer, expert, _ = np.nonzero(placed)
+        slots = l2p[placed]
+        back = np.bincount(layer * P + slots, minlength=L * P)
+        if (back != 1).any() or not np.array_equal(p2l[layer, slots], expert):
+            raise inverse
 
 
 def from_eplb(obj: dict, path: str, n_experts: int | None, limits: TraceLimits | None = None) -> RoutingLog:
