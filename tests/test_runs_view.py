@@ -172,7 +172,8 @@ def test_follow_refuses_an_expert_count_the_log_contradicts(tmp_path):
     at.number_input(key="trace_experts").set_value(6)
     at.text_input(key="trace_path").set_value(str(path)).run()
     at.toggle(key="trace_follow").set_value(True).run()
-    assert not at.exception and "records 4 experts but Experts (E) is 6" in at.error[0].value
+    from dashboard.quoting import md_text
+    assert not at.exception and md_text("records 4 experts but Experts (E) is 6") in at.error[0].value
 
 
 def test_the_routing_log_zip_reads_back_as_the_same_run(tmp_path):
@@ -243,3 +244,18 @@ def test_an_upload_is_read_within_the_budget_less_what_streamlit_holds_of_it(tmp
     assert "an upload is read within the budget less its own" in text and "by its path on the server" in text
     with pytest.raises(ValueError, match="over half the memory budget of .*, and Streamlit holds it in memory"):
         upload_limits(int(budget / 2 ** 30 * 2 ** 30) // 2 + 1)
+
+
+def test_a_file_name_inside_a_directory_is_plain_text_in_the_message(tmp_path):
+    """Only the typed path was escaped: a rank file named with Markdown showed as bold text, a link and an image the
+    browser fetched from the named host."""
+    import torch
+    folder = tmp_path / "evil"
+    folder.mkdir()
+    name = "expert_distribution_recorder_**BOLD** [click](http:evil.example) ![i](http:evil.example:9)_0.pt"
+    torch.save({"something": torch.zeros(1)}, str(folder / name))
+    at = _open_path(str(folder))
+    assert not at.exception
+    message = at.error[0].value
+    assert "but not a routing dump moe-scope reads" in message
+    assert r"\*\*BOLD\*\* \[click\]\(http:evil.example\) \!\[i\]\(http:evil.example:9\)" in message

@@ -16,6 +16,7 @@ from moe.traces.opener import check_layers
 from moe.traces.summary import TraceSummary
 
 from dashboard import state
+from dashboard.quoting import md_text
 
 POLL_S = 1.0  # a new step shows within POLL_S + the time to draw it (< 2 s for a log of a few hundred steps)
 
@@ -50,7 +51,8 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
                 held["summary"].extra["format"] = "moe-scope-log"
     except (ValueError, OSError, MemoryError, ArithmeticError) as err:
         ss.pop(state.TRACE_FOLLOWER, None)  # the next poll starts again from the directory
-        detail = str(err).replace(repr(path), "the log").replace(path, "the log")  # never the resolved server path
+        detail = md_text(str(err).replace(repr(path), "the log").replace(path, "the log"))  # never the server path;
+        # a file name inside the log, as plain text
         st.error(f"This routing log cannot be followed: {detail}", icon="⚠️")
         return
     if new and not ss.get(state.TRACE_FOLLOW_FULL_RUN):

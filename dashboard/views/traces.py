@@ -154,7 +154,10 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
     except (ValueError, OSError, RuntimeError, MemoryError, ArithmeticError) as err:
         bar.empty()
         named = md_text(upload.name if upload is not None else key_path)  # a file inside: its path as typed
-        detail = str(err).replace(repr(path), "\0").replace(path, named).replace("\0", shown)
+        # every other part as plain text: a message may name a file inside a directory (a rank file named
+        # "**x** [a](http:…)" rendered as a link and an image the browser fetched)
+        raw = str(err).replace(repr(path), "\0").replace(path, "\1")
+        detail = md_text(raw).replace("\1", named).replace("\0", shown)
         if limits is not None and "budget" in detail:  # read within the budget less the upload
             detail += (f" (an upload is read within the budget less its own {describe_bytes(upload.size)}, which "
                        f"Streamlit holds in memory meanwhile; a file opened by its path on the server gets all of it)")
