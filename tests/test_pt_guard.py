@@ -178,3 +178,16 @@ def test_sglang_dumps_whose_rows_outgrow_their_tensors_are_refused_before_they_a
     stat = _stat(tmp_path / "stat.pt", torch.ones(1, 1, 1, dtype=torch.int8).expand(8_000_000, 1, 1))
     message, peak = _refusal(lambda: read_log(stat, limits=LIMITS))
     assert "8,000,000 steps × 1 layers × 1 experts need about" in message and peak < 64 << 20, (message, peak)
+
+
+def test_the_rank_files_of_a_directory_share_one_cap(tmp_path):
+    """Each rank file was loaded within its own quarter of the budget and all were held together: 8 files of views
+    claiming 200 MiB each passed one by one. Now each gets what the files before it left."""
+    p2l = torch.arange(2)[None]
+    for rank in range(8):
+        ids = torch.zeros(1, 1, 1, dtype=torch.int64).expand(1, 200 << 17, 1)           # 200 MiB claimed
+        torch.save({"records": [{"forward_pass_id": 0, "rank": rank, "topk_ids_of_layer": ids}],
+                    "last_physical_to_logical_map": p2l}, str(tmp_path / f"expert_distribution_recorder_1_{rank}.pt"))
+    message, peak = _refusal(lambda: read_log(str(tmp_path), limits=LIMITS))
+    assert "holds tensors of 200.0 MiB or more" in message and "over the 56.0 MiB" in message, message
+    assert peak < 32 << 20, peak

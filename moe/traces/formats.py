@@ -18,6 +18,7 @@ from moe.traces.log import RoutingLog
 from moe.traces.records import Progress, TraceLimits
 from moe.traces.store import is_log_dir
 from moe.traces.store_read import read_store
+from moe.traces.tensors import tensor_bytes
 
 # Every format: what the page and the README call it (one source of truth for the names).
 FORMATS = {
@@ -134,7 +135,7 @@ def _parquet(path: str, n_experts: int | None, progress: Progress | None, limits
         from moe.traces.counts import read_counts
         return read_counts(path, n_experts, limits)
     from moe.traces.summary import summarize
-    return summarize(path, n_experts=n_experts, progress=progress).log()
+    return summarize(path, n_experts=n_experts, progress=progress, limits=limits).log()
 
 
 def _torch(files: list[str], n_experts: int | None, limits: TraceLimits) -> RoutingLog:
@@ -144,7 +145,10 @@ def _torch(files: list[str], n_experts: int | None, limits: TraceLimits) -> Rout
     if total > limits.budget // 4:
         raise ValueError(f"the {len(files)} files take {total:,} bytes together, over a quarter of the memory budget; "
                          f"give fewer rank files or raise {BUDGET_ENV}")
-    loaded = [(f, safeload.load_pt(f, limits)) for f in files]
+    loaded, spent = [], 0
+    for f in files:  # the files stay loaded together: each within what the ones before it left of the cap
+        loaded.append((f, safeload.load_pt(f, limits, spent)))
+        spent += tensor_bytes(loaded[-1][1])
     kinds = {sglang.kind(obj) or vllm.kind(obj) for _, obj in loaded}
     if None in kinds:
         bad = next(f for f, obj in loaded if (sglang.kind(obj) or vllm.kind(obj)) is None)

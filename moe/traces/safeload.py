@@ -56,10 +56,11 @@ def _too_big(path: str, size: int, cap: int) -> ValueError:
                       "shorter dump or raise {}".format(path, *describe_over(size, cap), BUDGET_ENV))
 
 
-def load_pt(path: str, limits: TraceLimits | None = None):
-    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors)."""
+def load_pt(path: str, limits: TraceLimits | None = None, spent: int = 0):
+    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors), within a quarter of
+    the budget less `spent` (what files loaded beside it already hold: tensors.tensor_bytes)."""
     import torch
-    cap = _cap(limits)
+    cap = max(_cap(limits) - spent, 0)
     with open_regular(path) as f:
         head, size = f.read(4), f.seek(0, 2)  # seek returns the new position: the size
         f.seek(0)

@@ -55,6 +55,19 @@ def check_tensors(obj, path: str, cap: int):
     return obj
 
 
+def tensor_bytes(obj) -> int:
+    """What check_tensors counts of an object it passed: every tensor reference's shape at WIDE bytes an element."""
+    import torch
+    total, stack = 0, [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, torch.Tensor):
+            total += item.numel() * max(item.element_size(), WIDE)
+        elif isinstance(item, (dict, list, tuple)):
+            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+    return total
+
+
 def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
     """ValueError (one line) when unpickling the next `pickles` pickles of `stream` could build more than `cap` bytes
     of Python objects (PICKLE_BYTES per opcode, read with pickletools, nothing built); a pickle it cannot parse is
