@@ -353,4 +353,15 @@ def test_a_drop_policy_without_a_capacity_is_refused(model_dir, capsys):
 def test_an_empty_path_option_is_refused(capsys, flags, flag):
     """--model "" routed the text through the default model, silently."""
     code, _, err = _run(["model-report", *flags], capsys)
-    assert code == 2 and err.count("\n") == 1 and f"{flag} is empty; give a file path, or leave {flag} out" in err
+    assert code == 2 and err.count("\n") == 1 and f"{flag} is empty; give a path, or leave {flag} out" in err
+
+
+def test_a_model_path_that_is_a_file_or_comes_from_the_environment_says_so(tmp_path, capsys, monkeypatch):
+    """--model FILE said the file "does not exist"; $MOE_SCOPE_MODEL=/nope named a path the user never typed."""
+    (tmp_path / "notes.txt").write_text("x")
+    code, _, err = _run(["model-report", "--model", str(tmp_path / "notes.txt"), "--text", "hi"], capsys)
+    assert code == 2 and "notes.txt' is a file, not a directory; give a local directory with config.json" in err
+    monkeypatch.setenv("MOE_SCOPE_MODEL", str(tmp_path / "nope"))
+    code, _, err = _run(["model-report", "--text", "hi"], capsys)
+    assert code == 2 and err.count("\n") == 1
+    assert "nope' does not exist" in err and "(the model named by $MOE_SCOPE_MODEL; unset it for the bundled model)" in err

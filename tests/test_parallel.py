@@ -171,9 +171,12 @@ def test_bad_placement_files_exit_2_before_any_collective(tmp_path, capsys, monk
     (["--timeout", "1e300"], "--timeout: expected seconds above 0 and at most 86,400, got '1e300'"),
     (["--timeout", "0"], "--timeout: expected seconds above 0 and at most 86,400, got '0'"),
     (["--timeout", "-1"], "--timeout: expected seconds above 0 and at most 86,400, got '-1'"),
-    (["--placement", ""], "--placement is empty; give a file path, or leave --placement out"),
+    (["--placement", ""], "--placement is empty; give a path, or leave --placement out"),
     (["--placement", " ", "--placement-layer", "L9"], "--placement is empty"),
-    (["--save-output", ""], "--save-output is empty; give a file path, or leave --save-output out"),
+    (["--save-output", ""], "--save-output is empty; give a path, or leave --save-output out"),
+    # torch.save failed after the forward: "[enforce fail at inline_container.cc:747] . open file failed"
+    (["--save-output", "/"], "--save-output '/' is a folder; give a file path"),
+    (["--save-output", "/no/such/y.pt"], "--save-output '/no/such/y.pt': its folder does not exist"),
 ])
 def test_bad_timeouts_and_empty_paths_exit_2_before_any_collective(capsys, monkeypatch, flags, message):
     """An overflowing timeout was a traceback, 0 or -1 a C++ stack dump per rank, an empty --placement ran contiguous

@@ -278,8 +278,28 @@ def test_cli_trace_report_json_csv_and_one_line_errors(tmp_path):
         bad = subprocess.run([sys.executable, "-m", "moe", "trace-report", str(path), "--n-experts", "8", "--out",
                               empty], capture_output=True, text=True, timeout=120, cwd=tmp_path,
                              env={**os.environ, "PYTHONPATH": str(pathlib.Path(__file__).resolve().parents[1])})
-        assert bad.returncode == 2 and "--out is empty; give a file path, or leave --out out" in bad.stderr
+        assert bad.returncode == 2 and "--out is empty; give a path, or leave --out out" in bad.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["t.jsonl"]
+
+
+def test_trace_report_out_is_checked_before_the_source_is_read(tmp_path, capsys, monkeypatch):
+    """--out naming a file or a missing folder printed the raw OS error ("[Errno 17] File exists"), after reading
+    the whole source."""
+    from moe.cli import trace_report
+    from moe.cli.main import main
+    write_megatron(tmp_path / "t.jsonl", megatron_records(2, 1, 3, E, K))
+    (tmp_path / "notes.txt").write_text("x")
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "a").write_text("x")
+    monkeypatch.setattr(trace_report, "open_trace", lambda *a, **k: pytest.fail("the source was read"))
+    for out, message in (("notes.txt", "'notes.txt' is a file, not a directory; give a new or empty directory"),
+                         ("no/log", "the folder of 'no/log' does not exist; give a new directory in an existing "
+                                    "folder"),
+                         ("full", "'full' is not empty; give a new directory for the routing log")):
+        monkeypatch.chdir(tmp_path)
+        assert main(["trace-report", "t.jsonl", "--n-experts", str(E), "--out", out]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
 
 
 def test_reader_never_reads_the_whole_file(tmp_path):

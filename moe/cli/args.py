@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 
 
 class UsageError(Exception):
@@ -71,7 +72,18 @@ def check_paths_given(**paths) -> None:
     for name, path in paths.items():
         if path is not None and not path.strip():
             flag = "--" + name.replace("_", "-")
-            raise ValueError(f"{flag} is empty; give a file path, or leave {flag} out")
+            raise ValueError(f"{flag} is empty; give a path, or leave {flag} out")
+
+
+def check_file_out(flag: str, path: str | None) -> None:
+    """ValueError (one line) unless a file can be written at `path` (None: the option is left out): not a folder,
+    and its folder exists. Checked before the work whose result it holds, not after."""
+    if path is None:
+        return
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path[:80]!r} is a folder; give a file path")
+    if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+        raise ValueError(f"{flag} {path[:80]!r}: its folder does not exist; give a file path in an existing folder")
 
 
 MAX_TIMEOUT_S = 86_400.0  # a collective's timeout: at most a day (torch keeps it in milliseconds, a C int)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from moe.cli.args import MAX_TIMEOUT_S, Parser, UsageError, check_paths_given, positive_int, timeout_seconds
+from moe.cli.args import (MAX_TIMEOUT_S, Parser, UsageError, check_file_out, check_paths_given, positive_int,
+                          timeout_seconds)
 from moe.cli.options import add_config_arguments, add_scenario_arguments, check_scenario_options, flag_names, resolve
 from moe.memory import budget_bytes, check_budget
 from moe.parallel.launch import EPJob, JobPlan, check_job_budget
@@ -49,6 +50,7 @@ def run(args: argparse.Namespace) -> str:
     if args.placement_layer is not None and args.placement is None:
         raise ValueError("--placement-layer chooses a layer of a --placement file; give the file too")
     check_paths_given(placement=args.placement, save_output=args.save_output)
+    check_file_out("--save-output", args.save_output)  # before the forward: torch.save failed after it
     settings = EPSettings(args.placement, args.repeats, args.timeout, args.seq_len, args.save_output,
                           args.placement_layer)
     return rank_report(cfg, scenario, params, tokens, settings, args.format)

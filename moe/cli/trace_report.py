@@ -15,7 +15,7 @@ from moe.jsonio import dumps
 from moe.traces.follow import IDLE_AFTER_S, LogFollower
 from moe.traces.formats import FORMATS
 from moe.traces.opener import open_trace
-from moe.traces.store import is_log_dir, write_log
+from moe.traces.store import check_new_log_dir, is_log_dir, write_log
 
 POLL_S = 0.5
 
@@ -44,6 +44,8 @@ def add_command(commands) -> None:
 
 def run(args: argparse.Namespace) -> str:
     check_paths_given(out=args.out)
+    if args.out is not None:
+        check_new_log_dir(args.out)  # before the source is read: a wrong path is refused at once
     if args.follow:
         return follow(args.file, args.idle_after)
     s = open_trace(args.file, n_experts=args.n_experts, n_layers=args.layers, score=args.score)

@@ -43,8 +43,9 @@ def read_config(path: str) -> dict:
     """config.json of a model directory as a dict (ValueError when missing, unreadable or not a JSON object)."""
     root = pathlib.Path(path)
     if not root.is_dir():
-        raise ValueError(f"model directory {path!r} does not exist; give a local directory with config.json "
-                         f"and model.safetensors")
+        what = "is a file, not a directory" if root.exists() else "does not exist"
+        raise ValueError(f"model directory {path!r} {what}; give a local directory with config.json and "
+                         f"model.safetensors")
     file = root / "config.json"
     if not file.is_file():
         raise ValueError(f"{path!r} has no config.json: not a Hugging Face model directory")

@@ -133,8 +133,14 @@ def load_model(path: str | None = None, tokens: int = 1024, budget: int | None =
     directory's model_estimate when the caller has it."""
     import torch
 
+    from_env = not path and bool(os.environ.get(MODEL_ENV))
     path = path or default_model_dir()
-    config = read_config(path)
+    try:
+        config = read_config(path)
+    except ValueError as err:
+        if from_env:  # the user typed no path: say where it came from
+            raise ValueError(f"{err} (the model named by ${MODEL_ENV}; unset it for the bundled model)") from None
+        raise
     family = _family(config)
     budget = budget_bytes() if budget is None else budget
     if estimate is None:

@@ -54,7 +54,12 @@ class LogWriter:
         self._counts: list[tuple[int, np.ndarray]] = []
         self._tokens: list[dict] = []
         self._ranks: list[tuple[int, np.ndarray]] = []
-        os.makedirs(path, exist_ok=True)
+        check_new_log_dir(path)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as err:  # e.g. under /proc, which says it is writable to root
+            raise ValueError(f"cannot create the routing log directory {path!r} ({err.strerror}); give a new "
+                             f"directory in a folder you can write to") from None
         if os.listdir(path):
             raise ValueError(f"{path!r} is not empty; give a new directory for the routing log")
         doc = {"schema": SCHEMA, "source": source, "layers": self.layers, "n_experts": self.n_experts,
@@ -99,6 +104,22 @@ class LogWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def check_new_log_dir(path: str) -> None:
+    """ValueError (one line) unless `path` can become a routing log: an empty directory, or a new one in an existing
+    folder that is writable (trace-report checks it before it reads the source)."""
+    if os.path.lexists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"{path!r} is a file, not a directory; give a new or empty directory for the routing log")
+        if os.listdir(path):
+            raise ValueError(f"{path!r} is not empty; give a new directory for the routing log")
+        return
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ValueError(f"the folder of {path!r} does not exist; give a new directory in an existing folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"the folder of {path!r} is not writable; give a new directory in a folder you can write to")
 
 
 def write_log(log: RoutingLog, path: str) -> None:
