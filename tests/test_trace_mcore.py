@@ -1,4 +1,4 @@
-"""Megatron-Core EP load dumps: per-rank .npz files as ExpertLoadRecorder writes them, summed over one EP group."""
+"""Megatron-Core EP load dumps: per-rank .npz files as ExpertLoadRecorder writes them, summed over every EP group."""
 from __future__ import annotations
 
 import os
@@ -33,7 +33,30 @@ def test_ranks_of_one_group_sum_like_a_loop(tmp_path):
     assert log.rank_counts.shape == (3, 4, 3, 8)
     np.testing.assert_array_equal(log.rank_counts[1, 2, 0], truth[(2, 0)][1])
     assert log.n_experts == 8 and log.n_experts_source == RECORDED and log.physical_to_logical is None
-    assert log.meta["ep_group_ranks"] == [0, 1, 2, 3] and log.meta["forwards_dropped"] == 0
+    assert log.meta["ep_groups"] == [[0, 1, 2, 3]] and log.meta["forwards_dropped"] == 0
+
+
+def test_every_ep_group_of_a_run_in_one_folder_is_summed(tmp_path):
+    """MCORE_MOE_EXPERT_LOAD_DUMP_DIR is one folder for every rank: with 2 data-parallel replicas × EP 2 it holds two
+    groups ([0, 1] and [2, 3]), which was refused ("belongs to another expert-parallel group"); a pipeline stage's
+    groups hold their own layers. A layer's count is the sum over every group that holds it."""
+    first, truth0 = mcore_dumps(tmp_path, ep_size=2, layer_numbers=[1, 2], n_experts=4, max_forwards=3)
+    second, truth1 = mcore_dumps(tmp_path, ep_size=2, layer_numbers=[1, 2], n_experts=4, max_forwards=3, seed=1,
+                                 first_rank=2)
+    stage, truth2 = mcore_dumps(tmp_path, ep_size=2, layer_numbers=[3], n_experts=4, max_forwards=3, seed=2,
+                                first_rank=4)
+    log = read_npz(first + second + stage, None)
+    assert log.layers == ["1", "2", "3"] and log.meta["ep_groups"] == [[0, 1], [2, 3], [4, 5]]
+    want = np.zeros((3, 3, 4), dtype=np.int64)                                        # (forwards, layers, experts)
+    for truth, rows in ((truth0, (0, 1)), (truth1, (0, 1)), (truth2, (2,))):
+        for (rank, slot), loads in truth.items():
+            want[:, rows[slot]] += loads
+    np.testing.assert_array_equal(log.counts, want)
+    np.testing.assert_array_equal(log.rank_counts[:, 1, 0], truth0[(1, 0)] + truth1[(1, 0)])  # ep_rank 1, layer 1
+    assert log.meta["forwards_dropped"] == 0
+    with pytest.raises(ValueError, match=r"group \[2, 3\] do not hold each of its 2 ranks once \(ep_rank 1 is "
+                                         r"missing\)"):
+        read_npz(first + second[:1], None)
 
 
 def test_rows_past_a_layers_forward_count_are_never_read(tmp_path):
@@ -86,8 +109,9 @@ def test_group_refusals(tmp_path):
         read_npz(paths[:2], None)
     with pytest.raises(ValueError, match="ep_rank 0 appears twice"):
         read_npz([paths[0], other[0], paths[1], paths[2]], None)
-    with pytest.raises(ValueError, match="another expert-parallel group"):
-        read_npz([paths[0], shifted[1], paths[2]], None)
+    with pytest.raises(ValueError, match=r"group \[0, 1, 2\] do not hold each of its 3 ranks once \(ep_rank 1 is "
+                                         r"missing\)"):
+        read_npz([paths[0], shifted[1], paths[2]], None)  # groups [0, 1, 2] and [3, 4, 5], each partial
     relabelled = _rewrite(other[1], tmp_path / "r.npz", layer_numbers=np.asarray([1, 3], np.int32))
     with pytest.raises(ValueError, match="other MoE layers"):
         read_npz([paths[0], relabelled, paths[2]], None)

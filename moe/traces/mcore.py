@@ -1,5 +1,6 @@
 """Megatron-Core EP load dumps (`MCORE_MOE_EXPERT_LOAD_DUMP=1`) as a `RoutingLog`: one `.npz` per rank,
-summed over the ranks of one expert-parallel group.
+summed over the ranks of every expert-parallel group in the folder (one per data-parallel replica; pipeline stages
+hold their own layers).
 
 The writer followed is `megatron/core/transformer/moe/expert_load_recorder.py` (ExpertLoadRecorder) of
 ultra-ep/Megatron-LM at 98c4f54b (a Megatron-LM fork; NVIDIA/Megatron-LM as stored has no such file), with the
@@ -104,10 +105,9 @@ def _group(dumps: list[dict], paths: list[str]) -> list[dict]:
     """The dumps of one EP group, ordered by ep_rank: every rank once, the same layers and sizes."""
     first = dumps[0]
     for dump, path in zip(dumps, paths):
-        same = all(dump[k] == first[k] for k in ("ep_size", "num_global_physical_experts"))
-        if not same or not np.array_equal(dump["ep_group_ranks"], first["ep_group_ranks"]):
-            raise ValueError(f"{path!r} belongs to another expert-parallel group than {paths[0]!r} (its "
-                             f"ep_group_ranks or sizes differ); give the files of one EP group")
+        if not all(dump[k] == first[k] for k in ("ep_size", "num_global_physical_experts")):
+            raise ValueError(f"{path!r} and {paths[0]!r} name one expert-parallel group but differ in its size or "
+                             f"expert count; give the files of one run")
         if not np.array_equal(dump["layer_numbers"], first["layer_numbers"]):
             raise ValueError(f"{path!r} holds other MoE layers than {paths[0]!r}; give the files of one EP group "
                              f"of one run")
@@ -115,13 +115,34 @@ def _group(dumps: list[dict], paths: list[str]) -> list[dict]:
     if (seen != 1).any():
         problem = (f"ep_rank {int(np.flatnonzero(seen > 1)[0])} appears twice" if (seen > 1).any() else
                    f"ep_rank {int(np.flatnonzero(seen == 0)[0])} is missing")
-        raise ValueError(f"the Megatron-Core EP load dumps do not hold each of the {first['ep_size']} ranks once "
-                         f"({problem}); give one file per rank of one run")
+        raise ValueError(f"the Megatron-Core EP load dumps of group {first['ep_group_ranks'].tolist()[:8]} do not "
+                         f"hold each of its {first['ep_size']} ranks once ({problem}); give one file per rank of one "
+                         f"run")
     return sorted(dumps, key=lambda d: d["ep_rank"])
 
 
+def _groups(dumps: list[dict], paths: list[str]) -> list[list[dict]]:
+    """The dumps by EP group (their ep_group_ranks), each complete and ordered by ep_rank (_group). One folder holds
+    every rank of a run: with data parallelism one group per replica, with pipeline parallelism one per stage (its
+    own layers); every group must have the same size and expert count."""
+    members: dict[tuple, list[int]] = {}
+    for i, dump in enumerate(dumps):
+        members.setdefault(tuple(dump["ep_group_ranks"].tolist()), []).append(i)
+    groups = [_group([dumps[i] for i in idx], [paths[i] for i in idx]) for idx in members.values()]
+    first = groups[0][0]
+    for group in groups[1:]:
+        if not all(group[0][k] == first[k] for k in ("ep_size", "num_global_physical_experts")):
+            raise ValueError("the Megatron-Core EP load dumps hold expert-parallel groups of different sizes or expert "
+                             "counts; give the files of one run")
+    if len({rank for group in groups for d in group for rank in d["ep_group_ranks"].tolist()}) != sum(
+            len(group) for group in groups):
+        raise ValueError("two expert-parallel groups of the dumps share a rank; give the files of one run")
+    return groups
+
+
 def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None = None) -> RoutingLog:
-    """The per-rank dumps of one EP group summed: steps = forwards, layers = Megatron's layer numbers."""
+    """The per-rank dumps of a run summed (each EP group complete; the groups of one layer added): steps = forwards,
+    layers = Megatron's layer numbers."""
     if not paths:
         raise ValueError("no Megatron-Core EP load dump was given; give the mcore_ep_loads_rank*.npz files")
     limits = limits or TraceLimits.from_env()
@@ -135,26 +156,30 @@ def read_npz(paths: list[str], n_experts: int | None, limits: TraceLimits | None
                              f"quarter of the memory budget of {budget_text}; capture fewer "
                              f"forwards (MCORE_MOE_EXPERT_LOAD_DUMP_MAX_FORWARDS) or raise {BUDGET_ENV}")
         dumps.append(dump)
-    dumps = _group(dumps, paths)
-    first = dumps[0]
+    groups = _groups(dumps, paths)
+    first = groups[0][0]
     F = int(min(d["forward_counts"].min() for d in dumps))
     if F == 0:
         raise ValueError("a layer of the Megatron-Core EP load dumps captured no forward on some rank; give dumps "
                          "of a run that made at least one forward")
-    W, P = len(dumps), first["num_global_physical_experts"]
-    L = len(first["layer_numbers"])
+    W, P = first["ep_size"], first["num_global_physical_experts"]
+    layers = sorted({int(n) for group in groups for n in group[0]["layer_numbers"].tolist()})
+    L = len(layers)
     E, source = resolve_experts(n_experts, P, -1, "the Megatron-Core EP load dumps")
     limits.check_summary(F, L, E)
-    rank_counts = np.empty((F, W, L, P), dtype=np.int64)                           # one copy, no stacked temporaries
-    for w, d in enumerate(dumps):
-        rank_counts[:, w] = d["loads"][:, :F, :].transpose(1, 0, 2)                # (F, L, P) of rank w
+    rank_counts = np.zeros((F, W, L, P), dtype=np.int64)  # each EP rank's rows, summed over the groups of a layer
+    for group in groups:
+        at = np.searchsorted(layers, group[0]["layer_numbers"])                      # this group's layers
+        for w, d in enumerate(group):
+            rank_counts[:, w, at] += d["loads"][:, :F, :].transpose(1, 0, 2)         # (F, its L, P) of rank w
     if int(rank_counts.min()) < 0:
         raise ValueError("the Megatron-Core EP load dumps hold a negative load in a captured forward; give the "
                          "dumps Megatron wrote")
     written = sum(int(d["forward_counts"].sum()) for d in dumps)
-    meta = {"ep_size": W, "ep_group_ranks": first["ep_group_ranks"].tolist(), "dump_version": DUMP_VERSION,
-            "num_local_physical_experts": first["num_local_physical_experts"], "ids": IDS,
-            "forwards_dropped": written - F * L * W, "files": [os.path.basename(p) for p in paths], LAYER_BASE: 1}
-    return RoutingLog(source=SOURCE, layers=[str(n) for n in first["layer_numbers"].tolist()],
+    meta = {"ep_size": W, "ep_groups": [group[0]["ep_group_ranks"].tolist() for group in groups],
+            "dump_version": DUMP_VERSION, "num_local_physical_experts": first["num_local_physical_experts"],
+            "ids": IDS, "forwards_dropped": written - F * sum(len(g[0]["layer_numbers"]) * W for g in groups),
+            "files": [os.path.basename(p) for p in paths], LAYER_BASE: 1}
+    return RoutingLog(source=SOURCE, layers=[str(n) for n in layers],
                       steps=np.arange(F, dtype=np.int64), counts=rank_counts.sum(axis=1), n_experts_source=source,
                       meta=meta, rank_counts=rank_counts)
