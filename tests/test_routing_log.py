@@ -404,3 +404,14 @@ def test_the_counts_folder_swapped_for_a_link_after_the_listing_is_refused(tmp_p
     monkeypatch.setattr(moe.roots, "open_regular", racing)
     with pytest.raises(ValueError, match=f"'{part.name}' in counts/ links outside the routing log"):
         read_store(str(tmp_path / "log"))
+
+
+def test_an_expert_count_given_for_a_routing_log_must_agree_with_its_own(tmp_path):
+    """trace-report LOG --n-experts 4 on a log of 16 experts printed the log's numbers as if the flag were not there."""
+    from moe.traces.formats import read_log
+    from moe.traces.store import write_log
+    counts = np.arange(2 * 1 * 16).reshape(2, 1, 16)
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(2), counts), str(tmp_path / "log"))
+    assert read_log(str(tmp_path / "log"), 16).n_experts == read_log(str(tmp_path / "log")).n_experts == 16
+    with pytest.raises(ValueError, match="records 16 experts"):
+        read_log(str(tmp_path / "log"), 4)

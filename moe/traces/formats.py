@@ -14,7 +14,7 @@ import re
 from moe.memory import BUDGET_ENV
 from moe.roots import lies_in
 from moe.traces import safeload
-from moe.traces.log import RoutingLog
+from moe.traces.log import RoutingLog, resolve_experts
 from moe.traces.records import Progress, TraceLimits
 from moe.traces.store import is_log_dir
 from moe.traces.store_read import read_store
@@ -108,7 +108,9 @@ def read_log(path: str, n_experts: int | None = None, progress: Progress | None 
     kind = detect(path)
     files = _rank_files(path)[1] if os.path.isdir(path) and kind != "moe-scope-log" else [path]
     if kind == "moe-scope-log":
-        return read_store(path, limits)
+        log = read_store(path, limits)
+        resolve_experts(n_experts, log.n_experts, -1, "the routing log")  # a count given must agree with its own
+        return log
     if kind == "megatron":
         from moe.traces.megatron import read_megatron
         return read_megatron(files, n_experts, progress=progress, limits=limits)
