@@ -31,6 +31,14 @@ def test_no_arguments_or_streamlit_options_serve_and_anything_else_is_a_command(
     assert not serves(["report", "--tokens", "8"]) and not serves(["--help"]) and not serves(["-h"])
 
 
+def test_the_help_says_that_moe_scope_alone_serves_the_dashboard():
+    """`moe-scope --help` listed only the headless commands."""
+    from moe.cli.main import build_parser
+    assert "`moe-scope` alone (or with Streamlit options such as --server.port 8502) serves the dashboard" in (
+        build_parser("moe-scope").format_help().replace("\n", " "))
+    assert "serves the dashboard" not in build_parser().format_help()  # python -m moe does not
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> dict:
     if importlib.util.find_spec("setuptools") is None:  # requirements-test.txt pins it; a bare venv may lack it

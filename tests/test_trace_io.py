@@ -339,3 +339,15 @@ def test_mtp_layers_stay_apart_from_decoder_layers_of_the_same_number(tmp_path):
     write_megatron(tmp_path / "t.jsonl", recs + [mtp])
     s = summarize(str(tmp_path / "t.jsonl"), n_experts=E)
     assert s.layers == ["0", "1", "mtp0.1"] and s.load["mtp0.1"][0].tolist() == [4, 4, 0, 0, 0, 0, 0, 0]
+
+
+def test_plan_options_without_a_world_size_are_refused(tmp_path, capsys):
+    """--redundant-slots 2 or --layer X without --world-size were accepted and ignored (no plan is made)."""
+    from moe.cli.main import main
+    write_megatron(tmp_path / "t.jsonl", megatron_records(2, 1, 3, E, K))
+    for flags, flag in ((["--redundant-slots", "2"], "--redundant-slots"), (["--layer", ""], "--layer")):
+        assert main(["trace-report", str(tmp_path / "t.jsonl"), "--n-experts", str(E), *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"{flag} shapes the plan, which --world-size asks for; give --world-size W too" in err
+    assert main(["trace-report", str(tmp_path / "t.jsonl"), "--n-experts", str(E), "--world-size", "2",
+                 "--redundant-slots", "2"]) == 0

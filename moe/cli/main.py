@@ -21,7 +21,9 @@ COMMANDS = (report, train, train_lm, model_report, trace_report, plan, ep_report
 
 
 def build_parser(prog: str = "python -m moe") -> Parser:
-    parser = Parser(prog=prog, description="Headless moe-scope.")
+    serving = (f" `{prog}` alone (or with Streamlit options such as --server.port 8502) serves the dashboard."
+               if prog == "moe-scope" else "")
+    parser = Parser(prog=prog, description="Headless moe-scope." + serving)
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for command in COMMANDS:
         command.add_command(commands)

@@ -44,6 +44,10 @@ def add_command(commands) -> None:
 
 def run(args: argparse.Namespace) -> str:
     check_paths_given(out=args.out)
+    unused = [flag for flag, value in (("--redundant-slots", args.redundant_slots), ("--layer", args.layer))
+              if value not in (None, 0)]
+    if unused and not args.world_size:
+        raise ValueError(f"{unused[0]} shapes the plan, which --world-size asks for; give --world-size W too")
     if args.out is not None:
         check_new_log_dir(args.out)  # before the source is read: a wrong path is refused at once
     if args.follow:
