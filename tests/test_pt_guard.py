@@ -10,6 +10,8 @@ import tracemalloc
 import pytest
 import torch
 
+from moe.memory import describe_bytes
+
 from moe.traces.formats import read_log
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_pt
@@ -96,9 +98,9 @@ def test_an_object_that_refers_to_itself_is_refused_not_walked_forever(monkeypat
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
     assert peak < 2_000_000, peak                                    # counting pops: 10,000 × 1,000 stacked, 80 MB
-    check_tensors({"records": [[torch.zeros(3)] * 3] * 3, "n": 1}, "t.pt", 9 * 3 * 8)   # 216 bytes: exactly the cap
-    with pytest.raises(ValueError, match="holds tensors of 216 B"):
-        check_tensors({"records": [[torch.zeros(3)] * 3] * 3}, "t.pt", 215)
+    check_tensors({"records": [[torch.zeros(3)] * 3] * 3, "n": 1}, "t.pt", 9 * 3 * 4)   # 108 bytes: exactly the cap
+    with pytest.raises(ValueError, match="holds tensors of 108 B"):
+        check_tensors({"records": [[torch.zeros(3)] * 3] * 3}, "t.pt", 107)
 
 
 def test_a_narrow_tensor_counts_as_the_int64_readers_widen_it_to(tmp_path):
@@ -175,6 +177,12 @@ def test_sglang_dumps_whose_rows_outgrow_their_tensors_are_refused_before_they_a
     narrow = per_token("narrow.pt", torch.zeros(1, 1, 1, dtype=torch.int8).expand(1, 20_000_000, 1))
     message, peak = _refusal(lambda: read_log(narrow, limits=LIMITS))
     assert "the per-token rows would take 1.6 GiB, over a quarter of the memory budget" in message and peak < 64 << 20
+    # three records of 2 M rows: the refusal names all 6 M (it named the first two, where the sum crossed the cap)
+    ids = torch.zeros(1, 1, 1, dtype=torch.int8).expand(1, 2_000_000, 1)
+    torch.save({"records": [{"forward_pass_id": f, "rank": 0, "topk_ids_of_layer": ids} for f in range(3)],
+                "last_physical_to_logical_map": p2l}, str(tmp_path / "three.pt"))
+    message, _ = _refusal(lambda: read_log(str(tmp_path / "three.pt"), limits=LIMITS))
+    assert f"the per-token rows would take {describe_bytes(6_000_000 * 88)}," in message, message
     stat = _stat(tmp_path / "stat.pt", torch.ones(1, 1, 1, dtype=torch.int8).expand(8_000_000, 1, 1))
     message, peak = _refusal(lambda: read_log(stat, limits=LIMITS))
     assert "8,000,000 steps × 1 layers × 1 experts need about" in message and peak < 64 << 20, (message, peak)
@@ -190,4 +198,13 @@ def test_the_rank_files_of_a_directory_share_one_cap(tmp_path):
                     "last_physical_to_logical_map": p2l}, str(tmp_path / f"expert_distribution_recorder_1_{rank}.pt"))
     message, peak = _refusal(lambda: read_log(str(tmp_path), limits=LIMITS))
     assert "holds tensors of 200.0 MiB or more" in message and "over the 56.0 MiB" in message, message
+    assert message.endswith("(the file before it holds 200.0 MiB of the 256.0 MiB the files of a directory share)")
     assert peak < 32 << 20, peak
+
+
+def test_float_tensors_count_at_their_own_size():
+    """Router weights (float32) are hashed as they are: counting them at 8 bytes refused a router_state dump that
+    opened before (12 MiB of weights under a 64 MiB budget)."""
+    check_tensors({"weight": torch.zeros(1 << 20, dtype=torch.float32)}, "w.pt", 4 << 20)       # 4 MiB: fits
+    with pytest.raises(ValueError, match="holds tensors of 8.0 MiB"):
+        check_tensors({"ids": torch.zeros(1 << 20, dtype=torch.int32)}, "i.pt", 4 << 20)     # int64 when read

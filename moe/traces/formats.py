@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 import re
 
-from moe.memory import BUDGET_ENV
+from moe.memory import BUDGET_ENV, describe_bytes
 from moe.roots import lies_in
 from moe.traces import safeload
 from moe.traces.log import RoutingLog, resolve_experts
 from moe.traces.records import Progress, TraceLimits
 from moe.traces.store import is_log_dir
 from moe.traces.store_read import read_store
-from moe.traces.tensors import tensor_bytes
+from moe.traces.tensors import OverBudget, tensor_bytes
 
 # Every format: what the page and the README call it (one source of truth for the names).
 FORMATS = {
@@ -147,9 +147,16 @@ def _torch(files: list[str], n_experts: int | None, limits: TraceLimits) -> Rout
     if total > limits.budget // 4:
         raise ValueError(f"the {len(files)} files take {total:,} bytes together, over a quarter of the memory budget; "
                          f"give fewer rank files or raise {BUDGET_ENV}")
-    loaded, spent = [], 0
-    for f in files:  # the files stay loaded together: each within what the ones before it left of the cap
-        loaded.append((f, safeload.load_pt(f, limits, spent)))
+    loaded, cap, spent = [], limits.budget // 4, 0
+    for f in files:  # the files stay loaded together: each within what the ones before it left of one cap
+        try:
+            loaded.append((f, safeload.load_pt(f, limits, cap - spent)))
+        except OverBudget as err:
+            if not loaded:
+                raise
+            before = f"the {len(loaded)} rank files before it hold" if len(loaded) > 1 else "the file before it holds"
+            raise ValueError(f"{err} ({before} {describe_bytes(spent)} of the {describe_bytes(cap)} the files of a "
+                             f"directory share)") from None
         spent += tensor_bytes(loaded[-1][1])
     kinds = {sglang.kind(obj) or vllm.kind(obj) for _, obj in loaded}
     if None in kinds:

@@ -52,7 +52,10 @@ def check_score(path: str, summary: TraceSummary, score: str, limits: TraceLimit
     rank = RANK_FILE.search(os.path.basename(path))
     if summary.source != "megatron" or rank is None:
         return
-    states = read_router_states([path], [int(rank.group(1))], summary.n_experts, summary.top_k, limits)
+    try:
+        states = read_router_states([path], [int(rank.group(1))], summary.n_experts, summary.top_k, limits)
+    except ValueError:  # a side file that cannot be read does not block the trace (its directory's reader says why)
+        return
     named = sorted({entry["score_function"] for entry in states.get("router_state", {}).values()} & set(SCORES))
     if named and named != [score]:
         raise ValueError(f"router_state_rank{rank.group(1)}.pt says the router scores with {' and '.join(named)}, "

@@ -1,11 +1,11 @@
 """Loading the binary files routing sources write (`torch.save` `.pt`, NumPy `.npy`/`.npz`) as untrusted input.
 
-- `.pt` only through `torch.load(..., weights_only=True)`: a pickle that would run code (or build any object
-  that is not a tensor, number, string, list, tuple or dict) is refused in one line, never run.
-- `.npy`/`.npz` only with `allow_pickle=False`; every array's shape and dtype are read from its header and
-  checked against the memory budget before a byte of data is read (a compressed `.npz` cannot expand past it).
-- The decoded size of everything loaded here is at most a quarter of the memory budget (`TraceLimits`); a counts
-  table's reader (moe.traces.counts) allows its rows half, freed before the statistics take the other half.
+- `.pt` only through `torch.load(..., weights_only=True)`, its pickle bounded first (moe.traces.tensors): a pickle
+  that would run code (or build anything but tensors, numbers, strings, lists, tuples, dicts) is refused, never run.
+- `.npy`/`.npz` only with `allow_pickle=False`; every array's shape and dtype are read from its header and checked
+  against the memory budget before a byte of data is read (a compressed `.npz` cannot expand past it).
+- What is loaded here decodes to at most a quarter of the memory budget (`TraceLimits`); a counts table's reader
+  (moe.traces.counts) allows its rows half, freed before the statistics take the other half.
 - Parquet (`parquet_file`, `parquet_bytes`, `label_codes`): a few kilobytes of dictionary-encoded pages can name a
   100 KB label on millions of rows, or millions of equal numbers, so neither the file's size nor its "uncompressed"
   sizes bound what pyarrow builds. Text columns are read as dictionaries (each label once), and the bytes a read
@@ -24,7 +24,7 @@ import numpy as np
 from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.parquet_pages import MAX_PAGES, ChunkPages, chunk_pages
 from moe.traces.records import MAX_LAYERS, TraceLimits, open_regular
-from moe.traces.tensors import check_pickle, check_tensors, pickle_may_exceed
+from moe.traces.tensors import OverBudget, check_pickles, check_tensors
 from moe.traces.zipfiles import DAMAGED, open_zip
 
 ZIP_MAGIC = b"PK\x03\x04"
@@ -52,18 +52,16 @@ def _cap(limits: TraceLimits | None) -> int:
 
 
 def _too_big(path: str, size: int, cap: int) -> ValueError:
-    return ValueError("{!r} decodes to {}, over the {} a routing file may take under the memory budget; give a "
+    return OverBudget("{!r} decodes to {}, over the {} a routing file may take under the memory budget; give a "
                       "shorter dump or raise {}".format(path, *describe_over(size, cap), BUDGET_ENV))
 
 
-def load_pt(path: str, limits: TraceLimits | None = None, spent: int = 0):
-    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors), within a quarter of
-    the budget less `spent` (what files loaded beside it already hold: tensors.tensor_bytes)."""
+def load_pt(path: str, limits: TraceLimits | None = None, cap: int | None = None):
+    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors), in `cap` bytes."""
     import torch
-    cap = max(_cap(limits) - spent, 0)
+    cap = _cap(limits) if cap is None else cap
     with open_regular(path) as f:
-        head, size = f.read(4), f.seek(0, 2)  # seek returns the new position: the size
-        f.seek(0)
+        head, size, archive = f.read(4), f.seek(0, 2), None  # seek returns the new position: the size
         if head == ZIP_MAGIC:  # torch.save's zip format stores tensors uncompressed: sum the members
             try:
                 archive = open_zip(f, path)
@@ -72,7 +70,7 @@ def load_pt(path: str, limits: TraceLimits | None = None, spent: int = 0):
                 raise _damaged(path, "torch.save file") from None
         if size > cap:
             raise _too_big(path, size, cap)
-        _check_pickles(f, archive if head == ZIP_MAGIC else None, path, cap)  # what unpickling would build
+        check_pickles(f, archive, path, cap)  # what unpickling would build
         f.seek(0)
         try:
             obj = torch.load(f, map_location="cpu", weights_only=True)
@@ -84,23 +82,6 @@ def load_pt(path: str, limits: TraceLimits | None = None, spent: int = 0):
                 TypeError, IndexError):
             raise _damaged(path, "torch.save file") from None
     return check_tensors(obj, path, cap)
-
-
-def _check_pickles(f, archive, path: str, cap: int) -> None:
-    """tensors.check_pickle on the object pickle: the zip format's `*/data.pkl` member, or the legacy format's first
-    five pickles (magic number, protocol, system info, the object, its storage keys)."""
-    if archive is None:
-        f.seek(0)
-        if pickle_may_exceed(f.seek(0, 2), cap):
-            f.seek(0)
-            check_pickle(f, path, cap, pickles=5)
-        return
-    for info in archive.infolist():
-        if info.filename.endswith("data.pkl") and pickle_may_exceed(info.file_size, cap):
-            try:  # read whole, as torch.load reads it (its size counts in the member sum): scanned from memory
-                check_pickle(io.BytesIO(archive.read(info)), path, cap)
-            except DAMAGED:
-                raise _damaged(path, "torch.save file") from None
 
 
 def _damaged(path: str, what: str) -> ValueError:

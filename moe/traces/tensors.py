@@ -10,7 +10,7 @@ and nested tensors cannot become NumPy arrays, and reached the readers as traceb
 from __future__ import annotations
 
 MAX_OBJECTS = 1 << 20  # keys, values and items walked in one loaded object at most (each reference counts)
-WIDE = 8               # bytes an element is counted as: readers widen integers to int64 (and floats to float64)
+WIDE = 8               # bytes an integer or bool element is counted as at least: readers widen them to int64
 
 # What one opcode of torch's weights-only unpickler can add to memory at most (CPython 3.11, 64-bit), counted
 # before the pickle is loaded (check_pickle): one byte of EMPTY_SET builds a 216-byte set, so a 50 MB pickle of
@@ -22,10 +22,14 @@ PICKLE_BYTES = {"EMPTY_SET": 224, "EMPTY_DICT": 72, "EMPTY_LIST": 64, "BINPUT": 
 OPCODE_BYTES, SLOT_BYTES = 64, 64
 
 
+class OverBudget(ValueError):
+    """A file would take more than the bytes it may (its tensors, its pickle's objects, its decoded size)."""
+
+
 def check_tensors(obj, path: str, cap: int):
     """obj, once every tensor in it (through dicts, lists and tuples) is a plain bool, integer or float tensor and all
-    of them together, each reference counting its whole shape at WIDE bytes an element (what readers widen to), take
-    at most `cap` bytes; else ValueError (one line)."""
+    of them together, each reference counting its whole shape (element_bytes), take at most `cap` bytes; else
+    ValueError (one line)."""
     import torch
 
     from moe.memory import BUDGET_ENV, describe_over
@@ -40,10 +44,10 @@ def check_tensors(obj, path: str, cap: int):
                     item.layout).removeprefix("torch.")
                 raise ValueError(f"{path!r} holds a {kind} tensor of {str(item.dtype).removeprefix('torch.')}; a "
                                  f"routing dump holds plain integer or float tensors")
-            total += item.numel() * max(item.element_size(), WIDE)
+            total += element_bytes(item)
             if total > cap:
                 total_text, cap_text = describe_over(total, cap)
-                raise ValueError(f"{path!r} holds tensors of {total_text} or more (each counted whole, as "
+                raise OverBudget(f"{path!r} holds tensors of {total_text} or more (each counted whole, as "
                                  f"readers copy it), over the {cap_text} a routing file may take under "
                                  f"the memory budget; give a shorter dump or raise {BUDGET_ENV}")
         elif isinstance(item, (dict, list, tuple)):
@@ -55,14 +59,21 @@ def check_tensors(obj, path: str, cap: int):
     return obj
 
 
+def element_bytes(tensor) -> int:
+    """What one reference to a tensor counts: its whole shape, an integer or bool element at WIDE bytes at least (the
+    readers' int64), a float at its own size (router weights are hashed as they are, never widened)."""
+    size = tensor.element_size()
+    return tensor.numel() * (size if tensor.is_floating_point() else max(size, WIDE))
+
+
 def tensor_bytes(obj) -> int:
-    """What check_tensors counts of an object it passed: every tensor reference's shape at WIDE bytes an element."""
+    """What check_tensors counts of an object it passed: element_bytes of every tensor reference."""
     import torch
     total, stack = 0, [obj]
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
-            total += item.numel() * max(item.element_size(), WIDE)
+            total += element_bytes(item)
         elif isinstance(item, (dict, list, tuple)):
             stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
     return total
@@ -91,11 +102,29 @@ def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
         return
     if total > cap:
         total_text, cap_text = describe_over(total, cap)
-        raise ValueError(f"{path!r} holds a pickle that could build {total_text} or more of Python objects when "
+        raise OverBudget(f"{path!r} holds a pickle that could build {total_text} or more of Python objects when "
                          f"loaded, over the {cap_text} a routing file may take under the memory budget; give a "
                          f"shorter dump or raise {BUDGET_ENV}")
 
 
-def pickle_may_exceed(size: int, cap: int) -> bool:
-    """Whether a pickle of `size` bytes could build more than `cap` bytes at all (every byte an EMPTY_SET)."""
-    return size * (max(PICKLE_BYTES.values(), default=0) + SLOT_BYTES) > cap
+def check_pickles(f, archive, path: str, cap: int) -> None:
+    """check_pickle on a torch.save file's object pickle: the zip format's `*/data.pkl` member (`archive`, its
+    zipfile), or the legacy format's first five pickles (magic number, protocol, system info, the object, its storage
+    keys), each only when its size alone could build more than `cap` (every byte an EMPTY_SET). A damaged archive is
+    left to torch.load, which refuses it."""
+    import io
+
+    from moe.traces.zipfiles import DAMAGED
+    most = max(PICKLE_BYTES.values()) + SLOT_BYTES                                   # bytes one pickle byte builds
+    if archive is None:
+        if f.seek(0, 2) * most > cap:
+            f.seek(0)
+            check_pickle(f, path, cap, pickles=5)
+        return
+    for info in archive.infolist():
+        if info.filename.endswith("data.pkl") and info.file_size * most > cap:
+            try:  # read whole, as torch.load reads it (its size counts in the member sum): scanned from memory
+                data = archive.read(info)
+            except DAMAGED:
+                return
+            check_pickle(io.BytesIO(data), path, cap)
