@@ -250,12 +250,12 @@ def _read_per_pass(run: _Run, budget: int) -> RoutingLog:
                       physical_to_logical=run.p2l, rank_counts=rank_counts)
 
 
-def _token_rows(run: _Run, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Every (layer, token) row of every record: (step index, rank index, layer, physical ids (N, K))."""
+def _token_ids(run: _Run, budget: int) -> list[tuple[int, int, np.ndarray]]:
+    """Every record's (forward_pass_id, rank, ids (L, T, K)), checked, once the rows they make are known to fit:
+    what they take at their peak here and in _read_per_token (measured: 68 B a row at K=1, 301 at K=8), counted from
+    the shapes before any is built (the ids tensor's own size says nothing of a zero-width one's T)."""
     L, P = run.p2l.shape
-    step_index = {int(s): i for i, s in enumerate(run.steps)}
-    rank_index = {r: i for i, r in enumerate(run.ranks)}
-    parts, width, rows = [], None, 0
+    out, width = [], None
     for (fpid, rank), (rec, at) in sorted(run.records.items()):
         ids = _int_tensor(rec.get("topk_ids_of_layer"), at, 3, "topk_ids_of_layer [layers, tokens, top_k]")
         if ids.shape[0] != L:
@@ -265,17 +265,28 @@ def _token_rows(run: _Run, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndar
             raise ValueError(f"{at}: topk_ids_of_layer has {ids.shape[2]} slots per token, " + (
                 f"other records {width}; give the rank files of one run" if ids.shape[2] else
                 "SGLang writes top_k (at least 1); give the file as SGLang wrote it"))
-        width, rows = ids.shape[2], rows + L * ids.shape[1]
-        # what the rows take at their peak here and in _read_per_token (measured: 68 B a row at K=1, 301 at K=8),
-        # counted before they are built: the ids tensor's own size says nothing of a zero-width one's T
-        _check_size(rows * (TOKEN_ROW_BYTES + TOKEN_ID_BYTES * width) // 8, "the per-token rows", budget)
+        width = ids.shape[2]
+        out.append((fpid, rank, ids, at))
+    rows = sum(L * ids.shape[1] for _, _, ids, _ in out)
+    _check_size(rows * (TOKEN_ROW_BYTES + TOKEN_ID_BYTES * (width or 1)) // 8, "the per-token rows", budget)
+    for _, _, ids, at in out:
         high = check_ids(ids, at, allow_padding=True)
         if high >= P:
             raise ValueError(f"{at}: routes to physical expert {high} but {MAP_KEY} has {P} physical experts "
                              f"(0..{P - 1}); give the map written with the ids")
-        T = ids.shape[1]
+    return [(fpid, rank, ids) for fpid, rank, ids, _ in out]
+
+
+def _token_rows(run: _Run, budget: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every (layer, token) row of every record: (step index, rank index, layer, physical ids (N, K))."""
+    L = run.p2l.shape[0]
+    step_index = {int(s): i for i, s in enumerate(run.steps)}
+    rank_index = {r: i for i, r in enumerate(run.ranks)}
+    parts = []
+    for fpid, rank, ids in _token_ids(run, budget):
+        T, K = ids.shape[1], ids.shape[2]
         parts.append((np.full(L * T, step_index[fpid]), np.full(L * T, rank_index[rank]),
-                      np.repeat(np.arange(L, dtype=np.int32), T), ids.reshape(L * T, width)))  # (L·T, K)
+                      np.repeat(np.arange(L, dtype=np.int32), T), ids.reshape(L * T, K)))  # (L·T, K)
     cols = [np.concatenate([part[i] for part in parts]) for i in range(4)]
     return cols[0].astype(np.int64), cols[1].astype(np.int64), cols[2], cols[3].astype(np.int64)
 
