@@ -293,13 +293,17 @@ def test_trace_report_out_is_checked_before_the_source_is_read(tmp_path, capsys,
     (tmp_path / "full" / "a").write_text("x")
     monkeypatch.setattr(trace_report, "open_trace", lambda *a, **k: pytest.fail("the source was read"))
     for out, message in (("notes.txt", "'notes.txt' is a file, not a directory; give a new or empty directory"),
-                         ("no/log", "the folder of 'no/log' does not exist; give a new directory in an existing "
-                                    "folder"),
+                         ("notes.txt/log", "'notes.txt/log' lies under '" + str(tmp_path / "notes.txt") +
+                          "', a file; give a new directory in a folder"),
                          ("full", "'full' is not empty; give a new directory for the routing log")):
         monkeypatch.chdir(tmp_path)
         assert main(["trace-report", "t.jsonl", "--n-experts", str(E), "--out", out]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and message in err, err
+    monkeypatch.undo()
+    assert main(["trace-report", str(tmp_path / "t.jsonl"), "--n-experts", str(E), "--out",
+                 str(tmp_path / "new" / "runs" / "log")]) == 0  # missing folders are made, as before
+    assert (tmp_path / "new" / "runs" / "log" / "meta.json").is_file()
 
 
 def test_reader_never_reads_the_whole_file(tmp_path):
@@ -351,3 +355,16 @@ def test_plan_options_without_a_world_size_are_refused(tmp_path, capsys):
         assert f"{flag} shapes the plan, which --world-size asks for; give --world-size W too" in err
     assert main(["trace-report", str(tmp_path / "t.jsonl"), "--n-experts", str(E), "--world-size", "2",
                  "--redundant-slots", "2"]) == 0
+
+
+def test_whole_read_options_with_follow_are_refused(tmp_path, capsys):
+    """`trace-report LOG --follow --n-experts 7` on a 4-expert log printed its steps and exited 0: --follow dropped
+    --n-experts, --out, --world-size, --layers and --format."""
+    from moe.cli.main import main
+    for flags, flag in ((["--n-experts", "7"], "--n-experts"), (["--out", str(tmp_path / "o")], "--out"),
+                        (["--world-size", "2"], "--world-size"), (["--layers", "2"], "--layers"),
+                        (["--format", "csv"], "--format csv")):
+        assert main(["trace-report", str(tmp_path), "--follow", *flags]) == 2
+        err = capsys.readouterr().err
+        assert f"; {flag} is for reading a whole source: drop it, or drop --follow" in err, err
+    assert not (tmp_path / "o").exists()

@@ -56,12 +56,10 @@ class LogWriter:
         self._ranks: list[tuple[int, np.ndarray]] = []
         check_new_log_dir(path)
         try:
-            os.makedirs(path, exist_ok=True)
+            os.makedirs(path, exist_ok=True)  # its missing parents too (RoutingRecorder(model, "runs/b"))
         except OSError as err:  # e.g. under /proc, which says it is writable to root
             raise ValueError(f"cannot create the routing log directory {path!r} ({err.strerror}); give a new "
                              f"directory in a folder you can write to") from None
-        if os.listdir(path):
-            raise ValueError(f"{path!r} is not empty; give a new directory for the routing log")
         doc = {"schema": SCHEMA, "source": source, "layers": self.layers, "n_experts": self.n_experts,
                "n_experts_source": n_experts_source, "top_k": top_k, "meta": meta or {},
                "physical_to_logical_map": None if physical_to_logical is None
@@ -107,19 +105,22 @@ class LogWriter:
 
 
 def check_new_log_dir(path: str) -> None:
-    """ValueError (one line) unless `path` can become a routing log: an empty directory, or a new one in an existing
-    folder that is writable (trace-report checks it before it reads the source)."""
+    """ValueError (one line) unless `path` can become a routing log: an empty directory, or a new one (its missing
+    parents made too) under an existing folder that is writable (trace-report checks it before it reads the source)."""
     if os.path.lexists(path):
         if not os.path.isdir(path):
             raise ValueError(f"{path!r} is a file, not a directory; give a new or empty directory for the routing log")
         if os.listdir(path):
             raise ValueError(f"{path!r} is not empty; give a new directory for the routing log")
         return
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise ValueError(f"the folder of {path!r} does not exist; give a new directory in an existing folder")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise ValueError(f"the folder of {path!r} is not writable; give a new directory in a folder you can write to")
+    above = os.path.dirname(os.path.abspath(path))
+    while not os.path.lexists(above):  # the nearest existing folder above it takes the new ones
+        above = os.path.dirname(above)
+    if not os.path.isdir(above):
+        raise ValueError(f"{path!r} lies under {above!r}, a file; give a new directory in a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise ValueError(f"{path!r} lies under {above!r}, which is not writable; give a new directory in a folder "
+                         f"you can write to")
 
 
 def write_log(log: RoutingLog, path: str) -> None:
