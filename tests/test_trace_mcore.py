@@ -45,10 +45,12 @@ def test_every_ep_group_of_a_run_in_one_folder_is_summed(tmp_path):
                                  first_rank=2)
     stage, truth2 = mcore_dumps(tmp_path, ep_size=2, layer_numbers=[3], n_experts=4, max_forwards=3, seed=2,
                                 first_rank=4)
-    log = read_npz(first + second + stage, None)
-    assert log.layers == ["1", "2", "3"] and log.meta["ep_groups"] == [[0, 1], [2, 3], [4, 5]]
+    stage2, truth3 = mcore_dumps(tmp_path, ep_size=2, layer_numbers=[3], n_experts=4, max_forwards=3, seed=3,
+                                 first_rank=6)
+    log = read_npz(first + second + stage + stage2, None)
+    assert log.layers == ["1", "2", "3"] and log.meta["ep_groups"] == [[0, 1], [2, 3], [4, 5], [6, 7]]
     want = np.zeros((3, 3, 4), dtype=np.int64)                                        # (forwards, layers, experts)
-    for truth, rows in ((truth0, (0, 1)), (truth1, (0, 1)), (truth2, (2,))):
+    for truth, rows in ((truth0, (0, 1)), (truth1, (0, 1)), (truth2, (2,)), (truth3, (2,))):
         for (rank, slot), loads in truth.items():
             want[:, rows[slot]] += loads
     np.testing.assert_array_equal(log.counts, want)
@@ -57,6 +59,10 @@ def test_every_ep_group_of_a_run_in_one_folder_is_summed(tmp_path):
     with pytest.raises(ValueError, match=r"group \[2, 3\] do not hold each of its 2 ranks once \(ep_rank 1 is "
                                          r"missing\)"):
         read_npz(first + second[:1], None)
+    # a whole group missing (one replica's second stage): layer 3 would count half its tokens, silently
+    with pytest.raises(ValueError, match="layer 3 is held by 1 expert-parallel group\(s\) of the dumps, layer 1 "
+                                         "by 2: a run holds every layer in one group per data-parallel replica"):
+        read_npz(first + second + stage, None)
 
 
 def test_rows_past_a_layers_forward_count_are_never_read(tmp_path):

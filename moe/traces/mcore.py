@@ -137,6 +137,15 @@ def _groups(dumps: list[dict], paths: list[str]) -> list[list[dict]]:
     if len({rank for group in groups for d in group for rank in d["ep_group_ranks"].tolist()}) != sum(
             len(group) for group in groups):
         raise ValueError("two expert-parallel groups of the dumps share a rank; give the files of one run")
+    held = {}  # layer -> the groups holding it: one per data-parallel replica, the same number for every layer
+    for group in groups:
+        for n in group[0]["layer_numbers"].tolist():
+            held[n] = held.get(n, 0) + 1
+    few, most = min(held, key=held.get), max(held, key=held.get)
+    if held[few] != held[most]:
+        raise ValueError(f"layer {few} is held by {held[few]} expert-parallel group(s) of the dumps, layer {most} by "
+                         f"{held[most]}: a run holds every layer in one group per data-parallel replica; give every "
+                         f"rank's file")
     return groups
 
 
