@@ -42,16 +42,28 @@ def add_command(commands) -> None:
     p.set_defaults(run=run)
 
 
+def _check_ignored(args: argparse.Namespace) -> None:
+    """ValueError for an option that would be accepted and ignored: the plan's without --world-size, a whole read's
+    with --follow."""
+    plan = [flag for flag, value in (("--redundant-slots", args.redundant_slots), ("--layer", args.layer))
+            if value not in (None, 0)]
+    if plan and not args.world_size:
+        raise ValueError(f"{plan[0]} shapes the plan, which --world-size asks for; give --world-size W too")
+    whole = [flag for flag, value in (("--out", args.out), ("--n-experts", args.n_experts), ("--layers", args.layers),
+                                      ("--world-size", args.world_size), ("--format csv", args.format == "csv"))
+             if value]
+    if args.follow and whole:
+        raise ValueError(f"--follow prints one line per new step of a routing log (its own expert count); "
+                         f"{whole[0]} is for reading a whole source: drop it, or drop --follow")
+
+
 def run(args: argparse.Namespace) -> str:
     check_paths_given(out=args.out)
-    unused = [flag for flag, value in (("--redundant-slots", args.redundant_slots), ("--layer", args.layer))
-              if value not in (None, 0)]
-    if unused and not args.world_size:
-        raise ValueError(f"{unused[0]} shapes the plan, which --world-size asks for; give --world-size W too")
-    if args.out is not None:
-        check_new_log_dir(args.out)  # before the source is read: a wrong path is refused at once
+    _check_ignored(args)
     if args.follow:
         return follow(args.file, args.idle_after)
+    if args.out is not None:
+        check_new_log_dir(args.out)  # before the source is read: a wrong path is refused at once
     s = open_trace(args.file, n_experts=args.n_experts, n_layers=args.layers, score=args.score)
     if args.out:
         write_log(s.log(), args.out)
