@@ -364,4 +364,5 @@ def test_a_model_path_that_is_a_file_or_comes_from_the_environment_says_so(tmp_p
     monkeypatch.setenv("MOE_SCOPE_MODEL", str(tmp_path / "nope"))
     code, _, err = _run(["model-report", "--text", "hi"], capsys)
     assert code == 2 and err.count("\n") == 1
-    assert "nope' does not exist" in err and "(the model named by $MOE_SCOPE_MODEL; unset it for the bundled model)" in err
+    assert "nope' does not exist" in err
+    assert "(the model named by $MOE_SCOPE_MODEL; unset it for the bundled model)" in err

@@ -415,3 +415,16 @@ def test_an_expert_count_given_for_a_routing_log_must_agree_with_its_own(tmp_pat
     assert read_log(str(tmp_path / "log"), 16).n_experts == read_log(str(tmp_path / "log")).n_experts == 16
     with pytest.raises(ValueError, match="records 16 experts"):
         read_log(str(tmp_path / "log"), 4)
+
+
+@pytest.mark.parametrize("base", [[1], "1", 1.0, -1, 2, True])
+def test_a_malformed_layer_base_in_meta_json_is_one_line(tmp_path, base):
+    """`"layer_base": [1]` in a log's meta.json ended `plan --export sglang` in a TypeError traceback."""
+    from moe.traces.formats import read_log
+    from moe.traces.store import write_log
+    write_log(RoutingLog("megatron", ["1"], np.arange(2), np.ones((2, 1, 4), np.int64)), str(tmp_path / "log"))
+    meta = json.loads((tmp_path / "log" / "meta.json").read_text())
+    meta["meta"]["layer_base"] = base
+    (tmp_path / "log" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="the routing log's layer_base must be 0 or 1"):
+        read_log(str(tmp_path / "log"))

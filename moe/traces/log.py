@@ -76,6 +76,10 @@ class RoutingLog:
         check_experts(self.counts.shape[2], "the routing log's expert count")
         if self.physical_to_logical is not None:
             check_map(self.physical_to_logical, self.n_experts, "the physical → logical map")
+        base = self.meta.get(LAYER_BASE, 0)
+        if type(base) is not int or base not in (0, 1):  # from a file's meta.json: checked, never int()ed
+            raise ValueError(f"the routing log's {LAYER_BASE} must be 0 or 1 (the number its source gives its first "
+                             f"layer); write the log again")
 
     @property
     def n_experts(self) -> int:
@@ -85,7 +89,7 @@ class RoutingLog:
     def layer_base(self) -> int:
         """The number the source gives its first layer (meta LAYER_BASE; 0 when absent): Megatron-Core's layer_number
         counts from 1, so its label n is layer id n − 1 in a serving map (moe.parallel.export.sglang_layer_ids)."""
-        return int(self.meta.get(LAYER_BASE, 0))
+        return self.meta.get(LAYER_BASE, 0)
 
     def layer_load(self, layer: str) -> np.ndarray:
         """(S, E) tokens per step and expert of one layer."""
