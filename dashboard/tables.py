@@ -169,8 +169,14 @@ def sorted_matrix(matrix: np.ndarray, perm: np.ndarray, groups: list[str],
     edges = group_bin_edges(groups, max_rows)
     shown, labels, note = aggregate_rows(matrix[perm], max_rows, perm, edges)  # (R, E)
     row_groups = [groups[i] for i in edges[:-1]]
-    apart = sum(g != h for g, h in zip(groups, groups[1:])) < max_rows  # runs of a group ≤ max_rows
+    apart = len(group_starts(groups)) <= max_rows  # else equal bins across the groups
     return shown, labels, note + (" A bin never mixes two groups." if apart else ""), row_groups
+
+
+def group_starts(groups: list[str]) -> np.ndarray:
+    """The first row of each run of equal `groups`."""
+    g = np.asarray(groups)
+    return np.concatenate([[0], np.flatnonzero(g[1:] != g[:-1]) + 1]) if len(g) else np.zeros(0, np.int64)
 
 
 def group_bin_edges(groups: list[str], max_rows: int) -> np.ndarray:
@@ -181,7 +187,7 @@ def group_bin_edges(groups: list[str], max_rows: int) -> np.ndarray:
     T = len(groups)
     if T <= max_rows:
         return np.arange(T + 1)
-    starts = [0] + [i for i in range(1, T) if groups[i] != groups[i - 1]]
+    starts = group_starts(groups).tolist()
     if len(starts) > max_rows:
         return bin_edges(T, max_rows)
     bounds, spare = starts + [T], max_rows - len(starts)
