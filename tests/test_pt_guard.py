@@ -208,3 +208,17 @@ def test_float_tensors_count_at_their_own_size():
     check_tensors({"weight": torch.zeros(1 << 20, dtype=torch.float32)}, "w.pt", 4 << 20)       # 4 MiB: fits
     with pytest.raises(ValueError, match="holds tensors of 8.0 MiB"):
         check_tensors({"ids": torch.zeros(1 << 20, dtype=torch.int32)}, "i.pt", 4 << 20)     # int64 when read
+
+
+def test_a_map_with_fewer_slots_than_experts_is_refused_before_its_table(tmp_path):
+    """A physical → logical map of 100,000 one-slot rows naming expert 16,383 (a 302 KB SGLang per_pass dump) built a
+    (rows, E) table twice before anything was checked: 3.6 GB under a 256 MiB budget."""
+    rows = 100_000
+    p2l = torch.zeros(rows, 1, dtype=torch.int16)
+    p2l[0, 0] = 16_383
+    torch.save({"last_physical_to_logical_map": p2l,
+                "records": [{"forward_pass_id": 0, "rank": 0, "global_physical_count": torch.zeros(rows, 1,
+                                                                                                  dtype=torch.int8)}]},
+               str(tmp_path / "expert_distribution_recorder_1.pt"))
+    message, peak = _refusal(lambda: read_log(str(tmp_path / "expert_distribution_recorder_1.pt"), limits=LIMITS))
+    assert "has 1 physical slots per layer for 16384 logical experts" in message and peak < 64 << 20, (message, peak)

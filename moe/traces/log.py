@@ -127,8 +127,11 @@ def check_map(p2l, n_experts: int | None, what: str) -> np.ndarray:
     if int(arr.min()) < 0 or int(arr.max()) >= E or E > MAX_EXPERTS:
         raise ValueError(f"{what} holds expert {int(arr.min()) if arr.min() < 0 else int(arr.max())}, outside "
                          f"0..{E - 1}")
-    present = np.zeros((arr.shape[0], E), dtype=bool)
-    present[np.arange(arr.shape[0])[:, None], arr] = True  # (L, E)
+    if arr.shape[1] < E:  # before the (L, E) table below: a map of one slot per row and E = 16,384 took 3.6 GB
+        raise ValueError(f"{what} has {arr.shape[1]} physical slots per layer for {E} logical experts; every expert "
+                         f"needs at least one")
+    present = np.zeros((arr.shape[0], E), dtype=bool)                                 # (L, E), at most the map's size
+    present[np.arange(arr.shape[0])[:, None], arr] = True
     if not present.all():
         layer, expert = (int(v[0]) for v in np.nonzero(~present))
         raise ValueError(f"{what} gives logical expert {expert} no physical slot in layer {layer}; every expert needs "
