@@ -5,6 +5,7 @@ stat dump took the reader to 3.9 GB and a 16 MB per_token dump of 30 records sha
 1 GB budget. Tensors that cannot become NumPy arrays (bits, quantized, sparse) were TypeError tracebacks."""
 from __future__ import annotations
 
+import os
 import tracemalloc
 
 import pytest
@@ -222,3 +223,18 @@ def test_a_map_with_fewer_slots_than_experts_is_refused_before_its_table(tmp_pat
                str(tmp_path / "expert_distribution_recorder_1.pt"))
     message, peak = _refusal(lambda: read_log(str(tmp_path / "expert_distribution_recorder_1.pt"), limits=LIMITS))
     assert "has 1 physical slots per layer for 16384 logical experts" in message and peak < 64 << 20, (message, peak)
+
+
+def test_links_to_one_rank_file_and_npz_of_many_arrays_are_refused(tmp_path):
+    """Four links to one 20 MB rank file were read as four ranks (a minute each at 4,096 links: hours), and an .npz
+    whose central directory names one array 60,000 times opened each twice (15 s) before it was read."""
+    import numpy as np
+    from fixtures_stacks import mcore_dumps
+    paths, _ = mcore_dumps(tmp_path, ep_size=1, layer_numbers=[1], n_experts=4, max_forwards=1)
+    os.symlink(paths[0], tmp_path / "mcore_ep_loads_rank1_20261206_130000_pid9.npz")
+    with pytest.raises(ValueError, match="is one file under two names \\(a link\\); give each rank's file once"):
+        read_log(str(tmp_path), limits=LIMITS)
+    np.savez(tmp_path / "many.npz", **{f"a{i}": np.zeros(1) for i in range(300)})
+    from moe.traces.safeload import load_npz
+    with pytest.raises(ValueError, match="holds 300 arrays, over the 256 a routing .npz may hold"):
+        load_npz(str(tmp_path / "many.npz"), LIMITS)

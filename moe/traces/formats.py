@@ -48,7 +48,8 @@ def detect(path: str) -> str:
         if is_log_dir(path):
             return "moe-scope-log"
         return _rank_files(path)[0]
-    head = safeload.sniff(path, 4096)
+    with safeload.open_regular(path) as f:
+        head = f.read(4096)
     if head.startswith(b"PAR1"):
         return "parquet"
     if head.startswith(safeload.NPY_MAGIC):
@@ -85,6 +86,11 @@ def _rank_files(path: str) -> tuple[str, list[str]]:
             found.sort(key=lambda mn: (int(mn[0].group(1) or 0), mn[1]))
             files = [os.path.join(path, n) for _, n in found]
             inside(path, files)
+            real = [os.path.realpath(f) for f in files]
+            if len(set(real)) < len(real):  # links inside the folder to one file: read once per name, minutes each
+                twice = next(f for f, r in zip(files, real) if real.count(r) > 1)
+                raise ValueError(f"{os.path.basename(twice)!r} in {path!r} is one file under two names (a link); "
+                                 f"give each rank's file once")
             return kind, files
     raise ValueError(f"directory {path!r} holds no routing files: give a routing log directory (meta.json) or a "
                      f"directory of router_trace_rank{{R}}.jsonl, mcore_ep_loads_rank*.npz or SGLang "
