@@ -259,3 +259,14 @@ def test_a_file_name_inside_a_directory_is_plain_text_in_the_message(tmp_path):
     message = at.error[0].value
     assert "but not a routing dump moe-scope reads" in message
     assert r"\*\*BOLD\*\* \[click\]\(http:evil.example\) \!\[i\]\(http:evil.example:9\)" in message
+
+
+def test_co_occurrence_is_not_drawn_past_the_heatmap_cells(tmp_path):
+    """At E = 16,384 its E × E table took 88 s and 4.5 GB for one token; a table past a heatmap's cells is not built."""
+    log = _log(S=2, E=1024)
+    write_log(log, str(tmp_path / "run"))
+    at = _open_path(str(tmp_path / "run"))
+    assert not at.exception and not at.error, at.error
+    assert "run_co_chart" not in _figures(at) and "run_slots_chart" in _figures(at)
+    assert any("Co-occurrence is not drawn for 1024 experts: its 1,048,576 cells are over the 262,144" in c.value
+               for c in at.caption)

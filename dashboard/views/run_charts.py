@@ -13,6 +13,7 @@ from moe.traces.runstats import (co_occurrence, dead_experts, hot_mask, hot_pers
                                  slot_usage)
 
 from dashboard.definitions import caption
+from dashboard.tables import HEATMAP_MAX_CELLS
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.runs import (co_occurrence_figure, dead_figure, hot_figure, layer_expert_figure,
                                     percentile_figure, persistence_figure, slot_usage_figure)
@@ -84,7 +85,11 @@ def _tokens(log: RoutingLog, layer: str) -> None:
     ids = tokens.ids[rows]                                                    # (N, K)
     left, right = st.columns(2)
     left.plotly_chart(slot_usage_figure(slot_usage(ids, log.n_experts)), width="stretch", key="run_slots_chart")
-    right.plotly_chart(co_occurrence_figure(co_occurrence(ids, log.n_experts)), width="stretch", key="run_co_chart")
+    if log.n_experts ** 2 <= HEATMAP_MAX_CELLS:
+        right.plotly_chart(co_occurrence_figure(co_occurrence(ids, log.n_experts)), width="stretch", key="run_co_chart")
+    else:  # its E × E table alone is 2 GB at E = 16,384, and no browser draws it
+        right.caption(f"Co-occurrence is not drawn for {log.n_experts} experts: its {log.n_experts ** 2:,} cells are "
+                      f"over the {HEATMAP_MAX_CELLS:,} a heatmap here draws.")
     st.caption(caption("run_slot_usage", "run_co_occurrence"))
     table = pd.DataFrame(ids[:TOKENS_SHOWN], columns=[f"slot {k}" for k in range(ids.shape[1])])
     if tokens.weights is not None:

@@ -19,7 +19,7 @@ PERCENTILES = (50, 95)          # with the max: what Megatron-LM's users ask for
 # python/sglang/srt/eplb/expert_distribution.py compute_utilization_rate (per layer, then averaged over layers);
 # vLLM vllm/distributed/eplb/eplb_state.py EplbState.step (Σ_l mean_r / Σ_l max_r). We show max/mean over experts.
 HOT_SHARE = 0.1                 # an expert is hot at a step when it is among the top 10% of experts by tokens
-CO_CHUNK_ENTRIES = 1 << 22      # tokens × experts of the one-hot block multiplied at once (bounds its memory)
+CO_CHUNK_ENTRIES = 1 << 22      # (token, slot, slot) pairs counted at once (bounds their memory)
 
 
 def layer_percentiles(steps: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
@@ -94,13 +94,16 @@ def slot_usage(ids: np.ndarray, n_experts: int) -> np.ndarray:
 
 def co_occurrence(ids: np.ndarray, n_experts: int, chunk_entries: int = CO_CHUNK_ENTRIES) -> np.ndarray:
     """(E, E): tokens that chose both e and f (the diagonal: tokens that chose e); ids (N, K), -1 skipped, an id
-    repeated within a token counted once."""
-    out = np.zeros((n_experts, n_experts), dtype=np.int64)
-    rows = max(1, chunk_entries // n_experts)
-    for lo in range(0, len(ids), rows):
+    repeated within a token counted once. Counted from the pairs of each token's slots, N·K² of them (chunks of
+    `chunk_entries` pairs), not a one-hot product of N·E² (88 s at E = 16,384 for one token)."""
+    ids = np.sort(np.asarray(ids, dtype=np.int64), axis=1)                            # (N, K)
+    ids[:, 1:][ids[:, 1:] == ids[:, :-1]] = -1                                        # a repeated id counts once
+    N, K = ids.shape
+    out = np.zeros(n_experts * n_experts, dtype=np.int64)
+    rows = max(1, chunk_entries // max(K * K, 1))
+    for lo in range(0, N, rows):
         part = ids[lo:lo + rows]
-        hit = np.zeros((len(part), n_experts + 1), dtype=np.int64)           # (n, E + 1): column E takes the -1s
-        hit[np.arange(len(part))[:, None], np.where(part >= 0, part, n_experts)] = 1
-        hit = hit[:, :n_experts]
-        out += hit.T @ hit                                                    # (E, E)
-    return out
+        a, b = part[:, :, None], part[:, None, :]                                     # (n, K, 1), (n, 1, K)
+        pair = (a * n_experts + b)[(a >= 0) & (b >= 0)]                               # every (e, f) of a token
+        out += np.bincount(pair, minlength=n_experts * n_experts)
+    return out.reshape(n_experts, n_experts)
