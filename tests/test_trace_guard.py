@@ -265,3 +265,24 @@ def test_a_parquet_file_with_damaged_pages_is_one_line(tmp_path):
     data[200:2000] = bytes((v * 7 + 13) % 256 for v in data[200:2000])  # the pages; the footer intact
     (tmp_path / "t.parquet").write_bytes(bytes(data))
     assert "is not a readable Parquet file" in _refused(tmp_path / "t.parquet")  # dc51461: an OSError traceback
+
+
+def test_the_fast_paths_count_table_is_checked_before_it_is_made(tmp_path):
+    """One-token records, each its own step, naming ids up to 16,383: the block's (cells, largest id + 1) table was
+    made before the counts' cap was checked, 2.2 × a 256 MiB budget."""
+    from moe.traces.formats import read_log
+    from moe.traces.records import TraceLimits
+    ids = list(range(0, 16384, 512))
+    ids[-1] = 16383
+    with open(tmp_path / "router_trace_rank0.jsonl", "w") as f:
+        for step in range(5000):
+            f.write(json.dumps({"step": step, "stage": "pre_dispatch", "block": "decoder", "layer": 0, "rank": 0,
+                                "num_tokens": 1, "topk": 32, "top_indices": [ids]}) + "\n")
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="token counts per \\(step, layer\\) and expert need more than"):
+            read_log(str(tmp_path / "router_trace_rank0.jsonl"), 16384, limits=TraceLimits(256 << 20))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 160 << 20, peak
