@@ -235,6 +235,9 @@ def test_router_state_is_summarised_per_layer(tmp_path):
     assert list(state) == ["0", "1"] and state["1"]["score_function"] == "sigmoid" and state["1"]["topk"] == K
     assert state["1"]["expert_bias"] == pytest.approx(saved[1]["expert_bias"].tolist())
     assert log.meta["router_state_ranks"] == [0, 1] and log.meta["router_state_differs"] == []
+    write_router_state(tmp_path, 0, [0, 1, 7], E, K)  # layer 7 is not in the trace: not kept
+    assert list(read_megatron(paths, E).meta["router_state"]) == ["0", "1"]
+    write_router_state(tmp_path, 0, [0, 1], E, K)
     write_router_state(tmp_path, 1, [0, 1], E, K, seed=1, bias=False)  # another pipeline stage's layers 0, 1
     assert read_megatron(paths, E).meta["router_state_differs"] == ["0", "1"]
     os.remove(tmp_path / "router_state_rank0.pt")

@@ -65,7 +65,7 @@ def read_megatron(paths: list[str], n_experts: int | None, progress: Progress | 
         raise ValueError(f"{_named(paths)} no routing records; give the router_trace_rank*.jsonl files of "
                          f"a run that traced at least one step")
     log = _assemble(files, ranks, paths, n_experts, limits)
-    log.meta.update(fast_path=fast, **read_router_states(paths, ranks, log.n_experts, log.top_k, limits))
+    log.meta.update(fast_path=fast, **read_router_states(paths, ranks, log.n_experts, log.top_k, limits, log.layers))
     if progress is not None:
         progress(1.0)
     return log

@@ -25,9 +25,9 @@ SCORE_NAME = re.compile(r"[a-z][a-z0-9_]{0,31}")  # "softmax", "sigmoid", ...: s
 
 
 def read_router_states(paths: list[str], ranks: list[int], n_experts: int, top_k: int | None,
-                       limits: TraceLimits) -> dict:
+                       limits: TraceLimits, layers: list[str] | None = None) -> dict:
     """{"router_state": {layer: {...}}, "router_state_ranks": [...], "router_state_differs": [...]} from the dumps
-    next to the rank files (none: {}); a malformed dump is one ValueError line."""
+    next to the rank files (none: {}), of `layers` only when given; a malformed dump is one ValueError line."""
     states, digests, found = {}, {}, []
     for path, rank in zip(paths, ranks):
         side = os.path.join(os.path.dirname(os.path.realpath(path)), f"router_state_rank{rank}.pt")
@@ -35,6 +35,8 @@ def read_router_states(paths: list[str], ranks: list[int], n_experts: int, top_k
             continue
         found.append(rank)
         for layer, entry in _load(side, n_experts, top_k, limits).items():
+            if layers is not None and layer not in layers:  # a layer the trace lacks: not kept (240 layers sharing
+                continue                                     # one bias of 16,384 floats made 110 MB of JSON)
             digest = entry.pop("digest")
             states.setdefault(layer, entry)
             digests.setdefault(layer, set()).add(digest)
