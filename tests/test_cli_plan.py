@@ -219,3 +219,18 @@ def test_sglang_rows_of_a_megatron_core_dump_count_layer_numbers_from_1(tmp_path
     err = capsys.readouterr().err
     assert "the log has layer 2 (layer id 1: its source counts from 1), which does not fit --num-layers 1" in err
     assert "(at least 2)" in err
+
+
+def test_the_replay_estimate_counts_the_runs_own_slots(tmp_path, capsys, monkeypatch):
+    """A vLLM EPLB window whose map holds 400,000 slots for 2 experts: the estimate counted E + R = 2 columns, while a
+    window's plans are padded to the map's width (an auditor's 3.9 M slots grew 400 MB under a 256 MiB budget)."""
+    import torch
+    from moe.cli.plan import replay_bytes
+    P = 400_000
+    torch.save({"expert_load_window": torch.ones(1, 1, P, dtype=torch.int64),
+                "physical_to_logical_map": (torch.arange(P) % 2)[None]}, str(tmp_path / "eplb.pt"))
+    narrow, wide = replay_bytes(1, 1, 1, 2, 0), replay_bytes(1, 1, 1, 2, 0, P)
+    assert wide > 100 * narrow
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(wide / 2 ** 30 * 1.5))  # half of it is under the estimate
+    assert main(["plan", str(tmp_path / "eplb.pt"), "--world-size", "2"]) == 2
+    assert "would take about" in capsys.readouterr().err

@@ -57,19 +57,21 @@ SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50":
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
 
 
-def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int) -> int:
+def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int = 0) -> int:
     """About what `plan`'s replay takes: its rows (each layer's windows under the current placement and both planners
     per R) at ROW_BYTES each, every layer's (windows, E) counts, and the (windows, E + R) arrays of the layers replayed
     at once (one a CPU), TEMP_COPIES of them each. An auditor's 432 KB counts file of 16,384 layers ran 420 s to
-    2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts × 200 windows grew 541 MB."""
-    width = windows * (n_experts + max_r) * 8
+    2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts × 200 windows grew 541 MB.
+    `n_physical`: the slots of the run's own map, when wider (a window's plans are padded to the widest placement:
+    a 7.8 MB EPLB dump of 3.9 M slots for 2 experts grew 400 MB under a 256 MiB budget)."""
+    width = windows * max(n_experts + max_r, n_physical) * 8
     return (layers * windows * (1 + 2 * n_slots) * ROW_BYTES + layers * windows * n_experts * 8
             + min(layers, os.cpu_count() or 1) * width * TEMP_COPIES)
 
 
-def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int) -> None:
+def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int) -> None:
     """Before the replay: `replay_bytes` within half the memory budget."""
-    need, budget = replay_bytes(layers, windows, n_slots, n_experts, max_r), budget_bytes()
+    need, budget = replay_bytes(layers, windows, n_slots, n_experts, max_r, n_physical), budget_bytes()
     if need > budget // 2:
         need_text, _, budget_text = describe_over(need, budget // 2, budget)
         raise ValueError(f"replaying {layers:,} layers × {windows:,} windows of {n_experts:,} experts for {n_slots} R "
@@ -93,7 +95,8 @@ def run(args: argparse.Namespace) -> str:
     if args.export == "sglang":
         sglang_layer_ids(log.layers, args.num_layers, log.layer_base)
     steps = args.window or default_window(len(log.steps))
-    _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots), E, R)
+    _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots), E, R,
+                0 if log.physical_to_logical is None else log.physical_to_logical.shape[1])
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
