@@ -283,3 +283,22 @@ def test_counts_past_the_memory_budget_are_refused_while_reading(tmp_path):
                                          "steps"):
         read_megatron(paths, E, limits=small)
     assert read_megatron(paths[:1], E, limits=TraceLimits(16 << 20)).counts.shape == (300, 4, E)
+
+
+def test_router_state_layers_the_trace_lacks_are_never_built(tmp_path):
+    """240 layers sharing one bias of 16,384 floats (a 138 KB dump) built 121 MB of float lists before the filter."""
+    import tracemalloc
+    big = 16384
+    path = tmp_path / "router_trace_rank0.jsonl"
+    write_megatron(path, megatron_records(1, 1, 4, big, K))
+    weight, bias = torch.zeros(big, 2), torch.ones(big)
+    torch.save({layer: {"weight": weight, "expert_bias": bias, "score_function": "sigmoid", "topk": K}
+                for layer in range(240)}, str(tmp_path / "router_state_rank0.pt"))
+    tracemalloc.start()
+    try:
+        log = read_megatron([str(path)], big)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert list(log.meta["router_state"]) == ["0"] and len(log.meta["router_state"]["0"]["expert_bias"]) == big
+    assert peak < 40 << 20, peak

@@ -29,14 +29,13 @@ def read_router_states(paths: list[str], ranks: list[int], n_experts: int, top_k
     """{"router_state": {layer: {...}}, "router_state_ranks": [...], "router_state_differs": [...]} from the dumps
     next to the rank files (none: {}), of `layers` only when given; a malformed dump is one ValueError line."""
     states, digests, found = {}, {}, []
+    keep = None if layers is None else {x.rsplit(".", 1)[-1] for x in layers}  # "mtp0.3" is keyed by its layer 3
     for path, rank in zip(paths, ranks):
         side = os.path.join(os.path.dirname(os.path.realpath(path)), f"router_state_rank{rank}.pt")
         if not _state_file(path, side):
             continue
         found.append(rank)
-        for layer, entry in _load(side, n_experts, top_k, limits).items():
-            if layers is not None and layer not in layers:  # a layer the trace lacks: not kept (240 layers sharing
-                continue                                     # one bias of 16,384 floats made 110 MB of JSON)
+        for layer, entry in _load(side, n_experts, top_k, limits, keep).items():
             digest = entry.pop("digest")
             states.setdefault(layer, entry)
             digests.setdefault(layer, set()).add(digest)
@@ -57,7 +56,9 @@ def _state_file(trace: str, side: str) -> bool:
     return True
 
 
-def _load(path: str, n_experts: int, top_k: int | None, limits: TraceLimits) -> dict[str, dict]:
+def _load(path: str, n_experts: int, top_k: int | None, limits: TraceLimits, keep: set | None) -> dict[str, dict]:
+    """The dump's layers (those in `keep` only, when given: each entry's bias becomes a list of floats, and 240
+    layers sharing one bias of 16,384 floats built 121 MB and printed 110 MB of JSON)."""
     name = os.path.basename(path)
     state = load_pt(path, limits)
     if not isinstance(state, dict) or not state:
@@ -70,7 +71,8 @@ def _load(path: str, n_experts: int, top_k: int | None, limits: TraceLimits) -> 
         if not isinstance(entry, dict) or set(entry) != set(STATE_KEYS):
             raise ValueError(f"{name}: layer {layer} must hold exactly {list(STATE_KEYS)}; copy the file written "
                              f"with the trace")
-        out[str(layer)] = _entry(entry, f"{name}: layer {layer}", n_experts, top_k)
+        if keep is None or str(layer) in keep:
+            out[str(layer)] = _entry(entry, f"{name}: layer {layer}", n_experts, top_k)
     return out
 
 

@@ -53,7 +53,8 @@ def check_score(path: str, summary: TraceSummary, score: str, limits: TraceLimit
     if summary.source != "megatron" or rank is None:
         return
     try:
-        states = read_router_states([path], [int(rank.group(1))], summary.n_experts, summary.top_k, limits)
+        states = read_router_states([path], [int(rank.group(1))], summary.n_experts, summary.top_k, limits,
+                                    summary.layers)
     except ValueError:  # a side file that cannot be read does not block the trace (its directory's reader says why)
         return
     named = sorted({entry["score_function"] for entry in states.get("router_state", {}).values()} & set(SCORES))
