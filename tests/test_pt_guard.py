@@ -232,7 +232,11 @@ def test_links_to_one_rank_file_and_npz_of_many_arrays_are_refused(tmp_path):
     from fixtures_stacks import mcore_dumps
     paths, _ = mcore_dumps(tmp_path, ep_size=1, layer_numbers=[1], n_experts=4, max_forwards=1)
     os.symlink(paths[0], tmp_path / "mcore_ep_loads_rank1_20261206_130000_pid9.npz")
-    with pytest.raises(ValueError, match="is one file under two names \\(a link\\); give each rank's file once"):
+    with pytest.raises(ValueError, match="under another name \\(a link\\); give each rank's file once"):
+        read_log(str(tmp_path), limits=LIMITS)
+    os.remove(tmp_path / "mcore_ep_loads_rank1_20261206_130000_pid9.npz")
+    os.link(paths[0], tmp_path / "mcore_ep_loads_rank1_20261206_130000_pid9.npz")  # a hard link: realpath differs
+    with pytest.raises(ValueError, match="under another name \\(a link\\); give each rank's file once"):
         read_log(str(tmp_path), limits=LIMITS)
     np.savez(tmp_path / "many.npz", **{f"a{i}": np.zeros(1) for i in range(300)})
     from moe.traces.safeload import load_npz

@@ -86,11 +86,13 @@ def _rank_files(path: str) -> tuple[str, list[str]]:
             found.sort(key=lambda mn: (int(mn[0].group(1) or 0), mn[1]))
             files = [os.path.join(path, n) for _, n in found]
             inside(path, files)
-            real = [os.path.realpath(f) for f in files]
-            if len(set(real)) < len(real):  # links inside the folder to one file: read once per name, minutes each
-                twice = next(f for f, r in zip(files, real) if real.count(r) > 1)
-                raise ValueError(f"{os.path.basename(twice)!r} in {path!r} is one file under two names (a link); "
-                                 f"give each rank's file once")
+            first = {}  # (device, inode) -> the name seen first: links (symbolic or hard) to one file, each read
+            for f in files:  # as a rank, took minutes per name (hours at MAX_RANK_FILES)
+                st = os.stat(f)
+                seen = first.setdefault((st.st_dev, st.st_ino), f)
+                if seen != f:
+                    raise ValueError(f"{os.path.basename(f)!r} in {path!r} is {os.path.basename(seen)!r} under another "
+                                     f"name (a link); give each rank's file once")
             return kind, files
     raise ValueError(f"directory {path!r} holds no routing files: give a routing log directory (meta.json) or a "
                      f"directory of router_trace_rank{{R}}.jsonl, mcore_ep_loads_rank*.npz or SGLang "
