@@ -62,11 +62,6 @@ class FileCounts:
         old[:len(counts)] += counts
         self.cells[(step, label)] = old
 
-    def room(self, size: int) -> None:
-        """Refuse a temporary of `size` bytes that the counts' cap has no room for (a block's count table)."""
-        self._spend(size)
-        self.used -= size
-
     def _spend(self, size: int) -> None:
         """Refuse, before it is allocated, a cell that takes the counts past their cap (many steps × layers)."""
         self.used += size
@@ -189,7 +184,9 @@ def count_batch(batch: pa.RecordBatch, out: FileCounts, limits: TraceLimits) -> 
     out.with_logits += int((experts >= 0).sum())
     key = np.stack([step, labels, layer], axis=1)                       # (n, 3)
     cells, inverse = np.unique(key, axis=0, return_inverse=True)         # (c, 3), (n,)
-    out.room(len(cells) * (int(ids.max()) + 1 if ids.size else 0) * 8)   # the (c, W) table below, before it is made
+    table = len(cells) * (int(ids.max()) + 1 if ids.size else 0) * 8      # the (c, W) table below, before it is made:
+    if out.cap is not None and out.used + table > out.cap:               # no room, the exact reader counts the
+        raise NotFast                                                    # records one by one, or refuses them
     sums = _cell_counts(ids, per_record, inverse.reshape(-1), len(cells))  # (c, W)
     for (s, mtp, lay), row in zip(cells.tolist(), sums):
         out.add(s, layer_label("mtp" if mtp >= 0 else "decoder", lay, mtp), row)
