@@ -177,7 +177,7 @@ def test_a_replay_past_the_budget_is_refused_before_it_runs(tmp_path, capsys, mo
     """An auditor's 432 KB counts file of 16,384 layers ran `plan` for 420 s to 2.1 GB under a 1 GB budget, and a
     reviewer's one layer of 16,384 experts × 200 windows grew 541 MB: the replay (`replay_bytes`) must fit half the
     budget, checked first."""
-    from moe.cli.plan import replay_bytes
+    from moe.parallel.replay import replay_bytes
     assert replay_bytes(1, 200, 2, 16384, 8) >= 541 * 2 ** 20                       # what the reviewer measured
     assert replay_bytes(16384, 8, 1, 16, 4) >= (2136 - 480) * 2 ** 20 * 0.9         # the auditor's, less imports
     layers, steps = 400, 6
@@ -225,7 +225,7 @@ def test_the_replay_estimate_counts_the_runs_own_slots(tmp_path, capsys, monkeyp
     """A vLLM EPLB window whose map holds 400,000 slots for 2 experts: the estimate counted E + R = 2 columns, while a
     window's plans are padded to the map's width (an auditor's 3.9 M slots grew 400 MB under a 256 MiB budget)."""
     import torch
-    from moe.cli.plan import replay_bytes
+    from moe.parallel.replay import replay_bytes
     P = 400_000
     torch.save({"expert_load_window": torch.ones(1, 1, P, dtype=torch.int64),
                 "physical_to_logical_map": (torch.arange(P) % 2)[None]}, str(tmp_path / "eplb.pt"))

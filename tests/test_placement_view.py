@@ -260,3 +260,17 @@ def test_the_replicas_of_the_runs_map_show_what_they_absorb_at_r_0(tmp_path, log
     replay = replay_log(counts, ["0"], ReplaySettings(2, (0,), window=1), p2l=p2l)[0]
     assert shown["mapped"]["Absorbed by replicas, R=0"] == f"{replay.absorbed[0]:.0%}" != "0%"
     assert "Absorbed by replicas, R=0" not in shown["contiguous"]
+
+
+def test_a_replay_past_the_budget_is_refused_before_it_runs(tmp_path, monkeypatch):
+    """`plan` checked its replay against the budget, the page did not: a run's map of 3.9 M slots for 2 experts
+    replayed 400 MB past a 256 MiB budget. Now the page refuses it in one line, as `plan` does."""
+    P = 20_000
+    p2l = (np.arange(P) % 2)[None]
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(400), np.full((400, 1, 2), 5), physical_to_logical=p2l,
+                         meta={"world_size": 2}), str(tmp_path / "log"))
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "0.1")
+    at = AppTest.from_function(section_app, args=(str(tmp_path / "log"),), default_timeout=60).run()
+    assert not at.exception
+    assert any("The replay cannot run: replaying this layer's" in e.value and "over half the memory budget" in e.value
+               for e in at.error), [e.value for e in at.error]

@@ -6,7 +6,6 @@ names (moe/definitions.py)."""
 from __future__ import annotations
 
 import argparse
-import os
 
 import numpy as np
 import pandas as pd
@@ -19,6 +18,7 @@ from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans,
 from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, best_gain, default_window, replay_log,
                                verdict)
 from moe.memory import BUDGET_ENV, budget_bytes, describe_over
+from moe.parallel.replay import replay_bytes
 from moe.traces.formats import read_log
 
 
@@ -49,24 +49,10 @@ def add_command(commands) -> None:
     p.set_defaults(run=run)
 
 
-ROW_BYTES = 4096  # a replayed (layer, window, placement) row with its share of the replay: measured ~4 KB
-TEMP_COPIES = 28  # (windows, E + R) int64 arrays one layer's replay holds at its peak: measured 22-25 (E 4,096-16,384)
 # The definition (moe/definitions.py) of each number in a layer's summary, per R.
 SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50": "replay_rebalance_interval",
                        "rest_p50": "replay_rebalance_interval", "own_window_p50": "replay_own_window",
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
-
-
-def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int = 0) -> int:
-    """About what `plan`'s replay takes: its rows (each layer's windows under the current placement and both planners
-    per R) at ROW_BYTES each, every layer's (windows, E) counts, and the (windows, E + R) arrays of the layers replayed
-    at once (one a CPU), TEMP_COPIES of them each. An auditor's 432 KB counts file of 16,384 layers ran 420 s to
-    2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts × 200 windows grew 541 MB.
-    `n_physical`: the slots of the run's own map, when wider (a window's plans are padded to the widest placement:
-    a 7.8 MB EPLB dump of 3.9 M slots for 2 experts grew 400 MB under a 256 MiB budget)."""
-    width = windows * max(n_experts + max_r, n_physical) * 8
-    return (layers * windows * (1 + 2 * n_slots) * ROW_BYTES + layers * windows * n_experts * 8
-            + min(layers, os.cpu_count() or 1) * width * TEMP_COPIES)
 
 
 def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int) -> None:

@@ -10,6 +10,7 @@ Shapes: S steps, E logical experts, N windows, P physical slots, W ranks.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -171,3 +172,19 @@ def window_counts(counts, steps: int) -> np.ndarray:
     if N == 0:
         return counts.sum(axis=0, keepdims=True)
     return counts[: N * steps].reshape(N, steps, *counts.shape[1:]).sum(axis=1)
+
+
+ROW_BYTES = 4096  # a replayed (layer, window, placement) row with its share of the replay: measured ~4 KB
+TEMP_COPIES = 28  # (windows, E + R) int64 arrays one layer's replay holds at its peak: measured 22-25 (E 4,096-16,384)
+
+
+def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int = 0) -> int:
+    """About what a replay (`plan`, the Placement section) takes: its rows (each layer's windows under the current
+    placement and both planners per R) at ROW_BYTES each, every layer's (windows, E) counts, and the (windows, E + R) arrays of the layers replayed
+    at once (one a CPU), TEMP_COPIES of them each. An auditor's 432 KB counts file of 16,384 layers ran 420 s to
+    2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts × 200 windows grew 541 MB.
+    `n_physical`: the slots of the run's own map, when wider (a window's plans are padded to the widest placement:
+    a 7.8 MB EPLB dump of 3.9 M slots for 2 experts grew 400 MB under a 256 MiB budget)."""
+    width = windows * max(n_experts + max_r, n_physical) * 8
+    return (layers * windows * (1 + 2 * n_slots) * ROW_BYTES + layers * windows * n_experts * 8
+            + min(layers, os.cpu_count() or 1) * width * TEMP_COPIES)
