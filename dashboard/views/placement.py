@@ -10,11 +10,10 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe.memory import BUDGET_ENV, budget_bytes, describe_over
 from moe.metrics import max_over_mean
 from moe.parallel.export import serving_redundant_slots
 from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows, default_window
-from moe.parallel.replay import replay_bytes
+from moe.parallel.replay import check_replay_cost, replay_bytes
 from moe.traces.log import RoutingLog
 
 from dashboard import replays
@@ -67,15 +66,11 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
 
 
 def _check_cost(log: RoutingLog, settings: ReplaySettings, n_physical: int) -> None:
-    """ValueError unless one layer's replay (moe.parallel.replay.replay_bytes, as `plan` checks it) fits half the
-    memory budget: a run's map of 3.9 M slots for 2 experts took a replay 400 MB past a 256 MiB budget."""
+    """One layer's replay against the budget, as `plan` checks it: a run's map of 3.9 M slots for 2 experts took a
+    replay 400 MB past a 256 MiB budget."""
     windows, Rs = -(-len(log.steps) // settings.window), settings.redundant_slots
-    need, budget = replay_bytes(1, windows, len(Rs), log.n_experts, max(Rs), n_physical), budget_bytes()
-    if need > budget // 2:
-        need_text, _, budget_text = describe_over(need, budget // 2, budget)
-        raise ValueError(f"replaying this layer's {windows:,} windows would take about {need_text}, over half the "
-                         f"memory budget of {budget_text}; choose longer windows or fewer redundant slot counts, or "
-                         f"raise {BUDGET_ENV}")
+    check_replay_cost(replay_bytes(1, windows, len(Rs), log.n_experts, max(Rs), n_physical),
+                      f"this layer's {windows:,} windows", "choose longer windows or fewer redundant slot counts")
 
 
 def _keys(prefix: str):

@@ -17,8 +17,7 @@ from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans,
                                  write_plan)
 from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, best_gain, default_window, replay_log,
                                verdict)
-from moe.memory import BUDGET_ENV, budget_bytes, describe_over
-from moe.parallel.replay import replay_bytes
+from moe.parallel.replay import check_replay_cost, replay_bytes
 from moe.traces.formats import read_log
 
 
@@ -55,16 +54,6 @@ SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50":
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
 
 
-def _check_cost(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int) -> None:
-    """Before the replay: `replay_bytes` within half the memory budget."""
-    need, budget = replay_bytes(layers, windows, n_slots, n_experts, max_r, n_physical), budget_bytes()
-    if need > budget // 2:
-        need_text, _, budget_text = describe_over(need, budget // 2, budget)
-        raise ValueError(f"replaying {layers:,} layers × {windows:,} windows of {n_experts:,} experts for {n_slots} R "
-                         f"would take about {need_text}, over half the memory budget of {budget_text}; give fewer "
-                         f"layers (--layer NAME) or longer windows (--window STEPS), or raise {BUDGET_ENV}")
-
-
 def run(args: argparse.Namespace) -> str:
     check_paths_given(out=args.out)
     if (args.export is None) != (args.out is None):
@@ -81,8 +70,11 @@ def run(args: argparse.Namespace) -> str:
     if args.export == "sglang":
         sglang_layer_ids(log.layers, args.num_layers, log.layer_base)
     steps = args.window or default_window(len(log.steps))
-    _check_cost(len(log.layers) if only is None else len(only), -(-len(log.steps) // steps), len(slots), E, R,
-                0 if log.physical_to_logical is None else log.physical_to_logical.shape[1])
+    layers, windows = len(log.layers) if only is None else len(only), -(-len(log.steps) // steps)
+    P = 0 if log.physical_to_logical is None else log.physical_to_logical.shape[1]
+    check_replay_cost(replay_bytes(layers, windows, len(slots), E, R, P),
+                      f"{layers:,} layers × {windows:,} windows of {E:,} experts for {len(slots)} R",
+                      "give fewer layers (--layer NAME) or longer windows (--window STEPS)")
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only)
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"

@@ -16,6 +16,7 @@ from functools import cached_property
 
 import numpy as np
 
+from moe.memory import BUDGET_ENV, budget_bytes, describe_over
 from moe.parallel.chunks import chunk_share, peak_rows, rank_rows, replica_index
 from moe.parallel.placement import Placement
 
@@ -180,11 +181,21 @@ TEMP_COPIES = 28  # (windows, E + R) int64 arrays one layer's replay holds at it
 
 def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r: int, n_physical: int = 0) -> int:
     """About what a replay (`plan`, the Placement section) takes: its rows (each layer's windows under the current
-    placement and both planners per R) at ROW_BYTES each, every layer's (windows, E) counts, and the (windows, E + R) arrays of the layers replayed
-    at once (one a CPU), TEMP_COPIES of them each. An auditor's 432 KB counts file of 16,384 layers ran 420 s to
-    2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts × 200 windows grew 541 MB.
-    `n_physical`: the slots of the run's own map, when wider (a window's plans are padded to the widest placement:
-    a 7.8 MB EPLB dump of 3.9 M slots for 2 experts grew 400 MB under a 256 MiB budget)."""
+    placement and both planners per R) at ROW_BYTES each, every layer's (windows, E) counts, and the (windows, E + R)
+    arrays of the layers replayed at once (one a CPU), TEMP_COPIES of them each. An auditor's 432 KB counts file of
+    16,384 layers ran 420 s to 2.1 GB under a 1 GB budget (~4 KB a row); a reviewer's one layer of 16,384 experts ×
+    200 windows grew 541 MB. `n_physical`: the slots of the run's own map, when wider (a window's plans are padded to
+    the widest placement: a 7.8 MB EPLB dump of 3.9 M slots for 2 experts grew 400 MB under a 256 MiB budget)."""
     width = windows * max(n_experts + max_r, n_physical) * 8
     return (layers * windows * (1 + 2 * n_slots) * ROW_BYTES + layers * windows * n_experts * 8
             + min(layers, os.cpu_count() or 1) * width * TEMP_COPIES)
+
+
+def check_replay_cost(need: int, what: str, fix: str) -> None:
+    """ValueError (one line) unless `need` (replay_bytes) fits half the memory budget, before the replay runs:
+    "replaying {what} would take about …; {fix}, or raise MOE_SCOPE_MEMORY_GB"."""
+    budget = budget_bytes()
+    if need > budget // 2:
+        need_text, _, budget_text = describe_over(need, budget // 2, budget)
+        raise ValueError(f"replaying {what} would take about {need_text}, over half the memory budget of "
+                         f"{budget_text}; {fix}, or raise {BUDGET_ENV}")

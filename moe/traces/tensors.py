@@ -35,28 +35,41 @@ def check_tensors(obj, path: str, cap: int):
     from moe.memory import BUDGET_ENV, describe_over
     plain = {torch.bool, torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.uint16, torch.uint32,
              torch.uint64, torch.float16, torch.bfloat16, torch.float32, torch.float64}
-    total, stack, walked = 0, [obj], 1
+    total = 0
+    for item in _tensors(obj, path):
+        if item.layout != torch.strided or item.dtype not in plain or item.is_nested or item.device.type != "cpu":
+            kind = "nested" if item.is_nested else item.device.type if item.device.type != "cpu" else str(
+                item.layout).removeprefix("torch.")
+            raise ValueError(f"{path!r} holds a {kind} tensor of {str(item.dtype).removeprefix('torch.')}; a "
+                             f"routing dump holds plain integer or float tensors")
+        total += element_bytes(item)
+        if total > cap:
+            total_text, cap_text = describe_over(total, cap)
+            raise OverBudget(f"{path!r} holds tensors of {total_text} or more (each counted whole, as readers copy "
+                             f"it), over the {cap_text} a routing file may take under the memory budget; give a "
+                             f"shorter dump or raise {BUDGET_ENV}")
+    return obj
+
+
+def tensor_bytes(obj) -> int:
+    """What check_tensors counts of an object it passed: element_bytes of every tensor reference."""
+    return sum(element_bytes(item) for item in _tensors(obj, ""))
+
+
+def _tensors(obj, path: str):
+    """Every tensor reference in obj, through dicts, lists and tuples; ValueError past MAX_OBJECTS objects walked."""
+    import torch
+    stack, walked = [obj], 1
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
-            if item.layout != torch.strided or item.dtype not in plain or item.is_nested or item.device.type != "cpu":
-                kind = "nested" if item.is_nested else item.device.type if item.device.type != "cpu" else str(
-                    item.layout).removeprefix("torch.")
-                raise ValueError(f"{path!r} holds a {kind} tensor of {str(item.dtype).removeprefix('torch.')}; a "
-                                 f"routing dump holds plain integer or float tensors")
-            total += element_bytes(item)
-            if total > cap:
-                total_text, cap_text = describe_over(total, cap)
-                raise OverBudget(f"{path!r} holds tensors of {total_text} or more (each counted whole, as "
-                                 f"readers copy it), over the {cap_text} a routing file may take under "
-                                 f"the memory budget; give a shorter dump or raise {BUDGET_ENV}")
+            yield item
         elif isinstance(item, (dict, list, tuple)):
             walked += len(item) * (2 if isinstance(item, dict) else 1)  # counted before they are stacked: a list
             if walked > MAX_OBJECTS:                                     # holding itself 1,000 times grew the stack
                 raise ValueError(f"{path!r} holds more than {MAX_OBJECTS:,} objects (or refers to itself); a "
                                  f"routing dump holds a few dicts of tensors")
             stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
-    return obj
 
 
 def element_bytes(tensor) -> int:
@@ -64,19 +77,6 @@ def element_bytes(tensor) -> int:
     readers' int64), a float at its own size (router weights are hashed as they are, never widened)."""
     size = tensor.element_size()
     return tensor.numel() * (size if tensor.is_floating_point() else max(size, WIDE))
-
-
-def tensor_bytes(obj) -> int:
-    """What check_tensors counts of an object it passed: element_bytes of every tensor reference."""
-    import torch
-    total, stack = 0, [obj]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, torch.Tensor):
-            total += element_bytes(item)
-        elif isinstance(item, (dict, list, tuple)):
-            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
-    return total
 
 
 def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
