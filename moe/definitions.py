@@ -222,8 +222,8 @@ DEFINITIONS: dict[str, str] = {
                       "(slot k, in the order the source records them, e.g. by score) is e; empty slots (-1) are "
                       "skipped.",
     "run_co_occurrence": "per-token routing of one (step, layer): `co[e, f]` = tokens that chose both e and f "
-                         "among their top-k; the diagonal `co[e, e]` = tokens that chose e. Drawn up to 512 "
-                         "experts (E² cells within a heatmap's limit).",
+                         "among their top-k; the diagonal `co[e, e]` = tokens that chose e. Drawn while its E² "
+                         "cells fit a heatmap's cell limit (the page names the limit when they do not).",
     # --- real models (Model view, model-report; issue #10)
     "pooled_aux": "the aux of all MoE layers pooled: `E·Σ_e f̄_e·P̄_e` with f̄, P̄ the layers' f and P summed over "
                   "every layer's tokens before the product (f̄ = all layers' assignments / Σ T·K, each layer with "

@@ -65,7 +65,7 @@ CONFIG_OPTIONS: tuple[Option, ...] = (
     Option("--expert-biases", "expert_biases", "expert_biases", "on", help="bias terms in every expert (GPT-OSS)"),
     _knob("--swiglu-limit", finite_float, help="gpt_oss clamp"),
     _knob("--shared-experts", integer, help="0 = no shared FFN"),
-    _knob("--d-shared", integer, help="shared FFN width; default shared × d_expert"),
+    _knob("--d-shared", integer, help="shared FFN width; 0 or omitted: --shared-experts × --d-expert"),
     Option("--shared-gate", "shared_gate", "shared_gate", "on", help="σ(x·w) scales the shared output (Qwen2-MoE)"),
     _knob("--sparsity-mode", choices=SPARSITY_MODES),
     Option("--sparsity-eps", None, "sparsity_eps", "value", finite_float, None, _CFG.sparsity_eps,
