@@ -89,7 +89,10 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                         "padded to E + R slots with replicas (each rank takes the lightest experts of the ranks "
                         "after it, cyclically, else the least loaded experts, else a local search swaps the added "
                         "slots) where that leaves its busiest rank no heavier; else the lightest of "
-                        "moe.parallel.placement.balanced, DeepSeek's global EPLB and the run's own replica counts "
-                        "re-packed, each with a distinct expert per slot of a rank, where it is no heavier than the "
-                        "current placement; else that layer's serving file is refused. Our own file takes any R.",
+                        "moe.parallel.placement.balanced, DeepSeek's global EPLB, the plan padded the same way, and "
+                        "replica counts re-packed (r of the R extra slots to the busiest experts, the rest to the "
+                        "lightest, for several values of r; the run's own counts), each with a distinct expert per "
+                        "slot of a rank, where it is no heavier than the current placement; else that layer's serving "
+                        "file is refused (a search, not a proof that no such layout exists). Our own file takes any "
+                        "R.",
 }

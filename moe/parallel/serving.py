@@ -8,16 +8,18 @@ import numpy as np
 
 from moe.parallel.eplb import rebalance
 from moe.parallel.placement import Placement, balanced
-from moe.parallel.planner import pack, refine
+from moe.parallel.planner import pack, refine, replicate
 from moe.parallel.replay import Layout, distinct_per_rank, from_map, from_placement, rank_load, rank_load_rows
 
 
 def serving_layout(layout: Layout, load, n_slots: int, current: Layout, name: str = "0") -> tuple[Layout, str]:
     """`layout` as the serving formats take it: n_slots slots, a distinct expert per slot of a rank, and a busiest
     rank no heavier than under `current` (the placement it replaces). Tried in order: the layout itself; padded
-    with replicas (pad_to); else the lightest that keeps the rule of placement.balanced, DeepSeek's global EPLB and
-    the run's own replica counts re-packed (when `current` has n_slots slots).
-    Returns the layout and what was done (for the note); ValueError when none is as light as `current`."""
+    with replicas (pad_to) no heavier than itself; else the lightest that keeps the rule of: placement.balanced,
+    DeepSeek's global EPLB, the layout padded no heavier than `current`, and re-packed replica counts (some extra
+    slots to the lightest experts: _mixed_replicas; the run's own, when `current` has n_slots slots).
+    Returns the layout and what was done (for the note); ValueError when none of those is as light as `current` (a
+    search, not a proof: another layout may be)."""
     load = np.asarray(load, dtype=np.int64)
     W, E = layout.world_size, len(load)
     if layout.n_slots == n_slots and distinct_per_rank(layout):
@@ -31,8 +33,16 @@ def serving_layout(layout: Layout, load, n_slots: int, current: Layout, name: st
     limit = int(rank_load(load[None], current).max())
     found = [from_placement(balanced(load, W, n_slots - E)),
              from_map(rebalance(load[None], n_slots, 1, 1, W)[0], W)]
+    counts = _mixed_replicas(load, n_slots, W)
+    if distinct_per_rank(layout):
+        try:
+            found.append(pad_to(layout, load, n_slots, limit))
+        except ValueError:
+            pass
     count = current.replicas(E)                                                       # (E,) the run's replica counts
-    if current.n_slots == n_slots and count.max() <= W:  # re-packed with a distinct expert per slot of a rank
+    if current.n_slots == n_slots and count.max() <= W:
+        counts.append(count)
+    for count in counts:  # re-packed with a distinct expert per slot of a rank
         try:
             found.append(from_placement(Placement(E, refine(pack(load, count, W), load, count))))
         except ValueError:  # greedy packing of these counts ran out of ranks free of one expert
@@ -42,22 +52,49 @@ def serving_layout(layout: Layout, load, n_slots: int, current: Layout, name: st
     if found and found[0][0] <= limit:
         return found[0][2], (f"; the serving files hold {n_slots - E} replicas planned with a distinct expert per "
                              f"slot of a rank (busiest rank {found[0][0]}, current {limit})")
-    raise ValueError(f"layer {name!r}: no layout with {n_slots} slots and a distinct expert per slot of a rank is as "
-                     f"light as the current placement (busiest rank {limit}); export as moe-scope, or with another "
-                     f"--redundant-slots")
+    raise ValueError(f"layer {name!r}: none of the layouts tried with {n_slots} slots and a distinct expert per slot "
+                     f"of a rank (our plan padded, a balanced layout, DeepSeek's global EPLB, replicas of the "
+                     f"lightest and the busiest experts re-packed) is as light as the current placement (busiest rank "
+                     f"{limit}); export as moe-scope, or with another --redundant-slots")
 
 
-def pad_to(layout: Layout, load, n_slots: int) -> Layout:
+MIXES = 17  # serving_layout: replica counts tried with r of the R extra slots to the busiest experts, r evenly spaced
+
+
+def _mixed_replicas(load: np.ndarray, n_slots: int, world_size: int) -> list[np.ndarray]:
+    """(E,) replica counts for n_slots, one per expert and R = n_slots − E more: r of them to the experts with the
+    most load per replica (planner.replicate), the other R − r to the lightest experts in turn (ties: the lower), at
+    most world_size each, for up to MIXES values of r from 0 to R. A replica of a light expert adds little to the
+    rank it joins: it fills a slot the serving formats require where replicating more busy experts does not help."""
+    E = len(load)
+    R = n_slots - E
+    light = np.argsort(load, kind="stable")
+    out = []
+    for r in np.unique(np.linspace(0, R, min(MIXES, R + 1)).astype(np.int64)):
+        count = replicate(load, int(r), world_size)
+        room = [e for _ in range(world_size) for e in light]                         # the lightest first, cycling
+        taken = np.zeros(E, dtype=np.int64)
+        for e in room:
+            if taken.sum() == R - r:
+                break
+            if count[e] + taken[e] < world_size:
+                taken[e] += 1
+        if taken.sum() == R - r:
+            out.append(count + taken)
+    return out
+
+
+def pad_to(layout: Layout, load, n_slots: int, limit: int | None = None) -> Layout:
     """`layout` grown to n_slots (a multiple of W) equal ranks by replicas, so a kept layer fits a serving map:
     first each rank takes the lightest experts of the next ranks (what it gains, it gives away in turn), else the
     least loaded experts, else the first of those improved one padded slot at a time (_search_padding); ValueError
-    when none leaves the busiest rank as light as before."""
+    when none leaves the busiest rank at most `limit` (default: as light as before)."""
     load = np.asarray(load, dtype=np.int64)
     W = layout.world_size
     per = n_slots // W
     if any(len(r) > per for r in layout.rank_experts()):
         raise ValueError(f"a rank holds more than {per} slots; plan with more redundant slots")
-    before = rank_load(load[None], layout).max()
+    before = rank_load(load[None], layout).max() if limit is None else limit
     tried = []
     for pick in (_next_ranks, _least_loaded):
         ranks = layout.rank_experts()
