@@ -234,3 +234,15 @@ def test_the_replay_estimate_counts_the_runs_own_slots(tmp_path, capsys, monkeyp
     monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(wide / 2 ** 30 * 1.5))  # half of it is under the estimate
     assert main(["plan", str(tmp_path / "eplb.pt"), "--world-size", "2"]) == 2
     assert "would take about" in capsys.readouterr().err
+
+
+def test_nothing_to_judge_names_no_plan_r(tmp_path, capsys):
+    """An auditor's log whose windows after the first hold no token: "nothing to judge" names no R, so the CLI does
+    not add "the plan below (and --export) has R=2" as if the verdict had named another."""
+    path = tmp_path / "idle.csv"
+    path.write_text("step,layer,expert,count\n" + "".join(f"{s},0,{e},{3 if s == 0 else 0}\n" for s in range(4)
+                                                          for e in range(4)))
+    assert main(["plan", str(path), "--world-size", "2", "--redundant-slots", "0,2", "--window", "1"]) == 0
+    text = json.loads(capsys.readouterr().out)["verdict"]
+    assert text.startswith("nothing to judge: on every layer most windows after planning hold no token"), text
+    assert "the plan below" not in text

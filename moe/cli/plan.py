@@ -100,8 +100,10 @@ def run(args: argparse.Namespace) -> str:
 def _verdict(results, current: str, R: int) -> str:
     """judge.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
     text = verdict(results, current)
-    if len(results[0].redundant_slots) > 1 and min(len(r.windows) for r in results) > 1 and best_gain(results)[3] != R:
-        text += f"; the plan below (and --export) has R={R}, the largest given"
+    if len(results[0].redundant_slots) > 1 and min(len(r.windows) for r in results) > 1:
+        gain, *_, best_r, _, _ = best_gain(results)
+        if np.isfinite(gain) and best_r != R:  # "nothing to judge" names no R
+            text += f"; the plan below (and --export) has R={R}, the largest given"
     return text
 
 

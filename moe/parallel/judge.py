@@ -289,7 +289,9 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
     """One line with its numbers: the biggest relative gain (after / before − 1) of a planner over the current
     placement on the windows after planning (p50 of vLLM balancedness) over every layer and R, hot-expert persistence
     and the longest interval that keeps the gain. "Balanced already" only when no candidate beats the current
-    placement by more than `margin` (relative) anywhere; a layer whose current p50 is 0 (idle) is not a candidate."""
+    placement by more than `margin` (relative) anywhere; a layer whose current p50 is 0 (idle) is not a candidate.
+    The interval named is the longest whose p50 is within `margin` (absolute) of replanning every window and still
+    beats the current placement's p50 by more than `margin` (relative)."""
     if any(len(r.windows) < 2 for r in results):
         return ("one window only: no window follows a plan, so nothing can be judged; use fewer steps per window "
                 "(more windows)")
@@ -301,7 +303,8 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
         return (f"balanced already: no placement beats {current} by more than {margin:.0%} on the windows after "
                 f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
                 f"{after:.2f})")
-    steady = [every for every, value in sorted(r.intervals[(name, R)].items()) if value >= after - margin]
+    steady = [every for every, value in sorted(r.intervals[(name, R)].items())  # still the gain: within margin of
+              if value >= after - margin and value / before - 1 > margin]            # every window, beating current
     every = max(steady) if steady else 1
     return (f"{_who(name)} with R={R} lifts the p50 balancedness of layer {r.layer} from {before:.2f} to "
             f"{after:.2f} on the windows after planning; {_persist(r)}; "
