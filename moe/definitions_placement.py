@@ -48,7 +48,10 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                           + TWO_SLOTS + "); **eplb** = "
                           "DeepSeek's "
                           "EPLB (deepseek-ai/EPLB eplb.py: groups to nodes, replicas within a node, packing to "
-                          "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W). "
+                          "GPUs; global when the groups do not divide over the nodes; needs E + R a multiple of W; "
+                          "reimplemented from its rule with ties to the lower index in float64: DeepSeek's code sorts "
+                          "with torch.sort, which does not order ties, in float32, so on tied loads, or loads past "
+                          "2^24 tokens, its layout may differ). "
                           "p50 = median over the windows after a plan.",
     "replay_own_window": "each planner's plan of window k measured on window k itself: the flattering figure the "
                          "honest one (replay_next_window) is read against; `own_window_p50` = the median over windows "

@@ -11,7 +11,11 @@ experts each), `num_nodes` nodes and `num_gpus` GPUs, P = E + R physical slots, 
 3. each node's slots, weighing load / slots of their expert, are packed onto its GPUs, P / num_gpus each,
    heaviest first to the lightest GPU with room (one slot per GPU: slot i on GPU i). Two slots of one
    expert may share a GPU. Slot p of the result is on GPU p // (P / num_gpus).
-Ties: the lowest index (expert, group, slot or GPU) wins. Our own tests hold a loop-based version of the rule.
+Ties: here the lowest index (expert, group, slot or GPU) wins, and loads are float64. That is our choice, not
+DeepSeek's: its code converts the load to float32 (`weight.float()`) and orders with `torch.sort(descending=True)`,
+which leaves the order of equal values to the implementation, so on tied loads (idle experts, equal counts) or loads
+past 2**24 tokens its layout may differ from this one, and either may be the lighter. Our own tests hold a loop-based
+version of the rule.
 """
 from __future__ import annotations
 
