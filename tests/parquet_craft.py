@@ -249,11 +249,11 @@ def dictionary_claim(path, columns: list[str], entries: int) -> None:
         f.write(out + tail + len(tail).to_bytes(4, "little") + b"PAR1")
 
 
-def many_pages(path, pages: int, groups: int = 1, columns: tuple = ("x",), damaged: bool = False, rows: int = 10
-               ) -> None:
-    """A file of int64 `columns`: `groups` row groups of `rows` rows whose chunks all point at the same bytes: `pages`
-    index pages (a 7-byte header each, no values: pyarrow skips them), then one data page of `rows` 0s (`damaged`:
-    of no bytes at all, which pyarrow fails to read)."""
+def many_pages(path, pages: int, groups: int = 1, columns: tuple = ("x",), damaged: bool = False, rows: int = 10,
+               shared: bool = True) -> None:
+    """A file of int64 `columns`: `groups` row groups of `rows` rows whose chunks all point at the same bytes (or,
+    without `shared`, each at a copy of its own): `pages` index pages (a 7-byte header each, no values: pyarrow skips
+    them), then one data page of `rows` 0s (`damaged`: of no bytes at all, which pyarrow fails to read)."""
     sink = pa.BufferOutputStream()
     pq.write_table(pa.table({name: np.zeros(rows, np.int64) for name in columns},  # optional columns when damaged
                             schema=pa.schema([pa.field(name, pa.int64(), nullable=damaged) for name in columns])),
@@ -263,14 +263,23 @@ def many_pages(path, pages: int, groups: int = 1, columns: tuple = ("x",), damag
     size, levels = (0, 0) if damaged else (8 * rows, 3)  # damaged: no bytes, and levels in an encoding never used
     data = encode([[1, 5, 0], [2, 5, size], [3, 5, size],
                    [5, 12, [[1, 5, rows], [2, 5, 0], [3, 5, levels], [4, 5, levels]]]])
-    out = bytearray(b"PAR1") + index * pages + data + bytes(size)
+    chunk_bytes = index * pages + data + bytes(size)
     group = field(meta, 4)[2][1][0]
     group[:] = [e for e in group if e[0] in (1, 2, 3)]
-    for column in field(group, 1)[2][1]:
-        chunk = field(column, 3)[2]
-        field(chunk, 9)[2] = field(column, 2)[2] = 4
-        field(chunk, 6)[2] = field(chunk, 7)[2] = len(out) - 4
-    field(meta, 4)[2] = (12, [group] * groups)
+    copies = 1 if shared else groups * len(columns)
+    out = bytearray(b"PAR1") + chunk_bytes * copies
+    made = []
+    for g in range(groups if not shared else 1):
+        group = decode(encode(group))[0]                                             # a copy of its own
+        for c, column in enumerate(field(group, 1)[2][1]):
+            chunk, at = field(column, 3)[2], 4 + (0 if shared else (g * len(columns) + c) * len(chunk_bytes))
+            field(chunk, 9)[2] = field(column, 2)[2] = at
+            for entry in chunk:  # the dictionary page offset pyarrow wrote (its pages are gone): the chunk's start
+                if entry[0] == 11:
+                    entry[2] = at
+            field(chunk, 6)[2] = field(chunk, 7)[2] = len(chunk_bytes)
+        made.append(group)
+    field(meta, 4)[2] = (12, made * groups if shared else made)
     field(meta, 3)[2] = rows * groups
     tail = encode(meta)
     with open(path, "wb") as f:

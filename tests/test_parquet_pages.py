@@ -16,7 +16,7 @@ import pytest
 from moe.traces.formats import read_log
 from moe.traces.parquet_pages import MAX_HEADER_BYTES, MAX_PAGES, PADDING, chunk_pages
 from moe.traces.records import TraceLimits
-from moe.traces.safeload import parquet_bytes, parquet_file
+from moe.traces.safeload import chunk_bytes, parquet_bytes, parquet_file
 from moe.traces.store import LogWriter
 from parquet_craft import chunks, encode, field, footer, page_bomb, pages
 import test_parquet_guard
@@ -184,19 +184,23 @@ def test_headers_are_read_as_pyarrow_reads_them(tmp_path, trick):
 
 
 def test_a_file_that_makes_the_walk_read_too_many_headers_is_one_line(tmp_path):
-    """Tiny pages, or row groups whose chunks all point at the same bytes, would make the walk read headers for
-    minutes from a file of a few megabytes: past MAX_PAGES headers in one file it stops, in one line."""
+    """Tiny pages would make the walk read headers for minutes from a file of a few megabytes: past MAX_PAGES
+    headers in one file it stops, in one line. Row groups whose chunks all point at the same bytes are refused at the
+    second chunk: an auditor's 1 MB file of chunks sharing one 1 MB page header took 1.2-1.6 s of CPU a chunk."""
     from parquet_craft import many_pages
-    for n, groups in ((MAX_PAGES + 1, 1), (MAX_PAGES // 8, 9)):
-        path = tmp_path / f"{n}-{groups}.parquet"
-        many_pages(path, n, groups)
+    for n, groups, shared in ((MAX_PAGES + 1, 1, True), (MAX_PAGES // 8, 9, False), (MAX_PAGES // 8, 9, True)):
+        path = tmp_path / f"{n}-{groups}-{shared}.parquet"
+        many_pages(path, n, groups, shared=shared)
+        what = "two column chunks share their pages" if shared and groups > 1 else f"more than {MAX_PAGES:,} pages"
         with open(path, "rb") as f:
             pf = parquet_file(f, "t", TraceLimits.from_env())
-            with pytest.raises(ValueError, match=rf"^t is not a readable Parquet file \(column 'x': more than "
-                                                 rf"{MAX_PAGES:,} pages in one file\); copy it again$"):
+            with pytest.raises(ValueError, match=rf"^t is not a readable Parquet file \(column 'x': {what}"):
                 parquet_bytes(f, pf, ["x"], "t")
+            f.seek(0)
+            with pytest.raises(ValueError, match=rf"^t is not a readable Parquet file \(column 'x': {what}"):
+                chunk_bytes(f, pf, ["x"], "t")
     fine = tmp_path / "fine.parquet"
-    many_pages(fine, MAX_PAGES // 8, 7)                                                # 7/8 of the headers
+    many_pages(fine, MAX_PAGES // 8, 7, shared=False)                                  # 7/8 of the headers
     assert pq.read_table(fine).num_rows == 70                                          # pyarrow skips index pages
     with open(fine, "rb") as f:
         assert parquet_bytes(f, parquet_file(f, "t", TraceLimits.from_env()), ["x"], "t") > 0
@@ -213,7 +217,7 @@ def test_a_damaged_file_of_many_row_groups_exits_2_every_time(tmp_path):
 
     from moe.traces.safeload import _native
     path = tmp_path / "damaged.parquet"
-    many_pages(path, 1428, 30, ("layer", "expert", "count"), damaged=True, rows=1)
+    many_pages(path, 1428, 30, ("layer", "expert", "count"), damaged=True, rows=1, shared=False)
     with open(path, "rb") as f:
         assert isinstance(_native(f), pa.NativeFile) and not isinstance(_native(f), pa.PythonFile)
     assert _native(io.BytesIO(b"PAR1")).read() == b"PAR1"                             # no descriptor: the object

@@ -226,7 +226,7 @@ def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = F
         if costs[name] is None:
             raise ValueError(f"{where} has no column {name!r} of numbers, labels or lists of numbers; give the file as "
                              f"written")
-    sizes, left = [], MAX_PAGES  # page headers the file may still make us walk
+    sizes, left, walked = [], MAX_PAGES, []  # page headers the file may still make us walk; byte ranges walked
     for group in map(meta.row_group, range(meta.num_row_groups)):
         rows, size = group.num_rows, 0
         for chunk in map(group.column, range(group.num_columns)):
@@ -235,7 +235,7 @@ def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = F
                 continue
             width, offsets, text, listed = cost
             values = max(chunk.num_values, rows) if listed else rows
-            pages = _pages(f, chunk, where, left)
+            pages = _pages(f, chunk, where, left, walked)
             left -= pages.pages
             size += int(DECODE_FACTOR * (values * width + rows * offsets + (rows + values) // 8 + 128))
             size += int(PAGE_FACTOR * (pages.largest + pages.dictionary))
@@ -249,7 +249,7 @@ def parquet_bytes(f, pf, columns: list[str], where: str, largest_group: bool = F
 def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
     """Per row group, the decompressed bytes of the pages pyarrow reads of `columns` (their headers' sizes, not the
     footer's), each text column's checked as `_label_pages` does (a reader that bounds rows otherwise)."""
-    meta, out, left = pf.metadata, [], MAX_PAGES
+    meta, out, left, walked = pf.metadata, [], MAX_PAGES, []
     text = {name for name in columns if name in pf.schema_arrow.names
             and (_cost(pf.schema_arrow.field(name).type) or (0, 0, False))[2]}
     for group in map(meta.row_group, range(meta.num_row_groups)):
@@ -257,7 +257,7 @@ def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
         for chunk in map(group.column, range(group.num_columns)):
             if chunk.path_in_schema.split(".")[0] not in columns:
                 continue
-            pages = _pages(f, chunk, where, left)
+            pages = _pages(f, chunk, where, left, walked)
             left -= pages.pages
             if chunk.path_in_schema in text:
                 _label_pages(chunk, pages, max(chunk.num_values, group.num_rows), where)
@@ -266,10 +266,10 @@ def chunk_bytes(f, pf, columns: list[str], where: str) -> list[int]:
     return out
 
 
-def _pages(f, chunk, where: str, max_pages: int) -> ChunkPages:
+def _pages(f, chunk, where: str, max_pages: int, walked: list) -> ChunkPages:
     """`chunk_pages`, its ValueError as one line naming the column."""
     try:
-        return chunk_pages(f, chunk, max_pages)
+        return chunk_pages(f, chunk, max_pages, walked)
     except ValueError as err:
         raise ValueError(f"{where} is not a readable Parquet file (column {chunk.path_in_schema!r}: {err}); copy it "
                          f"again") from None
