@@ -162,6 +162,36 @@ def test_a_pickle_that_builds_objects_is_bounded_before_it_is_loaded(tmp_path):
         load_pt(str(tmp_path / "legacy_sets.pt"), LIMITS)
 
 
+def _shared_tuples(levels: int, keys: int = 0) -> bytes:
+    """A pickle of a dict whose keys are tuples T_{i+1} = (T_i, T_i), built from memo references (10 bytes a level);
+    then `keys` more entries keyed by the last of them again (5 bytes each)."""
+    p = bytearray(b"\x80\x02}K\x00K\x00\x86q\x00K\x00s")                         # {(0, 0): 0}
+    for i in range(levels):
+        p += b"h" + bytes([i]) + b"h" + bytes([i]) + b"\x86q" + bytes([i + 1]) + b"K\x00s"
+    p += (b"h" + bytes([levels]) + b"K\x00s") * keys
+    return bytes(p + b".")
+
+
+def test_a_pickle_of_shared_tuples_is_refused_before_it_is_hashed(tmp_path):
+    """An auditor's 1 KB pickle: T_{i+1} = (T_i, T_i) as dict keys. A tuple's hash walks its nested items (CPython
+    does not cache it), 2^30 for T_30: torch.load held the GIL for 52 s (the other sessions of the server stopped).
+    Keyed 20,000 times by T_15 (32,768 items; 100 KB): 16 s, loaded. Both are refused at the scan, in a moment; the
+    same keys shallower load, and so does torch.save's own sharing (one tensor in every record)."""
+    import time
+    deep = _pickle_of(tmp_path / "deep.pt", _shared_tuples(30))
+    again = _pickle_of(tmp_path / "again.pt", _shared_tuples(15, keys=20_000))
+    for path in (deep, again):
+        t = time.process_time()
+        with pytest.raises(ValueError, match=r"holds a pickle whose tuples, counted through their shared references, "
+                                             r"hold [\d,]+ or more items in [\d,]+ bytes"):
+            load_pt(path, LIMITS)
+        assert time.process_time() - t < 5                                            # 52 s before (T_30)
+    assert len(load_pt(_pickle_of(tmp_path / "ok.pt", _shared_tuples(8)), LIMITS)) == 9   # 2^8 items: loaded
+    shared = torch.zeros(4)                                      # torch.save's own sharing: one tensor, many records
+    torch.save({"records": [{"ids": shared, "shape": (1, 2)} for _ in range(20_000)]}, str(tmp_path / "real.pt"))
+    assert len(load_pt(str(tmp_path / "real.pt"), LIMITS)["records"]) == 20_000
+
+
 def test_sglang_dumps_whose_rows_outgrow_their_tensors_are_refused_before_they_are_built(tmp_path):
     """A 2.3 KB per_token dump of ids (1, T, 0) was counted 0 bytes whatever T, and the reader built L·T rows (5.8 GB
     at T = 1e8); an int8 view of ids (1, T, 1) and a stat dump of 8 M one-byte rows likewise grew past the budget

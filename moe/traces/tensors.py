@@ -9,6 +9,8 @@ and nested tensors cannot become NumPy arrays, and reached the readers as traceb
 """
 from __future__ import annotations
 
+import functools
+
 MAX_OBJECTS = 1 << 20  # keys, values and items walked in one loaded object at most (each reference counts)
 WIDE = 8               # bytes an integer or bool element is counted as at least: readers widen them to int64
 
@@ -81,22 +83,23 @@ def element_bytes(tensor) -> int:
 
 def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
     """ValueError (one line) when unpickling the next `pickles` pickles of `stream` could build more than `cap` bytes
-    of Python objects (PICKLE_BYTES per opcode, read with pickletools, nothing built); a pickle it cannot parse is
-    left to torch.load, which refuses it. Reads the stream up to the last STOP (or the damage)."""
+    of Python objects (PICKLE_BYTES per opcode, read with pickletools, nothing built), or when its tuples, counted
+    through shared references, are far more than its bytes (_Tuples); a pickle it cannot parse is left to torch.load,
+    which refuses it. Reads the stream up to the last STOP (or the damage)."""
     import pickletools
 
     from moe.memory import BUDGET_ENV, describe_over
-    total, cost = 0, PICKLE_BYTES.get
+    total, cost, tuples, start = 0, PICKLE_BYTES.get, _Tuples(), stream.tell()
     try:
         for _ in range(pickles):
-            for op, arg, _ in pickletools.genops(stream):  # it stops after STOP: the next pickle follows
+            for op, arg, at in pickletools.genops(stream):  # it stops after STOP: the next pickle follows
                 total += cost(op.name, OPCODE_BYTES) + SLOT_BYTES
                 if arg is not None and not isinstance(arg, (bool, float)):
                     total += len(arg) if isinstance(arg, (str, bytes)) else arg.bit_length() // 8 if isinstance(
                         arg, int) else 0
-                if total > cap:
+                if total > cap or tuples.step(op, arg) > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
                     break
-            if total > cap:
+            if total > cap or tuples.items > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
                 break
     except Exception:  # damaged or not a pickle: torch.load says so
         return
@@ -105,24 +108,103 @@ def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
         raise OverBudget(f"{path!r} holds a pickle that could build {total_text} or more of Python objects when "
                          f"loaded, over the {cap_text} a routing file may take under the memory budget; give a "
                          f"shorter dump or raise {BUDGET_ENV}")
+    if tuples.items > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
+        raise ValueError(f"{path!r} holds a pickle whose tuples, counted through their shared references, hold "
+                         f"{tuples.items:,} or more items in {at - start:,} bytes: hashing them as dict keys could "
+                         f"take minutes; give the dump as torch.save wrote it")
+
+
+# A tuple's hash walks every item of its nested tuples (CPython does not cache it), through shared references: an
+# auditor's 1 KB pickle T_{i+1} = (T_i, T_i) used T_30 as a dict key and held the GIL for 52 s inside torch.load. A
+# tuple pushed on the unpickler's stack (built or fetched from the memo) counts its items so; the sum may reach
+# TUPLE_ITEMS plus TUPLE_ITEMS_PER_BYTE for each pickle byte read (a torch.save pickle builds a few small tuples per
+# tensor, each of its own bytes).
+TUPLE_ITEMS, TUPLE_ITEMS_PER_BYTE = MAX_OBJECTS, 32
+
+
+class _Tuples:
+    """The unpickler's stack and memo with, for each tuple, its items counted through nested tuples (1 for any other
+    value: lists, dicts and sets are not hashable, a frozenset caches its hash, a REDUCE builds a tensor or an
+    OrderedDict); `items`: the sum over every tuple pushed. The stack is held as runs of equal values (values of 1
+    are most of it) and the memo holds tuples only, so the scan holds a few bytes where the unpickler builds objects."""
+
+    def __init__(self) -> None:
+        self.values, self.counts, self.memo, self.items = [], [], {}, 0  # runs: value, how many; 0 = a mark
+
+    def step(self, op, arg) -> int:
+        kind, fixed, sliced, after = _effect(op)
+        if kind == "mark":
+            self._push(0, False)
+        elif kind == "put":
+            top = self.values[-1]
+            key = len(self.memo) if arg is None else arg
+            if top > 1:
+                self.memo[key] = top
+            else:
+                self.memo.pop(key, None)
+        elif kind == "get":
+            self._push(self.values[-1] if arg is None else self.memo.get(arg, 1), True)
+        else:
+            popped = self._to_mark() if sliced else 0
+            for _ in range(fixed):
+                popped += self._pop()
+            for _ in range(after):
+                self._push(1 + popped if kind == "tuple" else 1, kind == "tuple")
+        return self.items
+
+    def _push(self, size: int, counted: bool) -> None:
+        if self.values and self.values[-1] == size and size:
+            self.counts[-1] += 1
+        else:
+            self.values.append(size)
+            self.counts.append(1)
+        if counted and size > 1:
+            self.items += size
+
+    def _pop(self) -> int:
+        value = self.values[-1]
+        self.counts[-1] -= 1
+        if not self.counts[-1]:
+            self.values.pop()
+            self.counts.pop()
+        return value
+
+    def _to_mark(self) -> int:
+        """Pop every value above the last mark, and the mark; their sum."""
+        total = 0
+        while self.values[-1]:
+            total += self.values.pop() * self.counts.pop()
+        self._pop()
+        return total
+
+
+@functools.cache
+def _effect(op) -> tuple[str, int, bool, int]:
+    """An opcode's effect on the stack: (kind, values popped below the mark, pops to the mark, values pushed); kind
+    mark, put (MEMOIZE's arg is None: the next index), get (DUP's arg is None: the top), tuple or other."""
+    import pickletools
+    name, before = op.name, op.stack_before
+    kind = ("mark" if name == "MARK" else "put" if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")
+            else "get" if name in ("GET", "BINGET", "LONG_BINGET", "DUP")
+            else "tuple" if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3") else "other")
+    sliced = pickletools.stackslice in before
+    return kind, len(before) - 2 * sliced, sliced, len(op.stack_after)
 
 
 def check_pickles(f, archive, path: str, cap: int) -> None:
     """check_pickle on a torch.save file's object pickle: the zip format's `*/data.pkl` member (`archive`, its
     zipfile), or the legacy format's first five pickles (magic number, protocol, system info, the object, its storage
-    keys), each only when its size alone could build more than `cap` (every byte an EMPTY_SET). A damaged archive is
-    left to torch.load, which refuses it."""
+    keys), every time (a 1 KB pickle of shared tuples is enough to stall the server). A damaged archive is left to
+    torch.load, which refuses it."""
     import io
 
     from moe.traces.zipfiles import DAMAGED
-    most = max(PICKLE_BYTES.values()) + SLOT_BYTES                                   # bytes one pickle byte builds
     if archive is None:
-        if f.seek(0, 2) * most > cap:
-            f.seek(0)
-            check_pickle(f, path, cap, pickles=5)
+        f.seek(0)
+        check_pickle(f, path, cap, pickles=5)
         return
     for info in archive.infolist():
-        if info.filename.endswith("data.pkl") and info.file_size * most > cap:
+        if info.filename.endswith("data.pkl"):
             try:  # read whole, as torch.load reads it (its size counts in the member sum): scanned from memory
                 data = archive.read(info)
             except DAMAGED:
