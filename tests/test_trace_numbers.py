@@ -91,5 +91,11 @@ def test_the_runs_page_reports_logits_that_are_not_finite(tmp_path, tmp_is_a_roo
         assert not at.exception and not at.error, at.error
         shown[name] = [w.value for w in at.warning]
     assert any("3 router logits of this trace are not finite, in 2 layers (`0`: 1, `1`: 2)" in w for w in shown["bad"])
+    # what the note says of the numbers is what they are: layer 1's +inf logit gives an inf z-loss, not a blank one
+    rows = open_trace(str(tmp_path / "bad.parquet")).rows.set_index("layer")
+    assert np.isnan(rows.loc["1", "aux_loss"]) and np.isnan(rows.loc["1", "mean_confidence"])
+    assert rows.loc["1", "z_loss"] == np.inf and np.isnan(rows.loc["0", "z_loss"])
+    assert any("leaves the aux loss and confidence of its (step, layer) blank, and its z-loss NaN or +inf" in w
+               for w in shown["bad"])
     assert not any("not finite" in w for w in shown["good"])
     assert any("1 router logit of this trace is not finite, in 1 layer (`0`: 1)" in w for w in shown["one"])

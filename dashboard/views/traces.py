@@ -238,7 +238,8 @@ def _nonfinite_note(s: TraceSummary) -> None:
         st.warning(f"{n:,} router logit{'' if n == 1 else 's'} of this trace {'is' if n == 1 else 'are'} not "
                    f"finite, in {len(bad)} "
                    f"layer{'s' if len(bad) > 1 else ''} ({named}). A −inf logit masks an expert and is handled; a "
-                   f"NaN or +inf one leaves the aux loss, z-loss and confidence of its (step, layer) blank.  \n"
+                   f"NaN or +inf one leaves the aux loss and confidence of its (step, layer) blank, and its z-loss NaN "
+                   f"or +inf (the mean of logsumexp², whatever the other logits).  \n"
                    f"{caption('nonfinite')}", icon="⚠️")
 
 
