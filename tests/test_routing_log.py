@@ -30,6 +30,12 @@ from moe.traces.store_read import read_store
 from moe.traces.summary import ROW_KEYS
 
 
+def _distinct_ids(rng, N: int, E: int) -> np.ndarray:
+    """(N, 2) ids as a router writes them: two distinct experts per token, some slots empty (-1)."""
+    ids = np.argsort(rng.random((N, E)), axis=1)[:, :2]
+    return np.where(rng.random((N, 2)) < 0.2, -1, ids)
+
+
 def _log(seed: int = 0, S: int = 4, L: int = 3, E: int = 6, tokens: bool = False) -> RoutingLog:
     rng = np.random.default_rng(seed)
     counts = rng.integers(0, 40, (S, L, E))
@@ -37,7 +43,7 @@ def _log(seed: int = 0, S: int = 4, L: int = 3, E: int = 6, tokens: bool = False
     if tokens:
         N = 10
         tok = TokenRouting(step=np.sort(rng.choice(np.arange(S) * 3 + 1, N)),
-                           layer=rng.integers(0, L, N).astype(np.int32), ids=rng.integers(-1, E, (N, 2)),
+                           layer=rng.integers(0, L, N).astype(np.int32), ids=_distinct_ids(rng, N, E),
                            weights=rng.random((N, 2)).astype(np.float32))
     return RoutingLog("sglang-per-token", [f"l{i}" for i in range(L)], np.arange(S) * 3 + 1, counts, top_k=2,
                       meta={"world_size": 2, "files": ["a.pt"]}, tokens=tok,

@@ -4,6 +4,7 @@ reads back equal, and a malformed file as one line with exit status 2."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 
 import fixtures_sglang as sg
@@ -190,3 +191,37 @@ def test_a_rank_file_or_log_part_that_links_out_of_its_directory_is_refused(tmp_
     part.symlink_to(moved)
     with pytest.raises(ValueError, match="links outside the routing log"):
         read_store(str(tmp_path / "log"))
+
+
+def test_a_token_naming_an_expert_twice_is_refused_as_the_logits_path_refuses_it(tmp_path):
+    """An auditor's files: a Megatron record without logits, `top_indices [[1, 1], [1, 1]]`, was counted 4 for expert
+    1 (max/mean 4 over the bound E/K = 2), a vLLM routed token [1, 1] counted twice where the co-occurrence diagonal
+    counts it once; the logits path refused the same ids. Every per-token reader refuses them now (the stacks' top-k
+    never repeat an expert); -1 pads (SGLang) may repeat. And a JSON `true` among Megatron's ids was read as 1."""
+    from moe.traces.log import repeated_expert
+    assert repeated_expert(np.array([[0, 1, -1, -1], [2, 3, 1, 2]])) == 2
+    assert repeated_expert(np.array([[0, -1, -1], [2, 3, 1]])) is None
+    rank = tmp_path / "mega"
+    rank.mkdir()
+    good = {"step": 1, "stage": "fwd", "block": "decoder", "layer": 0, "rank": 0, "num_tokens": 2, "topk": 2,
+            "top_indices": [[0, 1], [2, 3]]}
+    for ids, message in (([[1, 1], [0, 1]], "line 2: 'top_indices': a token names expert 1 twice among its top-k"),
+                         ([[0, True], [2, 3]], "line 2: 'top_indices' must hold integers")):
+        lines = [good, {**good, "step": 2, "top_indices": ids}] * 40                  # the fast path reads batches
+        (rank / "router_trace_rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+        with pytest.raises(ValueError, match=re.escape(message)):
+            read_log(str(rank / "router_trace_rank0.jsonl"), n_experts=4)
+    routed = np.array([[[1, 1]], [[1, 2]]], dtype=np.int32)                           # (T, L, K)
+    np.save(tmp_path / "routed.npy", routed)
+    with pytest.raises(ValueError, match="a token names expert 1 twice among its top-k"):
+        read_log(str(tmp_path / "routed.npy"), n_experts=4)
+    folder = tmp_path / "sglang"
+    folder.mkdir()
+    topk = torch.tensor([[[0, 1], [3, 3]]], dtype=torch.int32)                        # (L, T, K): token 1 twice
+    sg.write_rank_file(folder, 0, [sg.per_token_record(0, 0, topk)], sg.placement(1, 4, 4))
+    with pytest.raises(ValueError, match="a token names expert 3 twice among its top-k"):
+        read_log(str(folder))
+    padded = tmp_path / "padded"
+    padded.mkdir()
+    sg.write_rank_file(padded, 0, [sg.per_token_record(0, 0, topk[:, :1])], sg.placement(1, 4, 4))
+    assert read_log(str(padded)).counts.sum() == 2                                    # -1 pads repeat: read

@@ -184,6 +184,30 @@ def check_ids(ids: np.ndarray, where: str, allow_padding: bool = False) -> int:
     return high
 
 
+def repeated_expert(ids: np.ndarray) -> int | None:
+    """The first expert id (>= 0; -1 pads) that a token, a row along the last axis of ids, names twice; else None.
+    Sorted a chunk of rows at a time (a copy of 2^20 ids at most)."""
+    if ids.ndim == 0 or ids.size == 0 or ids.shape[-1] < 2:
+        return None
+    rows = ids.reshape(-1, ids.shape[-1])
+    step = max(1, (1 << 20) // rows.shape[1])
+    for lo in range(0, len(rows), step):
+        ordered = np.sort(rows[lo:lo + step], axis=1)
+        same = (ordered[:, 1:] == ordered[:, :-1]) & (ordered[:, 1:] >= 0)
+        if same.any():
+            return int(ordered[:, 1:][same][0])
+    return None
+
+
+def check_distinct(ids: np.ndarray, where: str) -> None:
+    """ValueError unless every token (a row along the last axis) names each expert once: a token's load counts it once
+    per expert (definition "trace_load"), and the stacks' top-k never repeat one."""
+    twice = repeated_expert(ids)
+    if twice is not None:
+        raise ValueError(f"{where}: a token names expert {twice} twice among its top-k; give the ids as written (K "
+                         f"distinct experts per token)")
+
+
 def default_layers(n: int) -> list[str]:
     """Layers labelled 0…L−1 in file order (for sources that do not name them)."""
     return [str(i) for i in range(n)]

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.json as pj
 
 from moe.memory import BUDGET_ENV, describe_bytes
+from moe.traces.log import repeated_expert
 from moe.traces.readers import layer_label
 from moe.traces.records import MAX_EXPERTS, TraceLimits, open_regular
 
@@ -228,6 +229,8 @@ def _ids(column: pa.ListArray, T: np.ndarray, K: np.ndarray) -> tuple[np.ndarray
     ids = ids.to_numpy()                                                 # (N,) int32, no copy
     if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= MAX_EXPERTS):
         raise NotFast
+    if ids.size and (K.min() != K.max() or repeated_expert(ids.reshape(-1, int(K[0]))) is not None):
+        raise NotFast  # topk varying within a batch, or a token naming an expert twice: the exact reader says so
     return ids, T * K
 
 

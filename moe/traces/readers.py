@@ -17,6 +17,7 @@ ValueError naming the line (or step and layer) and the fix, echoing no string fr
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from typing import Iterator
@@ -25,6 +26,7 @@ import numpy as np
 
 from moe.memory import BUDGET_ENV, describe_bytes
 from moe.roots import LinksOutside, open_inside
+from moe.traces.log import check_distinct
 from moe.traces.parquet import iter_parquet
 from moe.traces.records import (
     INT64_MAX,
@@ -151,7 +153,8 @@ def _top_indices(value, T: int, K: int, where: str) -> np.ndarray:
     if arr is None or arr.shape != (T, K):
         got = f"{len(value)} rows" if arr is None else f"shape {arr.shape}"
         raise ValueError(f"{where}: 'top_indices' has {got}, expected (num_tokens={T}, topk={K})")
-    if arr.dtype.kind not in "iu" or arr.dtype.kind == "u" and int(arr.max()) > INT64_MAX:
+    if (arr.dtype.kind not in "iu" or arr.dtype.kind == "u" and int(arr.max()) > INT64_MAX
+            or bool in set(map(type, itertools.chain.from_iterable(value)))):  # [0, true] is int64 to numpy
         raise ValueError(f"{where}: 'top_indices' must hold integers (no fractions, non-finite numbers, strings "
                          f"or true/false); give {want}")
     idx = arr.astype(np.int64)  # (T, K)
@@ -160,6 +163,7 @@ def _top_indices(value, T: int, K: int, where: str) -> np.ndarray:
     if int(idx.max()) >= MAX_EXPERTS:
         raise ValueError(f"{where}: 'top_indices' holds expert {int(idx.max())}; expert indices are below "
                          f"{MAX_EXPERTS}")
+    check_distinct(idx, f"{where}: 'top_indices'")
     return idx
 
 

@@ -41,6 +41,7 @@ from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import (
     RoutingLog,
     TokenRouting,
+    check_distinct,
     check_ids,
     check_map,
     counts_from_ids,
@@ -271,6 +272,7 @@ def _token_ids(run: _Run, budget: int) -> list[tuple[int, int, np.ndarray]]:
     _check_size(rows * (TOKEN_ROW_BYTES + TOKEN_ID_BYTES * (width or 1)) // 8, "the per-token rows", budget)
     for _, _, ids, at in out:
         high = check_ids(ids, at, allow_padding=True)
+        check_distinct(ids, at)
         if high >= P:
             raise ValueError(f"{at}: routes to physical expert {high} but {MAP_KEY} has {P} physical experts "
                              f"(0..{P - 1}); give the map written with the ids")

@@ -9,7 +9,8 @@ import numpy as np
 import pandas as pd
 
 from moe.memory import BUDGET_ENV
-from moe.traces.log import GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_ids, put_once
+from moe.traces.log import (GIVEN, INFERRED, RECORDED, RoutingLog, TokenRouting, check_distinct, check_ids,
+                            put_once)
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import is_label, label_codes, parquet_bytes, parquet_file
 from moe.traces.store import open_listed, parts, read_meta
@@ -207,6 +208,7 @@ def _read_tokens(path: str, layers: list[str], n_experts: int, steps: np.ndarray
     K = int(lengths[0]) if len(lengths) else 1
     ids = experts.flatten().to_numpy(zero_copy_only=False)
     max_id = check_ids(ids, where, allow_padding=True)
+    check_distinct(ids.reshape(-1, K), where)
     if max_id >= n_experts:
         raise ValueError(f"{where} names expert {max_id}, outside 0..{n_experts - 1}; copy the log again")
     weights = None

@@ -29,6 +29,7 @@ from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import (
     RoutingLog,
     TokenRouting,
+    check_distinct,
     check_ids,
     check_map,
     counts_from_ids,
@@ -96,6 +97,7 @@ def from_routed(arr: np.ndarray, path: str, n_experts: int | None, limits: Trace
     kept = np.flatnonzero(captured)
     limits.check_summary(1, len(kept), E)
     layer_ids = ids[:, kept, :].astype(np.int64)                                     # (T, L', K)
+    check_distinct(layer_ids, what)                                                  # the captured layers' tokens
     flat = layer_ids.transpose(1, 0, 2).reshape(-1, K)                               # (L'·T, K) layer-major
     layer = np.repeat(np.arange(len(kept), dtype=np.int32), T)                       # (L'·T,)
     step = np.zeros(len(layer), dtype=np.int64)                                      # (L'·T,)
