@@ -146,3 +146,16 @@ def test_groups_that_do_not_divide_over_the_nodes_fall_back_to_the_global_policy
     assert ("eplb", 2) in result.loads and not result.notes
     with pytest.raises(ValueError, match="8 experts do not split into 6 groups"):
         rebalance(load[None], 10, 6, 2, 2)  # hierarchical (6 % 2 == 0): the groups must divide E
+
+
+def test_many_redundant_slots_follow_the_loop_version():
+    """R far above W and E (a page offers R up to E): the replicas come from a heap now (R = 16,384 took a minute a
+    window scanning every candidate), ties and uncapped counts included; slot by slot as the loop hands them out."""
+    rng = np.random.default_rng(9)
+    for case in range(12):
+        gpus = int(rng.choice([2, 4, 8]))
+        E = gpus * int(rng.integers(2, 12))
+        R = gpus * int(rng.integers(E // gpus, 3 * E // gpus + 1))                      # R from E to 3E
+        loads = rng.integers(0, 1000 if case % 2 else 3, size=(2, E)).astype(float)
+        for load, row in zip(loads, rebalance(loads, E + R, 1, 1, gpus).tolist()):
+            assert row == naive_eplb(load.tolist(), E + R, 1, 1, gpus), (case, E, R, gpus)

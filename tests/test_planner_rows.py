@@ -203,3 +203,15 @@ def test_the_local_search_follows_list_order_like_the_loop():
         assert refine(ranks, load, count) == want, (ranks, load.tolist(), count.tolist())
         moved += want != tuple(tuple(sorted(r)) for r in ranks)
     assert moved > 20
+
+
+def test_replicate_with_many_redundant_slots_is_the_loop():
+    """R up to E·(W − 1) on up to 120 experts (the heap of candidates holds up to R of them; ties and zeros), capped
+    at W replicas an expert as the loop caps them."""
+    rng = np.random.default_rng(13)
+    for _ in range(40):
+        W = int(rng.integers(2, 9))
+        E = int(rng.integers(20, 121))
+        R = int(rng.integers(E, E * (W - 1) + 1))
+        load = random_load(rng, E)
+        assert replicate(load, R, W).tolist() == loop_replicate(load, R, W), (E, R, W)
