@@ -274,3 +274,35 @@ def test_a_replay_past_the_budget_is_refused_before_it_runs(tmp_path, monkeypatc
     assert not at.exception
     assert any("The replay cannot run: replaying this layer's" in e.value and "over half the memory budget" in e.value
                for e in at.error), [e.value for e in at.error]
+
+
+def test_the_plan_files_of_a_log_of_many_layers_are_made_on_a_click(tmp_path):
+    """An auditor's 322 KB log of 16,384 layers kept the server planning for 50 s each time it was opened. Past
+    AUTO_PLAN_LAYERS layers the section replays its layer and waits for "Plan all … layers"; the request holds while
+    the choice stays, and a new choice asks again."""
+    from dashboard.views.placement import AUTO_PLAN_LAYERS
+    L = AUTO_PLAN_LAYERS + 1
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 20, (4, L, 8))
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("moe-scope-recorder", [str(i) for i in range(L)], np.arange(4), counts, top_k=2), path)
+    at = AppTest.from_function(section_app, args=(path,), default_timeout=120).run()
+    assert not at.exception and not at.error, at.error
+    assert len(at.get("plotly_chart")) == 4 and not at.get("download_button")           # replayed, not planned
+    assert any(f"This log has {L:,} layers: their plan files are made when you ask" in c.value for c in at.caption)
+    at.button(key="runs_place_plan_all").click().run()
+    assert not at.exception and not at.error, at.error
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert labels[0] == "moe-scope plan (JSON)" and len(labels) == 3
+    W, R = at.selectbox(key="runs_place_world").value, at.selectbox(key="runs_place_export_slots").value
+    files = replays.plan_files(counts, tuple(str(i) for i in range(L)), None, W, R)       # every layer's plan
+    assert len(json.loads(files["moe-scope"])["layers"]) == L
+    assert at.get("download_button")[0].proto.url.endswith(
+        _calculate_file_id(files["moe-scope"].encode(), "application/json", "plan-moe-scope.json") + ".json")
+    at.run()                                                                           # a rerun keeps them
+    assert len(at.get("download_button")) == 3
+    slots = at.selectbox(key="runs_place_export_slots")
+    other = [v for v in at.multiselect(key="runs_place_slots").value if v != R][0]
+    slots.set_value(other).run()
+    assert not at.exception and not at.error and at.selectbox(key="runs_place_export_slots").value == other
+    assert not at.get("download_button") and at.button(key="runs_place_plan_all")

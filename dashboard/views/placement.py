@@ -30,6 +30,8 @@ INTRO = ("Replays the log's expert counts window by window under the placement t
 METRIC_DEFINITIONS = {"balancedness_vllm": "balancedness_vllm", "balancedness_sglang": "balancedness_sglang",
                       "max_over_mean": "rank_max_over_mean"}
 EXPORT_FROM = ("whole log", "last window")
+AUTO_PLAN_LAYERS = 256  # more layers are planned for the downloads on a click: ~3 ms a layer, and an auditor's 322 KB
+                        # log of 16,384 layers kept the server busy for 50 s on every open
 
 
 @dataclass(frozen=True)
@@ -219,6 +221,8 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
     R = c1.selectbox("Redundant slots of the plan", Rs, key=key("export_slots"))
     keep_choice(key("export_from"), list(EXPORT_FROM), EXPORT_FROM[0])
     source = c2.radio("Plan made from", EXPORT_FROM, key=key("export_from"), horizontal=True)
+    if not _asked(log, (W, int(R), source, settings.window), key):
+        return
     try:
         with st.spinner("Planning every layer…"):
             files = replays.plan_files(log.counts, tuple(log.layers), log.physical_to_logical, W, int(R),
@@ -251,6 +255,21 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
         st.caption(f"{len(kept)} of {len(files['notes'])} layers keep the current placement: no plan with these "
                    f"slots lightens their busiest rank.")
     st.caption(caption("placement_export"))
+
+
+def _asked(log: RoutingLog, choice: tuple, key) -> bool:
+    """Whether to plan every layer now: always up to AUTO_PLAN_LAYERS layers, else once the visitor asked for these
+    plans (a button; the request is kept while the log and the choice stay)."""
+    if len(log.layers) <= AUTO_PLAN_LAYERS:
+        return True
+    wanted = (log.source, log.counts.shape, int(log.counts.sum()), *choice)
+    if st.session_state.get(key("plans_asked")) == wanted:
+        return True
+    st.caption(f"This log has {len(log.layers):,} layers: their plan files are made when you ask (one plan per "
+               f"layer; over {AUTO_PLAN_LAYERS} layers that takes a while).")
+    st.button(f"Plan all {len(log.layers):,} layers", key=key("plan_all"), on_click=st.session_state.__setitem__,
+              args=(key("plans_asked"), wanted))
+    return False
 
 
 def _sglang_rows_help(layer_base: int) -> str:
