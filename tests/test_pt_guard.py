@@ -180,7 +180,11 @@ def test_a_pickle_of_shared_tuples_is_refused_before_it_is_hashed(tmp_path):
     import time
     deep = _pickle_of(tmp_path / "deep.pt", _shared_tuples(30))
     again = _pickle_of(tmp_path / "again.pt", _shared_tuples(15, keys=20_000))
-    for path in (deep, again):
+    # a reviewer's: torch.Size (a tuple REDUCE builds) of a list of 16,384 ints, memoized before the list grew, then
+    # doubled 17 times (33 KB; 14 s when a REDUCE counted as one item)
+    size = bytearray(b"\x80\x02](q\x00" + b"K\x01" * 16_384 + b"e" + b"ctorch\nSize\nh\x00\x85Rq\x01")
+    size += b"h\x01h\x01\x86q\x01" * 17 + b"}h\x01K\x00s."
+    for path in (deep, again, _pickle_of(tmp_path / "size.pt", bytes(size))):
         t = time.process_time()
         with pytest.raises(ValueError, match=r"holds a pickle whose tuples, counted through their shared references, "
                                              r"hold [\d,]+ or more items in [\d,]+ bytes"):

@@ -9,8 +9,6 @@ and nested tensors cannot become NumPy arrays, and reached the readers as traceb
 """
 from __future__ import annotations
 
-import functools
-
 MAX_OBJECTS = 1 << 20  # keys, values and items walked in one loaded object at most (each reference counts)
 WIDE = 8               # bytes an integer or bool element is counted as at least: readers widen them to int64
 
@@ -116,50 +114,81 @@ def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
 
 # A tuple's hash walks every item of its nested tuples (CPython does not cache it), through shared references: an
 # auditor's 1 KB pickle T_{i+1} = (T_i, T_i) used T_30 as a dict key and held the GIL for 52 s inside torch.load. A
-# tuple pushed on the unpickler's stack (built or fetched from the memo) counts its items so; the sum may reach
-# TUPLE_ITEMS plus TUPLE_ITEMS_PER_BYTE for each pickle byte read (a torch.save pickle builds a few small tuples per
-# tensor, each of its own bytes).
+# tuple pushed on the unpickler's stack (built or fetched from the memo) counts its items so, and so does what a
+# REDUCE or NEWOBJ builds from its arguments (torch.Size is a tuple: a reviewer's torch.Size of 32,768 ints, doubled
+# 18 times, took 59 s); the sum may reach TUPLE_ITEMS plus TUPLE_ITEMS_PER_BYTE for each pickle byte read (a
+# torch.save pickle builds a tensor and a few small tuples from its own bytes).
 TUPLE_ITEMS, TUPLE_ITEMS_PER_BYTE = MAX_OBJECTS, 32
 
 
 class _Tuples:
-    """The unpickler's stack and memo with, for each tuple, its items counted through nested tuples (1 for any other
-    value: lists, dicts and sets are not hashable, a frozenset caches its hash, a REDUCE builds a tensor or an
-    OrderedDict); `items`: the sum over every tuple pushed. The stack is held as runs of equal values (values of 1
-    are most of it) and the memo holds tuples only, so the scan holds a few bytes where the unpickler builds objects."""
+    """The unpickler's stack and memo with, for each value, the items a hash of it (or of what is built from it) may
+    walk: what a tuple, REDUCE, NEWOBJ or FROZENSET builds counts 1 + the items of its arguments, a list, dict or set
+    1 + what was put in it, anything else 1; `items`: the sum over every tuple, REDUCE, NEWOBJ, FROZENSET or memo
+    value pushed. A memoized value is a cell (a stack value -1 - its index) that later APPENDs, SETITEMs and BUILDs
+    grow, as they grow the object it stands for; 0 is a mark. The stack is held as runs of equal values (plain 1s are
+    most of it), so the scan holds a few bytes where the unpickler builds objects."""
 
     def __init__(self) -> None:
-        self.values, self.counts, self.memo, self.items = [], [], {}, 0  # runs: value, how many; 0 = a mark
+        self.values, self.counts, self.memo, self.cells, self.items, self.memoized = [], [], {}, [], 0, 0
 
     def step(self, op, arg) -> int:
-        kind, fixed, sliced, after = _effect(op)
-        if kind == "mark":
-            self._push(0, False)
-        elif kind == "put":
-            top = self.values[-1]
-            key = len(self.memo) if arg is None else arg
-            if top > 1:
-                self.memo[key] = top
+        kind, fixed, sliced, after = _EFFECTS.get(op) or _effect(op)
+        if kind == OTHER and after == 1 and not fixed and not sliced:               # a number, a string, a global
+            if self.values and self.values[-1] == 1:
+                self.counts[-1] += 1
             else:
-                self.memo.pop(key, None)
-        elif kind == "get":
-            self._push(self.values[-1] if arg is None else self.memo.get(arg, 1), True)
+                self.values.append(1)
+                self.counts.append(1)
+            return self.items
+        if kind == MARK:
+            self._push(0)
+        elif kind == PUT:
+            if arg is None:                                                          # MEMOIZE: the next index
+                arg, self.memoized = self.memoized, self.memoized + 1
+            top = self._pop()
+            if top > 0:                                                              # a plain value: now a cell
+                self.cells.append(top)
+                top = -len(self.cells)
+            self.memo[arg] = top
+            self._push(top)
+        elif kind == GET:
+            ref = self.values[-1] if arg is None else self.memo.get(arg, 1)
+            self._count(self._size(ref))
+            self._push(ref)
         else:
             popped = self._to_mark() if sliced else 0
+            target = 0
             for _ in range(fixed):
-                popped += self._pop()
+                target = self._pop()
+                popped += self._size(target)
+            if kind == GROW and target:                                              # the container, popped last
+                popped -= self._size(target)
+                if target < 0:
+                    self.cells[-1 - target] += popped
+                    self._push(target)
+                else:
+                    self._push(target + popped)
+                return self.items
             for _ in range(after):
-                self._push(1 + popped if kind == "tuple" else 1, kind == "tuple")
+                self._push(1 + popped if kind in (BUILT, FILLED) else 1)
+                if kind == BUILT:
+                    self._count(1 + popped)
         return self.items
 
-    def _push(self, size: int, counted: bool) -> None:
-        if self.values and self.values[-1] == size and size:
+    def _size(self, value: int) -> int:
+        return value if value >= 0 else self.cells[-1 - value]
+
+    def _count(self, size: int) -> None:
+        if size > 1:
+            self.items += size
+
+    def _push(self, value: int) -> None:
+        if self.values and self.values[-1] == value and value > 0:
             self.counts[-1] += 1
         else:
-            self.values.append(size)
+            self.values.append(value)
             self.counts.append(1)
-        if counted and size > 1:
-            self.items += size
 
     def _pop(self) -> int:
         value = self.values[-1]
@@ -170,25 +199,34 @@ class _Tuples:
         return value
 
     def _to_mark(self) -> int:
-        """Pop every value above the last mark, and the mark; their sum."""
+        """Pop every value above the last mark, and the mark; the sum of their sizes."""
         total = 0
         while self.values[-1]:
-            total += self.values.pop() * self.counts.pop()
+            total += self._size(self.values.pop()) * self.counts.pop()
         self._pop()
         return total
 
 
-@functools.cache
-def _effect(op) -> tuple[str, int, bool, int]:
+MARK, PUT, GET, BUILT, FILLED, GROW, OTHER = range(7)
+_KINDS = {"MARK": MARK, "PUT": PUT, "BINPUT": PUT, "LONG_BINPUT": PUT, "MEMOIZE": PUT, "GET": GET, "BINGET": GET,
+          "LONG_BINGET": GET, "DUP": GET, "TUPLE": BUILT, "TUPLE1": BUILT, "TUPLE2": BUILT, "TUPLE3": BUILT,
+          "REDUCE": BUILT, "NEWOBJ": BUILT, "NEWOBJ_EX": BUILT, "FROZENSET": BUILT, "LIST": FILLED, "DICT": FILLED,
+          "APPEND": GROW, "APPENDS": GROW, "SETITEM": GROW, "SETITEMS": GROW, "ADDITEMS": GROW, "BUILD": GROW}
+
+
+_EFFECTS: dict = {}  # opcode -> _effect(opcode)
+
+
+def _effect(op) -> tuple[int, int, bool, int]:
     """An opcode's effect on the stack: (kind, values popped below the mark, pops to the mark, values pushed); kind
-    mark, put (MEMOIZE's arg is None: the next index), get (DUP's arg is None: the top), tuple or other."""
+    MARK, PUT (MEMOIZE's arg is None: the next index), GET (DUP's arg is None: the top), BUILT (a tuple, or what a
+    REDUCE, NEWOBJ or FROZENSET builds from its arguments), FILLED (a list or dict of the values above the mark), GROW
+    (APPEND(S), SETITEM(S), ADDITEMS, BUILD: the container below its new items grows by them) or OTHER."""
     import pickletools
-    name, before = op.name, op.stack_before
-    kind = ("mark" if name == "MARK" else "put" if name in ("PUT", "BINPUT", "LONG_BINPUT", "MEMOIZE")
-            else "get" if name in ("GET", "BINGET", "LONG_BINGET", "DUP")
-            else "tuple" if name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3") else "other")
-    sliced = pickletools.stackslice in before
-    return kind, len(before) - 2 * sliced, sliced, len(op.stack_after)
+    sliced = pickletools.stackslice in op.stack_before
+    effect = _KINDS.get(op.name, OTHER), len(op.stack_before) - 2 * sliced, sliced, len(op.stack_after)
+    _EFFECTS[op] = effect
+    return effect
 
 
 def check_pickles(f, archive, path: str, cap: int) -> None:
