@@ -227,3 +227,21 @@ def test_a_damaged_file_of_many_row_groups_exits_2_every_time(tmp_path):
                              cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env, timeout=120)
         assert out.returncode == 2 and out.stderr.count("\n") == 1, (out.returncode, out.stderr[-500:])
         assert "is not a readable Parquet file" in out.stderr
+
+
+def test_a_file_with_an_empty_row_group_is_read(tmp_path):
+    """pyarrow writes the chunks of a row group of no rows at offset 0 (a logger flushing an empty batch last): they
+    share no pages with anything, and the file reads as before (a reviewer's file was refused as "two column chunks
+    share their pages")."""
+    table = pa.table({"layer": ["0", "0", "1"], "expert": [0, 1, 2], "count": [5, 3, 4]})
+    path = tmp_path / "counts.parquet"
+    with pq.ParquetWriter(path, table.schema) as writer:
+        writer.write_table(table)
+        writer.write_table(table.slice(0, 0))
+    assert [pq.ParquetFile(path).metadata.row_group(i).num_rows for i in range(2)] == [3, 0]
+    log = read_log(str(path))
+    assert log.counts.sum() == 12 and log.counts[0, 1, 2] == 4
+    with open(path, "rb") as f:
+        pf = parquet_file(f, "t", TraceLimits.from_env())
+        assert parquet_bytes(f, pf, ["layer", "expert", "count"], "t") > 0
+        assert chunk_bytes(f, pf, ["layer", "expert", "count"], "t")[1] == 0

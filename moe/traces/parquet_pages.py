@@ -192,7 +192,7 @@ def chunk_pages(f, chunk, max_pages: int = MAX_PAGES, walked: list | None = None
     end = min(start + max(chunk.total_compressed_size, 0) + PADDING, f.tell())
     wanted, seen, total, largest, dictionary, n_pages = chunk.num_values, 0, 0, 0, 0, 0
     pos, base, buf = start, start, b""
-    if walked is not None:
+    if walked is not None and wanted > 0:  # a chunk of no values (an empty row group) reads nothing: offset 0
         _claim(walked, start)
     while pos < end and seen < wanted:
         if n_pages >= max_pages:
@@ -214,8 +214,8 @@ def chunk_pages(f, chunk, max_pages: int = MAX_PAGES, walked: list | None = None
         dictionary += header[2] if header[1] == DICTIONARY_PAGE else 0
         seen, n_pages = seen + _values(header), n_pages + 1
         pos = base + after + header[3]
-    if walked is not None:
-        _claim(walked, start, max(pos, start + 1))
+    if walked is not None and n_pages:
+        _claim(walked, start, pos)
     return ChunkPages(total, largest, dictionary, n_pages)
 
 
