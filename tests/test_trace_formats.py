@@ -215,6 +215,13 @@ def test_a_token_naming_an_expert_twice_is_refused_as_the_logits_path_refuses_it
     np.save(tmp_path / "routed.npy", routed)
     with pytest.raises(ValueError, match="a token names expert 1 twice among its top-k"):
         read_log(str(tmp_path / "routed.npy"), n_experts=4)
+    # a reviewer's: a token whose K ids are all 0 in a captured layer is a buffer row vLLM never wrote, as a layer of
+    # zeros is a layer it never captured: skipped and counted (meta), not refused, and not counted as expert 0
+    blank = np.array([[[1, 2], [0, 0]], [[3, 1], [0, 0]], [[0, 0], [0, 0]]], dtype=np.int32)  # layer 1 uncaptured
+    np.save(tmp_path / "blank.npy", blank)
+    log = read_log(str(tmp_path / "blank.npy"), n_experts=4)
+    assert log.counts.tolist() == [[[0, 2, 1, 1]]] and log.meta["uncaptured_rows"] == 1
+    assert log.meta["uncaptured_layers"] == [1] and (log.tokens.ids[2] == -1).all()
     folder = tmp_path / "sglang"
     folder.mkdir()
     topk = torch.tensor([[[0, 1], [3, 3]]], dtype=torch.int32)                        # (L, T, K): token 1 twice
@@ -223,5 +230,6 @@ def test_a_token_naming_an_expert_twice_is_refused_as_the_logits_path_refuses_it
         read_log(str(folder))
     padded = tmp_path / "padded"
     padded.mkdir()
-    sg.write_rank_file(padded, 0, [sg.per_token_record(0, 0, topk[:, :1])], sg.placement(1, 4, 4))
-    assert read_log(str(padded)).counts.sum() == 2                                    # -1 pads repeat: read
+    pads = torch.tensor([[[0, 1], [-1, -1], [2, -1]]], dtype=torch.int32)            # -1 twice for token 1
+    sg.write_rank_file(padded, 0, [sg.per_token_record(0, 0, pads)], sg.placement(1, 4, 4))
+    assert read_log(str(padded)).counts.sum() == 3                                    # -1 pads repeat: read

@@ -8,7 +8,9 @@ What vLLM's code says (vllm-project/vllm, the commits read):
   returned array (int16 `prompt_routed_experts`), so any integer dtype is read. The layer axis counts every
   hidden layer: a dense layer (DeepSeek's first ones) is never captured and stays all zero. A captured layer
   never names one expert in all K slots of a token (top-k picks distinct experts), so with K > 1 a layer whose
-  ids are all 0 is dropped as uncaptured (meta "uncaptured_layers"); labels stay vLLM's layer index. With K = 1
+  ids are all 0 is dropped as uncaptured (meta "uncaptured_layers"), and so is a token whose K ids are all 0 in a
+  captured layer (its slots read -1, meta "uncaptured_rows": a buffer row never written); labels stay vLLM's layer
+  index. Any other token naming one expert twice is refused. With K = 1
   no such test exists: give only MoE layers. `fused_moe/router/base_router.py` (03919875) calls the capture
   hook "before EPLB mapping": the ids are logical, no map needed. E is never recorded: --n-experts is required.
 - EPLB window. `distributed/eplb/eplb_state.py` (50feac95): `expert_load_window` int32 (window, layers,
@@ -97,12 +99,15 @@ def from_routed(arr: np.ndarray, path: str, n_experts: int | None, limits: Trace
     kept = np.flatnonzero(captured)
     limits.check_summary(1, len(kept), E)
     layer_ids = ids[:, kept, :].astype(np.int64)                                     # (T, L', K)
+    blank = (layer_ids == 0).all(axis=2) if K > 1 else np.zeros(layer_ids.shape[:2], dtype=bool)  # (T, L')
+    layer_ids[blank] = -1                                                            # never written: no routing
     check_distinct(layer_ids, what)                                                  # the captured layers' tokens
     flat = layer_ids.transpose(1, 0, 2).reshape(-1, K)                               # (L'·T, K) layer-major
     layer = np.repeat(np.arange(len(kept), dtype=np.int32), T)                       # (L'·T,)
     step = np.zeros(len(layer), dtype=np.int64)                                      # (L'·T,)
     counts = counts_from_ids(step, layer, flat, 1, len(kept), E)                     # (1, L', E)
-    meta = {"tokens": T, "uncaptured_layers": [int(i) for i in np.flatnonzero(~captured)], "ids": "logical"}
+    meta = {"tokens": T, "uncaptured_layers": [int(i) for i in np.flatnonzero(~captured)], "ids": "logical",
+            "uncaptured_rows": int(blank.sum())}
     return RoutingLog(source=ROUTED, layers=[str(int(i)) for i in kept], steps=np.zeros(1, np.int64), counts=counts,
                       n_experts_source=source, top_k=K, meta=meta, tokens=TokenRouting(step, layer, flat))
 
