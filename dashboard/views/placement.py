@@ -259,10 +259,10 @@ def _downloads(log: RoutingLog, settings: ReplaySettings, key) -> None:
 
 def _asked(log: RoutingLog, choice: tuple, key) -> bool:
     """Whether to plan every layer now: always up to AUTO_PLAN_LAYERS layers, else once the visitor asked for these
-    plans (a button; the request is kept while the log and the choice stay)."""
+    plans (a button; the request is kept while the log's source, layers and experts and the choice stay)."""
     if len(log.layers) <= AUTO_PLAN_LAYERS:
         return True
-    wanted = (log.source, log.counts.shape, int(log.counts.sum()), *choice)
+    wanted = (log.source, tuple(log.layers), log.n_experts, *choice)  # a followed log that grows keeps its request
     if st.session_state.get(key("plans_asked")) == wanted:
         return True
     st.caption(f"This log has {len(log.layers):,} layers: their plan files are made when you ask (one plan per "

@@ -53,34 +53,37 @@ def serving_layout(layout: Layout, load, n_slots: int, current: Layout, name: st
         return found[0][2], (f"; the serving files hold {n_slots - E} replicas planned with a distinct expert per "
                              f"slot of a rank (busiest rank {found[0][0]}, current {limit})")
     raise ValueError(f"layer {name!r}: none of the layouts tried with {n_slots} slots and a distinct expert per slot "
-                     f"of a rank (our plan padded, a balanced layout, DeepSeek's global EPLB, replicas of the "
-                     f"lightest and the busiest experts re-packed) is as light as the current placement (busiest rank "
-                     f"{limit}); export as moe-scope, or with another --redundant-slots")
+                     f"of a rank (a balanced layout, DeepSeek's global EPLB, replicas of the busiest and the "
+                     f"lightest experts re-packed, and our plan padded where it holds each expert once a rank) is as "
+                     f"light as the current placement (busiest rank {limit}); export as moe-scope, or with another "
+                     f"--redundant-slots")
 
 
 MIXES = 17  # serving_layout: replica counts tried with r of the R extra slots to the busiest experts, r evenly spaced
+MIX_SLOTS = 1 << 18  # ... fewer where each is big: at most this many slots packed over all of them (at least 2 mixes)
 
 
 def _mixed_replicas(load: np.ndarray, n_slots: int, world_size: int) -> list[np.ndarray]:
     """(E,) replica counts for n_slots, one per expert and R = n_slots − E more: r of them to the experts with the
     most load per replica (planner.replicate), the other R − r to the lightest experts in turn (ties: the lower), at
-    most world_size each, for up to MIXES values of r from 0 to R. A replica of a light expert adds little to the
-    rank it joins: it fills a slot the serving formats require where replicating more busy experts does not help."""
+    most world_size each, for up to MIXES values of r from 0 to R (fewer past MIX_SLOTS slots). A replica of a light
+    expert adds little to the rank it joins: it fills a slot the serving formats require where replicating more busy
+    experts does not help."""
     E = len(load)
     R = n_slots - E
     light = np.argsort(load, kind="stable")
     out = []
-    for r in np.unique(np.linspace(0, R, min(MIXES, R + 1)).astype(np.int64)):
+    for r in np.unique(np.linspace(0, R, min(MIXES, R + 1, max(2, MIX_SLOTS // n_slots))).astype(np.int64)):
         count = replicate(load, int(r), world_size)
-        room = [e for _ in range(world_size) for e in light]                         # the lightest first, cycling
-        taken = np.zeros(E, dtype=np.int64)
-        for e in room:
-            if taken.sum() == R - r:
+        left = R - int(r)
+        for _ in range(world_size):                                                  # a pass over the lightest
+            room = light[count[light] < world_size][:left]
+            count[room] += 1
+            left -= len(room)
+            if not left or not len(room):
                 break
-            if count[e] + taken[e] < world_size:
-                taken[e] += 1
-        if taken.sum() == R - r:
-            out.append(count + taken)
+        if not left:
+            out.append(count)
     return out
 
 
