@@ -434,3 +434,18 @@ def test_a_malformed_layer_base_in_meta_json_is_one_line(tmp_path, base):
     (tmp_path / "log" / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="the routing log's layer_base must be 0 or 1"):
         read_log(str(tmp_path / "log"))
+
+
+def test_a_log_of_more_layers_than_a_file_may_name_is_refused_by_every_reader():
+    """MAX_LAYERS was checked on Parquet labels only: an auditor's routing log naming 100,000 layers in meta.json
+    (740 KB) took the Runs page 86 s, a 281 KB Megatron-Core npz of 200,000 layers 31 s, a 100 KB vLLM .npy 15 s.
+    The log itself refuses them, whatever read it."""
+    from moe.traces.records import MAX_LAYERS
+    from moe.traces.vllm import from_routed
+    L = MAX_LAYERS + 1
+    with pytest.raises(ValueError, match=f"names {L:,} layers, more than the {MAX_LAYERS:,} a file may name"):
+        RoutingLog("counts-csv", [str(i) for i in range(L)], np.arange(1), np.ones((1, L, 2), np.int64))
+    with pytest.raises(ValueError, match=f"names {L:,} layers, more than the {MAX_LAYERS:,}"):
+        from_routed(np.ones((1, L, 1), np.int8), "routed.npy", 2)
+    log = RoutingLog("counts-csv", [str(i) for i in range(MAX_LAYERS)], np.arange(1), np.ones((1, MAX_LAYERS, 2)))
+    assert len(log.layers) == MAX_LAYERS

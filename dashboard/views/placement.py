@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe.metrics import max_over_mean
+from moe.metrics import max_over_mean_rows
 from moe.parallel.export import serving_redundant_slots
 from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows, default_window
 from moe.parallel.replay import check_replay_cost, replay_bytes
@@ -105,7 +105,7 @@ def world_options(log: RoutingLog) -> list[int]:
 def most_uneven_layer(log: RoutingLog) -> str:
     """The layer to open on: the largest max/mean of its load summed over the run (the first on ties; a layer
     without tokens never), where a placement has the most to gain."""
-    ratios = np.nan_to_num([max_over_mean(log.layer_load(name).sum(0)) for name in log.layers], nan=-1.0)
+    ratios = np.nan_to_num(max_over_mean_rows(log.counts.sum(axis=0)), nan=-1.0)    # (L,): one pass, not L lookups
     return log.layers[int(np.argmax(ratios))]
 
 

@@ -35,10 +35,23 @@ def layer_percentiles(steps: np.ndarray, counts: np.ndarray) -> pd.DataFrame:
         values = np.where(empty[:, None], 0.0, values)                        # no all-NaN row: numpy would warn
         row = {"step": np.asarray(steps, dtype=np.int64), "stat": stat}
         for q in PERCENTILES:
-            row[f"p{q}"] = np.where(empty, np.nan, np.nanpercentile(values, q, axis=1))  # (S,) linear interpolation
+            row[f"p{q}"] = np.where(empty, np.nan, nan_percentile_rows(values, q))  # (S,) linear interpolation
         row["max"] = np.where(empty, np.nan, np.nanmax(values, axis=1))
         frames.append(pd.DataFrame(row))
     return pd.concat(frames, ignore_index=True)
+
+
+def nan_percentile_rows(values: np.ndarray, q: float) -> np.ndarray:
+    """np.nanpercentile(values, q, axis=1) (linear interpolation) of (S, n) values: one np.percentile over the rows
+    with as many non-NaN values, each row sorted NaN last, where numpy calls a function per row (50,000 steps took an
+    auditor's Runs page 28 s, every rerun)."""
+    out = np.full(len(values), np.nan)
+    valid = (~np.isnan(values)).sum(axis=1)                                   # (S,)
+    ordered = np.sort(values, axis=1)                                         # NaN last
+    for n in np.unique(valid[valid > 0]):
+        rows = valid == n
+        out[rows] = np.percentile(ordered[rows, :n], q, axis=1)
+    return out
 
 
 def dead_experts(steps: np.ndarray, layers: list[str], counts: np.ndarray) -> pd.DataFrame:
