@@ -94,3 +94,37 @@ def test_follow_refuses_a_path_that_is_not_a_routing_log(tmp_path, capsys):
     (tmp_path / "t.jsonl").write_text("{}\n")
     assert main(["trace-report", str(tmp_path / "t.jsonl"), "--follow"]) == 2
     assert "--follow reads a routing log directory" in capsys.readouterr().err
+
+
+def _follow_app(path: str) -> None:
+    from dashboard.views import run_follow
+    run_follow._poll(path, None, None)
+
+
+def test_after_an_error_the_page_reads_the_log_again_only_once_the_writer_adds_to_it(tmp_path, monkeypatch):
+    """An auditor's log whose last part is damaged: every poll (each second) dropped the follower and read the whole
+    log again, 15 s of CPU a poll at 1 M steps. Now the error stays on the page until a part or meta.json is added;
+    then the directory is read again, and a good log follows as before."""
+    from streamlit.testing.v1 import AppTest
+    import dashboard.views.run_follow as run_follow
+    made = []
+    real = run_follow.LogFollower
+    monkeypatch.setattr(run_follow, "LogFollower", lambda *a, **k: made.append(a) or real(*a, **k))  # a spy
+    writer = LogWriter(str(tmp_path), layers=["0"], n_experts=4, top_k=1)
+    writer.write_step(0, [[1, 2, 0, 0]])
+    writer.flush()
+    bad = tmp_path / "counts" / "part-zzzz.parquet"
+    bad.write_bytes(b"not parquet at all")
+    at = AppTest.from_function(_follow_app, args=(str(tmp_path),), default_timeout=60).run()
+    assert at.error and "cannot be followed" in at.error[0].value and len(made) == 1
+    for _ in range(3):                                                                # polls with nothing new
+        at.run()
+        assert at.error and "cannot be followed" in at.error[0].value
+    assert len(made) == 1                                                             # not read again
+    bad.unlink()
+    writer.write_step(1, [[0, 0, 3, 0]])
+    writer.flush()                                                                    # the writer adds a part
+    at.run()
+    assert not at.error and len(made) == 2
+    held = at.session_state["trace_follower"]
+    assert held["summary"].steps == [0, 1]

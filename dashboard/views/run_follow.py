@@ -7,12 +7,14 @@ threshold is the page's **Idle after (s)** (state.TRACE_IDLE_AFTER; a test sets 
 """
 from __future__ import annotations
 
+import os
 from typing import Callable
 
 import streamlit as st
 
 from moe.traces.follow import LogFollower
 from moe.traces.opener import check_layers
+from moe.traces.store import META, parts
 from moe.traces.summary import TraceSummary
 
 from dashboard import state
@@ -39,6 +41,11 @@ def follow(path: str, n_experts: int | None, n_layers: int | None, draw: Callabl
 def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
     ss = st.session_state
     held = ss.get(state.TRACE_FOLLOWER)
+    if held is not None and held["path"] == path and held.get("failed") is not None:
+        if _written(path) == held["failed"]:  # nothing new since the error: not read again (a second each)
+            st.error(f"This routing log cannot be followed: {held['error']}", icon="⚠️")
+            return
+        held = None                           # a new part or meta.json: start again from the directory
     try:
         if held is None or held["path"] != path:
             held = ss[state.TRACE_FOLLOWER] = {"path": path, "follower": LogFollower(path), "summary": None}
@@ -50,14 +57,25 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
             if held["summary"] is not None:
                 held["summary"].extra["format"] = "moe-scope-log"
     except (ValueError, OSError, MemoryError, ArithmeticError) as err:
-        ss.pop(state.TRACE_FOLLOWER, None)  # the next poll starts again from the directory
         detail = md_text(str(err).replace(repr(path), "the log").replace(path, "the log"))  # never the server path;
-        # a file name inside the log, as plain text
+        # a file name inside the log, as plain text. Read again only once the writer adds to the log: an auditor's
+        # bad last part made every poll read the whole log again (15 s of CPU a second)
+        ss[state.TRACE_FOLLOWER] = {"path": path, "summary": None, "failed": _written(path), "error": detail}
         st.error(f"This routing log cannot be followed: {detail}", icon="⚠️")
         return
     if new and not ss.get(state.TRACE_FOLLOW_FULL_RUN):
         st.rerun()  # the fragment's own rerun found steps: redraw the charts below it
     _status(follower, float(ss[state.TRACE_IDLE_AFTER]))
+
+
+def _written(path: str) -> tuple | None:
+    """What the writer has put in the log: meta.json's size and time and the counts parts' names (a writer renames
+    whole parts into place, never rewrites one); None when the directory cannot be listed."""
+    try:
+        meta = os.stat(os.path.join(path, META))
+        return meta.st_size, meta.st_mtime_ns, tuple(parts(path, "counts"))
+    except (OSError, ValueError):
+        return None
 
 
 def _checked(s: TraceSummary, n_experts: int | None, n_layers: int | None) -> TraceSummary:
