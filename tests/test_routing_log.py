@@ -449,3 +449,34 @@ def test_a_log_of_more_layers_than_a_file_may_name_is_refused_by_every_reader():
         from_routed(np.ones((1, L, 1), np.int8), "routed.npy", 2)
     log = RoutingLog("counts-csv", [str(i) for i in range(MAX_LAYERS)], np.arange(1), np.ones((1, MAX_LAYERS, 2)))
     assert len(log.layers) == MAX_LAYERS
+
+
+def test_a_counts_part_is_added_a_batch_at_a_time_as_a_loop_adds_it_row_by_row():
+    """CountsAccumulator writes every row of a batch at once (a step each in a loop took an auditor's 25 KB part of
+    1 M one-row steps 16 s): a step may span batches (row groups), a missing cell is 0, and a cell given twice, in
+    one batch or across two, is refused."""
+    import pyarrow as pa
+    from moe.traces.records import TraceLimits
+    from moe.traces.store_read import CountsAccumulator
+    rng = np.random.default_rng(5)
+    layers, E = ["a", "b"], 3
+
+    def batch(rows):
+        step, layer, expert, count = zip(*rows)
+        return pa.table({"step": np.array(step, np.int64), "layer": list(layer), "expert": np.array(expert, np.int64),
+                         "count": np.array(count, np.int64)})
+    cells = [(s, l, e) for s in range(6) for l in layers for e in range(E)]
+    chosen = [cells[i] for i in rng.permutation(len(cells))[:25]]
+    chosen.sort(key=lambda c: c[0])                                                    # steps in order, split below
+    rows = [(s, l, e, int(rng.integers(1, 9))) for s, l, e in chosen]
+    k = next(k for k in range(1, len(rows)) if rows[k - 1][0] == rows[k][0])           # a step across two batches
+    acc = CountsAccumulator(layers, E, TraceLimits.from_env())
+    assert acc.add([batch(rows[:k]), batch(rows[k:])]) == sorted({r[0] for r in rows})
+    want = {}
+    for s, l, e, n in rows:                                                            # the loop, row by row
+        want.setdefault(s, np.zeros((2, E), np.int64))[layers.index(l), e] = n
+    assert set(acc.cells) == set(want) and all((acc.cells[s] == want[s]).all() for s in want)
+    for parts in ([rows[:3] + [rows[0]]], [rows[:k], [rows[k - 1]] + rows[k:]]):      # twice: in one batch, across
+        acc = CountsAccumulator(layers, E, TraceLimits.from_env())
+        with pytest.raises(ValueError, match=r"gives one \(step, layer, expert\) twice"):
+            acc.add([batch(p) for p in parts])
