@@ -184,7 +184,17 @@ def test_a_pickle_of_shared_tuples_is_refused_before_it_is_hashed(tmp_path):
     # doubled 17 times (33 KB; 14 s when a REDUCE counted as one item)
     size = bytearray(b"\x80\x02](q\x00" + b"K\x01" * 16_384 + b"e" + b"ctorch\nSize\nh\x00\x85Rq\x01")
     size += b"h\x01h\x01\x86q\x01" * 17 + b"}h\x01K\x00s."
-    for path in (deep, again, _pickle_of(tmp_path / "size.pt", bytes(size))):
+    # and a reviewer's next ones: the list filled after the tuple of arguments took it (L = []; T = (L,); L += n
+    # ints; torch.Size(*T) a dict key 40,000 times: 14 s), and a dict filled after (D = {}; T = (D,); D[T_17] = 0;
+    # OrderedDict(*T) 5,000 times: 8 s)
+    later = bytearray(b"\x80\x02]q\x00\x85q\x01h\x00(" + b"K\x01" * 65_536 + b"ectorch\nSize\nh\x01Rq\x02")
+    later += b"}(" + b"h\x02K\x00" * 40_000 + b"u."
+    grown = bytearray(b"\x80\x02}q\x00\x85q\x01K\x00K\x00\x86q\x02")               # D, T = (D,), T_0 = (0, 0)
+    for i in range(17):
+        grown += b"h" + bytes([i + 2]) + b"h" + bytes([i + 2]) + b"\x86q" + bytes([i + 3])
+    grown += b"h\x00h\x13K\x00s0" + b"ccollections\nOrderedDict\nh\x01R0" * 5_000 + b"h\x00."
+    for path in (deep, again, _pickle_of(tmp_path / "size.pt", bytes(size)),
+                 _pickle_of(tmp_path / "later.pt", bytes(later)), _pickle_of(tmp_path / "grown.pt", bytes(grown))):
         t = time.process_time()
         with pytest.raises(ValueError, match=r"holds a pickle whose tuples, counted through their shared references, "
                                              r"hold [\d,]+ or more items in [\d,]+ bytes"):
@@ -194,6 +204,25 @@ def test_a_pickle_of_shared_tuples_is_refused_before_it_is_hashed(tmp_path):
     shared = torch.zeros(4)                                      # torch.save's own sharing: one tensor, many records
     torch.save({"records": [{"ids": shared, "shape": (1, 2)} for _ in range(20_000)]}, str(tmp_path / "real.pt"))
     assert len(load_pt(str(tmp_path / "real.pt"), LIMITS)["records"]) == 20_000
+
+
+def test_a_pickle_of_colliding_int_keys_or_a_bytearray_is_refused_before_it_is_loaded(tmp_path):
+    """A reviewer's: 40,000 distinct int keys i·(2^61 − 1) + 7 share one hash (CPython hashes ints modulo that prime),
+    so each insert compares with every earlier one: 14 s for 600 KB. And bytearray(2^29), 30 bytes, built 512 MiB
+    past the cap. Integers that large and bytearray are refused by the scan (torch's own magic number is read)."""
+    import time
+    def long1(v: int) -> bytes:                                                       # LONG1: length, then bytes
+        n = v.bit_length() // 8 + 1
+        return b"\x8a" + bytes([n]) + v.to_bytes(n, "little", signed=True)
+    keys = b"\x80\x02}(" + b"".join(long1(i * ((1 << 61) - 1) + 7) + b"K\x00" for i in range(1, 40_001)) + b"u."
+    big = b"\x80\x02cbuiltins\nbytearray\n\x8a\x04\x00\x00\x00\x20\x85R."
+    for name, data, words in (("keys.pt", keys, "an integer of 6[1-9] bits"), ("big.pt", big, "bytearray")):
+        t = time.process_time()
+        with pytest.raises(ValueError, match=rf"holds a pickle that names {words}"):
+            load_pt(_pickle_of(tmp_path / name, data), LIMITS)
+        assert time.process_time() - t < 5
+    torch.save({"a": torch.zeros(2)}, str(tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
+    assert load_pt(str(tmp_path / "legacy.pt"), LIMITS)["a"].shape == (2,)           # MAGIC_NUMBER: 77 bits, read
 
 
 def test_sglang_dumps_whose_rows_outgrow_their_tensors_are_refused_before_they_are_built(tmp_path):

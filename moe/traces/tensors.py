@@ -81,24 +81,25 @@ def element_bytes(tensor) -> int:
 
 def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
     """ValueError (one line) when unpickling the next `pickles` pickles of `stream` could build more than `cap` bytes
-    of Python objects (PICKLE_BYTES per opcode, read with pickletools, nothing built), or when its tuples, counted
-    through shared references, are far more than its bytes (_Tuples); a pickle it cannot parse is left to torch.load,
-    which refuses it. Reads the stream up to the last STOP (or the damage)."""
-    import pickletools
-
+    of Python objects (PICKLE_BYTES per opcode, read with pickletools, nothing built), when its tuples, counted
+    through shared references, are far more than its bytes (_Tuples: a second pass counts every list or dict at its
+    final size where the first read one before it grew), or when it names an integer a hash could collide with
+    (|n| >= 2^61 - 1: CPython hashes ints modulo that prime) or bytearray (bytearray(n) allocates n bytes); a pickle
+    it cannot parse is left to torch.load, which refuses it. Reads the stream up to the last STOP (or the damage)."""
     from moe.memory import BUDGET_ENV, describe_over
-    total, cost, tuples, start = 0, PICKLE_BYTES.get, _Tuples(), stream.tell()
+    start = stream.tell()
     try:
-        for _ in range(pickles):
-            for op, arg, at in pickletools.genops(stream):  # it stops after STOP: the next pickle follows
-                total += cost(op.name, OPCODE_BYTES) + SLOT_BYTES
-                if arg is not None and not isinstance(arg, (bool, float)):
-                    total += len(arg) if isinstance(arg, (str, bytes)) else arg.bit_length() // 8 if isinstance(
-                        arg, int) else 0
-                if total > cap or tuples.step(op, arg) > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
-                    break
-            if total > cap or tuples.items > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
+        total, tuples, at = _scan(stream, pickles, cap, _Tuples())
+        for _ in range(PASSES - 1):  # again, each memoized value at least at its final size the pass before
+            if total > cap or not tuples.stale():
                 break
+            stream.seek(start)
+            total, tuples, at = _scan(stream, pickles, cap, _Tuples(final=tuples.cells))
+        if total <= cap and tuples.stale():
+            raise _Refused("lists or dicts that grow after tuples took them, nested too deep to count")
+    except _Refused as refused:
+        raise ValueError(f"{path!r} holds a pickle that names {refused}, which a routing dump never holds; give the "
+                         f"dump as torch.save wrote it") from None
     except Exception:  # damaged or not a pickle: torch.load says so
         return
     if total > cap:
@@ -110,6 +111,36 @@ def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
         raise ValueError(f"{path!r} holds a pickle whose tuples, counted through their shared references, hold "
                          f"{tuples.items:,} or more items in {at - start:,} bytes: hashing them as dict keys could "
                          f"take minutes; give the dump as torch.save wrote it")
+
+
+class _Refused(Exception):
+    """_scan: the pickle names what no routing dump holds (the words say what)."""
+
+
+HASH_PRIME = (1 << 61) - 1  # CPython's modulus for the hash of an int: ints n + k·P share one hash
+TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the legacy format's first pickle
+PASSES = 4  # _Tuples passes at most: a tuple holding a list that grows after takes two
+
+
+def _scan(stream, pickles: int, cap: int, tuples: "_Tuples") -> tuple[int, "_Tuples", int]:
+    """One pass over the opcodes: (bytes they could build, the tuple count, the offset reached)."""
+    import pickletools
+    total, cost, start, at = 0, PICKLE_BYTES.get, stream.tell(), stream.tell()
+    for _ in range(pickles):
+        for op, arg, at in pickletools.genops(stream):  # it stops after STOP: the next pickle follows
+            total += cost(op.name, OPCODE_BYTES) + SLOT_BYTES
+            if arg is not None and not isinstance(arg, (bool, float)):
+                if isinstance(arg, int):
+                    total += arg.bit_length() // 8
+                    if not -HASH_PRIME < arg < HASH_PRIME and arg != TORCH_MAGIC:
+                        raise _Refused(f"an integer of {arg.bit_length()} bits")
+                elif isinstance(arg, (str, bytes)):
+                    total += len(arg)
+                    if op.name == "GLOBAL" and arg == "builtins bytearray":
+                        raise _Refused("bytearray (bytearray(n) allocates n bytes)")
+            if total > cap or tuples.step(op, arg) > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
+                return total, tuples, at
+    return total, tuples, at
 
 
 # A tuple's hash walks every item of its nested tuples (CPython does not cache it), through shared references: an
@@ -129,8 +160,15 @@ class _Tuples:
     grow, as they grow the object it stands for; 0 is a mark. The stack is held as runs of equal values (plain 1s are
     most of it), so the scan holds a few bytes where the unpickler builds objects."""
 
-    def __init__(self) -> None:
+    def __init__(self, final: list | None = None) -> None:
         self.values, self.counts, self.memo, self.cells, self.items, self.memoized = [], [], {}, [], 0, 0
+        self.final, self.read = final, {}  # a first pass's cells, to count at; cell -> its size when last read
+
+    def stale(self) -> bool:
+        """Whether a memoized value was read (put in a tuple, a call's arguments, a container) at less than its final
+        size (a list or dict that grew after, or a tuple holding one): then another pass counts every memoized value
+        at least at this pass's final size (values only grow)."""
+        return any(self.cells[cell] > size for cell, size in self.read.items())
 
     def step(self, op, arg) -> int:
         kind, fixed, sliced, after = _EFFECTS.get(op) or _effect(op)
@@ -158,12 +196,10 @@ class _Tuples:
             self._push(ref)
         else:
             popped = self._to_mark() if sliced else 0
-            target = 0
-            for _ in range(fixed):
-                target = self._pop()
-                popped += self._size(target)
-            if kind == GROW and target:                                              # the container, popped last
-                popped -= self._size(target)
+            for _ in range(fixed - 1 if kind == GROW else fixed):
+                popped += self._size(self._pop())
+            if kind == GROW:                                                         # the container, popped last
+                target = self._pop()                                                 # (not read: it grows)
                 if target < 0:
                     self.cells[-1 - target] += popped
                     self._push(target)
@@ -177,7 +213,12 @@ class _Tuples:
         return self.items
 
     def _size(self, value: int) -> int:
-        return value if value >= 0 else self.cells[-1 - value]
+        if value >= 0:
+            return value
+        cell = -1 - value
+        size = self.cells[cell] if self.final is None else max(self.cells[cell], self.final[cell])
+        self.read[cell] = min(self.read.get(cell, size), size)
+        return size
 
     def _count(self, size: int) -> None:
         if size > 1:
