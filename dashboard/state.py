@@ -45,7 +45,7 @@ CF_DEFAULTS = {"cf_on": False, "cf_layer": "all", "cf_top_k": 0, "cf_capacity": 
 # --- Runs page
 TRACE_VIEW = "trace_view"               # the opened trace: {"key": what was asked, "summary": TraceSummary}
 TRACE_FOLLOWER = "trace_follower"       # a followed routing log: {"path", "follower": LogFollower, "summary"}, or
-#   after an error {"path", "summary": None, "failed": what the log held then, "error"}
+#   after an error {"path", "summary": None, "failed": what the read depended on then, "error"}
 TRACE_FOLLOW, TRACE_IDLE_AFTER = "trace_follow", "trace_idle_after"  # the Follow toggle; idle after that many s
 TRACE_FOLLOW_FULL_RUN = "trace_follow_full_run"  # True while a whole-page run polls (the poll fragment's own reruns:
                                                  # False), so only a fragment rerun that finds steps reruns the page

@@ -97,7 +97,9 @@ def test_follow_refuses_a_path_that_is_not_a_routing_log(tmp_path, capsys):
 
 
 def _follow_app(path: str) -> None:
+    import streamlit as st
     from dashboard.views import run_follow
+    st.session_state.setdefault("trace_idle_after", 30.0)                             # the page's Idle after (s)
     run_follow._poll(path, None, None)
 
 
@@ -125,6 +127,43 @@ def test_after_an_error_the_page_reads_the_log_again_only_once_the_writer_adds_t
     writer.write_step(1, [[0, 0, 3, 0]])
     writer.flush()                                                                    # the writer adds a part
     at.run()
-    assert not at.error and len(made) == 2
+    assert not at.error and not at.exception and len(made) == 2
     held = at.session_state["trace_follower"]
     assert held["summary"].steps == [0, 1]
+
+
+def _follow_app_with(path: str) -> None:
+    import streamlit as st
+    from dashboard.views import run_follow
+    st.session_state.setdefault("trace_idle_after", 30.0)
+    run_follow._poll(path, st.session_state.get("asked_experts"), None)  # the page's Experts (E)
+
+
+def test_the_followed_log_is_read_again_when_the_page_asks_for_something_else_or_meta_json_comes_back(tmp_path):
+    """A reviewer's: a wrong Experts (E) stayed on the page after it was corrected (the saved error waited for the
+    writer), and a log whose meta.json could not be read gave KeyError 'follower' on every poll after."""
+    from streamlit.testing.v1 import AppTest
+    writer = LogWriter(str(tmp_path), layers=["0"], n_experts=4, top_k=1)
+    writer.write_step(0, [[1, 2, 0, 0]])
+    writer.flush()
+    at = AppTest.from_function(_follow_app_with, args=(str(tmp_path),), default_timeout=60)
+    at.session_state["asked_experts"] = 8
+    at.run()
+    assert at.error and "records 4 experts but Experts" in at.error[0].value
+    at.run()
+    assert at.error and "records 4 experts but Experts" in at.error[0].value                # nothing new: the same
+    at.session_state["asked_experts"] = 4                                                 # corrected
+    at.run()
+    assert not at.error and not at.exception and at.session_state["trace_follower"]["summary"].n_experts == 4
+    meta = tmp_path / "meta.json"
+    meta.rename(tmp_path / "meta.away")                                               # unreadable: an error
+    at.session_state["asked_experts"] = None
+    at.session_state["trace_follower"] = None
+    at.run()
+    assert at.error and not at.exception
+    at.run()                                                                          # nothing new: the same error
+    assert at.error and not at.exception
+    (tmp_path / "meta.away").rename(meta)                                             # it comes back
+    at.run()
+    assert not at.error and not at.exception, (at.error, at.exception)
+    assert at.session_state["trace_follower"]["summary"].steps == [0]

@@ -41,11 +41,11 @@ def follow(path: str, n_experts: int | None, n_layers: int | None, draw: Callabl
 def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
     ss = st.session_state
     held = ss.get(state.TRACE_FOLLOWER)
-    if held is not None and held["path"] == path and held.get("failed") is not None:
-        if _written(path) == held["failed"]:  # nothing new since the error: not read again (a second each)
-            st.error(f"This routing log cannot be followed: {held['error']}", icon="⚠️")
+    if held is not None and "failed" in held:
+        if held["path"] == path and held["failed"] == _written(path, n_experts, n_layers):  # nothing new since: not
+            st.error(f"This routing log cannot be followed: {held['error']}", icon="⚠️")  # read again each second
             return
-        held = None                           # a new part or meta.json: start again from the directory
+        held = None  # a new part, meta.json, Experts (E) or expected layers: start again from the directory
     try:
         if held is None or held["path"] != path:
             held = ss[state.TRACE_FOLLOWER] = {"path": path, "follower": LogFollower(path), "summary": None}
@@ -60,7 +60,8 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
         detail = md_text(str(err).replace(repr(path), "the log").replace(path, "the log"))  # never the server path;
         # a file name inside the log, as plain text. Read again only once the writer adds to the log: an auditor's
         # bad last part made every poll read the whole log again (15 s of CPU a second)
-        ss[state.TRACE_FOLLOWER] = {"path": path, "summary": None, "failed": _written(path), "error": detail}
+        ss[state.TRACE_FOLLOWER] = {"path": path, "summary": None, "failed": _written(path, n_experts, n_layers),
+                                    "error": detail}
         st.error(f"This routing log cannot be followed: {detail}", icon="⚠️")
         return
     if new and not ss.get(state.TRACE_FOLLOW_FULL_RUN):
@@ -68,14 +69,15 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
     _status(follower, float(ss[state.TRACE_IDLE_AFTER]))
 
 
-def _written(path: str) -> tuple | None:
-    """What the writer has put in the log: meta.json's size and time and the counts parts' names (a writer renames
-    whole parts into place, never rewrites one); None when the directory cannot be listed."""
+def _written(path: str, *asked) -> tuple:
+    """What a read of the log depends on: meta.json's size and time and the counts parts' names (a writer renames
+    whole parts into place, never rewrites one), "unlisted" when the directory cannot be listed, and the page's
+    `asked` values (Experts (E), expected layers)."""
     try:
         meta = os.stat(os.path.join(path, META))
-        return meta.st_size, meta.st_mtime_ns, tuple(parts(path, "counts"))
+        return meta.st_size, meta.st_mtime_ns, tuple(parts(path, "counts")), *asked
     except (OSError, ValueError):
-        return None
+        return "unlisted", *asked
 
 
 def _checked(s: TraceSummary, n_experts: int | None, n_layers: int | None) -> TraceSummary:

@@ -153,9 +153,8 @@ class CountsAccumulator:
                 batches.close()
 
     def _add(self, batches) -> list[int]:
-        fresh: dict[int, np.ndarray] = {}  # step -> (L · E,) of this part: a row of its batch's block
-        blocks = []
-        L, E = len(self.layers), self.E
+        fresh: dict[int, np.ndarray] = {}  # step -> (L · E,) of this part: a row of the block of its first batch
+        blocks, L, E = [], len(self.layers), self.E
         for batch in batches:
             where = "a counts part"
             step, expert, count = (_int_column(batch, name, where, copy=False) for name in ("step", "expert", "count"))
@@ -166,19 +165,25 @@ class CountsAccumulator:
                 raise ValueError(f"a counts part holds a negative count or step, or an expert outside 0..{E - 1}")
             group, steps = pd.factorize(step)                                         # (N,), in order of appearance
             listed = [int(s) for s in steps]
-            new = [s for s in listed if s not in fresh]
+            begun = np.array([s in fresh for s in listed], dtype=bool)                # steps of an earlier batch
+            new = [s for s, old in zip(listed, begun) if not old]
             if any(s in self.cells for s in new):
                 raise ValueError("two counts parts hold the same step; copy the log again (a writer writes a step "
                                  "once)")
             self.limits.check_summary(len(self.cells) + len(fresh) + len(new), L, E)
-            block = np.full((len(listed), L * E), -1, dtype=np.int64)                 # the batch's steps, a row each
-            for i, s in [(i, s) for i, s in enumerate(listed) if s in fresh]:       # begun in an earlier batch
-                block[i] = fresh[s]
-            cell = group.astype(np.int64) * (L * E) + layer * E + expert              # every row at once: a part of
-            if put_once(block.reshape(-1), cell, count) is not None:                  # 1 M one-row steps took 16 s
-                raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
-            fresh.update(zip(listed, block))
-            blocks.append(block)
+            cell = layer * E + expert                                                 # (N,) within a step
+            for i in np.flatnonzero(begun):                                           # into their own cells
+                rows = group == i
+                if put_once(fresh[listed[i]], cell[rows], count[rows]) is not None:
+                    raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
+            if new:  # every row of the new steps at once: a part of 1 M one-row steps took 16 s a step at a time
+                row_of = np.cumsum(~begun) - 1                                        # step index -> its block row
+                block = np.full((len(new), L * E), -1, dtype=np.int64)
+                rows = ~begun[group]
+                if put_once(block.reshape(-1), row_of[group[rows]] * (L * E) + cell[rows], count[rows]) is not None:
+                    raise ValueError("a counts part gives one (step, layer, expert) twice; copy the log again")
+                fresh.update(zip(new, block))
+                blocks.append(block)
         for block in blocks:
             block[block < 0] = 0  # no row: no tokens
         self.cells.update((s, cells.reshape(L, E)) for s, cells in fresh.items())
