@@ -449,6 +449,8 @@ def test_a_log_of_more_layers_than_a_file_may_name_is_refused_by_every_reader():
         from_routed(np.ones((1, L, 1), np.int8), "routed.npy", 2)
     log = RoutingLog("counts-csv", [str(i) for i in range(MAX_LAYERS)], np.arange(1), np.ones((1, MAX_LAYERS, 2)))
     assert len(log.layers) == MAX_LAYERS
+    with pytest.raises(ValueError, match=f"a routing log holds 1 to {MAX_LAYERS:,} layers, got {L:,}"):
+        LogWriter(os.path.join(os.path.dirname(__file__), "never-written"), [str(i) for i in range(L)], 2)  # none
 
 
 def test_a_counts_part_is_added_a_batch_at_a_time_as_a_loop_adds_it_row_by_row():

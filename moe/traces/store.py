@@ -23,7 +23,7 @@ from moe.jsonio import dumps, loads_strict
 from moe.memory import describe_bytes
 from moe.roots import lies_in, open_inside, read_regular
 from moe.traces.log import RECORDED, RoutingLog, check_map
-from moe.traces.records import MAX_EXPERTS, TraceLimits
+from moe.traces.records import MAX_EXPERTS, MAX_LAYERS, TraceLimits
 
 SCHEMA = "moe-scope-routing-log/1"
 META = "meta.json"
@@ -54,6 +54,8 @@ class LogWriter:
         self._counts: list[tuple[int, np.ndarray]] = []
         self._tokens: list[dict] = []
         self._ranks: list[tuple[int, np.ndarray]] = []
+        if not 1 <= len(self.layers) <= MAX_LAYERS:  # what every reader takes (RoutingLog)
+            raise ValueError(f"a routing log holds 1 to {MAX_LAYERS:,} layers, got {len(self.layers):,}")
         check_new_log_dir(path)
         try:
             os.makedirs(path, exist_ok=True)  # its missing parents too (RoutingRecorder(model, "runs/b"))
