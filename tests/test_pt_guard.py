@@ -193,11 +193,15 @@ def test_a_pickle_of_shared_tuples_is_refused_before_it_is_hashed(tmp_path):
     for i in range(17):
         grown += b"h" + bytes([i + 2]) + b"h" + bytes([i + 2]) + b"\x86q" + bytes([i + 3])
     grown += b"h\x00h\x13K\x00s0" + b"ccollections\nOrderedDict\nh\x01R0" * 5_000 + b"h\x00."
+    # and _codecs.encode(S, "latin1") of one memoized 4 MiB string, 300 times: 7 bytes a copy (1.5 GB from 4 MB)
+    copies = bytearray(b"\x80\x02c_codecs\nencode\nq\x00X" + (4 << 20).to_bytes(4, "little") + b"a" * (4 << 20))
+    copies += b"q\x01X\x06\x00\x00\x00latin1q\x02]q\x03(" + b"h\x00h\x01h\x02\x86R" * 300 + b"e."
     for path in (deep, again, _pickle_of(tmp_path / "size.pt", bytes(size)),
-                 _pickle_of(tmp_path / "later.pt", bytes(later)), _pickle_of(tmp_path / "grown.pt", bytes(grown))):
+                 _pickle_of(tmp_path / "later.pt", bytes(later)), _pickle_of(tmp_path / "grown.pt", bytes(grown)),
+                 _pickle_of(tmp_path / "copies.pt", bytes(copies))):
         t = time.process_time()
-        with pytest.raises(ValueError, match=r"holds a pickle whose tuples, counted through their shared references, "
-                                             r"hold [\d,]+ or more items in [\d,]+ bytes"):
+        with pytest.raises(ValueError, match=r"holds a pickle whose tuples, strings and calls, counted at every shared "
+                                             r"reference, come to [\d,]+ or more items in [\d,]+ bytes"):
             load_pt(path, LIMITS)
         assert time.process_time() - t < 5                                            # 52 s before (T_30)
     assert len(load_pt(_pickle_of(tmp_path / "ok.pt", _shared_tuples(8)), LIMITS)) == 9   # 2^8 items: loaded
@@ -209,7 +213,8 @@ def test_a_pickle_of_shared_tuples_is_refused_before_it_is_hashed(tmp_path):
 def test_a_pickle_of_colliding_int_keys_or_a_bytearray_is_refused_before_it_is_loaded(tmp_path):
     """A reviewer's: 40,000 distinct int keys i·(2^61 − 1) + 7 share one hash (CPython hashes ints modulo that prime),
     so each insert compares with every earlier one: 14 s for 600 KB. And bytearray(2^29), 30 bytes, built 512 MiB
-    past the cap. Integers that large and bytearray are refused by the scan (torch's own magic number is read)."""
+    past the cap. Integers past int64 and uint64 and bytearray are refused by the scan (a reviewer's seeds of 63
+    bits were refused at 2^61; torch's own magic number is read)."""
     import time
     def long1(v: int) -> bytes:                                                       # LONG1: length, then bytes
         n = v.bit_length() // 8 + 1
@@ -223,6 +228,10 @@ def test_a_pickle_of_colliding_int_keys_or_a_bytearray_is_refused_before_it_is_l
         assert time.process_time() - t < 5
     torch.save({"a": torch.zeros(2)}, str(tmp_path / "legacy.pt"), _use_new_zipfile_serialization=False)
     assert load_pt(str(tmp_path / "legacy.pt"), LIMITS)["a"].shape == (2,)           # MAGIC_NUMBER: 77 bits, read
+    wide = [2 ** 63 - 1, -2 ** 63, 2 ** 64 - 1, 2 ** 61]                             # int64, uint64 (a seed): read
+    for new_format in (True, False):
+        torch.save({"ints": wide}, str(tmp_path / "wide.pt"), _use_new_zipfile_serialization=new_format)
+        assert load_pt(str(tmp_path / "wide.pt"), LIMITS)["ints"] == wide
 
 
 def test_sglang_dumps_whose_rows_outgrow_their_tensors_are_refused_before_they_are_built(tmp_path):

@@ -108,16 +108,17 @@ def check_pickle(stream, path: str, cap: int, pickles: int = 1) -> None:
                          f"loaded, over the {cap_text} a routing file may take under the memory budget; give a "
                          f"shorter dump or raise {BUDGET_ENV}")
     if tuples.items > TUPLE_ITEMS + TUPLE_ITEMS_PER_BYTE * (at - start):
-        raise ValueError(f"{path!r} holds a pickle whose tuples, counted through their shared references, hold "
-                         f"{tuples.items:,} or more items in {at - start:,} bytes: hashing them as dict keys could "
-                         f"take minutes; give the dump as torch.save wrote it")
+        raise ValueError(f"{path!r} holds a pickle whose tuples, strings and calls, counted at every shared "
+                         f"reference, come to {tuples.items:,} or more items in {at - start:,} bytes: hashing or "
+                         f"rebuilding them could take minutes or gigabytes; give the dump as torch.save wrote it")
 
 
 class _Refused(Exception):
     """_scan: the pickle names what no routing dump holds (the words say what)."""
 
 
-HASH_PRIME = (1 << 61) - 1  # CPython's modulus for the hash of an int: ints n + k·P share one hash
+# CPython hashes an int modulo the prime 2^61 - 1, so ints n + k·(2^61 - 1) share one hash: int64 and uint64 values
+# (a seed, int64 max) hold at most a dozen of each hash; larger ones could hold 40,000 (14 s of dict inserts)
 TORCH_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization.MAGIC_NUMBER, the legacy format's first pickle
 PASSES = 4  # _Tuples passes at most: a tuple holding a list that grows after takes two
 
@@ -132,7 +133,7 @@ def _scan(stream, pickles: int, cap: int, tuples: "_Tuples") -> tuple[int, "_Tup
             if arg is not None and not isinstance(arg, (bool, float)):
                 if isinstance(arg, int):
                     total += arg.bit_length() // 8
-                    if not -HASH_PRIME < arg < HASH_PRIME and arg != TORCH_MAGIC:
+                    if not -(1 << 63) <= arg < 1 << 64 and arg != TORCH_MAGIC:
                         raise _Refused(f"an integer of {arg.bit_length()} bits")
                 elif isinstance(arg, (str, bytes)):
                     total += len(arg)
@@ -173,6 +174,9 @@ class _Tuples:
     def step(self, op, arg) -> int:
         kind, fixed, sliced, after = _EFFECTS.get(op) or _effect(op)
         if kind == OTHER and after == 1 and not fixed and not sliced:               # a number, a string, a global
+            if isinstance(arg, (str, bytes)) and len(arg) > 1:                       # a string counts its length:
+                self._push(len(arg))                                                 # a call may copy it
+                return self.items
             if self.values and self.values[-1] == 1:
                 self.counts[-1] += 1
             else:
