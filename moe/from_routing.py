@@ -15,6 +15,7 @@ from moe.config import MoEConfig
 from moe.router import scores_and_probs, topk_weights
 from moe.stats import ForwardSums, StatsInputs, gather_sums
 from moe.trace import Trace
+from moe.traces.log import repeated_expert
 
 
 def trace_from_routing(config: MoEConfig, router_logits: Tensor, top_k_index: Tensor,
@@ -48,8 +49,7 @@ def sums_from_choices(n_experts: int, top_k_index: np.ndarray) -> ForwardSums:
     T, K = top_k_index.shape
     if T == 0 or K == 0 or int(top_k_index.min()) < 0 or int(top_k_index.max()) >= n_experts:
         raise ValueError(f"top_k_index must hold at least one token of expert indices in 0..{n_experts - 1}")
-    ordered = np.sort(top_k_index, axis=1)  # (T, K)
-    if K > 1 and bool((ordered[:, 1:] == ordered[:, :-1]).any()):
+    if repeated_expert(top_k_index) is not None:
         raise ValueError("top_k_index names an expert twice for one token; give K distinct experts per token")
     demand = np.bincount(top_k_index.ravel(), minlength=n_experts).astype(np.float64)  # (E,)
     nan, unknown = float("nan"), np.full(n_experts, np.nan)  # (E,)

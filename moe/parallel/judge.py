@@ -304,7 +304,7 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
                 f"planning (best: layer {r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → "
                 f"{after:.2f})")
     steady = [every for every, value in sorted(r.intervals[(name, R)].items())  # still the gain: within margin of
-              if value >= after - margin and value / before - 1 > margin]            # every window, beating current
+              if value >= after - margin and relative_gain(before, value) > margin]  # every window, beating current
     every = max(steady) if steady else 1
     return (f"{_who(name)} with R={R} lifts the p50 balancedness of layer {r.layer} from {before:.2f} to "
             f"{after:.2f} on the windows after planning; {_persist(r)}; "
@@ -321,10 +321,16 @@ def best_gain(results: list[LayerReplay]) -> tuple:
             if name == "current":
                 continue
             before, after = p50(r.next_window("current", R)), p50(r.next_window(name, R))
-            gain = after / before - 1 if before > 0 and np.isfinite(after) else -np.inf  # relative, as the margin is
+            gain = relative_gain(before, after)
             if best is None or gain > best[0]:
                 best = (gain, r, name, R, before, after)
     return best
+
+
+def relative_gain(before: float, after: float) -> float:
+    """after / before − 1 (relative, as the verdict's margin is); −inf where before is 0 (an idle layer) or after is
+    not finite."""
+    return after / before - 1 if before > 0 and np.isfinite(after) else -np.inf
 
 
 def _who(name: str) -> str:
