@@ -453,6 +453,32 @@ def test_a_log_of_more_layers_than_a_file_may_name_is_refused_by_every_reader():
         LogWriter(os.path.join(os.path.dirname(__file__), "never-written"), [str(i) for i in range(L)], 2)  # none
 
 
+@pytest.mark.parametrize("layers, experts, top_k, problem", [
+    (["0", "0"], 4, 2, "layers must be a list of distinct names of 1 to 32 characters"),
+    (["0", ""], 4, 2, "layers must be a list of distinct names"),
+    (["x" * 33], 4, 2, "layers must be a list of distinct names"),
+    (["0"], 0, None, "n_experts must be an expert count from 1 to"),
+    (["0"], 4, 5, "top_k must be null or an integer from 1 to n_experts"),
+])
+def test_the_writer_refuses_the_meta_every_reader_refuses(tmp_path, layers, experts, top_k, problem):
+    """LogWriter wrote logs of duplicated, empty or 33-character layer names (and top_k > E) that read_meta, and so
+    every page and command, refused: a run recorded for hours could not be opened. It refuses them before writing,
+    with the reader's words; what it writes, every reader opens."""
+    with pytest.raises(ValueError, match=f"cannot write a routing log whose {problem}"):
+        LogWriter(str(tmp_path / "log"), layers, experts, top_k=top_k)
+    assert not (tmp_path / "log").exists()
+    with pytest.raises(ValueError, match=f"meta.json's {problem}"):  # the reader's refusal, of a log written by hand
+        os.makedirs(tmp_path / "hand")
+        (tmp_path / "hand" / "meta.json").write_text(json.dumps(
+            {"schema": "moe-scope-routing-log/1", "layers": layers, "n_experts": experts, "top_k": top_k}))
+        read_store(str(tmp_path / "hand"))
+    name = "x" * 32
+    with LogWriter(str(tmp_path / "ok"), [name, "1"], 4, top_k=np.int64(2)) as w:  # a numpy top_k, as configs hold
+        w.write_step(0, np.ones((2, 4), np.int64))
+    log = read_store(str(tmp_path / "ok"))
+    assert log.layers == [name, "1"] and log.top_k == 2
+
+
 def test_a_counts_part_is_added_a_batch_at_a_time_as_a_loop_adds_it_row_by_row():
     """CountsAccumulator writes every row of a batch at once (a step each in a loop took an auditor's 25 KB part of
     1 M one-row steps 16 s): a step may span batches (row groups), a missing cell is 0, and a cell given twice, in

@@ -31,6 +31,7 @@ META_BYTES = 64 << 20     # meta.json holds layer names and at most one (L, P) m
                           # the budget too (TraceLimits.line_bytes: json.loads builds up to 32 bytes a byte)
 PART = re.compile(r"part-[0-9a-z-]{1,80}\.parquet")
 TABLES = ("counts", "tokens", "ranks")
+MAX_NAME = 32  # characters of a layer name (shown on the page and in messages)
 
 
 def is_log_dir(path: str) -> bool:
@@ -50,12 +51,16 @@ class LogWriter:
                  top_k: int | None = None, meta: dict | None = None, physical_to_logical=None,
                  n_experts_source: str = RECORDED) -> None:
         self.path, self.layers, self.n_experts = path, [str(x) for x in layers], int(n_experts)
+        top_k = None if top_k is None else int(top_k)
         self.last_step: int | None = None
         self._counts: list[tuple[int, np.ndarray]] = []
         self._tokens: list[dict] = []
         self._ranks: list[tuple[int, np.ndarray]] = []
         if not 1 <= len(self.layers) <= MAX_LAYERS:  # what every reader takes (RoutingLog)
             raise ValueError(f"a routing log holds 1 to {MAX_LAYERS:,} layers, got {len(self.layers):,}")
+        problem = meta_problem(self.layers, self.n_experts, top_k)  # what read_meta refuses, refused before writing
+        if problem:
+            raise ValueError(f"cannot write a routing log whose {problem}")
         check_new_log_dir(path)
         try:
             os.makedirs(path, exist_ok=True)  # its missing parents too (RoutingRecorder(model, "runs/b"))
@@ -230,18 +235,27 @@ def read_meta(path: str) -> dict:
         raise ValueError(f"{path!r}: meta.json is not JSON; give a routing log written by moe-scope") from None
     if not isinstance(doc, dict) or doc.get("schema") != SCHEMA:
         raise ValueError(f"{path!r}: meta.json is not a {SCHEMA} document; give a routing log written by moe-scope")
-    layers, E, k = doc.get("layers"), doc.get("n_experts"), doc.get("top_k")
-    if (not isinstance(layers, list) or not layers or not all(isinstance(x, str) and 0 < len(x) <= 32 for x in layers)
-            or len(set(layers)) != len(layers)):
-        raise ValueError(f"{path!r}: meta.json's layers must be a list of distinct short names")
-    if isinstance(E, bool) or not isinstance(E, int) or not 1 <= E <= MAX_EXPERTS:
-        raise ValueError(f"{path!r}: meta.json's n_experts must be an expert count from 1 to {MAX_EXPERTS}")
-    if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= E):
-        raise ValueError(f"{path!r}: meta.json's top_k must be null or an integer from 1 to n_experts")
+    problem = meta_problem(doc.get("layers"), doc.get("n_experts"), doc.get("top_k"))
+    if problem:
+        raise ValueError(f"{path!r}: meta.json's {problem}")
+    E = doc["n_experts"]
     if doc.get("physical_to_logical_map") is not None:
         doc["physical_to_logical_map"] = check_map(_int_array(doc["physical_to_logical_map"], path), E,
                                                    f"{path!r}: meta.json's physical_to_logical_map")
     return doc
+
+
+def meta_problem(layers, n_experts, top_k) -> str | None:
+    """What is wrong with a log's layers, n_experts and top_k (the words after "meta.json's"), or None: what every
+    reader takes, and so what LogWriter writes."""
+    if (not isinstance(layers, list) or not layers or not all(isinstance(x, str) and 0 < len(x) <= MAX_NAME
+                                                              for x in layers) or len(set(layers)) != len(layers)):
+        return f"layers must be a list of distinct names of 1 to {MAX_NAME} characters"
+    if isinstance(n_experts, bool) or not isinstance(n_experts, int) or not 1 <= n_experts <= MAX_EXPERTS:
+        return f"n_experts must be an expert count from 1 to {MAX_EXPERTS}"
+    if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n_experts):
+        return "top_k must be null or an integer from 1 to n_experts"
+    return None
 
 
 def _int_array(value, path: str) -> np.ndarray:
