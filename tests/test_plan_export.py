@@ -238,6 +238,18 @@ def test_a_run_map_whose_replica_counts_cannot_be_packed_distinct_is_one_line_or
         assert rank_load(load[None], plan.layout).max() <= rank_load(load[None], from_map(row, 2)).max()
 
 
+def test_the_serving_refusal_names_the_run_s_own_replica_counts_where_they_were_tried():
+    """The refusal listed what was tried but not the run's own replica counts, which are tried where the run's map
+    has the export's slot count. Both loads below have no distinct layout at least as light as the current placement
+    (checked by hand: the heaviest expert's rank carries it plus two others, or half of it plus the two heaviest)."""
+    row = np.array([0, 2, 4, 3, 1, 1])                                  # the run's map: expert 1 twice
+    with pytest.raises(ValueError, match="the lightest experts re-packed, the run's own replica counts re-packed, "
+                                         "and our plan padded .*busiest rank 215"):
+        layer_plans(np.array([38, 184, 103, 31, 31])[None, None, :], ["0"], 2, 1, row[None], serving=True)
+    with pytest.raises(ValueError, match="the lightest experts re-packed, and our plan padded .*busiest rank 262"):
+        layer_plans(np.array([258, 4, 132, 6, 38])[None, None, :], ["0"], 2, 1, None, serving=True)  # no map
+
+
 def test_a_placement_file_for_another_expert_count_is_refused_before_its_experts_are_listed(tmp_path):
     """An auditor's 44-byte placement file naming 300,000,000 experts made `ep-report --placement` build a set of
     them (2.8 GB before a 4 GB ulimit stopped it): the file's count must be the run's, and an expert count."""

@@ -39,9 +39,10 @@ def serving_layout(layout: Layout, load, n_slots: int, current: Layout, name: st
             found.append(pad_to(layout, load, n_slots, limit))
         except ValueError:
             pass
-    count = current.replicas(E)                                                       # (E,) the run's replica counts
+    count, own = current.replicas(E), ""                                              # (E,) the run's replica counts
     if current.n_slots == n_slots and count.max() <= W:
         counts.append(count)
+        own = "the run's own replica counts re-packed, "
     for count in counts:  # re-packed with a distinct expert per slot of a rank
         try:
             found.append(from_placement(Placement(E, refine(pack(load, count, W), load, count))))
@@ -54,9 +55,9 @@ def serving_layout(layout: Layout, load, n_slots: int, current: Layout, name: st
                              f"slot of a rank (busiest rank {found[0][0]}, current {limit})")
     raise ValueError(f"layer {name!r}: none of the layouts tried with {n_slots} slots and a distinct expert per slot "
                      f"of a rank (a balanced layout, DeepSeek's global EPLB, replicas of the busiest and the "
-                     f"lightest experts re-packed, and our plan padded where it holds each expert once a rank) is as "
-                     f"light as the current placement (busiest rank {limit}); export as moe-scope, or with another "
-                     f"--redundant-slots")
+                     f"lightest experts re-packed, {own}and our plan padded where it holds each expert once a rank) "
+                     f"is as light as the current placement (busiest rank {limit}); export as moe-scope, or with "
+                     f"another --redundant-slots")
 
 
 MIXES = 17  # serving_layout: replica counts tried with r of the R extra slots to the busiest experts, r evenly spaced
