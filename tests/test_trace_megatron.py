@@ -276,6 +276,34 @@ def test_a_router_state_that_would_run_code_is_refused(tmp_path):
         read_megatron(paths, E)
 
 
+def test_a_router_state_link_swapped_in_after_its_check_is_refused(tmp_path, monkeypatch):
+    """The dump beside the trace was checked with lies_in, then opened by name: a link out of the trace's directory
+    swapped in between (by a writer inside it) was loaded. The file opened is checked on its descriptor
+    (moe.roots.open_inside), as the logits sidecar is."""
+    import moe.roots
+    import moe.traces.megatron_state
+    run, other = tmp_path / "run", tmp_path / "other"
+    run.mkdir()
+    other.mkdir()
+    paths = megatron_run(run, ranks=1, steps=1, layers=1, tokens=4, n_experts=E, top_k=K)
+    write_router_state(run, 0, [0], E, K)
+    write_router_state(other, 0, [0], E, K, seed=1)                                      # someone else's file
+    assert read_megatron(paths, E).meta["router_state_ranks"] == [0]                      # its own dump: read
+    opened = moe.roots.open_regular
+
+    def racing(path, *args):
+        if os.path.basename(path) == "router_state_rank0.pt" and not os.path.islink(path):
+            os.unlink(path)
+            os.symlink(other / "router_state_rank0.pt", path)                             # the writer's swap
+        return opened(path, *args)
+    monkeypatch.setattr(moe.roots, "open_regular", racing)
+    with pytest.raises(ValueError, match="router_state_rank0.pt links outside the trace's directory"):
+        read_megatron(paths, E)
+    monkeypatch.setattr(moe.traces.megatron_state, "lies_in", lambda *_: True)           # a check passed before it:
+    with pytest.raises(ValueError, match="router_state_rank0.pt links outside the trace's directory"):  # still
+        read_megatron(paths, E)                                                           # refused on the descriptor
+
+
 def test_counts_past_the_memory_budget_are_refused_while_reading(tmp_path):
     paths = megatron_run(tmp_path, ranks=2, steps=300, layers=4, tokens=3, n_experts=E, top_k=K)
     small = TraceLimits(1 << 20)  # counts may take 256 KiB: ~1,000 (step, layer) cells of 8 experts

@@ -16,7 +16,7 @@ import re
 
 import torch
 
-from moe.roots import lies_in
+from moe.roots import LinksOutside, lies_in, open_inside
 from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_pt
 
@@ -51,16 +51,21 @@ def _state_file(trace: str, side: str) -> bool:
     if not re.fullmatch(r"router_trace_rank\d+\.jsonl", os.path.basename(trace)) or not os.path.lexists(side):
         return False
     if not lies_in(side, os.path.dirname(side)):  # side is named in the trace's resolved folder
-        raise ValueError(f"{os.path.basename(side)} links outside the trace's directory; copy the dump itself next "
-                         f"to the trace")
+        raise LinksOutside(_outside(side))
     return True
+
+
+def _outside(side: str) -> str:
+    return f"{os.path.basename(side)} links outside the trace's directory; copy the dump itself next to the trace"
 
 
 def _load(path: str, n_experts: int, top_k: int | None, limits: TraceLimits, keep: set | None) -> dict[str, dict]:
     """The dump's layers (those in `keep` only, when given: each entry's bias becomes a list of floats, and 240
     layers sharing one bias of 16,384 floats built 121 MB and printed 110 MB of JSON)."""
     name = os.path.basename(path)
-    state = load_pt(path, limits)
+    opened = open_inside(path, os.path.dirname(path), "Megatron-LM router state dump",  # the file checked: a link
+                         "copy the router_state_rank*.pt written with the trace", _outside(path))  # swapped in since
+    state = load_pt(path, limits, opened=opened)                                                # is refused
     if not isinstance(state, dict) or not state:
         raise ValueError(f"{name} is not Megatron-LM's router state ({{layer: {{{', '.join(STATE_KEYS)}}}}}); copy "
                          f"the router_state_rank*.pt written with the trace")

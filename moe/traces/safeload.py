@@ -57,11 +57,12 @@ def _too_big(path: str, size: int, cap: int) -> ValueError:
                       "shorter dump or raise {}".format(path, *describe_over(size, cap), BUDGET_ENV))
 
 
-def load_pt(path: str, limits: TraceLimits | None = None, cap: int | None = None):
-    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors), in `cap` bytes."""
+def load_pt(path: str, limits: TraceLimits | None = None, cap: int | None = None, opened=None):
+    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors), in `cap` bytes;
+    `opened`: the file, when the caller opened it (moe.roots.open_inside; it is closed here)."""
     import torch
     cap = _cap(limits) if cap is None else cap
-    with open_regular(path) as f:
+    with opened or open_regular(path) as f:
         head, size, archive = f.read(4), f.seek(0, 2), None  # seek returns the new position: the size
         if head == ZIP_MAGIC:  # torch.save's zip format stores tensors uncompressed: sum the members
             try:
