@@ -95,16 +95,19 @@ def test_a_megatron_file_with_logits_takes_its_routers_score_from_the_weights_du
     assert s.rows["aux_loss"][0] == pytest.approx(want["aux_loss"], rel=1e-6)
 
 
-def test_a_megatron_trace_with_logits_on_some_records_reads_its_counts(tmp_path, capsys):
+@pytest.mark.parametrize("failed, where", [(4, "line 5: some records carry logits and others not"),
+                                           (0, "7 of 8 records carry logits")])
+def test_a_megatron_trace_with_logits_on_some_records_reads_its_counts(tmp_path, capsys, failed, where):
     """RouterTracer._record writes a record's logit_* fields only where capturing them worked (no hidden state of the
     record's token count, or gating() raised): such a file was refused ("some records carry logits and others not;
     copy the logits sidecar"), the sidecar being there. Now its counts are read, every record, and it says why the
-    logits' numbers are missing."""
+    logits' numbers are missing, also where the first record has none (step 0, first micro-batch, layer 0: the file
+    was read as counts alone, without saying why the logits' numbers were missing)."""
     from moe.cli.main import main
     from moe.traces.opener import PARTIAL_LOGITS, open_trace
     records, raw, offset = [], b"", 0
     for i, rec in enumerate(megatron_records(steps=2, layers=2, tokens=5, n_experts=E, top_k=K, microbatches=2)):
-        if i != 4:  # step 1, first micro-batch, layer 0: the capture failed
+        if i != failed:  # the capture failed there
             logits = torch.randn(5, E).to(torch.bfloat16)
             data = logits.view(torch.int16).numpy().tobytes()
             raw += data
@@ -119,7 +122,7 @@ def test_a_megatron_trace_with_logits_on_some_records_reads_its_counts(tmp_path,
     assert not s.has_logits and s.steps == [0, 1] and s.layers == ["0", "1"]
     for (step, layer), counts in _naive_load(records, E).items():
         assert s.load[layer][step].tolist() == counts.tolist()
-    assert "line 5: some records carry logits and others not" in s.routing_log.meta[PARTIAL_LOGITS]
+    assert where in s.routing_log.meta[PARTIAL_LOGITS]
     assert main(["trace-report", str(path), "--n-experts", str(E), "--format", "json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert "the loads count every record" in doc["meta"][PARTIAL_LOGITS]

@@ -39,6 +39,9 @@ def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = N
             check_score(path, summary, score, limits)
             return summary
     log = read_log(path, n_experts, progress=progress, limits=limits)
+    some, records = log.meta.get("records_with_logits"), log.meta.get("records")
+    if not mixed and isinstance(some, int) and isinstance(records, int) and 0 < some < records:  # the first had none
+        mixed = f"{some:,} of {records:,} records carry logits"
     if mixed:
         log.meta[PARTIAL_LOGITS] = (f"{mixed} (Megatron-LM writes none where capturing them failed): the loads count "
                                     f"every record; the logits' numbers (aux loss, z-loss, confidence) are not shown")
