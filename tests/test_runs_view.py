@@ -273,3 +273,27 @@ def test_co_occurrence_is_not_drawn_past_the_heatmap_cells(tmp_path):
     assert "run_co_chart" not in _figures(at) and "run_slots_chart" in _figures(at)
     assert any("Co-occurrence is not drawn for 1024 experts: its 1,048,576 cells are over the 262,144" in c.value
                for c in at.caption)
+
+
+def test_a_megatron_trace_with_logits_on_some_records_says_so_on_the_page(tmp_path):
+    """The note on why the logits' numbers are missing was only in the metadata line, which lists 12 entries: past a
+    router state dump's it was not shown. It is its own line, above the metadata, which no longer repeats it."""
+    import torch
+    from trace_support import megatron_records, write_megatron
+    E, K = 8, 2
+    records, raw = [], b""
+    for i, rec in enumerate(megatron_records(steps=2, layers=2, tokens=5, n_experts=E, top_k=K, microbatches=2)):
+        if i:  # the first record's capture failed: Megatron-LM wrote no logit_* fields there
+            data = torch.randn(5, E).to(torch.bfloat16).view(torch.int16).numpy().tobytes()
+            top = rec.pop("top_indices")
+            rec.update(logit_offset=len(raw), logit_bytes=len(data), logit_shape=[5, E], top_indices=top)
+            raw += data
+        records.append(rec)
+    (tmp_path / "logits_rank0.bin").write_bytes(raw)
+    write_megatron(tmp_path / "router_trace_rank0.jsonl", records)
+    at = _open_path(str(tmp_path / "router_trace_rank0.jsonl"))
+    assert not at.exception and not at.error, at.error
+    notes = [m.value.replace("\\", "") for m in at.info]  # md_text escapes the parentheses
+    assert any(n.startswith("7 of 8 records carry logits (Megatron-LM writes none where capturing them failed): the "
+                            "loads count every record") for n in notes), notes
+    assert "carry logits" not in "\n".join(c.value for c in at.caption)
