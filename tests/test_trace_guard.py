@@ -18,7 +18,7 @@ import pytest
 from moe.cli.main import main
 from moe.traces.log import ExpertsNeeded
 from moe.traces.summary import summarize
-from trace_support import megatron_records, write_megatron
+from trace_support import megatron_records, swap_link_on_open, write_megatron
 
 E, K = 8, 2
 
@@ -223,7 +223,6 @@ def test_the_sidecar_is_read_only_inside_the_traces_directory(tmp_path):
 def test_a_sidecar_link_swapped_in_while_it_is_opened_is_refused(tmp_path, monkeypatch):
     """The sidecar's link was checked, then opened by name: a link out of the directory swapped in between was read.
     The file opened is checked on its descriptor."""
-    import moe.roots
     run, other = tmp_path / "run", tmp_path / "other"
     run.mkdir()
     other.mkdir()
@@ -233,14 +232,7 @@ def test_a_sidecar_link_swapped_in_while_it_is_opened_is_refused(tmp_path, monke
            "logit_shape": [3, E], "top_indices": [[0, 1]] * 3}
     write_megatron(run / "t.jsonl", [rec])
     assert _cli(str(run / "t.jsonl"), "--n-experts", "8")[0] == 0                    # its own sidecar: read
-    opened = moe.roots.open_regular
-
-    def racing(path, *args):
-        if os.path.basename(path) == "logits_rank0.bin" and not os.path.islink(path):
-            os.unlink(path)
-            os.symlink(other / "logits_rank0.bin", path)                           # the writer's swap
-        return opened(path, *args)
-    monkeypatch.setattr(moe.roots, "open_regular", racing)
+    swap_link_on_open(monkeypatch, "logits_rank0.bin", other / "logits_rank0.bin")     # the writer's swap
     assert "links outside the trace's directory" in _refused(run / "t.jsonl", "--n-experts", "8")
 
 

@@ -15,7 +15,7 @@ from moe.traces.log import GIVEN, RECORDED
 from moe.traces.megatron import read_megatron
 from moe.traces.readers import iter_megatron
 from moe.traces.records import TraceLimits
-from trace_support import megatron_records, megatron_run, write_megatron, write_router_state
+from trace_support import megatron_records, megatron_run, swap_link_on_open, write_megatron, write_router_state
 
 E, K = 8, 2
 
@@ -280,7 +280,6 @@ def test_a_router_state_link_swapped_in_after_its_check_is_refused(tmp_path, mon
     """The dump beside the trace was checked with lies_in, then opened by name: a link out of the trace's directory
     swapped in between (by a writer inside it) was loaded. The file opened is checked on its descriptor
     (moe.roots.open_inside), as the logits sidecar is."""
-    import moe.roots
     import moe.traces.megatron_state
     run, other = tmp_path / "run", tmp_path / "other"
     run.mkdir()
@@ -289,14 +288,7 @@ def test_a_router_state_link_swapped_in_after_its_check_is_refused(tmp_path, mon
     write_router_state(run, 0, [0], E, K)
     write_router_state(other, 0, [0], E, K, seed=1)                                      # someone else's file
     assert read_megatron(paths, E).meta["router_state_ranks"] == [0]                      # its own dump: read
-    opened = moe.roots.open_regular
-
-    def racing(path, *args):
-        if os.path.basename(path) == "router_state_rank0.pt" and not os.path.islink(path):
-            os.unlink(path)
-            os.symlink(other / "router_state_rank0.pt", path)                             # the writer's swap
-        return opened(path, *args)
-    monkeypatch.setattr(moe.roots, "open_regular", racing)
+    swap_link_on_open(monkeypatch, "router_state_rank0.pt", other / "router_state_rank0.pt")  # the writer's swap
     with pytest.raises(ValueError, match="router_state_rank0.pt links outside the trace's directory"):
         read_megatron(paths, E)
     monkeypatch.setattr(moe.traces.megatron_state, "lies_in", lambda *_: True)           # a check passed before it:

@@ -74,3 +74,19 @@ PLACEMENT_CHARTS = ["runs_place_balance_chart", "runs_place_heat_chart", "runs_p
 def traces_app() -> None:
     from dashboard.views import traces
     traces.render(None)
+
+
+def swap_link_on_open(monkeypatch, name: str, target) -> None:
+    """Every later open of a file called `name` (through moe.roots.open_regular) first replaces it with a link to
+    `target`: a writer inside the folder swapping a link in between a reader's check and its open."""
+    import os
+
+    import moe.roots
+    opened = moe.roots.open_regular
+
+    def racing(path, *args):
+        if os.path.basename(path) == name and not os.path.islink(path):
+            os.unlink(path)
+            os.symlink(target, path)
+        return opened(path, *args)
+    monkeypatch.setattr(moe.roots, "open_regular", racing)
