@@ -9,7 +9,8 @@ import streamlit as st
 from moe.jsonio import dumps
 from moe.parallel.export import check_serving, layer_plans, plan_document
 from moe.parallel.replay import distinct_per_rank, rank_load
-from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log, verdict
+from moe.parallel.judge import LayerReplay, ReplaySettings, replay_log
+from moe.parallel.verdict import verdict
 
 
 @st.cache_data(max_entries=8, show_spinner=False)

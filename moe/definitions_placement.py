@@ -74,9 +74,11 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
     "placement_verdict": "the largest relative gain (p50 after / p50 before − 1) in p50 vLLM balancedness on the "
                          "windows after planning, over layers, planners and R; a layer whose current p50 is 0 (most "
                          "of its windows idle) is not compared, and \"nothing to judge\" when that is every layer; "
-                         "\"balanced already\" when no planner beats the current placement by more than 2% "
-                         "(relative); the interval named is the longest whose p50 stays within 0.02 of replanning "
-                         "every window and still beats the current placement's p50 by more than 2% (relative).",
+                         "when no planner beats the current placement by more than 2% (relative): \"balanced "
+                         "already\" where every layer's current p50 is at least 1/1.02 (its busiest rank within 2% "
+                         "of the mean), else \"no plan helps\", naming the least balanced layer; the interval "
+                         "named is the longest whose p50 stays within 0.02 of replanning every window and still "
+                         "beats the current placement's p50 by more than 2% (relative).",
     "placement_export": "one plan per layer from the whole log (or its last full window with --window). SGLang's "
                         "`--init-expert-location` JSON holds only `physical_to_logical_map` [num_layers, E + R] with "
                         "row i = decoder layer id i, counted from 0 (so the log's layer labels must be integers; a "

@@ -13,7 +13,8 @@ from streamlit.testing.v1 import AppTest
 
 from dashboard import replays
 from moe.parallel.export import read_plan
-from moe.parallel.judge import ReplaySettings, balance_rows, replay_log, verdict
+from moe.parallel.judge import ReplaySettings, balance_rows, replay_log
+from moe.parallel.verdict import verdict
 from moe.parallel.replay import rank_load
 from moe.traces.log import RoutingLog
 from moe.traces.opener import open_trace

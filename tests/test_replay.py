@@ -5,7 +5,8 @@ import pytest
 
 from moe.definitions_placement import OUR_PLANNER
 from moe.metrics import balancedness_sglang, balancedness_vllm, rank_max_over_mean
-from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log, verdict
+from moe.parallel.judge import ReplaySettings, balance_rows, current_layout, plan_layout, replay_log
+from moe.parallel.verdict import verdict
 from moe.parallel.placement import contiguous, plan, predicted_load
 from moe.parallel.chunks import chunk_share, replica_index
 from moe.parallel.greedy import replica_order
@@ -252,6 +253,24 @@ def test_verdict_applies_the_margin_to_every_layer_not_to_the_largest_absolute_g
     assert text.startswith(f"planned ({OUR_PLANNER}) with R=4 lifts")  # "our planner" as defined once
     assert "layer B from 0.20 to 0.21" in text, text
     assert verdict([a]).startswith("balanced already") and "layer A" in verdict([a])
+
+
+def test_no_plan_helping_an_unbalanced_layer_is_not_called_balanced():
+    """An auditor's layer of random counts: no planner beat contiguous blocks by 2%, and the verdict said "balanced
+    already" of a p50 balancedness of 0.62 (the busiest rank 1.6 times the mean). "Balanced already" needs every
+    layer within the margin of even (p50 >= 1 / 1.02); else the verdict says no plan helps and names the least
+    balanced layer."""
+    a = _stub("A", [100] * 9 + [90], [100] * 10)                # 0.99 -> 1.00: within the margin of even
+    z = _stub("Z", [100, 60, 60, 60], [100, 60, 60, 60])        # 0.70 -> 0.70
+    text = verdict([a, z])
+    assert text == (f"no plan helps: although layer Z's p50 balancedness is 0.70, no placement beats contiguous by "
+                    f"more than 2% on the windows after planning (best: layer A, planned ({OUR_PLANNER}) with R=4, "
+                    f"p50 balancedness 0.99 → 1.00)"), text
+    assert verdict([a]).startswith("balanced already: no placement beats contiguous by more than 2%")
+    edge = _stub("E", [102] + [100] * 9, [102] + [100] * 9)      # 100.2 / 102 = 0.982 >= 1 / 1.02 = 0.980
+    assert verdict([edge]).startswith("balanced already")
+    over = _stub("O", [103] + [100] * 3, [103] + [100] * 3)      # 100.75 / 103 = 0.978 < 1 / 1.02
+    assert verdict([over]).startswith("no plan helps: although layer O's p50 balancedness is 0.98")
 
 
 def test_the_interval_the_verdict_names_still_beats_the_current_placement():

@@ -15,9 +15,9 @@ from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
 from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
                                  write_plan)
-from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, best_gain, default_window, replay_log,
-                               verdict)
+from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log
 from moe.parallel.replay import check_replay_cost, replay_bytes
+from moe.parallel.verdict import best_gain, verdict
 from moe.traces.formats import read_log
 
 
@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> str:
 
 
 def _verdict(results, current: str, R: int) -> str:
-    """judge.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
+    """moe.parallel.verdict.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
     text = verdict(results, current)
     if len(results[0].redundant_slots) > 1 and min(len(r.windows) for r in results) > 1:
         gain, *_, best_r, _, _ = best_gain(results)
