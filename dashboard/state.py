@@ -63,7 +63,7 @@ PLACEMENT_WIDGETS = ("world", "slots", "window", "nodes", "layer", "metric", "he
                      "real_planner", "real_slots")
 PLACEMENT_ELEMENTS = ("balance_chart", "heat_chart", "interval_chart", "interval_table", "hot_chart", "file_moe_scope",
                       "file_sglang", "file_vllm", "real_run", "real_cancel", "real_chart", "plan_all",
-                      "plans_asked")  # no value to keep
+                      "plans_asked", "window_of")  # no value to keep
 
 
 def placement_key(prefix: str, name: str) -> str:

@@ -191,6 +191,56 @@ def test_a_layer_that_keeps_its_placement_is_padded_only_in_the_serving_files(tm
     assert json.loads(from_one["sglang"]) == json.loads(files["sglang"])
 
 
+def test_a_run_with_replicas_is_replayed_at_its_own_r_at_first(tmp_path):
+    """An auditor's SGLang per_pass run (E = 16 on 20 slots, W = 2): R = 0 and 2 were replayed at first, and the plan
+    files had 18 slots, two fewer than the run, without a word. The run's own R (4) is offered and replayed at first,
+    and the plan files are made at it: 20 slots, as the servers that ran it hold."""
+    from dashboard.views.placement import default_slots, slot_options
+    p2l = np.r_[np.arange(16), [0, 1, 2, 3]][None]                                      # (L=1, P=20)
+    counts = np.random.default_rng(5).integers(0, 40, size=(6, 1, 16))
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("sglang-per-pass", ["0"], np.arange(6), counts, physical_to_logical=p2l,
+                         meta={"world_size": 2}), path)
+    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    assert at.multiselect(key="runs_place_slots").value == [0, 4]
+    assert at.selectbox(key="runs_place_export_slots").value == 4
+    sglang = next(b for b in at.get("download_button") if b.proto.label.startswith("SGLang"))
+    assert sglang.proto.label and default_slots(16, 2, 4) == [0, 4] and default_slots(16, 2) == [0, 2]
+    assert 3 in slot_options(16, 2, 3) and 3 not in slot_options(16, 2)                # an odd R a run may have
+    assert slot_options(4, 8, 4) == [4]                                                  # no rank empty: as before
+
+
+def test_the_window_goes_back_to_its_default_for_another_log(tmp_path):
+    """An auditor opened a 600-step log (window 19 at first), then a 24-step one: the window stayed 19, one window,
+    and the verdict said nothing could be judged. Another log gets its own default (at most 32 windows); the same log
+    keeps the visitor's window."""
+    rng = np.random.default_rng(6)
+    paths = []
+    for name, steps in (("long", 600), ("short", 24)):
+        counts = np.stack([rng.multinomial(200, rng.dirichlet(np.full(E, 0.4)), size=steps)], axis=1)
+        paths.append(str(tmp_path / name))
+        write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(steps), counts, top_k=2), paths[-1])
+
+    def app(path_key: str) -> None:
+        import streamlit as st
+        from dashboard.views import placement
+        from moe.traces.opener import open_trace
+        placement.render(open_trace(st.session_state[path_key]).log(), "runs")
+    at = AppTest.from_function(app, args=("path",), default_timeout=60)
+    at.session_state["path"] = paths[0]
+    at.run()
+    assert at.number_input(key="runs_place_window").value == 19                        # ceil(600 / 32)
+    at.number_input(key="runs_place_window").set_value(25).run()
+    at.run()
+    assert at.number_input(key="runs_place_window").value == 25                        # kept for this log
+    at.session_state["path"] = paths[1]
+    at.run()
+    assert not at.exception and not at.error, at.error
+    assert at.number_input(key="runs_place_window").value == 1                         # ceil(24 / 32)
+    assert not [i.value for i in at.info if i.value.startswith("one window only")]
+
+
 def test_the_runs_map_is_replayed_at_the_w_it_recorded_and_r_leaves_no_rank_empty(tmp_path):
     """A run with more ranks than experts (E=4, W=8, one slot per rank): the page offers only the recorded W (the map
     read at another W would not be the run's placement) and only R from W − E up, and replays it."""

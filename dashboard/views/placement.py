@@ -109,19 +109,23 @@ def most_uneven_layer(log: RoutingLog) -> str:
     return log.layers[int(np.argmax(ratios))]
 
 
-def slot_options(n_experts: int, world_size: int) -> list[int]:
+def slot_options(n_experts: int, world_size: int, run: int | None = None) -> list[int]:
     """R offered: from W − E (every rank needs a slot) to E·(W − 1) (our planner gives an expert one slot per rank):
-    0, powers of two up to E, and the first R the serving formats take (E + R a multiple of W)."""
+    0, powers of two up to E, the first R the serving formats take (E + R a multiple of W), and the run's own R
+    (`run`: its map's slots − E) when it recorded a map."""
     least, most = max(0, world_size - n_experts), n_experts * (world_size - 1)
-    found = {0, least} | {2 ** k for k in range(n_experts.bit_length()) if 2 ** k <= n_experts}
+    found = {0, least} | {2 ** k for k in range(n_experts.bit_length()) if 2 ** k <= n_experts} | {run or 0}
     found |= set(serving_redundant_slots(n_experts, world_size, n_experts)[:16])
     return sorted(R for R in found if least <= R <= most) or [least]
 
 
-def default_slots(n_experts: int, world_size: int) -> list[int]:
-    """The R replayed at first: the least offered, and the first larger one the serving formats take (so that the
-    plan files include SGLang's and vLLM's), else the next offered."""
-    options = slot_options(n_experts, world_size)
+def default_slots(n_experts: int, world_size: int, run: int | None = None) -> list[int]:
+    """The R replayed at first: the least offered, and the run's own R (`run`) when it recorded a map (planners
+    then get the slots the run had), else the first larger one the serving formats take (so that the plan files
+    include SGLang's and vLLM's), else the next offered."""
+    options = slot_options(n_experts, world_size, run)
+    if run in options and run > options[0]:
+        return [options[0], run]
     serving = [R for R in serving_redundant_slots(n_experts, world_size, n_experts) if R > options[0] and R in options]
     return [options[0]] + (serving[:1] or options[1:2])
 
@@ -139,14 +143,17 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     else:
         W = world_size
         c1.metric("Ranks (W)", W, help="this page's processes")
-    options, default = slot_options(E, W), default_slots(E, W)
+    run = None if log.physical_to_logical is None else log.physical_to_logical.shape[1] - E  # the run's own R
+    options, default = slot_options(E, W, run), default_slots(E, W, run)
     st.session_state[key("slots")] = [R for R in st.session_state.get(key("slots"), default) if R in options] \
         or default
     Rs = c2.multiselect("Redundant slots (R)", options, key=key("slots"),
                         help="extra expert slots (replicas) each planner may place; the serving formats need E + R "
                              "to be a multiple of W")
-    window = st.session_state.get(key("window"))
-    st.session_state[key("window")] = min(window, S) if isinstance(window, int) else default_window(S)
+    window, this = st.session_state.get(key("window")), (log.source, tuple(log.layers), E, S)
+    if not isinstance(window, int) or st.session_state.get(key("window_of")) != this:  # another log: its default
+        window = default_window(S)
+    st.session_state[key("window")], st.session_state[key("window_of")] = min(window, S), this
     window = c3.number_input("Steps per window", 1, S, key=key("window"),
                              help=f"the log's {S} steps cut into windows of this many steps (a last partial window "
                                   f"dropped)")
