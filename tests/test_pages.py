@@ -82,6 +82,20 @@ def test_a_bad_expert_parallel_link_value_is_named_and_not_used():
     assert at.slider(key="ep_world").value == 2 and at.number_input(key="ep_slots").value == 2
 
 
+def test_a_bad_layer_value_in_an_expert_parallel_link_is_named_as_on_the_playground():
+    """An auditor's /expert-parallel?preset=**junk**&n_experts=zz: the page used the default preset and layer without
+    a word, where the Playground names each value it refused or clamped."""
+    at = _open({**SMALL, "preset": "**junk**", "n_experts": "zz", "top_k": "999", "view": "Expert parallel"})
+    assert not at.exception
+    notes = "\n".join(w.value for w in at.warning)
+    playground = "\n".join(w.value for w in _open({**SMALL, "preset": "**junk**", "n_experts": "zz",
+                                                   "top_k": "999"}).warning)
+    assert "junk" in notes and "n_experts" in notes and "top_k" in notes, notes
+    assert "`**junk**`" in notes                                      # quoted as code, as the Playground quotes it
+    for line in playground.splitlines():
+        assert line in notes
+
+
 def test_runs_and_about_links_hold_nothing():
     assert _query(_open({**SMALL, "view": "Traces"})) == {}
     assert _query(_open({**SMALL, "view": "About"})) == {}

@@ -37,6 +37,8 @@ def show() -> None:
     link), its forward reused; the Playground's sidebar is not drawn here."""
     values = sidebar.current_values()
     result = page.current_result(values)
+    for note in page.link_notes(values):  # the link's layer values that were refused or clamped, as the Playground
+        st.warning(note)                  # says them
     if result is not None:
         st.caption("The layer and input are the *Playground* page's: change them there (this page's link keeps "
                    "them).")
