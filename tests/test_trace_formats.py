@@ -122,7 +122,7 @@ def test_detection_reads_the_content_not_the_name(name, tmp_path):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"", "is none of the routing formats"),
+    (b"", "is empty (0 bytes): it holds no routing; copy the file again"),  # it listed every format
     (b"hello, world\n", "is none of the routing formats"),
     (b"PK\x03\x04garbage", "damaged zip archive"),
     (b"\x93NUMPY\x01\x00garbage", "not a readable NumPy array file"),

@@ -50,6 +50,9 @@ def detect(path: str) -> str:
         return _rank_files(path)[0]
     with safeload.open_regular(path) as f:
         head = f.read(4096)
+    if not head:
+        raise ValueError(f"{path!r} is empty (0 bytes): it holds no routing; copy the file again, or give the one its "
+                         f"run wrote")
     if head.startswith(b"PAR1"):
         return "parquet"
     if head.startswith(safeload.NPY_MAGIC):
