@@ -209,8 +209,9 @@ def _hot(result: LayerReplay, key, n_experts: int) -> None:
             right.metric(f"Absorbed by replicas, R={R}", _share(share),
                          help="p50 share of the next window's tokens on the experts the plan replicated")
     if every:
-        st.caption(f"n = {result.hot_top} of {n_experts} experts: every expert with tokens is hot in every window; "
-                   f"choose fewer redundant slots (n = the largest R, or W when R = 0) to see which experts stay hot.")
+        st.caption(f"n = {result.hot_top} of {n_experts} experts: in each window, every expert with tokens there is "
+                   f"hot; choose fewer redundant slots (n = the largest R, or W when R = 0) to see which experts stay "
+                   f"hot.")
     st.caption(caption("hot_expert_persistence"))
 
 
