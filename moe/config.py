@@ -28,6 +28,10 @@ SPARSITY_MODES = ("absolute", "relative")
 # layer cache keys on them.
 WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
                  "shared_experts", "d_shared", "shared_gate")
+# The fields that decide which experts a token selects (moe.router.route): a Hugging Face block's engine takes the
+# family's own selection where a counterfactual leaves them all as the model has them (moe.hf.instrument).
+SELECTION_FIELDS = ("router", "score", "top_k", "temperature", "logit_bias", "expert_bias", "router_dtype", "n_group",
+                    "topk_group", "jitter_eps", "noise_std", "n_experts", "d_model")
 
 
 def expert_capacity(tokens: int, top_k: int, n_experts: int, capacity_factor: float) -> int:

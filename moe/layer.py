@@ -92,13 +92,14 @@ class MoELayer(nn.Module):
         return torch.Generator(device=self.device).manual_seed(self.cfg.seed if seed is None else seed)
 
     def forward(self, x: Tensor, *, generator: torch.Generator | None = None, stats: bool = True,
-                stat_rows: slice | None = None) -> tuple[Tensor, Trace | None]:
+                stat_rows: slice | None = None, selected: Tensor | None = None) -> tuple[Tensor, Trace | None]:
         """x (T, D) or (B, S, D) → y of x's shape and dtype, and the Trace (None when stats=False).
 
         stat_rows (a contiguous slice of the rows of the flattened (T, D) input, one sequence): the scored rows of
         a window (moe.hf.windows). Routing, dispatch and y cover every row; capacity is ranked among these rows
         alone (C from their count; the other rows, context, are served in full), so each window's scored tokens
         face the same rule; the Trace's per-token fields and every statistic cover those rows only.
+        selected (T, K): the experts each token selects (moe.router.route), for a model's own router's choice.
         """
         cfg = self.cfg
         if x.dim() not in (2, 3):
@@ -115,7 +116,7 @@ class MoELayer(nn.Module):
         xt = x.reshape(-1, cfg.d_model).to(device=self.device, dtype=cfg.torch_dtype)  # (T, D)
         seq_len = x.shape[1] if x.dim() == 3 else None  # S: capacity_scope="sequence" counts per sequence
         routing = self.router(xt, cfg, generator if generator is not None else self.new_generator(), seq_len,
-                              stat_rows)
+                              stat_rows, selected)
         result = dispatch(xt, routing.served, routing.gates, self.experts, cfg, stats, stat_rows)
         out, shared = result.out, None  # (T, D) routed output
         rows = slice(None) if stat_rows is None else stat_rows  # the rows the statistics describe

@@ -38,9 +38,10 @@ class TopKRouter(nn.Module):
         self.register_buffer("expert_bias", bias)  # (E,)
 
     def forward(self, x: Tensor, cfg: MoEConfig, generator: torch.Generator,
-                seq_len: int | None = None, capacity_rows: slice | None = None) -> Routing:
+                seq_len: int | None = None, capacity_rows: slice | None = None,
+                selected: Tensor | None = None) -> Routing:
         logits = router_logits(x, self.weight, cfg, generator)  # (T, E)
-        return route(logits, self.expert_bias, cfg, seq_len, capacity_rows)
+        return route(logits, self.expert_bias, cfg, seq_len, capacity_rows, selected)
 
 
 def router_logits(x: Tensor, weight: Tensor, cfg: MoEConfig, generator: torch.Generator) -> Tensor:
@@ -75,7 +76,7 @@ def scores_and_probs(logits: Tensor, cfg: MoEConfig) -> tuple[Tensor, Tensor]:
 
 
 def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | None = None,
-          capacity_rows: slice | None = None) -> Routing:
+          capacity_rows: slice | None = None, selected: Tensor | None = None) -> Routing:
     """Select experts for every token, apply capacity, and build the (T, E) gate matrix.
 
     seq_len: tokens per sequence S (T = B·S); with capacity_scope="sequence" capacity applies to
@@ -83,6 +84,8 @@ def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | No
     capacity_rows (a contiguous slice of one sequence's rows; top-k and hash routers): capacity is ranked among
     these rows alone, C from their count, and the other rows are served in full (a window's scored tokens and
     its context: moe.hf.windows).
+    selected (T, K) (top-k router): the experts each token selects, as a model's own router chose them (moe.hf:
+    ties at the K-th score go as its torch.topk breaks them); the weights, capacity and statistics follow from them.
     """
     T, E = logits.shape
     score, probs = scores_and_probs(logits, cfg)
@@ -102,7 +105,8 @@ def route(logits: Tensor, expert_bias: Tensor, cfg: MoEConfig, seq_len: int | No
         selection = score + expert_bias  # (T, E) the bias steers the choice, never the weights
         if cfg.n_group > 1:
             selection = selection.masked_fill(~group_mask(selection, cfg.n_group, cfg.topk_group), float("-inf"))
-        idx = selection_order(selection, logits)[:, : cfg.top_k]  # (T, K)
+        idx = (selection_order(selection, logits)[:, : cfg.top_k] if selected is None
+               else _checked(selected, T, cfg).to(logits.device))  # (T, K)
         w = topk_weights(logits, score, idx, cfg)  # (T, K)
     if cfg.router == "hash" and cfg.routed_scaling_factor != 1.0:
         w = w * cfg.routed_scaling_factor
@@ -127,6 +131,14 @@ def _capacity_among(logits, probs, routed, gates, idx, w, cfg: MoEConfig, rows: 
     served = routed.clone()  # (T, E)
     served[rows] = _apply_capacity(routed[rows][None], probs[rows][None], C, cfg.drop_policy)[0]
     return Routing(logits, probs, routed, served, torch.where(served, gates, 0.0), idx, w, C)
+
+
+def _checked(selected: Tensor, T: int, cfg: MoEConfig) -> Tensor:
+    """A given selection (T, K) as int64 (a model's router's: its shape checked, its ids as the model chose them)."""
+    if selected.shape != (T, cfg.top_k):
+        raise ValueError(f"the given selection has shape {tuple(selected.shape)}; expected (tokens={T}, "
+                         f"top_k={cfg.top_k})")
+    return selected.long()
 
 
 def selection_order(selection: Tensor, logits: Tensor) -> Tensor:

@@ -74,3 +74,44 @@ def test_gpt_oss_routing_matches_the_hf_router():
         assert torch.allclose(trace.router_logits, hf_logits.float(), atol=1e-5)
         hf_top = torch.topk(hf_logits.float(), 2, dim=-1).indices
         assert torch.equal(trace.top_k_index.sort(dim=1).values, hf_top.sort(dim=1).values)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "ernie4_5_moe",
+                                    "gpt_oss"])
+def test_ties_at_the_kth_score_go_as_the_model_s_own_router_breaks_them(family):
+    """An auditor's models with two experts of one router row (and bfloat16 OLMoE, where scores tie on 2-3% of
+    tokens): the engine broke ties by logit, then the lower expert, where every family's router calls torch.topk,
+    so model-report counted other experts than the model routed to (a saturated DeepSeek-V3: 132 of 272 tokens).
+    The engine now takes the block's own selection: the ids equal those the uninstrumented model's routers return."""
+    plain = tiny_model(family, layers=3 if family == "deepseek_v3" else 2)
+    with torch.no_grad():
+        for name, p in [*plain.named_parameters(), *plain.named_buffers()]:
+            if name.endswith((".mlp.gate.weight", ".mlp.router.weight")):
+                p[5] = p[3]                                                           # experts 3 and 5 tie exactly
+            elif name.endswith(("router.bias", "e_score_correction_bias")):
+                p[..., 5] = p[..., 3]                                                 # (E,) or Ernie's (1, E)
+    model = copy.deepcopy(plain)
+    instrument(model)
+    ids = torch.randint(0, VOCAB, (40,), generator=torch.Generator().manual_seed(3))
+    chosen = []
+    hooks = [getattr(layer.mlp, "gate", None) or layer.mlp.router for layer in plain.model.layers
+             if hasattr(layer.mlp, "experts")]
+    handles = [h.register_forward_hook(lambda m, i, o: chosen.append(o[2].sort(dim=-1).values)) for h in hooks]
+    with torch.inference_mode():
+        plain(input_ids=ids[None])
+    for h in handles:
+        h.remove()
+    run = run_model(model, ids)
+    assert len(run.traces) == len(chosen)
+    tied = 0
+    for hf_ids, trace in zip(chosen, run.traces):
+        ours = trace.top_k_index.sort(dim=-1).values
+        assert torch.equal(ours, hf_ids), (family, (ours != hf_ids).any(dim=-1).sum())
+        tied += int(((hf_ids == 3) | (hf_ids == 5)).any(dim=-1).sum())
+    assert tied > 0  # the tie was in play
+    from moe.hf.counterfactual import Counterfactual, run_counterfactual
+    same = run_counterfactual(model, ids, Counterfactual(capacity_factor=8.0, temperature=1.0))  # selects as the model
+    hotter = run_counterfactual(model, ids, Counterfactual(temperature=0.5))                   # selects by itself
+    for base, cf, warm in zip(run.traces, same.traces, hotter.traces):
+        assert torch.equal(cf.top_k_index, base.top_k_index)
+        assert warm.top_k_index.shape == base.top_k_index.shape

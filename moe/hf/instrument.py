@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from moe.config import MoEConfig
+from moe.config import SELECTION_FIELDS, MoEConfig
 from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
@@ -59,6 +59,7 @@ class EngineBlock(nn.Module):
         self.adapter = adapter
         if adapter.exact:
             self.engine = engine_layer(block, engine_config(block, adapter, hf_config), adapter)
+            self.selects = self.engine.cfg  # the model's own selection settings (an engine swapped in has others)
         else:
             self.engine = None
             self.routing_cfg = routing_config(block, adapter)
@@ -80,14 +81,26 @@ class EngineBlock(nn.Module):
         if isinstance(rows, BatchRows):  # a batch of windows: their scored rows first, as one slice, then put back
             flat = hidden_states.reshape(-1, hidden_states.shape[-1])
             flat = flat.index_select(0, rows.order.to(flat.device))
-            y, trace = engine(flat, stat_rows=slice(0, rows.scored))
+            y, trace = engine(flat, stat_rows=slice(0, rows.scored), selected=self._selected(flat, engine))
             y = y.index_select(0, rows.back.to(y.device)).reshape(hidden_states.shape)
-        else:
-            y, trace = engine(hidden_states, stat_rows=rows)  # (B, S, D), Trace
+        else:  # (B, S, D), Trace
+            y, trace = engine(hidden_states, stat_rows=rows, selected=self._selected(hidden_states, engine))
         sink.append((self.layer_index, trace))
         if self.adapter.returns_tuple:  # GPT-OSS: (hidden, router scores); the decoder layer drops the scores
             return y, trace.top_k_weights
         return y
+
+
+    def _selected(self, hidden_states: Tensor, engine) -> Tensor | None:
+        """(T, K) the experts the block's own router selects for these tokens (every family's router returns
+        (logits, weights, indices)), where `engine` selects as the model does (moe.config.SELECTION_FIELDS as the
+        model's engine was built with them; a counterfactual of capacity only too): the engine breaks ties at the K-th score by
+        logit, then index, and the families' torch.topk otherwise (bfloat16 scores tie often: 2-3% of tokens of a
+        64-expert top-8 layer), so the model's numbers would not be its routing. None where the engine's differ."""
+        if any(getattr(engine.cfg, f) != getattr(self.selects, f) for f in SELECTION_FIELDS):
+            return None
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # (T, D), as the blocks call their routers (Ernie's
+        return getattr(self.block, self.adapter.router)(flat)[2]    # softmax is over dim 1: tokens, given (B, S, D))
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
@@ -151,7 +164,8 @@ class ModelRun:
         return nats_to_bits(float(self.token_loss().mean()))
 
     def top1(self) -> Tensor:
-        """Top-1 expert of every token at every MoE layer (L, S): its selected expert with the largest combine weight.
+        """Top-1 expert of every token at every MoE layer (L, S): its selected expert with the largest combine weight
+        (equal weights: the one the model's router lists first).
         For a softmax router that is the highest probability; a biased router (DeepSeek-V3) selects by score + bias
         and weighs by the score, so its first selected expert is not always the heaviest (lm_arch.selected_top1, the
         cards' NMI, reads the same)."""

@@ -29,7 +29,7 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
     if not gain > margin:
         least, worst = min((p50(x.next_window("current", x.redundant_slots[0])), x.layer) for x in results
                            if p50(x.next_window("current", x.redundant_slots[0])) > 0)  # idle layers not compared
-        told = (f"balanced already: no placement" if least >= 1 / (1 + margin) else  # the busiest rank within the
+        told = ("balanced already: no placement" if least >= 1 / (1 + margin) else  # the busiest rank within the
                 f"no plan helps: although layer {worst}'s p50 balancedness is {least:.2f}, no placement")  # margin
         return (f"{told} beats {current} by more than {margin:.0%} on the windows after planning (best: layer "
                 f"{r.layer}, {_who(name)} with R={R}, p50 balancedness {before:.2f} → {after:.2f})")
