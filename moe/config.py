@@ -247,6 +247,13 @@ class MoEConfig:
         has_capacity = self.capacity_factor is not None or self.router == "expert_choice"
         return self.capacity_scope == "sequence" and has_capacity
 
+    def check_seq_len(self, seq_len: int | None) -> None:
+        """ValueError where capacity is counted per sequence but the tokens are not split into sequences (the CLI's
+        --seq-len): capacity would silently apply to all of them, as one batch."""
+        if seq_len is None and self.capacity_per_sequence:
+            raise ValueError("--capacity-scope sequence needs --seq-len S: without it the tokens are one batch and "
+                             "capacity would silently apply to all of them")
+
     def capacity(self, tokens: int) -> int | None:
         """Per-expert capacity C = ceil(capacity_factor·T·K/E), at most T; None when dropless.
 

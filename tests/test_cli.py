@@ -132,6 +132,9 @@ def test_report_seq_len_makes_capacity_per_sequence(capsys):
     assert per_seq["config"]["seq_len"] == 64
     assert main(flags + ["--seq-len", "100"]) == 2
     assert "multiple of 100" in capsys.readouterr().err
+    # an auditor's: without --seq-len, sequence capacity was the batch's (C = 32) without a word; ep-report refused
+    assert main(flags + ["--capacity-scope", "sequence"]) == 2
+    assert "--capacity-scope sequence needs --seq-len S" in capsys.readouterr().err
 
 
 def test_an_os_error_from_a_reader_is_one_line(tmp_path, capsys):

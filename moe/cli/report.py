@@ -20,7 +20,7 @@ def add_command(commands) -> None:
     add_scenario_arguments(p)
     p.add_argument("--seq-len", type=positive_int, default=None,
                    help="split the tokens into sequences of this length (capacity_scope=sequence counts "
-                        "capacity per sequence); default: one sequence")
+                        "capacity per sequence; needed then)")
     p.set_defaults(run=run)
 
 
@@ -28,6 +28,7 @@ def run(args: argparse.Namespace) -> str:
     check_scenario_options(args, args.scenario)
     cfg, scenario, params, tokens = resolve(args)
     check_budget(cfg, tokens, budget_bytes(), names=flag_names())  # before anything is built
+    cfg.check_seq_len(args.seq_len)  # as ep-report does: its summary is this command's for the same flags
     if args.seq_len is not None and tokens % args.seq_len:
         raise UsageError(f"--tokens {tokens} is not a whole number of sequences of --seq-len {args.seq_len}; "
                          f"give --tokens a multiple of {args.seq_len}")

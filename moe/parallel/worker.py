@@ -89,10 +89,8 @@ def rank_report(cfg: MoEConfig, scenario: str, params: dict, tokens: int, settin
 
 def _sequences(x: torch.Tensor, cfg, seq_len: int | None, W: int) -> torch.Tensor:
     """x (T, D), or (B, S, D) with --seq-len: ranks then split whole sequences."""
+    cfg.check_seq_len(seq_len)
     if seq_len is None:
-        if cfg.capacity_per_sequence:
-            raise ValueError("--capacity-scope sequence needs --seq-len S: without it the tokens are one batch "
-                             "and capacity would silently apply to all of them")
         return x
     T = x.shape[0]
     if T % seq_len or T // seq_len < W:
