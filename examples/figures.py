@@ -35,6 +35,7 @@ entropy = histogram_figure(entropy_histogram(trace), title="Router entropy per t
                            reference_name="uniform: ln E")
 
 out = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else ".")
+out.mkdir(parents=True, exist_ok=True)  # a new folder is made, as the docstring promises it is written to
 for name, fig in {"load": load, "contributions": contributions, "entropy": entropy}.items():
     fig.write_html(out / f"{name}.html")                # or fig.show() in a notebook
     print(out / f"{name}.html")

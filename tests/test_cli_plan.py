@@ -103,7 +103,8 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
                           (["--export", "vllm", "--out", str(tmp_path)], "it is a folder"),
                           (["--redundant-slots", "4,x"], "expected an integer ≥ 0, got 'x'"),
                           (["--export", "vllm", "--out", "   "], "--out is empty"),  # it wrote a file named "   "
-                          (["--export", "vllm", "--out", ""], "--out is empty")):  # it refused after the replay
+                          (["--export", "vllm", "--out", ""], "--out is empty"),  # it refused after the replay
+                          (["--nodes", "3"], "--nodes 3 does not divide --world-size 4")):  # said in notes only
         code = main(["plan", path, "--world-size", "4", "--n-experts", "8", *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, err

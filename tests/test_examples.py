@@ -42,9 +42,10 @@ def _plotted(html: str) -> list[dict]:
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
     """Run the example as a script from another directory, writing its HTML files there."""
-    out = tmp_path_factory.mktemp("figures")
+    cwd = tmp_path_factory.mktemp("figures")
+    out = cwd / "new" / "figs"  # not there yet: the example makes it (it ended in a FileNotFoundError traceback)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, str(EXAMPLE), str(out)], cwd=out, env=env, capture_output=True,
+    done = subprocess.run([sys.executable, str(EXAMPLE), str(out)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return {name: _plotted((out / f"{name}.html").read_text()) for name in NAMES}

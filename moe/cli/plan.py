@@ -63,6 +63,9 @@ def run(args: argparse.Namespace) -> str:
         check_out(args.out)  # before the replay: a wrong path is refused at once
     log = read_log(args.file, n_experts=args.n_experts)
     E, W, R = log.n_experts, args.world_size, max(args.redundant_slots)
+    if W % args.nodes:  # DeepSeek's EPLB would be skipped for every R, said only in each layer's notes
+        raise ValueError(f"--nodes {args.nodes} does not divide --world-size {W}: DeepSeek's hierarchical EPLB puts "
+                         f"W / nodes GPUs on each node; give a divisor of {W}")
     slots = tuple(sorted(set(args.redundant_slots)))
     only = None if args.layer is None else list(dict.fromkeys(args.layer))  # a layer named twice is replayed once
     if args.export in ("sglang", "vllm"):
