@@ -102,6 +102,9 @@ def test_the_report_prints_bits_per_byte_at_each_window_length():
     assert lines[0] == "held-out topics: 1 (10 bytes scored)"  # the scored targets, not the topics' whole text
     assert lines[1:5] == ["held-out bits per byte: 1.250 (windows of 512 bytes)", "  in windows of 128 bytes: 1.500",
                           "  in windows of 256 bytes: 1.375", "  in windows of 512 bytes: 1.250"]
+    assert lines[6] == "reduction: 68.8% below the unigram figure"
+    worse = format_report({**report, "reduction": -0.508}).splitlines()  # it said "-50.8% below"
+    assert worse[6] == "reduction: 50.8% above the unigram figure"
 
 
 def test_fewer_steps_than_curriculum_lengths_are_refused_so_the_declared_context_is_always_trained(capsys):

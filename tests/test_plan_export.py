@@ -250,6 +250,15 @@ def test_the_serving_refusal_names_the_run_s_own_replica_counts_where_they_were_
         layer_plans(np.array([258, 4, 132, 6, 38])[None, None, :], ["0"], 2, 1, None, serving=True)  # no map
 
 
+def test_a_plan_file_with_a_count_as_text_says_so(tmp_path):
+    """`"world_size": "2"` said "is for world_size='2', this run has 2", which reads as a contradiction."""
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"format": MOE_SCOPE_FORMAT, "n_experts": 4, "world_size": "2",
+                                "layers": {"0": {"ranks": [[0, 1], [2, 3]]}}}))
+    with pytest.raises(ValueError, match="'n_experts' and 'world_size' must be integers from 1 to"):
+        read_plan(str(path), 4, 2)
+
+
 def test_a_placement_file_for_another_expert_count_is_refused_before_its_experts_are_listed(tmp_path):
     """An auditor's 44-byte placement file naming 300,000,000 experts made `ep-report --placement` build a set of
     them (2.8 GB before a 4 GB ulimit stopped it): the file's count must be the run's, and an expert count."""

@@ -278,3 +278,14 @@ def test_the_fast_paths_count_table_is_checked_before_it_is_made(tmp_path):
     finally:
         tracemalloc.stop()
     assert peak < 160 << 20, peak
+
+
+def test_a_parquet_footer_longer_than_the_file_is_a_damaged_file_not_a_budget_matter(tmp_path):
+    """An auditor's 15-byte counts part ("PAR1", a footer length of 1.6 GiB, "PAR1") was refused as over the budget,
+    with the advice to raise MOE_SCOPE_MEMORY_GB."""
+    path = tmp_path / "t.parquet"
+    path.write_bytes(b"PAR1" + b"x" * 3 + (0x6666_6666).to_bytes(4, "little") + b"PAR1")
+    line = _refused(path)
+    assert "is not a readable Parquet file (its footer is longer than the file)" in line
+    assert "MOE_SCOPE_MEMORY_GB" not in line
+

@@ -181,7 +181,8 @@ def format_report(report: dict) -> str:
              f"held-out bits per byte: {report['bits_per_byte']:.3f} (windows of {report['config']['seq_len']} bytes)",
              *(f"  in windows of {n} bytes: {bits:.3f}" for n, bits in report.get("bits_per_byte_at", {}).items()),
              f"byte-unigram entropy of the same text: {report['unigram_bits']:.3f} bits",
-             f"reduction: {100 * report['reduction']:.1f}% below the unigram figure",
+             f"reduction: {abs(100 * report['reduction']):.1f}% "
+             f"{'below' if report['reduction'] >= 0 else 'above'} the unigram figure",
              "NMI(top-1 expert; character class) per layer: layer  trained  init"]
     for i, (a, b) in enumerate(zip(report["nmi_trained"], report["nmi_init"])):
         lines.append(f"  {i}  {a:.3f}  {b:.3f}")

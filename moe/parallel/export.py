@@ -263,11 +263,11 @@ def _read_ours(doc: dict, path: str, n_experts: int | None, world_size: int | No
     E, W, layers = doc.get("n_experts"), doc.get("world_size"), doc.get("layers")
     if not isinstance(layers, dict) or not layers or not all(isinstance(v, dict) for v in layers.values()):
         raise ValueError(f"plan file {path!r}: 'layers' must map each layer to its {{'ranks': [...]}}")
-    for given, recorded, what in ((n_experts, E, "n_experts"), (world_size, W, "world_size")):
-        if given is not None and given != recorded:
-            raise ValueError(f"plan file {path!r} is for {what}={short(recorded)}, this run has {given}")
     if not all(isinstance(v, int) and not isinstance(v, bool) and 0 < v <= MAX_EXPERTS for v in (E, W)):
         raise ValueError(f"plan file {path!r}: 'n_experts' and 'world_size' must be integers from 1 to {MAX_EXPERTS}")
+    for given, recorded, what in ((n_experts, E, "n_experts"), (world_size, W, "world_size")):  # "2" said "is for
+        if given is not None and given != recorded:                                          # '2', this run has 2"
+            raise ValueError(f"plan file {path!r} is for {what}={short(recorded)}, this run has {given}")
     layouts = [from_placement(placement_from_doc(v, f"{path}, layer {short(name)}", E, W))
                for name, v in layers.items()]
     return PlanFile("moe-scope", list(layers), layouts, E, W)

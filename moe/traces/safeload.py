@@ -58,8 +58,7 @@ def _too_big(path: str, size: int, cap: int) -> ValueError:
 
 
 def load_pt(path: str, limits: TraceLimits | None = None, cap: int | None = None, opened=None):
-    """The object a `torch.save` file holds, loaded with weights_only=True (tensors stay tensors), in `cap` bytes;
-    `opened`: the file, when the caller opened it (moe.roots.open_inside; it is closed here)."""
+    """The torch.save file's object, loaded weights_only (in `cap` bytes); `opened`: the caller's open file (closed)."""
     import torch
     cap = _cap(limits) if cap is None else cap
     with opened or open_regular(path) as f:
@@ -153,8 +152,10 @@ def parquet_file(f, where: str, limits: TraceLimits):
     if f.tell() >= 12:
         f.seek(-8, 2)
         tail = f.read(8)
-        footer = int.from_bytes(tail[:4], "little")
-        if tail[4:] == PARQUET_MAGIC and footer > limits.line_bytes:
+        footer = int.from_bytes(tail[:4], "little") if tail[4:] == PARQUET_MAGIC else 0
+        if footer > f.tell() - 12:  # longer than the file: damaged, not a matter of the budget
+            raise ValueError(f"{where} is not a readable Parquet file (its footer is longer than the file)")
+        if footer > limits.line_bytes:
             raise ValueError("{} has a Parquet footer of {}, over the {} the memory budget allows; give a smaller "
                              "file or raise {}".format(where, *describe_over(footer, limits.line_bytes), BUDGET_ENV))
     try:
