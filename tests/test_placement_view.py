@@ -196,13 +196,7 @@ def test_a_run_with_replicas_is_replayed_at_its_own_r_at_first(tmp_path):
     files had 18 slots, two fewer than the run, without a word. The run's own R (4) is offered and replayed at first,
     and the plan files are made at it: 20 slots, as the servers that ran it hold."""
     from dashboard.views.placement import default_slots, slot_options
-    p2l = np.r_[np.arange(16), [0, 1, 2, 3]][None]                                      # (L=1, P=20)
-    counts = np.random.default_rng(5).integers(0, 40, size=(6, 1, 16))
-    path = str(tmp_path / "log")
-    write_log(RoutingLog("sglang-per-pass", ["0"], np.arange(6), counts, physical_to_logical=p2l,
-                         meta={"world_size": 2}), path)
-    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
-    assert not at.exception and not at.error, at.error
+    at = _open_with_map(tmp_path, np.r_[np.arange(16), [0, 1, 2, 3]][None], 16, 2, seed=5)  # (L=1, P=20)
     assert at.multiselect(key="runs_place_slots").value == [0, 4]
     assert at.selectbox(key="runs_place_export_slots").value == 4
     sglang = next(b for b in at.get("download_button") if b.proto.label.startswith("SGLang"))
@@ -241,16 +235,21 @@ def test_the_window_goes_back_to_its_default_for_another_log(tmp_path):
     assert not [i.value for i in at.info if i.value.startswith("one window only")]
 
 
+def _open_with_map(tmp_path, p2l: np.ndarray, n_experts: int, world_size: int, seed: int) -> AppTest:
+    """The section on a one-layer log of 6 steps of random counts that recorded its map p2l (1, P) at world_size."""
+    counts = np.random.default_rng(seed).integers(0, 40, size=(6, 1, n_experts))
+    path = str(tmp_path / "log")
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), counts, physical_to_logical=p2l,
+                         meta={"world_size": world_size}), path)
+    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    return at
+
+
 def test_the_runs_map_is_replayed_at_the_w_it_recorded_and_r_leaves_no_rank_empty(tmp_path):
     """A run with more ranks than experts (E=4, W=8, one slot per rank): the page offers only the recorded W (the map
     read at another W would not be the run's placement) and only R from W − E up, and replays it."""
-    p2l = np.array([[0, 1, 2, 3, 0, 1, 2, 3]])
-    counts = np.random.default_rng(3).integers(0, 40, size=(6, 1, 4))
-    path = str(tmp_path / "log")
-    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), counts, physical_to_logical=p2l,
-                         meta={"world_size": 8}), path)
-    at = AppTest.from_function(section_app, args=(path,), default_timeout=60).run()
-    assert not at.exception and not at.error, at.error
+    at = _open_with_map(tmp_path, np.array([[0, 1, 2, 3, 0, 1, 2, 3]]), 4, 8, seed=3)
     assert at.selectbox(key="runs_place_world").options == ["8"]
     assert at.multiselect(key="runs_place_slots").options == ["4"] and at.multiselect(key="runs_place_slots").value == [4]
 

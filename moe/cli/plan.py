@@ -101,7 +101,8 @@ def run(args: argparse.Namespace) -> str:
 
 
 def _verdict(results, current: str, R: int) -> str:
-    """moe.parallel.verdict.verdict, which names the best R replayed; with several, it says which R the plan (and --export) took."""
+    """verdict (moe.parallel.verdict), which names the best R replayed; with several, it says which R the plan (and
+    --export) took."""
     text = verdict(results, current)
     if len(results[0].redundant_slots) > 1 and min(len(r.windows) for r in results) > 1:
         gain, *_, best_r, _, _ = best_gain(results)

@@ -90,13 +90,13 @@ class EngineBlock(nn.Module):
             return y, trace.top_k_weights
         return y
 
-
     def _selected(self, hidden_states: Tensor, engine) -> Tensor | None:
         """(T, K) the experts the block's own router selects for these tokens (every family's router returns
         (logits, weights, indices)), where `engine` selects as the model does (moe.config.SELECTION_FIELDS as the
-        model's engine was built with them; a counterfactual of capacity only too): the engine breaks ties at the K-th score by
-        logit, then index, and the families' torch.topk otherwise (bfloat16 scores tie often: 2-3% of tokens of a
-        64-expert top-8 layer), so the model's numbers would not be its routing. None where the engine's differ."""
+        model's engine was built with them; a counterfactual of capacity only too). The engine breaks ties at the
+        K-th score by logit, then index, the families' torch.topk otherwise (bfloat16 scores tie often: 2-3% of the
+        tokens of a 64-expert top-8 layer), so the model's numbers would not be its routing. None where the engine's
+        settings differ."""
         if any(getattr(engine.cfg, f) != getattr(self.selects, f) for f in SELECTION_FIELDS):
             return None
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # (T, D), as the blocks call their routers (Ernie's
