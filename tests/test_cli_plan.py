@@ -104,7 +104,8 @@ def test_errors_are_one_line_with_status_2(tmp_path, capsys):
                           (["--redundant-slots", "4,x"], "expected an integer ≥ 0, got 'x'"),
                           (["--export", "vllm", "--out", "   "], "--out is empty"),  # it wrote a file named "   "
                           (["--export", "vllm", "--out", ""], "--out is empty"),  # it refused after the replay
-                          (["--nodes", "3"], "--nodes 3 does not divide --world-size 4")):  # said in notes only
+                          (["--nodes", "3"], "4 GPUs do not split over 3 nodes"),  # said in notes only
+                          (["--nodes", "2", "--groups", "6"], "8 experts do not split into 6 groups")):
         code = main(["plan", path, "--world-size", "4", "--n-experts", "8", *argv])
         err = capsys.readouterr().err
         assert code == 2 and err.count("\n") == 1 and message in err, err

@@ -459,6 +459,8 @@ def test_a_log_of_more_layers_than_a_file_may_name_is_refused_by_every_reader():
     (["x" * 33], 4, 2, "layers must be a list of distinct names"),
     (["0"], 0, None, "n_experts must be an expert count from 1 to"),
     (["0"], 4, 5, "top_k must be null or an integer from 1 to n_experts"),
+    (["0"], 4, True, "top_k must be null or an integer"),                   # int() made them 1 and 2
+    (["0"], 4, 2.7, "top_k must be null or an integer"),
 ])
 def test_the_writer_refuses_the_meta_every_reader_refuses(tmp_path, layers, experts, top_k, problem):
     """LogWriter wrote logs of duplicated, empty or 33-character layer names (and top_k > E) that read_meta, and so

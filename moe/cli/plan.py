@@ -13,6 +13,7 @@ import pandas as pd
 from moe.cli.args import check_paths_given, non_negative_ints, positive_int
 from moe.jsonio import dumps
 from moe.metrics import balancedness_vllm
+from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
                                  write_plan)
 from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log
@@ -63,9 +64,7 @@ def run(args: argparse.Namespace) -> str:
         check_out(args.out)  # before the replay: a wrong path is refused at once
     log = read_log(args.file, n_experts=args.n_experts)
     E, W, R = log.n_experts, args.world_size, max(args.redundant_slots)
-    if W % args.nodes:  # DeepSeek's EPLB would be skipped for every R, said only in each layer's notes
-        raise ValueError(f"--nodes {args.nodes} does not divide --world-size {W}: DeepSeek's hierarchical EPLB puts "
-                         f"W / nodes GPUs on each node; give a divisor of {W}")
+    check_eplb_sizes(E, args.groups or args.nodes, args.nodes, W)  # else EPLB is skipped for every R (layer notes)
     slots = tuple(sorted(set(args.redundant_slots)))
     only = None if args.layer is None else list(dict.fromkeys(args.layer))  # a layer named twice is replayed once
     if args.export in ("sglang", "vllm"):

@@ -33,14 +33,19 @@ def is_global(num_groups: int, num_nodes: int) -> bool:
 
 def check_eplb_args(n_experts: int, n_slots: int, num_groups: int, num_nodes: int, num_gpus: int) -> None:
     """ValueError naming the fix unless DeepSeek's EPLB accepts these sizes."""
+    check_eplb_sizes(n_experts, num_groups, num_nodes, num_gpus)
+    if n_slots % num_gpus or n_slots < n_experts:
+        raise ValueError(f"DeepSeek's EPLB needs E + R ({n_slots}) to be a multiple of the {num_gpus} GPUs; choose R "
+                         f"with (E + R) % W == 0")
+
+
+def check_eplb_sizes(n_experts: int, num_groups: int, num_nodes: int, num_gpus: int) -> None:
+    """check_eplb_args' rules that hold whatever R: GPUs, nodes and expert groups (`plan` refuses them at once)."""
     if num_gpus < 1 or num_nodes < 1 or num_groups < 1:
         raise ValueError("DeepSeek's EPLB needs at least one GPU, node and expert group")
     if num_gpus % num_nodes:
         raise ValueError(f"{num_gpus} GPUs do not split over {num_nodes} nodes; give a world size that is a multiple "
                          f"of --nodes")
-    if n_slots % num_gpus or n_slots < n_experts:
-        raise ValueError(f"DeepSeek's EPLB needs E + R ({n_slots}) to be a multiple of the {num_gpus} GPUs; choose R "
-                         f"with (E + R) % W == 0")
     if not is_global(num_groups, num_nodes) and n_experts % num_groups:  # only the hierarchical policy splits E
         raise ValueError(f"{n_experts} experts do not split into {num_groups} groups; give a group count that "
                          f"divides E")

@@ -51,7 +51,7 @@ class LogWriter:
                  top_k: int | None = None, meta: dict | None = None, physical_to_logical=None,
                  n_experts_source: str = RECORDED) -> None:
         self.path, self.layers, self.n_experts = path, [str(x) for x in layers], int(n_experts)
-        top_k = None if top_k is None else int(top_k)
+        top_k = int(top_k) if isinstance(top_k, np.integer) else top_k  # a config's numpy int; True, 2.7 refused
         self.last_step: int | None = None
         self._counts: list[tuple[int, np.ndarray]] = []
         self._tokens: list[dict] = []
