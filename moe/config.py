@@ -29,7 +29,7 @@ SPARSITY_MODES = ("absolute", "relative")
 WEIGHT_FIELDS = ("d_model", "d_expert", "n_experts", "seed", "device", "dtype", "gated", "expert_biases",
                  "shared_experts", "d_shared", "shared_gate")
 # The fields that decide which experts a token selects (moe.router.route): a Hugging Face block's engine takes the
-# family's own selection where a counterfactual leaves them all as the model has them (moe.hf.instrument).
+# family's own selection where a counterfactual leaves them all as the model has them (MoEConfig.selects_as).
 SELECTION_FIELDS = ("router", "score", "top_k", "temperature", "logit_bias", "expert_bias", "router_dtype", "n_group",
                     "topk_group", "jitter_eps", "noise_std", "n_experts", "d_model")
 
@@ -246,6 +246,14 @@ class MoEConfig:
         capacity_factor, or expert choice, which always has one)."""
         has_capacity = self.capacity_factor is not None or self.router == "expert_choice"
         return self.capacity_scope == "sequence" and has_capacity
+
+    def selects_as(self, other: "MoEConfig") -> bool:
+        """Whether this config selects the experts `other` selects for every input: SELECTION_FIELDS equal, the
+        temperature aside where it cannot change the order (no expert bias, no groups: softmax and sigmoid keep the
+        order of the logits)."""
+        order_free = not any(other.expert_bias or ()) and other.n_group <= 1 and self.router == other.router == "topk"
+        return all(getattr(self, f) == getattr(other, f) for f in SELECTION_FIELDS
+                   if not (f == "temperature" and order_free))
 
     def check_seq_len(self, seq_len: int | None) -> None:
         """ValueError where capacity is counted per sequence but the tokens are not split into sequences (the CLI's

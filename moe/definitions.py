@@ -96,7 +96,8 @@ DEFINITIONS: dict[str, str] = {
     "routed": "the router's choice before capacity (top-k by `score + expert_bias`, equal values by the larger "
               "logit, then the lower expert; or each expert's top C tokens for expert_choice). A Hugging Face "
               "model's layer takes its own router's choice (its torch.topk breaks the ties), unless a "
-              "counterfactual changes how it selects (top-k, temperature, an expert's bias).",
+              "counterfactual changes how it selects (top-k, an expert's bias, or the temperature where the "
+              "router has a selection bias or expert groups).",
     "gates": "combine weight of a served assignment: the unbiased score, divided by the sum over the chosen "
              "experts if normalize_topk, times routed_scaling_factor (expert_choice: probs · "
              "routed_scaling_factor, normalize_topk unused; hash: 1/K if normalize_topk, else 1, times "

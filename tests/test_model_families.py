@@ -82,11 +82,15 @@ def test_ties_at_the_kth_score_go_as_the_model_s_own_router_breaks_them(family):
     """An auditor's models with two experts of one router row (and bfloat16 OLMoE, where scores tie on 2-3% of
     tokens): the engine broke ties by logit, then the lower expert, where every family's router calls torch.topk,
     so model-report counted other experts than the model routed to (a saturated DeepSeek-V3: 132 of 272 tokens).
-    The engine now takes the block's own selection: the ids equal those the uninstrumented model's routers return."""
+    The engine now takes the block's own selection: the ids equal those the uninstrumented model's routers return.
+    DeepSeek-V3 is saturated (sigmoid scores of 1.0 tie) as the auditor's was: with duplicated rows its
+    sorted=False topk happened to agree with the engine's rule."""
     plain = tiny_model(family, layers=3 if family == "deepseek_v3" else 2)
     with torch.no_grad():
         for name, p in [*plain.named_parameters(), *plain.named_buffers()]:
-            if name.endswith((".mlp.gate.weight", ".mlp.router.weight")):
+            if family == "deepseek_v3" and name.endswith((".mlp.gate.weight", "e_score_correction_bias")):
+                p.mul_(200.0 if p.dim() == 2 else 0.0)                                # logits past 16.6, no bias
+            elif name.endswith((".mlp.gate.weight", ".mlp.router.weight")):
                 p[5] = p[3]                                                           # experts 3 and 5 tie exactly
             elif name.endswith(("router.bias", "e_score_correction_bias")):
                 p[..., 5] = p[..., 3]                                                 # (E,) or Ernie's (1, E)
@@ -107,11 +111,14 @@ def test_ties_at_the_kth_score_go_as_the_model_s_own_router_breaks_them(family):
     for hf_ids, trace in zip(chosen, run.traces):
         ours = trace.top_k_index.sort(dim=-1).values
         assert torch.equal(ours, hf_ids), (family, (ours != hf_ids).any(dim=-1).sum())
-        tied += int(((hf_ids == 3) | (hf_ids == 5)).any(dim=-1).sum())
+        tied += int(((hf_ids == 3) | (hf_ids == 5)).any(dim=-1).sum() if family != "deepseek_v3" else
+                    (trace.probs.max(dim=-1).values == trace.probs.topk(3, dim=-1).values[:, -1]).sum())
     assert tied > 0  # the tie was in play
     from moe.hf.counterfactual import Counterfactual, run_counterfactual
     same = run_counterfactual(model, ids, Counterfactual(capacity_factor=8.0, temperature=1.0))  # selects as the model
-    hotter = run_counterfactual(model, ids, Counterfactual(temperature=0.5))                   # selects by itself
-    for base, cf, warm in zip(run.traces, same.traces, hotter.traces):
+    hotter = run_counterfactual(model, ids, Counterfactual(temperature=0.5))
+    for base, cf in zip(run.traces, same.traces):
         assert torch.equal(cf.top_k_index, base.top_k_index)
-        assert warm.top_k_index.shape == base.top_k_index.shape
+    if family not in ("deepseek_v3", "ernie4_5_moe"):  # no selection bias: the temperature keeps the logits' order,
+        assert torch.equal(hotter.traces[0].top_k_index, run.traces[0].top_k_index)  # at the first layer (its weights
+                                                                                     # change the layers after it)

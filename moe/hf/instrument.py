@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from moe.config import SELECTION_FIELDS, MoEConfig
+from moe.config import MoEConfig
 from moe.from_routing import trace_from_routing
 from moe.hf.adapters import (ADAPTERS, Adapter, ExpertViews, adapter_for, engine_config, engine_layer,  # noqa: F401
                           routing_config, supported_message)
@@ -92,12 +92,12 @@ class EngineBlock(nn.Module):
 
     def _selected(self, hidden_states: Tensor, engine) -> Tensor | None:
         """(T, K) the experts the block's own router selects for these tokens (every family's router returns
-        (logits, weights, indices)), where `engine` selects as the model does (moe.config.SELECTION_FIELDS as the
-        model's engine was built with them; a counterfactual of capacity only too). The engine breaks ties at the
-        K-th score by logit, then index, the families' torch.topk otherwise (bfloat16 scores tie often: 2-3% of the
-        tokens of a 64-expert top-8 layer), so the model's numbers would not be its routing. None where the engine's
-        settings differ."""
-        if any(getattr(engine.cfg, f) != getattr(self.selects, f) for f in SELECTION_FIELDS):
+        (logits, weights, indices)), where `engine` selects as the model does (MoEConfig.selects_as the config the
+        model's engine was built with: a counterfactual of capacity, or of temperature without a bias, too). The
+        engine breaks ties at the K-th score by logit, then index, the families' torch.topk otherwise (bfloat16 scores
+        tie often: 2-3% of the tokens of a 64-expert top-8 layer), so the model's numbers would not be its routing.
+        None where the engine's settings differ."""
+        if not engine.cfg.selects_as(self.selects):
             return None
         flat = hidden_states.reshape(-1, hidden_states.shape[-1])  # (T, D), as the blocks call their routers (Ernie's
         return getattr(self.block, self.adapter.router)(flat)[2]    # softmax is over dim 1: tokens, given (B, S, D))
