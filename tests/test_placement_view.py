@@ -208,13 +208,18 @@ def test_a_run_with_replicas_is_replayed_at_its_own_r_at_first(tmp_path):
 def test_the_window_goes_back_to_its_default_for_another_log(tmp_path):
     """An auditor opened a 600-step log (window 19 at first), then a 24-step one: the window stayed 19, one window,
     and the verdict said nothing could be judged. Another log gets its own default (at most 32 windows); the same log
-    keeps the visitor's window."""
+    keeps the visitor's window, grown too (a reviewer's: it went back to 20). The R replayed go back to the new
+    log's defaults as well: a log with a map opened after another replayed the other's R, not its own."""
     rng = np.random.default_rng(6)
     paths = []
-    for name, steps in (("long", 600), ("short", 24)):
+    for name, steps in (("long", 600), ("short", 24), ("grown", 640)):
         counts = np.stack([rng.multinomial(200, rng.dirichlet(np.full(E, 0.4)), size=steps)], axis=1)
         paths.append(str(tmp_path / name))
         write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(steps), counts, top_k=2), paths[-1])
+    p2l = np.r_[np.arange(E), [0, 1]][None]                                            # a run of R = 2 at W = 2
+    paths.append(str(tmp_path / "map"))
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), np.ones((6, 1, E), np.int64),
+                         physical_to_logical=p2l, meta={"world_size": 2}), paths[-1])
 
     def app(path_key: str) -> None:
         import streamlit as st
@@ -228,11 +233,18 @@ def test_the_window_goes_back_to_its_default_for_another_log(tmp_path):
     at.number_input(key="runs_place_window").set_value(25).run()
     at.run()
     assert at.number_input(key="runs_place_window").value == 25                        # kept for this log
+    at.session_state["path"] = paths[2]                                                 # the same run, grown (Follow)
+    at.run()
+    assert at.number_input(key="runs_place_window").value == 25                        # still the visitor's
     at.session_state["path"] = paths[1]
     at.run()
     assert not at.exception and not at.error, at.error
-    assert at.number_input(key="runs_place_window").value == 1                         # ceil(24 / 32)
+    assert at.number_input(key="runs_place_window").value == 1                         # 25 would leave no window
     assert not [i.value for i in at.info if i.value.startswith("one window only")]
+    at.multiselect(key="runs_place_slots").set_value([0, 1]).run()
+    at.session_state["path"] = paths[3]                                                 # another log, with a map:
+    at.run()                                                                            # its defaults, its own R
+    assert at.multiselect(key="runs_place_slots").value == [0, 2], at.multiselect(key="runs_place_slots").value
 
 
 def _open_with_map(tmp_path, p2l: np.ndarray, n_experts: int, world_size: int, seed: int) -> AppTest:

@@ -145,15 +145,16 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
         c1.metric("Ranks (W)", W, help="this page's processes")
     run = None if log.physical_to_logical is None else log.physical_to_logical.shape[1] - E  # the run's own R
     options, default = slot_options(E, W, run), default_slots(E, W, run)
-    st.session_state[key("slots")] = [R for R in st.session_state.get(key("slots"), default) if R in options] \
-        or default
+    this, (was, steps_was) = (log.source, tuple(log.layers), E, run), st.session_state.get(key("window_of"), (0, 0))
+    kept = [] if was != this else [R for R in st.session_state.get(key("slots"), default) if R in options]
+    st.session_state[key("slots")] = kept or default  # another log starts from its defaults (its own R among them)
     Rs = c2.multiselect("Redundant slots (R)", options, key=key("slots"),
                         help="extra expert slots (replicas) each planner may place; the serving formats need E + R "
                              "to be a multiple of W")
-    window, this = st.session_state.get(key("window")), (log.source, tuple(log.layers), E, S)
-    if not isinstance(window, int) or st.session_state.get(key("window_of")) != this:  # another log: its default
-        window = default_window(S)
-    st.session_state[key("window")], st.session_state[key("window_of")] = min(window, S), this
+    window = st.session_state.get(key("window"))
+    if not isinstance(window, int) or was != this or (S != steps_was and S // window < 2):  # another log, or this
+        window = default_window(S)                               # one grown (Follow) where the window left one window
+    st.session_state[key("window")], st.session_state[key("window_of")] = min(window, S), (this, S)
     window = c3.number_input("Steps per window", 1, S, key=key("window"),
                              help=f"the log's {S} steps cut into windows of this many steps (a last partial window "
                                   f"dropped)")
