@@ -297,3 +297,16 @@ def test_a_megatron_trace_with_logits_on_some_records_says_so_on_the_page(tmp_pa
     assert any(n.startswith("7 of 8 records carry logits (Megatron-LM writes none where capturing them failed): the "
                             "loads count every record") for n in notes), notes
     assert "carry logits" not in "\n".join(c.value for c in at.caption)
+
+
+def test_a_log_s_own_logits_metadata_stays_its_metadata(tmp_path):
+    """A reviewer's routing log whose meta.json holds its own "logits" entry: the page showed it as its own info line,
+    unquoted and whole. Only a Megatron-LM log's note (ours) is; another log's entry is quoted metadata."""
+    log = _log()
+    log.meta["logits"] = "fp32 router logits recorded by hook v2 " + "x" * 3000
+    write_log(log, str(tmp_path / "run"))
+    at = _open_path(str(tmp_path / "run"))
+    assert not at.exception and not at.error, at.error
+    assert not [m.value for m in at.info if "fp32 router logits" in m.value]
+    assert "`logits` `fp32 router logits recorded by hook" in "\n".join(c.value for c in at.caption)
+

@@ -13,7 +13,7 @@ from moe.jsonio import dumps
 from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, describe_over
 from moe.roots import OutsideRoots, resolve_allowed
 from moe.traces.formats import FORMATS, detect
-from moe.traces.opener import PARTIAL_LOGITS, open_trace
+from moe.traces.opener import MEGATRON, PARTIAL_LOGITS, open_trace
 from moe.traces.records import MAX_EXPERTS, TraceLimits
 from moe.traces.store import is_log_dir
 from moe.traces.log import ExpertsNeeded
@@ -173,9 +173,9 @@ def _count_note(s: TraceSummary) -> None:
     st.caption(f"{_format_text(s)} · **E = {s.n_experts}**, {SOURCE_TEXT[s.n_experts_source]} · K={s.top_k} · "
                f"logits {'recorded' if s.has_logits else 'absent (probability-side numbers blank)'}")
     meta = dict(s.routing_log.meta) if s.routing_log is not None else {}
-    partial = meta.pop(PARTIAL_LOGITS, None)  # our words on a file with logits on some records only: not the file's
-    if partial:
-        st.info(md_text(str(partial)), icon="ℹ️")
+    partial = meta.get(PARTIAL_LOGITS) if s.source == MEGATRON else None  # our words on a Megatron-LM file with
+    if isinstance(partial, str):                                          # logits on some records only; another
+        st.info(md_text(meta.pop(PARTIAL_LOGITS)[:600]), icon="ℹ️")       # file's own "logits" stays its metadata
     if meta:  # values from the file: quoted, shortened
         st.caption("Metadata: " + "; ".join(f"{quote(k)} {_meta_value(v)}" for k, v in list(meta.items())[:12]))
     if s.n_experts_source == "given" and s.max_expert_id + 1 < s.n_experts:

@@ -12,7 +12,7 @@ import os
 
 from moe.config import SCORES
 from moe.traces.formats import detect, read_log
-from moe.traces.megatron import RANK_FILE
+from moe.traces.megatron import RANK_FILE, SOURCE as MEGATRON
 from moe.traces.megatron_state import read_router_states
 from moe.traces.readers import LOGIT_FIELDS
 from moe.traces.records import Progress, TraceLimits, open_regular
@@ -20,7 +20,8 @@ from moe.traces.safeload import parquet_file
 from moe.traces.summary import MixedLogits, TraceSummary, summarize
 
 FIRST_LINE_BYTES = 1 << 20
-PARTIAL_LOGITS = "logits"  # meta key: why a trace with logits on some records only is read as counts
+PARTIAL_LOGITS = "logits"  # meta key of a Megatron-LM log (MEGATRON): why, with logits on some records only, it is
+                           # read as counts
 
 
 def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = None, score: str = "softmax",
@@ -39,9 +40,9 @@ def open_trace(path: str, n_experts: int | None = None, n_layers: int | None = N
             check_score(path, summary, score, limits)
             return summary
     log = read_log(path, n_experts, progress=progress, limits=limits)
-    some, records = log.meta.get("records_with_logits"), log.meta.get("records")
-    if not mixed and isinstance(some, int) and isinstance(records, int) and 0 < some < records:  # the first had none
-        mixed = f"{some:,} of {records:,} records carry logits"
+    some, records = log.meta.get("records_with_logits"), log.meta.get("records")  # the Megatron reader's counts
+    if not mixed and log.source == MEGATRON and type(some) is type(records) is int and 0 < some < records:
+        mixed = f"{some:,} of {records:,} records carry logits"  # the first had none: read as counts at once
     if mixed:
         log.meta[PARTIAL_LOGITS] = (f"{mixed} (Megatron-LM writes none where capturing them failed): the loads count "
                                     f"every record; the logits' numbers (aux loss, z-loss, confidence) are not shown")
