@@ -208,7 +208,8 @@ def test_a_run_with_replicas_is_replayed_at_its_own_r_at_first(tmp_path):
 def test_the_window_goes_back_to_its_default_for_another_log(tmp_path):
     """An auditor opened a 600-step log (window 19 at first), then a 24-step one: the window stayed 19, one window,
     and the verdict said nothing could be judged. Another log gets its own default (at most 32 windows); the same log
-    keeps the visitor's window, grown too (a reviewer's: it went back to 20). The R replayed go back to the new
+    keeps the visitor's window, grown too (a reviewer's: it went back to 20), while a default window follows the
+    log's steps (a second reviewer's: the default of 24 steps, 1, stayed at 6,400). The R replayed go back to the new
     log's defaults as well: a log with a map opened after another replayed the other's R, not its own."""
     rng = np.random.default_rng(6)
     paths = []
@@ -227,9 +228,12 @@ def test_the_window_goes_back_to_its_default_for_another_log(tmp_path):
         from moe.traces.opener import open_trace
         placement.render(open_trace(st.session_state[path_key]).log(), "runs")
     at = AppTest.from_function(app, args=("path",), default_timeout=60)
-    at.session_state["path"] = paths[0]
+    at.session_state["path"] = paths[1]
     at.run()
-    assert at.number_input(key="runs_place_window").value == 19                        # ceil(600 / 32)
+    assert at.number_input(key="runs_place_window").value == 1                         # ceil(24 / 32)
+    at.session_state["path"] = paths[0]                                                 # grown, or another run of
+    at.run()                                                                            # the model: the default follows
+    assert at.number_input(key="runs_place_window").value == 19                        # ceil(600 / 32), not 1
     at.number_input(key="runs_place_window").set_value(25).run()
     at.run()
     assert at.number_input(key="runs_place_window").value == 25                        # kept for this log
@@ -382,3 +386,19 @@ def test_the_section_opens_on_the_most_uneven_layer_in_one_pass():
         log = RoutingLog("counts-csv", [f"l{i}" for i in range(L)], np.arange(3), counts)
         ratios = [max_over_mean(counts[:, i].sum(0)) if counts[:, i].sum() else -1.0 for i in range(L)]
         assert most_uneven_layer(log) == f"l{ratios.index(max(ratios))}"
+
+
+def test_the_nodes_offered_are_those_deepseek_s_eplb_takes(tmp_path):
+    """Nodes that DeepSeek's EPLB cannot take (W / nodes not whole, or E not split into as many groups) skipped it for
+    every R with a note only; `plan --nodes` refuses them, so the page does not offer them."""
+    from dashboard.views.placement import _eplb_takes
+    assert _eplb_takes(6, 1, 4) and _eplb_takes(6, 2, 4)
+    assert not _eplb_takes(6, 4, 4)                                                      # 6 experts in 4 groups
+    assert not _eplb_takes(8, 3, 6) and not _eplb_takes(8, 3, 4)                         # 3 groups; 4 GPUs on 3 nodes
+    counts = np.random.default_rng(7).integers(0, 40, size=(6, 1, 6))
+    write_log(RoutingLog("moe-scope-recorder", ["0"], np.arange(6), counts, meta={"world_size": 4}),
+              str(tmp_path / "log"))
+    at = AppTest.from_function(section_app, args=(str(tmp_path / "log"),), default_timeout=60).run()
+    assert not at.exception and at.selectbox(key="runs_place_world").value == 4
+    assert at.selectbox(key="runs_place_nodes").options == ["1", "2"]
+

@@ -11,6 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from moe.metrics import max_over_mean_rows
+from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import serving_redundant_slots
 from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows, default_window
 from moe.parallel.replay import check_replay_cost, replay_bytes
@@ -145,20 +146,21 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
         c1.metric("Ranks (W)", W, help="this page's processes")
     run = None if log.physical_to_logical is None else log.physical_to_logical.shape[1] - E  # the run's own R
     options, default = slot_options(E, W, run), default_slots(E, W, run)
-    this, (was, steps_was) = (log.source, tuple(log.layers), E, run), st.session_state.get(key("window_of"), (0, 0))
+    this, (was, steps_was) = (log.source, tuple(log.layers), E, run), st.session_state.get(key("window_of"), (0, 1))
     kept = [] if was != this else [R for R in st.session_state.get(key("slots"), default) if R in options]
     st.session_state[key("slots")] = kept or default  # another log starts from its defaults (its own R among them)
     Rs = c2.multiselect("Redundant slots (R)", options, key=key("slots"),
                         help="extra expert slots (replicas) each planner may place; the serving formats need E + R "
                              "to be a multiple of W")
     window = st.session_state.get(key("window"))
-    if not isinstance(window, int) or was != this or (S != steps_was and S // window < 2):  # another log, or this
-        window = default_window(S)                               # one grown (Follow) where the window left one window
+    chosen = isinstance(window, int) and was == this and window != default_window(steps_was)  # by the visitor
+    if not chosen or (S != steps_was and S // window < 2):  # the default follows the log as it grows; a chosen
+        window = default_window(S)                          # window stays while it leaves two windows or more
     st.session_state[key("window")], st.session_state[key("window_of")] = min(window, S), (this, S)
     window = c3.number_input("Steps per window", 1, S, key=key("window"),
                              help=f"the log's {S} steps cut into windows of this many steps (a last partial window "
                                   f"dropped)")
-    nodes_options = [n for n in range(1, W + 1) if W % n == 0]
+    nodes_options = [n for n in range(1, W + 1) if _eplb_takes(E, n, W)]  # what `plan --nodes` takes too
     keep_choice(key("nodes"), nodes_options, 1)
     nodes = c4.selectbox("Nodes (EPLB)", nodes_options, key=key("nodes"),
                          help="DeepSeek's hierarchical mode: groups of experts to nodes first, then replicas to "
@@ -170,6 +172,15 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
         raise ValueError("choose at least one number of redundant slots R (0 replays the placements without "
                          "replicas)")
     return ReplaySettings(W, tuple(sorted(Rs)), window=window, num_nodes=nodes), layer
+
+
+def _eplb_takes(n_experts: int, nodes: int, world_size: int) -> bool:
+    """Whether DeepSeek's EPLB takes `nodes` nodes (as many expert groups) for these E and W, whatever R."""
+    try:
+        check_eplb_sizes(n_experts, nodes, nodes, world_size)
+    except ValueError:
+        return False
+    return True
 
 
 def _charts(result: LayerReplay, key, n_experts: int) -> None:
