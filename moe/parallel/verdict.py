@@ -27,8 +27,8 @@ def verdict(results: list[LayerReplay], current: str = "contiguous", margin: flo
         return ("nothing to judge: on every layer most windows after planning hold no token (p50 vLLM balancedness "
                 "0, vLLM's value for an idle window); use longer windows so that each holds tokens")
     if not gain > margin:
-        least, worst = min((p50(x.next_window("current", x.redundant_slots[0])), x.layer) for x in results
-                           if p50(x.next_window("current", x.redundant_slots[0])) > 0)  # idle layers not compared
+        now = [(p50(x.next_window("current", x.redundant_slots[0])), x.layer) for x in results]
+        least, worst = min(pair for pair in now if pair[0] > 0)  # idle layers (p50 0) not compared
         told = ("balanced already: no placement" if least >= 1 / (1 + margin) else  # the busiest rank within the
                 f"no plan helps: although layer {worst}'s p50 balancedness is {least:.2f}, no placement")  # margin
         return (f"{told} beats {current} by more than {margin:.0%} on the windows after planning (best: layer "
