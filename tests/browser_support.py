@@ -85,6 +85,16 @@ def wait_for_run(page, timeout_ms: int = 60_000) -> None:
         }""", timeout=timeout_ms)
 
 
+DRAWN_CHARTS = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
+    .filter(c => c.querySelector('.js-plotly-plot .main-svg')).length"""
+
+
+def wait_for_charts(page, n: int, timeout_ms: int = 30_000) -> None:
+    """Wait until at least n charts are drawn. Plotly puts two or three `.main-svg` in each chart, so counting
+    those counts some charts twice: here each chart container counts once, when its plot is drawn."""
+    page.wait_for_function(f"n => ({DRAWN_CHARTS})() >= n", arg=n, timeout=timeout_ms)
+
+
 def open_runs_path(page, url: str, path) -> None:
     """As a person does: the Runs page, "Path on the server", the path typed and Enter; waits for the run."""
     page.goto(url + "/runs")

@@ -4,13 +4,12 @@ from urllib.parse import parse_qs, quote, urlencode, urlsplit
 
 import pytest
 
-from browser_support import wait_for_run
+from browser_support import wait_for_charts, wait_for_run
 
 pytestmark = pytest.mark.browser
 SMALL = {"d_model": "8", "d_expert": "8", "batch": "1", "seq_len": "16"}
 SIDE_A = urlencode({**SMALL, "n_experts": "4"})
 SIDE_B = urlencode({**SMALL, "n_experts": "8"})
-CHART = '[data-testid="stPlotlyChart"] .main-svg'
 
 
 def test_compare_draws_both_sides_and_keeps_them_in_its_link(browser, server):
@@ -20,7 +19,7 @@ def test_compare_draws_both_sides_and_keeps_them_in_its_link(browser, server):
         page.wait_for_selector('[data-testid="stTable"]', timeout=90_000)
         wait_for_run(page)
         assert page.locator('[data-testid="stPlotlyChart"]').count() == 4  # load and confidence, A and B
-        page.wait_for_function(f"() => document.querySelectorAll('{CHART}').length >= 4", timeout=30_000)
+        wait_for_charts(page, 4)
         titles = page.locator(".gtitle").evaluate_all("els => els.map(e => e.textContent)")  # SVG text
         assert {"A: demand vs served per expert", "B: demand vs served per expert",
                 "A: confidence per token", "B: confidence per token"} <= set(titles)
@@ -51,7 +50,7 @@ def test_compare_a_model_against_its_counterfactual_typed_in_by_hand(browser, se
             box.press("Enter")
             wait_for_run(page)
         page.wait_for_selector('[data-testid="stTable"]', timeout=120_000)
-        page.wait_for_function(f"() => document.querySelectorAll('{CHART}').length >= 4", timeout=60_000)
+        wait_for_charts(page, 4, 60_000)
         titles = page.locator(".gtitle").evaluate_all("els => els.map(e => e.textContent)")
         assert any(t.startswith("Load share per layer (A)") for t in titles)
         assert any(t.startswith("Load share per layer (B)") for t in titles)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from browser_support import ROOT, streamlit_server, wait_for_run
+from browser_support import ROOT, streamlit_server, wait_for_charts, wait_for_run
 
 pytestmark = pytest.mark.browser
 ARTIFACTS = ROOT / "artifacts"
@@ -19,8 +19,7 @@ def page_at(browser):
             page.goto(url + "/" + query)
             page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
             wait_for_run(page)
-            page.wait_for_function("n => document.querySelectorAll('[data-testid=\"stPlotlyChart\"] .main-svg')"
-                                   ".length >= n", arg=charts, timeout=30_000)
+            wait_for_charts(page, charts)
             return page
         yield open_page
 
