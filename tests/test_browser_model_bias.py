@@ -2,7 +2,7 @@
 per-layer margin / overlap / shared-share chart appear, the link names the model, and the link reopens it."""
 import pytest
 
-from browser_support import wait_for_run
+from browser_support import wait_for_charts, wait_for_run
 
 pytestmark = pytest.mark.browser
 CHARTS = "() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length"
@@ -21,11 +21,13 @@ def test_picking_the_deepseek_model_draws_its_bias_and_the_link_reopens_it(brows
     page = browser.new_page(viewport={"width": 1400, "height": 1400})
     _model_page(page, f"{server}/?view=Model&mtok=64")
     page.wait_for_function(f"() => ({CHARTS})() === 5", timeout=60_000)
+    wait_for_charts(page, 5)  # the titles are SVG text: drawn after the run
     assert not any(t.startswith(BIAS_TITLE) for t in page.evaluate(TITLES))  # Mixtral: no bias
     page.get_by_role("combobox", name="Bundled model").click()
     page.get_by_role("option", name="pydoc-deepseek").click()
     page.wait_for_function(f"() => ({CHARTS})() === 7", timeout=120_000)
     wait_for_run(page, 60_000)
+    wait_for_charts(page, 7)
     titles = page.evaluate(TITLES)
     assert any(t.startswith(BIAS_TITLE) for t in titles) and any(t.startswith("Per layer: top-k margin") for t in titles)
     body = page.inner_text("body")
