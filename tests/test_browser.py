@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from browser_support import ROOT, wait_for_run
+from browser_support import ROOT, wait_for_charts, wait_for_run
 
 from moe import MoELayer
 from moe.scenarios import make_batch
@@ -53,7 +53,7 @@ def test_page_renders_charts_and_redraws_when_top_k_moves(browser, server):
     wait_for_run(page)
     assert page.locator('[data-testid="stException"]').count() == 0
     assert page.locator('[data-testid="stAlertContentError"]').count() == 0
-    assert page.locator('[data-testid="stPlotlyChart"]').count() >= 2
+    wait_for_charts(page, 4)  # the Overview's four charts, drawn after the run
     assert _kpi(page, "tokens") == "512"
     aux_before = _kpi(page, "aux loss")
 

@@ -7,7 +7,7 @@ import urllib.parse
 
 import pytest
 
-from browser_support import ROOT, wait_for_run
+from browser_support import ROOT, wait_for_charts, wait_for_run
 
 from dashboard import loaders
 from dashboard.links import spec_from_controls
@@ -30,8 +30,8 @@ X_AXES = f"""() => [...document.querySelectorAll('.js-plotly-plot')].flatMap(g =
         ({{key: ({KEY})(g) + ' x' + i, ticks: [...axis.querySelectorAll('g.xtick text')].map({BOX})}})))"""
 
 
-DRAWN = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"]')]
-    .every(c => c.querySelector('.main-svg'))"""
+# Charts per view (DeepSeek's Overview adds the shared share): every one is drawn before its labels are read
+CHARTS = {"Overview": 4, "Experts": 3, "Contributors": 1, "Router": 4, "Pathways": 3}
 
 
 def _open(browser, server, preset: str, view: str = "Overview"):
@@ -39,8 +39,7 @@ def _open(browser, server, preset: str, view: str = "Overview"):
     page.goto(f"{server}/?{urllib.parse.urlencode({'preset': preset, 'view': view})}")
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=90_000)
     wait_for_run(page)
-    page.wait_for_function(DRAWN, timeout=30_000)  # Plotly draws after the run ends, chart by chart
-    page.wait_for_timeout(500)  # and its labels last
+    wait_for_charts(page, CHARTS[view] + (preset == DEEPSEEK and view == "Overview"))  # drawn after the run
     assert page.locator('[data-testid="stException"]').count() == 0
     return page
 

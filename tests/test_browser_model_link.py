@@ -13,6 +13,8 @@ pytestmark = pytest.mark.browser
 INJECTED_URL = "http://127.0.0.1:9/pixel"
 INJECTION = f"![x]({INJECTED_URL})"
 CHARTS = "() => document.querySelectorAll('[data-testid=\"stPlotlyChart\"]').length"
+# The containers of the model's grid and load charts: sent with the run that makes them (Plotly draws them later)
+MODEL_CHARTS = ".st-key-model_grid, .st-key-model_load"
 
 
 def _open(browser, server, mdir: str):
@@ -42,7 +44,7 @@ def test_an_injected_image_shows_quoted_and_fetches_nothing(browser, server):
     _click_load(page)
     error = page.locator('[data-testid="stAlertContentError"]').inner_text()
     assert OUTSIDE in error and "pixel" not in error  # refused without echoing the value
-    assert page.evaluate(CHARTS) == 0
+    assert page.locator(MODEL_CHARTS).count() == 0  # their containers come with the run, before Plotly draws
     page.wait_for_timeout(500)
     assert not [url for url in requests if url.startswith("http://127.0.0.1:9")]
     assert page.locator('[data-testid="stException"]').count() == 0
@@ -54,9 +56,10 @@ def test_a_linked_model_directory_loads_only_after_the_click(browser, server):
     shown = quote(BUNDLED_MODEL).strip("`")  # shortened to the quote length, in a code span
     assert page.locator('[data-testid="stAlertContentInfo"] code').inner_text() == shown
     page.wait_for_timeout(1000)
-    assert page.evaluate(CHARTS) == 0  # nothing loaded or drawn before the click
+    assert page.locator(MODEL_CHARTS).count() == 0  # nothing loaded before the click (no chart's container)
     assert "Top-1 expert per token and layer" not in page.inner_text("body")
     _click_load(page)
+    assert page.locator(MODEL_CHARTS).count() == 2  # the check above can fail: the same selector, after the load
     page.wait_for_function(f"() => ({CHARTS})() === 5", timeout=120_000)
     assert "pydoc-mixtral" in page.inner_text("body")
     assert page.locator('[data-testid="stException"]').count() == 0

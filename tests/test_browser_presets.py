@@ -3,7 +3,7 @@ import urllib.parse
 
 import pytest
 
-from browser_support import ROOT, wait_for_run
+from browser_support import ROOT, wait_for_charts, wait_for_run
 
 from dashboard import loaders
 from dashboard.links import spec_from_controls
@@ -41,6 +41,7 @@ def test_deepseek_v3_preset_shows_the_engines_numbers(browser, server, view):
     for label in ("aux loss", "top-k margin", "bias overlap", "shared share", "shared RMS"):
         assert _kpi(page, label) == expected[label], label
     charts = page.locator('[data-testid="stPlotlyChart"]')
+    wait_for_charts(page, 5 if view == "Overview" else 3)  # Plotly's containers come after the run, in batches
     assert charts.count() == (5 if view == "Overview" else 3)  # Overview: the four charts and the shared share
     ARTIFACTS.mkdir(exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / f"deepseek_v3_{view.lower()}.png"), full_page=True)

@@ -34,12 +34,13 @@ def test_the_count_is_asked_for_named_and_the_single_step_chart_is_laid_out(brow
     try:
         open_runs_path(page, url, path)
         page.get_by_text("type the model's expert count").wait_for(timeout=30_000)
-        assert page.locator(".js-plotly-plot").count() == 0
+        assert page.locator(".st-key-trace_worst_chart, .st-key-trace_load_chart").count() == 0  # sent with a run
         page.get_by_role("spinbutton", name="Experts (E)", exact=True).fill("8")
         page.keyboard.press("Enter")
         wait_for_run(page)
         page.get_by_text("typed in Experts (E) above (the file does not record it)").wait_for(timeout=30_000)
         assert "E = 8" in page.locator('[data-testid="stCaptionContainer"]').all_inner_texts().__str__()
+        assert page.locator(".st-key-trace_worst_chart, .st-key-trace_load_chart").count() == 2  # the same check
         load = page.locator(".js-plotly-plot").filter(has_text="Load per step")
         load.locator("g.annotation").first.wait_for(timeout=30_000)
         ticks = [t.strip() for t in load.locator("g.ytick text").all_text_contents()]
