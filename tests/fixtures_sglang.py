@@ -76,9 +76,12 @@ def per_pass_record(forward_pass_id: int, rank: int, counts: torch.Tensor) -> di
                 global_physical_count=counts.cpu().clone())
 
 
-def per_token_record(forward_pass_id: int, rank: int, topk: torch.Tensor, forward_mode: int = 1) -> dict:
+def per_token_record(forward_pass_id: int, rank: int, topk: torch.Tensor, n_physical: int, forward_mode: int = 1
+                     ) -> dict:
     """_DetailSinglePassGatherer: a (L, T·8-capacity, 8) int32 buffer reset to -1, the pass's ids written in
-    [:, :T, :k], collect() keeps the first T = len(input_ids) tokens."""
+    [:, :T, :k], collect() keeps the first T = len(input_ids) tokens and adds their global_physical_count (L, P)
+    (_convert_per_token_to_global_physical_count: a count of the ids that are not -1; an id outside 0..P-1, which
+    only the refusal tests write, is left uncounted)."""
     layers, tokens, k = topk.shape
     buffer = torch.zeros((layers, max(tokens, 1) * 8, TOP_K_SLOTS), dtype=torch.int32)
     buffer[...] = -1                                                                  # reset()
@@ -86,4 +89,6 @@ def per_token_record(forward_pass_id: int, rank: int, topk: torch.Tensor, forwar
     return dict(forward_pass_id=forward_pass_id, rank=rank, gatherer_key="primary",
                 input_ids=list(range(100, 100 + tokens)), positions=list(range(tokens)),
                 extend_seq_lens=[tokens] if forward_mode == 1 else None, forward_mode=forward_mode,
-                topk_ids_of_layer=buffer[:, :tokens, :].clone().cpu(), misc_objects=[])
+                topk_ids_of_layer=buffer[:, :tokens, :].clone().cpu(), misc_objects=[],
+                global_physical_count=select_experts_count(
+                    topk.masked_fill((topk < 0) | (topk >= n_physical), -1), n_physical))

@@ -83,18 +83,20 @@ def test_an_object_that_refers_to_itself_is_refused_not_walked_forever(monkeypat
     stack by 7.6 KB per object popped, about 8 GB before the count of popped objects stopped it."""
     loop = []
     loop.append(loop)
-    with pytest.raises(ValueError, match=f"holds more than {MAX_OBJECTS:,} objects"):
+    with pytest.raises(ValueError, match=f"holds more than {MAX_OBJECTS:,} containers and tensors"):
         check_tensors({"records": loop}, "t.pt", 1 << 30)
     wide = []
     wide.extend([wide] * 1000)
-    with pytest.raises(ValueError, match=f"holds more than {MAX_OBJECTS:,} objects"):
+    with pytest.raises(ValueError, match=f"holds more than {MAX_OBJECTS:,} containers and tensors"):
         check_tensors(wide, "t.pt", 1 << 30)
-    check_tensors([0] * (MAX_OBJECTS - 1), "t.pt", 1)                                 # every item counted: just fits
+    check_tensors([[]] * (MAX_OBJECTS - 1), "t.pt", 1)                                # every container counted: fits
     with pytest.raises(ValueError, match="holds more than"):
-        check_tensors([0] * MAX_OBJECTS, "t.pt", 1)
+        check_tensors([[]] * MAX_OBJECTS, "t.pt", 1)
+    # numbers and strings hold no tensor: SGLang's per_token records keep input_ids and positions as lists of ints
+    check_tensors({"input_ids": list(range(2 * MAX_OBJECTS)), "mode": ["x"] * MAX_OBJECTS}, "t.pt", 1)
     monkeypatch.setattr(tensors, "MAX_OBJECTS", 10_000)
     tracemalloc.start()
-    with pytest.raises(ValueError, match="holds more than 10,000 objects"):
+    with pytest.raises(ValueError, match="holds more than 10,000 containers and tensors"):
         tensors.check_tensors(wide, "t.pt", 1 << 30)
     peak = tracemalloc.get_traced_memory()[1]
     tracemalloc.stop()
@@ -148,7 +150,7 @@ def test_a_pickle_that_builds_objects_is_bounded_before_it_is_loaded(tmp_path):
         peak = tracemalloc.get_traced_memory()[1]
         tracemalloc.stop()
         assert peak < 16 << 20, peak                                  # the pickle read once, no object built
-    with pytest.raises(ValueError, match="holds more than 1,048,576 objects"):  # 384 MB fits a 4 GiB budget's
+    with pytest.raises(ValueError, match="holds more than 1,048,576 containers"):  # 384 MB fits a 4 GiB budget's
         load_pt(lists, TraceLimits(budget=4 << 30))                                 # quarter: loaded, then counted
     legacy = tmp_path / "legacy.pt"                                    # the pre-1.6 format: a run of pickles
     torch.save({"records": [{"a": torch.zeros(3)} for _ in range(50)]}, str(legacy),

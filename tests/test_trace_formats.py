@@ -225,11 +225,11 @@ def test_a_token_naming_an_expert_twice_is_refused_as_the_logits_path_refuses_it
     folder = tmp_path / "sglang"
     folder.mkdir()
     topk = torch.tensor([[[0, 1], [3, 3]]], dtype=torch.int32)                        # (L, T, K): token 1 twice
-    sg.write_rank_file(folder, 0, [sg.per_token_record(0, 0, topk)], sg.placement(1, 4, 4))
+    sg.write_rank_file(folder, 0, [sg.per_token_record(0, 0, topk, 4)], sg.placement(1, 4, 4))
     with pytest.raises(ValueError, match="a token names expert 3 twice among its top-k"):
         read_log(str(folder))
     padded = tmp_path / "padded"
     padded.mkdir()
     pads = torch.tensor([[[0, 1], [-1, -1], [2, -1]]], dtype=torch.int32)            # -1 twice for token 1
-    sg.write_rank_file(padded, 0, [sg.per_token_record(0, 0, pads)], sg.placement(1, 4, 4))
+    sg.write_rank_file(padded, 0, [sg.per_token_record(0, 0, pads, 4)], sg.placement(1, 4, 4))
     assert read_log(str(padded)).counts.sum() == 3                                    # -1 pads repeat: read

@@ -211,7 +211,7 @@ def per_token_run(tmp_path, k=6, world=2, fpids=(4, 5, 6), seed=0, dense_layer=N
             if dense_layer is not None:
                 ids[dense_layer] = -1
             topk[(f, r)] = ids
-    paths = [write_rank_file(tmp_path, r, [per_token_record(f, r, topk[(f, r)]) for f in fpids], p2l)
+    paths = [write_rank_file(tmp_path, r, [per_token_record(f, r, topk[(f, r)], P) for f in fpids], p2l)
              for r in range(world)]
     return paths, p2l, topk
 
@@ -257,7 +257,7 @@ def test_per_token_drops_rows_without_an_expert_and_top_k_none_when_it_varies(tm
     varied.mkdir()
     ids = random_topk(L, 4, 3, P, torch.Generator().manual_seed(1))
     ids[2, 1, 2] = -1  # one token of layer 2 chose 2 experts
-    log = read([write_rank_file(varied, 0, [per_token_record(0, 0, ids)], p2l)])
+    log = read([write_rank_file(varied, 0, [per_token_record(0, 0, ids, P)], p2l)])
     assert log.top_k is None and log.counts[0, 2].sum() == 4 * 3 - 1 and log.tokens.ids.shape[1] == 3
     assert log.tokens.ids[(log.tokens.layer == 2)][1].tolist()[2] == -1
 
@@ -266,20 +266,39 @@ def test_per_token_refusals(tmp_path):
     p2l, ids = placement(L, E, P), random_topk(L, 3, 2, P, torch.Generator().manual_seed(0))
     outside = ids.clone()
     outside[1, 0, 0] = P
-    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, outside)], p2l)],
+    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, outside, P)], p2l)],
             f"routes to physical expert {P} but last_physical_to_logical_map has {P} physical experts")
     below = ids.clone()
     below[0, 0, 0] = -2
-    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, below)], p2l)], "expert id -2 is negative")
+    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, below, P)], p2l)], "expert id -2 is negative")
     refused([rank_file(tmp_path, 0, [per_token_record(0, 0, random_topk(L + 1, 3, 2, P,
-                                                                        torch.Generator()))], p2l)],
+                                                                        torch.Generator()), P)], p2l)],
             f"topk_ids_of_layer has {L + 1} layers but last_physical_to_logical_map has {L}")
-    narrow = {**per_token_record(1, 0, ids), "topk_ids_of_layer": ids.clone()}  # 2 slots, not 8
-    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, ids), narrow], p2l)], "2 slots per token, other records 8")
-    floats = {**per_token_record(0, 0, ids), "topk_ids_of_layer": ids.float()}
+    narrow = {**per_token_record(1, 0, ids, P), "topk_ids_of_layer": ids.clone()}  # 2 slots, not 8
+    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, ids, P), narrow], p2l)], "2 slots per token, other records 8")
+    floats = {**per_token_record(0, 0, ids, P), "topk_ids_of_layer": ids.float()}
     refused([rank_file(tmp_path, 0, [floats], p2l)], "integer tensor of 3 dimensions")
     per_pass = rank_file(tmp_path, 1, [per_pass_record(0, 1, ones())], p2l)
-    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, ids)], p2l), per_pass], "per_pass and per_token")
+    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, ids, P)], p2l), per_pass], "per_pass and per_token")
+
+
+def test_per_token_records_of_many_tokens_open(tmp_path, monkeypatch):
+    """SGLang keeps each pass's input_ids and positions as lists of ints: a dump of 80 passes of 8,192 tokens holds
+    1.3 M of them, and the loader's walk refused it ("more than 1,048,576 objects"), whatever the budget. Numbers
+    are not walked; a dump past the (lowered) count of containers is still refused."""
+    from moe.traces import tensors
+    monkeypatch.setattr(tensors, "MAX_OBJECTS", 1_000)
+    p2l, g = placement(L, E, P), torch.Generator().manual_seed(3)
+    topk = {f: random_topk(L, 300, 2, P, g) for f in range(2)}                        # 2 × 2 × 300 ints in lists
+    path = write_rank_file(tmp_path, 0, [per_token_record(f, 0, topk[f], P) for f in topk], p2l)
+    log = read([path])
+    rows, cells, _ = naive_tokens({(f, 0): ids for f, ids in topk.items()}, p2l)
+    assert log.meta["token_rows"] == len(rows) == 2 * L * 300 and np.array_equal(log.counts, dense(cells, [0, 1], E))
+    many = tmp_path / "many"
+    many.mkdir()
+    wide = write_rank_file(many, 0, [per_token_record(f, 0, topk[0], P) for f in range(200)], p2l)
+    with pytest.raises(ValueError, match="holds more than 1,000 containers and tensors"):
+        load_pt(wide)
 
 
 # --------------------------------------------------------------------------- detection, untrusted files
@@ -289,7 +308,7 @@ def test_kind_names_each_mode_and_nothing_else(tmp_path):
     p2l = placement(L, E, P)
     stat = write_stat(tmp_path, counted_passes(1, 1), p2l, E, buffer_size=2)
     per_pass = rank_file(tmp_path, 0, [per_pass_record(0, 0, ones())], p2l)
-    per_token = rank_file(tmp_path, 1, [per_token_record(0, 1, random_topk(L, 2, 2, P, torch.Generator()))], p2l)
+    per_token = rank_file(tmp_path, 1, [per_token_record(0, 1, random_topk(L, 2, 2, P, torch.Generator()), P)], p2l)
     assert [sglang.kind(load_pt(p)) for p in (stat, per_pass, per_token)] == [
         "sglang-stat", "sglang-per-pass", "sglang-per-token"]
     assert sglang.kind({"records": [], "last_physical_to_logical_map": p2l}) == "sglang-per-pass"

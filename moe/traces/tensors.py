@@ -9,7 +9,7 @@ and nested tensors cannot become NumPy arrays, and reached the readers as traceb
 """
 from __future__ import annotations
 
-MAX_OBJECTS = 1 << 20  # keys, values and items walked in one loaded object at most (each reference counts)
+MAX_OBJECTS = 1 << 20  # containers and tensors walked in one loaded object at most (each reference counts)
 WIDE = 8               # bytes an integer or bool element is counted as at least: readers widen them to int64
 
 # What one opcode of torch's weights-only unpickler can add to memory at most (CPython 3.11, 64-bit), counted
@@ -57,19 +57,24 @@ def tensor_bytes(obj) -> int:
 
 
 def _tensors(obj, path: str):
-    """Every tensor reference in obj, through dicts, lists and tuples; ValueError past MAX_OBJECTS objects walked."""
+    """Every tensor reference in obj, through dicts, lists and tuples; ValueError past MAX_OBJECTS containers and
+    tensors walked. Numbers and strings hold no tensor and are not walked: SGLang's per_token records keep each pass's
+    input_ids and positions as lists of ints (a million tokens are two million of them)."""
     import torch
+    held = (dict, list, tuple, torch.Tensor)
     stack, walked = [obj], 1
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
             yield item
         elif isinstance(item, (dict, list, tuple)):
-            walked += len(item) * (2 if isinstance(item, dict) else 1)  # counted before they are stacked: a list
-            if walked > MAX_OBJECTS:                                     # holding itself 1,000 times grew the stack
-                raise ValueError(f"{path!r} holds more than {MAX_OBJECTS:,} objects (or refers to itself); a "
-                                 f"routing dump holds a few dicts of tensors")
-            stack.extend([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+            inner = [v for v in ([*item.keys(), *item.values()] if isinstance(item, dict) else item)
+                     if isinstance(v, held)]
+            walked += len(inner)                   # counted before they are stacked: a list holding itself 1,000
+            if walked > MAX_OBJECTS:               # times grew the stack
+                raise ValueError(f"{path!r} holds more than {MAX_OBJECTS:,} containers and tensors (or refers to "
+                                 f"itself); a routing dump holds a few dicts of tensors")
+            stack.extend(inner)
 
 
 def element_bytes(tensor) -> int:
