@@ -1,4 +1,6 @@
-"""Fixture writers for routing trace files: Megatron-LM's JSONL, exactly as its RouterTracer writes it."""
+"""Fixture writers for routing trace files: Megatron-LM's JSONL, exactly as its RouterTracer writes it (router_trace.py
+at 059f0f5c, `_record`: from TopKRouter's boolean routing map, a token's ids are its nonzero() columns, so they are in
+ascending expert order, not by score)."""
 from __future__ import annotations
 
 import json
@@ -16,8 +18,8 @@ def megatron_records(steps: int, layers: int, tokens: int, n_experts: int, top_k
                 weights = np.ones(n_experts)
                 if hot is not None:
                     weights[hot] = 4.0 + layer + step  # a layer/step dependent hot spot
-                idx = np.stack([rng.choice(n_experts, top_k, replace=False, p=weights / weights.sum())
-                                for _ in range(tokens)]).astype(np.int32)  # (T, K)
+                idx = np.sort(np.stack([rng.choice(n_experts, top_k, replace=False, p=weights / weights.sum())
+                                        for _ in range(tokens)]), axis=1).astype(np.int32)  # (T, K) ascending
                 yield {"step": step, "stage": "pre_dispatch", "block": "decoder", "layer": layer, "rank": 0,
                        "num_tokens": tokens, "topk": top_k, "top_indices": idx.tolist()}
 
@@ -43,7 +45,7 @@ def megatron_run(folder, ranks: int, steps: int, layers: int, tokens: int, n_exp
                 names += [("mtp", head, 0) for head in range(mtp_heads)]
                 for block, head, layer in names:
                     T = int(rng.integers(0, tokens + 1))  # empty micro-batches happen (a rank with no tokens)
-                    idx = np.argsort(rng.random((T, n_experts)), axis=1)[:, :top_k].astype(np.int32)  # (T, K)
+                    idx = np.sort(np.argsort(rng.random((T, n_experts)), axis=1)[:, :top_k], axis=1).astype(np.int32)
                     rec = {"step": step, "stage": "pre_dispatch", "block": block, "layer": layer, "rank": rank,
                            "num_tokens": T, "topk": top_k}
                     if head is not None:
