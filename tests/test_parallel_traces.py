@@ -103,6 +103,26 @@ def test_an_even_trace_keeps_contiguous_blocks_and_says_so(tmp_path, capsys):
     at = _app(str(path), trace_experts=8)
     assert not at.exception and not at.error, at.error
     assert "kept contiguous blocks" in at.info[0].value
+    assert plan["compared_with"] == "contiguous blocks"  # a Megatron trace records no placement
+
+
+def test_the_quick_plan_says_it_is_not_compared_with_the_runs_recorded_map(tmp_path, capsys):
+    """An SGLang per_pass dump records its physical → logical map: `plan` replays the run under it, the quick plan
+    compares with contiguous blocks, and now says so (an auditor read the two as disagreeing)."""
+    import torch
+
+    from fixtures_sglang import per_pass_record, placement, write_rank_file
+    from moe.cli.main import main
+    p2l = placement(1, 4, 6)                                                          # 4 experts on 6 slots
+    counts = torch.tensor([[5, 1, 1, 1, 3, 2]], dtype=torch.int32)                    # (L, P)
+    write_rank_file(tmp_path, 0, [per_pass_record(0, 0, counts)], p2l)
+    assert main(["trace-report", str(tmp_path), "--world-size", "2"]) == 0
+    plan = json.loads(capsys.readouterr().out)["plan"]
+    assert plan["compared_with"].startswith("contiguous blocks; this run recorded its own placement")
+    assert "`python -m moe plan`" in plan["compared_with"]
+    at = _app(str(tmp_path))
+    assert not at.exception and not at.error, at.error
+    assert any("this run recorded its own placement" in c.value for c in at.caption)
 
 
 def fine_grained_app() -> None:

@@ -260,6 +260,8 @@ def _plan(s: TraceSummary, layer: str) -> None:
         return
     if doc["kept_current"]:
         st.info(f"The planner {doc['note']}.")
+    if s.recorded_map():
+        st.caption(f"Compared with {doc['compared_with']}.")
     left, right = st.columns(2)
     left.plotly_chart(plan_load_figure(doc), width="stretch", key="trace_plan_chart")
     right.metric("straggler (predicted), planned", f"{doc['planned_straggler']:.3f}")

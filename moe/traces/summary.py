@@ -99,7 +99,8 @@ class TraceSummary:
         result = plan(load, world_size, redundant_slots, current_name="contiguous blocks")  # not the run's own map
         planned = result.placement
         out = {"layer": "all" if layer is None else str(layer), "load": [int(v) for v in load],
-               "placement": planned.to_dict(), "kept_current": result.kept_current, "note": result.note}
+               "placement": planned.to_dict(), "kept_current": result.kept_current, "note": result.note,
+               "compared_with": "contiguous blocks" + (RUN_MAP_NOTE if self.recorded_map() else "")}
         for name, placement in (("planned", planned), ("contiguous", _contiguous_or_none(len(load), world_size))):
             if placement is not None:
                 ranks = predicted_load(placement, load)
@@ -107,10 +108,18 @@ class TraceSummary:
                 out[f"{name}_straggler"] = max_over_mean(ranks)
         return out
 
+    def recorded_map(self) -> bool:
+        """The run recorded its own placement (a physical → logical map: SGLang's and vLLM's EPLB dumps)."""
+        return self.routing_log is not None and self.routing_log.physical_to_logical is not None
+
     def _layer(self, layer) -> str:
         if str(layer) not in self.load:
             raise ValueError(f"layer {layer!r} is not in the trace; choose one of {self.layers}")
         return str(layer)
+
+
+RUN_MAP_NOTE = ("; this run recorded its own placement (a physical → logical map), which this plan is not compared "
+                "with: `python -m moe plan` (the Placement section) replays the run under it")
 
 
 def _contiguous_or_none(n_experts: int, world_size: int) -> Placement | None:
