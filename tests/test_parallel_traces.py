@@ -189,3 +189,25 @@ def test_a_single_step_gets_one_integer_tick_and_the_worst_label_stays_clear_of_
     assert label.text == "worst step" and label.xanchor == "left" and label.x == 0  # at the left, not by the bar
     rows = pd.DataFrame({"step": [0, 0], "layer": ["0", "1"], "max_over_mean": [1.0, 2.0]})
     assert list(trace_worst_figure(rows, ["0", "1"]).layout.yaxis.tickvals) == [0]
+
+
+def test_a_layer_that_routed_no_token_is_named_not_left_as_dead_experts(tmp_path, capsys):
+    """SGLang's recorder keeps a row for every hidden layer: a dense layer's counts stay 0 and read as 'dead
+    fraction 1'. trace-report names such layers and the page says what the 1 means."""
+    import torch
+
+    from fixtures_sglang import per_pass_record, placement, write_rank_file
+    from moe.cli.main import main
+    counts = torch.tensor([[0, 0, 0, 0], [3, 1, 0, 2], [0, 0, 0, 0]], dtype=torch.int32)  # (L, P): layers 0, 2 dense
+    write_rank_file(tmp_path, 0, [per_pass_record(0, 0, counts)], placement(3, 4, 4))
+    assert main(["trace-report", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["layers_without_tokens"] == ["0", "2"] and doc["per_layer"]["0"]["dead_fraction"] == 1.0
+    at = _app(str(tmp_path))
+    assert not at.exception and not at.error, at.error
+    assert any(i.value.startswith("2 of 3 layers routed no token in this source (`0`, `2`)") for i in at.info)
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    write_rank_file(busy, 0, [per_pass_record(0, 0, counts + 1)], placement(3, 4, 4))
+    assert main(["trace-report", str(busy)]) == 0
+    assert "layers_without_tokens" not in json.loads(capsys.readouterr().out)

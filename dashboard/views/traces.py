@@ -184,6 +184,15 @@ def _count_note(s: TraceSummary) -> None:
                    f"Check **Experts (E)** against the model's expert count.", icon="🔎")
 
 
+def _idle_note(s: TraceSummary) -> None:
+    idle = s.idle_layers()
+    if idle:
+        named = ", ".join(quote(name) for name in idle[:8]) + (f" and {len(idle) - 8} more" if len(idle) > 8 else "")
+        st.info(f"{len(idle)} of {len(s.layers)} layers routed no token in this source ({named}): their dead "
+                f"fraction of 1 means no tokens, not dead experts. SGLang's recorder keeps a row for every hidden "
+                f"layer, so a dense layer (DeepSeek's first_k_dense_replace) reads this way.", icon="ℹ️")
+
+
 def _format_text(s: TraceSummary) -> str:
     """The format's name (FORMATS, one source of truth); a routing log also names who wrote it (quoted if unknown)."""
     source = FORMAT_ALIASES.get(s.source, s.source)
@@ -208,6 +217,7 @@ def _draw(s: TraceSummary, live: bool = False) -> None:
     cols[3].metric("Worst (step, layer)", f"{worst['step']}, {worst['layer']}",
                    f"max/mean {worst['max_over_mean']:.3f}", delta_color="off")
     _count_note(s)
+    _idle_note(s)
     _nonfinite_note(s)
     st.plotly_chart(trace_worst_figure(s.rows, s.layers), width="stretch", key="trace_worst_chart")
     st.caption(caption("trace_max_over_mean"))

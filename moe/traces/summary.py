@@ -82,6 +82,11 @@ class TraceSummary:
                                           n_experts_source=GIVEN if self.n_experts_source == GIVEN else RECORDED)
         return self.routing_log
 
+    def idle_layers(self) -> list[str]:
+        """Layers that routed no token in the whole source (every count 0): SGLang's recorder keeps a row for every
+        hidden layer, so a dense layer (DeepSeek's first_k_dense_replace) reads as one."""
+        return [name for name in self.layers if not self.load[name].any()]
+
     def worst(self) -> dict:
         """The (step, layer) whose busiest expert is furthest above the mean (max_over_mean; first on ties)."""
         row = self.rows.loc[self.rows["max_over_mean"].idxmax()]
