@@ -14,9 +14,10 @@ TWO_SLOTS = ("a layout may give a rank two slots of one expert (DeepSeek's EPLB 
 # vLLM's logged EPLB balancedness, what we verified of its history (vllm/distributed/eplb/eplb_state.py).
 VLLM_BALANCEDNESS = ("`Σ_l mean_r / Σ_l max_r` over the MoE layers l and EP ranks r (`_compute_eplb_load_stats` in "
                      "vllm/distributed/eplb/eplb_state.py, since vllm-project/vllm PR #51813); before that fix, "
-                     "eplb_state.py reduced its (layers, ranks) token tensor over the layer axis instead "
-                     "(`Σ_r mean_l / Σ_r max_l`: 1.0 for a model with one MoE layer, not a balance across ranks), so "
-                     "balancedness from vLLM logs written before it is not comparable with these numbers")
+                     "eplb_state.py as read at commit 50feac95 reduced its (layers, ranks) token tensor over the layer "
+                     "axis instead (`Σ_r mean_l / Σ_r max_l`: 1.0 for a model with one MoE layer, not a balance "
+                     "across ranks), so balancedness logged by vLLM versions that compute it that way is not "
+                     "comparable with these numbers (older versions that summed each rank's tokens first are)")
 
 PLACEMENT_DEFINITIONS: dict[str, str] = {
     # --- placement replay (moe.parallel.replay / judge / eplb / export; `python -m moe plan`; issue #18)

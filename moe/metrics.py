@@ -88,8 +88,8 @@ SGLANG_EPS = 1e-5  # SGLang's compute_utilization_rate adds it to mean and max (
 def balancedness_vllm(rank_load) -> np.ndarray:
     """mean_r / max_r over the last axis (W,), 0 where max is 0: vLLM's EPLB balancedness for one layer
     (vllm/distributed/eplb/eplb_state.py: `avg_tokens / max_tokens if max_tokens > 0 else 0.0`, which sums mean_r and
-    max_r over the layers first, since vllm-project/vllm PR #51813; before it, eplb_state.py reduced its (layers,
-    ranks) tensor over the layer axis, 1.0 for any one layer: those logs are not comparable with this)."""
+    max_r over the layers first, since vllm-project/vllm PR #51813; before it, eplb_state.py at 50feac95 reduced its
+    (layers, ranks) tensor over the layer axis, 1.0 for any one layer: logs of such versions are not comparable)."""
     v = np.asarray(rank_load)
     if v.dtype.kind not in "iu":  # integer counts are averaged in float64 as they are, without a copy
         v = v.astype(np.float64)
