@@ -211,3 +211,16 @@ def test_a_layer_that_routed_no_token_is_named_not_left_as_dead_experts(tmp_path
     write_rank_file(busy, 0, [per_pass_record(0, 0, counts + 1)], placement(3, 4, 4))
     assert main(["trace-report", str(busy)]) == 0
     assert "layers_without_tokens" not in json.loads(capsys.readouterr().out)
+
+
+def test_the_quick_plan_of_a_one_expert_source_takes_every_rank_count(tmp_path):
+    """Redundant slots went up to 7·E with W as its default: with E = 1, W = 8 put the default over the maximum and
+    the page showed Streamlit's traceback (an auditor's). Every W opens; a plan that cannot be made says why."""
+    path = tmp_path / "one.csv"
+    path.write_text("layer,expert,count\n0,0,5\n")
+    at = _app(str(path))
+    for W in (2, 5, 8):
+        at.slider(key="trace_world").set_value(W).run()
+        assert not at.exception, at.exception
+        assert len(at.error) == 1 and at.error[0].value.startswith("No plan: "), [e.value for e in at.error]
+    assert at.number_input(key="trace_slots").value == 2  # untouched: its default at the first W

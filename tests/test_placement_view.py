@@ -12,6 +12,7 @@ from streamlit.runtime.memory_media_file_storage import _calculate_file_id
 from streamlit.testing.v1 import AppTest
 
 from dashboard import replays
+from dashboard.quoting import md_text
 from moe.parallel.export import read_plan
 from moe.parallel.judge import ReplaySettings, balance_rows, replay_log
 from moe.parallel.verdict import verdict
@@ -64,7 +65,7 @@ def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_
     at.selectbox(key="runs_place_layer").set_value("3").run()
     settings = ReplaySettings(8, (0, 8), window=1)  # 24 steps in at most 32 windows: one step each
     results = replay_log(log.counts, log.layers, settings, only=["3"])
-    assert at.info[0].value == verdict(results, "contiguous blocks")
+    assert at.info[0].value == md_text(verdict(results, "contiguous blocks"))
     assert len(at.get("plotly_chart")) == 4
     rows = [row for row in balance_rows(results[0]) if row["placement"] == "current"]
     current = chart_traces(at, 0)["current"]
@@ -87,7 +88,7 @@ def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_
         assert f"`{name}`:" in captions
     at.selectbox(key="runs_place_layer").set_value("7").run()
     results = replay_log(log.counts, log.layers, settings, only=["7"])
-    assert not at.exception and at.info[0].value == verdict(results, "contiguous blocks")
+    assert not at.exception and at.info[0].value == md_text(verdict(results, "contiguous blocks"))
     persisting = [m for m in at.metric if m.label == "Hot experts persisting"]
     assert [m.value for m in persisting] == ["—"]  # n = the largest R = 8 = E: every expert with tokens is hot
     at.multiselect(key="runs_place_slots").set_value([0, 2]).run()  # n = 2 of 8

@@ -457,6 +457,7 @@ def test_a_log_of_more_layers_than_a_file_may_name_is_refused_by_every_reader():
     (["0", "0"], 4, 2, "layers must be a list of distinct names of 1 to 32 characters"),
     (["0", ""], 4, 2, "layers must be a list of distinct names"),
     (["x" * 33], 4, 2, "layers must be a list of distinct names"),
+    (["[x](http://127.0.0.1:9/a)"], 4, 2, "layers must be a list of distinct names of 1 to 32 characters, each a"),
     (["0"], 0, None, "n_experts must be an expert count from 1 to"),
     (["0"], 4, 5, "top_k must be null or an integer from 1 to n_experts"),
     (["0"], 4, True, "top_k must be null or an integer"),                   # int() made them 1 and 2

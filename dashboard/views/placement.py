@@ -19,7 +19,7 @@ from moe.traces.log import RoutingLog
 
 from dashboard import replays
 from dashboard.definitions import caption
-from dashboard.quoting import quote
+from dashboard.quoting import md_text, quote
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.placement import (METRIC_TITLES, balance_figure, hot_figure, interval_figure, interval_table,
                                          rank_heatmap_figure, series_name)
@@ -59,7 +59,7 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
     except ValueError as err:
         st.error(f"The replay cannot run: {err}", icon="⚠️")
         return None
-    st.info(text)
+    st.info(md_text(text))  # it names the log's layers: shown as typed
     st.caption(caption("placement_verdict"))
     for note in result.notes:
         st.caption(note)

@@ -256,12 +256,16 @@ def _nonfinite_note(s: TraceSummary) -> None:
                    f"{caption('nonfinite')}", icon="⚠️")
 
 
+QUICK_MAX_W = 8  # the quick plan's largest W
+
+
 def _plan(s: TraceSummary, layer: str) -> None:
     st.markdown("**Quick plan: one placement for the summed load** (moe.parallel.placement.plan, contiguous blocks as "
                 "the current placement; the **Placement** section below replays each layer window by window)")
     c1, c2, c3 = st.columns(3)
-    W = c1.slider("Ranks (W)", 2, 8, 2, key="trace_world")
-    R = c2.number_input("Redundant slots (R)", 0, s.n_experts * 7, W, key="trace_slots")
+    W = c1.slider("Ranks (W)", 2, QUICK_MAX_W, 2, key="trace_world")
+    R = c2.number_input("Redundant slots (R)", 0, max(s.n_experts * 7, QUICK_MAX_W), W,  # the default W fits for
+                        key="trace_slots")                                                # any E (E = 1: at W = 8)
     scope = c3.selectbox("Load of", ["all layers", f"layer {layer}"], key="trace_plan_scope")
     try:
         doc = s.plan(W, int(R), None if scope == "all layers" else layer)

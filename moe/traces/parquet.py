@@ -19,7 +19,8 @@ from moe.traces.safeload import chunk_bytes, is_label, label_codes, parquet_file
 
 PARQUET_COLUMNS = ["step", "layer", "token", "expert", "router_logit", "prob", "routed", "served", "gate",
                    "contribution"]
-LAYER_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,32}")  # layer labels are shown on the page and in messages
+MAX_NAME = 32  # characters of a layer name (shown on the page and in messages)
+LAYER_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")  # every source's layer labels
 
 def trace_frame(trace, step: int = 0, layer: int | str = 0, labels=None) -> pd.DataFrame:
     """One row per (token, expert) of one forward: the tidy trace, stamped with its step and layer."""

@@ -23,6 +23,7 @@ from moe.jsonio import dumps, loads_strict
 from moe.memory import describe_bytes
 from moe.roots import lies_in, open_inside, read_regular
 from moe.traces.log import RECORDED, RoutingLog, check_map
+from moe.traces.parquet import LAYER_NAME, MAX_NAME
 from moe.traces.records import MAX_EXPERTS, MAX_LAYERS, TraceLimits
 
 SCHEMA = "moe-scope-routing-log/1"
@@ -31,7 +32,6 @@ META_BYTES = 64 << 20     # meta.json holds layer names and at most one (L, P) m
                           # the budget too (TraceLimits.line_bytes: json.loads builds up to 32 bytes a byte)
 PART = re.compile(r"part-[0-9a-z-]{1,80}\.parquet")
 TABLES = ("counts", "tokens", "ranks")
-MAX_NAME = 32  # characters of a layer name (shown on the page and in messages)
 
 
 def is_log_dir(path: str) -> bool:
@@ -248,9 +248,10 @@ def read_meta(path: str) -> dict:
 def meta_problem(layers, n_experts, top_k) -> str | None:
     """What is wrong with a log's layers, n_experts and top_k (the words after "meta.json's"), or None: what every
     reader takes, and so what LogWriter writes."""
-    if (not isinstance(layers, list) or not layers or not all(isinstance(x, str) and 0 < len(x) <= MAX_NAME
+    if (not isinstance(layers, list) or not layers or not all(isinstance(x, str) and LAYER_NAME.fullmatch(x)
                                                               for x in layers) or len(set(layers)) != len(layers)):
-        return f"layers must be a list of distinct names of 1 to {MAX_NAME} characters"
+        return (f"layers must be a list of distinct names of 1 to {MAX_NAME} characters, each a letter, digit, '_', "
+                f"'.' or '-' (as every other source's labels)")
     if isinstance(n_experts, bool) or not isinstance(n_experts, int) or not 1 <= n_experts <= MAX_EXPERTS:
         return f"n_experts must be an expert count from 1 to {MAX_EXPERTS}"
     if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or not 1 <= top_k <= n_experts):
