@@ -231,6 +231,23 @@ def bin_edges(T: int, max_rows: int) -> np.ndarray:
     return np.linspace(0, T, max_rows + 1).round().astype(np.int64)
 
 
+def step_rows(matrix: np.ndarray, steps, reduce=np.add, max_cells: int = HEATMAP_MAX_CELLS
+              ) -> tuple[np.ndarray, list[int], str]:
+    """A steps × columns (S, C) heatmap within max_cells cells: one row per step, or, for a longer log, rows of
+    consecutive steps (bin_edges, sizes differ by ≤ 1) reduced by `reduce` (np.add: summed; np.fmax: the largest,
+    NaN skipped). Returns the rows (R, C), each row's first step, and a note for the title ("" when not binned)."""
+    S, C = matrix.shape
+    rows = max(1, min(S, max_cells // max(C, 1)))
+    steps = [int(v) for v in steps]
+    if S <= rows:
+        return matrix, steps, ""
+    edges = bin_edges(S, rows)                                        # (R+1,)
+    sizes = np.diff(edges)
+    how = "the sum" if reduce is np.add else "the largest"
+    note = f"{S:,} steps in {rows:,} rows, each {how} of {sizes.min()}–{sizes.max()} consecutive steps"
+    return reduce.reduceat(matrix, edges[:-1], axis=0), [steps[i] for i in edges[:-1]], note
+
+
 def sorted_token_matrix(trace: Trace, field: str, labels: torch.Tensor | None = None,
                         names: list[str] | None = None, max_rows: int = HEATMAP_MAX_ROWS
                         ) -> tuple[np.ndarray, list[str], str, list[str], str]:

@@ -189,10 +189,13 @@ DEFINITIONS: dict[str, str] = {
     # --- routing trace files (moe.traces.readers, moe.traces.summary; the Runs page)
     "trace_load": "per layer, `load[s, e] = Σ_t [e ∈ top_k_index[t]]` over the tokens of step s (all records of "
                   "that (step, layer), micro-batches added): the assignments expert e received, before capacity "
-                  "(a trace records the router's choice).",
+                  "(a trace records the router's choice). A log too long for one row per step within the "
+                  "heatmap's cell limit is drawn in rows of consecutive steps, each row their sum (the title says how "
+                  "many steps a row holds).",
     "trace_max_over_mean": "per (step, layer), `max_e load[s, e] / mean_e load[s, e]`: 1 = even; at most `E/K` "
                            "(E for top-1), when every token chose the same expert. The **worst (step, layer)** is the one with the largest value "
-                           "(the first on ties): the busiest expert furthest above the mean.",
+                           "(the first on ties): the busiest expert furthest above the mean. A log too long for one "
+                           "row per step is drawn in rows of consecutive steps, each the largest value among them.",
     "trace_probability_side": "aux_loss, z_loss and mean_confidence need the router's logits: a moe-scope trace "
                               "carries them, a Megatron-LM trace only with its logits sidecar "
                               "(logits_rank{R}.bin next to the file); without them they are blank (NaN), and only "

@@ -224,3 +224,29 @@ def test_the_quick_plan_of_a_one_expert_source_takes_every_rank_count(tmp_path):
         assert not at.exception, at.exception
         assert len(at.error) == 1 and at.error[0].value.startswith("No plan: "), [e.value for e in at.error]
     assert at.number_input(key="trace_slots").value == 2  # untouched: its default at the first W
+
+
+def test_a_long_log_is_drawn_in_rows_of_consecutive_steps_within_the_cell_limit():
+    """A 9 KB CSV of 650 steps × 16,384 experts made a 10.6 M-cell heatmap (14 MB of JSON, 5.6 s to build, a minute
+    in the browser). Past HEATMAP_MAX_CELLS, rows hold consecutive steps: summed for the load, the largest for
+    max/mean (NaN skipped), and the title says so; a short log keeps one row per step."""
+    from dashboard.tables import HEATMAP_MAX_CELLS, step_rows
+    rng = np.random.default_rng(0)
+    S, E = 650, 16384
+    load = rng.integers(0, 3, (S, E))
+    steps = list(range(100, 100 + 2 * S, 2))                                          # every other step logged
+    fig = trace_load_figure(load, steps, "0", worst_step=steps[10])
+    z = np.asarray(fig.data[0].z)
+    R = HEATMAP_MAX_CELLS // E                                                        # 16 rows
+    assert z.shape == (R, E) and z.sum() == load.sum()
+    edges = np.linspace(0, S, R + 1).round().astype(int)
+    for r in range(R):                                                                # naive: each row's own steps
+        assert (z[r] == load[edges[r]:edges[r + 1]].sum(axis=0)).all()
+    assert list(fig.data[0].y) == [steps[i] for i in edges[:-1]]
+    assert "650 steps in 16 rows, each the sum of 40–41 consecutive steps" in fig.layout.title.text
+    short = trace_load_figure(load[:10, :8], steps[:10], "0")
+    assert np.asarray(short.data[0].z).tolist() == load[:10, :8].tolist() and "<sup>" not in short.layout.title.text
+    worst = np.array([[1.0, np.nan], [3.0, np.nan], [2.0, 5.0]])                      # (S, C)
+    z, starts, note = step_rows(worst, [0, 1, 2], np.fmax, max_cells=4)               # 2 rows of 2 columns
+    assert starts == [0, 2] and note.startswith("3 steps in 2 rows, each the largest of 1–2")
+    assert z[0].tolist()[0] == 3.0 and np.isnan(z[0][1]) and z[1].tolist() == [2.0, 5.0]

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from moe.metrics import max_over_mean
 
 from dashboard.figures.core import IDEAL_COLOR, NEUTRAL_COLOR, axis, layout
+from dashboard.tables import step_rows
 
 PLANNED_COLOR = "#2ca02c"
 PREDICTED_COLOR = "#000000"
@@ -99,14 +100,18 @@ def trace_step_axis(steps: list[int]) -> dict:
 
 def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
                       worst_step: int | None = None) -> go.Figure:
-    """Step × expert heatmap of one layer's assignments (rows: steps, ascending); the worst step marked."""
+    """Step × expert heatmap of one layer's assignments (rows: steps, ascending; a long log's rows sum consecutive
+    steps, tables.step_rows, as the title says); the worst step marked."""
     load = np.asarray(load)
-    S, E = load.shape
-    heat = go.Heatmap(z=load, x=list(range(E)), y=list(steps), colorscale="Blues",
-                      hovertemplate="step %{y}, expert %{x}: %{z} assignments<extra></extra>",
+    E = load.shape[1]
+    z, starts, binned = step_rows(load, steps)
+    where = "from step %{y}" if binned else "step %{y}"
+    heat = go.Heatmap(z=z, x=list(range(E)), y=starts, colorscale="Blues",
+                      hovertemplate=where + ", expert %{x}: %{z} assignments<extra></extra>",
                       colorbar=dict(title=dict(text="assignments")))
-    fig = go.Figure([heat], layout(title=f"Load per step, layer {layer}", xaxis=axis("expert"),
-                                   yaxis=trace_step_axis(steps), uirevision="trace_load", colorbar=True))
+    title = f"Load per step, layer {layer}" + (f"<br><sup>{binned}</sup>" if binned else "")
+    fig = go.Figure([heat], layout(title=title, xaxis=axis("expert"), yaxis=trace_step_axis(starts),
+                                   uirevision="trace_load", colorbar=True))
     if worst_step is not None:  # the label inside the plot at the left, clear of the colour bar and its title
         fig.add_hline(y=worst_step, line=dict(color=PREDICTED_COLOR, dash="dot", width=1),
                       annotation=dict(text="worst step", font=dict(size=11, color=PREDICTED_COLOR),
@@ -118,11 +123,13 @@ def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
 def trace_worst_figure(rows: pd.DataFrame, layers: list[str]) -> go.Figure:
     """Step × layer heatmap of max_over_mean: where and when the routing is most uneven."""
     table = rows.pivot(index="step", columns="layer", values="max_over_mean").reindex(columns=layers)
-    heat = go.Heatmap(z=table.to_numpy(), x=[str(c) for c in table.columns], y=list(table.index),
-                      colorscale="Reds", hovertemplate="step %{y}, layer %{x}: max/mean %{z:.3f}<extra></extra>",
+    z, starts, binned = step_rows(table.to_numpy(), table.index, np.fmax)  # a long log: the worst of its steps
+    where = "from step %{y}" if binned else "step %{y}"
+    heat = go.Heatmap(z=z, x=[str(c) for c in table.columns], y=starts,
+                      colorscale="Reds", hovertemplate=where + ", layer %{x}: max/mean %{z:.3f}<extra></extra>",
                       colorbar=dict(title=dict(text="max/mean")))
-    return go.Figure([heat], layout(title="Busiest expert / mean, per step and layer",
-                                    xaxis=axis("layer", type="category"), yaxis=trace_step_axis(list(table.index)),
+    title = "Busiest expert / mean, per step and layer" + (f"<br><sup>{binned}</sup>" if binned else "")
+    return go.Figure([heat], layout(title=title, xaxis=axis("layer", type="category"), yaxis=trace_step_axis(starts),
                                     uirevision="trace_worst", colorbar=True))
 
 
