@@ -35,3 +35,12 @@ def server():
 def tmp_is_a_root(tmp_path_factory, monkeypatch):
     """Test models live under pytest's temporary directory: make it one of the server's roots (MOE_SCOPE_ROOTS)."""
     monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path_factory.getbasetemp()))
+
+
+@pytest.fixture(autouse=True)
+def a_server_of_its_own():
+    """Each test is a server of its own: traces that earlier tests' pages kept (dashboard.trace_room, collected
+    whenever the garbage collector gets to their sessions) are not counted against its reads."""
+    from dashboard import trace_room
+    trace_room._HELD.clear()
+    yield

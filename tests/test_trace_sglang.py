@@ -275,7 +275,8 @@ def test_per_token_refusals(tmp_path):
                                                                         torch.Generator()), P)], p2l)],
             f"topk_ids_of_layer has {L + 1} layers but last_physical_to_logical_map has {L}")
     narrow = {**per_token_record(1, 0, ids, P), "topk_ids_of_layer": ids.clone()}  # 2 slots, not 8
-    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, ids, P), narrow], p2l)], "2 slots per token, other records 8")
+    refused([rank_file(tmp_path, 0, [per_token_record(0, 0, ids, P), narrow], p2l)],
+            "2 slots per token, other records 8")
     floats = {**per_token_record(0, 0, ids, P), "topk_ids_of_layer": ids.float()}
     refused([rank_file(tmp_path, 0, [floats], p2l)], "integer tensor of 3 dimensions")
     per_pass = rank_file(tmp_path, 1, [per_pass_record(0, 1, ones())], p2l)

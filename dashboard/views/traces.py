@@ -19,7 +19,7 @@ from moe.traces.store import is_log_dir
 from moe.traces.log import ExpertsNeeded
 from moe.traces.summary import N_EXPERTS_SOURCES, TraceSummary
 
-from dashboard import state
+from dashboard import state, trace_room
 from dashboard.definitions import caption
 from dashboard.exports import routing_log_zip
 from dashboard.figures.parallel import plan_load_figure, trace_load_figure, trace_worst_figure
@@ -29,6 +29,7 @@ from dashboard.views import placement
 from dashboard.views.run_charts import render_run
 from dashboard.views.run_follow import follow
 
+WAITING = "waiting: another file is being read on this server (one read at a time, within the memory budget)…"
 UPLOAD_TYPES = ["parquet", "jsonl", "json", "csv", "npz", "npy", "pt"]
 INTRO = ("Open the routing a training or serving run recorded, without running the model: any format below, "
          "detected from the content. A file is read in a stream: a large one is best opened by its path on the "
@@ -83,6 +84,7 @@ def render(result: RunResult | None) -> None:
         if opened is None:
             return
         st.session_state[state.TRACE_VIEW] = {"key": key, "summary": opened}
+        trace_room.hold(opened)  # counted against the next read, here or in another session, while kept
     _draw(st.session_state[state.TRACE_VIEW]["summary"])
 
 
@@ -112,32 +114,35 @@ def show() -> None:
     render(None)
 
 
-def upload_limits(size: int) -> TraceLimits:
+def upload_limits(size: int, room: int | None = None) -> TraceLimits:
     """The caps of reading an upload of `size` bytes: Streamlit holds the upload in memory while it is read, so the
-    read gets the memory budget less that size; ValueError when the upload takes over half the budget."""
+    read gets the memory budget (or the `room` trace_room leaves in it) less that size; ValueError when the upload
+    takes over half the budget."""
     budget = budget_bytes()
     if size > budget // 2:
         size_text, _, budget_text = describe_over(size, budget // 2, budget)
         raise ValueError(f"the upload takes {size_text}, over half the memory budget of "
                          f"{budget_text}, and Streamlit holds it in memory while it is read; open the file "
                          f"by its path on the server, or raise {BUDGET_ENV}")
-    return TraceLimits(budget - size)
+    return TraceLimits((budget if room is None else room) - size)
 
 
 def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score: str) -> TraceSummary | None:
     """Read the file with a progress bar; a bad file is one clear message, never a traceback."""
     bar = st.progress(0.0, text="reading the trace…")
     shown = quote(upload.name if upload is not None else path)  # as the visitor named it, never resolved
-    key_path, limits = path, None
+    key_path, limits, kept = path, None, 0
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with trace_room.one_read(lambda: bar.progress(0.0, text=WAITING)), tempfile.TemporaryDirectory() as tmp:
+            space, kept = trace_room.room()  # the budget less what open pages keep
             if upload is not None:  # summarize() reads a path: copy the upload in 1 MiB chunks
-                limits = upload_limits(upload.size)
+                limits = upload_limits(upload.size, space)
                 path = os.path.join(tmp, "upload")
                 with open(path, "wb") as f:
                     shutil.copyfileobj(upload, f, 1 << 20)
             else:  # only under the server's roots; one message for outside and missing, the path not repeated
                 path = str(resolve_allowed(path, "any"))
+                limits = TraceLimits(space)
             summary = open_trace(path, n_experts=n_experts, n_layers=n_layers, score=score, limits=limits,
                                  progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
             summary.extra["format"] = detect(path)
@@ -158,9 +163,12 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
         # "**x** [a](http:…)" rendered as a link and an image the browser fetched)
         raw = str(err).replace(repr(path), "\0").replace(path, "\1")
         detail = md_text(raw).replace("\1", named).replace("\0", shown)
-        if limits is not None and "budget" in detail:  # read within the budget less the upload
+        if upload is not None and limits is not None and "budget" in detail:  # the budget less the upload
             detail += (f" (an upload is read within the budget less its own {describe_bytes(upload.size)}, which "
-                       f"Streamlit holds in memory meanwhile; a file opened by its path on the server gets all of it)")
+                       f"Streamlit holds in memory meanwhile; a file opened by its path on the server is not)")
+        if kept and "budget" in detail:
+            detail += (f" (the pages open on this server keep {describe_bytes(kept)} of the budget: a read gets the "
+                       f"rest)")
         st.error(f"This trace cannot be opened: {detail}", icon="⚠️")
         return None
     bar.empty()

@@ -1,0 +1,103 @@
+"""The Runs page's reads share one memory budget on a server: a read gets the budget less what open pages keep (the
+traces they hold, the Playground's results), and reads run one at a time. Before, each read had the whole budget:
+three visitors uploading one 9 KB file at once took a 1 GiB server 1.9 GiB above its rest."""
+import gc
+import threading
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from dashboard import trace_room
+from moe.traces.counts import CSV_EXPANSION
+from moe.traces.log import RoutingLog, TokenRouting
+from moe.traces.summary import TraceSummary
+from trace_support import traces_app
+
+GiB = 2 ** 30
+
+
+def _summary(S=6, L=2, E=8, tokens=10) -> TraceSummary:
+    rng = np.random.default_rng(0)
+    counts = rng.integers(0, 5, (S, L, E)).astype(np.int64)
+    ids = rng.integers(0, E, (tokens, 2)).astype(np.int64)
+    routing = TokenRouting(step=np.zeros(tokens, np.int64), layer=np.zeros(tokens, np.int32), ids=ids)
+    return TraceSummary.from_log(RoutingLog("counts-csv", [str(i) for i in range(L)], np.arange(S), counts,
+                                            top_k=2, tokens=routing))
+
+
+def _open_path(path: str) -> AppTest:
+    at = AppTest.from_function(traces_app, default_timeout=60).run()
+    at.radio(key="trace_source").set_value("Path on the server").run()
+    at.text_input(key="trace_path").set_value(path).run()
+    return at
+
+
+def test_a_kept_summary_counts_its_buffers_once_while_a_session_keeps_it():
+    s = _summary()
+    log = s.routing_log
+    naive = (log.counts.nbytes + log.steps.nbytes + log.tokens.step.nbytes + log.tokens.layer.nbytes
+             + log.tokens.ids.nbytes + int(s.rows.memory_usage(index=True).sum()))  # the loads are views of counts
+    assert all(np.shares_memory(v, log.counts) for v in s.load.values())
+    assert trace_room.summary_bytes(s) == naive
+    assert trace_room.held_bytes() == 0
+    trace_room.hold(s)
+    trace_room.hold(s)                                                                # kept by two: counted once
+    assert trace_room.held_bytes() == naive
+    del s, log
+    gc.collect()
+    assert trace_room.held_bytes() == 0                                               # no session keeps it
+
+
+def test_the_room_is_the_budget_less_what_pages_keep(monkeypatch):
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", "1")
+    s = _summary()
+    trace_room.hold(s)
+    space, kept = trace_room.room()
+    assert kept >= trace_room.summary_bytes(s) and space == GiB - kept
+    big = _summary()
+    big.rows = pd.DataFrame({"x": np.zeros(GiB // 8 // 4, np.int64)})                # 256 MiB of rows
+    trace_room.hold(big)
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(0.25))
+    with pytest.raises(ValueError, match=r"the pages open on this server keep 256\.\d+ MiB, the whole memory budget "
+                                         r"of 256\.0 MiB; try again once some close, or raise MOE_SCOPE_MEMORY_GB"):
+        trace_room.room()
+
+
+def test_another_pages_trace_leaves_less_room_and_the_page_says_why(tmp_path, monkeypatch):
+    rows = [f"{s},0,{e},{1 + (s * e) % 7}" for s in range(8) for e in range(900)]
+    data = ("step,layer,expert,count\n" + "\n".join(rows) + "\n").encode()
+    (tmp_path / "counts.csv").write_bytes(data)
+    budget = 2 * CSV_EXPANSION * len(data) + len(data) // 2                           # fits with len/2 to spare
+    monkeypatch.setenv("MOE_SCOPE_MEMORY_GB", str(budget / GiB))
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path))
+    first = _open_path(str(tmp_path / "counts.csv"))
+    assert not first.exception and first.get("metric")[1].proto.body == "1"          # opened: this page keeps it
+    assert trace_room.held_bytes() > len(data) // 2
+    second = _open_path(str(tmp_path / "counts.csv"))                                 # another visitor, same file
+    assert not second.exception
+    text = second.error[0].value
+    assert text.startswith("This trace cannot be opened") and "over the" in text, text
+    assert "the pages open on this server keep" in text and "a read gets the rest" in text
+    del first
+    gc.collect()                                                                      # the first page closed
+    third = _open_path(str(tmp_path / "counts.csv"))
+    assert not third.exception and third.get("metric")[1].proto.body == "1"
+
+
+def test_reads_run_one_at_a_time(tmp_path, monkeypatch):
+    (tmp_path / "c.csv").write_text("step,layer,expert,count\n0,0,0,3\n0,0,1,1\n")
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path))
+    got = {}
+    trace_room._READ.acquire()                                                        # another visitor's read
+    try:
+        reader = threading.Thread(target=lambda: got.update(at=_open_path(str(tmp_path / "c.csv"))))
+        reader.start()
+        time.sleep(3 * trace_room.WAIT_S + 1.0)
+        assert reader.is_alive() and not got                                          # waiting for its turn
+    finally:
+        trace_room._READ.release()
+    reader.join(60)
+    assert not got["at"].exception and got["at"].get("metric")[1].proto.body == "1"
