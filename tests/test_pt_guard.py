@@ -18,6 +18,7 @@ from moe.traces.records import TraceLimits
 from moe.traces.safeload import load_pt
 from moe.traces import tensors
 from moe.traces.tensors import MAX_OBJECTS, check_tensors
+from moe.traces.tensors import _inner as tensors_inner
 
 LIMITS = TraceLimits(budget=1 << 30)  # a routing file may take a quarter: 256 MiB
 
@@ -94,6 +95,14 @@ def test_an_object_that_refers_to_itself_is_refused_not_walked_forever(monkeypat
         check_tensors([[]] * MAX_OBJECTS, "t.pt", 1)
     # numbers and strings hold no tensor: SGLang's per_token records keep input_ids and positions as lists of ints
     check_tensors({"input_ids": list(range(2 * MAX_OBJECTS)), "mode": ["x"] * MAX_OBJECTS}, "t.pt", 1)
+    # a container met again is counted again but scanned once (a list of 10^6 ints held 100 times: 30 s, 100 scans)
+    scans = []
+    monkeypatch.setattr(tensors, "_inner", lambda c, t: scans.append(id(c)) or tensors_inner(c, t))
+    ints = list(range(1000))
+    check_tensors({"records": [ints, [ints, torch.zeros(2)]] * 50}, "t.pt", 50 * 8)     # 50 references of 8 B
+    assert sorted(scans.count(i) for i in set(scans)) == [1, 1, 1, 1]   # the dict, records, ints, the inner pair
+    with pytest.raises(ValueError, match="holds tensors of 400 B"):                   # each reference still counted
+        check_tensors({"records": [ints, [ints, torch.zeros(2)]] * 50}, "t.pt", 50 * 8 - 1)
     monkeypatch.setattr(tensors, "MAX_OBJECTS", 10_000)
     tracemalloc.start()
     with pytest.raises(ValueError, match="holds more than 10,000 containers and tensors"):

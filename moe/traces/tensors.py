@@ -59,22 +59,31 @@ def tensor_bytes(obj) -> int:
 def _tensors(obj, path: str):
     """Every tensor reference in obj, through dicts, lists and tuples; ValueError past MAX_OBJECTS containers and
     tensors walked. Numbers and strings hold no tensor and are not walked: SGLang's per_token records keep each pass's
-    input_ids and positions as lists of ints (a million tokens are two million of them)."""
+    input_ids and positions as lists of ints (a million tokens are two million of them). A container met again (a
+    shared reference) is counted again but scanned once: a list of a million ints referenced 100 times in a 4.9 MB
+    file took 30 s to scan 100 times."""
     import torch
-    held = (dict, list, tuple, torch.Tensor)
-    stack, walked = [obj], 1
+    stack, walked, scanned = [obj], 1, {}
     while stack:
         item = stack.pop()
         if isinstance(item, torch.Tensor):
             yield item
         elif isinstance(item, (dict, list, tuple)):
-            inner = [v for v in ([*item.keys(), *item.values()] if isinstance(item, dict) else item)
-                     if isinstance(v, held)]
+            inner = scanned.get(id(item))          # the object is alive (obj holds it): its id stays its own
+            if inner is None:
+                inner = scanned[id(item)] = _inner(item, torch.Tensor)
             walked += len(inner)                   # counted before they are stacked: a list holding itself 1,000
             if walked > MAX_OBJECTS:               # times grew the stack
                 raise ValueError(f"{path!r} holds more than {MAX_OBJECTS:,} containers and tensors (or refers to "
                                  f"itself); a routing dump holds a few dicts of tensors")
             stack.extend(inner)
+
+
+def _inner(container, tensor_type) -> list:
+    """The containers and tensors a dict (keys and values), list or tuple holds, in order."""
+    held = (dict, list, tuple, tensor_type)
+    items = [*container.keys(), *container.values()] if isinstance(container, dict) else container
+    return [v for v in items if isinstance(v, held)]
 
 
 def element_bytes(tensor) -> int:
