@@ -18,6 +18,7 @@ from dashboard.loaders import kept_bytes
 
 WAIT_S = 0.25        # a waiting read looks for its turn this often (and lets Streamlit stop it meanwhile)
 _HELD: weakref.WeakValueDictionary[int, TraceSummary] = weakref.WeakValueDictionary()
+_SIZE: dict[int, int] = {}  # id -> summary_bytes, measured once when held (an id leaves _HELD with its summary)
 _HELD_LOCK = threading.Lock()
 _READ = threading.Lock()
 
@@ -34,25 +35,28 @@ def _arrays(obj):
 
 def summary_bytes(summary: TraceSummary) -> int:
     """Bytes a kept summary holds: its arrays (each buffer once: the per-layer loads are views of the log's counts)
-    and its table of rows."""
+    and its table of rows, strings included)."""
     arrays = list(summary.load.values()) + (list(_arrays(summary.routing_log)) if summary.routing_log else [])
     buffers = {}
     for a in arrays:
         while isinstance(a.base, np.ndarray):
             a = a.base
         buffers[id(a)] = a.nbytes
-    return sum(buffers.values()) + int(summary.rows.memory_usage(index=True, deep=False).sum())
+    return sum(buffers.values()) + int(summary.rows.memory_usage(index=True, deep=True).sum())
 
 
 def hold(summary: TraceSummary) -> None:
     """Count a summary a session keeps until no session keeps it."""
+    size = summary_bytes(summary)
     with _HELD_LOCK:
-        _HELD[id(summary)] = summary
+        _HELD[id(summary)], _SIZE[id(summary)] = summary, size
 
 
 def held_bytes() -> int:
     with _HELD_LOCK:
-        return sum(summary_bytes(s) for s in list(_HELD.values()))
+        for gone in _SIZE.keys() - _HELD.keys():
+            del _SIZE[gone]
+        return sum(_SIZE.values())
 
 
 def room() -> tuple[int, int]:

@@ -43,4 +43,5 @@ def a_server_of_its_own():
     whenever the garbage collector gets to their sessions) are not counted against its reads."""
     from dashboard import trace_room
     trace_room._HELD.clear()
+    trace_room._SIZE.clear()
     yield

@@ -242,7 +242,9 @@ def test_a_long_log_is_drawn_in_rows_of_consecutive_steps_within_the_cell_limit(
     edges = np.linspace(0, S, R + 1).round().astype(int)
     for r in range(R):                                                                # naive: each row's own steps
         assert (z[r] == load[edges[r]:edges[r + 1]].sum(axis=0)).all()
-    assert list(fig.data[0].y) == [steps[i] for i in edges[:-1]]
+    assert list(fig.data[0].y) == [steps[i] for i in edges[:-1]] + [steps[-1] + 1]   # R + 1 edges: rows span steps
+    row = int(np.searchsorted(fig.data[0].y, steps[10], side="right")) - 1            # the row the marker falls on
+    assert edges[row] <= 10 < edges[row + 1] and fig.layout.shapes[0].y0 == steps[10]
     assert "650 steps in 16 rows, each the sum of 40–41 consecutive steps" in fig.layout.title.text
     short = trace_load_figure(load[:10, :8], steps[:10], "0")
     assert np.asarray(short.data[0].z).tolist() == load[:10, :8].tolist() and "<sup>" not in short.layout.title.text

@@ -98,6 +98,17 @@ def trace_step_axis(steps: list[int]) -> dict:
     return axis("step", autorange="reversed", **extra)
 
 
+def _row_edges(starts: list[int], steps, binned: str) -> list[int]:
+    """A row per step: its step (Plotly centres the row on it). Rows of several steps: R + 1 edges, each row's first
+    step and one past the last step, so that a row spans exactly its steps on the axis (a step marked there, such as
+    the worst, falls on its own row)."""
+    return starts + [int(steps[-1]) + 1] if binned else starts
+
+
+def _where(binned: str) -> str:
+    return "steps of this row (the axis), " if binned else "step %{y}, "
+
+
 def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
                       worst_step: int | None = None) -> go.Figure:
     """Step × expert heatmap of one layer's assignments (rows: steps, ascending; a long log's rows sum consecutive
@@ -105,9 +116,8 @@ def trace_load_figure(load: np.ndarray, steps: list[int], layer: str,
     load = np.asarray(load)
     E = load.shape[1]
     z, starts, binned = step_rows(load, steps)
-    where = "from step %{y}" if binned else "step %{y}"
-    heat = go.Heatmap(z=z, x=list(range(E)), y=starts, colorscale="Blues",
-                      hovertemplate=where + ", expert %{x}: %{z} assignments<extra></extra>",
+    heat = go.Heatmap(z=z, x=list(range(E)), y=_row_edges(starts, steps, binned), colorscale="Blues",
+                      hovertemplate=_where(binned) + "expert %{x}: %{z} assignments<extra></extra>",
                       colorbar=dict(title=dict(text="assignments")))
     title = f"Load per step, layer {layer}" + (f"<br><sup>{binned}</sup>" if binned else "")
     fig = go.Figure([heat], layout(title=title, xaxis=axis("expert"), yaxis=trace_step_axis(starts),
@@ -124,9 +134,8 @@ def trace_worst_figure(rows: pd.DataFrame, layers: list[str]) -> go.Figure:
     """Step × layer heatmap of max_over_mean: where and when the routing is most uneven."""
     table = rows.pivot(index="step", columns="layer", values="max_over_mean").reindex(columns=layers)
     z, starts, binned = step_rows(table.to_numpy(), table.index, np.fmax)  # a long log: the worst of its steps
-    where = "from step %{y}" if binned else "step %{y}"
-    heat = go.Heatmap(z=z, x=[str(c) for c in table.columns], y=starts,
-                      colorscale="Reds", hovertemplate=where + ", layer %{x}: max/mean %{z:.3f}<extra></extra>",
+    heat = go.Heatmap(z=z, x=[str(c) for c in table.columns], y=_row_edges(starts, list(table.index), binned),
+                      colorscale="Reds", hovertemplate=_where(binned) + "layer %{x}: max/mean %{z:.3f}<extra></extra>",
                       colorbar=dict(title=dict(text="max/mean")))
     title = "Busiest expert / mean, per step and layer" + (f"<br><sup>{binned}</sup>" if binned else "")
     return go.Figure([heat], layout(title=title, xaxis=axis("layer", type="category"), yaxis=trace_step_axis(starts),

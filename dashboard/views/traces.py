@@ -69,22 +69,25 @@ def render(result: RunResult | None) -> None:
         upload = st.file_uploader("Trace file", type=UPLOAD_TYPES, key="trace_file")
         if upload is None:
             st.caption("Choose a file to open.")
+            st.session_state.pop(state.TRACE_VIEW, None)  # a trace no longer shown is not kept (trace_room)
             return
         key = ("upload", upload.file_id, experts, int(n_layers), score)
     else:
         path = st.text_input("Path of the trace file or directory on the server", key="trace_path").strip()
         if not path:
             st.caption("Type a path to open.")
+            st.session_state.pop(state.TRACE_VIEW, None)
             return
         if _followed(path, experts, int(n_layers) or None):
+            st.session_state.pop(state.TRACE_VIEW, None)
             return
         upload, key = None, ("path", path, experts, int(n_layers), score)
     if st.session_state.get(state.TRACE_VIEW, {}).get("key") != key:
+        st.session_state.pop(state.TRACE_VIEW, None)  # the trace shown before is let go before this read
         opened = _open(upload, key[1], experts, int(n_layers) or None, score)
         if opened is None:
             return
         st.session_state[state.TRACE_VIEW] = {"key": key, "summary": opened}
-        trace_room.hold(opened)  # counted against the next read, here or in another session, while kept
     _draw(st.session_state[state.TRACE_VIEW]["summary"])
 
 
@@ -117,13 +120,17 @@ def show() -> None:
 def upload_limits(size: int, room: int | None = None) -> TraceLimits:
     """The caps of reading an upload of `size` bytes: Streamlit holds the upload in memory while it is read, so the
     read gets the memory budget (or the `room` trace_room leaves in it) less that size; ValueError when the upload
-    takes over half the budget."""
+    takes over half the budget, or all the room."""
     budget = budget_bytes()
     if size > budget // 2:
         size_text, _, budget_text = describe_over(size, budget // 2, budget)
         raise ValueError(f"the upload takes {size_text}, over half the memory budget of "
                          f"{budget_text}, and Streamlit holds it in memory while it is read; open the file "
                          f"by its path on the server, or raise {BUDGET_ENV}")
+    if room is not None and room <= size:
+        raise ValueError(f"the upload takes {describe_bytes(size)}, and the pages open on this server leave "
+                         f"{describe_bytes(room)} of the memory budget of {describe_bytes(budget)}; try again once "
+                         f"some close, or raise {BUDGET_ENV}")
     return TraceLimits((budget if room is None else room) - size)
 
 
@@ -146,6 +153,7 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
             summary = open_trace(path, n_experts=n_experts, n_layers=n_layers, score=score, limits=limits,
                                  progress=lambda f: bar.progress(min(f, 1.0), text=f"reading the trace… {f:.0%}"))
             summary.extra["format"] = detect(path)
+            trace_room.hold(summary)  # before the next read starts: counted while a session keeps it
     except OutsideRoots as err:
         bar.empty()
         st.error(f"This trace cannot be opened: {err}", icon="⚠️")
@@ -166,7 +174,7 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
         if upload is not None and limits is not None and "budget" in detail:  # the budget less the upload
             detail += (f" (an upload is read within the budget less its own {describe_bytes(upload.size)}, which "
                        f"Streamlit holds in memory meanwhile; a file opened by its path on the server is not)")
-        if kept and "budget" in detail:
+        if kept and limits is not None and "budget" in detail:  # a read given the room
             detail += (f" (the pages open on this server keep {describe_bytes(kept)} of the budget: a read gets the "
                        f"rest)")
         st.error(f"This trace cannot be opened: {detail}", icon="⚠️")
