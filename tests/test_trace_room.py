@@ -152,3 +152,27 @@ def test_an_upload_that_leaves_no_room_is_refused_in_words(monkeypatch):
     with pytest.raises(ValueError, match=r"the upload takes 1000 B, and the pages open on this server leave 1000 B of "
                                          r"the memory budget of 1\.0 GiB; try again once some close"):
         upload_limits(1000, 1000)
+
+
+def test_a_followed_log_is_read_within_the_room_and_counted(tmp_path, monkeypatch):
+    """Follow read a routing log within the whole budget, outside the one-read turn, and its trace was not counted."""
+    from moe.traces.store import LogWriter
+    monkeypatch.setenv("MOE_SCOPE_ROOTS", str(tmp_path))
+    other = _summary()
+    trace_room.hold(other)                                                            # another page keeps a trace
+    writer = LogWriter(str(tmp_path / "live"), layers=["0"], n_experts=4, top_k=1)
+    writer.write_step(0, [[3, 1, 0, 0]])
+    writer.flush()
+    turn = _Turn()
+    monkeypatch.setattr(trace_room, "_READ", turn)
+    at = _open_path(str(tmp_path / "live"))
+    before = len(turn.held_at_release)
+    at.toggle(key="trace_follow").set_value(True).run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert len(turn.held_at_release) > before                                          # the poll took its turn
+    from dashboard.state import TRACE_FOLLOWER
+    follower = at.session_state[TRACE_FOLLOWER]["follower"]
+    assert follower.limits.budget <= trace_room.budget_bytes() - trace_room.summary_bytes(other)  # (and the file
+    #                                                        view's trace, while the harness's download still holds it)
+    assert trace_room.held_bytes() >= trace_room.summary_bytes(other) + trace_room.summary_bytes(
+        at.session_state[TRACE_FOLLOWER]["summary"])

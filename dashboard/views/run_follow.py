@@ -13,11 +13,12 @@ from typing import Callable
 import streamlit as st
 
 from moe.traces.follow import LogFollower
+from moe.traces.records import TraceLimits
 from moe.traces.opener import check_layers
 from moe.traces.store import META, parts
 from moe.traces.summary import TraceSummary
 
-from dashboard import state
+from dashboard import state, trace_room
 from dashboard.quoting import md_text
 
 POLL_S = 1.0  # a new step shows within POLL_S + the time to draw it (< 2 s for a log of a few hundred steps)
@@ -47,15 +48,18 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
             return
         held = None  # a new part, meta.json, Experts (E) or expected layers: start again from the directory
     try:
-        if held is None or held["path"] != path:
-            held = ss[state.TRACE_FOLLOWER] = {"path": path, "follower": LogFollower(path), "summary": None}
-        follower = held["follower"]
-        new = follower.poll()
-        if new or held["summary"] is None:
-            log = follower.log()
-            held["summary"] = None if log is None else _checked(TraceSummary.from_log(log), n_experts, n_layers)
-            if held["summary"] is not None:
-                held["summary"].extra["format"] = "moe-scope-log"
+        with trace_room.one_read(lambda: None):  # within the server's budget, as the page's other reads
+            if held is None or held["path"] != path:
+                follower = LogFollower(path, TraceLimits(trace_room.room()[0]))
+                held = ss[state.TRACE_FOLLOWER] = {"path": path, "follower": follower, "summary": None}
+            follower = held["follower"]
+            new = follower.poll()
+            if new or held["summary"] is None:
+                log = follower.log()
+                held["summary"] = None if log is None else _checked(TraceSummary.from_log(log), n_experts, n_layers)
+                if held["summary"] is not None:
+                    held["summary"].extra["format"] = "moe-scope-log"
+                    trace_room.hold(held["summary"])
     except (ValueError, OSError, MemoryError, ArithmeticError) as err:
         detail = md_text(str(err).replace(repr(path), "the log").replace(path, "the log"))  # never the server path;
         # a file name inside the log, as plain text. Read again only once the writer adds to the log: an auditor's
