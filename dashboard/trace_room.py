@@ -16,6 +16,7 @@ from moe.traces.summary import TraceSummary
 
 from dashboard.loaders import kept_bytes
 
+WAITING = "waiting: another file is being read on this server (one read at a time, within the memory budget)…"
 WAIT_S = 0.25        # a waiting read looks for its turn this often (and lets Streamlit stop it meanwhile)
 _HELD: weakref.WeakValueDictionary[int, TraceSummary] = weakref.WeakValueDictionary()
 _SIZE: dict[int, int] = {}  # id -> summary_bytes, measured once when held (an id leaves _HELD with its summary)
@@ -46,7 +47,9 @@ def summary_bytes(summary: TraceSummary) -> int:
 
 
 def hold(summary: TraceSummary) -> None:
-    """Count a summary a session keeps until no session keeps it."""
+    """Count a summary a session keeps until no session keeps it. Its routing log is built first (the page draws
+    from it: a trace read with logits builds one from its loads, a copy that was not counted yet)."""
+    summary.log()
     size = summary_bytes(summary)
     with _HELD_LOCK:
         _HELD[id(summary)], _SIZE[id(summary)] = summary, size

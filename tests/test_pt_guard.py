@@ -100,7 +100,8 @@ def test_an_object_that_refers_to_itself_is_refused_not_walked_forever(monkeypat
     monkeypatch.setattr(tensors, "_inner", lambda c, t: scans.append(id(c)) or tensors_inner(c, t))
     ints = list(range(1000))
     check_tensors({"records": [ints, [ints, torch.zeros(2)]] * 50}, "t.pt", 50 * 8)     # 50 references of 8 B
-    assert sorted(scans.count(i) for i in set(scans)) == [1, 1, 1, 1]   # the dict, records, ints, the inner pair
+    assert sorted(scans.count(i) for i in set(scans)) == [1, 1, 1, 50]  # dict, records, ints once; the 2-item pair
+    #                                                    each time: only containers of more than RESCAN_ITEMS are kept
     with pytest.raises(ValueError, match="holds tensors of 400 B"):                   # each reference still counted
         check_tensors({"records": [ints, [ints, torch.zeros(2)]] * 50}, "t.pt", 50 * 8 - 1)
     monkeypatch.setattr(tensors, "MAX_OBJECTS", 10_000)

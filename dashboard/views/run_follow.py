@@ -47,8 +47,9 @@ def _poll(path: str, n_experts: int | None, n_layers: int | None) -> None:
             st.error(f"This routing log cannot be followed: {held['error']}", icon="⚠️")  # read again each second
             return
         held = None  # a new part, meta.json, Experts (E) or expected layers: start again from the directory
+    waiting = st.empty()
     try:
-        with trace_room.one_read(lambda: None):  # within the server's budget, as the page's other reads
+        with trace_room.one_read(lambda: waiting.caption(trace_room.WAITING)):  # within the server's budget
             if held is None or held["path"] != path:
                 follower = LogFollower(path, TraceLimits(trace_room.room()[0]))
                 held = ss[state.TRACE_FOLLOWER] = {"path": path, "follower": follower, "summary": None}

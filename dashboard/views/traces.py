@@ -29,7 +29,6 @@ from dashboard.views import placement
 from dashboard.views.run_charts import render_run
 from dashboard.views.run_follow import follow
 
-WAITING = "waiting: another file is being read on this server (one read at a time, within the memory budget)…"
 UPLOAD_TYPES = ["parquet", "jsonl", "json", "csv", "npz", "npy", "pt"]
 INTRO = ("Open the routing a training or serving run recorded, without running the model: any format below, "
          "detected from the content. A file is read in a stream: a large one is best opened by its path on the "
@@ -79,7 +78,6 @@ def render(result: RunResult | None) -> None:
             st.session_state.pop(state.TRACE_VIEW, None)
             return
         if _followed(path, experts, int(n_layers) or None):
-            st.session_state.pop(state.TRACE_VIEW, None)
             return
         upload, key = None, ("path", path, experts, int(n_layers), score)
     if st.session_state.get(state.TRACE_VIEW, {}).get("key") != key:
@@ -106,6 +104,7 @@ def _followed(path: str, n_experts: int | None, n_layers: int | None) -> bool:
         st.session_state.pop(state.TRACE_FOLLOWER, None)
         return False
     c2.number_input("Idle after (s)", 1.0, 86400.0, step=1.0, key=state.TRACE_IDLE_AFTER, help=IDLE_HELP)
+    st.session_state.pop(state.TRACE_VIEW, None)  # the log as a file is let go before the follower reads it
     follow(real, n_experts, n_layers, lambda s: _draw(s, live=True))
     return True
 
@@ -140,7 +139,8 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
     shown = quote(upload.name if upload is not None else path)  # as the visitor named it, never resolved
     key_path, limits, kept = path, None, 0
     try:
-        with trace_room.one_read(lambda: bar.progress(0.0, text=WAITING)), tempfile.TemporaryDirectory() as tmp:
+        waiting = lambda: bar.progress(0.0, text=trace_room.WAITING)  # noqa: E731 (another visitor's read runs)
+        with trace_room.one_read(waiting), tempfile.TemporaryDirectory() as tmp:
             space, kept = trace_room.room()  # the budget less what open pages keep
             if upload is not None:  # summarize() reads a path: copy the upload in 1 MiB chunks
                 limits = upload_limits(upload.size, space)

@@ -10,6 +10,7 @@ and nested tensors cannot become NumPy arrays, and reached the readers as traceb
 from __future__ import annotations
 
 MAX_OBJECTS = 1 << 20  # containers and tensors walked in one loaded object at most (each reference counts)
+RESCAN_ITEMS = 64      # a container of more items is scanned once however often it is referenced (_tensors)
 WIDE = 8               # bytes an integer or bool element is counted as at least: readers widen them to int64
 
 # What one opcode of torch's weights-only unpickler can add to memory at most (CPython 3.11, 64-bit), counted
@@ -71,7 +72,9 @@ def _tensors(obj, path: str):
         elif isinstance(item, (dict, list, tuple)):
             inner = scanned.get(id(item))          # the object is alive (obj holds it): its id stays its own
             if inner is None:
-                inner = scanned[id(item)] = _inner(item, torch.Tensor)
+                inner = _inner(item, torch.Tensor)
+                if len(item) > RESCAN_ITEMS:       # only long ones are kept: a million small lists kept cost
+                    scanned[id(item)] = inner      # 120 MiB more than scanning them again
             walked += len(inner)                   # counted before they are stacked: a list holding itself 1,000
             if walked > MAX_OBJECTS:               # times grew the stack
                 raise ValueError(f"{path!r} holds more than {MAX_OBJECTS:,} containers and tensors (or refers to "
