@@ -139,8 +139,8 @@ def _open(upload, path: str, n_experts: int | None, n_layers: int | None, score:
     shown = quote(upload.name if upload is not None else path)  # as the visitor named it, never resolved
     key_path, limits, kept = path, None, 0
     try:
-        waiting = lambda: bar.progress(0.0, text=trace_room.WAITING)  # noqa: E731 (another visitor's read runs)
-        with trace_room.one_read(waiting), tempfile.TemporaryDirectory() as tmp:
+        with (trace_room.one_read(lambda: bar.progress(0.0, text=trace_room.WAITING)),
+              tempfile.TemporaryDirectory() as tmp):
             space, kept = trace_room.room()  # the budget less what open pages keep
             if upload is not None:  # summarize() reads a path: copy the upload in 1 MiB chunks
                 limits = upload_limits(upload.size, space)

@@ -78,8 +78,8 @@ def run(args: argparse.Namespace) -> str:
            "records": s.records, "skipped_empty": s.skipped_empty, "layers": s.layers, "steps": len(s.steps),
            "worst": s.worst(), "per_layer": s.pooled, "rows": s.rows.to_dict(orient="records"),
            "load": {name: s.load[name].tolist() for name in s.layers}}
-    if s.idle_layers():
-        doc["layers_without_tokens"] = s.idle_layers()
+    if idle := s.idle_layers():
+        doc["layers_without_tokens"] = idle
     if s.routing_log is not None and s.routing_log.meta:
         doc["meta"] = s.routing_log.meta
     if planned is not None:

@@ -27,8 +27,7 @@ import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_over
 from moe.traces.log import INFERRED, RoutingLog, check_ids, put_once, resolve_experts
-from moe.traces.parquet import LAYER_NAME
-from moe.traces.records import INT64_MAX, TraceLimits, check_experts, open_regular
+from moe.traces.records import INT64_MAX, LAYER_NAME, TraceLimits, check_experts, open_regular
 from moe.traces.safeload import is_label, label_codes, parquet_bytes, parquet_file
 
 CSV_SOURCE, PARQUET_SOURCE = "counts-csv", "counts-parquet"

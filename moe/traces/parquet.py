@@ -7,20 +7,18 @@ number, and layer names are read as a dictionary, each once); a record is refuse
 """
 from __future__ import annotations
 
-import re
 from typing import Iterator
 
 import numpy as np
 import pandas as pd
 
 from moe.memory import BUDGET_ENV, describe_over
-from moe.traces.records import INT64_MAX, Progress, RoutingRecord, TraceLimits, check_experts, open_regular
+from moe.traces.records import (INT64_MAX, LAYER_NAME, Progress, RoutingRecord, TraceLimits, check_experts,
+                                open_regular)
 from moe.traces.safeload import chunk_bytes, is_label, label_codes, parquet_file
 
 PARQUET_COLUMNS = ["step", "layer", "token", "expert", "router_logit", "prob", "routed", "served", "gate",
                    "contribution"]
-MAX_NAME = 32  # characters of a layer name (shown on the page and in messages)
-LAYER_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")  # every source's layer labels
 
 def trace_frame(trace, step: int = 0, layer: int | str = 0, labels=None) -> pd.DataFrame:
     """One row per (token, expert) of one forward: the tidy trace, stamped with its step and layer."""

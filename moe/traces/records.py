@@ -7,6 +7,7 @@ it guards are read or materialised, so a file is refused in one line rather than
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -17,6 +18,8 @@ from moe.memory import BUDGET_ENV, budget_bytes, describe_bytes, describe_over
 
 Progress = Callable[[float], None]  # fraction of the file read, 0..1
 MAX_EXPERTS = 16384        # far above any released MoE (hundreds of experts); a larger count is a typo or an attack
+MAX_NAME = 32              # characters of a layer name (shown on the page and in messages)
+LAYER_NAME = re.compile(rf"[A-Za-z0-9_.\-]{{1,{MAX_NAME}}}")  # every source's layer labels, routing logs included
 MAX_LAYERS = 16384         # layer labels one file may name: far above any released MoE (tens of layers)
 INT64_MAX = 2 ** 63 - 1
 # Bytes of Python objects json.loads builds per byte of a line, at most (measured: 25 for "[0],", 19 for "[1000],").

@@ -23,8 +23,7 @@ from moe.jsonio import dumps, loads_strict
 from moe.memory import describe_bytes
 from moe.roots import lies_in, open_inside, read_regular
 from moe.traces.log import RECORDED, RoutingLog, check_map
-from moe.traces.parquet import LAYER_NAME, MAX_NAME
-from moe.traces.records import MAX_EXPERTS, MAX_LAYERS, TraceLimits
+from moe.traces.records import LAYER_NAME, MAX_EXPERTS, MAX_LAYERS, MAX_NAME, TraceLimits
 
 SCHEMA = "moe-scope-routing-log/1"
 META = "meta.json"
