@@ -54,6 +54,16 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                           "with torch.sort, which does not order ties, in float32, so on tied loads, or loads past "
                           "2^24 tokens, its layout may differ). "
                           "p50 = median over the windows after a plan.",
+    "replay_recorded": "**current, as recorded** (`recorded`): the run's own placement per rank and window as the "
+                       "run recorded it, where the log holds counts per physical slot of its map (SGLang's expert "
+                       "distribution dumps, vLLM's EPLB window, a moe-scope log written from them): each slot's "
+                       "tokens, summed over the window's steps and over the ranks that recorded them, on the rank "
+                       "that holds the slot (slot p on rank p // (P / W)). **current** is the same placement with "
+                       "each expert's tokens split over its slots by the chunk rule (replay_rank_load), as every plan "
+                       "is measured, so the verdict compares plans with **current**; the two differ only where the "
+                       "run split a replicated expert's tokens otherwise. `recorded_next_window_p50` = its p50 vLLM "
+                       "balancedness on windows 1 … N − 1 (those next_window_p50 reads). Not shown when the slots' "
+                       "counts do not sum, through the map, to the log's expert counts.",
     "replay_own_window": "each planner's plan of window k measured on window k itself: the flattering figure the "
                          "honest one (replay_next_window) is read against; `own_window_p50` = the median over windows "
                          "of its vLLM balancedness. **kept** (`kept_current_windows`) = the windows whose plan of ours "

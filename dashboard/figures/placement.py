@@ -14,8 +14,11 @@ from dashboard.figures.core import NEUTRAL_COLOR, axis, expert_tick_step, layout
 from dashboard.figures.parallel import PLANNED_COLOR
 
 EPLB_COLOR = "#ff7f0e"
-PLACEMENT_COLORS = {"current": NEUTRAL_COLOR, "planned": PLANNED_COLOR, "eplb": EPLB_COLOR}
-PLACEMENT_NAMES = {"current": "current", "planned": "our planner", "eplb": "DeepSeek's EPLB"}
+PLACEMENT_COLORS = {"current": NEUTRAL_COLOR, "recorded": NEUTRAL_COLOR, "planned": PLANNED_COLOR,
+                    "eplb": EPLB_COLOR}
+PLACEMENT_NAMES = {"current": "current", "recorded": "current, as recorded", "planned": "our planner",
+                   "eplb": "DeepSeek's EPLB"}
+RUN_PLACEMENTS = ("current", "recorded")  # the run's own placement (modelled, recorded): no R of their own
 BALANCE_RANGE = [0.0, 1.05]  # balancedness lies in 0 … 1
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 METRIC_TITLES = {"balancedness_vllm": "balancedness (vLLM: mean / max)",
@@ -26,10 +29,13 @@ METRIC_TITLES = {"balancedness_vllm": "balancedness (vLLM: mean / max)",
 def series_name(placement: str, redundant_slots: int) -> str:
     """The legend name of one (placement, R): the current placement has no R of its own."""
     name = PLACEMENT_NAMES.get(placement, placement)
-    return name if placement == "current" else f"{name}, R={redundant_slots}"
+    return name if placement in RUN_PLACEMENTS else f"{name}, R={redundant_slots}"
 
 
-def _dash(redundant_slots: int, all_r: list[int]) -> str:
+def _dash(placement: str, redundant_slots: int, all_r: list[int]) -> str:
+    """The run's own placement solid (dotted as recorded), a planner's by its R."""
+    if placement in RUN_PLACEMENTS:
+        return "solid" if placement == "current" else "dot"
     return DASHES[all_r.index(redundant_slots) % len(DASHES)]
 
 
@@ -42,7 +48,7 @@ def balance_figure(rows: pd.DataFrame, metric: str = "balancedness_vllm", layer:
         label = series_name(name, int(R))
         data.append(go.Scatter(x=group["window"], y=group[metric], mode="lines+markers", name=label,
                                line=dict(color=PLACEMENT_COLORS.get(name, NEUTRAL_COLOR),
-                                         dash="solid" if name == "current" else _dash(int(R), all_r)),
+                                         dash=_dash(name, int(R), all_r)),
                                marker=dict(size=5),
                                hovertemplate="window %{x}: %{y:.3f}<extra>" + label + "</extra>"))
     title = f"{METRIC_TITLES.get(metric, metric)} per window" + (f", layer {layer}" if layer else "")
@@ -87,7 +93,7 @@ def interval_figure(table: pd.DataFrame) -> go.Figure:
         label = series_name(name, int(R))
         data.append(go.Scatter(x=group["every"], y=group["p50_balancedness"], mode="lines+markers", name=label,
                                line=dict(color=PLACEMENT_COLORS.get(name, NEUTRAL_COLOR),
-                                         dash="solid" if name == "current" else _dash(int(R), all_r)),
+                                         dash=_dash(name, int(R), all_r)),
                                hovertemplate="every %{x} windows: p50 %{y:.3f}<extra>" + label + "</extra>"))
     everies = sorted(table["every"].unique().tolist())
     return go.Figure(data, layout(title="Replanning every N windows: p50 balancedness (vLLM) on the windows after",

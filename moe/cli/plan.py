@@ -53,6 +53,9 @@ def add_command(commands) -> None:
 SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50": "replay_rebalance_interval",
                        "rest_p50": "replay_rebalance_interval", "own_window_p50": "replay_own_window",
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
+# ... and of each number of a layer's summary beside its per-R summaries.
+LAYER_DEFINITIONS = {"recorded_next_window_p50": "replay_recorded", "hot_windows": "hot_expert_persistence",
+                     "persistence": "hot_expert_persistence"}
 
 
 def run(args: argparse.Namespace) -> str:
@@ -78,7 +81,8 @@ def run(args: argparse.Namespace) -> str:
                       f"{layers:,} layers × {windows:,} windows of {E:,} experts for {len(slots)} R",
                       "give fewer layers (--layer NAME) or longer windows (--window STEPS)")
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
-    results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only)
+    results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only,
+                         slot_counts=log.slot_counts())
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
     plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
                         args.export in ("sglang", "vllm"), only)
@@ -123,8 +127,11 @@ def _layer_summary(r) -> dict:
     """Per R replayed (SUMMARY_DEFINITIONS): p50 balancedness on the windows after planning, per interval and on the
     rest, on the planned window itself, windows whose plan kept the current placement, the share replicas absorbed;
     then the hot experts and notes."""
-    return {"slots": {str(R): _slot_summary(r, R) for R in r.redundant_slots}, "hot_top": r.hot_top,
-            "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence, "notes": r.notes}
+    recorded = (float(np.median(balancedness_vllm(r.recorded[1:]))) if r.recorded is not None and len(r.windows) > 1
+                else None)  # where the run recorded its slots' counts
+    return {"slots": {str(R): _slot_summary(r, R) for R in r.redundant_slots}, "recorded_next_window_p50": recorded,
+            "hot_top": r.hot_top, "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence,
+            "notes": r.notes}
 
 
 def _slot_summary(r, R: int) -> dict:

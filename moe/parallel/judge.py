@@ -25,7 +25,8 @@ from moe.parallel.eplb import check_eplb_args, is_global, rebalance
 from moe.parallel.greedy import heaviest_first
 from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
-from moe.parallel.replay import Layout, from_map, from_placement, rank_load, rank_load_rows, to_placement, window_counts
+from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, slot_rank_load,
+                                 to_placement, window_counts)
 from moe.parallel.schedules import schedules, span_balancedness, span_windows
 from moe.traces.runstats import hot_mask
 
@@ -73,6 +74,7 @@ class LayerReplay:
     persistence: float                                    # mean share of window k's hot experts hot in k + 1
     absorbed: dict[int, float]                            # R -> p50 share of window k+1's load on plan k's replicas
     notes: list[str] = field(default_factory=list)
+    recorded: np.ndarray | None = None                    # (N, W) the current placement's load as the run recorded it
 
     @property
     def redundant_slots(self) -> list[int]:
@@ -209,8 +211,9 @@ def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
     return float(np.nanmedian(shares)) if np.isfinite(shares).any() else float("nan")
 
 
-def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> LayerReplay:
-    """Replay one layer's (S, E) counts under the current placement and both planners, for every R."""
+def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings, slot_counts=None) -> LayerReplay:
+    """Replay one layer's (S, E) counts under the current placement and both planners, for every R. `slot_counts`
+    (S, P): the tokens each slot of `current` served, where the run recorded them (definition "replay_recorded")."""
     windows = window_counts(counts, s.window)                                        # (N, E)
     N, E = windows.shape
     W = s.world_size
@@ -245,16 +248,22 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings) -> Laye
             intervals[(name, R)], rest[(name, R)] = schedules(N, s.intervals, spans, balancedness_vllm(after))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n, order)
-    return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes)
+    recorded = None if slot_counts is None else slot_rank_load(window_counts(slot_counts, s.window), current)
+    return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes,
+                       recorded)
 
 
 def balance_rows(result: LayerReplay) -> list[dict]:
-    """Tidy rows: one per (placement, R, window) with vLLM's and SGLang's balancedness, max/mean, max and mean load."""
+    """Tidy rows: one per (placement, R, window) with vLLM's and SGLang's balancedness, max/mean, max and mean load;
+    the current placement's as recorded ("recorded") where the run recorded its slots' counts."""
+    loads = dict(result.loads)
+    if result.recorded is not None:
+        loads[("recorded", result.redundant_slots[0])] = result.recorded
     rows = []
-    for (name, R), load in result.loads.items():
+    for (name, R), load in loads.items():
         if name == "current" and R != result.redundant_slots[0]:
             continue  # the same rows for every R: listed once
-        first = 0 if name == "current" else 1  # a planner's window 0 has no plan before it
+        first = 0 if name in ("current", "recorded") else 1  # a planner's window 0 has no plan before it
         vllm, sgl, mom = balancedness_vllm(load), balancedness_sglang(load), rank_max_over_mean(load)
         for k in range(first, len(load)):
             rows.append({"layer": result.layer, "window": k, "placement": name, "redundant_slots": R,
@@ -265,9 +274,10 @@ def balance_rows(result: LayerReplay) -> list[dict]:
 
 
 def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, only: list[str] | None = None,
-               workers: int | None = None) -> list[LayerReplay]:
-    """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map. Layers
-    are replayed side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
+               workers: int | None = None, slot_counts=None) -> list[LayerReplay]:
+    """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map;
+    slot_counts (S, L, P): what each slot of it served, when recorded (RoutingLog.slot_counts). Layers are replayed
+    side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
     counts = np.asarray(counts)
     chosen = layers if only is None else list(dict.fromkeys(only))  # a layer named twice is replayed once
     missing = [name for name in chosen if name not in layers]
@@ -277,7 +287,8 @@ def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, on
     def one(name: str) -> LayerReplay:
         i = layers.index(name)
         current = current_layout(counts.shape[2], settings.world_size, None if p2l is None else p2l[i])
-        return replay_layer(name, counts[:, i, :], current, settings)
+        return replay_layer(name, counts[:, i, :], current, settings,
+                            None if slot_counts is None else slot_counts[:, i, :])
     if len(chosen) < 2 or workers == 1:
         return [one(name) for name in chosen]
     with ThreadPoolExecutor(max_workers=min(len(chosen), workers or os.cpu_count() or 1)) as pool:

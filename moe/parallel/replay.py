@@ -101,6 +101,18 @@ def rank_load(counts, layout: Layout) -> np.ndarray:
     return full
 
 
+def slot_rank_load(slot_counts, layout: Layout) -> np.ndarray:
+    """(N, W) tokens each rank serves in each window, from tokens per window and physical slot (N, P), as recorded:
+    slot p's count on rank slot_rank[p] (no split rule: the slots' own counts)."""
+    slot_counts = np.asarray(slot_counts, dtype=np.int64)
+    if slot_counts.ndim != 2 or slot_counts.shape[1] != layout.n_slots:
+        raise ValueError(f"per-slot counts {slot_counts.shape} must be (windows, {layout.n_slots} slots) of the "
+                         f"placement")
+    out = np.zeros((layout.world_size, len(slot_counts)), dtype=np.int64)           # (W, N)
+    np.add.at(out, layout.slot_rank, slot_counts.T)
+    return out.T
+
+
 def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None, window_of=None, split=None
                    ) -> np.ndarray:
     """(N, W) like rank_load, with a layout per window: slot_expert and slot_rank (N, P); slot expert -1 = unused.

@@ -94,6 +94,20 @@ class RoutingLog:
         counts from 1, so its label n is layer id n − 1 in a serving map (moe.parallel.export.sglang_layer_ids)."""
         return self.meta.get(LAYER_BASE, 0)
 
+    def slot_counts(self, layer: int | None = None) -> np.ndarray | None:
+        """(S, L, P) tokens each physical slot of the run's map served (rank_counts summed over the ranks that
+        recorded them), or (S, P) of the layer at index `layer`, when the log records its map and per-slot counts
+        of it that agree with `counts` (each expert's slots summing to its count); else None."""
+        p2l, ranks = self.physical_to_logical, self.rank_counts
+        S, L, P = len(self.steps), len(self.layers), 0 if p2l is None else p2l.shape[1]
+        if p2l is None or ranks is None or ranks.ndim != 4 or (ranks.shape[0], *ranks.shape[2:]) != (S, L, P):
+            return None
+        at = slice(None) if layer is None else slice(layer, layer + 1)
+        per_slot = ranks[:, :, at].sum(axis=1)                                        # (S, L or 1, P)
+        if not np.array_equal(map_to_logical(per_slot, p2l[at], self.n_experts), self.counts[:, at]):
+            return None
+        return per_slot if layer is None else per_slot[:, 0]
+
     def layer_load(self, layer: str) -> np.ndarray:
         """(S, E) tokens per step and expert of one layer."""
         return self.counts[:, self.layers.index(layer), :]
