@@ -257,8 +257,9 @@ def balance_rows(result: LayerReplay) -> list[dict]:
     """Tidy rows: one per (placement, R, window) with vLLM's and SGLang's balancedness, max/mean, max and mean load;
     the current placement's as recorded ("recorded") where the run recorded its slots' counts."""
     loads = dict(result.loads)
-    if result.recorded is not None:
-        loads[("recorded", result.redundant_slots[0])] = result.recorded
+    if result.recorded is not None:  # next to the current placement's rows
+        first = ("current", result.redundant_slots[0])
+        loads = {first: loads.pop(first), ("recorded", first[1]): result.recorded, **loads}
     rows = []
     for (name, R), load in loads.items():
         if name == "current" and R != result.redundant_slots[0]:
