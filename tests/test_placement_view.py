@@ -2,7 +2,6 @@
 engine's verdict, the replay's charts with their definitions, and plan files the engine reads back."""
 from __future__ import annotations
 
-import base64
 import json
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 from streamlit.runtime.memory_media_file_storage import _calculate_file_id
 from streamlit.testing.v1 import AppTest
 
+from app_support import chart_traces
 from dashboard import replays
 from dashboard.quoting import md_text
 from moe.parallel.export import read_plan
@@ -38,21 +38,6 @@ def log_dir(tmp_path) -> str:
     path = str(tmp_path / "log")
     write_log(RoutingLog("moe-scope-recorder", LAYERS, np.arange(S) * 10, counts, top_k=2), path)
     return path
-
-
-def chart_traces(at: AppTest, i: int) -> dict:
-    """The i-th chart's traces by name, as the page sent them to the browser (typed arrays decoded)."""
-    spec = json.loads(at.get("plotly_chart")[i].proto.spec)
-    return {t.get("name"): {k: _array(v) for k, v in t.items()} for t in spec["data"]}
-
-
-def _array(value):
-    """Plotly's JSON writes numeric arrays as {"dtype", "bdata" (base64), "shape"}: back to a list."""
-    if isinstance(value, dict) and "bdata" in value:
-        flat = np.frombuffer(base64.b64decode(value["bdata"]), dtype=value["dtype"])
-        shape = [int(n) for n in str(value.get("shape", len(flat))).split(",")]
-        return flat.reshape(shape).tolist()
-    return value
 
 
 def test_the_section_shows_the_engines_verdict_and_the_replay_in_its_charts(log_dir):

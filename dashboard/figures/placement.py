@@ -2,13 +2,16 @@
 
 Tables in (the tidy rows of moe.parallel.judge.balance_rows, a rank-load array, the interval table), `go.Figure`
 out; no replay here. One colour per placement (current, our planner, DeepSeek's EPLB) and one dash per R, the same
-in every chart; expert bars take the page's expert colours.
+in every chart (the run's placement as recorded: the current one's colour, dotted); expert bars take the page's
+expert colours.
 """
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+
+from moe.parallel.judge import RUN_PLACEMENTS
 
 from dashboard.figures.core import NEUTRAL_COLOR, axis, expert_tick_step, layout
 from dashboard.figures.parallel import PLANNED_COLOR
@@ -18,7 +21,6 @@ PLACEMENT_COLORS = {"current": NEUTRAL_COLOR, "recorded": NEUTRAL_COLOR, "planne
                     "eplb": EPLB_COLOR}
 PLACEMENT_NAMES = {"current": "current", "recorded": "current, as recorded", "planned": "our planner",
                    "eplb": "DeepSeek's EPLB"}
-RUN_PLACEMENTS = ("current", "recorded")  # the run's own placement (modelled, recorded): no R of their own
 BALANCE_RANGE = [0.0, 1.05]  # balancedness lies in 0 … 1
 DASHES = ("solid", "dash", "dot", "dashdot", "longdash", "longdashdot")
 METRIC_TITLES = {"balancedness_vllm": "balancedness (vLLM: mean / max)",

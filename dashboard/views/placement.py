@@ -10,11 +10,12 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from moe.metrics import balancedness_vllm, max_over_mean_rows
+from moe.metrics import max_over_mean_rows
 from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import serving_redundant_slots
-from moe.parallel.judge import LayerReplay, ReplaySettings, balance_rows, default_window
+from moe.parallel.judge import RUN_PLACEMENTS, LayerReplay, ReplaySettings, balance_rows, default_window
 from moe.parallel.replay import check_replay_cost, replay_bytes
+from moe.parallel.schedules import p50
 from moe.traces.log import RoutingLog
 
 from dashboard import replays
@@ -22,7 +23,7 @@ from dashboard.definitions import caption
 from dashboard.quoting import md_text, quote
 from dashboard.figures.colors import expert_colors
 from dashboard.figures.placement import (METRIC_TITLES, balance_figure, hot_figure, interval_figure, interval_table,
-                                         rank_heatmap_figure, RUN_PLACEMENTS, series_name)
+                                         rank_heatmap_figure, series_name)
 from dashboard.state import placement_key
 
 INTRO = ("Replays the log's expert counts window by window under the placement the run used (its physical → logical "
@@ -55,7 +56,8 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
         p2l = None if log.physical_to_logical is None else log.physical_to_logical[i]
         _check_cost(log, settings, 0 if p2l is None else len(p2l))
         with st.spinner(f"Replaying layer {layer} under each placement…"):
-            result, text = replays.replay(log.counts[:, i, :], layer, p2l, settings, log.slot_counts(i))
+            result, text = replays.replay(log.counts[:, i, :], layer, p2l, settings,
+                                          log.slot_counts(i, settings.world_size))
     except ValueError as err:
         st.error(f"The replay cannot run: {err}", icon="⚠️")
         return None
@@ -188,11 +190,9 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
     metric = st.selectbox("Balance measure", list(METRIC_TITLES), format_func=METRIC_TITLES.get, key=key("metric"))
     st.plotly_chart(balance_figure(rows, metric, result.layer), width="stretch", key=key("balance_chart"))
     st.caption(caption(METRIC_DEFINITIONS[metric], "replay_next_window"))
-    loads = {k: v for k, v in result.loads.items() if k[0] != "current" or k[1] == result.redundant_slots[0]}
     if result.recorded is not None:
         _recorded(result)
-        first_r = result.redundant_slots[0]
-        loads = {("current", first_r): None, ("recorded", first_r): result.recorded, **loads}  # the run's first
+    loads = result.shown_loads()
     labels = {series_name(*k): k for k in loads}
     keep_choice(key("heat"), list(labels), "current")  # the run as it was: does its imbalance persist?
     chosen = st.selectbox("Rank load of", list(labels), key=key("heat"))
@@ -216,12 +216,11 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
 def _recorded(result: LayerReplay) -> None:
     """The run's own per-rank load as recorded beside the modelled one (definition "replay_recorded")."""
     if len(result.windows) > 1:
-        recorded = float(np.median(balancedness_vllm(result.recorded[1:])))
-        modelled = float(np.median(result.next_window("current", result.redundant_slots[0])))
+        recorded, modelled = (p50(result.next_window(name, result.redundant_slots[0])) for name in RUN_PLACEMENTS[::-1])
         st.caption(f"This run recorded what each slot of its placement served: on windows 1 … "
                    f"{len(result.windows) - 1} its p50 balancedness (vLLM) is {recorded:.3f} as recorded and "
-                   f"{modelled:.3f} as modelled (\"current\": each expert's tokens split evenly over its slots, "
-                   f"as the plans are measured).")
+                   f"{modelled:.3f} as modelled (\"current\": each expert's tokens split over its slots by the chunk "
+                   f"rule, as the plans are measured).")
     st.caption(caption("replay_recorded"))
 
 

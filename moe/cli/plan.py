@@ -18,6 +18,7 @@ from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans,
                                  write_plan)
 from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log
 from moe.parallel.replay import check_replay_cost, replay_bytes
+from moe.parallel.schedules import p50
 from moe.parallel.verdict import best_gain, verdict
 from moe.traces.formats import read_log
 
@@ -53,9 +54,9 @@ def add_command(commands) -> None:
 SUMMARY_DEFINITIONS = {"next_window_p50": "replay_next_window", "intervals_p50": "replay_rebalance_interval",
                        "rest_p50": "replay_rebalance_interval", "own_window_p50": "replay_own_window",
                        "kept_current_windows": "replay_own_window", "absorbed_p50": "hot_expert_persistence"}
-# ... and of each number of a layer's summary beside its per-R summaries.
-LAYER_DEFINITIONS = {"recorded_next_window_p50": "replay_recorded", "hot_windows": "hot_expert_persistence",
-                     "persistence": "hot_expert_persistence"}
+# ... and of each number of a layer's summary beside its per-R summaries (`notes` are words).
+LAYER_DEFINITIONS = {"recorded_next_window_p50": "replay_recorded", "hot_top": "hot_expert_persistence",
+                     "hot_windows": "hot_expert_persistence", "persistence": "hot_expert_persistence"}
 
 
 def run(args: argparse.Namespace) -> str:
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> str:
                       "give fewer layers (--layer NAME) or longer windows (--window STEPS)")
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only,
-                         slot_counts=log.slot_counts())
+                         slot_counts=lambda i: log.slot_counts(i, W))
     current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
     plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
                         args.export in ("sglang", "vllm"), only)
@@ -127,8 +128,7 @@ def _layer_summary(r) -> dict:
     """Per R replayed (SUMMARY_DEFINITIONS): p50 balancedness on the windows after planning, per interval and on the
     rest, on the planned window itself, windows whose plan kept the current placement, the share replicas absorbed;
     then the hot experts and notes."""
-    recorded = (float(np.median(balancedness_vllm(r.recorded[1:]))) if r.recorded is not None and len(r.windows) > 1
-                else None)  # where the run recorded its slots' counts
+    recorded = p50(r.next_window("recorded", 0)) if r.recorded is not None and len(r.windows) > 1 else None
     return {"slots": {str(R): _slot_summary(r, R) for R in r.redundant_slots}, "recorded_next_window_p50": recorded,
             "hot_top": r.hot_top, "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence,
             "notes": r.notes}

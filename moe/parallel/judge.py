@@ -13,6 +13,7 @@ Shapes: S steps, E experts, N windows, W ranks, P slots.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -31,6 +32,7 @@ from moe.parallel.schedules import schedules, span_balancedness, span_windows
 from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
+RUN_PLACEMENTS = ("current", "recorded")  # the run's own placement: modelled (chunk rule), as recorded; no R
 DEFAULT_WINDOWS = 32  # without a window length, a log is cut into at most this many windows (plan CLI, the page)
 
 
@@ -81,8 +83,18 @@ class LayerReplay:
         return sorted({R for _, R in self.loads})
 
     def next_window(self, placement: str, R: int) -> np.ndarray:
-        """(N − 1,) vLLM balancedness of windows 1 … N−1 (each after a plan); the current placement's too."""
-        return balancedness_vllm(self.loads[(placement, R)][1:])
+        """(N − 1,) vLLM balancedness of windows 1 … N−1 (each after a plan); the current placement's too, and
+        "recorded" (when the run recorded its slots' counts)."""
+        return balancedness_vllm((self.recorded if placement == "recorded" else self.loads[(placement, R)])[1:])
+
+    def shown_loads(self) -> dict[tuple[str, int], np.ndarray]:
+        """(placement, R) -> (N, W) as the rows and charts list them: the current placement once (at the first R),
+        "recorded" after it where the run recorded its slots' counts, then each planner per R."""
+        first = self.redundant_slots[0]
+        run = {("current", first): self.loads[("current", first)]}
+        if self.recorded is not None:
+            run[("recorded", first)] = self.recorded
+        return run | {key: load for key, load in self.loads.items() if key[0] not in RUN_PLACEMENTS}
 
 
 def plan_layout(load, world_size: int, redundant_slots: int, current: Layout, distinct: bool = False
@@ -211,9 +223,11 @@ def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
     return float(np.nanmedian(shares)) if np.isfinite(shares).any() else float("nan")
 
 
-def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings, slot_counts=None) -> LayerReplay:
+def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings,
+                 slot_counts: np.ndarray | str | None = None) -> LayerReplay:
     """Replay one layer's (S, E) counts under the current placement and both planners, for every R. `slot_counts`
-    (S, P): the tokens each slot of `current` served, where the run recorded them (definition "replay_recorded")."""
+    (S, P): the tokens each slot of `current` served, where the run recorded them (definition "replay_recorded"), or
+    why they are not shown (a note), as RoutingLog.slot_counts gives them."""
     windows = window_counts(counts, s.window)                                        # (N, E)
     N, E = windows.shape
     W = s.world_size
@@ -248,25 +262,22 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings, slot_co
             intervals[(name, R)], rest[(name, R)] = schedules(N, s.intervals, spans, balancedness_vllm(after))
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n, order)
-    recorded = None if slot_counts is None else slot_rank_load(window_counts(slot_counts, s.window), current)
+    recorded = None
+    if isinstance(slot_counts, str):
+        notes.append(slot_counts)
+    elif slot_counts is not None:
+        recorded = slot_rank_load(window_counts(slot_counts, s.window), current)      # (N, W)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes,
                        recorded)
 
 
 def balance_rows(result: LayerReplay) -> list[dict]:
-    """Tidy rows: one per (placement, R, window) with vLLM's and SGLang's balancedness, max/mean, max and mean load;
-    the current placement's as recorded ("recorded") where the run recorded its slots' counts."""
-    loads = dict(result.loads)
-    if result.recorded is not None:  # next to the current placement's rows
-        first = ("current", result.redundant_slots[0])
-        loads = {first: loads.pop(first), ("recorded", first[1]): result.recorded, **loads}
+    """Tidy rows: one per (placement, R, window) with vLLM's and SGLang's balancedness, max/mean, max and mean load,
+    in the order of LayerReplay.shown_loads; a planner's window 0 is left out (no plan comes before it)."""
     rows = []
-    for (name, R), load in loads.items():
-        if name == "current" and R != result.redundant_slots[0]:
-            continue  # the same rows for every R: listed once
-        first = 0 if name in ("current", "recorded") else 1  # a planner's window 0 has no plan before it
+    for (name, R), load in result.shown_loads().items():
         vllm, sgl, mom = balancedness_vllm(load), balancedness_sglang(load), rank_max_over_mean(load)
-        for k in range(first, len(load)):
+        for k in range(0 if name in RUN_PLACEMENTS else 1, len(load)):
             rows.append({"layer": result.layer, "window": k, "placement": name, "redundant_slots": R,
                          "balancedness_vllm": float(vllm[k]), "balancedness_sglang": float(sgl[k]),
                          "max_over_mean": float(mom[k]), "max_load": int(load[k].max()),
@@ -275,10 +286,11 @@ def balance_rows(result: LayerReplay) -> list[dict]:
 
 
 def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, only: list[str] | None = None,
-               workers: int | None = None, slot_counts=None) -> list[LayerReplay]:
+               workers: int | None = None, slot_counts: Callable[[int], np.ndarray | str | None] | None = None
+               ) -> list[LayerReplay]:
     """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map;
-    slot_counts (S, L, P): what each slot of it served, when recorded (RoutingLog.slot_counts). Layers are replayed
-    side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
+    slot_counts(i): what each slot of it served in layer i, when recorded (RoutingLog.slot_counts at this W). Layers
+    are replayed side by side on `workers` threads (default: the CPUs; the compiled steps release the GIL)."""
     counts = np.asarray(counts)
     chosen = layers if only is None else list(dict.fromkeys(only))  # a layer named twice is replayed once
     missing = [name for name in chosen if name not in layers]
@@ -288,8 +300,7 @@ def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, on
     def one(name: str) -> LayerReplay:
         i = layers.index(name)
         current = current_layout(counts.shape[2], settings.world_size, None if p2l is None else p2l[i])
-        return replay_layer(name, counts[:, i, :], current, settings,
-                            None if slot_counts is None else slot_counts[:, i, :])
+        return replay_layer(name, counts[:, i, :], current, settings, None if slot_counts is None else slot_counts(i))
     if len(chosen) < 2 or workers == 1:
         return [one(name) for name in chosen]
     with ThreadPoolExecutor(max_workers=min(len(chosen), workers or os.cpu_count() or 1)) as pool:

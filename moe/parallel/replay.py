@@ -108,9 +108,10 @@ def slot_rank_load(slot_counts, layout: Layout) -> np.ndarray:
     if slot_counts.ndim != 2 or slot_counts.shape[1] != layout.n_slots:
         raise ValueError(f"per-slot counts {slot_counts.shape} must be (windows, {layout.n_slots} slots) of the "
                          f"placement")
-    out = np.zeros((layout.world_size, len(slot_counts)), dtype=np.int64)           # (W, N)
-    np.add.at(out, layout.slot_rank, slot_counts.T)
-    return out.T
+    order, starts, ranks, *_ = layout.plan
+    out = np.zeros((len(slot_counts), layout.world_size), dtype=np.int64)
+    out[:, ranks] = np.add.reduceat(slot_counts[:, order], starts, axis=1)           # (N, ranks with a slot)
+    return out
 
 
 def rank_load_rows(counts, slot_expert, slot_rank, world_size: int, plan_of=None, window_of=None, split=None

@@ -94,19 +94,26 @@ class RoutingLog:
         counts from 1, so its label n is layer id n − 1 in a serving map (moe.parallel.export.sglang_layer_ids)."""
         return self.meta.get(LAYER_BASE, 0)
 
-    def slot_counts(self, layer: int | None = None) -> np.ndarray | None:
-        """(S, L, P) tokens each physical slot of the run's map served (rank_counts summed over the ranks that
-        recorded them), or (S, P) of the layer at index `layer`, when the log records its map and per-slot counts
-        of it that agree with `counts` (each expert's slots summing to its count); else None."""
+    def slot_counts(self, layer: int, world_size: int) -> np.ndarray | str | None:
+        """(S, P) tokens each physical slot of the run's map served in the layer at index `layer` (rank_counts summed
+        over the ranks that recorded them), for a replay on `world_size` ranks; None when the log records no
+        per-slot counts of its map; a one-line reason when it does but they cannot be shown as the run's: they do
+        not sum, through the map, to the layer's expert counts, or the log records another W (meta world_size, 2
+        or more: slot p lies on rank p // (P / W), so another W is another placement)."""
         p2l, ranks = self.physical_to_logical, self.rank_counts
         S, L, P = len(self.steps), len(self.layers), 0 if p2l is None else p2l.shape[1]
         if p2l is None or ranks is None or ranks.ndim != 4 or (ranks.shape[0], *ranks.shape[2:]) != (S, L, P):
             return None
-        at = slice(None) if layer is None else slice(layer, layer + 1)
-        per_slot = ranks[:, :, at].sum(axis=1)                                        # (S, L or 1, P)
-        if not np.array_equal(map_to_logical(per_slot, p2l[at], self.n_experts), self.counts[:, at]):
-            return None
-        return per_slot if layer is None else per_slot[:, 0]
+        run = self.meta.get("world_size")
+        if type(run) is int and run >= 2 and run != world_size:
+            return (f"the run's per-slot counts are shown as recorded at its own W={run} only (slot p on rank "
+                    f"p // (P / W)); this replay has W={world_size}")
+        per_slot = ranks[:, :, layer].sum(axis=1, dtype=np.int64)                    # (S, P)
+        if not np.array_equal(map_to_logical(per_slot[:, None], p2l[layer: layer + 1], self.n_experts)[:, 0],
+                              self.counts[:, layer]):
+            return ("the run's per-slot counts of this layer do not sum, through its physical → logical map, to its "
+                    "expert counts: not shown as recorded")
+        return per_slot
 
     def layer_load(self, layer: str) -> np.ndarray:
         """(S, E) tokens per step and expert of one layer."""
