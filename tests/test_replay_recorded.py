@@ -179,3 +179,21 @@ def test_the_section_shows_the_recorded_load_beside_the_modelled_one(tmp_path):
     heat = json.loads(at.get("plotly_chart")[1].proto.spec)
     assert chart_traces(at, 1)[None]["z"] == expected.T.tolist()
     assert heat["layout"]["title"]["text"] == "Load per rank and window: current, as recorded"
+
+
+def test_the_section_says_when_the_log_does_not_record_the_runs_w(tmp_path):
+    """vLLM's EPLB state records no W: the recorded slots lie on the W chosen, and the caption says so."""
+    from dashboard.views.placement import UNKNOWN_W
+    state, history = vllm_eplb_state(window=8, layers=1, n_logical=6, n_redundant=2, passes=8, seed=5)
+    torch.save(state, tmp_path / "eplb.pt")
+    at = AppTest.from_function(section_app, args=(str(tmp_path / "eplb.pt"),), default_timeout=60).run()
+    assert not at.exception and not at.error, at.error
+    W, window = at.selectbox(key="runs_place_world").value, at.number_input(key="runs_place_window").value
+    expected = by_hand(np.stack(history)[:, 0], W, window)
+    text = " ".join(c.value for c in at.caption)
+    assert f"{np.median([e.mean() / e.max() for e in expected[1:]]):.3f} as recorded" in text
+    assert UNKNOWN_W.strip() in text
+    folder, _ = sglang_dump(tmp_path)                                                 # records W = 2: not said
+    at = AppTest.from_function(section_app, args=(folder,), default_timeout=60).run()
+    text = " ".join(c.value for c in at.caption)
+    assert "as recorded and" in text and UNKNOWN_W.strip() not in text

@@ -32,6 +32,8 @@ INTRO = ("Replays the log's expert counts window by window under the placement t
 METRIC_DEFINITIONS = {"balancedness_vllm": "balancedness_vllm", "balancedness_sglang": "balancedness_sglang",
                       "max_over_mean": "rank_max_over_mean"}
 EXPORT_FROM = ("whole log", "last window")
+UNKNOWN_W = (" The log does not record the run's number of ranks: the slots lie on the W chosen here (slot p on rank "
+             "p // (P / W)), the run's placement only if that is the run's W.")
 AUTO_PLAN_LAYERS = 256  # more layers are planned for the downloads on a click: ~3 ms a layer, and an auditor's 322 KB
                         # log of 16,384 layers kept the server busy for 50 s on every open
 
@@ -65,7 +67,7 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
     st.caption(caption("placement_verdict"))
     for note in result.notes:
         st.caption(note)
-    _charts(result, key, log.n_experts)
+    _charts(result, key, log.n_experts, log.recorded_world_size() is not None)
     _downloads(log, settings, key)
     return Replayed(log, layer, settings, result)
 
@@ -93,8 +95,8 @@ def world_options(log: RoutingLog) -> list[int]:
     divisors of the slots per layer (E, or the map's P) and, without a map, powers of two up to E (contiguous
     blocks take any W <= E)."""
     P = log.n_experts if log.physical_to_logical is None else log.physical_to_logical.shape[1]
-    recorded = log.meta.get("world_size")
-    known = isinstance(recorded, int) and not isinstance(recorded, bool) and recorded >= 2 and P % recorded == 0
+    recorded = log.recorded_world_size()
+    known = recorded is not None and P % recorded == 0
     if known and log.physical_to_logical is not None:
         return [recorded]
     found = {d for d in range(2, P + 1) if P % d == 0}
@@ -138,8 +140,8 @@ def _controls(log: RoutingLog, key, world_size: int | None) -> tuple[ReplaySetti
     c1, c2, c3, c4, c5 = st.columns([1, 2, 1, 1, 1])
     if world_size is None:
         options = world_options(log)
-        recorded = log.meta.get("world_size")
-        keep_choice(key("world"), options, recorded if recorded in options and recorded != 1  # one rank: no EP
+        recorded = log.recorded_world_size()
+        keep_choice(key("world"), options, recorded if recorded in options
                     else max([w for w in options if w <= 8], default=options[0]))
         W = c1.selectbox("Ranks (W)", options, key=key("world"), help="expert-parallel ranks (GPUs) the replay "
                          "spreads the experts over")
@@ -185,13 +187,13 @@ def _eplb_takes(n_experts: int, nodes: int, world_size: int) -> bool:
     return True
 
 
-def _charts(result: LayerReplay, key, n_experts: int) -> None:
+def _charts(result: LayerReplay, key, n_experts: int, run_w: bool) -> None:
     rows = pd.DataFrame(balance_rows(result))
     metric = st.selectbox("Balance measure", list(METRIC_TITLES), format_func=METRIC_TITLES.get, key=key("metric"))
     st.plotly_chart(balance_figure(rows, metric, result.layer), width="stretch", key=key("balance_chart"))
     st.caption(caption(METRIC_DEFINITIONS[metric], "replay_next_window"))
     if result.recorded is not None:
-        _recorded(result)
+        _recorded(result, run_w)
     loads = result.shown_loads()
     labels = {series_name(*k): k for k in loads}
     keep_choice(key("heat"), list(labels), "current")  # the run as it was: does its imbalance persist?
@@ -213,14 +215,15 @@ def _charts(result: LayerReplay, key, n_experts: int) -> None:
     _hot(result, key, n_experts)
 
 
-def _recorded(result: LayerReplay) -> None:
-    """The run's own per-rank load as recorded beside the modelled one (definition "replay_recorded")."""
+def _recorded(result: LayerReplay, run_w: bool) -> None:
+    """The run's own per-rank load as recorded beside the modelled one (definition "replay_recorded"); `run_w`: the
+    log records the run's W (else the slots lie on the W chosen here, which the caption says)."""
     if len(result.windows) > 1:
         recorded, modelled = (p50(result.next_window(name, result.redundant_slots[0])) for name in RUN_PLACEMENTS[::-1])
         st.caption(f"This run recorded what each slot of its placement served: on windows 1 … "
                    f"{len(result.windows) - 1} its p50 balancedness (vLLM) is {recorded:.3f} as recorded and "
                    f"{modelled:.3f} as modelled (\"current\": each expert's tokens split over its slots by the chunk "
-                   f"rule, as the plans are measured).")
+                   f"rule, as the plans are measured).{'' if run_w else UNKNOWN_W}")
     st.caption(caption("replay_recorded"))
 
 

@@ -94,6 +94,11 @@ class RoutingLog:
         counts from 1, so its label n is layer id n − 1 in a serving map (moe.parallel.export.sglang_layer_ids)."""
         return self.meta.get(LAYER_BASE, 0)
 
+    def recorded_world_size(self) -> int | None:
+        """The run's W as the log records it (meta world_size, 2 or more: one rank says nothing of a placement)."""
+        run = self.meta.get("world_size")
+        return run if type(run) is int and run >= 2 else None
+
     def slot_counts(self, layer: int, world_size: int) -> np.ndarray | str | None:
         """(S, P) tokens each physical slot of the run's map served in the layer at index `layer` (rank_counts summed
         over the ranks that recorded them), for a replay on `world_size` ranks; None when the log records no
@@ -104,8 +109,8 @@ class RoutingLog:
         S, L, P = len(self.steps), len(self.layers), 0 if p2l is None else p2l.shape[1]
         if p2l is None or ranks is None or ranks.ndim != 4 or (ranks.shape[0], *ranks.shape[2:]) != (S, L, P):
             return None
-        run = self.meta.get("world_size")
-        if type(run) is int and run >= 2 and run != world_size:
+        run = self.recorded_world_size()
+        if run is not None and run != world_size:
             return (f"the run's per-slot counts are shown as recorded at its own W={run} only (slot p on rank "
                     f"p // (P / W)); this replay has W={world_size}")
         per_slot = ranks[:, :, layer].sum(axis=1, dtype=np.int64)                    # (S, P)
