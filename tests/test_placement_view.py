@@ -328,6 +328,21 @@ def test_a_replay_past_the_budget_is_refused_before_it_runs(tmp_path, monkeypatc
                for e in at.error), [e.value for e in at.error]
 
 
+def test_a_replay_fits_what_the_open_pages_leave(log_dir, monkeypatch):
+    """The replay's check counts what the server's open pages keep (trace_room): with the budget all but taken, the
+    replay that runs on an idle server is refused in one line that says why."""
+    from dashboard import trace_room
+    from moe.memory import budget_bytes
+    at = AppTest.from_function(section_app, args=(log_dir,), default_timeout=60).run()
+    assert not at.exception and not at.error and at.get("plotly_chart")                # an idle server replays it
+    monkeypatch.setattr(trace_room, "held_bytes", lambda: budget_bytes() - (64 << 10))  # 64 KiB left
+    at = AppTest.from_function(section_app, args=(log_dir,), default_timeout=60).run()
+    assert not at.exception and not at.get("plotly_chart")
+    (error,) = [e.value for e in at.error]
+    assert error.startswith("The replay cannot run: replaying this layer's") and "\n" not in error
+    assert "32.0 KiB, half of what the memory budget of" in error and "the pages open on this server keep" in error
+
+
 def test_the_plan_files_of_a_log_of_many_layers_are_made_on_a_click(tmp_path):
     """An auditor's 322 KB log of 16,384 layers kept the server planning for 50 s each time it was opened. Past
     AUTO_PLAN_LAYERS layers the section replays its layer and waits for "Plan all … layers"; the request holds while

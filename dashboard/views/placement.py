@@ -18,7 +18,7 @@ from moe.parallel.replay import check_replay_cost, replay_bytes
 from moe.parallel.schedules import p50
 from moe.traces.log import RoutingLog
 
-from dashboard import replays
+from dashboard import replays, trace_room
 from dashboard.definitions import caption
 from dashboard.quoting import md_text, quote
 from dashboard.figures.colors import expert_colors
@@ -74,10 +74,12 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
 
 def _check_cost(log: RoutingLog, settings: ReplaySettings, n_physical: int) -> None:
     """One layer's replay against the budget, as `plan` checks it: a run's map of 3.9 M slots for 2 experts took a
-    replay 400 MB past a 256 MiB budget."""
+    replay 400 MB past a 256 MiB budget. Within what the pages open on this server leave (trace_room: the traces
+    they keep, this log among them, and the Playground's results)."""
     windows, Rs = -(-len(log.steps) // settings.window), settings.redundant_slots
     check_replay_cost(replay_bytes(1, windows, len(Rs), log.n_experts, max(Rs), n_physical),
-                      f"this layer's {windows:,} windows", "choose longer windows or fewer redundant slot counts")
+                      f"this layer's {windows:,} windows", "choose longer windows or fewer redundant slot counts",
+                      trace_room.room()[1])
 
 
 def _keys(prefix: str):

@@ -204,11 +204,15 @@ def replay_bytes(layers: int, windows: int, n_slots: int, n_experts: int, max_r:
             + min(layers, os.cpu_count() or 1) * width * TEMP_COPIES)
 
 
-def check_replay_cost(need: int, what: str, fix: str) -> None:
+def check_replay_cost(need: int, what: str, fix: str, kept: int = 0) -> None:
     """ValueError (one line) unless `need` (replay_bytes) fits half the memory budget, before the replay runs:
-    "replaying {what} would take about …; {fix}, or raise MOE_SCOPE_MEMORY_GB"."""
+    "replaying {what} would take about …; {fix}, or raise MOE_SCOPE_MEMORY_GB". `kept`: what a server's open pages
+    keep already (dashboard.trace_room), so that the replay fits half of what they leave."""
     budget = budget_bytes()
-    if need > budget // 2:
-        need_text, _, budget_text = describe_over(need, budget // 2, budget)
-        raise ValueError(f"replaying {what} would take about {need_text}, over half the memory budget of "
-                         f"{budget_text}; {fix}, or raise {BUDGET_ENV}")
+    limit = max(budget - kept, 0) // 2
+    if need > limit:
+        need_text, limit_text, budget_text, kept_text = describe_over(need, limit, budget, kept)
+        over = (f"half the memory budget of {budget_text}" if not kept else
+                f"{limit_text}, half of what the memory budget of {budget_text} leaves beside the {kept_text} the "
+                f"pages open on this server keep")
+        raise ValueError(f"replaying {what} would take about {need_text}, over {over}; {fix}, or raise {BUDGET_ENV}")
