@@ -39,9 +39,11 @@ def tmp_is_a_root(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def a_server_of_its_own():
-    """Each test is a server of its own: traces that earlier tests' pages kept (dashboard.trace_room, collected
-    whenever the garbage collector gets to their sessions) are not counted against its reads."""
-    from dashboard import trace_room
+    """Each test is a server of its own: traces and Playground results that earlier tests' pages kept
+    (dashboard.trace_room, dashboard.loaders; collected whenever the garbage collector gets to their sessions) are not
+    counted against its reads and replays."""
+    from dashboard import loaders, trace_room
     trace_room._HELD.clear()
     trace_room._SIZE.clear()
+    loaders._KEPT.clear()
     yield

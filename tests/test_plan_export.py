@@ -86,7 +86,7 @@ def test_bad_files_are_one_line(tmp_path):
                           "each layer once"),
                          # it was read as E=3 with 1 redundant slot, silently
                          ({"physical_to_logical_map": [[0, 1, 2, 0]], "ep_size": 2, "num_redundant_experts": 5},
-                          "says num_redundant_experts=5, but its map holds 4 slots for 3 experts \(1 redundant\)"),
+                          r"says num_redundant_experts=5, but its map holds 4 slots for 3 experts \(1 redundant\)"),
                          ({"physical_to_logical_map": [[0, 1, 2, 0]], "ep_size": 2, "num_redundant_experts": "1"},
                           "num_redundant_experts='1'")):
         path.write_text(json.dumps(doc))

@@ -16,7 +16,7 @@ from fixtures_stacks import vllm_eplb_state
 from moe.cli.main import main
 from moe.cli.plan import LAYER_DEFINITIONS
 from moe.definitions import DEFINITIONS
-from moe.parallel.judge import ReplaySettings, balance_rows, replay_log
+from moe.parallel.judge import UNKNOWN_W, ReplaySettings, balance_rows, replay_log
 from moe.traces.formats import read_log
 from moe.traces.log import RoutingLog
 from moe.traces.store import write_log
@@ -84,7 +84,7 @@ def test_the_replay_reads_each_ranks_load_from_the_slots_the_run_recorded(tmp_pa
     assert not np.array_equal(results[0].recorded, results[0].loads[("current", 0)])
 
 
-def test_another_w_or_counts_that_do_not_add_up_are_not_shown_and_a_note_says_why(tmp_path):
+def test_another_w_or_counts_that_do_not_add_up_are_not_shown_and_a_note_says_why(tmp_path, capsys):
     folder, _ = sglang_dump(tmp_path)
     log = read_log(folder)
     other_w = log.slot_counts(0, 4)
@@ -93,6 +93,10 @@ def test_another_w_or_counts_that_do_not_add_up_are_not_shown_and_a_note_says_wh
                         only=["0"], slot_counts=lambda i: log.slot_counts(i, 4))[0]
     assert result.recorded is None and result.notes == [other_w]
     assert "recorded" not in {row["placement"] for row in balance_rows(result)}
+    for W, current in ((4, "the run's map on 4 ranks (the run had 2)"), (2, "the run's placement")):
+        assert main(["plan", folder, "--world-size", str(W), "--window", "3"]) == 0
+        doc = json.loads(capsys.readouterr().out)
+        assert doc["current"] == current and (doc["layers"]["0"]["recorded_next_window_p50"] is None) == (W == 4)
     ranks = log.rank_counts.copy()
     ranks[0, 0, 0, 0] += 1                                                            # one token more on a slot
     changed = RoutingLog(log.source, log.layers, log.steps, log.counts, physical_to_logical=log.physical_to_logical,
@@ -146,6 +150,8 @@ def test_plan_lists_the_recorded_load_of_a_vllm_window(tmp_path, capsys):
         assert [row["balancedness_vllm"] for row in rows] == balance
         assert {row["redundant_slots"] for row in rows} == {0}
         assert doc["layers"][str(layer)]["recorded_next_window_p50"] == float(np.median(balance[1:]))
+        assert doc["layers"][str(layer)]["notes"] == [UNKNOWN_W]                       # the state records no W
+    assert doc["current"] == "the run's placement"
     assert main(["plan", str(tmp_path / "eplb.pt"), "--world-size", "2", "--window", "8"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["windows_per_layer"] == 1 and doc["layers"]["0"]["recorded_next_window_p50"] is None
@@ -183,7 +189,6 @@ def test_the_section_shows_the_recorded_load_beside_the_modelled_one(tmp_path):
 
 def test_the_section_says_when_the_log_does_not_record_the_runs_w(tmp_path):
     """vLLM's EPLB state records no W: the recorded slots lie on the W chosen, and the caption says so."""
-    from dashboard.views.placement import UNKNOWN_W
     state, history = vllm_eplb_state(window=8, layers=1, n_logical=6, n_redundant=2, passes=8, seed=5)
     torch.save(state, tmp_path / "eplb.pt")
     at = AppTest.from_function(section_app, args=(str(tmp_path / "eplb.pt"),), default_timeout=60).run()

@@ -13,7 +13,8 @@ import streamlit as st
 from moe.metrics import max_over_mean_rows
 from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import serving_redundant_slots
-from moe.parallel.judge import RUN_PLACEMENTS, LayerReplay, ReplaySettings, balance_rows, default_window
+from moe.parallel.judge import (RUN_PLACEMENTS, UNKNOWN_W, LayerReplay, ReplaySettings, balance_rows,
+                               default_window)
 from moe.parallel.replay import check_replay_cost, replay_bytes
 from moe.parallel.schedules import p50
 from moe.traces.log import RoutingLog
@@ -32,8 +33,6 @@ INTRO = ("Replays the log's expert counts window by window under the placement t
 METRIC_DEFINITIONS = {"balancedness_vllm": "balancedness_vllm", "balancedness_sglang": "balancedness_sglang",
                       "max_over_mean": "rank_max_over_mean"}
 EXPORT_FROM = ("whole log", "last window")
-UNKNOWN_W = (" The log does not record the run's number of ranks: the slots lie on the W chosen here (slot p on rank "
-             "p // (P / W)), the run's placement only if that is the run's W.")
 AUTO_PLAN_LAYERS = 256  # more layers are planned for the downloads on a click: ~3 ms a layer, and an auditor's 322 KB
                         # log of 16,384 layers kept the server busy for 50 s on every open
 
@@ -59,7 +58,7 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
         _check_cost(log, settings, 0 if p2l is None else len(p2l))
         with st.spinner(f"Replaying layer {layer} under each placement…"):
             result, text = replays.replay(log.counts[:, i, :], layer, p2l, settings,
-                                          log.slot_counts(i, settings.world_size))
+                                          log.slot_counts(i, settings.world_size), log.recorded_world_size())
     except ValueError as err:
         st.error(f"The replay cannot run: {err}", icon="⚠️")
         return None
@@ -225,7 +224,7 @@ def _recorded(result: LayerReplay, run_w: bool) -> None:
         st.caption(f"This run recorded what each slot of its placement served: on windows 1 … "
                    f"{len(result.windows) - 1} its p50 balancedness (vLLM) is {recorded:.3f} as recorded and "
                    f"{modelled:.3f} as modelled (\"current\": each expert's tokens split over its slots by the chunk "
-                   f"rule, as the plans are measured).{'' if run_w else UNKNOWN_W}")
+                   f"rule, as the plans are measured).{'' if run_w else ' ' + UNKNOWN_W}")
     st.caption(caption("replay_recorded"))
 
 

@@ -16,7 +16,8 @@ from moe.metrics import balancedness_vllm
 from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
                                  write_plan)
-from moe.parallel.judge import DEFAULT_WINDOWS, ReplaySettings, balance_rows, default_window, replay_log
+from moe.parallel.judge import (DEFAULT_WINDOWS, UNKNOWN_W, ReplaySettings, balance_rows, current_name,
+                                default_window, replay_log)
 from moe.parallel.replay import check_replay_cost, replay_bytes
 from moe.parallel.schedules import p50
 from moe.parallel.verdict import best_gain, verdict
@@ -74,7 +75,7 @@ def run(args: argparse.Namespace) -> str:
     if args.export in ("sglang", "vllm"):
         check_serving(E, R, W)  # before the replay: a wrong R is refused at once
     if args.export == "sglang":
-        sglang_layer_ids(log.layers, args.num_layers, log.layer_base)
+        sglang_layer_ids(log.layers, args.num_layers, log.layer_base, E + R)
     steps = args.window or default_window(len(log.steps))
     layers, windows = len(log.layers) if only is None else len(only), -(-len(log.steps) // steps)
     P = 0 if log.physical_to_logical is None else log.physical_to_logical.shape[1]
@@ -84,7 +85,10 @@ def run(args: argparse.Namespace) -> str:
     settings = ReplaySettings(W, slots, window=steps, num_nodes=args.nodes, num_groups=args.groups)
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only,
                          slot_counts=lambda i: log.slot_counts(i, W))
-    current = "contiguous blocks" if log.physical_to_logical is None else "the run's placement"
+    current = current_name(log.physical_to_logical is not None, W, log.recorded_world_size())
+    for r in results:
+        if r.recorded is not None and log.recorded_world_size() is None:
+            r.notes.append(UNKNOWN_W)
     plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
                         args.export in ("sglang", "vllm"), only)
     if args.export:

@@ -31,9 +31,11 @@ from moe.parallel.replay import (Layout, distinct_per_rank, from_map, from_place
                                  window_counts)
 from moe.parallel.serving import serving_layout
 from moe.traces.log import check_map
-from moe.traces.records import MAX_EXPERTS
+from moe.traces.records import MAX_EXPERTS, MAX_LAYERS
 
 FORMATS = ("sglang", "vllm", "moe-scope")
+MAX_SGLANG_CELLS = 1 << 22  # layers × slots of an SGLang map we write: DeepSeek-V3's is 61 × 288 (a 16 KB log labelled
+                            # "20000000" made one of 20 M rows: 4 GB and minutes)
 MOE_SCOPE_FORMAT = "moe-scope-plan/1"
 
 
@@ -115,10 +117,12 @@ def _rank_major(layout: Layout) -> list[int]:
     return [e for r in layout.rank_experts() for e in sorted(r)]
 
 
-def sglang_layer_ids(layers: list[str], num_layers: int | None = None, layer_base: int = 0) -> tuple[list[int], int]:
+def sglang_layer_ids(layers: list[str], num_layers: int | None = None, layer_base: int = 0, n_slots: int = 1
+                     ) -> tuple[list[int], int]:
     """The decoder layer id of each label (integers only: SGLang's map row i is layer i, counted from 0): the label
     less `layer_base`, the number the source gives its first layer (RoutingLog.layer_base: 1 for Megatron-Core's
-    layer_number), and the model's layer count (default: the largest id + 1); ValueError (one line) otherwise."""
+    layer_number), and the model's layer count (default: the largest id + 1); ValueError (one line) otherwise, and
+    when the map of that many rows of `n_slots` slots would hold more than MAX_SGLANG_CELLS entries."""
     if not all(isinstance(x, str) and x.isdigit() and x.isascii() for x in layers):
         raise ValueError("SGLang's map has one row per decoder layer id (row i = layer i), so --export sglang needs "
                          "layer labels that are integers; this log's are not (use --export vllm or moe-scope)")
@@ -129,6 +133,16 @@ def sglang_layer_ids(layers: list[str], num_layers: int | None = None, layer_bas
         raise ValueError(f"the log has layer {min(ids) + layer_base}, but its source numbers layers from "
                          f"{layer_base}; give the log as its source wrote it")
     count = max(ids) + 1 if num_layers is None else num_layers
+    if count > MAX_LAYERS:
+        raise ValueError(f"SGLang's map has one row per layer id, and this would need {count:,} rows (the log's "
+                         f"largest layer id is {max(ids):,}), more than the {MAX_LAYERS:,} layers a log may name; give "
+                         f"a log whose layer labels are the model's decoder layer ids (or use --export vllm or "
+                         f"moe-scope)")
+    if count * n_slots > MAX_SGLANG_CELLS:
+        raise ValueError(f"SGLang's map would hold {count:,} layers × {n_slots:,} slots, more than "
+                         f"{MAX_SGLANG_CELLS:,} entries (far above any model's; the log's largest layer id is "
+                         f"{max(ids):,}); give a log whose layer labels are the model's decoder layer ids, or use "
+                         f"--export vllm or moe-scope")
     if max(ids) >= count:
         shift = f" (layer id {max(ids)}: its source counts from {layer_base})" if layer_base else ""
         raise ValueError(f"the log has layer {max(ids) + layer_base}{shift}, which does not fit --num-layers {count}; "
@@ -140,7 +154,7 @@ def _sglang_rows(layers: list[str], rows: list[list[int]], n_experts: int, num_l
                  layer_base: int = 0) -> list[list[int]]:
     """[num_layers, P]: row i = layer id i; a layer with no routing in the log gets SGLang's trivial row
     (`arange(P) % E`, ExpertLocationMetadata.init_trivial in python/sglang/srt/eplb/expert_location.py)."""
-    ids, count = sglang_layer_ids(layers, num_layers, layer_base)
+    ids, count = sglang_layer_ids(layers, num_layers, layer_base, len(rows[0]))
     P = len(rows[0])
     out = [(np.arange(P) % n_experts).tolist() for _ in range(count)]              # (num_layers, P)
     for i, row in zip(ids, rows):
@@ -189,9 +203,10 @@ def check_out(path: str) -> None:
 def write_plan(path: str, doc: dict) -> None:
     """The plan document as JSON at `path`; ValueError (one line) when it cannot be written."""
     check_out(path)
+    text = dumps(doc, indent=1)  # before the file is opened: a document that cannot be written leaves no file
     try:
         with open(path, "w") as f:
-            f.write(dumps(doc, indent=1))
+            f.write(text)
     except OSError as err:
         raise ValueError(f"cannot write the plan to {path!r} ({err.strerror or type(err).__name__}); give a writable "
                          f"file path") from None

@@ -33,6 +33,8 @@ from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
 RUN_PLACEMENTS = ("current", "recorded")  # the run's own placement: modelled (chunk rule), as recorded; no R
+UNKNOWN_W = ("The log does not record the run's number of ranks: the slots recorded lie on the W chosen here "
+             "(slot p on rank p // (P / W)), the run's placement only if that is the run's W.")
 DEFAULT_WINDOWS = 32  # without a window length, a log is cut into at most this many windows (plan CLI, the page)
 
 
@@ -175,6 +177,16 @@ def _distinct_rows(expert: np.ndarray, rank: np.ndarray, n_experts: int) -> np.n
     """(X,) True where no rank holds two slots of one expert (replay.distinct_per_rank, per row)."""
     key = np.sort(rank * n_experts + expert, axis=1)
     return ~(key[:, 1:] == key[:, :-1]).any(axis=1)
+
+
+def current_name(has_map: bool, world_size: int, run_world_size: int | None) -> str:
+    """What the replay calls the current placement (the verdict's "beats …"): the run's map read at another W than
+    the one the log records is another placement."""
+    if not has_map:
+        return "contiguous blocks"
+    if run_world_size is None or run_world_size == world_size:
+        return "the run's placement"
+    return f"the run's map on {world_size} ranks (the run had {run_world_size})"
 
 
 def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:

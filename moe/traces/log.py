@@ -78,7 +78,7 @@ class RoutingLog:
             raise ValueError("the routing log names a layer twice")
         check_experts(self.counts.shape[2], "the routing log's expert count")
         if self.physical_to_logical is not None:
-            check_map(self.physical_to_logical, self.n_experts, "the physical → logical map")
+            check_map(self.physical_to_logical, self.n_experts, "the physical → logical map", L)
         base = self.meta.get(LAYER_BASE, 0)
         if type(base) is not int or base not in (0, 1):  # from a file's meta.json: checked, never int()ed
             raise ValueError(f"the routing log's {LAYER_BASE} must be 0 or 1 (the number its source gives its first "
@@ -106,9 +106,12 @@ class RoutingLog:
         not sum, through the map, to the layer's expert counts, or the log records another W (meta world_size, 2
         or more: slot p lies on rank p // (P / W), so another W is another placement)."""
         p2l, ranks = self.physical_to_logical, self.rank_counts
-        S, L, P = len(self.steps), len(self.layers), 0 if p2l is None else p2l.shape[1]
-        if p2l is None or ranks is None or ranks.ndim != 4 or (ranks.shape[0], *ranks.shape[2:]) != (S, L, P):
+        if p2l is None or ranks is None:
             return None
+        S, L, P = len(self.steps), len(self.layers), p2l.shape[1]
+        if ranks.ndim != 4 or (ranks.shape[0], *ranks.shape[2:]) != (S, L, P):
+            return (f"the run's per-rank counts {list(ranks.shape)} are not [steps={S}, ranks, layers={L}, slots={P}] "
+                    f"of its map: not shown as recorded")
         run = self.recorded_world_size()
         if run is not None and run != world_size:
             return (f"the run's per-slot counts are shown as recorded at its own W={run} only (slot p on rank "
@@ -144,13 +147,16 @@ def resolve_experts(given: int | None, recorded: int | None, max_id: int, what: 
     return E, source
 
 
-def check_map(p2l, n_experts: int | None, what: str) -> np.ndarray:
-    """A physical → logical map (L, P) of integers in 0..E-1 in which every logical expert has a slot in every layer.
-    With n_experts None, E is the map's largest id + 1. Returns it as int64."""
+def check_map(p2l, n_experts: int | None, what: str, n_layers: int | None = None) -> np.ndarray:
+    """A physical → logical map (L, P) of integers in 0..E-1 in which every logical expert has a slot in every layer
+    (and, with n_layers, one row per layer of the log). With n_experts None, E is the map's largest id + 1. Returns
+    it as int64."""
     arr = np.asarray(p2l)
     if arr.ndim != 2 or 0 in arr.shape or arr.dtype.kind not in "iu":
         raise ValueError(f"{what} must be an integer array [layers, physical_experts], got "
                          f"{'shape ' + str(tuple(arr.shape)) if arr.dtype.kind in 'iu' else 'non-integers'}")
+    if n_layers is not None and arr.shape[0] != n_layers:
+        raise ValueError(f"{what} has {arr.shape[0]:,} rows for {n_layers:,} layers; give one row per layer")
     arr = arr.astype(np.int64)
     E = int(arr.max()) + 1 if n_experts is None else n_experts
     if int(arr.min()) < 0 or int(arr.max()) >= E or E > MAX_EXPERTS:

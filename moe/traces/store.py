@@ -60,6 +60,9 @@ class LogWriter:
         problem = meta_problem(self.layers, self.n_experts, top_k)  # what read_meta refuses, refused before writing
         if problem:
             raise ValueError(f"cannot write a routing log whose {problem}")
+        if physical_to_logical is not None:
+            physical_to_logical = check_map(physical_to_logical, self.n_experts, "cannot write a routing log: the "
+                                            "physical → logical map", len(self.layers))
         check_new_log_dir(path)
         try:
             os.makedirs(path, exist_ok=True)  # its missing parents too (RoutingRecorder(model, "runs/b"))
@@ -240,7 +243,8 @@ def read_meta(path: str) -> dict:
     E = doc["n_experts"]
     if doc.get("physical_to_logical_map") is not None:
         doc["physical_to_logical_map"] = check_map(_int_array(doc["physical_to_logical_map"], path), E,
-                                                   f"{path!r}: meta.json's physical_to_logical_map")
+                                                   f"{path!r}: meta.json's physical_to_logical_map",
+                                                   len(doc["layers"]))
     return doc
 
 

@@ -32,7 +32,7 @@ def read_store(path: str, limits: TraceLimits | None = None) -> RoutingLog:
                       n_experts_source=source if source in (GIVEN, INFERRED) else RECORDED,
                       top_k=doc["top_k"], meta=doc.get("meta") if isinstance(doc.get("meta"), dict) else {},
                       tokens=tokens, physical_to_logical=doc.get("physical_to_logical_map"),
-                      rank_counts=_read_ranks(path, doc["layers"], steps, limits))
+                      rank_counts=_read_ranks(path, doc["layers"], steps, limits, doc.get("physical_to_logical_map")))
 
 
 def _is_int(kind) -> bool:
@@ -242,8 +242,9 @@ def pc_lengths(array) -> np.ndarray:
     return pc.list_value_length(array).to_numpy(zero_copy_only=False)
 
 
-def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLimits) -> np.ndarray | None:
-    """The ranks table back as (S, W, L, P) (rank = position 0..W-1 in the source's rank order)."""
+def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLimits, p2l=None) -> np.ndarray | None:
+    """The ranks table back as (S, W, L, P) (rank = position 0..W-1 in the source's rank order; P the map's slots
+    when the log has a map, else the largest slot named + 1: a writer may leave out rows of 0 tokens)."""
     files = parts(path, "ranks")
     if not files:
         return None
@@ -260,7 +261,10 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
     if (layer < 0).any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
         raise ValueError(f"{where} names a layer or step the counts do not have, or a negative value; copy the log "
                          f"again")
-    W, P = int(rank.max()) + 1, int(physical.max()) + 1
+    W, P = int(rank.max()) + 1, int(physical.max()) + 1 if p2l is None else p2l.shape[1]
+    if physical.max() >= P:
+        raise ValueError(f"{where} names physical slot {int(physical.max())}, but the log's map has {P} slots per "
+                         f"layer; copy the log again")
     if len(steps) * W * len(layers) * P * 8 > limits.budget // 4:
         raise ValueError(f"{where} needs more than a quarter of the memory budget; read the counts alone (move "
                          f"ranks/ aside) or raise the budget")
