@@ -11,17 +11,17 @@ from moe.parallel.export import check_serving, layer_plans, plan_document
 from moe.parallel.replay import distinct_per_rank, rank_load
 from moe.parallel.judge import LayerReplay, ReplaySettings, current_name, replay_log
 from moe.parallel.verdict import verdict
+from moe.traces.log import RecordedSlots
 
 
 @st.cache_data(max_entries=8, show_spinner=False)
 def replay(layer_counts: np.ndarray, layer: str, p2l_row: np.ndarray | None, settings: ReplaySettings,
-           slot_counts: np.ndarray | str | None = None, run_world_size: int | None = None) -> tuple[LayerReplay, str]:
-    """One layer's replay (counts (S, E); p2l_row (P,) the run's map of that layer, or None; slot_counts (S, P)
-    what its slots served, or why that is not shown: RoutingLog.slot_counts; run_world_size: the W the log records)
-    and its verdict."""
+           slots: RecordedSlots | None = None, run_world_size: int | None = None) -> tuple[LayerReplay, str]:
+    """One layer's replay (counts (S, E); p2l_row (P,) the run's map of that layer, or None; slots: what its slots
+    served as the run recorded it, RoutingLog.slot_counts; run_world_size: the W the log records) and its verdict."""
     counts = np.asarray(layer_counts)[:, None, :]                                    # (S, 1, E)
     p2l = None if p2l_row is None else np.asarray(p2l_row)[None, :]                   # (1, P)
-    results = replay_log(counts, [layer], settings, p2l, slot_counts=lambda _: slot_counts)
+    results = replay_log(counts, [layer], settings, p2l, slot_counts=lambda _: slots)
     return results[0], verdict(results, current_name(p2l is not None, settings.world_size, run_world_size))
 
 

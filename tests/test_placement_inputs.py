@@ -30,9 +30,9 @@ def test_a_map_needs_one_row_per_layer(tmp_path, capsys):
     had its extra row ignored. The log, its writer and its reader refuse both in one line."""
     for rows in (1, 3):
         p2l = np.tile(np.arange(E + 2) % E, (rows, 1))
-        with pytest.raises(ValueError, match=f"has {rows} rows for 2 layers; give one row per layer"):
+        with pytest.raises(ValueError, match=fr"has {rows} row\(s\) for 2 layer\(s\); give one row per layer"):
             _log(["0", "1"], p2l)
-        with pytest.raises(ValueError, match=f"has {rows} rows for 2 layers"):
+        with pytest.raises(ValueError, match=fr"has {rows} row\(s\) for 2 layer\(s\)"):
             LogWriter(str(tmp_path / f"w{rows}"), ["0", "1"], E, physical_to_logical=p2l)
     path = tmp_path / "log"
     write_log(_log(["0", "1"], np.tile(np.arange(E + 2) % E, (2, 1))), str(path))
@@ -41,28 +41,57 @@ def test_a_map_needs_one_row_per_layer(tmp_path, capsys):
     (path / "meta.json").write_text(json.dumps(doc))
     assert main(["plan", str(path), "--world-size", "2", "--redundant-slots", "2"]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "physical_to_logical_map has 1 rows for 2 layers" in err, err
+    assert err.count("\n") == 1 and "physical_to_logical_map has 1 row(s) for 2 layer(s)" in err, err
 
 
-def test_sglang_s_map_is_refused_before_it_grows_past_any_model(tmp_path, capsys):
-    """A 16 KB log labelled "20000000" made an SGLang map of 20 M rows (4 GB, minutes) and left a 0-byte file."""
+def test_sglang_s_map_is_refused_before_the_replay_when_it_would_grow_past_any_model(tmp_path, capsys, monkeypatch):
+    """A 16 KB log labelled "20000000" made an SGLang map of 20 M rows (4 GB, minutes) and left a 0-byte file. Now
+    `plan` refuses it before it replays anything (the replay is made to fail here: the refusal must come first),
+    naming what made it that big: the log's layer id, or --num-layers."""
+    import moe.cli.plan as plan_cli
+
+    def no_replay(*_, **__):
+        raise AssertionError("replayed before the SGLang map was checked")
     path, out = tmp_path / "log", tmp_path / "plan.json"
     write_log(_log(["20000000"]), str(path))
+    monkeypatch.setattr(plan_cli, "replay_log", no_replay)
     assert main(["plan", str(path), "--world-size", "2", "--redundant-slots", "2", "--export", "sglang",
                  "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "would need 20,000,001 rows" in err and not out.exists(), err
+    assert err.count("\n") == 1 and "would hold 20,000,001 rows (the log's largest layer id is 20,000,000)" in err
+    assert not out.exists()
+    write_log(_log(["1"]), str(tmp_path / "two"))
+    assert main(["plan", str(tmp_path / "two"), "--world-size", "2", "--redundant-slots", "2", "--export", "sglang",
+                 "--out", str(out), "--num-layers", "20000"]) == 2
+    err = capsys.readouterr().err
+    assert "would hold 20,000 rows (--num-layers 20,000)" in err and "give the model's number of layers" in err
     rows = 16_384                                                                     # as many as a log may name
-    for wide, code in ((MAX_SGLANG_CELLS // rows, 2), (MAX_SGLANG_CELLS // rows - 2, 0)):  # E + 2 slots a row
-        counts = np.random.default_rng(0).integers(1, 20, size=(4, 1, wide))
-        write_log(RoutingLog("moe-scope-recorder", [str(rows - 1)], np.arange(4), counts), str(tmp_path / str(wide)))
-        assert main(["plan", str(tmp_path / str(wide)), "--world-size", "2", "--redundant-slots", "2", "--export",
-                     "sglang", "--out", str(out)]) == code
-        err = capsys.readouterr().err
-        if code:  # past the bound (E + R even: what W = 2 takes)
-            assert f"would hold {rows:,} layers × {wide + 2} slots, more than {MAX_SGLANG_CELLS:,}" in err, err
-            assert not out.exists()
-    assert np.shape(json.loads(out.read_text())["physical_to_logical_map"]) == (rows, MAX_SGLANG_CELLS // rows)
+    wide = MAX_SGLANG_CELLS // rows                                                   # E: E + 2 slots is past it
+    counts = np.random.default_rng(0).integers(1, 20, size=(4, 1, wide))
+    write_log(RoutingLog("moe-scope-recorder", [str(rows - 1)], np.arange(4), counts), str(tmp_path / "wide"))
+    assert main(["plan", str(tmp_path / "wide"), "--world-size", "2", "--redundant-slots", "2", "--export", "sglang",
+                 "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"would hold {rows:,} layers × {wide + 2} slots (the log's largest layer id is {rows - 1:,}), more than " \
+           f"{MAX_SGLANG_CELLS:,} entries" in err and not out.exists(), err
+
+
+def test_sglang_s_map_at_the_bound_is_written(tmp_path, capsys):
+    rows = 16_384
+    wide = MAX_SGLANG_CELLS // rows - 2                                               # E + R = the bound's slots
+    counts = np.random.default_rng(0).integers(1, 20, size=(4, 1, wide))
+    write_log(RoutingLog("moe-scope-recorder", [str(rows - 1)], np.arange(4), counts), str(tmp_path / "log"))
+    assert main(["plan", str(tmp_path / "log"), "--world-size", "2", "--redundant-slots", "2", "--export", "sglang",
+                 "--out", str(tmp_path / "plan.json")]) == 0
+    doc = json.loads((tmp_path / "plan.json").read_text())
+    assert np.shape(doc["physical_to_logical_map"]) == (rows, MAX_SGLANG_CELLS // rows)
+
+
+def test_a_plan_that_cannot_be_written_leaves_no_file(tmp_path):
+    from moe.parallel.export import write_plan
+    with pytest.raises(TypeError):
+        write_plan(str(tmp_path / "plan.json"), {"physical_to_logical_map": [[0, 1]], "note": object()})
+    assert not (tmp_path / "plan.json").exists()
 
 
 def test_an_sglang_dump_with_a_rank_missing_records_no_world_size(tmp_path):
@@ -80,12 +109,13 @@ def test_an_sglang_dump_with_a_rank_missing_records_no_world_size(tmp_path):
         assert log.meta["ranks"] == list(ranks)
         assert log.meta["world_size"] == (None if name == "gap" else 2)
         assert log.recorded_world_size() == (None if name == "gap" else 2)
-        assert isinstance(log.slot_counts(0, 4), np.ndarray if name == "gap" else str)
+        assert (log.slot_counts(0, 4).counts is None) == (name == "whole")
 
 
 def test_a_ranks_table_without_its_zero_rows_reads_as_written(tmp_path):
-    """A writer that leaves out slots of no tokens: the ranks table is read at the map's P (those slots 0), not the
-    largest slot named + 1, so the recorded load is shown; a slot past the map is refused in one line."""
+    """A writer that leaves out slots of no tokens: the ranks table is read at least at the map's P (those slots 0),
+    not the largest slot named + 1, so the recorded load is shown; a slot past the map is read too, and its
+    counts are then not the map's (a note, not a refusal of the whole log); our own writer refuses such counts."""
     import pyarrow as pa
     import pyarrow.parquet as pq
     p2l = np.array([[0, 1, 2, 3, 0, 1]])                                              # P = 6; slot 5 idle
@@ -103,9 +133,14 @@ def test_a_ranks_table_without_its_zero_rows_reads_as_written(tmp_path):
     pq.write_table(kept, part)
     log = read_log(str(path))
     np.testing.assert_array_equal(log.rank_counts, rank_counts)
-    np.testing.assert_array_equal(log.slot_counts(0, 2), rank_counts[:, :, 0].sum(axis=1))
+    np.testing.assert_array_equal(log.slot_counts(0, 2).counts, rank_counts[:, :, 0].sum(axis=1))
     physical = kept["physical"].to_numpy().copy()
-    physical[0] = 6                                                                   # past the map's 6 slots
+    physical[0] = 7                                                                   # past the map's 6 slots
     pq.write_table(kept.set_column(kept.schema.get_field_index("physical"), "physical", pa.array(physical)), part)
-    with pytest.raises(ValueError, match="names physical slot 6, but the log's map has 6 slots per layer"):
-        read_log(str(path))
+    log = read_log(str(path))
+    assert log.rank_counts.shape == (4, 2, 1, 8) and log.counts.sum() == counts.sum()
+    slots = log.slot_counts(0, 2)
+    assert slots.counts is None and "are not [steps=4, ranks, layers=1, slots=6] of its map" in slots.note
+    with pytest.raises(ValueError, match=r"rank_counts must be \(ranks, layers=1, slots=6 of the map\)"):
+        with LogWriter(str(tmp_path / "w"), ["0"], E, physical_to_logical=p2l) as writer:
+            writer.write_step(0, counts[0], rank_counts=np.zeros((2, 1, 8)))

@@ -16,9 +16,9 @@ from fixtures_stacks import vllm_eplb_state
 from moe.cli.main import main
 from moe.cli.plan import LAYER_DEFINITIONS
 from moe.definitions import DEFINITIONS
-from moe.parallel.judge import UNKNOWN_W, ReplaySettings, balance_rows, replay_log
+from moe.parallel.judge import ReplaySettings, balance_rows, replay_log
 from moe.traces.formats import read_log
-from moe.traces.log import RoutingLog
+from moe.traces.log import UNKNOWN_W, RoutingLog
 from moe.traces.store import write_log
 
 L, E, P, RANKS, PASSES = 2, 4, 8, 2, 12
@@ -68,7 +68,9 @@ def test_the_replay_reads_each_ranks_load_from_the_slots_the_run_recorded(tmp_pa
     log = read_log(folder)
     per_slot = recorded.sum(axis=1)                                                   # (passes, L, P)
     assert log.meta["world_size"] == 2
-    np.testing.assert_array_equal(log.slot_counts(1, 2), per_slot[:, 1])
+    slots = log.slot_counts(1, 2)
+    np.testing.assert_array_equal(slots.counts, per_slot[:, 1])
+    assert slots.note == ""                                                           # at the W the log records
     results = replay_log(log.counts, log.layers, ReplaySettings(2, (4, 0), window=3), log.physical_to_logical,
                          slot_counts=lambda i: log.slot_counts(i, 2))
     for i, result in enumerate(results):
@@ -88,10 +90,10 @@ def test_another_w_or_counts_that_do_not_add_up_are_not_shown_and_a_note_says_wh
     folder, _ = sglang_dump(tmp_path)
     log = read_log(folder)
     other_w = log.slot_counts(0, 4)
-    assert isinstance(other_w, str) and "W=2" in other_w and "W=4" in other_w
+    assert other_w.counts is None and "at its own W=2 only" in other_w.note and "replay at W=2" in other_w.note
     result = replay_log(log.counts, log.layers, ReplaySettings(4, (0,), window=3), log.physical_to_logical,
                         only=["0"], slot_counts=lambda i: log.slot_counts(i, 4))[0]
-    assert result.recorded is None and result.notes == [other_w]
+    assert result.recorded is None and result.notes == [other_w.note] and result.recorded_p50() is None
     assert "recorded" not in {row["placement"] for row in balance_rows(result)}
     for W, current in ((4, "the run's map on 4 ranks (the run had 2)"), (2, "the run's placement")):
         assert main(["plan", folder, "--world-size", str(W), "--window", "3"]) == 0
@@ -101,7 +103,8 @@ def test_another_w_or_counts_that_do_not_add_up_are_not_shown_and_a_note_says_wh
     ranks[0, 0, 0, 0] += 1                                                            # one token more on a slot
     changed = RoutingLog(log.source, log.layers, log.steps, log.counts, physical_to_logical=log.physical_to_logical,
                          rank_counts=ranks)
-    assert "do not sum" in changed.slot_counts(0, 2) and isinstance(changed.slot_counts(1, 2), np.ndarray)
+    assert changed.slot_counts(0, 2).counts is None and "do not sum" in changed.slot_counts(0, 2).note
+    assert changed.slot_counts(1, 2).counts is not None
     plain = RoutingLog(log.source, log.layers, log.steps, log.counts)                 # no map: nothing recorded
     assert plain.slot_counts(0, 2) is None
     result = replay_log(plain.counts, plain.layers, ReplaySettings(4, (0,), window=3))[0]
@@ -151,7 +154,7 @@ def test_plan_lists_the_recorded_load_of_a_vllm_window(tmp_path, capsys):
         assert {row["redundant_slots"] for row in rows} == {0}
         assert doc["layers"][str(layer)]["recorded_next_window_p50"] == float(np.median(balance[1:]))
         assert doc["layers"][str(layer)]["notes"] == [UNKNOWN_W]                       # the state records no W
-    assert doc["current"] == "the run's placement"
+    assert doc["current"] == "the run's map on 2 ranks"                              # which W the run had: unknown
     assert main(["plan", str(tmp_path / "eplb.pt"), "--world-size", "2", "--window", "8"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["windows_per_layer"] == 1 and doc["layers"]["0"]["recorded_next_window_p50"] is None
@@ -197,8 +200,12 @@ def test_the_section_says_when_the_log_does_not_record_the_runs_w(tmp_path):
     expected = by_hand(np.stack(history)[:, 0], W, window)
     text = " ".join(c.value for c in at.caption)
     assert f"{np.median([e.mean() / e.max() for e in expected[1:]]):.3f} as recorded" in text
-    assert UNKNOWN_W.strip() in text
+    assert UNKNOWN_W in text
+    at.number_input(key="runs_place_window").set_value(8).run()                      # one window: no p50, the note
+    text = " ".join(c.value for c in at.caption)
+    assert not at.error and "as recorded and" not in text and UNKNOWN_W in text
+    assert "current, as recorded" in at.selectbox(key="runs_place_heat").options
     folder, _ = sglang_dump(tmp_path)                                                 # records W = 2: not said
     at = AppTest.from_function(section_app, args=(folder,), default_timeout=60).run()
     text = " ".join(c.value for c in at.caption)
-    assert "as recorded and" in text and UNKNOWN_W.strip() not in text
+    assert "as recorded and" in text and UNKNOWN_W not in text

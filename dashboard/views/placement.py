@@ -13,10 +13,8 @@ import streamlit as st
 from moe.metrics import max_over_mean_rows
 from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import serving_redundant_slots
-from moe.parallel.judge import (RUN_PLACEMENTS, UNKNOWN_W, LayerReplay, ReplaySettings, balance_rows,
-                               default_window)
+from moe.parallel.judge import RUN_PLACEMENTS, LayerReplay, ReplaySettings, balance_rows, default_window
 from moe.parallel.replay import check_replay_cost, replay_bytes
-from moe.parallel.schedules import p50
 from moe.traces.log import RoutingLog
 
 from dashboard import replays, trace_room
@@ -66,7 +64,7 @@ def render(log: RoutingLog, key_prefix: str, world_size: int | None = None) -> R
     st.caption(caption("placement_verdict"))
     for note in result.notes:
         st.caption(note)
-    _charts(result, key, log.n_experts, log.recorded_world_size() is not None)
+    _charts(result, key, log.n_experts)
     _downloads(log, settings, key)
     return Replayed(log, layer, settings, result)
 
@@ -188,13 +186,13 @@ def _eplb_takes(n_experts: int, nodes: int, world_size: int) -> bool:
     return True
 
 
-def _charts(result: LayerReplay, key, n_experts: int, run_w: bool) -> None:
+def _charts(result: LayerReplay, key, n_experts: int) -> None:
     rows = pd.DataFrame(balance_rows(result))
     metric = st.selectbox("Balance measure", list(METRIC_TITLES), format_func=METRIC_TITLES.get, key=key("metric"))
     st.plotly_chart(balance_figure(rows, metric, result.layer), width="stretch", key=key("balance_chart"))
     st.caption(caption(METRIC_DEFINITIONS[metric], "replay_next_window"))
     if result.recorded is not None:
-        _recorded(result, run_w)
+        _recorded(result)
     loads = result.shown_loads()
     labels = {series_name(*k): k for k in loads}
     keep_choice(key("heat"), list(labels), "current")  # the run as it was: does its imbalance persist?
@@ -216,15 +214,16 @@ def _charts(result: LayerReplay, key, n_experts: int, run_w: bool) -> None:
     _hot(result, key, n_experts)
 
 
-def _recorded(result: LayerReplay, run_w: bool) -> None:
-    """The run's own per-rank load as recorded beside the modelled one (definition "replay_recorded"); `run_w`: the
-    log records the run's W (else the slots lie on the W chosen here, which the caption says)."""
-    if len(result.windows) > 1:
-        recorded, modelled = (p50(result.next_window(name, result.redundant_slots[0])) for name in RUN_PLACEMENTS[::-1])
+def _recorded(result: LayerReplay) -> None:
+    """The run's own per-rank load as recorded beside the modelled one (definition "replay_recorded"); what to read
+    it with (the W it lies on) is among the layer's notes, above."""
+    recorded = result.recorded_p50()
+    if recorded is not None:
+        modelled = float(np.median(result.next_window("current", result.redundant_slots[0])))
         st.caption(f"This run recorded what each slot of its placement served: on windows 1 … "
                    f"{len(result.windows) - 1} its p50 balancedness (vLLM) is {recorded:.3f} as recorded and "
                    f"{modelled:.3f} as modelled (\"current\": each expert's tokens split over its slots by the chunk "
-                   f"rule, as the plans are measured).{'' if run_w else ' ' + UNKNOWN_W}")
+                   f"rule, as the plans are measured).")
     st.caption(caption("replay_recorded"))
 
 

@@ -16,10 +16,9 @@ from moe.metrics import balancedness_vllm
 from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import (FORMATS, check_out, check_serving, layer_plans, plan_document, sglang_layer_ids,
                                  write_plan)
-from moe.parallel.judge import (DEFAULT_WINDOWS, UNKNOWN_W, ReplaySettings, balance_rows, current_name,
-                                default_window, replay_log)
+from moe.parallel.judge import (DEFAULT_WINDOWS, ReplaySettings, balance_rows, current_name, default_window,
+                                replay_log)
 from moe.parallel.replay import check_replay_cost, replay_bytes
-from moe.parallel.schedules import p50
 from moe.parallel.verdict import best_gain, verdict
 from moe.traces.formats import read_log
 
@@ -86,9 +85,6 @@ def run(args: argparse.Namespace) -> str:
     results = replay_log(log.counts, log.layers, settings, log.physical_to_logical, only,
                          slot_counts=lambda i: log.slot_counts(i, W))
     current = current_name(log.physical_to_logical is not None, W, log.recorded_world_size())
-    for r in results:
-        if r.recorded is not None and log.recorded_world_size() is None:
-            r.notes.append(UNKNOWN_W)
     plans = layer_plans(log.counts, log.layers, W, R, log.physical_to_logical, args.window,
                         args.export in ("sglang", "vllm"), only)
     if args.export:
@@ -132,8 +128,8 @@ def _layer_summary(r) -> dict:
     """Per R replayed (SUMMARY_DEFINITIONS): p50 balancedness on the windows after planning, per interval and on the
     rest, on the planned window itself, windows whose plan kept the current placement, the share replicas absorbed;
     then the hot experts and notes."""
-    recorded = p50(r.next_window("recorded", 0)) if r.recorded is not None and len(r.windows) > 1 else None
-    return {"slots": {str(R): _slot_summary(r, R) for R in r.redundant_slots}, "recorded_next_window_p50": recorded,
+    return {"slots": {str(R): _slot_summary(r, R) for R in r.redundant_slots},
+            "recorded_next_window_p50": r.recorded_p50(),
             "hot_top": r.hot_top, "hot_windows": r.hot_windows.tolist(), "persistence": r.persistence,
             "notes": r.notes}
 

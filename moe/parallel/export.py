@@ -34,8 +34,8 @@ from moe.traces.log import check_map
 from moe.traces.records import MAX_EXPERTS, MAX_LAYERS
 
 FORMATS = ("sglang", "vllm", "moe-scope")
-MAX_SGLANG_CELLS = 1 << 22  # layers × slots of an SGLang map we write: DeepSeek-V3's is 61 × 288 (a 16 KB log labelled
-                            # "20000000" made one of 20 M rows: 4 GB and minutes)
+MAX_SGLANG_CELLS = 1 << 20  # layers × slots of an SGLang map we write (DeepSeek-V3's: 61 × 288): a 16 KB log
+                            # labelled "20000000" made one of 20 M rows, 4 GB and minutes
 MOE_SCOPE_FORMAT = "moe-scope-plan/1"
 
 
@@ -133,20 +133,18 @@ def sglang_layer_ids(layers: list[str], num_layers: int | None = None, layer_bas
         raise ValueError(f"the log has layer {min(ids) + layer_base}, but its source numbers layers from "
                          f"{layer_base}; give the log as its source wrote it")
     count = max(ids) + 1 if num_layers is None else num_layers
-    if count > MAX_LAYERS:
-        raise ValueError(f"SGLang's map has one row per layer id, and this would need {count:,} rows (the log's "
-                         f"largest layer id is {max(ids):,}), more than the {MAX_LAYERS:,} layers a log may name; give "
-                         f"a log whose layer labels are the model's decoder layer ids (or use --export vllm or "
-                         f"moe-scope)")
-    if count * n_slots > MAX_SGLANG_CELLS:
-        raise ValueError(f"SGLang's map would hold {count:,} layers × {n_slots:,} slots, more than "
-                         f"{MAX_SGLANG_CELLS:,} entries (far above any model's; the log's largest layer id is "
-                         f"{max(ids):,}); give a log whose layer labels are the model's decoder layer ids, or use "
-                         f"--export vllm or moe-scope")
     if max(ids) >= count:
         shift = f" (layer id {max(ids)}: its source counts from {layer_base})" if layer_base else ""
         raise ValueError(f"the log has layer {max(ids) + layer_base}{shift}, which does not fit --num-layers {count}; "
                          f"give the model's number of layers (at least {max(ids) + 1})")
+    if count > MAX_LAYERS or count * n_slots > MAX_SGLANG_CELLS:
+        size, limit = ((f"{count:,} rows", f"the {MAX_LAYERS:,} layers a log may name") if count > MAX_LAYERS else
+                       (f"{count:,} layers × {n_slots:,} slots", f"{MAX_SGLANG_CELLS:,} entries"))
+        cause, fix = ((f"--num-layers {count:,}", "give the model's number of layers") if num_layers is not None else
+                      (f"the log's largest layer id is {max(ids):,}", "give a log whose layer labels are the model's "
+                       "decoder layer ids, or use --export vllm or moe-scope"))
+        raise ValueError(f"SGLang's map (one row per layer id) would hold {size} ({cause}), more than {limit}, far "
+                         f"above any model's; {fix}")
     return ids, count
 
 

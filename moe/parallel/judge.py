@@ -28,13 +28,12 @@ from moe.parallel.placement import check_plan_args, contiguous
 from moe.parallel.planner import balanced_rows
 from moe.parallel.replay import (Layout, from_map, from_placement, rank_load, rank_load_rows, slot_rank_load,
                                  to_placement, window_counts)
-from moe.parallel.schedules import schedules, span_balancedness, span_windows
+from moe.parallel.schedules import p50, schedules, span_balancedness, span_windows
+from moe.traces.log import RecordedSlots
 from moe.traces.runstats import hot_mask
 
 PLANNERS = ("planned", "eplb")  # ours (plan_layout: definitions.OUR_PLANNER), DeepSeek's (moe.parallel.eplb)
 RUN_PLACEMENTS = ("current", "recorded")  # the run's own placement: modelled (chunk rule), as recorded; no R
-UNKNOWN_W = ("The log does not record the run's number of ranks: the slots recorded lie on the W chosen here "
-             "(slot p on rank p // (P / W)), the run's placement only if that is the run's W.")
 DEFAULT_WINDOWS = 32  # without a window length, a log is cut into at most this many windows (plan CLI, the page)
 
 
@@ -85,9 +84,15 @@ class LayerReplay:
         return sorted({R for _, R in self.loads})
 
     def next_window(self, placement: str, R: int) -> np.ndarray:
-        """(N − 1,) vLLM balancedness of windows 1 … N−1 (each after a plan); the current placement's too, and
-        "recorded" (when the run recorded its slots' counts)."""
-        return balancedness_vllm((self.recorded if placement == "recorded" else self.loads[(placement, R)])[1:])
+        """(N − 1,) vLLM balancedness of windows 1 … N−1 (each after a plan); the current placement's too."""
+        return balancedness_vllm(self.loads[(placement, R)][1:])
+
+    def recorded_p50(self) -> float | None:
+        """p50 vLLM balancedness of the run's placement as recorded on windows 1 … N−1 (those next_window reads):
+        `recorded_next_window_p50`; None when not recorded or with one window."""
+        if self.recorded is None or len(self.windows) < 2:
+            return None
+        return p50(balancedness_vllm(self.recorded[1:]))
 
     def shown_loads(self) -> dict[tuple[str, int], np.ndarray]:
         """(placement, R) -> (N, W) as the rows and charts list them: the current placement once (at the first R),
@@ -180,13 +185,14 @@ def _distinct_rows(expert: np.ndarray, rank: np.ndarray, n_experts: int) -> np.n
 
 
 def current_name(has_map: bool, world_size: int, run_world_size: int | None) -> str:
-    """What the replay calls the current placement (the verdict's "beats …"): the run's map read at another W than
-    the one the log records is another placement."""
+    """What the replay calls the current placement (the verdict's "beats …"): the run's map is the run's placement
+    at the W the log records; at another W, or where the log records none, it is that map on the W chosen."""
     if not has_map:
         return "contiguous blocks"
-    if run_world_size is None or run_world_size == world_size:
+    if run_world_size == world_size:
         return "the run's placement"
-    return f"the run's map on {world_size} ranks (the run had {run_world_size})"
+    had = "" if run_world_size is None else f" (the run had {run_world_size})"
+    return f"the run's map on {world_size} ranks{had}"
 
 
 def current_layout(n_experts: int, world_size: int, p2l_row=None) -> Layout:
@@ -235,11 +241,11 @@ def _absorbed(windows: np.ndarray, experts: np.ndarray) -> float:
     return float(np.nanmedian(shares)) if np.isfinite(shares).any() else float("nan")
 
 
-def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings,
-                 slot_counts: np.ndarray | str | None = None) -> LayerReplay:
-    """Replay one layer's (S, E) counts under the current placement and both planners, for every R. `slot_counts`
-    (S, P): the tokens each slot of `current` served, where the run recorded them (definition "replay_recorded"), or
-    why they are not shown (a note), as RoutingLog.slot_counts gives them."""
+def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings, run: RecordedSlots | None = None
+                 ) -> LayerReplay:
+    """Replay one layer's (S, E) counts under the current placement and both planners, for every R. `run`: what each
+    slot of `current` served where the run recorded it (RoutingLog.slot_counts; definition "replay_recorded"), its
+    note kept with the layer's notes."""
     windows = window_counts(counts, s.window)                                        # (N, E)
     N, E = windows.shape
     W = s.world_size
@@ -275,10 +281,10 @@ def replay_layer(layer: str, counts, current: Layout, s: ReplaySettings,
     n = min(E, s.hot_top or max(max(s.redundant_slots), 0) or W)
     hot, persistence = _hot(windows, n, order)
     recorded = None
-    if isinstance(slot_counts, str):
-        notes.append(slot_counts)
-    elif slot_counts is not None:
-        recorded = slot_rank_load(window_counts(slot_counts, s.window), current)      # (N, W)
+    if run is not None:
+        notes += [run.note] if run.note else []
+        if run.counts is not None:
+            recorded = slot_rank_load(window_counts(run.counts, s.window), current)    # (N, W)
     return LayerReplay(layer, windows, loads, own, kept, intervals, rest, hot, n, persistence, absorbed, notes,
                        recorded)
 
@@ -298,7 +304,7 @@ def balance_rows(result: LayerReplay) -> list[dict]:
 
 
 def replay_log(counts, layers: list[str], settings: ReplaySettings, p2l=None, only: list[str] | None = None,
-               workers: int | None = None, slot_counts: Callable[[int], np.ndarray | str | None] | None = None
+               workers: int | None = None, slot_counts: Callable[[int], RecordedSlots | None] | None = None
                ) -> list[LayerReplay]:
     """replay_layer for every layer (or those named in `only`) of counts (S, L, E); p2l (L, P): the run's map;
     slot_counts(i): what each slot of it served in layer i, when recorded (RoutingLog.slot_counts at this W). Layers

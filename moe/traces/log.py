@@ -47,6 +47,16 @@ class TokenRouting:
 
 
 LAYER_BASE = "layer_base"  # meta key: the number the source gives its first layer, when not 0
+UNKNOWN_W = ("The log does not record the run's number of ranks: the slots recorded lie on the W chosen here "
+             "(slot p on rank p // (P / W)), the run's placement only if that is the run's W.")
+
+
+@dataclass(frozen=True)
+class RecordedSlots:
+    """A layer's per-slot counts as the run recorded them (RoutingLog.slot_counts): `counts` (S, P) when they are
+    shown, else None; `note`: why they are not shown, or what to read them with (the W is the one chosen)."""
+    counts: np.ndarray | None
+    note: str = ""
 
 
 @dataclass
@@ -95,33 +105,34 @@ class RoutingLog:
         return self.meta.get(LAYER_BASE, 0)
 
     def recorded_world_size(self) -> int | None:
-        """The run's W as the log records it (meta world_size, 2 or more: one rank says nothing of a placement)."""
+        """The run's W as the log records it: meta world_size, 2 or more (one rank says nothing of a placement) and,
+        with a map, a divisor of its slots (slot p on rank p // (P / W)); else None."""
         run = self.meta.get("world_size")
-        return run if type(run) is int and run >= 2 else None
+        if type(run) is not int or run < 2:
+            return None
+        return run if self.physical_to_logical is None or self.physical_to_logical.shape[1] % run == 0 else None
 
-    def slot_counts(self, layer: int, world_size: int) -> np.ndarray | str | None:
-        """(S, P) tokens each physical slot of the run's map served in the layer at index `layer` (rank_counts summed
-        over the ranks that recorded them), for a replay on `world_size` ranks; None when the log records no
-        per-slot counts of its map; a one-line reason when it does but they cannot be shown as the run's: they do
-        not sum, through the map, to the layer's expert counts, or the log records another W (meta world_size, 2
-        or more: slot p lies on rank p // (P / W), so another W is another placement)."""
+    def slot_counts(self, layer: int, world_size: int) -> RecordedSlots | None:
+        """What each physical slot of the run's map served in the layer at index `layer` (rank_counts summed over
+        the ranks that recorded them), for a replay on `world_size` ranks (definition "replay_recorded"); None when
+        the log records no per-slot counts of a map."""
         p2l, ranks = self.physical_to_logical, self.rank_counts
         if p2l is None or ranks is None:
             return None
         S, L, P = len(self.steps), len(self.layers), p2l.shape[1]
         if ranks.ndim != 4 or (ranks.shape[0], *ranks.shape[2:]) != (S, L, P):
-            return (f"the run's per-rank counts {list(ranks.shape)} are not [steps={S}, ranks, layers={L}, slots={P}] "
-                    f"of its map: not shown as recorded")
+            return RecordedSlots(None, f"the run's per-rank counts {list(ranks.shape)} are not [steps={S}, ranks, "
+                                       f"layers={L}, slots={P}] of its map: not shown as recorded")
         run = self.recorded_world_size()
         if run is not None and run != world_size:
-            return (f"the run's per-slot counts are shown as recorded at its own W={run} only (slot p on rank "
-                    f"p // (P / W)); this replay has W={world_size}")
+            return RecordedSlots(None, f"the run's per-slot counts are shown as recorded at its own W={run} only (slot "
+                                       f"p on rank p // (P / W)); replay at W={run} to see them")
         per_slot = ranks[:, :, layer].sum(axis=1, dtype=np.int64)                    # (S, P)
         if not np.array_equal(map_to_logical(per_slot[:, None], p2l[layer: layer + 1], self.n_experts)[:, 0],
                               self.counts[:, layer]):
-            return ("the run's per-slot counts of this layer do not sum, through its physical → logical map, to its "
-                    "expert counts: not shown as recorded")
-        return per_slot
+            return RecordedSlots(None, "the run's per-slot counts of this layer do not sum, through its physical → "
+                                       "logical map, to its expert counts: not shown as recorded")
+        return RecordedSlots(per_slot, "" if run is not None else UNKNOWN_W)
 
     def layer_load(self, layer: str) -> np.ndarray:
         """(S, E) tokens per step and expert of one layer."""
@@ -156,7 +167,7 @@ def check_map(p2l, n_experts: int | None, what: str, n_layers: int | None = None
         raise ValueError(f"{what} must be an integer array [layers, physical_experts], got "
                          f"{'shape ' + str(tuple(arr.shape)) if arr.dtype.kind in 'iu' else 'non-integers'}")
     if n_layers is not None and arr.shape[0] != n_layers:
-        raise ValueError(f"{what} has {arr.shape[0]:,} rows for {n_layers:,} layers; give one row per layer")
+        raise ValueError(f"{what} has {arr.shape[0]:,} row(s) for {n_layers:,} layer(s); give one row per layer")
     arr = arr.astype(np.int64)
     E = int(arr.max()) + 1 if n_experts is None else n_experts
     if int(arr.min()) < 0 or int(arr.max()) >= E or E > MAX_EXPERTS:

@@ -179,7 +179,8 @@ class _Run:
 
     def meta(self, mode: str) -> dict:
         ranks = self.ranks
-        whole = ranks == list(range(len(ranks)))  # ranks 0, 2 of a run: its W is not the files' count
+        whole = ranks == list(range(len(ranks)))  # ranks 0, 2 of a run: its W is not the files' count (a run's
+                                                  # last ranks missing cannot be told from a smaller run)
         return {"mode": mode, "files": self.files, "ranks": ranks, "world_size": len(ranks) if whole else None,
                 "step_order": "forward_pass_id",
                 "missing_rank_passes": len(self.steps) * len(ranks) - len(self.records)}

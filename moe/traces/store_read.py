@@ -243,8 +243,8 @@ def pc_lengths(array) -> np.ndarray:
 
 
 def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLimits, p2l=None) -> np.ndarray | None:
-    """The ranks table back as (S, W, L, P) (rank = position 0..W-1 in the source's rank order; P the map's slots
-    when the log has a map, else the largest slot named + 1: a writer may leave out rows of 0 tokens)."""
+    """The ranks table back as (S, W, L, P) (rank = position 0..W-1 in the source's rank order; P the largest slot
+    named + 1, at least the map's slots when the log has a map: a writer may leave out rows of 0 tokens)."""
     files = parts(path, "ranks")
     if not files:
         return None
@@ -261,10 +261,7 @@ def _read_ranks(path: str, layers: list[str], steps: np.ndarray, limits: TraceLi
     if (layer < 0).any() or not np.isin(step, steps).all() or min(rank.min(), physical.min(), count.min()) < 0:
         raise ValueError(f"{where} names a layer or step the counts do not have, or a negative value; copy the log "
                          f"again")
-    W, P = int(rank.max()) + 1, int(physical.max()) + 1 if p2l is None else p2l.shape[1]
-    if physical.max() >= P:
-        raise ValueError(f"{where} names physical slot {int(physical.max())}, but the log's map has {P} slots per "
-                         f"layer; copy the log again")
+    W, P = int(rank.max()) + 1, max(int(physical.max()) + 1, 0 if p2l is None else len(p2l[0]))
     if len(steps) * W * len(layers) * P * 8 > limits.budget // 4:
         raise ValueError(f"{where} needs more than a quarter of the memory budget; read the counts alone (move "
                          f"ranks/ aside) or raise the budget")
