@@ -43,7 +43,9 @@ PLACEMENT_DEFINITIONS: dict[str, str] = {
                         "comes before it).",
     "replay_next_window": "each planner plans on window k's expert load and is measured on window k + 1: the honest "
                           "figure (a plan judged on the load it was made from flatters it). **current** = the "
-                          "run's placement (its physical → logical map, else contiguous blocks); **planned** = "
+                          "run's placement (its physical → logical map, slot p on rank p // (P / W), at the W the log "
+                          "records; at another W, or where the log records none, \"the run's map on W ranks\"; else "
+                          "contiguous blocks); **planned** = "
                           + OUR_PLANNER + " (moe.parallel.judge.plan_layout: by the busiest rank of window k; it keeps "
                           "the current placement when neither lightens that rank, so it never loses there; "
                           + TWO_SLOTS + "); **eplb** = "

@@ -63,7 +63,6 @@ class LogWriter:
         if physical_to_logical is not None:
             physical_to_logical = check_map(physical_to_logical, self.n_experts, "cannot write a routing log: the "
                                             "physical → logical map", len(self.layers))
-        self._slots = None if physical_to_logical is None else physical_to_logical.shape[1]  # the map's P
         check_new_log_dir(path)
         try:
             os.makedirs(path, exist_ok=True)  # its missing parents too (RoutingRecorder(model, "runs/b"))
@@ -78,7 +77,7 @@ class LogWriter:
 
     def write_step(self, step: int, counts, tokens: dict | None = None, rank_counts=None) -> None:
         """counts (L, E); tokens {"layer": (N,) index, "ids": (N, K), "weights": (N, K) | None} of this step;
-        rank_counts (W, L, P), P the map's slots when the log has a map. Steps must increase."""
+        rank_counts (W, L, P). Steps must increase."""
         step = int(step)
         if self.last_step is not None and step <= self.last_step:
             raise ValueError(f"step {step} comes after step {self.last_step}; steps must increase")
@@ -91,13 +90,7 @@ class LogWriter:
         if tokens is not None:
             self._tokens.append({"step": step, **tokens})
         if rank_counts is not None:
-            rank_counts = np.asarray(rank_counts, dtype=np.int64)
-            if rank_counts.ndim != 3 or rank_counts.shape[1] != len(self.layers) or \
-                    (self._slots is not None and rank_counts.shape[2] != self._slots):
-                raise ValueError(f"rank_counts must be (ranks, layers={len(self.layers)}, slots"
-                                 f"{'' if self._slots is None else '=' + str(self._slots) + ' of the map'}), got "
-                                 f"{rank_counts.shape}")
-            self._ranks.append((step, rank_counts))
+            self._ranks.append((step, np.asarray(rank_counts, dtype=np.int64)))
 
     def flush(self) -> None:
         if not self._counts:
