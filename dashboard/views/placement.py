@@ -15,6 +15,7 @@ from moe.parallel.eplb import check_eplb_sizes
 from moe.parallel.export import serving_redundant_slots
 from moe.parallel.judge import RUN_PLACEMENTS, LayerReplay, ReplaySettings, balance_rows, default_window
 from moe.parallel.replay import check_replay_cost, replay_bytes
+from moe.parallel.schedules import p50
 from moe.traces.log import RoutingLog
 
 from dashboard import replays, trace_room
@@ -219,7 +220,7 @@ def _recorded(result: LayerReplay) -> None:
     it with (the W it lies on) is among the layer's notes, above."""
     recorded = result.recorded_p50()
     if recorded is not None:
-        modelled = float(np.median(result.next_window("current", result.redundant_slots[0])))
+        modelled = p50(result.next_window("current", result.redundant_slots[0]))  # as the verdict reads it
         st.caption(f"This run recorded what each slot of its placement served: on windows 1 … "
                    f"{len(result.windows) - 1} its p50 balancedness (vLLM) is {recorded:.3f} as recorded and "
                    f"{modelled:.3f} as modelled (\"current\": each expert's tokens split over its slots by the chunk "
